@@ -1,0 +1,87 @@
+//! Error details shared by servers and clients: the `ErrorInfo` domain, the stable reason
+//! strings, and helpers to build and read `google.rpc` details on a `tonic::Status`.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// `ErrorInfo.domain` of every Hangar error.
+pub const ERROR_DOMAIN: &str = "hangar.dev";
+
+/// Stable `ErrorInfo.reason` strings. Clients match on these, never on messages.
+pub mod reason {
+    pub const NODE_NOT_FOUND: &str = "NODE_NOT_FOUND";
+    pub const NODE_NOT_DRONE: &str = "NODE_NOT_DRONE";
+    pub const INVALID_PAGE_TOKEN: &str = "INVALID_PAGE_TOKEN";
+    pub const PAGE_TOKEN_EXPIRED: &str = "PAGE_TOKEN_EXPIRED";
+    pub const REVISION_COMPACTED: &str = "REVISION_COMPACTED";
+    pub const WATCH_TOO_SLOW: &str = "WATCH_TOO_SLOW";
+    pub const PROTOCOL_VIOLATION: &str = "PROTOCOL_VIOLATION";
+    pub const NAME_IN_USE: &str = "NAME_IN_USE";
+    pub const BACKEND_NOT_FOUND: &str = "BACKEND_NOT_FOUND";
+    pub const KEY_TAG_MISMATCH: &str = "KEY_TAG_MISMATCH";
+    pub const NO_DRONE_AVAILABLE: &str = "NO_DRONE_AVAILABLE";
+    pub const POOL_FULL: &str = "POOL_FULL";
+    pub const TOKEN_NOT_FOUND: &str = "TOKEN_NOT_FOUND";
+    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+    pub const INTERNAL: &str = "INTERNAL";
+    pub const PROTOCOL_VERSION_MISMATCH: &str = "PROTOCOL_VERSION_MISMATCH";
+    pub const HANDSHAKE_REQUIRED: &str = "HANDSHAKE_REQUIRED";
+    pub const IMAGE_NOT_FOUND: &str = "IMAGE_NOT_FOUND";
+    pub const IMAGE_PULL_FAILED: &str = "IMAGE_PULL_FAILED";
+    pub const RUNTIME_UNAVAILABLE: &str = "RUNTIME_UNAVAILABLE";
+}
+
+/// A status with an `ErrorInfo` (domain [`ERROR_DOMAIN`]) and metadata.
+pub fn status_with_reason(code: Code, message: impl Into<String>, reason: &str, metadata: &[(&str, String)]) -> Status {
+    let metadata: std::collections::HashMap<String, String> =
+        metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+/// INVALID_ARGUMENT with one `BadRequest` field violation per `(field, description)`.
+pub fn invalid_argument(violations: Vec<(String, String)>) -> Status {
+    let message =
+        violations.iter().map(|(field, description)| format!("{field}: {description}")).collect::<Vec<_>>().join("; ");
+    let violations: Vec<FieldViolation> =
+        violations.into_iter().map(|(field, description)| FieldViolation::new(field, description)).collect();
+    Status::with_error_details(Code::InvalidArgument, message, ErrorDetails::with_bad_request(violations))
+}
+
+/// The `ErrorInfo` reason and metadata a status carries, if any.
+pub fn error_info(status: &Status) -> Option<(String, std::collections::HashMap<String, String>)> {
+    let details = status.get_error_details();
+    details.error_info().map(|info| (info.reason.clone(), info.metadata.clone()))
+}
+
+/// The field violations an INVALID_ARGUMENT status carries.
+pub fn field_violations(status: &Status) -> Vec<(String, String)> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| (v.field.clone(), v.description.clone())).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_and_metadata_survive_the_status() {
+        let status =
+            status_with_reason(Code::NotFound, "no node nd-1", reason::NODE_NOT_FOUND, &[("id", "nd-1".into())]);
+        let (reason, metadata) = error_info(&status).expect("error info");
+        assert_eq!(reason, reason::NODE_NOT_FOUND);
+        assert_eq!(metadata["id"], "nd-1");
+    }
+
+    #[test]
+    fn field_violations_name_each_field() {
+        let status = invalid_argument(vec![("page_size".into(), "must be at most 1000".into())]);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(field_violations(&status), vec![("page_size".to_string(), "must be at most 1000".to_string())]);
+        assert_eq!(status.message(), "page_size: must be at most 1000");
+    }
+}

@@ -1,0 +1,31 @@
+//! The Hangar API crate: generated protobuf types and tonic services for `hangar.v1` and
+//! `hangar.executor.v1`, the encoded descriptor set for server reflection, and the domain types
+//! that every component shares together with their protobuf conversions.
+
+pub mod domain;
+pub mod error;
+
+/// Generated code for `hangar.v1`.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("hangar.v1");
+}
+
+/// Generated code for `hangar.executor.v1` and the protocol version it implements.
+pub mod executor {
+    /// Protocol major version of `hangar.executor.v1`; both sides must agree on it.
+    pub const PROTOCOL_MAJOR: u32 = 1;
+    /// Protocol minor version; a newer minor only adds fields and capabilities.
+    pub const PROTOCOL_MINOR: u32 = 0;
+
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("hangar.executor.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every Hangar proto, for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hangar_descriptor.bin"));
+
+/// Version of the Hangar binaries, reported in Hello messages and handshakes.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
