@@ -1,1 +1,3 @@
-//! placeholder
+//! The Hangar controller and proxy.
+
+pub mod store;

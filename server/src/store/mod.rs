@@ -1,0 +1,172 @@
+//! The controller's durable state behind one trait, with an SQLite implementation (embedded,
+//! one controller) and a PostgreSQL implementation (any number of controllers).
+//!
+//! Node state is kept as an MVCC history in the etcd manner: every change to a node is one row
+//! under a new global revision. Revisions are gapless and assigned in commit order (a counter row
+//! updated inside the writing transaction, so its lock orders commits), which makes the history
+//! both the event log that watchers replay and the snapshot source that makes every page of a
+//! listing come from the same revision. Compaction drops history older than the retention window
+//! but always keeps each node's latest version at or below the compaction revision, so a read at
+//! any revision at or above it stays exact.
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use hangar::domain::{Node, NodeFilter, NodeKind, NodeResources, NodeState};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A global, gapless, commit-ordered change number. 0 means "nothing yet".
+pub type Revision = u64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The revision asked for is older than the retention window.
+    #[error("revision {requested} has been compacted; the oldest retained revision is {oldest}")]
+    Compacted { requested: Revision, oldest: Revision },
+    /// The database cannot be reached or refused the operation; retrying may help.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row could not be decoded, or a migration failed: a bug or a corrupted database.
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What a node says about itself when it attaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRegistration {
+    pub kind: NodeKind,
+    pub name: String,
+    pub cluster: String,
+    pub pool: String,
+    pub labels: BTreeMap<String, String>,
+    pub version: String,
+    pub backend_capacity: u32,
+    pub resources: NodeResources,
+}
+
+/// Fields of a node to change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeUpdate {
+    pub state: Option<NodeState>,
+    pub controller_id: Option<String>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub resources: Option<NodeResources>,
+    pub backend_count: Option<u32>,
+    pub drain_deadline: Option<Option<DateTime<Utc>>>,
+}
+
+/// Guards an update so that a controller that lost a node to another one cannot overwrite it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateCondition {
+    Always,
+    /// Only while the node's `controller_id` is exactly this.
+    HeldBy(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    Removed,
+}
+
+/// One row of the node history: the node as it was right after `revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeChange {
+    pub revision: Revision,
+    pub kind: ChangeKind,
+    pub node: Node,
+}
+
+/// One page of nodes read at a snapshot revision, ordered by node id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePage {
+    pub nodes: Vec<Node>,
+    /// The snapshot the page was read at.
+    pub revision: Revision,
+    /// Whether nodes after the last one returned may match.
+    pub more: bool,
+}
+
+/// Retention of the node history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep at least the newest this many revisions.
+    pub min_revisions: u64,
+    /// Drop history older than this, subject to `min_revisions`.
+    pub max_age: chrono::Duration,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The newest committed revision.
+    async fn current_revision(&self) -> Result<Revision, StoreError>;
+
+    /// The oldest revision that reads and replays may start from.
+    async fn compacted_revision(&self) -> Result<Revision, StoreError>;
+
+    /// Attaches a node: the same `(kind, cluster, name)` keeps its id (MODIFIED), a new one gets a
+    /// fresh id (ADDED). The node becomes READY, or stays DRAINING if it was draining, with
+    /// `controller_id` set and `last_heartbeat_at = now`.
+    async fn attach_node(
+        &self,
+        registration: NodeRegistration,
+        controller_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Node, StoreError>;
+
+    /// Applies `update` as one MODIFIED change. `Ok(None)` when no node has that id or the
+    /// condition does not hold; an update that changes nothing writes nothing and returns the node.
+    async fn update_node(
+        &self,
+        id: &str,
+        update: NodeUpdate,
+        condition: UpdateCondition,
+    ) -> Result<Option<Node>, StoreError>;
+
+    /// The node's latest version.
+    async fn get_node(&self, id: &str) -> Result<Option<Node>, StoreError>;
+
+    /// Up to `limit` nodes matching `filter` with ids greater than `after_id`, as of `at`
+    /// (`None`: the current revision). `Compacted` when `at` is older than the retention window.
+    async fn list_nodes(
+        &self,
+        filter: &NodeFilter,
+        at: Option<Revision>,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<NodePage, StoreError>;
+
+    /// Changes with revisions greater than `after`, in revision order, at most `limit` of them.
+    /// `Compacted` when `after` is older than the retention window.
+    async fn node_changes_since(&self, after: Revision, limit: usize) -> Result<Vec<NodeChange>, StoreError>;
+
+    /// Drops history outside `retention`; returns the new compaction revision.
+    async fn compact(&self, retention: Retention, now: DateTime<Utc>) -> Result<Revision, StoreError>;
+
+    /// A random secret shared by every controller on this database (created on first use), e.g.
+    /// to sign page tokens.
+    async fn shared_secret(&self, name: &str) -> Result<Vec<u8>, StoreError>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store a `--database` URL names: `sqlite://PATH` (created if missing) or
+/// `postgres://…`. Migrations run before it returns.
+pub async fn open(url: &str) -> Result<DynStore, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::open(url).await?))
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "unsupported database URL {url:?}: use sqlite://PATH or postgres://USER@HOST/DB"
+        )))
+    }
+}
