@@ -89,6 +89,11 @@ impl NodeState {
     pub fn is_attached(self) -> bool {
         !matches!(self, NodeState::Offline)
     }
+
+    /// The state of an attached node that heartbeats: DRAINING when drained, else READY.
+    pub fn healthy(draining: bool) -> NodeState {
+        if draining { NodeState::Draining } else { NodeState::Ready }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +145,10 @@ pub struct Node {
     pub backend_count: u32,
     pub backend_capacity: u32,
     pub drain_deadline: Option<DateTime<Utc>>,
+    /// Set by a drain; outlives disconnects. `state` is DRAINING while this is set and the node is
+    /// attached and healthy.
+    #[serde(default)]
+    pub draining: bool,
     /// Revision of the node's last change.
     pub revision: u64,
 }
@@ -163,6 +172,7 @@ impl From<&Node> for v1::Node {
             backend_capacity: n.backend_capacity,
             drain_deadline: n.drain_deadline.map(timestamp_to_proto),
             revision: n.revision,
+            draining: n.draining,
         }
     }
 }
@@ -189,6 +199,7 @@ impl TryFrom<&v1::Node> for Node {
             backend_count: n.backend_count,
             backend_capacity: n.backend_capacity,
             drain_deadline: n.drain_deadline.as_ref().and_then(timestamp_from_proto),
+            draining: n.draining,
             revision: n.revision,
         })
     }

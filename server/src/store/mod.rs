@@ -59,6 +59,7 @@ pub struct NodeUpdate {
     pub resources: Option<NodeResources>,
     pub backend_count: Option<u32>,
     pub drain_deadline: Option<Option<DateTime<Utc>>>,
+    pub draining: Option<bool>,
 }
 
 /// Guards an update so that a controller that lost a node to another one cannot overwrite it.
@@ -113,7 +114,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Attaches a node: the same `(kind, cluster, name)` keeps its id (MODIFIED), a new one gets a
     /// fresh id (ADDED). The node becomes READY, or stays DRAINING if it was draining, with
-    /// `controller_id` set and `last_heartbeat_at = now`.
+    /// `controller_id` set and `last_heartbeat_at = now`. (DRAINING exactly when the stored node
+    /// has `draining` set: a drain outlives disconnects.)
     async fn attach_node(
         &self,
         registration: NodeRegistration,
