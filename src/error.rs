@@ -42,11 +42,24 @@ pub fn status_with_reason(code: Code, message: impl Into<String>, reason: &str, 
 
 /// INVALID_ARGUMENT with one `BadRequest` field violation per `(field, description)`.
 pub fn invalid_argument(violations: Vec<(String, String)>) -> Status {
-    let message =
-        violations.iter().map(|(field, description)| format!("{field}: {description}")).collect::<Vec<_>>().join("; ");
+    invalid_argument_with_reason(violations, None)
+}
+
+/// INVALID_ARGUMENT with field violations and, where clients should be able to match the case
+/// without reading violations, an `ErrorInfo` reason too.
+pub fn invalid_argument_with_reason(violations: Vec<(String, String)>, reason: Option<&str>) -> Status {
+    let message = violations
+        .iter()
+        .map(|(field, description)| format!("{field}: {description}"))
+        .collect::<Vec<_>>()
+        .join("; ");
     let violations: Vec<FieldViolation> =
         violations.into_iter().map(|(field, description)| FieldViolation::new(field, description)).collect();
-    Status::with_error_details(Code::InvalidArgument, message, ErrorDetails::with_bad_request(violations))
+    let mut details = ErrorDetails::with_bad_request(violations);
+    if let Some(reason) = reason {
+        details.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+    }
+    Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
 /// The `ErrorInfo` reason and metadata a status carries, if any.

@@ -62,6 +62,40 @@ pub struct NodeUpdate {
     pub draining: Option<bool>,
 }
 
+impl NodeUpdate {
+    /// Applies the update to `node`; returns whether anything changed. This is the one place
+    /// that keeps the drain invariant: a healthy attached node that is draining shows DRAINING,
+    /// and one that stops draining shows READY. Both stores call it, so they cannot disagree.
+    pub fn apply_to(&self, node: &mut Node) -> bool {
+        let before = node.clone();
+        if let Some(state) = self.state {
+            node.state = state;
+        }
+        if let Some(controller_id) = &self.controller_id {
+            node.controller_id.clone_from(controller_id);
+        }
+        if let Some(at) = self.last_heartbeat_at {
+            node.last_heartbeat_at = at;
+        }
+        if let Some(resources) = self.resources {
+            node.resources = resources;
+        }
+        if let Some(count) = self.backend_count {
+            node.backend_count = count;
+        }
+        if let Some(deadline) = self.drain_deadline {
+            node.drain_deadline = deadline;
+        }
+        if let Some(draining) = self.draining {
+            node.draining = draining;
+        }
+        if matches!(node.state, NodeState::Ready | NodeState::Draining) {
+            node.state = NodeState::healthy(node.draining);
+        }
+        *node != before
+    }
+}
+
 /// Guards an update so that a controller that lost a node to another one cannot overwrite it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpdateCondition {
