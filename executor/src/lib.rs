@@ -1,1 +1,3 @@
-//! placeholder
+//! Hangar drone agent and executors.
+
+pub mod drone;

@@ -1,3 +1,7 @@
 //! The Hangar controller and proxy.
 
+pub mod api;
+pub mod controller;
+pub mod dev;
 pub mod store;
+pub mod telemetry;

@@ -1,1 +1,152 @@
-fn main() {}
+//! `hangar-server`: the controller, and the embedded all-in-one `dev` mode.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
+use hangar_server::dev::{DevCluster, DevOptions, banner, sqlite_url};
+use hangar_server::store;
+use hangar_server::telemetry::{self, LogFormat};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "hangar-server", version, about = "Hangar controller: schedules session backends on drones and serves the hangar.v1 gRPC API.")]
+struct Cli {
+    /// Log line format on stderr. Filter with RUST_LOG (e.g. RUST_LOG=hangar_server=debug).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a controller. Several controllers may share one PostgreSQL database.
+    #[command(after_help = "Examples:\n  \
+        hangar-server controller --listen 0.0.0.0:7070 --data-dir /var/lib/hangar\n  \
+        hangar-server controller --database postgres://hangar@db/hangar\n\n\
+        Check it with:  grpcurl -plaintext 127.0.0.1:7070 grpc.health.v1.Health/Check")]
+    Controller(ControllerArgs),
+    /// Run everything in one process: a controller on SQLite and one drone. For trying Hangar.
+    #[command(after_help = "Then, in another terminal:\n  cargo run -p hangar-client -- nodes list")]
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// Address the gRPC API listens on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// sqlite://PATH (one controller) or postgres://USER@HOST/DB (any number of controllers).
+    /// Default: sqlite in --data-dir.
+    #[arg(long, env = "HANGAR_DATABASE")]
+    database: Option<String>,
+    /// Where the default SQLite database lives.
+    #[arg(long, default_value = "./hangar-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    liveness: LivenessArgs,
+    /// Do not serve gRPC server reflection.
+    #[arg(long)]
+    no_reflection: bool,
+}
+
+#[derive(Args)]
+struct LivenessArgs {
+    /// How often nodes heartbeat.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// Silence after which a node is UNHEALTHY.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    unhealthy_after: Duration,
+    /// Silence after which a node is OFFLINE and its stream closed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    offline_after: Duration,
+    /// How often heartbeat times and resource figures are written to the store.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    refresh_interval: Duration,
+}
+
+impl LivenessArgs {
+    fn config(&self) -> anyhow::Result<LivenessConfig> {
+        anyhow::ensure!(
+            self.heartbeat_interval < self.unhealthy_after && self.unhealthy_after < self.offline_after,
+            "liveness timings must satisfy --heartbeat-interval < --unhealthy-after < --offline-after"
+        );
+        Ok(LivenessConfig {
+            heartbeat_interval: self.heartbeat_interval,
+            unhealthy_after: self.unhealthy_after,
+            offline_after: self.offline_after,
+            refresh_interval: self.refresh_interval,
+            ..LivenessConfig::default()
+        })
+    }
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Address the gRPC API listens on (port 0 picks a free one and prints it).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Where the SQLite database lives.
+    #[arg(long, default_value = "./hangar-data")]
+    data_dir: PathBuf,
+    /// Name of the embedded drone.
+    #[arg(long, default_value = "dev-drone")]
+    drone_name: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Controller(args) => run_controller(args).await,
+        Command::Dev(args) => run_dev(args).await,
+    }
+}
+
+async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let database = match args.database {
+        Some(url) => url,
+        None => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+            sqlite_url(&args.data_dir.join("hangar.db"))
+        }
+    };
+    let store = store::open(&database).await.context("cannot open the database")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let config =
+        ControllerConfig { liveness: args.liveness.config()?, reflection: !args.no_reflection, ..ControllerConfig::default() };
+    let controller = Controller::start(store, config, listener).await?;
+    println!("hangar-server controller listening on {}", controller.url());
+    shutdown_signal().await;
+    controller.shutdown().await
+}
+
+async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let options = DevOptions {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        drone_name: args.drone_name,
+        controller: ControllerConfig::default(),
+    };
+    let cluster = DevCluster::start(options).await?;
+    println!("{}", banner(&cluster, &args.data_dir));
+    shutdown_signal().await;
+    cluster.shutdown().await
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,193 @@
+//! The drone agent: one long-lived `DroneService.Attach` stream to a controller. It says Hello,
+//! heartbeats with the host's real resources, and when the stream breaks it reconnects with
+//! exponential backoff, moving on to the next controller in its list.
+
+mod backoff;
+mod host;
+
+pub use backoff::Backoff;
+pub use host::HostResources;
+
+use anyhow::Context;
+use hangar::domain::duration_from_proto;
+use hangar::v1::{self, drone_service_client::DroneServiceClient};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+#[derive(Debug, Clone)]
+pub struct DroneConfig {
+    /// Controller URLs (`http://HOST:PORT`), tried in turn.
+    pub controllers: Vec<String>,
+    pub name: String,
+    pub cluster: String,
+    pub pool: String,
+    pub labels: BTreeMap<String, String>,
+    pub backend_capacity: u32,
+    /// Runtime kind behind this drone's executor, reported in its Hello.
+    pub runtime: String,
+    /// Used until the controller's Welcome names its own interval.
+    pub heartbeat_interval: Duration,
+    pub connect_timeout: Duration,
+    pub backoff: Backoff,
+}
+
+impl DroneConfig {
+    pub fn new(controllers: Vec<String>, name: impl Into<String>) -> Self {
+        DroneConfig {
+            controllers,
+            name: name.into(),
+            cluster: "default".into(),
+            pool: "default".into(),
+            labels: BTreeMap::new(),
+            backend_capacity: 100,
+            runtime: "none".into(),
+            heartbeat_interval: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// What the drone's link currently looks like, for callers and tests.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LinkState {
+    #[default]
+    Connecting,
+    Attached {
+        node_id: String,
+        controller: String,
+    },
+}
+
+/// A running drone; stop it with [`DroneHandle::shutdown`].
+pub struct DroneHandle {
+    state: watch::Receiver<LinkState>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DroneHandle {
+    pub fn state(&self) -> watch::Receiver<LinkState> {
+        self.state.clone()
+    }
+
+    /// Waits until the drone is attached and returns its node id.
+    pub async fn attached(&self) -> String {
+        let mut state = self.state.clone();
+        loop {
+            if let LinkState::Attached { node_id, .. } = &*state.borrow_and_update() {
+                return node_id.clone();
+            }
+            if state.changed().await.is_err() {
+                return String::new();
+            }
+        }
+    }
+
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+pub fn spawn(config: DroneConfig) -> DroneHandle {
+    let (state_tx, state) = watch::channel(LinkState::Connecting);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(config, state_tx, shutdown.clone()));
+    DroneHandle { state, shutdown, task }
+}
+
+async fn run(config: DroneConfig, state: watch::Sender<LinkState>, shutdown: CancellationToken) {
+    let mut backoff = config.backoff.clone();
+    let mut host = HostResources::new();
+    let mut next = 0;
+    loop {
+        let controller = &config.controllers[next % config.controllers.len()];
+        next += 1;
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = session(&config, controller, &mut host, &state, &mut backoff) => outcome,
+        };
+        state.send_replace(LinkState::Connecting);
+        let delay = backoff.next_delay();
+        match outcome {
+            Ok(()) => tracing::warn!(%controller, retry_in = ?delay, "controller closed the stream; reconnecting"),
+            Err(err) => tracing::warn!(%controller, retry_in = ?delay, "drone link failed: {err:#}"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One attachment, from connect to the end of the stream.
+async fn session(
+    config: &DroneConfig,
+    controller: &str,
+    host: &mut HostResources,
+    state: &watch::Sender<LinkState>,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
+    use v1::drone_attach_request::Message;
+    use v1::drone_attach_response::Message as Reply;
+
+    let channel = Endpoint::from_shared(controller.to_string())
+        .with_context(|| format!("invalid controller URL {controller:?}"))?
+        .connect_timeout(config.connect_timeout)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach controller {controller}"))?;
+    let mut client = DroneServiceClient::new(channel);
+
+    let (tx, rx) = mpsc::channel(64);
+    let hello = v1::DroneHello {
+        name: config.name.clone(),
+        cluster: config.cluster.clone(),
+        pool: config.pool.clone(),
+        version: hangar::VERSION.to_string(),
+        labels: config.labels.clone().into_iter().collect(),
+        backend_capacity: config.backend_capacity,
+        resources: Some(host.sample().into()),
+        runtime: config.runtime.clone(),
+    };
+    tx.send(v1::DroneAttachRequest { message: Some(Message::Hello(hello)) }).await?;
+    let mut inbound = client.attach(ReceiverStream::new(rx)).await.context("attach refused")?.into_inner();
+
+    let welcome = match inbound.message().await.context("no welcome")? {
+        Some(v1::DroneAttachResponse { message: Some(Reply::Welcome(welcome)) }) => welcome,
+        other => anyhow::bail!("expected a welcome, got {other:?}"),
+    };
+    let interval = welcome.heartbeat_interval.as_ref().and_then(duration_from_proto).unwrap_or(config.heartbeat_interval);
+    tracing::info!(node_id = %welcome.node_id, %controller, "drone attached");
+    state.send_replace(LinkState::Attached { node_id: welcome.node_id.clone(), controller: controller.to_string() });
+    backoff.reset();
+
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let heartbeat = v1::DroneHeartbeat {
+                    local_time: Some(hangar::domain::timestamp_to_proto(chrono::Utc::now())),
+                    resources: Some(host.sample().into()),
+                    backend_count: 0,
+                };
+                if tx.send(v1::DroneAttachRequest { message: Some(Message::Heartbeat(heartbeat)) }).await.is_err() {
+                    anyhow::bail!("the stream to the controller closed");
+                }
+            }
+            message = inbound.message() => match message {
+                Ok(Some(message)) => tracing::debug!(?message, "message from controller"),
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(anyhow::anyhow!("{}: {}", status.code(), status.message())),
+            }
+        }
+    }
+}

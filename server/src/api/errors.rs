@@ -1,0 +1,75 @@
+//! The node API's errors and their one mapping to gRPC status codes and `ErrorInfo` reasons.
+
+use crate::store::StoreError;
+use hangar::error::{invalid_argument, invalid_argument_with_reason, reason, status_with_reason};
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid request")]
+    InvalidArgument(Vec<(String, String)>),
+    #[error("no node with id {0:?}")]
+    NodeNotFound(String),
+    #[error("node {0:?} is a proxy; only drones can be drained")]
+    NodeNotDrone(String),
+    #[error("invalid page token: {0}")]
+    InvalidPageToken(String),
+    #[error("the listing this page token belongs to has expired (revision {requested} was compacted; oldest retained revision is {oldest}); list again from the first page")]
+    PageTokenExpired { requested: u64, oldest: u64 },
+    #[error("revision {requested} has been compacted; the oldest retained revision is {oldest}")]
+    RevisionCompacted { requested: u64, oldest: u64 },
+    #[error("{0}")]
+    Protocol(String),
+    #[error("the controller is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        ApiError::InvalidArgument(vec![(field.into(), description.into())])
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Status {
+        let message = err.to_string();
+        match err {
+            ApiError::InvalidArgument(violations) => invalid_argument(violations),
+            ApiError::NodeNotFound(id) => status_with_reason(Code::NotFound, message, reason::NODE_NOT_FOUND, &[("id", id)]),
+            ApiError::NodeNotDrone(id) => {
+                status_with_reason(Code::FailedPrecondition, message, reason::NODE_NOT_DRONE, &[("id", id)])
+            }
+            ApiError::InvalidPageToken(detail) => {
+                invalid_argument_with_reason(vec![("page_token".into(), detail)], Some(reason::INVALID_PAGE_TOKEN))
+            }
+            ApiError::PageTokenExpired { oldest, .. } => status_with_reason(
+                Code::OutOfRange,
+                message,
+                reason::PAGE_TOKEN_EXPIRED,
+                &[("oldest_revision", oldest.to_string())],
+            ),
+            ApiError::RevisionCompacted { oldest, .. } => status_with_reason(
+                Code::OutOfRange,
+                message,
+                reason::REVISION_COMPACTED,
+                &[("oldest_revision", oldest.to_string())],
+            ),
+            ApiError::Protocol(_) => status_with_reason(Code::FailedPrecondition, message, reason::PROTOCOL_VIOLATION, &[]),
+            ApiError::ShuttingDown => status_with_reason(Code::Unavailable, message, reason::SHUTTING_DOWN, &[]),
+            ApiError::Store(StoreError::Compacted { requested, oldest }) => {
+                ApiError::RevisionCompacted { requested, oldest }.into()
+            }
+            ApiError::Store(err @ StoreError::Unavailable(_)) => {
+                tracing::warn!(error = %err, "store unavailable");
+                status_with_reason(Code::Unavailable, "the store is unavailable; retry", reason::STORE_UNAVAILABLE, &[])
+            }
+            ApiError::Store(err @ StoreError::Corrupt(_)) => {
+                // Details go to the log, not to the client.
+                tracing::error!(error = %err, "store corrupt");
+                status_with_reason(Code::Internal, "internal error", reason::INTERNAL, &[])
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! gRPC adapters: thin tonic services over the controller's domain code. Every error leaves
+//! through [`ApiError`] and its single mapping to a status.
+
+mod attach;
+mod errors;
+mod node_service;
+mod page_token;
+mod validate;
+
+pub use attach::{DroneLink, ProxyLink};
+pub use errors::ApiError;
+pub use node_service::NodeApi;
+pub use page_token::PageTokens;

@@ -1,0 +1,115 @@
+//! NodeService: list, get and drain nodes.
+
+use super::page_token::PageCursor;
+use super::{ApiError, PageTokens, validate};
+use crate::store::{DynStore, NodeUpdate, StoreError, UpdateCondition};
+use chrono::Utc;
+use hangar::domain::{NodeFilter, NodeKind, duration_from_proto};
+use hangar::v1::{self, node_service_server::NodeService};
+use std::pin::Pin;
+use tonic::{Request, Response, Status};
+
+/// The node API, free of transport concerns; [`NodeService`] below adapts it to tonic.
+#[derive(Clone)]
+pub struct NodeApi {
+    store: DynStore,
+    tokens: PageTokens,
+}
+
+impl NodeApi {
+    pub fn new(store: DynStore, tokens: PageTokens) -> Self {
+        NodeApi { store, tokens }
+    }
+
+    pub async fn list_nodes(&self, req: v1::ListNodesRequest) -> Result<v1::ListNodesResponse, ApiError> {
+        let page_size = validate::page_size(req.page_size)?;
+        let filter = node_filter(req.filter.as_ref())?;
+        let digest = PageTokens::filter_digest(&filter);
+        let cursor = if req.page_token.is_empty() { None } else { Some(self.tokens.decode(&req.page_token, &digest)?) };
+        let (at, after) = match &cursor {
+            Some(c) => (Some(c.revision), Some(c.after.as_str())),
+            None => (None, None),
+        };
+        let page = self.store.list_nodes(&filter, at, after, page_size).await.map_err(|err| match err {
+            StoreError::Compacted { requested, oldest } if cursor.is_some() => {
+                ApiError::PageTokenExpired { requested, oldest }
+            }
+            other => other.into(),
+        })?;
+        let next_page_token = match page.nodes.last() {
+            Some(last) if page.more => self.tokens.encode(&PageCursor {
+                revision: page.revision,
+                after: last.id.clone(),
+                filter_digest: digest,
+            }),
+            _ => String::new(),
+        };
+        Ok(v1::ListNodesResponse {
+            nodes: page.nodes.iter().map(v1::Node::from).collect(),
+            next_page_token,
+            revision: page.revision,
+        })
+    }
+
+    pub async fn get_node(&self, req: v1::GetNodeRequest) -> Result<v1::GetNodeResponse, ApiError> {
+        validate::id("id", &req.id)?;
+        let node = self.store.get_node(&req.id).await?.ok_or_else(|| ApiError::NodeNotFound(req.id.clone()))?;
+        Ok(v1::GetNodeResponse { node: Some((&node).into()) })
+    }
+
+    /// Marks a drone draining. Enforcing the deadline on its backends belongs to the backend
+    /// lifecycle; here the deadline is recorded on the node.
+    pub async fn drain_node(&self, req: v1::DrainNodeRequest) -> Result<v1::DrainNodeResponse, ApiError> {
+        validate::id("id", &req.id)?;
+        let deadline = match &req.deadline {
+            None => None,
+            Some(d) => {
+                let d = duration_from_proto(d)
+                    .ok_or_else(|| ApiError::invalid("deadline", "must be a non-negative duration"))?;
+                Some(Utc::now() + chrono::Duration::from_std(d).map_err(|_| ApiError::invalid("deadline", "too long"))?)
+            }
+        };
+        let node = self.store.get_node(&req.id).await?.ok_or_else(|| ApiError::NodeNotFound(req.id.clone()))?;
+        if node.kind != NodeKind::Drone {
+            return Err(ApiError::NodeNotDrone(req.id));
+        }
+        let update =
+            NodeUpdate { draining: Some(true), drain_deadline: Some(deadline), ..NodeUpdate::default() };
+        let node = self
+            .store
+            .update_node(&req.id, update, UpdateCondition::Always)
+            .await?
+            .ok_or_else(|| ApiError::NodeNotFound(req.id.clone()))?;
+        tracing::info!(node_id = %node.id, ?deadline, "node draining");
+        Ok(v1::DrainNodeResponse { node: Some((&node).into()) })
+    }
+}
+
+fn node_filter(filter: Option<&v1::NodeFilter>) -> Result<NodeFilter, ApiError> {
+    let Some(filter) = filter else { return Ok(NodeFilter::default()) };
+    validate::labels("filter.labels", &filter.labels)?;
+    NodeFilter::from_proto(filter).map_err(|(field, message)| ApiError::invalid(field, message))
+}
+
+type EventStream = Pin<Box<dyn futures::Stream<Item = Result<v1::WatchNodesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    async fn list_nodes(&self, req: Request<v1::ListNodesRequest>) -> Result<Response<v1::ListNodesResponse>, Status> {
+        Ok(Response::new(NodeApi::list_nodes(self, req.into_inner()).await?))
+    }
+
+    async fn get_node(&self, req: Request<v1::GetNodeRequest>) -> Result<Response<v1::GetNodeResponse>, Status> {
+        Ok(Response::new(NodeApi::get_node(self, req.into_inner()).await?))
+    }
+
+    async fn drain_node(&self, req: Request<v1::DrainNodeRequest>) -> Result<Response<v1::DrainNodeResponse>, Status> {
+        Ok(Response::new(NodeApi::drain_node(self, req.into_inner()).await?))
+    }
+
+    type WatchNodesStream = EventStream;
+
+    async fn watch_nodes(&self, _req: Request<v1::WatchNodesRequest>) -> Result<Response<EventStream>, Status> {
+        Err(Status::unimplemented("WatchNodes is not served by this controller version yet"))
+    }
+}

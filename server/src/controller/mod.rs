@@ -1,0 +1,10 @@
+//! The controller: a stateless gRPC server over a [`Store`](crate::store::Store). It registers
+//! drones and proxies, tracks their liveness in memory, and serves the node API.
+
+mod liveness;
+mod registry;
+mod server;
+
+pub use liveness::LivenessConfig;
+pub use registry::{AttachedNode, NodeRegistry};
+pub use server::{Controller, ControllerConfig, RunningController};

@@ -1,0 +1,158 @@
+//! Starting and stopping a controller: the gRPC services, health, reflection, and the background
+//! tasks they need, all owned by one [`RunningController`].
+
+use super::{LivenessConfig, NodeRegistry};
+use crate::api::{DroneLink, NodeApi, PageTokens, ProxyLink};
+use crate::store::DynStore;
+use hangar::v1::drone_service_server::DroneServiceServer;
+use hangar::v1::node_service_server::NodeServiceServer;
+use hangar::v1::proxy_service_server::ProxyServiceServer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Unique per controller process; recorded on the nodes it holds.
+    pub controller_id: String,
+    pub liveness: LivenessConfig,
+    /// Serve gRPC server reflection (v1 and v1alpha), for grpcurl and other tools.
+    pub reflection: bool,
+    /// How long shutdown waits for open calls (e.g. health watches) before cutting them.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            controller_id: format!("ctl-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            liveness: LivenessConfig::default(),
+            reflection: true,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct Controller;
+
+impl Controller {
+    /// Serves the controller on `listener` until [`RunningController::shutdown`].
+    pub async fn start(
+        store: DynStore,
+        config: ControllerConfig,
+        listener: TcpListener,
+    ) -> anyhow::Result<RunningController> {
+        let local_addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let registry = Arc::new(NodeRegistry::new(store.clone(), config.controller_id.clone(), config.liveness));
+        let tokens = PageTokens::new(store.shared_secret("page-tokens").await?);
+
+        let node_api = NodeServiceServer::new(NodeApi::new(store.clone(), tokens));
+        let drone_link = DroneServiceServer::new(DroneLink::new(registry.clone(), tasks.clone(), shutdown.clone()));
+        let proxy_link = ProxyServiceServer::new(ProxyLink::new(registry.clone(), tasks.clone(), shutdown.clone()));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+
+        let reflection = config.reflection.then(|| {
+            let builder = || {
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(hangar::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            };
+            (builder().build_v1(), builder().build_v1alpha())
+        });
+        let (reflection_v1, reflection_v1alpha) = match reflection {
+            Some((v1, v1alpha)) => (Some(v1?), Some(v1alpha?)),
+            None => (None, None),
+        };
+
+        let router = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
+            .add_service(node_api)
+            .add_service(drone_link)
+            .add_service(proxy_link);
+        let stop_serving = shutdown.clone();
+        let server = tokio::spawn(async move {
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_serving.cancelled_owned()).await
+        });
+
+        {
+            let registry = registry.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { registry.run_liveness(shutdown).await });
+        }
+
+        tracing::info!(%local_addr, controller_id = %config.controller_id, "controller serving");
+        Ok(RunningController { local_addr, config, shutdown, tasks, server, health, registry })
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status("hangar.v1.NodeService", status).await;
+    health.set_service_status("hangar.v1.DroneService", status).await;
+    health.set_service_status("hangar.v1.ProxyService", status).await;
+}
+
+/// A serving controller. Dropping it without [`shutdown`](Self::shutdown) leaves its tasks
+/// running until the runtime ends, so callers shut it down.
+pub struct RunningController {
+    local_addr: SocketAddr,
+    config: ControllerConfig,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    health: HealthReporter,
+    registry: Arc<NodeRegistry>,
+}
+
+impl RunningController {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://ADDR`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    pub fn controller_id(&self) -> &str {
+        &self.config.controller_id
+    }
+
+    pub fn registry(&self) -> &Arc<NodeRegistry> {
+        &self.registry
+    }
+
+    /// Graceful shutdown: health turns NOT_SERVING first (so balancers stop sending), node
+    /// streams end with UNAVAILABLE and their nodes are recorded OFFLINE, then the server stops
+    /// once open calls finish or the grace period ends.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        set_health(&self.health, ServingStatus::NotServing).await;
+        self.shutdown.cancel();
+        self.registry.close_all();
+        self.tasks.close();
+        self.tasks.wait().await;
+        let mut server = self.server;
+        match tokio::time::timeout(self.config.shutdown_grace, &mut server).await {
+            Ok(result) => result??,
+            Err(_) => {
+                tracing::warn!(grace = ?self.config.shutdown_grace, "open calls outlived the shutdown grace; cutting them");
+                server.abort();
+            }
+        }
+        tracing::info!(controller_id = %self.config.controller_id, "controller stopped");
+        Ok(())
+    }
+}
