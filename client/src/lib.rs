@@ -1,1 +1,28 @@
-//! placeholder
+//! Hangar Rust SDK and the `hangar` CLI.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), hangar_client::ClientError> {
+//! use hangar_client::{HangarClient, domain::{NodeFilter, NodeState}};
+//!
+//! let client = HangarClient::connect("http://127.0.0.1:7070").await?;
+//! let filter = NodeFilter { states: vec![NodeState::Ready], ..NodeFilter::default() };
+//! let listing = client.list_all_nodes(&filter).await?;
+//! println!("{} ready nodes at revision {}", listing.nodes.len(), listing.revision);
+//! # Ok(()) }
+//! ```
+//!
+//! Every call returns domain types (`hangar::domain`) and a typed [`ClientError`]; idempotent
+//! calls are retried after UNAVAILABLE according to [`RetryPolicy`]. A listing's `revision` is
+//! where a watch starts so that nothing is missed between the two.
+
+pub mod cli;
+mod client;
+mod error;
+mod retry;
+
+pub use client::{ClientOptions, DEFAULT_CONTROLLER, HangarClient, NodeList, NodePage};
+pub use error::ClientError;
+pub use retry::RetryPolicy;
+
+/// The shared domain types the SDK speaks in.
+pub use hangar::domain;

@@ -1,0 +1,329 @@
+//! Everything the CLI prints: tables, detail views, JSON documents and error messages. Pure
+//! functions of their inputs (the current time included), so tests can check the exact text.
+
+use super::{CliError, OutputFormat};
+use crate::{ClientError, NodeList};
+use chrono::{DateTime, SecondsFormat, Utc};
+use hangar::domain::{Node, NodeFilter, NodeKind, NodeState};
+use hangar::error::reason;
+use serde::Serialize;
+
+/// Gap between table columns.
+const COLUMN_GAP: &str = "   ";
+
+/// `nodes list`: a table (or the empty-list message) or `{"revision": N, "nodes": [...]}`.
+pub fn node_list(listing: &NodeList, filter: &NodeFilter, format: OutputFormat, now: DateTime<Utc>) -> String {
+    match format {
+        OutputFormat::Json => json(listing),
+        OutputFormat::Table if listing.nodes.is_empty() => empty_node_list(filter),
+        OutputFormat::Table => nodes_table(&listing.nodes, now),
+    }
+}
+
+/// `nodes get`: the detail view or the node as one JSON object.
+pub fn node(node: &Node, format: OutputFormat, now: DateTime<Utc>) -> String {
+    match format {
+        OutputFormat::Json => json(node),
+        OutputFormat::Table => node_detail(node, now),
+    }
+}
+
+/// `nodes drain`: what the drain means for the node, or the drained node as one JSON object.
+pub fn drained(node: &Node, format: OutputFormat, now: DateTime<Utc>) -> String {
+    if format == OutputFormat::Json {
+        return json(node);
+    }
+    let mut out = format!(
+        "Drained node {} ({}): no new backends will be placed on it. State: {}.\n",
+        node.id, node.name, node.state
+    );
+    match node.drain_deadline {
+        Some(deadline) => out.push_str(&format!(
+            "Backends still running at {} ({}) will be soft-terminated.\n",
+            rfc3339(deadline),
+            relative_age(deadline, now)
+        )),
+        None => out.push_str("Its running backends keep running; pass --deadline to terminate them after a while.\n"),
+    }
+    out
+}
+
+/// A value as one pretty-printed JSON document with a trailing newline.
+pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    let mut out = serde_json::to_string_pretty(value).expect("domain types serialize to JSON");
+    out.push('\n');
+    out
+}
+
+/// The node table, one row per node, columns aligned.
+pub fn nodes_table(nodes: &[Node], now: DateTime<Utc>) -> String {
+    let header =
+        ["ID", "NAME", "KIND", "STATE", "CLUSTER", "POOL", "BACKENDS", "CPU", "MEMORY", "LAST HEARTBEAT", "VERSION"];
+    let rows = nodes.iter().map(|n| {
+        vec![
+            n.id.clone(),
+            n.name.clone(),
+            n.kind.to_string(),
+            state(n),
+            n.cluster.clone(),
+            n.pool.clone(),
+            backends(n),
+            cpu(n),
+            memory(n),
+            relative_age(n.last_heartbeat_at, now),
+            or_dash(&n.version),
+        ]
+    });
+    table(header.iter().map(|h| h.to_string()).collect(), rows.collect())
+}
+
+/// Columns padded to their widest cell; the last column is not padded.
+pub fn table(header: Vec<String>, rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let last = row.len().saturating_sub(1);
+        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+            let cell = cell.replace(['\n', '\t'], " ");
+            if i == last {
+                out.push_str(&cell);
+            } else {
+                out.push_str(&cell);
+                out.push_str(&" ".repeat(width - cell.chars().count()));
+                out.push_str(COLUMN_GAP);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Says that nothing matched and which filter was applied, with what to try next.
+pub fn empty_node_list(filter: &NodeFilter) -> String {
+    if *filter == NodeFilter::default() {
+        return "No nodes match.\nNo node has registered yet: start a drone with \
+                `hangar-drone run --controller URL --name NAME`, or run `hangar-server dev`.\n"
+            .to_string();
+    }
+    format!("No nodes match.\nFilter: {}\nList every node with `hangar nodes list`.\n", describe_filter(filter))
+}
+
+/// `kind=DRONE state=READY,DRAINING cluster=eu-1 label:zone=a`, or `none`.
+pub fn describe_filter(filter: &NodeFilter) -> String {
+    let join = |items: Vec<String>| items.join(",");
+    let mut parts = Vec::new();
+    if !filter.kinds.is_empty() {
+        parts.push(format!("kind={}", join(filter.kinds.iter().map(|k| k.to_string()).collect())));
+    }
+    if !filter.states.is_empty() {
+        parts.push(format!("state={}", join(filter.states.iter().map(|s| s.to_string()).collect())));
+    }
+    if let Some(cluster) = &filter.cluster {
+        parts.push(format!("cluster={cluster}"));
+    }
+    if let Some(pool) = &filter.pool {
+        parts.push(format!("pool={pool}"));
+    }
+    parts.extend(filter.labels.iter().map(|(k, v)| format!("label {k}={v}")));
+    if parts.is_empty() { "none".to_string() } else { parts.join(" ") }
+}
+
+/// `key: value` lines for one node.
+pub fn node_detail(node: &Node, now: DateTime<Utc>) -> String {
+    let labels = if node.labels.is_empty() {
+        "<none>".to_string()
+    } else {
+        node.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+    };
+    let mut fields: Vec<(&str, String)> = vec![
+        ("ID", node.id.clone()),
+        ("Name", node.name.clone()),
+        ("Kind", node.kind.to_string()),
+        ("State", state(node)),
+        ("Draining", if node.draining { "yes (no new backends, also after reconnects)" } else { "no" }.into()),
+        ("Cluster", node.cluster.clone()),
+        ("Pool", node.pool.clone()),
+        ("Labels", labels),
+        ("Version", or_dash(&node.version)),
+        (
+            "Controller",
+            if node.controller_id.is_empty() { "- (not attached)".into() } else { node.controller_id.clone() },
+        ),
+        ("Registered", time_with_age(node.registered_at, now)),
+        ("Last heartbeat", time_with_age(node.last_heartbeat_at, now)),
+        ("Backends", backends(node)),
+        ("CPU", cpu_detail(node)),
+        ("Memory", memory(node)),
+    ];
+    if let Some(deadline) = node.drain_deadline {
+        fields.push(("Drain deadline", time_with_age(deadline, now)));
+    }
+    fields.push(("Revision", node.revision.to_string()));
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    fields.iter().map(|(k, v)| format!("{:<width$} {v}\n", format!("{k}:"))).collect()
+}
+
+/// `error: …` (one line) and, when there is one, `hint: …` with the next step.
+pub fn error(err: &CliError, controller: &str) -> String {
+    let message = err.to_string().replace(['\n', '\r'], " ");
+    let mut out = format!("error: {message}\n");
+    if let Some(hint) = hint(err, controller) {
+        out.push_str(&format!("hint: {hint}\n"));
+    }
+    out
+}
+
+fn hint(err: &CliError, controller: &str) -> Option<String> {
+    let unreachable = |controller: &str| {
+        format!(
+            "is the controller running at {controller}? start one with `hangar-server dev`, or point \
+             --controller (or HANGAR_CONTROLLER) at a running one"
+        )
+    };
+    let err = match err {
+        CliError::Usage(_) => return Some("see `hangar nodes list --help`".to_string()),
+        CliError::Client(err) => err,
+    };
+    let reason = err.reason();
+    Some(match (err, reason.as_deref()) {
+        (ClientError::Connect { address, .. }, _) => unreachable(address),
+        (ClientError::InvalidAddress { .. }, _) => {
+            "pass --controller http://HOST:PORT (or set HANGAR_CONTROLLER)".to_string()
+        }
+        (ClientError::Unavailable { .. }, Some(reason::SHUTTING_DOWN)) => {
+            "the controller is shutting down; try again in a moment or use another controller".to_string()
+        }
+        (ClientError::Unavailable { .. }, Some(reason::STORE_UNAVAILABLE)) => {
+            "the controller cannot reach its database; check the database, then try again".to_string()
+        }
+        (ClientError::Unavailable { .. }, _) => unreachable(controller),
+        (_, Some(reason::NODE_NOT_FOUND)) => "list nodes with `hangar nodes list`".to_string(),
+        (_, Some(reason::NODE_NOT_DRONE)) => {
+            "only drones can be drained; list them with `hangar nodes list --kind drone`".to_string()
+        }
+        (_, Some(reason::INVALID_PAGE_TOKEN | reason::PAGE_TOKEN_EXPIRED)) => {
+            "list again from the first page".to_string()
+        }
+        (ClientError::InvalidArgument { .. }, _) => {
+            "check the values above; `--help` lists what each flag takes".into()
+        }
+        (ClientError::InvalidResponse(_), _) => format!(
+            "the controller may be newer than this client (hangar {}); upgrade the CLI",
+            env!("CARGO_PKG_VERSION")
+        ),
+        (ClientError::Other(status), _) if status.code() == tonic::Code::DeadlineExceeded => {
+            "the controller did not answer in time; is it overloaded or cut off from its database?".to_string()
+        }
+        (ClientError::Other(status), _) if status.code() == tonic::Code::Unimplemented => {
+            "the controller does not offer this call; is it older than this client?".to_string()
+        }
+        _ => return None,
+    })
+}
+
+/// Human units of bytes in powers of 1024: `512B`, `1.5KiB`, `15.6GiB`, `512MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value < 100.0 { format!("{value:.1}{}", UNITS[unit]) } else { format!("{value:.0}{}", UNITS[unit]) }
+}
+
+/// How long ago `then` was: `3s ago`, `4m12s ago`, `2h ago`, `3d ago`; `just now` under a
+/// second; `in 10m` for a future time; `never` for the zero timestamp (no heartbeat yet).
+pub fn relative_age(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    if then == DateTime::<Utc>::UNIX_EPOCH {
+        return "never".to_string();
+    }
+    let seconds = (now - then).num_seconds();
+    match seconds {
+        0 => "just now".to_string(),
+        s if s > 0 => format!("{} ago", compact_duration(s.unsigned_abs())),
+        s => format!("in {}", compact_duration(s.unsigned_abs())),
+    }
+}
+
+/// `45s`, `4m12s` (under 10 minutes), `37m`, `5h3m` (under 10 hours), `14h`, `3d`.
+pub fn compact_duration(seconds: u64) -> String {
+    let (m, h, d) = (60, 3600, 86400);
+    match seconds {
+        s if s < m => format!("{s}s"),
+        s if s < 10 * m && s % m != 0 => format!("{}m{}s", s / m, s % m),
+        s if s < h => format!("{}m", s / m),
+        s if s < 10 * h && (s % h) / m != 0 => format!("{}h{}m", s / h, (s % h) / m),
+        s if s < d => format!("{}h", s / h),
+        s => format!("{}d", s / d),
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn time_with_age(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    if t == DateTime::<Utc>::UNIX_EPOCH {
+        return "never".to_string();
+    }
+    format!("{} ({})", rfc3339(t), relative_age(t, now))
+}
+
+/// The state, plus `,DRAINING` for a drained node that is currently UNHEALTHY or OFFLINE (it
+/// comes back DRAINING, not READY), like kubectl's `Ready,SchedulingDisabled`.
+fn state(node: &Node) -> String {
+    if node.draining && node.state != NodeState::Draining {
+        format!("{},DRAINING", node.state)
+    } else {
+        node.state.to_string()
+    }
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-".to_string() } else { s.to_string() }
+}
+
+/// `used/capacity`; proxies run no backends.
+fn backends(node: &Node) -> String {
+    match node.kind {
+        NodeKind::Proxy => "-".to_string(),
+        NodeKind::Drone => format!("{}/{}", node.backend_count, node.backend_capacity),
+    }
+}
+
+/// Cores in use over cores of the host, `1.25/8`; `-` before the first heartbeat.
+fn cpu(node: &Node) -> String {
+    let r = &node.resources;
+    if r.cpu_cores == 0 {
+        return "-".to_string();
+    }
+    let used = format!("{:.2}", r.cpu_used_millis as f64 / 1000.0);
+    let used = used.trim_end_matches('0').trim_end_matches('.');
+    format!("{used}/{}", r.cpu_cores)
+}
+
+fn cpu_detail(node: &Node) -> String {
+    match cpu(node).as_str() {
+        "-" => "-".to_string(),
+        cores => format!("{cores} cores"),
+    }
+}
+
+/// `used/total` in binary units; `-` before the first heartbeat.
+fn memory(node: &Node) -> String {
+    let r = &node.resources;
+    if r.memory_total_bytes == 0 {
+        return "-".to_string();
+    }
+    format!("{}/{}", human_bytes(r.memory_used_bytes), human_bytes(r.memory_total_bytes))
+}

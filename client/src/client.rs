@@ -1,0 +1,276 @@
+//! `HangarClient`: one connection to a controller and the typed calls made over it.
+
+use crate::{ClientError, RetryPolicy};
+use hangar::domain::{Node, NodeFilter, duration_to_proto};
+use hangar::error::reason;
+use hangar::v1::{self, node_service_client::NodeServiceClient};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Default controller address of the CLI and of `hangar-server dev`.
+pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7070";
+
+/// Page size `list_all_nodes` asks for: few round trips, pages well under the message limit.
+const LIST_ALL_PAGE_SIZE: i32 = 500;
+
+/// How often `list_all_nodes` starts over when its page token expired mid-listing.
+const LIST_ALL_RESTARTS: u32 = 3;
+
+/// Timeouts and retries of a [`HangarClient`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// How long `connect` waits for the TCP (and HTTP/2) connection.
+    pub connect_timeout: Duration,
+    /// Deadline of each unary call, sent to the server as `grpc-timeout`. Streams (watch) have
+    /// none.
+    pub request_timeout: Duration,
+    /// Retries of idempotent calls after UNAVAILABLE.
+    pub retry: RetryPolicy,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// One page of `ListNodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePage {
+    pub nodes: Vec<Node>,
+    /// Token of the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+    /// Snapshot revision of the whole listing.
+    pub revision: u64,
+}
+
+/// Every node matching a filter, read from one snapshot. Watching from `revision` afterwards
+/// misses no change and repeats none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeList {
+    pub revision: u64,
+    pub nodes: Vec<Node>,
+}
+
+/// A connection to a Hangar controller. Cheap to clone; clones share the connection, which
+/// reconnects by itself after the controller comes back.
+#[derive(Debug, Clone)]
+pub struct HangarClient {
+    channel: Channel,
+    address: String,
+    options: ClientOptions,
+}
+
+impl HangarClient {
+    /// Connects to a controller at an `http://host:port` URL (a bare `host:port` is taken as
+    /// http) with [`ClientOptions::default`].
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Self::connect_with(url, ClientOptions::default()).await
+    }
+
+    pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
+        let address = normalize_address(url)?;
+        let endpoint = Endpoint::from_shared(address.clone())
+            .map_err(|e| ClientError::InvalidAddress { address: url.to_string(), detail: error_chain(&e) })?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true);
+        let channel = match tokio::time::timeout(options.connect_timeout, endpoint.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => return Err(ClientError::Connect { address, detail: error_chain(&e) }),
+            Err(_) => {
+                let detail = format!("no answer within {}", humantime::format_duration(options.connect_timeout));
+                return Err(ClientError::Connect { address, detail });
+            }
+        };
+        Ok(HangarClient { channel, address, options })
+    }
+
+    /// A client over an existing channel (custom TLS, interceptors, in-process transports).
+    pub fn from_channel(channel: Channel, address: impl Into<String>, options: ClientOptions) -> Self {
+        HangarClient { channel, address: address.into(), options }
+    }
+
+    /// The controller URL this client talks to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// The generated `NodeService` client on this connection, for calls the SDK does not wrap.
+    pub fn node_service(&self) -> NodeServiceClient<Channel> {
+        NodeServiceClient::new(self.channel.clone())
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.options.request_timeout);
+        request
+    }
+
+    /// One page of nodes matching `filter`. `page_size` 0 means the server default (100); pass
+    /// the previous page's `next_page_token` to continue. Retried after UNAVAILABLE.
+    pub async fn list_nodes(
+        &self,
+        filter: &NodeFilter,
+        page_size: i32,
+        page_token: Option<&str>,
+    ) -> Result<NodePage, ClientError> {
+        let message = v1::ListNodesRequest {
+            filter: Some(filter.to_proto()),
+            page_size,
+            page_token: page_token.unwrap_or_default().to_string(),
+        };
+        let response = self
+            .options
+            .retry
+            .run(|| async { Ok(self.node_service().list_nodes(self.request(message.clone())).await?.into_inner()) })
+            .await?;
+        Ok(NodePage {
+            nodes: response.nodes.iter().map(node_from_proto).collect::<Result<_, _>>()?,
+            next_page_token: (!response.next_page_token.is_empty()).then_some(response.next_page_token),
+            revision: response.revision,
+        })
+    }
+
+    /// Every node matching `filter`, following page tokens, all from one snapshot revision.
+    ///
+    /// Fails with [`ClientError::InvalidResponse`] if two pages carry different revisions. When
+    /// the snapshot is compacted mid-listing (reason `PAGE_TOKEN_EXPIRED`) the listing starts
+    /// over, a few times at most.
+    pub async fn list_all_nodes(&self, filter: &NodeFilter) -> Result<NodeList, ClientError> {
+        let mut restarts = 0;
+        loop {
+            match self.list_all_nodes_once(filter).await {
+                Err(err)
+                    if err.reason().as_deref() == Some(reason::PAGE_TOKEN_EXPIRED) && restarts < LIST_ALL_RESTARTS =>
+                {
+                    tracing::debug!(error = %err, "listing snapshot expired; listing again");
+                    restarts += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn list_all_nodes_once(&self, filter: &NodeFilter) -> Result<NodeList, ClientError> {
+        let first = self.list_nodes(filter, LIST_ALL_PAGE_SIZE, None).await?;
+        let revision = first.revision;
+        let mut nodes = first.nodes;
+        let mut token = first.next_page_token;
+        while let Some(page_token) = token {
+            let page = self.list_nodes(filter, LIST_ALL_PAGE_SIZE, Some(&page_token)).await?;
+            if page.revision != revision {
+                return Err(ClientError::InvalidResponse(format!(
+                    "pages of one listing carry different revisions ({revision} then {})",
+                    page.revision
+                )));
+            }
+            nodes.extend(page.nodes);
+            token = page.next_page_token;
+        }
+        Ok(NodeList { revision, nodes })
+    }
+
+    /// One node by id; [`ClientError::NotFound`] with reason `NODE_NOT_FOUND` if there is none.
+    /// Retried after UNAVAILABLE.
+    pub async fn get_node(&self, id: &str) -> Result<Node, ClientError> {
+        let message = v1::GetNodeRequest { id: id.to_string() };
+        let response = self
+            .options
+            .retry
+            .run(|| async { Ok(self.node_service().get_node(self.request(message.clone())).await?.into_inner()) })
+            .await?;
+        required_node(response.node.as_ref(), "GetNodeResponse")
+    }
+
+    /// Drains a drone: no new backend is placed on it, and with a `deadline` the backends still
+    /// on it then are soft-terminated. Not retried: an UNAVAILABLE answer leaves it open whether
+    /// the drain happened (draining again is harmless, so a caller may repeat it).
+    pub async fn drain_node(&self, id: &str, deadline: Option<Duration>) -> Result<Node, ClientError> {
+        let message = v1::DrainNodeRequest { id: id.to_string(), deadline: deadline.map(duration_to_proto) };
+        let response = self.node_service().drain_node(self.request(message)).await?.into_inner();
+        required_node(response.node.as_ref(), "DrainNodeResponse")
+    }
+}
+
+fn node_from_proto(node: &v1::Node) -> Result<Node, ClientError> {
+    Node::try_from(node).map_err(ClientError::InvalidResponse)
+}
+
+fn required_node(node: Option<&v1::Node>, message: &str) -> Result<Node, ClientError> {
+    node_from_proto(node.ok_or_else(|| ClientError::InvalidResponse(format!("{message} without a node")))?)
+}
+
+/// `host:port` becomes `http://host:port`; only http is spoken for now.
+fn normalize_address(url: &str) -> Result<String, ClientError> {
+    let url = url.trim().trim_end_matches('/');
+    let invalid = |detail: &str| ClientError::InvalidAddress { address: url.to_string(), detail: detail.to_string() };
+    if url.is_empty() {
+        return Err(invalid("empty; expected a URL like http://127.0.0.1:7070"));
+    }
+    match url.split_once("://") {
+        None => Ok(format!("http://{url}")),
+        Some(("http", rest)) if !rest.is_empty() => Ok(url.to_string()),
+        Some(("https", _)) => Err(invalid("TLS is not supported by this client yet; use an http:// URL")),
+        Some(_) => Err(invalid("expected a URL like http://127.0.0.1:7070")),
+    }
+}
+
+/// "transport error: tcp connect error: Connection refused (os error 111)" rather than only the
+/// outermost "transport error".
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_host_port_is_taken_as_http() {
+        assert_eq!(normalize_address("127.0.0.1:7070").unwrap(), "http://127.0.0.1:7070");
+        assert_eq!(normalize_address("http://ctl:7070/").unwrap(), "http://ctl:7070");
+    }
+
+    #[test]
+    fn https_and_other_schemes_are_refused_with_a_reason() {
+        let err = normalize_address("https://ctl:7070").unwrap_err();
+        assert!(err.to_string().contains("TLS is not supported"), "{err}");
+        let err = normalize_address("ftp://ctl").unwrap_err();
+        assert!(matches!(err, ClientError::InvalidAddress { .. }), "{err}");
+        assert!(normalize_address("  ").is_err());
+    }
+
+    #[tokio::test]
+    async fn connecting_to_a_closed_port_names_the_address() {
+        // Bind then drop a listener: the port is free and nothing answers on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}");
+        let err = HangarClient::connect(&url).await.unwrap_err();
+        match &err {
+            ClientError::Connect { address, detail } => {
+                assert_eq!(address, &url);
+                assert!(detail.to_lowercase().contains("refused"), "{detail}");
+            }
+            other => panic!("expected Connect, got {other:?}"),
+        }
+        assert!(err.to_string().contains(&url), "{err}");
+    }
+}

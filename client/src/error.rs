@@ -1,0 +1,136 @@
+//! `ClientError`: what a Hangar call can fail with, decoded from the `tonic::Status` once, here.
+//!
+//! Callers match on variants and on the stable `ErrorInfo.reason` strings
+//! (`hangar::error::reason`), never on messages.
+
+use hangar::error::{error_info, field_violations};
+use std::collections::HashMap;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The controller URL cannot be used (bad syntax, unsupported scheme).
+    #[error("invalid controller address {address:?}: {detail}")]
+    InvalidAddress { address: String, detail: String },
+
+    /// Nothing answered at the controller address within the connect timeout.
+    #[error("cannot reach the controller at {address}: {detail}")]
+    Connect { address: String, detail: String },
+
+    /// NOT_FOUND, e.g. reason `NODE_NOT_FOUND`.
+    #[error("{}", with_reason(message, reason))]
+    NotFound { reason: String, message: String },
+
+    /// INVALID_ARGUMENT with one `(field, description)` per `BadRequest` field violation.
+    #[error("invalid argument: {}", with_reason(&describe_violations(message, violations), reason))]
+    InvalidArgument { reason: String, message: String, violations: Vec<(String, String)> },
+
+    /// FAILED_PRECONDITION, e.g. reason `NODE_NOT_DRONE` or `KEY_TAG_MISMATCH`.
+    #[error("{}", with_reason(message, reason))]
+    FailedPrecondition { reason: String, message: String },
+
+    /// UNAVAILABLE: the controller went away, is shutting down, or has no room. Idempotent calls
+    /// have already been retried when this reaches the caller.
+    #[error("controller unavailable: {}", with_reason(message, reason))]
+    Unavailable { reason: String, message: String },
+
+    /// OUT_OF_RANGE (reason `REVISION_COMPACTED`): a watch started before the retention window.
+    /// List again, then watch from the listing's revision.
+    #[error("{} (oldest retained revision: {})", with_reason(message, reason), fmt_revision(*oldest_revision))]
+    OutOfRange { reason: String, message: String, oldest_revision: Option<u64> },
+
+    /// RESOURCE_EXHAUSTED, e.g. reason `WATCH_TOO_SLOW` (resume from `last_revision`) or
+    /// `POOL_FULL`.
+    #[error("{}", with_reason(message, reason))]
+    ResourceExhausted { reason: String, message: String, last_revision: Option<u64> },
+
+    /// The controller answered with something this client cannot represent (a newer enum value,
+    /// a missing field, pages of one listing from different revisions).
+    #[error("unexpected response from the controller: {0}")]
+    InvalidResponse(String),
+
+    /// Any other status, kept whole.
+    #[error("{}", describe_status(.0))]
+    Other(Status),
+}
+
+impl ClientError {
+    /// The stable `ErrorInfo.reason`, when the controller sent one.
+    pub fn reason(&self) -> Option<String> {
+        let reason = match self {
+            ClientError::NotFound { reason, .. }
+            | ClientError::InvalidArgument { reason, .. }
+            | ClientError::FailedPrecondition { reason, .. }
+            | ClientError::Unavailable { reason, .. }
+            | ClientError::OutOfRange { reason, .. }
+            | ClientError::ResourceExhausted { reason, .. } => reason.clone(),
+            ClientError::Other(status) => error_info(status)?.0,
+            _ => return None,
+        };
+        (!reason.is_empty()).then_some(reason)
+    }
+
+    /// Whether repeating the same idempotent call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::Unavailable { .. })
+    }
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        let (reason, metadata) = error_info(&status).unwrap_or_default();
+        let message = status.message().to_string();
+        match status.code() {
+            Code::NotFound => ClientError::NotFound { reason, message },
+            Code::InvalidArgument => {
+                ClientError::InvalidArgument { reason, message, violations: field_violations(&status) }
+            }
+            Code::FailedPrecondition => ClientError::FailedPrecondition { reason, message },
+            Code::Unavailable => ClientError::Unavailable { reason, message },
+            Code::OutOfRange => {
+                let oldest_revision = revision(&metadata, "oldest_revision");
+                ClientError::OutOfRange { reason, message, oldest_revision }
+            }
+            Code::ResourceExhausted => {
+                let last_revision = revision(&metadata, "last_revision");
+                ClientError::ResourceExhausted { reason, message, last_revision }
+            }
+            _ => ClientError::Other(status),
+        }
+    }
+}
+
+fn revision(metadata: &HashMap<String, String>, key: &str) -> Option<u64> {
+    metadata.get(key).and_then(|v| v.parse().ok())
+}
+
+fn with_reason(message: &str, reason: &str) -> String {
+    match (message.is_empty(), reason.is_empty()) {
+        (_, true) => message.to_string(),
+        (true, false) => reason.to_string(),
+        (false, false) => format!("{message} ({reason})"),
+    }
+}
+
+fn describe_violations(message: &str, violations: &[(String, String)]) -> String {
+    if violations.is_empty() {
+        return message.to_string();
+    }
+    violations.iter().map(|(field, description)| format!("{field}: {description}")).collect::<Vec<_>>().join("; ")
+}
+
+fn fmt_revision(revision: Option<u64>) -> String {
+    revision.map_or_else(|| "unknown".to_string(), |r| r.to_string())
+}
+
+fn describe_status(status: &Status) -> String {
+    let code = format!("{:?}", status.code());
+    let message = status.message();
+    let reason = error_info(status).map(|(reason, _)| reason).unwrap_or_default();
+    match (message.is_empty(), reason.is_empty()) {
+        (true, true) => code,
+        (true, false) => format!("{code} ({reason})"),
+        (false, true) => format!("{message} ({code})"),
+        (false, false) => format!("{message} ({code}, {reason})"),
+    }
+}
