@@ -10,9 +10,11 @@
 //! any revision at or above it stays exact.
 
 mod postgres;
+mod rows;
+mod sql;
 mod sqlite;
 
-pub use postgres::PostgresStore;
+pub use postgres::{NODE_CHANGES_CHANNEL, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -29,6 +31,10 @@ pub enum StoreError {
     /// The revision asked for is older than the retention window.
     #[error("revision {requested} has been compacted; the oldest retained revision is {oldest}")]
     Compacted { requested: Revision, oldest: Revision },
+    /// The revision asked for has not been written yet: a forged or foreign token, or a database
+    /// restored from an older backup.
+    #[error("revision {requested} is in the future; the current revision is {current}")]
+    FutureRevision { requested: Revision, current: Revision },
     /// The database cannot be reached or refused the operation; retrying may help.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -166,11 +172,17 @@ pub trait Store: Send + Sync + 'static {
         condition: UpdateCondition,
     ) -> Result<Option<Node>, StoreError>;
 
+    /// Removes a node as one REMOVED change whose node is its last version; `Ok(None)` when no node
+    /// has that id or the condition does not hold. Its `(kind, cluster, name)` is free afterwards:
+    /// attaching it again gives a fresh id.
+    async fn remove_node(&self, id: &str, condition: UpdateCondition) -> Result<Option<Node>, StoreError>;
+
     /// The node's latest version.
     async fn get_node(&self, id: &str) -> Result<Option<Node>, StoreError>;
 
     /// Up to `limit` nodes matching `filter` with ids greater than `after_id`, as of `at`
-    /// (`None`: the current revision). `Compacted` when `at` is older than the retention window.
+    /// (`None`: the current revision). `Compacted` when `at` is older than the retention window,
+    /// `FutureRevision` when it is newer than the current revision.
     async fn list_nodes(
         &self,
         filter: &NodeFilter,

@@ -1,48 +1,38 @@
 //! PostgreSQL store: several controllers share one database.
 
-use super::*;
+use super::StoreError;
+use super::rows::{from_migrate, from_sqlx};
+use super::sql::{Dialect, SqlStore};
+use sqlx::Postgres;
+use sqlx::postgres::PgPoolOptions;
+use std::time::Duration;
 
-pub struct PostgresStore;
+pub type PostgresStore = SqlStore<Postgres>;
 
-impl PostgresStore {
-    pub async fn open(_url: &str) -> Result<Self, StoreError> {
-        Err(StoreError::Unavailable("not implemented yet".into()))
-    }
+/// The NOTIFY channel every committed node change is announced on; the payload is the revision
+/// as decimal text, and listeners read the rows themselves.
+pub const NODE_CHANGES_CHANNEL: &str = "hangar_node_changes";
+
+impl Dialect for Postgres {
+    // The counter-row UPDATE that opens every write takes the lock; plain READ COMMITTED lets the
+    // statements after it see what the writer before committed.
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    // Sent at commit, in commit order, and only if the transaction commits.
+    const ANNOUNCE: Option<&'static str> = Some("SELECT pg_notify('hangar_node_changes', $1)");
 }
 
-#[async_trait]
-impl Store for PostgresStore {
-    async fn current_revision(&self) -> Result<Revision, StoreError> {
-        unimplemented!()
-    }
-    async fn compacted_revision(&self) -> Result<Revision, StoreError> {
-        unimplemented!()
-    }
-    async fn attach_node(&self, _: NodeRegistration, _: &str, _: DateTime<Utc>) -> Result<Node, StoreError> {
-        unimplemented!()
-    }
-    async fn update_node(&self, _: &str, _: NodeUpdate, _: UpdateCondition) -> Result<Option<Node>, StoreError> {
-        unimplemented!()
-    }
-    async fn get_node(&self, _: &str) -> Result<Option<Node>, StoreError> {
-        unimplemented!()
-    }
-    async fn list_nodes(
-        &self,
-        _: &NodeFilter,
-        _: Option<Revision>,
-        _: Option<&str>,
-        _: usize,
-    ) -> Result<NodePage, StoreError> {
-        unimplemented!()
-    }
-    async fn node_changes_since(&self, _: Revision, _: usize) -> Result<Vec<NodeChange>, StoreError> {
-        unimplemented!()
-    }
-    async fn compact(&self, _: Retention, _: DateTime<Utc>) -> Result<Revision, StoreError> {
-        unimplemented!()
-    }
-    async fn shared_secret(&self, _: &str) -> Result<Vec<u8>, StoreError> {
-        unimplemented!()
+impl SqlStore<Postgres> {
+    /// Connects to and migrates `postgres://…`. Concurrent controllers may migrate at once: sqlx
+    /// serializes migrations with an advisory lock.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(from_sqlx)?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(from_migrate)?;
+        Ok(SqlStore::new(pool.clone(), pool))
     }
 }

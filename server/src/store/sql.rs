@@ -1,0 +1,394 @@
+//! The store over SQL, written once for both databases: the schema and SQL are the same, and the
+//! few differences (how a transaction takes the write lock, how a snapshot is opened, announcing a
+//! commit) are a `Dialect`.
+//!
+//! Every write runs in one transaction that first bumps the counter row. The row lock (PostgreSQL)
+//! or the database write lock (SQLite) is held until commit, so writers are serialized and
+//! revisions commit in the order they are handed out, with no gaps: a write that turns out to
+//! change nothing rolls back, and its increment with it.
+
+use super::rows::{self, Param, db_revision, from_sqlx};
+use super::*;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
+
+pub trait Dialect: Database {
+    /// Opens a transaction that holds the write lock before anything is read: the lookups that
+    /// follow (e.g. attach's by name) must not race another writer.
+    const BEGIN_WRITE: &'static str;
+    /// Opens a read-only transaction whose statements all see one snapshot.
+    const BEGIN_SNAPSHOT: &'static str;
+    /// Run inside each writing transaction just before commit, with the new revision as `$1`.
+    const ANNOUNCE: Option<&'static str>;
+}
+
+/// Both stores: `SqliteStore` and `PostgresStore` are this with their database.
+pub struct SqlStore<DB: Database> {
+    read: Pool<DB>,
+    /// SQLite gets a one-connection pool here, so in-process writers queue fairly instead of
+    /// polling the file lock; PostgreSQL uses the same pool for both.
+    write: Pool<DB>,
+}
+
+/// How many history rows one pass of a label-filtered listing reads; labels are matched in Rust.
+const LABEL_SCAN_BATCH: usize = 500;
+
+const BUMP_REVISION: &str = "UPDATE revision_counter SET current = current + 1 WHERE id = 1 RETURNING current";
+
+const NODE_BY_ID: &str = "SELECT h.revision, h.data FROM nodes n JOIN node_history h ON h.revision = n.revision \
+                          WHERE n.id = $1 AND n.removed = 0";
+
+const NODE_BY_NAME: &str = "SELECT h.revision, h.data FROM nodes n JOIN node_history h ON h.revision = n.revision \
+                            WHERE n.kind = $1 AND n.cluster = $2 AND n.name = $3 AND n.removed = 0";
+
+impl<DB: Database> SqlStore<DB> {
+    pub(super) fn new(read: Pool<DB>, write: Pool<DB>) -> Self {
+        SqlStore { read, write }
+    }
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    async fn begin_write(&self) -> Result<(Transaction<'static, DB>, Revision), StoreError> {
+        let mut tx = self.write.begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
+        let row = sqlx::query(BUMP_REVISION).fetch_one(&mut *tx).await.map_err(from_sqlx)?;
+        let revision = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
+        Ok((tx, revision))
+    }
+
+    async fn begin_snapshot(&self) -> Result<(Transaction<'static, DB>, Revision, Revision), StoreError> {
+        let mut tx = self.read.begin_with(DB::BEGIN_SNAPSHOT).await.map_err(from_sqlx)?;
+        let (current, compacted) = counter(&mut tx).await?;
+        Ok((tx, current, compacted))
+    }
+
+    async fn node_where(
+        tx: &mut Transaction<'static, DB>,
+        sql: &'static str,
+        params: Vec<String>,
+    ) -> Result<Option<Node>, StoreError> {
+        let mut query = sqlx::query(sql);
+        for p in params {
+            query = query.bind(p);
+        }
+        let row = query.fetch_optional(&mut **tx).await.map_err(from_sqlx)?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    /// Records `node` (already carrying `revision`) as one change and commits.
+    async fn commit_change(
+        mut tx: Transaction<'static, DB>,
+        change: ChangeKind,
+        node: &Node,
+    ) -> Result<(), StoreError> {
+        let revision = db_revision(node.revision);
+        let current = match change {
+            ChangeKind::Added => sqlx::query(
+                "INSERT INTO nodes (id, kind, cluster, name, revision, removed) VALUES ($1, $2, $3, $4, $5, 0)",
+            )
+            .bind(node.id.clone())
+            .bind(node.kind.as_str().to_string())
+            .bind(node.cluster.clone())
+            .bind(node.name.clone())
+            .bind(revision),
+            ChangeKind::Modified => {
+                sqlx::query("UPDATE nodes SET revision = $2 WHERE id = $1").bind(node.id.clone()).bind(revision)
+            }
+            // The row stays as a tombstone so snapshots before the removal still find the node.
+            ChangeKind::Removed => sqlx::query("UPDATE nodes SET revision = $2, removed = $2 WHERE id = $1")
+                .bind(node.id.clone())
+                .bind(revision),
+        };
+        current.execute(&mut *tx).await.map_err(from_sqlx)?;
+        sqlx::query(
+            "INSERT INTO node_history (revision, node_id, change, kind, state, cluster, pool, data, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(revision)
+        .bind(node.id.clone())
+        .bind(rows::change_as_str(change).to_string())
+        .bind(node.kind.as_str().to_string())
+        .bind(node.state.as_str().to_string())
+        .bind(node.cluster.clone())
+        .bind(node.pool.clone())
+        .bind(rows::encode_node(node)?)
+        .bind(rows::millis(Utc::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        if let Some(announce) = DB::ANNOUNCE {
+            sqlx::query(announce).bind(node.revision.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
+        }
+        tx.commit().await.map_err(from_sqlx)
+    }
+
+    /// The shared path of update and remove: `Ok(None)` when the node is absent or not held;
+    /// `change` computes the next version, `None` meaning "nothing to write".
+    async fn change_node(
+        &self,
+        id: &str,
+        condition: UpdateCondition,
+        kind: ChangeKind,
+        change: impl Fn(&Node) -> Option<Node> + Send + Sync,
+    ) -> Result<Option<Node>, StoreError> {
+        // Most no-op updates are answered from a plain read, without queueing for the write lock.
+        match self.get_node(id).await? {
+            None => return Ok(None),
+            Some(node) if !rows::holds(&node, &condition) => return Ok(None),
+            Some(node) if change(&node).is_none() => return Ok(Some(node)),
+            Some(_) => {}
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        let Some(node) = Self::node_where(&mut tx, NODE_BY_ID, vec![id.to_string()]).await? else {
+            return Ok(None);
+        };
+        if !rows::holds(&node, &condition) {
+            return Ok(None);
+        }
+        let Some(mut next) = change(&node) else {
+            return Ok(Some(node));
+        };
+        next.revision = revision;
+        Self::commit_change(tx, kind, &next).await?;
+        Ok(Some(next))
+    }
+}
+
+async fn counter<DB>(tx: &mut Transaction<'static, DB>) -> Result<(Revision, Revision), StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let row = sqlx::query("SELECT current, compacted FROM revision_counter WHERE id = 1")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(from_sqlx)?;
+    Ok((
+        rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?,
+        rows::revision_from_db(row.try_get(1).map_err(from_sqlx)?)?,
+    ))
+}
+
+/// A `(revision, data)` row as a node.
+fn decode<R>(row: &R) -> Result<Node, StoreError>
+where
+    R: Row,
+    for<'q> i64: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> String: Decode<'q, R::Database> + Type<R::Database>,
+    usize: ColumnIndex<R>,
+{
+    let revision: i64 = row.try_get(0).map_err(from_sqlx)?;
+    let data: String = row.try_get(1).map_err(from_sqlx)?;
+    rows::decode_node(&data, revision)
+}
+
+#[async_trait]
+impl<DB> Store for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        let (_, current, _) = self.begin_snapshot().await?;
+        Ok(current)
+    }
+
+    async fn compacted_revision(&self) -> Result<Revision, StoreError> {
+        let (_, _, compacted) = self.begin_snapshot().await?;
+        Ok(compacted)
+    }
+
+    async fn attach_node(
+        &self,
+        registration: NodeRegistration,
+        controller_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Node, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        // Looked up under the write lock: two controllers attaching the same name serialize here,
+        // and the second one finds the first one's node.
+        let identity =
+            vec![registration.kind.as_str().to_string(), registration.cluster.clone(), registration.name.clone()];
+        let existing = Self::node_where(&mut tx, NODE_BY_NAME, identity).await?;
+        let mut node = rows::attached(existing.as_ref(), registration, controller_id, now);
+        if existing.as_ref() == Some(&node) {
+            return Ok(node);
+        }
+        node.revision = revision;
+        let change = if existing.is_some() { ChangeKind::Modified } else { ChangeKind::Added };
+        Self::commit_change(tx, change, &node).await?;
+        Ok(node)
+    }
+
+    async fn update_node(
+        &self,
+        id: &str,
+        update: NodeUpdate,
+        condition: UpdateCondition,
+    ) -> Result<Option<Node>, StoreError> {
+        let change = |node: &Node| {
+            let mut next = node.clone();
+            update.apply_to(&mut next).then_some(next)
+        };
+        self.change_node(id, condition, ChangeKind::Modified, change).await
+    }
+
+    async fn remove_node(&self, id: &str, condition: UpdateCondition) -> Result<Option<Node>, StoreError> {
+        self.change_node(id, condition, ChangeKind::Removed, |node| Some(node.clone())).await
+    }
+
+    async fn get_node(&self, id: &str) -> Result<Option<Node>, StoreError> {
+        let row = sqlx::query(NODE_BY_ID).bind(id.to_string()).fetch_optional(&self.read).await.map_err(from_sqlx)?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    async fn list_nodes(
+        &self,
+        filter: &NodeFilter,
+        at: Option<Revision>,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<NodePage, StoreError> {
+        let (mut tx, current, compacted) = self.begin_snapshot().await?;
+        let revision = at.unwrap_or(current);
+        if revision < compacted {
+            return Err(StoreError::Compacted { requested: revision, oldest: compacted });
+        }
+        if revision > current {
+            return Err(StoreError::FutureRevision { requested: revision, current });
+        }
+        // One row past the limit tells whether there is more. With labels to match in Rust, read
+        // in batches until the page is full or the nodes run out.
+        let batch = if filter.labels.is_empty() { limit + 1 } else { (limit + 1).max(LABEL_SCAN_BATCH) };
+        let mut cursor = after_id.unwrap_or_default().to_string();
+        let mut nodes = Vec::with_capacity(limit.min(1024));
+        loop {
+            let (sql, params) = rows::snapshot_page_query(filter, db_revision(revision), cursor.clone(), batch as i64);
+            let mut query = sqlx::query(&sql);
+            for p in params {
+                query = match p {
+                    Param::Int(v) => query.bind(v),
+                    Param::Text(v) => query.bind(v),
+                };
+            }
+            let rows = query.fetch_all(&mut *tx).await.map_err(from_sqlx)?;
+            let exhausted = rows.len() < batch;
+            for row in &rows {
+                let node = decode(row)?;
+                cursor.clone_from(&node.id);
+                if !filter.matches(&node) {
+                    continue;
+                }
+                if nodes.len() == limit {
+                    return Ok(NodePage { nodes, revision, more: true });
+                }
+                nodes.push(node);
+            }
+            if exhausted {
+                return Ok(NodePage { nodes, revision, more: false });
+            }
+        }
+    }
+
+    async fn node_changes_since(&self, after: Revision, limit: usize) -> Result<Vec<NodeChange>, StoreError> {
+        let (mut tx, _, compacted) = self.begin_snapshot().await?;
+        if after < compacted {
+            return Err(StoreError::Compacted { requested: after, oldest: compacted });
+        }
+        let rows = sqlx::query(
+            "SELECT revision, data, change FROM node_history WHERE revision > $1 ORDER BY revision LIMIT $2",
+        )
+        .bind(db_revision(after))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                let change: String = row.try_get(2).map_err(from_sqlx)?;
+                let node = decode(row)?;
+                Ok(NodeChange { revision: node.revision, kind: rows::change_from_str(&change)?, node })
+            })
+            .collect()
+    }
+
+    async fn compact(&self, retention: Retention, now: DateTime<Utc>) -> Result<Revision, StoreError> {
+        // Compaction takes the write lock like any writer: it is rare, and readers are not
+        // blocked because they read from snapshots.
+        let mut tx = self.write.begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
+        let row =
+            sqlx::query("UPDATE revision_counter SET compacted = compacted WHERE id = 1 RETURNING current, compacted")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+        let current = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
+        let compacted = rows::revision_from_db(row.try_get(1).map_err(from_sqlx)?)?;
+        let by_count = current.saturating_sub(retention.min_revisions);
+        let cutoff = rows::millis(now - retention.max_age);
+        let row = sqlx::query("SELECT COALESCE(MAX(revision), 0) FROM node_history WHERE recorded_at < $1")
+            .bind(cutoff)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+        let by_age = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
+        let target = by_count.min(by_age);
+        if target <= compacted {
+            return Ok(compacted);
+        }
+        let target_db = db_revision(target);
+        // Keep each node's newest version at or below the target (reads at the target need it)
+        // unless that version is its removal (nobody can read a removed node there).
+        sqlx::query(
+            "DELETE FROM node_history WHERE revision <= $1 AND (change = 'REMOVED' OR revision < \
+               (SELECT MAX(v.revision) FROM node_history v WHERE v.node_id = node_history.node_id AND v.revision <= $1))",
+        )
+        .bind(target_db)
+        .execute(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        sqlx::query("DELETE FROM nodes WHERE removed <> 0 AND removed <= $1")
+            .bind(target_db)
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+        sqlx::query("UPDATE revision_counter SET compacted = $1 WHERE id = 1")
+            .bind(target_db)
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+        tx.commit().await.map_err(from_sqlx)?;
+        Ok(target)
+    }
+
+    async fn shared_secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::STANDARD;
+        // Every controller may race to create it; the first insert wins and everyone reads that.
+        sqlx::query("INSERT INTO shared_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name.to_string())
+            .bind(engine.encode(rows::new_secret()))
+            .execute(&self.write)
+            .await
+            .map_err(from_sqlx)?;
+        let row = sqlx::query("SELECT value FROM shared_secrets WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_one(&self.read)
+            .await
+            .map_err(from_sqlx)?;
+        let value: String = row.try_get(0).map_err(from_sqlx)?;
+        engine.decode(value).map_err(|e| StoreError::Corrupt(format!("shared secret {name:?}: {e}")))
+    }
+}
