@@ -48,11 +48,8 @@ pub fn invalid_argument(violations: Vec<(String, String)>) -> Status {
 /// INVALID_ARGUMENT with field violations and, where clients should be able to match the case
 /// without reading violations, an `ErrorInfo` reason too.
 pub fn invalid_argument_with_reason(violations: Vec<(String, String)>, reason: Option<&str>) -> Status {
-    let message = violations
-        .iter()
-        .map(|(field, description)| format!("{field}: {description}"))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let message =
+        violations.iter().map(|(field, description)| format!("{field}: {description}")).collect::<Vec<_>>().join("; ");
     let violations: Vec<FieldViolation> =
         violations.into_iter().map(|(field, description)| FieldViolation::new(field, description)).collect();
     let mut details = ErrorDetails::with_bad_request(violations);

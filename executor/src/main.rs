@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "hangar-drone", version, about = "Hangar drone: attaches a worker host to Hangar controllers and runs backends on it.")]
+#[command(
+    name = "hangar-drone",
+    version,
+    about = "Hangar drone: attaches a worker host to Hangar controllers and runs backends on it."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,9 +52,7 @@ struct RunArgs {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 #[tokio::main]

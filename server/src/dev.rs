@@ -19,6 +19,7 @@ pub struct DevCluster {
     pub controller: RunningController,
     pub drone: DroneHandle,
     pub drone_node_id: String,
+    pub drone_name: String,
 }
 
 impl DevCluster {
@@ -32,13 +33,14 @@ impl DevCluster {
         })?;
         let controller = Controller::start(store, options.controller, listener).await?;
 
+        let drone_name = options.drone_name.clone();
         let mut config = DroneConfig::new(vec![controller.url()], options.drone_name);
         config.heartbeat_interval = controller.registry().config().heartbeat_interval;
         let drone = drone::spawn(config);
         let drone_node_id = tokio::time::timeout(std::time::Duration::from_secs(30), drone.attached())
             .await
             .context("the embedded drone did not attach within 30 s")?;
-        Ok(DevCluster { controller, drone, drone_node_id })
+        Ok(DevCluster { controller, drone, drone_node_id, drone_name })
     }
 
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -57,13 +59,14 @@ pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
     format!(
         "\nHangar dev is running.\n\
          \x20 controller  {url}   (gRPC, reflection on)\n\
-         \x20 drone       {drone}\n\
+         \x20 drone       {name} (node {drone})\n\
          \x20 data        {data}\n\n\
          Try next, in another terminal:\n\
          \x20 cargo run -p hangar-client -- --controller {url} nodes list\n\
          \x20 grpcurl -plaintext {addr} list\n\n\
          Stop with Ctrl-C.\n",
         url = cluster.controller.url(),
+        name = cluster.drone_name,
         drone = cluster.drone_node_id,
         data = data_dir.display(),
     )

@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "hangar-server", version, about = "Hangar controller: schedules session backends on drones and serves the hangar.v1 gRPC API.")]
+#[command(
+    name = "hangar-server",
+    version,
+    about = "Hangar controller: schedules session backends on drones and serves the hangar.v1 gRPC API."
+)]
 struct Cli {
     /// Log line format on stderr. Filter with RUST_LOG (e.g. RUST_LOG=hangar_server=debug).
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -120,8 +124,11 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let config =
-        ControllerConfig { liveness: args.liveness.config()?, reflection: !args.no_reflection, ..ControllerConfig::default() };
+    let config = ControllerConfig {
+        liveness: args.liveness.config()?,
+        reflection: !args.no_reflection,
+        ..ControllerConfig::default()
+    };
     let controller = Controller::start(store, config, listener).await?;
     println!("hangar-server controller listening on {}", controller.url());
     shutdown_signal().await;

@@ -1,1 +1,200 @@
-//! Shared harness for the integration tests.
+//! The harness every integration test uses: real controllers on port 0, real stores (SQLite in a
+//! temp dir, or PostgreSQL started with initdb), real drones over real gRPC, and the built
+//! binaries for tests that act as a user would.
+
+use hangar::v1::{self, drone_service_client::DroneServiceClient, node_service_client::NodeServiceClient};
+use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig, RunningController};
+use hangar_server::store::{self, DynStore};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+/// Liveness timings for tests: heartbeat every 100 ms, UNHEALTHY after 300 ms, OFFLINE after
+/// 600 ms.
+pub fn fast_liveness() -> LivenessConfig {
+    LivenessConfig::fast(Duration::from_millis(100))
+}
+
+/// A store in a fresh temporary SQLite database, removed with the returned guard.
+pub async fn sqlite_store() -> (DynStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("hangar.db").display());
+    let store = store::open(&url).await.expect("open sqlite store");
+    (store, dir)
+}
+
+/// A controller on 127.0.0.1:0 over `store`.
+pub async fn start_controller(store: DynStore, liveness: LivenessConfig) -> RunningController {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let config = ControllerConfig { liveness, ..ControllerConfig::default() };
+    Controller::start(store, config, listener).await.expect("start controller")
+}
+
+/// One controller on a private SQLite database, with fast liveness timings.
+pub struct TestCluster {
+    pub controller: RunningController,
+    pub store: DynStore,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    pub async fn sqlite() -> TestCluster {
+        init_logging();
+        let (store, dir) = sqlite_store().await;
+        let controller = start_controller(store.clone(), fast_liveness()).await;
+        TestCluster { controller, store, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.controller.url()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        channel(&self.url()).await
+    }
+
+    pub async fn nodes(&self) -> NodeServiceClient<Channel> {
+        NodeServiceClient::new(self.channel().await)
+    }
+
+    pub async fn shutdown(self) {
+        self.controller.shutdown().await.expect("controller shutdown");
+    }
+}
+
+pub async fn channel(url: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect to controller")
+}
+
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A drone driven by hand over the real `DroneService.Attach` protocol, for tests that need
+/// to control exactly when heartbeats are sent or when the stream drops.
+pub struct ManualDrone {
+    pub node_id: String,
+    outbound: mpsc::Sender<v1::DroneAttachRequest>,
+    pub inbound: tonic::Streaming<v1::DroneAttachResponse>,
+}
+
+pub fn drone_hello(name: &str) -> v1::DroneHello {
+    v1::DroneHello {
+        name: name.into(),
+        cluster: "default".into(),
+        pool: "default".into(),
+        version: "test".into(),
+        labels: Default::default(),
+        backend_capacity: 10,
+        resources: Some(v1::NodeResources {
+            cpu_cores: 2,
+            cpu_used_millis: 100,
+            memory_total_bytes: 1 << 30,
+            memory_used_bytes: 1 << 20,
+        }),
+        runtime: "mock".into(),
+    }
+}
+
+impl ManualDrone {
+    /// Attaches with `hello`; fails with the controller's status if it refuses.
+    pub async fn attach(url: &str, hello: v1::DroneHello) -> Result<ManualDrone, tonic::Status> {
+        let mut client = DroneServiceClient::new(channel(url).await);
+        let (outbound, rx) = mpsc::channel(16);
+        outbound
+            .send(v1::DroneAttachRequest { message: Some(v1::drone_attach_request::Message::Hello(hello)) })
+            .await
+            .unwrap();
+        let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+        match inbound.message().await? {
+            Some(v1::DroneAttachResponse { message: Some(v1::drone_attach_response::Message::Welcome(w)) }) => {
+                Ok(ManualDrone { node_id: w.node_id, outbound, inbound })
+            }
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    pub async fn heartbeat(&self, memory_used_bytes: u64) {
+        let hb = v1::DroneHeartbeat {
+            local_time: None,
+            resources: Some(v1::NodeResources {
+                cpu_cores: 2,
+                cpu_used_millis: 250,
+                memory_total_bytes: 1 << 30,
+                memory_used_bytes,
+            }),
+            backend_count: 0,
+        };
+        let _ = self
+            .outbound
+            .send(v1::DroneAttachRequest { message: Some(v1::drone_attach_request::Message::Heartbeat(hb)) })
+            .await;
+    }
+
+    /// Heartbeats every `interval` until the returned task is aborted.
+    pub fn keep_alive(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let outbound = self.outbound.clone();
+        tokio::spawn(async move {
+            loop {
+                let hb = v1::DroneHeartbeat { local_time: None, resources: None, backend_count: 0 };
+                if outbound
+                    .send(v1::DroneAttachRequest { message: Some(v1::drone_attach_request::Message::Heartbeat(hb)) })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+}
+
+/// Polls `GetNode` until `check` accepts the node or `timeout` passes; returns the last node.
+pub async fn wait_for_node(
+    nodes: &mut NodeServiceClient<Channel>,
+    id: &str,
+    timeout: Duration,
+    check: impl Fn(&v1::Node) -> bool,
+) -> v1::Node {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let node =
+            nodes.get_node(v1::GetNodeRequest { id: id.into() }).await.expect("get node").into_inner().node.unwrap();
+        if check(&node) {
+            return node;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("node {id} did not reach the expected state within {timeout:?}; last seen: {node:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Path of a binary of this workspace, built by `cargo build --workspace --bins` (the README's
+/// test command does that before running the tests).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test binary> → target/<profile>/<name>
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}

@@ -164,7 +164,8 @@ async fn session(
         Some(v1::DroneAttachResponse { message: Some(Reply::Welcome(welcome)) }) => welcome,
         other => anyhow::bail!("expected a welcome, got {other:?}"),
     };
-    let interval = welcome.heartbeat_interval.as_ref().and_then(duration_from_proto).unwrap_or(config.heartbeat_interval);
+    let interval =
+        welcome.heartbeat_interval.as_ref().and_then(duration_from_proto).unwrap_or(config.heartbeat_interval);
     tracing::info!(node_id = %welcome.node_id, %controller, "drone attached");
     state.send_replace(LinkState::Attached { node_id: welcome.node_id.clone(), controller: controller.to_string() });
     backoff.reset();

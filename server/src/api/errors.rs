@@ -14,7 +14,9 @@ pub enum ApiError {
     NodeNotDrone(String),
     #[error("invalid page token: {0}")]
     InvalidPageToken(String),
-    #[error("the listing this page token belongs to has expired (revision {requested} was compacted; oldest retained revision is {oldest}); list again from the first page")]
+    #[error(
+        "the listing this page token belongs to has expired (revision {requested} was compacted; oldest retained revision is {oldest}); list again from the first page"
+    )]
     PageTokenExpired { requested: u64, oldest: u64 },
     #[error("revision {requested} has been compacted; the oldest retained revision is {oldest}")]
     RevisionCompacted { requested: u64, oldest: u64 },
@@ -37,7 +39,9 @@ impl From<ApiError> for Status {
         let message = err.to_string();
         match err {
             ApiError::InvalidArgument(violations) => invalid_argument(violations),
-            ApiError::NodeNotFound(id) => status_with_reason(Code::NotFound, message, reason::NODE_NOT_FOUND, &[("id", id)]),
+            ApiError::NodeNotFound(id) => {
+                status_with_reason(Code::NotFound, message, reason::NODE_NOT_FOUND, &[("id", id)])
+            }
             ApiError::NodeNotDrone(id) => {
                 status_with_reason(Code::FailedPrecondition, message, reason::NODE_NOT_DRONE, &[("id", id)])
             }
@@ -56,11 +60,17 @@ impl From<ApiError> for Status {
                 reason::REVISION_COMPACTED,
                 &[("oldest_revision", oldest.to_string())],
             ),
-            ApiError::Protocol(_) => status_with_reason(Code::FailedPrecondition, message, reason::PROTOCOL_VIOLATION, &[]),
+            ApiError::Protocol(_) => {
+                status_with_reason(Code::FailedPrecondition, message, reason::PROTOCOL_VIOLATION, &[])
+            }
             ApiError::ShuttingDown => status_with_reason(Code::Unavailable, message, reason::SHUTTING_DOWN, &[]),
             ApiError::Store(StoreError::Compacted { requested, oldest }) => {
                 ApiError::RevisionCompacted { requested, oldest }.into()
             }
+            ApiError::Store(StoreError::FutureRevision { requested, current }) => invalid_argument(vec![(
+                "revision".into(),
+                format!("revision {requested} has not been reached; the current revision is {current}"),
+            )]),
             ApiError::Store(err @ StoreError::Unavailable(_)) => {
                 tracing::warn!(error = %err, "store unavailable");
                 status_with_reason(Code::Unavailable, "the store is unavailable; retry", reason::STORE_UNAVAILABLE, &[])

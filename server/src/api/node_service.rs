@@ -34,6 +34,9 @@ impl NodeApi {
             StoreError::Compacted { requested, oldest } if cursor.is_some() => {
                 ApiError::PageTokenExpired { requested, oldest }
             }
+            StoreError::FutureRevision { .. } if cursor.is_some() => {
+                ApiError::InvalidPageToken("names a revision this cluster has not reached".into())
+            }
             other => other.into(),
         })?;
         let next_page_token = match page.nodes.last() {
@@ -66,15 +69,17 @@ impl NodeApi {
             Some(d) => {
                 let d = duration_from_proto(d)
                     .ok_or_else(|| ApiError::invalid("deadline", "must be a non-negative duration"))?;
-                Some(Utc::now() + chrono::Duration::from_std(d).map_err(|_| ApiError::invalid("deadline", "too long"))?)
+                Some(
+                    Utc::now()
+                        + chrono::Duration::from_std(d).map_err(|_| ApiError::invalid("deadline", "too long"))?,
+                )
             }
         };
         let node = self.store.get_node(&req.id).await?.ok_or_else(|| ApiError::NodeNotFound(req.id.clone()))?;
         if node.kind != NodeKind::Drone {
             return Err(ApiError::NodeNotDrone(req.id));
         }
-        let update =
-            NodeUpdate { draining: Some(true), drain_deadline: Some(deadline), ..NodeUpdate::default() };
+        let update = NodeUpdate { draining: Some(true), drain_deadline: Some(deadline), ..NodeUpdate::default() };
         let node = self
             .store
             .update_node(&req.id, update, UpdateCondition::Always)

@@ -51,7 +51,9 @@ impl PageTokens {
     }
 
     pub fn decode(&self, token: &str, filter_digest: &str) -> Result<PageCursor, ApiError> {
-        let malformed = || ApiError::InvalidPageToken("malformed; pass next_page_token from the previous response unchanged".into());
+        let malformed = || {
+            ApiError::InvalidPageToken("malformed; pass next_page_token from the previous response unchanged".into())
+        };
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
         if bytes.len() <= SIGNATURE_LEN {
             return Err(malformed());
@@ -60,7 +62,9 @@ impl PageTokens {
         let mut mac = self.mac();
         mac.update(payload);
         mac.verify_truncated_left(signature).map_err(|_| {
-            ApiError::InvalidPageToken("signature does not match; the token was altered or not issued by this cluster".into())
+            ApiError::InvalidPageToken(
+                "signature does not match; the token was altered or not issued by this cluster".into(),
+            )
         })?;
         let cursor: PageCursor = serde_json::from_slice(payload).map_err(|_| malformed())?;
         if cursor.filter_digest != filter_digest {

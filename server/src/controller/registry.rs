@@ -48,7 +48,13 @@ pub struct NodeRegistry {
 
 impl NodeRegistry {
     pub fn new(store: DynStore, controller_id: String, config: LivenessConfig) -> Self {
-        NodeRegistry { store, controller_id, config, next_session: AtomicU64::new(1), attached: Mutex::new(HashMap::new()) }
+        NodeRegistry {
+            store,
+            controller_id,
+            config,
+            next_session: AtomicU64::new(1),
+            attached: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn controller_id(&self) -> &str {
@@ -116,7 +122,9 @@ impl NodeRegistry {
         };
         match self.store.update_node(&attached.node_id, update, self.held_by_me()).await {
             Ok(_) => tracing::info!(node_id = %attached.node_id, "node offline: its stream ended"),
-            Err(err) => tracing::warn!(node_id = %attached.node_id, error = %err, "could not record node offline; the stale-node sweep will"),
+            Err(err) => {
+                tracing::warn!(node_id = %attached.node_id, error = %err, "could not record node offline; the stale-node sweep will")
+            }
         }
     }
 
