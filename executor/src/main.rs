@@ -72,11 +72,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     config.backend_capacity = args.capacity;
     config.backoff.max = args.max_backoff;
-    let drone = drone::spawn(config);
+    let mut drone = drone::spawn(config);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        result = drone.finished() => return Ok(result?),
     }
     drone.shutdown().await;
     Ok(())

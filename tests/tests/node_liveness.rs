@@ -270,3 +270,18 @@ fn registration_clone(node: &hangar::domain::Node) -> hangar_server::store::Node
         resources: node.resources,
     }
 }
+
+/// A refusal that retrying cannot fix ends the drone with the reason, instead of a silent loop.
+#[test]
+fn hangar_drone_run_exits_with_the_reason_when_its_name_is_refused() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cluster = runtime.block_on(TestCluster::sqlite());
+    let output = std::process::Command::new(hangar_tests::binary("hangar-drone"))
+        .args(["run", "--controller", &cluster.url(), "--name", "Not_A_Dns_Label"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refused") && stderr.contains("hello.name"), "{stderr}");
+    runtime.block_on(cluster.shutdown());
+}

@@ -67,7 +67,15 @@ pub enum LinkState {
 pub struct DroneHandle {
     state: watch::Receiver<LinkState>,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), DroneError>>,
+}
+
+/// Why a drone gave up. Transient failures (an unreachable controller, a dropped stream) are
+/// retried forever; only a refusal that retrying cannot fix ends the drone.
+#[derive(Debug, thiserror::Error)]
+pub enum DroneError {
+    #[error("the controller refused this drone: {0}")]
+    Refused(String),
 }
 
 impl DroneHandle {
@@ -88,6 +96,14 @@ impl DroneHandle {
         }
     }
 
+    /// Resolves when the drone gives up on its own (see [`DroneError`]).
+    pub async fn finished(&mut self) -> Result<(), DroneError> {
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(join) => Err(DroneError::Refused(format!("drone task failed: {join}"))),
+        }
+    }
+
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
@@ -101,7 +117,11 @@ pub fn spawn(config: DroneConfig) -> DroneHandle {
     DroneHandle { state, shutdown, task }
 }
 
-async fn run(config: DroneConfig, state: watch::Sender<LinkState>, shutdown: CancellationToken) {
+async fn run(
+    config: DroneConfig,
+    state: watch::Sender<LinkState>,
+    shutdown: CancellationToken,
+) -> Result<(), DroneError> {
     let mut backoff = config.backoff.clone();
     let mut host = HostResources::new();
     let mut next = 0;
@@ -109,17 +129,23 @@ async fn run(config: DroneConfig, state: watch::Sender<LinkState>, shutdown: Can
         let controller = &config.controllers[next % config.controllers.len()];
         next += 1;
         let outcome = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             outcome = session(&config, controller, &mut host, &state, &mut backoff) => outcome,
         };
         state.send_replace(LinkState::Connecting);
+        if let Err(err) = &outcome
+            && let Some(status) = err.downcast_ref::<tonic::Status>()
+            && status.code() == tonic::Code::InvalidArgument
+        {
+            return Err(DroneError::Refused(status.message().to_string()));
+        }
         let delay = backoff.next_delay();
         match outcome {
             Ok(()) => tracing::warn!(%controller, retry_in = ?delay, "controller closed the stream; reconnecting"),
             Err(err) => tracing::warn!(%controller, retry_in = ?delay, "drone link failed: {err:#}"),
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
     }
@@ -158,7 +184,8 @@ async fn session(
         runtime: config.runtime.clone(),
     };
     tx.send(v1::DroneAttachRequest { message: Some(Message::Hello(hello)) }).await?;
-    let mut inbound = client.attach(ReceiverStream::new(rx)).await.context("attach refused")?.into_inner();
+    // The status itself is the error, so that `run` can tell a refusal from a transient failure.
+    let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
 
     let welcome = match inbound.message().await.context("no welcome")? {
         Some(v1::DroneAttachResponse { message: Some(Reply::Welcome(welcome)) }) => welcome,
