@@ -147,7 +147,7 @@ async fn first_message_other_than_hello_is_a_protocol_violation() {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let hb = v1::DroneHeartbeat { local_time: None, resources: None, backend_count: 0 };
     tx.send(v1::DroneAttachRequest { message: Some(v1::drone_attach_request::Message::Heartbeat(hb)) }).await.unwrap();
-    let status = client.attach(ReceiverStream::new(rx)).await.err().expect("refused");
+    let status = client.attach(ReceiverStream::new(rx)).await.expect_err("refused");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert_eq!(error_info(&status).unwrap().0, "PROTOCOL_VIOLATION");
     cluster.shutdown().await;
