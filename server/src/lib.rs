@@ -1,3 +1,6 @@
 //! The Hangar controller and proxy.
 
 pub mod store;
+
+#[cfg(feature = "test-support")]
+pub mod testing;

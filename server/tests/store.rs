@@ -22,7 +22,6 @@ impl Database {
         Database { url, _keep: Box::new(dir) }
     }
 
-    #[cfg(any())]
     async fn postgres() -> Database {
         let cluster = hangar_server::testing::PgCluster::shared().await.expect("PostgreSQL test cluster");
         let url = cluster.create_database().await.expect("create test database");
@@ -45,7 +44,14 @@ macro_rules! scenarios {
                 }
             )+
         }
-        /*POSTGRES*/
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Database::postgres().await).await
+                }
+            )+
+        }
     };
 }
 

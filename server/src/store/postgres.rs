@@ -28,7 +28,8 @@ impl SqlStore<Postgres> {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
+            // A call while the database is down fails as Unavailable after this, not hangs.
+            .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await
             .map_err(from_sqlx)?;
