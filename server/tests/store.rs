@@ -28,6 +28,10 @@ impl Database {
         Database { url, _keep: Box::new(()) }
     }
 
+    fn backend(&self) -> &str {
+        self.url.split(':').next().unwrap_or_default()
+    }
+
     async fn open(&self) -> DynStore {
         store::open(&self.url).await.unwrap_or_else(|e| panic!("open {}: {e}", self.url))
     }
@@ -245,7 +249,8 @@ async fn pagination_over_2500_nodes_returns_each_exactly_once(db: Database) {
     page_times.sort();
     let total: std::time::Duration = page_times.iter().sum();
     eprintln!(
-        "figure: {} writes took {writes:?}; {} pages of 100 at a snapshot: median {:?}, max {:?}, total {total:?}",
+        "figure ({}): {} writes took {writes:?}; {} pages of 100 at a snapshot: median {:?}, max {:?}, total {total:?}",
+        db.backend(),
         2500 + 1000,
         page_times.len(),
         page_times[page_times.len() / 2],
@@ -545,7 +550,8 @@ async fn concurrent_writers_get_gapless_revisions(db: Database) {
     let elapsed = started.elapsed();
     let total = (TASKS * UPDATES) as u64;
     eprintln!(
-        "figure: {total} concurrent updates through 2 stores in {elapsed:?} ({:.0} writes/s)",
+        "figure ({}): {total} concurrent updates through 2 stores in {elapsed:?} ({:.0} writes/s)",
+        db.backend(),
         total as f64 / elapsed.as_secs_f64()
     );
     all.sort();
