@@ -5,3 +5,6 @@ pub mod controller;
 pub mod dev;
 pub mod store;
 pub mod telemetry;
+
+#[cfg(feature = "test-support")]
+pub mod testing;

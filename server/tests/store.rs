@@ -22,11 +22,14 @@ impl Database {
         Database { url, _keep: Box::new(dir) }
     }
 
-    #[cfg(any())]
     async fn postgres() -> Database {
         let cluster = hangar_server::testing::PgCluster::shared().await.expect("PostgreSQL test cluster");
         let url = cluster.create_database().await.expect("create test database");
         Database { url, _keep: Box::new(()) }
+    }
+
+    fn backend(&self) -> &str {
+        self.url.split(':').next().unwrap_or_default()
     }
 
     async fn open(&self) -> DynStore {
@@ -45,7 +48,14 @@ macro_rules! scenarios {
                 }
             )+
         }
-        /*POSTGRES*/
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Database::postgres().await).await
+                }
+            )+
+        }
     };
 }
 
@@ -239,7 +249,8 @@ async fn pagination_over_2500_nodes_returns_each_exactly_once(db: Database) {
     page_times.sort();
     let total: std::time::Duration = page_times.iter().sum();
     eprintln!(
-        "figure: {} writes took {writes:?}; {} pages of 100 at a snapshot: median {:?}, max {:?}, total {total:?}",
+        "figure ({}): {} writes took {writes:?}; {} pages of 100 at a snapshot: median {:?}, max {:?}, total {total:?}",
+        db.backend(),
         2500 + 1000,
         page_times.len(),
         page_times[page_times.len() / 2],
@@ -539,7 +550,8 @@ async fn concurrent_writers_get_gapless_revisions(db: Database) {
     let elapsed = started.elapsed();
     let total = (TASKS * UPDATES) as u64;
     eprintln!(
-        "figure: {total} concurrent updates through 2 stores in {elapsed:?} ({:.0} writes/s)",
+        "figure ({}): {total} concurrent updates through 2 stores in {elapsed:?} ({:.0} writes/s)",
+        db.backend(),
         total as f64 / elapsed.as_secs_f64()
     );
     all.sort();

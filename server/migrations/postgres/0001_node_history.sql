@@ -11,7 +11,8 @@ INSERT INTO revision_counter (id, current, compacted) VALUES (1, 0, 0);
 -- One row per node ever known and not yet compacted away; `removed` is the revision of its removal
 -- (0 while it exists), so snapshots before the removal still find it.
 CREATE TABLE nodes (
-    id       TEXT PRIMARY KEY,
+    -- Byte order, as in Rust and SQLite: page cursors compare ids, whatever the database locale.
+    id       TEXT COLLATE "C" PRIMARY KEY,
     kind     TEXT NOT NULL,
     cluster  TEXT NOT NULL,
     name     TEXT NOT NULL,
@@ -22,7 +23,7 @@ CREATE UNIQUE INDEX nodes_identity ON nodes (kind, cluster, name) WHERE removed 
 
 CREATE TABLE node_history (
     revision    BIGINT PRIMARY KEY,
-    node_id     TEXT NOT NULL,
+    node_id     TEXT COLLATE "C" NOT NULL,
     change      TEXT NOT NULL CHECK (change IN ('ADDED', 'MODIFIED', 'REMOVED')),
     kind        TEXT NOT NULL,
     state       TEXT NOT NULL,

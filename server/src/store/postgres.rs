@@ -18,6 +18,10 @@ impl Dialect for Postgres {
     // statements after it see what the writer before committed.
     const BEGIN_WRITE: &'static str = "BEGIN";
     const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    // With the join SQLite uses, PostgreSQL's planner hashes the whole history and sorts every node
+    // for each page (13 ms instead of 0.5 ms at 2,500 nodes); LATERAL keeps it an index walk.
+    const LATEST_VERSION: &'static str = "CROSS JOIN LATERAL (SELECT * FROM node_history v \
+        WHERE v.node_id = n.id AND v.revision <= $1 ORDER BY v.revision DESC LIMIT 1) h";
     // Sent at commit, in commit order, and only if the transaction commits.
     const ANNOUNCE: Option<&'static str> = Some("SELECT pg_notify('hangar_node_changes', $1)");
 }
@@ -28,11 +32,23 @@ impl SqlStore<Postgres> {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
+            // A call while the database is down fails as Unavailable after this, not hangs.
+            .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await
             .map_err(from_sqlx)?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(from_migrate)?;
         Ok(SqlStore::new(pool.clone(), pool))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_announced_on_the_documented_channel() {
+        let announce = <Postgres as Dialect>::ANNOUNCE.unwrap();
+        assert!(announce.contains(&format!("'{NODE_CHANGES_CHANNEL}'")), "{announce}");
     }
 }

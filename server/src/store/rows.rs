@@ -107,17 +107,20 @@ pub(super) enum Param {
 
 /// The page query at a snapshot revision: for each node id after the cursor, its newest history
 /// row at or below the snapshot, unless that row is a removal. Driving the scan from `nodes` (one
-/// row per node, removed ones included until compacted) keeps it one index probe per node however
-/// long the history is. Labels are matched in Rust by the caller.
+/// row per node, removed ones included until compacted) in id order keeps a page one index probe
+/// per node however long the history is; `latest_version` is the dialect's way of saying "join
+/// each `n` to its newest version `h`". Labels are matched in Rust by the caller.
 ///
 /// Parameters: `$1` snapshot revision, `$2` cursor id, `$3` row limit, then the filter's.
-pub(super) fn snapshot_page_query(filter: &NodeFilter, at: i64, after_id: String, limit: i64) -> (String, Vec<Param>) {
-    let mut sql = String::from(
-        "SELECT h.revision, h.data FROM nodes n \
-         JOIN node_history h ON h.revision = \
-           (SELECT MAX(v.revision) FROM node_history v WHERE v.node_id = n.id AND v.revision <= $1) \
-         WHERE n.id > $2 AND h.change <> 'REMOVED'",
-    );
+pub(super) fn snapshot_page_query(
+    latest_version: &str,
+    filter: &NodeFilter,
+    at: i64,
+    after_id: String,
+    limit: i64,
+) -> (String, Vec<Param>) {
+    let mut sql =
+        format!("SELECT h.revision, h.data FROM nodes n {latest_version} WHERE n.id > $2 AND h.change <> 'REMOVED'");
     let mut params = vec![Param::Int(at), Param::Text(after_id), Param::Int(limit)];
     let mut any_of = |column: &str, values: Vec<String>, sql: &mut String| {
         let mut slots = Vec::with_capacity(values.len());
@@ -179,7 +182,7 @@ mod tests {
             cluster: Some("eu".into()),
             ..Default::default()
         };
-        let (sql, params) = snapshot_page_query(&filter, 7, String::new(), 10);
+        let (sql, params) = snapshot_page_query("", &filter, 7, String::new(), 10);
         assert!(sql.contains("h.kind IN ($4, $5)"), "{sql}");
         assert!(sql.contains("h.cluster IN ($6)"), "{sql}");
         assert_eq!(params.len(), 6);

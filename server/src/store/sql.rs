@@ -17,6 +17,9 @@ pub trait Dialect: Database {
     const BEGIN_WRITE: &'static str;
     /// Opens a read-only transaction whose statements all see one snapshot.
     const BEGIN_SNAPSHOT: &'static str;
+    /// Joins each node `n` to its newest history row `h` at or below revision `$1`; see
+    /// `rows::snapshot_page_query`.
+    const LATEST_VERSION: &'static str;
     /// Run inside each writing transaction just before commit, with the new revision as `$1`.
     const ANNOUNCE: Option<&'static str>;
 }
@@ -66,6 +69,11 @@ where
         let mut tx = self.read.begin_with(DB::BEGIN_SNAPSHOT).await.map_err(from_sqlx)?;
         let (current, compacted) = counter(&mut tx).await?;
         Ok((tx, current, compacted))
+    }
+
+    async fn counter_now(&self) -> Result<(Revision, Revision), StoreError> {
+        let mut connection = self.read.acquire().await.map_err(from_sqlx)?;
+        counter(&mut connection).await
     }
 
     async fn node_where(
@@ -160,7 +168,7 @@ where
     }
 }
 
-async fn counter<DB>(tx: &mut Transaction<'static, DB>) -> Result<(Revision, Revision), StoreError>
+async fn counter<DB>(connection: &mut DB::Connection) -> Result<(Revision, Revision), StoreError>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -169,7 +177,7 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     let row = sqlx::query("SELECT current, compacted FROM revision_counter WHERE id = 1")
-        .fetch_one(&mut **tx)
+        .fetch_one(connection)
         .await
         .map_err(from_sqlx)?;
     Ok((
@@ -202,13 +210,11 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     async fn current_revision(&self) -> Result<Revision, StoreError> {
-        let (_, current, _) = self.begin_snapshot().await?;
-        Ok(current)
+        Ok(self.counter_now().await?.0)
     }
 
     async fn compacted_revision(&self) -> Result<Revision, StoreError> {
-        let (_, _, compacted) = self.begin_snapshot().await?;
-        Ok(compacted)
+        Ok(self.counter_now().await?.1)
     }
 
     async fn attach_node(
@@ -276,7 +282,13 @@ where
         let mut cursor = after_id.unwrap_or_default().to_string();
         let mut nodes = Vec::with_capacity(limit.min(1024));
         loop {
-            let (sql, params) = rows::snapshot_page_query(filter, db_revision(revision), cursor.clone(), batch as i64);
+            let (sql, params) = rows::snapshot_page_query(
+                DB::LATEST_VERSION,
+                filter,
+                db_revision(revision),
+                cursor.clone(),
+                batch as i64,
+            );
             let mut query = sqlx::query(&sql);
             for p in params {
                 query = match p {

@@ -16,6 +16,10 @@ impl Dialect for Sqlite {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     // In WAL mode a deferred transaction reads from one snapshot from its first read on.
     const BEGIN_SNAPSHOT: &'static str = "BEGIN";
+    // SQLite has no LATERAL; its planner walks `nodes` in id order and probes the subquery's
+    // index once per node.
+    const LATEST_VERSION: &'static str = "JOIN node_history h ON h.revision = \
+        (SELECT MAX(v.revision) FROM node_history v WHERE v.node_id = n.id AND v.revision <= $1)";
     const ANNOUNCE: Option<&'static str> = None;
 }
 
