@@ -5,6 +5,7 @@ pub mod controller;
 pub mod dev;
 pub mod store;
 pub mod telemetry;
+pub mod watch;
 
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -27,9 +27,17 @@ pub async fn sqlite_store() -> (DynStore, tempfile::TempDir) {
 
 /// A controller on 127.0.0.1:0 over `store`.
 pub async fn start_controller(store: DynStore, liveness: LivenessConfig) -> RunningController {
+    start_controller_with(store, ControllerConfig { liveness, ..ControllerConfig::default() }).await
+}
+
+pub async fn start_controller_with(store: DynStore, config: ControllerConfig) -> RunningController {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-    let config = ControllerConfig { liveness, ..ControllerConfig::default() };
     Controller::start(store, config, listener).await.expect("start controller")
+}
+
+/// Test controller settings: fast liveness, everything else default.
+pub fn test_config() -> ControllerConfig {
+    ControllerConfig { liveness: fast_liveness(), ..ControllerConfig::default() }
 }
 
 /// One controller on a private SQLite database, with fast liveness timings.
@@ -41,9 +49,13 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn sqlite() -> TestCluster {
+        Self::sqlite_with(test_config()).await
+    }
+
+    pub async fn sqlite_with(config: ControllerConfig) -> TestCluster {
         init_logging();
         let (store, dir) = sqlite_store().await;
-        let controller = start_controller(store.clone(), fast_liveness()).await;
+        let controller = start_controller_with(store.clone(), config).await;
         TestCluster { controller, store, _dir: dir }
     }
 
@@ -197,4 +209,40 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A node registration for tests that write to the store directly.
+pub fn registration(name: &str) -> hangar_server::store::NodeRegistration {
+    hangar_server::store::NodeRegistration {
+        kind: hangar::domain::NodeKind::Drone,
+        name: name.into(),
+        cluster: "default".into(),
+        pool: "default".into(),
+        labels: Default::default(),
+        version: "test".into(),
+        backend_capacity: 10,
+        resources: Default::default(),
+    }
+}
+
+/// Opens `WatchNodes` on `url`.
+pub async fn watch(
+    url: &str,
+    request: v1::WatchNodesRequest,
+) -> Result<tonic::Streaming<v1::WatchNodesResponse>, tonic::Status> {
+    let mut client = NodeServiceClient::new(channel(url).await);
+    Ok(client.watch_nodes(request).await?.into_inner())
+}
+
+/// The next event of a watch stream, failing the test after `timeout`.
+pub async fn next_event(
+    stream: &mut tonic::Streaming<v1::WatchNodesResponse>,
+    timeout: Duration,
+) -> Result<v1::NodeEvent, tonic::Status> {
+    match tokio::time::timeout(timeout, stream.message()).await {
+        Err(_) => panic!("no watch event within {timeout:?}"),
+        Ok(Err(status)) => Err(status),
+        Ok(Ok(None)) => panic!("watch stream ended without a status"),
+        Ok(Ok(Some(response))) => Ok(response.event.expect("event")),
+    }
 }

@@ -3,6 +3,7 @@
 use super::page_token::PageCursor;
 use super::{ApiError, PageTokens, validate};
 use crate::store::{DynStore, NodeUpdate, StoreError, UpdateCondition};
+use crate::watch::{NodeWatch, NodeWatchHub, WatchRequest};
 use chrono::Utc;
 use hangar::domain::{NodeFilter, NodeKind, duration_from_proto};
 use hangar::v1::{self, node_service_server::NodeService};
@@ -14,11 +15,46 @@ use tonic::{Request, Response, Status};
 pub struct NodeApi {
     store: DynStore,
     tokens: PageTokens,
+    hub: NodeWatchHub,
 }
 
+/// Shortest bookmark interval a client may ask for: bookmarks are for quiet streams, not a clock.
+const MIN_BOOKMARK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl NodeApi {
-    pub fn new(store: DynStore, tokens: PageTokens) -> Self {
-        NodeApi { store, tokens }
+    pub fn new(store: DynStore, tokens: PageTokens, hub: NodeWatchHub) -> Self {
+        NodeApi { store, tokens, hub }
+    }
+
+    /// Validates a watch request; the stream itself reports a compacted start revision.
+    pub fn watch_nodes(&self, req: v1::WatchNodesRequest) -> Result<EventStream, ApiError> {
+        let filter = node_filter(req.filter.as_ref())?;
+        let bookmark_interval = match &req.bookmark_interval {
+            None => None,
+            Some(d) => match duration_from_proto(d) {
+                Some(d) if d.is_zero() => None,
+                Some(d) if d >= MIN_BOOKMARK_INTERVAL => Some(d),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "bookmark_interval",
+                        format!("must be at least {MIN_BOOKMARK_INTERVAL:?} (or unset)"),
+                    ));
+                }
+            },
+        };
+        if req.send_initial && req.start_revision != 0 {
+            return Err(ApiError::invalid(
+                "start_revision",
+                "send_initial starts from the snapshot's revision; leave start_revision 0 with it",
+            ));
+        }
+        let request = WatchRequest {
+            filter,
+            start_revision: req.start_revision,
+            send_initial: req.send_initial,
+            bookmark_interval,
+        };
+        Ok(Box::pin(NodeWatch::stream(self.hub.clone(), request)))
     }
 
     pub async fn list_nodes(&self, req: v1::ListNodesRequest) -> Result<v1::ListNodesResponse, ApiError> {
@@ -96,7 +132,7 @@ fn node_filter(filter: Option<&v1::NodeFilter>) -> Result<NodeFilter, ApiError> 
     NodeFilter::from_proto(filter).map_err(|(field, message)| ApiError::invalid(field, message))
 }
 
-type EventStream = Pin<Box<dyn futures::Stream<Item = Result<v1::WatchNodesResponse, Status>> + Send>>;
+pub type EventStream = Pin<Box<dyn futures::Stream<Item = Result<v1::WatchNodesResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl NodeService for NodeApi {
@@ -114,7 +150,7 @@ impl NodeService for NodeApi {
 
     type WatchNodesStream = EventStream;
 
-    async fn watch_nodes(&self, _req: Request<v1::WatchNodesRequest>) -> Result<Response<EventStream>, Status> {
-        Err(Status::unimplemented("WatchNodes is not served by this controller version yet"))
+    async fn watch_nodes(&self, req: Request<v1::WatchNodesRequest>) -> Result<Response<EventStream>, Status> {
+        Ok(Response::new(NodeApi::watch_nodes(self, req.into_inner())?))
     }
 }

@@ -3,7 +3,8 @@
 
 use super::{LivenessConfig, NodeRegistry};
 use crate::api::{DroneLink, NodeApi, PageTokens, ProxyLink};
-use crate::store::DynStore;
+use crate::store::{DynStore, Retention};
+use crate::watch::{NodeWatchHub, WatchConfig};
 use hangar::v1::drone_service_server::DroneServiceServer;
 use hangar::v1::node_service_server::NodeServiceServer;
 use hangar::v1::proxy_service_server::ProxyServiceServer;
@@ -27,6 +28,11 @@ pub struct ControllerConfig {
     pub reflection: bool,
     /// How long shutdown waits for open calls (e.g. health watches) before cutting them.
     pub shutdown_grace: Duration,
+    pub watch: WatchConfig,
+    /// How much node history is kept for watchers to resume from.
+    pub retention: Retention,
+    /// How often history outside `retention` is dropped.
+    pub compaction_interval: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -36,6 +42,9 @@ impl Default for ControllerConfig {
             liveness: LivenessConfig::default(),
             reflection: true,
             shutdown_grace: Duration::from_secs(5),
+            watch: WatchConfig::default(),
+            retention: Retention { min_revisions: 10_000, max_age: chrono::Duration::minutes(15) },
+            compaction_interval: Duration::from_secs(60),
         }
     }
 }
@@ -55,7 +64,8 @@ impl Controller {
         let registry = Arc::new(NodeRegistry::new(store.clone(), config.controller_id.clone(), config.liveness));
         let tokens = PageTokens::new(store.shared_secret("page-tokens").await?);
 
-        let node_api = NodeServiceServer::new(NodeApi::new(store.clone(), tokens));
+        let hub = NodeWatchHub::new(store.clone(), config.watch, shutdown.clone()).await?;
+        let node_api = NodeServiceServer::new(NodeApi::new(store.clone(), tokens, hub.clone()));
         let drone_link = DroneServiceServer::new(DroneLink::new(registry.clone(), tasks.clone(), shutdown.clone()));
         let proxy_link = ProxyServiceServer::new(ProxyLink::new(registry.clone(), tasks.clone(), shutdown.clone()));
 
@@ -92,9 +102,32 @@ impl Controller {
             let shutdown = shutdown.clone();
             tasks.spawn(async move { registry.run_liveness(shutdown).await });
         }
+        {
+            let notified = store.subscribe();
+            let hub = hub.clone();
+            tasks.spawn(async move { hub.run(notified).await });
+        }
+        tasks.spawn(compact(store.clone(), config.retention, config.compaction_interval, shutdown.clone()));
 
         tracing::info!(%local_addr, controller_id = %config.controller_id, "controller serving");
         Ok(RunningController { local_addr, config, shutdown, tasks, server, health, registry })
+    }
+}
+
+/// Drops node history outside the retention window, now and then. Every controller may run it;
+/// compaction is idempotent.
+async fn compact(store: DynStore, retention: Retention, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match store.compact(retention, chrono::Utc::now()).await {
+            Ok(revision) => tracing::debug!(compacted = revision, "node history compacted"),
+            Err(err) => tracing::warn!(error = %err, "node history compaction failed; retrying later"),
+        }
     }
 }
 

@@ -146,6 +146,11 @@ pub struct Retention {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Moves whenever this process learns of a new commit: its own writes, and on PostgreSQL
+    /// every controller's (LISTEN/NOTIFY). It may also move without a new revision (after a
+    /// listener reconnects), so subscribers read the log rather than trust the value.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision>;
+
     /// The newest committed revision.
     async fn current_revision(&self) -> Result<Revision, StoreError>;
 

@@ -1,11 +1,13 @@
 //! PostgreSQL store: several controllers share one database.
 
+use super::Revision;
 use super::StoreError;
 use super::rows::{from_migrate, from_sqlx};
-use super::sql::{Dialect, SqlStore};
+use super::sql::{AbortOnDrop, Dialect, SqlStore};
 use sqlx::Postgres;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use std::time::Duration;
+use tokio::sync::watch;
 
 pub type PostgresStore = SqlStore<Postgres>;
 
@@ -38,7 +40,48 @@ impl SqlStore<Postgres> {
             .await
             .map_err(from_sqlx)?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(from_migrate)?;
-        Ok(SqlStore::new(pool.clone(), pool))
+        let mut store = SqlStore::new(pool.clone(), pool);
+        let listener = PgListener::connect_with(store.read_pool()).await.map_err(from_sqlx)?;
+        let committed = store.committed_sender();
+        store.own(AbortOnDrop(tokio::spawn(listen(listener, committed))));
+        Ok(store)
+    }
+}
+
+/// Carries other controllers' commits into this process. NOTIFY payloads are hints: after the
+/// listener reconnects, some may have been missed, so subscribers are woken to read the log.
+async fn listen(mut listener: PgListener, committed: watch::Sender<Revision>) {
+    let mut listening = false;
+    loop {
+        if !listening {
+            match listener.listen(NODE_CHANGES_CHANNEL).await {
+                Ok(()) => {
+                    listening = true;
+                    SqlStore::<Postgres>::announce(&committed, None);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot LISTEN for node changes; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                let revision = notification.payload().parse::<Revision>().ok();
+                SqlStore::<Postgres>::announce(&committed, revision);
+            }
+            // The connection was lost; the next call reconnects and re-listens by itself.
+            Ok(None) => {
+                tracing::warn!("lost the LISTEN connection; reconnecting");
+                SqlStore::<Postgres>::announce(&committed, None);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "LISTEN connection failed; reconnecting");
+                listening = false;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
 

@@ -26,6 +26,11 @@ pub trait Dialect: Database {
 
 /// Both stores: `SqliteStore` and `PostgresStore` are this with their database.
 pub struct SqlStore<DB: Database> {
+    /// The newest revision this process knows was committed: bumped after each local commit and,
+    /// on PostgreSQL, by the LISTEN task for commits of other controllers.
+    committed: tokio::sync::watch::Sender<Revision>,
+    /// Background work the store owns (the PostgreSQL listener); stopped when the store drops.
+    background: Option<AbortOnDrop>,
     read: Pool<DB>,
     /// SQLite gets a one-connection pool here, so in-process writers queue fairly instead of
     /// polling the file lock; PostgreSQL uses the same pool for both.
@@ -43,9 +48,45 @@ const NODE_BY_ID: &str = "SELECT h.revision, h.data FROM nodes n JOIN node_histo
 const NODE_BY_NAME: &str = "SELECT h.revision, h.data FROM nodes n JOIN node_history h ON h.revision = n.revision \
                             WHERE n.kind = $1 AND n.cluster = $2 AND n.name = $3 AND n.removed = 0";
 
+/// A task that ends with its owner.
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl<DB: Database> SqlStore<DB> {
     pub(super) fn new(read: Pool<DB>, write: Pool<DB>) -> Self {
-        SqlStore { read, write }
+        let (committed, _) = tokio::sync::watch::channel(0);
+        SqlStore { committed, background: None, read, write }
+    }
+
+    /// Records that `revision` is committed and wakes subscribers (never moves backwards).
+    pub(super) fn announce(committed: &tokio::sync::watch::Sender<Revision>, revision: Option<Revision>) {
+        committed.send_if_modified(|current| match revision {
+            Some(r) if r > *current => {
+                *current = r;
+                true
+            }
+            Some(_) => false,
+            // Unknown revision (e.g. a listener that reconnected and may have missed some):
+            // wake subscribers so that they read the log.
+            None => true,
+        });
+    }
+
+    pub(super) fn committed_sender(&self) -> tokio::sync::watch::Sender<Revision> {
+        self.committed.clone()
+    }
+
+    pub(super) fn own(&mut self, task: AbortOnDrop) {
+        self.background = Some(task);
+    }
+
+    pub(super) fn read_pool(&self) -> &Pool<DB> {
+        &self.read
     }
 }
 
@@ -91,6 +132,7 @@ where
 
     /// Records `node` (already carrying `revision`) as one change and commits.
     async fn commit_change(
+        &self,
         mut tx: Transaction<'static, DB>,
         change: ChangeKind,
         node: &Node,
@@ -133,7 +175,9 @@ where
         if let Some(announce) = DB::ANNOUNCE {
             sqlx::query(announce).bind(node.revision.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
         }
-        tx.commit().await.map_err(from_sqlx)
+        tx.commit().await.map_err(from_sqlx)?;
+        Self::announce(&self.committed, Some(node.revision));
+        Ok(())
     }
 
     /// The shared path of update and remove: `Ok(None)` when the node is absent or not held;
@@ -163,7 +207,7 @@ where
             return Ok(Some(node));
         };
         next.revision = revision;
-        Self::commit_change(tx, kind, &next).await?;
+        self.commit_change(tx, kind, &next).await?;
         Ok(Some(next))
     }
 }
@@ -209,6 +253,10 @@ where
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision> {
+        self.committed.subscribe()
+    }
+
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         Ok(self.counter_now().await?.0)
     }
@@ -235,7 +283,7 @@ where
         }
         node.revision = revision;
         let change = if existing.is_some() { ChangeKind::Modified } else { ChangeKind::Added };
-        Self::commit_change(tx, change, &node).await?;
+        self.commit_change(tx, change, &node).await?;
         Ok(node)
     }
 

@@ -1,0 +1,238 @@
+//! The hub: tails the change log and fans changes out.
+
+use crate::store::{ChangeKind, DynStore, Revision, StoreError};
+use hangar::domain::Node;
+use hangar::v1;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Changes buffered per watcher before it counts as too slow.
+    pub watcher_buffer: usize,
+    /// Recent changes kept in memory, so that resuming watchers rarely read the store.
+    pub ring_capacity: usize,
+    /// Poll the store this often even without a notification (a missed NOTIFY, a listener that
+    /// reconnected): a bound on how late a change can be, never the normal path.
+    pub poll_interval: Duration,
+    /// Changes read from the store per query.
+    pub read_batch: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            watcher_buffer: 1024,
+            ring_capacity: 8192,
+            poll_interval: Duration::from_secs(1),
+            read_batch: 512,
+        }
+    }
+}
+
+/// One change as every watcher receives it: decoded and converted to protobuf once.
+#[derive(Debug)]
+pub struct HubChange {
+    pub revision: Revision,
+    pub kind: ChangeKind,
+    pub node: Node,
+    pub proto: v1::Node,
+}
+
+impl HubChange {
+    fn new(change: crate::store::NodeChange) -> Arc<HubChange> {
+        let proto = v1::Node::from(&change.node);
+        Arc::new(HubChange { revision: change.revision, kind: change.kind, node: change.node, proto })
+    }
+}
+
+/// A watcher's feed: first `backlog` (history it asked for), then live changes from `live`.
+/// When `live` closes, `overflowed` tells whether the hub dropped it for being too slow.
+pub struct Subscription {
+    pub backlog: VecDeque<Arc<HubChange>>,
+    pub live: mpsc::Receiver<Arc<HubChange>>,
+    pub overflowed: Arc<AtomicBool>,
+}
+
+struct Watcher {
+    tx: mpsc::Sender<Arc<HubChange>>,
+    overflowed: Arc<AtomicBool>,
+}
+
+struct HubState {
+    /// Last revision fanned out.
+    cursor: Revision,
+    /// The newest changes, contiguous, ending at `cursor`.
+    ring: VecDeque<Arc<HubChange>>,
+    watchers: HashMap<u64, Watcher>,
+    next_id: u64,
+}
+
+impl HubState {
+    /// Whether the ring plus live fan-out deliver every change after `from`.
+    fn covers(&self, from: Revision) -> bool {
+        match self.ring.front() {
+            Some(first) => from + 1 >= first.revision,
+            None => from >= self.cursor,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct NodeWatchHub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: DynStore,
+    config: WatchConfig,
+    state: Mutex<HubState>,
+    shutdown: CancellationToken,
+}
+
+impl NodeWatchHub {
+    /// A hub starting at the store's current revision.
+    pub async fn new(store: DynStore, config: WatchConfig, shutdown: CancellationToken) -> Result<Self, StoreError> {
+        let cursor = store.current_revision().await?;
+        let state = HubState { cursor, ring: VecDeque::new(), watchers: HashMap::new(), next_id: 0 };
+        Ok(NodeWatchHub { inner: Arc::new(Inner { store, config, state: Mutex::new(state), shutdown }) })
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.inner.store
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// The last revision fanned out.
+    pub fn cursor(&self) -> Revision {
+        self.inner.state.lock().unwrap().cursor
+    }
+
+    pub fn watcher_count(&self) -> usize {
+        self.inner.state.lock().unwrap().watchers.len()
+    }
+
+    /// Every change after `from`: history first (from the ring, or the store when older than
+    /// the ring), then live. `Compacted` when `from` is older than the store retains.
+    pub async fn subscribe(&self, from: Revision) -> Result<Subscription, StoreError> {
+        // The store's retention window is the contract, even where the ring still remembers
+        // more: a resume must not succeed on one controller and fail on another.
+        let oldest = self.inner.store.compacted_revision().await?;
+        if from < oldest {
+            return Err(StoreError::Compacted { requested: from, oldest });
+        }
+        let mut backlog = VecDeque::new();
+        let mut position = from;
+        loop {
+            {
+                let mut state = self.inner.state.lock().unwrap();
+                if state.covers(position) {
+                    backlog.extend(state.ring.iter().filter(|c| c.revision > position).cloned());
+                    let (tx, live) = mpsc::channel(self.inner.config.watcher_buffer);
+                    let overflowed = Arc::new(AtomicBool::new(false));
+                    let id = state.next_id;
+                    state.next_id += 1;
+                    state.watchers.insert(id, Watcher { tx, overflowed: overflowed.clone() });
+                    return Ok(Subscription { backlog, live, overflowed });
+                }
+            }
+            // Older than the ring: catch up from the store, then look again.
+            let changes = self.inner.store.node_changes_since(position, self.inner.config.read_batch).await?;
+            match changes.last() {
+                Some(last) => position = last.revision,
+                // The store has nothing newer but the ring does not reach back: the hub is
+                // behind the store; let it catch up.
+                None => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+            backlog.extend(changes.into_iter().map(HubChange::new));
+        }
+    }
+
+    /// Tails the change log until shutdown: reads whenever `notified` moves, and every poll
+    /// interval regardless.
+    pub async fn run(&self, mut notified: watch::Receiver<Revision>) {
+        let mut poll = tokio::time::interval(self.inner.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = notified.changed() => {}
+                _ = poll.tick() => {}
+            }
+            match self.catch_up().await {
+                Ok(()) => failures = 0,
+                Err(err) => {
+                    failures += 1;
+                    let delay = Duration::from_millis(50 * u64::from(failures.min(20)));
+                    tracing::warn!(error = %err, retry_in = ?delay, "watch hub cannot read the change log");
+                    tokio::select! {
+                        _ = self.inner.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads and fans out every change after the cursor.
+    async fn catch_up(&self) -> Result<(), StoreError> {
+        loop {
+            let cursor = self.cursor();
+            let changes = match self.inner.store.node_changes_since(cursor, self.inner.config.read_batch).await {
+                Ok(changes) => changes,
+                Err(StoreError::Compacted { oldest, .. }) => {
+                    // The hub fell behind the retention window (a long store outage): its
+                    // watchers cannot be served without a gap, so they are cut and resume or
+                    // re-list; the hub restarts at the oldest retained revision.
+                    tracing::error!(cursor, oldest, "watch hub fell behind compaction; cutting every watcher");
+                    let mut state = self.inner.state.lock().unwrap();
+                    state.watchers.clear();
+                    state.ring.clear();
+                    state.cursor = oldest;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            if changes.is_empty() {
+                return Ok(());
+            }
+            let changes: Vec<_> = changes.into_iter().map(HubChange::new).collect();
+            self.fan_out(changes);
+        }
+    }
+
+    fn fan_out(&self, changes: Vec<Arc<HubChange>>) {
+        let mut state = self.inner.state.lock().unwrap();
+        for change in changes {
+            if change.revision <= state.cursor {
+                continue;
+            }
+            if change.revision != state.cursor + 1 {
+                // Revisions are gapless by construction; a gap here is a store bug. Say so
+                // loudly rather than deliver a silent gap unnoticed.
+                tracing::error!(expected = state.cursor + 1, got = change.revision, "gap in the node change log");
+            }
+            state.cursor = change.revision;
+            state.watchers.retain(|_, watcher| match watcher.tx.try_send(change.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    watcher.overflowed.store(true, Ordering::Release);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+            if state.ring.len() == self.inner.config.ring_capacity {
+                state.ring.pop_front();
+            }
+            state.ring.push_back(change);
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! One `WatchNodes` stream: the initial snapshot or replay, then live changes seen through the
+//! stream's filter.
+
+use super::hub::{HubChange, NodeWatchHub, Subscription};
+use crate::api::ApiError;
+use crate::store::{ChangeKind, Revision, StoreError};
+use hangar::domain::NodeFilter;
+use hangar::error::{reason, status_with_reason};
+use hangar::v1::{self, NodeEventType};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tonic::{Code, Status};
+
+/// Nodes per snapshot page while sending the initial state.
+const SNAPSHOT_PAGE: usize = 500;
+
+#[derive(Debug, Clone)]
+pub struct WatchRequest {
+    pub filter: NodeFilter,
+    /// Deliver every change after this revision; 0 = from now.
+    pub start_revision: Revision,
+    pub send_initial: bool,
+    pub bookmark_interval: Option<Duration>,
+}
+
+/// Which nodes of the filter this stream has shown as present, for filters a node can enter and
+/// leave (state, pool, labels change; kind and cluster do not). `None` when the filter only looks
+/// at fixed fields: a node's match never changes then, so no set is needed.
+type View = Option<HashSet<String>>;
+
+fn needs_view(filter: &NodeFilter) -> bool {
+    !filter.states.is_empty() || filter.pool.is_some() || !filter.labels.is_empty()
+}
+
+pub struct NodeWatch;
+
+type Item = Result<v1::WatchNodesResponse, Status>;
+
+fn event(kind: NodeEventType, node: Option<v1::Node>, revision: Revision) -> v1::WatchNodesResponse {
+    v1::WatchNodesResponse { event: Some(v1::NodeEvent { r#type: kind as i32, node, revision }) }
+}
+
+fn store_status(err: StoreError) -> Status {
+    ApiError::from(err).into()
+}
+
+impl NodeWatch {
+    /// The event stream for one request. Errors before the first event (a compacted start
+    /// revision) arrive as the stream's first item.
+    pub fn stream(hub: NodeWatchHub, request: WatchRequest) -> impl futures::Stream<Item = Item> + Send + 'static {
+        async_stream::stream! {
+            let store = hub.store().clone();
+            let filter = request.filter;
+            let mut view: View = needs_view(&filter).then(HashSet::new);
+
+            // Where live delivery starts, and the initial events before it.
+            let start = if request.send_initial {
+                let mut after: Option<String> = None;
+                let mut at: Option<Revision> = None;
+                loop {
+                    let page = match store.list_nodes(&filter, at, after.as_deref(), SNAPSHOT_PAGE).await {
+                        Ok(page) => page,
+                        Err(err) => { yield Err(store_status(err)); return; }
+                    };
+                    at = Some(page.revision);
+                    for node in &page.nodes {
+                        if let Some(view) = view.as_mut() {
+                            view.insert(node.id.clone());
+                        }
+                        yield Ok(event(NodeEventType::Added, Some(v1::Node::from(node)), node.revision));
+                    }
+                    match (page.more, page.nodes.last()) {
+                        (true, Some(last)) => after = Some(last.id.clone()),
+                        _ => break,
+                    }
+                }
+                let revision = at.unwrap_or_default();
+                yield Ok(event(NodeEventType::SnapshotEnd, None, revision));
+                revision
+            } else {
+                let start = if request.start_revision == 0 {
+                    match store.current_revision().await {
+                        Ok(r) => r,
+                        Err(err) => { yield Err(store_status(err)); return; }
+                    }
+                } else {
+                    request.start_revision
+                };
+                // The view must describe the world as of `start`.
+                if let Some(view) = view.as_mut()
+                    && let Err(err) = seed_view(&hub, &filter, start, view).await
+                {
+                    yield Err(store_status(err));
+                    return;
+                }
+                start
+            };
+
+            let Subscription { mut backlog, mut live, overflowed } = match hub.subscribe(start).await {
+                Ok(subscription) => subscription,
+                Err(err) => { yield Err(store_status(err)); return; }
+            };
+            // Everything up to here has been delivered or skipped on purpose.
+            let mut position = start;
+            let mut bookmark = request.bookmark_interval.map(|every| {
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            let shutdown = hub.shutdown_token().clone();
+            loop {
+                let change = if let Some(change) = backlog.pop_front() {
+                    change
+                } else {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => {
+                            yield Err(status_with_reason(Code::Unavailable, "the controller is shutting down; resume on another", reason::SHUTTING_DOWN, &[("last_revision", position.to_string())]));
+                            return;
+                        }
+                        change = live.recv() => match change {
+                            Some(change) => change,
+                            None if overflowed.load(Ordering::Acquire) => {
+                                yield Err(status_with_reason(
+                                    Code::ResourceExhausted,
+                                    format!("this watch fell too far behind and was cut off; resume from revision {position}"),
+                                    reason::WATCH_TOO_SLOW,
+                                    &[("last_revision", position.to_string())],
+                                ));
+                                return;
+                            }
+                            None => {
+                                yield Err(status_with_reason(Code::Unavailable, "the watch hub stopped; resume on another controller", reason::SHUTTING_DOWN, &[("last_revision", position.to_string())]));
+                                return;
+                            }
+                        },
+                        _ = tick(&mut bookmark) => {
+                            yield Ok(event(NodeEventType::Bookmark, None, position));
+                            continue;
+                        }
+                    }
+                };
+                if change.revision <= position {
+                    continue;
+                }
+                position = change.revision;
+                if let Some(kind) = classify(&filter, &mut view, &change) {
+                    yield Ok(event(kind, Some(change.proto.clone()), change.revision));
+                    if let Some(b) = bookmark.as_mut() {
+                        b.reset();
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn tick(bookmark: &mut Option<tokio::time::Interval>) {
+    match bookmark {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The nodes matching `filter` at revision `at`.
+async fn seed_view(
+    hub: &NodeWatchHub,
+    filter: &NodeFilter,
+    at: Revision,
+    view: &mut HashSet<String>,
+) -> Result<(), StoreError> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = hub.store().list_nodes(filter, Some(at), after.as_deref(), SNAPSHOT_PAGE).await?;
+        view.extend(page.nodes.iter().map(|n| n.id.clone()));
+        match (page.more, page.nodes.last()) {
+            (true, Some(last)) => after = Some(last.id.clone()),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// What this stream should say about `change`, if anything.
+fn classify(filter: &NodeFilter, view: &mut View, change: &Arc<HubChange>) -> Option<NodeEventType> {
+    let matches = change.kind != ChangeKind::Removed && filter.matches(&change.node);
+    let Some(view) = view else {
+        // Only fixed fields in the filter: the change kind is the event kind.
+        return (change.kind == ChangeKind::Removed && filter.matches(&change.node) || matches).then_some(match change
+            .kind
+        {
+            ChangeKind::Added => NodeEventType::Added,
+            ChangeKind::Modified => NodeEventType::Modified,
+            ChangeKind::Removed => NodeEventType::Removed,
+        });
+    };
+    let shown = view.contains(&change.node.id);
+    match (shown, matches) {
+        (false, true) => {
+            view.insert(change.node.id.clone());
+            Some(NodeEventType::Added)
+        }
+        (true, true) => Some(NodeEventType::Modified),
+        (true, false) => {
+            view.remove(&change.node.id);
+            Some(NodeEventType::Removed)
+        }
+        (false, false) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use hangar::domain::{Node, NodeKind, NodeResources, NodeState};
+
+    fn change(kind: ChangeKind, state: NodeState, revision: Revision) -> Arc<HubChange> {
+        let node = Node {
+            id: "n1".into(),
+            name: "n1".into(),
+            kind: NodeKind::Drone,
+            cluster: "default".into(),
+            pool: "default".into(),
+            labels: Default::default(),
+            state,
+            version: String::new(),
+            controller_id: String::new(),
+            registered_at: Utc::now(),
+            last_heartbeat_at: Utc::now(),
+            resources: NodeResources::default(),
+            backend_count: 0,
+            backend_capacity: 1,
+            drain_deadline: None,
+            draining: false,
+            revision,
+        };
+        let proto = v1::Node::from(&node);
+        Arc::new(HubChange { revision, kind, node, proto })
+    }
+
+    #[test]
+    fn nodes_entering_and_leaving_a_state_filter_are_added_and_removed() {
+        let filter = NodeFilter { states: vec![NodeState::Ready], ..Default::default() };
+        let mut view: View = Some(HashSet::new());
+        let seq = [
+            (ChangeKind::Added, NodeState::Ready, Some(NodeEventType::Added)),
+            (ChangeKind::Modified, NodeState::Ready, Some(NodeEventType::Modified)),
+            (ChangeKind::Modified, NodeState::Unhealthy, Some(NodeEventType::Removed)),
+            (ChangeKind::Modified, NodeState::Offline, None),
+            (ChangeKind::Modified, NodeState::Ready, Some(NodeEventType::Added)),
+            (ChangeKind::Removed, NodeState::Ready, Some(NodeEventType::Removed)),
+        ];
+        for (i, (kind, state, expected)) in seq.into_iter().enumerate() {
+            assert_eq!(classify(&filter, &mut view, &change(kind, state, i as u64 + 1)), expected, "step {i}");
+        }
+    }
+
+    #[test]
+    fn fixed_field_filters_pass_change_kinds_through() {
+        let filter = NodeFilter { kinds: vec![NodeKind::Drone], ..Default::default() };
+        let mut view: View = None;
+        assert_eq!(
+            classify(&filter, &mut view, &change(ChangeKind::Modified, NodeState::Offline, 1)),
+            Some(NodeEventType::Modified)
+        );
+        assert_eq!(
+            classify(&filter, &mut view, &change(ChangeKind::Removed, NodeState::Offline, 2)),
+            Some(NodeEventType::Removed)
+        );
+        let proxies = NodeFilter { kinds: vec![NodeKind::Proxy], ..Default::default() };
+        assert_eq!(classify(&proxies, &mut view, &change(ChangeKind::Added, NodeState::Ready, 3)), None);
+    }
+}
