@@ -246,3 +246,50 @@ pub async fn next_event(
         Ok(Ok(Some(response))) => Ok(response.event.expect("event")),
     }
 }
+
+/// A `hangar-server controller` process, killed (SIGKILL) when dropped.
+pub struct ControllerProcess {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl ControllerProcess {
+    /// Starts the built binary on 127.0.0.1:0 against `database` with fast liveness timings and
+    /// waits for it to print its URL.
+    pub fn spawn(database: &str) -> ControllerProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(binary("hangar-server"))
+            .args(["controller", "--listen", "127.0.0.1:0", "--database", database])
+            .args(["--heartbeat-interval", "200ms", "--unhealthy-after", "600ms", "--offline-after", "1200ms"])
+            .args(["--refresh-interval", "800ms"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start hangar-server controller");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = stdout.lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("hangar-server controller listening on ") {
+                        break url.trim().to_string();
+                    }
+                }
+                _ => panic!("hangar-server controller exited before listening"),
+            }
+        };
+        ControllerProcess { child, url }
+    }
+
+    /// SIGKILL: no shutdown, no goodbye to its drones or watchers.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
