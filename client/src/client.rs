@@ -90,6 +90,19 @@ impl HangarClient {
         Ok(HangarClient { channel, address, options })
     }
 
+    /// A client whose connection is made on first use and remade after failures, so that it can
+    /// be created for a controller that is down right now (a watch's fallback controllers).
+    /// Only the address is checked here.
+    pub fn connect_lazy(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
+        let address = normalize_address(url)?;
+        let channel = Endpoint::from_shared(address.clone())
+            .map_err(|e| ClientError::InvalidAddress { address: url.to_string(), detail: error_chain(&e) })?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(HangarClient { channel, address, options })
+    }
+
     /// A client over an existing channel (custom TLS, interceptors, in-process transports).
     pub fn from_channel(channel: Channel, address: impl Into<String>, options: ClientOptions) -> Self {
         HangarClient { channel, address: address.into(), options }

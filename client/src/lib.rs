@@ -14,15 +14,21 @@
 //! Every call returns domain types (`hangar::domain`) and a typed [`ClientError`]; idempotent
 //! calls are retried after UNAVAILABLE according to [`RetryPolicy`]. A listing's `revision` is
 //! where a watch starts so that nothing is missed between the two.
+//!
+//! [`HangarClient::watch_nodes`] does both in one call: the current nodes, then every change,
+//! resuming after dropped streams and listing again when its revision was compacted; feed its
+//! events to a [`NodeStore`] for an always-current copy.
 
 pub mod cli;
 mod client;
 mod error;
 mod retry;
+mod watch;
 
 pub use client::{ClientOptions, DEFAULT_CONTROLLER, HangarClient, NodeList, NodePage};
 pub use error::ClientError;
 pub use retry::RetryPolicy;
+pub use watch::{NodeStore, NodeWatchEvent, Reconnect, Resume, WatchOptions};
 
 /// The shared domain types the SDK speaks in.
 pub use hangar::domain;

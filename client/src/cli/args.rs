@@ -47,7 +47,7 @@ impl From<StateArg> for NodeState {
     }
 }
 
-/// Node filter flags, shared by `nodes list` and (later) `nodes watch`.
+/// Node filter flags, shared by `nodes list` and `nodes watch`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct FilterArgs {
     /// Only nodes of this kind; repeat or comma-separate for several.
@@ -105,6 +105,16 @@ pub fn parse_label(text: &str) -> Result<(String, String), String> {
         return Err(format!("the label key is empty in `{text}`; expected KEY=VALUE"));
     }
     Ok((key.to_string(), value.to_string()))
+}
+
+/// A positive interval such as `30s` or `1m`.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); use e.g. 10s or 1m"))?;
+    if duration.is_zero() {
+        return Err("the interval must be longer than zero".to_string());
+    }
+    Ok(duration)
 }
 
 /// A positive duration such as `90s`, `10m`, `1h30m` or `2h 15m`.

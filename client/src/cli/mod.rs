@@ -8,7 +8,8 @@ mod args;
 mod nodes;
 pub mod render;
 
-pub use args::{FilterArgs, OutputFormat, parse_deadline, parse_label};
+pub use args::{FilterArgs, OutputFormat, parse_deadline, parse_interval, parse_label};
+pub use nodes::watch;
 
 use crate::{ClientError, DEFAULT_CONTROLLER};
 use clap::{Args, Parser, Subcommand};
@@ -21,6 +22,7 @@ Examples:
   hangar-server dev                      # start a local controller with one drone
   hangar nodes list                      # every drone and proxy, as a table
   hangar nodes list --state ready -o json
+  hangar nodes watch --kind drone         # every change, live, until Ctrl-C
   hangar --controller http://ctl:7070 nodes get nd-0193…
 
 The controller address comes from --controller, else $HANGAR_CONTROLLER, else http://127.0.0.1:7070.";
@@ -34,6 +36,21 @@ Examples:
 Filters combine with AND; repeated --kind or --state values combine with OR.
 With -o json the output is one document: {\"revision\": N, \"nodes\": [...]}. Watching from that
 revision afterwards misses no change.";
+
+const NODES_WATCH_EXAMPLES: &str = "\
+Examples:
+  hangar nodes watch                               # the current nodes, then every change
+  hangar nodes watch --state unhealthy,offline     # a node entering the filter shows as ADDED
+  hangar nodes watch -o json | jq -c 'select(.type != \"BOOKMARK\")'
+  hangar --controller http://ctl-a:7070,http://ctl-b:7070 nodes watch
+
+One line per event, flushed at once. First the matching nodes (ADDED), then
+`-- snapshot at revision N; watching --`, then ADDED, MODIFIED and REMOVED as they happen.
+With -o json every line is one JSON object: {\"type\": \"ADDED\", \"revision\": N, \"node\": {...}};
+SNAPSHOT_START / SNAPSHOT_END frame a snapshot (again after a re-list: forget what came before) and
+BOOKMARK (with --bookmark-interval) only carries a revision.
+A dropped stream is resumed from the last revision seen, on the next controller when --controller
+lists several (comma-separated); each reconnect is reported on stderr. Ctrl-C ends the watch.";
 
 const NODES_GET_EXAMPLES: &str = "\
 Examples:
@@ -97,6 +114,9 @@ pub enum NodesCommand {
     /// List the nodes that match a filter (all of them by default).
     #[command(after_help = NODES_LIST_EXAMPLES)]
     List(NodesListArgs),
+    /// Print the matching nodes, then every change to them as it happens, until Ctrl-C.
+    #[command(after_help = NODES_WATCH_EXAMPLES)]
+    Watch(NodesWatchArgs),
     /// Show one node in detail, labels and resources included.
     #[command(after_help = NODES_GET_EXAMPLES)]
     Get(NodesGetArgs),
@@ -109,6 +129,16 @@ pub enum NodesCommand {
 pub struct NodesListArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesWatchArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Ask for a BOOKMARK line after this much quiet time (e.g. 30s), to show the watch is alive.
+    #[arg(long, value_parser = parse_interval, value_name = "DURATION")]
+    pub bookmark_interval: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -145,7 +175,8 @@ impl CliError {
     }
 }
 
-/// Runs the command and returns what it prints on stdout.
+/// Runs the command and returns what it prints on stdout. `nodes watch` never ends by itself;
+/// it is driven by [`watch`] instead.
 pub async fn execute(cli: &Cli) -> Result<String, CliError> {
     match &cli.command {
         Command::Nodes(command) => nodes::execute(cli, command).await,
@@ -154,6 +185,21 @@ pub async fn execute(cli: &Cli) -> Result<String, CliError> {
 
 /// Runs the command, prints its output or a rendered error, and returns the exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    if let Command::Nodes(NodesCommand::Watch(args)) = &cli.command {
+        let ctrl_c = async {
+            // Without a signal handler there is no Ctrl-C to wait for; the default action ends us.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        return match watch(&cli, args, &mut std::io::stdout(), &mut std::io::stderr(), ctrl_c).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprint!("{}", render::error(&err, &cli.controller));
+                err.exit_code()
+            }
+        };
+    }
     match execute(&cli).await {
         Ok(output) => {
             let mut stdout = std::io::stdout().lock();

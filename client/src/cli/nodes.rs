@@ -1,8 +1,11 @@
 //! `hangar nodes …`
 
-use super::{Cli, CliError, NodesCommand, render};
-use crate::HangarClient;
-use chrono::Utc;
+use super::{Cli, CliError, NodesCommand, NodesWatchArgs, render};
+use crate::{ClientError, ClientOptions, HangarClient, NodeWatchEvent, WatchOptions};
+use chrono::{Local, Utc};
+use futures::StreamExt;
+use std::future::Future;
+use std::io::Write;
 
 pub(super) async fn execute(cli: &Cli, command: &NodesCommand) -> Result<String, CliError> {
     match command {
@@ -12,6 +15,9 @@ pub(super) async fn execute(cli: &Cli, command: &NodesCommand) -> Result<String,
             let client = HangarClient::connect(&cli.controller).await?;
             let listing = client.list_all_nodes(&filter).await?;
             Ok(render::node_list(&listing, &filter, cli.output, Utc::now()))
+        }
+        NodesCommand::Watch(_) => {
+            Err(CliError::Usage("`hangar nodes watch` runs until interrupted; drive it with `cli::watch`".to_string()))
         }
         NodesCommand::Get(args) => {
             let client = HangarClient::connect(&cli.controller).await?;
@@ -24,4 +30,69 @@ pub(super) async fn execute(cli: &Cli, command: &NodesCommand) -> Result<String,
             Ok(render::drained(&node, cli.output, Utc::now()))
         }
     }
+}
+
+/// `hangar nodes watch`: one line per event on `stdout`, flushed as it comes; reconnects on
+/// `stderr`. Returns `Ok` when `stop` completes (Ctrl-C) or stdout is closed (`| head`), and the
+/// error when the watch cannot go on.
+pub async fn watch(
+    cli: &Cli,
+    args: &NodesWatchArgs,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    stop: impl Future<Output = ()>,
+) -> Result<(), CliError> {
+    let filter = args.filter.to_filter().map_err(CliError::Usage)?;
+    let (first, fallbacks) = connect_first_reachable(&cli.controller).await?;
+    let options = WatchOptions { bookmark_interval: args.bookmark_interval, fallbacks, ..WatchOptions::default() };
+    let mut events = std::pin::pin!(first.watch_nodes(filter, options));
+    let mut stop = std::pin::pin!(stop);
+    let mut printer = render::WatchPrinter::new(cli.output);
+    loop {
+        let event = tokio::select! {
+            () = &mut stop => return Ok(()),
+            event = events.next() => event,
+        };
+        match event {
+            None => return Ok(()),
+            Some(Err(err)) => return Err(err.into()),
+            Some(Ok(NodeWatchEvent::Reconnecting(reconnect))) => {
+                let _ = stderr.write_all(render::watch_reconnect(&reconnect).as_bytes()).and_then(|()| stderr.flush());
+            }
+            Some(Ok(event)) => {
+                let text = printer.event(&event, Local::now().time());
+                // A closed pipe ends the watch quietly, like `nodes list | head` does.
+                if stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// `--controller` may list several URLs, comma-separated. The first that answers is watched
+/// first and the rest are fallbacks, so a typo or a cluster that is entirely down is reported at
+/// once instead of as an endless series of reconnects.
+async fn connect_first_reachable(controllers: &str) -> Result<(HangarClient, Vec<HangarClient>), CliError> {
+    let urls: Vec<&str> = controllers.split(',').map(str::trim).filter(|url| !url.is_empty()).collect();
+    if urls.is_empty() {
+        return Err(CliError::Usage("--controller is empty; expected http://HOST:PORT[,http://HOST:PORT…]".into()));
+    }
+    let mut first_error: Option<ClientError> = None;
+    for (i, url) in urls.iter().enumerate() {
+        match HangarClient::connect(url).await {
+            Ok(first) => {
+                let others = urls[i + 1..].iter().chain(&urls[..i]);
+                let fallbacks = others
+                    .map(|url| HangarClient::connect_lazy(url, ClientOptions::default()))
+                    .collect::<Result<_, _>>()?;
+                return Ok((first, fallbacks));
+            }
+            Err(err @ ClientError::InvalidAddress { .. }) => return Err(err.into()),
+            Err(err) => {
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    Err(first_error.expect("at least one controller was tried").into())
 }

@@ -2,8 +2,8 @@
 //! functions of their inputs (the current time included), so tests can check the exact text.
 
 use super::{CliError, OutputFormat};
-use crate::{ClientError, NodeList};
-use chrono::{DateTime, SecondsFormat, Utc};
+use crate::{ClientError, NodeList, NodeWatchEvent, Reconnect, Resume};
+use chrono::{DateTime, NaiveTime, SecondsFormat, Utc};
 use hangar::domain::{Node, NodeFilter, NodeKind, NodeState};
 use hangar::error::reason;
 use serde::Serialize;
@@ -46,6 +46,112 @@ pub fn drained(node: &Node, format: OutputFormat, now: DateTime<Utc>) -> String 
         None => out.push_str("Its running backends keep running; pass --deadline to terminate them after a while.\n"),
     }
     out
+}
+
+/// `nodes watch` output, one line per event: aligned table rows, or one JSON object per line
+/// (NDJSON). Columns keep their width from line to line and only grow when a wider value comes,
+/// since a live table cannot be measured in advance.
+#[derive(Debug)]
+pub struct WatchPrinter {
+    format: OutputFormat,
+    snapshots: u32,
+    /// Widths of the ID, NAME and STATE columns so far.
+    widths: [usize; 3],
+}
+
+/// One NDJSON line of `nodes watch`.
+#[derive(Serialize)]
+struct WatchLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a Node>,
+}
+
+impl WatchPrinter {
+    pub fn new(format: OutputFormat) -> Self {
+        // A UUID, a typical drone name, READY,DRAINING.
+        WatchPrinter { format, snapshots: 0, widths: [36, 12, 9] }
+    }
+
+    /// The lines for `event` received at `at` (wall-clock time); empty for events that print
+    /// nothing here (reconnects go to stderr, see [`watch_reconnect`]).
+    pub fn event(&mut self, event: &NodeWatchEvent, at: NaiveTime) -> String {
+        match self.format {
+            OutputFormat::Json => self.json_line(event),
+            OutputFormat::Table => self.table_line(event, at),
+        }
+    }
+
+    fn json_line(&mut self, event: &NodeWatchEvent) -> String {
+        let line = |kind, revision, node| WatchLine { kind, revision, node };
+        let line = match event {
+            NodeWatchEvent::Init => line("SNAPSHOT_START", None, None),
+            NodeWatchEvent::InitApply(node) => line("ADDED", Some(node.revision), Some(node)),
+            NodeWatchEvent::InitDone { revision } => line("SNAPSHOT_END", Some(*revision), None),
+            NodeWatchEvent::Added(node, revision) => line("ADDED", Some(*revision), Some(node)),
+            NodeWatchEvent::Modified(node, revision) => line("MODIFIED", Some(*revision), Some(node)),
+            NodeWatchEvent::Removed(node, revision) => line("REMOVED", Some(*revision), Some(node)),
+            NodeWatchEvent::Bookmark(revision) => line("BOOKMARK", Some(*revision), None),
+            NodeWatchEvent::Reconnecting(_) => return String::new(),
+        };
+        let mut out = serde_json::to_string(&line).expect("domain types serialize to JSON");
+        out.push('\n');
+        out
+    }
+
+    fn table_line(&mut self, event: &NodeWatchEvent, at: NaiveTime) -> String {
+        let time = at.format("%H:%M:%S");
+        let (kind, node, revision) = match event {
+            NodeWatchEvent::Init => {
+                self.snapshots += 1;
+                return if self.snapshots == 1 {
+                    String::new()
+                } else {
+                    "-- could not resume; listing again from scratch --\n".to_string()
+                };
+            }
+            NodeWatchEvent::InitDone { revision } => {
+                return format!("-- snapshot at revision {revision}; watching --\n");
+            }
+            NodeWatchEvent::Bookmark(revision) => return format!("{time}  {:<8}  rev {revision}\n", "BOOKMARK"),
+            NodeWatchEvent::Reconnecting(_) => return String::new(),
+            NodeWatchEvent::InitApply(node) => ("ADDED", node, node.revision),
+            NodeWatchEvent::Added(node, revision) => ("ADDED", node, *revision),
+            NodeWatchEvent::Modified(node, revision) => ("MODIFIED", node, *revision),
+            NodeWatchEvent::Removed(node, revision) => ("REMOVED", node, *revision),
+        };
+        let cells = [node.id.replace(['\n', '\t'], " "), node.name.replace(['\n', '\t'], " "), state(node)];
+        for (width, cell) in self.widths.iter_mut().zip(&cells) {
+            *width = (*width).max(cell.chars().count());
+        }
+        let [id, name, state] = &cells;
+        let [id_width, name_width, state_width] = self.widths;
+        format!(
+            "{time}  {kind:<8}  {id:<id_width$}  {name:<name_width$}  {:<5}  {state:<state_width$}  rev {revision}\n",
+            node.kind.as_str()
+        )
+    }
+}
+
+/// The stderr line of a reconnecting watch.
+pub fn watch_reconnect(reconnect: &Reconnect) -> String {
+    let delay = match reconnect.delay.as_millis() {
+        ms if ms < 1000 => format!("{ms}ms"),
+        ms => format!("{:.1}s", ms as f64 / 1000.0),
+    };
+    let cause = reconnect.cause.replace(['\n', '\r'], " ");
+    match reconnect.resume {
+        Resume::FromRevision(revision) => format!(
+            "reconnecting from revision {revision} to {} in {delay} (stream ended: {cause})\n",
+            reconnect.controller
+        ),
+        Resume::Relist => {
+            format!("listing again from scratch at {} in {delay} (stream ended: {cause})\n", reconnect.controller)
+        }
+    }
 }
 
 /// A value as one pretty-printed JSON document with a trailing newline.

@@ -2,7 +2,7 @@
 
 use super::render::{self, compact_duration, human_bytes, relative_age};
 use super::*;
-use crate::NodeList;
+use crate::{NodeList, NodeWatchEvent, Reconnect, Resume};
 use chrono::{DateTime, TimeZone, Utc};
 use clap::{CommandFactory, error::ErrorKind};
 use hangar::domain::{Node, NodeFilter, NodeKind, NodeState, timestamp_to_proto};
@@ -160,6 +160,116 @@ fn a_drained_node_that_went_offline_shows_it_will_come_back_draining() {
     let detail = render::node_detail(&n, now());
     assert!(detail.contains("State:          OFFLINE,DRAINING\n"), "{detail}");
     assert!(detail.contains("Draining:       yes"), "{detail}");
+}
+
+// ---- nodes watch ----
+
+fn at() -> chrono::NaiveTime {
+    chrono::NaiveTime::from_hms_opt(15, 4, 5).unwrap()
+}
+
+fn watch_sequence() -> Vec<NodeWatchEvent> {
+    let id = "0193a1b2-0000-7000-8000-000000000001";
+    let mut drained = drone(id, "dev-drone", 3);
+    drained.state = NodeState::Draining;
+    let mut gone = drone("0193a1b2-0000-7000-8000-000000000002", "a-much-longer-drone-name", 3);
+    gone.state = NodeState::Offline;
+    gone.draining = true;
+    vec![
+        NodeWatchEvent::Init,
+        NodeWatchEvent::InitApply(drone(id, "dev-drone", 3)),
+        NodeWatchEvent::InitDone { revision: 12 },
+        NodeWatchEvent::Modified(drained, 13),
+        NodeWatchEvent::Removed(gone, 14),
+        NodeWatchEvent::Bookmark(20),
+        NodeWatchEvent::Init,
+        NodeWatchEvent::Added(node("nd-px", "px", v1::NodeKind::Proxy, v1::NodeState::Ready, 1), 21),
+    ]
+}
+
+#[test]
+fn watch_table_prints_one_aligned_line_per_event_and_marks_the_snapshot() {
+    let mut printer = render::WatchPrinter::new(OutputFormat::Table);
+    let out: String = watch_sequence().iter().map(|e| printer.event(e, at())).collect();
+    println!("{out}");
+    assert_eq!(
+        out,
+        "\
+15:04:05  ADDED     0193a1b2-0000-7000-8000-000000000001  dev-drone     DRONE  READY      rev 42
+-- snapshot at revision 12; watching --
+15:04:05  MODIFIED  0193a1b2-0000-7000-8000-000000000001  dev-drone     DRONE  DRAINING   rev 13
+15:04:05  REMOVED   0193a1b2-0000-7000-8000-000000000002  a-much-longer-drone-name  DRONE  OFFLINE,DRAINING  rev 14
+15:04:05  BOOKMARK  rev 20
+-- could not resume; listing again from scratch --
+15:04:05  ADDED     nd-px                                 px                        PROXY  READY             rev 21
+"
+    );
+    let reconnect = NodeWatchEvent::Reconnecting(Reconnect {
+        resume: Resume::Relist,
+        controller: "http://ctl:7070".into(),
+        delay: std::time::Duration::from_millis(5),
+        cause: "x".into(),
+    });
+    assert_eq!(printer.event(&reconnect, at()), "", "reconnects go to stderr");
+}
+
+#[test]
+fn watch_json_is_one_object_per_line_with_the_wire_event_types() {
+    let mut printer = render::WatchPrinter::new(OutputFormat::Json);
+    let out: String = watch_sequence().iter().map(|e| printer.event(e, at())).collect();
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    println!("{out}");
+    assert_eq!(lines.len(), 8, "{out}");
+    assert_eq!(lines[0], serde_json::json!({"type": "SNAPSHOT_START"}));
+    assert_eq!(
+        (&lines[1]["type"], &lines[1]["revision"], &lines[1]["node"]["name"]),
+        (&"ADDED".into(), &42.into(), &"dev-drone".into())
+    );
+    assert_eq!(lines[2], serde_json::json!({"type": "SNAPSHOT_END", "revision": 12}));
+    assert_eq!(
+        (&lines[3]["type"], &lines[3]["revision"], &lines[3]["node"]["state"]),
+        (&"MODIFIED".into(), &13.into(), &"DRAINING".into())
+    );
+    assert_eq!((&lines[4]["type"], &lines[4]["node"]["draining"]), (&"REMOVED".into(), &true.into()));
+    assert_eq!(lines[5], serde_json::json!({"type": "BOOKMARK", "revision": 20}));
+    assert_eq!(lines[6], serde_json::json!({"type": "SNAPSHOT_START"}));
+    assert_eq!((&lines[7]["type"], &lines[7]["node"]["kind"]), (&"ADDED".into(), &"PROXY".into()));
+    // The node object is the same as `nodes get -o json` prints.
+    let node: Node = serde_json::from_value(lines[7]["node"].clone()).unwrap();
+    assert_eq!(node.id, "nd-px");
+}
+
+#[test]
+fn watch_reconnects_are_reported_with_where_they_resume() {
+    let resume = Reconnect {
+        resume: Resume::FromRevision(12),
+        controller: "http://ctl-b:7070".into(),
+        delay: std::time::Duration::from_millis(180),
+        cause: "controller unavailable: shutting down (SHUTTING_DOWN)".into(),
+    };
+    assert_eq!(
+        render::watch_reconnect(&resume),
+        "reconnecting from revision 12 to http://ctl-b:7070 in 180ms \
+         (stream ended: controller unavailable: shutting down (SHUTTING_DOWN))\n"
+    );
+    let relist = Reconnect { resume: Resume::Relist, delay: std::time::Duration::from_millis(2500), ..resume };
+    assert!(
+        render::watch_reconnect(&relist).starts_with("listing again from scratch at http://ctl-b:7070 in 2.5s ("),
+        "{}",
+        render::watch_reconnect(&relist)
+    );
+}
+
+#[test]
+fn watch_takes_the_list_filters_and_a_bookmark_interval() {
+    let cli = parse(&["nodes", "watch", "--kind", "drone", "--state", "ready,draining", "--bookmark-interval", "30s"])
+        .unwrap();
+    let Command::Nodes(NodesCommand::Watch(args)) = cli.command else { panic!("not watch") };
+    assert_eq!(args.bookmark_interval, Some(std::time::Duration::from_secs(30)));
+    let filter = args.filter.to_filter().unwrap();
+    assert_eq!(filter.states, [NodeState::Ready, NodeState::Draining]);
+    let err = parse(&["nodes", "watch", "--bookmark-interval", "0s"]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ValueValidation);
 }
 
 // ---- detail views ----
