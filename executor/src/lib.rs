@@ -1,1 +1,11 @@
-//! placeholder
+//! The Hangar drone side: the [`runtime::Runtime`] trait with its docker, process and mock
+//! runtimes, the executor server that exposes a runtime on a Unix socket, and the client that
+//! drives an executor over it.
+
+pub mod client;
+pub mod executor_command;
+pub mod runtime;
+pub mod server;
+
+#[cfg(feature = "testing")]
+pub mod testing;
