@@ -130,6 +130,14 @@ fn signal_group(group: Pid, signal: Signal) {
     }
 }
 
+/// A missing executable cannot be pulled: with ALWAYS that is a failed pull, otherwise not found.
+fn missing_executable(image: &str, policy: PullPolicy, message: String) -> RuntimeError {
+    match policy {
+        PullPolicy::Always => RuntimeError::ImagePullFailed { image: image.into(), message },
+        _ => RuntimeError::ImageNotFound { image: image.into(), message },
+    }
+}
+
 fn free_local_port() -> Result<u16, RuntimeError> {
     // The port is free when we look; another process could take it before the backend binds it.
     // The window is small and the backend then fails loudly, which is acceptable for a dev runtime.
@@ -159,15 +167,15 @@ impl Runtime for ProcessRuntime {
         ]
     }
 
-    async fn prepare_image(&self, image: &str, _policy: PullPolicy) -> Result<ImageReady, RuntimeError> {
+    async fn prepare_image(&self, image: &str, policy: PullPolicy) -> Result<ImageReady, RuntimeError> {
         // Nothing can be pulled: the "image" is an executable that must already be there.
         match std::fs::metadata(image) {
             Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
                 let path = std::fs::canonicalize(image).map_err(RuntimeError::internal)?;
                 Ok(ImageReady { image_id: path.display().to_string(), pulled: false })
             }
-            Ok(_) => Err(RuntimeError::ImageNotFound { image: image.into(), message: "not an executable file".into() }),
-            Err(err) => Err(RuntimeError::ImageNotFound { image: image.into(), message: err.to_string() }),
+            Ok(_) => Err(missing_executable(image, policy, "not an executable file".into())),
+            Err(err) => Err(missing_executable(image, policy, err.to_string())),
         }
     }
 
@@ -296,7 +304,13 @@ impl Runtime for ProcessRuntime {
 
 impl Drop for ProcessRuntime {
     fn drop(&mut self) {
-        // Reapers end with the runtime even when nobody called shutdown (e.g. a failed test).
+        // Backends live and die with the runtime, also when nobody called shutdown (a failed
+        // test, a panic): no orphaned process groups.
+        for backend in self.backends.lock().unwrap().values() {
+            if backend.exit().is_none() {
+                signal_group(Pid::from_raw(backend.pid), Signal::SIGKILL);
+            }
+        }
         self.cancel.cancel();
     }
 }

@@ -7,7 +7,8 @@
 //! - `GET /headers` → the request headers as received, one per line
 //!
 //! Behaviours, selected by environment variables:
-//! - `TEST_BACKEND_IGNORE_SIGTERM=1`: SIGTERM is ignored, only SIGKILL stops the process.
+//! - SIGTERM ends the process with code 143; with `TEST_BACKEND_IGNORE_SIGTERM=1` it is ignored and
+//!   only SIGKILL stops the process.
 //! - `TEST_BACKEND_EXIT_AFTER_MS=N` with `TEST_BACKEND_EXIT_CODE=C` (default 0): exit with C after N ms.
 //! - `TEST_BACKEND_START_DELAY_MS=N`: sleep N ms before listening (a slow start).
 //! - `TEST_BACKEND_OOM=1`: allocate and touch memory until the kernel kills the process.
@@ -20,15 +21,27 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-fn ignore_sigterm() {
-    // A raw libc call keeps this crate dependency-free; SIG_IGN is 1 on Linux.
-    unsafe extern "C" {
-        fn signal(signum: i32, handler: usize) -> usize;
-    }
-    const SIGTERM: i32 = 15;
-    const SIG_IGN: usize = 1;
+unsafe extern "C" {
+    // Raw libc calls keep this crate dependency-free.
+    fn signal(signum: i32, handler: usize) -> usize;
+    fn _exit(code: i32) -> !;
+}
+
+const SIGTERM: i32 = 15;
+/// `SIG_IGN` on Linux.
+const SIG_IGN: usize = 1;
+
+extern "C" fn exit_on_sigterm(_: i32) {
+    // Only async-signal-safe calls here. 143 = 128 + SIGTERM, what a shell reports.
+    unsafe { _exit(143) }
+}
+
+/// As PID 1 of a container the kernel would drop a SIGTERM without a handler, so the backend
+/// installs one: it then stops on SIGTERM the same way as a process and in a container.
+fn handle_sigterm(ignore: bool) {
+    let handler = if ignore { SIG_IGN } else { exit_on_sigterm as *const () as usize };
     unsafe {
-        signal(SIGTERM, SIG_IGN);
+        signal(SIGTERM, handler);
     }
 }
 
@@ -91,9 +104,7 @@ fn handle(mut stream: TcpStream) {
 }
 
 fn main() {
-    if std::env::var("TEST_BACKEND_IGNORE_SIGTERM").as_deref() == Ok("1") {
-        ignore_sigterm();
-    }
+    handle_sigterm(std::env::var("TEST_BACKEND_IGNORE_SIGTERM").as_deref() == Ok("1"));
     if let Some(ms) = env_u64("TEST_BACKEND_EXIT_AFTER_MS") {
         let code = env_u64("TEST_BACKEND_EXIT_CODE").unwrap_or(0) as i32;
         std::thread::spawn(move || {
