@@ -161,10 +161,7 @@ impl DockerRuntime {
             && state.running != Some(true)
             && state.started_at.as_deref().and_then(|t| parse_time(Some(t))).is_some()
         {
-            if state.oom_killed == Some(true) {
-                self.hub.oom(backend_id);
-            }
-            self.hub.exited(backend_id, state.exit_code.map(|c| c as i32));
+            self.hub.exited(backend_id, state.exit_code.map(|c| c as i32), state.oom_killed == Some(true));
         }
     }
 
@@ -608,7 +605,7 @@ impl EngineWatcher {
                 match item {
                     Some(Ok(event)) => {
                         backoff = Duration::from_millis(100);
-                        self.handle(event);
+                        self.handle(event).await;
                     }
                     Some(Err(err)) => {
                         tracing::warn!(%err, "docker event stream failed; resubscribing");
@@ -629,17 +626,30 @@ impl EngineWatcher {
         }
     }
 
-    fn handle(&self, event: EventMessage) {
+    async fn handle(&self, event: EventMessage) {
         let Some(actor) = event.actor else { return };
         let attributes = actor.attributes.unwrap_or_default();
         let Some(backend_id) = attributes.get(LABEL_BACKEND_ID) else { return };
         match event.action.as_deref() {
             Some("start") => self.hub.started(backend_id),
             Some("die") => {
+                // The engine's separate "oom" event may come before or after "die" (or not at
+                // all when only a child process was killed); the container's OOMKilled flag is
+                // authoritative, so it is read here and OOM is reported right before EXITED.
                 let code = attributes.get("exitCode").and_then(|c| c.parse().ok());
-                self.hub.exited(backend_id, code);
+                let oom_killed = match actor.id.as_deref() {
+                    Some(id) => self
+                        .docker
+                        .inspect_container(id, None::<InspectContainerOptions>)
+                        .await
+                        .ok()
+                        .and_then(|c| c.state)
+                        .and_then(|s| s.oom_killed)
+                        .unwrap_or(false),
+                    None => false,
+                };
+                self.hub.exited(backend_id, code, oom_killed);
             }
-            Some("oom") => self.hub.oom(backend_id),
             Some("destroy") => self.hub.removed(backend_id),
             _ => {}
         }
@@ -667,10 +677,7 @@ impl EngineWatcher {
             if state.running == Some(true) {
                 self.hub.started(&backend_id);
             } else if parse_time(state.started_at.as_deref()).is_some() {
-                if state.oom_killed == Some(true) {
-                    self.hub.oom(&backend_id);
-                }
-                self.hub.exited(&backend_id, state.exit_code.map(|c| c as i32));
+                self.hub.exited(&backend_id, state.exit_code.map(|c| c as i32), state.oom_killed == Some(true));
             }
         }
         for backend_id in self.hub.running() {

@@ -144,31 +144,23 @@ impl EventHub {
         }
     }
 
-    /// The backend's process ended. A STARTED is published first if nobody reported one (an
-    /// exit seen before the start, e.g. in a reconcile), so readers always see STARTED first.
-    /// An exit reported after the removal (a late engine event) is ignored.
-    pub fn exited(&self, backend_id: &str, exit_code: Option<i32>) {
+    /// The backend's process ended; with `oom_killed`, an OOM event comes right before the
+    /// EXITED, under the same lock, so both are published once and in that order. A STARTED is
+    /// published first if nobody reported one (an exit seen before the start, e.g. in a
+    /// reconcile), so readers always see STARTED first. An exit reported after the removal (a
+    /// late engine event) is ignored.
+    pub fn exited(&self, backend_id: &str, exit_code: Option<i32>, oom_killed: bool) {
         let mut state = self.inner.state.lock().unwrap();
         match state.backends.get(backend_id) {
-            Some(Published::Exited | Published::Removed) => {}
-            Some(Published::Started) => {
-                state.backends.insert(backend_id.to_string(), Published::Exited);
-                self.publish_locked(&mut state, backend_id, EventKind::Exited { exit_code });
-            }
-            None => {
-                state.backends.insert(backend_id.to_string(), Published::Exited);
-                self.publish_locked(&mut state, backend_id, EventKind::Started);
-                self.publish_locked(&mut state, backend_id, EventKind::Exited { exit_code });
-            }
+            Some(Published::Exited | Published::Removed) => return,
+            Some(Published::Started) => {}
+            None => self.publish_locked(&mut state, backend_id, EventKind::Started),
         }
-    }
-
-    /// The out-of-memory killer struck; reported before the EXITED it causes.
-    pub fn oom(&self, backend_id: &str) {
-        let mut state = self.inner.state.lock().unwrap();
-        if state.backends.get(backend_id) == Some(&Published::Started) {
+        state.backends.insert(backend_id.to_string(), Published::Exited);
+        if oom_killed {
             self.publish_locked(&mut state, backend_id, EventKind::Oom);
         }
+        self.publish_locked(&mut state, backend_id, EventKind::Exited { exit_code });
     }
 
     /// The backend is gone. Ignored for backends the hub never heard of or already removed.
@@ -249,7 +241,7 @@ mod tests {
         let hub = EventHub::new(16);
         hub.started("a");
         let mut stream = hub.subscribe();
-        hub.exited("a", Some(3));
+        hub.exited("a", Some(3), false);
         let events = collect(&mut stream, 2).await;
         let sync = events[0].as_ref().unwrap();
         assert_eq!(sync.kind, EventKind::Sync);
@@ -263,15 +255,36 @@ mod tests {
     async fn exit_reported_before_start_still_reads_started_then_exited_once() {
         let hub = EventHub::new(16);
         let mut stream = hub.subscribe();
-        hub.exited("a", Some(0));
+        hub.exited("a", Some(0), false);
         hub.started("a");
-        hub.exited("a", Some(0));
+        hub.exited("a", Some(0), false);
         hub.removed("a");
         hub.removed("a");
         let kinds: Vec<EventKind> = collect(&mut stream, 4).await.into_iter().map(|e| e.unwrap().kind).collect();
         assert_eq!(
             kinds,
             vec![EventKind::Sync, EventKind::Started, EventKind::Exited { exit_code: Some(0) }, EventKind::Removed]
+        );
+    }
+
+    #[tokio::test]
+    async fn oom_is_published_once_right_before_the_exit() {
+        let hub = EventHub::new(16);
+        let mut stream = hub.subscribe();
+        hub.started("a");
+        hub.exited("a", Some(137), true);
+        hub.exited("a", Some(137), true);
+        hub.removed("a");
+        let kinds: Vec<EventKind> = collect(&mut stream, 5).await.into_iter().map(|e| e.unwrap().kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                EventKind::Sync,
+                EventKind::Started,
+                EventKind::Oom,
+                EventKind::Exited { exit_code: Some(137) },
+                EventKind::Removed
+            ]
         );
     }
 

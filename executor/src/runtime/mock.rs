@@ -141,10 +141,7 @@ impl MockInner {
         backend.oom_killed = oom;
         backend.finished_at = Some(Utc::now());
         backend.stopped.cancel();
-        if oom {
-            self.hub.oom(backend_id);
-        }
-        self.hub.exited(backend_id, Some(code));
+        self.hub.exited(backend_id, Some(code), oom);
     }
 
     fn spawn_timer(

@@ -223,7 +223,7 @@ impl Runtime for ProcessRuntime {
                         }
                     };
                     let _ = exit_tx.send(Some(Exit { code, at: Utc::now() }));
-                    hub.exited(&backend_id, Some(code));
+                    hub.exited(&backend_id, Some(code), false);
                 }
                 _ = cancel.cancelled() => {}
             }
