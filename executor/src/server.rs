@@ -200,7 +200,13 @@ pub async fn serve(
     let incoming = futures::stream::unfold(listener, move |listener| {
         let allowed = allowed.clone();
         async move {
-            let accepted = listener.accept().await.map(|(stream, _)| {
+            let accepted = listener.accept().await;
+            if let Err(err) = &accepted {
+                // tonic skips the error and accepts again; pausing keeps e.g. EMFILE from spinning.
+                tracing::warn!(%err, "accepting an executor connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let accepted = accepted.map(|(stream, _)| {
                 let cred = stream.peer_cred().ok();
                 let uid = cred.map(|c| c.uid());
                 let allowed = uid.is_some_and(|uid| allowed.contains(&uid));

@@ -167,7 +167,9 @@ mod cases {
     pub async fn backend_lifecycle_runs_from_start_to_removal(h: Harness) {
         let spec = h.spec("life", vec![]);
         let id = spec.backend_id.clone();
+        let begun = Instant::now();
         let started = h.client().start(spec).await.expect("start");
+        eprintln!("{} start returned an address in {:?}", h.kind, begun.elapsed());
         assert!(!started.runtime_id.is_empty());
         let info = h.client().inspect(&id).await.expect("inspect");
         assert_eq!(info.state, BackendState::Running);
@@ -176,7 +178,9 @@ mod cases {
         // Serving means its SIGTERM handler is in place.
         wait_for_http(&started.address, "/", HTTP_READY).await.expect("backend answers");
 
+        let begun = Instant::now();
         h.client().stop(&id, Duration::from_secs(5)).await.expect("stop");
+        eprintln!("{} stop (SIGTERM honoured) took {:?}", h.kind, begun.elapsed());
         let info = h.client().inspect(&id).await.expect("inspect after stop");
         assert_eq!(info.state, BackendState::Exited);
         assert_eq!(info.exit_code, Some(EXIT_SIGTERM));
@@ -275,6 +279,7 @@ mod cases {
         let (count, parallel) = if h.kind == RuntimeKind::Docker { (30, 6) } else { (200, 32) };
         let mut events = subscribe(&h).await;
         let ids: Vec<String> = (0..count).map(|i| h.id(&format!("burst-{i}"))).collect();
+        let begun = Instant::now();
         let starts = futures::stream::iter(0..count)
             .map(|i| h.client().start(h.spec(&format!("burst-{i}"), vec![])))
             .buffer_unordered(parallel)
@@ -283,6 +288,7 @@ mod cases {
         for started in starts {
             started.expect("start in the burst");
         }
+        let start_time = begun.elapsed();
         let stops = futures::stream::iter(ids.iter())
             .map(|id| h.client().stop(id, Duration::from_secs(5)))
             .buffer_unordered(parallel)
@@ -291,6 +297,12 @@ mod cases {
         for stopped in stops {
             stopped.expect("stop in the burst");
         }
+        let stop_time = begun.elapsed() - start_time;
+        // Figures for the record, not assertions: timing depends on the machine.
+        eprintln!(
+            "{} burst: {count} backends ({parallel} at a time) started in {start_time:?}, stopped in {stop_time:?}",
+            h.kind
+        );
         let wanted: std::collections::HashSet<&String> = ids.iter().collect();
         let seen = read_events_until(&mut events, Duration::from_secs(60), |seen| {
             seen.iter().filter(|e| wanted.contains(&e.backend_id) && matches!(e.kind, EventKind::Exited { .. })).count()
