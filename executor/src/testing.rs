@@ -119,7 +119,12 @@ pub fn test_image() -> &'static str {
 /// Connects to the Docker engine for a test. Without an engine this prints a loud skip line and
 /// returns `None` — unless `HANGAR_REQUIRE_DOCKER=1`, where it fails the test.
 pub async fn docker_or_skip(test: &str, instance: &str) -> Option<DockerRuntime> {
-    match DockerRuntime::connect(DockerOptions { instance: instance.to_string(), ..Default::default() }).await {
+    docker_or_skip_with(test, DockerOptions { instance: instance.to_string(), ..Default::default() }).await
+}
+
+/// [`docker_or_skip`] with explicit options.
+pub async fn docker_or_skip_with(test: &str, options: DockerOptions) -> Option<DockerRuntime> {
+    match DockerRuntime::connect(options).await {
         Ok(runtime) => Some(runtime),
         Err(err) => {
             if std::env::var("HANGAR_REQUIRE_DOCKER").as_deref() == Ok("1") {

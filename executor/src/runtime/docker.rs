@@ -11,7 +11,7 @@
 //! happened in between are still reported; the [`EventHub`] drops the duplicates.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +49,10 @@ pub struct DockerOptions {
     pub port_wait: Duration,
     /// Upper bound on one image pull.
     pub pull_timeout: Duration,
+    /// How long one subscription to the engine's event stream lives before the watcher
+    /// reconciles and subscribes again. A safety net against a stream that stalls without
+    /// ending (a half-dead connection would otherwise hide every exit from then on).
+    pub resubscribe_every: Duration,
 }
 
 impl Default for DockerOptions {
@@ -57,6 +61,7 @@ impl Default for DockerOptions {
             instance: "default".into(),
             port_wait: Duration::from_secs(10),
             pull_timeout: Duration::from_secs(300),
+            resubscribe_every: Duration::from_secs(300),
         }
     }
 }
@@ -71,6 +76,8 @@ pub struct DockerRuntime {
     started: Mutex<HashMap<String, Started>>,
     /// Whether the engine's event stream is currently subscribed.
     watching: Arc<AtomicBool>,
+    /// How many times the engine's event stream was subscribed.
+    subscriptions: Arc<AtomicU64>,
     /// Owns the event watcher.
     tasks: TaskTracker,
     cancel: CancellationToken,
@@ -123,6 +130,7 @@ impl DockerRuntime {
             locks: BackendLocks::default(),
             started: Mutex::new(HashMap::new()),
             watching: Arc::new(AtomicBool::new(false)),
+            subscriptions: Arc::new(AtomicU64::new(0)),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
         };
@@ -131,10 +139,17 @@ impl DockerRuntime {
             instance: runtime.options.instance.clone(),
             hub: runtime.hub.clone(),
             watching: runtime.watching.clone(),
+            subscriptions: runtime.subscriptions.clone(),
+            resubscribe_every: runtime.options.resubscribe_every,
         };
         let cancel = runtime.cancel.clone();
         runtime.tasks.spawn(async move { watcher.run(cancel).await });
         Ok(runtime)
+    }
+
+    /// How many times the engine's event stream has been subscribed (1 + resubscriptions).
+    pub fn event_subscriptions(&self) -> u64 {
+        self.subscriptions.load(Ordering::Relaxed)
     }
 
     /// The underlying engine client, e.g. for tests that check what the engine sees.
@@ -574,55 +589,85 @@ struct EngineWatcher {
     instance: String,
     hub: EventHub,
     watching: Arc<AtomicBool>,
+    subscriptions: Arc<AtomicU64>,
+    resubscribe_every: Duration,
+}
+
+/// A time as the engine's `since`/`until` parameters take it: Unix seconds with a fraction.
+fn engine_time(time: DateTime<Utc>) -> String {
+    format!("{}.{:09}", time.timestamp(), time.timestamp_subsec_nanos())
+}
+
+/// How one subscription to the engine's events ended.
+enum Subscription {
+    /// The engine closed it at `until`, as planned.
+    Expired,
+    /// It failed, or closed much earlier than planned.
+    Failed,
+    Cancelled,
 }
 
 impl EngineWatcher {
     async fn run(self, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+        let mut backoff = FIRST_BACKOFF;
         loop {
             // `since` is taken before the reconcile, so anything that happens between the
             // reconcile and the subscription is replayed by the engine; the hub drops repeats.
-            let since = (Utc::now().timestamp() - 1).to_string();
-            if let Err(err) = self.reconcile().await {
-                tracing::warn!(%err, "reconcile with the docker engine failed");
-            }
-            let filters = {
-                let mut filters = label_filters(&self.instance);
-                filters.insert("type".into(), vec!["container".into()]);
-                filters
-            };
-            let mut events =
-                self.docker.events(Some(EventsOptions { since: Some(since), until: None, filters: Some(filters) }));
-            self.watching.store(true, Ordering::Release);
-            loop {
-                let item = tokio::select! {
-                    item = events.next() => item,
-                    _ = cancel.cancelled() => {
-                        self.watching.store(false, Ordering::Release);
-                        return;
-                    }
-                };
-                match item {
-                    Some(Ok(event)) => {
-                        backoff = Duration::from_millis(100);
-                        self.handle(event).await;
-                    }
-                    Some(Err(err)) => {
-                        tracing::warn!(%err, "docker event stream failed; resubscribing");
-                        break;
-                    }
-                    None => {
-                        tracing::warn!("docker event stream ended; resubscribing");
-                        break;
-                    }
+            let since = engine_time(Utc::now() - chrono::Duration::seconds(1));
+            let outcome = match self.reconcile().await {
+                Ok(()) => self.follow(since, &cancel).await,
+                Err(err) => {
+                    tracing::warn!(%err, "reconcile with the docker engine failed");
+                    Subscription::Failed
                 }
-            }
+            };
             self.watching.store(false, Ordering::Release);
+            match outcome {
+                Subscription::Cancelled => return,
+                Subscription::Expired => {
+                    backoff = FIRST_BACKOFF;
+                    continue;
+                }
+                Subscription::Failed => {}
+            }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = cancel.cancelled() => return,
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One subscription, until the engine ends it (at `until`), it fails, or cancellation.
+    async fn follow(&self, since: String, cancel: &CancellationToken) -> Subscription {
+        let mut filters = label_filters(&self.instance);
+        filters.insert("type".into(), vec!["container".into()]);
+        // With `until` the engine itself ends the stream after a while, and `run` resubscribes.
+        let until = engine_time(Utc::now() + self.resubscribe_every);
+        let subscribed_at = tokio::time::Instant::now();
+        let mut events =
+            self.docker.events(Some(EventsOptions { since: Some(since), until: Some(until), filters: Some(filters) }));
+        self.watching.store(true, Ordering::Release);
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let item = tokio::select! {
+                item = events.next() => item,
+                _ = cancel.cancelled() => return Subscription::Cancelled,
+            };
+            match item {
+                Some(Ok(event)) => self.handle(event).await,
+                Some(Err(err)) => {
+                    tracing::warn!(%err, "docker event stream failed; resubscribing");
+                    return Subscription::Failed;
+                }
+                // An engine that keeps closing the stream early must not make this loop spin.
+                None if subscribed_at.elapsed() < self.resubscribe_every / 2 => {
+                    tracing::warn!("docker event stream ended early; resubscribing");
+                    return Subscription::Failed;
+                }
+                None => return Subscription::Expired,
+            }
         }
     }
 
