@@ -30,9 +30,12 @@ fn mode(path: &std::path::Path) -> u32 {
 }
 
 async fn raw_client(socket: &std::path::Path) -> ExecutorServiceClient<Channel> {
+    raw_client_on(Endpoint::try_from("http://[::]:50051").unwrap(), socket).await
+}
+
+async fn raw_client_on(endpoint: Endpoint, socket: &std::path::Path) -> ExecutorServiceClient<Channel> {
     let socket = socket.to_path_buf();
-    let channel = Endpoint::try_from("http://[::]:50051")
-        .unwrap()
+    let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
             async move {
@@ -247,4 +250,42 @@ async fn graceful_shutdown_ends_event_streams_and_removes_the_socket() {
     let end = tokio::time::timeout(Duration::from_secs(5), events.next()).await.expect("the stream ends");
     assert!(end.is_none() || end.unwrap().is_err());
     assert!(!exec_client_socket.exists(), "the socket file is removed on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_that_lags_gets_resource_exhausted_naming_its_last_event_not_a_gap() {
+    let exec = TestExecutor::start(Arc::new(MockRuntime::with_event_buffer(16))).await.unwrap();
+    // A tiny HTTP/2 window makes the executor feel the slow reader after a few events.
+    let endpoint = Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024));
+    let mut raw = raw_client_on(endpoint, &exec.socket).await;
+    raw.handshake(handshake_request()).await.unwrap();
+    let mut stream = raw.watch_events(pb::WatchEventsRequest {}).await.unwrap().into_inner();
+    let sync = stream.next().await.unwrap().unwrap().event.unwrap();
+    assert_eq!(sync.r#type, pb::EventType::Sync as i32);
+
+    // 200 starts = 200 STARTED events while nobody reads.
+    for i in 0..200 {
+        let spec = BackendSpec { backend_id: format!("lag-{i}"), image: "mock/x".into(), ..Default::default() };
+        exec.client.start(spec).await.unwrap();
+    }
+    let mut last = sync.sequence;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("the stream moves") {
+            Some(Ok(response)) => {
+                let event = response.event.unwrap();
+                assert_eq!(event.sequence, last + 1, "no gap before the error");
+                last = event.sequence;
+            }
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without an error after event {last}"),
+        }
+    };
+    assert!(last < 200, "the reader really fell behind (read up to {last})");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let (reason, metadata) = error_info(&status).unwrap();
+    assert_eq!(reason, reason::WATCH_TOO_SLOW);
+    assert_eq!(metadata["last_sequence"], last.to_string(), "the error names the last event delivered");
 }

@@ -113,10 +113,19 @@ impl MockRuntime {
         Self::build(true)
     }
 
+    /// A mock whose event readers may lag by at most `buffer` events (tests of slow readers).
+    pub fn with_event_buffer(buffer: usize) -> Self {
+        Self::build_with(false, EventHub::new(buffer))
+    }
+
     fn build(allow_executor_crash: bool) -> Self {
+        Self::build_with(allow_executor_crash, EventHub::default())
+    }
+
+    fn build_with(allow_executor_crash: bool, hub: EventHub) -> Self {
         MockRuntime {
             inner: Arc::new(MockInner {
-                hub: EventHub::default(),
+                hub,
                 backends: Mutex::new(HashMap::new()),
                 locks: BackendLocks::default(),
                 next_id: 1.into(),
