@@ -434,6 +434,13 @@ mod cases {
             Err(RuntimeError::ImagePullFailed { image, .. }) => assert_eq!(image, h.missing_image),
             other => panic!("ALWAYS on an unpullable image: expected IMAGE_PULL_FAILED, got {other:?}"),
         }
+        let mut spec = h.spec("imageless", vec![]);
+        spec.image = h.missing_image.clone();
+        match h.client().start(spec).await {
+            Err(RuntimeError::ImageNotFound { image, .. }) => assert_eq!(image, h.missing_image),
+            other => panic!("starting from a missing image: expected IMAGE_NOT_FOUND, got {other:?}"),
+        }
+        assert!(h.client().inspect(&h.id("imageless")).await.is_err(), "nothing was left behind");
         let ready = h.client().prepare_image(&h.image, PullPolicy::IfNotPresent).await.expect("present image");
         assert!(!ready.pulled);
         assert!(!ready.image_id.is_empty());

@@ -74,18 +74,25 @@ impl RuntimeError {
             RuntimeError::BackendNotFound(id) => {
                 status_with_reason(code, self.to_string(), reason::BACKEND_NOT_FOUND, &[("backend_id", id.clone())])
             }
-            RuntimeError::ImageNotFound { image, .. } => {
-                status_with_reason(code, self.to_string(), reason::IMAGE_NOT_FOUND, &[("image", image.clone())])
-            }
-            RuntimeError::ImagePullFailed { image, .. } => {
-                status_with_reason(code, self.to_string(), reason::IMAGE_PULL_FAILED, &[("image", image.clone())])
-            }
+            // `detail` carries the bare message, so the client rebuilds the same error.
+            RuntimeError::ImageNotFound { image, message } => status_with_reason(
+                code,
+                self.to_string(),
+                reason::IMAGE_NOT_FOUND,
+                &[("image", image.clone()), ("detail", message.clone())],
+            ),
+            RuntimeError::ImagePullFailed { image, message } => status_with_reason(
+                code,
+                self.to_string(),
+                reason::IMAGE_PULL_FAILED,
+                &[("image", image.clone()), ("detail", message.clone())],
+            ),
             RuntimeError::InvalidSpec { field, message } => invalid_argument(vec![(field.clone(), message.clone())]),
-            RuntimeError::StartFailed { backend_id, .. } => status_with_reason(
+            RuntimeError::StartFailed { backend_id, message } => status_with_reason(
                 code,
                 self.to_string(),
                 reason::BACKEND_START_FAILED,
-                &[("backend_id", backend_id.clone())],
+                &[("backend_id", backend_id.clone()), ("detail", message.clone())],
             ),
             RuntimeError::StoppedWhileStarting(id) => status_with_reason(
                 code,
@@ -127,11 +134,14 @@ impl RuntimeError {
         let message = status.message().to_string();
         let (reason, metadata) = error_info(status).unwrap_or_default();
         let meta = |key: &str| metadata.get(key).cloned().unwrap_or_default();
+        let detail = metadata.get("detail").cloned().unwrap_or_else(|| message.clone());
         match reason.as_str() {
             reason::BACKEND_NOT_FOUND => RuntimeError::BackendNotFound(meta("backend_id")),
-            reason::IMAGE_NOT_FOUND => RuntimeError::ImageNotFound { image: meta("image"), message },
-            reason::IMAGE_PULL_FAILED => RuntimeError::ImagePullFailed { image: meta("image"), message },
-            reason::BACKEND_START_FAILED => RuntimeError::StartFailed { backend_id: meta("backend_id"), message },
+            reason::IMAGE_NOT_FOUND => RuntimeError::ImageNotFound { image: meta("image"), message: detail },
+            reason::IMAGE_PULL_FAILED => RuntimeError::ImagePullFailed { image: meta("image"), message: detail },
+            reason::BACKEND_START_FAILED => {
+                RuntimeError::StartFailed { backend_id: meta("backend_id"), message: detail }
+            }
             reason::BACKEND_STOPPED_WHILE_STARTING => RuntimeError::StoppedWhileStarting(meta("backend_id")),
             reason::CAPABILITY_NOT_SUPPORTED => RuntimeError::Unsupported(message),
             reason::WATCH_TOO_SLOW => {
@@ -173,18 +183,12 @@ mod tests {
             RuntimeError::ImagePullFailed { image: "img".into(), message: "x".into() },
             RuntimeError::invalid_spec("spec.image", "must not be empty"),
             RuntimeError::StoppedWhileStarting("b1".into()),
+            RuntimeError::StartFailed { backend_id: "b1".into(), message: "exec format error".into() },
             RuntimeError::EventsLagged { last_sequence: 42 },
         ];
         for err in errors {
             let back = RuntimeError::from_status(&err.to_status());
-            assert_eq!(back.code(), err.code(), "{err}");
-            match (&err, &back) {
-                (RuntimeError::ImageNotFound { image: a, .. }, RuntimeError::ImageNotFound { image: b, .. })
-                | (RuntimeError::ImagePullFailed { image: a, .. }, RuntimeError::ImagePullFailed { image: b, .. }) => {
-                    assert_eq!(a, b)
-                }
-                _ => assert_eq!(back, err),
-            }
+            assert_eq!(back, err);
         }
     }
 

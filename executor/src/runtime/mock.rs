@@ -254,6 +254,9 @@ impl Runtime for MockRuntime {
             }
             return Err(RuntimeError::Unsupported(format!("{ENV_CRASH_EXECUTOR} is disabled in this mock runtime")));
         }
+        if spec.image.contains("missing") {
+            return Err(RuntimeError::ImageNotFound { image: spec.image, message: "not present".into() });
+        }
         if let Some(message) = spec.env.get(ENV_START_FAIL) {
             return Err(RuntimeError::StartFailed { backend_id, message: message.clone() });
         }

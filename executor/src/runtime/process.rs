@@ -199,9 +199,14 @@ impl Runtime for ProcessRuntime {
         }
         // Own process group: a stop reaches every process the backend forked.
         command.process_group(0).stdin(Stdio::null());
-        let mut child = command.spawn().map_err(|err| RuntimeError::StartFailed {
-            backend_id: backend_id.clone(),
-            message: format!("cannot run {}: {err}", spec.image),
+        let mut child = command.spawn().map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => {
+                RuntimeError::ImageNotFound { image: spec.image.clone(), message: "no such executable".into() }
+            }
+            _ => RuntimeError::StartFailed {
+                backend_id: backend_id.clone(),
+                message: format!("cannot run {}: {err}", spec.image),
+            },
         })?;
         let pid = child.id().ok_or_else(|| RuntimeError::internal("spawned child has no pid"))? as i32;
         let started = Started { runtime_id: pid.to_string(), address: format!("127.0.0.1:{port}") };
