@@ -385,8 +385,13 @@ impl Runtime for DockerRuntime {
         spec.validate()?;
         let backend_id = spec.backend_id.clone();
         let _guard = self.locks.lock(&backend_id).await;
-        if let Some(started) = self.started.lock().unwrap().get(&backend_id) {
-            return Ok(started.clone());
+        let cached = self.started.lock().unwrap().get(&backend_id).cloned();
+        if let Some(started) = cached {
+            // A container removed behind the executor's back (docker rm) is started afresh.
+            if self.inspect_container(&backend_id).await?.is_some() {
+                return Ok(started);
+            }
+            self.started.lock().unwrap().remove(&backend_id);
         }
         let name = self.container_name(&backend_id);
         let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };

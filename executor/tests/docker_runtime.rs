@@ -1,12 +1,13 @@
-//! The docker runtime's watch on the engine's event stream: it is resubscribed (with a
-//! reconcile by label) whenever it ends, and exits are still reported exactly once.
+//! Docker-only behaviour beyond the conformance suite: the watch on the engine's event stream is
+//! resubscribed (with a reconcile by label) whenever it ends, and changes made behind the
+//! executor's back are noticed.
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use hangar_executor::runtime::docker::DockerOptions;
-use hangar_executor::runtime::{BackendSpec, EventKind, Runtime};
-use hangar_executor::testing::{ContainerCleanup, docker_or_skip_with, test_image, unique_name};
+use hangar_executor::runtime::{BackendSpec, BackendState, EventKind, Runtime};
+use hangar_executor::testing::{ContainerCleanup, docker_or_skip, docker_or_skip_with, test_image, unique_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_event_stream_is_resubscribed_without_losing_or_repeating_events() {
@@ -58,5 +59,36 @@ async fn engine_event_stream_is_resubscribed_without_losing_or_repeating_events(
     assert!(runtime.event_subscriptions() > subscriptions, "still resubscribing");
     assert_eq!(mine, vec![EventKind::Started, EventKind::Exited { exit_code: Some(3) }]);
     runtime.remove("resub-1").await.unwrap();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_removed_behind_the_executors_back_is_reported_and_started_afresh() {
+    let instance = unique_name("behind");
+    let _cleanup = ContainerCleanup::new(&instance);
+    let test = "container_removed_behind_the_executors_back_is_reported_and_started_afresh";
+    let Some(runtime) = docker_or_skip(test, &instance).await else { return };
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    let mut events = runtime.events().await.unwrap();
+    events.next().await.unwrap().unwrap();
+    let spec = BackendSpec { backend_id: "b1".into(), image: image.into(), ..Default::default() };
+    let first = runtime.start(spec.clone()).await.unwrap();
+
+    let removed = std::process::Command::new("docker").args(["rm", "-f", &first.runtime_id]).output().unwrap();
+    assert!(removed.status.success());
+    let mut kinds = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !kinds.contains(&EventKind::Removed) {
+        let event = tokio::time::timeout_at(deadline, events.next()).await.expect("REMOVED in time").unwrap().unwrap();
+        kinds.push(event.kind);
+    }
+    assert!(
+        matches!(kinds.as_slice(), [EventKind::Started, EventKind::Exited { .. }, EventKind::Removed]),
+        "{kinds:?}"
+    );
+
+    let second = runtime.start(spec).await.unwrap();
+    assert_ne!(second.runtime_id, first.runtime_id, "a new container, not the stale answer");
+    assert_eq!(runtime.inspect("b1").await.unwrap().state, BackendState::Running);
     runtime.shutdown().await;
 }
