@@ -30,6 +30,10 @@ pub mod reason {
     pub const IMAGE_NOT_FOUND: &str = "IMAGE_NOT_FOUND";
     pub const IMAGE_PULL_FAILED: &str = "IMAGE_PULL_FAILED";
     pub const RUNTIME_UNAVAILABLE: &str = "RUNTIME_UNAVAILABLE";
+    pub const BACKEND_START_FAILED: &str = "BACKEND_START_FAILED";
+    pub const BACKEND_STOPPED_WHILE_STARTING: &str = "BACKEND_STOPPED_WHILE_STARTING";
+    pub const CAPABILITY_NOT_SUPPORTED: &str = "CAPABILITY_NOT_SUPPORTED";
+    pub const PEER_NOT_ALLOWED: &str = "PEER_NOT_ALLOWED";
 }
 
 /// A status with an `ErrorInfo` (domain [`ERROR_DOMAIN`]) and metadata.

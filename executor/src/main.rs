@@ -1,84 +1,40 @@
-//! `hangar-drone`: the drone agent (`run`) and, later, the executor server (`executor`).
+//! `hangar-drone`: the drone agent and its executors.
 
-use clap::{Args, Parser, Subcommand};
-use hangar_executor::drone::{self, DroneConfig};
-use std::collections::BTreeMap;
-use std::time::Duration;
+use clap::{Parser, Subcommand};
+use hangar_executor::drone::command::{self as drone_command, RunArgs};
+use hangar_executor::executor_command::{self, ExecutorArgs};
 
-#[derive(Parser)]
+#[derive(Parser, Debug)]
 #[command(
     name = "hangar-drone",
     version,
-    about = "Hangar drone: attaches a worker host to Hangar controllers and runs backends on it."
+    about = "Hangar drone: attaches a worker host to Hangar controllers and runs session backends on it."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Attach this host to the controllers and keep it attached.
-    #[command(after_help = "Examples:\n  \
-        hangar-drone run --controller http://127.0.0.1:7070 --name worker-1\n  \
-        hangar-drone run --controller http://ctl-a:7070 --controller http://ctl-b:7070 --name worker-1 --pool gpu\n\n\
-        Then check it with:  hangar nodes list --kind drone")]
     Run(RunArgs),
+    /// Serve the executor protocol (hangar.executor.v1) on a Unix socket, running backends on
+    /// docker, local processes or a mock.
+    Executor(ExecutorArgs),
 }
 
-#[derive(Args)]
-struct RunArgs {
-    /// Controller URL; repeat (or separate with commas) to give several, tried in turn when one
-    /// is unreachable.
-    #[arg(long = "controller", env = "HANGAR_CONTROLLER", required = true, value_delimiter = ',')]
-    controllers: Vec<String>,
-    /// Name of this drone, unique in its cluster: lowercase letters, digits and '-'. The same
-    /// name reconnecting keeps its node id.
-    #[arg(long)]
-    name: String,
-    #[arg(long, default_value = "default")]
-    cluster: String,
-    #[arg(long, default_value = "default")]
-    pool: String,
-    /// KEY=VALUE, repeatable.
-    #[arg(long = "label", value_parser = parse_label)]
-    labels: Vec<(String, String)>,
-    /// Backends this drone accepts at most.
-    #[arg(long, default_value_t = 100)]
-    capacity: u32,
-    /// Longest wait between reconnect attempts.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    max_backoff: Duration,
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    match cli.command {
-        Command::Run(args) => run(args).await,
-    }
-}
-
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut config = DroneConfig::new(args.controllers, args.name);
-    config.cluster = args.cluster;
-    config.pool = args.pool;
-    config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
-    config.backend_capacity = args.capacity;
-    config.backoff.max = args.max_backoff;
-    let mut drone = drone::spawn(config);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        result = drone.finished() => return Ok(result?),
-    }
-    drone.shutdown().await;
-    Ok(())
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => drone_command::run(args).await,
+            Command::Executor(args) => executor_command::run(args).await,
+        }
+    })
 }

@@ -8,7 +8,9 @@ use hangar_executor::drone::{self, Backoff, DroneConfig, LinkState};
 use hangar_server::controller::RunningController;
 use hangar_server::store::{self, DynStore};
 use hangar_server::testing::PgCluster;
-use hangar_tests::{ControllerProcess, ManualDrone, channel, drone_hello, next_event, start_controller_with, test_config, watch};
+use hangar_tests::{
+    ControllerProcess, ManualDrone, channel, drone_hello, next_event, start_controller_with, test_config, watch,
+};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -80,7 +82,10 @@ async fn changes_written_concurrently_through_two_controllers_reach_watchers_gap
     let (store, a, b) = two_controllers(&pg.create_database().await.unwrap()).await;
     let mut ids = Vec::new();
     for i in 0..20 {
-        let node = store.attach_node(hangar_tests::registration(&format!("n{i}")), a.controller_id(), chrono::Utc::now()).await.unwrap();
+        let node = store
+            .attach_node(hangar_tests::registration(&format!("n{i}")), a.controller_id(), chrono::Utc::now())
+            .await
+            .unwrap();
         ids.push(node.id);
     }
     let start = store.current_revision().await.unwrap();
@@ -182,10 +187,13 @@ async fn killed_controller_drones_reattach_elsewhere_and_a_resuming_watcher_miss
     a.kill();
     for d in &drones {
         let mut state = d.state();
-        tokio::time::timeout(WAIT, state.wait_for(|s| matches!(s, LinkState::Attached { controller, .. } if *controller == b.url)))
-            .await
-            .expect("reattached to B")
-            .unwrap();
+        tokio::time::timeout(
+            WAIT,
+            state.wait_for(|s| matches!(s, LinkState::Attached { controller, .. } if *controller == b.url)),
+        )
+        .await
+        .expect("reattached to B")
+        .unwrap();
     }
     let reattach = killed_at.elapsed();
     eprintln!("3 drones reattached to the surviving controller {reattach:?} after SIGKILL");
@@ -213,7 +221,8 @@ async fn killed_controller_drones_reattach_elsewhere_and_a_resuming_watcher_miss
             && node.state() == NodeState::Ready
             && node.controller_id != ""
         {
-            let current = nodes.get_node(v1::GetNodeRequest { id: node.id.clone() }).await.unwrap().into_inner().node.unwrap();
+            let current =
+                nodes.get_node(v1::GetNodeRequest { id: node.id.clone() }).await.unwrap().into_inner().node.unwrap();
             if current.state() == NodeState::Ready && node.revision == event.revision {
                 ready_on_b.insert(node.id);
             }

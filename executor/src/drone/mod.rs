@@ -3,6 +3,7 @@
 //! exponential backoff, moving on to the next controller in its list.
 
 mod backoff;
+pub mod command;
 mod host;
 
 pub use backoff::Backoff;

@@ -1,0 +1,89 @@
+//! `hangar-drone executor`: serves one runtime on a Unix socket until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use crate::runtime::Runtime;
+use crate::runtime::docker::{DockerOptions, DockerRuntime};
+use crate::runtime::mock::MockRuntime;
+use crate::runtime::process::ProcessRuntime;
+use crate::server::{self, DEFAULT_MAX_MESSAGE_BYTES, ServerOptions};
+
+/// Which runtime runs the backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeChoice {
+    /// Containers on the local Docker engine (labelled `hangar.backend-id`).
+    Docker,
+    /// Child processes of the executor; `image` is the path of the executable.
+    Process,
+    /// A scriptable fake for tests (see `HANGAR_MOCK_*` in the backend environment).
+    Mock,
+}
+
+/// Serve `hangar.executor.v1` on a Unix socket. The drone connects to it with
+/// `hangar-drone run --executor-socket PATH`.
+#[derive(Args, Clone, Debug)]
+#[command(after_help = "The socket is created 0600 inside a 0700 directory (created if missing; an existing \
+directory must not be accessible to group or others). A stale socket left by a dead executor is replaced; a \
+live one is refused. Peers are checked by uid (SO_PEERCRED).")]
+pub struct ExecutorArgs {
+    /// Path of the Unix socket to serve on (at most 107 bytes).
+    #[arg(long, value_name = "PATH", env = "HANGAR_EXECUTOR_SOCKET")]
+    pub socket: PathBuf,
+
+    /// Runtime that runs the backends.
+    #[arg(long, value_enum, default_value = "docker", env = "HANGAR_EXECUTOR_RUNTIME")]
+    pub runtime: RuntimeChoice,
+
+    /// Peer uid allowed to connect; repeat for several. Default: only the executor's own uid.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uids: Vec<u32>,
+
+    /// Name of this executor instance, put on every container as the `hangar.executor` label, so
+    /// several executors can share one Docker engine and each reconciles only its own.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub instance: String,
+
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+}
+
+/// Builds the runtime, binds the socket and serves until a termination signal.
+pub async fn run(args: ExecutorArgs) -> anyhow::Result<()> {
+    let runtime: Arc<dyn Runtime> = match args.runtime {
+        RuntimeChoice::Docker => Arc::new(
+            DockerRuntime::connect(DockerOptions { instance: args.instance.clone(), ..Default::default() })
+                .await
+                .context("cannot reach the Docker engine")?,
+        ),
+        RuntimeChoice::Process => Arc::new(ProcessRuntime::new()),
+        // Only the real executor process may be told to crash itself (for reconnect tests).
+        RuntimeChoice::Mock => Arc::new(MockRuntime::allowing_executor_crash()),
+    };
+    let listener = server::bind_socket(&args.socket)?;
+    tracing::info!(socket = %args.socket.display(), runtime = %runtime.kind(), "executor serving");
+    let options = ServerOptions {
+        allowed_uids: args.allow_uids,
+        max_message_bytes: args.max_message_bytes,
+        executor_name: format!("hangar-drone executor ({})", args.instance),
+    };
+    server::serve(listener, runtime, options, termination_signal()).await.context("executor server failed")?;
+    tracing::info!("executor stopped");
+    Ok(())
+}
+
+async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; the executor stops only when killed");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

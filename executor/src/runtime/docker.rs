@@ -1,0 +1,592 @@
+//! The docker runtime: backends are containers on the local engine, driven through bollard.
+//!
+//! Every container carries `hangar.managed=true`, `hangar.backend-id=<id>` and
+//! `hangar.executor=<instance>`, and is named `hangar-<instance>-<id>`, so starts are idempotent
+//! (the name is taken) and a restarted executor finds its containers by label. The backend's port
+//! (spec.port, default 8080, also passed as `PORT`) is published on an ephemeral port of
+//! 127.0.0.1, read back from the engine once it is bound.
+//!
+//! Events come from the engine's event stream. When that stream ends (engine restart, dropped
+//! connection), it is resubscribed with `since` set before a reconcile by label, so exits that
+//! happened in between are still reported; the [`EventHub`] drops the duplicates.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerStatsResponse, HostConfig,
+    PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, StatsOptions, StopContainerOptions,
+};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+mod watch;
+
+use self::watch::EngineWatcher;
+use super::locks::BackendLocks;
+use super::{
+    BackendInfo, BackendSpec, BackendState, Capability, Condition, EventHub, EventStream, ImageReady, LABEL_BACKEND_ID,
+    LABEL_EXECUTOR, LABEL_MANAGED, PullPolicy, Runtime, RuntimeError, RuntimeKind, Started, Stats, StatsStream,
+};
+
+/// Label recording the container port, so the published host port can be found again later.
+const LABEL_PORT: &str = "hangar.port";
+
+/// How the docker runtime behaves.
+#[derive(Clone, Debug)]
+pub struct DockerOptions {
+    /// Executor instance name, in labels and container names.
+    pub instance: String,
+    /// How long a start waits for the engine to report the published host port.
+    pub port_wait: Duration,
+    /// Upper bound on one image pull.
+    pub pull_timeout: Duration,
+    /// How long one subscription to the engine's event stream lives before the watcher
+    /// reconciles and subscribes again. A safety net against a stream that stalls without
+    /// ending (a half-dead connection would otherwise hide every exit from then on).
+    pub resubscribe_every: Duration,
+}
+
+impl Default for DockerOptions {
+    fn default() -> Self {
+        DockerOptions {
+            instance: "default".into(),
+            port_wait: Duration::from_secs(10),
+            pull_timeout: Duration::from_secs(300),
+            resubscribe_every: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Runs backends as Docker containers.
+pub struct DockerRuntime {
+    docker: Docker,
+    options: DockerOptions,
+    hub: EventHub,
+    locks: BackendLocks,
+    /// Start results, so a retry answers exactly what the first start did.
+    started: Mutex<HashMap<String, Started>>,
+    /// Whether the engine's event stream is currently subscribed.
+    watching: Arc<AtomicBool>,
+    /// How many times the engine's event stream was subscribed.
+    subscriptions: Arc<AtomicU64>,
+    /// Owns the event watcher.
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+pub(super) fn status_code(err: &DockerError) -> Option<u16> {
+    match err {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn unavailable(err: DockerError) -> RuntimeError {
+    match err {
+        DockerError::DockerResponseServerError { status_code, message } if status_code < 500 => {
+            RuntimeError::internal(format!("docker answered {status_code}: {message}"))
+        }
+        err => RuntimeError::Unavailable(format!("docker engine: {err}")),
+    }
+}
+
+/// Docker reports "never" as the zero time.
+pub(super) fn parse_time(time: Option<&str>) -> Option<DateTime<Utc>> {
+    let time = DateTime::parse_from_rfc3339(time?).ok()?.with_timezone(&Utc);
+    (time.timestamp() > 0).then_some(time)
+}
+
+fn valid_name_part(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine (DOCKER_HOST or the default socket), agrees on an API version,
+    /// and starts watching its events.
+    pub async fn connect(options: DockerOptions) -> Result<Self, RuntimeError> {
+        if !valid_name_part(&options.instance) {
+            return Err(RuntimeError::invalid_spec(
+                "instance",
+                "may contain only ASCII letters, digits, '-', '_', '.'",
+            ));
+        }
+        let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
+        // The engine may be older than bollard's default API version; speak the engine's.
+        let docker = docker.negotiate_version().await.map_err(unavailable)?;
+        docker.ping().await.map_err(unavailable)?;
+        let runtime = DockerRuntime {
+            docker,
+            options,
+            hub: EventHub::default(),
+            locks: BackendLocks::default(),
+            started: Mutex::new(HashMap::new()),
+            watching: Arc::new(AtomicBool::new(false)),
+            subscriptions: Arc::new(AtomicU64::new(0)),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        };
+        let watcher = EngineWatcher {
+            docker: runtime.docker.clone(),
+            instance: runtime.options.instance.clone(),
+            hub: runtime.hub.clone(),
+            watching: runtime.watching.clone(),
+            subscriptions: runtime.subscriptions.clone(),
+            resubscribe_every: runtime.options.resubscribe_every,
+        };
+        let cancel = runtime.cancel.clone();
+        runtime.tasks.spawn(async move { watcher.run(cancel).await });
+        Ok(runtime)
+    }
+
+    /// How many times the engine's event stream has been subscribed (1 + resubscriptions).
+    pub fn event_subscriptions(&self) -> u64 {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// The underlying engine client, e.g. for tests that check what the engine sees.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Name of the container of `backend_id`.
+    pub fn container_name(&self, backend_id: &str) -> String {
+        format!("hangar-{}-{backend_id}", self.options.instance)
+    }
+
+    async fn inspect_container(&self, backend_id: &str) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
+        match self.docker.inspect_container(&self.container_name(backend_id), None::<InspectContainerOptions>).await {
+            Ok(container) => Ok(Some(container)),
+            Err(err) if status_code(&err) == Some(404) => Ok(None),
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    /// Reports what inspect shows about an ended container, in the order readers expect.
+    fn report_exit(&self, backend_id: &str, container: &ContainerInspectResponse) {
+        if let Some(state) = &container.state
+            && state.running != Some(true)
+            && state.started_at.as_deref().and_then(|t| parse_time(Some(t))).is_some()
+        {
+            self.hub.exited(backend_id, state.exit_code.map(|c| c as i32), state.oom_killed == Some(true));
+        }
+    }
+
+    fn info(&self, backend_id: &str, container: &ContainerInspectResponse) -> BackendInfo {
+        let state = container.state.clone().unwrap_or_default();
+        let backend_state = match state.status {
+            Some(ContainerStateStatusEnum::CREATED) => BackendState::Created,
+            Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::PAUSED)
+            | Some(ContainerStateStatusEnum::RESTARTING) => BackendState::Running,
+            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
+            | Some(ContainerStateStatusEnum::REMOVING) => BackendState::Exited,
+            _ => BackendState::Unknown,
+        };
+        let address = published_address(container)
+            .or_else(|| self.started.lock().unwrap().get(backend_id).map(|s| s.address.clone()))
+            .unwrap_or_default();
+        BackendInfo {
+            backend_id: backend_id.to_string(),
+            runtime_id: container.id.clone().unwrap_or_default(),
+            state: backend_state,
+            exit_code: (backend_state == BackendState::Exited).then(|| state.exit_code.unwrap_or(0) as i32),
+            oom_killed: state.oom_killed.unwrap_or(false),
+            created_at: parse_time(container.created.as_deref()),
+            started_at: parse_time(state.started_at.as_deref()),
+            finished_at: parse_time(state.finished_at.as_deref()),
+            address,
+        }
+    }
+
+    fn create_body(&self, spec: &BackendSpec) -> ContainerCreateBody {
+        let port = spec.container_port();
+        let port_key = format!("{port}/tcp");
+        let mut env: Vec<String> =
+            spec.env.iter().filter(|(k, _)| k.as_str() != "PORT").map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("PORT={port}"));
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.insert(LABEL_MANAGED.into(), "true".into());
+        labels.insert(LABEL_BACKEND_ID.into(), spec.backend_id.clone());
+        labels.insert(LABEL_EXECUTOR.into(), self.options.instance.clone());
+        labels.insert(LABEL_PORT.into(), port.to_string());
+        let limits = spec.resources;
+        let host_config = HostConfig {
+            // An empty host port asks the engine for an ephemeral one; 127.0.0.1 keeps the
+            // backend reachable only through the drone's host (the proxy), not the world.
+            port_bindings: Some(HashMap::from([(
+                port_key.clone(),
+                Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
+            )])),
+            nano_cpus: (limits.cpu_millis > 0).then(|| (limits.cpu_millis * 1_000_000) as i64),
+            memory: (limits.memory_bytes > 0).then_some(limits.memory_bytes as i64),
+            // Same as memory: no swap, so exceeding the limit is an OOM kill, not a slow crawl.
+            memory_swap: (limits.memory_bytes > 0).then_some(limits.memory_bytes as i64),
+            pids_limit: (limits.pids > 0).then_some(limits.pids as i64),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            exposed_ports: Some(HashMap::from([(port_key, HashMap::new())])),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// Waits until the engine reports the published host port. Right after a start the binding
+    /// may not be visible yet, so this retries; a container that already ended has no address.
+    async fn wait_for_address(
+        &self,
+        backend_id: &str,
+    ) -> Result<(String, Option<ContainerInspectResponse>), RuntimeError> {
+        let deadline = tokio::time::Instant::now() + self.options.port_wait;
+        loop {
+            let container = self.inspect_container(backend_id).await?;
+            let Some(container) = container else { return Ok((String::new(), None)) };
+            if let Some(address) = published_address(&container) {
+                return Ok((address, Some(container)));
+            }
+            let running = container.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+            if !running || tokio::time::Instant::now() >= deadline {
+                if running {
+                    tracing::warn!(backend_id, "engine did not report the published port in time");
+                }
+                return Ok((String::new(), Some(container)));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), String> {
+        // Without a tag the engine would pull every tag of the repository.
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let reference =
+            if last.contains(':') || image.contains('@') { image.to_string() } else { format!("{image}:latest") };
+        let options = CreateImageOptions { from_image: Some(reference), ..Default::default() };
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        let pull = async {
+            while let Some(item) = progress.next().await {
+                item.map_err(|err| err.to_string())?;
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.options.pull_timeout, pull).await.map_err(|_| "pull timed out".to_string())?
+    }
+}
+
+/// `127.0.0.1:<host port>` of the backend's published port, if the engine reports one.
+fn published_address(container: &ContainerInspectResponse) -> Option<String> {
+    let labels = container.config.as_ref()?.labels.as_ref()?;
+    let port = labels.get(LABEL_PORT)?;
+    let ports = container.network_settings.as_ref()?.ports.as_ref()?;
+    let bindings = ports.get(&format!("{port}/tcp"))?.as_ref()?;
+    bindings.iter().find_map(|binding| {
+        let host_port = binding.host_port.as_deref().filter(|p| !p.is_empty() && *p != "0")?;
+        let host_ip = binding.host_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "0.0.0.0").unwrap_or("127.0.0.1");
+        Some(format!("{host_ip}:{host_port}"))
+    })
+}
+
+fn stats_from_docker(stats: &ContainerStatsResponse) -> Stats {
+    let memory = stats.memory_stats.as_ref();
+    let (rx, tx) = stats.networks.as_ref().map_or((0, 0), |networks| {
+        networks.values().fold((0, 0), |(rx, tx), n| (rx + n.rx_bytes.unwrap_or(0), tx + n.tx_bytes.unwrap_or(0)))
+    });
+    Stats {
+        time: Utc::now(),
+        cpu_total_ns: stats
+            .cpu_stats
+            .as_ref()
+            .and_then(|c| c.cpu_usage.as_ref())
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0),
+        memory_used_bytes: memory.and_then(|m| m.usage).unwrap_or(0),
+        memory_limit_bytes: memory.and_then(|m| m.limit).unwrap_or(0),
+        pids: stats.pids_stats.as_ref().and_then(|p| p.current).unwrap_or(0),
+        net_rx_bytes: rx,
+        net_tx_bytes: tx,
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Docker
+    }
+
+    fn capabilities(&self) -> Vec<Capability> {
+        vec![
+            Capability::PrepareImage,
+            Capability::Stats,
+            Capability::Events,
+            Capability::ResourceLimits,
+            Capability::OomReporting,
+        ]
+    }
+
+    async fn status(&self) -> Vec<Condition> {
+        let reachable = match self.docker.ping().await {
+            Ok(_) => Condition::new("RuntimeReachable", true, "EngineAnswers", ""),
+            Err(err) => Condition::new("RuntimeReachable", false, "EngineUnreachable", err.to_string()),
+        };
+        let ready = if reachable.status && self.watching.load(Ordering::Acquire) {
+            Condition::new("RuntimeReady", true, "WatchingEvents", "")
+        } else {
+            Condition::new("RuntimeReady", false, "NotWatchingEvents", "the engine's event stream is not subscribed")
+        };
+        vec![reachable, ready]
+    }
+
+    async fn prepare_image(&self, image: &str, policy: PullPolicy) -> Result<ImageReady, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(found) if policy != PullPolicy::Always => {
+                return Ok(ImageReady { image_id: found.id.unwrap_or_default(), pulled: false });
+            }
+            Ok(_) => {}
+            Err(err) if status_code(&err) == Some(404) => {
+                if policy == PullPolicy::Never {
+                    return Err(RuntimeError::ImageNotFound {
+                        image: image.into(),
+                        message: "not present locally and the pull policy is NEVER".into(),
+                    });
+                }
+            }
+            Err(err) => return Err(unavailable(err)),
+        }
+        if let Err(message) = self.pull(image).await {
+            tracing::warn!(image, message, "image pull failed");
+            return Err(if policy == PullPolicy::Always {
+                RuntimeError::ImagePullFailed { image: image.into(), message }
+            } else {
+                RuntimeError::ImageNotFound {
+                    image: image.into(),
+                    message: format!("not present locally; pull failed: {message}"),
+                }
+            });
+        }
+        let found = self.docker.inspect_image(image).await.map_err(unavailable)?;
+        Ok(ImageReady { image_id: found.id.unwrap_or_default(), pulled: true })
+    }
+
+    async fn start(&self, spec: BackendSpec) -> Result<Started, RuntimeError> {
+        spec.validate()?;
+        let backend_id = spec.backend_id.clone();
+        let _guard = self.locks.lock(&backend_id).await;
+        let cached = self.started.lock().unwrap().get(&backend_id).cloned();
+        if let Some(started) = cached {
+            // A container removed behind the executor's back (docker rm) is started afresh.
+            if self.inspect_container(&backend_id).await?.is_some() {
+                return Ok(started);
+            }
+            self.started.lock().unwrap().remove(&backend_id);
+        }
+        let name = self.container_name(&backend_id);
+        let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
+        match self.docker.create_container(Some(options), self.create_body(&spec)).await {
+            Ok(_) => {}
+            // Created by an earlier start (before an executor restart): adopt it.
+            Err(err) if status_code(&err) == Some(409) => {}
+            Err(err) if status_code(&err) == Some(404) => {
+                return Err(RuntimeError::ImageNotFound {
+                    image: spec.image.clone(),
+                    message: "not present locally; call PrepareImage first".into(),
+                });
+            }
+            Err(DockerError::DockerResponseServerError { status_code: 400, message }) => {
+                return Err(RuntimeError::StartFailed { backend_id, message });
+            }
+            Err(err) => return Err(unavailable(err)),
+        }
+        let existing = self.inspect_container(&backend_id).await?;
+        let never_started = existing
+            .as_ref()
+            .and_then(|c| c.state.as_ref())
+            .is_some_and(|s| s.status == Some(ContainerStateStatusEnum::CREATED));
+        // An adopted container that already ran is not restarted: that would be a new life, not a retry.
+        if never_started {
+            match self.docker.start_container(&name, None::<bollard::query_parameters::StartContainerOptions>).await {
+                Ok(()) => {}
+                Err(err) if status_code(&err) == Some(304) => {}
+                Err(DockerError::DockerResponseServerError { status_code, message })
+                    if status_code < 500 || message.contains("OCI") =>
+                {
+                    return Err(RuntimeError::StartFailed { backend_id, message });
+                }
+                Err(err) => return Err(unavailable(err)),
+            }
+        }
+        let (address, container) = self.wait_for_address(&backend_id).await?;
+        let container = container.ok_or_else(|| RuntimeError::StartFailed {
+            backend_id: backend_id.clone(),
+            message: "the container vanished while starting".into(),
+        })?;
+        self.hub.started(&backend_id);
+        self.report_exit(&backend_id, &container);
+        let started = Started { runtime_id: container.id.clone().unwrap_or_default(), address };
+        self.started.lock().unwrap().insert(backend_id.clone(), started.clone());
+        tracing::info!(backend_id, address = started.address, "container started");
+        Ok(started)
+    }
+
+    async fn stop(&self, backend_id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let _guard = self.locks.lock(backend_id).await;
+        let name = self.container_name(backend_id);
+        let Some(container) = self.inspect_container(backend_id).await? else { return Ok(()) };
+        if container.state.as_ref().and_then(|s| s.running) != Some(true) {
+            return Ok(());
+        }
+        let result = if grace.is_zero() {
+            self.docker.kill_container(&name, Some(KillContainerOptions { signal: "SIGKILL".into() })).await
+        } else {
+            // The engine counts whole seconds; round up so the backend never gets less than asked.
+            let seconds = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+            let options = StopContainerOptions { t: Some(seconds.min(i32::MAX as u64) as i32), signal: None };
+            self.docker.stop_container(&name, Some(options)).await
+        };
+        match result {
+            Ok(()) => {}
+            // Gone or already stopped in the meantime: that is what was asked.
+            Err(err) if matches!(status_code(&err), Some(304 | 404 | 409)) => {}
+            Err(err) => return Err(unavailable(err)),
+        }
+        // A kill returns before the container is reaped; wait for the engine to see the exit.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.inspect_container(backend_id).await? {
+                Some(container) if container.state.as_ref().and_then(|s| s.running) == Some(true) => {}
+                Some(container) => {
+                    self.report_exit(backend_id, &container);
+                    return Ok(());
+                }
+                None => return Ok(()),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RuntimeError::internal(format!("container {name} still runs after being killed")));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn remove(&self, backend_id: &str) -> Result<(), RuntimeError> {
+        if self.inspect_container(backend_id).await?.is_none() {
+            self.started.lock().unwrap().remove(backend_id);
+            return Ok(());
+        }
+        // Killed first so its exit code is reported before it disappears.
+        self.stop(backend_id, Duration::ZERO).await?;
+        let _guard = self.locks.lock(backend_id).await;
+        let name = self.container_name(backend_id);
+        match self
+            .docker
+            .remove_container(&name, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+            .await
+        {
+            Ok(()) => {}
+            Err(err) if status_code(&err) == Some(404) => {}
+            // 409: removal already in progress (e.g. a concurrent remove); it will be gone shortly.
+            Err(err) if status_code(&err) == Some(409) => {}
+            Err(err) => return Err(unavailable(err)),
+        }
+        self.started.lock().unwrap().remove(backend_id);
+        self.hub.removed(backend_id);
+        Ok(())
+    }
+
+    async fn inspect(&self, backend_id: &str) -> Result<BackendInfo, RuntimeError> {
+        match self.inspect_container(backend_id).await? {
+            Some(container) => Ok(self.info(backend_id, &container)),
+            None => Err(RuntimeError::BackendNotFound(backend_id.to_string())),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<BackendInfo>, RuntimeError> {
+        let ids = list_backend_ids(&self.docker, &self.options.instance).await.map_err(unavailable)?;
+        let infos = futures::stream::iter(ids)
+            .map(|id| async move { self.inspect_container(&id).await.map(|c| c.map(|c| self.info(&id, &c))) })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+        // A container removed between the listing and its inspect is simply not there any more.
+        infos.into_iter().filter_map(Result::transpose).collect()
+    }
+
+    async fn events(&self) -> Result<EventStream, RuntimeError> {
+        Ok(self.hub.subscribe())
+    }
+
+    async fn stats(&self, backend_id: &str, interval: Duration) -> Result<StatsStream, RuntimeError> {
+        if self.inspect_container(backend_id).await?.is_none() {
+            return Err(RuntimeError::BackendNotFound(backend_id.to_string()));
+        }
+        let docker = self.docker.clone();
+        let name = self.container_name(backend_id);
+        let stream = async_stream::stream! {
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                ticker.tick().await;
+                let running = match docker.inspect_container(&name, None::<InspectContainerOptions>).await {
+                    Ok(container) => container.state.and_then(|s| s.running).unwrap_or(false),
+                    Err(err) if status_code(&err) == Some(404) => false,
+                    Err(err) => {
+                        yield Err(unavailable(err));
+                        break;
+                    }
+                };
+                if !running {
+                    break;
+                }
+                // One-shot: a single sample now, instead of the engine's own 1 s cadence.
+                let options = StatsOptions { stream: false, one_shot: true };
+                match docker.stats(&name, Some(options)).next().await {
+                    Some(Ok(stats)) => yield Ok(stats_from_docker(&stats)),
+                    Some(Err(err)) if status_code(&err) == Some(404) => break,
+                    Some(Err(err)) => {
+                        yield Err(unavailable(err));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        };
+        Ok(Box::pin(stream))
+    }
+
+    async fn shutdown(&self) {
+        // Containers keep running: a restarted executor adopts them by label.
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+impl Drop for DockerRuntime {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+pub(super) fn label_filters(instance: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_string(),
+        vec![format!("{LABEL_MANAGED}=true"), format!("{LABEL_EXECUTOR}={instance}")],
+    )])
+}
+
+async fn list_backend_ids(docker: &Docker, instance: &str) -> Result<Vec<String>, DockerError> {
+    let options = ListContainersOptions { all: true, filters: Some(label_filters(instance)), ..Default::default() };
+    let containers = docker.list_containers(Some(options)).await?;
+    Ok(containers.into_iter().filter_map(|c| c.labels.and_then(|mut labels| labels.remove(LABEL_BACKEND_ID))).collect())
+}

@@ -1,0 +1,201 @@
+//! The one error type of every runtime, and its mapping to and from gRPC status codes and
+//! `ErrorInfo` reasons — in both directions, here and nowhere else.
+
+use hangar::error::{error_info, field_violations, invalid_argument, reason, status_with_reason};
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("backend {0} not found")]
+    BackendNotFound(String),
+    #[error("image {image} not found: {message}")]
+    ImageNotFound { image: String, message: String },
+    #[error("pulling image {image} failed: {message}")]
+    ImagePullFailed { image: String, message: String },
+    #[error("invalid backend spec: {field}: {message}")]
+    InvalidSpec { field: String, message: String },
+    #[error("backend {backend_id} failed to start: {message}")]
+    StartFailed { backend_id: String, message: String },
+    #[error("backend {0} was stopped while it was starting")]
+    StoppedWhileStarting(String),
+    #[error("{0}")]
+    Unsupported(String),
+    /// The reader of an event stream fell further behind than the buffer allows; it resumes
+    /// knowing the last sequence it saw, instead of silently missing events.
+    #[error("event stream fell behind; last sequence delivered was {last_sequence}")]
+    EventsLagged { last_sequence: u64 },
+    /// The runtime (Docker engine, or the executor behind a socket) cannot be reached.
+    #[error("runtime unavailable: {0}")]
+    Unavailable(String),
+    /// The executor refused the handshake: incompatible protocol versions.
+    #[error("protocol version mismatch: {0}")]
+    VersionMismatch(String),
+    /// The executor was restarted or the connection replaced and wants a handshake first.
+    #[error("handshake required: {0}")]
+    HandshakeRequired(String),
+    /// The executor refuses this peer (uid not allowed).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Anything else. The message stays in the executor's log; clients see a generic text.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RuntimeError {
+    pub fn invalid_spec(field: &str, message: impl Into<String>) -> Self {
+        RuntimeError::InvalidSpec { field: field.into(), message: message.into() }
+    }
+
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        RuntimeError::Internal(message.to_string())
+    }
+
+    /// The gRPC code this error travels as.
+    pub fn code(&self) -> Code {
+        match self {
+            RuntimeError::BackendNotFound(_) | RuntimeError::ImageNotFound { .. } => Code::NotFound,
+            RuntimeError::ImagePullFailed { .. } | RuntimeError::Unavailable(_) => Code::Unavailable,
+            RuntimeError::InvalidSpec { .. } => Code::InvalidArgument,
+            RuntimeError::StartFailed { .. }
+            | RuntimeError::VersionMismatch(_)
+            | RuntimeError::HandshakeRequired(_) => Code::FailedPrecondition,
+            RuntimeError::StoppedWhileStarting(_) => Code::Aborted,
+            RuntimeError::Unsupported(_) => Code::Unimplemented,
+            RuntimeError::EventsLagged { .. } => Code::ResourceExhausted,
+            RuntimeError::PermissionDenied(_) => Code::PermissionDenied,
+            RuntimeError::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The status sent to the client.
+    pub fn to_status(&self) -> Status {
+        let code = self.code();
+        match self {
+            RuntimeError::BackendNotFound(id) => {
+                status_with_reason(code, self.to_string(), reason::BACKEND_NOT_FOUND, &[("backend_id", id.clone())])
+            }
+            // `detail` carries the bare message, so the client rebuilds the same error.
+            RuntimeError::ImageNotFound { image, message } => status_with_reason(
+                code,
+                self.to_string(),
+                reason::IMAGE_NOT_FOUND,
+                &[("image", image.clone()), ("detail", message.clone())],
+            ),
+            RuntimeError::ImagePullFailed { image, message } => status_with_reason(
+                code,
+                self.to_string(),
+                reason::IMAGE_PULL_FAILED,
+                &[("image", image.clone()), ("detail", message.clone())],
+            ),
+            RuntimeError::InvalidSpec { field, message } => invalid_argument(vec![(field.clone(), message.clone())]),
+            RuntimeError::StartFailed { backend_id, message } => status_with_reason(
+                code,
+                self.to_string(),
+                reason::BACKEND_START_FAILED,
+                &[("backend_id", backend_id.clone()), ("detail", message.clone())],
+            ),
+            RuntimeError::StoppedWhileStarting(id) => status_with_reason(
+                code,
+                self.to_string(),
+                reason::BACKEND_STOPPED_WHILE_STARTING,
+                &[("backend_id", id.clone())],
+            ),
+            RuntimeError::Unsupported(_) => {
+                status_with_reason(code, self.to_string(), reason::CAPABILITY_NOT_SUPPORTED, &[])
+            }
+            RuntimeError::EventsLagged { last_sequence } => status_with_reason(
+                code,
+                self.to_string(),
+                reason::WATCH_TOO_SLOW,
+                &[("last_sequence", last_sequence.to_string())],
+            ),
+            RuntimeError::Unavailable(_) => {
+                status_with_reason(code, self.to_string(), reason::RUNTIME_UNAVAILABLE, &[])
+            }
+            RuntimeError::VersionMismatch(_) => {
+                status_with_reason(code, self.to_string(), reason::PROTOCOL_VERSION_MISMATCH, &[])
+            }
+            RuntimeError::HandshakeRequired(_) => {
+                status_with_reason(code, self.to_string(), reason::HANDSHAKE_REQUIRED, &[])
+            }
+            RuntimeError::PermissionDenied(_) => {
+                status_with_reason(code, self.to_string(), reason::PEER_NOT_ALLOWED, &[])
+            }
+            RuntimeError::Internal(detail) => {
+                tracing::error!(%detail, "internal runtime error");
+                status_with_reason(code, "internal error in the executor", reason::INTERNAL, &[])
+            }
+        }
+    }
+
+    /// Reads back an error the executor sent. Statuses without a known reason (e.g. transport
+    /// failures) map by code.
+    pub fn from_status(status: &Status) -> Self {
+        let message = status.message().to_string();
+        let (reason, metadata) = error_info(status).unwrap_or_default();
+        let meta = |key: &str| metadata.get(key).cloned().unwrap_or_default();
+        let detail = metadata.get("detail").cloned().unwrap_or_else(|| message.clone());
+        match reason.as_str() {
+            reason::BACKEND_NOT_FOUND => RuntimeError::BackendNotFound(meta("backend_id")),
+            reason::IMAGE_NOT_FOUND => RuntimeError::ImageNotFound { image: meta("image"), message: detail },
+            reason::IMAGE_PULL_FAILED => RuntimeError::ImagePullFailed { image: meta("image"), message: detail },
+            reason::BACKEND_START_FAILED => {
+                RuntimeError::StartFailed { backend_id: meta("backend_id"), message: detail }
+            }
+            reason::BACKEND_STOPPED_WHILE_STARTING => RuntimeError::StoppedWhileStarting(meta("backend_id")),
+            reason::CAPABILITY_NOT_SUPPORTED => RuntimeError::Unsupported(message),
+            reason::WATCH_TOO_SLOW => {
+                RuntimeError::EventsLagged { last_sequence: meta("last_sequence").parse().unwrap_or(0) }
+            }
+            reason::RUNTIME_UNAVAILABLE => RuntimeError::Unavailable(message),
+            reason::PROTOCOL_VERSION_MISMATCH => RuntimeError::VersionMismatch(message),
+            reason::HANDSHAKE_REQUIRED => RuntimeError::HandshakeRequired(message),
+            reason::PEER_NOT_ALLOWED => RuntimeError::PermissionDenied(message),
+            _ => match status.code() {
+                Code::InvalidArgument => {
+                    let (field, message) = field_violations(status).into_iter().next().unwrap_or(("".into(), message));
+                    RuntimeError::InvalidSpec { field, message }
+                }
+                Code::Unavailable | Code::Cancelled | Code::Unknown => RuntimeError::Unavailable(message),
+                Code::Unimplemented => RuntimeError::Unsupported(message),
+                Code::PermissionDenied => RuntimeError::PermissionDenied(message),
+                _ => RuntimeError::Internal(format!("{:?}: {message}", status.code())),
+            },
+        }
+    }
+}
+
+impl From<RuntimeError> for Status {
+    fn from(err: RuntimeError) -> Self {
+        err.to_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_domain_error_survives_the_round_trip_through_a_status() {
+        let errors = [
+            RuntimeError::BackendNotFound("b1".into()),
+            RuntimeError::ImageNotFound { image: "img".into(), message: "x".into() },
+            RuntimeError::ImagePullFailed { image: "img".into(), message: "x".into() },
+            RuntimeError::invalid_spec("spec.image", "must not be empty"),
+            RuntimeError::StoppedWhileStarting("b1".into()),
+            RuntimeError::StartFailed { backend_id: "b1".into(), message: "exec format error".into() },
+            RuntimeError::EventsLagged { last_sequence: 42 },
+        ];
+        for err in errors {
+            let back = RuntimeError::from_status(&err.to_status());
+            assert_eq!(back, err);
+        }
+    }
+
+    #[test]
+    fn internal_details_stay_out_of_the_status() {
+        let status = RuntimeError::internal("secret path /var/lib/x").to_status();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+}

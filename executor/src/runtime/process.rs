@@ -1,0 +1,344 @@
+//! The process runtime: each backend is a local child process in its own process group, with the
+//! same environment contract as a container. It is what `hangar-server dev` uses where no Docker
+//! engine answers.
+//!
+//! `spec.image` is the path of the executable and `spec.command` its arguments. The runtime picks
+//! a free port on 127.0.0.1 and passes it as `PORT`. Backends live and die with the executor:
+//! a process cannot be re-adopted after a restart, so shutdown kills every process group, and a
+//! new executor lists nothing.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::locks::BackendLocks;
+use super::{
+    BackendInfo, BackendSpec, BackendState, Capability, Condition, EventHub, EventStream, ImageReady, PullPolicy,
+    Runtime, RuntimeError, RuntimeKind, Started, Stats, StatsStream,
+};
+
+/// How long to wait for a SIGKILLed process group leader to be reaped before calling it a bug.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug)]
+struct Exit {
+    code: i32,
+    at: DateTime<Utc>,
+}
+
+struct ProcessBackend {
+    pid: i32,
+    started: Started,
+    started_at: DateTime<Utc>,
+    /// Set once by the reaper.
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+impl ProcessBackend {
+    fn exit(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+
+    fn info(&self, backend_id: &str) -> BackendInfo {
+        let exit = self.exit();
+        BackendInfo {
+            backend_id: backend_id.to_string(),
+            runtime_id: self.started.runtime_id.clone(),
+            state: if exit.is_some() { BackendState::Exited } else { BackendState::Running },
+            exit_code: exit.map(|e| e.code),
+            oom_killed: false,
+            created_at: Some(self.started_at),
+            started_at: Some(self.started_at),
+            finished_at: exit.map(|e| e.at),
+            address: self.started.address.clone(),
+        }
+    }
+}
+
+/// Runs backends as child processes.
+pub struct ProcessRuntime {
+    hub: EventHub,
+    backends: Mutex<HashMap<String, Arc<ProcessBackend>>>,
+    locks: BackendLocks,
+    /// Owns the reapers.
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Default for ProcessRuntime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcessRuntime {
+    pub fn new() -> Self {
+        ProcessRuntime {
+            hub: EventHub::default(),
+            backends: Mutex::new(HashMap::new()),
+            locks: BackendLocks::default(),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn get(&self, backend_id: &str) -> Option<Arc<ProcessBackend>> {
+        self.backends.lock().unwrap().get(backend_id).cloned()
+    }
+
+    /// SIGTERM to the group, SIGKILL after `grace`; returns once the leader is reaped.
+    async fn terminate(&self, backend_id: &str, backend: &ProcessBackend, grace: Duration) -> Result<(), RuntimeError> {
+        let mut exit = backend.exit.clone();
+        if exit.borrow().is_some() {
+            return Ok(());
+        }
+        let group = Pid::from_raw(backend.pid);
+        if !grace.is_zero() {
+            signal_group(group, Signal::SIGTERM);
+            if tokio::time::timeout(grace, exit.wait_for(Option::is_some)).await.is_ok() {
+                return Ok(());
+            }
+            tracing::info!(backend_id, ?grace, "backend ignored SIGTERM for the grace period; killing it");
+        }
+        signal_group(group, Signal::SIGKILL);
+        match tokio::time::timeout(KILL_TIMEOUT, exit.wait_for(Option::is_some)).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                Err(RuntimeError::internal(format!("backend {backend_id} (pid {}) survived SIGKILL", backend.pid)))
+            }
+        }
+    }
+}
+
+fn signal_group(group: Pid, signal: Signal) {
+    // ESRCH: the group is already gone, which is what we wanted.
+    if let Err(err) = killpg(group, signal)
+        && err != nix::errno::Errno::ESRCH
+    {
+        tracing::warn!(%group, ?signal, %err, "could not signal process group");
+    }
+}
+
+/// A missing executable cannot be pulled: with ALWAYS that is a failed pull, otherwise not found.
+fn missing_executable(image: &str, policy: PullPolicy, message: String) -> RuntimeError {
+    match policy {
+        PullPolicy::Always => RuntimeError::ImagePullFailed { image: image.into(), message },
+        _ => RuntimeError::ImageNotFound { image: image.into(), message },
+    }
+}
+
+fn free_local_port() -> Result<u16, RuntimeError> {
+    // The port is free when we look; another process could take it before the backend binds it.
+    // The window is small and the backend then fails loudly, which is acceptable for a dev runtime.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(RuntimeError::internal)?;
+    Ok(listener.local_addr().map_err(RuntimeError::internal)?.port())
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Process
+    }
+
+    fn capabilities(&self) -> Vec<Capability> {
+        // No cgroups here: limits cannot be enforced and OOM kills cannot be told apart.
+        vec![Capability::PrepareImage, Capability::Stats, Capability::Events]
+    }
+
+    async fn status(&self) -> Vec<Condition> {
+        vec![
+            Condition::new("RuntimeReachable", true, "LocalProcesses", "child processes of the executor"),
+            Condition::new("RuntimeReady", true, "LocalProcesses", ""),
+        ]
+    }
+
+    async fn prepare_image(&self, image: &str, policy: PullPolicy) -> Result<ImageReady, RuntimeError> {
+        // Nothing can be pulled: the "image" is an executable that must already be there.
+        match std::fs::metadata(image) {
+            Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
+                let path = std::fs::canonicalize(image).map_err(RuntimeError::internal)?;
+                Ok(ImageReady { image_id: path.display().to_string(), pulled: false })
+            }
+            Ok(_) => Err(missing_executable(image, policy, "not an executable file".into())),
+            Err(err) => Err(missing_executable(image, policy, err.to_string())),
+        }
+    }
+
+    async fn start(&self, spec: BackendSpec) -> Result<Started, RuntimeError> {
+        spec.validate()?;
+        let backend_id = spec.backend_id.clone();
+        let _guard = self.locks.lock(&backend_id).await;
+        if let Some(existing) = self.get(&backend_id) {
+            return Ok(existing.started.clone());
+        }
+        if !spec.resources.eq(&Default::default()) {
+            tracing::warn!(backend_id, "the process runtime cannot enforce resource limits; ignoring them");
+        }
+        let port = free_local_port()?;
+        let mut command = tokio::process::Command::new(&spec.image);
+        command.args(&spec.command).env_clear().envs(&spec.env).env("PORT", port.to_string());
+        if !spec.env.contains_key("PATH")
+            && let Some(path) = std::env::var_os("PATH")
+        {
+            command.env("PATH", path);
+        }
+        // Own process group: a stop reaches every process the backend forked.
+        command.process_group(0).stdin(Stdio::null());
+        let mut child = command.spawn().map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => {
+                RuntimeError::ImageNotFound { image: spec.image.clone(), message: "no such executable".into() }
+            }
+            _ => RuntimeError::StartFailed {
+                backend_id: backend_id.clone(),
+                message: format!("cannot run {}: {err}", spec.image),
+            },
+        })?;
+        let pid = child.id().ok_or_else(|| RuntimeError::internal("spawned child has no pid"))? as i32;
+        let started = Started { runtime_id: pid.to_string(), address: format!("127.0.0.1:{port}") };
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let backend = Arc::new(ProcessBackend { pid, started: started.clone(), started_at: Utc::now(), exit: exit_rx });
+        self.backends.lock().unwrap().insert(backend_id.clone(), backend);
+        // STARTED is published before the reaper exists, so it always precedes EXITED.
+        self.hub.started(&backend_id);
+        let hub = self.hub.clone();
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                status = child.wait() => {
+                    let code = match status {
+                        Ok(status) => exit_code(status),
+                        Err(err) => {
+                            tracing::error!(backend_id, %err, "waiting for backend failed");
+                            -1
+                        }
+                    };
+                    let _ = exit_tx.send(Some(Exit { code, at: Utc::now() }));
+                    hub.exited(&backend_id, Some(code), false);
+                }
+                _ = cancel.cancelled() => {}
+            }
+        });
+        tracing::info!(backend_id = spec.backend_id, pid, address = started.address, "process backend started");
+        Ok(started)
+    }
+
+    async fn stop(&self, backend_id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let _guard = self.locks.lock(backend_id).await;
+        match self.get(backend_id) {
+            Some(backend) => self.terminate(backend_id, &backend, grace).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn remove(&self, backend_id: &str) -> Result<(), RuntimeError> {
+        let _guard = self.locks.lock(backend_id).await;
+        let Some(backend) = self.get(backend_id) else { return Ok(()) };
+        self.terminate(backend_id, &backend, Duration::ZERO).await?;
+        self.backends.lock().unwrap().remove(backend_id);
+        self.hub.removed(backend_id);
+        Ok(())
+    }
+
+    async fn inspect(&self, backend_id: &str) -> Result<BackendInfo, RuntimeError> {
+        self.get(backend_id)
+            .map(|backend| backend.info(backend_id))
+            .ok_or_else(|| RuntimeError::BackendNotFound(backend_id.to_string()))
+    }
+
+    async fn list(&self) -> Result<Vec<BackendInfo>, RuntimeError> {
+        let backends = self.backends.lock().unwrap();
+        Ok(backends.iter().map(|(id, backend)| backend.info(id)).collect())
+    }
+
+    async fn events(&self) -> Result<EventStream, RuntimeError> {
+        Ok(self.hub.subscribe())
+    }
+
+    async fn stats(&self, backend_id: &str, interval: Duration) -> Result<StatsStream, RuntimeError> {
+        let backend = self.get(backend_id).ok_or_else(|| RuntimeError::BackendNotFound(backend_id.to_string()))?;
+        let interval = interval.max(Duration::from_millis(10));
+        let stream = async_stream::stream! {
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                ticker.tick().await;
+                if backend.exit().is_some() {
+                    break;
+                }
+                match proc_stats(backend.pid) {
+                    Ok(stats) => yield Ok(stats),
+                    // The process ended between the check and the read.
+                    Err(_) if backend.exit().is_some() => break,
+                    Err(err) => {
+                        yield Err(err);
+                        break;
+                    }
+                }
+            }
+        };
+        Ok(Box::pin(stream))
+    }
+
+    async fn shutdown(&self) {
+        let backends: Vec<(String, Arc<ProcessBackend>)> =
+            self.backends.lock().unwrap().iter().map(|(id, b)| (id.clone(), b.clone())).collect();
+        for (id, backend) in backends {
+            if let Err(err) = self.terminate(&id, &backend, Duration::ZERO).await {
+                tracing::error!(backend_id = id, %err, "could not kill backend on shutdown");
+            }
+        }
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+impl Drop for ProcessRuntime {
+    fn drop(&mut self) {
+        // Backends live and die with the runtime, also when nobody called shutdown (a failed
+        // test, a panic): no orphaned process groups.
+        for backend in self.backends.lock().unwrap().values() {
+            if backend.exit().is_none() {
+                signal_group(Pid::from_raw(backend.pid), Signal::SIGKILL);
+            }
+        }
+        self.cancel.cancel();
+    }
+}
+
+/// Cumulative CPU time, resident memory and threads of the group leader, from `/proc`. Only the
+/// leader is counted: walking every process of the group on each sample costs more than it tells.
+fn proc_stats(pid: i32) -> Result<Stats, RuntimeError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(RuntimeError::internal)?;
+    // The command name may contain spaces and parentheses; fields resume after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `fields[0]` is field 3 (state) of proc(5).
+    let field = |n: usize| -> u64 { fields.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    let ticks = (field(14) + field(15)) as u128;
+    let clock_ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u128;
+    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+    Ok(Stats {
+        time: Utc::now(),
+        cpu_total_ns: (ticks * 1_000_000_000 / clock_ticks) as u64,
+        memory_used_bytes: field(24) * page_size,
+        memory_limit_bytes: 0,
+        pids: field(20),
+        net_rx_bytes: 0,
+        net_tx_bytes: 0,
+    })
+}

@@ -1,0 +1,94 @@
+//! Docker-only behaviour beyond the conformance suite: the watch on the engine's event stream is
+//! resubscribed (with a reconcile by label) whenever it ends, and changes made behind the
+//! executor's back are noticed.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use hangar_executor::runtime::docker::DockerOptions;
+use hangar_executor::runtime::{BackendSpec, BackendState, EventKind, Runtime};
+use hangar_executor::testing::{ContainerCleanup, docker_or_skip, docker_or_skip_with, test_image, unique_name};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_event_stream_is_resubscribed_without_losing_or_repeating_events() {
+    let instance = unique_name("resub");
+    let _cleanup = ContainerCleanup::new(&instance);
+    // Subscriptions that the engine itself ends every second stand in for an engine restart.
+    let options =
+        DockerOptions { instance: instance.clone(), resubscribe_every: Duration::from_secs(1), ..Default::default() };
+    let Some(runtime) =
+        docker_or_skip_with("engine_event_stream_is_resubscribed_without_losing_or_repeating_events", options).await
+    else {
+        return;
+    };
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    let mut events = runtime.events().await.unwrap();
+    assert_eq!(events.next().await.unwrap().unwrap().kind, EventKind::Sync);
+
+    let spec = BackendSpec {
+        backend_id: "resub-1".into(),
+        image: image.into(),
+        env: [("TEST_BACKEND_EXIT_AFTER_MS", "3500"), ("TEST_BACKEND_EXIT_CODE", "3")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    runtime.start(spec).await.expect("start");
+
+    // The exit happens seconds after the start returned: only the engine watch can report it.
+    let mut mine = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !mine.iter().any(|k| matches!(k, EventKind::Exited { .. })) {
+        let event = tokio::time::timeout_at(deadline, events.next()).await.expect("EXITED in time").unwrap().unwrap();
+        if event.backend_id == "resub-1" {
+            mine.push(event.kind);
+        }
+    }
+    let subscriptions = runtime.event_subscriptions();
+    assert!(subscriptions >= 3, "the engine stream was resubscribed every second: {subscriptions}");
+
+    // Later subscriptions replay the recent past (`since`); none of it may be published twice.
+    let settle = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while let Ok(Some(event)) = tokio::time::timeout_at(settle, events.next()).await {
+        let event = event.unwrap();
+        if event.backend_id == "resub-1" {
+            mine.push(event.kind);
+        }
+    }
+    assert!(runtime.event_subscriptions() > subscriptions, "still resubscribing");
+    assert_eq!(mine, vec![EventKind::Started, EventKind::Exited { exit_code: Some(3) }]);
+    runtime.remove("resub-1").await.unwrap();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_removed_behind_the_executors_back_is_reported_and_started_afresh() {
+    let instance = unique_name("behind");
+    let _cleanup = ContainerCleanup::new(&instance);
+    let test = "container_removed_behind_the_executors_back_is_reported_and_started_afresh";
+    let Some(runtime) = docker_or_skip(test, &instance).await else { return };
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    let mut events = runtime.events().await.unwrap();
+    events.next().await.unwrap().unwrap();
+    let spec = BackendSpec { backend_id: "b1".into(), image: image.into(), ..Default::default() };
+    let first = runtime.start(spec.clone()).await.unwrap();
+
+    let removed = std::process::Command::new("docker").args(["rm", "-f", &first.runtime_id]).output().unwrap();
+    assert!(removed.status.success());
+    let mut kinds = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !kinds.contains(&EventKind::Removed) {
+        let event = tokio::time::timeout_at(deadline, events.next()).await.expect("REMOVED in time").unwrap().unwrap();
+        kinds.push(event.kind);
+    }
+    assert!(
+        matches!(kinds.as_slice(), [EventKind::Started, EventKind::Exited { .. }, EventKind::Removed]),
+        "{kinds:?}"
+    );
+
+    let second = runtime.start(spec).await.unwrap();
+    assert_ne!(second.runtime_id, first.runtime_id, "a new container, not the stale answer");
+    assert_eq!(runtime.inspect("b1").await.unwrap().state, BackendState::Running);
+    runtime.shutdown().await;
+}
