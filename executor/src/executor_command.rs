@@ -52,18 +52,30 @@ pub struct ExecutorArgs {
     pub max_message_bytes: usize,
 }
 
-/// Builds the runtime, binds the socket and serves until a termination signal.
-pub async fn run(args: ExecutorArgs) -> anyhow::Result<()> {
-    let runtime: Arc<dyn Runtime> = match args.runtime {
+/// The runtime `choice` names; Docker fails clearly when no engine answers. `own_process` says
+/// the runtime is the only thing in this process (an executor), so a mock may be scripted to
+/// crash it for reconnect tests; a drone running a runtime in-process never allows that.
+pub async fn build_runtime(
+    choice: RuntimeChoice,
+    instance: &str,
+    own_process: bool,
+) -> anyhow::Result<Arc<dyn Runtime>> {
+    Ok(match choice {
         RuntimeChoice::Docker => Arc::new(
-            DockerRuntime::connect(DockerOptions { instance: args.instance.clone(), ..Default::default() })
+            DockerRuntime::connect(DockerOptions { instance: instance.to_string(), ..Default::default() })
                 .await
                 .context("cannot reach the Docker engine")?,
         ),
         RuntimeChoice::Process => Arc::new(ProcessRuntime::new()),
         // Only the real executor process may be told to crash itself (for reconnect tests).
-        RuntimeChoice::Mock => Arc::new(MockRuntime::allowing_executor_crash()),
-    };
+        RuntimeChoice::Mock if own_process => Arc::new(MockRuntime::allowing_executor_crash()),
+        RuntimeChoice::Mock => Arc::new(MockRuntime::new()),
+    })
+}
+
+/// Builds the runtime, binds the socket and serves until a termination signal.
+pub async fn run(args: ExecutorArgs) -> anyhow::Result<()> {
+    let runtime = build_runtime(args.runtime, &args.instance, true).await?;
     let listener = server::bind_socket(&args.socket)?;
     tracing::info!(socket = %args.socket.display(), runtime = %runtime.kind(), "executor serving");
     let options = ServerOptions {
@@ -85,5 +97,22 @@ async fn termination_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Docker when an engine answers within a few seconds, the process runtime otherwise: what
+/// `hangar-server dev` runs backends on.
+pub async fn docker_or_process(instance: &str) -> Arc<dyn Runtime> {
+    let docker = DockerRuntime::connect(DockerOptions { instance: instance.to_string(), ..Default::default() });
+    match tokio::time::timeout(std::time::Duration::from_secs(3), docker).await {
+        Ok(Ok(docker)) => Arc::new(docker),
+        Ok(Err(err)) => {
+            tracing::info!(error = %err, "no Docker engine answers; running backends as local processes");
+            Arc::new(ProcessRuntime::new())
+        }
+        Err(_) => {
+            tracing::info!("the Docker engine did not answer within 3 s; running backends as local processes");
+            Arc::new(ProcessRuntime::new())
+        }
     }
 }

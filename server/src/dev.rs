@@ -20,6 +20,8 @@ pub struct DevCluster {
     pub drone: DroneHandle,
     pub drone_node_id: String,
     pub drone_name: String,
+    /// "docker" or "process".
+    pub runtime: &'static str,
 }
 
 impl DevCluster {
@@ -36,11 +38,14 @@ impl DevCluster {
         let drone_name = options.drone_name.clone();
         let mut config = DroneConfig::new(vec![controller.url()], options.drone_name);
         config.heartbeat_interval = controller.registry().config().heartbeat_interval;
+        let runtime = hangar_executor::executor_command::docker_or_process("dev").await;
+        let runtime_kind = runtime.kind().as_str();
+        config.runtime = Some(runtime);
         let drone = drone::spawn(config);
         let drone_node_id = tokio::time::timeout(std::time::Duration::from_secs(30), drone.attached())
             .await
             .context("the embedded drone did not attach within 30 s")?;
-        Ok(DevCluster { controller, drone, drone_node_id, drone_name })
+        Ok(DevCluster { controller, drone, drone_node_id, drone_name, runtime: runtime_kind })
     }
 
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -59,7 +64,7 @@ pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
     format!(
         "\nHangar dev is running.\n\
          \x20 controller  {url}   (gRPC, reflection on)\n\
-         \x20 drone       {name} (node {drone})\n\
+         \x20 drone       {name} (node {drone}, {runtime} runtime)\n\
          \x20 data        {data}\n\n\
          Try next, in another terminal:\n\
          \x20 cargo run -p hangar-client -- --controller {url} nodes list\n\
@@ -67,6 +72,7 @@ pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
          Stop with Ctrl-C.\n",
         url = cluster.controller.url(),
         name = cluster.drone_name,
+        runtime = cluster.runtime,
         drone = cluster.drone_node_id,
         data = data_dir.display(),
     )

@@ -62,5 +62,13 @@ fn dev_server_then_nodes_list_shows_the_dev_drone_ready() {
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0]["name"], "dev-drone");
     assert_eq!(nodes[0]["state"], "READY");
+    // Docker when an engine answers, the process runtime otherwise; CI requires the engine.
+    let runtime = nodes[0]["labels"]["hangar.dev/runtime"].as_str().unwrap_or_default().to_string();
+    if std::env::var("HANGAR_REQUIRE_DOCKER").as_deref() == Ok("1") {
+        assert_eq!(runtime, "docker");
+    } else {
+        assert!(runtime == "docker" || runtime == "process", "runtime label {runtime:?}");
+    }
+    assert!(banner.contains(&format!("{runtime} runtime")), "the banner names the runtime:\n{banner}");
     assert!(doc["revision"].as_u64().unwrap() > 0);
 }

@@ -1,8 +1,12 @@
 //! `hangar-drone run`: attach this host to one or more controllers and keep it attached.
 
 use super::{DroneConfig, spawn};
+use crate::client::ExecutorClient;
+use crate::executor_command::{RuntimeChoice, build_runtime};
+use anyhow::Context;
 use clap::Args;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -32,6 +36,14 @@ pub struct RunArgs {
     /// Longest wait between reconnect attempts.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     max_backoff: Duration,
+    /// Drive an executor over this Unix socket (start one with `hangar-drone executor --socket
+    /// PATH --runtime docker|process`). Without it and without --runtime, the drone registers but
+    /// runs no backends.
+    #[arg(long, value_name = "PATH", env = "HANGAR_EXECUTOR_SOCKET", conflicts_with = "runtime")]
+    executor_socket: Option<PathBuf>,
+    /// Run backends in this process instead of through an executor socket.
+    #[arg(long, value_enum)]
+    runtime: Option<RuntimeChoice>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -46,6 +58,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     config.backend_capacity = args.capacity;
     config.backoff.max = args.max_backoff;
+    config.runtime = match (&args.executor_socket, args.runtime) {
+        (Some(socket), _) => {
+            let client = ExecutorClient::connect(socket, "hangar-drone").await.with_context(|| {
+                format!(
+                    "cannot reach the executor at {}; start one with `hangar-drone executor --socket {}`",
+                    socket.display(),
+                    socket.display()
+                )
+            })?;
+            let info = client.info();
+            tracing::info!(executor = %info.executor_name, runtime = %info.kind.as_str(), "executor handshake done");
+            // After a restart, what the executor still runs is the ground truth.
+            let running = client.reconcile().await?;
+            tracing::info!(backends = running.len(), "reconciled with the executor");
+            Some(std::sync::Arc::new(client))
+        }
+        (None, Some(choice)) => Some(build_runtime(choice, "default", false).await?),
+        (None, None) => None,
+    };
     let mut drone = spawn(config);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -9,17 +9,19 @@ mod host;
 pub use backoff::Backoff;
 pub use host::HostResources;
 
+use crate::runtime::{BackendState as RuntimeState, Runtime};
 use anyhow::Context;
 use hangar::domain::duration_from_proto;
 use hangar::v1::{self, drone_service_client::DroneServiceClient};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DroneConfig {
     /// Controller URLs (`http://HOST:PORT`), tried in turn.
     pub controllers: Vec<String>,
@@ -28,8 +30,9 @@ pub struct DroneConfig {
     pub pool: String,
     pub labels: BTreeMap<String, String>,
     pub backend_capacity: u32,
-    /// Runtime kind behind this drone's executor, reported in its Hello.
-    pub runtime: String,
+    /// The runtime backends run on: an in-process one, or an executor over its socket
+    /// ([`crate::client::ExecutorClient`]). `None` for a drone that only registers.
+    pub runtime: Option<Arc<dyn Runtime>>,
     /// Used until the controller's Welcome names its own interval.
     pub heartbeat_interval: Duration,
     pub connect_timeout: Duration,
@@ -45,7 +48,7 @@ impl DroneConfig {
             pool: "default".into(),
             labels: BTreeMap::new(),
             backend_capacity: 100,
-            runtime: "none".into(),
+            runtime: None,
             heartbeat_interval: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             backoff: Backoff::default(),
@@ -182,7 +185,7 @@ async fn session(
         labels: config.labels.clone().into_iter().collect(),
         backend_capacity: config.backend_capacity,
         resources: Some(host.sample().into()),
-        runtime: config.runtime.clone(),
+        runtime: config.runtime.as_ref().map_or("none", |r| r.kind().as_str()).to_string(),
     };
     tx.send(v1::DroneAttachRequest { message: Some(Message::Hello(hello)) }).await?;
     // The status itself is the error, so that `run` can tell a refusal from a transient failure.
@@ -206,7 +209,7 @@ async fn session(
                 let heartbeat = v1::DroneHeartbeat {
                     local_time: Some(hangar::domain::timestamp_to_proto(chrono::Utc::now())),
                     resources: Some(host.sample().into()),
-                    backend_count: 0,
+                    backend_count: running_backends(config.runtime.as_deref()).await,
                 };
                 if tx.send(v1::DroneAttachRequest { message: Some(Message::Heartbeat(heartbeat)) }).await.is_err() {
                     anyhow::bail!("the stream to the controller closed");
@@ -217,6 +220,19 @@ async fn session(
                 Ok(None) => return Ok(()),
                 Err(status) => return Err(anyhow::anyhow!("{}: {}", status.code(), status.message())),
             }
+        }
+    }
+}
+
+/// Backends the runtime reports running; 0 without a runtime or when it cannot answer (the
+/// executor client logs why).
+async fn running_backends(runtime: Option<&dyn Runtime>) -> u32 {
+    let Some(runtime) = runtime else { return 0 };
+    match runtime.list().await {
+        Ok(backends) => backends.iter().filter(|b| b.state == RuntimeState::Running).count() as u32,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot list the runtime's backends");
+            0
         }
     }
 }

@@ -14,6 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+/// Label on drone nodes naming the runtime their backends run on ("docker", "process", "mock").
+pub const RUNTIME_LABEL: &str = "hangar.dev/runtime";
+/// Label on proxy nodes with the base URL clients reach them at.
+pub const PUBLIC_URL_LABEL: &str = "hangar.dev/public-url";
+
 /// Outbound messages queued per stream before the session stops reading from its node.
 const OUTBOUND_BUFFER: usize = 64;
 
@@ -113,12 +118,17 @@ fn drone_registration(hello: &v1::DroneHello) -> Result<NodeRegistration, ApiErr
     if !violations.is_empty() {
         return Err(ApiError::InvalidArgument(violations));
     }
+    let mut labels: std::collections::BTreeMap<_, _> = hello.labels.clone().into_iter().collect();
+    if !hello.runtime.is_empty() {
+        // A label, so operators can select drones by runtime like any other property.
+        labels.insert(RUNTIME_LABEL.into(), hello.runtime.clone());
+    }
     Ok(NodeRegistration {
         kind: NodeKind::Drone,
         name: hello.name.clone(),
         cluster: or_default(&hello.cluster),
         pool: or_default(&hello.pool),
-        labels: hello.labels.clone().into_iter().collect(),
+        labels,
         version: hello.version.clone(),
         backend_capacity: hello.backend_capacity,
         resources: hello.resources.as_ref().map(NodeResources::from).unwrap_or_default(),
@@ -197,7 +207,7 @@ fn proxy_registration(hello: &v1::ProxyHello) -> Result<NodeRegistration, ApiErr
     validate::labels("hello.labels", &hello.labels)?;
     let mut labels: std::collections::BTreeMap<_, _> = hello.labels.clone().into_iter().collect();
     if !hello.public_url.is_empty() {
-        labels.insert("hangar.dev/public-url".into(), hello.public_url.clone());
+        labels.insert(PUBLIC_URL_LABEL.into(), hello.public_url.clone());
     }
     Ok(NodeRegistration {
         kind: NodeKind::Proxy,

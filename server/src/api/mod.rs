@@ -7,7 +7,7 @@ mod node_service;
 mod page_token;
 mod validate;
 
-pub use attach::{DroneLink, ProxyLink};
+pub use attach::{DroneLink, PUBLIC_URL_LABEL, ProxyLink, RUNTIME_LABEL};
 pub use errors::ApiError;
 pub use node_service::NodeApi;
 pub use page_token::PageTokens;
