@@ -55,6 +55,9 @@ fn eat_memory() -> ! {
     }
 }
 
+mod upload;
+mod websocket;
+
 fn respond(stream: &mut TcpStream, status: &str, body: &str) {
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -87,8 +90,40 @@ fn handle(mut stream: TcpStream) {
             }
         }
     }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let mut words = request_line.split_whitespace();
+    let method = words.next().unwrap_or("GET").to_string();
+    let target = words.next().unwrap_or("/").to_string();
+    let path = target.split('?').next().unwrap_or("/");
     match path {
+        "/request" => respond(&mut stream, "200 OK", &format!("{method} {target}\n")),
+        "/upload" => {
+            // Streams the body through a digest without keeping it, like a real upload sink.
+            let header = |name: &str| {
+                headers.iter().find_map(|h| {
+                    let (k, v) = h.split_once(':')?;
+                    k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                })
+            };
+            let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+            let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
+            match upload::read_body(&mut reader, chunked, length) {
+                Ok((bytes, digest)) => respond(&mut stream, "200 OK", &format!("{bytes} {digest:016x}\n")),
+                Err(err) => respond(&mut stream, "400 Bad Request", &format!("{err}\n")),
+            }
+        }
+        "/ws" => {
+            let key = headers.iter().find_map(|h| {
+                let (k, v) = h.split_once(':')?;
+                k.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
+            });
+            match key {
+                Some(key) => {
+                    let _ = stream.set_read_timeout(None);
+                    websocket::echo(stream, reader, &key);
+                }
+                None => respond(&mut stream, "400 Bad Request", "not a websocket upgrade\n"),
+            }
+        }
         "/" => {
             let id = std::env::var("HANGAR_BACKEND_ID").unwrap_or_default();
             respond(&mut stream, "200 OK", &format!("hangar-test-backend {id}\n"));
