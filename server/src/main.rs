@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
 use hangar_server::dev::{DevCluster, DevOptions, banner, sqlite_url};
+use hangar_server::proxy::{Proxy, ProxyConfig};
 use hangar_server::store;
 use hangar_server::telemetry::{self, LogFormat};
 use std::net::SocketAddr;
@@ -32,6 +33,14 @@ enum Command {
         hangar-server controller --database postgres://hangar@db/hangar\n\n\
         Check it with:  grpcurl -plaintext 127.0.0.1:7070 grpc.health.v1.Health/Check")]
     Controller(ControllerArgs),
+    /// Run an HTTP proxy that routes connection URLs (`/{token}/…`) to backends.
+    #[command(after_help = "Example:\n  \
+        hangar-server proxy --controller http://127.0.0.1:7070 --listen 0.0.0.0:7080 --name edge-1\n\n\
+        Clients open the URL that Connect returned, e.g. http://edge-1:7080/TOKEN/. Answers when \
+        the request cannot be forwarded: 404 unknown or expired token, 410 backend terminated, \
+        502 backend unreachable, 503 backend still starting or no controller reachable; the \
+        x-hangar-error header names the case.")]
+    Proxy(ProxyArgs),
     /// Run everything in one process: a controller on SQLite and one drone. For trying Hangar.
     #[command(after_help = "Then, in another terminal:\n  cargo run -p hangar-client -- nodes list")]
     Dev(DevArgs),
@@ -89,6 +98,27 @@ impl LivenessArgs {
 }
 
 #[derive(Args)]
+struct ProxyArgs {
+    /// Controller URL; repeat (or separate with commas) for several.
+    #[arg(long = "controller", env = "HANGAR_CONTROLLER", required = true, value_delimiter = ',')]
+    controllers: Vec<String>,
+    /// Address the HTTP proxy listens on.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    listen: SocketAddr,
+    /// Name of this proxy node, unique in its cluster.
+    #[arg(long, default_value = "proxy")]
+    name: String,
+    #[arg(long, default_value = "default")]
+    cluster: String,
+    /// Base URL clients reach this proxy at, if not http://LISTEN (e.g. behind a load balancer).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// How long a request for a backend that is still starting waits for it.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    startup_wait: Duration,
+}
+
+#[derive(Args)]
 struct DevArgs {
     /// Address the gRPC API listens on (port 0 picks a free one and prints it).
     #[arg(long, default_value = "127.0.0.1:7070")]
@@ -107,8 +137,24 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(cli.log_format);
     match cli.command {
         Command::Controller(args) => run_controller(args).await,
+        Command::Proxy(args) => run_proxy(args).await,
         Command::Dev(args) => run_dev(args).await,
     }
+}
+
+async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let mut config = ProxyConfig::new(args.controllers, args.name);
+    config.cluster = args.cluster;
+    config.public_url = args.public_url;
+    config.startup_wait = args.startup_wait;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let proxy = Proxy::start(config, listener).await?;
+    println!("hangar-server proxy listening on {}", proxy.url());
+    shutdown_signal().await;
+    proxy.shutdown().await;
+    Ok(())
 }
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {

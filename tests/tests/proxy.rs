@@ -1,0 +1,292 @@
+//! The proxy against a scripted control plane (the ProxyService routes are set by each test) and
+//! the real test backend as a local process: what a client sees through a connection URL.
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use hangar::v1::{
+    self,
+    proxy_service_server::{ProxyService, ProxyServiceServer},
+};
+use hangar_server::proxy::{Proxy, ProxyConfig, RunningProxy};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// A control plane whose routes the test sets, and which records traffic reports.
+#[derive(Clone, Default)]
+struct FakeControlPlane {
+    routes: Arc<Mutex<HashMap<String, v1::LookupRouteResponse>>>,
+    traffic: Arc<Mutex<Vec<String>>>,
+    invalidate: Arc<Mutex<Option<tokio::sync::mpsc::Sender<Result<v1::ProxyAttachResponse, Status>>>>>,
+}
+
+#[tonic::async_trait]
+impl ProxyService for FakeControlPlane {
+    type AttachStream = ReceiverStream<Result<v1::ProxyAttachResponse, Status>>;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<v1::ProxyAttachRequest>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let welcome = v1::ProxyWelcome { node_id: "proxy-node".into(), controller_id: "fake".into() };
+        tx.send(Ok(v1::ProxyAttachResponse { message: Some(v1::proxy_attach_response::Message::Welcome(welcome)) }))
+            .await
+            .unwrap();
+        *self.invalidate.lock().unwrap() = Some(tx);
+        let traffic = self.traffic.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                if let Some(v1::proxy_attach_request::Message::Traffic(report)) = message.message {
+                    traffic.lock().unwrap().extend(report.backend_ids);
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn lookup_route(
+        &self,
+        req: Request<v1::LookupRouteRequest>,
+    ) -> Result<Response<v1::LookupRouteResponse>, Status> {
+        match self.routes.lock().unwrap().get(&req.into_inner().token) {
+            Some(route) => Ok(Response::new(route.clone())),
+            None => Err(Status::not_found("no such token")),
+        }
+    }
+}
+
+struct Setup {
+    plane: FakeControlPlane,
+    proxy: RunningProxy,
+    backend: KillOnDrop,
+    backend_address: String,
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn setup() -> Setup {
+    hangar_tests::init_logging();
+    let plane = FakeControlPlane::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let control_url = format!("http://{}", listener.local_addr().unwrap());
+    let service = ProxyServiceServer::new(plane.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let port = free_port();
+    let backend = KillOnDrop(
+        std::process::Command::new(hangar_executor::testing::test_backend_binary())
+            .env("PORT", port.to_string())
+            .env("HANGAR_BACKEND_ID", "bk-1")
+            .spawn()
+            .unwrap(),
+    );
+    let backend_address = format!("127.0.0.1:{port}");
+    hangar_executor::testing::wait_for_http(&backend_address, "/", Duration::from_secs(10)).await.unwrap();
+
+    let mut config = ProxyConfig::new(vec![control_url], "edge-test");
+    config.traffic_report_interval = Duration::from_millis(100);
+    config.heartbeat_interval = Duration::from_millis(100);
+    config.startup_wait = Duration::from_millis(600);
+    let proxy = Proxy::start(config, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
+    Setup { plane, proxy, backend, backend_address }
+}
+
+fn route(setup: &Setup, token: &str, state: v1::BackendState, address: &str) {
+    let response = v1::LookupRouteResponse {
+        backend_id: "bk-1".into(),
+        state: state as i32,
+        address: address.into(),
+        user: "alice".into(),
+        auth: [("team".to_string(), "blue".to_string())].into(),
+        expires_at: None,
+    };
+    setup.plane.routes.lock().unwrap().insert(token.into(), response);
+}
+
+async fn get(url: &str, headers: &[(&str, &str)]) -> (http::StatusCode, http::HeaderMap, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = http::Request::get(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = client.request(request.body(Full::default()).unwrap()).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).into_owned())
+}
+
+#[tokio::test]
+async fn request_reaches_the_backend_with_its_id_and_without_spoofed_identity() {
+    let s = setup().await;
+    route(&s, "tok", v1::BackendState::Ready, &s.backend_address);
+    let base = s.proxy.url();
+    let (status, _, body) =
+        get(&format!("{base}/tok/headers"), &[("x-verified-user", "mallory"), ("x-verified-admin", "yes")]).await;
+    assert_eq!(status, 200);
+    let lower = body.to_ascii_lowercase();
+    assert!(lower.contains("x-hangar-backend-id: bk-1"), "{body}");
+    assert!(lower.contains("x-verified-user: alice") && !lower.contains("mallory"), "{body}");
+    assert!(lower.contains("x-verified-team: blue") && !lower.contains("x-verified-admin"), "{body}");
+
+    let (status, _, body) = get(&format!("{base}/tok/request?a=1&b=two"), &[]).await;
+    assert_eq!((status.as_u16(), body.trim()), (200, "GET /request?a=1&b=two"), "path and query reach the backend");
+
+    // The traffic reached the controller in a report, for the idle sweep.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(s.plane.traffic.lock().unwrap().contains(&"bk-1".to_string()));
+    drop(s.backend);
+    s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_token_terminated_backend_and_unreachable_backend_get_distinct_answers() {
+    let s = setup().await;
+    let base = s.proxy.url();
+    let (status, headers, body) = get(&format!("{base}/nope/"), &[]).await;
+    assert_eq!(
+        (status.as_u16(), &headers["x-hangar-error"]),
+        (404, &"unknown-token".parse::<http::HeaderValue>().unwrap())
+    );
+    assert!(body.contains("Connect"), "{body}");
+
+    route(&s, "gone", v1::BackendState::Terminated, &s.backend_address);
+    let (status, headers, _) = get(&format!("{base}/gone/"), &[]).await;
+    assert_eq!((status.as_u16(), headers["x-hangar-error"].to_str().unwrap()), (410, "backend-terminated"));
+
+    route(&s, "dead", v1::BackendState::Ready, &format!("127.0.0.1:{}", free_port()));
+    let (status, headers, _) = get(&format!("{base}/dead/"), &[]).await;
+    assert_eq!((status.as_u16(), headers["x-hangar-error"].to_str().unwrap()), (502, "backend-unreachable"));
+
+    route(&s, "slow", v1::BackendState::Starting, &s.backend_address);
+    let (status, headers, _) = get(&format!("{base}/slow/"), &[]).await;
+    assert_eq!((status.as_u16(), headers["x-hangar-error"].to_str().unwrap()), (503, "backend-starting"));
+    assert!(headers.contains_key("retry-after"));
+
+    let (status, headers, _) = get(&format!("{base}/"), &[]).await;
+    assert_eq!((status.as_u16(), headers["x-hangar-error"].to_str().unwrap()), (404, "no-token"));
+    s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_for_a_starting_backend_waits_until_it_is_ready() {
+    let s = setup().await;
+    route(&s, "warm", v1::BackendState::Waiting, &s.backend_address);
+    let plane = s.plane.clone();
+    let address = s.backend_address.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut routes = plane.routes.lock().unwrap();
+        routes.get_mut("warm").unwrap().state = v1::BackendState::Ready as i32;
+        let _ = address;
+    });
+    let (status, _, body) = get(&format!("{}/warm/", s.proxy.url()), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_echo_passes_through_both_ways() {
+    let s = setup().await;
+    route(&s, "ws", v1::BackendState::Ready, &s.backend_address);
+    let url = format!("ws://{}/ws/ws", s.proxy.local_addr());
+    let (mut socket, response) =
+        tokio_tungstenite::connect_async(url).await.expect("websocket handshake through the proxy");
+    assert_eq!(response.status(), 101);
+    use tokio_tungstenite::tungstenite::Message;
+    for text in ["hello", "through the proxy", &"x".repeat(70_000)] {
+        socket.send(Message::text(text)).await.unwrap();
+        let echoed = socket.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    socket.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    assert_eq!(socket.next().await.unwrap().unwrap().into_data().as_ref(), [0u8, 1, 2, 255]);
+    socket.close(None).await.unwrap();
+    s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_10_mib_upload_streams_through_whole() {
+    let s = setup().await;
+    route(&s, "up", v1::BackendState::Ready, &s.backend_address);
+    // Sent as a stream of chunks (no content-length): the proxy must pass it on as it comes.
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 160; // 10 MiB
+    let mut expected = 0xcbf29ce484222325u64;
+    let chunk: Vec<u8> = (0..CHUNK).map(|i| (i % 251) as u8).collect();
+    for _ in 0..CHUNKS {
+        expected = chunk.iter().fold(expected, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
+    }
+    let frames = futures::stream::iter(
+        (0..CHUNKS)
+            .map(move |_| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(chunk.clone())))),
+    );
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let request = http::Request::post(format!("{}/up/upload", s.proxy.url())).body(StreamBody::new(frames)).unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert_eq!(body.trim(), format!("{} {expected:016x}", CHUNK * CHUNKS), "every byte arrived, in order");
+    s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let s = setup().await;
+    route(&s, "h2", v1::BackendState::Ready, &s.backend_address);
+    let client = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
+    let mut handles = Vec::new();
+    for _ in 0..10 {
+        let client = client.clone();
+        let url = format!("{}/h2/request?via=h2", s.proxy.url());
+        handles.push(tokio::spawn(async move {
+            let response = client.request(http::Request::get(url).body(Full::default()).unwrap()).await.unwrap();
+            assert_eq!(response.version(), http::Version::HTTP_2);
+            String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+        }));
+    }
+    for handle in handles {
+        assert_eq!(handle.await.unwrap().trim(), "GET /request?via=h2");
+    }
+    s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_route_invalidation_from_the_controller_drops_the_cached_route() {
+    let s = setup().await;
+    route(&s, "inv", v1::BackendState::Ready, &s.backend_address);
+    let base = s.proxy.url();
+    assert_eq!(get(&format!("{base}/inv/"), &[]).await.0, 200);
+    // The backend goes away: the controller's view changes and it tells the proxy.
+    route(&s, "inv", v1::BackendState::Terminated, &s.backend_address);
+    assert_eq!(get(&format!("{base}/inv/"), &[]).await.0, 200, "still cached");
+    let tx = s.plane.invalidate.lock().unwrap().clone().unwrap();
+    let invalidation = v1::RouteInvalidation { backend_id: "bk-1".into() };
+    tx.send(Ok(v1::ProxyAttachResponse {
+        message: Some(v1::proxy_attach_response::Message::Invalidate(invalidation)),
+    }))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(get(&format!("{base}/inv/"), &[]).await.0, 410);
+    s.proxy.shutdown().await;
+}
