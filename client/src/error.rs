@@ -70,9 +70,14 @@ impl ClientError {
         (!reason.is_empty()).then_some(reason)
     }
 
-    /// Whether repeating the same idempotent call may succeed.
+    /// Whether repeating the same idempotent call may succeed. NO_DRONE_AVAILABLE is an
+    /// UNAVAILABLE answer too, but the scheduler fails fast on purpose: repeating it at once only
+    /// delays the answer.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::Unavailable { .. })
+        match self {
+            ClientError::Unavailable { reason, .. } => reason != hangar::error::reason::NO_DRONE_AVAILABLE,
+            _ => false,
+        }
     }
 }
 
