@@ -160,7 +160,7 @@ pub enum Command {
     Nodes(NodesCommand),
     /// Get the backend of a key, starting it when there is none; print its URL.
     #[command(after_help = CONNECT_EXAMPLES)]
-    Connect(ConnectArgs),
+    Connect(Box<ConnectArgs>),
     /// Session backends: list, inspect, watch, terminate.
     #[command(subcommand)]
     Backends(BackendsCommand),
