@@ -438,3 +438,6 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod backend_tests;
