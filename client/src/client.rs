@@ -122,7 +122,12 @@ impl HangarClient {
         NodeServiceClient::new(self.channel.clone())
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// A unary request carrying the call deadline.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.options.request_timeout);
         request

@@ -31,7 +31,7 @@ pub enum ClientError {
 
     /// UNAVAILABLE: the controller went away, is shutting down, or has no room. Idempotent calls
     /// have already been retried when this reaches the caller.
-    #[error("controller unavailable: {}", with_reason(message, reason))]
+    #[error("{}", describe_unavailable(message, reason))]
     Unavailable { reason: String, message: String },
 
     /// OUT_OF_RANGE (reason `REVISION_COMPACTED`): a watch started before the retention window.
@@ -70,9 +70,14 @@ impl ClientError {
         (!reason.is_empty()).then_some(reason)
     }
 
-    /// Whether repeating the same idempotent call may succeed.
+    /// Whether repeating the same idempotent call may succeed. NO_DRONE_AVAILABLE is an
+    /// UNAVAILABLE answer too, but the scheduler fails fast on purpose: repeating it at once only
+    /// delays the answer.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::Unavailable { .. })
+        match self {
+            ClientError::Unavailable { reason, .. } => reason != hangar::error::reason::NO_DRONE_AVAILABLE,
+            _ => false,
+        }
     }
 }
 
@@ -109,6 +114,16 @@ fn with_reason(message: &str, reason: &str) -> String {
         (_, true) => message.to_string(),
         (true, false) => reason.to_string(),
         (false, false) => format!("{message} ({reason})"),
+    }
+}
+
+/// NO_DRONE_AVAILABLE comes from a controller that is up and answering; only the scheduler has
+/// no room, so it is not announced as an unavailable controller.
+fn describe_unavailable(message: &str, reason: &str) -> String {
+    if reason == hangar::error::reason::NO_DRONE_AVAILABLE {
+        with_reason(message, reason)
+    } else {
+        format!("controller unavailable: {}", with_reason(message, reason))
     }
 }
 

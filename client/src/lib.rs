@@ -19,12 +19,17 @@
 //! resuming after dropped streams and listing again when its revision was compacted; feed its
 //! events to a [`NodeStore`] for an always-current copy.
 
+mod backends;
 pub mod cli;
 mod client;
 mod error;
 mod retry;
 mod watch;
 
+pub use backends::{
+    BackendFilter, BackendPage, BackendStatusView, BackendView, ConnectRequest, Connection, PullPolicy, Resources,
+    SpawnSpec,
+};
 pub use client::{ClientOptions, DEFAULT_CONTROLLER, HangarClient, NodeList, NodePage};
 pub use error::ClientError;
 pub use retry::RetryPolicy;

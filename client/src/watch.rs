@@ -139,7 +139,7 @@ impl Position {
 }
 
 /// How a stream ended, and what the watch does about it.
-enum Next {
+pub(crate) enum Next {
     /// Same position, next controller (the current one went away).
     Rotate,
     /// Same position, same controller (it is well, the stream was not).
@@ -150,7 +150,7 @@ enum Next {
     Fail,
 }
 
-fn next_step(err: &ClientError) -> Next {
+pub(crate) fn next_step(err: &ClientError) -> Next {
     match err {
         ClientError::Unavailable { .. } | ClientError::Connect { .. } => Next::Rotate,
         ClientError::OutOfRange { .. } => Next::Relist,

@@ -8,6 +8,9 @@ use hangar::domain::{Node, NodeFilter, NodeKind, NodeState};
 use hangar::error::reason;
 use serde::Serialize;
 
+mod backends;
+pub use backends::*;
+
 /// Gap between table columns.
 const COLUMN_GAP: &str = "   ";
 
@@ -292,11 +295,30 @@ fn hint(err: &CliError, controller: &str) -> Option<String> {
         )
     };
     let err = match err {
-        CliError::Usage(_) => return Some("see `hangar nodes list --help`".to_string()),
+        CliError::Usage(_) => return Some("`--help` after the command lists what each flag takes".to_string()),
+        CliError::Terminated { id, status } => return Some(termination_hint(id, status)),
+        CliError::WaitTimeout { id, .. } => {
+            return Some(format!(
+                "it may still become ready: follow it with `hangar backends watch {id}`, or wait longer with --timeout"
+            ));
+        }
         CliError::Client(err) => err,
     };
     let reason = err.reason();
     Some(match (err, reason.as_deref()) {
+        (_, Some(reason::NO_DRONE_AVAILABLE)) => "no drone has room: start a drone with `hangar-drone run \
+                                                  --controller URL --name NAME` or check `hangar nodes list`"
+            .to_string(),
+        (_, Some(reason::POOL_FULL)) => "every drone of the pool is full: terminate backends (`hangar backends \
+                                         list`) or add drones to the pool"
+            .to_string(),
+        (_, Some(reason::KEY_TAG_MISMATCH)) => "a live backend holds the key with another tag: connect with its \
+                                                tag, or terminate it (`hangar backends list`, then `hangar \
+                                                backends terminate ID`)"
+            .to_string(),
+        (_, Some(reason::BACKEND_NOT_FOUND)) => "list backends with `hangar backends list`; `hangar connect KEY \
+                                                 --image IMAGE` starts one"
+            .to_string(),
         (ClientError::Connect { address, .. }, _) => unreachable(address),
         (ClientError::InvalidAddress { .. }, _) => {
             "pass --controller http://HOST:PORT (or set HANGAR_CONTROLLER)".to_string()
@@ -330,6 +352,20 @@ fn hint(err: &CliError, controller: &str) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+fn termination_hint(id: &str, status: &crate::BackendStatusView) -> String {
+    use hangar::domain::TerminationReason as R;
+    let why = match status.termination_reason {
+        Some(R::ImagePullFailed) => "check the image name and that its drone can pull it (see --pull); ",
+        Some(R::StartupTimeout) => {
+            "it did not answer HTTP on its port in time; check --port and that it listens on $PORT; "
+        }
+        Some(R::Exited) => "it exited by itself; check its command and its logs on the drone; ",
+        Some(R::External) => "someone terminated it; ",
+        _ => "",
+    };
+    format!("{why}see `hangar backends get {id}`")
 }
 
 /// Human units of bytes in powers of 1024: `512B`, `1.5KiB`, `15.6GiB`, `512MiB`.

@@ -1,0 +1,211 @@
+//! `hangar connect` and `hangar backends …`
+
+use super::{BackendIdArgs, BackendsCommand, Cli, CliError, ConnectArgs, OutputFormat, render};
+use crate::{BackendFilter, ConnectRequest, Connection, HangarClient, Resources, SpawnSpec};
+use chrono::Utc;
+use futures::StreamExt;
+use hangar::domain::{BackendKey, BackendState};
+use std::io::Write;
+
+/// Namespace of a key typed without one.
+const DEFAULT_NAMESPACE: &str = "default";
+
+pub(super) async fn execute(cli: &Cli, command: &BackendsCommand) -> Result<String, CliError> {
+    match command {
+        BackendsCommand::List(args) => {
+            let non_empty = |s: &Option<String>| s.as_ref().filter(|s| !s.is_empty()).cloned();
+            let mut states = args.state.clone();
+            states.sort();
+            states.dedup();
+            let filter = BackendFilter {
+                states,
+                drone_id: non_empty(&args.drone),
+                key_namespace: non_empty(&args.namespace),
+                cluster: non_empty(&args.cluster),
+            };
+            let client = HangarClient::connect(&cli.controller).await?;
+            let backends = client.list_all_backends(&filter).await?;
+            Ok(render::backend_list(&backends, &filter, cli.output, Utc::now()))
+        }
+        BackendsCommand::Get(args) => {
+            let client = HangarClient::connect(&cli.controller).await?;
+            let backend = client.get_backend(&args.id).await?;
+            Ok(render::backend(&backend, cli.output, Utc::now()))
+        }
+        BackendsCommand::Watch(args) => {
+            let mut out = Vec::new();
+            watch_backend(cli, args, &mut out).await?;
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        }
+        BackendsCommand::Terminate(args) => {
+            let client = HangarClient::connect(&cli.controller).await?;
+            let backend = client.terminate_backend(&args.id, args.hard).await?;
+            Ok(render::terminated(&backend, args.hard, cli.output))
+        }
+    }
+}
+
+impl ConnectArgs {
+    /// The Connect call these flags ask for; an error is a usage mistake clap cannot see.
+    pub fn to_request(&self) -> Result<ConnectRequest, String> {
+        let spawn = self.spawn_spec()?;
+        if self.no_key {
+            let spawn = spawn.ok_or("--no-key needs --image: a keyless backend is always started")?;
+            return Ok(ConnectRequest::keyless(spawn));
+        }
+        let key = self.key.as_ref().ok_or("give a KEY (NAME, NS/NAME or NS/NAME@TAG), or --no-key")?;
+        let namespace = merge("namespace", key.namespace.as_deref(), self.namespace.as_deref())?
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        let tag = merge("tag", key.tag.as_deref(), self.tag.as_deref())?.unwrap_or_default();
+        let mut request = ConnectRequest::key(namespace, key.name.clone(), tag);
+        request.spawn = spawn;
+        Ok(request)
+    }
+
+    fn spawn_spec(&self) -> Result<Option<SpawnSpec>, String> {
+        let Some(image) = self.image.as_deref() else {
+            let spawn_flags = [
+                ("--env", !self.env.is_empty()),
+                ("--command", !self.command.is_empty()),
+                ("--port", self.port.is_some()),
+                ("--cpu-millis", self.cpu_millis.is_some()),
+                ("--memory", self.memory.is_some()),
+                ("--pids", self.pids.is_some()),
+                ("--cluster", self.cluster.is_some()),
+                ("--pool", self.pool.is_some()),
+                ("--label", !self.label.is_empty()),
+                ("--lifetime", self.lifetime.is_some()),
+                ("--max-idle", self.max_idle.is_some()),
+                ("--static-token", self.static_token.is_some()),
+                ("--pull", self.pull.is_some()),
+            ];
+            if let Some((flag, _)) = spawn_flags.iter().find(|(_, given)| *given) {
+                return Err(format!(
+                    "{flag} describes a backend to start, which needs --image; without --image only a live \
+                     backend of the key is returned"
+                ));
+            }
+            return Ok(None);
+        };
+        if image.trim().is_empty() {
+            return Err("--image is empty".to_string());
+        }
+        let mut spec = SpawnSpec::new(image).command(self.command.clone()).resources(Resources {
+            cpu_millis: self.cpu_millis.unwrap_or(0),
+            memory_bytes: self.memory.unwrap_or(0),
+            pids: self.pids.unwrap_or(0),
+        });
+        spec.env = self.env.iter().cloned().collect();
+        spec.labels = self.label.iter().cloned().collect();
+        spec.pull_policy = self.pull.map(Into::into);
+        spec.container_port = self.port.map(u32::from);
+        spec.cluster = self.cluster.clone().unwrap_or_default();
+        spec.pool = self.pool.clone().unwrap_or_default();
+        spec.lifetime_limit = self.lifetime;
+        spec.max_idle = self.max_idle;
+        spec.static_token = self.static_token.clone();
+        Ok(Some(spec))
+    }
+}
+
+/// A key part given both in KEY and as a flag must agree.
+fn merge(what: &str, in_key: Option<&str>, flag: Option<&str>) -> Result<Option<String>, String> {
+    match (in_key, flag) {
+        (Some(a), Some(b)) if a != b => Err(format!("the key says {what} `{a}` but --{what} says `{b}`; give one")),
+        (Some(a), _) => Ok(Some(a.to_string())),
+        (None, b) => Ok(b.map(str::to_string)),
+    }
+}
+
+/// `hangar connect`: the Connect call, then with `--wait` one progress line per state, flushed
+/// as it comes, until READY. Ends with [`CliError::Terminated`] when the backend ends instead and
+/// [`CliError::WaitTimeout`] after `--timeout`; what was printed until then stays printed.
+pub async fn connect(cli: &Cli, args: &ConnectArgs, stdout: &mut dyn Write) -> Result<(), CliError> {
+    let request = args.to_request().map_err(CliError::Usage)?;
+    let client = HangarClient::connect(&cli.controller).await?;
+    let connection = client.connect_backend(&request).await?;
+    let key = request.key.as_ref();
+    if !args.wait {
+        write(stdout, &render::connection(&connection, key, cli.output, false));
+        return Ok(());
+    }
+    if cli.output == OutputFormat::Table {
+        write(stdout, &render::connect_header(&connection, key));
+    }
+    let last = match connection.state {
+        BackendState::Ready | BackendState::Terminated => connection.status.clone(),
+        _ => {
+            let follow = follow_until_ready(&client, &connection.backend_id, cli.output, stdout);
+            match tokio::time::timeout(args.timeout, follow).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    let state = client.get_backend(&connection.backend_id).await.map_or(connection.state, |b| b.state);
+                    return Err(CliError::WaitTimeout {
+                        id: connection.backend_id.clone(),
+                        waited: args.timeout,
+                        state,
+                    });
+                }
+            }
+        }
+    };
+    let done = Connection { state: last.state, status: last.clone(), ..connection };
+    match cli.output {
+        OutputFormat::Json => write(stdout, &render::connection(&done, key, OutputFormat::Json, true)),
+        OutputFormat::Table if done.state == BackendState::Ready => write(stdout, &render::connect_ready(&done)),
+        OutputFormat::Table => {}
+    }
+    if done.state == BackendState::Terminated {
+        return Err(CliError::Terminated { id: done.backend_id, status: last });
+    }
+    Ok(())
+}
+
+/// Watches until READY or TERMINATED, printing progress lines in table mode; the last status.
+async fn follow_until_ready(
+    client: &HangarClient,
+    id: &str,
+    format: OutputFormat,
+    stdout: &mut dyn Write,
+) -> Result<crate::BackendStatusView, CliError> {
+    let mut statuses = std::pin::pin!(client.watch_backend(id));
+    let mut first_time = None;
+    while let Some(status) = statuses.next().await {
+        let status = status?;
+        let since = *first_time.get_or_insert(status.time);
+        if format == OutputFormat::Table {
+            write(stdout, &render::progress_line(&status, since));
+        }
+        if matches!(status.state, BackendState::Ready | BackendState::Terminated) {
+            return Ok(status);
+        }
+    }
+    Err(crate::ClientError::InvalidResponse(format!("the watch of {id} ended before READY or TERMINATED")).into())
+}
+
+/// `hangar backends watch`: one line per status (NDJSON with `-o json`), flushed as it comes,
+/// until TERMINATED. A closed stdout (`| head`) ends it quietly.
+pub async fn watch_backend(cli: &Cli, args: &BackendIdArgs, stdout: &mut dyn Write) -> Result<(), CliError> {
+    let client = HangarClient::connect(&cli.controller).await?;
+    let mut statuses = std::pin::pin!(client.watch_backend(&args.id));
+    let mut first_time = None;
+    while let Some(status) = statuses.next().await {
+        let status = status?;
+        let since = *first_time.get_or_insert(status.time);
+        let line = render::watch_line(&args.id, &status, since, cli.output);
+        if stdout.write_all(line.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Progress output is best effort: a closed stdout must not turn a READY backend into an error.
+fn write(stdout: &mut dyn Write, text: &str) {
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+}
+
+/// The key a connection is shown with: the one asked for, else the backend's own.
+pub(super) fn shown_key<'a>(connection: &'a Connection, asked: Option<&'a BackendKey>) -> Option<&'a BackendKey> {
+    asked.or_else(|| connection.backend.as_ref().and_then(|b| b.key.as_ref()))
+}

@@ -1,0 +1,251 @@
+//! What `hangar connect` and `hangar backends …` print.
+
+use super::{OutputFormat, compact_duration, human_bytes, json, or_dash, relative_age, rfc3339, table, time_with_age};
+use crate::cli::backends::shown_key;
+use crate::{BackendFilter, BackendStatusView, BackendView, Connection, SpawnSpec};
+use chrono::{DateTime, Utc};
+use hangar::domain::{BackendKey, BackendState};
+use serde::Serialize;
+
+/// `backends list`: a table (or the empty-list message) or `{"backends": [...]}`.
+pub fn backend_list(
+    backends: &[BackendView],
+    filter: &BackendFilter,
+    format: OutputFormat,
+    now: DateTime<Utc>,
+) -> String {
+    #[derive(Serialize)]
+    struct Listing<'a> {
+        backends: &'a [BackendView],
+    }
+    match format {
+        OutputFormat::Json => json(&Listing { backends }),
+        OutputFormat::Table if backends.is_empty() => empty_backend_list(filter),
+        OutputFormat::Table => backends_table(backends, now),
+    }
+}
+
+/// One row per backend, columns aligned.
+pub fn backends_table(backends: &[BackendView], now: DateTime<Utc>) -> String {
+    let header = ["ID", "KEY", "STATE", "DRONE", "CLUSTER/POOL", "IMAGE", "AGE", "ENDED"];
+    let rows = backends.iter().map(|b| {
+        vec![
+            b.id.clone(),
+            key(b.key.as_ref()),
+            b.state.to_string(),
+            or_dash(&b.drone_id),
+            format!("{}/{}", or_dash(&b.cluster), or_dash(&b.pool)),
+            b.spawn_config.as_ref().map_or_else(|| "-".to_string(), |s| or_dash(&s.image)),
+            b.created_at.map_or_else(|| "-".to_string(), |t| age(t, now)),
+            if b.status.is_terminated() { termination(&b.status) } else { "-".to_string() },
+        ]
+    });
+    table(header.iter().map(|h| h.to_string()).collect(), rows.collect())
+}
+
+fn empty_backend_list(filter: &BackendFilter) -> String {
+    if *filter == BackendFilter::default() {
+        return "No backends.\nStart one with `hangar connect KEY --image IMAGE`.\n".to_string();
+    }
+    let mut parts = Vec::new();
+    if !filter.states.is_empty() {
+        parts.push(format!("state={}", filter.states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")));
+    }
+    if let Some(drone) = &filter.drone_id {
+        parts.push(format!("drone={drone}"));
+    }
+    if let Some(namespace) = &filter.key_namespace {
+        parts.push(format!("namespace={namespace}"));
+    }
+    if let Some(cluster) = &filter.cluster {
+        parts.push(format!("cluster={cluster}"));
+    }
+    format!("No backends match.\nFilter: {}\nList every backend with `hangar backends list`.\n", parts.join(" "))
+}
+
+/// `backends get`: the detail view or the backend as one JSON object.
+pub fn backend(backend: &BackendView, format: OutputFormat, now: DateTime<Utc>) -> String {
+    match format {
+        OutputFormat::Json => json(backend),
+        OutputFormat::Table => backend_detail(backend, now),
+    }
+}
+
+/// `key: value` lines for one backend, its spawn configuration indented below.
+pub fn backend_detail(b: &BackendView, now: DateTime<Utc>) -> String {
+    let since = |t: Option<DateTime<Utc>>| t.map_or_else(|| "-".to_string(), |t| time_with_age(t, now));
+    let mut fields: Vec<(&str, String)> = vec![
+        ("ID", b.id.clone()),
+        ("Key", key(b.key.as_ref())),
+        ("State", format!("{} since {}", b.state, since(b.status.time))),
+    ];
+    if b.status.is_terminated() {
+        fields.push(("Termination", termination(&b.status)));
+    }
+    fields.extend([
+        ("Drone", or_dash(&b.drone_id)),
+        ("Address", if b.address.is_empty() { "- (not started)".to_string() } else { b.address.clone() }),
+        ("Cluster", or_dash(&b.cluster)),
+        ("Pool", or_dash(&b.pool)),
+        ("Labels", pairs(b.labels.iter())),
+        ("Created", since(b.created_at)),
+        ("Last activity", since(b.last_activity_at)),
+        ("Fencing token", if b.key.is_some() { b.fencing_token.to_string() } else { "- (no key)".to_string() }),
+    ]);
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out: String = fields.iter().map(|(k, v)| format!("{:<width$} {v}\n", format!("{k}:"))).collect();
+    match &b.spawn_config {
+        Some(spec) => {
+            out.push_str("Spawn config:\n");
+            out.push_str(&spawn_detail(spec));
+        }
+        None => out.push_str("Spawn config: -\n"),
+    }
+    out
+}
+
+fn spawn_detail(spec: &SpawnSpec) -> String {
+    let limit = |d: Option<std::time::Duration>| {
+        d.map_or_else(|| "none".to_string(), |d| humantime::format_duration(d).to_string())
+    };
+    let r = spec.resources;
+    let resources = [
+        (r.cpu_millis != 0).then(|| format!("cpu {}m", r.cpu_millis)),
+        (r.memory_bytes != 0).then(|| format!("memory {}", human_bytes(r.memory_bytes))),
+        (r.pids != 0).then(|| format!("pids {}", r.pids)),
+    ];
+    let resources: Vec<String> = resources.into_iter().flatten().collect();
+    let fields = [
+        ("Image", spec.image.clone()),
+        ("Command", if spec.command.is_empty() { "- (image default)".to_string() } else { spec.command.join(" ") }),
+        ("Env", pairs(spec.env.iter())),
+        ("Pull", spec.pull_policy.map_or_else(|| "default".to_string(), |p| format!("{p:?}"))),
+        ("Port", spec.container_port.map_or_else(|| "8080 (default)".to_string(), |p| p.to_string())),
+        ("Resources", if resources.is_empty() { "no limits".to_string() } else { resources.join(", ") }),
+        ("Lifetime", limit(spec.lifetime_limit)),
+        ("Max idle", limit(spec.max_idle)),
+        ("Static token", if spec.static_token.is_some() { "set" } else { "none" }.to_string()),
+    ];
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    fields.iter().map(|(k, v)| format!("  {:<width$} {v}\n", format!("{k}:"))).collect()
+}
+
+/// `backends terminate`: what was asked and where the backend is now.
+pub fn terminated(backend: &BackendView, hard: bool, format: OutputFormat) -> String {
+    if format == OutputFormat::Json {
+        return json(backend);
+    }
+    let how = if hard { "Killing" } else { "Terminating" };
+    let detail = if hard { "at once" } else { "SIGTERM, then a kill after the grace period" };
+    format!(
+        "{how} backend {} ({detail}). State: {}.\nFollow it with `hangar backends watch {}`.\n",
+        backend.id, backend.state, backend.id
+    )
+}
+
+/// `connect` without `--wait` (or its JSON document after `--wait`, `waited`).
+pub fn connection(c: &Connection, asked: Option<&BackendKey>, format: OutputFormat, waited: bool) -> String {
+    if format == OutputFormat::Json {
+        return json(c);
+    }
+    let mut out = connect_header(c, asked);
+    out.push_str(&format!("State: {}\n", c.state));
+    out.push_str(&connect_ready(c));
+    if !waited && c.state < BackendState::Ready {
+        out.push_str(&format!(
+            "It is not ready yet: follow it with `hangar backends watch {}`, or connect with --wait.\n",
+            c.backend_id
+        ));
+    }
+    out
+}
+
+/// `Spawned backend bk-1 for docs/doc-1@v2.` or `Found live backend …`.
+pub fn connect_header(c: &Connection, asked: Option<&BackendKey>) -> String {
+    let what = if c.spawned { "Spawned backend" } else { "Found live backend" };
+    match shown_key(c, asked) {
+        Some(k) => format!("{what} {} for {k}.\n", c.backend_id),
+        None => format!("{what} {} (no key).\n", c.backend_id),
+    }
+}
+
+/// The URL (and static token) of a connection.
+pub fn connect_ready(c: &Connection) -> String {
+    let mut out = format!("URL: {}\n", c.url);
+    if let Some(expires) = c.token_expires_at {
+        out.push_str(&format!("Token expires: {}\n", rfc3339(expires)));
+    }
+    if let Some(token) = &c.static_token {
+        out.push_str(&format!("Static token: {token}\n"));
+    }
+    out
+}
+
+/// `  LOADING   0.3s`: a state and how long after the first status it came; with the
+/// termination reason for TERMINATED.
+pub fn progress_line(status: &BackendStatusView, since: Option<DateTime<Utc>>) -> String {
+    let elapsed = elapsed(status, since);
+    let mut line = format!("  {:<9} {elapsed}", status.state.as_str());
+    if status.is_terminated() {
+        line.push_str(&format!("  {}", termination(status)));
+    }
+    line.truncate(line.trim_end().len());
+    line.push('\n');
+    line
+}
+
+/// One line of `backends watch`: `2026-03-01T12:00:01Z  LOADING           +0.3s`, or one JSON
+/// object per line.
+pub fn watch_line(id: &str, status: &BackendStatusView, since: Option<DateTime<Utc>>, format: OutputFormat) -> String {
+    if format == OutputFormat::Json {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            backend_id: &'a str,
+            #[serde(flatten)]
+            status: &'a BackendStatusView,
+        }
+        let mut out = serde_json::to_string(&Line { backend_id: id, status }).expect("views serialize to JSON");
+        out.push('\n');
+        return out;
+    }
+    let time = status.time.map_or_else(|| "-".to_string(), rfc3339);
+    let mut line = format!("{time}  {:<16}  +{}", status.state.as_str(), elapsed(status, since));
+    if status.is_terminated() {
+        line.push_str(&format!("  {}", termination(status)));
+    }
+    line.push('\n');
+    line
+}
+
+/// `EXITED (SOFT), exit code 3`, `IMAGE_PULL_FAILED`, or `unknown reason`.
+pub fn termination(status: &BackendStatusView) -> String {
+    let mut out = status.termination_reason.map_or_else(|| "unknown reason".to_string(), |r| r.to_string());
+    if let Some(kind) = status.termination_kind {
+        out.push_str(&format!(" ({kind})"));
+    }
+    if let Some(code) = status.exit_code {
+        out.push_str(&format!(", exit code {code}"));
+    }
+    out
+}
+
+fn elapsed(status: &BackendStatusView, since: Option<DateTime<Utc>>) -> String {
+    let (Some(time), Some(since)) = (status.time, since) else {
+        return "-".to_string();
+    };
+    let millis = (time - since).num_milliseconds().max(0);
+    if millis < 60_000 { format!("{:.1}s", millis as f64 / 1000.0) } else { compact_duration((millis / 1000) as u64) }
+}
+
+fn age(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    relative_age(t, now).trim_end_matches(" ago").to_string()
+}
+
+fn key(key: Option<&BackendKey>) -> String {
+    key.map_or_else(|| "-".to_string(), |k| k.to_string())
+}
+
+fn pairs<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> String {
+    let joined: Vec<String> = pairs.map(|(k, v)| format!("{k}={v}")).collect();
+    if joined.is_empty() { "<none>".to_string() } else { joined.join(", ") }
+}
