@@ -17,12 +17,14 @@ use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+type AttachSender = tokio::sync::mpsc::Sender<Result<v1::ProxyAttachResponse, Status>>;
+
 /// A control plane whose routes the test sets, and which records traffic reports.
 #[derive(Clone, Default)]
 struct FakeControlPlane {
     routes: Arc<Mutex<HashMap<String, v1::LookupRouteResponse>>>,
     traffic: Arc<Mutex<Vec<String>>>,
-    invalidate: Arc<Mutex<Option<tokio::sync::mpsc::Sender<Result<v1::ProxyAttachResponse, Status>>>>>,
+    invalidate: Arc<Mutex<Option<AttachSender>>>,
 }
 
 #[tonic::async_trait]
