@@ -2,6 +2,7 @@
 //! over real gRPC, in one process, for trying Hangar on a laptop.
 
 use crate::controller::{Controller, ControllerConfig, RunningController};
+use crate::proxy::{Proxy, ProxyConfig, RunningProxy};
 use crate::store;
 use anyhow::Context;
 use hangar_executor::drone::{self, DroneConfig, DroneHandle};
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 pub struct DevOptions {
     pub listen: SocketAddr,
+    /// Where the HTTP proxy listens (port 0 picks a free one).
+    pub proxy_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub drone_name: String,
     pub controller: ControllerConfig,
@@ -17,6 +20,7 @@ pub struct DevOptions {
 
 pub struct DevCluster {
     pub controller: RunningController,
+    pub proxy: RunningProxy,
     pub drone: DroneHandle,
     pub drone_node_id: String,
     pub drone_name: String,
@@ -33,7 +37,11 @@ impl DevCluster {
         let listener = tokio::net::TcpListener::bind(options.listen).await.with_context(|| {
             format!("cannot listen on {}; is another hangar-server running? pick another with --listen", options.listen)
         })?;
+        let proxy_listener = tokio::net::TcpListener::bind(options.proxy_listen).await.with_context(|| {
+            format!("cannot listen on {} for the proxy; pick another with --proxy-listen", options.proxy_listen)
+        })?;
         let controller = Controller::start(store, options.controller, listener).await?;
+        let proxy = Proxy::start(ProxyConfig::new(vec![controller.url()], "dev-proxy"), proxy_listener).await?;
 
         let drone_name = options.drone_name.clone();
         let mut config = DroneConfig::new(vec![controller.url()], options.drone_name);
@@ -45,10 +53,11 @@ impl DevCluster {
         let drone_node_id = tokio::time::timeout(std::time::Duration::from_secs(30), drone.attached())
             .await
             .context("the embedded drone did not attach within 30 s")?;
-        Ok(DevCluster { controller, drone, drone_node_id, drone_name, runtime: runtime_kind })
+        Ok(DevCluster { controller, proxy, drone, drone_node_id, drone_name, runtime: runtime_kind })
     }
 
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.proxy.shutdown().await;
         self.drone.shutdown().await;
         self.controller.shutdown().await
     }
@@ -64,6 +73,7 @@ pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
     format!(
         "\nHangar dev is running.\n\
          \x20 controller  {url}   (gRPC, reflection on)\n\
+         \x20 proxy       {proxy}   (HTTP: connection URLs)\n\
          \x20 drone       {name} (node {drone}, {runtime} runtime)\n\
          \x20 data        {data}\n\n\
          Try next, in another terminal:\n\
@@ -71,6 +81,7 @@ pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
          \x20 grpcurl -plaintext {addr} list\n\n\
          Stop with Ctrl-C.\n",
         url = cluster.controller.url(),
+        proxy = cluster.proxy.url(),
         name = cluster.drone_name,
         runtime = cluster.runtime,
         drone = cluster.drone_node_id,

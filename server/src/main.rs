@@ -126,6 +126,9 @@ struct DevArgs {
     /// Where the SQLite database lives.
     #[arg(long, default_value = "./hangar-data")]
     data_dir: PathBuf,
+    /// Address the HTTP proxy listens on (port 0 picks a free one and prints it).
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    proxy_listen: SocketAddr,
     /// Name of the embedded drone.
     #[arg(long, default_value = "dev-drone")]
     drone_name: String,
@@ -184,6 +187,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let options = DevOptions {
         listen: args.listen,
+        proxy_listen: args.proxy_listen,
         data_dir: args.data_dir.clone(),
         drone_name: args.drone_name,
         controller: ControllerConfig::default(),

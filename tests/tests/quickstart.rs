@@ -20,7 +20,7 @@ fn dev_server_then_nodes_list_shows_the_dev_drone_ready() {
     let data = tempfile::tempdir().unwrap();
     let mut dev = KillOnDrop(
         Command::new(binary("hangar-server"))
-            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["dev", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -58,7 +58,10 @@ fn dev_server_then_nodes_list_shows_the_dev_drone_ready() {
         .output()
         .unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
-    let nodes = doc["nodes"].as_array().unwrap();
+    let all = doc["nodes"].as_array().unwrap();
+    let proxies: Vec<_> = all.iter().filter(|n| n["kind"] == "PROXY").collect();
+    assert_eq!(proxies.len(), 1, "the dev proxy registers as a PROXY node: {all:?}");
+    let nodes: Vec<_> = all.iter().filter(|n| n["kind"] == "DRONE").collect();
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0]["name"], "dev-drone");
     assert_eq!(nodes[0]["state"], "READY");
