@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
 use hangar_server::dev::{DevCluster, DevOptions, banner, sqlite_url};
-use hangar_server::proxy::{Proxy, ProxyConfig};
+use hangar_server::proxy::{Proxy, ProxyConfig, TlsFiles};
 use hangar_server::store;
 use hangar_server::telemetry::{self, LogFormat};
 use std::net::SocketAddr;
@@ -116,6 +116,12 @@ struct ProxyArgs {
     /// How long a request for a backend that is still starting waits for it.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     startup_wait: Duration,
+    /// Serve HTTPS: PEM certificate chain (leaf first). Needs --tls-key.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -150,6 +156,9 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     config.cluster = args.cluster;
     config.public_url = args.public_url;
     config.startup_wait = args.startup_wait;
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(TlsFiles { cert, key });
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -84,6 +84,10 @@ fn free_port() -> u16 {
 }
 
 async fn setup() -> Setup {
+    setup_with(|_| {}).await
+}
+
+async fn setup_with(configure: impl FnOnce(&mut ProxyConfig)) -> Setup {
     hangar_tests::init_logging();
     let plane = FakeControlPlane::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -110,6 +114,7 @@ async fn setup() -> Setup {
     config.traffic_report_interval = Duration::from_millis(100);
     config.heartbeat_interval = Duration::from_millis(100);
     config.startup_wait = Duration::from_millis(600);
+    configure(&mut config);
     let proxy = Proxy::start(config, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
     Setup { plane, proxy, backend, backend_address }
 }
@@ -291,4 +296,53 @@ async fn a_route_invalidation_from_the_controller_drops_the_cached_route() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(get(&format!("{base}/inv/"), &[]).await.0, 410);
     s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn https_with_the_configured_certificate() {
+    use hyper_util::rt::TokioIo;
+    use tokio_rustls::rustls;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let files = hangar_server::proxy::TlsFiles { cert: cert_path, key: key_path };
+    let s = setup_with(|c| c.tls = Some(files)).await;
+    route(&s, "tls", v1::BackendState::Ready, &s.backend_address);
+    assert!(s.proxy.url().starts_with("https://"));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(s.proxy.local_addr()).await.unwrap();
+    let server_name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .expect("TLS handshake");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    let request =
+        http::Request::get("/tls/request?secure=1").header("host", "localhost").body(Full::<Bytes>::default()).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body).trim(), "GET /request?secure=1");
+    s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_certificate_fails_the_start_with_the_path() {
+    let mut config = ProxyConfig::new(vec!["http://127.0.0.1:1".into()], "edge");
+    config.tls =
+        Some(hangar_server::proxy::TlsFiles { cert: "/no/such/cert.pem".into(), key: "/no/such/key.pem".into() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = Proxy::start(config, listener).await.err().expect("refused");
+    assert!(format!("{err:#}").contains("/no/such/cert.pem"), "{err:#}");
 }

@@ -7,9 +7,11 @@
 mod forward;
 mod link;
 mod routes;
+mod tls;
 
 pub use forward::ProxyError;
 pub use routes::{Route, RouteCache};
+pub use tls::TlsFiles;
 
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -37,6 +39,8 @@ pub struct ProxyConfig {
     /// How often backends that carried traffic are reported to the controller.
     pub traffic_report_interval: Duration,
     pub heartbeat_interval: Duration,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl ProxyConfig {
@@ -50,6 +54,7 @@ impl ProxyConfig {
             startup_wait: Duration::from_secs(30),
             traffic_report_interval: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -57,6 +62,7 @@ impl ProxyConfig {
 /// A serving proxy; stop it with [`RunningProxy::shutdown`].
 pub struct RunningProxy {
     local_addr: SocketAddr,
+    scheme: &'static str,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -67,7 +73,7 @@ impl RunningProxy {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        format!("{}://{}", self.scheme, self.local_addr)
     }
 
     /// Stops accepting, lets open requests finish (5 s at most), ends the controller link.
@@ -86,7 +92,10 @@ impl Proxy {
     pub async fn start(config: ProxyConfig, listener: TcpListener) -> anyhow::Result<RunningProxy> {
         anyhow::ensure!(!config.controllers.is_empty(), "the proxy needs at least one controller URL");
         let local_addr = listener.local_addr()?;
-        let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{local_addr}"));
+        // A bad certificate fails the start, not the first client.
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let public_url = config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local_addr}"));
         let lookups = link::lookup_channel(&config.controllers).context("invalid controller URL")?;
         let routes = Arc::new(RouteCache::new(lookups, config.route_ttl));
         let shutdown = CancellationToken::new();
@@ -100,19 +109,19 @@ impl Proxy {
             forwarder.traffic(),
             shutdown.clone(),
         ));
-        tasks.spawn(serve(listener, forwarder, tasks.clone(), shutdown.clone()));
+        tasks.spawn(serve(listener, tls, forwarder, tasks.clone(), shutdown.clone()));
         tracing::info!(%local_addr, %public_url, "proxy serving");
-        Ok(RunningProxy { local_addr, shutdown, tasks })
+        Ok(RunningProxy { local_addr, scheme, shutdown, tasks })
     }
 }
 
 async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     forwarder: Arc<forward::Forwarder>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -127,21 +136,52 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let forwarder = forwarder.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let forwarder = forwarder.clone();
-            async move { Ok::<_, std::convert::Infallible>(forwarder.handle(req, peer).await) }
-        });
-        let connection = auto::Builder::new(TokioExecutor::new())
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (forwarder, tls, stop) = (forwarder.clone(), tls.clone(), shutdown.clone());
         tasks.spawn(async move {
-            if let Err(err) = connection.await {
+            let result = match tls {
+                // The handshake runs in the connection's task so a slow client cannot stall accept.
+                Some(tls) => match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, peer, forwarder, stop).await,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                None => serve_connection(stream, peer, forwarder, stop).await,
+            };
+            if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "client connection ended with an error");
             }
         });
     }
-    drop(listener);
-    graceful.shutdown().await;
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    forwarder: Arc<forward::Forwarder>,
+    stop: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let forwarder = forwarder.clone();
+        async move { Ok::<_, std::convert::Infallible>(forwarder.handle(req, peer).await) }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        _ = stop.cancelled() => {}
+    }
+    // Shutting down: finish the requests in flight (HTTP/2 GOAWAY, HTTP/1 close after the
+    // response), accept no new ones.
+    connection.as_mut().graceful_shutdown();
+    connection.await
 }
