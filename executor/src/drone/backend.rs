@@ -383,6 +383,13 @@ impl BackendTask {
                 self.terminate(TerminationKind::Soft, TerminationReason::StartupTimeout, op).await;
             }
             Done::Stopped(result) => {
+                // A stop that lasted the whole grace ended in a kill, even when the runtime's
+                // answer won the race against our own grace timer.
+                if self.lifecycle.state() == BackendState::Terminating
+                    && self.grace_deadline.is_some_and(|deadline| Instant::now() >= deadline)
+                {
+                    self.advance(BackendState::HardTerminating, None, None).await;
+                }
                 if let Err(err) = result {
                     tracing::warn!(backend_id = %self.backend_id, error = %err, "stop failed; removing anyway");
                 }
