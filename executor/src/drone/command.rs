@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Run backends in this process instead of through an executor socket.
     #[arg(long, value_enum)]
     runtime: Option<RuntimeChoice>,
+    /// Directory of the drone's journal (unacknowledged events, seen actions, its backends), so
+    /// a restarted drone resumes where it stopped. Created if missing.
+    #[arg(long, value_name = "DIR", env = "HANGAR_DRONE_DATA_DIR", default_value = "./hangar-drone-data")]
+    data_dir: PathBuf,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -58,6 +62,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     config.backend_capacity = args.capacity;
     config.backoff.max = args.max_backoff;
+    config.data_dir = Some(args.data_dir);
     config.runtime = match (&args.executor_socket, args.runtime) {
         (Some(socket), _) => {
             let client = ExecutorClient::connect(socket, "hangar-drone").await.with_context(|| {

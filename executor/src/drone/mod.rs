@@ -1,19 +1,30 @@
 //! The drone agent: one long-lived `DroneService.Attach` stream to a controller. It says Hello,
-//! heartbeats with the host's real resources, and when the stream breaks it reconnects with
-//! exponential backoff, moving on to the next controller in its list.
+//! heartbeats with the host's real resources, runs the backends the controller asks for (see
+//! docs/design/backend-lifecycle.md), and when the stream breaks it reconnects with exponential
+//! backoff, moving on to the next controller in its list. Events and actions survive reconnects
+//! and restarts through the journal in the drone's data dir.
 
+pub mod backend;
 mod backoff;
 pub mod command;
+mod fleet;
 mod host;
+pub mod journal;
+pub mod lease;
+mod link;
+mod readiness;
 
 pub use backoff::Backoff;
 pub use host::HostResources;
+pub use journal::{Journal, JournalError};
 
-use crate::runtime::{BackendState as RuntimeState, Runtime};
+use crate::runtime::Runtime;
 use anyhow::Context;
+use fleet::Fleet;
 use hangar::domain::duration_from_proto;
 use hangar::v1::{self, drone_service_client::DroneServiceClient};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -37,6 +48,9 @@ pub struct DroneConfig {
     pub heartbeat_interval: Duration,
     pub connect_timeout: Duration,
     pub backoff: Backoff,
+    /// Where the journal lives (`journal.sqlite`). `None` keeps it in memory: the drone then
+    /// forgets its backends and unacknowledged events when its process ends.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl DroneConfig {
@@ -52,6 +66,7 @@ impl DroneConfig {
             heartbeat_interval: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             backoff: Backoff::default(),
+            data_dir: None,
         }
     }
 }
@@ -80,6 +95,8 @@ pub struct DroneHandle {
 pub enum DroneError {
     #[error("the controller refused this drone: {0}")]
     Refused(String),
+    #[error("the drone's journal failed: {0}")]
+    Journal(#[from] JournalError),
 }
 
 impl DroneHandle {
@@ -126,6 +143,22 @@ async fn run(
     state: watch::Sender<LinkState>,
     shutdown: CancellationToken,
 ) -> Result<(), DroneError> {
+    let journal = Journal::open(config.data_dir.as_deref()).await?;
+    // Backend tasks get their own token: they end with the drone, not with one stream.
+    let fleet = Fleet::start(journal.clone(), config.runtime.clone(), shutdown.child_token()).await?;
+    let result = attach_forever(&config, &fleet, &state, &shutdown).await;
+    shutdown.cancel();
+    fleet.stopped().await;
+    journal.close().await;
+    result
+}
+
+async fn attach_forever(
+    config: &DroneConfig,
+    fleet: &Arc<Fleet>,
+    state: &watch::Sender<LinkState>,
+    shutdown: &CancellationToken,
+) -> Result<(), DroneError> {
     let mut backoff = config.backoff.clone();
     let mut host = HostResources::new();
     let mut next = 0;
@@ -134,7 +167,7 @@ async fn run(
         next += 1;
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            outcome = session(&config, controller, &mut host, &state, &mut backoff) => outcome,
+            outcome = session(config, fleet, controller, &mut host, state, &mut backoff) => outcome,
         };
         state.send_replace(LinkState::Connecting);
         if let Err(err) = &outcome
@@ -158,6 +191,7 @@ async fn run(
 /// One attachment, from connect to the end of the stream.
 async fn session(
     config: &DroneConfig,
+    fleet: &Arc<Fleet>,
     controller: &str,
     host: &mut HostResources,
     state: &watch::Sender<LinkState>,
@@ -201,38 +235,79 @@ async fn session(
     state.send_replace(LinkState::Attached { node_id: welcome.node_id.clone(), controller: controller.to_string() });
     backoff.reset();
 
+    let generation = fleet.shared.link.attach(tx.clone());
+    let result = attached(fleet, &tx, &mut inbound, interval, host, generation).await;
+    fleet.shared.link.detach(generation);
+    result
+}
+
+/// Events sent per journal read; keeps one replay from holding a huge batch in memory.
+const EVENT_BATCH: i64 = 256;
+
+/// The attached part of a session: heartbeats, journaled events out (all unacknowledged ones
+/// first, in order), actions, acks and renewal answers in.
+async fn attached(
+    fleet: &Arc<Fleet>,
+    tx: &mpsc::Sender<v1::DroneAttachRequest>,
+    inbound: &mut tonic::Streaming<v1::DroneAttachResponse>,
+    interval: Duration,
+    host: &mut HostResources,
+    generation: u64,
+) -> anyhow::Result<()> {
+    use v1::drone_attach_request::Message;
+    use v1::drone_attach_response::Message as Reply;
+
+    let send = |message: Message| async move {
+        tx.send(v1::DroneAttachRequest { message: Some(message) })
+            .await
+            .map_err(|_| anyhow::anyhow!("the stream to the controller closed"))
+    };
+    let journal = &fleet.shared.journal;
+    let mut written = fleet.shared.written.subscribe();
+    // Every attach starts from the beginning of the journal: whatever is still there was not
+    // acknowledged, whichever controller it was sent to.
+    let mut cursor = 0;
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     loop {
+        written.borrow_and_update();
+        loop {
+            let batch = journal.events_after(cursor, EVENT_BATCH).await?;
+            let full = batch.len() as i64 == EVENT_BATCH;
+            for (seq, event) in batch {
+                send(Message::BackendEvent(event)).await?;
+                cursor = seq;
+            }
+            if !full {
+                break;
+            }
+        }
         tokio::select! {
             _ = ticker.tick() => {
                 let heartbeat = v1::DroneHeartbeat {
                     local_time: Some(hangar::domain::timestamp_to_proto(chrono::Utc::now())),
                     resources: Some(host.sample().into()),
-                    backend_count: running_backends(config.runtime.as_deref()).await,
+                    backend_count: fleet.live_count(),
                 };
-                if tx.send(v1::DroneAttachRequest { message: Some(Message::Heartbeat(heartbeat)) }).await.is_err() {
-                    anyhow::bail!("the stream to the controller closed");
-                }
+                send(Message::Heartbeat(heartbeat)).await?;
             }
+            _ = written.changed() => {}
             message = inbound.message() => match message {
-                Ok(Some(message)) => tracing::debug!(?message, "message from controller"),
+                Ok(Some(v1::DroneAttachResponse { message: Some(reply) })) => match reply {
+                    Reply::Action(action) => {
+                        let action_id = action.action_id.clone();
+                        // Journaled (and started) before the ack, so a crash cannot lose it.
+                        fleet.handle_action(action).await?;
+                        send(Message::AckAction(v1::AckAction { action_id })).await?;
+                    }
+                    Reply::AckEvent(ack) => journal.ack_event(&ack.event_id).await?,
+                    Reply::RenewKeyResponse(answer) => fleet.renewal_answer(generation, answer),
+                    Reply::Welcome(_) => tracing::warn!("unexpected second welcome; ignoring it"),
+                },
+                Ok(Some(_)) => tracing::debug!("empty message from the controller"),
                 Ok(None) => return Ok(()),
                 Err(status) => return Err(anyhow::anyhow!("{}: {}", status.code(), status.message())),
             }
-        }
-    }
-}
-
-/// Backends the runtime reports running; 0 without a runtime or when it cannot answer (the
-/// executor client logs why).
-async fn running_backends(runtime: Option<&dyn Runtime>) -> u32 {
-    let Some(runtime) = runtime else { return 0 };
-    match runtime.list().await {
-        Ok(backends) => backends.iter().filter(|b| b.state == RuntimeState::Running).count() as u32,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot list the runtime's backends");
-            0
         }
     }
 }

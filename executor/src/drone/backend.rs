@@ -1,0 +1,557 @@
+//! One backend on this drone: its state machine and the task that drives it through the runtime.
+//!
+//! SCHEDULED → LOADING (prepare the image) → STARTING (runtime start) → WAITING (HTTP probe) →
+//! READY → TERMINATING (stop with grace) → HARD_TERMINATING (kill) → TERMINATED. Every move goes
+//! through [`Lifecycle::transition`], which relies on the domain's forward-only
+//! [`BackendState::transition`], and becomes one journaled event.
+//!
+//! The task is one loop over: the runtime call in flight (at most one), commands (terminate,
+//! runtime exits, renewal answers), the grace timer and the key lease's timers. Because a
+//! terminate is just another command in that loop, it is honoured in every state: during
+//! LOADING the preparation is abandoned, during STARTING the backend is stopped as soon as the
+//! start returns.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use hangar::domain::{BackendState, TerminationKind, TerminationReason, TransitionError, duration_from_proto};
+use hangar::v1;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::fleet::Shared;
+use super::lease::{Answer, KeyLease};
+use super::readiness;
+use crate::runtime::{BackendSpec, BackendState as RuntimeState, PullPolicy, ResourceLimits, Runtime, RuntimeError};
+
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
+
+/// What a backend task is told from outside.
+#[derive(Debug)]
+pub enum Command {
+    Terminate {
+        kind: TerminationKind,
+        reason: TerminationReason,
+    },
+    /// The runtime reports the backend exited.
+    Exited {
+        exit_code: Option<i32>,
+    },
+    /// The runtime's event stream (re)synchronised: events may have been missed, so look.
+    Check,
+    /// Answer to a key renewal sent on the stream of `generation`.
+    Renewal {
+        generation: u64,
+        renewed: bool,
+    },
+}
+
+/// The state machine of one backend: its state and the event each move produces.
+#[derive(Debug)]
+pub struct Lifecycle {
+    backend_id: String,
+    state: BackendState,
+    address: String,
+}
+
+impl Lifecycle {
+    pub fn new(backend_id: String, state: BackendState, address: String) -> Self {
+        Lifecycle { backend_id, state, address }
+    }
+
+    pub fn state(&self) -> BackendState {
+        self.state
+    }
+
+    /// The one transition function: moves forward (refusing anything else) and returns the event
+    /// that reports the move.
+    pub fn transition(
+        &mut self,
+        to: BackendState,
+        termination: Option<(Option<TerminationKind>, TerminationReason)>,
+        exit_code: Option<i32>,
+    ) -> Result<v1::DroneBackendEvent, TransitionError> {
+        self.state = self.state.transition(to)?;
+        let (kind, reason) = match termination {
+            Some((kind, reason)) => (kind.map_or(0, |k| k.to_proto() as i32), reason.to_proto() as i32),
+            None => (0, 0),
+        };
+        Ok(v1::DroneBackendEvent {
+            event_id: format!("ev-{}", uuid::Uuid::now_v7().simple()),
+            backend_id: self.backend_id.clone(),
+            status: Some(v1::BackendStatus {
+                state: to.to_proto() as i32,
+                time: Some(hangar::domain::timestamp_to_proto(Utc::now())),
+                termination_kind: kind,
+                termination_reason: reason,
+                exit_code,
+            }),
+            address: self.address.clone(),
+        })
+    }
+}
+
+/// Where a backend task starts.
+#[derive(Debug)]
+pub enum Resume {
+    /// A new spawn, or one that never reached the runtime: prepare and start.
+    FromScratch,
+    /// The runtime knows it and it is running (after a drone restart).
+    Running,
+    /// The runtime says it exited with this code while the drone was away.
+    Exited(Option<i32>),
+    /// The runtime does not know it although it was started: it is gone.
+    Lost,
+}
+
+type Operation = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// Result of the runtime call in flight.
+enum Done {
+    Prepared(Result<(), RuntimeError>),
+    Started(Result<crate::runtime::Started, RuntimeError>),
+    Probed { ready: bool },
+    Stopped(Result<(), RuntimeError>),
+}
+
+enum Step {
+    Done(Done),
+    Command(Command),
+    GraceOver,
+    Renew,
+    LeaseSoft,
+    LeaseHard,
+    Shutdown,
+}
+
+pub struct BackendTask {
+    shared: Arc<Shared>,
+    runtime: Arc<dyn Runtime>,
+    backend_id: String,
+    spawn: v1::SpawnBackend,
+    lifecycle: Lifecycle,
+    commands: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+    /// The termination under way (or requested while a start is in flight).
+    termination: Option<(TerminationKind, TerminationReason)>,
+    grace_deadline: Option<Instant>,
+    lease: Option<KeyLease>,
+    /// An exit reported before the start returned, or during a stop.
+    exit_code: Option<Option<i32>>,
+    /// A runtime start is in flight; a stop must wait for it to return.
+    starting: bool,
+}
+
+impl BackendTask {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: Arc<Shared>,
+        runtime: Arc<dyn Runtime>,
+        backend_id: String,
+        spawn: v1::SpawnBackend,
+        lifecycle: Lifecycle,
+        commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+        lease_confirmed: Instant,
+    ) -> Self {
+        let lease = spawn.key.as_ref().map(|_| {
+            let duration =
+                spawn.lease_duration.as_ref().and_then(duration_from_proto).unwrap_or(DEFAULT_LEASE_DURATION);
+            KeyLease::new(duration, lease_confirmed)
+        });
+        BackendTask {
+            shared,
+            runtime,
+            backend_id,
+            spawn,
+            lifecycle,
+            commands,
+            shutdown,
+            termination: None,
+            grace_deadline: None,
+            lease,
+            exit_code: None,
+            starting: false,
+        }
+    }
+
+    fn stop_grace(&self) -> Duration {
+        self.spawn.stop_grace.as_ref().and_then(duration_from_proto).unwrap_or(DEFAULT_STOP_GRACE)
+    }
+
+    fn startup_timeout(&self) -> Duration {
+        self.spawn.startup_timeout.as_ref().and_then(duration_from_proto).unwrap_or(DEFAULT_STARTUP_TIMEOUT)
+    }
+
+    /// Runs until the backend is TERMINATED or the drone shuts down (which leaves the backend
+    /// running: a restarted drone resumes it from the journal).
+    pub async fn run(mut self, resume: Resume, requested: Option<(TerminationKind, TerminationReason)>) {
+        if self.lifecycle.state() >= BackendState::Terminating {
+            // A termination was under way when the drone stopped: finish it as it was asked.
+            self.termination = Some(requested.unwrap_or((TerminationKind::Soft, TerminationReason::InternalError)));
+        }
+        let mut op = self.resume(resume).await;
+        if let Some((kind, reason)) = requested
+            && self.termination.is_none()
+        {
+            self.terminate(kind, reason, &mut op).await;
+        }
+        while self.lifecycle.state().is_live() {
+            let lease = self.lease.as_ref();
+            let renew_at = lease.map(KeyLease::next_renewal);
+            let soft_at = lease.and_then(KeyLease::soft_deadline);
+            let hard_at = lease.and_then(KeyLease::hard_deadline);
+            let step = tokio::select! {
+                done = async { op.as_mut().expect("guarded").await }, if op.is_some() => Step::Done(done),
+                command = self.commands.recv() => command.map_or(Step::Shutdown, Step::Command),
+                _ = sleep_until(self.grace_deadline) => Step::GraceOver,
+                _ = sleep_until(renew_at) => Step::Renew,
+                _ = sleep_until(soft_at) => Step::LeaseSoft,
+                _ = sleep_until(hard_at) => Step::LeaseHard,
+                _ = self.shutdown.cancelled() => Step::Shutdown,
+            };
+            match step {
+                Step::Done(done) => {
+                    op = None;
+                    self.on_done(done, &mut op).await;
+                }
+                Step::Command(command) => self.on_command(command, &mut op).await,
+                Step::GraceOver => {
+                    self.grace_deadline = None;
+                    // The runtime kills it now; say so.
+                    if self.lifecycle.state() == BackendState::Terminating {
+                        self.advance(BackendState::HardTerminating, None, None).await;
+                    }
+                }
+                Step::Renew => self.renew(),
+                Step::LeaseSoft => {
+                    self.lease.as_mut().expect("lease timer").soft_fired();
+                    tracing::warn!(backend_id = %self.backend_id, "no key renewal confirmed for half the lease; soft-terminating");
+                    self.terminate(TerminationKind::Soft, TerminationReason::KeyExpired, &mut op).await;
+                }
+                Step::LeaseHard => {
+                    self.lease.as_mut().expect("lease timer").hard_fired();
+                    tracing::warn!(backend_id = %self.backend_id, "no key renewal confirmed for 3/4 of the lease; killing");
+                    self.terminate(TerminationKind::Hard, TerminationReason::KeyExpired, &mut op).await;
+                }
+                Step::Shutdown => return,
+            }
+        }
+    }
+
+    async fn resume(&mut self, resume: Resume) -> Option<Operation> {
+        match resume {
+            Resume::FromScratch => {
+                if self.lifecycle.state() < BackendState::Loading {
+                    self.advance(BackendState::Loading, None, None).await;
+                }
+                Some(self.prepare())
+            }
+            Resume::Running => match self.lifecycle.state() {
+                // Start is idempotent: it hands back the address, and the probe goes on.
+                BackendState::Scheduled | BackendState::Loading | BackendState::Starting | BackendState::Waiting => {
+                    Some(self.start())
+                }
+                BackendState::Ready => None,
+                BackendState::Terminating | BackendState::HardTerminating => {
+                    let hard = self.lifecycle.state() == BackendState::HardTerminating;
+                    Some(self.stop(if hard { Duration::ZERO } else { self.stop_grace() }))
+                }
+                BackendState::Terminated => None,
+            },
+            Resume::Exited(code) => {
+                match self.termination {
+                    Some((kind, reason)) => self.finish(Some(kind), reason, code).await,
+                    None => self.finish(None, TerminationReason::Exited, code).await,
+                }
+                None
+            }
+            Resume::Lost => {
+                self.finish(None, TerminationReason::Lost, None).await;
+                None
+            }
+        }
+    }
+
+    fn prepare(&self) -> Operation {
+        let runtime = self.runtime.clone();
+        let executable = self.spawn.executable.clone().unwrap_or_default();
+        Box::pin(async move {
+            let policy = match v1::PullPolicy::try_from(executable.pull_policy) {
+                Ok(v1::PullPolicy::Always) => PullPolicy::Always,
+                Ok(v1::PullPolicy::Never) => PullPolicy::Never,
+                _ => PullPolicy::IfNotPresent,
+            };
+            Done::Prepared(runtime.prepare_image(&executable.image, policy).await.map(|_| ()))
+        })
+    }
+
+    fn start(&mut self) -> Operation {
+        self.starting = true;
+        let runtime = self.runtime.clone();
+        let spec = self.spec();
+        Box::pin(async move { Done::Started(runtime.start(spec).await) })
+    }
+
+    fn stop(&mut self, grace: Duration) -> Operation {
+        self.grace_deadline = (!grace.is_zero()).then(|| Instant::now() + grace);
+        let runtime = self.runtime.clone();
+        let id = self.backend_id.clone();
+        Box::pin(async move { Done::Stopped(runtime.stop(&id, grace).await) })
+    }
+
+    /// The runtime spec: the executable plus the environment every backend gets.
+    fn spec(&self) -> BackendSpec {
+        let executable = self.spawn.executable.clone().unwrap_or_default();
+        let mut env: BTreeMap<String, String> = executable.env.into_iter().collect();
+        let key = self.spawn.key.as_ref().map(|k| format!("{}/{}", k.namespace, k.name)).unwrap_or_default();
+        env.insert("HANGAR_BACKEND_ID".into(), self.backend_id.clone());
+        env.insert("HANGAR_BACKEND_KEY".into(), key);
+        env.insert("HANGAR_FENCING_TOKEN".into(), self.spawn.fencing_token.to_string());
+        if !self.spawn.static_token.is_empty() {
+            env.insert("HANGAR_STATIC_TOKEN".into(), self.spawn.static_token.clone());
+        }
+        let resources = executable.resources.unwrap_or_default();
+        BackendSpec {
+            backend_id: self.backend_id.clone(),
+            image: executable.image,
+            command: executable.command,
+            env,
+            port: u16::try_from(executable.container_port).unwrap_or(0),
+            resources: ResourceLimits {
+                cpu_millis: resources.cpu_millis,
+                memory_bytes: resources.memory_bytes,
+                pids: resources.pids,
+            },
+            labels: BTreeMap::new(),
+        }
+    }
+
+    async fn on_done(&mut self, done: Done, op: &mut Option<Operation>) {
+        match done {
+            Done::Prepared(Ok(())) => {
+                self.advance(BackendState::Starting, None, None).await;
+                *op = Some(self.start());
+            }
+            Done::Prepared(Err(err)) => {
+                tracing::warn!(backend_id = %self.backend_id, error = %err, "image preparation failed");
+                self.finish(None, TerminationReason::ImagePullFailed, None).await;
+            }
+            Done::Started(Ok(started)) => {
+                self.starting = false;
+                self.lifecycle.address = started.address.clone();
+                if let Some((kind, _)) = self.termination {
+                    // Terminated while starting: stop it now that it exists.
+                    *op = Some(self.stop(self.grace_for(kind)));
+                } else if let Some(code) = self.exit_code {
+                    self.finish(None, TerminationReason::Exited, code).await;
+                } else if self.lifecycle.state() == BackendState::Ready {
+                    // Resumed after a restart: already ready.
+                } else {
+                    if self.lifecycle.state() < BackendState::Waiting {
+                        self.advance(BackendState::Waiting, None, None).await;
+                    }
+                    let probe = readiness::wait_until_ready(started.address, self.startup_timeout());
+                    *op = Some(Box::pin(async move { Done::Probed { ready: probe.await } }));
+                }
+            }
+            Done::Started(Err(err)) => {
+                self.starting = false;
+                let reason = match (&self.termination, &err) {
+                    (Some((_, reason)), _) => *reason,
+                    (None, RuntimeError::ImageNotFound { .. } | RuntimeError::ImagePullFailed { .. }) => {
+                        TerminationReason::ImagePullFailed
+                    }
+                    (None, _) => TerminationReason::InternalError,
+                };
+                if self.termination.is_none() {
+                    tracing::warn!(backend_id = %self.backend_id, error = %err, "start failed");
+                }
+                let kind = self.termination.map(|(kind, _)| kind);
+                self.finish(kind, reason, None).await;
+            }
+            Done::Probed { ready: true } => self.advance(BackendState::Ready, None, None).await,
+            Done::Probed { ready: false } => {
+                tracing::warn!(backend_id = %self.backend_id, timeout = ?self.startup_timeout(), "backend did not answer HTTP in time");
+                self.terminate(TerminationKind::Soft, TerminationReason::StartupTimeout, op).await;
+            }
+            Done::Stopped(result) => {
+                // A stop that lasted the whole grace ended in a kill, even when the runtime's
+                // answer won the race against our own grace timer.
+                if self.lifecycle.state() == BackendState::Terminating
+                    && self.grace_deadline.is_some_and(|deadline| Instant::now() >= deadline)
+                {
+                    self.advance(BackendState::HardTerminating, None, None).await;
+                }
+                if let Err(err) = result {
+                    tracing::warn!(backend_id = %self.backend_id, error = %err, "stop failed; removing anyway");
+                }
+                let exit_code = match self.runtime.inspect(&self.backend_id).await {
+                    Ok(info) => info.exit_code,
+                    Err(_) => self.exit_code.flatten(),
+                };
+                let (kind, reason) =
+                    self.termination.unwrap_or((TerminationKind::Soft, TerminationReason::InternalError));
+                self.finish(Some(kind), reason, exit_code).await;
+            }
+        }
+    }
+
+    async fn on_command(&mut self, command: Command, op: &mut Option<Operation>) {
+        match command {
+            Command::Terminate { kind, reason } => self.terminate(kind, reason, op).await,
+            Command::Exited { exit_code } => self.exited(exit_code, op).await,
+            Command::Check => match self.runtime.inspect(&self.backend_id).await {
+                Ok(info) if info.state == RuntimeState::Exited => self.exited(info.exit_code, op).await,
+                Err(RuntimeError::BackendNotFound(_))
+                    if self.lifecycle.state() >= BackendState::Waiting && self.termination.is_none() =>
+                {
+                    *op = None;
+                    self.finish(None, TerminationReason::Lost, None).await;
+                }
+                _ => {}
+            },
+            Command::Renewal { generation, renewed } => {
+                let Some(lease) = self.lease.as_mut() else { return };
+                match lease.answered(generation, renewed) {
+                    Answer::Renewed(sent) => {
+                        let sent_wall = Utc::now() - chrono::Duration::from_std(sent.elapsed()).unwrap_or_default();
+                        if let Err(err) = self.shared.journal.record_renewal(&self.backend_id, sent_wall).await {
+                            tracing::warn!(backend_id = %self.backend_id, error = %err, "cannot journal a key renewal");
+                        }
+                    }
+                    Answer::Lost => {
+                        tracing::warn!(backend_id = %self.backend_id, "the controller refused the key renewal");
+                        self.terminate(TerminationKind::Soft, TerminationReason::KeyExpired, op).await;
+                    }
+                    Answer::Stale => {}
+                }
+            }
+        }
+    }
+
+    /// The runtime says the backend exited.
+    async fn exited(&mut self, exit_code: Option<i32>, op: &mut Option<Operation>) {
+        match self.lifecycle.state() {
+            // The start has not returned yet; act on it when it does.
+            BackendState::Scheduled | BackendState::Loading | BackendState::Starting => {
+                self.exit_code = Some(exit_code);
+            }
+            BackendState::Waiting | BackendState::Ready if self.termination.is_none() => {
+                *op = None;
+                self.finish(None, TerminationReason::Exited, exit_code).await;
+            }
+            // A stop is in flight; it reports the exit when it returns.
+            _ => self.exit_code = Some(exit_code),
+        }
+    }
+
+    fn grace_for(&self, kind: TerminationKind) -> Duration {
+        match kind {
+            TerminationKind::Soft => self.stop_grace(),
+            TerminationKind::Hard => Duration::ZERO,
+        }
+    }
+
+    /// Honours a termination in whatever state the backend is.
+    async fn terminate(&mut self, kind: TerminationKind, reason: TerminationReason, op: &mut Option<Operation>) {
+        let state = self.lifecycle.state();
+        if state == BackendState::Terminated {
+            return;
+        }
+        if let Err(err) = self.shared.journal.record_termination(&self.backend_id, kind, reason).await {
+            tracing::warn!(backend_id = %self.backend_id, error = %err, "cannot journal a termination");
+        }
+        match state {
+            // Nothing runs yet: abandon the preparation.
+            BackendState::Scheduled | BackendState::Loading => {
+                *op = None;
+                self.termination = Some((kind, reason));
+                self.finish(Some(kind), reason, None).await;
+            }
+            BackendState::Starting => {
+                self.termination = Some((kind, reason));
+                let to = if kind == TerminationKind::Hard {
+                    BackendState::HardTerminating
+                } else {
+                    BackendState::Terminating
+                };
+                self.advance(to, None, None).await;
+                // The start in flight finishes first (see `on_done`), then the stop follows.
+            }
+            BackendState::Waiting | BackendState::Ready => {
+                self.termination = Some((kind, reason));
+                let to = if kind == TerminationKind::Hard {
+                    BackendState::HardTerminating
+                } else {
+                    BackendState::Terminating
+                };
+                self.advance(to, None, None).await;
+                *op = Some(self.stop(self.grace_for(kind)));
+            }
+            BackendState::Terminating if kind == TerminationKind::Hard => {
+                // Escalation (a hard terminate, or the lease's kill deadline).
+                if let Some((first_kind, _)) = self.termination.as_mut() {
+                    *first_kind = TerminationKind::Hard;
+                }
+                self.advance(BackendState::HardTerminating, None, None).await;
+                // Unless the start is still in flight, kill now instead of waiting out the grace.
+                if self.starting {
+                    return;
+                }
+                *op = Some(self.stop(Duration::ZERO));
+            }
+            _ => {}
+        }
+    }
+
+    fn renew(&mut self) {
+        let (Some(lease), Some(key)) = (self.lease.as_mut(), self.spawn.key.as_ref()) else { return };
+        let generation = self.shared.link.try_send(v1::drone_attach_request::Message::RenewKey(v1::RenewKey {
+            backend_id: self.backend_id.clone(),
+            key: Some(key.clone()),
+            fencing_token: self.spawn.fencing_token,
+        }));
+        lease.sent(generation, Instant::now());
+    }
+
+    /// Moves forward and journals the event; a refused move is a bug worth a loud log, not a
+    /// crash of the drone.
+    async fn advance(
+        &mut self,
+        to: BackendState,
+        termination: Option<(Option<TerminationKind>, TerminationReason)>,
+        exit_code: Option<i32>,
+    ) {
+        match self.lifecycle.transition(to, termination, exit_code) {
+            Ok(event) => {
+                tracing::info!(backend_id = %self.backend_id, state = %to, "backend state");
+                self.shared.emit(event, to, &self.shutdown).await;
+            }
+            Err(err) => tracing::error!(backend_id = %self.backend_id, error = %err, "refused state change"),
+        }
+    }
+
+    /// Removes whatever the runtime holds and reports TERMINATED.
+    async fn finish(&mut self, kind: Option<TerminationKind>, reason: TerminationReason, exit_code: Option<i32>) {
+        if let Err(err) = self.runtime.remove(&self.backend_id).await {
+            tracing::warn!(backend_id = %self.backend_id, error = %err, "cannot remove the backend from the runtime");
+        }
+        self.grace_deadline = None;
+        self.advance(BackendState::Terminated, Some((kind, reason)), exit_code).await;
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

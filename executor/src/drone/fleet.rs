@@ -1,0 +1,292 @@
+//! The backends of one drone: accepting actions, one task per backend, the runtime's event
+//! stream fanned out to those tasks, and reconciliation with the runtime after a restart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use hangar::domain::{BackendState, TerminationKind, TerminationReason};
+use hangar::v1;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::backend::{BackendTask, Command, Lifecycle, Resume};
+use super::journal::{Journal, JournalError, JournaledBackend};
+use super::link::Link;
+use crate::runtime::{BackendState as RuntimeState, EventKind, Runtime, RuntimeError};
+
+/// What backend tasks and the link share.
+pub struct Shared {
+    pub journal: Journal,
+    /// Sequence of the newest journaled event; the link sends everything after its cursor.
+    pub written: watch::Sender<i64>,
+    pub link: Link,
+}
+
+impl Shared {
+    /// Journals an event (the link picks it up from there). A journal that fails is retried:
+    /// dropping the event would leave the controller with a stale state forever.
+    pub async fn emit(&self, event: v1::DroneBackendEvent, state: BackendState, shutdown: &CancellationToken) {
+        loop {
+            match self.journal.append_event(&event, state).await {
+                Ok(seq) => {
+                    self.written.send_replace(seq);
+                    return;
+                }
+                Err(err) => {
+                    tracing::error!(backend_id = %event.backend_id, error = %err, "cannot journal a backend event; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub struct Fleet {
+    pub shared: Arc<Shared>,
+    runtime: Option<Arc<dyn Runtime>>,
+    backends: Mutex<HashMap<String, mpsc::Sender<Command>>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Fleet {
+    /// Starts the runtime event fan-out, then resumes what the journal says this drone runs,
+    /// reconciled with what the runtime actually runs.
+    pub async fn start(
+        journal: Journal,
+        runtime: Option<Arc<dyn Runtime>>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Fleet>, JournalError> {
+        let fleet = Arc::new(Fleet {
+            shared: Arc::new(Shared { journal, written: watch::Sender::new(0), link: Link::default() }),
+            runtime,
+            backends: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            shutdown,
+        });
+        if let Some(runtime) = fleet.runtime.clone() {
+            // Subscribe before resuming, so no exit between the two goes unseen.
+            let events = runtime.events().await;
+            let this = fleet.clone();
+            fleet.tasks.spawn(async move { this.fan_out_runtime_events(runtime, events).await });
+        }
+        fleet.reconcile().await?;
+        Ok(fleet)
+    }
+
+    /// Waits for every task to stop (after the shutdown token was cancelled).
+    pub async fn stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Backends that are not yet TERMINATED.
+    pub fn live_count(&self) -> u32 {
+        self.backends.lock().unwrap().values().filter(|tx| !tx.is_closed()).count() as u32
+    }
+
+    fn command(&self, backend_id: &str) -> Option<mpsc::Sender<Command>> {
+        self.backends.lock().unwrap().get(backend_id).filter(|tx| !tx.is_closed()).cloned()
+    }
+
+    fn broadcast(&self, make: impl Fn() -> Command) {
+        let senders: Vec<_> = self.backends.lock().unwrap().values().cloned().collect();
+        for tx in senders {
+            let _ = tx.try_send(make());
+        }
+    }
+
+    /// Applies one action; once this returns Ok the action is journaled and may be acked.
+    pub async fn handle_action(self: &Arc<Self>, action: v1::DroneAction) -> Result<(), JournalError> {
+        use v1::drone_action::Action;
+        let journal = &self.shared.journal;
+        match action.action {
+            Some(Action::Spawn(spawn)) => {
+                if !journal.accept_spawn(&action.action_id, &action.backend_id, &spawn).await? {
+                    tracing::debug!(action_id = %action.action_id, "redelivered spawn; already handled");
+                    return Ok(());
+                }
+                if self.command(&action.backend_id).is_some() {
+                    return Ok(());
+                }
+                let lifecycle = Lifecycle::new(action.backend_id.clone(), BackendState::Scheduled, String::new());
+                self.launch(action.backend_id, spawn, lifecycle, Resume::FromScratch, None, Instant::now());
+            }
+            Some(Action::Terminate(terminate)) => {
+                let kind = TerminationKind::from_proto(terminate.kind).unwrap_or(TerminationKind::Soft);
+                let reason = TerminationReason::from_proto(terminate.reason).unwrap_or(TerminationReason::External);
+                if !journal.accept_terminate(&action.action_id, &action.backend_id, kind, reason).await? {
+                    tracing::debug!(action_id = %action.action_id, "redelivered terminate; already handled");
+                    return Ok(());
+                }
+                match self.command(&action.backend_id) {
+                    Some(tx) => {
+                        // The task may end between the lookup and the send; then it is TERMINATED.
+                        let _ = tx.send(Command::Terminate { kind, reason }).await;
+                    }
+                    None => {
+                        // Unknown or already gone: still report TERMINATED so the controller's
+                        // view converges (a repeat changes nothing there).
+                        let mut lifecycle =
+                            Lifecycle::new(action.backend_id.clone(), BackendState::Scheduled, String::new());
+                        let event = lifecycle
+                            .transition(BackendState::Terminated, Some((Some(kind), reason)), None)
+                            .expect("SCHEDULED → TERMINATED is forward");
+                        self.shared.emit(event, BackendState::Terminated, &self.shutdown).await;
+                    }
+                }
+            }
+            None => tracing::warn!(action_id = %action.action_id, "action without a payload; acknowledging it"),
+        }
+        Ok(())
+    }
+
+    /// Dispatches a renewal answer to its backend.
+    pub fn renewal_answer(&self, generation: u64, answer: v1::RenewKeyResponse) {
+        if let Some(tx) = self.command(&answer.backend_id) {
+            let _ = tx.try_send(Command::Renewal { generation, renewed: answer.renewed });
+        }
+    }
+
+    fn launch(
+        self: &Arc<Self>,
+        backend_id: String,
+        spawn: v1::SpawnBackend,
+        lifecycle: Lifecycle,
+        resume: Resume,
+        requested: Option<(TerminationKind, TerminationReason)>,
+        lease_confirmed: Instant,
+    ) {
+        let Some(runtime) = self.runtime.clone() else {
+            // A drone without a runtime cannot run anything; say so through the normal path.
+            let shared = self.shared.clone();
+            let shutdown = self.shutdown.clone();
+            let mut lifecycle = lifecycle;
+            self.tasks.spawn(async move {
+                if let Ok(event) =
+                    lifecycle.transition(BackendState::Terminated, Some((None, TerminationReason::InternalError)), None)
+                {
+                    tracing::warn!(%backend_id, "this drone has no runtime; the backend cannot run");
+                    shared.emit(event, BackendState::Terminated, &shutdown).await;
+                }
+            });
+            return;
+        };
+        let (tx, rx) = mpsc::channel(32);
+        self.backends.lock().unwrap().retain(|_, tx| !tx.is_closed());
+        self.backends.lock().unwrap().insert(backend_id.clone(), tx);
+        let task = BackendTask::new(
+            self.shared.clone(),
+            runtime,
+            backend_id,
+            spawn,
+            lifecycle,
+            rx,
+            self.shutdown.child_token(),
+            lease_confirmed,
+        );
+        self.tasks.spawn(task.run(resume, requested));
+    }
+
+    /// Journal versus runtime after a (re)start: resume what both know, end what the runtime
+    /// lost, and stop what only the runtime knows (orphans nobody will ever ask about).
+    async fn reconcile(self: &Arc<Self>) -> Result<(), JournalError> {
+        let journaled = self.shared.journal.live_backends().await?;
+        let running = match &self.runtime {
+            Some(runtime) => match runtime.list().await {
+                Ok(list) => Some(list),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot list the runtime's backends; resuming from the journal alone");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut by_id: HashMap<String, _> =
+            running.iter().flatten().map(|info| (info.backend_id.clone(), info.clone())).collect();
+        for backend in journaled {
+            let resume = match (by_id.remove(&backend.backend_id), backend.state) {
+                (Some(info), _) if info.state == RuntimeState::Exited => Resume::Exited(info.exit_code),
+                (Some(_), _) => Resume::Running,
+                // Nothing was started yet: do it now.
+                (None, BackendState::Scheduled | BackendState::Loading | BackendState::Starting) => Resume::FromScratch,
+                (None, _) if running.is_none() => Resume::Running,
+                (None, _) => Resume::Lost,
+            };
+            tracing::info!(backend_id = %backend.backend_id, state = %backend.state, ?resume, "resuming backend");
+            self.resume(backend, resume);
+        }
+        if let Some(runtime) = &self.runtime {
+            for orphan in by_id.into_values() {
+                tracing::warn!(backend_id = %orphan.backend_id, "the runtime runs a backend this drone never journaled; removing it");
+                let _ = runtime.stop(&orphan.backend_id, Duration::ZERO).await;
+                if let Err(err) = runtime.remove(&orphan.backend_id).await {
+                    tracing::warn!(backend_id = %orphan.backend_id, error = %err, "cannot remove an orphan");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resume(self: &Arc<Self>, backend: JournaledBackend, resume: Resume) {
+        // Translate the last confirmed renewal's wall time to the monotonic clock; time spent
+        // down counts against the lease.
+        let since = backend
+            .lease_renewed_at
+            .map(|at| (chrono::Utc::now() - at).to_std().unwrap_or_default())
+            .unwrap_or_default();
+        let now = Instant::now();
+        let confirmed = now.checked_sub(since).unwrap_or(now);
+        let lifecycle = Lifecycle::new(backend.backend_id.clone(), backend.state, backend.address);
+        let spawn = backend.spawn.unwrap_or_default();
+        self.launch(backend.backend_id, spawn, lifecycle, resume, backend.termination, confirmed);
+    }
+
+    /// Feeds runtime events to backend tasks; resubscribes when the stream breaks and asks every
+    /// task to look for itself after a resync, since events may have been missed meanwhile.
+    async fn fan_out_runtime_events(
+        self: Arc<Self>,
+        runtime: Arc<dyn Runtime>,
+        mut first: Result<crate::runtime::EventStream, RuntimeError>,
+    ) {
+        loop {
+            match first {
+                Ok(mut events) => loop {
+                    let event = tokio::select! {
+                        event = events.next() => event,
+                        _ = self.shutdown.cancelled() => return,
+                    };
+                    match event {
+                        Some(Ok(event)) => match event.kind {
+                            EventKind::Sync => self.broadcast(|| Command::Check),
+                            EventKind::Exited { exit_code } => {
+                                if let Some(tx) = self.command(&event.backend_id) {
+                                    let _ = tx.send(Command::Exited { exit_code }).await;
+                                }
+                            }
+                            EventKind::Started | EventKind::Oom | EventKind::Removed => {}
+                        },
+                        Some(Err(err)) => {
+                            tracing::warn!(error = %err, "runtime event stream failed; resubscribing");
+                            break;
+                        }
+                        None => break,
+                    }
+                },
+                Err(err) => tracing::warn!(error = %err, "cannot subscribe to runtime events; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            first = runtime.events().await;
+        }
+    }
+}
