@@ -49,6 +49,9 @@ impl DevCluster {
         let runtime = hangar_executor::executor_command::docker_or_process("dev").await;
         let runtime_kind = runtime.kind().as_str();
         config.runtime = Some(runtime);
+        // The drone's journal lives next to the controller's database, so a restarted dev
+        // cluster resumes its backends.
+        config.data_dir = Some(options.data_dir.join("drone"));
         let drone = drone::spawn(config);
         let drone_node_id = tokio::time::timeout(std::time::Duration::from_secs(30), drone.attached())
             .await
