@@ -3,6 +3,7 @@
 pub mod api;
 pub mod controller;
 pub mod dev;
+pub mod scheduler;
 pub mod store;
 pub mod telemetry;
 pub mod watch;

@@ -1,0 +1,144 @@
+//! The backend sweep: ends backends that outlived their limits, frees keys whose lease ran out,
+//! and enforces drain deadlines. Every controller runs it; each step is idempotent (the store
+//! re-checks under its write lock and does not stack up duplicate actions), so running it on
+//! several controllers at once is safe.
+
+use crate::store::{BackendFilter, DynStore, StoreError};
+use chrono::{DateTime, Utc};
+use hangar::domain::{Backend, BackendState, NodeFilter, NodeKind, TerminationKind, TerminationReason};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Backends read per page while sweeping.
+const PAGE: usize = 500;
+
+/// What one pass did, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub swept_idle: usize,
+    pub swept_lifetime: usize,
+    pub keys_released: usize,
+    pub lost: usize,
+    pub drained: usize,
+}
+
+pub struct BackendSweep {
+    store: DynStore,
+}
+
+/// Not yet asked to stop: a backend already terminating needs no second soft terminate.
+fn running(backend: &Backend) -> bool {
+    backend.status.state < BackendState::Terminating
+}
+
+fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    (now - since).to_std().unwrap_or_default()
+}
+
+impl BackendSweep {
+    pub fn new(store: DynStore) -> Self {
+        BackendSweep { store }
+    }
+
+    /// Passes every `interval` until `shutdown`. Failures are logged and retried next pass.
+    pub async fn run(&self, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            match self.pass(Utc::now()).await {
+                Ok(report) if report != SweepReport::default() => tracing::info!(?report, "backend sweep"),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "backend sweep failed; retrying next pass"),
+            }
+        }
+    }
+
+    pub async fn pass(&self, now: DateTime<Utc>) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
+        self.limits(now, &mut report).await?;
+        self.leases(now, &mut report).await?;
+        self.drains(now, &mut report).await?;
+        Ok(report)
+    }
+
+    /// `max_idle` (no proxy traffic) and `lifetime_limit`: soft terminate, SWEPT / LIFETIME.
+    async fn limits(&self, now: DateTime<Utc>, report: &mut SweepReport) -> Result<(), StoreError> {
+        let filter = BackendFilter::live();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = self.store.list_backends(&filter, after.as_deref(), PAGE).await?;
+            for backend in page.iter().filter(|b| running(b)) {
+                let config = &backend.spawn_config;
+                let reason = if config.lifetime_limit.is_some_and(|l| elapsed(backend.created_at, now) >= l) {
+                    report.swept_lifetime += 1;
+                    TerminationReason::Lifetime
+                } else if config.max_idle.is_some_and(|l| elapsed(backend.last_activity_at, now) >= l) {
+                    report.swept_idle += 1;
+                    TerminationReason::Swept
+                } else {
+                    continue;
+                };
+                tracing::info!(backend_id = %backend.id, ?reason, "sweeping backend");
+                self.store.request_termination(&backend.id, TerminationKind::Soft, reason, now).await?;
+            }
+            match (more, page.last()) {
+                (true, Some(last)) => after = Some(last.id.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Keys whose lease ran out are freed; their backend ends LOST when its drone is not
+    /// attached (an attached drone ends it itself: its renewals now fail, KEY_EXPIRED).
+    async fn leases(&self, now: DateTime<Utc>, report: &mut SweepReport) -> Result<(), StoreError> {
+        for backend in self.store.expired_key_holders(now).await? {
+            let attached = match self.store.get_node(&backend.drone_id).await? {
+                Some(node) => node.state.is_attached(),
+                None => false,
+            };
+            if let Some(after) = self.store.release_expired_key(&backend.id, !attached, now).await? {
+                report.keys_released += 1;
+                if after.status.state == BackendState::Terminated && backend.status.state.is_live() {
+                    report.lost += 1;
+                    tracing::warn!(backend_id = %backend.id, drone_id = %backend.drone_id, "backend lost: its lease expired and its drone is gone");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Past a drone's drain deadline, its remaining backends are soft-terminated.
+    async fn drains(&self, now: DateTime<Utc>, report: &mut SweepReport) -> Result<(), StoreError> {
+        let filter = NodeFilter { kinds: vec![NodeKind::Drone], ..NodeFilter::default() };
+        let mut after_node: Option<String> = None;
+        loop {
+            let page = self.store.list_nodes(&filter, None, after_node.as_deref(), PAGE).await?;
+            for node in page.nodes.iter().filter(|n| n.draining && n.drain_deadline.is_some_and(|d| d <= now)) {
+                let backends = BackendFilter { drone_id: Some(node.id.clone()), ..BackendFilter::live() };
+                let mut after: Option<String> = None;
+                loop {
+                    let (page, more) = self.store.list_backends(&backends, after.as_deref(), PAGE).await?;
+                    for backend in page.iter().filter(|b| running(b)) {
+                        // No reason names a drain; it is an operator's request, hence EXTERNAL.
+                        self.store
+                            .request_termination(&backend.id, TerminationKind::Soft, TerminationReason::External, now)
+                            .await?;
+                        report.drained += 1;
+                    }
+                    match (more, page.last()) {
+                        (true, Some(last)) => after = Some(last.id.clone()),
+                        _ => break,
+                    }
+                }
+            }
+            match (page.more, page.nodes.last()) {
+                (true, Some(last)) => after_node = Some(last.id.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+}
