@@ -471,6 +471,10 @@ pub struct Backend {
     pub spawn_config: SpawnConfig,
     /// host:port as seen from the drone; empty until started.
     pub address: String,
+    /// The hardest termination asked of the drone so far: a repeated request (a sweep every
+    /// second, a retried TerminateBackend) is not sent again.
+    #[serde(default)]
+    pub termination_requested: Option<TerminationKind>,
 }
 
 impl Backend {

@@ -26,9 +26,10 @@ pub struct BackendSweep {
     store: DynStore,
 }
 
-/// Not yet asked to stop: a backend already terminating needs no second soft terminate.
+/// Not yet asked to stop: a backend already terminating (or asked to) needs no second soft
+/// terminate.
 fn running(backend: &Backend) -> bool {
-    backend.status.state < BackendState::Terminating
+    backend.status.state < BackendState::Terminating && backend.termination_requested.is_none()
 }
 
 fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {

@@ -99,7 +99,18 @@ where
         Self::record_status(tx, backend, revision).await
     }
 
+    /// A new status: the row and a history entry.
     async fn update_backend(
+        tx: &mut Transaction<'static, DB>,
+        backend: &Backend,
+        revision: Revision,
+    ) -> Result<(), StoreError> {
+        Self::update_backend_row(tx, backend, revision).await?;
+        Self::record_status(tx, backend, revision).await
+    }
+
+    /// The row only: for changes that are not a new status.
+    async fn update_backend_row(
         tx: &mut Transaction<'static, DB>,
         backend: &Backend,
         revision: Revision,
@@ -113,7 +124,7 @@ where
             .execute(&mut **tx)
             .await
             .map_err(from_sqlx)?;
-        Self::record_status(tx, backend, revision).await
+        Ok(())
     }
 
     async fn record_status(
@@ -273,6 +284,7 @@ where
             fencing_token: u64::try_from(fencing_token).unwrap_or_default(),
             spawn_config: config,
             address: String::new(),
+            termination_requested: None,
         };
         if let Some(key) = &key {
             let lease = rows::millis(now + chrono::Duration::from_std(plan.lease_duration).unwrap_or_default());
@@ -420,20 +432,15 @@ where
         if !backend.status.state.is_live() {
             return Ok(Some(backend));
         }
-        let rows = sqlx::query("SELECT payload FROM drone_actions WHERE backend_id = $1")
-            .bind(id.to_string())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(from_sqlx)?;
-        for row in rows {
-            let payload: String = row.try_get(0).map_err(from_sqlx)?;
-            if let Ok(ActionPayload::Terminate { kind: pending, .. }) = serde_json::from_str(&payload)
-                && kind_rank(pending) >= kind_rank(kind)
-            {
-                // Already on its way; a second one would only be acknowledged and ignored.
-                return Ok(Some(backend));
-            }
+        if backend.termination_requested.is_some_and(|asked| kind_rank(asked) >= kind_rank(kind)) {
+            // Already asked at least this hard; a second action would only be acknowledged and
+            // ignored by the drone.
+            return Ok(Some(backend));
         }
+        let mut backend = backend;
+        backend.termination_requested = Some(kind);
+        backend.updated_at = now;
+        Self::update_backend_row(&mut tx, &backend, revision).await?;
         let action = PendingAction {
             id: new_action_id(),
             drone_id: backend.drone_id.clone(),
