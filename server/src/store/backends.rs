@@ -109,7 +109,7 @@ pub enum ConnectOutcome {
 /// What applying a drone's event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventOutcome {
-    Applied(Backend),
+    Applied(Box<Backend>),
     /// Stale or repeated: nothing changed.
     Ignored,
     /// No such backend on that drone.

@@ -417,7 +417,7 @@ where
             Self::release(&mut tx, backend_id).await?;
         }
         self.commit_announced(tx, revision).await?;
-        Ok(EventOutcome::Applied(backend))
+        Ok(EventOutcome::Applied(Box::new(backend)))
     }
 
     async fn request_termination(
