@@ -504,3 +504,20 @@ async fn list_backends_filters_and_pages() {
     beat.abort();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_without_a_key_on_a_drone_that_never_comes_back_ends_lost() {
+    let settings = BackendSettings { lease_duration: Duration::from_millis(600), ..fast_backends() };
+    let cluster = TestCluster::sqlite_with(config_with(settings)).await;
+    let mut client = backends(&cluster).await;
+    let (mut gone, beat) = drone(&cluster, "gone", 5).await;
+    let id = client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap().into_inner().backend_id;
+    let spawn = gone.next_action(WAIT).await;
+    gone.ack_action(&spawn.action_id).await;
+    gone.event_acked("ev-1", &id, status(BackendState::Ready), "127.0.0.1:1").await;
+    beat.abort();
+    drop(gone);
+    let lost = wait_for_state(&mut client, &id, BackendState::Terminated).await;
+    assert_eq!(lost.status.unwrap().termination_reason, v1::TerminationReason::Lost as i32);
+    cluster.shutdown().await;
+}

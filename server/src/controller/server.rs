@@ -132,7 +132,7 @@ impl Controller {
         }
         tasks.spawn(compact(store.clone(), config.retention, config.compaction_interval, shutdown.clone()));
         {
-            let sweep = BackendSweep::new(store.clone());
+            let sweep = BackendSweep::new(store.clone(), settings.lease_duration);
             let shutdown = shutdown.clone();
             let interval = settings.sweep_interval;
             tasks.spawn(async move { sweep.run(interval, shutdown).await });

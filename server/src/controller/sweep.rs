@@ -5,7 +5,7 @@
 
 use crate::store::{BackendFilter, DynStore, StoreError};
 use chrono::{DateTime, Utc};
-use hangar::domain::{Backend, BackendState, NodeFilter, NodeKind, TerminationKind, TerminationReason};
+use hangar::domain::{Backend, BackendState, NodeFilter, NodeKind, NodeState, TerminationKind, TerminationReason};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -22,8 +22,14 @@ pub struct SweepReport {
     pub drained: usize,
 }
 
+/// Nodes read per page while sweeping.
+const NODE_PAGE: usize = 500;
+
 pub struct BackendSweep {
     store: DynStore,
+    /// How long a drone may stay away before the backends without a key that it ran count as
+    /// LOST (keyed ones follow their lease, which runs out after the same time).
+    lost_after: Duration,
 }
 
 /// Not yet asked to stop: a backend already terminating (or asked to) needs no second soft
@@ -37,8 +43,8 @@ fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
 }
 
 impl BackendSweep {
-    pub fn new(store: DynStore) -> Self {
-        BackendSweep { store }
+    pub fn new(store: DynStore, lost_after: Duration) -> Self {
+        BackendSweep { store, lost_after }
     }
 
     /// Passes every `interval` until `shutdown`. Failures are logged and retried next pass.
@@ -63,6 +69,7 @@ impl BackendSweep {
         self.limits(now, &mut report).await?;
         self.leases(now, &mut report).await?;
         self.drains(now, &mut report).await?;
+        self.vanished_drones(now, &mut report).await?;
         Ok(report)
     }
 
@@ -129,6 +136,39 @@ impl BackendSweep {
                             .request_termination(&backend.id, TerminationKind::Soft, TerminationReason::External, now)
                             .await?;
                         report.drained += 1;
+                    }
+                    match (more, page.last()) {
+                        (true, Some(last)) => after = Some(last.id.clone()),
+                        _ => break,
+                    }
+                }
+            }
+            match (page.more, page.nodes.last()) {
+                (true, Some(last)) => after_node = Some(last.id.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Backends without a key on a drone offline for longer than `lost_after` end LOST: with no
+    /// lease to expire, nothing else would ever end them.
+    async fn vanished_drones(&self, now: DateTime<Utc>, report: &mut SweepReport) -> Result<(), StoreError> {
+        let filter =
+            NodeFilter { kinds: vec![NodeKind::Drone], states: vec![NodeState::Offline], ..NodeFilter::default() };
+        let gone_before = now - chrono::Duration::from_std(self.lost_after).unwrap_or_default();
+        let mut after_node: Option<String> = None;
+        loop {
+            let page = self.store.list_nodes(&filter, None, after_node.as_deref(), NODE_PAGE).await?;
+            for node in page.nodes.iter().filter(|n| n.last_heartbeat_at < gone_before) {
+                let backends = BackendFilter { drone_id: Some(node.id.clone()), ..BackendFilter::live() };
+                let mut after: Option<String> = None;
+                loop {
+                    let (page, more) = self.store.list_backends(&backends, after.as_deref(), PAGE).await?;
+                    for backend in page.iter().filter(|b| b.key.is_none()) {
+                        if self.store.mark_lost(&backend.id, now).await?.is_some() {
+                            report.lost += 1;
+                            tracing::warn!(backend_id = %backend.id, drone_id = %node.id, "backend lost: its drone never came back");
+                        }
                     }
                     match (more, page.last()) {
                         (true, Some(last)) => after = Some(last.id.clone()),

@@ -208,4 +208,8 @@ pub trait BackendStore: Send + Sync {
         lost: bool,
         now: DateTime<Utc>,
     ) -> Result<Option<Backend>, StoreError>;
+
+    /// Ends a live backend TERMINATED (LOST) without its drone: the drone is gone for good.
+    /// Returns the backend as it is afterwards; `None` for an unknown id.
+    async fn mark_lost(&self, backend_id: &str, now: DateTime<Utc>) -> Result<Option<Backend>, StoreError>;
 }

@@ -143,6 +143,25 @@ where
         Ok(())
     }
 
+    /// TERMINATED with reason LOST: nobody saw it end, so there is no kind and no exit code.
+    async fn end_lost(
+        tx: &mut Transaction<'static, DB>,
+        backend: &mut Backend,
+        revision: Revision,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        backend.status = BackendStatus {
+            state: BackendState::Terminated,
+            time: now,
+            termination_kind: None,
+            termination_reason: Some(TerminationReason::Lost),
+            exit_code: None,
+        };
+        backend.updated_at = now;
+        Self::update_backend(tx, backend, revision).await?;
+        Self::release(tx, &backend.id).await
+    }
+
     /// What a backend's end takes with it: its key, its tokens, its undelivered actions.
     async fn release(tx: &mut Transaction<'static, DB>, backend_id: &str) -> Result<(), StoreError> {
         for sql in [
@@ -177,20 +196,7 @@ where
         expires_at: i64,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO connection_tokens (token_hash, backend_id, user_name, auth, expires_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(token.hash.clone())
-        .bind(backend_id.to_string())
-        .bind(token.user.clone())
-        .bind(encode(&token.auth)?)
-        .bind(expires_at)
-        .bind(rows::millis(now))
-        .execute(&mut **tx)
-        .await
-        .map_err(from_sqlx)?;
-        Ok(())
+        insert_token_on::<DB>(&mut **tx, backend_id, token, expires_at, now).await
     }
 
     /// The live backends on each candidate, read under the write lock so that concurrent
@@ -250,10 +256,13 @@ where
                     let backend = Self::backend_in(&mut tx, &holder)
                         .await?
                         .ok_or_else(|| StoreError::Corrupt(format!("key {key} held by missing backend {holder}")))?;
-                    Self::insert_token(&mut tx, &backend.id, &token, token_expiry, now).await?;
-                    // The token rides on the revision the lookup took; a revision without a
-                    // visible change is harmless, as listeners read the logs rather than count.
-                    self.commit_announced(tx, revision).await?;
+                    // No backend change: give the revision back (rollback) rather than wake
+                    // every listener on every controller for a token. The token is written on
+                    // its own; should the backend end in between, the token outlives it until
+                    // it expires, and a lookup checks the backend's state anyway.
+                    tx.rollback().await.map_err(from_sqlx)?;
+                    let mut connection = self.write_pool().acquire().await.map_err(from_sqlx)?;
+                    insert_token_on::<DB>(&mut connection, &backend.id, &token, token_expiry, now).await?;
                     return Ok(ConnectOutcome::Found(backend));
                 }
             }
@@ -562,20 +571,52 @@ where
             .await
             .map_err(from_sqlx)?;
         if lost && backend.status.state.is_live() {
-            backend.status = BackendStatus {
-                state: BackendState::Terminated,
-                time: now,
-                termination_kind: None,
-                termination_reason: Some(TerminationReason::Lost),
-                exit_code: None,
-            };
-            backend.updated_at = now;
-            Self::update_backend(&mut tx, &backend, revision).await?;
-            Self::release(&mut tx, backend_id).await?;
+            Self::end_lost(&mut tx, &mut backend, revision, now).await?;
         }
         self.commit_announced(tx, revision).await?;
         Ok(Some(backend))
     }
+
+    async fn mark_lost(&self, backend_id: &str, now: DateTime<Utc>) -> Result<Option<Backend>, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let Some(mut backend) = Self::backend_in(&mut tx, backend_id).await? else { return Ok(None) };
+        if !backend.status.state.is_live() {
+            return Ok(Some(backend));
+        }
+        Self::end_lost(&mut tx, &mut backend, revision, now).await?;
+        self.commit_announced(tx, revision).await?;
+        Ok(Some(backend))
+    }
+}
+
+async fn insert_token_on<DB>(
+    connection: &mut DB::Connection,
+    backend_id: &str,
+    token: &IssuedToken,
+    expires_at: i64,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO connection_tokens (token_hash, backend_id, user_name, auth, expires_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(token.hash.clone())
+    .bind(backend_id.to_string())
+    .bind(token.user.clone())
+    .bind(encode(&token.auth)?)
+    .bind(expires_at)
+    .bind(rows::millis(now))
+    .execute(connection)
+    .await
+    .map_err(from_sqlx)?;
+    Ok(())
 }
 
 /// Rows an UPDATE touched, whatever the database.
