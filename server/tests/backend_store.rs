@@ -315,3 +315,14 @@ async fn renewal_needs_the_current_fencing_token(db: Database) {
     let late = now + Duration::seconds(31);
     assert!(!store.renew_key(&b.id, &k, b.fencing_token, late, late + Duration::seconds(30)).await.unwrap());
 }
+
+#[tokio::test]
+async fn expired_connection_tokens_are_purged_and_static_ones_kept() {
+    let db = Database::sqlite().await;
+    let store = db.open().await;
+    let mut with_static = spec(None, drones(5, &["d1"]), LEASE);
+    with_static.spawn.as_mut().unwrap().static_token_hash = Some("static-hash".into());
+    store.connect_backend(with_static, &first).await.unwrap();
+    assert_eq!(store.purge_expired_tokens(Utc::now()).await.unwrap(), 0);
+    assert_eq!(store.purge_expired_tokens(Utc::now() + Duration::hours(2)).await.unwrap(), 1, "the static token stays");
+}

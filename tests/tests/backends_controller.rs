@@ -521,3 +521,24 @@ async fn a_backend_without_a_key_on_a_drone_that_never_comes_back_ends_lost() {
     assert_eq!(lost.status.unwrap().termination_reason, v1::TerminationReason::Lost as i32);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_drain_deadline_soft_terminates_the_drones_backends_once() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    let id = client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap().into_inner().backend_id;
+    let spawn = d.next_action(WAIT).await;
+    d.ack_action(&spawn.action_id).await;
+    let mut nodes = cluster.nodes().await;
+    let deadline = Some(prost_types::Duration { seconds: 0, nanos: 0 });
+    nodes.drain_node(v1::DrainNodeRequest { id: d.node_id.clone(), deadline }).await.unwrap();
+    let action = d.next_action(WAIT).await;
+    assert_eq!(action.backend_id, id);
+    assert_eq!(terminate_of(&action).kind, v1::TerminationKind::Soft as i32);
+    d.ack_action(&action.action_id).await;
+    // Later passes do not ask again.
+    assert!(d.maybe_message(Duration::from_millis(500)).await.is_none());
+    beat.abort();
+    cluster.shutdown().await;
+}

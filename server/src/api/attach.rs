@@ -26,8 +26,9 @@ pub const PUBLIC_URL_LABEL: &str = "hangar.dev/public-url";
 const OUTBOUND_BUFFER: usize = 64;
 
 /// A session re-reads the store this often even without a change notification: a bound on how
-/// late a missed NOTIFY can make an action, never the normal path.
-const SESSION_POLL: Duration = Duration::from_secs(1);
+/// late a missed NOTIFY can make an action, never the normal path (a listener that reconnects
+/// wakes every subscriber by itself).
+const SESSION_POLL: Duration = Duration::from_secs(5);
 
 /// What the drone and proxy links share: the registry, the store, and the owner of their session
 /// tasks.

@@ -20,6 +20,7 @@ pub struct SweepReport {
     pub keys_released: usize,
     pub lost: usize,
     pub drained: usize,
+    pub tokens_purged: u64,
 }
 
 /// Nodes read per page while sweeping.
@@ -70,6 +71,7 @@ impl BackendSweep {
         self.leases(now, &mut report).await?;
         self.drains(now, &mut report).await?;
         self.vanished_drones(now, &mut report).await?;
+        report.tokens_purged = self.store.purge_expired_tokens(now).await?;
         Ok(report)
     }
 

@@ -212,4 +212,8 @@ pub trait BackendStore: Send + Sync {
     /// Ends a live backend TERMINATED (LOST) without its drone: the drone is gone for good.
     /// Returns the backend as it is afterwards; `None` for an unknown id.
     async fn mark_lost(&self, backend_id: &str, now: DateTime<Utc>) -> Result<Option<Backend>, StoreError>;
+
+    /// Deletes connection tokens that expired before `now` (static ones never do); returns how
+    /// many.
+    async fn purge_expired_tokens(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 }

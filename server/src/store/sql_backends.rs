@@ -577,6 +577,15 @@ where
         Ok(Some(backend))
     }
 
+    async fn purge_expired_tokens(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let result = sqlx::query("DELETE FROM connection_tokens WHERE expires_at <> 0 AND expires_at < $1")
+            .bind(rows::millis(now))
+            .execute(self.write_pool())
+            .await
+            .map_err(from_sqlx)?;
+        Ok(rows_affected::<DB>(&result))
+    }
+
     async fn mark_lost(&self, backend_id: &str, now: DateTime<Utc>) -> Result<Option<Backend>, StoreError> {
         let (mut tx, revision) = self.begin_write().await?;
         let Some(mut backend) = Self::backend_in(&mut tx, backend_id).await? else { return Ok(None) };
