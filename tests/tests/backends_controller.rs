@@ -542,3 +542,46 @@ async fn a_passed_drain_deadline_soft_terminates_the_drones_backends_once() {
     beat.abort();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_drone_that_stops_renewing_loses_the_key_without_its_backend_being_marked_lost() {
+    let settings = BackendSettings { lease_duration: Duration::from_millis(600), ..fast_backends() };
+    let cluster = TestCluster::sqlite_with(config_with(settings)).await;
+    let mut client = backends(&cluster).await;
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    let first = client.connect(connect_request(key("doc", ""), Some(spawn_config(&[])))).await.unwrap().into_inner();
+    let spawn = d.next_action(WAIT).await;
+    d.ack_action(&spawn.action_id).await;
+    d.event_acked("ev-1", &first.backend_id, status(BackendState::Ready), "127.0.0.1:1").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // The drone is attached, so only it can say how the backend ended: it is not LOST.
+    assert_eq!(state_of(&get(&mut client, &first.backend_id).await), BackendState::Ready);
+    d.send(Req::RenewKey(v1::RenewKey { backend_id: first.backend_id.clone(), key: key("doc", ""), fencing_token: 1 }))
+        .await;
+    match d.next_message(WAIT).await {
+        Reply::RenewKeyResponse(r) => assert!(!r.renewed, "an expired lease is not revived"),
+        other => panic!("{other:?}"),
+    }
+    // The key was freed: a new holder, fenced above the old one, while the drone winds the old
+    // backend down (KEY_EXPIRED).
+    let second = client.connect(connect_request(key("doc", ""), Some(spawn_config(&[])))).await.unwrap().into_inner();
+    assert!(second.spawned);
+    assert_eq!(second.backend.unwrap().fencing_token, 2);
+    let spawn = d.next_action(WAIT).await;
+    assert_eq!(spawn.backend_id, second.backend_id);
+    d.ack_action(&spawn.action_id).await;
+    let ended = v1::BackendStatus {
+        state: BackendState::Terminated as i32,
+        termination_reason: v1::TerminationReason::KeyExpired as i32,
+        ..Default::default()
+    };
+    d.event_acked("ev-2", &first.backend_id, ended, "").await;
+    let old = get(&mut client, &first.backend_id).await;
+    assert_eq!(old.status.unwrap().termination_reason, v1::TerminationReason::KeyExpired as i32);
+    // The old holder's end does not free the key the new holder has.
+    let again = client.connect(connect_request(key("doc", ""), Some(spawn_config(&[])))).await.unwrap().into_inner();
+    assert_eq!(again.backend_id, second.backend_id);
+    beat.abort();
+    cluster.shutdown().await;
+}

@@ -21,10 +21,10 @@ CREATE TABLE backends (
     revision         BIGINT NOT NULL,
     data             TEXT NOT NULL
 );
--- The last line of defence for "one live backend per key": the lease logic keeps it, this
--- makes a bug an error instead of two live holders.
-CREATE UNIQUE INDEX backends_live_key ON backends (key_namespace, key_name)
-    WHERE state <> 'TERMINATED' AND key_name <> '';
+-- Not unique: `backend_keys` names the one holder of a key. After a lease expires on a drone
+-- that is still attached, the old backend stays non-TERMINATED here until its drone reports the
+-- end (it stopped serving at 3/4 of the lease), while a new holder may already exist.
+CREATE INDEX backends_by_key ON backends (key_namespace, key_name);
 CREATE INDEX backends_by_drone ON backends (drone_id, state);
 CREATE INDEX backends_by_state ON backends (state);
 
