@@ -4,6 +4,7 @@ pub mod api;
 pub mod controller;
 pub mod dev;
 pub mod proxy;
+pub mod scheduler;
 pub mod store;
 pub mod telemetry;
 pub mod watch;

@@ -63,6 +63,9 @@ struct ControllerArgs {
     /// Do not serve gRPC server reflection.
     #[arg(long)]
     no_reflection: bool,
+    /// Base URL clients reach the proxy at; Connect answers `{proxy-url}/{token}/`.
+    #[arg(long, env = "HANGAR_PROXY_URL", default_value = "http://127.0.0.1:7080")]
+    proxy_url: String,
 }
 
 #[derive(Args)]
@@ -185,6 +188,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let config = ControllerConfig {
         liveness: args.liveness.config()?,
         reflection: !args.no_reflection,
+        proxy_url: args.proxy_url,
         ..ControllerConfig::default()
     };
     let controller = Controller::start(store, config, listener).await?;

@@ -175,6 +175,106 @@ impl ManualDrone {
     }
 }
 
+impl ManualDrone {
+    pub async fn send(&self, message: v1::drone_attach_request::Message) {
+        self.outbound.send(v1::DroneAttachRequest { message: Some(message) }).await.expect("drone stream open");
+    }
+
+    /// The controller's next message, failing the test after `timeout`.
+    pub async fn next_message(&mut self, timeout: Duration) -> v1::drone_attach_response::Message {
+        match tokio::time::timeout(timeout, self.inbound.message()).await {
+            Err(_) => panic!("drone {}: no message from the controller within {timeout:?}", self.node_id),
+            Ok(Err(status)) => panic!("drone {}: stream failed: {status:?}", self.node_id),
+            Ok(Ok(None)) => panic!("drone {}: stream ended", self.node_id),
+            Ok(Ok(Some(response))) => response.message.expect("message"),
+        }
+    }
+
+    /// The next message, or `None` when nothing arrives within `quiet`.
+    pub async fn maybe_message(&mut self, quiet: Duration) -> Option<v1::drone_attach_response::Message> {
+        match tokio::time::timeout(quiet, self.inbound.message()).await {
+            Err(_) => None,
+            Ok(Ok(Some(response))) => response.message,
+            Ok(other) => panic!("drone {}: stream ended: {other:?}", self.node_id),
+        }
+    }
+
+    /// The next action; other messages in between fail the test.
+    pub async fn next_action(&mut self, timeout: Duration) -> v1::DroneAction {
+        match self.next_message(timeout).await {
+            v1::drone_attach_response::Message::Action(action) => action,
+            other => panic!("drone {}: expected an action, got {other:?}", self.node_id),
+        }
+    }
+
+    pub async fn ack_action(&self, action_id: &str) {
+        self.send(v1::drone_attach_request::Message::AckAction(v1::AckAction { action_id: action_id.into() })).await;
+    }
+
+    /// Sends a backend event with `event_id` and waits for its AckEvent.
+    pub async fn event_acked(&mut self, event_id: &str, backend_id: &str, status: v1::BackendStatus, address: &str) {
+        let event = v1::DroneBackendEvent {
+            event_id: event_id.into(),
+            backend_id: backend_id.into(),
+            status: Some(status),
+            address: address.into(),
+        };
+        self.send(v1::drone_attach_request::Message::BackendEvent(event)).await;
+        match self.next_message(Duration::from_secs(5)).await {
+            v1::drone_attach_response::Message::AckEvent(ack) => assert_eq!(ack.event_id, event_id),
+            other => panic!("expected the ack of {event_id}, got {other:?}"),
+        }
+    }
+}
+
+/// A status for a drone event: `state` now, no termination.
+pub fn status(state: v1::BackendState) -> v1::BackendStatus {
+    v1::BackendStatus { state: state as i32, ..Default::default() }
+}
+
+/// A proxy driven by hand over `ProxyService.Attach`, for traffic reports.
+pub struct ManualProxy {
+    pub node_id: String,
+    outbound: mpsc::Sender<v1::ProxyAttachRequest>,
+    pub inbound: tonic::Streaming<v1::ProxyAttachResponse>,
+}
+
+impl ManualProxy {
+    pub async fn attach(url: &str, name: &str) -> ManualProxy {
+        use v1::proxy_service_client::ProxyServiceClient;
+        let mut client = ProxyServiceClient::new(channel(url).await);
+        let (outbound, rx) = mpsc::channel(16);
+        let hello = v1::ProxyHello { name: name.into(), version: "test".into(), ..Default::default() };
+        outbound
+            .send(v1::ProxyAttachRequest { message: Some(v1::proxy_attach_request::Message::Hello(hello)) })
+            .await
+            .unwrap();
+        let mut inbound = client.attach(ReceiverStream::new(rx)).await.expect("proxy attach").into_inner();
+        match inbound.message().await.expect("welcome") {
+            Some(v1::ProxyAttachResponse { message: Some(v1::proxy_attach_response::Message::Welcome(w)) }) => {
+                ManualProxy { node_id: w.node_id, outbound, inbound }
+            }
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    pub async fn report_traffic(&self, backend_ids: &[String]) {
+        let report = v1::TrafficReport { backend_ids: backend_ids.to_vec() };
+        self.outbound
+            .send(v1::ProxyAttachRequest { message: Some(v1::proxy_attach_request::Message::Traffic(report)) })
+            .await
+            .expect("proxy stream open");
+    }
+
+    pub async fn heartbeat(&self) {
+        let hb = v1::ProxyHeartbeat { local_time: None, resources: None };
+        let _ = self
+            .outbound
+            .send(v1::ProxyAttachRequest { message: Some(v1::proxy_attach_request::Message::Heartbeat(hb)) })
+            .await;
+    }
+}
+
 /// Polls `GetNode` until `check` accepts the node or `timeout` passes; returns the last node.
 pub async fn wait_for_node(
     nodes: &mut NodeServiceClient<Channel>,

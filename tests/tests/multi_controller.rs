@@ -130,6 +130,11 @@ async fn postgres_restart_during_a_watch_loses_no_event() {
     let (store, a, b) = two_controllers(&url).await;
     let first = store.attach_node(hangar_tests::registration("before"), "ctl-x", chrono::Utc::now()).await.unwrap();
     let mut on_a = watch(&a.url(), all_from(first.revision)).await.unwrap();
+    // The server subscribes the watch right after it opens; one event through it proves that
+    // happened, so the restart below meets a live watch rather than its subscription (which
+    // would rightly fail with UNAVAILABLE).
+    let warmup = store.attach_node(hangar_tests::registration("warmup"), "ctl-x", chrono::Utc::now()).await.unwrap();
+    assert_eq!(next_event(&mut on_a, WAIT).await.unwrap().revision, warmup.revision);
 
     pg.restart().await.unwrap();
 
@@ -149,7 +154,7 @@ async fn postgres_restart_during_a_watch_loses_no_event() {
         }
     }
     let written = store.current_revision().await.unwrap();
-    let mut expected = first.revision + 1;
+    let mut expected = warmup.revision + 1;
     while expected <= written {
         let event = next_event(&mut on_a, WAIT).await.unwrap();
         assert_eq!(event.revision, expected, "no change lost across the restart");

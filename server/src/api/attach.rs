@@ -2,12 +2,15 @@
 //! session shape: a Hello, a Welcome with the node id, then heartbeats until the stream ends, the
 //! node goes silent, a newer stream of the same node replaces it, or the controller shuts down.
 
-use super::{ApiError, validate};
+use super::{ApiError, BackendSettings, validate};
 use crate::controller::{AttachedNode, NodeRegistry};
-use crate::store::NodeRegistration;
-use hangar::domain::{NodeKind, NodeResources, duration_to_proto};
+use crate::store::{ActionPayload, DynStore, EventOutcome, NodeRegistration, PendingAction};
+use chrono::Utc;
+use hangar::domain::{BackendKey, BackendStatus, NodeKind, NodeResources, duration_to_proto, timestamp_to_proto};
 use hangar::v1::{self, drone_service_server::DroneService, proxy_service_server::ProxyService};
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -22,12 +25,30 @@ pub const PUBLIC_URL_LABEL: &str = "hangar.dev/public-url";
 /// Outbound messages queued per stream before the session stops reading from its node.
 const OUTBOUND_BUFFER: usize = 64;
 
-/// What the drone and proxy links share: the registry, and the owner of their session tasks.
+/// A session re-reads the store this often even without a change notification: a bound on how
+/// late a missed NOTIFY can make an action, never the normal path (a listener that reconnects
+/// wakes every subscriber by itself).
+const SESSION_POLL: Duration = Duration::from_secs(5);
+
+/// What the drone and proxy links share: the registry, the store, and the owner of their session
+/// tasks.
 #[derive(Clone)]
 struct Sessions {
     registry: Arc<NodeRegistry>,
+    store: DynStore,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// What a session does with its node's messages and with store changes.
+#[tonic::async_trait]
+trait SessionHandler<M>: Send + 'static {
+    async fn message(&mut self, message: M) -> Result<(), ApiError>;
+
+    /// The store moved (a commit on any controller) or the poll interval passed.
+    async fn woken(&mut self) -> Result<(), ApiError> {
+        Ok(())
+    }
 }
 
 impl Sessions {
@@ -48,31 +69,42 @@ impl Sessions {
         attached: AttachedNode,
         mut inbound: Streaming<M>,
         outbound: mpsc::Sender<Result<R, Status>>,
-        mut handle: impl FnMut(&NodeRegistry, &AttachedNode, M) -> Result<(), ApiError> + Send + 'static,
+        mut handler: impl SessionHandler<M>,
     ) where
         M: Send + 'static,
         R: Send + 'static,
     {
         let this = self.clone();
         self.tasks.spawn(async move {
+            let mut woken = this.store.subscribe();
+            let mut poll = tokio::time::interval(SESSION_POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let end: Option<Status> = loop {
-                tokio::select! {
+                let result = tokio::select! {
                     _ = this.shutdown.cancelled() => break Some(ApiError::ShuttingDown.into()),
                     _ = attached.closed.cancelled() => break Some(Status::unavailable(
                         "stream closed by the controller: the node was silent too long or attached again elsewhere",
                     )),
                     message = inbound.message() => match message {
-                        Ok(Some(message)) => {
-                            if let Err(err) = handle(&this.registry, &attached, message) {
-                                break Some(err.into());
-                            }
-                        }
+                        Ok(Some(message)) => handler.message(message).await,
                         Ok(None) => break None,
                         Err(status) => {
                             tracing::debug!(node_id = %attached.node_id, %status, "node stream failed");
                             break None;
                         }
                     },
+                    _ = woken.changed() => handler.woken().await,
+                    _ = poll.tick() => handler.woken().await,
+                };
+                match result {
+                    Ok(()) => {}
+                    // The store failing is no fault of the node: end the stream so that it
+                    // reattaches (possibly elsewhere) and everything unacknowledged is replayed.
+                    Err(ApiError::Store(err)) => {
+                        tracing::warn!(node_id = %attached.node_id, error = %err, "store failed during a node session");
+                        break Some(ApiError::Store(err).into());
+                    }
+                    Err(err) => break Some(err.into()),
                 }
             };
             if let Some(status) = end {
@@ -93,11 +125,168 @@ fn registration_error(err: crate::store::StoreError) -> Status {
 #[derive(Clone)]
 pub struct DroneLink {
     sessions: Sessions,
+    settings: BackendSettings,
 }
 
 impl DroneLink {
-    pub fn new(registry: Arc<NodeRegistry>, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
-        DroneLink { sessions: Sessions { registry, tasks, shutdown } }
+    pub fn new(
+        registry: Arc<NodeRegistry>,
+        store: DynStore,
+        settings: BackendSettings,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        DroneLink { sessions: Sessions { registry, store, tasks, shutdown }, settings }
+    }
+}
+
+/// One drone's stream: delivers its pending actions, applies its backend events, renews its keys.
+struct DroneSession {
+    registry: Arc<NodeRegistry>,
+    store: DynStore,
+    settings: BackendSettings,
+    attached: AttachedNode,
+    outbound: mpsc::Sender<Result<v1::DroneAttachResponse, Status>>,
+    /// Actions sent on this stream and not yet acknowledged: not sent again on this stream (a
+    /// new stream sends them all again).
+    sent: HashSet<String>,
+}
+
+impl DroneSession {
+    async fn reply(&self, message: v1::drone_attach_response::Message) -> Result<(), ApiError> {
+        // A drone that stopped reading ends its stream; its session notices when the read fails.
+        let _ = self.outbound.send(Ok(v1::DroneAttachResponse { message: Some(message) })).await;
+        Ok(())
+    }
+
+    /// Sends every pending action of this drone not yet sent on this stream, oldest first.
+    async fn deliver_actions(&mut self) -> Result<(), ApiError> {
+        let pending = self.store.pending_actions(&self.attached.node_id).await?;
+        let pending_ids: HashSet<&str> = pending.iter().map(|a| a.id.as_str()).collect();
+        // Forget acknowledged (or dropped) actions so the set stays small.
+        self.sent.retain(|id| pending_ids.contains(id.as_str()));
+        for action in pending {
+            if self.sent.contains(&action.id) {
+                continue;
+            }
+            let Some(message) = self.action_message(&action).await? else { continue };
+            let id = action.id.clone();
+            match self.outbound.try_send(Ok(v1::DroneAttachResponse {
+                message: Some(v1::drone_attach_response::Message::Action(message)),
+            })) {
+                Ok(()) => {
+                    self.sent.insert(id);
+                }
+                // Full: the rest go out on a later wake-up, in order.
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn action_message(&self, action: &PendingAction) -> Result<Option<v1::DroneAction>, ApiError> {
+        use v1::drone_action::Action;
+        let action_kind = match &action.payload {
+            ActionPayload::Terminate { kind, reason } => Action::Terminate(v1::TerminateBackend {
+                kind: kind.to_proto() as i32,
+                reason: reason.to_proto() as i32,
+            }),
+            ActionPayload::Spawn { startup_timeout, lease_duration, stop_grace } => {
+                let Some(backend) = self.store.get_backend(&action.backend_id).await? else {
+                    tracing::warn!(action_id = %action.id, backend_id = %action.backend_id, "spawn action for a missing backend");
+                    return Ok(None);
+                };
+                let mut executable = v1::Executable::from(&backend.spawn_config.executable);
+                // Hangar's variables win over the config's (validation already refuses them).
+                executable.env.extend(backend.hangar_env());
+                Action::Spawn(v1::SpawnBackend {
+                    executable: Some(executable),
+                    key: backend.key.as_ref().map(Into::into),
+                    fencing_token: backend.fencing_token,
+                    static_token: backend.spawn_config.static_token.clone().unwrap_or_default(),
+                    startup_timeout: Some(duration_to_proto(*startup_timeout)),
+                    lease_duration: Some(duration_to_proto(*lease_duration)),
+                    stop_grace: Some(duration_to_proto(*stop_grace)),
+                })
+            }
+        };
+        Ok(Some(v1::DroneAction {
+            action_id: action.id.clone(),
+            backend_id: action.backend_id.clone(),
+            action: Some(action_kind),
+        }))
+    }
+
+    async fn backend_event(&mut self, event: v1::DroneBackendEvent) -> Result<(), ApiError> {
+        use v1::drone_attach_response::Message as Reply;
+        let now = Utc::now();
+        let Some(status) = event.status.as_ref().and_then(|s| BackendStatus::from_proto(s, now)) else {
+            return Err(ApiError::Protocol(format!("event {} carries no known backend state", event.event_id)));
+        };
+        let node_id = &self.attached.node_id;
+        match self.store.apply_backend_event(node_id, &event.backend_id, status, &event.address, now).await? {
+            EventOutcome::Applied(backend) => {
+                tracing::info!(backend_id = %backend.id, state = %backend.status.state, "backend state changed");
+            }
+            EventOutcome::Ignored => {
+                tracing::debug!(event_id = %event.event_id, backend_id = %event.backend_id, "stale or repeated event")
+            }
+            // Acknowledged all the same: the drone would otherwise replay it forever.
+            EventOutcome::Unknown => {
+                tracing::warn!(event_id = %event.event_id, backend_id = %event.backend_id, drone_id = %node_id, "event for a backend this drone does not hold")
+            }
+        }
+        self.reply(Reply::AckEvent(v1::AckEvent { event_id: event.event_id })).await
+    }
+
+    async fn renew_key(&mut self, renew: v1::RenewKey) -> Result<(), ApiError> {
+        use v1::drone_attach_response::Message as Reply;
+        let now = Utc::now();
+        let expires_at = now + chrono::Duration::from_std(self.settings.lease_duration).unwrap_or_default();
+        let renewed = match &renew.key {
+            Some(key) => {
+                self.store
+                    .renew_key(&renew.backend_id, &BackendKey::from(key), renew.fencing_token, now, expires_at)
+                    .await?
+            }
+            None => false,
+        };
+        if !renewed {
+            tracing::warn!(backend_id = %renew.backend_id, fencing_token = renew.fencing_token, "key lease not renewed");
+        }
+        self.reply(Reply::RenewKeyResponse(v1::RenewKeyResponse {
+            backend_id: renew.backend_id,
+            renewed,
+            expires_at: renewed.then(|| timestamp_to_proto(expires_at)),
+        }))
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl SessionHandler<v1::DroneAttachRequest> for DroneSession {
+    async fn message(&mut self, message: v1::DroneAttachRequest) -> Result<(), ApiError> {
+        use v1::drone_attach_request::Message;
+        match message.message {
+            Some(Message::Heartbeat(hb)) => {
+                let resources = hb.resources.as_ref().map(NodeResources::from).unwrap_or_default();
+                self.registry.heartbeat(&self.attached, resources, hb.backend_count);
+                Ok(())
+            }
+            Some(Message::Hello(_)) => Err(ApiError::Protocol("hello sent twice on one stream".into())),
+            Some(Message::BackendEvent(event)) => self.backend_event(event).await,
+            Some(Message::AckAction(ack)) => {
+                self.store.ack_action(&self.attached.node_id, &ack.action_id).await?;
+                self.sent.remove(&ack.action_id);
+                Ok(())
+            }
+            Some(Message::RenewKey(renew)) => self.renew_key(renew).await,
+            None => Err(ApiError::Protocol("empty message".into())),
+        }
+    }
+
+    async fn woken(&mut self) -> Result<(), ApiError> {
+        self.deliver_actions().await
     }
 }
 
@@ -168,23 +357,17 @@ impl DroneService for DroneLink {
         };
         tx.try_send(Ok(v1::DroneAttachResponse { message: Some(Reply::Welcome(welcome)) }))
             .expect("a fresh channel has room");
-        self.sessions.spawn(attached, inbound, tx, |registry, attached, message: v1::DroneAttachRequest| {
-            match message.message {
-                Some(Message::Heartbeat(hb)) => {
-                    let resources = hb.resources.as_ref().map(NodeResources::from).unwrap_or_default();
-                    registry.heartbeat(attached, resources, hb.backend_count);
-                    Ok(())
-                }
-                Some(Message::Hello(_)) => Err(ApiError::Protocol("hello sent twice on one stream".into())),
-                // Backend events, action acks and key renewals belong to the backend lifecycle,
-                // which this controller version does not run yet.
-                Some(other) => {
-                    tracing::debug!(node_id = %attached.node_id, ?other, "ignoring backend message");
-                    Ok(())
-                }
-                None => Err(ApiError::Protocol("empty message".into())),
-            }
-        });
+        let mut session = DroneSession {
+            registry: registry.clone(),
+            store: self.sessions.store.clone(),
+            settings: self.settings.clone(),
+            attached: attached.clone(),
+            outbound: tx.clone(),
+            sent: HashSet::new(),
+        };
+        // After the Welcome, before anything else: what is waiting for this drone.
+        session.deliver_actions().await?;
+        self.sessions.spawn(attached, inbound, tx, session);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -196,8 +379,43 @@ pub struct ProxyLink {
 }
 
 impl ProxyLink {
-    pub fn new(registry: Arc<NodeRegistry>, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
-        ProxyLink { sessions: Sessions { registry, tasks, shutdown } }
+    pub fn new(registry: Arc<NodeRegistry>, store: DynStore, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
+        ProxyLink { sessions: Sessions { registry, store, tasks, shutdown } }
+    }
+}
+
+/// One proxy's stream: heartbeats, and traffic reports for the idle sweep.
+struct ProxySession {
+    registry: Arc<NodeRegistry>,
+    store: DynStore,
+    attached: AttachedNode,
+}
+
+/// Backend ids one traffic report may carry; a proxy reports per interval, so more is a bug.
+const MAX_TRAFFIC_IDS: usize = 10_000;
+
+#[tonic::async_trait]
+impl SessionHandler<v1::ProxyAttachRequest> for ProxySession {
+    async fn message(&mut self, message: v1::ProxyAttachRequest) -> Result<(), ApiError> {
+        use v1::proxy_attach_request::Message;
+        match message.message {
+            Some(Message::Heartbeat(hb)) => {
+                let resources = hb.resources.as_ref().map(NodeResources::from).unwrap_or_default();
+                self.registry.heartbeat(&self.attached, resources, 0);
+                Ok(())
+            }
+            Some(Message::Hello(_)) => Err(ApiError::Protocol("hello sent twice on one stream".into())),
+            Some(Message::Traffic(report)) => {
+                if report.backend_ids.len() > MAX_TRAFFIC_IDS {
+                    return Err(ApiError::Protocol(format!(
+                        "a traffic report names at most {MAX_TRAFFIC_IDS} backends"
+                    )));
+                }
+                self.store.record_activity(&report.backend_ids, Utc::now()).await?;
+                Ok(())
+            }
+            None => Err(ApiError::Protocol("empty message".into())),
+        }
     }
 }
 
@@ -247,19 +465,9 @@ impl ProxyService for ProxyLink {
             v1::ProxyWelcome { node_id: node.id.clone(), controller_id: registry.controller_id().to_string() };
         tx.try_send(Ok(v1::ProxyAttachResponse { message: Some(Reply::Welcome(welcome)) }))
             .expect("a fresh channel has room");
-        self.sessions.spawn(attached, inbound, tx, |registry, attached, message: v1::ProxyAttachRequest| {
-            match message.message {
-                Some(Message::Heartbeat(hb)) => {
-                    let resources = hb.resources.as_ref().map(NodeResources::from).unwrap_or_default();
-                    registry.heartbeat(attached, resources, 0);
-                    Ok(())
-                }
-                Some(Message::Hello(_)) => Err(ApiError::Protocol("hello sent twice on one stream".into())),
-                // Traffic reports feed the idle sweep of the backend lifecycle.
-                Some(Message::Traffic(_)) => Ok(()),
-                None => Err(ApiError::Protocol("empty message".into())),
-            }
-        });
+        let session =
+            ProxySession { registry: registry.clone(), store: self.sessions.store.clone(), attached: attached.clone() };
+        self.sessions.spawn(attached, inbound, tx, session);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

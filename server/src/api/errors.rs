@@ -1,4 +1,4 @@
-//! The node API's errors and their one mapping to gRPC status codes and `ErrorInfo` reasons.
+//! The API's errors and their one mapping to gRPC status codes and `ErrorInfo` reasons.
 
 use crate::store::StoreError;
 use hangar::error::{invalid_argument, invalid_argument_with_reason, reason, status_with_reason};
@@ -20,6 +20,16 @@ pub enum ApiError {
     PageTokenExpired { requested: u64, oldest: u64 },
     #[error("revision {requested} has been compacted; the oldest retained revision is {oldest}")]
     RevisionCompacted { requested: u64, oldest: u64 },
+    #[error("no backend with id {0:?}")]
+    BackendNotFound(String),
+    #[error("no live backend holds key {0} and the request has no spawn_config to start one")]
+    NoLiveBackend(String),
+    #[error("key {key} is held by a live backend with tag {held_tag:?}")]
+    KeyTagMismatch { key: String, held_tag: String },
+    #[error("no drone is ready in cluster {cluster:?}, pool {pool:?}")]
+    NoDroneAvailable { cluster: String, pool: String },
+    #[error("every drone in cluster {cluster:?}, pool {pool:?} is at capacity")]
+    PoolFull { cluster: String, pool: String },
     #[error("{0}")]
     Protocol(String),
     #[error("the controller is shutting down")]
@@ -59,6 +69,30 @@ impl From<ApiError> for Status {
                 message,
                 reason::REVISION_COMPACTED,
                 &[("oldest_revision", oldest.to_string())],
+            ),
+            ApiError::BackendNotFound(id) => {
+                status_with_reason(Code::NotFound, message, reason::BACKEND_NOT_FOUND, &[("id", id)])
+            }
+            ApiError::NoLiveBackend(key) => {
+                status_with_reason(Code::NotFound, message, reason::BACKEND_NOT_FOUND, &[("key", key)])
+            }
+            ApiError::KeyTagMismatch { key, held_tag } => status_with_reason(
+                Code::FailedPrecondition,
+                message,
+                reason::KEY_TAG_MISMATCH,
+                &[("key", key), ("held_tag", held_tag)],
+            ),
+            ApiError::NoDroneAvailable { cluster, pool } => status_with_reason(
+                Code::Unavailable,
+                message,
+                reason::NO_DRONE_AVAILABLE,
+                &[("cluster", cluster), ("pool", pool)],
+            ),
+            ApiError::PoolFull { cluster, pool } => status_with_reason(
+                Code::ResourceExhausted,
+                message,
+                reason::POOL_FULL,
+                &[("cluster", cluster), ("pool", pool)],
             ),
             ApiError::Protocol(_) => {
                 status_with_reason(Code::FailedPrecondition, message, reason::PROTOCOL_VIOLATION, &[])

@@ -4,7 +4,9 @@
 mod liveness;
 mod registry;
 mod server;
+mod sweep;
 
 pub use liveness::LivenessConfig;
 pub use registry::{AttachedNode, NodeRegistry};
 pub use server::{Controller, ControllerConfig, RunningController};
+pub use sweep::{BackendSweep, SweepReport};

@@ -1,10 +1,11 @@
 //! Starting and stopping a controller: the gRPC services, health, reflection, and the background
 //! tasks they need, all owned by one [`RunningController`].
 
-use super::{LivenessConfig, NodeRegistry};
-use crate::api::{DroneLink, NodeApi, PageTokens, ProxyLink};
+use super::{BackendSweep, LivenessConfig, NodeRegistry};
+use crate::api::{BackendApi, BackendSettings, DroneLink, NodeApi, PageTokens, ProxyLink};
 use crate::store::{DynStore, Retention};
 use crate::watch::{NodeWatchHub, WatchConfig};
+use hangar::v1::backend_service_server::BackendServiceServer;
 use hangar::v1::drone_service_server::DroneServiceServer;
 use hangar::v1::node_service_server::NodeServiceServer;
 use hangar::v1::proxy_service_server::ProxyServiceServer;
@@ -33,6 +34,11 @@ pub struct ControllerConfig {
     pub retention: Retention,
     /// How often history outside `retention` is dropped.
     pub compaction_interval: Duration,
+    /// Base URL of the proxy that Connect's URLs point at (`{proxy_url}/{token}/`).
+    pub proxy_url: String,
+    /// Tokens, leases, timeouts and the sweep of the backend lifecycle; its `proxy_url` is
+    /// replaced by the field above.
+    pub backends: BackendSettings,
 }
 
 impl Default for ControllerConfig {
@@ -45,6 +51,8 @@ impl Default for ControllerConfig {
             watch: WatchConfig::default(),
             retention: Retention { min_revisions: 10_000, max_age: chrono::Duration::minutes(15) },
             compaction_interval: Duration::from_secs(60),
+            proxy_url: BackendSettings::default().proxy_url,
+            backends: BackendSettings::default(),
         }
     }
 }
@@ -65,9 +73,23 @@ impl Controller {
         let tokens = PageTokens::new(store.shared_secret("page-tokens").await?);
 
         let hub = NodeWatchHub::new(store.clone(), config.watch, shutdown.clone()).await?;
-        let node_api = NodeServiceServer::new(NodeApi::new(store.clone(), tokens, hub.clone()));
-        let drone_link = DroneServiceServer::new(DroneLink::new(registry.clone(), tasks.clone(), shutdown.clone()));
-        let proxy_link = ProxyServiceServer::new(ProxyLink::new(registry.clone(), tasks.clone(), shutdown.clone()));
+        let node_api = NodeServiceServer::new(NodeApi::new(store.clone(), tokens.clone(), hub.clone()));
+        let settings = BackendSettings { proxy_url: config.proxy_url.clone(), ..config.backends.clone() };
+        let backend_api = BackendServiceServer::new(BackendApi::new(
+            store.clone(),
+            tokens.clone(),
+            settings.clone(),
+            shutdown.clone(),
+        ));
+        let drone_link = DroneServiceServer::new(DroneLink::new(
+            registry.clone(),
+            store.clone(),
+            settings.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        ));
+        let proxy_link =
+            ProxyServiceServer::new(ProxyLink::new(registry.clone(), store.clone(), tasks.clone(), shutdown.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
@@ -90,6 +112,7 @@ impl Controller {
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
             .add_service(node_api)
+            .add_service(backend_api)
             .add_service(drone_link)
             .add_service(proxy_link);
         let stop_serving = shutdown.clone();
@@ -108,6 +131,12 @@ impl Controller {
             tasks.spawn(async move { hub.run(notified).await });
         }
         tasks.spawn(compact(store.clone(), config.retention, config.compaction_interval, shutdown.clone()));
+        {
+            let sweep = BackendSweep::new(store.clone(), settings.lease_duration);
+            let shutdown = shutdown.clone();
+            let interval = settings.sweep_interval;
+            tasks.spawn(async move { sweep.run(interval, shutdown).await });
+        }
 
         tracing::info!(%local_addr, controller_id = %config.controller_id, "controller serving");
         Ok(RunningController { local_addr, config, shutdown, tasks, server, health, registry })
@@ -134,6 +163,7 @@ async fn compact(store: DynStore, retention: Retention, every: Duration, shutdow
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     health.set_service_status("hangar.v1.NodeService", status).await;
+    health.set_service_status("hangar.v1.BackendService", status).await;
     health.set_service_status("hangar.v1.DroneService", status).await;
     health.set_service_status("hangar.v1.ProxyService", status).await;
 }

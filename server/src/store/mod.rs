@@ -9,11 +9,17 @@
 //! but always keeps each node's latest version at or below the compaction revision, so a read at
 //! any revision at or above it stays exact.
 
+mod backends;
 mod postgres;
 mod rows;
 mod sql;
+mod sql_backends;
 mod sqlite;
 
+pub use backends::{
+    ActionPayload, BackendFilter, BackendStore, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome,
+    IssuedToken, PendingAction, Pick, SpawnPlan, new_action_id,
+};
 pub use postgres::{NODE_CHANGES_CHANNEL, PostgresStore};
 pub use sqlite::SqliteStore;
 
@@ -144,8 +150,10 @@ pub struct Retention {
     pub max_age: chrono::Duration,
 }
 
+/// Backends live in the same store (`BackendStore`): one transaction may change a node's and a
+/// backend's rows, and both share the revision counter.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: BackendStore + Send + Sync + 'static {
     /// Moves whenever this process learns of a new commit: its own writes, and on PostgreSQL
     /// every controller's (LISTEN/NOTIFY). It may also move without a new revision (after a
     /// listener reconnects), so subscribers read the log rather than trust the value.

@@ -26,6 +26,10 @@ impl Dialect for Postgres {
         WHERE v.node_id = n.id AND v.revision <= $1 ORDER BY v.revision DESC LIMIT 1) h";
     // Sent at commit, in commit order, and only if the transaction commits.
     const ANNOUNCE: Option<&'static str> = Some("SELECT pg_notify('hangar_node_changes', $1)");
+
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
 }
 
 impl SqlStore<Postgres> {

@@ -22,6 +22,9 @@ pub trait Dialect: Database {
     const LATEST_VERSION: &'static str;
     /// Run inside each writing transaction just before commit, with the new revision as `$1`.
     const ANNOUNCE: Option<&'static str>;
+
+    /// Rows a statement changed (sqlx has no common trait for it).
+    fn rows_affected(result: &Self::QueryResult) -> u64;
 }
 
 /// Both stores: `SqliteStore` and `PostgresStore` are this with their database.
@@ -88,6 +91,10 @@ impl<DB: Database> SqlStore<DB> {
     pub(super) fn read_pool(&self) -> &Pool<DB> {
         &self.read
     }
+
+    pub(super) fn write_pool(&self) -> &Pool<DB> {
+        &self.write
+    }
 }
 
 impl<DB> SqlStore<DB>
@@ -99,11 +106,26 @@ where
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
-    async fn begin_write(&self) -> Result<(Transaction<'static, DB>, Revision), StoreError> {
+    pub(super) async fn begin_write(&self) -> Result<(Transaction<'static, DB>, Revision), StoreError> {
         let mut tx = self.write.begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
         let row = sqlx::query(BUMP_REVISION).fetch_one(&mut *tx).await.map_err(from_sqlx)?;
         let revision = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
         Ok((tx, revision))
+    }
+
+    /// Announces `revision` (PostgreSQL: NOTIFY, sent only if the commit succeeds), commits, and
+    /// wakes this process's subscribers.
+    pub(super) async fn commit_announced(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        revision: Revision,
+    ) -> Result<(), StoreError> {
+        if let Some(announce) = DB::ANNOUNCE {
+            sqlx::query(announce).bind(revision.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
+        }
+        tx.commit().await.map_err(from_sqlx)?;
+        Self::announce(&self.committed, Some(revision));
+        Ok(())
     }
 
     async fn begin_snapshot(&self) -> Result<(Transaction<'static, DB>, Revision, Revision), StoreError> {
@@ -172,12 +194,7 @@ where
         .execute(&mut *tx)
         .await
         .map_err(from_sqlx)?;
-        if let Some(announce) = DB::ANNOUNCE {
-            sqlx::query(announce).bind(node.revision.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
-        }
-        tx.commit().await.map_err(from_sqlx)?;
-        Self::announce(&self.committed, Some(node.revision));
-        Ok(())
+        self.commit_announced(tx, node.revision).await
     }
 
     /// The shared path of update and remove: `Ok(None)` when the node is absent or not held;

@@ -21,6 +21,10 @@ impl Dialect for Sqlite {
     const LATEST_VERSION: &'static str = "JOIN node_history h ON h.revision = \
         (SELECT MAX(v.revision) FROM node_history v WHERE v.node_id = n.id AND v.revision <= $1)";
     const ANNOUNCE: Option<&'static str> = None;
+
+    fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
 }
 
 impl SqlStore<Sqlite> {

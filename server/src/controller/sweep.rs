@@ -1,0 +1,187 @@
+//! The backend sweep: ends backends that outlived their limits, frees keys whose lease ran out,
+//! and enforces drain deadlines. Every controller runs it; each step is idempotent (the store
+//! re-checks under its write lock and does not stack up duplicate actions), so running it on
+//! several controllers at once is safe.
+
+use crate::store::{BackendFilter, DynStore, StoreError};
+use chrono::{DateTime, Utc};
+use hangar::domain::{Backend, BackendState, NodeFilter, NodeKind, NodeState, TerminationKind, TerminationReason};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Backends read per page while sweeping.
+const PAGE: usize = 500;
+
+/// What one pass did, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub swept_idle: usize,
+    pub swept_lifetime: usize,
+    pub keys_released: usize,
+    pub lost: usize,
+    pub drained: usize,
+    pub tokens_purged: u64,
+}
+
+/// Nodes read per page while sweeping.
+const NODE_PAGE: usize = 500;
+
+pub struct BackendSweep {
+    store: DynStore,
+    /// How long a drone may stay away before the backends without a key that it ran count as
+    /// LOST (keyed ones follow their lease, which runs out after the same time).
+    lost_after: Duration,
+}
+
+/// Not yet asked to stop: a backend already terminating (or asked to) needs no second soft
+/// terminate.
+fn running(backend: &Backend) -> bool {
+    backend.status.state < BackendState::Terminating && backend.termination_requested.is_none()
+}
+
+fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    (now - since).to_std().unwrap_or_default()
+}
+
+impl BackendSweep {
+    pub fn new(store: DynStore, lost_after: Duration) -> Self {
+        BackendSweep { store, lost_after }
+    }
+
+    /// Passes every `interval` until `shutdown`. Failures are logged and retried next pass.
+    pub async fn run(&self, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            match self.pass(Utc::now()).await {
+                Ok(report) if report != SweepReport::default() => tracing::info!(?report, "backend sweep"),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "backend sweep failed; retrying next pass"),
+            }
+        }
+    }
+
+    pub async fn pass(&self, now: DateTime<Utc>) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
+        self.limits(now, &mut report).await?;
+        self.leases(now, &mut report).await?;
+        self.drains(now, &mut report).await?;
+        self.vanished_drones(now, &mut report).await?;
+        report.tokens_purged = self.store.purge_expired_tokens(now).await?;
+        Ok(report)
+    }
+
+    /// `max_idle` (no proxy traffic) and `lifetime_limit`: soft terminate, SWEPT / LIFETIME.
+    async fn limits(&self, now: DateTime<Utc>, report: &mut SweepReport) -> Result<(), StoreError> {
+        let filter = BackendFilter::live();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = self.store.list_backends(&filter, after.as_deref(), PAGE).await?;
+            for backend in page.iter().filter(|b| running(b)) {
+                let config = &backend.spawn_config;
+                let reason = if config.lifetime_limit.is_some_and(|l| elapsed(backend.created_at, now) >= l) {
+                    report.swept_lifetime += 1;
+                    TerminationReason::Lifetime
+                } else if config.max_idle.is_some_and(|l| elapsed(backend.last_activity_at, now) >= l) {
+                    report.swept_idle += 1;
+                    TerminationReason::Swept
+                } else {
+                    continue;
+                };
+                tracing::info!(backend_id = %backend.id, ?reason, "sweeping backend");
+                self.store.request_termination(&backend.id, TerminationKind::Soft, reason, now).await?;
+            }
+            match (more, page.last()) {
+                (true, Some(last)) => after = Some(last.id.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Keys whose lease ran out are freed; their backend ends LOST when its drone is not
+    /// attached (an attached drone ends it itself: its renewals now fail, KEY_EXPIRED).
+    async fn leases(&self, now: DateTime<Utc>, report: &mut SweepReport) -> Result<(), StoreError> {
+        for backend in self.store.expired_key_holders(now).await? {
+            let attached = match self.store.get_node(&backend.drone_id).await? {
+                Some(node) => node.state.is_attached(),
+                None => false,
+            };
+            if let Some(after) = self.store.release_expired_key(&backend.id, !attached, now).await? {
+                report.keys_released += 1;
+                if after.status.state == BackendState::Terminated && backend.status.state.is_live() {
+                    report.lost += 1;
+                    tracing::warn!(backend_id = %backend.id, drone_id = %backend.drone_id, "backend lost: its lease expired and its drone is gone");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Past a drone's drain deadline, its remaining backends are soft-terminated.
+    async fn drains(&self, now: DateTime<Utc>, report: &mut SweepReport) -> Result<(), StoreError> {
+        let filter = NodeFilter { kinds: vec![NodeKind::Drone], ..NodeFilter::default() };
+        let mut after_node: Option<String> = None;
+        loop {
+            let page = self.store.list_nodes(&filter, None, after_node.as_deref(), PAGE).await?;
+            for node in page.nodes.iter().filter(|n| n.draining && n.drain_deadline.is_some_and(|d| d <= now)) {
+                let backends = BackendFilter { drone_id: Some(node.id.clone()), ..BackendFilter::live() };
+                let mut after: Option<String> = None;
+                loop {
+                    let (page, more) = self.store.list_backends(&backends, after.as_deref(), PAGE).await?;
+                    for backend in page.iter().filter(|b| running(b)) {
+                        // No reason names a drain; it is an operator's request, hence EXTERNAL.
+                        self.store
+                            .request_termination(&backend.id, TerminationKind::Soft, TerminationReason::External, now)
+                            .await?;
+                        report.drained += 1;
+                    }
+                    match (more, page.last()) {
+                        (true, Some(last)) => after = Some(last.id.clone()),
+                        _ => break,
+                    }
+                }
+            }
+            match (page.more, page.nodes.last()) {
+                (true, Some(last)) => after_node = Some(last.id.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Backends without a key on a drone offline for longer than `lost_after` end LOST: with no
+    /// lease to expire, nothing else would ever end them.
+    async fn vanished_drones(&self, now: DateTime<Utc>, report: &mut SweepReport) -> Result<(), StoreError> {
+        let filter =
+            NodeFilter { kinds: vec![NodeKind::Drone], states: vec![NodeState::Offline], ..NodeFilter::default() };
+        let gone_before = now - chrono::Duration::from_std(self.lost_after).unwrap_or_default();
+        let mut after_node: Option<String> = None;
+        loop {
+            let page = self.store.list_nodes(&filter, None, after_node.as_deref(), NODE_PAGE).await?;
+            for node in page.nodes.iter().filter(|n| n.last_heartbeat_at < gone_before) {
+                let backends = BackendFilter { drone_id: Some(node.id.clone()), ..BackendFilter::live() };
+                let mut after: Option<String> = None;
+                loop {
+                    let (page, more) = self.store.list_backends(&backends, after.as_deref(), PAGE).await?;
+                    for backend in page.iter().filter(|b| b.key.is_none()) {
+                        if self.store.mark_lost(&backend.id, now).await?.is_some() {
+                            report.lost += 1;
+                            tracing::warn!(backend_id = %backend.id, drone_id = %node.id, "backend lost: its drone never came back");
+                        }
+                    }
+                    match (more, page.last()) {
+                        (true, Some(last)) => after = Some(last.id.clone()),
+                        _ => break,
+                    }
+                }
+            }
+            match (page.more, page.nodes.last()) {
+                (true, Some(last)) => after_node = Some(last.id.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! What the controller stores about backends: the backends themselves with their status
+//! history, key leases with fencing tokens, the actions waiting for their drones, and
+//! connection tokens. Every backend change takes the revision counter's lock like a node change,
+//! so writes on several controllers serialize and `Store::subscribe` wakes on them.
+
+use super::{Revision, StoreError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use hangar::domain::{
+    Backend, BackendKey, BackendState, BackendStatus, SpawnConfig, TerminationKind, TerminationReason,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A drone the scheduler may place on, as the caller found it (READY in the right pool).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroneSlot {
+    pub node_id: String,
+    pub capacity: u32,
+}
+
+/// A candidate drone with the live backends the store counts on it, read under the write lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroneLoad {
+    pub node_id: String,
+    pub capacity: u32,
+    pub live: u32,
+}
+
+impl DroneLoad {
+    pub fn free(&self) -> u32 {
+        self.capacity.saturating_sub(self.live)
+    }
+}
+
+/// Chooses among drones that all have room; `None` leaves the backend unplaced.
+pub type Pick<'a> = &'a (dyn Fn(&[DroneLoad]) -> Option<usize> + Send + Sync);
+
+/// What a controller asks a drone to do, as stored until the drone acknowledges it. The wire
+/// message is built from this and the backend when it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ActionPayload {
+    Spawn { startup_timeout: Duration, lease_duration: Duration, stop_grace: Duration },
+    Terminate { kind: TerminationKind, reason: TerminationReason },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAction {
+    /// `act-` + UUIDv7.
+    pub id: String,
+    pub drone_id: String,
+    pub backend_id: String,
+    pub payload: ActionPayload,
+    pub created_at: DateTime<Utc>,
+}
+
+pub fn new_action_id() -> String {
+    format!("act-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A connection token as stored: only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    pub hash: String,
+    pub user: String,
+    pub auth: BTreeMap<String, String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A new backend, should Connect have to start one.
+#[derive(Debug, Clone)]
+pub struct SpawnPlan {
+    pub backend_id: String,
+    pub action_id: String,
+    pub config: SpawnConfig,
+    pub candidates: Vec<DroneSlot>,
+    pub lease_duration: Duration,
+    pub action: ActionPayload,
+    /// SHA-256 of the config's static token, stored like a connection token without expiry.
+    pub static_token_hash: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectSpec {
+    pub key: Option<BackendKey>,
+    pub spawn: Option<SpawnPlan>,
+    pub token: IssuedToken,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    /// The key's live backend.
+    Found(Backend),
+    /// A new backend, placed, with its Spawn action stored.
+    Spawned(Backend),
+    /// The key is held by a live backend with another tag.
+    TagMismatch { held_tag: String },
+    /// No live backend and no spawn plan.
+    NotFound,
+    /// No candidate drone at all.
+    NoDrone,
+    /// Candidates exist but every one is at capacity.
+    PoolFull,
+}
+
+/// What applying a drone's event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    Applied(Box<Backend>),
+    /// Stale or repeated: nothing changed.
+    Ignored,
+    /// No such backend on that drone.
+    Unknown,
+}
+
+/// Which backends a listing returns; empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendFilter {
+    pub states: Vec<BackendState>,
+    pub drone_id: Option<String>,
+    pub key_namespace: Option<String>,
+    pub cluster: Option<String>,
+}
+
+impl BackendFilter {
+    /// Every live (not TERMINATED) backend.
+    pub fn live() -> Self {
+        BackendFilter {
+            states: BackendState::ALL.iter().copied().filter(|s| s.is_live()).collect(),
+            ..BackendFilter::default()
+        }
+    }
+}
+
+#[async_trait]
+pub trait BackendStore: Send + Sync {
+    /// Get-or-create by key in one write transaction: the key's live backend, or a new one placed
+    /// by `pick` among the candidates that still have room (counted from the store), with its
+    /// Spawn action, the key taken with the next fencing token, and `spec.token` issued.
+    async fn connect_backend(&self, spec: ConnectSpec, pick: Pick<'_>) -> Result<ConnectOutcome, StoreError>;
+
+    async fn get_backend(&self, id: &str) -> Result<Option<Backend>, StoreError>;
+
+    /// Up to `limit` backends matching `filter` with ids greater than `after_id`, by id; and
+    /// whether more may follow.
+    async fn list_backends(
+        &self,
+        filter: &BackendFilter,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Backend>, bool), StoreError>;
+
+    /// The backend's statuses recorded after `after`, oldest first.
+    async fn backend_history(&self, id: &str, after: Revision) -> Result<Vec<(Revision, BackendStatus)>, StoreError>;
+
+    /// Applies a drone's event with the forward-only transition; on TERMINATED frees the key and
+    /// drops the backend's tokens and pending actions.
+    async fn apply_backend_event(
+        &self,
+        drone_id: &str,
+        backend_id: &str,
+        status: BackendStatus,
+        address: &str,
+        now: DateTime<Utc>,
+    ) -> Result<EventOutcome, StoreError>;
+
+    /// Stores a Terminate action for a live backend, unless one at least as hard is pending.
+    /// `None` for an unknown backend; a terminated one is returned unchanged.
+    async fn request_termination(
+        &self,
+        id: &str,
+        kind: TerminationKind,
+        reason: TerminationReason,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Backend>, StoreError>;
+
+    /// The drone's pending actions, oldest first.
+    async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError>;
+
+    /// The drone acknowledged the action: it is deleted (only if it is that drone's).
+    async fn ack_action(&self, drone_id: &str, action_id: &str) -> Result<(), StoreError>;
+
+    /// Extends the key's lease to `expires_at` while `backend_id` holds it with `fencing_token`
+    /// and the lease has not run out; `false` otherwise.
+    async fn renew_key(
+        &self,
+        backend_id: &str,
+        key: &BackendKey,
+        fencing_token: u64,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Proxy traffic: moves `last_activity_at` forward. Not a revision: nobody watches it.
+    async fn record_activity(&self, backend_ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Live holders of keys whose lease ended before `now`.
+    async fn expired_key_holders(&self, now: DateTime<Utc>) -> Result<Vec<Backend>, StoreError>;
+
+    /// Frees the key `backend_id` holds if its lease is still expired at `now`; with `lost`, the
+    /// backend also ends TERMINATED (LOST). Returns the backend as it is afterwards.
+    async fn release_expired_key(
+        &self,
+        backend_id: &str,
+        lost: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Backend>, StoreError>;
+
+    /// Ends a live backend TERMINATED (LOST) without its drone: the drone is gone for good.
+    /// Returns the backend as it is afterwards; `None` for an unknown id.
+    async fn mark_lost(&self, backend_id: &str, now: DateTime<Utc>) -> Result<Option<Backend>, StoreError>;
+
+    /// Deletes connection tokens that expired before `now` (static ones never do); returns how
+    /// many.
+    async fn purge_expired_tokens(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,634 @@
+//! `BackendStore` over SQL, for both databases (see `sql.rs` for how writes serialize).
+
+use super::backends::*;
+use super::rows::{self, db_revision, from_sqlx};
+use super::sql::{Dialect, SqlStore};
+use super::{Revision, StoreError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use hangar::domain::{Backend, BackendKey, BackendState, BackendStatus, TerminationKind, TerminationReason};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type};
+
+const BACKEND_COLUMNS: &str = "data, last_activity_at";
+
+fn time(millis: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(millis).ok_or_else(|| StoreError::Corrupt(format!("time {millis} out of range")))
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn decode_backend<R>(row: &R) -> Result<Backend, StoreError>
+where
+    R: Row,
+    for<'q> i64: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> String: Decode<'q, R::Database> + Type<R::Database>,
+    usize: ColumnIndex<R>,
+{
+    let data: String = row.try_get(0).map_err(from_sqlx)?;
+    let activity: i64 = row.try_get(1).map_err(from_sqlx)?;
+    let mut backend: Backend = serde_json::from_str(&data).map_err(|e| corrupt("backend row", e))?;
+    // The column is authoritative: traffic reports update only it.
+    backend.last_activity_at = backend.last_activity_at.max(time(activity)?);
+    Ok(backend)
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| corrupt("encode", e))
+}
+
+/// The hard kind wins over the soft one; anything beats nothing.
+fn kind_rank(kind: TerminationKind) -> u8 {
+    match kind {
+        TerminationKind::Soft => 1,
+        TerminationKind::Hard => 2,
+    }
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    async fn backend_in(tx: &mut Transaction<'static, DB>, id: &str) -> Result<Option<Backend>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {BACKEND_COLUMNS} FROM backends WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
+        row.map(|r| decode_backend(&r)).transpose()
+    }
+
+    async fn insert_backend(
+        tx: &mut Transaction<'static, DB>,
+        backend: &Backend,
+        revision: Revision,
+    ) -> Result<(), StoreError> {
+        let key = backend.key.clone().unwrap_or(BackendKey {
+            namespace: String::new(),
+            name: String::new(),
+            tag: String::new(),
+        });
+        sqlx::query(
+            "INSERT INTO backends (id, key_namespace, key_name, key_tag, drone_id, cluster, pool, state, fencing_token, \
+             created_at, updated_at, last_activity_at, revision, data) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(backend.id.clone())
+        .bind(key.namespace)
+        .bind(key.name)
+        .bind(key.tag)
+        .bind(backend.drone_id.clone())
+        .bind(backend.cluster.clone())
+        .bind(backend.pool.clone())
+        .bind(backend.status.state.as_str().to_string())
+        .bind(i64::try_from(backend.fencing_token).unwrap_or(i64::MAX))
+        .bind(rows::millis(backend.created_at))
+        .bind(rows::millis(backend.updated_at))
+        .bind(rows::millis(backend.last_activity_at))
+        .bind(db_revision(revision))
+        .bind(encode(backend)?)
+        .execute(&mut **tx)
+        .await
+        .map_err(from_sqlx)?;
+        Self::record_status(tx, backend, revision).await
+    }
+
+    /// A new status: the row and a history entry.
+    async fn update_backend(
+        tx: &mut Transaction<'static, DB>,
+        backend: &Backend,
+        revision: Revision,
+    ) -> Result<(), StoreError> {
+        Self::update_backend_row(tx, backend, revision).await?;
+        Self::record_status(tx, backend, revision).await
+    }
+
+    /// The row only: for changes that are not a new status.
+    async fn update_backend_row(
+        tx: &mut Transaction<'static, DB>,
+        backend: &Backend,
+        revision: Revision,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE backends SET state = $2, updated_at = $3, revision = $4, data = $5 WHERE id = $1")
+            .bind(backend.id.clone())
+            .bind(backend.status.state.as_str().to_string())
+            .bind(rows::millis(backend.updated_at))
+            .bind(db_revision(revision))
+            .bind(encode(backend)?)
+            .execute(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    async fn record_status(
+        tx: &mut Transaction<'static, DB>,
+        backend: &Backend,
+        revision: Revision,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO backend_history (revision, backend_id, status, recorded_at) VALUES ($1, $2, $3, $4)")
+            .bind(db_revision(revision))
+            .bind(backend.id.clone())
+            .bind(encode(&backend.status)?)
+            .bind(rows::millis(Utc::now()))
+            .execute(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    /// TERMINATED with reason LOST: nobody saw it end, so there is no kind and no exit code.
+    async fn end_lost(
+        tx: &mut Transaction<'static, DB>,
+        backend: &mut Backend,
+        revision: Revision,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        backend.status = BackendStatus {
+            state: BackendState::Terminated,
+            time: now,
+            termination_kind: None,
+            termination_reason: Some(TerminationReason::Lost),
+            exit_code: None,
+        };
+        backend.updated_at = now;
+        Self::update_backend(tx, backend, revision).await?;
+        Self::release(tx, &backend.id).await
+    }
+
+    /// What a backend's end takes with it: its key, its tokens, its undelivered actions.
+    async fn release(tx: &mut Transaction<'static, DB>, backend_id: &str) -> Result<(), StoreError> {
+        for sql in [
+            "UPDATE backend_keys SET backend_id = '' WHERE backend_id = $1",
+            "DELETE FROM connection_tokens WHERE backend_id = $1",
+            "DELETE FROM drone_actions WHERE backend_id = $1",
+        ] {
+            sqlx::query(sql).bind(backend_id.to_string()).execute(&mut **tx).await.map_err(from_sqlx)?;
+        }
+        Ok(())
+    }
+
+    async fn insert_action(tx: &mut Transaction<'static, DB>, action: &PendingAction) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO drone_actions (id, drone_id, backend_id, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(action.id.clone())
+        .bind(action.drone_id.clone())
+        .bind(action.backend_id.clone())
+        .bind(encode(&action.payload)?)
+        .bind(rows::millis(action.created_at))
+        .execute(&mut **tx)
+        .await
+        .map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    async fn insert_token(
+        tx: &mut Transaction<'static, DB>,
+        backend_id: &str,
+        token: &IssuedToken,
+        expires_at: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        insert_token_on::<DB>(&mut **tx, backend_id, token, expires_at, now).await
+    }
+
+    /// The live backends on each candidate, read under the write lock so that concurrent
+    /// Connects see each other's placements.
+    async fn loads(tx: &mut Transaction<'static, DB>, candidates: &[DroneSlot]) -> Result<Vec<DroneLoad>, StoreError> {
+        let mut loads = Vec::with_capacity(candidates.len());
+        for slot in candidates {
+            let row = sqlx::query("SELECT COUNT(*) FROM backends WHERE drone_id = $1 AND state <> 'TERMINATED'")
+                .bind(slot.node_id.clone())
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(from_sqlx)?;
+            let live: i64 = row.try_get(0).map_err(from_sqlx)?;
+            loads.push(DroneLoad {
+                node_id: slot.node_id.clone(),
+                capacity: slot.capacity,
+                live: u32::try_from(live).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(loads)
+    }
+}
+
+#[async_trait]
+impl<DB> BackendStore for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    async fn connect_backend(&self, spec: ConnectSpec, pick: Pick<'_>) -> Result<ConnectOutcome, StoreError> {
+        let ConnectSpec { key, spawn, token, now } = spec;
+        let token_expiry = rows::millis(token.expires_at);
+        let (mut tx, revision) = self.begin_write().await?;
+        // (fencing token of the key's last holder, whether the row exists)
+        let mut previous_fence: Option<i64> = None;
+        if let Some(key) = &key {
+            let row = sqlx::query(
+                "SELECT tag, backend_id, fencing_token FROM backend_keys WHERE namespace = $1 AND name = $2",
+            )
+            .bind(key.namespace.clone())
+            .bind(key.name.clone())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+            if let Some(row) = row {
+                let tag: String = row.try_get(0).map_err(from_sqlx)?;
+                let holder: String = row.try_get(1).map_err(from_sqlx)?;
+                previous_fence = Some(row.try_get(2).map_err(from_sqlx)?);
+                if !holder.is_empty() {
+                    if tag != key.tag {
+                        return Ok(ConnectOutcome::TagMismatch { held_tag: tag });
+                    }
+                    let backend = Self::backend_in(&mut tx, &holder)
+                        .await?
+                        .ok_or_else(|| StoreError::Corrupt(format!("key {key} held by missing backend {holder}")))?;
+                    // No backend change: give the revision back (rollback) rather than wake
+                    // every listener on every controller for a token. The token is written on
+                    // its own; should the backend end in between, the token outlives it until
+                    // it expires, and a lookup checks the backend's state anyway.
+                    tx.rollback().await.map_err(from_sqlx)?;
+                    let mut connection = self.write_pool().acquire().await.map_err(from_sqlx)?;
+                    insert_token_on::<DB>(&mut connection, &backend.id, &token, token_expiry, now).await?;
+                    return Ok(ConnectOutcome::Found(backend));
+                }
+            }
+        }
+        let Some(plan) = spawn else { return Ok(ConnectOutcome::NotFound) };
+        if plan.candidates.is_empty() {
+            return Ok(ConnectOutcome::NoDrone);
+        }
+        let loads: Vec<DroneLoad> =
+            Self::loads(&mut tx, &plan.candidates).await?.into_iter().filter(|l| l.free() > 0).collect();
+        let Some(chosen) = pick(&loads).and_then(|i| loads.get(i)) else { return Ok(ConnectOutcome::PoolFull) };
+        let fencing_token = match &key {
+            Some(_) => previous_fence.unwrap_or(0) + 1,
+            None => 0,
+        };
+        let config = plan.config;
+        let backend = Backend {
+            id: plan.backend_id.clone(),
+            key: key.clone(),
+            status: BackendStatus::new(BackendState::Scheduled, now),
+            drone_id: chosen.node_id.clone(),
+            cluster: config.cluster.clone(),
+            pool: config.pool.clone(),
+            labels: config.labels.clone(),
+            created_at: now,
+            updated_at: now,
+            last_activity_at: now,
+            fencing_token: u64::try_from(fencing_token).unwrap_or_default(),
+            spawn_config: config,
+            address: String::new(),
+            termination_requested: None,
+        };
+        if let Some(key) = &key {
+            let lease = rows::millis(now + chrono::Duration::from_std(plan.lease_duration).unwrap_or_default());
+            let sql = if previous_fence.is_some() {
+                "UPDATE backend_keys SET tag = $3, backend_id = $4, fencing_token = $5, lease_expires_at = $6 \
+                 WHERE namespace = $1 AND name = $2"
+            } else {
+                "INSERT INTO backend_keys (namespace, name, tag, backend_id, fencing_token, lease_expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)"
+            };
+            sqlx::query(sql)
+                .bind(key.namespace.clone())
+                .bind(key.name.clone())
+                .bind(key.tag.clone())
+                .bind(backend.id.clone())
+                .bind(fencing_token)
+                .bind(lease)
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+        }
+        Self::insert_backend(&mut tx, &backend, revision).await?;
+        let action = PendingAction {
+            id: plan.action_id,
+            drone_id: backend.drone_id.clone(),
+            backend_id: backend.id.clone(),
+            payload: plan.action,
+            created_at: now,
+        };
+        Self::insert_action(&mut tx, &action).await?;
+        Self::insert_token(&mut tx, &backend.id, &token, token_expiry, now).await?;
+        if let Some(hash) = &plan.static_token_hash {
+            let static_token = IssuedToken { hash: hash.clone(), ..token };
+            Self::insert_token(&mut tx, &backend.id, &static_token, 0, now).await?;
+        }
+        self.commit_announced(tx, revision).await?;
+        Ok(ConnectOutcome::Spawned(backend))
+    }
+
+    async fn get_backend(&self, id: &str) -> Result<Option<Backend>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {BACKEND_COLUMNS} FROM backends WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(self.read_pool())
+            .await
+            .map_err(from_sqlx)?;
+        row.map(|r| decode_backend(&r)).transpose()
+    }
+
+    async fn list_backends(
+        &self,
+        filter: &BackendFilter,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Backend>, bool), StoreError> {
+        let mut sql = format!("SELECT {BACKEND_COLUMNS} FROM backends WHERE id > $1");
+        let mut params = vec![after_id.unwrap_or_default().to_string()];
+        let slot = |value: String, params: &mut Vec<String>| {
+            params.push(value);
+            format!("${}", params.len())
+        };
+        if !filter.states.is_empty() {
+            let slots: Vec<String> = filter.states.iter().map(|s| slot(s.as_str().to_string(), &mut params)).collect();
+            sql.push_str(&format!(" AND state IN ({})", slots.join(", ")));
+        }
+        for (column, value) in
+            [("drone_id", &filter.drone_id), ("key_namespace", &filter.key_namespace), ("cluster", &filter.cluster)]
+        {
+            if let Some(value) = value {
+                let s = slot(value.clone(), &mut params);
+                sql.push_str(&format!(" AND {column} = {s}"));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT {}", limit + 1));
+        let mut query = sqlx::query(&sql);
+        for p in params {
+            query = query.bind(p);
+        }
+        let rows = query.fetch_all(self.read_pool()).await.map_err(from_sqlx)?;
+        let more = rows.len() > limit;
+        let backends = rows.iter().take(limit).map(decode_backend).collect::<Result<Vec<_>, _>>()?;
+        Ok((backends, more))
+    }
+
+    async fn backend_history(&self, id: &str, after: Revision) -> Result<Vec<(Revision, BackendStatus)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT revision, status FROM backend_history WHERE backend_id = $1 AND revision > $2 ORDER BY revision",
+        )
+        .bind(id.to_string())
+        .bind(db_revision(after))
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(from_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                let revision = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
+                let status: String = row.try_get(1).map_err(from_sqlx)?;
+                Ok((revision, serde_json::from_str(&status).map_err(|e| corrupt("backend status", e))?))
+            })
+            .collect()
+    }
+
+    async fn apply_backend_event(
+        &self,
+        drone_id: &str,
+        backend_id: &str,
+        status: BackendStatus,
+        address: &str,
+        now: DateTime<Utc>,
+    ) -> Result<EventOutcome, StoreError> {
+        // Replays and stale events are the common repeat: answer them without the write lock.
+        match self.get_backend(backend_id).await? {
+            None => return Ok(EventOutcome::Unknown),
+            Some(b) if b.drone_id != drone_id => return Ok(EventOutcome::Unknown),
+            Some(b) if b.status.state.transition(status.state).is_err() => return Ok(EventOutcome::Ignored),
+            Some(_) => {}
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        let Some(mut backend) = Self::backend_in(&mut tx, backend_id).await? else { return Ok(EventOutcome::Unknown) };
+        if backend.status.state.transition(status.state).is_err() {
+            return Ok(EventOutcome::Ignored);
+        }
+        let terminated = status.state == BackendState::Terminated;
+        backend.status = status;
+        if !address.is_empty() {
+            backend.address = address.to_string();
+        }
+        backend.updated_at = now;
+        Self::update_backend(&mut tx, &backend, revision).await?;
+        if terminated {
+            Self::release(&mut tx, backend_id).await?;
+        }
+        self.commit_announced(tx, revision).await?;
+        Ok(EventOutcome::Applied(Box::new(backend)))
+    }
+
+    async fn request_termination(
+        &self,
+        id: &str,
+        kind: TerminationKind,
+        reason: TerminationReason,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Backend>, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let Some(backend) = Self::backend_in(&mut tx, id).await? else { return Ok(None) };
+        if !backend.status.state.is_live() {
+            return Ok(Some(backend));
+        }
+        if backend.termination_requested.is_some_and(|asked| kind_rank(asked) >= kind_rank(kind)) {
+            // Already asked at least this hard; a second action would only be acknowledged and
+            // ignored by the drone.
+            return Ok(Some(backend));
+        }
+        let mut backend = backend;
+        backend.termination_requested = Some(kind);
+        backend.updated_at = now;
+        Self::update_backend_row(&mut tx, &backend, revision).await?;
+        let action = PendingAction {
+            id: new_action_id(),
+            drone_id: backend.drone_id.clone(),
+            backend_id: backend.id.clone(),
+            payload: ActionPayload::Terminate { kind, reason },
+            created_at: now,
+        };
+        Self::insert_action(&mut tx, &action).await?;
+        self.commit_announced(tx, revision).await?;
+        Ok(Some(backend))
+    }
+
+    async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, backend_id, payload, created_at FROM drone_actions WHERE drone_id = $1 ORDER BY seq",
+        )
+        .bind(drone_id.to_string())
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(from_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                let payload: String = row.try_get(2).map_err(from_sqlx)?;
+                Ok(PendingAction {
+                    id: row.try_get(0).map_err(from_sqlx)?,
+                    drone_id: drone_id.to_string(),
+                    backend_id: row.try_get(1).map_err(from_sqlx)?,
+                    payload: serde_json::from_str(&payload).map_err(|e| corrupt("action payload", e))?,
+                    created_at: time(row.try_get(3).map_err(from_sqlx)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ack_action(&self, drone_id: &str, action_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM drone_actions WHERE id = $1 AND drone_id = $2")
+            .bind(action_id.to_string())
+            .bind(drone_id.to_string())
+            .execute(self.write_pool())
+            .await
+            .map_err(from_sqlx)?;
+        Ok(())
+    }
+
+    async fn renew_key(
+        &self,
+        backend_id: &str,
+        key: &BackendKey,
+        fencing_token: u64,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // One conditional statement: the row lock orders it against a sweep or Connect that
+        // frees or takes the key, and the condition is checked again after waiting for it.
+        let result = sqlx::query(
+            "UPDATE backend_keys SET lease_expires_at = $5 WHERE namespace = $1 AND name = $2 \
+             AND backend_id = $3 AND fencing_token = $4 AND lease_expires_at >= $6",
+        )
+        .bind(key.namespace.clone())
+        .bind(key.name.clone())
+        .bind(backend_id.to_string())
+        .bind(i64::try_from(fencing_token).unwrap_or(-1))
+        .bind(rows::millis(expires_at))
+        .bind(rows::millis(now))
+        .execute(self.write_pool())
+        .await
+        .map_err(from_sqlx)?;
+        Ok(rows_affected::<DB>(&result) > 0)
+    }
+
+    async fn record_activity(&self, backend_ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError> {
+        for id in backend_ids {
+            sqlx::query("UPDATE backends SET last_activity_at = $2 WHERE id = $1 AND last_activity_at < $2")
+                .bind(id.clone())
+                .bind(rows::millis(now))
+                .execute(self.write_pool())
+                .await
+                .map_err(from_sqlx)?;
+        }
+        Ok(())
+    }
+
+    async fn expired_key_holders(&self, now: DateTime<Utc>) -> Result<Vec<Backend>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT b.data, b.last_activity_at FROM backend_keys k JOIN backends b ON b.id = k.backend_id \
+             WHERE k.backend_id <> '' AND k.lease_expires_at < $1 ORDER BY b.id",
+        )
+        .bind(rows::millis(now))
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(from_sqlx)?;
+        rows.iter().map(decode_backend).collect()
+    }
+
+    async fn release_expired_key(
+        &self,
+        backend_id: &str,
+        lost: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Backend>, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let row = sqlx::query("SELECT lease_expires_at FROM backend_keys WHERE backend_id = $1")
+            .bind(backend_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+        let expired = match row {
+            Some(row) => row.try_get::<i64, _>(0).map_err(from_sqlx)? < rows::millis(now),
+            None => false,
+        };
+        let Some(mut backend) = Self::backend_in(&mut tx, backend_id).await? else { return Ok(None) };
+        if !expired {
+            // Renewed (or already freed) since the sweep looked.
+            return Ok(Some(backend));
+        }
+        sqlx::query("UPDATE backend_keys SET backend_id = '' WHERE backend_id = $1")
+            .bind(backend_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+        if lost && backend.status.state.is_live() {
+            Self::end_lost(&mut tx, &mut backend, revision, now).await?;
+        }
+        self.commit_announced(tx, revision).await?;
+        Ok(Some(backend))
+    }
+
+    async fn purge_expired_tokens(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let result = sqlx::query("DELETE FROM connection_tokens WHERE expires_at <> 0 AND expires_at < $1")
+            .bind(rows::millis(now))
+            .execute(self.write_pool())
+            .await
+            .map_err(from_sqlx)?;
+        Ok(rows_affected::<DB>(&result))
+    }
+
+    async fn mark_lost(&self, backend_id: &str, now: DateTime<Utc>) -> Result<Option<Backend>, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let Some(mut backend) = Self::backend_in(&mut tx, backend_id).await? else { return Ok(None) };
+        if !backend.status.state.is_live() {
+            return Ok(Some(backend));
+        }
+        Self::end_lost(&mut tx, &mut backend, revision, now).await?;
+        self.commit_announced(tx, revision).await?;
+        Ok(Some(backend))
+    }
+}
+
+async fn insert_token_on<DB>(
+    connection: &mut DB::Connection,
+    backend_id: &str,
+    token: &IssuedToken,
+    expires_at: i64,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO connection_tokens (token_hash, backend_id, user_name, auth, expires_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(token.hash.clone())
+    .bind(backend_id.to_string())
+    .bind(token.user.clone())
+    .bind(encode(&token.auth)?)
+    .bind(expires_at)
+    .bind(rows::millis(now))
+    .execute(connection)
+    .await
+    .map_err(from_sqlx)?;
+    Ok(())
+}
+
+/// Rows an UPDATE touched, whatever the database.
+fn rows_affected<DB: Dialect>(result: &DB::QueryResult) -> u64 {
+    DB::rows_affected(result)
+}

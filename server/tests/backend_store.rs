@@ -1,0 +1,328 @@
+//! The backend half of the store, scenario by scenario against SQLite and a real PostgreSQL.
+
+use chrono::{Duration, Utc};
+use hangar::domain::{BackendKey, BackendState, BackendStatus, SpawnConfig, TerminationKind, TerminationReason};
+use hangar::v1;
+use hangar_server::store::{
+    self, ActionPayload, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, DynStore, EventOutcome, IssuedToken,
+    SpawnPlan, new_action_id,
+};
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+struct Database {
+    url: String,
+    _keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Database {
+    async fn sqlite() -> Database {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/hangar.db", dir.path().display());
+        Database { url, _keep: Box::new(dir) }
+    }
+
+    async fn postgres() -> Database {
+        let cluster = hangar_server::testing::PgCluster::shared().await.expect("PostgreSQL test cluster");
+        let url = cluster.create_database().await.expect("create test database");
+        Database { url, _keep: Box::new(()) }
+    }
+
+    async fn open(&self) -> DynStore {
+        store::open(&self.url).await.unwrap_or_else(|e| panic!("open {}: {e}", self.url))
+    }
+}
+
+macro_rules! scenarios {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Database::sqlite().await).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Database::postgres().await).await
+                }
+            )+
+        }
+    };
+}
+
+scenarios!(
+    connect_spawns_once_then_finds_the_live_backend,
+    fifty_concurrent_connects_through_two_stores_yield_one_backend,
+    a_different_tag_is_refused_while_the_key_is_held,
+    expired_lease_frees_the_key_and_the_next_holder_gets_a_higher_fencing_token,
+    events_move_forward_only_and_termination_frees_key_and_actions,
+    placement_counts_live_backends_and_reports_a_full_pool,
+    terminate_stores_one_action_per_kind_and_ignores_terminated_backends,
+    renewal_needs_the_current_fencing_token,
+);
+
+fn key(name: &str, tag: &str) -> BackendKey {
+    BackendKey { namespace: "docs".into(), name: name.into(), tag: tag.into() }
+}
+
+fn config() -> SpawnConfig {
+    let wire = v1::SpawnConfig {
+        executable: Some(v1::Executable { image: "hangar/test:1".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    SpawnConfig::from_proto(&wire, "spawn_config").unwrap()
+}
+
+fn drones(capacity: u32, names: &[&str]) -> Vec<DroneSlot> {
+    names.iter().map(|n| DroneSlot { node_id: n.to_string(), capacity }).collect()
+}
+
+fn spec(key: Option<BackendKey>, candidates: Vec<DroneSlot>, lease: std::time::Duration) -> ConnectSpec {
+    let now = Utc::now();
+    ConnectSpec {
+        key,
+        spawn: Some(SpawnPlan {
+            backend_id: hangar::domain::Backend::new_id(),
+            action_id: new_action_id(),
+            config: config(),
+            candidates,
+            lease_duration: lease,
+            action: ActionPayload::Spawn {
+                startup_timeout: std::time::Duration::from_secs(5),
+                lease_duration: lease,
+                stop_grace: std::time::Duration::from_secs(1),
+            },
+            static_token_hash: None,
+        }),
+        token: IssuedToken {
+            hash: format!("{:x}", rand_u128()),
+            user: "u".into(),
+            auth: Default::default(),
+            expires_at: now + Duration::hours(1),
+        },
+        now,
+    }
+}
+
+fn rand_u128() -> u128 {
+    uuid::Uuid::new_v4().as_u128()
+}
+
+fn first(loads: &[DroneLoad]) -> Option<usize> {
+    (!loads.is_empty()).then_some(0)
+}
+
+const LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn connect_spawns_once_then_finds_the_live_backend(db: Database) {
+    let store = db.open().await;
+    let spawned = match store.connect_backend(spec(Some(key("a", "")), drones(5, &["d1"]), LEASE), &first).await {
+        Ok(ConnectOutcome::Spawned(b)) => b,
+        other => panic!("expected a spawn, got {other:?}"),
+    };
+    assert_eq!(spawned.status.state, BackendState::Scheduled);
+    assert_eq!(spawned.fencing_token, 1);
+    assert_eq!(spawned.drone_id, "d1");
+    let found = store.connect_backend(spec(Some(key("a", "")), drones(5, &["d1"]), LEASE), &first).await.unwrap();
+    assert_eq!(found, ConnectOutcome::Found(spawned.clone()));
+    let actions = store.pending_actions("d1").await.unwrap();
+    assert_eq!(actions.len(), 1, "one Spawn action, not one per Connect");
+    assert_eq!(actions[0].backend_id, spawned.id);
+    store.ack_action("d1", &actions[0].id).await.unwrap();
+    assert!(store.pending_actions("d1").await.unwrap().is_empty());
+    let history = store.backend_history(&spawned.id, 0).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].1.state, BackendState::Scheduled);
+    // Without a key: a fresh backend every time.
+    let mut ids = BTreeSet::new();
+    for _ in 0..2 {
+        match store.connect_backend(spec(None, drones(5, &["d1"]), LEASE), &first).await.unwrap() {
+            ConnectOutcome::Spawned(b) => assert!(ids.insert(b.id)),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+async fn fifty_concurrent_connects_through_two_stores_yield_one_backend(db: Database) {
+    let stores = [db.open().await, db.open().await];
+    let revision_before = stores[0].current_revision().await.unwrap();
+    let started = Instant::now();
+    let calls = (0..50).map(|i| {
+        let store = stores[i % 2].clone();
+        tokio::spawn(async move {
+            store.connect_backend(spec(Some(key("shared", "v1")), drones(100, &["d1", "d2"]), LEASE), &first).await
+        })
+    });
+    let outcomes: Vec<_> = futures::future::join_all(calls).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    let elapsed = started.elapsed();
+    let mut ids = BTreeSet::new();
+    let mut spawned = 0;
+    for outcome in &outcomes {
+        match outcome {
+            ConnectOutcome::Spawned(b) => {
+                spawned += 1;
+                ids.insert(b.id.clone());
+            }
+            ConnectOutcome::Found(b) => {
+                ids.insert(b.id.clone());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    println!("50 concurrent connects over two stores ({}): {elapsed:?}", db.url.split(':').next().unwrap());
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(spawned, 1);
+    assert!(stores[1].current_revision().await.unwrap() > revision_before);
+}
+
+async fn a_different_tag_is_refused_while_the_key_is_held(db: Database) {
+    let store = db.open().await;
+    assert!(matches!(
+        store.connect_backend(spec(Some(key("t", "v1")), drones(5, &["d1"]), LEASE), &first).await.unwrap(),
+        ConnectOutcome::Spawned(_)
+    ));
+    assert_eq!(
+        store.connect_backend(spec(Some(key("t", "v2")), drones(5, &["d1"]), LEASE), &first).await.unwrap(),
+        ConnectOutcome::TagMismatch { held_tag: "v1".into() }
+    );
+    let mut no_spawn = spec(Some(key("other", "")), drones(5, &["d1"]), LEASE);
+    no_spawn.spawn = None;
+    assert_eq!(store.connect_backend(no_spawn, &first).await.unwrap(), ConnectOutcome::NotFound);
+}
+
+async fn expired_lease_frees_the_key_and_the_next_holder_gets_a_higher_fencing_token(db: Database) {
+    let store = db.open().await;
+    let short = std::time::Duration::from_millis(200);
+    let ConnectOutcome::Spawned(first_holder) =
+        store.connect_backend(spec(Some(key("l", "")), drones(5, &["d1"]), short), &first).await.unwrap()
+    else {
+        panic!("no spawn")
+    };
+    assert!(store.expired_key_holders(Utc::now()).await.unwrap().is_empty());
+    let later = Utc::now() + Duration::seconds(1);
+    let expired = store.expired_key_holders(later).await.unwrap();
+    assert_eq!(expired.iter().map(|b| b.id.clone()).collect::<Vec<_>>(), vec![first_holder.id.clone()]);
+    let released = store.release_expired_key(&first_holder.id, true, later).await.unwrap().unwrap();
+    assert_eq!(released.status.state, BackendState::Terminated);
+    assert_eq!(released.status.termination_reason, Some(TerminationReason::Lost));
+    assert!(store.pending_actions("d1").await.unwrap().is_empty(), "actions of a lost backend are dropped");
+    let ConnectOutcome::Spawned(second) =
+        store.connect_backend(spec(Some(key("l", "")), drones(5, &["d1"]), LEASE), &first).await.unwrap()
+    else {
+        panic!("key not free")
+    };
+    assert_ne!(second.id, first_holder.id);
+    assert_eq!(second.fencing_token, first_holder.fencing_token + 1);
+}
+
+async fn events_move_forward_only_and_termination_frees_key_and_actions(db: Database) {
+    let store = db.open().await;
+    let ConnectOutcome::Spawned(b) =
+        store.connect_backend(spec(Some(key("e", "")), drones(5, &["d1"]), LEASE), &first).await.unwrap()
+    else {
+        panic!()
+    };
+    let now = Utc::now();
+    let ready = BackendStatus::new(BackendState::Ready, now);
+    let applied = store.apply_backend_event("d1", &b.id, ready.clone(), "127.0.0.1:9000", now).await.unwrap();
+    assert!(matches!(&applied, EventOutcome::Applied(b) if b.address == "127.0.0.1:9000"));
+    let starting = BackendStatus::new(BackendState::Starting, now);
+    assert_eq!(store.apply_backend_event("d1", &b.id, starting, "", now).await.unwrap(), EventOutcome::Ignored);
+    assert_eq!(store.apply_backend_event("d1", &b.id, ready, "", now).await.unwrap(), EventOutcome::Ignored);
+    assert_eq!(
+        store
+            .apply_backend_event("d2", &b.id, BackendStatus::new(BackendState::Terminated, now), "", now)
+            .await
+            .unwrap(),
+        EventOutcome::Unknown,
+        "another drone cannot end it"
+    );
+    let mut ended = BackendStatus::new(BackendState::Terminated, now);
+    ended.exit_code = Some(3);
+    ended.termination_reason = Some(TerminationReason::Exited);
+    assert!(matches!(store.apply_backend_event("d1", &b.id, ended, "", now).await.unwrap(), EventOutcome::Applied(_)));
+    assert!(store.pending_actions("d1").await.unwrap().is_empty());
+    let states: Vec<_> = store.backend_history(&b.id, 0).await.unwrap().into_iter().map(|(_, s)| s.state).collect();
+    assert_eq!(states, vec![BackendState::Scheduled, BackendState::Ready, BackendState::Terminated]);
+    let ConnectOutcome::Spawned(next) =
+        store.connect_backend(spec(Some(key("e", "")), drones(5, &["d1"]), LEASE), &first).await.unwrap()
+    else {
+        panic!("key not freed by TERMINATED")
+    };
+    assert_eq!(next.fencing_token, 2);
+}
+
+async fn placement_counts_live_backends_and_reports_a_full_pool(db: Database) {
+    let store = db.open().await;
+    for _ in 0..2 {
+        assert!(matches!(
+            store.connect_backend(spec(None, drones(2, &["d1"]), LEASE), &first).await.unwrap(),
+            ConnectOutcome::Spawned(_)
+        ));
+    }
+    assert_eq!(
+        store.connect_backend(spec(None, drones(2, &["d1"]), LEASE), &first).await.unwrap(),
+        ConnectOutcome::PoolFull
+    );
+    assert_eq!(store.connect_backend(spec(None, vec![], LEASE), &first).await.unwrap(), ConnectOutcome::NoDrone);
+}
+
+async fn terminate_stores_one_action_per_kind_and_ignores_terminated_backends(db: Database) {
+    let store = db.open().await;
+    let ConnectOutcome::Spawned(b) =
+        store.connect_backend(spec(None, drones(5, &["d1"]), LEASE), &first).await.unwrap()
+    else {
+        panic!()
+    };
+    let now = Utc::now();
+    for _ in 0..2 {
+        store.request_termination(&b.id, TerminationKind::Soft, TerminationReason::External, now).await.unwrap();
+    }
+    store.request_termination(&b.id, TerminationKind::Hard, TerminationReason::External, now).await.unwrap();
+    let kinds: Vec<_> = store.pending_actions("d1").await.unwrap().into_iter().map(|a| a.payload).collect();
+    assert_eq!(kinds.len(), 3, "spawn, one soft and one hard terminate: {kinds:?}");
+    store.apply_backend_event("d1", &b.id, BackendStatus::new(BackendState::Terminated, now), "", now).await.unwrap();
+    let after =
+        store.request_termination(&b.id, TerminationKind::Hard, TerminationReason::External, now).await.unwrap();
+    assert_eq!(after.unwrap().status.state, BackendState::Terminated);
+    assert!(store.pending_actions("d1").await.unwrap().is_empty());
+    assert!(
+        store
+            .request_termination("bk-missing", TerminationKind::Soft, TerminationReason::External, now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn renewal_needs_the_current_fencing_token(db: Database) {
+    let store = db.open().await;
+    let ConnectOutcome::Spawned(b) =
+        store.connect_backend(spec(Some(key("r", "")), drones(5, &["d1"]), LEASE), &first).await.unwrap()
+    else {
+        panic!()
+    };
+    let now = Utc::now();
+    let k = key("r", "");
+    assert!(store.renew_key(&b.id, &k, b.fencing_token, now, now + Duration::seconds(30)).await.unwrap());
+    assert!(!store.renew_key(&b.id, &k, b.fencing_token + 1, now, now + Duration::seconds(30)).await.unwrap());
+    assert!(!store.renew_key("bk-other", &k, b.fencing_token, now, now + Duration::seconds(30)).await.unwrap());
+    // Past its expiry, a lease cannot be revived: the sweep may already have handed the key on.
+    let late = now + Duration::seconds(31);
+    assert!(!store.renew_key(&b.id, &k, b.fencing_token, late, late + Duration::seconds(30)).await.unwrap());
+}
+
+#[tokio::test]
+async fn expired_connection_tokens_are_purged_and_static_ones_kept() {
+    let db = Database::sqlite().await;
+    let store = db.open().await;
+    let mut with_static = spec(None, drones(5, &["d1"]), LEASE);
+    with_static.spawn.as_mut().unwrap().static_token_hash = Some("static-hash".into());
+    store.connect_backend(with_static, &first).await.unwrap();
+    assert_eq!(store.purge_expired_tokens(Utc::now()).await.unwrap(), 0);
+    assert_eq!(store.purge_expired_tokens(Utc::now() + Duration::hours(2)).await.unwrap(), 1, "the static token stays");
+}

@@ -1,0 +1,587 @@
+//! The controller's side of the backend lifecycle, driven through the real gRPC API with drones
+//! and proxies played by hand over the real DroneService and ProxyService streams.
+
+use hangar::error::{error_info, reason};
+use hangar::v1::{
+    self, BackendState, backend_service_client::BackendServiceClient, drone_action::Action,
+    drone_attach_request::Message as Req, drone_attach_response::Message as Reply,
+};
+use hangar_server::api::BackendSettings;
+use hangar_server::controller::ControllerConfig;
+use hangar_tests::{ManualDrone, ManualProxy, TestCluster, drone_hello, status, test_config};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn config_with(backends: BackendSettings) -> ControllerConfig {
+    ControllerConfig { proxy_url: "http://proxy.test:7080".into(), backends, ..test_config() }
+}
+
+fn fast_backends() -> BackendSettings {
+    BackendSettings {
+        sweep_interval: Duration::from_millis(100),
+        watch_poll: Duration::from_millis(200),
+        ..Default::default()
+    }
+}
+
+async fn cluster() -> TestCluster {
+    TestCluster::sqlite_with(config_with(fast_backends())).await
+}
+
+async fn backends(cluster: &TestCluster) -> BackendServiceClient<Channel> {
+    BackendServiceClient::new(cluster.channel().await)
+}
+
+fn spawn_config(env: &[(&str, &str)]) -> v1::SpawnConfig {
+    v1::SpawnConfig {
+        executable: Some(v1::Executable {
+            image: "hangar/test-backend:1".into(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn key(name: &str, tag: &str) -> Option<v1::BackendKey> {
+    Some(v1::BackendKey { namespace: "docs".into(), name: name.into(), tag: tag.into() })
+}
+
+fn connect_request(key: Option<v1::BackendKey>, config: Option<v1::SpawnConfig>) -> v1::ConnectRequest {
+    v1::ConnectRequest { key, spawn_config: config, user: "alice".into(), auth: Default::default() }
+}
+
+/// A drone that heartbeats in the background; the handle stops it.
+async fn drone(cluster: &TestCluster, name: &str, capacity: u32) -> (ManualDrone, tokio::task::JoinHandle<()>) {
+    let mut hello = drone_hello(name);
+    hello.backend_capacity = capacity;
+    let drone = ManualDrone::attach(&cluster.url(), hello).await.expect("attach");
+    let beat = drone.keep_alive(Duration::from_millis(50));
+    (drone, beat)
+}
+
+async fn get(client: &mut BackendServiceClient<Channel>, id: &str) -> v1::Backend {
+    client
+        .get_backend(v1::GetBackendRequest { id: id.into() })
+        .await
+        .expect("get backend")
+        .into_inner()
+        .backend
+        .unwrap()
+}
+
+fn state_of(backend: &v1::Backend) -> BackendState {
+    BackendState::try_from(backend.status.as_ref().unwrap().state).unwrap()
+}
+
+async fn wait_for_state(client: &mut BackendServiceClient<Channel>, id: &str, state: BackendState) -> v1::Backend {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let backend = get(client, id).await;
+        if state_of(&backend) == state {
+            return backend;
+        }
+        assert!(Instant::now() < deadline, "backend {id} never reached {state:?}: {backend:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn spawn_of(action: &v1::DroneAction) -> &v1::SpawnBackend {
+    match action.action.as_ref() {
+        Some(Action::Spawn(spawn)) => spawn,
+        other => panic!("expected a spawn, got {other:?}"),
+    }
+}
+
+fn terminate_of(action: &v1::DroneAction) -> &v1::TerminateBackend {
+    match action.action.as_ref() {
+        Some(Action::Terminate(t)) => t,
+        other => panic!("expected a terminate, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_schedules_onto_the_drone_with_room_and_sends_a_spawn_with_env_and_fencing_token() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (mut small, small_beat) = drone(&cluster, "small", 1).await;
+    let first = client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap().into_inner();
+    assert!(first.spawned);
+    assert_eq!(first.backend.as_ref().unwrap().drone_id, small.node_id);
+    let first_action = small.next_action(WAIT).await;
+    assert_eq!(first_action.backend_id, first.backend_id);
+    assert!(first_action.action_id.starts_with("act-"));
+
+    let (mut big, big_beat) = drone(&cluster, "big", 5).await;
+    let started = Instant::now();
+    let response = client
+        .connect(connect_request(key("doc-1", "v1"), Some(spawn_config(&[("MODE", "test")]))))
+        .await
+        .unwrap()
+        .into_inner();
+    println!("Connect (spawn) latency over gRPC on SQLite: {:?}", started.elapsed());
+    assert!(response.spawned);
+    assert!(response.backend_id.starts_with("bk-"));
+    assert_eq!(response.backend.as_ref().unwrap().drone_id, big.node_id, "the full drone is skipped");
+    assert_eq!(response.url, format!("http://proxy.test:7080/{}/", response.token));
+    assert!(response.token.len() >= 43, "32 random bytes, base64url");
+    assert!(response.token_expires_at.is_some());
+    assert_eq!(BackendState::try_from(response.status.as_ref().unwrap().state).unwrap(), BackendState::Scheduled);
+
+    let action = big.next_action(WAIT).await;
+    assert_eq!(action.backend_id, response.backend_id);
+    let spawn = spawn_of(&action);
+    assert_eq!(spawn.fencing_token, 1);
+    assert_eq!(spawn.key, key("doc-1", "v1"));
+    let env = &spawn.executable.as_ref().unwrap().env;
+    assert_eq!(env["MODE"], "test");
+    assert_eq!(env["HANGAR_BACKEND_ID"], response.backend_id);
+    assert_eq!(env["HANGAR_BACKEND_KEY"], "docs/doc-1");
+    assert_eq!(env["HANGAR_FENCING_TOKEN"], "1");
+    assert!(spawn.lease_duration.is_some() && spawn.startup_timeout.is_some() && spawn.stop_grace.is_some());
+
+    // The same key again: the same backend, a fresh token, nothing new for the drone.
+    let again =
+        client.connect(connect_request(key("doc-1", "v1"), Some(spawn_config(&[])))).await.unwrap().into_inner();
+    assert!(!again.spawned);
+    assert_eq!(again.backend_id, response.backend_id);
+    assert_ne!(again.token, response.token);
+    assert!(big.maybe_message(Duration::from_millis(300)).await.is_none());
+
+    small_beat.abort();
+    big_beat.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drone_events_move_the_backend_through_states_visible_in_get_and_watch() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    let id =
+        client.connect(connect_request(key("doc", ""), Some(spawn_config(&[])))).await.unwrap().into_inner().backend_id;
+    let action = d.next_action(WAIT).await;
+    d.ack_action(&action.action_id).await;
+
+    for (i, state) in [BackendState::Loading, BackendState::Starting, BackendState::Waiting].into_iter().enumerate() {
+        d.event_acked(&format!("ev-{i}"), &id, status(state), "").await;
+    }
+    d.event_acked("ev-ready", &id, status(BackendState::Ready), "127.0.0.1:41000").await;
+    let backend = get(&mut client, &id).await;
+    assert_eq!(state_of(&backend), BackendState::Ready);
+    assert_eq!(backend.address, "127.0.0.1:41000");
+
+    // Opened late: replays the history, then follows live, and ends after TERMINATED.
+    let mut watch = client.watch_backend(v1::WatchBackendRequest { id: id.clone() }).await.unwrap().into_inner();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let status = tokio::time::timeout(WAIT, watch.message()).await.unwrap().unwrap().unwrap().status.unwrap();
+        seen.push(BackendState::try_from(status.state).unwrap());
+    }
+    assert_eq!(
+        seen,
+        [
+            BackendState::Scheduled,
+            BackendState::Loading,
+            BackendState::Starting,
+            BackendState::Waiting,
+            BackendState::Ready
+        ]
+    );
+    let exited = v1::BackendStatus {
+        state: BackendState::Terminated as i32,
+        termination_reason: v1::TerminationReason::Exited as i32,
+        exit_code: Some(7),
+        ..Default::default()
+    };
+    d.event_acked("ev-exit", &id, exited, "").await;
+    let last = tokio::time::timeout(WAIT, watch.message()).await.unwrap().unwrap().unwrap().status.unwrap();
+    assert_eq!(last.state, BackendState::Terminated as i32);
+    assert_eq!(last.exit_code, Some(7));
+    assert!(tokio::time::timeout(WAIT, watch.message()).await.unwrap().unwrap().is_none(), "the watch ends");
+    let backend = get(&mut client, &id).await;
+    assert_eq!(backend.status.unwrap().termination_reason, v1::TerminationReason::Exited as i32);
+
+    // The key is free again: a new backend with the next fencing token.
+    let next = client.connect(connect_request(key("doc", ""), Some(spawn_config(&[])))).await.unwrap().into_inner();
+    assert!(next.spawned);
+    assert_eq!(next.backend.unwrap().fencing_token, 2);
+    beat.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_during_starting_sends_a_terminate_action_and_is_idempotent_once_terminated() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    let id = client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap().into_inner().backend_id;
+    let spawn = d.next_action(WAIT).await;
+    d.ack_action(&spawn.action_id).await;
+    d.event_acked("ev-1", &id, status(BackendState::Starting), "").await;
+
+    client.terminate_backend(v1::TerminateBackendRequest { id: id.clone(), hard: false }).await.unwrap();
+    let action = d.next_action(WAIT).await;
+    assert_eq!(action.backend_id, id);
+    let terminate = terminate_of(&action);
+    assert_eq!(terminate.kind, v1::TerminationKind::Soft as i32);
+    assert_eq!(terminate.reason, v1::TerminationReason::External as i32);
+    d.ack_action(&action.action_id).await;
+    let ended = v1::BackendStatus {
+        state: BackendState::Terminated as i32,
+        termination_kind: v1::TerminationKind::Soft as i32,
+        termination_reason: v1::TerminationReason::External as i32,
+        ..Default::default()
+    };
+    d.event_acked("ev-2", &id, ended, "").await;
+    let again = client.terminate_backend(v1::TerminateBackendRequest { id: id.clone(), hard: true }).await.unwrap();
+    assert_eq!(state_of(&again.into_inner().backend.unwrap()), BackendState::Terminated);
+    assert!(d.maybe_message(Duration::from_millis(300)).await.is_none(), "no action for a terminated backend");
+    let missing = client.terminate_backend(v1::TerminateBackendRequest { id: "bk-nope".into(), hard: false }).await;
+    assert_eq!(error_info(&missing.unwrap_err()).unwrap().0, reason::BACKEND_NOT_FOUND);
+    beat.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_action_survives_a_drone_reconnect_and_is_redelivered() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    let id = client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap().into_inner().backend_id;
+    let first = d.next_action(WAIT).await;
+    // Not acknowledged: the drone goes away.
+    beat.abort();
+    drop(d);
+    let mut nodes = cluster.nodes().await;
+    let node_id = first_node_id(&mut nodes).await;
+    hangar_tests::wait_for_node(&mut nodes, &node_id, WAIT, |n| n.state == v1::NodeState::Offline as i32).await;
+
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    assert_eq!(d.node_id, node_id);
+    let again = d.next_action(WAIT).await;
+    assert_eq!(again.action_id, first.action_id);
+    assert_eq!(again.backend_id, id);
+    d.ack_action(&again.action_id).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    beat.abort();
+    drop(d);
+    hangar_tests::wait_for_node(&mut nodes, &node_id, WAIT, |n| n.state == v1::NodeState::Offline as i32).await;
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    assert!(d.maybe_message(Duration::from_millis(500)).await.is_none(), "an acknowledged action is not sent again");
+    beat.abort();
+    cluster.shutdown().await;
+}
+
+async fn first_node_id(nodes: &mut hangar::v1::node_service_client::NodeServiceClient<Channel>) -> String {
+    let list = nodes.list_nodes(v1::ListNodesRequest::default()).await.unwrap().into_inner();
+    list.nodes[0].id.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_and_stale_events_are_acknowledged_and_ignored() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    let id = client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap().into_inner().backend_id;
+    d.next_action(WAIT).await;
+    d.event_acked("ev-ready", &id, status(BackendState::Ready), "127.0.0.1:1").await;
+    // The same event replayed after a reconnect, and an older one arriving late.
+    d.event_acked("ev-ready", &id, status(BackendState::Ready), "127.0.0.1:1").await;
+    d.event_acked("ev-old", &id, status(BackendState::Starting), "").await;
+    // An event for a backend the controller does not know is acknowledged too.
+    d.event_acked("ev-unknown", "bk-unknown", status(BackendState::Ready), "").await;
+    assert_eq!(state_of(&get(&mut client, &id).await), BackendState::Ready);
+
+    let mut watch = client.watch_backend(v1::WatchBackendRequest { id: id.clone() }).await.unwrap().into_inner();
+    let mut states = Vec::new();
+    while let Ok(Ok(Some(message))) = tokio::time::timeout(Duration::from_millis(500), watch.message()).await {
+        states.push(BackendState::try_from(message.status.unwrap().state).unwrap());
+    }
+    assert_eq!(states, [BackendState::Scheduled, BackendState::Ready], "one history entry per change");
+    beat.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_drone_is_unavailable_and_a_full_pool_is_resource_exhausted() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let err = client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(error_info(&err).unwrap().0, reason::NO_DRONE_AVAILABLE);
+
+    let (_d, beat) = drone(&cluster, "d1", 2).await;
+    for _ in 0..2 {
+        client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap();
+    }
+    let err = client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(error_info(&err).unwrap().0, reason::POOL_FULL);
+
+    // Another pool has no drone at all.
+    let mut elsewhere = spawn_config(&[]);
+    elsewhere.pool = "gpu".into();
+    let err = client.connect(connect_request(None, Some(elsewhere))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+
+    // Without a spawn config only a live backend can be returned.
+    let err = client.connect(connect_request(key("nobody", ""), None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(error_info(&err).unwrap().0, reason::BACKEND_NOT_FOUND);
+
+    // Bad input names its fields.
+    let mut bad = spawn_config(&[("HANGAR_FENCING_TOKEN", "9")]);
+    bad.executable.as_mut().unwrap().image = String::new();
+    let err = client.connect(connect_request(None, Some(bad))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> = hangar::error::field_violations(&err).into_iter().map(|(f, _)| f).collect();
+    assert!(fields.contains(&"spawn_config.executable.image".to_string()), "{fields:?}");
+    beat.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_held_with_another_tag_is_refused() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (_d, beat) = drone(&cluster, "d1", 5).await;
+    client.connect(connect_request(key("doc", "v1"), Some(spawn_config(&[])))).await.unwrap();
+    let err = client.connect(connect_request(key("doc", "v2"), Some(spawn_config(&[])))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let (reason, metadata) = error_info(&err).unwrap();
+    assert_eq!(reason, reason::KEY_TAG_MISMATCH);
+    assert_eq!(metadata["held_tag"], "v1");
+    beat.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_drones_lease_expires_to_lost_and_the_key_is_taken_again_with_a_higher_fencing_token() {
+    let settings = BackendSettings { lease_duration: Duration::from_millis(600), ..fast_backends() };
+    let cluster = TestCluster::sqlite_with(config_with(settings)).await;
+    let mut client = backends(&cluster).await;
+    let (mut gone, gone_beat) = drone(&cluster, "gone", 5).await;
+    let first = client.connect(connect_request(key("doc", ""), Some(spawn_config(&[])))).await.unwrap().into_inner();
+    let spawn = gone.next_action(WAIT).await;
+    assert_eq!(spawn_of(&spawn).fencing_token, 1);
+    gone.ack_action(&spawn.action_id).await;
+    gone.event_acked("ev-1", &first.backend_id, status(BackendState::Ready), "127.0.0.1:1").await;
+    // A renewal with the holder's fencing token works while the drone is there.
+    gone.send(Req::RenewKey(v1::RenewKey {
+        backend_id: first.backend_id.clone(),
+        key: key("doc", ""),
+        fencing_token: 1,
+    }))
+    .await;
+    match gone.next_message(WAIT).await {
+        Reply::RenewKeyResponse(r) => assert!(r.renewed && r.expires_at.is_some()),
+        other => panic!("{other:?}"),
+    }
+    gone_beat.abort();
+    drop(gone);
+
+    let lost = wait_for_state(&mut client, &first.backend_id, BackendState::Terminated).await;
+    assert_eq!(lost.status.unwrap().termination_reason, v1::TerminationReason::Lost as i32);
+
+    let (mut other, beat) = drone(&cluster, "other", 5).await;
+    let second = client.connect(connect_request(key("doc", ""), Some(spawn_config(&[])))).await.unwrap().into_inner();
+    assert!(second.spawned);
+    assert_ne!(second.backend_id, first.backend_id);
+    assert_eq!(second.backend.unwrap().drone_id, other.node_id);
+    let spawn = other.next_action(WAIT).await;
+    assert_eq!(spawn_of(&spawn).fencing_token, 2, "the new holder is fenced above the lost one");
+    // The lost holder's token no longer renews anything.
+    other
+        .send(Req::RenewKey(v1::RenewKey {
+            backend_id: first.backend_id.clone(),
+            key: key("doc", ""),
+            fencing_token: 1,
+        }))
+        .await;
+    match other.next_message(WAIT).await {
+        Reply::RenewKeyResponse(r) => assert!(!r.renewed),
+        other => panic!("{other:?}"),
+    }
+    beat.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_lifetime_sweeps_end_the_right_backends_and_spare_the_busy_one() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (mut d, beat) = drone(&cluster, "d1", 10).await;
+    let proxy = ManualProxy::attach(&cluster.url(), "p1").await;
+    let second = Some(prost_types::Duration { seconds: 1, nanos: 0 });
+    let mut idle_config = spawn_config(&[]);
+    idle_config.max_idle = second;
+    let mut lifetime_config = spawn_config(&[]);
+    lifetime_config.lifetime_limit = second;
+    let mut connect = async |config: v1::SpawnConfig| {
+        client.connect(connect_request(None, Some(config))).await.unwrap().into_inner().backend_id
+    };
+    let idle = connect(idle_config.clone()).await;
+    let busy = connect(idle_config).await;
+    let limited = connect(lifetime_config).await;
+    let untouched = connect(spawn_config(&[])).await;
+
+    let mut terminated = std::collections::BTreeMap::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        proxy.report_traffic(std::slice::from_ref(&busy)).await;
+        proxy.heartbeat().await;
+        while let Some(message) = d.maybe_message(Duration::from_millis(100)).await {
+            if let Reply::Action(action) = message {
+                d.ack_action(&action.action_id).await;
+                if let Some(Action::Terminate(t)) = action.action {
+                    terminated.insert(action.backend_id, t.reason);
+                }
+            }
+        }
+    }
+    assert_eq!(terminated.get(&idle), Some(&(v1::TerminationReason::Swept as i32)), "{terminated:?}");
+    assert_eq!(terminated.get(&limited), Some(&(v1::TerminationReason::Lifetime as i32)), "{terminated:?}");
+    assert!(!terminated.contains_key(&busy), "the busy backend is spared: {terminated:?}");
+    assert!(!terminated.contains_key(&untouched), "{terminated:?}");
+    let busy_backend = get(&mut backends(&cluster).await, &busy).await;
+    assert!(busy_backend.last_activity_at.unwrap().seconds >= busy_backend.created_at.unwrap().seconds);
+    beat.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_backends_filters_and_pages() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (_d, beat) = drone(&cluster, "d1", 20).await;
+    let mut ids = BTreeSet::new();
+    for i in 0..7 {
+        let id = client
+            .connect(connect_request(key(&format!("doc-{i}"), ""), Some(spawn_config(&[]))))
+            .await
+            .unwrap()
+            .into_inner()
+            .backend_id;
+        ids.insert(id);
+    }
+    let mut seen = BTreeSet::new();
+    let mut token = String::new();
+    loop {
+        let filter = v1::BackendFilter {
+            states: vec![BackendState::Scheduled as i32],
+            key_namespace: "docs".into(),
+            ..Default::default()
+        };
+        let page = client
+            .list_backends(v1::ListBackendsRequest { filter: Some(filter), page_size: 3, page_token: token })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.backends.len() <= 3);
+        for b in page.backends {
+            assert!(seen.insert(b.id));
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, ids);
+    let none = client
+        .list_backends(v1::ListBackendsRequest {
+            filter: Some(v1::BackendFilter { cluster: "elsewhere".into(), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.backends.is_empty());
+    beat.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_without_a_key_on_a_drone_that_never_comes_back_ends_lost() {
+    let settings = BackendSettings { lease_duration: Duration::from_millis(600), ..fast_backends() };
+    let cluster = TestCluster::sqlite_with(config_with(settings)).await;
+    let mut client = backends(&cluster).await;
+    let (mut gone, beat) = drone(&cluster, "gone", 5).await;
+    let id = client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap().into_inner().backend_id;
+    let spawn = gone.next_action(WAIT).await;
+    gone.ack_action(&spawn.action_id).await;
+    gone.event_acked("ev-1", &id, status(BackendState::Ready), "127.0.0.1:1").await;
+    beat.abort();
+    drop(gone);
+    let lost = wait_for_state(&mut client, &id, BackendState::Terminated).await;
+    assert_eq!(lost.status.unwrap().termination_reason, v1::TerminationReason::Lost as i32);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_drain_deadline_soft_terminates_the_drones_backends_once() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    let id = client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap().into_inner().backend_id;
+    let spawn = d.next_action(WAIT).await;
+    d.ack_action(&spawn.action_id).await;
+    let mut nodes = cluster.nodes().await;
+    let deadline = Some(prost_types::Duration { seconds: 0, nanos: 0 });
+    nodes.drain_node(v1::DrainNodeRequest { id: d.node_id.clone(), deadline }).await.unwrap();
+    let action = d.next_action(WAIT).await;
+    assert_eq!(action.backend_id, id);
+    assert_eq!(terminate_of(&action).kind, v1::TerminationKind::Soft as i32);
+    d.ack_action(&action.action_id).await;
+    // Later passes do not ask again.
+    assert!(d.maybe_message(Duration::from_millis(500)).await.is_none());
+    beat.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_drone_that_stops_renewing_loses_the_key_without_its_backend_being_marked_lost() {
+    let settings = BackendSettings { lease_duration: Duration::from_millis(600), ..fast_backends() };
+    let cluster = TestCluster::sqlite_with(config_with(settings)).await;
+    let mut client = backends(&cluster).await;
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    let first = client.connect(connect_request(key("doc", ""), Some(spawn_config(&[])))).await.unwrap().into_inner();
+    let spawn = d.next_action(WAIT).await;
+    d.ack_action(&spawn.action_id).await;
+    d.event_acked("ev-1", &first.backend_id, status(BackendState::Ready), "127.0.0.1:1").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // The drone is attached, so only it can say how the backend ended: it is not LOST.
+    assert_eq!(state_of(&get(&mut client, &first.backend_id).await), BackendState::Ready);
+    d.send(Req::RenewKey(v1::RenewKey { backend_id: first.backend_id.clone(), key: key("doc", ""), fencing_token: 1 }))
+        .await;
+    match d.next_message(WAIT).await {
+        Reply::RenewKeyResponse(r) => assert!(!r.renewed, "an expired lease is not revived"),
+        other => panic!("{other:?}"),
+    }
+    // The key was freed: a new holder, fenced above the old one, while the drone winds the old
+    // backend down (KEY_EXPIRED).
+    let second = client.connect(connect_request(key("doc", ""), Some(spawn_config(&[])))).await.unwrap().into_inner();
+    assert!(second.spawned);
+    assert_eq!(second.backend.unwrap().fencing_token, 2);
+    let spawn = d.next_action(WAIT).await;
+    assert_eq!(spawn.backend_id, second.backend_id);
+    d.ack_action(&spawn.action_id).await;
+    let ended = v1::BackendStatus {
+        state: BackendState::Terminated as i32,
+        termination_reason: v1::TerminationReason::KeyExpired as i32,
+        ..Default::default()
+    };
+    d.event_acked("ev-2", &first.backend_id, ended, "").await;
+    let old = get(&mut client, &first.backend_id).await;
+    assert_eq!(old.status.unwrap().termination_reason, v1::TerminationReason::KeyExpired as i32);
+    // The old holder's end does not free the key the new holder has.
+    let again = client.connect(connect_request(key("doc", ""), Some(spawn_config(&[])))).await.unwrap().into_inner();
+    assert_eq!(again.backend_id, second.backend_id);
+    beat.abort();
+    cluster.shutdown().await;
+}
