@@ -40,7 +40,10 @@ impl DevCluster {
         let proxy_listener = tokio::net::TcpListener::bind(options.proxy_listen).await.with_context(|| {
             format!("cannot listen on {} for the proxy; pick another with --proxy-listen", options.proxy_listen)
         })?;
-        let controller = Controller::start(store, options.controller, listener).await?;
+        // Connect hands out URLs of this proxy.
+        let mut controller_config = options.controller;
+        controller_config.proxy_url = format!("http://{}", proxy_listener.local_addr()?);
+        let controller = Controller::start(store, controller_config, listener).await?;
         let proxy = Proxy::start(ProxyConfig::new(vec![controller.url()], "dev-proxy"), proxy_listener).await?;
 
         let drone_name = options.drone_name.clone();

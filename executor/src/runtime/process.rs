@@ -199,6 +199,16 @@ impl Runtime for ProcessRuntime {
         }
         // Own process group: a stop reaches every process the backend forked.
         command.process_group(0).stdin(Stdio::null());
+        // If the process running this runtime dies (even by SIGKILL), the kernel kills the
+        // backend: an orphan would keep serving a key whose lease is about to be handed to
+        // another drone. (Linux: the signal follows the death of the spawning thread, which is a
+        // runtime worker thread that lives as long as the process.)
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
         let mut child = command.spawn().map_err(|err| match err.kind() {
             std::io::ErrorKind::NotFound => {
                 RuntimeError::ImageNotFound { image: spec.image.clone(), message: "no such executable".into() }

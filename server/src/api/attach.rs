@@ -384,12 +384,20 @@ impl ProxyLink {
     }
 }
 
-/// One proxy's stream: heartbeats, and traffic reports for the idle sweep.
+/// One proxy's stream: heartbeats, traffic reports for the idle sweep, and route invalidations
+/// for backends that terminated (on any controller: the store's history is the source, read
+/// when a commit wakes the session).
 struct ProxySession {
     registry: Arc<NodeRegistry>,
     store: DynStore,
     attached: AttachedNode,
+    outbound: mpsc::Sender<Result<v1::ProxyAttachResponse, Status>>,
+    /// Backend history up to here has been looked at for terminations.
+    seen: crate::store::Revision,
 }
+
+/// Backend status changes read per wake-up of a proxy session.
+const INVALIDATION_BATCH: usize = 1000;
 
 /// Backend ids one traffic report may carry; a proxy reports per interval, so more is a bug.
 const MAX_TRAFFIC_IDS: usize = 10_000;
@@ -415,6 +423,27 @@ impl SessionHandler<v1::ProxyAttachRequest> for ProxySession {
                 Ok(())
             }
             None => Err(ApiError::Protocol("empty message".into())),
+        }
+    }
+
+    async fn woken(&mut self) -> Result<(), ApiError> {
+        use v1::proxy_attach_response::Message as Reply;
+        loop {
+            let changes = self.store.backend_changes_since(self.seen, INVALIDATION_BATCH).await?;
+            let Some((last, _, _)) = changes.last() else { return Ok(()) };
+            self.seen = *last;
+            for (_, backend_id, status) in &changes {
+                if status.state >= hangar::domain::BackendState::Terminating {
+                    let invalidation = v1::RouteInvalidation { backend_id: backend_id.clone() };
+                    let message = v1::ProxyAttachResponse { message: Some(Reply::Invalidate(invalidation)) };
+                    if self.outbound.send(Ok(message)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if changes.len() < INVALIDATION_BATCH {
+                return Ok(());
+            }
         }
     }
 }
@@ -465,16 +494,41 @@ impl ProxyService for ProxyLink {
             v1::ProxyWelcome { node_id: node.id.clone(), controller_id: registry.controller_id().to_string() };
         tx.try_send(Ok(v1::ProxyAttachResponse { message: Some(Reply::Welcome(welcome)) }))
             .expect("a fresh channel has room");
-        let session =
-            ProxySession { registry: registry.clone(), store: self.sessions.store.clone(), attached: attached.clone() };
+        let seen = self.sessions.store.current_revision().await.map_err(ApiError::from)?;
+        let session = ProxySession {
+            registry: registry.clone(),
+            store: self.sessions.store.clone(),
+            attached: attached.clone(),
+            outbound: tx.clone(),
+            seen,
+        };
         self.sessions.spawn(attached, inbound, tx, session);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn lookup_route(
         &self,
-        _req: Request<v1::LookupRouteRequest>,
+        req: Request<v1::LookupRouteRequest>,
     ) -> Result<Response<v1::LookupRouteResponse>, Status> {
-        Err(Status::unimplemented("LookupRoute is not served by this controller version yet"))
+        let token = req.into_inner().token;
+        if token.is_empty() || token.len() > 512 {
+            return Err(ApiError::invalid("token", "must be 1–512 characters").into());
+        }
+        let route = self
+            .sessions
+            .store
+            .token_route(&crate::api::backend_service::token_hash(&token), Utc::now())
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::TokenNotFound)?;
+        let backend = route.backend;
+        Ok(Response::new(v1::LookupRouteResponse {
+            backend_id: backend.id,
+            state: backend.status.state.to_proto() as i32,
+            address: backend.address,
+            user: route.user,
+            auth: route.auth.into_iter().collect(),
+            expires_at: route.expires_at.map(hangar::domain::timestamp_to_proto),
+        }))
     }
 }

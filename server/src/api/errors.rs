@@ -32,6 +32,8 @@ pub enum ApiError {
     PoolFull { cluster: String, pool: String },
     #[error("{0}")]
     Protocol(String),
+    #[error("unknown or expired connection token")]
+    TokenNotFound,
     #[error("the controller is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -97,6 +99,7 @@ impl From<ApiError> for Status {
             ApiError::Protocol(_) => {
                 status_with_reason(Code::FailedPrecondition, message, reason::PROTOCOL_VIOLATION, &[])
             }
+            ApiError::TokenNotFound => status_with_reason(Code::NotFound, message, reason::TOKEN_NOT_FOUND, &[]),
             ApiError::ShuttingDown => status_with_reason(Code::Unavailable, message, reason::SHUTTING_DOWN, &[]),
             ApiError::Store(StoreError::Compacted { requested, oldest }) => {
                 ApiError::RevisionCompacted { requested, oldest }.into()

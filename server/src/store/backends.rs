@@ -216,4 +216,26 @@ pub trait BackendStore: Send + Sync {
     /// Deletes connection tokens that expired before `now` (static ones never do); returns how
     /// many.
     async fn purge_expired_tokens(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Status changes of every backend after revision `after`, oldest first, at most `limit`:
+    /// `(revision, backend id, status)`. Proxies' sessions use it to learn which routes died.
+    async fn backend_changes_since(
+        &self,
+        after: Revision,
+        limit: usize,
+    ) -> Result<Vec<(Revision, String, BackendStatus)>, StoreError>;
+
+    /// What a connection token (by hash) opens at `now`: its backend and the identity it carries.
+    /// `None` for an unknown or expired token.
+    async fn token_route(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<TokenRoute>, StoreError>;
+}
+
+/// The backend behind a connection token, for the proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRoute {
+    pub backend: Backend,
+    pub user: String,
+    pub auth: BTreeMap<String, String>,
+    /// `None` for static tokens.
+    pub expires_at: Option<DateTime<Utc>>,
 }

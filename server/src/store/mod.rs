@@ -18,7 +18,7 @@ mod sqlite;
 
 pub use backends::{
     ActionPayload, BackendFilter, BackendStore, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome,
-    IssuedToken, PendingAction, Pick, SpawnPlan, new_action_id,
+    IssuedToken, PendingAction, Pick, SpawnPlan, TokenRoute, new_action_id,
 };
 pub use postgres::{NODE_CHANGES_CHANNEL, PostgresStore};
 pub use sqlite::SqliteStore;

@@ -60,6 +60,11 @@ pub(super) fn millis(time: DateTime<Utc>) -> i64 {
     time.timestamp_millis()
 }
 
+pub(super) fn from_millis(millis: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(millis)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {millis} out of range")))
+}
+
 /// The node as `registration` attaches it, before it gets its revision. A re-attach keeps the
 /// node's identity, registration time, backend count and drain: a drone that reconnects while
 /// draining must not become schedulable again.

@@ -586,6 +586,51 @@ where
         Ok(rows_affected::<DB>(&result))
     }
 
+    async fn backend_changes_since(
+        &self,
+        after: Revision,
+        limit: usize,
+    ) -> Result<Vec<(Revision, String, BackendStatus)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT revision, backend_id, status FROM backend_history WHERE revision > $1 ORDER BY revision LIMIT $2",
+        )
+        .bind(db_revision(after))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(from_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                let revision = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
+                let backend_id: String = row.try_get(1).map_err(from_sqlx)?;
+                let status: String = row.try_get(2).map_err(from_sqlx)?;
+                Ok((revision, backend_id, serde_json::from_str(&status).map_err(|e| corrupt("backend status", e))?))
+            })
+            .collect()
+    }
+
+    async fn token_route(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<TokenRoute>, StoreError> {
+        let row =
+            sqlx::query("SELECT backend_id, user_name, auth, expires_at FROM connection_tokens WHERE token_hash = $1")
+                .bind(token_hash.to_string())
+                .fetch_optional(self.read_pool())
+                .await
+                .map_err(from_sqlx)?;
+        let Some(row) = row else { return Ok(None) };
+        let backend_id: String = row.try_get(0).map_err(from_sqlx)?;
+        let user: String = row.try_get(1).map_err(from_sqlx)?;
+        let auth: String = row.try_get(2).map_err(from_sqlx)?;
+        let expires_at: i64 = row.try_get(3).map_err(from_sqlx)?;
+        // 0 marks a static token, which never expires.
+        let expires_at = (expires_at != 0).then(|| rows::from_millis(expires_at)).transpose()?;
+        if expires_at.is_some_and(|t| t <= now) {
+            return Ok(None);
+        }
+        let auth = serde_json::from_str(&auth).map_err(|e| StoreError::Corrupt(format!("token auth: {e}")))?;
+        let Some(backend) = self.get_backend(&backend_id).await? else { return Ok(None) };
+        Ok(Some(TokenRoute { backend, user, auth, expires_at }))
+    }
+
     async fn mark_lost(&self, backend_id: &str, now: DateTime<Utc>) -> Result<Option<Backend>, StoreError> {
         let (mut tx, revision) = self.begin_write().await?;
         let Some(mut backend) = Self::backend_in(&mut tx, backend_id).await? else { return Ok(None) };

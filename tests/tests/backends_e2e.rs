@@ -1,0 +1,225 @@
+//! Backends end to end with every real component: a controller on SQLite, the HTTP proxy, a
+//! drone running backends on the process runtime (the test backend binary) or on Docker (the
+//! locally built test image), driven through the Rust SDK and plain HTTP as a user would.
+
+use futures::{SinkExt, StreamExt};
+use hangar::domain::{BackendState, TerminationReason};
+use hangar_client::HangarClient;
+use hangar_client::{BackendView, ConnectRequest, SpawnSpec};
+use hangar_executor::drone::{self, DroneConfig, DroneHandle};
+use hangar_executor::runtime::Runtime;
+use hangar_executor::runtime::process::ProcessRuntime;
+use hangar_server::controller::ControllerConfig;
+use hangar_server::proxy::{Proxy, ProxyConfig, RunningProxy};
+use hangar_tests::{TestCluster, test_config};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Stack {
+    cluster: TestCluster,
+    proxy: RunningProxy,
+    drone: DroneHandle,
+    client: HangarClient,
+}
+
+impl Stack {
+    async fn shutdown(self) {
+        self.proxy.shutdown().await;
+        self.drone.shutdown().await;
+        self.cluster.shutdown().await;
+    }
+}
+
+/// Controller + proxy + one drone on `runtime`, with lifecycle timings shortened for tests.
+async fn stack(runtime: Arc<dyn Runtime>, tune: impl FnOnce(&mut ControllerConfig)) -> Stack {
+    let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = test_config();
+    config.proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
+    config.backends.sweep_interval = Duration::from_millis(200);
+    config.backends.stop_grace = Duration::from_secs(2);
+    tune(&mut config);
+    let cluster = TestCluster::sqlite_with(config).await;
+    let mut proxy_config = ProxyConfig::new(vec![cluster.url()], "edge");
+    proxy_config.traffic_report_interval = Duration::from_millis(200);
+    let proxy = Proxy::start(proxy_config, proxy_listener).await.unwrap();
+    let mut drone_config = DroneConfig::new(vec![cluster.url()], "worker");
+    drone_config.heartbeat_interval = Duration::from_millis(100);
+    drone_config.runtime = Some(runtime);
+    let drone = drone::spawn(drone_config);
+    tokio::time::timeout(WAIT, drone.attached()).await.expect("drone attached");
+    let client = HangarClient::connect(&cluster.url()).await.unwrap();
+    Stack { cluster, proxy, drone, client }
+}
+
+fn test_backend() -> String {
+    hangar_executor::testing::test_backend_binary().display().to_string()
+}
+
+async fn wait_for_state(client: &HangarClient, id: &str, state: BackendState) -> BackendView {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let backend = client.get_backend(id).await.unwrap();
+        if backend.state == state {
+            return backend;
+        }
+        assert!(
+            Instant::now() < deadline && backend.state < state || backend.state == state,
+            "backend {id} never reached {state:?}; it is {:?} ({:?})",
+            backend.state,
+            backend.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut request = http::Request::get(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = client.request(request.body(Default::default()).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Connect → READY → the backend answers (directly and through the proxy) → Terminate →
+/// TERMINATED with its exit code.
+async fn connect_serve_terminate(stack: &Stack, image: String) {
+    let request =
+        ConnectRequest::key("e2e", "doc-1", "v1").spawn(SpawnSpec::new(image)).user("alice").auth("team", "blue");
+    let connection = stack.client.connect_backend(&request).await.unwrap();
+    assert!(connection.spawned);
+    assert!(connection.url.starts_with(&stack.proxy.url()), "{} is a URL of the proxy", connection.url);
+    let ready = wait_for_state(&stack.client, &connection.backend_id, BackendState::Ready).await;
+    assert_eq!(ready.fencing_token, 1);
+
+    let (status, body) = http_get(&format!("http://{}/", ready.address), &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.contains(&connection.backend_id), "the backend knows its id: {body}");
+    let (status, env) = http_get(&format!("http://{}/env", ready.address), &[]).await;
+    assert_eq!(status, 200);
+    for expected in [
+        format!("HANGAR_BACKEND_ID={}", connection.backend_id),
+        "HANGAR_BACKEND_KEY=e2e/doc-1".to_string(),
+        "HANGAR_FENCING_TOKEN=1".to_string(),
+    ] {
+        assert!(env.lines().any(|l| l == expected), "{expected} missing from\n{env}");
+    }
+
+    // Through the proxy: the backend sees its id and the verified identity, never the spoofed one.
+    let (status, headers) = http_get(&format!("{}headers", connection.url), &[("x-verified-user", "mallory")]).await;
+    assert_eq!(status, 200, "{headers}");
+    let headers = headers.to_ascii_lowercase();
+    assert!(headers.contains(&format!("x-hangar-backend-id: {}", connection.backend_id)), "{headers}");
+    assert!(headers.contains("x-verified-user: alice") && headers.contains("x-verified-team: blue"), "{headers}");
+    assert!(!headers.contains("mallory"), "{headers}");
+
+    // The same key again: the same backend, no second spawn.
+    let again = stack.client.connect_backend(&request).await.unwrap();
+    assert_eq!((again.backend_id.as_str(), again.spawned), (connection.backend_id.as_str(), false));
+
+    stack.client.terminate_backend(&connection.backend_id, false).await.unwrap();
+    let ended = wait_for_state(&stack.client, &connection.backend_id, BackendState::Terminated).await;
+    assert_eq!(ended.status.termination_reason, Some(TerminationReason::External));
+    assert_eq!(ended.status.exit_code, Some(143), "SIGTERM exit code: {:?}", ended.status);
+    // Its URL now says so.
+    let (status, _) = http_get(&connection.url, &[]).await;
+    assert!(status == 404 || status == 410, "a terminated backend's URL answers {status}");
+}
+
+#[tokio::test]
+async fn process_runtime_connect_ready_serve_terminate() {
+    let stack = stack(Arc::new(ProcessRuntime::new()), |_| {}).await;
+    connect_serve_terminate(&stack, test_backend()).await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn docker_runtime_connect_ready_serve_terminate() {
+    let instance = hangar_executor::testing::unique_name("e2e");
+    let Some(docker) =
+        hangar_executor::testing::docker_or_skip("docker_runtime_connect_ready_serve_terminate", &instance).await
+    else {
+        return;
+    };
+    let _cleanup = hangar_executor::testing::ContainerCleanup::new(&instance);
+    let image = hangar_executor::testing::test_image().to_string();
+    let stack = stack(Arc::new(docker), |_| {}).await;
+    connect_serve_terminate(&stack, image).await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_and_a_10_mib_upload_through_the_real_proxy() {
+    let stack = stack(Arc::new(ProcessRuntime::new()), |_| {}).await;
+    let request = ConnectRequest::keyless(SpawnSpec::new(test_backend()));
+    let connection = stack.client.connect_backend(&request).await.unwrap();
+    wait_for_state(&stack.client, &connection.backend_id, BackendState::Ready).await;
+
+    let ws_url = format!("{}ws", connection.url.replacen("http://", "ws://", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.expect("websocket through the proxy");
+    socket.send(tokio_tungstenite::tungstenite::Message::text("ping over hangar")).await.unwrap();
+    assert_eq!(socket.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "ping over hangar");
+    socket.close(None).await.unwrap();
+
+    use http_body_util::BodyExt;
+    let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
+    let frames = futures::stream::iter(
+        (0..10).map(move |_| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.clone()))),
+    );
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let upload =
+        http::Request::post(format!("{}upload", connection.url)).body(http_body_util::StreamBody::new(frames)).unwrap();
+    let response = client.request(upload).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).starts_with(&format!("{} ", 10 << 20)),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_backend_is_swept_and_a_busy_one_survives() {
+    let stack = stack(Arc::new(ProcessRuntime::new()), |_| {}).await;
+    let spec = || SpawnSpec::new(test_backend()).max_idle(Duration::from_secs(2));
+    let idle = stack.client.connect_backend(&ConnectRequest::keyless(spec())).await.unwrap();
+    let busy = stack.client.connect_backend(&ConnectRequest::keyless(spec())).await.unwrap();
+    wait_for_state(&stack.client, &idle.backend_id, BackendState::Ready).await;
+    wait_for_state(&stack.client, &busy.backend_id, BackendState::Ready).await;
+    // Traffic through the proxy every 300 ms for 4 s keeps one of them alive.
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(4) {
+        assert_eq!(http_get(&busy.url, &[]).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let swept = wait_for_state(&stack.client, &idle.backend_id, BackendState::Terminated).await;
+    assert_eq!(swept.status.termination_reason, Some(TerminationReason::Swept));
+    assert_eq!(stack.client.get_backend(&busy.backend_id).await.unwrap().state, BackendState::Ready);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_executable_ends_image_pull_failed_and_an_exit_ends_exited_with_its_code() {
+    let stack = stack(Arc::new(ProcessRuntime::new()), |_| {}).await;
+    let missing = ConnectRequest::keyless(SpawnSpec::new("/no/such/backend"));
+    let connection = stack.client.connect_backend(&missing).await.unwrap();
+    let ended = wait_for_state(&stack.client, &connection.backend_id, BackendState::Terminated).await;
+    assert_eq!(ended.status.termination_reason, Some(TerminationReason::ImagePullFailed));
+
+    let exits =
+        SpawnSpec::new(test_backend()).env("TEST_BACKEND_EXIT_AFTER_MS", "500").env("TEST_BACKEND_EXIT_CODE", "7");
+    let connection = stack.client.connect_backend(&ConnectRequest::keyless(exits)).await.unwrap();
+    let ended = wait_for_state(&stack.client, &connection.backend_id, BackendState::Terminated).await;
+    assert_eq!(ended.status.termination_reason, Some(TerminationReason::Exited));
+    assert_eq!(ended.status.exit_code, Some(7));
+    stack.shutdown().await;
+}
