@@ -1,10 +1,10 @@
 //! A drone drives a real executor process over its Unix socket: the runtime it reports is on
-//! its node, and so is the number of backends the executor runs.
+//! its node, backends the controller places run on that executor, and the node counts them.
 
 use hangar::v1::{self, node_service_client::NodeServiceClient};
 use hangar_executor::client::ExecutorClient;
 use hangar_executor::drone::{self, DroneConfig};
-use hangar_executor::runtime::{BackendSpec, Runtime};
+use hangar_executor::runtime::Runtime;
 use hangar_server::api::RUNTIME_LABEL;
 use hangar_tests::{TestCluster, binary, channel, wait_for_node};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ impl Drop for KillOnDrop {
 }
 
 #[tokio::test]
-async fn drone_reports_its_executors_runtime_and_running_backends() {
+async fn drone_runs_backends_on_its_executor_and_reports_its_runtime_and_count() {
     let cluster = TestCluster::sqlite().await;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("exec").join("executor.sock");
@@ -45,10 +45,10 @@ async fn drone_reports_its_executors_runtime_and_running_backends() {
             Err(err) => panic!("executor never came up: {err}"),
         }
     };
-    let client: Arc<dyn Runtime> = Arc::new(client);
+    let executor_client: Arc<dyn Runtime> = Arc::new(client);
 
     let mut config = DroneConfig::new(vec![cluster.url()], "exec-drone");
-    config.runtime = Some(client.clone());
+    config.runtime = Some(executor_client.clone());
     let drone = drone::spawn(config);
     let node_id = tokio::time::timeout(WAIT, drone.attached()).await.unwrap();
 
@@ -56,18 +56,22 @@ async fn drone_reports_its_executors_runtime_and_running_backends() {
     let node = wait_for_node(&mut nodes, &node_id, WAIT, |_| true).await;
     assert_eq!(node.labels.get(RUNTIME_LABEL).map(String::as_str), Some("mock"));
 
-    let spec = BackendSpec {
-        backend_id: "bk-counted".into(),
-        image: "mock".into(),
-        command: vec![],
-        env: Default::default(),
-        port: 0,
-        resources: Default::default(),
-        labels: Default::default(),
-    };
-    client.start(spec).await.unwrap();
+    // A backend placed through the controller runs on the executor behind the socket, and the
+    // drone's heartbeats count it.
+    let client = hangar_client::HangarClient::connect(&cluster.url()).await.unwrap();
+    let connection = client
+        .connect_backend(&hangar_client::ConnectRequest::keyless(hangar_client::SpawnSpec::new("mock-image")))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client.get_backend(&connection.backend_id).await.unwrap().state != hangar::domain::BackendState::Ready {
+        assert!(tokio::time::Instant::now() < deadline, "backend never READY on the executor");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on_executor = executor_client.list().await.unwrap();
+    assert_eq!(on_executor.iter().map(|b| b.backend_id.as_str()).collect::<Vec<_>>(), [connection.backend_id.as_str()]);
     wait_for_node(&mut nodes, &node_id, WAIT, |n: &v1::Node| n.backend_count == 1).await;
-    client.stop("bk-counted", Duration::ZERO).await.unwrap();
+    client.terminate_backend(&connection.backend_id, true).await.unwrap();
     wait_for_node(&mut nodes, &node_id, WAIT, |n: &v1::Node| n.backend_count == 0).await;
     drone.shutdown().await;
     cluster.shutdown().await;
