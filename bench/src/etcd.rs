@@ -57,7 +57,14 @@ impl Writer for EtcdWriter {
         self.put(value(&format!("w{k}"), self.value_size)).await
     }
 
-    async fn write(&mut self, from: u32, to: u32, rate: u32, times: &mut WriteTimes) -> anyhow::Result<()> {
+    async fn write(
+        &mut self,
+        from: u32,
+        to: u32,
+        rate: u32,
+        concurrency: usize,
+        times: &mut WriteTimes,
+    ) -> anyhow::Result<()> {
         let size = self.value_size;
         let write = |i: u32| {
             let mut kv = self.kv.clone();
@@ -69,12 +76,12 @@ impl Writer for EtcdWriter {
             times.issued[i as usize] = issued;
             times.acked[i as usize] = acked;
         };
-        fanout::paced(from, to, rate, write, done).await
+        fanout::paced(from, to, rate, concurrency, write, done).await
     }
 }
 
 pub async fn run(args: &WatchArgs, plan: &Plan, value_size: usize) -> anyhow::Result<Report> {
-    let dir = tempfile::tempdir()?;
+    let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in(&args.data_dir)?;
     let (client_port, peer_port) = (procs::free_port()?, procs::free_port()?);
     let client_url = format!("http://127.0.0.1:{client_port}");
     let peer_url = format!("http://127.0.0.1:{peer_port}");

@@ -4,6 +4,7 @@
 use crate::WatchArgs;
 use crate::measure::{Plan, Report, WatcherLog, WriteTimes, now_ns, summarize};
 use crate::procs;
+use futures::StreamExt as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,13 +16,14 @@ use tokio::task::JoinSet;
 pub trait Writer {
     /// A warm-up change `k` (not measured; watchers see it as change 0).
     fn warm_up(&mut self, k: u32) -> impl Future<Output = anyhow::Result<()>>;
-    /// Writes changes `from..=to`, `rate` per second (0: back to back), and records when each
-    /// was issued and acknowledged.
+    /// Writes changes `from..=to` as [`paced`] does, and records when each was issued and
+    /// acknowledged.
     fn write(
         &mut self,
         from: u32,
         to: u32,
         rate: u32,
+        concurrency: usize,
         times: &mut WriteTimes,
     ) -> impl Future<Output = anyhow::Result<()>>;
 }
@@ -46,7 +48,7 @@ impl WatcherCtx {
                 }
                 false
             }
-            Some(i) => log.record(i, at, &self.plan),
+            Some(i) => log.record(i, at),
         }
     }
 
@@ -104,8 +106,8 @@ where
     let cpu_before = procs::cpu_seconds(server_pid)?;
 
     let mut times = WriteTimes::new(plan.last() as usize + 1);
-    writer.write(1, plan.paced, plan.rate, &mut times).await?;
-    writer.write(plan.paced + 1, plan.last(), 0, &mut times).await?;
+    writer.write(1, plan.paced, plan.rate, 1, &mut times).await?;
+    writer.write(plan.paced + 1, plan.last(), 0, args.burst_writers, &mut times).await?;
 
     let mut logs = Vec::with_capacity(args.watchers);
     let collect = async {
@@ -138,28 +140,44 @@ where
     Ok(report)
 }
 
-/// Paces `from..=to` at `rate` per second (0: back to back), calling `write_one` for each and
-/// `done(i, issued, acked)` with the wall-clock times just before the write and after it
+/// Writes `from..=to` by calling `write_one` for each: `rate` per second one at a time, or with
+/// `rate` 0 as fast as possible with up to `concurrency` writes in flight. Calls
+/// `done(i, issued, acked)` with the wall-clock times just before each write and after it
 /// committed.
 pub async fn paced<F, Fut>(
     from: u32,
     to: u32,
     rate: u32,
-    mut write_one: F,
+    concurrency: usize,
+    write_one: F,
     mut done: impl FnMut(u32, u64, u64),
 ) -> anyhow::Result<()>
 where
-    F: FnMut(u32) -> Fut,
+    F: Fn(u32) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let timed = |i| {
+        let write = write_one(i);
+        async move {
+            let issued = now_ns();
+            write.await?;
+            anyhow::Ok((i, issued, now_ns()))
+        }
+    };
+    if rate == 0 {
+        let mut writes =
+            futures::StreamExt::buffer_unordered(futures::stream::iter(from..=to).map(timed), concurrency.max(1));
+        while let Some(result) = futures::StreamExt::next(&mut writes).await {
+            let (i, issued, acked) = result?;
+            done(i, issued, acked);
+        }
+        return Ok(());
+    }
     let start = tokio::time::Instant::now();
     for (n, i) in (from..=to).enumerate() {
-        if rate > 0 {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(n as f64 / f64::from(rate))).await;
-        }
-        let issued = now_ns();
-        write_one(i).await?;
-        done(i, issued, now_ns());
+        tokio::time::sleep_until(start + Duration::from_secs_f64(n as f64 / f64::from(rate))).await;
+        let (i, issued, acked) = timed(i).await?;
+        done(i, issued, acked);
     }
     Ok(())
 }

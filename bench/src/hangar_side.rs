@@ -11,7 +11,7 @@ use crate::measure::{Plan, Report, WatcherLog, WriteTimes};
 use crate::procs;
 use chrono::Utc;
 use hangar::domain::{NodeKind, NodeResources};
-use hangar::v1::{self, node_service_client::NodeServiceClient};
+use hangar::v1;
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
 use hangar_server::store::{self, NodeRegistration, NodeUpdate, UpdateCondition};
 use prost::Message;
@@ -66,7 +66,7 @@ fn registration() -> NodeRegistration {
 /// The child: serves a controller and writes changes when told to.
 ///
 /// Protocol (one line each): it prints `ready ADDR EVENT_BYTES`; then `warm K` writes warm-up
-/// change K and answers `ok`; `write FROM TO RATE` writes changes FROM..=TO and answers one
+/// change K and answers `ok`; `write FROM TO RATE CONCURRENCY` writes changes FROM..=TO and answers one
 /// `t INDEX ISSUED_NS ACKED_NS` per change, then `ok`; end of input stops it.
 pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
     let url = format!("sqlite://{}", args.dir.join("hangar.db").display());
@@ -98,13 +98,13 @@ pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
                 let resources = NodeResources { cpu_used_millis: k.parse()?, ..node.resources };
                 update(NodeUpdate { resources: Some(resources), ..Default::default() }).await?;
             }
-            ["write", from, to, rate] => {
+            ["write", from, to, rate, concurrency] => {
                 let write = |i| {
                     let write = update(NodeUpdate { backend_count: Some(i), ..Default::default() });
                     async move { write.await.map(drop) }
                 };
                 let done = |i, issued, acked| println!("t {i} {issued} {acked}");
-                fanout::paced(from.parse()?, to.parse()?, rate.parse()?, write, done).await?;
+                fanout::paced(from.parse()?, to.parse()?, rate.parse()?, concurrency.parse()?, write, done).await?;
             }
             _ => anyhow::bail!("unknown command {line:?}"),
         }
@@ -144,13 +144,20 @@ impl Writer for ChildWriter {
         self.command(format!("warm {k}"), None).await
     }
 
-    async fn write(&mut self, from: u32, to: u32, rate: u32, times: &mut WriteTimes) -> anyhow::Result<()> {
-        self.command(format!("write {from} {to} {rate}"), Some(times)).await
+    async fn write(
+        &mut self,
+        from: u32,
+        to: u32,
+        rate: u32,
+        concurrency: usize,
+        times: &mut WriteTimes,
+    ) -> anyhow::Result<()> {
+        self.command(format!("write {from} {to} {rate} {concurrency}"), Some(times)).await
     }
 }
 
 pub async fn run(args: &WatchArgs, plan: &Plan) -> anyhow::Result<Report> {
-    let dir = tempfile::tempdir()?;
+    let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in(&args.data_dir)?;
     let mut command = Command::new(std::env::current_exe()?);
     command.arg("hangar-controller").arg("--dir").arg(dir.path());
     let mut child = procs::spawn_owned(command)?;
@@ -182,12 +189,40 @@ pub async fn run(args: &WatchArgs, plan: &Plan) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// `WatchNodesResponse` as the benchmark reads it: only the change index (`backend_count`);
+/// every other field is skipped undecoded. The etcd watchers likewise only read their index
+/// from the value, so that both clients cost this process about the same per message and the
+/// comparison is between the servers.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResponseIndex {
+    #[prost(message, optional, tag = "1")]
+    event: Option<EventIndex>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EventIndex {
+    #[prost(message, optional, tag = "2")]
+    node: Option<NodeIndex>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct NodeIndex {
+    #[prost(uint32, tag = "13")]
+    backend_count: u32,
+}
+
+async fn open_watch(channel: Channel) -> Result<tonic::Streaming<ResponseIndex>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|err| tonic::Status::unavailable(err.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/hangar.v1.NodeService/WatchNodes");
+    let codec = tonic_prost::ProstCodec::<v1::WatchNodesRequest, ResponseIndex>::default();
+    Ok(grpc.server_streaming(tonic::Request::new(v1::WatchNodesRequest::default()), path, codec).await?.into_inner())
+}
+
 async fn watcher(channel: Channel, ctx: WatcherCtx) -> WatcherLog {
     let mut log = WatcherLog::new(ctx.plan.last() as usize + 1);
-    let mut client = NodeServiceClient::new(channel);
-    let request = v1::WatchNodesRequest::default();
-    let mut stream = match client.watch_nodes(request).await {
-        Ok(response) => response.into_inner(),
+    let mut stream = match open_watch(channel).await {
+        Ok(stream) => stream,
         Err(status) => {
             log.error = Some(status.to_string());
             return log;

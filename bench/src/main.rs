@@ -40,12 +40,24 @@ pub struct WatchArgs {
     /// HTTP/2 connections the watchers are spread over, round robin.
     #[arg(long, default_value_t = 10)]
     pub connections: usize,
-    /// Changes written per system: the first half at `--rate`, the second half in a burst.
+    /// Changes written per system: `--paced-events` of them at `--rate`, the rest in a burst.
     #[arg(long, default_value_t = 2000)]
     pub events: u32,
-    /// Writes per second in the paced half.
-    #[arg(long, default_value_t = 500)]
+    /// Changes written at the fixed rate, before the burst.
+    #[arg(long, default_value_t = 200)]
+    pub paced_events: u32,
+    /// Writes per second in the paced phase. Keep rate × watchers well below the fan-out
+    /// throughput, so that the paced latency is the latency of an unloaded system.
+    #[arg(long, default_value_t = 20)]
     pub rate: u32,
+    /// Writes in flight during the burst.
+    #[arg(long, default_value_t = 16)]
+    pub burst_writers: usize,
+    /// Where the databases go. The default, a tmpfs, takes the disk's fsync out of the figures
+    /// (for both systems alike): what is measured is the watch path, not the disk; give a disk
+    /// directory (e.g. /var/tmp) to include it.
+    #[arg(long, default_value = "/dev/shm")]
+    pub data_dir: std::path::PathBuf,
     /// The etcd server binary.
     #[arg(long, default_value = "etcd")]
     pub etcd_bin: String,
@@ -89,11 +101,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn watch(args: WatchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.watchers > 0 && args.connections > 0 && args.events >= 2, "nothing to measure");
-    let plan = measure::Plan::new(args.events, args.rate);
+    anyhow::ensure!(
+        args.watchers > 0 && args.connections > 0 && args.paced_events > 0 && args.events > args.paced_events,
+        "nothing to measure: need watchers, connections, and more events than paced events"
+    );
+    let plan = measure::Plan { paced: args.paced_events, burst: args.events - args.paced_events, rate: args.rate };
     println!(
-        "watch benchmark: {} watchers over {} HTTP/2 connections, {} changes ({} at {}/s, then {} in a burst)",
-        args.watchers, args.connections, args.events, plan.paced, args.rate, plan.burst
+        "watch benchmark: {} watchers over {} HTTP/2 connections, {} changes ({} at {}/s, then {} in a burst \
+         with {} writes in flight)",
+        args.watchers, args.connections, args.events, plan.paced, args.rate, plan.burst, args.burst_writers
     );
     let run_hangar = args.only.as_deref().is_none_or(|o| o == "hangar");
     let run_etcd = args.only.as_deref().is_none_or(|o| o == "etcd");

@@ -21,9 +21,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(events: u32, rate: u32) -> Plan {
-        Plan { paced: events / 2, burst: events - events / 2, rate }
-    }
     /// The last change index.
     pub fn last(&self) -> u32 {
         self.paced + self.burst
@@ -53,22 +50,26 @@ impl WriteTimes {
 #[derive(Debug)]
 pub struct WatcherLog {
     pub received: Vec<u64>,
+    /// Changes not received yet (burst writes can commit out of index order).
+    remaining: usize,
     /// The stream ended with an error before the last change (e.g. cut off as too slow).
     pub error: Option<String>,
 }
 
 impl WatcherLog {
     pub fn new(len: usize) -> WatcherLog {
-        WatcherLog { received: vec![0; len], error: None }
+        WatcherLog { received: vec![0; len], remaining: len.saturating_sub(1), error: None }
     }
-    /// Records a receipt; returns whether it was the last change.
-    pub fn record(&mut self, index: u32, at: u64, plan: &Plan) -> bool {
-        if let Some(slot) = self.received.get_mut(index as usize)
+    /// Records a receipt; returns whether every change has been received.
+    pub fn record(&mut self, index: u32, at: u64) -> bool {
+        if index > 0
+            && let Some(slot) = self.received.get_mut(index as usize)
             && *slot == 0
         {
             *slot = at;
+            self.remaining -= 1;
         }
-        index == plan.last()
+        self.remaining == 0
     }
 }
 
@@ -105,6 +106,10 @@ pub struct Report {
     /// first burst write to the last burst receipt.
     pub burst_throughput: f64,
     pub burst_seconds: f64,
+    /// How long the writer took for the burst (the fan-out cannot finish sooner).
+    pub burst_write_seconds: f64,
+    /// From the last burst write committing to the last receipt: the fan-out backlog.
+    pub drain_seconds: f64,
     pub expected: usize,
     pub missing: usize,
     pub watchers_failed: usize,
@@ -151,6 +156,9 @@ pub fn summarize(plan: &Plan, writes: &WriteTimes, logs: &[WatcherLog], event_by
         .max()
         .unwrap_or(burst_start);
     let burst_seconds = (burst_end.saturating_sub(burst_start)) as f64 / 1e9;
+    let last_ack = writes.acked[plan.last() as usize];
+    let burst_write_seconds = last_ack.saturating_sub(burst_start) as f64 / 1e9;
+    let drain_seconds = burst_end.saturating_sub(last_ack) as f64 / 1e9;
     let expected = logs.len() * plan.last() as usize;
     let missing = expected - paced.count - burst.count;
     Report {
@@ -161,6 +169,8 @@ pub fn summarize(plan: &Plan, writes: &WriteTimes, logs: &[WatcherLog], event_by
         burst,
         burst_throughput: if burst_seconds > 0.0 { burst.count as f64 / burst_seconds } else { 0.0 },
         burst_seconds,
+        burst_write_seconds,
+        drain_seconds,
         expected,
         missing,
         watchers_failed: logs.iter().filter(|l| l.error.is_some()).count(),
@@ -192,7 +202,13 @@ pub fn print_table(hangar: Option<&Report>, etcd: Option<&Report>) {
         ("burst latency p50", |r| ms(r.burst.p50), Some(|r| r.burst.p50.as_secs_f64())),
         ("burst latency p99", |r| ms(r.burst.p99), Some(|r| r.burst.p99.as_secs_f64())),
         ("burst latency max", |r| ms(r.burst.max), Some(|r| r.burst.max.as_secs_f64())),
-        ("burst duration", |r| format!("{:.2} s", r.burst_seconds), Some(|r| r.burst_seconds)),
+        (
+            "burst writes, first to last commit",
+            |r| format!("{:.2} s", r.burst_write_seconds),
+            Some(|r| r.burst_write_seconds),
+        ),
+        ("burst delivery, first write to end", |r| format!("{:.2} s", r.burst_seconds), Some(|r| r.burst_seconds)),
+        ("backlog after the last commit", |r| format!("{:.2} s", r.drain_seconds), Some(|r| r.drain_seconds)),
         ("fan-out throughput (deliveries/s)", |r| format!("{:.0}", r.burst_throughput), Some(|r| r.burst_throughput)),
         ("server RSS idle", |r| mib(r.rss_idle), Some(|r| r.rss_idle as f64)),
         ("server RSS, watchers open", |r| mib(r.rss_watching), Some(|r| r.rss_watching as f64)),
