@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `BackendService.Connect` would collide with the generated `connect(endpoint)`
         // constructor; clients are built from a `Channel` instead.
         .build_transport(false)
+        // Hand-written (src/wire.rs) so that a watch event is encoded once for every stream.
+        .extern_path(".hangar.v1.WatchNodesResponse", "crate::wire::WatchNodesResponse")
         .compile_fds(descriptors)?;
     Ok(())
 }

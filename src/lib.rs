@@ -4,11 +4,13 @@
 
 pub mod domain;
 pub mod error;
+pub mod wire;
 
 /// Generated code for `hangar.v1`.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("hangar.v1");
+    pub use crate::wire::{EncodedNode, WatchNodesResponse};
 }
 
 /// Generated code for `hangar.executor.v1` and the protocol version it implements.

@@ -433,9 +433,7 @@ mod tests {
     }
 
     fn message(kind: v1::NodeEventType, node: Option<&Node>, revision: u64) -> v1::WatchNodesResponse {
-        v1::WatchNodesResponse {
-            event: Some(v1::NodeEvent { r#type: kind as i32, node: node.map(v1::Node::from), revision }),
-        }
+        v1::WatchNodesResponse::new(v1::NodeEvent { r#type: kind as i32, node: node.map(v1::Node::from), revision })
     }
 
     #[test]

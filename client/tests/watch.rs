@@ -174,7 +174,7 @@ impl NodeService for FakeWatch {
             let head = state.log.last().map_or(state.base, |e| e.revision);
             events.push(event(v1::NodeEventType::Bookmark, None, head));
         }
-        let delivered = events.into_iter().take(messages).map(|e| Ok(v1::WatchNodesResponse { event: Some(e) }));
+        let delivered = events.into_iter().take(messages).map(|e| Ok(v1::WatchNodesResponse::new(e)));
         let delivered = futures::stream::iter(delivered.collect::<Vec<_>>());
         let stream: EventStream = match then {
             End::Status(status) => Box::pin(delivered.chain(futures::stream::once(async { Err(status) }))),

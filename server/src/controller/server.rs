@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
@@ -116,9 +115,13 @@ impl Controller {
             .add_service(drone_link)
             .add_service(proxy_link);
         let stop_serving = shutdown.clone();
-        let server = tokio::spawn(async move {
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_serving.cancelled_owned()).await
-        });
+        // A caller-supplied listener skips tonic's socket options: without TCP_NODELAY, Nagle
+        // holds back the small writes of watch events until the peer's delayed ACK.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server =
+            tokio::spawn(
+                async move { router.serve_with_incoming_shutdown(incoming, stop_serving.cancelled_owned()).await },
+            );
 
         {
             let registry = registry.clone();

@@ -34,19 +34,20 @@ impl Default for WatchConfig {
     }
 }
 
-/// One change as every watcher receives it: decoded and converted to protobuf once.
+/// One change as every watcher receives it: decoded, converted to protobuf and encoded once;
+/// each stream sends the same bytes.
 #[derive(Debug)]
 pub struct HubChange {
     pub revision: Revision,
     pub kind: ChangeKind,
     pub node: Node,
-    pub proto: v1::Node,
+    pub encoded: v1::EncodedNode,
 }
 
 impl HubChange {
-    fn new(change: crate::store::NodeChange) -> Arc<HubChange> {
-        let proto = v1::Node::from(&change.node);
-        Arc::new(HubChange { revision: change.revision, kind: change.kind, node: change.node, proto })
+    pub fn new(change: crate::store::NodeChange) -> Arc<HubChange> {
+        let encoded = v1::EncodedNode::new(&v1::Node::from(&change.node));
+        Arc::new(HubChange { revision: change.revision, kind: change.kind, node: change.node, encoded })
     }
 }
 

@@ -39,7 +39,7 @@ pub struct NodeWatch;
 type Item = Result<v1::WatchNodesResponse, Status>;
 
 fn event(kind: NodeEventType, node: Option<v1::Node>, revision: Revision) -> v1::WatchNodesResponse {
-    v1::WatchNodesResponse { event: Some(v1::NodeEvent { r#type: kind as i32, node, revision }) }
+    v1::WatchNodesResponse::new(v1::NodeEvent { r#type: kind as i32, node, revision })
 }
 
 fn store_status(err: StoreError) -> Status {
@@ -147,7 +147,8 @@ impl NodeWatch {
                 }
                 position = change.revision;
                 if let Some(kind) = classify(&filter, &mut view, &change) {
-                    yield Ok(event(kind, Some(change.proto.clone()), change.revision));
+                    // The node's bytes as the hub encoded them once: a reference count per stream.
+                    yield Ok(v1::WatchNodesResponse::shared(kind, Some(change.encoded.clone()), change.revision));
                     if let Some(b) = bookmark.as_mut() {
                         b.reset();
                     }
@@ -238,8 +239,7 @@ mod tests {
             draining: false,
             revision,
         };
-        let proto = v1::Node::from(&node);
-        Arc::new(HubChange { revision, kind, node, proto })
+        HubChange::new(crate::store::NodeChange { revision, kind, node })
     }
 
     #[test]

@@ -1,0 +1,183 @@
+//! The part of a run that both systems share: watchers that record receipts, a writer driven
+//! through the paced and burst phases, and the server's RSS and CPU read around them.
+
+use crate::WatchArgs;
+use crate::measure::{Plan, Report, WatcherLog, WriteTimes, now_ns, summarize};
+use crate::procs;
+use futures::StreamExt as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Writes changes to the system under test.
+pub trait Writer {
+    /// A warm-up change `k` (not measured; watchers see it as change 0).
+    fn warm_up(&mut self, k: u32) -> impl Future<Output = anyhow::Result<()>>;
+    /// Writes changes `from..=to` as [`paced`] does, and records when each was issued and
+    /// acknowledged.
+    fn write(
+        &mut self,
+        from: u32,
+        to: u32,
+        rate: u32,
+        concurrency: usize,
+        times: &mut WriteTimes,
+    ) -> impl Future<Output = anyhow::Result<()>>;
+}
+
+/// What a watcher task gets: where to count its warm-up and when to give up.
+#[derive(Clone)]
+pub struct WatcherCtx {
+    pub plan: Plan,
+    warmed: Arc<AtomicUsize>,
+    stop: watch::Receiver<bool>,
+}
+
+impl WatcherCtx {
+    /// Records one received change (`None`: a warm-up); returns whether the watcher is done.
+    pub fn received(&self, log: &mut WatcherLog, index: Option<u32>, warm: &mut bool) -> bool {
+        let at = now_ns();
+        match index {
+            None => {
+                if !*warm {
+                    *warm = true;
+                    self.warmed.fetch_add(1, Ordering::Relaxed);
+                }
+                false
+            }
+            Some(i) => log.record(i, at),
+        }
+    }
+
+    /// Resolves when the run gives up on outstanding deliveries.
+    pub async fn stopped(&self) {
+        let mut stop = self.stop.clone();
+        let _ = stop.wait_for(|s| *s).await;
+    }
+}
+
+/// Runs one system through the plan: `spawn_watcher(i, ctx)` is one watcher's whole life.
+pub async fn drive<W, F, Fut>(
+    system: &'static str,
+    args: &WatchArgs,
+    plan: &Plan,
+    server_pid: u32,
+    event_bytes: usize,
+    writer: &mut W,
+    spawn_watcher: F,
+) -> anyhow::Result<Report>
+where
+    W: Writer,
+    F: Fn(usize, WatcherCtx) -> Fut,
+    Fut: Future<Output = WatcherLog> + Send + 'static,
+{
+    // Let the server settle after start-up before reading its idle footprint.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = procs::rss_bytes(server_pid)?;
+
+    let (stop_tx, stop) = watch::channel(false);
+    let ctx = WatcherCtx { plan: *plan, warmed: Arc::new(AtomicUsize::new(0)), stop };
+    let mut tasks = JoinSet::new();
+    for i in 0..args.watchers {
+        tasks.spawn(spawn_watcher(i, ctx.clone()));
+    }
+
+    // Warm up until every watcher has seen a change: only then is each one subscribed.
+    let opened = tokio::time::Instant::now();
+    let mut k = 0;
+    while ctx.warmed.load(Ordering::Relaxed) < args.watchers {
+        anyhow::ensure!(
+            opened.elapsed() < args.timeout,
+            "{system}: only {} of {} watchers subscribed within {:?}",
+            ctx.warmed.load(Ordering::Relaxed),
+            args.watchers,
+            args.timeout
+        );
+        k += 1;
+        writer.warm_up(k).await?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("{system}: {} watchers subscribed in {:.1?}", args.watchers, opened.elapsed());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_watching = procs::rss_bytes(server_pid)?;
+    let cpu_before = procs::cpu_seconds(server_pid)?;
+
+    let mut times = WriteTimes::new(plan.last() as usize + 1);
+    writer.write(1, plan.paced, plan.rate, 1, &mut times).await?;
+    writer.write(plan.paced + 1, plan.last(), 0, args.burst_writers, &mut times).await?;
+
+    let mut logs = Vec::with_capacity(args.watchers);
+    let collect = async {
+        while let Some(log) = tasks.join_next().await {
+            logs.push(log?);
+        }
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(args.timeout, collect).await {
+        Ok(result) => result?,
+        Err(_) => {
+            eprintln!("{system}: not every change arrived within {:?}; counting what did", args.timeout);
+            let _ = stop_tx.send(true);
+            while let Some(log) = tasks.join_next().await {
+                logs.push(log?);
+            }
+        }
+    }
+    let cpu_after = procs::cpu_seconds(server_pid)?;
+    let rss_after = procs::rss_bytes(server_pid)?;
+
+    let mut report = summarize(plan, &times, &logs, event_bytes);
+    report.rss_idle = rss_idle;
+    report.rss_watching = rss_watching;
+    report.rss_after = rss_after;
+    report.server_cpu = cpu_after - cpu_before;
+    if let Some(err) = logs.iter().find_map(|l| l.error.as_ref()) {
+        eprintln!("{system}: {} watchers failed, e.g.: {err}", report.watchers_failed);
+    }
+    Ok(report)
+}
+
+/// Writes `from..=to` by calling `write_one` for each: `rate` per second one at a time, or with
+/// `rate` 0 as fast as possible with up to `concurrency` writes in flight. Calls
+/// `done(i, issued, acked)` with the wall-clock times just before each write and after it
+/// committed.
+pub async fn paced<F, Fut>(
+    from: u32,
+    to: u32,
+    rate: u32,
+    concurrency: usize,
+    write_one: F,
+    mut done: impl FnMut(u32, u64, u64),
+) -> anyhow::Result<()>
+where
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let timed = |i| {
+        let write = write_one(i);
+        async move {
+            let issued = now_ns();
+            write.await?;
+            anyhow::Ok((i, issued, now_ns()))
+        }
+    };
+    if rate == 0 {
+        let mut writes =
+            futures::StreamExt::buffer_unordered(futures::stream::iter(from..=to).map(timed), concurrency.max(1));
+        while let Some(result) = futures::StreamExt::next(&mut writes).await {
+            let (i, issued, acked) = result?;
+            done(i, issued, acked);
+        }
+        return Ok(());
+    }
+    let start = tokio::time::Instant::now();
+    for (n, i) in (from..=to).enumerate() {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(n as f64 / f64::from(rate))).await;
+        let (i, issued, acked) = timed(i).await?;
+        done(i, issued, acked);
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The Hangar side: a controller on SQLite in its own process (this binary's hidden
+//! `hangar-controller` command), which also hosts the writer, and WatchNodes watchers here.
+//!
+//! The writer lives in the controller's process because it writes to the store directly (a
+//! `backend_count` update of one node per change) and the store wakes the watch hub in-process;
+//! it is driven over the child's stdin and reports its write times on stdout.
+
+use crate::WatchArgs;
+use crate::fanout::{self, WatcherCtx, Writer};
+use crate::measure::{Plan, Report, WatcherLog, WriteTimes};
+use crate::procs;
+use chrono::Utc;
+use hangar::domain::{NodeKind, NodeResources};
+use hangar::v1;
+use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
+use hangar_server::store::{self, NodeRegistration, NodeUpdate, UpdateCondition};
+use prost::Message;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{ChildStdin, ChildStdout, Command};
+use tonic::transport::{Channel, Endpoint};
+
+/// Used for the etcd value when the Hangar side does not run.
+pub const NODE_EVENT_SIZE_HINT: usize = 500;
+
+#[derive(clap::Args, Debug)]
+pub struct ControllerArgs {
+    /// Directory for the SQLite database.
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+/// A node as a real drone reports it: a typical set of labels, so that an event has a
+/// realistic size (~500 bytes on the wire).
+fn registration() -> NodeRegistration {
+    let labels = [
+        ("topology.kubernetes.io/region", "eu-west-1"),
+        ("topology.kubernetes.io/zone", "eu-west-1a"),
+        ("node.kubernetes.io/instance-type", "m6i.2xlarge"),
+        ("hangar.dev/team", "sessions-platform"),
+        ("hangar.dev/image-cache", "warm"),
+        ("kernel.version", "6.1.0-18-cloud-amd64"),
+        ("os.image", "debian-12-bookworm"),
+        ("cpu.arch", "amd64"),
+        ("gpu", "none"),
+        ("rack", "r12-u07"),
+    ];
+    NodeRegistration {
+        kind: NodeKind::Drone,
+        name: "bench-drone-0001.eu-west-1a.internal".into(),
+        cluster: "bench".into(),
+        pool: "general-purpose".into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        version: hangar::VERSION.into(),
+        backend_capacity: 1_000_000,
+        resources: NodeResources {
+            cpu_cores: 8,
+            cpu_used_millis: 0,
+            memory_total_bytes: 32 << 30,
+            memory_used_bytes: 1 << 30,
+        },
+    }
+}
+
+/// The child: serves a controller and writes changes when told to.
+///
+/// Protocol (one line each): it prints `ready ADDR EVENT_BYTES`; then `warm K` writes warm-up
+/// change K and answers `ok`; `write FROM TO RATE CONCURRENCY` writes changes FROM..=TO and answers one
+/// `t INDEX ISSUED_NS ACKED_NS` per change, then `ok`; end of input stops it.
+pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
+    let url = format!("sqlite://{}", args.dir.join("hangar.db").display());
+    let store = store::open(&url).await?;
+    let hour = Duration::from_secs(3600);
+    let config = ControllerConfig {
+        reflection: false,
+        // The node has no drone behind it: keep liveness from turning it OFFLINE mid-run.
+        liveness: LivenessConfig { unhealthy_after: hour, offline_after: hour, ..LivenessConfig::default() },
+        ..ControllerConfig::default()
+    };
+    let node = store.attach_node(registration(), &config.controller_id, Utc::now()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let controller = Controller::start(store.clone(), config, listener).await?;
+    println!("ready {} {}", controller.local_addr(), v1::Node::from(&node).encoded_len());
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let update = |u: NodeUpdate| {
+            let store = store.clone();
+            let id = node.id.clone();
+            async move {
+                store.update_node(&id, u, UpdateCondition::Always).await?.ok_or_else(|| anyhow::anyhow!("node gone"))
+            }
+        };
+        match words.as_slice() {
+            ["warm", k] => {
+                let resources = NodeResources { cpu_used_millis: k.parse()?, ..node.resources };
+                update(NodeUpdate { resources: Some(resources), ..Default::default() }).await?;
+            }
+            ["write", from, to, rate, concurrency] => {
+                let write = |i| {
+                    let write = update(NodeUpdate { backend_count: Some(i), ..Default::default() });
+                    async move { write.await.map(drop) }
+                };
+                let done = |i, issued, acked| println!("t {i} {issued} {acked}");
+                fanout::paced(from.parse()?, to.parse()?, rate.parse()?, concurrency.parse()?, write, done).await?;
+            }
+            _ => anyhow::bail!("unknown command {line:?}"),
+        }
+        println!("ok");
+    }
+    controller.shutdown().await
+}
+
+/// The parent's handle on the child's writer.
+struct ChildWriter {
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl ChildWriter {
+    async fn command(&mut self, line: String, times: Option<&mut WriteTimes>) -> anyhow::Result<()> {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        let mut times = times;
+        loop {
+            let reply = self.stdout.next_line().await?.ok_or_else(|| anyhow::anyhow!("controller exited"))?;
+            let words: Vec<&str> = reply.split_whitespace().collect();
+            match (words.as_slice(), times.as_deref_mut()) {
+                (["ok"], _) => return Ok(()),
+                (["t", i, issued, acked], Some(times)) => {
+                    let i: usize = i.parse()?;
+                    times.issued[i] = issued.parse()?;
+                    times.acked[i] = acked.parse()?;
+                }
+                _ => anyhow::bail!("unexpected reply from the controller: {reply:?}"),
+            }
+        }
+    }
+}
+
+impl Writer for ChildWriter {
+    async fn warm_up(&mut self, k: u32) -> anyhow::Result<()> {
+        self.command(format!("warm {k}"), None).await
+    }
+
+    async fn write(
+        &mut self,
+        from: u32,
+        to: u32,
+        rate: u32,
+        concurrency: usize,
+        times: &mut WriteTimes,
+    ) -> anyhow::Result<()> {
+        self.command(format!("write {from} {to} {rate} {concurrency}"), Some(times)).await
+    }
+}
+
+pub async fn run(args: &WatchArgs, plan: &Plan) -> anyhow::Result<Report> {
+    let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in(&args.data_dir)?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("hangar-controller").arg("--dir").arg(dir.path());
+    let mut child = procs::spawn_owned(command)?;
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("controller exited at once"))?;
+    let stdin = child.stdin.take().expect("piped");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+        .await
+        .map_err(|_| anyhow::anyhow!("the controller did not start within 30s"))??
+        .ok_or_else(|| anyhow::anyhow!("the controller exited during start-up"))?;
+    let (addr, event_bytes) = match ready.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["ready", addr, bytes] => (addr.to_string(), bytes.parse::<usize>()?),
+        _ => anyhow::bail!("unexpected first line from the controller: {ready:?}"),
+    };
+    let mut channels = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        channels.push(Endpoint::from_shared(format!("http://{addr}"))?.connect().await?);
+    }
+
+    let mut writer = ChildWriter { stdin, stdout };
+    let report = fanout::drive("hangar", args, plan, pid, event_bytes, &mut writer, |i, ctx| {
+        watcher(channels[i % channels.len()].clone(), ctx)
+    })
+    .await?;
+
+    // End of input stops the controller; give it a moment, then the guard kills it.
+    drop(writer);
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    Ok(report)
+}
+
+/// `WatchNodesResponse` as the benchmark reads it: only the change index (`backend_count`);
+/// every other field is skipped undecoded. The etcd watchers likewise only read their index
+/// from the value, so that both clients cost this process about the same per message and the
+/// comparison is between the servers.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResponseIndex {
+    #[prost(message, optional, tag = "1")]
+    event: Option<EventIndex>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EventIndex {
+    #[prost(message, optional, tag = "2")]
+    node: Option<NodeIndex>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct NodeIndex {
+    #[prost(uint32, tag = "13")]
+    backend_count: u32,
+}
+
+async fn open_watch(channel: Channel) -> Result<tonic::Streaming<ResponseIndex>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|err| tonic::Status::unavailable(err.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/hangar.v1.NodeService/WatchNodes");
+    let codec = tonic_prost::ProstCodec::<v1::WatchNodesRequest, ResponseIndex>::default();
+    Ok(grpc.server_streaming(tonic::Request::new(v1::WatchNodesRequest::default()), path, codec).await?.into_inner())
+}
+
+async fn watcher(channel: Channel, ctx: WatcherCtx) -> WatcherLog {
+    let mut log = WatcherLog::new(ctx.plan.last() as usize + 1);
+    let mut stream = match open_watch(channel).await {
+        Ok(stream) => stream,
+        Err(status) => {
+            log.error = Some(status.to_string());
+            return log;
+        }
+    };
+    let mut warm = false;
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            _ = ctx.stopped() => return log,
+        };
+        match message {
+            Ok(Some(response)) => {
+                let Some(node) = response.event.and_then(|e| e.node) else { continue };
+                let index = (node.backend_count != 0).then_some(node.backend_count);
+                if ctx.received(&mut log, index, &mut warm) {
+                    return log;
+                }
+            }
+            Ok(None) => {
+                log.error = Some("stream ended".into());
+                return log;
+            }
+            Err(status) => {
+                log.error = Some(status.to_string());
+                return log;
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `hangar-bench`: benchmarks that print figures next to an anchor measured in the same run.
+//!
+//! `hangar-bench watch` measures `WatchNodes` against etcd's watch: the same number of watcher
+//! streams over the same number of HTTP/2 connections, the same writes (one value of the size of
+//! a Hangar node event, changed E times at a fixed rate and then in a burst), and for each system
+//! the delivery latency, the fan-out throughput and the server's memory per watcher. Each server
+//! runs in its own process so that its RSS can be read from `/proc`.
+
+mod etcd;
+mod fanout;
+mod hangar_side;
+mod measure;
+mod procs;
+
+use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "hangar-bench", about = "Hangar benchmarks (figures side by side with an anchor)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// WatchNodes fan-out vs etcd watch: latency, throughput, memory per watcher.
+    Watch(WatchArgs),
+    /// Internal: the Hangar controller under test, with the benchmark's writer, driven over
+    /// stdin by `watch`.
+    #[command(hide = true)]
+    HangarController(hangar_side::ControllerArgs),
+}
+
+#[derive(Parser, Debug, Clone)]
+pub struct WatchArgs {
+    /// Watcher streams per system (each its own WatchNodes / etcd Watch call).
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    /// HTTP/2 connections the watchers are spread over, round robin.
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+    /// Changes written per system: `--paced-events` of them at `--rate`, the rest in a burst.
+    #[arg(long, default_value_t = 2000)]
+    pub events: u32,
+    /// Changes written at the fixed rate, before the burst.
+    #[arg(long, default_value_t = 200)]
+    pub paced_events: u32,
+    /// Writes per second in the paced phase. Keep rate × watchers well below the fan-out
+    /// throughput, so that the paced latency is the latency of an unloaded system.
+    #[arg(long, default_value_t = 20)]
+    pub rate: u32,
+    /// Writes in flight during the burst.
+    #[arg(long, default_value_t = 16)]
+    pub burst_writers: usize,
+    /// Where the databases go. The default, a tmpfs, takes the disk's fsync out of the figures
+    /// (for both systems alike): what is measured is the watch path, not the disk; give a disk
+    /// directory (e.g. /var/tmp) to include it.
+    #[arg(long, default_value = "/dev/shm")]
+    pub data_dir: std::path::PathBuf,
+    /// The etcd server binary.
+    #[arg(long, default_value = "etcd")]
+    pub etcd_bin: String,
+    /// Run only one side (`hangar` or `etcd`).
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Give up on a phase after this long.
+    #[arg(long, default_value = "60s", value_parser = humantime_duration)]
+    pub timeout: Duration,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    match unit {
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("bad duration {s:?}: use e.g. 60s, 500ms, 2m")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::HangarController(args) => runtime.block_on(hangar_side::serve(args)),
+        Command::Watch(args) => runtime.block_on(async move {
+            // Ctrl-C ends the run through the normal unwinding path: the child processes and
+            // temporary directories are owned by guards that clean up when dropped.
+            tokio::select! {
+                result = watch(args) => result,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            }
+        }),
+    }
+}
+
+async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.watchers > 0 && args.connections > 0 && args.paced_events > 0 && args.events > args.paced_events,
+        "nothing to measure: need watchers, connections, and more events than paced events"
+    );
+    let plan = measure::Plan { paced: args.paced_events, burst: args.events - args.paced_events, rate: args.rate };
+    println!(
+        "watch benchmark: {} watchers over {} HTTP/2 connections, {} changes ({} at {}/s, then {} in a burst \
+         with {} writes in flight)",
+        args.watchers, args.connections, args.events, plan.paced, args.rate, plan.burst, args.burst_writers
+    );
+    let run_hangar = args.only.as_deref().is_none_or(|o| o == "hangar");
+    let run_etcd = args.only.as_deref().is_none_or(|o| o == "etcd");
+
+    let mut value_size = hangar_side::NODE_EVENT_SIZE_HINT;
+    let hangar = if run_hangar {
+        let report = hangar_side::run(&args, &plan).await?;
+        value_size = report.event_bytes;
+        Some(report)
+    } else {
+        None
+    };
+    let etcd = if run_etcd { Some(etcd::run(&args, &plan, value_size).await?) } else { None };
+    measure::print_table(hangar.as_ref(), etcd.as_ref());
+    Ok(())
+}
