@@ -128,9 +128,11 @@ async fn connect_serve_terminate(stack: &Stack, image: String) {
     let ended = wait_for_state(&stack.client, &connection.backend_id, BackendState::Terminated).await;
     assert_eq!(ended.status.termination_reason, Some(TerminationReason::External));
     assert_eq!(ended.status.exit_code, Some(143), "SIGTERM exit code: {:?}", ended.status);
-    // Its URL now says so.
-    let (status, _) = http_get(&connection.url, &[]).await;
-    assert!(status == 404 || status == 410, "a terminated backend's URL answers {status}");
+    // Its URL now says so, distinctly from an unknown token.
+    let (status, body) = http_get(&connection.url, &[]).await;
+    assert_eq!(status, 410, "a terminated backend's URL answers 410: {body}");
+    let unknown = format!("{}/no-such-token/", stack.proxy.url());
+    assert_eq!(http_get(&unknown, &[]).await.0, 404);
 }
 
 #[tokio::test]

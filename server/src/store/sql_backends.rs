@@ -38,6 +38,9 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| corrupt("encode", e))
 }
 
+/// How long a terminated backend's tokens keep answering "terminated" before they are purged.
+const TERMINATED_TOKEN_GRACE: chrono::Duration = chrono::Duration::hours(1);
+
 /// The hard kind wins over the soft one; anything beats nothing.
 fn kind_rank(kind: TerminationKind) -> u8 {
     match kind {
@@ -159,18 +162,31 @@ where
         };
         backend.updated_at = now;
         Self::update_backend(tx, backend, revision).await?;
-        Self::release(tx, &backend.id).await
+        Self::release(tx, &backend.id, now).await
     }
 
-    /// What a backend's end takes with it: its key, its tokens, its undelivered actions.
-    async fn release(tx: &mut Transaction<'static, DB>, backend_id: &str) -> Result<(), StoreError> {
+    /// What a backend's end takes with it: its key and its undelivered actions. Its tokens stay
+    /// for [`TERMINATED_TOKEN_GRACE`] (static ones too), so that a client following an old URL
+    /// is told the backend terminated rather than that its token is unknown; the sweep purges
+    /// them after that.
+    async fn release(
+        tx: &mut Transaction<'static, DB>,
+        backend_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         for sql in [
             "UPDATE backend_keys SET backend_id = '' WHERE backend_id = $1",
-            "DELETE FROM connection_tokens WHERE backend_id = $1",
             "DELETE FROM drone_actions WHERE backend_id = $1",
         ] {
             sqlx::query(sql).bind(backend_id.to_string()).execute(&mut **tx).await.map_err(from_sqlx)?;
         }
+        let until = rows::millis(now + TERMINATED_TOKEN_GRACE);
+        sqlx::query("UPDATE connection_tokens SET expires_at = $2 WHERE backend_id = $1 AND (expires_at = 0 OR expires_at > $2)")
+            .bind(backend_id.to_string())
+            .bind(until)
+            .execute(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
         Ok(())
     }
 
@@ -423,7 +439,7 @@ where
         backend.updated_at = now;
         Self::update_backend(&mut tx, &backend, revision).await?;
         if terminated {
-            Self::release(&mut tx, backend_id).await?;
+            Self::release(&mut tx, backend_id, now).await?;
         }
         self.commit_announced(tx, revision).await?;
         Ok(EventOutcome::Applied(Box::new(backend)))
