@@ -165,7 +165,10 @@ impl NodeRegistry {
                     update.state = Some(if healthy { NodeState::Ready } else { NodeState::Unhealthy });
                     entry.written_healthy = healthy;
                 }
-                if (refresh_due || update.state.is_some()) && refresh != entry.written_refresh {
+                // A changed backend count is rare and is what operators look at: write it now,
+                // not at the next refresh.
+                let count_changed = refresh.2 != entry.written_refresh.2;
+                if (refresh_due || count_changed || update.state.is_some()) && refresh != entry.written_refresh {
                     update.last_heartbeat_at = Some(refresh.0);
                     update.resources = Some(refresh.1);
                     update.backend_count = Some(refresh.2);
