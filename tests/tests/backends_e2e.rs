@@ -225,3 +225,16 @@ async fn a_missing_executable_ends_image_pull_failed_and_an_exit_ends_exited_wit
     assert_eq!(ended.status.exit_code, Some(7));
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_static_token_opens_the_backend_through_the_proxy_and_reaches_its_env() {
+    let stack = stack(Arc::new(ProcessRuntime::new()), |_| {}).await;
+    let spec = SpawnSpec::new(test_backend()).static_token("room-42-static-secret");
+    let connection = stack.client.connect_backend(&ConnectRequest::keyless(spec)).await.unwrap();
+    let ready = wait_for_state(&stack.client, &connection.backend_id, BackendState::Ready).await;
+    let (status, body) = http_get(&format!("{}/room-42-static-secret/request?s=1", stack.proxy.url()), &[]).await;
+    assert_eq!((status, body.trim()), (200, "GET /request?s=1"));
+    let env = hangar_executor::testing::http_get(&ready.address, "/env").await.unwrap().1;
+    assert!(env.lines().any(|l| l == "HANGAR_STATIC_TOKEN=room-42-static-secret"), "{env}");
+    stack.shutdown().await;
+}
