@@ -238,3 +238,20 @@ async fn a_static_token_opens_the_backend_through_the_proxy_and_reaches_its_env(
     assert!(env.lines().any(|l| l == "HANGAR_STATIC_TOKEN=room-42-static-secret"), "{env}");
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_open_websocket_keeps_its_backend_from_being_swept_as_idle() {
+    let stack = stack(Arc::new(ProcessRuntime::new()), |_| {}).await;
+    let spec = SpawnSpec::new(test_backend()).max_idle(Duration::from_secs(2));
+    let connection = stack.client.connect_backend(&ConnectRequest::keyless(spec)).await.unwrap();
+    wait_for_state(&stack.client, &connection.backend_id, BackendState::Ready).await;
+    let ws_url = format!("{}ws", connection.url.replacen("http://", "ws://", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    // Connected but silent for twice max_idle: still a session in use.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(stack.client.get_backend(&connection.backend_id).await.unwrap().state, BackendState::Ready);
+    socket.send(tokio_tungstenite::tungstenite::Message::text("still here")).await.unwrap();
+    assert_eq!(socket.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "still here");
+    socket.close(None).await.unwrap();
+    stack.shutdown().await;
+}

@@ -23,6 +23,9 @@ pub const BACKEND_ID_HEADER: &str = "x-hangar-backend-id";
 /// Header on the proxy's own error answers, naming the case for machines.
 pub const ERROR_HEADER: &str = "x-hangar-error";
 
+/// How often an open upgraded connection (WebSocket) counts as traffic for its backend.
+const TUNNEL_ACTIVITY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Why a request was not forwarded. Each case is its own status code and `x-hangar-error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -154,12 +157,26 @@ impl Forwarder {
         {
             let backend_upgrade = hyper::upgrade::on(&mut response);
             let backend_id = route.backend_id.clone();
+            let traffic = self.traffic.clone();
             self.tunnels.spawn(async move {
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((client, backend)) => {
                         let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-                        if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-                            tracing::debug!(%backend_id, error = %err, "upgraded connection ended");
+                        // An open WebSocket is a session in use: keep reporting its backend so the
+                        // idle sweep does not end it under a connected client.
+                        let mut in_use = tokio::time::interval(TUNNEL_ACTIVITY_INTERVAL);
+                        let copy = tokio::io::copy_bidirectional(&mut client, &mut backend);
+                        tokio::pin!(copy);
+                        loop {
+                            tokio::select! {
+                                result = &mut copy => {
+                                    if let Err(err) = result {
+                                        tracing::debug!(%backend_id, error = %err, "upgraded connection ended");
+                                    }
+                                    break;
+                                }
+                                _ = in_use.tick() => traffic.record(&backend_id),
+                            }
                         }
                     }
                     Err(err) => tracing::info!(%backend_id, error = %err, "upgrade failed"),
