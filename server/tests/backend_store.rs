@@ -4,57 +4,15 @@ use chrono::{Duration, Utc};
 use hangar::domain::{BackendKey, BackendState, BackendStatus, SpawnConfig, TerminationKind, TerminationReason};
 use hangar::v1;
 use hangar_server::store::{
-    self, ActionPayload, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, DynStore, EventOutcome, IssuedToken,
-    SpawnPlan, new_action_id,
+    ActionPayload, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome, IssuedToken, SpawnPlan,
+    new_action_id,
 };
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-struct Database {
-    url: String,
-    _keep: Box<dyn std::any::Any + Send + Sync>,
-}
+type Database = hangar_server::testing::TestDatabase;
 
-impl Database {
-    async fn sqlite() -> Database {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/hangar.db", dir.path().display());
-        Database { url, _keep: Box::new(dir) }
-    }
-
-    async fn postgres() -> Database {
-        let cluster = hangar_server::testing::PgCluster::shared().await.expect("PostgreSQL test cluster");
-        let url = cluster.create_database().await.expect("create test database");
-        Database { url, _keep: Box::new(()) }
-    }
-
-    async fn open(&self) -> DynStore {
-        store::open(&self.url).await.unwrap_or_else(|e| panic!("open {}: {e}", self.url))
-    }
-}
-
-macro_rules! scenarios {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Database::sqlite().await).await
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Database::postgres().await).await
-                }
-            )+
-        }
-    };
-}
-
-scenarios!(
+hangar_server::store_scenarios!(
     connect_spawns_once_then_finds_the_live_backend,
     fifty_concurrent_connects_through_two_stores_yield_one_backend,
     a_different_tag_is_refused_while_the_key_is_held,

@@ -8,58 +8,9 @@ use hangar_server::store::{
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-/// A fresh, empty database and what keeps it alive; `open` may be called any number of times to
-/// get independent store instances (own pools) on the same database, like several controllers.
-struct Database {
-    url: String,
-    _keep: Box<dyn std::any::Any + Send + Sync>,
-}
+type Database = hangar_server::testing::TestDatabase;
 
-impl Database {
-    async fn sqlite() -> Database {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/nested/hangar.db", dir.path().display());
-        Database { url, _keep: Box::new(dir) }
-    }
-
-    async fn postgres() -> Database {
-        let cluster = hangar_server::testing::PgCluster::shared().await.expect("PostgreSQL test cluster");
-        let url = cluster.create_database().await.expect("create test database");
-        Database { url, _keep: Box::new(()) }
-    }
-
-    fn backend(&self) -> &str {
-        self.url.split(':').next().unwrap_or_default()
-    }
-
-    async fn open(&self) -> DynStore {
-        store::open(&self.url).await.unwrap_or_else(|e| panic!("open {}: {e}", self.url))
-    }
-}
-
-/// Runs every scenario below once per backend, as `sqlite::NAME` and `postgres::NAME`.
-macro_rules! scenarios {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Database::sqlite().await).await
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Database::postgres().await).await
-                }
-            )+
-        }
-    };
-}
-
-scenarios!(
+hangar_server::store_scenarios!(
     attach_keeps_node_id_for_same_cluster_and_name,
     revisions_are_gapless_and_ordered,
     list_pages_come_from_one_snapshot_while_nodes_change,
