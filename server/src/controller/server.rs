@@ -1,10 +1,12 @@
 //! Starting and stopping a controller: the gRPC services, health, reflection, and the background
 //! tasks they need, all owned by one [`RunningController`].
 
+use super::io::CoalescingStream;
 use super::{BackendSweep, LivenessConfig, NodeRegistry};
 use crate::api::{BackendApi, BackendSettings, DroneLink, NodeApi, PageTokens, ProxyLink};
 use crate::store::{DynStore, Retention};
 use crate::watch::{NodeWatchHub, WatchConfig};
+use futures::StreamExt;
 use hangar::v1::backend_service_server::BackendServiceServer;
 use hangar::v1::drone_service_server::DroneServiceServer;
 use hangar::v1::node_service_server::NodeServiceServer;
@@ -117,7 +119,9 @@ impl Controller {
         let stop_serving = shutdown.clone();
         // A caller-supplied listener skips tonic's socket options: without TCP_NODELAY, Nagle
         // holds back the small writes of watch events until the peer's delayed ACK.
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(|accepted| accepted.map(CoalescingStream::new));
         let server =
             tokio::spawn(
                 async move { router.serve_with_incoming_shutdown(incoming, stop_serving.cancelled_owned()).await },
