@@ -71,6 +71,8 @@ struct HubState {
     ring: VecDeque<Arc<HubChange>>,
     watchers: HashMap<u64, Watcher>,
     next_id: u64,
+    /// The hub stopped: feeds are closed as they are handed out.
+    stopped: bool,
 }
 
 impl HubState {
@@ -99,7 +101,7 @@ impl NodeWatchHub {
     /// A hub starting at the store's current revision.
     pub async fn new(store: DynStore, config: WatchConfig, shutdown: CancellationToken) -> Result<Self, StoreError> {
         let cursor = store.current_revision().await?;
-        let state = HubState { cursor, ring: VecDeque::new(), watchers: HashMap::new(), next_id: 0 };
+        let state = HubState { cursor, ring: VecDeque::new(), watchers: HashMap::new(), next_id: 0, stopped: false };
         Ok(NodeWatchHub { inner: Arc::new(Inner { store, config, state: Mutex::new(state), shutdown }) })
     }
 
@@ -134,10 +136,16 @@ impl NodeWatchHub {
         loop {
             {
                 let mut state = self.inner.state.lock().unwrap();
+                let overflowed = Arc::new(AtomicBool::new(false));
+                if state.stopped {
+                    // No live feed from a stopped hub: the stream sends the history it has,
+                    // then ends as on shutdown.
+                    let (_, live) = mpsc::channel(1);
+                    return Ok(Subscription { backlog, live, overflowed });
+                }
                 if state.covers(position) {
                     backlog.extend(state.ring.iter().filter(|c| c.revision > position).cloned());
                     let (tx, live) = mpsc::channel(self.inner.config.watcher_buffer);
-                    let overflowed = Arc::new(AtomicBool::new(false));
                     let id = state.next_id;
                     state.next_id += 1;
                     state.watchers.insert(id, Watcher { tx, overflowed: overflowed.clone() });
@@ -157,8 +165,16 @@ impl NodeWatchHub {
     }
 
     /// Tails the change log until shutdown: reads whenever `notified` moves, and every poll
-    /// interval regardless.
-    pub async fn run(&self, mut notified: watch::Receiver<Revision>) {
+    /// interval regardless. On shutdown it closes every watcher's feed, which ends each stream
+    /// with UNAVAILABLE and its last revision once it has sent what it holds.
+    pub async fn run(&self, notified: watch::Receiver<Revision>) {
+        self.tail(notified).await;
+        let mut state = self.inner.state.lock().unwrap();
+        state.stopped = true;
+        state.watchers.clear();
+    }
+
+    async fn tail(&self, mut notified: watch::Receiver<Revision>) {
         let mut poll = tokio::time::interval(self.inner.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failures = 0u32;

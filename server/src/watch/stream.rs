@@ -4,13 +4,17 @@
 use super::hub::{HubChange, NodeWatchHub, Subscription};
 use crate::api::ApiError;
 use crate::store::{ChangeKind, Revision, StoreError};
+use futures::Stream;
 use hangar::domain::NodeFilter;
 use hangar::error::{reason, status_with_reason};
 use hangar::v1::{self, NodeEventType};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 /// Nodes per snapshot page while sending the initial state.
@@ -49,8 +53,8 @@ fn store_status(err: StoreError) -> Status {
 impl NodeWatch {
     /// The event stream for one request. Errors before the first event (a compacted start
     /// revision) arrive as the stream's first item.
-    pub fn stream(hub: NodeWatchHub, request: WatchRequest) -> impl futures::Stream<Item = Item> + Send + 'static {
-        async_stream::stream! {
+    pub fn stream(hub: NodeWatchHub, request: WatchRequest) -> WatchStream {
+        let setup = async_stream::stream! {
             let store = hub.store().clone();
             let filter = request.filter;
             let mut view: View = needs_view(&filter).then(HashSet::new);
@@ -69,7 +73,7 @@ impl NodeWatch {
                         if let Some(view) = view.as_mut() {
                             view.insert(node.id.clone());
                         }
-                        yield Ok(event(NodeEventType::Added, Some(v1::Node::from(node)), node.revision));
+                        yield Ok(Step::Event(event(NodeEventType::Added, Some(v1::Node::from(node)), node.revision)));
                     }
                     match (page.more, page.nodes.last()) {
                         (true, Some(last)) => after = Some(last.id.clone()),
@@ -77,7 +81,7 @@ impl NodeWatch {
                     }
                 }
                 let revision = at.unwrap_or_default();
-                yield Ok(event(NodeEventType::SnapshotEnd, None, revision));
+                yield Ok(Step::Event(event(NodeEventType::SnapshotEnd, None, revision)));
                 revision
             } else {
                 let start = if request.start_revision == 0 {
@@ -98,72 +102,153 @@ impl NodeWatch {
                 start
             };
 
-            let Subscription { mut backlog, mut live, overflowed } = match hub.subscribe(start).await {
+            let subscription = match hub.subscribe(start).await {
                 Ok(subscription) => subscription,
                 Err(err) => { yield Err(store_status(err)); return; }
             };
-            // Everything up to here has been delivered or skipped on purpose.
-            let mut position = start;
-            let mut bookmark = request.bookmark_interval.map(|every| {
-                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
-            let shutdown = hub.shutdown_token().clone();
-            loop {
-                let change = if let Some(change) = backlog.pop_front() {
-                    change
-                } else {
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => {
-                            yield Err(status_with_reason(Code::Unavailable, "the controller is shutting down; resume on another", reason::SHUTTING_DOWN, &[("last_revision", position.to_string())]));
-                            return;
-                        }
-                        change = live.recv() => match change {
-                            Some(change) => change,
-                            None if overflowed.load(Ordering::Acquire) => {
-                                yield Err(status_with_reason(
-                                    Code::ResourceExhausted,
-                                    format!("this watch fell too far behind and was cut off; resume from revision {position}"),
-                                    reason::WATCH_TOO_SLOW,
-                                    &[("last_revision", position.to_string())],
-                                ));
-                                return;
-                            }
-                            None => {
-                                yield Err(status_with_reason(Code::Unavailable, "the watch hub stopped; resume on another controller", reason::SHUTTING_DOWN, &[("last_revision", position.to_string())]));
-                                return;
-                            }
-                        },
-                        _ = tick(&mut bookmark) => {
-                            yield Ok(event(NodeEventType::Bookmark, None, position));
-                            continue;
-                        }
-                    }
-                };
-                if change.revision <= position {
-                    continue;
+            yield Ok(Step::Live(Box::new(Live::new(subscription, start, filter, view, request.bookmark_interval))));
+        };
+        WatchStream { setup: Some(Box::pin(setup)), live: None }
+    }
+}
+
+/// What the setup phase produces: events of the initial snapshot, then the live feed that
+/// follows them.
+enum Step {
+    Event(v1::WatchNodesResponse),
+    Live(Box<Live>),
+}
+
+type Setup = Pin<Box<dyn Stream<Item = Result<Step, Status>> + Send>>;
+
+/// A `WatchNodes` stream: the setup phase (async, runs once), then the live phase, written as
+/// a plain `poll_next` because it runs once per change per watcher.
+pub struct WatchStream {
+    setup: Option<Setup>,
+    live: Option<Box<Live>>,
+}
+
+impl Stream for WatchStream {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let this = &mut *self;
+        if let Some(setup) = this.setup.as_mut() {
+            match ready!(setup.as_mut().poll_next(cx)) {
+                Some(Ok(Step::Event(event))) => return Poll::Ready(Some(Ok(event))),
+                Some(Ok(Step::Live(live))) => {
+                    this.setup = None;
+                    this.live = Some(live);
                 }
-                position = change.revision;
-                if let Some(kind) = classify(&filter, &mut view, &change) {
-                    // The node's bytes as the hub encoded them once: a reference count per stream.
-                    yield Ok(v1::WatchNodesResponse::shared(kind, Some(change.encoded.clone()), change.revision));
-                    if let Some(b) = bookmark.as_mut() {
-                        b.reset();
-                    }
+                Some(Err(status)) => {
+                    this.setup = None;
+                    return Poll::Ready(Some(Err(status)));
+                }
+                None => {
+                    this.setup = None;
+                    return Poll::Ready(None);
                 }
             }
+        }
+        match this.live.as_mut() {
+            Some(live) => live.poll_next(cx),
+            None => Poll::Ready(None),
         }
     }
 }
 
-async fn tick(bookmark: &mut Option<tokio::time::Interval>) {
-    match bookmark {
-        Some(interval) => {
-            interval.tick().await;
+/// The live phase of one stream: the history it asked for, then changes as the hub fans them
+/// out, each seen through the stream's filter.
+///
+/// It ends when the hub closes its feed: with RESOURCE_EXHAUSTED when the hub dropped it for
+/// falling behind, with UNAVAILABLE when the hub stopped (controller shutdown). Both name the
+/// last revision this stream delivered, to resume from.
+struct Live {
+    backlog: VecDeque<Arc<HubChange>>,
+    live: mpsc::Receiver<Arc<HubChange>>,
+    overflowed: Arc<AtomicBool>,
+    /// Everything up to here has been delivered or skipped on purpose.
+    position: Revision,
+    filter: NodeFilter,
+    view: View,
+    bookmark: Option<tokio::time::Interval>,
+    ended: bool,
+}
+
+impl Live {
+    fn new(
+        subscription: Subscription,
+        start: Revision,
+        filter: NodeFilter,
+        view: View,
+        bookmark_interval: Option<Duration>,
+    ) -> Live {
+        let Subscription { backlog, live, overflowed } = subscription;
+        let bookmark = bookmark_interval.map(|every| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        Live { backlog, live, overflowed, position: start, filter, view, bookmark, ended: false }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        if self.ended {
+            return Poll::Ready(None);
         }
-        None => std::future::pending().await,
+        loop {
+            let change = match self.backlog.pop_front() {
+                Some(change) => change,
+                None => match self.live.poll_recv(cx) {
+                    Poll::Ready(Some(change)) => change,
+                    Poll::Ready(None) => {
+                        self.ended = true;
+                        return Poll::Ready(Some(Err(self.closed())));
+                    }
+                    Poll::Pending => {
+                        if let Some(bookmark) = self.bookmark.as_mut()
+                            && bookmark.poll_tick(cx).is_ready()
+                        {
+                            return Poll::Ready(Some(Ok(event(NodeEventType::Bookmark, None, self.position))));
+                        }
+                        return Poll::Pending;
+                    }
+                },
+            };
+            if change.revision <= self.position {
+                continue;
+            }
+            self.position = change.revision;
+            if let Some(kind) = classify(&self.filter, &mut self.view, &change) {
+                if let Some(bookmark) = self.bookmark.as_mut() {
+                    bookmark.reset();
+                }
+                // The node's bytes as the hub encoded them once: a reference count per stream.
+                let response = v1::WatchNodesResponse::shared(kind, Some(change.encoded.clone()), change.revision);
+                return Poll::Ready(Some(Ok(response)));
+            }
+        }
+    }
+
+    /// Why the hub closed this stream's feed.
+    fn closed(&self) -> Status {
+        let position = self.position;
+        let last_revision = [("last_revision", position.to_string())];
+        if self.overflowed.load(Ordering::Acquire) {
+            status_with_reason(
+                Code::ResourceExhausted,
+                format!("this watch fell too far behind and was cut off; resume from revision {position}"),
+                reason::WATCH_TOO_SLOW,
+                &last_revision,
+            )
+        } else {
+            status_with_reason(
+                Code::Unavailable,
+                "the controller is shutting down; resume on another",
+                reason::SHUTTING_DOWN,
+                &last_revision,
+            )
+        }
     }
 }
 
