@@ -206,13 +206,11 @@ where
         kind: ChangeKind,
         change: impl Fn(&Node) -> Option<Node> + Send + Sync,
     ) -> Result<Option<Node>, StoreError> {
-        // Most no-op updates are answered from a plain read, without queueing for the write lock.
-        match self.get_node(id).await? {
-            None => return Ok(None),
-            Some(node) if !rows::holds(&node, &condition) => return Ok(None),
-            Some(node) if change(&node).is_none() => return Ok(Some(node)),
-            Some(_) => {}
-        }
+        // No read before the write transaction to answer no-ops without the write lock: callers
+        // write only what changed (the registry compares with what it last wrote), so such a
+        // read would cost every real write a round trip (three with sqlx's release ping) for
+        // the rare no-op, and with a busy runtime each round trip waits its turn behind the
+        // other ready tasks. A no-op or a failed condition rolls back, taking no revision.
         let (mut tx, revision) = self.begin_write().await?;
         let Some(node) = Self::node_where(&mut tx, NODE_BY_ID, vec![id.to_string()]).await? else {
             return Ok(None);
