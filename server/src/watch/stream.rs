@@ -106,7 +106,7 @@ impl NodeWatch {
                 Ok(subscription) => subscription,
                 Err(err) => { yield Err(store_status(err)); return; }
             };
-            yield Ok(Step::Live(Box::new(Live::new(subscription, start, filter, view, request.bookmark_interval))));
+            yield Ok(Step::Live(Live::new(subscription, start, filter, view, request.bookmark_interval)));
         };
         WatchStream { setup: Some(Box::pin(setup)), live: None }
     }
@@ -116,7 +116,7 @@ impl NodeWatch {
 /// follows them.
 enum Step {
     Event(v1::WatchNodesResponse),
-    Live(Box<Live>),
+    Live(Live),
 }
 
 type Setup = Pin<Box<dyn Stream<Item = Result<Step, Status>> + Send>>;
@@ -125,7 +125,7 @@ type Setup = Pin<Box<dyn Stream<Item = Result<Step, Status>> + Send>>;
 /// a plain `poll_next` because it runs once per change per watcher.
 pub struct WatchStream {
     setup: Option<Setup>,
-    live: Option<Box<Live>>,
+    live: Option<Live>,
 }
 
 impl Stream for WatchStream {
