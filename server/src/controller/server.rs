@@ -134,8 +134,9 @@ impl Controller {
         }
         {
             let notified = store.subscribe();
+            let local = store.local_commits();
             let hub = hub.clone();
-            tasks.spawn(async move { hub.run(notified).await });
+            tasks.spawn(async move { hub.run(notified, local).await });
         }
         tasks.spawn(compact(store.clone(), config.retention, config.compaction_interval, shutdown.clone()));
         {

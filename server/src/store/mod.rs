@@ -131,6 +131,16 @@ pub struct NodeChange {
     pub node: Node,
 }
 
+/// A commit made through this store object, published right after it committed: its revision
+/// and, for a node change, the change. Commits of several tasks are published in the order they
+/// finish, which can differ from revision order; commits of other processes are not published
+/// (see [`Store::subscribe`] for those).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCommit {
+    pub revision: Revision,
+    pub node: Option<NodeChange>,
+}
+
 /// One page of nodes read at a snapshot revision, ordered by node id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodePage {
@@ -158,6 +168,11 @@ pub trait Store: BackendStore + Send + Sync + 'static {
     /// every controller's (LISTEN/NOTIFY). It may also move without a new revision (after a
     /// listener reconnects), so subscribers read the log rather than trust the value.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision>;
+
+    /// Every commit made through this store object from now on, with the node change it made,
+    /// so that this process can fan out its own changes without reading them back. A receiver
+    /// that falls more than a few thousand commits behind gets `Lagged` and must read the log.
+    fn local_commits(&self) -> tokio::sync::broadcast::Receiver<LocalCommit>;
 
     /// The newest committed revision.
     async fn current_revision(&self) -> Result<Revision, StoreError>;

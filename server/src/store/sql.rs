@@ -32,6 +32,8 @@ pub struct SqlStore<DB: Database> {
     /// The newest revision this process knows was committed: bumped after each local commit and,
     /// on PostgreSQL, by the LISTEN task for commits of other controllers.
     committed: tokio::sync::watch::Sender<Revision>,
+    /// This process's own commits, with their node changes.
+    local: tokio::sync::broadcast::Sender<LocalCommit>,
     /// Background work the store owns (the PostgreSQL listener); stopped when the store drops.
     background: Option<AbortOnDrop>,
     read: Pool<DB>,
@@ -39,6 +41,9 @@ pub struct SqlStore<DB: Database> {
     /// polling the file lock; PostgreSQL uses the same pool for both.
     write: Pool<DB>,
 }
+
+/// Local commits a `local_commits` receiver may trail by before it gets `Lagged`.
+const LOCAL_COMMITS_BUFFER: usize = 4096;
 
 /// How many history rows one pass of a label-filtered listing reads; labels are matched in Rust.
 const LABEL_SCAN_BATCH: usize = 500;
@@ -63,7 +68,8 @@ impl Drop for AbortOnDrop {
 impl<DB: Database> SqlStore<DB> {
     pub(super) fn new(read: Pool<DB>, write: Pool<DB>) -> Self {
         let (committed, _) = tokio::sync::watch::channel(0);
-        SqlStore { committed, background: None, read, write }
+        let (local, _) = tokio::sync::broadcast::channel(LOCAL_COMMITS_BUFFER);
+        SqlStore { committed, local, background: None, read, write }
     }
 
     /// Records that `revision` is committed and wakes subscribers (never moves backwards).
@@ -117,13 +123,26 @@ where
     /// wakes this process's subscribers.
     pub(super) async fn commit_announced(
         &self,
+        tx: Transaction<'static, DB>,
+        revision: Revision,
+    ) -> Result<(), StoreError> {
+        self.commit_published(tx, revision, None).await
+    }
+
+    /// [`commit_announced`](Self::commit_announced), and publishes the commit with its node
+    /// change (if any) to this process's `local_commits` receivers before waking subscribers.
+    async fn commit_published(
+        &self,
         mut tx: Transaction<'static, DB>,
         revision: Revision,
+        node: Option<NodeChange>,
     ) -> Result<(), StoreError> {
         if let Some(announce) = DB::ANNOUNCE {
             sqlx::query(announce).bind(revision.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
         }
         tx.commit().await.map_err(from_sqlx)?;
+        // No receiver is not an error: nobody in this process fans out.
+        let _ = self.local.send(LocalCommit { revision, node });
         Self::announce(&self.committed, Some(revision));
         Ok(())
     }
@@ -194,7 +213,8 @@ where
         .execute(&mut *tx)
         .await
         .map_err(from_sqlx)?;
-        self.commit_announced(tx, node.revision).await
+        let published = NodeChange { revision: node.revision, kind: change, node: node.clone() };
+        self.commit_published(tx, node.revision, Some(published)).await
     }
 
     /// The shared path of update and remove: `Ok(None)` when the node is absent or not held;
@@ -270,6 +290,10 @@ where
 {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision> {
         self.committed.subscribe()
+    }
+
+    fn local_commits(&self) -> tokio::sync::broadcast::Receiver<LocalCommit> {
+        self.local.subscribe()
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {

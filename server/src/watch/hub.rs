@@ -1,13 +1,13 @@
 //! The hub: tails the change log and fans changes out.
 
-use crate::store::{ChangeKind, DynStore, Revision, StoreError};
+use crate::store::{ChangeKind, DynStore, LocalCommit, NodeChange, Revision, StoreError};
 use hangar::domain::Node;
 use hangar::v1;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub struct HubChange {
 }
 
 impl HubChange {
-    pub fn new(change: crate::store::NodeChange) -> Arc<HubChange> {
+    pub fn new(change: NodeChange) -> Arc<HubChange> {
         let encoded = v1::EncodedNode::new(&v1::Node::from(&change.node));
         Arc::new(HubChange { revision: change.revision, kind: change.kind, node: change.node, encoded })
     }
@@ -65,9 +65,10 @@ struct Watcher {
 }
 
 struct HubState {
-    /// Last revision fanned out.
+    /// Every revision up to here has been fanned out, or was not a node change (backends share
+    /// the revision counter).
     cursor: Revision,
-    /// The newest changes, contiguous, ending at `cursor`.
+    /// The newest node changes, every one from the first to `cursor`.
     ring: VecDeque<Arc<HubChange>>,
     watchers: HashMap<u64, Watcher>,
     next_id: u64,
@@ -113,7 +114,7 @@ impl NodeWatchHub {
         &self.inner.shutdown
     }
 
-    /// The last revision fanned out.
+    /// Every revision up to this one has been fanned out.
     pub fn cursor(&self) -> Revision {
         self.inner.state.lock().unwrap().cursor
     }
@@ -164,28 +165,59 @@ impl NodeWatchHub {
         }
     }
 
-    /// Tails the change log until shutdown: reads whenever `notified` moves, and every poll
-    /// interval regardless. On shutdown it closes every watcher's feed, which ends each stream
-    /// with UNAVAILABLE and its last revision once it has sent what it holds.
-    pub async fn run(&self, notified: watch::Receiver<Revision>) {
-        self.tail(notified).await;
+    /// Fans out every node change until shutdown. This process's own commits arrive from the
+    /// store with their changes and go out without a read; the store's log is read only for
+    /// commits made elsewhere (another controller on PostgreSQL, announced by `notified`), when
+    /// the local feed lagged, and once per poll interval as a floor. On shutdown it closes every
+    /// watcher's feed, which ends each stream with UNAVAILABLE and its last revision once it
+    /// has sent what it holds.
+    pub async fn run(&self, notified: watch::Receiver<Revision>, local: broadcast::Receiver<LocalCommit>) {
+        self.tail(notified, local).await;
         let mut state = self.inner.state.lock().unwrap();
         state.stopped = true;
         state.watchers.clear();
     }
 
-    async fn tail(&self, mut notified: watch::Receiver<Revision>) {
+    async fn tail(&self, mut notified: watch::Receiver<Revision>, mut local: broadcast::Receiver<LocalCommit>) {
         let mut poll = tokio::time::interval(self.inner.config.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failures = 0u32;
+        // Local commits that arrived ahead of an earlier revision, by revision.
+        let mut early = BTreeMap::new();
+        let mut local_open = true;
         loop {
-            tokio::select! {
+            let read_log = tokio::select! {
+                biased;
                 _ = self.inner.shutdown.cancelled() => return,
-                _ = notified.changed() => {}
-                _ = poll.tick() => {}
+                commit = local.recv(), if local_open => match commit {
+                    Ok(commit) => {
+                        early.insert(commit.revision, commit.node);
+                        self.release(&mut early);
+                        false
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "watch hub trailed the local commit feed; reading the log");
+                        true
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        local_open = false;
+                        true
+                    }
+                },
+                // Local commits are published before `notified` moves and taken first above, so
+                // a revision past the cursor here was committed elsewhere (or published out of
+                // order, which the read settles too).
+                _ = notified.changed() => *notified.borrow_and_update() > self.cursor(),
+                _ = poll.tick() => true,
+            };
+            if !read_log {
+                continue;
             }
             match self.catch_up().await {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    self.release(&mut early);
+                }
                 Err(err) => {
                     failures += 1;
                     let delay = Duration::from_millis(50 * u64::from(failures.min(20)));
@@ -199,11 +231,35 @@ impl NodeWatchHub {
         }
     }
 
+    /// Fans out the local commits that continue the cursor without a gap; keeps the rest until
+    /// the revisions before them arrive (from this feed, or from the log when they were
+    /// committed elsewhere).
+    fn release(&self, early: &mut BTreeMap<Revision, Option<NodeChange>>) {
+        let mut through = self.cursor();
+        let mut changes = Vec::new();
+        while let Some(entry) = early.first_entry() {
+            let revision = *entry.key();
+            if revision <= through {
+                entry.remove();
+            } else if revision == through + 1 {
+                through = revision;
+                changes.extend(entry.remove().map(HubChange::new));
+            } else {
+                break;
+            }
+        }
+        self.fan_out(changes, through);
+    }
+
     /// Reads and fans out every change after the cursor.
     async fn catch_up(&self) -> Result<(), StoreError> {
         loop {
             let cursor = self.cursor();
-            let changes = match self.inner.store.node_changes_since(cursor, self.inner.config.read_batch).await {
+            // Every revision up to `current` is committed (revisions are taken in commit order),
+            // so a complete read of the changes after the cursor covers the log through it.
+            let current = self.inner.store.current_revision().await?;
+            let batch = self.inner.config.read_batch;
+            let changes = match self.inner.store.node_changes_since(cursor, batch).await {
                 Ok(changes) => changes,
                 Err(StoreError::Compacted { oldest, .. }) => {
                     // The hub fell behind the retention window (a long store outage): its
@@ -218,22 +274,24 @@ impl NodeWatchHub {
                 }
                 Err(err) => return Err(err),
             };
-            if changes.is_empty() {
+            let complete = changes.len() < batch;
+            let last = changes.last().map_or(cursor, |c| c.revision);
+            let through = if complete { current.max(last) } else { last };
+            self.fan_out(changes.into_iter().map(HubChange::new).collect(), through);
+            if complete {
                 return Ok(());
             }
-            let changes: Vec<_> = changes.into_iter().map(HubChange::new).collect();
-            self.fan_out(changes);
         }
     }
 
-    fn fan_out(&self, changes: Vec<Arc<HubChange>>) {
+    /// Hands `changes` (in revision order) to every watcher and the ring, and moves the cursor
+    /// to `through`: every revision up to it is fanned out or was not a node change.
+    fn fan_out(&self, changes: Vec<Arc<HubChange>>, through: Revision) {
         let mut state = self.inner.state.lock().unwrap();
         for change in changes {
             if change.revision <= state.cursor {
                 continue;
             }
-            // Revisions are gapless across the store, but backend changes share the counter, so
-            // the node log alone skips the revisions they took: a jump here is normal.
             state.cursor = change.revision;
             state.watchers.retain(|_, watcher| match watcher.tx.try_send(change.clone()) {
                 Ok(()) => true,
@@ -248,5 +306,6 @@ impl NodeWatchHub {
             }
             state.ring.push_back(change);
         }
+        state.cursor = state.cursor.max(through);
     }
 }
