@@ -1,5 +1,5 @@
 //! The part of a run that both systems share: watchers that record receipts, a writer driven
-//! through the paced and burst phases, and the server's RSS and CPU read around them.
+//! through the paced, loaded and burst phases, and the server's RSS and CPU read around them.
 
 use crate::WatchArgs;
 use crate::measure::{Plan, Report, WatcherLog, WriteTimes, now_ns, summarize};
@@ -106,8 +106,13 @@ where
     let cpu_before = procs::cpu_seconds(server_pid)?;
 
     let mut times = WriteTimes::new(plan.last() as usize + 1);
-    writer.write(1, plan.paced, plan.rate, 1, &mut times).await?;
-    writer.write(plan.paced + 1, plan.last(), 0, args.burst_writers, &mut times).await?;
+    let in_flight = args.burst_writers;
+    for (range, rate) in [(plan.paced_range(), plan.rate), (plan.loaded_range(), plan.loaded_rate)] {
+        if !range.is_empty() {
+            writer.write(*range.start(), *range.end(), rate, in_flight, &mut times).await?;
+        }
+    }
+    writer.write(*plan.burst_range().start(), plan.last(), 0, in_flight, &mut times).await?;
 
     let mut logs = Vec::with_capacity(args.watchers);
     let collect = async {
@@ -140,10 +145,11 @@ where
     Ok(report)
 }
 
-/// Writes `from..=to` by calling `write_one` for each: `rate` per second one at a time, or with
-/// `rate` 0 as fast as possible with up to `concurrency` writes in flight. Calls
-/// `done(i, issued, acked)` with the wall-clock times just before each write and after it
-/// committed.
+/// Writes `from..=to` by calling `write_one` for each, with up to `concurrency` writes in
+/// flight: with `rate` > 0 each write is issued at its time on a fixed schedule (open loop: a slow
+/// write does not hold back the next, unless `concurrency` are in flight), with `rate` 0 as fast
+/// as possible. Calls `done(i, issued, acked)` with the wall-clock times just before each write
+/// and after it committed.
 pub async fn paced<F, Fut>(
     from: u32,
     to: u32,
@@ -164,19 +170,17 @@ where
             anyhow::Ok((i, issued, now_ns()))
         }
     };
-    if rate == 0 {
-        let mut writes =
-            futures::StreamExt::buffer_unordered(futures::stream::iter(from..=to).map(timed), concurrency.max(1));
-        while let Some(result) = futures::StreamExt::next(&mut writes).await {
-            let (i, issued, acked) = result?;
-            done(i, issued, acked);
-        }
-        return Ok(());
-    }
     let start = tokio::time::Instant::now();
-    for (n, i) in (from..=to).enumerate() {
-        tokio::time::sleep_until(start + Duration::from_secs_f64(n as f64 / f64::from(rate))).await;
-        let (i, issued, acked) = timed(i).await?;
+    let scheduled = futures::stream::iter((from..=to).enumerate()).then(|(n, i)| async move {
+        if rate > 0 {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(n as f64 / f64::from(rate))).await;
+        }
+        i
+    });
+    let writes = scheduled.map(timed).buffer_unordered(concurrency.max(1));
+    let mut writes = std::pin::pin!(writes);
+    while let Some(result) = writes.next().await {
+        let (i, issued, acked) = result?;
         done(i, issued, acked);
     }
     Ok(())

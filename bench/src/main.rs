@@ -40,17 +40,25 @@ pub struct WatchArgs {
     /// HTTP/2 connections the watchers are spread over, round robin.
     #[arg(long, default_value_t = 10)]
     pub connections: usize,
-    /// Changes written per system: `--paced-events` of them at `--rate`, the rest in a burst.
-    #[arg(long, default_value_t = 2000)]
+    /// Changes written per system: `--paced-events` at `--rate`, `--loaded-events` at
+    /// `--loaded-rate`, the rest in a burst.
+    #[arg(long, default_value_t = 2750)]
     pub events: u32,
-    /// Changes written at the fixed rate, before the burst.
+    /// Changes written at `--rate`, first: a lightly loaded system.
     #[arg(long, default_value_t = 200)]
     pub paced_events: u32,
     /// Writes per second in the paced phase. Keep rate × watchers well below the fan-out
     /// throughput, so that the paced latency is the latency of an unloaded system.
     #[arg(long, default_value_t = 20)]
     pub rate: u32,
-    /// Writes in flight during the burst.
+    /// Changes written at `--loaded-rate`, after the paced ones (0 skips the phase).
+    #[arg(long, default_value_t = 750)]
+    pub loaded_events: u32,
+    /// Writes per second in the loaded phase: a busy system that still keeps up (150/s is
+    /// 150,000 deliveries/s to 1,000 watchers, about half of what either system manages here).
+    #[arg(long, default_value_t = 150)]
+    pub loaded_rate: u32,
+    /// Writes in flight at most, in every phase (in the burst, always this many).
     #[arg(long, default_value_t = 16)]
     pub burst_writers: usize,
     /// Where the databases go. The default, a tmpfs, takes the disk's fsync out of the figures
@@ -102,14 +110,34 @@ fn main() -> anyhow::Result<()> {
 
 async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.watchers > 0 && args.connections > 0 && args.paced_events > 0 && args.events > args.paced_events,
-        "nothing to measure: need watchers, connections, and more events than paced events"
+        args.watchers > 0
+            && args.connections > 0
+            && args.paced_events > 0
+            && args.rate > 0
+            && (args.loaded_events == 0 || args.loaded_rate > 0)
+            && args.events > args.paced_events + args.loaded_events,
+        "nothing to measure: need watchers, connections, rates above 0, and more events than paced and \
+         loaded events together (the rest is the burst)"
     );
-    let plan = measure::Plan { paced: args.paced_events, burst: args.events - args.paced_events, rate: args.rate };
+    let plan = measure::Plan {
+        paced: args.paced_events,
+        rate: args.rate,
+        loaded: args.loaded_events,
+        loaded_rate: args.loaded_rate,
+        burst: args.events - args.paced_events - args.loaded_events,
+    };
     println!(
-        "watch benchmark: {} watchers over {} HTTP/2 connections, {} changes ({} at {}/s, then {} in a burst \
-         with {} writes in flight)",
-        args.watchers, args.connections, args.events, plan.paced, args.rate, plan.burst, args.burst_writers
+        "watch benchmark: {} watchers over {} HTTP/2 connections, {} changes ({} at {}/s, {} at {}/s, then {} \
+         in a burst; at most {} writes in flight)",
+        args.watchers,
+        args.connections,
+        args.events,
+        plan.paced,
+        plan.rate,
+        plan.loaded,
+        plan.loaded_rate,
+        plan.burst,
+        args.burst_writers
     );
     let run_hangar = args.only.as_deref().is_none_or(|o| o == "hangar");
     let run_etcd = args.only.as_deref().is_none_or(|o| o == "etcd");

@@ -12,24 +12,30 @@ pub fn now_ns() -> u64 {
 }
 
 /// Which changes are written how. Change 0 is the warm-up (it proves that every watcher is
-/// subscribed); 1..=paced are written at the fixed rate, the rest as fast as the writer goes.
+/// subscribed); then `paced` changes at `rate` per second (a lightly loaded system), `loaded` at
+/// `loaded_rate` (a busy one that still keeps up), and `burst` as fast as the writer goes.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
     pub paced: u32,
-    pub burst: u32,
     pub rate: u32,
+    pub loaded: u32,
+    pub loaded_rate: u32,
+    pub burst: u32,
 }
 
 impl Plan {
     /// The last change index.
     pub fn last(&self) -> u32 {
-        self.paced + self.burst
+        self.paced + self.loaded + self.burst
     }
     pub fn paced_range(&self) -> std::ops::RangeInclusive<u32> {
         1..=self.paced
     }
+    pub fn loaded_range(&self) -> std::ops::RangeInclusive<u32> {
+        self.paced + 1..=self.paced + self.loaded
+    }
     pub fn burst_range(&self) -> std::ops::RangeInclusive<u32> {
-        self.paced + 1..=self.last()
+        self.paced + self.loaded + 1..=self.last()
     }
 }
 
@@ -101,6 +107,7 @@ pub struct Report {
     pub event_bytes: usize,
     pub commit: Distribution,
     pub paced: Distribution,
+    pub loaded: Distribution,
     pub burst: Distribution,
     /// Deliveries per second in the burst: changes × watchers received, over the time from the
     /// first burst write to the last burst receipt.
@@ -116,7 +123,7 @@ pub struct Report {
     pub rss_idle: u64,
     pub rss_watching: u64,
     pub rss_after: u64,
-    /// Server CPU time over the paced and burst phases.
+    /// Server CPU time over the paced, loaded and burst phases.
     pub server_cpu: f64,
 }
 
@@ -148,6 +155,7 @@ pub fn summarize(plan: &Plan, writes: &WriteTimes, logs: &[WatcherLog], event_by
         (1..=plan.last() as usize).map(|i| writes.acked[i].saturating_sub(writes.issued[i])).collect(),
     );
     let paced = latencies(plan.paced_range());
+    let loaded = latencies(plan.loaded_range());
     let burst = latencies(plan.burst_range());
     let burst_start = writes.issued[*plan.burst_range().start() as usize];
     let burst_end = logs
@@ -160,12 +168,13 @@ pub fn summarize(plan: &Plan, writes: &WriteTimes, logs: &[WatcherLog], event_by
     let burst_write_seconds = last_ack.saturating_sub(burst_start) as f64 / 1e9;
     let drain_seconds = burst_end.saturating_sub(last_ack) as f64 / 1e9;
     let expected = logs.len() * plan.last() as usize;
-    let missing = expected - paced.count - burst.count;
+    let missing = expected - paced.count - loaded.count - burst.count;
     Report {
         watchers: logs.len(),
         event_bytes,
         commit,
         paced,
+        loaded,
         burst,
         burst_throughput: if burst_seconds > 0.0 { burst.count as f64 / burst_seconds } else { 0.0 },
         burst_seconds,
@@ -199,6 +208,9 @@ pub fn print_table(hangar: Option<&Report>, etcd: Option<&Report>) {
         ("paced latency p50", |r| ms(r.paced.p50), Some(|r| r.paced.p50.as_secs_f64())),
         ("paced latency p99", |r| ms(r.paced.p99), Some(|r| r.paced.p99.as_secs_f64())),
         ("paced latency max", |r| ms(r.paced.max), Some(|r| r.paced.max.as_secs_f64())),
+        ("loaded latency p50", |r| ms(r.loaded.p50), Some(|r| r.loaded.p50.as_secs_f64())),
+        ("loaded latency p99", |r| ms(r.loaded.p99), Some(|r| r.loaded.p99.as_secs_f64())),
+        ("loaded latency max", |r| ms(r.loaded.max), Some(|r| r.loaded.max.as_secs_f64())),
         ("burst latency p50", |r| ms(r.burst.p50), Some(|r| r.burst.p50.as_secs_f64())),
         ("burst latency p99", |r| ms(r.burst.p99), Some(|r| r.burst.p99.as_secs_f64())),
         ("burst latency max", |r| ms(r.burst.max), Some(|r| r.burst.max.as_secs_f64())),
@@ -218,7 +230,7 @@ pub fn print_table(hangar: Option<&Report>, etcd: Option<&Report>) {
             |r| format!("{:.1} KiB", r.per_watcher_bytes() / 1024.0),
             Some(|r| r.per_watcher_bytes()),
         ),
-        ("server CPU, paced + burst", |r| format!("{:.2} s", r.server_cpu), Some(|r| r.server_cpu)),
+        ("server CPU, all phases", |r| format!("{:.2} s", r.server_cpu), Some(|r| r.server_cpu)),
         (
             "server CPU per delivery",
             |r| format!("{:.2} µs", r.cpu_per_delivery_us()),
