@@ -104,6 +104,7 @@ where
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_watching = procs::rss_bytes(server_pid)?;
     let cpu_before = procs::cpu_seconds(server_pid)?;
+    let client_cpu_before = procs::cpu_seconds(std::process::id())?;
 
     let mut times = WriteTimes::new(plan.last() as usize + 1);
     let in_flight = args.burst_writers;
@@ -132,6 +133,7 @@ where
         }
     }
     let cpu_after = procs::cpu_seconds(server_pid)?;
+    let client_cpu_after = procs::cpu_seconds(std::process::id())?;
     let rss_after = procs::rss_bytes(server_pid)?;
 
     let mut report = summarize(plan, &times, &logs, event_bytes);
@@ -139,6 +141,7 @@ where
     report.rss_watching = rss_watching;
     report.rss_after = rss_after;
     report.server_cpu = cpu_after - cpu_before;
+    report.client_cpu = client_cpu_after - client_cpu_before;
     if let Some(err) = logs.iter().find_map(|l| l.error.as_ref()) {
         eprintln!("{system}: {} watchers failed, e.g.: {err}", report.watchers_failed);
     }

@@ -125,6 +125,9 @@ pub struct Report {
     pub rss_after: u64,
     /// Server CPU time over the paced, loaded and burst phases.
     pub server_cpu: f64,
+    /// This process's CPU time over the same phases: the watchers' client (and, for etcd, the
+    /// writer).
+    pub client_cpu: f64,
 }
 
 impl Report {
@@ -132,8 +135,14 @@ impl Report {
         self.rss_watching.saturating_sub(self.rss_idle) as f64 / self.watchers as f64
     }
     pub fn cpu_per_delivery_us(&self) -> f64 {
+        self.per_delivery_us(self.server_cpu)
+    }
+    pub fn client_cpu_per_delivery_us(&self) -> f64 {
+        self.per_delivery_us(self.client_cpu)
+    }
+    fn per_delivery_us(&self, cpu_seconds: f64) -> f64 {
         let delivered = self.expected - self.missing;
-        if delivered == 0 { 0.0 } else { self.server_cpu * 1e6 / delivered as f64 }
+        if delivered == 0 { 0.0 } else { cpu_seconds * 1e6 / delivered as f64 }
     }
 }
 
@@ -187,6 +196,7 @@ pub fn summarize(plan: &Plan, writes: &WriteTimes, logs: &[WatcherLog], event_by
         rss_watching: 0,
         rss_after: 0,
         server_cpu: 0.0,
+        client_cpu: 0.0,
     }
 }
 
@@ -235,6 +245,11 @@ pub fn print_table(hangar: Option<&Report>, etcd: Option<&Report>) {
             "server CPU per delivery",
             |r| format!("{:.2} µs", r.cpu_per_delivery_us()),
             Some(|r| r.cpu_per_delivery_us()),
+        ),
+        (
+            "client CPU per delivery",
+            |r| format!("{:.2} µs", r.client_cpu_per_delivery_us()),
+            Some(|r| r.client_cpu_per_delivery_us()),
         ),
         ("deliveries missing", |r| format!("{} of {}", r.missing, r.expected), None),
         ("watchers failed", |r| r.watchers_failed.to_string(), None),
