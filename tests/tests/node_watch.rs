@@ -115,12 +115,13 @@ async fn resume_from_a_compacted_revision_is_out_of_range_naming_the_oldest_reta
     cluster.shutdown().await;
 }
 
-/// The slow watcher stops reading; the hub cuts it off without ever waiting for it, and the
-/// other watcher keeps receiving every change promptly.
+/// The slow watcher stops reading; the hub takes it out of the fan-out without ever waiting for
+/// it, the other watcher keeps receiving every change promptly, and when the slow one reads
+/// again it is cut off, the ring no longer reaching back to it.
 #[tokio::test]
 async fn a_watcher_that_stops_reading_is_cut_off_while_another_keeps_its_latency() {
     let config = hangar_server::controller::ControllerConfig {
-        watch: WatchConfig { watcher_buffer: 64, ..WatchConfig::default() },
+        watch: WatchConfig { watcher_buffer: 64, ring_capacity: 256, ..WatchConfig::default() },
         ..test_config()
     };
     let cluster = TestCluster::sqlite_with(config).await;
@@ -189,6 +190,36 @@ async fn a_watcher_that_stops_reading_is_cut_off_while_another_keeps_its_latency
     // Resuming from there misses nothing.
     let mut resumed = watch(&cluster.url(), request(Default::default(), last, false)).await.unwrap();
     assert_eq!(next_event(&mut resumed, WAIT).await.unwrap().revision, last + 1);
+    cluster.shutdown().await;
+}
+
+/// A watcher that stops reading for a while overflows its queue; when it reads again it
+/// catches up from the hub's ring and misses nothing, while the ring still reaches back to it.
+#[tokio::test]
+async fn a_watcher_that_falls_behind_its_queue_catches_up_from_the_ring_without_a_gap() {
+    let config = hangar_server::controller::ControllerConfig {
+        watch: WatchConfig { watcher_buffer: 16, ring_capacity: 4096, ..WatchConfig::default() },
+        ..test_config()
+    };
+    let cluster = TestCluster::sqlite_with(config).await;
+    let s = cluster.store.clone();
+    // As above: 1,200 events of ~4 KiB are far more than the transport holds for a stream
+    // that is not read, so the queue of 16 overflows.
+    let mut busy = registration("busy");
+    busy.labels = (0..16).map(|i| (format!("label-{i}"), "x".repeat(250))).collect();
+    let node = s.attach_node(busy, "c", Utc::now()).await.unwrap();
+    let start = node.revision;
+    let mut lagging = watch(&cluster.url(), request(Default::default(), start, false)).await.unwrap();
+
+    const CHANGES: u32 = 1200;
+    for i in 0..CHANGES {
+        let update = NodeUpdate { backend_count: Some(i + 1), ..Default::default() };
+        s.update_node(&node.id, update, UpdateCondition::Always).await.unwrap().unwrap();
+    }
+    for expected in start + 1..=start + u64::from(CHANGES) {
+        let event = next_event(&mut lagging, WAIT).await.expect("caught up from the ring, not cut off");
+        assert_eq!(event.revision, expected, "in order, no gap");
+    }
     cluster.shutdown().await;
 }
 

@@ -12,9 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WatchConfig {
-    /// Changes buffered per watcher before it counts as too slow.
+    /// Changes queued per watcher. A watcher whose queue is full leaves the live fan-out and
+    /// catches up from the ring (at most this many changes at a time), then rejoins.
     pub watcher_buffer: usize,
-    /// Recent changes kept in memory, so that resuming watchers rarely read the store.
+    /// Recent changes kept in memory, shared by every watcher: for watchers catching up, and so
+    /// that resuming watchers rarely read the store. A watcher that falls further behind than
+    /// the ring reaches is cut off (RESOURCE_EXHAUSTED with its last revision).
     pub ring_capacity: usize,
     /// Poll the store this often even without a notification (a missed NOTIFY, a listener that
     /// reconnected): a bound on how late a change can be, never the normal path.
@@ -52,7 +55,8 @@ impl HubChange {
 }
 
 /// A watcher's feed: first `backlog` (history it asked for), then live changes from `live`.
-/// When `live` closes, `overflowed` tells whether the hub dropped it for being too slow.
+/// When `live` closes, `overflowed` tells whether the hub took the watcher out of the live
+/// fan-out because its queue was full (it then catches up with [`NodeWatchHub::resume`]).
 pub struct Subscription {
     pub backlog: VecDeque<Arc<HubChange>>,
     pub live: mpsc::Receiver<Arc<HubChange>>,
@@ -163,6 +167,40 @@ impl NodeWatchHub {
             }
             backlog.extend(changes.into_iter().map(HubChange::new));
         }
+    }
+
+    /// For a watcher whose queue overflowed, at `from`: the changes after it that the ring
+    /// holds, at most `max`; when those reach the cursor, a live feed registered in the same
+    /// step, so nothing falls between them. Otherwise the feed is closed and marked overflowed,
+    /// to come back for the next batch. `None` when the ring no longer reaches back to `from`:
+    /// the watcher fell too far behind.
+    pub fn resume(&self, from: Revision, max: usize) -> Option<Subscription> {
+        let mut state = self.inner.state.lock().unwrap();
+        if state.stopped {
+            let (_, live) = mpsc::channel(1);
+            return Some(Subscription { backlog: VecDeque::new(), live, overflowed: Arc::new(AtomicBool::new(false)) });
+        }
+        if !state.covers(from) {
+            return None;
+        }
+        let first = state.ring.partition_point(|c| c.revision <= from);
+        let pending = state.ring.len() - first;
+        let backlog: VecDeque<_> = state.ring.range(first..first + pending.min(max)).cloned().collect();
+        let overflowed = Arc::new(AtomicBool::new(false));
+        if pending > max {
+            overflowed.store(true, Ordering::Release);
+            let (_, live) = mpsc::channel(1);
+            return Some(Subscription { backlog, live, overflowed });
+        }
+        let (tx, live) = mpsc::channel(self.inner.config.watcher_buffer);
+        let id = state.next_id;
+        state.next_id += 1;
+        state.watchers.insert(id, Watcher { tx, overflowed: overflowed.clone() });
+        Some(Subscription { backlog, live, overflowed })
+    }
+
+    pub fn config(&self) -> &WatchConfig {
+        &self.inner.config
     }
 
     /// Fans out every node change until shutdown. This process's own commits arrive from the

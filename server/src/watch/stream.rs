@@ -106,7 +106,7 @@ impl NodeWatch {
                 Ok(subscription) => subscription,
                 Err(err) => { yield Err(store_status(err)); return; }
             };
-            yield Ok(Step::Live(Live::new(subscription, start, filter, view, request.bookmark_interval)));
+            yield Ok(Step::Live(Live::new(hub, subscription, start, filter, view, request.bookmark_interval)));
         };
         WatchStream { setup: Some(Box::pin(setup)), live: None }
     }
@@ -160,10 +160,13 @@ impl Stream for WatchStream {
 /// The live phase of one stream: the history it asked for, then changes as the hub fans them
 /// out, each seen through the stream's filter.
 ///
-/// It ends when the hub closes its feed: with RESOURCE_EXHAUSTED when the hub dropped it for
-/// falling behind, with UNAVAILABLE when the hub stopped (controller shutdown). Both name the
-/// last revision this stream delivered, to resume from.
+/// When its queue overflows (the client reads slowly, or the controller is busier than it can
+/// fan out), the hub takes it out of the live fan-out; once it has sent what it holds, it
+/// catches up from the hub's ring and rejoins. It ends with RESOURCE_EXHAUSTED when the ring no
+/// longer reaches back to it, and with UNAVAILABLE when the hub stopped (controller shutdown);
+/// both name the last revision this stream delivered, to resume from.
 struct Live {
+    hub: NodeWatchHub,
     backlog: VecDeque<Arc<HubChange>>,
     live: mpsc::Receiver<Arc<HubChange>>,
     overflowed: Arc<AtomicBool>,
@@ -177,6 +180,7 @@ struct Live {
 
 impl Live {
     fn new(
+        hub: NodeWatchHub,
         subscription: Subscription,
         start: Revision,
         filter: NodeFilter,
@@ -189,7 +193,7 @@ impl Live {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
-        Live { backlog, live, overflowed, position: start, filter, view, bookmark, ended: false }
+        Live { hub, backlog, live, overflowed, position: start, filter, view, bookmark, ended: false }
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
@@ -201,9 +205,22 @@ impl Live {
                 Some(change) => change,
                 None => match self.live.poll_recv(cx) {
                     Poll::Ready(Some(change)) => change,
+                    Poll::Ready(None) if self.overflowed.load(Ordering::Acquire) => {
+                        let batch = self.hub.config().watcher_buffer;
+                        match self.hub.resume(self.position, batch) {
+                            Some(Subscription { backlog, live, overflowed }) => {
+                                (self.backlog, self.live, self.overflowed) = (backlog, live, overflowed);
+                                continue;
+                            }
+                            None => {
+                                self.ended = true;
+                                return Poll::Ready(Some(Err(self.too_slow())));
+                            }
+                        }
+                    }
                     Poll::Ready(None) => {
                         self.ended = true;
-                        return Poll::Ready(Some(Err(self.closed())));
+                        return Poll::Ready(Some(Err(self.stopped())));
                     }
                     Poll::Pending => {
                         if let Some(bookmark) = self.bookmark.as_mut()
@@ -230,25 +247,25 @@ impl Live {
         }
     }
 
-    /// Why the hub closed this stream's feed.
-    fn closed(&self) -> Status {
+    /// The ring no longer reaches back to this stream.
+    fn too_slow(&self) -> Status {
         let position = self.position;
-        let last_revision = [("last_revision", position.to_string())];
-        if self.overflowed.load(Ordering::Acquire) {
-            status_with_reason(
-                Code::ResourceExhausted,
-                format!("this watch fell too far behind and was cut off; resume from revision {position}"),
-                reason::WATCH_TOO_SLOW,
-                &last_revision,
-            )
-        } else {
-            status_with_reason(
-                Code::Unavailable,
-                "the controller is shutting down; resume on another",
-                reason::SHUTTING_DOWN,
-                &last_revision,
-            )
-        }
+        status_with_reason(
+            Code::ResourceExhausted,
+            format!("this watch fell too far behind and was cut off; resume from revision {position}"),
+            reason::WATCH_TOO_SLOW,
+            &[("last_revision", position.to_string())],
+        )
+    }
+
+    /// The hub stopped.
+    fn stopped(&self) -> Status {
+        status_with_reason(
+            Code::Unavailable,
+            "the controller is shutting down; resume on another",
+            reason::SHUTTING_DOWN,
+            &[("last_revision", self.position.to_string())],
+        )
     }
 }
 
