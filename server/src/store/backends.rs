@@ -140,7 +140,7 @@ pub trait BackendStore: Send + Sync {
     /// Get-or-create by key in one write transaction: the key's live backend, or a new one placed
     /// by `pick` among the candidates that still have room (counted from the store), with its
     /// Spawn action, the key taken with the next fencing token, and `spec.token` issued.
-    async fn connect_backend(&self, spec: ConnectSpec, pick: Pick<'_>) -> Result<ConnectOutcome, StoreError>;
+    async fn connect_backend(&self, spec: ConnectSpec, pick: Pick<'static>) -> Result<ConnectOutcome, StoreError>;
 
     async fn get_backend(&self, id: &str) -> Result<Option<Backend>, StoreError>;
 

@@ -10,6 +10,7 @@
 //! any revision at or above it stays exact.
 
 mod backends;
+mod offload;
 mod postgres;
 mod rows;
 mod sql;
@@ -20,6 +21,7 @@ pub use backends::{
     ActionPayload, BackendFilter, BackendStore, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome,
     IssuedToken, PendingAction, Pick, SpawnPlan, TokenRoute, new_action_id,
 };
+pub use offload::OffloadedStore;
 pub use postgres::{NODE_CHANGES_CHANNEL, PostgresStore};
 pub use sqlite::SqliteStore;
 
@@ -236,13 +238,20 @@ pub type DynStore = Arc<dyn Store>;
 /// Opens the store a `--database` URL names: `sqlite://PATH` (created if missing) or
 /// `postgres://…`. Migrations run before it returns.
 pub async fn open(url: &str) -> Result<DynStore, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url).await?))
+    let store: DynStore = if url.starts_with("sqlite:") {
+        Arc::new(SqliteStore::open(url).await?)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::open(url).await?))
+        Arc::new(PostgresStore::open(url).await?)
     } else {
-        Err(StoreError::Unavailable(format!(
+        return Err(StoreError::Unavailable(format!(
             "unsupported database URL {url:?}: use sqlite://PATH or postgres://USER@HOST/DB"
-        )))
-    }
+        )));
+    };
+    let offloaded = OffloadedStore::new(store, STORE_THREADS)
+        .map_err(|err| StoreError::Unavailable(format!("cannot start the store's threads: {err}")))?;
+    Ok(Arc::new(offloaded))
 }
+
+/// Threads of the runtime that runs store operations ([`OffloadedStore`]). They mostly wait on
+/// the database; two let a long read (a large listing) proceed beside writes.
+const STORE_THREADS: usize = 2;

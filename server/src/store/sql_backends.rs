@@ -246,7 +246,7 @@ where
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
-    async fn connect_backend(&self, spec: ConnectSpec, pick: Pick<'_>) -> Result<ConnectOutcome, StoreError> {
+    async fn connect_backend(&self, spec: ConnectSpec, pick: Pick<'static>) -> Result<ConnectOutcome, StoreError> {
         let ConnectSpec { key, spawn, token, now } = spec;
         let token_expiry = rows::millis(token.expires_at);
         let (mut tx, revision) = self.begin_write().await?;

@@ -1,0 +1,249 @@
+//! Every store operation runs on the store's own runtime.
+//!
+//! A store operation is a chain of round trips to the database (SQLite: to sqlx's worker
+//! thread; PostgreSQL: to the server), and after each one the task that waits for it must be
+//! scheduled again. On the controller's runtime that task queues behind whatever else is ready,
+//! which with a thousand watch streams is a thousand tasks: in the watch benchmark a node write
+//! (seven round trips) took ~3.2 ms under load and writes went at ~290/s, the fan-out waiting
+//! for them. Here the operation runs start to finish on a small runtime that does nothing else,
+//! and the caller waits for it once: 1,800 writes in 0.4 s instead of 6 s under the same load.
+//!
+//! An operation that has started runs to completion even if its caller stops waiting (a
+//! cancelled call, a timeout): a write is then committed or not, never half done and rolled
+//! back behind the caller's back.
+
+use super::*;
+use futures::future::BoxFuture;
+use hangar::domain::{Backend, BackendKey, BackendStatus, TerminationKind, TerminationReason};
+use tokio::runtime::{Handle, Runtime};
+
+/// A store whose operations run on its own runtime (`hangar-store` threads).
+pub struct OffloadedStore {
+    inner: DynStore,
+    handle: Handle,
+    /// Owned so that the threads stop with the store; `None` once shut down.
+    runtime: Option<Runtime>,
+}
+
+impl OffloadedStore {
+    /// Wraps `inner`; its operations run on a new runtime with `threads` worker threads.
+    pub fn new(inner: DynStore, threads: usize) -> std::io::Result<OffloadedStore> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("hangar-store")
+            .enable_all()
+            .build()?;
+        Ok(OffloadedStore { inner, handle: runtime.handle().clone(), runtime: Some(runtime) })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(DynStore) -> BoxFuture<'static, Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.handle.spawn(op(self.inner.clone())).await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Err(StoreError::Unavailable("the store is shutting down".into())),
+        }
+    }
+}
+
+impl Drop for OffloadedStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks until its threads stop, which is not allowed inside async
+        // code; the store is often dropped there.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+#[async_trait]
+impl Store for OffloadedStore {
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision> {
+        self.inner.subscribe()
+    }
+
+    fn local_commits(&self) -> tokio::sync::broadcast::Receiver<LocalCommit> {
+        self.inner.local_commits()
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        self.run(|s| Box::pin(async move { s.current_revision().await })).await
+    }
+
+    async fn compacted_revision(&self) -> Result<Revision, StoreError> {
+        self.run(|s| Box::pin(async move { s.compacted_revision().await })).await
+    }
+
+    async fn attach_node(
+        &self,
+        registration: NodeRegistration,
+        controller_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Node, StoreError> {
+        let controller_id = controller_id.to_string();
+        self.run(|s| Box::pin(async move { s.attach_node(registration, &controller_id, now).await })).await
+    }
+
+    async fn update_node(
+        &self,
+        id: &str,
+        update: NodeUpdate,
+        condition: UpdateCondition,
+    ) -> Result<Option<Node>, StoreError> {
+        let id = id.to_string();
+        self.run(|s| Box::pin(async move { s.update_node(&id, update, condition).await })).await
+    }
+
+    async fn remove_node(&self, id: &str, condition: UpdateCondition) -> Result<Option<Node>, StoreError> {
+        let id = id.to_string();
+        self.run(|s| Box::pin(async move { s.remove_node(&id, condition).await })).await
+    }
+
+    async fn get_node(&self, id: &str) -> Result<Option<Node>, StoreError> {
+        let id = id.to_string();
+        self.run(|s| Box::pin(async move { s.get_node(&id).await })).await
+    }
+
+    async fn list_nodes(
+        &self,
+        filter: &NodeFilter,
+        at: Option<Revision>,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<NodePage, StoreError> {
+        let (filter, after_id) = (filter.clone(), after_id.map(str::to_string));
+        self.run(|s| Box::pin(async move { s.list_nodes(&filter, at, after_id.as_deref(), limit).await })).await
+    }
+
+    async fn node_changes_since(&self, after: Revision, limit: usize) -> Result<Vec<NodeChange>, StoreError> {
+        self.run(|s| Box::pin(async move { s.node_changes_since(after, limit).await })).await
+    }
+
+    async fn compact(&self, retention: Retention, now: DateTime<Utc>) -> Result<Revision, StoreError> {
+        self.run(|s| Box::pin(async move { s.compact(retention, now).await })).await
+    }
+
+    async fn shared_secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let name = name.to_string();
+        self.run(|s| Box::pin(async move { s.shared_secret(&name).await })).await
+    }
+}
+
+#[async_trait]
+impl BackendStore for OffloadedStore {
+    async fn connect_backend(&self, spec: ConnectSpec, pick: Pick<'static>) -> Result<ConnectOutcome, StoreError> {
+        self.run(|s| Box::pin(async move { s.connect_backend(spec, pick).await })).await
+    }
+
+    async fn get_backend(&self, id: &str) -> Result<Option<Backend>, StoreError> {
+        let id = id.to_string();
+        self.run(|s| Box::pin(async move { s.get_backend(&id).await })).await
+    }
+
+    async fn list_backends(
+        &self,
+        filter: &BackendFilter,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Backend>, bool), StoreError> {
+        let (filter, after_id) = (filter.clone(), after_id.map(str::to_string));
+        self.run(|s| Box::pin(async move { s.list_backends(&filter, after_id.as_deref(), limit).await })).await
+    }
+
+    async fn backend_history(&self, id: &str, after: Revision) -> Result<Vec<(Revision, BackendStatus)>, StoreError> {
+        let id = id.to_string();
+        self.run(|s| Box::pin(async move { s.backend_history(&id, after).await })).await
+    }
+
+    async fn apply_backend_event(
+        &self,
+        drone_id: &str,
+        backend_id: &str,
+        status: BackendStatus,
+        address: &str,
+        now: DateTime<Utc>,
+    ) -> Result<EventOutcome, StoreError> {
+        let (drone_id, backend_id, address) = (drone_id.to_string(), backend_id.to_string(), address.to_string());
+        self.run(|s| {
+            Box::pin(async move { s.apply_backend_event(&drone_id, &backend_id, status, &address, now).await })
+        })
+        .await
+    }
+
+    async fn request_termination(
+        &self,
+        id: &str,
+        kind: TerminationKind,
+        reason: TerminationReason,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Backend>, StoreError> {
+        let id = id.to_string();
+        self.run(|s| Box::pin(async move { s.request_termination(&id, kind, reason, now).await })).await
+    }
+
+    async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError> {
+        let drone_id = drone_id.to_string();
+        self.run(|s| Box::pin(async move { s.pending_actions(&drone_id).await })).await
+    }
+
+    async fn ack_action(&self, drone_id: &str, action_id: &str) -> Result<(), StoreError> {
+        let (drone_id, action_id) = (drone_id.to_string(), action_id.to_string());
+        self.run(|s| Box::pin(async move { s.ack_action(&drone_id, &action_id).await })).await
+    }
+
+    async fn renew_key(
+        &self,
+        backend_id: &str,
+        key: &BackendKey,
+        fencing_token: u64,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (backend_id, key) = (backend_id.to_string(), key.clone());
+        self.run(|s| Box::pin(async move { s.renew_key(&backend_id, &key, fencing_token, now, expires_at).await }))
+            .await
+    }
+
+    async fn record_activity(&self, backend_ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError> {
+        let backend_ids = backend_ids.to_vec();
+        self.run(|s| Box::pin(async move { s.record_activity(&backend_ids, now).await })).await
+    }
+
+    async fn expired_key_holders(&self, now: DateTime<Utc>) -> Result<Vec<Backend>, StoreError> {
+        self.run(|s| Box::pin(async move { s.expired_key_holders(now).await })).await
+    }
+
+    async fn release_expired_key(
+        &self,
+        backend_id: &str,
+        lost: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Backend>, StoreError> {
+        let backend_id = backend_id.to_string();
+        self.run(|s| Box::pin(async move { s.release_expired_key(&backend_id, lost, now).await })).await
+    }
+
+    async fn mark_lost(&self, backend_id: &str, now: DateTime<Utc>) -> Result<Option<Backend>, StoreError> {
+        let backend_id = backend_id.to_string();
+        self.run(|s| Box::pin(async move { s.mark_lost(&backend_id, now).await })).await
+    }
+
+    async fn purge_expired_tokens(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.run(|s| Box::pin(async move { s.purge_expired_tokens(now).await })).await
+    }
+
+    async fn backend_changes_since(
+        &self,
+        after: Revision,
+        limit: usize,
+    ) -> Result<Vec<(Revision, String, BackendStatus)>, StoreError> {
+        self.run(|s| Box::pin(async move { s.backend_changes_since(after, limit).await })).await
+    }
+
+    async fn token_route(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<TokenRoute>, StoreError> {
+        let token_hash = token_hash.to_string();
+        self.run(|s| Box::pin(async move { s.token_route(&token_hash, now).await })).await
+    }
+}
