@@ -1,5 +1,5 @@
 //! The part of a run that both systems share: watchers that record receipts, a writer driven
-//! through the paced, loaded and burst phases, and the server's RSS and CPU read around them.
+//! through the paced, loaded, heavy and burst phases, and the server's RSS and CPU read around them.
 
 use crate::WatchArgs;
 use crate::measure::{Plan, Report, WatcherLog, WriteTimes, now_ns, summarize};
@@ -108,7 +108,12 @@ where
 
     let mut times = WriteTimes::new(plan.last() as usize + 1);
     let in_flight = args.burst_writers;
-    for (range, rate) in [(plan.paced_range(), plan.rate), (plan.loaded_range(), plan.loaded_rate)] {
+    let phases = [
+        (plan.paced_range(), plan.rate),
+        (plan.loaded_range(), plan.loaded_rate),
+        (plan.heavy_range(), plan.heavy_rate),
+    ];
+    for (range, rate) in phases {
         if !range.is_empty() {
             writer.write(*range.start(), *range.end(), rate, in_flight, &mut times).await?;
         }

@@ -41,8 +41,8 @@ pub struct WatchArgs {
     #[arg(long, default_value_t = 10)]
     pub connections: usize,
     /// Changes written per system: `--paced-events` at `--rate`, `--loaded-events` at
-    /// `--loaded-rate`, the rest in a burst.
-    #[arg(long, default_value_t = 2750)]
+    /// `--loaded-rate`, `--heavy-events` at `--heavy-rate`, the rest in a burst.
+    #[arg(long, default_value_t = 3750)]
     pub events: u32,
     /// Changes written at `--rate`, first: a lightly loaded system.
     #[arg(long, default_value_t = 200)]
@@ -58,6 +58,13 @@ pub struct WatchArgs {
     /// 150,000 deliveries/s to 1,000 watchers, about half of what either system manages here).
     #[arg(long, default_value_t = 150)]
     pub loaded_rate: u32,
+    /// Changes written at `--heavy-rate`, after the loaded ones (0 skips the phase).
+    #[arg(long, default_value_t = 1000)]
+    pub heavy_events: u32,
+    /// Writes per second in the heavy phase: the same offered load for both systems, close to
+    /// etcd's capacity on this machine (250/s is 250,000 deliveries/s; etcd manages ~300,000).
+    #[arg(long, default_value_t = 250)]
+    pub heavy_rate: u32,
     /// Writes in flight at most, in every phase (in the burst, always this many).
     #[arg(long, default_value_t = 16)]
     pub burst_writers: usize,
@@ -115,20 +122,23 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             && args.paced_events > 0
             && args.rate > 0
             && (args.loaded_events == 0 || args.loaded_rate > 0)
-            && args.events > args.paced_events + args.loaded_events,
+            && (args.heavy_events == 0 || args.heavy_rate > 0)
+            && args.events > args.paced_events + args.loaded_events + args.heavy_events,
         "nothing to measure: need watchers, connections, rates above 0, and more events than paced and \
-         loaded events together (the rest is the burst)"
+         loaded and heavy events together (the rest is the burst)"
     );
     let plan = measure::Plan {
         paced: args.paced_events,
         rate: args.rate,
         loaded: args.loaded_events,
         loaded_rate: args.loaded_rate,
-        burst: args.events - args.paced_events - args.loaded_events,
+        heavy: args.heavy_events,
+        heavy_rate: args.heavy_rate,
+        burst: args.events - args.paced_events - args.loaded_events - args.heavy_events,
     };
     println!(
-        "watch benchmark: {} watchers over {} HTTP/2 connections, {} changes ({} at {}/s, {} at {}/s, then {} \
-         in a burst; at most {} writes in flight)",
+        "watch benchmark: {} watchers over {} HTTP/2 connections, {} changes ({} at {}/s, {} at {}/s, {} at \
+         {}/s, then {} in a burst; at most {} writes in flight)",
         args.watchers,
         args.connections,
         args.events,
@@ -136,6 +146,8 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         plan.rate,
         plan.loaded,
         plan.loaded_rate,
+        plan.heavy,
+        plan.heavy_rate,
         plan.burst,
         args.burst_writers
     );

@@ -13,20 +13,23 @@ pub fn now_ns() -> u64 {
 
 /// Which changes are written how. Change 0 is the warm-up (it proves that every watcher is
 /// subscribed); then `paced` changes at `rate` per second (a lightly loaded system), `loaded` at
-/// `loaded_rate` (a busy one that still keeps up), and `burst` as fast as the writer goes.
+/// `loaded_rate` (a busy one that still keeps up), `heavy` at `heavy_rate` (close to what etcd
+/// manages here), and `burst` as fast as the writer goes.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
     pub paced: u32,
     pub rate: u32,
     pub loaded: u32,
     pub loaded_rate: u32,
+    pub heavy: u32,
+    pub heavy_rate: u32,
     pub burst: u32,
 }
 
 impl Plan {
     /// The last change index.
     pub fn last(&self) -> u32 {
-        self.paced + self.loaded + self.burst
+        self.paced + self.loaded + self.heavy + self.burst
     }
     pub fn paced_range(&self) -> std::ops::RangeInclusive<u32> {
         1..=self.paced
@@ -34,8 +37,11 @@ impl Plan {
     pub fn loaded_range(&self) -> std::ops::RangeInclusive<u32> {
         self.paced + 1..=self.paced + self.loaded
     }
+    pub fn heavy_range(&self) -> std::ops::RangeInclusive<u32> {
+        self.paced + self.loaded + 1..=self.paced + self.loaded + self.heavy
+    }
     pub fn burst_range(&self) -> std::ops::RangeInclusive<u32> {
-        self.paced + self.loaded + 1..=self.last()
+        self.paced + self.loaded + self.heavy + 1..=self.last()
     }
 }
 
@@ -108,6 +114,7 @@ pub struct Report {
     pub commit: Distribution,
     pub paced: Distribution,
     pub loaded: Distribution,
+    pub heavy: Distribution,
     pub burst: Distribution,
     /// Deliveries per second in the burst: changes × watchers received, over the time from the
     /// first burst write to the last burst receipt.
@@ -123,7 +130,7 @@ pub struct Report {
     pub rss_idle: u64,
     pub rss_watching: u64,
     pub rss_after: u64,
-    /// Server CPU time over the paced, loaded and burst phases.
+    /// Server CPU time over all phases.
     pub server_cpu: f64,
     /// This process's CPU time over the same phases: the watchers' client (and, for etcd, the
     /// writer).
@@ -165,6 +172,7 @@ pub fn summarize(plan: &Plan, writes: &WriteTimes, logs: &[WatcherLog], event_by
     );
     let paced = latencies(plan.paced_range());
     let loaded = latencies(plan.loaded_range());
+    let heavy = latencies(plan.heavy_range());
     let burst = latencies(plan.burst_range());
     let burst_start = writes.issued[*plan.burst_range().start() as usize];
     let burst_end = logs
@@ -177,13 +185,14 @@ pub fn summarize(plan: &Plan, writes: &WriteTimes, logs: &[WatcherLog], event_by
     let burst_write_seconds = last_ack.saturating_sub(burst_start) as f64 / 1e9;
     let drain_seconds = burst_end.saturating_sub(last_ack) as f64 / 1e9;
     let expected = logs.len() * plan.last() as usize;
-    let missing = expected - paced.count - loaded.count - burst.count;
+    let missing = expected - paced.count - loaded.count - heavy.count - burst.count;
     Report {
         watchers: logs.len(),
         event_bytes,
         commit,
         paced,
         loaded,
+        heavy,
         burst,
         burst_throughput: if burst_seconds > 0.0 { burst.count as f64 / burst_seconds } else { 0.0 },
         burst_seconds,
@@ -221,6 +230,9 @@ pub fn print_table(hangar: Option<&Report>, etcd: Option<&Report>) {
         ("loaded latency p50", |r| ms(r.loaded.p50), Some(|r| r.loaded.p50.as_secs_f64())),
         ("loaded latency p99", |r| ms(r.loaded.p99), Some(|r| r.loaded.p99.as_secs_f64())),
         ("loaded latency max", |r| ms(r.loaded.max), Some(|r| r.loaded.max.as_secs_f64())),
+        ("heavy latency p50", |r| ms(r.heavy.p50), Some(|r| r.heavy.p50.as_secs_f64())),
+        ("heavy latency p99", |r| ms(r.heavy.p99), Some(|r| r.heavy.p99.as_secs_f64())),
+        ("heavy latency max", |r| ms(r.heavy.max), Some(|r| r.heavy.max.as_secs_f64())),
         ("burst latency p50", |r| ms(r.burst.p50), Some(|r| r.burst.p50.as_secs_f64())),
         ("burst latency p99", |r| ms(r.burst.p99), Some(|r| r.burst.p99.as_secs_f64())),
         ("burst latency max", |r| ms(r.burst.max), Some(|r| r.burst.max.as_secs_f64())),
