@@ -15,6 +15,7 @@ use hangar::v1;
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
 use hangar_server::store::{self, NodeRegistration, NodeUpdate, UpdateCondition};
 use prost::Message;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -66,8 +67,9 @@ fn registration() -> NodeRegistration {
 /// The child: serves a controller and writes changes when told to.
 ///
 /// Protocol (one line each): it prints `ready ADDR EVENT_BYTES`; then `warm K` writes warm-up
-/// change K and answers `ok`; `write FROM TO RATE CONCURRENCY` writes changes FROM..=TO and answers one
-/// `t INDEX ISSUED_NS ACKED_NS` per change, then `ok`; end of input stops it.
+/// change K and answers `ok`; `write FROM TO RATE CONCURRENCY` writes changes FROM..=TO and, once
+/// all are written, answers one `t INDEX ISSUED_NS ACKED_NS` per change, then `ok`; end of input
+/// stops it.
 pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
     let url = format!("sqlite://{}", args.dir.join("hangar.db").display());
     let store = store::open(&url).await?;
@@ -103,8 +105,16 @@ pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
                     let write = update(NodeUpdate { backend_count: Some(i), ..Default::default() });
                     async move { write.await.map(drop) }
                 };
-                let done = |i, issued, acked| println!("t {i} {issued} {acked}");
+                // The times are printed after the phase: printing is a blocking write to a pipe
+                // that the busy parent may drain late, and it must not stall the controller's
+                // threads while they are measured.
+                let mut times = Vec::new();
+                let done = |i, issued, acked| times.push((i, issued, acked));
                 fanout::paced(from.parse()?, to.parse()?, rate.parse()?, concurrency.parse()?, write, done).await?;
+                let mut out = std::io::stdout().lock();
+                for (i, issued, acked) in times {
+                    writeln!(out, "t {i} {issued} {acked}")?;
+                }
             }
             _ => anyhow::bail!("unknown command {line:?}"),
         }

@@ -115,22 +115,27 @@ async fn resume_from_a_compacted_revision_is_out_of_range_naming_the_oldest_reta
     cluster.shutdown().await;
 }
 
+/// A controller with `watch` and one node carrying ~4 KiB of labels, as realistic nodes do: 1,200
+/// of its events are far more than the transport buffers for a stream that is not read (HTTP/2
+/// window plus hyper's send buffer), so such a stream's queue fills.
+async fn cluster_with_a_busy_node(watch: WatchConfig) -> (TestCluster, hangar::domain::Node) {
+    let config = hangar_server::controller::ControllerConfig { watch, ..test_config() };
+    let cluster = TestCluster::sqlite_with(config).await;
+    let mut busy = registration("busy");
+    busy.labels = (0..16).map(|i| (format!("label-{i}"), "x".repeat(250))).collect();
+    let node = cluster.store.attach_node(busy, "c", Utc::now()).await.unwrap();
+    (cluster, node)
+}
+
 /// The slow watcher stops reading; the hub takes it out of the fan-out without ever waiting for
 /// it, the other watcher keeps receiving every change promptly, and when the slow one reads
 /// again it is cut off, the ring no longer reaching back to it.
 #[tokio::test]
 async fn a_watcher_that_stops_reading_is_cut_off_while_another_keeps_its_latency() {
-    let config = hangar_server::controller::ControllerConfig {
-        watch: WatchConfig { watcher_buffer: 64, ring_capacity: 256, ..WatchConfig::default() },
-        ..test_config()
-    };
-    let cluster = TestCluster::sqlite_with(config).await;
+    let (cluster, node) =
+        cluster_with_a_busy_node(WatchConfig { watcher_buffer: 64, ring_capacity: 256, ..WatchConfig::default() })
+            .await;
     let s = cluster.store.clone();
-    // Realistic nodes carry labels; ~4 KiB per event makes 1,200 events far more than the
-    // transport buffers for a stream that is not read (HTTP/2 window plus hyper's send buffer).
-    let mut busy = registration("busy");
-    busy.labels = (0..16).map(|i| (format!("label-{i}"), "x".repeat(250))).collect();
-    let node = s.attach_node(busy, "c", Utc::now()).await.unwrap();
     let start = node.revision;
 
     let mut slow = watch(&cluster.url(), request(Default::default(), start, false)).await.unwrap();
@@ -197,17 +202,10 @@ async fn a_watcher_that_stops_reading_is_cut_off_while_another_keeps_its_latency
 /// catches up from the hub's ring and misses nothing, while the ring still reaches back to it.
 #[tokio::test]
 async fn a_watcher_that_falls_behind_its_queue_catches_up_from_the_ring_without_a_gap() {
-    let config = hangar_server::controller::ControllerConfig {
-        watch: WatchConfig { watcher_buffer: 16, ring_capacity: 4096, ..WatchConfig::default() },
-        ..test_config()
-    };
-    let cluster = TestCluster::sqlite_with(config).await;
+    let (cluster, node) =
+        cluster_with_a_busy_node(WatchConfig { watcher_buffer: 16, ring_capacity: 4096, ..WatchConfig::default() })
+            .await;
     let s = cluster.store.clone();
-    // As above: 1,200 events of ~4 KiB are far more than the transport holds for a stream
-    // that is not read, so the queue of 16 overflows.
-    let mut busy = registration("busy");
-    busy.labels = (0..16).map(|i| (format!("label-{i}"), "x".repeat(250))).collect();
-    let node = s.attach_node(busy, "c", Utc::now()).await.unwrap();
     let start = node.revision;
     let mut lagging = watch(&cluster.url(), request(Default::default(), start, false)).await.unwrap();
 
