@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         // Hand-written (src/wire.rs) so that a watch event is encoded once for every stream.
         .extern_path(".hangar.v1.WatchNodesResponse", "crate::wire::WatchNodesResponse")
+        // prost's codec with smaller per-call buffers (src/codec.rs).
+        .codec_path("crate::codec::HangarCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! `hangar.executor.v1`, the encoded descriptor set for server reflection, and the domain types
 //! that every component shares together with their protobuf conversions.
 
+pub mod codec;
 pub mod domain;
 pub mod error;
 pub mod wire;
