@@ -43,6 +43,7 @@ fn index_of(value: &[u8]) -> Option<u32> {
 struct EtcdWriter {
     kv: KvClient<Channel>,
     value_size: usize,
+    thread: fanout::WriterThread,
 }
 
 impl EtcdWriter {
@@ -65,18 +66,24 @@ impl Writer for EtcdWriter {
         concurrency: usize,
         times: &mut WriteTimes,
     ) -> anyhow::Result<()> {
-        let size = self.value_size;
-        let write = |i: u32| {
-            let mut kv = self.kv.clone();
+        let (size, kv) = (self.value_size, self.kv.clone());
+        let write = move |i: u32| {
+            let mut kv = kv.clone();
             let put =
                 pb::PutRequest { key: KEY.to_vec(), value: value(&format!("{i:010}"), size), ..Default::default() };
             async move { kv.put(put).await.map(drop).map_err(anyhow::Error::from) }
         };
-        let done = |i: u32, issued, acked| {
+        let phase = async move {
+            let mut written = Vec::new();
+            let done = |i: u32, issued, acked| written.push((i, issued, acked));
+            fanout::paced(from, to, rate, concurrency, write, done).await?;
+            anyhow::Ok(written)
+        };
+        for (i, issued, acked) in self.thread.run(phase).await? {
             times.issued[i as usize] = issued;
             times.acked[i as usize] = acked;
-        };
-        fanout::paced(from, to, rate, concurrency, write, done).await
+        }
+        Ok(())
     }
 }
 
@@ -127,7 +134,7 @@ pub async fn run(args: &WatchArgs, plan: &Plan, value_size: usize) -> anyhow::Re
         channels.push(endpoint.connect().await?);
     }
 
-    let mut writer = EtcdWriter { kv, value_size };
+    let mut writer = EtcdWriter { kv, value_size, thread: fanout::WriterThread::new()? };
     let report = fanout::drive("etcd", args, plan, pid, value_size, &mut writer, |i, ctx| {
         watcher(channels[i % channels.len()].clone(), ctx)
     })

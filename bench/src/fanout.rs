@@ -193,3 +193,38 @@ where
     }
     Ok(())
 }
+
+/// The writer's own thread: a writer stands in for the system's clients, so its schedule
+/// (timers, issuing writes) must not wait behind the work it is measuring, whether that is the
+/// controller's fan-out (Hangar's writer runs in the controller's process) or the watchers'
+/// client (etcd's runs in this one).
+pub struct WriterThread(Option<tokio::runtime::Runtime>);
+
+impl WriterThread {
+    pub fn new() -> std::io::Result<WriterThread> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bench-writer")
+            .enable_all()
+            .build()?;
+        Ok(WriterThread(Some(runtime)))
+    }
+
+    /// Runs `phase` on the writer's thread and waits for it.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        phase: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let runtime = self.0.as_ref().expect("the writer thread runs until dropped");
+        runtime.spawn(phase).await?
+    }
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which async code may not do.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}

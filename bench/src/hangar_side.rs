@@ -85,6 +85,9 @@ pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
     let controller = Controller::start(store.clone(), config, listener).await?;
     println!("ready {} {}", controller.local_addr(), v1::Node::from(&node).encoded_len());
 
+    // The writer stands in for the controller's clients: on its own thread, its writes take the
+    // controller's store path.
+    let writer = fanout::WriterThread::new()?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -101,16 +104,26 @@ pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
                 update(NodeUpdate { resources: Some(resources), ..Default::default() }).await?;
             }
             ["write", from, to, rate, concurrency] => {
-                let write = |i| {
-                    let write = update(NodeUpdate { backend_count: Some(i), ..Default::default() });
-                    async move { write.await.map(drop) }
+                let (store, id) = (store.clone(), node.id.clone());
+                let write = move |i| {
+                    let (store, id) = (store.clone(), id.clone());
+                    async move {
+                        let update = NodeUpdate { backend_count: Some(i), ..Default::default() };
+                        store.update_node(&id, update, UpdateCondition::Always).await?;
+                        anyhow::Ok(())
+                    }
                 };
                 // The times are printed after the phase: printing is a blocking write to a pipe
                 // that the busy parent may drain late, and it must not stall the controller's
                 // threads while they are measured.
-                let mut times = Vec::new();
-                let done = |i, issued, acked| times.push((i, issued, acked));
-                fanout::paced(from.parse()?, to.parse()?, rate.parse()?, concurrency.parse()?, write, done).await?;
+                let (from, to, rate, concurrency) = (from.parse()?, to.parse()?, rate.parse()?, concurrency.parse()?);
+                let phase = async move {
+                    let mut times = Vec::new();
+                    let done = |i, issued, acked| times.push((i, issued, acked));
+                    fanout::paced(from, to, rate, concurrency, write, done).await?;
+                    anyhow::Ok(times)
+                };
+                let times = writer.run(phase).await?;
                 let mut out = std::io::stdout().lock();
                 for (i, issued, acked) in times {
                     writeln!(out, "t {i} {issued} {acked}")?;
@@ -120,6 +133,7 @@ pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
         }
         println!("ok");
     }
+    drop(writer);
     controller.shutdown().await
 }
 
