@@ -88,6 +88,41 @@ impl HubState {
             None => from >= self.cursor,
         }
     }
+
+    /// A feed for a watcher at `from`, behind `backlog`: the ring's changes after `from` (at
+    /// most `max`) are added to the backlog, and when they reach the cursor a live feed of
+    /// `buffer` changes is registered in the same step, so nothing falls between them;
+    /// otherwise the feed is closed and marked overflowed, to come back for the next batch. A
+    /// stopped hub gives a closed feed, which ends the stream as on shutdown once it has sent
+    /// its backlog. `None` (the backlog untouched) when the ring does not reach back to `from`.
+    fn join(
+        &mut self,
+        from: Revision,
+        max: usize,
+        backlog: &mut VecDeque<Arc<HubChange>>,
+        buffer: usize,
+    ) -> Option<Subscription> {
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let closed = |backlog, overflowed| Subscription { backlog, live: mpsc::channel(1).1, overflowed };
+        if self.stopped {
+            return Some(closed(std::mem::take(backlog), overflowed));
+        }
+        if !self.covers(from) {
+            return None;
+        }
+        let first = self.ring.partition_point(|c| c.revision <= from);
+        let pending = self.ring.len() - first;
+        backlog.extend(self.ring.range(first..first + pending.min(max)).cloned());
+        if pending > max {
+            overflowed.store(true, Ordering::Release);
+            return Some(closed(std::mem::take(backlog), overflowed));
+        }
+        let (tx, live) = mpsc::channel(buffer);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.watchers.insert(id, Watcher { tx, overflowed: overflowed.clone() });
+        Some(Subscription { backlog: std::mem::take(backlog), live, overflowed })
+    }
 }
 
 #[derive(Clone)]
@@ -114,10 +149,6 @@ impl NodeWatchHub {
         &self.inner.store
     }
 
-    pub fn shutdown_token(&self) -> &CancellationToken {
-        &self.inner.shutdown
-    }
-
     /// Every revision up to this one has been fanned out.
     pub fn cursor(&self) -> Revision {
         self.inner.state.lock().unwrap().cursor
@@ -141,20 +172,10 @@ impl NodeWatchHub {
         loop {
             {
                 let mut state = self.inner.state.lock().unwrap();
-                let overflowed = Arc::new(AtomicBool::new(false));
-                if state.stopped {
-                    // No live feed from a stopped hub: the stream sends the history it has,
-                    // then ends as on shutdown.
-                    let (_, live) = mpsc::channel(1);
-                    return Ok(Subscription { backlog, live, overflowed });
-                }
-                if state.covers(position) {
-                    backlog.extend(state.ring.iter().filter(|c| c.revision > position).cloned());
-                    let (tx, live) = mpsc::channel(self.inner.config.watcher_buffer);
-                    let id = state.next_id;
-                    state.next_id += 1;
-                    state.watchers.insert(id, Watcher { tx, overflowed: overflowed.clone() });
-                    return Ok(Subscription { backlog, live, overflowed });
+                if let Some(subscription) =
+                    state.join(position, usize::MAX, &mut backlog, self.inner.config.watcher_buffer)
+                {
+                    return Ok(subscription);
                 }
             }
             // Older than the ring: catch up from the store, then look again.
@@ -176,29 +197,10 @@ impl NodeWatchHub {
     /// the watcher fell too far behind.
     pub fn resume(&self, from: Revision, max: usize) -> Option<Subscription> {
         let mut state = self.inner.state.lock().unwrap();
-        if state.stopped {
-            let (_, live) = mpsc::channel(1);
-            return Some(Subscription { backlog: VecDeque::new(), live, overflowed: Arc::new(AtomicBool::new(false)) });
-        }
-        if !state.covers(from) {
-            return None;
-        }
-        let first = state.ring.partition_point(|c| c.revision <= from);
-        let pending = state.ring.len() - first;
-        let backlog: VecDeque<_> = state.ring.range(first..first + pending.min(max)).cloned().collect();
-        let overflowed = Arc::new(AtomicBool::new(false));
-        if pending > max {
-            overflowed.store(true, Ordering::Release);
-            let (_, live) = mpsc::channel(1);
-            return Some(Subscription { backlog, live, overflowed });
-        }
-        let (tx, live) = mpsc::channel(self.inner.config.watcher_buffer);
-        let id = state.next_id;
-        state.next_id += 1;
-        state.watchers.insert(id, Watcher { tx, overflowed: overflowed.clone() });
-        Some(Subscription { backlog, live, overflowed })
+        state.join(from, max, &mut VecDeque::new(), self.inner.config.watcher_buffer)
     }
 
+    /// How this hub was configured.
     pub fn config(&self) -> &WatchConfig {
         &self.inner.config
     }
