@@ -108,7 +108,7 @@ impl NodeWatch {
             };
             yield Ok(Step::Live(Live::new(hub, subscription, start, filter, view, request.bookmark_interval)));
         };
-        WatchStream { setup: Some(Box::pin(setup)), live: None }
+        WatchStream { phase: Phase::Setup(Box::pin(setup)) }
     }
 }
 
@@ -124,8 +124,14 @@ type Setup = Pin<Box<dyn Stream<Item = Result<Step, Status>> + Send>>;
 /// A `WatchNodes` stream: the setup phase (async, runs once), then the live phase, written as
 /// a plain `poll_next` because it runs once per change per watcher.
 pub struct WatchStream {
-    setup: Option<Setup>,
-    live: Option<Live>,
+    phase: Phase,
+}
+
+enum Phase {
+    Setup(Setup),
+    Live(Box<Live>),
+    /// After the last item, an error included.
+    Done,
 }
 
 impl Stream for WatchStream {
@@ -133,26 +139,24 @@ impl Stream for WatchStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         let this = &mut *self;
-        if let Some(setup) = this.setup.as_mut() {
-            match ready!(setup.as_mut().poll_next(cx)) {
-                Some(Ok(Step::Event(event))) => return Poll::Ready(Some(Ok(event))),
-                Some(Ok(Step::Live(live))) => {
-                    this.setup = None;
-                    this.live = Some(live);
-                }
-                Some(Err(status)) => {
-                    this.setup = None;
-                    return Poll::Ready(Some(Err(status)));
-                }
-                None => {
-                    this.setup = None;
-                    return Poll::Ready(None);
-                }
+        loop {
+            let item = match &mut this.phase {
+                Phase::Setup(setup) => match ready!(setup.as_mut().poll_next(cx)) {
+                    Some(Ok(Step::Event(event))) => return Poll::Ready(Some(Ok(event))),
+                    Some(Ok(Step::Live(live))) => {
+                        this.phase = Phase::Live(Box::new(live));
+                        continue;
+                    }
+                    Some(Err(status)) => Some(Err(status)),
+                    None => None,
+                },
+                Phase::Live(live) => ready!(live.poll_next(cx)),
+                Phase::Done => None,
+            };
+            if !matches!(item, Some(Ok(_))) {
+                this.phase = Phase::Done;
             }
-        }
-        match this.live.as_mut() {
-            Some(live) => live.poll_next(cx),
-            None => Poll::Ready(None),
+            return Poll::Ready(item);
         }
     }
 }
@@ -175,7 +179,6 @@ struct Live {
     filter: NodeFilter,
     view: View,
     bookmark: Option<tokio::time::Interval>,
-    ended: bool,
 }
 
 impl Live {
@@ -193,13 +196,10 @@ impl Live {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
-        Live { hub, backlog, live, overflowed, position: start, filter, view, bookmark, ended: false }
+        Live { hub, backlog, live, overflowed, position: start, filter, view, bookmark }
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
         loop {
             let change = match self.backlog.pop_front() {
                 Some(change) => change,
@@ -212,16 +212,10 @@ impl Live {
                                 (self.backlog, self.live, self.overflowed) = (backlog, live, overflowed);
                                 continue;
                             }
-                            None => {
-                                self.ended = true;
-                                return Poll::Ready(Some(Err(self.too_slow())));
-                            }
+                            None => return Poll::Ready(Some(Err(self.too_slow()))),
                         }
                     }
-                    Poll::Ready(None) => {
-                        self.ended = true;
-                        return Poll::Ready(Some(Err(self.stopped())));
-                    }
+                    Poll::Ready(None) => return Poll::Ready(Some(Err(self.stopped()))),
                     Poll::Pending => {
                         if let Some(bookmark) = self.bookmark.as_mut()
                             && bookmark.poll_tick(cx).is_ready()
