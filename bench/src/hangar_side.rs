@@ -88,30 +88,28 @@ pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
     // The writer stands in for the controller's clients: on its own thread, its writes take the
     // controller's store path.
     let writer = fanout::WriterThread::new()?;
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = lines.next_line().await? {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let update = |u: NodeUpdate| {
-            let store = store.clone();
-            let id = node.id.clone();
+    let update = {
+        let (store, id) = (store.clone(), node.id.clone());
+        move |u: NodeUpdate| {
+            let (store, id) = (store.clone(), id.clone());
             async move {
                 store.update_node(&id, u, UpdateCondition::Always).await?.ok_or_else(|| anyhow::anyhow!("node gone"))
             }
-        };
+        }
+    };
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["warm", k] => {
                 let resources = NodeResources { cpu_used_millis: k.parse()?, ..node.resources };
                 update(NodeUpdate { resources: Some(resources), ..Default::default() }).await?;
             }
             ["write", from, to, rate, concurrency] => {
-                let (store, id) = (store.clone(), node.id.clone());
+                let update = update.clone();
                 let write = move |i| {
-                    let (store, id) = (store.clone(), id.clone());
-                    async move {
-                        let update = NodeUpdate { backend_count: Some(i), ..Default::default() };
-                        store.update_node(&id, update, UpdateCondition::Always).await?;
-                        anyhow::Ok(())
-                    }
+                    let write = update(NodeUpdate { backend_count: Some(i), ..Default::default() });
+                    async move { write.await.map(drop) }
                 };
                 // The times are printed after the phase: printing is a blocking write to a pipe
                 // that the busy parent may drain late, and it must not stall the controller's
