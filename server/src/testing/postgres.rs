@@ -102,6 +102,11 @@ impl PgCluster {
         self.port
     }
 
+    /// The directory that holds the cluster's data and socket; removed on drop.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Creates an empty database with a fresh name and returns its URL.
     pub async fn create_database(&self) -> Result<String, PgClusterError> {
         let name = format!("test_{:016x}", rand::random::<u64>());
