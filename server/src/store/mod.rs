@@ -14,7 +14,6 @@ mod offload;
 mod postgres;
 mod rows;
 mod sql;
-mod sql_backends;
 mod sqlite;
 
 pub use backends::{

@@ -1,9 +1,9 @@
-//! `BackendStore` over SQL, for both databases (see `sql.rs` for how writes serialize).
+//! [`BackendStore`] over SQL, for both databases (see [`super`] for how writes serialize).
 
-use super::backends::*;
-use super::rows::{self, db_revision, from_sqlx};
-use super::sql::{Dialect, SqlStore};
-use super::{Revision, StoreError};
+use super::{Dialect, SqlStore};
+use crate::store::backends::*;
+use crate::store::rows::{self, db_revision, from_sqlx};
+use crate::store::{Revision, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hangar::domain::{Backend, BackendKey, BackendState, BackendStatus, TerminationKind, TerminationReason};

@@ -1,107 +1,27 @@
-//! The store over SQL, written once for both databases: the schema and SQL are the same, and the
-//! few differences (how a transaction takes the write lock, how a snapshot is opened, announcing a
-//! commit) are a `Dialect`.
-//!
-//! Every write runs in one transaction that first bumps the counter row. The row lock (PostgreSQL)
-//! or the database write lock (SQLite) is held until commit, so writers are serialized and
-//! revisions commit in the order they are handed out, with no gaps: a write that turns out to
-//! change nothing rolls back, and its increment with it.
+//! [`Store`] over SQL: nodes and their history (attach, update, remove, snapshot listings, the
+//! change log and its compaction), plus the revision counter and shared secrets the trait also
+//! serves. Every write goes through the plumbing in [`super`], which serializes writers and
+//! publishes each commit.
 
-use super::rows::{self, Param, db_revision, from_sqlx};
-use super::*;
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
-
-pub trait Dialect: Database {
-    /// Opens a transaction that holds the write lock before anything is read: the lookups that
-    /// follow (e.g. attach's by name) must not race another writer.
-    const BEGIN_WRITE: &'static str;
-    /// Opens a read-only transaction whose statements all see one snapshot.
-    const BEGIN_SNAPSHOT: &'static str;
-    /// Joins each node `n` to its newest history row `h` at or below revision `$1`; see
-    /// `rows::snapshot_page_query`.
-    const LATEST_VERSION: &'static str;
-    /// Run inside each writing transaction just before commit, with the new revision as `$1`.
-    const ANNOUNCE: Option<&'static str>;
-
-    /// Rows a statement changed (sqlx has no common trait for it).
-    fn rows_affected(result: &Self::QueryResult) -> u64;
-}
-
-/// Both stores: `SqliteStore` and `PostgresStore` are this with their database.
-pub struct SqlStore<DB: Database> {
-    /// The newest revision this process knows was committed: bumped after each local commit and,
-    /// on PostgreSQL, by the LISTEN task for commits of other controllers.
-    committed: tokio::sync::watch::Sender<Revision>,
-    /// This process's own commits, with their node changes.
-    local: tokio::sync::broadcast::Sender<LocalCommit>,
-    /// Background work the store owns (the PostgreSQL listener); stopped when the store drops.
-    background: Option<AbortOnDrop>,
-    read: Pool<DB>,
-    /// SQLite gets a one-connection pool here, so in-process writers queue fairly instead of
-    /// polling the file lock; PostgreSQL uses the same pool for both.
-    write: Pool<DB>,
-}
-
-/// Local commits a `local_commits` receiver may trail by before it gets `Lagged`.
-const LOCAL_COMMITS_BUFFER: usize = 4096;
+use super::{Dialect, SqlStore};
+use crate::store::rows::{self, Param, db_revision, from_sqlx};
+use crate::store::{
+    ChangeKind, LocalCommit, NodeChange, NodePage, NodeRegistration, NodeUpdate, Retention, Revision, Store,
+    StoreError, UpdateCondition,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use hangar::domain::{Node, NodeFilter};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type};
 
 /// How many history rows one pass of a label-filtered listing reads; labels are matched in Rust.
 const LABEL_SCAN_BATCH: usize = 500;
-
-const BUMP_REVISION: &str = "UPDATE revision_counter SET current = current + 1 WHERE id = 1 RETURNING current";
 
 const NODE_BY_ID: &str = "SELECT h.revision, h.data FROM nodes n JOIN node_history h ON h.revision = n.revision \
                           WHERE n.id = $1 AND n.removed = 0";
 
 const NODE_BY_NAME: &str = "SELECT h.revision, h.data FROM nodes n JOIN node_history h ON h.revision = n.revision \
                             WHERE n.kind = $1 AND n.cluster = $2 AND n.name = $3 AND n.removed = 0";
-
-/// A task that ends with its owner.
-pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<DB: Database> SqlStore<DB> {
-    pub(super) fn new(read: Pool<DB>, write: Pool<DB>) -> Self {
-        let (committed, _) = tokio::sync::watch::channel(0);
-        let (local, _) = tokio::sync::broadcast::channel(LOCAL_COMMITS_BUFFER);
-        SqlStore { committed, local, background: None, read, write }
-    }
-
-    /// Records that `revision` is committed and wakes subscribers (never moves backwards).
-    pub(super) fn announce(committed: &tokio::sync::watch::Sender<Revision>, revision: Option<Revision>) {
-        committed.send_if_modified(|current| match revision {
-            Some(r) if r > *current => {
-                *current = r;
-                true
-            }
-            Some(_) => false,
-            // Unknown revision (e.g. a listener that reconnected and may have missed some):
-            // wake subscribers so that they read the log.
-            None => true,
-        });
-    }
-
-    pub(super) fn committed_sender(&self) -> tokio::sync::watch::Sender<Revision> {
-        self.committed.clone()
-    }
-
-    pub(super) fn own(&mut self, task: AbortOnDrop) {
-        self.background = Some(task);
-    }
-
-    pub(super) fn read_pool(&self) -> &Pool<DB> {
-        &self.read
-    }
-
-    pub(super) fn write_pool(&self) -> &Pool<DB> {
-        &self.write
-    }
-}
 
 impl<DB> SqlStore<DB>
 where
@@ -112,52 +32,6 @@ where
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
-    pub(super) async fn begin_write(&self) -> Result<(Transaction<'static, DB>, Revision), StoreError> {
-        let mut tx = self.write.begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
-        let row = sqlx::query(BUMP_REVISION).fetch_one(&mut *tx).await.map_err(from_sqlx)?;
-        let revision = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
-        Ok((tx, revision))
-    }
-
-    /// Announces `revision` (PostgreSQL: NOTIFY, sent only if the commit succeeds), commits, and
-    /// wakes this process's subscribers.
-    pub(super) async fn commit_announced(
-        &self,
-        tx: Transaction<'static, DB>,
-        revision: Revision,
-    ) -> Result<(), StoreError> {
-        self.commit_published(tx, revision, None).await
-    }
-
-    /// [`commit_announced`](Self::commit_announced), and publishes the commit with its node
-    /// change (if any) to this process's `local_commits` receivers before waking subscribers.
-    async fn commit_published(
-        &self,
-        mut tx: Transaction<'static, DB>,
-        revision: Revision,
-        node: Option<NodeChange>,
-    ) -> Result<(), StoreError> {
-        if let Some(announce) = DB::ANNOUNCE {
-            sqlx::query(announce).bind(revision.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
-        }
-        tx.commit().await.map_err(from_sqlx)?;
-        // No receiver is not an error: nobody in this process fans out.
-        let _ = self.local.send(LocalCommit { revision, node });
-        Self::announce(&self.committed, Some(revision));
-        Ok(())
-    }
-
-    async fn begin_snapshot(&self) -> Result<(Transaction<'static, DB>, Revision, Revision), StoreError> {
-        let mut tx = self.read.begin_with(DB::BEGIN_SNAPSHOT).await.map_err(from_sqlx)?;
-        let (current, compacted) = counter(&mut tx).await?;
-        Ok((tx, current, compacted))
-    }
-
-    async fn counter_now(&self) -> Result<(Revision, Revision), StoreError> {
-        let mut connection = self.read.acquire().await.map_err(from_sqlx)?;
-        counter(&mut connection).await
-    }
-
     async fn node_where(
         tx: &mut Transaction<'static, DB>,
         sql: &'static str,
@@ -245,24 +119,6 @@ where
         self.commit_change(tx, kind, &next).await?;
         Ok(Some(next))
     }
-}
-
-async fn counter<DB>(connection: &mut DB::Connection) -> Result<(Revision, Revision), StoreError>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Decode<'q, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    let row = sqlx::query("SELECT current, compacted FROM revision_counter WHERE id = 1")
-        .fetch_one(connection)
-        .await
-        .map_err(from_sqlx)?;
-    Ok((
-        rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?,
-        rows::revision_from_db(row.try_get(1).map_err(from_sqlx)?)?,
-    ))
 }
 
 /// A `(revision, data)` row as a node.
