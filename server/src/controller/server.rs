@@ -3,7 +3,7 @@
 
 use super::io::CoalescingStream;
 use super::{BackendSweep, LivenessConfig, NodeRegistry};
-use crate::api::{BackendApi, BackendSettings, DroneLink, NodeApi, PageTokens, ProxyLink};
+use crate::api::{BackendApi, BackendSettings, DroneApi, NodeApi, PageTokens, ProxyApi};
 use crate::store::{DynStore, Retention};
 use crate::watch::{NodeWatchHub, WatchConfig};
 use futures::StreamExt;
@@ -82,15 +82,15 @@ impl Controller {
             settings.clone(),
             shutdown.clone(),
         ));
-        let drone_link = DroneServiceServer::new(DroneLink::new(
+        let drone_api = DroneServiceServer::new(DroneApi::new(
             registry.clone(),
             store.clone(),
             settings.clone(),
             tasks.clone(),
             shutdown.clone(),
         ));
-        let proxy_link =
-            ProxyServiceServer::new(ProxyLink::new(registry.clone(), store.clone(), tasks.clone(), shutdown.clone()));
+        let proxy_api =
+            ProxyServiceServer::new(ProxyApi::new(registry.clone(), store.clone(), tasks.clone(), shutdown.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
@@ -114,8 +114,8 @@ impl Controller {
             .add_optional_service(reflection_v1alpha)
             .add_service(node_api)
             .add_service(backend_api)
-            .add_service(drone_link)
-            .add_service(proxy_link);
+            .add_service(drone_api)
+            .add_service(proxy_api);
         let stop_serving = shutdown.clone();
         // A caller-supplied listener skips tonic's socket options: without TCP_NODELAY, Nagle
         // holds back the small writes of watch events until the peer's delayed ACK.

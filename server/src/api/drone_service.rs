@@ -1,0 +1,267 @@
+//! `DroneService`: drones attach here. Each drone's stream is a [`DroneSession`] that delivers its
+//! pending actions, applies its backend events and renews its keys.
+
+use super::session::{NodeSessions, OUTBOUND_BUFFER, SessionHandler, or_default, registration_error};
+use super::{ApiError, BackendSettings, validate};
+use crate::controller::{AttachedNode, NodeRegistry};
+use crate::store::{ActionPayload, DynStore, EventOutcome, NodeRegistration, PendingAction};
+use chrono::Utc;
+use hangar::domain::{BackendKey, BackendStatus, NodeKind, NodeResources, duration_to_proto, timestamp_to_proto};
+use hangar::v1::{self, drone_service_server::DroneService};
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Label on drone nodes naming the runtime their backends run on ("docker", "process", "mock").
+pub const RUNTIME_LABEL: &str = "hangar.dev/runtime";
+
+/// `DroneService`: drones attach here.
+#[derive(Clone)]
+pub struct DroneApi {
+    sessions: NodeSessions,
+    settings: BackendSettings,
+}
+
+impl DroneApi {
+    pub fn new(
+        registry: Arc<NodeRegistry>,
+        store: DynStore,
+        settings: BackendSettings,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        DroneApi { sessions: NodeSessions { registry, store, tasks, shutdown }, settings }
+    }
+}
+
+/// One drone's stream: delivers its pending actions, applies its backend events, renews its keys.
+struct DroneSession {
+    registry: Arc<NodeRegistry>,
+    store: DynStore,
+    settings: BackendSettings,
+    attached: AttachedNode,
+    outbound: mpsc::Sender<Result<v1::DroneAttachResponse, Status>>,
+    /// Actions sent on this stream and not yet acknowledged: not sent again on this stream (a
+    /// new stream sends them all again).
+    sent: HashSet<String>,
+}
+
+impl DroneSession {
+    async fn reply(&self, message: v1::drone_attach_response::Message) -> Result<(), ApiError> {
+        // A drone that stopped reading ends its stream; its session notices when the read fails.
+        let _ = self.outbound.send(Ok(v1::DroneAttachResponse { message: Some(message) })).await;
+        Ok(())
+    }
+
+    /// Sends every pending action of this drone not yet sent on this stream, oldest first.
+    async fn deliver_actions(&mut self) -> Result<(), ApiError> {
+        let pending = self.store.pending_actions(&self.attached.node_id).await?;
+        let pending_ids: HashSet<&str> = pending.iter().map(|a| a.id.as_str()).collect();
+        // Forget acknowledged (or dropped) actions so the set stays small.
+        self.sent.retain(|id| pending_ids.contains(id.as_str()));
+        for action in pending {
+            if self.sent.contains(&action.id) {
+                continue;
+            }
+            let Some(message) = self.action_message(&action).await? else { continue };
+            let id = action.id.clone();
+            match self.outbound.try_send(Ok(v1::DroneAttachResponse {
+                message: Some(v1::drone_attach_response::Message::Action(message)),
+            })) {
+                Ok(()) => {
+                    self.sent.insert(id);
+                }
+                // Full: the rest go out on a later wake-up, in order.
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn action_message(&self, action: &PendingAction) -> Result<Option<v1::DroneAction>, ApiError> {
+        use v1::drone_action::Action;
+        let action_kind = match &action.payload {
+            ActionPayload::Terminate { kind, reason } => Action::Terminate(v1::TerminateBackend {
+                kind: kind.to_proto() as i32,
+                reason: reason.to_proto() as i32,
+            }),
+            ActionPayload::Spawn { startup_timeout, lease_duration, stop_grace } => {
+                let Some(backend) = self.store.get_backend(&action.backend_id).await? else {
+                    tracing::warn!(action_id = %action.id, backend_id = %action.backend_id, "spawn action for a missing backend");
+                    return Ok(None);
+                };
+                let mut executable = v1::Executable::from(&backend.spawn_config.executable);
+                // Hangar's variables win over the config's (validation already refuses them).
+                executable.env.extend(backend.hangar_env());
+                Action::Spawn(v1::SpawnBackend {
+                    executable: Some(executable),
+                    key: backend.key.as_ref().map(Into::into),
+                    fencing_token: backend.fencing_token,
+                    static_token: backend.spawn_config.static_token.clone().unwrap_or_default(),
+                    startup_timeout: Some(duration_to_proto(*startup_timeout)),
+                    lease_duration: Some(duration_to_proto(*lease_duration)),
+                    stop_grace: Some(duration_to_proto(*stop_grace)),
+                })
+            }
+        };
+        Ok(Some(v1::DroneAction {
+            action_id: action.id.clone(),
+            backend_id: action.backend_id.clone(),
+            action: Some(action_kind),
+        }))
+    }
+
+    async fn backend_event(&mut self, event: v1::DroneBackendEvent) -> Result<(), ApiError> {
+        use v1::drone_attach_response::Message as Reply;
+        let now = Utc::now();
+        let Some(status) = event.status.as_ref().and_then(|s| BackendStatus::from_proto(s, now)) else {
+            return Err(ApiError::Protocol(format!("event {} carries no known backend state", event.event_id)));
+        };
+        let node_id = &self.attached.node_id;
+        match self.store.apply_backend_event(node_id, &event.backend_id, status, &event.address, now).await? {
+            EventOutcome::Applied(backend) => {
+                tracing::info!(backend_id = %backend.id, state = %backend.status.state, "backend state changed");
+            }
+            EventOutcome::Ignored => {
+                tracing::debug!(event_id = %event.event_id, backend_id = %event.backend_id, "stale or repeated event")
+            }
+            // Acknowledged all the same: the drone would otherwise replay it forever.
+            EventOutcome::Unknown => {
+                tracing::warn!(event_id = %event.event_id, backend_id = %event.backend_id, drone_id = %node_id, "event for a backend this drone does not hold")
+            }
+        }
+        self.reply(Reply::AckEvent(v1::AckEvent { event_id: event.event_id })).await
+    }
+
+    async fn renew_key(&mut self, renew: v1::RenewKey) -> Result<(), ApiError> {
+        use v1::drone_attach_response::Message as Reply;
+        let now = Utc::now();
+        let expires_at = now + chrono::Duration::from_std(self.settings.lease_duration).unwrap_or_default();
+        let renewed = match &renew.key {
+            Some(key) => {
+                self.store
+                    .renew_key(&renew.backend_id, &BackendKey::from(key), renew.fencing_token, now, expires_at)
+                    .await?
+            }
+            None => false,
+        };
+        if !renewed {
+            tracing::warn!(backend_id = %renew.backend_id, fencing_token = renew.fencing_token, "key lease not renewed");
+        }
+        self.reply(Reply::RenewKeyResponse(v1::RenewKeyResponse {
+            backend_id: renew.backend_id,
+            renewed,
+            expires_at: renewed.then(|| timestamp_to_proto(expires_at)),
+        }))
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl SessionHandler<v1::DroneAttachRequest> for DroneSession {
+    async fn message(&mut self, message: v1::DroneAttachRequest) -> Result<(), ApiError> {
+        use v1::drone_attach_request::Message;
+        match message.message {
+            Some(Message::Heartbeat(hb)) => {
+                let resources = hb.resources.as_ref().map(NodeResources::from).unwrap_or_default();
+                self.registry.heartbeat(&self.attached, resources, hb.backend_count);
+                Ok(())
+            }
+            Some(Message::Hello(_)) => Err(ApiError::Protocol("hello sent twice on one stream".into())),
+            Some(Message::BackendEvent(event)) => self.backend_event(event).await,
+            Some(Message::AckAction(ack)) => {
+                self.store.ack_action(&self.attached.node_id, &ack.action_id).await?;
+                self.sent.remove(&ack.action_id);
+                Ok(())
+            }
+            Some(Message::RenewKey(renew)) => self.renew_key(renew).await,
+            None => Err(ApiError::Protocol("empty message".into())),
+        }
+    }
+
+    async fn woken(&mut self) -> Result<(), ApiError> {
+        self.deliver_actions().await
+    }
+}
+
+fn drone_registration(hello: &v1::DroneHello) -> Result<NodeRegistration, ApiError> {
+    let mut violations = Vec::new();
+    let mut check = |r: Result<(), ApiError>| {
+        if let Err(ApiError::InvalidArgument(v)) = r {
+            violations.extend(v);
+        }
+    };
+    check(validate::name("hello.name", &hello.name));
+    check(validate::name_or_default("hello.cluster", &hello.cluster, "default").map(drop));
+    check(validate::name_or_default("hello.pool", &hello.pool, "default").map(drop));
+    check(validate::labels("hello.labels", &hello.labels));
+    if hello.backend_capacity == 0 {
+        violations.push(("hello.backend_capacity".into(), "must be at least 1".into()));
+    }
+    if !violations.is_empty() {
+        return Err(ApiError::InvalidArgument(violations));
+    }
+    let mut labels: std::collections::BTreeMap<_, _> = hello.labels.clone().into_iter().collect();
+    if !hello.runtime.is_empty() {
+        // A label, so operators can select drones by runtime like any other property.
+        labels.insert(RUNTIME_LABEL.into(), hello.runtime.clone());
+    }
+    Ok(NodeRegistration {
+        kind: NodeKind::Drone,
+        name: hello.name.clone(),
+        cluster: or_default(&hello.cluster),
+        pool: or_default(&hello.pool),
+        labels,
+        version: hello.version.clone(),
+        backend_capacity: hello.backend_capacity,
+        resources: hello.resources.as_ref().map(NodeResources::from).unwrap_or_default(),
+    })
+}
+
+#[tonic::async_trait]
+impl DroneService for DroneApi {
+    type AttachStream = ReceiverStream<Result<v1::DroneAttachResponse, Status>>;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<v1::DroneAttachRequest>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        use v1::drone_attach_request::Message;
+        use v1::drone_attach_response::Message as Reply;
+
+        let mut inbound = req.into_inner();
+        let hello = match self.sessions.first(&mut inbound).await?.message {
+            Some(Message::Hello(hello)) => hello,
+            _ => return Err(ApiError::Protocol("a drone's first message must be a hello".into()).into()),
+        };
+        let registration = drone_registration(&hello)?;
+        let registry = &self.sessions.registry;
+        let (node, attached) = registry.attach(registration).await.map_err(registration_error)?;
+        tracing::info!(node_id = %node.id, name = %node.name, cluster = %node.cluster, "drone attached");
+
+        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let welcome = v1::Welcome {
+            node_id: node.id.clone(),
+            controller_id: registry.controller_id().to_string(),
+            heartbeat_interval: Some(duration_to_proto(registry.config().heartbeat_interval)),
+        };
+        tx.try_send(Ok(v1::DroneAttachResponse { message: Some(Reply::Welcome(welcome)) }))
+            .expect("a fresh channel has room");
+        let mut session = DroneSession {
+            registry: registry.clone(),
+            store: self.sessions.store.clone(),
+            settings: self.settings.clone(),
+            attached: attached.clone(),
+            outbound: tx.clone(),
+            sent: HashSet::new(),
+        };
+        // After the Welcome, before anything else: what is waiting for this drone.
+        session.deliver_actions().await?;
+        self.sessions.spawn(attached, inbound, tx, session);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

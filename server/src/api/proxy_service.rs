@@ -1,0 +1,180 @@
+//! `ProxyService`: proxies attach here as PROXY nodes, and look up the route behind a connection
+//! token. Each proxy's stream is a [`ProxySession`].
+
+use super::session::{NodeSessions, OUTBOUND_BUFFER, SessionHandler, or_default, registration_error};
+use super::{ApiError, token_hash, validate};
+use crate::controller::{AttachedNode, NodeRegistry};
+use crate::store::{DynStore, NodeRegistration, Revision};
+use chrono::Utc;
+use hangar::domain::{BackendState, NodeKind, NodeResources, timestamp_to_proto};
+use hangar::v1::{self, proxy_service_server::ProxyService};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Label on proxy nodes with the base URL clients reach them at.
+pub const PUBLIC_URL_LABEL: &str = "hangar.dev/public-url";
+
+/// `ProxyService`: proxies register here as PROXY nodes.
+#[derive(Clone)]
+pub struct ProxyApi {
+    sessions: NodeSessions,
+}
+
+impl ProxyApi {
+    pub fn new(registry: Arc<NodeRegistry>, store: DynStore, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
+        ProxyApi { sessions: NodeSessions { registry, store, tasks, shutdown } }
+    }
+}
+
+/// One proxy's stream: heartbeats, traffic reports for the idle sweep, and route invalidations
+/// for backends that terminated (on any controller: the store's history is the source, read
+/// when a commit wakes the session).
+struct ProxySession {
+    registry: Arc<NodeRegistry>,
+    store: DynStore,
+    attached: AttachedNode,
+    outbound: mpsc::Sender<Result<v1::ProxyAttachResponse, Status>>,
+    /// Backend history up to here has been looked at for terminations.
+    seen: Revision,
+}
+
+/// Backend status changes read per wake-up of a proxy session.
+const INVALIDATION_BATCH: usize = 1000;
+
+/// Backend ids one traffic report may carry; a proxy reports per interval, so more is a bug.
+const MAX_TRAFFIC_IDS: usize = 10_000;
+
+#[tonic::async_trait]
+impl SessionHandler<v1::ProxyAttachRequest> for ProxySession {
+    async fn message(&mut self, message: v1::ProxyAttachRequest) -> Result<(), ApiError> {
+        use v1::proxy_attach_request::Message;
+        match message.message {
+            Some(Message::Heartbeat(hb)) => {
+                let resources = hb.resources.as_ref().map(NodeResources::from).unwrap_or_default();
+                self.registry.heartbeat(&self.attached, resources, 0);
+                Ok(())
+            }
+            Some(Message::Hello(_)) => Err(ApiError::Protocol("hello sent twice on one stream".into())),
+            Some(Message::Traffic(report)) => {
+                if report.backend_ids.len() > MAX_TRAFFIC_IDS {
+                    return Err(ApiError::Protocol(format!(
+                        "a traffic report names at most {MAX_TRAFFIC_IDS} backends"
+                    )));
+                }
+                self.store.record_activity(&report.backend_ids, Utc::now()).await?;
+                Ok(())
+            }
+            None => Err(ApiError::Protocol("empty message".into())),
+        }
+    }
+
+    async fn woken(&mut self) -> Result<(), ApiError> {
+        use v1::proxy_attach_response::Message as Reply;
+        loop {
+            let changes = self.store.backend_changes_since(self.seen, INVALIDATION_BATCH).await?;
+            let Some((last, _, _)) = changes.last() else { return Ok(()) };
+            self.seen = *last;
+            for (_, backend_id, status) in &changes {
+                if status.state >= BackendState::Terminating {
+                    let invalidation = v1::RouteInvalidation { backend_id: backend_id.clone() };
+                    let message = v1::ProxyAttachResponse { message: Some(Reply::Invalidate(invalidation)) };
+                    if self.outbound.send(Ok(message)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if changes.len() < INVALIDATION_BATCH {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn proxy_registration(hello: &v1::ProxyHello) -> Result<NodeRegistration, ApiError> {
+    validate::name("hello.name", &hello.name)?;
+    validate::name_or_default("hello.cluster", &hello.cluster, "default")?;
+    validate::labels("hello.labels", &hello.labels)?;
+    let mut labels: std::collections::BTreeMap<_, _> = hello.labels.clone().into_iter().collect();
+    if !hello.public_url.is_empty() {
+        labels.insert(PUBLIC_URL_LABEL.into(), hello.public_url.clone());
+    }
+    Ok(NodeRegistration {
+        kind: NodeKind::Proxy,
+        name: hello.name.clone(),
+        cluster: or_default(&hello.cluster),
+        pool: "default".into(),
+        labels,
+        version: hello.version.clone(),
+        backend_capacity: 0,
+        resources: hello.resources.as_ref().map(NodeResources::from).unwrap_or_default(),
+    })
+}
+
+#[tonic::async_trait]
+impl ProxyService for ProxyApi {
+    type AttachStream = ReceiverStream<Result<v1::ProxyAttachResponse, Status>>;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<v1::ProxyAttachRequest>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        use v1::proxy_attach_request::Message;
+        use v1::proxy_attach_response::Message as Reply;
+
+        let mut inbound = req.into_inner();
+        let hello = match self.sessions.first(&mut inbound).await?.message {
+            Some(Message::Hello(hello)) => hello,
+            _ => return Err(ApiError::Protocol("a proxy's first message must be a hello".into()).into()),
+        };
+        let registration = proxy_registration(&hello)?;
+        let registry = &self.sessions.registry;
+        let (node, attached) = registry.attach(registration).await.map_err(registration_error)?;
+        tracing::info!(node_id = %node.id, name = %node.name, "proxy attached");
+
+        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let welcome =
+            v1::ProxyWelcome { node_id: node.id.clone(), controller_id: registry.controller_id().to_string() };
+        tx.try_send(Ok(v1::ProxyAttachResponse { message: Some(Reply::Welcome(welcome)) }))
+            .expect("a fresh channel has room");
+        let seen = self.sessions.store.current_revision().await.map_err(ApiError::from)?;
+        let session = ProxySession {
+            registry: registry.clone(),
+            store: self.sessions.store.clone(),
+            attached: attached.clone(),
+            outbound: tx.clone(),
+            seen,
+        };
+        self.sessions.spawn(attached, inbound, tx, session);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn lookup_route(
+        &self,
+        req: Request<v1::LookupRouteRequest>,
+    ) -> Result<Response<v1::LookupRouteResponse>, Status> {
+        let token = req.into_inner().token;
+        if token.is_empty() || token.len() > 512 {
+            return Err(ApiError::invalid("token", "must be 1–512 characters").into());
+        }
+        let route = self
+            .sessions
+            .store
+            .token_route(&token_hash(&token), Utc::now())
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::TokenNotFound)?;
+        let backend = route.backend;
+        Ok(Response::new(v1::LookupRouteResponse {
+            backend_id: backend.id,
+            state: backend.status.state.to_proto() as i32,
+            address: backend.address,
+            user: route.user,
+            auth: route.auth.into_iter().collect(),
+            expires_at: route.expires_at.map(timestamp_to_proto),
+        }))
+    }
+}
