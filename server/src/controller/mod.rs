@@ -1,7 +1,7 @@
 //! The controller: a stateless gRPC server over a [`Store`](crate::store::Store). It registers
 //! drones and proxies, tracks their liveness in memory, and serves the node API.
 
-mod io;
+mod coalescing_stream;
 mod liveness;
 mod registry;
 mod server;

@@ -1,7 +1,7 @@
 //! Starting and stopping a controller: the gRPC services, health, reflection, and the background
 //! tasks they need, all owned by one [`RunningController`].
 
-use super::io::CoalescingStream;
+use super::coalescing_stream::CoalescingStream;
 use super::{BackendSweep, LivenessConfig, NodeRegistry};
 use crate::api::{BackendApi, BackendSettings, DroneApi, NodeApi, PageTokens, ProxyApi};
 use crate::store::{DynStore, Retention};

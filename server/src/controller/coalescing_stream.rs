@@ -1,4 +1,5 @@
-//! The controller's accepted connections, tuned for many small streamed messages.
+//! [`CoalescingStream`]: the controller's accepted connections, tuned for many small streamed
+//! messages by coalescing the small HTTP/2 writes of many streams into few system calls.
 
 use std::io;
 use std::pin::Pin;
