@@ -36,6 +36,25 @@ pub mod reason {
     pub const PEER_NOT_ALLOWED: &str = "PEER_NOT_ALLOWED";
 }
 
+/// `ErrorInfo.metadata` keys: one key per concept, whichever error carries it.
+pub mod metadata {
+    /// The node an error is about (NODE_NOT_FOUND, NODE_NOT_DRONE): `id`, as the requests that
+    /// name a node call it, and as clients have read it from the start.
+    pub const NODE_ID: &str = "id";
+    /// The backend an error is about, on the controller and on the executor alike.
+    pub const BACKEND_ID: &str = "backend_id";
+    /// A backend key, `namespace/name`.
+    pub const KEY: &str = "key";
+    /// The tag of the live backend that holds a key.
+    pub const HELD_TAG: &str = "held_tag";
+    pub const CLUSTER: &str = "cluster";
+    pub const POOL: &str = "pool";
+    /// The oldest revision still retained: list again, then watch from there.
+    pub const OLDEST_REVISION: &str = "oldest_revision";
+    /// The last revision a watch delivered: resume from it.
+    pub const LAST_REVISION: &str = "last_revision";
+}
+
 /// A status with an `ErrorInfo` (domain [`ERROR_DOMAIN`]) and metadata.
 pub fn status_with_reason(code: Code, message: impl Into<String>, reason: &str, metadata: &[(&str, String)]) -> Status {
     let metadata: std::collections::HashMap<String, String> =

@@ -1,7 +1,13 @@
 //! The API's errors and their one mapping to gRPC status codes and `ErrorInfo` reasons.
+//!
+//! Every status the controller's services send is built here, from an [`ApiError`]: each
+//! variant has one code, one stable reason (`hangar::error::reason`) and its metadata under the
+//! keys of `hangar::error::metadata`. INVALID_ARGUMENT carries `BadRequest` field violations,
+//! which are what clients read, and a reason too where a client matches the case without
+//! reading fields (INVALID_PAGE_TOKEN).
 
 use crate::store::StoreError;
-use hangar::error::{invalid_argument, invalid_argument_with_reason, reason, status_with_reason};
+use hangar::error::{invalid_argument, invalid_argument_with_reason, metadata, reason, status_with_reason};
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +54,15 @@ impl ApiError {
 
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Status {
+        use metadata::{BACKEND_ID, CLUSTER, HELD_TAG, KEY, NODE_ID, OLDEST_REVISION, POOL};
         let message = err.to_string();
         match err {
             ApiError::InvalidArgument(violations) => invalid_argument(violations),
             ApiError::NodeNotFound(id) => {
-                status_with_reason(Code::NotFound, message, reason::NODE_NOT_FOUND, &[("id", id)])
+                status_with_reason(Code::NotFound, message, reason::NODE_NOT_FOUND, &[(NODE_ID, id)])
             }
             ApiError::NodeNotDrone(id) => {
-                status_with_reason(Code::FailedPrecondition, message, reason::NODE_NOT_DRONE, &[("id", id)])
+                status_with_reason(Code::FailedPrecondition, message, reason::NODE_NOT_DRONE, &[(NODE_ID, id)])
             }
             ApiError::InvalidPageToken(detail) => {
                 invalid_argument_with_reason(vec![("page_token".into(), detail)], Some(reason::INVALID_PAGE_TOKEN))
@@ -64,37 +71,37 @@ impl From<ApiError> for Status {
                 Code::OutOfRange,
                 message,
                 reason::PAGE_TOKEN_EXPIRED,
-                &[("oldest_revision", oldest.to_string())],
+                &[(OLDEST_REVISION, oldest.to_string())],
             ),
             ApiError::RevisionCompacted { oldest, .. } => status_with_reason(
                 Code::OutOfRange,
                 message,
                 reason::REVISION_COMPACTED,
-                &[("oldest_revision", oldest.to_string())],
+                &[(OLDEST_REVISION, oldest.to_string())],
             ),
             ApiError::BackendNotFound(id) => {
-                status_with_reason(Code::NotFound, message, reason::BACKEND_NOT_FOUND, &[("id", id)])
+                status_with_reason(Code::NotFound, message, reason::BACKEND_NOT_FOUND, &[(BACKEND_ID, id)])
             }
             ApiError::NoLiveBackend(key) => {
-                status_with_reason(Code::NotFound, message, reason::BACKEND_NOT_FOUND, &[("key", key)])
+                status_with_reason(Code::NotFound, message, reason::BACKEND_NOT_FOUND, &[(KEY, key)])
             }
             ApiError::KeyTagMismatch { key, held_tag } => status_with_reason(
                 Code::FailedPrecondition,
                 message,
                 reason::KEY_TAG_MISMATCH,
-                &[("key", key), ("held_tag", held_tag)],
+                &[(KEY, key), (HELD_TAG, held_tag)],
             ),
             ApiError::NoDroneAvailable { cluster, pool } => status_with_reason(
                 Code::Unavailable,
                 message,
                 reason::NO_DRONE_AVAILABLE,
-                &[("cluster", cluster), ("pool", pool)],
+                &[(CLUSTER, cluster), (POOL, pool)],
             ),
             ApiError::PoolFull { cluster, pool } => status_with_reason(
                 Code::ResourceExhausted,
                 message,
                 reason::POOL_FULL,
-                &[("cluster", cluster), ("pool", pool)],
+                &[(CLUSTER, cluster), (POOL, pool)],
             ),
             ApiError::Protocol(_) => {
                 status_with_reason(Code::FailedPrecondition, message, reason::PROTOCOL_VIOLATION, &[])
@@ -118,5 +125,25 @@ impl From<ApiError> for Status {
                 status_with_reason(Code::Internal, "internal error", reason::INTERNAL, &[])
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar::error::error_info;
+
+    fn reason_of(err: ApiError) -> (Code, String, std::collections::HashMap<String, String>) {
+        let status = Status::from(err);
+        let (reason, meta) = error_info(&status).unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"));
+        (status.code(), reason, meta)
+    }
+
+    #[test]
+    fn backends_and_nodes_are_named_under_one_key_each() {
+        let (_, _, meta) = reason_of(ApiError::BackendNotFound("bk-1".into()));
+        assert_eq!(meta.get(metadata::BACKEND_ID).map(String::as_str), Some("bk-1"));
+        let (_, _, meta) = reason_of(ApiError::NodeNotFound("nd-1".into()));
+        assert_eq!(meta.get(metadata::NODE_ID).map(String::as_str), Some("nd-1"));
     }
 }
