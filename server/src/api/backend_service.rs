@@ -223,7 +223,7 @@ impl BackendApi {
                     _ = tokio::time::sleep(poll) => false,
                 };
                 if stopping {
-                    Err(ApiError::ShuttingDown)?;
+                    Err(ApiError::shutting_down())?;
                 }
             }
         }))

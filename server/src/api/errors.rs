@@ -6,7 +6,7 @@
 //! which are what clients read, and a reason too where a client matches the case without
 //! reading fields (INVALID_PAGE_TOKEN).
 
-use crate::store::StoreError;
+use crate::store::{Revision, StoreError};
 use hangar::error::{invalid_argument, invalid_argument_with_reason, metadata, reason, status_with_reason};
 use tonic::{Code, Status};
 
@@ -40,8 +40,13 @@ pub enum ApiError {
     Protocol(String),
     #[error("unknown or expired connection token")]
     TokenNotFound,
-    #[error("the controller is shutting down")]
-    ShuttingDown,
+    /// The controller is shutting down. A watch names the last revision it delivered, to resume
+    /// from on another controller.
+    #[error("the controller is shutting down{}", resume_hint(.last_revision))]
+    ShuttingDown { last_revision: Option<Revision> },
+    /// A watch fell behind further than the hub's ring reaches.
+    #[error("this watch fell too far behind and was cut off; resume from revision {last_revision}")]
+    WatchTooSlow { last_revision: Revision },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -50,11 +55,23 @@ impl ApiError {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         ApiError::InvalidArgument(vec![(field.into(), description.into())])
     }
+
+    /// The controller is shutting down (for calls with no revision to resume from).
+    pub fn shutting_down() -> Self {
+        ApiError::ShuttingDown { last_revision: None }
+    }
+}
+
+fn resume_hint(last_revision: &Option<Revision>) -> String {
+    match last_revision {
+        Some(revision) => format!("; resume from revision {revision} on another controller"),
+        None => String::new(),
+    }
 }
 
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Status {
-        use metadata::{BACKEND_ID, CLUSTER, HELD_TAG, KEY, NODE_ID, OLDEST_REVISION, POOL};
+        use metadata::{BACKEND_ID, CLUSTER, HELD_TAG, KEY, LAST_REVISION, NODE_ID, OLDEST_REVISION, POOL};
         let message = err.to_string();
         match err {
             ApiError::InvalidArgument(violations) => invalid_argument(violations),
@@ -107,7 +124,16 @@ impl From<ApiError> for Status {
                 status_with_reason(Code::FailedPrecondition, message, reason::PROTOCOL_VIOLATION, &[])
             }
             ApiError::TokenNotFound => status_with_reason(Code::NotFound, message, reason::TOKEN_NOT_FOUND, &[]),
-            ApiError::ShuttingDown => status_with_reason(Code::Unavailable, message, reason::SHUTTING_DOWN, &[]),
+            ApiError::ShuttingDown { last_revision } => {
+                let resume: Vec<_> = last_revision.map(|r| (LAST_REVISION, r.to_string())).into_iter().collect();
+                status_with_reason(Code::Unavailable, message, reason::SHUTTING_DOWN, &resume)
+            }
+            ApiError::WatchTooSlow { last_revision } => status_with_reason(
+                Code::ResourceExhausted,
+                message,
+                reason::WATCH_TOO_SLOW,
+                &[(LAST_REVISION, last_revision.to_string())],
+            ),
             ApiError::Store(StoreError::Compacted { requested, oldest }) => {
                 ApiError::RevisionCompacted { requested, oldest }.into()
             }
@@ -131,7 +157,7 @@ impl From<ApiError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hangar::error::error_info;
+    use hangar::error::{error_info, field_violations};
 
     fn reason_of(err: ApiError) -> (Code, String, std::collections::HashMap<String, String>) {
         let status = Status::from(err);
@@ -140,10 +166,71 @@ mod tests {
     }
 
     #[test]
+    fn every_error_a_client_can_see_has_a_code_and_a_reason() {
+        let cases = [
+            (ApiError::NodeNotFound("nd-1".into()), Code::NotFound, reason::NODE_NOT_FOUND),
+            (ApiError::NodeNotDrone("nd-1".into()), Code::FailedPrecondition, reason::NODE_NOT_DRONE),
+            (ApiError::InvalidPageToken("malformed".into()), Code::InvalidArgument, reason::INVALID_PAGE_TOKEN),
+            (ApiError::PageTokenExpired { requested: 1, oldest: 5 }, Code::OutOfRange, reason::PAGE_TOKEN_EXPIRED),
+            (ApiError::RevisionCompacted { requested: 1, oldest: 5 }, Code::OutOfRange, reason::REVISION_COMPACTED),
+            (ApiError::BackendNotFound("bk-1".into()), Code::NotFound, reason::BACKEND_NOT_FOUND),
+            (ApiError::NoLiveBackend("ns/name".into()), Code::NotFound, reason::BACKEND_NOT_FOUND),
+            (
+                ApiError::KeyTagMismatch { key: "ns/name".into(), held_tag: "v1".into() },
+                Code::FailedPrecondition,
+                reason::KEY_TAG_MISMATCH,
+            ),
+            (
+                ApiError::NoDroneAvailable { cluster: "c".into(), pool: "p".into() },
+                Code::Unavailable,
+                reason::NO_DRONE_AVAILABLE,
+            ),
+            (ApiError::PoolFull { cluster: "c".into(), pool: "p".into() }, Code::ResourceExhausted, reason::POOL_FULL),
+            (ApiError::Protocol("empty message".into()), Code::FailedPrecondition, reason::PROTOCOL_VIOLATION),
+            (ApiError::TokenNotFound, Code::NotFound, reason::TOKEN_NOT_FOUND),
+            (ApiError::shutting_down(), Code::Unavailable, reason::SHUTTING_DOWN),
+            (ApiError::ShuttingDown { last_revision: Some(7) }, Code::Unavailable, reason::SHUTTING_DOWN),
+            (ApiError::WatchTooSlow { last_revision: 7 }, Code::ResourceExhausted, reason::WATCH_TOO_SLOW),
+            (
+                ApiError::Store(StoreError::Compacted { requested: 1, oldest: 5 }),
+                Code::OutOfRange,
+                reason::REVISION_COMPACTED,
+            ),
+            (ApiError::Store(StoreError::Unavailable("down".into())), Code::Unavailable, reason::STORE_UNAVAILABLE),
+            (ApiError::Store(StoreError::Corrupt("bad row".into())), Code::Internal, reason::INTERNAL),
+        ];
+        for (err, code, reason) in cases {
+            let described = format!("{err:?}");
+            let (got_code, got_reason, _) = reason_of(err);
+            assert_eq!((got_code, got_reason.as_str()), (code, reason), "{described}");
+        }
+    }
+
+    #[test]
+    fn invalid_arguments_name_their_fields() {
+        let status = Status::from(ApiError::invalid("page_size", "must be at most 1000"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(field_violations(&status), vec![("page_size".to_string(), "must be at most 1000".to_string())]);
+        let status = Status::from(ApiError::Store(StoreError::FutureRevision { requested: 9, current: 3 }));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(field_violations(&status)[0].0, "revision");
+    }
+
+    #[test]
+    fn a_shutdown_names_the_revision_to_resume_from_only_when_there_is_one() {
+        let (_, _, meta) = reason_of(ApiError::ShuttingDown { last_revision: Some(7) });
+        assert_eq!(meta[metadata::LAST_REVISION], "7");
+        let (_, _, meta) = reason_of(ApiError::shutting_down());
+        assert!(meta.is_empty(), "{meta:?}");
+    }
+
+    #[test]
     fn backends_and_nodes_are_named_under_one_key_each() {
         let (_, _, meta) = reason_of(ApiError::BackendNotFound("bk-1".into()));
         assert_eq!(meta.get(metadata::BACKEND_ID).map(String::as_str), Some("bk-1"));
         let (_, _, meta) = reason_of(ApiError::NodeNotFound("nd-1".into()));
         assert_eq!(meta.get(metadata::NODE_ID).map(String::as_str), Some("nd-1"));
+        let (_, _, meta) = reason_of(ApiError::WatchTooSlow { last_revision: 7 });
+        assert_eq!(meta.get(metadata::LAST_REVISION).map(String::as_str), Some("7"));
     }
 }

@@ -5,6 +5,7 @@ use super::{ApiError, PageTokens, validate};
 use crate::store::{DynStore, NodeUpdate, StoreError, UpdateCondition};
 use crate::watch::{NodeWatch, NodeWatchHub, WatchRequest};
 use chrono::Utc;
+use futures::TryStreamExt;
 use hangar::domain::{NodeFilter, NodeKind, duration_from_proto};
 use hangar::v1::{self, node_service_server::NodeService};
 use std::pin::Pin;
@@ -54,7 +55,7 @@ impl NodeApi {
             send_initial: req.send_initial,
             bookmark_interval,
         };
-        Ok(Box::pin(NodeWatch::stream(self.hub.clone(), request)))
+        Ok(Box::pin(NodeWatch::stream(self.hub.clone(), request).map_err(Status::from)))
     }
 
     pub async fn list_nodes(&self, req: v1::ListNodesRequest) -> Result<v1::ListNodesResponse, ApiError> {

@@ -72,7 +72,7 @@ impl NodeSessions {
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let end: Option<Status> = loop {
                 let result = tokio::select! {
-                    _ = this.shutdown.cancelled() => break Some(ApiError::ShuttingDown.into()),
+                    _ = this.shutdown.cancelled() => break Some(ApiError::shutting_down().into()),
                     _ = attached.closed.cancelled() => break Some(Status::unavailable(
                         "stream closed by the controller: the node was silent too long or attached again elsewhere",
                     )),

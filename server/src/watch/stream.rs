@@ -6,7 +6,6 @@ use crate::api::ApiError;
 use crate::store::{ChangeKind, Revision, StoreError};
 use futures::Stream;
 use hangar::domain::NodeFilter;
-use hangar::error::{reason, status_with_reason};
 use hangar::v1::{self, NodeEventType};
 use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
@@ -15,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::{Code, Status};
 
 /// Nodes per snapshot page while sending the initial state.
 const SNAPSHOT_PAGE: usize = 500;
@@ -40,14 +38,11 @@ fn needs_view(filter: &NodeFilter) -> bool {
 
 pub struct NodeWatch;
 
-type Item = Result<v1::WatchNodesResponse, Status>;
+/// An event, or the error that ends the stream (the service turns it into its status).
+type Item = Result<v1::WatchNodesResponse, ApiError>;
 
 fn event(kind: NodeEventType, node: Option<v1::Node>, revision: Revision) -> v1::WatchNodesResponse {
     v1::WatchNodesResponse::new(v1::NodeEvent { r#type: kind as i32, node, revision })
-}
-
-fn store_status(err: StoreError) -> Status {
-    ApiError::from(err).into()
 }
 
 impl NodeWatch {
@@ -66,7 +61,7 @@ impl NodeWatch {
                 loop {
                     let page = match store.list_nodes(&filter, at, after.as_deref(), SNAPSHOT_PAGE).await {
                         Ok(page) => page,
-                        Err(err) => { yield Err(store_status(err)); return; }
+                        Err(err) => { yield Err(ApiError::from(err)); return; }
                     };
                     at = Some(page.revision);
                     for node in &page.nodes {
@@ -87,7 +82,7 @@ impl NodeWatch {
                 let start = if request.start_revision == 0 {
                     match store.current_revision().await {
                         Ok(r) => r,
-                        Err(err) => { yield Err(store_status(err)); return; }
+                        Err(err) => { yield Err(ApiError::from(err)); return; }
                     }
                 } else {
                     request.start_revision
@@ -96,7 +91,7 @@ impl NodeWatch {
                 if let Some(view) = view.as_mut()
                     && let Err(err) = seed_view(&hub, &filter, start, view).await
                 {
-                    yield Err(store_status(err));
+                    yield Err(ApiError::from(err));
                     return;
                 }
                 start
@@ -104,7 +99,7 @@ impl NodeWatch {
 
             let subscription = match hub.subscribe(start).await {
                 Ok(subscription) => subscription,
-                Err(err) => { yield Err(store_status(err)); return; }
+                Err(err) => { yield Err(ApiError::from(err)); return; }
             };
             yield Ok(Step::Live(Live::new(hub, subscription, start, filter, view, request.bookmark_interval)));
         };
@@ -119,7 +114,7 @@ enum Step {
     Live(Live),
 }
 
-type Setup = Pin<Box<dyn Stream<Item = Result<Step, Status>> + Send>>;
+type Setup = Pin<Box<dyn Stream<Item = Result<Step, ApiError>> + Send>>;
 
 /// A `WatchNodes` stream: the setup phase (async, runs once), then the live phase, written as
 /// a plain `poll_next` because it runs once per change per watcher.
@@ -147,7 +142,7 @@ impl Stream for WatchStream {
                         this.phase = Phase::Live(Box::new(live));
                         continue;
                     }
-                    Some(Err(status)) => Some(Err(status)),
+                    Some(Err(err)) => Some(Err(err)),
                     None => None,
                 },
                 Phase::Live(live) => ready!(live.poll_next(cx)),
@@ -166,8 +161,8 @@ impl Stream for WatchStream {
 ///
 /// When its queue overflows (the client reads slowly, or the controller is busier than it can
 /// fan out), the hub takes it out of the live fan-out; once it has sent what it holds, it
-/// catches up from the hub's ring and rejoins. It ends with RESOURCE_EXHAUSTED when the ring no
-/// longer reaches back to it, and with UNAVAILABLE when the hub stopped (controller shutdown);
+/// catches up from the hub's ring and rejoins. It ends with [`ApiError::WatchTooSlow`] when the
+/// ring no longer reaches back to it, and with [`ApiError::ShuttingDown`] when the hub stopped;
 /// both name the last revision this stream delivered, to resume from.
 struct Live {
     hub: NodeWatchHub,
@@ -212,10 +207,16 @@ impl Live {
                                 (self.backlog, self.live, self.overflowed) = (backlog, live, overflowed);
                                 continue;
                             }
-                            None => return Poll::Ready(Some(Err(self.too_slow()))),
+                            // The ring no longer reaches back to this stream.
+                            None => {
+                                return Poll::Ready(Some(Err(ApiError::WatchTooSlow { last_revision: self.position })));
+                            }
                         }
                     }
-                    Poll::Ready(None) => return Poll::Ready(Some(Err(self.stopped()))),
+                    // The hub stopped: the controller is shutting down.
+                    Poll::Ready(None) => {
+                        return Poll::Ready(Some(Err(ApiError::ShuttingDown { last_revision: Some(self.position) })));
+                    }
                     Poll::Pending => {
                         if let Some(bookmark) = self.bookmark.as_mut()
                             && bookmark.poll_tick(cx).is_ready()
@@ -239,27 +240,6 @@ impl Live {
                 return Poll::Ready(Some(Ok(response)));
             }
         }
-    }
-
-    /// The ring no longer reaches back to this stream.
-    fn too_slow(&self) -> Status {
-        let position = self.position;
-        status_with_reason(
-            Code::ResourceExhausted,
-            format!("this watch fell too far behind and was cut off; resume from revision {position}"),
-            reason::WATCH_TOO_SLOW,
-            &[("last_revision", position.to_string())],
-        )
-    }
-
-    /// The hub stopped.
-    fn stopped(&self) -> Status {
-        status_with_reason(
-            Code::Unavailable,
-            "the controller is shutting down; resume on another",
-            reason::SHUTTING_DOWN,
-            &[("last_revision", self.position.to_string())],
-        )
     }
 }
 
