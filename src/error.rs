@@ -34,6 +34,10 @@ pub mod reason {
     pub const BACKEND_STOPPED_WHILE_STARTING: &str = "BACKEND_STOPPED_WHILE_STARTING";
     pub const CAPABILITY_NOT_SUPPORTED: &str = "CAPABILITY_NOT_SUPPORTED";
     pub const PEER_NOT_ALLOWED: &str = "PEER_NOT_ALLOWED";
+    /// A node's stream was closed because the node sent no heartbeat for too long.
+    pub const HEARTBEAT_TIMEOUT: &str = "HEARTBEAT_TIMEOUT";
+    /// A node's stream was closed because the same node attached again on a newer stream.
+    pub const STREAM_REPLACED: &str = "STREAM_REPLACED";
 }
 
 /// `ErrorInfo.metadata` keys: one key per concept, whichever error carries it.

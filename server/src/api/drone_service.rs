@@ -1,7 +1,7 @@
 //! `DroneService`: drones attach here. Each drone's stream is a [`DroneSession`] that delivers its
 //! pending actions, applies its backend events and renews its keys.
 
-use super::session::{NodeSessions, OUTBOUND_BUFFER, SessionHandler, or_default, registration_error};
+use super::session::{NodeSessions, OUTBOUND_BUFFER, SessionHandler, or_default};
 use super::{ApiError, BackendSettings, validate};
 use crate::controller::{AttachedNode, NodeRegistry};
 use crate::store::{ActionPayload, DynStore, EventOutcome, NodeRegistration, PendingAction};
@@ -222,25 +222,21 @@ fn drone_registration(hello: &v1::DroneHello) -> Result<NodeRegistration, ApiErr
     })
 }
 
-#[tonic::async_trait]
-impl DroneService for DroneApi {
-    type AttachStream = ReceiverStream<Result<v1::DroneAttachResponse, Status>>;
+type DroneStream = ReceiverStream<Result<v1::DroneAttachResponse, Status>>;
 
-    async fn attach(
-        &self,
-        req: Request<Streaming<v1::DroneAttachRequest>>,
-    ) -> Result<Response<Self::AttachStream>, Status> {
+impl DroneApi {
+    /// A drone's stream: its Hello, then a Welcome and a session until the stream ends.
+    async fn attach(&self, mut inbound: Streaming<v1::DroneAttachRequest>) -> Result<DroneStream, ApiError> {
         use v1::drone_attach_request::Message;
         use v1::drone_attach_response::Message as Reply;
 
-        let mut inbound = req.into_inner();
         let hello = match self.sessions.first(&mut inbound).await?.message {
             Some(Message::Hello(hello)) => hello,
-            _ => return Err(ApiError::Protocol("a drone's first message must be a hello".into()).into()),
+            _ => return Err(ApiError::Protocol("a drone's first message must be a hello".into())),
         };
         let registration = drone_registration(&hello)?;
         let registry = &self.sessions.registry;
-        let (node, attached) = registry.attach(registration).await.map_err(registration_error)?;
+        let (node, attached) = registry.attach(registration).await?;
         tracing::info!(node_id = %node.id, name = %node.name, cluster = %node.cluster, "drone attached");
 
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
@@ -262,6 +258,15 @@ impl DroneService for DroneApi {
         // After the Welcome, before anything else: what is waiting for this drone.
         session.deliver_actions().await?;
         self.sessions.spawn(attached, inbound, tx, session);
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+#[tonic::async_trait]
+impl DroneService for DroneApi {
+    type AttachStream = DroneStream;
+
+    async fn attach(&self, req: Request<Streaming<v1::DroneAttachRequest>>) -> Result<Response<DroneStream>, Status> {
+        Ok(Response::new(DroneApi::attach(self, req.into_inner()).await?))
     }
 }

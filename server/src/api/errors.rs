@@ -6,8 +6,10 @@
 //! which are what clients read, and a reason too where a client matches the case without
 //! reading fields (INVALID_PAGE_TOKEN).
 
+use crate::controller::CloseCause;
 use crate::store::{Revision, StoreError};
 use hangar::error::{invalid_argument, invalid_argument_with_reason, metadata, reason, status_with_reason};
+use std::time::Duration;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,12 @@ pub enum ApiError {
     /// A watch fell behind further than the hub's ring reaches.
     #[error("this watch fell too far behind and was cut off; resume from revision {last_revision}")]
     WatchTooSlow { last_revision: Revision },
+    /// The controller closed a node's stream: no heartbeat for `after`.
+    #[error("no heartbeat for {after:?}: the controller closed this stream; attach again")]
+    HeartbeatTimeout { after: Duration },
+    /// The controller closed a node's stream: the same node attached again on a newer one.
+    #[error("the controller closed this stream: the same node attached again on a newer stream")]
+    StreamReplaced,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -66,6 +74,16 @@ fn resume_hint(last_revision: &Option<Revision>) -> String {
     match last_revision {
         Some(revision) => format!("; resume from revision {revision} on another controller"),
         None => String::new(),
+    }
+}
+
+impl From<CloseCause> for ApiError {
+    fn from(cause: CloseCause) -> Self {
+        match cause {
+            CloseCause::Silent { after } => ApiError::HeartbeatTimeout { after },
+            CloseCause::Replaced => ApiError::StreamReplaced,
+            CloseCause::ShuttingDown => ApiError::shutting_down(),
+        }
     }
 }
 
@@ -134,6 +152,10 @@ impl From<ApiError> for Status {
                 reason::WATCH_TOO_SLOW,
                 &[(LAST_REVISION, last_revision.to_string())],
             ),
+            ApiError::HeartbeatTimeout { .. } => {
+                status_with_reason(Code::Unavailable, message, reason::HEARTBEAT_TIMEOUT, &[])
+            }
+            ApiError::StreamReplaced => status_with_reason(Code::Unavailable, message, reason::STREAM_REPLACED, &[]),
             ApiError::Store(StoreError::Compacted { requested, oldest }) => {
                 ApiError::RevisionCompacted { requested, oldest }.into()
             }
@@ -192,6 +214,12 @@ mod tests {
             (ApiError::ShuttingDown { last_revision: Some(7) }, Code::Unavailable, reason::SHUTTING_DOWN),
             (ApiError::WatchTooSlow { last_revision: 7 }, Code::ResourceExhausted, reason::WATCH_TOO_SLOW),
             (
+                ApiError::HeartbeatTimeout { after: Duration::from_secs(30) },
+                Code::Unavailable,
+                reason::HEARTBEAT_TIMEOUT,
+            ),
+            (ApiError::StreamReplaced, Code::Unavailable, reason::STREAM_REPLACED),
+            (
                 ApiError::Store(StoreError::Compacted { requested: 1, oldest: 5 }),
                 Code::OutOfRange,
                 reason::REVISION_COMPACTED,
@@ -232,5 +260,15 @@ mod tests {
         assert_eq!(meta.get(metadata::NODE_ID).map(String::as_str), Some("nd-1"));
         let (_, _, meta) = reason_of(ApiError::WatchTooSlow { last_revision: 7 });
         assert_eq!(meta.get(metadata::LAST_REVISION).map(String::as_str), Some("7"));
+    }
+
+    #[test]
+    fn each_close_cause_is_its_own_error() {
+        let after = Duration::from_secs(30);
+        assert!(
+            matches!(ApiError::from(CloseCause::Silent { after }), ApiError::HeartbeatTimeout { after: a } if a == after)
+        );
+        assert!(matches!(ApiError::from(CloseCause::Replaced), ApiError::StreamReplaced));
+        assert!(matches!(ApiError::from(CloseCause::ShuttingDown), ApiError::ShuttingDown { last_revision: None }));
     }
 }

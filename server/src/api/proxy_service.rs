@@ -1,7 +1,7 @@
 //! `ProxyService`: proxies attach here as PROXY nodes, and look up the route behind a connection
 //! token. Each proxy's stream is a [`ProxySession`].
 
-use super::session::{NodeSessions, OUTBOUND_BUFFER, SessionHandler, or_default, registration_error};
+use super::session::{NodeSessions, OUTBOUND_BUFFER, SessionHandler, or_default};
 use super::{ApiError, token_hash, validate};
 use crate::controller::{AttachedNode, NodeRegistry};
 use crate::store::{DynStore, NodeRegistration, Revision};
@@ -114,25 +114,21 @@ fn proxy_registration(hello: &v1::ProxyHello) -> Result<NodeRegistration, ApiErr
     })
 }
 
-#[tonic::async_trait]
-impl ProxyService for ProxyApi {
-    type AttachStream = ReceiverStream<Result<v1::ProxyAttachResponse, Status>>;
+type ProxyStream = ReceiverStream<Result<v1::ProxyAttachResponse, Status>>;
 
-    async fn attach(
-        &self,
-        req: Request<Streaming<v1::ProxyAttachRequest>>,
-    ) -> Result<Response<Self::AttachStream>, Status> {
+impl ProxyApi {
+    /// A proxy's stream: its Hello, then a Welcome and a session until the stream ends.
+    async fn attach(&self, mut inbound: Streaming<v1::ProxyAttachRequest>) -> Result<ProxyStream, ApiError> {
         use v1::proxy_attach_request::Message;
         use v1::proxy_attach_response::Message as Reply;
 
-        let mut inbound = req.into_inner();
         let hello = match self.sessions.first(&mut inbound).await?.message {
             Some(Message::Hello(hello)) => hello,
-            _ => return Err(ApiError::Protocol("a proxy's first message must be a hello".into()).into()),
+            _ => return Err(ApiError::Protocol("a proxy's first message must be a hello".into())),
         };
         let registration = proxy_registration(&hello)?;
         let registry = &self.sessions.registry;
-        let (node, attached) = registry.attach(registration).await.map_err(registration_error)?;
+        let (node, attached) = registry.attach(registration).await?;
         tracing::info!(node_id = %node.id, name = %node.name, "proxy attached");
 
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
@@ -140,7 +136,7 @@ impl ProxyService for ProxyApi {
             v1::ProxyWelcome { node_id: node.id.clone(), controller_id: registry.controller_id().to_string() };
         tx.try_send(Ok(v1::ProxyAttachResponse { message: Some(Reply::Welcome(welcome)) }))
             .expect("a fresh channel has room");
-        let seen = self.sessions.store.current_revision().await.map_err(ApiError::from)?;
+        let seen = self.sessions.store.current_revision().await?;
         let session = ProxySession {
             registry: registry.clone(),
             store: self.sessions.store.clone(),
@@ -149,32 +145,41 @@ impl ProxyService for ProxyApi {
             seen,
         };
         self.sessions.spawn(attached, inbound, tx, session);
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(ReceiverStream::new(rx))
     }
 
-    async fn lookup_route(
-        &self,
-        req: Request<v1::LookupRouteRequest>,
-    ) -> Result<Response<v1::LookupRouteResponse>, Status> {
-        let token = req.into_inner().token;
+    /// The route behind a connection token, for the proxy to forward a request.
+    async fn lookup_route(&self, req: v1::LookupRouteRequest) -> Result<v1::LookupRouteResponse, ApiError> {
+        let token = req.token;
         if token.is_empty() || token.len() > 512 {
-            return Err(ApiError::invalid("token", "must be 1–512 characters").into());
+            return Err(ApiError::invalid("token", "must be 1–512 characters"));
         }
-        let route = self
-            .sessions
-            .store
-            .token_route(&token_hash(&token), Utc::now())
-            .await
-            .map_err(ApiError::from)?
-            .ok_or(ApiError::TokenNotFound)?;
+        let route =
+            self.sessions.store.token_route(&token_hash(&token), Utc::now()).await?.ok_or(ApiError::TokenNotFound)?;
         let backend = route.backend;
-        Ok(Response::new(v1::LookupRouteResponse {
+        Ok(v1::LookupRouteResponse {
             backend_id: backend.id,
             state: backend.status.state.to_proto() as i32,
             address: backend.address,
             user: route.user,
             auth: route.auth.into_iter().collect(),
             expires_at: route.expires_at.map(timestamp_to_proto),
-        }))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ProxyService for ProxyApi {
+    type AttachStream = ProxyStream;
+
+    async fn attach(&self, req: Request<Streaming<v1::ProxyAttachRequest>>) -> Result<Response<ProxyStream>, Status> {
+        Ok(Response::new(ProxyApi::attach(self, req.into_inner()).await?))
+    }
+
+    async fn lookup_route(
+        &self,
+        req: Request<v1::LookupRouteRequest>,
+    ) -> Result<Response<v1::LookupRouteResponse>, Status> {
+        Ok(Response::new(ProxyApi::lookup_route(self, req.into_inner()).await?))
     }
 }

@@ -44,12 +44,15 @@ pub(super) trait SessionHandler<M>: Send + 'static {
 
 impl NodeSessions {
     /// Waits for the first message, which must come within the hello timeout.
-    pub(super) async fn first<M>(&self, inbound: &mut Streaming<M>) -> Result<M, Status> {
+    pub(super) async fn first<M>(&self, inbound: &mut Streaming<M>) -> Result<M, ApiError> {
         let timeout = self.registry.config().hello_timeout;
         match tokio::time::timeout(timeout, inbound.message()).await {
-            Err(_) => Err(ApiError::Protocol(format!("no hello within {timeout:?}")).into()),
-            Ok(Err(status)) => Err(status),
-            Ok(Ok(None)) => Err(ApiError::Protocol("the stream ended before its hello".into()).into()),
+            Err(_) => Err(ApiError::Protocol(format!("no hello within {timeout:?}"))),
+            // A message that does not decode; a node that went away reads no answer.
+            Ok(Err(status)) => {
+                Err(ApiError::Protocol(format!("the stream failed before its hello: {}", status.message())))
+            }
+            Ok(Ok(None)) => Err(ApiError::Protocol("the stream ended before its hello".into())),
             Ok(Ok(Some(message))) => Ok(message),
         }
     }
@@ -70,12 +73,10 @@ impl NodeSessions {
             let mut woken = this.store.subscribe();
             let mut poll = tokio::time::interval(SESSION_POLL);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let end: Option<Status> = loop {
+            let end: Option<ApiError> = loop {
                 let result = tokio::select! {
-                    _ = this.shutdown.cancelled() => break Some(ApiError::shutting_down().into()),
-                    _ = attached.closed.cancelled() => break Some(Status::unavailable(
-                        "stream closed by the controller: the node was silent too long or attached again elsewhere",
-                    )),
+                    _ = this.shutdown.cancelled() => break Some(ApiError::shutting_down()),
+                    cause = attached.closed() => break Some(cause.into()),
                     message = inbound.message() => match message {
                         Ok(Some(message)) => handler.message(message).await,
                         Ok(None) => break None,
@@ -93,23 +94,19 @@ impl NodeSessions {
                     // reattaches (possibly elsewhere) and everything unacknowledged is replayed.
                     Err(ApiError::Store(err)) => {
                         tracing::warn!(node_id = %attached.node_id, error = %err, "store failed during a node session");
-                        break Some(ApiError::Store(err).into());
+                        break Some(ApiError::Store(err));
                     }
-                    Err(err) => break Some(err.into()),
+                    Err(err) => break Some(err),
                 }
             };
-            if let Some(status) = end {
+            if let Some(err) = end {
                 // The node may already be gone; nobody is left to tell then.
-                let _ = outbound.try_send(Err(status));
+                let _ = outbound.try_send(Err(err.into()));
             }
             drop(outbound);
             this.registry.detach(&attached).await;
         });
     }
-}
-
-pub(super) fn registration_error(err: crate::store::StoreError) -> Status {
-    ApiError::from(err).into()
 }
 
 /// A cluster or pool name, `default` when the node left it empty.

@@ -8,6 +8,6 @@ mod server;
 mod sweep;
 
 pub use liveness::LivenessConfig;
-pub use registry::{AttachedNode, NodeRegistry};
+pub use registry::{AttachedNode, CloseCause, NodeRegistry};
 pub use server::{Controller, ControllerConfig, RunningController};
 pub use sweep::{BackendSweep, SweepReport};

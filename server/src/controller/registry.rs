@@ -10,24 +10,62 @@ use crate::store::{DynStore, NodeRegistration, NodeUpdate, StoreError, UpdateCon
 use chrono::{DateTime, Utc};
 use hangar::domain::{Node, NodeFilter, NodeResources, NodeState};
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// A node's attachment to this controller: ends when `closed` is cancelled (silence, a newer
-/// attachment of the same node, or shutdown) or when its stream ends.
+/// Why the controller closed a node's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// No heartbeat for `after` (the liveness config's `offline_after`).
+    Silent { after: Duration },
+    /// The same node attached again to this controller: the newest stream wins.
+    Replaced,
+    /// The controller is shutting down.
+    ShuttingDown,
+}
+
+/// Closes one attachment, once, recording why: the first cause wins.
+#[derive(Debug, Clone, Default)]
+struct Closer {
+    token: CancellationToken,
+    cause: Arc<OnceLock<CloseCause>>,
+}
+
+impl Closer {
+    fn close(&self, cause: CloseCause) {
+        // Set before the token is cancelled, so that whoever wakes on the token finds it.
+        let _ = self.cause.set(cause);
+        self.token.cancel();
+    }
+
+    async fn closed(&self) -> CloseCause {
+        self.token.cancelled().await;
+        *self.cause.get().expect("the cause is set before the token is cancelled")
+    }
+}
+
+/// A node's attachment to this controller: ends when the controller closes it (see
+/// [`closed`](Self::closed)) or when its stream ends.
 #[derive(Debug, Clone)]
 pub struct AttachedNode {
     pub node_id: String,
     session: u64,
-    pub closed: CancellationToken,
+    closer: Closer,
+}
+
+impl AttachedNode {
+    /// Resolves when the controller closes this attachment, with the reason.
+    pub async fn closed(&self) -> CloseCause {
+        self.closer.closed().await
+    }
 }
 
 #[derive(Debug)]
 struct Entry {
     session: u64,
-    closed: CancellationToken,
+    closer: Closer,
     last_heartbeat: Instant,
     last_heartbeat_at: DateTime<Utc>,
     resources: NodeResources,
@@ -71,10 +109,10 @@ impl NodeRegistry {
         let now = Utc::now();
         let node = self.store.attach_node(registration, &self.controller_id, now).await?;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let closed = CancellationToken::new();
+        let closer = Closer::default();
         let entry = Entry {
             session,
-            closed: closed.clone(),
+            closer: closer.clone(),
             last_heartbeat: Instant::now(),
             last_heartbeat_at: now,
             resources: node.resources,
@@ -84,9 +122,9 @@ impl NodeRegistry {
         };
         if let Some(previous) = self.attached.lock().unwrap().insert(node.id.clone(), entry) {
             tracing::info!(node_id = %node.id, "node attached again; closing its previous stream");
-            previous.closed.cancel();
+            previous.closer.close(CloseCause::Replaced);
         }
-        Ok((node.clone(), AttachedNode { node_id: node.id, session, closed }))
+        Ok((node.clone(), AttachedNode { node_id: node.id, session, closer }))
     }
 
     /// A heartbeat: memory only. The liveness task persists what matters.
@@ -131,7 +169,7 @@ impl NodeRegistry {
     /// Closes every attachment (shutdown).
     pub fn close_all(&self) {
         for entry in self.attached.lock().unwrap().values() {
-            entry.closed.cancel();
+            entry.closer.close(CloseCause::ShuttingDown);
         }
     }
 
@@ -154,7 +192,7 @@ impl NodeRegistry {
                 let silence = now.duration_since(entry.last_heartbeat);
                 if silence >= self.config.offline_after {
                     tracing::warn!(node_id = %id, silence_ms = silence.as_millis() as u64, "no heartbeat; closing the node's stream");
-                    entry.closed.cancel();
+                    entry.closer.close(CloseCause::Silent { after: self.config.offline_after });
                     continue;
                 }
                 let healthy = silence < self.config.unhealthy_after;
@@ -260,5 +298,68 @@ impl NodeRegistry {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use hangar::domain::NodeKind;
+    use std::sync::Arc;
+
+    async fn registry(config: LivenessConfig) -> (NodeRegistry, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&format!("sqlite://{}/hangar.db", dir.path().display())).await.expect("store");
+        (NodeRegistry::new(Arc::new(store), "ctl-test".into(), config), dir)
+    }
+
+    fn drone(name: &str) -> NodeRegistration {
+        NodeRegistration {
+            kind: NodeKind::Drone,
+            name: name.into(),
+            cluster: "default".into(),
+            pool: "default".into(),
+            labels: Default::default(),
+            version: String::new(),
+            backend_capacity: 1,
+            resources: NodeResources::default(),
+        }
+    }
+
+    /// The cause, if the attachment is closed by now.
+    fn closed_now(attached: &AttachedNode) -> Option<CloseCause> {
+        futures::FutureExt::now_or_never(attached.closed())
+    }
+
+    #[tokio::test]
+    async fn a_newer_stream_of_the_same_node_closes_the_older_one_as_replaced() {
+        let (registry, _dir) = registry(LivenessConfig::default()).await;
+        let (_, first) = registry.attach(drone("d1")).await.unwrap();
+        assert_eq!(closed_now(&first), None);
+        let (_, second) = registry.attach(drone("d1")).await.unwrap();
+        assert_eq!(closed_now(&first), Some(CloseCause::Replaced));
+        assert_eq!(closed_now(&second), None);
+    }
+
+    #[tokio::test]
+    async fn a_silent_node_is_closed_as_silent_and_the_first_cause_stays() {
+        let config = LivenessConfig { offline_after: Duration::ZERO, ..LivenessConfig::default() };
+        let (registry, _dir) = registry(config).await;
+        let (_, attached) = registry.attach(drone("d1")).await.unwrap();
+        registry.check_liveness(false).await;
+        assert_eq!(closed_now(&attached), Some(CloseCause::Silent { after: Duration::ZERO }));
+        registry.close_all();
+        assert_eq!(closed_now(&attached), Some(CloseCause::Silent { after: Duration::ZERO }));
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_every_stream_as_shutting_down() {
+        let (registry, _dir) = registry(LivenessConfig::default()).await;
+        let (_, d1) = registry.attach(drone("d1")).await.unwrap();
+        let (_, d2) = registry.attach(drone("d2")).await.unwrap();
+        registry.close_all();
+        assert_eq!(closed_now(&d1), Some(CloseCause::ShuttingDown));
+        assert_eq!(closed_now(&d2), Some(CloseCause::ShuttingDown));
     }
 }
