@@ -10,13 +10,13 @@ use futures::StreamExt;
 use hangar::error::{error_info, reason};
 use hangar::executor::v1 as pb;
 use hangar::executor::v1::executor_service_client::ExecutorServiceClient;
-use hangar_executor::client::ExecutorClient;
 use hangar_executor::runtime::mock::MockRuntime;
 use hangar_executor::runtime::{
     BackendInfo, BackendSpec, Capability, Condition, EventStream, ImageReady, PullPolicy, Runtime, RuntimeError,
     RuntimeKind, Started, StatsStream,
 };
-use hangar_executor::server::{ServerOptions, SocketError, bind_socket};
+use hangar_executor::socket::client::ExecutorClient;
+use hangar_executor::socket::server::{ServerOptions, SocketError, bind_socket};
 use hangar_executor::testing::{TestExecutor, serve_on};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};

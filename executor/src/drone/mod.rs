@@ -42,7 +42,7 @@ pub struct DroneConfig {
     pub labels: BTreeMap<String, String>,
     pub backend_capacity: u32,
     /// The runtime backends run on: an in-process one, or an executor over its socket
-    /// ([`crate::client::ExecutorClient`]). `None` for a drone that only registers.
+    /// ([`crate::socket::client::ExecutorClient`]). `None` for a drone that only registers.
     pub runtime: Option<Arc<dyn Runtime>>,
     /// Used until the controller's Welcome names its own interval.
     pub heartbeat_interval: Duration,
