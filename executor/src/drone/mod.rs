@@ -11,7 +11,7 @@ mod fleet;
 mod host;
 pub mod journal;
 pub mod lease;
-mod link;
+mod outbox;
 mod readiness;
 
 pub use backoff::Backoff;
@@ -235,9 +235,9 @@ async fn session(
     state.send_replace(LinkState::Attached { node_id: welcome.node_id.clone(), controller: controller.to_string() });
     backoff.reset();
 
-    let generation = fleet.shared.link.attach(tx.clone());
+    let generation = fleet.outbox.stream.attach(tx.clone());
     let result = attached(fleet, &tx, &mut inbound, interval, host, generation).await;
-    fleet.shared.link.detach(generation);
+    fleet.outbox.stream.detach(generation);
     result
 }
 
@@ -262,8 +262,8 @@ async fn attached(
             .await
             .map_err(|_| anyhow::anyhow!("the stream to the controller closed"))
     };
-    let journal = &fleet.shared.journal;
-    let mut written = fleet.shared.written.subscribe();
+    let journal = &fleet.outbox.journal;
+    let mut written = fleet.outbox.written.subscribe();
     // Every attach starts from the beginning of the journal: whatever is still there was not
     // acknowledged, whichever controller it was sent to.
     let mut cursor = 0;
