@@ -28,7 +28,7 @@ async fn drone_registers_and_reports_real_host_resources() {
     assert_eq!(state(&node), NodeState::Ready);
     assert_eq!(node.controller_id, cluster.controller.controller_id());
     let resources = node.resources.unwrap();
-    let host = hangar_executor::drone::HostResources::new().sample();
+    let host = hangar_agent::HostResources::new().sample();
     assert_eq!(resources.cpu_cores, host.cpu_cores, "cores of this host");
     assert_eq!(resources.memory_total_bytes, host.memory_total_bytes, "memory of this host");
     drone.shutdown().await;

@@ -1,4 +1,8 @@
 //! The host's real CPU and memory figures, sampled for each heartbeat.
+//!
+//! CPU usage is a difference between two samples, so an agent keeps one [`HostResources`] for its
+//! whole life, across reconnects: a fresh one would report the few milliseconds since it was made
+//! in the first heartbeat after every reconnect.
 
 use hangar::domain::NodeResources;
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
