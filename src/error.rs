@@ -34,6 +34,10 @@ pub mod reason {
     pub const BACKEND_STOPPED_WHILE_STARTING: &str = "BACKEND_STOPPED_WHILE_STARTING";
     pub const CAPABILITY_NOT_SUPPORTED: &str = "CAPABILITY_NOT_SUPPORTED";
     pub const PEER_NOT_ALLOWED: &str = "PEER_NOT_ALLOWED";
+    /// A reader of the executor's event stream fell too far behind (metadata `last_sequence`).
+    pub const EVENTS_LAGGED: &str = "EVENTS_LAGGED";
+    /// The executor refused a request's arguments; `BadRequest` names each field.
+    pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
 }
 
 /// A status with an `ErrorInfo` (domain [`ERROR_DOMAIN`]) and metadata.

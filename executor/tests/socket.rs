@@ -286,6 +286,6 @@ async fn watcher_that_lags_gets_resource_exhausted_naming_its_last_event_not_a_g
     assert!(last < 200, "the reader really fell behind (read up to {last})");
     assert_eq!(status.code(), Code::ResourceExhausted);
     let (reason, metadata) = error_info(&status).unwrap();
-    assert_eq!(reason, reason::WATCH_TOO_SLOW);
+    assert_eq!(reason, reason::EVENTS_LAGGED);
     assert_eq!(metadata["last_sequence"], last.to_string(), "the error names the last event delivered");
 }

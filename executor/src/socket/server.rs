@@ -139,7 +139,7 @@ impl ExecutorServiceImpl {
         let peer = request
             .extensions()
             .get::<PeerInfo>()
-            .ok_or_else(|| Status::internal("connection without peer information"))?;
+            .ok_or_else(|| Status::from(RuntimeError::internal("connection without peer information")))?;
         if !peer.allowed {
             let uid = peer.uid.map_or("unknown".to_string(), |u| u.to_string());
             return Err(RuntimeError::PermissionDenied(format!(
