@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::fleet::Fleet;
-use super::{DroneConfig, LinkState};
+use super::{AttachState, DroneConfig};
 
 /// Events sent per journal read; keeps one replay from holding a huge batch in memory.
 const EVENT_BATCH: i64 = 256;
@@ -26,12 +26,12 @@ const EVENT_BATCH: i64 = 256;
 pub struct DroneAttach<'a> {
     config: &'a DroneConfig,
     fleet: &'a Arc<Fleet>,
-    state: &'a watch::Sender<LinkState>,
+    state: &'a watch::Sender<AttachState>,
     host: HostResources,
 }
 
 impl<'a> DroneAttach<'a> {
-    pub fn new(config: &'a DroneConfig, fleet: &'a Arc<Fleet>, state: &'a watch::Sender<LinkState>) -> Self {
+    pub fn new(config: &'a DroneConfig, fleet: &'a Arc<Fleet>, state: &'a watch::Sender<AttachState>) -> Self {
         DroneAttach { config, fleet, state, host: HostResources::new() }
     }
 }
@@ -44,7 +44,7 @@ impl Attach for DroneAttach<'_> {
 
     async fn stream(&mut self, attempt: &mut Attempt<'_>, channel: Channel) -> StreamEnd<String> {
         let result = self.attach(attempt, channel).await;
-        self.state.send_replace(LinkState::Connecting);
+        self.state.send_replace(AttachState::Connecting);
         if let Err(err) = &result
             && let Some(status) = err.downcast_ref::<tonic::Status>()
             && status.code() == tonic::Code::InvalidArgument
@@ -87,7 +87,7 @@ impl DroneAttach<'_> {
         let interval =
             welcome.heartbeat_interval.as_ref().and_then(duration_from_proto).unwrap_or(config.heartbeat_interval);
         tracing::info!(node_id = %welcome.node_id, %controller, "drone attached");
-        self.state.send_replace(LinkState::Attached { node_id: welcome.node_id.clone(), controller });
+        self.state.send_replace(AttachState::Attached { node_id: welcome.node_id.clone(), controller });
         attempt.welcomed();
 
         let outbox = &self.fleet.outbox;

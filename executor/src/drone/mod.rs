@@ -71,9 +71,9 @@ impl DroneConfig {
     }
 }
 
-/// What the drone's link currently looks like, for callers and tests.
+/// Whether the drone is attached to a controller right now, and to which; for callers and tests.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum LinkState {
+pub enum AttachState {
     #[default]
     Connecting,
     Attached {
@@ -84,7 +84,7 @@ pub enum LinkState {
 
 /// A running drone; stop it with [`DroneHandle::shutdown`].
 pub struct DroneHandle {
-    state: watch::Receiver<LinkState>,
+    state: watch::Receiver<AttachState>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), DroneError>>,
 }
@@ -100,7 +100,7 @@ pub enum DroneError {
 }
 
 impl DroneHandle {
-    pub fn state(&self) -> watch::Receiver<LinkState> {
+    pub fn state(&self) -> watch::Receiver<AttachState> {
         self.state.clone()
     }
 
@@ -108,7 +108,7 @@ impl DroneHandle {
     pub async fn attached(&self) -> String {
         let mut state = self.state.clone();
         loop {
-            if let LinkState::Attached { node_id, .. } = &*state.borrow_and_update() {
+            if let AttachState::Attached { node_id, .. } = &*state.borrow_and_update() {
                 return node_id.clone();
             }
             if state.changed().await.is_err() {
@@ -132,7 +132,7 @@ impl DroneHandle {
 }
 
 pub fn spawn(config: DroneConfig) -> DroneHandle {
-    let (state_tx, state) = watch::channel(LinkState::Connecting);
+    let (state_tx, state) = watch::channel(AttachState::Connecting);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(config, state_tx, shutdown.clone()));
     DroneHandle { state, shutdown, task }
@@ -140,7 +140,7 @@ pub fn spawn(config: DroneConfig) -> DroneHandle {
 
 async fn run(
     config: DroneConfig,
-    state: watch::Sender<LinkState>,
+    state: watch::Sender<AttachState>,
     shutdown: CancellationToken,
 ) -> Result<(), DroneError> {
     let journal = Journal::open(config.data_dir.as_deref()).await?;
