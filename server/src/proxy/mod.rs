@@ -110,6 +110,7 @@ impl Proxy {
         let mut attach = ProxyAttach::new(config.clone(), public_url.clone(), routes.clone(), forwarder.traffic());
         let (controllers, stop) = (config.controllers.clone(), shutdown.clone());
         tasks.spawn(async move {
+            // A proxy never gives up (its refusal type is Infallible): only the shutdown ends this.
             let Ok(()) = attach_forever(&controllers, Backoff::default(), &mut attach, &stop).await;
         });
         tasks.spawn(serve(listener, tls, forwarder, tasks.clone(), shutdown.clone()));
