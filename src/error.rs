@@ -38,6 +38,10 @@ pub mod reason {
     pub const HEARTBEAT_TIMEOUT: &str = "HEARTBEAT_TIMEOUT";
     /// A node's stream was closed because the same node attached again on a newer stream.
     pub const STREAM_REPLACED: &str = "STREAM_REPLACED";
+    /// A reader of the executor's event stream fell too far behind (metadata `last_sequence`).
+    pub const EVENTS_LAGGED: &str = "EVENTS_LAGGED";
+    /// The executor refused a request's arguments; `BadRequest` names each field.
+    pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
 }
 
 /// `ErrorInfo.metadata` keys: one key per concept, whichever error carries it.

@@ -10,7 +10,8 @@ use crate::runtime::Runtime;
 use crate::runtime::docker::{DockerOptions, DockerRuntime};
 use crate::runtime::mock::MockRuntime;
 use crate::runtime::process::ProcessRuntime;
-use crate::server::{self, DEFAULT_MAX_MESSAGE_BYTES, ServerOptions};
+use crate::socket::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::socket::server::{self, ServerOptions};
 
 /// Which runtime runs the backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

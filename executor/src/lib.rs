@@ -1,12 +1,12 @@
 //! The Hangar drone side: the drone agent that attaches a host to controllers, the
-//! [`runtime::Runtime`] trait with its docker, process and mock runtimes, the executor server that
-//! exposes a runtime on a Unix socket, and the client that drives an executor over it.
+//! [`runtime::Runtime`] trait with its docker, process and mock runtimes, and the executor socket
+//! ([`socket`]): the server that exposes a runtime on a Unix socket and the client that drives an
+//! executor over it.
 
-pub mod client;
 pub mod drone;
 pub mod executor_command;
 pub mod runtime;
-pub mod server;
+pub mod socket;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::client::ExecutorClient;
 use crate::runtime::docker::{DockerOptions, DockerRuntime};
 use crate::runtime::{LABEL_EXECUTOR, Runtime, RuntimeError};
-use crate::server::{self, ServerOptions};
+use crate::socket::client::ExecutorClient;
+use crate::socket::server::{self, ServerOptions};
 
 /// Tag of the locally built test image (nothing can be pulled here).
 pub const TEST_IMAGE: &str = "hangar-test-backend:dev";

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hangar_executor::client::ExecutorClient;
 use hangar_executor::runtime::mock::MockRuntime;
 use hangar_executor::runtime::process::ProcessRuntime;
 use hangar_executor::runtime::{
     BackendSpec, BackendState, Capability, EventKind, EventStream, PullPolicy, ResourceLimits, Runtime, RuntimeError,
     RuntimeEvent, RuntimeKind,
 };
+use hangar_executor::socket::client::ExecutorClient;
 use hangar_executor::testing::{
     ContainerCleanup, TestExecutor, docker_or_skip, test_backend_binary, test_image, unique_name, wait_for_http,
 };

@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
-use hangar_executor::client::ExecutorClient;
 use hangar_executor::runtime::{BackendSpec, BackendState, Runtime, RuntimeError, RuntimeKind};
+use hangar_executor::socket::client::ExecutorClient;
 use hangar_executor::testing::{ContainerCleanup, docker_or_skip, test_image, unique_name, wait_for_http};
 
 /// A running `hangar-drone executor`, killed when dropped so no test leaves one behind.

@@ -10,13 +10,13 @@ use futures::StreamExt;
 use hangar::error::{error_info, reason};
 use hangar::executor::v1 as pb;
 use hangar::executor::v1::executor_service_client::ExecutorServiceClient;
-use hangar_executor::client::ExecutorClient;
 use hangar_executor::runtime::mock::MockRuntime;
 use hangar_executor::runtime::{
     BackendInfo, BackendSpec, Capability, Condition, EventStream, ImageReady, PullPolicy, Runtime, RuntimeError,
     RuntimeKind, Started, StatsStream,
 };
-use hangar_executor::server::{ServerOptions, SocketError, bind_socket};
+use hangar_executor::socket::client::ExecutorClient;
+use hangar_executor::socket::server::{ServerOptions, SocketError, bind_socket};
 use hangar_executor::testing::{TestExecutor, serve_on};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
@@ -286,6 +286,6 @@ async fn watcher_that_lags_gets_resource_exhausted_naming_its_last_event_not_a_g
     assert!(last < 200, "the reader really fell behind (read up to {last})");
     assert_eq!(status.code(), Code::ResourceExhausted);
     let (reason, metadata) = error_info(&status).unwrap();
-    assert_eq!(reason, reason::WATCH_TOO_SLOW);
+    assert_eq!(reason, reason::EVENTS_LAGGED);
     assert_eq!(metadata["last_sequence"], last.to_string(), "the error names the last event delivered");
 }

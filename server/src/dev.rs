@@ -1,5 +1,7 @@
-//! `hangar-server dev`: the embedded all-in-one. A controller on SQLite plus one drone attached
-//! over real gRPC, in one process, for trying Hangar on a laptop.
+//! `hangar-server dev`: the embedded all-in-one. A controller on SQLite, a proxy, and one drone
+//! attached over real gRPC, in one process, for trying Hangar on a laptop. The only part of
+//! `hangar-server` that embeds a drone, so it sits behind the `dev` feature: without it the
+//! controller and proxy do not link the drone's runtimes.
 
 use crate::controller::{Controller, ControllerConfig, RunningController};
 use crate::proxy::{Proxy, ProxyConfig, RunningProxy};
@@ -32,7 +34,7 @@ impl DevCluster {
     pub async fn start(options: DevOptions) -> anyhow::Result<DevCluster> {
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("cannot create data dir {}", options.data_dir.display()))?;
-        let database = sqlite_url(&options.data_dir.join("hangar.db"));
+        let database = store::sqlite_url(&options.data_dir.join("hangar.db"));
         let store = store::open(&database).await.with_context(|| format!("cannot open {database}"))?;
         let listener = tokio::net::TcpListener::bind(options.listen).await.with_context(|| {
             format!("cannot listen on {}; is another hangar-server running? pick another with --listen", options.listen)
@@ -67,10 +69,6 @@ impl DevCluster {
         self.drone.shutdown().await;
         self.controller.shutdown().await
     }
-}
-
-pub fn sqlite_url(path: &Path) -> String {
-    format!("sqlite://{}", path.display())
 }
 
 /// What `dev` prints once it is up: where it listens and what to try next.

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod controller;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod proxy;
 pub mod scheduler;

@@ -1,9 +1,11 @@
-//! `hangar-server`: the controller, and the embedded all-in-one `dev` mode.
+//! `hangar-server`: the controller, the proxy, and the embedded all-in-one `dev` mode (only with
+//! the default `dev` feature, since it embeds a drone and with it the runtimes).
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
-use hangar_server::dev::{DevCluster, DevOptions, banner, sqlite_url};
+#[cfg(feature = "dev")]
+use hangar_server::dev::{DevCluster, DevOptions, banner};
 use hangar_server::proxy::{Proxy, ProxyConfig, TlsFiles};
 use hangar_server::store;
 use hangar_server::telemetry::{self, LogFormat};
@@ -42,6 +44,7 @@ enum Command {
         x-hangar-error header names the case.")]
     Proxy(ProxyArgs),
     /// Run everything in one process: a controller on SQLite and one drone. For trying Hangar.
+    #[cfg(feature = "dev")]
     #[command(after_help = "Then, in another terminal:\n  cargo run -p hangar-client -- nodes list")]
     Dev(DevArgs),
 }
@@ -127,6 +130,7 @@ struct ProxyArgs {
     tls_key: Option<PathBuf>,
 }
 
+#[cfg(feature = "dev")]
 #[derive(Args)]
 struct DevArgs {
     /// Address the gRPC API listens on (port 0 picks a free one and prints it).
@@ -150,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Controller(args) => run_controller(args).await,
         Command::Proxy(args) => run_proxy(args).await,
+        #[cfg(feature = "dev")]
         Command::Dev(args) => run_dev(args).await,
     }
 }
@@ -178,7 +183,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         None => {
             std::fs::create_dir_all(&args.data_dir)
                 .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
-            sqlite_url(&args.data_dir.join("hangar.db"))
+            store::sqlite_url(&args.data_dir.join("hangar.db"))
         }
     };
     let store = store::open(&database).await.context("cannot open the database")?;
@@ -197,6 +202,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     controller.shutdown().await
 }
 
+#[cfg(feature = "dev")]
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let options = DevOptions {
         listen: args.listen,

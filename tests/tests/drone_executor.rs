@@ -2,9 +2,9 @@
 //! its node, backends the controller places run on that executor, and the node counts them.
 
 use hangar::v1::{self, node_service_client::NodeServiceClient};
-use hangar_executor::client::ExecutorClient;
 use hangar_executor::drone::{self, DroneConfig};
 use hangar_executor::runtime::Runtime;
+use hangar_executor::socket::client::ExecutorClient;
 use hangar_server::api::RUNTIME_LABEL;
 use hangar_tests::{TestCluster, binary, channel, wait_for_node};
 use std::sync::Arc;

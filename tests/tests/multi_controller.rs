@@ -3,7 +3,7 @@
 //! controller crashes.
 
 use hangar::v1::{self, NodeEventType, NodeState, node_service_client::NodeServiceClient};
-use hangar_executor::drone::{self, Backoff, DroneConfig, LinkState};
+use hangar_executor::drone::{self, AttachState, Backoff, DroneConfig};
 use hangar_server::controller::RunningController;
 use hangar_server::store::{self, DynStore};
 use hangar_server::testing::PgCluster;
@@ -196,7 +196,7 @@ async fn killed_controller_drones_reattach_elsewhere_and_a_resuming_watcher_miss
         let mut state = d.state();
         tokio::time::timeout(
             WAIT,
-            state.wait_for(|s| matches!(s, LinkState::Attached { controller, .. } if *controller == b.url)),
+            state.wait_for(|s| matches!(s, AttachState::Attached { controller, .. } if *controller == b.url)),
         )
         .await
         .expect("reattached to B")

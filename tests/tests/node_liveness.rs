@@ -2,7 +2,7 @@
 
 use hangar::error::{error_info, field_violations};
 use hangar::v1::{self, NodeState};
-use hangar_executor::drone::{self, Backoff, DroneConfig, LinkState};
+use hangar_executor::drone::{self, AttachState, Backoff, DroneConfig};
 use hangar_tests::{ManualDrone, TestCluster, drone_hello, wait_for_node};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ async fn drone_registers_and_reports_real_host_resources() {
     assert_eq!(state(&node), NodeState::Ready);
     assert_eq!(node.controller_id, cluster.controller.controller_id());
     let resources = node.resources.unwrap();
-    let host = hangar_executor::drone::HostResources::new().sample();
+    let host = hangar_agent::HostResources::new().sample();
     assert_eq!(resources.cpu_cores, host.cpu_cores, "cores of this host");
     assert_eq!(resources.memory_total_bytes, host.memory_total_bytes, "memory of this host");
     drone.shutdown().await;
@@ -103,19 +103,19 @@ async fn real_drone_reconnects_after_the_controller_restarts() {
     let mut link = drone.state();
 
     controller.shutdown().await.unwrap();
-    tokio::time::timeout(WAIT, link.wait_for(|s| *s == LinkState::Connecting)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, link.wait_for(|s| *s == AttachState::Connecting)).await.unwrap().unwrap();
 
     // The same address again: the drone's backoff finds it.
     let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind the same port");
     let config =
         hangar_server::controller::ControllerConfig { liveness: hangar_tests::fast_liveness(), ..Default::default() };
     let controller = hangar_server::controller::Controller::start(store, config, listener).await.unwrap();
-    let again = tokio::time::timeout(WAIT, link.wait_for(|s| matches!(s, LinkState::Attached { .. })))
+    let again = tokio::time::timeout(WAIT, link.wait_for(|s| matches!(s, AttachState::Attached { .. })))
         .await
         .unwrap()
         .unwrap()
         .clone();
-    assert_eq!(again, LinkState::Attached { node_id: node_id.clone(), controller: format!("http://{addr}") });
+    assert_eq!(again, AttachState::Attached { node_id: node_id.clone(), controller: format!("http://{addr}") });
     let mut nodes = v1::node_service_client::NodeServiceClient::new(hangar_tests::channel(&controller.url()).await);
     let node = wait_for_node(&mut nodes, &node_id, WAIT, |n| state(n) == NodeState::Ready).await;
     assert_eq!(node.controller_id, controller.controller_id());

@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::fleet::Shared;
 use super::lease::{Answer, KeyLease};
+use super::outbox::Outbox;
 use super::readiness;
 use crate::runtime::{BackendSpec, BackendState as RuntimeState, PullPolicy, ResourceLimits, Runtime, RuntimeError};
 
@@ -132,7 +132,7 @@ enum Step {
 }
 
 pub struct BackendTask {
-    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
     runtime: Arc<dyn Runtime>,
     backend_id: String,
     spawn: v1::SpawnBackend,
@@ -152,7 +152,7 @@ pub struct BackendTask {
 impl BackendTask {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        shared: Arc<Shared>,
+        outbox: Arc<Outbox>,
         runtime: Arc<dyn Runtime>,
         backend_id: String,
         spawn: v1::SpawnBackend,
@@ -167,7 +167,7 @@ impl BackendTask {
             KeyLease::new(duration, lease_confirmed)
         });
         BackendTask {
-            shared,
+            outbox,
             runtime,
             backend_id,
             spawn,
@@ -423,7 +423,7 @@ impl BackendTask {
                 match lease.answered(generation, renewed) {
                     Answer::Renewed(sent) => {
                         let sent_wall = Utc::now() - chrono::Duration::from_std(sent.elapsed()).unwrap_or_default();
-                        if let Err(err) = self.shared.journal.record_renewal(&self.backend_id, sent_wall).await {
+                        if let Err(err) = self.outbox.journal.record_renewal(&self.backend_id, sent_wall).await {
                             tracing::warn!(backend_id = %self.backend_id, error = %err, "cannot journal a key renewal");
                         }
                     }
@@ -466,7 +466,7 @@ impl BackendTask {
         if state == BackendState::Terminated {
             return;
         }
-        if let Err(err) = self.shared.journal.record_termination(&self.backend_id, kind, reason).await {
+        if let Err(err) = self.outbox.journal.record_termination(&self.backend_id, kind, reason).await {
             tracing::warn!(backend_id = %self.backend_id, error = %err, "cannot journal a termination");
         }
         match state {
@@ -514,7 +514,7 @@ impl BackendTask {
 
     fn renew(&mut self) {
         let (Some(lease), Some(key)) = (self.lease.as_mut(), self.spawn.key.as_ref()) else { return };
-        let generation = self.shared.link.try_send(v1::drone_attach_request::Message::RenewKey(v1::RenewKey {
+        let generation = self.outbox.stream.try_send(v1::drone_attach_request::Message::RenewKey(v1::RenewKey {
             backend_id: self.backend_id.clone(),
             key: Some(key.clone()),
             fencing_token: self.spawn.fencing_token,
@@ -533,7 +533,7 @@ impl BackendTask {
         match self.lifecycle.transition(to, termination, exit_code) {
             Ok(event) => {
                 tracing::info!(backend_id = %self.backend_id, state = %to, "backend state");
-                self.shared.emit(event, to, &self.shutdown).await;
+                self.outbox.emit(event, to, &self.shutdown).await;
             }
             Err(err) => tracing::error!(backend_id = %self.backend_id, error = %err, "refused state change"),
         }

@@ -1,8 +1,8 @@
 //! `hangar-drone run`: attach this host to one or more controllers and keep it attached.
 
 use super::{DroneConfig, spawn};
-use crate::client::ExecutorClient;
 use crate::executor_command::{RuntimeChoice, build_runtime};
+use crate::socket::client::ExecutorClient;
 use anyhow::Context;
 use clap::Args;
 use std::collections::BTreeMap;

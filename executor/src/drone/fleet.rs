@@ -8,48 +8,18 @@ use std::time::Duration;
 use futures::StreamExt;
 use hangar::domain::{BackendState, TerminationKind, TerminationReason};
 use hangar::v1;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::backend::{BackendTask, Command, Lifecycle, Resume};
 use super::journal::{Journal, JournalError, JournaledBackend};
-use super::link::Link;
+use super::outbox::Outbox;
 use crate::runtime::{BackendState as RuntimeState, EventKind, Runtime, RuntimeError};
 
-/// What backend tasks and the link share.
-pub struct Shared {
-    pub journal: Journal,
-    /// Sequence of the newest journaled event; the link sends everything after its cursor.
-    pub written: watch::Sender<i64>,
-    pub link: Link,
-}
-
-impl Shared {
-    /// Journals an event (the link picks it up from there). A journal that fails is retried:
-    /// dropping the event would leave the controller with a stale state forever.
-    pub async fn emit(&self, event: v1::DroneBackendEvent, state: BackendState, shutdown: &CancellationToken) {
-        loop {
-            match self.journal.append_event(&event, state).await {
-                Ok(seq) => {
-                    self.written.send_replace(seq);
-                    return;
-                }
-                Err(err) => {
-                    tracing::error!(backend_id = %event.backend_id, error = %err, "cannot journal a backend event; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
-                }
-            }
-        }
-    }
-}
-
 pub struct Fleet {
-    pub shared: Arc<Shared>,
+    pub outbox: Arc<Outbox>,
     runtime: Option<Arc<dyn Runtime>>,
     backends: Mutex<HashMap<String, mpsc::Sender<Command>>>,
     tasks: TaskTracker,
@@ -65,7 +35,7 @@ impl Fleet {
         shutdown: CancellationToken,
     ) -> Result<Arc<Fleet>, JournalError> {
         let fleet = Arc::new(Fleet {
-            shared: Arc::new(Shared { journal, written: watch::Sender::new(0), link: Link::default() }),
+            outbox: Arc::new(Outbox::new(journal)),
             runtime,
             backends: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
@@ -106,7 +76,7 @@ impl Fleet {
     /// Applies one action; once this returns Ok the action is journaled and may be acked.
     pub async fn handle_action(self: &Arc<Self>, action: v1::DroneAction) -> Result<(), JournalError> {
         use v1::drone_action::Action;
-        let journal = &self.shared.journal;
+        let journal = &self.outbox.journal;
         match action.action {
             Some(Action::Spawn(spawn)) => {
                 if !journal.accept_spawn(&action.action_id, &action.backend_id, &spawn).await? {
@@ -139,7 +109,7 @@ impl Fleet {
                         let event = lifecycle
                             .transition(BackendState::Terminated, Some((Some(kind), reason)), None)
                             .expect("SCHEDULED → TERMINATED is forward");
-                        self.shared.emit(event, BackendState::Terminated, &self.shutdown).await;
+                        self.outbox.emit(event, BackendState::Terminated, &self.shutdown).await;
                     }
                 }
             }
@@ -166,7 +136,7 @@ impl Fleet {
     ) {
         let Some(runtime) = self.runtime.clone() else {
             // A drone without a runtime cannot run anything; say so through the normal path.
-            let shared = self.shared.clone();
+            let outbox = self.outbox.clone();
             let shutdown = self.shutdown.clone();
             let mut lifecycle = lifecycle;
             self.tasks.spawn(async move {
@@ -174,7 +144,7 @@ impl Fleet {
                     lifecycle.transition(BackendState::Terminated, Some((None, TerminationReason::InternalError)), None)
                 {
                     tracing::warn!(%backend_id, "this drone has no runtime; the backend cannot run");
-                    shared.emit(event, BackendState::Terminated, &shutdown).await;
+                    outbox.emit(event, BackendState::Terminated, &shutdown).await;
                 }
             });
             return;
@@ -183,7 +153,7 @@ impl Fleet {
         self.backends.lock().unwrap().retain(|_, tx| !tx.is_closed());
         self.backends.lock().unwrap().insert(backend_id.clone(), tx);
         let task = BackendTask::new(
-            self.shared.clone(),
+            self.outbox.clone(),
             runtime,
             backend_id,
             spawn,
@@ -198,7 +168,7 @@ impl Fleet {
     /// Journal versus runtime after a (re)start: resume what both know, end what the runtime
     /// lost, and stop what only the runtime knows (orphans nobody will ever ask about).
     async fn reconcile(self: &Arc<Self>) -> Result<(), JournalError> {
-        let journaled = self.shared.journal.live_backends().await?;
+        let journaled = self.outbox.journal.live_backends().await?;
         let running = match &self.runtime {
             Some(runtime) => match runtime.list().await {
                 Ok(list) => Some(list),

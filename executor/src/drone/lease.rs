@@ -20,7 +20,7 @@ pub struct KeyLease {
     duration: Duration,
     /// Send time of the last confirmed renewal (or of the spawn's arrival).
     confirmed: Instant,
-    /// Renewals sent and not yet answered: (link generation, send time), oldest first. The
+    /// Renewals sent and not yet answered: (stream generation, send time), oldest first. The
     /// controller answers on the same stream in order; answers from a dead stream never come.
     in_flight: VecDeque<(u64, Instant)>,
     next_renewal: Instant,

@@ -1,7 +1,9 @@
 //! The one error type of every runtime, and its mapping to and from gRPC status codes and
-//! `ErrorInfo` reasons — in both directions, here and nowhere else.
+//! `ErrorInfo` reasons — in both directions, here and nowhere else. Every status the executor
+//! sends carries a reason, so the drone (or any other client of the socket) reads back the same
+//! error it would have got from an in-process runtime.
 
-use hangar::error::{error_info, field_violations, invalid_argument, reason, status_with_reason};
+use hangar::error::{error_info, field_violations, invalid_argument_with_reason, reason, status_with_reason};
 use tonic::{Code, Status};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,7 +89,9 @@ impl RuntimeError {
                 reason::IMAGE_PULL_FAILED,
                 &[("image", image.clone()), ("detail", message.clone())],
             ),
-            RuntimeError::InvalidSpec { field, message } => invalid_argument(vec![(field.clone(), message.clone())]),
+            RuntimeError::InvalidSpec { field, message } => {
+                invalid_argument_with_reason(vec![(field.clone(), message.clone())], Some(reason::INVALID_ARGUMENT))
+            }
             RuntimeError::StartFailed { backend_id, message } => status_with_reason(
                 code,
                 self.to_string(),
@@ -106,7 +110,7 @@ impl RuntimeError {
             RuntimeError::EventsLagged { last_sequence } => status_with_reason(
                 code,
                 self.to_string(),
-                reason::WATCH_TOO_SLOW,
+                reason::EVENTS_LAGGED,
                 &[("last_sequence", last_sequence.to_string())],
             ),
             RuntimeError::Unavailable(_) => {
@@ -144,18 +148,17 @@ impl RuntimeError {
             }
             reason::BACKEND_STOPPED_WHILE_STARTING => RuntimeError::StoppedWhileStarting(meta("backend_id")),
             reason::CAPABILITY_NOT_SUPPORTED => RuntimeError::Unsupported(message),
-            reason::WATCH_TOO_SLOW => {
+            reason::EVENTS_LAGGED => {
                 RuntimeError::EventsLagged { last_sequence: meta("last_sequence").parse().unwrap_or(0) }
             }
             reason::RUNTIME_UNAVAILABLE => RuntimeError::Unavailable(message),
             reason::PROTOCOL_VERSION_MISMATCH => RuntimeError::VersionMismatch(message),
             reason::HANDSHAKE_REQUIRED => RuntimeError::HandshakeRequired(message),
             reason::PEER_NOT_ALLOWED => RuntimeError::PermissionDenied(message),
+            reason::INVALID_ARGUMENT => invalid_from_status(status, message),
+            reason::INTERNAL => RuntimeError::Internal(message),
             _ => match status.code() {
-                Code::InvalidArgument => {
-                    let (field, message) = field_violations(status).into_iter().next().unwrap_or(("".into(), message));
-                    RuntimeError::InvalidSpec { field, message }
-                }
+                Code::InvalidArgument => invalid_from_status(status, message),
                 Code::Unavailable | Code::Cancelled | Code::Unknown => RuntimeError::Unavailable(message),
                 Code::Unimplemented => RuntimeError::Unsupported(message),
                 Code::PermissionDenied => RuntimeError::PermissionDenied(message),
@@ -163,6 +166,12 @@ impl RuntimeError {
             },
         }
     }
+}
+
+/// The first field violation of an INVALID_ARGUMENT status (the executor sends one).
+fn invalid_from_status(status: &Status, message: String) -> RuntimeError {
+    let (field, message) = field_violations(status).into_iter().next().unwrap_or((String::new(), message));
+    RuntimeError::InvalidSpec { field, message }
 }
 
 impl From<RuntimeError> for Status {
@@ -189,6 +198,48 @@ mod tests {
         for err in errors {
             let back = RuntimeError::from_status(&err.to_status());
             assert_eq!(back, err);
+        }
+    }
+
+    #[test]
+    fn every_error_a_client_can_see_carries_its_own_reason() {
+        let errors = [
+            (RuntimeError::BackendNotFound("b1".into()), reason::BACKEND_NOT_FOUND),
+            (RuntimeError::ImageNotFound { image: "img".into(), message: "x".into() }, reason::IMAGE_NOT_FOUND),
+            (RuntimeError::ImagePullFailed { image: "img".into(), message: "x".into() }, reason::IMAGE_PULL_FAILED),
+            (RuntimeError::invalid_spec("spec.image", "must not be empty"), reason::INVALID_ARGUMENT),
+            (RuntimeError::StartFailed { backend_id: "b1".into(), message: "x".into() }, reason::BACKEND_START_FAILED),
+            (RuntimeError::StoppedWhileStarting("b1".into()), reason::BACKEND_STOPPED_WHILE_STARTING),
+            (RuntimeError::Unsupported("no stats".into()), reason::CAPABILITY_NOT_SUPPORTED),
+            // Not the controller's WATCH_TOO_SLOW: a client can tell which stream it fell behind on.
+            (RuntimeError::EventsLagged { last_sequence: 42 }, reason::EVENTS_LAGGED),
+            (RuntimeError::Unavailable("docker is down".into()), reason::RUNTIME_UNAVAILABLE),
+            (RuntimeError::VersionMismatch("v2".into()), reason::PROTOCOL_VERSION_MISMATCH),
+            (RuntimeError::HandshakeRequired("first".into()), reason::HANDSHAKE_REQUIRED),
+            (RuntimeError::PermissionDenied("uid 7".into()), reason::PEER_NOT_ALLOWED),
+            (RuntimeError::internal("boom"), reason::INTERNAL),
+        ];
+        for (err, expected) in errors {
+            let status = err.to_status();
+            let (reason, _) = error_info(&status).unwrap_or_else(|| panic!("{err:?} travels without an ErrorInfo"));
+            assert_eq!(reason, expected, "{err:?}");
+            assert_eq!(status.code(), err.code(), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn errors_read_back_as_the_same_variant() {
+        let errors = [
+            RuntimeError::Unsupported("StreamStats is not supported by the mock runtime".into()),
+            RuntimeError::Unavailable("docker is down".into()),
+            RuntimeError::VersionMismatch("v2".into()),
+            RuntimeError::HandshakeRequired("first".into()),
+            RuntimeError::PermissionDenied("uid 7".into()),
+            RuntimeError::internal("boom"),
+        ];
+        for err in errors {
+            let back = RuntimeError::from_status(&err.to_status());
+            assert_eq!(std::mem::discriminant(&back), std::mem::discriminant(&err), "{err:?} came back as {back:?}");
         }
     }
 

@@ -1,8 +1,8 @@
 //! Forwarding one request: token → route → backend, with the headers a backend can trust, and a
 //! distinct answer for each way it can fail.
 
-use super::link::Traffic;
 use super::routes::{Lookup, Route, RouteCache};
+use super::traffic::Traffic;
 use bytes::Bytes;
 use hangar::domain::BackendState;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

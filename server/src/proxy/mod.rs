@@ -4,16 +4,20 @@
 //! for the idle sweep. HTTP/1.1 and HTTP/2 (h2c) from clients, WebSocket upgrades passed through
 //! both ways, bodies streamed without buffering.
 
+mod attach;
 mod forward;
-mod link;
 mod routes;
 mod tls;
+mod traffic;
 
 pub use forward::ProxyError;
 pub use routes::{Route, RouteCache};
 pub use tls::TlsFiles;
 
 use anyhow::Context;
+use attach::ProxyAttach;
+use hangar_agent::attach::attach_forever;
+use hangar_agent::{Backoff, controller_endpoint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
@@ -22,6 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -76,7 +81,7 @@ impl RunningProxy {
         format!("{}://{}", self.scheme, self.local_addr)
     }
 
-    /// Stops accepting, lets open requests finish (5 s at most), ends the controller link.
+    /// Stops accepting, lets open requests finish (5 s at most), ends the attach stream.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tasks.close();
@@ -96,23 +101,28 @@ impl Proxy {
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local_addr}"));
-        let lookups = link::lookup_channel(&config.controllers).context("invalid controller URL")?;
+        let lookups = lookup_channel(&config.controllers).context("invalid controller URL")?;
         let routes = Arc::new(RouteCache::new(lookups, config.route_ttl));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let forwarder = Arc::new(forward::Forwarder::new(routes.clone(), config.startup_wait));
 
-        tasks.spawn(link::run(
-            config.clone(),
-            public_url.clone(),
-            routes.clone(),
-            forwarder.traffic(),
-            shutdown.clone(),
-        ));
+        let mut attach = ProxyAttach::new(config.clone(), public_url.clone(), routes.clone(), forwarder.traffic());
+        let (controllers, stop) = (config.controllers.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            // A proxy never gives up (its refusal type is Infallible): only the shutdown ends this.
+            let Ok(()) = attach_forever(&controllers, Backoff::default(), &mut attach, &stop).await;
+        });
         tasks.spawn(serve(listener, tls, forwarder, tasks.clone(), shutdown.clone()));
         tracing::info!(%local_addr, %public_url, "proxy serving");
         Ok(RunningProxy { local_addr, scheme, shutdown, tasks })
     }
+}
+
+/// A channel balanced over every controller, for route lookups.
+fn lookup_channel(controllers: &[String]) -> Result<Channel, tonic::transport::Error> {
+    let endpoints = controllers.iter().map(|url| controller_endpoint(url)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Channel::balance_list(endpoints.into_iter()))
 }
 
 async fn serve(

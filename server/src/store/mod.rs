@@ -251,6 +251,11 @@ pub async fn open(url: &str) -> Result<DynStore, StoreError> {
     Ok(Arc::new(offloaded))
 }
 
+/// The `--database` URL of a SQLite file, for [`open`].
+pub fn sqlite_url(path: &std::path::Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
 /// Threads of the runtime that runs store operations ([`OffloadedStore`]). They mostly wait on
 /// the database; two let a long read (a large listing) proceed beside writes.
 const STORE_THREADS: usize = 2;

@@ -35,7 +35,10 @@ class ExecutorServiceStub:
     again); any other call before it fails with FAILED_PRECONDITION (reason HANDSHAKE_REQUIRED). An
     RPC the executor did not advertise in its capabilities answers UNIMPLEMENTED (reason
     CAPABILITY_NOT_SUPPORTED). A peer whose uid is not allowed gets PERMISSION_DENIED (reason
-    PEER_NOT_ALLOWED) on every call.
+    PEER_NOT_ALLOWED) on every call. Every error carries an ErrorInfo reason (domain hangar.dev):
+    invalid arguments are INVALID_ARGUMENT (reason INVALID_ARGUMENT, a BadRequest violation per
+    field), an unreachable runtime is UNAVAILABLE (reason RUNTIME_UNAVAILABLE), anything unexpected
+    is INTERNAL (reason INTERNAL, details only in the executor's log).
     """
 
     def __init__(self, channel):
@@ -106,7 +109,10 @@ class ExecutorServiceServicer:
     again); any other call before it fails with FAILED_PRECONDITION (reason HANDSHAKE_REQUIRED). An
     RPC the executor did not advertise in its capabilities answers UNIMPLEMENTED (reason
     CAPABILITY_NOT_SUPPORTED). A peer whose uid is not allowed gets PERMISSION_DENIED (reason
-    PEER_NOT_ALLOWED) on every call.
+    PEER_NOT_ALLOWED) on every call. Every error carries an ErrorInfo reason (domain hangar.dev):
+    invalid arguments are INVALID_ARGUMENT (reason INVALID_ARGUMENT, a BadRequest violation per
+    field), an unreachable runtime is UNAVAILABLE (reason RUNTIME_UNAVAILABLE), anything unexpected
+    is INTERNAL (reason INTERNAL, details only in the executor's log).
     """
 
     def Handshake(self, request, context):
@@ -178,7 +184,7 @@ class ExecutorServiceServicer:
         """First one SYNC event, then runtime events in order with increasing sequence numbers. For a
         backend, STARTED always precedes EXITED, and OOM comes right before the EXITED it caused.
         A reader that falls too far behind is not skipped ahead: its stream ends with
-        RESOURCE_EXHAUSTED (reason WATCH_TOO_SLOW, metadata `last_sequence` = the last sequence it
+        RESOURCE_EXHAUSTED (reason EVENTS_LAGGED, metadata `last_sequence` = the last sequence it
         was sent), and it resubscribes and reconciles with ListBackends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -263,7 +269,10 @@ class ExecutorService:
     again); any other call before it fails with FAILED_PRECONDITION (reason HANDSHAKE_REQUIRED). An
     RPC the executor did not advertise in its capabilities answers UNIMPLEMENTED (reason
     CAPABILITY_NOT_SUPPORTED). A peer whose uid is not allowed gets PERMISSION_DENIED (reason
-    PEER_NOT_ALLOWED) on every call.
+    PEER_NOT_ALLOWED) on every call. Every error carries an ErrorInfo reason (domain hangar.dev):
+    invalid arguments are INVALID_ARGUMENT (reason INVALID_ARGUMENT, a BadRequest violation per
+    field), an unreachable runtime is UNAVAILABLE (reason RUNTIME_UNAVAILABLE), anything unexpected
+    is INTERNAL (reason INTERNAL, details only in the executor's log).
     """
 
     @staticmethod

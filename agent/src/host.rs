@@ -1,4 +1,8 @@
 //! The host's real CPU and memory figures, sampled for each heartbeat.
+//!
+//! CPU usage is a difference between two samples, so an agent keeps one [`HostResources`] for its
+//! whole life, across reconnects: with a fresh one per stream, the figure in every hello would be
+//! measured over the few milliseconds since it was made, which says nothing about the host's load.
 
 use hangar::domain::NodeResources;
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};

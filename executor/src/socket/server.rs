@@ -1,4 +1,4 @@
-//! The executor server: any [`Runtime`] exposed as `hangar.executor.v1` on a Unix domain socket.
+//! The executor socket's server side: any [`Runtime`] exposed as `hangar.executor.v1` on a Unix domain socket.
 //!
 //! The socket is local-only and guarded three ways: its directory is 0700 (nobody else can even
 //! reach the file), the file is 0600, and every connection's peer uid (SO_PEERCRED) is checked
@@ -18,15 +18,12 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::runtime::{BackendSpec, Capability, PullPolicy, Runtime, RuntimeError};
 
-mod socket;
+mod listener;
 
-pub use self::socket::{MAX_SOCKET_PATH_BYTES, PeerConnection, PeerInfo, SocketError, bind_socket};
-
-/// Default limit on one gRPC message in either direction. Specs and listings are small; the
-/// limit keeps a confused peer from making the executor allocate without bound.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+pub use self::listener::{MAX_SOCKET_PATH_BYTES, PeerConnection, PeerInfo, SocketError, bind_socket};
 
 /// Shortest stats interval a client may ask for.
 const MIN_STATS_INTERVAL: Duration = Duration::from_millis(100);
@@ -142,7 +139,7 @@ impl ExecutorServiceImpl {
         let peer = request
             .extensions()
             .get::<PeerInfo>()
-            .ok_or_else(|| Status::internal("connection without peer information"))?;
+            .ok_or_else(|| Status::from(RuntimeError::internal("connection without peer information")))?;
         if !peer.allowed {
             let uid = peer.uid.map_or("unknown".to_string(), |u| u.to_string());
             return Err(RuntimeError::PermissionDenied(format!(

@@ -1,4 +1,4 @@
-//! The drone side of the executor socket: an [`ExecutorClient`] implements [`Runtime`] by calling
+//! The executor socket's client side, used by the drone: an [`ExecutorClient`] implements [`Runtime`] by calling
 //! an executor over `hangar.executor.v1`, so the drone runs the same code against an in-process
 //! runtime or a remote executor.
 //!
@@ -17,11 +17,11 @@ use hangar::executor::v1::executor_service_client::ExecutorServiceClient;
 use hangar::executor::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use tonic::transport::{Channel, Endpoint};
 
+use super::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::runtime::{
     BackendInfo, BackendSpec, Capability, Condition, EventStream, ImageReady, PullPolicy, Runtime, RuntimeError,
     RuntimeEvent, RuntimeKind, Started, Stats, StatsStream,
 };
-use crate::server::DEFAULT_MAX_MESSAGE_BYTES;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -1,5 +1,5 @@
-//! Exponential backoff with full jitter, so drones that lost one controller at the same moment
-//! do not all reconnect at the same moment.
+//! Exponential backoff with jitter, so agents that lost one controller at the same moment do not
+//! all reconnect at the same moment.
 
 use rand::Rng;
 use std::time::Duration;

@@ -1,0 +1,19 @@
+//! What Hangar's two node agents share. A drone and a proxy both keep one `Attach` stream open to
+//! one of several controllers, heartbeat with the host's real resources, and move on to the next
+//! controller when a stream breaks. Those pieces live here, once, so the two cannot drift apart,
+//! and so the proxy (built into `hangar-server`) does not link the drone's runtimes to get them:
+//!
+//! - [`attach::attach_forever`]: round-robin over the controllers with jittered backoff, until
+//!   shutdown or a refusal; each agent supplies what one stream does ([`attach::Attach`]);
+//! - [`controller_endpoint`]: how an agent dials a controller (connect timeout, HTTP/2
+//!   keep-alives);
+//! - [`Backoff`] and [`HostResources`].
+
+pub mod attach;
+mod backoff;
+mod endpoint;
+mod host;
+
+pub use backoff::Backoff;
+pub use endpoint::{CONNECT_TIMEOUT, controller_endpoint};
+pub use host::HostResources;
