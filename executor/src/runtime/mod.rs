@@ -21,9 +21,10 @@ use futures::stream::BoxStream;
 
 pub use error::RuntimeError;
 pub use events::{EventHub, EventKind, RuntimeEvent};
+/// The domain's, named here too because the trait and [`BackendSpec`] speak them.
+pub use hangar::domain::{PullPolicy, ResourceLimits};
 pub use types::{
-    BackendInfo, BackendSpec, BackendState, Capability, Condition, ImageReady, PullPolicy, ResourceLimits, RuntimeKind,
-    Started, Stats,
+    BackendInfo, BackendSpec, BackendState, Capability, Condition, ImageReady, RuntimeKind, Started, Stats,
 };
 
 /// A stream of runtime events: first one [`EventKind::Sync`], then live events in sequence order.
