@@ -19,6 +19,7 @@
 //! resuming after dropped streams and listing again when its revision was compacted; feed its
 //! events to a [`NodeStore`] for an always-current copy.
 
+mod backend_views;
 mod backends;
 pub mod cli;
 mod client;
@@ -26,9 +27,8 @@ mod error;
 mod retry;
 mod watch;
 
-pub use backends::{
-    BackendFilter, BackendPage, BackendStatusView, BackendView, ConnectRequest, Connection, PullPolicy, Resources,
-    SpawnSpec,
+pub use backend_views::{
+    BackendFilter, BackendPage, BackendStatusView, BackendView, ConnectRequest, Connection, SpawnSpec,
 };
 pub use client::{ClientOptions, DEFAULT_CONTROLLER, HangarClient, NodeList, NodePage};
 pub use error::ClientError;

@@ -1,7 +1,7 @@
 //! Argument types and value parsers shared by the commands.
 
 use clap::{Args, ValueEnum};
-use hangar::domain::{NodeFilter, NodeKind, NodeState};
+use hangar::domain::{NodeFilter, NodeKind, NodeState, PullPolicy};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -135,12 +135,12 @@ pub enum PullArg {
     Never,
 }
 
-impl From<PullArg> for crate::PullPolicy {
+impl From<PullArg> for PullPolicy {
     fn from(pull: PullArg) -> Self {
         match pull {
-            PullArg::Always => crate::PullPolicy::Always,
-            PullArg::IfNotPresent => crate::PullPolicy::IfNotPresent,
-            PullArg::Never => crate::PullPolicy::Never,
+            PullArg::Always => PullPolicy::Always,
+            PullArg::IfNotPresent => PullPolicy::IfNotPresent,
+            PullArg::Never => PullPolicy::Never,
         }
     }
 }
