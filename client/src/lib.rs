@@ -24,6 +24,7 @@ mod backends;
 pub mod cli;
 mod client;
 mod error;
+mod node_store;
 mod retry;
 mod watch;
 
@@ -32,8 +33,9 @@ pub use backend_views::{
 };
 pub use client::{ClientOptions, DEFAULT_CONTROLLER, HangarClient, NodeList, NodePage};
 pub use error::ClientError;
+pub use node_store::NodeStore;
 pub use retry::RetryPolicy;
-pub use watch::{NodeStore, NodeWatchEvent, Reconnect, Resume, WatchOptions};
+pub use watch::{NodeWatchEvent, Reconnect, Resume, WatchOptions};
 
 /// The shared domain types the SDK speaks in.
 pub use hangar::domain;
