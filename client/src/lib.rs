@@ -11,9 +11,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Every call returns domain types (`hangar::domain`) and a typed [`ClientError`]; idempotent
-//! calls are retried after UNAVAILABLE according to [`RetryPolicy`]. A listing's `revision` is
-//! where a watch starts so that nothing is missed between the two.
+//! Calls speak the domain's types (`hangar::domain`: nodes, keys, states, pull policies, resource
+//! limits) and fail with a typed [`ClientError`]; backends come back as [`BackendView`]s, what
+//! the controller tells a reader about one. Idempotent calls are retried after UNAVAILABLE
+//! according to [`RetryPolicy`]. A listing's `revision` is where a watch starts so that nothing
+//! is missed between the two.
 //!
 //! [`HangarClient::watch_nodes`] does both in one call: the current nodes, then every change,
 //! resuming after dropped streams and listing again when its revision was compacted; feed its

@@ -17,9 +17,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PullPolicy {
+    /// Pull only when the image is not present locally (the default).
     #[default]
     IfNotPresent,
     Always,
+    /// A missing image fails the start.
     Never,
 }
 
