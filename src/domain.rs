@@ -7,8 +7,8 @@ mod spawn;
 mod time;
 
 pub use backend::{
-    Backend, BackendKey, BackendState, BackendStatus, TerminationKind, TerminationReason, TransitionError,
-    dns_label_problem,
+    Backend, BackendFilter, BackendKey, BackendState, BackendStatus, TerminationKind, TerminationReason,
+    TransitionError, dns_label_problem,
 };
 pub use env::{BackendEnv, RESERVED_ENV};
 pub use node::{Node, NodeFilter, NodeKind, NodeResources, NodeState, ParseEnumError};

@@ -322,27 +322,6 @@ impl Connection {
     }
 }
 
-/// Which backends a list call returns; empty fields match everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BackendFilter {
-    /// Any of these states.
-    pub states: Vec<BackendState>,
-    pub drone_id: Option<String>,
-    pub key_namespace: Option<String>,
-    pub cluster: Option<String>,
-}
-
-impl BackendFilter {
-    pub fn to_proto(&self) -> v1::BackendFilter {
-        v1::BackendFilter {
-            states: self.states.iter().map(|s| s.to_proto() as i32).collect(),
-            drone_id: self.drone_id.clone().unwrap_or_default(),
-            key_namespace: self.key_namespace.clone().unwrap_or_default(),
-            cluster: self.cluster.clone().unwrap_or_default(),
-        }
-    }
-}
-
 /// One page of `ListBackends`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackendPage {

@@ -1,11 +1,11 @@
 //! Backend calls of `HangarClient`: Connect (get-or-create by key), get, list, watch and
 //! terminate. What they send and answer is in [`crate::backend_views`].
 
-use crate::backend_views::{BackendFilter, BackendPage, BackendStatusView, BackendView, ConnectRequest, Connection};
+use crate::backend_views::{BackendPage, BackendStatusView, BackendView, ConnectRequest, Connection};
 use crate::watch::{Next, next_step};
 use crate::{ClientError, HangarClient, RetryPolicy};
 use futures::Stream;
-use hangar::domain::BackendState;
+use hangar::domain::{BackendFilter, BackendState};
 use hangar::v1::{self, backend_service_client::BackendServiceClient};
 use std::time::Duration;
 use tonic::transport::Channel;

@@ -30,9 +30,7 @@ mod node_store;
 mod retry;
 mod watch;
 
-pub use backend_views::{
-    BackendFilter, BackendPage, BackendStatusView, BackendView, ConnectRequest, Connection, SpawnSpec,
-};
+pub use backend_views::{BackendPage, BackendStatusView, BackendView, ConnectRequest, Connection, SpawnSpec};
 pub use client::{ClientOptions, DEFAULT_CONTROLLER, HangarClient, NodeList, NodePage};
 pub use error::ClientError;
 pub use node_store::NodeStore;

@@ -6,11 +6,11 @@
 //! client that resumes wrongly shows repeated or missing states.
 
 use futures::{Stream, StreamExt};
-use hangar::domain::{BackendState, timestamp_to_proto};
+use hangar::domain::{BackendFilter, BackendState, timestamp_to_proto};
 use hangar::error::{reason, status_with_reason};
 use hangar::v1::{self, backend_service_server::BackendService, backend_service_server::BackendServiceServer};
 use hangar_client::cli::{Cli, CliError, Command, connect, execute, render};
-use hangar_client::{BackendFilter, ClientError, ClientOptions, ConnectRequest, HangarClient, RetryPolicy, SpawnSpec};
+use hangar_client::{ClientError, ClientOptions, ConnectRequest, HangarClient, RetryPolicy, SpawnSpec};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -229,6 +229,57 @@ impl Backend {
     }
 }
 
+/// Which backends a listing returns; empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendFilter {
+    /// Any of these states.
+    pub states: Vec<BackendState>,
+    pub drone_id: Option<String>,
+    pub key_namespace: Option<String>,
+    pub cluster: Option<String>,
+}
+
+impl BackendFilter {
+    /// Every live (not TERMINATED) backend.
+    pub fn live() -> Self {
+        BackendFilter {
+            states: BackendState::ALL.iter().copied().filter(|s| s.is_live()).collect(),
+            ..BackendFilter::default()
+        }
+    }
+
+    /// A filter from the wire, its states sorted and without repeats (so the same filter always
+    /// reads the same); the field path and message of the first unknown state otherwise.
+    pub fn from_proto(f: &v1::BackendFilter) -> Result<Self, (String, String)> {
+        let mut states = f
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                BackendState::from_proto(*s).ok_or((format!("filter.states[{i}]"), format!("unknown state {s}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        states.sort();
+        states.dedup();
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Ok(BackendFilter {
+            states,
+            drone_id: non_empty(&f.drone_id),
+            key_namespace: non_empty(&f.key_namespace),
+            cluster: non_empty(&f.cluster),
+        })
+    }
+
+    pub fn to_proto(&self) -> v1::BackendFilter {
+        v1::BackendFilter {
+            states: self.states.iter().map(|s| s.to_proto() as i32).collect(),
+            drone_id: self.drone_id.clone().unwrap_or_default(),
+            key_namespace: self.key_namespace.clone().unwrap_or_default(),
+            cluster: self.cluster.clone().unwrap_or_default(),
+        }
+    }
+}
+
 impl From<&Backend> for v1::Backend {
     fn from(b: &Backend) -> Self {
         v1::Backend {
@@ -270,6 +321,23 @@ mod tests {
     fn key_displays_namespace_name_and_tag() {
         let key = BackendKey { namespace: "docs".into(), name: "doc-1".into(), tag: "v2".into() };
         assert_eq!(key.to_string(), "docs/doc-1@v2");
+    }
+
+    #[test]
+    fn a_filter_reads_the_same_whatever_order_its_states_came_in() {
+        let wire = |states: &[BackendState]| v1::BackendFilter {
+            states: states.iter().map(|s| s.to_proto() as i32).collect(),
+            cluster: "eu-1".into(),
+            ..Default::default()
+        };
+        let filter = BackendFilter::from_proto(&wire(&[Ready, Loading, Ready])).unwrap();
+        assert_eq!(filter, BackendFilter::from_proto(&wire(&[Loading, Ready])).unwrap());
+        assert_eq!(filter.states, [Loading, Ready]);
+        assert_eq!((filter.cluster.as_deref(), filter.drone_id.as_deref()), (Some("eu-1"), None));
+        assert_eq!(BackendFilter::from_proto(&filter.to_proto()), Ok(filter));
+        let unknown = v1::BackendFilter { states: vec![Ready.to_proto() as i32, 99], ..Default::default() };
+        assert_eq!(BackendFilter::from_proto(&unknown).unwrap_err().0, "filter.states[1]");
+        assert!(!BackendFilter::live().states.contains(&Terminated));
     }
 
     #[test]

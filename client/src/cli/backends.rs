@@ -1,10 +1,10 @@
 //! `hangar connect` and `hangar backends …`
 
 use super::{BackendIdArgs, BackendsCommand, Cli, CliError, ConnectArgs, OutputFormat, render};
-use crate::{BackendFilter, ConnectRequest, Connection, HangarClient, SpawnSpec};
+use crate::{ConnectRequest, Connection, HangarClient, SpawnSpec};
 use chrono::Utc;
 use futures::StreamExt;
-use hangar::domain::{BackendKey, BackendState, ResourceLimits};
+use hangar::domain::{BackendFilter, BackendKey, BackendState, ResourceLimits};
 use std::io::Write;
 
 /// Namespace of a key typed without one.

@@ -2,9 +2,9 @@
 
 use super::{OutputFormat, compact_duration, human_bytes, json, or_dash, relative_age, rfc3339, table, time_with_age};
 use crate::cli::backends::shown_key;
-use crate::{BackendFilter, BackendStatusView, BackendView, Connection, SpawnSpec};
+use crate::{BackendStatusView, BackendView, Connection, SpawnSpec};
 use chrono::{DateTime, Utc};
-use hangar::domain::{BackendKey, BackendState};
+use hangar::domain::{BackendFilter, BackendKey, BackendState};
 use serde::Serialize;
 
 /// `backends list`: a table (or the empty-list message) or `{"backends": [...]}`.
