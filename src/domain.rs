@@ -12,5 +12,5 @@ pub use backend::{
 };
 pub use env::{BackendEnv, RESERVED_ENV};
 pub use node::{Node, NodeFilter, NodeKind, NodeResources, NodeState, ParseEnumError};
-pub use spawn::{Executable, PullPolicy, ResourceLimits, SpawnConfig, spawn_limits};
+pub use spawn::{DEFAULT_BACKEND_PORT, Executable, PullPolicy, ResourceLimits, SpawnConfig, spawn_limits};
 pub use time::{duration_from_proto, duration_to_proto, timestamp_from_proto, timestamp_to_proto};

@@ -29,7 +29,8 @@ pub struct SpawnSpec {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub pull_policy: Option<PullPolicy>,
-    /// Port the backend listens on inside its container; `None` = 8080.
+    /// Port the backend listens on inside its container; `None` = the controller's default,
+    /// [`DEFAULT_BACKEND_PORT`](hangar::domain::DEFAULT_BACKEND_PORT).
     pub container_port: Option<u32>,
     pub resources: ResourceLimits,
     pub cluster: String,

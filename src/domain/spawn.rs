@@ -79,6 +79,10 @@ macro_rules! resource_limits_proto {
 resource_limits_proto!(v1::ResourceLimits);
 resource_limits_proto!(executor_v1::ResourceLimits);
 
+/// Port a backend listens on inside its container when its spawn config (or runtime spec) names
+/// none.
+pub const DEFAULT_BACKEND_PORT: u16 = 8080;
+
 /// What a backend runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Executable {
@@ -180,10 +184,10 @@ impl SpawnConfig {
             }),
         };
         let container_port = match exe.container_port {
-            0 => 8080,
+            0 => DEFAULT_BACKEND_PORT,
             p => u16::try_from(p).unwrap_or_else(|_| {
                 violate(format!("{exe_field}.container_port"), format!("must be 1–65535 (got {p})"));
-                8080
+                DEFAULT_BACKEND_PORT
             }),
         };
         let limits = exe.resources.unwrap_or_default();

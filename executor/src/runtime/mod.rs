@@ -22,7 +22,7 @@ use futures::stream::BoxStream;
 pub use error::RuntimeError;
 pub use events::{EventHub, EventKind, RuntimeEvent};
 /// The domain's, named here too because the trait and [`BackendSpec`] speak them.
-pub use hangar::domain::{PullPolicy, ResourceLimits};
+pub use hangar::domain::{DEFAULT_BACKEND_PORT, PullPolicy, ResourceLimits};
 pub use types::{
     BackendInfo, BackendSpec, BackendState, Capability, Condition, ImageReady, RuntimeKind, Started, Stats,
 };
@@ -41,9 +41,6 @@ pub const LABEL_BACKEND_ID: &str = "hangar.backend-id";
 /// Label naming the executor instance that owns the backend (several executors may share one
 /// Docker engine, e.g. in tests).
 pub const LABEL_EXECUTOR: &str = "hangar.executor";
-
-/// Port a backend listens on inside its container when the spec names none.
-pub const DEFAULT_BACKEND_PORT: u16 = 8080;
 
 /// Runs backends. Every method is idempotent where the protocol (`executor.proto`) says so:
 /// `start` by backend id, `stop` and `remove` on missing or stopped backends.
