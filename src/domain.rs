@@ -1,12 +1,16 @@
 //! Domain types shared by every component, each next to its protobuf conversion.
 
 mod backend;
+mod env;
 mod node;
+mod spawn;
 mod time;
 
 pub use backend::{
-    Backend, BackendKey, BackendState, BackendStatus, Executable, PullPolicy, RESERVED_ENV, ResourceLimits,
-    SpawnConfig, TerminationKind, TerminationReason, TransitionError, dns_label_problem, spawn_limits,
+    Backend, BackendFilter, BackendKey, BackendState, BackendStatus, TerminationKind, TerminationReason,
+    TransitionError, dns_label_problem,
 };
+pub use env::{BackendEnv, RESERVED_ENV};
 pub use node::{Node, NodeFilter, NodeKind, NodeResources, NodeState, ParseEnumError};
+pub use spawn::{DEFAULT_BACKEND_PORT, Executable, PullPolicy, ResourceLimits, SpawnConfig, spawn_limits};
 pub use time::{duration_from_proto, duration_to_proto, timestamp_from_proto, timestamp_to_proto};

@@ -1,4 +1,5 @@
-//! `HangarClient`: one connection to a controller and the typed calls made over it.
+//! `HangarClient`: one connection to a controller, and the node calls made over it (the backend
+//! calls are in `backends`, the watches in `watch`).
 
 use crate::{ClientError, RetryPolicy};
 use hangar::domain::{Node, NodeFilter, duration_to_proto};

@@ -11,29 +11,31 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Every call returns domain types (`hangar::domain`) and a typed [`ClientError`]; idempotent
-//! calls are retried after UNAVAILABLE according to [`RetryPolicy`]. A listing's `revision` is
-//! where a watch starts so that nothing is missed between the two.
+//! Calls speak the domain's types (`hangar::domain`: nodes, keys, states, pull policies, resource
+//! limits) and fail with a typed [`ClientError`]; backends come back as [`BackendView`]s, what
+//! the controller tells a reader about one. Idempotent calls are retried after UNAVAILABLE
+//! according to [`RetryPolicy`]. A listing's `revision` is where a watch starts so that nothing
+//! is missed between the two.
 //!
 //! [`HangarClient::watch_nodes`] does both in one call: the current nodes, then every change,
 //! resuming after dropped streams and listing again when its revision was compacted; feed its
 //! events to a [`NodeStore`] for an always-current copy.
 
+mod backend_views;
 mod backends;
 pub mod cli;
 mod client;
 mod error;
+mod node_store;
 mod retry;
 mod watch;
 
-pub use backends::{
-    BackendFilter, BackendPage, BackendStatusView, BackendView, ConnectRequest, Connection, PullPolicy, Resources,
-    SpawnSpec,
-};
+pub use backend_views::{BackendPage, BackendStatusView, BackendView, ConnectRequest, Connection, SpawnSpec};
 pub use client::{ClientOptions, DEFAULT_CONTROLLER, HangarClient, NodeList, NodePage};
 pub use error::ClientError;
+pub use node_store::NodeStore;
 pub use retry::RetryPolicy;
-pub use watch::{NodeStore, NodeWatchEvent, Reconnect, Resume, WatchOptions};
+pub use watch::{NodeWatchEvent, Reconnect, Resume, WatchOptions};
 
 /// The shared domain types the SDK speaks in.
 pub use hangar::domain;

@@ -1,5 +1,6 @@
 //! `watch_nodes`: WatchNodes as one endless, typed stream with resume and re-list built in (the
-//! kube-rs `watcher` idea), and [`NodeStore`], a local copy of the nodes kept up to date from it.
+//! kube-rs `watcher` idea). [`NodeStore`](crate::NodeStore) keeps a local copy of the nodes from
+//! its events.
 //!
 //! The first call asks for the initial state (`send_initial`), so listing and watching are one
 //! round trip with no race between them. The stream then tracks the last revision it has seen;
@@ -13,7 +14,6 @@ use crate::{ClientError, HangarClient, RetryPolicy};
 use futures::Stream;
 use hangar::domain::{Node, NodeFilter, duration_to_proto};
 use hangar::v1;
-use std::collections::BTreeMap;
 use std::time::Duration;
 use tonic::Code;
 
@@ -170,8 +170,8 @@ pub(crate) fn next_step(err: &ClientError) -> Next {
 
 impl HangarClient {
     /// Watches the nodes matching `filter`: the initial state, then every change, for as long as
-    /// the stream is polled. See [`NodeWatchEvent`] for the sequence and [`NodeStore`] for a
-    /// ready-made cache.
+    /// the stream is polled. See [`NodeWatchEvent`] for the sequence and
+    /// [`NodeStore`](crate::NodeStore) for a ready-made cache.
     ///
     /// Resumes by itself after dropped streams and re-lists after OUT_OF_RANGE; an `Err` item
     /// (INVALID_ARGUMENT, UNIMPLEMENTED, a response this client cannot read, or retries run out)
@@ -339,88 +339,12 @@ fn decode(
     Ok(events)
 }
 
-/// The nodes of a watch, kept up to date by feeding it every [`NodeWatchEvent`] (a reflector).
-///
-/// ```no_run
-/// # async fn example(client: hangar_client::HangarClient) -> Result<(), hangar_client::ClientError> {
-/// use futures::StreamExt;
-/// use hangar_client::{NodeStore, WatchOptions, domain::NodeFilter};
-///
-/// let mut store = NodeStore::default();
-/// let mut watch = std::pin::pin!(client.watch_nodes(NodeFilter::default(), WatchOptions::default()));
-/// while let Some(event) = watch.next().await {
-///     store.apply(&event?);
-///     if store.is_ready() {
-///         println!("{} nodes at revision {:?}", store.len(), store.revision());
-///     }
-/// }
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeStore {
-    nodes: BTreeMap<String, Node>,
-    /// The snapshot being received, swapped in at `InitDone`.
-    pending: Option<BTreeMap<String, Node>>,
-    revision: Option<u64>,
-}
-
-impl NodeStore {
-    pub fn apply(&mut self, event: &NodeWatchEvent) {
-        match event {
-            NodeWatchEvent::Init => self.pending = Some(BTreeMap::new()),
-            NodeWatchEvent::InitApply(node) => {
-                self.pending.get_or_insert_default().insert(node.id.clone(), node.clone());
-            }
-            NodeWatchEvent::InitDone { revision } => {
-                self.nodes = self.pending.take().unwrap_or_default();
-                self.revision = Some(*revision);
-            }
-            NodeWatchEvent::Added(node, revision) | NodeWatchEvent::Modified(node, revision) => {
-                self.nodes.insert(node.id.clone(), node.clone());
-                self.revision = Some(*revision);
-            }
-            NodeWatchEvent::Removed(node, revision) => {
-                self.nodes.remove(&node.id);
-                self.revision = Some(*revision);
-            }
-            NodeWatchEvent::Bookmark(revision) => self.revision = Some(*revision),
-            NodeWatchEvent::Reconnecting(_) => {}
-        }
-    }
-
-    /// Whether a snapshot has been completed; before that the store is empty.
-    pub fn is_ready(&self) -> bool {
-        self.revision.is_some()
-    }
-
-    /// The revision the store reflects.
-    pub fn revision(&self) -> Option<u64> {
-        self.revision
-    }
-
-    pub fn get(&self, id: &str) -> Option<&Node> {
-        self.nodes.get(id)
-    }
-
-    /// The nodes by id.
-    pub fn nodes(&self) -> &BTreeMap<String, Node> {
-        &self.nodes
-    }
-
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn node(id: &str, revision: u64) -> Node {
+    /// A drone node at `revision`, as a watch delivers it.
+    pub(crate) fn node(id: &str, revision: u64) -> Node {
         let proto = v1::Node {
             id: id.into(),
             name: id.into(),
@@ -434,44 +358,6 @@ mod tests {
 
     fn message(kind: v1::NodeEventType, node: Option<&Node>, revision: u64) -> v1::WatchNodesResponse {
         v1::WatchNodesResponse::new(v1::NodeEvent { r#type: kind as i32, node: node.map(v1::Node::from), revision })
-    }
-
-    #[test]
-    fn store_swaps_in_a_new_snapshot_only_when_it_is_complete() {
-        let mut store = NodeStore::default();
-        for event in [
-            NodeWatchEvent::Init,
-            NodeWatchEvent::InitApply(node("a", 1)),
-            NodeWatchEvent::InitApply(node("b", 2)),
-            NodeWatchEvent::InitDone { revision: 5 },
-            NodeWatchEvent::Modified(node("a", 6), 6),
-            NodeWatchEvent::Removed(node("b", 2), 7),
-            NodeWatchEvent::Added(node("c", 8), 8),
-        ] {
-            store.apply(&event);
-        }
-        assert_eq!(store.nodes().keys().collect::<Vec<_>>(), ["a", "c"]);
-        assert_eq!(store.get("a").unwrap().revision, 6);
-        assert_eq!(store.revision(), Some(8));
-
-        // A re-list: the old state stays visible until the new snapshot is complete.
-        store.apply(&NodeWatchEvent::Init);
-        store.apply(&NodeWatchEvent::InitApply(node("d", 20)));
-        assert_eq!(store.len(), 2);
-        store.apply(&NodeWatchEvent::InitDone { revision: 30 });
-        assert_eq!(store.nodes().keys().collect::<Vec<_>>(), ["d"]);
-        assert_eq!(store.revision(), Some(30));
-    }
-
-    #[test]
-    fn store_is_not_ready_before_the_first_snapshot() {
-        let mut store = NodeStore::default();
-        store.apply(&NodeWatchEvent::Init);
-        store.apply(&NodeWatchEvent::InitApply(node("a", 1)));
-        assert!(!store.is_ready() && store.is_empty());
-        store.apply(&NodeWatchEvent::InitDone { revision: 1 });
-        assert!(store.is_ready());
-        assert_eq!(store.len(), 1);
     }
 
     #[test]

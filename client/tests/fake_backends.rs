@@ -5,18 +5,21 @@
 //! does; what each call does after `n` statuses (drop the stream, hang, end) is scripted, so a
 //! client that resumes wrongly shows repeated or missing states.
 
+mod support;
+
 use futures::{Stream, StreamExt};
-use hangar::domain::{BackendState, timestamp_to_proto};
+use hangar::domain::{BackendFilter, BackendState, timestamp_to_proto};
 use hangar::error::{reason, status_with_reason};
 use hangar::v1::{self, backend_service_server::BackendService, backend_service_server::BackendServiceServer};
 use hangar_client::cli::{Cli, CliError, Command, connect, execute, render};
-use hangar_client::{BackendFilter, ClientError, ClientOptions, ConnectRequest, HangarClient, RetryPolicy, SpawnSpec};
+use hangar_client::{ClientError, ClientOptions, ConnectRequest, HangarClient, RetryPolicy, SpawnSpec};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use support::FakeServer;
+use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 
 const URL: &str = "http://127.0.0.1:8080/b/bk-1/tok-1/";
@@ -183,56 +186,33 @@ impl BackendService for FakeBackends {
     }
 }
 
-/// A fake controller on 127.0.0.1:0, stopped when dropped.
+/// The fake behind a [`FakeServer`].
 struct FakeController {
-    url: String,
+    server: FakeServer,
     backends: Arc<FakeBackends>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl FakeController {
     async fn start(fake: FakeBackends) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let backends = Arc::new(fake);
-        let (shutdown, stopped) = oneshot::channel();
-        let service = BackendServiceServer::from_arc(backends.clone());
-        let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("fake controller serves");
-        });
-        FakeController { url, backends, shutdown: Some(shutdown), task }
+        let server = FakeServer::start(Routes::new(BackendServiceServer::from_arc(backends.clone()))).await;
+        FakeController { server, backends }
     }
 
     async fn client(&self) -> HangarClient {
-        HangarClient::connect_with(&self.url, ClientOptions { retry: fast_retry(4), ..ClientOptions::default() })
+        HangarClient::connect_with(&self.server.url, ClientOptions { retry: fast_retry(4), ..ClientOptions::default() })
             .await
             .unwrap()
     }
 
     fn cli(&self, args: &[&str]) -> Cli {
         use clap::Parser;
-        let base = ["hangar", "--controller", self.url.as_str()];
+        let base = ["hangar", "--controller", self.server.url.as_str()];
         Cli::try_parse_from(base.iter().copied().chain(args.iter().copied())).unwrap()
     }
 
     fn calls(&self) -> u32 {
         self.backends.calls.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FakeController {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        self.task.abort();
     }
 }
 
@@ -300,7 +280,7 @@ async fn connect_wait_that_ends_terminated_prints_the_reason_and_exits_1() {
     assert!(out.ends_with("  LOADING   0.3s\n  TERMINATED 2.0s  IMAGE_PULL_FAILED (HARD)\n"), "{out}");
     let err = result.unwrap_err();
     assert_eq!(err.exit_code(), std::process::ExitCode::from(1));
-    let rendered = render::error(&err, &controller.url);
+    let rendered = render::error(&err, &controller.server.url);
     println!("{rendered}");
     assert!(rendered.starts_with("error: backend bk-1 ended before it was ready: IMAGE_PULL_FAILED (HARD)\n"));
     assert!(rendered.contains("hint: check the image name"), "{rendered}");
@@ -426,7 +406,7 @@ async fn errors_render_with_their_reason_and_a_hint() {
         let controller = FakeController::start(fake).await;
         let cli = controller.cli(&["connect", "docs/doc-1@v2", "--image", "editor:2"]);
         let err = execute(&cli).await.unwrap_err();
-        let out = render::error(&err, &controller.url);
+        let out = render::error(&err, &controller.server.url);
         println!("{out}");
         assert!(out.starts_with(&format!("error: {message} ({why})\nhint: ")), "{out}");
         assert_eq!(controller.calls(), 1, "{why} is not retried");
@@ -434,7 +414,7 @@ async fn errors_render_with_their_reason_and_a_hint() {
     let controller = FakeController::start(FakeBackends::default()).await;
     let err = execute(&controller.cli(&["backends", "get", "bk-nope"])).await.unwrap_err();
     assert_eq!(
-        render::error(&err, &controller.url),
+        render::error(&err, &controller.server.url),
         "error: no backend bk-nope (BACKEND_NOT_FOUND)\nhint: list backends with `hangar backends list`; `hangar \
          connect KEY --image IMAGE` starts one\n"
     );

@@ -1,6 +1,8 @@
 //! The SDK and the CLI against a fake `NodeService` served over real tonic on port 0: paging,
 //! revision checks, retries, and errors as a controller sends them.
 
+mod support;
+
 use hangar::domain::{NodeFilter, NodeKind, timestamp_to_proto};
 use hangar::error::{reason, status_with_reason};
 use hangar::v1::{self, node_service_server::NodeService, node_service_server::NodeServiceServer};
@@ -9,7 +11,8 @@ use hangar_client::{ClientError, ClientOptions, HangarClient, RetryPolicy};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use support::FakeServer;
+use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 
 const REVISION: u64 = 4711;
@@ -121,31 +124,17 @@ impl NodeService for FakeNodes {
     }
 }
 
-/// A fake controller on 127.0.0.1:0, stopped when dropped.
+/// The fake behind a [`FakeServer`].
 struct FakeController {
-    url: String,
+    server: FakeServer,
     nodes: std::sync::Arc<FakeNodes>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl FakeController {
     async fn start(fake: FakeNodes) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let nodes = std::sync::Arc::new(fake);
-        let (shutdown, stopped) = oneshot::channel();
-        let service = NodeServiceServer::from_arc(nodes.clone());
-        let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("fake controller serves");
-        });
-        FakeController { url, nodes, shutdown: Some(shutdown), task }
+        let server = FakeServer::start(Routes::new(NodeServiceServer::from_arc(nodes.clone()))).await;
+        FakeController { server, nodes }
     }
 
     async fn client(&self) -> HangarClient {
@@ -154,20 +143,11 @@ impl FakeController {
             initial_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(20),
         };
-        HangarClient::connect_with(&self.url, ClientOptions { retry, ..ClientOptions::default() }).await.unwrap()
+        HangarClient::connect_with(&self.server.url, ClientOptions { retry, ..ClientOptions::default() }).await.unwrap()
     }
 
     fn calls(&self) -> u32 {
         self.nodes.calls.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FakeController {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        self.task.abort();
     }
 }
 
@@ -276,9 +256,10 @@ fn cli(args: &[&str]) -> Cli {
 #[tokio::test]
 async fn cli_list_json_is_one_document_with_every_node() {
     let controller = FakeController::start(FakeNodes { node_count: 120, ..FakeNodes::default() }).await;
-    let out = execute(&cli(&["--controller", &controller.url, "nodes", "list", "--kind", "drone", "-o", "json"]))
-        .await
-        .unwrap();
+    let out =
+        execute(&cli(&["--controller", &controller.server.url, "nodes", "list", "--kind", "drone", "-o", "json"]))
+            .await
+            .unwrap();
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["revision"], REVISION);
     assert_eq!(doc["nodes"].as_array().unwrap().len(), 120);
@@ -288,7 +269,7 @@ async fn cli_list_json_is_one_document_with_every_node() {
 #[tokio::test]
 async fn cli_list_table_has_a_header_and_one_row_per_node() {
     let controller = FakeController::start(FakeNodes { node_count: 2, ..FakeNodes::default() }).await;
-    let out = execute(&cli(&["--controller", &controller.url, "nodes", "list"])).await.unwrap();
+    let out = execute(&cli(&["--controller", &controller.server.url, "nodes", "list"])).await.unwrap();
     println!("{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
@@ -299,7 +280,7 @@ async fn cli_list_table_has_a_header_and_one_row_per_node() {
 #[tokio::test]
 async fn cli_get_of_an_unknown_node_renders_reason_and_hint() {
     let controller = FakeController::start(FakeNodes { node_count: 2, ..FakeNodes::default() }).await;
-    let command = cli(&["--controller", &controller.url, "nodes", "get", "nd-nope"]);
+    let command = cli(&["--controller", &controller.server.url, "nodes", "get", "nd-nope"]);
     let err = execute(&command).await.unwrap_err();
     assert_eq!(
         render::error(&err, &command.controller),

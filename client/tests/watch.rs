@@ -6,6 +6,8 @@
 //! messages, then end with a status, close, or hang. So a client that resumes from the wrong
 //! revision gets duplicates or a gap, and the tests see it.
 
+mod support;
+
 use futures::{Stream, StreamExt};
 use hangar::domain::{Node, NodeFilter, NodeKind, NodeState, timestamp_to_proto};
 use hangar::error::{invalid_argument, reason, status_with_reason};
@@ -18,7 +20,8 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use support::FakeServer;
+use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 
 /// Revision of the fake's snapshot; the log's changes follow it.
@@ -198,43 +201,20 @@ fn shutting_down() -> Status {
     status_with_reason(Code::Unavailable, "controller shutting down", reason::SHUTTING_DOWN, &[])
 }
 
-/// A fake controller on 127.0.0.1:0, stopped when dropped.
+/// The fake behind a [`FakeServer`].
 struct FakeController {
-    url: String,
+    server: FakeServer,
     fake: FakeWatch,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl FakeController {
     async fn start(fake: FakeWatch) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (shutdown, stopped) = oneshot::channel();
-        let service = NodeServiceServer::new(fake.clone());
-        let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("fake controller serves");
-        });
-        FakeController { url, fake, shutdown: Some(shutdown), task }
+        let server = FakeServer::start(Routes::new(NodeServiceServer::new(fake.clone()))).await;
+        FakeController { server, fake }
     }
 
     async fn client(&self) -> HangarClient {
-        HangarClient::connect(&self.url).await.unwrap()
-    }
-}
-
-impl Drop for FakeController {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        self.task.abort();
+        HangarClient::connect(&self.server.url).await.unwrap()
     }
 }
 
@@ -465,14 +445,14 @@ async fn watch_moves_to_the_second_controller_when_the_first_is_down() {
     // Bind then drop a listener: nothing answers on that port.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let down = HangarClient::connect_lazy(&format!("127.0.0.1:{port}"), ClientOptions::default()).unwrap();
-    let fallback = HangarClient::connect_lazy(&second.url, ClientOptions::default()).unwrap();
+    let fallback = HangarClient::connect_lazy(&second.server.url, ClientOptions::default()).unwrap();
     let options = WatchOptions { fallbacks: vec![fallback], ..fast_options() };
 
     let events = ok_events(take(down.watch_nodes(NodeFilter::default(), options), 1 + 6).await);
 
     assert_eq!(brief(&events), ["Init", "+a", "+b", "Done@10", "MODIFIED b@11", "MODIFIED b@12"]);
     let reconnect = reconnects(&events)[0];
-    assert_eq!((reconnect.resume, reconnect.controller.as_str()), (Resume::Relist, second.url.as_str()));
+    assert_eq!((reconnect.resume, reconnect.controller.as_str()), (Resume::Relist, second.server.url.as_str()));
     assert!(reconnect.cause.starts_with("controller unavailable: tcp connect error"), "{reconnect:?}");
     assert_eq!(second.fake.starts(), [(true, 0)]);
 }
@@ -490,7 +470,7 @@ async fn watch_follows_a_controller_shutdown_to_the_other_controller_without_a_g
     assert_eq!(first.fake.starts(), [(true, 0)]);
     assert_eq!(second.fake.starts(), [(false, 13)]);
     assert_eq!(live_revisions(&events), (11..=18).collect::<Vec<_>>());
-    assert_eq!(reconnects(&events)[0].controller, second.url);
+    assert_eq!(reconnects(&events)[0].controller, second.server.url);
 }
 
 #[tokio::test]
@@ -566,7 +546,7 @@ impl std::io::Write for SharedBuffer {
 async fn cli_watch_prints_the_snapshot_then_one_row_per_change_and_stops_cleanly() {
     let controller = FakeController::start(FakeWatch::new(5, vec![])).await;
     let (result, out, err) =
-        run_watch(&["--controller", &controller.url, "nodes", "watch", "--kind", "drone"], 8).await;
+        run_watch(&["--controller", &controller.server.url, "nodes", "watch", "--kind", "drone"], 8).await;
     println!("{out}");
     assert_eq!(result, Ok(()), "stopping (Ctrl-C) is a clean end");
     assert_eq!(err, "");
@@ -587,7 +567,7 @@ async fn cli_watch_prints_the_snapshot_then_one_row_per_change_and_stops_cleanly
 #[tokio::test]
 async fn cli_watch_json_is_one_object_per_line_and_reports_reconnects_on_stderr() {
     let controller = FakeController::start(FakeWatch::new(3, vec![drop_after(4, shutting_down())])).await;
-    let args = ["--controller", &controller.url, "nodes", "watch", "-o", "json", "--bookmark-interval", "30s"];
+    let args = ["--controller", &controller.server.url, "nodes", "watch", "-o", "json", "--bookmark-interval", "30s"];
     let (result, out, err) = run_watch(&args, 1 + 2 + 1 + 3 + 1).await;
     println!("{out}{err}");
     assert_eq!(result, Ok(()));
@@ -621,7 +601,7 @@ async fn cli_watch_of_an_unreachable_controller_fails_at_once() {
 async fn cli_watch_takes_several_controllers_and_starts_on_one_that_answers() {
     let controller = FakeController::start(FakeWatch::new(1, vec![])).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let controllers = format!("http://127.0.0.1:{port},{}", controller.url);
+    let controllers = format!("http://127.0.0.1:{port},{}", controller.server.url);
     let (result, out, _) = run_watch(&["--controller", &controllers, "nodes", "watch", "-o", "json"], 5).await;
     assert_eq!(result, Ok(()));
     assert_eq!(out.lines().count(), 5, "{out}");

@@ -1,14 +1,15 @@
 //! Backends: the state machine every component agrees on.
 
+use super::env::BackendEnv;
 use super::node::{ParseEnumError, string_enum};
-use super::time::{duration_from_proto, duration_to_proto, timestamp_from_proto, timestamp_to_proto};
+use super::spawn::SpawnConfig;
+use super::time::{timestamp_from_proto, timestamp_to_proto};
 use crate::v1;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
 /// Lifecycle of a backend. The declaration order is the only order states may move in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -151,267 +152,6 @@ pub fn dns_label_problem(value: &str) -> Option<String> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum PullPolicy {
-    #[default]
-    IfNotPresent,
-    Always,
-    Never,
-}
-
-string_enum!(PullPolicy, "pull policy", v1::PullPolicy, {
-    IfNotPresent => "IF_NOT_PRESENT", Always => "ALWAYS", Never => "NEVER",
-});
-
-/// Resource limits; 0 means none.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResourceLimits {
-    pub cpu_millis: u64,
-    pub memory_bytes: u64,
-    pub pids: u64,
-}
-
-/// What a backend runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Executable {
-    pub image: String,
-    pub command: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub pull_policy: PullPolicy,
-    pub container_port: u16,
-    pub resources: ResourceLimits,
-}
-
-/// A validated spawn configuration, with defaults filled in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpawnConfig {
-    pub executable: Executable,
-    pub cluster: String,
-    pub pool: String,
-    pub labels: BTreeMap<String, String>,
-    pub lifetime_limit: Option<Duration>,
-    pub max_idle: Option<Duration>,
-    /// Kept out of logs and listings: it is a credential. `None` when not set.
-    pub static_token: Option<String>,
-}
-
-/// Limits of a spawn config. Generous, but bounded: a config travels in every Spawn action and
-/// every Backend message.
-pub mod spawn_limits {
-    pub const IMAGE_MAX: usize = 512;
-    pub const COMMAND_ARGS_MAX: usize = 256;
-    pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
-    pub const ENV_VARS_MAX: usize = 256;
-    /// Total bytes of every env name and value together.
-    pub const ENV_BYTES_MAX: usize = 64 * 1024;
-    pub const LABELS_MAX: usize = 64;
-    /// Minimum of `max_idle` and `lifetime_limit`: the sweep runs about once a second.
-    pub const MIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
-    pub const STATIC_TOKEN_MIN: usize = 16;
-    pub const STATIC_TOKEN_MAX: usize = 256;
-}
-
-/// Environment names Hangar sets itself; a spawn config may not override them.
-pub const RESERVED_ENV: &[&str] =
-    &["PORT", "HANGAR_BACKEND_ID", "HANGAR_BACKEND_KEY", "HANGAR_FENCING_TOKEN", "HANGAR_STATIC_TOKEN"];
-
-impl SpawnConfig {
-    /// Validates a spawn config from the wire; every problem is one `(field, description)` under
-    /// `field` (e.g. `spawn_config.executable.image`).
-    pub fn from_proto(config: &v1::SpawnConfig, field: &str) -> Result<SpawnConfig, Vec<(String, String)>> {
-        use spawn_limits::*;
-        let mut violations = Vec::new();
-        let mut violate = |f: String, d: String| violations.push((f, d));
-        let exe_field = format!("{field}.executable");
-        let default_exe = v1::Executable::default();
-        let exe = match &config.executable {
-            Some(exe) => exe,
-            None => {
-                violate(exe_field.clone(), "is required".into());
-                &default_exe
-            }
-        };
-        if let Some(problem) = image_problem(&exe.image) {
-            violate(format!("{exe_field}.image"), problem);
-        }
-        let command_bytes: usize = exe.command.iter().map(String::len).sum();
-        if exe.command.len() > COMMAND_ARGS_MAX || command_bytes > COMMAND_BYTES_MAX {
-            violate(
-                format!("{exe_field}.command"),
-                format!("at most {COMMAND_ARGS_MAX} arguments and {COMMAND_BYTES_MAX} bytes"),
-            );
-        }
-        if exe.command.iter().any(|a| a.contains('\0')) {
-            violate(format!("{exe_field}.command"), "arguments must not contain NUL".into());
-        }
-        let mut env_bytes = 0;
-        for (name, value) in &exe.env {
-            env_bytes += name.len() + value.len();
-            let valid = !name.is_empty()
-                && !name.starts_with(|c: char| c.is_ascii_digit())
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
-                violate(format!("{exe_field}.env[{name:?}]"), "names are [A-Za-z_][A-Za-z0-9_]*".into());
-            } else if RESERVED_ENV.contains(&name.as_str()) {
-                violate(format!("{exe_field}.env[{name:?}]"), "is set by Hangar and cannot be overridden".into());
-            }
-            if value.contains('\0') {
-                violate(format!("{exe_field}.env[{name:?}]"), "values must not contain NUL".into());
-            }
-        }
-        if exe.env.len() > ENV_VARS_MAX || env_bytes > ENV_BYTES_MAX {
-            violate(
-                format!("{exe_field}.env"),
-                format!(
-                    "at most {ENV_VARS_MAX} variables of {ENV_BYTES_MAX} bytes in total (got {} of {env_bytes})",
-                    exe.env.len()
-                ),
-            );
-        }
-        let pull_policy = match exe.pull_policy {
-            0 => PullPolicy::IfNotPresent,
-            p => PullPolicy::from_proto(p).unwrap_or_else(|| {
-                violate(format!("{exe_field}.pull_policy"), format!("unknown pull policy {p}"));
-                PullPolicy::IfNotPresent
-            }),
-        };
-        let container_port = match exe.container_port {
-            0 => 8080,
-            p => u16::try_from(p).unwrap_or_else(|_| {
-                violate(format!("{exe_field}.container_port"), format!("must be 1–65535 (got {p})"));
-                8080
-            }),
-        };
-        let limits = exe.resources.unwrap_or_default();
-        if limits.memory_bytes != 0 && limits.memory_bytes < 4 << 20 {
-            violate(format!("{exe_field}.resources.memory_bytes"), "must be 0 (no limit) or at least 4 MiB".into());
-        }
-        if limits.cpu_millis > 1_024_000 {
-            violate(format!("{exe_field}.resources.cpu_millis"), "must be at most 1024000 (1024 cores)".into());
-        }
-        let mut name_or_default = |f: &str, value: &str| {
-            if value.is_empty() {
-                return "default".to_string();
-            }
-            if let Some(problem) = dns_label_problem(value) {
-                violate(format!("{field}.{f}"), problem);
-            }
-            value.to_string()
-        };
-        let cluster = name_or_default("cluster", &config.cluster);
-        let pool = name_or_default("pool", &config.pool);
-        for (key, value) in &config.labels {
-            if key.is_empty() || key.len() > 63 || value.len() > 256 {
-                violations.push((
-                    format!("{field}.labels[{key:?}]"),
-                    "keys must be 1–63 characters and values at most 256".into(),
-                ));
-            }
-        }
-        if config.labels.len() > LABELS_MAX {
-            violations.push((format!("{field}.labels"), format!("at most {LABELS_MAX} labels")));
-        }
-        let mut limit = |f: &str, d: &Option<prost_types::Duration>| match d {
-            None => None,
-            Some(d) => match duration_from_proto(d) {
-                Some(d) if d.is_zero() => None,
-                Some(d) if d >= MIN_LIMIT => Some(d),
-                _ => {
-                    violations.push((format!("{field}.{f}"), format!("must be unset, 0, or at least {MIN_LIMIT:?}")));
-                    None
-                }
-            },
-        };
-        let lifetime_limit = limit("lifetime_limit", &config.lifetime_limit);
-        let max_idle = limit("max_idle", &config.max_idle);
-        let static_token = match config.static_token.as_str() {
-            "" => None,
-            t if t.len() < STATIC_TOKEN_MIN || t.len() > STATIC_TOKEN_MAX => {
-                violations.push((
-                    format!("{field}.static_token"),
-                    format!("must be {STATIC_TOKEN_MIN}–{STATIC_TOKEN_MAX} characters"),
-                ));
-                None
-            }
-            t if !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
-                violations.push((format!("{field}.static_token"), "must be URL-safe: [A-Za-z0-9_-]".into()));
-                None
-            }
-            t => Some(t.to_string()),
-        };
-        if !violations.is_empty() {
-            return Err(violations);
-        }
-        Ok(SpawnConfig {
-            executable: Executable {
-                image: exe.image.clone(),
-                command: exe.command.clone(),
-                env: exe.env.clone().into_iter().collect(),
-                pull_policy,
-                container_port,
-                resources: ResourceLimits {
-                    cpu_millis: limits.cpu_millis,
-                    memory_bytes: limits.memory_bytes,
-                    pids: limits.pids,
-                },
-            },
-            cluster,
-            pool,
-            labels: config.labels.clone().into_iter().collect(),
-            lifetime_limit,
-            max_idle,
-            static_token,
-        })
-    }
-}
-
-/// Why an image reference (or, for the process runtime, a program path) is refused.
-fn image_problem(image: &str) -> Option<String> {
-    if image.is_empty() {
-        return Some("must not be empty".into());
-    }
-    if image.len() > spawn_limits::IMAGE_MAX {
-        return Some(format!("must be at most {} characters", spawn_limits::IMAGE_MAX));
-    }
-    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Some(format!("{image:?} must not contain whitespace or control characters"));
-    }
-    None
-}
-
-impl From<&Executable> for v1::Executable {
-    fn from(e: &Executable) -> Self {
-        v1::Executable {
-            image: e.image.clone(),
-            command: e.command.clone(),
-            env: e.env.clone().into_iter().collect(),
-            pull_policy: e.pull_policy.to_proto() as i32,
-            container_port: u32::from(e.container_port),
-            resources: Some(v1::ResourceLimits {
-                cpu_millis: e.resources.cpu_millis,
-                memory_bytes: e.resources.memory_bytes,
-                pids: e.resources.pids,
-            }),
-        }
-    }
-}
-
-impl From<&SpawnConfig> for v1::SpawnConfig {
-    /// The static token is not echoed: `Backend` messages are listed and watched by readers.
-    fn from(c: &SpawnConfig) -> Self {
-        v1::SpawnConfig {
-            executable: Some((&c.executable).into()),
-            cluster: c.cluster.clone(),
-            pool: c.pool.clone(),
-            labels: c.labels.clone().into_iter().collect(),
-            lifetime_limit: c.lifetime_limit.map(duration_to_proto),
-            max_idle: c.max_idle.map(duration_to_proto),
-            static_token: String::new(),
-        }
-    }
-}
-
 /// Where a backend is in its life, and why it ended if it did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendStatus {
@@ -483,17 +223,60 @@ impl Backend {
         format!("bk-{}", uuid::Uuid::now_v7().simple())
     }
 
-    /// The environment Hangar adds to the spawn config's (which cannot override it); `PORT` is
-    /// the runtime's.
+    /// The variables Hangar adds to the spawn config's environment: [`BackendEnv::vars`].
     pub fn hangar_env(&self) -> BTreeMap<String, String> {
-        let mut env = BTreeMap::new();
-        env.insert("HANGAR_BACKEND_ID".to_string(), self.id.clone());
-        env.insert("HANGAR_BACKEND_KEY".to_string(), self.key.as_ref().map(BackendKey::path).unwrap_or_default());
-        env.insert("HANGAR_FENCING_TOKEN".to_string(), self.fencing_token.to_string());
-        if let Some(token) = &self.spawn_config.static_token {
-            env.insert("HANGAR_STATIC_TOKEN".to_string(), token.clone());
+        BackendEnv::from(self).vars()
+    }
+}
+
+/// Which backends a listing returns; empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendFilter {
+    /// Any of these states.
+    pub states: Vec<BackendState>,
+    pub drone_id: Option<String>,
+    pub key_namespace: Option<String>,
+    pub cluster: Option<String>,
+}
+
+impl BackendFilter {
+    /// Every live (not TERMINATED) backend.
+    pub fn live() -> Self {
+        BackendFilter {
+            states: BackendState::ALL.iter().copied().filter(|s| s.is_live()).collect(),
+            ..BackendFilter::default()
         }
-        env
+    }
+
+    /// A filter from the wire, its states sorted and without repeats (so the same filter always
+    /// reads the same); the field path and message of the first unknown state otherwise.
+    pub fn from_proto(f: &v1::BackendFilter) -> Result<Self, (String, String)> {
+        let mut states = f
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                BackendState::from_proto(*s).ok_or((format!("filter.states[{i}]"), format!("unknown state {s}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        states.sort();
+        states.dedup();
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Ok(BackendFilter {
+            states,
+            drone_id: non_empty(&f.drone_id),
+            key_namespace: non_empty(&f.key_namespace),
+            cluster: non_empty(&f.cluster),
+        })
+    }
+
+    pub fn to_proto(&self) -> v1::BackendFilter {
+        v1::BackendFilter {
+            states: self.states.iter().map(|s| s.to_proto() as i32).collect(),
+            drone_id: self.drone_id.clone().unwrap_or_default(),
+            key_namespace: self.key_namespace.clone().unwrap_or_default(),
+            cluster: self.cluster.clone().unwrap_or_default(),
+        }
     }
 }
 
@@ -540,47 +323,21 @@ mod tests {
         assert_eq!(key.to_string(), "docs/doc-1@v2");
     }
 
-    fn valid_config() -> v1::SpawnConfig {
-        v1::SpawnConfig {
-            executable: Some(v1::Executable { image: "hangar/test:1".into(), ..Default::default() }),
+    #[test]
+    fn a_filter_reads_the_same_whatever_order_its_states_came_in() {
+        let wire = |states: &[BackendState]| v1::BackendFilter {
+            states: states.iter().map(|s| s.to_proto() as i32).collect(),
+            cluster: "eu-1".into(),
             ..Default::default()
-        }
-    }
-
-    #[test]
-    fn spawn_config_fills_defaults() {
-        let config = SpawnConfig::from_proto(&valid_config(), "spawn_config").unwrap();
-        assert_eq!(config.cluster, "default");
-        assert_eq!(config.pool, "default");
-        assert_eq!(config.executable.container_port, 8080);
-        assert_eq!(config.executable.pull_policy, PullPolicy::IfNotPresent);
-        assert_eq!(config.static_token, None);
-    }
-
-    #[test]
-    fn spawn_config_names_each_bad_field() {
-        let mut config = valid_config();
-        let exe = config.executable.as_mut().unwrap();
-        exe.image = String::new();
-        exe.env.insert("HANGAR_BACKEND_ID".into(), "x".into());
-        exe.env.insert("BIG".into(), "x".repeat(70_000));
-        exe.container_port = 70_000;
-        config.pool = "Bad_Pool".into();
-        config.max_idle = Some(prost_types::Duration { seconds: 0, nanos: 1_000 });
-        config.static_token = "short".into();
-        let violations = SpawnConfig::from_proto(&config, "spawn_config").unwrap_err();
-        let fields: Vec<&str> = violations.iter().map(|(f, _)| f.as_str()).collect();
-        for expected in [
-            "spawn_config.executable.image",
-            "spawn_config.executable.env[\"HANGAR_BACKEND_ID\"]",
-            "spawn_config.executable.env",
-            "spawn_config.executable.container_port",
-            "spawn_config.pool",
-            "spawn_config.max_idle",
-            "spawn_config.static_token",
-        ] {
-            assert!(fields.contains(&expected), "{expected} missing from {fields:?}");
-        }
+        };
+        let filter = BackendFilter::from_proto(&wire(&[Ready, Loading, Ready])).unwrap();
+        assert_eq!(filter, BackendFilter::from_proto(&wire(&[Loading, Ready])).unwrap());
+        assert_eq!(filter.states, [Loading, Ready]);
+        assert_eq!((filter.cluster.as_deref(), filter.drone_id.as_deref()), (Some("eu-1"), None));
+        assert_eq!(BackendFilter::from_proto(&filter.to_proto()), Ok(filter));
+        let unknown = v1::BackendFilter { states: vec![Ready.to_proto() as i32, 99], ..Default::default() };
+        assert_eq!(BackendFilter::from_proto(&unknown).unwrap_err().0, "filter.states[1]");
+        assert!(!BackendFilter::live().states.contains(&Terminated));
     }
 
     #[test]

@@ -2,10 +2,10 @@
 
 use super::render;
 use super::*;
-use crate::{BackendFilter, BackendStatusView, BackendView, Connection, PullPolicy};
+use crate::{BackendStatusView, BackendView, Connection};
 use chrono::{DateTime, TimeZone, Utc};
 use clap::{Parser, error::ErrorKind};
-use hangar::domain::{TerminationReason, duration_to_proto, timestamp_to_proto};
+use hangar::domain::{BackendFilter, PullPolicy, TerminationReason, duration_to_proto, timestamp_to_proto};
 use hangar::error::{reason, status_with_reason};
 use hangar::v1;
 use tonic::Code;

@@ -1,10 +1,10 @@
 //! `hangar connect` and `hangar backends …`
 
 use super::{BackendIdArgs, BackendsCommand, Cli, CliError, ConnectArgs, OutputFormat, render};
-use crate::{BackendFilter, ConnectRequest, Connection, HangarClient, Resources, SpawnSpec};
+use crate::{ConnectRequest, Connection, HangarClient, SpawnSpec};
 use chrono::Utc;
 use futures::StreamExt;
-use hangar::domain::{BackendKey, BackendState};
+use hangar::domain::{BackendFilter, BackendKey, BackendState, ResourceLimits};
 use std::io::Write;
 
 /// Namespace of a key typed without one.
@@ -90,7 +90,7 @@ impl ConnectArgs {
         if image.trim().is_empty() {
             return Err("--image is empty".to_string());
         }
-        let mut spec = SpawnSpec::new(image).command(self.command.clone()).resources(Resources {
+        let mut spec = SpawnSpec::new(image).command(self.command.clone()).resources(ResourceLimits {
             cpu_millis: self.cpu_millis.unwrap_or(0),
             memory_bytes: self.memory.unwrap_or(0),
             pids: self.pids.unwrap_or(0),

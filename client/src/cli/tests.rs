@@ -4,7 +4,7 @@ use super::render::{self, compact_duration, human_bytes, relative_age};
 use super::*;
 use crate::{NodeList, NodeWatchEvent, Reconnect, Resume};
 use chrono::{DateTime, TimeZone, Utc};
-use clap::{CommandFactory, error::ErrorKind};
+use clap::{CommandFactory, Parser, error::ErrorKind};
 use hangar::domain::{Node, NodeFilter, NodeKind, NodeState, timestamp_to_proto};
 use hangar::error::{invalid_argument, reason, status_with_reason};
 use hangar::v1;

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use hangar::domain::{BackendState, TerminationKind, TerminationReason, TransitionError, duration_from_proto};
+use hangar::domain::{
+    BackendEnv, BackendState, PullPolicy, TerminationKind, TerminationReason, TransitionError, duration_from_proto,
+};
 use hangar::v1;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -27,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::lease::{Answer, KeyLease};
 use super::outbox::Outbox;
 use super::readiness;
-use crate::runtime::{BackendSpec, BackendState as RuntimeState, PullPolicy, ResourceLimits, Runtime, RuntimeError};
+use crate::runtime::{BackendSpec, BackendState as RuntimeState, Runtime, RuntimeError};
 
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -284,11 +286,7 @@ impl BackendTask {
         let runtime = self.runtime.clone();
         let executable = self.spawn.executable.clone().unwrap_or_default();
         Box::pin(async move {
-            let policy = match v1::PullPolicy::try_from(executable.pull_policy) {
-                Ok(v1::PullPolicy::Always) => PullPolicy::Always,
-                Ok(v1::PullPolicy::Never) => PullPolicy::Never,
-                _ => PullPolicy::IfNotPresent,
-            };
+            let policy = PullPolicy::from_proto(executable.pull_policy).unwrap_or_default();
             Done::Prepared(runtime.prepare_image(&executable.image, policy).await.map(|_| ()))
         })
     }
@@ -311,25 +309,14 @@ impl BackendTask {
     fn spec(&self) -> BackendSpec {
         let executable = self.spawn.executable.clone().unwrap_or_default();
         let mut env: BTreeMap<String, String> = executable.env.into_iter().collect();
-        let key = self.spawn.key.as_ref().map(|k| format!("{}/{}", k.namespace, k.name)).unwrap_or_default();
-        env.insert("HANGAR_BACKEND_ID".into(), self.backend_id.clone());
-        env.insert("HANGAR_BACKEND_KEY".into(), key);
-        env.insert("HANGAR_FENCING_TOKEN".into(), self.spawn.fencing_token.to_string());
-        if !self.spawn.static_token.is_empty() {
-            env.insert("HANGAR_STATIC_TOKEN".into(), self.spawn.static_token.clone());
-        }
-        let resources = executable.resources.unwrap_or_default();
+        env.extend(BackendEnv::from_spawn(&self.backend_id, &self.spawn).vars());
         BackendSpec {
             backend_id: self.backend_id.clone(),
             image: executable.image,
             command: executable.command,
             env,
             port: u16::try_from(executable.container_port).unwrap_or(0),
-            resources: ResourceLimits {
-                cpu_millis: resources.cpu_millis,
-                memory_bytes: resources.memory_bytes,
-                pids: resources.pids,
-            },
+            resources: executable.resources.map(Into::into).unwrap_or_default(),
             labels: BTreeMap::new(),
         }
     }

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use hangar::domain::{timestamp_from_proto, timestamp_to_proto};
 use hangar::executor::v1 as pb;
 use tokio::sync::broadcast;
 
-use super::types::{timestamp_from_proto, timestamp_to_proto};
 use super::{EventStream, RuntimeError};
 
 /// What happened.
@@ -51,7 +51,7 @@ impl RuntimeEvent {
             sequence: self.sequence,
             r#type: kind.into(),
             backend_id: self.backend_id.clone(),
-            time: timestamp_to_proto(Some(self.time)),
+            time: Some(timestamp_to_proto(self.time)),
             exit_code,
         }
     }
@@ -69,7 +69,7 @@ impl RuntimeEvent {
             sequence: event.sequence,
             kind,
             backend_id: event.backend_id,
-            time: timestamp_from_proto(event.time).unwrap_or_else(Utc::now),
+            time: event.time.as_ref().and_then(timestamp_from_proto).unwrap_or_else(Utc::now),
         })
     }
 }

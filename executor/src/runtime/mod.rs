@@ -21,9 +21,10 @@ use futures::stream::BoxStream;
 
 pub use error::RuntimeError;
 pub use events::{EventHub, EventKind, RuntimeEvent};
+/// The domain's, named here too because the trait and [`BackendSpec`] speak them.
+pub use hangar::domain::{DEFAULT_BACKEND_PORT, PullPolicy, ResourceLimits};
 pub use types::{
-    BackendInfo, BackendSpec, BackendState, Capability, Condition, ImageReady, PullPolicy, ResourceLimits, RuntimeKind,
-    Started, Stats,
+    BackendInfo, BackendSpec, BackendState, Capability, Condition, ImageReady, RuntimeKind, Started, Stats,
 };
 
 /// A stream of runtime events: first one [`EventKind::Sync`], then live events in sequence order.
@@ -41,11 +42,8 @@ pub const LABEL_BACKEND_ID: &str = "hangar.backend-id";
 /// Docker engine, e.g. in tests).
 pub const LABEL_EXECUTOR: &str = "hangar.executor";
 
-/// Port a backend listens on inside its container when the spec names none.
-pub const DEFAULT_BACKEND_PORT: u16 = 8080;
-
-/// Runs backends. Every method is idempotent where the protocol says so (DESIGN §2.5): `start`
-/// by backend id, `stop` and `remove` on missing or stopped backends.
+/// Runs backends. Every method is idempotent where the protocol (`executor.proto`) says so:
+/// `start` by backend id, `stop` and `remove` on missing or stopped backends.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Which runtime this is.

@@ -1,9 +1,11 @@
-//! Domain types of the executor protocol and their conversions to and from
-//! `hangar.executor.v1`, kept here once.
+//! Types of the executor protocol that only the runtimes speak, and their conversions to and
+//! from `hangar.executor.v1`, kept here once. What the rest of Hangar shares (the pull policy,
+//! resource limits, times) is `hangar::domain`'s and converts there.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use hangar::domain::{ResourceLimits, timestamp_from_proto, timestamp_to_proto};
 use hangar::executor::v1 as pb;
 
 use super::{DEFAULT_BACKEND_PORT, RuntimeError};
@@ -75,43 +77,6 @@ impl Capability {
     }
 }
 
-/// When to pull an image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum PullPolicy {
-    #[default]
-    IfNotPresent,
-    Always,
-    Never,
-}
-
-impl PullPolicy {
-    pub fn to_proto(self) -> pb::PullPolicy {
-        match self {
-            PullPolicy::IfNotPresent => pb::PullPolicy::IfNotPresent,
-            PullPolicy::Always => pb::PullPolicy::Always,
-            PullPolicy::Never => pb::PullPolicy::Never,
-        }
-    }
-
-    /// Unspecified means the default, IF_NOT_PRESENT.
-    pub fn from_proto(value: i32) -> Result<Self, RuntimeError> {
-        match pb::PullPolicy::try_from(value) {
-            Ok(pb::PullPolicy::Unspecified | pb::PullPolicy::IfNotPresent) => Ok(PullPolicy::IfNotPresent),
-            Ok(pb::PullPolicy::Always) => Ok(PullPolicy::Always),
-            Ok(pb::PullPolicy::Never) => Ok(PullPolicy::Never),
-            Err(_) => Err(RuntimeError::invalid_spec("pull_policy", format!("unknown pull policy {value}"))),
-        }
-    }
-}
-
-/// Resource limits; zero means unlimited.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ResourceLimits {
-    pub cpu_millis: u64,
-    pub memory_bytes: u64,
-    pub pids: u64,
-}
-
 /// What to run. For docker `image` is an image reference and `command` replaces its CMD; for the
 /// process runtime `image` is the path of the executable and `command` its arguments — the same
 /// shape, so a spec reads the same on both.
@@ -178,11 +143,7 @@ impl BackendSpec {
             command: self.command.clone(),
             env: self.env.clone().into_iter().collect(),
             port: self.port.into(),
-            resources: Some(pb::ResourceLimits {
-                cpu_millis: self.resources.cpu_millis,
-                memory_bytes: self.resources.memory_bytes,
-                pids: self.resources.pids,
-            }),
+            resources: Some(self.resources.into()),
             labels: self.labels.clone().into_iter().collect(),
         }
     }
@@ -190,18 +151,13 @@ impl BackendSpec {
     pub fn from_proto(spec: pb::BackendSpec) -> Result<Self, RuntimeError> {
         let port =
             u16::try_from(spec.port).map_err(|_| RuntimeError::invalid_spec("spec.port", "must be at most 65535"))?;
-        let resources = spec.resources.unwrap_or_default();
         Ok(BackendSpec {
             backend_id: spec.backend_id,
             image: spec.image,
             command: spec.command,
             env: spec.env.into_iter().collect(),
             port,
-            resources: ResourceLimits {
-                cpu_millis: resources.cpu_millis,
-                memory_bytes: resources.memory_bytes,
-                pids: resources.pids,
-            },
+            resources: spec.resources.map(Into::into).unwrap_or_default(),
             labels: spec.labels.into_iter().collect(),
         })
     }
@@ -267,14 +223,6 @@ pub struct BackendInfo {
     pub address: String,
 }
 
-pub(crate) fn timestamp_to_proto(time: Option<DateTime<Utc>>) -> Option<prost_types::Timestamp> {
-    time.map(|t| prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
-}
-
-pub(crate) fn timestamp_from_proto(ts: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    ts.and_then(|ts| DateTime::from_timestamp(ts.seconds, ts.nanos.max(0) as u32))
-}
-
 impl BackendInfo {
     pub fn to_proto(&self) -> pb::BackendInfo {
         pb::BackendInfo {
@@ -283,9 +231,9 @@ impl BackendInfo {
             state: self.state.to_proto().into(),
             exit_code: self.exit_code,
             oom_killed: self.oom_killed,
-            created_at: timestamp_to_proto(self.created_at),
-            started_at: timestamp_to_proto(self.started_at),
-            finished_at: timestamp_to_proto(self.finished_at),
+            created_at: self.created_at.map(timestamp_to_proto),
+            started_at: self.started_at.map(timestamp_to_proto),
+            finished_at: self.finished_at.map(timestamp_to_proto),
             address: self.address.clone(),
         }
     }
@@ -297,9 +245,9 @@ impl BackendInfo {
             state: BackendState::from_proto(info.state),
             exit_code: info.exit_code,
             oom_killed: info.oom_killed,
-            created_at: timestamp_from_proto(info.created_at),
-            started_at: timestamp_from_proto(info.started_at),
-            finished_at: timestamp_from_proto(info.finished_at),
+            created_at: info.created_at.as_ref().and_then(timestamp_from_proto),
+            started_at: info.started_at.as_ref().and_then(timestamp_from_proto),
+            finished_at: info.finished_at.as_ref().and_then(timestamp_from_proto),
             address: info.address,
         }
     }
@@ -321,7 +269,7 @@ pub struct Stats {
 impl Stats {
     pub fn to_proto(&self) -> pb::BackendStats {
         pb::BackendStats {
-            time: timestamp_to_proto(Some(self.time)),
+            time: Some(timestamp_to_proto(self.time)),
             cpu_total_ns: self.cpu_total_ns,
             memory_used_bytes: self.memory_used_bytes,
             memory_limit_bytes: self.memory_limit_bytes,
@@ -333,7 +281,7 @@ impl Stats {
 
     pub fn from_proto(stats: pb::BackendStats) -> Self {
         Stats {
-            time: timestamp_from_proto(stats.time).unwrap_or_else(Utc::now),
+            time: stats.time.as_ref().and_then(timestamp_from_proto).unwrap_or_else(Utc::now),
             cpu_total_ns: stats.cpu_total_ns,
             memory_used_bytes: stats.memory_used_bytes,
             memory_limit_bytes: stats.memory_limit_bytes,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use hangar::domain::duration_to_proto;
 use hangar::executor::v1 as pb;
 use hangar::executor::v1::executor_service_client::ExecutorServiceClient;
 use hangar::executor::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
@@ -192,7 +193,8 @@ impl Runtime for ExecutorClient {
     }
 
     async fn prepare_image(&self, image: &str, policy: PullPolicy) -> Result<ImageReady, RuntimeError> {
-        let request = pb::PrepareImageRequest { image: image.to_string(), pull_policy: policy.to_proto().into() };
+        let request =
+            pb::PrepareImageRequest { image: image.to_string(), pull_policy: policy.to_executor_proto().into() };
         let response = self
             .call(|mut c| {
                 let r = request.clone();
@@ -214,10 +216,8 @@ impl Runtime for ExecutorClient {
     }
 
     async fn stop(&self, backend_id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let request = pb::StopBackendRequest {
-            backend_id: backend_id.to_string(),
-            grace: Some(prost_types::Duration { seconds: grace.as_secs() as i64, nanos: grace.subsec_nanos() as i32 }),
-        };
+        let request =
+            pb::StopBackendRequest { backend_id: backend_id.to_string(), grace: Some(duration_to_proto(grace)) };
         self.call(|mut c| {
             let r = request.clone();
             async move { c.stop_backend(r).await }
@@ -267,13 +267,8 @@ impl Runtime for ExecutorClient {
     }
 
     async fn stats(&self, backend_id: &str, interval: Duration) -> Result<StatsStream, RuntimeError> {
-        let request = pb::StreamStatsRequest {
-            backend_id: backend_id.to_string(),
-            interval: Some(prost_types::Duration {
-                seconds: interval.as_secs() as i64,
-                nanos: interval.subsec_nanos() as i32,
-            }),
-        };
+        let request =
+            pb::StreamStatsRequest { backend_id: backend_id.to_string(), interval: Some(duration_to_proto(interval)) };
         let stream = self
             .call(|mut c| {
                 let r = request.clone();

@@ -161,13 +161,12 @@ impl ExecutorServiceImpl {
     }
 }
 
+/// A duration argument; unset means zero.
 fn duration_from_proto(duration: Option<prost_types::Duration>) -> Result<Duration, Status> {
     match duration {
         None => Ok(Duration::ZERO),
-        Some(d) if d.seconds < 0 || d.nanos < 0 => {
-            Err(RuntimeError::invalid_spec("grace", "must not be negative").into())
-        }
-        Some(d) => Ok(Duration::new(d.seconds as u64, d.nanos as u32)),
+        Some(d) => hangar::domain::duration_from_proto(&d)
+            .ok_or_else(|| RuntimeError::invalid_spec("grace", "must not be negative").into()),
     }
 }
 
@@ -215,7 +214,12 @@ impl ExecutorService for ExecutorServiceImpl {
         if req.image.is_empty() {
             return Err(RuntimeError::invalid_spec("image", "must not be empty").into());
         }
-        let policy = PullPolicy::from_proto(req.pull_policy)?;
+        // UNSPECIFIED means the default.
+        let policy = match req.pull_policy {
+            0 => PullPolicy::default(),
+            value => PullPolicy::from_executor_proto(value)
+                .ok_or_else(|| RuntimeError::invalid_spec("pull_policy", format!("unknown pull policy {value}")))?,
+        };
         let ready = self.runtime.prepare_image(&req.image, policy).await?;
         Ok(Response::new(PrepareImageResponse { image_id: ready.image_id, pulled: ready.pulled }))
     }

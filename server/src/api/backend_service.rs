@@ -246,22 +246,8 @@ impl BackendApi {
 }
 
 fn backend_filter(filter: Option<&v1::BackendFilter>) -> Result<BackendFilter, ApiError> {
-    let Some(filter) = filter else { return Ok(BackendFilter::default()) };
-    let mut states = Vec::new();
-    for (i, s) in filter.states.iter().enumerate() {
-        states.push(
-            BackendState::from_proto(*s)
-                .ok_or_else(|| ApiError::invalid(format!("filter.states[{i}]"), format!("unknown state {s}")))?,
-        );
-    }
-    states.sort();
-    states.dedup();
-    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    Ok(BackendFilter {
-        states,
-        drone_id: some(&filter.drone_id),
-        key_namespace: some(&filter.key_namespace),
-        cluster: some(&filter.cluster),
+    filter.map_or(Ok(BackendFilter::default()), |f| {
+        BackendFilter::from_proto(f).map_err(|(field, message)| ApiError::invalid(field, message))
     })
 }
 

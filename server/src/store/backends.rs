@@ -6,9 +6,7 @@
 use super::{Revision, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use hangar::domain::{
-    Backend, BackendKey, BackendState, BackendStatus, SpawnConfig, TerminationKind, TerminationReason,
-};
+use hangar::domain::{Backend, BackendKey, BackendStatus, SpawnConfig, TerminationKind, TerminationReason};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -116,24 +114,8 @@ pub enum EventOutcome {
     Unknown,
 }
 
-/// Which backends a listing returns; empty fields match everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackendFilter {
-    pub states: Vec<BackendState>,
-    pub drone_id: Option<String>,
-    pub key_namespace: Option<String>,
-    pub cluster: Option<String>,
-}
-
-impl BackendFilter {
-    /// Every live (not TERMINATED) backend.
-    pub fn live() -> Self {
-        BackendFilter {
-            states: BackendState::ALL.iter().copied().filter(|s| s.is_live()).collect(),
-            ..BackendFilter::default()
-        }
-    }
-}
+/// Which backends a listing returns: the domain's, which the API reads from the wire.
+pub use hangar::domain::BackendFilter;
 
 #[async_trait]
 pub trait BackendStore: Send + Sync {

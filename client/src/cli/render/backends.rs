@@ -2,9 +2,9 @@
 
 use super::{OutputFormat, compact_duration, human_bytes, json, or_dash, relative_age, rfc3339, table, time_with_age};
 use crate::cli::backends::shown_key;
-use crate::{BackendFilter, BackendStatusView, BackendView, Connection, SpawnSpec};
+use crate::{BackendStatusView, BackendView, Connection, SpawnSpec};
 use chrono::{DateTime, Utc};
-use hangar::domain::{BackendKey, BackendState};
+use hangar::domain::{BackendFilter, BackendKey, BackendState, DEFAULT_BACKEND_PORT};
 use serde::Serialize;
 
 /// `backends list`: a table (or the empty-list message) or `{"backends": [...]}`.
@@ -120,7 +120,7 @@ fn spawn_detail(spec: &SpawnSpec) -> String {
         ("Command", if spec.command.is_empty() { "- (image default)".to_string() } else { spec.command.join(" ") }),
         ("Env", pairs(spec.env.iter())),
         ("Pull", spec.pull_policy.map_or_else(|| "default".to_string(), |p| format!("{p:?}"))),
-        ("Port", spec.container_port.map_or_else(|| "8080 (default)".to_string(), |p| p.to_string())),
+        ("Port", spec.container_port.map_or_else(|| format!("{DEFAULT_BACKEND_PORT} (default)"), |p| p.to_string())),
         ("Resources", if resources.is_empty() { "no limits".to_string() } else { resources.join(", ") }),
         ("Lifetime", limit(spec.lifetime_limit)),
         ("Max idle", limit(spec.max_idle)),

@@ -1,0 +1,373 @@
+//! What a backend runs and where: the spawn config, checked once on its way in, and the pull
+//! policy and resource limits that travel on to the drone and its runtime.
+
+use super::backend::dns_label_problem;
+use super::env::RESERVED_ENV;
+use super::node::{ParseEnumError, string_enum};
+use super::time::{duration_from_proto, duration_to_proto};
+use crate::executor::v1 as executor_v1;
+use crate::v1;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// When a runtime pulls the image before starting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PullPolicy {
+    /// Pull only when the image is not present locally (the default).
+    #[default]
+    IfNotPresent,
+    Always,
+    /// A missing image fails the start.
+    Never,
+}
+
+string_enum!(PullPolicy, "pull policy", v1::PullPolicy, {
+    IfNotPresent => "IF_NOT_PRESENT", Always => "ALWAYS", Never => "NEVER",
+});
+
+impl PullPolicy {
+    /// The executor protocol's value, as the drone asks its runtime.
+    pub fn to_executor_proto(self) -> executor_v1::PullPolicy {
+        match self {
+            PullPolicy::IfNotPresent => executor_v1::PullPolicy::IfNotPresent,
+            PullPolicy::Always => executor_v1::PullPolicy::Always,
+            PullPolicy::Never => executor_v1::PullPolicy::Never,
+        }
+    }
+
+    /// Like [`PullPolicy::from_proto`], for the executor protocol: `None` for UNSPECIFIED or a
+    /// value this build does not know.
+    pub fn from_executor_proto(value: i32) -> Option<Self> {
+        match executor_v1::PullPolicy::try_from(value).ok()? {
+            executor_v1::PullPolicy::IfNotPresent => Some(PullPolicy::IfNotPresent),
+            executor_v1::PullPolicy::Always => Some(PullPolicy::Always),
+            executor_v1::PullPolicy::Never => Some(PullPolicy::Never),
+            executor_v1::PullPolicy::Unspecified => None,
+        }
+    }
+}
+
+/// Resource limits; 0 means none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceLimits {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+}
+
+/// The API and the executor protocol carry the same three numbers; both convert here.
+macro_rules! resource_limits_proto {
+    ($proto:path) => {
+        impl From<$proto> for ResourceLimits {
+            fn from(r: $proto) -> Self {
+                ResourceLimits { cpu_millis: r.cpu_millis, memory_bytes: r.memory_bytes, pids: r.pids }
+            }
+        }
+
+        impl From<ResourceLimits> for $proto {
+            fn from(r: ResourceLimits) -> Self {
+                Self { cpu_millis: r.cpu_millis, memory_bytes: r.memory_bytes, pids: r.pids }
+            }
+        }
+    };
+}
+
+resource_limits_proto!(v1::ResourceLimits);
+resource_limits_proto!(executor_v1::ResourceLimits);
+
+/// Port a backend listens on inside its container when its spawn config (or runtime spec) names
+/// none.
+pub const DEFAULT_BACKEND_PORT: u16 = 8080;
+
+/// What a backend runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Executable {
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub pull_policy: PullPolicy,
+    pub container_port: u16,
+    pub resources: ResourceLimits,
+}
+
+/// A validated spawn configuration, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnConfig {
+    pub executable: Executable,
+    pub cluster: String,
+    pub pool: String,
+    pub labels: BTreeMap<String, String>,
+    pub lifetime_limit: Option<Duration>,
+    pub max_idle: Option<Duration>,
+    /// Kept out of logs and listings: it is a credential. `None` when not set.
+    pub static_token: Option<String>,
+}
+
+/// Limits of a spawn config. Generous, but bounded: a config travels in every Spawn action and
+/// every Backend message.
+pub mod spawn_limits {
+    pub const IMAGE_MAX: usize = 512;
+    pub const COMMAND_ARGS_MAX: usize = 256;
+    pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
+    pub const ENV_VARS_MAX: usize = 256;
+    /// Total bytes of every env name and value together.
+    pub const ENV_BYTES_MAX: usize = 64 * 1024;
+    pub const LABELS_MAX: usize = 64;
+    /// Minimum of `max_idle` and `lifetime_limit`: the sweep runs about once a second.
+    pub const MIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+    pub const STATIC_TOKEN_MIN: usize = 16;
+    pub const STATIC_TOKEN_MAX: usize = 256;
+}
+
+impl SpawnConfig {
+    /// Validates a spawn config from the wire; every problem is one `(field, description)` under
+    /// `field` (e.g. `spawn_config.executable.image`).
+    pub fn from_proto(config: &v1::SpawnConfig, field: &str) -> Result<SpawnConfig, Vec<(String, String)>> {
+        use spawn_limits::*;
+        let mut violations = Vec::new();
+        let mut violate = |f: String, d: String| violations.push((f, d));
+        let exe_field = format!("{field}.executable");
+        let default_exe = v1::Executable::default();
+        let exe = match &config.executable {
+            Some(exe) => exe,
+            None => {
+                violate(exe_field.clone(), "is required".into());
+                &default_exe
+            }
+        };
+        if let Some(problem) = image_problem(&exe.image) {
+            violate(format!("{exe_field}.image"), problem);
+        }
+        let command_bytes: usize = exe.command.iter().map(String::len).sum();
+        if exe.command.len() > COMMAND_ARGS_MAX || command_bytes > COMMAND_BYTES_MAX {
+            violate(
+                format!("{exe_field}.command"),
+                format!("at most {COMMAND_ARGS_MAX} arguments and {COMMAND_BYTES_MAX} bytes"),
+            );
+        }
+        if exe.command.iter().any(|a| a.contains('\0')) {
+            violate(format!("{exe_field}.command"), "arguments must not contain NUL".into());
+        }
+        let mut env_bytes = 0;
+        for (name, value) in &exe.env {
+            env_bytes += name.len() + value.len();
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                violate(format!("{exe_field}.env[{name:?}]"), "names are [A-Za-z_][A-Za-z0-9_]*".into());
+            } else if RESERVED_ENV.contains(&name.as_str()) {
+                violate(format!("{exe_field}.env[{name:?}]"), "is set by Hangar and cannot be overridden".into());
+            }
+            if value.contains('\0') {
+                violate(format!("{exe_field}.env[{name:?}]"), "values must not contain NUL".into());
+            }
+        }
+        if exe.env.len() > ENV_VARS_MAX || env_bytes > ENV_BYTES_MAX {
+            violate(
+                format!("{exe_field}.env"),
+                format!(
+                    "at most {ENV_VARS_MAX} variables of {ENV_BYTES_MAX} bytes in total (got {} of {env_bytes})",
+                    exe.env.len()
+                ),
+            );
+        }
+        let pull_policy = match exe.pull_policy {
+            0 => PullPolicy::IfNotPresent,
+            p => PullPolicy::from_proto(p).unwrap_or_else(|| {
+                violate(format!("{exe_field}.pull_policy"), format!("unknown pull policy {p}"));
+                PullPolicy::IfNotPresent
+            }),
+        };
+        let container_port = match exe.container_port {
+            0 => DEFAULT_BACKEND_PORT,
+            p => u16::try_from(p).unwrap_or_else(|_| {
+                violate(format!("{exe_field}.container_port"), format!("must be 1–65535 (got {p})"));
+                DEFAULT_BACKEND_PORT
+            }),
+        };
+        let limits = exe.resources.unwrap_or_default();
+        if limits.memory_bytes != 0 && limits.memory_bytes < 4 << 20 {
+            violate(format!("{exe_field}.resources.memory_bytes"), "must be 0 (no limit) or at least 4 MiB".into());
+        }
+        if limits.cpu_millis > 1_024_000 {
+            violate(format!("{exe_field}.resources.cpu_millis"), "must be at most 1024000 (1024 cores)".into());
+        }
+        let mut name_or_default = |f: &str, value: &str| {
+            if value.is_empty() {
+                return "default".to_string();
+            }
+            if let Some(problem) = dns_label_problem(value) {
+                violate(format!("{field}.{f}"), problem);
+            }
+            value.to_string()
+        };
+        let cluster = name_or_default("cluster", &config.cluster);
+        let pool = name_or_default("pool", &config.pool);
+        for (key, value) in &config.labels {
+            if key.is_empty() || key.len() > 63 || value.len() > 256 {
+                violations.push((
+                    format!("{field}.labels[{key:?}]"),
+                    "keys must be 1–63 characters and values at most 256".into(),
+                ));
+            }
+        }
+        if config.labels.len() > LABELS_MAX {
+            violations.push((format!("{field}.labels"), format!("at most {LABELS_MAX} labels")));
+        }
+        let mut limit = |f: &str, d: &Option<prost_types::Duration>| match d {
+            None => None,
+            Some(d) => match duration_from_proto(d) {
+                Some(d) if d.is_zero() => None,
+                Some(d) if d >= MIN_LIMIT => Some(d),
+                _ => {
+                    violations.push((format!("{field}.{f}"), format!("must be unset, 0, or at least {MIN_LIMIT:?}")));
+                    None
+                }
+            },
+        };
+        let lifetime_limit = limit("lifetime_limit", &config.lifetime_limit);
+        let max_idle = limit("max_idle", &config.max_idle);
+        let static_token = match config.static_token.as_str() {
+            "" => None,
+            t if t.len() < STATIC_TOKEN_MIN || t.len() > STATIC_TOKEN_MAX => {
+                violations.push((
+                    format!("{field}.static_token"),
+                    format!("must be {STATIC_TOKEN_MIN}–{STATIC_TOKEN_MAX} characters"),
+                ));
+                None
+            }
+            t if !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
+                violations.push((format!("{field}.static_token"), "must be URL-safe: [A-Za-z0-9_-]".into()));
+                None
+            }
+            t => Some(t.to_string()),
+        };
+        if !violations.is_empty() {
+            return Err(violations);
+        }
+        Ok(SpawnConfig {
+            executable: Executable {
+                image: exe.image.clone(),
+                command: exe.command.clone(),
+                env: exe.env.clone().into_iter().collect(),
+                pull_policy,
+                container_port,
+                resources: limits.into(),
+            },
+            cluster,
+            pool,
+            labels: config.labels.clone().into_iter().collect(),
+            lifetime_limit,
+            max_idle,
+            static_token,
+        })
+    }
+}
+
+/// Why an image reference (or, for the process runtime, a program path) is refused.
+fn image_problem(image: &str) -> Option<String> {
+    if image.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if image.len() > spawn_limits::IMAGE_MAX {
+        return Some(format!("must be at most {} characters", spawn_limits::IMAGE_MAX));
+    }
+    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some(format!("{image:?} must not contain whitespace or control characters"));
+    }
+    None
+}
+
+impl From<&Executable> for v1::Executable {
+    fn from(e: &Executable) -> Self {
+        v1::Executable {
+            image: e.image.clone(),
+            command: e.command.clone(),
+            env: e.env.clone().into_iter().collect(),
+            pull_policy: e.pull_policy.to_proto() as i32,
+            container_port: u32::from(e.container_port),
+            resources: Some(e.resources.into()),
+        }
+    }
+}
+
+impl From<&SpawnConfig> for v1::SpawnConfig {
+    /// The static token is not echoed: `Backend` messages are listed and watched by readers.
+    fn from(c: &SpawnConfig) -> Self {
+        v1::SpawnConfig {
+            executable: Some((&c.executable).into()),
+            cluster: c.cluster.clone(),
+            pool: c.pool.clone(),
+            labels: c.labels.clone().into_iter().collect(),
+            lifetime_limit: c.lifetime_limit.map(duration_to_proto),
+            max_idle: c.max_idle.map(duration_to_proto),
+            static_token: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid_config() -> v1::SpawnConfig {
+        v1::SpawnConfig {
+            executable: Some(v1::Executable { image: "hangar/test:1".into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn spawn_config_fills_defaults() {
+        let config = SpawnConfig::from_proto(&valid_config(), "spawn_config").unwrap();
+        assert_eq!(config.cluster, "default");
+        assert_eq!(config.pool, "default");
+        assert_eq!(config.executable.container_port, 8080);
+        assert_eq!(config.executable.pull_policy, PullPolicy::IfNotPresent);
+        assert_eq!(config.static_token, None);
+    }
+
+    #[test]
+    fn spawn_config_names_each_bad_field() {
+        let mut config = valid_config();
+        let exe = config.executable.as_mut().unwrap();
+        exe.image = String::new();
+        exe.env.insert("HANGAR_BACKEND_ID".into(), "x".into());
+        exe.env.insert("BIG".into(), "x".repeat(70_000));
+        exe.container_port = 70_000;
+        config.pool = "Bad_Pool".into();
+        config.max_idle = Some(prost_types::Duration { seconds: 0, nanos: 1_000 });
+        config.static_token = "short".into();
+        let violations = SpawnConfig::from_proto(&config, "spawn_config").unwrap_err();
+        let fields: Vec<&str> = violations.iter().map(|(f, _)| f.as_str()).collect();
+        for expected in [
+            "spawn_config.executable.image",
+            "spawn_config.executable.env[\"HANGAR_BACKEND_ID\"]",
+            "spawn_config.executable.env",
+            "spawn_config.executable.container_port",
+            "spawn_config.pool",
+            "spawn_config.max_idle",
+            "spawn_config.static_token",
+        ] {
+            assert!(fields.contains(&expected), "{expected} missing from {fields:?}");
+        }
+    }
+
+    #[test]
+    fn pull_policy_and_limits_convert_to_both_protocols_and_back() {
+        for &policy in PullPolicy::ALL {
+            assert_eq!(PullPolicy::from_proto(policy.to_proto() as i32), Some(policy));
+            assert_eq!(PullPolicy::from_executor_proto(policy.to_executor_proto() as i32), Some(policy));
+        }
+        assert_eq!(PullPolicy::from_executor_proto(executor_v1::PullPolicy::Unspecified as i32), None);
+        assert_eq!(PullPolicy::from_executor_proto(99), None);
+        let limits = ResourceLimits { cpu_millis: 500, memory_bytes: 256 << 20, pids: 64 };
+        assert_eq!(ResourceLimits::from(v1::ResourceLimits::from(limits)), limits);
+        assert_eq!(ResourceLimits::from(executor_v1::ResourceLimits::from(limits)), limits);
+    }
+}
