@@ -44,8 +44,9 @@ pub const LABEL_EXECUTOR: &str = "hangar.executor";
 /// Port a backend listens on inside its container when the spec names none.
 pub const DEFAULT_BACKEND_PORT: u16 = 8080;
 
-/// Runs backends. Every method is idempotent where the protocol says so (DESIGN §2.5): `start`
-/// by backend id, `stop` and `remove` on missing or stopped backends.
+/// Runs backends. Every method is idempotent where the protocol says so
+/// (docs/design/executor-protocol.md): `start` by backend id, `stop` and `remove` on missing or
+/// stopped backends.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Which runtime this is.
