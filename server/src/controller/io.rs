@@ -17,7 +17,7 @@ const MAX_YIELDS: u8 = 4;
 /// A watch event is a few hundred bytes, and a controller with a thousand watchers sends it a
 /// thousand times. Each stream's task hands its frame to the connection's task, which tokio runs
 /// next (its LIFO slot), so h2 would write each frame on its own: one `send` per event per
-/// watcher, a third of the controller's CPU in the watch benchmark. Two changes make the frames
+/// watcher (what that cost is in BENCHMARKS.md, "Coalesced writes"). Two changes make the frames
 /// of many streams go out together:
 ///
 /// - The connection reports no vectored writes. h2 then copies DATA payloads of up to 1 KiB into

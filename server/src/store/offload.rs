@@ -3,10 +3,10 @@
 //! A store operation is a chain of round trips to the database (SQLite: to sqlx's worker
 //! thread; PostgreSQL: to the server), and after each one the task that waits for it must be
 //! scheduled again. On the controller's runtime that task queues behind whatever else is ready,
-//! which with a thousand watch streams is a thousand tasks: in the watch benchmark a node write
-//! (seven round trips) took ~3.2 ms under load and writes went at ~290/s, the fan-out waiting
-//! for them. Here the operation runs start to finish on a small runtime that does nothing else,
-//! and the caller waits for it once: 1,800 writes in 0.4 s instead of 6 s under the same load.
+//! which with a thousand watch streams is a thousand tasks, so writes slowed to the pace of the
+//! fan-out. Here the operation runs start to finish on a small runtime that does nothing else,
+//! and the caller waits for it once. The before and after are in BENCHMARKS.md ("Store
+//! threads").
 //!
 //! An operation that has started runs to completion even if its caller stops waiting (a
 //! cancelled call, a timeout): a write is then committed or not, never half done and rolled

@@ -20,8 +20,8 @@ impl Dialect for Postgres {
     // statements after it see what the writer before committed.
     const BEGIN_WRITE: &'static str = "BEGIN";
     const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
-    // With the join SQLite uses, PostgreSQL's planner hashes the whole history and sorts every node
-    // for each page (13 ms instead of 0.5 ms at 2,500 nodes); LATERAL keeps it an index walk.
+    // With the join SQLite uses, PostgreSQL's planner may hash the whole history and sort every
+    // node for each page; LATERAL keeps it an index walk (BENCHMARKS.md, "Snapshot pages").
     const LATEST_VERSION: &'static str = "CROSS JOIN LATERAL (SELECT * FROM node_history v \
         WHERE v.node_id = n.id AND v.revision <= $1 ORDER BY v.revision DESC LIMIT 1) h";
     // Sent at commit, in commit order, and only if the transaction commits.
