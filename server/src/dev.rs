@@ -1,5 +1,5 @@
-//! `hangar-server dev`: the embedded all-in-one. A controller on SQLite plus one drone attached
-//! over real gRPC, in one process, for trying Hangar on a laptop.
+//! `hangar-server dev`: the embedded all-in-one. A controller on SQLite, a proxy, and one drone
+//! attached over real gRPC, in one process, for trying Hangar on a laptop.
 
 use crate::controller::{Controller, ControllerConfig, RunningController};
 use crate::proxy::{Proxy, ProxyConfig, RunningProxy};

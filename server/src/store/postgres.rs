@@ -11,8 +11,9 @@ use tokio::sync::watch;
 
 pub type PostgresStore = SqlStore<Postgres>;
 
-/// The NOTIFY channel every committed node change is announced on; the payload is the revision
-/// as decimal text, and listeners read the rows themselves.
+/// The NOTIFY channel every commit that takes a revision (node and backend changes alike) is
+/// announced on; the payload is the revision as decimal text, and listeners read the rows
+/// themselves.
 pub const NODE_CHANGES_CHANNEL: &str = "hangar_node_changes";
 
 impl Dialect for Postgres {
