@@ -6,7 +6,8 @@
 //! that buffer was most of a watcher's memory on the controller. Hangar's messages are mostly
 //! a few hundred bytes: a buffer starts at 1 KiB and grows when a message needs it (a page of
 //! nodes), and one poll of a stream encodes at most 8 KiB of queued messages before the bytes
-//! go out, so a burst leaves no 32 KiB buffer behind on every stream.
+//! go out, so a burst leaves no 32 KiB buffer behind on every stream. The measurements are in
+//! BENCHMARKS.md ("Smaller codec buffers").
 
 use std::marker::PhantomData;
 use tonic::codec::{BufferSettings, Codec};

@@ -1,7 +1,7 @@
-//! One conformance suite for every runtime (DESIGN §2.5). Each case runs through real tonic on a
-//! temporary Unix socket — an in-process executor server plus the [`ExecutorClient`] — against
-//! the docker, process and mock runtimes. Docker cases skip loudly without an engine, and fail
-//! instead with `HANGAR_REQUIRE_DOCKER=1`.
+//! One conformance suite for every runtime (docs/design/executor-protocol.md#conformance). Each
+//! case runs through real tonic on a temporary Unix socket — an in-process executor server plus
+//! the [`ExecutorClient`] — against the docker, process and mock runtimes. Docker cases skip
+//! loudly without an engine, and fail instead with `HANGAR_REQUIRE_DOCKER=1`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,7 +74,8 @@ impl Harness {
         format!("{}-{name}", self.prefix)
     }
 
-    /// A spec with the environment the drone would compute (DESIGN §2.2) plus `extra`.
+    /// A spec with the environment the drone would compute
+    /// (docs/design/backends-and-leases.md#environment-of-a-backend) plus `extra`.
     fn spec(&self, name: &str, extra: Vec<(&str, String)>) -> BackendSpec {
         let backend_id = self.id(name);
         let mut env: std::collections::BTreeMap<String, String> = [

@@ -1,4 +1,4 @@
-//! The drone side of the backend lifecycle (docs/design/backend-lifecycle.md), against a fake
+//! The drone side of the backend lifecycle (docs/design/drone-link.md), against a fake
 //! controller: a real tonic `DroneService` on 127.0.0.1:0 that the test scripts (send actions,
 //! record events, ack or withhold acks, answer renewals, drop the stream, refuse attaches).
 

@@ -43,7 +43,8 @@ enum Command {
         502 backend unreachable, 503 backend still starting or no controller reachable; the \
         x-hangar-error header names the case.")]
     Proxy(ProxyArgs),
-    /// Run everything in one process: a controller on SQLite and one drone. For trying Hangar.
+    /// Run everything in one process: a controller on SQLite, a proxy and one drone. For trying
+    /// Hangar.
     #[cfg(feature = "dev")]
     #[command(after_help = "Then, in another terminal:\n  cargo run -p hangar-client -- nodes list")]
     Dev(DevArgs),

@@ -1,4 +1,5 @@
-//! Drones and proxies register, heartbeat, and turn UNHEALTHY and OFFLINE as DESIGN §2.1 says.
+//! Drones and proxies register, heartbeat, and turn UNHEALTHY and OFFLINE as
+//! docs/design/nodes-and-watch.md#liveness says.
 
 use hangar::error::{error_info, field_violations};
 use hangar::v1::{self, NodeState};

@@ -1,5 +1,5 @@
 //! The drone's journal: a SQLite file in the drone's data dir that makes the attach stream
-//! reliable across reconnects and drone restarts (docs/design/backend-lifecycle.md).
+//! reliable across reconnects and drone restarts (docs/design/drone-link.md#the-journal).
 //!
 //! - `events`: backend events not yet acknowledged, in the order they happened. An event is
 //!   written here before it is sent and deleted on `AckEvent`; after every attach the whole table

@@ -1,6 +1,6 @@
-//! The drone's side of a key lease (docs/design/backend-lifecycle.md, "Key leases and
-//! fencing"): when to renew, and when a drone that cannot renew must stop the backend itself so
-//! the key is never served twice.
+//! The drone's side of a key lease (docs/design/backends-and-leases.md#key-leases-and-fencing):
+//! when to renew, and when a drone that cannot renew must stop the backend itself so the key is
+//! never served twice.
 //!
 //! Everything is measured on the drone's monotonic clock from the *send time* of the last renewal
 //! the controller confirmed: the controller extends the lease no earlier than it receives the

@@ -1,6 +1,6 @@
 //! The drone agent: one long-lived `DroneService.Attach` stream to a controller. It says Hello,
 //! heartbeats with the host's real resources, runs the backends the controller asks for (see
-//! docs/design/backend-lifecycle.md), and when the stream breaks it reconnects with exponential
+//! docs/design/drone-link.md), and when the stream breaks it reconnects with exponential
 //! backoff, moving on to the next controller in its list. Events and actions survive reconnects
 //! and restarts through the journal in the drone's data dir.
 //!

@@ -42,8 +42,9 @@ pub const LABEL_BACKEND_ID: &str = "hangar.backend-id";
 /// Docker engine, e.g. in tests).
 pub const LABEL_EXECUTOR: &str = "hangar.executor";
 
-/// Runs backends. Every method is idempotent where the protocol (`executor.proto`) says so:
-/// `start` by backend id, `stop` and `remove` on missing or stopped backends.
+/// Runs backends. Every method is idempotent where the protocol says so
+/// (docs/design/executor-protocol.md): `start` by backend id, `stop` and `remove` on missing or
+/// stopped backends.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Which runtime this is.

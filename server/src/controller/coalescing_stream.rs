@@ -18,8 +18,8 @@ const MAX_YIELDS: u8 = 4;
 /// A watch event is a few hundred bytes, and a controller with a thousand watchers sends it a
 /// thousand times. Each stream's task hands its frame to the connection's task, which tokio runs
 /// next (its LIFO slot), so h2 would write each frame on its own: one `send` per event per
-/// watcher (what that costs is measured in BENCHMARKS.md). Two changes make the frames of many
-/// streams go out together:
+/// watcher (what that cost is in BENCHMARKS.md, "Coalesced writes"). Two changes make the frames
+/// of many streams go out together:
 ///
 /// - The connection reports no vectored writes. h2 then copies DATA payloads of up to 1 KiB into
 ///   its 16 KiB write buffer (with vectored writes only up to 256 bytes; larger ones are written

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-/// Liveness timings. Heartbeats are held in memory by the controller that holds a
-/// node's stream; the store only sees state changes and a refresh every `refresh_interval`
-/// (the Kubernetes node-lease lesson: a write per heartbeat does not scale).
+/// Liveness timings (docs/design/nodes-and-watch.md#liveness). Heartbeats are held in memory by
+/// the controller that holds a node's stream; the store only sees state changes and a refresh
+/// every `refresh_interval` (the Kubernetes node-lease lesson: a write per heartbeat does not scale).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LivenessConfig {
     /// How often nodes are asked to heartbeat.

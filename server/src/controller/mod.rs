@@ -1,5 +1,6 @@
 //! The controller: a stateless gRPC server over a [`Store`](crate::store::Store). It registers
-//! drones and proxies, tracks their liveness in memory, and serves the node API.
+//! drones and proxies, tracks their liveness in memory, serves the node and backend APIs and the
+//! drone and proxy links, and runs the backend sweep.
 
 mod coalescing_stream;
 mod liveness;

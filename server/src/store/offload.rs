@@ -3,10 +3,10 @@
 //! A store operation is a chain of round trips to the database (SQLite: to sqlx's worker
 //! thread; PostgreSQL: to the server), and after each one the task that waits for it must be
 //! scheduled again. On the controller's runtime that task queues behind whatever else is ready,
-//! which with a thousand watch streams is a thousand tasks, so a node write of seven round trips
-//! waits its turn seven times and the fan-out waits for the writes. Here the operation runs start
-//! to finish on a small runtime that does nothing else, and the caller waits for it once (the
-//! measurement is in BENCHMARKS.md).
+//! which with a thousand watch streams is a thousand tasks, so writes slowed to the pace of the
+//! fan-out. Here the operation runs start to finish on a small runtime that does nothing else,
+//! and the caller waits for it once. The before and after are in BENCHMARKS.md ("Store
+//! threads").
 //!
 //! An operation that has started runs to completion even if its caller stops waiting (a
 //! cancelled call, a timeout): a write is then committed or not, never half done and rolled

@@ -11,8 +11,9 @@ use tokio::sync::watch;
 
 pub type PostgresStore = SqlStore<Postgres>;
 
-/// The NOTIFY channel every committed node change is announced on; the payload is the revision
-/// as decimal text, and listeners read the rows themselves.
+/// The NOTIFY channel every commit that takes a revision (node and backend changes alike) is
+/// announced on; the payload is the revision as decimal text, and listeners read the rows
+/// themselves.
 pub const NODE_CHANGES_CHANNEL: &str = "hangar_node_changes";
 
 impl Dialect for Postgres {
@@ -20,8 +21,8 @@ impl Dialect for Postgres {
     // statements after it see what the writer before committed.
     const BEGIN_WRITE: &'static str = "BEGIN";
     const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
-    // With the join SQLite uses, PostgreSQL's planner hashes the whole history and sorts every node
-    // for each page; LATERAL keeps it an index walk.
+    // With the join SQLite uses, PostgreSQL's planner may hash the whole history and sort every
+    // node for each page; LATERAL keeps it an index walk (BENCHMARKS.md, "Snapshot pages").
     const LATEST_VERSION: &'static str = "CROSS JOIN LATERAL (SELECT * FROM node_history v \
         WHERE v.node_id = n.id AND v.revision <= $1 ORDER BY v.revision DESC LIMIT 1) h";
     // Sent at commit, in commit order, and only if the transaction commits.

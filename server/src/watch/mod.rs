@@ -2,11 +2,14 @@
 //! change out to every watcher; each `WatchNodes` stream is a [`NodeWatch`] that turns changes
 //! into the events its filter should see.
 //!
-//! The hot path does no per-watcher database reads and never waits on a watcher: the hub reads
-//! each change once, converts it to protobuf once, and hands an `Arc` of it to each watcher's
-//! bounded buffer with a non-blocking send. A watcher whose buffer is full is dropped by the hub
-//! and its stream ends with RESOURCE_EXHAUSTED naming the last revision it delivered, so the
-//! client resumes without loss while the others carry on undelayed.
+//! The hot path does no per-watcher database reads and never waits on a watcher: the hub takes
+//! each change once (from this process's commit feed, or from the log for commits made
+//! elsewhere), converts and encodes it once, and hands an `Arc` of it to each watcher's bounded
+//! buffer with a non-blocking send. A watcher whose buffer is full leaves the live fan-out,
+//! catches up from the hub's ring of recent changes and rejoins; only one that falls further
+//! behind than the ring reaches is cut off with RESOURCE_EXHAUSTED naming the last revision it
+//! delivered, so the client resumes without loss. The others carry on undelayed. See
+//! docs/design/nodes-and-watch.md#the-hub.
 
 mod hub;
 mod stream;
