@@ -84,6 +84,8 @@ fn hangar_drone_run_without_a_live_executor_says_how_to_start_one() {
     let output = std::process::Command::new(binary("hangar-drone"))
         .args(["run", "--controller", "http://127.0.0.1:1", "--name", "d", "--executor-socket"])
         .arg(&socket)
+        .arg("--data-dir")
+        .arg(dir.path().join("drone"))
         .output()
         .unwrap();
     assert!(!output.status.success());

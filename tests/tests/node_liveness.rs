@@ -276,8 +276,10 @@ fn registration_clone(node: &hangar::domain::Node) -> hangar_server::store::Node
 fn hangar_drone_run_exits_with_the_reason_when_its_name_is_refused() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let cluster = runtime.block_on(TestCluster::sqlite());
+    let data = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(hangar_tests::binary("hangar-drone"))
-        .args(["run", "--controller", &cluster.url(), "--name", "Not_A_Dns_Label"])
+        .args(["run", "--controller", &cluster.url(), "--name", "Not_A_Dns_Label", "--data-dir"])
+        .arg(data.path())
         .output()
         .unwrap();
     assert!(!output.status.success());
