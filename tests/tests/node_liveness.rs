@@ -41,7 +41,8 @@ async fn silent_drone_turns_unhealthy_then_ready_again_when_heartbeats_resume() 
     let mut nodes = cluster.nodes().await;
     let drone = ManualDrone::attach(&cluster.url(), drone_hello("quiet-1")).await.unwrap();
     let keep_alive = drone.keep_alive(Duration::from_millis(50));
-    // Healthy well past the UNHEALTHY threshold while heartbeating.
+    // Healthy well past the UNHEALTHY threshold while heartbeating (a window for a change that
+    // must not happen).
     tokio::time::sleep(Duration::from_millis(700)).await;
     let node = wait_for_node(&mut nodes, &drone.node_id, WAIT, |_| true).await;
     assert_eq!(state(&node), NodeState::Ready);
