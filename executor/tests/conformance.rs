@@ -18,6 +18,7 @@ use hangar_executor::runtime::{
 use hangar_executor::testing::{
     ContainerCleanup, TestExecutor, docker_or_skip, test_backend_binary, test_image, unique_name, wait_for_http,
 };
+use hangar_testkit::eventually;
 
 const MIB: u64 = 1024 * 1024;
 /// Exit codes of a backend ended by SIGTERM (its handler exits 143) and by SIGKILL.
@@ -225,6 +226,7 @@ mod cases {
         let grace = Duration::from_secs(3);
         let begun = Instant::now();
         let (stopped, during_grace) = tokio::join!(h.client().stop(&id, grace), async {
+            // A look one second into the grace, for a kill that must not have happened yet.
             tokio::time::sleep(Duration::from_millis(1000)).await;
             h.client().inspect(&id).await
         });
@@ -452,7 +454,12 @@ mod cases {
         let id = spec.backend_id.clone();
         let begun = Instant::now();
         let (started, stopped) = tokio::join!(h.client().start(spec.clone()), async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Stopped as soon as the runtime knows the backend: a stop that came first would find
+            // nothing to stop and leave the start to finish.
+            eventually(Duration::from_secs(5), "the runtime to know the starting backend", async || {
+                h.client().inspect(&id).await
+            })
+            .await;
             h.client().stop(&id, Duration::from_secs(2)).await
         });
         stopped.expect("a stop during the start succeeds");
