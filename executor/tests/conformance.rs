@@ -132,6 +132,20 @@ async fn read_events_until(
     seen
 }
 
+/// Whether the main process of `container` has a SIGTERM handler, by the SigCgt mask of its
+/// `/proc/<pid>/status` (the engine runs on this host).
+async fn container_handles_sigterm(docker: &bollard::Docker, container: &str) -> bool {
+    let inspected = docker
+        .inspect_container(container, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .expect("inspect the container");
+    let Some(pid) = inspected.state.and_then(|state| state.pid).filter(|pid| *pid > 0) else { return false };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    let caught = status.lines().find_map(|line| line.strip_prefix("SigCgt:"));
+    let sigterm = 1u64 << (nix::sys::signal::Signal::SIGTERM as u32 - 1);
+    caught.and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok()).is_some_and(|mask| mask & sigterm != 0)
+}
+
 async fn subscribe(h: &Harness) -> EventStream {
     let mut events = h.client().events().await.expect("watch events");
     let sync = events.next().await.expect("a first event").expect("no error");
@@ -454,12 +468,20 @@ mod cases {
         let id = spec.backend_id.clone();
         let begun = Instant::now();
         let (started, stopped) = tokio::join!(h.client().start(spec.clone()), async {
-            // Stopped as soon as the runtime knows the backend: a stop that came first would find
-            // nothing to stop and leave the start to finish.
-            eventually(Duration::from_secs(5), "the runtime to know the starting backend", async || {
+            // Stopped as soon as the backend is in its slow start. A stop before the runtime knows
+            // the backend would find nothing to stop and leave the start to finish; one that
+            // reaches a container before its process handles SIGTERM is ignored (that process is
+            // the container's PID 1) until the grace runs out.
+            let known = eventually(Duration::from_secs(5), "the runtime to know the starting backend", async || {
                 h.client().inspect(&id).await
             })
             .await;
+            if let Some(docker) = &h.docker {
+                eventually(Duration::from_secs(5), "the container's process to handle SIGTERM", async || {
+                    container_handles_sigterm(docker, &known.runtime_id).await
+                })
+                .await;
+            }
             h.client().stop(&id, Duration::from_secs(2)).await
         });
         stopped.expect("a stop during the start succeeds");
