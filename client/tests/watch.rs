@@ -506,11 +506,9 @@ async fn run_watch(args: &[&str], lines: usize) -> (Result<(), String>, String, 
     let Command::Nodes(NodesCommand::Watch(watch_args)) = &command.command else { panic!("not a watch") };
     let stdout = SharedBuffer::default();
     let stop = {
-        let stdout = stdout.clone();
+        let mut written = stdout.0.subscribe();
         async move {
-            while stdout.text().lines().count() < lines {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let _ = written.wait_for(|bytes| bytes.iter().filter(|b| **b == b'\n').count() >= lines).await;
         }
     };
     let mut stderr = Vec::new();
@@ -523,18 +521,19 @@ async fn run_watch(args: &[&str], lines: usize) -> (Result<(), String>, String, 
     (result.map_err(|e| e.to_string()), stdout.text(), String::from_utf8(stderr).unwrap())
 }
 
+/// The watch's stdout; every write wakes whoever waits for the output to grow.
 #[derive(Clone, Default)]
-struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+struct SharedBuffer(tokio::sync::watch::Sender<Vec<u8>>);
 
 impl SharedBuffer {
     fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        String::from_utf8(self.0.borrow().clone()).unwrap()
     }
 }
 
 impl std::io::Write for SharedBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0.send_modify(|bytes| bytes.extend_from_slice(buf));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -18,6 +18,7 @@ use hangar_executor::socket::client::ExecutorClient;
 use hangar_executor::testing::{
     ContainerCleanup, TestExecutor, docker_or_skip, test_backend_binary, test_image, unique_name, wait_for_http,
 };
+use hangar_testkit::eventually;
 
 const MIB: u64 = 1024 * 1024;
 /// Exit codes of a backend ended by SIGTERM (its handler exits 143) and by SIGKILL.
@@ -132,6 +133,20 @@ async fn read_events_until(
     seen
 }
 
+/// Whether the main process of `container` has a SIGTERM handler, by the SigCgt mask of its
+/// `/proc/<pid>/status` (the engine runs on this host).
+async fn container_handles_sigterm(docker: &bollard::Docker, container: &str) -> bool {
+    let inspected = docker
+        .inspect_container(container, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .expect("inspect the container");
+    let Some(pid) = inspected.state.and_then(|state| state.pid).filter(|pid| *pid > 0) else { return false };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    let caught = status.lines().find_map(|line| line.strip_prefix("SigCgt:"));
+    let sigterm = 1u64 << (nix::sys::signal::Signal::SIGTERM as u32 - 1);
+    caught.and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok()).is_some_and(|mask| mask & sigterm != 0)
+}
+
 async fn subscribe(h: &Harness) -> EventStream {
     let mut events = h.client().events().await.expect("watch events");
     let sync = events.next().await.expect("a first event").expect("no error");
@@ -226,6 +241,7 @@ mod cases {
         let grace = Duration::from_secs(3);
         let begun = Instant::now();
         let (stopped, during_grace) = tokio::join!(h.client().stop(&id, grace), async {
+            // A look one second into the grace, for a kill that must not have happened yet.
             tokio::time::sleep(Duration::from_millis(1000)).await;
             h.client().inspect(&id).await
         });
@@ -453,7 +469,20 @@ mod cases {
         let id = spec.backend_id.clone();
         let begun = Instant::now();
         let (started, stopped) = tokio::join!(h.client().start(spec.clone()), async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Stopped as soon as the backend is in its slow start. A stop before the runtime knows
+            // the backend would find nothing to stop and leave the start to finish; one that
+            // reaches a container before its process handles SIGTERM is ignored (that process is
+            // the container's PID 1) until the grace runs out.
+            let known = eventually(Duration::from_secs(5), "the runtime to know the starting backend", async || {
+                h.client().inspect(&id).await
+            })
+            .await;
+            if let Some(docker) = &h.docker {
+                eventually(Duration::from_secs(5), "the container's process to handle SIGTERM", async || {
+                    container_handles_sigterm(docker, &known.runtime_id).await
+                })
+                .await;
+            }
             h.client().stop(&id, Duration::from_secs(2)).await
         });
         stopped.expect("a stop during the start succeeds");

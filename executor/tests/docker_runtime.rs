@@ -48,7 +48,8 @@ async fn engine_event_stream_is_resubscribed_without_losing_or_repeating_events(
     let subscriptions = runtime.event_subscriptions();
     assert!(subscriptions >= 3, "the engine stream was resubscribed every second: {subscriptions}");
 
-    // Later subscriptions replay the recent past (`since`); none of it may be published twice.
+    // Later subscriptions replay the recent past (`since`); none of it may be published twice
+    // (a window for duplicates that must not come).
     let settle = tokio::time::Instant::now() + Duration::from_millis(2500);
     while let Ok(Some(event)) = tokio::time::timeout_at(settle, events.next()).await {
         let event = event.unwrap();

@@ -17,6 +17,7 @@ use hangar_executor::runtime::{
     RuntimeKind, Started, StatsStream,
 };
 use hangar_executor::testing;
+use hangar_testkit::eventually;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -187,16 +188,10 @@ impl Controller {
         self.events_of(backend_id).iter().map(state_of).collect()
     }
 
+    /// Waits until `done` holds; a wait that runs out shows the events received.
     async fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut(&Controller) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !done(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; events: {:#?}",
-                self.script(|s| s.events.clone())
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(timeout, what, async || if done(self) { Ok(()) } else { Err(self.script(|s| s.events.clone())) })
+            .await
     }
 
     /// Waits for the backend to report `state` and returns that event.
@@ -562,6 +557,7 @@ async fn drone_reconnects_and_replays_unacked_events_with_the_same_ids() {
     controller.wait_for("the second replay", T, |c| c.script(|s| s.attaches == 3 && s.events.len() == 12)).await;
     controller.drop_stream();
     controller.wait_for("the third attach", T, |c| c.script(|s| s.attaches == 4)).await;
+    // A window for a replay that must not happen.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(controller.script(|s| s.events.len()), 12, "acknowledged events are not sent again");
     drone.shutdown().await;
@@ -584,6 +580,7 @@ async fn redelivered_action_is_acked_but_not_executed_twice() {
             c.script(|s| s.acked_actions.iter().filter(|a| **a == spawn.action_id).count() == 2)
         })
         .await;
+    // A window for a second run that must not happen.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(controller.states_of(&backend), [Loading, Starting, Waiting, Ready], "no second run");
     assert_eq!(runtime.list().await.unwrap().len(), 1);
@@ -667,15 +664,14 @@ async fn cut_off_drone_soft_terminates_then_kills_keyed_backend_before_the_lease
     controller.script(|s| s.refuse_attach = true);
     controller.drop_stream();
     let last_renewal = controller.script(|s| *s.renewals.last().unwrap());
-    let deadline = last_renewal + lease;
-    loop {
-        let info = runtime.inspect(&backend).await;
-        if info.as_ref().map_or(true, |i| i.state == hangar_executor::runtime::BackendState::Exited) {
-            break;
+    let lease_left = (last_renewal + lease).saturating_duration_since(Instant::now());
+    eventually(lease_left, "the backend to be killed before its lease runs out", async || {
+        match runtime.inspect(&backend).await {
+            Ok(info) if info.state != hangar_executor::runtime::BackendState::Exited => Err(info),
+            _gone_or_exited => Ok(()),
         }
-        assert!(Instant::now() < deadline, "the backend outlived its lease");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let killed_after = last_renewal.elapsed();
     println!("cut off: killed {killed_after:?} after the last renewal (lease {lease:?})");
     assert!(killed_after < lease);

@@ -7,9 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
-use hangar_executor::runtime::{BackendSpec, BackendState, Runtime, RuntimeError, RuntimeKind};
+use hangar_executor::runtime::{BackendInfo, BackendSpec, BackendState, Runtime, RuntimeError, RuntimeKind};
 use hangar_executor::socket::client::ExecutorClient;
 use hangar_executor::testing::{ContainerCleanup, docker_or_skip, test_image, unique_name, wait_for_http};
+use hangar_testkit::eventually;
 
 /// A running `hangar-drone executor`, killed when dropped so no test leaves one behind.
 struct ExecutorProcess {
@@ -41,19 +42,26 @@ impl Drop for ExecutorProcess {
     }
 }
 
+const WAIT: Duration = Duration::from_secs(15);
+
 /// Connects once the executor serves (it needs a moment to bind).
 async fn connect(socket: &Path) -> ExecutorClient {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        match ExecutorClient::connect(socket, "executor-process-test").await {
-            Ok(client) => return client,
-            Err(err) if tokio::time::Instant::now() < deadline => {
-                let _ = err;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => panic!("executor never answered on {}: {err}", socket.display()),
+    eventually(WAIT, &format!("the executor to answer on {}", socket.display()), async || {
+        ExecutorClient::connect(socket, "executor-process-test").await
+    })
+    .await
+}
+
+/// Reconciles once `client` reaches the restarted executor; an error other than UNAVAILABLE
+/// fails at once.
+async fn reconcile_after_restart(client: &ExecutorClient) -> Vec<BackendInfo> {
+    eventually(WAIT, "the client to reach the restarted executor", async || match client.reconcile().await {
+        Err(err) if !matches!(err, RuntimeError::Unavailable(_)) => {
+            panic!("reconnecting to the restarted executor failed: {err}")
         }
-    }
+        answer => answer,
+    })
+    .await
 }
 
 fn socket_path(dir: &tempfile::TempDir) -> PathBuf {
@@ -95,16 +103,7 @@ async fn client_reports_unavailable_when_executor_dies_and_reconnects_when_it_re
 
     // Same socket path: the dead executor's socket file is stale and gets replaced.
     let _second = ExecutorProcess::spawn(&socket, &["--runtime", "mock"]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let backends = loop {
-        match client.reconcile().await {
-            Ok(backends) => break backends,
-            Err(RuntimeError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => panic!("reconnecting to the restarted executor failed: {err}"),
-        }
-    };
+    let backends = reconcile_after_restart(&client).await;
     // The new mock executor starts empty: reconcile tells the drone its backend is gone.
     assert!(backends.iter().all(|b| b.backend_id != "before-crash"), "{backends:?}");
     // The same client handshook again (the server admits nothing without it) and works.
@@ -139,16 +138,7 @@ async fn docker_backend_survives_executor_restart_and_reconcile_finds_it() {
     }
 
     let _second = ExecutorProcess::spawn(&socket, &args);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let backends = loop {
-        match client.reconcile().await {
-            Ok(backends) => break backends,
-            Err(RuntimeError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => panic!("reconnecting to the restarted executor failed: {err}"),
-        }
-    };
+    let backends = reconcile_after_restart(&client).await;
     let survivor = backends.iter().find(|b| b.backend_id == "survivor").expect("reconcile finds the container");
     assert_eq!(survivor.state, BackendState::Running);
     assert_eq!(survivor.runtime_id, started.runtime_id);

@@ -123,17 +123,21 @@ async fn a_local_commit_waits_for_the_revisions_before_it_then_the_log_fills_the
     let store = db.open().await;
     let shutdown = CancellationToken::new();
     let node = store.attach_node(drone("d1"), "controller-a", Utc::now()).await.unwrap();
-    let start = store.current_revision().await.unwrap();
+    let before = store.current_revision().await.unwrap();
     let config = WatchConfig { poll_interval: Duration::from_secs(3600), ..WatchConfig::default() };
     let hub = NodeWatchHub::new(store.clone(), config, shutdown.clone()).await.unwrap();
+    let mut subscription = hub.subscribe(before).await.unwrap();
+    // The hub reads the log once when it starts. A change committed before it runs can reach it
+    // only through that read, so receiving it shows the read is over: the writes below can then
+    // reach the hub only through the feed and the notifier.
+    let update = NodeUpdate { backend_count: Some(100), ..Default::default() };
+    store.update_node(&node.id, update, UpdateCondition::Always).await.unwrap().expect("node exists");
     let (feed, local) = tokio::sync::broadcast::channel(16);
-    let (notify, notified) = tokio::sync::watch::channel(start);
+    let (notify, notified) = tokio::sync::watch::channel(before);
     let runner = hub.clone();
     tokio::spawn(async move { runner.run(notified, local).await });
-    let mut subscription = hub.subscribe(start).await.unwrap();
-    // The hub reads the log once when it starts; let that happen before the writes, so that
-    // they can only reach it through the feed and the notifier below.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = receive(&mut subscription, 1).await[0].0;
+    assert_eq!(start, before + 1, "the startup read delivers the change made before it");
 
     concurrent_writes(&store, &node.id, 1..6).await;
     let changes = store.node_changes_since(start, 10).await.unwrap();

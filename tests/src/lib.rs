@@ -5,6 +5,7 @@
 use hangar::v1::{self, drone_service_client::DroneServiceClient, node_service_client::NodeServiceClient};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig, RunningController};
 use hangar_server::store::{self, DynStore};
+use hangar_testkit::{check, eventually};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -275,25 +276,20 @@ impl ManualProxy {
     }
 }
 
-/// Polls `GetNode` until `check` accepts the node or `timeout` passes; returns the last node.
+/// Reads the node with `GetNode` until `accept` holds for it, failing the test after `timeout`;
+/// returns the node.
 pub async fn wait_for_node(
     nodes: &mut NodeServiceClient<Channel>,
     id: &str,
     timeout: Duration,
-    check: impl Fn(&v1::Node) -> bool,
+    accept: impl Fn(&v1::Node) -> bool,
 ) -> v1::Node {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
+    eventually(timeout, &format!("node {id} in the expected state"), async || {
         let node =
             nodes.get_node(v1::GetNodeRequest { id: id.into() }).await.expect("get node").into_inner().node.unwrap();
-        if check(&node) {
-            return node;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("node {id} did not reach the expected state within {timeout:?}; last seen: {node:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        check(node, &accept)
+    })
+    .await
 }
 
 /// Path of a binary of this workspace, built by `cargo build --workspace --bins` (the README's

@@ -8,8 +8,9 @@ use hangar::v1::{
 };
 use hangar_server::api::BackendSettings;
 use hangar_server::controller::ControllerConfig;
+use hangar_testkit::{check, eventually};
 use hangar_tests::{ManualDrone, ManualProxy, TestCluster, drone_hello, status, test_config};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -79,15 +80,10 @@ fn state_of(backend: &v1::Backend) -> BackendState {
 }
 
 async fn wait_for_state(client: &mut BackendServiceClient<Channel>, id: &str, state: BackendState) -> v1::Backend {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let backend = get(client, id).await;
-        if state_of(&backend) == state {
-            return backend;
-        }
-        assert!(Instant::now() < deadline, "backend {id} never reached {state:?}: {backend:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually(WAIT, &format!("backend {id} {state:?}"), async || {
+        check(get(client, id).await, |b| state_of(b) == state)
+    })
+    .await
 }
 
 fn spawn_of(action: &v1::DroneAction) -> &v1::SpawnBackend {
@@ -267,7 +263,10 @@ async fn a_pending_action_survives_a_drone_reconnect_and_is_redelivered() {
     assert_eq!(again.action_id, first.action_id);
     assert_eq!(again.backend_id, id);
     d.ack_action(&again.action_id).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually(WAIT, "the controller to record the ack", async || {
+        check(cluster.store.pending_actions(&node_id).await.unwrap(), Vec::is_empty)
+    })
+    .await;
     beat.abort();
     drop(d);
     hangar_tests::wait_for_node(&mut nodes, &node_id, WAIT, |n| n.state == v1::NodeState::Offline as i32).await;
@@ -430,19 +429,17 @@ async fn idle_and_lifetime_sweeps_end_the_right_backends_and_spare_the_busy_one(
     let limited = connect(lifetime_config).await;
     let untouched = connect(spawn_config(&[])).await;
 
-    let mut terminated = std::collections::BTreeMap::new();
+    let mut terminated = BTreeMap::new();
     let started = Instant::now();
+    eventually(WAIT, "the idle and the lifetime-limited backends to be swept", async || {
+        serve_for_a_moment(&mut d, &proxy, &busy, &mut terminated).await;
+        check(terminated.clone(), |t| t.contains_key(&idle) && t.contains_key(&limited))
+    })
+    .await;
+    // Serving goes on until 2.5 s after the start: the busy backend, as old as the idle one,
+    // would be swept by then had its traffic not counted (a window for what must not happen).
     while started.elapsed() < Duration::from_millis(2500) {
-        proxy.report_traffic(std::slice::from_ref(&busy)).await;
-        proxy.heartbeat().await;
-        while let Some(message) = d.maybe_message(Duration::from_millis(100)).await {
-            if let Reply::Action(action) = message {
-                d.ack_action(&action.action_id).await;
-                if let Some(Action::Terminate(t)) = action.action {
-                    terminated.insert(action.backend_id, t.reason);
-                }
-            }
-        }
+        serve_for_a_moment(&mut d, &proxy, &busy, &mut terminated).await;
     }
     assert_eq!(terminated.get(&idle), Some(&(v1::TerminationReason::Swept as i32)), "{terminated:?}");
     assert_eq!(terminated.get(&limited), Some(&(v1::TerminationReason::Lifetime as i32)), "{terminated:?}");
@@ -452,6 +449,26 @@ async fn idle_and_lifetime_sweeps_end_the_right_backends_and_spare_the_busy_one(
     assert!(busy_backend.last_activity_at.unwrap().seconds >= busy_backend.created_at.unwrap().seconds);
     beat.abort();
     cluster.shutdown().await;
+}
+
+/// The proxy reports traffic to `busy`; the drone acknowledges what arrives within 100 ms and
+/// records the terminations in `terminated`.
+async fn serve_for_a_moment(
+    d: &mut ManualDrone,
+    proxy: &ManualProxy,
+    busy: &str,
+    terminated: &mut BTreeMap<String, i32>,
+) {
+    proxy.report_traffic(&[busy.to_string()]).await;
+    proxy.heartbeat().await;
+    while let Some(message) = d.maybe_message(Duration::from_millis(100)).await {
+        if let Reply::Action(action) = message {
+            d.ack_action(&action.action_id).await;
+            if let Some(Action::Terminate(t)) = action.action {
+                terminated.insert(action.backend_id, t.reason);
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,9 +570,18 @@ async fn an_attached_drone_that_stops_renewing_loses_the_key_without_its_backend
     let spawn = d.next_action(WAIT).await;
     d.ack_action(&spawn.action_id).await;
     d.event_acked("ev-1", &first.backend_id, status(BackendState::Ready), "127.0.0.1:1").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The sweep frees the key once its lease runs out; until then a Connect without a spawn
+    // config finds the holder.
+    eventually(WAIT, "the sweep to free the key whose lease ran out", async || {
+        match client.connect(connect_request(key("doc", ""), None)).await {
+            Err(status) if status.code() == Code::NotFound => Ok(()),
+            held => Err(held),
+        }
+    })
+    .await;
 
-    // The drone is attached, so only it can say how the backend ended: it is not LOST.
+    // The sweep frees the key and marks the holder LOST in one step, and only for a drone that
+    // is gone. This one is attached, so only it can say how the backend ended: it is not LOST.
     assert_eq!(state_of(&get(&mut client, &first.backend_id).await), BackendState::Ready);
     d.send(Req::RenewKey(v1::RenewKey { backend_id: first.backend_id.clone(), key: key("doc", ""), fencing_token: 1 }))
         .await;

@@ -11,6 +11,7 @@ use hangar_executor::runtime::Runtime;
 use hangar_executor::runtime::process::ProcessRuntime;
 use hangar_server::controller::ControllerConfig;
 use hangar_server::proxy::{Proxy, ProxyConfig, RunningProxy};
+use hangar_testkit::eventually;
 use hangar_tests::{TestCluster, test_config};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,21 +58,14 @@ fn test_backend() -> String {
     hangar_executor::testing::test_backend_binary().display().to_string()
 }
 
+/// Waits for the backend to reach `state`; fails at once when it went past it.
 async fn wait_for_state(client: &HangarClient, id: &str, state: BackendState) -> BackendView {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, &format!("backend {id} {state:?}"), async || {
         let backend = client.get_backend(id).await.unwrap();
-        if backend.state == state {
-            return backend;
-        }
-        assert!(
-            Instant::now() < deadline && backend.state < state || backend.state == state,
-            "backend {id} never reached {state:?}; it is {:?} ({:?})",
-            backend.state,
-            backend.status
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        assert!(backend.state <= state, "backend {id} went past {state:?}: {:?} ({:?})", backend.state, backend.status);
+        if backend.state == state { Ok(backend) } else { Err(backend) }
+    })
+    .await
 }
 
 async fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
@@ -197,7 +191,8 @@ async fn an_idle_backend_is_swept_and_a_busy_one_survives() {
     let busy = stack.client.connect_backend(&ConnectRequest::keyless(spec())).await.unwrap();
     wait_for_state(&stack.client, &idle.backend_id, BackendState::Ready).await;
     wait_for_state(&stack.client, &busy.backend_id, BackendState::Ready).await;
-    // Traffic through the proxy every 300 ms for 4 s keeps one of them alive.
+    // Traffic through the proxy every 300 ms keeps one of them alive. It goes on for 4 s, twice
+    // max_idle: a window in which the busy one would be swept too had its traffic not counted.
     let began = Instant::now();
     while began.elapsed() < Duration::from_secs(4) {
         assert_eq!(http_get(&busy.url, &[]).await.0, 200);
@@ -247,7 +242,8 @@ async fn an_open_websocket_keeps_its_backend_from_being_swept_as_idle() {
     wait_for_state(&stack.client, &connection.backend_id, BackendState::Ready).await;
     let ws_url = format!("{}ws", connection.url.replacen("http://", "ws://", 1));
     let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
-    // Connected but silent for twice max_idle: still a session in use.
+    // Connected but silent for twice max_idle: still a session in use (a window for a sweep
+    // that must not happen).
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(stack.client.get_backend(&connection.backend_id).await.unwrap().state, BackendState::Ready);
     socket.send(tokio_tungstenite::tungstenite::Message::text("still here")).await.unwrap();

@@ -6,6 +6,7 @@ use hangar_executor::drone::{self, DroneConfig};
 use hangar_executor::runtime::Runtime;
 use hangar_executor::socket::client::ExecutorClient;
 use hangar_server::api::RUNTIME_LABEL;
+use hangar_testkit::{check, eventually};
 use hangar_tests::{TestCluster, binary, channel, wait_for_node};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,17 +35,10 @@ async fn drone_runs_backends_on_its_executor_and_reports_its_runtime_and_count()
             .spawn()
             .unwrap(),
     );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let client = loop {
-        match ExecutorClient::connect(&socket, "test").await {
-            Ok(client) => break client,
-            Err(err) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%err, "executor not up yet");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => panic!("executor never came up: {err}"),
-        }
-    };
+    let client = eventually(WAIT, "the executor to serve on its socket", async || {
+        ExecutorClient::connect(&socket, "test").await
+    })
+    .await;
     let executor_client: Arc<dyn Runtime> = Arc::new(client);
 
     let mut config = DroneConfig::new(vec![cluster.url()], "exec-drone");
@@ -63,11 +57,11 @@ async fn drone_runs_backends_on_its_executor_and_reports_its_runtime_and_count()
         .connect_backend(&hangar_client::ConnectRequest::keyless(hangar_client::SpawnSpec::new("mock-image")))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while client.get_backend(&connection.backend_id).await.unwrap().state != hangar::domain::BackendState::Ready {
-        assert!(tokio::time::Instant::now() < deadline, "backend never READY on the executor");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(WAIT, "the backend READY on the executor", async || {
+        let backend = client.get_backend(&connection.backend_id).await.unwrap();
+        check(backend, |b| b.state == hangar::domain::BackendState::Ready)
+    })
+    .await;
     let on_executor = executor_client.list().await.unwrap();
     assert_eq!(on_executor.iter().map(|b| b.backend_id.as_str()).collect::<Vec<_>>(), [connection.backend_id.as_str()]);
     wait_for_node(&mut nodes, &node_id, WAIT, |n: &v1::Node| n.backend_count == 1).await;
@@ -84,6 +78,8 @@ fn hangar_drone_run_without_a_live_executor_says_how_to_start_one() {
     let output = std::process::Command::new(binary("hangar-drone"))
         .args(["run", "--controller", "http://127.0.0.1:1", "--name", "d", "--executor-socket"])
         .arg(&socket)
+        .arg("--data-dir")
+        .arg(dir.path().join("drone"))
         .output()
         .unwrap();
     assert!(!output.status.success());

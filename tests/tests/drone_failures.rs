@@ -2,9 +2,10 @@
 //! journal. The backends run on the process runtime inside the drone process.
 
 use hangar::domain::{BackendState, TerminationReason};
-use hangar_client::{BackendView, ConnectRequest, HangarClient, SpawnSpec};
+use hangar_client::{BackendView, ConnectRequest, Connection, HangarClient, SpawnSpec};
 use hangar_executor::drone::{self, DroneConfig};
 use hangar_executor::runtime::process::ProcessRuntime;
+use hangar_testkit::{check, eventually};
 use hangar_tests::{TestCluster, binary, test_config};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,16 +37,16 @@ impl Drop for DroneProcess {
     }
 }
 
-async fn wait_for(client: &HangarClient, id: &str, check: impl Fn(&BackendView) -> bool) -> BackendView {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let backend = client.get_backend(id).await.unwrap();
-        if check(&backend) {
-            return backend;
-        }
-        assert!(Instant::now() < deadline, "backend {id} stuck at {:?}", backend.status);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_for(client: &HangarClient, id: &str, state: BackendState) -> BackendView {
+    eventually(WAIT, &format!("backend {id} {state:?}"), async || {
+        check(client.get_backend(id).await.unwrap(), |b| b.state == state)
+    })
+    .await
+}
+
+/// Connects once a drone has attached and taken the backend.
+async fn connect_once_a_drone_is_there(client: &HangarClient, request: &ConnectRequest) -> Connection {
+    eventually(WAIT, "a drone to take the backend", async || client.connect_backend(request).await).await
 }
 
 fn answers(address: &str) -> bool {
@@ -64,43 +65,29 @@ async fn a_killed_drones_backend_ends_lost_and_its_key_moves_on_with_a_higher_fe
 
     let image = hangar_executor::testing::test_backend_binary().display().to_string();
     let request = ConnectRequest::key("e2e", "room-1", "").spawn(SpawnSpec::new(image));
-    let deadline = Instant::now() + WAIT;
-    let first = loop {
-        match client.connect_backend(&request).await {
-            Ok(connection) => break connection,
-            // The drone process is still attaching.
-            Err(err) if Instant::now() < deadline => {
-                tracing::debug!(%err, "no drone yet");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(err) => panic!("drone-a never took the backend: {err}"),
-        }
-    };
-    let first = wait_for(&client, &first.backend_id, |b| b.state == BackendState::Ready).await;
+    let first = connect_once_a_drone_is_there(&client, &request).await;
+    let first = wait_for(&client, &first.backend_id, BackendState::Ready).await;
     assert_eq!(first.fencing_token, 1);
     assert!(answers(&first.address));
 
     let killed = Instant::now();
     drone_a.kill();
     // The backend dies with its drone: it cannot go on serving a key that is about to move.
-    while answers(&first.address) {
-        assert!(killed.elapsed() < Duration::from_secs(5), "backend survived its drone");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "the backend to die with its drone", async || !answers(&first.address)).await;
 
     let mut b_config = DroneConfig::new(vec![cluster.url()], "drone-b");
     b_config.runtime = Some(Arc::new(ProcessRuntime::new()));
     let drone_b = drone::spawn(b_config);
     tokio::time::timeout(WAIT, drone_b.attached()).await.unwrap();
 
-    let lost = wait_for(&client, &first.id, |b| b.state == BackendState::Terminated).await;
+    let lost = wait_for(&client, &first.id, BackendState::Terminated).await;
     assert_eq!(lost.status.termination_reason, Some(TerminationReason::Lost));
     eprintln!("backend LOST {:?} after its drone was killed (lease 2 s)", killed.elapsed());
 
     let second = client.connect_backend(&request).await.unwrap();
     assert!(second.spawned);
     assert_ne!(second.backend_id, first.id);
-    let second = wait_for(&client, &second.backend_id, |b| b.state == BackendState::Ready).await;
+    let second = wait_for(&client, &second.backend_id, BackendState::Ready).await;
     assert_eq!(second.fencing_token, 2, "a new holder gets a higher fencing token");
     let env = hangar_executor::testing::http_get(&second.address, "/env").await.unwrap().1;
     assert!(env.lines().any(|l| l == "HANGAR_FENCING_TOKEN=2"), "{env}");
@@ -119,15 +106,8 @@ async fn a_restarted_drone_replays_its_journal_and_the_controller_converges_on_i
 
     let image = hangar_executor::testing::test_backend_binary().display().to_string();
     let request = ConnectRequest::keyless(SpawnSpec::new(image));
-    let deadline = Instant::now() + WAIT;
-    let connection = loop {
-        match client.connect_backend(&request).await {
-            Ok(connection) => break connection,
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(err) => panic!("the drone never took the backend: {err}"),
-        }
-    };
-    let ready = wait_for(&client, &connection.backend_id, |b| b.state == BackendState::Ready).await;
+    let connection = connect_once_a_drone_is_there(&client, &request).await;
+    let ready = wait_for(&client, &connection.backend_id, BackendState::Ready).await;
 
     // Killed: its backend dies with it, and the controller still believes READY.
     drone.kill();
@@ -136,7 +116,7 @@ async fn a_restarted_drone_replays_its_journal_and_the_controller_converges_on_i
     // Back on the same journal: it reconciles with its runtime (which lost the backend), and the
     // event reaches the controller.
     let _drone = DroneProcess::start(&cluster.url(), "phoenix", &journal);
-    let ended = wait_for(&client, &ready.id, |b| b.state == BackendState::Terminated).await;
+    let ended = wait_for(&client, &ready.id, BackendState::Terminated).await;
     assert_eq!(ended.status.termination_reason, Some(TerminationReason::Lost));
     let history: Vec<_> = {
         use futures::StreamExt;

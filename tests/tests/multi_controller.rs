@@ -7,6 +7,7 @@ use hangar_executor::drone::{self, AttachState, Backoff, DroneConfig};
 use hangar_server::controller::RunningController;
 use hangar_server::store::{self, DynStore};
 use hangar_server::testing::PgCluster;
+use hangar_testkit::eventually;
 use hangar_tests::{
     ControllerProcess, ManualDrone, channel, drone_hello, next_event, start_controller_with, test_config, watch,
 };
@@ -47,9 +48,11 @@ async fn read_until(
 async fn drone_on_controller_a_is_seen_added_drained_and_offline_by_a_watcher_on_controller_b() {
     let pg = PgCluster::shared().await.unwrap();
     let (_store, a, b) = two_controllers(&pg.create_database().await.unwrap()).await;
-    let mut on_b = watch(&b.url(), all_from(0)).await.unwrap();
-    // The watch is registered once the hub has subscribed it; give the stream a moment.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The watch starts from the revision of its (empty) snapshot, fixed when SNAPSHOT_END is
+    // sent: the drone attached after it is a live change for this watch.
+    let mut on_b = watch(&b.url(), v1::WatchNodesRequest { send_initial: true, ..all_from(0) }).await.unwrap();
+    let snapshot = next_event(&mut on_b, WAIT).await.unwrap();
+    assert_eq!(snapshot.r#type(), NodeEventType::SnapshotEnd, "no node yet: {snapshot:?}");
 
     let drone = ManualDrone::attach(&a.url(), drone_hello("worker-a")).await.unwrap();
     let alive = drone.keep_alive(Duration::from_millis(50));
@@ -140,18 +143,12 @@ async fn postgres_restart_during_a_watch_loses_no_event() {
 
     // Writes through controller B once PostgreSQL is back (the pool reconnects by itself).
     let mut nodes_b = NodeServiceClient::new(channel(&b.url()).await);
-    let deadline = Instant::now() + WAIT;
-    let mut drained = 0;
-    while drained < 20 {
+    for drained in 0..20 {
         let d = prost_types::Duration { seconds: 100 + drained, nanos: 0 };
-        match nodes_b.drain_node(v1::DrainNodeRequest { id: first.id.clone(), deadline: Some(d) }).await {
-            Ok(_) => drained += 1,
-            Err(status) if Instant::now() < deadline => {
-                tracing::info!(%status, "store not back yet");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => panic!("PostgreSQL never came back: {status:?}"),
-        }
+        eventually(WAIT, "a drain through B to commit on the restarted PostgreSQL", async || {
+            nodes_b.drain_node(v1::DrainNodeRequest { id: first.id.clone(), deadline: Some(d) }).await
+        })
+        .await;
     }
     let written = store.current_revision().await.unwrap();
     let mut expected = warmup.revision + 1;

@@ -42,7 +42,8 @@ async fn silent_drone_turns_unhealthy_then_ready_again_when_heartbeats_resume() 
     let mut nodes = cluster.nodes().await;
     let drone = ManualDrone::attach(&cluster.url(), drone_hello("quiet-1")).await.unwrap();
     let keep_alive = drone.keep_alive(Duration::from_millis(50));
-    // Healthy well past the UNHEALTHY threshold while heartbeating.
+    // Healthy well past the UNHEALTHY threshold while heartbeating (a window for a change that
+    // must not happen).
     tokio::time::sleep(Duration::from_millis(700)).await;
     let node = wait_for_node(&mut nodes, &drone.node_id, WAIT, |_| true).await;
     assert_eq!(state(&node), NodeState::Ready);
@@ -277,8 +278,10 @@ fn registration_clone(node: &hangar::domain::Node) -> hangar_server::store::Node
 fn hangar_drone_run_exits_with_the_reason_when_its_name_is_refused() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let cluster = runtime.block_on(TestCluster::sqlite());
+    let data = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(hangar_tests::binary("hangar-drone"))
-        .args(["run", "--controller", &cluster.url(), "--name", "Not_A_Dns_Label"])
+        .args(["run", "--controller", &cluster.url(), "--name", "Not_A_Dns_Label", "--data-dir"])
+        .arg(data.path())
         .output()
         .unwrap();
     assert!(!output.status.success());

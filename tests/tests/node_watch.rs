@@ -7,6 +7,7 @@ use hangar::error::error_info;
 use hangar::v1::{self, NodeEventType};
 use hangar_server::store::{NodeUpdate, Retention, UpdateCondition};
 use hangar_server::watch::WatchConfig;
+use hangar_testkit::{check, eventually};
 use hangar_tests::{TestCluster, next_event, registration, test_config, watch};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -230,16 +231,13 @@ async fn a_quiet_filtered_watch_gets_bookmarks_with_the_current_revision() {
     let mut stream = watch(&cluster.url(), req).await.unwrap();
     // Drone changes do not match the filter, but move the revision on.
     let node = cluster.store.attach_node(registration("d"), "c", Utc::now()).await.unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, &format!("a bookmark at revision {}", node.revision), async || {
         let event = next_event(&mut stream, WAIT).await.unwrap();
         assert_eq!(event.r#type(), NodeEventType::Bookmark);
         assert!(event.node.is_none());
-        if event.revision == node.revision {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bookmark never reached revision {}", node.revision);
-    }
+        check(event, |e| e.revision == node.revision)
+    })
+    .await;
     cluster.shutdown().await;
 }
 

@@ -8,22 +8,28 @@ use hangar::v1::{
     proxy_service_server::{ProxyService, ProxyServiceServer},
 };
 use hangar_server::proxy::{Proxy, ProxyConfig, RunningProxy};
+use hangar_testkit::{check, eventually};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+const WAIT: Duration = Duration::from_secs(5);
+
 type AttachSender = tokio::sync::mpsc::Sender<Result<v1::ProxyAttachResponse, Status>>;
 
-/// A control plane whose routes the test sets, and which records traffic reports.
+/// A control plane whose routes the test sets, and which records (for tests to wait on) the
+/// backends of traffic reports and the tokens it was asked to look up.
 #[derive(Clone, Default)]
 struct FakeControlPlane {
     routes: Arc<Mutex<HashMap<String, v1::LookupRouteResponse>>>,
-    traffic: Arc<Mutex<Vec<String>>>,
+    traffic: watch::Sender<Vec<String>>,
+    lookups: watch::Sender<Vec<String>>,
     invalidate: Arc<Mutex<Option<AttachSender>>>,
 }
 
@@ -46,7 +52,7 @@ impl ProxyService for FakeControlPlane {
         tokio::spawn(async move {
             while let Ok(Some(message)) = inbound.message().await {
                 if let Some(v1::proxy_attach_request::Message::Traffic(report)) = message.message {
-                    traffic.lock().unwrap().extend(report.backend_ids);
+                    traffic.send_modify(|seen| seen.extend(report.backend_ids));
                 }
             }
         });
@@ -57,8 +63,13 @@ impl ProxyService for FakeControlPlane {
         &self,
         req: Request<v1::LookupRouteRequest>,
     ) -> Result<Response<v1::LookupRouteResponse>, Status> {
-        match self.routes.lock().unwrap().get(&req.into_inner().token) {
-            Some(route) => Ok(Response::new(route.clone())),
+        let token = req.into_inner().token;
+        let route = self.routes.lock().unwrap().get(&token).cloned();
+        // Recorded once the answer is settled, so a test that changes the route when it sees the
+        // lookup changes the next answer, not this one.
+        self.lookups.send_modify(|tokens| tokens.push(token));
+        match route {
+            Some(route) => Ok(Response::new(route)),
             None => Err(Status::not_found("no such token")),
         }
     }
@@ -158,9 +169,12 @@ async fn request_reaches_the_backend_with_its_id_and_without_spoofed_identity() 
     let (status, _, body) = get(&format!("{base}/tok/request?a=1&b=two"), &[]).await;
     assert_eq!((status.as_u16(), body.trim()), (200, "GET /request?a=1&b=two"), "path and query reach the backend");
 
-    // The traffic reached the controller in a report, for the idle sweep.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(s.plane.traffic.lock().unwrap().contains(&"bk-1".to_string()));
+    // The traffic reaches the controller in a report, for the idle sweep.
+    let mut reported = s.plane.traffic.subscribe();
+    tokio::time::timeout(WAIT, reported.wait_for(|backends| backends.iter().any(|b| b == "bk-1")))
+        .await
+        .expect("a traffic report names bk-1")
+        .unwrap();
     drop(s.backend);
     s.proxy.shutdown().await;
 }
@@ -198,16 +212,19 @@ async fn unknown_token_terminated_backend_and_unreachable_backend_get_distinct_a
 async fn a_request_for_a_starting_backend_waits_until_it_is_ready() {
     let s = setup().await;
     route(&s, "warm", v1::BackendState::Waiting, &s.backend_address);
+    // The backend turns READY only once the proxy has seen it still starting, so the request
+    // is answered only if the proxy waits and looks again.
     let plane = s.plane.clone();
-    let address = s.backend_address.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let mut routes = plane.routes.lock().unwrap();
-        routes.get_mut("warm").unwrap().state = v1::BackendState::Ready as i32;
-        let _ = address;
+    let mut lookups = s.plane.lookups.subscribe();
+    let turns_ready = tokio::spawn(async move {
+        lookups.wait_for(|tokens| tokens.iter().any(|t| t == "warm")).await.unwrap();
+        plane.routes.lock().unwrap().get_mut("warm").unwrap().state = v1::BackendState::Ready as i32;
     });
     let (status, _, body) = get(&format!("{}/warm/", s.proxy.url()), &[]).await;
     assert_eq!(status, 200, "{body}");
+    turns_ready.await.unwrap();
+    let looked_up = s.plane.lookups.borrow().iter().filter(|t| *t == "warm").count();
+    assert!(looked_up >= 2, "looked up again after seeing it starting: {looked_up} lookups");
     s.proxy.shutdown().await;
 }
 
@@ -279,7 +296,8 @@ async fn http2_clients_are_served() {
 
 #[tokio::test]
 async fn a_route_invalidation_from_the_controller_drops_the_cached_route() {
-    let s = setup().await;
+    // Cached far longer than the wait below: only the invalidation can drop the route in time.
+    let s = setup_with(|c| c.route_ttl = Duration::from_secs(60)).await;
     route(&s, "inv", v1::BackendState::Ready, &s.backend_address);
     let base = s.proxy.url();
     assert_eq!(get(&format!("{base}/inv/"), &[]).await.0, 200);
@@ -293,8 +311,10 @@ async fn a_route_invalidation_from_the_controller_drops_the_cached_route() {
     }))
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(get(&format!("{base}/inv/"), &[]).await.0, 410);
+    eventually(WAIT, "the proxy to drop the invalidated route", async || {
+        check(get(&format!("{base}/inv/"), &[]).await.0, |status| *status == 410)
+    })
+    .await;
     s.proxy.shutdown().await;
 }
 

@@ -1,0 +1,177 @@
+//! How Hangar's tests wait. A test that needs something to happen waits for it with
+//! [`eventually`]: the condition is checked until it holds or the deadline passes, and a wait that
+//! runs out fails with what it waited for, where, and what it saw last. A fixed sleep belongs only
+//! in a test that shows something did *not* happen, and the test says so where it sleeps.
+//!
+//! ```no_run
+//! # async fn demo(ready: impl AsyncFn() -> String) {
+//! use hangar_testkit::{check, eventually};
+//! use std::time::Duration;
+//!
+//! let state = eventually(Duration::from_secs(5), "the backend READY", async || {
+//!     check(ready().await, |state| state == "READY")
+//! })
+//! .await;
+//! # }
+//! ```
+
+use std::fmt::Debug;
+use std::panic::Location;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The first pause between two checks; each pause doubles, up to [`LONGEST_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(5);
+
+/// Short next to any deadline a test sets, and long enough that a check over gRPC, HTTP or the
+/// Docker API does not keep the machine's two cores busy while it waits.
+const LONGEST_PAUSE: Duration = Duration::from_millis(50);
+
+/// What a condition of [`eventually`] answers: the wait is over (with a value), or not yet (with
+/// what the condition saw, for the failure message).
+pub trait Outcome {
+    /// What [`eventually`] returns once the condition holds.
+    type Value;
+
+    /// `Ok` ends the wait; `Err` describes what was seen instead.
+    fn into_outcome(self) -> Result<Self::Value, String>;
+}
+
+impl Outcome for bool {
+    type Value = ();
+
+    fn into_outcome(self) -> Result<(), String> {
+        if self { Ok(()) } else { Err("false".into()) }
+    }
+}
+
+impl<T> Outcome for Option<T> {
+    type Value = T;
+
+    fn into_outcome(self) -> Result<T, String> {
+        self.ok_or_else(|| "None".into())
+    }
+}
+
+/// `Err` is what the condition saw: the value that did not pass [`check`], or an error of a
+/// call that is retried (a server not listening yet).
+impl<T, E: Debug> Outcome for Result<T, E> {
+    type Value = T;
+
+    fn into_outcome(self) -> Result<T, String> {
+        self.map_err(|seen| format!("{seen:?}"))
+    }
+}
+
+/// `Ok(value)` when `accept` holds for it, `Err(value)` otherwise: the condition that reads
+/// something and judges it, so that a wait that runs out shows what was read last.
+pub fn check<T>(value: T, accept: impl FnOnce(&T) -> bool) -> Result<T, T> {
+    if accept(&value) { Ok(value) } else { Err(value) }
+}
+
+/// Checks `condition` until it holds, and returns its value; panics when it still does not hold
+/// `within` from now, naming `what` was awaited, the caller's line and the last thing seen.
+///
+/// The first check runs at once; the pauses between checks grow from 5 ms to 50 ms. A check
+/// still running at the deadline fails the wait too, so a condition that hangs cannot outlast it.
+#[track_caller]
+pub fn eventually<O, F>(within: Duration, what: &str, mut condition: F) -> impl Future<Output = O::Value>
+where
+    O: Outcome,
+    F: AsyncFnMut() -> O,
+{
+    let caller = Location::caller();
+    async move {
+        let deadline = Instant::now() + within;
+        let mut pause = FIRST_PAUSE;
+        let mut checks = 0u32;
+        loop {
+            checks += 1;
+            let seen = match tokio::time::timeout_at(deadline, condition()).await {
+                Ok(outcome) => match outcome.into_outcome() {
+                    Ok(value) => return value,
+                    Err(seen) => seen,
+                },
+                Err(_) => panic!(
+                    "{caller}: timed out after {within:?} waiting for {what}: check {checks} was still running \
+                     at the deadline"
+                ),
+            };
+            let now = Instant::now();
+            if now + pause >= deadline {
+                tokio::time::sleep_until(deadline).await;
+                panic!("{caller}: timed out after {within:?} waiting for {what} ({checks} checks); last seen: {seen}");
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LONGEST_PAUSE);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message of the panic that ends `wait`, run on a runtime of its own thread.
+    fn panic_message(wait: impl AsyncFnOnce() + Send + 'static) -> String {
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            runtime.block_on(wait());
+        });
+        let panic = thread.join().expect_err("the wait failed");
+        panic.downcast::<String>().map(|m| *m).expect("a formatted panic message")
+    }
+
+    #[tokio::test]
+    async fn returns_the_value_once_the_condition_holds() {
+        let mut calls = 0;
+        let value = eventually(Duration::from_secs(5), "the third call", async || {
+            calls += 1;
+            check(calls, |n| *n == 3)
+        })
+        .await;
+        assert_eq!((value, calls), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn a_bool_or_an_option_is_a_condition_too() {
+        let mut flips = 0;
+        eventually(Duration::from_secs(5), "the third flip", async || {
+            flips += 1;
+            flips == 3
+        })
+        .await;
+        assert_eq!(flips, 3);
+        let found = eventually(Duration::from_secs(5), "a value", async || Some("here")).await;
+        assert_eq!(found, "here");
+    }
+
+    #[test]
+    fn a_wait_that_runs_out_names_what_it_awaited_where_and_what_it_saw_last() {
+        let started = Instant::now();
+        let message = panic_message(async || {
+            let mut reads = 0;
+            eventually(Duration::from_millis(200), "the answer", async || {
+                reads += 1;
+                check(reads, |_| false)
+            })
+            .await;
+        });
+        assert!(started.elapsed() >= Duration::from_millis(200), "not before the deadline");
+        assert!(message.contains("waiting for the answer"), "{message}");
+        assert!(message.contains(file!()), "the caller's file: {message}");
+        let checks: u32 = message.split(" (").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(checks > 3, "checked again and again: {message}");
+        assert!(message.ends_with(&format!("last seen: {checks}")), "{message}");
+    }
+
+    #[test]
+    fn a_check_that_hangs_fails_the_wait_at_the_deadline() {
+        let started = Instant::now();
+        let message = panic_message(async || {
+            eventually(Duration::from_millis(100), "a reply", async || std::future::pending::<bool>().await).await;
+        });
+        assert!(started.elapsed() < Duration::from_secs(5), "cut off at the deadline");
+        assert!(message.contains("check 1 was still running"), "{message}");
+    }
+}
