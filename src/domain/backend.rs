@@ -1,6 +1,5 @@
 //! Backends: the state machine every component agrees on.
 
-use super::env::BackendEnv;
 use super::node::{ParseEnumError, string_enum};
 use super::spawn::SpawnConfig;
 use super::time::{timestamp_from_proto, timestamp_to_proto};
@@ -221,11 +220,6 @@ impl Backend {
     /// A fresh id: `bk-` + UUIDv7 (time-ordered, so listings by id are roughly by age).
     pub fn new_id() -> String {
         format!("bk-{}", uuid::Uuid::now_v7().simple())
-    }
-
-    /// The variables Hangar adds to the spawn config's environment: [`BackendEnv::vars`].
-    pub fn hangar_env(&self) -> BTreeMap<String, String> {
-        BackendEnv::from(self).vars()
     }
 }
 

@@ -1,8 +1,8 @@
-//! The environment Hangar gives every backend, built here for both sides that set it: the
-//! controller puts it into the spawn action, and the drone sets it again from that action's key,
-//! fencing token and static token when it asks its runtime to start the backend.
+//! The environment Hangar gives every backend. The drone builds it, from the spawn action's
+//! backend id, key, fencing token and static token, when it asks its runtime to start the
+//! backend; the controller sends only the spawn config's own variables.
 
-use super::backend::{Backend, BackendKey};
+use super::backend::BackendKey;
 use crate::v1;
 use std::collections::BTreeMap;
 
@@ -54,21 +54,9 @@ impl BackendEnv {
     }
 }
 
-impl From<&Backend> for BackendEnv {
-    fn from(backend: &Backend) -> Self {
-        BackendEnv {
-            backend_id: backend.id.clone(),
-            key: backend.key.clone(),
-            fencing_token: backend.fencing_token,
-            static_token: backend.spawn_config.static_token.clone(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{BackendState, BackendStatus, SpawnConfig};
 
     fn spawn(static_token: &str) -> v1::SpawnBackend {
         v1::SpawnBackend {
@@ -99,41 +87,6 @@ mod tests {
         assert_eq!(vars[FENCING_TOKEN_VAR], "0");
         assert_eq!(vars[STATIC_TOKEN_VAR], "s3cr3t");
         assert!(!BackendEnv::from_spawn("bk-2", &spawn("")).vars().contains_key(STATIC_TOKEN_VAR));
-    }
-
-    #[test]
-    fn the_controller_and_the_drone_build_the_same_environment() {
-        let config = v1::SpawnConfig {
-            executable: Some(v1::Executable { image: "hangar/test:1".into(), ..Default::default() }),
-            static_token: "a-static-token-of-some-length".into(),
-            ..Default::default()
-        };
-        let now = chrono::Utc::now();
-        let backend = Backend {
-            id: "bk-4".into(),
-            key: Some(BackendKey { namespace: "docs".into(), name: "doc-1".into(), tag: "v2".into() }),
-            status: BackendStatus::new(BackendState::Scheduled, now),
-            drone_id: "nd-1".into(),
-            cluster: "default".into(),
-            pool: "default".into(),
-            labels: BTreeMap::new(),
-            created_at: now,
-            updated_at: now,
-            last_activity_at: now,
-            fencing_token: 3,
-            spawn_config: SpawnConfig::from_proto(&config, "spawn_config").unwrap(),
-            address: String::new(),
-            termination_requested: None,
-        };
-        // What the controller's spawn action carries besides the executable.
-        let spawn = v1::SpawnBackend {
-            key: backend.key.as_ref().map(Into::into),
-            fencing_token: backend.fencing_token,
-            static_token: backend.spawn_config.static_token.clone().unwrap_or_default(),
-            ..Default::default()
-        };
-        assert_eq!(BackendEnv::from(&backend), BackendEnv::from_spawn(&backend.id, &spawn));
-        assert_eq!(backend.hangar_env()[STATIC_TOKEN_VAR], "a-static-token-of-some-length");
     }
 
     #[test]

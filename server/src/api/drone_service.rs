@@ -94,11 +94,10 @@ impl DroneSession {
                     tracing::warn!(action_id = %action.id, backend_id = %action.backend_id, "spawn action for a missing backend");
                     return Ok(None);
                 };
-                let mut executable = v1::Executable::from(&backend.spawn_config.executable);
-                // Hangar's variables win over the config's (validation already refuses them).
-                executable.env.extend(backend.hangar_env());
+                // Only the config's own environment: the drone adds Hangar's variables
+                // (`BackendEnv`) from the key, fencing token and static token below.
                 Action::Spawn(v1::SpawnBackend {
-                    executable: Some(executable),
+                    executable: Some(v1::Executable::from(&backend.spawn_config.executable)),
                     key: backend.key.as_ref().map(Into::into),
                     fencing_token: backend.fencing_token,
                     static_token: backend.spawn_config.static_token.clone().unwrap_or_default(),
