@@ -21,19 +21,8 @@ pub fn page_size(value: i32) -> Result<usize, ApiError> {
 /// A node or cluster name: 1–63 characters of lowercase letters, digits and '-', starting and
 /// ending with a letter or digit (a DNS label, so names are safe in URLs, logs and hostnames).
 pub fn name(field: &str, value: &str) -> Result<(), ApiError> {
-    let problem = if value.is_empty() {
-        Some("must not be empty".to_string())
-    } else if value.len() > 63 {
-        Some(format!("must be at most 63 characters (got {})", value.len()))
-    } else if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-        Some(format!("{value:?} may contain only lowercase letters, digits and '-'"))
-    } else if value.starts_with('-') || value.ends_with('-') {
-        Some(format!("{value:?} must start and end with a letter or digit"))
-    } else {
-        None
-    };
-    match problem {
-        Some(p) => Err(ApiError::invalid(field, p)),
+    match hangar::domain::dns_label_problem(value) {
+        Some(problem) => Err(ApiError::invalid(field, problem)),
         None => Ok(()),
     }
 }
