@@ -235,17 +235,14 @@ pub async fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String
     Ok((status, body))
 }
 
-/// Retries [`http_get`] until the backend answers or `timeout` passes (a backend needs a moment
-/// to bind after its start returned).
-pub async fn wait_for_http(address: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match http_get(address, path).await {
-            Ok(answer) if answer.0 != 0 => return Ok(answer),
-            Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            other => return other,
-        }
-    }
+/// Waits until the backend answers HTTP (a backend needs a moment to bind after its start
+/// returned); fails the test with the last error once `within` has passed.
+pub async fn wait_for_http(address: &str, path: &str, within: Duration) -> (u16, String) {
+    let what = format!("an HTTP answer from {address}{path}");
+    hangar_testkit::eventually(within, &what, async || match http_get(address, path).await {
+        Ok(answer) if answer.0 != 0 => Ok(answer),
+        Ok(answer) => Err(format!("no status line: {answer:?}")),
+        Err(err) => Err(err.to_string()),
+    })
+    .await
 }

@@ -192,7 +192,7 @@ mod cases {
         assert_eq!(info.address, started.address);
         assert!(info.started_at.is_some());
         // Serving means its SIGTERM handler is in place.
-        wait_for_http(&started.address, "/", HTTP_READY).await.expect("backend answers");
+        wait_for_http(&started.address, "/", HTTP_READY).await;
 
         let begun = Instant::now();
         h.client().stop(&id, Duration::from_secs(5)).await.expect("stop");
@@ -223,7 +223,7 @@ mod cases {
         assert_eq!(first, second, "a retried start returns the same result");
         assert_eq!(h.client().list().await.unwrap().iter().filter(|b| b.backend_id == id).count(), 1);
 
-        wait_for_http(&first.address, "/", HTTP_READY).await.expect("backend answers");
+        wait_for_http(&first.address, "/", HTTP_READY).await;
         h.client().stop(&id, Duration::from_secs(5)).await.expect("stop");
         h.client().stop(&id, Duration::from_secs(5)).await.expect("stopping a stopped backend is OK");
         assert_eq!(h.client().inspect(&id).await.unwrap().exit_code, Some(EXIT_SIGTERM));
@@ -235,7 +235,7 @@ mod cases {
         let spec = h.spec("stubborn", ignoring_sigterm());
         let id = spec.backend_id.clone();
         let started = h.client().start(spec).await.expect("start");
-        wait_for_http(&started.address, "/", HTTP_READY).await.expect("backend answers");
+        wait_for_http(&started.address, "/", HTTP_READY).await;
 
         // The look during the grace leaves two seconds of margin for a busy machine.
         let grace = Duration::from_secs(3);
@@ -358,7 +358,7 @@ mod cases {
         spec.resources = ResourceLimits { memory_bytes: 256 * MIB, ..Default::default() };
         let id = spec.backend_id.clone();
         let started = h.client().start(spec).await.expect("start");
-        wait_for_http(&started.address, "/", HTTP_READY).await.expect("backend answers");
+        wait_for_http(&started.address, "/", HTTP_READY).await;
         let mut stats = h.client().stats(&id, Duration::from_millis(200)).await.expect("stats");
         let first = tokio::time::timeout(Duration::from_secs(10), stats.next()).await.unwrap().unwrap().unwrap();
         let second = tokio::time::timeout(Duration::from_secs(10), stats.next()).await.unwrap().unwrap().unwrap();
@@ -428,11 +428,11 @@ mod cases {
         let spec = h.spec("web", vec![]);
         let id = spec.backend_id.clone();
         let started = h.client().start(spec).await.expect("start");
-        let (status, body) = wait_for_http(&started.address, "/", HTTP_READY).await.expect("HTTP answer");
+        let (status, body) = wait_for_http(&started.address, "/", HTTP_READY).await;
         assert_eq!(status, 200);
         assert!(body.contains(&id), "the answer names the backend: {body:?}");
         if h.kind != RuntimeKind::Mock {
-            let (_, env) = wait_for_http(&started.address, "/env", HTTP_READY).await.expect("env");
+            let (_, env) = wait_for_http(&started.address, "/env", HTTP_READY).await;
             let host_port = started.address.rsplit(':').next().unwrap();
             let expected_port = if h.kind == RuntimeKind::Docker { "8080" } else { host_port };
             assert!(env.lines().any(|l| l == format!("PORT={expected_port}")), "PORT matches the assigned port: {env}");
