@@ -40,7 +40,7 @@ pub mod reason {
     pub const STREAM_REPLACED: &str = "STREAM_REPLACED";
     /// A reader of the executor's event stream fell too far behind (metadata `last_sequence`).
     pub const EVENTS_LAGGED: &str = "EVENTS_LAGGED";
-    /// The executor refused a request's arguments; `BadRequest` names each field.
+    /// A request's arguments were refused; `BadRequest` names each field.
     pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
 }
 
@@ -61,6 +61,12 @@ pub mod metadata {
     pub const OLDEST_REVISION: &str = "oldest_revision";
     /// The last revision a watch delivered: resume from it.
     pub const LAST_REVISION: &str = "last_revision";
+    /// A container image (or, for the process runtime, a program path).
+    pub const IMAGE: &str = "image";
+    /// What the runtime said, for an error whose message is Hangar's own.
+    pub const DETAIL: &str = "detail";
+    /// The last sequence number an executor's event stream delivered: resume after it.
+    pub const LAST_SEQUENCE: &str = "last_sequence";
 }
 
 /// A status with an `ErrorInfo` (domain [`ERROR_DOMAIN`]) and metadata.
@@ -71,22 +77,21 @@ pub fn status_with_reason(code: Code, message: impl Into<String>, reason: &str, 
     Status::with_error_details(code, message, details)
 }
 
-/// INVALID_ARGUMENT with one `BadRequest` field violation per `(field, description)`.
+/// INVALID_ARGUMENT with one `BadRequest` field violation per `(field, description)` and the
+/// reason [`reason::INVALID_ARGUMENT`].
 pub fn invalid_argument(violations: Vec<(String, String)>) -> Status {
-    invalid_argument_with_reason(violations, None)
+    invalid_argument_with_reason(violations, reason::INVALID_ARGUMENT)
 }
 
-/// INVALID_ARGUMENT with field violations and, where clients should be able to match the case
-/// without reading violations, an `ErrorInfo` reason too.
-pub fn invalid_argument_with_reason(violations: Vec<(String, String)>, reason: Option<&str>) -> Status {
+/// INVALID_ARGUMENT with field violations and a more specific `ErrorInfo` reason, for cases
+/// clients should be able to match without reading the violations (e.g. `INVALID_PAGE_TOKEN`).
+pub fn invalid_argument_with_reason(violations: Vec<(String, String)>, reason: &str) -> Status {
     let message =
         violations.iter().map(|(field, description)| format!("{field}: {description}")).collect::<Vec<_>>().join("; ");
     let violations: Vec<FieldViolation> =
         violations.into_iter().map(|(field, description)| FieldViolation::new(field, description)).collect();
     let mut details = ErrorDetails::with_bad_request(violations);
-    if let Some(reason) = reason {
-        details.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
-    }
+    details.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 

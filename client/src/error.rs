@@ -3,7 +3,7 @@
 //! Callers match on variants and on the stable `ErrorInfo.reason` strings
 //! (`hangar::error::reason`), never on messages.
 
-use hangar::error::{error_info, field_violations};
+use hangar::error::{error_info, field_violations, metadata};
 use std::collections::HashMap;
 use tonic::{Code, Status};
 
@@ -22,7 +22,7 @@ pub enum ClientError {
     NotFound { reason: String, message: String },
 
     /// INVALID_ARGUMENT with one `(field, description)` per `BadRequest` field violation.
-    #[error("invalid argument: {}", with_reason(&describe_violations(message, violations), reason))]
+    #[error("invalid argument: {}", with_specific_reason(&describe_violations(message, violations), reason))]
     InvalidArgument { reason: String, message: String, violations: Vec<(String, String)> },
 
     /// FAILED_PRECONDITION, e.g. reason `NODE_NOT_DRONE` or `KEY_TAG_MISMATCH`.
@@ -93,11 +93,11 @@ impl From<Status> for ClientError {
             Code::FailedPrecondition => ClientError::FailedPrecondition { reason, message },
             Code::Unavailable => ClientError::Unavailable { reason, message },
             Code::OutOfRange => {
-                let oldest_revision = revision(&metadata, "oldest_revision");
+                let oldest_revision = revision(&metadata, metadata::OLDEST_REVISION);
                 ClientError::OutOfRange { reason, message, oldest_revision }
             }
             Code::ResourceExhausted => {
-                let last_revision = revision(&metadata, "last_revision");
+                let last_revision = revision(&metadata, metadata::LAST_REVISION);
                 ClientError::ResourceExhausted { reason, message, last_revision }
             }
             _ => ClientError::Other(status),
@@ -107,6 +107,12 @@ impl From<Status> for ClientError {
 
 fn revision(metadata: &HashMap<String, String>, key: &str) -> Option<u64> {
     metadata.get(key).and_then(|v| v.parse().ok())
+}
+
+/// `message (REASON)`, leaving out the generic `INVALID_ARGUMENT` reason that only repeats what
+/// the line already says.
+fn with_specific_reason(message: &str, reason: &str) -> String {
+    with_reason(message, if reason == hangar::error::reason::INVALID_ARGUMENT { "" } else { reason })
 }
 
 fn with_reason(message: &str, reason: &str) -> String {

@@ -430,7 +430,7 @@ fn draining_a_proxy_suggests_listing_drones() {
 fn a_bad_page_token_names_its_reason_and_suggests_listing_again() {
     let status = hangar::error::invalid_argument_with_reason(
         vec![("page_token".into(), "malformed".into())],
-        Some(reason::INVALID_PAGE_TOKEN),
+        reason::INVALID_PAGE_TOKEN,
     );
     assert_eq!(
         rendered(status),

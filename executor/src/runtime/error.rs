@@ -3,7 +3,7 @@
 //! sends carries a reason, so the drone (or any other client of the socket) reads back the same
 //! error it would have got from an in-process runtime.
 
-use hangar::error::{error_info, field_violations, invalid_argument_with_reason, reason, status_with_reason};
+use hangar::error::{error_info, field_violations, invalid_argument, metadata, reason, status_with_reason};
 use tonic::{Code, Status};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,36 +73,37 @@ impl RuntimeError {
     pub fn to_status(&self) -> Status {
         let code = self.code();
         match self {
-            RuntimeError::BackendNotFound(id) => {
-                status_with_reason(code, self.to_string(), reason::BACKEND_NOT_FOUND, &[("backend_id", id.clone())])
-            }
+            RuntimeError::BackendNotFound(id) => status_with_reason(
+                code,
+                self.to_string(),
+                reason::BACKEND_NOT_FOUND,
+                &[(metadata::BACKEND_ID, id.clone())],
+            ),
             // `detail` carries the bare message, so the client rebuilds the same error.
             RuntimeError::ImageNotFound { image, message } => status_with_reason(
                 code,
                 self.to_string(),
                 reason::IMAGE_NOT_FOUND,
-                &[("image", image.clone()), ("detail", message.clone())],
+                &[(metadata::IMAGE, image.clone()), (metadata::DETAIL, message.clone())],
             ),
             RuntimeError::ImagePullFailed { image, message } => status_with_reason(
                 code,
                 self.to_string(),
                 reason::IMAGE_PULL_FAILED,
-                &[("image", image.clone()), ("detail", message.clone())],
+                &[(metadata::IMAGE, image.clone()), (metadata::DETAIL, message.clone())],
             ),
-            RuntimeError::InvalidSpec { field, message } => {
-                invalid_argument_with_reason(vec![(field.clone(), message.clone())], Some(reason::INVALID_ARGUMENT))
-            }
+            RuntimeError::InvalidSpec { field, message } => invalid_argument(vec![(field.clone(), message.clone())]),
             RuntimeError::StartFailed { backend_id, message } => status_with_reason(
                 code,
                 self.to_string(),
                 reason::BACKEND_START_FAILED,
-                &[("backend_id", backend_id.clone()), ("detail", message.clone())],
+                &[(metadata::BACKEND_ID, backend_id.clone()), (metadata::DETAIL, message.clone())],
             ),
             RuntimeError::StoppedWhileStarting(id) => status_with_reason(
                 code,
                 self.to_string(),
                 reason::BACKEND_STOPPED_WHILE_STARTING,
-                &[("backend_id", id.clone())],
+                &[(metadata::BACKEND_ID, id.clone())],
             ),
             RuntimeError::Unsupported(_) => {
                 status_with_reason(code, self.to_string(), reason::CAPABILITY_NOT_SUPPORTED, &[])
@@ -111,7 +112,7 @@ impl RuntimeError {
                 code,
                 self.to_string(),
                 reason::EVENTS_LAGGED,
-                &[("last_sequence", last_sequence.to_string())],
+                &[(metadata::LAST_SEQUENCE, last_sequence.to_string())],
             ),
             RuntimeError::Unavailable(_) => {
                 status_with_reason(code, self.to_string(), reason::RUNTIME_UNAVAILABLE, &[])
@@ -138,18 +139,20 @@ impl RuntimeError {
         let message = status.message().to_string();
         let (reason, metadata) = error_info(status).unwrap_or_default();
         let meta = |key: &str| metadata.get(key).cloned().unwrap_or_default();
-        let detail = metadata.get("detail").cloned().unwrap_or_else(|| message.clone());
+        let detail = metadata.get(metadata::DETAIL).cloned().unwrap_or_else(|| message.clone());
         match reason.as_str() {
-            reason::BACKEND_NOT_FOUND => RuntimeError::BackendNotFound(meta("backend_id")),
-            reason::IMAGE_NOT_FOUND => RuntimeError::ImageNotFound { image: meta("image"), message: detail },
-            reason::IMAGE_PULL_FAILED => RuntimeError::ImagePullFailed { image: meta("image"), message: detail },
-            reason::BACKEND_START_FAILED => {
-                RuntimeError::StartFailed { backend_id: meta("backend_id"), message: detail }
+            reason::BACKEND_NOT_FOUND => RuntimeError::BackendNotFound(meta(metadata::BACKEND_ID)),
+            reason::IMAGE_NOT_FOUND => RuntimeError::ImageNotFound { image: meta(metadata::IMAGE), message: detail },
+            reason::IMAGE_PULL_FAILED => {
+                RuntimeError::ImagePullFailed { image: meta(metadata::IMAGE), message: detail }
             }
-            reason::BACKEND_STOPPED_WHILE_STARTING => RuntimeError::StoppedWhileStarting(meta("backend_id")),
+            reason::BACKEND_START_FAILED => {
+                RuntimeError::StartFailed { backend_id: meta(metadata::BACKEND_ID), message: detail }
+            }
+            reason::BACKEND_STOPPED_WHILE_STARTING => RuntimeError::StoppedWhileStarting(meta(metadata::BACKEND_ID)),
             reason::CAPABILITY_NOT_SUPPORTED => RuntimeError::Unsupported(message),
             reason::EVENTS_LAGGED => {
-                RuntimeError::EventsLagged { last_sequence: meta("last_sequence").parse().unwrap_or(0) }
+                RuntimeError::EventsLagged { last_sequence: meta(metadata::LAST_SEQUENCE).parse().unwrap_or(0) }
             }
             reason::RUNTIME_UNAVAILABLE => RuntimeError::Unavailable(message),
             reason::PROTOCOL_VERSION_MISMATCH => RuntimeError::VersionMismatch(message),

@@ -100,7 +100,7 @@ impl From<ApiError> for Status {
                 status_with_reason(Code::FailedPrecondition, message, reason::NODE_NOT_DRONE, &[(NODE_ID, id)])
             }
             ApiError::InvalidPageToken(detail) => {
-                invalid_argument_with_reason(vec![("page_token".into(), detail)], Some(reason::INVALID_PAGE_TOKEN))
+                invalid_argument_with_reason(vec![("page_token".into(), detail)], reason::INVALID_PAGE_TOKEN)
             }
             ApiError::PageTokenExpired { oldest, .. } => status_with_reason(
                 Code::OutOfRange,
