@@ -11,6 +11,7 @@ mod fanout;
 mod hangar_side;
 mod measure;
 mod procs;
+mod result;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
@@ -164,5 +165,6 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     };
     let etcd = if run_etcd { Some(etcd::run(&args, &plan, value_size).await?) } else { None };
     measure::print_table(hangar.as_ref(), etcd.as_ref());
+    measure::print_result(hangar.as_ref(), etcd.as_ref());
     Ok(())
 }

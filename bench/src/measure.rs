@@ -5,6 +5,7 @@
 //! write and `acked` when the write has committed; each watcher takes `received` when its client
 //! has decoded the message carrying the change. Latency is `received - issued`.
 
+use crate::result::ResultLine;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub fn now_ns() -> u64 {
@@ -277,4 +278,31 @@ pub fn print_table(hangar: Option<&Report>, etcd: Option<&Report>) {
         };
         println!("| {:<34} | {:>14} | {:>14} | {:>11} |", name, cell(hangar, show), cell(etcd, show), ratio);
     }
+}
+
+/// The `RESULT` line: each system's latency p99 per phase, fan-out throughput, memory per watcher
+/// and CPU per delivery, then the ratios the watch figures are judged by (Hangar/etcd; below 1 is
+/// better except for throughput). A system that was not run (`--only`) is left out.
+pub fn print_result(hangar: Option<&Report>, etcd: Option<&Report>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut line = ResultLine::new("watch");
+    for (system, report) in [("hangar", hangar), ("etcd", etcd)] {
+        let Some(r) = report else { continue };
+        line = line
+            .figure(&format!("{system}_paced_p99_ms"), ms(r.paced.p99))
+            .figure(&format!("{system}_loaded_p99_ms"), ms(r.loaded.p99))
+            .figure(&format!("{system}_heavy_p99_ms"), ms(r.heavy.p99))
+            .figure(&format!("{system}_fanout_per_s"), r.burst_throughput.round())
+            .figure(&format!("{system}_kib_per_watcher"), r.per_watcher_bytes() / 1024.0)
+            .figure(&format!("{system}_cpu_us_per_delivery"), r.cpu_per_delivery_us())
+            .figure(&format!("{system}_missing"), r.missing);
+    }
+    if let (Some(h), Some(e)) = (hangar, etcd) {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        line = line
+            .figure("heavy_p99_ratio", ratio(ms(h.heavy.p99), ms(e.heavy.p99)))
+            .figure("fanout_ratio", ratio(h.burst_throughput, e.burst_throughput))
+            .figure("memory_ratio", ratio(h.per_watcher_bytes(), e.per_watcher_bytes()));
+    }
+    line.print();
 }
