@@ -1,8 +1,19 @@
 //! Compiles every `.proto` under `proto/` with protox (a pure-Rust protobuf compiler, so no
-//! system `protoc` is needed) and generates prost messages and tonic clients and servers. The
-//! encoded descriptor set is written next to the generated code for server reflection.
+//! system `protoc` is needed) and generates prost messages and tonic clients and servers.
+//!
+//! For server reflection it also writes one encoded descriptor set per API package, each with
+//! the files it imports: a server registers the set of the package it serves, so its reflection
+//! lists exactly the services it serves (the controller `hangar.v1`, an executor
+//! `hangar.executor.v1`).
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use tonic_prost_build::FileDescriptorSet;
+
+/// Each API package and the file its descriptor set is written to (in `OUT_DIR`; `src/lib.rs`
+/// includes them).
+const REFLECTION_SETS: [(&str, &str); 2] =
+    [("hangar.v1", "hangar_v1_descriptor.bin"), ("hangar.executor.v1", "hangar_executor_v1_descriptor.bin")];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = Path::new("proto");
@@ -13,7 +24,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let descriptors = protox::compile(&files, [proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("hangar_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
+    for (package, file_name) in REFLECTION_SETS {
+        let set = package_with_imports(&descriptors, package)?;
+        std::fs::write(out_dir.join(file_name), prost::Message::encode_to_vec(&set))?;
+    }
+    let packages: BTreeSet<_> =
+        descriptors.file.iter().map(|f| f.package()).filter(|p| p.starts_with("hangar.")).collect();
+    let covered: BTreeSet<_> = REFLECTION_SETS.iter().map(|(package, _)| *package).collect();
+    if packages != covered {
+        return Err(
+            format!("build.rs: REFLECTION_SETS covers {covered:?}, but proto/ has packages {packages:?}").into()
+        );
+    }
 
     tonic_prost_build::configure()
         .build_client(true)
@@ -27,6 +49,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::HangarCodec")
         .compile_fds(descriptors)?;
     Ok(())
+}
+
+/// The files of `package` and every file they import, directly or not, in the order of `all`
+/// (protox lists a file after its imports, which is the order reflection clients expect).
+fn package_with_imports(all: &FileDescriptorSet, package: &str) -> Result<FileDescriptorSet, String> {
+    let by_name: HashMap<&str, _> = all.file.iter().map(|f| (f.name(), f)).collect();
+    let mut needed = BTreeSet::new();
+    let mut pending: Vec<&str> = all.file.iter().filter(|f| f.package() == package).map(|f| f.name()).collect();
+    if pending.is_empty() {
+        return Err(format!("build.rs: no proto file declares package {package}"));
+    }
+    while let Some(name) = pending.pop() {
+        if needed.insert(name) {
+            let file = by_name.get(name).ok_or_else(|| format!("build.rs: {name} is imported but not compiled"))?;
+            pending.extend(file.dependency.iter().map(String::as_str));
+        }
+    }
+    Ok(FileDescriptorSet { file: all.file.iter().filter(|f| needed.contains(f.name())).cloned().collect() })
 }
 
 fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

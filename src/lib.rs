@@ -1,6 +1,6 @@
 //! The Hangar API crate: generated protobuf types and tonic services for `hangar.v1` and
-//! `hangar.executor.v1`, the encoded descriptor set for server reflection, and the domain types
-//! that every component shares together with their protobuf conversions.
+//! `hangar.executor.v1`, each with its encoded descriptor set for server reflection, and the
+//! domain types that every component shares together with their protobuf conversions.
 
 pub mod codec;
 pub mod domain;
@@ -12,6 +12,10 @@ pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("hangar.v1");
     pub use crate::wire::{EncodedNode, WatchNodesResponse};
+
+    /// Encoded `FileDescriptorSet` of `hangar.v1` and the files it imports, for the controller's
+    /// server reflection (`hangar.executor.v1` is not in it: the controller does not serve it).
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hangar_v1_descriptor.bin"));
 }
 
 /// Generated code for `hangar.executor.v1` and the protocol version it implements.
@@ -24,11 +28,13 @@ pub mod executor {
     pub mod v1 {
         #![allow(clippy::all, missing_docs)]
         tonic::include_proto!("hangar.executor.v1");
+
+        /// Encoded `FileDescriptorSet` of `hangar.executor.v1` and the files it imports, for an
+        /// executor's server reflection.
+        pub const FILE_DESCRIPTOR_SET: &[u8] =
+            include_bytes!(concat!(env!("OUT_DIR"), "/hangar_executor_v1_descriptor.bin"));
     }
 }
-
-/// Encoded `FileDescriptorSet` of every Hangar proto, for `tonic-reflection`.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hangar_descriptor.bin"));
 
 /// Version of the Hangar binaries, reported in Hello messages and handshakes.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -96,10 +96,15 @@ impl Controller {
         set_health(&health, ServingStatus::Serving).await;
 
         let reflection = config.reflection.then(|| {
+            // Exactly what this server serves: `hangar.v1`, health, and both reflection versions
+            // (each version would otherwise list only itself).
             let builder = || {
                 tonic_reflection::server::Builder::configure()
-                    .register_encoded_file_descriptor_set(hangar::FILE_DESCRIPTOR_SET)
+                    .include_reflection_service(false)
+                    .register_encoded_file_descriptor_set(hangar::v1::FILE_DESCRIPTOR_SET)
                     .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
             };
             (builder().build_v1(), builder().build_v1alpha())
         });
