@@ -1,6 +1,7 @@
 //! The executor socket and server: permissions, peer check, stale and live sockets, path
 //! length, the handshake rule, capabilities, message sizes and graceful shutdown.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use hangar_executor::runtime::{
 use hangar_executor::socket::client::ExecutorClient;
 use hangar_executor::socket::server::{ServerOptions, SocketError, bind_socket};
 use hangar_executor::testing::{TestExecutor, serve_on};
+use prost::Message;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -34,8 +36,13 @@ async fn raw_client(socket: &std::path::Path) -> ExecutorServiceClient<Channel> 
 }
 
 async fn raw_client_on(endpoint: Endpoint, socket: &std::path::Path) -> ExecutorServiceClient<Channel> {
+    ExecutorServiceClient::new(channel_on(endpoint, socket).await)
+}
+
+/// A plain gRPC channel to the socket, as grpcurl's `-unix` opens one.
+async fn channel_on(endpoint: Endpoint, socket: &std::path::Path) -> Channel {
     let socket = socket.to_path_buf();
-    let channel = endpoint
+    endpoint
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
             async move {
@@ -43,8 +50,7 @@ async fn raw_client_on(endpoint: Endpoint, socket: &std::path::Path) -> Executor
             }
         }))
         .await
-        .expect("connect");
-    ExecutorServiceClient::new(channel)
+        .expect("connect")
 }
 
 fn handshake_request() -> pb::HandshakeRequest {
@@ -88,6 +94,90 @@ async fn peer_with_a_uid_outside_the_allow_list_is_refused() {
     }
     // Not only the handshake: every call is refused.
     let status = raw_client(&socket).await.list_backends(pb::ListBackendsRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(error_info(&status).unwrap().0, reason::PEER_NOT_ALLOWED);
+}
+
+/// What `grpcurl -unix -plaintext PATH list` shows: exactly the executor protocol and reflection
+/// itself, with no handshake needed; the descriptors describe the executor protocol.
+#[tokio::test]
+async fn reflection_lists_exactly_the_services_the_executor_serves() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let exec = TestExecutor::start(mock()).await.unwrap();
+    let channel = channel_on(Endpoint::try_from("http://[::]:50051").unwrap(), &exec.socket).await;
+    let served: BTreeSet<String> = [
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "hangar.executor.v1.ExecutorService",
+    ]
+    .map(String::from)
+    .into();
+
+    let requests = [
+        v1::server_reflection_request::MessageRequest::ListServices(String::new()),
+        v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "hangar.executor.v1.ExecutorService".into(),
+        ),
+    ]
+    .map(|m| v1::ServerReflectionRequest { host: String::new(), message_request: Some(m) });
+    let mut responses = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    assert_eq!(list.service.into_iter().map(|s| s.name).collect::<BTreeSet<_>>(), served, "reflection v1");
+    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected file descriptors");
+    };
+    let names: Vec<_> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|b| prost_types::FileDescriptorProto::decode(&b[..]).unwrap().name().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "hangar/executor/v1/executor.proto"), "executor.proto not served: {names:?}");
+
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    assert_eq!(list.service.into_iter().map(|s| s.name).collect::<BTreeSet<_>>(), served, "reflection v1alpha");
+}
+
+/// Reflection is guarded like every other call on the socket.
+#[tokio::test]
+async fn reflection_refuses_a_peer_outside_the_allow_list() {
+    use tonic_reflection::pb::v1;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/executor.sock");
+    let own = nix::unistd::getuid().as_raw();
+    let options = ServerOptions { allowed_uids: vec![own + 4242], ..Default::default() };
+    let (_shutdown, _server) = serve_on(&socket, mock(), options);
+    let channel = channel_on(Endpoint::try_from("http://[::]:50051").unwrap(), &socket).await;
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let status = v1::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(error_info(&status).unwrap().0, reason::PEER_NOT_ALLOWED);
 }

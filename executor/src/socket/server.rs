@@ -2,7 +2,8 @@
 //!
 //! The socket is local-only and guarded three ways: its directory is 0700 (nobody else can even
 //! reach the file), the file is 0600, and every connection's peer uid (SO_PEERCRED) is checked
-//! against an allow-list. A connection must handshake before anything else.
+//! against an allow-list. A connection must handshake before any executor call; server
+//! reflection (for `grpcurl -unix`) needs only an allowed peer.
 
 use std::path::Path;
 use std::pin::Pin;
@@ -22,6 +23,7 @@ use super::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::runtime::{BackendSpec, Capability, PullPolicy, Runtime, RuntimeError};
 
 mod listener;
+mod reflection;
 
 pub use self::listener::{MAX_SOCKET_PATH_BYTES, PeerConnection, PeerInfo, SocketError, bind_socket};
 
@@ -70,6 +72,7 @@ pub async fn serve(
         allowed: allowed.clone(),
         streams_done: streams_done.clone(),
     };
+    let (reflection_v1, reflection_v1alpha) = reflection::services(allowed.clone());
     let incoming = futures::stream::unfold(listener, move |listener| {
         let allowed = allowed.clone();
         async move {
@@ -107,8 +110,12 @@ pub async fn serve(
         // Streams never end by themselves; without this the graceful shutdown would wait forever.
         streams_done.cancel();
     };
-    let result =
-        tonic::transport::Server::builder().add_service(server).serve_with_incoming_shutdown(incoming, shutdown).await;
+    let result = tonic::transport::Server::builder()
+        .add_service(server)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
     runtime.shutdown().await;
     if let Some(path) = socket_path {
         let _ = std::fs::remove_file(path);
@@ -136,19 +143,7 @@ impl ExecutorServiceImpl {
     }
 
     fn peer<'a, T>(&self, request: &'a Request<T>) -> Result<&'a PeerInfo, Status> {
-        let peer = request
-            .extensions()
-            .get::<PeerInfo>()
-            .ok_or_else(|| Status::from(RuntimeError::internal("connection without peer information")))?;
-        if !peer.allowed {
-            let uid = peer.uid.map_or("unknown".to_string(), |u| u.to_string());
-            return Err(RuntimeError::PermissionDenied(format!(
-                "peer uid {uid} may not use this executor (allowed: {:?})",
-                self.allowed
-            ))
-            .into());
-        }
-        Ok(peer)
+        allowed_peer(request.extensions(), &self.allowed)
     }
 
     fn require(&self, capability: Capability, what: &str) -> Result<(), Status> {
@@ -159,6 +154,22 @@ impl ExecutorServiceImpl {
                 .into())
         }
     }
+}
+
+/// The peer of a request, if its uid is allowed; PERMISSION_DENIED otherwise. Every service on
+/// the socket checks it on every call.
+fn allowed_peer<'a>(extensions: &'a tonic::Extensions, allowed: &[u32]) -> Result<&'a PeerInfo, Status> {
+    let peer = extensions
+        .get::<PeerInfo>()
+        .ok_or_else(|| Status::from(RuntimeError::internal("connection without peer information")))?;
+    if !peer.allowed {
+        let uid = peer.uid.map_or("unknown".to_string(), |u| u.to_string());
+        return Err(RuntimeError::PermissionDenied(format!(
+            "peer uid {uid} may not use this executor (allowed: {allowed:?})"
+        ))
+        .into());
+    }
+    Ok(peer)
 }
 
 /// A duration argument; unset means zero.
