@@ -2,6 +2,7 @@
 
 use super::page_token::PageCursor;
 use super::{ApiError, PageTokens, validate};
+use crate::controller::NodeRegistry;
 use crate::store::{DynStore, NodeUpdate, StoreError, UpdateCondition};
 use crate::watch::{NodeWatch, NodeWatchHub, WatchRequest};
 use chrono::Utc;
@@ -9,6 +10,7 @@ use futures::TryStreamExt;
 use hangar::domain::{NodeFilter, NodeKind, duration_from_proto};
 use hangar::v1::{self, node_service_server::NodeService};
 use std::pin::Pin;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// The node API, free of transport concerns; [`NodeService`] below adapts it to tonic.
@@ -17,14 +19,16 @@ pub struct NodeApi {
     store: DynStore,
     tokens: PageTokens,
     hub: NodeWatchHub,
+    /// Live heartbeat times of the nodes attached to this controller.
+    registry: Arc<NodeRegistry>,
 }
 
 /// Shortest bookmark interval a client may ask for: bookmarks are for quiet streams, not a clock.
 const MIN_BOOKMARK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl NodeApi {
-    pub fn new(store: DynStore, tokens: PageTokens, hub: NodeWatchHub) -> Self {
-        NodeApi { store, tokens, hub }
+    pub fn new(store: DynStore, tokens: PageTokens, hub: NodeWatchHub, registry: Arc<NodeRegistry>) -> Self {
+        NodeApi { store, tokens, hub, registry }
     }
 
     /// Validates a watch request; the stream itself reports a compacted start revision.
@@ -67,7 +71,7 @@ impl NodeApi {
             Some(c) => (Some(c.revision), Some(c.after.as_str())),
             None => (None, None),
         };
-        let page = self.store.list_nodes(&filter, at, after, page_size).await.map_err(|err| match err {
+        let mut page = self.store.list_nodes(&filter, at, after, page_size).await.map_err(|err| match err {
             StoreError::Compacted { requested, oldest } if cursor.is_some() => {
                 ApiError::PageTokenExpired { requested, oldest }
             }
@@ -84,6 +88,7 @@ impl NodeApi {
             }),
             _ => String::new(),
         };
+        self.registry.show_live_heartbeats(&mut page.nodes);
         Ok(v1::ListNodesResponse {
             nodes: page.nodes.iter().map(v1::Node::from).collect(),
             next_page_token,
@@ -93,7 +98,8 @@ impl NodeApi {
 
     pub async fn get_node(&self, req: v1::GetNodeRequest) -> Result<v1::GetNodeResponse, ApiError> {
         validate::id("id", &req.id)?;
-        let node = self.store.get_node(&req.id).await?.ok_or_else(|| ApiError::NodeNotFound(req.id.clone()))?;
+        let mut node = self.store.get_node(&req.id).await?.ok_or_else(|| ApiError::NodeNotFound(req.id.clone()))?;
+        self.registry.show_live_heartbeats(std::slice::from_mut(&mut node));
         Ok(v1::GetNodeResponse { node: Some((&node).into()) })
     }
 

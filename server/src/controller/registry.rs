@@ -139,6 +139,21 @@ impl NodeRegistry {
         }
     }
 
+    /// Sets `last_heartbeat_at` of the nodes attached to this controller to the live time held
+    /// here, for GetNode and ListNodes: the store's copy is refreshed only every
+    /// `refresh_interval`, so it can be that much older than the last heartbeat. Nodes held by
+    /// another controller keep the store's copy (docs/design/nodes-and-watch.md#liveness). One
+    /// lock and a map lookup per node, no store read, so a page of a large listing stays cheap;
+    /// nothing is written, so no revision and no watch event.
+    pub fn show_live_heartbeats(&self, nodes: &mut [Node]) {
+        let attached = self.attached.lock().unwrap();
+        for node in nodes.iter_mut().filter(|n| n.controller_id == self.controller_id) {
+            if let Some(entry) = attached.get(&node.id) {
+                node.last_heartbeat_at = node.last_heartbeat_at.max(entry.last_heartbeat_at);
+            }
+        }
+    }
+
     /// The node's stream ended: it is OFFLINE, unless a newer attachment replaced this one or
     /// another controller holds it by now.
     pub async fn detach(&self, attached: &AttachedNode) {
@@ -351,6 +366,23 @@ mod tests {
         assert_eq!(closed_now(&attached), Some(CloseCause::Silent { after: Duration::ZERO }));
         registry.close_all();
         assert_eq!(closed_now(&attached), Some(CloseCause::Silent { after: Duration::ZERO }));
+    }
+
+    #[tokio::test]
+    async fn live_heartbeats_replace_the_stored_time_only_for_nodes_attached_here() {
+        let (registry, _dir) = registry(LivenessConfig::default()).await;
+        let (node, attached) = registry.attach(drone("d1")).await.unwrap();
+        registry.heartbeat(&attached, NodeResources::default(), 0);
+        let live = registry.attached.lock().unwrap()[&node.id].last_heartbeat_at;
+        // As a listing might read them: a store copy a refresh interval old.
+        let stored = Node { last_heartbeat_at: live - chrono::Duration::seconds(30), ..node };
+        let elsewhere = Node { controller_id: "ctl-other".into(), ..stored.clone() };
+        let unknown = Node { id: "not-attached".into(), ..stored.clone() };
+        let mut nodes = [stored.clone(), elsewhere.clone(), unknown.clone()];
+        registry.show_live_heartbeats(&mut nodes);
+        assert_eq!(nodes[0].last_heartbeat_at, live, "attached here: the live time");
+        assert_eq!(nodes[1], elsewhere, "held by another controller: the stored copy");
+        assert_eq!(nodes[2], unknown, "not attached here: the stored copy");
     }
 
     #[tokio::test]

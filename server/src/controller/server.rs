@@ -74,7 +74,8 @@ impl Controller {
         let tokens = PageTokens::new(store.shared_secret("page-tokens").await?);
 
         let hub = NodeWatchHub::new(store.clone(), config.watch, shutdown.clone()).await?;
-        let node_api = NodeServiceServer::new(NodeApi::new(store.clone(), tokens.clone(), hub.clone()));
+        let node_api =
+            NodeServiceServer::new(NodeApi::new(store.clone(), tokens.clone(), hub.clone(), registry.clone()));
         let settings = BackendSettings { proxy_url: config.proxy_url.clone(), ..config.backends.clone() };
         let backend_api = BackendServiceServer::new(BackendApi::new(
             store.clone(),
