@@ -2,6 +2,7 @@
 
 mod backend;
 mod env;
+mod image;
 mod node;
 mod spawn;
 mod time;
@@ -11,6 +12,7 @@ pub use backend::{
     TransitionError, dns_label_problem,
 };
 pub use env::{BackendEnv, RESERVED_ENV};
+pub use image::{ImageReference, image_problem};
 pub use node::{Node, NodeFilter, NodeKind, NodeResources, NodeState, ParseEnumError};
 pub use spawn::{DEFAULT_BACKEND_PORT, Executable, PullPolicy, ResourceLimits, SpawnConfig, spawn_limits};
 pub use time::{duration_from_proto, duration_to_proto, timestamp_from_proto, timestamp_to_proto};
