@@ -84,11 +84,17 @@ resource_limits_proto!(executor_v1::ResourceLimits);
 /// none.
 pub const DEFAULT_BACKEND_PORT: u16 = 8080;
 
-/// What a backend runs.
+/// What a backend runs. The process started is `command` (the image's ENTRYPOINT when empty)
+/// followed by `args` (the image's CMD when both are empty), as in Kubernetes; the proto's
+/// `Executable` says how the process runtime reads them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Executable {
     pub image: String,
+    /// Overrides the image's ENTRYPOINT: the program and its leading arguments.
     pub command: Vec<String>,
+    /// Overrides the image's CMD. Rows stored before it existed have none.
+    #[serde(default)]
+    pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub pull_policy: PullPolicy,
     pub container_port: u16,
@@ -153,6 +159,9 @@ impl SpawnConfig {
             violate(format!("{exe_field}.image"), problem);
         }
         for (problem_field, problem) in argv_problems(&exe.command, &format!("{exe_field}.command"), true) {
+            violate(problem_field, problem);
+        }
+        for (problem_field, problem) in argv_problems(&exe.args, &format!("{exe_field}.args"), false) {
             violate(problem_field, problem);
         }
         let mut env_bytes = 0;
@@ -274,6 +283,7 @@ impl SpawnConfig {
             executable: Executable {
                 image: exe.image.clone(),
                 command: exe.command.clone(),
+                args: exe.args.clone(),
                 env: exe.env.clone().into_iter().collect(),
                 pull_policy,
                 container_port,
@@ -321,6 +331,7 @@ impl From<&Executable> for v1::Executable {
         v1::Executable {
             image: e.image.clone(),
             command: e.command.clone(),
+            args: e.args.clone(),
             env: e.env.clone().into_iter().collect(),
             pull_policy: e.pull_policy.to_proto() as i32,
             container_port: u32::from(e.container_port),
@@ -366,6 +377,25 @@ mod tests {
     }
 
     #[test]
+    fn command_and_args_travel_apart_and_rows_from_before_args_still_read() {
+        let mut wire = valid_config();
+        let exe = wire.executable.as_mut().unwrap();
+        exe.command = vec!["/bin/server".into(), "--verbose".into()];
+        exe.args = vec!["serve".into(), "--port=1".into()];
+        let config = SpawnConfig::from_proto(&wire, "spawn_config").unwrap();
+        assert_eq!(config.executable.command, ["/bin/server", "--verbose"]);
+        assert_eq!(config.executable.args, ["serve", "--port=1"]);
+        let back = v1::Executable::from(&config.executable);
+        let sent = wire.executable.as_ref().unwrap();
+        assert_eq!((back.command, back.args), (sent.command.clone(), sent.args.clone()));
+
+        let mut stored = serde_json::to_value(&config.executable).unwrap();
+        stored.as_object_mut().unwrap().remove("args");
+        let old: Executable = serde_json::from_value(stored).unwrap();
+        assert!(old.args.is_empty());
+    }
+
+    #[test]
     fn spawn_config_names_each_bad_field() {
         let mut config = valid_config();
         let exe = config.executable.as_mut().unwrap();
@@ -403,6 +433,8 @@ mod tests {
             (|c| exe(c).command = vec![String::new()], "spawn_config.executable.command[0]", "program"),
             (|c| exe(c).command = vec!["/bin/x".into(), "a\0b".into()], "spawn_config.executable.command[1]", "NUL"),
             (|c| exe(c).command = vec!["x".into(); 257], "spawn_config.executable.command", "at most 256"),
+            (|c| exe(c).args = vec!["a".into(), "\0".into()], "spawn_config.executable.args[1]", "NUL"),
+            (|c| exe(c).args = vec!["x".repeat(70_000)], "spawn_config.executable.args", "65536 bytes"),
             (|c| exe(c).env = [("A=B".into(), "v".into())].into(), "spawn_config.executable.env[\"A=B\"]", "names"),
             (|c| exe(c).env = [(String::new(), "v".into())].into(), "spawn_config.executable.env[\"\"]", "names"),
             (|c| exe(c).env = [("A".into(), "\0".into())].into(), "spawn_config.executable.env[\"A\"]", "NUL"),
@@ -451,6 +483,7 @@ mod tests {
         let exe = fine.executable.as_mut().unwrap();
         exe.image = "/usr/local/bin/server".into();
         exe.command = vec!["/usr/bin/env".into(), String::new()];
+        exe.args = vec![String::new()];
         exe.resources = Some(v1::ResourceLimits { cpu_millis: 500, memory_bytes: 64 << 20, pids: 128 });
         assert!(SpawnConfig::from_proto(&fine, "spawn_config").is_ok(), "an empty argument after the program is fine");
     }

@@ -251,3 +251,18 @@ async fn an_open_websocket_keeps_its_backend_from_being_swept_as_idle() {
     socket.close(None).await.unwrap();
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn command_and_args_travel_from_connect_to_the_backends_command_line() {
+    let stack = stack(Arc::new(ProcessRuntime::new()), |_| {}).await;
+    let backend = test_backend();
+    let spec =
+        SpawnSpec::new(backend.clone()).command([backend.as_str(), "--from-command"]).args(["--from-args", "x y"]);
+    let connection = stack.client.connect_backend(&ConnectRequest::keyless(spec)).await.unwrap();
+    let ready = wait_for_state(&stack.client, &connection.backend_id, BackendState::Ready).await;
+    let shown = ready.spawn_config.as_ref().unwrap();
+    assert_eq!((shown.command.len(), shown.args.len()), (2, 2), "GetBackend shows both: {shown:?}");
+    let argv = hangar_executor::testing::http_get(&ready.address, "/argv").await.unwrap().1;
+    assert_eq!(argv.lines().collect::<Vec<_>>(), [backend.as_str(), "--from-command", "--from-args", "x y"]);
+    stack.shutdown().await;
+}

@@ -52,6 +52,7 @@ fn proto_backend(id: &str, name: Option<&str>, status: v1::BackendStatus) -> v1:
             executable: Some(v1::Executable {
                 image: "ghcr.io/acme/editor:2".into(),
                 command: vec!["serve".into(), "--fast".into()],
+                args: vec!["--root".into(), "/srv/my docs".into()],
                 env: [("MODE".to_string(), "edit".to_string())].into(),
                 pull_policy: v1::PullPolicy::Never as i32,
                 container_port: 9000,
@@ -148,6 +149,7 @@ fn backend_detail_shows_termination_address_fencing_token_and_spawn_config() {
         "Spawn config:\n",
         "  Image:        ghcr.io/acme/editor:2\n",
         "  Command:      serve --fast\n",
+        "  Args:         --root \"/srv/my docs\"\n",
         "  Env:          MODE=edit\n",
         "  Pull:         Never\n",
         "  Port:         9000\n",
@@ -303,6 +305,7 @@ fn connect_builds_the_spawn_config_from_every_flag() {
         "if-not-present",
         "--command",
         "python",
+        "--",
         "-m",
         "http.server",
         "--bind",
@@ -313,14 +316,74 @@ fn connect_builds_the_spawn_config_from_every_flag() {
     assert_eq!((key.namespace.as_str(), key.name.as_str(), key.tag.as_str()), ("docs", "doc-1", "v2"));
     let spec = request.spawn.unwrap();
     assert_eq!(spec.env["URL"], "http://x/?a=b", "only the first = splits");
-    assert_eq!(spec.command, ["python", "-m", "http.server", "--bind", "0.0.0.0"]);
+    assert_eq!(spec.command, ["python"]);
+    assert_eq!(spec.args, ["-m", "http.server", "--bind", "0.0.0.0"]);
     assert_eq!((spec.container_port, spec.resources.memory_bytes, spec.resources.pids), (Some(9000), 256 << 20, 64));
     assert_eq!(spec.pull_policy, Some(PullPolicy::IfNotPresent));
     assert_eq!(spec.lifetime_limit, Some(std::time::Duration::from_secs(8 * 3600)));
     assert_eq!(spec.max_idle, Some(std::time::Duration::from_secs(600)));
     let proto = spec.to_proto();
     assert_eq!(proto.static_token, "T");
-    assert_eq!(proto.executable.unwrap().pull_policy, v1::PullPolicy::IfNotPresent as i32);
+    let executable = proto.executable.unwrap();
+    assert_eq!(executable.pull_policy, v1::PullPolicy::IfNotPresent as i32);
+    assert_eq!((executable.command.len(), executable.args.len()), (1, 4));
+}
+
+#[test]
+fn command_takes_exactly_one_value_and_flags_after_it_stay_flags() {
+    let args = connect_args(&["k", "--image", "i", "--command", "/nonexistent", "--wait"]);
+    assert_eq!(args.command.as_deref(), Some("/nonexistent"));
+    assert!(args.wait, "--wait after --command is the flag, not an argument of the command");
+    let spec = args.to_request().unwrap().spawn.unwrap();
+    assert_eq!((spec.command, spec.args), (vec!["/nonexistent".to_string()], vec![]));
+
+    let err = parse(&["connect", "k", "--image", "i", "--command", "python", "-m"]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownArgument, "{err}");
+    let err = parse(&["connect", "k", "--image", "i", "--command", "python", "serve"]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownArgument, "a second value is not taken: {err}");
+}
+
+#[test]
+fn args_come_from_repeated_arg_flags_or_after_a_double_dash_but_not_both() {
+    let spec = |args: &[&str]| connect_args(args).to_request().unwrap().spawn.unwrap();
+    let repeated = spec(&["k", "--image", "i", "--arg", "-m", "--arg", "http.server", "--arg", "two words"]);
+    assert_eq!(repeated.args, ["-m", "http.server", "two words"]);
+    assert!(repeated.command.is_empty(), "arguments alone keep the image's ENTRYPOINT");
+
+    let trailing = spec(&["k", "--image", "i", "--command", "python", "--wait", "--", "-m", "http.server", "--wait"]);
+    assert_eq!(trailing.command, ["python"]);
+    assert_eq!(trailing.args, ["-m", "http.server", "--wait"], "after `--` everything is an argument");
+    assert!(connect_args(&["k", "--image", "i", "--wait", "--", "--wait"]).wait);
+
+    let keyless = spec(&["--no-key", "--image", "/usr/bin/server", "--", "serve"]);
+    assert_eq!(keyless.args, ["serve"]);
+    // The README's examples, as written.
+    let readme = spec(&["docs/doc-2", "--image", "IMG", "--arg", "--log-level", "--arg", "debug"]);
+    assert_eq!(readme.args, ["--log-level", "debug"]);
+    let readme = spec(&[
+        "--no-key",
+        "--image",
+        "python:3.12",
+        "--port",
+        "8000",
+        "--command",
+        "python",
+        "--",
+        "-m",
+        "http.server",
+        "8000",
+    ]);
+    assert_eq!(
+        (readme.command, readme.args),
+        (vec!["python".to_string()], vec!["-m".into(), "http.server".into(), "8000".into()])
+    );
+
+    let both = parse(&["connect", "k", "--image", "i", "--arg", "a", "--", "b"]).unwrap_err();
+    assert_eq!(both.kind(), ErrorKind::ArgumentConflict, "{both}");
+    for flags in [&["k", "--command", "p"][..], &["k", "--arg", "a"], &["k", "--", "a"]] {
+        let err = connect_args(flags).to_request().unwrap_err();
+        assert!(err.contains("needs --image"), "{flags:?}: {err}");
+    }
 }
 
 #[test]

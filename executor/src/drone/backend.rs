@@ -314,6 +314,7 @@ impl BackendTask {
             backend_id: self.backend_id.clone(),
             image: executable.image,
             command: executable.command,
+            args: executable.args,
             env,
             port: u16::try_from(executable.container_port).unwrap_or(0),
             resources: executable.resources.map(Into::into).unwrap_or_default(),

@@ -117,7 +117,18 @@ fn spawn_detail(spec: &SpawnSpec) -> String {
     let resources: Vec<String> = resources.into_iter().flatten().collect();
     let fields = [
         ("Image", spec.image.clone()),
-        ("Command", if spec.command.is_empty() { "- (image default)".to_string() } else { spec.command.join(" ") }),
+        (
+            "Command",
+            if spec.command.is_empty() { "- (the image's ENTRYPOINT)".to_string() } else { argv(&spec.command) },
+        ),
+        (
+            "Args",
+            match (spec.args.is_empty(), spec.command.is_empty()) {
+                (false, _) => argv(&spec.args),
+                (true, true) => "- (the image's CMD)".to_string(),
+                (true, false) => "- (none)".to_string(),
+            },
+        ),
         ("Env", pairs(spec.env.iter())),
         ("Pull", spec.pull_policy.map_or_else(|| "default".to_string(), |p| format!("{p:?}"))),
         ("Port", spec.container_port.map_or_else(|| format!("{DEFAULT_BACKEND_PORT} (default)"), |p| p.to_string())),
@@ -243,6 +254,22 @@ fn age(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 
 fn key(key: Option<&BackendKey>) -> String {
     key.map_or_else(|| "-".to_string(), |k| k.to_string())
+}
+
+/// Arguments separated by spaces; one that is empty or holds whitespace or a quote is quoted, so
+/// the line reads back as the list it is.
+fn argv(args: &[String]) -> String {
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+                format!("{a:?}")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    shown.join(" ")
 }
 
 fn pairs<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> String {

@@ -96,7 +96,7 @@ class ResourceLimits(_message.Message):
     def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ...) -> None: ...
 
 class Executable(_message.Message):
-    __slots__ = ("image", "command", "env", "pull_policy", "container_port", "resources")
+    __slots__ = ("image", "command", "args", "env", "pull_policy", "container_port", "resources")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,17 +106,19 @@ class Executable(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     PULL_POLICY_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_PORT_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
+    args: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     pull_policy: PullPolicy
     container_port: int
     resources: ResourceLimits
-    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., container_port: _Optional[int] = ..., resources: _Optional[_Union[ResourceLimits, _Mapping]] = ...) -> None: ...
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., container_port: _Optional[int] = ..., resources: _Optional[_Union[ResourceLimits, _Mapping]] = ...) -> None: ...
 
 class SpawnConfig(_message.Message):
     __slots__ = ("executable", "cluster", "pool", "labels", "lifetime_limit", "max_idle", "static_token")
