@@ -231,6 +231,10 @@ pub struct BackendStatusView {
     pub termination_reason: Option<TerminationReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Why it is in this state, in words (a runtime's error, a timeout, an exit); empty when
+    /// nobody said. For people: programs match on `termination_reason`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 impl BackendStatusView {
@@ -244,6 +248,7 @@ impl BackendStatusView {
             termination_kind: TerminationKind::from_proto(status.termination_kind),
             termination_reason: TerminationReason::from_proto(status.termination_reason),
             exit_code: status.exit_code,
+            message: status.message.clone(),
         })
     }
 

@@ -299,6 +299,14 @@ impl SpawnConfig {
     }
 }
 
+impl SpawnConfig {
+    /// What a status message about this backend must never show: the values of its environment
+    /// and its static token (see [`status_message`](super::status_message)).
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.executable.env.values().map(String::as_str).chain(self.static_token.as_deref())
+    }
+}
+
 /// Problems of a `command` or `args` list, each under `field` or `field[i]`: the count and total
 /// size are bounded, no argument may hold a NUL (it cannot reach a process), and a command's
 /// first element is the program, so it must not be empty.

@@ -468,3 +468,69 @@ fn every_backend_command_has_examples_in_its_help() {
         assert!(err.to_string().contains("Examples:"), "{path:?}");
     }
 }
+
+// ---- status messages ----
+
+fn pull_failed() -> v1::BackendStatus {
+    v1::BackendStatus {
+        termination_reason: v1::TerminationReason::ImagePullFailed as i32,
+        message: "image hangar-test-backend:dev not found: not present locally; pull failed: no such host".into(),
+        ..status(v1::BackendState::Terminated, 900)
+    }
+}
+
+#[test]
+fn a_failed_start_shows_its_message_wherever_the_termination_is_shown() {
+    let ended = BackendStatusView::from_proto(&pull_failed()).unwrap();
+    let since = view(v1::BackendState::Scheduled, 0).time;
+    assert_eq!(
+        render::progress_line(&ended, since),
+        "  TERMINATED 0.9s  IMAGE_PULL_FAILED: image hangar-test-backend:dev not found: not present locally; \
+         pull failed: no such host\n"
+    );
+    let err = CliError::Terminated { id: "bk-9".into(), status: ended.clone() };
+    let out = render::error(&err, "x");
+    assert!(
+        out.starts_with(
+            "error: backend bk-9 ended before it was ready: IMAGE_PULL_FAILED: image hangar-test-backend:dev not \
+             found: not present locally; pull failed: no such host\nhint: "
+        ),
+        "{out}"
+    );
+    let watch = render::watch_line("bk-9", &ended, since, OutputFormat::Table);
+    assert!(
+        watch.trim_end().ends_with(
+            "IMAGE_PULL_FAILED: image hangar-test-backend:dev not found: not present locally; pull failed: no such host"
+        ),
+        "{watch}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&render::watch_line("bk-9", &ended, since, OutputFormat::Json)).unwrap();
+    assert_eq!(json["message"], ended.message);
+
+    let failed = backend("bk-9", Some("doc-1"), pull_failed());
+    let detail = render::backend_detail(&failed, now());
+    assert!(detail.contains("Termination:   IMAGE_PULL_FAILED: image hangar-test-backend:dev not found"), "{detail}");
+    let get: serde_json::Value = serde_json::from_str(&render::backend(&failed, OutputFormat::Json, now())).unwrap();
+    assert_eq!(get["status"]["message"], ended.message);
+    let table = render::backends_table(&[failed], now());
+    assert!(table.lines().nth(1).unwrap().ends_with("IMAGE_PULL_FAILED"), "the table keeps to the reason: {table}");
+}
+
+#[test]
+fn a_live_status_with_a_message_shows_it_and_one_without_shows_nothing_more() {
+    let terminating = v1::BackendStatus {
+        termination_kind: v1::TerminationKind::Soft as i32,
+        message: "did not answer HTTP on 127.0.0.1:4000 within the startup timeout of 1m".into(),
+        ..status(v1::BackendState::Terminating, 60_000)
+    };
+    let detail = render::backend_detail(&backend("bk-3", None, terminating.clone()), now());
+    assert!(detail.contains("Message:       did not answer HTTP on 127.0.0.1:4000"), "{detail}");
+    let since = view(v1::BackendState::Scheduled, 0).time;
+    let line = render::progress_line(&BackendStatusView::from_proto(&terminating).unwrap(), since);
+    assert_eq!(line, "  TERMINATING 1m  did not answer HTTP on 127.0.0.1:4000 within the startup timeout of 1m\n");
+    let ready = render::backend_detail(&backend("bk-4", None, status(v1::BackendState::Ready, 0)), now());
+    assert!(!ready.contains("Message:"), "{ready}");
+    let json = render::watch_line("bk-4", &view(v1::BackendState::Ready, 0), since, OutputFormat::Json);
+    assert!(!json.contains("message"), "an empty message is left out of JSON: {json}");
+}

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hangar/v1/backend.proto\x12\thangar.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\":\n\nBackendKey\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\"H\n\x0eResourceLimits\x12\x12\n\ncpu_millis\x18\x01 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04pids\x18\x03 \x01(\x04\"\x85\x02\n\nExecutable\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x07 \x03(\t\x12+\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1e.hangar.v1.Executable.EnvEntry\x12*\n\x0bpull_policy\x18\x04 \x01(\x0e\x32\x15.hangar.v1.PullPolicy\x12\x16\n\x0e\x63ontainer_port\x18\x05 \x01(\r\x12,\n\tresources\x18\x06 \x01(\x0b\x32\x19.hangar.v1.ResourceLimits\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb0\x02\n\x0bSpawnConfig\x12)\n\nexecutable\x18\x01 \x01(\x0b\x32\x15.hangar.v1.Executable\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x32\n\x06labels\x18\x04 \x03(\x0b\x32\".hangar.v1.SpawnConfig.LabelsEntry\x12\x31\n\x0elifetime_limit\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08max_idle\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cstatic_token\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf7\x01\n\rBackendStatus\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.hangar.v1.BackendState\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10termination_kind\x18\x03 \x01(\x0e\x32\x1a.hangar.v1.TerminationKind\x12\x38\n\x12termination_reason\x18\x04 \x01(\x0e\x32\x1c.hangar.v1.TerminationReason\x12\x16\n\texit_code\x18\x05 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_exit_code\"\xaf\x03\n\x07\x42\x61\x63kend\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.hangar.v1.BackendKey\x12(\n\x06status\x18\x03 \x01(\x0b\x32\x18.hangar.v1.BackendStatus\x12\x10\n\x08\x64rone_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63luster\x18\x05 \x01(\t\x12\x0c\n\x04pool\x18\x06 \x01(\t\x12.\n\x06labels\x18\x07 \x03(\x0b\x32\x1e.hangar.v1.Backend.LabelsEntry\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_activity_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfencing_token\x18\n \x01(\x04\x12,\n\x0cspawn_config\x18\x0b \x01(\x0b\x32\x16.hangar.v1.SpawnConfig\x12\x0f\n\x07\x61\x64\x64ress\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd0\x01\n\x0e\x43onnectRequest\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.hangar.v1.BackendKey\x12,\n\x0cspawn_config\x18\x02 \x01(\x0b\x32\x16.hangar.v1.SpawnConfig\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x31\n\x04\x61uth\x18\x04 \x03(\x0b\x32#.hangar.v1.ConnectRequest.AuthEntry\x1a+\n\tAuthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xed\x01\n\x0f\x43onnectResponse\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\x0f\n\x07spawned\x18\x02 \x01(\x08\x12(\n\x06status\x18\x03 \x01(\x0b\x32\x18.hangar.v1.BackendStatus\x12\r\n\x05token\x18\x04 \x01(\t\x12\x0b\n\x03url\x18\x05 \x01(\t\x12\x34\n\x10token_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cstatic_token\x18\x07 \x01(\t\x12#\n\x07\x62\x61\x63kend\x18\x08 \x01(\x0b\x32\x12.hangar.v1.Backend\"\x1f\n\x11GetBackendRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x12GetBackendResponse\x12#\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x12.hangar.v1.Backend\"r\n\rBackendFilter\x12\'\n\x06states\x18\x01 \x03(\x0e\x32\x17.hangar.v1.BackendState\x12\x10\n\x08\x64rone_id\x18\x02 \x01(\t\x12\x15\n\rkey_namespace\x18\x03 \x01(\t\x12\x0f\n\x07\x63luster\x18\x04 \x01(\t\"f\n\x13ListBackendsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.hangar.v1.BackendFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x14ListBackendsResponse\x12$\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x12.hangar.v1.Backend\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x13WatchBackendRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x14WatchBackendResponse\x12(\n\x06status\x18\x01 \x01(\x0b\x32\x18.hangar.v1.BackendStatus\"3\n\x17TerminateBackendRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04hard\x18\x02 \x01(\x08\"?\n\x18TerminateBackendResponse\x12#\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x12.hangar.v1.Backend*\x96\x02\n\x0c\x42\x61\x63kendState\x12\x1d\n\x19\x42\x41\x43KEND_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x42\x41\x43KEND_STATE_SCHEDULED\x10\x01\x12\x19\n\x15\x42\x41\x43KEND_STATE_LOADING\x10\x02\x12\x1a\n\x16\x42\x41\x43KEND_STATE_STARTING\x10\x03\x12\x19\n\x15\x42\x41\x43KEND_STATE_WAITING\x10\x04\x12\x17\n\x13\x42\x41\x43KEND_STATE_READY\x10\x05\x12\x1d\n\x19\x42\x41\x43KEND_STATE_TERMINATING\x10\x06\x12\"\n\x1e\x42\x41\x43KEND_STATE_HARD_TERMINATING\x10\x07\x12\x1c\n\x18\x42\x41\x43KEND_STATE_TERMINATED\x10\x08*i\n\x0fTerminationKind\x12 \n\x1cTERMINATION_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15TERMINATION_KIND_SOFT\x10\x01\x12\x19\n\x15TERMINATION_KIND_HARD\x10\x02*\xf0\x02\n\x11TerminationReason\x12\"\n\x1eTERMINATION_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18TERMINATION_REASON_SWEPT\x10\x01\x12\x1f\n\x1bTERMINATION_REASON_LIFETIME\x10\x02\x12\x1f\n\x1bTERMINATION_REASON_EXTERNAL\x10\x03\x12\"\n\x1eTERMINATION_REASON_KEY_EXPIRED\x10\x04\x12\x1b\n\x17TERMINATION_REASON_LOST\x10\x05\x12&\n\"TERMINATION_REASON_STARTUP_TIMEOUT\x10\x06\x12\x1d\n\x19TERMINATION_REASON_EXITED\x10\x07\x12(\n$TERMINATION_REASON_IMAGE_PULL_FAILED\x10\x08\x12%\n!TERMINATION_REASON_INTERNAL_ERROR\x10\t*x\n\nPullPolicy\x12\x1b\n\x17PULL_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPULL_POLICY_IF_NOT_PRESENT\x10\x01\x12\x16\n\x12PULL_POLICY_ALWAYS\x10\x02\x12\x15\n\x11PULL_POLICY_NEVER\x10\x03\x32\x9e\x03\n\x0e\x42\x61\x63kendService\x12@\n\x07\x43onnect\x12\x19.hangar.v1.ConnectRequest\x1a\x1a.hangar.v1.ConnectResponse\x12I\n\nGetBackend\x12\x1c.hangar.v1.GetBackendRequest\x1a\x1d.hangar.v1.GetBackendResponse\x12O\n\x0cListBackends\x12\x1e.hangar.v1.ListBackendsRequest\x1a\x1f.hangar.v1.ListBackendsResponse\x12Q\n\x0cWatchBackend\x12\x1e.hangar.v1.WatchBackendRequest\x1a\x1f.hangar.v1.WatchBackendResponse0\x01\x12[\n\x10TerminateBackend\x12\".hangar.v1.TerminateBackendRequest\x1a#.hangar.v1.TerminateBackendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hangar/v1/backend.proto\x12\thangar.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\":\n\nBackendKey\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\"H\n\x0eResourceLimits\x12\x12\n\ncpu_millis\x18\x01 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04pids\x18\x03 \x01(\x04\"\x85\x02\n\nExecutable\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x07 \x03(\t\x12+\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1e.hangar.v1.Executable.EnvEntry\x12*\n\x0bpull_policy\x18\x04 \x01(\x0e\x32\x15.hangar.v1.PullPolicy\x12\x16\n\x0e\x63ontainer_port\x18\x05 \x01(\r\x12,\n\tresources\x18\x06 \x01(\x0b\x32\x19.hangar.v1.ResourceLimits\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb0\x02\n\x0bSpawnConfig\x12)\n\nexecutable\x18\x01 \x01(\x0b\x32\x15.hangar.v1.Executable\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x32\n\x06labels\x18\x04 \x03(\x0b\x32\".hangar.v1.SpawnConfig.LabelsEntry\x12\x31\n\x0elifetime_limit\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08max_idle\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cstatic_token\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x02\n\rBackendStatus\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.hangar.v1.BackendState\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10termination_kind\x18\x03 \x01(\x0e\x32\x1a.hangar.v1.TerminationKind\x12\x38\n\x12termination_reason\x18\x04 \x01(\x0e\x32\x1c.hangar.v1.TerminationReason\x12\x16\n\texit_code\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x06 \x01(\tB\x0c\n\n_exit_code\"\xaf\x03\n\x07\x42\x61\x63kend\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.hangar.v1.BackendKey\x12(\n\x06status\x18\x03 \x01(\x0b\x32\x18.hangar.v1.BackendStatus\x12\x10\n\x08\x64rone_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63luster\x18\x05 \x01(\t\x12\x0c\n\x04pool\x18\x06 \x01(\t\x12.\n\x06labels\x18\x07 \x03(\x0b\x32\x1e.hangar.v1.Backend.LabelsEntry\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_activity_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfencing_token\x18\n \x01(\x04\x12,\n\x0cspawn_config\x18\x0b \x01(\x0b\x32\x16.hangar.v1.SpawnConfig\x12\x0f\n\x07\x61\x64\x64ress\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd0\x01\n\x0e\x43onnectRequest\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.hangar.v1.BackendKey\x12,\n\x0cspawn_config\x18\x02 \x01(\x0b\x32\x16.hangar.v1.SpawnConfig\x12\x0c\n\x04user\x18\x03 \x01(\t\x12\x31\n\x04\x61uth\x18\x04 \x03(\x0b\x32#.hangar.v1.ConnectRequest.AuthEntry\x1a+\n\tAuthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xed\x01\n\x0f\x43onnectResponse\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\x0f\n\x07spawned\x18\x02 \x01(\x08\x12(\n\x06status\x18\x03 \x01(\x0b\x32\x18.hangar.v1.BackendStatus\x12\r\n\x05token\x18\x04 \x01(\t\x12\x0b\n\x03url\x18\x05 \x01(\t\x12\x34\n\x10token_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cstatic_token\x18\x07 \x01(\t\x12#\n\x07\x62\x61\x63kend\x18\x08 \x01(\x0b\x32\x12.hangar.v1.Backend\"\x1f\n\x11GetBackendRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x12GetBackendResponse\x12#\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x12.hangar.v1.Backend\"r\n\rBackendFilter\x12\'\n\x06states\x18\x01 \x03(\x0e\x32\x17.hangar.v1.BackendState\x12\x10\n\x08\x64rone_id\x18\x02 \x01(\t\x12\x15\n\rkey_namespace\x18\x03 \x01(\t\x12\x0f\n\x07\x63luster\x18\x04 \x01(\t\"f\n\x13ListBackendsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.hangar.v1.BackendFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x14ListBackendsResponse\x12$\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x12.hangar.v1.Backend\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x13WatchBackendRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x14WatchBackendResponse\x12(\n\x06status\x18\x01 \x01(\x0b\x32\x18.hangar.v1.BackendStatus\"3\n\x17TerminateBackendRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04hard\x18\x02 \x01(\x08\"?\n\x18TerminateBackendResponse\x12#\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x12.hangar.v1.Backend*\x96\x02\n\x0c\x42\x61\x63kendState\x12\x1d\n\x19\x42\x41\x43KEND_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x42\x41\x43KEND_STATE_SCHEDULED\x10\x01\x12\x19\n\x15\x42\x41\x43KEND_STATE_LOADING\x10\x02\x12\x1a\n\x16\x42\x41\x43KEND_STATE_STARTING\x10\x03\x12\x19\n\x15\x42\x41\x43KEND_STATE_WAITING\x10\x04\x12\x17\n\x13\x42\x41\x43KEND_STATE_READY\x10\x05\x12\x1d\n\x19\x42\x41\x43KEND_STATE_TERMINATING\x10\x06\x12\"\n\x1e\x42\x41\x43KEND_STATE_HARD_TERMINATING\x10\x07\x12\x1c\n\x18\x42\x41\x43KEND_STATE_TERMINATED\x10\x08*i\n\x0fTerminationKind\x12 \n\x1cTERMINATION_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15TERMINATION_KIND_SOFT\x10\x01\x12\x19\n\x15TERMINATION_KIND_HARD\x10\x02*\xf0\x02\n\x11TerminationReason\x12\"\n\x1eTERMINATION_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18TERMINATION_REASON_SWEPT\x10\x01\x12\x1f\n\x1bTERMINATION_REASON_LIFETIME\x10\x02\x12\x1f\n\x1bTERMINATION_REASON_EXTERNAL\x10\x03\x12\"\n\x1eTERMINATION_REASON_KEY_EXPIRED\x10\x04\x12\x1b\n\x17TERMINATION_REASON_LOST\x10\x05\x12&\n\"TERMINATION_REASON_STARTUP_TIMEOUT\x10\x06\x12\x1d\n\x19TERMINATION_REASON_EXITED\x10\x07\x12(\n$TERMINATION_REASON_IMAGE_PULL_FAILED\x10\x08\x12%\n!TERMINATION_REASON_INTERNAL_ERROR\x10\t*x\n\nPullPolicy\x12\x1b\n\x17PULL_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPULL_POLICY_IF_NOT_PRESENT\x10\x01\x12\x16\n\x12PULL_POLICY_ALWAYS\x10\x02\x12\x15\n\x11PULL_POLICY_NEVER\x10\x03\x32\x9e\x03\n\x0e\x42\x61\x63kendService\x12@\n\x07\x43onnect\x12\x19.hangar.v1.ConnectRequest\x1a\x1a.hangar.v1.ConnectResponse\x12I\n\nGetBackend\x12\x1c.hangar.v1.GetBackendRequest\x1a\x1d.hangar.v1.GetBackendResponse\x12O\n\x0cListBackends\x12\x1e.hangar.v1.ListBackendsRequest\x1a\x1f.hangar.v1.ListBackendsResponse\x12Q\n\x0cWatchBackend\x12\x1e.hangar.v1.WatchBackendRequest\x1a\x1f.hangar.v1.WatchBackendResponse0\x01\x12[\n\x10TerminateBackend\x12\".hangar.v1.TerminateBackendRequest\x1a#.hangar.v1.TerminateBackendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,14 +41,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BACKEND_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_CONNECTREQUEST_AUTHENTRY']._loaded_options = None
   _globals['_CONNECTREQUEST_AUTHENTRY']._serialized_options = b'8\001'
-  _globals['_BACKENDSTATE']._serialized_start=2562
-  _globals['_BACKENDSTATE']._serialized_end=2840
-  _globals['_TERMINATIONKIND']._serialized_start=2842
-  _globals['_TERMINATIONKIND']._serialized_end=2947
-  _globals['_TERMINATIONREASON']._serialized_start=2950
-  _globals['_TERMINATIONREASON']._serialized_end=3318
-  _globals['_PULLPOLICY']._serialized_start=3320
-  _globals['_PULLPOLICY']._serialized_end=3440
+  _globals['_BACKENDSTATE']._serialized_start=2579
+  _globals['_BACKENDSTATE']._serialized_end=2857
+  _globals['_TERMINATIONKIND']._serialized_start=2859
+  _globals['_TERMINATIONKIND']._serialized_end=2964
+  _globals['_TERMINATIONREASON']._serialized_start=2967
+  _globals['_TERMINATIONREASON']._serialized_end=3335
+  _globals['_PULLPOLICY']._serialized_start=3337
+  _globals['_PULLPOLICY']._serialized_end=3457
   _globals['_BACKENDKEY']._serialized_start=103
   _globals['_BACKENDKEY']._serialized_end=161
   _globals['_RESOURCELIMITS']._serialized_start=163
@@ -62,35 +62,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPAWNCONFIG_LABELSENTRY']._serialized_start=761
   _globals['_SPAWNCONFIG_LABELSENTRY']._serialized_end=806
   _globals['_BACKENDSTATUS']._serialized_start=809
-  _globals['_BACKENDSTATUS']._serialized_end=1056
-  _globals['_BACKEND']._serialized_start=1059
-  _globals['_BACKEND']._serialized_end=1490
+  _globals['_BACKENDSTATUS']._serialized_end=1073
+  _globals['_BACKEND']._serialized_start=1076
+  _globals['_BACKEND']._serialized_end=1507
   _globals['_BACKEND_LABELSENTRY']._serialized_start=761
   _globals['_BACKEND_LABELSENTRY']._serialized_end=806
-  _globals['_CONNECTREQUEST']._serialized_start=1493
-  _globals['_CONNECTREQUEST']._serialized_end=1701
-  _globals['_CONNECTREQUEST_AUTHENTRY']._serialized_start=1658
-  _globals['_CONNECTREQUEST_AUTHENTRY']._serialized_end=1701
-  _globals['_CONNECTRESPONSE']._serialized_start=1704
-  _globals['_CONNECTRESPONSE']._serialized_end=1941
-  _globals['_GETBACKENDREQUEST']._serialized_start=1943
-  _globals['_GETBACKENDREQUEST']._serialized_end=1974
-  _globals['_GETBACKENDRESPONSE']._serialized_start=1976
-  _globals['_GETBACKENDRESPONSE']._serialized_end=2033
-  _globals['_BACKENDFILTER']._serialized_start=2035
-  _globals['_BACKENDFILTER']._serialized_end=2149
-  _globals['_LISTBACKENDSREQUEST']._serialized_start=2151
-  _globals['_LISTBACKENDSREQUEST']._serialized_end=2253
-  _globals['_LISTBACKENDSRESPONSE']._serialized_start=2255
-  _globals['_LISTBACKENDSRESPONSE']._serialized_end=2340
-  _globals['_WATCHBACKENDREQUEST']._serialized_start=2342
-  _globals['_WATCHBACKENDREQUEST']._serialized_end=2375
-  _globals['_WATCHBACKENDRESPONSE']._serialized_start=2377
-  _globals['_WATCHBACKENDRESPONSE']._serialized_end=2441
-  _globals['_TERMINATEBACKENDREQUEST']._serialized_start=2443
-  _globals['_TERMINATEBACKENDREQUEST']._serialized_end=2494
-  _globals['_TERMINATEBACKENDRESPONSE']._serialized_start=2496
-  _globals['_TERMINATEBACKENDRESPONSE']._serialized_end=2559
-  _globals['_BACKENDSERVICE']._serialized_start=3443
-  _globals['_BACKENDSERVICE']._serialized_end=3857
+  _globals['_CONNECTREQUEST']._serialized_start=1510
+  _globals['_CONNECTREQUEST']._serialized_end=1718
+  _globals['_CONNECTREQUEST_AUTHENTRY']._serialized_start=1675
+  _globals['_CONNECTREQUEST_AUTHENTRY']._serialized_end=1718
+  _globals['_CONNECTRESPONSE']._serialized_start=1721
+  _globals['_CONNECTRESPONSE']._serialized_end=1958
+  _globals['_GETBACKENDREQUEST']._serialized_start=1960
+  _globals['_GETBACKENDREQUEST']._serialized_end=1991
+  _globals['_GETBACKENDRESPONSE']._serialized_start=1993
+  _globals['_GETBACKENDRESPONSE']._serialized_end=2050
+  _globals['_BACKENDFILTER']._serialized_start=2052
+  _globals['_BACKENDFILTER']._serialized_end=2166
+  _globals['_LISTBACKENDSREQUEST']._serialized_start=2168
+  _globals['_LISTBACKENDSREQUEST']._serialized_end=2270
+  _globals['_LISTBACKENDSRESPONSE']._serialized_start=2272
+  _globals['_LISTBACKENDSRESPONSE']._serialized_end=2357
+  _globals['_WATCHBACKENDREQUEST']._serialized_start=2359
+  _globals['_WATCHBACKENDREQUEST']._serialized_end=2392
+  _globals['_WATCHBACKENDRESPONSE']._serialized_start=2394
+  _globals['_WATCHBACKENDRESPONSE']._serialized_end=2458
+  _globals['_TERMINATEBACKENDREQUEST']._serialized_start=2460
+  _globals['_TERMINATEBACKENDREQUEST']._serialized_end=2511
+  _globals['_TERMINATEBACKENDRESPONSE']._serialized_start=2513
+  _globals['_TERMINATEBACKENDRESPONSE']._serialized_end=2576
+  _globals['_BACKENDSERVICE']._serialized_start=3460
+  _globals['_BACKENDSERVICE']._serialized_end=3874
 # @@protoc_insertion_point(module_scope)
