@@ -22,8 +22,9 @@ pub mod v1 {
 pub mod executor {
     /// Protocol major version of `hangar.executor.v1`; both sides must agree on it.
     pub const PROTOCOL_MAJOR: u32 = 1;
-    /// Protocol minor version; a newer minor only adds fields and capabilities.
-    pub const PROTOCOL_MINOR: u32 = 0;
+    /// Protocol minor version; a newer minor only adds fields and capabilities. 1 added
+    /// `BackendSpec.command` (the entrypoint override).
+    pub const PROTOCOL_MINOR: u32 = 1;
 
     pub mod v1 {
         #![allow(clippy::all, missing_docs)]

@@ -23,10 +23,14 @@ use std::time::Duration;
 /// choice to the controller.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SpawnSpec {
-    /// Container image (docker runtime) or program path (process runtime).
+    /// Container image reference (docker runtime) or absolute program path (process runtime).
     pub image: String,
-    /// Command and arguments; empty = the image's default.
+    /// Overrides the image's ENTRYPOINT: the program and its leading arguments; empty = the
+    /// image's. (The process runtime runs `command[0]` instead of `image`.)
     pub command: Vec<String>,
+    /// Overrides the image's CMD: the arguments after the program; empty = the image's, unless
+    /// `command` is set (then none), as in Kubernetes.
+    pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub pull_policy: Option<PullPolicy>,
     /// Port the backend listens on inside its container; `None` = the controller's default,
@@ -50,8 +54,15 @@ impl SpawnSpec {
         SpawnSpec { image: image.into(), ..SpawnSpec::default() }
     }
 
-    pub fn command<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
-        self.command = args.into_iter().map(Into::into).collect();
+    /// The program and its leading arguments, instead of the image's ENTRYPOINT.
+    pub fn command<I: IntoIterator<Item = S>, S: Into<String>>(mut self, command: I) -> Self {
+        self.command = command.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The arguments, instead of the image's CMD.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args = args.into_iter().map(Into::into).collect();
         self
     }
 
@@ -110,6 +121,7 @@ impl SpawnSpec {
             executable: Some(v1::Executable {
                 image: self.image.clone(),
                 command: self.command.clone(),
+                args: self.args.clone(),
                 env: self.env.clone().into_iter().collect(),
                 pull_policy: self.pull_policy.map_or(v1::PullPolicy::Unspecified, PullPolicy::to_proto) as i32,
                 container_port: self.container_port.unwrap_or(0),
@@ -129,6 +141,7 @@ impl SpawnSpec {
         SpawnSpec {
             image: executable.image,
             command: executable.command,
+            args: executable.args,
             env: executable.env.into_iter().collect(),
             pull_policy: PullPolicy::from_proto(executable.pull_policy),
             container_port: (executable.container_port != 0).then_some(executable.container_port),
@@ -218,6 +231,10 @@ pub struct BackendStatusView {
     pub termination_reason: Option<TerminationReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Why it is in this state, in words (a runtime's error, a timeout, an exit); empty when
+    /// nobody said. For people: programs match on `termination_reason`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 impl BackendStatusView {
@@ -231,6 +248,7 @@ impl BackendStatusView {
             termination_kind: TerminationKind::from_proto(status.termination_kind),
             termination_reason: TerminationReason::from_proto(status.termination_reason),
             exit_code: status.exit_code,
+            message: status.message.clone(),
         })
     }
 

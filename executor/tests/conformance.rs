@@ -31,15 +31,30 @@ struct Harness {
     exec: TestExecutor,
     image: String,
     missing_image: String,
+    /// What the image runs when the spec names no command: argv[0] of the backend.
+    entrypoint: String,
+    /// The test backend under another name, for a `command` that replaces the entrypoint (in the
+    /// `FROM scratch` image there is only the one binary: there the whole argv tells it apart).
+    other_program: String,
     prefix: String,
     docker: Option<bollard::Docker>,
     _cleanup: Option<ContainerCleanup>,
+    _programs: Option<tempfile::TempDir>,
 }
 
 impl Harness {
     async fn new(kind: RuntimeKind, test: &str) -> Option<Self> {
         let prefix = unique_name("b");
-        let (runtime, image, missing_image, docker, cleanup): (Arc<dyn Runtime>, String, String, _, _) = match kind {
+        let mut programs = None;
+        let (runtime, image, missing_image, entrypoint, other_program, docker, cleanup): (
+            Arc<dyn Runtime>,
+            String,
+            String,
+            String,
+            String,
+            _,
+            _,
+        ) = match kind {
             RuntimeKind::Docker => {
                 let instance = unique_name("conf");
                 // Armed before anything can be created, so a failing test still cleans up.
@@ -47,24 +62,47 @@ impl Harness {
                 let runtime = docker_or_skip(test, &instance).await?;
                 let image = tokio::task::spawn_blocking(test_image).await.unwrap().to_string();
                 let docker = runtime.docker().clone();
-                (Arc::new(runtime), image, "hangar-missing.invalid/missing:0".into(), Some(docker), Some(cleanup))
+                let entrypoint = "/hangar-test-backend".to_string();
+                let missing = "hangar-missing.invalid/missing:0".into();
+                (Arc::new(runtime), image, missing, entrypoint.clone(), entrypoint, Some(docker), Some(cleanup))
             }
             RuntimeKind::Process => {
                 let binary = tokio::task::spawn_blocking(test_backend_binary).await.unwrap();
+                let dir = tempfile::tempdir().expect("a directory for another program name");
+                let other = dir.path().join("another-program");
+                std::os::unix::fs::symlink(binary, &other).expect("link the test backend under another name");
+                programs = Some(dir);
+                let image = binary.display().to_string();
+                let other = other.display().to_string();
                 (
                     Arc::new(ProcessRuntime::new()),
-                    binary.display().to_string(),
+                    image.clone(),
                     "/nonexistent/missing".into(),
+                    image,
+                    other,
                     None,
                     None,
                 )
             }
             RuntimeKind::Mock => {
-                (Arc::new(MockRuntime::new()), "mock/test-backend:1".into(), "mock/missing:0".into(), None, None)
+                let image = "mock/test-backend:1".to_string();
+                let other = "/opt/mock/another-program".to_string();
+                (Arc::new(MockRuntime::new()), image.clone(), "mock/missing:0".into(), image, other, None, None)
             }
         };
         let exec = TestExecutor::start(runtime).await.expect("executor serves and handshakes");
-        Some(Harness { kind, exec, image, missing_image, prefix, docker, _cleanup: cleanup })
+        Some(Harness {
+            kind,
+            exec,
+            image,
+            missing_image,
+            entrypoint,
+            other_program,
+            prefix,
+            docker,
+            _cleanup: cleanup,
+            _programs: programs,
+        })
     }
 
     fn client(&self) -> &ExecutorClient {
@@ -441,6 +479,34 @@ mod cases {
         }
     }
 
+    pub async fn command_overrides_the_entrypoint_and_args_override_cmd(h: Harness) {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        let (entry, other) = (h.entrypoint.as_str(), h.other_program.as_str());
+        // (case, command, args, the backend's argv)
+        let cases = [
+            ("defaults", vec![], vec![], vec![entry]),
+            ("args", vec![], vec!["from-args", "two words"], vec![entry, "from-args", "two words"]),
+            ("command", vec![other, "from-command"], vec![], vec![other, "from-command"]),
+            ("both", vec![other, "from-command"], vec!["from-args"], vec![other, "from-command", "from-args"]),
+        ];
+        for (case, command, args, expected) in cases {
+            let mut spec = h.spec(&format!("argv-{case}"), vec![]);
+            let id = spec.backend_id.clone();
+            spec.command = strings(&command);
+            spec.args = strings(&args);
+            let started = h.client().start(spec).await.unwrap_or_else(|err| panic!("{case}: start: {err}"));
+            let (status, body) = wait_for_http(&started.address, "/argv", HTTP_READY).await;
+            assert_eq!(status, 200, "{case}: {body}");
+            assert_eq!(
+                body.lines().collect::<Vec<_>>(),
+                expected,
+                "{}: {case}: command {command:?}, args {args:?}",
+                h.kind
+            );
+            h.client().remove(&id).await.expect("remove");
+        }
+    }
+
     pub async fn missing_image_fails_with_image_not_found(h: Harness) {
         for policy in [PullPolicy::Never, PullPolicy::IfNotPresent] {
             match h.client().prepare_image(&h.missing_image, policy).await {
@@ -544,6 +610,7 @@ conformance!(
     stats_stream_reports_cumulative_counters,
     resource_limits_are_applied_where_supported,
     host_address_accepts_tcp_and_answers_http,
+    command_overrides_the_entrypoint_and_args_override_cmd,
     missing_image_fails_with_image_not_found,
     stop_during_slow_start_leaves_backend_exited,
 );

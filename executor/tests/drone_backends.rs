@@ -221,6 +221,10 @@ fn exit_code_of(event: &v1::DroneBackendEvent) -> Option<i32> {
     event.status.as_ref().unwrap().exit_code
 }
 
+fn message_of(event: &v1::DroneBackendEvent) -> &str {
+    &event.status.as_ref().unwrap().message
+}
+
 // ---------------------------------------------------------------------------------------------
 // Drones and actions.
 
@@ -476,6 +480,10 @@ async fn backend_that_never_answers_http_ends_with_startup_timeout() {
     let terminated = controller.wait_state(&backend, Terminated, T).await;
     assert_eq!(controller.states_of(&backend), [Loading, Starting, Waiting, Terminating, Terminated]);
     assert_eq!(reason_of(&terminated), Some(TerminationReason::StartupTimeout));
+    let message = message_of(&terminated);
+    assert!(message.contains("did not answer HTTP on 127.0.0.1:") && message.contains("700ms"), "{message}");
+    let terminating = controller.wait_state(&backend, Terminating, T).await;
+    assert_eq!(message_of(&terminating), message, "TERMINATING already says why");
     assert!(runtime.list().await.unwrap().is_empty());
     drone.shutdown().await;
     runtime.shutdown().await;
@@ -700,5 +708,45 @@ async fn refused_renewal_terminates_with_key_expired() {
     let terminated = controller.wait_state(&backend, Terminated, T).await;
     assert_eq!(reason_of(&terminated), Some(TerminationReason::KeyExpired));
     assert!(controller.states_of(&backend).contains(&Terminating));
+    assert!(message_of(&terminated).contains("refused to renew the key lease"), "{terminated:?}");
+    drone.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_start_carries_the_runtimes_words_with_the_backends_secrets_masked() {
+    let controller = Controller::start().await;
+    let drone = start_drone(&controller, Arc::new(MockRuntime::new()), None);
+    drone.attached().await;
+
+    let missing = new_id("bk");
+    controller.send(Spawn::new("registry.invalid/missing:1").action(&missing));
+    let terminated = controller.wait_state(&missing, Terminated, T).await;
+    assert_eq!(reason_of(&terminated), Some(TerminationReason::ImagePullFailed));
+    assert_eq!(message_of(&terminated), "image registry.invalid/missing:1 not found: not present");
+
+    // A runtime's error may quote the backend's configuration; its values never leave. (The
+    // mock fails with the text of an env variable, so here the whole text is one.)
+    let failing = new_id("bk");
+    let spawn = Spawn::new("app:1")
+        .env("DATABASE_PASSWORD", "pw-0123456789")
+        .env("HANGAR_MOCK_START_FAIL", "cannot log in with pw-0123456789\nretry later");
+    controller.send(spawn.action(&failing));
+    let terminated = controller.wait_state(&failing, Terminated, T).await;
+    assert_eq!(reason_of(&terminated), Some(TerminationReason::InternalError));
+    assert_eq!(message_of(&terminated), format!("backend {failing} failed to start: ***"));
+
+    let exits = new_id("bk");
+    controller.send(
+        Spawn::new("app:1").env("HANGAR_MOCK_EXIT_AFTER_MS", "300").env("HANGAR_MOCK_EXIT_CODE", "3").action(&exits),
+    );
+    let terminated = controller.wait_state(&exits, Terminated, T).await;
+    assert_eq!(message_of(&terminated), "exited with code 3");
+    let ready = controller.wait_state(&exits, Ready, T).await;
+    assert_eq!(message_of(&ready), "", "a state nobody needs to explain has no message");
+
+    let unknown = new_id("bk");
+    controller.send(terminate(&unknown, false));
+    let terminated = controller.wait_state(&unknown, Terminated, T).await;
+    assert!(message_of(&terminated).contains("does not run the backend"), "{terminated:?}");
     drone.shutdown().await;
 }

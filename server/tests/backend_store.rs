@@ -21,6 +21,7 @@ hangar_server::store_scenarios!(
     placement_counts_live_backends_and_reports_a_full_pool,
     terminate_stores_one_action_per_kind_and_ignores_terminated_backends,
     renewal_needs_the_current_fencing_token,
+    a_status_message_is_kept_in_the_history_and_never_shows_a_secret,
 );
 
 fn key(name: &str, tag: &str) -> BackendKey {
@@ -283,4 +284,36 @@ async fn expired_connection_tokens_are_purged_and_static_ones_kept() {
     store.connect_backend(with_static, &first).await.unwrap();
     assert_eq!(store.purge_expired_tokens(Utc::now()).await.unwrap(), 0);
     assert_eq!(store.purge_expired_tokens(Utc::now() + Duration::hours(2)).await.unwrap(), 1, "the static token stays");
+}
+
+async fn a_status_message_is_kept_in_the_history_and_never_shows_a_secret(db: Database) {
+    let store = db.open().await;
+    let mut with_secrets = spec(None, drones(5, &["d1"]), LEASE);
+    let plan = with_secrets.spawn.as_mut().unwrap();
+    plan.config.executable.env.insert("REGISTRY_TOKEN".into(), "rt-0123456789".into());
+    plan.config.static_token = Some("static-token-0123456789".into());
+    let ConnectOutcome::Spawned(b) = store.connect_backend(with_secrets, &first).await.unwrap() else { panic!() };
+    let now = Utc::now();
+    let mut ended = BackendStatus::new(BackendState::Terminated, now);
+    ended.termination_reason = Some(TerminationReason::ImagePullFailed);
+    ended.message = "image app:1 not found: pull with rt-0123456789 refused (static-token-0123456789)".into();
+    assert!(matches!(store.apply_backend_event("d1", &b.id, ended, "", now).await.unwrap(), EventOutcome::Applied(_)));
+    let expected = "image app:1 not found: pull with *** refused (***)";
+    assert_eq!(store.get_backend(&b.id).await.unwrap().unwrap().status.message, expected);
+    let history = store.backend_history(&b.id, 0).await.unwrap();
+    assert_eq!(history.last().unwrap().1.message, expected, "the history keeps it too");
+    assert_eq!(history[0].1.message, "", "SCHEDULED needs no words");
+    let changes = store.backend_changes_since(0, 100).await.unwrap();
+    assert!(changes.iter().any(|(_, id, status)| *id == b.id && status.message == expected));
+
+    // The controller says why it gave a backend up.
+    let ConnectOutcome::Spawned(lost) =
+        store.connect_backend(spec(Some(key("m", "")), drones(5, &["d1"]), LEASE), &first).await.unwrap()
+    else {
+        panic!()
+    };
+    let later = Utc::now() + Duration::minutes(1);
+    let released = store.release_expired_key(&lost.id, true, later).await.unwrap().unwrap();
+    assert_eq!(released.status.termination_reason, Some(TerminationReason::Lost));
+    assert!(released.status.message.contains("its drone d1 went away"), "{}", released.status.message);
 }

@@ -2,6 +2,7 @@
 
 use super::node::{ParseEnumError, string_enum};
 use super::spawn::SpawnConfig;
+use super::status_message::status_message;
 use super::time::{timestamp_from_proto, timestamp_to_proto};
 use crate::v1;
 use chrono::{DateTime, Utc};
@@ -159,14 +160,27 @@ pub struct BackendStatus {
     pub termination_kind: Option<TerminationKind>,
     pub termination_reason: Option<TerminationReason>,
     pub exit_code: Option<i32>,
+    /// Why it is in this state, in words, when whoever moved it knew (a runtime's error, a
+    /// timeout, an exit); empty otherwise. Always made with [`status_message`]. Statuses stored
+    /// before it existed have none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 impl BackendStatus {
     pub fn new(state: BackendState, time: DateTime<Utc>) -> Self {
-        BackendStatus { state, time, termination_kind: None, termination_reason: None, exit_code: None }
+        BackendStatus {
+            state,
+            time,
+            termination_kind: None,
+            termination_reason: None,
+            exit_code: None,
+            message: String::new(),
+        }
     }
 
     /// A status from the wire (a drone's event). `None` when the state is unspecified or unknown.
+    /// The message is bounded here, whatever the sender did.
     pub fn from_proto(s: &v1::BackendStatus, fallback_time: DateTime<Utc>) -> Option<BackendStatus> {
         Some(BackendStatus {
             state: BackendState::from_proto(s.state)?,
@@ -174,6 +188,7 @@ impl BackendStatus {
             termination_kind: TerminationKind::from_proto(s.termination_kind),
             termination_reason: TerminationReason::from_proto(s.termination_reason),
             exit_code: s.exit_code,
+            message: status_message(&s.message, []),
         })
     }
 }
@@ -186,6 +201,7 @@ impl From<&BackendStatus> for v1::BackendStatus {
             termination_kind: s.termination_kind.map_or(0, |k| k.to_proto() as i32),
             termination_reason: s.termination_reason.map_or(0, |r| r.to_proto() as i32),
             exit_code: s.exit_code,
+            message: s.message.clone(),
         }
     }
 }
@@ -309,6 +325,25 @@ mod tests {
         assert_eq!(Ready.transition(Starting), Err(TransitionError { from: Ready, to: Starting }));
         assert!(Terminated.transition(Terminated).is_err());
         assert!(!Terminated.is_live());
+    }
+
+    #[test]
+    fn a_status_message_from_the_wire_is_bounded_and_survives_the_round_trip() {
+        let now = Utc::now();
+        let wire = v1::BackendStatus {
+            state: v1::BackendState::Terminated as i32,
+            termination_reason: v1::TerminationReason::ImagePullFailed as i32,
+            message: format!("image app:1 not found:\n{}", "x".repeat(5000)),
+            ..Default::default()
+        };
+        let status = BackendStatus::from_proto(&wire, now).unwrap();
+        assert!(status.message.len() <= crate::domain::STATUS_MESSAGE_MAX, "{}", status.message.len());
+        assert!(status.message.starts_with("image app:1 not found: xxx"), "{}", status.message);
+        assert_eq!(v1::BackendStatus::from(&status).message, status.message);
+        let json = serde_json::json!({"state": "TERMINATED", "time": now, "termination_kind": null,
+            "termination_reason": "LOST", "exit_code": null});
+        let stored: BackendStatus = serde_json::from_value(json).expect("a status stored before messages reads");
+        assert_eq!(stored.message, "");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use super::backend::dns_label_problem;
 use super::env::RESERVED_ENV;
+use super::image::image_problem;
 use super::node::{ParseEnumError, string_enum};
 use super::time::{duration_from_proto, duration_to_proto};
 use crate::executor::v1 as executor_v1;
@@ -83,11 +84,17 @@ resource_limits_proto!(executor_v1::ResourceLimits);
 /// none.
 pub const DEFAULT_BACKEND_PORT: u16 = 8080;
 
-/// What a backend runs.
+/// What a backend runs. The process started is `command` (the image's ENTRYPOINT when empty)
+/// followed by `args` (the image's CMD when both are empty), as in Kubernetes; the proto's
+/// `Executable` says how the process runtime reads them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Executable {
     pub image: String,
+    /// Overrides the image's ENTRYPOINT: the program and its leading arguments.
     pub command: Vec<String>,
+    /// Overrides the image's CMD. Rows stored before it existed have none.
+    #[serde(default)]
+    pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub pull_policy: PullPolicy,
     pub container_port: u16,
@@ -111,8 +118,17 @@ pub struct SpawnConfig {
 /// every Backend message.
 pub mod spawn_limits {
     pub const IMAGE_MAX: usize = 512;
+    /// Per list: `command` and `args` each.
     pub const COMMAND_ARGS_MAX: usize = 256;
+    /// Per list: `command` and `args` each.
     pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
+    /// Below this a container cannot even start its runtime.
+    pub const MEMORY_MIN: u64 = 4 << 20;
+    /// 1 PiB: far above any host, and far below where the runtime's signed 64-bit field wraps.
+    pub const MEMORY_MAX: u64 = 1 << 50;
+    pub const CPU_MILLIS_MAX: u64 = 1_024_000;
+    /// `PID_MAX_LIMIT` of a 64-bit Linux kernel.
+    pub const PIDS_MAX: u64 = 4 << 20;
     pub const ENV_VARS_MAX: usize = 256;
     /// Total bytes of every env name and value together.
     pub const ENV_BYTES_MAX: usize = 64 * 1024;
@@ -139,18 +155,14 @@ impl SpawnConfig {
                 &default_exe
             }
         };
-        if let Some(problem) = image_problem(&exe.image) {
+        if let Some(problem) = image_problem(&exe.image, IMAGE_MAX) {
             violate(format!("{exe_field}.image"), problem);
         }
-        let command_bytes: usize = exe.command.iter().map(String::len).sum();
-        if exe.command.len() > COMMAND_ARGS_MAX || command_bytes > COMMAND_BYTES_MAX {
-            violate(
-                format!("{exe_field}.command"),
-                format!("at most {COMMAND_ARGS_MAX} arguments and {COMMAND_BYTES_MAX} bytes"),
-            );
+        for (problem_field, problem) in argv_problems(&exe.command, &format!("{exe_field}.command"), true) {
+            violate(problem_field, problem);
         }
-        if exe.command.iter().any(|a| a.contains('\0')) {
-            violate(format!("{exe_field}.command"), "arguments must not contain NUL".into());
+        for (problem_field, problem) in argv_problems(&exe.args, &format!("{exe_field}.args"), false) {
+            violate(problem_field, problem);
         }
         let mut env_bytes = 0;
         for (name, value) in &exe.env {
@@ -191,11 +203,23 @@ impl SpawnConfig {
             }),
         };
         let limits = exe.resources.unwrap_or_default();
-        if limits.memory_bytes != 0 && limits.memory_bytes < 4 << 20 {
-            violate(format!("{exe_field}.resources.memory_bytes"), "must be 0 (no limit) or at least 4 MiB".into());
+        if limits.memory_bytes != 0 && !(MEMORY_MIN..=MEMORY_MAX).contains(&limits.memory_bytes) {
+            violate(
+                format!("{exe_field}.resources.memory_bytes"),
+                format!("must be 0 (no limit) or 4 MiB–1 PiB (got {})", limits.memory_bytes),
+            );
         }
-        if limits.cpu_millis > 1_024_000 {
-            violate(format!("{exe_field}.resources.cpu_millis"), "must be at most 1024000 (1024 cores)".into());
+        if limits.cpu_millis > CPU_MILLIS_MAX {
+            violate(
+                format!("{exe_field}.resources.cpu_millis"),
+                format!("must be at most {CPU_MILLIS_MAX} (1024 cores; got {})", limits.cpu_millis),
+            );
+        }
+        if limits.pids > PIDS_MAX {
+            violate(
+                format!("{exe_field}.resources.pids"),
+                format!("must be at most {PIDS_MAX}, the kernel's own limit (got {})", limits.pids),
+            );
         }
         let mut name_or_default = |f: &str, value: &str| {
             if value.is_empty() {
@@ -213,6 +237,11 @@ impl SpawnConfig {
                 violations.push((
                     format!("{field}.labels[{key:?}]"),
                     "keys must be 1–63 characters and values at most 256".into(),
+                ));
+            } else if key.chars().chain(value.chars()).any(char::is_control) {
+                violations.push((
+                    format!("{field}.labels[{key:?}]"),
+                    "keys and values must not contain control characters".into(),
                 ));
             }
         }
@@ -254,6 +283,7 @@ impl SpawnConfig {
             executable: Executable {
                 image: exe.image.clone(),
                 command: exe.command.clone(),
+                args: exe.args.clone(),
                 env: exe.env.clone().into_iter().collect(),
                 pull_policy,
                 container_port,
@@ -269,18 +299,39 @@ impl SpawnConfig {
     }
 }
 
-/// Why an image reference (or, for the process runtime, a program path) is refused.
-fn image_problem(image: &str) -> Option<String> {
-    if image.is_empty() {
-        return Some("must not be empty".into());
+impl SpawnConfig {
+    /// What a status message about this backend must never show: the values of its environment
+    /// and its static token (see [`status_message`](super::status_message)).
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.executable.env.values().map(String::as_str).chain(self.static_token.as_deref())
     }
-    if image.len() > spawn_limits::IMAGE_MAX {
-        return Some(format!("must be at most {} characters", spawn_limits::IMAGE_MAX));
+}
+
+/// Problems of a `command` or `args` list, each under `field` or `field[i]`: the count and total
+/// size are bounded, no argument may hold a NUL (it cannot reach a process), and a command's
+/// first element is the program, so it must not be empty.
+fn argv_problems(argv: &[String], field: &str, names_program: bool) -> Vec<(String, String)> {
+    use spawn_limits::*;
+    let mut problems = Vec::new();
+    let bytes: usize = argv.iter().map(String::len).sum();
+    if argv.len() > COMMAND_ARGS_MAX || bytes > COMMAND_BYTES_MAX {
+        problems.push((
+            field.to_string(),
+            format!(
+                "at most {COMMAND_ARGS_MAX} arguments and {COMMAND_BYTES_MAX} bytes (got {} of {bytes})",
+                argv.len()
+            ),
+        ));
     }
-    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Some(format!("{image:?} must not contain whitespace or control characters"));
+    if names_program && argv.first().is_some_and(String::is_empty) {
+        problems.push((format!("{field}[0]"), "is the program to run and must not be empty".into()));
     }
-    None
+    for (i, arg) in argv.iter().enumerate() {
+        if arg.contains('\0') {
+            problems.push((format!("{field}[{i}]"), "must not contain NUL".into()));
+        }
+    }
+    problems
 }
 
 impl From<&Executable> for v1::Executable {
@@ -288,6 +339,7 @@ impl From<&Executable> for v1::Executable {
         v1::Executable {
             image: e.image.clone(),
             command: e.command.clone(),
+            args: e.args.clone(),
             env: e.env.clone().into_iter().collect(),
             pull_policy: e.pull_policy.to_proto() as i32,
             container_port: u32::from(e.container_port),
@@ -333,6 +385,25 @@ mod tests {
     }
 
     #[test]
+    fn command_and_args_travel_apart_and_rows_from_before_args_still_read() {
+        let mut wire = valid_config();
+        let exe = wire.executable.as_mut().unwrap();
+        exe.command = vec!["/bin/server".into(), "--verbose".into()];
+        exe.args = vec!["serve".into(), "--port=1".into()];
+        let config = SpawnConfig::from_proto(&wire, "spawn_config").unwrap();
+        assert_eq!(config.executable.command, ["/bin/server", "--verbose"]);
+        assert_eq!(config.executable.args, ["serve", "--port=1"]);
+        let back = v1::Executable::from(&config.executable);
+        let sent = wire.executable.as_ref().unwrap();
+        assert_eq!((back.command, back.args), (sent.command.clone(), sent.args.clone()));
+
+        let mut stored = serde_json::to_value(&config.executable).unwrap();
+        stored.as_object_mut().unwrap().remove("args");
+        let old: Executable = serde_json::from_value(stored).unwrap();
+        assert!(old.args.is_empty());
+    }
+
+    #[test]
     fn spawn_config_names_each_bad_field() {
         let mut config = valid_config();
         let exe = config.executable.as_mut().unwrap();
@@ -356,6 +427,73 @@ mod tests {
         ] {
             assert!(fields.contains(&expected), "{expected} missing from {fields:?}");
         }
+    }
+
+    #[test]
+    fn every_field_a_controller_can_check_is_refused_under_its_own_path() {
+        type Edit = fn(&mut v1::SpawnConfig);
+        fn exe(c: &mut v1::SpawnConfig) -> &mut v1::Executable {
+            c.executable.as_mut().unwrap()
+        }
+        let cases: Vec<(Edit, &str, &str)> = vec![
+            (|c| exe(c).image = "./my-server".into(), "spawn_config.executable.image", "relative path"),
+            (|c| exe(c).image = "Acme/App".into(), "spawn_config.executable.image", "lowercase"),
+            (|c| exe(c).command = vec![String::new()], "spawn_config.executable.command[0]", "program"),
+            (|c| exe(c).command = vec!["/bin/x".into(), "a\0b".into()], "spawn_config.executable.command[1]", "NUL"),
+            (|c| exe(c).command = vec!["x".into(); 257], "spawn_config.executable.command", "at most 256"),
+            (|c| exe(c).args = vec!["a".into(), "\0".into()], "spawn_config.executable.args[1]", "NUL"),
+            (|c| exe(c).args = vec!["x".repeat(70_000)], "spawn_config.executable.args", "65536 bytes"),
+            (|c| exe(c).env = [("A=B".into(), "v".into())].into(), "spawn_config.executable.env[\"A=B\"]", "names"),
+            (|c| exe(c).env = [(String::new(), "v".into())].into(), "spawn_config.executable.env[\"\"]", "names"),
+            (|c| exe(c).env = [("A".into(), "\0".into())].into(), "spawn_config.executable.env[\"A\"]", "NUL"),
+            (|c| exe(c).container_port = 65_536, "spawn_config.executable.container_port", "1–65535"),
+            (|c| exe(c).pull_policy = 9, "spawn_config.executable.pull_policy", "unknown"),
+            (
+                |c| exe(c).resources = Some(v1::ResourceLimits { memory_bytes: u64::MAX, ..Default::default() }),
+                "spawn_config.executable.resources.memory_bytes",
+                "1 PiB",
+            ),
+            (
+                |c| exe(c).resources = Some(v1::ResourceLimits { memory_bytes: 1, ..Default::default() }),
+                "spawn_config.executable.resources.memory_bytes",
+                "4 MiB",
+            ),
+            (
+                |c| exe(c).resources = Some(v1::ResourceLimits { pids: u64::MAX, ..Default::default() }),
+                "spawn_config.executable.resources.pids",
+                "at most",
+            ),
+            (
+                |c| exe(c).resources = Some(v1::ResourceLimits { cpu_millis: 2_000_000, ..Default::default() }),
+                "spawn_config.executable.resources.cpu_millis",
+                "1024 cores",
+            ),
+            (
+                |c| c.lifetime_limit = Some(prost_types::Duration { seconds: -5, nanos: 0 }),
+                "spawn_config.lifetime_limit",
+                "at least",
+            ),
+            (|c| c.labels = [("team".into(), "a\nb".into())].into(), "spawn_config.labels[\"team\"]", "control"),
+            (|c| c.labels = [(String::new(), "x".into())].into(), "spawn_config.labels[\"\"]", "1–63"),
+            (|c| c.cluster = "EU".into(), "spawn_config.cluster", "lowercase"),
+            (|c| c.executable = None, "spawn_config.executable", "required"),
+        ];
+        for (edit, field, says) in cases {
+            let mut config = valid_config();
+            edit(&mut config);
+            let violations = SpawnConfig::from_proto(&config, "spawn_config").expect_err(field);
+            assert!(
+                violations.iter().any(|(f, d)| f == field && d.contains(says)),
+                "{field} saying {says:?} missing from {violations:?}"
+            );
+        }
+        let mut fine = valid_config();
+        let exe = fine.executable.as_mut().unwrap();
+        exe.image = "/usr/local/bin/server".into();
+        exe.command = vec!["/usr/bin/env".into(), String::new()];
+        exe.args = vec![String::new()];
+        exe.resources = Some(v1::ResourceLimits { cpu_millis: 500, memory_bytes: 64 << 20, pids: 128 });
+        assert!(SpawnConfig::from_proto(&fine, "spawn_config").is_ok(), "an empty argument after the program is fine");
     }
 
     #[test]

@@ -611,3 +611,41 @@ async fn an_attached_drone_that_stops_renewing_loses_the_key_without_its_backend
     beat.abort();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_refuses_an_image_no_drone_could_run_before_scheduling_anything() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (mut drone, beat) = drone(&cluster, "d1", 5).await;
+
+    // As the README's user typed it: a relative path means nothing on a drone.
+    let output = tokio::process::Command::new(hangar_tests::binary("hangar"))
+        .args(["--controller", &cluster.url(), "connect", "--no-key", "--image", "./my-server", "-o", "json"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a refused Connect exits non-zero; stderr: {stderr}");
+    assert!(output.stdout.is_empty(), "nothing on stdout: {}", String::from_utf8_lossy(&output.stdout));
+    assert!(stderr.contains("spawn_config.executable.image"), "the field is named: {stderr}");
+    assert!(stderr.contains("relative path") && stderr.contains("absolute program path"), "{stderr}");
+
+    for (image, says) in [("./my-server", "relative path"), ("Acme/Editor:2", "lowercase"), ("app:-1", "tag")] {
+        let mut config = spawn_config(&[]);
+        config.executable.as_mut().unwrap().image = image.into();
+        let err = client.connect(connect_request(None, Some(config))).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{image}");
+        assert_eq!(error_info(&err).unwrap().0, reason::INVALID_ARGUMENT);
+        let violations = hangar::error::field_violations(&err);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].0, "spawn_config.executable.image");
+        assert!(violations[0].1.contains(says), "{image}: {violations:?}");
+    }
+
+    let listed = client.list_backends(v1::ListBackendsRequest::default()).await.unwrap().into_inner();
+    assert!(listed.backends.is_empty(), "nothing was scheduled: {:?}", listed.backends);
+    // Waiting a moment is the point here: no spawn may reach the drone.
+    assert!(drone.maybe_message(Duration::from_millis(300)).await.is_none(), "the drone got no action");
+    beat.abort();
+    cluster.shutdown().await;
+}

@@ -251,3 +251,72 @@ async fn an_open_websocket_keeps_its_backend_from_being_swept_as_idle() {
     socket.close(None).await.unwrap();
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn command_and_args_travel_from_connect_to_the_backends_command_line() {
+    let stack = stack(Arc::new(ProcessRuntime::new()), |_| {}).await;
+    let backend = test_backend();
+    let spec =
+        SpawnSpec::new(backend.clone()).command([backend.as_str(), "--from-command"]).args(["--from-args", "x y"]);
+    let connection = stack.client.connect_backend(&ConnectRequest::keyless(spec)).await.unwrap();
+    let ready = wait_for_state(&stack.client, &connection.backend_id, BackendState::Ready).await;
+    let shown = ready.spawn_config.as_ref().unwrap();
+    assert_eq!((shown.command.len(), shown.args.len()), (2, 2), "GetBackend shows both: {shown:?}");
+    let argv = hangar_executor::testing::http_get(&ready.address, "/argv").await.unwrap().1;
+    assert_eq!(argv.lines().collect::<Vec<_>>(), [backend.as_str(), "--from-command", "--from-args", "x y"]);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_start_tells_connect_wait_backends_get_and_the_watch_why() {
+    let stack = stack(Arc::new(ProcessRuntime::new()), |_| {}).await;
+    let hangar = hangar_tests::binary("hangar");
+    let url = stack.cluster.url();
+    let output = tokio::process::Command::new(&hangar)
+        .args(["--controller", &url, "connect", "--no-key", "--image", "/no/such/backend", "--wait"])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    let why = "IMAGE_PULL_FAILED: image /no/such/backend not found: No such file or directory";
+    assert!(stderr.contains(why), "the error says why: {stderr}");
+    let progress = stdout.lines().find(|l| l.trim_start().starts_with("TERMINATED")).expect("a TERMINATED line");
+    assert!(progress.contains(why), "{stdout}");
+    let id = stdout.split_whitespace().find(|w| w.starts_with("bk-")).expect("the backend id").to_string();
+
+    let output = tokio::process::Command::new(&hangar)
+        .args(["--controller", &url, "backends", "get", &id, "-o", "json"])
+        .output()
+        .await
+        .unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let message = got["status"]["message"].as_str().unwrap().to_string();
+    assert!(message.starts_with("image /no/such/backend not found: No such file or directory"), "{got}");
+
+    let statuses: Vec<_> = stack.client.watch_backend(&id).collect().await;
+    let last = statuses.last().unwrap().as_ref().unwrap();
+    assert_eq!((last.state, last.message.as_str()), (BackendState::Terminated, message.as_str()));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn docker_an_image_that_cannot_be_pulled_ends_with_the_engines_words() {
+    let instance = hangar_executor::testing::unique_name("e2e");
+    let test = "docker_an_image_that_cannot_be_pulled_ends_with_the_engines_words";
+    let Some(docker) = hangar_executor::testing::docker_or_skip(test, &instance).await else { return };
+    let _cleanup = hangar_executor::testing::ContainerCleanup::new(&instance);
+    let stack = stack(Arc::new(docker), |_| {}).await;
+    let spec = SpawnSpec::new("hangar-missing.invalid/missing:0");
+    let connection = stack.client.connect_backend(&ConnectRequest::keyless(spec)).await.unwrap();
+    let ended = wait_for_state(&stack.client, &connection.backend_id, BackendState::Terminated).await;
+    assert_eq!(ended.status.termination_reason, Some(TerminationReason::ImagePullFailed));
+    let message = &ended.status.message;
+    assert!(
+        message.starts_with("image hangar-missing.invalid/missing:0 not found: not present locally; pull failed: "),
+        "{message}"
+    );
+    println!("the message: {message}");
+    assert!(message.len() > 90, "the engine's own words follow: {message}");
+    stack.shutdown().await;
+}

@@ -99,9 +99,18 @@ pub struct ConnectArgs {
     #[arg(long, value_parser = parse_env, value_name = "KEY=VALUE")]
     pub env: Vec<(String, String)>,
 
-    /// Command and arguments instead of the image's default; takes everything after it.
-    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "ARG")]
-    pub command: Vec<String>,
+    /// Program to run instead of the image's ENTRYPOINT (process runtime: instead of the program
+    /// --image names). One value: its arguments come with --arg or after `--`.
+    #[arg(long, value_name = "PROG")]
+    pub command: Option<String>,
+
+    /// An argument instead of the image's CMD; repeat for several, in order. May start with '-'.
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+
+    /// Arguments instead of the image's CMD, everything after `--` (like --arg for each).
+    #[arg(last = true, value_name = "ARGS", conflicts_with = "args")]
+    pub trailing_args: Vec<String>,
 
     /// Port the backend listens on inside its container (8080 when left out).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..), value_name = "PORT")]
@@ -524,12 +533,17 @@ Examples:
   hangar connect doc-1 --namespace docs --tag v2 --image editor:2 --memory 512MiB --cpu-millis 500 \\
       --max-idle 10m --lifetime 8h --label team=docs
   hangar connect docs/doc-1                                   # only an existing backend
-  hangar connect --no-key --image python:3.12 --port 8000 --command python -m http.server 8000
+  hangar connect --no-key --image python:3.12 --port 8000 --command python -- -m http.server 8000
+  hangar connect --no-key --image python:3.12 --port 8000 --command python --arg -m --arg http.server --arg 8000
+  hangar connect doc-1 --image editor:2 -- --log-level debug      # the image's ENTRYPOINT, other arguments
   hangar connect doc-1 --image editor:2 -o json | jq -r .url
 
 A key (NAME, NS/NAME or NS/NAME@TAG) names at most one live backend: connecting again returns it
 (\"found\"), and a key held with another tag is refused (KEY_TAG_MISMATCH). Without --image only a live
-backend can be returned. --command takes every argument after it, so put it last.
+backend can be returned. --image is an image reference, or an absolute program path for a drone
+with the process runtime.
+As in Kubernetes, --command PROG replaces the image's ENTRYPOINT (and drops its CMD), and the
+arguments (--arg, repeated, or everything after `--`) replace its CMD.
 With --wait, one line per state until READY (exit 0), or the termination reason (exit 1).
 With -o json the output is one document: {\"backend_id\", \"spawned\", \"state\", \"url\", \"token\", …}.";
 

@@ -52,6 +52,7 @@ fn proto_backend(id: &str, name: Option<&str>, status: v1::BackendStatus) -> v1:
             executable: Some(v1::Executable {
                 image: "ghcr.io/acme/editor:2".into(),
                 command: vec!["serve".into(), "--fast".into()],
+                args: vec!["--root".into(), "/srv/my docs".into()],
                 env: [("MODE".to_string(), "edit".to_string())].into(),
                 pull_policy: v1::PullPolicy::Never as i32,
                 container_port: 9000,
@@ -148,6 +149,7 @@ fn backend_detail_shows_termination_address_fencing_token_and_spawn_config() {
         "Spawn config:\n",
         "  Image:        ghcr.io/acme/editor:2\n",
         "  Command:      serve --fast\n",
+        "  Args:         --root \"/srv/my docs\"\n",
         "  Env:          MODE=edit\n",
         "  Pull:         Never\n",
         "  Port:         9000\n",
@@ -303,6 +305,7 @@ fn connect_builds_the_spawn_config_from_every_flag() {
         "if-not-present",
         "--command",
         "python",
+        "--",
         "-m",
         "http.server",
         "--bind",
@@ -313,14 +316,74 @@ fn connect_builds_the_spawn_config_from_every_flag() {
     assert_eq!((key.namespace.as_str(), key.name.as_str(), key.tag.as_str()), ("docs", "doc-1", "v2"));
     let spec = request.spawn.unwrap();
     assert_eq!(spec.env["URL"], "http://x/?a=b", "only the first = splits");
-    assert_eq!(spec.command, ["python", "-m", "http.server", "--bind", "0.0.0.0"]);
+    assert_eq!(spec.command, ["python"]);
+    assert_eq!(spec.args, ["-m", "http.server", "--bind", "0.0.0.0"]);
     assert_eq!((spec.container_port, spec.resources.memory_bytes, spec.resources.pids), (Some(9000), 256 << 20, 64));
     assert_eq!(spec.pull_policy, Some(PullPolicy::IfNotPresent));
     assert_eq!(spec.lifetime_limit, Some(std::time::Duration::from_secs(8 * 3600)));
     assert_eq!(spec.max_idle, Some(std::time::Duration::from_secs(600)));
     let proto = spec.to_proto();
     assert_eq!(proto.static_token, "T");
-    assert_eq!(proto.executable.unwrap().pull_policy, v1::PullPolicy::IfNotPresent as i32);
+    let executable = proto.executable.unwrap();
+    assert_eq!(executable.pull_policy, v1::PullPolicy::IfNotPresent as i32);
+    assert_eq!((executable.command.len(), executable.args.len()), (1, 4));
+}
+
+#[test]
+fn command_takes_exactly_one_value_and_flags_after_it_stay_flags() {
+    let args = connect_args(&["k", "--image", "i", "--command", "/nonexistent", "--wait"]);
+    assert_eq!(args.command.as_deref(), Some("/nonexistent"));
+    assert!(args.wait, "--wait after --command is the flag, not an argument of the command");
+    let spec = args.to_request().unwrap().spawn.unwrap();
+    assert_eq!((spec.command, spec.args), (vec!["/nonexistent".to_string()], vec![]));
+
+    let err = parse(&["connect", "k", "--image", "i", "--command", "python", "-m"]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownArgument, "{err}");
+    let err = parse(&["connect", "k", "--image", "i", "--command", "python", "serve"]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownArgument, "a second value is not taken: {err}");
+}
+
+#[test]
+fn args_come_from_repeated_arg_flags_or_after_a_double_dash_but_not_both() {
+    let spec = |args: &[&str]| connect_args(args).to_request().unwrap().spawn.unwrap();
+    let repeated = spec(&["k", "--image", "i", "--arg", "-m", "--arg", "http.server", "--arg", "two words"]);
+    assert_eq!(repeated.args, ["-m", "http.server", "two words"]);
+    assert!(repeated.command.is_empty(), "arguments alone keep the image's ENTRYPOINT");
+
+    let trailing = spec(&["k", "--image", "i", "--command", "python", "--wait", "--", "-m", "http.server", "--wait"]);
+    assert_eq!(trailing.command, ["python"]);
+    assert_eq!(trailing.args, ["-m", "http.server", "--wait"], "after `--` everything is an argument");
+    assert!(connect_args(&["k", "--image", "i", "--wait", "--", "--wait"]).wait);
+
+    let keyless = spec(&["--no-key", "--image", "/usr/bin/server", "--", "serve"]);
+    assert_eq!(keyless.args, ["serve"]);
+    // The README's examples, as written.
+    let readme = spec(&["docs/doc-2", "--image", "IMG", "--arg", "--log-level", "--arg", "debug"]);
+    assert_eq!(readme.args, ["--log-level", "debug"]);
+    let readme = spec(&[
+        "--no-key",
+        "--image",
+        "python:3.12",
+        "--port",
+        "8000",
+        "--command",
+        "python",
+        "--",
+        "-m",
+        "http.server",
+        "8000",
+    ]);
+    assert_eq!(
+        (readme.command, readme.args),
+        (vec!["python".to_string()], vec!["-m".into(), "http.server".into(), "8000".into()])
+    );
+
+    let both = parse(&["connect", "k", "--image", "i", "--arg", "a", "--", "b"]).unwrap_err();
+    assert_eq!(both.kind(), ErrorKind::ArgumentConflict, "{both}");
+    for flags in [&["k", "--command", "p"][..], &["k", "--arg", "a"], &["k", "--", "a"]] {
+        let err = connect_args(flags).to_request().unwrap_err();
+        assert!(err.contains("needs --image"), "{flags:?}: {err}");
+    }
 }
 
 #[test]
@@ -404,4 +467,70 @@ fn every_backend_command_has_examples_in_its_help() {
         assert_eq!(err.kind(), ErrorKind::DisplayHelp);
         assert!(err.to_string().contains("Examples:"), "{path:?}");
     }
+}
+
+// ---- status messages ----
+
+fn pull_failed() -> v1::BackendStatus {
+    v1::BackendStatus {
+        termination_reason: v1::TerminationReason::ImagePullFailed as i32,
+        message: "image hangar-test-backend:dev not found: not present locally; pull failed: no such host".into(),
+        ..status(v1::BackendState::Terminated, 900)
+    }
+}
+
+#[test]
+fn a_failed_start_shows_its_message_wherever_the_termination_is_shown() {
+    let ended = BackendStatusView::from_proto(&pull_failed()).unwrap();
+    let since = view(v1::BackendState::Scheduled, 0).time;
+    assert_eq!(
+        render::progress_line(&ended, since),
+        "  TERMINATED 0.9s  IMAGE_PULL_FAILED: image hangar-test-backend:dev not found: not present locally; \
+         pull failed: no such host\n"
+    );
+    let err = CliError::Terminated { id: "bk-9".into(), status: ended.clone() };
+    let out = render::error(&err, "x");
+    assert!(
+        out.starts_with(
+            "error: backend bk-9 ended before it was ready: IMAGE_PULL_FAILED: image hangar-test-backend:dev not \
+             found: not present locally; pull failed: no such host\nhint: "
+        ),
+        "{out}"
+    );
+    let watch = render::watch_line("bk-9", &ended, since, OutputFormat::Table);
+    assert!(
+        watch.trim_end().ends_with(
+            "IMAGE_PULL_FAILED: image hangar-test-backend:dev not found: not present locally; pull failed: no such host"
+        ),
+        "{watch}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&render::watch_line("bk-9", &ended, since, OutputFormat::Json)).unwrap();
+    assert_eq!(json["message"], ended.message);
+
+    let failed = backend("bk-9", Some("doc-1"), pull_failed());
+    let detail = render::backend_detail(&failed, now());
+    assert!(detail.contains("Termination:   IMAGE_PULL_FAILED: image hangar-test-backend:dev not found"), "{detail}");
+    let get: serde_json::Value = serde_json::from_str(&render::backend(&failed, OutputFormat::Json, now())).unwrap();
+    assert_eq!(get["status"]["message"], ended.message);
+    let table = render::backends_table(&[failed], now());
+    assert!(table.lines().nth(1).unwrap().ends_with("IMAGE_PULL_FAILED"), "the table keeps to the reason: {table}");
+}
+
+#[test]
+fn a_live_status_with_a_message_shows_it_and_one_without_shows_nothing_more() {
+    let terminating = v1::BackendStatus {
+        termination_kind: v1::TerminationKind::Soft as i32,
+        message: "did not answer HTTP on 127.0.0.1:4000 within the startup timeout of 1m".into(),
+        ..status(v1::BackendState::Terminating, 60_000)
+    };
+    let detail = render::backend_detail(&backend("bk-3", None, terminating.clone()), now());
+    assert!(detail.contains("Message:       did not answer HTTP on 127.0.0.1:4000"), "{detail}");
+    let since = view(v1::BackendState::Scheduled, 0).time;
+    let line = render::progress_line(&BackendStatusView::from_proto(&terminating).unwrap(), since);
+    assert_eq!(line, "  TERMINATING 1m  did not answer HTTP on 127.0.0.1:4000 within the startup timeout of 1m\n");
+    let ready = render::backend_detail(&backend("bk-4", None, status(v1::BackendState::Ready, 0)), now());
+    assert!(!ready.contains("Message:"), "{ready}");
+    let json = render::watch_line("bk-4", &view(v1::BackendState::Ready, 0), since, OutputFormat::Json);
+    assert!(!json.contains("message"), "an empty message is left out of JSON: {json}");
 }

@@ -66,7 +66,9 @@ impl ConnectArgs {
         let Some(image) = self.image.as_deref() else {
             let spawn_flags = [
                 ("--env", !self.env.is_empty()),
-                ("--command", !self.command.is_empty()),
+                ("--command", self.command.is_some()),
+                ("--arg", !self.args.is_empty()),
+                ("arguments after --", !self.trailing_args.is_empty()),
                 ("--port", self.port.is_some()),
                 ("--cpu-millis", self.cpu_millis.is_some()),
                 ("--memory", self.memory.is_some()),
@@ -90,11 +92,14 @@ impl ConnectArgs {
         if image.trim().is_empty() {
             return Err("--image is empty".to_string());
         }
-        let mut spec = SpawnSpec::new(image).command(self.command.clone()).resources(ResourceLimits {
-            cpu_millis: self.cpu_millis.unwrap_or(0),
-            memory_bytes: self.memory.unwrap_or(0),
-            pids: self.pids.unwrap_or(0),
-        });
+        // clap refuses --arg together with `--`, so at most one of them is non-empty.
+        let args = if self.trailing_args.is_empty() { &self.args } else { &self.trailing_args };
+        let mut spec =
+            SpawnSpec::new(image).command(self.command.clone()).args(args.clone()).resources(ResourceLimits {
+                cpu_millis: self.cpu_millis.unwrap_or(0),
+                memory_bytes: self.memory.unwrap_or(0),
+                pids: self.pids.unwrap_or(0),
+            });
         spec.env = self.env.iter().cloned().collect();
         spec.labels = self.label.iter().cloned().collect();
         spec.pull_policy = self.pull.map(Into::into);

@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::Utc;
 use hangar::domain::{
     BackendEnv, BackendState, PullPolicy, TerminationKind, TerminationReason, TransitionError, duration_from_proto,
+    spawn_secrets, status_message,
 };
 use hangar::v1;
 use tokio::sync::mpsc;
@@ -73,12 +74,14 @@ impl Lifecycle {
     }
 
     /// The one transition function: moves forward (refusing anything else) and returns the event
-    /// that reports the move.
+    /// that reports the move. `message` says why, for people; it goes out as it is, so callers
+    /// pass it through [`status_message`] with the backend's secrets.
     pub fn transition(
         &mut self,
         to: BackendState,
         termination: Option<(Option<TerminationKind>, TerminationReason)>,
         exit_code: Option<i32>,
+        message: String,
     ) -> Result<v1::DroneBackendEvent, TransitionError> {
         self.state = self.state.transition(to)?;
         let (kind, reason) = match termination {
@@ -94,6 +97,7 @@ impl Lifecycle {
                 termination_kind: kind,
                 termination_reason: reason,
                 exit_code,
+                message,
             }),
             address: self.address.clone(),
         })
@@ -143,6 +147,9 @@ pub struct BackendTask {
     shutdown: CancellationToken,
     /// The termination under way (or requested while a start is in flight).
     termination: Option<(TerminationKind, TerminationReason)>,
+    /// Why, when the drone decided it (a timeout, a lost lease); empty when the controller asked
+    /// or after a restart (the journal keeps the reason, not the words).
+    termination_message: String,
     grace_deadline: Option<Instant>,
     lease: Option<KeyLease>,
     /// An exit reported before the start returned, or during a stop.
@@ -177,6 +184,7 @@ impl BackendTask {
             commands,
             shutdown,
             termination: None,
+            termination_message: String::new(),
             grace_deadline: None,
             lease,
             exit_code: None,
@@ -203,7 +211,7 @@ impl BackendTask {
         if let Some((kind, reason)) = requested
             && self.termination.is_none()
         {
-            self.terminate(kind, reason, &mut op).await;
+            self.terminate(kind, reason, String::new(), &mut op).await;
         }
         while self.lifecycle.state().is_live() {
             let lease = self.lease.as_ref();
@@ -229,19 +237,23 @@ impl BackendTask {
                     self.grace_deadline = None;
                     // The runtime kills it now; say so.
                     if self.lifecycle.state() == BackendState::Terminating {
-                        self.advance(BackendState::HardTerminating, None, None).await;
+                        self.advance(BackendState::HardTerminating, None, None, String::new()).await;
                     }
                 }
                 Step::Renew => self.renew(),
                 Step::LeaseSoft => {
                     self.lease.as_mut().expect("lease timer").soft_fired();
                     tracing::warn!(backend_id = %self.backend_id, "no key renewal confirmed for half the lease; soft-terminating");
-                    self.terminate(TerminationKind::Soft, TerminationReason::KeyExpired, &mut op).await;
+                    let message = "no key lease renewal was confirmed for half the lease: the controllers may be \
+                                   unreachable, and the key may soon be given to another backend";
+                    self.terminate(TerminationKind::Soft, TerminationReason::KeyExpired, message.into(), &mut op).await;
                 }
                 Step::LeaseHard => {
                     self.lease.as_mut().expect("lease timer").hard_fired();
                     tracing::warn!(backend_id = %self.backend_id, "no key renewal confirmed for 3/4 of the lease; killing");
-                    self.terminate(TerminationKind::Hard, TerminationReason::KeyExpired, &mut op).await;
+                    let message = "no key lease renewal was confirmed for three quarters of the lease: killed before \
+                                   the key can be given to another backend";
+                    self.terminate(TerminationKind::Hard, TerminationReason::KeyExpired, message.into(), &mut op).await;
                 }
                 Step::Shutdown => return,
             }
@@ -252,7 +264,7 @@ impl BackendTask {
         match resume {
             Resume::FromScratch => {
                 if self.lifecycle.state() < BackendState::Loading {
-                    self.advance(BackendState::Loading, None, None).await;
+                    self.advance(BackendState::Loading, None, None, String::new()).await;
                 }
                 Some(self.prepare())
             }
@@ -270,13 +282,18 @@ impl BackendTask {
             },
             Resume::Exited(code) => {
                 match self.termination {
-                    Some((kind, reason)) => self.finish(Some(kind), reason, code).await,
-                    None => self.finish(None, TerminationReason::Exited, code).await,
+                    Some((kind, reason)) => {
+                        self.finish(Some(kind), reason, code, self.termination_message.clone()).await
+                    }
+                    None => {
+                        let message = format!("{} while the drone was away", exited_message(code));
+                        self.finish(None, TerminationReason::Exited, code, message).await
+                    }
                 }
                 None
             }
             Resume::Lost => {
-                self.finish(None, TerminationReason::Lost, None).await;
+                self.finish(None, TerminationReason::Lost, None, LOST_MESSAGE.into()).await;
                 None
             }
         }
@@ -314,6 +331,7 @@ impl BackendTask {
             backend_id: self.backend_id.clone(),
             image: executable.image,
             command: executable.command,
+            args: executable.args,
             env,
             port: u16::try_from(executable.container_port).unwrap_or(0),
             resources: executable.resources.map(Into::into).unwrap_or_default(),
@@ -324,12 +342,12 @@ impl BackendTask {
     async fn on_done(&mut self, done: Done, op: &mut Option<Operation>) {
         match done {
             Done::Prepared(Ok(())) => {
-                self.advance(BackendState::Starting, None, None).await;
+                self.advance(BackendState::Starting, None, None, String::new()).await;
                 *op = Some(self.start());
             }
             Done::Prepared(Err(err)) => {
                 tracing::warn!(backend_id = %self.backend_id, error = %err, "image preparation failed");
-                self.finish(None, TerminationReason::ImagePullFailed, None).await;
+                self.finish(None, TerminationReason::ImagePullFailed, None, runtime_error_message(&err)).await;
             }
             Done::Started(Ok(started)) => {
                 self.starting = false;
@@ -338,12 +356,12 @@ impl BackendTask {
                     // Terminated while starting: stop it now that it exists.
                     *op = Some(self.stop(self.grace_for(kind)));
                 } else if let Some(code) = self.exit_code {
-                    self.finish(None, TerminationReason::Exited, code).await;
+                    self.finish(None, TerminationReason::Exited, code, exited_message(code)).await;
                 } else if self.lifecycle.state() == BackendState::Ready {
                     // Resumed after a restart: already ready.
                 } else {
                     if self.lifecycle.state() < BackendState::Waiting {
-                        self.advance(BackendState::Waiting, None, None).await;
+                        self.advance(BackendState::Waiting, None, None, String::new()).await;
                     }
                     let probe = readiness::wait_until_ready(started.address, self.startup_timeout());
                     *op = Some(Box::pin(async move { Done::Probed { ready: probe.await } }));
@@ -358,16 +376,24 @@ impl BackendTask {
                     }
                     (None, _) => TerminationReason::InternalError,
                 };
-                if self.termination.is_none() {
+                let message = if self.termination.is_none() {
                     tracing::warn!(backend_id = %self.backend_id, error = %err, "start failed");
-                }
+                    runtime_error_message(&err)
+                } else {
+                    self.termination_message.clone()
+                };
                 let kind = self.termination.map(|(kind, _)| kind);
-                self.finish(kind, reason, None).await;
+                self.finish(kind, reason, None, message).await;
             }
-            Done::Probed { ready: true } => self.advance(BackendState::Ready, None, None).await,
+            Done::Probed { ready: true } => self.advance(BackendState::Ready, None, None, String::new()).await,
             Done::Probed { ready: false } => {
                 tracing::warn!(backend_id = %self.backend_id, timeout = ?self.startup_timeout(), "backend did not answer HTTP in time");
-                self.terminate(TerminationKind::Soft, TerminationReason::StartupTimeout, op).await;
+                let message = format!(
+                    "did not answer HTTP on {} within the startup timeout of {}",
+                    self.lifecycle.address,
+                    humantime::format_duration(self.startup_timeout())
+                );
+                self.terminate(TerminationKind::Soft, TerminationReason::StartupTimeout, message, op).await;
             }
             Done::Stopped(result) => {
                 // A stop that lasted the whole grace ended in a kill, even when the runtime's
@@ -375,7 +401,7 @@ impl BackendTask {
                 if self.lifecycle.state() == BackendState::Terminating
                     && self.grace_deadline.is_some_and(|deadline| Instant::now() >= deadline)
                 {
-                    self.advance(BackendState::HardTerminating, None, None).await;
+                    self.advance(BackendState::HardTerminating, None, None, String::new()).await;
                 }
                 if let Err(err) = result {
                     tracing::warn!(backend_id = %self.backend_id, error = %err, "stop failed; removing anyway");
@@ -386,14 +412,14 @@ impl BackendTask {
                 };
                 let (kind, reason) =
                     self.termination.unwrap_or((TerminationKind::Soft, TerminationReason::InternalError));
-                self.finish(Some(kind), reason, exit_code).await;
+                self.finish(Some(kind), reason, exit_code, self.termination_message.clone()).await;
             }
         }
     }
 
     async fn on_command(&mut self, command: Command, op: &mut Option<Operation>) {
         match command {
-            Command::Terminate { kind, reason } => self.terminate(kind, reason, op).await,
+            Command::Terminate { kind, reason } => self.terminate(kind, reason, String::new(), op).await,
             Command::Exited { exit_code } => self.exited(exit_code, op).await,
             Command::Check => match self.runtime.inspect(&self.backend_id).await {
                 Ok(info) if info.state == RuntimeState::Exited => self.exited(info.exit_code, op).await,
@@ -401,7 +427,7 @@ impl BackendTask {
                     if self.lifecycle.state() >= BackendState::Waiting && self.termination.is_none() =>
                 {
                     *op = None;
-                    self.finish(None, TerminationReason::Lost, None).await;
+                    self.finish(None, TerminationReason::Lost, None, LOST_MESSAGE.into()).await;
                 }
                 _ => {}
             },
@@ -416,7 +442,9 @@ impl BackendTask {
                     }
                     Answer::Lost => {
                         tracing::warn!(backend_id = %self.backend_id, "the controller refused the key renewal");
-                        self.terminate(TerminationKind::Soft, TerminationReason::KeyExpired, op).await;
+                        let message = "the controller refused to renew the key lease: it ran out, and the key may \
+                                       have another holder";
+                        self.terminate(TerminationKind::Soft, TerminationReason::KeyExpired, message.into(), op).await;
                     }
                     Answer::Stale => {}
                 }
@@ -433,7 +461,7 @@ impl BackendTask {
             }
             BackendState::Waiting | BackendState::Ready if self.termination.is_none() => {
                 *op = None;
-                self.finish(None, TerminationReason::Exited, exit_code).await;
+                self.finish(None, TerminationReason::Exited, exit_code, exited_message(exit_code)).await;
             }
             // A stop is in flight; it reports the exit when it returns.
             _ => self.exit_code = Some(exit_code),
@@ -447,11 +475,21 @@ impl BackendTask {
         }
     }
 
-    /// Honours a termination in whatever state the backend is.
-    async fn terminate(&mut self, kind: TerminationKind, reason: TerminationReason, op: &mut Option<Operation>) {
+    /// Honours a termination in whatever state the backend is. `message` says why when the drone
+    /// decided it; the first termination's reason and words are the ones reported.
+    async fn terminate(
+        &mut self,
+        kind: TerminationKind,
+        reason: TerminationReason,
+        message: String,
+        op: &mut Option<Operation>,
+    ) {
         let state = self.lifecycle.state();
         if state == BackendState::Terminated {
             return;
+        }
+        if self.termination.is_none() && self.termination_message.is_empty() {
+            self.termination_message = message;
         }
         if let Err(err) = self.outbox.journal.record_termination(&self.backend_id, kind, reason).await {
             tracing::warn!(backend_id = %self.backend_id, error = %err, "cannot journal a termination");
@@ -461,7 +499,7 @@ impl BackendTask {
             BackendState::Scheduled | BackendState::Loading => {
                 *op = None;
                 self.termination = Some((kind, reason));
-                self.finish(Some(kind), reason, None).await;
+                self.finish(Some(kind), reason, None, self.termination_message.clone()).await;
             }
             BackendState::Starting => {
                 self.termination = Some((kind, reason));
@@ -470,7 +508,7 @@ impl BackendTask {
                 } else {
                     BackendState::Terminating
                 };
-                self.advance(to, None, None).await;
+                self.advance(to, None, None, self.termination_message.clone()).await;
                 // The start in flight finishes first (see `on_done`), then the stop follows.
             }
             BackendState::Waiting | BackendState::Ready => {
@@ -480,7 +518,7 @@ impl BackendTask {
                 } else {
                     BackendState::Terminating
                 };
-                self.advance(to, None, None).await;
+                self.advance(to, None, None, self.termination_message.clone()).await;
                 *op = Some(self.stop(self.grace_for(kind)));
             }
             BackendState::Terminating if kind == TerminationKind::Hard => {
@@ -488,7 +526,7 @@ impl BackendTask {
                 if let Some((first_kind, _)) = self.termination.as_mut() {
                     *first_kind = TerminationKind::Hard;
                 }
-                self.advance(BackendState::HardTerminating, None, None).await;
+                self.advance(BackendState::HardTerminating, None, None, String::new()).await;
                 // Unless the start is still in flight, kill now instead of waiting out the grace.
                 if self.starting {
                     return;
@@ -510,14 +548,16 @@ impl BackendTask {
     }
 
     /// Moves forward and journals the event; a refused move is a bug worth a loud log, not a
-    /// crash of the drone.
+    /// crash of the drone. `message` is masked and bounded here, once for every event.
     async fn advance(
         &mut self,
         to: BackendState,
         termination: Option<(Option<TerminationKind>, TerminationReason)>,
         exit_code: Option<i32>,
+        message: String,
     ) {
-        match self.lifecycle.transition(to, termination, exit_code) {
+        let message = status_message(&message, spawn_secrets(&self.spawn));
+        match self.lifecycle.transition(to, termination, exit_code, message) {
             Ok(event) => {
                 tracing::info!(backend_id = %self.backend_id, state = %to, "backend state");
                 self.outbox.emit(event, to, &self.shutdown).await;
@@ -526,13 +566,41 @@ impl BackendTask {
         }
     }
 
-    /// Removes whatever the runtime holds and reports TERMINATED.
-    async fn finish(&mut self, kind: Option<TerminationKind>, reason: TerminationReason, exit_code: Option<i32>) {
+    /// Removes whatever the runtime holds and reports TERMINATED, with `message` saying why.
+    async fn finish(
+        &mut self,
+        kind: Option<TerminationKind>,
+        reason: TerminationReason,
+        exit_code: Option<i32>,
+        message: String,
+    ) {
         if let Err(err) = self.runtime.remove(&self.backend_id).await {
             tracing::warn!(backend_id = %self.backend_id, error = %err, "cannot remove the backend from the runtime");
         }
         self.grace_deadline = None;
-        self.advance(BackendState::Terminated, Some((kind, reason)), exit_code).await;
+        self.advance(BackendState::Terminated, Some((kind, reason)), exit_code, message).await;
+    }
+}
+
+/// What a started backend that the runtime no longer knows is told.
+const LOST_MESSAGE: &str =
+    "the runtime no longer knows this backend although it was started (its container or process is gone)";
+
+/// `exited with code 3`; a death by signal N (code 128+N) says so.
+fn exited_message(code: Option<i32>) -> String {
+    match code {
+        Some(code @ 129..=192) => format!("exited with code {code} (killed by signal {})", code - 128),
+        Some(code) => format!("exited with code {code}"),
+        None => "exited".to_string(),
+    }
+}
+
+/// A runtime's error as a status message: its own words, except for internal errors, whose
+/// details stay in the drone's log.
+fn runtime_error_message(err: &RuntimeError) -> String {
+    match err {
+        RuntimeError::Internal(_) => "internal error in the runtime; the drone's log has the details".to_string(),
+        err => err.to_string(),
     }
 }
 

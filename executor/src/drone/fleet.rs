@@ -106,8 +106,9 @@ impl Fleet {
                         // view converges (a repeat changes nothing there).
                         let mut lifecycle =
                             Lifecycle::new(action.backend_id.clone(), BackendState::Scheduled, String::new());
+                        let message = "this drone does not run the backend: it never arrived here, or had ended";
                         let event = lifecycle
-                            .transition(BackendState::Terminated, Some((Some(kind), reason)), None)
+                            .transition(BackendState::Terminated, Some((Some(kind), reason)), None, message.into())
                             .expect("SCHEDULED → TERMINATED is forward");
                         self.outbox.emit(event, BackendState::Terminated, &self.shutdown).await;
                     }
@@ -140,9 +141,13 @@ impl Fleet {
             let shutdown = self.shutdown.clone();
             let mut lifecycle = lifecycle;
             self.tasks.spawn(async move {
-                if let Ok(event) =
-                    lifecycle.transition(BackendState::Terminated, Some((None, TerminationReason::InternalError)), None)
-                {
+                let message = "this drone has no runtime, so it cannot run backends".to_string();
+                if let Ok(event) = lifecycle.transition(
+                    BackendState::Terminated,
+                    Some((None, TerminationReason::InternalError)),
+                    None,
+                    message,
+                ) {
                     tracing::warn!(%backend_id, "this drone has no runtime; the backend cannot run");
                     outbox.emit(event, BackendState::Terminated, &shutdown).await;
                 }

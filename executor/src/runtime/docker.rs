@@ -237,7 +237,10 @@ impl DockerRuntime {
         };
         ContainerCreateBody {
             image: Some(spec.image.clone()),
-            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            // Kubernetes' rule, which is also the engine's: an ENTRYPOINT given here drops the
+            // image's CMD, so `command` alone runs without it.
+            entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            cmd: (!spec.command.is_empty() || !spec.args.is_empty()).then(|| spec.args.clone()),
             env: Some(env),
             labels: Some(labels),
             exposed_ports: Some(HashMap::from([(port_key, HashMap::new())])),

@@ -12,6 +12,10 @@
 //!   when the runtime was built with [`MockRuntime::allowing_executor_crash`].
 //!
 //! Images whose reference contains `missing` are absent; every other image is present.
+//!
+//! Its address answers every request with `hangar-mock-backend <id>`, except `GET /argv`: the
+//! command line the backend would run ([`BackendSpec::argv`]: the image stands for a program
+//! with no arguments of its own), one argument per line, as the test backend answers it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -172,8 +176,10 @@ impl MockInner {
         });
     }
 
-    fn spawn_listener(&self, backend_id: String, listener: tokio::net::TcpListener, stopped: CancellationToken) {
+    fn spawn_listener(&self, spec: &BackendSpec, listener: tokio::net::TcpListener, stopped: CancellationToken) {
         let cancel = self.cancel.clone();
+        let greeting = format!("hangar-mock-backend {}\n", spec.backend_id);
+        let argv: String = spec.argv().iter().map(|arg| format!("{arg}\n")).collect();
         self.tasks.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -182,11 +188,11 @@ impl MockInner {
                     _ = cancel.cancelled() => return,
                 };
                 let Ok((mut conn, _)) = accepted else { continue };
-                let body = format!("hangar-mock-backend {backend_id}\n");
                 // Connections are answered inline: one tiny response, bounded by a timeout.
                 let _ = tokio::time::timeout(Duration::from_secs(2), async {
                     let mut buf = [0u8; 1024];
-                    let _ = conn.read(&mut buf).await;
+                    let read = conn.read(&mut buf).await.unwrap_or(0);
+                    let body = if buf[..read].starts_with(b"GET /argv ") { &argv } else { &greeting };
                     let response = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
@@ -297,7 +303,7 @@ impl Runtime for MockRuntime {
             backend.address = address.clone();
             inner.hub.started(&backend_id);
         }
-        inner.spawn_listener(backend_id.clone(), listener, stopped.clone());
+        inner.spawn_listener(&spec, listener, stopped.clone());
         if spec.env.get(ENV_OOM).is_some_and(|v| v == "1") {
             let after = env_ms(&spec, ENV_OOM_AFTER_MS).unwrap_or(Duration::from_millis(50));
             inner.spawn_timer(backend_id.clone(), after, stopped.clone(), EXIT_SIGKILL, true);

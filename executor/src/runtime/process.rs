@@ -2,8 +2,10 @@
 //! same environment contract as a container. It is what `hangar-server dev` uses where no Docker
 //! engine answers.
 //!
-//! `spec.image` is the path of the executable and `spec.command` its arguments. The runtime picks
-//! a free port on 127.0.0.1 and passes it as `PORT`. Backends live and die with the executor:
+//! `spec.image` is the path of the executable, the "image"'s ENTRYPOINT with no CMD: the backend
+//! runs [`BackendSpec::argv`], i.e. `command[0]` (or `image` when `command` is empty) with
+//! `command[1..]` and `args` as arguments. The runtime picks a free port on 127.0.0.1 and passes
+//! it as `PORT`. Backends live and die with the executor:
 //! a process cannot be re-adopted after a restart, so shutdown kills every process group, and a
 //! new executor lists nothing.
 
@@ -190,8 +192,10 @@ impl Runtime for ProcessRuntime {
             tracing::warn!(backend_id, "the process runtime cannot enforce resource limits; ignoring them");
         }
         let port = free_local_port()?;
-        let mut command = tokio::process::Command::new(&spec.image);
-        command.args(&spec.command).env_clear().envs(&spec.env).env("PORT", port.to_string());
+        let argv = spec.argv();
+        let program = &argv[0];
+        let mut command = tokio::process::Command::new(program);
+        command.args(&argv[1..]).env_clear().envs(&spec.env).env("PORT", port.to_string());
         if !spec.env.contains_key("PATH")
             && let Some(path) = std::env::var_os("PATH")
         {
@@ -210,12 +214,12 @@ impl Runtime for ProcessRuntime {
             });
         }
         let mut child = command.spawn().map_err(|err| match err.kind() {
-            std::io::ErrorKind::NotFound => {
+            std::io::ErrorKind::NotFound if spec.command.is_empty() => {
                 RuntimeError::ImageNotFound { image: spec.image.clone(), message: "no such executable".into() }
             }
             _ => RuntimeError::StartFailed {
                 backend_id: backend_id.clone(),
-                message: format!("cannot run {}: {err}", spec.image),
+                message: format!("cannot run {program}: {err}"),
             },
         })?;
         let pid = child.id().ok_or_else(|| RuntimeError::internal("spawned child has no pid"))? as i32;

@@ -77,14 +77,18 @@ impl Capability {
     }
 }
 
-/// What to run. For docker `image` is an image reference and `command` replaces its CMD; for the
-/// process runtime `image` is the path of the executable and `command` its arguments — the same
-/// shape, so a spec reads the same on both.
+/// What to run: the process is `command` (the image's ENTRYPOINT when empty) followed by `args`
+/// (the image's CMD when both are empty), as in Kubernetes. For docker `image` is an image
+/// reference; for the process runtime it is the path of the executable, which is its ENTRYPOINT
+/// (so `command[0]`, when given, replaces it) with an empty CMD — see [`BackendSpec::argv`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackendSpec {
     pub backend_id: String,
     pub image: String,
+    /// Overrides the image's ENTRYPOINT: the program and its leading arguments.
     pub command: Vec<String>,
+    /// Overrides the image's CMD.
+    pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     /// Port inside the container; 0 = [`DEFAULT_BACKEND_PORT`]. The process runtime picks a free
     /// host port instead and ignores this.
@@ -120,6 +124,13 @@ impl BackendSpec {
         if self.port == 0 { DEFAULT_BACKEND_PORT } else { self.port }
     }
 
+    /// The whole command line of a runtime whose "image" is a program with no arguments of its
+    /// own (the process and mock runtimes): `command`, or `image` when it is empty, then `args`.
+    pub fn argv(&self) -> Vec<String> {
+        let program = if self.command.is_empty() { std::slice::from_ref(&self.image) } else { &self.command[..] };
+        program.iter().chain(&self.args).cloned().collect()
+    }
+
     /// Rejects specs no runtime could run.
     pub fn validate(&self) -> Result<(), RuntimeError> {
         validate_backend_id(&self.backend_id)?;
@@ -133,6 +144,14 @@ impl BackendSpec {
         if let Some(key) = self.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
             return Err(RuntimeError::invalid_spec("spec.env", format!("invalid variable name {key:?}")));
         }
+        if self.command.first().is_some_and(String::is_empty) {
+            return Err(RuntimeError::invalid_spec("spec.command[0]", "is the program and must not be empty"));
+        }
+        for (field, argv) in [("spec.command", &self.command), ("spec.args", &self.args)] {
+            if let Some(i) = argv.iter().position(|a| a.contains('\0')) {
+                return Err(RuntimeError::invalid_spec(&format!("{field}[{i}]"), "must not contain NUL"));
+            }
+        }
         Ok(())
     }
 
@@ -141,6 +160,7 @@ impl BackendSpec {
             backend_id: self.backend_id.clone(),
             image: self.image.clone(),
             command: self.command.clone(),
+            args: self.args.clone(),
             env: self.env.clone().into_iter().collect(),
             port: self.port.into(),
             resources: Some(self.resources.into()),
@@ -155,6 +175,7 @@ impl BackendSpec {
             backend_id: spec.backend_id,
             image: spec.image,
             command: spec.command,
+            args: spec.args,
             env: spec.env.into_iter().collect(),
             port,
             resources: spec.resources.map(Into::into).unwrap_or_default(),

@@ -25,6 +25,8 @@ use crate::runtime::{
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The protocol minor that added `BackendSpec.command`.
+const ENTRYPOINT_MINOR: u32 = 1;
 
 /// What the executor said about itself in the handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +207,14 @@ impl Runtime for ExecutorClient {
     }
 
     async fn start(&self, spec: BackendSpec) -> Result<Started, RuntimeError> {
+        let minor = self.info().protocol_minor;
+        if !spec.command.is_empty() && minor < ENTRYPOINT_MINOR {
+            // A 1.0 executor would drop the field and run the image's own entrypoint instead.
+            return Err(RuntimeError::Unsupported(format!(
+                "the executor speaks hangar.executor.v1 minor {minor}, which cannot override the image's \
+                 entrypoint (`command` needs minor {ENTRYPOINT_MINOR}); upgrade the executor"
+            )));
+        }
         let request = pb::StartBackendRequest { spec: Some(spec.to_proto()) };
         let response = self
             .call(|mut c| {

@@ -5,6 +5,7 @@
 //! - `GET /` → 200, body `hangar-test-backend <HANGAR_BACKEND_ID>`
 //! - `GET /env` → the environment, one `KEY=VALUE` per line, sorted
 //! - `GET /headers` → the request headers as received, one per line
+//! - `GET /argv` → the command line it was started with, one argument per line (argv[0] first)
 //!
 //! Behaviours, selected by environment variables:
 //! - SIGTERM ends the process with code 143; with `TEST_BACKEND_IGNORE_SIGTERM=1` it is ignored and
@@ -134,6 +135,10 @@ fn handle(mut stream: TcpStream) {
             respond(&mut stream, "200 OK", &(vars.join("\n") + "\n"));
         }
         "/headers" => respond(&mut stream, "200 OK", &(headers.join("\n") + "\n")),
+        "/argv" => {
+            let argv: String = std::env::args().map(|arg| arg + "\n").collect();
+            respond(&mut stream, "200 OK", &argv);
+        }
         _ => respond(&mut stream, "404 Not Found", "not found\n"),
     }
 }

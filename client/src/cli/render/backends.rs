@@ -37,7 +37,7 @@ pub fn backends_table(backends: &[BackendView], now: DateTime<Utc>) -> String {
             format!("{}/{}", or_dash(&b.cluster), or_dash(&b.pool)),
             b.spawn_config.as_ref().map_or_else(|| "-".to_string(), |s| or_dash(&s.image)),
             b.created_at.map_or_else(|| "-".to_string(), |t| age(t, now)),
-            if b.status.is_terminated() { termination(&b.status) } else { "-".to_string() },
+            if b.status.is_terminated() { termination_reason(&b.status) } else { "-".to_string() },
         ]
     });
     table(header.iter().map(|h| h.to_string()).collect(), rows.collect())
@@ -81,6 +81,8 @@ pub fn backend_detail(b: &BackendView, now: DateTime<Utc>) -> String {
     ];
     if b.status.is_terminated() {
         fields.push(("Termination", termination(&b.status)));
+    } else if !b.status.message.is_empty() {
+        fields.push(("Message", b.status.message.clone()));
     }
     fields.extend([
         ("Drone", or_dash(&b.drone_id)),
@@ -117,7 +119,18 @@ fn spawn_detail(spec: &SpawnSpec) -> String {
     let resources: Vec<String> = resources.into_iter().flatten().collect();
     let fields = [
         ("Image", spec.image.clone()),
-        ("Command", if spec.command.is_empty() { "- (image default)".to_string() } else { spec.command.join(" ") }),
+        (
+            "Command",
+            if spec.command.is_empty() { "- (the image's ENTRYPOINT)".to_string() } else { argv(&spec.command) },
+        ),
+        (
+            "Args",
+            match (spec.args.is_empty(), spec.command.is_empty()) {
+                (false, _) => argv(&spec.args),
+                (true, true) => "- (the image's CMD)".to_string(),
+                (true, false) => "- (none)".to_string(),
+            },
+        ),
         ("Env", pairs(spec.env.iter())),
         ("Pull", spec.pull_policy.map_or_else(|| "default".to_string(), |p| format!("{p:?}"))),
         ("Port", spec.container_port.map_or_else(|| format!("{DEFAULT_BACKEND_PORT} (default)"), |p| p.to_string())),
@@ -182,13 +195,11 @@ pub fn connect_ready(c: &Connection) -> String {
 }
 
 /// `  LOADING   0.3s`: a state and how long after the first status it came; with the
-/// termination reason for TERMINATED.
+/// termination for TERMINATED, and the status's message, if any.
 pub fn progress_line(status: &BackendStatusView, since: Option<DateTime<Utc>>) -> String {
     let elapsed = elapsed(status, since);
     let mut line = format!("  {:<9} {elapsed}", status.state.as_str());
-    if status.is_terminated() {
-        line.push_str(&format!("  {}", termination(status)));
-    }
+    line.push_str(&explanation(status));
     line.truncate(line.trim_end().len());
     line.push('\n');
     line
@@ -210,15 +221,36 @@ pub fn watch_line(id: &str, status: &BackendStatusView, since: Option<DateTime<U
     }
     let time = status.time.map_or_else(|| "-".to_string(), rfc3339);
     let mut line = format!("{time}  {:<16}  +{}", status.state.as_str(), elapsed(status, since));
-    if status.is_terminated() {
-        line.push_str(&format!("  {}", termination(status)));
-    }
+    line.push_str(&explanation(status));
     line.push('\n');
     line
 }
 
-/// `EXITED (SOFT), exit code 3`, `IMAGE_PULL_FAILED`, or `unknown reason`.
+/// What follows a state on a progress or watch line: `  <termination>` for TERMINATED,
+/// `  <message>` for another state that has one, nothing otherwise.
+fn explanation(status: &BackendStatusView) -> String {
+    if status.is_terminated() {
+        format!("  {}", termination(status))
+    } else if !status.message.is_empty() {
+        format!("  {}", status.message)
+    } else {
+        String::new()
+    }
+}
+
+/// `EXITED (SOFT), exit code 3`, `IMAGE_PULL_FAILED: image app:1 not found: …`, or
+/// `unknown reason`: the reason with the status's message, when it has one.
 pub fn termination(status: &BackendStatusView) -> String {
+    let mut out = termination_reason(status);
+    if !status.message.is_empty() {
+        out.push_str(&format!(": {}", status.message));
+    }
+    out
+}
+
+/// `EXITED (SOFT), exit code 3`, `IMAGE_PULL_FAILED`, or `unknown reason`, without the message
+/// (for table cells).
+pub fn termination_reason(status: &BackendStatusView) -> String {
     let mut out = status.termination_reason.map_or_else(|| "unknown reason".to_string(), |r| r.to_string());
     if let Some(kind) = status.termination_kind {
         out.push_str(&format!(" ({kind})"));
@@ -243,6 +275,22 @@ fn age(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 
 fn key(key: Option<&BackendKey>) -> String {
     key.map_or_else(|| "-".to_string(), |k| k.to_string())
+}
+
+/// Arguments separated by spaces; one that is empty or holds whitespace or a quote is quoted, so
+/// the line reads back as the list it is.
+fn argv(args: &[String]) -> String {
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+                format!("{a:?}")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    shown.join(" ")
 }
 
 fn pairs<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> String {

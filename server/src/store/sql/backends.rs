@@ -6,7 +6,9 @@ use crate::store::rows::{self, db_revision, from_sqlx};
 use crate::store::{Revision, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use hangar::domain::{Backend, BackendKey, BackendState, BackendStatus, TerminationKind, TerminationReason};
+use hangar::domain::{
+    Backend, BackendKey, BackendState, BackendStatus, TerminationKind, TerminationReason, status_message,
+};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type};
 
 const BACKEND_COLUMNS: &str = "data, last_activity_at";
@@ -153,12 +155,17 @@ where
         revision: Revision,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let message = format!(
+            "its drone {} went away and did not come back within the key lease; whether it still runs is unknown",
+            backend.drone_id
+        );
         backend.status = BackendStatus {
             state: BackendState::Terminated,
             time: now,
             termination_kind: None,
             termination_reason: Some(TerminationReason::Lost),
             exit_code: None,
+            message: status_message(&message, []),
         };
         backend.updated_at = now;
         Self::update_backend(tx, backend, revision).await?;
@@ -432,6 +439,10 @@ where
             return Ok(EventOutcome::Ignored);
         }
         let terminated = status.state == BackendState::Terminated;
+        let mut status = status;
+        // The drone masks secrets before it sends; the controller does it again for drones that
+        // did not (an older drone, a runtime's text the drone could not know to mask).
+        status.message = status_message(&status.message, backend.spawn_config.secrets());
         backend.status = status;
         if !address.is_empty() {
             backend.address = address.to_string();

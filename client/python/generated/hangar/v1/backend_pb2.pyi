@@ -96,7 +96,7 @@ class ResourceLimits(_message.Message):
     def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ...) -> None: ...
 
 class Executable(_message.Message):
-    __slots__ = ("image", "command", "env", "pull_policy", "container_port", "resources")
+    __slots__ = ("image", "command", "args", "env", "pull_policy", "container_port", "resources")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,17 +106,19 @@ class Executable(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     PULL_POLICY_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_PORT_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
+    args: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     pull_policy: PullPolicy
     container_port: int
     resources: ResourceLimits
-    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., container_port: _Optional[int] = ..., resources: _Optional[_Union[ResourceLimits, _Mapping]] = ...) -> None: ...
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., container_port: _Optional[int] = ..., resources: _Optional[_Union[ResourceLimits, _Mapping]] = ...) -> None: ...
 
 class SpawnConfig(_message.Message):
     __slots__ = ("executable", "cluster", "pool", "labels", "lifetime_limit", "max_idle", "static_token")
@@ -144,18 +146,20 @@ class SpawnConfig(_message.Message):
     def __init__(self, executable: _Optional[_Union[Executable, _Mapping]] = ..., cluster: _Optional[str] = ..., pool: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., lifetime_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_idle: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., static_token: _Optional[str] = ...) -> None: ...
 
 class BackendStatus(_message.Message):
-    __slots__ = ("state", "time", "termination_kind", "termination_reason", "exit_code")
+    __slots__ = ("state", "time", "termination_kind", "termination_reason", "exit_code", "message")
     STATE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     TERMINATION_KIND_FIELD_NUMBER: _ClassVar[int]
     TERMINATION_REASON_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     state: BackendState
     time: _timestamp_pb2.Timestamp
     termination_kind: TerminationKind
     termination_reason: TerminationReason
     exit_code: int
-    def __init__(self, state: _Optional[_Union[BackendState, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., termination_kind: _Optional[_Union[TerminationKind, str]] = ..., termination_reason: _Optional[_Union[TerminationReason, str]] = ..., exit_code: _Optional[int] = ...) -> None: ...
+    message: str
+    def __init__(self, state: _Optional[_Union[BackendState, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., termination_kind: _Optional[_Union[TerminationKind, str]] = ..., termination_reason: _Optional[_Union[TerminationReason, str]] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Backend(_message.Message):
     __slots__ = ("id", "key", "status", "drone_id", "cluster", "pool", "labels", "created_at", "last_activity_at", "fencing_token", "spawn_config", "address")
