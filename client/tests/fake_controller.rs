@@ -30,6 +30,7 @@ struct FakeNodes {
     calls: AtomicU32,
     filters: Mutex<Vec<v1::NodeFilter>>,
     drains: Mutex<Vec<v1::DrainNodeRequest>>,
+    undrains: Mutex<Vec<String>>,
 }
 
 fn proto_node(i: usize) -> v1::Node {
@@ -117,6 +118,16 @@ impl NodeService for FakeNodes {
         node.drain_deadline =
             request.deadline.map(|d| timestamp_to_proto(chrono::Utc::now() + chrono::Duration::seconds(d.seconds)));
         Ok(Response::new(v1::DrainNodeResponse { node: Some(node) }))
+    }
+
+    async fn undrain_node(
+        &self,
+        request: Request<v1::UndrainNodeRequest>,
+    ) -> Result<Response<v1::UndrainNodeResponse>, Status> {
+        self.answer()?;
+        let request = request.into_inner();
+        self.undrains.lock().unwrap().push(request.id.clone());
+        Ok(Response::new(v1::UndrainNodeResponse { node: Some(self.node(&request.id)?) }))
     }
 
     async fn watch_nodes(&self, _: Request<v1::WatchNodesRequest>) -> Result<Response<Self::WatchNodesStream>, Status> {
