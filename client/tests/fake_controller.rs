@@ -246,6 +246,26 @@ async fn drain_sends_the_deadline_and_returns_the_draining_node() {
 }
 
 #[tokio::test]
+async fn undrain_is_idempotent_so_it_is_retried_after_unavailable() {
+    let fake = FakeNodes { node_count: 3, unavailable_calls: AtomicU32::new(2), ..FakeNodes::default() };
+    let controller = FakeController::start(fake).await;
+    let node = controller.client().await.undrain_node("nd-00001").await.unwrap();
+    assert_eq!((node.id.as_str(), node.state), ("nd-00001", hangar::domain::NodeState::Ready));
+    assert_eq!(controller.calls(), 3, "two UNAVAILABLE answers, then the undrain");
+    assert_eq!(*controller.nodes.undrains.lock().unwrap(), ["nd-00001"]);
+}
+
+#[tokio::test]
+async fn cli_undrain_says_the_drone_takes_backends_again() {
+    let controller = FakeController::start(FakeNodes { node_count: 3, ..FakeNodes::default() }).await;
+    let out = execute(&cli(&["--controller", &controller.server.url, "nodes", "undrain", "nd-00002"])).await.unwrap();
+    assert_eq!(out, "Undrained node nd-00002 (drone-2): new backends may be placed on it again. State: READY.\n");
+    let command = cli(&["--controller", &controller.server.url, "nodes", "undrain", "nd-nope"]);
+    let err = execute(&command).await.unwrap_err();
+    assert!(render::error(&err, &command.controller).contains("(NODE_NOT_FOUND)"));
+}
+
+#[tokio::test]
 async fn an_unknown_node_is_not_found_with_its_reason() {
     let controller = FakeController::start(FakeNodes { node_count: 3, ..FakeNodes::default() }).await;
     let err = controller.client().await.get_node("nd-nope").await.unwrap_err();

@@ -45,7 +45,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Drones and proxies: list, inspect, drain.
+    /// Drones and proxies: list, inspect, drain, undrain.
     #[command(subcommand)]
     Nodes(NodesCommand),
     /// Get the backend of a key, starting it when there is none; print its URL.
@@ -205,6 +205,9 @@ pub enum NodesCommand {
     /// Stop placing new backends on a drone, optionally terminating the rest after a deadline.
     #[command(after_help = NODES_DRAIN_EXAMPLES)]
     Drain(NodesDrainArgs),
+    /// Undo a drain: the drone takes new backends again, and its drain deadline is dropped.
+    #[command(after_help = NODES_UNDRAIN_EXAMPLES)]
+    Undrain(NodesUndrainArgs),
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +240,12 @@ pub struct NodesDrainArgs {
     /// Soft-terminate the backends still running after this long (e.g. 90s, 10m, 1h30m).
     #[arg(long, value_parser = parse_deadline, value_name = "DURATION")]
     pub deadline: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesUndrainArgs {
+    /// Id of the drained drone.
+    pub id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -515,7 +524,16 @@ Examples:
   hangar nodes drain nd-0193…                  # no new backends; running ones stay
   hangar nodes drain nd-0193… --deadline 10m   # and soft-terminate what still runs in 10 minutes
 
-Only drones can be drained. Draining again is harmless; the drain outlives reconnects.";
+Only drones can be drained. Draining again is harmless; the drain outlives reconnects.
+`hangar nodes undrain NODE_ID` undoes it.";
+
+const NODES_UNDRAIN_EXAMPLES: &str = "\
+Examples:
+  hangar nodes list --kind drone --state draining   # the drained drones
+  hangar nodes undrain nd-0193…                      # READY again; a pending deadline terminates nothing
+
+Backends a passed deadline already asked to stop are not brought back. Undraining a drone that is
+not draining changes nothing.";
 
 const CONNECT_EXAMPLES: &str = "\
 Examples:
