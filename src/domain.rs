@@ -2,6 +2,7 @@
 
 mod backend;
 mod env;
+mod identity;
 mod node;
 mod spawn;
 mod time;
@@ -11,6 +12,7 @@ pub use backend::{
     TransitionError, dns_label_problem,
 };
 pub use env::{BackendEnv, RESERVED_ENV};
+pub use identity::{MAX_CLAIMS, MAX_IDENTITY_VALUE, claim_name_problem, identity_value_problem, identity_violations};
 pub use node::{Node, NodeFilter, NodeKind, NodeResources, NodeState, ParseEnumError};
 pub use spawn::{DEFAULT_BACKEND_PORT, Executable, PullPolicy, ResourceLimits, SpawnConfig, spawn_limits};
 pub use time::{duration_from_proto, duration_to_proto, timestamp_from_proto, timestamp_to_proto};

@@ -364,6 +364,29 @@ async fn a_key_held_with_another_tag_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_that_cannot_become_verified_headers_is_refused_with_field_violations() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (_d, beat) = drone(&cluster, "d1", 5).await;
+    let mut request = connect_request(key("doc", ""), Some(spawn_config(&[])));
+    request.user = "al\nice".into();
+    request.auth = [("Team", "blue"), ("x_y", "1"), ("user", "mallory"), ("ok", "bl\u{e9}u")]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+    let err = client.connect(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: BTreeSet<String> = hangar::error::field_violations(&err).into_iter().map(|(f, _)| f).collect();
+    let expected = ["user", "auth[\"Team\"]", "auth[\"x_y\"]", "auth[\"user\"]", "auth[\"ok\"]"];
+    assert_eq!(fields, expected.map(String::from).into(), "{err:?}");
+    // Header-safe names and values pass.
+    let mut request = connect_request(key("doc", ""), Some(spawn_config(&[])));
+    request.auth = [("team".to_string(), "blue".to_string()), ("org-id".to_string(), "42".to_string())].into();
+    client.connect(request).await.unwrap();
+    beat.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_drones_lease_expires_to_lost_and_the_key_is_taken_again_with_a_higher_fencing_token() {
     let settings = BackendSettings { lease_duration: Duration::from_millis(600), ..fast_backends() };
     let cluster = TestCluster::sqlite_with(config_with(settings)).await;

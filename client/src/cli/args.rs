@@ -147,6 +147,16 @@ pub struct ConnectArgs {
     #[arg(long, value_enum, value_name = "POLICY")]
     pub pull: Option<PullArg>,
 
+    /// Identity of the user this connection is for; the backend sees it as the
+    /// `x-verified-user` header of requests through the proxy.
+    #[arg(long, value_parser = parse_user, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// A claim about the user; the backend sees it as the `x-verified-KEY` header of requests
+    /// through the proxy. Repeat for several.
+    #[arg(long, value_parser = parse_claim, value_name = "KEY=VALUE")]
+    pub claim: Vec<(String, String)>,
+
     /// Follow the backend until it is READY (exit 0) or TERMINATED (exit 1).
     #[arg(long)]
     pub wait: bool,
@@ -433,6 +443,31 @@ pub fn parse_env(text: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
+/// `--user NAME`: a valid header value (printable ASCII, at most 256 characters).
+pub fn parse_user(text: &str) -> Result<String, String> {
+    match hangar::domain::identity_value_problem(text) {
+        Some(problem) => Err(format!("the user {problem}")),
+        None => Ok(text.to_string()),
+    }
+}
+
+/// `--claim KEY=VALUE`: KEY becomes the header `x-verified-KEY`, so it is lowercase letters,
+/// digits and '-'; VALUE is a valid header value.
+pub fn parse_claim(text: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(format!("expected KEY=VALUE, got `{text}` (e.g. --claim team=blue)"));
+    };
+    if let Some(problem) = hangar::domain::claim_name_problem(key) {
+        return Err(format!(
+            "the claim name {problem}; it becomes the header x-verified-NAME (e.g. --claim team=blue)"
+        ));
+    }
+    if let Some(problem) = hangar::domain::identity_value_problem(value) {
+        return Err(format!("the value of claim {key} {problem}"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
 /// Bytes as `268435456`, `256MiB`, `1.5GiB`, `512M` (powers of 1000 without the `i`, as in
 /// Kubernetes); unit letters in any case.
 pub fn parse_memory(text: &str) -> Result<u64, String> {
@@ -539,6 +574,7 @@ const CONNECT_EXAMPLES: &str = "\
 Examples:
   hangar connect doc-1 --image ghcr.io/acme/editor:2          # namespace \"default\"
   hangar connect docs/doc-1@v2 --image ghcr.io/acme/editor:2 --env MODE=edit --wait
+  hangar connect docs/doc-1 --user alice --claim team=blue    # the backend sees x-verified-user, x-verified-team
   hangar connect doc-1 --namespace docs --tag v2 --image editor:2 --memory 512MiB --cpu-millis 500 \\
       --max-idle 10m --lifetime 8h --label team=docs
   hangar connect docs/doc-1                                   # only an existing backend

@@ -103,12 +103,9 @@ impl BackendApi {
         if key.is_none() && req.spawn_config.is_none() {
             violations.push(("spawn_config".into(), "is required when no key is given".into()));
         }
-        if req.user.len() > 256 {
-            violations.push(("user".into(), "must be at most 256 characters".into()));
-        }
-        if let Err(ApiError::InvalidArgument(v)) = validate::labels("auth", &req.auth) {
-            violations.extend(v);
-        }
+        // They become x-verified-* headers at the proxy: only names and values that are valid
+        // headers, so none is dropped there.
+        violations.extend(hangar::domain::identity_violations(&req.user, &req.auth));
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
         }
