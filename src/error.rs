@@ -57,6 +57,13 @@ pub mod metadata {
     pub const HELD_TAG: &str = "held_tag";
     pub const CLUSTER: &str = "cluster";
     pub const POOL: &str = "pool";
+    /// Drones of the cluster and pool by state, and those with no room (NO_DRONE_AVAILABLE,
+    /// POOL_FULL): why no drone could take a backend.
+    pub const READY: &str = "ready";
+    pub const DRAINING: &str = "draining";
+    pub const UNHEALTHY: &str = "unhealthy";
+    pub const OFFLINE: &str = "offline";
+    pub const FULL: &str = "full";
     /// The oldest revision still retained: list again, then watch from there.
     pub const OLDEST_REVISION: &str = "oldest_revision";
     /// The last revision a watch delivered: resume from it.

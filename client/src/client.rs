@@ -218,6 +218,19 @@ impl HangarClient {
         let response = self.node_service().drain_node(self.request(message)).await?.into_inner();
         required_node(response.node.as_ref(), "DrainNodeResponse")
     }
+
+    /// Undoes a drain: the drone takes new backends again (it is READY once attached and
+    /// healthy), and a drain deadline that has not passed terminates nothing. Undraining a drone
+    /// that is not draining changes nothing, so the call is retried after UNAVAILABLE.
+    pub async fn undrain_node(&self, id: &str) -> Result<Node, ClientError> {
+        let message = v1::UndrainNodeRequest { id: id.to_string() };
+        let response = self
+            .options
+            .retry
+            .run(|| async { Ok(self.node_service().undrain_node(self.request(message.clone())).await?.into_inner()) })
+            .await?;
+        required_node(response.node.as_ref(), "UndrainNodeResponse")
+    }
 }
 
 fn node_from_proto(node: &v1::Node) -> Result<Node, ClientError> {

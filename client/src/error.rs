@@ -30,9 +30,10 @@ pub enum ClientError {
     FailedPrecondition { reason: String, message: String },
 
     /// UNAVAILABLE: the controller went away, is shutting down, or has no room. Idempotent calls
-    /// have already been retried when this reaches the caller.
+    /// have already been retried when this reaches the caller. `metadata` is the `ErrorInfo`'s
+    /// (NO_DRONE_AVAILABLE counts the pool's drones by state in it).
     #[error("{}", describe_unavailable(message, reason))]
-    Unavailable { reason: String, message: String },
+    Unavailable { reason: String, message: String, metadata: HashMap<String, String> },
 
     /// OUT_OF_RANGE (reason `REVISION_COMPACTED`): a watch started before the retention window.
     /// List again, then watch from the listing's revision.
@@ -40,9 +41,9 @@ pub enum ClientError {
     OutOfRange { reason: String, message: String, oldest_revision: Option<u64> },
 
     /// RESOURCE_EXHAUSTED, e.g. reason `WATCH_TOO_SLOW` (resume from `last_revision`) or
-    /// `POOL_FULL`.
+    /// `POOL_FULL` (the pool's drones by state in `metadata`).
     #[error("{}", with_reason(message, reason))]
-    ResourceExhausted { reason: String, message: String, last_revision: Option<u64> },
+    ResourceExhausted { reason: String, message: String, last_revision: Option<u64>, metadata: HashMap<String, String> },
 
     /// The controller answered with something this client cannot represent (a newer enum value,
     /// a missing field, pages of one listing from different revisions).
@@ -70,6 +71,17 @@ impl ClientError {
         (!reason.is_empty()).then_some(reason)
     }
 
+    /// A value of the `ErrorInfo` metadata, where the variant keeps it (UNAVAILABLE,
+    /// RESOURCE_EXHAUSTED); keys are `hangar::error::metadata`'s.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        match self {
+            ClientError::Unavailable { metadata, .. } | ClientError::ResourceExhausted { metadata, .. } => {
+                metadata.get(key).map(String::as_str)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether repeating the same idempotent call may succeed. NO_DRONE_AVAILABLE is an
     /// UNAVAILABLE answer too, but the scheduler fails fast on purpose: repeating it at once only
     /// delays the answer.
@@ -91,14 +103,14 @@ impl From<Status> for ClientError {
                 ClientError::InvalidArgument { reason, message, violations: field_violations(&status) }
             }
             Code::FailedPrecondition => ClientError::FailedPrecondition { reason, message },
-            Code::Unavailable => ClientError::Unavailable { reason, message },
+            Code::Unavailable => ClientError::Unavailable { reason, message, metadata },
             Code::OutOfRange => {
                 let oldest_revision = revision(&metadata, metadata::OLDEST_REVISION);
                 ClientError::OutOfRange { reason, message, oldest_revision }
             }
             Code::ResourceExhausted => {
                 let last_revision = revision(&metadata, metadata::LAST_REVISION);
-                ClientError::ResourceExhausted { reason, message, last_revision }
+                ClientError::ResourceExhausted { reason, message, last_revision, metadata }
             }
             _ => ClientError::Other(status),
         }

@@ -5,9 +5,9 @@ use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
-/// How often and how patiently an idempotent call (list, get, a keyed Connect) is repeated after
-/// UNAVAILABLE. Calls with effects (drain, terminate, a keyless Connect) are never repeated by the
-/// client.
+/// How often and how patiently an idempotent call (list, get, undrain, a keyed Connect) is
+/// repeated after UNAVAILABLE. Calls with effects (drain, terminate, a keyless Connect) are never
+/// repeated by the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in total, the first included; 1 disables retries.

@@ -30,6 +30,7 @@ struct FakeNodes {
     calls: AtomicU32,
     filters: Mutex<Vec<v1::NodeFilter>>,
     drains: Mutex<Vec<v1::DrainNodeRequest>>,
+    undrains: Mutex<Vec<String>>,
 }
 
 fn proto_node(i: usize) -> v1::Node {
@@ -117,6 +118,16 @@ impl NodeService for FakeNodes {
         node.drain_deadline =
             request.deadline.map(|d| timestamp_to_proto(chrono::Utc::now() + chrono::Duration::seconds(d.seconds)));
         Ok(Response::new(v1::DrainNodeResponse { node: Some(node) }))
+    }
+
+    async fn undrain_node(
+        &self,
+        request: Request<v1::UndrainNodeRequest>,
+    ) -> Result<Response<v1::UndrainNodeResponse>, Status> {
+        self.answer()?;
+        let request = request.into_inner();
+        self.undrains.lock().unwrap().push(request.id.clone());
+        Ok(Response::new(v1::UndrainNodeResponse { node: Some(self.node(&request.id)?) }))
     }
 
     async fn watch_nodes(&self, _: Request<v1::WatchNodesRequest>) -> Result<Response<Self::WatchNodesStream>, Status> {
@@ -232,6 +243,26 @@ async fn drain_sends_the_deadline_and_returns_the_draining_node() {
     assert!(node.drain_deadline.is_some());
     let drains = controller.nodes.drains.lock().unwrap();
     assert_eq!(drains[0].deadline.as_ref().map(|d| d.seconds), Some(600));
+}
+
+#[tokio::test]
+async fn undrain_is_idempotent_so_it_is_retried_after_unavailable() {
+    let fake = FakeNodes { node_count: 3, unavailable_calls: AtomicU32::new(2), ..FakeNodes::default() };
+    let controller = FakeController::start(fake).await;
+    let node = controller.client().await.undrain_node("nd-00001").await.unwrap();
+    assert_eq!((node.id.as_str(), node.state), ("nd-00001", hangar::domain::NodeState::Ready));
+    assert_eq!(controller.calls(), 3, "two UNAVAILABLE answers, then the undrain");
+    assert_eq!(*controller.nodes.undrains.lock().unwrap(), ["nd-00001"]);
+}
+
+#[tokio::test]
+async fn cli_undrain_says_the_drone_takes_backends_again() {
+    let controller = FakeController::start(FakeNodes { node_count: 3, ..FakeNodes::default() }).await;
+    let out = execute(&cli(&["--controller", &controller.server.url, "nodes", "undrain", "nd-00002"])).await.unwrap();
+    assert_eq!(out, "Undrained node nd-00002 (drone-2): new backends may be placed on it again. State: READY.\n");
+    let command = cli(&["--controller", &controller.server.url, "nodes", "undrain", "nd-nope"]);
+    let err = execute(&command).await.unwrap_err();
+    assert!(render::error(&err, &command.controller).contains("(NODE_NOT_FOUND)"));
 }
 
 #[tokio::test]

@@ -149,6 +149,13 @@ impl NodeService for FakeWatch {
         Err(Status::unimplemented("not in this fake"))
     }
 
+    async fn undrain_node(
+        &self,
+        _: Request<v1::UndrainNodeRequest>,
+    ) -> Result<Response<v1::UndrainNodeResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
     async fn watch_nodes(
         &self,
         request: Request<v1::WatchNodesRequest>,

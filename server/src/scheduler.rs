@@ -6,8 +6,12 @@
 //! drone the way counting from heartbeats would. Among drones with room, two are drawn at random
 //! and the one with more free slots wins (power of two choices): near-best balance without every
 //! controller piling onto the same emptiest drone.
+//!
+//! When no drone can take the backend, the answer says why: [`census`] counts the pool's drones
+//! by state (one query, on the failure path only), so a user whose only drone is draining learns
+//! that and how to undo it instead of reading "no drone is ready".
 
-use crate::store::{DroneLoad, DroneSlot, DynStore, StoreError};
+use crate::store::{DroneCensus, DroneLoad, DroneSlot, DynStore, StoreError};
 use hangar::domain::{NodeFilter, NodeKind, NodeState};
 use rand::Rng;
 
@@ -30,6 +34,11 @@ pub async fn candidates(store: &DynStore, cluster: &str, pool: &str) -> Result<V
             _ => return Ok(slots),
         }
     }
+}
+
+/// The drones of `cluster`/`pool` by state, for NO_DRONE_AVAILABLE and POOL_FULL.
+pub async fn census(store: &DynStore, cluster: &str, pool: &str) -> Result<DroneCensus, StoreError> {
+    store.drone_census(cluster, pool).await
 }
 
 /// Index of the chosen drone among `loads` (all of which have room); `None` when empty.

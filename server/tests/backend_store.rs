@@ -1,11 +1,13 @@
 //! The backend half of the store, scenario by scenario against SQLite and a real PostgreSQL.
 
 use chrono::{Duration, Utc};
-use hangar::domain::{BackendKey, BackendState, BackendStatus, SpawnConfig, TerminationKind, TerminationReason};
+use hangar::domain::{
+    BackendKey, BackendState, BackendStatus, NodeKind, NodeResources, SpawnConfig, TerminationKind, TerminationReason,
+};
 use hangar::v1;
 use hangar_server::store::{
-    ActionPayload, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome, IssuedToken, SpawnPlan,
-    new_action_id,
+    ActionPayload, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome, IssuedToken, NodeRegistration,
+    NodeUpdate, SpawnPlan, UpdateCondition, new_action_id,
 };
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -22,6 +24,7 @@ hangar_server::store_scenarios!(
     terminate_stores_one_action_per_kind_and_ignores_terminated_backends,
     renewal_needs_the_current_fencing_token,
     a_status_message_is_kept_in_the_history_and_never_shows_a_secret,
+    a_passed_drain_deadline_terminates_only_while_the_drone_is_still_drained,
 );
 
 fn key(name: &str, tag: &str) -> BackendKey {
@@ -256,6 +259,64 @@ async fn terminate_stores_one_action_per_kind_and_ignores_terminated_backends(db
             .unwrap()
             .is_none()
     );
+}
+
+async fn a_passed_drain_deadline_terminates_only_while_the_drone_is_still_drained(db: Database) {
+    let store = db.open().await;
+    let registration = NodeRegistration {
+        kind: NodeKind::Drone,
+        name: "d1".into(),
+        cluster: "default".into(),
+        pool: "default".into(),
+        labels: Default::default(),
+        version: "1.0.0".into(),
+        backend_capacity: 5,
+        resources: NodeResources::default(),
+    };
+    let now = Utc::now();
+    let node = store.attach_node(registration, "controller-a", now).await.unwrap();
+    let spawn = |node_id: &str| spec(None, drones(5, &[node_id]), LEASE);
+    let (ConnectOutcome::Spawned(a), ConnectOutcome::Spawned(b)) = (
+        store.connect_backend(spawn(&node.id), &first).await.unwrap(),
+        store.connect_backend(spawn(&node.id), &first).await.unwrap(),
+    ) else {
+        panic!("two backends on the drone")
+    };
+    let terminates = |store: &hangar_server::store::DynStore| {
+        let (store, id) = (store.clone(), node.id.clone());
+        async move {
+            let actions = store.pending_actions(&id).await.unwrap();
+            actions.into_iter().filter(|a| matches!(a.payload, ActionPayload::Terminate { .. })).count()
+        }
+    };
+
+    // Not draining, or draining with a deadline still ahead: nothing happens.
+    assert!(!store.terminate_for_drain(&a.id, now).await.unwrap());
+    let ahead = NodeUpdate::drain(Some(now + Duration::minutes(10)));
+    store.update_node(&node.id, ahead, UpdateCondition::Always).await.unwrap().unwrap();
+    assert!(!store.terminate_for_drain(&a.id, now).await.unwrap());
+    // Undrained before the deadline passed: the deadline is gone with the drain.
+    store.update_node(&node.id, NodeUpdate::undrain(), UpdateCondition::Always).await.unwrap().unwrap();
+    assert!(!store.terminate_for_drain(&a.id, now + Duration::minutes(11)).await.unwrap());
+    assert_eq!(terminates(&store).await, 0);
+
+    // Drained with a deadline that passed: a soft EXTERNAL terminate, once per backend.
+    let passed = NodeUpdate::drain(Some(now - Duration::seconds(1)));
+    store.update_node(&node.id, passed, UpdateCondition::Always).await.unwrap().unwrap();
+    assert!(store.terminate_for_drain(&a.id, now).await.unwrap());
+    assert!(!store.terminate_for_drain(&a.id, now).await.unwrap(), "asked once");
+    let actions = store.pending_actions(&node.id).await.unwrap();
+    let terminate = actions.iter().find(|a| matches!(a.payload, ActionPayload::Terminate { .. })).unwrap();
+    assert_eq!(
+        terminate.payload,
+        ActionPayload::Terminate { kind: TerminationKind::Soft, reason: TerminationReason::External }
+    );
+    assert_eq!(terminate.backend_id, a.id);
+    // Undrained now: the other backend is left alone, the first stays asked to stop.
+    store.update_node(&node.id, NodeUpdate::undrain(), UpdateCondition::Always).await.unwrap().unwrap();
+    assert!(!store.terminate_for_drain(&b.id, now).await.unwrap());
+    assert_eq!(terminates(&store).await, 1);
+    assert!(!store.terminate_for_drain("bk-missing", now).await.unwrap());
 }
 
 async fn renewal_needs_the_current_fencing_token(db: Database) {

@@ -3,7 +3,8 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use hangar::domain::{Node, NodeFilter, NodeKind, NodeResources, NodeState};
 use hangar_server::store::{
-    self, ChangeKind, DynStore, NodeRegistration, NodeUpdate, Retention, Revision, StoreError, UpdateCondition,
+    self, ChangeKind, DroneCensus, DynStore, NodeRegistration, NodeUpdate, Retention, Revision, StoreError,
+    UpdateCondition,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -25,6 +26,8 @@ hangar_server::store_scenarios!(
     compaction_keeps_latest_versions_and_reports_compacted_reads,
     changes_since_replays_in_order,
     draining_survives_reattach,
+    undrain_clears_the_drain_and_its_deadline_once,
+    drone_census_counts_the_pools_drones_by_their_current_state,
     removed_node_frees_its_name_and_stays_in_older_snapshots,
     reads_at_a_future_revision_are_refused,
     concurrent_writers_get_gapless_revisions,
@@ -440,6 +443,70 @@ async fn draining_survives_reattach(db: Database) {
         .await
         .unwrap();
     assert_eq!(ids(&listed.nodes), std::slice::from_ref(&node.id));
+}
+
+async fn undrain_clears_the_drain_and_its_deadline_once(db: Database) {
+    let store = db.open().await;
+    let node = attach(&store, drone("eu", "d1")).await;
+    let deadline = t0() + Duration::minutes(10);
+    let drained =
+        store.update_node(&node.id, NodeUpdate::drain(Some(deadline)), UpdateCondition::Always).await.unwrap().unwrap();
+    assert_eq!((drained.state, drained.draining, drained.drain_deadline), (NodeState::Draining, true, Some(deadline)));
+
+    let undrained = store.update_node(&node.id, NodeUpdate::undrain(), UpdateCondition::Always).await.unwrap().unwrap();
+    assert_eq!((undrained.state, undrained.draining, undrained.drain_deadline), (NodeState::Ready, false, None));
+    assert_eq!(undrained.revision, drained.revision + 1, "an undrain is one revision");
+    let changes = store.node_changes_since(drained.revision, 10).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!((changes[0].kind, &changes[0].node), (ChangeKind::Modified, &undrained));
+
+    // Again: nothing to change, nothing written.
+    let again = store.update_node(&node.id, NodeUpdate::undrain(), UpdateCondition::Always).await.unwrap();
+    assert_eq!(again, Some(undrained.clone()));
+    assert_eq!(store.current_revision().await.unwrap(), undrained.revision);
+
+    // A drained drone that is UNHEALTHY stays UNHEALTHY when undrained, and comes back READY.
+    store.update_node(&node.id, NodeUpdate::drain(None), UpdateCondition::Always).await.unwrap().unwrap();
+    store.update_node(&node.id, state(NodeState::Unhealthy), UpdateCondition::Always).await.unwrap().unwrap();
+    let sick = store.update_node(&node.id, NodeUpdate::undrain(), UpdateCondition::Always).await.unwrap().unwrap();
+    assert_eq!((sick.state, sick.draining), (NodeState::Unhealthy, false));
+    let well = store.update_node(&node.id, state(NodeState::Ready), UpdateCondition::Always).await.unwrap().unwrap();
+    assert_eq!(well.state, NodeState::Ready);
+    // And an undrained drone that reattaches is READY, not DRAINING.
+    let offline = NodeUpdate { state: Some(NodeState::Offline), ..Default::default() };
+    store.update_node(&node.id, offline, UpdateCondition::Always).await.unwrap().unwrap();
+    assert_eq!(attach(&store, drone("eu", "d1")).await.state, NodeState::Ready);
+}
+
+async fn drone_census_counts_the_pools_drones_by_their_current_state(db: Database) {
+    let store = db.open().await;
+    assert_eq!(store.drone_census("eu", "default").await.unwrap(), DroneCensus::default());
+    let mut drones = Vec::new();
+    for name in ["ready", "drained", "sick", "gone", "gone-too"] {
+        drones.push(attach(&store, drone("eu", name)).await);
+    }
+    let (drained, sick) = (&drones[1], &drones[2]);
+    store.update_node(&drained.id, NodeUpdate::drain(None), UpdateCondition::Always).await.unwrap().unwrap();
+    store.update_node(&sick.id, state(NodeState::Unhealthy), UpdateCondition::Always).await.unwrap().unwrap();
+    for gone in &drones[3..] {
+        store.update_node(&gone.id, state(NodeState::Offline), UpdateCondition::Always).await.unwrap().unwrap();
+    }
+    // Not counted: another cluster, another pool, a proxy, a removed drone.
+    attach(&store, drone("us", "elsewhere")).await;
+    attach(&store, NodeRegistration { pool: "gpu".into(), ..drone("eu", "gpu-1") }).await;
+    attach(&store, NodeRegistration { kind: NodeKind::Proxy, ..drone("eu", "edge") }).await;
+    let removed = attach(&store, drone("eu", "removed")).await;
+    store.remove_node(&removed.id, UpdateCondition::Always).await.unwrap().unwrap();
+
+    let census = store.drone_census("eu", "default").await.unwrap();
+    assert_eq!(census, DroneCensus { ready: 1, draining: 1, unhealthy: 1, offline: 2 });
+    assert_eq!(store.drone_census("eu", "gpu").await.unwrap(), DroneCensus { ready: 1, ..DroneCensus::default() });
+
+    // Current state only: the drained drone undrained, the sick one moved to another pool.
+    store.update_node(&drained.id, NodeUpdate::undrain(), UpdateCondition::Always).await.unwrap().unwrap();
+    attach(&store, NodeRegistration { pool: "gpu".into(), ..drone("eu", "sick") }).await;
+    let census = store.drone_census("eu", "default").await.unwrap();
+    assert_eq!(census, DroneCensus { ready: 2, draining: 0, unhealthy: 0, offline: 2 });
 }
 
 async fn removed_node_frees_its_name_and_stays_in_older_snapshots(db: Database) {

@@ -151,6 +151,37 @@ async fn docker_runtime_connect_ready_serve_terminate() {
     stack.shutdown().await;
 }
 
+/// `hangar connect --user … --claim …`, the CLI binary as a user runs it: the backend sees that
+/// identity as `x-verified-*` headers through the proxy, and not what the HTTP client claims.
+#[tokio::test]
+async fn the_identity_given_to_the_cli_reaches_the_backend_as_verified_headers() {
+    let stack = stack(Arc::new(ProcessRuntime::new()), |_| {}).await;
+    let controller = stack.cluster.url();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(hangar_tests::binary("hangar"))
+            .args(["--controller", &controller, "-o", "json", "connect", "cli/doc-1", "--image", &test_backend()])
+            .args(["--user", "alice", "--claim", "team=blue", "--wait"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let connection: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    assert_eq!(connection["state"], "READY", "{connection}");
+    let url = connection["url"].as_str().unwrap();
+
+    let spoofed = [("x-verified-user", "mallory"), ("x-verified-team", "red")];
+    let (status, headers) = http_get(&format!("{url}headers"), &spoofed).await;
+    assert_eq!(status, 200, "{headers}");
+    let headers = headers.to_ascii_lowercase();
+    assert!(headers.lines().any(|l| l == "x-verified-user: alice"), "{headers}");
+    assert!(headers.lines().any(|l| l == "x-verified-team: blue"), "{headers}");
+    assert!(!headers.contains("mallory") && !headers.contains(": red"), "{headers}");
+    stack.shutdown().await;
+}
+
 #[tokio::test]
 async fn websocket_and_a_10_mib_upload_through_the_real_proxy() {
     let stack = stack(Arc::new(ProcessRuntime::new()), |_| {}).await;

@@ -5,14 +5,15 @@ grpcio-tools) are the whole API; :class:`Client` adds what every caller would ot
 target parsing, listing across pages from one snapshot, watch streams as iterators, and errors
 that carry Hangar's stable reason strings and field violations.
 
-    from hangar_sdk import Client
+    from hangar_sdk import Client, enum_name, node_pb2
     client = Client("http://127.0.0.1:7070")
     for node in client.list_nodes(kinds=["DRONE"], states=["READY"]):
-        print(node.name, node.resources.cpu_cores)
+        print(node.name, enum_name(node_pb2.NodeState, node.state), node.resources.cpu_cores)
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -23,7 +24,7 @@ from grpc_status import rpc_status
 
 from hangar.v1 import node_pb2, node_pb2_grpc
 
-__all__ = ["Client", "HangarError", "node_pb2"]
+__all__ = ["Client", "HangarError", "enum_name", "node_pb2"]
 
 
 @dataclass
@@ -55,6 +56,18 @@ class HangarError(Exception):
                 elif detail.Unpack(bad):
                     violations = [(v.field, v.description) for v in bad.field_violations]
         return cls(error.code(), error.details() or "", reason, metadata, tuple(violations))
+
+
+def enum_name(enum, value: int) -> str:
+    """The short name of a value of a Hangar enum, as the CLI and the JSON output print it:
+    ``enum_name(node_pb2.NodeState, node.state)`` is ``"READY"``, ``enum_name(node_pb2.NodeEventType,
+    event.type)`` is ``"ADDED"``. A value this SDK does not know comes back as its number."""
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.DESCRIPTOR.name).upper() + "_"
+    try:
+        name = enum.Name(value)
+    except ValueError:
+        return str(value)
+    return name[len(prefix):] if name.startswith(prefix) else name
 
 
 def _target(url: str) -> str:
@@ -138,6 +151,12 @@ class Client:
             deadline = duration_pb2.Duration()
             deadline.FromNanoseconds(int(deadline_seconds * 1e9))
         return self._call(self._nodes.DrainNode, node_pb2.DrainNodeRequest(id=node_id, deadline=deadline)).node
+
+    def undrain_node(self, node_id: str) -> node_pb2.Node:
+        """Undoes a drain: the drone takes new backends again (READY once attached and healthy),
+        and a drain deadline that has not passed terminates nothing. Undraining a drone that is not
+        draining changes nothing."""
+        return self._call(self._nodes.UndrainNode, node_pb2.UndrainNodeRequest(id=node_id)).node
 
     def watch_nodes(self, send_initial: bool = True, start_revision: int = 0,
                     **filter_args) -> Iterator[node_pb2.NodeEvent]:

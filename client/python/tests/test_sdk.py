@@ -13,7 +13,7 @@ import time
 import grpc
 import pytest
 
-from hangar_sdk import Client, HangarError, node_pb2
+from hangar_sdk import Client, HangarError, enum_name, node_pb2
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
@@ -86,6 +86,30 @@ def test_watch_sends_the_snapshot_then_snapshot_end(controller_url):
         assert sorted(e.node.name for e in added) == ["dev-drone", "dev-proxy"]
         assert event.revision >= max(e.revision for e in added)
         events.close()
+
+
+def test_undrain_makes_the_drained_dev_drone_ready_again(controller_url):
+    with Client(controller_url) as client:
+        [drone] = client.list_nodes(kinds=["drone"])
+        drained = client.drain_node(drone.id)
+        assert (enum_name(node_pb2.NodeState, drained.state), drained.draining) == ("DRAINING", True)
+        undrained = client.undrain_node(drone.id)
+        assert (enum_name(node_pb2.NodeState, undrained.state), undrained.draining) == ("READY", False)
+        assert not undrained.HasField("drain_deadline")
+        assert undrained.revision > drained.revision
+        # Again: a success that changes nothing.
+        assert client.undrain_node(drone.id).revision == undrained.revision
+        with pytest.raises(HangarError) as caught:
+            client.undrain_node("no-such-node")
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert caught.value.reason == "NODE_NOT_FOUND"
+
+
+def test_enum_names_are_the_short_names_the_cli_prints():
+    assert enum_name(node_pb2.NodeState, node_pb2.NODE_STATE_DRAINING) == "DRAINING"
+    assert enum_name(node_pb2.NodeKind, node_pb2.NODE_KIND_PROXY) == "PROXY"
+    assert enum_name(node_pb2.NodeEventType, node_pb2.NODE_EVENT_TYPE_SNAPSHOT_END) == "SNAPSHOT_END"
+    assert enum_name(node_pb2.NodeState, 42) == "42"
 
 
 def test_generated_code_matches_the_protos(tmp_path):

@@ -45,7 +45,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Drones and proxies: list, inspect, drain.
+    /// Drones and proxies: list, inspect, drain, undrain.
     #[command(subcommand)]
     Nodes(NodesCommand),
     /// Get the backend of a key, starting it when there is none; print its URL.
@@ -156,6 +156,16 @@ pub struct ConnectArgs {
     #[arg(long, value_enum, value_name = "POLICY")]
     pub pull: Option<PullArg>,
 
+    /// Identity of the user this connection is for; the backend sees it as the
+    /// `x-verified-user` header of requests through the proxy.
+    #[arg(long, value_parser = parse_user, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// A claim about the user; the backend sees it as the `x-verified-KEY` header of requests
+    /// through the proxy. Repeat for several.
+    #[arg(long, value_parser = parse_claim, value_name = "KEY=VALUE")]
+    pub claim: Vec<(String, String)>,
+
     /// Follow the backend until it is READY (exit 0) or TERMINATED (exit 1).
     #[arg(long)]
     pub wait: bool,
@@ -214,6 +224,9 @@ pub enum NodesCommand {
     /// Stop placing new backends on a drone, optionally terminating the rest after a deadline.
     #[command(after_help = NODES_DRAIN_EXAMPLES)]
     Drain(NodesDrainArgs),
+    /// Undo a drain: the drone takes new backends again, and its drain deadline is dropped.
+    #[command(after_help = NODES_UNDRAIN_EXAMPLES)]
+    Undrain(NodesUndrainArgs),
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +259,12 @@ pub struct NodesDrainArgs {
     /// Soft-terminate the backends still running after this long (e.g. 90s, 10m, 1h30m).
     #[arg(long, value_parser = parse_deadline, value_name = "DURATION")]
     pub deadline: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesUndrainArgs {
+    /// Id of the drained drone.
+    pub id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -433,6 +452,31 @@ pub fn parse_env(text: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
+/// `--user NAME`: a valid header value (printable ASCII, at most 256 characters).
+pub fn parse_user(text: &str) -> Result<String, String> {
+    match hangar::domain::identity_value_problem(text) {
+        Some(problem) => Err(format!("the user {problem}")),
+        None => Ok(text.to_string()),
+    }
+}
+
+/// `--claim KEY=VALUE`: KEY becomes the header `x-verified-KEY`, so it is lowercase letters,
+/// digits and '-'; VALUE is a valid header value.
+pub fn parse_claim(text: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(format!("expected KEY=VALUE, got `{text}` (e.g. --claim team=blue)"));
+    };
+    if let Some(problem) = hangar::domain::claim_name_problem(key) {
+        return Err(format!(
+            "the claim name {problem}; it becomes the header x-verified-NAME (e.g. --claim team=blue)"
+        ));
+    }
+    if let Some(problem) = hangar::domain::identity_value_problem(value) {
+        return Err(format!("the value of claim {key} {problem}"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
 /// Bytes as `268435456`, `256MiB`, `1.5GiB`, `512M` (powers of 1000 without the `i`, as in
 /// Kubernetes); unit letters in any case.
 pub fn parse_memory(text: &str) -> Result<u64, String> {
@@ -524,12 +568,22 @@ Examples:
   hangar nodes drain nd-0193…                  # no new backends; running ones stay
   hangar nodes drain nd-0193… --deadline 10m   # and soft-terminate what still runs in 10 minutes
 
-Only drones can be drained. Draining again is harmless; the drain outlives reconnects.";
+Only drones can be drained. Draining again is harmless; the drain outlives reconnects.
+`hangar nodes undrain NODE_ID` undoes it.";
+
+const NODES_UNDRAIN_EXAMPLES: &str = "\
+Examples:
+  hangar nodes list --kind drone --state draining   # the drained drones
+  hangar nodes undrain nd-0193…                      # READY again; a pending deadline terminates nothing
+
+Backends a passed deadline already asked to stop are not brought back. Undraining a drone that is
+not draining changes nothing.";
 
 const CONNECT_EXAMPLES: &str = "\
 Examples:
   hangar connect doc-1 --image ghcr.io/acme/editor:2          # namespace \"default\"
   hangar connect docs/doc-1@v2 --image ghcr.io/acme/editor:2 --env MODE=edit --wait
+  hangar connect docs/doc-1 --user alice --claim team=blue    # the backend sees x-verified-user, x-verified-team
   hangar connect doc-1 --namespace docs --tag v2 --image editor:2 --memory 512MiB --cpu-millis 500 \\
       --max-idle 10m --lifetime 8h --label team=docs
   hangar connect docs/doc-1                                   # only an existing backend

@@ -272,6 +272,40 @@ fn no_drone_available_is_not_retried() {
 // ---- argument parsing ----
 
 #[test]
+fn connect_sends_the_user_and_claims_as_the_tokens_identity() {
+    let request =
+        connect_args(&["docs/doc-1", "--user", "alice", "--claim", "team=blue", "--claim", "org-id=42"]).to_request();
+    let request = request.unwrap();
+    assert_eq!(request.user, "alice");
+    let claims: Vec<_> = request.auth.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(claims, [("org-id", "42"), ("team", "blue")]);
+    let wire = request.to_proto();
+    assert_eq!((wire.user.as_str(), wire.auth["team"].as_str()), ("alice", "blue"));
+    // Without them, no identity is asserted.
+    let plain = connect_args(&["docs/doc-1"]).to_request().unwrap();
+    assert_eq!((plain.user.as_str(), plain.auth.len()), ("", 0));
+}
+
+#[test]
+fn claims_that_cannot_be_headers_are_usage_errors() {
+    for (claim, expected) in [
+        ("Team=blue", "may contain only lowercase letters, digits and '-'"),
+        ("team_id=1", "may contain only lowercase letters, digits and '-'"),
+        ("user=mallory", "reserved"),
+        ("team", "expected KEY=VALUE"),
+        ("team=bl\u{e9}u", "printable ASCII"),
+    ] {
+        let err = parse(&["connect", "docs/doc-1", "--claim", claim]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation, "{claim}");
+        assert!(err.to_string().contains(expected), "{claim}: {err}");
+    }
+    let err = parse(&["connect", "docs/doc-1", "--user", "al\tice"]).unwrap_err();
+    assert!(err.to_string().contains("printable ASCII"), "{err}");
+    let twice = connect_args(&["docs/doc-1", "--claim", "team=blue", "--claim", "team=red"]).to_request();
+    assert!(twice.unwrap_err().contains("--claim team is given twice"));
+}
+
+#[test]
 fn connect_builds_the_spawn_config_from_every_flag() {
     let args = connect_args(&[
         "docs/doc-1@v2",

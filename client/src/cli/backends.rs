@@ -48,6 +48,19 @@ pub(super) async fn execute(cli: &Cli, command: &BackendsCommand) -> Result<Stri
 impl ConnectArgs {
     /// The Connect call these flags ask for; an error is a usage mistake clap cannot see.
     pub fn to_request(&self) -> Result<ConnectRequest, String> {
+        let mut request = self.keyed_request()?;
+        request.user = self.user.clone().unwrap_or_default();
+        for (name, value) in &self.claim {
+            if let Some(previous) = request.auth.insert(name.clone(), value.clone())
+                && previous != *value
+            {
+                return Err(format!("--claim {name} is given twice ({name}={previous} and {name}={value}); give one"));
+            }
+        }
+        Ok(request)
+    }
+
+    fn keyed_request(&self) -> Result<ConnectRequest, String> {
         let spawn = self.spawn_spec()?;
         if self.no_key {
             let spawn = spawn.ok_or("--no-key needs --image: a keyless backend is always started")?;

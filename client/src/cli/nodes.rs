@@ -29,6 +29,11 @@ pub(super) async fn execute(cli: &Cli, command: &NodesCommand) -> Result<String,
             let node = client.drain_node(&args.id, args.deadline).await?;
             Ok(render::drained(&node, cli.output, Utc::now()))
         }
+        NodesCommand::Undrain(args) => {
+            let client = HangarClient::connect(&cli.controller).await?;
+            let node = client.undrain_node(&args.id).await?;
+            Ok(render::undrained(&node, cli.output))
+        }
     }
 }
 

@@ -48,6 +48,25 @@ pub fn drained(node: &Node, format: OutputFormat, now: DateTime<Utc>) -> String 
         )),
         None => out.push_str("Its running backends keep running; pass --deadline to terminate them after a while.\n"),
     }
+    out.push_str(&format!("Undo with `hangar nodes undrain {}`.\n", node.id));
+    out
+}
+
+/// `nodes undrain`: what the undrain means for the node, or the node as one JSON object.
+pub fn undrained(node: &Node, format: OutputFormat) -> String {
+    if format == OutputFormat::Json {
+        return json(node);
+    }
+    let mut out = format!(
+        "Undrained node {} ({}): new backends may be placed on it again. State: {}.\n",
+        node.id, node.name, node.state
+    );
+    if node.state != NodeState::Ready {
+        out.push_str(&format!(
+            "It takes backends once it is attached and healthy again (READY); now it is {}.\n",
+            node.state
+        ));
+    }
     out
 }
 
@@ -306,12 +325,19 @@ fn hint(err: &CliError, controller: &str) -> Option<String> {
     };
     let reason = err.reason();
     Some(match (err, reason.as_deref()) {
-        (_, Some(reason::NO_DRONE_AVAILABLE)) => "no drone has room: start a drone with `hangar-drone run \
-                                                  --controller URL --name NAME` or check `hangar nodes list`"
-            .to_string(),
-        (_, Some(reason::POOL_FULL)) => "every drone of the pool is full: terminate backends (`hangar backends \
-                                         list`) or add drones to the pool"
-            .to_string(),
+        (_, Some(reason::NO_DRONE_AVAILABLE)) => draining_hint(err).unwrap_or_else(|| {
+            "no drone has room: start a drone with `hangar-drone run --controller URL --name NAME` or check \
+             `hangar nodes list`"
+                .to_string()
+        }),
+        (_, Some(reason::POOL_FULL)) => {
+            let full = "every drone of the pool is full: terminate backends (`hangar backends list`) or add drones \
+                        to the pool";
+            match draining_hint(err) {
+                Some(undrain) => format!("{full}; or {undrain}"),
+                None => full.to_string(),
+            }
+        }
         (_, Some(reason::KEY_TAG_MISMATCH)) => "a live backend holds the key with another tag: connect with its \
                                                 tag, or terminate it (`hangar backends list`, then `hangar \
                                                 backends terminate ID`)"
@@ -352,6 +378,24 @@ fn hint(err: &CliError, controller: &str) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+/// When the pool has draining drones (NO_DRONE_AVAILABLE, POOL_FULL metadata): how to find and
+/// undrain them.
+fn draining_hint(err: &ClientError) -> Option<String> {
+    use hangar::error::metadata;
+    let draining: u32 = err.metadata(metadata::DRAINING)?.parse().ok().filter(|n| *n > 0)?;
+    let mut list = "hangar nodes list --kind drone --state draining".to_string();
+    for (flag, key) in [("--cluster", metadata::CLUSTER), ("--pool", metadata::POOL)] {
+        if let Some(value) = err.metadata(key).filter(|v| !v.is_empty()) {
+            list.push_str(&format!(" {flag} {value}"));
+        }
+    }
+    let (noun, verb, them) = if draining == 1 { ("drone", "is", "it") } else { ("drones", "are", "them") };
+    Some(format!(
+        "{draining} {noun} of the pool {verb} draining: find {them} with `{list}`, then `hangar nodes undrain \
+         NODE_ID` lets {them} take backends again"
+    ))
 }
 
 fn termination_hint(id: &str, status: &crate::BackendStatusView) -> String {

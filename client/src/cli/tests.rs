@@ -317,8 +317,60 @@ fn drain_output_explains_the_deadline() {
     assert_eq!(
         out,
         "Drained node nd-0001 (d1): no new backends will be placed on it. State: DRAINING.\n\
-         Backends still running at 2026-03-01T12:10:00Z (in 10m) will be soft-terminated.\n"
+         Backends still running at 2026-03-01T12:10:00Z (in 10m) will be soft-terminated.\n\
+         Undo with `hangar nodes undrain nd-0001`.\n"
     );
+}
+
+#[test]
+fn undrain_output_says_when_the_drone_takes_backends_again() {
+    let ready = drone("nd-0001", "d1", 3);
+    assert_eq!(
+        render::undrained(&ready, OutputFormat::Table),
+        "Undrained node nd-0001 (d1): new backends may be placed on it again. State: READY.\n"
+    );
+    let mut away = drone("nd-0001", "d1", 3);
+    away.state = NodeState::Offline;
+    let out = render::undrained(&away, OutputFormat::Table);
+    assert!(out.ends_with("once it is attached and healthy again (READY); now it is OFFLINE.\n"), "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&render::undrained(&ready, OutputFormat::Json)).unwrap();
+    assert_eq!((&doc["id"], &doc["state"], &doc["draining"]), (&"nd-0001".into(), &"READY".into(), &false.into()));
+}
+
+#[test]
+fn undrain_takes_a_node_id() {
+    let cli = parse(&["nodes", "undrain", "nd-1"]).unwrap();
+    let Command::Nodes(NodesCommand::Undrain(args)) = &cli.command else { panic!("{cli:?}") };
+    assert_eq!(args.id, "nd-1");
+    assert_eq!(parse(&["nodes", "undrain"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+}
+
+#[test]
+fn no_drone_available_with_draining_drones_suggests_undrain() {
+    let census = |draining: &str| {
+        [("cluster", "eu"), ("pool", "gpu"), ("ready", "0"), ("draining", draining), ("unhealthy", "0")]
+            .map(|(k, v)| (k, v.to_string()))
+    };
+    let status = status_with_reason(Code::Unavailable, "no drone is ready", reason::NO_DRONE_AVAILABLE, &census("1"));
+    let out = rendered(status);
+    assert_eq!(
+        out.lines().nth(1),
+        Some(
+            "hint: 1 drone of the pool is draining: find it with `hangar nodes list --kind drone --state draining \
+             --cluster eu --pool gpu`, then `hangar nodes undrain NODE_ID` lets it take backends again"
+        ),
+        "{out}"
+    );
+    let status = status_with_reason(Code::ResourceExhausted, "all full", reason::POOL_FULL, &census("2"));
+    let out = rendered(status);
+    assert!(
+        out.contains("every drone of the pool is full") && out.contains("2 drones of the pool are draining"),
+        "{out}"
+    );
+    // No drone draining: the hint is about starting drones.
+    let status = status_with_reason(Code::Unavailable, "no drone is ready", reason::NO_DRONE_AVAILABLE, &census("0"));
+    let out = rendered(status);
+    assert!(out.contains("hangar-drone run") && !out.contains("undrain"), "{out}");
 }
 
 // ---- JSON ----

@@ -103,12 +103,9 @@ impl BackendApi {
         if key.is_none() && req.spawn_config.is_none() {
             violations.push(("spawn_config".into(), "is required when no key is given".into()));
         }
-        if req.user.len() > 256 {
-            violations.push(("user".into(), "must be at most 256 characters".into()));
-        }
-        if let Err(ApiError::InvalidArgument(v)) = validate::labels("auth", &req.auth) {
-            violations.extend(v);
-        }
+        // They become x-verified-* headers at the proxy: only names and values that are valid
+        // headers, so none is dropped there.
+        violations.extend(hangar::domain::identity_violations(&req.user, &req.auth));
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
         }
@@ -144,6 +141,7 @@ impl BackendApi {
             now,
         };
         let key_text = || key.as_ref().map(ToString::to_string).unwrap_or_default();
+        let candidates = spec.spawn.as_ref().map_or(0, |plan| plan.candidates.len());
         let (backend, spawned) = match self.store.connect_backend(spec, &scheduler::power_of_two_choices).await? {
             ConnectOutcome::Found(b) => (b, false),
             ConnectOutcome::Spawned(b) => (b, true),
@@ -151,8 +149,15 @@ impl BackendApi {
                 return Err(ApiError::KeyTagMismatch { key: key_text(), held_tag });
             }
             ConnectOutcome::NotFound => return Err(ApiError::NoLiveBackend(key_text())),
-            ConnectOutcome::NoDrone => return Err(ApiError::NoDroneAvailable { cluster, pool }),
-            ConnectOutcome::PoolFull => return Err(ApiError::PoolFull { cluster, pool }),
+            ConnectOutcome::NoDrone => {
+                let census = scheduler::census(&self.store, &cluster, &pool).await?;
+                return Err(ApiError::NoDroneAvailable { cluster, pool, census });
+            }
+            ConnectOutcome::PoolFull => {
+                let census = scheduler::census(&self.store, &cluster, &pool).await?;
+                let full = u32::try_from(candidates).unwrap_or(u32::MAX);
+                return Err(ApiError::PoolFull { cluster, pool, full, census });
+            }
         };
         if spawned {
             tracing::info!(backend_id = %backend.id, drone_id = %backend.drone_id, key = %key_text(), fencing_token = backend.fencing_token, "backend scheduled");

@@ -7,7 +7,7 @@
 //! reading fields (INVALID_PAGE_TOKEN).
 
 use crate::controller::CloseCause;
-use crate::store::{Revision, StoreError};
+use crate::store::{DroneCensus, Revision, StoreError};
 use hangar::error::{invalid_argument, invalid_argument_with_reason, metadata, reason, status_with_reason};
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -18,7 +18,7 @@ pub enum ApiError {
     InvalidArgument(Vec<(String, String)>),
     #[error("no node with id {0:?}")]
     NodeNotFound(String),
-    #[error("node {0:?} is a proxy; only drones can be drained")]
+    #[error("node {0:?} is a proxy; only drones can be drained and undrained")]
     NodeNotDrone(String),
     #[error("invalid page token: {0}")]
     InvalidPageToken(String),
@@ -34,10 +34,15 @@ pub enum ApiError {
     NoLiveBackend(String),
     #[error("key {key} is held by a live backend with tag {held_tag:?}")]
     KeyTagMismatch { key: String, held_tag: String },
-    #[error("no drone is ready in cluster {cluster:?}, pool {pool:?}")]
-    NoDroneAvailable { cluster: String, pool: String },
-    #[error("every drone in cluster {cluster:?}, pool {pool:?} is at capacity")]
-    PoolFull { cluster: String, pool: String },
+    /// No READY drone in the pool; the census says what the others are doing.
+    #[error("no drone is ready in cluster {cluster:?}, pool {pool:?}: {}", census_text(.census, None))]
+    NoDroneAvailable { cluster: String, pool: String, census: DroneCensus },
+    /// Every READY drone of the pool (`full` of them) was at capacity.
+    #[error(
+        "every ready drone in cluster {cluster:?}, pool {pool:?} is at capacity: {}",
+        census_text(.census, Some(*.full))
+    )]
+    PoolFull { cluster: String, pool: String, full: u32, census: DroneCensus },
     #[error("{0}")]
     Protocol(String),
     #[error("unknown or expired connection token")]
@@ -77,6 +82,44 @@ fn resume_hint(last_revision: &Option<Revision>) -> String {
     }
 }
 
+/// `1 draining, 0 unhealthy, 0 offline` (after `N full` for a full pool), and how to undo a
+/// drain when one is the reason.
+fn census_text(census: &DroneCensus, full: Option<u32>) -> String {
+    let DroneCensus { ready, draining, unhealthy, offline } = *census;
+    if full.is_none() && ready + draining + unhealthy + offline == 0 {
+        return "no drone has registered there".to_string();
+    }
+    let mut parts = Vec::new();
+    match full {
+        Some(full) => parts.push(format!("{full} full")),
+        // The census is read after the placement failed: a drone may have become ready since.
+        None if ready > 0 => parts.push(format!("{ready} ready since")),
+        None => {}
+    }
+    parts.push(format!("{draining} draining"));
+    parts.push(format!("{unhealthy} unhealthy"));
+    parts.push(format!("{offline} offline"));
+    let mut text = parts.join(", ");
+    if draining > 0 {
+        text.push_str("; a draining drone takes backends again after UndrainNode (`hangar nodes undrain NODE_ID`)");
+    }
+    text
+}
+
+/// The census as `ErrorInfo` metadata, next to the cluster and pool.
+fn census_metadata(cluster: String, pool: String, census: &DroneCensus, full: u32) -> Vec<(&'static str, String)> {
+    use metadata::{CLUSTER, DRAINING, FULL, OFFLINE, POOL, READY, UNHEALTHY};
+    vec![
+        (CLUSTER, cluster),
+        (POOL, pool),
+        (READY, census.ready.to_string()),
+        (DRAINING, census.draining.to_string()),
+        (UNHEALTHY, census.unhealthy.to_string()),
+        (OFFLINE, census.offline.to_string()),
+        (FULL, full.to_string()),
+    ]
+}
+
 impl From<CloseCause> for ApiError {
     fn from(cause: CloseCause) -> Self {
         match cause {
@@ -89,7 +132,7 @@ impl From<CloseCause> for ApiError {
 
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Status {
-        use metadata::{BACKEND_ID, CLUSTER, HELD_TAG, KEY, LAST_REVISION, NODE_ID, OLDEST_REVISION, POOL};
+        use metadata::{BACKEND_ID, HELD_TAG, KEY, LAST_REVISION, NODE_ID, OLDEST_REVISION};
         let message = err.to_string();
         match err {
             ApiError::InvalidArgument(violations) => invalid_argument(violations),
@@ -126,17 +169,17 @@ impl From<ApiError> for Status {
                 reason::KEY_TAG_MISMATCH,
                 &[(KEY, key), (HELD_TAG, held_tag)],
             ),
-            ApiError::NoDroneAvailable { cluster, pool } => status_with_reason(
+            ApiError::NoDroneAvailable { cluster, pool, census } => status_with_reason(
                 Code::Unavailable,
                 message,
                 reason::NO_DRONE_AVAILABLE,
-                &[(CLUSTER, cluster), (POOL, pool)],
+                &census_metadata(cluster, pool, &census, 0),
             ),
-            ApiError::PoolFull { cluster, pool } => status_with_reason(
+            ApiError::PoolFull { cluster, pool, full, census } => status_with_reason(
                 Code::ResourceExhausted,
                 message,
                 reason::POOL_FULL,
-                &[(CLUSTER, cluster), (POOL, pool)],
+                &census_metadata(cluster, pool, &census, full),
             ),
             ApiError::Protocol(_) => {
                 status_with_reason(Code::FailedPrecondition, message, reason::PROTOCOL_VIOLATION, &[])
@@ -203,11 +246,15 @@ mod tests {
                 reason::KEY_TAG_MISMATCH,
             ),
             (
-                ApiError::NoDroneAvailable { cluster: "c".into(), pool: "p".into() },
+                ApiError::NoDroneAvailable { cluster: "c".into(), pool: "p".into(), census: DroneCensus::default() },
                 Code::Unavailable,
                 reason::NO_DRONE_AVAILABLE,
             ),
-            (ApiError::PoolFull { cluster: "c".into(), pool: "p".into() }, Code::ResourceExhausted, reason::POOL_FULL),
+            (
+                ApiError::PoolFull { cluster: "c".into(), pool: "p".into(), full: 1, census: DroneCensus::default() },
+                Code::ResourceExhausted,
+                reason::POOL_FULL,
+            ),
             (ApiError::Protocol("empty message".into()), Code::FailedPrecondition, reason::PROTOCOL_VIOLATION),
             (ApiError::TokenNotFound, Code::NotFound, reason::TOKEN_NOT_FOUND),
             (ApiError::shutting_down(), Code::Unavailable, reason::SHUTTING_DOWN),
@@ -260,6 +307,56 @@ mod tests {
         assert_eq!(meta.get(metadata::NODE_ID).map(String::as_str), Some("nd-1"));
         let (_, _, meta) = reason_of(ApiError::WatchTooSlow { last_revision: 7 });
         assert_eq!(meta.get(metadata::LAST_REVISION).map(String::as_str), Some("7"));
+    }
+
+    #[test]
+    fn no_drone_available_counts_the_drones_that_are_not_ready_and_says_how_to_undo_a_drain() {
+        let census = DroneCensus { ready: 0, draining: 1, unhealthy: 2, offline: 3 };
+        let status = Status::from(ApiError::NoDroneAvailable { cluster: "default".into(), pool: "gpu".into(), census });
+        assert_eq!(
+            status.message(),
+            "no drone is ready in cluster \"default\", pool \"gpu\": 1 draining, 2 unhealthy, 3 offline; a \
+             draining drone takes backends again after UndrainNode (`hangar nodes undrain NODE_ID`)"
+        );
+        let (_, _, meta) =
+            reason_of(ApiError::NoDroneAvailable { cluster: "default".into(), pool: "gpu".into(), census });
+        let expected = [
+            ("cluster", "default"),
+            ("pool", "gpu"),
+            ("ready", "0"),
+            ("draining", "1"),
+            ("unhealthy", "2"),
+            ("offline", "3"),
+            ("full", "0"),
+        ];
+        assert_eq!(meta, expected.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    }
+
+    #[test]
+    fn without_draining_drones_no_undrain_is_suggested() {
+        let census = DroneCensus { unhealthy: 1, ..DroneCensus::default() };
+        let err = ApiError::NoDroneAvailable { cluster: "c".into(), pool: "p".into(), census };
+        assert_eq!(
+            err.to_string(),
+            "no drone is ready in cluster \"c\", pool \"p\": 0 draining, 1 unhealthy, 0 offline"
+        );
+        let err = ApiError::NoDroneAvailable { cluster: "c".into(), pool: "p".into(), census: DroneCensus::default() };
+        assert_eq!(err.to_string(), "no drone is ready in cluster \"c\", pool \"p\": no drone has registered there");
+    }
+
+    #[test]
+    fn a_full_pool_counts_the_full_drones_and_the_draining_ones() {
+        let census = DroneCensus { ready: 2, draining: 1, ..DroneCensus::default() };
+        let err = ApiError::PoolFull { cluster: "c".into(), pool: "p".into(), full: 2, census };
+        assert!(
+            err.to_string().starts_with(
+                "every ready drone in cluster \"c\", pool \"p\" is at capacity: 2 full, 1 draining, 0 unhealthy, \
+                 0 offline; a draining drone takes backends again after UndrainNode"
+            ),
+            "{err}"
+        );
+        let (_, _, meta) = reason_of(err);
+        assert_eq!((meta["full"].as_str(), meta["draining"].as_str()), ("2", "1"));
     }
 
     #[test]

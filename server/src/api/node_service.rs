@@ -1,4 +1,4 @@
-//! NodeService: list, get and drain nodes.
+//! NodeService: list, get, drain and undrain nodes.
 
 use super::page_token::PageCursor;
 use super::{ApiError, PageTokens, validate};
@@ -7,7 +7,7 @@ use crate::store::{DynStore, NodeUpdate, StoreError, UpdateCondition};
 use crate::watch::{NodeWatch, NodeWatchHub, WatchRequest};
 use chrono::Utc;
 use futures::TryStreamExt;
-use hangar::domain::{NodeFilter, NodeKind, duration_from_proto};
+use hangar::domain::{Node, NodeFilter, NodeKind, duration_from_proto};
 use hangar::v1::{self, node_service_server::NodeService};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -118,18 +118,30 @@ impl NodeApi {
                 )
             }
         };
-        let node = self.store.get_node(&req.id).await?.ok_or_else(|| ApiError::NodeNotFound(req.id.clone()))?;
-        if node.kind != NodeKind::Drone {
-            return Err(ApiError::NodeNotDrone(req.id));
-        }
-        let update = NodeUpdate { draining: Some(true), drain_deadline: Some(deadline), ..NodeUpdate::default() };
-        let node = self
-            .store
-            .update_node(&req.id, update, UpdateCondition::Always)
-            .await?
-            .ok_or_else(|| ApiError::NodeNotFound(req.id.clone()))?;
+        let node = self.update_drone(&req.id, NodeUpdate::drain(deadline)).await?;
         tracing::info!(node_id = %node.id, ?deadline, "node draining");
         Ok(v1::DrainNodeResponse { node: Some((&node).into()) })
+    }
+
+    /// Clears a drone's drain and its deadline. Idempotent: a drone that is not draining is
+    /// returned as it is, and no revision is written.
+    pub async fn undrain_node(&self, req: v1::UndrainNodeRequest) -> Result<v1::UndrainNodeResponse, ApiError> {
+        validate::id("id", &req.id)?;
+        let node = self.update_drone(&req.id, NodeUpdate::undrain()).await?;
+        tracing::info!(node_id = %node.id, state = %node.state, "node undrained");
+        Ok(v1::UndrainNodeResponse { node: Some((&node).into()) })
+    }
+
+    /// Applies a drain or undrain: NOT_FOUND for an unknown id, FAILED_PRECONDITION for a proxy.
+    async fn update_drone(&self, id: &str, update: NodeUpdate) -> Result<Node, ApiError> {
+        let node = self.store.get_node(id).await?.ok_or_else(|| ApiError::NodeNotFound(id.to_string()))?;
+        if node.kind != NodeKind::Drone {
+            return Err(ApiError::NodeNotDrone(id.to_string()));
+        }
+        self.store
+            .update_node(id, update, UpdateCondition::Always)
+            .await?
+            .ok_or_else(|| ApiError::NodeNotFound(id.to_string()))
     }
 }
 
@@ -153,6 +165,13 @@ impl NodeService for NodeApi {
 
     async fn drain_node(&self, req: Request<v1::DrainNodeRequest>) -> Result<Response<v1::DrainNodeResponse>, Status> {
         Ok(Response::new(NodeApi::drain_node(self, req.into_inner()).await?))
+    }
+
+    async fn undrain_node(
+        &self,
+        req: Request<v1::UndrainNodeRequest>,
+    ) -> Result<Response<v1::UndrainNodeResponse>, Status> {
+        Ok(Response::new(NodeApi::undrain_node(self, req.into_inner()).await?))
     }
 
     type WatchNodesStream = EventStream;

@@ -133,11 +133,11 @@ impl BackendSweep {
                 loop {
                     let (page, more) = self.store.list_backends(&backends, after.as_deref(), PAGE).await?;
                     for backend in page.iter().filter(|b| running(b)) {
-                        // No reason names a drain; it is an operator's request, hence EXTERNAL.
-                        self.store
-                            .request_termination(&backend.id, TerminationKind::Soft, TerminationReason::External, now)
-                            .await?;
-                        report.drained += 1;
+                        // Checks the drain again under the write lock: an undrain since this
+                        // listing wins.
+                        if self.store.terminate_for_drain(&backend.id, now).await? {
+                            report.drained += 1;
+                        }
                     }
                     match (more, page.last()) {
                         (true, Some(last)) => after = Some(last.id.clone()),

@@ -159,6 +159,11 @@ pub trait BackendStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<Backend>, StoreError>;
 
+    /// Soft-terminates (EXTERNAL) a live backend whose drone is draining with a deadline at or
+    /// before `now`. The drain is read in the same write transaction, so once UndrainNode has
+    /// committed a passed deadline terminates nothing. Whether a Terminate action was stored.
+    async fn terminate_for_drain(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
     /// The drone's pending actions, oldest first.
     async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError>;
 

@@ -76,6 +76,18 @@ pub struct NodeUpdate {
 }
 
 impl NodeUpdate {
+    /// DrainNode: no new backends, and with a deadline the remaining ones are terminated then.
+    pub fn drain(deadline: Option<DateTime<Utc>>) -> Self {
+        NodeUpdate { draining: Some(true), drain_deadline: Some(deadline), ..NodeUpdate::default() }
+    }
+
+    /// UndrainNode: the drain and its deadline are gone, so [`NodeUpdate::apply_to`] makes a
+    /// healthy attached node READY again and the sweep finds no deadline to enforce. On a node
+    /// that is not draining it changes nothing (and so writes nothing).
+    pub fn undrain() -> Self {
+        NodeUpdate { draining: Some(false), drain_deadline: Some(None), ..NodeUpdate::default() }
+    }
+
     /// Applies the update to `node`; returns whether anything changed. This is the one place
     /// that keeps the drain invariant: a healthy attached node that is draining shows DRAINING,
     /// and one that stops draining shows READY. Both stores call it, so they cannot disagree.
@@ -152,6 +164,29 @@ pub struct NodePage {
     pub more: bool,
 }
 
+/// How many drones of one cluster and pool are in each state: why a Connect found no drone to
+/// place a backend on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DroneCensus {
+    pub ready: u32,
+    pub draining: u32,
+    pub unhealthy: u32,
+    pub offline: u32,
+}
+
+impl DroneCensus {
+    /// Counts `count` more drones in `state`.
+    pub fn add(&mut self, state: NodeState, count: u32) {
+        let slot = match state {
+            NodeState::Ready => &mut self.ready,
+            NodeState::Draining => &mut self.draining,
+            NodeState::Unhealthy => &mut self.unhealthy,
+            NodeState::Offline => &mut self.offline,
+        };
+        *slot = slot.saturating_add(count);
+    }
+}
+
 /// Retention of the node history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -219,6 +254,10 @@ pub trait Store: BackendStore + Send + Sync + 'static {
         after_id: Option<&str>,
         limit: usize,
     ) -> Result<NodePage, StoreError>;
+
+    /// The drones of `cluster`/`pool` counted by their current state, in one query. Cheap enough
+    /// for an error path: it reads each node's current version, not the history.
+    async fn drone_census(&self, cluster: &str, pool: &str) -> Result<DroneCensus, StoreError>;
 
     /// Changes with revisions greater than `after`, in revision order, at most `limit` of them.
     /// `Compacted` when `after` is older than the retention window.

@@ -117,6 +117,11 @@ impl Store for OffloadedStore {
         self.run(|s| Box::pin(async move { s.list_nodes(&filter, at, after_id.as_deref(), limit).await })).await
     }
 
+    async fn drone_census(&self, cluster: &str, pool: &str) -> Result<DroneCensus, StoreError> {
+        let (cluster, pool) = (cluster.to_string(), pool.to_string());
+        self.run(|s| Box::pin(async move { s.drone_census(&cluster, &pool).await })).await
+    }
+
     async fn node_changes_since(&self, after: Revision, limit: usize) -> Result<Vec<NodeChange>, StoreError> {
         self.run(|s| Box::pin(async move { s.node_changes_since(after, limit).await })).await
     }
@@ -181,6 +186,11 @@ impl BackendStore for OffloadedStore {
     ) -> Result<Option<Backend>, StoreError> {
         let id = id.to_string();
         self.run(|s| Box::pin(async move { s.request_termination(&id, kind, reason, now).await })).await
+    }
+
+    async fn terminate_for_drain(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.run(|s| Box::pin(async move { s.terminate_for_drain(&id, now).await })).await
     }
 
     async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError> {

@@ -222,6 +222,41 @@ where
         insert_token_on::<DB>(&mut **tx, backend_id, token, expires_at, now).await
     }
 
+    /// Stores a Terminate action for a live backend inside `tx`, unless one at least as hard is
+    /// pending; returns the backend as it is afterwards and whether the action was stored. When
+    /// nothing is stored, `tx` rolls back with its revision.
+    async fn terminate_in(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        revision: Revision,
+        mut backend: Backend,
+        kind: TerminationKind,
+        reason: TerminationReason,
+        now: DateTime<Utc>,
+    ) -> Result<(Backend, bool), StoreError> {
+        if !backend.status.state.is_live() {
+            return Ok((backend, false));
+        }
+        if backend.termination_requested.is_some_and(|asked| kind_rank(asked) >= kind_rank(kind)) {
+            // Already asked at least this hard; a second action would only be acknowledged and
+            // ignored by the drone.
+            return Ok((backend, false));
+        }
+        backend.termination_requested = Some(kind);
+        backend.updated_at = now;
+        Self::update_backend_row(&mut tx, &backend, revision).await?;
+        let action = PendingAction {
+            id: new_action_id(),
+            drone_id: backend.drone_id.clone(),
+            backend_id: backend.id.clone(),
+            payload: ActionPayload::Terminate { kind, reason },
+            created_at: now,
+        };
+        Self::insert_action(&mut tx, &action).await?;
+        self.commit_announced(tx, revision).await?;
+        Ok((backend, true))
+    }
+
     /// The live backends on each candidate, read under the write lock so that concurrent
     /// Connects see each other's placements.
     async fn loads(tx: &mut Transaction<'static, DB>, candidates: &[DroneSlot]) -> Result<Vec<DroneLoad>, StoreError> {
@@ -465,28 +500,23 @@ where
     ) -> Result<Option<Backend>, StoreError> {
         let (mut tx, revision) = self.begin_write().await?;
         let Some(backend) = Self::backend_in(&mut tx, id).await? else { return Ok(None) };
-        if !backend.status.state.is_live() {
-            return Ok(Some(backend));
-        }
-        if backend.termination_requested.is_some_and(|asked| kind_rank(asked) >= kind_rank(kind)) {
-            // Already asked at least this hard; a second action would only be acknowledged and
-            // ignored by the drone.
-            return Ok(Some(backend));
-        }
-        let mut backend = backend;
-        backend.termination_requested = Some(kind);
-        backend.updated_at = now;
-        Self::update_backend_row(&mut tx, &backend, revision).await?;
-        let action = PendingAction {
-            id: new_action_id(),
-            drone_id: backend.drone_id.clone(),
-            backend_id: backend.id.clone(),
-            payload: ActionPayload::Terminate { kind, reason },
-            created_at: now,
-        };
-        Self::insert_action(&mut tx, &action).await?;
-        self.commit_announced(tx, revision).await?;
+        let (backend, _) = self.terminate_in(tx, revision, backend, kind, reason, now).await?;
         Ok(Some(backend))
+    }
+
+    async fn terminate_for_drain(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let Some(backend) = Self::backend_in(&mut tx, id).await? else { return Ok(false) };
+        // Read under the write lock: an UndrainNode that committed first has cleared the
+        // deadline, and one that commits later finds the backend already asked to stop.
+        let drone = Self::node_in(&mut tx, &backend.drone_id).await?;
+        if !drone.is_some_and(|n| n.draining && n.drain_deadline.is_some_and(|deadline| deadline <= now)) {
+            return Ok(false);
+        }
+        // No reason names a drain; it is an operator's request, hence EXTERNAL.
+        let (_, stored) =
+            self.terminate_in(tx, revision, backend, TerminationKind::Soft, TerminationReason::External, now).await?;
+        Ok(stored)
     }
 
     async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError> {

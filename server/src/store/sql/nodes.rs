@@ -6,12 +6,12 @@
 use super::{Dialect, SqlStore};
 use crate::store::rows::{self, Param, db_revision, from_sqlx};
 use crate::store::{
-    ChangeKind, LocalCommit, NodeChange, NodePage, NodeRegistration, NodeUpdate, Retention, Revision, Store,
-    StoreError, UpdateCondition,
+    ChangeKind, DroneCensus, LocalCommit, NodeChange, NodePage, NodeRegistration, NodeUpdate, Retention, Revision,
+    Store, StoreError, UpdateCondition,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use hangar::domain::{Node, NodeFilter};
+use hangar::domain::{Node, NodeFilter, NodeKind, NodeState};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type};
 
 /// How many history rows one pass of a label-filtered listing reads; labels are matched in Rust.
@@ -43,6 +43,11 @@ where
         }
         let row = query.fetch_optional(&mut **tx).await.map_err(from_sqlx)?;
         row.map(|r| decode(&r)).transpose()
+    }
+
+    /// The node's latest version, read inside `tx` (under the write lock in a write).
+    pub(super) async fn node_in(tx: &mut Transaction<'static, DB>, id: &str) -> Result<Option<Node>, StoreError> {
+        Self::node_where(tx, NODE_BY_ID, vec![id.to_string()]).await
     }
 
     /// Records `node` (already carrying `revision`) as one change and commits.
@@ -256,6 +261,30 @@ where
                 return Ok(NodePage { nodes, revision, more: false });
             }
         }
+    }
+
+    async fn drone_census(&self, cluster: &str, pool: &str) -> Result<DroneCensus, StoreError> {
+        // `nodes_identity` (kind, cluster, name of live nodes) narrows it to the cluster's drones;
+        // each is joined to its current version for state and pool.
+        let rows = sqlx::query(
+            "SELECT h.state, COUNT(*) FROM nodes n JOIN node_history h ON h.revision = n.revision \
+             WHERE n.removed = 0 AND n.kind = $1 AND n.cluster = $2 AND h.pool = $3 GROUP BY h.state",
+        )
+        .bind(NodeKind::Drone.as_str().to_string())
+        .bind(cluster.to_string())
+        .bind(pool.to_string())
+        .fetch_all(&self.read)
+        .await
+        .map_err(from_sqlx)?;
+        let mut census = DroneCensus::default();
+        for row in &rows {
+            let state: String = row.try_get(0).map_err(from_sqlx)?;
+            let count: i64 = row.try_get(1).map_err(from_sqlx)?;
+            let state: NodeState =
+                state.parse().map_err(|e| StoreError::Corrupt(format!("node history state {state:?}: {e}")))?;
+            census.add(state, u32::try_from(count).unwrap_or(u32::MAX));
+        }
+        Ok(census)
     }
 
     async fn node_changes_since(&self, after: Revision, limit: usize) -> Result<Vec<NodeChange>, StoreError> {

@@ -52,6 +52,11 @@ class NodeServiceStub:
                 request_serializer=hangar_dot_v1_dot_node__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=hangar_dot_v1_dot_node__pb2.DrainNodeResponse.FromString,
                 _registered_method=True)
+        self.UndrainNode = channel.unary_unary(
+                '/hangar.v1.NodeService/UndrainNode',
+                request_serializer=hangar_dot_v1_dot_node__pb2.UndrainNodeRequest.SerializeToString,
+                response_deserializer=hangar_dot_v1_dot_node__pb2.UndrainNodeResponse.FromString,
+                _registered_method=True)
         self.WatchNodes = channel.unary_stream(
                 '/hangar.v1.NodeService/WatchNodes',
                 request_serializer=hangar_dot_v1_dot_node__pb2.WatchNodesRequest.SerializeToString,
@@ -83,6 +88,18 @@ class NodeServiceServicer:
     def DrainNode(self, request, context):
         """Marks a drone as draining: the scheduler places no new backend on it. With a deadline, the
         backends still running on it when the deadline passes are soft-terminated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndrainNode(self, request, context):
+        """Undoes DrainNode: clears `draining` and the drain deadline, so the scheduler places backends
+        on the drone again (it is READY again if it is attached and healthy) and a deadline that had
+        not passed yet terminates nothing. Backends already asked to stop by a passed deadline are
+        not brought back. Undraining a drone that is not draining changes nothing and succeeds.
+        NOT_FOUND (reason NODE_NOT_FOUND) for an unknown id, FAILED_PRECONDITION (reason
+        NODE_NOT_DRONE) for a proxy.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +137,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.DrainNode,
                     request_deserializer=hangar_dot_v1_dot_node__pb2.DrainNodeRequest.FromString,
                     response_serializer=hangar_dot_v1_dot_node__pb2.DrainNodeResponse.SerializeToString,
+            ),
+            'UndrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainNode,
+                    request_deserializer=hangar_dot_v1_dot_node__pb2.UndrainNodeRequest.FromString,
+                    response_serializer=hangar_dot_v1_dot_node__pb2.UndrainNodeResponse.SerializeToString,
             ),
             'WatchNodes': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchNodes,
@@ -211,6 +233,33 @@ class NodeService:
             '/hangar.v1.NodeService/DrainNode',
             hangar_dot_v1_dot_node__pb2.DrainNodeRequest.SerializeToString,
             hangar_dot_v1_dot_node__pb2.DrainNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hangar.v1.NodeService/UndrainNode',
+            hangar_dot_v1_dot_node__pb2.UndrainNodeRequest.SerializeToString,
+            hangar_dot_v1_dot_node__pb2.UndrainNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
