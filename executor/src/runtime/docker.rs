@@ -31,7 +31,10 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod local_image;
 mod watch;
+
+pub use self::local_image::{ExecutableImage, ImageOutcome};
 
 use self::watch::EngineWatcher;
 use super::locks::BackendLocks;
