@@ -53,7 +53,8 @@ pub async fn run(host: IpAddr) -> anyhow::Result<()> {
         Err(_) => DEFAULT_PORT,
     };
     let address = SocketAddr::new(host, port);
-    let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let demo = Arc::new(Demo { identity: Identity::from_env(), hits: AtomicU64::new(0) });
     tracing::info!(%address, backend_id = demo.identity.backend_id, "demo backend listening");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -90,14 +91,19 @@ impl Demo {
     fn answer<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let headers = request.headers();
         let probe = headers.get(header::USER_AGENT).is_some_and(|ua| ua == PROBE_USER_AGENT);
-        let hits = if probe { self.hits.load(Ordering::Relaxed) } else { self.hits.fetch_add(1, Ordering::Relaxed) + 1 };
-        let page = Page { identity: &self.identity, hits, path: request.uri().path(), verified: verified_headers(headers) };
+        let hits =
+            if probe { self.hits.load(Ordering::Relaxed) } else { self.hits.fetch_add(1, Ordering::Relaxed) + 1 };
+        let page =
+            Page { identity: &self.identity, hits, path: request.uri().path(), verified: verified_headers(headers) };
         let wants_html = headers
             .get(header::ACCEPT)
             .and_then(|accept| accept.to_str().ok())
             .is_some_and(|accept| accept.contains("text/html"));
-        let (content_type, body) =
-            if wants_html { ("text/html; charset=utf-8", page.html()) } else { ("text/plain; charset=utf-8", page.text()) };
+        let (content_type, body) = if wants_html {
+            ("text/html; charset=utf-8", page.html())
+        } else {
+            ("text/plain; charset=utf-8", page.text())
+        };
         Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, content_type)
@@ -162,7 +168,10 @@ impl Page<'_> {
         let headers: String = if self.verified.is_empty() {
             "<li><em>none: this request did not come through the proxy</em></li>".into()
         } else {
-            self.verified.iter().map(|(name, value)| format!("<li><code>{name}: {}</code></li>", escape(value))).collect()
+            self.verified
+                .iter()
+                .map(|(name, value)| format!("<li><code>{name}: {}</code></li>", escape(value)))
+                .collect()
         };
         format!(
             "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Hangar demo backend</title>\n\
@@ -203,9 +212,8 @@ mod tests {
 
     fn body(response: Response<Full<Bytes>>) -> (String, String) {
         let content_type = response.headers()[header::CONTENT_TYPE].to_str().unwrap().to_string();
-        let body = futures::executor::block_on(http_body_util::BodyExt::collect(response.into_body()))
-            .unwrap()
-            .to_bytes();
+        let body =
+            futures::executor::block_on(http_body_util::BodyExt::collect(response.into_body())).unwrap().to_bytes();
         (content_type, String::from_utf8(body.to_vec()).unwrap())
     }
 
@@ -221,7 +229,9 @@ mod tests {
         let _ = demo.answer(&request);
         let (content_type, text) = body(demo.answer(&request));
         assert!(content_type.starts_with("text/plain"), "{content_type}");
-        for expected in ["bk-1", "docs/doc-1", "fencing token  3", "hits           2", "/notes", "x-verified-user: alice"] {
+        for expected in
+            ["bk-1", "docs/doc-1", "fencing token  3", "hits           2", "/notes", "x-verified-user: alice"]
+        {
             assert!(text.contains(expected), "{expected:?} in:\n{text}");
         }
         assert!(!text.contains("x-other"), "{text}");

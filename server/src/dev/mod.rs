@@ -106,11 +106,8 @@ pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
         DemoStatus::Unavailable(why) => format!("not available: {why}"),
     };
     // The CLI finds this controller by itself only on the default address.
-    let export = if url == CLI_DEFAULT_CONTROLLER {
-        String::new()
-    } else {
-        format!("  export HANGAR_CONTROLLER={url}\n")
-    };
+    let export =
+        if url == CLI_DEFAULT_CONTROLLER { String::new() } else { format!("  export HANGAR_CONTROLLER={url}\n") };
     format!(
         "\nHangar dev is running.\n\
          \x20 controller  {url}   (gRPC, reflection on)\n\

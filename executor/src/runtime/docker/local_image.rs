@@ -52,11 +52,10 @@ impl ExecutableImage {
     }
 
     fn entrypoint(&self) -> Result<Vec<String>, RuntimeError> {
-        let name = self
-            .executable
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| RuntimeError::internal(format!("{} has no usable file name", self.executable.display())))?;
+        let name =
+            self.executable.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                RuntimeError::internal(format!("{} has no usable file name", self.executable.display()))
+            })?;
         Ok(std::iter::once(format!("/{name}")).chain(self.args.iter().cloned()).collect())
     }
 
