@@ -46,11 +46,13 @@ enum Command {
     /// Run everything in one process: a controller on SQLite, a proxy and one drone. For trying
     /// Hangar.
     #[cfg(feature = "dev")]
-    #[command(after_help = "Then, in another terminal (with `hangar` from `cargo install --path client`):\n  \
+    #[command(
+        after_help = "Then, in another terminal (with `hangar` from `cargo install --locked --path client`):\n  \
         hangar connect docs/doc-1 --image hangar-demo --wait\n  \
         curl \"$(hangar connect docs/doc-1 -o json | jq -r .url)\"\n\n\
         `hangar-demo` is dev's demo backend: on Docker a local image (hangar-demo:latest) built from this \
-        binary at start-up, with nothing pulled; on the process runtime this binary's `demo-backend`.")]
+        binary at start-up, with nothing pulled; on the process runtime this binary's `demo-backend`."
+    )]
     Dev(DevArgs),
     /// Serve the demo backend on $PORT: the page of the backend that answered (its id, key,
     /// fencing token, the x-verified-* headers the proxy set, a hit counter). What dev's

@@ -115,8 +115,8 @@ pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
          \x20 drone       {name} (node {drone}, {runtime} runtime, instance {instance})\n\
          \x20 demo        {demo}\n\
          \x20 data        {data}\n\n\
-         Your first backend, in another terminal (get `hangar` with `cargo install --path client`,\n\
-         or alias hangar='cargo run -q -p hangar-client --'):\n\
+         Your first backend, in another terminal (`hangar` comes from `cargo install --locked --path\n\
+         client`, or alias hangar='cargo run -q -p hangar-client --'):\n\
          {export}\
          \x20 hangar connect docs/doc-1 --image {DEMO_IMAGE} --wait\n\
          \x20 curl \"$(hangar connect docs/doc-1 -o json | jq -r .url)\"   # or open that URL in a browser\n\n\
