@@ -1,7 +1,8 @@
 //! `hangar-server demo-backend`: the backend of dev's `hangar-demo` image. It serves HTTP on
 //! `$PORT` and answers every request with which backend answered (its id, key and fencing
 //! token), the `x-verified-*` headers the proxy set, and how many requests it has answered: a
-//! page for browsers, plain text for `curl`. It ends cleanly on SIGTERM, as a backend should.
+//! page for browsers, plain text for `curl`. `/ws` is a WebSocket that echoes every message. It
+//! ends cleanly on SIGTERM, as a backend should.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -10,11 +11,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The port a backend listens on when `PORT` is not set (the runtimes always set it).
 const DEFAULT_PORT: u16 = 8080;
@@ -44,6 +52,9 @@ impl Identity {
 struct Demo {
     identity: Identity,
     hits: AtomicU64,
+    /// Owns the WebSocket sessions, which outlive the HTTP exchange that opened them.
+    sessions: TaskTracker,
+    stop: CancellationToken,
 }
 
 /// Serves on `host:$PORT` until SIGTERM or SIGINT.
@@ -55,11 +66,31 @@ pub async fn run(host: IpAddr) -> anyhow::Result<()> {
     let address = SocketAddr::new(host, port);
     let listener =
         tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
-    let demo = Arc::new(Demo { identity: Identity::from_env(), hits: AtomicU64::new(0) });
-    tracing::info!(%address, backend_id = demo.identity.backend_id, "demo backend listening");
+    let identity = Identity::from_env();
+    tracing::info!(%address, backend_id = identity.backend_id, "demo backend listening");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    // Connections end with the process: a demo keeps nothing worth draining for.
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    let hits = serve(listener, identity, stop).await;
+    tracing::info!(hits, "demo backend stopped");
+    Ok(())
+}
+
+/// Serves on `listener` until `stop` resolves; returns the number of hits.
+async fn serve(listener: tokio::net::TcpListener, identity: Identity, stop: impl Future<Output = ()>) -> u64 {
+    let demo = Arc::new(Demo {
+        identity,
+        hits: AtomicU64::new(0),
+        sessions: TaskTracker::new(),
+        stop: CancellationToken::new(),
+    });
+    // Connections end with the server: a demo keeps nothing worth draining for.
     let mut connections = JoinSet::new();
+    tokio::pin!(stop);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -70,24 +101,98 @@ pub async fn run(host: IpAddr) -> anyhow::Result<()> {
                     continue;
                 }
             },
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut stop => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let demo = demo.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let demo = demo.clone();
-                async move { Ok::<_, Infallible>(demo.answer(&request)) }
+                async move { Ok::<_, Infallible>(demo.handle(request)) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
         });
     }
-    tracing::info!(hits = demo.hits.load(Ordering::Relaxed), "demo backend stopping");
-    Ok(())
+    connections.shutdown().await;
+    demo.stop.cancel();
+    demo.sessions.close();
+    demo.sessions.wait().await;
+    demo.hits.load(Ordering::Relaxed)
+}
+
+/// A WebSocket opening handshake (RFC 6455 §4.2.1): its `Sec-WebSocket-Key`.
+fn websocket_key<B>(request: &Request<B>) -> Option<&[u8]> {
+    let headers = request.headers();
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+    };
+    if request.method() != http::Method::GET
+        || !has(header::CONNECTION, "upgrade")
+        || !has(header::UPGRADE, "websocket")
+    {
+        return None;
+    }
+    headers.get(header::SEC_WEBSOCKET_KEY).map(|key| key.as_bytes())
 }
 
 impl Demo {
+    fn handle(self: Arc<Self>, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        if request.uri().path() == "/ws"
+            && let Some(key) = websocket_key(&request)
+        {
+            return self.echo(&derive_accept_key(key), request);
+        }
+        self.answer(&request)
+    }
+
+    /// Accepts the WebSocket and echoes every text and binary message back until the client
+    /// closes it or the server stops.
+    fn echo(self: Arc<Self>, accept: &str, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        let stop = self.stop.clone();
+        self.sessions.spawn(async move {
+            let upgraded = match hyper::upgrade::on(request).await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    tracing::debug!(%err, "websocket upgrade failed");
+                    return;
+                }
+            };
+            let mut socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            loop {
+                let message = tokio::select! {
+                    message = socket.next() => message,
+                    _ = stop.cancelled() => {
+                        let _ = socket.close(None).await;
+                        return;
+                    }
+                };
+                match message {
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                        if socket.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Pings are answered by the library; a close ends the session.
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(Full::new(Bytes::new()))
+            .expect("static headers are valid")
+    }
+
     fn answer<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let headers = request.headers();
         let probe = headers.get(header::USER_AGENT).is_some_and(|ua| ua == PROBE_USER_AGENT);
@@ -156,6 +261,7 @@ impl Page<'_> {
             out.push_str(&format!("  {name}: {value}\n"));
         }
         out.push_str("\nConnect with the same key again and you reach this same backend.\n");
+        out.push_str("A WebSocket at ws://…/TOKEN/ws echoes every message you send.\n");
         out
     }
 
@@ -181,7 +287,8 @@ impl Page<'_> {
              </head><body>\n<h1>Hello from Hangar's demo backend</h1>\n<table>{rows}</table>\n\
              <h2 style=\"font-size:1.1rem\">Headers the proxy set</h2>\n<ul>{headers}</ul>\n\
              <p>Reload: the same backend answers and the hits go up. Connect with the same key again and \
-             you reach this same backend.</p>\n</body></html>\n"
+             you reach this same backend. A WebSocket at <code>ws/</code> under this URL echoes every message.</p>\n\
+             </body></html>\n"
         )
     }
 }
@@ -205,9 +312,17 @@ fn escape(text: &str) -> String {
 mod tests {
     use super::*;
 
+    fn identity() -> Identity {
+        Identity { backend_id: "bk-1".into(), key: "docs/doc-1".into(), fencing_token: "3".into() }
+    }
+
     fn demo() -> Demo {
-        let identity = Identity { backend_id: "bk-1".into(), key: "docs/doc-1".into(), fencing_token: "3".into() };
-        Demo { identity, hits: AtomicU64::new(0) }
+        Demo {
+            identity: identity(),
+            hits: AtomicU64::new(0),
+            sessions: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        }
     }
 
     fn body(response: Response<Full<Bytes>>) -> (String, String) {
@@ -258,5 +373,33 @@ mod tests {
         let _ = demo.answer(&probe);
         let (_, text) = body(demo.answer(&Request::get("/").body(()).unwrap()));
         assert!(text.contains("hits           1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn websocket_at_ws_echoes_until_the_server_stops() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, identity(), async move {
+            let _ = stop_rx.await;
+        }));
+        let (mut socket, response) = tokio_tungstenite::connect_async(format!("ws://{address}/ws")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        socket.send(Message::text("hello")).await.unwrap();
+        assert_eq!(socket.next().await.unwrap().unwrap(), Message::text("hello"));
+        socket.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+        assert_eq!(socket.next().await.unwrap().unwrap(), Message::binary(vec![1u8, 2, 3]));
+        // Stopping ends the session with a close, and the server returns.
+        stop_tx.send(()).unwrap();
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Some(Ok(message)) = socket.next().await {
+                if message.is_close() {
+                    return;
+                }
+            }
+        });
+        closed.await.expect("the session ends when the server stops");
+        let hits = tokio::time::timeout(std::time::Duration::from_secs(5), server).await.unwrap().unwrap();
+        assert_eq!(hits, 1, "the WebSocket counts as one hit");
     }
 }
