@@ -151,3 +151,24 @@ async fn docker_runtime_leaves_alone_a_container_labelled_for_another_instance()
     assert_eq!(running, "true", "stop and remove left the other instance's container running");
     runtime.shutdown().await;
 }
+
+#[test]
+fn a_dev_data_dir_from_before_instance_ids_keeps_the_old_instance_name() {
+    // A drone journal but no instance id: written by a dev from before instance ids, whose
+    // containers are labelled "dev". They must still be found, so the name stays.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("drone")).unwrap();
+    std::fs::write(data.path().join("drone/journal.sqlite"), b"").unwrap();
+    let dev = DevProcess::start(data.path(), &["--runtime", "process"]);
+    assert_eq!(dev.instance(), "dev", "{}", dev.banner);
+    assert_eq!(std::fs::read_to_string(data.path().join("drone/instance-id")).unwrap().trim(), "dev");
+    dev.stop();
+
+    // A fresh data dir gets an id of its own, kept across restarts.
+    let fresh = tempfile::tempdir().unwrap();
+    let dev = DevProcess::start(fresh.path(), &["--runtime", "process"]);
+    let instance = dev.instance();
+    assert!(instance.starts_with("d-") && instance.len() == 14, "{instance}");
+    dev.stop();
+    assert_eq!(DevProcess::start(fresh.path(), &["--runtime", "process"]).instance(), instance);
+}

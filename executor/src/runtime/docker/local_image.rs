@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bollard::query_parameters::{BuildImageOptions, RemoveImageOptions, TagImageOptions};
+use bollard::query_parameters::{BuildImageOptions, ListImagesOptions, RemoveImageOptions, TagImageOptions};
 use futures::StreamExt;
 
 use super::{DockerRuntime, status_code, unavailable};
@@ -187,21 +187,24 @@ impl DockerRuntime {
         self.docker.tag_image(&build_tag, Some(tag_options)).await.map_err(unavailable)?;
         // Only the build tag goes; the image keeps its real one.
         let _ = self.docker.remove_image(&build_tag, None::<RemoveImageOptions>, None).await;
-        if let Some(old) = existing.and_then(|i| i.id) {
-            self.remove_if_untagged(&old).await;
-        }
+        self.remove_replaced_images(&image.digest_label).await;
         Ok(ImageOutcome::Built)
     }
 
-    /// The image the tag pointed at before, unless something still names or uses it (the
-    /// engine refuses to remove an image a container uses; that refusal is fine).
-    async fn remove_if_untagged(&self, id: &str) {
-        let Ok(old) = self.docker.inspect_image(id).await else { return };
-        if old.repo_tags.as_ref().is_some_and(|tags| !tags.is_empty()) {
-            return;
-        }
-        if let Err(err) = self.docker.remove_image(id, None::<RemoveImageOptions>, None).await {
-            tracing::debug!(image = id, %err, "the previous image stays (still in use)");
+    /// Earlier builds that lost their tag (to this build, or to one before it whose container
+    /// still ran then), so rebuilding the executable does not pile up images. The engine
+    /// refuses to remove an image a container still uses; that one stays for a later build.
+    async fn remove_replaced_images(&self, digest_label: &str) {
+        let filters = HashMap::from([
+            ("dangling".to_string(), vec!["true".to_string()]),
+            ("label".to_string(), vec![digest_label.to_string()]),
+        ]);
+        let options = ListImagesOptions { filters: Some(filters), ..Default::default() };
+        let Ok(images) = self.docker.list_images(Some(options)).await else { return };
+        for image in images {
+            if let Err(err) = self.docker.remove_image(&image.id, None::<RemoveImageOptions>, None).await {
+                tracing::debug!(image = image.id, %err, "a replaced image stays (still in use)");
+            }
         }
     }
 }
