@@ -54,9 +54,11 @@ enum Command {
         binary at start-up, with nothing pulled; on the process runtime this binary's `demo-backend`."
     )]
     Dev(DevArgs),
-    /// Serve the demo backend on $PORT: the page of the backend that answered (its id, key,
-    /// fencing token, the x-verified-* headers the proxy set, a hit counter). What dev's
-    /// `hangar-demo` image runs; ends on SIGTERM.
+    /// Serve dev's demo backend on $PORT: what the `hangar-demo` image runs.
+    ///
+    /// Every request gets a page saying which backend answered (its id, key and fencing token),
+    /// the x-verified-* headers the proxy set and a hit counter: HTML for browsers, text for
+    /// curl. /ws is a WebSocket echo. Ends on SIGTERM.
     #[cfg(feature = "dev")]
     DemoBackend(DemoBackendArgs),
 }
