@@ -100,20 +100,3 @@ async fn termination_signal() {
         _ = int.recv() => {}
     }
 }
-
-/// Docker when an engine answers within a few seconds, the process runtime otherwise: what
-/// `hangar-server dev` runs backends on.
-pub async fn docker_or_process(instance: &str) -> Arc<dyn Runtime> {
-    let docker = DockerRuntime::connect(DockerOptions { instance: instance.to_string(), ..Default::default() });
-    match tokio::time::timeout(std::time::Duration::from_secs(3), docker).await {
-        Ok(Ok(docker)) => Arc::new(docker),
-        Ok(Err(err)) => {
-            tracing::info!(error = %err, "no Docker engine answers; running backends as local processes");
-            Arc::new(ProcessRuntime::new())
-        }
-        Err(_) => {
-            tracing::info!("the Docker engine did not answer within 3 s; running backends as local processes");
-            Arc::new(ProcessRuntime::new())
-        }
-    }
-}

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
 #[cfg(feature = "dev")]
-use hangar_server::dev::{DevCluster, DevOptions, banner};
+use hangar_server::dev::{DevCluster, DevOptions, DevRuntime, banner, demo_backend};
 use hangar_server::proxy::{Proxy, ProxyConfig, TlsFiles};
 use hangar_server::store;
 use hangar_server::telemetry::{self, LogFormat};
@@ -46,8 +46,29 @@ enum Command {
     /// Run everything in one process: a controller on SQLite, a proxy and one drone. For trying
     /// Hangar.
     #[cfg(feature = "dev")]
-    #[command(after_help = "Then, in another terminal:\n  cargo run -p hangar-client -- nodes list")]
+    #[command(
+        after_help = "Then, in another terminal (with `hangar` from `cargo install --locked --path client`):\n  \
+        hangar connect docs/doc-1 --image hangar-demo --wait\n  \
+        curl \"$(hangar connect docs/doc-1 -o json | jq -r .url)\"\n\n\
+        `hangar-demo` is dev's demo backend: on Docker a local image (hangar-demo:latest) built from this \
+        binary at start-up, with nothing pulled; on the process runtime this binary's `demo-backend`."
+    )]
     Dev(DevArgs),
+    /// Serve dev's demo backend on $PORT: what the `hangar-demo` image runs.
+    ///
+    /// Every request gets a page saying which backend answered (its id, key and fencing token),
+    /// the x-verified-* headers the proxy set and a hit counter: HTML for browsers, text for
+    /// curl. /ws is a WebSocket echo. Ends on SIGTERM.
+    #[cfg(feature = "dev")]
+    DemoBackend(DemoBackendArgs),
+}
+
+#[cfg(feature = "dev")]
+#[derive(Args)]
+struct DemoBackendArgs {
+    /// Address to listen on, with the port from $PORT (8080 without it).
+    #[arg(long, default_value = "0.0.0.0")]
+    host: std::net::IpAddr,
 }
 
 #[derive(Args)]
@@ -146,6 +167,9 @@ struct DevArgs {
     /// Name of the embedded drone.
     #[arg(long, default_value = "dev-drone")]
     drone_name: String,
+    /// What runs backends: Docker if an engine answers (auto), or always one of the two.
+    #[arg(long, value_enum, default_value = "auto")]
+    runtime: DevRuntime,
 }
 
 #[tokio::main]
@@ -157,6 +181,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Proxy(args) => run_proxy(args).await,
         #[cfg(feature = "dev")]
         Command::Dev(args) => run_dev(args).await,
+        #[cfg(feature = "dev")]
+        Command::DemoBackend(args) => demo_backend::run(args.host).await,
     }
 }
 
@@ -211,6 +237,11 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         drone_name: args.drone_name,
         controller: ControllerConfig::default(),
+        runtime: args.runtime,
+        // The demo backend is this very binary.
+        demo_executable: std::env::current_exe()
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot find this executable; no demo backend"))
+            .ok(),
     };
     let cluster = DevCluster::start(options).await?;
     println!("{}", banner(&cluster, &args.data_dir));

@@ -389,3 +389,111 @@ impl Drop for ControllerProcess {
         self.kill();
     }
 }
+
+/// A `hangar-server dev` process, as a user runs it: on port 0 for both listeners, over its own
+/// data dir. Killed (SIGKILL) when dropped; [`DevProcess::stop`] stops it as Ctrl-C would.
+pub struct DevProcess {
+    pub child: std::process::Child,
+    /// Everything it printed up to and including the banner.
+    pub banner: String,
+    pub controller_url: String,
+    pub proxy_url: String,
+}
+
+impl DevProcess {
+    /// Starts `hangar-server dev` with `args` after the listen and data-dir flags, and waits (up
+    /// to 60 s) for its banner.
+    pub fn start(data_dir: &std::path::Path, args: &[&str]) -> DevProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(binary("hangar-server"))
+            .args(["dev", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start hangar-server dev");
+        let (lines_tx, lines) = std::sync::mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        // Read on a thread so a dev that hangs before its banner fails the test instead of
+        // blocking it. It drains stdout until the process ends, so a late line never meets a
+        // closed pipe; it ends with the process.
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut banner = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    banner.push_str(&line);
+                    banner.push('\n');
+                    if line.contains("Stop with Ctrl-C") {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("hangar-server dev printed no banner within 60 s (or exited); it printed:\n{banner}");
+                }
+            }
+        }
+        let address = |name: &str| {
+            banner
+                .lines()
+                .find_map(|line| line.trim().strip_prefix(name)?.split_whitespace().next().map(str::to_string))
+                .unwrap_or_else(|| panic!("no {name} URL in the banner:\n{banner}"))
+        };
+        let (controller_url, proxy_url) = (address("controller"), address("proxy"));
+        DevProcess { child, banner, controller_url, proxy_url }
+    }
+
+    /// The drone's instance id (the `hangar.executor` label of its containers), from the banner.
+    pub fn instance(&self) -> String {
+        let (_, rest) = self.banner.split_once(" instance ").expect("the banner names the drone's instance");
+        rest.split(|c: char| c == ')' || c.is_whitespace()).next().unwrap().to_string()
+    }
+
+    /// SIGTERM, as Ctrl-C or a service manager would, and waits until it has exited.
+    pub fn stop(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+        let exit = self.child.wait().expect("wait for hangar-server dev");
+        assert!(exit.success(), "hangar-server dev did not stop cleanly on SIGTERM: {exit}");
+    }
+
+    /// Runs the `hangar` CLI against this dev server; stdout on success, a failed test otherwise.
+    pub fn hangar(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new(binary("hangar"))
+            .args(["--controller", &self.controller_url])
+            .args(args)
+            .output()
+            .expect("run hangar");
+        assert!(
+            output.status.success(),
+            "hangar {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether tests may use Docker: true when an engine answers; otherwise a loud SKIP line and
+/// false, or a failed test with `HANGAR_REQUIRE_DOCKER=1`.
+pub async fn docker_available(test: &str) -> bool {
+    hangar_executor::testing::docker_or_skip(test, "availability-check").await.is_some()
+}

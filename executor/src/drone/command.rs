@@ -62,7 +62,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     config.backend_capacity = args.capacity;
     config.backoff.max = args.max_backoff;
-    config.data_dir = Some(args.data_dir);
+    config.data_dir = Some(args.data_dir.clone());
     config.runtime = match (&args.executor_socket, args.runtime) {
         (Some(socket), _) => {
             let client = ExecutorClient::connect(socket, "hangar-drone").await.with_context(|| {
@@ -79,7 +79,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::info!(backends = running.len(), "reconciled with the executor");
             Some(std::sync::Arc::new(client))
         }
-        (None, Some(choice)) => Some(build_runtime(choice, "default", false).await?),
+        (None, Some(choice)) => {
+            // This drone's own name on what its runtime runs, so drones sharing a Docker engine
+            // never reconcile each other's containers (an external executor has its --instance).
+            // A data dir from before instance ids keeps the name its containers were given.
+            let instance = super::instance::load_or_create(&args.data_dir, "default")
+                .with_context(|| format!("cannot read or create the instance id in {}", args.data_dir.display()))?;
+            tracing::info!(instance, "drone instance");
+            Some(build_runtime(choice, &instance, false).await?)
+        }
         (None, None) => None,
     };
     let mut drone = spawn(config);

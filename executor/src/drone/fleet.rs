@@ -199,8 +199,11 @@ impl Fleet {
             self.resume(backend, resume);
         }
         if let Some(runtime) = &self.runtime {
+            // `list` holds only what this drone's runtime instance created (the docker runtime
+            // lists by its instance label and re-checks it before removing anything), so an
+            // orphan here is this drone's own leftover, never another drone's backend.
             for orphan in by_id.into_values() {
-                tracing::warn!(backend_id = %orphan.backend_id, "the runtime runs a backend this drone never journaled; removing it");
+                tracing::warn!(backend_id = %orphan.backend_id, runtime_id = %orphan.runtime_id, "the runtime runs a backend this drone never journaled; removing it");
                 let _ = runtime.stop(&orphan.backend_id, Duration::ZERO).await;
                 if let Err(err) = runtime.remove(&orphan.backend_id).await {
                     tracing::warn!(backend_id = %orphan.backend_id, error = %err, "cannot remove an orphan");

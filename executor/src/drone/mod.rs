@@ -8,12 +8,14 @@
 //!   [`hangar_agent::attach::attach_forever`]'s, shared with the proxy);
 //! - `fleet`: the drone's backends; [`backend`]: one backend's state machine and task;
 //! - `outbox`: what backend tasks send to the controller, shared by the fleet and the stream;
-//! - [`journal`], [`lease`]: the durable record, and the key lease a backend must keep renewing.
+//! - [`journal`], [`lease`]: the durable record, and the key lease a backend must keep renewing;
+//! - [`instance`]: the drone's instance identity, which an in-process runtime labels its backends with.
 
 mod attach;
 pub mod backend;
 pub mod command;
 mod fleet;
+pub mod instance;
 pub mod journal;
 pub mod lease;
 mod outbox;

@@ -31,7 +31,10 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod local_image;
 mod watch;
+
+pub use self::local_image::{ExecutableImage, ImageOutcome};
 
 use self::watch::EngineWatcher;
 use super::locks::BackendLocks;
@@ -165,12 +168,34 @@ impl DockerRuntime {
         format!("hangar-{}-{backend_id}", self.options.instance)
     }
 
+    /// The container of `backend_id`, if there is one and it is this instance's. Every call that
+    /// acts on a container (stop, remove, stats, adopting it at start) finds it here, so a
+    /// container carrying another instance's labels is never touched, whatever its name.
     async fn inspect_container(&self, backend_id: &str) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
-        match self.docker.inspect_container(&self.container_name(backend_id), None::<InspectContainerOptions>).await {
-            Ok(container) => Ok(Some(container)),
+        let name = self.container_name(backend_id);
+        match self.docker.inspect_container(&name, None::<InspectContainerOptions>).await {
+            Ok(container) if self.owns(&container) => Ok(Some(container)),
+            Ok(container) => {
+                let labels = container.config.and_then(|c| c.labels).unwrap_or_default();
+                tracing::warn!(
+                    container = name,
+                    instance = self.options.instance,
+                    owner = labels.get(LABEL_EXECUTOR).map(String::as_str).unwrap_or("none"),
+                    "a container with this instance's name is not labelled as this instance's; leaving it alone"
+                );
+                Ok(None)
+            }
             Err(err) if status_code(&err) == Some(404) => Ok(None),
             Err(err) => Err(unavailable(err)),
         }
+    }
+
+    /// Whether this instance created `container`: managed by Hangar and labelled with this
+    /// instance's name. Names alone prove nothing (anyone can create a container of any name).
+    fn owns(&self, container: &ContainerInspectResponse) -> bool {
+        let Some(labels) = container.config.as_ref().and_then(|c| c.labels.as_ref()) else { return false };
+        labels.get(LABEL_MANAGED).map(String::as_str) == Some("true")
+            && labels.get(LABEL_EXECUTOR) == Some(&self.options.instance)
     }
 
     /// Reports what inspect shows about an ended container, in the order readers expect.
@@ -451,6 +476,8 @@ impl Runtime for DockerRuntime {
         if container.state.as_ref().and_then(|s| s.running) != Some(true) {
             return Ok(());
         }
+        // By id, not name: exactly the container whose labels were just checked.
+        let name = container.id.clone().unwrap_or(name);
         let result = if grace.is_zero() {
             self.docker.kill_container(&name, Some(KillContainerOptions { signal: "SIGKILL".into() })).await
         } else {
@@ -484,14 +511,16 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove(&self, backend_id: &str) -> Result<(), RuntimeError> {
-        if self.inspect_container(backend_id).await?.is_none() {
+        let Some(container) = self.inspect_container(backend_id).await? else {
             self.started.lock().unwrap().remove(backend_id);
             return Ok(());
-        }
+        };
         // Killed first so its exit code is reported before it disappears.
         self.stop(backend_id, Duration::ZERO).await?;
         let _guard = self.locks.lock(backend_id).await;
-        let name = self.container_name(backend_id);
+        // By id: the container whose labels say it is this instance's, nothing else of that name.
+        let name = container.id.unwrap_or_else(|| self.container_name(backend_id));
+        tracing::info!(backend_id, container = name, instance = self.options.instance, "removing container");
         match self
             .docker
             .remove_container(&name, Some(RemoveContainerOptions { force: true, ..Default::default() }))

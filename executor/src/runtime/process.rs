@@ -2,16 +2,20 @@
 //! same environment contract as a container. It is what `hangar-server dev` uses where no Docker
 //! engine answers.
 //!
-//! `spec.image` is the path of the executable, the "image"'s ENTRYPOINT with no CMD: the backend
-//! runs [`BackendSpec::argv`], i.e. `command[0]` (or `image` when `command` is empty) with
-//! `command[1..]` and `args` as arguments. The runtime picks a free port on 127.0.0.1 and passes
-//! it as `PORT`. Backends live and die with the executor:
+//! `spec.image` is the path of the executable — the "image"'s ENTRYPOINT with no CMD — or the
+//! name of an alias the runtime was given ([`ProcessAlias`]: an executable and its first
+//! arguments; `hangar-server dev` names its demo backend `hangar-demo`, as its docker image is
+//! named). The backend runs `command[0]` with `command[1..]` when `command` is set (it replaces
+//! the entrypoint, alias included), else the image's program with the alias's arguments; `args`
+//! follow either ([`BackendSpec::argv`] without aliases). The runtime picks a free port on
+//! 127.0.0.1 and passes it as `PORT`. Backends live and die with the executor:
 //! a process cannot be re-adopted after a restart, so shutdown kills every process group, and a
 //! new executor lists nothing.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,8 +72,17 @@ impl ProcessBackend {
     }
 }
 
+/// An image name that stands for a local executable and the arguments that come first, so a
+/// name means the same backend whichever runtime runs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessAlias {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
 /// Runs backends as child processes.
 pub struct ProcessRuntime {
+    aliases: HashMap<String, ProcessAlias>,
     hub: EventHub,
     backends: Mutex<HashMap<String, Arc<ProcessBackend>>>,
     locks: BackendLocks,
@@ -86,12 +99,27 @@ impl Default for ProcessRuntime {
 
 impl ProcessRuntime {
     pub fn new() -> Self {
+        Self::with_aliases(HashMap::new())
+    }
+
+    /// A runtime where each name of `aliases` (also with `:latest` after it) runs its executable.
+    pub fn with_aliases(aliases: HashMap<String, ProcessAlias>) -> Self {
         ProcessRuntime {
+            aliases,
             hub: EventHub::default(),
             backends: Mutex::new(HashMap::new()),
             locks: BackendLocks::default(),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The executable `image` names and the arguments that precede the spec's.
+    fn resolve<'a>(&'a self, image: &'a str) -> (&'a Path, &'a [String]) {
+        let alias = self.aliases.get(image).or_else(|| self.aliases.get(image.strip_suffix(":latest")?));
+        match alias {
+            Some(alias) => (&alias.program, &alias.args),
+            None => (Path::new(image), &[]),
         }
     }
 
@@ -171,9 +199,10 @@ impl Runtime for ProcessRuntime {
 
     async fn prepare_image(&self, image: &str, policy: PullPolicy) -> Result<ImageReady, RuntimeError> {
         // Nothing can be pulled: the "image" is an executable that must already be there.
-        match std::fs::metadata(image) {
+        let (program, _) = self.resolve(image);
+        match std::fs::metadata(program) {
             Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
-                let path = std::fs::canonicalize(image).map_err(RuntimeError::internal)?;
+                let path = std::fs::canonicalize(program).map_err(RuntimeError::internal)?;
                 Ok(ImageReady { image_id: path.display().to_string(), pulled: false })
             }
             Ok(_) => Err(missing_executable(image, policy, "not an executable file".into())),
@@ -192,10 +221,12 @@ impl Runtime for ProcessRuntime {
             tracing::warn!(backend_id, "the process runtime cannot enforce resource limits; ignoring them");
         }
         let port = free_local_port()?;
-        let argv = spec.argv();
-        let program = &argv[0];
+        let (program, leading_args) = match spec.command.split_first() {
+            Some((program, rest)) => (Path::new(program.as_str()), rest),
+            None => self.resolve(&spec.image),
+        };
         let mut command = tokio::process::Command::new(program);
-        command.args(&argv[1..]).env_clear().envs(&spec.env).env("PORT", port.to_string());
+        command.args(leading_args).args(&spec.args).env_clear().envs(&spec.env).env("PORT", port.to_string());
         if !spec.env.contains_key("PATH")
             && let Some(path) = std::env::var_os("PATH")
         {
@@ -355,4 +386,36 @@ fn proc_stats(pid: i32) -> Result<Stats, RuntimeError> {
         net_rx_bytes: 0,
         net_tx_bytes: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_alias_runs_its_program_with_its_arguments_first() {
+        let alias = ProcessAlias { program: "/bin/sh".into(), args: vec!["-c".into(), "exit \"$0\"".into()] };
+        let runtime = ProcessRuntime::with_aliases(HashMap::from([("hello".to_string(), alias)]));
+        let ready = runtime.prepare_image("hello:latest", PullPolicy::IfNotPresent).await.unwrap();
+        assert!(ready.image_id.ends_with("sh"), "{ready:?}");
+        let spec = BackendSpec {
+            backend_id: "alias-1".into(),
+            image: "hello".into(),
+            // After the alias's own arguments: `$0` of the `-c` script.
+            args: vec!["7".into()],
+            ..Default::default()
+        };
+        runtime.start(spec).await.unwrap();
+        let exit = hangar_testkit::eventually(Duration::from_secs(10), "the aliased program's exit", async || {
+            runtime.inspect("alias-1").await.unwrap().exit_code
+        })
+        .await;
+        assert_eq!(exit, 7);
+        // Not an alias: still a path, and a missing one is not found.
+        assert!(matches!(
+            runtime.prepare_image("hello-not", PullPolicy::IfNotPresent).await,
+            Err(RuntimeError::ImageNotFound { .. })
+        ));
+        runtime.shutdown().await;
+    }
 }

@@ -135,7 +135,8 @@ impl EngineWatcher {
     }
 
     /// Brings the hub in line with what the engine runs: exits and removals missed while the
-    /// event stream was down are reported now.
+    /// event stream was down are reported now. Like the event subscription, it sees only this
+    /// instance's containers (by label), and it only reports: it never acts on a container.
     async fn reconcile(&self) -> Result<(), DockerError> {
         let options =
             ListContainersOptions { all: true, filters: Some(label_filters(&self.instance)), ..Default::default() };

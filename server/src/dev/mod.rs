@@ -2,6 +2,12 @@
 //! attached over real gRPC, in one process, for trying Hangar on a laptop. The only part of
 //! `hangar-server` that embeds a drone, so it sits behind the `dev` feature: without it the
 //! controller and proxy do not link the drone's runtimes.
+//!
+//! - [`runtime`]: Docker or local processes, and the demo backend image on them;
+//! - [`demo_backend`]: `hangar-server demo-backend`, what that image runs.
+
+pub mod demo_backend;
+pub mod runtime;
 
 use crate::controller::{Controller, ControllerConfig, RunningController};
 use crate::proxy::{Proxy, ProxyConfig, RunningProxy};
@@ -11,6 +17,8 @@ use hangar_executor::drone::{self, DroneConfig, DroneHandle};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use runtime::{DEMO_IMAGE, DemoStatus, DevRuntime};
+
 pub struct DevOptions {
     pub listen: SocketAddr,
     /// Where the HTTP proxy listens (port 0 picks a free one).
@@ -18,6 +26,10 @@ pub struct DevOptions {
     pub data_dir: PathBuf,
     pub drone_name: String,
     pub controller: ControllerConfig,
+    pub runtime: DevRuntime,
+    /// The `hangar-server` executable the demo backend runs from (the running one, for
+    /// `hangar-server dev`); `None` offers no demo backend.
+    pub demo_executable: Option<PathBuf>,
 }
 
 pub struct DevCluster {
@@ -26,8 +38,11 @@ pub struct DevCluster {
     pub drone: DroneHandle,
     pub drone_node_id: String,
     pub drone_name: String,
+    /// The drone's instance id: the `hangar.executor` label of its containers.
+    pub instance: String,
     /// "docker" or "process".
     pub runtime: &'static str,
+    pub demo: DemoStatus,
 }
 
 impl DevCluster {
@@ -51,17 +66,23 @@ impl DevCluster {
         let drone_name = options.drone_name.clone();
         let mut config = DroneConfig::new(vec![controller.url()], options.drone_name);
         config.heartbeat_interval = controller.registry().config().heartbeat_interval;
-        let runtime = hangar_executor::executor_command::docker_or_process("dev").await;
-        let runtime_kind = runtime.kind().as_str();
-        config.runtime = Some(runtime);
         // The drone's journal lives next to the controller's database, so a restarted dev
         // cluster resumes its backends.
-        config.data_dir = Some(options.data_dir.join("drone"));
+        let drone_dir = options.data_dir.join("drone");
+        // Its own instance id, so that dev servers with other data dirs on the same Docker
+        // engine never take each other's containers for orphans. Data dirs from before instance
+        // ids keep the name every dev drone used then.
+        let instance = drone::instance::load_or_create(&drone_dir, "dev")
+            .with_context(|| format!("cannot read or create the drone's instance id in {}", drone_dir.display()))?;
+        let (runtime, demo) = runtime::start(options.runtime, &instance, options.demo_executable.as_deref()).await?;
+        let runtime_kind = runtime.kind().as_str();
+        config.runtime = Some(runtime);
+        config.data_dir = Some(drone_dir);
         let drone = drone::spawn(config);
         let drone_node_id = tokio::time::timeout(std::time::Duration::from_secs(30), drone.attached())
             .await
             .context("the embedded drone did not attach within 30 s")?;
-        Ok(DevCluster { controller, proxy, drone, drone_node_id, drone_name, runtime: runtime_kind })
+        Ok(DevCluster { controller, proxy, drone, drone_node_id, drone_name, instance, runtime: runtime_kind, demo })
     }
 
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -71,24 +92,45 @@ impl DevCluster {
     }
 }
 
-/// What `dev` prints once it is up: where it listens and what to try next.
+/// The controller URL the CLI uses when neither `--controller` nor `HANGAR_CONTROLLER` is given.
+const CLI_DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7070";
+
+/// What `dev` prints once it is up: where it listens and the next commands to type.
 pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
-    let addr = cluster.controller.local_addr();
+    let url = cluster.controller.url();
+    let demo = match &cluster.demo {
+        DemoStatus::Ready if cluster.runtime == "docker" => {
+            format!("{DEMO_IMAGE}  (local image {}, built from this binary)", runtime::DEMO_IMAGE_REFERENCE)
+        }
+        DemoStatus::Ready => format!("{DEMO_IMAGE}  (runs this binary's demo backend)"),
+        DemoStatus::Unavailable(why) => format!("not available: {why}"),
+    };
+    // The CLI finds this controller by itself only on the default address.
+    let export =
+        if url == CLI_DEFAULT_CONTROLLER { String::new() } else { format!("  export HANGAR_CONTROLLER={url}\n") };
     format!(
         "\nHangar dev is running.\n\
          \x20 controller  {url}   (gRPC, reflection on)\n\
          \x20 proxy       {proxy}   (HTTP: connection URLs)\n\
-         \x20 drone       {name} (node {drone}, {runtime} runtime)\n\
+         \x20 drone       {name} (node {drone}, {runtime} runtime, instance {instance})\n\
+         \x20 demo        {demo}\n\
          \x20 data        {data}\n\n\
-         Try next, in another terminal:\n\
-         \x20 cargo run -p hangar-client -- --controller {url} nodes list\n\
+         Your first backend, in another terminal (`hangar` comes from `cargo install --locked --path\n\
+         client`, or alias hangar='cargo run -q -p hangar-client --'):\n\
+         {export}\
+         \x20 hangar connect docs/doc-1 --image {DEMO_IMAGE} --wait\n\
+         \x20 curl \"$(hangar connect docs/doc-1 -o json | jq -r .url)\"   # or open that URL in a browser\n\n\
+         More to try:\n\
+         \x20 hangar nodes list\n\
+         \x20 hangar backends list\n\
          \x20 grpcurl -plaintext {addr} list\n\n\
          Stop with Ctrl-C.\n",
-        url = cluster.controller.url(),
         proxy = cluster.proxy.url(),
         name = cluster.drone_name,
         runtime = cluster.runtime,
+        instance = cluster.instance,
         drone = cluster.drone_node_id,
         data = data_dir.display(),
+        addr = cluster.controller.local_addr(),
     )
 }
