@@ -250,7 +250,7 @@ impl Runtime for ProcessRuntime {
             }
             _ => RuntimeError::StartFailed {
                 backend_id: backend_id.clone(),
-                message: format!("cannot run {program}: {err}"),
+                message: format!("cannot run {}: {err}", program.display()),
             },
         })?;
         let pid = child.id().ok_or_else(|| RuntimeError::internal("spawned child has no pid"))? as i32;
