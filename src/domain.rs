@@ -2,8 +2,8 @@
 
 mod backend;
 mod env;
-mod image;
 mod identity;
+mod image;
 mod node;
 mod spawn;
 mod status_message;
@@ -14,8 +14,8 @@ pub use backend::{
     TransitionError, dns_label_problem,
 };
 pub use env::{BackendEnv, RESERVED_ENV};
-pub use image::{ImageReference, image_problem};
 pub use identity::{MAX_CLAIMS, MAX_IDENTITY_VALUE, claim_name_problem, identity_value_problem, identity_violations};
+pub use image::{ImageReference, image_problem};
 pub use node::{Node, NodeFilter, NodeKind, NodeResources, NodeState, ParseEnumError};
 pub use spawn::{DEFAULT_BACKEND_PORT, Executable, PullPolicy, ResourceLimits, SpawnConfig, spawn_limits};
 pub use status_message::{SECRET_MIN_LEN, STATUS_MESSAGE_MAX, spawn_secrets, status_message};
