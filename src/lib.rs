@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod domain;
 pub mod error;
+pub mod secret;
 pub mod wire;
 
 /// Generated code for `hangar.v1`.

@@ -25,6 +25,7 @@ mod backend_views;
 mod backends;
 pub mod cli;
 mod client;
+mod credentials;
 mod error;
 mod node_store;
 mod retry;
@@ -32,6 +33,7 @@ mod watch;
 
 pub use backend_views::{BackendPage, BackendStatusView, BackendView, ConnectRequest, Connection, SpawnSpec};
 pub use client::{ClientOptions, DEFAULT_CONTROLLER, HangarClient, NodeList, NodePage};
+pub use credentials::{ClientTls, Credentials};
 pub use error::ClientError;
 pub use node_store::NodeStore;
 pub use retry::RetryPolicy;

@@ -1,6 +1,7 @@
 //! The Hangar controller and proxy.
 
 pub mod api;
+pub mod auth;
 pub mod controller;
 #[cfg(feature = "dev")]
 pub mod dev;
