@@ -42,6 +42,19 @@ pub mod reason {
     pub const EVENTS_LAGGED: &str = "EVENTS_LAGGED";
     /// A request's arguments were refused; `BadRequest` names each field.
     pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
+    /// A method that needs credentials was called without any (UNAUTHENTICATED).
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// The bearer token is unknown, revoked or malformed (UNAUTHENTICATED); never echoed back.
+    pub const TOKEN_INVALID: &str = "TOKEN_INVALID";
+    /// A verified client certificate whose common name the auth file does not map to a
+    /// principal (UNAUTHENTICATED; metadata `common_name`).
+    pub const CERTIFICATE_NOT_MAPPED: &str = "CERTIFICATE_NOT_MAPPED";
+    /// The caller's role may not call the method (PERMISSION_DENIED; metadata `role`,
+    /// `required_role`, `method`).
+    pub const ROLE_NOT_ALLOWED: &str = "ROLE_NOT_ALLOWED";
+    /// A drone or proxy principal attached under a node name it may not use (PERMISSION_DENIED;
+    /// metadata `node`).
+    pub const NODE_NOT_ALLOWED: &str = "NODE_NOT_ALLOWED";
 }
 
 /// `ErrorInfo.metadata` keys: one key per concept, whichever error carries it.
@@ -74,6 +87,16 @@ pub mod metadata {
     pub const DETAIL: &str = "detail";
     /// The last sequence number an executor's event stream delivered: resume after it.
     pub const LAST_SEQUENCE: &str = "last_sequence";
+    /// The caller's role (ROLE_NOT_ALLOWED).
+    pub const ROLE: &str = "role";
+    /// The least role that may call the method (ROLE_NOT_ALLOWED).
+    pub const REQUIRED_ROLE: &str = "required_role";
+    /// The method called, `package.Service/Method`.
+    pub const METHOD: &str = "method";
+    /// A node's name, where an error is about the name rather than the node's id.
+    pub const NODE_NAME: &str = "node";
+    /// A client certificate's subject common name.
+    pub const COMMON_NAME: &str = "common_name";
 }
 
 /// A status with an `ErrorInfo` (domain [`ERROR_DOMAIN`]) and metadata.

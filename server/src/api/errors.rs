@@ -6,6 +6,7 @@
 //! which are what clients read, and a reason too where a client matches the case without
 //! reading fields (INVALID_PAGE_TOKEN).
 
+use crate::auth::Role;
 use crate::controller::CloseCause;
 use crate::store::{DroneCensus, Revision, StoreError};
 use hangar::error::{invalid_argument, invalid_argument_with_reason, metadata, reason, status_with_reason};
@@ -60,6 +61,24 @@ pub enum ApiError {
     /// The controller closed a node's stream: the same node attached again on a newer one.
     #[error("the controller closed this stream: the same node attached again on a newer stream")]
     StreamReplaced,
+    /// A method that needs credentials, called without any.
+    #[error(
+        "{method} needs credentials: a bearer token (`authorization: Bearer …`) or a client certificate the controller knows"
+    )]
+    Unauthenticated { method: String },
+    /// A bearer token the auth file does not (or no longer) name, or a malformed header. The
+    /// token itself is never repeated.
+    #[error("the bearer token is not valid: unknown, revoked, or not sent as `authorization: Bearer <token>`")]
+    TokenInvalid,
+    /// A verified client certificate whose common name the auth file maps to no principal.
+    #[error("no principal in the controller's auth file has the client certificate's common name {common_name:?}")]
+    CertificateNotMapped { common_name: String },
+    /// The caller is known, but its role does not reach the method.
+    #[error("role {role} may not call {method}; it needs role {required} (or one that includes it)")]
+    RoleNotAllowed { role: Role, required: Role, method: String },
+    /// A drone or proxy principal asked to attach under a node name it may not use.
+    #[error("this principal may not attach as node {node:?}")]
+    NodeNotAllowed { node: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -199,6 +218,35 @@ impl From<ApiError> for Status {
                 status_with_reason(Code::Unavailable, message, reason::HEARTBEAT_TIMEOUT, &[])
             }
             ApiError::StreamReplaced => status_with_reason(Code::Unavailable, message, reason::STREAM_REPLACED, &[]),
+            ApiError::Unauthenticated { method } => status_with_reason(
+                Code::Unauthenticated,
+                message,
+                reason::UNAUTHENTICATED,
+                &[(metadata::METHOD, method)],
+            ),
+            ApiError::TokenInvalid => status_with_reason(Code::Unauthenticated, message, reason::TOKEN_INVALID, &[]),
+            ApiError::CertificateNotMapped { common_name } => status_with_reason(
+                Code::Unauthenticated,
+                message,
+                reason::CERTIFICATE_NOT_MAPPED,
+                &[(metadata::COMMON_NAME, common_name)],
+            ),
+            ApiError::RoleNotAllowed { role, required, method } => status_with_reason(
+                Code::PermissionDenied,
+                message,
+                reason::ROLE_NOT_ALLOWED,
+                &[
+                    (metadata::ROLE, role.to_string()),
+                    (metadata::REQUIRED_ROLE, required.to_string()),
+                    (metadata::METHOD, method),
+                ],
+            ),
+            ApiError::NodeNotAllowed { node } => status_with_reason(
+                Code::PermissionDenied,
+                message,
+                reason::NODE_NOT_ALLOWED,
+                &[(metadata::NODE_NAME, node)],
+            ),
             ApiError::Store(StoreError::Compacted { requested, oldest }) => {
                 ApiError::RevisionCompacted { requested, oldest }.into()
             }
@@ -266,6 +314,19 @@ mod tests {
                 reason::HEARTBEAT_TIMEOUT,
             ),
             (ApiError::StreamReplaced, Code::Unavailable, reason::STREAM_REPLACED),
+            (ApiError::Unauthenticated { method: "m".into() }, Code::Unauthenticated, reason::UNAUTHENTICATED),
+            (ApiError::TokenInvalid, Code::Unauthenticated, reason::TOKEN_INVALID),
+            (
+                ApiError::CertificateNotMapped { common_name: "cn".into() },
+                Code::Unauthenticated,
+                reason::CERTIFICATE_NOT_MAPPED,
+            ),
+            (
+                ApiError::RoleNotAllowed { role: Role::Reader, required: Role::Client, method: "m".into() },
+                Code::PermissionDenied,
+                reason::ROLE_NOT_ALLOWED,
+            ),
+            (ApiError::NodeNotAllowed { node: "drone-b".into() }, Code::PermissionDenied, reason::NODE_NOT_ALLOWED),
             (
                 ApiError::Store(StoreError::Compacted { requested: 1, oldest: 5 }),
                 Code::OutOfRange,
@@ -307,6 +368,23 @@ mod tests {
         assert_eq!(meta.get(metadata::NODE_ID).map(String::as_str), Some("nd-1"));
         let (_, _, meta) = reason_of(ApiError::WatchTooSlow { last_revision: 7 });
         assert_eq!(meta.get(metadata::LAST_REVISION).map(String::as_str), Some("7"));
+    }
+
+    #[test]
+    fn a_role_not_allowed_names_the_role_needed_and_a_node_not_allowed_names_only_that_node() {
+        let err = ApiError::RoleNotAllowed {
+            role: Role::Reader,
+            required: Role::Operator,
+            method: "hangar.v1.NodeService/DrainNode".into(),
+        };
+        let (_, _, meta) = reason_of(err);
+        assert_eq!(meta[metadata::ROLE], "reader");
+        assert_eq!(meta[metadata::REQUIRED_ROLE], "operator");
+        assert_eq!(meta[metadata::METHOD], "hangar.v1.NodeService/DrainNode");
+        let status = Status::from(ApiError::NodeNotAllowed { node: "drone-b".into() });
+        assert_eq!(status.message(), "this principal may not attach as node \"drone-b\"");
+        let (_, _, meta) = reason_of(ApiError::NodeNotAllowed { node: "drone-b".into() });
+        assert_eq!(meta, [("node".to_string(), "drone-b".to_string())].into_iter().collect());
     }
 
     #[test]

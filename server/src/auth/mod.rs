@@ -6,6 +6,17 @@
 //! principal's limits, and leaves the principal in the request's extensions for the services
 //! (a drone may attach only as the nodes its principal names; audit lines name the principal).
 
+pub mod audit;
+pub mod authenticator;
+pub mod bind;
+pub mod file;
+pub mod layer;
+pub mod table;
+
+pub use authenticator::Authenticator;
+pub use layer::AuthLayer;
+pub use table::Reflection;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -104,6 +115,12 @@ impl Principal {
     /// kept for loopback and `--insecure` deployments.
     pub fn anonymous_admin() -> Self {
         Principal { name: "anonymous".into(), role: Role::Admin, nodes: None, source: Source::Anonymous }
+    }
+
+    /// Nobody: a caller without credentials, on a method open to everyone (health). May do
+    /// nothing that needs a role, and attach as no node.
+    pub fn anonymous() -> Self {
+        Principal { name: "anonymous".into(), role: Role::Reader, nodes: Some(Vec::new()), source: Source::Anonymous }
     }
 
     /// Whether this principal may attach a drone or proxy node named `node`.
