@@ -75,7 +75,7 @@ pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
     let store = store::open(&url).await?;
     let hour = Duration::from_secs(3600);
     let config = ControllerConfig {
-        reflection: false,
+        reflection: hangar_server::auth::Reflection::Off,
         // The node has no drone behind it: keep liveness from turning it OFFLINE mid-run.
         liveness: LivenessConfig { unhealthy_after: hour, offline_after: hour, ..LivenessConfig::default() },
         ..ControllerConfig::default()

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use hangar_server::auth::{self, Reflection, Role, bind::BindDecision};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
 #[cfg(feature = "dev")]
 use hangar_server::dev::{DevCluster, DevOptions, DevRuntime, banner, demo_backend};
@@ -33,7 +34,9 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         hangar-server controller --listen 0.0.0.0:7070 --data-dir /var/lib/hangar\n  \
         hangar-server controller --database postgres://hangar@db/hangar\n\n\
-        Check it with:  grpcurl -plaintext 127.0.0.1:7070 grpc.health.v1.Health/Check")]
+        hangar-server controller --listen 0.0.0.0:7070 --auth-file /etc/hangar/auth.toml\n\n\
+        Check it with:  grpcurl -plaintext 127.0.0.1:7070 grpc.health.v1.Health/Check\n\
+        SIGHUP re-reads the auth file (a broken one keeps the one in force).")]
     Controller(ControllerArgs),
     /// Run an HTTP proxy that routes connection URLs (`/{token}/…`) to backends.
     #[command(after_help = "Example:\n  \
@@ -61,6 +64,34 @@ enum Command {
     /// curl. /ws is a WebSocket echo. Ends on SIGTERM.
     #[cfg(feature = "dev")]
     DemoBackend(DemoBackendArgs),
+    /// Bearer tokens for the controller's auth file.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a fresh random secret (first line) and the `[[token]]` entry that names it by its
+    /// SHA-256, for the auth file.
+    #[command(after_help = "Example:\n  \
+        hangar-server token generate --name ci --role client\n\n\
+        Give the secret to its holder (HANGAR_TOKEN, --token-file); it is stored nowhere. Append the \
+        entry to the auth file and send the controller SIGHUP.")]
+    Generate(TokenGenerateArgs),
+}
+
+#[derive(Args)]
+struct TokenGenerateArgs {
+    /// The principal's name, as logs and audit lines show it. Default: token-XXXXXXXX.
+    #[arg(long)]
+    name: Option<String>,
+    /// reader, client, operator, admin, drone or proxy (docs/security.md).
+    #[arg(long, default_value = "reader")]
+    role: Role,
+    /// A node name a drone or proxy token may attach as (repeat for several). Default for those
+    /// roles: the token's name.
+    #[arg(long = "node")]
+    nodes: Vec<String>,
 }
 
 #[cfg(feature = "dev")]
@@ -85,9 +116,21 @@ struct ControllerArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     liveness: LivenessArgs,
-    /// Do not serve gRPC server reflection.
+    /// Auth file (TOML): the tokens and client certificates that may call, and their roles
+    /// (docs/security.md). Without it everyone may call everything, so the controller listens
+    /// only on loopback unless --insecure.
+    #[arg(long, env = "HANGAR_AUTH_FILE", value_name = "PATH")]
+    auth_file: Option<PathBuf>,
+    /// gRPC server reflection: open to everyone, for authenticated callers only, or off.
+    #[arg(long, value_enum, default_value = "open")]
+    reflection: Reflection,
+    /// Do not serve gRPC server reflection: the same as --reflection off.
     #[arg(long)]
     no_reflection: bool,
+    /// Listen on a non-loopback address without --auth-file: anyone who reaches it may call
+    /// every method as admin. Prints a loud warning.
+    #[arg(long)]
+    insecure: bool,
     /// Base URL clients reach the proxy at; Connect answers `{proxy-url}/{token}/`.
     #[arg(long, env = "HANGAR_PROXY_URL", default_value = "http://127.0.0.1:7080")]
     proxy_url: String,
@@ -170,6 +213,10 @@ struct DevArgs {
     /// What runs backends: Docker if an engine answers (auto), or always one of the two.
     #[arg(long, value_enum, default_value = "auto")]
     runtime: DevRuntime,
+    /// Listen for gRPC on a non-loopback address: dev has no authentication, so anyone who
+    /// reaches it may call every method. Prints a loud warning.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[tokio::main]
@@ -183,6 +230,42 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(args) => run_dev(args).await,
         #[cfg(feature = "dev")]
         Command::DemoBackend(args) => demo_backend::run(args.host).await,
+        Command::Token(TokenCommand::Generate(args)) => {
+            generate_token(args);
+            Ok(())
+        }
+    }
+}
+
+fn generate_token(args: TokenGenerateArgs) {
+    let name = args.name.unwrap_or_else(|| format!("token-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let nodes = match (args.nodes.is_empty(), args.role) {
+        (true, Role::Drone | Role::Proxy) => vec![name.clone()],
+        _ => args.nodes,
+    };
+    let (secret, entry) = auth::file::generate_token(&name, args.role, &nodes);
+    // The secret alone on the first line, so that scripts can take it with `head -1`.
+    println!("{}", secret.expose());
+    println!();
+    println!("# Append to the auth file, then send the controller SIGHUP:");
+    print!("{entry}");
+    eprintln!(
+        "The first line is {name:?}'s secret: hand it to its holder (HANGAR_TOKEN or --token-file). \
+         It is stored nowhere; the entry holds only its SHA-256."
+    );
+}
+
+/// Refuses a listen address anyone may call as admin unless `--insecure`, and warns loudly
+/// when it is given.
+fn check_bind(addr: SocketAddr, authenticated: bool, insecure: bool) -> anyhow::Result<()> {
+    match auth::bind::check(addr, authenticated, insecure) {
+        Ok(BindDecision::Safe) => Ok(()),
+        Ok(BindDecision::Insecure(warning)) => {
+            eprintln!("{warning}");
+            tracing::warn!(%addr, "--insecure: serving without authentication");
+            Ok(())
+        }
+        Err(refusal) => anyhow::bail!(refusal),
     }
 }
 
@@ -213,24 +296,45 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             store::sqlite_url(&args.data_dir.join("hangar.db"))
         }
     };
+    // Callers prove who they are with an auth file (h13-tls: or with a client certificate every
+    // connection must present, `--tls-client-ca`).
+    let authenticated = args.auth_file.is_some();
+    check_bind(args.listen, authenticated, args.insecure)?;
     let store = store::open(&database).await.context("cannot open the database")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let config = ControllerConfig {
         liveness: args.liveness.config()?,
-        reflection: !args.no_reflection,
+        reflection: if args.no_reflection { Reflection::Off } else { args.reflection },
+        auth_file: args.auth_file,
         proxy_url: args.proxy_url,
         ..ControllerConfig::default()
     };
     let controller = Controller::start(store, config, listener).await?;
+    // Before the line that says it listens: a SIGHUP from then on must reload, not kill.
+    let mut hangup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
     println!("hangar-server controller listening on {}", controller.url());
-    shutdown_signal().await;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                // A failure is logged by reload() and changes nothing; the controller goes on.
+                let _ = controller.reload();
+            }
+        }
+    }
     controller.shutdown().await
 }
 
 #[cfg(feature = "dev")]
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    // Dev has no authentication: loopback only, unless --insecure.
+    check_bind(args.listen, false, args.insecure)?;
     let options = DevOptions {
         listen: args.listen,
         proxy_listen: args.proxy_listen,

@@ -2,6 +2,7 @@
 
 use super::page_token::PageCursor;
 use super::{ApiError, PageTokens, validate};
+use crate::auth::{self, audit};
 use crate::scheduler;
 use crate::store::{
     ActionPayload, BackendFilter, ConnectOutcome, ConnectSpec, DynStore, IssuedToken, SpawnPlan, new_action_id,
@@ -259,7 +260,25 @@ fn backend_filter(filter: Option<&v1::BackendFilter>) -> Result<BackendFilter, A
 #[tonic::async_trait]
 impl BackendService for BackendApi {
     async fn connect(&self, req: Request<v1::ConnectRequest>) -> Result<Response<v1::ConnectResponse>, Status> {
-        Ok(Response::new(BackendApi::connect(self, req.into_inner()).await?))
+        let principal = auth::principal(&req);
+        let req = req.into_inner();
+        let to_spawn = req.spawn_config.is_some();
+        let key = req.key.as_ref().map(|key| BackendKey::from(key).to_string());
+        let result = BackendApi::connect(self, req).await.map_err(Status::from);
+        // Audited: a Connect that started a backend, or that may have and failed. One that found
+        // a live backend changed nothing.
+        let spawned = result.as_ref().is_ok_and(|response| response.spawned);
+        if spawned || (to_spawn && result.is_err()) {
+            let response = result.as_ref().ok();
+            let target = audit::Target {
+                backend_id: response.map(|r| r.backend_id.as_str()),
+                node_id: response.and_then(|r| r.backend.as_ref()).map(|b| b.drone_id.as_str()),
+                key: key.as_deref(),
+                ..Default::default()
+            };
+            audit::record(&principal, "hangar.v1.BackendService/Connect", target, &audit::outcome(&result));
+        }
+        Ok(Response::new(result?))
     }
 
     async fn get_backend(
@@ -286,6 +305,17 @@ impl BackendService for BackendApi {
         &self,
         req: Request<v1::TerminateBackendRequest>,
     ) -> Result<Response<v1::TerminateBackendResponse>, Status> {
-        Ok(Response::new(BackendApi::terminate_backend(self, req.into_inner()).await?))
+        let principal = auth::principal(&req);
+        let req = req.into_inner();
+        let backend_id = req.id.clone();
+        let result = BackendApi::terminate_backend(self, req).await.map_err(Status::from);
+        let backend = result.as_ref().ok().and_then(|r| r.backend.as_ref());
+        let target = audit::Target {
+            backend_id: Some(&backend_id),
+            node_id: backend.map(|b| b.drone_id.as_str()),
+            ..Default::default()
+        };
+        audit::record(&principal, "hangar.v1.BackendService/TerminateBackend", target, &audit::outcome(&result));
+        Ok(Response::new(result?))
     }
 }

@@ -1,8 +1,11 @@
 //! `DroneService`: drones attach here. Each drone's stream is a [`DroneSession`] that delivers its
-//! pending actions, applies its backend events and renews its keys.
+//! pending actions, applies its backend events and renews its keys. A drone principal attaches
+//! only under the node names its credentials allow (NodeRestriction), and every attach, accepted
+//! or refused, is an audit line.
 
 use super::session::{NodeSessions, OUTBOUND_BUFFER, SessionHandler, or_default};
 use super::{ApiError, BackendSettings, validate};
+use crate::auth::{self, Principal, audit};
 use crate::controller::{AttachedNode, NodeRegistry};
 use crate::store::{ActionPayload, DynStore, EventOutcome, NodeRegistration, PendingAction};
 use chrono::Utc;
@@ -223,17 +226,33 @@ fn drone_registration(hello: &v1::DroneHello) -> Result<NodeRegistration, ApiErr
 
 type DroneStream = ReceiverStream<Result<v1::DroneAttachResponse, Status>>;
 
+/// The method an audit line names for an attach.
+const ATTACH: &str = "hangar.v1.DroneService/Attach";
+
 impl DroneApi {
-    /// A drone's stream: its Hello, then a Welcome and a session until the stream ends.
-    async fn attach(&self, mut inbound: Streaming<v1::DroneAttachRequest>) -> Result<DroneStream, ApiError> {
-        use v1::drone_attach_request::Message;
+    /// The drone's first message, which must be its Hello.
+    async fn hello(&self, inbound: &mut Streaming<v1::DroneAttachRequest>) -> Result<v1::DroneHello, ApiError> {
+        match self.sessions.first(inbound).await?.message {
+            Some(v1::drone_attach_request::Message::Hello(hello)) => Ok(hello),
+            _ => Err(ApiError::Protocol("a drone's first message must be a hello".into())),
+        }
+    }
+
+    /// A drone's stream after its Hello: a Welcome and a session until the stream ends. Returns
+    /// the node id too, for the audit line.
+    async fn attach(
+        &self,
+        principal: &Principal,
+        hello: &v1::DroneHello,
+        inbound: Streaming<v1::DroneAttachRequest>,
+    ) -> Result<(String, DroneStream), ApiError> {
         use v1::drone_attach_response::Message as Reply;
 
-        let hello = match self.sessions.first(&mut inbound).await?.message {
-            Some(Message::Hello(hello)) => hello,
-            _ => return Err(ApiError::Protocol("a drone's first message must be a hello".into())),
-        };
-        let registration = drone_registration(&hello)?;
+        // A stolen drone token must not take over another drone's node and its spawn configs.
+        if !principal.may_attach_as(&hello.name) {
+            return Err(ApiError::NodeNotAllowed { node: hello.name.clone() });
+        }
+        let registration = drone_registration(hello)?;
         let registry = &self.sessions.registry;
         let (node, attached) = registry.attach(registration).await?;
         tracing::info!(node_id = %node.id, name = %node.name, cluster = %node.cluster, "drone attached");
@@ -257,7 +276,7 @@ impl DroneApi {
         // After the Welcome, before anything else: what is waiting for this drone.
         session.deliver_actions().await?;
         self.sessions.spawn(attached, inbound, tx, session);
-        Ok(ReceiverStream::new(rx))
+        Ok((node.id, ReceiverStream::new(rx)))
     }
 }
 
@@ -266,6 +285,13 @@ impl DroneService for DroneApi {
     type AttachStream = DroneStream;
 
     async fn attach(&self, req: Request<Streaming<v1::DroneAttachRequest>>) -> Result<Response<DroneStream>, Status> {
-        Ok(Response::new(DroneApi::attach(self, req.into_inner()).await?))
+        let principal = auth::principal(&req);
+        let mut inbound = req.into_inner();
+        let hello = self.hello(&mut inbound).await?;
+        let result = DroneApi::attach(self, &principal, &hello, inbound).await.map_err(Status::from);
+        let node_id = result.as_ref().ok().map(|(id, _)| id.as_str());
+        let target = audit::Target { node: Some(&hello.name), node_id, ..Default::default() };
+        audit::record(&principal, ATTACH, target, &audit::outcome(&result));
+        Ok(Response::new(result?.1))
     }
 }

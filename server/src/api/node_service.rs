@@ -2,6 +2,7 @@
 
 use super::page_token::PageCursor;
 use super::{ApiError, PageTokens, validate};
+use crate::auth::{self, audit};
 use crate::controller::NodeRegistry;
 use crate::store::{DynStore, NodeUpdate, StoreError, UpdateCondition};
 use crate::watch::{NodeWatch, NodeWatchHub, WatchRequest};
@@ -164,14 +165,26 @@ impl NodeService for NodeApi {
     }
 
     async fn drain_node(&self, req: Request<v1::DrainNodeRequest>) -> Result<Response<v1::DrainNodeResponse>, Status> {
-        Ok(Response::new(NodeApi::drain_node(self, req.into_inner()).await?))
+        let principal = auth::principal(&req);
+        let req = req.into_inner();
+        let node_id = req.id.clone();
+        let result = NodeApi::drain_node(self, req).await.map_err(Status::from);
+        let target = audit::Target { node_id: Some(&node_id), ..Default::default() };
+        audit::record(&principal, "hangar.v1.NodeService/DrainNode", target, &audit::outcome(&result));
+        Ok(Response::new(result?))
     }
 
     async fn undrain_node(
         &self,
         req: Request<v1::UndrainNodeRequest>,
     ) -> Result<Response<v1::UndrainNodeResponse>, Status> {
-        Ok(Response::new(NodeApi::undrain_node(self, req.into_inner()).await?))
+        let principal = auth::principal(&req);
+        let req = req.into_inner();
+        let node_id = req.id.clone();
+        let result = NodeApi::undrain_node(self, req).await.map_err(Status::from);
+        let target = audit::Target { node_id: Some(&node_id), ..Default::default() };
+        audit::record(&principal, "hangar.v1.NodeService/UndrainNode", target, &audit::outcome(&result));
+        Ok(Response::new(result?))
     }
 
     type WatchNodesStream = EventStream;

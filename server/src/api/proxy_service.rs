@@ -1,8 +1,10 @@
 //! `ProxyService`: proxies attach here as PROXY nodes, and look up the route behind a connection
-//! token. Each proxy's stream is a [`ProxySession`].
+//! token. Each proxy's stream is a [`ProxySession`]. A proxy principal attaches only under the
+//! node names its credentials allow, and every attach, accepted or refused, is an audit line.
 
 use super::session::{NodeSessions, OUTBOUND_BUFFER, SessionHandler, or_default};
 use super::{ApiError, token_hash, validate};
+use crate::auth::{self, Principal, audit};
 use crate::controller::{AttachedNode, NodeRegistry};
 use crate::store::{DynStore, NodeRegistration, Revision};
 use chrono::Utc;
@@ -116,17 +118,32 @@ fn proxy_registration(hello: &v1::ProxyHello) -> Result<NodeRegistration, ApiErr
 
 type ProxyStream = ReceiverStream<Result<v1::ProxyAttachResponse, Status>>;
 
+/// The method an audit line names for an attach.
+const ATTACH: &str = "hangar.v1.ProxyService/Attach";
+
 impl ProxyApi {
-    /// A proxy's stream: its Hello, then a Welcome and a session until the stream ends.
-    async fn attach(&self, mut inbound: Streaming<v1::ProxyAttachRequest>) -> Result<ProxyStream, ApiError> {
-        use v1::proxy_attach_request::Message;
+    /// The proxy's first message, which must be its Hello.
+    async fn hello(&self, inbound: &mut Streaming<v1::ProxyAttachRequest>) -> Result<v1::ProxyHello, ApiError> {
+        match self.sessions.first(inbound).await?.message {
+            Some(v1::proxy_attach_request::Message::Hello(hello)) => Ok(hello),
+            _ => Err(ApiError::Protocol("a proxy's first message must be a hello".into())),
+        }
+    }
+
+    /// A proxy's stream after its Hello: a Welcome and a session until the stream ends. Returns
+    /// the node id too, for the audit line.
+    async fn attach(
+        &self,
+        principal: &Principal,
+        hello: &v1::ProxyHello,
+        inbound: Streaming<v1::ProxyAttachRequest>,
+    ) -> Result<(String, ProxyStream), ApiError> {
         use v1::proxy_attach_response::Message as Reply;
 
-        let hello = match self.sessions.first(&mut inbound).await?.message {
-            Some(Message::Hello(hello)) => hello,
-            _ => return Err(ApiError::Protocol("a proxy's first message must be a hello".into())),
-        };
-        let registration = proxy_registration(&hello)?;
+        if !principal.may_attach_as(&hello.name) {
+            return Err(ApiError::NodeNotAllowed { node: hello.name.clone() });
+        }
+        let registration = proxy_registration(hello)?;
         let registry = &self.sessions.registry;
         let (node, attached) = registry.attach(registration).await?;
         tracing::info!(node_id = %node.id, name = %node.name, "proxy attached");
@@ -145,7 +162,7 @@ impl ProxyApi {
             seen,
         };
         self.sessions.spawn(attached, inbound, tx, session);
-        Ok(ReceiverStream::new(rx))
+        Ok((node.id, ReceiverStream::new(rx)))
     }
 
     /// The route behind a connection token, for the proxy to forward a request.
@@ -173,7 +190,14 @@ impl ProxyService for ProxyApi {
     type AttachStream = ProxyStream;
 
     async fn attach(&self, req: Request<Streaming<v1::ProxyAttachRequest>>) -> Result<Response<ProxyStream>, Status> {
-        Ok(Response::new(ProxyApi::attach(self, req.into_inner()).await?))
+        let principal = auth::principal(&req);
+        let mut inbound = req.into_inner();
+        let hello = self.hello(&mut inbound).await?;
+        let result = ProxyApi::attach(self, &principal, &hello, inbound).await.map_err(Status::from);
+        let node_id = result.as_ref().ok().map(|(id, _)| id.as_str());
+        let target = audit::Target { node: Some(&hello.name), node_id, ..Default::default() };
+        audit::record(&principal, ATTACH, target, &audit::outcome(&result));
+        Ok(Response::new(result?.1))
     }
 
     async fn lookup_route(

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 pub enum BindDecision {
     /// Loopback, or callers are authenticated: nothing to say.
     Safe,
-    /// Reachable from the network by anyone, as the operator asked with `--insecure`: the
-    /// warning to print.
+    /// Anyone who reaches the address may call as admin, as the operator asked with
+    /// `--insecure`: the warning to print.
     Insecure(String),
 }
 
@@ -17,10 +17,13 @@ pub enum BindDecision {
 /// or a client CA every connection's certificate must chain to); otherwise anyone may call as
 /// admin.
 pub fn check(addr: SocketAddr, authenticated: bool, insecure: bool) -> Result<BindDecision, String> {
-    if addr.ip().is_loopback() || authenticated {
+    if authenticated {
         return Ok(BindDecision::Safe);
     }
     if !insecure {
+        if addr.ip().is_loopback() {
+            return Ok(BindDecision::Safe);
+        }
         return Err(format!(
             "refusing to listen on {addr}: without --auth-file anyone who reaches that address may call every \
              method as admin (start backends, drain nodes, attach as a drone). Give --auth-file (see \
@@ -41,13 +44,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_is_always_allowed_and_the_network_needs_authentication_or_insecure() {
+    fn the_network_needs_authentication_or_insecure_and_insecure_always_warns() {
         let loopback: SocketAddr = "127.0.0.1:7070".parse().unwrap();
         let v6_loopback: SocketAddr = "[::1]:7070".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:7070".parse().unwrap();
         let lan: SocketAddr = "192.168.1.10:7070".parse().unwrap();
         assert_eq!(check(loopback, false, false), Ok(BindDecision::Safe));
         assert_eq!(check(v6_loopback, false, false), Ok(BindDecision::Safe));
+        assert!(matches!(check(loopback, false, true), Ok(BindDecision::Insecure(_))));
+        assert_eq!(check(loopback, true, true), Ok(BindDecision::Safe));
         for addr in [any, lan] {
             let refusal = check(addr, false, false).unwrap_err();
             assert!(refusal.contains("--auth-file") && refusal.contains("--insecure"), "{refusal}");

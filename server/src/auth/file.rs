@@ -24,6 +24,7 @@
 //! the controller gives a secret away.
 
 use super::{PeerCertificate, Principal, Role, Source};
+use hangar::secret::Secret;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -317,6 +318,28 @@ pub fn secret_sha256_hex(secret: &str) -> String {
     secret_digest(secret).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A fresh token for `hangar-server token generate`: 32 random bytes, base64url, and the
+/// `[[token]]` entry that names it by its SHA-256 (the secret itself is in no file).
+pub fn generate_token(name: &str, role: Role, nodes: &[String]) -> (Secret, String) {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let quoted = |text: &str| toml::Value::String(text.to_string()).to_string();
+    let mut entry = format!(
+        "[[token]]\nname = {}\nrole = {}\nsha256 = {}\n",
+        quoted(name),
+        quoted(role.as_str()),
+        quoted(&secret_sha256_hex(secret.expose()))
+    );
+    if !nodes.is_empty() {
+        let nodes: Vec<String> = nodes.iter().map(|n| quoted(n)).collect();
+        entry.push_str(&format!("nodes = [{}]\n", nodes.join(", ")));
+    }
+    (secret, entry)
+}
+
 fn hex_digest(hex: &str) -> Option<[u8; 32]> {
     let hex = hex.trim();
     if hex.len() != 64 || !hex.is_ascii() {
@@ -545,6 +568,19 @@ mod tests {
     fn a_missing_file_says_which() {
         let err = AuthFile::load(Path::new("/nonexistent/auth.toml")).unwrap_err();
         assert!(err.to_string().starts_with("cannot read auth file /nonexistent/auth.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_generated_token_is_long_random_and_its_entry_names_it_by_digest() {
+        let (secret, entry) = generate_token("drone-a", Role::Drone, &["drone-a".to_string()]);
+        let (other, _) = generate_token("drone-a", Role::Drone, &[]);
+        assert_eq!(secret.expose().len(), 43, "32 bytes in base64url without padding");
+        assert_ne!(secret, other);
+        assert!(!entry.contains(secret.expose()), "{entry}");
+        let file = AuthFile::from_toml(&entry).unwrap();
+        let principal = file.authenticate_token(secret.expose()).expect("the entry names the secret");
+        assert_eq!((principal.name.as_str(), principal.role), ("drone-a", Role::Drone));
+        assert_eq!(principal.nodes, Some(vec!["drone-a".to_string()]));
     }
 
     #[test]

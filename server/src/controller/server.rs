@@ -1,9 +1,10 @@
-//! Starting and stopping a controller: the gRPC services, health, reflection, and the background
-//! tasks they need, all owned by one [`RunningController`].
+//! Starting and stopping a controller: the gRPC services, health, reflection, the auth layer in
+//! front of them all, and the background tasks they need, all owned by one [`RunningController`].
 
 use super::coalescing_stream::CoalescingStream;
 use super::{BackendSweep, LivenessConfig, NodeRegistry};
 use crate::api::{BackendApi, BackendSettings, DroneApi, NodeApi, PageTokens, ProxyApi};
+use crate::auth::{AuthLayer, Authenticator, Reflection};
 use crate::store::{DynStore, Retention};
 use crate::watch::{NodeWatchHub, WatchConfig};
 use futures::StreamExt;
@@ -12,6 +13,7 @@ use hangar::v1::drone_service_server::DroneServiceServer;
 use hangar::v1::node_service_server::NodeServiceServer;
 use hangar::v1::proxy_service_server::ProxyServiceServer;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -26,8 +28,12 @@ pub struct ControllerConfig {
     /// Unique per controller process; recorded on the nodes it holds.
     pub controller_id: String,
     pub liveness: LivenessConfig,
-    /// Serve gRPC server reflection (v1 and v1alpha), for grpcurl and other tools.
-    pub reflection: bool,
+    /// Whether and to whom gRPC server reflection (v1 and v1alpha) is served, for grpcurl and
+    /// other tools.
+    pub reflection: Reflection,
+    /// The auth file (docs/security.md): who may call, as what role. `None`: everyone may call
+    /// everything, as before Hangar had authentication (loopback or `--insecure` only).
+    pub auth_file: Option<PathBuf>,
     /// How long shutdown waits for open calls (e.g. health watches) before cutting them.
     pub shutdown_grace: Duration,
     pub watch: WatchConfig,
@@ -47,7 +53,8 @@ impl Default for ControllerConfig {
         ControllerConfig {
             controller_id: format!("ctl-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             liveness: LivenessConfig::default(),
-            reflection: true,
+            reflection: Reflection::Open,
+            auth_file: None,
             shutdown_grace: Duration::from_secs(5),
             watch: WatchConfig::default(),
             retention: Retention { min_revisions: 10_000, max_age: chrono::Duration::minutes(15) },
@@ -68,6 +75,10 @@ impl Controller {
         listener: TcpListener,
     ) -> anyhow::Result<RunningController> {
         let local_addr = listener.local_addr()?;
+        let authenticator = Arc::new(match &config.auth_file {
+            Some(path) => Authenticator::from_file(path, config.reflection)?,
+            None => Authenticator::disabled(config.reflection),
+        });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let registry = Arc::new(NodeRegistry::new(store.clone(), config.controller_id.clone(), config.liveness));
@@ -96,7 +107,7 @@ impl Controller {
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
 
-        let reflection = config.reflection.then(|| {
+        let reflection = config.reflection.served().then(|| {
             // Exactly what this server serves: `hangar.v1`, health, and both reflection versions
             // (each version would otherwise list only itself).
             let builder = || {
@@ -115,6 +126,10 @@ impl Controller {
         };
 
         let router = tonic::transport::Server::builder()
+            // Every call, health and reflection included, is authenticated and authorized first;
+            // layers added after this one see the caller's `Arc<Principal>` in the extensions
+            // (per-principal limits belong right here, after authentication).
+            .layer(AuthLayer::new(authenticator.clone()))
             .add_service(health_service)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
@@ -153,7 +168,7 @@ impl Controller {
         }
 
         tracing::info!(%local_addr, controller_id = %config.controller_id, "controller serving");
-        Ok(RunningController { local_addr, config, shutdown, tasks, server, health, registry })
+        Ok(RunningController { local_addr, config, shutdown, tasks, server, health, registry, authenticator })
     }
 }
 
@@ -192,6 +207,7 @@ pub struct RunningController {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     health: HealthReporter,
     registry: Arc<NodeRegistry>,
+    authenticator: Arc<Authenticator>,
 }
 
 impl RunningController {
@@ -210,6 +226,23 @@ impl RunningController {
 
     pub fn registry(&self) -> &Arc<NodeRegistry> {
         &self.registry
+    }
+
+    /// Re-reads what an operator may change under a running controller (`hangar-server
+    /// controller` does this on SIGHUP): the auth file. New calls see the new principals; calls
+    /// already running, open streams included, go on as they were admitted. A file that does not
+    /// load leaves the one in force as it was, and the error says why (it is logged too).
+    pub fn reload(&self) -> anyhow::Result<()> {
+        if let Err(err) = self.authenticator.reload() {
+            tracing::error!(error = %err, "auth file not reloaded; the one in force stays");
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    /// Whether callers must prove who they are (the controller has an auth file).
+    pub fn authenticates(&self) -> bool {
+        self.authenticator.enabled()
     }
 
     /// Graceful shutdown: health turns NOT_SERVING first (so balancers stop sending), node
