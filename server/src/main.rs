@@ -288,6 +288,10 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
 }
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    // Callers prove who they are with an auth file (h13-tls: or with a client certificate every
+    // connection must present, `--tls-client-ca`).
+    let authenticated = args.auth_file.is_some();
+    check_bind(args.listen, authenticated, args.insecure)?;
     let database = match args.database {
         Some(url) => url,
         None => {
@@ -296,10 +300,6 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             store::sqlite_url(&args.data_dir.join("hangar.db"))
         }
     };
-    // Callers prove who they are with an auth file (h13-tls: or with a client certificate every
-    // connection must present, `--tls-client-ca`).
-    let authenticated = args.auth_file.is_some();
-    check_bind(args.listen, authenticated, args.insecure)?;
     let store = store::open(&database).await.context("cannot open the database")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -2,6 +2,8 @@
 //! temp dir, or PostgreSQL started with initdb), real drones over real gRPC, and the built
 //! binaries for tests that act as a user would.
 
+pub mod auth;
+
 use hangar::v1::{self, drone_service_client::DroneServiceClient, node_service_client::NodeServiceClient};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig, RunningController};
 use hangar_server::store::{self, DynStore};

@@ -9,15 +9,10 @@ use hangar::v1::{
 };
 use hangar_server::auth::Role;
 use hangar_server::controller::ControllerConfig;
-use hangar_tests::{TestCluster, channel, drone_hello, test_config};
+use hangar_tests::auth::{Authed, attach_drone, attach_proxy, authed};
+use hangar_tests::{TestCluster, test_config};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Every method of `hangar.v1` and the least role the issue says may call it. Written out here
@@ -72,26 +67,6 @@ async fn cluster() -> (TestCluster, PathBuf, tempfile::TempDir) {
     write(&path, &auth_file(&[]));
     let config = ControllerConfig { auth_file: Some(path.clone()), ..test_config() };
     (TestCluster::sqlite_with(config).await, path, dir)
-}
-
-/// Adds `authorization: Bearer …` to every call, when there is a token.
-#[derive(Clone)]
-struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Authed = InterceptedService<Channel, Bearer>;
-
-async fn authed(url: &str, token: Option<&str>) -> Authed {
-    let header = token.map(|t| format!("Bearer {t}").parse().expect("ascii token"));
-    InterceptedService::new(channel(url).await, Bearer(header))
 }
 
 /// Calls `method` with a minimal request. What an allowed call answers does not matter here
@@ -295,48 +270,6 @@ async fn an_open_watch_outlives_the_revocation_of_its_token() {
     let event = event.expect("the stream is still open").expect("an event").event.expect("event");
     assert_eq!(event.node.expect("node").name, "drone-a");
     cluster.shutdown().await;
-}
-
-/// A drone attaching over `DroneService.Attach` with `token`; keeps its stream open while held.
-struct AttachedDrone {
-    _outbound: mpsc::Sender<v1::DroneAttachRequest>,
-    _inbound: tonic::Streaming<v1::DroneAttachResponse>,
-}
-
-async fn attach_drone(url: &str, token: &str, name: &str) -> Result<AttachedDrone, Status> {
-    let (outbound, rx) = mpsc::channel(4);
-    let hello = v1::DroneAttachRequest { message: Some(v1::drone_attach_request::Message::Hello(drone_hello(name))) };
-    outbound.send(hello).await.unwrap();
-    let mut inbound =
-        DroneServiceClient::new(authed(url, Some(token)).await).attach(ReceiverStream::new(rx)).await?.into_inner();
-    match inbound.message().await? {
-        Some(v1::DroneAttachResponse { message: Some(v1::drone_attach_response::Message::Welcome(_)) }) => {
-            Ok(AttachedDrone { _outbound: outbound, _inbound: inbound })
-        }
-        other => panic!("expected a welcome, got {other:?}"),
-    }
-}
-
-struct AttachedProxy {
-    _outbound: mpsc::Sender<v1::ProxyAttachRequest>,
-    _inbound: tonic::Streaming<v1::ProxyAttachResponse>,
-}
-
-async fn attach_proxy(url: &str, token: &str, name: &str) -> Result<AttachedProxy, Status> {
-    let (outbound, rx) = mpsc::channel(4);
-    let hello = v1::ProxyHello { name: name.into(), version: "test".into(), ..Default::default() };
-    outbound
-        .send(v1::ProxyAttachRequest { message: Some(v1::proxy_attach_request::Message::Hello(hello)) })
-        .await
-        .unwrap();
-    let mut inbound =
-        ProxyServiceClient::new(authed(url, Some(token)).await).attach(ReceiverStream::new(rx)).await?.into_inner();
-    match inbound.message().await? {
-        Some(v1::ProxyAttachResponse { message: Some(v1::proxy_attach_response::Message::Welcome(_)) }) => {
-            Ok(AttachedProxy { _outbound: outbound, _inbound: inbound })
-        }
-        other => panic!("expected a welcome, got {other:?}"),
-    }
 }
 
 /// PERMISSION_DENIED, NODE_NOT_ALLOWED, naming `node` and none of the principal's own nodes.
