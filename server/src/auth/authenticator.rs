@@ -80,9 +80,9 @@ impl Authenticator {
         method: &str,
         authorization: Option<&HeaderValue>,
         peer: Option<&PeerIdentity>,
-    ) -> Result<Arc<Principal>, Refusal> {
+    ) -> Result<Arc<Principal>, Box<Refusal>> {
         let Some(file) = self.file.load_full() else { return Ok(self.anonymous_admin.clone()) };
-        let refuse = |principal: Option<Principal>, error| Err(Refusal { principal, error });
+        let refuse = |principal: Option<Principal>, error| Err(Box::new(Refusal { principal, error }));
         let identified = identify(&file, authorization, peer);
         match table::access(method, self.reflection) {
             // Whatever the credentials, even wrong ones: health probes must never fail on them.
@@ -172,7 +172,7 @@ mod tests {
         HeaderValue::from_str(&format!("Bearer {secret}")).unwrap()
     }
 
-    fn code(result: Result<Arc<Principal>, Refusal>) -> Code {
+    fn code(result: Result<Arc<Principal>, Box<Refusal>>) -> Code {
         match result {
             Ok(_) => Code::Ok,
             Err(refusal) => tonic::Status::from(refusal.error).code(),
