@@ -28,12 +28,13 @@ mod client;
 mod credentials;
 mod error;
 mod node_store;
+pub mod pem;
 mod retry;
 mod watch;
 
 pub use backend_views::{BackendPage, BackendStatusView, BackendView, ConnectRequest, Connection, SpawnSpec};
 pub use client::{ClientOptions, DEFAULT_CONTROLLER, HangarClient, NodeList, NodePage};
-pub use credentials::{ClientTls, Credentials};
+pub use credentials::{BearerToken, ClientTls, CredentialFlags, Credentials, CredentialsError, HangarChannel};
 pub use error::ClientError;
 pub use node_store::NodeStore;
 pub use retry::RetryPolicy;
