@@ -1,12 +1,11 @@
 //! Starting and stopping a controller: the gRPC services, health, reflection, and the background
 //! tasks they need, all owned by one [`RunningController`].
 
-use super::coalescing_stream::CoalescingStream;
 use super::{BackendSweep, LivenessConfig, NodeRegistry};
 use crate::api::{BackendApi, BackendSettings, DroneApi, NodeApi, PageTokens, ProxyApi};
 use crate::store::{DynStore, Retention};
+use crate::tls::{ControllerTls, ControllerTlsFiles};
 use crate::watch::{NodeWatchHub, WatchConfig};
-use futures::StreamExt;
 use hangar::v1::backend_service_server::BackendServiceServer;
 use hangar::v1::drone_service_server::DroneServiceServer;
 use hangar::v1::node_service_server::NodeServiceServer;
@@ -40,6 +39,8 @@ pub struct ControllerConfig {
     /// Tokens, leases, timeouts and the sweep of the backend lifecycle; its `proxy_url` is
     /// replaced by the field above.
     pub backends: BackendSettings,
+    /// Serve TLS (and with a client CA, require client certificates); plain HTTP/2 without.
+    pub tls: Option<ControllerTlsFiles>,
 }
 
 impl Default for ControllerConfig {
@@ -54,6 +55,7 @@ impl Default for ControllerConfig {
             compaction_interval: Duration::from_secs(60),
             proxy_url: BackendSettings::default().proxy_url,
             backends: BackendSettings::default(),
+            tls: None,
         }
     }
 }
@@ -68,6 +70,8 @@ impl Controller {
         listener: TcpListener,
     ) -> anyhow::Result<RunningController> {
         let local_addr = listener.local_addr()?;
+        // An unusable certificate fails the start, not the first client.
+        let tls = config.tls.clone().map(ControllerTls::load).transpose()?.map(Arc::new);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let registry = Arc::new(NodeRegistry::new(store.clone(), config.controller_id.clone(), config.liveness));
@@ -123,11 +127,8 @@ impl Controller {
             .add_service(drone_api)
             .add_service(proxy_api);
         let stop_serving = shutdown.clone();
-        // A caller-supplied listener skips tonic's socket options: without TCP_NODELAY, Nagle
-        // holds back the small writes of watch events until the peer's delayed ACK.
-        let incoming = tonic::transport::server::TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .map(|accepted| accepted.map(CoalescingStream::new));
+        // TCP_NODELAY, TLS handshakes and the peer's identity: `incoming`.
+        let incoming = super::incoming::incoming(listener, tls.clone());
         let server =
             tokio::spawn(
                 async move { router.serve_with_incoming_shutdown(incoming, stop_serving.cancelled_owned()).await },
@@ -152,8 +153,9 @@ impl Controller {
             tasks.spawn(async move { sweep.run(interval, shutdown).await });
         }
 
-        tracing::info!(%local_addr, controller_id = %config.controller_id, "controller serving");
-        Ok(RunningController { local_addr, config, shutdown, tasks, server, health, registry })
+        let mtls = tls.as_ref().is_some_and(|tls| tls.requires_client_certificates());
+        tracing::info!(%local_addr, controller_id = %config.controller_id, tls = tls.is_some(), mtls, "controller serving");
+        Ok(RunningController { local_addr, config, shutdown, tasks, server, health, registry, tls })
     }
 }
 
@@ -192,6 +194,7 @@ pub struct RunningController {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     health: HealthReporter,
     registry: Arc<NodeRegistry>,
+    tls: Option<Arc<ControllerTls>>,
 }
 
 impl RunningController {
@@ -199,9 +202,10 @@ impl RunningController {
         self.local_addr
     }
 
-    /// `http://ADDR`, for clients.
+    /// `http://ADDR`, or `https://ADDR` with TLS, for clients.
     pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     pub fn controller_id(&self) -> &str {
@@ -210,6 +214,21 @@ impl RunningController {
 
     pub fn registry(&self) -> &Arc<NodeRegistry> {
         &self.registry
+    }
+
+    /// Re-reads what an operator may change under a running controller (`hangar-server
+    /// controller` does this on SIGHUP): the TLS certificate, key and client CA. Connections
+    /// accepted afterwards use them; open ones, streams included, go on as they were. A file
+    /// that does not load leaves the material in force as it was, and the error says why (it is
+    /// logged too).
+    pub fn reload(&self) -> anyhow::Result<()> {
+        if let Some(tls) = &self.tls
+            && let Err(err) = tls.reload()
+        {
+            tracing::error!(error = format!("{err:#}"), "TLS certificates not reloaded; the ones in force stay");
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Graceful shutdown: health turns NOT_SERVING first (so balancers stop sending), node
