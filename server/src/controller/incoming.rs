@@ -68,7 +68,7 @@ pub(crate) fn incoming(
 }
 
 async fn handshake(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, remote: SocketAddr) -> Option<Connection> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp).into_fallible()).await {
         Ok(Ok(stream)) => {
             // With a client CA, rustls has verified the chain by now; without one, no client
             // certificate was asked for.
@@ -81,8 +81,9 @@ async fn handshake(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, remote: 
             let peer = PeerIdentity { remote_addr: Some(remote), certificate };
             Some(Connection { transport: Transport::Tls(Box::new(stream)), peer })
         }
-        Ok(Err(err)) => {
+        Ok(Err((err, tcp))) => {
             tracing::debug!(%remote, error = %err, "TLS handshake failed");
+            let_the_alert_arrive(tcp).await;
             None
         }
         Err(_) => {
@@ -91,6 +92,25 @@ async fn handshake(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, remote: 
         }
     }
 }
+
+/// After a refused handshake (a missing or foreign client certificate), lets the client read
+/// the alert that says why. In TLS 1.3 the client takes the handshake for done and starts
+/// sending (its HTTP/2 preface) before the server's verdict; closing a socket with such data
+/// unread resets the connection, and the client then sees a reset or a broken pipe instead of
+/// the alert. So: close the sending side (the alert is out), and read what the client sends
+/// until it hangs up, for a second at most.
+async fn let_the_alert_arrive(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut discard = [0u8; 4096];
+    let drain = async { while let Ok(1..) = tcp.read(&mut discard).await {} };
+    let _ = tokio::time::timeout(LINGER_AFTER_REFUSAL, drain).await;
+}
+
+/// How long a refused client has to read the alert and hang up.
+const LINGER_AFTER_REFUSAL: Duration = Duration::from_secs(1);
 
 /// One accepted connection, plain or TLS, with what is known about its peer.
 pub(crate) struct Connection {
