@@ -36,7 +36,7 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         hangar-server controller --listen 0.0.0.0:7070 --data-dir /var/lib/hangar\n  \
         hangar-server controller --database postgres://hangar@db/hangar\n  \
-        hangar-server controller --listen 0.0.0.0:7070 --tls-cert ctl.pem --tls-key ctl-key.pem --tls-client-ca ca.pem\n\n\
+        hangar-server controller --listen 0.0.0.0:7070 --tls-cert controller.pem --tls-key controller.key --tls-client-ca ca.pem\n\n\
         Check it with:  grpcurl -plaintext 127.0.0.1:7070 grpc.health.v1.Health/Check\n\n\
         SIGHUP re-reads the TLS certificate, key and client CA (docs/security.md).")]
     Controller(ControllerArgs),
@@ -44,7 +44,7 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         hangar-server proxy --controller http://127.0.0.1:7070 --listen 0.0.0.0:7080 --name edge-1\n  \
         hangar-server proxy --controller https://ctl.example:7070 --controller-tls-ca ca.pem \\\n      \
-        --controller-tls-cert edge-1.pem --controller-tls-key edge-1-key.pem --name edge-1\n\n\
+        --controller-tls-cert edge-1.pem --controller-tls-key edge-1.key --name edge-1\n\n\
         Clients open the URL that Connect returned, e.g. http://edge-1:7080/TOKEN/. Answers when \
         the request cannot be forwarded: 404 unknown or expired token, 410 backend terminated, \
         502 backend unreachable, 503 backend still starting or no controller reachable; the \

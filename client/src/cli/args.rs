@@ -548,8 +548,11 @@ Examples:
   hangar nodes list --state ready -o json
   hangar nodes watch --kind drone         # every change, live, until Ctrl-C
   hangar --controller http://ctl:7070 nodes get nd-0193…
+  hangar --controller https://ctl:7070 --tls-ca ca.pem --tls-cert alice.pem --tls-key alice.key nodes list
 
-The controller address comes from --controller, else $HANGAR_CONTROLLER, else http://127.0.0.1:7070.";
+The controller address comes from --controller, else $HANGAR_CONTROLLER, else http://127.0.0.1:7070.
+Credentials left out on the command line come from HANGAR_TOKEN, HANGAR_TOKEN_FILE and HANGAR_TLS_*
+(docs/security.md).";
 
 const NODES_LIST_EXAMPLES: &str = "\
 Examples:

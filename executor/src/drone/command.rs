@@ -15,7 +15,7 @@ use std::time::Duration;
     hangar-drone run --controller http://127.0.0.1:7070 --name worker-1\n  \
     hangar-drone run --controller http://ctl-a:7070 --controller http://ctl-b:7070 --name worker-1 --pool gpu\n  \
     hangar-drone run --controller https://ctl.example:7070 --name worker-1 \\\n      \
-    --tls-ca ca.pem --tls-cert worker-1.pem --tls-key worker-1-key.pem\n\n\
+    --tls-ca ca.pem --tls-cert worker-1.pem --tls-key worker-1.key\n\n\
     Then check it with:  hangar nodes list --kind drone")]
 pub struct RunArgs {
     /// Controller URL (http:// or https://); repeat (or separate with commas) to give several,
