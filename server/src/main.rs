@@ -296,8 +296,10 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         ..ControllerConfig::default()
     };
     let controller = Controller::start(store, config, listener).await?;
-    println!("hangar-server controller listening on {}", controller.url());
+    // Before the line that says the controller is up: a SIGHUP sent upon reading it must not
+    // meet the default action (termination).
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    println!("hangar-server controller listening on {}", controller.url());
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {

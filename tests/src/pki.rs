@@ -24,6 +24,34 @@ pub struct CertFiles {
     pub key: PathBuf,
 }
 
+impl CertFiles {
+    /// The (leaf) certificate, DER-encoded.
+    pub fn der(&self) -> Vec<u8> {
+        hangar_client::pem::certificates(&self.cert, "certificate").expect("a PEM certificate")[0].to_vec()
+    }
+}
+
+/// The certificate a fresh TLS connection to `url` (`https://127.0.0.1:PORT`) is served, checked
+/// against `ca`; no client certificate is presented, so this works against a controller whether
+/// or not it requires one (the server's certificate comes before its verdict on the client's).
+pub async fn served_certificate(url: &str, ca: &TestCa) -> Vec<u8> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in hangar_client::pem::certificates(&ca.ca(), "CA certificate").expect("the CA") {
+        roots.add(cert).expect("a CA certificate");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(hangar_client::pem::provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(url.trim_start_matches("https://")).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("a server name");
+    let tls =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.expect("TLS handshake");
+    tls.get_ref().1.peer_certificates().expect("a server certificate")[0].to_vec()
+}
+
 impl TestCa {
     /// A CA called `name` (its files are named after it too).
     pub fn new(name: &str) -> TestCa {

@@ -6,7 +6,7 @@ use chrono::Utc;
 use hangar::domain::NodeFilter;
 use hangar::v1::{self, node_service_client::NodeServiceClient};
 use hangar_client::{ClientError, ClientOptions, Credentials, HangarClient, RetryPolicy};
-use hangar_tests::pki::{CertFiles, TestCa};
+use hangar_tests::pki::{TestCa, served_certificate};
 use hangar_tests::{TestCluster, next_event, registration, test_config};
 use std::time::Duration;
 
@@ -88,29 +88,6 @@ async fn tls_without_a_client_ca_takes_clients_without_certificates_and_refuses_
     cluster.shutdown().await;
 }
 
-/// The certificate a fresh TLS connection to `url` is served, trusting `ca`.
-async fn served_certificate(url: &str, ca: &TestCa) -> Vec<u8> {
-    use tokio_rustls::rustls;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in hangar_client::pem::certificates(&ca.ca(), "CA").unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(url.trim_start_matches("https://")).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
-    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
-}
-
-fn der(files: &CertFiles) -> Vec<u8> {
-    hangar_client::pem::certificates(&files.cert, "certificate").unwrap()[0].to_vec()
-}
-
 #[tokio::test]
 async fn rotated_certificates_serve_new_connections_while_an_open_watch_goes_on() {
     let (old_ca, new_ca) = (TestCa::new("old-ca"), TestCa::new("new-ca"));
@@ -154,7 +131,7 @@ async fn rotated_certificates_serve_new_connections_while_an_open_watch_goes_on(
     std::fs::write(&cert, "not a certificate").unwrap();
     let err = cluster.controller.reload().expect_err("a broken file is refused");
     assert!(format!("{err:#}").contains(&cert.display().to_string()), "{err:#}");
-    assert_eq!(served_certificate(&url, &old_ca).await, der(&old_server));
+    assert_eq!(served_certificate(&url, &old_ca).await, old_server.der());
 
     // Rotate all three: the new CA's server certificate, and only its clients admitted.
     let new_server = new_ca.server("controller");
@@ -163,7 +140,7 @@ async fn rotated_certificates_serve_new_connections_while_an_open_watch_goes_on(
     std::fs::copy(new_ca.ca(), &client_ca).unwrap();
     cluster.controller.reload().expect("the new files load");
 
-    assert_eq!(served_certificate(&url, &new_ca).await, der(&new_server), "a new connection gets the new certificate");
+    assert_eq!(served_certificate(&url, &new_ca).await, new_server.der(), "a new connection gets the new certificate");
     assert_eq!(list(&url, new_ca.credentials(Some(&new_ca.client("cli")))).await.unwrap(), 0);
     assert!(list(&url, old_client.clone()).await.is_err(), "the old CA's clients are no longer admitted");
 

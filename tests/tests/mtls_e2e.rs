@@ -4,7 +4,7 @@
 //! proxy then serves. Certificates are made here (`hangar_tests::pki`).
 
 use hangar_testkit::{check, eventually};
-use hangar_tests::pki::{CertFiles, TestCa};
+use hangar_tests::pki::{CertFiles, TestCa, served_certificate};
 use hangar_tests::{ControllerProcess, binary};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -162,4 +162,28 @@ async fn http_get(url: &str) -> (u16, String) {
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn sighup_makes_the_controller_serve_its_renewed_certificate() {
+    let ca = TestCa::new("hangar-ca");
+    let data = tempfile::tempdir().unwrap();
+    let (first, renewed) = (ca.server("controller"), ca.server("controller-renewed"));
+    let (cert, key) = (data.path().join("controller.pem"), data.path().join("controller.key"));
+    std::fs::copy(&first.cert, &cert).unwrap();
+    std::fs::copy(&first.key, &key).unwrap();
+    let controller = ControllerProcess::spawn_with(
+        &format!("sqlite://{}", data.path().join("hangar.db").display()),
+        &["--tls-cert".as_ref(), cert.as_os_str(), "--tls-key".as_ref(), key.as_os_str()],
+    );
+    assert_eq!(served_certificate(&controller.url, &ca).await, first.der());
+
+    std::fs::copy(&renewed.cert, &cert).unwrap();
+    std::fs::copy(&renewed.key, &key).unwrap();
+    let status = Command::new("kill").args(["-HUP", &controller.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    eventually(WAIT, "the renewed certificate served after SIGHUP", async || {
+        check(served_certificate(&controller.url, &ca).await, |served| *served == renewed.der())
+    })
+    .await;
 }
