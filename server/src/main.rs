@@ -266,8 +266,9 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let proxy = Proxy::start(config, listener).await?;
+    let stop = shutdown_signal();
     println!("hangar-server proxy listening on {}", proxy.url());
-    shutdown_signal().await;
+    stop.await;
     proxy.shutdown().await;
     Ok(())
 }
@@ -299,8 +300,8 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     // Before the line that says the controller is up: a SIGHUP sent upon reading it must not
     // meet the default action (termination).
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    println!("hangar-server controller listening on {}", controller.url());
     let stop = shutdown_signal();
+    println!("hangar-server controller listening on {}", controller.url());
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -330,17 +331,24 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             .ok(),
     };
     let cluster = DevCluster::start(options).await?;
+    let stop = shutdown_signal();
     println!("{}", banner(&cluster, &args.data_dir));
-    shutdown_signal().await;
+    stop.await;
     cluster.shutdown().await
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGINT (Ctrl-C) or SIGTERM. The handlers are in place once this returns, so call it before
+/// printing that the server is up: a signal sent by whoever reads that line must not meet the
+/// default action (termination without the graceful shutdown).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
