@@ -12,10 +12,10 @@
 
 use std::future::Future;
 
+use hangar_client::{Credentials, HangarChannel};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
-use crate::{Backoff, controller_endpoint};
+use crate::{Backoff, connect_controller};
 
 /// One agent's side of one `Attach` stream.
 pub trait Attach: Send {
@@ -31,7 +31,7 @@ pub trait Attach: Send {
     fn stream(
         &mut self,
         attempt: &mut Attempt<'_>,
-        channel: Channel,
+        channel: HangarChannel,
     ) -> impl Future<Output = StreamEnd<Self::Refusal>> + Send;
 }
 
@@ -77,12 +77,15 @@ impl Attempt<'_> {
 
 /// Attaches `agent` to one of `controllers` (URLs, tried in turn) and re-attaches whenever a
 /// stream ends, until `shutdown` is cancelled (`Ok`) or a controller refuses the agent (`Err`).
-/// A stream in progress is dropped when `shutdown` is cancelled.
+/// A stream in progress is dropped when `shutdown` is cancelled. Every connection is made with
+/// `credentials`, whose files are read again each time (a rotated client certificate or token
+/// is used from the next reconnect on).
 ///
 /// # Panics
 /// If `controllers` is empty.
 pub async fn attach_forever<A: Attach>(
     controllers: &[String],
+    credentials: &Credentials,
     mut backoff: Backoff,
     agent: &mut A,
     shutdown: &CancellationToken,
@@ -92,7 +95,7 @@ pub async fn attach_forever<A: Attach>(
         let mut attempt = Attempt { controller, welcomed: false };
         let end = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            end = connect_and_stream(agent, &mut attempt) => end,
+            end = connect_and_stream(agent, &mut attempt, credentials) => end,
         };
         if attempt.welcomed {
             backoff.reset();
@@ -115,19 +118,14 @@ pub async fn attach_forever<A: Attach>(
     unreachable!("cycling over a non-empty list never ends")
 }
 
-async fn connect_and_stream<A: Attach>(agent: &mut A, attempt: &mut Attempt<'_>) -> StreamEnd<A::Refusal> {
-    let controller = attempt.controller;
-    let endpoint = match controller_endpoint(controller) {
-        Ok(endpoint) => endpoint,
-        Err(err) => {
-            return StreamEnd::Failed(
-                anyhow::Error::new(err).context(format!("invalid controller URL {controller:?}")),
-            );
-        }
-    };
-    match endpoint.connect().await {
+async fn connect_and_stream<A: Attach>(
+    agent: &mut A,
+    attempt: &mut Attempt<'_>,
+    credentials: &Credentials,
+) -> StreamEnd<A::Refusal> {
+    match connect_controller(attempt.controller, credentials).await {
         Ok(channel) => agent.stream(attempt, channel).await,
-        Err(err) => StreamEnd::Failed(anyhow::Error::new(err).context(format!("cannot reach controller {controller}"))),
+        Err(err) => StreamEnd::Failed(err),
     }
 }
 
@@ -202,7 +200,7 @@ mod tests {
         type Refusal = &'static str;
         const AGENT: &'static str = "test";
 
-        async fn stream(&mut self, attempt: &mut Attempt<'_>, _channel: Channel) -> StreamEnd<&'static str> {
+        async fn stream(&mut self, attempt: &mut Attempt<'_>, _channel: HangarChannel) -> StreamEnd<&'static str> {
             self.streams.push((attempt.controller().to_string(), Instant::now()));
             match self.plan.pop_front().expect("the plan covers every stream") {
                 Step::Close { welcome } => {
@@ -231,7 +229,14 @@ mod tests {
         let controllers = vec![dead_controller().await, live.url.clone()];
         let mut agent = ScriptedAgent::new([Step::Close { welcome: true }, Step::Fail, Step::Refuse("no such pool")]);
 
-        let result = attach_forever(&controllers, quick_backoff(), &mut agent, &CancellationToken::new()).await;
+        let result = attach_forever(
+            &controllers,
+            &Credentials::default(),
+            quick_backoff(),
+            &mut agent,
+            &CancellationToken::new(),
+        )
+        .await;
 
         assert_eq!(result, Err("no such pool"));
         let reached: Vec<_> = agent.streams.iter().map(|(controller, _)| controller.as_str()).collect();
@@ -247,8 +252,14 @@ mod tests {
         let mut agent = ScriptedAgent::new(plan);
         let backoff = Backoff::new(Duration::from_millis(1), Duration::from_secs(10));
 
-        let result =
-            attach_forever(std::slice::from_ref(&live.url), backoff, &mut agent, &CancellationToken::new()).await;
+        let result = attach_forever(
+            std::slice::from_ref(&live.url),
+            &Credentials::default(),
+            backoff,
+            &mut agent,
+            &CancellationToken::new(),
+        )
+        .await;
 
         assert_eq!(result, Err("done"));
         let starts: Vec<Instant> = agent.streams.iter().map(|(_, at)| *at).collect();
@@ -265,8 +276,8 @@ mod tests {
         let mut agent = ScriptedAgent::new([Step::Hang(started)]);
         let shutdown = CancellationToken::new();
 
-        let controllers = [live.url.clone()];
-        let attach = attach_forever(&controllers, quick_backoff(), &mut agent, &shutdown);
+        let (controllers, credentials) = ([live.url.clone()], Credentials::default());
+        let attach = attach_forever(&controllers, &credentials, quick_backoff(), &mut agent, &shutdown);
         let stop = async {
             stream_started.await.unwrap();
             shutdown.cancel();

@@ -5,8 +5,9 @@
 //!
 //! - [`attach::attach_forever`]: round-robin over the controllers with jittered backoff, until
 //!   shutdown or a refusal; each agent supplies what one stream does ([`attach::Attach`]);
-//! - [`controller_endpoint`]: how an agent dials a controller (connect timeout, HTTP/2
-//!   keep-alives);
+//! - [`controller_endpoint`] and [`connect_controller`]: how an agent dials a controller
+//!   (connect timeout, HTTP/2 keep-alives, and the TLS and token of its
+//!   [`Credentials`](hangar_client::Credentials));
 //! - [`Backoff`] and [`HostResources`].
 
 pub mod attach;
@@ -15,5 +16,5 @@ mod endpoint;
 mod host;
 
 pub use backoff::Backoff;
-pub use endpoint::{CONNECT_TIMEOUT, controller_endpoint};
+pub use endpoint::{CONNECT_TIMEOUT, check_controllers, connect_controller, controller_endpoint};
 pub use host::HostResources;

@@ -8,14 +8,13 @@ use futures::Stream;
 use hangar::domain::{BackendFilter, BackendState};
 use hangar::v1::{self, backend_service_client::BackendServiceClient};
 use std::time::Duration;
-use tonic::transport::Channel;
 
 /// Page size `list_all_backends` asks for.
 const LIST_ALL_PAGE_SIZE: i32 = 500;
 
 impl HangarClient {
     /// The generated `BackendService` client on this connection, for calls the SDK does not wrap.
-    pub fn backend_service(&self) -> BackendServiceClient<Channel> {
+    pub fn backend_service(&self) -> BackendServiceClient<crate::HangarChannel> {
         BackendServiceClient::new(self.channel())
     }
 

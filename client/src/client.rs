@@ -1,13 +1,14 @@
 //! `HangarClient`: one connection to a controller, and the node calls made over it (the backend
 //! calls are in `backends`, the watches in `watch`).
 
-use crate::{ClientError, RetryPolicy};
+use crate::credentials::error_chain;
+use crate::{ClientError, Credentials, HangarChannel, RetryPolicy};
 use hangar::domain::{Node, NodeFilter, duration_to_proto};
 use hangar::error::reason;
 use hangar::v1::{self, node_service_client::NodeServiceClient};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 /// Default controller address of the CLI and of `hangar-server dev`.
 pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7070";
@@ -18,8 +19,8 @@ const LIST_ALL_PAGE_SIZE: i32 = 500;
 /// How often `list_all_nodes` starts over when its page token expired mid-listing.
 const LIST_ALL_RESTARTS: u32 = 3;
 
-/// Timeouts and retries of a [`HangarClient`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Timeouts, retries and credentials of a [`HangarClient`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientOptions {
     /// How long `connect` waits for the TCP (and HTTP/2) connection.
     pub connect_timeout: Duration,
@@ -28,6 +29,8 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Retries of idempotent calls after UNAVAILABLE.
     pub retry: RetryPolicy,
+    /// Token and TLS settings (none by default: plain http without a token).
+    pub credentials: Credentials,
 }
 
 impl Default for ClientOptions {
@@ -36,6 +39,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            credentials: Credentials::default(),
         }
     }
 }
@@ -62,24 +66,24 @@ pub struct NodeList {
 /// reconnects by itself after the controller comes back.
 #[derive(Debug, Clone)]
 pub struct HangarClient {
-    channel: Channel,
+    channel: HangarChannel,
     address: String,
     options: ClientOptions,
 }
 
 impl HangarClient {
-    /// Connects to a controller at an `http://host:port` URL (a bare `host:port` is taken as
-    /// http) with [`ClientOptions::default`].
+    /// Connects to a controller at an `http://host:port` or `https://host:port` URL (a bare
+    /// `host:port` is taken as http, or as https when the credentials hold TLS options) with
+    /// [`ClientOptions::default`].
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
         Self::connect_with(url, ClientOptions::default()).await
     }
 
+    /// Connects with `options`; their credentials' files (token file, CA, client certificate)
+    /// are read now.
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
-        let address = normalize_address(url)?;
-        let endpoint = Endpoint::from_shared(address.clone())
-            .map_err(|e| ClientError::InvalidAddress { address: url.to_string(), detail: error_chain(&e) })?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true);
+        let (address, endpoint) = endpoint(url, &options)?;
+        let bearer = options.credentials.bearer()?;
         let channel = match tokio::time::timeout(options.connect_timeout, endpoint.connect()).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(e)) => return Err(ClientError::Connect { address, detail: error_chain(&e) }),
@@ -88,24 +92,22 @@ impl HangarClient {
                 return Err(ClientError::Connect { address, detail });
             }
         };
-        Ok(HangarClient { channel, address, options })
+        Ok(HangarClient { channel: HangarChannel::new(channel, bearer), address, options })
     }
 
     /// A client whose connection is made on first use and remade after failures, so that it can
     /// be created for a controller that is down right now (a watch's fallback controllers).
-    /// Only the address is checked here.
+    /// Only the address and the credentials are checked here.
     pub fn connect_lazy(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
-        let address = normalize_address(url)?;
-        let channel = Endpoint::from_shared(address.clone())
-            .map_err(|e| ClientError::InvalidAddress { address: url.to_string(), detail: error_chain(&e) })?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let (address, endpoint) = endpoint(url, &options)?;
+        let channel = options.credentials.authorize(endpoint.connect_lazy())?;
         Ok(HangarClient { channel, address, options })
     }
 
-    /// A client over an existing channel (custom TLS, interceptors, in-process transports).
-    pub fn from_channel(channel: Channel, address: impl Into<String>, options: ClientOptions) -> Self {
+    /// A client over an existing channel (custom transports, other interceptors); make one from
+    /// a tonic `Channel` with [`Credentials::authorize`]. `options.credentials` are not applied
+    /// again.
+    pub fn from_channel(channel: HangarChannel, address: impl Into<String>, options: ClientOptions) -> Self {
         HangarClient { channel, address: address.into(), options }
     }
 
@@ -119,11 +121,11 @@ impl HangarClient {
     }
 
     /// The generated `NodeService` client on this connection, for calls the SDK does not wrap.
-    pub fn node_service(&self) -> NodeServiceClient<Channel> {
+    pub fn node_service(&self) -> NodeServiceClient<HangarChannel> {
         NodeServiceClient::new(self.channel.clone())
     }
 
-    pub(crate) fn channel(&self) -> Channel {
+    pub(crate) fn channel(&self) -> HangarChannel {
         self.channel.clone()
     }
 
@@ -241,34 +243,29 @@ fn required_node(node: Option<&v1::Node>, message: &str) -> Result<Node, ClientE
     node_from_proto(node.ok_or_else(|| ClientError::InvalidResponse(format!("{message} without a node")))?)
 }
 
-/// `host:port` becomes `http://host:port`; only http is spoken for now.
-fn normalize_address(url: &str) -> Result<String, ClientError> {
+/// The normalized address and its endpoint, with timeouts and the credentials' TLS.
+fn endpoint(url: &str, options: &ClientOptions) -> Result<(String, Endpoint), ClientError> {
+    let address = normalize_address(url, options.credentials.tls.is_some())?;
+    let endpoint = Endpoint::from_shared(address.clone())
+        .map_err(|e| ClientError::InvalidAddress { address: url.to_string(), detail: error_chain(&e) })?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true);
+    Ok((address, options.credentials.configure(endpoint)?))
+}
+
+/// `host:port` becomes `http://host:port`, or `https://host:port` when TLS options are given.
+fn normalize_address(url: &str, tls: bool) -> Result<String, ClientError> {
     let url = url.trim().trim_end_matches('/');
     let invalid = |detail: &str| ClientError::InvalidAddress { address: url.to_string(), detail: detail.to_string() };
     if url.is_empty() {
         return Err(invalid("empty; expected a URL like http://127.0.0.1:7070"));
     }
     match url.split_once("://") {
+        None if tls => Ok(format!("https://{url}")),
         None => Ok(format!("http://{url}")),
-        Some(("http", rest)) if !rest.is_empty() => Ok(url.to_string()),
-        Some(("https", _)) => Err(invalid("TLS is not supported by this client yet; use an http:// URL")),
-        Some(_) => Err(invalid("expected a URL like http://127.0.0.1:7070")),
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(url.to_string()),
+        Some(_) => Err(invalid("expected a URL like http://127.0.0.1:7070 or https://ctl.example:7070")),
     }
-}
-
-/// "transport error: tcp connect error: Connection refused (os error 111)" rather than only the
-/// outermost "transport error".
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = e.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]
@@ -276,18 +273,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bare_host_port_is_taken_as_http() {
-        assert_eq!(normalize_address("127.0.0.1:7070").unwrap(), "http://127.0.0.1:7070");
-        assert_eq!(normalize_address("http://ctl:7070/").unwrap(), "http://ctl:7070");
+    fn bare_host_port_is_taken_as_http_or_with_tls_options_as_https() {
+        assert_eq!(normalize_address("127.0.0.1:7070", false).unwrap(), "http://127.0.0.1:7070");
+        assert_eq!(normalize_address("http://ctl:7070/", false).unwrap(), "http://ctl:7070");
+        assert_eq!(normalize_address("ctl:7070", true).unwrap(), "https://ctl:7070");
+        assert_eq!(normalize_address("https://ctl:7070/", false).unwrap(), "https://ctl:7070");
     }
 
     #[test]
-    fn https_and_other_schemes_are_refused_with_a_reason() {
-        let err = normalize_address("https://ctl:7070").unwrap_err();
-        assert!(err.to_string().contains("TLS is not supported"), "{err}");
-        let err = normalize_address("ftp://ctl").unwrap_err();
+    fn other_schemes_are_refused_with_a_reason() {
+        let err = normalize_address("ftp://ctl", false).unwrap_err();
         assert!(matches!(err, ClientError::InvalidAddress { .. }), "{err}");
-        assert!(normalize_address("  ").is_err());
+        assert!(err.to_string().contains("https://"), "{err}");
+        assert!(normalize_address("  ", false).is_err());
     }
 
     #[tokio::test]

@@ -13,7 +13,13 @@ pub enum ClientError {
     #[error("invalid controller address {address:?}: {detail}")]
     InvalidAddress { address: String, detail: String },
 
-    /// Nothing answered at the controller address within the connect timeout.
+    /// The credentials cannot be used: a file that is missing or not PEM, a key that does not
+    /// match its certificate, TLS options on a plain `http://` URL.
+    #[error(transparent)]
+    Credentials(#[from] crate::CredentialsError),
+
+    /// Nothing answered at the controller address within the connect timeout, or the TLS
+    /// handshake failed (an unknown CA, a refused client certificate).
     #[error("cannot reach the controller at {address}: {detail}")]
     Connect { address: String, detail: String },
 
@@ -158,7 +164,16 @@ fn fmt_revision(revision: Option<u64>) -> String {
 
 fn describe_status(status: &Status) -> String {
     let code = format!("{:?}", status.code());
-    let message = status.message();
+    // A call that failed below gRPC ("transport error") keeps the cause in its source: the
+    // refused TLS handshake or the reset connection is what the reader needs to see.
+    let message = match std::error::Error::source(status) {
+        Some(source) => {
+            let cause = crate::credentials::error_chain(source);
+            if cause.starts_with(status.message()) { cause } else { format!("{}: {cause}", status.message()) }
+        }
+        None => status.message().to_string(),
+    };
+    let message = message.as_str();
     let reason = error_info(status).map(|(reason, _)| reason).unwrap_or_default();
     match (message.is_empty(), reason.is_empty()) {
         (true, true) => code,

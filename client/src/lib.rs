@@ -17,6 +17,29 @@
 //! according to [`RetryPolicy`]. A listing's `revision` is where a watch starts so that nothing
 //! is missed between the two.
 //!
+//! A controller behind TLS with client certificates (mTLS), and a bearer token, take
+//! [`Credentials`] (docs/security.md); [`Credentials::from_env_and_flags`] reads them as the CLI
+//! does:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), hangar_client::ClientError> {
+//! use hangar_client::{ClientOptions, ClientTls, Credentials, HangarClient};
+//!
+//! let credentials = Credentials {
+//!     token_file: Some("/run/secrets/hangar-token".into()),
+//!     tls: Some(ClientTls {
+//!         ca: Some("ca.pem".into()),
+//!         cert: Some("alice.pem".into()),
+//!         key: Some("alice.key".into()),
+//!         server_name: None,
+//!     }),
+//!     ..Credentials::default()
+//! };
+//! let options = ClientOptions { credentials, ..ClientOptions::default() };
+//! let client = HangarClient::connect_with("https://ctl.example.com:7070", options).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! [`HangarClient::watch_nodes`] does both in one call: the current nodes, then every change,
 //! resuming after dropped streams and listing again when its revision was compacted; feed its
 //! events to a [`NodeStore`] for an always-current copy.
@@ -28,12 +51,13 @@ mod client;
 mod credentials;
 mod error;
 mod node_store;
+pub mod pem;
 mod retry;
 mod watch;
 
 pub use backend_views::{BackendPage, BackendStatusView, BackendView, ConnectRequest, Connection, SpawnSpec};
 pub use client::{ClientOptions, DEFAULT_CONTROLLER, HangarClient, NodeList, NodePage};
-pub use credentials::{ClientTls, Credentials};
+pub use credentials::{BearerToken, ClientTls, CredentialFlags, Credentials, CredentialsError, HangarChannel};
 pub use error::ClientError;
 pub use node_store::NodeStore;
 pub use retry::RetryPolicy;

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Attach this host to the controllers and keep it attached.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve the executor protocol (hangar.executor.v1) on a Unix socket, running backends on
     /// docker, local processes or a mock.
     Executor(ExecutorArgs),
@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => drone_command::run(args).await,
+            Command::Run(args) => drone_command::run(*args).await,
             Command::Executor(args) => executor_command::run(args).await,
         }
     })

@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;
 
 #[cfg(feature = "test-support")]

@@ -4,12 +4,15 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hangar_server::auth::{self, Reflection, Role, bind::BindDecision};
+use hangar::secret::Secret;
+use hangar_client::{CredentialFlags, Credentials};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
 #[cfg(feature = "dev")]
 use hangar_server::dev::{DevCluster, DevOptions, DevRuntime, banner, demo_backend};
 use hangar_server::proxy::{Proxy, ProxyConfig, TlsFiles};
 use hangar_server::store;
 use hangar_server::telemetry::{self, LogFormat};
+use hangar_server::tls::ControllerTlsFiles;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,14 +36,18 @@ enum Command {
     /// Run a controller. Several controllers may share one PostgreSQL database.
     #[command(after_help = "Examples:\n  \
         hangar-server controller --listen 0.0.0.0:7070 --data-dir /var/lib/hangar\n  \
-        hangar-server controller --database postgres://hangar@db/hangar\n\n\
-        hangar-server controller --listen 0.0.0.0:7070 --auth-file /etc/hangar/auth.toml\n\n\
-        Check it with:  grpcurl -plaintext 127.0.0.1:7070 grpc.health.v1.Health/Check\n\
-        SIGHUP re-reads the auth file (a broken one keeps the one in force).")]
+        hangar-server controller --database postgres://hangar@db/hangar\n  \
+        hangar-server controller --listen 0.0.0.0:7070 --auth-file /etc/hangar/auth.toml\n  \
+        hangar-server controller --listen 0.0.0.0:7070 --tls-cert controller.pem --tls-key controller.key --tls-client-ca ca.pem\n\n\
+        Check it with:  grpcurl -plaintext 127.0.0.1:7070 grpc.health.v1.Health/Check\n\n\
+        SIGHUP re-reads the auth file and the TLS certificate, key and client CA; a broken file \
+        keeps the one in force (docs/security.md).")]
     Controller(ControllerArgs),
     /// Run an HTTP proxy that routes connection URLs (`/{token}/…`) to backends.
-    #[command(after_help = "Example:\n  \
-        hangar-server proxy --controller http://127.0.0.1:7070 --listen 0.0.0.0:7080 --name edge-1\n\n\
+    #[command(after_help = "Examples:\n  \
+        hangar-server proxy --controller http://127.0.0.1:7070 --listen 0.0.0.0:7080 --name edge-1\n  \
+        hangar-server proxy --controller https://ctl.example:7070 --controller-tls-ca ca.pem \\\n      \
+        --controller-tls-cert edge-1.pem --controller-tls-key edge-1.key --name edge-1\n\n\
         Clients open the URL that Connect returned, e.g. http://edge-1:7080/TOKEN/. Answers when \
         the request cannot be forwarded: 404 unknown or expired token, 410 backend terminated, \
         502 backend unreachable, 503 backend still starting or no controller reachable; the \
@@ -134,6 +141,16 @@ struct ControllerArgs {
     /// Base URL clients reach the proxy at; Connect answers `{proxy-url}/{token}/`.
     #[arg(long, env = "HANGAR_PROXY_URL", default_value = "http://127.0.0.1:7080")]
     proxy_url: String,
+    /// Serve TLS: PEM certificate chain (leaf first). Needs --tls-key.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Require every client to present a certificate signed by this PEM CA (mTLS). Needs
+    /// --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -193,6 +210,56 @@ struct ProxyArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// Token and TLS towards the controllers. (--tls-cert and --tls-key are this proxy's own
+    /// HTTPS listener; its client certificate is --controller-tls-cert.)
+    #[command(flatten)]
+    controller_credentials: ControllerCredentialArgs,
+}
+
+/// The proxy's credentials towards its controllers: the flags of every Hangar client, with
+/// `--controller-` before the TLS ones, since the proxy's own `--tls-*` serve its listener. The
+/// variables are every client's (HANGAR_TOKEN, HANGAR_TLS_CA, …).
+#[derive(Args)]
+struct ControllerCredentialArgs {
+    /// Bearer token for the controllers [env: HANGAR_TOKEN]. Prefer --token-file or the variable:
+    /// other users of the host can read a command line.
+    #[arg(long, value_name = "TOKEN", value_parser = parse_secret)]
+    token: Option<Secret>,
+    /// File holding the bearer token, read at each connection [env: HANGAR_TOKEN_FILE].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the controllers' certificates (https:// URLs; default: the
+    /// system's roots) [env: HANGAR_TLS_CA].
+    #[arg(long, value_name = "FILE")]
+    controller_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for controllers that require one (mTLS) [env: HANGAR_TLS_CERT].
+    #[arg(long, value_name = "FILE")]
+    controller_tls_cert: Option<PathBuf>,
+    /// PEM private key of --controller-tls-cert [env: HANGAR_TLS_KEY].
+    #[arg(long, value_name = "FILE")]
+    controller_tls_key: Option<PathBuf>,
+    /// Name the controllers' certificates must carry, when it is not the URL's host
+    /// [env: HANGAR_TLS_SERVER_NAME].
+    #[arg(long, value_name = "NAME")]
+    controller_tls_server_name: Option<String>,
+}
+
+impl ControllerCredentialArgs {
+    fn credentials(self) -> anyhow::Result<Credentials> {
+        let flags = CredentialFlags {
+            token: self.token,
+            token_file: self.token_file,
+            tls_ca: self.controller_tls_ca,
+            tls_cert: self.controller_tls_cert,
+            tls_key: self.controller_tls_key,
+            tls_server_name: self.controller_tls_server_name,
+        };
+        Ok(Credentials::from_env_and_flags(&flags)?)
+    }
+}
+
+fn parse_secret(value: &str) -> Result<Secret, String> {
+    Ok(Secret::new(value))
 }
 
 #[cfg(feature = "dev")]
@@ -271,6 +338,7 @@ fn check_bind(addr: SocketAddr, authenticated: bool, insecure: bool) -> anyhow::
 
 async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let mut config = ProxyConfig::new(args.controllers, args.name);
+    config.credentials = args.controller_credentials.credentials()?;
     config.cluster = args.cluster;
     config.public_url = args.public_url;
     config.startup_wait = args.startup_wait;
@@ -281,16 +349,17 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let proxy = Proxy::start(config, listener).await?;
+    let stop = shutdown_signal();
     println!("hangar-server proxy listening on {}", proxy.url());
-    shutdown_signal().await;
+    stop.await;
     proxy.shutdown().await;
     Ok(())
 }
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
-    // Callers prove who they are with an auth file (h13-tls: or with a client certificate every
-    // connection must present, `--tls-client-ca`).
-    let authenticated = args.auth_file.is_some();
+    // Callers prove who they are with an auth file, or with a client certificate every
+    // connection must present (`--tls-client-ca`).
+    let authenticated = args.auth_file.is_some() || (args.tls_cert.is_some() && args.tls_client_ca.is_some());
     check_bind(args.listen, authenticated, args.insecure)?;
     let database = match args.database {
         Some(url) => url,
@@ -309,21 +378,25 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         reflection: if args.no_reflection { Reflection::Off } else { args.reflection },
         auth_file: args.auth_file,
         proxy_url: args.proxy_url,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| ControllerTlsFiles { files: TlsFiles { cert, key }, client_ca: args.tls_client_ca }),
         ..ControllerConfig::default()
     };
     let controller = Controller::start(store, config, listener).await?;
-    // Before the line that says it listens: a SIGHUP from then on must reload, not kill.
-    let mut hangup =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
+    // Before the line that says the controller is up: a SIGHUP sent upon reading it must not
+    // meet the default action (termination).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let stop = shutdown_signal();
     println!("hangar-server controller listening on {}", controller.url());
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            () = &mut stop => break,
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                // A failure is logged by reload() and changes nothing; the controller goes on.
+                // A failure is logged by reload and leaves everything as it was.
                 let _ = controller.reload();
             }
         }
@@ -348,17 +421,24 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             .ok(),
     };
     let cluster = DevCluster::start(options).await?;
+    let stop = shutdown_signal();
     println!("{}", banner(&cluster, &args.data_dir));
-    shutdown_signal().await;
+    stop.await;
     cluster.shutdown().await
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGINT (Ctrl-C) or SIGTERM. The handlers are in place once this returns, so call it before
+/// printing that the server is up: a signal sent by whoever reads that line must not meet the
+/// default action (termination without the graceful shutdown).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }

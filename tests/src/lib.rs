@@ -3,6 +3,7 @@
 //! binaries for tests that act as a user would.
 
 pub mod auth;
+pub mod pki;
 
 use hangar::v1::{self, drone_service_client::DroneServiceClient, node_service_client::NodeServiceClient};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig, RunningController};
@@ -355,11 +356,17 @@ impl ControllerProcess {
     /// Starts the built binary on 127.0.0.1:0 against `database` with fast liveness timings and
     /// waits for it to print its URL.
     pub fn spawn(database: &str) -> ControllerProcess {
+        Self::spawn_with(database, &[])
+    }
+
+    /// [`ControllerProcess::spawn`], with more arguments (TLS files, say).
+    pub fn spawn_with(database: &str, args: &[&std::ffi::OsStr]) -> ControllerProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(binary("hangar-server"))
             .args(["controller", "--listen", "127.0.0.1:0", "--database", database])
             .args(["--heartbeat-interval", "200ms", "--unhealthy-after", "600ms", "--offline-after", "1200ms"])
             .args(["--refresh-interval", "800ms"])
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -1,7 +1,7 @@
 //! The command line as clap sees it: the command tree with each command's arguments, the value
 //! types and parsers they share, and the examples `--help` shows.
 
-use crate::DEFAULT_CONTROLLER;
+use crate::{ClientError, ClientOptions, CredentialFlags, Credentials, DEFAULT_CONTROLLER, HangarClient};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hangar::domain::{BackendState, NodeFilter, NodeKind, NodeState, PullPolicy};
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use std::time::Duration;
     propagate_version = true
 )]
 pub struct Cli {
-    /// Controller to talk to (http://HOST:PORT).
+    /// Controller to talk to (http://HOST:PORT, or https://HOST:PORT for TLS).
     #[arg(
         long,
         global = true,
@@ -39,8 +39,28 @@ pub struct Cli {
     )]
     pub output: OutputFormat,
 
+    /// Token and TLS towards the controller (docs/security.md).
+    #[command(flatten)]
+    pub credentials: CredentialFlags,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The client options of every command: defaults, with the credentials from the flags and
+    /// the environment.
+    pub fn client_options(&self) -> Result<ClientOptions, ClientError> {
+        Ok(ClientOptions {
+            credentials: Credentials::from_env_and_flags(&self.credentials)?,
+            ..ClientOptions::default()
+        })
+    }
+
+    /// A client of `--controller` with [`Cli::client_options`].
+    pub async fn connect(&self) -> Result<HangarClient, ClientError> {
+        HangarClient::connect_with(&self.controller, self.client_options()?).await
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -528,8 +548,11 @@ Examples:
   hangar nodes list --state ready -o json
   hangar nodes watch --kind drone         # every change, live, until Ctrl-C
   hangar --controller http://ctl:7070 nodes get nd-0193…
+  hangar --controller https://ctl:7070 --tls-ca ca.pem --tls-cert alice.pem --tls-key alice.key nodes list
 
-The controller address comes from --controller, else $HANGAR_CONTROLLER, else http://127.0.0.1:7070.";
+The controller address comes from --controller, else $HANGAR_CONTROLLER, else http://127.0.0.1:7070.
+Credentials left out on the command line come from HANGAR_TOKEN, HANGAR_TOKEN_FILE and HANGAR_TLS_*
+(docs/security.md).";
 
 const NODES_LIST_EXAMPLES: &str = "\
 Examples:

@@ -23,12 +23,12 @@ pub(super) async fn execute(cli: &Cli, command: &BackendsCommand) -> Result<Stri
                 key_namespace: non_empty(&args.namespace),
                 cluster: non_empty(&args.cluster),
             };
-            let client = HangarClient::connect(&cli.controller).await?;
+            let client = cli.connect().await?;
             let backends = client.list_all_backends(&filter).await?;
             Ok(render::backend_list(&backends, &filter, cli.output, Utc::now()))
         }
         BackendsCommand::Get(args) => {
-            let client = HangarClient::connect(&cli.controller).await?;
+            let client = cli.connect().await?;
             let backend = client.get_backend(&args.id).await?;
             Ok(render::backend(&backend, cli.output, Utc::now()))
         }
@@ -38,7 +38,7 @@ pub(super) async fn execute(cli: &Cli, command: &BackendsCommand) -> Result<Stri
             Ok(String::from_utf8_lossy(&out).into_owned())
         }
         BackendsCommand::Terminate(args) => {
-            let client = HangarClient::connect(&cli.controller).await?;
+            let client = cli.connect().await?;
             let backend = client.terminate_backend(&args.id, args.hard).await?;
             Ok(render::terminated(&backend, args.hard, cli.output))
         }
@@ -140,7 +140,7 @@ fn merge(what: &str, in_key: Option<&str>, flag: Option<&str>) -> Result<Option<
 /// [`CliError::WaitTimeout`] after `--timeout`; what was printed until then stays printed.
 pub async fn connect(cli: &Cli, args: &ConnectArgs, stdout: &mut dyn Write) -> Result<(), CliError> {
     let request = args.to_request().map_err(CliError::Usage)?;
-    let client = HangarClient::connect(&cli.controller).await?;
+    let client = cli.connect().await?;
     let connection = client.connect_backend(&request).await?;
     let key = request.key.as_ref();
     if !args.wait {
@@ -204,7 +204,7 @@ async fn follow_until_ready(
 /// `hangar backends watch`: one line per status (NDJSON with `-o json`), flushed as it comes,
 /// until TERMINATED. A closed stdout (`| head`) ends it quietly.
 pub async fn watch_backend(cli: &Cli, args: &BackendIdArgs, stdout: &mut dyn Write) -> Result<(), CliError> {
-    let client = HangarClient::connect(&cli.controller).await?;
+    let client = cli.connect().await?;
     let mut statuses = std::pin::pin!(client.watch_backend(&args.id));
     let mut first_time = None;
     while let Some(status) = statuses.next().await {

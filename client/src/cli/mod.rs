@@ -117,3 +117,6 @@ mod tests;
 
 #[cfg(test)]
 mod backend_tests;
+
+#[cfg(test)]
+mod credential_tests;

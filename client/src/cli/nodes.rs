@@ -12,7 +12,7 @@ pub(super) async fn execute(cli: &Cli, command: &NodesCommand) -> Result<String,
         NodesCommand::List(args) => {
             // Checked before connecting, so a usage mistake is reported as one.
             let filter = args.filter.to_filter().map_err(CliError::Usage)?;
-            let client = HangarClient::connect(&cli.controller).await?;
+            let client = cli.connect().await?;
             let listing = client.list_all_nodes(&filter).await?;
             Ok(render::node_list(&listing, &filter, cli.output, Utc::now()))
         }
@@ -20,17 +20,17 @@ pub(super) async fn execute(cli: &Cli, command: &NodesCommand) -> Result<String,
             Err(CliError::Usage("`hangar nodes watch` runs until interrupted; drive it with `cli::watch`".to_string()))
         }
         NodesCommand::Get(args) => {
-            let client = HangarClient::connect(&cli.controller).await?;
+            let client = cli.connect().await?;
             let node = client.get_node(&args.id).await?;
             Ok(render::node(&node, cli.output, Utc::now()))
         }
         NodesCommand::Drain(args) => {
-            let client = HangarClient::connect(&cli.controller).await?;
+            let client = cli.connect().await?;
             let node = client.drain_node(&args.id, args.deadline).await?;
             Ok(render::drained(&node, cli.output, Utc::now()))
         }
         NodesCommand::Undrain(args) => {
-            let client = HangarClient::connect(&cli.controller).await?;
+            let client = cli.connect().await?;
             let node = client.undrain_node(&args.id).await?;
             Ok(render::undrained(&node, cli.output))
         }
@@ -48,7 +48,7 @@ pub async fn watch(
     stop: impl Future<Output = ()>,
 ) -> Result<(), CliError> {
     let filter = args.filter.to_filter().map_err(CliError::Usage)?;
-    let (first, fallbacks) = connect_first_reachable(&cli.controller).await?;
+    let (first, fallbacks) = connect_first_reachable(&cli.controller, cli.client_options()?).await?;
     let options = WatchOptions { bookmark_interval: args.bookmark_interval, fallbacks, ..WatchOptions::default() };
     let mut events = std::pin::pin!(first.watch_nodes(filter, options));
     let mut stop = std::pin::pin!(stop);
@@ -78,22 +78,24 @@ pub async fn watch(
 /// `--controller` may list several URLs, comma-separated. The first that answers is watched
 /// first and the rest are fallbacks, so a typo or a cluster that is entirely down is reported at
 /// once instead of as an endless series of reconnects.
-async fn connect_first_reachable(controllers: &str) -> Result<(HangarClient, Vec<HangarClient>), CliError> {
+async fn connect_first_reachable(
+    controllers: &str,
+    options: ClientOptions,
+) -> Result<(HangarClient, Vec<HangarClient>), CliError> {
     let urls: Vec<&str> = controllers.split(',').map(str::trim).filter(|url| !url.is_empty()).collect();
     if urls.is_empty() {
         return Err(CliError::Usage("--controller is empty; expected http://HOST:PORT[,http://HOST:PORT…]".into()));
     }
     let mut first_error: Option<ClientError> = None;
     for (i, url) in urls.iter().enumerate() {
-        match HangarClient::connect(url).await {
+        match HangarClient::connect_with(url, options.clone()).await {
             Ok(first) => {
                 let others = urls[i + 1..].iter().chain(&urls[..i]);
-                let fallbacks = others
-                    .map(|url| HangarClient::connect_lazy(url, ClientOptions::default()))
-                    .collect::<Result<_, _>>()?;
+                let fallbacks =
+                    others.map(|url| HangarClient::connect_lazy(url, options.clone())).collect::<Result<_, _>>()?;
                 return Ok((first, fallbacks));
             }
-            Err(err @ ClientError::InvalidAddress { .. }) => return Err(err.into()),
+            Err(err @ (ClientError::InvalidAddress { .. } | ClientError::Credentials(_))) => return Err(err.into()),
             Err(err) => {
                 first_error.get_or_insert(err);
             }

@@ -345,7 +345,22 @@ fn hint(err: &CliError, controller: &str) -> Option<String> {
         (_, Some(reason::BACKEND_NOT_FOUND)) => "list backends with `hangar backends list`; `hangar connect KEY \
                                                  --image IMAGE` starts one"
             .to_string(),
+        (ClientError::Connect { address, detail }, _) if is_tls_failure(detail) => tls_hint(address),
+        // A controller that refuses the client certificate says so after the handshake, on the
+        // first call.
+        (ClientError::Other(status), _)
+            if is_tls_failure(&err.to_string()) && status.code() == tonic::Code::Unknown =>
+        {
+            tls_hint(controller)
+        }
         (ClientError::Connect { address, .. }, _) => unreachable(address),
+        (ClientError::Credentials(crate::CredentialsError::TlsOverPlainHttp { .. }), _) => {
+            "pass --controller https://HOST:PORT, or drop the TLS options for a plain controller".to_string()
+        }
+        (ClientError::Credentials(_), _) => "check --token, --token-file, --tls-ca, --tls-cert and --tls-key (or \
+                                             HANGAR_TOKEN, HANGAR_TOKEN_FILE, HANGAR_TLS_*); docs/security.md \
+                                             shows how to make certificates"
+            .to_string(),
         (ClientError::InvalidAddress { .. }, _) => {
             "pass --controller http://HOST:PORT (or set HANGAR_CONTROLLER)".to_string()
         }
@@ -378,6 +393,19 @@ fn hint(err: &CliError, controller: &str) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+/// Whether a connection failed in the TLS handshake rather than for want of a listener.
+fn is_tls_failure(detail: &str) -> bool {
+    ["certificate", "tls", "handshake", "alert"].iter().any(|word| detail.to_lowercase().contains(word))
+}
+
+fn tls_hint(controller: &str) -> String {
+    format!(
+        "the TLS handshake with {controller} failed: --tls-ca must name the CA that signed the controller's \
+         certificate, and a controller that requires client certificates needs --tls-cert and --tls-key from \
+         its client CA (docs/security.md)"
+    )
 }
 
 /// When the pool has draining drones (NO_DRONE_AVAILABLE, POOL_FULL metadata): how to find and

@@ -10,9 +10,9 @@ use hangar::domain::duration_from_proto;
 use hangar::v1::{self, drone_service_client::DroneServiceClient};
 use hangar_agent::HostResources;
 use hangar_agent::attach::{Attach, Attempt, StreamEnd};
+use hangar_client::HangarChannel;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::fleet::Fleet;
 use super::{AttachState, DroneConfig};
@@ -42,7 +42,7 @@ impl Attach for DroneAttach<'_> {
     type Refusal = String;
     const AGENT: &'static str = "drone";
 
-    async fn stream(&mut self, attempt: &mut Attempt<'_>, channel: Channel) -> StreamEnd<String> {
+    async fn stream(&mut self, attempt: &mut Attempt<'_>, channel: HangarChannel) -> StreamEnd<String> {
         let result = self.attach(attempt, channel).await;
         self.state.send_replace(AttachState::Connecting);
         if let Err(err) = &result
@@ -57,7 +57,7 @@ impl Attach for DroneAttach<'_> {
 
 impl DroneAttach<'_> {
     /// One stream, from the hello to its end.
-    async fn attach(&mut self, attempt: &mut Attempt<'_>, channel: Channel) -> anyhow::Result<()> {
+    async fn attach(&mut self, attempt: &mut Attempt<'_>, channel: HangarChannel) -> anyhow::Result<()> {
         use v1::drone_attach_request::Message;
         use v1::drone_attach_response::Message as Reply;
 

@@ -5,6 +5,7 @@ use crate::executor_command::{RuntimeChoice, build_runtime};
 use crate::socket::client::ExecutorClient;
 use anyhow::Context;
 use clap::Args;
+use hangar_client::{CredentialFlags, Credentials};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,13 +13,18 @@ use std::time::Duration;
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     hangar-drone run --controller http://127.0.0.1:7070 --name worker-1\n  \
-    hangar-drone run --controller http://ctl-a:7070 --controller http://ctl-b:7070 --name worker-1 --pool gpu\n\n\
+    hangar-drone run --controller http://ctl-a:7070 --controller http://ctl-b:7070 --name worker-1 --pool gpu\n  \
+    hangar-drone run --controller https://ctl.example:7070 --name worker-1 \\\n      \
+    --tls-ca ca.pem --tls-cert worker-1.pem --tls-key worker-1.key\n\n\
     Then check it with:  hangar nodes list --kind drone")]
 pub struct RunArgs {
-    /// Controller URL; repeat (or separate with commas) to give several, tried in turn when one
-    /// is unreachable.
+    /// Controller URL (http:// or https://); repeat (or separate with commas) to give several,
+    /// tried in turn when one is unreachable.
     #[arg(long = "controller", env = "HANGAR_CONTROLLER", required = true, value_delimiter = ',')]
     controllers: Vec<String>,
+    /// Token and TLS towards the controllers (docs/security.md).
+    #[command(flatten)]
+    credentials: CredentialFlags,
     /// Name of this drone, unique in its cluster: lowercase letters, digits and '-'. The same
     /// name reconnecting keeps its node id.
     #[arg(long)]
@@ -57,6 +63,9 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 /// Runs the drone until SIGINT/SIGTERM, or until a controller refuses it for good.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut config = DroneConfig::new(args.controllers, args.name);
+    config.credentials = Credentials::from_env_and_flags(&args.credentials)?;
+    // A missing certificate or a typo in a URL fails the start, not every reconnect.
+    hangar_agent::check_controllers(&config.controllers, &config.credentials)?;
     config.cluster = args.cluster;
     config.pool = args.pool;
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();

@@ -27,6 +27,7 @@ pub use journal::{Journal, JournalError};
 use crate::runtime::Runtime;
 use attach::DroneAttach;
 use fleet::Fleet;
+use hangar_client::Credentials;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,8 +37,10 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 pub struct DroneConfig {
-    /// Controller URLs (`http://HOST:PORT`), tried in turn.
+    /// Controller URLs (`http://HOST:PORT` or `https://HOST:PORT`), tried in turn.
     pub controllers: Vec<String>,
+    /// Token and TLS towards the controllers.
+    pub credentials: Credentials,
     pub name: String,
     pub cluster: String,
     pub pool: String,
@@ -60,6 +63,7 @@ impl DroneConfig {
     pub fn new(controllers: Vec<String>, name: impl Into<String>) -> Self {
         DroneConfig {
             controllers,
+            credentials: Credentials::default(),
             name: name.into(),
             cluster: "default".into(),
             pool: "default".into(),
@@ -149,8 +153,9 @@ async fn run(
     // Backend tasks get their own token: they end with the drone, not with one stream.
     let fleet = Fleet::start(journal.clone(), config.runtime.clone(), shutdown.child_token()).await?;
     let mut attach = DroneAttach::new(&config, &fleet, &state);
+    let backoff = config.backoff.clone();
     let result =
-        hangar_agent::attach::attach_forever(&config.controllers, config.backoff.clone(), &mut attach, &shutdown)
+        hangar_agent::attach::attach_forever(&config.controllers, &config.credentials, backoff, &mut attach, &shutdown)
             .await
             .map_err(DroneError::Refused);
     shutdown.cancel();

@@ -5,15 +5,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 /// Writes smaller than this wait for the scheduler's other ready tasks before they go out.
 const COALESCE_BELOW: usize = 8 * 1024;
 /// How many times a write waits at most, as long as each wait brought more data.
 const MAX_YIELDS: u8 = 4;
 
-/// A TCP connection that batches the small writes of HTTP/2 streams into few system calls.
+/// A connection (TCP, or TLS over TCP) that batches the small writes of HTTP/2 streams into few
+/// system calls.
 ///
 /// A watch event is a few hundred bytes, and a controller with a thousand watchers sends it a
 /// thousand times. Each stream's task hands its frame to the connection's task, which tokio runs
@@ -31,34 +31,37 @@ const MAX_YIELDS: u8 = 4;
 ///   times), it yields again, then writes it all at once. On an idle runtime the queue is empty
 ///   and the write goes out at the next poll, so this adds no latency of its own; under load,
 ///   the wait is a pass over tasks that were ready anyway.
-pub(crate) struct CoalescingStream {
-    inner: TcpStream,
+///
+/// On a TLS connection it sits above the encryption, where h2 writes: what it batches is then
+/// sealed into few large TLS records instead of one record (and one `send`) per frame.
+pub(crate) struct CoalescingStream<S> {
+    inner: S,
     /// How often the pending write has yielded, and its size at the last yield.
     yielded: u8,
     yielded_at_len: usize,
 }
 
-impl CoalescingStream {
-    pub(crate) fn new(stream: TcpStream) -> CoalescingStream {
+impl<S> CoalescingStream<S> {
+    pub(crate) fn new(stream: S) -> CoalescingStream<S> {
         CoalescingStream { inner: stream, yielded: 0, yielded_at_len: 0 }
     }
 }
 
-impl Connected for CoalescingStream {
-    type ConnectInfo = TcpConnectInfo;
+impl<S: Connected> Connected for CoalescingStream<S> {
+    type ConnectInfo = S::ConnectInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> S::ConnectInfo {
         self.inner.connect_info()
     }
 }
 
-impl AsyncRead for CoalescingStream {
+impl<S: AsyncRead + Unpin> AsyncRead for CoalescingStream<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for CoalescingStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescingStream<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let wait = buf.len() < COALESCE_BELOW

@@ -3,6 +3,7 @@
 //! drone and proxy links, and runs the backend sweep.
 
 mod coalescing_stream;
+mod incoming;
 mod liveness;
 mod registry;
 mod server;

@@ -1,13 +1,12 @@
 //! Starting and stopping a controller: the gRPC services, health, reflection, the auth layer in
 //! front of them all, and the background tasks they need, all owned by one [`RunningController`].
 
-use super::coalescing_stream::CoalescingStream;
 use super::{BackendSweep, LivenessConfig, NodeRegistry};
 use crate::api::{BackendApi, BackendSettings, DroneApi, NodeApi, PageTokens, ProxyApi};
 use crate::auth::{AuthLayer, Authenticator, Reflection};
 use crate::store::{DynStore, Retention};
+use crate::tls::{ControllerTls, ControllerTlsFiles};
 use crate::watch::{NodeWatchHub, WatchConfig};
-use futures::StreamExt;
 use hangar::v1::backend_service_server::BackendServiceServer;
 use hangar::v1::drone_service_server::DroneServiceServer;
 use hangar::v1::node_service_server::NodeServiceServer;
@@ -46,6 +45,8 @@ pub struct ControllerConfig {
     /// Tokens, leases, timeouts and the sweep of the backend lifecycle; its `proxy_url` is
     /// replaced by the field above.
     pub backends: BackendSettings,
+    /// Serve TLS (and with a client CA, require client certificates); plain HTTP/2 without.
+    pub tls: Option<ControllerTlsFiles>,
 }
 
 impl Default for ControllerConfig {
@@ -61,6 +62,7 @@ impl Default for ControllerConfig {
             compaction_interval: Duration::from_secs(60),
             proxy_url: BackendSettings::default().proxy_url,
             backends: BackendSettings::default(),
+            tls: None,
         }
     }
 }
@@ -79,6 +81,8 @@ impl Controller {
             Some(path) => Authenticator::from_file(path, config.reflection)?,
             None => Authenticator::disabled(config.reflection),
         });
+        // An unusable certificate fails the start, not the first client.
+        let tls = config.tls.clone().map(ControllerTls::load).transpose()?.map(Arc::new);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let registry = Arc::new(NodeRegistry::new(store.clone(), config.controller_id.clone(), config.liveness));
@@ -138,11 +142,8 @@ impl Controller {
             .add_service(drone_api)
             .add_service(proxy_api);
         let stop_serving = shutdown.clone();
-        // A caller-supplied listener skips tonic's socket options: without TCP_NODELAY, Nagle
-        // holds back the small writes of watch events until the peer's delayed ACK.
-        let incoming = tonic::transport::server::TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .map(|accepted| accepted.map(CoalescingStream::new));
+        // TCP_NODELAY, TLS handshakes and the peer's identity: `incoming`.
+        let incoming = super::incoming::incoming(listener, tls.clone());
         let server =
             tokio::spawn(
                 async move { router.serve_with_incoming_shutdown(incoming, stop_serving.cancelled_owned()).await },
@@ -167,8 +168,9 @@ impl Controller {
             tasks.spawn(async move { sweep.run(interval, shutdown).await });
         }
 
-        tracing::info!(%local_addr, controller_id = %config.controller_id, "controller serving");
-        Ok(RunningController { local_addr, config, shutdown, tasks, server, health, registry, authenticator })
+        let mtls = tls.as_ref().is_some_and(|tls| tls.requires_client_certificates());
+        tracing::info!(%local_addr, controller_id = %config.controller_id, tls = tls.is_some(), mtls, "controller serving");
+        Ok(RunningController { local_addr, config, shutdown, tasks, server, health, registry, authenticator, tls })
     }
 }
 
@@ -208,6 +210,7 @@ pub struct RunningController {
     health: HealthReporter,
     registry: Arc<NodeRegistry>,
     authenticator: Arc<Authenticator>,
+    tls: Option<Arc<ControllerTls>>,
 }
 
 impl RunningController {
@@ -215,9 +218,10 @@ impl RunningController {
         self.local_addr
     }
 
-    /// `http://ADDR`, for clients.
+    /// `http://ADDR`, or `https://ADDR` with TLS, for clients.
     pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     pub fn controller_id(&self) -> &str {
@@ -229,15 +233,27 @@ impl RunningController {
     }
 
     /// Re-reads what an operator may change under a running controller (`hangar-server
-    /// controller` does this on SIGHUP): the auth file. New calls see the new principals; calls
-    /// already running, open streams included, go on as they were admitted. A file that does not
-    /// load leaves the one in force as it was, and the error says why (it is logged too).
+    /// controller` does this on SIGHUP): the auth file, and the TLS certificate, key and client
+    /// CA. New calls see the new principals and connections accepted afterwards the new
+    /// certificates; calls already running, open streams included, go on as they were admitted.
+    /// A file that does not load leaves what is in force as it was, and the error says why (it
+    /// is logged too); the other file is still reloaded.
     pub fn reload(&self) -> anyhow::Result<()> {
+        let mut failed = None;
         if let Err(err) = self.authenticator.reload() {
             tracing::error!(error = %err, "auth file not reloaded; the one in force stays");
-            return Err(err.into());
+            failed = Some(anyhow::Error::from(err));
         }
-        Ok(())
+        if let Some(tls) = &self.tls
+            && let Err(err) = tls.reload()
+        {
+            tracing::error!(error = format!("{err:#}"), "TLS certificates not reloaded; the ones in force stay");
+            failed.get_or_insert(err);
+        }
+        match failed {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     /// Whether callers must prove who they are (the controller has an auth file).

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use hangar::v1::{self, proxy_service_client::ProxyServiceClient};
 use hangar_agent::HostResources;
 use hangar_agent::attach::{Attach, Attempt, StreamEnd};
+use hangar_client::HangarChannel;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::traffic::Traffic;
 use super::{ProxyConfig, RouteCache};
@@ -37,14 +37,14 @@ impl Attach for ProxyAttach {
     type Refusal = Infallible;
     const AGENT: &'static str = "proxy";
 
-    async fn stream(&mut self, attempt: &mut Attempt<'_>, channel: Channel) -> StreamEnd<Infallible> {
+    async fn stream(&mut self, attempt: &mut Attempt<'_>, channel: HangarChannel) -> StreamEnd<Infallible> {
         self.attach(attempt, channel).await.into()
     }
 }
 
 impl ProxyAttach {
     /// One stream, from the hello to its end.
-    async fn attach(&mut self, attempt: &mut Attempt<'_>, channel: Channel) -> anyhow::Result<()> {
+    async fn attach(&mut self, attempt: &mut Attempt<'_>, channel: HangarChannel) -> anyhow::Result<()> {
         use v1::proxy_attach_request::Message;
         use v1::proxy_attach_response::Message as Reply;
 

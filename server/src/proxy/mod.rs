@@ -7,17 +7,16 @@
 mod attach;
 mod forward;
 mod routes;
-mod tls;
 mod traffic;
 
+pub use crate::tls::TlsFiles;
 pub use forward::ProxyError;
 pub use routes::{Route, RouteCache};
-pub use tls::TlsFiles;
 
-use anyhow::Context;
 use attach::ProxyAttach;
 use hangar_agent::attach::attach_forever;
-use hangar_agent::{Backoff, controller_endpoint};
+use hangar_agent::{Backoff, check_controllers, controller_endpoint};
+use hangar_client::{Credentials, HangarChannel};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
@@ -32,6 +31,8 @@ use tonic::transport::Channel;
 pub struct ProxyConfig {
     /// Controller URLs; lookups are balanced over them and the attach stream moves between them.
     pub controllers: Vec<String>,
+    /// Token and TLS towards the controllers (`https://` URLs).
+    pub credentials: Credentials,
     /// Name of this proxy node, unique in its cluster.
     pub name: String,
     pub cluster: String,
@@ -52,6 +53,7 @@ impl ProxyConfig {
     pub fn new(controllers: Vec<String>, name: impl Into<String>) -> Self {
         ProxyConfig {
             controllers,
+            credentials: Credentials::default(),
             name: name.into(),
             cluster: "default".into(),
             public_url: None,
@@ -97,21 +99,24 @@ impl Proxy {
     pub async fn start(config: ProxyConfig, listener: TcpListener) -> anyhow::Result<RunningProxy> {
         anyhow::ensure!(!config.controllers.is_empty(), "the proxy needs at least one controller URL");
         let local_addr = listener.local_addr()?;
-        // A bad certificate fails the start, not the first client.
-        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        // A bad certificate fails the start, not the first client; so do unusable credentials
+        // towards the controllers.
+        let tls = config.tls.as_ref().map(crate::tls::proxy_acceptor).transpose()?;
+        check_controllers(&config.controllers, &config.credentials)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local_addr}"));
-        let lookups = lookup_channel(&config.controllers).context("invalid controller URL")?;
+        let lookups = lookup_channel(&config.controllers, &config.credentials)?;
         let routes = Arc::new(RouteCache::new(lookups, config.route_ttl));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let forwarder = Arc::new(forward::Forwarder::new(routes.clone(), config.startup_wait));
 
         let mut attach = ProxyAttach::new(config.clone(), public_url.clone(), routes.clone(), forwarder.traffic());
-        let (controllers, stop) = (config.controllers.clone(), shutdown.clone());
+        let (controllers, credentials, stop) =
+            (config.controllers.clone(), config.credentials.clone(), shutdown.clone());
         tasks.spawn(async move {
             // A proxy never gives up (its refusal type is Infallible): only the shutdown ends this.
-            let Ok(()) = attach_forever(&controllers, Backoff::default(), &mut attach, &stop).await;
+            let Ok(()) = attach_forever(&controllers, &credentials, Backoff::default(), &mut attach, &stop).await;
         });
         tasks.spawn(serve(listener, tls, forwarder, tasks.clone(), shutdown.clone()));
         tracing::info!(%local_addr, %public_url, "proxy serving");
@@ -120,9 +125,10 @@ impl Proxy {
 }
 
 /// A channel balanced over every controller, for route lookups.
-fn lookup_channel(controllers: &[String]) -> Result<Channel, tonic::transport::Error> {
-    let endpoints = controllers.iter().map(|url| controller_endpoint(url)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Channel::balance_list(endpoints.into_iter()))
+fn lookup_channel(controllers: &[String], credentials: &Credentials) -> anyhow::Result<HangarChannel> {
+    let endpoints =
+        controllers.iter().map(|url| controller_endpoint(url, credentials)).collect::<Result<Vec<_>, _>>()?;
+    Ok(credentials.authorize(Channel::balance_list(endpoints.into_iter()))?)
 }
 
 async fn serve(

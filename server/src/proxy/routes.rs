@@ -3,10 +3,10 @@
 use chrono::{DateTime, Utc};
 use hangar::domain::{BackendState, timestamp_from_proto};
 use hangar::v1::{LookupRouteRequest, proxy_service_client::ProxyServiceClient};
+use hangar_client::HangarChannel;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -31,13 +31,13 @@ pub enum Lookup {
 }
 
 pub struct RouteCache {
-    client: ProxyServiceClient<Channel>,
+    client: ProxyServiceClient<HangarChannel>,
     ttl: Duration,
     entries: Mutex<HashMap<String, (Route, Instant)>>,
 }
 
 impl RouteCache {
-    pub fn new(channel: Channel, ttl: Duration) -> Self {
+    pub fn new(channel: HangarChannel, ttl: Duration) -> Self {
         RouteCache { client: ProxyServiceClient::new(channel), ttl, entries: Mutex::new(HashMap::new()) }
     }
 
