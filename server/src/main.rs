@@ -3,9 +3,9 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use hangar_server::auth::{self, Reflection, Role, bind::BindDecision};
 use hangar::secret::Secret;
 use hangar_client::{CredentialFlags, Credentials};
+use hangar_server::auth::{self, Reflection, Role, bind::BindDecision};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
 #[cfg(feature = "dev")]
 use hangar_server::dev::{DevCluster, DevOptions, DevRuntime, banner, demo_backend};
