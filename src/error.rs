@@ -42,6 +42,13 @@ pub mod reason {
     pub const EVENTS_LAGGED: &str = "EVENTS_LAGGED";
     /// A request's arguments were refused; `BadRequest` names each field.
     pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
+    /// The caller sent requests faster than its rate limit allows; retry after `retry_after_ms`
+    /// (metadata, and `google.rpc.RetryInfo`).
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    /// The caller has as many calls in flight as it may (metadata `limit`).
+    pub const CONCURRENCY_LIMITED: &str = "CONCURRENCY_LIMITED";
+    /// The caller has as many watch streams open as it may (metadata `limit`).
+    pub const WATCH_LIMIT_REACHED: &str = "WATCH_LIMIT_REACHED";
 }
 
 /// `ErrorInfo.metadata` keys: one key per concept, whichever error carries it.
@@ -74,6 +81,11 @@ pub mod metadata {
     pub const DETAIL: &str = "detail";
     /// The last sequence number an executor's event stream delivered: resume after it.
     pub const LAST_SEQUENCE: &str = "last_sequence";
+    /// How long to wait before retrying, in milliseconds (RATE_LIMITED). Also sent as gRPC
+    /// response metadata of the same name, for clients that read no error details.
+    pub const RETRY_AFTER_MS: &str = "retry_after_ms";
+    /// The limit that was reached (CONCURRENCY_LIMITED, WATCH_LIMIT_REACHED).
+    pub const LIMIT: &str = "limit";
 }
 
 /// A status with an `ErrorInfo` (domain [`ERROR_DOMAIN`]) and metadata.
@@ -82,6 +94,41 @@ pub fn status_with_reason(code: Code, message: impl Into<String>, reason: &str, 
         metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
     Status::with_error_details(code, message, details)
+}
+
+/// A status with an `ErrorInfo` and a `google.rpc.RetryInfo` saying when to try again; the delay
+/// is also in the `ErrorInfo` metadata and in the gRPC metadata as [`metadata::RETRY_AFTER_MS`].
+pub fn status_with_retry(
+    code: Code,
+    message: impl Into<String>,
+    reason: &str,
+    metadata: &[(&str, String)],
+    retry_after: std::time::Duration,
+) -> Status {
+    let retry_ms = retry_after_millis(retry_after);
+    let mut error_metadata: std::collections::HashMap<String, String> =
+        metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    error_metadata.insert(metadata::RETRY_AFTER_MS.to_string(), retry_ms.to_string());
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, error_metadata);
+    details.set_retry_info(Some(retry_after));
+    let mut status = Status::with_error_details(code, message, details);
+    status.metadata_mut().insert(metadata::RETRY_AFTER_MS, retry_ms.to_string().parse().expect("digits are ASCII"));
+    status
+}
+
+/// A delay in whole milliseconds, rounded up so that a client waiting that long is never early.
+fn retry_after_millis(delay: std::time::Duration) -> u128 {
+    delay.as_nanos().div_ceil(1_000_000)
+}
+
+/// How long a status asks the caller to wait before retrying (`google.rpc.RetryInfo`, else the
+/// `retry_after_ms` metadata), if it says.
+pub fn retry_after(status: &Status) -> Option<std::time::Duration> {
+    if let Some(delay) = status.get_error_details().retry_info().and_then(|r| r.retry_delay) {
+        return Some(delay);
+    }
+    let millis = status.metadata().get(metadata::RETRY_AFTER_MS)?.to_str().ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(millis))
 }
 
 /// INVALID_ARGUMENT with one `BadRequest` field violation per `(field, description)` and the
@@ -128,6 +175,18 @@ mod tests {
         let (reason, metadata) = error_info(&status).expect("error info");
         assert_eq!(reason, reason::NODE_NOT_FOUND);
         assert_eq!(metadata["id"], "nd-1");
+    }
+
+    #[test]
+    fn a_retry_delay_travels_as_retry_info_error_metadata_and_grpc_metadata() {
+        let delay = std::time::Duration::from_micros(12_300);
+        let status = status_with_retry(Code::ResourceExhausted, "slow down", reason::RATE_LIMITED, &[], delay);
+        assert_eq!(retry_after(&status), Some(delay));
+        let (reason, metadata) = error_info(&status).expect("error info");
+        assert_eq!((reason.as_str(), metadata["retry_after_ms"].as_str()), (reason::RATE_LIMITED, "13"));
+        assert_eq!(status.metadata().get("retry_after_ms").unwrap(), "13", "rounded up, never early");
+        let bare = Status::resource_exhausted("no details");
+        assert_eq!(retry_after(&bare), None);
     }
 
     #[test]

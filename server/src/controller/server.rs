@@ -4,6 +4,7 @@
 use super::coalescing_stream::CoalescingStream;
 use super::{BackendSweep, LivenessConfig, NodeRegistry};
 use crate::api::{BackendApi, BackendSettings, DroneApi, NodeApi, PageTokens, ProxyApi};
+use crate::limits::{FirstRequestDeadline, LimitLayer, LimitsConfig};
 use crate::store::{DynStore, Retention};
 use crate::watch::{NodeWatchHub, WatchConfig};
 use futures::StreamExt;
@@ -40,6 +41,8 @@ pub struct ControllerConfig {
     /// Tokens, leases, timeouts and the sweep of the backend lifecycle; its `proxy_url` is
     /// replaced by the field above.
     pub backends: BackendSettings,
+    /// What one caller may ask at once, and what any connection may send.
+    pub limits: LimitsConfig,
 }
 
 impl Default for ControllerConfig {
@@ -54,6 +57,7 @@ impl Default for ControllerConfig {
             compaction_interval: Duration::from_secs(60),
             proxy_url: BackendSettings::default().proxy_url,
             backends: BackendSettings::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -74,26 +78,38 @@ impl Controller {
         let tokens = PageTokens::new(store.shared_secret("page-tokens").await?);
 
         let hub = NodeWatchHub::new(store.clone(), config.watch, shutdown.clone()).await?;
+        let transport = &config.limits.transport;
+        let max_message = transport.max_message_bytes;
         let node_api =
-            NodeServiceServer::new(NodeApi::new(store.clone(), tokens.clone(), hub.clone(), registry.clone()));
+            NodeServiceServer::new(NodeApi::new(store.clone(), tokens.clone(), hub.clone(), registry.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message);
         let settings = BackendSettings { proxy_url: config.proxy_url.clone(), ..config.backends.clone() };
         let backend_api = BackendServiceServer::new(BackendApi::new(
             store.clone(),
             tokens.clone(),
             settings.clone(),
             shutdown.clone(),
-        ));
+        ))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
         let drone_api = DroneServiceServer::new(DroneApi::new(
             registry.clone(),
             store.clone(),
             settings.clone(),
             tasks.clone(),
             shutdown.clone(),
-        ));
+        ))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
         let proxy_api =
-            ProxyServiceServer::new(ProxyApi::new(registry.clone(), store.clone(), tasks.clone(), shutdown.clone()));
+            ProxyServiceServer::new(ProxyApi::new(registry.clone(), store.clone(), tasks.clone(), shutdown.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message);
 
         let (health, health_service) = tonic_health::server::health_reporter();
+        let health_service =
+            health_service.max_decoding_message_size(max_message).max_encoding_message_size(max_message);
         set_health(&health, ServingStatus::Serving).await;
 
         let reflection = config.reflection.then(|| {
@@ -110,11 +126,23 @@ impl Controller {
             (builder().build_v1(), builder().build_v1alpha())
         });
         let (reflection_v1, reflection_v1alpha) = match reflection {
-            Some((v1, v1alpha)) => (Some(v1?), Some(v1alpha?)),
+            Some((v1, v1alpha)) => (
+                Some(v1?.max_decoding_message_size(max_message).max_encoding_message_size(max_message)),
+                Some(v1alpha?.max_decoding_message_size(max_message).max_encoding_message_size(max_message)),
+            ),
             None => (None, None),
         };
 
+        // The transport's limits (docs/design/security.md, "Limits"), then the per-caller ones.
         let router = tonic::transport::Server::builder()
+            .max_concurrent_streams(transport.max_concurrent_streams)
+            .http2_max_header_list_size(transport.max_header_list_bytes)
+            .http2_keepalive_interval(Some(transport.keepalive_interval))
+            .http2_keepalive_timeout(Some(transport.keepalive_timeout))
+            .http2_max_pending_accept_reset_streams(Some(transport.max_pending_accept_reset_streams))
+            .http2_max_local_error_reset_streams(Some(transport.max_local_error_reset_streams))
+            .timeout(transport.call_timeout)
+            .layer(LimitLayer::new(config.limits.clone()))
             .add_service(health_service)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
@@ -125,9 +153,11 @@ impl Controller {
         let stop_serving = shutdown.clone();
         // A caller-supplied listener skips tonic's socket options: without TCP_NODELAY, Nagle
         // holds back the small writes of watch events until the peer's delayed ACK.
-        let incoming = tonic::transport::server::TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .map(|accepted| accepted.map(CoalescingStream::new));
+        let first_request_timeout = transport.first_request_timeout;
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)).map(move |accepted| {
+                accepted.map(|tcp| FirstRequestDeadline::new(CoalescingStream::new(tcp), first_request_timeout))
+            });
         let server =
             tokio::spawn(
                 async move { router.serve_with_incoming_shutdown(incoming, stop_serving.cancelled_owned()).await },
