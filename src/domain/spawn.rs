@@ -7,6 +7,7 @@ use super::image::image_problem;
 use super::node::{ParseEnumError, string_enum};
 use super::time::{duration_from_proto, duration_to_proto};
 use crate::executor::v1 as executor_v1;
+use crate::secret::REDACTED;
 use crate::v1;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -87,7 +88,11 @@ pub const DEFAULT_BACKEND_PORT: u16 = 8080;
 /// What a backend runs. The process started is `command` (the image's ENTRYPOINT when empty)
 /// followed by `args` (the image's CMD when both are empty), as in Kubernetes; the proto's
 /// `Executable` says how the process runtime reads them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its environment's values are secrets: `Debug` and every `v1::Executable` made with `From`
+/// show them as [`REDACTED`]; only [`Executable::to_spawn_proto`], for the drone that runs the
+/// backend, carries them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Executable {
     pub image: String,
     /// Overrides the image's ENTRYPOINT: the program and its leading arguments.
@@ -101,8 +106,9 @@ pub struct Executable {
     pub resources: ResourceLimits,
 }
 
-/// A validated spawn configuration, with defaults filled in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A validated spawn configuration, with defaults filled in. `Debug` shows neither its env values
+/// nor its static token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnConfig {
     pub executable: Executable,
     pub cluster: String,
@@ -334,13 +340,22 @@ fn argv_problems(argv: &[String], field: &str, names_program: bool) -> Vec<(Stri
     problems
 }
 
+impl Executable {
+    /// The executable with its environment's values: what the Spawn action hands the drone that
+    /// runs the backend, and nothing else may send.
+    pub fn to_spawn_proto(&self) -> v1::Executable {
+        v1::Executable { env: self.env.clone().into_iter().collect(), ..v1::Executable::from(self) }
+    }
+}
+
 impl From<&Executable> for v1::Executable {
+    /// The environment's keys with [`REDACTED`] values: what anyone who may read a backend sees.
     fn from(e: &Executable) -> Self {
         v1::Executable {
             image: e.image.clone(),
             command: e.command.clone(),
             args: e.args.clone(),
-            env: e.env.clone().into_iter().collect(),
+            env: e.env.keys().map(|name| (name.clone(), REDACTED.to_string())).collect(),
             pull_policy: e.pull_policy.to_proto() as i32,
             container_port: u32::from(e.container_port),
             resources: Some(e.resources.into()),
@@ -348,8 +363,38 @@ impl From<&Executable> for v1::Executable {
     }
 }
 
+impl fmt::Debug for Executable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env: BTreeMap<&str, &str> = self.env.keys().map(|name| (name.as_str(), REDACTED)).collect();
+        f.debug_struct("Executable")
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env", &env)
+            .field("pull_policy", &self.pull_policy)
+            .field("container_port", &self.container_port)
+            .field("resources", &self.resources)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SpawnConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpawnConfig")
+            .field("executable", &self.executable)
+            .field("cluster", &self.cluster)
+            .field("pool", &self.pool)
+            .field("labels", &self.labels)
+            .field("lifetime_limit", &self.lifetime_limit)
+            .field("max_idle", &self.max_idle)
+            .field("static_token", &self.static_token.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
 impl From<&SpawnConfig> for v1::SpawnConfig {
-    /// The static token is not echoed: `Backend` messages are listed and watched by readers.
+    /// What readers of a backend see (`GetBackend`, `ListBackends`, `Connect`'s `backend`): the
+    /// environment's values are [`REDACTED`] and the static token is left out.
     fn from(c: &SpawnConfig) -> Self {
         v1::SpawnConfig {
             executable: Some((&c.executable).into()),
@@ -494,6 +539,23 @@ mod tests {
         exe.args = vec![String::new()];
         exe.resources = Some(v1::ResourceLimits { cpu_millis: 500, memory_bytes: 64 << 20, pids: 128 });
         assert!(SpawnConfig::from_proto(&fine, "spawn_config").is_ok(), "an empty argument after the program is fine");
+    }
+
+    #[test]
+    fn env_values_and_the_static_token_reach_only_the_spawn_proto() {
+        let mut wire = valid_config();
+        wire.executable.as_mut().unwrap().env = [("API_KEY".to_string(), "k-0123456789".to_string())].into();
+        wire.static_token = "static-0123456789abcdef".into();
+        let config = SpawnConfig::from_proto(&wire, "spawn_config").unwrap();
+        assert_eq!(config.executable.to_spawn_proto().env["API_KEY"], "k-0123456789", "the drone's copy");
+        let read = v1::SpawnConfig::from(&config);
+        assert_eq!(read.executable.as_ref().unwrap().env["API_KEY"], REDACTED, "the key stays, its value does not");
+        assert_eq!(read.static_token, "");
+        let debug = format!("{config:?} {:?}", config.executable);
+        assert!(debug.contains("API_KEY") && debug.contains(REDACTED), "{debug}");
+        for secret in ["k-0123456789", "static-0123456789abcdef"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
     }
 
     #[test]

@@ -97,7 +97,8 @@ impl DroneSession {
                 // Only the config's own environment: the drone adds Hangar's variables
                 // (`BackendEnv`) from the key, fencing token and static token below.
                 Action::Spawn(v1::SpawnBackend {
-                    executable: Some(v1::Executable::from(&backend.spawn_config.executable)),
+                    // The one message that carries the env's values: to the drone that runs it.
+                    executable: Some(backend.spawn_config.executable.to_spawn_proto()),
                     key: backend.key.as_ref().map(Into::into),
                     fencing_token: backend.fencing_token,
                     static_token: backend.spawn_config.static_token.clone().unwrap_or_default(),
