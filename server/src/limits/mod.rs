@@ -107,3 +107,38 @@ impl Default for TransportLimits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The operator's table (docs/security.md, "Limits") says what the code does.
+    #[test]
+    fn the_documented_defaults_are_the_defaults() {
+        let docs = include_str!("../../../docs/security.md");
+        let limits = &docs[docs.find("## Limits").expect("a Limits section")..];
+        let config = LimitsConfig::default();
+        let t = &config.transport;
+        let thousands = |n: u32| if n >= 1000 { format!("{},{:03}", n / 1000, n % 1000) } else { n.to_string() };
+        let expected = [
+            format!("| {} per second, bursts of {} |", config.rate_per_second, config.burst),
+            format!("| {} | `--max-concurrent-calls`", config.max_concurrent_calls),
+            format!("| {} | `--max-watches`", config.max_watches),
+            format!("| {} MiB |", t.max_message_bytes >> 20),
+            format!("| {} |", thousands(t.max_concurrent_streams)),
+            format!("| {} KiB |", t.max_header_list_bytes >> 10),
+            format!(
+                "a PING after {} s of silence; closed if unanswered for {} s",
+                t.keepalive_interval.as_secs(),
+                t.keepalive_timeout.as_secs()
+            ),
+            format!("| {} at a time |", t.max_pending_accept_reset_streams),
+            format!("| {} |", thousands(t.max_local_error_reset_streams as u32)),
+            format!("| {} s, or the client's `grpc-timeout`", t.call_timeout.as_secs()),
+            format!("| {} s |", t.first_request_timeout.as_secs()),
+        ];
+        for line in expected {
+            assert!(limits.contains(&line), "docs/security.md does not say {line:?}");
+        }
+    }
+}
