@@ -79,37 +79,39 @@ impl Controller {
 
         let hub = NodeWatchHub::new(store.clone(), config.watch, shutdown.clone()).await?;
         let transport = &config.limits.transport;
-        let max_message = transport.max_message_bytes;
+        // Every service decodes and encodes messages of at most the transport's limit.
+        macro_rules! sized {
+            ($service:expr) => {
+                $service
+                    .max_decoding_message_size(transport.max_message_bytes)
+                    .max_encoding_message_size(transport.max_message_bytes)
+            };
+        }
         let node_api =
-            NodeServiceServer::new(NodeApi::new(store.clone(), tokens.clone(), hub.clone(), registry.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message);
+            sized!(NodeServiceServer::new(NodeApi::new(store.clone(), tokens.clone(), hub.clone(), registry.clone())));
         let settings = BackendSettings { proxy_url: config.proxy_url.clone(), ..config.backends.clone() };
-        let backend_api = BackendServiceServer::new(BackendApi::new(
+        let backend_api = sized!(BackendServiceServer::new(BackendApi::new(
             store.clone(),
             tokens.clone(),
             settings.clone(),
             shutdown.clone(),
-        ))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-        let drone_api = DroneServiceServer::new(DroneApi::new(
+        )));
+        let drone_api = sized!(DroneServiceServer::new(DroneApi::new(
             registry.clone(),
             store.clone(),
             settings.clone(),
             tasks.clone(),
             shutdown.clone(),
-        ))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-        let proxy_api =
-            ProxyServiceServer::new(ProxyApi::new(registry.clone(), store.clone(), tasks.clone(), shutdown.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message);
+        )));
+        let proxy_api = sized!(ProxyServiceServer::new(ProxyApi::new(
+            registry.clone(),
+            store.clone(),
+            tasks.clone(),
+            shutdown.clone()
+        )));
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let health_service =
-            health_service.max_decoding_message_size(max_message).max_encoding_message_size(max_message);
+        let health_service = sized!(health_service);
         set_health(&health, ServingStatus::Serving).await;
 
         let reflection = config.reflection.then(|| {
@@ -126,10 +128,7 @@ impl Controller {
             (builder().build_v1(), builder().build_v1alpha())
         });
         let (reflection_v1, reflection_v1alpha) = match reflection {
-            Some((v1, v1alpha)) => (
-                Some(v1?.max_decoding_message_size(max_message).max_encoding_message_size(max_message)),
-                Some(v1alpha?.max_decoding_message_size(max_message).max_encoding_message_size(max_message)),
-            ),
+            Some((v1, v1alpha)) => (Some(sized!(v1?)), Some(sized!(v1alpha?))),
             None => (None, None),
         };
 
