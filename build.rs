@@ -47,6 +47,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".hangar.v1.WatchNodesResponse", "crate::wire::WatchNodesResponse")
         // prost's codec with smaller per-call buffers (src/codec.rs).
         .codec_path("crate::codec::HangarCodec")
+        // Messages that carry env values or tokens get a `Debug` that hides them (src/redact.rs).
+        .skip_debug([
+            ".hangar.v1.Executable",
+            ".hangar.v1.SpawnConfig",
+            ".hangar.v1.SpawnBackend",
+            ".hangar.v1.ConnectResponse",
+            ".hangar.v1.LookupRouteRequest",
+            ".hangar.executor.v1.BackendSpec",
+        ])
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod domain;
 pub mod error;
+mod redact;
 pub mod secret;
 pub mod wire;
 

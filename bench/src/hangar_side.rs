@@ -13,6 +13,7 @@ use chrono::Utc;
 use hangar::domain::{NodeKind, NodeResources};
 use hangar::v1;
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
+use hangar_server::limits::LimitsConfig;
 use hangar_server::store::{self, NodeRegistration, NodeUpdate, UpdateCondition};
 use prost::Message;
 use std::io::Write as _;
@@ -78,6 +79,8 @@ pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
         reflection: hangar_server::auth::Reflection::Off,
         // The node has no drone behind it: keep liveness from turning it OFFLINE mid-run.
         liveness: LivenessConfig { unhealthy_after: hour, offline_after: hour, ..LivenessConfig::default() },
+        // Thousands of watchers from one address: per-caller limits would refuse most of them.
+        limits: LimitsConfig::default().per_caller_off(),
         ..ControllerConfig::default()
     };
     let node = store.attach_node(registration(), &config.controller_id, Utc::now()).await?;

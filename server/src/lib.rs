@@ -5,6 +5,7 @@ pub mod auth;
 pub mod controller;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod limits;
 pub mod proxy;
 pub mod scheduler;
 pub mod store;

@@ -9,6 +9,7 @@ use hangar_server::auth::{self, Reflection, Role, bind::BindDecision};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
 #[cfg(feature = "dev")]
 use hangar_server::dev::{DevCluster, DevOptions, DevRuntime, banner, demo_backend};
+use hangar_server::limits::LimitsConfig;
 use hangar_server::proxy::{Proxy, ProxyConfig, TlsFiles};
 use hangar_server::store;
 use hangar_server::telemetry::{self, LogFormat};
@@ -151,6 +152,39 @@ struct ControllerArgs {
     /// --tls-cert.
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_client_ca: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Per-caller limits: a caller is its principal, or its address when it has none. 0 turns a
+/// limit off. A caller over one gets RESOURCE_EXHAUSTED (docs/security.md, "Limits").
+#[derive(Args)]
+struct LimitArgs {
+    /// Requests per second one caller may make on average (unary calls; opening a stream).
+    #[arg(long, value_name = "PER_SECOND", default_value_t = LimitsConfig::default().rate_per_second)]
+    rate_limit: u32,
+    /// Requests one caller may make in one burst: the size of its token bucket, which refills
+    /// at --rate-limit.
+    #[arg(long, value_name = "REQUESTS", default_value_t = LimitsConfig::default().burst)]
+    rate_burst: u32,
+    /// Unary calls of one caller in flight at once.
+    #[arg(long, value_name = "CALLS", default_value_t = LimitsConfig::default().max_concurrent_calls)]
+    max_concurrent_calls: u32,
+    /// Watch streams one caller may hold open (a drone's or proxy's link is not one).
+    #[arg(long, value_name = "STREAMS", default_value_t = LimitsConfig::default().max_watches)]
+    max_watches: u32,
+}
+
+impl LimitArgs {
+    fn config(&self) -> LimitsConfig {
+        LimitsConfig {
+            rate_per_second: self.rate_limit,
+            burst: self.rate_burst,
+            max_concurrent_calls: self.max_concurrent_calls,
+            max_watches: self.max_watches,
+            ..LimitsConfig::default()
+        }
+    }
 }
 
 #[derive(Args)]
@@ -382,6 +416,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             .tls_cert
             .zip(args.tls_key)
             .map(|(cert, key)| ControllerTlsFiles { files: TlsFiles { cert, key }, client_ca: args.tls_client_ca }),
+        limits: args.limits.config(),
         ..ControllerConfig::default()
     };
     let controller = Controller::start(store, config, listener).await?;

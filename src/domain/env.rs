@@ -21,13 +21,25 @@ const PORT_VAR: &str = "PORT";
 pub const RESERVED_ENV: &[&str] = &[PORT_VAR, BACKEND_ID_VAR, BACKEND_KEY_VAR, FENCING_TOKEN_VAR, STATIC_TOKEN_VAR];
 
 /// What Hangar tells a backend about itself through its environment, on top of the spawn
-/// config's variables (which cannot override it). `PORT` is the runtime's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// config's variables (which cannot override it). `PORT` is the runtime's. `Debug` hides the
+/// static token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct BackendEnv {
     pub backend_id: String,
     pub key: Option<BackendKey>,
     pub fencing_token: u64,
     pub static_token: Option<String>,
+}
+
+impl std::fmt::Debug for BackendEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendEnv")
+            .field("backend_id", &self.backend_id)
+            .field("key", &self.key)
+            .field("fencing_token", &self.fencing_token)
+            .field("static_token", &self.static_token.as_ref().map(|_| crate::secret::REDACTED))
+            .finish()
+    }
 }
 
 impl BackendEnv {
@@ -87,6 +99,13 @@ mod tests {
         assert_eq!(vars[FENCING_TOKEN_VAR], "0");
         assert_eq!(vars[STATIC_TOKEN_VAR], "s3cr3t");
         assert!(!BackendEnv::from_spawn("bk-2", &spawn("")).vars().contains_key(STATIC_TOKEN_VAR));
+    }
+
+    #[test]
+    fn debug_hides_the_static_token() {
+        let env = BackendEnv::from_spawn("bk-4", &spawn("s3cr3t-static-token"));
+        let printed = format!("{env:?}");
+        assert!(!printed.contains("s3cr3t") && printed.contains("<redacted>"), "{printed}");
     }
 
     #[test]

@@ -3,10 +3,12 @@
 
 use super::backend::dns_label_problem;
 use super::env::RESERVED_ENV;
+use super::fields::{DURATION_MAX, duration_in, label_violations};
 use super::image::image_problem;
 use super::node::{ParseEnumError, string_enum};
-use super::time::{duration_from_proto, duration_to_proto};
+use super::time::duration_to_proto;
 use crate::executor::v1 as executor_v1;
+use crate::secret::REDACTED;
 use crate::v1;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -60,6 +62,98 @@ pub struct ResourceLimits {
     pub pids: u64,
 }
 
+impl ResourceLimits {
+    /// Problems of the limits, each under `field.<name>`: memory, when limited, between what a
+    /// runtime needs to start and what no host has; CPU and pids no higher than any host could
+    /// give.
+    pub fn violations(&self, field: &str) -> Vec<(String, String)> {
+        use spawn_limits::*;
+        let mut violations = Vec::new();
+        if self.memory_bytes != 0 && !(MEMORY_MIN..=MEMORY_MAX).contains(&self.memory_bytes) {
+            violations.push((
+                format!("{field}.memory_bytes"),
+                format!("must be 0 (no limit) or 4 MiB–1 PiB (got {})", self.memory_bytes),
+            ));
+        }
+        if self.cpu_millis > CPU_MILLIS_MAX {
+            violations.push((
+                format!("{field}.cpu_millis"),
+                format!("must be at most {CPU_MILLIS_MAX} (1024 cores; got {})", self.cpu_millis),
+            ));
+        }
+        if self.pids > PIDS_MAX {
+            violations.push((
+                format!("{field}.pids"),
+                format!("must be at most {PIDS_MAX}, the kernel's own limit (got {})", self.pids),
+            ));
+        }
+        violations
+    }
+}
+
+/// What an environment may hold, where it crosses a boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvRules {
+    pub max_vars: usize,
+    /// Every name and value together.
+    pub max_bytes: usize,
+    /// Whether the names Hangar sets itself ([`RESERVED_ENV`]) may appear.
+    pub hangar_names: bool,
+}
+
+impl EnvRules {
+    /// A spawn config's own environment: Hangar's names are Hangar's.
+    pub const SPAWN_CONFIG: EnvRules =
+        EnvRules { max_vars: spawn_limits::ENV_VARS_MAX, max_bytes: spawn_limits::ENV_BYTES_MAX, hangar_names: false };
+
+    /// What a drone asks its executor to run: the spawn config's environment with Hangar's
+    /// variables added, bounded with room to spare.
+    pub const BACKEND: EnvRules = EnvRules {
+        max_vars: spawn_limits::ENV_VARS_MAX + RESERVED_ENV.len(),
+        max_bytes: 256 * 1024,
+        hangar_names: true,
+    };
+
+    /// Problems of `env`, each under `field[name]` (or `field` for its size): names are
+    /// `[A-Za-z_][A-Za-z0-9_]*`, values hold no NUL (neither could reach a process).
+    pub fn violations<'a>(
+        &self,
+        field: &str,
+        env: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Vec<(String, String)> {
+        let mut violations = Vec::new();
+        let (mut count, mut bytes) = (0, 0);
+        for (name, value) in env {
+            count += 1;
+            bytes += name.len() + value.len();
+            // A few are enough to say what is wrong; a flood of bad names makes no flood of
+            // violations.
+            if violations.len() >= spawn_limits::ENV_VARS_MAX {
+                continue;
+            }
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                violations.push((format!("{field}[{name:?}]"), "names are [A-Za-z_][A-Za-z0-9_]*".into()));
+            } else if !self.hangar_names && RESERVED_ENV.contains(&name.as_str()) {
+                violations.push((format!("{field}[{name:?}]"), "is set by Hangar and cannot be overridden".into()));
+            }
+            if value.contains('\0') {
+                violations.push((format!("{field}[{name:?}]"), "values must not contain NUL".into()));
+            }
+        }
+        if count > self.max_vars || bytes > self.max_bytes {
+            let (max_vars, max_bytes) = (self.max_vars, self.max_bytes);
+            violations.push((
+                field.to_string(),
+                format!("at most {max_vars} variables of {max_bytes} bytes in total (got {count} of {bytes})"),
+            ));
+        }
+        violations
+    }
+}
+
 /// The API and the executor protocol carry the same three numbers; both convert here.
 macro_rules! resource_limits_proto {
     ($proto:path) => {
@@ -87,7 +181,11 @@ pub const DEFAULT_BACKEND_PORT: u16 = 8080;
 /// What a backend runs. The process started is `command` (the image's ENTRYPOINT when empty)
 /// followed by `args` (the image's CMD when both are empty), as in Kubernetes; the proto's
 /// `Executable` says how the process runtime reads them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its environment's values are secrets: `Debug` and every `v1::Executable` made with `From`
+/// show them as [`REDACTED`]; only [`Executable::to_spawn_proto`], for the drone that runs the
+/// backend, carries them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Executable {
     pub image: String,
     /// Overrides the image's ENTRYPOINT: the program and its leading arguments.
@@ -101,8 +199,9 @@ pub struct Executable {
     pub resources: ResourceLimits,
 }
 
-/// A validated spawn configuration, with defaults filled in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A validated spawn configuration, with defaults filled in. `Debug` shows neither its env values
+/// nor its static token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnConfig {
     pub executable: Executable,
     pub cluster: String,
@@ -132,7 +231,7 @@ pub mod spawn_limits {
     pub const ENV_VARS_MAX: usize = 256;
     /// Total bytes of every env name and value together.
     pub const ENV_BYTES_MAX: usize = 64 * 1024;
-    pub const LABELS_MAX: usize = 64;
+    pub const LABELS_MAX: usize = super::super::fields::LABELS_MAX;
     /// Minimum of `max_idle` and `lifetime_limit`: the sweep runs about once a second.
     pub const MIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
     pub const STATIC_TOKEN_MIN: usize = 16;
@@ -158,35 +257,14 @@ impl SpawnConfig {
         if let Some(problem) = image_problem(&exe.image, IMAGE_MAX) {
             violate(format!("{exe_field}.image"), problem);
         }
-        for (problem_field, problem) in argv_problems(&exe.command, &format!("{exe_field}.command"), true) {
+        for (problem_field, problem) in argv_violations(&exe.command, &format!("{exe_field}.command"), true) {
             violate(problem_field, problem);
         }
-        for (problem_field, problem) in argv_problems(&exe.args, &format!("{exe_field}.args"), false) {
+        for (problem_field, problem) in argv_violations(&exe.args, &format!("{exe_field}.args"), false) {
             violate(problem_field, problem);
         }
-        let mut env_bytes = 0;
-        for (name, value) in &exe.env {
-            env_bytes += name.len() + value.len();
-            let valid = !name.is_empty()
-                && !name.starts_with(|c: char| c.is_ascii_digit())
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
-                violate(format!("{exe_field}.env[{name:?}]"), "names are [A-Za-z_][A-Za-z0-9_]*".into());
-            } else if RESERVED_ENV.contains(&name.as_str()) {
-                violate(format!("{exe_field}.env[{name:?}]"), "is set by Hangar and cannot be overridden".into());
-            }
-            if value.contains('\0') {
-                violate(format!("{exe_field}.env[{name:?}]"), "values must not contain NUL".into());
-            }
-        }
-        if exe.env.len() > ENV_VARS_MAX || env_bytes > ENV_BYTES_MAX {
-            violate(
-                format!("{exe_field}.env"),
-                format!(
-                    "at most {ENV_VARS_MAX} variables of {ENV_BYTES_MAX} bytes in total (got {} of {env_bytes})",
-                    exe.env.len()
-                ),
-            );
+        for (problem_field, problem) in EnvRules::SPAWN_CONFIG.violations(&format!("{exe_field}.env"), &exe.env) {
+            violate(problem_field, problem);
         }
         let pull_policy = match exe.pull_policy {
             0 => PullPolicy::IfNotPresent,
@@ -203,23 +281,8 @@ impl SpawnConfig {
             }),
         };
         let limits = exe.resources.unwrap_or_default();
-        if limits.memory_bytes != 0 && !(MEMORY_MIN..=MEMORY_MAX).contains(&limits.memory_bytes) {
-            violate(
-                format!("{exe_field}.resources.memory_bytes"),
-                format!("must be 0 (no limit) or 4 MiB–1 PiB (got {})", limits.memory_bytes),
-            );
-        }
-        if limits.cpu_millis > CPU_MILLIS_MAX {
-            violate(
-                format!("{exe_field}.resources.cpu_millis"),
-                format!("must be at most {CPU_MILLIS_MAX} (1024 cores; got {})", limits.cpu_millis),
-            );
-        }
-        if limits.pids > PIDS_MAX {
-            violate(
-                format!("{exe_field}.resources.pids"),
-                format!("must be at most {PIDS_MAX}, the kernel's own limit (got {})", limits.pids),
-            );
+        for (problem_field, problem) in ResourceLimits::from(limits).violations(&format!("{exe_field}.resources")) {
+            violate(problem_field, problem);
         }
         let mut name_or_default = |f: &str, value: &str| {
             if value.is_empty() {
@@ -232,32 +295,12 @@ impl SpawnConfig {
         };
         let cluster = name_or_default("cluster", &config.cluster);
         let pool = name_or_default("pool", &config.pool);
-        for (key, value) in &config.labels {
-            if key.is_empty() || key.len() > 63 || value.len() > 256 {
-                violations.push((
-                    format!("{field}.labels[{key:?}]"),
-                    "keys must be 1–63 characters and values at most 256".into(),
-                ));
-            } else if key.chars().chain(value.chars()).any(char::is_control) {
-                violations.push((
-                    format!("{field}.labels[{key:?}]"),
-                    "keys and values must not contain control characters".into(),
-                ));
-            }
-        }
-        if config.labels.len() > LABELS_MAX {
-            violations.push((format!("{field}.labels"), format!("at most {LABELS_MAX} labels")));
-        }
-        let mut limit = |f: &str, d: &Option<prost_types::Duration>| match d {
-            None => None,
-            Some(d) => match duration_from_proto(d) {
-                Some(d) if d.is_zero() => None,
-                Some(d) if d >= MIN_LIMIT => Some(d),
-                _ => {
-                    violations.push((format!("{field}.{f}"), format!("must be unset, 0, or at least {MIN_LIMIT:?}")));
-                    None
-                }
-            },
+        violations.extend(label_violations(&format!("{field}.labels"), &config.labels));
+        let mut limit = |f: &str, d: &Option<prost_types::Duration>| {
+            duration_in(d.as_ref(), MIN_LIMIT, DURATION_MAX).unwrap_or_else(|problem| {
+                violations.push((format!("{field}.{f}"), problem));
+                None
+            })
         };
         let lifetime_limit = limit("lifetime_limit", &config.lifetime_limit);
         let max_idle = limit("max_idle", &config.max_idle);
@@ -310,7 +353,7 @@ impl SpawnConfig {
 /// Problems of a `command` or `args` list, each under `field` or `field[i]`: the count and total
 /// size are bounded, no argument may hold a NUL (it cannot reach a process), and a command's
 /// first element is the program, so it must not be empty.
-fn argv_problems(argv: &[String], field: &str, names_program: bool) -> Vec<(String, String)> {
+pub fn argv_violations(argv: &[String], field: &str, names_program: bool) -> Vec<(String, String)> {
     use spawn_limits::*;
     let mut problems = Vec::new();
     let bytes: usize = argv.iter().map(String::len).sum();
@@ -334,13 +377,22 @@ fn argv_problems(argv: &[String], field: &str, names_program: bool) -> Vec<(Stri
     problems
 }
 
+impl Executable {
+    /// The executable with its environment's values: what the Spawn action hands the drone that
+    /// runs the backend, and nothing else may send.
+    pub fn to_spawn_proto(&self) -> v1::Executable {
+        v1::Executable { env: self.env.clone().into_iter().collect(), ..v1::Executable::from(self) }
+    }
+}
+
 impl From<&Executable> for v1::Executable {
+    /// The environment's keys with [`REDACTED`] values: what anyone who may read a backend sees.
     fn from(e: &Executable) -> Self {
         v1::Executable {
             image: e.image.clone(),
             command: e.command.clone(),
             args: e.args.clone(),
-            env: e.env.clone().into_iter().collect(),
+            env: e.env.keys().map(|name| (name.clone(), REDACTED.to_string())).collect(),
             pull_policy: e.pull_policy.to_proto() as i32,
             container_port: u32::from(e.container_port),
             resources: Some(e.resources.into()),
@@ -348,8 +400,38 @@ impl From<&Executable> for v1::Executable {
     }
 }
 
+impl fmt::Debug for Executable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env: BTreeMap<&str, &str> = self.env.keys().map(|name| (name.as_str(), REDACTED)).collect();
+        f.debug_struct("Executable")
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env", &env)
+            .field("pull_policy", &self.pull_policy)
+            .field("container_port", &self.container_port)
+            .field("resources", &self.resources)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SpawnConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpawnConfig")
+            .field("executable", &self.executable)
+            .field("cluster", &self.cluster)
+            .field("pool", &self.pool)
+            .field("labels", &self.labels)
+            .field("lifetime_limit", &self.lifetime_limit)
+            .field("max_idle", &self.max_idle)
+            .field("static_token", &self.static_token.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
 impl From<&SpawnConfig> for v1::SpawnConfig {
-    /// The static token is not echoed: `Backend` messages are listed and watched by readers.
+    /// What readers of a backend see (`GetBackend`, `ListBackends`, `Connect`'s `backend`): the
+    /// environment's values are [`REDACTED`] and the static token is left out.
     fn from(c: &SpawnConfig) -> Self {
         v1::SpawnConfig {
             executable: Some((&c.executable).into()),
@@ -494,6 +576,23 @@ mod tests {
         exe.args = vec![String::new()];
         exe.resources = Some(v1::ResourceLimits { cpu_millis: 500, memory_bytes: 64 << 20, pids: 128 });
         assert!(SpawnConfig::from_proto(&fine, "spawn_config").is_ok(), "an empty argument after the program is fine");
+    }
+
+    #[test]
+    fn env_values_and_the_static_token_reach_only_the_spawn_proto() {
+        let mut wire = valid_config();
+        wire.executable.as_mut().unwrap().env = [("API_KEY".to_string(), "k-0123456789".to_string())].into();
+        wire.static_token = "static-0123456789abcdef".into();
+        let config = SpawnConfig::from_proto(&wire, "spawn_config").unwrap();
+        assert_eq!(config.executable.to_spawn_proto().env["API_KEY"], "k-0123456789", "the drone's copy");
+        let read = v1::SpawnConfig::from(&config);
+        assert_eq!(read.executable.as_ref().unwrap().env["API_KEY"], REDACTED, "the key stays, its value does not");
+        assert_eq!(read.static_token, "");
+        let debug = format!("{config:?} {:?}", config.executable);
+        assert!(debug.contains("API_KEY") && debug.contains(REDACTED), "{debug}");
+        for secret in ["k-0123456789", "static-0123456789abcdef"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
     }
 
     #[test]

@@ -16,11 +16,18 @@ use std::time::{Duration, Instant};
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn two_controllers(url: &str) -> (DynStore, RunningController, RunningController) {
+    two_controllers_with(url, test_config()).await
+}
+
+async fn two_controllers_with(
+    url: &str,
+    config: hangar_server::controller::ControllerConfig,
+) -> (DynStore, RunningController, RunningController) {
     hangar_tests::init_logging();
     let store_a = store::open(url).await.expect("store A");
     let store_b = store::open(url).await.expect("store B");
-    let a = start_controller_with(store_a.clone(), test_config()).await;
-    let b = start_controller_with(store_b, test_config()).await;
+    let a = start_controller_with(store_a.clone(), config.clone()).await;
+    let b = start_controller_with(store_b, config).await;
     (store_a, a, b)
 }
 
@@ -81,7 +88,11 @@ async fn drone_on_controller_a_is_seen_added_drained_and_offline_by_a_watcher_on
 #[tokio::test]
 async fn changes_written_concurrently_through_two_controllers_reach_watchers_gapless_and_in_order() {
     let pg = PgCluster::shared().await.unwrap();
-    let (store, a, b) = two_controllers(&pg.create_database().await.unwrap()).await;
+    // 2000 drains from one address as fast as two controllers take them: a throughput test, far
+    // over the per-caller rate limit, which tests/tests/limits.rs covers.
+    let mut config = test_config();
+    config.limits = config.limits.per_caller_off();
+    let (store, a, b) = two_controllers_with(&pg.create_database().await.unwrap(), config).await;
     let mut ids = Vec::new();
     for i in 0..20 {
         let node = store

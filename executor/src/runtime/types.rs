@@ -81,7 +81,8 @@ impl Capability {
 /// (the image's CMD when both are empty), as in Kubernetes. For docker `image` is an image
 /// reference; for the process runtime it is the path of the executable, which is its ENTRYPOINT
 /// (so `command[0]`, when given, replaces it) with an empty CMD — see [`BackendSpec::argv`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// `Debug` hides the environment's values (the spawn config's secrets, the static token).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct BackendSpec {
     pub backend_id: String,
     pub image: String,
@@ -95,6 +96,22 @@ pub struct BackendSpec {
     pub port: u16,
     pub resources: ResourceLimits,
     pub labels: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for BackendSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: BTreeMap<&str, &str> = self.env.keys().map(|k| (k.as_str(), hangar::secret::REDACTED)).collect();
+        f.debug_struct("BackendSpec")
+            .field("backend_id", &self.backend_id)
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env", &env)
+            .field("port", &self.port)
+            .field("resources", &self.resources)
+            .field("labels", &self.labels)
+            .finish()
+    }
 }
 
 /// Longest backend id accepted; ids end up in container names and labels.

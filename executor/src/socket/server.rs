@@ -24,6 +24,7 @@ use crate::runtime::{BackendSpec, Capability, PullPolicy, Runtime, RuntimeError}
 
 mod listener;
 mod reflection;
+mod validate;
 
 pub use self::listener::{MAX_SOCKET_PATH_BYTES, PeerConnection, PeerInfo, SocketError, bind_socket};
 
@@ -172,15 +173,6 @@ fn allowed_peer<'a>(extensions: &'a tonic::Extensions, allowed: &[u32]) -> Resul
     Ok(peer)
 }
 
-/// A duration argument; unset means zero.
-fn duration_from_proto(duration: Option<prost_types::Duration>) -> Result<Duration, Status> {
-    match duration {
-        None => Ok(Duration::ZERO),
-        Some(d) => hangar::domain::duration_from_proto(&d)
-            .ok_or_else(|| RuntimeError::invalid_spec("grace", "must not be negative").into()),
-    }
-}
-
 fn backend_id_arg(id: &str) -> Result<(), Status> {
     crate::runtime::validate_backend_id(id).map_err(Status::from)
 }
@@ -222,9 +214,7 @@ impl ExecutorService for ExecutorServiceImpl {
         self.admit(&request)?;
         self.require(Capability::PrepareImage, "PrepareImage")?;
         let req = request.into_inner();
-        if req.image.is_empty() {
-            return Err(RuntimeError::invalid_spec("image", "must not be empty").into());
-        }
+        validate::image(&req.image)?;
         // UNSPECIFIED means the default.
         let policy = match req.pull_policy {
             0 => PullPolicy::default(),
@@ -243,6 +233,7 @@ impl ExecutorService for ExecutorServiceImpl {
         let spec =
             request.into_inner().spec.ok_or_else(|| Status::from(RuntimeError::invalid_spec("spec", "required")))?;
         let spec = BackendSpec::from_proto(spec)?;
+        validate::spec(&spec)?;
         let started = self.runtime.start(spec).await?;
         Ok(Response::new(StartBackendResponse { runtime_id: started.runtime_id, address: started.address }))
     }
@@ -254,7 +245,7 @@ impl ExecutorService for ExecutorServiceImpl {
         self.admit(&request)?;
         let req = request.into_inner();
         backend_id_arg(&req.backend_id)?;
-        let grace = duration_from_proto(req.grace)?;
+        let grace = validate::duration("grace", req.grace)?;
         self.runtime.stop(&req.backend_id, grace).await?;
         Ok(Response::new(StopBackendResponse {}))
     }
@@ -316,7 +307,7 @@ impl ExecutorService for ExecutorServiceImpl {
         self.require(Capability::Stats, "StreamStats")?;
         let req = request.into_inner();
         backend_id_arg(&req.backend_id)?;
-        let interval = duration_from_proto(req.interval)?.max(MIN_STATS_INTERVAL);
+        let interval = validate::duration("interval", req.interval)?.max(MIN_STATS_INTERVAL);
         let stats = self.runtime.stats(&req.backend_id, interval).await?;
         let done = self.streams_done.clone();
         let stream = stats

@@ -252,9 +252,15 @@ impl BackendApi {
 }
 
 fn backend_filter(filter: Option<&v1::BackendFilter>) -> Result<BackendFilter, ApiError> {
-    filter.map_or(Ok(BackendFilter::default()), |f| {
-        BackendFilter::from_proto(f).map_err(|(field, message)| ApiError::invalid(field, message))
-    })
+    let Some(filter) = filter else { return Ok(BackendFilter::default()) };
+    let mut violations = validate::Violations::default();
+    violations
+        .absorb("filter.states", validate::filter_values("filter.states", filter.states.len()))
+        .absorb("filter.drone_id", validate::filter_id("filter.drone_id", &filter.drone_id))
+        .absorb("filter.key_namespace", validate::filter_name("filter.key_namespace", &filter.key_namespace))
+        .absorb("filter.cluster", validate::filter_name("filter.cluster", &filter.cluster));
+    violations.into_result()?;
+    BackendFilter::from_proto(filter).map_err(|(field, message)| ApiError::invalid(field, message))
 }
 
 #[tonic::async_trait]

@@ -100,7 +100,8 @@ impl DroneSession {
                 // Only the config's own environment: the drone adds Hangar's variables
                 // (`BackendEnv`) from the key, fencing token and static token below.
                 Action::Spawn(v1::SpawnBackend {
-                    executable: Some(v1::Executable::from(&backend.spawn_config.executable)),
+                    // The one message that carries the env's values: to the drone that runs it.
+                    executable: Some(backend.spawn_config.executable.to_spawn_proto()),
                     key: backend.key.as_ref().map(Into::into),
                     fencing_token: backend.fencing_token,
                     static_token: backend.spawn_config.static_token.clone().unwrap_or_default(),
@@ -119,6 +120,12 @@ impl DroneSession {
 
     async fn backend_event(&mut self, event: v1::DroneBackendEvent) -> Result<(), ApiError> {
         use v1::drone_attach_response::Message as Reply;
+        let mut violations = validate::Violations::default();
+        violations
+            .absorb("backend_event.event_id", validate::id("backend_event.event_id", &event.event_id))
+            .absorb("backend_event.backend_id", validate::id("backend_event.backend_id", &event.backend_id))
+            .absorb("backend_event.address", validate::address("backend_event.address", &event.address));
+        violations.into_result()?;
         let now = Utc::now();
         let Some(status) = event.status.as_ref().and_then(|s| BackendStatus::from_proto(s, now)) else {
             return Err(ApiError::Protocol(format!("event {} carries no known backend state", event.event_id)));
@@ -141,6 +148,13 @@ impl DroneSession {
 
     async fn renew_key(&mut self, renew: v1::RenewKey) -> Result<(), ApiError> {
         use v1::drone_attach_response::Message as Reply;
+        let mut violations = validate::Violations::default();
+        violations.absorb("renew_key.backend_id", validate::id("renew_key.backend_id", &renew.backend_id));
+        match &renew.key {
+            Some(key) => violations.extend(BackendKey::from(key).violations("renew_key.key")),
+            None => violations.check("renew_key.key", Some("is required".into())),
+        };
+        violations.into_result()?;
         let now = Utc::now();
         let expires_at = now + chrono::Duration::from_std(self.settings.lease_duration).unwrap_or_default();
         let renewed = match &renew.key {
@@ -176,6 +190,7 @@ impl SessionHandler<v1::DroneAttachRequest> for DroneSession {
             Some(Message::Hello(_)) => Err(ApiError::Protocol("hello sent twice on one stream".into())),
             Some(Message::BackendEvent(event)) => self.backend_event(event).await,
             Some(Message::AckAction(ack)) => {
+                validate::id("ack_action.action_id", &ack.action_id)?;
                 self.store.ack_action(&self.attached.node_id, &ack.action_id).await?;
                 self.sent.remove(&ack.action_id);
                 Ok(())
@@ -191,22 +206,26 @@ impl SessionHandler<v1::DroneAttachRequest> for DroneSession {
 }
 
 fn drone_registration(hello: &v1::DroneHello) -> Result<NodeRegistration, ApiError> {
-    let mut violations = Vec::new();
-    let mut check = |r: Result<(), ApiError>| {
-        if let Err(ApiError::InvalidArgument(v)) = r {
-            violations.extend(v);
-        }
-    };
-    check(validate::name("hello.name", &hello.name));
-    check(validate::name_or_default("hello.cluster", &hello.cluster, "default").map(drop));
-    check(validate::name_or_default("hello.pool", &hello.pool, "default").map(drop));
-    check(validate::labels("hello.labels", &hello.labels));
-    if hello.backend_capacity == 0 {
-        violations.push(("hello.backend_capacity".into(), "must be at least 1".into()));
-    }
-    if !violations.is_empty() {
-        return Err(ApiError::InvalidArgument(violations));
-    }
+    let mut violations = validate::Violations::default();
+    violations
+        .absorb("hello.name", validate::name("hello.name", &hello.name))
+        .absorb("hello.cluster", validate::filter_name("hello.cluster", &hello.cluster))
+        .absorb("hello.pool", validate::filter_name("hello.pool", &hello.pool))
+        .absorb("hello.labels", validate::labels("hello.labels", &hello.labels))
+        .check(
+            "hello.backend_capacity",
+            match hello.backend_capacity {
+                0 => Some("must be at least 1".to_string()),
+                n if n > validate::MAX_BACKEND_CAPACITY => {
+                    Some(format!("must be at most {} (got {n})", validate::MAX_BACKEND_CAPACITY))
+                }
+                _ => None,
+            },
+        )
+        .absorb("hello.version", validate::version("hello.version", &hello.version))
+        // It becomes a label value that operators select drones by: a name like "docker".
+        .absorb("hello.runtime", validate::filter_name("hello.runtime", &hello.runtime));
+    violations.into_result()?;
     let mut labels: std::collections::BTreeMap<_, _> = hello.labels.clone().into_iter().collect();
     if !hello.runtime.is_empty() {
         // A label, so operators can select drones by runtime like any other property.

@@ -9,7 +9,9 @@
 use crate::auth::Role;
 use crate::controller::CloseCause;
 use crate::store::{DroneCensus, Revision, StoreError};
-use hangar::error::{invalid_argument, invalid_argument_with_reason, metadata, reason, status_with_reason};
+use hangar::error::{
+    invalid_argument, invalid_argument_with_reason, metadata, reason, status_with_reason, status_with_retry,
+};
 use std::time::Duration;
 use tonic::{Code, Status};
 
@@ -79,6 +81,15 @@ pub enum ApiError {
     /// A drone or proxy principal asked to attach under a node name it may not use.
     #[error("this principal may not attach as node {node:?}")]
     NodeNotAllowed { node: String },
+    /// The caller's token bucket is empty (`crate::limits`).
+    #[error("rate limit exceeded: at most {rate} requests per second with bursts of {burst}; retry in {retry_after:?}")]
+    RateLimited { retry_after: Duration, rate: u32, burst: u32 },
+    /// The caller already has `limit` unary calls in flight.
+    #[error("at most {limit} calls may be in flight at once per caller; retry when one has finished")]
+    ConcurrencyLimited { limit: u32 },
+    /// The caller already has `limit` watch streams open.
+    #[error("at most {limit} watch streams may be open at once per caller; close one first")]
+    WatchLimitReached { limit: u32 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -247,6 +258,21 @@ impl From<ApiError> for Status {
                 reason::NODE_NOT_ALLOWED,
                 &[(metadata::NODE_NAME, node)],
             ),
+            ApiError::RateLimited { retry_after, .. } => {
+                status_with_retry(Code::ResourceExhausted, message, reason::RATE_LIMITED, &[], retry_after)
+            }
+            ApiError::ConcurrencyLimited { limit } => status_with_reason(
+                Code::ResourceExhausted,
+                message,
+                reason::CONCURRENCY_LIMITED,
+                &[(metadata::LIMIT, limit.to_string())],
+            ),
+            ApiError::WatchLimitReached { limit } => status_with_reason(
+                Code::ResourceExhausted,
+                message,
+                reason::WATCH_LIMIT_REACHED,
+                &[(metadata::LIMIT, limit.to_string())],
+            ),
             ApiError::Store(StoreError::Compacted { requested, oldest }) => {
                 ApiError::RevisionCompacted { requested, oldest }.into()
             }
@@ -328,6 +354,13 @@ mod tests {
             ),
             (ApiError::NodeNotAllowed { node: "drone-b".into() }, Code::PermissionDenied, reason::NODE_NOT_ALLOWED),
             (
+                ApiError::RateLimited { retry_after: Duration::from_millis(10), rate: 1, burst: 1 },
+                Code::ResourceExhausted,
+                reason::RATE_LIMITED,
+            ),
+            (ApiError::ConcurrencyLimited { limit: 64 }, Code::ResourceExhausted, reason::CONCURRENCY_LIMITED),
+            (ApiError::WatchLimitReached { limit: 256 }, Code::ResourceExhausted, reason::WATCH_LIMIT_REACHED),
+            (
                 ApiError::Store(StoreError::Compacted { requested: 1, oldest: 5 }),
                 Code::OutOfRange,
                 reason::REVISION_COMPACTED,
@@ -385,6 +418,19 @@ mod tests {
         assert_eq!(status.message(), "this principal may not attach as node \"drone-b\"");
         let (_, _, meta) = reason_of(ApiError::NodeNotAllowed { node: "drone-b".into() });
         assert_eq!(meta, [("node".to_string(), "drone-b".to_string())].into_iter().collect());
+    }
+
+    #[test]
+    fn a_rate_limited_call_says_when_to_retry_and_the_other_limits_name_theirs() {
+        let status =
+            Status::from(ApiError::RateLimited { retry_after: Duration::from_millis(250), rate: 100, burst: 200 });
+        assert_eq!(hangar::error::retry_after(&status), Some(Duration::from_millis(250)));
+        assert_eq!(status.metadata().get(metadata::RETRY_AFTER_MS).unwrap(), "250");
+        assert!(status.message().contains("100 requests per second"), "{}", status.message());
+        let (_, _, meta) = reason_of(ApiError::WatchLimitReached { limit: 3 });
+        assert_eq!(meta[metadata::LIMIT], "3");
+        let (_, _, meta) = reason_of(ApiError::ConcurrencyLimited { limit: 2 });
+        assert_eq!(meta[metadata::LIMIT], "2");
     }
 
     #[test]

@@ -14,5 +14,5 @@ pub use backend_service::{BackendApi, BackendSettings, token_hash};
 pub use drone_service::{DroneApi, RUNTIME_LABEL};
 pub use errors::ApiError;
 pub use node_service::NodeApi;
-pub use page_token::PageTokens;
+pub use page_token::{MAX_PAGE_TOKEN, PageCursor, PageTokens};
 pub use proxy_service::{PUBLIC_URL_LABEL, ProxyApi};

@@ -8,7 +8,7 @@ use crate::store::{DynStore, NodeUpdate, StoreError, UpdateCondition};
 use crate::watch::{NodeWatch, NodeWatchHub, WatchRequest};
 use chrono::Utc;
 use futures::TryStreamExt;
-use hangar::domain::{Node, NodeFilter, NodeKind, duration_from_proto};
+use hangar::domain::{DURATION_MAX, Node, NodeFilter, NodeKind, duration_from_proto};
 use hangar::v1::{self, node_service_server::NodeService};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub struct NodeApi {
 
 /// Shortest bookmark interval a client may ask for: bookmarks are for quiet streams, not a clock.
 const MIN_BOOKMARK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Longest bookmark interval: a day of quiet is as long as a bookmark is worth waiting for.
+const MAX_BOOKMARK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl NodeApi {
     pub fn new(store: DynStore, tokens: PageTokens, hub: NodeWatchHub, registry: Arc<NodeRegistry>) -> Self {
@@ -35,19 +37,12 @@ impl NodeApi {
     /// Validates a watch request; the stream itself reports a compacted start revision.
     pub fn watch_nodes(&self, req: v1::WatchNodesRequest) -> Result<EventStream, ApiError> {
         let filter = node_filter(req.filter.as_ref())?;
-        let bookmark_interval = match &req.bookmark_interval {
-            None => None,
-            Some(d) => match duration_from_proto(d) {
-                Some(d) if d.is_zero() => None,
-                Some(d) if d >= MIN_BOOKMARK_INTERVAL => Some(d),
-                _ => {
-                    return Err(ApiError::invalid(
-                        "bookmark_interval",
-                        format!("must be at least {MIN_BOOKMARK_INTERVAL:?} (or unset)"),
-                    ));
-                }
-            },
-        };
+        let bookmark_interval = validate::duration(
+            "bookmark_interval",
+            req.bookmark_interval.as_ref(),
+            MIN_BOOKMARK_INTERVAL,
+            MAX_BOOKMARK_INTERVAL,
+        )?;
         if req.send_initial && req.start_revision != 0 {
             return Err(ApiError::invalid(
                 "start_revision",
@@ -108,15 +103,14 @@ impl NodeApi {
     /// lifecycle; here the deadline is recorded on the node.
     pub async fn drain_node(&self, req: v1::DrainNodeRequest) -> Result<v1::DrainNodeResponse, ApiError> {
         validate::id("id", &req.id)?;
+        // Zero is a deadline too: now.
         let deadline = match &req.deadline {
             None => None,
             Some(d) => {
-                let d = duration_from_proto(d)
-                    .ok_or_else(|| ApiError::invalid("deadline", "must be a non-negative duration"))?;
-                Some(
-                    Utc::now()
-                        + chrono::Duration::from_std(d).map_err(|_| ApiError::invalid("deadline", "too long"))?,
-                )
+                let d = duration_from_proto(d).filter(|d| *d <= DURATION_MAX).ok_or_else(|| {
+                    ApiError::invalid("deadline", "must be a non-negative duration of at most 10 years")
+                })?;
+                Some(Utc::now() + chrono::Duration::from_std(d).expect("ten years fit in a chrono duration"))
             }
         };
         let node = self.update_drone(&req.id, NodeUpdate::drain(deadline)).await?;
@@ -148,7 +142,14 @@ impl NodeApi {
 
 fn node_filter(filter: Option<&v1::NodeFilter>) -> Result<NodeFilter, ApiError> {
     let Some(filter) = filter else { return Ok(NodeFilter::default()) };
-    validate::labels("filter.labels", &filter.labels)?;
+    let mut violations = validate::Violations::default();
+    violations
+        .absorb("filter.kinds", validate::filter_values("filter.kinds", filter.kinds.len()))
+        .absorb("filter.states", validate::filter_values("filter.states", filter.states.len()))
+        .absorb("filter.cluster", validate::filter_name("filter.cluster", &filter.cluster))
+        .absorb("filter.pool", validate::filter_name("filter.pool", &filter.pool))
+        .absorb("filter.labels", validate::labels("filter.labels", &filter.labels));
+    violations.into_result()?;
     NodeFilter::from_proto(filter).map_err(|(field, message)| ApiError::invalid(field, message))
 }
 

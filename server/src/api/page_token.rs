@@ -12,6 +12,9 @@ use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 const SIGNATURE_LEN: usize = 16;
+/// Longest token accepted. Hangar's own are about 150 characters; a longer one is not worth
+/// decoding and hashing.
+pub const MAX_PAGE_TOKEN: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageCursor {
@@ -54,6 +57,9 @@ impl PageTokens {
         let malformed = || {
             ApiError::InvalidPageToken("malformed; pass next_page_token from the previous response unchanged".into())
         };
+        if token.len() > MAX_PAGE_TOKEN {
+            return Err(malformed());
+        }
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
         if bytes.len() <= SIGNATURE_LEN {
             return Err(malformed());
@@ -120,6 +126,7 @@ mod tests {
         let tokens = PageTokens::new(b"secret".to_vec());
         assert!(tokens.decode("not a token!", "abc").is_err());
         assert!(tokens.decode("", "abc").is_err());
+        assert!(tokens.decode(&"A".repeat(MAX_PAGE_TOKEN + 1), "abc").is_err());
         let err = tokens.decode(&tokens.encode(&cursor()), "xyz").unwrap_err();
         assert!(err.to_string().contains("different filter"), "{err}");
     }

@@ -67,6 +67,9 @@ impl SessionHandler<v1::ProxyAttachRequest> for ProxySession {
                         "a traffic report names at most {MAX_TRAFFIC_IDS} backends"
                     )));
                 }
+                for (i, id) in report.backend_ids.iter().enumerate() {
+                    validate::id(&format!("traffic.backend_ids[{i}]"), id)?;
+                }
                 self.store.record_activity(&report.backend_ids, Utc::now()).await?;
                 Ok(())
             }
@@ -97,9 +100,14 @@ impl SessionHandler<v1::ProxyAttachRequest> for ProxySession {
 }
 
 fn proxy_registration(hello: &v1::ProxyHello) -> Result<NodeRegistration, ApiError> {
-    validate::name("hello.name", &hello.name)?;
-    validate::name_or_default("hello.cluster", &hello.cluster, "default")?;
-    validate::labels("hello.labels", &hello.labels)?;
+    let mut violations = validate::Violations::default();
+    violations
+        .absorb("hello.name", validate::name("hello.name", &hello.name))
+        .absorb("hello.cluster", validate::filter_name("hello.cluster", &hello.cluster))
+        .absorb("hello.labels", validate::labels("hello.labels", &hello.labels))
+        .absorb("hello.version", validate::version("hello.version", &hello.version))
+        .absorb("hello.public_url", validate::url("hello.public_url", &hello.public_url));
+    violations.into_result()?;
     let mut labels: std::collections::BTreeMap<_, _> = hello.labels.clone().into_iter().collect();
     if !hello.public_url.is_empty() {
         labels.insert(PUBLIC_URL_LABEL.into(), hello.public_url.clone());

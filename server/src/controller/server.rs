@@ -4,9 +4,11 @@
 use super::{BackendSweep, LivenessConfig, NodeRegistry};
 use crate::api::{BackendApi, BackendSettings, DroneApi, NodeApi, PageTokens, ProxyApi};
 use crate::auth::{AuthLayer, Authenticator, Reflection};
+use crate::limits::{FirstRequestDeadline, LimitLayer, LimitsConfig};
 use crate::store::{DynStore, Retention};
 use crate::tls::{ControllerTls, ControllerTlsFiles};
 use crate::watch::{NodeWatchHub, WatchConfig};
+use futures::StreamExt;
 use hangar::v1::backend_service_server::BackendServiceServer;
 use hangar::v1::drone_service_server::DroneServiceServer;
 use hangar::v1::node_service_server::NodeServiceServer;
@@ -47,6 +49,8 @@ pub struct ControllerConfig {
     pub backends: BackendSettings,
     /// Serve TLS (and with a client CA, require client certificates); plain HTTP/2 without.
     pub tls: Option<ControllerTlsFiles>,
+    /// What one caller may ask at once, and what any connection may send.
+    pub limits: LimitsConfig,
 }
 
 impl Default for ControllerConfig {
@@ -63,6 +67,7 @@ impl Default for ControllerConfig {
             proxy_url: BackendSettings::default().proxy_url,
             backends: BackendSettings::default(),
             tls: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -89,26 +94,40 @@ impl Controller {
         let tokens = PageTokens::new(store.shared_secret("page-tokens").await?);
 
         let hub = NodeWatchHub::new(store.clone(), config.watch, shutdown.clone()).await?;
+        let transport = &config.limits.transport;
+        // Every service decodes and encodes messages of at most the transport's limit.
+        macro_rules! sized {
+            ($service:expr) => {
+                $service
+                    .max_decoding_message_size(transport.max_message_bytes)
+                    .max_encoding_message_size(transport.max_message_bytes)
+            };
+        }
         let node_api =
-            NodeServiceServer::new(NodeApi::new(store.clone(), tokens.clone(), hub.clone(), registry.clone()));
+            sized!(NodeServiceServer::new(NodeApi::new(store.clone(), tokens.clone(), hub.clone(), registry.clone())));
         let settings = BackendSettings { proxy_url: config.proxy_url.clone(), ..config.backends.clone() };
-        let backend_api = BackendServiceServer::new(BackendApi::new(
+        let backend_api = sized!(BackendServiceServer::new(BackendApi::new(
             store.clone(),
             tokens.clone(),
             settings.clone(),
             shutdown.clone(),
-        ));
-        let drone_api = DroneServiceServer::new(DroneApi::new(
+        )));
+        let drone_api = sized!(DroneServiceServer::new(DroneApi::new(
             registry.clone(),
             store.clone(),
             settings.clone(),
             tasks.clone(),
             shutdown.clone(),
-        ));
-        let proxy_api =
-            ProxyServiceServer::new(ProxyApi::new(registry.clone(), store.clone(), tasks.clone(), shutdown.clone()));
+        )));
+        let proxy_api = sized!(ProxyServiceServer::new(ProxyApi::new(
+            registry.clone(),
+            store.clone(),
+            tasks.clone(),
+            shutdown.clone()
+        )));
 
         let (health, health_service) = tonic_health::server::health_reporter();
+        let health_service = sized!(health_service);
         set_health(&health, ServingStatus::Serving).await;
 
         let reflection = config.reflection.served().then(|| {
@@ -125,15 +144,24 @@ impl Controller {
             (builder().build_v1(), builder().build_v1alpha())
         });
         let (reflection_v1, reflection_v1alpha) = match reflection {
-            Some((v1, v1alpha)) => (Some(v1?), Some(v1alpha?)),
+            Some((v1, v1alpha)) => (Some(sized!(v1?)), Some(sized!(v1alpha?))),
             None => (None, None),
         };
 
+        // The transport's limits (docs/design/security.md, "Limits"), then the per-caller ones.
         let router = tonic::transport::Server::builder()
+            .max_concurrent_streams(transport.max_concurrent_streams)
+            .http2_max_header_list_size(transport.max_header_list_bytes)
+            .http2_keepalive_interval(Some(transport.keepalive_interval))
+            .http2_keepalive_timeout(Some(transport.keepalive_timeout))
+            .http2_max_pending_accept_reset_streams(Some(transport.max_pending_accept_reset_streams))
+            .http2_max_local_error_reset_streams(Some(transport.max_local_error_reset_streams))
+            .timeout(transport.call_timeout)
             // Every call, health and reflection included, is authenticated and authorized first;
-            // layers added after this one see the caller's `Arc<Principal>` in the extensions
-            // (per-principal limits belong right here, after authentication).
+            // the limits layer after it (inner: tonic puts the first layer outermost) counts per
+            // caller by the `Arc<Principal>` it finds in the extensions.
             .layer(AuthLayer::new(authenticator.clone()))
+            .layer(LimitLayer::new(config.limits.clone()))
             .add_service(health_service)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
@@ -142,8 +170,11 @@ impl Controller {
             .add_service(drone_api)
             .add_service(proxy_api);
         let stop_serving = shutdown.clone();
-        // TCP_NODELAY, TLS handshakes and the peer's identity: `incoming`.
-        let incoming = super::incoming::incoming(listener, tls.clone());
+        // TCP_NODELAY, TLS handshakes and the peer's identity: `incoming`; then a connection that
+        // sends no request within the first-request timeout is closed (slow loris).
+        let first_request_timeout = transport.first_request_timeout;
+        let incoming = super::incoming::incoming(listener, tls.clone())
+            .map(move |accepted| accepted.map(|connection| FirstRequestDeadline::new(connection, first_request_timeout)));
         let server =
             tokio::spawn(
                 async move { router.serve_with_incoming_shutdown(incoming, stop_serving.cancelled_owned()).await },

@@ -1,0 +1,268 @@
+//! Secrets stay secret, end to end with real processes: a controller, a proxy and a drone on the
+//! process runtime, each logging at debug level into a file. A backend is connected with env
+//! values and a static token marked as secrets; the backend itself gets them, and nothing
+//! else shows them: not a read RPC, not the CLI's output in any format, not a log line of any
+//! of the three processes. Connection tokens are in no log either.
+
+use hangar::secret::REDACTED;
+use hangar::v1::{self, backend_service_client::BackendServiceClient};
+use hangar_testkit::{check, eventually};
+use prost::Message;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+const API_KEY: &str = "envsecret-7f3a9c1e-api-key";
+const DB_PASSWORD: &str = "envsecret-b2d4e6f8-db-password";
+const STATIC_TOKEN: &str = "staticsecret-5c7e9a1b3d-room";
+
+/// A process of this workspace with its stderr (its log, at debug level) in `log`, ended with
+/// SIGTERM, and SIGKILL when dropped before.
+struct Logged {
+    child: Child,
+    name: &'static str,
+}
+
+impl Logged {
+    /// Starts `binary args…` and waits for the stdout line that starts with `ready_prefix`;
+    /// returns what follows it (the URL it serves) when `ready_prefix` is given.
+    fn start(
+        binary: &str,
+        name: &'static str,
+        args: &[&str],
+        log: &Path,
+        ready_prefix: Option<&str>,
+    ) -> (Logged, String) {
+        let mut child = Command::new(hangar_tests::binary(binary))
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap_or_else(|err| panic!("start {binary}: {err}"));
+        let mut ready = String::new();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (lines_tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        if let Some(prefix) = ready_prefix {
+            ready = loop {
+                match lines.recv_timeout(WAIT) {
+                    Ok(line) => {
+                        if let Some(rest) = line.strip_prefix(prefix) {
+                            break rest.trim().to_string();
+                        }
+                    }
+                    Err(_) => panic!("{name} did not print {prefix:?}; its log:\n{}", read_log(log)),
+                }
+            };
+        }
+        (Logged { child, name }, ready)
+    }
+
+    /// SIGTERM and wait, so that everything it logs on the way out is in its file too.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} did not stop on SIGTERM", self.name);
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+/// Fails the test, naming `what` and the line, when `text` shows any of `secrets`.
+fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
+    for secret in secrets {
+        if let Some(line) = text.lines().find(|line| line.contains(secret)) {
+            panic!("{what} shows the secret {secret:?}:\n{line}");
+        }
+    }
+}
+
+/// Runs the `hangar` CLI; its stdout and stderr together.
+async fn hangar(controller: &str, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(hangar_tests::binary("hangar"))
+        .args(["--controller", controller])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "hangar {args:?} failed:\n{text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_values_static_and_connection_tokens_reach_the_backend_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = |name: &str| dir.path().join(format!("{name}.log"));
+    let database = format!("sqlite://{}", dir.path().join("hangar.db").display());
+    let (controller, url) = Logged::start(
+        "hangar-server",
+        "controller",
+        &["controller", "--listen", "127.0.0.1:0", "--database", &database, "--heartbeat-interval", "200ms"],
+        &logs("controller"),
+        Some("hangar-server controller listening on "),
+    );
+    let (proxy, proxy_url) = Logged::start(
+        "hangar-server",
+        "proxy",
+        &["proxy", "--controller", &url, "--listen", "127.0.0.1:0", "--name", "edge"],
+        &logs("proxy"),
+        Some("hangar-server proxy listening on "),
+    );
+    let drone_dir = dir.path().join("drone");
+    let (drone, _) = Logged::start(
+        "hangar-drone",
+        "drone",
+        &["run", "--controller", &url, "--name", "d1", "--runtime", "process", "--data-dir"]
+            .into_iter()
+            .chain([drone_dir.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        &logs("drone"),
+        None,
+    );
+    let channel = hangar_tests::channel(&url).await;
+    let mut nodes = v1::node_service_client::NodeServiceClient::new(channel.clone());
+    eventually(WAIT, "the drone and the proxy attached", async || {
+        let listed = nodes.list_nodes(v1::ListNodesRequest::default()).await.unwrap().into_inner();
+        check(listed.nodes.len(), |n| *n == 2)
+    })
+    .await;
+
+    // Connect through the CLI, as a user would: its answer is the caller's own, so it holds the
+    // static token and the connection URL by design.
+    let backend = hangar_executor::testing::test_backend_binary().display().to_string();
+    let connected = hangar(
+        &url,
+        &["-o", "json", "connect", "secrets/doc-1", "--image", &backend, "--wait", "--static-token", STATIC_TOKEN]
+            .into_iter()
+            .chain(["--env", &format!("API_KEY={API_KEY}"), "--env", &format!("DB_PASSWORD={DB_PASSWORD}")])
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let connection: serde_json::Value = serde_json::from_str(&connected).expect("one JSON document");
+    let id = connection["backend_id"].as_str().unwrap().to_string();
+    let connect_url = connection["url"].as_str().unwrap().to_string();
+    assert_eq!(connection["static_token"], STATIC_TOKEN, "Connect hands its caller the static token");
+    let token = connect_url.trim_end_matches('/').rsplit('/').next().unwrap().to_string();
+    assert!(token.len() >= 43, "{connect_url}");
+    // The controller was not told where this proxy listens (it started first): the same URL on
+    // the proxy's real address.
+    let connect_url = format!("{proxy_url}/{token}/");
+    assert_no_secret("Connect's answer", &connected, &[API_KEY, DB_PASSWORD]);
+
+    // The backend has them, through its address and through both of its proxy URLs.
+    let mut backends = BackendServiceClient::new(channel.clone());
+    let got = backends.get_backend(v1::GetBackendRequest { id: id.clone() }).await.unwrap().into_inner();
+    let address = got.backend.as_ref().unwrap().address.clone();
+    let env = hangar_executor::testing::http_get(&address, "/env").await.unwrap().1;
+    for expected in [format!("API_KEY={API_KEY}"), format!("DB_PASSWORD={DB_PASSWORD}")] {
+        assert!(env.lines().any(|l| l == expected), "the backend lacks {expected}:\n{env}");
+    }
+    assert!(env.lines().any(|l| l == format!("HANGAR_STATIC_TOKEN={STATIC_TOKEN}")), "{env}");
+    for through in [format!("{connect_url}env"), format!("{proxy_url}/{STATIC_TOKEN}/env")] {
+        let (status, body) = http_get(&through).await;
+        assert_eq!(status, 200, "{through}: {body}");
+        assert!(body.contains(API_KEY), "through the proxy: {body}");
+    }
+
+    // Every read RPC: the env's keys with redacted values, no static token, no connection token.
+    let mut read = Vec::new();
+    let shown = got.backend.as_ref().unwrap().spawn_config.as_ref().unwrap().executable.clone().unwrap();
+    assert_eq!((shown.env["API_KEY"].as_str(), shown.env["DB_PASSWORD"].as_str()), (REDACTED, REDACTED));
+    read.push(("GetBackend", got.encode_to_vec(), format!("{got:?}")));
+    let listed = backends.list_backends(v1::ListBackendsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(listed.backends.len(), 1);
+    read.push(("ListBackends", listed.encode_to_vec(), format!("{listed:?}")));
+    let again = v1::ConnectRequest {
+        key: Some(v1::BackendKey { namespace: "secrets".into(), name: "doc-1".into(), tag: String::new() }),
+        ..Default::default()
+    };
+    let found = backends.connect(again).await.unwrap().into_inner();
+    assert!(!found.spawned);
+    assert_eq!(found.static_token, STATIC_TOKEN, "Connect hands its caller the static token");
+    let found_backend = found.backend.clone().unwrap();
+    read.push(("Connect's backend", found_backend.encode_to_vec(), format!("{found_backend:?}")));
+    read.push(("Connect's Debug", Vec::new(), format!("{found:?}")));
+    let nodes_listed = nodes.list_nodes(v1::ListNodesRequest::default()).await.unwrap().into_inner();
+    read.push(("ListNodes", nodes_listed.encode_to_vec(), format!("{nodes_listed:?}")));
+
+    // The CLI shows what the API returns, in every format.
+    let mut cli = Vec::new();
+    for args in [
+        vec!["backends", "get", &id],
+        vec!["backends", "get", &id, "-o", "json"],
+        vec!["backends", "list"],
+        vec!["backends", "list", "-o", "json"],
+        vec!["nodes", "list", "-o", "json"],
+    ] {
+        cli.push((args.join(" "), hangar(&url, &args).await));
+    }
+    let get_json: serde_json::Value = serde_json::from_str(&cli[1].1).unwrap();
+    assert!(cli[1].1.contains("API_KEY") && cli[1].1.contains(REDACTED), "the keys show: {get_json}");
+    hangar(&url, &["backends", "terminate", &id]).await;
+    let mut watch = backends.watch_backend(v1::WatchBackendRequest { id: id.clone() }).await.unwrap().into_inner();
+    let mut statuses = Vec::new();
+    while let Some(status) = tokio::time::timeout(WAIT, watch.message()).await.expect("watch ends").unwrap() {
+        statuses.push(status);
+    }
+    for status in &statuses {
+        read.push(("WatchBackend", status.encode_to_vec(), format!("{status:?}")));
+    }
+    for args in [vec!["backends", "watch", &id], vec!["backends", "watch", &id, "-o", "json"]] {
+        cli.push((args.join(" "), hangar(&url, &args).await));
+    }
+
+    let with_token = [API_KEY, DB_PASSWORD, STATIC_TOKEN, token.as_str()];
+    for (what, bytes, debug) in &read {
+        assert_no_secret(what, &String::from_utf8_lossy(bytes), &with_token);
+        assert_no_secret(what, debug, &with_token);
+    }
+    for (args, output) in &cli {
+        assert_no_secret(&format!("hangar {args}"), output, &with_token);
+    }
+
+    drone.stop();
+    proxy.stop();
+    controller.stop();
+    for name in ["controller", "proxy", "drone"] {
+        let log = read_log(&logs(name));
+        assert!(log.contains("DEBUG"), "the {name} logged at debug level:\n{log}");
+        println!("the {name}'s log: {} lines scanned", log.lines().count());
+        assert_no_secret(&format!("the {name}'s log"), &log, &with_token);
+    }
+    let controller_log = read_log(&logs("controller"));
+    assert!(controller_log.contains(&id), "the controller's log names the backend: the scan read real lines");
+}
+
+async fn http_get(url: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let response = client.get(url.parse().unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
