@@ -173,8 +173,9 @@ impl Controller {
         // TCP_NODELAY, TLS handshakes and the peer's identity: `incoming`; then a connection that
         // sends no request within the first-request timeout is closed (slow loris).
         let first_request_timeout = transport.first_request_timeout;
-        let incoming = super::incoming::incoming(listener, tls.clone())
-            .map(move |accepted| accepted.map(|connection| FirstRequestDeadline::new(connection, first_request_timeout)));
+        let incoming = super::incoming::incoming(listener, tls.clone()).map(move |accepted| {
+            accepted.map(|connection| FirstRequestDeadline::new(connection, first_request_timeout))
+        });
         let server =
             tokio::spawn(
                 async move { router.serve_with_incoming_shutdown(incoming, stop_serving.cancelled_owned()).await },
