@@ -5,6 +5,7 @@
 
 use hangar::error::{error_info, field_violations, metadata};
 use std::collections::HashMap;
+use std::time::Duration;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +95,20 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Unavailable { reason, .. } => reason != hangar::error::reason::NO_DRONE_AVAILABLE,
+            // The controller refused the call before doing anything, and says when to come back.
+            ClientError::ResourceExhausted { reason, .. } => reason == hangar::error::reason::RATE_LIMITED,
             _ => false,
+        }
+    }
+
+    /// How long the controller asked the caller to wait before trying again (RATE_LIMITED's
+    /// `retry_after_ms`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::ResourceExhausted { metadata: meta, .. } => {
+                meta.get(metadata::RETRY_AFTER_MS)?.parse().ok().map(Duration::from_millis)
+            }
+            _ => None,
         }
     }
 }

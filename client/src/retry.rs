@@ -1,4 +1,5 @@
-//! Retries with exponential backoff for idempotent calls that failed with UNAVAILABLE.
+//! Retries with exponential backoff for idempotent calls that failed with UNAVAILABLE, or that
+//! the controller's rate limit refused (RATE_LIMITED, after the wait it names).
 
 use crate::ClientError;
 use std::future::Future;
@@ -6,8 +7,11 @@ use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 /// How often and how patiently an idempotent call (list, get, undrain, a keyed Connect) is
-/// repeated after UNAVAILABLE. Calls with effects (drain, terminate, a keyless Connect) are never
+/// repeated after UNAVAILABLE or RATE_LIMITED. Calls with effects (drain, terminate, a keyless Connect) are never
 /// repeated by the client.
+/// The longest wait a RATE_LIMITED answer can impose on one retry.
+const RATE_LIMIT_WAIT_MAX: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in total, the first included; 1 disables retries.
@@ -56,8 +60,11 @@ impl RetryPolicy {
         loop {
             match call().await {
                 Err(err) if err.is_retryable() && attempt < self.max_attempts => {
-                    let wait = self.backoff(attempt);
-                    tracing::debug!(attempt, ?wait, error = %err, "retrying after UNAVAILABLE");
+                    // A rate limit says when a token will be there; waiting less only spends the
+                    // next attempt (but a wait is never longer than RATE_LIMIT_WAIT_MAX).
+                    let backoff = self.backoff(attempt);
+                    let wait = err.retry_after().map_or(backoff, |asked| asked.min(RATE_LIMIT_WAIT_MAX).max(backoff));
+                    tracing::debug!(attempt, ?wait, error = %err, "retrying");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
@@ -71,6 +78,42 @@ impl RetryPolicy {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn rate_limited(after_ms: u64) -> ClientError {
+        let status = hangar::error::status_with_retry(
+            tonic::Code::ResourceExhausted,
+            "slow down",
+            hangar::error::reason::RATE_LIMITED,
+            &[],
+            Duration::from_millis(after_ms),
+        );
+        ClientError::from(status)
+    }
+
+    #[tokio::test]
+    async fn a_rate_limited_call_is_retried_after_the_wait_the_controller_names() {
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let result = fast(3)
+            .run(|| async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 => Err(rate_limited(30)),
+                    _ => Ok("done"),
+                }
+            })
+            .await;
+        assert_eq!(result.unwrap(), "done");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(started.elapsed() >= Duration::from_millis(30), "waited {:?}", started.elapsed());
+        // Other RESOURCE_EXHAUSTED answers (a watch limit) are not retried.
+        let limited = ClientError::from(hangar::error::status_with_reason(
+            tonic::Code::ResourceExhausted,
+            "too many watches",
+            hangar::error::reason::WATCH_LIMIT_REACHED,
+            &[],
+        ));
+        assert!(!limited.is_retryable());
+    }
 
     fn unavailable() -> ClientError {
         ClientError::from(tonic::Status::unavailable("connection refused"))
