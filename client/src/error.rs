@@ -80,11 +80,12 @@ impl ClientError {
 
     /// A value of the `ErrorInfo` metadata, where the variant keeps it (UNAVAILABLE,
     /// RESOURCE_EXHAUSTED); keys are `hangar::error::metadata`'s.
-    pub fn metadata(&self, key: &str) -> Option<&str> {
+    pub fn metadata(&self, key: &str) -> Option<String> {
         match self {
             ClientError::Unavailable { metadata, .. } | ClientError::ResourceExhausted { metadata, .. } => {
-                metadata.get(key).map(String::as_str)
+                metadata.get(key).cloned()
             }
+            ClientError::Other(status) => error_info(status)?.1.remove(key),
             _ => None,
         }
     }

@@ -371,6 +371,24 @@ fn hint(err: &CliError, controller: &str) -> Option<String> {
             "the controller cannot reach its database; check the database, then try again".to_string()
         }
         (ClientError::Unavailable { .. }, _) => unreachable(controller),
+        (_, Some(reason::UNAUTHENTICATED)) => "this controller wants credentials: pass a token with --token-file \
+                                               FILE (or HANGAR_TOKEN_FILE), or a client certificate with --tls-cert \
+                                               and --tls-key; an operator issues them (docs/security.md)"
+            .to_string(),
+        (_, Some(reason::TOKEN_INVALID)) => "the controller does not know this token (mistyped, revoked, or from \
+                                             another cluster): check --token/--token-file and HANGAR_TOKEN*"
+            .to_string(),
+        (_, Some(reason::CERTIFICATE_NOT_MAPPED)) => "the controller verified the client certificate but its \
+                                                      auth file names no principal for it: ask an operator to add a \
+                                                      [[certificate]] entry, or pass a token"
+            .to_string(),
+        (_, Some(reason::ROLE_NOT_ALLOWED)) => match err.metadata(hangar::error::metadata::REQUIRED_ROLE) {
+            Some(role) => format!("ask an operator for credentials with role {role} or above"),
+            None => "ask an operator for credentials with a role that includes this call".to_string(),
+        },
+        (_, Some(reason::RATE_LIMITED)) => "this caller sent requests faster than the controller's limit; wait \
+                                            a moment and try again"
+            .to_string(),
         (_, Some(reason::NODE_NOT_FOUND)) => "list nodes with `hangar nodes list`".to_string(),
         (_, Some(reason::NODE_NOT_DRONE)) => {
             "only drones can be drained; list them with `hangar nodes list --kind drone`".to_string()

@@ -660,3 +660,23 @@ async fn executing_against_a_closed_port_fails_with_the_address() {
     assert!(out.starts_with(&format!("error: cannot reach the controller at {url}: ")), "{out}");
     assert!(out.contains(&format!("is the controller running at {url}?")), "{out}");
 }
+
+#[test]
+fn refusals_of_the_auth_layer_say_what_credentials_would_do() {
+    let unauthenticated = hangar::error::status_with_reason(
+        tonic::Code::Unauthenticated,
+        "hangar.v1.NodeService/ListNodes needs credentials",
+        reason::UNAUTHENTICATED,
+        &[],
+    );
+    let out = rendered(unauthenticated);
+    assert!(out.contains("hint: this controller wants credentials: pass a token with --token-file"), "{out}");
+    let denied = hangar::error::status_with_reason(
+        tonic::Code::PermissionDenied,
+        "role client may not call hangar.v1.NodeService/DrainNode",
+        reason::ROLE_NOT_ALLOWED,
+        &[("role", "client".into()), ("required_role", "operator".into())],
+    );
+    let out = rendered(denied);
+    assert!(out.contains("hint: ask an operator for credentials with role operator or above"), "{out}");
+}
