@@ -12,7 +12,7 @@ use std::time::Duration;
     name = "hangar",
     version,
     about = "Inspect and manage a Hangar cluster.",
-    after_help = TOP_EXAMPLES,
+    after_help = TOP_HELP,
     propagate_version = true
 )]
 pub struct Cli {
@@ -74,6 +74,16 @@ pub enum Command {
     /// Session backends: list, inspect, watch, terminate.
     #[command(subcommand)]
     Backends(BackendsCommand),
+    /// Print the shell completion script for bash, zsh or fish.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: super::CompletionShell,
 }
 
 #[derive(Debug, Subcommand)]
@@ -539,7 +549,8 @@ pub fn parse_backend_state(text: &str) -> Result<hangar::domain::BackendState, S
     text.trim().replace('-', "_").parse().map_err(|e: hangar::domain::ParseEnumError| e.to_string())
 }
 
-const TOP_EXAMPLES: &str = "\
+const TOP_HELP: &str = concat!(
+    "\
 Examples:
   hangar-server dev                      # start a local controller with one drone
   hangar nodes list                      # every drone and proxy, as a table
@@ -552,7 +563,10 @@ Examples:
 
 The controller address comes from --controller, else $HANGAR_CONTROLLER, else http://127.0.0.1:7070.
 Credentials left out on the command line come from HANGAR_TOKEN, HANGAR_TOKEN_FILE and HANGAR_TLS_*
-(docs/security.md).";
+(docs/security.md).",
+    "\n\n",
+    exit_codes_help!()
+);
 
 const NODES_LIST_EXAMPLES: &str = "\
 Examples:
@@ -644,6 +658,14 @@ Examples:
   hangar backends watch bk-0193… -o json   # one JSON object per line
 
 A dropped stream is resumed without repeating a state.";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  hangar completions bash > ~/.local/share/bash-completion/completions/hangar
+  hangar completions zsh > \"${fpath[1]}/_hangar\"     # a directory on $fpath
+  hangar completions fish > ~/.config/fish/completions/hangar.fish
+
+Open a new shell afterwards. The script completes every command, flag and enum value.";
 
 const BACKENDS_TERMINATE_EXAMPLES: &str = "\
 Examples:

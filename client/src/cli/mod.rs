@@ -5,18 +5,26 @@
 //! [`Cli::try_parse_from`](clap::Parser::try_parse_from) and [`execute`], which returns what
 //! would be printed instead of printing it.
 
+// First: it defines the `exit_codes_help!` macro that `args` uses.
+#[macro_use]
+mod exit;
+
 mod args;
 mod backends;
+mod completions;
 mod nodes;
 pub mod render;
 
 pub use args::{
-    BackendIdArgs, BackendsCommand, BackendsListArgs, BackendsTerminateArgs, Cli, Command, ConnectArgs, FilterArgs,
+    BackendIdArgs, BackendsCommand, BackendsListArgs, BackendsTerminateArgs, Cli, Command, CompletionsArgs, ConnectArgs,
+    FilterArgs,
     KeyArg, NodesCommand, NodesDrainArgs, NodesGetArgs, NodesListArgs, NodesUndrainArgs, NodesWatchArgs, OutputFormat,
     PullArg, parse_backend_state, parse_claim, parse_deadline, parse_env, parse_interval, parse_key, parse_label,
     parse_limit, parse_memory, parse_user,
 };
 pub use backends::{connect, watch_backend};
+pub use completions::{CompletionShell, completions};
+pub use exit::{EXIT_CODES_HELP, Exit};
 pub use nodes::watch;
 
 use crate::{BackendStatusView, ClientError};
@@ -25,7 +33,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Why a command failed: a usage mistake clap cannot see (exit 2) or an API error (exit 1).
+/// Why a command failed: a usage mistake clap cannot see, an API error, or how `connect --wait`
+/// ended; [`Exit::of`] says which exit code each gets.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("{0}")]
@@ -41,11 +50,9 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// The process exit code (see [`Exit`]).
     pub fn exit_code(&self) -> ExitCode {
-        match self {
-            CliError::Usage(_) => ExitCode::from(2),
-            CliError::Client(_) | CliError::Terminated { .. } | CliError::WaitTimeout { .. } => ExitCode::from(1),
-        }
+        Exit::of(self).into()
     }
 }
 
@@ -62,6 +69,11 @@ pub async fn execute(cli: &Cli) -> Result<String, CliError> {
             Ok(String::from_utf8_lossy(&out).into_owned())
         }
         Command::Backends(command) => backends::execute(cli, command).await,
+        Command::Completions(args) => {
+            let mut out = Vec::new();
+            completions(args.shell, &mut out);
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        }
     }
 }
 
