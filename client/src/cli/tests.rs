@@ -532,9 +532,11 @@ fn other_statuses_keep_their_code_and_message_on_one_line() {
 }
 
 #[test]
-fn api_errors_exit_1_and_usage_errors_exit_2() {
-    let api = CliError::Client(Status::not_found("x").into());
-    assert_eq!(api.exit_code(), ExitCode::from(1));
+fn api_errors_and_usage_errors_exit_with_their_documented_codes() {
+    let not_found = CliError::Client(Status::not_found("x").into());
+    assert_eq!(not_found.exit_code(), ExitCode::from(3));
+    let refused = CliError::Client(Status::failed_precondition("x").into());
+    assert_eq!(refused.exit_code(), ExitCode::from(1));
     assert_eq!(CliError::Usage("x".into()).exit_code(), ExitCode::from(2));
 }
 
@@ -655,7 +657,7 @@ async fn executing_against_a_closed_port_fails_with_the_address() {
     let url = format!("http://127.0.0.1:{port}");
     let cli = parse(&["--controller", &url, "nodes", "list"]).unwrap();
     let err = execute(&cli).await.unwrap_err();
-    assert_eq!(err.exit_code(), ExitCode::from(1));
+    assert_eq!(err.exit_code(), ExitCode::from(4), "unavailable: a script may retry");
     let out = render::error(&err, &cli.controller);
     assert!(out.starts_with(&format!("error: cannot reach the controller at {url}: ")), "{out}");
     assert!(out.contains(&format!("is the controller running at {url}?")), "{out}");
