@@ -41,8 +41,20 @@
 //! ```
 //!
 //! [`HangarClient::watch_nodes`] does both in one call: the current nodes, then every change,
-//! resuming after dropped streams and listing again when its revision was compacted; feed its
-//! events to a [`NodeStore`] for an always-current copy.
+//! resuming after dropped streams and controller restarts, and listing again when its revision
+//! was compacted (the kube-rs watcher). Feed its events to a [`NodeStore`] for an always-current
+//! copy (the reflector's store), and wait for the nodes to be as needed with
+//! [`NodeStore::wait_for`]:
+//!
+//! ```no_run
+//! # async fn example(client: hangar_client::HangarClient) -> Result<(), hangar_client::ClientError> {
+//! use hangar_client::{NodeStore, WatchOptions, domain::{NodeFilter, NodeState}};
+//!
+//! let mut watch = std::pin::pin!(client.watch_nodes(NodeFilter::default(), WatchOptions::default()));
+//! let mut nodes = NodeStore::default();
+//! nodes.wait_for(&mut watch, |nodes| nodes.nodes().values().any(|n| n.state == NodeState::Ready)).await?;
+//! # Ok(()) }
+//! ```
 
 mod backend_views;
 mod backends;

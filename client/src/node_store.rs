@@ -173,7 +173,9 @@ mod tests {
         assert_eq!(store.revision(), Some(30));
     }
 
-    fn stream(events: Vec<Result<NodeWatchEvent, ClientError>>) -> impl Stream<Item = Result<NodeWatchEvent, ClientError>> + Unpin {
+    fn stream(
+        events: Vec<Result<NodeWatchEvent, ClientError>>,
+    ) -> impl Stream<Item = Result<NodeWatchEvent, ClientError>> + Unpin {
         futures::stream::iter(events)
     }
 
@@ -208,7 +210,11 @@ mod tests {
         let mut store = NodeStore::default();
         let failing = vec![
             Ok(NodeWatchEvent::Init),
-            Err(ClientError::InvalidArgument { reason: String::new(), message: "bad filter".into(), violations: vec![] }),
+            Err(ClientError::InvalidArgument {
+                reason: String::new(),
+                message: "bad filter".into(),
+                violations: vec![],
+            }),
         ];
         let err = store.wait_for(&mut stream(failing), |_| true).await.unwrap_err();
         assert!(matches!(err, ClientError::InvalidArgument { .. }), "{err}");

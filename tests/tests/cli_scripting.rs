@@ -70,10 +70,7 @@ fn completion_scripts_parse_in_bash_zsh_and_fish_and_complete_the_commands() {
     let fish = dir.path().join("hangar.fish");
     let output = std::process::Command::new("fish")
         .arg("-c")
-        .arg(format!(
-            "source {}; complete -C 'hangar nod'; complete -C 'hangar nodes list --state '",
-            fish.display()
-        ))
+        .arg(format!("source {}; complete -C 'hangar nod'; complete -C 'hangar nodes list --state '", fish.display()))
         .output()
         .expect("run fish");
     let offered = text(&output.stdout);

@@ -78,7 +78,8 @@ impl Exit {
     }
 
     fn of_client(err: &ClientError) -> Exit {
-        let tls = |text: &str| ["certificate", "tls", "handshake", "alert"].iter().any(|w| text.to_lowercase().contains(w));
+        let tls =
+            |text: &str| ["certificate", "tls", "handshake", "alert"].iter().any(|w| text.to_lowercase().contains(w));
         match err {
             ClientError::InvalidAddress { .. } | ClientError::InvalidArgument { .. } => Exit::Usage,
             ClientError::NotFound { .. } => Exit::NotFound,
@@ -149,10 +150,13 @@ mod tests {
         let status = |code: Code| ClientError::Other(Status::new(code, "x"));
         let not_found = ClientError::NotFound { reason: reason::NODE_NOT_FOUND.into(), message: String::new() };
         assert_eq!(client(not_found), Exit::NotFound);
-        let refused = ClientError::Connect { address: "http://127.0.0.1:1".into(), detail: "connection refused".into() };
+        let refused =
+            ClientError::Connect { address: "http://127.0.0.1:1".into(), detail: "connection refused".into() };
         assert_eq!(client(refused), Exit::Unavailable);
-        let handshake =
-            ClientError::Connect { address: "https://ctl".into(), detail: "invalid peer certificate: UnknownIssuer".into() };
+        let handshake = ClientError::Connect {
+            address: "https://ctl".into(),
+            detail: "invalid peer certificate: UnknownIssuer".into(),
+        };
         assert_eq!(client(handshake), Exit::Failed);
         let shutting_down = ClientError::Unavailable {
             reason: reason::SHUTTING_DOWN.into(),

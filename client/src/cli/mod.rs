@@ -16,11 +16,10 @@ mod nodes;
 pub mod render;
 
 pub use args::{
-    BackendIdArgs, BackendsCommand, BackendsListArgs, BackendsTerminateArgs, Cli, Command, CompletionsArgs, ConnectArgs,
-    FilterArgs,
-    KeyArg, NodesCommand, NodesDrainArgs, NodesGetArgs, NodesListArgs, NodesUndrainArgs, NodesWatchArgs, OutputFormat,
-    PullArg, parse_backend_state, parse_claim, parse_deadline, parse_env, parse_interval, parse_key, parse_label,
-    parse_limit, parse_memory, parse_user,
+    BackendIdArgs, BackendsCommand, BackendsListArgs, BackendsTerminateArgs, Cli, Command, CompletionsArgs,
+    ConnectArgs, FilterArgs, KeyArg, NodesCommand, NodesDrainArgs, NodesGetArgs, NodesListArgs, NodesUndrainArgs,
+    NodesWatchArgs, OutputFormat, PullArg, parse_backend_state, parse_claim, parse_deadline, parse_env, parse_interval,
+    parse_key, parse_label, parse_limit, parse_memory, parse_user,
 };
 pub use backends::{connect, watch_backend};
 pub use completions::{CompletionShell, completions};

@@ -136,7 +136,12 @@ pub fn breaking_changes(baseline: &FileDescriptorSet, current: &FileDescriptorSe
                     });
                 }
                 if was_stream != now_stream {
-                    breaks.push(Break::RpcStreamingChanged { rpc: rpc.clone(), side, was: was_stream, now: now_stream });
+                    breaks.push(Break::RpcStreamingChanged {
+                        rpc: rpc.clone(),
+                        side,
+                        was: was_stream,
+                        now: now_stream,
+                    });
                 }
             }
         }
@@ -177,9 +182,8 @@ pub fn additions(baseline: &FileDescriptorSet, current: &FileDescriptorSet, pack
     for (service, rpcs) in &new.services {
         match old.services.get(service) {
             None => added.push(format!("service {service}")),
-            Some(before) => {
-                added.extend(rpcs.keys().filter(|rpc| !before.contains_key(*rpc)).map(|rpc| format!("rpc {service}.{rpc}")))
-            }
+            Some(before) => added
+                .extend(rpcs.keys().filter(|rpc| !before.contains_key(*rpc)).map(|rpc| format!("rpc {service}.{rpc}"))),
         }
     }
     added
@@ -269,7 +273,13 @@ fn compare_message(name: &str, old: &DescriptorProto, new: &DescriptorProto, bre
         }
         if cardinality(was) != cardinality(now) {
             let (message, number, name) = field();
-            breaks.push(Break::FieldLabelChanged { message, number, name, was: cardinality(was), now: cardinality(now) });
+            breaks.push(Break::FieldLabelChanged {
+                message,
+                number,
+                name,
+                was: cardinality(was),
+                now: cardinality(now),
+            });
         }
         let (was_oneof, now_oneof) = (real_oneof(old, was), real_oneof(new, now));
         if was_oneof != now_oneof {
@@ -286,11 +296,9 @@ fn compare_enum(name: &str, old: &EnumDescriptorProto, new: &EnumDescriptorProto
         match new.value.iter().find(|v| v.number() == number) {
             // Enum reserved ranges are closed: [start, end].
             None if new.reserved_range.iter().any(|r| r.start() <= number && number <= r.end()) => {}
-            None => breaks.push(Break::EnumValueRemoved {
-                name: name.to_string(),
-                number,
-                value: was.name().to_string(),
-            }),
+            None => {
+                breaks.push(Break::EnumValueRemoved { name: name.to_string(), number, value: was.name().to_string() })
+            }
             Some(now) if now.name() != was.name() => breaks.push(Break::EnumValueRenamed {
                 name: name.to_string(),
                 number,

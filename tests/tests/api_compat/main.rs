@@ -18,10 +18,8 @@ use prost_types::FileDescriptorSet;
 use std::path::{Path, PathBuf};
 
 /// Every guarded package with the descriptor set build.rs embeds for it.
-const GUARDED: [(&str, &[u8]); 2] = [
-    ("hangar.v1", hangar::v1::FILE_DESCRIPTOR_SET),
-    ("hangar.executor.v1", hangar::executor::v1::FILE_DESCRIPTOR_SET),
-];
+const GUARDED: [(&str, &[u8]); 2] =
+    [("hangar.v1", hangar::v1::FILE_DESCRIPTOR_SET), ("hangar.executor.v1", hangar::executor::v1::FILE_DESCRIPTOR_SET)];
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repository").to_path_buf()
@@ -75,7 +73,10 @@ fn the_api_build_rs_compiles_is_compatible_with_the_committed_baseline() {
         assert!(path.exists(), "{}: no baseline; record one with scripts/api-baseline", path.display());
         if !added.is_empty() {
             // Compatible, but until recorded, a later removal of these would go unnoticed.
-            println!("{package}: {} additions not in the baseline yet (scripts/api-baseline records them):", added.len());
+            println!(
+                "{package}: {} additions not in the baseline yet (scripts/api-baseline records them):",
+                added.len()
+            );
             for addition in &added {
                 println!("  + {addition}");
             }
@@ -230,7 +231,10 @@ fn a_changed_label_or_oneof_is_reported() {
 fn renamed_or_removed_messages_services_and_rpcs_are_reported() {
     let message = breaks_after(
         "hangar.v1",
-        &[(NODE, "message GetNodeRequest {", "message FetchNodeRequest {"), (NODE, "GetNode(GetNodeRequest)", "GetNode(FetchNodeRequest)")],
+        &[
+            (NODE, "message GetNodeRequest {", "message FetchNodeRequest {"),
+            (NODE, "GetNode(GetNodeRequest)", "GetNode(FetchNodeRequest)"),
+        ],
     );
     assert_eq!(
         message,
@@ -265,7 +269,8 @@ fn a_changed_request_type_or_streaming_mode_is_reported() {
             now: s("hangar.v1.DrainNodeRequest")
         }]
     );
-    let unary = breaks_after("hangar.v1", &[(NODE, "returns (stream WatchNodesResponse)", "returns (WatchNodesResponse)")]);
+    let unary =
+        breaks_after("hangar.v1", &[(NODE, "returns (stream WatchNodesResponse)", "returns (WatchNodesResponse)")]);
     assert_eq!(
         unary,
         [Break::RpcStreamingChanged {
