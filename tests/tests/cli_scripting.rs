@@ -263,3 +263,31 @@ async fn exit_codes_tell_a_script_what_happened() {
     // Nothing listens there any more.
     expect(&list, Exit::Unavailable);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_the_auth_layer_exits_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.toml");
+    let secret = "reader-secret-0123456789abcdef";
+    std::fs::write(&auth, format!("[[token]]\nname = \"ci-reader\"\nrole = \"reader\"\nsecret = \"{secret}\"\n"))
+        .unwrap();
+    let cluster =
+        hangar_tests::TestCluster::sqlite_with(ControllerConfig { auth_file: Some(auth), ..test_config() }).await;
+    let url = cluster.url();
+    let run = |token: Option<&str>, args: &[&str]| {
+        let mut command = std::process::Command::new(binary("hangar"));
+        command.args(["--controller", &url]).args(args).env_remove("HANGAR_TOKEN").env_remove("HANGAR_TOKEN_FILE");
+        if let Some(token) = token {
+            command.env("HANGAR_TOKEN", token);
+        }
+        let output = command.output().unwrap();
+        (output.status.code(), text(&output.stderr))
+    };
+    let (code, stderr) = run(None, &["nodes", "list"]);
+    assert_eq!(code, Some(Exit::Denied.code().into()), "no token: {stderr}");
+    let (code, stderr) = run(Some(secret), &["nodes", "list"]);
+    assert_eq!(code, Some(Exit::Success.code().into()), "a reader may list: {stderr}");
+    let (code, stderr) = run(Some(secret), &["nodes", "drain", "nd-any"]);
+    assert_eq!(code, Some(Exit::Denied.code().into()), "a reader may not drain: {stderr}");
+    cluster.shutdown().await;
+}
