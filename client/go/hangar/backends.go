@@ -54,11 +54,11 @@ type ConnectOptions struct {
 	// Env is extra environment; Hangar sets PORT and HANGAR_* itself.
 	Env map[string]string
 	// Port the backend listens on inside its container (8080 when 0).
-	Port           uint32
-	Cluster, Pool  string
-	Labels         map[string]string
-	LifetimeLimit  time.Duration
-	MaxIdle        time.Duration
+	Port          uint32
+	Cluster, Pool string
+	Labels        map[string]string
+	LifetimeLimit time.Duration
+	MaxIdle       time.Duration
 	// SpawnConfig, when set, is sent as is, for fields the ones above leave out (resources,
 	// pull policy, static token); the fields above must then be empty.
 	SpawnConfig *hangarv1.SpawnConfig

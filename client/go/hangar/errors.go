@@ -97,10 +97,12 @@ func asError(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	st, ok := status.FromError(err)
-	if !ok {
+	// errors.As rather than status.FromError alone: grpc-go 1.33 does not look into wrapped errors.
+	var grpcErr interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &grpcErr) {
 		return err
 	}
+	st := grpcErr.GRPCStatus()
 	result := &Error{Code: st.Code(), Message: st.Message(), status: st}
 	// The details are read from their bytes rather than through genproto's errdetails types:
 	// which genproto module provides those differs between releases (it was split in 2023), and

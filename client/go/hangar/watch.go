@@ -56,7 +56,7 @@ type NodeWatch struct {
 	// inSnapshot: between a snapshot's first ADDED and its SNAPSHOT_END, whose ADDED events carry
 	// each node's own revision rather than a position of the stream to resume from. The resume
 	// point stays 0 meanwhile, so a stream broken inside a snapshot is followed by a new one.
-	inSnapshot bool
+	inSnapshot  bool
 	newSnapshot bool
 	failures    int
 }
