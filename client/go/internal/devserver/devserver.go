@@ -31,65 +31,78 @@ type Server struct {
 
 // RepoRoot is the root of the Hangar repository this package is in (symbolic links resolved,
 // since scripts/go builds from a GOPATH link to client/go).
-func RepoRoot(t testing.TB) string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot find the source file of devserver")
-	}
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
 	dir, err := filepath.EvalSymlinks(filepath.Dir(file))
 	if err != nil {
-		t.Fatal(err)
+		dir = filepath.Dir(file)
 	}
-	return filepath.Join(dir, "..", "..", "..", "..") // client/go/internal/devserver -> repo
+	return filepath.Clean(filepath.Join(dir, "..", "..", "..", "..")) // client/go/internal/devserver -> repo
 }
 
-// Binary is the path of a Hangar binary; the test fails (never skips) when it is not built.
-func Binary(t testing.TB, name string) string {
+// Binary is the path of a Hangar binary, or an error saying how to build it.
+func Binary(name string) (string, error) {
 	dir := os.Getenv("HANGAR_BIN_DIR")
 	if dir == "" {
-		dir = filepath.Join(RepoRoot(t), "target", "debug")
+		dir = filepath.Join(RepoRoot(), "target", "debug")
 	}
 	path := filepath.Join(dir, name)
 	if _, err := os.Stat(path); err != nil {
-		t.Fatalf("%s is not built; run `cargo build --workspace --bins` first (scripts/test does): %v", path, err)
+		return "", fmt.Errorf("%s is not built; run `cargo build --workspace --bins` first (scripts/test does)", path)
 	}
-	return path
+	return path, nil
 }
 
-// Start starts `hangar-server dev` and waits until it prints that it is ready; it is stopped
-// when the test ends.
+// Start starts `hangar-server dev` with a data dir of the test's and waits until it prints that
+// it is ready; it is stopped when the test ends. The test fails (never skips) when it cannot.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	server := &Server{DataDir: t.TempDir(), done: make(chan struct{})}
-	server.start(t, "127.0.0.1:0")
-	t.Cleanup(func() { server.Stop(t) })
+	server, err := Launch(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := server.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
 	return server
+}
+
+// Launch starts `hangar-server dev` on free ports with dataDir and waits until it is ready.
+func Launch(dataDir string) (*Server, error) {
+	server := &Server{DataDir: dataDir}
+	return server, server.start("127.0.0.1:0")
 }
 
 // Restart stops the server and starts it again on the same controller address and data dir:
 // the same cluster, with its revisions and nodes, as after an operator's restart.
-func (s *Server) Restart(t testing.TB) {
-	t.Helper()
-	s.Stop(t)
-	s.done = make(chan struct{})
-	s.start(t, strings.TrimPrefix(s.ControllerURL, "http://"))
+func (s *Server) Restart() error {
+	if err := s.Stop(); err != nil {
+		return err
+	}
+	return s.start(strings.TrimPrefix(s.ControllerURL, "http://"))
 }
 
-func (s *Server) start(t testing.TB, listen string) {
-	t.Helper()
-	process := exec.Command(Binary(t, "hangar-server"), "dev", "--listen", listen, "--proxy-listen", "127.0.0.1:0",
+func (s *Server) start(listen string) error {
+	binary, err := Binary("hangar-server")
+	if err != nil {
+		return err
+	}
+	s.done = make(chan struct{})
+	process := exec.Command(binary, "dev", "--listen", listen, "--proxy-listen", "127.0.0.1:0",
 		"--data-dir", s.DataDir, "--runtime", "process")
 	stdout, err := process.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	logFile, err := os.Create(filepath.Join(s.DataDir, fmt.Sprintf("dev-%d.log", time.Now().UnixNano())))
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	process.Stderr = logFile
 	if err := process.Start(); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	s.process = process
 	ready := make(chan error, 1)
@@ -119,27 +132,45 @@ func (s *Server) start(t testing.TB, listen string) {
 	}()
 	select {
 	case err := <-ready:
-		if err != nil {
-			t.Fatal(err)
-		}
+		return err
 	case <-time.After(60 * time.Second):
 		_ = process.Process.Kill()
-		t.Fatalf("hangar-server dev was not ready within 60 s; its log: %s", logFile.Name())
+		<-s.done
+		s.process = nil
+		return fmt.Errorf("hangar-server dev was not ready within 60 s; its log: %s", logFile.Name())
 	}
 }
 
 // Stop ends the server with SIGTERM (a graceful shutdown, as Ctrl-C) and waits for it.
-func (s *Server) Stop(t testing.TB) {
+func (s *Server) Stop() error {
 	if s.process == nil {
-		return
+		return nil
 	}
+	defer func() { s.process = nil }()
 	_ = s.process.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-s.done:
+		return nil
 	case <-time.After(20 * time.Second):
 		_ = s.process.Process.Kill()
 		<-s.done
-		t.Errorf("hangar-server dev did not stop within 20 s of SIGTERM")
+		return fmt.Errorf("hangar-server dev did not stop within 20 s of SIGTERM")
 	}
-	s.process = nil
+}
+
+// Eventually calls condition until it returns "" (met) or the deadline passes, then fails the
+// test with the last thing condition said. The one way the Go tests wait for something.
+func Eventually(t testing.TB, deadline time.Duration, condition func() string) {
+	t.Helper()
+	end := time.Now().Add(deadline)
+	for {
+		why := condition()
+		if why == "" {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("not within %v: %s", deadline, why)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
