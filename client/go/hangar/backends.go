@@ -127,7 +127,11 @@ type TerminatedError struct {
 }
 
 func (e *TerminatedError) Error() string {
-	text := fmt.Sprintf("backend %s ended (%s, %s)", e.ID, ShortName(e.Status.GetTerminationKind()), ShortName(e.Status.GetTerminationReason()))
+	text := fmt.Sprintf("backend %s ended (%s", e.ID, ShortName(e.Status.GetTerminationReason()))
+	if kind := e.Status.GetTerminationKind(); kind != hangarv1.TerminationKind_TERMINATION_KIND_UNSPECIFIED {
+		text += ", " + ShortName(kind)
+	}
+	text += ")"
 	if e.Status.GetMessage() != "" {
 		text += ": " + e.Status.GetMessage()
 	}

@@ -121,7 +121,11 @@ func run(ctx context.Context, controller string, options hangar.Options, key, im
 			continue // its history up to READY
 		}
 		result.States = append(result.States, hangar.ShortName(status.GetState()))
-		fmt.Fprintf(out, "  %s %s\n", hangar.ShortName(status.GetState()), hangar.ShortName(status.GetTerminationReason()))
+		line := "  " + hangar.ShortName(status.GetState())
+		if reason := status.GetTerminationReason(); reason != hangarv1.TerminationReason_TERMINATION_REASON_UNSPECIFIED {
+			line += " (" + hangar.ShortName(reason) + ")"
+		}
+		fmt.Fprintln(out, line)
 	}
 	backend, err := client.GetBackend(ctx, first.ID)
 	if err != nil {
