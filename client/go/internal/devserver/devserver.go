@@ -1,6 +1,6 @@
-// Package devserver starts a real `hangar-server dev` for the Go SDK's tests: the binary cargo
-// built (target/debug, or HANGAR_BIN_DIR), on free ports, with its own data directory, and the
-// process runtime so that no Docker engine is needed.
+// Package devserver starts a real `hangar-server dev` (or a bare controller) for the Go SDK's
+// tests: the binary cargo built (target/debug, or HANGAR_BIN_DIR), on free ports, with its own
+// data directory, and dev with the process runtime so that no Docker engine is needed.
 package devserver
 
 import (
@@ -27,6 +27,8 @@ type Server struct {
 	DataDir string
 	process *exec.Cmd
 	done    chan struct{}
+	// command is the hangar-server command line for a listen address.
+	command func(listen string) []string
 }
 
 // RepoRoot is the root of the Hangar repository this package is in (symbolic links resolved,
@@ -71,8 +73,30 @@ func Start(t testing.TB) *Server {
 
 // Launch starts `hangar-server dev` on free ports with dataDir and waits until it is ready.
 func Launch(dataDir string) (*Server, error) {
-	server := &Server{DataDir: dataDir}
+	server := &Server{DataDir: dataDir, command: func(listen string) []string {
+		return []string{"dev", "--listen", listen, "--proxy-listen", "127.0.0.1:0", "--data-dir", dataDir, "--runtime", "process"}
+	}}
 	return server, server.start("127.0.0.1:0")
+}
+
+// StartController starts a bare `hangar-server controller` (no drone, no proxy) on a free port
+// with a data dir of the test's and the extra arguments (--auth-file, --tls-cert, …); it is
+// stopped when the test ends.
+func StartController(t testing.TB, args ...string) *Server {
+	t.Helper()
+	dataDir := t.TempDir()
+	server := &Server{DataDir: dataDir, command: func(listen string) []string {
+		return append([]string{"controller", "--listen", listen, "--data-dir", filepath.Join(dataDir, "data")}, args...)
+	}}
+	if err := server.start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := server.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return server
 }
 
 // Restart stops the server and starts it again on the same controller address and data dir:
@@ -81,7 +105,8 @@ func (s *Server) Restart() error {
 	if err := s.Stop(); err != nil {
 		return err
 	}
-	return s.start(strings.TrimPrefix(s.ControllerURL, "http://"))
+	listen := strings.TrimPrefix(strings.TrimPrefix(s.ControllerURL, "http://"), "https://")
+	return s.start(listen)
 }
 
 func (s *Server) start(listen string) error {
@@ -90,8 +115,7 @@ func (s *Server) start(listen string) error {
 		return err
 	}
 	s.done = make(chan struct{})
-	process := exec.Command(binary, "dev", "--listen", listen, "--proxy-listen", "127.0.0.1:0",
-		"--data-dir", s.DataDir, "--runtime", "process")
+	process := exec.Command(binary, s.command(listen)...)
 	stdout, err := process.StdoutPipe()
 	if err != nil {
 		return err
@@ -119,14 +143,19 @@ func (s *Server) start(listen string) error {
 			if len(words) >= 2 && words[0] == "proxy" {
 				s.ProxyURL = words[1]
 			}
-			if !sent && strings.Contains(lines.Text(), "Stop with Ctrl-C") {
+			// dev's banner ends with "Stop with Ctrl-C."; a controller prints
+			// "hangar-server controller listening on URL".
+			if strings.HasPrefix(lines.Text(), "hangar-server controller listening on ") {
+				s.ControllerURL = words[len(words)-1]
+			}
+			if !sent && (strings.Contains(lines.Text(), "Stop with Ctrl-C") || strings.HasPrefix(lines.Text(), "hangar-server controller listening on ")) {
 				ready <- nil
 				sent = true
 			}
 		}
 		_, _ = io.Copy(io.Discard, stdout)
 		if !sent {
-			ready <- fmt.Errorf("hangar-server dev exited before it was ready; its log: %s", logFile.Name())
+			ready <- fmt.Errorf("hangar-server %s exited before it was ready; its log: %s", s.command(listen)[0], logFile.Name())
 		}
 		_ = process.Wait()
 	}()
