@@ -158,9 +158,19 @@ func (c *Client) Connect(ctx context.Context, key string, options ConnectOptions
 		return nil, errors.New("Connect without a key starts a fresh backend, which needs Image")
 	}
 	request.SpawnConfig = spawn
-	response, err := c.backends.Connect(ctx, request)
+	var response *hangarv1.ConnectResponse
+	if key != "" {
+		// A keyed Connect is idempotent (get-or-create); a keyless one starts a backend each time.
+		err = c.retry(ctx, func() (err error) {
+			response, err = c.backends.Connect(ctx, request)
+			return err
+		})
+	} else {
+		response, err = c.backends.Connect(ctx, request)
+		err = asError(err)
+	}
 	if err != nil {
-		return nil, asError(err)
+		return nil, err
 	}
 	backend := &Backend{
 		ID:          response.GetBackendId(),
@@ -206,9 +216,13 @@ func (c *Client) WaitReady(ctx context.Context, id string) (*hangarv1.BackendSta
 
 // GetBackend returns one backend; NOT_FOUND (BACKEND_NOT_FOUND) when no backend has that id.
 func (c *Client) GetBackend(ctx context.Context, id string) (*hangarv1.Backend, error) {
-	response, err := c.backends.GetBackend(ctx, &hangarv1.GetBackendRequest{Id: id})
+	var response *hangarv1.GetBackendResponse
+	err := c.retry(ctx, func() (err error) {
+		response, err = c.backends.GetBackend(ctx, &hangarv1.GetBackendRequest{Id: id})
+		return err
+	})
 	if err != nil {
-		return nil, asError(err)
+		return nil, err
 	}
 	return response.GetBackend(), nil
 }
@@ -218,9 +232,13 @@ func (c *Client) ListBackends(ctx context.Context, filter *hangarv1.BackendFilte
 	var backends []*hangarv1.Backend
 	pageToken := ""
 	for {
-		page, err := c.backends.ListBackends(ctx, &hangarv1.ListBackendsRequest{Filter: filter, PageSize: c.PageSize, PageToken: pageToken})
+		var page *hangarv1.ListBackendsResponse
+		err := c.retry(ctx, func() (err error) {
+			page, err = c.backends.ListBackends(ctx, &hangarv1.ListBackendsRequest{Filter: filter, PageSize: c.PageSize, PageToken: pageToken})
+			return err
+		})
 		if err != nil {
-			return nil, asError(err)
+			return nil, err
 		}
 		backends = append(backends, page.GetBackends()...)
 		pageToken = page.GetNextPageToken()
@@ -231,7 +249,7 @@ func (c *Client) ListBackends(ctx context.Context, filter *hangarv1.BackendFilte
 }
 
 // Terminate asks a backend to stop: SIGTERM and a grace period, or with hard, a kill at once.
-// It returns at once; WatchBackend follows it to TERMINATED.
+// It returns at once; WatchBackend follows it to TERMINATED. It is not retried.
 func (c *Client) Terminate(ctx context.Context, id string, hard bool) (*hangarv1.Backend, error) {
 	response, err := c.backends.TerminateBackend(ctx, &hangarv1.TerminateBackendRequest{Id: id, Hard: hard})
 	if err != nil {

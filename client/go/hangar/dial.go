@@ -78,6 +78,9 @@ type Client struct {
 	// PageSize is the page size the List helpers ask for: 0 lets the controller choose (100),
 	// at most 1000. The helpers always return every page.
 	PageSize int32
+	// Retry says how idempotent calls are repeated after UNAVAILABLE or RATE_LIMITED; the zero
+	// value is 4 attempts, 100 ms doubling to 2 s.
+	Retry RetryPolicy
 }
 
 // Dial connects to the controller at target, an http:// or https:// URL such as

@@ -16,9 +16,13 @@ func (c *Client) ListNodes(ctx context.Context, filter *hangarv1.NodeFilter) ([]
 	var revision uint64
 	pageToken := ""
 	for {
-		page, err := c.nodes.ListNodes(ctx, &hangarv1.ListNodesRequest{Filter: filter, PageSize: c.PageSize, PageToken: pageToken})
+		var page *hangarv1.ListNodesResponse
+		err := c.retry(ctx, func() (err error) {
+			page, err = c.nodes.ListNodes(ctx, &hangarv1.ListNodesRequest{Filter: filter, PageSize: c.PageSize, PageToken: pageToken})
+			return err
+		})
 		if err != nil {
-			return nil, 0, asError(err)
+			return nil, 0, err
 		}
 		nodes = append(nodes, page.GetNodes()...)
 		revision = page.GetRevision()
@@ -31,15 +35,19 @@ func (c *Client) ListNodes(ctx context.Context, filter *hangarv1.NodeFilter) ([]
 
 // GetNode returns one node; NOT_FOUND with reason NODE_NOT_FOUND when no node has that id.
 func (c *Client) GetNode(ctx context.Context, id string) (*hangarv1.Node, error) {
-	response, err := c.nodes.GetNode(ctx, &hangarv1.GetNodeRequest{Id: id})
+	var response *hangarv1.GetNodeResponse
+	err := c.retry(ctx, func() (err error) {
+		response, err = c.nodes.GetNode(ctx, &hangarv1.GetNodeRequest{Id: id})
+		return err
+	})
 	if err != nil {
-		return nil, asError(err)
+		return nil, err
 	}
 	return response.GetNode(), nil
 }
 
 // DrainNode marks a drone as draining: no new backend is placed on it. With a deadline above
-// 0, backends still running on it then are soft-terminated.
+// 0, backends still running on it then are soft-terminated. It is not retried.
 func (c *Client) DrainNode(ctx context.Context, id string, deadline time.Duration) (*hangarv1.Node, error) {
 	request := &hangarv1.DrainNodeRequest{Id: id}
 	if deadline > 0 {
@@ -54,9 +62,13 @@ func (c *Client) DrainNode(ctx context.Context, id string, deadline time.Duratio
 
 // UndrainNode undoes DrainNode; undraining a drone that is not draining succeeds.
 func (c *Client) UndrainNode(ctx context.Context, id string) (*hangarv1.Node, error) {
-	response, err := c.nodes.UndrainNode(ctx, &hangarv1.UndrainNodeRequest{Id: id})
+	var response *hangarv1.UndrainNodeResponse
+	err := c.retry(ctx, func() (err error) {
+		response, err = c.nodes.UndrainNode(ctx, &hangarv1.UndrainNodeRequest{Id: id})
+		return err
+	})
 	if err != nil {
-		return nil, asError(err)
+		return nil, err
 	}
 	return response.GetNode(), nil
 }
