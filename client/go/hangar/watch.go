@@ -51,7 +51,6 @@ type NodeWatch struct {
 	cancel   context.CancelFunc
 	options  WatchOptions
 	stream   hangarv1.NodeService_WatchNodesClient
-	openErr  error
 	revision uint64 // resume point; 0 until the first SNAPSHOT_END (or StartRevision)
 	// inSnapshot: between a snapshot's first ADDED and its SNAPSHOT_END, whose ADDED events carry
 	// each node's own revision rather than a position of the stream to resume from. The resume
@@ -80,12 +79,12 @@ func (w *NodeWatch) Next() (NodeWatchEvent, error) {
 		if err := w.ctx.Err(); err != nil {
 			return NodeWatchEvent{}, err
 		}
+		var err error
 		if w.stream == nil {
-			w.open()
+			err = w.open()
 		}
 		var event *hangarv1.WatchNodesResponse
-		err := errNoStream
-		if w.stream != nil {
+		if err == nil {
 			event, err = w.stream.Recv()
 		}
 		if err == nil {
@@ -96,18 +95,14 @@ func (w *NodeWatch) Next() (NodeWatchEvent, error) {
 		if w.ctx.Err() != nil {
 			return NodeWatchEvent{}, w.ctx.Err()
 		}
-		if err == errNoStream {
-			err = w.openErr
-		}
 		if err := w.recover(err); err != nil {
 			return NodeWatchEvent{}, err
 		}
 	}
 }
 
-var errNoStream = errors.New("no stream")
-
-func (w *NodeWatch) open() {
+// open opens a stream from the revision reached, or with a snapshot when there is none yet.
+func (w *NodeWatch) open() error {
 	request := &hangarv1.WatchNodesRequest{Filter: w.options.Filter}
 	if w.revision > 0 {
 		request.StartRevision = w.revision
@@ -119,7 +114,9 @@ func (w *NodeWatch) open() {
 		request.BookmarkInterval = durationpb.New(w.options.BookmarkInterval)
 	}
 	w.inSnapshot = request.SendInitial
-	w.stream, w.openErr = w.client.nodes.WatchNodes(w.ctx, request)
+	stream, err := w.client.nodes.WatchNodes(w.ctx, request)
+	w.stream = stream
+	return err
 }
 
 func (w *NodeWatch) deliver(event *hangarv1.NodeEvent) NodeWatchEvent {
