@@ -3,6 +3,7 @@ package hangar
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"testing"
@@ -230,5 +231,58 @@ func TestWatchNodesResumesAcrossAControllerRestart(t *testing.T) {
 	}
 	if len(reconnects) == 0 {
 		t.Fatal("the watch never reconnected, so the test proved nothing")
+	}
+}
+
+// A backend watch outlives a controller restart: dev's process backends end with it and are
+// reported LOST on the next start, and the watch, reopened on the restarted controller, skips
+// the history it already delivered and ends with TERMINATED.
+func TestBackendWatchFollowsABackendAcrossAControllerRestart(t *testing.T) {
+	own := devserver.Start(t)
+	client := dial(t, own.ControllerURL)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	backend, err := client.Connect(ctx, "tests/restart", ConnectOptions{Image: "hangar-demo", Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := client.WatchBackend(ctx, backend.ID)
+	defer watch.Close()
+	var states []string
+	last := hangarv1.BackendState_BACKEND_STATE_UNSPECIFIED
+	next := func() (*hangarv1.BackendStatus, error) {
+		status, err := watch.Next()
+		if err == nil {
+			if status.GetState() <= last {
+				t.Fatalf("state %v after %v: the watch went back", status.GetState(), last)
+			}
+			last = status.GetState()
+			states = append(states, ShortName(status.GetState()))
+		}
+		return status, err
+	}
+	for last != hangarv1.BackendState_BACKEND_STATE_READY {
+		if _, err := next(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := own.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	var final *hangarv1.BackendStatus
+	for {
+		status, err := next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %v: %v", states, err)
+		}
+		final = status
+	}
+	t.Logf("states: %v, then %s", states, ShortName(final.GetTerminationReason()))
+	if final.GetState() != hangarv1.BackendState_BACKEND_STATE_TERMINATED ||
+		final.GetTerminationReason() != hangarv1.TerminationReason_TERMINATION_REASON_LOST {
+		t.Fatalf("states %v, ending with %v", states, final)
 	}
 }
