@@ -6,6 +6,7 @@ commands are tested too."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import re
@@ -17,7 +18,7 @@ import grpc
 import pytest
 
 from hangar.v1 import node_pb2_grpc
-from hangar_sdk import Client, HangarError, enum_name, node_pb2
+from hangar_sdk import Client, HangarError, aio, enum_name, node_pb2
 
 from test_sdk import REPO, binary
 
@@ -156,7 +157,7 @@ def test_the_token_goes_with_every_call_on_a_plain_channel(recording_server, tmp
     with Client(url, token="s3cret-token-value") as client:
         client.list_nodes()
         events = client.watch_nodes()
-        assert next(events).type == node_pb2.NODE_EVENT_TYPE_SNAPSHOT_END
+        assert [next(events).type, next(events).type] == ["INIT", "INIT_DONE"]
         events.close()
     token_file = tmp_path / "token"
     token_file.write_text("  from-a-file\n")
@@ -165,6 +166,22 @@ def test_the_token_goes_with_every_call_on_a_plain_channel(recording_server, tmp
     with Client(url) as client:
         client.list_nodes()
     assert nodes.seen == ["Bearer s3cret-token-value", "Bearer s3cret-token-value", "Bearer from-a-file", None]
+
+
+def test_the_asyncio_client_sends_the_token_on_unary_calls_and_streams(recording_server):
+    url, nodes = recording_server
+
+    async def scenario():
+        async with aio.Client(url, token="s3cret-token-value") as client:
+            await client.list_nodes()
+            events = client.watch_nodes()
+            assert [(await events.__anext__()).type, (await events.__anext__()).type] == ["INIT", "INIT_DONE"]
+            await events.aclose()
+        async with aio.Client(url) as client:
+            await client.list_nodes()
+
+    asyncio.run(scenario())
+    assert nodes.seen == ["Bearer s3cret-token-value", "Bearer s3cret-token-value", None]
 
 
 def test_mistakes_are_named(tmp_path, pki):
