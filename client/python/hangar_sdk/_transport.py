@@ -66,7 +66,8 @@ class Settings:
     token: Optional[str]
 
     def __repr__(self) -> str:
-        return f"Settings(target={self.target!r}, secure={self.credentials is not None}, token={'<redacted>' if self.token else None})"
+        token = "<redacted>" if self.token else None
+        return f"Settings(target={self.target!r}, secure={self.credentials is not None}, token={token})"
 
     @classmethod
     def parse(cls, url: str, *, token: Optional[str] = None, token_file: Optional[str] = None,
@@ -79,7 +80,8 @@ class Settings:
             raise ValueError(f"{given} is set without {missing}; give both the client certificate and its key, "
                              "or neither")
         token = _read_token(token, token_file)
-        credentials, options = None, ()
+        credentials: Optional[grpc.ChannelCredentials] = None
+        options: tuple[tuple[str, Any], ...] = ()
         if secure:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read_pem(tls_ca, "CA certificate", b"CERTIFICATE") if tls_ca else None,

@@ -82,7 +82,8 @@ class Client:
 
     async def list_nodes_at(self, page_size: int = 500, **filter_args) -> tuple[list[node_pb2.Node], int]:
         filter = names.node_filter(**filter_args)
-        nodes, token, revision = [], "", None
+        nodes: list[node_pb2.Node] = []
+        token, revision = "", None
         while True:
             page = await self.list_nodes_page(filter, page_size, token)
             if revision is not None and page.revision != revision:
@@ -171,7 +172,8 @@ class Client:
 
     async def list_backends(self, page_size: int = 500, **filter_args) -> list[Backend]:
         filter = names.backend_filter(**filter_args)
-        backends, token = [], ""
+        backends: list[Backend] = []
+        token = ""
         while True:
             page = await self.list_backends_page(filter, page_size, token)
             backends.extend(Backend.from_proto(b) for b in page.backends)

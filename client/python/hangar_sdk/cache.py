@@ -21,8 +21,6 @@ from .watch import NodeWatchCursor, NodeWatchEvent, NodeWatchEventType, RetryPol
 T = TypeVar("T")
 
 
-
-
 class NodeCache:
     """A thread-safe local copy of the nodes matching a filter, kept up to date by a background
     thread that watches the controller.
@@ -89,16 +87,16 @@ class NodeCache:
     def _run(self) -> None:
         try:
             while not self._stopping.is_set():
-                self._stream = self._stub.WatchNodes(self._cursor.request())
+                stream = self._stream = self._stub.WatchNodes(self._cursor.request())
                 try:
-                    for message in self._stream:
+                    for message in stream:
                         for event in self._cursor.decode(message):
                             self.apply(event)
                     ended = stream_ended()
                 except grpc.RpcError as error:
                     ended = HangarError.from_rpc_error(error)
                 finally:
-                    self._stream.cancel()
+                    stream.cancel()
                 if self._stopping.is_set():
                     return
                 reconnect = self._cursor.ended(ended)
@@ -114,30 +112,32 @@ class NodeCache:
     def apply(self, event: NodeWatchEvent) -> None:
         """Applies one watch event (what the background thread does with each; call it yourself
         to feed a cache made with ``start=False`` from ``Client.watch_nodes``)."""
-        kind = event.type
+        kind, node = event.type, event.node
         with self._changed:
+            if kind is NodeWatchEventType.RECONNECTING:
+                self.reconnects += 1
+                return
             if kind is NodeWatchEventType.INIT:
                 self._pending = {}
-            elif kind is NodeWatchEventType.INIT_APPLY:
-                if self._pending is None:
-                    self._pending = {}
-                self._pending[event.node.id] = event.node
             elif kind is NodeWatchEventType.INIT_DONE:
                 self._nodes = self._pending if self._pending is not None else {}
                 self._pending = None
                 self._revision = event.revision
                 self.relists += 1
-            elif kind in (NodeWatchEventType.ADDED, NodeWatchEventType.MODIFIED):
-                self._nodes[event.node.id] = event.node
-                self._revision = event.revision
-            elif kind is NodeWatchEventType.REMOVED:
-                self._nodes.pop(event.node.id, None)
-                self._revision = event.revision
             elif kind is NodeWatchEventType.BOOKMARK:
                 self._revision = event.revision
-            elif kind is NodeWatchEventType.RECONNECTING:
-                self.reconnects += 1
-                return
+            elif node is None:
+                raise ValueError(f"a {kind} event without a node")
+            elif kind is NodeWatchEventType.INIT_APPLY:
+                if self._pending is None:
+                    self._pending = {}
+                self._pending[node.id] = node
+            elif kind is NodeWatchEventType.REMOVED:
+                self._nodes.pop(node.id, None)
+                self._revision = event.revision
+            else:  # ADDED, MODIFIED
+                self._nodes[node.id] = node
+                self._revision = event.revision
             self._changed.notify_all()
 
     @property

@@ -15,7 +15,7 @@ from ._follow import BackendFollower
 from ._transport import BearerToken, Settings, env_options
 from .errors import BackendTerminated, HangarError
 from .types import Backend, BackendState, BackendStatus, KeyLike, connect_request
-from .watch import NodeWatchCursor, NodeWatchEvent, NodeWatchEventType, RetryPolicy, stream_ended
+from .watch import NodeWatchCursor, NodeWatchEvent, RetryPolicy, stream_ended
 
 T = TypeVar("T")
 
@@ -87,7 +87,8 @@ class Client:
         """Every matching node and the revision of the snapshot they were read at (pass it to
         ``watch_nodes(start_revision=…)`` to follow on without a gap)."""
         filter = names.node_filter(**filter_args)
-        nodes, token, revision = [], "", None
+        nodes: list[node_pb2.Node] = []
+        token, revision = "", None
         while True:
             page = self.list_nodes_page(filter, page_size, token)
             if revision is not None and page.revision != revision:
@@ -204,7 +205,8 @@ class Client:
         """Every matching backend, across all pages. Filters: ``states=["ready"]``, ``drone_id``,
         ``key_namespace``, ``cluster``."""
         filter = names.backend_filter(**filter_args)
-        backends, token = [], ""
+        backends: list[Backend] = []
+        token = ""
         while True:
             page = self.list_backends_page(filter, page_size, token)
             backends.extend(Backend.from_proto(b) for b in page.backends)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from hangar.v1 import backend_pb2, node_pb2
 
@@ -24,7 +24,7 @@ def enum_name(enum, value: int) -> str:
     return name[len(prefix):] if name.startswith(prefix) else name
 
 
-def enum_values(enum, names: Iterable[str]) -> list[int]:
+def enum_values(enum, names: Iterable[str]) -> list[Any]:
     """The numbers of short (``"ready"``) or full (``"NODE_STATE_READY"``) names; an unknown name
     raises ``ValueError`` naming the known ones."""
     prefix = _prefix(enum)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -233,7 +233,7 @@ def connect_request(
     (without it only a live backend is returned)."""
     spawn = None
     if image is not None:
-        pull = backend_pb2.PullPolicy.Value("PULL_POLICY_" + pull_policy.upper()) if pull_policy else 0
+        pull: Any = backend_pb2.PullPolicy.Value("PULL_POLICY_" + pull_policy.upper()) if pull_policy else 0
         spawn = backend_pb2.SpawnConfig(
             executable=backend_pb2.Executable(
                 image=image, command=list(command), args=list(args), env=dict(env or {}), pull_policy=pull,

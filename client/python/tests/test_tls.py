@@ -7,7 +7,6 @@ commands are tested too."""
 from __future__ import annotations
 
 import asyncio
-import os
 import pathlib
 import re
 import subprocess
