@@ -1,4 +1,5 @@
-"""Every Python example in client/python/README.md runs as written against a fresh
+"""Every Python example in client/python/README.md (and in the root README.md) runs as written
+against a fresh
 `hangar-server dev`: each block in its own interpreter, with the README's default address
 replaced by the test server's. A block marked `<!-- readme-test: skip … -->` says why it is not
 run (and which test covers it instead)."""
@@ -13,18 +14,19 @@ import pytest
 
 from cluster import REPO
 
-README = REPO / "client" / "python" / "README.md"
+READMES = [REPO / "client" / "python" / "README.md", REPO / "README.md"]
 DEFAULT_URL = "http://127.0.0.1:7070"
 
 
 def examples() -> list[tuple[str, str]]:
-    text = README.read_text()
     found = []
-    for match in re.finditer(r"(<!-- readme-test: skip[^>]*-->\n)?```python\n(.*?)```", text, re.S):
-        if match.group(1):
-            continue
-        line = text.count("\n", 0, match.start(2)) + 1
-        found.append((f"README.md:{line}", match.group(2)))
+    for readme in READMES:
+        text = readme.read_text()
+        for match in re.finditer(r"(<!-- readme-test: skip[^>]*-->\n)?```python\n(.*?)```", text, re.S):
+            if match.group(1):
+                continue
+            line = text.count("\n", 0, match.start(2)) + 1
+            found.append((f"{readme.relative_to(REPO)}:{line}", match.group(2)))
     return found
 
 
