@@ -111,6 +111,8 @@ class Relay:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self._stopped = False
+        #: Connections relayed so far (a reconnecting client makes more than one).
+        self.connections = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def cut(self) -> None:
@@ -149,6 +151,7 @@ class Relay:
                 continue
             with self._lock:
                 self._sockets += [client, server]
+                self.connections += 1
             for source, sink in ((client, server), (server, client)):
                 threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
 

@@ -9,6 +9,7 @@ import urllib.request
 import grpc
 import pytest
 
+from cluster import Relay
 from hangar_sdk import Backend, BackendKey, BackendState, BackendTerminated, Client, HangarError, aio
 
 ORDER = list(BackendState)
@@ -75,6 +76,26 @@ def test_the_same_lifecycle_in_asyncio(dev):
 
     error = asyncio.run(scenario())
     assert error.code == grpc.StatusCode.NOT_FOUND and error.reason == "BACKEND_NOT_FOUND"
+
+
+def test_watch_backend_resumes_after_a_dropped_stream_without_repeating_a_state(dev):
+    relay = Relay(dev.address)
+    try:
+        with Client(dev.url) as direct, Client(relay.url) as client:
+            backend = direct.connect("sdk/resume", image="hangar-demo")
+            statuses = client.watch_backend(backend.id, timeout=60)
+            states = []
+            while not states or states[-1] is not BackendState.READY:
+                states.append(next(statuses).state)
+            relay.cut()
+            direct.terminate(backend.id)
+            relay.restore()
+            states += [status.state for status in statuses]
+    finally:
+        relay.close()
+    assert relay.connections >= 2, "the watch reconnected"
+    assert states[-1] is BackendState.TERMINATED
+    assert_forward_only(states)
 
 
 def test_list_backends_reads_every_page(dev):
