@@ -13,7 +13,8 @@ typed backends, a node cache, and errors that carry Hangar's stable reason strin
 
 - :class:`Client` (blocking) and :class:`hangar_sdk.aio.Client` (asyncio), the same methods;
 - :class:`Backend`, :class:`BackendStatus`, :class:`BackendState`, :class:`BackendKey`;
-- :class:`NodeCache`: list + watch kept current in a background thread, with ``wait_for``;
+- :class:`NodeCache`: list + watch kept current in a background thread, with ``wait_for``
+  (``hangar_sdk.aio.NodeCache`` in an asyncio task; :class:`NodeStore` to feed one yourself);
 - :class:`HangarError`, :class:`BackendTerminated`; :func:`enum_name` for enum short names.
 
 A controller with TLS and client certificates, and a bearer token (docs/security.md):
@@ -25,7 +26,7 @@ A controller with TLS and client certificates, and a bearer token (docs/security
 
 from hangar.v1 import backend_pb2, node_pb2
 
-from .cache import NodeCache
+from .cache import NodeCache, NodeStore
 from .client import Client
 from .errors import BackendTerminated, HangarError
 from .names import enum_name
@@ -41,6 +42,7 @@ __all__ = [
     "Client",
     "HangarError",
     "NodeCache",
+    "NodeStore",
     "NodeWatchEvent",
     "NodeWatchEventType",
     "RetryPolicy",

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Mapping, Optional, Sequence
+from typing import AsyncGenerator, Callable, Mapping, Optional, Sequence, TypeVar
 
 import grpc
 import grpc.aio
@@ -23,11 +23,14 @@ from hangar.v1 import backend_pb2, backend_pb2_grpc, node_pb2, node_pb2_grpc
 from . import names
 from ._follow import BackendFollower
 from ._transport import Settings, env_options
+from .cache import NodeStore
 from .errors import BackendTerminated, HangarError
 from .types import Backend, BackendState, BackendStatus, KeyLike, connect_request
 from .watch import NodeWatchCursor, NodeWatchEvent, RetryPolicy, stream_ended
 
-__all__ = ["Client"]
+__all__ = ["Client", "NodeCache"]
+
+T = TypeVar("T")
 
 
 class Client:
@@ -111,7 +114,7 @@ class Client:
         return (await self._call(self._nodes.UndrainNode, node_pb2.UndrainNodeRequest(id=node_id))).node
 
     async def watch_nodes(self, *, start_revision: Optional[int] = None, bookmark_interval: Optional[float] = None,
-                          retry: RetryPolicy = RetryPolicy(), **filter_args) -> AsyncIterator[NodeWatchEvent]:
+                          retry: RetryPolicy = RetryPolicy(), **filter_args) -> AsyncGenerator[NodeWatchEvent, None]:
         """As :meth:`hangar_sdk.Client.watch_nodes`, an async iterator."""
         cursor = NodeWatchCursor(names.node_filter(**filter_args), start_revision, bookmark_interval, retry)
         while True:
@@ -130,7 +133,7 @@ class Client:
             await asyncio.sleep(reconnect.delay)
 
     async def watch_nodes_stream(self, send_initial: bool = True, start_revision: int = 0,
-                                 **filter_args) -> AsyncIterator[node_pb2.NodeEvent]:
+                                 **filter_args) -> AsyncGenerator[node_pb2.NodeEvent, None]:
         """As :meth:`hangar_sdk.Client.watch_nodes_stream`: one stream, no resume."""
         request = node_pb2.WatchNodesRequest(filter=names.node_filter(**filter_args),
                                              start_revision=start_revision, send_initial=send_initial)
@@ -181,7 +184,8 @@ class Client:
             if not token:
                 return backends
 
-    async def watch_backend(self, backend_id: str, timeout: Optional[float] = None) -> AsyncIterator[BackendStatus]:
+    async def watch_backend(self, backend_id: str,
+                            timeout: Optional[float] = None) -> AsyncGenerator[BackendStatus, None]:
         """As :meth:`hangar_sdk.Client.watch_backend`, an async iterator."""
         follower = BackendFollower(backend_id, timeout)
         while not follower.done:
@@ -211,3 +215,79 @@ class Client:
             async for status in self.watch_backend(backend_id, timeout=wait_timeout):
                 backend = backend.replace(status=status)
         return backend
+
+
+class NodeCache(NodeStore):
+    """:class:`hangar_sdk.NodeCache` for asyncio: a :class:`~hangar_sdk.NodeStore` fed by an
+    asyncio task that runs ``client.watch_nodes`` (resume, re-list and all). Reading it
+    (``snapshot()``, ``get``, ``revision``) never blocks; ``wait_for`` is a coroutine.
+
+        async with aio.NodeCache(client, kinds=["drone"]) as cache:
+            ready = await cache.wait_for(lambda nodes: len(nodes) > 0, timeout=30)
+    """
+
+    def __init__(self, client: Client, *, bookmark_interval: Optional[float] = None,
+                 retry: RetryPolicy = RetryPolicy(), **filter_args):
+        super().__init__()
+        self._events = client.watch_nodes(bookmark_interval=bookmark_interval, retry=retry, **filter_args)
+        self._task: Optional[asyncio.Task] = None
+        self._updated = asyncio.Event()
+        #: What stopped the watch for good, if anything did.
+        self.error: Optional[BaseException] = None
+
+    def start(self) -> "NodeCache":
+        """Starts the watch task (inside a running event loop)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        """Stops the watch; the cache keeps what it has."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._events.aclose()
+
+    async def __aenter__(self) -> "NodeCache":
+        return self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        try:
+            async for event in self._events:
+                self.apply(event)
+                self._updated.set()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: BLE001 - handed to every waiter, not lost
+            self.error = error
+            self._updated.set()
+
+    async def wait_for(self, predicate: Callable[[Mapping[str, node_pb2.Node]], T],
+                       timeout: Optional[float] = None) -> T:
+        """Waits until ``predicate(nodes)`` returns something truthy, and returns it; as
+        :meth:`hangar_sdk.NodeCache.wait_for` (``TimeoutError`` after ``timeout`` seconds)."""
+        async def satisfied() -> T:
+            while True:
+                self._updated.clear()
+                result = self.check(predicate)
+                if result:
+                    return result
+                if self.error is not None:
+                    raise self.error
+                await self._updated.wait()
+
+        try:
+            return await asyncio.wait_for(satisfied(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the node cache did not satisfy the condition within {timeout} s "
+                               f"(at revision {self.revision}, {len(self)} nodes)") from None
+
+    async def wait_ready(self, timeout: Optional[float] = None) -> "NodeCache":
+        await self.wait_for(lambda _nodes: True, timeout)
+        return self

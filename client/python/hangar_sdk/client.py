@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator, Mapping, Optional, Sequence, TypeVar
+from typing import Callable, Generator, Mapping, Optional, Sequence, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
@@ -123,7 +123,7 @@ class Client:
         return self._call(self._nodes.UndrainNode, node_pb2.UndrainNodeRequest(id=node_id)).node
 
     def watch_nodes(self, *, start_revision: Optional[int] = None, bookmark_interval: Optional[float] = None,
-                    retry: RetryPolicy = RetryPolicy(), **filter_args) -> Iterator[NodeWatchEvent]:
+                    retry: RetryPolicy = RetryPolicy(), **filter_args) -> Generator[NodeWatchEvent, None, None]:
         """The matching nodes, then every change, for as long as you iterate: ``INIT``, one
         ``INIT_APPLY`` per node, ``INIT_DONE``, then ``ADDED`` / ``MODIFIED`` / ``REMOVED`` (and
         ``BOOKMARK`` with ``bookmark_interval``). It resumes by itself from the last revision after
@@ -148,7 +148,7 @@ class Client:
             time.sleep(reconnect.delay)
 
     def watch_nodes_stream(self, send_initial: bool = True, start_revision: int = 0,
-                           **filter_args) -> Iterator[node_pb2.NodeEvent]:
+                           **filter_args) -> Generator[node_pb2.NodeEvent, None, None]:
         """One WatchNodes stream, as the wire has it (no resume): with ``send_initial``, the
         matching nodes as ADDED events, one SNAPSHOT_END, then live changes. It ends when the
         stream does; a failure raises :class:`HangarError`."""
@@ -214,7 +214,7 @@ class Client:
             if not token:
                 return backends
 
-    def watch_backend(self, backend_id: str, timeout: Optional[float] = None) -> Iterator[BackendStatus]:
+    def watch_backend(self, backend_id: str, timeout: Optional[float] = None) -> Generator[BackendStatus, None, None]:
         """The backend's statuses, from its first, until TERMINATED (the last item). A dropped
         stream is resumed without repeating a state; ``timeout`` (seconds, overall) raises
         ``TimeoutError`` when it passes first."""

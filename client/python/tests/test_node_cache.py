@@ -4,11 +4,13 @@ controller restart by resuming (no re-list), re-lists when its revision was comp
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 
 from cluster import DevServer, Relay, eventually
+from hangar_sdk import aio
 from hangar_sdk import Client, HangarError, NodeCache, NodeWatchEventType, RetryPolicy, node_pb2
 
 #: Fast retries, so a test does not wait out the default backoff.
@@ -130,3 +132,23 @@ def test_a_watch_the_server_refuses_stops_the_cache_and_wait_for_raises_it(dev):
     assert caught.value.code.name == "INVALID_ARGUMENT"
 
 
+
+
+def test_the_asyncio_cache_resumes_across_a_restart_and_waits_for_a_drain(relayed):
+    server, relay = relayed
+
+    async def scenario():
+        async with aio.Client(relay.url) as client, aio.NodeCache(client, kinds=["drone"], retry=FAST) as cache:
+            [drone] = (await cache.wait_ready(timeout=15)).snapshot().values()
+            with pytest.raises(TimeoutError):
+                await cache.wait_for(lambda nodes: nodes[drone.id].draining, timeout=0.3)
+            server.restart()
+            relay.restore(server.address)
+            await client.drain_node(drone.id)
+            drained = await cache.wait_for(lambda nodes: nodes[drone.id].draining and nodes[drone.id], timeout=30)
+            await client.undrain_node(drone.id)
+            return cache, drained
+
+    cache, drained = asyncio.run(scenario())
+    assert drained.state == node_pb2.NODE_STATE_DRAINING
+    assert (cache.relists, cache.reconnects >= 1) == (1, True), "resumed, not listed again"

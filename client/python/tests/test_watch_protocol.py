@@ -8,7 +8,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from hangar_sdk import HangarError, NodeCache, NodeWatchEvent, NodeWatchEventType, RetryPolicy, node_pb2
+from hangar_sdk import HangarError, NodeStore, NodeWatchEvent, NodeWatchEventType, RetryPolicy, node_pb2
 from hangar_sdk.watch import InvalidResponse, NodeWatchCursor
 
 T = NodeWatchEventType
@@ -83,8 +83,8 @@ def test_retries_give_up_after_max_attempts_without_progress():
         cursor.ended(HangarError(grpc.StatusCode.UNAVAILABLE, "still gone"))
 
 
-def test_cache_swaps_in_a_new_snapshot_only_when_it_is_complete():
-    cache = NodeCache(client=_NoClient(), start=False)
+def test_store_swaps_in_a_new_snapshot_only_when_it_is_complete():
+    cache = NodeStore()
 
     def node(node_id: str, revision: int) -> node_pb2.Node:
         return node_pb2.Node(id=node_id, revision=revision)
@@ -101,9 +101,3 @@ def test_cache_swaps_in_a_new_snapshot_only_when_it_is_complete():
     assert sorted(cache.snapshot()) == ["a", "c"]
     cache.apply(NodeWatchEvent(T.INIT_DONE, revision=30))
     assert sorted(cache.snapshot()) == ["d"] and (cache.revision, cache.relists) == (30, 2)
-
-
-class _NoClient:
-    """A client whose stubs are never called (the cache is fed by hand)."""
-
-    _nodes = None
