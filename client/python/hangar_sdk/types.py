@@ -134,7 +134,7 @@ class Backend:
     drone_id: str = ""
     cluster: str = ""
     pool: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     created_at: Optional[datetime] = None
     last_activity_at: Optional[datetime] = None
     #: Increases every time the key is taken; the backend gets it as ``HANGAR_FENCING_TOKEN``.

@@ -96,6 +96,28 @@ def test_the_sdk_lists_nodes_over_mtls(mtls_url, pki):
         assert ready_drones(client) == ["drone-a"]
 
 
+def test_the_asyncio_client_lists_nodes_over_mtls(mtls_url, pki):
+    async def drones():
+        async with aio.Client(mtls_url, tls_ca=str(pki / "ca.pem"), tls_cert=str(pki / "alice.pem"),
+                              tls_key=str(pki / "alice.key")) as client:
+            cache = aio.NodeCache(client, kinds=["drone"], states=["ready"])
+            async with cache:
+                nodes = await cache.wait_for(lambda nodes: list(nodes.values()), timeout=30)
+            return [node.name for node in nodes]
+
+    assert asyncio.run(drones()) == ["drone-a"]
+
+
+def test_without_a_client_certificate_the_asyncio_client_is_refused(mtls_url, pki):
+    async def attempt():
+        async with aio.Client(mtls_url, timeout=5, tls_ca=str(pki / "ca.pem")) as client:
+            await client.list_nodes()
+
+    with pytest.raises(HangarError) as caught:
+        asyncio.run(attempt())
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+
+
 def test_from_env_reads_the_same_variables_as_the_cli(mtls_url, pki, monkeypatch):
     monkeypatch.setenv("HANGAR_CONTROLLER", mtls_url)
     monkeypatch.setenv("HANGAR_TLS_CA", str(pki / "ca.pem"))
