@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import re
 import os
 import subprocess
 import sys
@@ -124,3 +125,24 @@ def test_generated_code_matches_the_protos(tmp_path):
             if not twin.exists() or not filecmp.cmp(path, twin, shallow=False):
                 mismatches.append(str(path.relative_to(out)))
     assert not mismatches, f"regenerate with scripts/gen-python: {mismatches}"
+
+
+def test_declared_dependencies_cover_what_the_generated_code_needs():
+    """The stubs refuse a protobuf or grpcio older than the ones that generated them, so
+    pyproject.toml must ask for at least those (a fresh `pip install` otherwise breaks on import)."""
+    generated = REPO / "client" / "python" / "generated" / "hangar"
+    pyproject = (REPO / "client" / "python" / "pyproject.toml").read_text()
+
+    def declared(package: str) -> tuple[int, ...]:
+        match = re.search(rf'"{package}>=([0-9.]+)"', pyproject)
+        assert match, f"pyproject.toml declares no minimum for {package}"
+        return tuple(int(part) for part in match.group(1).split("."))
+
+    for stub in generated.rglob("*_pb2.py"):
+        found = re.search(r"ValidateProtobufRuntimeVersion\(\s*\S+,\s*(\d+),\s*(\d+),\s*(\d+),", stub.read_text())
+        assert found, stub
+        assert declared("protobuf") >= tuple(map(int, found.groups())), stub
+    for stub in generated.rglob("*_pb2_grpc.py"):
+        found = re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", stub.read_text())
+        assert found, stub
+        assert declared("grpcio") >= tuple(map(int, found.group(1).split("."))), stub
