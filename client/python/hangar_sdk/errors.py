@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 if TYPE_CHECKING:
@@ -44,8 +44,6 @@ class HangarError(Exception):
         status = None
         for key, value in error.trailing_metadata() or ():
             if key == "grpc-status-details-bin":
-                from google.rpc import status_pb2
-
                 status = status_pb2.Status.FromString(value)
         return cls._from_parts(error.code(), error.details() or "", status)
 

@@ -4,6 +4,7 @@ lifecycle to follow); backends get a dataclass because callers use a few fields 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -189,8 +190,6 @@ class Backend:
 
     def replace(self, **changes) -> "Backend":
         """A copy with some fields changed (``dataclasses.replace``)."""
-        import dataclasses
-
         return dataclasses.replace(self, **changes)
 
 
