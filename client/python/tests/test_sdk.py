@@ -3,50 +3,22 @@
 from __future__ import annotations
 
 import filecmp
+import re
 import os
-import pathlib
 import subprocess
 import sys
-import tempfile
-import time
 
 import grpc
 import pytest
 
 from hangar_sdk import Client, HangarError, enum_name, node_pb2
 
-REPO = pathlib.Path(__file__).resolve().parents[3]
-
-
-def binary(name: str) -> pathlib.Path:
-    path = pathlib.Path(os.environ.get("HANGAR_BIN_DIR", REPO / "target" / "debug")) / name
-    if not path.exists():
-        pytest.fail(f"{path} is not built; run `cargo build --workspace --bins` first (scripts/test does)")
-    return path
+from cluster import REPO, binary  # noqa: F401 - re-exported for the other test modules
 
 
 @pytest.fixture(scope="module")
-def controller_url():
-    with tempfile.TemporaryDirectory() as data:
-        process = subprocess.Popen(
-            [binary("hangar-server"), "dev", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0",
-             "--data-dir", data],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        try:
-            url = None
-            deadline = time.monotonic() + 60
-            for line in process.stdout:
-                words = line.split()
-                if words[:1] == ["controller"]:
-                    url = words[1]
-                if "Stop with Ctrl-C" in line or time.monotonic() > deadline:
-                    break
-            assert url, "hangar-server dev printed no controller URL"
-            yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=15)
+def controller_url(dev):
+    return dev.url
 
 
 def test_list_nodes_shows_the_dev_drone_ready(controller_url):
@@ -76,7 +48,7 @@ def test_page_size_over_the_limit_names_the_field(controller_url):
 
 def test_watch_sends_the_snapshot_then_snapshot_end(controller_url):
     with Client(controller_url) as client:
-        events = client.watch_nodes(send_initial=True)
+        events = client.watch_nodes_stream(send_initial=True)
         added = []
         for event in events:
             if event.type != node_pb2.NODE_EVENT_TYPE_ADDED:
@@ -85,6 +57,34 @@ def test_watch_sends_the_snapshot_then_snapshot_end(controller_url):
         assert event.type == node_pb2.NODE_EVENT_TYPE_SNAPSHOT_END
         assert sorted(e.node.name for e in added) == ["dev-drone", "dev-proxy"]
         assert event.revision >= max(e.revision for e in added)
+        events.close()
+
+
+def test_the_resumable_watch_starts_with_a_whole_snapshot_then_live_changes(controller_url):
+    with Client(controller_url) as client:
+        [drone] = client.list_nodes(kinds=["drone"])
+        events = client.watch_nodes(kinds=["drone"])
+        init, applied, done = next(events), next(events), next(events)
+        assert (init.type, applied.type, done.type) == ("INIT", "INIT_APPLY", "INIT_DONE")
+        assert applied.node.id == drone.id and done.revision >= applied.node.revision
+        drained = client.drain_node(drone.id)
+        client.undrain_node(drone.id)
+        modified = next(events)
+        assert (modified.type, modified.revision, modified.node.draining) == ("MODIFIED", drained.revision, True)
+        assert next(events).node.draining is False
+        events.close()
+
+
+def test_list_nodes_at_gives_the_revision_a_watch_can_start_from(controller_url):
+    with Client(controller_url) as client:
+        nodes, revision = client.list_nodes_at(page_size=1)
+        assert sorted(n.name for n in nodes) == ["dev-drone", "dev-proxy"]
+        drone = next(n for n in nodes if n.name == "dev-drone")
+        events = client.watch_nodes(start_revision=revision)
+        drained = client.drain_node(drone.id)
+        client.undrain_node(drone.id)
+        first = next(events)
+        assert (first.type, first.revision) == ("MODIFIED", drained.revision), "no snapshot, no gap"
         events.close()
 
 
@@ -125,3 +125,24 @@ def test_generated_code_matches_the_protos(tmp_path):
             if not twin.exists() or not filecmp.cmp(path, twin, shallow=False):
                 mismatches.append(str(path.relative_to(out)))
     assert not mismatches, f"regenerate with scripts/gen-python: {mismatches}"
+
+
+def test_declared_dependencies_cover_what_the_generated_code_needs():
+    """The stubs refuse a protobuf or grpcio older than the ones that generated them, so
+    pyproject.toml must ask for at least those (a fresh `pip install` otherwise breaks on import)."""
+    generated = REPO / "client" / "python" / "generated" / "hangar"
+    pyproject = (REPO / "client" / "python" / "pyproject.toml").read_text()
+
+    def declared(package: str) -> tuple[int, ...]:
+        match = re.search(rf'"{package}>=([0-9.]+)"', pyproject)
+        assert match, f"pyproject.toml declares no minimum for {package}"
+        return tuple(int(part) for part in match.group(1).split("."))
+
+    for stub in generated.rglob("*_pb2.py"):
+        found = re.search(r"ValidateProtobufRuntimeVersion\(\s*\S+,\s*(\d+),\s*(\d+),\s*(\d+),", stub.read_text())
+        assert found, stub
+        assert declared("protobuf") >= tuple(map(int, found.groups())), stub
+    for stub in generated.rglob("*_pb2_grpc.py"):
+        found = re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", stub.read_text())
+        assert found, stub
+        assert declared("grpcio") >= tuple(map(int, found.group(1).split("."))), stub

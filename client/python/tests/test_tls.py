@@ -6,7 +6,7 @@ commands are tested too."""
 
 from __future__ import annotations
 
-import os
+import asyncio
 import pathlib
 import re
 import subprocess
@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from hangar.v1 import node_pb2_grpc
-from hangar_sdk import Client, HangarError, enum_name, node_pb2
+from hangar_sdk import Client, HangarError, aio, enum_name, node_pb2
 
 from test_sdk import REPO, binary
 
@@ -96,6 +96,28 @@ def test_the_sdk_lists_nodes_over_mtls(mtls_url, pki):
         assert ready_drones(client) == ["drone-a"]
 
 
+def test_the_asyncio_client_lists_nodes_over_mtls(mtls_url, pki):
+    async def drones():
+        async with aio.Client(mtls_url, tls_ca=str(pki / "ca.pem"), tls_cert=str(pki / "alice.pem"),
+                              tls_key=str(pki / "alice.key")) as client:
+            cache = aio.NodeCache(client, kinds=["drone"], states=["ready"])
+            async with cache:
+                nodes = await cache.wait_for(lambda nodes: list(nodes.values()), timeout=30)
+            return [node.name for node in nodes]
+
+    assert asyncio.run(drones()) == ["drone-a"]
+
+
+def test_without_a_client_certificate_the_asyncio_client_is_refused(mtls_url, pki):
+    async def attempt():
+        async with aio.Client(mtls_url, timeout=5, tls_ca=str(pki / "ca.pem")) as client:
+            await client.list_nodes()
+
+    with pytest.raises(HangarError) as caught:
+        asyncio.run(attempt())
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+
+
 def test_from_env_reads_the_same_variables_as_the_cli(mtls_url, pki, monkeypatch):
     monkeypatch.setenv("HANGAR_CONTROLLER", mtls_url)
     monkeypatch.setenv("HANGAR_TLS_CA", str(pki / "ca.pem"))
@@ -156,7 +178,7 @@ def test_the_token_goes_with_every_call_on_a_plain_channel(recording_server, tmp
     with Client(url, token="s3cret-token-value") as client:
         client.list_nodes()
         events = client.watch_nodes()
-        assert next(events).type == node_pb2.NODE_EVENT_TYPE_SNAPSHOT_END
+        assert [next(events).type, next(events).type] == ["INIT", "INIT_DONE"]
         events.close()
     token_file = tmp_path / "token"
     token_file.write_text("  from-a-file\n")
@@ -165,6 +187,22 @@ def test_the_token_goes_with_every_call_on_a_plain_channel(recording_server, tmp
     with Client(url) as client:
         client.list_nodes()
     assert nodes.seen == ["Bearer s3cret-token-value", "Bearer s3cret-token-value", "Bearer from-a-file", None]
+
+
+def test_the_asyncio_client_sends_the_token_on_unary_calls_and_streams(recording_server):
+    url, nodes = recording_server
+
+    async def scenario():
+        async with aio.Client(url, token="s3cret-token-value") as client:
+            await client.list_nodes()
+            events = client.watch_nodes()
+            assert [(await events.__anext__()).type, (await events.__anext__()).type] == ["INIT", "INIT_DONE"]
+            await events.aclose()
+        async with aio.Client(url) as client:
+            await client.list_nodes()
+
+    asyncio.run(scenario())
+    assert nodes.seen == ["Bearer s3cret-token-value", "Bearer s3cret-token-value", None]
 
 
 def test_mistakes_are_named(tmp_path, pki):
