@@ -77,6 +77,7 @@ pub async fn build_runtime(
 /// Builds the runtime, binds the socket and serves until a termination signal.
 pub async fn run(args: ExecutorArgs) -> anyhow::Result<()> {
     let runtime = build_runtime(args.runtime, &args.instance, true).await?;
+    let stop = termination_signal();
     let listener = server::bind_socket(&args.socket)?;
     tracing::info!(socket = %args.socket.display(), runtime = %runtime.kind(), "executor serving");
     let options = ServerOptions {
@@ -84,19 +85,25 @@ pub async fn run(args: ExecutorArgs) -> anyhow::Result<()> {
         max_message_bytes: args.max_message_bytes,
         executor_name: format!("hangar-drone executor ({})", args.instance),
     };
-    server::serve(listener, runtime, options, termination_signal()).await.context("executor server failed")?;
+    server::serve(listener, runtime, options, stop).await.context("executor server failed")?;
     tracing::info!("executor stopped");
     Ok(())
 }
 
-async fn termination_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, before the socket is bound, and returns the
+/// future that resolves on the first of them: a signal sent as soon as a client can connect must
+/// stop the executor cleanly, not kill it by the default action.
+fn termination_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; the executor stops only when killed");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; the executor stops only when killed");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
