@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use super::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::runtime::{BackendSpec, Capability, PullPolicy, Runtime, RuntimeError};
 
+mod authority;
 mod listener;
 mod reflection;
 mod validate;
@@ -90,15 +91,15 @@ pub async fn serve(
                 if !allowed {
                     tracing::warn!(?uid, "refusing executor peer: uid not in the allow-list");
                 }
-                PeerConnection {
+                PeerConnection::new(
                     stream,
-                    info: PeerInfo {
+                    PeerInfo {
                         uid,
                         pid: cred.and_then(|c| c.pid()),
                         allowed,
                         handshaken: Arc::new(AtomicBool::new(false)),
                     },
-                }
+                )
             });
             Some((accepted, listener))
         }
