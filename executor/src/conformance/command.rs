@@ -128,7 +128,7 @@ pub async fn run(args: ConformanceArgs) -> anyhow::Result<i32> {
         }
         match subject.clean_up().await {
             Ok(0) => {}
-            Ok(n) => eprintln!("      removed {n} backends {} left behind", case.name),
+            Ok(n) => eprintln!("      removed the {n} backends {} left on the executor", case.name),
             Err(err) => eprintln!("      could not clean up after {}: {err}", case.name),
         }
     }
