@@ -75,6 +75,14 @@ macro_rules! conformance {
         for_runtime!(docker, RuntimeKind::Docker, [$($case),*]);
         for_runtime!(process, RuntimeKind::Process, [$($case),*]);
         for_runtime!(mock, RuntimeKind::Mock, [$($case),*]);
+
+        /// A case added to the library's suite runs here too, in the same order.
+        #[test]
+        fn every_case_of_the_suite_runs_against_every_runtime() {
+            let here = [$(stringify!($case)),*];
+            let suite: Vec<&str> = hangar_executor::conformance::CASES.iter().map(|case| case.name).collect();
+            assert_eq!(suite, here);
+        }
     };
 }
 
