@@ -11,7 +11,9 @@ use hangar_executor::conformance::{Images, Outcome, Subject, cases};
 use hangar_executor::runtime::mock::MockRuntime;
 use hangar_executor::runtime::process::ProcessRuntime;
 use hangar_executor::runtime::{Runtime, RuntimeKind};
-use hangar_executor::testing::{ContainerCleanup, TestExecutor, docker_or_skip, test_backend_binary, test_image, unique_name};
+use hangar_executor::testing::{
+    ContainerCleanup, TestExecutor, docker_or_skip, test_backend_binary, test_image, unique_name,
+};
 
 /// An executor serving one of this crate's runtimes, and the suite's view of it.
 struct Harness {

@@ -91,7 +91,6 @@ fn exited(events: &[RuntimeEvent], id: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // The cases.
 
-
 pub async fn handshake_reports_runtime_and_refuses_another_major_version(h: &Subject) -> Outcome {
     let info = h.client().info();
     assert_eq!(info.protocol_major, hangar::executor::PROTOCOL_MAJOR);

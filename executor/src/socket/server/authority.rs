@@ -89,6 +89,13 @@ impl AuthorityRewrite {
         &mut self.output
     }
 
+    /// Moves as much output as fits into `into`.
+    pub(super) fn take_output(&mut self, into: &mut tokio::io::ReadBuf<'_>) {
+        let n = into.remaining().min(self.output.len());
+        into.put_slice(&self.output[..n]);
+        self.output.advance(n);
+    }
+
     fn process(&mut self) {
         loop {
             if self.verbatim {
@@ -126,7 +133,8 @@ impl AuthorityRewrite {
             }
             let length = u32::from_be_bytes([0, self.input[0], self.input[1], self.input[2]]) as usize;
             let (kind, flags) = (self.input[3], self.input[4]);
-            let stream_id = u32::from_be_bytes([self.input[5], self.input[6], self.input[7], self.input[8]]) & 0x7fff_ffff;
+            let stream_id =
+                u32::from_be_bytes([self.input[5], self.input[6], self.input[7], self.input[8]]) & 0x7fff_ffff;
             let continues_block = self.block.as_ref().map(|b| b.stream_id);
             match (kind, continues_block) {
                 (HEADERS, None) => {}
@@ -251,15 +259,6 @@ fn encode_without_indexing(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-impl AuthorityRewrite {
-    /// Moves up to `max` bytes of output into `into`.
-    pub(super) fn take_output(&mut self, into: &mut tokio::io::ReadBuf<'_>) {
-        let n = into.remaining().min(self.output.len());
-        into.put_slice(&self.output[..n]);
-        self.output.advance(n);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,9 +271,14 @@ mod tests {
         out
     }
 
+    /// A frame as the server reads it: type, flags, stream id, payload.
+    type Frame = (u8, u8, u32, Vec<u8>);
+    /// A decoded header block: (name, value) pairs.
+    type Block = Vec<(String, String)>;
+
     /// Splits rewritten output into frames and decodes every header block with a fresh decoder
     /// (the output never indexes, so a fresh one must do).
-    fn server_view(mut bytes: &[u8]) -> (Vec<(u8, u8, u32, Vec<u8>)>, Vec<Vec<(String, String)>>) {
+    fn server_view(mut bytes: &[u8]) -> (Vec<Frame>, Vec<Block>) {
         assert!(bytes.starts_with(PREFACE));
         bytes = &bytes[PREFACE.len()..];
         let mut frames = Vec::new();
