@@ -4,6 +4,10 @@
 //! reach the file), the file is 0600, and every connection's peer uid (SO_PEERCRED) is checked
 //! against an allow-list. A connection must handshake before any executor call; server
 //! reflection (for `grpcurl -unix`) needs only an allowed peer.
+//!
+//! Any gRPC client is served with its default options: what a client sends passes through an
+//! `:authority` rewrite below HTTP/2 (`authority.rs`), since grpc-core and grpc-java name the
+//! socket path there, which tonic's HTTP/2 layer would refuse.
 
 use std::path::Path;
 use std::pin::Pin;

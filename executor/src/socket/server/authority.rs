@@ -28,6 +28,10 @@ const PRIORITY: u8 = 0x20;
 /// Re-encoded header blocks are cut into frames of this size: the initial SETTINGS_MAX_FRAME_SIZE
 /// of RFC 9113, which every HTTP/2 server accepts.
 const MAX_FRAME: usize = 16_384;
+/// A header block growing past this is not buffered further: it goes on as sent, and h2's own
+/// header-list limit (far smaller) refuses it, so a flood of CONTINUATION frames cannot make the
+/// rewrite hold unbounded memory.
+const MAX_BLOCK: usize = 1024 * 1024;
 /// What an authority h2 would refuse becomes.
 pub(super) const REPLACEMENT: &str = "localhost";
 
@@ -171,6 +175,10 @@ impl AuthorityRewrite {
             } else if let Some(block) = &mut self.block {
                 block.fragment.extend_from_slice(payload);
                 block.raw.extend_from_slice(&frame);
+                if block.raw.len() > MAX_BLOCK {
+                    self.give_up();
+                    continue;
+                }
             }
             if flags & END_HEADERS != 0
                 && let Some(block) = self.block.take()
@@ -378,6 +386,19 @@ mod tests {
         assert_eq!(frames[0].1, END_STREAM, "padding and priority are gone, END_STREAM kept");
         assert!(frames.iter().all(|f| f.3.len() <= MAX_FRAME));
         assert_eq!(frames.last().unwrap().1 & END_HEADERS, END_HEADERS);
+    }
+
+    #[test]
+    fn an_endless_header_block_is_not_buffered_but_passed_on() {
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, 0, 1, &[0x82]));
+        for _ in 0..(MAX_BLOCK / 16_000 + 1) {
+            input.extend(frame(CONTINUATION, 0, 1, &[0x82; 16_000]));
+        }
+        let mut rewrite = AuthorityRewrite::default();
+        rewrite.push(&input);
+        assert!(rewrite.block.is_none() && rewrite.verbatim);
+        assert_eq!(&rewrite.output()[..], &input[..], "everything went on unchanged");
     }
 
     #[test]
