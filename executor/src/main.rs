@@ -1,6 +1,7 @@
 //! `hangar-drone`: the drone agent and its executors.
 
 use clap::{Parser, Subcommand};
+use hangar_executor::conformance::command::{self as conformance_command, ConformanceArgs};
 use hangar_executor::drone::command::{self as drone_command, RunArgs};
 use hangar_executor::executor_command::{self, ExecutorArgs};
 
@@ -22,6 +23,9 @@ enum Command {
     /// Serve the executor protocol (hangar.executor.v1) on a Unix socket, running backends on
     /// docker, local processes or a mock.
     Executor(ExecutorArgs),
+    /// Run the runtime conformance suite against the executor on a Unix socket (any
+    /// implementation of hangar.executor.v1), one PASS/FAIL/SKIP line per case.
+    Conformance(ConformanceArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +39,10 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Run(args) => drone_command::run(*args).await,
             Command::Executor(args) => executor_command::run(args).await,
+            Command::Conformance(args) => {
+                let code = conformance_command::main(args).await;
+                std::process::exit(code)
+            }
         }
     })
 }

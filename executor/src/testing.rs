@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -220,29 +219,5 @@ pub fn serve_on(
     (shutdown, task)
 }
 
-/// One HTTP/1.1 GET on `address` (`host:port`); the status code and body. Std-only on purpose:
-/// the tests check the backend, not an HTTP client.
-pub async fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n").as_bytes()).await?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((status, body))
-}
-
-/// Waits until the backend answers HTTP (a backend needs a moment to bind after its start
-/// returned); fails the test with the last error once `within` has passed.
-pub async fn wait_for_http(address: &str, path: &str, within: Duration) -> (u16, String) {
-    let what = format!("an HTTP answer from {address}{path}");
-    hangar_testkit::eventually(within, &what, async || match http_get(address, path).await {
-        Ok(answer) if answer.0 != 0 => Ok(answer),
-        Ok(answer) => Err(format!("no status line: {answer:?}")),
-        Err(err) => Err(err.to_string()),
-    })
-    .await
-}
+/// The suite's HTTP helpers, for tests that check a backend the same way.
+pub use crate::conformance::{http_get, wait_for_http};

@@ -4,6 +4,10 @@
 //! reach the file), the file is 0600, and every connection's peer uid (SO_PEERCRED) is checked
 //! against an allow-list. A connection must handshake before any executor call; server
 //! reflection (for `grpcurl -unix`) needs only an allowed peer.
+//!
+//! Any gRPC client is served with its default options: what a client sends passes through an
+//! `:authority` rewrite below HTTP/2 (`authority.rs`), since grpc-core and grpc-java name the
+//! socket path there, which tonic's HTTP/2 layer would refuse.
 
 use std::path::Path;
 use std::pin::Pin;
@@ -22,6 +26,7 @@ use tonic::{Request, Response, Status};
 use super::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::runtime::{BackendSpec, Capability, PullPolicy, Runtime, RuntimeError};
 
+mod authority;
 mod listener;
 mod reflection;
 mod validate;
@@ -90,15 +95,15 @@ pub async fn serve(
                 if !allowed {
                     tracing::warn!(?uid, "refusing executor peer: uid not in the allow-list");
                 }
-                PeerConnection {
+                PeerConnection::new(
                     stream,
-                    info: PeerInfo {
+                    PeerInfo {
                         uid,
                         pid: cred.and_then(|c| c.pid()),
                         allowed,
                         handshaken: Arc::new(AtomicBool::new(false)),
                     },
-                }
+                )
             });
             Some((accepted, listener))
         }

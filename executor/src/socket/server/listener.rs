@@ -11,6 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::server::Connected;
 
+use super::authority::AuthorityRewrite;
+
 /// Longest socket path Linux accepts: `sun_path` holds 108 bytes including the final NUL.
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 
@@ -90,10 +92,19 @@ pub struct PeerInfo {
     pub(super) handshaken: Arc<AtomicBool>,
 }
 
-/// A Unix stream that carries its [`PeerInfo`] into tonic.
+/// A Unix stream that carries its [`PeerInfo`] into tonic. What the client sends passes through
+/// an [`AuthorityRewrite`], so clients that send a socket path as `:authority` are served too.
 pub struct PeerConnection {
-    pub(super) stream: UnixStream,
-    pub(super) info: PeerInfo,
+    stream: UnixStream,
+    info: PeerInfo,
+    rewrite: AuthorityRewrite,
+    client_closed: bool,
+}
+
+impl PeerConnection {
+    pub(super) fn new(stream: UnixStream, info: PeerInfo) -> Self {
+        PeerConnection { stream, info, rewrite: AuthorityRewrite::default(), client_closed: false }
+    }
 }
 
 impl Connected for PeerConnection {
@@ -106,7 +117,25 @@ impl Connected for PeerConnection {
 
 impl AsyncRead for PeerConnection {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        loop {
+            if !this.rewrite.output().is_empty() || buf.remaining() == 0 {
+                this.rewrite.take_output(buf);
+                return Poll::Ready(Ok(()));
+            }
+            if this.client_closed {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.rewrite.finish();
+                this.client_closed = true;
+            } else {
+                this.rewrite.push(read.filled());
+            }
+        }
     }
 }
 
