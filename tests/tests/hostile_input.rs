@@ -225,7 +225,7 @@ fn call() -> impl Strategy<Value = Call> {
             prop::option::of(
                 (enums(), prop_oneof![3 => Just(String::new()), 1 => id()], rare_text(), rare_text()).prop_map(
                     |(states, drone_id, key_namespace, cluster)| {
-                        v1::BackendFilter { states, drone_id, key_namespace, cluster }
+                        v1::BackendFilter { states, drone_id, key_namespace, cluster, ..Default::default() }
                     }
                 )
             ),
