@@ -428,3 +428,65 @@ async fn backend_changes_made_on_another_controller_reach_the_watcher_in_order_o
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// The SDK's `watch_backends`: the snapshot as Init … InitDone, then live changes; a backend
+/// leaving the namespace+state filter is Removed.
+#[tokio::test]
+async fn the_sdk_watch_backends_gives_the_snapshot_then_changes_through_its_filter() {
+    use futures::StreamExt;
+    use hangar_client::{BackendWatchEvent, HangarClient, WatchOptions};
+    let cluster = TestCluster::sqlite().await;
+    let s = &cluster.store;
+    let drone = s.attach_node(registration("d1"), "c", Utc::now()).await.unwrap();
+    let ready = advance(s, &spawn(s, &drone.id, "docs", "ready").await, BackendState::Ready).await;
+    let client = HangarClient::connect(&cluster.url()).await.unwrap();
+    let filter = hangar::domain::BackendFilter {
+        key_namespace: Some("docs".into()),
+        states: vec![BackendState::Ready],
+        ..Default::default()
+    };
+    let mut events = std::pin::pin!(client.watch_backends(filter, WatchOptions::default()));
+    let mut next = async || tokio::time::timeout(WAIT, events.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next().await, BackendWatchEvent::Init);
+    assert!(matches!(next().await, BackendWatchEvent::InitApply(b) if b.id == ready.id));
+    assert!(matches!(next().await, BackendWatchEvent::InitDone { .. }));
+    advance(s, &ready, BackendState::Terminating).await;
+    match next().await {
+        BackendWatchEvent::Removed(b, _) => assert_eq!((b.id, b.state), (ready.id.clone(), BackendState::Terminating)),
+        other => panic!("expected REMOVED, got {other:?}"),
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn hangar_backends_watch_without_an_id_prints_the_snapshot_then_live_changes_as_ndjson() {
+    use tokio::io::AsyncBufReadExt;
+    let cluster = TestCluster::sqlite().await;
+    let s = &cluster.store;
+    let drone = s.attach_node(registration("d1"), "c", Utc::now()).await.unwrap();
+    let first = spawn(s, &drone.id, "docs", "first").await;
+    let mut child = tokio::process::Command::new(hangar_tests::binary("hangar"))
+        .args(["--controller", &cluster.url(), "--output", "json", "backends", "watch", "--namespace", "docs"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut read = async || -> serde_json::Value {
+        let line = tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().expect("a line");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    assert_eq!(read().await["type"], "SNAPSHOT_START");
+    let added = read().await;
+    assert_eq!((added["type"].as_str(), added["backend"]["id"].as_str()), (Some("ADDED"), Some(first.id.as_str())));
+    assert_eq!(read().await["type"], "SNAPSHOT_END");
+    spawn(s, &drone.id, "elsewhere", "not-shown").await;
+    advance(s, &first, BackendState::Ready).await;
+    let live = read().await;
+    assert_eq!(live["type"], "MODIFIED");
+    assert_eq!(live["backend"]["id"], first.id.as_str());
+    assert_eq!(live["backend"]["state"], "READY");
+    assert_eq!(live["revision"], s.current_revision().await.unwrap());
+    child.kill().await.unwrap();
+    cluster.shutdown().await;
+}
