@@ -54,8 +54,7 @@ struct SharedEvent<T> {
 impl<T> SharedEvent<T> {
     /// The length of the encoded event, as prost would encode it (default values omitted).
     fn encoded_len(&self) -> usize {
-        let object =
-            self.object.as_ref().map_or(0, |n| key_len(2) + encoded_len_varint(n.0.len() as u64) + n.0.len());
+        let object = self.object.as_ref().map_or(0, |n| key_len(2) + encoded_len_varint(n.0.len() as u64) + n.0.len());
         let kind = if self.r#type != 0 { int32::encoded_len(1, &self.r#type) } else { 0 };
         let revision = if self.revision != 0 { uint64::encoded_len(3, &self.revision) } else { 0 };
         kind + object + revision

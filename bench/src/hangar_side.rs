@@ -8,18 +8,18 @@
 //! times on stdout.
 
 use crate::backend_side::BackendWriter;
-use crate::{WatchArgs, WatchKind};
 use crate::fanout::{self, WatcherCtx, Writer};
 use crate::measure::{Plan, Report, WatcherLog, WriteTimes};
 use crate::procs;
+use crate::{WatchArgs, WatchKind};
 use chrono::Utc;
+use futures::future::BoxFuture;
 use hangar::domain::{NodeKind, NodeResources};
 use hangar::v1;
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
 use hangar_server::limits::LimitsConfig;
 use hangar_server::store::{self, NodeRegistration, NodeUpdate, UpdateCondition};
 use prost::Message;
-use futures::future::BoxFuture;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;

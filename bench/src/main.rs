@@ -7,9 +7,9 @@
 //! the delivery latency, the fan-out throughput and the server's memory per watcher. Each server
 //! runs in its own process so that its RSS can be read from `/proc`.
 
+mod backend_side;
 mod etcd;
 mod fanout;
-mod backend_side;
 mod hangar_side;
 mod measure;
 mod procs;

@@ -433,7 +433,9 @@ fn decode<T: Watched>(
     };
     let mut object = object;
     let mut object = || -> Result<T, ClientError> {
-        object.take().ok_or_else(|| ClientError::InvalidResponse(format!("a {} event without a {}", kind.name(), T::OBJECT)))?
+        object
+            .take()
+            .ok_or_else(|| ClientError::InvalidResponse(format!("a {} event without a {}", kind.name(), T::OBJECT)))?
     };
     let mut events = Vec::with_capacity(2);
     if snapshot.initial {

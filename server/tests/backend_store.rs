@@ -6,8 +6,8 @@ use hangar::domain::{
 };
 use hangar::v1;
 use hangar_server::store::{
-    ActionPayload, BackendFilter, Change, ChangeKind, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome, IssuedToken, NodeRegistration,
-    NodeUpdate, SpawnPlan, UpdateCondition, new_action_id,
+    ActionPayload, BackendFilter, Change, ChangeKind, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome,
+    IssuedToken, NodeRegistration, NodeUpdate, SpawnPlan, UpdateCondition, new_action_id,
 };
 use std::collections::BTreeSet;
 use std::time::Instant;

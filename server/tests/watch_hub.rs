@@ -150,7 +150,8 @@ async fn a_local_commit_waits_for_the_revisions_before_it_then_the_log_fills_the
     concurrent_writes(&store, &node.id, 1..6).await;
     let changes = store.node_changes_since(start, 10).await.unwrap();
     assert_eq!(changes.len(), 5);
-    let commit = |i: usize| LocalCommit { revision: changes[i].revision, change: Some(Change::Node(changes[i].clone())) };
+    let commit =
+        |i: usize| LocalCommit { revision: changes[i].revision, change: Some(Change::Node(changes[i].clone())) };
 
     // Published out of order: nothing goes out ahead of an earlier revision.
     for i in [2, 0, 1] {

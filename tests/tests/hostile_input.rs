@@ -240,17 +240,22 @@ fn call() -> impl Strategy<Value = Call> {
             })),
         id().prop_map(|id| Call::WatchBackend(v1::WatchBackendRequest { id })),
         (
-            prop::option::of(
-                (enums(), rare_text(), rare_text(), map()).prop_map(|(states, key_namespace, key_prefix, labels)| {
+            prop::option::of((enums(), rare_text(), rare_text(), map()).prop_map(
+                |(states, key_namespace, key_prefix, labels)| {
                     v1::BackendFilter { states, key_namespace, key_prefix, labels, ..Default::default() }
-                })
-            ),
+                }
+            )),
             prop_oneof![6 => Just(0u64), 1 => 0u64..20, 1 => any::<u64>()],
             any::<bool>(),
             duration()
         )
             .prop_map(|(filter, start_revision, send_initial, bookmark_interval)| {
-                Call::WatchBackends(v1::WatchBackendsRequest { filter, start_revision, send_initial, bookmark_interval })
+                Call::WatchBackends(v1::WatchBackendsRequest {
+                    filter,
+                    start_revision,
+                    send_initial,
+                    bookmark_interval,
+                })
             }),
         (id(), any::<bool>()).prop_map(|(id, hard)| Call::TerminateBackend(v1::TerminateBackendRequest { id, hard })),
         text().prop_map(|token| Call::LookupRoute(v1::LookupRouteRequest { token })),

@@ -11,10 +11,10 @@ mod nodes;
 pub mod render;
 
 pub use args::{
-    BackendIdArgs, BackendsCommand, BackendsListArgs, BackendsTerminateArgs, BackendsWatchArgs, Cli, Command, ConnectArgs, FilterArgs,
-    KeyArg, NodesCommand, NodesDrainArgs, NodesGetArgs, NodesListArgs, NodesUndrainArgs, NodesWatchArgs, OutputFormat,
-    PullArg, parse_backend_state, parse_claim, parse_deadline, parse_env, parse_interval, parse_key, parse_label,
-    parse_limit, parse_memory, parse_user,
+    BackendIdArgs, BackendsCommand, BackendsListArgs, BackendsTerminateArgs, BackendsWatchArgs, Cli, Command,
+    ConnectArgs, FilterArgs, KeyArg, NodesCommand, NodesDrainArgs, NodesGetArgs, NodesListArgs, NodesUndrainArgs,
+    NodesWatchArgs, OutputFormat, PullArg, parse_backend_state, parse_claim, parse_deadline, parse_env, parse_interval,
+    parse_key, parse_label, parse_limit, parse_memory, parse_user,
 };
 pub use backends::{connect, watch_backend, watch_backends};
 pub use nodes::watch;

@@ -4,13 +4,13 @@ use super::page_token::PageCursor;
 use super::{ApiError, PageTokens, validate};
 use crate::auth::{self, audit};
 use crate::scheduler;
-use crate::watch::{BackendWatch, WatchHub, WatchRequest};
-use futures::TryStreamExt;
 use crate::store::{
     ActionPayload, BackendFilter, ConnectOutcome, ConnectSpec, DynStore, IssuedToken, SpawnPlan, new_action_id,
 };
+use crate::watch::{BackendWatch, WatchHub, WatchRequest};
 use base64::Engine;
 use chrono::Utc;
+use futures::TryStreamExt;
 use hangar::domain::{
     Backend, BackendKey, BackendState, SpawnConfig, TerminationKind, TerminationReason, timestamp_to_proto,
 };
@@ -67,8 +67,7 @@ pub struct BackendApi {
 }
 
 /// The events of one `WatchBackends` call.
-pub type BackendEventStream =
-    Pin<Box<dyn futures::Stream<Item = Result<v1::WatchBackendsResponse, Status>> + Send>>;
+pub type BackendEventStream = Pin<Box<dyn futures::Stream<Item = Result<v1::WatchBackendsResponse, Status>> + Send>>;
 
 pub type StatusStream = Pin<Box<dyn futures::Stream<Item = Result<v1::WatchBackendResponse, Status>> + Send>>;
 

@@ -7,7 +7,7 @@ use crate::auth::{AuthLayer, Authenticator, Reflection};
 use crate::limits::{FirstRequestDeadline, LimitLayer, LimitsConfig};
 use crate::store::{DynStore, Retention};
 use crate::tls::{ControllerTls, ControllerTlsFiles};
-use crate::watch::{WatchHub, WatchConfig};
+use crate::watch::{WatchConfig, WatchHub};
 use futures::StreamExt;
 use hangar::v1::backend_service_server::BackendServiceServer;
 use hangar::v1::drone_service_server::DroneServiceServer;

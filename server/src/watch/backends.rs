@@ -147,7 +147,11 @@ mod tests {
         ];
         for (step, (kind, previous, state, expected)) in life.into_iter().enumerate() {
             assert_eq!(classify(&filter, kind, &backend("docs", state), previous), expected, "step {step}");
-            assert_eq!(classify(&filter, kind, &backend("other", state), previous), None, "other namespace, step {step}");
+            assert_eq!(
+                classify(&filter, kind, &backend("other", state), previous),
+                None,
+                "other namespace, step {step}"
+            );
         }
     }
 

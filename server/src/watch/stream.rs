@@ -303,9 +303,7 @@ fn classify(filter: &NodeFilter, view: &mut View, change: &HubChange) -> Option<
     let matches = change.kind != ChangeKind::Removed && filter.matches(node);
     let Some(view) = view else {
         // Only fixed fields in the filter: the change kind is the event kind.
-        return (change.kind == ChangeKind::Removed && filter.matches(node) || matches).then_some(match change
-            .kind
-        {
+        return (change.kind == ChangeKind::Removed && filter.matches(node) || matches).then_some(match change.kind {
             ChangeKind::Added => NodeEventType::Added,
             ChangeKind::Modified => NodeEventType::Modified,
             ChangeKind::Removed => NodeEventType::Removed,

@@ -332,7 +332,9 @@ impl BackendWatchPrinter {
             E::Init => {
                 self.snapshots += 1;
                 return match self.format {
-                    OutputFormat::Json => json_line(&BackendWatchLine { kind: "SNAPSHOT_START", revision: None, backend: None }),
+                    OutputFormat::Json => {
+                        json_line(&BackendWatchLine { kind: "SNAPSHOT_START", revision: None, backend: None })
+                    }
                     OutputFormat::Table if self.snapshots == 1 => String::new(),
                     OutputFormat::Table => "-- could not resume; listing again from scratch --\n".to_string(),
                 };
@@ -362,7 +364,11 @@ impl BackendWatchPrinter {
         if self.format == OutputFormat::Json {
             return json_line(&BackendWatchLine { kind, revision, backend: Some(backend) });
         }
-        let cells = [backend.id.replace(['\n', '\t'], " "), key(backend.key.as_ref()).replace(['\n', '\t'], " "), backend.state.to_string()];
+        let cells = [
+            backend.id.replace(['\n', '\t'], " "),
+            key(backend.key.as_ref()).replace(['\n', '\t'], " "),
+            backend.state.to_string(),
+        ];
         for (width, cell) in self.widths.iter_mut().zip(&cells) {
             *width = (*width).max(cell.chars().count());
         }

@@ -6,8 +6,8 @@
 use super::{Dialect, SqlStore};
 use crate::store::rows::{self, Param, db_revision, from_sqlx};
 use crate::store::{
-    Change, ChangeKind, DroneCensus, LocalCommit, NodeChange, NodePage, NodeRegistration, NodeUpdate, Retention, Revision,
-    Store, StoreError, UpdateCondition,
+    Change, ChangeKind, DroneCensus, LocalCommit, NodeChange, NodePage, NodeRegistration, NodeUpdate, Retention,
+    Revision, Store, StoreError, UpdateCondition,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
