@@ -452,9 +452,9 @@ async fn listings_and_snapshots_carry_their_revision_and_filter_by_pool_labels_a
     assert_eq!((page.backends.len(), page.revision, page.more), (3, current, false));
     let ids = |page: hangar_server::store::BackendPage| page.backends.into_iter().map(|b| b.id).collect::<Vec<_>>();
     let by_labels = BackendFilter { labels: [("team".to_string(), "blue".to_string())].into(), ..Default::default() };
-    assert_eq!(ids(store.list_backends(&by_labels, None, 10).await.unwrap()), [report.id.clone()]);
+    assert_eq!(ids(store.list_backends(&by_labels, None, 10).await.unwrap()), [report.id.as_str()]);
     let by_pool = BackendFilter { pool: Some("gpu".into()), ..Default::default() };
-    assert_eq!(ids(store.list_backends(&by_pool, None, 10).await.unwrap()), [report.id.clone()]);
+    assert_eq!(ids(store.list_backends(&by_pool, None, 10).await.unwrap()), [report.id.as_str()]);
     let by_prefix = BackendFilter { key_prefix: Some("note-".into()), ..Default::default() };
     let notes = store.list_backends(&by_prefix, None, 1).await.unwrap();
     assert!(notes.more, "a page of one of two");

@@ -146,6 +146,9 @@ pub struct NodeChange {
 
 /// One entry of the watch log: nodes and backends are two kinds of change under the one revision
 /// counter, read and fanned out together (docs/design/nodes-and-watch.md#the-hub).
+// Changes are moved from the store to the hub one at a time, never held in bulk by value (the
+// hub keeps them behind an `Arc`): a box per backend change would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Node(NodeChange),
