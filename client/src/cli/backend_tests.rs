@@ -568,3 +568,47 @@ fn a_live_status_with_a_message_shows_it_and_one_without_shows_nothing_more() {
     let json = render::watch_line("bk-4", &view(v1::BackendState::Ready, 0), since, OutputFormat::Json);
     assert!(!json.contains("message"), "an empty message is left out of JSON: {json}");
 }
+
+#[test]
+fn backends_watch_without_an_id_takes_filters_and_prints_rows_and_ndjson() {
+    let cli = parse(&[
+        "backends",
+        "watch",
+        "--namespace",
+        "docs",
+        "--state",
+        "ready,waiting",
+        "--label",
+        "team=blue",
+        "--key-prefix",
+        "doc-",
+        "--pool",
+        "gpu",
+    ])
+    .unwrap();
+    let Command::Backends(BackendsCommand::Watch(args)) = cli.command else { panic!("not backends watch") };
+    assert!(args.id.is_none() && args.has_filter());
+    let filter = args.to_filter().unwrap();
+    assert_eq!(filter.key_namespace.as_deref(), Some("docs"));
+    assert_eq!(filter.key_prefix.as_deref(), Some("doc-"));
+    assert_eq!(filter.pool.as_deref(), Some("gpu"));
+    assert_eq!(filter.labels["team"], "blue");
+    assert_eq!(filter.states.len(), 2);
+    assert!(parse(&["backends", "watch", "bk-1", "--pool", "gpu"]).is_err(), "a filter conflicts with an id");
+
+    let b = backend("bk-1", Some("doc-1"), status(v1::BackendState::Ready, 0));
+    let at = chrono::NaiveTime::from_hms_opt(12, 0, 0).unwrap();
+    let mut table = render::BackendWatchPrinter::new(OutputFormat::Table);
+    assert_eq!(table.event(&crate::WatchEvent::Init, at), "", "the first snapshot has no marker");
+    let row = table.event(&crate::WatchEvent::Removed(b.clone(), 42), at);
+    assert!(row.starts_with("12:00:00  REMOVED   bk-1"), "{row}");
+    assert!(row.contains("doc-1") && row.contains("READY") && row.ends_with("rev 42\n"), "{row}");
+    assert_eq!(
+        table.event(&crate::WatchEvent::InitDone { revision: 9 }, at),
+        "-- snapshot at revision 9; watching --\n"
+    );
+    let mut json = render::BackendWatchPrinter::new(OutputFormat::Json);
+    let line: serde_json::Value = serde_json::from_str(&json.event(&crate::WatchEvent::Modified(b, 7), at)).unwrap();
+    assert_eq!((line["type"].as_str(), line["revision"].as_u64()), (Some("MODIFIED"), Some(7)));
+    assert_eq!(line["backend"]["id"], "bk-1");
+}
