@@ -22,6 +22,7 @@ pub(super) async fn execute(cli: &Cli, command: &BackendsCommand) -> Result<Stri
                 drone_id: non_empty(&args.drone),
                 key_namespace: non_empty(&args.namespace),
                 cluster: non_empty(&args.cluster),
+                ..BackendFilter::default()
             };
             let client = cli.connect().await?;
             let backends = client.list_all_backends(&filter).await?;
