@@ -227,9 +227,12 @@ func (c *Client) GetBackend(ctx context.Context, id string) (*hangarv1.Backend, 
 	return response.GetBackend(), nil
 }
 
-// ListBackends returns every backend that matches filter (nil: all), across all pages.
-func (c *Client) ListBackends(ctx context.Context, filter *hangarv1.BackendFilter) ([]*hangarv1.Backend, error) {
+// ListBackends returns every backend that matches filter (nil: all), across all pages, and the
+// listing's revision (the first page's; every page carries it): WatchBackends from it delivers
+// every change after the listing (docs/design/backends-and-leases.md).
+func (c *Client) ListBackends(ctx context.Context, filter *hangarv1.BackendFilter) ([]*hangarv1.Backend, uint64, error) {
 	var backends []*hangarv1.Backend
+	var revision uint64
 	pageToken := ""
 	for {
 		var page *hangarv1.ListBackendsResponse
@@ -238,12 +241,13 @@ func (c *Client) ListBackends(ctx context.Context, filter *hangarv1.BackendFilte
 			return err
 		})
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		backends = append(backends, page.GetBackends()...)
+		revision = page.GetRevision()
 		pageToken = page.GetNextPageToken()
 		if pageToken == "" {
-			return backends, nil
+			return backends, revision, nil
 		}
 	}
 }

@@ -46,99 +46,161 @@ type NodeWatchEvent struct {
 // (OUT_OF_RANGE, REVISION_COMPACTED) it starts over with a fresh snapshot (NewSnapshot).
 // Errors a retry cannot fix end it. A NodeWatch is for one goroutine.
 type NodeWatch struct {
-	client   *Client
-	ctx      context.Context
-	cancel   context.CancelFunc
-	options  WatchOptions
-	stream   hangarv1.NodeService_WatchNodesClient
-	revision uint64 // resume point; 0 until the first SNAPSHOT_END (or StartRevision)
+	loop *watchLoop[*hangarv1.NodeEvent]
+}
+
+// WatchNodes starts watching nodes. Read events with Next; Close (or cancel ctx) to stop.
+func (c *Client) WatchNodes(ctx context.Context, options WatchOptions) *NodeWatch {
+	open := func(ctx context.Context, from watchFrom) (func() (*hangarv1.NodeEvent, error), error) {
+		stream, err := c.nodes.WatchNodes(ctx, &hangarv1.WatchNodesRequest{Filter: options.Filter,
+			StartRevision: from.revision, SendInitial: from.initial, BookmarkInterval: from.bookmark})
+		if err != nil {
+			return nil, err
+		}
+		return func() (*hangarv1.NodeEvent, error) {
+			response, err := stream.Recv()
+			return response.GetEvent(), err
+		}, nil
+	}
+	phase := func(event *hangarv1.NodeEvent) eventPhase {
+		switch event.GetType() {
+		case hangarv1.NodeEventType_NODE_EVENT_TYPE_ADDED:
+			return phaseAdded
+		case hangarv1.NodeEventType_NODE_EVENT_TYPE_SNAPSHOT_END:
+			return phaseSnapshotEnd
+		}
+		return phaseOther
+	}
+	return &NodeWatch{loop: newWatchLoop(ctx, options.StartRevision, options.BookmarkInterval, options.OnReconnect, open, phase)}
+}
+
+// Revision is the revision the watch has reached: a stream opened now resumes after it.
+func (w *NodeWatch) Revision() uint64 { return w.loop.revision }
+
+// Close stops the watch; Next returns context.Canceled afterwards.
+func (w *NodeWatch) Close() { w.loop.cancel() }
+
+// Next blocks until the next event, and returns an error only when the watch cannot go on: its
+// context ended, or the controller refused it for a reason a retry cannot fix (an *Error).
+func (w *NodeWatch) Next() (NodeWatchEvent, error) {
+	event, newSnapshot, err := w.loop.next()
+	return NodeWatchEvent{NodeEvent: event, NewSnapshot: newSnapshot}, err
+}
+
+// eventPhase is what the watch loop needs to know of an event to move its resume point; nodes
+// and backends number their event types alike, but each enum is read through its own names.
+type eventPhase int
+
+const (
+	phaseOther eventPhase = iota
+	phaseAdded
+	phaseSnapshotEnd
+)
+
+// watchFrom is where a stream starts: after revision, or (initial) with a snapshot.
+type watchFrom struct {
+	revision uint64
+	initial  bool
+	bookmark *durationpb.Duration
+}
+
+// revisioned is what every watch event has: the global revision it was committed at.
+type revisioned interface {
+	GetRevision() uint64
+}
+
+// watchLoop is the one resume loop of NodeWatch and BackendsWatch: the two RPCs share their
+// contract (docs/design/nodes-and-watch.md), so only opening a stream and naming an event's
+// phase differ.
+type watchLoop[E revisioned] struct {
+	ctx         context.Context
+	cancel      context.CancelFunc
+	open        func(context.Context, watchFrom) (func() (E, error), error)
+	phase       func(E) eventPhase
+	bookmark    time.Duration
+	onReconnect func(cause error, delay time.Duration)
+	recv        func() (E, error) // the open stream; nil between streams
+	revision    uint64            // resume point; 0 until the first SNAPSHOT_END (or the start revision)
 	// inSnapshot: between a snapshot's first ADDED and its SNAPSHOT_END, whose ADDED events carry
-	// each node's own revision rather than a position of the stream to resume from. The resume
+	// each item's own revision rather than a position of the stream to resume from. The resume
 	// point stays 0 meanwhile, so a stream broken inside a snapshot is followed by a new one.
 	inSnapshot  bool
 	newSnapshot bool
 	failures    int
 }
 
-// WatchNodes starts watching nodes. Read events with Next; Close (or cancel ctx) to stop.
-func (c *Client) WatchNodes(ctx context.Context, options WatchOptions) *NodeWatch {
+func newWatchLoop[E revisioned](ctx context.Context, start uint64, bookmark time.Duration,
+	onReconnect func(error, time.Duration), open func(context.Context, watchFrom) (func() (E, error), error),
+	phase func(E) eventPhase) *watchLoop[E] {
 	ctx, cancel := context.WithCancel(ctx)
-	return &NodeWatch{client: c, ctx: ctx, cancel: cancel, options: options, revision: options.StartRevision}
+	return &watchLoop[E]{ctx: ctx, cancel: cancel, open: open, phase: phase, bookmark: bookmark,
+		onReconnect: onReconnect, revision: start}
 }
 
-// Revision is the revision the watch has reached: a stream opened now resumes after it.
-func (w *NodeWatch) Revision() uint64 { return w.revision }
-
-// Close stops the watch; Next returns context.Canceled afterwards.
-func (w *NodeWatch) Close() { w.cancel() }
-
-// Next blocks until the next event, and returns an error only when the watch cannot go on: its
-// context ended, or the controller refused it for a reason a retry cannot fix (an *Error).
-func (w *NodeWatch) Next() (NodeWatchEvent, error) {
+// next blocks until the next event (and whether it begins a snapshot).
+func (w *watchLoop[E]) next() (E, bool, error) {
+	var none E
 	for {
 		if err := w.ctx.Err(); err != nil {
-			return NodeWatchEvent{}, err
+			return none, false, err
 		}
 		var err error
-		if w.stream == nil {
-			err = w.open()
+		if w.recv == nil {
+			err = w.openStream()
 		}
-		var event *hangarv1.WatchNodesResponse
+		var event E
 		if err == nil {
-			event, err = w.stream.Recv()
+			event, err = w.recv()
 		}
 		if err == nil {
 			w.failures = 0
-			return w.deliver(event.GetEvent()), nil
+			newSnapshot := w.deliver(event)
+			return event, newSnapshot, nil
 		}
-		w.stream = nil
+		w.recv = nil
 		if w.ctx.Err() != nil {
-			return NodeWatchEvent{}, w.ctx.Err()
+			return none, false, w.ctx.Err()
 		}
 		if err := w.recover(err); err != nil {
-			return NodeWatchEvent{}, err
+			return none, false, err
 		}
 	}
 }
 
-// open opens a stream from the revision reached, or with a snapshot when there is none yet.
-func (w *NodeWatch) open() error {
-	request := &hangarv1.WatchNodesRequest{Filter: w.options.Filter}
-	if w.revision > 0 {
-		request.StartRevision = w.revision
-	} else {
-		request.SendInitial = true
+// openStream opens a stream from the revision reached, or with a snapshot when there is none yet.
+func (w *watchLoop[E]) openStream() error {
+	from := watchFrom{revision: w.revision, initial: w.revision == 0}
+	if from.initial {
 		w.newSnapshot = true
 	}
-	if w.options.BookmarkInterval > 0 {
-		request.BookmarkInterval = durationpb.New(w.options.BookmarkInterval)
+	if w.bookmark > 0 {
+		from.bookmark = durationpb.New(w.bookmark)
 	}
-	w.inSnapshot = request.SendInitial
-	stream, err := w.client.nodes.WatchNodes(w.ctx, request)
-	w.stream = stream
+	w.inSnapshot = from.initial
+	recv, err := w.open(w.ctx, from)
+	w.recv = recv
 	return err
 }
 
-func (w *NodeWatch) deliver(event *hangarv1.NodeEvent) NodeWatchEvent {
-	delivered := NodeWatchEvent{NodeEvent: event, NewSnapshot: w.newSnapshot}
-	w.newSnapshot = false
-	switch event.GetType() {
-	case hangarv1.NodeEventType_NODE_EVENT_TYPE_SNAPSHOT_END:
+func (w *watchLoop[E]) deliver(event E) (newSnapshot bool) {
+	newSnapshot, w.newSnapshot = w.newSnapshot, false
+	switch w.phase(event) {
+	case phaseSnapshotEnd:
 		w.inSnapshot = false
 		w.revision = event.GetRevision()
-	case hangarv1.NodeEventType_NODE_EVENT_TYPE_ADDED:
+	case phaseAdded:
 		if !w.inSnapshot {
 			w.revision = event.GetRevision()
 		}
 	default:
 		w.revision = event.GetRevision()
 	}
-	return delivered
+	return newSnapshot
 }
 
 // recover decides what a broken stream means: nil to go on (after a wait), or the error that
 // ends the watch.
-func (w *NodeWatch) recover(cause error) error {
+func (w *watchLoop[E]) recover(cause error) error {
 	hangarErr := asError(cause)
 	var delay time.Duration
 	switch {
@@ -158,8 +220,8 @@ func (w *NodeWatch) recover(cause error) error {
 	default:
 		return hangarErr
 	}
-	if w.options.OnReconnect != nil {
-		w.options.OnReconnect(hangarErr, delay)
+	if w.onReconnect != nil {
+		w.onReconnect(hangarErr, delay)
 	}
 	if delay > 0 {
 		timer := time.NewTimer(delay)
@@ -174,7 +236,7 @@ func (w *NodeWatch) recover(cause error) error {
 }
 
 // backoff is 100 ms doubling to 5 s, each ±20 %, counted from the last event received.
-func (w *NodeWatch) backoff() time.Duration {
+func (w *watchLoop[E]) backoff() time.Duration {
 	delay := 100 * time.Millisecond << uint(minInt(w.failures, 6))
 	if delay > 5*time.Second {
 		delay = 5 * time.Second

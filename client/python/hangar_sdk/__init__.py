@@ -13,6 +13,9 @@ typed backends, a node cache, and errors that carry Hangar's stable reason strin
 
 - :class:`Client` (blocking) and :class:`hangar_sdk.aio.Client` (asyncio), the same methods;
 - :class:`Backend`, :class:`BackendStatus`, :class:`BackendState`, :class:`BackendKey`;
+- ``watch_nodes`` and ``watch_backends``: list + watch as one stream that resumes after a
+  dropped stream or a controller restart and lists again after OUT_OF_RANGE
+  (:class:`NodeWatchEvent`, :class:`BackendWatchEvent`, :class:`WatchEventType`);
 - :class:`NodeCache`: list + watch kept current in a background thread, with ``wait_for``
   (``hangar_sdk.aio.NodeCache`` in an asyncio task; :class:`NodeStore` to feed one yourself);
 - :class:`HangarError`, :class:`BackendTerminated`; :func:`enum_name` for enum short names.
@@ -31,7 +34,7 @@ from .client import Client
 from .errors import BackendTerminated, HangarError
 from .names import enum_name
 from .types import Backend, BackendKey, BackendState, BackendStatus
-from .watch import NodeWatchEvent, NodeWatchEventType, RetryPolicy
+from .watch import BackendWatchEvent, BackendWatchEventType, NodeWatchEvent, NodeWatchEventType, RetryPolicy, WatchEventType
 
 __all__ = [
     "Backend",
@@ -39,6 +42,8 @@ __all__ = [
     "BackendState",
     "BackendStatus",
     "BackendTerminated",
+    "BackendWatchEvent",
+    "BackendWatchEventType",
     "Client",
     "HangarError",
     "NodeCache",
@@ -46,6 +51,7 @@ __all__ = [
     "NodeWatchEvent",
     "NodeWatchEventType",
     "RetryPolicy",
+    "WatchEventType",
     "backend_pb2",
     "enum_name",
     "node_pb2",

@@ -26,7 +26,8 @@ from ._transport import Settings, env_options
 from .cache import NodeStore
 from .errors import BackendTerminated, HangarError
 from .types import Backend, BackendState, BackendStatus, KeyLike, connect_request
-from .watch import NodeWatchCursor, NodeWatchEvent, RetryPolicy, stream_ended
+from .watch import (BackendWatchCursor, BackendWatchEvent, NodeWatchCursor, NodeWatchEvent, RetryPolicy, WatchCursor,
+                    stream_ended)
 
 __all__ = ["Client", "NodeCache"]
 
@@ -113,12 +114,16 @@ class Client:
     async def undrain_node(self, node_id: str) -> node_pb2.Node:
         return (await self._call(self._nodes.UndrainNode, node_pb2.UndrainNodeRequest(id=node_id))).node
 
-    async def watch_nodes(self, *, start_revision: Optional[int] = None, bookmark_interval: Optional[float] = None,
-                          retry: RetryPolicy = RetryPolicy(), **filter_args) -> AsyncGenerator[NodeWatchEvent, None]:
+    def watch_nodes(self, *, start_revision: Optional[int] = None, bookmark_interval: Optional[float] = None,
+                    retry: RetryPolicy = RetryPolicy(), **filter_args) -> AsyncGenerator[NodeWatchEvent, None]:
         """As :meth:`hangar_sdk.Client.watch_nodes`, an async iterator."""
-        cursor = NodeWatchCursor(names.node_filter(**filter_args), start_revision, bookmark_interval, retry)
+        return self._watch(NodeWatchCursor(names.node_filter(**filter_args), start_revision, bookmark_interval, retry),
+                           self._nodes.WatchNodes)
+
+    async def _watch(self, cursor: WatchCursor, open_stream: Callable) -> AsyncGenerator:
+        """As :meth:`hangar_sdk.Client._watch`: the one loop of both watch kinds."""
         while True:
-            call = self._nodes.WatchNodes(cursor.request(), metadata=self._metadata)
+            call = open_stream(cursor.request(), metadata=self._metadata)
             try:
                 async for message in call:
                     for event in cursor.decode(message):
@@ -132,12 +137,15 @@ class Client:
             yield reconnect
             await asyncio.sleep(reconnect.delay)
 
-    async def watch_nodes_stream(self, send_initial: bool = True, start_revision: int = 0,
-                                 **filter_args) -> AsyncGenerator[node_pb2.NodeEvent, None]:
+    def watch_nodes_stream(self, send_initial: bool = True, start_revision: int = 0,
+                           **filter_args) -> AsyncGenerator[node_pb2.NodeEvent, None]:
         """As :meth:`hangar_sdk.Client.watch_nodes_stream`: one stream, no resume."""
         request = node_pb2.WatchNodesRequest(filter=names.node_filter(**filter_args),
                                              start_revision=start_revision, send_initial=send_initial)
-        call = self._nodes.WatchNodes(request, metadata=self._metadata)
+        return self._one_stream(self._nodes.WatchNodes, request)
+
+    async def _one_stream(self, open_stream: Callable, request) -> AsyncGenerator:
+        call = open_stream(request, metadata=self._metadata)
         try:
             async for response in call:
                 yield response.event
@@ -173,16 +181,36 @@ class Client:
         return await self._call(self._backends.ListBackends, backend_pb2.ListBackendsRequest(
             filter=filter, page_size=page_size, page_token=page_token))
 
-    async def list_backends(self, page_size: int = 500, **filter_args) -> list[Backend]:
+    async def list_backends_at(self, page_size: int = 500, **filter_args) -> tuple[list[Backend], int]:
+        """As :meth:`hangar_sdk.Client.list_backends_at`."""
         filter = names.backend_filter(**filter_args)
         backends: list[Backend] = []
-        token = ""
+        token, revision = "", None
         while True:
             page = await self.list_backends_page(filter, page_size, token)
+            if revision is not None and page.revision != revision:
+                raise RuntimeError(f"pages of two listings ({revision} and {page.revision})")
+            revision = page.revision
             backends.extend(Backend.from_proto(b) for b in page.backends)
             token = page.next_page_token
             if not token:
-                return backends
+                return backends, revision
+
+    async def list_backends(self, page_size: int = 500, **filter_args) -> list[Backend]:
+        return (await self.list_backends_at(page_size, **filter_args))[0]
+
+    def watch_backends(self, *, start_revision: Optional[int] = None, bookmark_interval: Optional[float] = None,
+                       retry: RetryPolicy = RetryPolicy(), **filter_args) -> AsyncGenerator[BackendWatchEvent, None]:
+        """As :meth:`hangar_sdk.Client.watch_backends`, an async iterator."""
+        return self._watch(BackendWatchCursor(names.backend_filter(**filter_args), start_revision, bookmark_interval,
+                                              retry), self._backends.WatchBackends)
+
+    def watch_backends_stream(self, send_initial: bool = True, start_revision: int = 0,
+                              **filter_args) -> AsyncGenerator[backend_pb2.BackendEvent, None]:
+        """As :meth:`hangar_sdk.Client.watch_backends_stream`: one stream, no resume."""
+        request = backend_pb2.WatchBackendsRequest(filter=names.backend_filter(**filter_args),
+                                                   start_revision=start_revision, send_initial=send_initial)
+        return self._one_stream(self._backends.WatchBackends, request)
 
     async def watch_backend(self, backend_id: str,
                             timeout: Optional[float] = None) -> AsyncGenerator[BackendStatus, None]:

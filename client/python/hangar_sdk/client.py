@@ -15,7 +15,8 @@ from ._follow import BackendFollower
 from ._transport import BearerToken, Settings, env_options
 from .errors import BackendTerminated, HangarError
 from .types import Backend, BackendState, BackendStatus, KeyLike, connect_request
-from .watch import NodeWatchCursor, NodeWatchEvent, RetryPolicy, stream_ended
+from .watch import (BackendWatchCursor, BackendWatchEvent, NodeWatchCursor, NodeWatchEvent, RetryPolicy, WatchCursor,
+                    stream_ended)
 
 T = TypeVar("T")
 
@@ -132,9 +133,14 @@ class Client:
         :meth:`list_nodes_at`) it starts by replaying the changes after it instead. Errors a retry
         cannot fix raise :class:`HangarError`. ``close()`` the iterator (or break) to stop.
         :class:`~hangar_sdk.NodeCache` keeps a local copy from these events."""
-        cursor = NodeWatchCursor(names.node_filter(**filter_args), start_revision, bookmark_interval, retry)
+        return self._watch(NodeWatchCursor(names.node_filter(**filter_args), start_revision, bookmark_interval, retry),
+                           self._nodes.WatchNodes)
+
+    def _watch(self, cursor: WatchCursor, open_stream: Callable) -> Generator:
+        """The one watch loop of both kinds: a stream per ``cursor.request()``, its messages
+        decoded by the cursor, and the cursor's decision after each end."""
         while True:
-            stream = self._nodes.WatchNodes(cursor.request())
+            stream = open_stream(cursor.request())
             try:
                 for message in stream:
                     yield from cursor.decode(message)
@@ -154,7 +160,11 @@ class Client:
         stream does; a failure raises :class:`HangarError`."""
         request = node_pb2.WatchNodesRequest(filter=names.node_filter(**filter_args),
                                              start_revision=start_revision, send_initial=send_initial)
-        stream = self._nodes.WatchNodes(request)
+        return self._one_stream(self._nodes.WatchNodes, request)
+
+    @staticmethod
+    def _one_stream(open_stream: Callable, request) -> Generator:
+        stream = open_stream(request)
         try:
             for response in stream:
                 yield response.event
@@ -201,18 +211,48 @@ class Client:
         return self._call(self._backends.ListBackends,
                           backend_pb2.ListBackendsRequest(filter=filter, page_size=page_size, page_token=page_token))
 
-    def list_backends(self, page_size: int = 500, **filter_args) -> list[Backend]:
-        """Every matching backend, across all pages. Filters: ``states=["ready"]``, ``drone_id``,
-        ``key_namespace``, ``cluster``."""
+    def list_backends_at(self, page_size: int = 500, **filter_args) -> tuple[list[Backend], int]:
+        """Every matching backend and the listing's revision (the first page's; every page
+        carries it): ``watch_backends(start_revision=…)`` from it delivers every change after the
+        listing."""
         filter = names.backend_filter(**filter_args)
         backends: list[Backend] = []
-        token = ""
+        token, revision = "", None
         while True:
             page = self.list_backends_page(filter, page_size, token)
+            if revision is not None and page.revision != revision:
+                raise RuntimeError(f"pages of two listings ({revision} and {page.revision})")
+            revision = page.revision
             backends.extend(Backend.from_proto(b) for b in page.backends)
             token = page.next_page_token
             if not token:
-                return backends
+                return backends, revision
+
+    def list_backends(self, page_size: int = 500, **filter_args) -> list[Backend]:
+        """Every matching backend, across all pages. Filters: ``states=["ready"]``, ``drone_id``,
+        ``key_namespace``, ``key_prefix``, ``cluster``, ``pool``, ``labels``."""
+        return self.list_backends_at(page_size, **filter_args)[0]
+
+    def watch_backends(self, *, start_revision: Optional[int] = None, bookmark_interval: Optional[float] = None,
+                       retry: RetryPolicy = RetryPolicy(),
+                       **filter_args) -> Generator[BackendWatchEvent, None, None]:
+        """The matching backends, then every status change of every one of them, cluster-wide,
+        for as long as you iterate; the same sequence, resume and re-list as :meth:`watch_nodes`
+        (``INIT``, ``INIT_APPLY`` per backend, ``INIT_DONE``, then ``ADDED`` / ``MODIFIED`` /
+        ``REMOVED`` / ``BOOKMARK``, and ``RECONNECTING`` between streams), with typed
+        :class:`Backend` values. A backend whose change takes it out of the filter (e.g. a
+        ``states=["ready"]`` watch and a backend that starts terminating) comes as ``REMOVED``
+        carrying its new status. With ``start_revision`` (e.g. from :meth:`list_backends_at`) it
+        replays the changes after it instead of listing. Filters as :meth:`list_backends`."""
+        return self._watch(BackendWatchCursor(names.backend_filter(**filter_args), start_revision, bookmark_interval,
+                                              retry), self._backends.WatchBackends)
+
+    def watch_backends_stream(self, send_initial: bool = True, start_revision: int = 0,
+                              **filter_args) -> Generator[backend_pb2.BackendEvent, None, None]:
+        """One WatchBackends stream, as the wire has it (no resume), like :meth:`watch_nodes_stream`."""
+        request = backend_pb2.WatchBackendsRequest(filter=names.backend_filter(**filter_args),
+                                                   start_revision=start_revision, send_initial=send_initial)
+        return self._one_stream(self._backends.WatchBackends, request)
 
     def watch_backend(self, backend_id: str, timeout: Optional[float] = None) -> Generator[BackendStatus, None, None]:
         """The backend's statuses, from its first, until TERMINATED (the last item). A dropped

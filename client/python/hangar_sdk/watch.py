@@ -1,5 +1,8 @@
-"""``watch_nodes``: WatchNodes as one endless stream with resume and re-list built in, the same
-design as the Rust SDK's ``watch_nodes`` (client/src/watch.rs, after kube-rs's ``watcher``).
+"""``watch_nodes`` and ``watch_backends``: WatchNodes and WatchBackends as one endless stream
+with resume and re-list built in, the same design as the Rust SDK's ``watch_nodes`` and
+``watch_backends`` (client/src/watch.rs, after kube-rs's ``watcher``). Both watches follow one
+contract (docs/design/nodes-and-watch.md), so one :class:`WatchCursor` serves both; a
+:class:`WatchKind` names what differs.
 
 The first stream asks for the initial state (``send_initial``), so listing and watching are one
 round trip with no race between them. The watch then tracks the last revision it has seen; when
@@ -17,20 +20,22 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import grpc
 from google.protobuf import duration_pb2
 
-from hangar.v1 import node_pb2
+from hangar.v1 import backend_pb2, node_pb2
 
 from .errors import HangarError
+from .names import enum_prefix
+from .types import Backend
 
 
-class NodeWatchEventType(str, enum.Enum):
-    """What a :class:`NodeWatchEvent` says. A snapshot is ``INIT``, one ``INIT_APPLY`` per node,
-    then ``INIT_DONE``; whatever a consumer knew before ``INIT`` is to be forgotten at
-    ``INIT_DONE`` (a re-list sends the sequence again)."""
+class WatchEventType(str, enum.Enum):
+    """What a watch event says, for nodes and backends alike. A snapshot is ``INIT``, one
+    ``INIT_APPLY`` per node (backend), then ``INIT_DONE``; whatever a consumer knew before
+    ``INIT`` is to be forgotten at ``INIT_DONE`` (a re-list sends the sequence again)."""
 
     INIT = "INIT"
     INIT_APPLY = "INIT_APPLY"
@@ -46,13 +51,37 @@ class NodeWatchEventType(str, enum.Enum):
         return self.value
 
 
+#: The names the node watch was first published with.
+NodeWatchEventType = WatchEventType
+BackendWatchEventType = WatchEventType
+
+
 @dataclass(frozen=True)
 class NodeWatchEvent:
     """One item of ``Client.watch_nodes``."""
 
-    type: NodeWatchEventType
+    type: WatchEventType
     #: The node (INIT_APPLY, ADDED, MODIFIED; REMOVED: the node as it was last); else ``None``.
     node: Optional[node_pb2.Node] = None
+    #: The revision the watch reached with this event (``None`` for INIT, INIT_APPLY, RECONNECTING).
+    revision: Optional[int] = None
+    #: RECONNECTING: the revision the next stream resumes after, or ``None`` for a re-list.
+    resume_from: Optional[int] = None
+    #: RECONNECTING: seconds until the next stream.
+    delay: float = 0.0
+    #: RECONNECTING: what ended the previous stream.
+    cause: str = ""
+
+
+@dataclass(frozen=True)
+class BackendWatchEvent:
+    """One item of ``Client.watch_backends``: the same sequence as :class:`NodeWatchEvent`, with
+    a typed :class:`~hangar_sdk.Backend`."""
+
+    type: WatchEventType
+    #: The backend (INIT_APPLY, ADDED, MODIFIED; REMOVED: the backend as it is now, i.e. in the
+    #: state that took it out of the filter); else ``None``.
+    backend: Optional[Backend] = None
     #: The revision the watch reached with this event (``None`` for INIT, INIT_APPLY, RECONNECTING).
     revision: Optional[int] = None
     #: RECONNECTING: the revision the next stream resumes after, or ``None`` for a re-list.
@@ -89,11 +118,39 @@ class InvalidResponse(Exception):
     """The server broke the watch protocol; guessing could hide a gap, so the watch ends."""
 
 
-class NodeWatchCursor:
-    """Where a watch is: what to ask for next, and the events each message means."""
+@dataclass(frozen=True)
+class WatchKind:
+    """What differs between WatchNodes and WatchBackends: the messages, the event enum (the two
+    enums number their values alike, but each is read through its own names), the field the
+    item travels in, and the event type this SDK hands out. Everything else is one cursor."""
 
-    def __init__(self, filter: node_pb2.NodeFilter, start_revision: Optional[int] = None,
+    name: str
+    request: Callable[..., Any]
+    event_enum: Any
+    #: The field of the wire event that carries the item: ``"node"`` or ``"backend"``.
+    field: str
+    #: The item as this SDK hands it out (the message itself, or a typed view of it).
+    convert: Callable[[Any], Any]
+    #: ``NodeWatchEvent`` or ``BackendWatchEvent``; both take (type, item, revision) in order.
+    event: Callable[..., Any]
+
+    def wire(self, name: str) -> int:
+        return self.event_enum.Value(f"{enum_prefix(self.event_enum)}{name}")
+
+
+NODES = WatchKind("WatchNodes", node_pb2.WatchNodesRequest, node_pb2.NodeEventType, "node", lambda node: node,
+                  NodeWatchEvent)
+BACKENDS = WatchKind("WatchBackends", backend_pb2.WatchBackendsRequest, backend_pb2.BackendEventType, "backend",
+                     Backend.from_proto, BackendWatchEvent)
+
+
+class WatchCursor:
+    """Where a watch is: what to ask for next, and the events each message means. One class for
+    every kind (:data:`NODES`, :data:`BACKENDS`), as the Rust SDK has one loop for both."""
+
+    def __init__(self, kind: WatchKind, filter: Any, start_revision: Optional[int] = None,
                  bookmark_interval: Optional[float] = None, retry: RetryPolicy = RetryPolicy()):
+        self.kind = kind
         self._filter = filter
         self._bookmark = None
         if bookmark_interval is not None:
@@ -107,57 +164,55 @@ class NodeWatchCursor:
         self._started = False
         self._delivered = False
         self._failures = 0
+        self._added, self._end, self._bookmark_type = kind.wire("ADDED"), kind.wire("SNAPSHOT_END"), kind.wire("BOOKMARK")
+        self._live = {kind.wire(name): WatchEventType[name] for name in ("ADDED", "MODIFIED", "REMOVED")}
 
-    def request(self) -> node_pb2.WatchNodesRequest:
+    def request(self):
         """The next stream's request; call once per stream."""
         self._initial = self.position is None
         self._started = False
         self._delivered = False
-        return node_pb2.WatchNodesRequest(filter=self._filter, start_revision=self.position or 0,
-                                          send_initial=self._initial, bookmark_interval=self._bookmark)
+        return self.kind.request(filter=self._filter, start_revision=self.position or 0,
+                                 send_initial=self._initial, bookmark_interval=self._bookmark)
 
-    def decode(self, message: node_pb2.WatchNodesResponse) -> list[NodeWatchEvent]:
+    def decode(self, message) -> list:
         """The events of one message, moving the position on."""
+        kind = self.kind
         if not message.HasField("event"):
-            raise InvalidResponse("a WatchNodesResponse without an event")
+            raise InvalidResponse(f"a {kind.name} response without an event")
         event = message.event
-        kind, revision = event.type, event.revision
-        name = node_pb2.NodeEventType.Name(kind) if kind in node_pb2.NodeEventType.values() else str(kind)
-        has_node = event.HasField("node")
+        type_, revision = event.type, event.revision
+        name = kind.event_enum.Name(type_) if type_ in kind.event_enum.values() else str(type_)
+        has_item = event.HasField(kind.field)
 
-        def node() -> node_pb2.Node:
-            if not has_node:
-                raise InvalidResponse(f"a {name} event without a node")
-            return event.node
+        def item():
+            if not has_item:
+                raise InvalidResponse(f"a {name} event without a {kind.field}")
+            return kind.convert(getattr(event, kind.field))
 
-        events: list[NodeWatchEvent] = []
+        events: list = []
         if self._initial:
             if not self._started:
                 self._started = True
-                events.append(NodeWatchEvent(NodeWatchEventType.INIT))
-            if kind == node_pb2.NODE_EVENT_TYPE_ADDED:
-                events.append(NodeWatchEvent(NodeWatchEventType.INIT_APPLY, node()))
-            elif kind == node_pb2.NODE_EVENT_TYPE_SNAPSHOT_END:
+                events.append(kind.event(WatchEventType.INIT))
+            if type_ == self._added:
+                events.append(kind.event(WatchEventType.INIT_APPLY, item()))
+            elif type_ == self._end:
                 self._initial = False
                 self.position = revision or None
-                events.append(NodeWatchEvent(NodeWatchEventType.INIT_DONE, revision=revision))
+                events.append(kind.event(WatchEventType.INIT_DONE, revision=revision))
             else:
                 raise InvalidResponse(f"{name} before the end of the snapshot")
             self._delivered = True
             return events
         # Revisions only grow on a stream and a resumed stream replays strictly after its start,
         # so an older revision is a repeat: dropping it keeps a cache consistent.
-        if self.position is not None and revision <= self.position and kind != node_pb2.NODE_EVENT_TYPE_BOOKMARK:
+        if self.position is not None and revision <= self.position and type_ != self._bookmark_type:
             return events
-        types = {
-            node_pb2.NODE_EVENT_TYPE_ADDED: NodeWatchEventType.ADDED,
-            node_pb2.NODE_EVENT_TYPE_MODIFIED: NodeWatchEventType.MODIFIED,
-            node_pb2.NODE_EVENT_TYPE_REMOVED: NodeWatchEventType.REMOVED,
-        }
-        if kind in types:
-            out = NodeWatchEvent(types[kind], node(), revision)
-        elif kind == node_pb2.NODE_EVENT_TYPE_BOOKMARK:
-            out = NodeWatchEvent(NodeWatchEventType.BOOKMARK, revision=revision)
+        if type_ in self._live:
+            out = kind.event(self._live[type_], item(), revision)
+        elif type_ == self._bookmark_type:
+            out = kind.event(WatchEventType.BOOKMARK, revision=revision)
         else:
             raise InvalidResponse(f"a {name} event on a live stream")
         if self.position is None or revision > self.position:
@@ -165,7 +220,7 @@ class NodeWatchCursor:
         self._delivered = True
         return [out]
 
-    def ended(self, error: HangarError) -> NodeWatchEvent:
+    def ended(self, error: HangarError):
         """What to do after a stream ended with ``error``: a RECONNECTING event to yield before
         sleeping its ``delay``; raises ``error`` when retrying cannot help."""
         if self._delivered:
@@ -180,8 +235,24 @@ class NodeWatchCursor:
         delay = self.retry.backoff(self._failures)
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)
-        return NodeWatchEvent(NodeWatchEventType.RECONNECTING, resume_from=self.position, delay=delay,
-                              cause=str(error))
+        return self.kind.event(WatchEventType.RECONNECTING, resume_from=self.position, delay=delay,
+                               cause=str(error))
+
+
+class NodeWatchCursor(WatchCursor):
+    """The cursor of a node watch."""
+
+    def __init__(self, filter: node_pb2.NodeFilter, start_revision: Optional[int] = None,
+                 bookmark_interval: Optional[float] = None, retry: RetryPolicy = RetryPolicy()):
+        super().__init__(NODES, filter, start_revision, bookmark_interval, retry)
+
+
+class BackendWatchCursor(WatchCursor):
+    """The cursor of a backend watch."""
+
+    def __init__(self, filter: backend_pb2.BackendFilter, start_revision: Optional[int] = None,
+                 bookmark_interval: Optional[float] = None, retry: RetryPolicy = RetryPolicy()):
+        super().__init__(BACKENDS, filter, start_revision, bookmark_interval, retry)
 
 
 def stream_ended() -> HangarError:

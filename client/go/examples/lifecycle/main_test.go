@@ -45,7 +45,7 @@ func TestTheExampleRunsABackendsWholeLifecycleOnDev(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	backends, err := client.ListBackends(ctx, &hangarv1.BackendFilter{KeyNamespace: "examples"})
+	backends, _, err := client.ListBackends(ctx, &hangarv1.BackendFilter{KeyNamespace: "examples"})
 	if err != nil {
 		t.Fatal(err)
 	}

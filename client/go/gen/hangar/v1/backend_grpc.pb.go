@@ -29,6 +29,15 @@ type BackendServiceClient interface {
 	ListBackends(ctx context.Context, in *ListBackendsRequest, opts ...grpc.CallOption) (*ListBackendsResponse, error)
 	// Replays the backend's status history, then streams live changes; ends after TERMINATED.
 	WatchBackend(ctx context.Context, in *WatchBackendRequest, opts ...grpc.CallOption) (BackendService_WatchBackendClient, error)
+	// Streams the status changes of every backend the filter matches, in revision order, with no
+	// gaps and no duplicates, across every controller on the database. Same contract as
+	// `NodeService.WatchNodes`: with `send_initial`, the matching backends as ADDED events, then
+	// one SNAPSHOT_END with the snapshot's revision, then live changes; with `start_revision`, every
+	// retained change after it first. A start revision older than the retention window fails with
+	// OUT_OF_RANGE (reason REVISION_COMPACTED, metadata `oldest_revision`); list again. A client
+	// that reads too slowly is cut off with RESOURCE_EXHAUSTED (reason WATCH_TOO_SLOW, metadata
+	// `last_revision`) and can resume from that revision.
+	WatchBackends(ctx context.Context, in *WatchBackendsRequest, opts ...grpc.CallOption) (BackendService_WatchBackendsClient, error)
 	// Soft-terminates (SIGTERM, then kill after the grace period) or, with `hard`, kills at once.
 	TerminateBackend(ctx context.Context, in *TerminateBackendRequest, opts ...grpc.CallOption) (*TerminateBackendResponse, error)
 }
@@ -100,6 +109,38 @@ func (x *backendServiceWatchBackendClient) Recv() (*WatchBackendResponse, error)
 	return m, nil
 }
 
+func (c *backendServiceClient) WatchBackends(ctx context.Context, in *WatchBackendsRequest, opts ...grpc.CallOption) (BackendService_WatchBackendsClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_BackendService_serviceDesc.Streams[1], "/hangar.v1.BackendService/WatchBackends", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &backendServiceWatchBackendsClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type BackendService_WatchBackendsClient interface {
+	Recv() (*WatchBackendsResponse, error)
+	grpc.ClientStream
+}
+
+type backendServiceWatchBackendsClient struct {
+	grpc.ClientStream
+}
+
+func (x *backendServiceWatchBackendsClient) Recv() (*WatchBackendsResponse, error) {
+	m := new(WatchBackendsResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func (c *backendServiceClient) TerminateBackend(ctx context.Context, in *TerminateBackendRequest, opts ...grpc.CallOption) (*TerminateBackendResponse, error) {
 	out := new(TerminateBackendResponse)
 	err := c.cc.Invoke(ctx, "/hangar.v1.BackendService/TerminateBackend", in, out, opts...)
@@ -125,6 +166,15 @@ type BackendServiceServer interface {
 	ListBackends(context.Context, *ListBackendsRequest) (*ListBackendsResponse, error)
 	// Replays the backend's status history, then streams live changes; ends after TERMINATED.
 	WatchBackend(*WatchBackendRequest, BackendService_WatchBackendServer) error
+	// Streams the status changes of every backend the filter matches, in revision order, with no
+	// gaps and no duplicates, across every controller on the database. Same contract as
+	// `NodeService.WatchNodes`: with `send_initial`, the matching backends as ADDED events, then
+	// one SNAPSHOT_END with the snapshot's revision, then live changes; with `start_revision`, every
+	// retained change after it first. A start revision older than the retention window fails with
+	// OUT_OF_RANGE (reason REVISION_COMPACTED, metadata `oldest_revision`); list again. A client
+	// that reads too slowly is cut off with RESOURCE_EXHAUSTED (reason WATCH_TOO_SLOW, metadata
+	// `last_revision`) and can resume from that revision.
+	WatchBackends(*WatchBackendsRequest, BackendService_WatchBackendsServer) error
 	// Soft-terminates (SIGTERM, then kill after the grace period) or, with `hard`, kills at once.
 	TerminateBackend(context.Context, *TerminateBackendRequest) (*TerminateBackendResponse, error)
 	mustEmbedUnimplementedBackendServiceServer()
@@ -145,6 +195,9 @@ func (UnimplementedBackendServiceServer) ListBackends(context.Context, *ListBack
 }
 func (UnimplementedBackendServiceServer) WatchBackend(*WatchBackendRequest, BackendService_WatchBackendServer) error {
 	return status.Errorf(codes.Unimplemented, "method WatchBackend not implemented")
+}
+func (UnimplementedBackendServiceServer) WatchBackends(*WatchBackendsRequest, BackendService_WatchBackendsServer) error {
+	return status.Errorf(codes.Unimplemented, "method WatchBackends not implemented")
 }
 func (UnimplementedBackendServiceServer) TerminateBackend(context.Context, *TerminateBackendRequest) (*TerminateBackendResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method TerminateBackend not implemented")
@@ -237,6 +290,27 @@ func (x *backendServiceWatchBackendServer) Send(m *WatchBackendResponse) error {
 	return x.ServerStream.SendMsg(m)
 }
 
+func _BackendService_WatchBackends_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchBackendsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BackendServiceServer).WatchBackends(m, &backendServiceWatchBackendsServer{stream})
+}
+
+type BackendService_WatchBackendsServer interface {
+	Send(*WatchBackendsResponse) error
+	grpc.ServerStream
+}
+
+type backendServiceWatchBackendsServer struct {
+	grpc.ServerStream
+}
+
+func (x *backendServiceWatchBackendsServer) Send(m *WatchBackendsResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
 func _BackendService_TerminateBackend_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(TerminateBackendRequest)
 	if err := dec(in); err != nil {
@@ -280,6 +354,11 @@ var _BackendService_serviceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchBackend",
 			Handler:       _BackendService_WatchBackend_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchBackends",
+			Handler:       _BackendService_WatchBackends_Handler,
 			ServerStreams: true,
 		},
 	},
