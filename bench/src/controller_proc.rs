@@ -1,0 +1,147 @@
+//! The controller under test for the scale benchmarks: the release `hangar-server controller`
+//! binary as a child process, on SQLite in a temporary directory, so that its CPU and memory are
+//! its own and read from `/proc`.
+//!
+//! Per-caller limits are off (`--rate-limit 0` and friends): every simulated drone and caller of
+//! the benchmark comes from 127.0.0.1, which the limits would count as one caller.
+
+use crate::procs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use tonic::transport::{Channel, Endpoint};
+
+/// Options of the controller child.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerOpts {
+    /// The `hangar-server` binary (default: next to this one, as `scripts/bench` builds both).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Where the SQLite database goes. The default, a tmpfs, takes the disk's fsync out of the
+    /// figures; give a disk directory (e.g. /var/tmp) to include it.
+    #[arg(long, default_value = "/dev/shm")]
+    pub data_dir: PathBuf,
+}
+
+pub struct ControllerProc {
+    child: Child,
+    pub pid: u32,
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl ControllerProc {
+    /// Starts a controller with `extra` flags (liveness timings) and waits until it answers.
+    pub async fn start(opts: &ControllerOpts, extra: &[&str]) -> anyhow::Result<ControllerProc> {
+        let bin = match &opts.server_bin {
+            Some(bin) => bin.clone(),
+            None => std::env::current_exe()?.with_file_name("hangar-server"),
+        };
+        anyhow::ensure!(
+            bin.exists(),
+            "{} not found: build it (`cargo build --release -p hangar-server`) or pass --server-bin",
+            bin.display()
+        );
+        let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in(&opts.data_dir)?;
+        let port = procs::free_port()?;
+        let mut command = Command::new(&bin);
+        command
+            .arg("controller")
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--data-dir={}", dir.path().display()))
+            .args(["--rate-limit=0", "--rate-burst=0", "--max-concurrent-calls=0", "--max-watches=0"])
+            .args(["--reflection=off"])
+            .args(extra)
+            .env("RUST_LOG", std::env::var("HANGAR_BENCH_CONTROLLER_LOG").unwrap_or_else(|_| "warn".into()))
+            .stderr(Stdio::from(std::fs::File::create(dir.path().join("controller.log"))?));
+        let mut child = procs::spawn_owned(command)?;
+        let pid = child.id().ok_or_else(|| anyhow::anyhow!("the controller exited at once"))?;
+        let url = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        loop {
+            if Endpoint::from_shared(url.clone())?.connect().await.is_ok() {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(dir.path().join("controller.log")).unwrap_or_default();
+                anyhow::bail!("the controller exited with {status}:\n{log}");
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the controller did not start within 30s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(ControllerProc { child, pid, url, dir })
+    }
+
+    /// A new HTTP/2 connection to the controller.
+    pub async fn connect(&self) -> anyhow::Result<Channel> {
+        Ok(Endpoint::from_shared(self.url.clone())?
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true)
+            .connect()
+            .await?)
+    }
+
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        procs::cpu_seconds(self.pid)
+    }
+
+    pub fn rss_mib(&self) -> anyhow::Result<f64> {
+        Ok(procs::rss_bytes(self.pid)? as f64 / (1024.0 * 1024.0))
+    }
+
+    /// Bytes of the SQLite database, with its WAL and shared-memory files.
+    pub fn db_bytes(&self) -> u64 {
+        dir_bytes(self.dir.path())
+    }
+
+    /// Lines of the controller's log (stderr) that contain `needle`.
+    pub fn log_lines_containing(&self, needle: &str) -> usize {
+        std::fs::read_to_string(self.dir.path().join("controller.log"))
+            .map(|log| log.lines().filter(|l| l.contains(needle)).count())
+            .unwrap_or(0)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name() != "controller.log")
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Samples the controller's CPU and RSS: average cores over a window and the largest RSS seen.
+pub struct Usage {
+    start_cpu: f64,
+    start: Instant,
+    pub peak_rss_mib: f64,
+}
+
+impl Usage {
+    pub fn begin(controller: &ControllerProc) -> anyhow::Result<Usage> {
+        Ok(Usage { start_cpu: controller.cpu_seconds()?, start: Instant::now(), peak_rss_mib: controller.rss_mib()? })
+    }
+
+    pub fn sample(&mut self, controller: &ControllerProc) {
+        if let Ok(rss) = controller.rss_mib() {
+            self.peak_rss_mib = self.peak_rss_mib.max(rss);
+        }
+    }
+
+    /// Average cores since `begin`.
+    pub fn cores(&self, controller: &ControllerProc) -> anyhow::Result<f64> {
+        Ok((controller.cpu_seconds()? - self.start_cpu) / self.start.elapsed().as_secs_f64())
+    }
+}
