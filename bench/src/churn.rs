@@ -108,17 +108,20 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
     let elapsed = start.elapsed();
     let cores = usage.cores(&controller)?;
     tokio::time::sleep(args.settle).await;
-    let db_after = controller.db_bytes();
+    let db_live = controller.db_bytes();
     let rss = controller.rss_mib()?.max(usage.peak_rss_mib);
     let _ = stop_tx.send(true);
     while drones.join_next().await.is_some() {}
-    controller.stop().await;
+    let db_after = controller.stop_gracefully().await?;
 
     let completed = cycles.len();
     let cycles_per_second = completed as f64 / elapsed.as_secs_f64();
     let distribution = Distribution::of(cycles);
     let refused = refusals.count(&REFUSED);
-    let db_bytes_per_backend = if created > 0 { db_after as f64 / created as f64 } else { 0.0 };
+    // The database's growth per backend created, with the WAL checkpointed at shutdown.
+    let db_before = db_before.0 + db_before.1;
+    let db_bytes_per_backend =
+        if created > 0 { db_after.saturating_sub(db_before) as f64 / created as f64 } else { 0.0 };
     println!();
     println!("| figure                                     | value |");
     println!("|--------------------------------------------|-------|");
@@ -128,8 +131,10 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
     println!("| calls refused                              | {} ({}) |", refusals.total(), refusals.describe());
     println!("| of them POOL_FULL or NO_DRONE_AVAILABLE    | {refused} |");
     println!("| spawns / terminates the drone received     | {} / {} |", Fleet::get(&fleet.spawns), Fleet::get(&fleet.terminates));
-    println!("| database before / after                    | {:.1} / {:.1} MiB |", db_before as f64 / 1048576.0, db_after as f64 / 1048576.0);
-    println!("| database bytes per backend created         | {db_bytes_per_backend:.0} (no retention exists: nothing is compacted) |");
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!("| database before the run / after, running   | {:.1} / {:.1} MiB (file {:.1}, WAL {:.1}) |", mib(db_before), mib(db_live.0 + db_live.1), mib(db_live.0), mib(db_live.1));
+    println!("| database after the controller stopped      | {:.1} MiB |", mib(db_after));
+    println!("| database growth per backend created        | {db_bytes_per_backend:.0} bytes (no retention exists yet: nothing is compacted) |");
     println!("| controller CPU while callers ran (cores)   | {cores:.2} |");
     println!("| controller RSS, largest seen               | {rss:.1} MiB |");
     ResultLine::new("churn")

@@ -6,7 +6,7 @@
 //! the benchmark comes from 127.0.0.1, which the limits would count as one caller.
 
 use crate::procs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
@@ -90,9 +90,11 @@ impl ControllerProc {
         Ok(procs::rss_bytes(self.pid)? as f64 / (1024.0 * 1024.0))
     }
 
-    /// Bytes of the SQLite database, with its WAL and shared-memory files.
-    pub fn db_bytes(&self) -> u64 {
-        dir_bytes(self.dir.path())
+    /// Bytes of the SQLite database file, and of its write-ahead log (whose file keeps its
+    /// high-water mark between checkpoints, so it is reported apart).
+    pub fn db_bytes(&self) -> (u64, u64) {
+        let len = |name: &str| std::fs::metadata(self.dir.path().join(name)).map_or(0, |m| m.len());
+        (len("hangar.db"), len("hangar.db-wal"))
     }
 
     /// Lines of the controller's log (stderr) that contain `needle`.
@@ -102,24 +104,24 @@ impl ControllerProc {
             .unwrap_or(0)
     }
 
+    /// Stops the controller with SIGTERM, as an operator would, and returns its database's
+    /// bytes once it has exited: closing its last connection checkpoints SQLite's WAL into the
+    /// database file, so the file then holds everything (the WAL's bytes are added if not).
+    pub async fn stop_gracefully(mut self) -> anyhow::Result<u64> {
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(status) => anyhow::ensure!(status?.success(), "the controller did not exit cleanly on SIGTERM"),
+            Err(_) => anyhow::bail!("the controller did not exit within 20s of SIGTERM"),
+        }
+        let (db, wal) = self.db_bytes();
+        Ok(db + wal)
+    }
+
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.file_name() != "controller.log")
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Samples the controller's CPU and RSS: average cores over a window and the largest RSS seen.

@@ -62,7 +62,7 @@ pub async fn run(mut args: ListArgs) -> anyhow::Result<()> {
     let best = |v: &[u64]| Duration::from_nanos(v.iter().copied().min().unwrap_or(0));
     let ratio = ms(hangar_d.p50) / ms(etcd_d.p50).max(f64::MIN_POSITIVE);
     println!();
-    println!("| figure ({} listings)        |         Hangar |           etcd | Hangar/etcd |", args.listings);
+    println!("| {:<27} |         Hangar |           etcd | Hangar/etcd |", format!("figure ({} listings)", args.listings));
     println!("|-----------------------------|----------------|----------------|-------------|");
     println!("| entries listed              | {:>14} | {:>14} |           - |", args.nodes, args.nodes);
     println!("| entry size (bytes)          | {node_bytes:>14} | {node_bytes:>14} |           - |");
