@@ -64,17 +64,15 @@ pub async fn key_expired_backends(channel: tonic::transport::Channel) -> anyhow:
     let mut page_token = String::new();
     loop {
         let request = v1::ListBackendsRequest {
-            filter: Some(v1::BackendFilter {
-                states: vec![v1::BackendState::Terminated as i32],
-                ..Default::default()
-            }),
+            filter: Some(v1::BackendFilter { states: vec![v1::BackendState::Terminated as i32], ..Default::default() }),
             page_size: 1000,
             page_token,
         };
         let page = client.list_backends(request).await?.into_inner();
         for backend in &page.backends {
             terminated += 1;
-            if backend.status.as_ref().is_some_and(|s| s.termination_reason == v1::TerminationReason::KeyExpired as i32) {
+            if backend.status.as_ref().is_some_and(|s| s.termination_reason == v1::TerminationReason::KeyExpired as i32)
+            {
                 expired += 1;
             }
         }

@@ -126,15 +126,32 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
     println!("| figure                                     | value |");
     println!("|--------------------------------------------|-------|");
     println!("| cycles completed                           | {completed} ({cycles_per_second:.1}/s) |");
-    println!("| cycle latency p50 / p99 / max              | {} / {} / {} |", callers::ms(distribution.p50), callers::ms(distribution.p99), callers::ms(distribution.max));
+    println!(
+        "| cycle latency p50 / p99 / max              | {} / {} / {} |",
+        callers::ms(distribution.p50),
+        callers::ms(distribution.p99),
+        callers::ms(distribution.max)
+    );
     println!("| backends created                           | {created} |");
     println!("| calls refused                              | {} ({}) |", refusals.total(), refusals.describe());
     println!("| of them POOL_FULL or NO_DRONE_AVAILABLE    | {refused} |");
-    println!("| spawns / terminates the drone received     | {} / {} |", Fleet::get(&fleet.spawns), Fleet::get(&fleet.terminates));
+    println!(
+        "| spawns / terminates the drone received     | {} / {} |",
+        Fleet::get(&fleet.spawns),
+        Fleet::get(&fleet.terminates)
+    );
     let mib = |b: u64| b as f64 / 1048576.0;
-    println!("| database before the run / after, running   | {:.1} / {:.1} MiB (file {:.1}, WAL {:.1}) |", mib(db_before), mib(db_live.0 + db_live.1), mib(db_live.0), mib(db_live.1));
+    println!(
+        "| database before the run / after, running   | {:.1} / {:.1} MiB (file {:.1}, WAL {:.1}) |",
+        mib(db_before),
+        mib(db_live.0 + db_live.1),
+        mib(db_live.0),
+        mib(db_live.1)
+    );
     println!("| database after the controller stopped      | {:.1} MiB |", mib(db_after));
-    println!("| database growth per backend created        | {db_bytes_per_backend:.0} bytes (no retention exists yet: nothing is compacted) |");
+    println!(
+        "| database growth per backend created        | {db_bytes_per_backend:.0} bytes (no retention exists yet: nothing is compacted) |"
+    );
     println!("| controller CPU while callers ran (cores)   | {cores:.2} |");
     println!("| controller RSS, largest seen               | {rss:.1} MiB |");
     ResultLine::new("churn")

@@ -75,11 +75,7 @@ impl ControllerProc {
 
     /// A new HTTP/2 connection to the controller.
     pub async fn connect(&self) -> anyhow::Result<Channel> {
-        Ok(Endpoint::from_shared(self.url.clone())?
-            .tcp_nodelay(true)
-            .http2_adaptive_window(true)
-            .connect()
-            .await?)
+        Ok(Endpoint::from_shared(self.url.clone())?.tcp_nodelay(true).http2_adaptive_window(true).connect().await?)
     }
 
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {

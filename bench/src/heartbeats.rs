@@ -109,7 +109,10 @@ pub async fn run(mut args: HeartbeatsArgs) -> anyhow::Result<()> {
     println!("| drones attached                                | {} |", Fleet::get(&fleet.attached));
     println!("| all attached after                             | {:.2} s |", attach.as_secs_f64());
     println!("| controller CPU while attaching (cores)         | {attach_cores:.2} |");
-    println!("| heartbeats sent while measured                 | {beats} ({:.0}/s) |", beats as f64 / args.duration.as_secs_f64());
+    println!(
+        "| heartbeats sent while measured                 | {beats} ({:.0}/s) |",
+        beats as f64 / args.duration.as_secs_f64()
+    );
     println!("| controller CPU while measured (cores, average) | {cores:.3} |");
     println!("| controller RSS idle / largest seen             | {idle_rss:.1} / {rss:.1} MiB |");
     println!("| nodes seen UNHEALTHY or OFFLINE                | {wrongly_unhealthy} |");

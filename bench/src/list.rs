@@ -11,9 +11,9 @@ use crate::measure::Distribution;
 use crate::result::ResultLine;
 use crate::sim_drone::{self, Fleet};
 use crate::{callers, procs};
+use futures::StreamExt;
 use hangar::v1;
 use pb::kv_client::KvClient;
-use futures::StreamExt;
 use prost::Message;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -62,7 +62,10 @@ pub async fn run(mut args: ListArgs) -> anyhow::Result<()> {
     let best = |v: &[u64]| Duration::from_nanos(v.iter().copied().min().unwrap_or(0));
     let ratio = ms(hangar_d.p50) / ms(etcd_d.p50).max(f64::MIN_POSITIVE);
     println!();
-    println!("| {:<27} |         Hangar |           etcd | Hangar/etcd |", format!("figure ({} listings)", args.listings));
+    println!(
+        "| {:<27} |         Hangar |           etcd | Hangar/etcd |",
+        format!("figure ({} listings)", args.listings)
+    );
     println!("|-----------------------------|----------------|----------------|-------------|");
     println!("| entries listed              | {:>14} | {:>14} |           - |", args.nodes, args.nodes);
     println!("| entry size (bytes)          | {node_bytes:>14} | {node_bytes:>14} |           - |");
@@ -149,7 +152,10 @@ async fn start_etcd(args: &ListArgs) -> anyhow::Result<(tokio::process::Child, t
     let started = Instant::now();
     loop {
         if let Ok(channel) = endpoint.connect().await
-            && KvClient::new(channel.clone()).range(pb::RangeRequest { key: PREFIX.to_vec(), ..Default::default() }).await.is_ok()
+            && KvClient::new(channel.clone())
+                .range(pb::RangeRequest { key: PREFIX.to_vec(), ..Default::default() })
+                .await
+                .is_ok()
         {
             return Ok((child, dir, channel));
         }

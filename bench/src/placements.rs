@@ -123,11 +123,20 @@ pub async fn run(mut args: PlacementsArgs) -> anyhow::Result<()> {
     println!("|------------------------------------------|-------|");
     println!("| Connects answered OK                     | {connects} ({connects_per_second:.1}/s) |");
     println!("| Connects refused                         | {} ({}) |", refusals.total(), refusals.describe());
-    println!("| Connect latency p50 / p99 / max          | {} / {} / {} |", callers::ms(distribution.p50), callers::ms(distribution.p99), callers::ms(distribution.max));
+    println!(
+        "| Connect latency p50 / p99 / max          | {} / {} / {} |",
+        callers::ms(distribution.p50),
+        callers::ms(distribution.p99),
+        callers::ms(distribution.max)
+    );
     println!("| spawns received by the drones            | {} |", Fleet::get(&fleet.spawns));
     println!("| READY committed within the run           | {ready_in_window} ({per_second:.1}/s) |");
     println!("| READY committed by the end of the wait   | {ready_total} |");
-    println!("| renewals sent / refused                  | {} / {} |", Fleet::get(&fleet.renewals_sent), Fleet::get(&fleet.renewals_refused));
+    println!(
+        "| renewals sent / refused                  | {} / {} |",
+        Fleet::get(&fleet.renewals_sent),
+        Fleet::get(&fleet.renewals_refused)
+    );
     println!("| backends terminated (controller's view)  | {terminated} |");
     println!("| of them KEY_EXPIRED                      | {expired} |");
     println!("| ended KEY_EXPIRED by the drones          | {} |", Fleet::get(&fleet.expired_by_drone));

@@ -188,7 +188,8 @@ impl Session<'_> {
                 {
                     self.fleet.duplicate_keys.fetch_add(1, Relaxed);
                 }
-                let lease = spawn.lease_duration.as_ref().and_then(duration_from_proto).unwrap_or(Duration::from_secs(30));
+                let lease =
+                    spawn.lease_duration.as_ref().and_then(duration_from_proto).unwrap_or(Duration::from_secs(30));
                 let now = Instant::now();
                 self.backends.insert(
                     action.backend_id.clone(),
@@ -201,14 +202,19 @@ impl Session<'_> {
                         outstanding: Vec::new(),
                     },
                 );
-                let ready =
-                    status(v1::BackendState::Ready, v1::TerminationKind::Unspecified, v1::TerminationReason::Unspecified, "");
+                let ready = status(
+                    v1::BackendState::Ready,
+                    v1::TerminationKind::Unspecified,
+                    v1::TerminationReason::Unspecified,
+                    "",
+                );
                 self.event(&action.backend_id, ready).await
             }
             Some(Action::Terminate(terminate)) => {
                 self.fleet.terminates.fetch_add(1, Relaxed);
                 let kind = v1::TerminationKind::try_from(terminate.kind).unwrap_or(v1::TerminationKind::Soft);
-                let reason = v1::TerminationReason::try_from(terminate.reason).unwrap_or(v1::TerminationReason::External);
+                let reason =
+                    v1::TerminationReason::try_from(terminate.reason).unwrap_or(v1::TerminationReason::External);
                 // Also for a backend it does not know: the controller's view must converge.
                 self.end(&action.backend_id, kind, reason, "").await
             }

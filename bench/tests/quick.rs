@@ -13,7 +13,11 @@ use std::process::Command;
 fn quick_pass(name: &str, keys: &[&str]) -> BTreeMap<String, f64> {
     let bench = env!("CARGO_BIN_EXE_hangar-bench");
     let server = Path::new(bench).with_file_name("hangar-server");
-    assert!(server.exists(), "{} is missing: build it first (`cargo build --workspace --bins`, as scripts/test does)", server.display());
+    assert!(
+        server.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`, as scripts/test does)",
+        server.display()
+    );
     let output = Command::new(bench).args([name, "--quick"]).output().expect("hangar-bench starts");
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "`hangar-bench {name} --quick` failed:\n{stdout}\n{stderr}");
