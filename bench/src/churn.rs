@@ -50,10 +50,13 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
         "churn benchmark: {} callers over {} connections looping Connect (fresh key) → Terminate on one simulated drone of capacity {}, for {:?}",
         args.callers, args.connections, args.capacity, args.duration
     );
+    // The database figure reads SQLite's file; on PostgreSQL it is not built.
+    anyhow::ensure!(!args.controller.postgres, "churn measures the SQLite database file: run it without --postgres");
     let controller = ControllerProc::start(&args.controller, &[]).await?;
     let fleet = Arc::new(Fleet::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let mut drones = sim_drone::start_fleet(&controller, &fleet, &stop, 1, 1, args.capacity, CLUSTER).await?;
+    let mut drones =
+        sim_drone::start_fleet(std::slice::from_ref(&controller), &fleet, &stop, 1, 1, args.capacity, CLUSTER).await?;
     sim_drone::wait_attached(&fleet, 1, Instant::now(), Duration::from_secs(30)).await?;
     let db_before = controller.db_bytes();
 
@@ -61,7 +64,7 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
     for _ in 0..args.connections.max(1) {
         channels.push(controller.connect().await?);
     }
-    let mut usage = Usage::begin(&controller)?;
+    let mut usage = Usage::begin(std::slice::from_ref(&controller))?;
     let start = Instant::now();
     let end = start + args.duration;
     let mut callers = tokio::task::JoinSet::new();
@@ -93,7 +96,7 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
     let (mut cycles, mut created, mut refusals) = (Vec::new(), 0u64, Refusals::default());
     loop {
         tokio::select! {
-            _ = sampler.tick() => usage.sample(&controller),
+            _ = sampler.tick() => usage.sample(std::slice::from_ref(&controller)),
             joined = callers.join_next() => match joined {
                 Some(result) => {
                     let (c, n, r) = result?;
@@ -106,7 +109,7 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = start.elapsed();
-    let cores = usage.cores(&controller)?;
+    let cores = usage.cores(std::slice::from_ref(&controller))?;
     tokio::time::sleep(args.settle).await;
     let db_live = controller.db_bytes();
     let rss = controller.rss_mib()?.max(usage.peak_rss_mib);

@@ -1,13 +1,16 @@
 //! The controller under test for the scale benchmarks: the release `hangar-server controller`
-//! binary as a child process, on SQLite in a temporary directory, so that its CPU and memory are
-//! its own and read from `/proc`.
+//! binary as a child process, on SQLite in a temporary directory (or, with `--postgres`, on a
+//! throwaway PostgreSQL cluster that `initdb` makes, `hangar_server::testing::PgCluster`), so
+//! that its CPU and memory are its own and read from `/proc`.
 //!
 //! Per-caller limits are off (`--rate-limit 0` and friends): every simulated drone and caller of
 //! the benchmark comes from 127.0.0.1, which the limits would count as one caller.
 
 use crate::procs;
+use hangar_server::testing::PgCluster;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
@@ -22,6 +25,9 @@ pub struct ControllerOpts {
     /// figures; give a disk directory (e.g. /var/tmp) to include it.
     #[arg(long, default_value = "/dev/shm")]
     pub data_dir: PathBuf,
+    /// Store on PostgreSQL (a throwaway cluster: initdb, fsync off) instead of SQLite.
+    #[arg(long)]
+    pub postgres: bool,
 }
 
 pub struct ControllerProc {
@@ -29,11 +35,45 @@ pub struct ControllerProc {
     pub pid: u32,
     pub url: String,
     dir: tempfile::TempDir,
+    /// The PostgreSQL cluster the controller's database is on, shared by the controllers of a
+    /// run and stopped after the last of them.
+    _postgres: Option<Arc<PgCluster>>,
 }
 
 impl ControllerProc {
     /// Starts a controller with `extra` flags (liveness timings) and waits until it answers.
     pub async fn start(opts: &ControllerOpts, extra: &[&str]) -> anyhow::Result<ControllerProc> {
+        Ok(Self::start_many(opts, extra, 1).await?.remove(0))
+    }
+
+    /// Starts `count` controllers on one database: with `--postgres` they share it as a
+    /// deployment does; on SQLite only one controller may run.
+    pub async fn start_many(
+        opts: &ControllerOpts,
+        extra: &[&str],
+        count: usize,
+    ) -> anyhow::Result<Vec<ControllerProc>> {
+        anyhow::ensure!(count == 1 || opts.postgres, "several controllers need --postgres (SQLite serves one)");
+        let postgres = match opts.postgres {
+            true => {
+                let cluster = PgCluster::new().await?;
+                let url = cluster.create_database().await?;
+                Some((Arc::new(cluster), url))
+            }
+            false => None,
+        };
+        let mut controllers = Vec::with_capacity(count);
+        for _ in 0..count {
+            controllers.push(Self::start_one(opts, extra, postgres.clone()).await?);
+        }
+        Ok(controllers)
+    }
+
+    async fn start_one(
+        opts: &ControllerOpts,
+        extra: &[&str],
+        postgres: Option<(Arc<PgCluster>, String)>,
+    ) -> anyhow::Result<ControllerProc> {
         let bin = match &opts.server_bin {
             Some(bin) => bin.clone(),
             None => std::env::current_exe()?.with_file_name("hangar-server"),
@@ -53,6 +93,7 @@ impl ControllerProc {
             .args(["--rate-limit=0", "--rate-burst=0", "--max-concurrent-calls=0", "--max-watches=0"])
             .args(["--reflection=off"])
             .args(extra)
+            .args(postgres.as_ref().map(|(_, url)| format!("--database={url}")))
             .env("RUST_LOG", std::env::var("HANGAR_BENCH_CONTROLLER_LOG").unwrap_or_else(|_| "warn".into()))
             .stderr(Stdio::from(std::fs::File::create(dir.path().join("controller.log"))?));
         let mut child = procs::spawn_owned(command)?;
@@ -70,7 +111,7 @@ impl ControllerProc {
             anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the controller did not start within 30s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(ControllerProc { child, pid, url, dir })
+        Ok(ControllerProc { child, pid, url, dir, _postgres: postgres.map(|(cluster, _)| cluster) })
     }
 
     /// A new HTTP/2 connection to the controller.
@@ -120,7 +161,8 @@ impl ControllerProc {
     }
 }
 
-/// Samples the controller's CPU and RSS: average cores over a window and the largest RSS seen.
+/// Samples the controllers' CPU and RSS: average cores over a window and the largest RSS seen,
+/// both summed over the controllers of the run.
 pub struct Usage {
     start_cpu: f64,
     start: Instant,
@@ -128,18 +170,24 @@ pub struct Usage {
 }
 
 impl Usage {
-    pub fn begin(controller: &ControllerProc) -> anyhow::Result<Usage> {
-        Ok(Usage { start_cpu: controller.cpu_seconds()?, start: Instant::now(), peak_rss_mib: controller.rss_mib()? })
+    pub fn begin(controllers: &[ControllerProc]) -> anyhow::Result<Usage> {
+        let mut usage = Usage { start_cpu: cpu_seconds(controllers)?, start: Instant::now(), peak_rss_mib: 0.0 };
+        usage.sample(controllers);
+        Ok(usage)
     }
 
-    pub fn sample(&mut self, controller: &ControllerProc) {
-        if let Ok(rss) = controller.rss_mib() {
+    pub fn sample(&mut self, controllers: &[ControllerProc]) {
+        if let Ok(rss) = controllers.iter().map(ControllerProc::rss_mib).sum::<anyhow::Result<f64>>() {
             self.peak_rss_mib = self.peak_rss_mib.max(rss);
         }
     }
 
     /// Average cores since `begin`.
-    pub fn cores(&self, controller: &ControllerProc) -> anyhow::Result<f64> {
-        Ok((controller.cpu_seconds()? - self.start_cpu) / self.start.elapsed().as_secs_f64())
+    pub fn cores(&self, controllers: &[ControllerProc]) -> anyhow::Result<f64> {
+        Ok((cpu_seconds(controllers)? - self.start_cpu) / self.start.elapsed().as_secs_f64())
     }
+}
+
+fn cpu_seconds(controllers: &[ControllerProc]) -> anyhow::Result<f64> {
+    controllers.iter().map(ControllerProc::cpu_seconds).sum()
 }

@@ -60,8 +60,16 @@ pub async fn run(mut args: HeartbeatsArgs) -> anyhow::Result<()> {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let attach_start = Instant::now();
     let attach_cpu = controller.cpu_seconds()?;
-    let mut drones =
-        sim_drone::start_fleet(&controller, &fleet, &stop, args.drones, args.connections, 1000, "bench").await?;
+    let mut drones = sim_drone::start_fleet(
+        std::slice::from_ref(&controller),
+        &fleet,
+        &stop,
+        args.drones,
+        args.connections,
+        1000,
+        "bench",
+    )
+    .await?;
     let attach = sim_drone::wait_attached(&fleet, args.drones, attach_start, Duration::from_secs(240)).await?;
     let attach_cores = (controller.cpu_seconds()? - attach_cpu) / attach.as_secs_f64();
     println!("{} drones attached in {:.2} s", args.drones, attach.as_secs_f64());
@@ -84,14 +92,14 @@ pub async fn run(mut args: HeartbeatsArgs) -> anyhow::Result<()> {
     });
 
     let beats_before = Fleet::get(&fleet.heartbeats);
-    let mut usage = Usage::begin(&controller)?;
+    let mut usage = Usage::begin(std::slice::from_ref(&controller))?;
     let start = Instant::now();
     let mut sampler = tokio::time::interval(Duration::from_secs(1));
     while start.elapsed() < args.duration {
         sampler.tick().await;
-        usage.sample(&controller);
+        usage.sample(std::slice::from_ref(&controller));
     }
-    let cores = usage.cores(&controller)?;
+    let cores = usage.cores(std::slice::from_ref(&controller))?;
     let rss = usage.peak_rss_mib.max(controller.rss_mib()?);
     let beats = Fleet::get(&fleet.heartbeats) - beats_before;
     let lost = Fleet::get(&fleet.sessions_lost);

@@ -95,8 +95,16 @@ async fn hangar_listings(args: &ListArgs) -> anyhow::Result<(Vec<u64>, usize)> {
     let fleet = Arc::new(Fleet::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let start = Instant::now();
-    let mut drones =
-        sim_drone::start_fleet(&controller, &fleet, &stop, args.nodes, args.connections, 1000, "bench").await?;
+    let mut drones = sim_drone::start_fleet(
+        std::slice::from_ref(&controller),
+        &fleet,
+        &stop,
+        args.nodes,
+        args.connections,
+        1000,
+        "bench",
+    )
+    .await?;
     let attach = sim_drone::wait_attached(&fleet, args.nodes, start, Duration::from_secs(240)).await?;
     println!("hangar: {} drones attached in {:.2} s", args.nodes, attach.as_secs_f64());
     let mut client = v1::node_service_client::NodeServiceClient::new(controller.connect().await?);

@@ -27,6 +27,10 @@ pub struct PlacementsArgs {
     /// HTTP/2 connections the callers share (round robin); the drones use their own 10.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
+    /// Controllers sharing the database (more than one needs --postgres); drones and callers
+    /// are spread over them round robin.
+    #[arg(long, default_value_t = 1)]
+    pub controllers: usize,
     /// How long the callers run.
     #[arg(long, default_value = "60s", value_parser = crate::humantime_duration)]
     pub duration: Duration,
@@ -47,24 +51,25 @@ pub async fn run(mut args: PlacementsArgs) -> anyhow::Result<()> {
         (args.drones, args.callers, args.connections) = (4, 8, 2);
         (args.duration, args.after) = (Duration::from_secs(2), Duration::from_secs(1));
     }
+    let store = if args.controller.postgres { "PostgreSQL" } else { "SQLite" };
     println!(
-        "placements benchmark: {} simulated drones, {} callers over {} connections, Connect with distinct keys for {:?}, then {:?} of renewals",
-        args.drones, args.callers, args.connections, args.duration, args.after
+        "placements benchmark: {} controller(s) on {store}, {} simulated drones, {} callers over {} connections, Connect with distinct keys for {:?}, then {:?} of renewals",
+        args.controllers, args.drones, args.callers, args.connections, args.duration, args.after
     );
-    let controller = ControllerProc::start(&args.controller, &[]).await?;
+    let controllers = ControllerProc::start_many(&args.controller, &[], args.controllers).await?;
     let fleet = Arc::new(Fleet::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let attach_start = Instant::now();
     let mut drones =
-        sim_drone::start_fleet(&controller, &fleet, &stop, args.drones, 10, args.capacity, CLUSTER).await?;
+        sim_drone::start_fleet(&controllers, &fleet, &stop, args.drones, 10, args.capacity, CLUSTER).await?;
     let attach = sim_drone::wait_attached(&fleet, args.drones, attach_start, Duration::from_secs(120)).await?;
     println!("{} drones attached in {:.2} s", args.drones, attach.as_secs_f64());
 
     let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        channels.push(controller.connect().await?);
+    for c in 0..args.connections.max(controllers.len()) {
+        channels.push(controllers[c % controllers.len()].connect().await?);
     }
-    let mut usage = Usage::begin(&controller)?;
+    let mut usage = Usage::begin(&controllers)?;
     let start = Instant::now();
     let end = start + args.duration;
     let mut callers = tokio::task::JoinSet::new();
@@ -88,7 +93,7 @@ pub async fn run(mut args: PlacementsArgs) -> anyhow::Result<()> {
     let (mut latencies, mut refusals) = (Vec::new(), Refusals::default());
     loop {
         tokio::select! {
-            _ = sampler.tick() => usage.sample(&controller),
+            _ = sampler.tick() => usage.sample(&controllers),
             joined = callers.join_next() => match joined {
                 Some(result) => {
                     let (l, r) = result?;
@@ -100,7 +105,7 @@ pub async fn run(mut args: PlacementsArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = start.elapsed();
-    let cores = usage.cores(&controller)?;
+    let cores = usage.cores(&controllers)?;
     let ready_in_window = fleet.ready_between(start, end);
     let connects = latencies.len();
     let distribution = Distribution::of(latencies);
@@ -111,9 +116,12 @@ pub async fn run(mut args: PlacementsArgs) -> anyhow::Result<()> {
     let lost = Fleet::get(&fleet.sessions_lost);
     let _ = stop_tx.send(true);
     while drones.join_next().await.is_some() {}
-    let rss = controller.rss_mib()?.max(usage.peak_rss_mib);
-    let warnings = controller.log_lines_containing("WARN");
-    controller.stop().await;
+    usage.sample(&controllers);
+    let rss = usage.peak_rss_mib;
+    let warnings: usize = controllers.iter().map(|c| c.log_lines_containing("WARN")).sum();
+    for controller in controllers {
+        controller.stop().await;
+    }
 
     let per_second = ready_in_window as f64 / args.duration.as_secs_f64();
     let connects_per_second = connects as f64 / elapsed.as_secs_f64();

@@ -388,10 +388,11 @@ pub async fn run(channel: Channel, drone: SimDrone, fleet: &Fleet, mut stop: wat
     }
 }
 
-/// Starts `count` drones named `{prefix}-{i}` of `capacity` over `connections` HTTP/2
-/// connections (round robin); they run until `stop` turns true.
+/// Starts `count` drones named `sim-drone-{i}` of `capacity` over `connections` HTTP/2
+/// connections (round robin, the connections spread over `controllers` the same way); they run
+/// until `stop` turns true.
 pub async fn start_fleet(
-    controller: &crate::controller_proc::ControllerProc,
+    controllers: &[crate::controller_proc::ControllerProc],
     fleet: &std::sync::Arc<Fleet>,
     stop: &watch::Receiver<bool>,
     count: usize,
@@ -400,8 +401,8 @@ pub async fn start_fleet(
     cluster: &str,
 ) -> anyhow::Result<tokio::task::JoinSet<()>> {
     let mut channels = Vec::with_capacity(connections);
-    for _ in 0..connections.max(1) {
-        channels.push(controller.connect().await?);
+    for c in 0..connections.max(controllers.len()) {
+        channels.push(controllers[c % controllers.len()].connect().await?);
     }
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..count {
