@@ -418,19 +418,26 @@ pub async fn start_fleet(
     Ok(tasks)
 }
 
-/// Waits until `count` drones are attached (or failed); the time it took, or an error after
-/// `timeout`.
-pub async fn wait_attached(fleet: &Fleet, count: usize, since: Instant, timeout: Duration) -> anyhow::Result<Duration> {
+/// Waits until each of `count` drones is attached or failed to, or `timeout` passed; the time
+/// until then.
+pub async fn wait_settled(fleet: &Fleet, count: usize, since: Instant, timeout: Duration) -> Duration {
     loop {
-        let (attached, failed) = (Fleet::get(&fleet.attached), Fleet::get(&fleet.attach_failed));
-        if attached as usize >= count {
-            return Ok(since.elapsed());
+        let settled = Fleet::get(&fleet.attached) + Fleet::get(&fleet.attach_failed);
+        if settled as usize >= count || since.elapsed() >= timeout {
+            return since.elapsed();
         }
-        anyhow::ensure!(
-            attached as usize + (failed as usize) < count,
-            "{failed} of {count} drones could not attach ({attached} did)"
-        );
-        anyhow::ensure!(since.elapsed() < timeout, "only {attached} of {count} drones attached within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Waits until all `count` drones are attached; the time it took, or an error when one could
+/// not attach or `timeout` passed.
+pub async fn wait_attached(fleet: &Fleet, count: usize, since: Instant, timeout: Duration) -> anyhow::Result<Duration> {
+    let elapsed = wait_settled(fleet, count, since, timeout).await;
+    let (attached, failed) = (Fleet::get(&fleet.attached), Fleet::get(&fleet.attach_failed));
+    anyhow::ensure!(
+        attached as usize == count,
+        "{attached} of {count} drones attached within {elapsed:?} ({failed} failed to)"
+    );
+    Ok(elapsed)
 }
