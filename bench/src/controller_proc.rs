@@ -134,6 +134,14 @@ impl ControllerProc {
         (len("hangar.db"), len("hangar.db-wal"))
     }
 
+    /// Copies the controller's log to `$HANGAR_BENCH_KEEP_LOG.PID`, when that is set, before
+    /// the temporary directory goes.
+    fn keep_log(&self) {
+        if let Ok(path) = std::env::var("HANGAR_BENCH_KEEP_LOG") {
+            let _ = std::fs::copy(self.dir.path().join("controller.log"), format!("{path}.{}", self.pid));
+        }
+    }
+
     /// Lines of the controller's log (stderr) that contain `needle`.
     pub fn log_lines_containing(&self, needle: &str) -> usize {
         std::fs::read_to_string(self.dir.path().join("controller.log"))
@@ -145,6 +153,7 @@ impl ControllerProc {
     /// bytes once it has exited: closing its last connection checkpoints SQLite's WAL into the
     /// database file, so the file then holds everything (the WAL's bytes are added if not).
     pub async fn stop_gracefully(mut self) -> anyhow::Result<u64> {
+        self.keep_log();
         let pid = nix::unistd::Pid::from_raw(self.pid as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
         match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
@@ -156,6 +165,7 @@ impl ControllerProc {
     }
 
     pub async fn stop(mut self) {
+        self.keep_log();
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }

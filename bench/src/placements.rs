@@ -145,6 +145,14 @@ pub async fn run(mut args: PlacementsArgs) -> anyhow::Result<()> {
         Fleet::get(&fleet.renewals_sent),
         Fleet::get(&fleet.renewals_refused)
     );
+    let answers = fleet.renewal_answer_times();
+    println!(
+        "| renewal answered after p50 / p99 / max   | {} / {} / {} ({} answered) |",
+        callers::ms(answers.p50),
+        callers::ms(answers.p99),
+        callers::ms(answers.max),
+        answers.count
+    );
     println!("| backends terminated (controller's view)  | {terminated} |");
     println!("| of them KEY_EXPIRED                      | {expired} |");
     println!("| ended KEY_EXPIRED by the drones          | {} |", Fleet::get(&fleet.expired_by_drone));

@@ -14,13 +14,19 @@
 //!   backend KEY_EXPIRED when a renewal is refused or none was confirmed for half the lease, as
 //!   the real drone's lease rules do (docs/design/backends-and-leases.md).
 //!
-//! It keeps nothing across streams (no journal): a stream that ends is counted, not resumed.
+//! When its stream ends it attaches again, as the real drone does (200 ms backoff doubling to
+//! 10 s), keeps its backends (in memory, where the real drone has its journal) and sends every
+//! event not yet acknowledged again, in order; each lost stream is counted.
+//!
+//! Unlike the real drone, whose link is a 64-message channel written from the loop that also
+//! reads the controller's messages, its outgoing queue is unbounded: it never stops reading
+//! because it is waiting to write, so a stall measured here is the controller's alone.
 
 use chrono::Utc;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use hangar::domain::{duration_from_proto, timestamp_to_proto};
 use hangar::v1::{self, drone_service_client::DroneServiceClient};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -31,7 +37,9 @@ use tonic::transport::Channel;
 /// Counters of a whole simulated fleet, shared by its drones.
 #[derive(Default)]
 pub struct Fleet {
+    /// Drones attached at least once.
     pub attached: AtomicU64,
+    /// Drones whose first attach failed and that have not attached since.
     pub attach_failed: AtomicU64,
     /// Streams that ended (or failed) after their Welcome, while the benchmark still ran.
     pub sessions_lost: AtomicU64,
@@ -44,6 +52,8 @@ pub struct Fleet {
     pub terminates: AtomicU64,
     pub renewals_sent: AtomicU64,
     pub renewals_refused: AtomicU64,
+    /// Time from each renewal's send to its answer (ns).
+    pub renewal_answers: Mutex<Vec<u64>>,
     /// Backends this fleet ended KEY_EXPIRED itself (refused, or no renewal confirmed in time).
     pub expired_by_drone: AtomicU64,
     /// When each READY event was acknowledged by the controller (i.e. committed).
@@ -55,6 +65,11 @@ pub struct Fleet {
 impl Fleet {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Relaxed)
+    }
+
+    /// How long renewals waited for their answers.
+    pub fn renewal_answer_times(&self) -> crate::measure::Distribution {
+        crate::measure::Distribution::of(self.renewal_answers.lock().expect("not poisoned").clone())
     }
 
     /// READY acknowledgements in `[from, to)`.
@@ -118,19 +133,25 @@ fn key_string(key: &v1::BackendKey) -> String {
     format!("{}/{}", key.namespace, key.name)
 }
 
+type Outbound = futures::channel::mpsc::UnboundedSender<v1::DroneAttachRequest>;
+
+/// A drone's state across its streams.
 struct Session<'a> {
     drone: &'a SimDrone,
     fleet: &'a Fleet,
-    out: futures::channel::mpsc::Sender<v1::DroneAttachRequest>,
+    /// The current stream.
+    out: Outbound,
     backends: HashMap<String, Backend>,
     actions_seen: HashSet<String>,
     ready_events: HashSet<String>,
     events: u64,
+    /// Events not acknowledged yet, by sequence number: sent again after a reattach.
+    unacked: BTreeMap<u64, v1::DroneBackendEvent>,
 }
 
 impl Session<'_> {
     async fn send(&mut self, message: v1::drone_attach_request::Message) -> bool {
-        self.out.send(v1::DroneAttachRequest { message: Some(message) }).await.is_ok()
+        self.out.unbounded_send(v1::DroneAttachRequest { message: Some(message) }).is_ok()
     }
 
     async fn event(&mut self, backend_id: &str, status: v1::BackendStatus) -> bool {
@@ -145,7 +166,37 @@ impl Session<'_> {
             status: Some(status),
             address: "127.0.0.1:9".into(),
         };
+        self.unacked.insert(self.events, event.clone());
         self.send(v1::drone_attach_request::Message::BackendEvent(event)).await
+    }
+
+    fn acked(&mut self, event_id: &str) {
+        if let Some(seq) = event_id.rsplit_once("-e").and_then(|(_, n)| n.parse::<u64>().ok()) {
+            self.unacked.remove(&seq);
+        }
+        if self.ready_events.remove(event_id) {
+            self.fleet.ready_acked.lock().expect("not poisoned").push(Instant::now());
+        }
+    }
+
+    /// A new stream: what the old one left unacknowledged goes out again, and renewals sent on
+    /// it are forgotten (and retried at once).
+    async fn reattached(&mut self, out: Outbound) -> bool {
+        self.out = out;
+        let now = Instant::now();
+        for backend in self.backends.values_mut() {
+            if !backend.outstanding.is_empty() {
+                backend.outstanding.clear();
+                backend.next_renewal = now;
+            }
+        }
+        let events: Vec<_> = self.unacked.values().cloned().collect();
+        for event in events {
+            if !self.send(v1::drone_attach_request::Message::BackendEvent(event)).await {
+                return false;
+            }
+        }
+        true
     }
 
     async fn end(
@@ -260,6 +311,9 @@ impl Session<'_> {
     async fn renewed(&mut self, answer: v1::RenewKeyResponse) -> bool {
         let Some(backend) = self.backends.get_mut(&answer.backend_id) else { return true };
         let sent = if backend.outstanding.is_empty() { None } else { Some(backend.outstanding.remove(0)) };
+        if let Some(sent) = sent {
+            self.fleet.renewal_answers.lock().expect("not poisoned").push(sent.elapsed().as_nanos() as u64);
+        }
         if answer.renewed {
             if let Some(sent) = sent {
                 backend.last_confirmed = backend.last_confirmed.max(sent);
@@ -298,19 +352,71 @@ fn status(
     }
 }
 
-/// Runs `drone` on `channel` until `stop` turns true or its stream ends.
+/// How a stream ended.
+enum Ended {
+    /// The benchmark is over.
+    Stopped,
+    /// Refused, failed, or closed by the controller: attach again.
+    Lost,
+}
+
+/// Runs `drone` on `channel` until `stop` turns true, attaching again whenever its stream ends.
 pub async fn run(channel: Channel, drone: SimDrone, fleet: &Fleet, mut stop: watch::Receiver<bool>) {
-    let (mut out, requests) = futures::channel::mpsc::channel(256);
-    let hello = v1::DroneAttachRequest { message: Some(v1::drone_attach_request::Message::Hello(drone.hello())) };
-    if out.send(hello).await.is_err() {
-        return;
+    let (placeholder, _) = futures::channel::mpsc::unbounded();
+    let mut session = Session {
+        drone: &drone,
+        fleet,
+        out: placeholder,
+        backends: HashMap::new(),
+        actions_seen: HashSet::new(),
+        ready_events: HashSet::new(),
+        events: 0,
+        unacked: BTreeMap::new(),
+    };
+    let (mut ever_attached, mut failed) = (false, false);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let (welcomed, ended) = attach(&channel, &mut session, &mut stop).await;
+        if welcomed {
+            backoff = Duration::from_millis(200);
+            if !ever_attached {
+                ever_attached = true;
+                fleet.attached.fetch_add(1, Relaxed);
+                if failed {
+                    fleet.attach_failed.fetch_sub(1, Relaxed);
+                }
+            }
+        } else if !ever_attached && !failed {
+            failed = true;
+            fleet.attach_failed.fetch_add(1, Relaxed);
+        }
+        match ended {
+            Ended::Stopped => return,
+            Ended::Lost if welcomed => {
+                fleet.sessions_lost.fetch_add(1, Relaxed);
+            }
+            Ended::Lost => {}
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
-    let mut inbound = match DroneServiceClient::new(channel).attach(requests).await {
+}
+
+/// One stream: Hello, Welcome, then heartbeats, actions, events and renewals until it ends.
+/// Whether it was welcomed, and how it ended.
+async fn attach(channel: &Channel, session: &mut Session<'_>, stop: &mut watch::Receiver<bool>) -> (bool, Ended) {
+    let (drone, fleet) = (session.drone, session.fleet);
+    let (out, requests) = futures::channel::mpsc::unbounded();
+    let hello = v1::DroneAttachRequest { message: Some(v1::drone_attach_request::Message::Hello(drone.hello())) };
+    let _ = out.unbounded_send(hello);
+    let mut inbound = match DroneServiceClient::new(channel.clone()).attach(requests).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
-            fleet.attach_failed.fetch_add(1, Relaxed);
             tracing::warn!(drone = %drone.name, %status, "attach refused");
-            return;
+            return (false, Ended::Lost);
         }
     };
     let interval = match inbound.message().await {
@@ -318,28 +424,20 @@ pub async fn run(channel: Channel, drone: SimDrone, fleet: &Fleet, mut stop: wat
             welcome.heartbeat_interval.as_ref().and_then(duration_from_proto).unwrap_or(Duration::from_secs(5))
         }
         other => {
-            fleet.attach_failed.fetch_add(1, Relaxed);
             tracing::warn!(drone = %drone.name, ?other, "no welcome");
-            return;
+            return (false, Ended::Lost);
         }
     };
-    fleet.attached.fetch_add(1, Relaxed);
-    let mut session = Session {
-        drone: &drone,
-        fleet,
-        out,
-        backends: HashMap::new(),
-        actions_seen: HashSet::new(),
-        ready_events: HashSet::new(),
-        events: 0,
-    };
+    if !session.reattached(out).await {
+        return (true, Ended::Lost);
+    }
     let first = Instant::now() + interval.mul_f64(drone.phase.clamp(0.0, 1.0));
     let mut heartbeat = tokio::time::interval_at(first, interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let lost = loop {
+    loop {
         let lease_check = session.next_lease_check();
         let ok = tokio::select! {
-            _ = stop.changed() => break false,
+            _ = stop.changed() => return (true, Ended::Stopped),
             _ = heartbeat.tick() => {
                 fleet.heartbeats.fetch_add(1, Relaxed);
                 let beat = v1::DroneHeartbeat {
@@ -359,9 +457,7 @@ pub async fn run(channel: Channel, drone: SimDrone, fleet: &Fleet, mut stop: wat
                     Some(Ok(v1::DroneAttachResponse { message: Some(message) })) => match message {
                         Message::Action(action) => session.action(action).await,
                         Message::AckEvent(ack) => {
-                            if session.ready_events.remove(&ack.event_id) {
-                                fleet.ready_acked.lock().expect("not poisoned").push(Instant::now());
-                            }
+                            session.acked(&ack.event_id);
                             true
                         }
                         Message::RenewKeyResponse(answer) => session.renewed(answer).await,
@@ -380,11 +476,8 @@ pub async fn run(channel: Channel, drone: SimDrone, fleet: &Fleet, mut stop: wat
             }
         };
         if !ok {
-            break !*stop.borrow();
+            return (true, if *stop.borrow() { Ended::Stopped } else { Ended::Lost });
         }
-    };
-    if lost {
-        fleet.sessions_lost.fetch_add(1, Relaxed);
     }
 }
 
