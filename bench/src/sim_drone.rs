@@ -147,6 +147,9 @@ struct Session<'a> {
     events: u64,
     /// Events not acknowledged yet, by sequence number: sent again after a reattach.
     unacked: BTreeMap<u64, v1::DroneBackendEvent>,
+    ever_attached: bool,
+    /// Its first attach failed (counted in `Fleet::attach_failed` until it attaches).
+    failed: bool,
 }
 
 impl Session<'_> {
@@ -182,6 +185,13 @@ impl Session<'_> {
     /// A new stream: what the old one left unacknowledged goes out again, and renewals sent on
     /// it are forgotten (and retried at once).
     async fn reattached(&mut self, out: Outbound) -> bool {
+        if !self.ever_attached {
+            self.ever_attached = true;
+            self.fleet.attached.fetch_add(1, Relaxed);
+            if self.failed {
+                self.fleet.attach_failed.fetch_sub(1, Relaxed);
+            }
+        }
         self.out = out;
         let now = Instant::now();
         for backend in self.backends.values_mut() {
@@ -372,22 +382,16 @@ pub async fn run(channel: Channel, drone: SimDrone, fleet: &Fleet, mut stop: wat
         ready_events: HashSet::new(),
         events: 0,
         unacked: BTreeMap::new(),
+        ever_attached: false,
+        failed: false,
     };
-    let (mut ever_attached, mut failed) = (false, false);
     let mut backoff = Duration::from_millis(200);
     loop {
         let (welcomed, ended) = attach(&channel, &mut session, &mut stop).await;
         if welcomed {
             backoff = Duration::from_millis(200);
-            if !ever_attached {
-                ever_attached = true;
-                fleet.attached.fetch_add(1, Relaxed);
-                if failed {
-                    fleet.attach_failed.fetch_sub(1, Relaxed);
-                }
-            }
-        } else if !ever_attached && !failed {
-            failed = true;
+        } else if !session.ever_attached && !session.failed {
+            session.failed = true;
             fleet.attach_failed.fetch_add(1, Relaxed);
         }
         match ended {
