@@ -107,7 +107,8 @@ pub async fn run(mut args: HeartbeatsArgs) -> anyhow::Result<()> {
     let lost = Fleet::get(&fleet.sessions_lost);
     let wrongly_unhealthy = unhealthy.lock().expect("not poisoned").len();
     let warnings = controller.log_lines_containing("WARN");
-    let slow_acquire = controller.log_lines_containing("slow acquire");
+    // sqlx's warning when a connection took long to get from the pool.
+    let slow_acquire = controller.log_lines_containing("time to acquire exceeded slow threshold");
     watcher.abort();
     let _ = stop_tx.send(true);
     while drones.join_next().await.is_some() {}
@@ -127,7 +128,7 @@ pub async fn run(mut args: HeartbeatsArgs) -> anyhow::Result<()> {
     println!("| controller RSS idle / largest seen             | {idle_rss:.1} / {rss:.1} MiB |");
     println!("| nodes seen UNHEALTHY or OFFLINE                | {wrongly_unhealthy} |");
     println!("| drone sessions lost                            | {lost} |");
-    println!("| controller log lines at WARN                   | {warnings} (\"slow acquire\": {slow_acquire}) |");
+    println!("| controller log lines at WARN                   | {warnings} (slow pool acquires: {slow_acquire}) |");
     ResultLine::new("heartbeats")
         .figure("drones", attached)
         .figure("controller_cpu_cores", cores)
