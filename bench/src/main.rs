@@ -6,14 +6,26 @@
 //! a Hangar node event, changed E times at a fixed rate and then in a burst), and for each system
 //! the delivery latency, the fan-out throughput and the server's memory per watcher. Each server
 //! runs in its own process so that its RSS can be read from `/proc`.
+//!
+//! The scale benchmarks (`heartbeats`, `placements`, `churn`, `list`) run the release
+//! `hangar-server controller` as a child and load it with simulated drones speaking the real
+//! `DroneService.Attach` protocol (`sim_drone`) and callers of the real `BackendService`. Each has
+//! a `--quick` smoke mode of a few seconds, which the test suite runs (`tests/quick.rs`).
 
 mod backend_side;
+mod callers;
+mod churn;
+mod controller_proc;
 mod etcd;
 mod fanout;
 mod hangar_side;
+mod heartbeats;
+mod list;
 mod measure;
+mod placements;
 mod procs;
 mod result;
+mod sim_drone;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
@@ -29,6 +41,17 @@ struct Cli {
 enum Command {
     /// WatchNodes fan-out vs etcd watch: latency, throughput, memory per watcher.
     Watch(WatchArgs),
+    /// 10,000 simulated drones heartbeating: the controller's CPU and RSS, wrongly unhealthy
+    /// nodes, time to attach them all.
+    Heartbeats(heartbeats::HeartbeatsArgs),
+    /// Connects with distinct keys onto 100 simulated drones: READY backends per second, Connect
+    /// latency, over-capacity spawns, duplicate keys, KEY_EXPIRED backends.
+    Placements(placements::PlacementsArgs),
+    /// Connect → Terminate loops on one drone: cycles per second, refusals, database bytes per
+    /// backend.
+    Churn(churn::ChurnArgs),
+    /// A full ListNodes of 10,000 nodes in pages of 1,000, next to an etcd range read.
+    List(list::ListArgs),
     /// Internal: the Hangar controller under test, with the benchmark's writer, driven over
     /// stdin by `watch`.
     #[command(hide = true)]
@@ -138,6 +161,18 @@ fn main() -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
             }
         }),
+        Command::Heartbeats(args) => runtime.block_on(interruptible(heartbeats::run(args))),
+        Command::Placements(args) => runtime.block_on(interruptible(placements::run(args))),
+        Command::Churn(args) => runtime.block_on(interruptible(churn::run(args))),
+        Command::List(args) => runtime.block_on(interruptible(list::run(args))),
+    }
+}
+
+/// Ctrl-C ends the run through the normal unwinding path, as for `watch`.
+async fn interruptible(run: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::select! {
+        result = run => result,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
     }
 }
 

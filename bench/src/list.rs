@@ -1,0 +1,228 @@
+//! `list`: a full listing of a large fleet. Simulated drones (`sim_drone`) attach and heartbeat at
+//! the controller's default interval; the benchmark lists every node through `ListNodes` in pages
+//! of 1,000 (each page after the first from its page token, at the first page's revision), several
+//! times. Then, in the same run and with the Hangar side stopped, etcd holds as many keys with
+//! values of the nodes' average encoded size, and the same listing is a `Range` in pages of 1,000
+//! at one revision.
+
+use crate::controller_proc::{ControllerOpts, ControllerProc};
+use crate::etcd::pb;
+use crate::measure::Distribution;
+use crate::result::ResultLine;
+use crate::sim_drone::{self, Fleet};
+use crate::{callers, procs};
+use futures::StreamExt;
+use hangar::v1;
+use pb::kv_client::KvClient;
+use prost::Message;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::process::Command;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ListArgs {
+    /// Nodes (simulated drones) to list.
+    #[arg(long, default_value_t = 10_000)]
+    pub nodes: usize,
+    /// HTTP/2 connections the drones are spread over (round robin).
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    /// Page size of both listings.
+    #[arg(long, default_value_t = 1000)]
+    pub page_size: usize,
+    /// Full listings per system; the figures are over these.
+    #[arg(long, default_value_t = 10)]
+    pub listings: usize,
+    /// The etcd server binary.
+    #[arg(long, default_value = "etcd")]
+    pub etcd_bin: String,
+    /// A few seconds' smoke run (300 nodes in pages of 100, 3 listings), so that the harness cannot rot.
+    #[arg(long)]
+    pub quick: bool,
+    #[command(flatten)]
+    pub controller: ControllerOpts,
+}
+
+pub async fn run(mut args: ListArgs) -> anyhow::Result<()> {
+    if args.quick {
+        (args.nodes, args.connections, args.page_size, args.listings) = (300, 4, 100, 3);
+    }
+    anyhow::ensure!(args.listings > 0 && args.page_size > 0, "need listings and a page size above 0");
+    println!(
+        "list benchmark: {} nodes listed in pages of {} through ListNodes, {} times, next to an etcd Range of as many keys of the same size",
+        args.nodes, args.page_size, args.listings
+    );
+    let (hangar, node_bytes) = hangar_listings(&args).await?;
+    let etcd = etcd_listings(&args, node_bytes).await?;
+    let (hangar_d, etcd_d) = (Distribution::of(hangar.clone()), Distribution::of(etcd.clone()));
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let best = |v: &[u64]| Duration::from_nanos(v.iter().copied().min().unwrap_or(0));
+    let ratio = ms(hangar_d.p50) / ms(etcd_d.p50).max(f64::MIN_POSITIVE);
+    println!();
+    println!(
+        "| {:<27} |         Hangar |           etcd | Hangar/etcd |",
+        format!("figure ({} listings)", args.listings)
+    );
+    println!("|-----------------------------|----------------|----------------|-------------|");
+    println!("| entries listed              | {:>14} | {:>14} |           - |", args.nodes, args.nodes);
+    println!("| entry size (bytes)          | {node_bytes:>14} | {node_bytes:>14} |           - |");
+    for (name, h, e) in [
+        ("full listing, best", best(&hangar), best(&etcd)),
+        ("full listing, p50", hangar_d.p50, etcd_d.p50),
+        ("full listing, max", hangar_d.max, etcd_d.max),
+    ] {
+        println!(
+            "| {name:<27} | {:>14} | {:>14} | {:>11.2} |",
+            callers::ms(h),
+            callers::ms(e),
+            ms(h) / ms(e).max(f64::MIN_POSITIVE)
+        );
+    }
+    ResultLine::new("list")
+        .figure("hangar_p50_ms", ms(hangar_d.p50))
+        .figure("etcd_p50_ms", ms(etcd_d.p50))
+        .figure("ratio", ratio)
+        .print();
+    Ok(())
+}
+
+/// The listing times (ns) and the nodes' average encoded size.
+async fn hangar_listings(args: &ListArgs) -> anyhow::Result<(Vec<u64>, usize)> {
+    let controller = ControllerProc::start(&args.controller, &[]).await?;
+    let fleet = Arc::new(Fleet::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let start = Instant::now();
+    let mut drones = sim_drone::start_fleet(
+        std::slice::from_ref(&controller),
+        &fleet,
+        &stop,
+        args.nodes,
+        args.connections,
+        1000,
+        "bench",
+    )
+    .await?;
+    let attach = sim_drone::wait_attached(&fleet, args.nodes, start, Duration::from_secs(240)).await?;
+    println!("hangar: {} drones attached in {:.2} s", args.nodes, attach.as_secs_f64());
+    let mut client = v1::node_service_client::NodeServiceClient::new(controller.connect().await?);
+    let (mut times, mut bytes) = (Vec::new(), 0);
+    for _ in 0..args.listings {
+        let started = Instant::now();
+        let (mut listed, mut page_token) = (0, String::new());
+        loop {
+            let request = v1::ListNodesRequest { filter: None, page_size: args.page_size as i32, page_token };
+            let page = client.list_nodes(request).await?.into_inner();
+            listed += page.nodes.len();
+            bytes = page.nodes.iter().map(|n| n.encoded_len()).sum::<usize>() / page.nodes.len().max(1);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        times.push(started.elapsed().as_nanos() as u64);
+        anyhow::ensure!(listed == args.nodes, "a listing returned {listed} nodes, not {}", args.nodes);
+    }
+    let lost = Fleet::get(&fleet.sessions_lost);
+    let _ = stop_tx.send(true);
+    while drones.join_next().await.is_some() {}
+    controller.stop().await;
+    anyhow::ensure!(lost == 0, "{lost} drone sessions ended during the listings");
+    Ok((times, bytes))
+}
+
+const PREFIX: &[u8] = b"/hangar-bench/nodes/";
+const PREFIX_END: &[u8] = b"/hangar-bench/nodes0";
+
+/// etcd on loopback with a data directory on tmpfs (as the watch benchmark starts it, `etcd.rs`).
+async fn start_etcd(args: &ListArgs) -> anyhow::Result<(tokio::process::Child, tempfile::TempDir, Channel)> {
+    let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in(&args.controller.data_dir)?;
+    let (client_port, peer_port) = (procs::free_port()?, procs::free_port()?);
+    let (client_url, peer_url) = (format!("http://127.0.0.1:{client_port}"), format!("http://127.0.0.1:{peer_port}"));
+    let mut command = Command::new(&args.etcd_bin);
+    command
+        .arg("--name=bench")
+        .arg(format!("--data-dir={}", dir.path().join("data").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=bench={peer_url}"))
+        .arg("--logger=zap")
+        .arg("--log-level=error")
+        .stderr(Stdio::from(std::fs::File::create(dir.path().join("etcd.log"))?));
+    let mut child = procs::spawn_owned(command).map_err(|err| {
+        anyhow::anyhow!("cannot start {} ({err}); install it: apt-get install etcd-server", args.etcd_bin)
+    })?;
+    let endpoint = Endpoint::from_shared(client_url)?;
+    let started = Instant::now();
+    loop {
+        if let Ok(channel) = endpoint.connect().await
+            && KvClient::new(channel.clone())
+                .range(pb::RangeRequest { key: PREFIX.to_vec(), ..Default::default() })
+                .await
+                .is_ok()
+        {
+            return Ok((child, dir, channel));
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default();
+            anyhow::bail!("etcd exited with {status}:\n{log}");
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "etcd did not start within 30s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn etcd_listings(args: &ListArgs, value_size: usize) -> anyhow::Result<Vec<u64>> {
+    let (mut child, _dir, channel) = start_etcd(args).await?;
+    let kv = KvClient::new(channel);
+    let started = Instant::now();
+    // 64 puts in flight: loading is not measured.
+    let puts = futures::stream::iter(0..args.nodes).map(|i| {
+        let mut kv = kv.clone();
+        let mut key = PREFIX.to_vec();
+        key.extend_from_slice(format!("sim-drone-{i:05}").as_bytes());
+        let value = vec![b'.'; value_size];
+        async move { kv.put(pb::PutRequest { key, value, ..Default::default() }).await }
+    });
+    let results: Vec<_> = puts.buffer_unordered(64).collect().await;
+    for result in results {
+        result?;
+    }
+    println!("etcd: {} keys of {value_size} bytes written in {:.2} s", args.nodes, started.elapsed().as_secs_f64());
+    let mut times = Vec::new();
+    for _ in 0..args.listings {
+        let mut kv = kv.clone();
+        let started = Instant::now();
+        let (mut listed, mut from, mut revision) = (0, PREFIX.to_vec(), 0);
+        loop {
+            let request = pb::RangeRequest {
+                key: from,
+                range_end: PREFIX_END.to_vec(),
+                limit: args.page_size as i64,
+                revision,
+                serializable: false,
+            };
+            let page = kv.range(request).await?.into_inner();
+            if revision == 0 {
+                revision = page.header.as_ref().map_or(0, |h| h.revision);
+            }
+            listed += page.kvs.len();
+            match (page.more, page.kvs.last()) {
+                (true, Some(last)) => {
+                    from = last.key.clone();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        times.push(started.elapsed().as_nanos() as u64);
+        anyhow::ensure!(listed == args.nodes, "an etcd listing returned {listed} keys, not {}", args.nodes);
+    }
+    child.start_kill()?;
+    let _ = child.wait().await;
+    Ok(times)
+}

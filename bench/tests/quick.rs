@@ -1,0 +1,71 @@
+//! The scale benchmarks' `--quick` passes: each runs for a few seconds against the real
+//! `hangar-server` binary (built next to `hangar-bench`; `scripts/test` builds every binary
+//! first) and must end with its `RESULT` line carrying exactly the keys BENCHMARKS.md documents,
+//! so that the harness cannot rot between the runs that record figures. The benchmarks
+//! themselves never run here.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `hangar-bench NAME --quick` and returns the figures of its last line, which must be
+/// `RESULT scenario=NAME` followed by exactly `keys`, in order.
+fn quick_pass(name: &str, keys: &[&str]) -> BTreeMap<String, f64> {
+    let bench = env!("CARGO_BIN_EXE_hangar-bench");
+    let server = Path::new(bench).with_file_name("hangar-server");
+    assert!(
+        server.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`, as scripts/test does)",
+        server.display()
+    );
+    let output = Command::new(bench).args([name, "--quick"]).output().expect("hangar-bench starts");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "`hangar-bench {name} --quick` failed:\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    let mut fields = last.split(' ');
+    assert_eq!(fields.next(), Some("RESULT"), "last line: {last}");
+    assert_eq!(fields.next(), Some(format!("scenario={name}").as_str()), "last line: {last}");
+    let pairs: Vec<(&str, &str)> = fields.map(|f| f.split_once('=').expect("key=value")).collect();
+    assert_eq!(pairs.iter().map(|(k, _)| *k).collect::<Vec<_>>(), keys, "last line: {last}");
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.parse::<f64>().unwrap_or_else(|_| panic!("{k}={v} is not a number"))))
+        .collect()
+}
+
+#[test]
+fn heartbeats_quick_pass_attaches_every_drone_and_prints_its_result_line() {
+    let figures = quick_pass(
+        "heartbeats",
+        &["drones", "controller_cpu_cores", "controller_rss_mib", "wrongly_unhealthy", "attach_all_seconds"],
+    );
+    assert_eq!(figures["drones"], 200.0);
+    assert!(figures["controller_rss_mib"] > 0.0 && figures["attach_all_seconds"] > 0.0, "{figures:?}");
+}
+
+#[test]
+fn placements_quick_pass_never_overfills_a_drone_or_doubles_a_key() {
+    let figures = quick_pass(
+        "placements",
+        &["per_second", "connect_p50_ms", "connect_p99_ms", "over_capacity", "duplicate_keys", "expired"],
+    );
+    assert!(figures["per_second"] > 0.0, "no backend reached READY: {figures:?}");
+    assert_eq!(figures["over_capacity"], 0.0, "{figures:?}");
+    assert_eq!(figures["duplicate_keys"], 0.0, "{figures:?}");
+}
+
+#[test]
+fn churn_quick_pass_completes_cycles_and_prints_its_result_line() {
+    let figures = quick_pass("churn", &["cycles_per_second", "refused", "db_bytes_per_backend"]);
+    assert!(figures["cycles_per_second"] > 0.0, "{figures:?}");
+}
+
+#[test]
+fn list_quick_pass_lists_every_node_next_to_etcd() {
+    assert!(
+        Command::new("etcd").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "etcd is missing: scripts/test installs it (apt-get install etcd-server)"
+    );
+    let figures = quick_pass("list", &["hangar_p50_ms", "etcd_p50_ms", "ratio"]);
+    assert!(figures["hangar_p50_ms"] > 0.0 && figures["etcd_p50_ms"] > 0.0, "{figures:?}");
+}
