@@ -1,15 +1,19 @@
 //! The Hangar side: a controller on SQLite in its own process (this binary's hidden
-//! `hangar-controller` command), which also hosts the writer, and WatchNodes watchers here.
+//! `hangar-controller` command), which also hosts the writer, and WatchNodes or WatchBackends
+//! watchers here.
 //!
 //! The writer lives in the controller's process because it writes to the store directly (a
-//! `backend_count` update of one node per change) and the store wakes the watch hub in-process;
-//! it is driven over the child's stdin and reports its write times on stdout.
+//! `backend_count` update of one node per change, or one backend state change) and the store
+//! wakes the watch hub in-process; it is driven over the child's stdin and reports its write
+//! times on stdout.
 
-use crate::WatchArgs;
+use crate::backend_side::BackendWriter;
 use crate::fanout::{self, WatcherCtx, Writer};
 use crate::measure::{Plan, Report, WatcherLog, WriteTimes};
 use crate::procs;
+use crate::{WatchArgs, WatchKind};
 use chrono::Utc;
+use futures::future::BoxFuture;
 use hangar::domain::{NodeKind, NodeResources};
 use hangar::v1;
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
@@ -18,6 +22,7 @@ use hangar_server::store::{self, NodeRegistration, NodeUpdate, UpdateCondition};
 use prost::Message;
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout, Command};
@@ -31,6 +36,12 @@ pub struct ControllerArgs {
     /// Directory for the SQLite database.
     #[arg(long)]
     dir: PathBuf,
+    /// What the writer changes: nodes or backends.
+    #[arg(long, value_enum, default_value = "nodes")]
+    kind: WatchKind,
+    /// Changes of the whole run (backends: how many backends each step goes round).
+    #[arg(long, default_value_t = 0)]
+    events: u32,
 }
 
 /// A node as a real drone reports it: a typical set of labels, so that an event has a
@@ -86,34 +97,59 @@ pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
     let node = store.attach_node(registration(), &config.controller_id, Utc::now()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let controller = Controller::start(store.clone(), config, listener).await?;
-    println!("ready {} {}", controller.local_addr(), v1::Node::from(&node).encoded_len());
+    let (event_bytes, warm, write): (usize, Change, Change) = match args.kind {
+        WatchKind::Nodes => {
+            let update = {
+                let (store, id) = (store.clone(), node.id.clone());
+                move |u: NodeUpdate| {
+                    let (store, id) = (store.clone(), id.clone());
+                    async move {
+                        store
+                            .update_node(&id, u, UpdateCondition::Always)
+                            .await?
+                            .ok_or_else(|| anyhow::anyhow!("node gone"))
+                            .map(drop)
+                    }
+                }
+            };
+            let resources = node.resources;
+            let warm_update = update.clone();
+            let warm: Change = Arc::new(move |k| {
+                let resources = NodeResources { cpu_used_millis: u64::from(k), ..resources };
+                Box::pin(warm_update(NodeUpdate { resources: Some(resources), ..Default::default() }))
+            });
+            let write: Change =
+                Arc::new(move |i| Box::pin(update(NodeUpdate { backend_count: Some(i), ..Default::default() })));
+            (v1::Node::from(&node).encoded_len(), warm, write)
+        }
+        WatchKind::Backends => {
+            let backends = Arc::new(BackendWriter::new(store.clone(), node.id.clone(), args.events));
+            let event_bytes = backends.event_bytes().await?;
+            let warm_writer = backends.clone();
+            let warm: Change = Arc::new(move |k| {
+                let backends = warm_writer.clone();
+                Box::pin(async move { backends.warm_up(k).await })
+            });
+            let write: Change = Arc::new(move |i| {
+                let backends = backends.clone();
+                Box::pin(async move { backends.change(i).await })
+            });
+            (event_bytes, warm, write)
+        }
+    };
+    println!("ready {} {event_bytes}", controller.local_addr());
 
     // The writer stands in for the controller's clients: on its own thread, its writes take the
     // controller's store path.
     let writer = fanout::WriterThread::new()?;
-    let update = {
-        let (store, id) = (store.clone(), node.id.clone());
-        move |u: NodeUpdate| {
-            let (store, id) = (store.clone(), id.clone());
-            async move {
-                store.update_node(&id, u, UpdateCondition::Always).await?.ok_or_else(|| anyhow::anyhow!("node gone"))
-            }
-        }
-    };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["warm", k] => {
-                let resources = NodeResources { cpu_used_millis: k.parse()?, ..node.resources };
-                update(NodeUpdate { resources: Some(resources), ..Default::default() }).await?;
-            }
+            ["warm", k] => warm(k.parse()?).await?,
             ["write", from, to, rate, concurrency] => {
-                let update = update.clone();
-                let write = move |i| {
-                    let write = update(NodeUpdate { backend_count: Some(i), ..Default::default() });
-                    async move { write.await.map(drop) }
-                };
+                let write = write.clone();
+                let write = move |i| write(i);
                 // The times are printed after the phase: printing is a blocking write to a pipe
                 // that the busy parent may drain late, and it must not stall the controller's
                 // threads while they are measured.
@@ -137,6 +173,9 @@ pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
     drop(writer);
     controller.shutdown().await
 }
+
+/// One change of the run, `k` or `i`: a warm-up or a measured change.
+type Change = Arc<dyn Fn(u32) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
 /// The parent's handle on the child's writer.
 struct ChildWriter {
@@ -185,6 +224,7 @@ pub async fn run(args: &WatchArgs, plan: &Plan) -> anyhow::Result<Report> {
     let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in(&args.data_dir)?;
     let mut command = Command::new(std::env::current_exe()?);
     command.arg("hangar-controller").arg("--dir").arg(dir.path());
+    command.arg("--kind").arg(args.kind.as_str()).arg("--events").arg(args.events.to_string());
     let mut child = procs::spawn_owned(command)?;
     let pid = child.id().ok_or_else(|| anyhow::anyhow!("controller exited at once"))?;
     let stdin = child.stdin.take().expect("piped");
@@ -203,8 +243,18 @@ pub async fn run(args: &WatchArgs, plan: &Plan) -> anyhow::Result<Report> {
     }
 
     let mut writer = ChildWriter { stdin, stdout };
+    let kind = args.kind;
+    let events = args.events;
     let report = fanout::drive("hangar", args, plan, pid, event_bytes, &mut writer, |i, ctx| {
-        watcher(channels[i % channels.len()].clone(), ctx)
+        let channel = channels[i % channels.len()].clone();
+        async move {
+            match kind {
+                WatchKind::Nodes => watcher::<ResponseIndex>(channel, ctx, ()).await,
+                WatchKind::Backends => {
+                    watcher::<crate::backend_side::ResponseIndex>(channel, ctx, BackendWriter::round(events)).await
+                }
+            }
+        }
     })
     .await?;
 
@@ -236,17 +286,39 @@ struct NodeIndex {
     backend_count: u32,
 }
 
-async fn open_watch(channel: Channel) -> Result<tonic::Streaming<ResponseIndex>, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|err| tonic::Status::unavailable(err.to_string()))?;
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/hangar.v1.NodeService/WatchNodes");
-    let codec = tonic_prost::ProstCodec::<v1::WatchNodesRequest, ResponseIndex>::default();
-    Ok(grpc.server_streaming(tonic::Request::new(v1::WatchNodesRequest::default()), path, codec).await?.into_inner())
+/// A watch response read only as far as the benchmark needs: the change index it carries.
+pub trait WatchIndex: prost::Message + Default + Send + 'static {
+    /// The watch's request message and path.
+    type Request: prost::Message + Default + Send + 'static;
+    const PATH: &'static str;
+    /// What the index is computed from (backends: how many backends a round has).
+    type Context: Copy + Send + 'static;
+    /// `None` when the response carries no change; `Some(None)` for a warm-up change.
+    fn index(self, context: Self::Context) -> Option<Option<u32>>;
 }
 
-async fn watcher(channel: Channel, ctx: WatcherCtx) -> WatcherLog {
+impl WatchIndex for ResponseIndex {
+    type Request = v1::WatchNodesRequest;
+    const PATH: &'static str = "/hangar.v1.NodeService/WatchNodes";
+    type Context = ();
+
+    fn index(self, (): ()) -> Option<Option<u32>> {
+        let node = self.event.and_then(|e| e.node)?;
+        Some((node.backend_count != 0).then_some(node.backend_count))
+    }
+}
+
+async fn open_watch<R: WatchIndex>(channel: Channel) -> Result<tonic::Streaming<R>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|err| tonic::Status::unavailable(err.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(R::PATH);
+    let codec = tonic_prost::ProstCodec::<R::Request, R>::default();
+    Ok(grpc.server_streaming(tonic::Request::new(R::Request::default()), path, codec).await?.into_inner())
+}
+
+async fn watcher<R: WatchIndex>(channel: Channel, ctx: WatcherCtx, context: R::Context) -> WatcherLog {
     let mut log = WatcherLog::new(ctx.plan.last() as usize + 1);
-    let mut stream = match open_watch(channel).await {
+    let mut stream = match open_watch::<R>(channel).await {
         Ok(stream) => stream,
         Err(status) => {
             log.error = Some(status.to_string());
@@ -261,8 +333,7 @@ async fn watcher(channel: Channel, ctx: WatcherCtx) -> WatcherLog {
         };
         match message {
             Ok(Some(response)) => {
-                let Some(node) = response.event.and_then(|e| e.node) else { continue };
-                let index = (node.backend_count != 0).then_some(node.backend_count);
+                let Some(index) = response.index(context) else { continue };
                 if ctx.received(&mut log, index, &mut warm) {
                     return log;
                 }

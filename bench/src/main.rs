@@ -1,11 +1,13 @@
 //! `hangar-bench`: benchmarks that print figures next to an anchor measured in the same run.
 //!
-//! `hangar-bench watch` measures `WatchNodes` against etcd's watch: the same number of watcher
+//! `hangar-bench watch` measures `WatchNodes` (or, with `--kind backends`, `WatchBackends`)
+//! against etcd's watch: the same number of watcher
 //! streams over the same number of HTTP/2 connections, the same writes (one value of the size of
 //! a Hangar node event, changed E times at a fixed rate and then in a burst), and for each system
 //! the delivery latency, the fan-out throughput and the server's memory per watcher. Each server
 //! runs in its own process so that its RSS can be read from `/proc`.
 
+mod backend_side;
 mod etcd;
 mod fanout;
 mod hangar_side;
@@ -33,8 +35,31 @@ enum Command {
     HangarController(hangar_side::ControllerArgs),
 }
 
+/// Which watch the Hangar side measures.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    /// WatchNodes: each change is a change of one node.
+    Nodes,
+    /// WatchBackends: each change is one backend state change (backends are started, then moved
+    /// through their life, SCHEDULED to TERMINATED).
+    Backends,
+}
+
+impl WatchKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchKind::Nodes => "nodes",
+            WatchKind::Backends => "backends",
+        }
+    }
+}
+
 #[derive(Parser, Debug, Clone)]
 pub struct WatchArgs {
+    /// What the Hangar watchers watch: node changes (WatchNodes) or backend state changes
+    /// (WatchBackends). etcd's side is the same either way, with values of the event's size.
+    #[arg(long, value_enum, default_value = "nodes")]
+    pub kind: WatchKind,
     /// Watcher streams per system (each its own WatchNodes / etcd Watch call).
     #[arg(long, default_value_t = 1000)]
     pub watchers: usize,
@@ -138,8 +163,9 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         burst: args.events - args.paced_events - args.loaded_events - args.heavy_events,
     };
     println!(
-        "watch benchmark: {} watchers over {} HTTP/2 connections, {} changes ({} at {}/s, {} at {}/s, {} at \
+        "watch benchmark ({}): {} watchers over {} HTTP/2 connections, {} changes ({} at {}/s, {} at {}/s, {} at \
          {}/s, then {} in a burst; at most {} writes in flight)",
+        args.kind.as_str(),
         args.watchers,
         args.connections,
         args.events,

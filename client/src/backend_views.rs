@@ -347,6 +347,9 @@ pub struct BackendPage {
     pub backends: Vec<BackendView>,
     /// Token of the next page; `None` on the last page.
     pub next_page_token: Option<String>,
+    /// The listing's revision (its first page's snapshot): `watch_backends` with this
+    /// `start_revision` continues after the listing without a gap.
+    pub revision: u64,
 }
 
 /// `Option<Duration>` as `"1h 30m"` or `null` in JSON.

@@ -65,6 +65,7 @@ impl HangarClient {
         Ok(BackendPage {
             backends: response.backends.iter().map(BackendView::from_proto).collect::<Result<_, _>>()?,
             next_page_token: (!response.next_page_token.is_empty()).then_some(response.next_page_token),
+            revision: response.revision,
         })
     }
 

@@ -73,7 +73,7 @@ pub use credentials::{BearerToken, ClientTls, CredentialFlags, Credentials, Cred
 pub use error::ClientError;
 pub use node_store::NodeStore;
 pub use retry::RetryPolicy;
-pub use watch::{NodeWatchEvent, Reconnect, Resume, WatchOptions};
+pub use watch::{BackendWatchEvent, NodeWatchEvent, Reconnect, Resume, WatchEvent, WatchOptions};
 
 /// The shared domain types the SDK speaks in.
 pub use hangar::domain;

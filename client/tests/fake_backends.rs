@@ -148,6 +148,7 @@ impl BackendService for FakeBackends {
         Ok(Response::new(v1::ListBackendsResponse {
             backends: (page * size..end).map(proto_backend).collect(),
             next_page_token: if end < self.backend_count { (page + 1).to_string() } else { String::new() },
+            revision: 0,
         }))
     }
 
@@ -170,6 +171,17 @@ impl BackendService for FakeBackends {
             }
         };
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type WatchBackendsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::WatchBackendsResponse, Status>> + Send>>;
+
+    /// Not what these tests drive: `tests/tests/backend_watch.rs` watches a real controller.
+    async fn watch_backends(
+        &self,
+        _: Request<v1::WatchBackendsRequest>,
+    ) -> Result<Response<Self::WatchBackendsStream>, Status> {
+        Err(Status::unimplemented("the fake controller has no WatchBackends"))
     }
 
     async fn terminate_backend(

@@ -6,8 +6,8 @@ use hangar::domain::{
 };
 use hangar::v1;
 use hangar_server::store::{
-    ActionPayload, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome, IssuedToken, NodeRegistration,
-    NodeUpdate, SpawnPlan, UpdateCondition, new_action_id,
+    ActionPayload, BackendFilter, Change, ChangeKind, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome,
+    IssuedToken, NodeRegistration, NodeUpdate, SpawnPlan, UpdateCondition, new_action_id,
 };
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -25,6 +25,8 @@ hangar_server::store_scenarios!(
     renewal_needs_the_current_fencing_token,
     a_status_message_is_kept_in_the_history_and_never_shows_a_secret,
     a_passed_drain_deadline_terminates_only_while_the_drone_is_still_drained,
+    the_watch_log_carries_backend_and_node_changes_in_revision_order_with_the_state_before,
+    listings_and_snapshots_carry_their_revision_and_filter_by_pool_labels_and_key_prefix,
 );
 
 fn key(name: &str, tag: &str) -> BackendKey {
@@ -379,4 +381,99 @@ async fn a_status_message_is_kept_in_the_history_and_never_shows_a_secret(db: Da
     let released = store.release_expired_key(&lost.id, true, later).await.unwrap().unwrap();
     assert_eq!(released.status.termination_reason, Some(TerminationReason::Lost));
     assert!(released.status.message.contains("its drone d1 went away"), "{}", released.status.message);
+}
+
+async fn the_watch_log_carries_backend_and_node_changes_in_revision_order_with_the_state_before(db: Database) {
+    let store = db.open().await;
+    let start = store.current_revision().await.unwrap();
+    let node = store.attach_node(drone_registration("d1"), "c", Utc::now()).await.unwrap();
+    let ConnectOutcome::Spawned(b) =
+        store.connect_backend(spec(Some(key("log", "")), drones(5, &[&node.id]), LEASE), &first).await.unwrap()
+    else {
+        panic!("spawn")
+    };
+    let now = Utc::now();
+    let ready = BackendStatus::new(BackendState::Ready, now);
+    store.apply_backend_event(&node.id, &b.id, ready, "127.0.0.1:9000", now).await.unwrap();
+    store
+        .update_node(&node.id, NodeUpdate { backend_count: Some(1), ..Default::default() }, UpdateCondition::Always)
+        .await
+        .unwrap();
+    // A termination request is a revision but no status: no entry in the log.
+    store.request_termination(&b.id, TerminationKind::Soft, TerminationReason::External, now).await.unwrap();
+    store.mark_lost(&b.id, now).await.unwrap();
+
+    let log = store.changes_since(start, 100).await.unwrap();
+    let summary: Vec<String> = log
+        .iter()
+        .map(|change| match change {
+            Change::Node(c) => format!("node {:?}", c.kind),
+            Change::Backend(c) => format!("backend {:?} {:?} from {:?}", c.kind, c.backend.status.state, c.previous),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "node Added",
+            "backend Added Scheduled from None",
+            "backend Modified Ready from Some(Scheduled)",
+            "node Modified",
+            "backend Modified Terminated from Some(Ready)",
+        ]
+    );
+    let revisions: Vec<_> = log.iter().map(Change::revision).collect();
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
+    let Change::Backend(ready) = &log[2] else { panic!() };
+    assert_eq!(ready.backend.address, "127.0.0.1:9000", "the whole backend as it was after the change");
+    assert_eq!(ready.kind, ChangeKind::Modified);
+    // A limit cuts the log into complete prefixes.
+    let mut pieces = Vec::new();
+    let mut after = start;
+    loop {
+        let piece = store.changes_since(after, 2).await.unwrap();
+        let Some(last) = piece.last() else { break };
+        after = last.revision();
+        pieces.extend(piece);
+    }
+    assert_eq!(pieces, log);
+}
+
+async fn listings_and_snapshots_carry_their_revision_and_filter_by_pool_labels_and_key_prefix(db: Database) {
+    let store = db.open().await;
+    let mut labelled = spec(Some(key("report-1", "")), drones(50, &["d1"]), LEASE);
+    if let Some(plan) = labelled.spawn.as_mut() {
+        plan.config.labels = [("team".to_string(), "blue".to_string())].into();
+        plan.config.pool = "gpu".into();
+    }
+    let ConnectOutcome::Spawned(report) = store.connect_backend(labelled, &first).await.unwrap() else { panic!() };
+    for name in ["note-1", "note-2"] {
+        store.connect_backend(spec(Some(key(name, "")), drones(50, &["d1"]), LEASE), &first).await.unwrap();
+    }
+    let current = store.current_revision().await.unwrap();
+    let page = store.list_backends(&BackendFilter::default(), None, 10).await.unwrap();
+    assert_eq!((page.backends.len(), page.revision, page.more), (3, current, false));
+    let ids = |page: hangar_server::store::BackendPage| page.backends.into_iter().map(|b| b.id).collect::<Vec<_>>();
+    let by_labels = BackendFilter { labels: [("team".to_string(), "blue".to_string())].into(), ..Default::default() };
+    assert_eq!(ids(store.list_backends(&by_labels, None, 10).await.unwrap()), [report.id.as_str()]);
+    let by_pool = BackendFilter { pool: Some("gpu".into()), ..Default::default() };
+    assert_eq!(ids(store.list_backends(&by_pool, None, 10).await.unwrap()), [report.id.as_str()]);
+    let by_prefix = BackendFilter { key_prefix: Some("note-".into()), ..Default::default() };
+    let notes = store.list_backends(&by_prefix, None, 1).await.unwrap();
+    assert!(notes.more, "a page of one of two");
+    let snapshot = store.backend_snapshot(&by_prefix).await.unwrap();
+    assert_eq!((snapshot.backends.len(), snapshot.revision), (2, current));
+    assert!(snapshot.backends.iter().all(|b| b.key.as_ref().is_some_and(|k| k.name.starts_with("note-"))));
+}
+
+fn drone_registration(name: &str) -> NodeRegistration {
+    NodeRegistration {
+        kind: NodeKind::Drone,
+        name: name.into(),
+        cluster: "default".into(),
+        pool: "default".into(),
+        labels: Default::default(),
+        version: "1.0.0".into(),
+        backend_capacity: 5,
+        resources: NodeResources::default(),
+    }
 }

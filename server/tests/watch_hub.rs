@@ -4,9 +4,9 @@
 
 use chrono::Utc;
 use hangar::domain::{NodeKind, NodeResources};
-use hangar_server::store::{DynStore, LocalCommit, NodeRegistration, NodeUpdate, Revision, UpdateCondition};
+use hangar_server::store::{Change, DynStore, LocalCommit, NodeRegistration, NodeUpdate, Revision, UpdateCondition};
 use hangar_server::testing::TestDatabase;
-use hangar_server::watch::{NodeWatchHub, WatchConfig};
+use hangar_server::watch::{HubChange, WatchConfig, WatchHub, Watched};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -26,25 +26,33 @@ fn drone(name: &str) -> NodeRegistration {
 
 /// A hub on `store`, running as a controller runs it. The poll interval is long so that a
 /// change can only arrive through the local feed or a notification, not by the periodic read.
-async fn running_hub(store: &DynStore, shutdown: &CancellationToken) -> NodeWatchHub {
+async fn running_hub(store: &DynStore, shutdown: &CancellationToken) -> WatchHub {
     let config = WatchConfig { poll_interval: Duration::from_secs(3600), ..WatchConfig::default() };
-    let hub = NodeWatchHub::new(store.clone(), config, shutdown.clone()).await.unwrap();
+    let hub = WatchHub::new(store.clone(), config, shutdown.clone()).await.unwrap();
     let (notified, local) = (store.subscribe(), store.local_commits());
     let runner = hub.clone();
     tokio::spawn(async move { runner.run(notified, local).await });
     hub
 }
 
+/// The backend count of a node change (these tests change nothing else).
+fn backend_count(change: &HubChange) -> u32 {
+    match &change.object {
+        Watched::Node { node, .. } => node.backend_count,
+        Watched::Backend { .. } => panic!("these tests make node changes only"),
+    }
+}
+
 /// Receives changes until `count` have arrived; returns their revisions and backend counts.
 async fn receive(subscription: &mut hangar_server::watch::Subscription, count: usize) -> Vec<(Revision, u32)> {
     let mut seen: Vec<(Revision, u32)> =
-        subscription.backlog.drain(..).map(|c| (c.revision, c.node.backend_count)).collect();
+        subscription.backlog.drain(..).map(|c| (c.revision, backend_count(&c))).collect();
     while seen.len() < count {
         let change = tokio::time::timeout(Duration::from_secs(10), subscription.live.recv())
             .await
             .unwrap_or_else(|_| panic!("only {} of {count} changes arrived: {seen:?}", seen.len()))
             .expect("the feed stays open");
-        seen.push((change.revision, change.node.backend_count));
+        seen.push((change.revision, backend_count(&change)));
     }
     seen
 }
@@ -125,7 +133,7 @@ async fn a_local_commit_waits_for_the_revisions_before_it_then_the_log_fills_the
     let node = store.attach_node(drone("d1"), "controller-a", Utc::now()).await.unwrap();
     let before = store.current_revision().await.unwrap();
     let config = WatchConfig { poll_interval: Duration::from_secs(3600), ..WatchConfig::default() };
-    let hub = NodeWatchHub::new(store.clone(), config, shutdown.clone()).await.unwrap();
+    let hub = WatchHub::new(store.clone(), config, shutdown.clone()).await.unwrap();
     let mut subscription = hub.subscribe(before).await.unwrap();
     // The hub reads the log once when it starts. A change committed before it runs can reach it
     // only through that read, so receiving it shows the read is over: the writes below can then
@@ -142,7 +150,8 @@ async fn a_local_commit_waits_for_the_revisions_before_it_then_the_log_fills_the
     concurrent_writes(&store, &node.id, 1..6).await;
     let changes = store.node_changes_since(start, 10).await.unwrap();
     assert_eq!(changes.len(), 5);
-    let commit = |i: usize| LocalCommit { revision: changes[i].revision, node: Some(changes[i].clone()) };
+    let commit =
+        |i: usize| LocalCommit { revision: changes[i].revision, change: Some(Change::Node(changes[i].clone())) };
 
     // Published out of order: nothing goes out ahead of an earlier revision.
     for i in [2, 0, 1] {

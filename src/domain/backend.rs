@@ -247,6 +247,13 @@ pub struct BackendFilter {
     pub drone_id: Option<String>,
     pub key_namespace: Option<String>,
     pub cluster: Option<String>,
+    pub pool: Option<String>,
+    /// Every one of these labels, with exactly this value.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The key's name starts with this; backends without a key never match.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
 }
 
 impl BackendFilter {
@@ -277,7 +284,29 @@ impl BackendFilter {
             drone_id: non_empty(&f.drone_id),
             key_namespace: non_empty(&f.key_namespace),
             cluster: non_empty(&f.cluster),
+            pool: non_empty(&f.pool),
+            labels: f.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            key_prefix: non_empty(&f.key_prefix),
         })
+    }
+
+    /// Whether `backend` is one this filter selects. Of its fields only the status changes
+    /// during a backend's life, so a backend enters or leaves a filter only through `states`.
+    pub fn matches(&self, backend: &Backend) -> bool {
+        self.matches_in(backend, backend.status.state)
+    }
+
+    /// Whether `backend` would match were it in `state`: a watch tells from the state before a
+    /// change whether the backend was in the filter.
+    pub fn matches_in(&self, backend: &Backend, state: BackendState) -> bool {
+        let key = backend.key.as_ref();
+        (self.states.is_empty() || self.states.contains(&state))
+            && self.drone_id.as_ref().is_none_or(|d| *d == backend.drone_id)
+            && self.key_namespace.as_ref().is_none_or(|n| key.is_some_and(|k| k.namespace == *n))
+            && self.key_prefix.as_ref().is_none_or(|p| key.is_some_and(|k| k.name.starts_with(p.as_str())))
+            && self.cluster.as_ref().is_none_or(|c| *c == backend.cluster)
+            && self.pool.as_ref().is_none_or(|p| *p == backend.pool)
+            && self.labels.iter().all(|(k, v)| backend.labels.get(k) == Some(v))
     }
 
     pub fn to_proto(&self) -> v1::BackendFilter {
@@ -286,6 +315,9 @@ impl BackendFilter {
             drone_id: self.drone_id.clone().unwrap_or_default(),
             key_namespace: self.key_namespace.clone().unwrap_or_default(),
             cluster: self.cluster.clone().unwrap_or_default(),
+            pool: self.pool.clone().unwrap_or_default(),
+            labels: self.labels.clone().into_iter().collect(),
+            key_prefix: self.key_prefix.clone().unwrap_or_default(),
         }
     }
 }

@@ -88,7 +88,7 @@ async fn reflection_v1alpha_lists_services_and_serves_their_descriptors() {
         .expect("backend.proto served");
     let service = backend.service.iter().find(|s| s.name() == "BackendService").unwrap();
     let methods: Vec<_> = service.method.iter().map(|m| m.name()).collect();
-    assert_eq!(methods, ["Connect", "GetBackend", "ListBackends", "WatchBackend", "TerminateBackend"]);
+    assert_eq!(methods, ["Connect", "GetBackend", "ListBackends", "WatchBackend", "WatchBackends", "TerminateBackend"]);
     cluster.shutdown().await;
 }
 

@@ -26,6 +26,7 @@ const EXPECTED: &[(&str, Role)] = &[
     ("/hangar.v1.BackendService/ListBackends", Role::Reader),
     ("/hangar.v1.BackendService/GetBackend", Role::Reader),
     ("/hangar.v1.BackendService/WatchBackend", Role::Reader),
+    ("/hangar.v1.BackendService/WatchBackends", Role::Reader),
     ("/hangar.v1.BackendService/Connect", Role::Client),
     ("/hangar.v1.BackendService/TerminateBackend", Role::Client),
     ("/hangar.v1.DroneService/Attach", Role::Drone),
@@ -99,6 +100,9 @@ async fn call(method: &str, ch: Authed) -> Result<(), Status> {
         }
         "/hangar.v1.BackendService/WatchBackend" => {
             BackendServiceClient::new(ch).watch_backend(v1::WatchBackendRequest { id: missing() }).await.map(drop)
+        }
+        "/hangar.v1.BackendService/WatchBackends" => {
+            BackendServiceClient::new(ch).watch_backends(v1::WatchBackendsRequest::default()).await.map(drop)
         }
         "/hangar.v1.BackendService/Connect" => {
             BackendServiceClient::new(ch).connect(v1::ConnectRequest::default()).await.map(drop)

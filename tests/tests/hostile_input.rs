@@ -201,6 +201,7 @@ enum Call {
     GetBackend(v1::GetBackendRequest),
     ListBackends(v1::ListBackendsRequest),
     WatchBackend(v1::WatchBackendRequest),
+    WatchBackends(v1::WatchBackendsRequest),
     TerminateBackend(v1::TerminateBackendRequest),
     LookupRoute(v1::LookupRouteRequest),
 }
@@ -225,7 +226,7 @@ fn call() -> impl Strategy<Value = Call> {
             prop::option::of(
                 (enums(), prop_oneof![3 => Just(String::new()), 1 => id()], rare_text(), rare_text()).prop_map(
                     |(states, drone_id, key_namespace, cluster)| {
-                        v1::BackendFilter { states, drone_id, key_namespace, cluster }
+                        v1::BackendFilter { states, drone_id, key_namespace, cluster, ..Default::default() }
                     }
                 )
             ),
@@ -238,6 +239,24 @@ fn call() -> impl Strategy<Value = Call> {
                 page_token
             })),
         id().prop_map(|id| Call::WatchBackend(v1::WatchBackendRequest { id })),
+        (
+            prop::option::of((enums(), rare_text(), rare_text(), map()).prop_map(
+                |(states, key_namespace, key_prefix, labels)| {
+                    v1::BackendFilter { states, key_namespace, key_prefix, labels, ..Default::default() }
+                }
+            )),
+            prop_oneof![6 => Just(0u64), 1 => 0u64..20, 1 => any::<u64>()],
+            any::<bool>(),
+            duration()
+        )
+            .prop_map(|(filter, start_revision, send_initial, bookmark_interval)| {
+                Call::WatchBackends(v1::WatchBackendsRequest {
+                    filter,
+                    start_revision,
+                    send_initial,
+                    bookmark_interval,
+                })
+            }),
         (id(), any::<bool>()).prop_map(|(id, hard)| Call::TerminateBackend(v1::TerminateBackendRequest { id, hard })),
         text().prop_map(|token| Call::LookupRoute(v1::LookupRouteRequest { token })),
     ]
@@ -284,6 +303,7 @@ impl Target {
             Call::GetBackend(r) => backends.get_backend(r).await.map(drop),
             Call::ListBackends(r) => backends.list_backends(r).await.map(drop),
             Call::WatchBackend(r) => first_of(backends.watch_backend(r).await?.into_inner()).await,
+            Call::WatchBackends(r) => first_of(backends.watch_backends(r).await?.into_inner()).await,
             Call::TerminateBackend(r) => backends.terminate_backend(r).await.map(drop),
             Call::LookupRoute(r) => proxies.lookup_route(r).await.map(drop),
         }

@@ -3,7 +3,7 @@
 
 use crate::{ClientError, ClientOptions, CredentialFlags, Credentials, DEFAULT_CONTROLLER, HangarClient};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hangar::domain::{BackendState, NodeFilter, NodeKind, NodeState, PullPolicy};
+use hangar::domain::{BackendFilter, BackendState, NodeFilter, NodeKind, NodeState, PullPolicy};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -94,9 +94,10 @@ pub enum BackendsCommand {
     /// Show one backend in detail: status, termination, drone, address, spawn config.
     #[command(after_help = BACKENDS_GET_EXAMPLES)]
     Get(BackendIdArgs),
-    /// Print the backend's states as they happen, until it is TERMINATED.
+    /// With an id: the backend's states as they happen, until it is TERMINATED. Without: the
+    /// matching backends, then every change to them across the cluster, until Ctrl-C.
     #[command(after_help = BACKENDS_WATCH_EXAMPLES)]
-    Watch(BackendIdArgs),
+    Watch(BackendsWatchArgs),
     /// Stop a backend: soft (SIGTERM, then kill) or, with --hard, at once.
     #[command(after_help = BACKENDS_TERMINATE_EXAMPLES)]
     Terminate(BackendsTerminateArgs),
@@ -222,6 +223,71 @@ pub struct BackendsListArgs {
     /// Only backends of this cluster.
     #[arg(long, value_name = "CLUSTER")]
     pub cluster: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackendsWatchArgs {
+    /// Backend id: follow this one backend to TERMINATED. Without it, watch every backend the
+    /// filter flags match.
+    pub id: Option<String>,
+
+    #[command(flatten)]
+    pub filter: BackendsListArgs,
+
+    /// Only backends whose key name starts with this.
+    #[arg(long, value_name = "PREFIX", conflicts_with = "id")]
+    pub key_prefix: Option<String>,
+
+    /// Only backends of this pool.
+    #[arg(long, value_name = "POOL", conflicts_with = "id")]
+    pub pool: Option<String>,
+
+    /// Only backends carrying this label with this value; repeat for several (all must match).
+    #[arg(long, value_parser = parse_label, value_name = "KEY=VALUE", conflicts_with = "id")]
+    pub label: Vec<(String, String)>,
+
+    /// Ask for a BOOKMARK line after this much quiet time (e.g. 30s), to show the watch is alive.
+    #[arg(long, value_parser = parse_interval, value_name = "DURATION", conflicts_with = "id")]
+    pub bookmark_interval: Option<Duration>,
+}
+
+impl BackendsWatchArgs {
+    /// Whether a filter flag was given (they only apply to the watch of every backend).
+    pub fn has_filter(&self) -> bool {
+        let f = &self.filter;
+        !f.state.is_empty()
+            || f.drone.is_some()
+            || f.namespace.is_some()
+            || f.cluster.is_some()
+            || self.key_prefix.is_some()
+            || self.pool.is_some()
+            || !self.label.is_empty()
+    }
+
+    /// The domain filter; an error names a label given twice with different values.
+    pub fn to_filter(&self) -> Result<BackendFilter, String> {
+        let non_empty = |s: &Option<String>| s.as_ref().filter(|s| !s.is_empty()).cloned();
+        let mut labels = BTreeMap::new();
+        for (key, value) in &self.label {
+            if let Some(previous) = labels.insert(key.clone(), value.clone())
+                && previous != *value
+            {
+                return Err(format!("--label {key} is given twice ({key}={previous} and {key}={value}); give one"));
+            }
+        }
+        let mut states = self.filter.state.clone();
+        states.sort();
+        states.dedup();
+        Ok(BackendFilter {
+            states,
+            drone_id: non_empty(&self.filter.drone),
+            key_namespace: non_empty(&self.filter.namespace),
+            cluster: non_empty(&self.filter.cluster),
+            pool: non_empty(&self.pool),
+            labels,
+            key_prefix: non_empty(&self.key_prefix),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -656,8 +722,15 @@ const BACKENDS_WATCH_EXAMPLES: &str = "\
 Examples:
   hangar backends watch bk-0193…           # its history, then each change, until TERMINATED
   hangar backends watch bk-0193… -o json   # one JSON object per line
+  hangar backends watch                    # every backend, then every change in the cluster, until Ctrl-C
+  hangar backends watch --namespace docs --state ready,waiting   # leaving the filter shows as REMOVED
+  hangar backends watch --key-prefix doc- --label team=blue -o json | jq -c 'select(.type != \"BOOKMARK\")'
 
-A dropped stream is resumed without repeating a state.";
+A dropped stream is resumed without repeating a state. Without an id, the watch prints the matching
+backends, `-- snapshot at revision N; watching --`, then ADDED, MODIFIED and REMOVED as they happen;
+it resumes from the last revision after a dropped stream (moving to the next --controller if
+several are given) and lists again if that revision was compacted. -o json prints NDJSON: one
+{\"type\", \"revision\", \"backend\"} object per line.";
 
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:

@@ -1,7 +1,7 @@
 //! `hangar connect` and `hangar backends …`
 
-use super::{BackendIdArgs, BackendsCommand, Cli, CliError, ConnectArgs, OutputFormat, render};
-use crate::{ConnectRequest, Connection, HangarClient, SpawnSpec};
+use super::{BackendIdArgs, BackendsCommand, BackendsWatchArgs, Cli, CliError, ConnectArgs, OutputFormat, render};
+use crate::{BackendWatchEvent, ConnectRequest, Connection, HangarClient, SpawnSpec, WatchOptions};
 use chrono::Utc;
 use futures::StreamExt;
 use hangar::domain::{BackendFilter, BackendKey, BackendState, ResourceLimits};
@@ -22,6 +22,7 @@ pub(super) async fn execute(cli: &Cli, command: &BackendsCommand) -> Result<Stri
                 drone_id: non_empty(&args.drone),
                 key_namespace: non_empty(&args.namespace),
                 cluster: non_empty(&args.cluster),
+                ..BackendFilter::default()
             };
             let client = cli.connect().await?;
             let backends = client.list_all_backends(&filter).await?;
@@ -33,8 +34,17 @@ pub(super) async fn execute(cli: &Cli, command: &BackendsCommand) -> Result<Stri
             Ok(render::backend(&backend, cli.output, Utc::now()))
         }
         BackendsCommand::Watch(args) => {
+            let Some(id) = &args.id else {
+                return Err(CliError::Usage(
+                    "`hangar backends watch` without an id runs until interrupted; drive it with `cli::watch_backends`"
+                        .to_string(),
+                ));
+            };
+            if args.has_filter() {
+                return Err(CliError::Usage("filter flags watch every backend; leave out the id".to_string()));
+            }
             let mut out = Vec::new();
-            watch_backend(cli, args, &mut out).await?;
+            watch_backend(cli, &BackendIdArgs { id: id.clone() }, &mut out).await?;
             Ok(String::from_utf8_lossy(&out).into_owned())
         }
         BackendsCommand::Terminate(args) => {
@@ -226,4 +236,42 @@ fn write(stdout: &mut dyn Write, text: &str) {
 /// The key a connection is shown with: the one asked for, else the backend's own.
 pub(super) fn shown_key<'a>(connection: &'a Connection, asked: Option<&'a BackendKey>) -> Option<&'a BackendKey> {
     asked.or_else(|| connection.backend.as_ref().and_then(|b| b.key.as_ref()))
+}
+
+/// `hangar backends watch` without an id: one line per event on `stdout`, flushed as it comes;
+/// reconnects on `stderr`. Returns `Ok` when `stop` completes (Ctrl-C) or stdout is closed
+/// (`| head`), and the error when the watch cannot go on.
+pub async fn watch_backends(
+    cli: &Cli,
+    args: &BackendsWatchArgs,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), CliError> {
+    let filter = args.to_filter().map_err(CliError::Usage)?;
+    let (first, fallbacks) = super::nodes::connect_first_reachable(&cli.controller, cli.client_options()?).await?;
+    let options = WatchOptions { bookmark_interval: args.bookmark_interval, fallbacks, ..WatchOptions::default() };
+    let mut events = std::pin::pin!(first.watch_backends(filter, options));
+    let mut stop = std::pin::pin!(stop);
+    let mut printer = render::BackendWatchPrinter::new(cli.output);
+    loop {
+        let event = tokio::select! {
+            () = &mut stop => return Ok(()),
+            event = events.next() => event,
+        };
+        match event {
+            None => return Ok(()),
+            Some(Err(err)) => return Err(err.into()),
+            Some(Ok(BackendWatchEvent::Reconnecting(reconnect))) => {
+                let _ = stderr.write_all(render::watch_reconnect(&reconnect).as_bytes()).and_then(|()| stderr.flush());
+            }
+            Some(Ok(event)) => {
+                let text = printer.event(&event, chrono::Local::now().time());
+                // A closed pipe ends the watch quietly, like `backends list | head` does.
+                if stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
 }

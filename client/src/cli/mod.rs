@@ -16,12 +16,12 @@ mod nodes;
 pub mod render;
 
 pub use args::{
-    BackendIdArgs, BackendsCommand, BackendsListArgs, BackendsTerminateArgs, Cli, Command, CompletionsArgs,
-    ConnectArgs, FilterArgs, KeyArg, NodesCommand, NodesDrainArgs, NodesGetArgs, NodesListArgs, NodesUndrainArgs,
-    NodesWatchArgs, OutputFormat, PullArg, parse_backend_state, parse_claim, parse_deadline, parse_env, parse_interval,
-    parse_key, parse_label, parse_limit, parse_memory, parse_user,
+    BackendIdArgs, BackendsCommand, BackendsListArgs, BackendsTerminateArgs, BackendsWatchArgs, Cli, Command,
+    CompletionsArgs, ConnectArgs, FilterArgs, KeyArg, NodesCommand, NodesDrainArgs, NodesGetArgs, NodesListArgs,
+    NodesUndrainArgs, NodesWatchArgs, OutputFormat, PullArg, parse_backend_state, parse_claim, parse_deadline,
+    parse_env, parse_interval, parse_key, parse_label, parse_limit, parse_memory, parse_user,
 };
-pub use backends::{connect, watch_backend};
+pub use backends::{connect, watch_backend, watch_backends};
 pub use completions::{CompletionShell, completions};
 pub use exit::{EXIT_CODES_HELP, Exit};
 pub use nodes::watch;
@@ -78,14 +78,23 @@ pub async fn execute(cli: &Cli) -> Result<String, CliError> {
 
 /// Runs the command, prints its output or a rendered error, and returns the exit code.
 pub async fn run(cli: Cli) -> ExitCode {
-    if let Command::Nodes(NodesCommand::Watch(args)) = &cli.command {
-        let ctrl_c = async {
-            // Without a signal handler there is no Ctrl-C to wait for; the default action ends us.
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        return match watch(&cli, args, &mut std::io::stdout(), &mut std::io::stderr(), ctrl_c).await {
+    let ctrl_c = async {
+        // Without a signal handler there is no Ctrl-C to wait for; the default action ends us.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let endless = match &cli.command {
+        Command::Nodes(NodesCommand::Watch(args)) => {
+            Some(watch(&cli, args, &mut std::io::stdout(), &mut std::io::stderr(), ctrl_c).await)
+        }
+        Command::Backends(BackendsCommand::Watch(args)) if args.id.is_none() => {
+            Some(watch_backends(&cli, args, &mut std::io::stdout(), &mut std::io::stderr(), ctrl_c).await)
+        }
+        _ => None,
+    };
+    if let Some(result) = endless {
+        return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprint!("{}", render::error(&err, &cli.controller));
@@ -95,9 +104,13 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
     let streamed = match &cli.command {
         Command::Connect(args) => Some(connect(&cli, args, &mut std::io::stdout()).await),
-        Command::Backends(BackendsCommand::Watch(args)) => {
-            Some(watch_backend(&cli, args, &mut std::io::stdout()).await)
-        }
+        Command::Backends(BackendsCommand::Watch(args)) => match &args.id {
+            Some(_) if args.has_filter() => {
+                Some(Err(CliError::Usage("filter flags watch every backend; leave out the id".to_string())))
+            }
+            Some(id) => Some(watch_backend(&cli, &BackendIdArgs { id: id.clone() }, &mut std::io::stdout()).await),
+            None => None,
+        },
         _ => None,
     };
     if let Some(result) = streamed {

@@ -78,7 +78,7 @@ pub async fn watch(
 /// `--controller` may list several URLs, comma-separated. The first that answers is watched
 /// first and the rest are fallbacks, so a typo or a cluster that is entirely down is reported at
 /// once instead of as an endless series of reconnects.
-async fn connect_first_reachable(
+pub(super) async fn connect_first_reachable(
     controllers: &str,
     options: ClientOptions,
 ) -> Result<(HangarClient, Vec<HangarClient>), CliError> {

@@ -7,8 +7,10 @@ use crate::scheduler;
 use crate::store::{
     ActionPayload, BackendFilter, ConnectOutcome, ConnectSpec, DynStore, IssuedToken, SpawnPlan, new_action_id,
 };
+use crate::watch::{BackendWatch, WatchHub, WatchRequest};
 use base64::Engine;
 use chrono::Utc;
+use futures::TryStreamExt;
 use hangar::domain::{
     Backend, BackendKey, BackendState, SpawnConfig, TerminationKind, TerminationReason, timestamp_to_proto,
 };
@@ -59,8 +61,13 @@ pub struct BackendApi {
     store: DynStore,
     tokens: PageTokens,
     settings: BackendSettings,
+    /// The controller's one watch hub, shared with `WatchNodes`.
+    hub: WatchHub,
     shutdown: CancellationToken,
 }
+
+/// The events of one `WatchBackends` call.
+pub type BackendEventStream = Pin<Box<dyn futures::Stream<Item = Result<v1::WatchBackendsResponse, Status>> + Send>>;
 
 pub type StatusStream = Pin<Box<dyn futures::Stream<Item = Result<v1::WatchBackendResponse, Status>> + Send>>;
 
@@ -81,8 +88,14 @@ pub fn token_hash(token: &str) -> String {
 }
 
 impl BackendApi {
-    pub fn new(store: DynStore, tokens: PageTokens, settings: BackendSettings, shutdown: CancellationToken) -> Self {
-        BackendApi { store, tokens, settings, shutdown }
+    pub fn new(
+        store: DynStore,
+        tokens: PageTokens,
+        settings: BackendSettings,
+        hub: WatchHub,
+        shutdown: CancellationToken,
+    ) -> Self {
+        BackendApi { store, tokens, settings, hub, shutdown }
     }
 
     pub async fn connect(&self, req: v1::ConnectRequest) -> Result<v1::ConnectResponse, ApiError> {
@@ -186,16 +199,47 @@ impl BackendApi {
         let filter = backend_filter(req.filter.as_ref())?;
         let digest = PageTokens::filter_digest(&filter);
         let cursor = if req.page_token.is_empty() { None } else { Some(self.tokens.decode(&req.page_token, &digest)?) };
-        // Backend pages are a keyset walk by id, not a snapshot: the cursor's revision is unused.
+        // Backend pages are a keyset walk by id, each page read at its own snapshot; the
+        // listing's revision is the first page's, carried by the cursor, so that a watch from it
+        // misses nothing a later page could not show (docs/design/backends-and-leases.md#listing-and-watching).
         let after = cursor.as_ref().map(|c| c.after.as_str());
-        let (backends, more) = self.store.list_backends(&filter, after, page_size).await?;
-        let next_page_token = match backends.last() {
-            Some(last) if more => {
-                self.tokens.encode(&PageCursor { revision: 0, after: last.id.clone(), filter_digest: digest })
+        let page = self.store.list_backends(&filter, after, page_size).await?;
+        let revision = cursor.as_ref().map_or(page.revision, |c| c.revision);
+        let next_page_token = match page.backends.last() {
+            Some(last) if page.more => {
+                self.tokens.encode(&PageCursor { revision, after: last.id.clone(), filter_digest: digest })
             }
             _ => String::new(),
         };
-        Ok(v1::ListBackendsResponse { backends: backends.iter().map(v1::Backend::from).collect(), next_page_token })
+        Ok(v1::ListBackendsResponse {
+            backends: page.backends.iter().map(v1::Backend::from).collect(),
+            next_page_token,
+            revision,
+        })
+    }
+
+    /// Validates a watch request; the stream itself reports a compacted start revision.
+    pub fn watch_backends(&self, req: v1::WatchBackendsRequest) -> Result<BackendEventStream, ApiError> {
+        let filter = backend_filter(req.filter.as_ref())?;
+        let bookmark_interval = validate::duration(
+            "bookmark_interval",
+            req.bookmark_interval.as_ref(),
+            super::node_service::MIN_BOOKMARK_INTERVAL,
+            super::node_service::MAX_BOOKMARK_INTERVAL,
+        )?;
+        if req.send_initial && req.start_revision != 0 {
+            return Err(ApiError::invalid(
+                "start_revision",
+                "send_initial starts from the snapshot's revision; leave start_revision 0 with it",
+            ));
+        }
+        let request = WatchRequest {
+            filter,
+            start_revision: req.start_revision,
+            send_initial: req.send_initial,
+            bookmark_interval,
+        };
+        Ok(Box::pin(BackendWatch::stream(self.hub.clone(), request).map_err(Status::from)))
     }
 
     /// The backend's history, then its live changes, ending after TERMINATED.
@@ -258,9 +302,20 @@ fn backend_filter(filter: Option<&v1::BackendFilter>) -> Result<BackendFilter, A
         .absorb("filter.states", validate::filter_values("filter.states", filter.states.len()))
         .absorb("filter.drone_id", validate::filter_id("filter.drone_id", &filter.drone_id))
         .absorb("filter.key_namespace", validate::filter_name("filter.key_namespace", &filter.key_namespace))
-        .absorb("filter.cluster", validate::filter_name("filter.cluster", &filter.cluster));
+        .absorb("filter.cluster", validate::filter_name("filter.cluster", &filter.cluster))
+        .absorb("filter.pool", validate::filter_name("filter.pool", &filter.pool))
+        .absorb("filter.labels", validate::labels("filter.labels", &filter.labels))
+        .absorb("filter.key_prefix", key_prefix(&filter.key_prefix));
     violations.into_result()?;
     BackendFilter::from_proto(filter).map_err(|(field, message)| ApiError::invalid(field, message))
+}
+
+/// A key prefix is a piece of a key name: no longer than one (253 bytes, `BackendKey::violations`).
+fn key_prefix(prefix: &str) -> Result<(), ApiError> {
+    if prefix.len() > 253 || prefix.chars().any(char::is_control) {
+        return Err(ApiError::invalid("filter.key_prefix", "at most 253 bytes, without control characters"));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -305,6 +360,15 @@ impl BackendService for BackendApi {
 
     async fn watch_backend(&self, req: Request<v1::WatchBackendRequest>) -> Result<Response<StatusStream>, Status> {
         Ok(Response::new(BackendApi::watch_backend(self, req.into_inner()).await?))
+    }
+
+    type WatchBackendsStream = BackendEventStream;
+
+    async fn watch_backends(
+        &self,
+        req: Request<v1::WatchBackendsRequest>,
+    ) -> Result<Response<BackendEventStream>, Status> {
+        Ok(Response::new(BackendApi::watch_backends(self, req.into_inner())?))
     }
 
     async fn terminate_backend(

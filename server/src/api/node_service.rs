@@ -5,7 +5,7 @@ use super::{ApiError, PageTokens, validate};
 use crate::auth::{self, audit};
 use crate::controller::NodeRegistry;
 use crate::store::{DynStore, NodeUpdate, StoreError, UpdateCondition};
-use crate::watch::{NodeWatch, NodeWatchHub, WatchRequest};
+use crate::watch::{NodeWatch, WatchHub, WatchRequest};
 use chrono::Utc;
 use futures::TryStreamExt;
 use hangar::domain::{DURATION_MAX, Node, NodeFilter, NodeKind, duration_from_proto};
@@ -19,18 +19,18 @@ use tonic::{Request, Response, Status};
 pub struct NodeApi {
     store: DynStore,
     tokens: PageTokens,
-    hub: NodeWatchHub,
+    hub: WatchHub,
     /// Live heartbeat times of the nodes attached to this controller.
     registry: Arc<NodeRegistry>,
 }
 
 /// Shortest bookmark interval a client may ask for: bookmarks are for quiet streams, not a clock.
-const MIN_BOOKMARK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+pub(super) const MIN_BOOKMARK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Longest bookmark interval: a day of quiet is as long as a bookmark is worth waiting for.
-const MAX_BOOKMARK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub(super) const MAX_BOOKMARK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl NodeApi {
-    pub fn new(store: DynStore, tokens: PageTokens, hub: NodeWatchHub, registry: Arc<NodeRegistry>) -> Self {
+    pub fn new(store: DynStore, tokens: PageTokens, hub: WatchHub, registry: Arc<NodeRegistry>) -> Self {
         NodeApi { store, tokens, hub, registry }
     }
 

@@ -43,6 +43,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("/hangar.v1.BackendService/ListBackends", Role::Reader),
     ("/hangar.v1.BackendService/GetBackend", Role::Reader),
     ("/hangar.v1.BackendService/WatchBackend", Role::Reader),
+    ("/hangar.v1.BackendService/WatchBackends", Role::Reader),
     ("/hangar.v1.BackendService/Connect", Role::Client),
     ("/hangar.v1.BackendService/TerminateBackend", Role::Client),
     ("/hangar.v1.DroneService/Attach", Role::Drone),
@@ -144,6 +145,7 @@ mod tests {
             "/hangar.v1.BackendService/ListBackends",
             "/hangar.v1.BackendService/GetBackend",
             "/hangar.v1.BackendService/WatchBackend",
+            "/hangar.v1.BackendService/WatchBackends",
         ];
         let client = ["/hangar.v1.BackendService/Connect", "/hangar.v1.BackendService/TerminateBackend"];
         let operator = ["/hangar.v1.NodeService/DrainNode", "/hangar.v1.NodeService/UndrainNode"];

@@ -7,7 +7,7 @@ use crate::auth::{AuthLayer, Authenticator, Reflection};
 use crate::limits::{FirstRequestDeadline, LimitLayer, LimitsConfig};
 use crate::store::{DynStore, Retention};
 use crate::tls::{ControllerTls, ControllerTlsFiles};
-use crate::watch::{NodeWatchHub, WatchConfig};
+use crate::watch::{WatchConfig, WatchHub};
 use futures::StreamExt;
 use hangar::v1::backend_service_server::BackendServiceServer;
 use hangar::v1::drone_service_server::DroneServiceServer;
@@ -93,7 +93,7 @@ impl Controller {
         let registry = Arc::new(NodeRegistry::new(store.clone(), config.controller_id.clone(), config.liveness));
         let tokens = PageTokens::new(store.shared_secret("page-tokens").await?);
 
-        let hub = NodeWatchHub::new(store.clone(), config.watch, shutdown.clone()).await?;
+        let hub = WatchHub::new(store.clone(), config.watch, shutdown.clone()).await?;
         let transport = &config.limits.transport;
         // Every service decodes and encodes messages of at most the transport's limit.
         macro_rules! sized {
@@ -110,6 +110,7 @@ impl Controller {
             store.clone(),
             tokens.clone(),
             settings.clone(),
+            hub.clone(),
             shutdown.clone(),
         )));
         let drone_api = sized!(DroneServiceServer::new(DroneApi::new(

@@ -80,7 +80,8 @@ impl BackendSweep {
         let filter = BackendFilter::live();
         let mut after: Option<String> = None;
         loop {
-            let (page, more) = self.store.list_backends(&filter, after.as_deref(), PAGE).await?;
+            let crate::store::BackendPage { backends: page, more, .. } =
+                self.store.list_backends(&filter, after.as_deref(), PAGE).await?;
             for backend in page.iter().filter(|b| running(b)) {
                 let config = &backend.spawn_config;
                 let reason = if config.lifetime_limit.is_some_and(|l| elapsed(backend.created_at, now) >= l) {
@@ -131,7 +132,8 @@ impl BackendSweep {
                 let backends = BackendFilter { drone_id: Some(node.id.clone()), ..BackendFilter::live() };
                 let mut after: Option<String> = None;
                 loop {
-                    let (page, more) = self.store.list_backends(&backends, after.as_deref(), PAGE).await?;
+                    let crate::store::BackendPage { backends: page, more, .. } =
+                        self.store.list_backends(&backends, after.as_deref(), PAGE).await?;
                     for backend in page.iter().filter(|b| running(b)) {
                         // Checks the drain again under the write lock: an undrain since this
                         // listing wins.
@@ -165,7 +167,8 @@ impl BackendSweep {
                 let backends = BackendFilter { drone_id: Some(node.id.clone()), ..BackendFilter::live() };
                 let mut after: Option<String> = None;
                 loop {
-                    let (page, more) = self.store.list_backends(&backends, after.as_deref(), PAGE).await?;
+                    let crate::store::BackendPage { backends: page, more, .. } =
+                        self.store.list_backends(&backends, after.as_deref(), PAGE).await?;
                     for backend in page.iter().filter(|b| b.key.is_none()) {
                         if self.store.mark_lost(&backend.id, now).await?.is_some() {
                             report.lost += 1;

@@ -220,6 +220,7 @@ mod tests {
             ("/grpc.health.v1.Health/Watch", CallKind::Watch),
             ("/hangar.v1.NodeService/WatchNodes", CallKind::Watch),
             ("/hangar.v1.BackendService/WatchBackend", CallKind::Watch),
+            ("/hangar.v1.BackendService/WatchBackends", CallKind::Watch),
             ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", CallKind::Watch),
             ("/hangar.v1.BackendService/Connect", CallKind::Unary),
             ("/hangar.v1.ProxyService/LookupRoute", CallKind::Unary),

@@ -36,7 +36,7 @@ pub struct LimitsConfig {
     pub burst: u32,
     /// Unary calls of one caller in flight at once.
     pub max_concurrent_calls: u32,
-    /// Watch streams (`WatchNodes`, `WatchBackend`, health and reflection streams) one caller
+    /// Watch streams (`WatchNodes`, `WatchBackends`, `WatchBackend`, health and reflection streams) one caller
     /// may hold open. A drone's or proxy's `Attach` is not one: each node holds one stream,
     /// which a newer stream of the same node replaces.
     pub max_watches: u32,

@@ -3,10 +3,12 @@
 //! connection tokens. Every backend change takes the revision counter's lock like a node change,
 //! so writes on several controllers serialize and `Store::subscribe` wakes on them.
 
-use super::{Revision, StoreError};
+use super::{ChangeKind, Revision, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use hangar::domain::{Backend, BackendKey, BackendStatus, SpawnConfig, TerminationKind, TerminationReason};
+use hangar::domain::{
+    Backend, BackendKey, BackendState, BackendStatus, SpawnConfig, TerminationKind, TerminationReason,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -117,6 +119,27 @@ pub enum EventOutcome {
 /// Which backends a listing returns: the domain's, which the API reads from the wire.
 pub use hangar::domain::BackendFilter;
 
+/// One row of the backend history as the watch log carries it: the backend right after
+/// `revision`, and its state before (`None` for a new backend), so a watcher can tell whether
+/// the change moved it into or out of its filter without remembering anything per backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendChange {
+    pub revision: Revision,
+    pub kind: ChangeKind,
+    pub backend: Backend,
+    pub previous: Option<BackendState>,
+}
+
+/// One page of backends, read at one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendPage {
+    pub backends: Vec<Backend>,
+    /// The revision the page was read at.
+    pub revision: Revision,
+    /// Whether backends after the last one returned may match.
+    pub more: bool,
+}
+
 #[async_trait]
 pub trait BackendStore: Send + Sync {
     /// Get-or-create by key in one write transaction: the key's live backend, or a new one placed
@@ -126,14 +149,18 @@ pub trait BackendStore: Send + Sync {
 
     async fn get_backend(&self, id: &str) -> Result<Option<Backend>, StoreError>;
 
-    /// Up to `limit` backends matching `filter` with ids greater than `after_id`, by id; and
-    /// whether more may follow.
+    /// Up to `limit` backends matching `filter` with ids greater than `after_id`, by id, read at
+    /// one snapshot whose revision the page carries; and whether more may follow.
     async fn list_backends(
         &self,
         filter: &BackendFilter,
         after_id: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<Backend>, bool), StoreError>;
+    ) -> Result<BackendPage, StoreError>;
+
+    /// Every backend matching `filter`, by id, read at one snapshot: the initial state of a
+    /// `WatchBackends` stream, exact at the page's revision.
+    async fn backend_snapshot(&self, filter: &BackendFilter) -> Result<BackendPage, StoreError>;
 
     /// The backend's statuses recorded after `after`, oldest first.
     async fn backend_history(&self, id: &str, after: Revision) -> Result<Vec<(Revision, BackendStatus)>, StoreError>;

@@ -17,8 +17,8 @@ mod sql;
 mod sqlite;
 
 pub use backends::{
-    ActionPayload, BackendFilter, BackendStore, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome,
-    IssuedToken, PendingAction, Pick, SpawnPlan, TokenRoute, new_action_id,
+    ActionPayload, BackendChange, BackendFilter, BackendPage, BackendStore, ConnectOutcome, ConnectSpec, DroneLoad,
+    DroneSlot, EventOutcome, IssuedToken, PendingAction, Pick, SpawnPlan, TokenRoute, new_action_id,
 };
 pub use offload::OffloadedStore;
 pub use postgres::{NODE_CHANGES_CHANNEL, PostgresStore};
@@ -144,14 +144,34 @@ pub struct NodeChange {
     pub node: Node,
 }
 
+/// One entry of the watch log: nodes and backends are two kinds of change under the one revision
+/// counter, read and fanned out together (docs/design/nodes-and-watch.md#the-hub).
+// Changes are moved from the store to the hub one at a time, never held in bulk by value (the
+// hub keeps them behind an `Arc`): a box per backend change would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Node(NodeChange),
+    Backend(BackendChange),
+}
+
+impl Change {
+    pub fn revision(&self) -> Revision {
+        match self {
+            Change::Node(change) => change.revision,
+            Change::Backend(change) => change.revision,
+        }
+    }
+}
+
 /// A commit made through this store object, published right after it committed: its revision
-/// and, for a node change, the change. Commits of several tasks are published in the order they
+/// and, for a node or backend change, the change. Commits of several tasks are published in the order they
 /// finish, which can differ from revision order; commits of other processes are not published
 /// (see [`Store::subscribe`] for those).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalCommit {
     pub revision: Revision,
-    pub node: Option<NodeChange>,
+    pub change: Option<Change>,
 }
 
 /// One page of nodes read at a snapshot revision, ordered by node id.
@@ -205,7 +225,7 @@ pub trait Store: BackendStore + Send + Sync + 'static {
     /// listener reconnects), so subscribers read the log rather than trust the value.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision>;
 
-    /// Every commit made through this store object from now on, with the node change it made,
+    /// Every commit made through this store object from now on, with the change it made,
     /// so that this process can fan out its own changes without reading them back. A receiver
     /// that falls more than a few thousand commits behind gets `Lagged` and must read the log.
     fn local_commits(&self) -> tokio::sync::broadcast::Receiver<LocalCommit>;
@@ -262,6 +282,12 @@ pub trait Store: BackendStore + Send + Sync + 'static {
     /// Changes with revisions greater than `after`, in revision order, at most `limit` of them.
     /// `Compacted` when `after` is older than the retention window.
     async fn node_changes_since(&self, after: Revision, limit: usize) -> Result<Vec<NodeChange>, StoreError>;
+
+    /// The watch log: node and backend changes with revisions greater than `after`, in revision
+    /// order, at most `limit` of them, read at one snapshot. Fewer than `limit` means every change
+    /// up to the revision current at the read is included. `Compacted` when `after` is older than
+    /// the retention window.
+    async fn changes_since(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StoreError>;
 
     /// Drops history outside `retention`; returns the new compaction revision.
     async fn compact(&self, retention: Retention, now: DateTime<Utc>) -> Result<Revision, StoreError>;

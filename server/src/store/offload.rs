@@ -126,6 +126,10 @@ impl Store for OffloadedStore {
         self.run(|s| Box::pin(async move { s.node_changes_since(after, limit).await })).await
     }
 
+    async fn changes_since(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.run(|s| Box::pin(async move { s.changes_since(after, limit).await })).await
+    }
+
     async fn compact(&self, retention: Retention, now: DateTime<Utc>) -> Result<Revision, StoreError> {
         self.run(|s| Box::pin(async move { s.compact(retention, now).await })).await
     }
@@ -152,9 +156,14 @@ impl BackendStore for OffloadedStore {
         filter: &BackendFilter,
         after_id: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<Backend>, bool), StoreError> {
+    ) -> Result<BackendPage, StoreError> {
         let (filter, after_id) = (filter.clone(), after_id.map(str::to_string));
         self.run(|s| Box::pin(async move { s.list_backends(&filter, after_id.as_deref(), limit).await })).await
+    }
+
+    async fn backend_snapshot(&self, filter: &BackendFilter) -> Result<BackendPage, StoreError> {
+        let filter = filter.clone();
+        self.run(|s| Box::pin(async move { s.backend_snapshot(&filter).await })).await
     }
 
     async fn backend_history(&self, id: &str, after: Revision) -> Result<Vec<(Revision, BackendStatus)>, StoreError> {

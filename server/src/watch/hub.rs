@@ -1,7 +1,9 @@
-//! The hub: tails the change log and fans changes out.
+//! The hub: tails the change log and fans changes out. Node and backend changes are two kinds
+//! of entry in one log, so one hub, one ring and one cursor serve `WatchNodes` and
+//! `WatchBackends` alike; each stream skips the kind it does not watch.
 
-use crate::store::{ChangeKind, DynStore, LocalCommit, NodeChange, Revision, StoreError};
-use hangar::domain::Node;
+use crate::store::{Change, ChangeKind, DynStore, LocalCommit, Revision, StoreError};
+use hangar::domain::{Backend, BackendState, Node};
 use hangar::v1;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,20 +45,52 @@ impl Default for WatchConfig {
 pub struct HubChange {
     pub revision: Revision,
     pub kind: ChangeKind,
-    pub node: Node,
-    pub encoded: v1::EncodedNode,
+    pub object: Watched,
+}
+
+/// What changed, with its encoding. Held once per change behind the hub's `Arc`, so the size
+/// difference between the kinds costs nothing per watcher.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Watched {
+    Node {
+        node: Node,
+        encoded: v1::EncodedNode,
+    },
+    Backend {
+        backend: Backend,
+        /// Its state before the change (`None`: new), to tell entering and leaving a filter.
+        previous: Option<BackendState>,
+        encoded: v1::EncodedBackend,
+    },
 }
 
 impl HubChange {
-    pub fn new(change: NodeChange) -> Arc<HubChange> {
-        let encoded = v1::EncodedNode::new(&v1::Node::from(&change.node));
-        Arc::new(HubChange { revision: change.revision, kind: change.kind, node: change.node, encoded })
+    pub fn new(change: Change) -> Arc<HubChange> {
+        Arc::new(match change {
+            Change::Node(change) => {
+                let encoded = v1::EncodedNode::new(&v1::Node::from(&change.node));
+                HubChange {
+                    revision: change.revision,
+                    kind: change.kind,
+                    object: Watched::Node { node: change.node, encoded },
+                }
+            }
+            Change::Backend(change) => {
+                let encoded = v1::EncodedBackend::new(&v1::Backend::from(&change.backend));
+                HubChange {
+                    revision: change.revision,
+                    kind: change.kind,
+                    object: Watched::Backend { backend: change.backend, previous: change.previous, encoded },
+                }
+            }
+        })
     }
 }
 
 /// A watcher's feed: first `backlog` (history it asked for), then live changes from `live`.
 /// When `live` closes, `overflowed` tells whether the hub took the watcher out of the live
-/// fan-out because its queue was full (it then catches up with [`NodeWatchHub::resume`]).
+/// fan-out because its queue was full (it then catches up with [`WatchHub::resume`]).
 pub struct Subscription {
     pub backlog: VecDeque<Arc<HubChange>>,
     pub live: mpsc::Receiver<Arc<HubChange>>,
@@ -69,10 +103,10 @@ struct Watcher {
 }
 
 struct HubState {
-    /// Every revision up to here has been fanned out, or was not a node change (backends share
-    /// the revision counter).
+    /// Every revision up to here has been fanned out, or changed nothing watched (e.g. a stored
+    /// action).
     cursor: Revision,
-    /// The newest node changes, every one from the first to `cursor`.
+    /// The newest node and backend changes, every one from the first to `cursor`.
     ring: VecDeque<Arc<HubChange>>,
     watchers: HashMap<u64, Watcher>,
     next_id: u64,
@@ -126,7 +160,7 @@ impl HubState {
 }
 
 #[derive(Clone)]
-pub struct NodeWatchHub {
+pub struct WatchHub {
     inner: Arc<Inner>,
 }
 
@@ -137,12 +171,12 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
-impl NodeWatchHub {
+impl WatchHub {
     /// A hub starting at the store's current revision.
     pub async fn new(store: DynStore, config: WatchConfig, shutdown: CancellationToken) -> Result<Self, StoreError> {
         let cursor = store.current_revision().await?;
         let state = HubState { cursor, ring: VecDeque::new(), watchers: HashMap::new(), next_id: 0, stopped: false };
-        Ok(NodeWatchHub { inner: Arc::new(Inner { store, config, state: Mutex::new(state), shutdown }) })
+        Ok(WatchHub { inner: Arc::new(Inner { store, config, state: Mutex::new(state), shutdown }) })
     }
 
     pub fn store(&self) -> &DynStore {
@@ -179,9 +213,9 @@ impl NodeWatchHub {
                 }
             }
             // Older than the ring: catch up from the store, then look again.
-            let changes = self.inner.store.node_changes_since(position, self.inner.config.read_batch).await?;
+            let changes = self.inner.store.changes_since(position, self.inner.config.read_batch).await?;
             match changes.last() {
-                Some(last) => position = last.revision,
+                Some(last) => position = last.revision(),
                 // The store has nothing newer but the ring does not reach back: the hub is
                 // behind the store; let it catch up.
                 None => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -205,7 +239,7 @@ impl NodeWatchHub {
         &self.inner.config
     }
 
-    /// Fans out every node change until shutdown. This process's own commits arrive from the
+    /// Fans out every node and backend change until shutdown. This process's own commits arrive from the
     /// store with their changes and go out without a read; the store's log is read only for
     /// commits made elsewhere (another controller on PostgreSQL, announced by `notified`), when
     /// the local feed lagged, and once per poll interval as a floor. On shutdown it closes every
@@ -231,7 +265,7 @@ impl NodeWatchHub {
                 _ = self.inner.shutdown.cancelled() => return,
                 commit = local.recv(), if local_open => match commit {
                     Ok(commit) => {
-                        early.insert(commit.revision, commit.node);
+                        early.insert(commit.revision, commit.change);
                         self.release(&mut early);
                         false
                     }
@@ -274,7 +308,7 @@ impl NodeWatchHub {
     /// Fans out the local commits that continue the cursor without a gap; keeps the rest until
     /// the revisions before them arrive (from this feed, or from the log when they were
     /// committed elsewhere).
-    fn release(&self, early: &mut BTreeMap<Revision, Option<NodeChange>>) {
+    fn release(&self, early: &mut BTreeMap<Revision, Option<Change>>) {
         let mut through = self.cursor();
         let mut changes = Vec::new();
         while let Some(entry) = early.first_entry() {
@@ -299,7 +333,7 @@ impl NodeWatchHub {
             // so a complete read of the changes after the cursor covers the log through it.
             let current = self.inner.store.current_revision().await?;
             let batch = self.inner.config.read_batch;
-            let changes = match self.inner.store.node_changes_since(cursor, batch).await {
+            let changes = match self.inner.store.changes_since(cursor, batch).await {
                 Ok(changes) => changes,
                 Err(StoreError::Compacted { oldest, .. }) => {
                     // The hub fell behind the retention window (a long store outage): its
@@ -315,7 +349,7 @@ impl NodeWatchHub {
                 Err(err) => return Err(err),
             };
             let complete = changes.len() < batch;
-            let last = changes.last().map_or(cursor, |c| c.revision);
+            let last = changes.last().map_or(cursor, Change::revision);
             let through = if complete { current.max(last) } else { last };
             self.fan_out(changes.into_iter().map(HubChange::new).collect(), through);
             if complete {
@@ -325,7 +359,7 @@ impl NodeWatchHub {
     }
 
     /// Hands `changes` (in revision order) to every watcher and the ring, and moves the cursor
-    /// to `through`: every revision up to it is fanned out or was not a node change.
+    /// to `through`: every revision up to it is fanned out or changed nothing watched.
     fn fan_out(&self, changes: Vec<Arc<HubChange>>, through: Revision) {
         let mut state = self.inner.state.lock().unwrap();
         for change in changes {

@@ -1,6 +1,7 @@
-//! Node watches: one [`NodeWatchHub`] per controller tails the store's change log and fans each
-//! change out to every watcher; each `WatchNodes` stream is a [`NodeWatch`] that turns changes
-//! into the events its filter should see.
+//! Node and backend watches: one [`WatchHub`] per controller tails the store's change log (node
+//! and backend changes under one revision counter) and fans each change out to every watcher;
+//! each `WatchNodes` stream is a [`NodeWatch`] and each `WatchBackends` stream a
+//! [`BackendWatch`], which turn changes of their kind into the events their filter should see.
 //!
 //! The hot path does no per-watcher database reads and never waits on a watcher: the hub takes
 //! each change once (from this process's commit feed, or from the log for commits made
@@ -11,8 +12,10 @@
 //! delivered, so the client resumes without loss. The others carry on undelayed. See
 //! docs/design/nodes-and-watch.md#the-hub.
 
+mod backends;
 mod hub;
 mod stream;
 
-pub use hub::{HubChange, NodeWatchHub, Subscription, WatchConfig};
-pub use stream::{NodeWatch, WatchRequest};
+pub use backends::BackendWatch;
+pub use hub::{HubChange, Subscription, WatchConfig, WatchHub, Watched};
+pub use stream::{NodeWatch, WatchRequest, WatchStream};

@@ -1,7 +1,9 @@
-//! One `WatchNodes` stream: the initial snapshot or replay, then live changes seen through the
-//! stream's filter.
+//! One watch stream: the initial snapshot or replay, then live changes seen through the
+//! stream's filter. The live phase is the same for every kind ([`Live`]); what a kind adds is a
+//! [`Lens`] (which changes it shows, as which event) and its setup (`NodeWatch::stream` here,
+//! `BackendWatch::stream` in `backends.rs`).
 
-use super::hub::{HubChange, NodeWatchHub, Subscription};
+use super::hub::{HubChange, Subscription, WatchHub, Watched};
 use crate::api::ApiError;
 use crate::store::{ChangeKind, Revision, StoreError};
 use futures::Stream;
@@ -18,9 +20,10 @@ use tokio::sync::mpsc;
 /// Nodes per snapshot page while sending the initial state.
 const SNAPSHOT_PAGE: usize = 500;
 
+/// A watch request of either kind, validated: `F` is its filter.
 #[derive(Debug, Clone)]
-pub struct WatchRequest {
-    pub filter: NodeFilter,
+pub struct WatchRequest<F = NodeFilter> {
+    pub filter: F,
     /// Deliver every change after this revision; 0 = from now.
     pub start_revision: Revision,
     pub send_initial: bool,
@@ -38,8 +41,35 @@ fn needs_view(filter: &NodeFilter) -> bool {
 
 pub struct NodeWatch;
 
-/// An event, or the error that ends the stream (the service turns it into its status).
-type Item = Result<v1::WatchNodesResponse, ApiError>;
+/// How one kind of watch sees the hub's changes.
+pub(super) trait Lens: Send + 'static {
+    type Response: Send + 'static;
+    /// The event this stream sends for `change`, if any; changes of another kind are none.
+    fn classify(&mut self, change: &HubChange) -> Option<Self::Response>;
+    /// A BOOKMARK at `revision`.
+    fn bookmark(&self, revision: Revision) -> Self::Response;
+}
+
+/// `WatchNodes`: the node filter and, for filters a node can leave, the nodes shown.
+struct NodeLens {
+    filter: NodeFilter,
+    view: View,
+}
+
+impl Lens for NodeLens {
+    type Response = v1::WatchNodesResponse;
+
+    fn classify(&mut self, change: &HubChange) -> Option<v1::WatchNodesResponse> {
+        let Watched::Node { encoded, .. } = &change.object else { return None };
+        let kind = classify(&self.filter, &mut self.view, change)?;
+        // The node's bytes as the hub encoded them once: a reference count per stream.
+        Some(v1::WatchNodesResponse::shared(kind, Some(encoded.clone()), change.revision))
+    }
+
+    fn bookmark(&self, revision: Revision) -> v1::WatchNodesResponse {
+        event(NodeEventType::Bookmark, None, revision)
+    }
+}
 
 fn event(kind: NodeEventType, node: Option<v1::Node>, revision: Revision) -> v1::WatchNodesResponse {
     v1::WatchNodesResponse::new(v1::NodeEvent { r#type: kind as i32, node, revision })
@@ -48,7 +78,7 @@ fn event(kind: NodeEventType, node: Option<v1::Node>, revision: Revision) -> v1:
 impl NodeWatch {
     /// The event stream for one request. Errors before the first event (a compacted start
     /// revision) arrive as the stream's first item.
-    pub fn stream(hub: NodeWatchHub, request: WatchRequest) -> WatchStream {
+    pub fn stream(hub: WatchHub, request: WatchRequest) -> WatchStream<v1::WatchNodesResponse> {
         let setup = async_stream::stream! {
             let store = hub.store().clone();
             let filter = request.filter;
@@ -101,38 +131,48 @@ impl NodeWatch {
                 Ok(subscription) => subscription,
                 Err(err) => { yield Err(ApiError::from(err)); return; }
             };
-            yield Ok(Step::Live(Live::new(hub, subscription, start, filter, view, request.bookmark_interval)));
+            let lens: Box<dyn Lens<Response = v1::WatchNodesResponse>> = Box::new(NodeLens { filter, view });
+            yield Ok(Step::Live(Live::new(hub, subscription, start, lens, request.bookmark_interval)));
         };
-        WatchStream { phase: Phase::Setup(Box::pin(setup)) }
+        WatchStream::new(Box::pin(setup))
     }
 }
 
 /// What the setup phase produces: events of the initial snapshot, then the live feed that
 /// follows them.
-enum Step {
-    Event(v1::WatchNodesResponse),
-    Live(Live),
+pub(super) enum Step<R> {
+    Event(R),
+    Live(Live<R>),
 }
 
-type Setup = Pin<Box<dyn Stream<Item = Result<Step, ApiError>> + Send>>;
+pub(super) type Setup<R> = Pin<Box<dyn Stream<Item = Result<Step<R>, ApiError>> + Send>>;
 
-/// A `WatchNodes` stream: the setup phase (async, runs once), then the live phase, written as
-/// a plain `poll_next` because it runs once per change per watcher.
-pub struct WatchStream {
-    phase: Phase,
+/// An event, or the error that ends the stream (the service turns it into its status).
+type Item<R> = Result<R, ApiError>;
+
+/// A watch stream: the setup phase (async, runs once), then the live phase, written as a plain
+/// `poll_next` because it runs once per change per watcher.
+pub struct WatchStream<R> {
+    phase: Phase<R>,
 }
 
-enum Phase {
-    Setup(Setup),
-    Live(Box<Live>),
+enum Phase<R> {
+    Setup(Setup<R>),
+    Live(Box<Live<R>>),
     /// After the last item, an error included.
     Done,
 }
 
-impl Stream for WatchStream {
-    type Item = Item;
+impl<R: Send + 'static> WatchStream<R> {
+    pub(super) fn new(setup: Setup<R>) -> Self {
+        WatchStream { phase: Phase::Setup(setup) }
+    }
+}
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+impl<R: Send + 'static> Stream for WatchStream<R> {
+    type Item = Item<R>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item<R>>> {
         let this = &mut *self;
         loop {
             let item = match &mut this.phase {
@@ -164,37 +204,35 @@ impl Stream for WatchStream {
 /// catches up from the hub's ring and rejoins. It ends with [`ApiError::WatchTooSlow`] when the
 /// ring no longer reaches back to it, and with [`ApiError::ShuttingDown`] when the hub stopped;
 /// both name the last revision this stream delivered, to resume from.
-struct Live {
-    hub: NodeWatchHub,
+pub(super) struct Live<R> {
+    hub: WatchHub,
     backlog: VecDeque<Arc<HubChange>>,
     live: mpsc::Receiver<Arc<HubChange>>,
     overflowed: Arc<AtomicBool>,
     /// Everything up to here has been delivered or skipped on purpose.
     position: Revision,
-    filter: NodeFilter,
-    view: View,
+    lens: Box<dyn Lens<Response = R>>,
     bookmark: Option<tokio::time::Interval>,
 }
 
-impl Live {
-    fn new(
-        hub: NodeWatchHub,
+impl<R: Send + 'static> Live<R> {
+    pub(super) fn new(
+        hub: WatchHub,
         subscription: Subscription,
         start: Revision,
-        filter: NodeFilter,
-        view: View,
+        lens: Box<dyn Lens<Response = R>>,
         bookmark_interval: Option<Duration>,
-    ) -> Live {
+    ) -> Live<R> {
         let Subscription { backlog, live, overflowed } = subscription;
         let bookmark = bookmark_interval.map(|every| {
             let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
-        Live { hub, backlog, live, overflowed, position: start, filter, view, bookmark }
+        Live { hub, backlog, live, overflowed, position: start, lens, bookmark }
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item<R>>> {
         loop {
             let change = match self.backlog.pop_front() {
                 Some(change) => change,
@@ -221,7 +259,7 @@ impl Live {
                         if let Some(bookmark) = self.bookmark.as_mut()
                             && bookmark.poll_tick(cx).is_ready()
                         {
-                            return Poll::Ready(Some(Ok(event(NodeEventType::Bookmark, None, self.position))));
+                            return Poll::Ready(Some(Ok(self.lens.bookmark(self.position))));
                         }
                         return Poll::Pending;
                     }
@@ -231,12 +269,10 @@ impl Live {
                 continue;
             }
             self.position = change.revision;
-            if let Some(kind) = classify(&self.filter, &mut self.view, &change) {
+            if let Some(response) = self.lens.classify(&change) {
                 if let Some(bookmark) = self.bookmark.as_mut() {
                     bookmark.reset();
                 }
-                // The node's bytes as the hub encoded them once: a reference count per stream.
-                let response = v1::WatchNodesResponse::shared(kind, Some(change.encoded.clone()), change.revision);
                 return Poll::Ready(Some(Ok(response)));
             }
         }
@@ -245,7 +281,7 @@ impl Live {
 
 /// The nodes matching `filter` at revision `at`.
 async fn seed_view(
-    hub: &NodeWatchHub,
+    hub: &WatchHub,
     filter: &NodeFilter,
     at: Revision,
     view: &mut HashSet<String>,
@@ -262,27 +298,26 @@ async fn seed_view(
 }
 
 /// What this stream should say about `change`, if anything.
-fn classify(filter: &NodeFilter, view: &mut View, change: &Arc<HubChange>) -> Option<NodeEventType> {
-    let matches = change.kind != ChangeKind::Removed && filter.matches(&change.node);
+fn classify(filter: &NodeFilter, view: &mut View, change: &HubChange) -> Option<NodeEventType> {
+    let Watched::Node { node, .. } = &change.object else { return None };
+    let matches = change.kind != ChangeKind::Removed && filter.matches(node);
     let Some(view) = view else {
         // Only fixed fields in the filter: the change kind is the event kind.
-        return (change.kind == ChangeKind::Removed && filter.matches(&change.node) || matches).then_some(match change
-            .kind
-        {
+        return (change.kind == ChangeKind::Removed && filter.matches(node) || matches).then_some(match change.kind {
             ChangeKind::Added => NodeEventType::Added,
             ChangeKind::Modified => NodeEventType::Modified,
             ChangeKind::Removed => NodeEventType::Removed,
         });
     };
-    let shown = view.contains(&change.node.id);
+    let shown = view.contains(&node.id);
     match (shown, matches) {
         (false, true) => {
-            view.insert(change.node.id.clone());
+            view.insert(node.id.clone());
             Some(NodeEventType::Added)
         }
         (true, true) => Some(NodeEventType::Modified),
         (true, false) => {
-            view.remove(&change.node.id);
+            view.remove(&node.id);
             Some(NodeEventType::Removed)
         }
         (false, false) => None,
@@ -315,7 +350,7 @@ mod tests {
             draining: false,
             revision,
         };
-        HubChange::new(crate::store::NodeChange { revision, kind, node })
+        HubChange::new(crate::store::Change::Node(crate::store::NodeChange { revision, kind, node }))
     }
 
     #[test]

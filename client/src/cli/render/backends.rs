@@ -297,3 +297,94 @@ fn pairs<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> String {
     let joined: Vec<String> = pairs.map(|(k, v)| format!("{k}={v}")).collect();
     if joined.is_empty() { "<none>".to_string() } else { joined.join(", ") }
 }
+
+/// `backends watch` without an id: one line per event, as a table row or NDJSON. The snapshot
+/// and re-list markers match `nodes watch`.
+pub struct BackendWatchPrinter {
+    format: OutputFormat,
+    snapshots: u32,
+    /// Widths of the ID, KEY and STATE columns so far.
+    widths: [usize; 3],
+}
+
+/// One NDJSON line of `backends watch`.
+#[derive(Serialize)]
+struct BackendWatchLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<&'a BackendView>,
+}
+
+impl BackendWatchPrinter {
+    pub fn new(format: OutputFormat) -> Self {
+        // `bk-` and a UUID in simple form, a short key, HARD_TERMINATING.
+        BackendWatchPrinter { format, snapshots: 0, widths: [35, 12, 16] }
+    }
+
+    /// The lines for `event` received at `at` (wall-clock time); empty for reconnects, which go
+    /// to stderr.
+    pub fn event(&mut self, event: &crate::BackendWatchEvent, at: chrono::NaiveTime) -> String {
+        use crate::WatchEvent as E;
+        let (kind, backend, revision) = match event {
+            E::Init => {
+                self.snapshots += 1;
+                return match self.format {
+                    OutputFormat::Json => {
+                        json_line(&BackendWatchLine { kind: "SNAPSHOT_START", revision: None, backend: None })
+                    }
+                    OutputFormat::Table if self.snapshots == 1 => String::new(),
+                    OutputFormat::Table => "-- could not resume; listing again from scratch --\n".to_string(),
+                };
+            }
+            E::InitDone { revision } => {
+                return match self.format {
+                    OutputFormat::Json => {
+                        json_line(&BackendWatchLine { kind: "SNAPSHOT_END", revision: Some(*revision), backend: None })
+                    }
+                    OutputFormat::Table => format!("-- snapshot at revision {revision}; watching --\n"),
+                };
+            }
+            E::Bookmark(revision) => {
+                return match self.format {
+                    OutputFormat::Json => {
+                        json_line(&BackendWatchLine { kind: "BOOKMARK", revision: Some(*revision), backend: None })
+                    }
+                    OutputFormat::Table => format!("{}  {:<8}  rev {revision}\n", at.format("%H:%M:%S"), "BOOKMARK"),
+                };
+            }
+            E::Reconnecting(_) => return String::new(),
+            E::InitApply(backend) => ("ADDED", backend, None),
+            E::Added(backend, revision) => ("ADDED", backend, Some(*revision)),
+            E::Modified(backend, revision) => ("MODIFIED", backend, Some(*revision)),
+            E::Removed(backend, revision) => ("REMOVED", backend, Some(*revision)),
+        };
+        if self.format == OutputFormat::Json {
+            return json_line(&BackendWatchLine { kind, revision, backend: Some(backend) });
+        }
+        let cells = [
+            backend.id.replace(['\n', '\t'], " "),
+            key(backend.key.as_ref()).replace(['\n', '\t'], " "),
+            backend.state.to_string(),
+        ];
+        for (width, cell) in self.widths.iter_mut().zip(&cells) {
+            *width = (*width).max(cell.chars().count());
+        }
+        let [id, key, state] = &cells;
+        let [id_width, key_width, state_width] = self.widths;
+        let revision = revision.map_or_else(String::new, |r| format!("  rev {r}"));
+        format!(
+            "{}  {kind:<8}  {id:<id_width$}  {key:<key_width$}  {state:<state_width$}  {}{revision}\n",
+            at.format("%H:%M:%S"),
+            or_dash(&backend.drone_id)
+        )
+    }
+}
+
+fn json_line(line: &BackendWatchLine<'_>) -> String {
+    let mut out = serde_json::to_string(line).expect("views serialize to JSON");
+    out.push('\n');
+    out
+}

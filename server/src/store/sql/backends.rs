@@ -3,7 +3,7 @@
 use super::{Dialect, SqlStore};
 use crate::store::backends::*;
 use crate::store::rows::{self, db_revision, from_sqlx};
-use crate::store::{Revision, StoreError};
+use crate::store::{Change, ChangeKind, Revision, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hangar::domain::{
@@ -12,6 +12,9 @@ use hangar::domain::{
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type};
 
 const BACKEND_COLUMNS: &str = "data, last_activity_at";
+
+/// Backends per query while reading a watch's initial snapshot (all in one transaction).
+const SNAPSHOT_PAGE: usize = 1000;
 
 fn time(millis: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(millis).ok_or_else(|| StoreError::Corrupt(format!("time {millis} out of range")))
@@ -101,17 +104,18 @@ where
         .execute(&mut **tx)
         .await
         .map_err(from_sqlx)?;
-        Self::record_status(tx, backend, revision).await
+        Self::record_status(tx, backend, revision, None).await
     }
 
-    /// A new status: the row and a history entry.
+    /// A new status (the backend was in `previous` before): the row and a history entry.
     async fn update_backend(
         tx: &mut Transaction<'static, DB>,
         backend: &Backend,
         revision: Revision,
+        previous: BackendState,
     ) -> Result<(), StoreError> {
         Self::update_backend_row(tx, backend, revision).await?;
-        Self::record_status(tx, backend, revision).await
+        Self::record_status(tx, backend, revision, Some(previous)).await
     }
 
     /// The row only: for changes that are not a new status.
@@ -132,20 +136,159 @@ where
         Ok(())
     }
 
+    /// A history row: the status (for WatchBackend) and, for the watch log, the whole backend
+    /// and its state before (`None`: the backend is new).
     async fn record_status(
         tx: &mut Transaction<'static, DB>,
         backend: &Backend,
         revision: Revision,
+        previous: Option<BackendState>,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO backend_history (revision, backend_id, status, recorded_at) VALUES ($1, $2, $3, $4)")
-            .bind(db_revision(revision))
-            .bind(backend.id.clone())
-            .bind(encode(&backend.status)?)
-            .bind(rows::millis(Utc::now()))
-            .execute(&mut **tx)
-            .await
-            .map_err(from_sqlx)?;
+        let change = if previous.is_none() { ChangeKind::Added } else { ChangeKind::Modified };
+        sqlx::query(
+            "INSERT INTO backend_history (revision, backend_id, status, recorded_at, change, previous_state, data) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(db_revision(revision))
+        .bind(backend.id.clone())
+        .bind(encode(&backend.status)?)
+        .bind(rows::millis(Utc::now()))
+        .bind(rows::change_as_str(change).to_string())
+        .bind(previous.map(|s| s.as_str().to_string()).unwrap_or_default())
+        .bind(encode(backend)?)
+        .execute(&mut **tx)
+        .await
+        .map_err(from_sqlx)?;
         Ok(())
+    }
+
+    /// Commits a transaction that recorded one status of `backend`, publishing it to this
+    /// process's watch hub with the state it had before (`None`: new).
+    async fn commit_status(
+        &self,
+        tx: Transaction<'static, DB>,
+        revision: Revision,
+        backend: &Backend,
+        previous: Option<BackendState>,
+    ) -> Result<(), StoreError> {
+        let kind = if previous.is_none() { ChangeKind::Added } else { ChangeKind::Modified };
+        let change = BackendChange { revision, kind, backend: backend.clone(), previous };
+        self.commit_published(tx, revision, Some(Change::Backend(change))).await
+    }
+
+    /// The backend half of the watch log after `after`, at most `limit` rows, inside `tx` (the
+    /// snapshot the node half is read at).
+    pub(super) async fn backend_log_in(
+        tx: &mut Transaction<'static, DB>,
+        after: Revision,
+        limit: usize,
+    ) -> Result<Vec<BackendChange>, StoreError> {
+        // Rows from before the watch log existed have no `data`: the backend's current row
+        // stands in, with the row's status.
+        let rows = sqlx::query(
+            "SELECT h.revision, h.status, h.change, h.previous_state, h.data, COALESCE(b.data, '') \
+             FROM backend_history h LEFT JOIN backends b ON b.id = h.backend_id \
+             WHERE h.revision > $1 ORDER BY h.revision LIMIT $2",
+        )
+        .bind(db_revision(after))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(from_sqlx)?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let revision = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
+            let status: String = row.try_get(1).map_err(from_sqlx)?;
+            let change: String = row.try_get(2).map_err(from_sqlx)?;
+            let previous: String = row.try_get(3).map_err(from_sqlx)?;
+            let data: String = row.try_get(4).map_err(from_sqlx)?;
+            let current: String = row.try_get(5).map_err(from_sqlx)?;
+            let status: BackendStatus = serde_json::from_str(&status).map_err(|e| corrupt("backend status", e))?;
+            let backend = if !data.is_empty() {
+                serde_json::from_str::<Backend>(&data).map_err(|e| corrupt("backend history", e))?
+            } else if !current.is_empty() {
+                let mut backend: Backend = serde_json::from_str(&current).map_err(|e| corrupt("backend row", e))?;
+                backend.status = status.clone();
+                backend
+            } else {
+                return Err(StoreError::Corrupt(format!("backend history row {revision} has no backend")));
+            };
+            let kind = match change.as_str() {
+                "" if status.state == BackendState::Scheduled => ChangeKind::Added,
+                "" => ChangeKind::Modified,
+                other => rows::change_from_str(other)?,
+            };
+            let previous = if previous.is_empty() {
+                None
+            } else {
+                Some(previous.parse::<BackendState>().map_err(|e| corrupt("backend history", e))?)
+            };
+            changes.push(BackendChange { revision, kind, backend, previous });
+        }
+        Ok(changes)
+    }
+
+    /// Up to `limit` backends matching `filter` after `after_id`, inside `tx`. The filter's
+    /// columns are matched in SQL, labels in Rust (reading on until the page is full).
+    async fn backend_page_in(
+        tx: &mut Transaction<'static, DB>,
+        filter: &BackendFilter,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Backend>, bool), StoreError> {
+        let batch = if filter.labels.is_empty() { limit.saturating_add(1) } else { limit.saturating_add(1).max(500) };
+        let mut cursor = after_id.unwrap_or_default().to_string();
+        let mut backends = Vec::with_capacity(limit.min(1024));
+        loop {
+            let mut sql = format!("SELECT {BACKEND_COLUMNS} FROM backends WHERE id > $1");
+            let mut params = vec![cursor.clone()];
+            let slot = |value: String, params: &mut Vec<String>| {
+                params.push(value);
+                format!("${}", params.len())
+            };
+            if !filter.states.is_empty() {
+                let slots: Vec<String> =
+                    filter.states.iter().map(|s| slot(s.as_str().to_string(), &mut params)).collect();
+                sql.push_str(&format!(" AND state IN ({})", slots.join(", ")));
+            }
+            for (column, value) in [
+                ("drone_id", &filter.drone_id),
+                ("key_namespace", &filter.key_namespace),
+                ("cluster", &filter.cluster),
+                ("pool", &filter.pool),
+            ] {
+                if let Some(value) = value {
+                    let s = slot(value.clone(), &mut params);
+                    sql.push_str(&format!(" AND {column} = {s}"));
+                }
+            }
+            if let Some(prefix) = &filter.key_prefix {
+                // Both databases count characters in SUBSTR and LENGTH alike.
+                let s = slot(prefix.clone(), &mut params);
+                sql.push_str(&format!(" AND SUBSTR(key_name, 1, LENGTH({s})) = {s}"));
+            }
+            sql.push_str(&format!(" ORDER BY id LIMIT {batch}"));
+            let mut query = sqlx::query(&sql);
+            for p in params {
+                query = query.bind(p);
+            }
+            let rows = query.fetch_all(&mut **tx).await.map_err(from_sqlx)?;
+            let exhausted = rows.len() < batch;
+            for row in &rows {
+                let backend = decode_backend(row)?;
+                cursor.clone_from(&backend.id);
+                if !filter.matches(&backend) {
+                    continue;
+                }
+                if backends.len() == limit {
+                    return Ok((backends, true));
+                }
+                backends.push(backend);
+            }
+            if exhausted {
+                return Ok((backends, false));
+            }
+        }
     }
 
     /// TERMINATED with reason LOST: nobody saw it end, so there is no kind and no exit code.
@@ -155,6 +298,7 @@ where
         revision: Revision,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let previous = backend.status.state;
         let message = format!(
             "its drone {} went away and did not come back within the key lease; whether it still runs is unknown",
             backend.drone_id
@@ -168,7 +312,7 @@ where
             message: status_message(&message, []),
         };
         backend.updated_at = now;
-        Self::update_backend(tx, backend, revision).await?;
+        Self::update_backend(tx, backend, revision, previous).await?;
         Self::release(tx, &backend.id, now).await
     }
 
@@ -387,7 +531,7 @@ where
             let static_token = IssuedToken { hash: hash.clone(), ..token };
             Self::insert_token(&mut tx, &backend.id, &static_token, 0, now).await?;
         }
-        self.commit_announced(tx, revision).await?;
+        self.commit_status(tx, revision, &backend, None).await?;
         Ok(ConnectOutcome::Spawned(backend))
     }
 
@@ -405,34 +549,23 @@ where
         filter: &BackendFilter,
         after_id: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<Backend>, bool), StoreError> {
-        let mut sql = format!("SELECT {BACKEND_COLUMNS} FROM backends WHERE id > $1");
-        let mut params = vec![after_id.unwrap_or_default().to_string()];
-        let slot = |value: String, params: &mut Vec<String>| {
-            params.push(value);
-            format!("${}", params.len())
-        };
-        if !filter.states.is_empty() {
-            let slots: Vec<String> = filter.states.iter().map(|s| slot(s.as_str().to_string(), &mut params)).collect();
-            sql.push_str(&format!(" AND state IN ({})", slots.join(", ")));
-        }
-        for (column, value) in
-            [("drone_id", &filter.drone_id), ("key_namespace", &filter.key_namespace), ("cluster", &filter.cluster)]
-        {
-            if let Some(value) = value {
-                let s = slot(value.clone(), &mut params);
-                sql.push_str(&format!(" AND {column} = {s}"));
+    ) -> Result<BackendPage, StoreError> {
+        let (mut tx, revision, _) = self.begin_snapshot().await?;
+        let (backends, more) = Self::backend_page_in(&mut tx, filter, after_id, limit).await?;
+        Ok(BackendPage { backends, revision, more })
+    }
+
+    async fn backend_snapshot(&self, filter: &BackendFilter) -> Result<BackendPage, StoreError> {
+        let (mut tx, revision, _) = self.begin_snapshot().await?;
+        let mut backends: Vec<Backend> = Vec::new();
+        loop {
+            let after = backends.last().map(|b| b.id.clone());
+            let (page, more) = Self::backend_page_in(&mut tx, filter, after.as_deref(), SNAPSHOT_PAGE).await?;
+            backends.extend(page);
+            if !more {
+                return Ok(BackendPage { backends, revision, more: false });
             }
         }
-        sql.push_str(&format!(" ORDER BY id LIMIT {}", limit + 1));
-        let mut query = sqlx::query(&sql);
-        for p in params {
-            query = query.bind(p);
-        }
-        let rows = query.fetch_all(self.read_pool()).await.map_err(from_sqlx)?;
-        let more = rows.len() > limit;
-        let backends = rows.iter().take(limit).map(decode_backend).collect::<Result<Vec<_>, _>>()?;
-        Ok((backends, more))
     }
 
     async fn backend_history(&self, id: &str, after: Revision) -> Result<Vec<(Revision, BackendStatus)>, StoreError> {
@@ -474,6 +607,7 @@ where
             return Ok(EventOutcome::Ignored);
         }
         let terminated = status.state == BackendState::Terminated;
+        let previous = backend.status.state;
         let mut status = status;
         // The drone masks secrets before it sends; the controller does it again for drones that
         // did not (an older drone, a runtime's text the drone could not know to mask).
@@ -483,11 +617,11 @@ where
             backend.address = address.to_string();
         }
         backend.updated_at = now;
-        Self::update_backend(&mut tx, &backend, revision).await?;
+        Self::update_backend(&mut tx, &backend, revision, previous).await?;
         if terminated {
             Self::release(&mut tx, backend_id, now).await?;
         }
-        self.commit_announced(tx, revision).await?;
+        self.commit_status(tx, revision, &backend, Some(previous)).await?;
         Ok(EventOutcome::Applied(Box::new(backend)))
     }
 
@@ -628,9 +762,12 @@ where
             .await
             .map_err(from_sqlx)?;
         if lost && backend.status.state.is_live() {
+            let previous = backend.status.state;
             Self::end_lost(&mut tx, &mut backend, revision, now).await?;
+            self.commit_status(tx, revision, &backend, Some(previous)).await?;
+        } else {
+            self.commit_announced(tx, revision).await?;
         }
-        self.commit_announced(tx, revision).await?;
         Ok(Some(backend))
     }
 
@@ -694,8 +831,9 @@ where
         if !backend.status.state.is_live() {
             return Ok(Some(backend));
         }
+        let previous = backend.status.state;
         Self::end_lost(&mut tx, &mut backend, revision, now).await?;
-        self.commit_announced(tx, revision).await?;
+        self.commit_status(tx, revision, &backend, Some(previous)).await?;
         Ok(Some(backend))
     }
 }

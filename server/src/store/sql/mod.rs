@@ -13,7 +13,7 @@ mod backends;
 mod nodes;
 
 use super::rows::{self, from_sqlx};
-use super::{LocalCommit, NodeChange, Revision, StoreError};
+use super::{Change, LocalCommit, Revision, StoreError};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
 
 pub trait Dialect: Database {
@@ -37,7 +37,7 @@ pub struct SqlStore<DB: Database> {
     /// The newest revision this process knows was committed: bumped after each local commit and,
     /// on PostgreSQL, by the LISTEN task for commits of other controllers.
     committed: tokio::sync::watch::Sender<Revision>,
-    /// This process's own commits, with their node changes.
+    /// This process's own commits, with their node or backend changes.
     local: tokio::sync::broadcast::Sender<LocalCommit>,
     /// Background work the store owns (the PostgreSQL listener); stopped when the store drops.
     background: Option<AbortOnDrop>,
@@ -125,20 +125,20 @@ where
         self.commit_published(tx, revision, None).await
     }
 
-    /// [`commit_announced`](Self::commit_announced), and publishes the commit with its node
-    /// change (if any) to this process's `local_commits` receivers before waking subscribers.
+    /// [`commit_announced`](Self::commit_announced), and publishes the commit with its change
+    /// (if any) to this process's `local_commits` receivers before waking subscribers.
     async fn commit_published(
         &self,
         mut tx: Transaction<'static, DB>,
         revision: Revision,
-        node: Option<NodeChange>,
+        change: Option<Change>,
     ) -> Result<(), StoreError> {
         if let Some(announce) = DB::ANNOUNCE {
             sqlx::query(announce).bind(revision.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
         }
         tx.commit().await.map_err(from_sqlx)?;
         // No receiver is not an error: nobody in this process fans out.
-        let _ = self.local.send(LocalCommit { revision, node });
+        let _ = self.local.send(LocalCommit { revision, change });
         Self::announce(&self.committed, Some(revision));
         Ok(())
     }

@@ -6,8 +6,8 @@
 use super::{Dialect, SqlStore};
 use crate::store::rows::{self, Param, db_revision, from_sqlx};
 use crate::store::{
-    ChangeKind, DroneCensus, LocalCommit, NodeChange, NodePage, NodeRegistration, NodeUpdate, Retention, Revision,
-    Store, StoreError, UpdateCondition,
+    Change, ChangeKind, DroneCensus, LocalCommit, NodeChange, NodePage, NodeRegistration, NodeUpdate, Retention,
+    Revision, Store, StoreError, UpdateCondition,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -93,7 +93,7 @@ where
         .await
         .map_err(from_sqlx)?;
         let published = NodeChange { revision: node.revision, kind: change, node: node.clone() };
-        self.commit_published(tx, node.revision, Some(published)).await
+        self.commit_published(tx, node.revision, Some(Change::Node(published))).await
     }
 
     /// The shared path of update and remove: `Ok(None)` when the node is absent or not held;
@@ -307,6 +307,36 @@ where
                 Ok(NodeChange { revision: node.revision, kind: rows::change_from_str(&change)?, node })
             })
             .collect()
+    }
+
+    async fn changes_since(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let (mut tx, _, compacted) = self.begin_snapshot().await?;
+        if after < compacted {
+            return Err(StoreError::Compacted { requested: after, oldest: compacted });
+        }
+        let rows = sqlx::query(
+            "SELECT revision, data, change FROM node_history WHERE revision > $1 ORDER BY revision LIMIT $2",
+        )
+        .bind(db_revision(after))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        let mut changes = rows
+            .iter()
+            .map(|row| {
+                let change: String = row.try_get(2).map_err(from_sqlx)?;
+                let node = decode(row)?;
+                Ok(Change::Node(NodeChange { revision: node.revision, kind: rows::change_from_str(&change)?, node }))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        changes.extend(Self::backend_log_in(&mut tx, after, limit).await?.into_iter().map(Change::Backend));
+        // Each half is complete up to its last row, or to the snapshot when it has fewer than
+        // `limit`; the first `limit` of both together are therefore a complete prefix of the log
+        // (a half that was cut has all its rows among them, or the other half filled them).
+        changes.sort_by_key(Change::revision);
+        changes.truncate(limit);
+        Ok(changes)
     }
 
     async fn compact(&self, retention: Retention, now: DateTime<Utc>) -> Result<Revision, StoreError> {

@@ -48,6 +48,15 @@ class PullPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PULL_POLICY_IF_NOT_PRESENT: _ClassVar[PullPolicy]
     PULL_POLICY_ALWAYS: _ClassVar[PullPolicy]
     PULL_POLICY_NEVER: _ClassVar[PullPolicy]
+
+class BackendEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BACKEND_EVENT_TYPE_UNSPECIFIED: _ClassVar[BackendEventType]
+    BACKEND_EVENT_TYPE_ADDED: _ClassVar[BackendEventType]
+    BACKEND_EVENT_TYPE_MODIFIED: _ClassVar[BackendEventType]
+    BACKEND_EVENT_TYPE_REMOVED: _ClassVar[BackendEventType]
+    BACKEND_EVENT_TYPE_BOOKMARK: _ClassVar[BackendEventType]
+    BACKEND_EVENT_TYPE_SNAPSHOT_END: _ClassVar[BackendEventType]
 BACKEND_STATE_UNSPECIFIED: BackendState
 BACKEND_STATE_SCHEDULED: BackendState
 BACKEND_STATE_LOADING: BackendState
@@ -74,6 +83,12 @@ PULL_POLICY_UNSPECIFIED: PullPolicy
 PULL_POLICY_IF_NOT_PRESENT: PullPolicy
 PULL_POLICY_ALWAYS: PullPolicy
 PULL_POLICY_NEVER: PullPolicy
+BACKEND_EVENT_TYPE_UNSPECIFIED: BackendEventType
+BACKEND_EVENT_TYPE_ADDED: BackendEventType
+BACKEND_EVENT_TYPE_MODIFIED: BackendEventType
+BACKEND_EVENT_TYPE_REMOVED: BackendEventType
+BACKEND_EVENT_TYPE_BOOKMARK: BackendEventType
+BACKEND_EVENT_TYPE_SNAPSHOT_END: BackendEventType
 
 class BackendKey(_message.Message):
     __slots__ = ("namespace", "name", "tag")
@@ -248,16 +263,29 @@ class GetBackendResponse(_message.Message):
     def __init__(self, backend: _Optional[_Union[Backend, _Mapping]] = ...) -> None: ...
 
 class BackendFilter(_message.Message):
-    __slots__ = ("states", "drone_id", "key_namespace", "cluster")
+    __slots__ = ("states", "drone_id", "key_namespace", "cluster", "pool", "labels", "key_prefix")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     STATES_FIELD_NUMBER: _ClassVar[int]
     DRONE_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    KEY_PREFIX_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[BackendState]
     drone_id: str
     key_namespace: str
     cluster: str
-    def __init__(self, states: _Optional[_Iterable[_Union[BackendState, str]]] = ..., drone_id: _Optional[str] = ..., key_namespace: _Optional[str] = ..., cluster: _Optional[str] = ...) -> None: ...
+    pool: str
+    labels: _containers.ScalarMap[str, str]
+    key_prefix: str
+    def __init__(self, states: _Optional[_Iterable[_Union[BackendState, str]]] = ..., drone_id: _Optional[str] = ..., key_namespace: _Optional[str] = ..., cluster: _Optional[str] = ..., pool: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., key_prefix: _Optional[str] = ...) -> None: ...
 
 class ListBackendsRequest(_message.Message):
     __slots__ = ("filter", "page_size", "page_token")
@@ -270,12 +298,14 @@ class ListBackendsRequest(_message.Message):
     def __init__(self, filter: _Optional[_Union[BackendFilter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListBackendsResponse(_message.Message):
-    __slots__ = ("backends", "next_page_token")
+    __slots__ = ("backends", "next_page_token", "revision")
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     backends: _containers.RepeatedCompositeFieldContainer[Backend]
     next_page_token: str
-    def __init__(self, backends: _Optional[_Iterable[_Union[Backend, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    revision: int
+    def __init__(self, backends: _Optional[_Iterable[_Union[Backend, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class WatchBackendRequest(_message.Message):
     __slots__ = ("id",)
@@ -288,6 +318,34 @@ class WatchBackendResponse(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     status: BackendStatus
     def __init__(self, status: _Optional[_Union[BackendStatus, _Mapping]] = ...) -> None: ...
+
+class WatchBackendsRequest(_message.Message):
+    __slots__ = ("filter", "start_revision", "send_initial", "bookmark_interval")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    START_REVISION_FIELD_NUMBER: _ClassVar[int]
+    SEND_INITIAL_FIELD_NUMBER: _ClassVar[int]
+    BOOKMARK_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    filter: BackendFilter
+    start_revision: int
+    send_initial: bool
+    bookmark_interval: _duration_pb2.Duration
+    def __init__(self, filter: _Optional[_Union[BackendFilter, _Mapping]] = ..., start_revision: _Optional[int] = ..., send_initial: _Optional[bool] = ..., bookmark_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class WatchBackendsResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: BackendEvent
+    def __init__(self, event: _Optional[_Union[BackendEvent, _Mapping]] = ...) -> None: ...
+
+class BackendEvent(_message.Message):
+    __slots__ = ("type", "backend", "revision")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    type: BackendEventType
+    backend: Backend
+    revision: int
+    def __init__(self, type: _Optional[_Union[BackendEventType, str]] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class TerminateBackendRequest(_message.Message):
     __slots__ = ("id", "hard")

@@ -55,6 +55,11 @@ class BackendServiceStub:
                 request_serializer=hangar_dot_v1_dot_backend__pb2.WatchBackendRequest.SerializeToString,
                 response_deserializer=hangar_dot_v1_dot_backend__pb2.WatchBackendResponse.FromString,
                 _registered_method=True)
+        self.WatchBackends = channel.unary_stream(
+                '/hangar.v1.BackendService/WatchBackends',
+                request_serializer=hangar_dot_v1_dot_backend__pb2.WatchBackendsRequest.SerializeToString,
+                response_deserializer=hangar_dot_v1_dot_backend__pb2.WatchBackendsResponse.FromString,
+                _registered_method=True)
         self.TerminateBackend = channel.unary_unary(
                 '/hangar.v1.BackendService/TerminateBackend',
                 request_serializer=hangar_dot_v1_dot_backend__pb2.TerminateBackendRequest.SerializeToString,
@@ -98,6 +103,20 @@ class BackendServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchBackends(self, request, context):
+        """Streams the status changes of every backend the filter matches, in revision order, with no
+        gaps and no duplicates, across every controller on the database. Same contract as
+        `NodeService.WatchNodes`: with `send_initial`, the matching backends as ADDED events, then
+        one SNAPSHOT_END with the snapshot's revision, then live changes; with `start_revision`, every
+        retained change after it first. A start revision older than the retention window fails with
+        OUT_OF_RANGE (reason REVISION_COMPACTED, metadata `oldest_revision`); list again. A client
+        that reads too slowly is cut off with RESOURCE_EXHAUSTED (reason WATCH_TOO_SLOW, metadata
+        `last_revision`) and can resume from that revision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TerminateBackend(self, request, context):
         """Soft-terminates (SIGTERM, then kill after the grace period) or, with `hard`, kills at once.
         """
@@ -127,6 +146,11 @@ def add_BackendServiceServicer_to_server(servicer, server):
                     servicer.WatchBackend,
                     request_deserializer=hangar_dot_v1_dot_backend__pb2.WatchBackendRequest.FromString,
                     response_serializer=hangar_dot_v1_dot_backend__pb2.WatchBackendResponse.SerializeToString,
+            ),
+            'WatchBackends': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBackends,
+                    request_deserializer=hangar_dot_v1_dot_backend__pb2.WatchBackendsRequest.FromString,
+                    response_serializer=hangar_dot_v1_dot_backend__pb2.WatchBackendsResponse.SerializeToString,
             ),
             'TerminateBackend': grpc.unary_unary_rpc_method_handler(
                     servicer.TerminateBackend,
@@ -243,6 +267,33 @@ class BackendService:
             '/hangar.v1.BackendService/WatchBackend',
             hangar_dot_v1_dot_backend__pb2.WatchBackendRequest.SerializeToString,
             hangar_dot_v1_dot_backend__pb2.WatchBackendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBackends(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hangar.v1.BackendService/WatchBackends',
+            hangar_dot_v1_dot_backend__pb2.WatchBackendsRequest.SerializeToString,
+            hangar_dot_v1_dot_backend__pb2.WatchBackendsResponse.FromString,
             options,
             channel_credentials,
             insecure,
