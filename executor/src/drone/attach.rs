@@ -18,15 +18,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::fleet::Fleet;
 use super::{AttachState, DroneConfig};
 
-/// Events sent per journal read; keeps one replay from holding a huge batch in memory.
-const EVENT_BATCH: i64 = 256;
+/// Events sent and not yet acknowledged on one stream, at most. The controller applies events one
+/// store write at a time; without a window a burst of them would fill its session's queue and stop
+/// it from reading the stream, heartbeats and renewals included. Also bounds a journal read.
+const EVENT_WINDOW: i64 = 1024;
 
 /// Renewal batches that may wait on the priority lane (each up to `renewer::MAX_BATCH` keys).
 const PRIORITY_LANE: usize = 64;
 
 /// Actions and acks read from the controller and not yet handled. The reader stops reading (and
 /// so stops reading renewal answers too) only past this many: it bounds the drone's memory.
-const INBOUND_QUEUE: usize = 1024;
+const INBOUND_QUEUE: usize = 4096;
 
 /// What the reader hands to the stream's loop: a message, or the stream's failure.
 type Inbound = Result<v1::drone_attach_response::Message, tonic::Status>;
@@ -214,14 +216,19 @@ async fn handle(
     // Every attach starts from the beginning of the journal: whatever is still there was not
     // acknowledged, whichever controller it was sent to.
     let mut cursor = 0;
+    // Events sent on this stream and not yet acknowledged (the controller acknowledges every one,
+    // in order, on the stream it came on).
+    let mut unacked = 0;
     loop {
         written.borrow_and_update();
-        loop {
-            let batch = journal.events_after(cursor, EVENT_BATCH).await?;
-            let full = batch.len() as i64 == EVENT_BATCH;
+        while unacked < EVENT_WINDOW {
+            let limit = EVENT_WINDOW - unacked;
+            let batch = journal.events_after(cursor, limit).await?;
+            let full = batch.len() as i64 == limit;
             for (seq, event) in batch {
                 send(Message::BackendEvent(event)).await?;
                 cursor = seq;
+                unacked += 1;
             }
             if !full {
                 break;
@@ -237,7 +244,10 @@ async fn handle(
                         fleet.handle_action(action).await?;
                         send(Message::AckAction(v1::AckAction { action_id })).await?;
                     }
-                    Reply::AckEvent(ack) => journal.ack_event(&ack.event_id).await?,
+                    Reply::AckEvent(ack) => {
+                        journal.ack_event(&ack.event_id).await?;
+                        unacked = (unacked - 1).max(0);
+                    }
                     Reply::Welcome(_) => tracing::warn!("unexpected second welcome; ignoring it"),
                     // The reader answers these itself.
                     Reply::RenewKeyResponse(_) | Reply::RenewKeysResponse(_) => {}

@@ -29,11 +29,18 @@ pub const MAX_BATCH: usize = 1_000;
 /// How soon to try again when a batch could not even be sent (no controller attached).
 const RETRY_UNSENT: Duration = Duration::from_millis(250);
 
+/// New keys are renewed this soon after they arrive (gathered into one batch), not at the next
+/// round: the controller started their lease at Connect, before the Spawn travelled here, so the
+/// sooner their first renewal lands, the more of that lease is left.
+const FRESH_DELAY: Duration = Duration::from_millis(200);
+
 struct Held {
     key: v1::BackendKey,
     fencing_token: u64,
     lease: Duration,
     task: mpsc::Sender<Command>,
+    /// Not renewed since it arrived.
+    fresh: bool,
 }
 
 /// A batch sent and not yet answered. The controller answers on the same stream in order;
@@ -51,7 +58,7 @@ struct InFlight {
 pub struct KeyRenewer {
     held: Mutex<HashMap<String, Held>>,
     in_flight: Mutex<VecDeque<InFlight>>,
-    /// A key was added while none was held: start the renewal clock.
+    /// A key was added.
     added: Notify,
 }
 
@@ -66,56 +73,61 @@ impl KeyRenewer {
         lease: Duration,
         task: mpsc::Sender<Command>,
     ) {
-        let mut held = self.held.lock().unwrap();
-        held.insert(backend_id.to_string(), Held { key, fencing_token, lease, task });
-        if held.len() == 1 {
-            self.added.notify_one();
-        }
+        let held = Held { key, fencing_token, lease, task, fresh: true };
+        self.held.lock().unwrap().insert(backend_id.to_string(), held);
+        self.added.notify_one();
     }
 
-    /// Keys held by live tasks (ended ones are forgotten here), and the shortest lease among them.
-    fn live(&self) -> (Vec<v1::RenewKey>, Option<Duration>) {
+    /// Keys held by live tasks (ended ones are forgotten here), all or only the fresh ones, and
+    /// the shortest lease among all.
+    fn live(&self, only_fresh: bool) -> (Vec<v1::RenewKey>, Option<Duration>) {
         let mut held = self.held.lock().unwrap();
         held.retain(|_, h| !h.task.is_closed());
         let lease = held.values().map(|h| h.lease).min();
         let keys = held
-            .iter()
-            .map(|(id, h)| v1::RenewKey {
-                backend_id: id.clone(),
-                key: Some(h.key.clone()),
-                fencing_token: h.fencing_token,
+            .iter_mut()
+            .filter(|(_, h)| h.fresh || !only_fresh)
+            .map(|(id, h)| {
+                h.fresh = false;
+                v1::RenewKey { backend_id: id.clone(), key: Some(h.key.clone()), fencing_token: h.fencing_token }
             })
             .collect();
         (keys, lease)
     }
 
-    /// Renews every held key every third of the lease until shutdown.
+    /// Renews every held key every third of the lease, and new keys as they arrive, until
+    /// shutdown.
     pub async fn run(&self, stream: &CurrentStream, shutdown: CancellationToken) {
-        let mut next = None;
+        let mut next: Option<Instant> = None;
         loop {
-            let wake = async {
+            let round = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,
-                    None => self.added.notified().await,
+                    None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                _ = wake => {}
+            let only_fresh = tokio::select! {
+                _ = round => false,
+                _ = self.added.notified() => {
+                    // Gather the keys of a burst of spawns into one batch.
+                    tokio::time::sleep(FRESH_DELAY).await;
+                    true
+                }
                 _ = shutdown.cancelled() => return,
-            }
-            let (keys, lease) = self.live();
+            };
+            let (keys, lease) = self.live(only_fresh);
             let Some(lease) = lease else {
                 next = None;
                 continue;
             };
-            if next.is_none() {
-                // The first key since none was held: it was confirmed on arrival, so its first
-                // renewal is due a third of the lease from now.
-                next = Some(Instant::now() + lease / 3);
+            if keys.is_empty() {
+                next = next.or(Some(Instant::now() + lease / 3));
                 continue;
             }
             let sent = self.send(stream, keys).await;
-            next = Some(Instant::now() + if sent { lease / 3 } else { RETRY_UNSENT.min(lease / 10) });
+            if !only_fresh || next.is_none() {
+                next = Some(Instant::now() + if sent { lease / 3 } else { RETRY_UNSENT.min(lease / 10) });
+            }
         }
     }
 
@@ -144,6 +156,9 @@ impl KeyRenewer {
                 delivered
             };
             if !delivered {
+                // Not sent (or not all of it, to an older controller): no answer will come for it,
+                // and answers are matched to batches in order.
+                self.in_flight.lock().unwrap().pop_back();
                 return false;
             }
         }

@@ -29,6 +29,10 @@ pub(super) enum Renewal {
 
 type Outbound = mpsc::Sender<Result<v1::DroneAttachResponse, Status>>;
 
+/// Messages renewed in one transaction at most, when several wait: under load the renewals of a
+/// drone cost fewer, larger transactions instead of queueing.
+const COALESCE: usize = 8;
+
 /// Renews and answers until the session drops its sender. A message that is not valid, or a store
 /// that fails, ends the stream with that error, as in-line handling would: the drone reattaches.
 pub(super) async fn serve(
@@ -37,40 +41,88 @@ pub(super) async fn serve(
     mut renewals: mpsc::Receiver<Renewal>,
     outbound: Outbound,
 ) {
-    use v1::drone_attach_response::Message as Reply;
-    while let Some(renewal) = renewals.recv().await {
-        let reply = match renewal {
-            Renewal::Batch(batch) => renew(&store, lease_duration, batch.keys, false)
-                .await
-                .map(|keys| Reply::RenewKeysResponse(v1::RenewKeysResponse { keys })),
-            Renewal::Single(key) => renew(&store, lease_duration, vec![key], true)
-                .await
-                .map(|mut keys| Reply::RenewKeyResponse(keys.pop().expect("one answer per key"))),
-        };
-        let message = match reply {
-            Ok(reply) => Ok(v1::DroneAttachResponse { message: Some(reply) }),
+    while let Some(first) = renewals.recv().await {
+        let mut taken = vec![first];
+        while taken.len() < COALESCE {
+            match renewals.try_recv() {
+                Ok(more) => taken.push(more),
+                Err(_) => break,
+            }
+        }
+        let answers = match renew(&store, lease_duration, taken).await {
+            Ok(answers) => {
+                answers.into_iter().map(|reply| Ok(v1::DroneAttachResponse { message: Some(reply) })).collect()
+            }
             Err(err) => {
                 if let ApiError::Store(err) = &err {
                     tracing::warn!(error = %err, "store failed renewing keys");
                 }
-                Err(Status::from(err))
+                vec![Err(Status::from(err))]
             }
         };
-        let failed = message.is_err();
-        // A drone that stopped reading ends its stream; the session notices when its read fails.
-        if outbound.send(message).await.is_err() || failed {
-            return;
+        for answer in answers {
+            let failed = answer.is_err();
+            // A drone that stopped reading ends its stream; the session notices when its read
+            // fails.
+            if outbound.send(answer).await.is_err() || failed {
+                return;
+            }
         }
     }
 }
 
-/// Validates and renews `keys` in one transaction; one answer per key, in order.
+/// Validates and renews the keys of `messages` in one transaction; one answer per message, each
+/// with one answer per key in the message's order.
 async fn renew(
     store: &DynStore,
     lease_duration: Duration,
-    keys: Vec<v1::RenewKey>,
-    single: bool,
-) -> Result<Vec<v1::RenewKeyResponse>, ApiError> {
+    messages: Vec<Renewal>,
+) -> Result<Vec<v1::drone_attach_response::Message>, ApiError> {
+    use v1::drone_attach_response::Message as Reply;
+    let mut all = Vec::new();
+    // Per message: whether it was a single RenewKey, and how many keys it carried.
+    let mut shapes = Vec::with_capacity(messages.len());
+    for message in messages {
+        let (keys, single) = match message {
+            Renewal::Batch(batch) => (batch.keys, false),
+            Renewal::Single(key) => (vec![key], true),
+        };
+        let renewals = validated(&keys, single)?;
+        shapes.push((single, renewals.len()));
+        all.extend(renewals);
+    }
+    // Read after the requests arrived: the drone counts from before it sent, so its deadlines
+    // fall before this expiry whatever the delay.
+    let now = Utc::now();
+    let expires_at = now + chrono::Duration::from_std(lease_duration).unwrap_or_default();
+    let started = std::time::Instant::now();
+    let renewed = store.renew_keys(&all, now, expires_at).await?;
+    tracing::debug!(keys = all.len(), elapsed = ?started.elapsed(), "key renewals");
+    let mut answers = all.into_iter().zip(renewed).map(|(renewal, renewed)| {
+        if !renewed {
+            tracing::warn!(backend_id = %renewal.backend_id, fencing_token = renewal.fencing_token, "key lease not renewed");
+        }
+        v1::RenewKeyResponse {
+            backend_id: renewal.backend_id,
+            renewed,
+            expires_at: renewed.then(|| timestamp_to_proto(expires_at)),
+        }
+    });
+    Ok(shapes
+        .into_iter()
+        .map(|(single, count)| {
+            let keys: Vec<_> = answers.by_ref().take(count).collect();
+            if single {
+                Reply::RenewKeyResponse(keys.into_iter().next().expect("one answer per key"))
+            } else {
+                Reply::RenewKeysResponse(v1::RenewKeysResponse { keys })
+            }
+        })
+        .collect())
+}
+
+/// The keys of one message, validated.
+fn validated(keys: &[v1::RenewKey], single: bool) -> Result<Vec<KeyRenewal>, ApiError> {
     let mut violations = validate::Violations::default();
     if keys.len() > MAX_KEYS {
         violations.check("renew_keys.keys", Some(format!("at most {MAX_KEYS} keys (got {})", keys.len())));
@@ -95,25 +147,5 @@ async fn renew(
         }
     }
     violations.into_result()?;
-    // Read after the request arrived: the drone counts from before it sent, so its deadlines
-    // fall before this expiry whatever the delay.
-    let now = Utc::now();
-    let expires_at = now + chrono::Duration::from_std(lease_duration).unwrap_or_default();
-    let started = std::time::Instant::now();
-    let renewed = store.renew_keys(&renewals, now, expires_at).await?;
-    tracing::debug!(keys = renewals.len(), elapsed = ?started.elapsed(), "key renewals");
-    Ok(renewals
-        .into_iter()
-        .zip(renewed)
-        .map(|(renewal, renewed)| {
-            if !renewed {
-                tracing::warn!(backend_id = %renewal.backend_id, fencing_token = renewal.fencing_token, "key lease not renewed");
-            }
-            v1::RenewKeyResponse {
-                backend_id: renewal.backend_id,
-                renewed,
-                expires_at: renewed.then(|| timestamp_to_proto(expires_at)),
-            }
-        })
-        .collect())
+    Ok(renewals)
 }

@@ -19,7 +19,7 @@ pub(super) const OUTBOUND_BUFFER: usize = 64;
 
 /// Messages read from a node and not yet handled. The reader stops reading (priority messages
 /// included) only past this many: it bounds what a node that floods can make the controller hold.
-const INBOUND_QUEUE: usize = 1024;
+const INBOUND_QUEUE: usize = 4096;
 
 /// Routes each message as the reader reads it: messages that must not wait behind the in-line
 /// handling of earlier ones (key renewals) take their own path.
