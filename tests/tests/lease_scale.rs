@@ -12,7 +12,6 @@ use hangar_server::limits::LimitsConfig;
 use hangar_server::store::KeyRenewal;
 use hangar_testkit::eventually;
 use hangar_tests::TestCluster;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
