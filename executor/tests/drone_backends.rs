@@ -40,6 +40,10 @@ struct Script {
     /// `None`: renewals go unanswered.
     renew_answer: Option<bool>,
     refuse_attach: bool,
+    /// Play a controller from before batched renewals: no `batch_renewals` in the Welcome.
+    single_renewals: bool,
+    /// Keys per renewal message received (a `RenewKey` counts 1).
+    renewal_sizes: Vec<usize>,
     attaches: u32,
     current: Option<Outbound>,
 }
@@ -76,6 +80,7 @@ impl DroneService for FakeController {
             node_id: "node-fake".into(),
             controller_id: "fake".into(),
             heartbeat_interval: Some(duration_to_proto(Duration::from_millis(500))),
+            batch_renewals: !self.script.lock().unwrap().single_renewals,
         };
         tx.send(reply(Reply::Welcome(welcome))).await.unwrap();
         let pending = {
@@ -104,8 +109,25 @@ impl DroneService for FakeController {
                             s.acked_actions.push(ack.action_id);
                             None
                         }
+                        Some(Message::RenewKeys(batch)) => {
+                            s.renewals.push(Instant::now());
+                            s.renewal_sizes.push(batch.keys.len());
+                            s.renew_answer.map(|renewed| {
+                                let keys = batch
+                                    .keys
+                                    .into_iter()
+                                    .map(|k| v1::RenewKeyResponse {
+                                        backend_id: k.backend_id,
+                                        renewed,
+                                        expires_at: None,
+                                    })
+                                    .collect();
+                                Reply::RenewKeysResponse(v1::RenewKeysResponse { keys })
+                            })
+                        }
                         Some(Message::RenewKey(renew)) => {
                             s.renewals.push(Instant::now());
+                            s.renewal_sizes.push(1);
                             s.renew_answer.map(|renewed| {
                                 Reply::RenewKeyResponse(v1::RenewKeyResponse {
                                     backend_id: renew.backend_id,
@@ -709,6 +731,67 @@ async fn refused_renewal_terminates_with_key_expired() {
     assert_eq!(reason_of(&terminated), Some(TerminationReason::KeyExpired));
     assert!(controller.states_of(&backend).contains(&Terminating));
     assert!(message_of(&terminated).contains("refused to renew the key lease"), "{terminated:?}");
+    drone.shutdown().await;
+}
+
+#[tokio::test]
+async fn keys_are_renewed_in_one_batch_and_one_refused_key_ends_only_its_backend() {
+    let controller = Controller::start().await;
+    controller.script(|s| s.renew_answer = Some(true));
+    let drone = start_drone(&controller, Arc::new(MockRuntime::new()), None);
+    drone.attached().await;
+
+    let lease = Duration::from_millis(1500);
+    let backends: Vec<String> = (0..5).map(|_| new_id("bk")).collect();
+    for (i, backend) in backends.iter().enumerate() {
+        let mut spawn = Spawn::new("app:1").keyed(&format!("doc-batch-{i}"));
+        spawn.lease = lease;
+        controller.send(spawn.action(backend));
+    }
+    for backend in &backends {
+        controller.wait_state(backend, Ready, T).await;
+    }
+    controller.wait_for("one renewal carrying all five keys", T, |c| c.script(|s| s.renewal_sizes.contains(&5))).await;
+    // Several leases pass: every key stays confirmed, in batches, never one message per key.
+    tokio::time::sleep(lease * 2).await;
+    for backend in &backends {
+        assert_eq!(controller.states_of(backend).last(), Some(&Ready), "{backend} still READY");
+    }
+    assert!(controller.script(|s| s.renewal_sizes.iter().all(|n| *n > 1)), "batched renewals only");
+
+    controller.script(|s| s.renew_answer = Some(false));
+    let terminated = controller.wait_state(&backends[0], Terminated, T).await;
+    assert_eq!(reason_of(&terminated), Some(TerminationReason::KeyExpired));
+    drone.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_older_controller_gets_one_renew_key_per_key_and_a_refusal_still_ends_the_backend() {
+    let controller = Controller::start().await;
+    controller.script(|s| {
+        s.single_renewals = true;
+        s.renew_answer = Some(true);
+    });
+    let drone = start_drone(&controller, Arc::new(MockRuntime::new()), None);
+    drone.attached().await;
+
+    let lease = Duration::from_millis(1500);
+    let (a, b) = (new_id("bk"), new_id("bk"));
+    for (backend, name) in [(&a, "doc-old-a"), (&b, "doc-old-b")] {
+        let mut spawn = Spawn::new("app:1").keyed(name);
+        spawn.lease = lease;
+        controller.send(spawn.action(backend));
+        controller.wait_state(backend, Ready, T).await;
+    }
+    // Renewed one key per message for more than a lease: both stay READY.
+    tokio::time::sleep(lease).await;
+    assert_eq!(controller.states_of(&a).last(), Some(&Ready));
+    assert_eq!(controller.states_of(&b).last(), Some(&Ready));
+    assert!(controller.script(|s| !s.renewal_sizes.is_empty() && s.renewal_sizes.iter().all(|n| *n == 1)));
+
+    controller.script(|s| s.renew_answer = Some(false));
+    let terminated = controller.wait_state(&a, Terminated, T).await;
+    assert_eq!(reason_of(&terminated), Some(TerminationReason::KeyExpired));
     drone.shutdown().await;
 }
 

@@ -7,7 +7,7 @@ use hangar::domain::{
 use hangar::v1;
 use hangar_server::store::{
     ActionPayload, BackendFilter, Change, ChangeKind, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome,
-    IssuedToken, NodeRegistration, NodeUpdate, SpawnPlan, UpdateCondition, new_action_id,
+    IssuedToken, KeyRenewal, NodeRegistration, NodeUpdate, SpawnPlan, UpdateCondition, new_action_id,
 };
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -23,6 +23,7 @@ hangar_server::store_scenarios!(
     placement_counts_live_backends_and_reports_a_full_pool,
     terminate_stores_one_action_per_kind_and_ignores_terminated_backends,
     renewal_needs_the_current_fencing_token,
+    a_batch_renewal_renews_each_held_key_and_refuses_the_others_alone,
     a_status_message_is_kept_in_the_history_and_never_shows_a_secret,
     a_passed_drain_deadline_terminates_only_while_the_drone_is_still_drained,
     the_watch_log_carries_backend_and_node_changes_in_revision_order_with_the_state_before,
@@ -338,6 +339,47 @@ async fn renewal_needs_the_current_fencing_token(db: Database) {
     // Past its expiry, a lease cannot be revived: the sweep may already have handed the key on.
     let late = now + Duration::seconds(31);
     assert!(!store.renew_key(&b.id, &k, b.fencing_token, late, late + Duration::seconds(30)).await.unwrap());
+}
+
+async fn a_batch_renewal_renews_each_held_key_and_refuses_the_others_alone(db: Database) {
+    let store = db.open().await;
+    let mut held = Vec::new();
+    for name in ["b0", "b1", "b2", "b3"] {
+        let ConnectOutcome::Spawned(b) =
+            store.connect_backend(spec(Some(key(name, "")), drones(10, &["d1"]), LEASE), &first).await.unwrap()
+        else {
+            panic!()
+        };
+        held.push(b);
+    }
+    let renewal = |i: usize, token: u64| KeyRenewal {
+        backend_id: held[i].id.clone(),
+        key: key(&format!("b{i}"), ""),
+        fencing_token: token,
+    };
+    let now = Utc::now();
+    // b2's lease runs out before the batch arrives; the batch may not revive it.
+    let late = now + Duration::seconds(31);
+    assert!(store.renew_key(&held[0].id, &key("b0", ""), held[0].fencing_token, now, late).await.unwrap());
+    assert!(store.renew_key(&held[1].id, &key("b1", ""), held[1].fencing_token, now, late).await.unwrap());
+    assert!(store.renew_key(&held[3].id, &key("b3", ""), held[3].fencing_token, now, late).await.unwrap());
+    let batch = vec![
+        renewal(0, held[0].fencing_token),
+        // A wrong fencing token: an older holder's.
+        renewal(1, held[1].fencing_token + 1),
+        renewal(2, held[2].fencing_token),
+        renewal(3, held[3].fencing_token),
+        // A backend that does not hold the key at all.
+        KeyRenewal { backend_id: "bk-other".into(), key: key("b0", ""), fencing_token: held[0].fencing_token },
+    ];
+    let renewed = store.renew_keys(&batch, late, late + Duration::seconds(30)).await.unwrap();
+    assert_eq!(renewed, [true, false, false, true, false], "each key decided alone, answers in request order");
+
+    // The renewed leases really moved: still valid past the old expiry, the refused ones not.
+    let later = late + Duration::seconds(20);
+    let expired: BTreeSet<String> = store.expired_key_holders(later).await.unwrap().into_iter().map(|b| b.id).collect();
+    assert_eq!(expired, BTreeSet::from([held[1].id.clone(), held[2].id.clone()]));
+    assert!(store.renew_keys(&[], now, now).await.unwrap().is_empty());
 }
 
 #[tokio::test]

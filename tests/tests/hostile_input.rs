@@ -429,6 +429,13 @@ fn drone_message() -> impl Strategy<Value = v1::DroneAttachRequest> {
         1 => id().prop_map(|action_id| Message::AckAction(v1::AckAction { action_id })),
         1 => (id(), backend_key(), any::<u64>())
             .prop_map(|(backend_id, key, fencing_token)| Message::RenewKey(v1::RenewKey { backend_id, key, fencing_token })),
+        1 => prop::collection::vec((id(), backend_key(), any::<u64>()), 0..5).prop_map(|keys| {
+            let keys = keys
+                .into_iter()
+                .map(|(backend_id, key, fencing_token)| v1::RenewKey { backend_id, key, fencing_token })
+                .collect();
+            Message::RenewKeys(v1::RenewKeys { keys })
+        }),
     ];
     prop::option::weighted(0.95, message).prop_map(|message| v1::DroneAttachRequest { message })
 }

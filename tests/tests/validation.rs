@@ -158,6 +158,19 @@ async fn a_drone_that_sends_a_bad_hello_or_message_is_refused_and_its_stream_clo
         (event("ev-1", "bk-1", "not an address"), "backend_event.address"),
         (Message::AckAction(v1::AckAction { action_id: String::new() }), "ack_action.action_id"),
         (Message::RenewKey(v1::RenewKey { backend_id: "bk-1".into(), key: None, fencing_token: 1 }), "renew_key.key"),
+        (
+            Message::RenewKeys(v1::RenewKeys {
+                keys: vec![
+                    v1::RenewKey {
+                        backend_id: "bk-1".into(),
+                        key: Some(v1::BackendKey { namespace: "docs".into(), name: "a".into(), tag: String::new() }),
+                        fencing_token: 1,
+                    },
+                    v1::RenewKey { backend_id: "bk-2".into(), key: None, fencing_token: 1 },
+                ],
+            }),
+            "renew_keys.keys[1].key",
+        ),
     ] {
         names(Err::<(), _>(drone_sends(&url, message).await), field);
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::stream::PollNext;
 use hangar::domain::duration_from_proto;
 use hangar::v1::{self, drone_service_client::DroneServiceClient};
 use hangar_agent::HostResources;
@@ -17,8 +18,55 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::fleet::Fleet;
 use super::{AttachState, DroneConfig};
 
-/// Events sent per journal read; keeps one replay from holding a huge batch in memory.
-const EVENT_BATCH: i64 = 256;
+/// Events sent and not yet acknowledged on one stream, at most. The controller applies events one
+/// store write at a time; without a window a burst of them would fill its session's queue and stop
+/// it from reading the stream, heartbeats and renewals included. Also bounds a journal read.
+const EVENT_WINDOW: i64 = 1024;
+
+/// Renewal batches that may wait on the priority lane (each up to `renewer::MAX_BATCH` keys).
+const PRIORITY_LANE: usize = 64;
+
+/// Actions and acks read from the controller and not yet handled. The reader stops reading (and
+/// so stops reading renewal answers too) only past this many: it bounds the drone's memory.
+const INBOUND_QUEUE: usize = 4096;
+
+/// What the reader hands to the stream's loop: a message, or the stream's failure.
+type Inbound = Result<v1::drone_attach_response::Message, tonic::Status>;
+
+/// Reads the controller's messages as they come: renewal answers go straight to the renewer
+/// (their deadlines are running), everything else queues for the loop, which journals actions
+/// one by one. Returns when the stream ends (dropping the queue, which ends the loop).
+async fn read_inbound(
+    fleet: &Arc<Fleet>,
+    mut inbound: tonic::Streaming<v1::DroneAttachResponse>,
+    queue: mpsc::Sender<Inbound>,
+    generation: u64,
+) {
+    use v1::drone_attach_response::Message as Reply;
+    loop {
+        let reply = match inbound.message().await {
+            Ok(Some(v1::DroneAttachResponse { message: Some(reply) })) => reply,
+            Ok(Some(_)) => {
+                tracing::debug!("empty message from the controller");
+                continue;
+            }
+            Ok(None) => return,
+            Err(status) => {
+                let _ = queue.send(Err(status)).await;
+                return;
+            }
+        };
+        match reply {
+            Reply::RenewKeysResponse(answer) => fleet.renewal_answers(generation, answer).await,
+            Reply::RenewKeyResponse(answer) => fleet.renewal_answer(generation, answer).await,
+            other => {
+                if queue.send(Ok(other)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
 
 /// What every stream of one drone shares: its configuration and backends, the state it reports,
 /// and one [`HostResources`] for its whole life, so CPU usage is measured between heartbeats
@@ -65,6 +113,13 @@ impl DroneAttach<'_> {
         let controller = attempt.controller().to_string();
         let mut client = DroneServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(64);
+        // Renewals' own lane, always taken first: they never wait behind queued events.
+        let (priority_tx, priority_rx) = mpsc::channel(PRIORITY_LANE);
+        let requests = futures::stream::select_with_strategy(
+            ReceiverStream::new(priority_rx),
+            ReceiverStream::new(rx),
+            |_: &mut ()| PollNext::Left,
+        );
         let hello = v1::DroneHello {
             name: config.name.clone(),
             cluster: config.cluster.clone(),
@@ -78,7 +133,7 @@ impl DroneAttach<'_> {
         tx.send(v1::DroneAttachRequest { message: Some(Message::Hello(hello)) }).await?;
         // The status itself is the error, so that `stream` can tell a refusal from a transient
         // failure.
-        let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+        let mut inbound = client.attach(requests).await?.into_inner();
 
         let welcome = match inbound.message().await.context("no welcome")? {
             Some(v1::DroneAttachResponse { message: Some(Reply::Welcome(welcome)) }) => welcome,
@@ -91,76 +146,114 @@ impl DroneAttach<'_> {
         attempt.welcomed();
 
         let outbox = &self.fleet.outbox;
-        let generation = outbox.stream.attach(tx.clone());
-        let result = self.attached(&tx, &mut inbound, interval, generation).await;
+        let generation = outbox.stream.attach(priority_tx.clone(), welcome.batch_renewals);
+        let result = self.attached(&tx, priority_tx, inbound, interval, generation).await;
         outbox.stream.detach(generation);
         result
     }
 
-    /// The attached part of a stream: heartbeats, journaled events out (all unacknowledged ones
-    /// first, in order), actions, acks and renewal answers in.
+    /// The attached part of a stream, three parts side by side so none waits for another:
+    /// reading the controller's messages, heartbeats (on the priority lane, so a burst of events
+    /// cannot delay them past the controller's UNHEALTHY bound), and the loop that sends journaled
+    /// events (all unacknowledged ones first, in order) and handles actions and acks.
     async fn attached(
         &mut self,
         tx: &mpsc::Sender<v1::DroneAttachRequest>,
-        inbound: &mut tonic::Streaming<v1::DroneAttachResponse>,
+        priority: mpsc::Sender<v1::DroneAttachRequest>,
+        inbound: tonic::Streaming<v1::DroneAttachResponse>,
         interval: Duration,
         generation: u64,
     ) -> anyhow::Result<()> {
-        use v1::drone_attach_request::Message;
-        use v1::drone_attach_response::Message as Reply;
-
-        let send = |message: Message| async move {
-            tx.send(v1::DroneAttachRequest { message: Some(message) })
-                .await
-                .map_err(|_| anyhow::anyhow!("the stream to the controller closed"))
-        };
         let fleet = self.fleet;
-        let journal = &fleet.outbox.journal;
-        let mut written = fleet.outbox.written.subscribe();
-        // Every attach starts from the beginning of the journal: whatever is still there was not
-        // acknowledged, whichever controller it was sent to.
-        let mut cursor = 0;
-        let mut ticker = tokio::time::interval(interval);
-        ticker.tick().await;
-        loop {
-            written.borrow_and_update();
+        let host = &mut self.host;
+        let (queue_tx, mut queue) = mpsc::channel(INBOUND_QUEUE);
+        let reader = async {
+            read_inbound(fleet, inbound, queue_tx, generation).await;
+            // The loop ends once it has drained what was read.
+            std::future::pending::<()>().await
+        };
+        let heartbeats = async {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.tick().await;
             loop {
-                let batch = journal.events_after(cursor, EVENT_BATCH).await?;
-                let full = batch.len() as i64 == EVENT_BATCH;
-                for (seq, event) in batch {
-                    send(Message::BackendEvent(event)).await?;
-                    cursor = seq;
-                }
-                if !full {
-                    break;
+                ticker.tick().await;
+                let heartbeat = v1::DroneHeartbeat {
+                    local_time: Some(hangar::domain::timestamp_to_proto(chrono::Utc::now())),
+                    resources: Some(host.sample().into()),
+                    backend_count: fleet.live_count(),
+                };
+                let message = v1::drone_attach_request::Message::Heartbeat(heartbeat);
+                if priority.send(v1::DroneAttachRequest { message: Some(message) }).await.is_err() {
+                    // The stream is gone; the loop finds out too.
+                    std::future::pending::<()>().await
                 }
             }
-            tokio::select! {
-                _ = ticker.tick() => {
-                    let heartbeat = v1::DroneHeartbeat {
-                        local_time: Some(hangar::domain::timestamp_to_proto(chrono::Utc::now())),
-                        resources: Some(self.host.sample().into()),
-                        backend_count: fleet.live_count(),
-                    };
-                    send(Message::Heartbeat(heartbeat)).await?;
-                }
-                _ = written.changed() => {}
-                message = inbound.message() => match message {
-                    Ok(Some(v1::DroneAttachResponse { message: Some(reply) })) => match reply {
-                        Reply::Action(action) => {
-                            let action_id = action.action_id.clone();
-                            // Journaled (and started) before the ack, so a crash cannot lose it.
-                            fleet.handle_action(action).await?;
-                            send(Message::AckAction(v1::AckAction { action_id })).await?;
-                        }
-                        Reply::AckEvent(ack) => journal.ack_event(&ack.event_id).await?,
-                        Reply::RenewKeyResponse(answer) => fleet.renewal_answer(generation, answer),
-                        Reply::Welcome(_) => tracing::warn!("unexpected second welcome; ignoring it"),
-                    },
-                    Ok(Some(_)) => tracing::debug!("empty message from the controller"),
-                    Ok(None) => return Ok(()),
-                    Err(status) => return Err(anyhow::anyhow!("{}: {}", status.code(), status.message())),
-                }
+        };
+        tokio::select! {
+            _ = reader => unreachable!("the reader never ends by itself"),
+            _ = heartbeats => unreachable!("heartbeats never end by themselves"),
+            result = handle(fleet, tx, &mut queue) => result,
+        }
+    }
+}
+
+/// Journaled events out; actions and acks in, from `queue`.
+async fn handle(
+    fleet: &Arc<Fleet>,
+    tx: &mpsc::Sender<v1::DroneAttachRequest>,
+    queue: &mut mpsc::Receiver<Inbound>,
+) -> anyhow::Result<()> {
+    use v1::drone_attach_request::Message;
+    use v1::drone_attach_response::Message as Reply;
+
+    let send = |message: Message| async move {
+        tx.send(v1::DroneAttachRequest { message: Some(message) })
+            .await
+            .map_err(|_| anyhow::anyhow!("the stream to the controller closed"))
+    };
+    let journal = &fleet.outbox.journal;
+    let mut written = fleet.outbox.written.subscribe();
+    // Every attach starts from the beginning of the journal: whatever is still there was not
+    // acknowledged, whichever controller it was sent to.
+    let mut cursor = 0;
+    // Events sent on this stream and not yet acknowledged (the controller acknowledges every one,
+    // in order, on the stream it came on).
+    let mut unacked = 0;
+    loop {
+        written.borrow_and_update();
+        while unacked < EVENT_WINDOW {
+            let limit = EVENT_WINDOW - unacked;
+            let batch = journal.events_after(cursor, limit).await?;
+            let full = batch.len() as i64 == limit;
+            for (seq, event) in batch {
+                send(Message::BackendEvent(event)).await?;
+                cursor = seq;
+                unacked += 1;
+            }
+            if !full {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = written.changed() => {}
+            message = queue.recv() => match message {
+                Some(Ok(reply)) => match reply {
+                    Reply::Action(action) => {
+                        let action_id = action.action_id.clone();
+                        // Journaled (and started) before the ack, so a crash cannot lose it.
+                        fleet.handle_action(action).await?;
+                        send(Message::AckAction(v1::AckAction { action_id })).await?;
+                    }
+                    Reply::AckEvent(ack) => {
+                        journal.ack_event(&ack.event_id).await?;
+                        unacked = (unacked - 1).max(0);
+                    }
+                    Reply::Welcome(_) => tracing::warn!("unexpected second welcome; ignoring it"),
+                    // The reader answers these itself.
+                    Reply::RenewKeyResponse(_) | Reply::RenewKeysResponse(_) => {}
+                },
+                Some(Err(status)) => return Err(anyhow::anyhow!("{}: {}", status.code(), status.message())),
+                None => return Ok(()),
             }
         }
     }

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::lease::{Answer, KeyLease};
+use super::lease::KeyLease;
 use super::outbox::Outbox;
 use super::readiness;
 use crate::runtime::{BackendSpec, BackendState as RuntimeState, Runtime, RuntimeError};
@@ -49,9 +49,9 @@ pub enum Command {
     },
     /// The runtime's event stream (re)synchronised: events may have been missed, so look.
     Check,
-    /// Answer to a key renewal sent on the stream of `generation`.
+    /// Answer to the key renewal in the batch sent at `sent` (`super::renewer`).
     Renewal {
-        generation: u64,
+        sent: Instant,
         renewed: bool,
     },
 }
@@ -131,7 +131,6 @@ enum Step {
     Done(Done),
     Command(Command),
     GraceOver,
-    Renew,
     LeaseSoft,
     LeaseHard,
     Shutdown,
@@ -192,6 +191,11 @@ impl BackendTask {
         }
     }
 
+    /// How long this backend's key lease lasts; `None` without a key.
+    pub fn lease_duration(&self) -> Option<Duration> {
+        self.lease.as_ref().map(KeyLease::duration)
+    }
+
     fn stop_grace(&self) -> Duration {
         self.spawn.stop_grace.as_ref().and_then(duration_from_proto).unwrap_or(DEFAULT_STOP_GRACE)
     }
@@ -215,14 +219,12 @@ impl BackendTask {
         }
         while self.lifecycle.state().is_live() {
             let lease = self.lease.as_ref();
-            let renew_at = lease.map(KeyLease::next_renewal);
             let soft_at = lease.and_then(KeyLease::soft_deadline);
             let hard_at = lease.and_then(KeyLease::hard_deadline);
             let step = tokio::select! {
                 done = async { op.as_mut().expect("guarded").await }, if op.is_some() => Step::Done(done),
                 command = self.commands.recv() => command.map_or(Step::Shutdown, Step::Command),
                 _ = sleep_until(self.grace_deadline) => Step::GraceOver,
-                _ = sleep_until(renew_at) => Step::Renew,
                 _ = sleep_until(soft_at) => Step::LeaseSoft,
                 _ = sleep_until(hard_at) => Step::LeaseHard,
                 _ = self.shutdown.cancelled() => Step::Shutdown,
@@ -240,7 +242,6 @@ impl BackendTask {
                         self.advance(BackendState::HardTerminating, None, None, String::new()).await;
                     }
                 }
-                Step::Renew => self.renew(),
                 Step::LeaseSoft => {
                     self.lease.as_mut().expect("lease timer").soft_fired();
                     tracing::warn!(backend_id = %self.backend_id, "no key renewal confirmed for half the lease; soft-terminating");
@@ -431,22 +432,15 @@ impl BackendTask {
                 }
                 _ => {}
             },
-            Command::Renewal { generation, renewed } => {
+            Command::Renewal { sent, renewed } => {
                 let Some(lease) = self.lease.as_mut() else { return };
-                match lease.answered(generation, renewed) {
-                    Answer::Renewed(sent) => {
-                        let sent_wall = Utc::now() - chrono::Duration::from_std(sent.elapsed()).unwrap_or_default();
-                        if let Err(err) = self.outbox.journal.record_renewal(&self.backend_id, sent_wall).await {
-                            tracing::warn!(backend_id = %self.backend_id, error = %err, "cannot journal a key renewal");
-                        }
-                    }
-                    Answer::Lost => {
-                        tracing::warn!(backend_id = %self.backend_id, "the controller refused the key renewal");
-                        let message = "the controller refused to renew the key lease: it ran out, and the key may \
-                                       have another holder";
-                        self.terminate(TerminationKind::Soft, TerminationReason::KeyExpired, message.into(), op).await;
-                    }
-                    Answer::Stale => {}
+                if renewed {
+                    lease.renewed(sent);
+                } else if self.termination.is_none() {
+                    tracing::warn!(backend_id = %self.backend_id, "the controller refused the key renewal");
+                    let message = "the controller refused to renew the key lease: it ran out, and the key may \
+                                   have another holder";
+                    self.terminate(TerminationKind::Soft, TerminationReason::KeyExpired, message.into(), op).await;
                 }
             }
         }
@@ -535,16 +529,6 @@ impl BackendTask {
             }
             _ => {}
         }
-    }
-
-    fn renew(&mut self) {
-        let (Some(lease), Some(key)) = (self.lease.as_mut(), self.spawn.key.as_ref()) else { return };
-        let generation = self.outbox.stream.try_send(v1::drone_attach_request::Message::RenewKey(v1::RenewKey {
-            backend_id: self.backend_id.clone(),
-            key: Some(key.clone()),
-            fencing_token: self.spawn.fencing_token,
-        }));
-        lease.sent(generation, Instant::now());
     }
 
     /// Moves forward and journals the event; a refused move is a bug worth a loud log, not a

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::backend::{BackendTask, Command, Lifecycle, Resume};
 use super::journal::{Journal, JournalError, JournaledBackend};
 use super::outbox::Outbox;
+use super::renewer::Confirmed;
 use crate::runtime::{BackendState as RuntimeState, EventKind, Runtime, RuntimeError};
 
 pub struct Fleet {
@@ -41,6 +42,8 @@ impl Fleet {
             tasks: TaskTracker::new(),
             shutdown,
         });
+        let this = fleet.clone();
+        fleet.tasks.spawn(async move { this.outbox.keys.run(&this.outbox.stream, this.shutdown.clone()).await });
         if let Some(runtime) = fleet.runtime.clone() {
             // Subscribe before resuming, so no exit between the two goes unseen.
             let events = runtime.events().await;
@@ -119,10 +122,22 @@ impl Fleet {
         Ok(())
     }
 
-    /// Dispatches a renewal answer to its backend.
-    pub fn renewal_answer(&self, generation: u64, answer: v1::RenewKeyResponse) {
-        if let Some(tx) = self.command(&answer.backend_id) {
-            let _ = tx.try_send(Command::Renewal { generation, renewed: answer.renewed });
+    /// Dispatches a batch renewal's answers to their backends and journals the renewed keys.
+    pub async fn renewal_answers(&self, generation: u64, answer: v1::RenewKeysResponse) {
+        let confirmed = self.outbox.keys.batch_answered(generation, answer);
+        self.journal_renewals(confirmed).await;
+    }
+
+    /// The same for one key's answer (from a controller that answers keys one by one).
+    pub async fn renewal_answer(&self, generation: u64, answer: v1::RenewKeyResponse) {
+        let confirmed = self.outbox.keys.key_answered(generation, answer);
+        self.journal_renewals(confirmed).await;
+    }
+
+    /// A restarted drone counts each key's lease from its last journaled renewal.
+    async fn journal_renewals(&self, confirmed: Confirmed) {
+        if let Err(err) = self.outbox.journal.record_renewals(&confirmed.backend_ids, confirmed.sent_at).await {
+            tracing::warn!(error = %err, keys = confirmed.backend_ids.len(), "cannot journal key renewals");
         }
     }
 
@@ -156,17 +171,23 @@ impl Fleet {
         };
         let (tx, rx) = mpsc::channel(32);
         self.backends.lock().unwrap().retain(|_, tx| !tx.is_closed());
-        self.backends.lock().unwrap().insert(backend_id.clone(), tx);
+        self.backends.lock().unwrap().insert(backend_id.clone(), tx.clone());
+        let key = spawn.key.clone();
+        let fencing_token = spawn.fencing_token;
         let task = BackendTask::new(
             self.outbox.clone(),
             runtime,
-            backend_id,
+            backend_id.clone(),
             spawn,
             lifecycle,
             rx,
             self.shutdown.child_token(),
             lease_confirmed,
         );
+        if let (Some(key), Some(lease)) = (key, task.lease_duration()) {
+            // Renewed with every other key of this drone until the task ends.
+            self.outbox.keys.hold(&backend_id, key, fencing_token, lease, tx);
+        }
         self.tasks.spawn(task.run(resume, requested));
     }
 

@@ -227,15 +227,23 @@ impl Journal {
         Ok(sqlx::query("SELECT COUNT(*) AS n FROM events").fetch_one(&self.pool).await?.get("n"))
     }
 
-    /// A key renewal sent at `sent_at` succeeded.
-    pub async fn record_renewal(&self, backend_id: &str, sent_at: DateTime<Utc>) -> Result<(), JournalError> {
-        sqlx::query(
-            "UPDATE backends SET lease_renewed_ms = MAX(COALESCE(lease_renewed_ms, 0), ?) WHERE backend_id = ?",
-        )
-        .bind(sent_at.timestamp_millis())
-        .bind(backend_id)
-        .execute(&self.pool)
-        .await?;
+    /// The key renewals of `backend_ids`, sent in one batch at `sent_at`, succeeded: one
+    /// transaction for the batch.
+    pub async fn record_renewals(&self, backend_ids: &[String], sent_at: DateTime<Utc>) -> Result<(), JournalError> {
+        if backend_ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for backend_id in backend_ids {
+            sqlx::query(
+                "UPDATE backends SET lease_renewed_ms = MAX(COALESCE(lease_renewed_ms, 0), ?) WHERE backend_id = ?",
+            )
+            .bind(sent_at.timestamp_millis())
+            .bind(backend_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 //! - `fleet`: the drone's backends; [`backend`]: one backend's state machine and task;
 //! - `outbox`: what backend tasks send to the controller, shared by the fleet and the stream;
 //! - [`journal`], [`lease`]: the durable record, and the key lease a backend must keep renewing;
+//! - `renewer`: every live key renewed in one batch per interval, on the stream's priority lane;
 //! - [`instance`]: the drone's instance identity, which an in-process runtime labels its backends with.
 
 mod attach;
@@ -20,6 +21,7 @@ pub mod journal;
 pub mod lease;
 mod outbox;
 mod readiness;
+mod renewer;
 
 pub use hangar_agent::Backoff;
 pub use journal::{Journal, JournalError};

@@ -5,8 +5,9 @@
 //! - Backend events must never be lost: [`Outbox::emit`] journals each one and wakes the attach
 //!   stream, which sends everything after its cursor and replays the whole journal after every
 //!   reconnect, until the controller acknowledges it.
-//! - Key renewals are worthless once late: [`CurrentStream::try_send`] puts one straight onto
-//!   whichever stream is up, or fails at once, and the key lease retries on its own timer.
+//! - Key renewals are worthless once late: the renewer ([`super::renewer`]) puts each batch on
+//!   the priority lane of whichever stream is up ([`CurrentStream::priority`]), ahead of events,
+//!   or fails at once and retries soon on its own timer.
 //!
 //! The outbox is shared by the fleet's backend tasks (which write to it) and the attach stream
 //! (which drains it), so neither has to know the other.
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::journal::Journal;
+use super::renewer::KeyRenewer;
 
 pub struct Outbox {
     pub journal: Journal,
@@ -28,11 +30,18 @@ pub struct Outbox {
     pub written: watch::Sender<i64>,
     /// The attach stream that is up, if any, for messages that skip the journal.
     pub stream: CurrentStream,
+    /// Every live key of this drone, renewed in batches.
+    pub keys: KeyRenewer,
 }
 
 impl Outbox {
     pub fn new(journal: Journal) -> Self {
-        Outbox { journal, written: watch::Sender::new(0), stream: CurrentStream::default() }
+        Outbox {
+            journal,
+            written: watch::Sender::new(0),
+            stream: CurrentStream::default(),
+            keys: KeyRenewer::default(),
+        }
     }
 
     /// Journals an event (the attach stream picks it up from there). A journal that fails is
@@ -56,36 +65,54 @@ impl Outbox {
     }
 }
 
-/// The drone's current attach stream to a controller, as seen by backend tasks that send on it
-/// directly. Each stream gets a new generation, so an answer can be matched to the stream its
+/// The drone's current attach stream to a controller, as seen by the key renewer, which sends on
+/// it directly. Each stream gets a new generation, so an answer can be matched to the stream its
 /// request went out on.
 #[derive(Default)]
 pub struct CurrentStream {
-    current: Mutex<Option<(u64, mpsc::Sender<v1::DroneAttachRequest>)>>,
+    current: Mutex<Option<Lane>>,
     generations: AtomicU64,
 }
 
+/// The priority lane of one attach stream: what goes in here is sent before anything queued on
+/// the stream's main lane (events, heartbeats, acks).
+#[derive(Clone)]
+pub struct Lane {
+    pub generation: u64,
+    /// The controller answers `RenewKeys` (its Welcome said so).
+    pub batch_renewals: bool,
+    tx: mpsc::Sender<v1::DroneAttachRequest>,
+}
+
+impl Lane {
+    /// Whether the message went out on this stream; `false` when the stream is gone or stuck.
+    pub async fn send(&self, message: v1::drone_attach_request::Message) -> bool {
+        let request = v1::DroneAttachRequest { message: Some(message) };
+        matches!(tokio::time::timeout(LANE_SEND_TIMEOUT, self.tx.send(request)).await, Ok(Ok(())))
+    }
+}
+
+/// A stream whose priority lane takes no message for this long is as good as gone for renewals.
+const LANE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl CurrentStream {
-    /// A new stream is up; returns its generation.
-    pub fn attach(&self, tx: mpsc::Sender<v1::DroneAttachRequest>) -> u64 {
+    /// A new stream is up, with `priority` as its priority lane; returns its generation.
+    pub fn attach(&self, priority: mpsc::Sender<v1::DroneAttachRequest>, batch_renewals: bool) -> u64 {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.current.lock().unwrap() = Some((generation, tx));
+        *self.current.lock().unwrap() = Some(Lane { generation, batch_renewals, tx: priority });
         generation
     }
 
     /// The stream of `generation` is gone (a newer one may already have replaced it).
     pub fn detach(&self, generation: u64) {
         let mut current = self.current.lock().unwrap();
-        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+        if current.as_ref().is_some_and(|lane| lane.generation == generation) {
             *current = None;
         }
     }
 
-    /// Sends without waiting; the generation it went out on, or `None` when no stream is up or
-    /// its buffer is full (the caller retries soon).
-    pub fn try_send(&self, message: v1::drone_attach_request::Message) -> Option<u64> {
-        let current = self.current.lock().unwrap();
-        let (generation, tx) = current.as_ref()?;
-        tx.try_send(v1::DroneAttachRequest { message: Some(message) }).ok().map(|()| *generation)
+    /// The priority lane of the stream that is up, if any.
+    pub fn priority(&self) -> Option<Lane> {
+        self.current.lock().unwrap().clone()
     }
 }

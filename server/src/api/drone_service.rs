@@ -3,13 +3,14 @@
 //! only under the node names its credentials allow (NodeRestriction), and every attach, accepted
 //! or refused, is an audit line.
 
-use super::session::{NodeSessions, OUTBOUND_BUFFER, SessionHandler, or_default};
+use super::key_renewals::{self, Renewal};
+use super::session::{Divert, NodeSessions, OUTBOUND_BUFFER, Routed, SessionHandler, or_default};
 use super::{ApiError, BackendSettings, validate};
 use crate::auth::{self, Principal, audit};
 use crate::controller::{AttachedNode, NodeRegistry};
 use crate::store::{ActionPayload, DynStore, EventOutcome, NodeRegistration, PendingAction};
 use chrono::Utc;
-use hangar::domain::{BackendKey, BackendStatus, NodeKind, NodeResources, duration_to_proto, timestamp_to_proto};
+use hangar::domain::{BackendStatus, NodeKind, NodeResources, duration_to_proto};
 use hangar::v1::{self, drone_service_server::DroneService};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -45,12 +46,13 @@ impl DroneApi {
 struct DroneSession {
     registry: Arc<NodeRegistry>,
     store: DynStore,
-    settings: BackendSettings,
     attached: AttachedNode,
     outbound: mpsc::Sender<Result<v1::DroneAttachResponse, Status>>,
     /// Actions sent on this stream and not yet acknowledged: not sent again on this stream (a
     /// new stream sends them all again).
     sent: HashSet<String>,
+    /// The way to this session's renewal task, until the session's reader takes it.
+    renewals: Option<mpsc::Sender<Renewal>>,
 }
 
 impl DroneSession {
@@ -145,36 +147,6 @@ impl DroneSession {
         }
         self.reply(Reply::AckEvent(v1::AckEvent { event_id: event.event_id })).await
     }
-
-    async fn renew_key(&mut self, renew: v1::RenewKey) -> Result<(), ApiError> {
-        use v1::drone_attach_response::Message as Reply;
-        let mut violations = validate::Violations::default();
-        violations.absorb("renew_key.backend_id", validate::id("renew_key.backend_id", &renew.backend_id));
-        match &renew.key {
-            Some(key) => violations.extend(BackendKey::from(key).violations("renew_key.key")),
-            None => violations.check("renew_key.key", Some("is required".into())),
-        };
-        violations.into_result()?;
-        let now = Utc::now();
-        let expires_at = now + chrono::Duration::from_std(self.settings.lease_duration).unwrap_or_default();
-        let renewed = match &renew.key {
-            Some(key) => {
-                self.store
-                    .renew_key(&renew.backend_id, &BackendKey::from(key), renew.fencing_token, now, expires_at)
-                    .await?
-            }
-            None => false,
-        };
-        if !renewed {
-            tracing::warn!(backend_id = %renew.backend_id, fencing_token = renew.fencing_token, "key lease not renewed");
-        }
-        self.reply(Reply::RenewKeyResponse(v1::RenewKeyResponse {
-            backend_id: renew.backend_id,
-            renewed,
-            expires_at: renewed.then(|| timestamp_to_proto(expires_at)),
-        }))
-        .await
-    }
 }
 
 #[tonic::async_trait]
@@ -195,9 +167,37 @@ impl SessionHandler<v1::DroneAttachRequest> for DroneSession {
                 self.sent.remove(&ack.action_id);
                 Ok(())
             }
-            Some(Message::RenewKey(renew)) => self.renew_key(renew).await,
+            // Diverted to the renewal task by the reader; only reached without one.
+            Some(Message::RenewKey(_) | Message::RenewKeys(_)) => {
+                Err(ApiError::Protocol("key renewals have no path on this session".into()))
+            }
             None => Err(ApiError::Protocol("empty message".into())),
         }
+    }
+
+    /// Heartbeats (memory only) and key renewals (their own task) never wait behind the store
+    /// writes of events and actions for other backends.
+    fn divert(&mut self) -> Option<Divert<v1::DroneAttachRequest>> {
+        use v1::drone_attach_request::Message;
+        let renewals = self.renewals.take()?;
+        let (registry, attached) = (self.registry.clone(), self.attached.clone());
+        Some(Box::new(move |message: v1::DroneAttachRequest| {
+            let renewal = match message.message {
+                Some(Message::RenewKeys(batch)) => Renewal::Batch(batch),
+                Some(Message::RenewKey(key)) => Renewal::Single(key),
+                Some(Message::Heartbeat(hb)) => {
+                    let resources = hb.resources.as_ref().map(NodeResources::from).unwrap_or_default();
+                    registry.heartbeat(&attached, resources, hb.backend_count);
+                    return Routed::Handled;
+                }
+                other => return Routed::InLine(v1::DroneAttachRequest { message: other }),
+            };
+            let renewals = renewals.clone();
+            // Waits only when the renewal task is QUEUE batches behind.
+            Routed::Diverted(Box::pin(async move {
+                let _ = renewals.send(renewal).await;
+            }))
+        }))
     }
 
     async fn woken(&mut self) -> Result<(), ApiError> {
@@ -281,16 +281,22 @@ impl DroneApi {
             node_id: node.id.clone(),
             controller_id: registry.controller_id().to_string(),
             heartbeat_interval: Some(duration_to_proto(registry.config().heartbeat_interval)),
+            batch_renewals: true,
         };
         tx.try_send(Ok(v1::DroneAttachResponse { message: Some(Reply::Welcome(welcome)) }))
             .expect("a fresh channel has room");
+        // The session's renewal task: ends once the session's reader (which holds its sender)
+        // has stopped.
+        let (renewals_tx, renewals_rx) = mpsc::channel(key_renewals::QUEUE);
+        let (store, lease) = (self.sessions.store.clone(), self.settings.lease_duration);
+        self.sessions.tasks.spawn(key_renewals::serve(store, lease, renewals_rx, tx.clone()));
         let mut session = DroneSession {
             registry: registry.clone(),
             store: self.sessions.store.clone(),
-            settings: self.settings.clone(),
             attached: attached.clone(),
             outbound: tx.clone(),
             sent: HashSet::new(),
+            renewals: Some(renewals_tx),
         };
         // After the Welcome, before anything else: what is waiting for this drone.
         session.deliver_actions().await?;

@@ -4,6 +4,7 @@
 mod backend_service;
 mod drone_service;
 mod errors;
+mod key_renewals;
 mod node_service;
 mod page_token;
 mod proxy_service;

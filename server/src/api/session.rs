@@ -17,6 +17,23 @@ use tonic::{Status, Streaming};
 /// Outbound messages queued per stream before the session stops reading from its node.
 pub(super) const OUTBOUND_BUFFER: usize = 64;
 
+/// Messages read from a node and not yet handled. The reader stops reading (priority messages
+/// included) only past this many: it bounds what a node that floods can make the controller hold.
+const INBOUND_QUEUE: usize = 4096;
+
+/// Routes each message as the reader reads it: messages that must not wait behind the in-line
+/// handling of earlier ones (key renewals) take their own path.
+pub(super) type Divert<M> = Box<dyn FnMut(M) -> Routed<M> + Send>;
+
+pub(super) enum Routed<M> {
+    /// Handled by the session's loop, in order.
+    InLine(M),
+    /// Handed over to its own path; the reader waits for this (a send on a bounded queue) only.
+    Diverted(futures::future::BoxFuture<'static, ()>),
+    /// Already dealt with, in memory (a heartbeat).
+    Handled,
+}
+
 /// A session re-reads the store this often even without a change notification: a bound on how
 /// late a missed NOTIFY can make an action, never the normal path (a listener that reconnects
 /// wakes every subscriber by itself).
@@ -35,6 +52,12 @@ pub(super) struct NodeSessions {
 #[tonic::async_trait]
 pub(super) trait SessionHandler<M>: Send + 'static {
     async fn message(&mut self, message: M) -> Result<(), ApiError>;
+
+    /// Messages with their own path, taken before they queue behind the others; `None`: all
+    /// messages are handled in line, in order.
+    fn divert(&mut self) -> Option<Divert<M>> {
+        None
+    }
 
     /// The store moved (a commit on any controller) or the poll interval passed.
     async fn woken(&mut self) -> Result<(), ApiError> {
@@ -69,6 +92,32 @@ impl NodeSessions {
         R: Send + 'static,
     {
         let this = self.clone();
+        // The reader: reads as messages arrive, so that a diverted one (a renewal) never waits
+        // for the store writes of the messages before it. Owned by the session, which stops it.
+        let (queue_tx, mut queue) = mpsc::channel(INBOUND_QUEUE);
+        let mut divert = handler.divert();
+        let reader = self.tasks.spawn(async move {
+            loop {
+                let read = match inbound.message().await {
+                    Ok(Some(message)) => match divert.as_mut() {
+                        Some(divert) => match divert(message) {
+                            Routed::InLine(message) => Ok(Some(message)),
+                            Routed::Diverted(handed_over) => {
+                                handed_over.await;
+                                continue;
+                            }
+                            Routed::Handled => continue,
+                        },
+                        None => Ok(Some(message)),
+                    },
+                    end => end,
+                };
+                let last = !matches!(read, Ok(Some(_)));
+                if queue_tx.send(read).await.is_err() || last {
+                    return;
+                }
+            }
+        });
         self.tasks.spawn(async move {
             let mut woken = this.store.subscribe();
             let mut poll = tokio::time::interval(SESSION_POLL);
@@ -77,7 +126,7 @@ impl NodeSessions {
                 let result = tokio::select! {
                     _ = this.shutdown.cancelled() => break Some(ApiError::shutting_down()),
                     cause = attached.closed() => break Some(cause.into()),
-                    message = inbound.message() => match message {
+                    message = queue.recv() => match message.unwrap_or(Ok(None)) {
                         Ok(Some(message)) => handler.message(message).await,
                         Ok(None) => break None,
                         Err(status) => {
@@ -99,6 +148,7 @@ impl NodeSessions {
                     Err(err) => break Some(err),
                 }
             };
+            reader.abort();
             if let Some(err) = end {
                 // The node may already be gone; nobody is left to tell then.
                 let _ = outbound.try_send(Err(err.into()));

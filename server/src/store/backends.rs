@@ -208,6 +208,16 @@ pub trait BackendStore: Send + Sync {
         expires_at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// A batch of [`renew_key`](Self::renew_key)s in one transaction: for each renewal, in
+    /// order, whether it was renewed. Each key is decided on its own condition; the transaction
+    /// only saves commits (docs/design/backends-and-leases.md#key-leases-and-fencing).
+    async fn renew_keys(
+        &self,
+        renewals: &[KeyRenewal],
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Vec<bool>, StoreError>;
+
     /// Proxy traffic: moves `last_activity_at` forward. Not a revision: nobody watches it.
     async fn record_activity(&self, backend_ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError>;
 
@@ -242,6 +252,14 @@ pub trait BackendStore: Send + Sync {
     /// What a connection token (by hash) opens at `now`: its backend and the identity it carries.
     /// `None` for an unknown or expired token.
     async fn token_route(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<TokenRoute>, StoreError>;
+}
+
+/// One key of a batch renewal: the drone says `backend_id` holds `key` with `fencing_token`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRenewal {
+    pub backend_id: String,
+    pub key: BackendKey,
+    pub fencing_token: u64,
 }
 
 /// The backend behind a connection token, for the proxy.

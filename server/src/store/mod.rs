@@ -18,7 +18,7 @@ mod sqlite;
 
 pub use backends::{
     ActionPayload, BackendChange, BackendFilter, BackendPage, BackendStore, ConnectOutcome, ConnectSpec, DroneLoad,
-    DroneSlot, EventOutcome, IssuedToken, PendingAction, Pick, SpawnPlan, TokenRoute, new_action_id,
+    DroneSlot, EventOutcome, IssuedToken, KeyRenewal, PendingAction, Pick, SpawnPlan, TokenRoute, new_action_id,
 };
 pub use offload::OffloadedStore;
 pub use postgres::{NODE_CHANGES_CHANNEL, PostgresStore};

@@ -225,6 +225,16 @@ impl BackendStore for OffloadedStore {
             .await
     }
 
+    async fn renew_keys(
+        &self,
+        renewals: &[KeyRenewal],
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let renewals = renewals.to_vec();
+        self.run(|s| Box::pin(async move { s.renew_keys(&renewals, now, expires_at).await })).await
+    }
+
     async fn record_activity(&self, backend_ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError> {
         let backend_ids = backend_ids.to_vec();
         self.run(|s| Box::pin(async move { s.record_activity(&backend_ids, now).await })).await

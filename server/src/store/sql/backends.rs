@@ -711,6 +711,48 @@ where
         Ok(rows_affected::<DB>(&result) > 0)
     }
 
+    async fn renew_keys(
+        &self,
+        renewals: &[KeyRenewal],
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Vec<bool>, StoreError> {
+        if renewals.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The statement of `renew_key`, once per key, in one transaction: the same per-key
+        // condition, one commit for the batch. No revision: a renewed lease is no change anyone
+        // watches.
+        // Keys in one order in every batch, so two batches that overlap (a drone's stale session
+        // on another controller) take their row locks in the same order and cannot deadlock.
+        let mut order: Vec<usize> = (0..renewals.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (&renewals[a].key, &renewals[b].key);
+            (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+        });
+        let mut tx = self.write_pool().begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
+        let mut renewed = vec![false; renewals.len()];
+        for index in order {
+            let renewal = &renewals[index];
+            let result = sqlx::query(
+                "UPDATE backend_keys SET lease_expires_at = $5 WHERE namespace = $1 AND name = $2 \
+                 AND backend_id = $3 AND fencing_token = $4 AND lease_expires_at >= $6",
+            )
+            .bind(renewal.key.namespace.clone())
+            .bind(renewal.key.name.clone())
+            .bind(renewal.backend_id.clone())
+            .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1))
+            .bind(rows::millis(expires_at))
+            .bind(rows::millis(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+            renewed[index] = rows_affected::<DB>(&result) > 0;
+        }
+        tx.commit().await.map_err(from_sqlx)?;
+        Ok(renewed)
+    }
+
     async fn record_activity(&self, backend_ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError> {
         for id in backend_ids {
             sqlx::query("UPDATE backends SET last_activity_at = $2 WHERE id = $1 AND last_activity_at < $2")

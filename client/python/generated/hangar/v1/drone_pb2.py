@@ -28,7 +28,7 @@ from hangar.v1 import backend_pb2 as hangar_dot_v1_dot_backend__pb2
 from hangar.v1 import node_pb2 as hangar_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hangar/v1/drone.proto\x12\thangar.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hangar/v1/backend.proto\x1a\x14hangar/v1/node.proto\"\x84\x02\n\x12\x44roneAttachRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.hangar.v1.DroneHelloH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.hangar.v1.DroneHeartbeatH\x00\x12\x35\n\rbackend_event\x18\x03 \x01(\x0b\x32\x1c.hangar.v1.DroneBackendEventH\x00\x12*\n\nack_action\x18\x04 \x01(\x0b\x32\x14.hangar.v1.AckActionH\x00\x12(\n\trenew_key\x18\x05 \x01(\x0b\x32\x13.hangar.v1.RenewKeyH\x00\x42\t\n\x07message\"\xd6\x01\n\x13\x44roneAttachResponse\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.hangar.v1.WelcomeH\x00\x12(\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x16.hangar.v1.DroneActionH\x00\x12(\n\tack_event\x18\x03 \x01(\x0b\x32\x13.hangar.v1.AckEventH\x00\x12\x39\n\x12renew_key_response\x18\x04 \x01(\x0b\x32\x1b.hangar.v1.RenewKeyResponseH\x00\x42\t\n\x07message\"\x84\x02\n\nDroneHello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x31\n\x06labels\x18\x05 \x03(\x0b\x32!.hangar.v1.DroneHello.LabelsEntry\x12\x18\n\x10\x62\x61\x63kend_capacity\x18\x06 \x01(\r\x12+\n\tresources\x18\x07 \x01(\x0b\x32\x18.hangar.v1.NodeResources\x12\x0f\n\x07runtime\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x0e\x44roneHeartbeat\x12.\n\nlocal_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\tresources\x18\x02 \x01(\x0b\x32\x18.hangar.v1.NodeResources\x12\x15\n\rbackend_count\x18\x03 \x01(\r\"t\n\x11\x44roneBackendEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0b\x32\x18.hangar.v1.BackendStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"\x1e\n\tAckAction\x12\x11\n\taction_id\x18\x01 \x01(\t\"Y\n\x08RenewKey\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.hangar.v1.BackendKey\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\"h\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9a\x01\n\x0b\x44roneAction\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12(\n\x05spawn\x18\x03 \x01(\x0b\x32\x17.hangar.v1.SpawnBackendH\x00\x12\x30\n\tterminate\x18\x04 \x01(\x0b\x32\x1b.hangar.v1.TerminateBackendH\x00\x42\x08\n\x06\x61\x63tion\"\xa0\x02\n\x0cSpawnBackend\x12)\n\nexecutable\x18\x01 \x01(\x0b\x32\x15.hangar.v1.Executable\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.hangar.v1.BackendKey\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x14\n\x0cstatic_token\x18\x04 \x01(\t\x12\x32\n\x0fstartup_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nstop_grace\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"j\n\x10TerminateBackend\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.hangar.v1.TerminationKind\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.hangar.v1.TerminationReason\"\x1c\n\x08\x41\x63kEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"g\n\x10RenewKeyResponse\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\x0f\n\x07renewed\x18\x02 \x01(\x08\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2[\n\x0c\x44roneService\x12K\n\x06\x41ttach\x12\x1d.hangar.v1.DroneAttachRequest\x1a\x1e.hangar.v1.DroneAttachResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hangar/v1/drone.proto\x12\thangar.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hangar/v1/backend.proto\x1a\x14hangar/v1/node.proto\"\xb0\x02\n\x12\x44roneAttachRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.hangar.v1.DroneHelloH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.hangar.v1.DroneHeartbeatH\x00\x12\x35\n\rbackend_event\x18\x03 \x01(\x0b\x32\x1c.hangar.v1.DroneBackendEventH\x00\x12*\n\nack_action\x18\x04 \x01(\x0b\x32\x14.hangar.v1.AckActionH\x00\x12(\n\trenew_key\x18\x05 \x01(\x0b\x32\x13.hangar.v1.RenewKeyH\x00\x12*\n\nrenew_keys\x18\x06 \x01(\x0b\x32\x14.hangar.v1.RenewKeysH\x00\x42\t\n\x07message\"\x93\x02\n\x13\x44roneAttachResponse\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.hangar.v1.WelcomeH\x00\x12(\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x16.hangar.v1.DroneActionH\x00\x12(\n\tack_event\x18\x03 \x01(\x0b\x32\x13.hangar.v1.AckEventH\x00\x12\x39\n\x12renew_key_response\x18\x04 \x01(\x0b\x32\x1b.hangar.v1.RenewKeyResponseH\x00\x12;\n\x13renew_keys_response\x18\x05 \x01(\x0b\x32\x1c.hangar.v1.RenewKeysResponseH\x00\x42\t\n\x07message\"\x84\x02\n\nDroneHello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x31\n\x06labels\x18\x05 \x03(\x0b\x32!.hangar.v1.DroneHello.LabelsEntry\x12\x18\n\x10\x62\x61\x63kend_capacity\x18\x06 \x01(\r\x12+\n\tresources\x18\x07 \x01(\x0b\x32\x18.hangar.v1.NodeResources\x12\x0f\n\x07runtime\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x0e\x44roneHeartbeat\x12.\n\nlocal_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\tresources\x18\x02 \x01(\x0b\x32\x18.hangar.v1.NodeResources\x12\x15\n\rbackend_count\x18\x03 \x01(\r\"t\n\x11\x44roneBackendEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0b\x32\x18.hangar.v1.BackendStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"\x1e\n\tAckAction\x12\x11\n\taction_id\x18\x01 \x01(\t\"Y\n\x08RenewKey\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.hangar.v1.BackendKey\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\".\n\tRenewKeys\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.hangar.v1.RenewKey\"\x80\x01\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x62\x61tch_renewals\x18\x04 \x01(\x08\"\x9a\x01\n\x0b\x44roneAction\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12(\n\x05spawn\x18\x03 \x01(\x0b\x32\x17.hangar.v1.SpawnBackendH\x00\x12\x30\n\tterminate\x18\x04 \x01(\x0b\x32\x1b.hangar.v1.TerminateBackendH\x00\x42\x08\n\x06\x61\x63tion\"\xa0\x02\n\x0cSpawnBackend\x12)\n\nexecutable\x18\x01 \x01(\x0b\x32\x15.hangar.v1.Executable\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.hangar.v1.BackendKey\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x14\n\x0cstatic_token\x18\x04 \x01(\t\x12\x32\n\x0fstartup_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nstop_grace\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"j\n\x10TerminateBackend\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.hangar.v1.TerminationKind\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.hangar.v1.TerminationReason\"\x1c\n\x08\x41\x63kEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"g\n\x10RenewKeyResponse\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\x0f\n\x07renewed\x18\x02 \x01(\x08\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x11RenewKeysResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.hangar.v1.RenewKeyResponse2[\n\x0c\x44roneService\x12K\n\x06\x41ttach\x12\x1d.hangar.v1.DroneAttachRequest\x1a\x1e.hangar.v1.DroneAttachResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,33 +38,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRONEHELLO_LABELSENTRY']._loaded_options = None
   _globals['_DRONEHELLO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_DRONEATTACHREQUEST']._serialized_start=149
-  _globals['_DRONEATTACHREQUEST']._serialized_end=409
-  _globals['_DRONEATTACHRESPONSE']._serialized_start=412
-  _globals['_DRONEATTACHRESPONSE']._serialized_end=626
-  _globals['_DRONEHELLO']._serialized_start=629
-  _globals['_DRONEHELLO']._serialized_end=889
-  _globals['_DRONEHELLO_LABELSENTRY']._serialized_start=844
-  _globals['_DRONEHELLO_LABELSENTRY']._serialized_end=889
-  _globals['_DRONEHEARTBEAT']._serialized_start=892
-  _globals['_DRONEHEARTBEAT']._serialized_end=1024
-  _globals['_DRONEBACKENDEVENT']._serialized_start=1026
-  _globals['_DRONEBACKENDEVENT']._serialized_end=1142
-  _globals['_ACKACTION']._serialized_start=1144
-  _globals['_ACKACTION']._serialized_end=1174
-  _globals['_RENEWKEY']._serialized_start=1176
-  _globals['_RENEWKEY']._serialized_end=1265
-  _globals['_WELCOME']._serialized_start=1267
-  _globals['_WELCOME']._serialized_end=1371
-  _globals['_DRONEACTION']._serialized_start=1374
-  _globals['_DRONEACTION']._serialized_end=1528
-  _globals['_SPAWNBACKEND']._serialized_start=1531
-  _globals['_SPAWNBACKEND']._serialized_end=1819
-  _globals['_TERMINATEBACKEND']._serialized_start=1821
-  _globals['_TERMINATEBACKEND']._serialized_end=1927
-  _globals['_ACKEVENT']._serialized_start=1929
-  _globals['_ACKEVENT']._serialized_end=1957
-  _globals['_RENEWKEYRESPONSE']._serialized_start=1959
-  _globals['_RENEWKEYRESPONSE']._serialized_end=2062
-  _globals['_DRONESERVICE']._serialized_start=2064
-  _globals['_DRONESERVICE']._serialized_end=2155
+  _globals['_DRONEATTACHREQUEST']._serialized_end=453
+  _globals['_DRONEATTACHRESPONSE']._serialized_start=456
+  _globals['_DRONEATTACHRESPONSE']._serialized_end=731
+  _globals['_DRONEHELLO']._serialized_start=734
+  _globals['_DRONEHELLO']._serialized_end=994
+  _globals['_DRONEHELLO_LABELSENTRY']._serialized_start=949
+  _globals['_DRONEHELLO_LABELSENTRY']._serialized_end=994
+  _globals['_DRONEHEARTBEAT']._serialized_start=997
+  _globals['_DRONEHEARTBEAT']._serialized_end=1129
+  _globals['_DRONEBACKENDEVENT']._serialized_start=1131
+  _globals['_DRONEBACKENDEVENT']._serialized_end=1247
+  _globals['_ACKACTION']._serialized_start=1249
+  _globals['_ACKACTION']._serialized_end=1279
+  _globals['_RENEWKEY']._serialized_start=1281
+  _globals['_RENEWKEY']._serialized_end=1370
+  _globals['_RENEWKEYS']._serialized_start=1372
+  _globals['_RENEWKEYS']._serialized_end=1418
+  _globals['_WELCOME']._serialized_start=1421
+  _globals['_WELCOME']._serialized_end=1549
+  _globals['_DRONEACTION']._serialized_start=1552
+  _globals['_DRONEACTION']._serialized_end=1706
+  _globals['_SPAWNBACKEND']._serialized_start=1709
+  _globals['_SPAWNBACKEND']._serialized_end=1997
+  _globals['_TERMINATEBACKEND']._serialized_start=1999
+  _globals['_TERMINATEBACKEND']._serialized_end=2105
+  _globals['_ACKEVENT']._serialized_start=2107
+  _globals['_ACKEVENT']._serialized_end=2135
+  _globals['_RENEWKEYRESPONSE']._serialized_start=2137
+  _globals['_RENEWKEYRESPONSE']._serialized_end=2240
+  _globals['_RENEWKEYSRESPONSE']._serialized_start=2242
+  _globals['_RENEWKEYSRESPONSE']._serialized_end=2304
+  _globals['_DRONESERVICE']._serialized_start=2306
+  _globals['_DRONESERVICE']._serialized_end=2397
 # @@protoc_insertion_point(module_scope)

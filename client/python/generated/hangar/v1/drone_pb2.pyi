@@ -7,36 +7,40 @@ from hangar.v1 import node_pb2 as _node_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DroneAttachRequest(_message.Message):
-    __slots__ = ("hello", "heartbeat", "backend_event", "ack_action", "renew_key")
+    __slots__ = ("hello", "heartbeat", "backend_event", "ack_action", "renew_key", "renew_keys")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     BACKEND_EVENT_FIELD_NUMBER: _ClassVar[int]
     ACK_ACTION_FIELD_NUMBER: _ClassVar[int]
     RENEW_KEY_FIELD_NUMBER: _ClassVar[int]
+    RENEW_KEYS_FIELD_NUMBER: _ClassVar[int]
     hello: DroneHello
     heartbeat: DroneHeartbeat
     backend_event: DroneBackendEvent
     ack_action: AckAction
     renew_key: RenewKey
-    def __init__(self, hello: _Optional[_Union[DroneHello, _Mapping]] = ..., heartbeat: _Optional[_Union[DroneHeartbeat, _Mapping]] = ..., backend_event: _Optional[_Union[DroneBackendEvent, _Mapping]] = ..., ack_action: _Optional[_Union[AckAction, _Mapping]] = ..., renew_key: _Optional[_Union[RenewKey, _Mapping]] = ...) -> None: ...
+    renew_keys: RenewKeys
+    def __init__(self, hello: _Optional[_Union[DroneHello, _Mapping]] = ..., heartbeat: _Optional[_Union[DroneHeartbeat, _Mapping]] = ..., backend_event: _Optional[_Union[DroneBackendEvent, _Mapping]] = ..., ack_action: _Optional[_Union[AckAction, _Mapping]] = ..., renew_key: _Optional[_Union[RenewKey, _Mapping]] = ..., renew_keys: _Optional[_Union[RenewKeys, _Mapping]] = ...) -> None: ...
 
 class DroneAttachResponse(_message.Message):
-    __slots__ = ("welcome", "action", "ack_event", "renew_key_response")
+    __slots__ = ("welcome", "action", "ack_event", "renew_key_response", "renew_keys_response")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     ACK_EVENT_FIELD_NUMBER: _ClassVar[int]
     RENEW_KEY_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    RENEW_KEYS_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     action: DroneAction
     ack_event: AckEvent
     renew_key_response: RenewKeyResponse
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., action: _Optional[_Union[DroneAction, _Mapping]] = ..., ack_event: _Optional[_Union[AckEvent, _Mapping]] = ..., renew_key_response: _Optional[_Union[RenewKeyResponse, _Mapping]] = ...) -> None: ...
+    renew_keys_response: RenewKeysResponse
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., action: _Optional[_Union[DroneAction, _Mapping]] = ..., ack_event: _Optional[_Union[AckEvent, _Mapping]] = ..., renew_key_response: _Optional[_Union[RenewKeyResponse, _Mapping]] = ..., renew_keys_response: _Optional[_Union[RenewKeysResponse, _Mapping]] = ...) -> None: ...
 
 class DroneHello(_message.Message):
     __slots__ = ("name", "cluster", "pool", "version", "labels", "backend_capacity", "resources", "runtime")
@@ -103,15 +107,23 @@ class RenewKey(_message.Message):
     fencing_token: int
     def __init__(self, backend_id: _Optional[str] = ..., key: _Optional[_Union[_backend_pb2.BackendKey, _Mapping]] = ..., fencing_token: _Optional[int] = ...) -> None: ...
 
+class RenewKeys(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[RenewKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[RenewKey, _Mapping]]] = ...) -> None: ...
+
 class Welcome(_message.Message):
-    __slots__ = ("node_id", "controller_id", "heartbeat_interval")
+    __slots__ = ("node_id", "controller_id", "heartbeat_interval", "batch_renewals")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_RENEWALS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     controller_id: str
     heartbeat_interval: _duration_pb2.Duration
-    def __init__(self, node_id: _Optional[str] = ..., controller_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    batch_renewals: bool
+    def __init__(self, node_id: _Optional[str] = ..., controller_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., batch_renewals: _Optional[bool] = ...) -> None: ...
 
 class DroneAction(_message.Message):
     __slots__ = ("action_id", "backend_id", "spawn", "terminate")
@@ -166,3 +178,9 @@ class RenewKeyResponse(_message.Message):
     renewed: bool
     expires_at: _timestamp_pb2.Timestamp
     def __init__(self, backend_id: _Optional[str] = ..., renewed: _Optional[bool] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RenewKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[RenewKeyResponse]
+    def __init__(self, keys: _Optional[_Iterable[_Union[RenewKeyResponse, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,303 @@
+//! The drone's key renewals, batched (docs/design/backends-and-leases.md#key-leases-and-fencing):
+//! every third of the lease, one `RenewKeys` message per [`MAX_BATCH`] live keys instead of one
+//! message per key, and each answer handed to its backend's task as the send time of the batch
+//! that carried it.
+//!
+//! Backend tasks register their key ([`KeyRenewer::hold`]) and keep their own deadlines
+//! ([`super::lease::KeyLease`]); this only sends and matches answers. Renewals go out on the
+//! attach stream's priority lane ([`super::outbox::CurrentStream::send_priority`]), ahead of
+//! backend events, and their answers are read apart from actions (`attach.rs`), so a burst of
+//! spawns cannot delay them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hangar::v1;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::backend::Command;
+use super::outbox::CurrentStream;
+
+/// Keys per `RenewKeys` message (and per store transaction on the controller): ~100 KB on the
+/// wire, a transaction short enough not to hold the store's writer for long.
+pub const MAX_BATCH: usize = 1_000;
+
+/// How soon to try again when a batch could not even be sent (no controller attached).
+const RETRY_UNSENT: Duration = Duration::from_millis(250);
+
+/// New keys are renewed this soon after they arrive (gathered into one batch), not at the next
+/// round: the controller started their lease at Connect, before the Spawn travelled here, so the
+/// sooner their first renewal lands, the more of that lease is left.
+const FRESH_DELAY: Duration = Duration::from_millis(200);
+
+struct Held {
+    key: v1::BackendKey,
+    fencing_token: u64,
+    lease: Duration,
+    task: mpsc::Sender<Command>,
+    /// Not renewed since it arrived.
+    fresh: bool,
+}
+
+/// A batch sent and not yet answered. The controller answers on the same stream in order;
+/// answers from a dead stream never come.
+struct InFlight {
+    generation: u64,
+    sent: Instant,
+    backend_ids: Vec<String>,
+    /// Answers received so far (single `RenewKeyResponse`s from an older controller arrive one by
+    /// one).
+    answered: usize,
+}
+
+#[derive(Default)]
+pub struct KeyRenewer {
+    held: Mutex<HashMap<String, Held>>,
+    in_flight: Mutex<VecDeque<InFlight>>,
+    /// A key was added.
+    added: Notify,
+}
+
+impl KeyRenewer {
+    /// `backend_id` holds `key` with `fencing_token` for leases of `lease`; its task gets every
+    /// answer as [`Command::Renewal`]. Held until the task ends.
+    pub fn hold(
+        &self,
+        backend_id: &str,
+        key: v1::BackendKey,
+        fencing_token: u64,
+        lease: Duration,
+        task: mpsc::Sender<Command>,
+    ) {
+        let held = Held { key, fencing_token, lease, task, fresh: true };
+        self.held.lock().unwrap().insert(backend_id.to_string(), held);
+        self.added.notify_one();
+    }
+
+    /// Keys held by live tasks (ended ones are forgotten here), all or only the fresh ones, and
+    /// the shortest lease among all.
+    fn live(&self, only_fresh: bool) -> (Vec<v1::RenewKey>, Option<Duration>) {
+        let mut held = self.held.lock().unwrap();
+        held.retain(|_, h| !h.task.is_closed());
+        let lease = held.values().map(|h| h.lease).min();
+        let keys = held
+            .iter_mut()
+            .filter(|(_, h)| h.fresh || !only_fresh)
+            .map(|(id, h)| {
+                h.fresh = false;
+                v1::RenewKey { backend_id: id.clone(), key: Some(h.key.clone()), fencing_token: h.fencing_token }
+            })
+            .collect();
+        (keys, lease)
+    }
+
+    /// Renews every held key every third of the lease, and new keys as they arrive, until
+    /// shutdown.
+    pub async fn run(&self, stream: &CurrentStream, shutdown: CancellationToken) {
+        let mut next: Option<Instant> = None;
+        loop {
+            let round = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let only_fresh = tokio::select! {
+                _ = round => false,
+                _ = self.added.notified() => {
+                    // Gather the keys of a burst of spawns into one batch.
+                    tokio::time::sleep(FRESH_DELAY).await;
+                    true
+                }
+                _ = shutdown.cancelled() => return,
+            };
+            let (keys, lease) = self.live(only_fresh);
+            let Some(lease) = lease else {
+                next = None;
+                continue;
+            };
+            if keys.is_empty() {
+                next = next.or(Some(Instant::now() + lease / 3));
+                continue;
+            }
+            let sent = self.send(stream, keys).await;
+            if !only_fresh || next.is_none() {
+                next = Some(Instant::now() + if sent { lease / 3 } else { RETRY_UNSENT.min(lease / 10) });
+            }
+        }
+    }
+
+    /// Sends every key, in batches; whether they all went out.
+    async fn send(&self, stream: &CurrentStream, keys: Vec<v1::RenewKey>) -> bool {
+        use v1::drone_attach_request::Message;
+        let Some(lane) = stream.priority() else { return false };
+        for chunk in keys.chunks(MAX_BATCH) {
+            let sent = Instant::now();
+            let backend_ids = chunk.iter().map(|k| k.backend_id.clone()).collect();
+            // Recorded before the send: the answer may come back before `send` returns.
+            self.in_flight.lock().unwrap().push_back(InFlight {
+                generation: lane.generation,
+                sent,
+                backend_ids,
+                answered: 0,
+            });
+            let delivered = if lane.batch_renewals {
+                lane.send(Message::RenewKeys(v1::RenewKeys { keys: chunk.to_vec() })).await
+            } else {
+                // An older controller: one message per key, answered one by one, in order.
+                let mut delivered = true;
+                for key in chunk {
+                    delivered = delivered && lane.send(Message::RenewKey(key.clone())).await;
+                }
+                delivered
+            };
+            if !delivered {
+                // Not sent (or not all of it, to an older controller): no answer will come for it,
+                // and answers are matched to batches in order.
+                self.in_flight.lock().unwrap().pop_back();
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The answer to the oldest outstanding batch of stream `generation`. Returns the keys it
+    /// renewed and the wall-clock send time of their batch, for the journal.
+    pub fn batch_answered(&self, generation: u64, answer: v1::RenewKeysResponse) -> Confirmed {
+        let Some(batch) = self.oldest(generation) else {
+            self.unmatched(answer.keys);
+            return Confirmed::default();
+        };
+        let mut confirmed = Confirmed { backend_ids: Vec::new(), sent_at: wall_time(batch.sent) };
+        let mut answers = answer.keys.into_iter();
+        for (backend_id, answer) in batch.backend_ids.iter().zip(answers.by_ref()) {
+            if *backend_id != answer.backend_id {
+                tracing::warn!(expected = %backend_id, got = %answer.backend_id, "renewal answers out of order; ignoring one");
+                continue;
+            }
+            self.dispatch(backend_id, batch.sent, answer.renewed);
+            if answer.renewed {
+                confirmed.backend_ids.push(answer.backend_id);
+            }
+        }
+        self.unmatched(answers.collect());
+        confirmed
+    }
+
+    /// The answer to one key of the oldest outstanding batch (an older controller's).
+    pub fn key_answered(&self, generation: u64, answer: v1::RenewKeyResponse) -> Confirmed {
+        let mut in_flight = self.in_flight.lock().unwrap();
+        in_flight.retain(|b| b.generation >= generation);
+        let matched = match in_flight.front_mut() {
+            Some(batch) if batch.generation == generation => {
+                let position = batch.answered;
+                batch.answered += 1;
+                let sent = batch.sent;
+                let matched = (batch.backend_ids.get(position) == Some(&answer.backend_id)).then_some(sent);
+                if batch.answered >= batch.backend_ids.len() {
+                    in_flight.pop_front();
+                }
+                matched
+            }
+            _ => None,
+        };
+        drop(in_flight);
+        match matched {
+            Some(sent) => {
+                self.dispatch(&answer.backend_id, sent, answer.renewed);
+                let backend_ids = if answer.renewed { vec![answer.backend_id] } else { Vec::new() };
+                Confirmed { backend_ids, sent_at: wall_time(sent) }
+            }
+            None => {
+                self.unmatched(vec![answer]);
+                Confirmed::default()
+            }
+        }
+    }
+
+    fn oldest(&self, generation: u64) -> Option<InFlight> {
+        let mut in_flight = self.in_flight.lock().unwrap();
+        // Batches sent on earlier streams will never be answered.
+        in_flight.retain(|b| b.generation >= generation);
+        match in_flight.front() {
+            Some(b) if b.generation == generation => in_flight.pop_front(),
+            _ => None,
+        }
+    }
+
+    /// Answers matched to no batch confirm nothing; a refusal still counts: the key is lost.
+    fn unmatched(&self, answers: Vec<v1::RenewKeyResponse>) {
+        for answer in answers.into_iter().filter(|a| !a.renewed) {
+            self.dispatch(&answer.backend_id, Instant::now(), false);
+        }
+    }
+
+    fn dispatch(&self, backend_id: &str, sent: Instant, renewed: bool) {
+        let task = self.held.lock().unwrap().get(backend_id).map(|h| h.task.clone());
+        if let Some(task) = task {
+            // The task's queue is small; a full one is a task busy terminating, or a renewal it
+            // will have confirmed again a third of a lease later.
+            let _ = task.try_send(Command::Renewal { sent, renewed });
+        }
+    }
+}
+
+/// Keys an answer renewed, and the wall-clock send time of their batch.
+#[derive(Debug, Default)]
+pub struct Confirmed {
+    pub backend_ids: Vec<String>,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// The wall-clock time of a past monotonic instant.
+fn wall_time(at: Instant) -> DateTime<Utc> {
+    Utc::now() - chrono::Duration::from_std(at.elapsed()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> v1::BackendKey {
+        v1::BackendKey { namespace: "docs".into(), name: name.into(), tag: String::new() }
+    }
+
+    fn answer(backend_id: &str, renewed: bool) -> v1::RenewKeyResponse {
+        v1::RenewKeyResponse { backend_id: backend_id.into(), renewed, expires_at: None }
+    }
+
+    #[tokio::test]
+    async fn each_key_of_a_batch_gets_its_own_answer_with_the_batch_send_time() {
+        let renewer = KeyRenewer::default();
+        let (a_tx, mut a_rx) = mpsc::channel(4);
+        let (b_tx, mut b_rx) = mpsc::channel(4);
+        renewer.hold("bk-a", key("a"), 1, Duration::from_secs(3), a_tx);
+        renewer.hold("bk-b", key("b"), 1, Duration::from_secs(3), b_tx);
+        let sent = Instant::now();
+        renewer.in_flight.lock().unwrap().push_back(InFlight {
+            generation: 2,
+            sent,
+            backend_ids: vec!["bk-a".into(), "bk-b".into()],
+            answered: 0,
+        });
+        // An answer from a dead stream confirms nothing.
+        renewer.batch_answered(1, v1::RenewKeysResponse { keys: vec![answer("bk-a", true)] });
+        assert!(a_rx.try_recv().is_err());
+        let confirmed = renewer
+            .batch_answered(2, v1::RenewKeysResponse { keys: vec![answer("bk-a", true), answer("bk-b", false)] });
+        assert_eq!(confirmed.backend_ids, ["bk-a"], "only renewed keys are journaled as renewed");
+        match a_rx.try_recv().unwrap() {
+            Command::Renewal { sent: at, renewed: true, .. } => assert_eq!(at, sent),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(b_rx.try_recv().unwrap(), Command::Renewal { renewed: false, .. }));
+        // The batch is answered: a repeat confirms nothing, a refusal still counts.
+        renewer.batch_answered(2, v1::RenewKeysResponse { keys: vec![answer("bk-a", true), answer("bk-b", false)] });
+        assert!(a_rx.try_recv().is_err());
+        assert!(matches!(b_rx.try_recv().unwrap(), Command::Renewal { renewed: false, .. }));
+    }
+}
