@@ -10,7 +10,7 @@
 //! - on a spawn, runs nothing: the backend is READY at once (one `DroneBackendEvent`, where a
 //!   real drone reports LOADING, STARTING, WAITING and READY as its runtime gets there);
 //! - on a terminate, reports TERMINATED with the action's kind and reason;
-//! - renews each keyed backend's lease every third of its duration (`RenewKey`), and ends the
+//! - renews each keyed backend's lease every third of its duration (in `RenewKeys` batches), and ends the
 //!   backend KEY_EXPIRED when a renewal is refused or none was confirmed for half the lease, as
 //!   the real drone's lease rules do (docs/design/backends-and-leases.md).
 //!
@@ -21,6 +21,9 @@
 //! Unlike the real drone, whose link is a 64-message channel written from the loop that also
 //! reads the controller's messages, its outgoing queue is unbounded: it never stops reading
 //! because it is waiting to write, so a stall measured here is the controller's alone.
+
+/// Keys per `RenewKeys` message, as the real drone sends them.
+const RENEW_BATCH: usize = 1_000;
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -302,9 +305,12 @@ impl Session<'_> {
                 });
             }
         }
-        for renew in due {
-            self.fleet.renewals_sent.fetch_add(1, Relaxed);
-            if !self.send(v1::drone_attach_request::Message::RenewKey(renew)).await {
+        // As the real drone does with a controller that answers them: the due keys in batches
+        // of at most RENEW_BATCH, each answered key by key (docs/design/backends-and-leases.md).
+        while !due.is_empty() {
+            let batch: Vec<v1::RenewKey> = due.drain(..due.len().min(RENEW_BATCH)).collect();
+            self.fleet.renewals_sent.fetch_add(batch.len() as u64, Relaxed);
+            if !self.send(v1::drone_attach_request::Message::RenewKeys(v1::RenewKeys { keys: batch })).await {
                 return false;
             }
         }
@@ -465,6 +471,13 @@ async fn attach(channel: &Channel, session: &mut Session<'_>, stop: &mut watch::
                             true
                         }
                         Message::RenewKeyResponse(answer) => session.renewed(answer).await,
+                        Message::RenewKeysResponse(answers) => {
+                            let mut ok = true;
+                            for answer in answers.keys {
+                                ok = ok && session.renewed(answer).await;
+                            }
+                            ok
+                        }
                         Message::Welcome(_) => true,
                     },
                     Some(Ok(_)) => true,
