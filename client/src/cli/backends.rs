@@ -1,7 +1,7 @@
 //! `hangar connect` and `hangar backends …`
 
 use super::{BackendIdArgs, BackendsCommand, BackendsWatchArgs, Cli, CliError, ConnectArgs, OutputFormat, render};
-use crate::{BackendWatchEvent, ConnectRequest, Connection, HangarClient, SpawnSpec, WatchOptions};
+use crate::{ConnectRequest, Connection, HangarClient, SpawnSpec, WatchOptions};
 use chrono::Utc;
 use futures::StreamExt;
 use hangar::domain::{BackendFilter, BackendKey, BackendState, ResourceLimits};
@@ -251,27 +251,9 @@ pub async fn watch_backends(
     let filter = args.to_filter().map_err(CliError::Usage)?;
     let (first, fallbacks) = super::nodes::connect_first_reachable(&cli.controller, cli.client_options()?).await?;
     let options = WatchOptions { bookmark_interval: args.bookmark_interval, fallbacks, ..WatchOptions::default() };
-    let mut events = std::pin::pin!(first.watch_backends(filter, options));
-    let mut stop = std::pin::pin!(stop);
+    let events = first.watch_backends(filter, options);
     let mut printer = render::BackendWatchPrinter::new(cli.output);
-    loop {
-        let event = tokio::select! {
-            () = &mut stop => return Ok(()),
-            event = events.next() => event,
-        };
-        match event {
-            None => return Ok(()),
-            Some(Err(err)) => return Err(err.into()),
-            Some(Ok(BackendWatchEvent::Reconnecting(reconnect))) => {
-                let _ = stderr.write_all(render::watch_reconnect(&reconnect).as_bytes()).and_then(|()| stderr.flush());
-            }
-            Some(Ok(event)) => {
-                let text = printer.event(&event, chrono::Local::now().time());
-                // A closed pipe ends the watch quietly, like `backends list | head` does.
-                if stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_err() {
-                    return Ok(());
-                }
-            }
-        }
-    }
+    // A closed pipe ends the watch quietly, like `backends list | head` does.
+    super::nodes::print_watch(events, stop, stdout, stderr, |event| printer.event(event, chrono::Local::now().time()))
+        .await
 }

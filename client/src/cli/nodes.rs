@@ -1,9 +1,9 @@
 //! `hangar nodes …`
 
 use super::{Cli, CliError, NodesCommand, NodesWatchArgs, render};
-use crate::{ClientError, ClientOptions, HangarClient, NodeWatchEvent, WatchOptions};
+use crate::{ClientError, ClientOptions, HangarClient, WatchEvent, WatchOptions};
 use chrono::{Local, Utc};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use std::future::Future;
 use std::io::Write;
 
@@ -50,9 +50,24 @@ pub async fn watch(
     let filter = args.filter.to_filter().map_err(CliError::Usage)?;
     let (first, fallbacks) = connect_first_reachable(&cli.controller, cli.client_options()?).await?;
     let options = WatchOptions { bookmark_interval: args.bookmark_interval, fallbacks, ..WatchOptions::default() };
-    let mut events = std::pin::pin!(first.watch_nodes(filter, options));
-    let mut stop = std::pin::pin!(stop);
+    let events = first.watch_nodes(filter, options);
     let mut printer = render::WatchPrinter::new(cli.output);
+    // A closed pipe ends the watch quietly, like `nodes list | head` does.
+    print_watch(events, stop, stdout, stderr, |event| printer.event(event, Local::now().time())).await
+}
+
+/// Prints a watch until `stop` completes, stdout is closed or the watch fails: each event as
+/// `render` writes it on `stdout`, flushed as it comes, and each reconnect on `stderr`. Shared by
+/// `nodes watch` and `backends watch` without an id.
+pub(super) async fn print_watch<T>(
+    events: impl Stream<Item = Result<WatchEvent<T>, ClientError>>,
+    stop: impl Future<Output = ()>,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    mut render: impl FnMut(&WatchEvent<T>) -> String,
+) -> Result<(), CliError> {
+    let mut events = std::pin::pin!(events);
+    let mut stop = std::pin::pin!(stop);
     loop {
         let event = tokio::select! {
             () = &mut stop => return Ok(()),
@@ -61,13 +76,11 @@ pub async fn watch(
         match event {
             None => return Ok(()),
             Some(Err(err)) => return Err(err.into()),
-            Some(Ok(NodeWatchEvent::Reconnecting(reconnect))) => {
+            Some(Ok(WatchEvent::Reconnecting(reconnect))) => {
                 let _ = stderr.write_all(render::watch_reconnect(&reconnect).as_bytes()).and_then(|()| stderr.flush());
             }
             Some(Ok(event)) => {
-                let text = printer.event(&event, Local::now().time());
-                // A closed pipe ends the watch quietly, like `nodes list | head` does.
-                if stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+                if stdout.write_all(render(&event).as_bytes()).and_then(|()| stdout.flush()).is_err() {
                     return Ok(());
                 }
             }
