@@ -87,48 +87,65 @@ impl Writer for EtcdWriter {
     }
 }
 
-pub async fn run(args: &WatchArgs, plan: &Plan, value_size: usize) -> anyhow::Result<Report> {
-    let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in(&args.data_dir)?;
-    let (client_port, peer_port) = (procs::free_port()?, procs::free_port()?);
-    let client_url = format!("http://127.0.0.1:{client_port}");
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let mut command = Command::new(&args.etcd_bin);
-    command
-        .arg("--name=bench")
-        .arg(format!("--data-dir={}", dir.path().join("data").display()))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .arg(format!("--advertise-client-urls={client_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=bench={peer_url}"))
-        .arg("--logger=zap")
-        .arg("--log-level=error")
-        .stderr(Stdio::from(std::fs::File::create(dir.path().join("etcd.log"))?));
-    let mut child = procs::spawn_owned(command).map_err(|err| {
-        anyhow::anyhow!("cannot start {} ({err}); install it: apt-get install etcd-server", args.etcd_bin)
-    })?;
-    let pid = child.id().ok_or_else(|| anyhow::anyhow!("etcd exited at once"))?;
+/// An etcd of the benchmark's own: a child process on free ports with its data in a temporary
+/// directory, answering reads.
+pub struct Etcd {
+    pub child: tokio::process::Child,
+    /// Holds the data directory and `etcd.log`; removed when dropped.
+    pub dir: tempfile::TempDir,
+    pub endpoint: Endpoint,
+    pub channel: Channel,
+}
 
-    let endpoint = Endpoint::from_shared(client_url)?;
-    let started = tokio::time::Instant::now();
-    let kv = loop {
-        if let Ok(channel) = endpoint.connect().await {
-            let mut kv = KvClient::new(channel);
-            if kv
-                .put(pb::PutRequest { key: KEY.to_vec(), value: value("w0", value_size), ..Default::default() })
-                .await
-                .is_ok()
+impl Etcd {
+    /// Starts `etcd_bin` with its data under `data_dir` and waits (up to 30 s) until it answers a
+    /// read; an etcd that exits before is reported with its log.
+    pub async fn start(etcd_bin: &str, data_dir: &std::path::Path) -> anyhow::Result<Etcd> {
+        let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in(data_dir)?;
+        let (client_port, peer_port) = (procs::free_port()?, procs::free_port()?);
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut command = Command::new(etcd_bin);
+        command
+            .arg("--name=bench")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=bench={peer_url}"))
+            .arg("--logger=zap")
+            .arg("--log-level=error")
+            .stderr(Stdio::from(std::fs::File::create(dir.path().join("etcd.log"))?));
+        let mut child = procs::spawn_owned(command).map_err(|err| {
+            anyhow::anyhow!("cannot start {etcd_bin} ({err}); install it: apt-get install etcd-server")
+        })?;
+        let endpoint = Endpoint::from_shared(client_url)?;
+        let started = tokio::time::Instant::now();
+        loop {
+            if let Ok(channel) = endpoint.connect().await
+                && KvClient::new(channel.clone())
+                    .range(pb::RangeRequest { key: PREFIX.to_vec(), ..Default::default() })
+                    .await
+                    .is_ok()
             {
-                break kv;
+                return Ok(Etcd { child, dir, endpoint, channel });
             }
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default();
+                anyhow::bail!("etcd exited with {status}:\n{log}");
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "etcd did not start within 30s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default();
-            anyhow::bail!("etcd exited with {status}:\n{log}");
-        }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "etcd did not start within 30s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+}
+
+pub async fn run(args: &WatchArgs, plan: &Plan, value_size: usize) -> anyhow::Result<Report> {
+    let Etcd { mut child, dir: _dir, endpoint, channel } = Etcd::start(&args.etcd_bin, &args.data_dir).await?;
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("etcd exited at once"))?;
+    let mut kv = KvClient::new(channel);
+    kv.put(pb::PutRequest { key: KEY.to_vec(), value: value("w0", value_size), ..Default::default() }).await?;
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         channels.push(endpoint.connect().await?);

@@ -5,22 +5,19 @@
 //! values of the nodes' average encoded size, and the same listing is a `Range` in pages of 1,000
 //! at one revision.
 
+use crate::callers;
 use crate::controller_proc::{ControllerOpts, ControllerProc};
 use crate::etcd::pb;
 use crate::measure::Distribution;
 use crate::result::ResultLine;
 use crate::sim_drone::{self, Fleet};
-use crate::{callers, procs};
 use futures::StreamExt;
 use hangar::v1;
 use pb::kv_client::KvClient;
 use prost::Message;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::Command;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ListArgs {
@@ -136,48 +133,9 @@ async fn hangar_listings(args: &ListArgs) -> anyhow::Result<(Vec<u64>, usize)> {
 const PREFIX: &[u8] = b"/hangar-bench/nodes/";
 const PREFIX_END: &[u8] = b"/hangar-bench/nodes0";
 
-/// etcd on loopback with a data directory on tmpfs (as the watch benchmark starts it, `etcd.rs`).
-async fn start_etcd(args: &ListArgs) -> anyhow::Result<(tokio::process::Child, tempfile::TempDir, Channel)> {
-    let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in(&args.controller.data_dir)?;
-    let (client_port, peer_port) = (procs::free_port()?, procs::free_port()?);
-    let (client_url, peer_url) = (format!("http://127.0.0.1:{client_port}"), format!("http://127.0.0.1:{peer_port}"));
-    let mut command = Command::new(&args.etcd_bin);
-    command
-        .arg("--name=bench")
-        .arg(format!("--data-dir={}", dir.path().join("data").display()))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .arg(format!("--advertise-client-urls={client_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=bench={peer_url}"))
-        .arg("--logger=zap")
-        .arg("--log-level=error")
-        .stderr(Stdio::from(std::fs::File::create(dir.path().join("etcd.log"))?));
-    let mut child = procs::spawn_owned(command).map_err(|err| {
-        anyhow::anyhow!("cannot start {} ({err}); install it: apt-get install etcd-server", args.etcd_bin)
-    })?;
-    let endpoint = Endpoint::from_shared(client_url)?;
-    let started = Instant::now();
-    loop {
-        if let Ok(channel) = endpoint.connect().await
-            && KvClient::new(channel.clone())
-                .range(pb::RangeRequest { key: PREFIX.to_vec(), ..Default::default() })
-                .await
-                .is_ok()
-        {
-            return Ok((child, dir, channel));
-        }
-        if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default();
-            anyhow::bail!("etcd exited with {status}:\n{log}");
-        }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "etcd did not start within 30s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn etcd_listings(args: &ListArgs, value_size: usize) -> anyhow::Result<Vec<u64>> {
-    let (mut child, _dir, channel) = start_etcd(args).await?;
+    let crate::etcd::Etcd { mut child, dir: _dir, channel, .. } =
+        crate::etcd::Etcd::start(&args.etcd_bin, &args.controller.data_dir).await?;
     let kv = KvClient::new(channel);
     let started = Instant::now();
     // 64 puts in flight: loading is not measured.
