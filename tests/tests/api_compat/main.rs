@@ -213,7 +213,14 @@ fn a_changed_label_or_oneof_is_reported() {
     );
     let out_of_oneof = breaks_after(
         "hangar.v1",
-        &[(DRONE, "    RenewKey renew_key = 5;\n  }\n}", "  }\n  RenewKey renew_key = 5;\n}")],
+        &[
+            (DRONE, "    RenewKey renew_key = 5;\n", ""),
+            (
+                DRONE,
+                "    RenewKeys renew_keys = 6;\n  }\n}",
+                "    RenewKeys renew_keys = 6;\n  }\n  RenewKey renew_key = 5;\n}",
+            ),
+        ],
     );
     assert_eq!(
         out_of_oneof,
