@@ -238,8 +238,10 @@ async fn a_compacted_start_revision_is_out_of_range_naming_the_oldest_retained()
     )
     .await
     .unwrap();
-    let oldest =
-        s.compact(Retention { min_revisions: 5, max_age: chrono::Duration::zero() }, Utc::now()).await.unwrap();
+    // `now` a second ahead: the age bound counts changes recorded strictly before it, and the node
+    // change above may share its millisecond with a `Utc::now()` taken right after it.
+    let later = Utc::now() + chrono::Duration::seconds(1);
+    let oldest = s.compact(Retention { min_revisions: 5, max_age: chrono::Duration::zero() }, later).await.unwrap();
     assert!(oldest > start);
 
     let mut stream = watch(&cluster.url(), request(Default::default(), start, false)).await.unwrap();

@@ -98,8 +98,14 @@ async fn resume_from_a_compacted_revision_is_out_of_range_naming_the_oldest_reta
             .await
             .unwrap();
     }
-    let oldest =
-        s.compact(Retention { min_revisions: 5, max_age: chrono::Duration::zero() }, Utc::now()).await.unwrap();
+    // `now` a second ahead: the age bound counts only changes recorded strictly before it.
+    let oldest = s
+        .compact(
+            Retention { min_revisions: 5, max_age: chrono::Duration::zero() },
+            Utc::now() + chrono::Duration::seconds(1),
+        )
+        .await
+        .unwrap();
     assert!(oldest > first.revision);
 
     let mut stream = watch(&cluster.url(), request(Default::default(), first.revision, false)).await.unwrap();

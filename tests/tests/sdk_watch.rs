@@ -89,7 +89,14 @@ async fn sdk_watch_relists_when_its_revision_was_compacted() {
             .await
             .unwrap();
     }
-    store.compact(Retention { min_revisions: 2, max_age: chrono::Duration::zero() }, Utc::now()).await.unwrap();
+    // `now` a second ahead: the age bound counts only changes recorded strictly before it.
+    store
+        .compact(
+            Retention { min_revisions: 2, max_age: chrono::Duration::zero() },
+            Utc::now() + chrono::Duration::seconds(1),
+        )
+        .await
+        .unwrap();
     let mut events = Box::pin(client.watch_nodes(NodeFilter::default(), options));
     let mut cache = NodeStore::default();
     let mut saw_init = false;
