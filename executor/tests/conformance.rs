@@ -2,7 +2,8 @@
 //! runtimes. The cases live in the library (`hangar_executor::conformance`, also run by
 //! `hangar-drone conformance --socket PATH` against any executor); here each runs through real
 //! tonic on a temporary Unix socket — an in-process executor server plus the [`ExecutorClient`] —
-//! against the docker, process and mock runtimes. Docker cases skip loudly without an engine, and
+//! against the docker, process and mock runtimes, every case of the library's one list
+//! (`hangar_executor::conformance_cases!`). Docker cases skip loudly without an engine, and
 //! fail instead with `HANGAR_REQUIRE_DOCKER=1`.
 
 use std::sync::Arc;
@@ -72,34 +73,6 @@ macro_rules! for_runtime {
     };
 }
 
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        for_runtime!(docker, RuntimeKind::Docker, [$($case),*]);
-        for_runtime!(process, RuntimeKind::Process, [$($case),*]);
-        for_runtime!(mock, RuntimeKind::Mock, [$($case),*]);
-
-        /// A case added to the library's suite runs here too, in the same order.
-        #[test]
-        fn every_case_of_the_suite_runs_against_every_runtime() {
-            let here = [$(stringify!($case)),*];
-            let suite: Vec<&str> = hangar_executor::conformance::CASES.iter().map(|case| case.name).collect();
-            assert_eq!(suite, here);
-        }
-    };
-}
-
-conformance!(
-    handshake_reports_runtime_and_refuses_another_major_version,
-    backend_lifecycle_runs_from_start_to_removal,
-    stop_remove_and_start_are_idempotent,
-    stop_kills_backend_that_ignores_sigterm_after_grace,
-    exit_code_is_reported_in_inspect_and_events,
-    oom_kill_is_reported_where_supported,
-    burst_of_backends_gives_one_started_and_one_exited_each,
-    stats_stream_reports_cumulative_counters,
-    resource_limits_are_applied_where_supported,
-    host_address_accepts_tcp_and_answers_http,
-    command_overrides_the_entrypoint_and_args_override_cmd,
-    missing_image_fails_with_image_not_found,
-    stop_during_slow_start_leaves_backend_exited,
-);
+hangar_executor::conformance_cases!(for_runtime!(docker, RuntimeKind::Docker,));
+hangar_executor::conformance_cases!(for_runtime!(process, RuntimeKind::Process,));
+hangar_executor::conformance_cases!(for_runtime!(mock, RuntimeKind::Mock,));

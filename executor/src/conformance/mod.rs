@@ -181,8 +181,33 @@ pub struct Case {
     pub run: fn(Arc<Subject>) -> LocalBoxFuture<'static, Outcome>,
 }
 
+/// Calls `$callback!` with the suite's case names, in the order the suite runs them:
+/// `conformance_cases!(my_macro!(args,))` expands to `my_macro!(args, [case_a, case_b, …])`.
+/// The one list of cases: the library's [`CASES`] and the crate's tests (which run every case
+/// against each runtime) are both made from it, so a case cannot be in one and not the other.
+#[macro_export]
+macro_rules! conformance_cases {
+    ($callback:ident!($($prefix:tt)*)) => {
+        $callback! {$($prefix)* [
+            handshake_reports_runtime_and_refuses_another_major_version,
+            backend_lifecycle_runs_from_start_to_removal,
+            stop_remove_and_start_are_idempotent,
+            stop_kills_backend_that_ignores_sigterm_after_grace,
+            exit_code_is_reported_in_inspect_and_events,
+            oom_kill_is_reported_where_supported,
+            burst_of_backends_gives_one_started_and_one_exited_each,
+            stats_stream_reports_cumulative_counters,
+            resource_limits_are_applied_where_supported,
+            host_address_accepts_tcp_and_answers_http,
+            command_overrides_the_entrypoint_and_args_override_cmd,
+            missing_image_fails_with_image_not_found,
+            stop_during_slow_start_leaves_backend_exited,
+        ]}
+    };
+}
+
 macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
+    ([$($case:ident),* $(,)?]) => {
         /// Every case, in the order `hangar-drone conformance` runs them.
         pub const CASES: &[Case] = &[$(
             Case { name: stringify!($case), run: |subject| Box::pin(async move { cases::$case(&subject).await }) },
@@ -190,21 +215,7 @@ macro_rules! suite {
     };
 }
 
-suite!(
-    handshake_reports_runtime_and_refuses_another_major_version,
-    backend_lifecycle_runs_from_start_to_removal,
-    stop_remove_and_start_are_idempotent,
-    stop_kills_backend_that_ignores_sigterm_after_grace,
-    exit_code_is_reported_in_inspect_and_events,
-    oom_kill_is_reported_where_supported,
-    burst_of_backends_gives_one_started_and_one_exited_each,
-    stats_stream_reports_cumulative_counters,
-    resource_limits_are_applied_where_supported,
-    host_address_accepts_tcp_and_answers_http,
-    command_overrides_the_entrypoint_and_args_override_cmd,
-    missing_image_fails_with_image_not_found,
-    stop_during_slow_start_leaves_backend_exited,
-);
+conformance_cases!(suite!());
 
 /// One HTTP/1.1 GET on `address` (`host:port`); the status code and body. Std-only on purpose:
 /// the suite checks the backend, not an HTTP client.

@@ -32,37 +32,28 @@ pub fn outcome<T>(result: &Result<T, Status>) -> String {
     }
 }
 
+/// One audit line at `$level` naming the principal (name, role, where its identity came from),
+/// then the given fields.
+macro_rules! line {
+    ($level:ident, $principal:expr, $($field:tt)*) => {
+        tracing::$level!(
+            target: TARGET,
+            principal = %$principal.name,
+            role = %$principal.role,
+            source = ?$principal.source,
+            $($field)*
+            "audit"
+        )
+    };
+}
+
 /// One audit line: `principal` made (or tried) `method` on `target`, with `outcome`.
 pub fn record(principal: &Principal, method: &str, target: Target<'_>, outcome: &str) {
     let Target { backend_id, node_id, node, key } = target;
     if outcome == "ok" {
-        tracing::info!(
-            target: TARGET,
-            principal = %principal.name,
-            role = %principal.role,
-            source = ?principal.source,
-            method,
-            backend_id,
-            node_id,
-            node,
-            key,
-            outcome,
-            "audit"
-        );
+        line!(info, principal, method, backend_id, node_id, node, key, outcome,);
     } else {
-        tracing::warn!(
-            target: TARGET,
-            principal = %principal.name,
-            role = %principal.role,
-            source = ?principal.source,
-            method,
-            backend_id,
-            node_id,
-            node,
-            key,
-            outcome,
-            "audit"
-        );
+        line!(warn, principal, method, backend_id, node_id, node, key, outcome,);
     }
 }
 
@@ -73,16 +64,7 @@ pub fn refused(principal: Option<&Principal>, method: &str, remote_addr: Option<
     let remote_addr = remote_addr.map(|addr| addr.to_string());
     let remote_addr = remote_addr.as_deref();
     match principal {
-        Some(principal) => tracing::warn!(
-            target: TARGET,
-            principal = %principal.name,
-            role = %principal.role,
-            source = ?principal.source,
-            method,
-            remote_addr,
-            outcome,
-            "audit"
-        ),
+        Some(principal) => line!(warn, principal, method, remote_addr, outcome,),
         None => tracing::warn!(target: TARGET, principal = "-", method, remote_addr, outcome, "audit"),
     }
 }
