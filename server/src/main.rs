@@ -167,10 +167,13 @@ struct RetentionArgs {
     /// free key, its key row; watchers see it as REMOVED. At least 1s.
     #[arg(long, default_value = "24h", value_parser = parse_retention, value_name = "DURATION")]
     backend_retention: Duration,
-    /// How long the change log is kept for watchers to resume from (the newest 10,000 changes
-    /// are kept whatever this says); older start revisions answer OUT_OF_RANGE. At least 1s.
+    /// How long the change log is kept for watchers to resume from (but see
+    /// --history-min-revisions); older start revisions answer OUT_OF_RANGE. At least 1s.
     #[arg(long, default_value = "15m", value_parser = parse_retention, value_name = "DURATION")]
     history_retention: Duration,
+    /// The newest this many changes of the change log are kept whatever their age.
+    #[arg(long, default_value_t = ControllerConfig::default().retention.min_revisions, value_name = "CHANGES")]
+    history_min_revisions: u64,
 }
 
 impl RetentionArgs {
@@ -179,7 +182,7 @@ impl RetentionArgs {
         let max_age = chrono::Duration::from_std(self.history_retention).unwrap_or(chrono::Duration::MAX);
         ControllerConfig {
             backend_retention: self.backend_retention,
-            retention: store::Retention { max_age, ..config.retention },
+            retention: store::Retention { max_age, min_revisions: self.history_min_revisions },
             ..config
         }
     }
