@@ -30,6 +30,7 @@ hangar_server::store_scenarios!(
     listings_and_snapshots_carry_their_revision_and_filter_by_pool_labels_and_key_prefix,
     retention_removes_a_terminated_backends_rows_keeps_a_live_keys_and_a_reused_key_gets_a_higher_token,
     retention_removes_in_batches_each_backend_one_removed_change_under_its_own_revision,
+    compaction_past_many_revisions_reaches_its_target_in_steps_for_nodes_and_backends,
 );
 
 fn key(name: &str, tag: &str) -> BackendKey {
@@ -678,4 +679,28 @@ async fn retention_removes_in_batches_each_backend_one_removed_change_under_its_
         assert_eq!(commit.revision, revision);
         assert!(matches!(commit.change, Some(Change::Backend(ref c)) if c.kind == ChangeKind::Removed));
     }
+}
+
+/// More revisions than one compaction step (2,000) covers: compaction still reaches its target,
+/// step by step, and leaves each node's and live backend's present readable.
+async fn compaction_past_many_revisions_reaches_its_target_in_steps_for_nodes_and_backends(db: Database) {
+    let store = db.open().await;
+    let node = store.attach_node(drone_registration("d1"), "c", Utc::now()).await.unwrap();
+    let live = spawned(&store, Some(key("steps", ""))).await;
+    for i in 0..2_300u32 {
+        let update = NodeUpdate { backend_count: Some(i % 7 + 1), ..Default::default() };
+        store.update_node(&node.id, update, UpdateCondition::Always).await.unwrap();
+    }
+    let now = Utc::now();
+    store.apply_backend_event("d1", &live.id, BackendStatus::new(BackendState::Ready, now), "a:1", now).await.unwrap();
+    let current = store.current_revision().await.unwrap();
+    assert!(current > 2_300);
+    let all = hangar_server::store::Retention { min_revisions: 0, max_age: Duration::zero() };
+    assert_eq!(store.compact(all, Utc::now() + Duration::seconds(1)).await.unwrap(), current);
+    assert_eq!(store.compacted_revision().await.unwrap(), current);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM node_history WHERE node_id = $1", &node.id).await, 1);
+    assert_eq!(store.get_node(&node.id).await.unwrap().unwrap().backend_count, 2_299 % 7 + 1);
+    let history: Vec<_> = store.backend_history(&live.id, 0).await.unwrap().into_iter().map(|(_, s)| s.state).collect();
+    assert_eq!(history, [BackendState::Ready]);
+    assert!(store.changes_since(current, 10).await.unwrap().is_empty());
 }
