@@ -1,7 +1,11 @@
 //! `churn`: backends that come and go. Callers each loop Connect (a fresh key) → TerminateBackend
 //! on one simulated drone of capacity 1,000, so that at most one backend per caller is meant to be
 //! live at any time; a POOL_FULL or NO_DRONE_AVAILABLE answer means that capacity is still held by
-//! backends already asked to end. At the end, the database size per backend created.
+//! backends already asked to end. At the end, the database size per backend created, with the
+//! controller removing terminated backends after a short `--backend-retention` and compacting its
+//! change log after a short `--history-retention`, so that the figure is what stays once retention
+//! has caught up (and `--history-min-revisions` 1,000 rather than 10,000, which a short run would
+//! never get past).
 
 use crate::callers::{self, Refusals};
 use crate::controller_proc::{ControllerOpts, ControllerProc, Usage};
@@ -28,9 +32,22 @@ pub struct ChurnArgs {
     /// How long the callers run.
     #[arg(long, default_value = "60s", value_parser = crate::humantime_duration)]
     pub duration: Duration,
-    /// Wait after the run before the database is measured (no retention exists yet to wait for).
-    #[arg(long, default_value = "5s", value_parser = crate::humantime_duration)]
+    /// After the run, wait at most this long for retention to have removed every backend (each
+    /// one ended on the drone, then `--backend-retention` passed) before the database is
+    /// measured; how many were left is printed.
+    #[arg(long, default_value = "60s", value_parser = crate::humantime_duration)]
     pub settle: Duration,
+    /// The controller's `--backend-retention`: how long a terminated backend stays before it is
+    /// removed.
+    #[arg(long, default_value = "1s")]
+    pub backend_retention: String,
+    /// The controller's `--history-retention`: the age bound of its change log.
+    #[arg(long, default_value = "1s")]
+    pub history_retention: String,
+    /// The controller's `--history-min-revisions`: changes of the log kept whatever their age
+    /// (its default, 10,000, is more than a short run writes, which would hide the steady state).
+    #[arg(long, default_value_t = 1000)]
+    pub history_min_revisions: u64,
     /// A few seconds' smoke run (8 callers, 2 s), so that the harness cannot rot.
     #[arg(long)]
     pub quick: bool,
@@ -44,7 +61,7 @@ const REFUSED: [&str; 2] = [hangar::error::reason::POOL_FULL, hangar::error::rea
 pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
     if args.quick {
         (args.callers, args.connections) = (8, 2);
-        (args.duration, args.settle) = (Duration::from_secs(2), Duration::from_millis(200));
+        (args.duration, args.settle) = (Duration::from_secs(2), Duration::from_secs(5));
     }
     println!(
         "churn benchmark: {} callers over {} connections looping Connect (fresh key) → Terminate on one simulated drone of capacity {}, for {:?}",
@@ -52,7 +69,13 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
     );
     // The database figure reads SQLite's file; on PostgreSQL it is not built.
     anyhow::ensure!(!args.controller.postgres, "churn measures the SQLite database file: run it without --postgres");
-    let controller = ControllerProc::start(&args.controller, &[]).await?;
+    let retention = [
+        format!("--backend-retention={}", args.backend_retention),
+        format!("--history-retention={}", args.history_retention),
+        format!("--history-min-revisions={}", args.history_min_revisions),
+    ];
+    let retention: Vec<&str> = retention.iter().map(String::as_str).collect();
+    let controller = ControllerProc::start(&args.controller, &retention).await?;
     let fleet = Arc::new(Fleet::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut drones =
@@ -94,8 +117,13 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
     }
     let mut sampler = tokio::time::interval(Duration::from_secs(1));
     let (mut cycles, mut created, mut refusals) = (Vec::new(), 0u64, Refusals::default());
+    // The database at half time: with retention at work it should not grow much after it.
+    let half = tokio::time::sleep_until(start + args.duration / 2);
+    tokio::pin!(half);
+    let mut db_half = None;
     loop {
         tokio::select! {
+            _ = &mut half, if db_half.is_none() => db_half = Some(controller.db_bytes()),
             _ = sampler.tick() => usage.sample(std::slice::from_ref(&controller)),
             joined = callers.join_next() => match joined {
                 Some(result) => {
@@ -110,7 +138,7 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
     }
     let elapsed = start.elapsed();
     let cores = usage.cores(std::slice::from_ref(&controller))?;
-    tokio::time::sleep(args.settle).await;
+    let (left, settled) = retained_away(&channels[0], args.settle).await?;
     let db_live = controller.db_bytes();
     let rss = controller.rss_mib()?.max(usage.peak_rss_mib);
     let _ = stop_tx.send(true);
@@ -152,8 +180,17 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
         mib(db_live.1)
     );
     println!("| database after the controller stopped      | {:.1} MiB |", mib(db_after));
+    println!("| backends not yet removed when measured     | {left} (after waiting {settled:.1?}) |");
+    let (half_file, half_wal) = db_half.unwrap_or_default();
     println!(
-        "| database growth per backend created        | {db_bytes_per_backend:.0} bytes (no retention exists yet: nothing is compacted) |"
+        "| database at half time (file + WAL)         | {:.1} MiB ({:.1} + {:.1}) |",
+        mib(half_file + half_wal),
+        mib(half_file),
+        mib(half_wal)
+    );
+    println!(
+        "| database growth per backend created        | {db_bytes_per_backend:.0} bytes (backend retention {}, history retention {} / {} changes) |",
+        args.backend_retention, args.history_retention, args.history_min_revisions
     );
     println!("| controller CPU while callers ran (cores)   | {cores:.2} |");
     println!("| controller RSS, largest seen               | {rss:.1} MiB |");
@@ -163,4 +200,19 @@ pub async fn run(mut args: ChurnArgs) -> anyhow::Result<()> {
         .figure("db_bytes_per_backend", db_bytes_per_backend.round() as u64)
         .print();
     Ok(())
+}
+
+/// Waits until ListBackends finds no backend (every one ended and was removed by retention), at
+/// most `limit`; how many were left (0, or a lower bound of 1,000 when more) and how long it took.
+async fn retained_away(channel: &tonic::transport::Channel, limit: Duration) -> anyhow::Result<(usize, Duration)> {
+    let mut client = BackendServiceClient::new(channel.clone());
+    let start = Instant::now();
+    loop {
+        let request = v1::ListBackendsRequest { page_size: 1000, ..Default::default() };
+        let left = client.list_backends(request).await?.into_inner().backends.len();
+        if left == 0 || start.elapsed() >= limit {
+            return Ok((left, start.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -154,6 +154,49 @@ struct ControllerArgs {
     tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    retention: RetentionArgs,
+}
+
+/// How long the controller keeps what is over: terminated backends, and the change log watchers
+/// resume from (docs/design/storage-and-revisions.md, "Retention").
+#[derive(Args)]
+struct RetentionArgs {
+    /// How long a TERMINATED backend stays readable (GetBackend, ListBackends, its tokens answer
+    /// "terminated") before it is removed with its tokens and, if it was the last holder of a
+    /// free key, its key row; watchers see it as REMOVED. At least 1s.
+    #[arg(long, default_value = "24h", value_parser = parse_retention, value_name = "DURATION")]
+    backend_retention: Duration,
+    /// How long the change log is kept for watchers to resume from (but see
+    /// --history-min-revisions); older start revisions answer OUT_OF_RANGE. At least 1s.
+    #[arg(long, default_value = "15m", value_parser = parse_retention, value_name = "DURATION")]
+    history_retention: Duration,
+    /// The newest this many changes of the change log are kept whatever their age.
+    #[arg(long, default_value_t = ControllerConfig::default().retention.min_revisions, value_name = "CHANGES")]
+    history_min_revisions: u64,
+}
+
+impl RetentionArgs {
+    /// `config` with these retention times.
+    fn apply(&self, config: ControllerConfig) -> ControllerConfig {
+        let max_age = chrono::Duration::from_std(self.history_retention).unwrap_or(chrono::Duration::MAX);
+        ControllerConfig {
+            backend_retention: self.backend_retention,
+            retention: store::Retention { max_age, min_revisions: self.history_min_revisions },
+            ..config
+        }
+    }
+}
+
+/// A retention time: humantime (`90s`, `24h`, `7d`), at least one second. Zero would remove a
+/// backend the moment it ends, while its drone's last events and its clients' reads of the end
+/// are still on their way.
+fn parse_retention(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if duration < Duration::from_secs(1) {
+        return Err(format!("{value:?} is too short: a retention time is at least 1s"));
+    }
+    Ok(duration)
 }
 
 /// Per-caller limits: a caller is its principal, or its address when it has none. 0 turns a
@@ -318,6 +361,8 @@ struct DevArgs {
     /// reaches it may call every method. Prints a loud warning.
     #[arg(long)]
     insecure: bool,
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
 #[tokio::main]
@@ -417,7 +462,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             .zip(args.tls_key)
             .map(|(cert, key)| ControllerTlsFiles { files: TlsFiles { cert, key }, client_ca: args.tls_client_ca }),
         limits: args.limits.config(),
-        ..ControllerConfig::default()
+        ..args.retention.apply(ControllerConfig::default())
     };
     let controller = Controller::start(store, config, listener).await?;
     // Before the line that says the controller is up: a SIGHUP sent upon reading it must not
@@ -448,7 +493,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         proxy_listen: args.proxy_listen,
         data_dir: args.data_dir.clone(),
         drone_name: args.drone_name,
-        controller: ControllerConfig::default(),
+        controller: args.retention.apply(ControllerConfig::default()),
         runtime: args.runtime,
         // The demo backend is this very binary.
         demo_executable: std::env::current_exe()

@@ -28,6 +28,9 @@ hangar_server::store_scenarios!(
     a_passed_drain_deadline_terminates_only_while_the_drone_is_still_drained,
     the_watch_log_carries_backend_and_node_changes_in_revision_order_with_the_state_before,
     listings_and_snapshots_carry_their_revision_and_filter_by_pool_labels_and_key_prefix,
+    retention_removes_a_terminated_backends_rows_keeps_a_live_keys_and_a_reused_key_gets_a_higher_token,
+    retention_removes_in_batches_each_backend_one_removed_change_under_its_own_revision,
+    compaction_past_many_revisions_reaches_its_target_in_steps_for_nodes_and_backends,
 );
 
 fn key(name: &str, tag: &str) -> BackendKey {
@@ -518,4 +521,186 @@ fn drone_registration(name: &str) -> NodeRegistration {
         backend_capacity: 5,
         resources: NodeResources::default(),
     }
+}
+
+/// Rows `sql` (a `SELECT COUNT(*) …` with the backend id as `$1`) counts, read straight from the
+/// database: what retention must have deleted, whatever the store's reads hide.
+async fn count(db: &Database, sql: &str, id: &str) -> i64 {
+    if db.backend() == "sqlite" {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(sql).bind(id).fetch_one(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(sql).bind(id).fetch_one(&pool).await.unwrap()
+    }
+}
+
+/// Every row retention and compaction must leave nothing of, for one backend.
+async fn rows_of(db: &Database, id: &str) -> [i64; 4] {
+    [
+        count(db, "SELECT COUNT(*) FROM backends WHERE id = $1", id).await,
+        count(db, "SELECT COUNT(*) FROM backend_history WHERE backend_id = $1", id).await,
+        count(db, "SELECT COUNT(*) FROM connection_tokens WHERE backend_id = $1", id).await,
+        count(db, "SELECT COUNT(*) FROM drone_actions WHERE backend_id = $1", id).await,
+    ]
+}
+
+async fn key_rows(db: &Database, name: &str) -> i64 {
+    count(db, "SELECT COUNT(*) FROM backend_keys WHERE name = $1", name).await
+}
+
+async fn end(store: &hangar_server::store::DynStore, id: &str) {
+    let now = Utc::now();
+    let outcome =
+        store.apply_backend_event("d1", id, BackendStatus::new(BackendState::Terminated, now), "", now).await.unwrap();
+    assert!(matches!(outcome, EventOutcome::Applied(_)), "{outcome:?}");
+}
+
+async fn spawned(store: &hangar_server::store::DynStore, key: Option<BackendKey>) -> hangar::domain::Backend {
+    match store.connect_backend(spec(key, drones(100, &["d1"]), LEASE), &first).await.unwrap() {
+        ConnectOutcome::Spawned(b) => b,
+        other => panic!("expected a spawn, got {other:?}"),
+    }
+}
+
+async fn retention_removes_a_terminated_backends_rows_keeps_a_live_keys_and_a_reused_key_gets_a_higher_token(
+    db: Database,
+) {
+    let store = db.open().await;
+    // `gone`: keyed, ends, is removed. `live`: keyed, READY throughout. `keyless`: ends too.
+    let gone = spawned(&store, Some(key("gone", ""))).await;
+    let live = spawned(&store, Some(key("live", ""))).await;
+    let keyless = spawned(&store, None).await;
+    let now = Utc::now();
+    store.apply_backend_event("d1", &live.id, BackendStatus::new(BackendState::Ready, now), "a:1", now).await.unwrap();
+    // `shared`: the first holder's lease runs out, a second holder takes the key, then the
+    // first one ends: its removal must leave the key (held by the second) alone.
+    let shared_first = spawned(&store, Some(key("shared", ""))).await;
+    let later = Utc::now() + Duration::seconds(31);
+    store.release_expired_key(&shared_first.id, false, later).await.unwrap();
+    let shared_second = spawned(&store, Some(key("shared", ""))).await;
+    assert_eq!(shared_second.fencing_token, 2);
+    for id in [&gone.id, &keyless.id, &shared_first.id] {
+        end(&store, id).await;
+    }
+    let live_history = store.backend_history(&live.id, 0).await.unwrap();
+    assert_eq!(rows_of(&db, &gone.id).await, [1, 2, 1, 0], "the Spawn action went at TERMINATED");
+
+    // Not yet: they ended less than an hour ago.
+    assert_eq!(store.remove_terminated_backends(Utc::now() - Duration::hours(1), 100).await.unwrap(), 0);
+    let before = store.current_revision().await.unwrap();
+    assert_eq!(store.remove_terminated_backends(Utc::now() + Duration::seconds(1), 100).await.unwrap(), 3);
+    assert_eq!(store.current_revision().await.unwrap(), before + 3, "one revision per removed backend");
+    for id in [&gone.id, &keyless.id, &shared_first.id] {
+        assert_eq!(store.get_backend(id).await.unwrap(), None);
+        // Its history (and the REMOVED row) stays until compaction passes it, for resuming
+        // watchers; WatchBackend's replay never shows the removal as a status of its own.
+        assert_eq!(rows_of(&db, id).await[1], 3, "{id}: SCHEDULED, TERMINATED, REMOVED");
+        let statuses: Vec<_> = store.backend_history(id, 0).await.unwrap().into_iter().map(|(_, s)| s.state).collect();
+        assert_eq!(statuses, [BackendState::Scheduled, BackendState::Terminated]);
+        assert_eq!(rows_of(&db, id).await[0], 0, "{id}: the backend row is gone");
+        assert_eq!(rows_of(&db, id).await[2], 0, "{id}: its tokens are gone");
+    }
+    assert_eq!(key_rows(&db, "gone").await, 0, "a free key whose last holder was removed");
+    assert_eq!(key_rows(&db, "shared").await, 1, "a key another backend holds stays");
+    assert_eq!(key_rows(&db, "live").await, 1);
+    // Nothing live was touched: the live backend, its history and its lease.
+    assert_eq!(store.get_backend(&live.id).await.unwrap().unwrap().status.state, BackendState::Ready);
+    assert_eq!(store.backend_history(&live.id, 0).await.unwrap(), live_history);
+    assert!(
+        store.renew_key(&live.id, &key("live", ""), 1, Utc::now(), Utc::now() + Duration::seconds(30)).await.unwrap()
+    );
+    assert!(
+        store
+            .renew_key(&shared_second.id, &key("shared", ""), 2, Utc::now(), Utc::now() + Duration::seconds(30))
+            .await
+            .unwrap()
+    );
+    // Nothing left to remove: the next pass takes no revision.
+    assert_eq!(store.remove_terminated_backends(Utc::now() + Duration::seconds(1), 100).await.unwrap(), 0);
+    assert_eq!(store.current_revision().await.unwrap(), before + 3);
+
+    // Compaction then drops their history, while the live backend's present stays readable.
+    let all = hangar_server::store::Retention { min_revisions: 0, max_age: Duration::zero() };
+    let compacted = store.compact(all, Utc::now() + Duration::seconds(1)).await.unwrap();
+    assert_eq!(compacted, before + 3);
+    for id in [&gone.id, &keyless.id, &shared_first.id] {
+        assert_eq!(rows_of(&db, id).await, [0, 0, 0, 0], "{id}: nothing of it is left");
+    }
+    let live_now: Vec<_> =
+        store.backend_history(&live.id, 0).await.unwrap().into_iter().map(|(_, s)| s.state).collect();
+    assert_eq!(live_now, [BackendState::Ready], "a live backend keeps its newest status");
+
+    // The removed key comes back with a higher fencing token than any holder it had.
+    let again = spawned(&store, Some(key("gone", ""))).await;
+    assert!(again.fencing_token > gone.fencing_token, "{} after {}", again.fencing_token, gone.fencing_token);
+    // And so does the shared key once its last holder went the same way.
+    end(&store, &shared_second.id).await;
+    assert_eq!(store.remove_terminated_backends(Utc::now() + Duration::seconds(1), 100).await.unwrap(), 1);
+    assert_eq!(key_rows(&db, "shared").await, 0);
+    let shared_third = spawned(&store, Some(key("shared", ""))).await;
+    assert_eq!(shared_third.fencing_token, 3, "above the removed row's 2");
+}
+
+async fn retention_removes_in_batches_each_backend_one_removed_change_under_its_own_revision(db: Database) {
+    let store = db.open().await;
+    let mut ended = Vec::new();
+    for i in 0..5 {
+        let b = spawned(&store, Some(key(&format!("batch-{i}"), ""))).await;
+        end(&store, &b.id).await;
+        ended.push(b.id);
+    }
+    let before = store.current_revision().await.unwrap();
+    let mut commits = store.local_commits();
+    let due = Utc::now() + Duration::seconds(1);
+    let sizes = [
+        store.remove_terminated_backends(due, 2).await.unwrap(),
+        store.remove_terminated_backends(due, 2).await.unwrap(),
+        store.remove_terminated_backends(due, 2).await.unwrap(),
+    ];
+    assert_eq!(sizes, [2, 2, 1]);
+    let log = store.changes_since(before, 100).await.unwrap();
+    let removed: Vec<(u64, String)> = log
+        .iter()
+        .map(|change| match change {
+            Change::Backend(c) => {
+                assert_eq!((c.kind, c.previous), (ChangeKind::Removed, Some(BackendState::Terminated)));
+                assert_eq!(c.backend.status.state, BackendState::Terminated, "the backend as it ended");
+                (c.revision, c.backend.id.clone())
+            }
+            other => panic!("only removals: {other:?}"),
+        })
+        .collect();
+    assert_eq!(removed.iter().map(|(r, _)| *r).collect::<Vec<_>>(), (before + 1..=before + 5).collect::<Vec<_>>());
+    assert_eq!(removed.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>(), ended, "oldest first");
+    // This process's watch hub gets each removal as its own commit, in revision order.
+    for revision in before + 1..=before + 5 {
+        let commit = commits.recv().await.unwrap();
+        assert_eq!(commit.revision, revision);
+        assert!(matches!(commit.change, Some(Change::Backend(ref c)) if c.kind == ChangeKind::Removed));
+    }
+}
+
+/// More revisions than one compaction step (2,000) covers: compaction still reaches its target,
+/// step by step, and leaves each node's and live backend's present readable.
+async fn compaction_past_many_revisions_reaches_its_target_in_steps_for_nodes_and_backends(db: Database) {
+    let store = db.open().await;
+    let node = store.attach_node(drone_registration("d1"), "c", Utc::now()).await.unwrap();
+    let live = spawned(&store, Some(key("steps", ""))).await;
+    for i in 0..2_300u32 {
+        let update = NodeUpdate { backend_count: Some(i % 7 + 1), ..Default::default() };
+        store.update_node(&node.id, update, UpdateCondition::Always).await.unwrap();
+    }
+    let now = Utc::now();
+    store.apply_backend_event("d1", &live.id, BackendStatus::new(BackendState::Ready, now), "a:1", now).await.unwrap();
+    let current = store.current_revision().await.unwrap();
+    assert!(current > 2_300);
+    let all = hangar_server::store::Retention { min_revisions: 0, max_age: Duration::zero() };
+    assert_eq!(store.compact(all, Utc::now() + Duration::seconds(1)).await.unwrap(), current);
+    assert_eq!(store.compacted_revision().await.unwrap(), current);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM node_history WHERE node_id = $1", &node.id).await, 1);
+    assert_eq!(store.get_node(&node.id).await.unwrap().unwrap().backend_count, 2_299 % 7 + 1);
+    let history: Vec<_> = store.backend_history(&live.id, 0).await.unwrap().into_iter().map(|(_, s)| s.state).collect();
+    assert_eq!(history, [BackendState::Ready]);
+    assert!(store.changes_since(current, 10).await.unwrap().is_empty());
 }

@@ -496,3 +496,54 @@ async fn hangar_backends_watch_without_an_id_prints_the_snapshot_then_live_chang
     child.kill().await.unwrap();
     cluster.shutdown().await;
 }
+
+/// Retention removes a backend a while after it ended: one REMOVED event, with its revision and
+/// the backend as it ended, to every watcher whose filter still had it; GetBackend then answers
+/// NOT_FOUND. A watcher whose filter let it go at TERMINATED already had its REMOVED and gets
+/// nothing more.
+#[tokio::test]
+async fn a_watcher_sees_removed_for_a_backend_that_retention_removed() {
+    let config =
+        hangar_server::controller::ControllerConfig { backend_retention: Duration::from_secs(1), ..test_config() };
+    let cluster = TestCluster::sqlite_with(config).await;
+    let s = &cluster.store;
+    let drone = s.attach_node(registration("d1"), "c", Utc::now()).await.unwrap();
+    let backend = spawn(s, &drone.id, "docs", "retained").await;
+    let live = spawn(s, &drone.id, "docs", "stays").await;
+    let mut everything = watch(&cluster.url(), request(Default::default(), 0, true)).await.unwrap();
+    let (added, _) = initial(&mut everything).await;
+    assert_eq!(added.len(), 2);
+    let running = v1::BackendFilter { states: vec![v1::BackendState::Scheduled as i32], ..Default::default() };
+    let mut only_running = watch(&cluster.url(), request(running, 0, true)).await.unwrap();
+    assert_eq!(initial(&mut only_running).await.0.len(), 2);
+
+    let ended = advance(s, &backend, BackendState::Terminated).await;
+    let event = next_event(&mut everything, WAIT).await.unwrap();
+    assert_eq!(
+        (event.r#type(), seen(&event)),
+        (BackendEventType::Modified, (ended.id.clone(), v1::BackendState::Terminated as i32))
+    );
+    let terminated_at = event.revision;
+    let event = next_event(&mut only_running, WAIT).await.unwrap();
+    assert_eq!((event.r#type(), event.revision), (BackendEventType::Removed, terminated_at), "left the filter");
+
+    // About a second later (the retention), one REMOVED under the next revision of its own.
+    let event = next_event(&mut everything, WAIT).await.unwrap();
+    assert_eq!(event.r#type(), BackendEventType::Removed);
+    assert_eq!(seen(&event), (ended.id.clone(), v1::BackendState::Terminated as i32), "the backend as it ended");
+    assert!(event.revision > terminated_at);
+    let mut client = BackendServiceClient::new(cluster.channel().await);
+    let status = client.get_backend(v1::GetBackendRequest { id: ended.id.clone() }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(client.get_backend(v1::GetBackendRequest { id: live.id.clone() }).await.is_ok(), "a live backend stays");
+    // A watcher resuming from before the removal replays it too.
+    let mut resumed = watch(&cluster.url(), request(Default::default(), terminated_at, false)).await.unwrap();
+    let replayed = next_event(&mut resumed, WAIT).await.unwrap();
+    assert_eq!((replayed.r#type(), replayed.revision), (BackendEventType::Removed, event.revision));
+    // Nothing more: the removal is one event, and the filtered watcher had its REMOVED already.
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), only_running.message()).await;
+    assert!(quiet.is_err(), "an unexpected event: {quiet:?}");
+    let quiet = tokio::time::timeout(Duration::from_millis(300), everything.message()).await;
+    assert!(quiet.is_err(), "an unexpected event: {quiet:?}");
+    cluster.shutdown().await;
+}

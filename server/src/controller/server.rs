@@ -40,8 +40,12 @@ pub struct ControllerConfig {
     pub watch: WatchConfig,
     /// How much node history is kept for watchers to resume from.
     pub retention: Retention,
-    /// How often history outside `retention` is dropped.
+    /// How often history outside `retention` is dropped (more often when `retention.max_age`
+    /// is shorter than twice this).
     pub compaction_interval: Duration,
+    /// How long a TERMINATED backend stays readable before retention removes it (with its
+    /// tokens and, if it was the last holder of a free key, its key row): one REMOVED event.
+    pub backend_retention: Duration,
     /// Base URL of the proxy that Connect's URLs point at (`{proxy_url}/{token}/`).
     pub proxy_url: String,
     /// Tokens, leases, timeouts and the sweep of the backend lifecycle; its `proxy_url` is
@@ -64,6 +68,7 @@ impl Default for ControllerConfig {
             watch: WatchConfig::default(),
             retention: Retention { min_revisions: 10_000, max_age: chrono::Duration::minutes(15) },
             compaction_interval: Duration::from_secs(60),
+            backend_retention: Duration::from_secs(24 * 3600),
             proxy_url: BackendSettings::default().proxy_url,
             backends: BackendSettings::default(),
             tls: None,
@@ -193,7 +198,13 @@ impl Controller {
             let hub = hub.clone();
             tasks.spawn(async move { hub.run(notified, local).await });
         }
-        tasks.spawn(compact(store.clone(), config.retention, config.compaction_interval, shutdown.clone()));
+        {
+            let max_age = config.retention.max_age.to_std().unwrap_or_default();
+            let every = config.compaction_interval.min((max_age / 2).max(MIN_RETENTION_PASS));
+            tasks.spawn(compact(store.clone(), config.retention, every, shutdown.clone()));
+            let every = config.compaction_interval.min((config.backend_retention / 2).max(MIN_RETENTION_PASS));
+            tasks.spawn(retire_backends(store.clone(), config.backend_retention, every, shutdown.clone()));
+        }
         {
             let sweep = BackendSweep::new(store.clone(), settings.lease_duration);
             let shutdown = shutdown.clone();
@@ -220,6 +231,47 @@ async fn compact(store: DynStore, retention: Retention, every: Duration, shutdow
         match store.compact(retention, chrono::Utc::now()).await {
             Ok(revision) => tracing::debug!(compacted = revision, "node history compacted"),
             Err(err) => tracing::warn!(error = %err, "node history compaction failed; retrying later"),
+        }
+    }
+}
+
+/// The retention and compaction passes run at most this often, however short the retention.
+const MIN_RETENTION_PASS: Duration = Duration::from_millis(100);
+
+/// Backends one retention transaction removes at most: a bound on how long it holds the write
+/// lock. A pass repeats it until none is due.
+const RETENTION_BATCH: usize = 128;
+
+/// Removes backends TERMINATED for longer than `retention`, now and then, in batches. Every
+/// controller may run it: each batch picks its backends under the write lock.
+async fn retire_backends(store: DynStore, retention: Duration, every: Duration, shutdown: CancellationToken) {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let mut removed = 0;
+        loop {
+            let before =
+                chrono::Utc::now().checked_sub_signed(retention).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+            match store.remove_terminated_backends(before, RETENTION_BATCH).await {
+                Ok(n) => {
+                    removed += n;
+                    if n < RETENTION_BATCH || shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "removing terminated backends failed; retrying later");
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(removed, "terminated backends removed after retention");
         }
     }
 }

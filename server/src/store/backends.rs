@@ -241,6 +241,19 @@ pub trait BackendStore: Send + Sync {
     /// many.
     async fn purge_expired_tokens(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
+    /// Retention: removes up to `limit` backends that ended TERMINATED before
+    /// `terminated_before`, oldest first, in one write transaction. Each removal is one REMOVED
+    /// change under its own revision (the backend as it ended, state before TERMINATED), so
+    /// watchers see it; the backend's row, tokens and actions go, and its key row too when the
+    /// key is free and this backend was its last holder (its fencing token is kept as the floor
+    /// a key without a row starts above). Returns how many were removed; fewer than `limit`
+    /// means none is left to remove.
+    async fn remove_terminated_backends(
+        &self,
+        terminated_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError>;
+
     /// Status changes of every backend after revision `after`, oldest first, at most `limit`:
     /// `(revision, backend id, status)`. Proxies' sessions use it to learn which routes died.
     async fn backend_changes_since(

@@ -263,6 +263,14 @@ impl BackendStore for OffloadedStore {
         self.run(|s| Box::pin(async move { s.purge_expired_tokens(now).await })).await
     }
 
+    async fn remove_terminated_backends(
+        &self,
+        terminated_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.run(|s| Box::pin(async move { s.remove_terminated_backends(terminated_before, limit).await })).await
+    }
+
     async fn backend_changes_since(
         &self,
         after: Revision,

@@ -401,6 +401,110 @@ where
         Ok((backend, true))
     }
 
+    /// The highest fencing token of a key row retention removed (0: none yet), inside `tx`.
+    async fn fencing_floor_in(tx: &mut Transaction<'static, DB>) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT token FROM fencing_floor WHERE id = 1")
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
+        row.map_or(Ok(0), |row| row.try_get(0).map_err(from_sqlx))
+    }
+
+    /// Retention inside `tx`: removes `backends` (all TERMINATED), the first under revision
+    /// `first` and each next one under the next revision, and returns their REMOVED changes.
+    async fn retire_in(
+        tx: &mut Transaction<'static, DB>,
+        backends: &[Backend],
+        first: Revision,
+    ) -> Result<Vec<Change>, StoreError> {
+        let now = rows::millis(Utc::now());
+        let ids: Vec<String> = backends.iter().map(|b| b.id.clone()).collect();
+        let list = (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        // History rows from before the watch log (0003) have no backend of their own and fall
+        // back on the backend's row, which goes now: they get the backend with their status.
+        let sql = format!(
+            "SELECT revision, backend_id, status FROM backend_history WHERE data = '' AND backend_id IN ({list})"
+        );
+        let mut old_rows = sqlx::query(&sql);
+        for id in &ids {
+            old_rows = old_rows.bind(id.clone());
+        }
+        for row in old_rows.fetch_all(&mut **tx).await.map_err(from_sqlx)? {
+            let revision: i64 = row.try_get(0).map_err(from_sqlx)?;
+            let backend_id: String = row.try_get(1).map_err(from_sqlx)?;
+            let status: String = row.try_get(2).map_err(from_sqlx)?;
+            let Some(backend) = backends.iter().find(|b| b.id == backend_id) else { continue };
+            let mut then = backend.clone();
+            then.status = serde_json::from_str(&status).map_err(|e| corrupt("backend status", e))?;
+            sqlx::query("UPDATE backend_history SET data = $2 WHERE revision = $1")
+                .bind(revision)
+                .bind(encode(&then)?)
+                .execute(&mut **tx)
+                .await
+                .map_err(from_sqlx)?;
+        }
+        let mut floor = 0i64;
+        let mut changes = Vec::with_capacity(backends.len());
+        for (i, backend) in backends.iter().enumerate() {
+            let revision = first + i as Revision;
+            sqlx::query(
+                "INSERT INTO backend_history (revision, backend_id, status, recorded_at, change, previous_state, data) \
+                 VALUES ($1, $2, $3, $4, 'REMOVED', $5, $6)",
+            )
+            .bind(db_revision(revision))
+            .bind(backend.id.clone())
+            .bind(encode(&backend.status)?)
+            .bind(now)
+            .bind(backend.status.state.as_str().to_string())
+            .bind(encode(backend)?)
+            .execute(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
+            if let Some(key) = &backend.key {
+                // Only a free key whose last holder this was: a later holder keeps it, and its
+                // own removal takes the row.
+                let token = i64::try_from(backend.fencing_token).unwrap_or(i64::MAX);
+                let result = sqlx::query(
+                    "DELETE FROM backend_keys WHERE namespace = $1 AND name = $2 AND backend_id = '' \
+                     AND fencing_token = $3",
+                )
+                .bind(key.namespace.clone())
+                .bind(key.name.clone())
+                .bind(token)
+                .execute(&mut **tx)
+                .await
+                .map_err(from_sqlx)?;
+                if rows_affected::<DB>(&result) > 0 {
+                    floor = floor.max(token);
+                }
+            }
+            changes.push(Change::Backend(BackendChange {
+                revision,
+                kind: ChangeKind::Removed,
+                backend: backend.clone(),
+                previous: Some(backend.status.state),
+            }));
+        }
+        for (table, column) in
+            [("backends", "id"), ("connection_tokens", "backend_id"), ("drone_actions", "backend_id")]
+        {
+            let sql = format!("DELETE FROM {table} WHERE {column} IN ({list})");
+            let mut query = sqlx::query(&sql);
+            for id in &ids {
+                query = query.bind(id.clone());
+            }
+            query.execute(&mut **tx).await.map_err(from_sqlx)?;
+        }
+        if floor > 0 {
+            sqlx::query("UPDATE fencing_floor SET token = $1 WHERE id = 1 AND token < $1")
+                .bind(floor)
+                .execute(&mut **tx)
+                .await
+                .map_err(from_sqlx)?;
+        }
+        Ok(changes)
+    }
+
     /// The live backends on each candidate, read under the write lock so that concurrent
     /// Connects see each other's placements.
     async fn loads(tx: &mut Transaction<'static, DB>, candidates: &[DroneSlot]) -> Result<Vec<DroneLoad>, StoreError> {
@@ -476,9 +580,12 @@ where
         let loads: Vec<DroneLoad> =
             Self::loads(&mut tx, &plan.candidates).await?.into_iter().filter(|l| l.free() > 0).collect();
         let Some(chosen) = pick(&loads).and_then(|i| loads.get(i)) else { return Ok(ConnectOutcome::PoolFull) };
-        let fencing_token = match &key {
-            Some(_) => previous_fence.unwrap_or(0) + 1,
-            None => 0,
+        let fencing_token = match (&key, previous_fence) {
+            (Some(_), Some(previous)) => previous + 1,
+            // No row: a new key, or one whose row retention removed; either way above every
+            // token a removed row held.
+            (Some(_), None) => Self::fencing_floor_in(&mut tx).await? + 1,
+            (None, _) => 0,
         };
         let config = plan.config;
         let backend = Backend {
@@ -570,7 +677,8 @@ where
 
     async fn backend_history(&self, id: &str, after: Revision) -> Result<Vec<(Revision, BackendStatus)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT revision, status FROM backend_history WHERE backend_id = $1 AND revision > $2 ORDER BY revision",
+            "SELECT revision, status FROM backend_history WHERE backend_id = $1 AND revision > $2 \
+             AND change <> 'REMOVED' ORDER BY revision",
         )
         .bind(id.to_string())
         .bind(db_revision(after))
@@ -820,6 +928,49 @@ where
             .await
             .map_err(from_sqlx)?;
         Ok(rows_affected::<DB>(&result))
+    }
+
+    async fn remove_terminated_backends(
+        &self,
+        terminated_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let before = rows::millis(terminated_before);
+        // Most passes find nothing: look without the write lock first.
+        let due = sqlx::query("SELECT id FROM backends WHERE state = 'TERMINATED' AND updated_at < $1 LIMIT 1")
+            .bind(before)
+            .fetch_optional(self.read_pool())
+            .await
+            .map_err(from_sqlx)?;
+        if due.is_none() {
+            return Ok(0);
+        }
+        // Chosen again under the write lock: another controller's pass may have removed them.
+        let (mut tx, first) = self.begin_write().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {BACKEND_COLUMNS} FROM backends WHERE state = 'TERMINATED' AND updated_at < $1 \
+             ORDER BY updated_at LIMIT $2"
+        ))
+        .bind(before)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        let backends = rows.iter().map(decode_backend).collect::<Result<Vec<_>, _>>()?;
+        if backends.is_empty() {
+            // Rolls back, and the revision with it.
+            return Ok(0);
+        }
+        let last = match backends.len() as Revision - 1 {
+            0 => first,
+            extra => Self::take_more_revisions(&mut tx, extra).await?,
+        };
+        let changes = Self::retire_in(&mut tx, &backends, first).await?;
+        self.commit_published_all(tx, last, changes).await?;
+        Ok(backends.len())
     }
 
     async fn backend_changes_since(

@@ -115,6 +115,21 @@ where
         Ok((tx, revision))
     }
 
+    /// Takes `extra` more revisions in a transaction opened by [`begin_write`](Self::begin_write),
+    /// for a write that records several changes at once (the retention pass: one REMOVED per
+    /// backend). Returns the last one; together with the first they are consecutive.
+    pub(super) async fn take_more_revisions(
+        tx: &mut Transaction<'static, DB>,
+        extra: u64,
+    ) -> Result<Revision, StoreError> {
+        let row = sqlx::query("UPDATE revision_counter SET current = current + $1 WHERE id = 1 RETURNING current")
+            .bind(rows::db_revision(extra))
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(from_sqlx)?;
+        rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)
+    }
+
     /// Announces `revision` (PostgreSQL: NOTIFY, sent only if the commit succeeds), commits, and
     /// wakes this process's subscribers.
     pub(super) async fn commit_announced(
@@ -140,6 +155,26 @@ where
         // No receiver is not an error: nobody in this process fans out.
         let _ = self.local.send(LocalCommit { revision, change });
         Self::announce(&self.committed, Some(revision));
+        Ok(())
+    }
+
+    /// [`commit_published`](Self::commit_published) for a write of several consecutive
+    /// revisions, the last being `last`: each change is published under its own revision, in
+    /// order, so the watch hub fans them out as if they had been committed one by one.
+    async fn commit_published_all(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        last: Revision,
+        changes: Vec<Change>,
+    ) -> Result<(), StoreError> {
+        if let Some(announce) = DB::ANNOUNCE {
+            sqlx::query(announce).bind(last.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
+        }
+        tx.commit().await.map_err(from_sqlx)?;
+        for change in changes {
+            let _ = self.local.send(LocalCommit { revision: change.revision(), change: Some(change) });
+        }
+        Self::announce(&self.committed, Some(last));
         Ok(())
     }
 

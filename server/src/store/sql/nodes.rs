@@ -17,6 +17,10 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transactio
 /// How many history rows one pass of a label-filtered listing reads; labels are matched in Rust.
 const LABEL_SCAN_BATCH: usize = 500;
 
+/// Revisions one compaction transaction covers at most: a bound on how long it holds the write
+/// lock (each revision is at most one history row to delete).
+const COMPACTION_STEP: u64 = 2_000;
+
 const NODE_BY_ID: &str = "SELECT h.revision, h.data FROM nodes n JOIN node_history h ON h.revision = n.revision \
                           WHERE n.id = $1 AND n.removed = 0";
 
@@ -340,51 +344,77 @@ where
     }
 
     async fn compact(&self, retention: Retention, now: DateTime<Utc>) -> Result<Revision, StoreError> {
-        // Compaction takes the write lock like any writer: it is rare, and readers are not
-        // blocked because they read from snapshots.
-        let mut tx = self.write.begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
-        let row =
-            sqlx::query("UPDATE revision_counter SET compacted = compacted WHERE id = 1 RETURNING current, compacted")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(from_sqlx)?;
-        let current = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
-        let compacted = rows::revision_from_db(row.try_get(1).map_err(from_sqlx)?)?;
-        let by_count = current.saturating_sub(retention.min_revisions);
-        let cutoff = rows::millis(now - retention.max_age);
-        let row = sqlx::query("SELECT COALESCE(MAX(revision), 0) FROM node_history WHERE recorded_at < $1")
+        // In steps of at most COMPACTION_STEP revisions, each its own transaction: compaction
+        // takes the write lock like any writer, and a step bounds how long it holds it (readers
+        // are never blocked: they read from snapshots). Each step leaves the store compacted
+        // exactly to its end, so stopping between two steps is as good as a smaller target.
+        loop {
+            let mut tx = self.write.begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
+            let row = sqlx::query(
+                "UPDATE revision_counter SET compacted = compacted WHERE id = 1 RETURNING current, compacted",
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+            let current = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
+            let compacted = rows::revision_from_db(row.try_get(1).map_err(from_sqlx)?)?;
+            let by_count = current.saturating_sub(retention.min_revisions);
+            // The newest change recorded before the cutoff, in either half of the log: revisions
+            // are handed out in commit order, so everything up to it is at least that old.
+            let cutoff = rows::millis(now - retention.max_age);
+            let row = sqlx::query(
+                "SELECT COALESCE(MAX(revision), 0) FROM (\
+                   SELECT MAX(revision) AS revision FROM node_history WHERE recorded_at < $1 \
+                   UNION ALL SELECT MAX(revision) AS revision FROM backend_history WHERE recorded_at < $1) oldest",
+            )
             .bind(cutoff)
             .fetch_one(&mut *tx)
             .await
             .map_err(from_sqlx)?;
-        let by_age = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
-        let target = by_count.min(by_age);
-        if target <= compacted {
-            return Ok(compacted);
+            let by_age = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
+            let target = by_count.min(by_age);
+            if target <= compacted {
+                return Ok(compacted);
+            }
+            let step = target.min(compacted + COMPACTION_STEP);
+            let step_db = db_revision(step);
+            // Keep each node's newest version at or below the step (reads at the step need it)
+            // unless that version is its removal (nobody can read a removed node there).
+            sqlx::query(
+                "DELETE FROM node_history WHERE revision <= $1 AND (change = 'REMOVED' OR revision < \
+                   (SELECT MAX(v.revision) FROM node_history v WHERE v.node_id = node_history.node_id AND v.revision <= $1))",
+            )
+            .bind(step_db)
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+            sqlx::query("DELETE FROM nodes WHERE removed <> 0 AND removed <= $1")
+                .bind(step_db)
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+            // The backend half the same way: each backend's newest row at or below the step
+            // stays (WatchBackend replays a backend's history and must find its present), unless
+            // it is the backend's removal by retention.
+            sqlx::query(
+                "DELETE FROM backend_history WHERE revision <= $1 AND (change = 'REMOVED' OR revision < \
+                   (SELECT MAX(v.revision) FROM backend_history v \
+                    WHERE v.backend_id = backend_history.backend_id AND v.revision <= $1))",
+            )
+            .bind(step_db)
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+            sqlx::query("UPDATE revision_counter SET compacted = $1 WHERE id = 1")
+                .bind(step_db)
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+            tx.commit().await.map_err(from_sqlx)?;
+            if step == target {
+                return Ok(target);
+            }
         }
-        let target_db = db_revision(target);
-        // Keep each node's newest version at or below the target (reads at the target need it)
-        // unless that version is its removal (nobody can read a removed node there).
-        sqlx::query(
-            "DELETE FROM node_history WHERE revision <= $1 AND (change = 'REMOVED' OR revision < \
-               (SELECT MAX(v.revision) FROM node_history v WHERE v.node_id = node_history.node_id AND v.revision <= $1))",
-        )
-        .bind(target_db)
-        .execute(&mut *tx)
-        .await
-        .map_err(from_sqlx)?;
-        sqlx::query("DELETE FROM nodes WHERE removed <> 0 AND removed <= $1")
-            .bind(target_db)
-            .execute(&mut *tx)
-            .await
-            .map_err(from_sqlx)?;
-        sqlx::query("UPDATE revision_counter SET compacted = $1 WHERE id = 1")
-            .bind(target_db)
-            .execute(&mut *tx)
-            .await
-            .map_err(from_sqlx)?;
-        tx.commit().await.map_err(from_sqlx)?;
-        Ok(target)
     }
 
     async fn shared_secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
