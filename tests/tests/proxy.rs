@@ -372,6 +372,7 @@ async fn a_missing_certificate_fails_the_start_with_the_path() {
 struct GatedBackend {
     address: String,
     seen: watch::Receiver<usize>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     open: watch::Sender<bool>,
 }
 
@@ -381,9 +382,12 @@ async fn gated_backend(open: bool) -> GatedBackend {
     let address = listener.local_addr().unwrap().to_string();
     let (seen_tx, seen) = watch::channel(0usize);
     let (open_tx, open_rx) = watch::channel(open);
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
     tokio::spawn(async move {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let (seen_tx, mut open_rx) = (seen_tx.clone(), open_rx.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -406,7 +410,7 @@ async fn gated_backend(open: bool) -> GatedBackend {
             });
         }
     });
-    GatedBackend { address, seen, open: open_tx }
+    GatedBackend { address, seen, connections, open: open_tx }
 }
 
 #[tokio::test]
@@ -487,5 +491,26 @@ async fn a_terminating_backend_gets_no_new_request_even_on_a_connection_that_use
         assert_eq!(status().await, 410);
     }
     assert_eq!(*backend.seen.borrow(), served, "no request reached the TERMINATING backend");
+    s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_keep_alive_client_reuses_one_backend_connection() {
+    let s = setup().await;
+    let backend = gated_backend(true).await;
+    route(&s, "reuse", v1::BackendState::Ready, &backend.address);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for _ in 0..20 {
+        let request = http::Request::get(format!("{}/reuse/", s.proxy.url())).body(Full::default()).unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(&response.into_body().collect().await.unwrap().to_bytes()[..], b"done");
+    }
+    assert_eq!(*backend.seen.borrow(), 20);
+    assert_eq!(
+        backend.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one backend connection for 20 requests"
+    );
     s.proxy.shutdown().await;
 }

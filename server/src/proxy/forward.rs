@@ -6,7 +6,7 @@ use super::traffic::Traffic;
 use bytes::Bytes;
 use hangar::domain::BackendState;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -23,6 +23,8 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// Header on the proxy's own error answers, naming the case for machines.
 pub const ERROR_HEADER: &str = "x-hangar-error";
+
+const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often an open upgraded connection (WebSocket) counts as traffic for its backend.
 const TUNNEL_ACTIVITY_INTERVAL: Duration = Duration::from_secs(1);
@@ -80,11 +82,42 @@ pub struct Conn {
     /// `x-forwarded-for` for a request that comes without one.
     peer_ip: Option<HeaderValue>,
     route: ConnRoute,
+    /// The connection's own connection to its backend, for HTTP/1.1 requests (see `send_own`).
+    backend: std::sync::Mutex<Option<BackendConn>>,
 }
 
 impl Conn {
     pub fn new(peer: SocketAddr) -> Conn {
-        Conn { peer, peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(), route: ConnRoute::default() }
+        Conn {
+            peer,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
+            route: ConnRoute::default(),
+            backend: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+struct BackendConn {
+    authority: Authority,
+    send: hyper::client::conn::http1::SendRequest<Incoming>,
+}
+
+impl BackendConn {
+    async fn connect(authority: &Authority) -> Result<BackendConn, String> {
+        let stream = tokio::time::timeout(BACKEND_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority.as_str()))
+            .await
+            .map_err(|_| "connecting timed out".to_string())?
+            .map_err(|err| err.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (send, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|err| err.to_string())?;
+        // The one task of this backend connection; it ends when `send` is dropped.
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "backend connection ended with an error");
+            }
+        });
+        Ok(BackendConn { authority: authority.clone(), send })
     }
 }
 
@@ -103,7 +136,7 @@ impl Forwarder {
     pub fn new(routes: Arc<RouteCache>, startup_wait: Duration, tasks: TaskTracker, stop: CancellationToken) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_connect_timeout(Some(BACKEND_CONNECT_TIMEOUT));
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         Forwarder { routes, client, traffic: Arc::default(), startup_wait, tasks, stop }
     }
@@ -129,15 +162,23 @@ impl Forwarder {
             tracing::info!(backend_id = %route.route.backend_id, address = %route.route.address, "backend address is not host:port");
             return ProxyError::BackendUnreachable.response();
         };
-        let mut uri = http::uri::Parts::default();
-        (uri.scheme, uri.authority, uri.path_and_query) = (Some(Scheme::HTTP), Some(authority), Some(rest));
-        parts.uri = match Uri::from_parts(uri) {
-            Ok(uri) => uri,
-            Err(_) => return ProxyError::BackendUnreachable.response(),
+        // An HTTP/1.1 client sends one request at a time: it goes over the connection's own
+        // backend connection, in origin form. HTTP/2 streams and upgrades go through the pool.
+        let own = !upgrade && parts.version <= Version::HTTP_11;
+        parts.uri = if own {
+            Uri::from(rest)
+        } else {
+            let mut uri = http::uri::Parts::default();
+            (uri.scheme, uri.authority, uri.path_and_query) = (Some(Scheme::HTTP), Some(authority.clone()), Some(rest));
+            match Uri::from_parts(uri) {
+                Ok(uri) => uri,
+                Err(_) => return ProxyError::BackendUnreachable.response(),
+            }
         };
         parts.version = Version::HTTP_11;
         backend_headers(&mut parts.headers, &route, conn, upgrade);
-        match self.forward(Request::from_parts(parts, body), client_upgrade, &route).await {
+        let backend = if own { Some((conn, &authority)) } else { None };
+        match self.forward(Request::from_parts(parts, body), client_upgrade, &route, backend).await {
             Ok(response) => response,
             Err(err) => {
                 // The cached address may be stale (the backend moved or died): look it up again
@@ -173,11 +214,16 @@ impl Forwarder {
         req: Request<Incoming>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         route: &CachedRoute,
+        own: Option<(&Conn, &Authority)>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let websocket =
             req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let backend_id = &route.route.backend_id;
-        let mut response = self.client.request(req).await.map_err(|err| {
+        let response = match own {
+            Some((conn, authority)) => send_own(conn, authority, req).await,
+            None => self.client.request(req).await.map_err(|err| err.to_string()),
+        };
+        let mut response = response.map_err(|err| {
             tracing::info!(%backend_id, address = %route.route.address, error = %err, "backend unreachable");
             ProxyError::BackendUnreachable
         })?;
@@ -196,6 +242,46 @@ impl Forwarder {
             strip_hop_by_hop(response.headers_mut(), false);
         }
         Ok(response.map(|body| body.boxed()))
+    }
+}
+
+/// Sends `req` over the client connection's own backend connection, made on first use (or when
+/// the route moved to another address, or the backend closed it). No pool lock and no task per
+/// request: the connection is the client connection's for as long as it lives. A request the old
+/// connection did not take (it had closed) is sent again on a new one.
+async fn send_own(
+    conn: &Conn,
+    authority: &Authority,
+    mut req: Request<Incoming>,
+) -> Result<Response<Incoming>, String> {
+    let held = conn.backend.lock().unwrap().take().filter(|b| b.authority == *authority && !b.send.is_closed());
+    let (mut backend, mut fresh) = match held {
+        Some(backend) => (backend, false),
+        None => (BackendConn::connect(authority).await?, true),
+    };
+    loop {
+        // Waits for the previous response's body to be through (it is, for an HTTP/1.1 client).
+        let sent = match backend.send.ready().await {
+            Ok(()) => backend.send.try_send_request(req).await,
+            Err(err) if fresh => return Err(err.to_string()),
+            Err(_) => {
+                (backend, fresh) = (BackendConn::connect(authority).await?, true);
+                continue;
+            }
+        };
+        match sent {
+            Ok(response) => {
+                *conn.backend.lock().unwrap() = Some(backend);
+                return Ok(response);
+            }
+            Err(mut err) => match err.take_message() {
+                Some(unsent) if !fresh => {
+                    req = unsent;
+                    (backend, fresh) = (BackendConn::connect(authority).await?, true);
+                }
+                _ => return Err(err.into_error().to_string()),
+            },
+        }
     }
 }
 
