@@ -24,6 +24,7 @@ mod list;
 mod measure;
 mod placements;
 mod procs;
+mod proxy;
 mod result;
 mod sim_drone;
 
@@ -52,6 +53,9 @@ enum Command {
     Churn(churn::ChurnArgs),
     /// A full ListNodes of 10,000 nodes in pages of 1,000, next to an etcd range read.
     List(list::ListArgs),
+    /// The data plane: the same backend directly, through nginx and through Hangar's proxy (wrk,
+    /// keep-alive HTTP/1.1, 1 KiB and 1 MiB bodies).
+    Proxy(proxy::ProxyArgs),
     /// Internal: the Hangar controller under test, with the benchmark's writer, driven over
     /// stdin by `watch`.
     #[command(hide = true)]
@@ -165,6 +169,7 @@ fn main() -> anyhow::Result<()> {
         Command::Placements(args) => runtime.block_on(interruptible(placements::run(args))),
         Command::Churn(args) => runtime.block_on(interruptible(churn::run(args))),
         Command::List(args) => runtime.block_on(interruptible(list::run(args))),
+        Command::Proxy(args) => runtime.block_on(interruptible(proxy::run(args))),
     }
 }
 

@@ -69,3 +69,17 @@ fn list_quick_pass_lists_every_node_next_to_etcd() {
     let figures = quick_pass("list", &["hangar_p50_ms", "etcd_p50_ms", "ratio"]);
     assert!(figures["hangar_p50_ms"] > 0.0 && figures["etcd_p50_ms"] > 0.0, "{figures:?}");
 }
+
+#[test]
+fn proxy_quick_pass_serves_the_same_bytes_directly_through_nginx_and_through_hangar() {
+    // `wrk -v` exits 1: that it starts is what counts.
+    let present = |bin: &str| Command::new(bin).arg("-v").output().is_ok();
+    if !(present("nginx") && present("wrk")) {
+        // Allowed only where they cannot be installed; scripts/bench installs them (apt-get install nginx wrk).
+        eprintln!("\n!!!!! SKIPPED: nginx or wrk is missing, so the proxy benchmark's quick pass did not run !!!!!\n");
+        return;
+    }
+    let figures =
+        quick_pass("proxy", &["hangar_rps", "nginx_rps", "ratio", "hangar_p99_ms", "nginx_p99_ms", "added_p99_ms"]);
+    assert!(figures["hangar_rps"] > 0.0 && figures["nginx_rps"] > 0.0 && figures["ratio"] > 0.0, "{figures:?}");
+}

@@ -366,3 +366,151 @@ async fn a_missing_certificate_fails_the_start_with_the_path() {
     let err = Proxy::start(config, listener).await.err().expect("refused");
     assert!(format!("{err:#}").contains("/no/such/cert.pem"), "{err:#}");
 }
+
+/// A keep-alive HTTP/1.1 backend that counts the requests it gets and answers each only once
+/// `open` is true; `seen` is the count so far.
+struct GatedBackend {
+    address: String,
+    seen: watch::Receiver<usize>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    open: watch::Sender<bool>,
+}
+
+async fn gated_backend(open: bool) -> GatedBackend {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (seen_tx, seen) = watch::channel(0usize);
+    let (open_tx, open_rx) = watch::channel(open);
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (seen_tx, mut open_rx) = (seen_tx.clone(), open_rx.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    seen_tx.send_modify(|n| *n += 1);
+                    let _ = open_rx.wait_for(|open| *open).await;
+                    if stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    GatedBackend { address, seen, connections, open: open_tx }
+}
+
+#[tokio::test]
+async fn a_shutting_down_proxy_finishes_the_request_in_flight_and_accepts_no_new_connection() {
+    let s = setup().await;
+    let mut backend = gated_backend(false).await;
+    route(&s, "slow", v1::BackendState::Ready, &backend.address);
+    let (url, proxy_addr) = (format!("{}/slow/work", s.proxy.url()), s.proxy.local_addr());
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    tokio::time::timeout(WAIT, backend.seen.wait_for(|n| *n == 1))
+        .await
+        .expect("the request reaches the backend")
+        .unwrap();
+
+    let began = std::time::Instant::now();
+    let shutdown = tokio::spawn(s.proxy.shutdown());
+    eventually(WAIT, "the proxy to stop accepting", async || {
+        check(tokio::net::TcpStream::connect(proxy_addr).await.is_err(), |refused| *refused)
+    })
+    .await;
+    assert!(!in_flight.is_finished() && !shutdown.is_finished(), "the shutdown waits for the request in flight");
+    backend.open.send(true).unwrap();
+    let (status, _, body) = tokio::time::timeout(WAIT, in_flight).await.expect("answered").unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "done"), "the request in flight is answered whole");
+    tokio::time::timeout(WAIT, shutdown).await.expect("the shutdown ends once the request is done").unwrap();
+    assert!(began.elapsed() < Duration::from_secs(5), "ended by the request, not by the grace period");
+}
+
+#[tokio::test]
+async fn a_shutting_down_proxy_closes_websockets_with_a_going_away_frame() {
+    use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
+    let s = setup().await;
+    route(&s, "ws", v1::BackendState::Ready, &s.backend_address);
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws/ws", s.proxy.local_addr())).await.unwrap();
+    socket.send(Message::text("before")).await.unwrap();
+    assert_eq!(socket.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "before");
+
+    let shutdown = tokio::spawn(s.proxy.shutdown());
+    let message = tokio::time::timeout(WAIT, socket.next()).await.expect("a message before the grace ends");
+    match message {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a close frame (1001), got {other:?}"),
+    }
+    // The client answers the close (tungstenite does so itself) and the connection ends.
+    while let Some(Ok(_)) = tokio::time::timeout(WAIT, socket.next()).await.expect("the connection ends") {}
+    tokio::time::timeout(WAIT, shutdown).await.expect("the shutdown ends once the WebSocket is closed").unwrap();
+}
+
+#[tokio::test]
+async fn a_terminating_backend_gets_no_new_request_even_on_a_connection_that_used_it() {
+    let s = setup_with(|c| c.route_ttl = Duration::from_secs(60)).await;
+    let backend = gated_backend(true).await;
+    route(&s, "term", v1::BackendState::Ready, &backend.address);
+    // One client: its keep-alive connection remembers the route.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let url = format!("{}/term/", s.proxy.url());
+    let status = async || {
+        let response = client.request(http::Request::get(&url).body(Full::default()).unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        status
+    };
+    assert_eq!(status().await, 200);
+    assert_eq!(status().await, 200);
+
+    route(&s, "term", v1::BackendState::Terminating, &backend.address);
+    let tx = s.plane.invalidate.lock().unwrap().clone().unwrap();
+    let invalidation = v1::RouteInvalidation { backend_id: "bk-1".into() };
+    tx.send(Ok(v1::ProxyAttachResponse {
+        message: Some(v1::proxy_attach_response::Message::Invalidate(invalidation)),
+    }))
+    .await
+    .unwrap();
+    eventually(WAIT, "the invalidation to reach the proxy", async || check(status().await, |s| *s == 410)).await;
+    let served = *backend.seen.borrow();
+    for _ in 0..5 {
+        assert_eq!(status().await, 410);
+    }
+    assert_eq!(*backend.seen.borrow(), served, "no request reached the TERMINATING backend");
+    s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_keep_alive_client_reuses_one_backend_connection() {
+    let s = setup().await;
+    let backend = gated_backend(true).await;
+    route(&s, "reuse", v1::BackendState::Ready, &backend.address);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for _ in 0..20 {
+        let request = http::Request::get(format!("{}/reuse/", s.proxy.url())).body(Full::default()).unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(&response.into_body().collect().await.unwrap().to_bytes()[..], b"done");
+    }
+    assert_eq!(*backend.seen.borrow(), 20);
+    assert_eq!(
+        backend.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one backend connection for 20 requests"
+    );
+    s.proxy.shutdown().await;
+}

@@ -1,11 +1,12 @@
 //! Forwarding one request: token → route → backend, with the headers a backend can trust, and a
 //! distinct answer for each way it can fail.
 
-use super::routes::{Lookup, Route, RouteCache};
+use super::routes::{CachedRoute, ConnRoute, Lookup, RouteCache};
 use super::traffic::Traffic;
 use bytes::Bytes;
 use hangar::domain::BackendState;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -14,14 +15,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// Header naming the backend a request was routed to; set by the proxy, never taken from the
-/// client.
-pub const BACKEND_ID_HEADER: &str = "x-hangar-backend-id";
 /// Header on the proxy's own error answers, naming the case for machines.
 pub const ERROR_HEADER: &str = "x-hangar-error";
+
+const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often an open upgraded connection (WebSocket) counts as traffic for its backend.
 const TUNNEL_ACTIVITY_INTERVAL: Duration = Duration::from_secs(1);
@@ -73,59 +76,131 @@ fn full(text: String) -> ProxyBody {
     Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed()
 }
 
+/// What a client connection keeps between its requests.
+pub struct Conn {
+    peer: SocketAddr,
+    /// `x-forwarded-for` for a request that comes without one.
+    peer_ip: Option<HeaderValue>,
+    route: ConnRoute,
+    /// The connection's own connection to its backend, for HTTP/1.1 requests (see `send_own`).
+    backend: std::sync::Mutex<Option<BackendConn>>,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr) -> Conn {
+        Conn {
+            peer,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
+            route: ConnRoute::default(),
+            backend: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+struct BackendConn {
+    authority: Authority,
+    send: hyper::client::conn::http1::SendRequest<Incoming>,
+}
+
+impl BackendConn {
+    async fn connect(authority: &Authority) -> Result<BackendConn, String> {
+        let stream = tokio::time::timeout(BACKEND_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority.as_str()))
+            .await
+            .map_err(|_| "connecting timed out".to_string())?
+            .map_err(|err| err.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (send, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|err| err.to_string())?;
+        // The one task of this backend connection; it ends when `send` is dropped.
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "backend connection ended with an error");
+            }
+        });
+        Ok(BackendConn { authority: authority.clone(), send })
+    }
+}
+
 pub struct Forwarder {
     routes: Arc<RouteCache>,
     client: Client<HttpConnector, Incoming>,
     traffic: Arc<Traffic>,
     startup_wait: Duration,
-    tunnels: tokio_util::task::TaskTracker,
+    /// Where upgraded connections run, so that the proxy's shutdown waits for them.
+    tasks: TaskTracker,
+    /// The proxy's shutdown: upgraded connections end (WebSockets with a close frame).
+    stop: CancellationToken,
 }
 
 impl Forwarder {
-    pub fn new(routes: Arc<RouteCache>, startup_wait: Duration) -> Self {
+    pub fn new(routes: Arc<RouteCache>, startup_wait: Duration, tasks: TaskTracker, stop: CancellationToken) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_connect_timeout(Some(BACKEND_CONNECT_TIMEOUT));
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        Forwarder { routes, client, traffic: Arc::default(), startup_wait, tunnels: Default::default() }
+        Forwarder { routes, client, traffic: Arc::default(), startup_wait, tasks, stop }
     }
 
     pub fn traffic(&self) -> Arc<Traffic> {
         self.traffic.clone()
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        let Some((token, rest)) = split_target(req.uri()) else {
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
+        // Taken before the request is split up; dropped unused if the request is not forwarded.
+        let upgrade = wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let Some((token, rest)) = split_target(&parts.uri) else {
             return ProxyError::NoToken.response();
         };
-        let route = match self.route(&token).await {
+        let route = match self.route(token, &conn.route).await {
             Ok(route) => route,
             Err(err) => return err.response(),
         };
-        self.traffic.record(&route.backend_id);
-        match self.forward(req, &route, &rest, peer).await {
+        self.traffic.record_route(&route);
+        let Some(authority) = route.authority.clone() else {
+            tracing::info!(backend_id = %route.route.backend_id, address = %route.route.address, "backend address is not host:port");
+            return ProxyError::BackendUnreachable.response();
+        };
+        // An HTTP/1.1 client sends one request at a time: it goes over the connection's own
+        // backend connection, in origin form. HTTP/2 streams and upgrades go through the pool.
+        let own = !upgrade && parts.version <= Version::HTTP_11;
+        parts.uri = if own {
+            Uri::from(rest)
+        } else {
+            let mut uri = http::uri::Parts::default();
+            (uri.scheme, uri.authority, uri.path_and_query) = (Some(Scheme::HTTP), Some(authority.clone()), Some(rest));
+            match Uri::from_parts(uri) {
+                Ok(uri) => uri,
+                Err(_) => return ProxyError::BackendUnreachable.response(),
+            }
+        };
+        parts.version = Version::HTTP_11;
+        backend_headers(&mut parts.headers, &route, conn, upgrade);
+        let backend = if own { Some((conn, &authority)) } else { None };
+        match self.forward(Request::from_parts(parts, body), client_upgrade, &route, backend).await {
             Ok(response) => response,
             Err(err) => {
                 // The cached address may be stale (the backend moved or died): look it up again
                 // next time.
-                self.routes.invalidate_token(&token);
+                self.routes.invalidate(&route);
                 err.response()
             }
         }
     }
 
     /// The route to a READY backend, waiting up to `startup_wait` for one that is starting.
-    async fn route(&self, token: &str) -> Result<Route, ProxyError> {
+    async fn route(&self, token: &str, conn: &ConnRoute) -> Result<Arc<CachedRoute>, ProxyError> {
         let began = Instant::now();
         loop {
-            match self.routes.get(token).await {
+            match self.routes.get(token, conn).await {
                 Lookup::NotFound => return Err(ProxyError::UnknownToken),
                 Lookup::Unavailable(detail) => {
                     tracing::warn!(%detail, "route lookup failed");
                     return Err(ProxyError::ControllerUnavailable);
                 }
-                Lookup::Found(route) if route.state == BackendState::Ready => return Ok(route),
-                Lookup::Found(route) if route.state >= BackendState::Terminating => {
+                Lookup::Found(route) if route.route.state == BackendState::Ready => return Ok(route),
+                Lookup::Found(route) if route.route.state >= BackendState::Terminating => {
                     return Err(ProxyError::BackendTerminated);
                 }
                 Lookup::Found(_) if began.elapsed() >= self.startup_wait => return Err(ProxyError::BackendStarting),
@@ -136,49 +211,30 @@ impl Forwarder {
 
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
-        route: &Route,
-        rest: &str,
-        peer: SocketAddr,
+        req: Request<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        route: &CachedRoute,
+        own: Option<(&Conn, &Authority)>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let upgrade = wants_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        parts.uri =
-            format!("http://{}{rest}", route.address).parse::<Uri>().map_err(|_| ProxyError::BackendUnreachable)?;
-        parts.version = Version::HTTP_11;
-        backend_headers(&mut parts.headers, route, peer, upgrade);
-        let mut response = self.client.request(Request::from_parts(parts, body)).await.map_err(|err| {
-            tracing::info!(backend_id = %route.backend_id, address = %route.address, error = %err, "backend unreachable");
+        let websocket =
+            req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let backend_id = &route.route.backend_id;
+        let response = match own {
+            Some((conn, authority)) => send_own(conn, authority, req).await,
+            None => self.client.request(req).await.map_err(|err| err.to_string()),
+        };
+        let mut response = response.map_err(|err| {
+            tracing::info!(%backend_id, address = %route.route.address, error = %err, "backend unreachable");
             ProxyError::BackendUnreachable
         })?;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
             let backend_upgrade = hyper::upgrade::on(&mut response);
-            let backend_id = route.backend_id.clone();
-            let traffic = self.traffic.clone();
-            self.tunnels.spawn(async move {
+            let (backend_id, traffic, stop) = (backend_id.clone(), self.traffic.clone(), self.stop.clone());
+            self.tasks.spawn(async move {
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
-                    Ok((client, backend)) => {
-                        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-                        // An open WebSocket is a session in use: keep reporting its backend so the
-                        // idle sweep does not end it under a connected client.
-                        let mut in_use = tokio::time::interval(TUNNEL_ACTIVITY_INTERVAL);
-                        let copy = tokio::io::copy_bidirectional(&mut client, &mut backend);
-                        tokio::pin!(copy);
-                        loop {
-                            tokio::select! {
-                                result = &mut copy => {
-                                    if let Err(err) = result {
-                                        tracing::debug!(%backend_id, error = %err, "upgraded connection ended");
-                                    }
-                                    break;
-                                }
-                                _ = in_use.tick() => traffic.record(&backend_id),
-                            }
-                        }
-                    }
+                    Ok((client, backend)) => tunnel(client, backend, websocket, &backend_id, &traffic, &stop).await,
                     Err(err) => tracing::info!(%backend_id, error = %err, "upgrade failed"),
                 }
             });
@@ -189,21 +245,219 @@ impl Forwarder {
     }
 }
 
+/// Sends `req` over the client connection's own backend connection, made on first use (or when
+/// the route moved to another address, or the backend closed it). No pool lock and no task per
+/// request: the connection is the client connection's for as long as it lives. A request the old
+/// connection did not take (it had closed) is sent again on a new one.
+async fn send_own(
+    conn: &Conn,
+    authority: &Authority,
+    mut req: Request<Incoming>,
+) -> Result<Response<Incoming>, String> {
+    let held = conn.backend.lock().unwrap().take().filter(|b| b.authority == *authority && !b.send.is_closed());
+    let (mut backend, mut fresh) = match held {
+        Some(backend) => (backend, false),
+        None => (BackendConn::connect(authority).await?, true),
+    };
+    loop {
+        // Waits for the previous response's body to be through (it is, for an HTTP/1.1 client).
+        let sent = match backend.send.ready().await {
+            Ok(()) => backend.send.try_send_request(req).await,
+            Err(err) if fresh => return Err(err.to_string()),
+            Err(_) => {
+                (backend, fresh) = (BackendConn::connect(authority).await?, true);
+                continue;
+            }
+        };
+        match sent {
+            Ok(response) => {
+                *conn.backend.lock().unwrap() = Some(backend);
+                return Ok(response);
+            }
+            Err(mut err) => match err.take_message() {
+                Some(unsent) if !fresh => {
+                    req = unsent;
+                    (backend, fresh) = (BackendConn::connect(authority).await?, true);
+                }
+                _ => return Err(err.into_error().to_string()),
+            },
+        }
+    }
+}
+
+/// A close frame with status 1001 (going away), as a server sends it (unmasked) …
+const CLOSE_TO_CLIENT: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
+/// … and as a client sends it (masked, here with a zero key, which leaves the payload as is).
+const CLOSE_TO_BACKEND: [u8; 8] = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE9];
+/// How long a drained upgraded connection waits for its peers to close after the close frame.
+const TUNNEL_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// An upgraded connection, both ways, until either side closes or the proxy shuts down. On
+/// shutdown each direction finishes the WebSocket frame it is in, sends a close frame (1001,
+/// going away) and closes; other upgrades just close.
+async fn tunnel(
+    client: hyper::upgrade::Upgraded,
+    backend: hyper::upgrade::Upgraded,
+    websocket: bool,
+    backend_id: &str,
+    traffic: &Traffic,
+    stop: &CancellationToken,
+) {
+    let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
+    let (backend_read, backend_write) = tokio::io::split(TokioIo::new(backend));
+    let to_backend = pump(client_read, backend_write, websocket.then_some(&CLOSE_TO_BACKEND[..]), stop);
+    let to_client = pump(backend_read, client_write, websocket.then_some(&CLOSE_TO_CLIENT[..]), stop);
+    let both = async { tokio::join!(to_backend, to_client) };
+    tokio::pin!(both);
+    // An open WebSocket is a session in use: keep reporting its backend so the idle sweep does
+    // not end it under a connected client.
+    let mut in_use = tokio::time::interval(TUNNEL_ACTIVITY_INTERVAL);
+    loop {
+        tokio::select! {
+            (a, b) = &mut both => {
+                if let Err(err) = a.and(b) {
+                    tracing::debug!(%backend_id, error = %err, "upgraded connection ended");
+                }
+                return;
+            }
+            _ = in_use.tick() => traffic.record(backend_id),
+        }
+    }
+}
+
+/// Copies `from` to `to` until `from` ends or `stop`; see [`tunnel`].
+async fn pump<R, W>(mut from: R, mut to: W, close_frame: Option<&[u8]>, stop: &CancellationToken) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut frames = Frames::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut stopping = false;
+    loop {
+        if stopping && (close_frame.is_none() || frames.at_boundary()) {
+            break;
+        }
+        let n = tokio::select! {
+            biased;
+            _ = stop.cancelled(), if !stopping => {
+                stopping = true;
+                continue;
+            }
+            n = from.read(&mut buf) => n?,
+        };
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        let upto = match close_frame {
+            None => n,
+            // Once stopping, nothing after the end of the current frame is passed on.
+            Some(_) if stopping => frames.feed_to_boundary(&buf[..n]),
+            Some(_) => {
+                frames.feed(&buf[..n]);
+                n
+            }
+        };
+        to.write_all(&buf[..upto]).await?;
+    }
+    if let Some(close_frame) = close_frame {
+        to.write_all(close_frame).await?;
+    }
+    to.shutdown().await?;
+    // Read (and drop) what the peer still sends, its close frame, until it closes: closing with
+    // unread data would reset the connection under it.
+    let _ = tokio::time::timeout(TUNNEL_CLOSE_WAIT, async { while from.read(&mut buf).await.is_ok_and(|n| n > 0) {} })
+        .await;
+    Ok(())
+}
+
+/// Where a WebSocket byte stream is between frames (RFC 6455 §5.2), so that a drain never cuts a
+/// frame.
+#[derive(Default)]
+struct Frames {
+    head: [u8; 14],
+    have: usize,
+    payload_left: u64,
+}
+
+impl Frames {
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.payload_left == 0
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            data = &data[self.feed_to_boundary(data)..];
+        }
+    }
+
+    /// Consumes `data` up to and including the end of the current frame; returns how many bytes
+    /// that is (all of them when the frame goes on past `data`).
+    fn feed_to_boundary(&mut self, data: &[u8]) -> usize {
+        let mut i = 0;
+        while i < data.len() {
+            if self.payload_left > 0 {
+                let take = self.payload_left.min((data.len() - i) as u64);
+                (i, self.payload_left) = (i + take as usize, self.payload_left - take);
+                if self.payload_left == 0 {
+                    return i;
+                }
+                continue;
+            }
+            self.head[self.have] = data[i];
+            (self.have, i) = (self.have + 1, i + 1);
+            if let Some(len) = self.header_len() {
+                (self.have, self.payload_left) = (0, len);
+                if len == 0 {
+                    return i;
+                }
+            }
+        }
+        i
+    }
+
+    /// The payload length once the header is complete.
+    fn header_len(&self) -> Option<u64> {
+        if self.have < 2 {
+            return None;
+        }
+        let len7 = self.head[1] & 0x7f;
+        let ext = match len7 {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
+        if self.have < 2 + ext + mask {
+            return None;
+        }
+        Some(match len7 {
+            126 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+            127 => u64::from_be_bytes(self.head[2..10].try_into().expect("8 bytes")),
+            n => u64::from(n),
+        })
+    }
+}
+
 /// `/{token}/rest?query` → (token, `/rest?query`).
-fn split_target(uri: &Uri) -> Option<(String, String)> {
+fn split_target(uri: &Uri) -> Option<(&str, PathAndQuery)> {
     let path = uri.path().strip_prefix('/')?;
     let (token, rest) = match path.split_once('/') {
-        Some((token, rest)) => (token, format!("/{rest}")),
-        None => (path, "/".to_string()),
+        Some((token, rest)) => (token, rest),
+        None => (path, ""),
     };
     if token.is_empty() {
         return None;
     }
-    let rest = match uri.query() {
-        Some(query) => format!("{rest}?{query}"),
-        None => rest,
-    };
-    Some((token.to_string(), rest))
+    let query = uri.query();
+    let mut target = String::with_capacity(1 + rest.len() + query.map_or(0, |q| q.len() + 1));
+    target.push('/');
+    target.push_str(rest);
+    if let Some(query) = query {
+        target.push('?');
+        target.push_str(query);
+    }
+    Some((token, PathAndQuery::try_from(target).ok()?))
 }
 
 fn wants_upgrade(headers: &HeaderMap) -> bool {
@@ -211,20 +465,28 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
         && headers
             .get_all(header::CONNECTION)
             .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("upgrade")))
+            .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade")))
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are for one connection and never forwarded; for an
 /// upgrade, `Connection: upgrade` and `Upgrade` are what is being forwarded.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect::<Vec<_>>())
-        .filter(|name| !(keep_upgrade && name == "upgrade"))
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
+    // Names the Connection header lists; the usual `keep-alive`, `close` and `upgrade` name no
+    // other header (or one removed below), so the common case allocates nothing.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for name in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if name.is_empty()
+                || ["keep-alive", "close", "upgrade"].iter().any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
+            {
+                continue;
+            }
+            // Names are normalized to lower case.
+            if let Ok(name) = HeaderName::from_bytes(name) {
+                named.push(name);
+            }
+        }
+    }
     for name in named {
         headers.remove(name);
     }
@@ -246,37 +508,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// What the backend may rely on: `x-hangar-backend-id` and `x-verified-*` come from the proxy
 /// only (a client's own are dropped), plus the usual forwarding headers.
-fn backend_headers(headers: &mut HeaderMap, route: &Route, peer: SocketAddr, upgrade: bool) {
+fn backend_headers(headers: &mut HeaderMap, route: &CachedRoute, conn: &Conn, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
-    let spoofable: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-verified-") || name.as_str().starts_with("x-hangar-"))
-        .cloned()
-        .collect();
-    for name in spoofable {
-        headers.remove(name);
-    }
-    let original_host = headers.remove(header::HOST);
-    if let Ok(value) = HeaderValue::from_str(&route.backend_id) {
-        headers.insert(BACKEND_ID_HEADER, value);
-    }
-    if !route.user.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&route.user)
-    {
-        headers.insert("x-verified-user", value);
-    }
-    for (key, value) in &route.auth {
-        let name = format!("x-verified-{}", key.to_ascii_lowercase());
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-            headers.insert(name, value);
+    let spoofable =
+        |name: &HeaderName| name.as_str().starts_with("x-verified-") || name.as_str().starts_with("x-hangar-");
+    if headers.keys().any(spoofable) {
+        let names: Vec<HeaderName> = headers.keys().filter(|name| spoofable(name)).cloned().collect();
+        for name in names {
+            headers.remove(name);
         }
     }
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+    let original_host = match &route.host {
+        Some(host) => headers.insert(header::HOST, host.clone()),
+        None => headers.remove(header::HOST),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    for (name, value) in &route.identity {
+        headers.insert(name.clone(), value.clone());
+    }
+    match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => {
+            if let Ok(value) = HeaderValue::from_str(&format!("{previous}, {}", conn.peer.ip())) {
+                headers.insert("x-forwarded-for", value);
+            }
+        }
+        None => {
+            if let Some(value) = &conn.peer_ip {
+                headers.insert("x-forwarded-for", value.clone());
+            }
+        }
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     if let Some(host) = original_host {
@@ -286,15 +545,39 @@ fn backend_headers(headers: &mut HeaderMap, route: &Route, peer: SocketAddr, upg
 
 #[cfg(test)]
 mod tests {
+    use super::super::routes::BACKEND_ID_HEADER;
     use super::*;
+
+    #[test]
+    fn frame_boundaries_are_found_across_reads() {
+        // A masked 3-byte text frame, then an unmasked one with a 16-bit length of 200.
+        let mut stream = vec![0x81, 0x83, 1, 2, 3, 4, b'a', b'b', b'c', 0x82, 126, 0, 200];
+        stream.extend([7u8; 200]);
+        let mut frames = Frames::default();
+        assert_eq!(frames.feed_to_boundary(&stream[..5]), 5);
+        assert!(!frames.at_boundary());
+        assert_eq!(frames.feed_to_boundary(&stream[5..]), 4, "the first frame ends after its payload");
+        assert!(frames.at_boundary());
+        frames.feed(&stream[9..100]);
+        assert!(!frames.at_boundary());
+        frames.feed(&stream[100..]);
+        assert!(frames.at_boundary());
+    }
 
     #[test]
     fn the_token_is_the_first_segment_and_the_rest_keeps_its_query() {
         let uri: Uri = "/tok123/api/items?x=1&y=2".parse().unwrap();
-        assert_eq!(split_target(&uri), Some(("tok123".into(), "/api/items?x=1&y=2".into())));
-        assert_eq!(split_target(&"/tok123".parse().unwrap()), Some(("tok123".into(), "/".into())));
-        assert_eq!(split_target(&"/tok123?q".parse().unwrap()), Some(("tok123".into(), "/?q".into())));
-        assert_eq!(split_target(&"/".parse().unwrap()), None);
+        let split = |uri: &str| {
+            let uri: Uri = uri.parse().unwrap();
+            split_target(&uri).map(|(token, rest)| (token.to_string(), rest.as_str().to_string()))
+        };
+        assert_eq!(
+            split_target(&uri).map(|(t, r)| (t, r.as_str().to_string())),
+            Some(("tok123", "/api/items?x=1&y=2".into()))
+        );
+        assert_eq!(split("/tok123"), Some(("tok123".into(), "/".into())));
+        assert_eq!(split("/tok123?q"), Some(("tok123".into(), "/?q".into())));
+        assert_eq!(split("/"), None);
     }
 
     #[test]
@@ -305,7 +588,7 @@ mod tests {
         headers.insert("x-hangar-backend-id", HeaderValue::from_static("bk-other"));
         headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
         headers.insert("x-secret", HeaderValue::from_static("hop"));
-        let route = Route {
+        let route = super::super::routes::Route {
             backend_id: "bk-1".into(),
             state: BackendState::Ready,
             address: "127.0.0.1:1".into(),
@@ -313,12 +596,18 @@ mod tests {
             auth: [("Team".to_string(), "blue".to_string())].into(),
             expires_at: None,
         };
-        backend_headers(&mut headers, &route, "10.0.0.9:5000".parse().unwrap(), false);
+        headers.insert(header::HOST, HeaderValue::from_static("proxy.example"));
+        let route = CachedRoute::new(route, Duration::from_secs(5));
+        backend_headers(&mut headers, &route, &Conn::new("10.0.0.9:5000".parse().unwrap()), false);
         assert_eq!(headers["x-verified-user"], "alice");
         assert_eq!(headers["x-verified-team"], "blue");
         assert!(!headers.contains_key("x-verified-role"));
         assert_eq!(headers[BACKEND_ID_HEADER], "bk-1");
         assert!(!headers.contains_key("x-secret") && !headers.contains_key(header::CONNECTION));
         assert_eq!(headers["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(
+            (headers[header::HOST].as_bytes(), headers["x-forwarded-host"].as_bytes()),
+            (&b"127.0.0.1:1"[..], &b"proxy.example"[..])
+        );
     }
 }

@@ -109,7 +109,8 @@ impl Proxy {
         let routes = Arc::new(RouteCache::new(lookups, config.route_ttl));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let forwarder = Arc::new(forward::Forwarder::new(routes.clone(), config.startup_wait));
+        let forwarder =
+            Arc::new(forward::Forwarder::new(routes.clone(), config.startup_wait, tasks.clone(), shutdown.clone()));
 
         let mut attach = ProxyAttach::new(config.clone(), public_url.clone(), routes.clone(), forwarder.traffic());
         let (controllers, credentials, stop) =
@@ -185,9 +186,10 @@ async fn serve_connection<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let conn = Arc::new(forward::Conn::new(peer));
     let service = hyper::service::service_fn(move |req| {
-        let forwarder = forwarder.clone();
-        async move { Ok::<_, std::convert::Infallible>(forwarder.handle(req, peer).await) }
+        let (forwarder, conn) = (forwarder.clone(), conn.clone());
+        async move { Ok::<_, std::convert::Infallible>(forwarder.handle(req, &conn).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
