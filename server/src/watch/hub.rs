@@ -181,6 +181,8 @@ struct Inner {
     cursor_moved: watch::Sender<Revision>,
     /// The node view was dropped (the hub fell behind compaction) and must be seeded again.
     view_lost: Notify,
+    /// Pages `list_nodes` read from the store because the view could not answer.
+    store_pages: std::sync::atomic::AtomicU64,
 }
 
 impl WatchHub {
@@ -203,6 +205,7 @@ impl WatchHub {
             shutdown,
             cursor_moved: watch::Sender::new(cursor),
             view_lost: Notify::new(),
+            store_pages: Default::default(),
         };
         Ok(WatchHub { inner: Arc::new(inner) })
     }
@@ -458,6 +461,7 @@ impl WatchHub {
                 return Ok(NodeListing { nodes, revision, more });
             }
         }
+        self.inner.store_pages.fetch_add(1, Ordering::Relaxed);
         let page = store.list_nodes(filter, Some(revision), after, limit).await?;
         let nodes = page
             .nodes
@@ -467,6 +471,16 @@ impl WatchHub {
             })
             .collect();
         Ok(NodeListing { nodes, revision: page.revision, more: page.more })
+    }
+
+    /// Whether the node view is seeded and following the cursor (listings are served from it).
+    pub fn lists_from_memory(&self) -> bool {
+        self.inner.state.lock().unwrap().view.ready
+    }
+
+    /// How many pages [`Self::list_nodes`] read from the store because the view could not answer.
+    pub fn store_pages(&self) -> u64 {
+        self.inner.store_pages.load(Ordering::Relaxed)
     }
 
     /// Whether the hub's cursor reaches `revision` with the node view ready, waiting for it at
