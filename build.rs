@@ -46,6 +46,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Hand-written (src/wire.rs) so that a watch event is encoded once for every stream.
         .extern_path(".hangar.v1.WatchNodesResponse", "crate::wire::WatchNodesResponse")
         .extern_path(".hangar.v1.WatchBackendsResponse", "crate::wire::WatchBackendsResponse")
+        // Also hand-written: a listing copies nodes encoded once.
+        .extern_path(".hangar.v1.ListNodesResponse", "crate::wire::ListNodesResponse")
         // prost's codec with smaller per-call buffers (src/codec.rs).
         .codec_path("crate::codec::HangarCodec")
         // Messages that carry env values or tokens get a `Debug` that hides them (src/redact.rs).

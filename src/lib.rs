@@ -13,7 +13,9 @@ pub mod wire;
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("hangar.v1");
-    pub use crate::wire::{EncodedBackend, EncodedNode, WatchBackendsResponse, WatchNodesResponse};
+    pub use crate::wire::{
+        EncodedBackend, EncodedNode, ListNodesResponse, ListedNode, WatchBackendsResponse, WatchNodesResponse,
+    };
 
     /// Encoded `FileDescriptorSet` of `hangar.v1` and the files it imports, for the controller's
     /// server reflection (`hangar.executor.v1` is not in it: the controller does not serve it).

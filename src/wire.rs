@@ -7,10 +7,15 @@
 //! stream plus the object encoded once per change, which encoding copies instead of serializing
 //! the object again for each of a thousand watchers (BENCHMARKS.md, "Encode once"). Both events
 //! have the same shape (`type = 1`, the object `= 2`, `revision = 3`), so one macro writes both.
+//!
+//! `hangar.v1.ListNodesResponse` is here too, so that a listing copies nodes encoded once
+//! ([`ListedNode`]) rather than converting and encoding every node of every page again.
 
 use crate::v1::{Backend, BackendEvent, BackendEventType, Node, NodeEvent, NodeEventType};
 use prost::bytes::{Buf, BufMut, Bytes};
-use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, int32, key_len, uint64};
+use prost::encoding::{
+    DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, int32, key_len, message, string, uint64,
+};
 use prost::{DecodeError, Message};
 use std::marker::PhantomData;
 
@@ -164,10 +169,183 @@ macro_rules! watch_response {
 watch_response!(WatchNodesResponse, NodeEvent, NodeEventType, Node, node);
 watch_response!(WatchBackendsResponse, BackendEvent, BackendEventType, Backend, backend);
 
+/// The tag of `Node.last_heartbeat_at`: the one field a listing may show differently from the
+/// stored node (the live heartbeat time of a node attached to the answering controller).
+const LAST_HEARTBEAT_AT: u32 = 11;
+
+/// A `Node` encoded once for listings, around `last_heartbeat_at`: `head` holds the fields
+/// before it, `tail` those after it, so that `head`, the heartbeat time and `tail` are exactly
+/// the generated encoding, and a listing puts in the time it shows without encoding the node
+/// again. Cheap to clone (reference counts).
+#[derive(Clone, PartialEq, Debug)]
+pub struct ListedNode {
+    head: Bytes,
+    tail: Bytes,
+    /// The heartbeat time this copy shows.
+    pub last_heartbeat_at: Option<prost_types::Timestamp>,
+}
+
+impl ListedNode {
+    pub fn new(node: &Node) -> ListedNode {
+        // The fields after 11, by name; any other field goes in `head`, which stays a valid
+        // encoding of the same node even if a later field lands there out of tag order.
+        let tail = Node {
+            resources: node.resources,
+            backend_count: node.backend_count,
+            backend_capacity: node.backend_capacity,
+            drain_deadline: node.drain_deadline,
+            revision: node.revision,
+            draining: node.draining,
+            ..Node::default()
+        };
+        let head = Node {
+            last_heartbeat_at: None,
+            resources: None,
+            backend_count: 0,
+            backend_capacity: 0,
+            drain_deadline: None,
+            revision: 0,
+            draining: false,
+            ..node.clone()
+        };
+        let mut buf = Vec::with_capacity(head.encoded_len() + tail.encoded_len());
+        head.encode_raw(&mut buf);
+        let split = buf.len();
+        tail.encode_raw(&mut buf);
+        let bytes = Bytes::from(buf);
+        ListedNode { head: bytes.slice(..split), tail: bytes.slice(split..), last_heartbeat_at: node.last_heartbeat_at }
+    }
+
+    /// The same node showing `last_heartbeat_at` instead.
+    pub fn with_heartbeat(&self, last_heartbeat_at: Option<prost_types::Timestamp>) -> ListedNode {
+        ListedNode { head: self.head.clone(), tail: self.tail.clone(), last_heartbeat_at }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let heartbeat = self.last_heartbeat_at.as_ref().map_or(0, |t| message::encoded_len(LAST_HEARTBEAT_AT, t));
+        self.head.len() + heartbeat + self.tail.len()
+    }
+
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.head);
+        if let Some(t) = &self.last_heartbeat_at {
+            message::encode(LAST_HEARTBEAT_AT, t, buf);
+        }
+        buf.put_slice(&self.tail);
+    }
+
+    /// The node as one encoded message (a copy of its bytes), e.g. for a watch event.
+    pub fn encoded(&self) -> EncodedNode {
+        let mut buf = Vec::with_capacity(self.encoded_len());
+        self.encode_raw(&mut buf);
+        Encoded(buf.into(), PhantomData)
+    }
+}
+
+/// `hangar.v1.ListNodesResponse`. Built by a server from [`ListedNode`]s (`listed`, encoded
+/// after `nodes` as more entries of the same field 1); decoded, every node is in `nodes`.
+#[derive(Clone, PartialEq, Default, Debug)]
+pub struct ListNodesResponse {
+    pub nodes: Vec<Node>,
+    /// Token of the next page; empty on the last page.
+    pub next_page_token: String,
+    /// Snapshot revision every page of this listing was read at.
+    pub revision: u64,
+    /// Nodes encoded once, sent after `nodes` (a server's answer; never set by decoding).
+    pub listed: Vec<ListedNode>,
+}
+
+impl Message for ListNodesResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        for node in &self.nodes {
+            message::encode(1, node, buf);
+        }
+        for node in &self.listed {
+            encode_key(1, WireType::LengthDelimited, buf);
+            encode_varint(node.encoded_len() as u64, buf);
+            node.encode_raw(buf);
+        }
+        if !self.next_page_token.is_empty() {
+            string::encode(2, &self.next_page_token, buf);
+        }
+        if self.revision != 0 {
+            uint64::encode(3, &self.revision, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        let (result, field) = match tag {
+            1 => (message::merge_repeated(wire_type, &mut self.nodes, buf, ctx), "nodes"),
+            2 => (string::merge(wire_type, &mut self.next_page_token, buf, ctx), "next_page_token"),
+            3 => (uint64::merge(wire_type, &mut self.revision, buf, ctx), "revision"),
+            _ => return prost::encoding::skip_field(wire_type, tag, buf, ctx),
+        };
+        result.map_err(|mut err| {
+            err.push("ListNodesResponse", field);
+            err
+        })
+    }
+
+    fn encoded_len(&self) -> usize {
+        let listed: usize =
+            self.listed.iter().map(|n| n.encoded_len()).map(|len| encoded_len_varint(len as u64) + len).sum();
+        let token = if self.next_page_token.is_empty() { 0 } else { string::encoded_len(2, &self.next_page_token) };
+        let revision = if self.revision != 0 { uint64::encoded_len(3, &self.revision) } else { 0 };
+        message::encoded_len_repeated(1, &self.nodes) + key_len(1) * self.listed.len() + listed + token + revision
+    }
+
+    fn clear(&mut self) {
+        self.nodes.clear();
+        self.next_page_token.clear();
+        self.revision = 0;
+        self.listed.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::v1::{BackendKey, BackendStatus, NodeResources};
+
+    #[test]
+    fn a_listing_of_nodes_encoded_once_encodes_exactly_like_the_generated_message() {
+        let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 5 });
+        let full = Node {
+            last_heartbeat_at: at(1_700_000_000),
+            registered_at: at(1_600_000_000),
+            drain_deadline: at(1_800_000_000),
+            backend_capacity: 7,
+            revision: 99,
+            draining: true,
+            ..node()
+        };
+        let nodes = [full.clone(), Node::default(), Node { last_heartbeat_at: None, ..full.clone() }];
+        let live = at(1_700_000_042);
+        let plain = ListNodesResponse {
+            nodes: nodes.iter().map(|n| Node { last_heartbeat_at: live, ..n.clone() }).collect(),
+            next_page_token: "tok".into(),
+            revision: 12,
+            listed: Vec::new(),
+        };
+        let shared = ListNodesResponse {
+            nodes: Vec::new(),
+            next_page_token: "tok".into(),
+            revision: 12,
+            listed: nodes.iter().map(|n| ListedNode::new(n).with_heartbeat(live)).collect(),
+        };
+        assert_eq!(shared.encoded_len(), plain.encoded_len());
+        assert_eq!(shared.encode_to_vec(), plain.encode_to_vec());
+        assert_eq!(ListNodesResponse::decode(shared.encode_to_vec().as_slice()).unwrap(), plain);
+        // Unchanged, a listed node is the node as stored, the same bytes as a watch event's.
+        assert_eq!(ListedNode::new(&full).encoded(), EncodedNode::new(&full));
+        assert_eq!(ListNodesResponse::default().encode_to_vec(), Vec::<u8>::new());
+    }
 
     fn node() -> Node {
         Node {

@@ -23,6 +23,7 @@ use prost::Message;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout, Command};
@@ -42,6 +43,9 @@ pub struct ControllerArgs {
     /// Changes of the whole run (backends: how many backends each step goes round).
     #[arg(long, default_value_t = 0)]
     events: u32,
+    /// Other nodes to register before serving (what a `send_initial` snapshot lists).
+    #[arg(long, default_value_t = 0)]
+    nodes: usize,
 }
 
 /// A node as a real drone reports it: a typical set of labels, so that an event has a
@@ -95,6 +99,14 @@ pub async fn serve(args: ControllerArgs) -> anyhow::Result<()> {
         ..ControllerConfig::default()
     };
     let node = store.attach_node(registration(), &config.controller_id, Utc::now()).await?;
+    // The other nodes, as many drones of the same shape, 16 writes in flight.
+    let others = futures::StreamExt::map(futures::stream::iter(0..args.nodes), |i| {
+        let (store, controller_id) = (store.clone(), config.controller_id.clone());
+        let registration = NodeRegistration { name: format!("bench-drone-{i:05}"), ..registration() };
+        async move { store.attach_node(registration, &controller_id, Utc::now()).await }
+    });
+    let others: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(others, 16)).await;
+    others.into_iter().collect::<Result<Vec<_>, _>>()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let controller = Controller::start(store.clone(), config, listener).await?;
     let (event_bytes, warm, write): (usize, Change, Change) = match args.kind {
@@ -225,13 +237,16 @@ pub async fn run(args: &WatchArgs, plan: &Plan) -> anyhow::Result<Report> {
     let mut command = Command::new(std::env::current_exe()?);
     command.arg("hangar-controller").arg("--dir").arg(dir.path());
     command.arg("--kind").arg(args.kind.as_str()).arg("--events").arg(args.events.to_string());
+    command.arg("--nodes").arg(args.nodes.to_string());
     let mut child = procs::spawn_owned(command)?;
     let pid = child.id().ok_or_else(|| anyhow::anyhow!("controller exited at once"))?;
     let stdin = child.stdin.take().expect("piped");
     let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+    // Registering the other nodes is part of the start.
+    let start_within = Duration::from_secs(30 + args.nodes as u64 / 100);
+    let ready = tokio::time::timeout(start_within, stdout.next_line())
         .await
-        .map_err(|_| anyhow::anyhow!("the controller did not start within 30s"))??
+        .map_err(|_| anyhow::anyhow!("the controller did not start within {start_within:?}"))??
         .ok_or_else(|| anyhow::anyhow!("the controller exited during start-up"))?;
     let (addr, event_bytes) = match ready.split_whitespace().collect::<Vec<_>>().as_slice() {
         ["ready", addr, bytes] => (addr.to_string(), bytes.parse::<usize>()?),
@@ -245,18 +260,25 @@ pub async fn run(args: &WatchArgs, plan: &Plan) -> anyhow::Result<Report> {
     let mut writer = ChildWriter { stdin, stdout };
     let kind = args.kind;
     let events = args.events;
+    // With other nodes registered, node watchers start with a snapshot of them all.
+    let snapshots = (args.nodes > 0 && kind == WatchKind::Nodes).then(|| Arc::new(Snapshots::default()));
     let report = fanout::drive("hangar", args, plan, pid, event_bytes, &mut writer, |i, ctx| {
         let channel = channels[i % channels.len()].clone();
+        let snapshots = snapshots.clone();
         async move {
             match kind {
-                WatchKind::Nodes => watcher::<ResponseIndex>(channel, ctx, ()).await,
+                WatchKind::Nodes => watcher::<ResponseIndex>(channel, ctx, (), snapshots).await,
                 WatchKind::Backends => {
-                    watcher::<crate::backend_side::ResponseIndex>(channel, ctx, BackendWriter::round(events)).await
+                    let round = BackendWriter::round(events);
+                    watcher::<crate::backend_side::ResponseIndex>(channel, ctx, round, None).await
                 }
             }
         }
     })
     .await?;
+    if let Some(snapshots) = snapshots {
+        snapshots.print(args.nodes + 1, args.watchers);
+    }
 
     // End of input stops the controller; give it a moment, then the guard kills it.
     drop(writer);
@@ -276,6 +298,8 @@ struct ResponseIndex {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct EventIndex {
+    #[prost(int32, tag = "1")]
+    r#type: i32,
     #[prost(message, optional, tag = "2")]
     node: Option<NodeIndex>,
 }
@@ -295,6 +319,15 @@ pub trait WatchIndex: prost::Message + Default + Send + 'static {
     type Context: Copy + Send + 'static;
     /// `None` when the response carries no change; `Some(None)` for a warm-up change.
     fn index(self, context: Self::Context) -> Option<Option<u32>>;
+    /// The request, asking for the initial snapshot or not.
+    fn request(send_initial: bool) -> Self::Request {
+        let _ = send_initial;
+        Self::Request::default()
+    }
+    /// Whether this response ends the initial snapshot.
+    fn snapshot_end(&self) -> bool {
+        false
+    }
 }
 
 impl WatchIndex for ResponseIndex {
@@ -306,19 +339,74 @@ impl WatchIndex for ResponseIndex {
         let node = self.event.and_then(|e| e.node)?;
         Some((node.backend_count != 0).then_some(node.backend_count))
     }
+
+    fn request(send_initial: bool) -> v1::WatchNodesRequest {
+        v1::WatchNodesRequest { send_initial, ..Default::default() }
+    }
+
+    fn snapshot_end(&self) -> bool {
+        self.event.as_ref().is_some_and(|e| e.r#type == v1::NodeEventType::SnapshotEnd as i32)
+    }
 }
 
-async fn open_watch<R: WatchIndex>(channel: Channel) -> Result<tonic::Streaming<R>, tonic::Status> {
+/// How long each watcher's `send_initial` snapshot took, from the call to its SNAPSHOT_END.
+#[derive(Default)]
+struct Snapshots {
+    times: std::sync::Mutex<Vec<u64>>,
+    /// When the first watcher called and the last one had its snapshot (ns, [`now_ns`]).
+    first_call: std::sync::atomic::AtomicU64,
+    last_end: std::sync::atomic::AtomicU64,
+}
+
+impl Snapshots {
+    fn called(&self, at: u64) {
+        let _ = self.first_call.compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn ended(&self, called: u64, at: u64) {
+        self.times.lock().unwrap().push(at.saturating_sub(called));
+        self.last_end.fetch_max(at, Ordering::Relaxed);
+    }
+
+    fn print(&self, nodes: usize, watchers: usize) {
+        let times = self.times.lock().unwrap().clone();
+        let got = times.len();
+        let d = crate::measure::Distribution::of(times);
+        let all = Duration::from_nanos(
+            self.last_end.load(Ordering::Relaxed).saturating_sub(self.first_call.load(Ordering::Relaxed)),
+        );
+        println!(
+            "hangar: send_initial snapshot of {nodes} nodes, {got} of {watchers} watchers: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; all {watchers} within {:.2} s",
+            d.p50.as_secs_f64() * 1e3,
+            d.p99.as_secs_f64() * 1e3,
+            d.max.as_secs_f64() * 1e3,
+            all.as_secs_f64()
+        );
+    }
+}
+
+async fn open_watch<R: WatchIndex>(channel: Channel, send_initial: bool) -> Result<tonic::Streaming<R>, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|err| tonic::Status::unavailable(err.to_string()))?;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(R::PATH);
     let codec = tonic_prost::ProstCodec::<R::Request, R>::default();
-    Ok(grpc.server_streaming(tonic::Request::new(R::Request::default()), path, codec).await?.into_inner())
+    Ok(grpc.server_streaming(tonic::Request::new(R::request(send_initial)), path, codec).await?.into_inner())
 }
 
-async fn watcher<R: WatchIndex>(channel: Channel, ctx: WatcherCtx, context: R::Context) -> WatcherLog {
+async fn watcher<R: WatchIndex>(
+    channel: Channel,
+    ctx: WatcherCtx,
+    context: R::Context,
+    snapshots: Option<Arc<Snapshots>>,
+) -> WatcherLog {
     let mut log = WatcherLog::new(ctx.plan.last() as usize + 1);
-    let mut stream = match open_watch::<R>(channel).await {
+    let called = crate::measure::now_ns();
+    if let Some(snapshots) = &snapshots {
+        snapshots.called(called);
+    }
+    // Snapshot events (the registered nodes as ADDED) are not changes of the run.
+    let mut in_snapshot = snapshots.is_some();
+    let mut stream = match open_watch::<R>(channel, in_snapshot).await {
         Ok(stream) => stream,
         Err(status) => {
             log.error = Some(status.to_string());
@@ -333,6 +421,15 @@ async fn watcher<R: WatchIndex>(channel: Channel, ctx: WatcherCtx, context: R::C
         };
         match message {
             Ok(Some(response)) => {
+                if in_snapshot {
+                    if response.snapshot_end() {
+                        in_snapshot = false;
+                        if let Some(snapshots) = &snapshots {
+                            snapshots.ended(called, crate::measure::now_ns());
+                        }
+                    }
+                    continue;
+                }
                 let Some(index) = response.index(context) else { continue };
                 if ctx.received(&mut log, index, &mut warm) {
                     return log;

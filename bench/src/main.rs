@@ -135,6 +135,10 @@ pub struct WatchArgs {
     /// Give up on a phase after this long.
     #[arg(long, default_value = "60s", value_parser = humantime_duration)]
     pub timeout: Duration,
+    /// Nodes registered besides the one the writer changes (Hangar side, node watches). With
+    /// any, each watcher asks for `send_initial` and the run reports how long the snapshots took.
+    #[arg(long, default_value_t = 0)]
+    pub nodes: usize,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {

@@ -98,6 +98,7 @@ impl NodeService for FakeNodes {
             nodes: (start..end).map(proto_node).collect(),
             next_page_token: if end < self.node_count { (page + 1).to_string() } else { String::new() },
             revision: if self.drifting_revision { REVISION + page as u64 } else { REVISION },
+            ..Default::default()
         }))
     }
 

@@ -5,10 +5,10 @@ use super::{ApiError, PageTokens, validate};
 use crate::auth::{self, audit};
 use crate::controller::NodeRegistry;
 use crate::store::{DynStore, NodeUpdate, StoreError, UpdateCondition};
-use crate::watch::{NodeWatch, WatchHub, WatchRequest};
+use crate::watch::{NodeWatch, WatchHub, WatchRequest, Watched};
 use chrono::Utc;
 use futures::TryStreamExt;
-use hangar::domain::{DURATION_MAX, Node, NodeFilter, NodeKind, duration_from_proto};
+use hangar::domain::{DURATION_MAX, Node, NodeFilter, NodeKind, duration_from_proto, timestamp_to_proto};
 use hangar::v1::{self, node_service_server::NodeService};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,7 +67,9 @@ impl NodeApi {
             Some(c) => (Some(c.revision), Some(c.after.as_str())),
             None => (None, None),
         };
-        let mut page = self.store.list_nodes(&filter, at, after, page_size).await.map_err(|err| match err {
+        // Served from the hub's node view (nodes encoded once) when it has reached the revision;
+        // from the store otherwise (docs/design/nodes-and-watch.md#listing).
+        let page = self.hub.list_nodes(&filter, at, after, page_size).await.map_err(|err| match err {
             StoreError::Compacted { requested, oldest } if cursor.is_some() => {
                 ApiError::PageTokenExpired { requested, oldest }
             }
@@ -76,20 +78,31 @@ impl NodeApi {
             }
             other => other.into(),
         })?;
-        let next_page_token = match page.nodes.last() {
-            Some(last) if page.more => self.tokens.encode(&PageCursor {
+        let listed: Vec<(&Node, &v1::ListedNode)> = page
+            .nodes
+            .iter()
+            .filter_map(|change| match &change.object {
+                Watched::Node { node, listed, .. } => Some((node, listed)),
+                Watched::Backend { .. } => None,
+            })
+            .collect();
+        let next_page_token = match listed.last() {
+            Some((last, _)) if page.more => self.tokens.encode(&PageCursor {
                 revision: page.revision,
                 after: last.id.clone(),
                 filter_digest: digest,
             }),
             _ => String::new(),
         };
-        self.registry.show_live_heartbeats(&mut page.nodes);
-        Ok(v1::ListNodesResponse {
-            nodes: page.nodes.iter().map(v1::Node::from).collect(),
-            next_page_token,
-            revision: page.revision,
-        })
+        // The one field not read at the snapshot: the live heartbeat time of the nodes attached
+        // here, put into each node's bytes without encoding it again.
+        let heartbeats = self.registry.live_heartbeat_times(listed.iter().map(|(node, _)| *node));
+        let listed = listed
+            .iter()
+            .zip(heartbeats)
+            .map(|((_, listed), at)| listed.with_heartbeat(Some(timestamp_to_proto(at))))
+            .collect();
+        Ok(v1::ListNodesResponse { nodes: Vec::new(), next_page_token, revision: page.revision, listed })
     }
 
     pub async fn get_node(&self, req: v1::GetNodeRequest) -> Result<v1::GetNodeResponse, ApiError> {

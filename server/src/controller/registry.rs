@@ -154,6 +154,19 @@ impl NodeRegistry {
         }
     }
 
+    /// [`Self::show_live_heartbeats`] for nodes read elsewhere: the heartbeat time this
+    /// controller shows for each of `nodes`, under one lock.
+    pub fn live_heartbeat_times<'a>(&self, nodes: impl IntoIterator<Item = &'a Node>) -> Vec<DateTime<Utc>> {
+        let attached = self.attached.lock().unwrap();
+        let live = |node: &Node| match attached.get(&node.id) {
+            Some(entry) if node.controller_id == self.controller_id => {
+                node.last_heartbeat_at.max(entry.last_heartbeat_at)
+            }
+            _ => node.last_heartbeat_at,
+        };
+        nodes.into_iter().map(live).collect()
+    }
+
     /// The node's stream ended: it is OFFLINE, unless a newer attachment replaced this one or
     /// another controller holds it by now.
     pub async fn detach(&self, attached: &AttachedNode) {

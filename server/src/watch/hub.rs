@@ -2,14 +2,15 @@
 //! of entry in one log, so one hub, one ring and one cursor serve `WatchNodes` and
 //! `WatchBackends` alike; each stream skips the kind it does not watch.
 
-use crate::store::{Change, ChangeKind, DynStore, LocalCommit, Revision, StoreError};
-use hangar::domain::{Backend, BackendState, Node};
+use crate::store::{Change, ChangeKind, DynStore, LocalCommit, NodeChange, Revision, StoreError};
+use hangar::domain::{Backend, BackendState, Node, NodeFilter};
 use hangar::v1;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, watch};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub enum Watched {
     Node {
         node: Node,
         encoded: v1::EncodedNode,
+        /// The same node encoded for listings (the node view serves pages from it).
+        listed: v1::ListedNode,
     },
     Backend {
         backend: Backend,
@@ -69,11 +72,12 @@ impl HubChange {
     pub fn new(change: Change) -> Arc<HubChange> {
         Arc::new(match change {
             Change::Node(change) => {
-                let encoded = v1::EncodedNode::new(&v1::Node::from(&change.node));
+                let proto = v1::Node::from(&change.node);
+                let (encoded, listed) = (v1::EncodedNode::new(&proto), v1::ListedNode::new(&proto));
                 HubChange {
                     revision: change.revision,
                     kind: change.kind,
-                    object: Watched::Node { node: change.node, encoded },
+                    object: Watched::Node { node: change.node, encoded, listed },
                 }
             }
             Change::Backend(change) => {
@@ -112,6 +116,10 @@ struct HubState {
     next_id: u64,
     /// The hub stopped: feeds are closed as they are handed out.
     stopped: bool,
+    /// Every node at the revisions a listing may read, following the cursor.
+    view: NodeView,
+    /// How often the hub restarted after falling behind compaction (the ring was cleared).
+    resets: u64,
 }
 
 impl HubState {
@@ -169,14 +177,37 @@ struct Inner {
     config: WatchConfig,
     state: Mutex<HubState>,
     shutdown: CancellationToken,
+    /// The cursor, for listings waiting for the hub to reach the revision they read at.
+    cursor_moved: watch::Sender<Revision>,
+    /// The node view was dropped (the hub fell behind compaction) and must be seeded again.
+    view_lost: Notify,
+    /// Pages `list_nodes` read from the store because the view could not answer.
+    store_pages: std::sync::atomic::AtomicU64,
 }
 
 impl WatchHub {
     /// A hub starting at the store's current revision.
     pub async fn new(store: DynStore, config: WatchConfig, shutdown: CancellationToken) -> Result<Self, StoreError> {
         let cursor = store.current_revision().await?;
-        let state = HubState { cursor, ring: VecDeque::new(), watchers: HashMap::new(), next_id: 0, stopped: false };
-        Ok(WatchHub { inner: Arc::new(Inner { store, config, state: Mutex::new(state), shutdown }) })
+        let state = HubState {
+            cursor,
+            ring: VecDeque::new(),
+            watchers: HashMap::new(),
+            next_id: 0,
+            stopped: false,
+            view: NodeView::default(),
+            resets: 0,
+        };
+        let inner = Inner {
+            store,
+            config,
+            state: Mutex::new(state),
+            shutdown,
+            cursor_moved: watch::Sender::new(cursor),
+            view_lost: Notify::new(),
+            store_pages: Default::default(),
+        };
+        Ok(WatchHub { inner: Arc::new(inner) })
     }
 
     pub fn store(&self) -> &DynStore {
@@ -246,7 +277,7 @@ impl WatchHub {
     /// watcher's feed, which ends each stream with UNAVAILABLE and its last revision once it
     /// has sent what it holds.
     pub async fn run(&self, notified: watch::Receiver<Revision>, local: broadcast::Receiver<LocalCommit>) {
-        self.tail(notified, local).await;
+        tokio::join!(self.tail(notified, local), self.keep_view());
         let mut state = self.inner.state.lock().unwrap();
         state.stopped = true;
         state.watchers.clear();
@@ -344,6 +375,10 @@ impl WatchHub {
                     state.watchers.clear();
                     state.ring.clear();
                     state.cursor = oldest;
+                    state.resets += 1;
+                    state.view = NodeView::default();
+                    self.inner.view_lost.notify_one();
+                    self.inner.cursor_moved.send_replace(oldest);
                     continue;
                 }
                 Err(err) => return Err(err),
@@ -367,6 +402,9 @@ impl WatchHub {
                 continue;
             }
             state.cursor = change.revision;
+            if state.view.ready {
+                state.view.apply(&change);
+            }
             state.watchers.retain(|_, watcher| match watcher.tx.try_send(change.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -381,5 +419,268 @@ impl WatchHub {
             state.ring.push_back(change);
         }
         state.cursor = state.cursor.max(through);
+        let cursor = state.cursor;
+        if state.view.ready {
+            state.view.advance(cursor, Instant::now());
+        }
+        self.inner.cursor_moved.send_if_modified(|at| std::mem::replace(at, cursor) != cursor);
+    }
+
+    /// A page of the nodes matching `filter` at revision `at` (`None`: the store's current
+    /// revision, which takes in every commit made so far on any controller), after the id
+    /// `after`, as [`Store::list_nodes`](crate::store::Store::list_nodes) reads it and with the
+    /// same errors: `Compacted` when `at` is older than the store retains. Served from the node
+    /// view once the hub has reached `at`; from the store when the view cannot answer (not
+    /// seeded yet, `at` older than it keeps, or the hub not there within [`VIEW_WAIT`]).
+    /// Every node is a [`Watched::Node`] change, encoded once.
+    pub async fn list_nodes(
+        &self,
+        filter: &NodeFilter,
+        at: Option<Revision>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<NodeListing, StoreError> {
+        let store = &self.inner.store;
+        let revision = match at {
+            None => store.current_revision().await?,
+            Some(at) => {
+                // The store's retention is the contract, as for a resuming watch: a page token
+                // must not work on one controller and fail on another.
+                let oldest = store.compacted_revision().await?;
+                if at < oldest {
+                    return Err(StoreError::Compacted { requested: at, oldest });
+                }
+                at
+            }
+        };
+        if self.reached(revision).await {
+            let state = self.inner.state.lock().unwrap();
+            if state.cursor >= revision
+                && let Some((nodes, more)) = state.view.page(filter, revision, after, limit)
+            {
+                return Ok(NodeListing { nodes, revision, more });
+            }
+        }
+        self.inner.store_pages.fetch_add(1, Ordering::Relaxed);
+        let page = store.list_nodes(filter, Some(revision), after, limit).await?;
+        let nodes = page
+            .nodes
+            .into_iter()
+            .map(|node| {
+                HubChange::new(Change::Node(NodeChange { revision: node.revision, kind: ChangeKind::Added, node }))
+            })
+            .collect();
+        Ok(NodeListing { nodes, revision: page.revision, more: page.more })
+    }
+
+    /// Whether the node view is seeded and following the cursor (listings are served from it).
+    pub fn lists_from_memory(&self) -> bool {
+        self.inner.state.lock().unwrap().view.ready
+    }
+
+    /// How many pages [`Self::list_nodes`] read from the store because the view could not answer.
+    pub fn store_pages(&self) -> u64 {
+        self.inner.store_pages.load(Ordering::Relaxed)
+    }
+
+    /// Whether the hub's cursor reaches `revision` with the node view ready, waiting for it at
+    /// most [`VIEW_WAIT`].
+    async fn reached(&self, revision: Revision) -> bool {
+        if !self.inner.state.lock().unwrap().view.ready {
+            return false;
+        }
+        let mut cursor = self.inner.cursor_moved.subscribe();
+        let reached = cursor.wait_for(|at| *at >= revision);
+        matches!(tokio::time::timeout(VIEW_WAIT, reached).await, Ok(Ok(_)))
+    }
+
+    /// Seeds the node view and seeds it again whenever it is lost, until shutdown.
+    async fn keep_view(&self) {
+        let mut failures = 0u32;
+        loop {
+            if !self.inner.state.lock().unwrap().view.ready {
+                let seeded = self.seed_view().await.unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "watch hub cannot read the nodes to list them from memory");
+                    false
+                });
+                if !seeded {
+                    failures += 1;
+                    let delay = Duration::from_millis(50 * u64::from(failures.min(20)));
+                    tokio::select! {
+                        _ = self.inner.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+                failures = 0;
+            }
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = self.inner.view_lost.notified() => {}
+            }
+        }
+    }
+
+    /// Reads every node from the store at the cursor, then, under the lock, adds the ring's
+    /// changes after it: the view is then complete through the cursor, and `fan_out` keeps it
+    /// so. `false` when the ring no longer reaches back to the revision read (try again).
+    async fn seed_view(&self) -> Result<bool, StoreError> {
+        let (at, resets) = {
+            let state = self.inner.state.lock().unwrap();
+            (state.cursor, state.resets)
+        };
+        let mut nodes = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page =
+                self.inner.store.list_nodes(&NodeFilter::default(), Some(at), after.as_deref(), SEED_PAGE).await?;
+            after = page.nodes.last().map(|n| n.id.clone());
+            for node in page.nodes {
+                let id = node.id.clone();
+                let change =
+                    HubChange::new(Change::Node(NodeChange { revision: node.revision, kind: ChangeKind::Added, node }));
+                nodes.insert(id, vec![(change.revision, Some(change))]);
+            }
+            if !page.more || after.is_none() {
+                break;
+            }
+        }
+        let mut state = self.inner.state.lock().unwrap();
+        // The ring only loses changes from its front when it is full, or all of them in a reset:
+        // an empty ring without a reset means nothing watched changed since `at`.
+        let continues = state.resets == resets && (state.ring.is_empty() || state.covers(at));
+        if !continues {
+            return Ok(false);
+        }
+        let mut view = NodeView { ready: true, seeded: at, nodes, ..NodeView::default() };
+        let first = state.ring.partition_point(|c| c.revision <= at);
+        for change in state.ring.range(first..) {
+            view.apply(change);
+        }
+        view.advance(state.cursor, Instant::now());
+        state.view = view;
+        tracing::debug!(at, nodes = state.view.nodes.len(), "watch hub lists nodes from memory");
+        Ok(true)
+    }
+}
+
+/// How long a listing waits for the hub to reach the revision it reads at (its own commits
+/// arrive within microseconds, another controller's within a NOTIFY) before it reads the store.
+const VIEW_WAIT: Duration = Duration::from_millis(100);
+/// How long the node view keeps versions that a node has since replaced: a listing whose pages
+/// come further apart than this continues from the store.
+const VIEW_HISTORY: Duration = Duration::from_secs(60);
+/// Nodes per store read while seeding the view.
+const SEED_PAGE: usize = 1000;
+
+/// A page of nodes from [`WatchHub::list_nodes`]: node changes, each encoded once.
+pub struct NodeListing {
+    pub nodes: Vec<Arc<HubChange>>,
+    /// The snapshot the page was read at.
+    pub revision: Revision,
+    /// Whether nodes after the last one returned may match.
+    pub more: bool,
+}
+
+/// One version of a node: since `revision`, the node as `change` left it (`None`: removed).
+type Version = (Revision, Option<Arc<HubChange>>);
+
+/// Every node, in id order, with the versions listings may still read: an in-memory MVCC view
+/// of the nodes kept by the hub, so that a page of a listing is a walk over a map and a copy of
+/// bytes encoded once, with no store read of the nodes. It answers at any revision from
+/// [`NodeView::oldest`] to the hub's cursor.
+#[derive(Default)]
+struct NodeView {
+    /// Seeded and following the cursor.
+    ready: bool,
+    /// The revision it was seeded at.
+    seeded: Revision,
+    nodes: BTreeMap<String, Vec<Version>>,
+    /// Of each node, versions older than its newest one at or below this are dropped.
+    horizon: Revision,
+    /// The cursor about once a second, to keep `horizon` [`VIEW_HISTORY`] behind.
+    checkpoints: VecDeque<(Instant, Revision)>,
+    /// Changes since removed nodes were last swept out.
+    since_sweep: usize,
+}
+
+impl NodeView {
+    fn oldest(&self) -> Revision {
+        self.seeded.max(self.horizon)
+    }
+
+    fn apply(&mut self, change: &Arc<HubChange>) {
+        let Watched::Node { node, .. } = &change.object else { return };
+        let version = (change.kind != ChangeKind::Removed).then(|| change.clone());
+        let versions = self.nodes.entry(node.id.clone()).or_default();
+        versions.push((change.revision, version));
+        prune(versions, self.horizon);
+        self.since_sweep += 1;
+    }
+
+    /// The cursor reached `cursor`: moves the horizon and now and then drops removed nodes.
+    fn advance(&mut self, cursor: Revision, now: Instant) {
+        let second = Duration::from_secs(1);
+        if self.checkpoints.back().is_none_or(|(at, _)| now.duration_since(*at) >= second) {
+            self.checkpoints.push_back((now, cursor));
+        }
+        while self.checkpoints.len() >= 2 && now.duration_since(self.checkpoints[1].0) >= VIEW_HISTORY {
+            self.checkpoints.pop_front();
+        }
+        if let Some(&(at, revision)) = self.checkpoints.front()
+            && now.duration_since(at) >= VIEW_HISTORY
+        {
+            self.horizon = self.horizon.max(revision);
+        }
+        if self.since_sweep >= self.nodes.len().max(1024) {
+            self.since_sweep = 0;
+            let horizon = self.horizon;
+            self.nodes.retain(|_, versions| {
+                prune(versions, horizon);
+                !versions.is_empty()
+            });
+        }
+    }
+
+    /// Up to `limit` nodes matching `filter` at `at`, after the id `after`, and whether more
+    /// may follow; `None` when the view cannot answer at `at` (the caller has checked that the
+    /// cursor reaches it).
+    fn page(
+        &self,
+        filter: &NodeFilter,
+        at: Revision,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Option<(Vec<Arc<HubChange>>, bool)> {
+        if !self.ready || at < self.oldest() {
+            return None;
+        }
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut nodes = Vec::with_capacity(limit.min(1024));
+        for versions in self.nodes.range::<str, _>((from, Bound::Unbounded)).map(|(_, v)| v) {
+            let Some((_, Some(change))) = versions.iter().rev().find(|(revision, _)| *revision <= at) else {
+                continue;
+            };
+            let Watched::Node { node, .. } = &change.object else { continue };
+            if !filter.matches(node) {
+                continue;
+            }
+            if nodes.len() == limit {
+                return Some((nodes, true));
+            }
+            nodes.push(change.clone());
+        }
+        Some((nodes, false))
+    }
+}
+
+/// Drops the versions that no read at or above `horizon` needs: those before the newest one at
+/// or below it, and that one too when it is a removal.
+fn prune(versions: &mut Vec<Version>, horizon: Revision) {
+    if let Some(newest) = versions.iter().rposition(|(revision, _)| *revision <= horizon) {
+        versions.drain(..newest);
+        // A removal reads as absence, which a missing version reads as too.
+        if versions[0].1.is_none() {
+            versions.remove(0);
+        }
     }
 }

@@ -17,5 +17,5 @@ mod hub;
 mod stream;
 
 pub use backends::BackendWatch;
-pub use hub::{HubChange, Subscription, WatchConfig, WatchHub, Watched};
+pub use hub::{HubChange, NodeListing, Subscription, WatchConfig, WatchHub, Watched};
 pub use stream::{NodeWatch, WatchRequest, WatchStream};

@@ -89,20 +89,23 @@ impl NodeWatch {
                 let mut after: Option<String> = None;
                 let mut at: Option<Revision> = None;
                 loop {
-                    let page = match store.list_nodes(&filter, at, after.as_deref(), SNAPSHOT_PAGE).await {
+                    // The hub's node view when it can answer: each node's bytes as encoded once.
+                    let page = match hub.list_nodes(&filter, at, after.as_deref(), SNAPSHOT_PAGE).await {
                         Ok(page) => page,
                         Err(err) => { yield Err(ApiError::from(err)); return; }
                     };
                     at = Some(page.revision);
-                    for node in &page.nodes {
+                    for change in &page.nodes {
+                        let Watched::Node { node, encoded, .. } = &change.object else { continue };
                         if let Some(view) = view.as_mut() {
                             view.insert(node.id.clone());
                         }
-                        yield Ok(Step::Event(event(NodeEventType::Added, Some(v1::Node::from(node)), node.revision)));
+                        let added = v1::WatchNodesResponse::shared(NodeEventType::Added, Some(encoded.clone()), node.revision);
+                        yield Ok(Step::Event(added));
+                        after = Some(node.id.clone());
                     }
-                    match (page.more, page.nodes.last()) {
-                        (true, Some(last)) => after = Some(last.id.clone()),
-                        _ => break,
+                    if !page.more || page.nodes.is_empty() {
+                        break;
                     }
                 }
                 let revision = at.unwrap_or_default();
