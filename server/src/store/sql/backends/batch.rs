@@ -125,7 +125,9 @@ where
 
     /// The writes of `ops` in one transaction, in order; commits and publishes their changes.
     async fn run_batch(&self, ops: &[Op]) -> Result<Vec<Done>, StoreError> {
+        let started = std::time::Instant::now();
         let (tx, first) = self.begin_write().await?;
+        let locked = started.elapsed();
         let mut batch = Batch { tx, first, revisions: Vec::new(), wrote: false, live: HashMap::new() };
         let mut done = Vec::with_capacity(ops.len());
         for op in ops {
@@ -157,6 +159,7 @@ where
             let _ = self.local.send(LocalCommit { revision, change });
         }
         Self::announce(&self.committed, Some(last));
+        tracing::debug!(writes = ops.len(), ?locked, elapsed = ?started.elapsed(), "backend write batch");
         Ok(done)
     }
 
