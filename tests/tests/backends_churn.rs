@@ -24,9 +24,11 @@ const CYCLES: usize = 60;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connect_terminate_loop_on_a_small_drone_is_never_refused_while_fewer_than_its_capacity_are_live() {
-    let mut config = ControllerConfig::default();
     // The test's callers are one client: the per-caller rate limit is not under test.
-    config.limits = LimitsConfig { rate_per_second: 100_000, burst: 100_000, ..LimitsConfig::default() };
+    let config = ControllerConfig {
+        limits: LimitsConfig { rate_per_second: 100_000, burst: 100_000, ..LimitsConfig::default() },
+        ..ControllerConfig::default()
+    };
     let cluster = TestCluster::sqlite_with(config).await;
     let client = HangarClient::connect(&cluster.url()).await.unwrap();
     let mut drone_config = DroneConfig::new(vec![cluster.url()], "churn-drone".to_string());

@@ -418,8 +418,8 @@ where
 {
     async fn connect_backend(&self, spec: ConnectSpec, pick: Pick<'static>) -> Result<ConnectOutcome, StoreError> {
         // In a batch with the other writes waiting ([`batch`]): one transaction, one commit.
-        match self.batched(Op::Connect(spec, pick)).await? {
-            Done::Connect(outcome) => Ok(outcome),
+        match self.batched(Op::Connect(Box::new(spec), pick)).await? {
+            Done::Connect(outcome) => Ok(*outcome),
             _ => Err(StoreError::Corrupt("a batch answered a Connect with another write's outcome".into())),
         }
     }
@@ -519,7 +519,7 @@ where
     ) -> Result<Option<Backend>, StoreError> {
         let op = Op::Terminate { id: id.to_string(), kind, reason, now };
         match self.batched(op).await? {
-            Done::Terminate(backend) => Ok(backend),
+            Done::Terminate(backend) => Ok(backend.map(|b| *b)),
             _ => Err(StoreError::Corrupt("a batch answered a termination with another write's outcome".into())),
         }
     }

@@ -26,16 +26,16 @@ use tokio::sync::oneshot;
 
 /// One write waiting for a batch.
 pub(in crate::store::sql) enum Op {
-    Connect(ConnectSpec, Pick<'static>),
+    Connect(Box<ConnectSpec>, Pick<'static>),
     Reports { drone_id: String, events: Vec<DroneEvent>, acks: Vec<String> },
     Terminate { id: String, kind: TerminationKind, reason: TerminationReason, now: DateTime<Utc> },
 }
 
 /// What a write did, once its batch committed.
 pub(in crate::store::sql) enum Done {
-    Connect(ConnectOutcome),
+    Connect(Box<ConnectOutcome>),
     Reports(Vec<EventOutcome>),
-    Terminate(Option<Backend>),
+    Terminate(Option<Box<Backend>>),
 }
 
 struct Queued {
@@ -109,7 +109,9 @@ where
                 }
             }
             Err(err) if ops.len() == 1 => {
-                let _ = replies.into_iter().next().map(|reply| reply.send(Err(err)));
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(err));
+                }
             }
             Err(err) => {
                 tracing::debug!(error = %err, writes = ops.len(), "a batch failed; its writes are retried one by one");
@@ -132,12 +134,12 @@ where
         let mut done = Vec::with_capacity(ops.len());
         for op in ops {
             done.push(match op {
-                Op::Connect(spec, pick) => Done::Connect(Self::connect_in(&mut batch, spec, *pick).await?),
+                Op::Connect(spec, pick) => Done::Connect(Box::new(Self::connect_in(&mut batch, spec, *pick).await?)),
                 Op::Reports { drone_id, events, acks } => {
                     Done::Reports(Self::reports_in(&mut batch, drone_id, events, acks).await?)
                 }
                 Op::Terminate { id, kind, reason, now } => {
-                    Done::Terminate(Self::terminate_batched(&mut batch, id, *kind, *reason, *now).await?)
+                    Done::Terminate(Self::terminate_batched(&mut batch, id, *kind, *reason, *now).await?.map(Box::new))
                 }
             });
         }
