@@ -53,9 +53,8 @@ pub(in crate::store::sql) struct WriteQueue {
 /// One batch's transaction: the revisions it handed out, with the change each made (if any).
 struct Batch<DB: sqlx::Database> {
     tx: Transaction<'static, DB>,
-    /// The revision bumped when the batch took the counter's lock (`None`: not yet, nothing read
-    /// so far needed it); the first change takes it.
-    first: Option<Revision>,
+    /// Bumped by `begin_write`; the first change takes it.
+    first: Revision,
     revisions: Vec<(Revision, Option<Change>)>,
     /// Something other than a revision was written (a token, an acknowledgement).
     wrote: bool,
@@ -75,19 +74,6 @@ fn live_count_sql() -> &'static str {
     })
 }
 
-/// Writes one batch takes at most (a report counts its events and acknowledgements): a bound on
-/// how long a batch holds the writer, which renewals and node writes wait for.
-const MAX_BATCH_WEIGHT: usize = 256;
-
-impl Op {
-    fn weight(&self) -> usize {
-        match self {
-            Op::Reports { events, acks, .. } => (events.len() + acks.len()).max(1),
-            _ => 1,
-        }
-    }
-}
-
 fn abandoned() -> StoreError {
     StoreError::Unavailable("the write's batch was abandoned before it committed".into())
 }
@@ -105,39 +91,16 @@ where
     pub(in crate::store::sql) async fn batched(&self, op: Op) -> Result<Done, StoreError> {
         let (reply, mut answer) = oneshot::channel();
         self.batch.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(Queued { op, reply });
-        let _leader = self.batch.leader.lock().await;
-        loop {
-            match answer.try_recv() {
-                // A leader before us (or this one, in an earlier round) ran it.
-                Ok(done) => return done,
-                // That leader was cancelled before it committed: its whole batch rolled back.
-                Err(oneshot::error::TryRecvError::Closed) => return Err(abandoned()),
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
-            // Ours is still waiting (only leaders take writes): run the oldest writes, a bounded
-            // batch at a time, until ours is among them.
-            let queued: Vec<Queued> = {
-                let mut waiting = self.batch.waiting.lock().unwrap_or_else(|e| e.into_inner());
-                let mut weight = 0;
-                let take = waiting
-                    .iter()
-                    .take_while(|q| {
-                        let fits = weight == 0 || weight + q.op.weight() <= MAX_BATCH_WEIGHT;
-                        weight += q.op.weight();
-                        fits
-                    })
-                    .count();
-                waiting.drain(..take).collect()
-            };
-            if queued.is_empty() {
-                return Err(abandoned());
-            }
-            self.run_and_answer(queued).await;
+        let leader = self.batch.leader.lock().await;
+        match answer.try_recv() {
+            // A leader before us took it.
+            Ok(done) => return done,
+            // That leader was cancelled before it committed: its whole batch rolled back.
+            Err(oneshot::error::TryRecvError::Closed) => return Err(abandoned()),
+            Err(oneshot::error::TryRecvError::Empty) => {}
         }
-    }
-
-    /// Runs `queued` as one batch and answers each write; a failed batch is retried write by write.
-    async fn run_and_answer(&self, queued: Vec<Queued>) {
+        // Ours is still waiting (only leaders take writes), so it is among these.
+        let queued = std::mem::take(&mut *self.batch.waiting.lock().unwrap_or_else(|e| e.into_inner()));
         let (ops, replies): (Vec<Op>, Vec<_>) = queued.into_iter().map(|q| (q.op, q.reply)).unzip();
         match self.run_batch(&ops).await {
             Ok(done) => {
@@ -158,16 +121,16 @@ where
                 }
             }
         }
+        drop(leader);
+        answer.await.unwrap_or_else(|_| Err(abandoned()))
     }
 
     /// The writes of `ops` in one transaction, in order; commits and publishes their changes.
     async fn run_batch(&self, ops: &[Op]) -> Result<Vec<Done>, StoreError> {
         let started = std::time::Instant::now();
-        // The write lock (SQLite); the revision counter's row lock (PostgreSQL) is taken by the
-        // first write that needs it (`serialize`): acknowledgements alone take no revision.
-        let tx = self.write.begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
+        let (tx, first) = self.begin_write().await?;
         let locked = started.elapsed();
-        let mut batch = Batch { tx, first: None, revisions: Vec::new(), wrote: false, live: HashMap::new() };
+        let mut batch = Batch { tx, first, revisions: Vec::new(), wrote: false, live: HashMap::new() };
         let mut done = Vec::with_capacity(ops.len());
         for op in ops {
             done.push(match op {
@@ -180,22 +143,18 @@ where
                 }
             });
         }
-        let Batch { mut tx, first, revisions, wrote, .. } = batch;
+        let Batch { mut tx, revisions, wrote, .. } = batch;
         if revisions.is_empty() && !wrote {
             // Nothing changed: the revision goes back with the rollback.
             tx.rollback().await.map_err(from_sqlx)?;
             return Ok(done);
         }
-        let Some(last) = revisions.last().map(|(r, _)| *r).or(first) else {
-            // Acknowledgements only: no revision, nobody to wake (as a lone acknowledgement).
-            tx.commit().await.map_err(from_sqlx)?;
-            return Ok(done);
-        };
+        let last = revisions.last().map_or(first, |(r, _)| *r);
         if let Some(announce) = DB::ANNOUNCE {
             sqlx::query(announce).bind(last.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
         }
         tx.commit().await.map_err(from_sqlx)?;
-        if let (Some(first), true) = (first, revisions.is_empty()) {
+        if revisions.is_empty() {
             let _ = self.local.send(LocalCommit { revision: first, change: None });
         }
         for (revision, change) in revisions {
@@ -206,23 +165,10 @@ where
         Ok(done)
     }
 
-    /// Takes the revision counter's lock (bumping it) unless the batch holds it already: before
-    /// a write reads what it decides on, so that writers on every controller serialize.
-    async fn serialize(batch: &mut Batch<DB>) -> Result<Revision, StoreError> {
-        if let Some(first) = batch.first {
-            return Ok(first);
-        }
-        let row = sqlx::query(BUMP_REVISION).fetch_one(&mut *batch.tx).await.map_err(from_sqlx)?;
-        let first = rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?;
-        batch.first = Some(first);
-        Ok(first)
-    }
-
-    /// The next revision of the batch: the one the lock took, then one more each time.
+    /// The next revision of the batch: the one `begin_write` took, then one more each time.
     async fn next_revision(batch: &mut Batch<DB>) -> Result<Revision, StoreError> {
-        let first = Self::serialize(batch).await?;
         if batch.revisions.is_empty() {
-            return Ok(first);
+            return Ok(batch.first);
         }
         let row = sqlx::query(BUMP_REVISION).fetch_one(&mut *batch.tx).await.map_err(from_sqlx)?;
         rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)
@@ -262,7 +208,6 @@ where
         let ConnectSpec { key, spawn, token, now } = spec;
         let now = *now;
         let token_expiry = rows::millis(token.expires_at);
-        Self::serialize(batch).await?;
         let mut previous_fence: Option<i64> = None;
         if let Some(key) = key {
             let row = sqlx::query(
@@ -374,9 +319,6 @@ where
         acks: &[String],
     ) -> Result<Vec<EventOutcome>, StoreError> {
         let mut outcomes = Vec::with_capacity(events.len());
-        if !events.is_empty() {
-            Self::serialize(batch).await?;
-        }
         for event in events {
             let Some(mut backend) = Self::backend_in(&mut batch.tx, &event.backend_id).await? else {
                 outcomes.push(EventOutcome::Unknown);
@@ -437,7 +379,6 @@ where
         reason: TerminationReason,
         now: DateTime<Utc>,
     ) -> Result<Option<Backend>, StoreError> {
-        Self::serialize(batch).await?;
         let Some(mut backend) = Self::backend_in(&mut batch.tx, id).await? else { return Ok(None) };
         if !backend.status.state.is_live()
             || backend.termination_requested.is_some_and(|asked| super::kind_rank(asked) >= super::kind_rank(kind))
