@@ -6,8 +6,8 @@ use hangar::domain::{
 };
 use hangar::v1;
 use hangar_server::store::{
-    ActionPayload, BackendFilter, Change, ChangeKind, ConnectOutcome, ConnectSpec, DroneLoad, DroneSlot, EventOutcome,
-    IssuedToken, KeyRenewal, NodeRegistration, NodeUpdate, SpawnPlan, UpdateCondition, new_action_id,
+    ActionPayload, BackendFilter, Change, ChangeKind, ConnectOutcome, ConnectSpec, DroneEvent, DroneLoad, DroneSlot,
+    EventOutcome, IssuedToken, KeyRenewal, NodeRegistration, NodeUpdate, SpawnPlan, UpdateCondition, new_action_id,
 };
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -31,6 +31,8 @@ hangar_server::store_scenarios!(
     retention_removes_a_terminated_backends_rows_keeps_a_live_keys_and_a_reused_key_gets_a_higher_token,
     retention_removes_in_batches_each_backend_one_removed_change_under_its_own_revision,
     compaction_past_many_revisions_reaches_its_target_in_steps_for_nodes_and_backends,
+    concurrent_connects_through_two_stores_onto_small_drones_never_overfill_one_and_give_one_backend_per_key,
+    a_drones_reports_in_one_call_apply_in_order_free_capacity_and_acknowledge_actions,
 );
 
 fn key(name: &str, tag: &str) -> BackendKey {
@@ -703,4 +705,125 @@ async fn compaction_past_many_revisions_reaches_its_target_in_steps_for_nodes_an
     let history: Vec<_> = store.backend_history(&live.id, 0).await.unwrap().into_iter().map(|(_, s)| s.state).collect();
     assert_eq!(history, [BackendState::Ready]);
     assert!(store.changes_since(current, 10).await.unwrap().is_empty());
+}
+
+/// Batched placement (docs/design/backends-and-leases.md#scheduling): 160 Connects at once, over
+/// two stores (two controllers on PostgreSQL), for 40 keys each asked 4 times, onto 3 drones of 4
+/// slots with the scheduler's own pick. Every slot is taken, no drone gets a fifth backend, and
+/// every answer for a key names the one backend that key has.
+async fn concurrent_connects_through_two_stores_onto_small_drones_never_overfill_one_and_give_one_backend_per_key(
+    db: Database,
+) {
+    const CAPACITY: u32 = 4;
+    let names = ["small-1", "small-2", "small-3"];
+    let stores = [db.open().await, db.open().await];
+    let calls = (0..160).map(|i| {
+        let store = stores[i % 2].clone();
+        let candidates = drones(CAPACITY, &names);
+        tokio::spawn(async move {
+            let key = key(&format!("room-{}", i % 40), "v1");
+            let outcome = store
+                .connect_backend(
+                    spec(Some(key.clone()), candidates, LEASE),
+                    &hangar_server::scheduler::power_of_two_choices,
+                )
+                .await
+                .unwrap();
+            (key.name, outcome)
+        })
+    });
+    let outcomes: Vec<_> = futures::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
+    let mut per_key: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    let (mut spawned, mut full) = (0, 0);
+    for (name, outcome) in &outcomes {
+        match outcome {
+            ConnectOutcome::Spawned(b) => {
+                spawned += 1;
+                per_key.entry(name.clone()).or_default().insert(b.id.clone());
+            }
+            ConnectOutcome::Found(b) => {
+                per_key.entry(name.clone()).or_default().insert(b.id.clone());
+            }
+            ConnectOutcome::PoolFull => full += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(spawned, 3 * CAPACITY as usize, "every slot taken, none twice");
+    assert_eq!(outcomes.len(), 160);
+    assert!(full > 0, "more keys than slots: some Connects find the pool full");
+    for (name, ids) in &per_key {
+        assert_eq!(ids.len(), 1, "key {name} answered with several backends: {ids:?}");
+    }
+    let live = stores[0].list_backends(&BackendFilter::default(), None, 1000).await.unwrap().backends;
+    assert_eq!(live.len(), 3 * CAPACITY as usize);
+    for name in names {
+        let on = live.iter().filter(|b| b.drone_id == name).count();
+        assert_eq!(on, CAPACITY as usize, "{name} holds {on} backends, capacity {CAPACITY}");
+    }
+    let keys: BTreeSet<_> = live.iter().map(|b| b.key.clone().unwrap().name).collect();
+    assert_eq!(keys.len(), live.len(), "one live backend per key");
+}
+
+/// Batched drone events: one call carries a drone's events (in the order it sent them) and
+/// its action acknowledgements; each event gets its own outcome and revision, a TERMINATED
+/// among them frees its slot for the next placement, and the acknowledged actions are gone.
+async fn a_drones_reports_in_one_call_apply_in_order_free_capacity_and_acknowledge_actions(db: Database) {
+    let store = db.open().await;
+    let mut backends = Vec::new();
+    for i in 0..2 {
+        match store.connect_backend(spec(Some(key(&format!("r{i}"), "")), drones(2, &["d1"]), LEASE), &first).await {
+            Ok(ConnectOutcome::Spawned(b)) => backends.push(b),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        store.connect_backend(spec(None, drones(2, &["d1"]), LEASE), &first).await.unwrap(),
+        ConnectOutcome::PoolFull
+    );
+    let actions: Vec<String> = store.pending_actions("d1").await.unwrap().into_iter().map(|a| a.id).collect();
+    assert_eq!(actions.len(), 2);
+    let revision_before = store.current_revision().await.unwrap();
+    let now = Utc::now();
+    let event = |b: &hangar::domain::Backend, state| DroneEvent {
+        backend_id: b.id.clone(),
+        status: BackendStatus::new(state, now),
+        address: String::new(),
+        now,
+    };
+    let mut ended = event(&backends[0], BackendState::Terminated);
+    ended.status.termination_reason = Some(TerminationReason::Exited);
+    let events = vec![
+        event(&backends[0], BackendState::Starting),
+        event(&backends[0], BackendState::Ready),
+        // Stale after READY: ignored, in order.
+        event(&backends[0], BackendState::Starting),
+        event(&backends[1], BackendState::Ready),
+        ended,
+        DroneEvent { backend_id: "bk-unknown".into(), ..event(&backends[1], BackendState::Ready) },
+    ];
+    let outcomes = store.apply_drone_reports("d1", events, actions).await.unwrap();
+    let kinds: Vec<&str> = outcomes
+        .iter()
+        .map(|o| match o {
+            EventOutcome::Applied(_) => "applied",
+            EventOutcome::Ignored => "ignored",
+            EventOutcome::Unknown => "unknown",
+        })
+        .collect();
+    assert_eq!(kinds, ["applied", "applied", "ignored", "applied", "applied", "unknown"]);
+    assert_eq!(store.current_revision().await.unwrap(), revision_before + 4, "one revision per applied event");
+    assert!(store.pending_actions("d1").await.unwrap().is_empty(), "both actions acknowledged");
+    let states: Vec<_> =
+        store.backend_history(&backends[0].id, 0).await.unwrap().into_iter().map(|(_, s)| s.state).collect();
+    assert_eq!(
+        states,
+        [BackendState::Scheduled, BackendState::Starting, BackendState::Ready, BackendState::Terminated]
+    );
+    assert!(
+        matches!(
+            store.connect_backend(spec(None, drones(2, &["d1"]), LEASE), &first).await.unwrap(),
+            ConnectOutcome::Spawned(_)
+        ),
+        "the terminated backend's slot is free again"
+    );
 }

@@ -3,6 +3,7 @@
 //! only under the node names its credentials allow (NodeRestriction), and every attach, accepted
 //! or refused, is an audit line.
 
+use super::drone_reports::{self, Report};
 use super::key_renewals::{self, Renewal};
 use super::session::{Divert, NodeSessions, OUTBOUND_BUFFER, Routed, SessionHandler, or_default};
 use super::{ApiError, BackendSettings, validate};
@@ -53,6 +54,9 @@ struct DroneSession {
     sent: HashSet<String>,
     /// The way to this session's renewal task, until the session's reader takes it.
     renewals: Option<mpsc::Sender<Renewal>>,
+    /// The way to this session's reports task (backend events and acknowledgements, applied in
+    /// batches), until the session's reader takes it.
+    reports: Option<mpsc::Sender<Report>>,
 }
 
 impl DroneSession {
@@ -180,9 +184,19 @@ impl SessionHandler<v1::DroneAttachRequest> for DroneSession {
     fn divert(&mut self) -> Option<Divert<v1::DroneAttachRequest>> {
         use v1::drone_attach_request::Message;
         let renewals = self.renewals.take()?;
+        let reports = self.reports.take();
         let (registry, attached) = (self.registry.clone(), self.attached.clone());
         Some(Box::new(move |message: v1::DroneAttachRequest| {
+            let divert_report = |report: Report| -> Routed<v1::DroneAttachRequest> {
+                let reports = reports.clone().expect("checked by the caller");
+                // All of a drone's waiting reports go to the store together (`drone_reports`).
+                Routed::Diverted(Box::pin(async move {
+                    let _ = reports.send(report).await;
+                }))
+            };
             let renewal = match message.message {
+                Some(Message::BackendEvent(event)) if reports.is_some() => return divert_report(Report::Event(event)),
+                Some(Message::AckAction(ack)) if reports.is_some() => return divert_report(Report::Ack(ack.action_id)),
                 Some(Message::RenewKeys(batch)) => Renewal::Batch(batch),
                 Some(Message::RenewKey(key)) => Renewal::Single(key),
                 Some(Message::Heartbeat(hb)) => {
@@ -290,6 +304,13 @@ impl DroneApi {
         let (renewals_tx, renewals_rx) = mpsc::channel(key_renewals::QUEUE);
         let (store, lease) = (self.sessions.store.clone(), self.settings.lease_duration);
         self.sessions.tasks.spawn(key_renewals::serve(store, lease, renewals_rx, tx.clone()));
+        let (reports_tx, reports_rx) = mpsc::channel(drone_reports::QUEUE);
+        self.sessions.tasks.spawn(drone_reports::serve(
+            self.sessions.store.clone(),
+            attached.node_id.clone(),
+            reports_rx,
+            tx.clone(),
+        ));
         let mut session = DroneSession {
             registry: registry.clone(),
             store: self.sessions.store.clone(),
@@ -297,6 +318,7 @@ impl DroneApi {
             outbound: tx.clone(),
             sent: HashSet::new(),
             renewals: Some(renewals_tx),
+            reports: Some(reports_tx),
         };
         // After the Welcome, before anything else: what is waiting for this drone.
         session.deliver_actions().await?;

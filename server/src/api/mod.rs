@@ -2,6 +2,7 @@
 //! through [`ApiError`] and its single mapping to a status.
 
 mod backend_service;
+mod drone_reports;
 mod drone_service;
 mod errors;
 mod key_renewals;

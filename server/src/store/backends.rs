@@ -176,6 +176,27 @@ pub trait BackendStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<EventOutcome, StoreError>;
 
+    /// A drone's waiting reports in one store transaction: its backend events in order, each
+    /// applied as [`apply_backend_event`](Self::apply_backend_event) would (one outcome each, in
+    /// order), and its action acknowledgements as [`ack_action`](Self::ack_action).
+    async fn apply_drone_reports(
+        &self,
+        drone_id: &str,
+        events: Vec<DroneEvent>,
+        acks: Vec<String>,
+    ) -> Result<Vec<EventOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            outcomes.push(
+                self.apply_backend_event(drone_id, &event.backend_id, event.status, &event.address, event.now).await?,
+            );
+        }
+        for ack in acks {
+            self.ack_action(drone_id, &ack).await?;
+        }
+        Ok(outcomes)
+    }
+
     /// Stores a Terminate action for a live backend, unless one at least as hard is pending.
     /// `None` for an unknown backend; a terminated one is returned unchanged.
     async fn request_termination(
@@ -265,6 +286,15 @@ pub trait BackendStore: Send + Sync {
     /// What a connection token (by hash) opens at `now`: its backend and the identity it carries.
     /// `None` for an unknown or expired token.
     async fn token_route(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<TokenRoute>, StoreError>;
+}
+
+/// A drone's report of a backend's new status, as [`BackendStore::apply_drone_reports`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroneEvent {
+    pub backend_id: String,
+    pub status: BackendStatus,
+    pub address: String,
+    pub now: DateTime<Utc>,
 }
 
 /// One key of a batch renewal: the drone says `backend_id` holds `key` with `fencing_token`.

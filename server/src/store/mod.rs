@@ -17,8 +17,9 @@ mod sql;
 mod sqlite;
 
 pub use backends::{
-    ActionPayload, BackendChange, BackendFilter, BackendPage, BackendStore, ConnectOutcome, ConnectSpec, DroneLoad,
-    DroneSlot, EventOutcome, IssuedToken, KeyRenewal, PendingAction, Pick, SpawnPlan, TokenRoute, new_action_id,
+    ActionPayload, BackendChange, BackendFilter, BackendPage, BackendStore, ConnectOutcome, ConnectSpec, DroneEvent,
+    DroneLoad, DroneSlot, EventOutcome, IssuedToken, KeyRenewal, PendingAction, Pick, SpawnPlan, TokenRoute,
+    new_action_id,
 };
 pub use offload::OffloadedStore;
 pub use postgres::{NODE_CHANGES_CHANNEL, PostgresStore};

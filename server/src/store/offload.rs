@@ -186,6 +186,16 @@ impl BackendStore for OffloadedStore {
         .await
     }
 
+    async fn apply_drone_reports(
+        &self,
+        drone_id: &str,
+        events: Vec<DroneEvent>,
+        acks: Vec<String>,
+    ) -> Result<Vec<EventOutcome>, StoreError> {
+        let drone_id = drone_id.to_string();
+        self.run(|s| Box::pin(async move { s.apply_drone_reports(&drone_id, events, acks).await })).await
+    }
+
     async fn request_termination(
         &self,
         id: &str,

@@ -11,6 +11,10 @@ use hangar::domain::{
 };
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type};
 
+pub(super) mod batch;
+
+use batch::{Done, Op};
+
 const BACKEND_COLUMNS: &str = "data, last_activity_at";
 
 /// Backends per query while reading a watch's initial snapshot (all in one transaction).
@@ -504,26 +508,6 @@ where
         }
         Ok(changes)
     }
-
-    /// The live backends on each candidate, read under the write lock so that concurrent
-    /// Connects see each other's placements.
-    async fn loads(tx: &mut Transaction<'static, DB>, candidates: &[DroneSlot]) -> Result<Vec<DroneLoad>, StoreError> {
-        let mut loads = Vec::with_capacity(candidates.len());
-        for slot in candidates {
-            let row = sqlx::query("SELECT COUNT(*) FROM backends WHERE drone_id = $1 AND state <> 'TERMINATED'")
-                .bind(slot.node_id.clone())
-                .fetch_one(&mut **tx)
-                .await
-                .map_err(from_sqlx)?;
-            let live: i64 = row.try_get(0).map_err(from_sqlx)?;
-            loads.push(DroneLoad {
-                node_id: slot.node_id.clone(),
-                capacity: slot.capacity,
-                live: u32::try_from(live).unwrap_or(u32::MAX),
-            });
-        }
-        Ok(loads)
-    }
 }
 
 #[async_trait]
@@ -537,109 +521,11 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     async fn connect_backend(&self, spec: ConnectSpec, pick: Pick<'static>) -> Result<ConnectOutcome, StoreError> {
-        let ConnectSpec { key, spawn, token, now } = spec;
-        let token_expiry = rows::millis(token.expires_at);
-        let (mut tx, revision) = self.begin_write().await?;
-        // (fencing token of the key's last holder, whether the row exists)
-        let mut previous_fence: Option<i64> = None;
-        if let Some(key) = &key {
-            let row = sqlx::query(
-                "SELECT tag, backend_id, fencing_token FROM backend_keys WHERE namespace = $1 AND name = $2",
-            )
-            .bind(key.namespace.clone())
-            .bind(key.name.clone())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(from_sqlx)?;
-            if let Some(row) = row {
-                let tag: String = row.try_get(0).map_err(from_sqlx)?;
-                let holder: String = row.try_get(1).map_err(from_sqlx)?;
-                previous_fence = Some(row.try_get(2).map_err(from_sqlx)?);
-                if !holder.is_empty() {
-                    if tag != key.tag {
-                        return Ok(ConnectOutcome::TagMismatch { held_tag: tag });
-                    }
-                    let backend = Self::backend_in(&mut tx, &holder)
-                        .await?
-                        .ok_or_else(|| StoreError::Corrupt(format!("key {key} held by missing backend {holder}")))?;
-                    // No backend change: give the revision back (rollback) rather than wake
-                    // every listener on every controller for a token. The token is written on
-                    // its own; should the backend end in between, the token outlives it until
-                    // it expires, and a lookup checks the backend's state anyway.
-                    tx.rollback().await.map_err(from_sqlx)?;
-                    let mut connection = self.write_pool().acquire().await.map_err(from_sqlx)?;
-                    insert_token_on::<DB>(&mut connection, &backend.id, &token, token_expiry, now).await?;
-                    return Ok(ConnectOutcome::Found(backend));
-                }
-            }
+        // In a batch with the other writes waiting ([`batch`]): one transaction, one commit.
+        match self.batched(Op::Connect(Box::new(spec), pick)).await? {
+            Done::Connect(outcome) => Ok(*outcome),
+            _ => Err(StoreError::Corrupt("a batch answered a Connect with another write's outcome".into())),
         }
-        let Some(plan) = spawn else { return Ok(ConnectOutcome::NotFound) };
-        if plan.candidates.is_empty() {
-            return Ok(ConnectOutcome::NoDrone);
-        }
-        let loads: Vec<DroneLoad> =
-            Self::loads(&mut tx, &plan.candidates).await?.into_iter().filter(|l| l.free() > 0).collect();
-        let Some(chosen) = pick(&loads).and_then(|i| loads.get(i)) else { return Ok(ConnectOutcome::PoolFull) };
-        let fencing_token = match (&key, previous_fence) {
-            (Some(_), Some(previous)) => previous + 1,
-            // No row: a new key, or one whose row retention removed; either way above every
-            // token a removed row held.
-            (Some(_), None) => Self::fencing_floor_in(&mut tx).await? + 1,
-            (None, _) => 0,
-        };
-        let config = plan.config;
-        let backend = Backend {
-            id: plan.backend_id.clone(),
-            key: key.clone(),
-            status: BackendStatus::new(BackendState::Scheduled, now),
-            drone_id: chosen.node_id.clone(),
-            cluster: config.cluster.clone(),
-            pool: config.pool.clone(),
-            labels: config.labels.clone(),
-            created_at: now,
-            updated_at: now,
-            last_activity_at: now,
-            fencing_token: u64::try_from(fencing_token).unwrap_or_default(),
-            spawn_config: config,
-            address: String::new(),
-            termination_requested: None,
-        };
-        if let Some(key) = &key {
-            let lease = rows::millis(now + chrono::Duration::from_std(plan.lease_duration).unwrap_or_default());
-            let sql = if previous_fence.is_some() {
-                "UPDATE backend_keys SET tag = $3, backend_id = $4, fencing_token = $5, lease_expires_at = $6 \
-                 WHERE namespace = $1 AND name = $2"
-            } else {
-                "INSERT INTO backend_keys (namespace, name, tag, backend_id, fencing_token, lease_expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)"
-            };
-            sqlx::query(sql)
-                .bind(key.namespace.clone())
-                .bind(key.name.clone())
-                .bind(key.tag.clone())
-                .bind(backend.id.clone())
-                .bind(fencing_token)
-                .bind(lease)
-                .execute(&mut *tx)
-                .await
-                .map_err(from_sqlx)?;
-        }
-        Self::insert_backend(&mut tx, &backend, revision).await?;
-        let action = PendingAction {
-            id: plan.action_id,
-            drone_id: backend.drone_id.clone(),
-            backend_id: backend.id.clone(),
-            payload: plan.action,
-            created_at: now,
-        };
-        Self::insert_action(&mut tx, &action).await?;
-        Self::insert_token(&mut tx, &backend.id, &token, token_expiry, now).await?;
-        if let Some(hash) = &plan.static_token_hash {
-            let static_token = IssuedToken { hash: hash.clone(), ..token };
-            Self::insert_token(&mut tx, &backend.id, &static_token, 0, now).await?;
-        }
-        self.commit_status(tx, revision, &backend, None).await?;
-        Ok(ConnectOutcome::Spawned(backend))
     }
 
     async fn get_backend(&self, id: &str) -> Result<Option<Backend>, StoreError> {
@@ -709,28 +595,24 @@ where
             Some(b) if b.status.state.transition(status.state).is_err() => return Ok(EventOutcome::Ignored),
             Some(_) => {}
         }
-        let (mut tx, revision) = self.begin_write().await?;
-        let Some(mut backend) = Self::backend_in(&mut tx, backend_id).await? else { return Ok(EventOutcome::Unknown) };
-        if backend.status.state.transition(status.state).is_err() {
-            return Ok(EventOutcome::Ignored);
+        let event = DroneEvent { backend_id: backend_id.to_string(), status, address: address.to_string(), now };
+        let mut outcomes = self.apply_drone_reports(drone_id, vec![event], Vec::new()).await?;
+        outcomes.pop().ok_or_else(|| StoreError::Corrupt("a batch answered no outcome for an event".into()))
+    }
+
+    async fn apply_drone_reports(
+        &self,
+        drone_id: &str,
+        events: Vec<DroneEvent>,
+        acks: Vec<String>,
+    ) -> Result<Vec<EventOutcome>, StoreError> {
+        if events.is_empty() && acks.is_empty() {
+            return Ok(Vec::new());
         }
-        let terminated = status.state == BackendState::Terminated;
-        let previous = backend.status.state;
-        let mut status = status;
-        // The drone masks secrets before it sends; the controller does it again for drones that
-        // did not (an older drone, a runtime's text the drone could not know to mask).
-        status.message = status_message(&status.message, backend.spawn_config.secrets());
-        backend.status = status;
-        if !address.is_empty() {
-            backend.address = address.to_string();
+        match self.batched(Op::Reports { drone_id: drone_id.to_string(), events, acks }).await? {
+            Done::Reports(outcomes) => Ok(outcomes),
+            _ => Err(StoreError::Corrupt("a batch answered reports with another write's outcome".into())),
         }
-        backend.updated_at = now;
-        Self::update_backend(&mut tx, &backend, revision, previous).await?;
-        if terminated {
-            Self::release(&mut tx, backend_id, now).await?;
-        }
-        self.commit_status(tx, revision, &backend, Some(previous)).await?;
-        Ok(EventOutcome::Applied(Box::new(backend)))
     }
 
     async fn request_termination(
@@ -740,10 +622,11 @@ where
         reason: TerminationReason,
         now: DateTime<Utc>,
     ) -> Result<Option<Backend>, StoreError> {
-        let (mut tx, revision) = self.begin_write().await?;
-        let Some(backend) = Self::backend_in(&mut tx, id).await? else { return Ok(None) };
-        let (backend, _) = self.terminate_in(tx, revision, backend, kind, reason, now).await?;
-        Ok(Some(backend))
+        let op = Op::Terminate { id: id.to_string(), kind, reason, now };
+        match self.batched(op).await? {
+            Done::Terminate(backend) => Ok(backend.map(|b| *b)),
+            _ => Err(StoreError::Corrupt("a batch answered a termination with another write's outcome".into())),
+        }
     }
 
     async fn terminate_for_drain(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
@@ -784,13 +667,7 @@ where
     }
 
     async fn ack_action(&self, drone_id: &str, action_id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM drone_actions WHERE id = $1 AND drone_id = $2")
-            .bind(action_id.to_string())
-            .bind(drone_id.to_string())
-            .execute(self.write_pool())
-            .await
-            .map_err(from_sqlx)?;
-        Ok(())
+        self.apply_drone_reports(drone_id, Vec::new(), vec![action_id.to_string()]).await.map(drop)
     }
 
     async fn renew_key(

@@ -45,6 +45,8 @@ pub struct SqlStore<DB: Database> {
     /// SQLite gets a one-connection pool here, so in-process writers queue fairly instead of
     /// polling the file lock; PostgreSQL uses the same pool for both.
     write: Pool<DB>,
+    /// Backend writes waiting to be committed together (`backends::batch`).
+    batch: backends::batch::WriteQueue,
 }
 
 /// Local commits a `local_commits` receiver may trail by before it gets `Lagged`.
@@ -65,7 +67,7 @@ impl<DB: Database> SqlStore<DB> {
     pub(super) fn new(read: Pool<DB>, write: Pool<DB>) -> Self {
         let (committed, _) = tokio::sync::watch::channel(0);
         let (local, _) = tokio::sync::broadcast::channel(LOCAL_COMMITS_BUFFER);
-        SqlStore { committed, local, background: None, read, write }
+        SqlStore { committed, local, background: None, read, write, batch: Default::default() }
     }
 
     /// Records that `revision` is committed and wakes subscribers (never moves backwards).
