@@ -64,6 +64,7 @@ impl DroneSession {
 
     /// Sends every pending action of this drone not yet sent on this stream, oldest first.
     async fn deliver_actions(&mut self) -> Result<(), ApiError> {
+        self.attached.count_store_read();
         let pending = self.store.pending_actions(&self.attached.node_id).await?;
         let pending_ids: HashSet<&str> = pending.iter().map(|a| a.id.as_str()).collect();
         // Forget acknowledged (or dropped) actions so the set stays small.

@@ -6,7 +6,7 @@
 //! write rate independent of the heartbeat rate and leaves no two writers racing on one node.
 
 use super::LivenessConfig;
-use crate::store::{DynStore, NodeRegistration, NodeUpdate, StoreError, UpdateCondition};
+use crate::store::{ActionWakeup, DynStore, NodeRegistration, NodeUpdate, StoreError, UpdateCondition};
 use chrono::{DateTime, Utc};
 use hangar::domain::{Node, NodeFilter, NodeResources, NodeState};
 use std::collections::HashMap;
@@ -53,6 +53,16 @@ pub struct AttachedNode {
     pub node_id: String,
     session: u64,
     closer: Closer,
+    wake: Arc<Wake>,
+}
+
+/// How a commit reaches the one session it concerns (docs/design/drone-link.md#wake-ups).
+#[derive(Debug, Default)]
+struct Wake {
+    notify: tokio::sync::Notify,
+    /// Store reads the session made for its node's actions: what a test counts to prove that a
+    /// commit for another drone costs this session nothing.
+    store_reads: AtomicU64,
 }
 
 impl AttachedNode {
@@ -60,12 +70,25 @@ impl AttachedNode {
     pub async fn closed(&self) -> CloseCause {
         self.closer.closed().await
     }
+
+    /// Resolves when a commit gave this node new actions (or may have: see
+    /// [`ActionWakeup::All`]) since the last time it resolved. A wake-up that comes while
+    /// nobody waits is kept for the next wait, so none is lost.
+    pub async fn woken(&self) {
+        self.wake.notify.notified().await
+    }
+
+    /// Counts one store read made for this node's session.
+    pub fn count_store_read(&self) {
+        self.wake.store_reads.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
 struct Entry {
     session: u64,
     closer: Closer,
+    wake: Arc<Wake>,
     last_heartbeat: Instant,
     last_heartbeat_at: DateTime<Utc>,
     resources: NodeResources,
@@ -110,9 +133,11 @@ impl NodeRegistry {
         let node = self.store.attach_node(registration, &self.controller_id, now).await?;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let closer = Closer::default();
+        let wake = Arc::new(Wake::default());
         let entry = Entry {
             session,
             closer: closer.clone(),
+            wake: wake.clone(),
             last_heartbeat: Instant::now(),
             last_heartbeat_at: now,
             resources: node.resources,
@@ -124,7 +149,7 @@ impl NodeRegistry {
             tracing::info!(node_id = %node.id, "node attached again; closing its previous stream");
             previous.closer.close(CloseCause::Replaced);
         }
-        Ok((node.clone(), AttachedNode { node_id: node.id, session, closer }))
+        Ok((node.clone(), AttachedNode { node_id: node.id, session, closer, wake }))
     }
 
     /// A heartbeat: memory only. The liveness task persists what matters.
@@ -185,6 +210,55 @@ impl NodeRegistry {
     pub fn close_all(&self) {
         for entry in self.attached.lock().unwrap().values() {
             entry.closer.close(CloseCause::ShuttingDown);
+        }
+    }
+
+    /// Store reads the session attached here for `node_id` made for its actions (`None`: not
+    /// attached here).
+    pub fn session_store_reads(&self, node_id: &str) -> Option<u64> {
+        self.attached.lock().unwrap().get(node_id).map(|entry| entry.wake.store_reads.load(Ordering::Relaxed))
+    }
+
+    /// Wakes the sessions of the drones named in `wakeup` that are attached here.
+    pub fn wake(&self, wakeup: &ActionWakeup) {
+        let attached = self.attached.lock().unwrap();
+        match wakeup {
+            ActionWakeup::Drones(drones) => {
+                for drone in drones.iter() {
+                    if let Some(entry) = attached.get(drone) {
+                        entry.wake.notify.notify_one();
+                    }
+                }
+            }
+            ActionWakeup::All => {
+                for entry in attached.values() {
+                    entry.wake.notify.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Routes the store's action wake-ups to the sessions they concern until `shutdown`: one
+    /// task and a map lookup per named drone, in place of every session waking on every commit.
+    pub async fn run_wakeups(
+        &self,
+        mut wakeups: tokio::sync::broadcast::Receiver<ActionWakeup>,
+        shutdown: CancellationToken,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let wakeup = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                wakeup = wakeups.recv() => wakeup,
+            };
+            match wakeup {
+                Ok(wakeup) => self.wake(&wakeup),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "wake-ups lagged; waking every session");
+                    self.wake(&ActionWakeup::All);
+                }
+                Err(RecvError::Closed) => return,
+            }
         }
     }
 
