@@ -274,6 +274,9 @@ impl DroneApi {
         }
         let registration = drone_registration(hello)?;
         let registry = &self.sessions.registry;
+        // In line behind other attaches while a fleet reconnects; held through the first
+        // store read below.
+        let admitted = registry.admit().await?;
         let (node, attached) = registry.attach(registration).await?;
         tracing::info!(node_id = %node.id, name = %node.name, cluster = %node.cluster, "drone attached");
 
@@ -301,6 +304,7 @@ impl DroneApi {
         };
         // After the Welcome, before anything else: what is waiting for this drone.
         session.deliver_actions().await?;
+        drop(admitted);
         self.sessions.spawn(attached, inbound, tx, session);
         Ok((node.id, ReceiverStream::new(rx)))
     }

@@ -200,6 +200,9 @@ impl ProxyApi {
         }
         let registration = proxy_registration(hello)?;
         let registry = &self.sessions.registry;
+        // In line behind other attaches while a fleet reconnects; held through the first
+        // store read below.
+        let admitted = registry.admit().await?;
         let (node, attached) = registry.attach(registration).await?;
         tracing::info!(node_id = %node.id, name = %node.name, "proxy attached");
 
@@ -215,6 +218,7 @@ impl ProxyApi {
             attached: attached.clone(),
             invalidations: Some(Box::pin(invalidations(self.hub.clone(), seen, tx.clone()))),
         };
+        drop(admitted);
         self.sessions.spawn(attached, inbound, tx, session);
         Ok((node.id, ReceiverStream::new(rx)))
     }

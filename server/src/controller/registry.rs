@@ -105,6 +105,34 @@ pub struct NodeRegistry {
     config: LivenessConfig,
     next_session: AtomicU64,
     attached: Mutex<HashMap<String, Entry>>,
+    /// Attaches in their store phase at once (see [`admit`](Self::admit)).
+    admission: Arc<tokio::sync::Semaphore>,
+    /// Attaches waiting for admission, and how many may.
+    waiting: std::sync::atomic::AtomicUsize,
+    queue_bound: usize,
+}
+
+/// Attaches in their store phase (the node's write, the first read of its actions) at once. An
+/// attach holds one store connection at a time; this leaves the rest of a PostgreSQL pool (8)
+/// to placements, renewals and reads while a fleet reconnects.
+pub const ATTACH_CONCURRENCY: usize = 4;
+
+/// Attaches that may wait for admission before more are refused: above any fleet one controller
+/// takes (10,000 drones reconnecting after a restart wait in line, in order, none refused); past
+/// it, RESOURCE_EXHAUSTED with a retry delay.
+pub const ATTACH_QUEUE: usize = 20_000;
+
+/// What a refused attach is told to wait: the drone's own jittered backoff adds to it.
+const ATTACH_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// An attach's turn at the store; the next one in line goes when it drops.
+pub struct AttachPermit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+/// The attach queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttachQueueFull {
+    pub limit: usize,
+    pub retry_after: Duration,
 }
 
 impl NodeRegistry {
@@ -115,7 +143,34 @@ impl NodeRegistry {
             config,
             next_session: AtomicU64::new(1),
             attached: Mutex::new(HashMap::new()),
+            admission: Arc::new(tokio::sync::Semaphore::new(ATTACH_CONCURRENCY)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            queue_bound: ATTACH_QUEUE,
         }
+    }
+
+    /// Admission control for attaches (docs/design/drone-link.md#attach-storms): waits, in
+    /// arrival order (the semaphore is fair), until fewer than [`ATTACH_CONCURRENCY`] attaches
+    /// are in their store phase. A storm is then answered as fast as the store writes, without
+    /// the pool timing attaches out; only past [`ATTACH_QUEUE`] waiting is an attach refused.
+    pub async fn admit(&self) -> Result<AttachPermit, AttachQueueFull> {
+        if let Ok(permit) = self.admission.clone().try_acquire_owned() {
+            return Ok(AttachPermit(permit));
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue_bound {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(AttachQueueFull { limit: self.queue_bound, retry_after: ATTACH_RETRY_AFTER });
+        }
+        // Counted out again even if the caller gives up while waiting.
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _waiting = Waiting(&self.waiting);
+        let permit = self.admission.clone().acquire_owned().await.expect("the semaphore is never closed");
+        Ok(AttachPermit(permit))
     }
 
     pub fn controller_id(&self) -> &str {
@@ -457,6 +512,44 @@ mod tests {
         assert_eq!(nodes[0].last_heartbeat_at, live, "attached here: the live time");
         assert_eq!(nodes[1], elsewhere, "held by another controller: the stored copy");
         assert_eq!(nodes[2], unknown, "not attached here: the stored copy");
+    }
+
+    #[tokio::test]
+    async fn attaches_past_the_concurrency_wait_in_order_and_only_past_the_queue_bound_are_refused() {
+        use futures::FutureExt;
+        let (mut registry, _dir) = registry(LivenessConfig::default()).await;
+        registry.queue_bound = 2;
+        let mut held: Vec<_> =
+            (0..ATTACH_CONCURRENCY).map(|_| registry.admit().now_or_never().unwrap().unwrap()).collect();
+        // Two wait in line; a third is refused with a delay to retry after.
+        let mut first = Box::pin(registry.admit());
+        let mut second = Box::pin(registry.admit());
+        assert!((&mut first).now_or_never().is_none());
+        assert!((&mut second).now_or_never().is_none());
+        let refused = registry.admit().now_or_never().expect("answered at once").err().expect("refused");
+        assert_eq!(refused, AttachQueueFull { limit: 2, retry_after: ATTACH_RETRY_AFTER });
+        // One finishes its store phase: the first in line goes, the second still waits.
+        drop(held.pop());
+        assert!((&mut second).now_or_never().is_none());
+        let _first = (&mut first).now_or_never().expect("admitted").unwrap();
+        // A waiter that gives up leaves the line: room for one more again.
+        drop(second);
+        let mut third = Box::pin(registry.admit());
+        assert!((&mut third).now_or_never().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_wakeup_reaches_only_the_sessions_it_names_and_is_kept_until_awaited() {
+        use futures::FutureExt;
+        let (registry, _dir) = registry(LivenessConfig::default()).await;
+        let (a_node, a) = registry.attach(drone("a")).await.unwrap();
+        let (_, b) = registry.attach(drone("b")).await.unwrap();
+        registry.wake(&ActionWakeup::Drones(vec![a_node.id.clone(), "not-here".to_string()].into()));
+        assert!(a.woken().now_or_never().is_some(), "A was named");
+        assert!(b.woken().now_or_never().is_none(), "B was not");
+        assert!(a.woken().now_or_never().is_none(), "one wake-up, one read");
+        registry.wake(&ActionWakeup::All);
+        assert!(a.woken().now_or_never().is_some() && b.woken().now_or_never().is_some());
     }
 
     #[tokio::test]

@@ -222,6 +222,24 @@ where
     }
 }
 
+async fn counter<DB>(connection: &mut DB::Connection) -> Result<(Revision, Revision), StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let row = sqlx::query("SELECT current, compacted FROM revision_counter WHERE id = 1")
+        .fetch_one(connection)
+        .await
+        .map_err(from_sqlx)?;
+    Ok((
+        rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?,
+        rows::revision_from_db(row.try_get(1).map_err(from_sqlx)?)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,22 +258,4 @@ mod tests {
         assert_eq!(parse_notify_payload(&notify_payload(9, &many)), (Some(9), Some(ActionWakeup::All)));
         assert_eq!(parse_notify_payload("garbage"), (None, Some(ActionWakeup::All)));
     }
-}
-
-async fn counter<DB>(connection: &mut DB::Connection) -> Result<(Revision, Revision), StoreError>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Decode<'q, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    let row = sqlx::query("SELECT current, compacted FROM revision_counter WHERE id = 1")
-        .fetch_one(connection)
-        .await
-        .map_err(from_sqlx)?;
-    Ok((
-        rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?,
-        rows::revision_from_db(row.try_get(1).map_err(from_sqlx)?)?,
-    ))
 }
