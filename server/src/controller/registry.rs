@@ -9,7 +9,7 @@ use super::LivenessConfig;
 use crate::store::{ActionWakeup, DynStore, NodeRegistration, NodeUpdate, StoreError, UpdateCondition};
 use chrono::{DateTime, Utc};
 use hangar::domain::{Node, NodeFilter, NodeResources, NodeState};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -97,6 +97,60 @@ struct Entry {
     written_healthy: bool,
     /// Heartbeat time, resources and count as last written to the store.
     written_refresh: (DateTime<Utc>, NodeResources, u32),
+    /// When the liveness pass next looks at this node's silence (its key in [`Attached::due`]).
+    next_check: Instant,
+    /// Queued in [`Attached::dirty`] for the next pass.
+    dirty: bool,
+}
+
+/// The nodes attached here, and what the liveness pass must look at: O(changes) per pass, not
+/// O(nodes) (docs/design/nodes-and-watch.md#liveness).
+#[derive(Debug, Default)]
+struct Attached {
+    nodes: HashMap<String, Entry>,
+    /// When each node's silence must next be looked at, by time: (when, session, node id). A
+    /// heartbeat does not move its node's key (it only touches the entry); the pass that finds a
+    /// node's time come re-queues it from its last heartbeat, so a node that heartbeats is looked
+    /// at once per `unhealthy_after`, not once per pass.
+    due: BTreeSet<(Instant, u64, String)>,
+    /// Nodes whose state must be written at the next pass whatever their time: a heartbeat
+    /// after an UNHEALTHY spell, a changed backend count, a write that failed.
+    dirty: Vec<String>,
+}
+
+impl std::ops::Deref for Attached {
+    type Target = HashMap<String, Entry>;
+    fn deref(&self) -> &Self::Target {
+        &self.nodes
+    }
+}
+
+impl std::ops::DerefMut for Attached {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.nodes
+    }
+}
+
+impl Attached {
+    /// Looks at `id` again at `at` (replacing its earlier time).
+    fn schedule(&mut self, id: &str, at: Instant) {
+        let Some(entry) = self.nodes.get_mut(id) else { return };
+        let old = (entry.next_check, entry.session, id.to_string());
+        entry.next_check = at;
+        let new = (at, entry.session, id.to_string());
+        self.due.remove(&old);
+        self.due.insert(new);
+    }
+
+    /// Queues `id` for the next pass.
+    fn mark_dirty(&mut self, id: &str) {
+        if let Some(entry) = self.nodes.get_mut(id)
+            && !entry.dirty
+        {
+            entry.dirty = true;
+            self.dirty.push(id.to_string());
+        }
+    }
 }
 
 pub struct NodeRegistry {
@@ -104,7 +158,7 @@ pub struct NodeRegistry {
     controller_id: String,
     config: LivenessConfig,
     next_session: AtomicU64,
-    attached: Mutex<HashMap<String, Entry>>,
+    attached: Mutex<Attached>,
     /// Attaches in their store phase at once (see [`admit`](Self::admit)).
     admission: Arc<tokio::sync::Semaphore>,
     /// Attaches waiting for admission, and how many may.
@@ -142,7 +196,7 @@ impl NodeRegistry {
             controller_id,
             config,
             next_session: AtomicU64::new(1),
-            attached: Mutex::new(HashMap::new()),
+            attached: Mutex::new(Attached::default()),
             admission: Arc::new(tokio::sync::Semaphore::new(ATTACH_CONCURRENCY)),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             queue_bound: ATTACH_QUEUE,
@@ -199,23 +253,35 @@ impl NodeRegistry {
             backend_count: node.backend_count,
             written_healthy: true,
             written_refresh: (now, node.resources, node.backend_count),
+            next_check: Instant::now(),
+            dirty: false,
         };
-        if let Some(previous) = self.attached.lock().unwrap().insert(node.id.clone(), entry) {
+        let first_check = entry.last_heartbeat + self.config.unhealthy_after.min(self.config.offline_after);
+        let mut attached = self.attached.lock().unwrap();
+        if let Some(previous) = attached.insert(node.id.clone(), entry) {
             tracing::info!(node_id = %node.id, "node attached again; closing its previous stream");
             previous.closer.close(CloseCause::Replaced);
         }
+        attached.schedule(&node.id, first_check);
+        drop(attached);
         Ok((node.clone(), AttachedNode { node_id: node.id, session, closer, wake }))
     }
 
     /// A heartbeat: memory only. The liveness task persists what matters.
     pub fn heartbeat(&self, attached: &AttachedNode, resources: NodeResources, backend_count: u32) {
-        if let Some(entry) = self.attached.lock().unwrap().get_mut(&attached.node_id)
+        let mut map = self.attached.lock().unwrap();
+        if let Some(entry) = map.get_mut(&attached.node_id)
             && entry.session == attached.session
         {
             entry.last_heartbeat = Instant::now();
             entry.last_heartbeat_at = Utc::now();
             entry.resources = resources;
             entry.backend_count = backend_count;
+            // Back from an UNHEALTHY spell, or a new count: written at the next pass, not when
+            // the node's time next comes.
+            if !entry.written_healthy || backend_count != entry.written_refresh.2 {
+                map.mark_dirty(&attached.node_id);
+            }
         }
     }
 
@@ -332,7 +398,25 @@ impl NodeRegistry {
         let mut writes = Vec::new();
         {
             let mut map = self.attached.lock().unwrap();
-            for (id, entry) in map.iter_mut() {
+            // What this pass looks at: nodes whose time came, nodes marked dirty, and on a
+            // refresh every node (their heartbeat figures are written then anyway).
+            let mut look: Vec<String> = std::mem::take(&mut map.dirty);
+            while let Some(first) = map.due.first()
+                && first.0 <= now
+            {
+                let (when, session, id) = map.due.pop_first().expect("not empty");
+                if map.get(&id).is_some_and(|e| e.session == session && e.next_check == when) {
+                    look.push(id);
+                }
+            }
+            if refresh_due {
+                look = map.keys().cloned().collect();
+            }
+            look.sort_unstable();
+            look.dedup();
+            for id in look {
+                let Some(entry) = map.get_mut(&id) else { continue };
+                entry.dirty = false;
                 let silence = now.duration_since(entry.last_heartbeat);
                 if silence >= self.config.offline_after {
                     tracing::warn!(node_id = %id, silence_ms = silence.as_millis() as u64, "no heartbeat; closing the node's stream");
@@ -356,8 +440,16 @@ impl NodeRegistry {
                     update.backend_count = Some(refresh.2);
                     entry.written_refresh = refresh;
                 }
+                // Next look: when it would turn UNHEALTHY, or (already unhealthy) OFFLINE.
+                let next = entry.last_heartbeat
+                    + if healthy {
+                        self.config.unhealthy_after.min(self.config.offline_after)
+                    } else {
+                        self.config.offline_after
+                    };
+                map.schedule(&id, next);
                 if update != NodeUpdate::default() {
-                    writes.push((id.clone(), update));
+                    writes.push((id, update));
                 }
             }
         }
@@ -374,10 +466,12 @@ impl NodeRegistry {
 
     /// After a failed write, make the next pass write everything again.
     fn forget_written(&self, node_id: &str) {
-        if let Some(entry) = self.attached.lock().unwrap().get_mut(node_id) {
+        let mut map = self.attached.lock().unwrap();
+        if let Some(entry) = map.get_mut(node_id) {
             entry.written_healthy = !entry.written_healthy;
             entry.written_refresh.2 = u32::MAX;
         }
+        map.mark_dirty(node_id);
     }
 
     /// Marks OFFLINE the nodes that the store says are attached but whose controller stopped
@@ -550,6 +644,27 @@ mod tests {
         assert!(a.woken().now_or_never().is_none(), "one wake-up, one read");
         registry.wake(&ActionWakeup::All);
         assert!(a.woken().now_or_never().is_some() && b.woken().now_or_never().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_pass_looks_only_at_nodes_whose_time_came_and_a_heartbeat_after_silence_is_written_at_once() {
+        let config = LivenessConfig { unhealthy_after: Duration::from_millis(50), ..LivenessConfig::default() };
+        let (registry, _dir) = registry(config).await;
+        let (node, attached) = registry.attach(drone("d1")).await.unwrap();
+        // Nothing is due before `unhealthy_after`: a pass looks at nobody.
+        registry.check_liveness(false).await;
+        assert_eq!(registry.attached.lock().unwrap().due.len(), 1);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        registry.check_liveness(false).await;
+        let stored = registry.store.get_node(&node.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, NodeState::Unhealthy);
+        // Its next look is at OFFLINE time (30 s); the heartbeat marks it for the next pass.
+        registry.heartbeat(&attached, NodeResources::default(), 0);
+        registry.check_liveness(false).await;
+        let stored = registry.store.get_node(&node.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, NodeState::Ready);
+        let map = registry.attached.lock().unwrap();
+        assert_eq!((map.due.len(), map.dirty.len()), (1, 0), "one key per node, nothing left queued");
     }
 
     #[tokio::test]
