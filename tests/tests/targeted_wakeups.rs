@@ -72,7 +72,7 @@ async fn actions_for_drone_a_cause_no_store_read_in_drone_b_session() {
         a.ack_action(&action.action_id).await;
     }
     for id in &ids {
-        let request = v1::TerminateBackendRequest { id: id.clone(), hard: true, ..Default::default() };
+        let request = v1::TerminateBackendRequest { id: id.clone(), hard: true };
         client.terminate_backend(request).await.expect("terminate");
         let action = a.next_action(WAIT).await;
         assert!(matches!(action.action, Some(Action::Terminate(_))));
