@@ -23,6 +23,7 @@ fn slow_refresh() -> ControllerConfig {
         offline_after: Duration::from_millis(600),
         refresh_interval: Duration::from_secs(30),
         hello_timeout: Duration::from_secs(2),
+        ..LivenessConfig::default()
     };
     ControllerConfig { liveness, ..ControllerConfig::default() }
 }

@@ -68,6 +68,7 @@ impl DroneSession {
 
     /// Sends every pending action of this drone not yet sent on this stream, oldest first.
     async fn deliver_actions(&mut self) -> Result<(), ApiError> {
+        self.attached.count_store_read();
         let pending = self.store.pending_actions(&self.attached.node_id).await?;
         let pending_ids: HashSet<&str> = pending.iter().map(|a| a.id.as_str()).collect();
         // Forget acknowledged (or dropped) actions so the set stays small.
@@ -287,6 +288,9 @@ impl DroneApi {
         }
         let registration = drone_registration(hello)?;
         let registry = &self.sessions.registry;
+        // In line behind other attaches while a fleet reconnects; held through the first
+        // store read below.
+        let admitted = registry.admit().await?;
         let (node, attached) = registry.attach(registration).await?;
         tracing::info!(node_id = %node.id, name = %node.name, cluster = %node.cluster, "drone attached");
 
@@ -322,6 +326,7 @@ impl DroneApi {
         };
         // After the Welcome, before anything else: what is waiting for this drone.
         session.deliver_actions().await?;
+        drop(admitted);
         self.sessions.spawn(attached, inbound, tx, session);
         Ok((node.id, ReceiverStream::new(rx)))
     }

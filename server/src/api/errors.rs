@@ -87,6 +87,9 @@ pub enum ApiError {
     /// The caller already has `limit` unary calls in flight.
     #[error("at most {limit} calls may be in flight at once per caller; retry when one has finished")]
     ConcurrencyLimited { limit: u32 },
+    /// An attach storm past what the controller lets wait (`NodeRegistry::admit`).
+    #[error("{limit} node attaches are already waiting to be admitted; retry in {retry_after:?}")]
+    AttachQueueFull { limit: usize, retry_after: Duration },
     /// The caller already has `limit` watch streams open.
     #[error("at most {limit} watch streams may be open at once per caller; close one first")]
     WatchLimitReached { limit: u32 },
@@ -148,6 +151,12 @@ fn census_metadata(cluster: String, pool: String, census: &DroneCensus, full: u3
         (OFFLINE, census.offline.to_string()),
         (FULL, full.to_string()),
     ]
+}
+
+impl From<crate::controller::AttachQueueFull> for ApiError {
+    fn from(full: crate::controller::AttachQueueFull) -> Self {
+        ApiError::AttachQueueFull { limit: full.limit, retry_after: full.retry_after }
+    }
 }
 
 impl From<CloseCause> for ApiError {
@@ -261,6 +270,13 @@ impl From<ApiError> for Status {
             ApiError::RateLimited { retry_after, .. } => {
                 status_with_retry(Code::ResourceExhausted, message, reason::RATE_LIMITED, &[], retry_after)
             }
+            ApiError::AttachQueueFull { limit, retry_after } => status_with_retry(
+                Code::ResourceExhausted,
+                message,
+                reason::CONCURRENCY_LIMITED,
+                &[(metadata::LIMIT, limit.to_string())],
+                retry_after,
+            ),
             ApiError::ConcurrencyLimited { limit } => status_with_reason(
                 Code::ResourceExhausted,
                 message,

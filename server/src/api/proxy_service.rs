@@ -7,7 +7,9 @@ use super::{ApiError, token_hash, validate};
 use crate::auth::{self, Principal, audit};
 use crate::controller::{AttachedNode, NodeRegistry};
 use crate::store::{DynStore, NodeRegistration, Revision};
+use crate::watch::{HubChange, WatchHub, Watched};
 use chrono::Utc;
+use futures::future::BoxFuture;
 use hangar::domain::{BackendState, NodeKind, NodeResources, timestamp_to_proto};
 use hangar::v1::{self, proxy_service_server::ProxyService};
 use std::sync::Arc;
@@ -24,28 +26,32 @@ pub const PUBLIC_URL_LABEL: &str = "hangar.dev/public-url";
 #[derive(Clone)]
 pub struct ProxyApi {
     sessions: NodeSessions,
+    hub: WatchHub,
 }
 
 impl ProxyApi {
-    pub fn new(registry: Arc<NodeRegistry>, store: DynStore, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
-        ProxyApi { sessions: NodeSessions { registry, store, tasks, shutdown } }
+    pub fn new(
+        registry: Arc<NodeRegistry>,
+        store: DynStore,
+        hub: WatchHub,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        ProxyApi { sessions: NodeSessions { registry, store, tasks, shutdown }, hub }
     }
 }
 
 /// One proxy's stream: heartbeats, traffic reports for the idle sweep, and route invalidations
-/// for backends that terminated (on any controller: the store's history is the source, read
-/// when a commit wakes the session).
+/// for backends that terminated (on any controller). The invalidations come from the watch hub,
+/// which reads each commit once for every watcher and proxy (docs/design/drone-link.md#wake-ups):
+/// no store read per proxy per commit.
 struct ProxySession {
     registry: Arc<NodeRegistry>,
     store: DynStore,
     attached: AttachedNode,
-    outbound: mpsc::Sender<Result<v1::ProxyAttachResponse, Status>>,
-    /// Backend history up to here has been looked at for terminations.
-    seen: Revision,
+    /// The invalidation feed, until the session takes it as its companion.
+    invalidations: Option<BoxFuture<'static, ()>>,
 }
-
-/// Backend status changes read per wake-up of a proxy session.
-const INVALIDATION_BATCH: usize = 1000;
 
 /// Backend ids one traffic report may carry; a proxy reports per interval, so more is a bug.
 const MAX_TRAFFIC_IDS: usize = 10_000;
@@ -77,24 +83,65 @@ impl SessionHandler<v1::ProxyAttachRequest> for ProxySession {
         }
     }
 
-    async fn woken(&mut self) -> Result<(), ApiError> {
-        use v1::proxy_attach_response::Message as Reply;
-        loop {
-            let changes = self.store.backend_changes_since(self.seen, INVALIDATION_BATCH).await?;
-            let Some((last, _, _)) = changes.last() else { return Ok(()) };
-            self.seen = *last;
-            for (_, backend_id, status) in &changes {
-                if status.state >= BackendState::Terminating {
-                    let invalidation = v1::RouteInvalidation { backend_id: backend_id.clone() };
-                    let message = v1::ProxyAttachResponse { message: Some(Reply::Invalidate(invalidation)) };
-                    if self.outbound.send(Ok(message)).await.is_err() {
-                        return Ok(());
-                    }
+    fn companion(&mut self) -> Option<BoxFuture<'static, ()>> {
+        self.invalidations.take()
+    }
+}
+
+/// Sends the proxy a route invalidation for every backend change to TERMINATING or beyond after
+/// `seen`, as the hub fans changes out, until the proxy's stream closes or the hub stops. A proxy
+/// that falls behind the hub's live fan-out catches up from its ring (or, past the ring, from
+/// the store) and goes on.
+async fn invalidations(
+    hub: WatchHub,
+    mut seen: Revision,
+    outbound: mpsc::Sender<Result<v1::ProxyAttachResponse, Status>>,
+) {
+    use v1::proxy_attach_response::Message as Reply;
+    let invalidate = |change: &HubChange| match &change.object {
+        Watched::Backend { backend, .. } if backend.status.state >= BackendState::Terminating => {
+            let invalidation = v1::RouteInvalidation { backend_id: backend.id.clone() };
+            Some(v1::ProxyAttachResponse { message: Some(Reply::Invalidate(invalidation)) })
+        }
+        _ => None,
+    };
+    loop {
+        let mut feed = match hub.subscribe(seen).await {
+            Ok(feed) => feed,
+            Err(err) => {
+                // E.g. compacted past `seen` after a long stall: nothing to replay; go on live.
+                tracing::warn!(error = %err, after = seen, "proxy invalidation feed cannot resume; going on from the hub's cursor");
+                seen = hub.cursor();
+                tokio::select! {
+                    _ = outbound.closed() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => continue,
                 }
             }
-            if changes.len() < INVALIDATION_BATCH {
-                return Ok(());
+        };
+        for change in feed.backlog.drain(..) {
+            seen = change.revision;
+            if let Some(message) = invalidate(&change)
+                && outbound.send(Ok(message)).await.is_err()
+            {
+                return;
             }
+        }
+        loop {
+            let change = tokio::select! {
+                _ = outbound.closed() => return,
+                change = feed.live.recv() => change,
+            };
+            let Some(change) = change else { break };
+            seen = change.revision;
+            if let Some(message) = invalidate(&change)
+                && outbound.send(Ok(message)).await.is_err()
+            {
+                return;
+            }
+        }
+        if !feed.overflowed.load(std::sync::atomic::Ordering::Acquire) {
+            // The hub stopped (shutdown).
+            return;
         }
     }
 }
@@ -153,6 +200,9 @@ impl ProxyApi {
         }
         let registration = proxy_registration(hello)?;
         let registry = &self.sessions.registry;
+        // In line behind other attaches while a fleet reconnects; held through the first
+        // store read below.
+        let admitted = registry.admit().await?;
         let (node, attached) = registry.attach(registration).await?;
         tracing::info!(node_id = %node.id, name = %node.name, "proxy attached");
 
@@ -161,14 +211,14 @@ impl ProxyApi {
             v1::ProxyWelcome { node_id: node.id.clone(), controller_id: registry.controller_id().to_string() };
         tx.try_send(Ok(v1::ProxyAttachResponse { message: Some(Reply::Welcome(welcome)) }))
             .expect("a fresh channel has room");
-        let seen = self.sessions.store.current_revision().await?;
+        let seen = self.hub.cursor();
         let session = ProxySession {
             registry: registry.clone(),
             store: self.sessions.store.clone(),
             attached: attached.clone(),
-            outbound: tx.clone(),
-            seen,
+            invalidations: Some(Box::pin(invalidations(self.hub.clone(), seen, tx.clone()))),
         };
+        drop(admitted);
         self.sessions.spawn(attached, inbound, tx, session);
         Ok((node.id, ReceiverStream::new(rx)))
     }

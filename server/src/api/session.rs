@@ -7,8 +7,8 @@
 use super::ApiError;
 use crate::controller::{AttachedNode, NodeRegistry};
 use crate::store::DynStore;
+use futures::future::BoxFuture;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,11 +34,6 @@ pub(super) enum Routed<M> {
     Handled,
 }
 
-/// A session re-reads the store this often even without a change notification: a bound on how
-/// late a missed NOTIFY can make an action, never the normal path (a listener that reconnects
-/// wakes every subscriber by itself).
-const SESSION_POLL: Duration = Duration::from_secs(5);
-
 /// What every node session needs: the registry, the store, and the owner of the session tasks.
 #[derive(Clone)]
 pub(super) struct NodeSessions {
@@ -59,9 +54,16 @@ pub(super) trait SessionHandler<M>: Send + 'static {
         None
     }
 
-    /// The store moved (a commit on any controller) or the poll interval passed.
+    /// A commit (on any controller) gave this node new actions, or the poll interval
+    /// (`session_poll`) passed: commits that concern other nodes do not wake it.
     async fn woken(&mut self) -> Result<(), ApiError> {
         Ok(())
+    }
+
+    /// Work that runs for as long as the session and ends with it (the proxy's feed of route
+    /// invalidations): polled beside the session's own work, dropped when it ends.
+    fn companion(&mut self) -> Option<BoxFuture<'static, ()>> {
+        None
     }
 }
 
@@ -119,9 +121,14 @@ impl NodeSessions {
             }
         });
         self.tasks.spawn(async move {
-            let mut woken = this.store.subscribe();
-            let mut poll = tokio::time::interval(SESSION_POLL);
+            // The floor under a missed wake-up. The first read is the attach's own; sessions
+            // that attached together (a storm) are spread over the interval so their polls do
+            // not come in one burst.
+            let every = this.registry.config().session_poll;
+            let first = every.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+            let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut companion = handler.companion().unwrap_or_else(|| Box::pin(futures::future::pending()));
             let end: Option<ApiError> = loop {
                 let result = tokio::select! {
                     _ = this.shutdown.cancelled() => break Some(ApiError::shutting_down()),
@@ -134,7 +141,11 @@ impl NodeSessions {
                             break None;
                         }
                     },
-                    _ = woken.changed() => handler.woken().await,
+                    _ = attached.woken() => handler.woken().await,
+                    _ = &mut companion => {
+                        companion = Box::pin(futures::future::pending());
+                        Ok(())
+                    }
                     _ = poll.tick() => handler.woken().await,
                 };
                 match result {

@@ -18,6 +18,9 @@ pub struct LivenessConfig {
     pub refresh_interval: Duration,
     /// How long a node's first message (its Hello) may take.
     pub hello_timeout: Duration,
+    /// A drone session reads its pending actions this often even when no commit named its
+    /// drone: the floor under a missed wake-up, never the normal path.
+    pub session_poll: Duration,
 }
 
 impl Default for LivenessConfig {
@@ -28,6 +31,7 @@ impl Default for LivenessConfig {
             offline_after: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(30),
             hello_timeout: Duration::from_secs(10),
+            session_poll: Duration::from_secs(5),
         }
     }
 }
@@ -48,6 +52,7 @@ impl LivenessConfig {
             offline_after: tick * 6,
             refresh_interval: tick * 4,
             hello_timeout: tick * 20,
+            session_poll: Duration::from_secs(5),
         }
     }
 }

@@ -10,6 +10,8 @@ mod server;
 mod sweep;
 
 pub use liveness::LivenessConfig;
-pub use registry::{AttachedNode, CloseCause, NodeRegistry};
+pub use registry::{
+    ATTACH_CONCURRENCY, ATTACH_QUEUE, AttachPermit, AttachQueueFull, AttachedNode, CloseCause, NodeRegistry,
+};
 pub use server::{Controller, ControllerConfig, RunningController};
 pub use sweep::{BackendSweep, SweepReport};

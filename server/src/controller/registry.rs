@@ -6,10 +6,10 @@
 //! write rate independent of the heartbeat rate and leaves no two writers racing on one node.
 
 use super::LivenessConfig;
-use crate::store::{DynStore, NodeRegistration, NodeUpdate, StoreError, UpdateCondition};
+use crate::store::{ActionWakeup, DynStore, NodeRegistration, NodeUpdate, StoreError, UpdateCondition};
 use chrono::{DateTime, Utc};
 use hangar::domain::{Node, NodeFilter, NodeResources, NodeState};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -53,6 +53,16 @@ pub struct AttachedNode {
     pub node_id: String,
     session: u64,
     closer: Closer,
+    wake: Arc<Wake>,
+}
+
+/// How a commit reaches the one session it concerns (docs/design/drone-link.md#wake-ups).
+#[derive(Debug, Default)]
+struct Wake {
+    notify: tokio::sync::Notify,
+    /// Store reads the session made for its node's actions: what a test counts to prove that a
+    /// commit for another drone costs this session nothing.
+    store_reads: AtomicU64,
 }
 
 impl AttachedNode {
@@ -60,12 +70,25 @@ impl AttachedNode {
     pub async fn closed(&self) -> CloseCause {
         self.closer.closed().await
     }
+
+    /// Resolves when a commit gave this node new actions (or may have: see
+    /// [`ActionWakeup::All`]) since the last time it resolved. A wake-up that comes while
+    /// nobody waits is kept for the next wait, so none is lost.
+    pub async fn woken(&self) {
+        self.wake.notify.notified().await
+    }
+
+    /// Counts one store read made for this node's session.
+    pub fn count_store_read(&self) {
+        self.wake.store_reads.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
 struct Entry {
     session: u64,
     closer: Closer,
+    wake: Arc<Wake>,
     last_heartbeat: Instant,
     last_heartbeat_at: DateTime<Utc>,
     resources: NodeResources,
@@ -74,6 +97,60 @@ struct Entry {
     written_healthy: bool,
     /// Heartbeat time, resources and count as last written to the store.
     written_refresh: (DateTime<Utc>, NodeResources, u32),
+    /// When the liveness pass next looks at this node's silence (its key in [`Attached::due`]).
+    next_check: Instant,
+    /// Queued in [`Attached::dirty`] for the next pass.
+    dirty: bool,
+}
+
+/// The nodes attached here, and what the liveness pass must look at: O(changes) per pass, not
+/// O(nodes) (docs/design/nodes-and-watch.md#liveness).
+#[derive(Debug, Default)]
+struct Attached {
+    nodes: HashMap<String, Entry>,
+    /// When each node's silence must next be looked at, by time: (when, session, node id). A
+    /// heartbeat does not move its node's key (it only touches the entry); the pass that finds a
+    /// node's time come re-queues it from its last heartbeat, so a node that heartbeats is looked
+    /// at once per `unhealthy_after`, not once per pass.
+    due: BTreeSet<(Instant, u64, String)>,
+    /// Nodes whose state must be written at the next pass whatever their time: a heartbeat
+    /// after an UNHEALTHY spell, a changed backend count, a write that failed.
+    dirty: Vec<String>,
+}
+
+impl std::ops::Deref for Attached {
+    type Target = HashMap<String, Entry>;
+    fn deref(&self) -> &Self::Target {
+        &self.nodes
+    }
+}
+
+impl std::ops::DerefMut for Attached {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.nodes
+    }
+}
+
+impl Attached {
+    /// Looks at `id` again at `at` (replacing its earlier time).
+    fn schedule(&mut self, id: &str, at: Instant) {
+        let Some(entry) = self.nodes.get_mut(id) else { return };
+        let old = (entry.next_check, entry.session, id.to_string());
+        entry.next_check = at;
+        let new = (at, entry.session, id.to_string());
+        self.due.remove(&old);
+        self.due.insert(new);
+    }
+
+    /// Queues `id` for the next pass.
+    fn mark_dirty(&mut self, id: &str) {
+        if let Some(entry) = self.nodes.get_mut(id)
+            && !entry.dirty
+        {
+            entry.dirty = true;
+            self.dirty.push(id.to_string());
+        }
+    }
 }
 
 pub struct NodeRegistry {
@@ -81,7 +158,35 @@ pub struct NodeRegistry {
     controller_id: String,
     config: LivenessConfig,
     next_session: AtomicU64,
-    attached: Mutex<HashMap<String, Entry>>,
+    attached: Mutex<Attached>,
+    /// Attaches in their store phase at once (see [`admit`](Self::admit)).
+    admission: Arc<tokio::sync::Semaphore>,
+    /// Attaches waiting for admission, and how many may.
+    waiting: std::sync::atomic::AtomicUsize,
+    queue_bound: usize,
+}
+
+/// Attaches in their store phase (the node's write, the first read of its actions) at once. An
+/// attach holds one store connection at a time; this leaves the rest of a PostgreSQL pool (8)
+/// to placements, renewals and reads while a fleet reconnects.
+pub const ATTACH_CONCURRENCY: usize = 4;
+
+/// Attaches that may wait for admission before more are refused: above any fleet one controller
+/// takes (10,000 drones reconnecting after a restart wait in line, in order, none refused); past
+/// it, RESOURCE_EXHAUSTED with a retry delay.
+pub const ATTACH_QUEUE: usize = 20_000;
+
+/// What a refused attach is told to wait: the drone's own jittered backoff adds to it.
+const ATTACH_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// An attach's turn at the store; the next one in line goes when it drops.
+pub struct AttachPermit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+/// The attach queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttachQueueFull {
+    pub limit: usize,
+    pub retry_after: Duration,
 }
 
 impl NodeRegistry {
@@ -91,8 +196,35 @@ impl NodeRegistry {
             controller_id,
             config,
             next_session: AtomicU64::new(1),
-            attached: Mutex::new(HashMap::new()),
+            attached: Mutex::new(Attached::default()),
+            admission: Arc::new(tokio::sync::Semaphore::new(ATTACH_CONCURRENCY)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            queue_bound: ATTACH_QUEUE,
         }
+    }
+
+    /// Admission control for attaches (docs/design/drone-link.md#attach-storms): waits, in
+    /// arrival order (the semaphore is fair), until fewer than [`ATTACH_CONCURRENCY`] attaches
+    /// are in their store phase. A storm is then answered as fast as the store writes, without
+    /// the pool timing attaches out; only past [`ATTACH_QUEUE`] waiting is an attach refused.
+    pub async fn admit(&self) -> Result<AttachPermit, AttachQueueFull> {
+        if let Ok(permit) = self.admission.clone().try_acquire_owned() {
+            return Ok(AttachPermit(permit));
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue_bound {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(AttachQueueFull { limit: self.queue_bound, retry_after: ATTACH_RETRY_AFTER });
+        }
+        // Counted out again even if the caller gives up while waiting.
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _waiting = Waiting(&self.waiting);
+        let permit = self.admission.clone().acquire_owned().await.expect("the semaphore is never closed");
+        Ok(AttachPermit(permit))
     }
 
     pub fn controller_id(&self) -> &str {
@@ -110,32 +242,46 @@ impl NodeRegistry {
         let node = self.store.attach_node(registration, &self.controller_id, now).await?;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let closer = Closer::default();
+        let wake = Arc::new(Wake::default());
         let entry = Entry {
             session,
             closer: closer.clone(),
+            wake: wake.clone(),
             last_heartbeat: Instant::now(),
             last_heartbeat_at: now,
             resources: node.resources,
             backend_count: node.backend_count,
             written_healthy: true,
             written_refresh: (now, node.resources, node.backend_count),
+            next_check: Instant::now(),
+            dirty: false,
         };
-        if let Some(previous) = self.attached.lock().unwrap().insert(node.id.clone(), entry) {
+        let first_check = entry.last_heartbeat + self.config.unhealthy_after.min(self.config.offline_after);
+        let mut attached = self.attached.lock().unwrap();
+        if let Some(previous) = attached.insert(node.id.clone(), entry) {
             tracing::info!(node_id = %node.id, "node attached again; closing its previous stream");
             previous.closer.close(CloseCause::Replaced);
         }
-        Ok((node.clone(), AttachedNode { node_id: node.id, session, closer }))
+        attached.schedule(&node.id, first_check);
+        drop(attached);
+        Ok((node.clone(), AttachedNode { node_id: node.id, session, closer, wake }))
     }
 
     /// A heartbeat: memory only. The liveness task persists what matters.
     pub fn heartbeat(&self, attached: &AttachedNode, resources: NodeResources, backend_count: u32) {
-        if let Some(entry) = self.attached.lock().unwrap().get_mut(&attached.node_id)
+        let mut map = self.attached.lock().unwrap();
+        if let Some(entry) = map.get_mut(&attached.node_id)
             && entry.session == attached.session
         {
             entry.last_heartbeat = Instant::now();
             entry.last_heartbeat_at = Utc::now();
             entry.resources = resources;
             entry.backend_count = backend_count;
+            // Back from an UNHEALTHY spell, or a new count: written at the next pass, not when
+            // the node's time next comes.
+            if !entry.written_healthy || backend_count != entry.written_refresh.2 {
+                map.mark_dirty(&attached.node_id);
+            }
         }
     }
 
@@ -201,6 +347,55 @@ impl NodeRegistry {
         }
     }
 
+    /// Store reads the session attached here for `node_id` made for its actions (`None`: not
+    /// attached here).
+    pub fn session_store_reads(&self, node_id: &str) -> Option<u64> {
+        self.attached.lock().unwrap().get(node_id).map(|entry| entry.wake.store_reads.load(Ordering::Relaxed))
+    }
+
+    /// Wakes the sessions of the drones named in `wakeup` that are attached here.
+    pub fn wake(&self, wakeup: &ActionWakeup) {
+        let attached = self.attached.lock().unwrap();
+        match wakeup {
+            ActionWakeup::Drones(drones) => {
+                for drone in drones.iter() {
+                    if let Some(entry) = attached.get(drone) {
+                        entry.wake.notify.notify_one();
+                    }
+                }
+            }
+            ActionWakeup::All => {
+                for entry in attached.values() {
+                    entry.wake.notify.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Routes the store's action wake-ups to the sessions they concern until `shutdown`: one
+    /// task and a map lookup per named drone, in place of every session waking on every commit.
+    pub async fn run_wakeups(
+        &self,
+        mut wakeups: tokio::sync::broadcast::Receiver<ActionWakeup>,
+        shutdown: CancellationToken,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let wakeup = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                wakeup = wakeups.recv() => wakeup,
+            };
+            match wakeup {
+                Ok(wakeup) => self.wake(&wakeup),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "wake-ups lagged; waking every session");
+                    self.wake(&ActionWakeup::All);
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
     pub fn attached_count(&self) -> usize {
         self.attached.lock().unwrap().len()
     }
@@ -216,7 +411,25 @@ impl NodeRegistry {
         let mut writes = Vec::new();
         {
             let mut map = self.attached.lock().unwrap();
-            for (id, entry) in map.iter_mut() {
+            // What this pass looks at: nodes whose time came, nodes marked dirty, and on a
+            // refresh every node (their heartbeat figures are written then anyway).
+            let mut look: Vec<String> = std::mem::take(&mut map.dirty);
+            while let Some(first) = map.due.first()
+                && first.0 <= now
+            {
+                let (when, session, id) = map.due.pop_first().expect("not empty");
+                if map.get(&id).is_some_and(|e| e.session == session && e.next_check == when) {
+                    look.push(id);
+                }
+            }
+            if refresh_due {
+                look = map.keys().cloned().collect();
+            }
+            look.sort_unstable();
+            look.dedup();
+            for id in look {
+                let Some(entry) = map.get_mut(&id) else { continue };
+                entry.dirty = false;
                 let silence = now.duration_since(entry.last_heartbeat);
                 if silence >= self.config.offline_after {
                     tracing::warn!(node_id = %id, silence_ms = silence.as_millis() as u64, "no heartbeat; closing the node's stream");
@@ -240,8 +453,16 @@ impl NodeRegistry {
                     update.backend_count = Some(refresh.2);
                     entry.written_refresh = refresh;
                 }
+                // Next look: when it would turn UNHEALTHY, or (already unhealthy) OFFLINE.
+                let next = entry.last_heartbeat
+                    + if healthy {
+                        self.config.unhealthy_after.min(self.config.offline_after)
+                    } else {
+                        self.config.offline_after
+                    };
+                map.schedule(&id, next);
                 if update != NodeUpdate::default() {
-                    writes.push((id.clone(), update));
+                    writes.push((id, update));
                 }
             }
         }
@@ -258,10 +479,12 @@ impl NodeRegistry {
 
     /// After a failed write, make the next pass write everything again.
     fn forget_written(&self, node_id: &str) {
-        if let Some(entry) = self.attached.lock().unwrap().get_mut(node_id) {
+        let mut map = self.attached.lock().unwrap();
+        if let Some(entry) = map.get_mut(node_id) {
             entry.written_healthy = !entry.written_healthy;
             entry.written_refresh.2 = u32::MAX;
         }
+        map.mark_dirty(node_id);
     }
 
     /// Marks OFFLINE the nodes that the store says are attached but whose controller stopped
@@ -396,6 +619,65 @@ mod tests {
         assert_eq!(nodes[0].last_heartbeat_at, live, "attached here: the live time");
         assert_eq!(nodes[1], elsewhere, "held by another controller: the stored copy");
         assert_eq!(nodes[2], unknown, "not attached here: the stored copy");
+    }
+
+    #[tokio::test]
+    async fn attaches_past_the_concurrency_wait_in_order_and_only_past_the_queue_bound_are_refused() {
+        use futures::FutureExt;
+        let (mut registry, _dir) = registry(LivenessConfig::default()).await;
+        registry.queue_bound = 2;
+        let mut held: Vec<_> =
+            (0..ATTACH_CONCURRENCY).map(|_| registry.admit().now_or_never().unwrap().unwrap()).collect();
+        // Two wait in line; a third is refused with a delay to retry after.
+        let mut first = Box::pin(registry.admit());
+        let mut second = Box::pin(registry.admit());
+        assert!((&mut first).now_or_never().is_none());
+        assert!((&mut second).now_or_never().is_none());
+        let refused = registry.admit().now_or_never().expect("answered at once").err().expect("refused");
+        assert_eq!(refused, AttachQueueFull { limit: 2, retry_after: ATTACH_RETRY_AFTER });
+        // One finishes its store phase: the first in line goes, the second still waits.
+        drop(held.pop());
+        assert!((&mut second).now_or_never().is_none());
+        let _first = (&mut first).now_or_never().expect("admitted").unwrap();
+        // A waiter that gives up leaves the line: room for one more again.
+        drop(second);
+        let mut third = Box::pin(registry.admit());
+        assert!((&mut third).now_or_never().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_wakeup_reaches_only_the_sessions_it_names_and_is_kept_until_awaited() {
+        use futures::FutureExt;
+        let (registry, _dir) = registry(LivenessConfig::default()).await;
+        let (a_node, a) = registry.attach(drone("a")).await.unwrap();
+        let (_, b) = registry.attach(drone("b")).await.unwrap();
+        registry.wake(&ActionWakeup::Drones(vec![a_node.id.clone(), "not-here".to_string()].into()));
+        assert!(a.woken().now_or_never().is_some(), "A was named");
+        assert!(b.woken().now_or_never().is_none(), "B was not");
+        assert!(a.woken().now_or_never().is_none(), "one wake-up, one read");
+        registry.wake(&ActionWakeup::All);
+        assert!(a.woken().now_or_never().is_some() && b.woken().now_or_never().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_pass_looks_only_at_nodes_whose_time_came_and_a_heartbeat_after_silence_is_written_at_once() {
+        let config = LivenessConfig { unhealthy_after: Duration::from_millis(50), ..LivenessConfig::default() };
+        let (registry, _dir) = registry(config).await;
+        let (node, attached) = registry.attach(drone("d1")).await.unwrap();
+        // Nothing is due before `unhealthy_after`: a pass looks at nobody.
+        registry.check_liveness(false).await;
+        assert_eq!(registry.attached.lock().unwrap().due.len(), 1);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        registry.check_liveness(false).await;
+        let stored = registry.store.get_node(&node.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, NodeState::Unhealthy);
+        // Its next look is at OFFLINE time (30 s); the heartbeat marks it for the next pass.
+        registry.heartbeat(&attached, NodeResources::default(), 0);
+        registry.check_liveness(false).await;
+        let stored = registry.store.get_node(&node.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, NodeState::Ready);
+        let map = registry.attached.lock().unwrap();
+        assert_eq!((map.due.len(), map.dirty.len()), (1, 0), "one key per node, nothing left queued");
     }
 
     #[tokio::test]

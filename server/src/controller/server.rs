@@ -128,6 +128,7 @@ impl Controller {
         let proxy_api = sized!(ProxyServiceServer::new(ProxyApi::new(
             registry.clone(),
             store.clone(),
+            hub.clone(),
             tasks.clone(),
             shutdown.clone()
         )));
@@ -191,6 +192,11 @@ impl Controller {
             let registry = registry.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move { registry.run_liveness(shutdown).await });
+        }
+        {
+            // Drone sessions wake on the commits that concern them only.
+            let (registry, shutdown, wakeups) = (registry.clone(), shutdown.clone(), store.action_wakeups());
+            tasks.spawn(async move { registry.run_wakeups(wakeups, shutdown).await });
         }
         {
             let notified = store.subscribe();

@@ -175,6 +175,17 @@ pub struct LocalCommit {
     pub change: Option<Change>,
 }
 
+/// Which drone sessions a commit concerns: the drones it gave new actions to (a spawn, a
+/// terminate), on this controller or, on PostgreSQL, on any (docs/design/drone-link.md#wake-ups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionWakeup {
+    /// These drones have new pending actions.
+    Drones(Arc<[String]>),
+    /// Some commits' targets may have been missed (a listener that reconnected, a payload that
+    /// did not parse): every session reads its actions.
+    All,
+}
+
 /// One page of nodes read at a snapshot revision, ordered by node id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodePage {
@@ -230,6 +241,12 @@ pub trait Store: BackendStore + Send + Sync + 'static {
     /// so that this process can fan out its own changes without reading them back. A receiver
     /// that falls more than a few thousand commits behind gets `Lagged` and must read the log.
     fn local_commits(&self) -> tokio::sync::broadcast::Receiver<LocalCommit>;
+
+    /// The drones that got new actions, per commit: this process's commits and, on PostgreSQL,
+    /// every controller's (the NOTIFY payload names them). A drone session reads the store when
+    /// its drone is named here (or on `All`), not on every commit. A receiver that lags must
+    /// treat it as `All`.
+    fn action_wakeups(&self) -> tokio::sync::broadcast::Receiver<ActionWakeup>;
 
     /// The newest committed revision.
     async fn current_revision(&self) -> Result<Revision, StoreError>;

@@ -68,6 +68,10 @@ impl Store for OffloadedStore {
         self.inner.local_commits()
     }
 
+    fn action_wakeups(&self) -> tokio::sync::broadcast::Receiver<ActionWakeup> {
+        self.inner.action_wakeups()
+    }
+
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         self.run(|s| Box::pin(async move { s.current_revision().await })).await
     }

@@ -1,9 +1,10 @@
 //! PostgreSQL store: several controllers share one database.
 
+use super::ActionWakeup;
 use super::Revision;
 use super::StoreError;
 use super::rows::{from_migrate, from_sqlx};
-use super::sql::{AbortOnDrop, Dialect, SqlStore};
+use super::sql::{AbortOnDrop, Dialect, SqlStore, parse_notify_payload};
 use sqlx::Postgres;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use std::time::Duration;
@@ -12,7 +13,8 @@ use tokio::sync::watch;
 pub type PostgresStore = SqlStore<Postgres>;
 
 /// The NOTIFY channel every commit that takes a revision (node and backend changes alike) is
-/// announced on; the payload is the revision as decimal text, and listeners read the rows
+/// announced on; the payload is the revision as decimal text, followed (space separated) by the
+/// ids of the drones the commit gave new actions to, or `*` for all; listeners read the rows
 /// themselves.
 pub const NODE_CHANGES_CHANNEL: &str = "hangar_node_changes";
 
@@ -48,14 +50,20 @@ impl SqlStore<Postgres> {
         let mut store = SqlStore::new(pool.clone(), pool);
         let listener = PgListener::connect_with(store.read_pool()).await.map_err(from_sqlx)?;
         let committed = store.committed_sender();
-        store.own(AbortOnDrop(tokio::spawn(listen(listener, committed))));
+        let wakeups = store.wakeups_sender();
+        store.own(AbortOnDrop(tokio::spawn(listen(listener, committed, wakeups))));
         Ok(store)
     }
 }
 
 /// Carries other controllers' commits into this process. NOTIFY payloads are hints: after the
 /// listener reconnects, some may have been missed, so subscribers are woken to read the log.
-async fn listen(mut listener: PgListener, committed: watch::Sender<Revision>) {
+/// The drones named in a payload are woken; after a reconnect every drone is.
+async fn listen(
+    mut listener: PgListener,
+    committed: watch::Sender<Revision>,
+    wakeups: tokio::sync::broadcast::Sender<ActionWakeup>,
+) {
     let mut listening = false;
     loop {
         if !listening {
@@ -63,6 +71,7 @@ async fn listen(mut listener: PgListener, committed: watch::Sender<Revision>) {
                 Ok(()) => {
                     listening = true;
                     SqlStore::<Postgres>::announce(&committed, None);
+                    let _ = wakeups.send(ActionWakeup::All);
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot LISTEN for node changes; retrying");
@@ -73,13 +82,19 @@ async fn listen(mut listener: PgListener, committed: watch::Sender<Revision>) {
         }
         match listener.try_recv().await {
             Ok(Some(notification)) => {
-                let revision = notification.payload().parse::<Revision>().ok();
+                let (revision, wakeup) = parse_notify_payload(notification.payload());
+                if let Some(wakeup) = wakeup {
+                    // This process's own commits were published at commit already; waking
+                    // their drones again costs one read each and is rare enough to leave.
+                    let _ = wakeups.send(wakeup);
+                }
                 SqlStore::<Postgres>::announce(&committed, revision);
             }
             // The connection was lost; the next call reconnects and re-listens by itself.
             Ok(None) => {
                 tracing::warn!("lost the LISTEN connection; reconnecting");
                 SqlStore::<Postgres>::announce(&committed, None);
+                let _ = wakeups.send(ActionWakeup::All);
             }
             Err(err) => {
                 tracing::warn!(error = %err, "LISTEN connection failed; reconnecting");

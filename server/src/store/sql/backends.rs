@@ -176,8 +176,10 @@ where
         previous: Option<BackendState>,
     ) -> Result<(), StoreError> {
         let kind = if previous.is_none() { ChangeKind::Added } else { ChangeKind::Modified };
+        // A backend is added with its spawn action: that wakes its drone's session.
+        let drones = if previous.is_none() { std::slice::from_ref(&backend.drone_id) } else { &[] };
         let change = BackendChange { revision, kind, backend: backend.clone(), previous };
-        self.commit_published(tx, revision, Some(Change::Backend(change))).await
+        self.commit_waking(tx, revision, Some(Change::Backend(change)), drones).await
     }
 
     /// The backend half of the watch log after `after`, at most `limit` rows, inside `tx` (the
@@ -401,7 +403,7 @@ where
             created_at: now,
         };
         Self::insert_action(&mut tx, &action).await?;
-        self.commit_announced(tx, revision).await?;
+        self.commit_waking(tx, revision, None, std::slice::from_ref(&action.drone_id)).await?;
         Ok((backend, true))
     }
 

@@ -13,7 +13,7 @@ mod backends;
 mod nodes;
 
 use super::rows::{self, from_sqlx};
-use super::{Change, LocalCommit, Revision, StoreError};
+use super::{ActionWakeup, Change, LocalCommit, Revision, StoreError};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
 
 pub trait Dialect: Database {
@@ -39,6 +39,9 @@ pub struct SqlStore<DB: Database> {
     committed: tokio::sync::watch::Sender<Revision>,
     /// This process's own commits, with their node or backend changes.
     local: tokio::sync::broadcast::Sender<LocalCommit>,
+    /// The drones each commit gave new actions to: this process's commits, and on PostgreSQL
+    /// other controllers' (from the NOTIFY payload).
+    wakeups: tokio::sync::broadcast::Sender<ActionWakeup>,
     /// Background work the store owns (the PostgreSQL listener); stopped when the store drops.
     background: Option<AbortOnDrop>,
     read: Pool<DB>,
@@ -51,6 +54,48 @@ pub struct SqlStore<DB: Database> {
 
 /// Local commits a `local_commits` receiver may trail by before it gets `Lagged`.
 const LOCAL_COMMITS_BUFFER: usize = 4096;
+
+/// Commits with new actions an `action_wakeups` receiver may trail by before it gets `Lagged`
+/// (and wakes every session).
+const WAKEUPS_BUFFER: usize = 4096;
+
+/// Drone ids a NOTIFY payload names at most; a commit for more says "everyone" (`*`) instead.
+/// PostgreSQL caps a payload at 8,000 bytes.
+const MAX_NOTIFIED_DRONES: usize = 64;
+
+/// The NOTIFY payload of a commit: its revision, then the drones it gave new actions to, space
+/// separated, or `*` for all of them. A bare revision (as older controllers send) names none.
+pub(super) fn notify_payload(revision: Revision, drones: &[String]) -> String {
+    let mut payload = revision.to_string();
+    if drones.len() > MAX_NOTIFIED_DRONES || drones.iter().any(|d| d.is_empty() || d.contains(' ')) {
+        payload.push_str(" *");
+    } else {
+        for drone in drones {
+            payload.push(' ');
+            payload.push_str(drone);
+        }
+    }
+    payload
+}
+
+/// Reads [`notify_payload`]: the revision (`None` if it does not parse) and the wake-up it
+/// carries, if any.
+pub(super) fn parse_notify_payload(payload: &str) -> (Option<Revision>, Option<ActionWakeup>) {
+    let mut parts = payload.split(' ');
+    let Some(revision) = parts.next().and_then(|r| r.parse::<Revision>().ok()) else {
+        // Not ours to read: wake everyone rather than miss an action.
+        return (None, Some(ActionWakeup::All));
+    };
+    let drones: Vec<String> = parts.filter(|p| !p.is_empty()).map(str::to_string).collect();
+    let wakeup = if drones.iter().any(|d| d == "*") {
+        Some(ActionWakeup::All)
+    } else if drones.is_empty() {
+        None
+    } else {
+        Some(ActionWakeup::Drones(drones.into()))
+    };
+    (Some(revision), wakeup)
+}
 
 const BUMP_REVISION: &str = "UPDATE revision_counter SET current = current + 1 WHERE id = 1 RETURNING current";
 
@@ -67,7 +112,8 @@ impl<DB: Database> SqlStore<DB> {
     pub(super) fn new(read: Pool<DB>, write: Pool<DB>) -> Self {
         let (committed, _) = tokio::sync::watch::channel(0);
         let (local, _) = tokio::sync::broadcast::channel(LOCAL_COMMITS_BUFFER);
-        SqlStore { committed, local, background: None, read, write, batch: Default::default() }
+        let (wakeups, _) = tokio::sync::broadcast::channel(WAKEUPS_BUFFER);
+        SqlStore { committed, local, wakeups, background: None, read, write, batch: Default::default() }
     }
 
     /// Records that `revision` is committed and wakes subscribers (never moves backwards).
@@ -86,6 +132,10 @@ impl<DB: Database> SqlStore<DB> {
 
     pub(super) fn committed_sender(&self) -> tokio::sync::watch::Sender<Revision> {
         self.committed.clone()
+    }
+
+    pub(super) fn wakeups_sender(&self) -> tokio::sync::broadcast::Sender<ActionWakeup> {
+        self.wakeups.clone()
     }
 
     pub(super) fn own(&mut self, task: AbortOnDrop) {
@@ -139,7 +189,19 @@ where
         tx: Transaction<'static, DB>,
         revision: Revision,
     ) -> Result<(), StoreError> {
-        self.commit_published(tx, revision, None).await
+        self.commit_published(tx, revision, None, &[]).await
+    }
+
+    /// [`commit_announced`](Self::commit_announced) for a commit that gave `drones` new actions:
+    /// their sessions (on any controller) are woken, and only theirs.
+    pub(super) async fn commit_waking(
+        &self,
+        tx: Transaction<'static, DB>,
+        revision: Revision,
+        change: Option<Change>,
+        drones: &[String],
+    ) -> Result<(), StoreError> {
+        self.commit_published(tx, revision, change, drones).await
     }
 
     /// [`commit_announced`](Self::commit_announced), and publishes the commit with its change
@@ -149,13 +211,18 @@ where
         mut tx: Transaction<'static, DB>,
         revision: Revision,
         change: Option<Change>,
+        drones: &[String],
     ) -> Result<(), StoreError> {
         if let Some(announce) = DB::ANNOUNCE {
-            sqlx::query(announce).bind(revision.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
+            let payload = notify_payload(revision, drones);
+            sqlx::query(announce).bind(payload).execute(&mut *tx).await.map_err(from_sqlx)?;
         }
         tx.commit().await.map_err(from_sqlx)?;
         // No receiver is not an error: nobody in this process fans out.
         let _ = self.local.send(LocalCommit { revision, change });
+        if !drones.is_empty() {
+            let _ = self.wakeups.send(ActionWakeup::Drones(drones.into()));
+        }
         Self::announce(&self.committed, Some(revision));
         Ok(())
     }
@@ -208,4 +275,24 @@ where
         rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)?,
         rows::revision_from_db(row.try_get(1).map_err(from_sqlx)?)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notify_payload_names_the_revision_and_the_drones_it_wakes() {
+        let drones = vec!["d-1".to_string(), "d-2".to_string()];
+        let payload = notify_payload(7, &drones);
+        assert_eq!(payload, "7 d-1 d-2");
+        assert_eq!(parse_notify_payload(&payload), (Some(7), Some(ActionWakeup::Drones(drones.into()))));
+        // No drones: a bare revision, as older controllers send and read it.
+        assert_eq!(notify_payload(8, &[]), "8");
+        assert_eq!(parse_notify_payload("8"), (Some(8), None));
+        // Too many to name: everyone.
+        let many: Vec<String> = (0..=MAX_NOTIFIED_DRONES).map(|i| format!("d-{i}")).collect();
+        assert_eq!(parse_notify_payload(&notify_payload(9, &many)), (Some(9), Some(ActionWakeup::All)));
+        assert_eq!(parse_notify_payload("garbage"), (None, Some(ActionWakeup::All)));
+    }
 }

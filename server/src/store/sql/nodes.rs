@@ -97,7 +97,7 @@ where
         .await
         .map_err(from_sqlx)?;
         let published = NodeChange { revision: node.revision, kind: change, node: node.clone() };
-        self.commit_published(tx, node.revision, Some(Change::Node(published))).await
+        self.commit_published(tx, node.revision, Some(Change::Node(published)), &[]).await
     }
 
     /// The shared path of update and remove: `Ok(None)` when the node is absent or not held;
@@ -159,6 +159,10 @@ where
 
     fn local_commits(&self) -> tokio::sync::broadcast::Receiver<LocalCommit> {
         self.local.subscribe()
+    }
+
+    fn action_wakeups(&self) -> tokio::sync::broadcast::Receiver<crate::store::ActionWakeup> {
+        self.wakeups.subscribe()
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {

@@ -61,6 +61,9 @@ struct Batch<DB: sqlx::Database> {
     /// Live backends per drone as this transaction sees them, counted once per batch and kept
     /// up to date by the batch's own placements and terminations.
     live: HashMap<String, u32>,
+    /// The drones this batch gave new actions to: their sessions, and only theirs, are woken
+    /// once it commits (docs/design/drone-link.md#wake-ups).
+    woken: Vec<String>,
 }
 
 /// `state IN (…)` over the live states, so that the count walks `backends_by_drone` only over
@@ -130,7 +133,7 @@ where
         let started = std::time::Instant::now();
         let (tx, first) = self.begin_write().await?;
         let locked = started.elapsed();
-        let mut batch = Batch { tx, first, revisions: Vec::new(), wrote: false, live: HashMap::new() };
+        let mut batch = Batch { tx, first, revisions: Vec::new(), wrote: false, live: HashMap::new(), woken: Vec::new() };
         let mut done = Vec::with_capacity(ops.len());
         for op in ops {
             done.push(match op {
@@ -143,15 +146,18 @@ where
                 }
             });
         }
-        let Batch { mut tx, revisions, wrote, .. } = batch;
+        let Batch { mut tx, revisions, wrote, mut woken, .. } = batch;
         if revisions.is_empty() && !wrote {
             // Nothing changed: the revision goes back with the rollback.
             tx.rollback().await.map_err(from_sqlx)?;
             return Ok(done);
         }
         let last = revisions.last().map_or(first, |(r, _)| *r);
+        woken.sort_unstable();
+        woken.dedup();
         if let Some(announce) = DB::ANNOUNCE {
-            sqlx::query(announce).bind(last.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
+            let payload = super::super::notify_payload(last, &woken);
+            sqlx::query(announce).bind(payload).execute(&mut *tx).await.map_err(from_sqlx)?;
         }
         tx.commit().await.map_err(from_sqlx)?;
         if revisions.is_empty() {
@@ -159,6 +165,9 @@ where
         }
         for (revision, change) in revisions {
             let _ = self.local.send(LocalCommit { revision, change });
+        }
+        if !woken.is_empty() {
+            let _ = self.wakeups_sender().send(crate::store::ActionWakeup::Drones(woken.into()));
         }
         Self::announce(&self.committed, Some(last));
         tracing::debug!(writes = ops.len(), ?locked, elapsed = ?started.elapsed(), "backend write batch");
@@ -303,6 +312,7 @@ where
             created_at: now,
         };
         Self::insert_action(&mut batch.tx, &action).await?;
+        batch.woken.push(action.drone_id.clone());
         Self::insert_token(&mut batch.tx, &backend.id, token, token_expiry, now).await?;
         if let Some(hash) = &plan.static_token_hash {
             let static_token = IssuedToken { hash: hash.clone(), ..token.clone() };
@@ -401,6 +411,7 @@ where
             created_at: now,
         };
         Self::insert_action(&mut batch.tx, &action).await?;
+        batch.woken.push(action.drone_id.clone());
         Ok(Some(backend))
     }
 }
