@@ -79,15 +79,22 @@ impl DroneSession {
             }
             let Some(message) = self.action_message(&action).await? else { continue };
             let id = action.id.clone();
-            match self.outbound.try_send(Ok(v1::DroneAttachResponse {
-                message: Some(v1::drone_attach_response::Message::Action(message)),
-            })) {
-                Ok(()) => {
-                    self.sent.insert(id);
+            let message =
+                Ok(v1::DroneAttachResponse { message: Some(v1::drone_attach_response::Message::Action(message)) });
+            let sent = match self.outbound.try_send(message) {
+                Ok(()) => true,
+                // Full: wake-ups are targeted, so no other commit may come to wake this session
+                // again; wait a while for the drone to take some. A drone that stops reading gets
+                // the rest, in order, on a later wake-up or the poll.
+                Err(mpsc::error::TrySendError::Full(message)) => {
+                    matches!(tokio::time::timeout(FULL_OUTBOUND_WAIT, self.outbound.send(message)).await, Ok(Ok(())))
                 }
-                // Full: the rest go out on a later wake-up, in order.
-                Err(_) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            };
+            if !sent {
+                break;
             }
+            self.sent.insert(id);
         }
         Ok(())
     }
@@ -262,6 +269,10 @@ type DroneStream = ReceiverStream<Result<v1::DroneAttachResponse, Status>>;
 
 /// The method an audit line names for an attach.
 const ATTACH: &str = "hangar.v1.DroneService/Attach";
+
+/// How long a session waits for its drone to make room for the next action before leaving the
+/// rest to a later wake-up (docs/design/drone-link.md#wake-ups).
+const FULL_OUTBOUND_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl DroneApi {
     /// The drone's first message, which must be its Hello.

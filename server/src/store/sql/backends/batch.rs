@@ -133,7 +133,8 @@ where
         let started = std::time::Instant::now();
         let (tx, first) = self.begin_write().await?;
         let locked = started.elapsed();
-        let mut batch = Batch { tx, first, revisions: Vec::new(), wrote: false, live: HashMap::new(), woken: Vec::new() };
+        let mut batch =
+            Batch { tx, first, revisions: Vec::new(), wrote: false, live: HashMap::new(), woken: Vec::new() };
         let mut done = Vec::with_capacity(ops.len());
         for op in ops {
             done.push(match op {
