@@ -14,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Status, Streaming};
 
+/// A session reads the store on its own once per this many `session_poll` intervals; the
+/// controller-wide poll covers the interval itself.
+const SESSION_POLL_FLOOR_FACTOR: u32 = 12;
+
 /// Outbound messages queued per stream before the session stops reading from its node.
 pub(super) const OUTBOUND_BUFFER: usize = 64;
 
@@ -121,10 +125,12 @@ impl NodeSessions {
             }
         });
         self.tasks.spawn(async move {
-            // The floor under a missed wake-up. The first read is the attach's own; sessions
-            // that attached together (a storm) are spread over the interval so their polls do
-            // not come in one burst.
-            let every = this.registry.config().session_poll;
+            // The last floor under a missed wake-up: the controller's one poll
+            // (`NodeRegistry::run_action_poll`) wakes the drones with pending actions every
+            // `session_poll`; a session also reads on its own, but rarely. The first read is the
+            // attach's own; sessions that attached together (a storm) are spread over the
+            // interval so their polls do not come in one burst.
+            let every = this.registry.config().session_poll * SESSION_POLL_FLOOR_FACTOR;
             let first = every.mul_f64(0.5 + rand::random::<f64>() / 2.0);
             let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -18,8 +18,10 @@ pub struct LivenessConfig {
     pub refresh_interval: Duration,
     /// How long a node's first message (its Hello) may take.
     pub hello_timeout: Duration,
-    /// A drone session reads its pending actions this often even when no commit named its
-    /// drone: the floor under a missed wake-up, never the normal path.
+    /// The controller lists the drones with pending actions this often and wakes their sessions
+    /// even when no commit named them: the floor under a missed wake-up, never the normal path
+    /// (one store read per interval for the whole controller; each session also reads on its
+    /// own, once per 12 intervals).
     pub session_poll: Duration,
 }
 

@@ -199,6 +199,11 @@ impl Controller {
             tasks.spawn(async move { registry.run_wakeups(wakeups, shutdown).await });
         }
         {
+            // One poll for the controller: the floor under a missed wake-up.
+            let (registry, shutdown, store) = (registry.clone(), shutdown.clone(), store.clone());
+            tasks.spawn(async move { registry.run_action_poll(store, shutdown).await });
+        }
+        {
             let notified = store.subscribe();
             let local = store.local_commits();
             let hub = hub.clone();

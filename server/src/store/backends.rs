@@ -215,6 +215,10 @@ pub trait BackendStore: Send + Sync {
     /// The drone's pending actions, oldest first.
     async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError>;
 
+    /// The drones that have pending actions (delivered but unacknowledged ones included): what
+    /// the controller's one periodic poll wakes, instead of every session reading its own.
+    async fn drones_with_pending_actions(&self) -> Result<Vec<String>, StoreError>;
+
     /// The drone acknowledged the action: it is deleted (only if it is that drone's).
     async fn ack_action(&self, drone_id: &str, action_id: &str) -> Result<(), StoreError>;
 

@@ -216,6 +216,10 @@ impl BackendStore for OffloadedStore {
         self.run(|s| Box::pin(async move { s.terminate_for_drain(&id, now).await })).await
     }
 
+    async fn drones_with_pending_actions(&self) -> Result<Vec<String>, StoreError> {
+        self.run(|s| Box::pin(async move { s.drones_with_pending_actions().await })).await
+    }
+
     async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError> {
         let drone_id = drone_id.to_string();
         self.run(|s| Box::pin(async move { s.pending_actions(&drone_id).await })).await

@@ -646,6 +646,14 @@ where
         Ok(stored)
     }
 
+    async fn drones_with_pending_actions(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT drone_id FROM drone_actions")
+            .fetch_all(self.read_pool())
+            .await
+            .map_err(from_sqlx)?;
+        rows.iter().map(|row| row.try_get(0).map_err(from_sqlx)).collect()
+    }
+
     async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, backend_id, payload, created_at FROM drone_actions WHERE drone_id = $1 ORDER BY seq",
