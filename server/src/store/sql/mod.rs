@@ -208,23 +208,12 @@ where
     /// (if any) to this process's `local_commits` receivers before waking subscribers.
     async fn commit_published(
         &self,
-        mut tx: Transaction<'static, DB>,
+        tx: Transaction<'static, DB>,
         revision: Revision,
         change: Option<Change>,
         drones: &[String],
     ) -> Result<(), StoreError> {
-        if let Some(announce) = DB::ANNOUNCE {
-            let payload = notify_payload(revision, drones);
-            sqlx::query(announce).bind(payload).execute(&mut *tx).await.map_err(from_sqlx)?;
-        }
-        tx.commit().await.map_err(from_sqlx)?;
-        // No receiver is not an error: nobody in this process fans out.
-        let _ = self.local.send(LocalCommit { revision, change });
-        if !drones.is_empty() {
-            let _ = self.wakeups.send(ActionWakeup::Drones(drones.into()));
-        }
-        Self::announce(&self.committed, Some(revision));
-        Ok(())
+        self.commit_publishing(tx, revision, [LocalCommit { revision, change }], drones).await
     }
 
     /// [`commit_published`](Self::commit_published) for a write of several consecutive
@@ -232,16 +221,36 @@ where
     /// order, so the watch hub fans them out as if they had been committed one by one.
     async fn commit_published_all(
         &self,
-        mut tx: Transaction<'static, DB>,
+        tx: Transaction<'static, DB>,
         last: Revision,
         changes: Vec<Change>,
     ) -> Result<(), StoreError> {
+        let commits =
+            changes.into_iter().map(|change| LocalCommit { revision: change.revision(), change: Some(change) });
+        self.commit_publishing(tx, last, commits, &[]).await
+    }
+
+    /// Every commit ends here: announces `last` (the NOTIFY naming the drones given actions,
+    /// inside the transaction), commits, publishes `commits` in order to this process's
+    /// `local_commits` receivers, wakes the named drones' sessions, then the subscribers.
+    pub(super) async fn commit_publishing(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        last: Revision,
+        commits: impl IntoIterator<Item = LocalCommit>,
+        drones: &[String],
+    ) -> Result<(), StoreError> {
         if let Some(announce) = DB::ANNOUNCE {
-            sqlx::query(announce).bind(last.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
+            let payload = notify_payload(last, drones);
+            sqlx::query(announce).bind(payload).execute(&mut *tx).await.map_err(from_sqlx)?;
         }
         tx.commit().await.map_err(from_sqlx)?;
-        for change in changes {
-            let _ = self.local.send(LocalCommit { revision: change.revision(), change: Some(change) });
+        // No receiver is not an error: nobody in this process fans out.
+        for commit in commits {
+            let _ = self.local.send(commit);
+        }
+        if !drones.is_empty() {
+            let _ = self.wakeups.send(ActionWakeup::Drones(drones.into()));
         }
         Self::announce(&self.committed, Some(last));
         Ok(())

@@ -147,7 +147,7 @@ where
                 }
             });
         }
-        let Batch { mut tx, revisions, wrote, mut woken, .. } = batch;
+        let Batch { tx, revisions, wrote, mut woken, .. } = batch;
         if revisions.is_empty() && !wrote {
             // Nothing changed: the revision goes back with the rollback.
             tx.rollback().await.map_err(from_sqlx)?;
@@ -156,21 +156,13 @@ where
         let last = revisions.last().map_or(first, |(r, _)| *r);
         woken.sort_unstable();
         woken.dedup();
-        if let Some(announce) = DB::ANNOUNCE {
-            let payload = super::super::notify_payload(last, &woken);
-            sqlx::query(announce).bind(payload).execute(&mut *tx).await.map_err(from_sqlx)?;
-        }
-        tx.commit().await.map_err(from_sqlx)?;
-        if revisions.is_empty() {
-            let _ = self.local.send(LocalCommit { revision: first, change: None });
-        }
-        for (revision, change) in revisions {
-            let _ = self.local.send(LocalCommit { revision, change });
-        }
-        if !woken.is_empty() {
-            let _ = self.wakeups_sender().send(crate::store::ActionWakeup::Drones(woken.into()));
-        }
-        Self::announce(&self.committed, Some(last));
+        // Only other writes (a token, an acknowledgement): one commit without a change.
+        let commits: Vec<LocalCommit> = if revisions.is_empty() {
+            vec![LocalCommit { revision: first, change: None }]
+        } else {
+            revisions.into_iter().map(|(revision, change)| LocalCommit { revision, change }).collect()
+        };
+        self.commit_publishing(tx, last, commits, &woken).await?;
         tracing::debug!(writes = ops.len(), ?locked, elapsed = ?started.elapsed(), "backend write batch");
         Ok(done)
     }
