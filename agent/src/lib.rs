@@ -8,8 +8,11 @@
 //! - [`controller_endpoint`] and [`connect_controller`]: how an agent dials a controller
 //!   (connect timeout, HTTP/2 keep-alives, and the TLS and token of its
 //!   [`Credentials`](hangar_client::Credentials));
-//! - [`Backoff`] and [`HostResources`].
+//! - [`Backoff`] and [`HostResources`];
+//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`) every Hangar process
+//!   serves, the controller's included.
 
+pub mod admin;
 pub mod attach;
 mod backoff;
 mod endpoint;

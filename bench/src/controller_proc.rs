@@ -91,7 +91,7 @@ impl ControllerProc {
             .arg(format!("--listen=127.0.0.1:{port}"))
             .arg(format!("--data-dir={}", dir.path().display()))
             .args(["--rate-limit=0", "--rate-burst=0", "--max-concurrent-calls=0", "--max-watches=0"])
-            .args(["--reflection=off"])
+            .args(["--reflection=off", "--admin-listen=off"])
             .args(extra)
             .args(postgres.as_ref().map(|(_, url)| format!("--database={url}")))
             .env("RUST_LOG", std::env::var("HANGAR_BENCH_CONTROLLER_LOG").unwrap_or_else(|_| "warn".into()))

@@ -1,5 +1,6 @@
 //! The Hangar controller and proxy.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod controller;

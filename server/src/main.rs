@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hangar::secret::Secret;
+use hangar_agent::admin::AdminListen;
 use hangar_client::{CredentialFlags, Credentials};
 use hangar_server::auth::{self, Reflection, Role, bind::BindDecision};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
@@ -115,6 +116,11 @@ struct ControllerArgs {
     /// Address the gRPC API listens on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Address of the admin listener: /metrics (Prometheus), /healthz, /readyz and the
+    /// dashboard at /. It is not authenticated: keep it on loopback or a private network.
+    /// `off` serves none.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:7071")]
+    admin_listen: AdminListen,
     /// sqlite://PATH (one controller) or postgres://USER@HOST/DB (any number of controllers).
     /// Default: sqlite in --data-dir.
     #[arg(long, env = "HANGAR_DATABASE")]
@@ -462,6 +468,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             .zip(args.tls_key)
             .map(|(cert, key)| ControllerTlsFiles { files: TlsFiles { cert, key }, client_ca: args.tls_client_ca }),
         limits: args.limits.config(),
+        admin_listen: args.admin_listen.0,
         ..args.retention.apply(ControllerConfig::default())
     };
     let controller = Controller::start(store, config, listener).await?;
@@ -470,6 +477,9 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let stop = shutdown_signal();
     println!("hangar-server controller listening on {}", controller.url());
+    if let Some(admin) = controller.admin_url() {
+        println!("admin (metrics, health, dashboard) on {admin}");
+    }
     tokio::pin!(stop);
     loop {
         tokio::select! {

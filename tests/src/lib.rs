@@ -363,7 +363,7 @@ impl ControllerProcess {
     pub fn spawn_with(database: &str, args: &[&std::ffi::OsStr]) -> ControllerProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(binary("hangar-server"))
-            .args(["controller", "--listen", "127.0.0.1:0", "--database", database])
+            .args(["controller", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--database", database])
             .args(["--heartbeat-interval", "200ms", "--unhealthy-after", "600ms", "--offline-after", "1200ms"])
             .args(["--refresh-interval", "800ms"])
             .args(args)

@@ -125,7 +125,15 @@ impl Drop for Server {
 
 fn controller(dir: &Path, extra: &[&str]) -> Server {
     let data_dir = dir.join("data");
-    let mut args = vec!["--log-format", "json", "controller", "--data-dir", data_dir.to_str().unwrap()];
+    let mut args = vec![
+        "--log-format",
+        "json",
+        "controller",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     Server::start(&args, "listening on")
 }

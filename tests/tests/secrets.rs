@@ -121,7 +121,17 @@ async fn env_values_static_and_connection_tokens_reach_the_backend_and_nothing_e
     let (controller, url) = Logged::start(
         "hangar-server",
         "controller",
-        &["controller", "--listen", "127.0.0.1:0", "--database", &database, "--heartbeat-interval", "200ms"],
+        &[
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--database",
+            &database,
+            "--heartbeat-interval",
+            "200ms",
+        ],
         &logs("controller"),
         Some("hangar-server controller listening on "),
     );

@@ -2,6 +2,7 @@
 //! front of them all, and the background tasks they need, all owned by one [`RunningController`].
 
 use super::{BackendSweep, LivenessConfig, NodeRegistry};
+use crate::admin::AdminContext;
 use crate::api::{BackendApi, BackendSettings, DroneApi, NodeApi, PageTokens, ProxyApi};
 use crate::auth::{AuthLayer, Authenticator, Reflection};
 use crate::limits::{FirstRequestDeadline, LimitLayer, LimitsConfig};
@@ -13,6 +14,7 @@ use hangar::v1::backend_service_server::BackendServiceServer;
 use hangar::v1::drone_service_server::DroneServiceServer;
 use hangar::v1::node_service_server::NodeServiceServer;
 use hangar::v1::proxy_service_server::ProxyServiceServer;
+use hangar_agent::admin::AdminServer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +57,9 @@ pub struct ControllerConfig {
     pub tls: Option<ControllerTlsFiles>,
     /// What one caller may ask at once, and what any connection may send.
     pub limits: LimitsConfig,
+    /// Where the admin listener serves `/metrics`, `/healthz`, `/readyz` and the dashboard;
+    /// `None` serves none (tests that do not look at it).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for ControllerConfig {
@@ -73,6 +78,7 @@ impl Default for ControllerConfig {
             backends: BackendSettings::default(),
             tls: None,
             limits: LimitsConfig::default(),
+            admin_listen: None,
         }
     }
 }
@@ -223,9 +229,32 @@ impl Controller {
             tasks.spawn(async move { sweep.run(interval, shutdown).await });
         }
 
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                let context = AdminContext {
+                    store: store.clone(),
+                    hub: hub.clone(),
+                    controller_id: config.controller_id.clone(),
+                };
+                Some(AdminServer::bind(addr, crate::admin::controller_router(context)).await?)
+            }
+            None => None,
+        };
+
         let mtls = tls.as_ref().is_some_and(|tls| tls.requires_client_certificates());
         tracing::info!(%local_addr, controller_id = %config.controller_id, tls = tls.is_some(), mtls, "controller serving");
-        Ok(RunningController { local_addr, config, shutdown, tasks, server, health, registry, authenticator, tls })
+        Ok(RunningController {
+            local_addr,
+            config,
+            shutdown,
+            tasks,
+            server,
+            health,
+            registry,
+            authenticator,
+            tls,
+            admin,
+        })
     }
 }
 
@@ -307,6 +336,7 @@ pub struct RunningController {
     registry: Arc<NodeRegistry>,
     authenticator: Arc<Authenticator>,
     tls: Option<Arc<ControllerTls>>,
+    admin: Option<AdminServer>,
 }
 
 impl RunningController {
@@ -318,6 +348,11 @@ impl RunningController {
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// `http://ADDR` of the admin listener (`/metrics`, `/readyz`, the dashboard), if it serves one.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin.as_ref().map(AdminServer::url)
     }
 
     pub fn controller_id(&self) -> &str {
@@ -373,6 +408,9 @@ impl RunningController {
                 tracing::warn!(grace = ?self.config.shutdown_grace, "open calls outlived the shutdown grace; cutting them");
                 server.abort();
             }
+        }
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
         }
         tracing::info!(controller_id = %self.config.controller_id, "controller stopped");
         Ok(())

@@ -1,0 +1,38 @@
+//! The controller's admin listener (`--admin-listen`, docs/operations.md): the routes every Hangar
+//! process serves (`/metrics`, `/healthz`, `/readyz`, from [`hangar_agent::admin`]) and the
+//! controller's own. Readiness is the store answering a read.
+
+use crate::store::DynStore;
+use crate::watch::WatchHub;
+use axum::Router;
+use hangar_agent::admin::{self, Check, Readiness};
+use std::time::Duration;
+
+/// How long `/readyz` waits for the store before calling it unreachable.
+const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the controller's admin routes read.
+#[derive(Clone)]
+pub struct AdminContext {
+    pub store: DynStore,
+    pub hub: WatchHub,
+    pub controller_id: String,
+}
+
+/// Every route of the controller's admin listener.
+pub fn controller_router(context: AdminContext) -> Router {
+    let store = context.store.clone();
+    let readiness = Readiness::new(move || {
+        let store = store.clone();
+        async move { vec![store_check(&store).await] }
+    });
+    admin::router(readiness)
+}
+
+async fn store_check(store: &DynStore) -> Check {
+    match tokio::time::timeout(STORE_CHECK_TIMEOUT, store.current_revision()).await {
+        Ok(Ok(revision)) => Check::ok("store", format!("reachable at revision {revision}")),
+        Ok(Err(err)) => Check::failed("store", format!("{err}")),
+        Err(_) => Check::failed("store", format!("no answer within {STORE_CHECK_TIMEOUT:?}")),
+    }
+}
