@@ -23,6 +23,7 @@ hangar_server::store_scenarios!(
     list_filters_by_labels_across_sparse_pages,
     update_with_held_by_condition_skips_foreign_nodes,
     noop_update_writes_no_revision,
+    a_batch_update_writes_each_changed_node_as_its_own_revision_in_one_commit,
     compaction_keeps_latest_versions_and_reports_compacted_reads,
     changes_since_replays_in_order,
     draining_survives_reattach,
@@ -339,6 +340,62 @@ async fn noop_update_writes_no_revision(db: Database) {
     assert_eq!(attach(&store, drone("eu", "d1")).await, node);
     assert_eq!(store.current_revision().await.unwrap(), node.revision);
     assert_eq!(store.node_changes_since(0, 10).await.unwrap().len(), 1);
+}
+
+async fn a_batch_update_writes_each_changed_node_as_its_own_revision_in_one_commit(db: Database) {
+    let store = db.open().await;
+    let a = attach(&store, drone("eu", "a")).await;
+    let b = attach(&store, drone("eu", "b")).await;
+    let foreign = store.attach_node(drone("eu", "f"), "controller-b", t0()).await.unwrap();
+    let c = attach(&store, drone("eu", "c")).await;
+    let before = store.current_revision().await.unwrap();
+    let mut committed = store.subscribe();
+    committed.mark_unchanged();
+
+    let later = t0() + Duration::seconds(30);
+    let refresh = NodeUpdate { last_heartbeat_at: Some(later), backend_count: Some(3), ..Default::default() };
+    let answers = store
+        .update_nodes(
+            vec![
+                (c.id.clone(), refresh.clone()),
+                (foreign.id.clone(), refresh.clone()),
+                (a.id.clone(), NodeUpdate::default()),
+                ("no-such-node".to_string(), refresh.clone()),
+                (b.id.clone(), state(NodeState::Unhealthy)),
+            ],
+            UpdateCondition::HeldBy("controller-a".into()),
+        )
+        .await
+        .unwrap();
+
+    // One answer per update, as update_node would give it.
+    assert_eq!(answers.len(), 5);
+    let c_after = answers[0].clone().expect("held here: written");
+    assert_eq!((c_after.last_heartbeat_at, c_after.backend_count, c_after.revision), (later, 3, before + 1));
+    assert_eq!(answers[1], None, "held by another controller: skipped");
+    assert_eq!(answers[2], Some(a.clone()), "nothing to change: the node as it is, no revision");
+    assert_eq!(answers[3], None, "no such node");
+    let b_after = answers[4].clone().expect("written");
+    assert_eq!((b_after.state, b_after.revision), (NodeState::Unhealthy, before + 2));
+
+    // Two changes, consecutive revisions in the order given, announced once at the last.
+    let changes = store.node_changes_since(before, 10).await.unwrap();
+    let written: Vec<_> = changes.iter().map(|c| (c.revision, c.node.id.clone(), c.kind)).collect();
+    assert_eq!(
+        written,
+        [(before + 1, c.id.clone(), ChangeKind::Modified), (before + 2, b.id.clone(), ChangeKind::Modified)]
+    );
+    assert_eq!(store.current_revision().await.unwrap(), before + 2);
+    assert!(committed.has_changed().unwrap());
+    assert_eq!(*committed.borrow_and_update(), before + 2);
+    assert_eq!(store.get_node(&foreign.id).await.unwrap(), Some(foreign), "untouched");
+    assert_eq!(store.get_node(&c.id).await.unwrap(), Some(c_after));
+
+    // A batch in which nothing changes takes no revision.
+    let again = store.update_nodes(vec![(a.id.clone(), NodeUpdate::default())], UpdateCondition::Always).await.unwrap();
+    assert_eq!(again, [Some(a)]);
+    assert_eq!(store.current_revision().await.unwrap(), before + 2);
+    assert_eq!(store.update_nodes(Vec::new(), UpdateCondition::Always).await.unwrap(), []);
 }
 
 async fn compaction_keeps_latest_versions_and_reports_compacted_reads(db: Database) {

@@ -179,6 +179,9 @@ pub const ATTACH_QUEUE: usize = 20_000;
 /// What a refused attach is told to wait: the drone's own jittered backoff adds to it.
 const ATTACH_RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// Nodes one liveness transaction writes at most (see `check_liveness`).
+const LIVENESS_WRITE_BATCH: usize = 500;
+
 /// An attach's turn at the store; the next one in line goes when it drops.
 pub struct AttachPermit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
@@ -491,13 +494,22 @@ impl NodeRegistry {
                 }
             }
         }
-        for (id, update) in writes {
+        for (id, update) in &writes {
             if let Some(state) = update.state {
                 tracing::info!(node_id = %id, ?state, "node liveness changed");
             }
-            if let Err(err) = self.store.update_node(&id, update, self.held_by_me()).await {
-                tracing::warn!(node_id = %id, error = %err, "could not record node liveness; retrying next pass");
-                self.forget_written(&id);
+        }
+        // A refresh writes every attached node: in transactions of a bounded size rather than one
+        // per node (10,000 drones: 20 commits instead of 10,000), each short enough not to hold
+        // the write lock against Connects for long.
+        while !writes.is_empty() {
+            let batch: Vec<_> = writes.drain(..writes.len().min(LIVENESS_WRITE_BATCH)).collect();
+            let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+            if let Err(err) = self.store.update_nodes(batch, self.held_by_me()).await {
+                tracing::warn!(nodes = ids.len(), error = %err, "could not record node liveness; retrying next pass");
+                for id in &ids {
+                    self.forget_written(id);
+                }
             }
         }
     }

@@ -100,6 +100,14 @@ impl Store for OffloadedStore {
         self.run(|s| Box::pin(async move { s.update_node(&id, update, condition).await })).await
     }
 
+    async fn update_nodes(
+        &self,
+        updates: Vec<(String, NodeUpdate)>,
+        condition: UpdateCondition,
+    ) -> Result<Vec<Option<Node>>, StoreError> {
+        self.run(|s| Box::pin(async move { s.update_nodes(updates, condition).await })).await
+    }
+
     async fn remove_node(&self, id: &str, condition: UpdateCondition) -> Result<Option<Node>, StoreError> {
         let id = id.to_string();
         self.run(|s| Box::pin(async move { s.remove_node(&id, condition).await })).await

@@ -61,6 +61,18 @@ where
         change: ChangeKind,
         node: &Node,
     ) -> Result<(), StoreError> {
+        Self::record_change(&mut tx, change, node).await?;
+        let published = NodeChange { revision: node.revision, kind: change, node: node.clone() };
+        self.commit_published(tx, node.revision, Some(Change::Node(published)), &[]).await
+    }
+
+    /// Writes `node` (already carrying its revision) as one change inside `tx`: its current row
+    /// and its history row.
+    async fn record_change(
+        tx: &mut Transaction<'static, DB>,
+        change: ChangeKind,
+        node: &Node,
+    ) -> Result<(), StoreError> {
         let revision = db_revision(node.revision);
         let current = match change {
             ChangeKind::Added => sqlx::query(
@@ -79,7 +91,7 @@ where
                 .bind(node.id.clone())
                 .bind(revision),
         };
-        current.execute(&mut *tx).await.map_err(from_sqlx)?;
+        current.execute(&mut **tx).await.map_err(from_sqlx)?;
         sqlx::query(
             "INSERT INTO node_history (revision, node_id, change, kind, state, cluster, pool, data, recorded_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -93,11 +105,10 @@ where
         .bind(node.pool.clone())
         .bind(rows::encode_node(node)?)
         .bind(rows::millis(Utc::now()))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(from_sqlx)?;
-        let published = NodeChange { revision: node.revision, kind: change, node: node.clone() };
-        self.commit_published(tx, node.revision, Some(Change::Node(published)), &[]).await
+        Ok(())
     }
 
     /// The shared path of update and remove: `Ok(None)` when the node is absent or not held;
@@ -206,6 +217,68 @@ where
             update.apply_to(&mut next).then_some(next)
         };
         self.change_node(id, condition, ChangeKind::Modified, change).await
+    }
+
+    async fn update_nodes(
+        &self,
+        updates: Vec<(String, NodeUpdate)>,
+        condition: UpdateCondition,
+    ) -> Result<Vec<Option<Node>>, StoreError> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        debug_assert!(
+            updates.iter().map(|(id, _)| id).collect::<std::collections::HashSet<_>>().len() == updates.len(),
+            "each node at most once per batch"
+        );
+        // As in `change_node`: read and compare under the write lock; one revision per node that
+        // changes, consecutive from the one `begin_write` took; nothing changed rolls back.
+        enum Outcome {
+            Absent,
+            Unchanged(Node),
+            Changed(usize),
+        }
+        let (mut tx, first) = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(updates.len());
+        let mut changed: Vec<Node> = Vec::new();
+        for (id, update) in &updates {
+            let Some(node) = Self::node_in(&mut tx, id).await?.filter(|node| rows::holds(node, &condition)) else {
+                outcomes.push(Outcome::Absent);
+                continue;
+            };
+            let mut next = node.clone();
+            if !update.apply_to(&mut next) {
+                outcomes.push(Outcome::Unchanged(node));
+                continue;
+            }
+            next.revision = first + changed.len() as Revision;
+            outcomes.push(Outcome::Changed(changed.len()));
+            changed.push(next);
+        }
+        if !changed.is_empty() {
+            let last = match changed.len() as Revision - 1 {
+                0 => first,
+                extra => Self::take_more_revisions(&mut tx, extra).await?,
+            };
+            for node in &changed {
+                Self::record_change(&mut tx, ChangeKind::Modified, node).await?;
+            }
+            let changes = changed
+                .iter()
+                .map(|node| {
+                    Change::Node(NodeChange { revision: node.revision, kind: ChangeKind::Modified, node: node.clone() })
+                })
+                .collect();
+            self.commit_published_all(tx, last, changes).await?;
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Outcome::Absent => None,
+                Outcome::Unchanged(node) => Some(node),
+                Outcome::Changed(i) => Some(changed[i].clone()),
+            })
+            .collect())
     }
 
     async fn remove_node(&self, id: &str, condition: UpdateCondition) -> Result<Option<Node>, StoreError> {
