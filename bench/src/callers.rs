@@ -83,6 +83,27 @@ pub async fn key_expired_backends(channel: tonic::transport::Channel) -> anyhow:
     }
 }
 
+/// How many backends of `cluster` are in `state`, as the controller records them (ListBackends
+/// in pages of 1,000).
+pub async fn count_backends(
+    channel: tonic::transport::Channel,
+    cluster: &str,
+    state: v1::BackendState,
+) -> anyhow::Result<u64> {
+    let mut client = v1::backend_service_client::BackendServiceClient::new(channel);
+    let (mut count, mut page_token) = (0, String::new());
+    loop {
+        let filter = v1::BackendFilter { states: vec![state as i32], cluster: cluster.into(), ..Default::default() };
+        let request = v1::ListBackendsRequest { filter: Some(filter), page_size: 1000, page_token };
+        let page = client.list_backends(request).await?.into_inner();
+        count += page.backends.len() as u64;
+        if page.next_page_token.is_empty() {
+            return Ok(count);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// Durations as human text: `1.23 ms`.
 pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)

@@ -20,6 +20,7 @@ mod etcd;
 mod fanout;
 mod hangar_side;
 mod heartbeats;
+mod hold;
 mod list;
 mod measure;
 mod placements;
@@ -48,6 +49,9 @@ enum Command {
     /// Connects with distinct keys onto 100 simulated drones: READY backends per second, Connect
     /// latency, over-capacity spawns, duplicate keys, KEY_EXPIRED backends.
     Placements(placements::PlacementsArgs),
+    /// 10,000 backends placed on 2 simulated drones, then held for 5 minutes: all still READY,
+    /// none KEY_EXPIRED, the controller's CPU while they idle.
+    Hold(hold::HoldArgs),
     /// Connect → Terminate loops on one drone: cycles per second, refusals, database bytes per
     /// backend.
     Churn(churn::ChurnArgs),
@@ -171,6 +175,7 @@ fn main() -> anyhow::Result<()> {
         }),
         Command::Heartbeats(args) => runtime.block_on(interruptible(heartbeats::run(args))),
         Command::Placements(args) => runtime.block_on(interruptible(placements::run(args))),
+        Command::Hold(args) => runtime.block_on(interruptible(hold::run(args))),
         Command::Churn(args) => runtime.block_on(interruptible(churn::run(args))),
         Command::List(args) => runtime.block_on(interruptible(list::run(args))),
         Command::Proxy(args) => runtime.block_on(interruptible(proxy::run(args))),

@@ -83,3 +83,11 @@ fn proxy_quick_pass_serves_the_same_bytes_directly_through_nginx_and_through_han
         quick_pass("proxy", &["hangar_rps", "nginx_rps", "ratio", "hangar_p99_ms", "nginx_p99_ms", "added_p99_ms"]);
     assert!(figures["hangar_rps"] > 0.0 && figures["nginx_rps"] > 0.0 && figures["ratio"] > 0.0, "{figures:?}");
 }
+
+#[test]
+fn hold_quick_pass_keeps_every_backend_ready_and_none_expired() {
+    let figures = quick_pass("hold", &["backends", "placed_seconds", "ready_after_hold", "expired", "idle_cpu_cores"]);
+    assert_eq!(figures["backends"], 200.0, "{figures:?}");
+    assert_eq!(figures["ready_after_hold"], 200.0, "{figures:?}");
+    assert_eq!(figures["expired"], 0.0, "{figures:?}");
+}
