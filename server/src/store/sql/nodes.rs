@@ -235,7 +235,7 @@ where
         // changes, consecutive from the one `begin_write` took; nothing changed rolls back.
         enum Outcome {
             Absent,
-            Unchanged(Node),
+            Unchanged(Box<Node>),
             Changed(usize),
         }
         let (mut tx, first) = self.begin_write().await?;
@@ -248,7 +248,7 @@ where
             };
             let mut next = node.clone();
             if !update.apply_to(&mut next) {
-                outcomes.push(Outcome::Unchanged(node));
+                outcomes.push(Outcome::Unchanged(Box::new(node)));
                 continue;
             }
             next.revision = first + changed.len() as Revision;
@@ -275,7 +275,7 @@ where
             .into_iter()
             .map(|outcome| match outcome {
                 Outcome::Absent => None,
-                Outcome::Unchanged(node) => Some(node),
+                Outcome::Unchanged(node) => Some(*node),
                 Outcome::Changed(i) => Some(changed[i].clone()),
             })
             .collect())
