@@ -111,7 +111,7 @@ impl BackendWriter {
                 backend_id: Backend::new_id(),
                 action_id: new_action_id(),
                 config,
-                candidates: vec![DroneSlot { node_id: self.drone.clone(), capacity: 1_000_000 }],
+                candidates: vec![DroneSlot { node_id: self.drone.clone(), capacity: 1_000_000 }].into(),
                 lease_duration: lease,
                 action: ActionPayload::Spawn {
                     startup_timeout: Duration::from_secs(3600),

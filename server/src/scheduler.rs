@@ -12,18 +12,24 @@
 //! that and how to undo it instead of reading "no drone is ready".
 
 use crate::store::{DroneCensus, DroneLoad, DroneSlot, DynStore, StoreError};
+use crate::watch::WatchHub;
 use hangar::domain::{NodeFilter, NodeKind, NodeState};
 use rand::Rng;
+use std::sync::Arc;
 
-/// READY drones of `cluster`/`pool` with their capacities.
-pub async fn candidates(store: &DynStore, cluster: &str, pool: &str) -> Result<Vec<DroneSlot>, StoreError> {
-    let filter = NodeFilter {
-        kinds: vec![NodeKind::Drone],
-        states: vec![NodeState::Ready],
-        cluster: Some(cluster.to_string()),
-        pool: Some(pool.to_string()),
-        ..NodeFilter::default()
-    };
+/// READY drones of `cluster`/`pool` with their capacities: from the watch hub's node view when
+/// it has caught up with every commit this controller has seen (no store read; the list is
+/// computed once per node change and shared), else read from the store.
+pub async fn candidates(
+    store: &DynStore,
+    hub: &WatchHub,
+    cluster: &str,
+    pool: &str,
+) -> Result<Arc<[DroneSlot]>, StoreError> {
+    if let Some(slots) = hub.drone_slots(cluster, pool).await {
+        return Ok(slots);
+    }
+    let filter = candidates_filter(cluster, pool);
     let mut slots = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -31,8 +37,19 @@ pub async fn candidates(store: &DynStore, cluster: &str, pool: &str) -> Result<V
         slots.extend(page.nodes.iter().map(|n| DroneSlot { node_id: n.id.clone(), capacity: n.backend_capacity }));
         match (page.more, page.nodes.last()) {
             (true, Some(last)) => after = Some(last.id.clone()),
-            _ => return Ok(slots),
+            _ => return Ok(slots.into()),
         }
+    }
+}
+
+/// The drones that may take a new backend of `cluster`/`pool`.
+pub fn candidates_filter(cluster: &str, pool: &str) -> NodeFilter {
+    NodeFilter {
+        kinds: vec![NodeKind::Drone],
+        states: vec![NodeState::Ready],
+        cluster: Some(cluster.to_string()),
+        pool: Some(pool.to_string()),
+        ..NodeFilter::default()
     }
 }
 

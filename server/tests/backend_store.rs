@@ -59,7 +59,7 @@ fn spec(key: Option<BackendKey>, candidates: Vec<DroneSlot>, lease: std::time::D
             backend_id: hangar::domain::Backend::new_id(),
             action_id: new_action_id(),
             config: config(),
-            candidates,
+            candidates: candidates.into(),
             lease_duration: lease,
             action: ActionPayload::Spawn {
                 startup_timeout: std::time::Duration::from_secs(5),

@@ -158,3 +158,46 @@ async fn postgres_a_commit_through_one_store_is_in_the_next_listing_of_another_c
     assert!(hub_b.store_pages() <= 2, "{} pages read from the store", hub_b.store_pages());
     shutdown.cancel();
 }
+
+/// Placement candidates come from the node view, and a node change this process committed is in
+/// the very next list (a Connect right after a DrainNode must not place on the drained drone),
+/// with no store read of the nodes.
+async fn placement_candidates_come_from_the_view_and_follow_this_processs_commits_at_once(db: TestDatabase) {
+    let store = db.open().await;
+    let shutdown = CancellationToken::new();
+    let hub = running_hub(&store, &shutdown).await;
+    let a = store.attach_node(drone("a", "gpu", "z1"), "ctl-a", Utc::now()).await.unwrap();
+    let b = store.attach_node(drone("b", "gpu", "z1"), "ctl-a", Utc::now()).await.unwrap();
+    store.attach_node(drone("c", "cpu", "z1"), "ctl-a", Utc::now()).await.unwrap();
+    let slots = |slots: std::sync::Arc<[hangar_server::store::DroneSlot]>| {
+        let mut ids: Vec<String> = slots.iter().map(|s| s.node_id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let mut both = vec![a.id.clone(), b.id.clone()];
+    both.sort();
+    let first = hub.drone_slots("default", "gpu").await.expect("the view answers");
+    assert_eq!(slots(first.clone()), both, "the READY drones of the pool, and only those");
+    let again = hub.drone_slots("default", "gpu").await.unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "no node changed: the same list, not computed again");
+
+    for _ in 0..20 {
+        store.update_node(&a.id, NodeUpdate::drain(None), UpdateCondition::Always).await.unwrap();
+        assert_eq!(slots(hub.drone_slots("default", "gpu").await.unwrap()), [b.id.clone()], "drained: gone at once");
+        store.update_node(&a.id, NodeUpdate::undrain(), UpdateCondition::Always).await.unwrap();
+        assert_eq!(slots(hub.drone_slots("default", "gpu").await.unwrap()), both, "undrained: back at once");
+    }
+    assert_eq!(hub.store_pages(), 0, "no listing fell back to the store");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn sqlite_placement_candidates_come_from_the_view_and_follow_this_processs_commits_at_once() {
+    placement_candidates_come_from_the_view_and_follow_this_processs_commits_at_once(TestDatabase::sqlite().await).await
+}
+
+#[tokio::test]
+async fn postgres_placement_candidates_come_from_the_view_and_follow_this_processs_commits_at_once() {
+    placement_candidates_come_from_the_view_and_follow_this_processs_commits_at_once(TestDatabase::postgres().await)
+        .await
+}

@@ -88,7 +88,7 @@ async fn spawn_labelled(
             backend_id: Backend::new_id(),
             action_id: new_action_id(),
             config: SpawnConfig::from_proto(&wire, "spawn_config").unwrap(),
-            candidates: vec![DroneSlot { node_id: drone.into(), capacity: 10_000 }],
+            candidates: vec![DroneSlot { node_id: drone.into(), capacity: 10_000 }].into(),
             lease_duration: lease,
             action: ActionPayload::Spawn {
                 startup_timeout: Duration::from_secs(60),

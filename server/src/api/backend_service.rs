@@ -132,7 +132,7 @@ impl BackendApi {
             Some(config) => Some(SpawnPlan {
                 backend_id: Backend::new_id(),
                 action_id: new_action_id(),
-                candidates: scheduler::candidates(&self.store, &config.cluster, &config.pool).await?,
+                candidates: scheduler::candidates(&self.store, &self.hub, &config.cluster, &config.pool).await?,
                 lease_duration: self.settings.lease_duration,
                 action: ActionPayload::Spawn {
                     startup_timeout: self.settings.startup_timeout,

@@ -75,7 +75,9 @@ pub struct SpawnPlan {
     pub backend_id: String,
     pub action_id: String,
     pub config: SpawnConfig,
-    pub candidates: Vec<DroneSlot>,
+    /// READY drones of the pool, as a recent snapshot shows them (shared: Connects of one pool
+    /// between two node changes get the same list).
+    pub candidates: std::sync::Arc<[DroneSlot]>,
     pub lease_duration: Duration,
     pub action: ActionPayload,
     /// SHA-256 of the config's static token, stored like a connection token without expiry.

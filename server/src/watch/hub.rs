@@ -2,7 +2,8 @@
 //! of entry in one log, so one hub, one ring and one cursor serve `WatchNodes` and
 //! `WatchBackends` alike; each stream skips the kind it does not watch.
 
-use crate::store::{Change, ChangeKind, DynStore, LocalCommit, NodeChange, Revision, StoreError};
+use crate::scheduler;
+use crate::store::{Change, ChangeKind, DroneSlot, DynStore, LocalCommit, NodeChange, Revision, StoreError};
 use hangar::domain::{Backend, BackendState, Node, NodeFilter};
 use hangar::v1;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -473,6 +474,23 @@ impl WatchHub {
         Ok(NodeListing { nodes, revision: page.revision, more: page.more })
     }
 
+    /// The READY drones of `cluster`/`pool` for a placement, from the node view, once the hub
+    /// has caught up with every commit this process has seen (its own writes included, so a
+    /// Connect after a DrainNode on this controller does not see the drone READY); `None` when
+    /// the view is not ready or does not catch up within [`VIEW_WAIT`] (read the store).
+    pub async fn drone_slots(&self, cluster: &str, pool: &str) -> Option<Arc<[DroneSlot]>> {
+        let committed = *self.inner.store.subscribe().borrow();
+        if !self.reached(committed).await {
+            return None;
+        }
+        let mut state = self.inner.state.lock().unwrap();
+        let cursor = state.cursor;
+        if cursor < committed {
+            return None;
+        }
+        state.view.drone_slots(cluster, pool, cursor)
+    }
+
     /// Whether the node view is seeded and following the cursor (listings are served from it).
     pub fn lists_from_memory(&self) -> bool {
         self.inner.state.lock().unwrap().view.ready
@@ -563,6 +581,9 @@ impl WatchHub {
     }
 }
 
+/// Pools whose placement candidates the node view keeps at most (more are computed again).
+const MAX_CANDIDATE_LISTS: usize = 1024;
+
 /// How long a listing waits for the hub to reach the revision it reads at (its own commits
 /// arrive within microseconds, another controller's within a NOTIFY) before it reads the store.
 const VIEW_WAIT: Duration = Duration::from_millis(100);
@@ -601,6 +622,10 @@ struct NodeView {
     checkpoints: VecDeque<(Instant, Revision)>,
     /// Changes since removed nodes were last swept out.
     since_sweep: usize,
+    /// Node changes applied so far: what the cached placement candidates are valid for.
+    generation: u64,
+    /// Placement candidates per (cluster, pool), with the generation they were computed at.
+    candidates: HashMap<(String, String), (u64, Arc<[DroneSlot]>)>,
 }
 
 impl NodeView {
@@ -615,6 +640,33 @@ impl NodeView {
         versions.push((change.revision, version));
         prune(versions, self.horizon);
         self.since_sweep += 1;
+        self.generation += 1;
+    }
+
+    /// The READY drones of `cluster`/`pool` at `at` (the cursor), computed at most once per
+    /// node change; `None` when the view cannot answer.
+    fn drone_slots(&mut self, cluster: &str, pool: &str, at: Revision) -> Option<Arc<[DroneSlot]>> {
+        let key = (cluster.to_string(), pool.to_string());
+        if let Some((generation, slots)) = self.candidates.get(&key)
+            && *generation == self.generation
+        {
+            return Some(slots.clone());
+        }
+        let (nodes, _) = self.page(&scheduler::candidates_filter(cluster, pool), at, None, usize::MAX)?;
+        let slots: Arc<[DroneSlot]> = nodes
+            .iter()
+            .filter_map(|change| match &change.object {
+                Watched::Node { node, .. } => {
+                    Some(DroneSlot { node_id: node.id.clone(), capacity: node.backend_capacity })
+                }
+                Watched::Backend { .. } => None,
+            })
+            .collect();
+        if self.candidates.len() >= MAX_CANDIDATE_LISTS {
+            self.candidates.clear();
+        }
+        self.candidates.insert(key, (self.generation, slots.clone()));
+        Some(slots)
     }
 
     /// The cursor reached `cursor`: moves the horizon and now and then drops removed nodes.

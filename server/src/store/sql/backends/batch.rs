@@ -243,7 +243,7 @@ where
             return Ok(ConnectOutcome::NoDrone);
         }
         let mut loads = Vec::with_capacity(plan.candidates.len());
-        for slot in &plan.candidates {
+        for slot in plan.candidates.iter() {
             let live = Self::live_on(batch, &slot.node_id).await?;
             let load = DroneLoad { node_id: slot.node_id.clone(), capacity: slot.capacity, live };
             if load.free() > 0 {
