@@ -56,7 +56,7 @@ const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The page's own script, style and icon only; data is fetched from this origin.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+     connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// The gRPC methods each API route stands for: a caller may use the route when the
 /// authorization table lets it call every one of them.
