@@ -348,8 +348,13 @@ async fn the_event_stream_shows_a_drone_attach_and_a_backend_going_ready_and_a_r
     // `?since=` is the same resume point for a first connection.
     let mut events = Events::open(&url, &format!("?since={attached_at}"), &[]).await;
     assert_eq!(events.next().await.id, Some(attached_at));
-    drop(events);
-    cluster.shutdown().await;
+
+    // A controller shutting down ends an open stream with a reason (the page reconnects,
+    // elsewhere if a balancer sends it there) rather than waiting on it.
+    let shutdown = tokio::spawn(cluster.shutdown());
+    let end = events.until("the stream's end", |e| e.event == "end").await;
+    assert_eq!(end.data["reason"], "SHUTTING_DOWN", "{:?}", end.data);
+    tokio::time::timeout(WAIT, shutdown).await.expect("the controller stops with a dashboard open").unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
