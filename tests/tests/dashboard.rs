@@ -5,13 +5,13 @@
 
 use bytes::Bytes;
 use chrono::Utc;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use hangar::v1::{self, backend_service_client::BackendServiceClient};
 use hangar_server::api::BackendSettings;
 use hangar_server::controller::ControllerConfig;
 use hangar_server::store::Retention;
 use hangar_tests::{ManualDrone, TestCluster, drone_hello, status, test_config};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use serde_json::Value;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -287,7 +287,8 @@ async fn the_event_stream_shows_a_drone_attach_and_a_backend_going_ready_and_a_r
 
     let mut drone = ManualDrone::attach(&cluster.url(), drone_hello("drone-a")).await.expect("attach");
     let _beat = drone.keep_alive(Duration::from_millis(50));
-    let attached = events.until("the drone's ADDED", |e| e.event == "node" && e.data["node"]["name"] == "drone-a").await;
+    let attached =
+        events.until("the drone's ADDED", |e| e.event == "node" && e.data["node"]["name"] == "drone-a").await;
     assert_eq!(attached.data["type"], "ADDED");
     assert_eq!(attached.data["node"]["state"], "READY");
     assert_eq!(attached.data["node"]["id"], drone.node_id.as_str());
@@ -304,7 +305,10 @@ async fn the_event_stream_shows_a_drone_attach_and_a_backend_going_ready_and_a_r
     take_spawn(&mut drone, &backend_id).await;
     report(&mut drone, &backend_id, "ev-1", v1::BackendState::Ready).await;
     let ready = events.until("the backend READY", |e| is_backend(e, &backend_id, "READY")).await;
-    assert_eq!((ready.data["type"].as_str(), ready.data["previous_state"].as_str()), (Some("MODIFIED"), Some("SCHEDULED")));
+    assert_eq!(
+        (ready.data["type"].as_str(), ready.data["previous_state"].as_str()),
+        (Some("MODIFIED"), Some("SCHEDULED"))
+    );
     let last_seen = ready.id.unwrap();
     assert!(last_seen > scheduled.id.unwrap());
     drop(events);
@@ -323,7 +327,10 @@ async fn the_event_stream_shows_a_drone_attach_and_a_backend_going_ready_and_a_r
     let hello = events.next().await;
     assert_eq!((hello.event.as_str(), hello.id), ("hello", Some(last_seen)));
     let terminated = events.until("the backend TERMINATED", |e| e.event == "backend").await;
-    assert!(is_backend(&terminated, &backend_id, "TERMINATED"), "the first backend change after {last_seen}: {terminated:?}");
+    assert!(
+        is_backend(&terminated, &backend_id, "TERMINATED"),
+        "the first backend change after {last_seen}: {terminated:?}"
+    );
     assert!(terminated.id.unwrap() > last_seen);
     assert_eq!(terminated.data["backend"]["status"]["termination_reason"], "EXITED");
     assert_eq!(terminated.data["backend"]["status"]["exit_code"], 3);
@@ -394,7 +401,8 @@ fn auth_file(dir: &std::path::Path) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_auth_file_the_api_needs_a_token_whose_role_may_read_and_the_page_asks_for_one() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::sqlite_with(ControllerConfig { auth_file: Some(auth_file(dir.path())), ..config() }).await;
+    let cluster =
+        TestCluster::sqlite_with(ControllerConfig { auth_file: Some(auth_file(dir.path())), ..config() }).await;
     let url = admin(&cluster);
     let reader = [("authorization", "Bearer reader-secret-0123456789abcdef")];
     let drone = [("authorization", "Bearer drone-secret-0123456789abcdef")];

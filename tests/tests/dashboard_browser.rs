@@ -117,9 +117,8 @@ impl Page {
         let (socket, _) = tokio_tungstenite::connect_async(&browser.ws_url).await.expect("DevTools WebSocket");
         let mut page = Page { socket, next_id: 0, session: None, errors: Vec::new() };
         let target = page.call("Target.createTarget", json!({ "url": "about:blank" })).await;
-        let attached = page
-            .call("Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true }))
-            .await;
+        let attached =
+            page.call("Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true })).await;
         page.session = Some(attached["sessionId"].as_str().expect("a session id").to_string());
         page.call("Runtime.enable", json!({})).await;
         page.call(
@@ -171,8 +170,7 @@ impl Page {
 
     /// The value of a JavaScript expression in the page.
     async fn eval(&mut self, expression: &str) -> Value {
-        let result =
-            self.call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true })).await;
+        let result = self.call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true })).await;
         if let Some(exception) = result.get("exceptionDetails") {
             panic!("{expression}: {exception}");
         }
@@ -281,7 +279,9 @@ async fn the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser()
     drone_a.event_acked("ev-1", &backend_id, status(v1::BackendState::Starting), "127.0.0.1:9").await;
     drone_a.event_acked("ev-2", &backend_id, status(v1::BackendState::Ready), "127.0.0.1:9").await;
     page.wait_for("the backend READY", &row_state("backends", "id", &backend_id, "READY")).await;
-    let key = page.eval(&format!("document.querySelector('#backends tr[data-id=\"{backend_id}\"] td.key').textContent")).await;
+    let key = page
+        .eval(&format!("document.querySelector('#backends tr[data-id=\"{backend_id}\"] td.key').textContent"))
+        .await;
     assert_eq!(key, "docs/quarterly-report@v3");
 
     // A drone stops: OFFLINE.
@@ -297,9 +297,17 @@ async fn the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser()
     assert_eq!(page.eval("document.querySelectorAll('main img, #nodes img').length").await, json!(0));
     assert_eq!(page.eval("window.pwned === undefined").await, Value::Bool(true));
     // The filters hear the new pool.
-    page.wait_for("the gpu pool in the filter", "[...document.querySelectorAll('#filter-pool option')].some(o => o.value === 'gpu')").await;
+    page.wait_for(
+        "the gpu pool in the filter",
+        "[...document.querySelectorAll('#filter-pool option')].some(o => o.value === 'gpu')",
+    )
+    .await;
     // Ages tick live.
-    page.wait_for("a ticking heartbeat age", "/^\\d+s$/.test(document.querySelector('#nodes tr[data-name=\"drone-a\"] td.age').textContent)").await;
+    page.wait_for(
+        "a ticking heartbeat age",
+        "/^\\d+s$/.test(document.querySelector('#nodes tr[data-name=\"drone-a\"] td.age').textContent)",
+    )
+    .await;
 
     let shot = page.screenshot("dashboard.png").await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot of a rendered page");
@@ -326,7 +334,10 @@ async fn the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser()
     drop(page);
     let mut browser = browser;
     if tokio::time::timeout(Duration::from_secs(5), browser.child.wait()).await.is_err() {
-        eprintln!("chromium did not exit after Browser.close; killing it. Its stderr:\n{}", browser.log.lock().unwrap().join("\n"));
+        eprintln!(
+            "chromium did not exit after Browser.close; killing it. Its stderr:\n{}",
+            browser.log.lock().unwrap().join("\n")
+        );
         let _ = browser.child.kill().await;
     }
     cluster.shutdown().await;

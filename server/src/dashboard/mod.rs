@@ -237,13 +237,14 @@ async fn nodes(
     let mut after: Option<String> = None;
     let mut nodes = Vec::new();
     loop {
-        let page = dashboard.hub.list_nodes(&filter, at, after.as_deref(), NODE_PAGE).await.map_err(|err| match err {
-            StoreError::FutureRevision { requested, current } => HttpError::bad_request(
-                "at",
-                format!("revision {requested} is ahead of this cluster's current revision {current}"),
-            ),
-            other => HttpError::from(ApiError::from(other)),
-        })?;
+        let page =
+            dashboard.hub.list_nodes(&filter, at, after.as_deref(), NODE_PAGE).await.map_err(|err| match err {
+                StoreError::FutureRevision { requested, current } => HttpError::bad_request(
+                    "at",
+                    format!("revision {requested} is ahead of this cluster's current revision {current}"),
+                ),
+                other => HttpError::from(ApiError::from(other)),
+            })?;
         at = Some(page.revision);
         for change in &page.nodes {
             if let Watched::Node { node, .. } = &change.object {
@@ -492,7 +493,10 @@ impl HttpError {
     }
 
     fn bad_request(field: &'static str, message: impl ToString) -> Self {
-        HttpError { field: Some(field), ..HttpError::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message.to_string()) }
+        HttpError {
+            field: Some(field),
+            ..HttpError::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message.to_string())
+        }
     }
 
     /// The HTTP reading of a gRPC status the API would have answered.
