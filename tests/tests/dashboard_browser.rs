@@ -4,6 +4,8 @@
 //! user input (a label that looks like HTML) stays text; the page throws no error. Screenshots
 //! go to `target/test-artifacts/`: `dashboard.png`, `dashboard-dark.png` (the same page with
 //! `prefers-color-scheme: dark`) and `dashboard-detail.png` (one backend's status history).
+//! With an auth file, the page asks for a token, says why a drone's token may not read, and goes
+//! live with a reader's (`dashboard-token.png`, `dashboard-auth.png`).
 //!
 //! Without chromium the test prints a loud SKIP line, and fails when `HANGAR_REQUIRE_CHROMIUM=1`
 //! (CI sets it; `scripts/test` installs chromium).
@@ -181,14 +183,16 @@ impl Page {
     async fn wait_for(&mut self, what: &str, expression: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut pause = Duration::from_millis(20);
+        // Before the page has loaded, its elements are not there yet: that is "not yet".
+        let guarded = format!("(() => {{ try {{ return ({expression}); }} catch (_) {{ return false; }} }})()");
         loop {
-            if self.eval(expression).await == Value::Bool(true) {
+            if self.eval(&guarded).await == Value::Bool(true) {
                 return;
             }
             if tokio::time::Instant::now() > deadline {
-                let connection = self.eval("document.getElementById('connection').textContent").await;
-                let nodes = self.eval("document.querySelector('#nodes tbody').innerText").await;
-                let backends = self.eval("document.querySelector('#backends tbody').innerText").await;
+                let connection = self.eval("document.getElementById('connection')?.textContent").await;
+                let nodes = self.eval("document.querySelector('#nodes tbody')?.innerText").await;
+                let backends = self.eval("document.querySelector('#backends tbody')?.innerText").await;
                 panic!(
                     "the page did not show {what} within {WAIT:?}\nconnection: {connection}\nnodes:\n{nodes}\n\
                      backends:\n{backends}\npage errors: {:?}",
@@ -221,17 +225,24 @@ fn row_state(table: &str, attribute: &str, value: &str, state: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser() {
-    let Some(chromium) = find_chromium() else {
+/// Chromium, or `None` after a loud SKIP line (a failure with `HANGAR_REQUIRE_CHROMIUM=1`).
+fn chromium_or_skip(test: &str) -> Option<PathBuf> {
+    let found = find_chromium();
+    if found.is_none() {
         let required = std::env::var("HANGAR_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1");
         assert!(!required, "HANGAR_REQUIRE_CHROMIUM=1 but no chromium on PATH (scripts/test installs it with apt)");
         eprintln!(
-            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-             !! SKIP dashboard_browser: no `chromium` on PATH; install it (apt-get install chromium)\n\
-             !! or run scripts/test, which does. HANGAR_REQUIRE_CHROMIUM=1 makes this a failure.\n\
-             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+            "!!!!!!!! SKIPPED {test}: no `chromium` on PATH (apt-get install chromium, or run scripts/test, which \
+             does); set HANGAR_REQUIRE_CHROMIUM=1 to fail instead !!!!!!!!"
         );
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser() {
+    let Some(chromium) = chromium_or_skip("the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser")
+    else {
         return;
     };
     let cluster = TestCluster::sqlite_with(ControllerConfig {
@@ -340,5 +351,62 @@ async fn the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser()
         );
         let _ = browser.child.kill().await;
     }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_auth_file_the_page_asks_for_a_token_refuses_a_drones_and_goes_live_with_a_readers() {
+    let Some(chromium) = chromium_or_skip("with_an_auth_file_the_page_asks_for_a_token") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(
+        &auth,
+        "[[token]]\nname = \"viewer\"\nrole = \"reader\"\nsecret = \"reader-secret-0123456789abcdef\"\n\n\
+         [[token]]\nname = \"drone-token\"\nrole = \"drone\"\nsecret = \"drone-secret-0123456789abcdef\"\n",
+    )
+    .unwrap();
+    let cluster = TestCluster::sqlite_with(ControllerConfig {
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        auth_file: Some(auth),
+        ..test_config()
+    })
+    .await;
+    let admin = cluster.controller.admin_url().unwrap();
+    let browser = Browser::launch(&chromium).await;
+    let mut page = Page::open(&browser).await;
+    page.call("Page.navigate", json!({ "url": format!("{admin}/") })).await;
+    let asks = "!document.getElementById('token-panel').hidden && document.getElementById('main').hidden";
+    page.wait_for("the token form", asks).await;
+
+    let sign_in = |token: &str| {
+        format!(
+            "document.getElementById('token-input').value = '{token}'; \
+             document.getElementById('token-form').requestSubmit(); true"
+        )
+    };
+    page.eval(&sign_in("drone-secret-0123456789abcdef")).await;
+    page.wait_for(
+        "the drone token refused for its role",
+        &format!("{asks} && document.getElementById('token-reason').textContent.includes('role drone may not')"),
+    )
+    .await;
+    page.screenshot("dashboard-token.png").await;
+
+    page.eval(&sign_in("reader-secret-0123456789abcdef")).await;
+    page.wait_for("the live stream", "document.getElementById('connection').dataset.state === 'live'").await;
+    assert_eq!(page.eval("document.getElementById('token-panel').hidden").await, Value::Bool(true));
+    // Kept for this tab only.
+    assert_eq!(
+        page.eval("sessionStorage.getItem('hangar.dashboard.token')").await,
+        json!("reader-secret-0123456789abcdef")
+    );
+    let drone = hangar_tests::auth::attach_drone(&cluster.url(), "drone-secret-0123456789abcdef", "drone-a").await;
+    let drone = drone.expect("the drone token attaches");
+    page.wait_for("drone-a READY", &row_state("nodes", "name", "drone-a", "READY")).await;
+    page.screenshot("dashboard-auth.png").await;
+    assert!(page.errors.is_empty(), "the page reported errors: {:#?}", page.errors);
+    drop(drone);
+    page.session = None;
+    let _ = page.call("Browser.close", json!({})).await;
     cluster.shutdown().await;
 }

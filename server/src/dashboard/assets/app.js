@@ -138,13 +138,15 @@
     const reason = $("token-reason");
     if (error && error.status === 403) {
       reason.textContent =
-        `This token may not read the dashboard: ${error.message} ` +
+        `This token may not read the dashboard (${error.message}). ` +
         "Use a token whose role is reader or above.";
     } else if (sessionStorage.getItem(TOKEN_KEY)) {
-      reason.textContent = `The controller refused this token: ${error ? error.message : "unknown reason"}`;
+      reason.textContent = `The controller refused this token (${error ? error.message : "no reason given"}). ` +
+        "Enter another one.";
     }
     panel.hidden = false;
     $("main").hidden = true;
+    $("footer").hidden = true;
     $("token-input").focus();
     setConnection("down", "Token needed");
   }
@@ -152,6 +154,7 @@
   function hideToken() {
     $("token-panel").hidden = true;
     $("main").hidden = false;
+    $("footer").hidden = false;
     $("sign-out").hidden = !sessionStorage.getItem(TOKEN_KEY);
   }
 
