@@ -258,6 +258,9 @@ async fn snapshots_show_nodes_backends_and_a_backends_history_as_json_without_se
     assert_eq!(status, 400);
     let (status, _, _) = get_error(&format!("{url}/api/nope"), &[]).await;
     assert_eq!(status, 404);
+    // The admin listener's own routes are still there next to the dashboard's.
+    assert_eq!(get(&format!("{url}/healthz"), &[]).await.0, 200);
+    assert_eq!(get(&format!("{url}/metrics"), &[]).await.0, 200);
 
     // The page and its assets, from the binary, with a policy that runs only its own script.
     let (status, headers, page) = get(&format!("{url}/"), &[]).await;
