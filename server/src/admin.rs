@@ -1,11 +1,16 @@
 //! The controller's admin listener (`--admin-listen`, docs/operations.md): the routes every Hangar
 //! process serves (`/metrics`, `/healthz`, `/readyz`, from [`hangar_agent::admin`]) and the
-//! controller's own. Readiness is the store answering a read.
+//! controller's own, the live dashboard ([`crate::dashboard`]). Readiness is the store answering
+//! a read.
 
+use crate::auth::Authenticator;
+use crate::controller::NodeRegistry;
+use crate::dashboard::{self, Dashboard};
 use crate::store::DynStore;
 use crate::watch::WatchHub;
 use axum::Router;
 use hangar_agent::admin::{self, Check, Readiness};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long `/readyz` waits for the store before calling it unreachable.
@@ -17,6 +22,11 @@ pub struct AdminContext {
     pub store: DynStore,
     pub hub: WatchHub,
     pub controller_id: String,
+    /// Live heartbeat times of the nodes attached here, for the dashboard.
+    pub registry: Arc<NodeRegistry>,
+    /// The gRPC API's authenticator: the dashboard's API admits the same callers, by the same
+    /// table.
+    pub authenticator: Arc<Authenticator>,
 }
 
 /// Every route of the controller's admin listener.
@@ -26,7 +36,14 @@ pub fn controller_router(context: AdminContext) -> Router {
         let store = store.clone();
         async move { vec![store_check(&store).await] }
     });
-    admin::router(readiness)
+    let dashboard = Dashboard {
+        store: context.store,
+        hub: context.hub,
+        registry: context.registry,
+        authenticator: context.authenticator,
+        controller_id: context.controller_id,
+    };
+    admin::router(readiness).merge(dashboard::router(dashboard))
 }
 
 async fn store_check(store: &DynStore) -> Check {

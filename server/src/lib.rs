@@ -4,6 +4,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod controller;
+pub mod dashboard;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod limits;

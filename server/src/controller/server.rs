@@ -235,6 +235,8 @@ impl Controller {
                     store: store.clone(),
                     hub: hub.clone(),
                     controller_id: config.controller_id.clone(),
+                    registry: registry.clone(),
+                    authenticator: authenticator.clone(),
                 };
                 Some(AdminServer::bind(addr, crate::admin::controller_router(context)).await?)
             }

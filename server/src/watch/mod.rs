@@ -13,9 +13,11 @@
 //! docs/design/nodes-and-watch.md#the-hub.
 
 mod backends;
+mod changes;
 mod hub;
 mod stream;
 
 pub use backends::BackendWatch;
+pub use changes::ChangeWatch;
 pub use hub::{HubChange, NodeListing, Subscription, WatchConfig, WatchHub, Watched};
 pub use stream::{NodeWatch, WatchRequest, WatchStream};

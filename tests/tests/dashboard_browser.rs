@@ -1,0 +1,412 @@
+//! The dashboard in a real browser: Debian's `chromium`, headless, started by the test and
+//! driven over the Chrome DevTools Protocol on a WebSocket (no webdriver). The page must show a
+//! drone appear and turn OFFLINE, and a backend go from SCHEDULED to READY, without reloading;
+//! user input (a label that looks like HTML) stays text; the page throws no error. Screenshots
+//! go to `target/test-artifacts/`: `dashboard.png`, `dashboard-dark.png` (the same page with
+//! `prefers-color-scheme: dark`) and `dashboard-detail.png` (one backend's status history).
+//! With an auth file, the page asks for a token, says why a drone's token may not read, and goes
+//! live with a reader's (`dashboard-token.png`, `dashboard-auth.png`).
+//!
+//! Without chromium the test prints a loud SKIP line, and fails when `HANGAR_REQUIRE_CHROMIUM=1`
+//! (CI sets it; `scripts/test` installs chromium).
+
+use base64::Engine;
+use futures::{SinkExt, StreamExt};
+use hangar::v1::{self, backend_service_client::BackendServiceClient};
+use hangar_server::controller::ControllerConfig;
+use hangar_tests::{ManualDrone, TestCluster, drone_hello, status, test_config};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `chromium` (Debian) or `chromium-browser`, from `PATH`.
+fn find_chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Where test artifacts go: `target/test-artifacts/` of this workspace (or of `CARGO_TARGET_DIR`).
+fn artifacts() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
+    dir
+}
+
+/// A headless chromium with its DevTools WebSocket, killed when dropped.
+struct Browser {
+    child: tokio::process::Child,
+    _profile: tempfile::TempDir,
+    ws_url: String,
+    /// Chromium's stderr lines, kept for the failure message.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Browser {
+    async fn launch(binary: &PathBuf) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = tokio::process::Command::new(binary)
+            .args([
+                "--headless",
+                // Root in a container has no sandbox to offer; the browser loads only our page.
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--remote-debugging-port=0",
+                "--window-size=1440,960",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {}: {err}", binary.display()));
+        // Chromium prints `DevTools listening on ws://…` once its port is open; the rest of its
+        // stderr is read on (a full pipe would block it) and kept for diagnostics.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ws_url = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.unwrap_or(None) {
+                if let Some((_, url)) = line.split_once("DevTools listening on ") {
+                    return Some(url.trim().to_string());
+                }
+                log.lock().unwrap().push(line);
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("chromium printed no DevTools URL; its stderr:\n{}", log.lock().unwrap().join("\n")));
+        let keep = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keep.lock().unwrap().push(line);
+            }
+        });
+        Browser { child, _profile: profile, ws_url, log }
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One DevTools connection with one page attached (flattened session).
+struct Page {
+    socket: Socket,
+    next_id: u64,
+    session: Option<String>,
+    /// Uncaught exceptions and console errors the page reported.
+    errors: Vec<String>,
+}
+
+impl Page {
+    async fn open(browser: &Browser) -> Page {
+        let (socket, _) = tokio_tungstenite::connect_async(&browser.ws_url).await.expect("DevTools WebSocket");
+        let mut page = Page { socket, next_id: 0, session: None, errors: Vec::new() };
+        let target = page.call("Target.createTarget", json!({ "url": "about:blank" })).await;
+        let attached =
+            page.call("Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true })).await;
+        page.session = Some(attached["sessionId"].as_str().expect("a session id").to_string());
+        page.call("Runtime.enable", json!({})).await;
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": 1440, "height": 960, "deviceScaleFactor": 1, "mobile": false }),
+        )
+        .await;
+        page
+    }
+
+    /// Sends `method` and returns its result; events that arrive meanwhile are looked at for
+    /// errors and dropped.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = &self.session {
+            message["sessionId"] = json!(session);
+        }
+        self.socket.send(Message::text(message.to_string())).await.expect("DevTools send");
+        let reply = tokio::time::timeout(WAIT, async {
+            loop {
+                let frame = self.socket.next().await.expect("DevTools socket open").expect("DevTools read");
+                let Message::Text(text) = frame else { continue };
+                let value: Value = serde_json::from_str(&text).expect("DevTools JSON");
+                if value["id"] == id {
+                    return value;
+                }
+                self.note(&value);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{method}: no DevTools answer within {WAIT:?}"));
+        if let Some(error) = reply.get("error") {
+            panic!("{method}: {error}");
+        }
+        reply["result"].clone()
+    }
+
+    fn note(&mut self, event: &Value) {
+        match event["method"].as_str() {
+            Some("Runtime.exceptionThrown") => self.errors.push(event["params"]["exceptionDetails"].to_string()),
+            Some("Runtime.consoleAPICalled") if event["params"]["type"] == "error" => {
+                self.errors.push(event["params"]["args"].to_string())
+            }
+            _ => {}
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let result = self.call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true })).await;
+        if let Some(exception) = result.get("exceptionDetails") {
+            panic!("{expression}: {exception}");
+        }
+        result["result"]["value"].clone()
+    }
+
+    /// Polls `expression` until it is `true`; fails naming `what` and the page's `describe`.
+    async fn wait_for(&mut self, what: &str, expression: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut pause = Duration::from_millis(20);
+        // Before the page has loaded, its elements are not there yet: that is "not yet".
+        let guarded = format!("(() => {{ try {{ return ({expression}); }} catch (_) {{ return false; }} }})()");
+        loop {
+            if self.eval(&guarded).await == Value::Bool(true) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let connection = self.eval("document.getElementById('connection')?.textContent").await;
+                let nodes = self.eval("document.querySelector('#nodes tbody')?.innerText").await;
+                let backends = self.eval("document.querySelector('#backends tbody')?.innerText").await;
+                panic!(
+                    "the page did not show {what} within {WAIT:?}\nconnection: {connection}\nnodes:\n{nodes}\n\
+                     backends:\n{backends}\npage errors: {:?}",
+                    self.errors
+                );
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    async fn screenshot(&mut self, name: &str) -> PathBuf {
+        let shot = self.call("Page.captureScreenshot", json!({ "format": "png" })).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("screenshot data"))
+            .expect("base64 PNG");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let path = artifacts().join(name);
+        std::fs::write(&path, png).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        println!("dashboard screenshot: {}", path.display());
+        path
+    }
+}
+
+/// `document.querySelector(selector)?.dataset.state === state`, as JavaScript.
+fn row_state(table: &str, attribute: &str, value: &str, state: &str) -> String {
+    format!(
+        "(() => {{ const row = document.querySelector('#{table} tbody tr[data-{attribute}=\"{value}\"]'); \
+         return !!row && row.dataset.state === '{state}' && row.querySelector('.state').textContent === '{state}'; }})()"
+    )
+}
+
+/// Chromium, or `None` after a loud SKIP line (a failure with `HANGAR_REQUIRE_CHROMIUM=1`).
+fn chromium_or_skip(test: &str) -> Option<PathBuf> {
+    let found = find_chromium();
+    if found.is_none() {
+        let required = std::env::var("HANGAR_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1");
+        assert!(!required, "HANGAR_REQUIRE_CHROMIUM=1 but no chromium on PATH (scripts/test installs it with apt)");
+        eprintln!(
+            "!!!!!!!! SKIPPED {test}: no `chromium` on PATH (apt-get install chromium, or run scripts/test, which \
+             does); set HANGAR_REQUIRE_CHROMIUM=1 to fail instead !!!!!!!!"
+        );
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser() {
+    let Some(chromium) = chromium_or_skip("the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser")
+    else {
+        return;
+    };
+    let cluster = TestCluster::sqlite_with(ControllerConfig {
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..test_config()
+    })
+    .await;
+    let admin = cluster.controller.admin_url().unwrap();
+    let browser = Browser::launch(&chromium).await;
+    let mut page = Page::open(&browser).await;
+    page.call("Page.navigate", json!({ "url": format!("{admin}/") })).await;
+    page.wait_for("the live stream", "document.getElementById('connection')?.dataset.state === 'live'").await;
+    // Gone if the page ever reloads.
+    page.eval("window.hangarTestNoReload = true").await;
+
+    // A drone appears.
+    let mut hello = drone_hello("drone-a");
+    hello.labels.insert("zone".into(), "<img src=x onerror=\"window.pwned=1\">".into());
+    let mut drone_a = ManualDrone::attach(&cluster.url(), hello).await.expect("attach drone-a");
+    let _beat_a = drone_a.keep_alive(Duration::from_millis(50));
+    let mut hello = drone_hello("drone-b");
+    hello.pool = "gpu".into();
+    let drone_b = ManualDrone::attach(&cluster.url(), hello).await.expect("attach drone-b");
+    let beat_b = drone_b.keep_alive(Duration::from_millis(50));
+    page.wait_for("drone-a READY", &row_state("nodes", "name", "drone-a", "READY")).await;
+    page.wait_for("drone-b READY", &row_state("nodes", "name", "drone-b", "READY")).await;
+
+    // A backend goes from SCHEDULED to READY.
+    let mut client = BackendServiceClient::new(cluster.channel().await);
+    let config = v1::SpawnConfig {
+        executable: Some(v1::Executable { image: "hangar/test-backend:1".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let request = v1::ConnectRequest {
+        key: Some(v1::BackendKey { namespace: "docs".into(), name: "quarterly-report".into(), tag: "v3".into() }),
+        spawn_config: Some(config),
+        user: "alice".into(),
+        auth: Default::default(),
+    };
+    let backend_id = client.connect(request).await.expect("connect").into_inner().backend_id;
+    page.wait_for("the backend SCHEDULED", &row_state("backends", "id", &backend_id, "SCHEDULED")).await;
+    let action = drone_a.next_action(WAIT).await;
+    assert_eq!(action.backend_id, backend_id);
+    drone_a.ack_action(&action.action_id).await;
+    drone_a.event_acked("ev-1", &backend_id, status(v1::BackendState::Starting), "127.0.0.1:9").await;
+    drone_a.event_acked("ev-2", &backend_id, status(v1::BackendState::Ready), "127.0.0.1:9").await;
+    page.wait_for("the backend READY", &row_state("backends", "id", &backend_id, "READY")).await;
+    let key = page
+        .eval(&format!("document.querySelector('#backends tr[data-id=\"{backend_id}\"] td.key').textContent"))
+        .await;
+    assert_eq!(key, "docs/quarterly-report@v3");
+
+    // A drone stops: OFFLINE.
+    beat_b.abort();
+    drop(drone_b);
+    page.wait_for("drone-b OFFLINE", &row_state("nodes", "name", "drone-b", "OFFLINE")).await;
+
+    // User input stayed text: the label shows as written and made no element.
+    let label_shown = page
+        .eval("[...document.querySelectorAll('#nodes .label')].some(l => l.textContent === 'zone=<img src=x onerror=\"window.pwned=1\">')")
+        .await;
+    assert_eq!(label_shown, Value::Bool(true), "the label is shown as text");
+    assert_eq!(page.eval("document.querySelectorAll('main img, #nodes img').length").await, json!(0));
+    assert_eq!(page.eval("window.pwned === undefined").await, Value::Bool(true));
+    // The filters hear the new pool.
+    page.wait_for(
+        "the gpu pool in the filter",
+        "[...document.querySelectorAll('#filter-pool option')].some(o => o.value === 'gpu')",
+    )
+    .await;
+    // Ages tick live.
+    page.wait_for(
+        "a ticking heartbeat age",
+        "/^\\d+s$/.test(document.querySelector('#nodes tr[data-name=\"drone-a\"] td.age').textContent)",
+    )
+    .await;
+
+    let shot = page.screenshot("dashboard.png").await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot of a rendered page");
+    let scheme = |value: &str| json!({ "features": [{ "name": "prefers-color-scheme", "value": value }] });
+    page.call("Emulation.setEmulatedMedia", scheme("dark")).await;
+    let background = page.eval("getComputedStyle(document.body).backgroundColor").await;
+    assert_ne!(background, json!("rgb(246, 247, 249)"), "dark mode follows prefers-color-scheme");
+    page.screenshot("dashboard-dark.png").await;
+    page.call("Emulation.setEmulatedMedia", scheme("light")).await;
+
+    // The backend's history, in the detail view.
+    page.eval(&format!("document.querySelector('#backends tr[data-id=\"{backend_id}\"] button').click()")).await;
+    page.wait_for(
+        "the status history",
+        "JSON.stringify([...document.querySelectorAll('#history tbody tr')].map(r => r.dataset.state)) === '[\"SCHEDULED\",\"STARTING\",\"READY\"]'",
+    )
+    .await;
+    page.screenshot("dashboard-detail.png").await;
+
+    assert_eq!(page.eval("window.hangarTestNoReload === true").await, Value::Bool(true), "the page never reloaded");
+    assert!(page.errors.is_empty(), "the page reported errors: {:#?}", page.errors);
+    page.session = None; // Browser.close is the browser's, not the page's
+    let _ = page.call("Browser.close", json!({})).await;
+    drop(page);
+    let mut browser = browser;
+    if tokio::time::timeout(Duration::from_secs(5), browser.child.wait()).await.is_err() {
+        eprintln!(
+            "chromium did not exit after Browser.close; killing it. Its stderr:\n{}",
+            browser.log.lock().unwrap().join("\n")
+        );
+        let _ = browser.child.kill().await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_auth_file_the_page_asks_for_a_token_refuses_a_drones_and_goes_live_with_a_readers() {
+    let Some(chromium) = chromium_or_skip("with_an_auth_file_the_page_asks_for_a_token") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(
+        &auth,
+        "[[token]]\nname = \"viewer\"\nrole = \"reader\"\nsecret = \"reader-secret-0123456789abcdef\"\n\n\
+         [[token]]\nname = \"drone-token\"\nrole = \"drone\"\nsecret = \"drone-secret-0123456789abcdef\"\n",
+    )
+    .unwrap();
+    let cluster = TestCluster::sqlite_with(ControllerConfig {
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        auth_file: Some(auth),
+        ..test_config()
+    })
+    .await;
+    let admin = cluster.controller.admin_url().unwrap();
+    let browser = Browser::launch(&chromium).await;
+    let mut page = Page::open(&browser).await;
+    page.call("Page.navigate", json!({ "url": format!("{admin}/") })).await;
+    let asks = "!document.getElementById('token-panel').hidden && document.getElementById('main').hidden";
+    page.wait_for("the token form", asks).await;
+
+    let sign_in = |token: &str| {
+        format!(
+            "document.getElementById('token-input').value = '{token}'; \
+             document.getElementById('token-form').requestSubmit(); true"
+        )
+    };
+    page.eval(&sign_in("drone-secret-0123456789abcdef")).await;
+    page.wait_for(
+        "the drone token refused for its role",
+        &format!("{asks} && document.getElementById('token-reason').textContent.includes('role drone may not')"),
+    )
+    .await;
+    page.screenshot("dashboard-token.png").await;
+
+    page.eval(&sign_in("reader-secret-0123456789abcdef")).await;
+    page.wait_for("the live stream", "document.getElementById('connection').dataset.state === 'live'").await;
+    assert_eq!(page.eval("document.getElementById('token-panel').hidden").await, Value::Bool(true));
+    // Kept for this tab only.
+    assert_eq!(
+        page.eval("sessionStorage.getItem('hangar.dashboard.token')").await,
+        json!("reader-secret-0123456789abcdef")
+    );
+    let drone = hangar_tests::auth::attach_drone(&cluster.url(), "drone-secret-0123456789abcdef", "drone-a").await;
+    let drone = drone.expect("the drone token attaches");
+    page.wait_for("drone-a READY", &row_state("nodes", "name", "drone-a", "READY")).await;
+    page.screenshot("dashboard-auth.png").await;
+    assert!(page.errors.is_empty(), "the page reported errors: {:#?}", page.errors);
+    drop(drone);
+    page.session = None;
+    let _ = page.call("Browser.close", json!({})).await;
+    cluster.shutdown().await;
+}
