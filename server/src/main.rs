@@ -117,8 +117,8 @@ struct ControllerArgs {
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
     /// Address of the admin listener: /metrics (Prometheus), /healthz, /readyz and the
-    /// dashboard at /. It is not authenticated: keep it on loopback or a private network.
-    /// `off` serves none.
+    /// dashboard at /. Plain HTTP; with --auth-file the dashboard's data asks for a token, the
+    /// rest is open: keep it on loopback or a private network. `off` serves none.
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:7071")]
     admin_listen: AdminListen,
     /// sqlite://PATH (one controller) or postgres://USER@HOST/DB (any number of controllers).
