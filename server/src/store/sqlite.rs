@@ -27,6 +27,9 @@ impl Dialect for Sqlite {
     }
 }
 
+/// The writer's page cache (SQLite's `cache_size` in KiB; the default is 2 MiB).
+const SQLITE_WRITER_CACHE_KIB: u64 = 64 * 1024;
+
 impl SqlStore<Sqlite> {
     /// Opens (creating the file and its directory if missing) and migrates `sqlite://PATH`.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -43,8 +46,14 @@ impl SqlStore<Sqlite> {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
+        // The one writer keeps a larger page cache: it is the only connection whose cache stays
+        // valid between transactions (a reader's is dropped whenever another connection wrote),
+        // and every placement walks the backends' indexes. With the default 2 MiB, a stream of
+        // placements spent a quarter of the controller's CPU in the kernel copying pages back
+        // (perf; BENCHMARKS.md "Placements").
+        let writer_options = options.clone().pragma("cache_size", format!("-{}", SQLITE_WRITER_CACHE_KIB));
         let write =
-            SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(from_sqlx)?;
+            SqlitePoolOptions::new().max_connections(1).connect_with(writer_options).await.map_err(from_sqlx)?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await.map_err(from_migrate)?;
         let read = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(from_sqlx)?;
         Ok(SqlStore::new(read, write))

@@ -13,7 +13,7 @@
 //! write that fails fails alone.
 //! (docs/design/backends-and-leases.md#connect-get-or-create-by-key)
 
-use super::super::{BUMP_REVISION, Dialect, SqlStore};
+use super::super::{Dialect, SqlStore};
 use crate::store::backends::*;
 use crate::store::rows::{self, from_sqlx};
 use crate::store::{Change, ChangeKind, LocalCommit, Revision, StoreError};
@@ -53,7 +53,9 @@ pub(in crate::store::sql) struct WriteQueue {
 /// One batch's transaction: the revisions it handed out, with the change each made (if any).
 struct Batch<DB: sqlx::Database> {
     tx: Transaction<'static, DB>,
-    /// Bumped by `begin_write`; the first change takes it.
+    /// Bumped by `begin_write`; the first change takes it, the next ones the revisions after
+    /// it, and the counter is moved past them once, before the commit (the batch holds the
+    /// write lock, so nobody else takes a revision meanwhile).
     first: Revision,
     revisions: Vec<(Revision, Option<Change>)>,
     /// Something other than a revision was written (a token, an acknowledgement).
@@ -64,6 +66,8 @@ struct Batch<DB: sqlx::Database> {
     /// The drones this batch gave new actions to: their sessions, and only theirs, are woken
     /// once it commits (docs/design/drone-link.md#wake-ups).
     woken: Vec<String>,
+    /// The fencing floor, read once per batch (only retention raises it, never inside a batch).
+    fencing_floor: Option<i64>,
 }
 
 /// `state IN (…)` over the live states, so that the count walks `backends_by_drone` only over
@@ -133,8 +137,15 @@ where
         let started = std::time::Instant::now();
         let (tx, first) = self.begin_write().await?;
         let locked = started.elapsed();
-        let mut batch =
-            Batch { tx, first, revisions: Vec::new(), wrote: false, live: HashMap::new(), woken: Vec::new() };
+        let mut batch = Batch {
+            tx,
+            first,
+            revisions: Vec::new(),
+            wrote: false,
+            live: HashMap::new(),
+            woken: Vec::new(),
+            fencing_floor: None,
+        };
         let mut done = Vec::with_capacity(ops.len());
         for op in ops {
             done.push(match op {
@@ -147,13 +158,21 @@ where
                 }
             });
         }
-        let Batch { tx, revisions, wrote, mut woken, .. } = batch;
+        let Batch { mut tx, revisions, wrote, mut woken, .. } = batch;
         if revisions.is_empty() && !wrote {
             // Nothing changed: the revision goes back with the rollback.
             tx.rollback().await.map_err(from_sqlx)?;
             return Ok(done);
         }
         let last = revisions.last().map_or(first, |(r, _)| *r);
+        if last > first {
+            let counter = Self::take_more_revisions(&mut tx, last - first).await?;
+            if counter != last {
+                return Err(StoreError::Corrupt(format!(
+                    "the revision counter moved under a write batch: {counter}, expected {last}"
+                )));
+            }
+        }
         woken.sort_unstable();
         woken.dedup();
         // Only other writes (a token, an acknowledgement): one commit without a change.
@@ -167,13 +186,10 @@ where
         Ok(done)
     }
 
-    /// The next revision of the batch: the one `begin_write` took, then one more each time.
-    async fn next_revision(batch: &mut Batch<DB>) -> Result<Revision, StoreError> {
-        if batch.revisions.is_empty() {
-            return Ok(batch.first);
-        }
-        let row = sqlx::query(BUMP_REVISION).fetch_one(&mut *batch.tx).await.map_err(from_sqlx)?;
-        rows::revision_from_db(row.try_get(0).map_err(from_sqlx)?)
+    /// The next revision of the batch: the one `begin_write` took, then one more each time (the
+    /// caller records a change under it before asking again).
+    fn next_revision(batch: &Batch<DB>) -> Revision {
+        batch.first + batch.revisions.len() as Revision
     }
 
     /// Takes the next revision for `change` (`None`: a write no watcher sees).
@@ -181,7 +197,7 @@ where
         batch: &mut Batch<DB>,
         change: impl FnOnce(Revision) -> Option<Change>,
     ) -> Result<Revision, StoreError> {
-        let revision = Self::next_revision(batch).await?;
+        let revision = Self::next_revision(batch);
         batch.revisions.push((revision, change(revision)));
         Ok(revision)
     }
@@ -255,7 +271,13 @@ where
             (Some(_), Some(previous)) => previous + 1,
             // No row: a new key, or one whose row retention removed; either way above every
             // token a removed row held.
-            (Some(_), None) => Self::fencing_floor_in(&mut batch.tx).await? + 1,
+            (Some(_), None) => {
+                let floor = match batch.fencing_floor {
+                    Some(floor) => floor,
+                    None => *batch.fencing_floor.insert(Self::fencing_floor_in(&mut batch.tx).await?),
+                };
+                floor + 1
+            }
             (None, _) => 0,
         };
         let config = plan.config.clone();
@@ -295,7 +317,7 @@ where
                 .await
                 .map_err(from_sqlx)?;
         }
-        let revision = Self::next_revision(batch).await?;
+        let revision = Self::next_revision(batch);
         Self::insert_backend(&mut batch.tx, &backend, revision).await?;
         let action = PendingAction {
             id: plan.action_id.clone(),
@@ -347,7 +369,7 @@ where
                 backend.address = event.address.clone();
             }
             backend.updated_at = event.now;
-            let revision = Self::next_revision(batch).await?;
+            let revision = Self::next_revision(batch);
             Self::update_backend(&mut batch.tx, &backend, revision, previous).await?;
             if terminated {
                 Self::release(&mut batch.tx, &backend.id, event.now).await?;
