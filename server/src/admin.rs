@@ -26,7 +26,7 @@ pub fn controller_router(context: AdminContext) -> Router {
         let store = store.clone();
         async move { vec![store_check(&store).await] }
     });
-    admin::router(readiness)
+    admin::router_with_scrape(readiness, crate::metrics::scrape(context.store.clone(), context.hub.clone()))
 }
 
 async fn store_check(store: &DynStore) -> Check {

@@ -7,6 +7,7 @@ pub mod controller;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod scheduler;
 pub mod store;

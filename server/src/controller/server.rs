@@ -173,6 +173,8 @@ impl Controller {
             // Every call, health and reflection included, is authenticated and authorized first;
             // the limits layer after it (inner: tonic puts the first layer outermost) counts per
             // caller by the `Arc<Principal>` it finds in the extensions.
+            // Outermost: every call is counted with its code, refused ones included.
+            .layer(crate::metrics::GrpcMetricsLayer)
             .layer(AuthLayer::new(authenticator.clone()))
             .layer(LimitLayer::new(config.limits.clone()))
             .add_service(health_service)
