@@ -67,11 +67,35 @@ impl Check {
     }
 }
 
+/// The controller a node agent (drone, proxy) is attached to right now, as its readiness names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedTo {
+    pub controller: String,
+    pub node_id: String,
+}
+
+impl AttachedTo {
+    /// The `controller` check of an agent's `/readyz`: attached (to which controller, as which
+    /// node), or not yet/no longer.
+    pub fn check(attached: Option<&AttachedTo>) -> Check {
+        match attached {
+            Some(to) => Check::ok("controller", format!("attached to {} as node {}", to.controller, to.node_id)),
+            None => Check::failed("controller", "not attached to any controller (connecting; see the log for why)"),
+        }
+    }
+}
+
 type CheckFuture = Pin<Box<dyn Future<Output = Vec<Check>> + Send>>;
 
 /// What `/readyz` runs on each request: the process's readiness conditions.
 #[derive(Clone)]
 pub struct Readiness(Arc<dyn Fn() -> CheckFuture + Send + Sync>);
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Readiness(..)")
+    }
+}
 
 impl Readiness {
     pub fn new<F, Fut>(check: F) -> Self
@@ -89,6 +113,18 @@ impl Readiness {
 
     pub async fn check(&self) -> Vec<Check> {
         (self.0)().await
+    }
+
+    /// Both sets of conditions, `self`'s first.
+    pub fn and(self, other: Readiness) -> Readiness {
+        Readiness::new(move || {
+            let (a, b) = (self.clone(), other.clone());
+            async move {
+                let mut checks = a.check().await;
+                checks.extend(b.check().await);
+                checks
+            }
+        })
     }
 }
 

@@ -17,6 +17,8 @@ pub struct AdminContext {
     pub store: DynStore,
     pub hub: WatchHub,
     pub controller_id: String,
+    /// Readiness conditions of what runs next to the controller in this process (dev).
+    pub more_readiness: Option<Readiness>,
 }
 
 /// Every route of the controller's admin listener.
@@ -26,6 +28,10 @@ pub fn controller_router(context: AdminContext) -> Router {
         let store = store.clone();
         async move { vec![store_check(&store).await] }
     });
+    let readiness = match context.more_readiness.clone() {
+        Some(more) => readiness.and(more),
+        None => readiness,
+    };
     admin::router_with_scrape(readiness, crate::metrics::scrape(context.store.clone(), context.hub.clone()))
 }
 

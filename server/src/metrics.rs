@@ -48,25 +48,85 @@ use MetricKind::{Counter as C, Gauge as G, Histogram as H};
 
 /// The controller's series.
 pub const CONTROLLER: &[MetricDef] = &[
-    def(GRPC_REQUESTS, C, &["service", "method", "code"], "gRPC calls answered, by service, method and status code; a stream counts when it ends, with the code it ended with."),
-    def(GRPC_DURATION, H, &["service", "method"], "Time from a unary gRPC call's arrival to its answer (streams are not timed: their life is their length)."),
-    def(WATCH_STREAMS, G, &["watch"], "WatchNodes (watch=nodes) and WatchBackends (watch=backends) streams open on this controller."),
+    def(
+        GRPC_REQUESTS,
+        C,
+        &["service", "method", "code"],
+        "gRPC calls answered, by service, method and status code; a stream counts when it ends, with the code it ended with.",
+    ),
+    def(
+        GRPC_DURATION,
+        H,
+        &["service", "method"],
+        "Time from a unary gRPC call's arrival to its answer (streams are not timed: their life is their length).",
+    ),
+    def(
+        WATCH_STREAMS,
+        G,
+        &["watch"],
+        "WatchNodes (watch=nodes) and WatchBackends (watch=backends) streams open on this controller.",
+    ),
     def(WATCH_EVENTS, C, &["watch"], "Messages sent on watch streams: snapshot entries, changes and bookmarks."),
-    def(WATCH_CUT_OFF, C, &["watch"], "Watch streams ended with RESOURCE_EXHAUSTED (WATCH_TOO_SLOW) because they fell further behind than the hub's ring reaches."),
-    def(NODES, G, &["kind", "state"], "Nodes of every cluster by kind (DRONE, PROXY) and state (READY, DRAINING, UNHEALTHY, OFFLINE), as of the scrape."),
-    def(BACKENDS, G, &["state"], "Backends of every cluster by state, as of the scrape; TERMINATED ones stay until --backend-retention removes them."),
-    def(BACKENDS_TERMINATED, C, &["reason"], "Backends that reached TERMINATED through this controller, by termination reason."),
-    def(PLACEMENTS, C, &["outcome"], "Connect calls by outcome: spawned (a backend was placed), found (the key's live backend), no_drone, pool_full, tag_mismatch, not_found."),
-    def(PLACEMENT_DURATION, H, &[], "Time of a Connect that placed a new backend: candidate drones read, placed, Spawn action stored."),
-    def(HEARTBEAT_AGE, H, &["kind"], "Age of a node's previous heartbeat when the next one arrives on this controller, by node kind: the heartbeat interval plus delays."),
+    def(
+        WATCH_CUT_OFF,
+        C,
+        &["watch"],
+        "Watch streams ended with RESOURCE_EXHAUSTED (WATCH_TOO_SLOW) because they fell further behind than the hub's ring reaches.",
+    ),
+    def(
+        NODES,
+        G,
+        &["kind", "state"],
+        "Nodes of every cluster by kind (DRONE, PROXY) and state (READY, DRAINING, UNHEALTHY, OFFLINE), as of the scrape.",
+    ),
+    def(
+        BACKENDS,
+        G,
+        &["state"],
+        "Backends of every cluster by state, as of the scrape; TERMINATED ones stay until --backend-retention removes them.",
+    ),
+    def(
+        BACKENDS_TERMINATED,
+        C,
+        &["reason"],
+        "Backends that reached TERMINATED through this controller, by termination reason.",
+    ),
+    def(
+        PLACEMENTS,
+        C,
+        &["outcome"],
+        "Connect calls by outcome: spawned (a backend was placed), found (the key's live backend), no_drone, pool_full, tag_mismatch, not_found.",
+    ),
+    def(
+        PLACEMENT_DURATION,
+        H,
+        &[],
+        "Time of a Connect that placed a new backend: candidate drones read, placed, Spawn action stored.",
+    ),
+    def(
+        HEARTBEAT_AGE,
+        H,
+        &["kind"],
+        "Age of a node's previous heartbeat when the next one arrives on this controller, by node kind: the heartbeat interval plus delays.",
+    ),
     def(STORE_DURATION, H, &["operation"], "Time of a store operation (database round trips included), by operation."),
     def(STORE_ERRORS, C, &["operation"], "Store operations that failed, by operation."),
 ];
 
 /// The proxy's series.
 pub const PROXY: &[MetricDef] = &[
-    def(PROXY_REQUESTS, C, &["class"], "Requests the proxy answered, by status class (1xx to 5xx), its own error answers included."),
-    def(PROXY_UPSTREAM_DURATION, H, &[], "Time from sending a request to its backend to the backend's response headers."),
+    def(
+        PROXY_REQUESTS,
+        C,
+        &["class"],
+        "Requests the proxy answered, by status class (1xx to 5xx), its own error answers included.",
+    ),
+    def(
+        PROXY_UPSTREAM_DURATION,
+        H,
+        &[],
+        "Time from sending a request to its backend to the backend's response headers.",
+    ),
 ];
 
 /// Every series `hangar-server` may record (the controller's and the proxy's).
@@ -118,7 +178,9 @@ impl MethodSeries {
         let code = code.min(CODES.len() - 1);
         let (service, method) = (self.service, self.method);
         self.codes[code]
-            .get_or_init(|| metrics::counter!(GRPC_REQUESTS, "service" => service, "method" => method, "code" => CODES[code]))
+            .get_or_init(
+                || metrics::counter!(GRPC_REQUESTS, "service" => service, "method" => method, "code" => CODES[code]),
+            )
             .increment(1);
         if self.unary {
             self.duration
@@ -229,7 +291,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let call = METHODS.get().map(|methods| Call { series: methods.get(request.uri().path()), started: Instant::now() });
+        let call =
+            METHODS.get().map(|methods| Call { series: methods.get(request.uri().path()), started: Instant::now() });
         MeteredFuture { inner: self.inner.call(request), call }
     }
 }

@@ -14,7 +14,7 @@ use hangar::v1::backend_service_server::BackendServiceServer;
 use hangar::v1::drone_service_server::DroneServiceServer;
 use hangar::v1::node_service_server::NodeServiceServer;
 use hangar::v1::proxy_service_server::ProxyServiceServer;
-use hangar_agent::admin::AdminServer;
+use hangar_agent::admin::{AdminServer, Readiness};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,6 +60,9 @@ pub struct ControllerConfig {
     /// Where the admin listener serves `/metrics`, `/healthz`, `/readyz` and the dashboard;
     /// `None` serves none (tests that do not look at it).
     pub admin_listen: Option<SocketAddr>,
+    /// More conditions for the admin listener's `/readyz`, after the store's: those of the
+    /// parts a process runs next to the controller (dev's proxy and drone).
+    pub admin_readiness: Option<Readiness>,
 }
 
 impl Default for ControllerConfig {
@@ -79,6 +82,7 @@ impl Default for ControllerConfig {
             tls: None,
             limits: LimitsConfig::default(),
             admin_listen: None,
+            admin_readiness: None,
         }
     }
 }
@@ -237,6 +241,7 @@ impl Controller {
                     store: store.clone(),
                     hub: hub.clone(),
                     controller_id: config.controller_id.clone(),
+                    more_readiness: config.admin_readiness.clone(),
                 };
                 Some(AdminServer::bind(addr, crate::admin::controller_router(context)).await?)
             }

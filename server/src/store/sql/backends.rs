@@ -655,8 +655,7 @@ where
             .map(|row| {
                 let state: String = row.try_get(0).map_err(from_sqlx)?;
                 let count: i64 = row.try_get(1).map_err(from_sqlx)?;
-                let state =
-                    state.parse().map_err(|e| StoreError::Corrupt(format!("backend state {state:?}: {e}")))?;
+                let state = state.parse().map_err(|e| StoreError::Corrupt(format!("backend state {state:?}: {e}")))?;
                 Ok((state, u64::try_from(count).unwrap_or_default()))
             })
             .collect()
