@@ -646,17 +646,8 @@ pub fn scrape(store: DynStore, hub: WatchHub) -> Scrape {
     Scrape::new(move || {
         let (store, hub) = (store.clone(), hub.clone());
         async move {
-            let filter = NodeFilter::default();
-            match tokio::time::timeout(SCRAPE_STORE_TIMEOUT, hub.list_nodes(&filter, None, None, usize::MAX)).await {
-                Ok(Ok(listing)) => {
-                    let mut counts = [[0u32; 4]; 2];
-                    for change in &listing.nodes {
-                        if let crate::watch::Watched::Node { node, .. } = &change.object {
-                            let kind = NODE_KINDS.iter().position(|k| *k == node.kind).unwrap_or(0);
-                            let state = NODE_STATES.iter().position(|s| *s == node.state).unwrap_or(0);
-                            counts[kind][state] += 1;
-                        }
-                    }
+            match tokio::time::timeout(SCRAPE_STORE_TIMEOUT, count_nodes(&hub)).await {
+                Ok(Ok(counts)) => {
                     for (k, kind) in NODE_KINDS.iter().enumerate() {
                         for (s, state) in NODE_STATES.iter().enumerate() {
                             metrics::gauge!(NODES, "kind" => kind.as_str(), "state" => state.as_str())
@@ -679,6 +670,33 @@ pub fn scrape(store: DynStore, hub: WatchHub) -> Scrape {
             }
         }
     })
+}
+
+/// Nodes listed per page while counting them.
+const COUNT_PAGE: usize = 5000;
+
+/// Nodes by kind and state at the current revision, page by page (from the node view once the
+/// hub has seeded it).
+async fn count_nodes(hub: &WatchHub) -> Result<[[u32; 4]; 2], crate::store::StoreError> {
+    let filter = NodeFilter::default();
+    let mut counts = [[0u32; 4]; 2];
+    let mut at = None;
+    let mut after: Option<String> = None;
+    loop {
+        let listing = hub.list_nodes(&filter, at, after.as_deref(), COUNT_PAGE).await?;
+        at = Some(listing.revision);
+        for change in &listing.nodes {
+            if let crate::watch::Watched::Node { node, .. } = &change.object {
+                let kind = NODE_KINDS.iter().position(|k| *k == node.kind).unwrap_or(0);
+                let state = NODE_STATES.iter().position(|s| *s == node.state).unwrap_or(0);
+                counts[kind][state] += 1;
+                after = Some(node.id.clone());
+            }
+        }
+        if !listing.more || listing.nodes.is_empty() {
+            return Ok(counts);
+        }
+    }
 }
 
 #[cfg(test)]
