@@ -180,9 +180,13 @@ async fn a_scripted_workload_moves_each_series_by_exactly_its_amount() {
         })
     };
     // Its snapshot (no backends yet: one SNAPSHOT_END) is through before the baseline.
-    eventually(WAIT, "the watcher's snapshot end", async || {
-        if received.load(Ordering::SeqCst) == 1 { Ok(()) } else { Err(()) }
-    })
+    eventually(
+        WAIT,
+        "the watcher's snapshot end",
+        async || {
+            if received.load(Ordering::SeqCst) == 1 { Ok(()) } else { Err(()) }
+        },
+    )
     .await;
     let before = Scrape::of(&admin).await;
     let received_before = received.load(Ordering::SeqCst);
@@ -221,7 +225,11 @@ async fn a_scripted_workload_moves_each_series_by_exactly_its_amount() {
         let delivered = moved(&before, &scrape, "hangar_watch_events_delivered_total", &[("watch", "backends")]);
         let read = received.load(Ordering::SeqCst) - received_before;
         let backlog = scrape.get("hangar_drone_journal_backlog", &[]);
-        if backlog == 0.0 && delivered == read as f64 && read > 0 { Ok(scrape) } else { Err((backlog, delivered, read)) }
+        if backlog == 0.0 && delivered == read as f64 && read > 0 {
+            Ok(scrape)
+        } else {
+            Err((backlog, delivered, read))
+        }
     })
     .await;
     let read = received.load(Ordering::SeqCst) - received_before;
@@ -332,9 +340,15 @@ async fn a_scripted_workload_moves_each_series_by_exactly_its_amount() {
     .await;
     assert_eq!(moved(&opened, &cut, "hangar_watch_cut_off_total", &[("watch", "nodes")]), 1.0);
     assert_eq!(moved(&opened, &cut, "hangar_watch_cut_off_total", &[("watch", "backends")]), 0.0);
-    assert_eq!(moved(&opened, &cut, "hangar_grpc_server_requests_total", &grpc("WatchNodes", "RESOURCE_EXHAUSTED")), 1.0);
+    assert_eq!(
+        moved(&opened, &cut, "hangar_grpc_server_requests_total", &grpc("WatchNodes", "RESOURCE_EXHAUSTED")),
+        1.0
+    );
     assert_eq!(cut.get("hangar_watch_streams_open", &[("watch", "backends")]), 1.0, "the other watcher stays");
-    assert!(moved(&opened, &cut, "hangar_store_operation_duration_seconds_count", &[("operation", "attach_node")]) >= 1000.0);
+    assert!(
+        moved(&opened, &cut, "hangar_store_operation_duration_seconds_count", &[("operation", "attach_node")])
+            >= 1000.0
+    );
 
     // A drone that cannot reach any controller is alive but not ready, and says why.
     let (lonely, lonely_admin) = drone_with_admin("http://127.0.0.1:1", "lonely").await;
@@ -350,6 +364,35 @@ async fn a_scripted_workload_moves_each_series_by_exactly_its_amount() {
     }
     proxy.shutdown().await;
     cluster.shutdown().await;
+}
+
+/// `hangar-server dev` serves one admin listener for its controller, proxy and drone: ready once
+/// all three are, with their series on one page.
+#[tokio::test]
+async fn dev_serves_one_admin_listener_for_its_controller_proxy_and_drone() {
+    let data = tempfile::tempdir().unwrap();
+    let dev = hangar_tests::DevProcess::start(data.path(), &["--runtime", "process"]);
+    let admin = dev
+        .banner
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("admin")?.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| panic!("no admin URL in the banner:\n{}", dev.banner));
+    let ready = ready_within(&admin, "dev's /readyz").await;
+    assert!(ready.contains("ok store: reachable"), "{ready}");
+    assert_eq!(
+        ready.matches(&format!("ok controller: attached to {} as node ", dev.controller_url)).count(),
+        2,
+        "the proxy and the drone: {ready}"
+    );
+    assert!(ready.contains("ok runtime: process runtime answers"), "{ready}");
+    let scrape = Scrape::of(&admin).await;
+    assert_eq!(scrape.get("hangar_nodes", &[("kind", "DRONE"), ("state", "READY")]), 1.0);
+    assert_eq!(scrape.get("hangar_nodes", &[("kind", "PROXY"), ("state", "READY")]), 1.0);
+    let (_, text) = http_get(&format!("{admin}/metrics")).await;
+    // The drone's calls to its runtime at start (it lists what runs), with the drone's help text.
+    assert!(scrape.get("hangar_executor_calls_total", &[("method", "list"), ("outcome", "ok")]) >= 1.0, "{text}");
+    assert!(text.contains("# HELP hangar_executor_calls_total Calls the drone made"), "{text}");
+    dev.stop();
 }
 
 /// Every series the code declares, by name.
@@ -384,7 +427,8 @@ fn hangar_names(text: &str) -> Vec<String> {
     while let Some(at) = text[i..].find("hangar_") {
         let start = i + at;
         let word_start = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
-        let end = start + text[start..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(text.len() - start);
+        let end = start
+            + text[start..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(text.len() - start);
         if word_start {
             names.push(text[start..end].to_string());
         }
