@@ -446,10 +446,11 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let proxy = Proxy::start(config, listener).await?;
     let stop = shutdown_signal();
-    println!("hangar-server proxy listening on {}", proxy.url());
+    // The admin line first, as the controller's: "listening on" is the last line of a start.
     if let Some(admin) = proxy.admin_url() {
         println!("admin (metrics, health) on {admin}");
     }
+    println!("hangar-server proxy listening on {}", proxy.url());
     stop.await;
     proxy.shutdown().await;
     Ok(())
@@ -490,10 +491,12 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     // meet the default action (termination).
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let stop = shutdown_signal();
-    println!("hangar-server controller listening on {}", controller.url());
+    // The admin line first: the "listening on" line is the last one a start prints, so a
+    // harness may stop reading (and close the pipe) once it has seen it.
     if let Some(admin) = controller.admin_url() {
         println!("admin (metrics, health, dashboard) on {admin}");
     }
+    println!("hangar-server controller listening on {}", controller.url());
     tokio::pin!(stop);
     loop {
         tokio::select! {
