@@ -233,8 +233,8 @@ async fn a_scripted_workload_moves_each_series_by_exactly_its_amount() {
     })
     .await;
     let read = received.load(Ordering::SeqCst) - received_before;
-    // Each backend was at least added and made READY; the terminated one also ended.
-    assert!(read >= 3 * 2 + 1, "{read} backend events");
+    // Each of the three backends was at least added and made READY (6), and one also ended.
+    assert!(read >= 7, "{read} backend events");
 
     let m = |name: &str, labels: &[(&str, &str)]| moved(&before, &after, name, labels);
     // Placements, by outcome, and the time of the three that spawned.
