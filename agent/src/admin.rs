@@ -75,12 +75,17 @@ pub struct AttachedTo {
 }
 
 impl AttachedTo {
-    /// The `controller` check of an agent's `/readyz`: attached (to which controller, as which
-    /// node), or not yet/no longer.
-    pub fn check(attached: Option<&AttachedTo>) -> Check {
+    /// The `controller` check of an agent's (`"drone"`, `"proxy"`) `/readyz`: attached (to which
+    /// controller, as which node), or not yet or no longer.
+    pub fn check(agent: &str, attached: Option<&AttachedTo>) -> Check {
         match attached {
-            Some(to) => Check::ok("controller", format!("attached to {} as node {}", to.controller, to.node_id)),
-            None => Check::failed("controller", "not attached to any controller (connecting; see the log for why)"),
+            Some(to) => {
+                Check::ok("controller", format!("{agent} attached to {} as node {}", to.controller, to.node_id))
+            }
+            None => Check::failed(
+                "controller",
+                format!("{agent} not attached to any controller (connecting; its log says why)"),
+            ),
         }
     }
 }

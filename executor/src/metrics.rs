@@ -148,9 +148,14 @@ impl Runtime for MeteredRuntime {
 static BACKLOG: Series<Gauge> = Series::new(|| metrics::gauge!(JOURNAL_BACKLOG));
 
 /// The journal's backlog of unacknowledged events moved by `delta`. A gauge moved up and down
-/// rather than set, so that several drones in one process (dev, tests) add up.
-pub fn journal_backlog(delta: f64) {
-    if let Some(gauge) = BACKLOG.get() {
-        gauge.increment(delta);
+/// rather than set, so that several drones in one process (dev, tests) add up. `false` when no
+/// recorder is installed (nothing was recorded).
+pub fn journal_backlog(delta: f64) -> bool {
+    match BACKLOG.get() {
+        Some(gauge) => {
+            gauge.increment(delta);
+            true
+        }
+        None => false,
     }
 }

@@ -76,8 +76,8 @@ pub struct JournaledBackend {
 #[derive(Clone)]
 pub struct Journal {
     pool: SqlitePool,
-    /// Unacknowledged events, as this journal added them to the process's
-    /// `hangar_drone_journal_backlog` gauge (taken off again on close).
+    /// What this journal added to the process's `hangar_drone_journal_backlog` gauge (taken off
+    /// again on close): its unacknowledged events, counted from when a recorder is installed.
     backlog: Arc<AtomicI64>,
 }
 
@@ -288,9 +288,8 @@ impl Journal {
 
     /// The backlog of unacknowledged events moved by `delta`.
     fn moved(&self, delta: i64) {
-        if delta != 0 {
+        if delta != 0 && crate::metrics::journal_backlog(delta as f64) {
             self.backlog.fetch_add(delta, Ordering::Relaxed);
-            crate::metrics::journal_backlog(delta as f64);
         }
     }
 }

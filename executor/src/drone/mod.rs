@@ -154,7 +154,7 @@ pub fn readiness(state: watch::Receiver<AttachState>, runtime: Option<Arc<dyn Ru
             AttachState::Connecting => None,
         };
         let runtime = runtime.clone();
-        async move { vec![AttachedTo::check(attached.as_ref()), runtime_check(runtime.as_deref()).await] }
+        async move { vec![AttachedTo::check("drone", attached.as_ref()), runtime_check(runtime.as_deref()).await] }
     })
 }
 

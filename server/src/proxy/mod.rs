@@ -166,7 +166,7 @@ impl Proxy {
 /// Ready when attached to a controller.
 fn readiness(attached: watch::Receiver<Option<AttachedTo>>) -> Readiness {
     Readiness::new(move || {
-        let check = AttachedTo::check(attached.borrow().as_ref());
+        let check = AttachedTo::check("proxy", attached.borrow().as_ref());
         async move { vec![check] }
     })
 }
