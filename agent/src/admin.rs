@@ -8,6 +8,12 @@
 //! friends, and [`metrics_handle`] installs, once per process, the recorder that `/metrics`
 //! renders. Until it is installed (a library used without an admin listener, most tests), every
 //! recording is a no-op.
+//!
+//! Hot paths (heartbeats, proxy forwarding, watch fan-out) record through handles registered once
+//! ([`Series`]), not through the macros, which look the series up by name and labels on every
+//! call. Every series a process records is declared once in a [`MetricDef`] list (the
+//! controller's in `hangar_server::metrics`, the drone's in `hangar_executor::metrics`), from
+//! which its help text is registered ([`describe`]) and docs/metrics.md is checked.
 
 use axum::Router;
 use axum::extract::State;
@@ -15,7 +21,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -61,11 +67,40 @@ impl Check {
     }
 }
 
+/// The controller a node agent (drone, proxy) is attached to right now, as its readiness names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedTo {
+    pub controller: String,
+    pub node_id: String,
+}
+
+impl AttachedTo {
+    /// The `controller` check of an agent's (`"drone"`, `"proxy"`) `/readyz`: attached (to which
+    /// controller, as which node), or not yet or no longer.
+    pub fn check(agent: &str, attached: Option<&AttachedTo>) -> Check {
+        match attached {
+            Some(to) => {
+                Check::ok("controller", format!("{agent} attached to {} as node {}", to.controller, to.node_id))
+            }
+            None => Check::failed(
+                "controller",
+                format!("{agent} not attached to any controller (connecting; its log says why)"),
+            ),
+        }
+    }
+}
+
 type CheckFuture = Pin<Box<dyn Future<Output = Vec<Check>> + Send>>;
 
 /// What `/readyz` runs on each request: the process's readiness conditions.
 #[derive(Clone)]
 pub struct Readiness(Arc<dyn Fn() -> CheckFuture + Send + Sync>);
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Readiness(..)")
+    }
+}
 
 impl Readiness {
     pub fn new<F, Fut>(check: F) -> Self
@@ -84,31 +119,175 @@ impl Readiness {
     pub async fn check(&self) -> Vec<Check> {
         (self.0)().await
     }
+
+    /// Both sets of conditions, `self`'s first.
+    pub fn and(self, other: Readiness) -> Readiness {
+        Readiness::new(move || {
+            let (a, b) = (self.clone(), other.clone());
+            async move {
+                let mut checks = a.check().await;
+                checks.extend(b.check().await);
+                checks
+            }
+        })
+    }
 }
+
+/// Histogram buckets of every `*_seconds` series: from half a millisecond (a store read, a
+/// forwarded request) to a minute (a placement whose backend pulls an image).
+pub const SECONDS_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// How often histogram samples are folded into their buckets between scrapes, so that a process
+/// nobody scrapes does not hold every sample it recorded.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide Prometheus recorder, installed on first use. Later calls return the same
 /// handle, so a process that serves several admin listeners (dev) renders one set of series.
+/// Histograms named `*_seconds` are rendered as Prometheus histograms with [`SECONDS_BUCKETS`].
 pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .expect("the bucket list is not empty")
+                .build_recorder();
             let handle = recorder.handle();
             // Another recorder installed first (an embedding program's) keeps its place; ours
             // then renders nothing, which `/metrics` shows as an empty page rather than failing.
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics shows only ours");
             }
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new().name("hangar-metrics".into()).spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                }
+            });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "no metrics upkeep thread; histogram samples are folded at scrape time only");
+            }
             handle
         })
         .clone()
 }
 
+/// Whether [`metrics_handle`] installed the recorder: before that, recording is a no-op and a
+/// [`Series`] registers nothing.
+pub fn recorder_installed() -> bool {
+    HANDLE.get().is_some()
+}
+
+/// Handles of a group of series (`metrics::Counter`, `Gauge`, `Histogram`), registered with the
+/// recorder the first time they are asked for once it is installed, then reused: recording
+/// through them is an atomic operation with no lookup and no allocation. Before the recorder is
+/// installed [`Series::get`] is `None` (nothing would be recorded anyway), so that a handle
+/// taken too early never stays a no-op for the life of the process.
+pub struct Series<T> {
+    cell: OnceLock<T>,
+    register: fn() -> T,
+}
+
+impl<T> Series<T> {
+    pub const fn new(register: fn() -> T) -> Self {
+        Series { cell: OnceLock::new(), register }
+    }
+
+    pub fn get(&self) -> Option<&T> {
+        if let Some(handles) = self.cell.get() {
+            return Some(handles);
+        }
+        if !recorder_installed() {
+            return None;
+        }
+        Some(self.cell.get_or_init(self.register))
+    }
+}
+
+/// What kind of series a [`MetricDef`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl MetricKind {
+    /// Its Prometheus `# TYPE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One series a process records: its name, kind, label names and help text. The lists of these
+/// are the one place names are spelled; code records through them and docs/metrics.md lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+/// Registers the help text of `defs` with the recorder (`# HELP` lines); harmless to repeat.
+pub fn describe(defs: &[MetricDef]) {
+    for def in defs {
+        match def.kind {
+            MetricKind::Counter => metrics::describe_counter!(def.name, def.help),
+            MetricKind::Gauge => metrics::describe_gauge!(def.name, def.help),
+            MetricKind::Histogram => metrics::describe_histogram!(def.name, metrics::Unit::Seconds, def.help),
+        }
+    }
+}
+
+type ScrapeFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What runs before each `/metrics` render: sets the gauges that are cheaper to compute when
+/// asked for than to keep up to date (the controller's nodes and backends by state).
+#[derive(Clone)]
+pub struct Scrape(Arc<dyn Fn() -> ScrapeFuture + Send + Sync>);
+
+impl Scrape {
+    pub fn new<F, Fut>(update: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Scrape(Arc::new(move || Box::pin(update())))
+    }
+
+    /// Nothing to compute: `/metrics` renders what was recorded.
+    pub fn nothing() -> Self {
+        Scrape::new(|| async {})
+    }
+}
+
 /// `/metrics`, `/healthz` and `/readyz`.
 pub fn router(readiness: Readiness) -> Router {
+    router_with_scrape(readiness, Scrape::nothing())
+}
+
+/// [`router`], with `scrape` run before each `/metrics` render.
+pub fn router_with_scrape(readiness: Readiness, scrape: Scrape) -> Router {
     let handle = metrics_handle();
     Router::new()
-        .route("/metrics", get(move || std::future::ready(metrics_page(&handle))))
+        .route(
+            "/metrics",
+            get(move || {
+                let (handle, scrape) = (handle.clone(), scrape.clone());
+                async move {
+                    (scrape.0)().await;
+                    metrics_page(&handle)
+                }
+            }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz).with_state(readiness))
 }

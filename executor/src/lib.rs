@@ -6,6 +6,7 @@
 pub mod conformance;
 pub mod drone;
 pub mod executor_command;
+pub mod metrics;
 pub mod runtime;
 pub mod socket;
 

@@ -27,6 +27,8 @@ pub struct AdminContext {
     /// The gRPC API's authenticator: the dashboard's API admits the same callers, by the same
     /// table.
     pub authenticator: Arc<Authenticator>,
+    /// Readiness conditions of what runs next to the controller in this process (dev).
+    pub more_readiness: Option<Readiness>,
 }
 
 /// Every route of the controller's admin listener.
@@ -36,6 +38,11 @@ pub fn controller_router(context: AdminContext) -> Router {
         let store = store.clone();
         async move { vec![store_check(&store).await] }
     });
+    let readiness = match context.more_readiness.clone() {
+        Some(more) => readiness.and(more),
+        None => readiness,
+    };
+    let scrape = crate::metrics::scrape(context.store.clone(), context.hub.clone());
     let dashboard = Dashboard {
         store: context.store,
         hub: context.hub,
@@ -43,7 +50,7 @@ pub fn controller_router(context: AdminContext) -> Router {
         authenticator: context.authenticator,
         controller_id: context.controller_id,
     };
-    admin::router(readiness).merge(dashboard::router(dashboard))
+    admin::router_with_scrape(readiness, scrape).merge(dashboard::router(dashboard))
 }
 
 async fn store_check(store: &DynStore) -> Check {

@@ -8,6 +8,7 @@ pub mod dashboard;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod scheduler;
 pub mod store;

@@ -276,6 +276,11 @@ struct ProxyArgs {
     /// Address the HTTP proxy listens on.
     #[arg(long, default_value = "127.0.0.1:7080")]
     listen: SocketAddr,
+    /// Address of the admin listener: /metrics (Prometheus), /healthz, and /readyz (ready once
+    /// attached to a controller). It is not authenticated: keep it on loopback or a private
+    /// network. `off` serves none.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:7081")]
+    admin_listen: AdminListen,
     /// Name of this proxy node, unique in its cluster.
     #[arg(long, default_value = "proxy")]
     name: String,
@@ -357,6 +362,11 @@ struct DevArgs {
     /// Address the HTTP proxy listens on (port 0 picks a free one and prints it).
     #[arg(long, default_value = "127.0.0.1:7080")]
     proxy_listen: SocketAddr,
+    /// Address of the admin listener of the whole dev process: /metrics (Prometheus), /healthz,
+    /// /readyz (store, proxy and drone) and the dashboard at /. Port 0 picks a free one and
+    /// prints it; `off` serves none.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:7071")]
+    admin_listen: AdminListen,
     /// Name of the embedded drone.
     #[arg(long, default_value = "dev-drone")]
     drone_name: String,
@@ -427,6 +437,7 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     config.cluster = args.cluster;
     config.public_url = args.public_url;
     config.startup_wait = args.startup_wait;
+    config.admin_listen = args.admin_listen.0;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(TlsFiles { cert, key });
     }
@@ -435,6 +446,10 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let proxy = Proxy::start(config, listener).await?;
     let stop = shutdown_signal();
+    // The admin line first, as the controller's: "listening on" is the last line of a start.
+    if let Some(admin) = proxy.admin_url() {
+        println!("admin (metrics, health) on {admin}");
+    }
     println!("hangar-server proxy listening on {}", proxy.url());
     stop.await;
     proxy.shutdown().await;
@@ -476,10 +491,12 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     // meet the default action (termination).
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let stop = shutdown_signal();
-    println!("hangar-server controller listening on {}", controller.url());
+    // The admin line first: the "listening on" line is the last one a start prints, so a
+    // harness may stop reading (and close the pipe) once it has seen it.
     if let Some(admin) = controller.admin_url() {
         println!("admin (metrics, health, dashboard) on {admin}");
     }
+    println!("hangar-server controller listening on {}", controller.url());
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -501,6 +518,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let options = DevOptions {
         listen: args.listen,
         proxy_listen: args.proxy_listen,
+        admin_listen: args.admin_listen.0,
         data_dir: args.data_dir.clone(),
         drone_name: args.drone_name,
         controller: args.retention.apply(ControllerConfig::default()),

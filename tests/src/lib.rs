@@ -415,7 +415,16 @@ impl DevProcess {
     pub fn start(data_dir: &std::path::Path, args: &[&str]) -> DevProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(binary("hangar-server"))
-            .args(["dev", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--proxy-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(args)
             .stdout(std::process::Stdio::piped())

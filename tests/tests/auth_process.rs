@@ -288,7 +288,17 @@ async fn the_controller_refuses_a_network_address_without_auth_unless_insecure_a
 async fn dev_refuses_a_network_address_unless_insecure_and_then_warns() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_str().unwrap();
-    let args = ["dev", "--listen", "0.0.0.0:0", "--proxy-listen", "127.0.0.1:0", "--data-dir", data_dir];
+    let args = [
+        "dev",
+        "--listen",
+        "0.0.0.0:0",
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+    ];
     let mut refused = Server::start(&args, "Stop with Ctrl-C");
     assert!(!refused.exited().await.success());
     assert!(refused.stderr_text().contains("refusing to listen on 0.0.0.0:0"), "{}", refused.stderr_text());

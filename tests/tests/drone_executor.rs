@@ -76,7 +76,16 @@ fn hangar_drone_run_without_a_live_executor_says_how_to_start_one() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("missing.sock");
     let output = std::process::Command::new(binary("hangar-drone"))
-        .args(["run", "--controller", "http://127.0.0.1:1", "--name", "d", "--executor-socket"])
+        .args([
+            "run",
+            "--controller",
+            "http://127.0.0.1:1",
+            "--name",
+            "d",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--executor-socket",
+        ])
         .arg(&socket)
         .arg("--data-dir")
         .arg(dir.path().join("drone"))

@@ -17,7 +17,18 @@ struct DroneProcess(std::process::Child);
 impl DroneProcess {
     fn start(controller: &str, name: &str, data_dir: &std::path::Path) -> DroneProcess {
         let child = std::process::Command::new(binary("hangar-drone"))
-            .args(["run", "--controller", controller, "--name", name, "--runtime", "process", "--data-dir"])
+            .args([
+                "run",
+                "--controller",
+                controller,
+                "--name",
+                name,
+                "--runtime",
+                "process",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -107,14 +107,35 @@ async fn a_drone_a_proxy_and_the_cli_work_against_a_controller_that_requires_cli
     std::fs::write(&token, "drone-token-0123456789\n").unwrap();
     let drone_cert = ca.client("drone-a");
     let mut drone = Command::new(binary("hangar-drone"));
-    drone.args(["run", "--controller", &url, "--name", "drone-a", "--runtime", "process", "--data-dir"]);
+    drone.args([
+        "run",
+        "--controller",
+        &url,
+        "--name",
+        "drone-a",
+        "--runtime",
+        "process",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ]);
     drone.arg(data.path().join("drone")).arg("--token-file").arg(&token);
     let _drone =
         Running(with_flags(drone, tls_flags("", &ca.ca(), &drone_cert)).stderr(Stdio::null()).spawn().unwrap());
 
     let proxy_cert = ca.client("edge-1");
     let mut proxy = Command::new(binary("hangar-server"));
-    proxy.args(["proxy", "--controller", &url, "--listen", "127.0.0.1:0", "--name", "edge-1"]);
+    proxy.args([
+        "proxy",
+        "--controller",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--name",
+        "edge-1",
+    ]);
     let (_proxy, proxy_url) =
         start(with_flags(proxy, tls_flags("controller-", &ca.ca(), &proxy_cert)), "hangar-server proxy listening on ");
 

@@ -280,7 +280,16 @@ fn hangar_drone_run_exits_with_the_reason_when_its_name_is_refused() {
     let cluster = runtime.block_on(TestCluster::sqlite());
     let data = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(hangar_tests::binary("hangar-drone"))
-        .args(["run", "--controller", &cluster.url(), "--name", "Not_A_Dns_Label", "--data-dir"])
+        .args([
+            "run",
+            "--controller",
+            &cluster.url(),
+            "--name",
+            "Not_A_Dns_Label",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data.path())
         .output()
         .unwrap();

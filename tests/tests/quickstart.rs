@@ -22,7 +22,16 @@ fn dev_server_then_nodes_list_shows_the_dev_drone_ready() {
     let data = tempfile::tempdir().unwrap();
     let mut dev = KillOnDrop(
         Command::new(binary("hangar-server"))
-            .args(["dev", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--proxy-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

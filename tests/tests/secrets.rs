@@ -138,7 +138,7 @@ async fn env_values_static_and_connection_tokens_reach_the_backend_and_nothing_e
     let (proxy, proxy_url) = Logged::start(
         "hangar-server",
         "proxy",
-        &["proxy", "--controller", &url, "--listen", "127.0.0.1:0", "--name", "edge"],
+        &["proxy", "--controller", &url, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--name", "edge"],
         &logs("proxy"),
         Some("hangar-server proxy listening on "),
     );
@@ -146,10 +146,21 @@ async fn env_values_static_and_connection_tokens_reach_the_backend_and_nothing_e
     let (drone, _) = Logged::start(
         "hangar-drone",
         "drone",
-        &["run", "--controller", &url, "--name", "d1", "--runtime", "process", "--data-dir"]
-            .into_iter()
-            .chain([drone_dir.to_str().unwrap()])
-            .collect::<Vec<_>>(),
+        &[
+            "run",
+            "--controller",
+            &url,
+            "--name",
+            "d1",
+            "--runtime",
+            "process",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ]
+        .into_iter()
+        .chain([drone_dir.to_str().unwrap()])
+        .collect::<Vec<_>>(),
         &logs("drone"),
         None,
     );

@@ -5,6 +5,7 @@ use crate::executor_command::{RuntimeChoice, build_runtime};
 use crate::socket::client::ExecutorClient;
 use anyhow::Context;
 use clap::Args;
+use hangar_agent::admin::{AdminListen, AdminServer};
 use hangar_client::{CredentialFlags, Credentials};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,6 +55,11 @@ pub struct RunArgs {
     /// a restarted drone resumes where it stopped. Created if missing.
     #[arg(long, value_name = "DIR", env = "HANGAR_DRONE_DATA_DIR", default_value = "./hangar-drone-data")]
     data_dir: PathBuf,
+    /// Address of the admin listener: /metrics (Prometheus), /healthz, and /readyz (ready once
+    /// attached to a controller with the runtime answering). It is not authenticated: keep it
+    /// on loopback or a private network. `off` serves none.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:7091")]
+    admin_listen: AdminListen,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -99,7 +105,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
+    let runtime = config.runtime.clone();
+    // Bound, and the recorder installed, before the drone starts: a taken port fails the start,
+    // and the drone's first events are counted.
+    let admin_listener = match args.admin_listen.0 {
+        Some(addr) => {
+            hangar_agent::admin::metrics_handle();
+            hangar_agent::admin::describe(crate::metrics::DRONE);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--admin-listen; `off` serves no admin listener)"))?;
+            Some(listener)
+        }
+        None => None,
+    };
     let mut drone = spawn(config);
+    let admin = match admin_listener {
+        Some(listener) => {
+            let router = hangar_agent::admin::router(super::readiness(drone.state(), runtime));
+            let admin = AdminServer::serve(listener, router)?;
+            println!("admin (metrics, health) on {}", admin.url());
+            Some(admin)
+        }
+        None => None,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -107,5 +136,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         result = drone.finished() => return Ok(result?),
     }
     drone.shutdown().await;
+    if let Some(admin) = admin {
+        admin.shutdown().await;
+    }
     Ok(())
 }

@@ -12,6 +12,8 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -74,6 +76,9 @@ pub struct JournaledBackend {
 #[derive(Clone)]
 pub struct Journal {
     pool: SqlitePool,
+    /// What this journal added to the process's `hangar_drone_journal_backlog` gauge (taken off
+    /// again on close): its unacknowledged events, counted from when a recorder is installed.
+    backlog: Arc<AtomicI64>,
 }
 
 fn now_ms() -> i64 {
@@ -109,7 +114,9 @@ impl Journal {
             .connect_with(options)
             .await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        Ok(Journal { pool })
+        let journal = Journal { pool, backlog: Arc::default() };
+        journal.moved(journal.unacked_events().await?);
+        Ok(journal)
     }
 
     /// Records a spawn action and its backend in one transaction. False when the action id was
@@ -197,6 +204,7 @@ impl Journal {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.moved(1);
         Ok(seq)
     }
 
@@ -219,7 +227,12 @@ impl Journal {
 
     /// The controller committed the event: forget it. Unknown ids (a second ack) are fine.
     pub async fn ack_event(&self, event_id: &str) -> Result<(), JournalError> {
-        sqlx::query("DELETE FROM events WHERE event_id = ?").bind(event_id).execute(&self.pool).await?;
+        let deleted = sqlx::query("DELETE FROM events WHERE event_id = ?")
+            .bind(event_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        self.moved(-i64::try_from(deleted).unwrap_or(0));
         Ok(())
     }
 
@@ -269,7 +282,15 @@ impl Journal {
     }
 
     pub async fn close(&self) {
+        self.moved(-self.backlog.load(Ordering::Relaxed));
         self.pool.close().await;
+    }
+
+    /// The backlog of unacknowledged events moved by `delta`.
+    fn moved(&self, delta: i64) {
+        if delta != 0 && crate::metrics::journal_backlog(delta as f64) {
+            self.backlog.fetch_add(delta, Ordering::Relaxed);
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub use journal::{Journal, JournalError};
 use crate::runtime::Runtime;
 use attach::DroneAttach;
 use fleet::Fleet;
+use hangar_agent::admin::{AttachedTo, Check, Readiness};
 use hangar_client::Credentials;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -139,6 +140,40 @@ impl DroneHandle {
     }
 }
 
+/// How long `/readyz` waits for the runtime's status before calling it unreachable.
+const RUNTIME_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A drone's readiness (`/readyz`): attached to a controller (named), and its runtime (the
+/// executor behind the socket, or the in-process one) answering with every condition true.
+pub fn readiness(state: watch::Receiver<AttachState>, runtime: Option<Arc<dyn Runtime>>) -> Readiness {
+    Readiness::new(move || {
+        let attached = match &*state.borrow() {
+            AttachState::Attached { node_id, controller } => {
+                Some(AttachedTo { controller: controller.clone(), node_id: node_id.clone() })
+            }
+            AttachState::Connecting => None,
+        };
+        let runtime = runtime.clone();
+        async move { vec![AttachedTo::check("drone", attached.as_ref()), runtime_check(runtime.as_deref()).await] }
+    })
+}
+
+async fn runtime_check(runtime: Option<&dyn Runtime>) -> Check {
+    let Some(runtime) = runtime else {
+        return Check::ok("runtime", "none: this drone registers but runs no backends");
+    };
+    let kind = runtime.kind().as_str();
+    match tokio::time::timeout(RUNTIME_CHECK_TIMEOUT, runtime.status()).await {
+        Err(_) => Check::failed("runtime", format!("{kind} runtime: no answer within {RUNTIME_CHECK_TIMEOUT:?}")),
+        Ok(conditions) => match conditions.iter().find(|c| !c.status) {
+            Some(c) => {
+                Check::failed("runtime", format!("{kind} runtime: {} is false: {} {}", c.kind, c.reason, c.message))
+            }
+            None => Check::ok("runtime", format!("{kind} runtime answers")),
+        },
+    }
+}
+
 pub fn spawn(config: DroneConfig) -> DroneHandle {
     let (state_tx, state) = watch::channel(AttachState::Connecting);
     let shutdown = CancellationToken::new();
@@ -152,8 +187,10 @@ async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DroneError> {
     let journal = Journal::open(config.data_dir.as_deref()).await?;
+    // Every call to the runtime is counted and timed (`hangar_executor_calls_total`).
+    let runtime = config.runtime.clone().map(crate::metrics::MeteredRuntime::wrap);
     // Backend tasks get their own token: they end with the drone, not with one stream.
-    let fleet = Fleet::start(journal.clone(), config.runtime.clone(), shutdown.child_token()).await?;
+    let fleet = Fleet::start(journal.clone(), runtime, shutdown.child_token()).await?;
     let mut attach = DroneAttach::new(&config, &fleet, &state);
     let backoff = config.backoff.clone();
     let result =

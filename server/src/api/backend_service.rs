@@ -3,6 +3,7 @@
 use super::page_token::PageCursor;
 use super::{ApiError, PageTokens, validate};
 use crate::auth::{self, audit};
+use crate::metrics::Placement;
 use crate::scheduler;
 use crate::store::{
     ActionPayload, BackendFilter, ConnectOutcome, ConnectSpec, DynStore, IssuedToken, SpawnPlan, new_action_id,
@@ -123,6 +124,7 @@ impl BackendApi {
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
         }
+        let started = std::time::Instant::now();
         let now = Utc::now();
         let (token, hash) = new_token();
         let expires_at = now + chrono::Duration::from_std(self.settings.token_ttl).unwrap_or_default();
@@ -156,7 +158,19 @@ impl BackendApi {
         };
         let key_text = || key.as_ref().map(ToString::to_string).unwrap_or_default();
         let candidates = spec.spawn.as_ref().map_or(0, |plan| plan.candidates.len());
-        let (backend, spawned) = match self.store.connect_backend(spec, &scheduler::power_of_two_choices).await? {
+        let outcome = self.store.connect_backend(spec, &scheduler::power_of_two_choices).await?;
+        crate::metrics::record_placement(
+            match &outcome {
+                ConnectOutcome::Found(_) => Placement::Found,
+                ConnectOutcome::Spawned(_) => Placement::Spawned,
+                ConnectOutcome::TagMismatch { .. } => Placement::TagMismatch,
+                ConnectOutcome::NotFound => Placement::NotFound,
+                ConnectOutcome::NoDrone => Placement::NoDrone,
+                ConnectOutcome::PoolFull => Placement::PoolFull,
+            },
+            started,
+        );
+        let (backend, spawned) = match outcome {
             ConnectOutcome::Found(b) => (b, false),
             ConnectOutcome::Spawned(b) => (b, true),
             ConnectOutcome::TagMismatch { held_tag } => {

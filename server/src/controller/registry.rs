@@ -8,7 +8,7 @@
 use super::LivenessConfig;
 use crate::store::{ActionWakeup, DynStore, NodeRegistration, NodeUpdate, StoreError, UpdateCondition};
 use chrono::{DateTime, Utc};
-use hangar::domain::{Node, NodeFilter, NodeResources, NodeState};
+use hangar::domain::{Node, NodeFilter, NodeKind, NodeResources, NodeState};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -51,6 +51,8 @@ impl Closer {
 #[derive(Debug, Clone)]
 pub struct AttachedNode {
     pub node_id: String,
+    /// For the heartbeat-age series, labelled by kind.
+    kind: NodeKind,
     session: u64,
     closer: Closer,
     wake: Arc<Wake>,
@@ -267,7 +269,7 @@ impl NodeRegistry {
         }
         attached.schedule(&node.id, first_check);
         drop(attached);
-        Ok((node.clone(), AttachedNode { node_id: node.id, session, closer, wake }))
+        Ok((node.clone(), AttachedNode { node_id: node.id, kind: node.kind, session, closer, wake }))
     }
 
     /// A heartbeat: memory only. The liveness task persists what matters.
@@ -276,7 +278,9 @@ impl NodeRegistry {
         if let Some(entry) = map.get_mut(&attached.node_id)
             && entry.session == attached.session
         {
-            entry.last_heartbeat = Instant::now();
+            let now = Instant::now();
+            crate::metrics::record_heartbeat(attached.kind, now.duration_since(entry.last_heartbeat));
+            entry.last_heartbeat = now;
             entry.last_heartbeat_at = Utc::now();
             entry.resources = resources;
             entry.backend_count = backend_count;

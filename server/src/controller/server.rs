@@ -14,7 +14,7 @@ use hangar::v1::backend_service_server::BackendServiceServer;
 use hangar::v1::drone_service_server::DroneServiceServer;
 use hangar::v1::node_service_server::NodeServiceServer;
 use hangar::v1::proxy_service_server::ProxyServiceServer;
-use hangar_agent::admin::AdminServer;
+use hangar_agent::admin::{AdminServer, Readiness};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,6 +60,9 @@ pub struct ControllerConfig {
     /// Where the admin listener serves `/metrics`, `/healthz`, `/readyz` and the dashboard;
     /// `None` serves none (tests that do not look at it).
     pub admin_listen: Option<SocketAddr>,
+    /// More conditions for the admin listener's `/readyz`, after the store's: those of the
+    /// parts a process runs next to the controller (dev's proxy and drone).
+    pub admin_readiness: Option<Readiness>,
 }
 
 impl Default for ControllerConfig {
@@ -79,6 +82,7 @@ impl Default for ControllerConfig {
             tls: None,
             limits: LimitsConfig::default(),
             admin_listen: None,
+            admin_readiness: None,
         }
     }
 }
@@ -173,6 +177,8 @@ impl Controller {
             // Every call, health and reflection included, is authenticated and authorized first;
             // the limits layer after it (inner: tonic puts the first layer outermost) counts per
             // caller by the `Arc<Principal>` it finds in the extensions.
+            // Outermost: every call is counted with its code, refused ones included.
+            .layer(crate::metrics::GrpcMetricsLayer)
             .layer(AuthLayer::new(authenticator.clone()))
             .layer(LimitLayer::new(config.limits.clone()))
             .add_service(health_service)
@@ -237,6 +243,7 @@ impl Controller {
                     controller_id: config.controller_id.clone(),
                     registry: registry.clone(),
                     authenticator: authenticator.clone(),
+                    more_readiness: config.admin_readiness.clone(),
                 };
                 Some(AdminServer::bind(addr, crate::admin::controller_router(context)).await?)
             }

@@ -13,9 +13,11 @@ use crate::controller::{Controller, ControllerConfig, RunningController};
 use crate::proxy::{Proxy, ProxyConfig, RunningProxy};
 use crate::store;
 use anyhow::Context;
+use hangar_agent::admin::{Check, Readiness};
 use hangar_executor::drone::{self, DroneConfig, DroneHandle};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 pub use runtime::{DEMO_IMAGE, DemoStatus, DevRuntime};
 
@@ -23,6 +25,10 @@ pub struct DevOptions {
     pub listen: SocketAddr,
     /// Where the HTTP proxy listens (port 0 picks a free one).
     pub proxy_listen: SocketAddr,
+    /// Where the one admin listener of the process serves `/metrics` (the controller's, the
+    /// proxy's and the drone's series), `/healthz`, `/readyz` (store, proxy and drone) and the
+    /// dashboard; port 0 picks a free one, `None` serves none.
+    pub admin_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub drone_name: String,
     pub controller: ControllerConfig,
@@ -60,7 +66,32 @@ impl DevCluster {
         // Connect hands out URLs of this proxy.
         let mut controller_config = options.controller;
         controller_config.proxy_url = format!("http://{}", proxy_listener.local_addr()?);
-        let controller = Controller::start(store, controller_config, listener).await?;
+        // One admin listener for the process: the controller's, ready once the proxy and the
+        // drone (started after it) are too.
+        let later: Arc<OnceLock<Readiness>> = Arc::default();
+        if let Some(addr) = options.admin_listen {
+            hangar_agent::admin::metrics_handle();
+            hangar_agent::admin::describe(crate::metrics::PROXY);
+            hangar_agent::admin::describe(hangar_executor::metrics::DRONE);
+            controller_config.admin_listen = Some(addr);
+            let later = later.clone();
+            controller_config.admin_readiness = Some(Readiness::new(move || {
+                let parts = later.get().cloned();
+                async move {
+                    match parts {
+                        Some(parts) => parts.check().await,
+                        None => vec![Check::failed("dev", "the proxy and the drone are starting")],
+                    }
+                }
+            }));
+        }
+        let controller = Controller::start(store, controller_config, listener).await.map_err(|err| {
+            if options.admin_listen.is_some() {
+                err.context("pick another admin address with --admin-listen (port 0 picks a free one)")
+            } else {
+                err
+            }
+        })?;
         let proxy = Proxy::start(ProxyConfig::new(vec![controller.url()], "dev-proxy"), proxy_listener).await?;
 
         let drone_name = options.drone_name.clone();
@@ -76,9 +107,10 @@ impl DevCluster {
             .with_context(|| format!("cannot read or create the drone's instance id in {}", drone_dir.display()))?;
         let (runtime, demo) = runtime::start(options.runtime, &instance, options.demo_executable.as_deref()).await?;
         let runtime_kind = runtime.kind().as_str();
-        config.runtime = Some(runtime);
+        config.runtime = Some(runtime.clone());
         config.data_dir = Some(drone_dir);
         let drone = drone::spawn(config);
+        let _ = later.set(proxy.readiness().and(drone::readiness(drone.state(), Some(runtime))));
         let drone_node_id = tokio::time::timeout(std::time::Duration::from_secs(30), drone.attached())
             .await
             .context("the embedded drone did not attach within 30 s")?;
@@ -113,6 +145,7 @@ pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
          \x20 controller  {url}   (gRPC, reflection on)\n\
          \x20 proxy       {proxy}   (HTTP: connection URLs)\n\
          \x20 drone       {name} (node {drone}, {runtime} runtime, instance {instance})\n\
+         {admin}\
          \x20 demo        {demo}\n\
          \x20 data        {data}\n\n\
          Your first backend, in another terminal (`hangar` comes from `cargo install --locked --path\n\
@@ -126,6 +159,10 @@ pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
          \x20 grpcurl -plaintext {addr} list\n\n\
          Stop with Ctrl-C.\n",
         proxy = cluster.proxy.url(),
+        admin = match cluster.controller.admin_url() {
+            Some(url) => format!("  admin       {url}   (metrics, health, dashboard)\n"),
+            None => String::new(),
+        },
         name = cluster.drone_name,
         runtime = cluster.runtime,
         instance = cluster.instance,

@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use hangar::v1::{self, proxy_service_client::ProxyServiceClient};
 use hangar_agent::HostResources;
+use hangar_agent::admin::AttachedTo;
 use hangar_agent::attach::{Attach, Attempt, StreamEnd};
 use hangar_client::HangarChannel;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::traffic::Traffic;
@@ -24,11 +25,19 @@ pub struct ProxyAttach {
     routes: Arc<RouteCache>,
     traffic: Arc<Traffic>,
     host: HostResources,
+    /// The controller this proxy is attached to right now, for its `/readyz`.
+    attached: watch::Sender<Option<AttachedTo>>,
 }
 
 impl ProxyAttach {
-    pub fn new(config: ProxyConfig, public_url: String, routes: Arc<RouteCache>, traffic: Arc<Traffic>) -> Self {
-        ProxyAttach { config, public_url, routes, traffic, host: HostResources::new() }
+    pub fn new(
+        config: ProxyConfig,
+        public_url: String,
+        routes: Arc<RouteCache>,
+        traffic: Arc<Traffic>,
+        attached: watch::Sender<Option<AttachedTo>>,
+    ) -> Self {
+        ProxyAttach { config, public_url, routes, traffic, host: HostResources::new(), attached }
     }
 }
 
@@ -38,7 +47,9 @@ impl Attach for ProxyAttach {
     const AGENT: &'static str = "proxy";
 
     async fn stream(&mut self, attempt: &mut Attempt<'_>, channel: HangarChannel) -> StreamEnd<Infallible> {
-        self.attach(attempt, channel).await.into()
+        let end = self.attach(attempt, channel).await;
+        self.attached.send_replace(None);
+        end.into()
     }
 }
 
@@ -63,6 +74,8 @@ impl ProxyAttach {
         match inbound.message().await? {
             Some(v1::ProxyAttachResponse { message: Some(Reply::Welcome(welcome)) }) => {
                 tracing::info!(node_id = %welcome.node_id, controller = %attempt.controller(), "proxy attached");
+                let to = AttachedTo { controller: attempt.controller().to_string(), node_id: welcome.node_id.clone() };
+                self.attached.send_replace(Some(to));
             }
             other => anyhow::bail!("expected a welcome, got {other:?}"),
         }

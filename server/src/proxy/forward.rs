@@ -145,7 +145,15 @@ impl Forwarder {
         self.traffic.clone()
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
+    /// Answers one client request: forwarded to its backend, or the proxy's own error answer.
+    /// Every answer is counted by status class (`hangar_proxy_requests_total`).
+    pub async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
+        let response = self.answer(req, conn).await;
+        crate::metrics::record_proxy_response(response.status());
+        response
+    }
+
+    async fn answer(&self, mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
         // Taken before the request is split up; dropped unused if the request is not forwarded.
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -219,10 +227,14 @@ impl Forwarder {
         let websocket =
             req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let backend_id = &route.route.backend_id;
+        let sent = Instant::now();
         let response = match own {
             Some((conn, authority)) => send_own(conn, authority, req).await,
             None => self.client.request(req).await.map_err(|err| err.to_string()),
         };
+        if response.is_ok() {
+            crate::metrics::record_upstream(sent.elapsed());
+        }
         let mut response = response.map_err(|err| {
             tracing::info!(%backend_id, address = %route.route.address, error = %err, "backend unreachable");
             ProxyError::BackendUnreachable

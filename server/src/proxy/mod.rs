@@ -14,6 +14,7 @@ pub use forward::ProxyError;
 pub use routes::{Route, RouteCache};
 
 use attach::ProxyAttach;
+use hangar_agent::admin::{AdminServer, AttachedTo, Readiness};
 use hangar_agent::attach::attach_forever;
 use hangar_agent::{Backoff, check_controllers, controller_endpoint};
 use hangar_client::{Credentials, HangarChannel};
@@ -23,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
@@ -47,6 +49,9 @@ pub struct ProxyConfig {
     pub heartbeat_interval: Duration,
     /// Serve HTTPS with this certificate and key instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Where the admin listener serves `/metrics`, `/healthz` and `/readyz` (ready = attached
+    /// to a controller); `None` serves none.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl ProxyConfig {
@@ -62,6 +67,7 @@ impl ProxyConfig {
             traffic_report_interval: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(5),
             tls: None,
+            admin_listen: None,
         }
     }
 }
@@ -72,6 +78,8 @@ pub struct RunningProxy {
     scheme: &'static str,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    attached: watch::Receiver<Option<AttachedTo>>,
+    admin: Option<AdminServer>,
 }
 
 impl RunningProxy {
@@ -83,8 +91,21 @@ impl RunningProxy {
         format!("{}://{}", self.scheme, self.local_addr)
     }
 
+    /// `http://ADDR` of the admin listener, if it serves one.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin.as_ref().map(AdminServer::url)
+    }
+
+    /// The proxy's readiness: attached to a controller (which one, as which node).
+    pub fn readiness(&self) -> Readiness {
+        readiness(self.attached.clone())
+    }
+
     /// Stops accepting, lets open requests finish (5 s at most), ends the attach stream.
     pub async fn shutdown(self) {
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await.is_err() {
@@ -112,17 +133,42 @@ impl Proxy {
         let forwarder =
             Arc::new(forward::Forwarder::new(routes.clone(), config.startup_wait, tasks.clone(), shutdown.clone()));
 
-        let mut attach = ProxyAttach::new(config.clone(), public_url.clone(), routes.clone(), forwarder.traffic());
+        let (attached_tx, attached) = watch::channel(None);
+        let mut attach =
+            ProxyAttach::new(config.clone(), public_url.clone(), routes.clone(), forwarder.traffic(), attached_tx);
         let (controllers, credentials, stop) =
             (config.controllers.clone(), config.credentials.clone(), shutdown.clone());
         tasks.spawn(async move {
             // A proxy never gives up (its refusal type is Infallible): only the shutdown ends this.
             let Ok(()) = attach_forever(&controllers, &credentials, Backoff::default(), &mut attach, &stop).await;
         });
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                hangar_agent::admin::metrics_handle();
+                hangar_agent::admin::describe(crate::metrics::PROXY);
+                let router = hangar_agent::admin::router(readiness(attached.clone()));
+                match AdminServer::bind(addr, router).await {
+                    Ok(admin) => Some(admin),
+                    Err(err) => {
+                        shutdown.cancel();
+                        return Err(err);
+                    }
+                }
+            }
+            None => None,
+        };
         tasks.spawn(serve(listener, tls, forwarder, tasks.clone(), shutdown.clone()));
         tracing::info!(%local_addr, %public_url, "proxy serving");
-        Ok(RunningProxy { local_addr, scheme, shutdown, tasks })
+        Ok(RunningProxy { local_addr, scheme, shutdown, tasks, attached, admin })
     }
+}
+
+/// Ready when attached to a controller.
+fn readiness(attached: watch::Receiver<Option<AttachedTo>>) -> Readiness {
+    Readiness::new(move || {
+        let check = AttachedTo::check("proxy", attached.borrow().as_ref());
+        async move { vec![check] }
+    })
 }
 
 /// A channel balanced over every controller, for route lookups.

@@ -167,6 +167,10 @@ pub trait BackendStore: Send + Sync {
     /// The backend's statuses recorded after `after`, oldest first.
     async fn backend_history(&self, id: &str, after: Revision) -> Result<Vec<(Revision, BackendStatus)>, StoreError>;
 
+    /// How many backends are in each state (states with none are left out): one
+    /// `COUNT … GROUP BY state` over the state index, for the `hangar_backends` gauge.
+    async fn backend_state_counts(&self) -> Result<Vec<(BackendState, u64)>, StoreError>;
+
     /// Applies a drone's event with the forward-only transition; on TERMINATED frees the key and
     /// drops the backend's tokens and pending actions.
     async fn apply_backend_event(

@@ -13,8 +13,9 @@
 //! back behind the caller's back.
 
 use super::*;
+use crate::metrics::StoreSeries;
 use futures::future::BoxFuture;
-use hangar::domain::{Backend, BackendKey, BackendStatus, TerminationKind, TerminationReason};
+use hangar::domain::{Backend, BackendKey, BackendState, BackendStatus, TerminationKind, TerminationReason};
 use tokio::runtime::{Handle, Runtime};
 
 /// A store whose operations run on its own runtime (`hangar-store` threads).
@@ -36,15 +37,23 @@ impl OffloadedStore {
         Ok(OffloadedStore { inner, handle: runtime.handle().clone(), runtime: Some(runtime) })
     }
 
+    /// Runs `op` on the store's runtime and records its time and failure on `series` (the
+    /// operation's, [`crate::store_series!`]): the one funnel every store call passes through.
     async fn run<T: Send + 'static>(
         &self,
+        series: Option<&'static StoreSeries>,
         op: impl FnOnce(DynStore) -> BoxFuture<'static, Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match self.handle.spawn(op(self.inner.clone())).await {
+        let started = std::time::Instant::now();
+        let result = match self.handle.spawn(op(self.inner.clone())).await {
             Ok(result) => result,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             Err(_) => Err(StoreError::Unavailable("the store is shutting down".into())),
+        };
+        if let Some(series) = series {
+            series.record(started, result.is_err());
         }
+        result
     }
 }
 
@@ -73,11 +82,13 @@ impl Store for OffloadedStore {
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
-        self.run(|s| Box::pin(async move { s.current_revision().await })).await
+        self.run(crate::store_series!("current_revision"), |s| Box::pin(async move { s.current_revision().await }))
+            .await
     }
 
     async fn compacted_revision(&self) -> Result<Revision, StoreError> {
-        self.run(|s| Box::pin(async move { s.compacted_revision().await })).await
+        self.run(crate::store_series!("compacted_revision"), |s| Box::pin(async move { s.compacted_revision().await }))
+            .await
     }
 
     async fn attach_node(
@@ -87,7 +98,10 @@ impl Store for OffloadedStore {
         now: DateTime<Utc>,
     ) -> Result<Node, StoreError> {
         let controller_id = controller_id.to_string();
-        self.run(|s| Box::pin(async move { s.attach_node(registration, &controller_id, now).await })).await
+        self.run(crate::store_series!("attach_node"), |s| {
+            Box::pin(async move { s.attach_node(registration, &controller_id, now).await })
+        })
+        .await
     }
 
     async fn update_node(
@@ -97,7 +111,10 @@ impl Store for OffloadedStore {
         condition: UpdateCondition,
     ) -> Result<Option<Node>, StoreError> {
         let id = id.to_string();
-        self.run(|s| Box::pin(async move { s.update_node(&id, update, condition).await })).await
+        self.run(crate::store_series!("update_node"), |s| {
+            Box::pin(async move { s.update_node(&id, update, condition).await })
+        })
+        .await
     }
 
     async fn update_nodes(
@@ -105,17 +122,21 @@ impl Store for OffloadedStore {
         updates: Vec<(String, NodeUpdate)>,
         condition: UpdateCondition,
     ) -> Result<Vec<Option<Node>>, StoreError> {
-        self.run(|s| Box::pin(async move { s.update_nodes(updates, condition).await })).await
+        self.run(crate::store_series!("update_nodes"), |s| {
+            Box::pin(async move { s.update_nodes(updates, condition).await })
+        })
+        .await
     }
 
     async fn remove_node(&self, id: &str, condition: UpdateCondition) -> Result<Option<Node>, StoreError> {
         let id = id.to_string();
-        self.run(|s| Box::pin(async move { s.remove_node(&id, condition).await })).await
+        self.run(crate::store_series!("remove_node"), |s| Box::pin(async move { s.remove_node(&id, condition).await }))
+            .await
     }
 
     async fn get_node(&self, id: &str) -> Result<Option<Node>, StoreError> {
         let id = id.to_string();
-        self.run(|s| Box::pin(async move { s.get_node(&id).await })).await
+        self.run(crate::store_series!("get_node"), |s| Box::pin(async move { s.get_node(&id).await })).await
     }
 
     async fn list_nodes(
@@ -126,41 +147,56 @@ impl Store for OffloadedStore {
         limit: usize,
     ) -> Result<NodePage, StoreError> {
         let (filter, after_id) = (filter.clone(), after_id.map(str::to_string));
-        self.run(|s| Box::pin(async move { s.list_nodes(&filter, at, after_id.as_deref(), limit).await })).await
+        self.run(crate::store_series!("list_nodes"), |s| {
+            Box::pin(async move { s.list_nodes(&filter, at, after_id.as_deref(), limit).await })
+        })
+        .await
     }
 
     async fn drone_census(&self, cluster: &str, pool: &str) -> Result<DroneCensus, StoreError> {
         let (cluster, pool) = (cluster.to_string(), pool.to_string());
-        self.run(|s| Box::pin(async move { s.drone_census(&cluster, &pool).await })).await
+        self.run(crate::store_series!("drone_census"), |s| {
+            Box::pin(async move { s.drone_census(&cluster, &pool).await })
+        })
+        .await
     }
 
     async fn node_changes_since(&self, after: Revision, limit: usize) -> Result<Vec<NodeChange>, StoreError> {
-        self.run(|s| Box::pin(async move { s.node_changes_since(after, limit).await })).await
+        self.run(crate::store_series!("node_changes_since"), |s| {
+            Box::pin(async move { s.node_changes_since(after, limit).await })
+        })
+        .await
     }
 
     async fn changes_since(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StoreError> {
-        self.run(|s| Box::pin(async move { s.changes_since(after, limit).await })).await
+        self.run(crate::store_series!("changes_since"), |s| {
+            Box::pin(async move { s.changes_since(after, limit).await })
+        })
+        .await
     }
 
     async fn compact(&self, retention: Retention, now: DateTime<Utc>) -> Result<Revision, StoreError> {
-        self.run(|s| Box::pin(async move { s.compact(retention, now).await })).await
+        self.run(crate::store_series!("compact"), |s| Box::pin(async move { s.compact(retention, now).await })).await
     }
 
     async fn shared_secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
         let name = name.to_string();
-        self.run(|s| Box::pin(async move { s.shared_secret(&name).await })).await
+        self.run(crate::store_series!("shared_secret"), |s| Box::pin(async move { s.shared_secret(&name).await })).await
     }
 }
 
 #[async_trait]
 impl BackendStore for OffloadedStore {
     async fn connect_backend(&self, spec: ConnectSpec, pick: Pick<'static>) -> Result<ConnectOutcome, StoreError> {
-        self.run(|s| Box::pin(async move { s.connect_backend(spec, pick).await })).await
+        self.run(crate::store_series!("connect_backend"), |s| {
+            Box::pin(async move { s.connect_backend(spec, pick).await })
+        })
+        .await
     }
 
     async fn get_backend(&self, id: &str) -> Result<Option<Backend>, StoreError> {
         let id = id.to_string();
-        self.run(|s| Box::pin(async move { s.get_backend(&id).await })).await
+        self.run(crate::store_series!("get_backend"), |s| Box::pin(async move { s.get_backend(&id).await })).await
     }
 
     async fn list_backends(
@@ -170,17 +206,33 @@ impl BackendStore for OffloadedStore {
         limit: usize,
     ) -> Result<BackendPage, StoreError> {
         let (filter, after_id) = (filter.clone(), after_id.map(str::to_string));
-        self.run(|s| Box::pin(async move { s.list_backends(&filter, after_id.as_deref(), limit).await })).await
+        self.run(crate::store_series!("list_backends"), |s| {
+            Box::pin(async move { s.list_backends(&filter, after_id.as_deref(), limit).await })
+        })
+        .await
     }
 
     async fn backend_snapshot(&self, filter: &BackendFilter) -> Result<BackendPage, StoreError> {
         let filter = filter.clone();
-        self.run(|s| Box::pin(async move { s.backend_snapshot(&filter).await })).await
+        self.run(crate::store_series!("backend_snapshot"), |s| {
+            Box::pin(async move { s.backend_snapshot(&filter).await })
+        })
+        .await
     }
 
     async fn backend_history(&self, id: &str, after: Revision) -> Result<Vec<(Revision, BackendStatus)>, StoreError> {
         let id = id.to_string();
-        self.run(|s| Box::pin(async move { s.backend_history(&id, after).await })).await
+        self.run(crate::store_series!("backend_history"), |s| {
+            Box::pin(async move { s.backend_history(&id, after).await })
+        })
+        .await
+    }
+
+    async fn backend_state_counts(&self) -> Result<Vec<(BackendState, u64)>, StoreError> {
+        self.run(crate::store_series!("backend_state_counts"), |s| {
+            Box::pin(async move { s.backend_state_counts().await })
+        })
+        .await
     }
 
     async fn apply_backend_event(
@@ -192,7 +244,7 @@ impl BackendStore for OffloadedStore {
         now: DateTime<Utc>,
     ) -> Result<EventOutcome, StoreError> {
         let (drone_id, backend_id, address) = (drone_id.to_string(), backend_id.to_string(), address.to_string());
-        self.run(|s| {
+        self.run(crate::store_series!("apply_backend_event"), |s| {
             Box::pin(async move { s.apply_backend_event(&drone_id, &backend_id, status, &address, now).await })
         })
         .await
@@ -205,7 +257,10 @@ impl BackendStore for OffloadedStore {
         acks: Vec<String>,
     ) -> Result<Vec<EventOutcome>, StoreError> {
         let drone_id = drone_id.to_string();
-        self.run(|s| Box::pin(async move { s.apply_drone_reports(&drone_id, events, acks).await })).await
+        self.run(crate::store_series!("apply_drone_reports"), |s| {
+            Box::pin(async move { s.apply_drone_reports(&drone_id, events, acks).await })
+        })
+        .await
     }
 
     async fn request_termination(
@@ -216,26 +271,41 @@ impl BackendStore for OffloadedStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Backend>, StoreError> {
         let id = id.to_string();
-        self.run(|s| Box::pin(async move { s.request_termination(&id, kind, reason, now).await })).await
+        self.run(crate::store_series!("request_termination"), |s| {
+            Box::pin(async move { s.request_termination(&id, kind, reason, now).await })
+        })
+        .await
     }
 
     async fn terminate_for_drain(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.run(|s| Box::pin(async move { s.terminate_for_drain(&id, now).await })).await
+        self.run(crate::store_series!("terminate_for_drain"), |s| {
+            Box::pin(async move { s.terminate_for_drain(&id, now).await })
+        })
+        .await
     }
 
     async fn drones_with_pending_actions(&self) -> Result<Vec<String>, StoreError> {
-        self.run(|s| Box::pin(async move { s.drones_with_pending_actions().await })).await
+        self.run(crate::store_series!("drones_with_pending_actions"), |s| {
+            Box::pin(async move { s.drones_with_pending_actions().await })
+        })
+        .await
     }
 
     async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError> {
         let drone_id = drone_id.to_string();
-        self.run(|s| Box::pin(async move { s.pending_actions(&drone_id).await })).await
+        self.run(crate::store_series!("pending_actions"), |s| {
+            Box::pin(async move { s.pending_actions(&drone_id).await })
+        })
+        .await
     }
 
     async fn ack_action(&self, drone_id: &str, action_id: &str) -> Result<(), StoreError> {
         let (drone_id, action_id) = (drone_id.to_string(), action_id.to_string());
-        self.run(|s| Box::pin(async move { s.ack_action(&drone_id, &action_id).await })).await
+        self.run(crate::store_series!("ack_action"), |s| {
+            Box::pin(async move { s.ack_action(&drone_id, &action_id).await })
+        })
+        .await
     }
 
     async fn renew_key(
@@ -247,8 +317,10 @@ impl BackendStore for OffloadedStore {
         expires_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let (backend_id, key) = (backend_id.to_string(), key.clone());
-        self.run(|s| Box::pin(async move { s.renew_key(&backend_id, &key, fencing_token, now, expires_at).await }))
-            .await
+        self.run(crate::store_series!("renew_key"), |s| {
+            Box::pin(async move { s.renew_key(&backend_id, &key, fencing_token, now, expires_at).await })
+        })
+        .await
     }
 
     async fn renew_keys(
@@ -258,16 +330,25 @@ impl BackendStore for OffloadedStore {
         expires_at: DateTime<Utc>,
     ) -> Result<Vec<bool>, StoreError> {
         let renewals = renewals.to_vec();
-        self.run(|s| Box::pin(async move { s.renew_keys(&renewals, now, expires_at).await })).await
+        self.run(crate::store_series!("renew_keys"), |s| {
+            Box::pin(async move { s.renew_keys(&renewals, now, expires_at).await })
+        })
+        .await
     }
 
     async fn record_activity(&self, backend_ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError> {
         let backend_ids = backend_ids.to_vec();
-        self.run(|s| Box::pin(async move { s.record_activity(&backend_ids, now).await })).await
+        self.run(crate::store_series!("record_activity"), |s| {
+            Box::pin(async move { s.record_activity(&backend_ids, now).await })
+        })
+        .await
     }
 
     async fn expired_key_holders(&self, now: DateTime<Utc>) -> Result<Vec<Backend>, StoreError> {
-        self.run(|s| Box::pin(async move { s.expired_key_holders(now).await })).await
+        self.run(crate::store_series!("expired_key_holders"), |s| {
+            Box::pin(async move { s.expired_key_holders(now).await })
+        })
+        .await
     }
 
     async fn release_expired_key(
@@ -277,16 +358,23 @@ impl BackendStore for OffloadedStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Backend>, StoreError> {
         let backend_id = backend_id.to_string();
-        self.run(|s| Box::pin(async move { s.release_expired_key(&backend_id, lost, now).await })).await
+        self.run(crate::store_series!("release_expired_key"), |s| {
+            Box::pin(async move { s.release_expired_key(&backend_id, lost, now).await })
+        })
+        .await
     }
 
     async fn mark_lost(&self, backend_id: &str, now: DateTime<Utc>) -> Result<Option<Backend>, StoreError> {
         let backend_id = backend_id.to_string();
-        self.run(|s| Box::pin(async move { s.mark_lost(&backend_id, now).await })).await
+        self.run(crate::store_series!("mark_lost"), |s| Box::pin(async move { s.mark_lost(&backend_id, now).await }))
+            .await
     }
 
     async fn purge_expired_tokens(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.run(|s| Box::pin(async move { s.purge_expired_tokens(now).await })).await
+        self.run(crate::store_series!("purge_expired_tokens"), |s| {
+            Box::pin(async move { s.purge_expired_tokens(now).await })
+        })
+        .await
     }
 
     async fn remove_terminated_backends(
@@ -294,7 +382,10 @@ impl BackendStore for OffloadedStore {
         terminated_before: DateTime<Utc>,
         limit: usize,
     ) -> Result<usize, StoreError> {
-        self.run(|s| Box::pin(async move { s.remove_terminated_backends(terminated_before, limit).await })).await
+        self.run(crate::store_series!("remove_terminated_backends"), |s| {
+            Box::pin(async move { s.remove_terminated_backends(terminated_before, limit).await })
+        })
+        .await
     }
 
     async fn backend_changes_since(
@@ -302,11 +393,17 @@ impl BackendStore for OffloadedStore {
         after: Revision,
         limit: usize,
     ) -> Result<Vec<(Revision, String, BackendStatus)>, StoreError> {
-        self.run(|s| Box::pin(async move { s.backend_changes_since(after, limit).await })).await
+        self.run(crate::store_series!("backend_changes_since"), |s| {
+            Box::pin(async move { s.backend_changes_since(after, limit).await })
+        })
+        .await
     }
 
     async fn token_route(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<TokenRoute>, StoreError> {
         let token_hash = token_hash.to_string();
-        self.run(|s| Box::pin(async move { s.token_route(&token_hash, now).await })).await
+        self.run(crate::store_series!("token_route"), |s| {
+            Box::pin(async move { s.token_route(&token_hash, now).await })
+        })
+        .await
     }
 }

@@ -53,7 +53,7 @@ impl BackendWatch {
             let lens: Box<dyn Lens<Response = v1::WatchBackendsResponse>> = Box::new(BackendLens { filter });
             yield Ok(Step::Live(Live::new(hub, subscription, start, lens, request.bookmark_interval)));
         };
-        WatchStream::new(Box::pin(setup))
+        WatchStream::new(crate::metrics::WatchKind::Backends, Box::pin(setup))
     }
 }
 

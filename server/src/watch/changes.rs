@@ -40,7 +40,7 @@ impl ChangeWatch {
             let lens: Box<dyn Lens<Response = R>> = Box::new(Mapped { map, bookmark });
             yield Ok(Step::Live(Live::new(hub, subscription, start, lens, bookmark_interval)));
         };
-        WatchStream::new(Box::pin(setup))
+        WatchStream::new(crate::metrics::WatchKind::Dashboard, Box::pin(setup))
     }
 }
 

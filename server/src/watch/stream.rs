@@ -5,6 +5,7 @@
 
 use super::hub::{HubChange, Subscription, WatchHub, Watched};
 use crate::api::ApiError;
+use crate::metrics::{WatchKind, WatchSeries};
 use crate::store::{ChangeKind, Revision, StoreError};
 use futures::Stream;
 use hangar::domain::NodeFilter;
@@ -137,7 +138,7 @@ impl NodeWatch {
             let lens: Box<dyn Lens<Response = v1::WatchNodesResponse>> = Box::new(NodeLens { filter, view });
             yield Ok(Step::Live(Live::new(hub, subscription, start, lens, request.bookmark_interval)));
         };
-        WatchStream::new(Box::pin(setup))
+        WatchStream::new(WatchKind::Nodes, Box::pin(setup))
     }
 }
 
@@ -157,6 +158,17 @@ type Item<R> = Result<R, ApiError>;
 /// `poll_next` because it runs once per change per watcher.
 pub struct WatchStream<R> {
     phase: Phase<R>,
+    /// Its kind's series (open, delivered, cut off), taken when it opened so that the open
+    /// gauge it raised is the one it lowers when it ends.
+    series: Option<&'static WatchSeries>,
+}
+
+impl<R> Drop for WatchStream<R> {
+    fn drop(&mut self) {
+        if let Some(series) = self.series {
+            series.open.decrement(1);
+        }
+    }
 }
 
 enum Phase<R> {
@@ -167,8 +179,12 @@ enum Phase<R> {
 }
 
 impl<R: Send + 'static> WatchStream<R> {
-    pub(super) fn new(setup: Setup<R>) -> Self {
-        WatchStream { phase: Phase::Setup(setup) }
+    pub(super) fn new(kind: WatchKind, setup: Setup<R>) -> Self {
+        let series = crate::metrics::watch_series(kind);
+        if let Some(series) = series {
+            series.open.increment(1);
+        }
+        WatchStream { phase: Phase::Setup(setup), series }
     }
 }
 
@@ -180,7 +196,12 @@ impl<R: Send + 'static> Stream for WatchStream<R> {
         loop {
             let item = match &mut this.phase {
                 Phase::Setup(setup) => match ready!(setup.as_mut().poll_next(cx)) {
-                    Some(Ok(Step::Event(event))) => return Poll::Ready(Some(Ok(event))),
+                    Some(Ok(Step::Event(event))) => {
+                        if let Some(series) = this.series {
+                            series.delivered.increment(1);
+                        }
+                        return Poll::Ready(Some(Ok(event)));
+                    }
                     Some(Ok(Step::Live(live))) => {
                         this.phase = Phase::Live(Box::new(live));
                         continue;
@@ -191,6 +212,13 @@ impl<R: Send + 'static> Stream for WatchStream<R> {
                 Phase::Live(live) => ready!(live.poll_next(cx)),
                 Phase::Done => None,
             };
+            if let Some(series) = this.series {
+                match &item {
+                    Some(Ok(_)) => series.delivered.increment(1),
+                    Some(Err(ApiError::WatchTooSlow { .. })) => series.cut_off.increment(1),
+                    _ => {}
+                }
+            }
             if !matches!(item, Some(Ok(_))) {
                 this.phase = Phase::Done;
             }

@@ -646,6 +646,21 @@ where
         Ok(stored)
     }
 
+    async fn backend_state_counts(&self) -> Result<Vec<(BackendState, u64)>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM backends GROUP BY state")
+            .fetch_all(self.read_pool())
+            .await
+            .map_err(from_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get(0).map_err(from_sqlx)?;
+                let count: i64 = row.try_get(1).map_err(from_sqlx)?;
+                let state = state.parse().map_err(|e| StoreError::Corrupt(format!("backend state {state:?}: {e}")))?;
+                Ok((state, u64::try_from(count).unwrap_or_default()))
+            })
+            .collect()
+    }
+
     async fn drones_with_pending_actions(&self) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT DISTINCT drone_id FROM drone_actions")
             .fetch_all(self.read_pool())

@@ -247,6 +247,7 @@ where
         tx.commit().await.map_err(from_sqlx)?;
         // No receiver is not an error: nobody in this process fans out.
         for commit in commits {
+            crate::metrics::record_commit(&commit);
             let _ = self.local.send(commit);
         }
         if !drones.is_empty() {
