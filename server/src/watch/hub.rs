@@ -602,6 +602,9 @@ pub struct NodeListing {
     pub more: bool,
 }
 
+/// A pool's placement candidates and the node-view generation they were computed at.
+type Candidates = (u64, Arc<[DroneSlot]>);
+
 /// One version of a node: since `revision`, the node as `change` left it (`None`: removed).
 type Version = (Revision, Option<Arc<HubChange>>);
 
@@ -625,7 +628,7 @@ struct NodeView {
     /// Node changes applied so far: what the cached placement candidates are valid for.
     generation: u64,
     /// Placement candidates per (cluster, pool), with the generation they were computed at.
-    candidates: HashMap<(String, String), (u64, Arc<[DroneSlot]>)>,
+    candidates: HashMap<(String, String), Candidates>,
 }
 
 impl NodeView {
