@@ -183,7 +183,11 @@ async fn placement_candidates_come_from_the_view_and_follow_this_processs_commit
 
     for _ in 0..20 {
         store.update_node(&a.id, NodeUpdate::drain(None), UpdateCondition::Always).await.unwrap();
-        assert_eq!(slots(hub.drone_slots("default", "gpu").await.unwrap()), [b.id.clone()], "drained: gone at once");
+        assert_eq!(
+            slots(hub.drone_slots("default", "gpu").await.unwrap()),
+            vec![b.id.clone()],
+            "drained: gone at once"
+        );
         store.update_node(&a.id, NodeUpdate::undrain(), UpdateCondition::Always).await.unwrap();
         assert_eq!(slots(hub.drone_slots("default", "gpu").await.unwrap()), both, "undrained: back at once");
     }
