@@ -1,7 +1,8 @@
 # The Hangar image: hangar-server (controller, proxy, dev), hangar-drone and the hangar CLI.
 #
-# Build it with scripts/image, which assembles target/image/rootfs (the binaries, the shared
-# libraries they load, a minimal /etc) and then runs `docker build` here. The base is empty
+# Build it with scripts/image, which assembles a root file system under target/image/ (the
+# binaries, the shared libraries they load, a minimal /etc), then runs `docker build` here with
+# ROOTFS and STATE naming it. The base is empty
 # (`FROM scratch`), so nothing is pulled from a registry and the image holds nothing else: no
 # shell, no package manager.
 #
@@ -14,10 +15,12 @@
 FROM scratch
 ARG VERSION=unknown
 ARG PROFILE=release
-COPY target/image/rootfs/ /
+ARG ROOTFS=target/image/rootfs
+ARG STATE=target/image/state
+COPY ${ROOTFS}/ /
 # The one writable directory, owned by the unprivileged user: the controller's SQLite database
 # (./hangar-data) and a drone's journal (./hangar-drone-data) land here by default.
-COPY --chown=10001:10001 target/image/state/ /var/lib/hangar/
+COPY --chown=10001:10001 ${STATE}/ /var/lib/hangar/
 WORKDIR /var/lib/hangar
 # Numeric, so that Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
 USER 10001:10001

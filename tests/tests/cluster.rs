@@ -49,23 +49,15 @@ async fn the_cluster_comes_up_with_five_ready_nodes_and_proxies_reach_backends_o
         .expect("list nodes")
         .into_inner()
         .nodes;
-    let ready: BTreeSet<(String, i32)> = listed
-        .iter()
-        .filter(|n| n.state == v1::NodeState::Ready as i32)
-        .map(|n| (n.name.clone(), n.kind))
-        .collect();
+    let ready: BTreeSet<(String, i32)> =
+        listed.iter().filter(|n| n.state == v1::NodeState::Ready as i32).map(|n| (n.name.clone(), n.kind)).collect();
     let drone = v1::NodeKind::Drone as i32;
     let proxy = v1::NodeKind::Proxy as i32;
-    let expected: BTreeSet<(String, i32)> = [
-        ("drone-1", drone),
-        ("drone-2", drone),
-        ("drone-3", drone),
-        ("proxy-1", proxy),
-        ("proxy-2", proxy),
-    ]
-    .into_iter()
-    .map(|(name, kind)| (name.to_string(), kind))
-    .collect();
+    let expected: BTreeSet<(String, i32)> =
+        [("drone-1", drone), ("drone-2", drone), ("drone-3", drone), ("proxy-1", proxy), ("proxy-2", proxy)]
+            .into_iter()
+            .map(|(name, kind)| (name.to_string(), kind))
+            .collect();
     assert_eq!(ready, expected, "every node: {listed:?}");
 
     // A backend connected through ctl-1: its URL is on proxy-1, which forwards to the drone's

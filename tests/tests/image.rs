@@ -44,7 +44,10 @@ async fn the_image_runs_a_controller_and_a_drone_that_runs_a_backend() {
     let image = Image::build("image");
 
     // --version, as the entrypoint (hangar-server) and as the two other binaries.
-    assert_eq!(docker(&["run", "--rm", &image.tag, "--version"]), format!("hangar-server {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        docker(&["run", "--rm", &image.tag, "--version"]),
+        format!("hangar-server {}", env!("CARGO_PKG_VERSION"))
+    );
     assert_eq!(
         docker(&["run", "--rm", "--entrypoint", "hangar-drone", &image.tag, "--version"]),
         format!("hangar-drone {}", env!("CARGO_PKG_VERSION"))
@@ -64,16 +67,46 @@ async fn the_image_runs_a_controller_and_a_drone_that_runs_a_backend() {
     let drone = format!("{network}-drone");
     // The controller on SQLite in the image's /var/lib/hangar (writable by uid 10001).
     docker(&[
-        "run", "-d", "--name", &controller, "--network", &network, "--label", &label, &image.tag,
-        "controller", "--listen", "0.0.0.0:7070", "--admin-listen", "0.0.0.0:7071", "--insecure",
+        "run",
+        "-d",
+        "--name",
+        &controller,
+        "--network",
+        &network,
+        "--label",
+        &label,
+        &image.tag,
+        "controller",
+        "--listen",
+        "0.0.0.0:7070",
+        "--admin-listen",
+        "0.0.0.0:7071",
+        "--insecure",
     ]);
     // The drone finds the controller by its container name (Docker's DNS through the image's
     // nsswitch.conf) and runs backends as its own child processes.
     docker(&[
-        "run", "-d", "--init", "--name", &drone, "--network", &network, "--label", &label,
-        "--entrypoint", "hangar-drone", &image.tag,
-        "run", "--controller", &format!("http://{controller}:7070"), "--name", "smoke", "--runtime", "process",
-        "--data-dir", "/var/lib/hangar/drone",
+        "run",
+        "-d",
+        "--init",
+        "--name",
+        &drone,
+        "--network",
+        &network,
+        "--label",
+        &label,
+        "--entrypoint",
+        "hangar-drone",
+        &image.tag,
+        "run",
+        "--controller",
+        &format!("http://{controller}:7070"),
+        "--name",
+        "smoke",
+        "--runtime",
+        "process",
+        "--data-dir",
+        "/var/lib/hangar/drone",
     ]);
 
     let url = format!("http://{}:7070", ip_of(&controller));
@@ -84,9 +117,10 @@ async fn the_image_runs_a_controller_and_a_drone_that_runs_a_backend() {
     let mut nodes = NodeServiceClient::new(channel.clone());
     let node = eventually(Duration::from_secs(30), "the drone READY in ListNodes", async || {
         let listed = nodes.list_nodes(v1::ListNodesRequest::default()).await.map(|r| r.into_inner().nodes);
-        check(listed.map(|nodes| nodes.into_iter().find(|n| n.name == "smoke")), |found| {
-            matches!(found, Ok(Some(node)) if node.state == v1::NodeState::Ready as i32)
-        })
+        check(
+            listed.map(|nodes| nodes.into_iter().find(|n| n.name == "smoke")),
+            |found| matches!(found, Ok(Some(node)) if node.state == v1::NodeState::Ready as i32),
+        )
     })
     .await
     .unwrap()

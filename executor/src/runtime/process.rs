@@ -452,9 +452,11 @@ mod tests {
         let started = runtime.start(spec).await.unwrap();
         let port = started.address.strip_prefix("localhost:").expect("reported at the advertised host");
         assert!(port.parse::<u16>().is_ok(), "{}", started.address);
-        hangar_testkit::eventually(Duration::from_secs(10), "the backend answering at its reported address", async || {
-            tokio::net::TcpStream::connect(&started.address).await.ok()
-        })
+        hangar_testkit::eventually(
+            Duration::from_secs(10),
+            "the backend answering at its reported address",
+            async || tokio::net::TcpStream::connect(&started.address).await.ok(),
+        )
         .await;
         runtime.shutdown().await;
     }
