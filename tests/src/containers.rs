@@ -68,6 +68,7 @@ impl Drop for Image {
 pub struct Cluster {
     pub name: String,
     env: HashMap<String, String>,
+    removed: bool,
 }
 
 impl Cluster {
@@ -75,7 +76,7 @@ impl Cluster {
     /// the script's output if they are not within `timeout_secs`. `env` is passed to the script
     /// (e.g. `HANGAR_CLUSTER_CONTROLLER_ARGS`).
     pub fn up(prefix: &str, image: &Image, timeout_secs: u32, env: &[(&str, &str)]) -> Cluster {
-        let mut cluster = Cluster { name: format!("{prefix}-{:08x}", rand_u32()), env: HashMap::new() };
+        let mut cluster = Cluster { name: format!("{prefix}-{:08x}", rand_u32()), env: HashMap::new(), removed: false };
         let timeout = timeout_secs.to_string();
         let mut command = Command::new(repo_root().join("scripts/cluster"));
         command.args(["up", "--name", &cluster.name, "--image", &image.tag, "--timeout", &timeout]);
@@ -130,8 +131,19 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// `scripts/cluster down` now, panicking if it fails (the drop only reports a failure).
+    pub fn down(mut self) {
+        self.removed = true;
+        assert!(self.script(&["down"]).status.success(), "scripts/cluster down failed (output above)");
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
         let output = self.script(&["down"]);
         if !output.status.success() {
             eprintln!("scripts/cluster down --name {} failed; remove it by hand (output above)", self.name);

@@ -2,7 +2,7 @@
 //! container and address, come up with five READY nodes; a backend connected through one
 //! controller is reached through both proxies (neither is on the backend's drone); and a node's
 //! network namespace is reachable for fault tests. `scripts/cluster down` runs even when the test
-//! fails (the guard's drop).
+//! fails (the guard's drop), and leaves nothing labelled with the cluster behind.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -113,4 +113,11 @@ async fn the_cluster_comes_up_with_five_ready_nodes_and_proxies_reach_backends_o
     let status = cluster.script(&["status"]);
     assert!(status.status.success());
     assert_eq!(String::from_utf8_lossy(&status.stdout).matches(" READY ").count(), 5, "status lists five READY nodes");
+
+    // `down` leaves nothing it made: no container, network or volume with the cluster's label.
+    let label = format!("label=hangar.cluster={}", cluster.name);
+    cluster.down();
+    assert_eq!(docker(&["ps", "-aq", "--filter", &label]), "", "containers left");
+    assert_eq!(docker(&["network", "ls", "-q", "--filter", &label]), "", "network left");
+    assert_eq!(docker(&["volume", "ls", "-q", "--filter", &label]), "", "volume left");
 }
