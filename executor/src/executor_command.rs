@@ -48,6 +48,13 @@ pub struct ExecutorArgs {
     #[arg(long, value_name = "NAME", default_value = "default")]
     pub instance: String,
 
+    /// Host (IP or DNS name of this machine) that proxies on other hosts reach the backends at.
+    /// Process runtime only: backends are then reported at HOST:PORT instead of 127.0.0.1:PORT
+    /// and must listen on every interface (0.0.0.0:$PORT). Without it only a proxy on this host
+    /// reaches them.
+    #[arg(long, value_name = "HOST", env = "HANGAR_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+
     /// Largest gRPC message accepted or sent, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
@@ -56,18 +63,31 @@ pub struct ExecutorArgs {
 /// The runtime `choice` names; Docker fails clearly when no engine answers. `own_process` says
 /// the runtime is the only thing in this process (an executor), so a mock may be scripted to
 /// crash it for reconnect tests; a drone running a runtime in-process never allows that.
+/// `advertise_host` is `--advertise-host` (process runtime only).
 pub async fn build_runtime(
     choice: RuntimeChoice,
     instance: &str,
     own_process: bool,
+    advertise_host: Option<&str>,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
+    if let Some(host) = advertise_host {
+        anyhow::ensure!(
+            choice == RuntimeChoice::Process,
+            "--advertise-host {host} works with the process runtime only: the docker runtime publishes \
+             backends on the engine host's 127.0.0.1, so run a proxy on that host instead"
+        );
+        anyhow::ensure!(!host.trim().is_empty(), "--advertise-host must name a host (an IP or DNS name)");
+    }
     Ok(match choice {
         RuntimeChoice::Docker => Arc::new(
             DockerRuntime::connect(DockerOptions { instance: instance.to_string(), ..Default::default() })
                 .await
                 .context("cannot reach the Docker engine")?,
         ),
-        RuntimeChoice::Process => Arc::new(ProcessRuntime::new()),
+        RuntimeChoice::Process => match advertise_host {
+            Some(host) => Arc::new(ProcessRuntime::new().advertising(host)),
+            None => Arc::new(ProcessRuntime::new()),
+        },
         // Only the real executor process may be told to crash itself (for reconnect tests).
         RuntimeChoice::Mock if own_process => Arc::new(MockRuntime::allowing_executor_crash()),
         RuntimeChoice::Mock => Arc::new(MockRuntime::new()),
@@ -76,7 +96,7 @@ pub async fn build_runtime(
 
 /// Builds the runtime, binds the socket and serves until a termination signal.
 pub async fn run(args: ExecutorArgs) -> anyhow::Result<()> {
-    let runtime = build_runtime(args.runtime, &args.instance, true).await?;
+    let runtime = build_runtime(args.runtime, &args.instance, true, args.advertise_host.as_deref()).await?;
     let stop = termination_signal();
     let listener = server::bind_socket(&args.socket)?;
     tracing::info!(socket = %args.socket.display(), runtime = %runtime.kind(), "executor serving");

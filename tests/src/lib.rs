@@ -3,6 +3,7 @@
 //! binaries for tests that act as a user would.
 
 pub mod auth;
+pub mod containers;
 pub mod pki;
 
 use hangar::v1::{self, drone_service_client::DroneServiceClient, node_service_client::NodeServiceClient};

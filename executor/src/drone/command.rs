@@ -51,6 +51,13 @@ pub struct RunArgs {
     /// Run backends in this process instead of through an executor socket.
     #[arg(long, value_enum)]
     runtime: Option<RuntimeChoice>,
+    /// Host (IP or DNS name of this machine) that proxies on other hosts reach this drone's
+    /// backends at. With --runtime process only: backends are reported at HOST:PORT instead of
+    /// 127.0.0.1:PORT and must listen on every interface (0.0.0.0:$PORT, as the demo backend
+    /// does). Without it only a proxy on this host reaches them (an executor socket's executor
+    /// takes its own --advertise-host).
+    #[arg(long, value_name = "HOST", env = "HANGAR_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
     /// Directory of the drone's journal (unacknowledged events, seen actions, its backends), so
     /// a restarted drone resumes where it stopped. Created if missing.
     #[arg(long, value_name = "DIR", env = "HANGAR_DRONE_DATA_DIR", default_value = "./hangar-drone-data")]
@@ -101,7 +108,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let instance = super::instance::load_or_create(&args.data_dir, "default")
                 .with_context(|| format!("cannot read or create the instance id in {}", args.data_dir.display()))?;
             tracing::info!(instance, "drone instance");
-            Some(build_runtime(choice, &instance, false).await?)
+            Some(build_runtime(choice, &instance, false, args.advertise_host.as_deref()).await?)
         }
         (None, None) => None,
     };

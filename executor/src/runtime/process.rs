@@ -8,7 +8,8 @@
 //! named). The backend runs `command[0]` with `command[1..]` when `command` is set (it replaces
 //! the entrypoint, alias included), else the image's program with the alias's arguments; `args`
 //! follow either ([`BackendSpec::argv`] without aliases). The runtime picks a free port on
-//! 127.0.0.1 and passes it as `PORT`. Backends live and die with the executor:
+//! 127.0.0.1 and passes it as `PORT` (with an advertised host, [`ProcessRuntime::advertising`]: a
+//! port free on every interface, reported at that host). Backends live and die with the executor:
 //! a process cannot be re-adopted after a restart, so shutdown kills every process group, and a
 //! new executor lists nothing.
 
@@ -89,6 +90,9 @@ pub struct ProcessRuntime {
     /// Owns the reapers.
     tasks: TaskTracker,
     cancel: CancellationToken,
+    /// The host backends are reported at (`HOST:PORT`) instead of 127.0.0.1, so that a proxy on
+    /// another host reaches them ([`ProcessRuntime::advertising`]).
+    advertise_host: Option<String>,
 }
 
 impl Default for ProcessRuntime {
@@ -111,7 +115,18 @@ impl ProcessRuntime {
             locks: BackendLocks::default(),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
+            advertise_host: None,
         }
+    }
+
+    /// Reports each backend at `host:PORT` instead of `127.0.0.1:PORT` (`hangar-drone run
+    /// --advertise-host`): a proxy forwards to the address a drone reports, so without this only a
+    /// proxy on the drone's own host reaches its backends. The port is then picked free on every
+    /// interface, and the backend must listen on every interface (`0.0.0.0:$PORT`), as the demo
+    /// and test backends do.
+    pub fn advertising(mut self, host: impl Into<String>) -> Self {
+        self.advertise_host = Some(host.into());
+        self
     }
 
     /// The executable `image` names and the arguments that precede the spec's.
@@ -168,10 +183,11 @@ fn missing_executable(image: &str, policy: PullPolicy, message: String) -> Runti
     }
 }
 
-fn free_local_port() -> Result<u16, RuntimeError> {
+fn free_port(any_interface: bool) -> Result<u16, RuntimeError> {
     // The port is free when we look; another process could take it before the backend binds it.
     // The window is small and the backend then fails loudly, which is acceptable for a dev runtime.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(RuntimeError::internal)?;
+    let bind = if any_interface { "0.0.0.0:0" } else { "127.0.0.1:0" };
+    let listener = std::net::TcpListener::bind(bind).map_err(RuntimeError::internal)?;
     Ok(listener.local_addr().map_err(RuntimeError::internal)?.port())
 }
 
@@ -220,7 +236,7 @@ impl Runtime for ProcessRuntime {
         if !spec.resources.eq(&Default::default()) {
             tracing::warn!(backend_id, "the process runtime cannot enforce resource limits; ignoring them");
         }
-        let port = free_local_port()?;
+        let port = free_port(self.advertise_host.is_some())?;
         let (program, leading_args) = match spec.command.split_first() {
             Some((program, rest)) => (Path::new(program.as_str()), rest),
             None => self.resolve(&spec.image),
@@ -254,7 +270,9 @@ impl Runtime for ProcessRuntime {
             },
         })?;
         let pid = child.id().ok_or_else(|| RuntimeError::internal("spawned child has no pid"))? as i32;
-        let started = Started { runtime_id: pid.to_string(), address: format!("127.0.0.1:{port}") };
+        let host = self.advertise_host.as_deref().unwrap_or("127.0.0.1");
+        let address = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        let started = Started { runtime_id: pid.to_string(), address };
         let (exit_tx, exit_rx) = watch::channel(None);
         let backend = Arc::new(ProcessBackend { pid, started: started.clone(), started_at: Utc::now(), exit: exit_rx });
         self.backends.lock().unwrap().insert(backend_id.clone(), backend);
@@ -416,6 +434,30 @@ mod tests {
             runtime.prepare_image("hello-not", PullPolicy::IfNotPresent).await,
             Err(RuntimeError::ImageNotFound { .. })
         ));
+        runtime.shutdown().await;
+    }
+
+    /// `--advertise-host`: the backend is reported at that host, on a port it can be reached at
+    /// from there (here `localhost`, standing for the drone's own IP in scripts/cluster).
+    #[tokio::test]
+    async fn an_advertised_host_is_the_address_a_backend_is_reported_at() {
+        let runtime = ProcessRuntime::new().advertising("localhost");
+        let spec = BackendSpec {
+            backend_id: "advertised-1".into(),
+            image: "/bin/sh".into(),
+            // Listens on every interface, as the runtime's contract asks with an advertised host.
+            args: vec!["-c".into(), "exec python3 -m http.server --bind 0.0.0.0 \"$PORT\"".into()],
+            ..Default::default()
+        };
+        let started = runtime.start(spec).await.unwrap();
+        let port = started.address.strip_prefix("localhost:").expect("reported at the advertised host");
+        assert!(port.parse::<u16>().is_ok(), "{}", started.address);
+        hangar_testkit::eventually(
+            Duration::from_secs(10),
+            "the backend answering at its reported address",
+            async || tokio::net::TcpStream::connect(&started.address).await.ok(),
+        )
+        .await;
         runtime.shutdown().await;
     }
 }
