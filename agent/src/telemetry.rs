@@ -25,7 +25,7 @@ use tracing_subscriber::{Layer, Registry};
 
 pub mod grpc;
 
-pub use grpc::GrpcTraceLayer;
+pub use grpc::{GrpcTraceLayer, client_span, record_client_status, record_status};
 
 /// The `tracing` target of every span meant for the trace exporter. Log lines never show these
 /// spans (the log layer filters them out), so turning traces on does not change the logs.
@@ -54,15 +54,14 @@ pub struct TraceArgs {
     /// for TLS with the system's roots). Unset: no traces, at no cost. The service name is
     /// OTEL_SERVICE_NAME, or hangar-controller, hangar-proxy, hangar-dev, hangar-drone or
     /// hangar-executor. Spans and their attributes: docs/design/observability.md.
-    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub otlp_endpoint: Option<String>,
 }
 
 /// Checks an OTLP/gRPC endpoint: `http://` or `https://` with a host (and usually port 4317).
 pub fn parse_endpoint(text: &str) -> Result<String, String> {
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|err| format!("{text:?} is not a URL ({err}); expected e.g. http://127.0.0.1:4317"))?;
+    let uri: http::Uri =
+        text.parse().map_err(|err| format!("{text:?} is not a URL ({err}); expected e.g. http://127.0.0.1:4317"))?;
     match (uri.scheme_str(), uri.authority()) {
         (Some("http" | "https"), Some(_)) => Ok(text.to_string()),
         _ => Err(format!(
@@ -133,9 +132,8 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>, service: &str) -> an
     if endpoint.starts_with("https://") {
         exporter = exporter.with_tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots());
     }
-    let exporter = exporter
-        .build()
-        .map_err(|err| anyhow::anyhow!("cannot set up the OTLP exporter for {endpoint}: {err}"))?;
+    let exporter =
+        exporter.build().map_err(|err| anyhow::anyhow!("cannot set up the OTLP exporter for {endpoint}: {err}"))?;
     let service = std::env::var(SERVICE_NAME_ENV).ok().filter(|name| !name.is_empty()).unwrap_or(service.to_string());
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service)
@@ -149,9 +147,12 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>, service: &str) -> an
     .build();
     let provider = SdkTracerProvider::builder().with_span_processor(batch).with_resource(resource).build();
     // Hangar's own spans, and the warnings and errors logged inside them as span events.
-    let for_traces = filter_fn(|meta| {
-        if meta.is_span() { meta.target() == SPAN_TARGET } else { *meta.level() <= tracing::Level::INFO }
-    });
+    let for_traces =
+        filter_fn(
+            |meta| {
+                if meta.is_span() { meta.target() == SPAN_TARGET } else { *meta.level() <= tracing::Level::INFO }
+            },
+        );
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("hangar"))
         .with_threads(false)
@@ -216,9 +217,7 @@ fn set_remote_parent(span: &tracing::Span, parent: opentelemetry::Context) {
 /// Nothing when traces are off, so that the headers pass through untouched then.
 pub fn inject_headers(span: &tracing::Span, headers: &mut http::HeaderMap) {
     for (name, value) in context_of(span) {
-        if let (Ok(name), Ok(value)) =
-            (http::HeaderName::try_from(name), http::HeaderValue::try_from(value))
-        {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(name), http::HeaderValue::try_from(value)) {
             headers.insert(name, value);
         }
     }

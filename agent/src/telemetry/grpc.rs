@@ -48,12 +48,36 @@ pub fn server_span(path: &str) -> tracing::Span {
     )
 }
 
+/// The span of a call this process makes, `service/method`; its context goes out with
+/// [`traced_request`](super::traced_request) when the call is made inside it.
+pub fn client_span(service: &str, method: &str) -> tracing::Span {
+    tracing::info_span!(
+        target: SPAN_TARGET,
+        "grpc.client",
+        otel.name = format_args!("{service}/{method}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+    )
+}
+
 /// Records a gRPC status code on the span: `rpc.grpc.status_code`, and an error status for the
 /// codes OpenTelemetry counts as a server's errors.
 pub fn record_status(span: &tracing::Span, code: i32) {
     span.record("rpc.grpc.status_code", code);
     // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
     if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// Records the status of a call this process made: any code but OK is an error for a client.
+pub fn record_client_status(span: &tracing::Span, code: i32) {
+    span.record("rpc.grpc.status_code", code);
+    if code != 0 {
         span.record("otel.status_code", "ERROR");
     }
 }

@@ -54,6 +54,15 @@ pub struct RunArgs {
     /// a restarted drone resumes where it stopped. Created if missing.
     #[arg(long, value_name = "DIR", env = "HANGAR_DRONE_DATA_DIR", default_value = "./hangar-drone-data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    trace: hangar_agent::telemetry::TraceArgs,
+}
+
+impl RunArgs {
+    /// Where the drone exports its traces, if anywhere.
+    pub fn otlp_endpoint(&self) -> Option<&str> {
+        self.trace.otlp_endpoint.as_deref()
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

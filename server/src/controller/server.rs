@@ -173,6 +173,8 @@ impl Controller {
             // Every call, health and reflection included, is authenticated and authorized first;
             // the limits layer after it (inner: tonic puts the first layer outermost) counts per
             // caller by the `Arc<Principal>` it finds in the extensions.
+            // Outermost: one span per call (refusals included), continuing the caller's trace.
+            .layer(crate::telemetry::GrpcTraceLayer)
             .layer(AuthLayer::new(authenticator.clone()))
             .layer(LimitLayer::new(config.limits.clone()))
             .add_service(health_service)

@@ -16,6 +16,7 @@ use super::*;
 use futures::future::BoxFuture;
 use hangar::domain::{Backend, BackendKey, BackendStatus, TerminationKind, TerminationReason};
 use tokio::runtime::{Handle, Runtime};
+use tracing::Instrument;
 
 /// A store whose operations run on its own runtime (`hangar-store` threads).
 pub struct OffloadedStore {
@@ -36,16 +37,40 @@ impl OffloadedStore {
         Ok(OffloadedStore { inner, handle: runtime.handle().clone(), runtime: Some(runtime) })
     }
 
-    async fn run<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(DynStore) -> BoxFuture<'static, Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        match self.handle.spawn(op(self.inner.clone())).await {
+    async fn run<T: Send + 'static, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(DynStore) -> BoxFuture<'static, Result<T, StoreError>>,
+    {
+        let work = op(self.inner.clone());
+        // One span per operation when traces are on, a child of the call's span.
+        let work = match crate::telemetry::enabled() {
+            true => work.instrument(op_span(operation_name::<F>())),
+            false => work.instrument(tracing::Span::none()),
+        };
+        match self.handle.spawn(work).await {
             Ok(result) => result,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             Err(_) => Err(StoreError::Unavailable("the store is shutting down".into())),
         }
     }
+}
+
+/// The store method an operation closure was written in, from its type's name
+/// (`…::OffloadedStore as …::Store>::get_node::{{closure}}::{{closure}}` → `get_node`), so that
+/// every operation is named without each call site saying it again.
+fn operation_name<F>() -> &'static str {
+    let full = std::any::type_name::<F>();
+    let path = full.split("::{{closure}}").next().unwrap_or(full);
+    path.rsplit("::").next().unwrap_or(path)
+}
+
+fn op_span(operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        target: crate::telemetry::SPAN_TARGET,
+        "store",
+        otel.name = format_args!("store {operation}"),
+        db.operation.name = operation,
+    )
 }
 
 impl Drop for OffloadedStore {
