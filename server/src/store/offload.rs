@@ -59,8 +59,26 @@ impl OffloadedStore {
 /// (`…::OffloadedStore as …::Store>::get_node::{{closure}}::{{closure}}` → `get_node`), so that
 /// every operation is named without each call site saying it again.
 fn operation_name<F>() -> &'static str {
-    let full = std::any::type_name::<F>();
-    let path = full.split("::{{closure}}").next().unwrap_or(full);
+    method_of(std::any::type_name::<F>())
+}
+
+fn method_of(full: &'static str) -> &'static str {
+    let mut path = full.split("::{{closure}}").next().unwrap_or(full);
+    // The method's lifetimes: `connect_backend<'_, '_>`.
+    if path.ends_with('>') {
+        let mut depth = 0;
+        for (at, c) in path.char_indices().rev() {
+            match c {
+                '>' => depth += 1,
+                '<' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                path = &path[..at];
+                break;
+            }
+        }
+    }
     path.rsplit("::").next().unwrap_or(path)
 }
 
@@ -325,5 +343,35 @@ impl BackendStore for OffloadedStore {
     async fn token_route(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<TokenRoute>, StoreError> {
         let token_hash = token_hash.to_string();
         self.run(|s| Box::pin(async move { s.token_route(&token_hash, now).await })).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `async_trait` makes of a method: the closure inside it, in a function with lifetimes.
+    fn name_inside<F>(_: &F) -> &'static str {
+        operation_name::<F>()
+    }
+
+    fn get_node() -> &'static str {
+        let op = |s: DynStore| -> BoxFuture<'static, Result<(), StoreError>> {
+            Box::pin(async move {
+                drop(s);
+                Ok(())
+            })
+        };
+        name_inside(&op)
+    }
+
+    #[test]
+    fn operations_are_named_after_their_method_without_paths_or_lifetimes() {
+        assert_eq!(get_node(), "get_node");
+        // As seen from `async_trait`'s methods, which have early-bound lifetimes.
+        let seen = "<hangar_server::store::offload::OffloadedStore as hangar_server::store::Store>\
+                    ::connect_backend<'_, '_>::{{closure}}::{{closure}}";
+        assert_eq!(method_of(seen), "connect_backend");
+        assert_eq!(method_of("a::b::list_nodes<'_, Vec<hangar::X<'_>>>::{{closure}}"), "list_nodes");
     }
 }
