@@ -3,12 +3,15 @@
 //! controller in this process, of a `hangar-drone run` process and of a `hangar-drone executor`
 //! process, each exporting over OTLP, and they all carry the trace id the client sent in its
 //! `traceparent`, each linked to its parent across the process boundaries
-//! (docs/design/observability.md).
+//! (docs/design/observability.md). And the proxy hands the backend its own hop's `traceparent`,
+//! continuing the client's trace or starting one.
 
+use hangar::v1::proxy_service_server::{ProxyService, ProxyServiceServer};
 use hangar::v1::{self, backend_service_client::BackendServiceClient, node_service_client::NodeServiceClient};
 use hangar_agent::telemetry::{self, LogFormat};
 use hangar_testkit::eventually;
 use hangar_tests::{TestCluster, binary, channel};
+use http_body_util::{BodyExt, Full};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -246,6 +249,132 @@ async fn a_connect_is_one_trace_through_controller_drone_and_executor_with_the_c
 
     cluster.shutdown().await;
     if let Ok(exporter) = Arc::try_unwrap(exporter) {
+        exporter.shutdown().await;
+    }
+}
+
+/// A control plane for the proxy that routes every token to one READY backend.
+#[derive(Clone)]
+struct OneRoute {
+    address: String,
+}
+
+#[tonic::async_trait]
+impl ProxyService for OneRoute {
+    type AttachStream = tokio_stream::wrappers::ReceiverStream<Result<v1::ProxyAttachResponse, tonic::Status>>;
+
+    async fn attach(
+        &self,
+        request: tonic::Request<tonic::Streaming<v1::ProxyAttachRequest>>,
+    ) -> Result<tonic::Response<Self::AttachStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let welcome = v1::ProxyWelcome { node_id: "proxy-node".into(), controller_id: "fake".into() };
+        let message = v1::proxy_attach_response::Message::Welcome(welcome);
+        tx.send(Ok(v1::ProxyAttachResponse { message: Some(message) })).await.unwrap();
+        tokio::spawn(async move {
+            while let Ok(Some(_)) = inbound.message().await {}
+            drop(tx);
+        });
+        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn lookup_route(
+        &self,
+        _: tonic::Request<v1::LookupRouteRequest>,
+    ) -> Result<tonic::Response<v1::LookupRouteResponse>, tonic::Status> {
+        Ok(tonic::Response::new(v1::LookupRouteResponse {
+            backend_id: "bk-traced".into(),
+            state: v1::BackendState::Ready as i32,
+            address: self.address.clone(),
+            ..Default::default()
+        }))
+    }
+}
+
+/// The `traceparent` the backend received, from the test backend's `/headers` page.
+async fn traceparent_at_backend(url: &str, traceparent: Option<&str>) -> String {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let mut request = http::Request::get(url);
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    let response = client.request(request.body(Full::default()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let headers = String::from_utf8_lossy(&body).into_owned();
+    let found = headers.lines().find_map(|line| line.strip_prefix("traceparent: ").map(str::to_string));
+    found.unwrap_or_else(|| panic!("the backend got no traceparent; it got:\n{headers}"))
+}
+
+/// `00-TRACE-SPAN-FLAGS` → (TRACE, SPAN).
+fn ids(traceparent: &str) -> (String, String) {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent:?} is not a W3C traceparent");
+    (parts[1].to_string(), parts[2].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_continues_the_clients_trace_to_the_backend_or_starts_one() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let exporter = telemetry::init(LogFormat::Text, Some(&endpoint), "hangar-proxy").unwrap();
+    assert!(exporter.exporting(), "the test's tracing setup must be the first in this process");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _backend = KillOnDrop(
+        Command::new(hangar_executor::testing::test_backend_binary())
+            .env("PORT", port.to_string())
+            .env("HANGAR_BACKEND_ID", "bk-traced")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let address = format!("127.0.0.1:{port}");
+    hangar_executor::testing::wait_for_http(&address, "/", WAIT).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let control = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ProxyServiceServer::new(OneRoute { address }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let config = hangar_server::proxy::ProxyConfig::new(vec![control], "edge-traced");
+    let proxy = hangar_server::proxy::Proxy::start(config, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .await
+        .unwrap();
+    let url = format!("{}/tok/headers", proxy.url());
+
+    // A client's trace goes on: the backend's parent is the proxy's span, a child of the client's.
+    let continued = traceparent_at_backend(&url, Some(&format!("00-{TRACE_ID}-{CLIENT_SPAN_ID}-01"))).await;
+    let (trace_id, proxy_span) = ids(&continued);
+    assert_eq!(trace_id, TRACE_ID, "the backend must see the client's trace");
+    assert_ne!(proxy_span, CLIENT_SPAN_ID, "the proxy's own hop, not the client's span");
+    // Without one, the proxy starts a trace.
+    let started = traceparent_at_backend(&url, None).await;
+    let (new_trace, new_span) = ids(&started);
+    assert_ne!(new_trace, TRACE_ID);
+
+    let flushing = Arc::new(exporter);
+    let flusher = flushing.clone();
+    tokio::task::spawn_blocking(move || flusher.flush()).await.unwrap();
+    let spans = eventually(WAIT, "both forwarded requests' spans", async || {
+        let spans = collector.spans.lock().unwrap().clone();
+        let both = [&proxy_span, &new_span].iter().all(|id| spans.iter().any(|r| &&r.span_id() == id));
+        both.then_some(spans)
+    })
+    .await;
+    let forwarded = spans.iter().find(|r| r.span_id() == proxy_span).unwrap();
+    assert_eq!((forwarded.service.as_str(), forwarded.name()), ("hangar-proxy", "GET /{token}"));
+    assert_eq!(forwarded.parent_id(), CLIENT_SPAN_ID);
+    assert_eq!(forwarded.attribute("http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(forwarded.attribute("hangar.backend_id").as_deref(), Some("bk-traced"));
+    let root = spans.iter().find(|r| r.span_id() == new_span).unwrap();
+    assert_eq!((root.trace_id(), root.parent_id()), (new_trace, String::new()), "a new trace, at its root");
+
+    proxy.shutdown().await;
+    if let Ok(exporter) = Arc::try_unwrap(flushing) {
         exporter.shutdown().await;
     }
 }
