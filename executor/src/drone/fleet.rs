@@ -166,6 +166,7 @@ impl Fleet {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         self: &Arc<Self>,
         backend_id: String,
