@@ -24,6 +24,8 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The client's trace and its own (client) span, as its `traceparent` names them.
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN_ID: &str = "00f067aa0ba902b7";
+/// Another client trace, for a call that fails.
+const FAILED_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 
 /// A span as the collector received it, with the service that sent it.
 #[derive(Clone, Debug)]
@@ -210,6 +212,11 @@ async fn a_connect_is_one_trace_through_controller_drone_and_executor_with_the_c
     })
     .await;
 
+    // A call that fails: its span says how (NOT_FOUND is the caller's error, not the server's).
+    let mut missing = tonic::Request::new(v1::GetBackendRequest { id: "bk-00000000000000000000000000000000".into() });
+    missing.metadata_mut().insert("traceparent", format!("00-{FAILED_TRACE_ID}-{CLIENT_SPAN_ID}-01").parse().unwrap());
+    assert_eq!(backends.get_backend(missing).await.unwrap_err().code(), tonic::Code::NotFound);
+
     // The controller's spans go out now; the processes send theirs every 100 ms.
     let exporter = Arc::new(exporter);
     let flushing = exporter.clone();
@@ -217,7 +224,8 @@ async fn a_connect_is_one_trace_through_controller_drone_and_executor_with_the_c
     let trace = eventually(WAIT, "the executor's StartBackend span in the client's trace", async || {
         let trace = collector.trace();
         let done = trace.iter().any(|r| r.service == "hangar-executor" && r.name().ends_with("/StartBackend"))
-            && trace.iter().any(|r| r.name() == "drone report READY");
+            && trace.iter().any(|r| r.name() == "drone report READY")
+            && trace.iter().any(|r| r.name() == "hangar.v1.BackendService/Connect");
         done.then_some(trace)
     })
     .await;
@@ -246,6 +254,15 @@ async fn a_connect_is_one_trace_through_controller_drone_and_executor_with_the_c
     let served = span(&trace, "hangar-executor", "hangar.executor.v1.ExecutorService/StartBackend", &call.span_id());
     assert_eq!(served.span.kind, SpanKind::Server as i32);
     assert_eq!(served.attribute("rpc.grpc.status_code").as_deref(), Some("0"));
+
+    let failed = eventually(WAIT, "the failed GetBackend's span", async || {
+        let spans = collector.spans.lock().unwrap().clone();
+        spans.into_iter().find(|r| r.trace_id() == FAILED_TRACE_ID && r.name() == "hangar.v1.BackendService/GetBackend")
+    })
+    .await;
+    assert_eq!(failed.parent_id(), CLIENT_SPAN_ID);
+    assert_eq!(failed.attribute("rpc.grpc.status_code").as_deref(), Some("5"));
+    assert_ne!(failed.span.status.map(|s| s.code), Some(2), "NOT_FOUND is no server error (OTel's gRPC rule)");
 
     cluster.shutdown().await;
     if let Ok(exporter) = Arc::try_unwrap(exporter) {

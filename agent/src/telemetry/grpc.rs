@@ -167,19 +167,22 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if let Some(span) = this.span.as_ref() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(code) = frame.trailers_ref().and_then(status_in) {
+        let ended = match &polled {
+            Poll::Pending => false,
+            // The trailers are the last frame: the call is over once they are out.
+            Poll::Ready(Some(Ok(frame))) => match (frame.trailers_ref(), this.span.as_ref()) {
+                (Some(trailers), Some(span)) => {
+                    if let Some(code) = status_in(trailers) {
                         record_status(span, code);
                     }
+                    true
                 }
-                Poll::Ready(None | Some(Err(_))) => {}
-                Poll::Pending => return polled,
-            }
-            if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-                *this.span = None;
-            }
+                _ => false,
+            },
+            Poll::Ready(None | Some(Err(_))) => true,
+        };
+        if ended {
+            *this.span = None;
         }
         polled
     }
