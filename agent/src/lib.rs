@@ -10,13 +10,16 @@
 //!   [`Credentials`](hangar_client::Credentials));
 //! - [`Backoff`] and [`HostResources`];
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`) every Hangar process
-//!   serves, the controller's included.
+//!   serves, the controller's included;
+//! - [`telemetry`]: logs and OpenTelemetry traces (OTLP export, `traceparent` propagation, the
+//!   gRPC server span layer), the same in every Hangar process.
 
 pub mod admin;
 pub mod attach;
 mod backoff;
 mod endpoint;
 mod host;
+pub mod telemetry;
 
 pub use backoff::Backoff;
 pub use endpoint::{CONNECT_TIMEOUT, check_controllers, connect_controller, controller_endpoint};

@@ -117,6 +117,7 @@ impl BackendWriter {
                     startup_timeout: Duration::from_secs(3600),
                     lease_duration: lease,
                     stop_grace: Duration::from_secs(10),
+                    trace_context: Default::default(),
                 },
                 static_token_hash: None,
             }),

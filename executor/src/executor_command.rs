@@ -31,6 +31,10 @@ pub enum RuntimeChoice {
 directory must not be accessible to group or others). A stale socket left by a dead executor is replaced; a \
 live one is refused. Peers are checked by uid (SO_PEERCRED).")]
 pub struct ExecutorArgs {
+    /// Traces of the executor's calls, joining the drone's (`--otlp-endpoint`).
+    #[command(flatten)]
+    pub trace: hangar_agent::telemetry::TraceArgs,
+
     /// Path of the Unix socket to serve on (at most 107 bytes).
     #[arg(long, value_name = "PATH", env = "HANGAR_EXECUTOR_SOCKET")]
     pub socket: PathBuf,

@@ -1,6 +1,7 @@
 //! `hangar-drone`: the drone agent and its executors.
 
 use clap::{Parser, Subcommand};
+use hangar_agent::telemetry::{self, LogFormat};
 use hangar_executor::conformance::command::{self as conformance_command, ConformanceArgs};
 use hangar_executor::drone::command::{self as drone_command, RunArgs};
 use hangar_executor::executor_command::{self, ExecutorArgs};
@@ -29,20 +30,25 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        match cli.command {
+        // The same logging (and, with an endpoint, trace export) as hangar-server's.
+        let (service, endpoint) = match &cli.command {
+            Command::Run(args) => ("hangar-drone", args.otlp_endpoint()),
+            Command::Executor(args) => ("hangar-executor", args.trace.otlp_endpoint.as_deref()),
+            Command::Conformance(_) => ("hangar-conformance", None),
+        };
+        let telemetry = telemetry::init(LogFormat::Text, endpoint, service)?;
+        let result = match cli.command {
             Command::Run(args) => drone_command::run(*args).await,
             Command::Executor(args) => executor_command::run(args).await,
             Command::Conformance(args) => {
                 let code = conformance_command::main(args).await;
                 std::process::exit(code)
             }
-        }
+        };
+        telemetry.shutdown().await;
+        result
     })
 }

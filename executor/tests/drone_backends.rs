@@ -312,6 +312,7 @@ impl Spawn {
                 lease_duration: Some(duration_to_proto(self.lease)),
                 stop_grace: Some(duration_to_proto(self.grace)),
             })),
+            trace_context: Default::default(),
         }
     }
 }
@@ -325,6 +326,7 @@ fn terminate(backend_id: &str, hard: bool) -> v1::DroneAction {
             kind: kind as i32,
             reason: v1::TerminationReason::External as i32,
         })),
+        trace_context: Default::default(),
     }
 }
 

@@ -13,7 +13,7 @@ use hangar_server::dev::{DevCluster, DevOptions, DevRuntime, banner, demo_backen
 use hangar_server::limits::LimitsConfig;
 use hangar_server::proxy::{Proxy, ProxyConfig, TlsFiles};
 use hangar_server::store;
-use hangar_server::telemetry::{self, LogFormat};
+use hangar_server::telemetry::{self, LogFormat, TraceArgs};
 use hangar_server::tls::ControllerTlsFiles;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -113,6 +113,8 @@ struct DemoBackendArgs {
 
 #[derive(Args)]
 struct ControllerArgs {
+    #[command(flatten)]
+    trace: TraceArgs,
     /// Address the gRPC API listens on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
@@ -270,6 +272,8 @@ impl LivenessArgs {
 
 #[derive(Args)]
 struct ProxyArgs {
+    #[command(flatten)]
+    trace: TraceArgs,
     /// Controller URL; repeat (or separate with commas) for several.
     #[arg(long = "controller", env = "HANGAR_CONTROLLER", required = true, value_delimiter = ',')]
     controllers: Vec<String>,
@@ -353,6 +357,8 @@ fn parse_secret(value: &str) -> Result<Secret, String> {
 #[cfg(feature = "dev")]
 #[derive(Args)]
 struct DevArgs {
+    #[command(flatten)]
+    trace: TraceArgs,
     /// Address the gRPC API listens on (port 0 picks a free one and prints it).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
@@ -384,8 +390,22 @@ struct DevArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    match cli.command {
+    // Traces for the long-running parts, under their default service names.
+    let (service, endpoint) = match &cli.command {
+        Command::Controller(args) => ("hangar-controller", args.trace.otlp_endpoint.as_deref()),
+        Command::Proxy(args) => ("hangar-proxy", args.trace.otlp_endpoint.as_deref()),
+        #[cfg(feature = "dev")]
+        Command::Dev(args) => ("hangar-dev", args.trace.otlp_endpoint.as_deref()),
+        _ => ("hangar-server", None),
+    };
+    let telemetry = telemetry::init(cli.log_format, endpoint, service)?;
+    let result = run(cli.command).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Controller(args) => run_controller(args).await,
         Command::Proxy(args) => run_proxy(args).await,
         #[cfg(feature = "dev")]

@@ -1,19 +1,13 @@
-//! Logging setup shared by the binaries: `RUST_LOG` filters, text or JSON lines on stderr.
+//! Logging and traces for `hangar-server`: the setup shared with the drone lives in
+//! [`hangar_agent::telemetry`] (so that the controller does not link the drone's runtimes to get
+//! it); this names what the server's parts use. Design: docs/design/observability.md.
 
-use tracing_subscriber::EnvFilter;
+pub use hangar_agent::telemetry::{
+    GrpcTraceLayer, LogFormat, SPAN_TARGET, Telemetry, TraceArgs, TraceContext, context_of, current_context, enabled,
+    inject_headers, set_parent, set_parent_from_headers,
+};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    // A second init (e.g. in tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+/// Sets up logs and, with an endpoint, trace export; `service` is the default service name.
+pub fn init(format: LogFormat, otlp_endpoint: Option<&str>, service: &str) -> anyhow::Result<Telemetry> {
+    hangar_agent::telemetry::init(format, otlp_endpoint, service)
 }

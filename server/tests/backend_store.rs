@@ -65,6 +65,7 @@ fn spec(key: Option<BackendKey>, candidates: Vec<DroneSlot>, lease: std::time::D
                 startup_timeout: std::time::Duration::from_secs(5),
                 lease_duration: lease,
                 stop_grace: std::time::Duration::from_secs(1),
+                trace_context: Default::default(),
             },
             static_token_hash: None,
         }),

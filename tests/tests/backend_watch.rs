@@ -94,6 +94,7 @@ async fn spawn_labelled(
                 startup_timeout: Duration::from_secs(60),
                 lease_duration: lease,
                 stop_grace: Duration::from_secs(1),
+                trace_context: Default::default(),
             },
             static_token_hash: None,
         }),

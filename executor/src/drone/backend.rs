@@ -23,9 +23,11 @@ use hangar::domain::{
     spawn_secrets, status_message,
 };
 use hangar::v1;
+use hangar_agent::telemetry::SPAN_TARGET;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::lease::KeyLease;
 use super::outbox::Outbox;
@@ -155,6 +157,8 @@ pub struct BackendTask {
     exit_code: Option<Option<i32>>,
     /// A runtime start is in flight; a stop must wait for it to return.
     starting: bool,
+    /// The trace span of a new backend's way to READY; none after it, or for a resumed one.
+    startup: tracing::Span,
 }
 
 impl BackendTask {
@@ -188,7 +192,14 @@ impl BackendTask {
             lease,
             exit_code: None,
             starting: false,
+            startup: tracing::Span::none(),
         }
+    }
+
+    /// The span the start's steps (image, runtime start, READY report) are traced in.
+    pub fn with_startup_span(mut self, span: tracing::Span) -> Self {
+        self.startup = span;
+        self
     }
 
     /// How long this backend's key lease lasts; `None` without a key.
@@ -303,17 +314,20 @@ impl BackendTask {
     fn prepare(&self) -> Operation {
         let runtime = self.runtime.clone();
         let executable = self.spawn.executable.clone().unwrap_or_default();
-        Box::pin(async move {
-            let policy = PullPolicy::from_proto(executable.pull_policy).unwrap_or_default();
-            Done::Prepared(runtime.prepare_image(&executable.image, policy).await.map(|_| ()))
-        })
+        Box::pin(
+            async move {
+                let policy = PullPolicy::from_proto(executable.pull_policy).unwrap_or_default();
+                Done::Prepared(runtime.prepare_image(&executable.image, policy).await.map(|_| ()))
+            }
+            .instrument(self.startup.clone()),
+        )
     }
 
     fn start(&mut self) -> Operation {
         self.starting = true;
         let runtime = self.runtime.clone();
         let spec = self.spec();
-        Box::pin(async move { Done::Started(runtime.start(spec).await) })
+        Box::pin(async move { Done::Started(runtime.start(spec).await) }.instrument(self.startup.clone()))
     }
 
     fn stop(&mut self, grace: Duration) -> Operation {
@@ -544,7 +558,23 @@ impl BackendTask {
         match self.lifecycle.transition(to, termination, exit_code, message) {
             Ok(event) => {
                 tracing::info!(backend_id = %self.backend_id, state = %to, "backend state");
-                self.outbox.emit(event, to, &self.shutdown).await;
+                // READY ends the start's trace with the report (journaled, then sent to the
+                // controller in order); any later state ends it without one.
+                let report = if to == BackendState::Ready && !self.startup.is_none() {
+                    tracing::info_span!(
+                        target: SPAN_TARGET,
+                        parent: &self.startup,
+                        "drone.report_ready",
+                        otel.name = "drone report READY",
+                        hangar.backend_id = %self.backend_id,
+                    )
+                } else {
+                    tracing::Span::none()
+                };
+                self.outbox.emit(event, to, &self.shutdown).instrument(report).await;
+                if to >= BackendState::Ready {
+                    self.startup = tracing::Span::none();
+                }
             }
             Err(err) => tracing::error!(backend_id = %self.backend_id, error = %err, "refused state change"),
         }

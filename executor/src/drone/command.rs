@@ -67,6 +67,15 @@ pub struct RunArgs {
     /// on loopback or a private network. `off` serves none.
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:7091")]
     admin_listen: AdminListen,
+    #[command(flatten)]
+    trace: hangar_agent::telemetry::TraceArgs,
+}
+
+impl RunArgs {
+    /// Where the drone exports its traces, if anywhere.
+    pub fn otlp_endpoint(&self) -> Option<&str> {
+        self.trace.otlp_endpoint.as_deref()
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -8,10 +8,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use hangar::domain::{BackendState, TerminationKind, TerminationReason};
 use hangar::v1;
+use hangar_agent::telemetry::{self, SPAN_TARGET};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::backend::{BackendTask, Command, Lifecycle, Resume};
 use super::journal::{Journal, JournalError, JournaledBackend};
@@ -82,15 +84,16 @@ impl Fleet {
         let journal = &self.outbox.journal;
         match action.action {
             Some(Action::Spawn(spawn)) => {
-                if !journal.accept_spawn(&action.action_id, &action.backend_id, &spawn).await? {
-                    tracing::debug!(action_id = %action.action_id, "redelivered spawn; already handled");
-                    return Ok(());
-                }
-                if self.command(&action.backend_id).is_some() {
-                    return Ok(());
-                }
-                let lifecycle = Lifecycle::new(action.backend_id.clone(), BackendState::Scheduled, String::new());
-                self.launch(action.backend_id, spawn, lifecycle, Resume::FromScratch, None, Instant::now());
+                // Joins the trace of the Connect that placed the backend, when it sent one.
+                let span = tracing::info_span!(
+                    target: SPAN_TARGET,
+                    "drone.spawn",
+                    otel.name = "drone spawn",
+                    hangar.backend_id = %action.backend_id,
+                    hangar.action_id = %action.action_id,
+                );
+                telemetry::set_parent(&span, &action.trace_context.into_iter().collect());
+                self.accept_spawn(action.action_id, action.backend_id, spawn).instrument(span).await?;
             }
             Some(Action::Terminate(terminate)) => {
                 let kind = TerminationKind::from_proto(terminate.kind).unwrap_or(TerminationKind::Soft);
@@ -122,6 +125,28 @@ impl Fleet {
         Ok(())
     }
 
+    /// A spawn action: journaled, then its backend task started (unless it is a repeat).
+    async fn accept_spawn(
+        self: &Arc<Self>,
+        action_id: String,
+        backend_id: String,
+        spawn: v1::SpawnBackend,
+    ) -> Result<(), JournalError> {
+        if !self.outbox.journal.accept_spawn(&action_id, &backend_id, &spawn).await? {
+            tracing::debug!(%action_id, "redelivered spawn; already handled");
+            return Ok(());
+        }
+        if self.command(&backend_id).is_some() {
+            return Ok(());
+        }
+        // From here to READY (or the end, if it never gets there): the image, the runtime's
+        // start, the readiness probe and the READY report.
+        let startup = tracing::info_span!(target: SPAN_TARGET, "drone.start", otel.name = "drone start backend", hangar.backend_id = %backend_id);
+        let lifecycle = Lifecycle::new(backend_id.clone(), BackendState::Scheduled, String::new());
+        self.launch(backend_id, spawn, lifecycle, Resume::FromScratch, None, Instant::now(), startup);
+        Ok(())
+    }
+
     /// Dispatches a batch renewal's answers to their backends and journals the renewed keys.
     pub async fn renewal_answers(&self, generation: u64, answer: v1::RenewKeysResponse) {
         let confirmed = self.outbox.keys.batch_answered(generation, answer);
@@ -141,6 +166,7 @@ impl Fleet {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         self: &Arc<Self>,
         backend_id: String,
@@ -149,6 +175,7 @@ impl Fleet {
         resume: Resume,
         requested: Option<(TerminationKind, TerminationReason)>,
         lease_confirmed: Instant,
+        startup: tracing::Span,
     ) {
         let Some(runtime) = self.runtime.clone() else {
             // A drone without a runtime cannot run anything; say so through the normal path.
@@ -183,7 +210,8 @@ impl Fleet {
             rx,
             self.shutdown.child_token(),
             lease_confirmed,
-        );
+        )
+        .with_startup_span(startup);
         if let (Some(key), Some(lease)) = (key, task.lease_duration()) {
             // Renewed with every other key of this drone until the task ends.
             self.outbox.keys.hold(&backend_id, key, fencing_token, lease, tx);
@@ -245,7 +273,15 @@ impl Fleet {
         let confirmed = now.checked_sub(since).unwrap_or(now);
         let lifecycle = Lifecycle::new(backend.backend_id.clone(), backend.state, backend.address);
         let spawn = backend.spawn.unwrap_or_default();
-        self.launch(backend.backend_id, spawn, lifecycle, resume, backend.termination, confirmed);
+        self.launch(
+            backend.backend_id,
+            spawn,
+            lifecycle,
+            resume,
+            backend.termination,
+            confirmed,
+            tracing::Span::none(),
+        );
     }
 
     /// Feeds runtime events to backend tasks; resubscribes when the stream breaks and asks every

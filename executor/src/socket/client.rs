@@ -16,7 +16,9 @@ use hangar::domain::duration_to_proto;
 use hangar::executor::v1 as pb;
 use hangar::executor::v1::executor_service_client::ExecutorServiceClient;
 use hangar::executor::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use hangar_agent::telemetry::{self, traced_request};
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
 
 use super::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::runtime::{
@@ -25,6 +27,7 @@ use crate::runtime::{
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const SERVICE: &str = "hangar.executor.v1.ExecutorService";
 /// The protocol minor that added `BackendSpec.command`.
 const ENTRYPOINT_MINOR: u32 = 1;
 
@@ -159,7 +162,11 @@ impl ExecutorClient {
         let mut retried = false;
         loop {
             let client = self.client().await?;
-            match f(client).await {
+            let result = f(client).await;
+            // On the call's client span, when the caller opened one (the backend steps do).
+            let code = result.as_ref().map_or_else(|status| status.code() as i32, |_| 0);
+            telemetry::record_client_status(&tracing::Span::current(), code);
+            match result {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => match RuntimeError::from_status(&status) {
                     RuntimeError::HandshakeRequired(_) if !retried => {
@@ -199,9 +206,10 @@ impl Runtime for ExecutorClient {
             pb::PrepareImageRequest { image: image.to_string(), pull_policy: policy.to_executor_proto().into() };
         let response = self
             .call(|mut c| {
-                let r = request.clone();
+                let r = traced_request(request.clone());
                 async move { c.prepare_image(r).await }
             })
+            .instrument(telemetry::client_span(SERVICE, "PrepareImage"))
             .await?;
         Ok(ImageReady { image_id: response.image_id, pulled: response.pulled })
     }
@@ -218,9 +226,10 @@ impl Runtime for ExecutorClient {
         let request = pb::StartBackendRequest { spec: Some(spec.to_proto()) };
         let response = self
             .call(|mut c| {
-                let r = request.clone();
+                let r = traced_request(request.clone());
                 async move { c.start_backend(r).await }
             })
+            .instrument(telemetry::client_span(SERVICE, "StartBackend"))
             .await?;
         Ok(Started { runtime_id: response.runtime_id, address: response.address })
     }
@@ -229,9 +238,10 @@ impl Runtime for ExecutorClient {
         let request =
             pb::StopBackendRequest { backend_id: backend_id.to_string(), grace: Some(duration_to_proto(grace)) };
         self.call(|mut c| {
-            let r = request.clone();
+            let r = traced_request(request.clone());
             async move { c.stop_backend(r).await }
         })
+        .instrument(telemetry::client_span(SERVICE, "StopBackend"))
         .await?;
         Ok(())
     }

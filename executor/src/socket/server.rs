@@ -117,6 +117,8 @@ pub async fn serve(
         streams_done.cancel();
     };
     let result = tonic::transport::Server::builder()
+        // A span per call, continuing the drone's trace from the call's `traceparent` metadata.
+        .layer(hangar_agent::telemetry::GrpcTraceLayer)
         .add_service(server)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -140,6 +140,8 @@ impl BackendApi {
                     startup_timeout: self.settings.startup_timeout,
                     lease_duration: self.settings.lease_duration,
                     stop_grace: self.settings.stop_grace,
+                    // This call's span (the Connect's), when traces are on.
+                    trace_context: crate::telemetry::current_context(),
                 },
                 static_token_hash: config.static_token.as_deref().map(token_hash),
                 config,

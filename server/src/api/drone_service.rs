@@ -106,7 +106,7 @@ impl DroneSession {
                 kind: kind.to_proto() as i32,
                 reason: reason.to_proto() as i32,
             }),
-            ActionPayload::Spawn { startup_timeout, lease_duration, stop_grace } => {
+            ActionPayload::Spawn { startup_timeout, lease_duration, stop_grace, .. } => {
                 let Some(backend) = self.store.get_backend(&action.backend_id).await? else {
                     tracing::warn!(action_id = %action.id, backend_id = %action.backend_id, "spawn action for a missing backend");
                     return Ok(None);
@@ -129,6 +129,10 @@ impl DroneSession {
             action_id: action.id.clone(),
             backend_id: action.backend_id.clone(),
             action: Some(action_kind),
+            trace_context: match &action.payload {
+                ActionPayload::Spawn { trace_context, .. } => trace_context.clone().into_iter().collect(),
+                ActionPayload::Terminate { .. } => Default::default(),
+            },
         }))
     }
 

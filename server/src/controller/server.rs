@@ -174,6 +174,9 @@ impl Controller {
             .http2_max_pending_accept_reset_streams(Some(transport.max_pending_accept_reset_streams))
             .http2_max_local_error_reset_streams(Some(transport.max_local_error_reset_streams))
             .timeout(transport.call_timeout)
+            // Outermost: one trace span per call (refusals included), continuing the caller's
+            // trace (docs/design/observability.md).
+            .layer(crate::telemetry::GrpcTraceLayer)
             // Every call, health and reflection included, is authenticated and authorized first;
             // the limits layer after it (inner: tonic puts the first layer outermost) counts per
             // caller by the `Arc<Principal>` it finds in the extensions.

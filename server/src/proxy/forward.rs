@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -185,8 +186,20 @@ impl Forwarder {
         };
         parts.version = Version::HTTP_11;
         backend_headers(&mut parts.headers, &route, conn, upgrade);
+        let span = forward_span(&mut parts, &route);
         let backend = if own { Some((conn, &authority)) } else { None };
-        match self.forward(Request::from_parts(parts, body), client_upgrade, &route, backend).await {
+        let forwarded = self
+            .forward(Request::from_parts(parts, body), client_upgrade, &route, backend)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "http.response.status_code",
+            match &forwarded {
+                Ok(response) => response.status().as_u16(),
+                Err(err) => err.status().0.as_u16(),
+            },
+        );
+        match forwarded {
             Ok(response) => response,
             Err(err) => {
                 // The cached address may be stale (the backend moved or died): look it up again
@@ -516,6 +529,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
+}
+
+/// With traces on, the span of one forwarded request: it continues the client's `traceparent`
+/// (or starts a trace), and the backend gets this hop's `traceparent` in its place. With traces
+/// off, none, and the client's trace headers pass through untouched.
+fn forward_span(parts: &mut http::request::Parts, route: &CachedRoute) -> tracing::Span {
+    if !crate::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: crate::telemetry::SPAN_TARGET,
+        "proxy.forward",
+        otel.name = format_args!("{} /{{token}}", parts.method),
+        otel.kind = "server",
+        http.request.method = %parts.method,
+        hangar.backend_id = %route.route.backend_id,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::set_parent_from_headers(&span, &parts.headers);
+    crate::telemetry::inject_headers(&span, &mut parts.headers);
+    span
 }
 
 /// What the backend may rely on: `x-hangar-backend-id` and `x-verified-*` come from the proxy

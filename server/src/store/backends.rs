@@ -42,8 +42,20 @@ pub type Pick<'a> = &'a (dyn Fn(&[DroneLoad]) -> Option<usize> + Send + Sync);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ActionPayload {
-    Spawn { startup_timeout: Duration, lease_duration: Duration, stop_grace: Duration },
-    Terminate { kind: TerminationKind, reason: TerminationReason },
+    Spawn {
+        startup_timeout: Duration,
+        lease_duration: Duration,
+        stop_grace: Duration,
+        /// The trace context of the Connect that placed the backend (`traceparent`), sent to the
+        /// drone with the action so that its spans join the caller's trace. Kept in the stored
+        /// payload (JSON), so actions written before it still read, and it costs nothing empty.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        trace_context: BTreeMap<String, String>,
+    },
+    Terminate {
+        kind: TerminationKind,
+        reason: TerminationReason,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,6 +17,7 @@ use crate::metrics::StoreSeries;
 use futures::future::BoxFuture;
 use hangar::domain::{Backend, BackendKey, BackendState, BackendStatus, TerminationKind, TerminationReason};
 use tokio::runtime::{Handle, Runtime};
+use tracing::Instrument;
 
 /// A store whose operations run on its own runtime (`hangar-store` threads).
 pub struct OffloadedStore {
@@ -39,13 +40,18 @@ impl OffloadedStore {
 
     /// Runs `op` on the store's runtime and records its time and failure on `series` (the
     /// operation's, [`crate::store_series!`]): the one funnel every store call passes through.
-    async fn run<T: Send + 'static>(
-        &self,
-        series: Option<&'static StoreSeries>,
-        op: impl FnOnce(DynStore) -> BoxFuture<'static, Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
+    /// With traces on, the operation is one span, a child of the call's span.
+    async fn run<T: Send + 'static, F>(&self, series: Option<&'static StoreSeries>, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(DynStore) -> BoxFuture<'static, Result<T, StoreError>>,
+    {
         let started = std::time::Instant::now();
-        let result = match self.handle.spawn(op(self.inner.clone())).await {
+        let work = op(self.inner.clone());
+        let work = match crate::telemetry::enabled() {
+            true => work.instrument(op_span(operation_name::<F>())),
+            false => work.instrument(tracing::Span::none()),
+        };
+        let result = match self.handle.spawn(work).await {
             Ok(result) => result,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             Err(_) => Err(StoreError::Unavailable("the store is shutting down".into())),
@@ -55,6 +61,42 @@ impl OffloadedStore {
         }
         result
     }
+}
+
+/// The store method an operation closure was written in, from its type's name
+/// (`…::OffloadedStore as …::Store>::get_node::{{closure}}::{{closure}}` → `get_node`), so that
+/// every operation is named without each call site saying it again.
+fn operation_name<F>() -> &'static str {
+    method_of(std::any::type_name::<F>())
+}
+
+fn method_of(full: &'static str) -> &'static str {
+    let mut path = full.split("::{{closure}}").next().unwrap_or(full);
+    // The method's lifetimes: `connect_backend<'_, '_>`.
+    if path.ends_with('>') {
+        let mut depth = 0;
+        for (at, c) in path.char_indices().rev() {
+            match c {
+                '>' => depth += 1,
+                '<' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                path = &path[..at];
+                break;
+            }
+        }
+    }
+    path.rsplit("::").next().unwrap_or(path)
+}
+
+fn op_span(operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        target: crate::telemetry::SPAN_TARGET,
+        "store",
+        otel.name = format_args!("store {operation}"),
+        db.operation.name = operation,
+    )
 }
 
 impl Drop for OffloadedStore {
@@ -405,5 +447,35 @@ impl BackendStore for OffloadedStore {
             Box::pin(async move { s.token_route(&token_hash, now).await })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `async_trait` makes of a method: the closure inside it, in a function with lifetimes.
+    fn name_inside<F>(_: &F) -> &'static str {
+        operation_name::<F>()
+    }
+
+    fn get_node() -> &'static str {
+        let op = |s: DynStore| -> BoxFuture<'static, Result<(), StoreError>> {
+            Box::pin(async move {
+                drop(s);
+                Ok(())
+            })
+        };
+        name_inside(&op)
+    }
+
+    #[test]
+    fn operations_are_named_after_their_method_without_paths_or_lifetimes() {
+        assert_eq!(get_node(), "get_node");
+        // As seen from `async_trait`'s methods, which have early-bound lifetimes.
+        let seen = "<hangar_server::store::offload::OffloadedStore as hangar_server::store::Store>\
+                    ::connect_backend<'_, '_>::{{closure}}::{{closure}}";
+        assert_eq!(method_of(seen), "connect_backend");
+        assert_eq!(method_of("a::b::list_nodes<'_, Vec<hangar::X<'_>>>::{{closure}}"), "list_nodes");
     }
 }

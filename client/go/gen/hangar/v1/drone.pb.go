@@ -780,6 +780,10 @@ type DroneAction struct {
 	//	*DroneAction_Spawn
 	//	*DroneAction_Terminate
 	Action isDroneAction_Action `protobuf_oneof:"action"`
+	// The W3C Trace Context of the call that caused this action (`traceparent`, and `tracestate`
+	// when there is one), so that the drone's spans join the caller's trace. Empty when the
+	// controller exports no traces or the call carried none; a drone may ignore it.
+	TraceContext map[string]string `protobuf:"bytes,5,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"bytes,2,opt,name=value,proto3"`
 }
 
 func (x *DroneAction) Reset() {
@@ -845,6 +849,13 @@ func (x *DroneAction) GetSpawn() *SpawnBackend {
 func (x *DroneAction) GetTerminate() *TerminateBackend {
 	if x, ok := x.GetAction().(*DroneAction_Terminate); ok {
 		return x.Terminate
+	}
+	return nil
+}
+
+func (x *DroneAction) GetTraceContext() map[string]string {
+	if x != nil {
+		return x.TraceContext
 	}
 	return nil
 }
@@ -1303,7 +1314,7 @@ var file_hangar_v1_drone_proto_rawDesc = []byte{
 	0x74, 0x62, 0x65, 0x61, 0x74, 0x49, 0x6e, 0x74, 0x65, 0x72, 0x76, 0x61, 0x6c, 0x12, 0x25, 0x0a,
 	0x0e, 0x62, 0x61, 0x74, 0x63, 0x68, 0x5f, 0x72, 0x65, 0x6e, 0x65, 0x77, 0x61, 0x6c, 0x73, 0x18,
 	0x04, 0x20, 0x01, 0x28, 0x08, 0x52, 0x0d, 0x62, 0x61, 0x74, 0x63, 0x68, 0x52, 0x65, 0x6e, 0x65,
-	0x77, 0x61, 0x6c, 0x73, 0x22, 0xc1, 0x01, 0x0a, 0x0b, 0x44, 0x72, 0x6f, 0x6e, 0x65, 0x41, 0x63,
+	0x77, 0x61, 0x6c, 0x73, 0x22, 0xd1, 0x02, 0x0a, 0x0b, 0x44, 0x72, 0x6f, 0x6e, 0x65, 0x41, 0x63,
 	0x74, 0x69, 0x6f, 0x6e, 0x12, 0x1b, 0x0a, 0x09, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x5f, 0x69,
 	0x64, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x08, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x49,
 	0x64, 0x12, 0x1d, 0x0a, 0x0a, 0x62, 0x61, 0x63, 0x6b, 0x65, 0x6e, 0x64, 0x5f, 0x69, 0x64, 0x18,
@@ -1314,7 +1325,16 @@ var file_hangar_v1_drone_proto_rawDesc = []byte{
 	0x6e, 0x12, 0x3b, 0x0a, 0x09, 0x74, 0x65, 0x72, 0x6d, 0x69, 0x6e, 0x61, 0x74, 0x65, 0x18, 0x04,
 	0x20, 0x01, 0x28, 0x0b, 0x32, 0x1b, 0x2e, 0x68, 0x61, 0x6e, 0x67, 0x61, 0x72, 0x2e, 0x76, 0x31,
 	0x2e, 0x54, 0x65, 0x72, 0x6d, 0x69, 0x6e, 0x61, 0x74, 0x65, 0x42, 0x61, 0x63, 0x6b, 0x65, 0x6e,
-	0x64, 0x48, 0x00, 0x52, 0x09, 0x74, 0x65, 0x72, 0x6d, 0x69, 0x6e, 0x61, 0x74, 0x65, 0x42, 0x08,
+	0x64, 0x48, 0x00, 0x52, 0x09, 0x74, 0x65, 0x72, 0x6d, 0x69, 0x6e, 0x61, 0x74, 0x65, 0x12, 0x4d,
+	0x0a, 0x0d, 0x74, 0x72, 0x61, 0x63, 0x65, 0x5f, 0x63, 0x6f, 0x6e, 0x74, 0x65, 0x78, 0x74, 0x18,
+	0x05, 0x20, 0x03, 0x28, 0x0b, 0x32, 0x28, 0x2e, 0x68, 0x61, 0x6e, 0x67, 0x61, 0x72, 0x2e, 0x76,
+	0x31, 0x2e, 0x44, 0x72, 0x6f, 0x6e, 0x65, 0x41, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x2e, 0x54, 0x72,
+	0x61, 0x63, 0x65, 0x43, 0x6f, 0x6e, 0x74, 0x65, 0x78, 0x74, 0x45, 0x6e, 0x74, 0x72, 0x79, 0x52,
+	0x0c, 0x74, 0x72, 0x61, 0x63, 0x65, 0x43, 0x6f, 0x6e, 0x74, 0x65, 0x78, 0x74, 0x1a, 0x3f, 0x0a,
+	0x11, 0x54, 0x72, 0x61, 0x63, 0x65, 0x43, 0x6f, 0x6e, 0x74, 0x65, 0x78, 0x74, 0x45, 0x6e, 0x74,
+	0x72, 0x79, 0x12, 0x10, 0x0a, 0x03, 0x6b, 0x65, 0x79, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52,
+	0x03, 0x6b, 0x65, 0x79, 0x12, 0x14, 0x0a, 0x05, 0x76, 0x61, 0x6c, 0x75, 0x65, 0x18, 0x02, 0x20,
+	0x01, 0x28, 0x09, 0x52, 0x05, 0x76, 0x61, 0x6c, 0x75, 0x65, 0x3a, 0x02, 0x38, 0x01, 0x42, 0x08,
 	0x0a, 0x06, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x22, 0xf6, 0x02, 0x0a, 0x0c, 0x53, 0x70, 0x61,
 	0x77, 0x6e, 0x42, 0x61, 0x63, 0x6b, 0x65, 0x6e, 0x64, 0x12, 0x35, 0x0a, 0x0a, 0x65, 0x78, 0x65,
 	0x63, 0x75, 0x74, 0x61, 0x62, 0x6c, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x15, 0x2e,
@@ -1383,7 +1403,7 @@ func file_hangar_v1_drone_proto_rawDescGZIP() []byte {
 	return file_hangar_v1_drone_proto_rawDescData
 }
 
-var file_hangar_v1_drone_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_hangar_v1_drone_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_hangar_v1_drone_proto_goTypes = []interface{}{
 	(*DroneAttachRequest)(nil),    // 0: hangar.v1.DroneAttachRequest
 	(*DroneAttachResponse)(nil),   // 1: hangar.v1.DroneAttachResponse
@@ -1401,14 +1421,15 @@ var file_hangar_v1_drone_proto_goTypes = []interface{}{
 	(*RenewKeyResponse)(nil),      // 13: hangar.v1.RenewKeyResponse
 	(*RenewKeysResponse)(nil),     // 14: hangar.v1.RenewKeysResponse
 	nil,                           // 15: hangar.v1.DroneHello.LabelsEntry
-	(*NodeResources)(nil),         // 16: hangar.v1.NodeResources
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*BackendStatus)(nil),         // 18: hangar.v1.BackendStatus
-	(*BackendKey)(nil),            // 19: hangar.v1.BackendKey
-	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
-	(*Executable)(nil),            // 21: hangar.v1.Executable
-	(TerminationKind)(0),          // 22: hangar.v1.TerminationKind
-	(TerminationReason)(0),        // 23: hangar.v1.TerminationReason
+	nil,                           // 16: hangar.v1.DroneAction.TraceContextEntry
+	(*NodeResources)(nil),         // 17: hangar.v1.NodeResources
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*BackendStatus)(nil),         // 19: hangar.v1.BackendStatus
+	(*BackendKey)(nil),            // 20: hangar.v1.BackendKey
+	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
+	(*Executable)(nil),            // 22: hangar.v1.Executable
+	(TerminationKind)(0),          // 23: hangar.v1.TerminationKind
+	(TerminationReason)(0),        // 24: hangar.v1.TerminationReason
 }
 var file_hangar_v1_drone_proto_depIdxs = []int32{
 	2,  // 0: hangar.v1.DroneAttachRequest.hello:type_name -> hangar.v1.DroneHello
@@ -1423,31 +1444,32 @@ var file_hangar_v1_drone_proto_depIdxs = []int32{
 	13, // 9: hangar.v1.DroneAttachResponse.renew_key_response:type_name -> hangar.v1.RenewKeyResponse
 	14, // 10: hangar.v1.DroneAttachResponse.renew_keys_response:type_name -> hangar.v1.RenewKeysResponse
 	15, // 11: hangar.v1.DroneHello.labels:type_name -> hangar.v1.DroneHello.LabelsEntry
-	16, // 12: hangar.v1.DroneHello.resources:type_name -> hangar.v1.NodeResources
-	17, // 13: hangar.v1.DroneHeartbeat.local_time:type_name -> google.protobuf.Timestamp
-	16, // 14: hangar.v1.DroneHeartbeat.resources:type_name -> hangar.v1.NodeResources
-	18, // 15: hangar.v1.DroneBackendEvent.status:type_name -> hangar.v1.BackendStatus
-	19, // 16: hangar.v1.RenewKey.key:type_name -> hangar.v1.BackendKey
+	17, // 12: hangar.v1.DroneHello.resources:type_name -> hangar.v1.NodeResources
+	18, // 13: hangar.v1.DroneHeartbeat.local_time:type_name -> google.protobuf.Timestamp
+	17, // 14: hangar.v1.DroneHeartbeat.resources:type_name -> hangar.v1.NodeResources
+	19, // 15: hangar.v1.DroneBackendEvent.status:type_name -> hangar.v1.BackendStatus
+	20, // 16: hangar.v1.RenewKey.key:type_name -> hangar.v1.BackendKey
 	6,  // 17: hangar.v1.RenewKeys.keys:type_name -> hangar.v1.RenewKey
-	20, // 18: hangar.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	21, // 18: hangar.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
 	10, // 19: hangar.v1.DroneAction.spawn:type_name -> hangar.v1.SpawnBackend
 	11, // 20: hangar.v1.DroneAction.terminate:type_name -> hangar.v1.TerminateBackend
-	21, // 21: hangar.v1.SpawnBackend.executable:type_name -> hangar.v1.Executable
-	19, // 22: hangar.v1.SpawnBackend.key:type_name -> hangar.v1.BackendKey
-	20, // 23: hangar.v1.SpawnBackend.startup_timeout:type_name -> google.protobuf.Duration
-	20, // 24: hangar.v1.SpawnBackend.lease_duration:type_name -> google.protobuf.Duration
-	20, // 25: hangar.v1.SpawnBackend.stop_grace:type_name -> google.protobuf.Duration
-	22, // 26: hangar.v1.TerminateBackend.kind:type_name -> hangar.v1.TerminationKind
-	23, // 27: hangar.v1.TerminateBackend.reason:type_name -> hangar.v1.TerminationReason
-	17, // 28: hangar.v1.RenewKeyResponse.expires_at:type_name -> google.protobuf.Timestamp
-	13, // 29: hangar.v1.RenewKeysResponse.keys:type_name -> hangar.v1.RenewKeyResponse
-	0,  // 30: hangar.v1.DroneService.Attach:input_type -> hangar.v1.DroneAttachRequest
-	1,  // 31: hangar.v1.DroneService.Attach:output_type -> hangar.v1.DroneAttachResponse
-	31, // [31:32] is the sub-list for method output_type
-	30, // [30:31] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	16, // 21: hangar.v1.DroneAction.trace_context:type_name -> hangar.v1.DroneAction.TraceContextEntry
+	22, // 22: hangar.v1.SpawnBackend.executable:type_name -> hangar.v1.Executable
+	20, // 23: hangar.v1.SpawnBackend.key:type_name -> hangar.v1.BackendKey
+	21, // 24: hangar.v1.SpawnBackend.startup_timeout:type_name -> google.protobuf.Duration
+	21, // 25: hangar.v1.SpawnBackend.lease_duration:type_name -> google.protobuf.Duration
+	21, // 26: hangar.v1.SpawnBackend.stop_grace:type_name -> google.protobuf.Duration
+	23, // 27: hangar.v1.TerminateBackend.kind:type_name -> hangar.v1.TerminationKind
+	24, // 28: hangar.v1.TerminateBackend.reason:type_name -> hangar.v1.TerminationReason
+	18, // 29: hangar.v1.RenewKeyResponse.expires_at:type_name -> google.protobuf.Timestamp
+	13, // 30: hangar.v1.RenewKeysResponse.keys:type_name -> hangar.v1.RenewKeyResponse
+	0,  // 31: hangar.v1.DroneService.Attach:input_type -> hangar.v1.DroneAttachRequest
+	1,  // 32: hangar.v1.DroneService.Attach:output_type -> hangar.v1.DroneAttachResponse
+	32, // [32:33] is the sub-list for method output_type
+	31, // [31:32] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_hangar_v1_drone_proto_init() }
@@ -1664,7 +1686,7 @@ func file_hangar_v1_drone_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_hangar_v1_drone_proto_rawDesc,
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -126,16 +126,25 @@ class Welcome(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., controller_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., batch_renewals: _Optional[bool] = ...) -> None: ...
 
 class DroneAction(_message.Message):
-    __slots__ = ("action_id", "backend_id", "spawn", "terminate")
+    __slots__ = ("action_id", "backend_id", "spawn", "terminate", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
     SPAWN_FIELD_NUMBER: _ClassVar[int]
     TERMINATE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     action_id: str
     backend_id: str
     spawn: SpawnBackend
     terminate: TerminateBackend
-    def __init__(self, action_id: _Optional[str] = ..., backend_id: _Optional[str] = ..., spawn: _Optional[_Union[SpawnBackend, _Mapping]] = ..., terminate: _Optional[_Union[TerminateBackend, _Mapping]] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, action_id: _Optional[str] = ..., backend_id: _Optional[str] = ..., spawn: _Optional[_Union[SpawnBackend, _Mapping]] = ..., terminate: _Optional[_Union[TerminateBackend, _Mapping]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SpawnBackend(_message.Message):
     __slots__ = ("executable", "key", "fencing_token", "static_token", "startup_timeout", "lease_duration", "stop_grace")
