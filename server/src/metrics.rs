@@ -623,19 +623,6 @@ pub fn record_upstream(elapsed: Duration) {
 // ---------------------------------------------------------------------------------------------
 // Gauges computed at scrape time
 
-const NODE_KINDS: [NodeKind; 2] = [NodeKind::Drone, NodeKind::Proxy];
-const NODE_STATES: [NodeState; 4] = [NodeState::Ready, NodeState::Draining, NodeState::Unhealthy, NodeState::Offline];
-const BACKEND_STATES: [BackendState; 8] = [
-    BackendState::Scheduled,
-    BackendState::Loading,
-    BackendState::Starting,
-    BackendState::Waiting,
-    BackendState::Ready,
-    BackendState::Terminating,
-    BackendState::HardTerminating,
-    BackendState::Terminated,
-];
-
 /// How long a scrape waits for the store before leaving the backend gauges as they were.
 const SCRAPE_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -652,8 +639,8 @@ pub fn scrape(store: DynStore, hub: WatchHub) -> Scrape {
         async move {
             match tokio::time::timeout(SCRAPE_STORE_TIMEOUT, count_nodes(&hub)).await {
                 Ok(Ok(counts)) => {
-                    for (k, kind) in NODE_KINDS.iter().enumerate() {
-                        for (s, state) in NODE_STATES.iter().enumerate() {
+                    for (k, kind) in NodeKind::ALL.iter().enumerate() {
+                        for (s, state) in NodeState::ALL.iter().enumerate() {
                             metrics::gauge!(NODES, "kind" => kind.as_str(), "state" => state.as_str())
                                 .set(f64::from(counts[k][s]));
                         }
@@ -664,7 +651,7 @@ pub fn scrape(store: DynStore, hub: WatchHub) -> Scrape {
             }
             match tokio::time::timeout(SCRAPE_STORE_TIMEOUT, store.backend_state_counts()).await {
                 Ok(Ok(counts)) => {
-                    for state in BACKEND_STATES {
+                    for &state in BackendState::ALL {
                         let count = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
                         metrics::gauge!(BACKENDS, "state" => state.as_str()).set(count as f64);
                     }
@@ -681,9 +668,9 @@ const COUNT_PAGE: usize = 5000;
 
 /// Nodes by kind and state at the current revision, page by page (from the node view once the
 /// hub has seeded it).
-async fn count_nodes(hub: &WatchHub) -> Result<[[u32; 4]; 2], crate::store::StoreError> {
+async fn count_nodes(hub: &WatchHub) -> Result<Vec<Vec<u32>>, crate::store::StoreError> {
     let filter = NodeFilter::default();
-    let mut counts = [[0u32; 4]; 2];
+    let mut counts = vec![vec![0u32; NodeState::ALL.len()]; NodeKind::ALL.len()];
     let mut at = None;
     let mut after: Option<String> = None;
     loop {
@@ -691,8 +678,8 @@ async fn count_nodes(hub: &WatchHub) -> Result<[[u32; 4]; 2], crate::store::Stor
         at = Some(listing.revision);
         for change in &listing.nodes {
             if let crate::watch::Watched::Node { node, .. } = &change.object {
-                let kind = NODE_KINDS.iter().position(|k| *k == node.kind).unwrap_or(0);
-                let state = NODE_STATES.iter().position(|s| *s == node.state).unwrap_or(0);
+                let kind = NodeKind::ALL.iter().position(|k| *k == node.kind).unwrap_or(0);
+                let state = NodeState::ALL.iter().position(|s| *s == node.state).unwrap_or(0);
                 counts[kind][state] += 1;
                 after = Some(node.id.clone());
             }
