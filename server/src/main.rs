@@ -437,6 +437,15 @@ fn generate_token(args: TokenGenerateArgs) {
     );
 }
 
+/// Prints a line after the "listening on" line. That line stays the first one a start prints
+/// (scripts wait for it), and a harness may stop reading and close the pipe once it has seen it:
+/// a write to a closed stdout must not end the server, as `println!` would (it panics).
+fn print_after_ready(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
 /// Refuses a listen address anyone may call as admin unless `--insecure`, and warns loudly
 /// when it is given.
 fn check_bind(addr: SocketAddr, authenticated: bool, insecure: bool) -> anyhow::Result<()> {
@@ -466,11 +475,10 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let proxy = Proxy::start(config, listener).await?;
     let stop = shutdown_signal();
-    // The admin line first, as the controller's: "listening on" is the last line of a start.
-    if let Some(admin) = proxy.admin_url() {
-        println!("admin (metrics, health) on {admin}");
-    }
     println!("hangar-server proxy listening on {}", proxy.url());
+    if let Some(admin) = proxy.admin_url() {
+        print_after_ready(&format!("admin (metrics, health) on {admin}"));
+    }
     stop.await;
     proxy.shutdown().await;
     Ok(())
@@ -511,12 +519,10 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     // meet the default action (termination).
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let stop = shutdown_signal();
-    // The admin line first: the "listening on" line is the last one a start prints, so a
-    // harness may stop reading (and close the pipe) once it has seen it.
-    if let Some(admin) = controller.admin_url() {
-        println!("admin (metrics, health, dashboard) on {admin}");
-    }
     println!("hangar-server controller listening on {}", controller.url());
+    if let Some(admin) = controller.admin_url() {
+        print_after_ready(&format!("admin (metrics, health, dashboard) on {admin}"));
+    }
     tokio::pin!(stop);
     loop {
         tokio::select! {

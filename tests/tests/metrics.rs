@@ -228,10 +228,13 @@ async fn a_scripted_workload_moves_each_series_by_exactly_its_amount() {
         let delivered = moved(&before, &scrape, "hangar_watch_events_delivered_total", &[("watch", "backends")]);
         let read = received.load(Ordering::SeqCst) - received_before;
         let backlog = scrape.get("hangar_drone_journal_backlog", &[]);
-        if backlog == 0.0 && delivered == read as f64 && read > 0 {
+        // A workload faster than the heartbeat interval may see none: wait for one of each kind.
+        let heartbeats = ["DRONE", "PROXY"]
+            .map(|kind| moved(&before, &scrape, "hangar_heartbeat_age_seconds_count", &[("kind", kind)]));
+        if backlog == 0.0 && delivered == read as f64 && read > 0 && heartbeats.iter().all(|n| *n > 0.0) {
             Ok(scrape)
         } else {
-            Err((backlog, delivered, read))
+            Err((backlog, delivered, read, heartbeats))
         }
     })
     .await;

@@ -50,7 +50,7 @@ class DevServer:
     def start(self) -> "DevServer":
         self.process = subprocess.Popen(
             [binary("hangar-server"), "dev", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0",
-             "--data-dir", self.data_dir, "--runtime", "process"],
+             "--admin-listen", "127.0.0.1:0", "--data-dir", self.data_dir, "--runtime", "process"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         deadline = time.monotonic() + 60

@@ -166,7 +166,7 @@ def test_conformance_reports_a_broken_promise_and_an_unreachable_executor(python
 
 def test_drone_runs_a_backend_on_the_python_executor(python_executor, workdir):
     controller = Process(binary("hangar-server"), "controller", "--listen", "127.0.0.1:0",
-                         "--data-dir", workdir / "controller", stdout=subprocess.PIPE,
+                         "--admin-listen", "127.0.0.1:0", "--data-dir", workdir / "controller", stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True)
     drone = None
     try:
@@ -178,6 +178,7 @@ def test_drone_runs_a_backend_on_the_python_executor(python_executor, workdir):
         assert url, "the controller printed no URL"
         drone = Process(binary("hangar-drone"), "run", "--controller", url, "--name", "py-exec-drone",
                         "--executor-socket", python_executor, "--data-dir", workdir / "drone",
+                        "--admin-listen", "127.0.0.1:0",
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def hangar(*args) -> dict:

@@ -56,7 +56,8 @@ def mtls_url(pki, tmp_path_factory):
     it with its own."""
     data = tmp_path_factory.mktemp("controller")
     controller = subprocess.Popen(
-        [binary("hangar-server"), "controller", "--listen", "127.0.0.1:0", "--data-dir", data,
+        [binary("hangar-server"), "controller", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+         "--data-dir", data,
          "--tls-cert", pki / "controller.pem", "--tls-key", pki / "controller.key",
          "--tls-client-ca", pki / "ca.pem"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

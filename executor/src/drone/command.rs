@@ -8,6 +8,7 @@ use clap::Args;
 use hangar_agent::admin::{AdminListen, AdminServer};
 use hangar_client::{CredentialFlags, Credentials};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -140,7 +141,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(listener) => {
             let router = hangar_agent::admin::router(super::readiness(drone.state(), runtime));
             let admin = AdminServer::serve(listener, router)?;
-            println!("admin (metrics, health) on {}", admin.url());
+            // A closed stdout (a supervisor that stopped reading) must not end the drone.
+            let _ = writeln!(std::io::stdout(), "admin (metrics, health) on {}", admin.url());
             Some(admin)
         }
         None => None,

@@ -74,7 +74,7 @@ func Start(t testing.TB) *Server {
 // Launch starts `hangar-server dev` on free ports with dataDir and waits until it is ready.
 func Launch(dataDir string) (*Server, error) {
 	server := &Server{DataDir: dataDir, command: func(listen string) []string {
-		return []string{"dev", "--listen", listen, "--proxy-listen", "127.0.0.1:0", "--data-dir", dataDir, "--runtime", "process"}
+		return []string{"dev", "--listen", listen, "--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", dataDir, "--runtime", "process"}
 	}}
 	return server, server.start("127.0.0.1:0")
 }
@@ -86,7 +86,7 @@ func StartController(t testing.TB, args ...string) *Server {
 	t.Helper()
 	dataDir := t.TempDir()
 	server := &Server{DataDir: dataDir, command: func(listen string) []string {
-		return append([]string{"controller", "--listen", listen, "--data-dir", filepath.Join(dataDir, "data")}, args...)
+		return append([]string{"controller", "--listen", listen, "--admin-listen", "127.0.0.1:0", "--data-dir", filepath.Join(dataDir, "data")}, args...)
 	}}
 	if err := server.start("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
