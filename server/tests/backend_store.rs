@@ -33,6 +33,7 @@ hangar_server::store_scenarios!(
     compaction_past_many_revisions_reaches_its_target_in_steps_for_nodes_and_backends,
     concurrent_connects_through_two_stores_onto_small_drones_never_overfill_one_and_give_one_backend_per_key,
     a_drones_reports_in_one_call_apply_in_order_free_capacity_and_acknowledge_actions,
+    the_sweep_reads_only_backends_past_a_limit_and_traffic_defers_an_idle_one,
 );
 
 fn key(name: &str, tag: &str) -> BackendKey {
@@ -827,4 +828,58 @@ async fn a_drones_reports_in_one_call_apply_in_order_free_capacity_and_acknowled
         ),
         "the terminated backend's slot is free again"
     );
+}
+
+async fn spawned_with(store: &hangar_server::store::DynStore, config: SpawnConfig) -> hangar::domain::Backend {
+    let mut spec = spec(None, drones(100, &["d1"]), LEASE);
+    spec.spawn.as_mut().unwrap().config = config;
+    match store.connect_backend(spec, &first).await.unwrap() {
+        ConnectOutcome::Spawned(b) => b,
+        other => panic!("expected a spawn, got {other:?}"),
+    }
+}
+
+async fn the_sweep_reads_only_backends_past_a_limit_and_traffic_defers_an_idle_one(db: Database) {
+    let store = db.open().await;
+    let seconds = |s: u64| Some(std::time::Duration::from_secs(s));
+    let limited = |edit: &dyn Fn(&mut SpawnConfig)| {
+        let mut c = config();
+        edit(&mut c);
+        c
+    };
+    let unlimited = spawned_with(&store, config()).await;
+    let idle = spawned_with(&store, limited(&|c| c.max_idle = seconds(10))).await;
+    let old = spawned_with(&store, limited(&|c| c.lifetime_limit = seconds(60))).await;
+    let t0 = idle.created_at.max(old.created_at);
+    let at = |s: i64| t0 + Duration::seconds(s);
+    let due = async |time| -> Vec<String> {
+        store.backends_due_for_limits(time, 100).await.unwrap().into_iter().map(|b| b.id).collect()
+    };
+
+    assert!(due(at(0)).await.is_empty(), "no limit has come yet");
+    assert_eq!(due(at(11)).await, std::slice::from_ref(&idle.id), "only the idle one is past its limit");
+
+    // Traffic moves the idle deadline later without touching the stored time, which stays a
+    // lower bound: the backend is still read, and a sweep finds it not due and defers it.
+    store.record_activity(std::slice::from_ref(&idle.id), at(5)).await.unwrap();
+    let sweep = hangar_server::controller::BackendSweep::new(store.clone(), LEASE);
+    let report = sweep.pass(at(11)).await.unwrap();
+    assert_eq!((report.swept_idle, report.swept_lifetime), (0, 0), "{report:?}");
+    assert!(due(at(11)).await.is_empty(), "the pass stored the idle backend's real deadline");
+    assert_eq!(due(at(16)).await, std::slice::from_ref(&idle.id));
+
+    // Past both: earliest first, and the limit is honoured.
+    assert_eq!(due(at(61)).await, [idle.id.clone(), old.id.clone()]);
+    assert_eq!(store.backends_due_for_limits(at(61), 1).await.unwrap().len(), 1);
+    let report = sweep.pass(at(61)).await.unwrap();
+    assert_eq!((report.swept_idle, report.swept_lifetime), (1, 1), "{report:?}");
+    for (id, reason) in [(&idle.id, TerminationReason::Swept), (&old.id, TerminationReason::Lifetime)] {
+        let backend = store.get_backend(id).await.unwrap().unwrap();
+        assert_eq!(backend.termination_requested, Some(TerminationKind::Soft), "{reason:?}");
+    }
+    // Asked to terminate: neither is read again, and one without limits never was.
+    assert!(due(at(3600)).await.is_empty());
+    let report = sweep.pass(at(3600)).await.unwrap();
+    assert_eq!((report.swept_idle, report.swept_lifetime), (0, 0), "{report:?}");
+    assert!(store.get_backend(&unlimited.id).await.unwrap().unwrap().termination_requested.is_none());
 }

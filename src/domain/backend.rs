@@ -237,6 +237,31 @@ impl Backend {
     pub fn new_id() -> String {
         format!("bk-{}", uuid::Uuid::now_v7().simple())
     }
+
+    /// Not yet asked to stop: neither terminating nor asked to terminate.
+    pub fn is_running(&self) -> bool {
+        self.status.state < BackendState::Terminating && self.termination_requested.is_none()
+    }
+
+    /// The earliest time at which one of this backend's limits (`lifetime_limit` from creation,
+    /// `max_idle` from the last traffic) is reached, as things stand; `None` when it has no limit
+    /// or is no longer running. Traffic only moves it later, so a stored copy of it is a lower
+    /// bound of the real deadline (docs/design/backends-and-leases.md#limits).
+    pub fn limit_due_at(&self) -> Option<DateTime<Utc>> {
+        if !self.is_running() {
+            return None;
+        }
+        // A limit too far away to be a time is never reached.
+        let after = |since: DateTime<Utc>, limit: Option<std::time::Duration>| {
+            limit.and_then(|l| chrono::Duration::from_std(l).ok()).and_then(|l| since.checked_add_signed(l))
+        };
+        let lifetime = after(self.created_at, self.spawn_config.lifetime_limit);
+        let idle = after(self.last_activity_at, self.spawn_config.max_idle);
+        match (lifetime, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Which backends a listing returns; empty fields match everything.

@@ -5,7 +5,7 @@
 
 use crate::store::{BackendFilter, DynStore, StoreError};
 use chrono::{DateTime, Utc};
-use hangar::domain::{Backend, BackendState, NodeFilter, NodeKind, NodeState, TerminationKind, TerminationReason};
+use hangar::domain::{BackendState, NodeFilter, NodeKind, NodeState, TerminationKind, TerminationReason};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +23,10 @@ pub struct SweepReport {
     pub tokens_purged: u64,
 }
 
+/// At most this many pages of backends past a limit are handled in one pass; the rest wait for
+/// the next (a burst of due backends cannot hold the sweep's other duties back for long).
+const LIMIT_PAGES_PER_PASS: usize = 20;
+
 /// Nodes read per page while sweeping.
 const NODE_PAGE: usize = 500;
 
@@ -31,12 +35,6 @@ pub struct BackendSweep {
     /// How long a drone may stay away before the backends without a key that it ran count as
     /// LOST (keyed ones follow their lease, which runs out after the same time).
     lost_after: Duration,
-}
-
-/// Not yet asked to stop: a backend already terminating (or asked to) needs no second soft
-/// terminate.
-fn running(backend: &Backend) -> bool {
-    backend.status.state < BackendState::Terminating && backend.termination_requested.is_none()
 }
 
 fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
@@ -76,31 +74,45 @@ impl BackendSweep {
     }
 
     /// `max_idle` (no proxy traffic) and `lifetime_limit`: soft terminate, SWEPT / LIFETIME.
+    /// Reads only the backends whose stored limit time has come (an index), not every live one:
+    /// most passes read nothing (docs/design/backends-and-leases.md#limits).
     async fn limits(&self, now: DateTime<Utc>, report: &mut SweepReport) -> Result<(), StoreError> {
-        let filter = BackendFilter::live();
-        let mut after: Option<String> = None;
-        loop {
-            let crate::store::BackendPage { backends: page, more, .. } =
-                self.store.list_backends(&filter, after.as_deref(), PAGE).await?;
-            for backend in page.iter().filter(|b| running(b)) {
+        for _ in 0..LIMIT_PAGES_PER_PASS {
+            let due = self.store.backends_due_for_limits(now, PAGE).await?;
+            let mut deferred = Vec::new();
+            for backend in &due {
                 let config = &backend.spawn_config;
-                let reason = if config.lifetime_limit.is_some_and(|l| elapsed(backend.created_at, now) >= l) {
+                let reached =
+                    |since: DateTime<Utc>, limit: Option<Duration>| limit.is_some_and(|l| elapsed(since, now) >= l);
+                let reason = if !backend.is_running() {
+                    None
+                } else if reached(backend.created_at, config.lifetime_limit) {
                     report.swept_lifetime += 1;
-                    TerminationReason::Lifetime
-                } else if config.max_idle.is_some_and(|l| elapsed(backend.last_activity_at, now) >= l) {
+                    Some(TerminationReason::Lifetime)
+                } else if reached(backend.last_activity_at, config.max_idle) {
                     report.swept_idle += 1;
-                    TerminationReason::Swept
+                    Some(TerminationReason::Swept)
                 } else {
-                    continue;
+                    None
                 };
-                tracing::info!(backend_id = %backend.id, ?reason, "sweeping backend");
-                self.store.request_termination(&backend.id, TerminationKind::Soft, reason, now).await?;
+                match reason {
+                    // The request clears the backend's limit time: it is no longer running.
+                    Some(reason) => {
+                        tracing::info!(backend_id = %backend.id, ?reason, "sweeping backend");
+                        self.store.request_termination(&backend.id, TerminationKind::Soft, reason, now).await?;
+                    }
+                    // Traffic moved its idle deadline, or it is already ending.
+                    None => deferred.push((backend.id.clone(), backend.limit_due_at())),
+                }
             }
-            match (more, page.last()) {
-                (true, Some(last)) => after = Some(last.id.clone()),
-                _ => return Ok(()),
+            if !deferred.is_empty() {
+                self.store.defer_limits(&deferred).await?;
+            }
+            if due.len() < PAGE {
+                break;
             }
         }
+        Ok(())
     }
 
     /// Keys whose lease ran out are freed; their backend ends LOST when its drone is not
@@ -134,7 +146,7 @@ impl BackendSweep {
                 loop {
                     let crate::store::BackendPage { backends: page, more, .. } =
                         self.store.list_backends(&backends, after.as_deref(), PAGE).await?;
-                    for backend in page.iter().filter(|b| running(b)) {
+                    for backend in page.iter().filter(|b| b.is_running()) {
                         // Checks the drain again under the write lock: an undrain since this
                         // listing wins.
                         if self.store.terminate_for_drain(&backend.id, now).await? {

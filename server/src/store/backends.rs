@@ -264,6 +264,15 @@ pub trait BackendStore: Send + Sync {
     /// Proxy traffic: moves `last_activity_at` forward. Not a revision: nobody watches it.
     async fn record_activity(&self, backend_ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError>;
 
+    /// Backends whose stored limit time (a lower bound of when their lifetime or idle limit is
+    /// reached, see [`Backend::limit_due_at`]) is at or before `now`, earliest first, at most
+    /// `limit`. Backends without a limit or no longer running are never among them.
+    async fn backends_due_for_limits(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Backend>, StoreError>;
+
+    /// Stores new limit times for backends a sweep found not due yet (traffic moved their idle
+    /// deadline) or no longer running (`None`). Not a revision: nobody watches it.
+    async fn defer_limits(&self, deferrals: &[(String, Option<DateTime<Utc>>)]) -> Result<(), StoreError>;
+
     /// Live holders of keys whose lease ended before `now`.
     async fn expired_key_holders(&self, now: DateTime<Utc>) -> Result<Vec<Backend>, StoreError>;
 

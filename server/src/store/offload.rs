@@ -386,6 +386,19 @@ impl BackendStore for OffloadedStore {
         .await
     }
 
+    async fn backends_due_for_limits(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Backend>, StoreError> {
+        self.run(crate::store_series!("backends_due_for_limits"), |s| {
+            Box::pin(async move { s.backends_due_for_limits(now, limit).await })
+        })
+        .await
+    }
+
+    async fn defer_limits(&self, deferrals: &[(String, Option<DateTime<Utc>>)]) -> Result<(), StoreError> {
+        let deferrals = deferrals.to_vec();
+        self.run(crate::store_series!("defer_limits"), |s| Box::pin(async move { s.defer_limits(&deferrals).await }))
+            .await
+    }
+
     async fn expired_key_holders(&self, now: DateTime<Utc>) -> Result<Vec<Backend>, StoreError> {
         self.run(crate::store_series!("expired_key_holders"), |s| {
             Box::pin(async move { s.expired_key_holders(now).await })

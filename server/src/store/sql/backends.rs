@@ -64,6 +64,7 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
@@ -88,8 +89,8 @@ where
         });
         sqlx::query(
             "INSERT INTO backends (id, key_namespace, key_name, key_tag, drone_id, cluster, pool, state, fencing_token, \
-             created_at, updated_at, last_activity_at, revision, data) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             created_at, updated_at, last_activity_at, revision, data, limit_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(backend.id.clone())
         .bind(key.namespace)
@@ -105,6 +106,7 @@ where
         .bind(rows::millis(backend.last_activity_at))
         .bind(db_revision(revision))
         .bind(encode(backend)?)
+        .bind(backend.limit_due_at().map(rows::millis))
         .execute(&mut **tx)
         .await
         .map_err(from_sqlx)?;
@@ -128,15 +130,18 @@ where
         backend: &Backend,
         revision: Revision,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE backends SET state = $2, updated_at = $3, revision = $4, data = $5 WHERE id = $1")
-            .bind(backend.id.clone())
-            .bind(backend.status.state.as_str().to_string())
-            .bind(rows::millis(backend.updated_at))
-            .bind(db_revision(revision))
-            .bind(encode(backend)?)
-            .execute(&mut **tx)
-            .await
-            .map_err(from_sqlx)?;
+        sqlx::query(
+            "UPDATE backends SET state = $2, updated_at = $3, revision = $4, data = $5, limit_at = $6 WHERE id = $1",
+        )
+        .bind(backend.id.clone())
+        .bind(backend.status.state.as_str().to_string())
+        .bind(rows::millis(backend.updated_at))
+        .bind(db_revision(revision))
+        .bind(encode(backend)?)
+        .bind(backend.limit_due_at().map(rows::millis))
+        .execute(&mut **tx)
+        .await
+        .map_err(from_sqlx)?;
         Ok(())
     }
 
@@ -519,6 +524,7 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
@@ -773,6 +779,32 @@ where
                 .map_err(from_sqlx)?;
         }
         Ok(())
+    }
+
+    async fn backends_due_for_limits(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Backend>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BACKEND_COLUMNS} FROM backends WHERE limit_at IS NOT NULL AND limit_at <= $1 \
+             ORDER BY limit_at LIMIT $2"
+        ))
+        .bind(rows::millis(now))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(from_sqlx)?;
+        rows.iter().map(decode_backend).collect()
+    }
+
+    async fn defer_limits(&self, deferrals: &[(String, Option<DateTime<Utc>>)]) -> Result<(), StoreError> {
+        let mut tx = self.write_pool().begin().await.map_err(from_sqlx)?;
+        for (id, at) in deferrals {
+            sqlx::query("UPDATE backends SET limit_at = $2 WHERE id = $1")
+                .bind(id.clone())
+                .bind(at.map(rows::millis))
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+        }
+        tx.commit().await.map_err(from_sqlx)
     }
 
     async fn expired_key_holders(&self, now: DateTime<Utc>) -> Result<Vec<Backend>, StoreError> {
