@@ -23,6 +23,9 @@ use super::{AttachState, DroneConfig};
 /// it from reading the stream, heartbeats and renewals included. Also bounds a journal read.
 const EVENT_WINDOW: i64 = 1024;
 
+/// Acknowledgements of events deleted from the journal in one commit at most.
+const ACK_BATCH: usize = 256;
+
 /// Renewal batches that may wait on the priority lane (each up to `renewer::MAX_BATCH` keys).
 const PRIORITY_LANE: usize = 64;
 
@@ -219,6 +222,8 @@ async fn handle(
     // Events sent on this stream and not yet acknowledged (the controller acknowledges every one,
     // in order, on the stream it came on).
     let mut unacked = 0;
+    // A message taken from the queue while gathering acknowledgements, handled next.
+    let mut next: Option<Inbound> = None;
     loop {
         written.borrow_and_update();
         while unacked < EVENT_WINDOW {
@@ -234,27 +239,43 @@ async fn handle(
                 break;
             }
         }
-        tokio::select! {
-            _ = written.changed() => {}
-            message = queue.recv() => match message {
-                Some(Ok(reply)) => match reply {
-                    Reply::Action(action) => {
-                        let action_id = action.action_id.clone();
-                        // Journaled (and started) before the ack, so a crash cannot lose it.
-                        fleet.handle_action(action).await?;
-                        send(Message::AckAction(v1::AckAction { action_id })).await?;
+        let message = match next.take() {
+            Some(message) => Some(message),
+            None => tokio::select! {
+                _ = written.changed() => continue,
+                message = queue.recv() => message,
+            },
+        };
+        match message {
+            Some(Ok(reply)) => match reply {
+                Reply::Action(action) => {
+                    let action_id = action.action_id.clone();
+                    // Journaled (and started) before the ack, so a crash cannot lose it.
+                    fleet.handle_action(action).await?;
+                    send(Message::AckAction(v1::AckAction { action_id })).await?;
+                }
+                Reply::AckEvent(ack) => {
+                    // The acknowledgements waiting behind it go in the same journal commit.
+                    let mut acked = vec![ack.event_id];
+                    while acked.len() < ACK_BATCH {
+                        match queue.try_recv() {
+                            Ok(Ok(Reply::AckEvent(ack))) => acked.push(ack.event_id),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
                     }
-                    Reply::AckEvent(ack) => {
-                        journal.ack_event(&ack.event_id).await?;
-                        unacked = (unacked - 1).max(0);
-                    }
-                    Reply::Welcome(_) => tracing::warn!("unexpected second welcome; ignoring it"),
-                    // The reader answers these itself.
-                    Reply::RenewKeyResponse(_) | Reply::RenewKeysResponse(_) => {}
-                },
-                Some(Err(status)) => return Err(anyhow::anyhow!("{}: {}", status.code(), status.message())),
-                None => return Ok(()),
-            }
+                    journal.ack_events(&acked).await?;
+                    unacked = (unacked - acked.len() as i64).max(0);
+                }
+                Reply::Welcome(_) => tracing::warn!("unexpected second welcome; ignoring it"),
+                // The reader answers these itself.
+                Reply::RenewKeyResponse(_) | Reply::RenewKeysResponse(_) => {}
+            },
+            Some(Err(status)) => return Err(anyhow::anyhow!("{}: {}", status.code(), status.message())),
+            None => return Ok(()),
         }
     }
 }

@@ -227,11 +227,23 @@ impl Journal {
 
     /// The controller committed the event: forget it. Unknown ids (a second ack) are fine.
     pub async fn ack_event(&self, event_id: &str) -> Result<(), JournalError> {
-        let deleted = sqlx::query("DELETE FROM events WHERE event_id = ?")
-            .bind(event_id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        self.ack_events(std::slice::from_ref(&event_id)).await
+    }
+
+    /// Several acknowledgements in one transaction: a controller acknowledges a batch of reports
+    /// at once, and one commit each made the drone fall behind its own acknowledgements (its
+    /// reader then stops reading, renewal answers included).
+    pub async fn ack_events(&self, event_ids: &[impl AsRef<str>]) -> Result<(), JournalError> {
+        let mut tx = self.pool.begin().await?;
+        let mut deleted = 0;
+        for event_id in event_ids {
+            deleted += sqlx::query("DELETE FROM events WHERE event_id = ?")
+                .bind(event_id.as_ref())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
         self.moved(-i64::try_from(deleted).unwrap_or(0));
         Ok(())
     }

@@ -20,12 +20,13 @@ use tonic::Status;
 /// fills it, and the reader never stops reading its renewals.
 pub(super) const QUEUE: usize = 4096;
 
-/// Reports applied in one store call at most. Small on purpose: their `AckEvent`s go out on the
-/// stream the renewal answers share, and a drone works through acknowledgements one journal
-/// write at a time; with 512 a burst of acknowledgements delayed renewal answers past half the
-/// lease (`lease_scale`: 2,187 of 3,000 keys lost in a debug build), with 32 none was. The store
-/// still commits the reports of every drone and the Connects waiting together.
-const COALESCE: usize = 32;
+/// Reports applied in one store call at most. A drone's reports are applied one call at a time
+/// (in order), so this bounds how many a drone gets through per commit: with 32, a drone
+/// churning backends fell seconds behind and its capacity filled with backends already asked to
+/// end. Their `AckEvent`s go out on the stream the renewal answers share; the drone deletes the
+/// acknowledgements that arrive together in one journal commit, so a batch of them does not hold
+/// its reader (and the renewal answers behind it) for one commit each.
+const COALESCE: usize = 256;
 
 /// What the reader hands over.
 pub(super) enum Report {
