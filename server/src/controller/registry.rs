@@ -22,6 +22,11 @@ pub enum CloseCause {
     Silent { after: Duration },
     /// The same node attached again to this controller: the newest stream wins.
     Replaced,
+    /// The store no longer records the node as attached here (another controller's sweep marked
+    /// it OFFLINE, or it attached elsewhere): a liveness write found it so. The agent attaches
+    /// again and so records itself, rather than staying attached to a node the store calls
+    /// OFFLINE.
+    NotHeld,
     /// The controller is shutting down.
     ShuttingDown,
 }
@@ -523,6 +528,7 @@ impl NodeRegistry {
                     update.backend_count = Some(refresh.2);
                     entry.written_refresh = refresh;
                 }
+                let session = entry.session;
                 // Next look: when it would turn UNHEALTHY, or (already unhealthy) OFFLINE.
                 let next = entry.last_heartbeat
                     + if healthy {
@@ -532,11 +538,11 @@ impl NodeRegistry {
                     };
                 map.schedule(&id, next);
                 if update != NodeUpdate::default() {
-                    writes.push((id, update));
+                    writes.push((id, session, update));
                 }
             }
         }
-        for (id, update) in &writes {
+        for (id, _, update) in &writes {
             if let Some(state) = update.state {
                 tracing::info!(node_id = %id, ?state, "node liveness changed");
             }
@@ -546,13 +552,35 @@ impl NodeRegistry {
         // the write lock against Connects for long.
         while !writes.is_empty() {
             let batch: Vec<_> = writes.drain(..writes.len().min(LIVENESS_WRITE_BATCH)).collect();
-            let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
-            if let Err(err) = self.store.update_nodes(batch, self.held_by_me()).await {
-                tracing::warn!(nodes = ids.len(), error = %err, "could not record node liveness; retrying next pass");
-                for id in &ids {
-                    self.forget_written(id);
+            let ids: Vec<(String, u64)> = batch.iter().map(|(id, session, _)| (id.clone(), *session)).collect();
+            let batch = batch.into_iter().map(|(id, _, update)| (id, update)).collect();
+            match self.store.update_nodes(batch, self.held_by_me()).await {
+                Ok(results) => {
+                    for ((id, session), result) in ids.iter().zip(results) {
+                        if result.is_none() {
+                            self.close_not_held(id, *session);
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(nodes = ids.len(), error = %err, "could not record node liveness; retrying next pass");
+                    for (id, _) in &ids {
+                        self.forget_written(id);
+                    }
                 }
             }
+        }
+    }
+
+    /// A liveness write for `node_id` found it no longer held here: closes its attachment of
+    /// `session` (not a newer one), so the agent attaches again.
+    fn close_not_held(&self, node_id: &str, session: u64) {
+        let attached = self.attached.lock().unwrap();
+        if let Some(entry) = attached.get(node_id)
+            && entry.session == session
+        {
+            tracing::warn!(%node_id, "the store no longer records this node as attached here; closing its stream");
+            entry.closer.close(CloseCause::NotHeld);
         }
     }
 
@@ -874,5 +902,26 @@ mod tests {
         assert_eq!(stored(&registry, &gone.id).await.state, NodeState::Offline);
         assert_eq!(stored(&registry, &orphan.id).await.state, NodeState::Offline);
         assert_eq!(stored(&registry, &fresh.id).await.state, NodeState::Ready);
+    }
+
+    /// Another controller's sweep marked an attached node OFFLINE (its decision was right by
+    /// what it could see: no refresh during a long database outage). The next liveness write of
+    /// the holder finds the node no longer held and closes the stream, so the drone attaches
+    /// again instead of staying attached to a node the store calls OFFLINE.
+    #[tokio::test]
+    async fn a_liveness_write_that_finds_the_node_taken_away_closes_its_stream() {
+        let (registry, _dir) = registry(LivenessConfig::default()).await;
+        let (node, session) = registry.attach(drone("d1")).await.unwrap();
+        let (_, other) = registry.attach(drone("d2")).await.unwrap();
+        let swept =
+            NodeUpdate { state: Some(NodeState::Offline), controller_id: Some(String::new()), ..NodeUpdate::default() };
+        let condition = UpdateCondition::Unchanged { controller: "ctl-test".into(), revision: node.revision };
+        registry.store.update_node(&node.id, swept, condition).await.unwrap().expect("swept");
+
+        registry.heartbeat(&session, NodeResources::default(), 0);
+        registry.heartbeat(&other, NodeResources::default(), 0);
+        registry.check_liveness(true).await;
+        assert_eq!(closed_now(&session), Some(CloseCause::NotHeld));
+        assert_eq!(closed_now(&other), None, "a node still held here keeps its stream");
     }
 }
