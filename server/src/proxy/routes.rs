@@ -243,7 +243,16 @@ impl RouteCache {
             Cached::Stale(route) => Some(route),
             Cached::None => None,
         };
-        let lookup = self.fetch(token).await;
+        // With a stale route in hand, nobody waits on controllers known to be failing: the route
+        // is served at once while they all cool down, and a lookup that does go out gives each
+        // controller the short timeout only.
+        if let Some(route) = &stale
+            && self.all_cooling()
+            && route.is_usable_stale()
+        {
+            return Lookup::Found(route.clone());
+        }
+        let lookup = self.fetch(token, stale.is_none()).await;
         match &lookup {
             Lookup::Found(route) if route.route.state == BackendState::Ready => {
                 self.entries.write().unwrap().insert(token.into(), route.clone());
@@ -288,7 +297,14 @@ impl RouteCache {
 
     /// Asks the controllers in turn, starting with the next one round-robin and leaving those
     /// that failed lately for last, until one answers.
-    async fn fetch(&self, token: &str) -> Lookup {
+    ///
+    fn all_cooling(&self) -> bool {
+        let now = Instant::now();
+        self.controllers.iter().all(|target| target.is_cooling(now))
+    }
+
+    /// `patient`: the last controller tried is given [`LAST_TRY_TIMEOUT`] (nothing else to serve).
+    async fn fetch(&self, token: &str, patient: bool) -> Lookup {
         let now = Instant::now();
         let n = self.controllers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
@@ -299,7 +315,7 @@ impl RouteCache {
         let mut failures = Vec::new();
         for (tried, &i) in order.iter().enumerate() {
             let target = &self.controllers[i];
-            let timeout = if tried + 1 == n { LAST_TRY_TIMEOUT } else { TRY_TIMEOUT };
+            let timeout = if patient && tried + 1 == n { LAST_TRY_TIMEOUT } else { TRY_TIMEOUT };
             let mut client = target.client.clone();
             let request = client.lookup_route(LookupRouteRequest { token: token.to_string() });
             let status = match tokio::time::timeout(timeout, request).await {
@@ -527,6 +543,24 @@ mod failover {
         service.known.store(false, Ordering::SeqCst);
         assert!(matches!(cache.get("tok", &ConnRoute::default()).await, Lookup::NotFound));
         assert!(cache.entries.read().unwrap().is_empty(), "the stale route is forgotten");
+    }
+
+    #[tokio::test]
+    async fn while_every_controller_cools_down_a_stale_route_is_served_without_asking_them() {
+        let (live, _service, stop) = controller().await;
+        let cache = cache(&[&live], Duration::ZERO);
+        assert!(matches!(cache.get("tok", &ConnRoute::default()).await, Lookup::Found(_)));
+        stop.send(()).unwrap();
+        // Until the stopped controller has failed a lookup, lookups reach it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while failures(&cache, 0) == 0 {
+            assert!(matches!(cache.get("tok", &ConnRoute::default()).await, Lookup::Found(_)));
+            assert!(Instant::now() < deadline, "the stopped controller kept answering");
+        }
+        for _ in 0..5 {
+            assert!(matches!(cache.get("tok", &ConnRoute::default()).await, Lookup::Found(_)));
+        }
+        assert_eq!(failures(&cache, 0), 1, "served from the cache while the controller cools down, not asked again");
     }
 
     #[test]
