@@ -5,7 +5,7 @@
 
 use hangar::domain::BackendState;
 use hangar_client::{ConnectRequest, HangarClient, SpawnSpec};
-use hangar_executor::drone::{self, Backoff, DroneConfig};
+use hangar_executor::drone::{self, AttachState, Backoff, DroneConfig};
 use hangar_executor::runtime::process::ProcessRuntime;
 use hangar_server::proxy::{Proxy, ProxyConfig};
 use hangar_server::testing::PgCluster;
@@ -107,9 +107,28 @@ async fn no_proxied_request_fails_while_one_of_two_controllers_is_killed() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed_at = began.elapsed();
     a.kill();
-    // Long enough for the drone and the proxy to move to the survivor and for the cached route to
-    // expire thirty times: the failures the bug caused came within the first second.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed = Instant::now();
+    // The drone and the proxy move to the survivor within 5 s (the issue's bound).
+    let survivor = format!("attached to {}", b.url);
+    let mut drone_state = drone.state();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        drone_state.wait_for(|s| matches!(s, AttachState::Attached { controller, .. } if *controller == b.url)),
+    )
+    .await
+    .expect("the drone attached to the survivor within 5 s")
+    .unwrap();
+    let drone_moved = killed.elapsed();
+    let readiness = proxy.readiness();
+    eventually(Duration::from_secs(5), "the proxy attached to the survivor", async || {
+        let checks = readiness.check().await;
+        check(checks, |checks| checks.iter().any(|c| c.ok && c.detail.contains(&survivor)))
+    })
+    .await;
+    let proxy_moved = killed.elapsed();
+    // Long enough for the cached route to expire thirty times: the failures the bug caused came
+    // within the first second.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(killed.elapsed())).await;
     stop.store(true, Ordering::Relaxed);
     let mut sent = 0;
     let mut failures = Vec::new();
@@ -119,7 +138,8 @@ async fn no_proxied_request_fails_while_one_of_two_controllers_is_killed() {
         failures.extend(traffic.failures);
     }
     eprintln!(
-        "{sent} proxied requests from {CLIENTS} clients over {:?}, controller killed at {killed_at:?}: {} failed",
+        "{sent} proxied requests from {CLIENTS} clients over {:?}, controller killed at {killed_at:?}: {} failed; \
+         drone attached to the survivor {drone_moved:?} after the kill, proxy {proxy_moved:?}",
         began.elapsed(),
         failures.len()
     );
