@@ -13,7 +13,8 @@
 //! - a watcher that missed a revision, saw one twice or out of order, compared with the store's
 //!   log over the revisions it claims to have followed (across its resumes);
 //! - a backend that did not end TERMINATED with a reason;
-//! - an acknowledged `Connect` whose backend the control plane no longer knows.
+//! - an acknowledged `Connect` whose backend the control plane no longer knows, or that reports
+//!   another key or token than the `Connect` answered.
 //!
 //! Times are offsets from the start of the recording, all read from one clock (the test's): the
 //! backends' reports must be converted to it by whoever collects them. The checks are exact; a
@@ -131,6 +132,8 @@ pub enum Violation {
     ConnectTokenShrank { key: String, earlier: (String, u64), later: (String, u64), at: At },
     /// A Connect answered a token the backend does not report.
     ConnectTokenMismatch { backend_id: String, answered: u64, reported: u64 },
+    /// A Connect for `key` answered a backend that reports serving another key.
+    ConnectKeyMismatch { key: String, backend_id: String, reported: String },
     /// The watcher never received `revision`, which the store committed in its range.
     WatchMissed { watcher: String, revision: u64 },
     /// The watcher received `revision` more than once.
@@ -163,6 +166,9 @@ impl fmt::Display for Violation {
             ),
             Violation::ConnectTokenMismatch { backend_id, answered, reported } => {
                 write!(f, "{backend_id}: Connect answered token {answered}, the backend reports {reported}")
+            }
+            Violation::ConnectKeyMismatch { key, backend_id, reported } => {
+                write!(f, "a Connect for {key} answered {backend_id}, which reports serving {reported}")
             }
             Violation::WatchMissed { watcher, revision } => write!(f, "watcher {watcher} missed revision {revision}"),
             Violation::WatchRepeated { watcher, revision } => {
@@ -262,21 +268,28 @@ impl History {
     /// Acknowledged Connects: tokens in real-time order, tokens as the backends report them,
     /// and backends the control plane still knows.
     fn check_connect_tokens(&self, violations: &mut Vec<Violation>) {
-        let reported: HashMap<&str, u64> =
-            self.lives.iter().map(|life| (life.backend_id.as_str(), life.fencing_token)).collect();
+        let reported: HashMap<&str, &BackendLife> =
+            self.lives.iter().map(|life| (life.backend_id.as_str(), life)).collect();
         let known: BTreeSet<&str> = self.finals.iter().map(|f| f.backend_id.as_str()).collect();
         let mut acknowledged: BTreeMap<&str, Vec<(&ConnectCall, &str, u64)>> = BTreeMap::new();
         for call in &self.connects {
             let ConnectOutcome::Ok { backend_id, fencing_token } = &call.outcome else { continue };
             acknowledged.entry(&call.key).or_default().push((call, backend_id, *fencing_token));
-            if let Some(&token) = reported.get(backend_id.as_str())
-                && token != *fencing_token
-            {
-                violations.push(Violation::ConnectTokenMismatch {
-                    backend_id: backend_id.clone(),
-                    answered: *fencing_token,
-                    reported: token,
-                });
+            if let Some(life) = reported.get(backend_id.as_str()) {
+                if life.fencing_token != *fencing_token {
+                    violations.push(Violation::ConnectTokenMismatch {
+                        backend_id: backend_id.clone(),
+                        answered: *fencing_token,
+                        reported: life.fencing_token,
+                    });
+                }
+                if life.key != call.key {
+                    violations.push(Violation::ConnectKeyMismatch {
+                        key: call.key.clone(),
+                        backend_id: backend_id.clone(),
+                        reported: life.key.clone(),
+                    });
+                }
             }
             if !known.contains(backend_id.as_str()) {
                 violations.push(Violation::ConnectLost {
@@ -555,6 +568,17 @@ mod tests {
 
         history.watchers[1].received = vec![3, 4, 5, 6, 7];
         assert_eq!(history.check().violations, [Violation::WatchUnknown { watcher: "resumed".into(), revision: 7 }]);
+    }
+
+    #[test]
+    fn a_connect_answering_a_backend_of_another_key_is_found() {
+        let mut history = good();
+        history.connects[4].outcome = ConnectOutcome::Ok { backend_id: "bk-2".into(), fencing_token: 2 };
+        assert!(history.check().violations.contains(&Violation::ConnectKeyMismatch {
+            key: "other".into(),
+            backend_id: "bk-2".into(),
+            reported: "doc".into(),
+        }));
     }
 
     #[test]
