@@ -1,4 +1,7 @@
-//! How Hangar's tests wait. A test that needs something to happen waits for it with
+//! How Hangar's tests wait, and how a fault scenario's recorded history is checked
+//! ([`history`]).
+//!
+//! A test that needs something to happen waits for it with
 //! [`eventually`]: the condition is checked until it holds or the deadline passes, and a wait that
 //! runs out fails with what it waited for, where, and what it saw last. A fixed sleep belongs only
 //! in a test that shows something did *not* happen, and the test says so where it sleeps.
@@ -14,6 +17,8 @@
 //! .await;
 //! # }
 //! ```
+
+pub mod history;
 
 use std::fmt::Debug;
 use std::panic::Location;

@@ -60,8 +60,11 @@ pub enum ApiError {
     /// The controller closed a node's stream: no heartbeat for `after`.
     #[error("no heartbeat for {after:?}: the controller closed this stream; attach again")]
     HeartbeatTimeout { after: Duration },
-    /// The controller closed a node's stream: the same node attached again on a newer one.
-    #[error("the controller closed this stream: the same node attached again on a newer stream")]
+    /// The controller closed a node's stream: the same node attached again on a newer one, or the
+    /// store no longer records the node as attached to this controller.
+    #[error(
+        "the controller closed this stream: the same node attached again on a newer stream, or the store no longer records it as attached here; attach again"
+    )]
     StreamReplaced,
     /// A method that needs credentials, called without any.
     #[error(
@@ -163,7 +166,7 @@ impl From<CloseCause> for ApiError {
     fn from(cause: CloseCause) -> Self {
         match cause {
             CloseCause::Silent { after } => ApiError::HeartbeatTimeout { after },
-            CloseCause::Replaced => ApiError::StreamReplaced,
+            CloseCause::Replaced | CloseCause::NotHeld => ApiError::StreamReplaced,
             CloseCause::ShuttingDown => ApiError::shutting_down(),
         }
     }

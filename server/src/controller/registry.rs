@@ -22,6 +22,11 @@ pub enum CloseCause {
     Silent { after: Duration },
     /// The same node attached again to this controller: the newest stream wins.
     Replaced,
+    /// The store no longer records the node as attached here (another controller's sweep marked
+    /// it OFFLINE, or it attached elsewhere): a liveness write found it so. The agent attaches
+    /// again and so records itself, rather than staying attached to a node the store calls
+    /// OFFLINE.
+    NotHeld,
     /// The controller is shutting down.
     ShuttingDown,
 }
@@ -118,6 +123,10 @@ struct Attached {
     /// Nodes whose state must be written at the next pass whatever their time: a heartbeat
     /// after an UNHEALTHY spell, a changed backend count, a write that failed.
     dirty: Vec<String>,
+    /// Attaches between their first store write and their entry in `nodes`, by node identity
+    /// (kind, cluster, name): the store may already say such a node is held here while memory
+    /// does not know it yet, and the stale-node sweep must not take it for an orphan.
+    attaching: HashMap<(NodeKind, String, String), usize>,
 }
 
 impl std::ops::Deref for Attached {
@@ -184,6 +193,24 @@ const ATTACH_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Nodes one liveness transaction writes at most (see `check_liveness`).
 const LIVENESS_WRITE_BATCH: usize = 500;
 
+/// An attach of one node identity under way (see [`Attached::attaching`]); counted out when dropped.
+struct Attaching<'a> {
+    registry: &'a NodeRegistry,
+    identity: (NodeKind, String, String),
+}
+
+impl Drop for Attaching<'_> {
+    fn drop(&mut self) {
+        let mut attached = self.registry.attached.lock().unwrap();
+        if let Some(count) = attached.attaching.get_mut(&self.identity) {
+            *count -= 1;
+            if *count == 0 {
+                attached.attaching.remove(&self.identity);
+            }
+        }
+    }
+}
+
 /// An attach's turn at the store; the next one in line goes when it drops.
 pub struct AttachPermit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
@@ -243,8 +270,23 @@ impl NodeRegistry {
     /// Records the node in the store as attached here. A previous attachment of the same node to
     /// this controller is closed: the newest stream wins.
     pub async fn attach(&self, registration: NodeRegistration) -> Result<(Node, AttachedNode), StoreError> {
+        let attaching = self.attaching(&registration);
         let now = Utc::now();
         let node = self.store.attach_node(registration, &self.controller_id, now).await?;
+        Ok(self.attached_now(node, now, attaching))
+    }
+
+    /// Marks an attach of `registration` as under way until the guard drops, which
+    /// [`attached_now`](Self::attached_now) does once the node is in memory.
+    fn attaching(&self, registration: &NodeRegistration) -> Attaching<'_> {
+        let identity = (registration.kind, registration.cluster.clone(), registration.name.clone());
+        *self.attached.lock().unwrap().attaching.entry(identity.clone()).or_default() += 1;
+        Attaching { registry: self, identity }
+    }
+
+    /// The second half of [`attach`](Self::attach): `node` as the store recorded it at `now`
+    /// goes into memory, and only then does the attach stop counting as under way.
+    fn attached_now(&self, node: Node, now: DateTime<Utc>, attaching: Attaching<'_>) -> (Node, AttachedNode) {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let closer = Closer::default();
         let wake = Arc::new(Wake::default());
@@ -269,7 +311,8 @@ impl NodeRegistry {
         }
         attached.schedule(&node.id, first_check);
         drop(attached);
-        Ok((node.clone(), AttachedNode { node_id: node.id, kind: node.kind, session, closer, wake }))
+        drop(attaching);
+        (node.clone(), AttachedNode { node_id: node.id, kind: node.kind, session, closer, wake })
     }
 
     /// A heartbeat: memory only. The liveness task persists what matters.
@@ -485,6 +528,7 @@ impl NodeRegistry {
                     update.backend_count = Some(refresh.2);
                     entry.written_refresh = refresh;
                 }
+                let session = entry.session;
                 // Next look: when it would turn UNHEALTHY, or (already unhealthy) OFFLINE.
                 let next = entry.last_heartbeat
                     + if healthy {
@@ -494,11 +538,11 @@ impl NodeRegistry {
                     };
                 map.schedule(&id, next);
                 if update != NodeUpdate::default() {
-                    writes.push((id, update));
+                    writes.push((id, session, update));
                 }
             }
         }
-        for (id, update) in &writes {
+        for (id, _, update) in &writes {
             if let Some(state) = update.state {
                 tracing::info!(node_id = %id, ?state, "node liveness changed");
             }
@@ -508,13 +552,35 @@ impl NodeRegistry {
         // the write lock against Connects for long.
         while !writes.is_empty() {
             let batch: Vec<_> = writes.drain(..writes.len().min(LIVENESS_WRITE_BATCH)).collect();
-            let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
-            if let Err(err) = self.store.update_nodes(batch, self.held_by_me()).await {
-                tracing::warn!(nodes = ids.len(), error = %err, "could not record node liveness; retrying next pass");
-                for id in &ids {
-                    self.forget_written(id);
+            let ids: Vec<(String, u64)> = batch.iter().map(|(id, session, _)| (id.clone(), *session)).collect();
+            let batch = batch.into_iter().map(|(id, _, update)| (id, update)).collect();
+            match self.store.update_nodes(batch, self.held_by_me()).await {
+                Ok(results) => {
+                    for ((id, session), result) in ids.iter().zip(results) {
+                        if result.is_none() {
+                            self.close_not_held(id, *session);
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(nodes = ids.len(), error = %err, "could not record node liveness; retrying next pass");
+                    for (id, _) in &ids {
+                        self.forget_written(id);
+                    }
                 }
             }
+        }
+    }
+
+    /// A liveness write for `node_id` found it no longer held here: closes its attachment of
+    /// `session` (not a newer one), so the agent attaches again.
+    fn close_not_held(&self, node_id: &str, session: u64) {
+        let attached = self.attached.lock().unwrap();
+        if let Some(entry) = attached.get(node_id)
+            && entry.session == session
+        {
+            tracing::warn!(%node_id, "the store no longer records this node as attached here; closing its stream");
+            entry.closer.close(CloseCause::NotHeld);
         }
     }
 
@@ -531,6 +597,12 @@ impl NodeRegistry {
     /// Marks OFFLINE the nodes that the store says are attached but whose controller stopped
     /// refreshing them (it crashed or lost its database connection), and nodes this controller
     /// holds in the store but no longer in memory. Returns how many were marked.
+    ///
+    /// Each decision is made from one read of the node and applied only if the node is still as
+    /// read (its revision): a node that re-attached or was refreshed between the read and the
+    /// write (after a database outage, say, when reads, attaches and writes all resume at once)
+    /// is left alone. A node this controller is attaching right now is no orphan, even though
+    /// the store already names this controller before the node is in memory.
     pub async fn sweep_stale(&self) -> Result<usize, StoreError> {
         let filter = NodeFilter {
             states: vec![NodeState::Ready, NodeState::Draining, NodeState::Unhealthy],
@@ -542,20 +614,7 @@ impl NodeRegistry {
         loop {
             let page = self.store.list_nodes(&filter, None, after.as_deref(), 500).await?;
             for node in &page.nodes {
-                let mine = node.controller_id == self.controller_id;
-                let orphaned = mine && !self.attached.lock().unwrap().contains_key(&node.id);
-                let stale = !mine && node.last_heartbeat_at < stale_before;
-                if !(orphaned || stale) {
-                    continue;
-                }
-                let update = NodeUpdate {
-                    state: Some(NodeState::Offline),
-                    controller_id: Some(String::new()),
-                    ..NodeUpdate::default()
-                };
-                let condition = UpdateCondition::HeldBy(node.controller_id.clone());
-                if self.store.update_node(&node.id, update, condition).await?.is_some() {
-                    tracing::warn!(node_id = %node.id, controller = %node.controller_id, "node offline: its controller stopped refreshing it");
+                if self.sweep_node(node, stale_before).await? {
                     marked += 1;
                 }
             }
@@ -564,6 +623,44 @@ impl NodeRegistry {
                 _ => return Ok(marked),
             }
         }
+    }
+
+    /// The sweep on `node` as it was read: marked OFFLINE if [`sweep_verdict`] says so and it
+    /// has not changed since. Whether it was marked.
+    ///
+    /// [`sweep_verdict`]: Self::sweep_verdict
+    async fn sweep_node(&self, node: &Node, stale_before: DateTime<Utc>) -> Result<bool, StoreError> {
+        let Some(why) = self.sweep_verdict(node, stale_before) else { return Ok(false) };
+        let marked = self.mark_swept(node).await?;
+        if marked {
+            tracing::warn!(node_id = %node.id, controller = %node.controller_id, why, "node offline: its controller stopped refreshing it");
+        }
+        Ok(marked)
+    }
+
+    /// Why `node`, as read, is to be marked OFFLINE: an orphan (held here in the store, neither
+    /// in memory nor being attached) or stale (held by another controller, heartbeat older than
+    /// `stale_before`).
+    fn sweep_verdict(&self, node: &Node, stale_before: DateTime<Utc>) -> Option<&'static str> {
+        if node.controller_id != self.controller_id {
+            return (node.last_heartbeat_at < stale_before).then_some("stale");
+        }
+        let attached = self.attached.lock().unwrap();
+        let identity = (node.kind, node.cluster.clone(), node.name.clone());
+        let orphaned = !attached.contains_key(&node.id) && !attached.attaching.contains_key(&identity);
+        orphaned.then_some("orphaned")
+    }
+
+    /// Marks `node` OFFLINE if it is still exactly as read (see [`UpdateCondition::Unchanged`]).
+    async fn mark_swept(&self, node: &Node) -> Result<bool, StoreError> {
+        let update =
+            NodeUpdate { state: Some(NodeState::Offline), controller_id: Some(String::new()), ..NodeUpdate::default() };
+        let condition = UpdateCondition::Unchanged { controller: node.controller_id.clone(), revision: node.revision };
+        let marked = self.store.update_node(&node.id, update, condition).await?.is_some();
+        if !marked {
+            tracing::debug!(node_id = %node.id, "node changed since the sweep read it; left alone");
+        }
+        Ok(marked)
     }
 
     /// Runs liveness passes until `shutdown`.
@@ -729,5 +826,102 @@ mod tests {
         registry.close_all();
         assert_eq!(closed_now(&d1), Some(CloseCause::ShuttingDown));
         assert_eq!(closed_now(&d2), Some(CloseCause::ShuttingDown));
+    }
+
+    /// What the store says of the node named `name`.
+    async fn stored(registry: &NodeRegistry, id: &str) -> Node {
+        registry.store.get_node(id).await.unwrap().expect("the node is stored")
+    }
+
+    fn long_ago() -> DateTime<Utc> {
+        Utc::now() - chrono::Duration::hours(1)
+    }
+
+    /// The ordering seen after a PostgreSQL outage: the store says a drone is held by this
+    /// controller (its stream ended during the outage and the OFFLINE write failed), the sweep
+    /// reads it and finds an orphan, the drone re-attaches here, and only then does the sweep
+    /// write. The write must not land: the node is not as the sweep read it.
+    #[tokio::test]
+    async fn an_orphan_verdict_made_before_a_reattach_is_not_applied_after_it() {
+        let (registry, _dir) = registry(LivenessConfig::default()).await;
+        let left_behind = registry.store.attach_node(drone("d1"), "ctl-test", Utc::now()).await.unwrap();
+        let read = stored(&registry, &left_behind.id).await;
+        assert_eq!(registry.sweep_verdict(&read, long_ago()), Some("orphaned"));
+
+        let (_, session) = registry.attach(drone("d1")).await.unwrap();
+        assert!(!registry.mark_swept(&read).await.unwrap(), "the verdict on the old read is dropped");
+
+        let node = stored(&registry, &left_behind.id).await;
+        assert_eq!((node.state, node.controller_id.as_str()), (NodeState::Ready, "ctl-test"), "still attached here");
+        assert_eq!(closed_now(&session), None);
+        assert_eq!(registry.sweep_stale().await.unwrap(), 0, "and a new sweep finds nothing to do");
+    }
+
+    /// The same for a node of another controller whose heartbeat looked stale when read (no
+    /// controller could refresh it during the outage) and that re-attached to it since.
+    #[tokio::test]
+    async fn a_stale_verdict_made_before_a_reattach_is_not_applied_after_it() {
+        let (registry, _dir) = registry(LivenessConfig::default()).await;
+        let far = registry.store.attach_node(drone("far"), "ctl-other", long_ago()).await.unwrap();
+        let read = stored(&registry, &far.id).await;
+        let stale_before = Utc::now() - chrono::Duration::minutes(5);
+        assert_eq!(registry.sweep_verdict(&read, stale_before), Some("stale"));
+
+        registry.store.attach_node(drone("far"), "ctl-other", Utc::now()).await.unwrap();
+        assert!(!registry.sweep_node(&read, stale_before).await.unwrap(), "re-attached since the read");
+        assert_eq!(stored(&registry, &far.id).await.state, NodeState::Ready);
+    }
+
+    /// The store already names this controller while the attach has not put the node in memory
+    /// yet: a sweep that reads in between finds no orphan.
+    #[tokio::test]
+    async fn a_node_between_its_attach_write_and_memory_is_no_orphan() {
+        let (registry, _dir) = registry(LivenessConfig::default()).await;
+        let attaching = registry.attaching(&drone("d1"));
+        let now = Utc::now();
+        let written = registry.store.attach_node(drone("d1"), "ctl-test", now).await.unwrap();
+
+        assert_eq!(registry.sweep_stale().await.unwrap(), 0, "no orphan while the attach is under way");
+        assert_eq!(stored(&registry, &written.id).await.state, NodeState::Ready);
+
+        let (_, session) = registry.attached_now(written.clone(), now, attaching);
+        assert_eq!(registry.sweep_stale().await.unwrap(), 0);
+        assert_eq!(stored(&registry, &written.id).await.state, NodeState::Ready);
+        assert_eq!(closed_now(&session), None);
+    }
+
+    /// Orphans and stale nodes that did not change since the read are still swept; a fresh
+    /// node of another controller is not.
+    #[tokio::test]
+    async fn the_sweep_still_marks_orphans_and_stale_nodes_that_did_not_change() {
+        let (registry, _dir) = registry(LivenessConfig::default()).await;
+        let fresh = registry.store.attach_node(drone("fresh"), "ctl-other", Utc::now()).await.unwrap();
+        let gone = registry.store.attach_node(drone("gone"), "ctl-crashed", long_ago()).await.unwrap();
+        let orphan = registry.store.attach_node(drone("orphan"), "ctl-test", Utc::now()).await.unwrap();
+        assert_eq!(registry.sweep_stale().await.unwrap(), 2);
+        assert_eq!(stored(&registry, &gone.id).await.state, NodeState::Offline);
+        assert_eq!(stored(&registry, &orphan.id).await.state, NodeState::Offline);
+        assert_eq!(stored(&registry, &fresh.id).await.state, NodeState::Ready);
+    }
+
+    /// Another controller's sweep marked an attached node OFFLINE (its decision was right by
+    /// what it could see: no refresh during a long database outage). The next liveness write of
+    /// the holder finds the node no longer held and closes the stream, so the drone attaches
+    /// again instead of staying attached to a node the store calls OFFLINE.
+    #[tokio::test]
+    async fn a_liveness_write_that_finds_the_node_taken_away_closes_its_stream() {
+        let (registry, _dir) = registry(LivenessConfig::default()).await;
+        let (node, session) = registry.attach(drone("d1")).await.unwrap();
+        let (_, other) = registry.attach(drone("d2")).await.unwrap();
+        let swept =
+            NodeUpdate { state: Some(NodeState::Offline), controller_id: Some(String::new()), ..NodeUpdate::default() };
+        let condition = UpdateCondition::Unchanged { controller: "ctl-test".into(), revision: node.revision };
+        registry.store.update_node(&node.id, swept, condition).await.unwrap().expect("swept");
+
+        registry.heartbeat(&session, NodeResources::default(), 0);
+        registry.heartbeat(&other, NodeResources::default(), 0);
+        registry.check_liveness(true).await;
+        assert_eq!(closed_now(&session), Some(CloseCause::NotHeld));
+        assert_eq!(closed_now(&other), None, "a node still held here keeps its stream");
     }
 }

@@ -27,11 +27,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Channel;
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// Controller URLs; lookups are balanced over them and the attach stream moves between them.
+    /// Controller URLs; lookups go round-robin over them, failing over at once, and the attach
+    /// stream moves between them.
     pub controllers: Vec<String>,
     /// Token and TLS towards the controllers (`https://` URLs).
     pub credentials: Credentials,
@@ -126,7 +126,7 @@ impl Proxy {
         check_controllers(&config.controllers, &config.credentials)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local_addr}"));
-        let lookups = lookup_channel(&config.controllers, &config.credentials)?;
+        let lookups = lookup_channels(&config.controllers, &config.credentials)?;
         let routes = Arc::new(RouteCache::new(lookups, config.route_ttl));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -171,11 +171,12 @@ fn readiness(attached: watch::Receiver<Option<AttachedTo>>) -> Readiness {
     })
 }
 
-/// A channel balanced over every controller, for route lookups.
-fn lookup_channel(controllers: &[String], credentials: &Credentials) -> anyhow::Result<HangarChannel> {
-    let endpoints =
-        controllers.iter().map(|url| controller_endpoint(url, credentials)).collect::<Result<Vec<_>, _>>()?;
-    Ok(credentials.authorize(Channel::balance_list(endpoints.into_iter()))?)
+/// A channel to each controller (connected on first use), for route lookups.
+fn lookup_channels(controllers: &[String], credentials: &Credentials) -> anyhow::Result<Vec<(String, HangarChannel)>> {
+    controllers
+        .iter()
+        .map(|url| Ok((url.clone(), credentials.authorize(controller_endpoint(url, credentials)?.connect_lazy())?)))
+        .collect()
 }
 
 async fn serve(

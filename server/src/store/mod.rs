@@ -128,6 +128,13 @@ pub enum UpdateCondition {
     Always,
     /// Only while the node's `controller_id` is exactly this.
     HeldBy(String),
+    /// Only while the node is exactly as read at `revision` (its last change), held by
+    /// `controller`: a decision made from that read (the stale-node sweep's) is not applied to a
+    /// node that re-attached or was refreshed since.
+    Unchanged {
+        controller: String,
+        revision: Revision,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

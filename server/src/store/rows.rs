@@ -101,6 +101,9 @@ pub(super) fn holds(node: &Node, condition: &UpdateCondition) -> bool {
     match condition {
         UpdateCondition::Always => true,
         UpdateCondition::HeldBy(controller) => node.controller_id == *controller,
+        UpdateCondition::Unchanged { controller, revision } => {
+            node.controller_id == *controller && node.revision == *revision
+        }
     }
 }
 
