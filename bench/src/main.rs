@@ -15,6 +15,7 @@
 mod backend_side;
 mod callers;
 mod churn;
+mod coldstart;
 mod controller_proc;
 mod etcd;
 mod fanout;
@@ -60,6 +61,9 @@ enum Command {
     /// The data plane: the same backend directly, through nginx and through Hangar's proxy (wrk,
     /// keep-alive HTTP/1.1, 1 KiB and 1 MiB bodies).
     Proxy(proxy::ProxyArgs),
+    /// A new session's wait: Connect → first HTTP 200 through the proxy (Docker and process
+    /// runtimes) next to `docker run` → first 200 of the same local image.
+    Coldstart(coldstart::ColdstartArgs),
     /// Internal: the Hangar controller under test, with the benchmark's writer, driven over
     /// stdin by `watch`.
     #[command(hide = true)]
@@ -179,6 +183,7 @@ fn main() -> anyhow::Result<()> {
         Command::Churn(args) => runtime.block_on(interruptible(churn::run(args))),
         Command::List(args) => runtime.block_on(interruptible(list::run(args))),
         Command::Proxy(args) => runtime.block_on(interruptible(proxy::run(args))),
+        Command::Coldstart(args) => runtime.block_on(interruptible(coldstart::run(args))),
     }
 }
 

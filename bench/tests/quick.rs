@@ -91,3 +91,37 @@ fn hold_quick_pass_keeps_every_backend_ready_and_none_expired() {
     assert_eq!(figures["ready_after_hold"], 200.0, "{figures:?}");
     assert_eq!(figures["expired"], 0.0, "{figures:?}");
 }
+
+#[test]
+fn coldstart_quick_pass_reaches_a_first_200_through_hangar_docker_run_and_the_process_runtime() {
+    let engine = Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output();
+    if !engine.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var("HANGAR_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "HANGAR_REQUIRE_DOCKER=1 but no Docker engine answers `docker version`"
+        );
+        eprintln!(
+            "\n!!!!! SKIPPED: no Docker engine answers, so the coldstart benchmark's quick pass did not run; set \
+             HANGAR_REQUIRE_DOCKER=1 to fail instead !!!!!\n"
+        );
+        return;
+    }
+    let figures = quick_pass(
+        "coldstart",
+        &[
+            "hangar_p50_ms",
+            "docker_run_p50_ms",
+            "ratio",
+            "hangar_p90_ms",
+            "hangar_max_ms",
+            "docker_run_p90_ms",
+            "docker_run_max_ms",
+            "process_p50_ms",
+        ],
+    );
+    assert!(
+        figures["hangar_p50_ms"] > 0.0 && figures["docker_run_p50_ms"] > 0.0 && figures["process_p50_ms"] > 0.0,
+        "{figures:?}"
+    );
+    assert!(figures["hangar_max_ms"] >= figures["hangar_p50_ms"], "{figures:?}");
+}
