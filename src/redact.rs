@@ -78,7 +78,10 @@ impl fmt::Debug for v1::ConnectResponse {
 
 impl fmt::Debug for v1::LookupRouteRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LookupRouteRequest").field("token", &redacted(&self.token)).finish()
+        f.debug_struct("LookupRouteRequest")
+            .field("token", &redacted(&self.token))
+            .field("wait_for_ready", &self.wait_for_ready)
+            .finish()
     }
 }
 
@@ -139,7 +142,7 @@ mod tests {
                     ..Default::default()
                 }
             ),
-            format!("{:?}", v1::LookupRouteRequest { token: TOKEN.into() }),
+            format!("{:?}", v1::LookupRouteRequest { token: TOKEN.into(), ..Default::default() }),
             format!(
                 "{:?}",
                 executor::v1::StartBackendRequest {

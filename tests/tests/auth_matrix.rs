@@ -115,7 +115,7 @@ async fn call(method: &str, ch: Authed) -> Result<(), Status> {
         "/hangar.v1.DroneService/Attach" => DroneServiceClient::new(ch).attach(tokio_stream::empty()).await.map(drop),
         "/hangar.v1.ProxyService/Attach" => ProxyServiceClient::new(ch).attach(tokio_stream::empty()).await.map(drop),
         "/hangar.v1.ProxyService/LookupRoute" => ProxyServiceClient::new(ch)
-            .lookup_route(v1::LookupRouteRequest { token: "no-such-token".into() })
+            .lookup_route(v1::LookupRouteRequest { token: "no-such-token".into(), ..Default::default() })
             .await
             .map(drop),
         other => panic!("the matrix has no call for {other}; add one"),

@@ -712,3 +712,57 @@ async fn connect_refuses_an_image_no_drone_could_run_before_scheduling_anything(
     beat.abort();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_lookup_that_waits_for_ready_answers_as_the_backend_turns_ready_and_not_before() {
+    use hangar::v1::proxy_service_client::ProxyServiceClient;
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    let connected = client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap().into_inner();
+    let action = d.next_action(WAIT).await;
+    d.ack_action(&action.action_id).await;
+    let mut proxies = ProxyServiceClient::new(cluster.channel().await);
+    let lookup = |wait: Option<Duration>| v1::LookupRouteRequest {
+        token: connected.token.clone(),
+        wait_for_ready: wait.map(|w| prost_types::Duration::try_from(w).unwrap()),
+    };
+
+    // Without the field the answer is the state at once, as for a controller that predates it.
+    let now = proxies.lookup_route(lookup(None)).await.unwrap().into_inner();
+    assert_eq!(now.state, BackendState::Scheduled as i32);
+    // A wait shorter than the start: answered with the starting state once it runs out.
+    let started = Instant::now();
+    let short = proxies.lookup_route(lookup(Some(Duration::from_millis(300)))).await.unwrap().into_inner();
+    assert_eq!(short.state, BackendState::Scheduled as i32);
+    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+
+    // Waiting: a change that is not READY does not end the wait; READY does, at once.
+    let mut waiting = proxies.clone();
+    let request = lookup(Some(Duration::from_secs(20)));
+    let waiter = tokio::spawn(async move {
+        let answer = waiting.lookup_route(request).await.unwrap().into_inner();
+        (answer, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    d.event_acked("ev-1", &connected.backend_id, status(BackendState::Starting), "").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "answered before the backend was READY");
+    d.event_acked("ev-2", &connected.backend_id, status(BackendState::Ready), "127.0.0.1:9").await;
+    let ready_at = Instant::now();
+    let (answer, answered_at) = tokio::time::timeout(WAIT, waiter).await.expect("answered").unwrap();
+    assert_eq!(answer.state, BackendState::Ready as i32);
+    assert_eq!(answer.address, "127.0.0.1:9");
+    let after = answered_at.saturating_duration_since(ready_at);
+    // The hub's fan-out, not a poll: well under the controller's poll floor.
+    assert!(after < Duration::from_millis(150), "answered {after:?} after READY");
+
+    let bad = v1::LookupRouteRequest {
+        token: connected.token.clone(),
+        wait_for_ready: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+    };
+    let err = proxies.lookup_route(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    beat.abort();
+    cluster.shutdown().await;
+}

@@ -258,7 +258,7 @@ fn call() -> impl Strategy<Value = Call> {
                 })
             }),
         (id(), any::<bool>()).prop_map(|(id, hard)| Call::TerminateBackend(v1::TerminateBackendRequest { id, hard })),
-        text().prop_map(|token| Call::LookupRoute(v1::LookupRouteRequest { token })),
+        text().prop_map(|token| Call::LookupRoute(v1::LookupRouteRequest { token, ..Default::default() })),
     ]
 }
 
@@ -374,7 +374,7 @@ fn a_request_over_the_message_limit_is_refused_at_every_rpc() {
         Call::ListBackends(v1::ListBackendsRequest { page_token: huge.clone(), ..Default::default() }),
         Call::WatchBackend(v1::WatchBackendRequest { id: huge.clone() }),
         Call::TerminateBackend(v1::TerminateBackendRequest { id: huge.clone(), hard: true }),
-        Call::LookupRoute(v1::LookupRouteRequest { token: huge.clone() }),
+        Call::LookupRoute(v1::LookupRouteRequest { token: huge.clone(), ..Default::default() }),
     ];
     for call in calls {
         let rpc = format!("{call:?}").split('(').next().unwrap_or_default().to_string();

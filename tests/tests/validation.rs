@@ -214,7 +214,7 @@ async fn a_proxy_that_sends_a_bad_hello_or_report_is_refused_and_its_stream_clos
     let report = Message::Traffic(v1::TrafficReport { backend_ids: vec!["bk-1".into(), String::new()] });
     names(Err::<(), _>(attach(vec![hello("http://edge:7080", "1"), report]).await), "traffic.backend_ids[1]");
     let mut proxies = ProxyServiceClient::new(cluster.channel().await);
-    names(proxies.lookup_route(v1::LookupRouteRequest { token: String::new() }).await, "token");
+    names(proxies.lookup_route(v1::LookupRouteRequest { token: String::new(), ..Default::default() }).await, "token");
     // A drone's stream is not a proxy's: the wrong first message is a protocol violation.
     let mut drones = DroneServiceClient::new(cluster.channel().await);
     let (tx, rx) = tokio::sync::mpsc::channel(1);

@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use hangar::domain::{BackendState, NodeKind, NodeResources, timestamp_to_proto};
 use hangar::v1::{self, proxy_service_server::ProxyService};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +56,9 @@ struct ProxySession {
 
 /// Backend ids one traffic report may carry; a proxy reports per interval, so more is a bug.
 const MAX_TRAFFIC_IDS: usize = 10_000;
+
+/// The longest `LookupRoute.wait_for_ready` honoured: a proxy waiting longer asks again.
+const MAX_ROUTE_WAIT: Duration = Duration::from_secs(30);
 
 #[tonic::async_trait]
 impl SessionHandler<v1::ProxyAttachRequest> for ProxySession {
@@ -229,8 +233,29 @@ impl ProxyApi {
         if token.is_empty() || token.len() > 512 {
             return Err(ApiError::invalid("token", "must be 1–512 characters"));
         }
-        let route =
-            self.sessions.store.token_route(&token_hash(&token), Utc::now()).await?.ok_or(ApiError::TokenNotFound)?;
+        let wait = match &req.wait_for_ready {
+            None => Duration::ZERO,
+            Some(d) => hangar::domain::duration_from_proto(d)
+                .ok_or_else(|| ApiError::invalid("wait_for_ready", "must be a duration of at least 0"))?
+                .min(MAX_ROUTE_WAIT),
+        };
+        let hash = token_hash(&token);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut route = self.sessions.store.token_route(&hash, Utc::now()).await?.ok_or(ApiError::TokenNotFound)?;
+        // Still starting: wait for the backend's next change (READY, or its end), not a poll;
+        // registered before reading again, so a change in between is not missed.
+        while route.backend.status.state < BackendState::Ready && tokio::time::Instant::now() < deadline {
+            let changed = self.hub.next_backend_change(&route.backend.id);
+            route = self.sessions.store.token_route(&hash, Utc::now()).await?.ok_or(ApiError::TokenNotFound)?;
+            if route.backend.status.state >= BackendState::Ready {
+                break;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.sessions.shutdown.cancelled() => break,
+            }
+        }
         let backend = route.backend;
         Ok(v1::LookupRouteResponse {
             backend_id: backend.id,

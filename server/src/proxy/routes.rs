@@ -317,7 +317,7 @@ impl RouteCache {
             let target = &self.controllers[i];
             let timeout = if patient && tried + 1 == n { LAST_TRY_TIMEOUT } else { TRY_TIMEOUT };
             let mut client = target.client.clone();
-            let request = client.lookup_route(LookupRouteRequest { token: token.to_string() });
+            let request = client.lookup_route(LookupRouteRequest { token: token.to_string(), ..Default::default() });
             let status = match tokio::time::timeout(timeout, request).await {
                 Ok(Ok(response)) => {
                     target.answered();

@@ -11,7 +11,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +121,8 @@ struct HubState {
     view: NodeView,
     /// How often the hub restarted after falling behind compaction (the ring was cleared).
     resets: u64,
+    /// Who waits for the next change of a backend, by id ([`WatchHub::next_backend_change`]).
+    backend_waiters: HashMap<String, Vec<oneshot::Sender<()>>>,
 }
 
 impl HubState {
@@ -198,6 +200,7 @@ impl WatchHub {
             stopped: false,
             view: NodeView::default(),
             resets: 0,
+            backend_waiters: HashMap::new(),
         };
         let inner = Inner {
             store,
@@ -282,6 +285,7 @@ impl WatchHub {
         let mut state = self.inner.state.lock().unwrap();
         state.stopped = true;
         state.watchers.clear();
+        state.backend_waiters.clear();
     }
 
     async fn tail(&self, mut notified: watch::Receiver<Revision>, mut local: broadcast::Receiver<LocalCommit>) {
@@ -377,6 +381,8 @@ impl WatchHub {
                     state.ring.clear();
                     state.cursor = oldest;
                     state.resets += 1;
+                    // Changes were skipped: whoever waits for one reads again.
+                    state.backend_waiters.clear();
                     state.view = NodeView::default();
                     self.inner.view_lost.notify_one();
                     self.inner.cursor_moved.send_replace(oldest);
@@ -405,6 +411,13 @@ impl WatchHub {
             state.cursor = change.revision;
             if state.view.ready {
                 state.view.apply(&change);
+            }
+            if let Watched::Backend { backend, .. } = &change.object
+                && let Some(waiters) = state.backend_waiters.remove(&backend.id)
+            {
+                for waiter in waiters {
+                    let _ = waiter.send(());
+                }
             }
             state.watchers.retain(|_, watcher| match watcher.tx.try_send(change.clone()) {
                 Ok(()) => true,
@@ -489,6 +502,23 @@ impl WatchHub {
             return None;
         }
         state.view.drone_slots(cluster, pool, cursor)
+    }
+
+    /// Resolves at the next change of backend `id` the hub fans out (a commit on any
+    /// controller), or when the hub can no longer tell (it restarted or stopped: the receiver
+    /// then sees its sender dropped). Call it *before* reading the backend, so that a change
+    /// right after the read is not missed. Costs nothing per change of other backends: a route
+    /// lookup waiting for its backend to become READY waits on this instead of polling.
+    pub fn next_backend_change(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut state = self.inner.state.lock().unwrap();
+        if !state.stopped {
+            let waiters = state.backend_waiters.entry(id.to_string()).or_default();
+            // Lookups that gave up (their receiver is gone) leave with the next one.
+            waiters.retain(|waiter| !waiter.is_closed());
+            waiters.push(tx);
+        }
+        rx
     }
 
     /// Whether the node view is seeded and following the cursor (listings are served from it).

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from hangar.v1 import backend_pb2 as _backend_pb2
 from hangar.v1 import node_pb2 as _node_pb2
@@ -81,10 +82,12 @@ class RouteInvalidation(_message.Message):
     def __init__(self, backend_id: _Optional[str] = ...) -> None: ...
 
 class LookupRouteRequest(_message.Message):
-    __slots__ = ("token",)
+    __slots__ = ("token", "wait_for_ready")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_READY_FIELD_NUMBER: _ClassVar[int]
     token: str
-    def __init__(self, token: _Optional[str] = ...) -> None: ...
+    wait_for_ready: _duration_pb2.Duration
+    def __init__(self, token: _Optional[str] = ..., wait_for_ready: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class LookupRouteResponse(_message.Message):
     __slots__ = ("backend_id", "state", "address", "user", "auth", "expires_at")
