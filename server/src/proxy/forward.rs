@@ -211,10 +211,19 @@ impl Forwarder {
     }
 
     /// The route to a READY backend, waiting up to `startup_wait` for one that is starting.
+    /// The controller holds the lookup until the backend is READY (`RouteCache::wait_ready`):
+    /// no polling, and the request goes out as soon as the backend can take it.
     async fn route(&self, token: &str, conn: &ConnRoute) -> Result<Arc<CachedRoute>, ProxyError> {
         let began = Instant::now();
+        let mut wait = Duration::ZERO;
         loop {
-            match self.routes.get(token, conn).await {
+            let asked = Instant::now();
+            let lookup = if wait.is_zero() {
+                self.routes.get(token, conn).await
+            } else {
+                self.routes.wait_ready(token, conn, wait).await
+            };
+            match lookup {
                 Lookup::NotFound => return Err(ProxyError::UnknownToken),
                 Lookup::Unavailable(detail) => {
                     tracing::warn!(%detail, "route lookup failed");
@@ -225,7 +234,14 @@ impl Forwarder {
                     return Err(ProxyError::BackendTerminated);
                 }
                 Lookup::Found(_) if began.elapsed() >= self.startup_wait => return Err(ProxyError::BackendStarting),
-                Lookup::Found(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Lookup::Found(_) => {
+                    // Answered long before the wait ran out with the backend still starting: a
+                    // controller that predates `wait_for_ready`; poll it as before.
+                    if !wait.is_zero() && asked.elapsed() < wait / 2 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    wait = self.startup_wait.saturating_sub(began.elapsed());
+                }
             }
         }
     }

@@ -41,6 +41,9 @@ pub const STALE_GRACE: Duration = Duration::from_secs(60);
 /// last controller tried gets [`LAST_TRY_TIMEOUT`]: a slow answer beats none.
 const TRY_TIMEOUT: Duration = Duration::from_secs(1);
 const LAST_TRY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a lookup asks a controller to hold its answer for a starting backend (the
+/// controller's own bound); a request that may wait longer asks again.
+const MAX_READY_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a controller that failed a lookup is tried only after the others; doubled for each
 /// failure in a row, up to [`MAX_COOLDOWN`].
@@ -252,7 +255,21 @@ impl RouteCache {
         {
             return Lookup::Found(route.clone());
         }
-        let lookup = self.fetch(token, stale.is_none()).await;
+        let lookup = self.fetch(token, stale.is_none(), Duration::ZERO).await;
+        self.keep(token, conn, lookup, stale)
+    }
+
+    /// The route for `token` once its backend is READY (or has ended), asking a controller to
+    /// answer as soon as it is rather than at once (`LookupRoute.wait_for_ready`), for up to
+    /// `wait`: for a request that arrived while its backend was starting. A controller that
+    /// predates the field answers at once, with the backend still starting.
+    pub async fn wait_ready(&self, token: &str, conn: &ConnRoute, wait: Duration) -> Lookup {
+        let lookup = self.fetch(token, true, wait.min(MAX_READY_WAIT)).await;
+        self.keep(token, conn, lookup, None)
+    }
+
+    /// Caches what a controller answered (a READY route), or serves `stale` when none answered.
+    fn keep(&self, token: &str, conn: &ConnRoute, lookup: Lookup, stale: Option<Arc<CachedRoute>>) -> Lookup {
         match &lookup {
             Lookup::Found(route) if route.route.state == BackendState::Ready => {
                 self.entries.write().unwrap().insert(token.into(), route.clone());
@@ -304,7 +321,9 @@ impl RouteCache {
     }
 
     /// `patient`: the last controller tried is given [`LAST_TRY_TIMEOUT`] (nothing else to serve).
-    async fn fetch(&self, token: &str, patient: bool) -> Lookup {
+    /// `wait`: how long a controller may hold the answer for a starting backend (each try's
+    /// timeout grows by as much).
+    async fn fetch(&self, token: &str, patient: bool, wait: Duration) -> Lookup {
         let now = Instant::now();
         let n = self.controllers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
@@ -315,9 +334,10 @@ impl RouteCache {
         let mut failures = Vec::new();
         for (tried, &i) in order.iter().enumerate() {
             let target = &self.controllers[i];
-            let timeout = if patient && tried + 1 == n { LAST_TRY_TIMEOUT } else { TRY_TIMEOUT };
+            let timeout = wait + if patient && tried + 1 == n { LAST_TRY_TIMEOUT } else { TRY_TIMEOUT };
             let mut client = target.client.clone();
-            let request = client.lookup_route(LookupRouteRequest { token: token.to_string(), ..Default::default() });
+            let wait_for_ready = (!wait.is_zero()).then(|| prost_types::Duration::try_from(wait).unwrap_or_default());
+            let request = client.lookup_route(LookupRouteRequest { token: token.to_string(), wait_for_ready });
             let status = match tokio::time::timeout(timeout, request).await {
                 Ok(Ok(response)) => {
                     target.answered();
