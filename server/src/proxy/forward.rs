@@ -7,7 +7,7 @@ use bytes::Bytes;
 use hangar::domain::BackendState;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -45,6 +45,10 @@ pub enum ProxyError {
     BackendUnreachable,
     #[error("no controller answers; cannot look the route up")]
     ControllerUnavailable,
+    #[error("extended CONNECT is served for the websocket protocol only")]
+    UnsupportedProtocol,
+    #[error("the backend answered the WebSocket request without switching protocols")]
+    UpgradeRefused,
 }
 
 impl ProxyError {
@@ -56,6 +60,8 @@ impl ProxyError {
             ProxyError::BackendStarting => (StatusCode::SERVICE_UNAVAILABLE, "backend-starting"),
             ProxyError::BackendUnreachable => (StatusCode::BAD_GATEWAY, "backend-unreachable"),
             ProxyError::ControllerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "controller-unavailable"),
+            ProxyError::UnsupportedProtocol => (StatusCode::NOT_IMPLEMENTED, "unsupported-protocol"),
+            ProxyError::UpgradeRefused => (StatusCode::BAD_GATEWAY, "upgrade-refused"),
         }
     }
 
@@ -155,9 +161,13 @@ impl Forwarder {
     }
 
     async fn answer(&self, mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
+        let kind = match UpgradeKind::of(&req) {
+            Ok(kind) => kind,
+            Err(err) => return err.response(),
+        };
+        let upgrade = kind.is_some();
         // Taken before the request is split up; dropped unused if the request is not forwarded.
-        let upgrade = wants_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = kind.map(|kind| ClientUpgrade { on: hyper::upgrade::on(&mut req), kind });
         let (mut parts, body) = req.into_parts();
         let Some((token, rest)) = split_target(&parts.uri) else {
             return ProxyError::NoToken.response();
@@ -186,6 +196,9 @@ impl Forwarder {
         };
         parts.version = Version::HTTP_11;
         backend_headers(&mut parts.headers, &route, conn, upgrade);
+        if kind == Some(UpgradeKind::ExtendedConnect) {
+            as_http1_websocket_upgrade(&mut parts);
+        }
         let span = forward_span(&mut parts, &route);
         let backend = if own { Some((conn, &authority)) } else { None };
         let forwarded = self
@@ -233,7 +246,7 @@ impl Forwarder {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        client_upgrade: Option<ClientUpgrade>,
         route: &CachedRoute,
         own: Option<(&Conn, &Authority)>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -252,22 +265,94 @@ impl Forwarder {
             tracing::info!(%backend_id, address = %route.route.address, error = %err, "backend unreachable");
             ProxyError::BackendUnreachable
         })?;
+        let extended_connect = client_upgrade.as_ref().is_some_and(|u| u.kind == UpgradeKind::ExtendedConnect);
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
             let backend_upgrade = hyper::upgrade::on(&mut response);
             let (backend_id, traffic, stop) = (backend_id.clone(), self.traffic.clone(), self.stop.clone());
             self.tasks.spawn(async move {
-                match tokio::try_join!(client_upgrade, backend_upgrade) {
+                match tokio::try_join!(client_upgrade.on, backend_upgrade) {
                     Ok((client, backend)) => tunnel(client, backend, websocket, &backend_id, &traffic, &stop).await,
                     Err(err) => tracing::info!(%backend_id, error = %err, "upgrade failed"),
                 }
             });
+            if extended_connect {
+                return Ok(extended_connect_accepted(response));
+            }
         } else {
+            // A success other than 101 would open a tunnel to an HTTP/2 client that the backend
+            // never agreed to (RFC 8441 §5); a refusal (4xx, 5xx) is passed back as it is.
+            if extended_connect && response.status().is_success() {
+                tracing::info!(%backend_id, status = %response.status(), "backend did not switch to WebSocket");
+                return Err(ProxyError::UpgradeRefused);
+            }
             strip_hop_by_hop(response.headers_mut(), false);
         }
         Ok(response.map(|body| body.boxed()))
     }
+}
+
+/// How a client asks for a connection that outlives its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpgradeKind {
+    /// HTTP/1.1 `Connection: upgrade` (RFC 9110 §7.8): forwarded as it is.
+    Http1,
+    /// HTTP/2 extended CONNECT with `:protocol = websocket` (RFC 8441): forwarded as an HTTP/1.1
+    /// WebSocket upgrade, whose 101 the HTTP/2 client gets as a 200.
+    ExtendedConnect,
+}
+
+impl UpgradeKind {
+    fn of(req: &Request<Incoming>) -> Result<Option<UpgradeKind>, ProxyError> {
+        if req.method() == Method::CONNECT {
+            return match req.extensions().get::<hyper::ext::Protocol>() {
+                Some(protocol) if protocol.as_str().eq_ignore_ascii_case("websocket") => {
+                    Ok(Some(UpgradeKind::ExtendedConnect))
+                }
+                Some(_) => Err(ProxyError::UnsupportedProtocol),
+                // A plain CONNECT names a host, not a path: it has no token.
+                None => Err(ProxyError::NoToken),
+            };
+        }
+        Ok(wants_upgrade(req.headers()).then_some(UpgradeKind::Http1))
+    }
+}
+
+/// The client's side of an upgrade, ready once its answer is sent.
+struct ClientUpgrade {
+    on: hyper::upgrade::OnUpgrade,
+    kind: UpgradeKind,
+}
+
+/// Turns an extended CONNECT (already given the backend's headers) into the HTTP/1.1 request
+/// RFC 6455 §4.1 describes: `GET` with `Upgrade: websocket` and a fresh `Sec-WebSocket-Key`.
+/// `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` are the client's, passed on as they
+/// are; the request has no body (hyper gives a CONNECT stream's data to the upgrade).
+fn as_http1_websocket_upgrade(parts: &mut http::request::Parts) {
+    use base64::Engine;
+    parts.method = Method::GET;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    let headers = &mut parts.headers;
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    headers.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::try_from(key).expect("base64 is a valid header value"));
+}
+
+/// The HTTP/2 client's answer to a WebSocket the backend accepted: 200 with the backend's
+/// headers (its chosen subprotocol and extensions among them), without those of the HTTP/1.1
+/// handshake, and no body: the stream is the WebSocket from here on (RFC 8441 §5).
+fn extended_connect_accepted(backend: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, _) = backend.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.status = StatusCode::OK;
+    parts.extensions = http::Extensions::new();
+    Response::from_parts(parts, http_body_util::Empty::new().map_err(|never| match never {}).boxed())
 }
 
 /// Sends `req` over the client connection's own backend connection, made on first use (or when
