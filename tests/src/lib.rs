@@ -3,6 +3,7 @@
 //! binaries for tests that act as a user would.
 
 pub mod auth;
+pub mod browser;
 pub mod containers;
 pub mod pki;
 pub mod proxy_plane;

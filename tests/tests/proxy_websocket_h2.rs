@@ -2,7 +2,9 @@
 //! with an extended CONNECT (`:protocol = websocket`) on one h2c connection, the proxy turns it
 //! into an HTTP/1.1 upgrade towards the backend, and tungstenite speaks RFC 6455 over the stream.
 //! Backends are the real test backend process (an echo endpoint) and, where a test needs to see
-//! the handshake or close first, a tungstenite server in the test.
+//! the handshake, close first or echo whole messages, a tungstenite server in the test. The last
+//! test's client is headless chromium over TLS (HTTP/2 via ALPN), as a browser user's would be;
+//! without chromium it prints a loud SKIP line, and fails when `HANGAR_REQUIRE_CHROMIUM=1`.
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -40,6 +42,10 @@ impl Drop for KillOnDrop {
 }
 
 async fn setup() -> Setup {
+    setup_with(None).await
+}
+
+async fn setup_with(tls: Option<hangar_server::proxy::TlsFiles>) -> Setup {
     hangar_tests::init_logging();
     let (plane, control_url) = ProxyPlane::start().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -56,6 +62,7 @@ async fn setup() -> Setup {
     config.traffic_report_interval = Duration::from_millis(100);
     config.heartbeat_interval = Duration::from_millis(100);
     config.startup_wait = Duration::from_millis(300);
+    config.tls = tls;
     let proxy = Proxy::start(config, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
     Setup { plane, proxy, _backend: backend, echo_address }
 }
@@ -168,6 +175,31 @@ async fn websockets_over_http2_echo_text_binary_and_a_2_mib_frame_side_by_side_o
     echo(&mut second, Message::text("still open")).await;
     second.close(None).await.unwrap();
     s.proxy.shutdown().await;
+}
+
+/// A backend in the test that echoes whole WebSocket messages (tungstenite reassembles fragmented
+/// ones), on any number of connections.
+async fn message_echo_backend() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(socket) = tokio_tungstenite::accept_async(tcp).await else { return };
+                let (mut write, mut read) = socket.split();
+                while let Some(Ok(message)) = read.next().await {
+                    if message.is_close() {
+                        break; // tungstenite answers the close itself
+                    }
+                    if message.is_text() || message.is_binary() {
+                        let _ = write.send(message).await;
+                    }
+                }
+                let _ = write.flush().await;
+            });
+        }
+    });
+    address
 }
 
 /// A backend in the test, speaking RFC 6455 with tungstenite: records the handshake it got,
@@ -291,4 +323,66 @@ async fn a_shutting_down_proxy_closes_http2_websockets_with_a_going_away_frame()
     }
     while let Some(Ok(_)) = tokio::time::timeout(WAIT, socket.next()).await.expect("the stream ends") {}
     tokio::time::timeout(WAIT, shutdown).await.expect("the shutdown ends once the WebSocket is closed").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_opens_its_websocket_as_an_http2_stream_and_echoes_text_and_1_mib() {
+    use hangar_tests::browser::{Browser, Page, chromium_or_skip};
+    let test = "a_real_browser_opens_its_websocket_as_an_http2_stream_and_echoes_text_and_1_mib";
+    let Some(chromium) = chromium_or_skip(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let s = setup_with(Some(hangar_server::proxy::TlsFiles { cert: cert_path, key: key_path })).await;
+    // Chromium splits large messages into frames; this backend echoes whole messages.
+    s.plane.route("tok", "bk-echo", v1::BackendState::Ready, &message_echo_backend().await);
+    let origin = format!("127.0.0.1:{}", s.proxy.local_addr().port());
+
+    // Browsers speak HTTP/2 over TLS only; the certificate is the test's own.
+    let browser = Browser::launch(&chromium, &["--ignore-certificate-errors"]).await;
+    let mut page = Page::open(&browser, &format!("https://{origin}/tok/")).await;
+    assert_eq!(page.eval("performance.getEntriesByType('navigation')[0].nextHopProtocol").await, "h2");
+    let script = format!(
+        r#"new Promise((resolve, reject) => {{
+            const ws = new WebSocket('wss://{origin}/tok/ws');
+            ws.binaryType = 'arraybuffer';
+            const large = new Uint8Array(1 << 20).map((_, i) => i % 251);
+            const got = [];
+            ws.onopen = () => {{ ws.send('hello from chromium'); ws.send(large); }};
+            ws.onmessage = (event) => {{
+                if (typeof event.data === 'string') {{ got.push(event.data); return; }}
+                const echoed = new Uint8Array(event.data);
+                got.push(echoed.length === large.length && echoed.every((b, i) => b === large[i])
+                    ? 'the 1 MiB frame came back whole' : 'the 1 MiB frame came back different');
+                ws.close(1000, 'done');
+            }};
+            ws.onclose = (event) => resolve({{ got, code: event.code, reason: event.reason, clean: event.wasClean }});
+            ws.onerror = () => reject(new Error('the WebSocket failed'));
+        }})"#
+    );
+    let outcome = page.try_eval(&script).await.unwrap_or_else(|exception| {
+        let network: Vec<_> = page
+            .events
+            .iter()
+            .filter(|e| matches!(e["method"].as_str(), Some("Network.webSocketFrameError" | "Network.webSocketClosed")))
+            .collect();
+        panic!("the WebSocket failed: {exception}\nits errors: {network:#?}")
+    });
+    assert_eq!(
+        outcome,
+        serde_json::json!({
+            "got": ["hello from chromium", "the 1 MiB frame came back whole"],
+            "code": 1000, "reason": "done", "clean": true,
+        }),
+        "chromium's stderr:\n{}",
+        browser.log.lock().unwrap().join("\n")
+    );
+    // Over HTTP/1.1 the handshake's answer is a 101; over HTTP/2 (RFC 8441) it is a 200.
+    let handshake = page.wait_for_event("Network.webSocketHandshakeResponseReceived").await;
+    assert_eq!(handshake["params"]["response"]["status"], 200, "the WebSocket went over HTTP/2: {handshake:#}");
+    drop(page);
+    drop(browser);
+    s.proxy.shutdown().await;
 }
