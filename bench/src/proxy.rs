@@ -31,8 +31,9 @@ pub struct ProxyArgs {
     /// wrk's threads.
     #[arg(long, default_value_t = 2)]
     pub wrk_threads: usize,
-    /// Seconds of each measurement (one path, one body size).
-    #[arg(long, default_value_t = 8)]
+    /// Seconds of each measurement (one path, one load): 5 loads x 3 paths x 3 rounds of 5 s keep
+    /// the default run under 5 minutes.
+    #[arg(long, default_value_t = 5)]
     pub seconds: u64,
     /// Rounds; each measures every path and size once, in an order that rotates between rounds.
     /// Figures are the median over rounds (max: the largest).
@@ -53,6 +54,10 @@ pub struct ProxyArgs {
     /// WebSocket connections of the echo load, each one message in flight (64 bytes of text).
     #[arg(long, default_value_t = 64)]
     pub ws_connections: usize,
+    /// Idle WebSockets whose memory in the proxy is measured (fewer if the open-file limit is
+    /// lower than two descriptors each, plus some; scripts/bench raises it).
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_websockets: usize,
     /// A few seconds' smoke run (1 s per measurement, one round), so that the harness cannot rot.
     #[arg(long)]
     pub quick: bool,
@@ -119,7 +124,7 @@ pub struct WrkFigures {
 
 pub async fn run(mut args: ProxyArgs) -> anyhow::Result<()> {
     if args.quick {
-        (args.seconds, args.rounds) = (1, 1);
+        (args.seconds, args.rounds, args.idle_websockets) = (1, 1, args.idle_websockets.min(500));
     }
     anyhow::ensure!(
         args.threads > 0 && args.connections > 0 && args.rounds > 0 && args.seconds > 0,
@@ -175,7 +180,8 @@ pub async fn run(mut args: ProxyArgs) -> anyhow::Result<()> {
         &proxy_conf(backend_port, echo.port, nginx_port, nginx_h2_port, args.threads),
     )
     .await?;
-    let hangar = HangarProxy::start(args.threads, backend_port, echo.port).await?;
+    let control_url = start_plane(backend_port, echo.port).await?;
+    let hangar = HangarProxy::start(control_url.clone(), args.threads).await?;
 
     let url = |path: Path3, size: &str| match path {
         Path3::Direct => format!("http://127.0.0.1:{backend_port}/{size}"),
@@ -230,6 +236,7 @@ pub async fn run(mut args: ProxyArgs) -> anyhow::Result<()> {
         }
     }
     hangar.stop().await;
+    let (idle, idle_bytes_each) = idle_websocket_memory(&control_url, args.idle_websockets).await?;
 
     let summary: Vec<Vec<WrkFigures>> =
         figures.iter().map(|per| per.iter().map(|runs| summarize(runs)).collect()).collect();
@@ -253,10 +260,12 @@ pub async fn run(mut args: ProxyArgs) -> anyhow::Result<()> {
             );
         }
     }
+    println!("(per s: requests, or WebSocket round trips; medians over {} rounds, max the largest)", args.rounds);
     println!(
-        "(per s: requests, or WebSocket round trips; medians over {} rounds, max the largest; idle WebSocket memory \
-         is not measured by this benchmark yet)",
-        args.rounds
+        "idle WebSockets through `hangar-server proxy` (a process of its own): {idle} opened, one echo each, then \
+         idle; its resident memory grew {:.1} MiB, {:.1} KiB per WebSocket",
+        idle_bytes_each * idle as f64 / (1024.0 * 1024.0),
+        idle_bytes_each / 1024.0
     );
     let errors: u64 = summary.iter().flatten().map(|f| f.errors).sum();
     anyhow::ensure!(errors == 0, "{errors} non-2xx answers or socket errors: the figures are not comparable");
@@ -284,6 +293,8 @@ pub async fn run(mut args: ProxyArgs) -> anyhow::Result<()> {
         .figure("hangar_ws_echo_per_s", hangar_ws.rps.round())
         .figure("nginx_ws_echo_per_s", nginx_ws.rps.round())
         .figure("ws_ratio", hangar_ws.rps / nginx_ws.rps.max(f64::MIN_POSITIVE))
+        .figure("ws_idle", idle)
+        .figure("ws_idle_kib_each", idle_bytes_each / 1024.0)
         .print();
     Ok(())
 }
@@ -550,7 +561,6 @@ fn temp_paths() -> &'static str {
 fn backend_conf(root: &Path, port: u16, h2_port: u16, workers: usize) -> String {
     format!(
         "{}http {{\n access_log off;\n {} sendfile on; tcp_nopush on; keepalive_requests 100000000;\n \
-         http2_max_requests 100000000;\n \
          server {{ listen 127.0.0.1:{port} reuseport backlog=4096; location / {{ root {root}; }} }}\n \
          server {{ listen 127.0.0.1:{h2_port} http2 reuseport backlog=4096; sendfile off; location / {{ root {root}; }} }}\n}}\n",
         common_conf(workers),
@@ -565,7 +575,7 @@ fn backend_conf(root: &Path, port: u16, h2_port: u16, workers: usize) -> String 
 /// to the WebSocket echo backend as an upgrade, the rest to the static backend.
 fn proxy_conf(backend_port: u16, echo_port: u16, port: u16, h2_port: u16, workers: usize) -> String {
     format!(
-        "{}http {{\n access_log off;\n {} keepalive_requests 100000000; http2_max_requests 100000000;\n \
+        "{}http {{\n access_log off;\n {} keepalive_requests 100000000;\n \
          upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 256; keepalive_requests 100000000; }}\n \
          server {{ listen 127.0.0.1:{port} reuseport backlog=4096; listen 127.0.0.1:{h2_port} http2 reuseport backlog=4096;\n  \
          location / {{ proxy_pass http://backend; \
@@ -628,18 +638,7 @@ struct HangarProxy {
 }
 
 impl HangarProxy {
-    async fn start(threads: usize, backend_port: u16, echo_port: u16) -> anyhow::Result<HangarProxy> {
-        let plane = ScriptedPlane {
-            address: format!("127.0.0.1:{backend_port}"),
-            ws_address: format!("127.0.0.1:{echo_port}"),
-        };
-        let control = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let control_url = format!("http://{}", control.local_addr()?);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(v1::proxy_service_server::ProxyServiceServer::new(plane))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(control)),
-        );
+    async fn start(control_url: String, threads: usize) -> anyhow::Result<HangarProxy> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("hangar-proxy")
@@ -668,6 +667,80 @@ impl Drop for HangarProxy {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Serves a [`ScriptedPlane`] on 127.0.0.1:0; its `http://` URL.
+async fn start_plane(backend_port: u16, echo_port: u16) -> anyhow::Result<String> {
+    let plane =
+        ScriptedPlane { address: format!("127.0.0.1:{backend_port}"), ws_address: format!("127.0.0.1:{echo_port}") };
+    let control = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let control_url = format!("http://{}", control.local_addr()?);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(v1::proxy_service_server::ProxyServiceServer::new(plane))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(control)),
+    );
+    Ok(control_url)
+}
+
+/// The memory of idle WebSockets through Hangar's proxy: `hangar-server proxy` as a process of its
+/// own (so that its resident memory is its alone), `wanted` WebSockets opened through it to the
+/// echo backend, one round trip each, then left idle. Returns how many were opened (fewer than
+/// `wanted` when the open-file limit does not allow two descriptors each, here and in the proxy)
+/// and the proxy's resident memory growth per WebSocket, in bytes.
+async fn idle_websocket_memory(control_url: &str, wanted: usize) -> anyhow::Result<(usize, f64)> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let n = wanted.min(open_file_limit()?.saturating_sub(1024) / 2);
+    anyhow::ensure!(n > 0, "the open-file limit leaves no room for idle WebSockets");
+    let server = std::env::current_exe()?.with_file_name("hangar-server");
+    anyhow::ensure!(server.exists(), "{} is missing: scripts/bench builds it", server.display());
+    let port = crate::procs::free_port()?;
+    let mut command = tokio::process::Command::new(&server);
+    command.args(["proxy", "--controller", control_url, "--listen", &format!("127.0.0.1:{port}")]);
+    command.args(["--admin-listen", "off", "--name", "bench-idle-proxy"]).stderr(Stdio::null());
+    let child = crate::procs::spawn_owned(command)?;
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("the proxy exited at once"))?;
+    let url = format!("ws://127.0.0.1:{port}/{WS_TOKEN}/ws");
+    let began = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        anyhow::ensure!(began.elapsed() < Duration::from_secs(10), "{} proxy did not listen", server.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One WebSocket first: the route is cached and the runtime's threads and buffers are there.
+    ws_echo(&url, 1, Duration::from_millis(100)).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = crate::procs::rss_bytes(pid)?;
+    let open = |_| {
+        let url = url.clone();
+        async move {
+            let (mut socket, _) = tokio_tungstenite::connect_async(&url).await?;
+            socket.send(Message::text(WS_MESSAGE)).await?;
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) if text.as_str() == WS_MESSAGE => Ok(socket),
+                other => Err(anyhow::anyhow!("no echo on an idle WebSocket: {other:?}")),
+            }
+        }
+    };
+    let sockets: Vec<_> = futures::stream::iter(0..n).map(open).buffer_unordered(64).collect().await;
+    let sockets = sockets.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    // Idle: what the proxy holds for each once nothing moves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = crate::procs::rss_bytes(pid)?;
+    drop(sockets);
+    drop(child);
+    Ok((n, after.saturating_sub(before) as f64 / n as f64))
+}
+
+/// This process's soft limit on open files (children inherit it).
+fn open_file_limit() -> anyhow::Result<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .ok_or_else(|| anyhow::anyhow!("no open-file limit in /proc/self/limits"))?;
+    let soft = line.split_whitespace().nth(3).ok_or_else(|| anyhow::anyhow!("bad limits line {line:?}"))?;
+    Ok(if soft == "unlimited" { usize::MAX } else { soft.parse()? })
 }
 
 /// Answers every lookup of the benchmark's tokens with the READY backend, as a controller does for

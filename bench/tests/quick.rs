@@ -97,10 +97,13 @@ fn proxy_quick_pass_serves_the_same_bytes_directly_through_nginx_and_through_han
             "hangar_ws_echo_per_s",
             "nginx_ws_echo_per_s",
             "ws_ratio",
+            "ws_idle",
+            "ws_idle_kib_each",
         ],
     );
     assert!(figures["hangar_rps"] > 0.0 && figures["nginx_rps"] > 0.0 && figures["ratio"] > 0.0, "{figures:?}");
     assert!(figures["hangar_h2_rps"] > 0.0 && figures["hangar_ws_echo_per_s"] > 0.0, "{figures:?}");
+    assert_eq!(figures["ws_idle"], 500.0, "{figures:?}");
 }
 
 #[test]
