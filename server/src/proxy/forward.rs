@@ -4,6 +4,7 @@
 use super::routes::{CachedRoute, ConnRoute, Lookup, RouteCache};
 use super::traffic::Traffic;
 use bytes::Bytes;
+use futures::FutureExt;
 use hangar::domain::BackendState;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -435,26 +436,51 @@ async fn tunnel(
     }
 }
 
-/// Copies `from` to `to` until `from` ends or `stop`; see [`tunnel`].
+/// How much an upgraded connection reads at once, per direction, while bytes flow.
+const TUNNEL_BUFFER: usize = 16 * 1024;
+
+/// Copies `from` to `to` until `from` ends or `stop`; see [`tunnel`]. The buffer is held only
+/// while bytes flow: an idle direction waits for its next byte in a one-byte read and frees the
+/// buffer, so that an idle WebSocket costs the proxy no buffer of its own.
 async fn pump<R, W>(mut from: R, mut to: W, close_frame: Option<&[u8]>, stop: &CancellationToken) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut frames = Frames::default();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf: Vec<u8> = Vec::new();
     let mut stopping = false;
     loop {
+        stopping |= stop.is_cancelled();
         if stopping && (close_frame.is_none() || frames.at_boundary()) {
             break;
         }
-        let n = tokio::select! {
-            biased;
-            _ = stop.cancelled(), if !stopping => {
-                stopping = true;
-                continue;
+        let n = if buf.is_empty() {
+            // Idle: wait for the next byte with no buffer held.
+            let mut first = [0u8; 1];
+            let n = tokio::select! {
+                biased;
+                _ = stop.cancelled(), if !stopping => continue,
+                n = from.read(&mut first) => n?,
+            };
+            if n == 0 {
+                return to.shutdown().await;
             }
-            n = from.read(&mut buf) => n?,
+            buf = vec![0u8; TUNNEL_BUFFER];
+            buf[0] = first[0];
+            // And whatever else has come with it, without waiting.
+            1 + match from.read(&mut buf[1..]).now_or_never() {
+                Some(n) => n?,
+                None => 0,
+            }
+        } else {
+            match from.read(&mut buf).now_or_never() {
+                Some(n) => n?,
+                None => {
+                    buf = Vec::new();
+                    continue;
+                }
+            }
         };
         if n == 0 {
             return to.shutdown().await;
@@ -476,6 +502,7 @@ where
     to.shutdown().await?;
     // Read (and drop) what the peer still sends, its close frame, until it closes: closing with
     // unread data would reset the connection under it.
+    buf.resize(TUNNEL_BUFFER, 0);
     let _ = tokio::time::timeout(TUNNEL_CLOSE_WAIT, async { while from.read(&mut buf).await.is_ok_and(|n| n > 0) {} })
         .await;
     Ok(())
