@@ -438,10 +438,14 @@ async fn tunnel(
 
 /// How much an upgraded connection reads at once, per direction, while bytes flow.
 const TUNNEL_BUFFER: usize = 16 * 1024;
+/// How much an idle direction reads when bytes come: a small message (a keystroke, an echo)
+/// passes through this without the large buffer.
+const TUNNEL_IDLE_READ: usize = 512;
 
-/// Copies `from` to `to` until `from` ends or `stop`; see [`tunnel`]. The buffer is held only
-/// while bytes flow: an idle direction waits for its next byte in a one-byte read and frees the
-/// buffer, so that an idle WebSocket costs the proxy no buffer of its own.
+/// Copies `from` to `to` until `from` ends or `stop`; see [`tunnel`]. The large buffer is held
+/// only while bytes flow: an idle direction waits in a small read and frees it, so that an idle
+/// WebSocket costs the proxy no copy buffer; a read that fills the small one takes the large one
+/// for what follows.
 async fn pump<R, W>(mut from: R, mut to: W, close_frame: Option<&[u8]>, stop: &CancellationToken) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -450,51 +454,44 @@ where
     let mut frames = Frames::default();
     let mut buf: Vec<u8> = Vec::new();
     let mut stopping = false;
+    let websocket = close_frame.is_some();
     loop {
         stopping |= stop.is_cancelled();
-        if stopping && (close_frame.is_none() || frames.at_boundary()) {
+        if stopping && (!websocket || frames.at_boundary()) {
             break;
         }
-        let n = if buf.is_empty() {
-            // Idle: wait for the next byte with no buffer held.
-            let mut first = [0u8; 1];
+        if buf.is_empty() {
+            let mut small = [0u8; TUNNEL_IDLE_READ];
             let n = tokio::select! {
                 biased;
                 _ = stop.cancelled(), if !stopping => continue,
-                n = from.read(&mut first) => n?,
+                n = from.read(&mut small) => n?,
             };
             if n == 0 {
                 return to.shutdown().await;
             }
-            buf = vec![0u8; TUNNEL_BUFFER];
-            buf[0] = first[0];
-            // And whatever else has come with it, without waiting.
-            1 + match from.read(&mut buf[1..]).now_or_never() {
-                Some(n) => n?,
-                None => 0,
+            if n < TUNNEL_IDLE_READ {
+                pass_on(&mut to, &small[..n], &mut frames, websocket, stopping).await?;
+                continue;
             }
+            // More may be waiting: take it in the large buffer, without waiting.
+            buf = vec![0u8; TUNNEL_BUFFER];
+            buf[..n].copy_from_slice(&small);
+            let more = match from.read(&mut buf[n..]).now_or_never() {
+                Some(more) => more?,
+                None => 0,
+            };
+            pass_on(&mut to, &buf[..n + more], &mut frames, websocket, stopping).await?;
         } else {
             match from.read(&mut buf).now_or_never() {
-                Some(n) => n?,
-                None => {
-                    buf = Vec::new();
-                    continue;
-                }
+                Some(n) => match n? {
+                    0 => return to.shutdown().await,
+                    n => pass_on(&mut to, &buf[..n], &mut frames, websocket, stopping).await?,
+                },
+                // Nothing more for now: idle again, without the buffer.
+                None => buf = Vec::new(),
             }
-        };
-        if n == 0 {
-            return to.shutdown().await;
         }
-        let upto = match close_frame {
-            None => n,
-            // Once stopping, nothing after the end of the current frame is passed on.
-            Some(_) if stopping => frames.feed_to_boundary(&buf[..n]),
-            Some(_) => {
-                frames.feed(&buf[..n]);
-                n
-            }
-        };
-        to.write_all(&buf[..upto]).await?;
     }
     if let Some(close_frame) = close_frame {
         to.write_all(close_frame).await?;
@@ -506,6 +503,26 @@ where
     let _ = tokio::time::timeout(TUNNEL_CLOSE_WAIT, async { while from.read(&mut buf).await.is_ok_and(|n| n > 0) {} })
         .await;
     Ok(())
+}
+
+/// Writes `data` to `to`, keeping track of WebSocket frames; once stopping, nothing after the end
+/// of the current frame is passed on.
+async fn pass_on<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    data: &[u8],
+    frames: &mut Frames,
+    websocket: bool,
+    stopping: bool,
+) -> std::io::Result<()> {
+    let upto = if !websocket {
+        data.len()
+    } else if stopping {
+        frames.feed_to_boundary(data)
+    } else {
+        frames.feed(data);
+        data.len()
+    };
+    to.write_all(&data[..upto]).await
 }
 
 /// Where a WebSocket byte stream is between frames (RFC 6455 §5.2), so that a drain never cuts a
