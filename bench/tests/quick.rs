@@ -74,14 +74,36 @@ fn list_quick_pass_lists_every_node_next_to_etcd() {
 fn proxy_quick_pass_serves_the_same_bytes_directly_through_nginx_and_through_hangar() {
     // `wrk -v` exits 1: that it starts is what counts.
     let present = |bin: &str| Command::new(bin).arg("-v").output().is_ok();
-    if !(present("nginx") && present("wrk")) {
-        // Allowed only where they cannot be installed; scripts/bench installs them (apt-get install nginx wrk).
-        eprintln!("\n!!!!! SKIPPED: nginx or wrk is missing, so the proxy benchmark's quick pass did not run !!!!!\n");
+    if !(present("nginx") && present("wrk") && present("h2load")) {
+        // Allowed only where they cannot be installed; scripts/bench installs them
+        // (apt-get install nginx wrk nghttp2-client).
+        eprintln!(
+            "\n!!!!! SKIPPED: nginx, wrk or h2load is missing, so the proxy benchmark's quick pass did not run !!!!!\n"
+        );
         return;
     }
-    let figures =
-        quick_pass("proxy", &["hangar_rps", "nginx_rps", "ratio", "hangar_p99_ms", "nginx_p99_ms", "added_p99_ms"]);
+    let figures = quick_pass(
+        "proxy",
+        &[
+            "hangar_rps",
+            "nginx_rps",
+            "ratio",
+            "hangar_p99_ms",
+            "nginx_p99_ms",
+            "added_p99_ms",
+            "hangar_h2_rps",
+            "nginx_h2_rps",
+            "h2_ratio",
+            "hangar_ws_echo_per_s",
+            "nginx_ws_echo_per_s",
+            "ws_ratio",
+            "ws_idle",
+            "ws_idle_kib_each",
+        ],
+    );
     assert!(figures["hangar_rps"] > 0.0 && figures["nginx_rps"] > 0.0 && figures["ratio"] > 0.0, "{figures:?}");
+    assert!(figures["hangar_h2_rps"] > 0.0 && figures["hangar_ws_echo_per_s"] > 0.0, "{figures:?}");
+    assert_eq!(figures["ws_idle"], 500.0, "{figures:?}");
 }
 
 #[test]

@@ -3,8 +3,10 @@
 //! binaries for tests that act as a user would.
 
 pub mod auth;
+pub mod browser;
 pub mod containers;
 pub mod pki;
+pub mod proxy_plane;
 
 use hangar::v1::{self, drone_service_client::DroneServiceClient, node_service_client::NodeServiceClient};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig, RunningController};

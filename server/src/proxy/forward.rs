@@ -4,10 +4,11 @@
 use super::routes::{CachedRoute, ConnRoute, Lookup, RouteCache};
 use super::traffic::Traffic;
 use bytes::Bytes;
+use futures::FutureExt;
 use hangar::domain::BackendState;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -45,6 +46,10 @@ pub enum ProxyError {
     BackendUnreachable,
     #[error("no controller answers; cannot look the route up")]
     ControllerUnavailable,
+    #[error("extended CONNECT is served for the websocket protocol only")]
+    UnsupportedProtocol,
+    #[error("the backend answered the WebSocket request without switching protocols")]
+    UpgradeRefused,
 }
 
 impl ProxyError {
@@ -56,6 +61,8 @@ impl ProxyError {
             ProxyError::BackendStarting => (StatusCode::SERVICE_UNAVAILABLE, "backend-starting"),
             ProxyError::BackendUnreachable => (StatusCode::BAD_GATEWAY, "backend-unreachable"),
             ProxyError::ControllerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "controller-unavailable"),
+            ProxyError::UnsupportedProtocol => (StatusCode::NOT_IMPLEMENTED, "unsupported-protocol"),
+            ProxyError::UpgradeRefused => (StatusCode::BAD_GATEWAY, "upgrade-refused"),
         }
     }
 
@@ -155,9 +162,13 @@ impl Forwarder {
     }
 
     async fn answer(&self, mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
+        let kind = match UpgradeKind::of(&req) {
+            Ok(kind) => kind,
+            Err(err) => return err.response(),
+        };
+        let upgrade = kind.is_some();
         // Taken before the request is split up; dropped unused if the request is not forwarded.
-        let upgrade = wants_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = kind.map(|kind| ClientUpgrade { on: hyper::upgrade::on(&mut req), kind });
         let (mut parts, body) = req.into_parts();
         let Some((token, rest)) = split_target(&parts.uri) else {
             return ProxyError::NoToken.response();
@@ -186,6 +197,9 @@ impl Forwarder {
         };
         parts.version = Version::HTTP_11;
         backend_headers(&mut parts.headers, &route, conn, upgrade);
+        if kind == Some(UpgradeKind::ExtendedConnect) {
+            as_http1_websocket_upgrade(&mut parts);
+        }
         let span = forward_span(&mut parts, &route);
         let backend = if own { Some((conn, &authority)) } else { None };
         let forwarded = self
@@ -249,7 +263,7 @@ impl Forwarder {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        client_upgrade: Option<ClientUpgrade>,
         route: &CachedRoute,
         own: Option<(&Conn, &Authority)>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -268,22 +282,94 @@ impl Forwarder {
             tracing::info!(%backend_id, address = %route.route.address, error = %err, "backend unreachable");
             ProxyError::BackendUnreachable
         })?;
+        let extended_connect = client_upgrade.as_ref().is_some_and(|u| u.kind == UpgradeKind::ExtendedConnect);
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
             let backend_upgrade = hyper::upgrade::on(&mut response);
             let (backend_id, traffic, stop) = (backend_id.clone(), self.traffic.clone(), self.stop.clone());
             self.tasks.spawn(async move {
-                match tokio::try_join!(client_upgrade, backend_upgrade) {
+                match tokio::try_join!(client_upgrade.on, backend_upgrade) {
                     Ok((client, backend)) => tunnel(client, backend, websocket, &backend_id, &traffic, &stop).await,
                     Err(err) => tracing::info!(%backend_id, error = %err, "upgrade failed"),
                 }
             });
+            if extended_connect {
+                return Ok(extended_connect_accepted(response));
+            }
         } else {
+            // A success other than 101 would open a tunnel to an HTTP/2 client that the backend
+            // never agreed to (RFC 8441 §5); a refusal (4xx, 5xx) is passed back as it is.
+            if extended_connect && response.status().is_success() {
+                tracing::info!(%backend_id, status = %response.status(), "backend did not switch to WebSocket");
+                return Err(ProxyError::UpgradeRefused);
+            }
             strip_hop_by_hop(response.headers_mut(), false);
         }
         Ok(response.map(|body| body.boxed()))
     }
+}
+
+/// How a client asks for a connection that outlives its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpgradeKind {
+    /// HTTP/1.1 `Connection: upgrade` (RFC 9110 §7.8): forwarded as it is.
+    Http1,
+    /// HTTP/2 extended CONNECT with `:protocol = websocket` (RFC 8441): forwarded as an HTTP/1.1
+    /// WebSocket upgrade, whose 101 the HTTP/2 client gets as a 200.
+    ExtendedConnect,
+}
+
+impl UpgradeKind {
+    fn of(req: &Request<Incoming>) -> Result<Option<UpgradeKind>, ProxyError> {
+        if req.method() == Method::CONNECT {
+            return match req.extensions().get::<hyper::ext::Protocol>() {
+                Some(protocol) if protocol.as_str().eq_ignore_ascii_case("websocket") => {
+                    Ok(Some(UpgradeKind::ExtendedConnect))
+                }
+                Some(_) => Err(ProxyError::UnsupportedProtocol),
+                // A plain CONNECT names a host, not a path: it has no token.
+                None => Err(ProxyError::NoToken),
+            };
+        }
+        Ok(wants_upgrade(req.headers()).then_some(UpgradeKind::Http1))
+    }
+}
+
+/// The client's side of an upgrade, ready once its answer is sent.
+struct ClientUpgrade {
+    on: hyper::upgrade::OnUpgrade,
+    kind: UpgradeKind,
+}
+
+/// Turns an extended CONNECT (already given the backend's headers) into the HTTP/1.1 request
+/// RFC 6455 §4.1 describes: `GET` with `Upgrade: websocket` and a fresh `Sec-WebSocket-Key`.
+/// `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` are the client's, passed on as they
+/// are; the request has no body (hyper gives a CONNECT stream's data to the upgrade).
+fn as_http1_websocket_upgrade(parts: &mut http::request::Parts) {
+    use base64::Engine;
+    parts.method = Method::GET;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    let headers = &mut parts.headers;
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    headers.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::try_from(key).expect("base64 is a valid header value"));
+}
+
+/// The HTTP/2 client's answer to a WebSocket the backend accepted: 200 with the backend's
+/// headers (its chosen subprotocol and extensions among them), without those of the HTTP/1.1
+/// handshake, and no body: the stream is the WebSocket from here on (RFC 8441 §5).
+fn extended_connect_accepted(backend: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, _) = backend.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.status = StatusCode::OK;
+    parts.extensions = http::Extensions::new();
+    Response::from_parts(parts, http_body_util::Empty::new().map_err(|never| match never {}).boxed())
 }
 
 /// Sends `req` over the client connection's own backend connection, made on first use (or when
@@ -366,40 +452,62 @@ async fn tunnel(
     }
 }
 
-/// Copies `from` to `to` until `from` ends or `stop`; see [`tunnel`].
+/// How much an upgraded connection reads at once, per direction, while bytes flow.
+const TUNNEL_BUFFER: usize = 16 * 1024;
+/// How much an idle direction reads when bytes come: a small message (a keystroke, an echo)
+/// passes through this without the large buffer.
+const TUNNEL_IDLE_READ: usize = 512;
+
+/// Copies `from` to `to` until `from` ends or `stop`; see [`tunnel`]. The large buffer is held
+/// only while bytes flow: an idle direction waits in a small read and frees it, so that an idle
+/// WebSocket costs the proxy no copy buffer; a read that fills the small one takes the large one
+/// for what follows.
 async fn pump<R, W>(mut from: R, mut to: W, close_frame: Option<&[u8]>, stop: &CancellationToken) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut frames = Frames::default();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf: Vec<u8> = Vec::new();
     let mut stopping = false;
+    let websocket = close_frame.is_some();
     loop {
-        if stopping && (close_frame.is_none() || frames.at_boundary()) {
+        stopping |= stop.is_cancelled();
+        if stopping && (!websocket || frames.at_boundary()) {
             break;
         }
-        let n = tokio::select! {
-            biased;
-            _ = stop.cancelled(), if !stopping => {
-                stopping = true;
+        if buf.is_empty() {
+            let mut small = [0u8; TUNNEL_IDLE_READ];
+            let n = tokio::select! {
+                biased;
+                _ = stop.cancelled(), if !stopping => continue,
+                n = from.read(&mut small) => n?,
+            };
+            if n == 0 {
+                return to.shutdown().await;
+            }
+            if n < TUNNEL_IDLE_READ {
+                pass_on(&mut to, &small[..n], &mut frames, websocket, stopping).await?;
                 continue;
             }
-            n = from.read(&mut buf) => n?,
-        };
-        if n == 0 {
-            return to.shutdown().await;
-        }
-        let upto = match close_frame {
-            None => n,
-            // Once stopping, nothing after the end of the current frame is passed on.
-            Some(_) if stopping => frames.feed_to_boundary(&buf[..n]),
-            Some(_) => {
-                frames.feed(&buf[..n]);
-                n
+            // More may be waiting: take it in the large buffer, without waiting.
+            buf = vec![0u8; TUNNEL_BUFFER];
+            buf[..n].copy_from_slice(&small);
+            let more = match from.read(&mut buf[n..]).now_or_never() {
+                Some(more) => more?,
+                None => 0,
+            };
+            pass_on(&mut to, &buf[..n + more], &mut frames, websocket, stopping).await?;
+        } else {
+            match from.read(&mut buf).now_or_never() {
+                Some(n) => match n? {
+                    0 => return to.shutdown().await,
+                    n => pass_on(&mut to, &buf[..n], &mut frames, websocket, stopping).await?,
+                },
+                // Nothing more for now: idle again, without the buffer.
+                None => buf = Vec::new(),
             }
-        };
-        to.write_all(&buf[..upto]).await?;
+        }
     }
     if let Some(close_frame) = close_frame {
         to.write_all(close_frame).await?;
@@ -407,9 +515,30 @@ where
     to.shutdown().await?;
     // Read (and drop) what the peer still sends, its close frame, until it closes: closing with
     // unread data would reset the connection under it.
+    buf.resize(TUNNEL_BUFFER, 0);
     let _ = tokio::time::timeout(TUNNEL_CLOSE_WAIT, async { while from.read(&mut buf).await.is_ok_and(|n| n > 0) {} })
         .await;
     Ok(())
+}
+
+/// Writes `data` to `to`, keeping track of WebSocket frames; once stopping, nothing after the end
+/// of the current frame is passed on.
+async fn pass_on<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    data: &[u8],
+    frames: &mut Frames,
+    websocket: bool,
+    stopping: bool,
+) -> std::io::Result<()> {
+    let upto = if !websocket {
+        data.len()
+    } else if stopping {
+        frames.feed_to_boundary(data)
+    } else {
+        frames.feed(data);
+        data.len()
+    };
+    to.write_all(&data[..upto]).await
 }
 
 /// Where a WebSocket byte stream is between frames (RFC 6455 §5.2), so that a drain never cuts a

@@ -2,7 +2,8 @@
 //! `/rest…`. Routes come from the controller (`ProxyService.LookupRoute`), are cached, and are
 //! dropped when the controller says the backend went away; traffic is reported back in batches
 //! for the idle sweep. HTTP/1.1 and HTTP/2 (h2c) from clients, WebSocket upgrades passed through
-//! both ways, bodies streamed without buffering.
+//! both ways (HTTP/1.1 upgrades, and HTTP/2 extended CONNECT as RFC 8441 has it), bodies
+//! streamed without buffering.
 
 mod attach;
 mod forward;
@@ -238,7 +239,10 @@ where
         let (forwarder, conn) = (forwarder.clone(), conn.clone());
         async move { Ok::<_, std::convert::Infallible>(forwarder.handle(req, &conn).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // WebSockets over HTTP/2 (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL, and `:protocol` on
+    // requests.
+    builder.http2().enable_connect_protocol();
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     tokio::select! {
