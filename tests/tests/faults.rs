@@ -353,8 +353,8 @@ fn error_code(err: &hangar_client::ClientError) -> String {
 
 /// A controller killed with SIGKILL under a Connect/terminate load, and replaced by a new one
 /// on the same database: the recorded history (Connect answers, the backends' own reports of key
-/// and fencing token, how every backend ended) passes the checker. Connects sent to the dead
-/// controller fail (the SDK talks to one controller); none that was answered is lost.
+/// and fencing token, how every backend ended) passes the checker. The SDK clients are given
+/// both controllers: no Connect or termination fails, and none that was answered is lost.
 #[tokio::test]
 async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_violations() {
     hangar_tests::init_logging();
@@ -377,10 +377,14 @@ async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_vi
         drones.push(drone);
     }
     let sdk = |url: &str| HangarClient::connect_lazy(url, Default::default()).unwrap();
-    let clients = Arc::new(std::sync::Mutex::new(vec![sdk(&a.url), sdk(&b.url)]));
+    // Each SDK client is given both controllers and fails over between them; half the calls go
+    // first to the controller that dies.
+    let clients = Arc::new(std::sync::Mutex::new(vec![
+        sdk(&format!("{},{}", a.url, b.url)),
+        sdk(&format!("{},{}", b.url, a.url)),
+    ]));
     // Both controllers see both drones before the load starts.
-    let both = clients.lock().unwrap().clone();
-    for client in both {
+    for client in [sdk(&a.url), sdk(&b.url)] {
         eventually(WAIT, "two drones READY", async || {
             let nodes = client.list_all_nodes(&Default::default()).await.unwrap();
             check(nodes.nodes.iter().filter(|n| n.state == hangar::domain::NodeState::Ready).count(), |n| *n >= 2)
@@ -405,7 +409,9 @@ async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_vi
     a.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let replacement = ControllerProcess::spawn_with(&database, &args);
-    clients.lock().unwrap()[0] = sdk(&replacement.url);
+    // The replacement listens on a new port (port 0): the clients are told of it.
+    *clients.lock().unwrap() =
+        vec![sdk(&format!("{},{}", replacement.url, b.url)), sdk(&format!("{},{}", b.url, replacement.url))];
     watched.lock().unwrap()[0] = replacement.url.clone();
     let replaced_at = recorder.now();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -452,6 +458,8 @@ async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_vi
         history.watchers[0].received.len(),
     );
     assert!(answered >= 10 && history.lives.len() >= 2 * KEYS, "the load ran: {answered} answered Connects");
+    // Keyed Connects and terminations are idempotent: the SDK moves them to the survivor.
+    assert!(failures.is_empty(), "idempotent SDK calls failed while one controller of two was down: {failures:?}");
     assert!(
         history.watchers[0].received.iter().any(|r| *r > killed_revision),
         "the watcher resumed past the kill: {:?}",

@@ -20,11 +20,12 @@ use chrono::{DateTime, Utc};
 use hangar::domain::{BackendState, timestamp_from_proto};
 use hangar::v1::{LookupRouteRequest, proxy_service_client::ProxyServiceClient};
 use hangar_client::HangarChannel;
+use hangar_client::failover::{Health, try_order};
 use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Header naming the backend a request was routed to; set by the proxy, never taken from the
@@ -41,11 +42,6 @@ pub const STALE_GRACE: Duration = Duration::from_secs(60);
 /// last controller tried gets [`LAST_TRY_TIMEOUT`]: a slow answer beats none.
 const TRY_TIMEOUT: Duration = Duration::from_secs(1);
 const LAST_TRY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a controller that failed a lookup is tried only after the others; doubled for each
-/// failure in a row, up to [`MAX_COOLDOWN`].
-const FIRST_COOLDOWN: Duration = Duration::from_millis(500);
-const MAX_COOLDOWN: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -159,39 +155,23 @@ impl ConnRoute {
     }
 }
 
-/// One controller lookups go to, and how it has been answering.
+/// One controller lookups go to, and how it has been answering (the cooldown the SDK's calls
+/// use too: `hangar_client::failover`).
 struct LookupTarget {
     url: String,
     client: ProxyServiceClient<HangarChannel>,
-    health: Mutex<TargetHealth>,
-}
-
-#[derive(Default)]
-struct TargetHealth {
-    /// Failed lookups in a row.
-    failures: u32,
-    /// Until then the controller is tried only after the others.
-    cooling_until: Option<Instant>,
+    health: Health,
 }
 
 impl LookupTarget {
-    fn is_cooling(&self, now: Instant) -> bool {
-        self.health.lock().unwrap().cooling_until.is_some_and(|until| now < until)
-    }
-
     fn answered(&self) {
-        let mut health = self.health.lock().unwrap();
-        if health.failures > 0 {
+        if self.health.answered() {
             tracing::info!(controller = %self.url, "route lookups answered again");
         }
-        *health = TargetHealth::default();
     }
 
     fn failed(&self, why: &str) {
-        let mut health = self.health.lock().unwrap();
-        let cooldown = FIRST_COOLDOWN.saturating_mul(1 << health.failures.min(8)).min(MAX_COOLDOWN);
-        health.failures = health.failures.saturating_add(1);
-        health.cooling_until = Some(Instant::now() + cooldown);
+        let cooldown = self.health.failed();
         tracing::warn!(controller = %self.url, ?cooldown, "route lookup failed, trying the next controller: {why}");
     }
 }
@@ -221,7 +201,7 @@ impl RouteCache {
             .map(|(url, channel)| LookupTarget {
                 url,
                 client: ProxyServiceClient::new(channel),
-                health: Mutex::new(TargetHealth::default()),
+                health: Health::default(),
             })
             .collect();
         RouteCache { controllers, next: AtomicUsize::new(0), ttl, entries: RwLock::new(HashMap::new()) }
@@ -300,18 +280,14 @@ impl RouteCache {
     ///
     fn all_cooling(&self) -> bool {
         let now = Instant::now();
-        self.controllers.iter().all(|target| target.is_cooling(now))
+        self.controllers.iter().all(|target| target.health.is_cooling(now))
     }
 
     /// `patient`: the last controller tried is given [`LAST_TRY_TIMEOUT`] (nothing else to serve).
     async fn fetch(&self, token: &str, patient: bool) -> Lookup {
-        let now = Instant::now();
         let n = self.controllers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let rotation = (0..n).map(|i| (start + i) % n);
-        let (cooling, mut order): (Vec<usize>, Vec<usize>) =
-            rotation.partition(|&i| self.controllers[i].is_cooling(now));
-        order.extend(cooling);
+        let order = try_order(self.controllers.iter().map(|target| &target.health), start);
         let mut failures = Vec::new();
         for (tried, &i) in order.iter().enumerate() {
             let target = &self.controllers[i];
@@ -499,7 +475,7 @@ mod failover {
     }
 
     fn failures(cache: &RouteCache, i: usize) -> u32 {
-        cache.controllers[i].health.lock().unwrap().failures
+        cache.controllers[i].health.failures()
     }
 
     #[tokio::test]
