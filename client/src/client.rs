@@ -108,9 +108,9 @@ impl HangarClient {
     /// are read now.
     ///
     /// `urls` is one controller URL or several, comma-separated, of one cluster. With several,
-    /// they are tried in order until one connects (that one fails the call if none does, with
-    /// the first error); the others are connected on first use, and those that did not connect
-    /// now start in their cooldown.
+    /// they are tried in order until one connects, and the call fails with the first error if
+    /// none does; the others are connected on first use, and those that did not connect now
+    /// start in their cooldown.
     pub async fn connect_with(urls: &str, options: ClientOptions) -> Result<Self, ClientError> {
         let client = Self::connect_lazy(urls, options)?;
         let mut first_error = None;
