@@ -2,8 +2,9 @@
 //!
 //! Lookups go to one controller at a time, round-robin, and fail over at once: a lookup that a
 //! controller does not answer (refused, reset, timed out, unavailable) is sent to the next one in
-//! the same request, and the controller that failed is skipped by later lookups for a cooldown
-//! that doubles while it keeps failing. One of two controllers dying therefore costs no request
+//! the same request, and the controller that failed is tried last by later lookups for a
+//! cooldown that doubles while it keeps failing (the SDK's cooldown: `hangar_client::failover`).
+//! One of two controllers dying therefore costs no request
 //! an error, only the first one a failed try. While no controller answers at all, a route to a
 //! READY backend that is cached but past its ttl is still served for up to [`STALE_GRACE`] (never
 //! past the token's expiry): the backend does not depend on the control plane to keep serving.
@@ -275,21 +276,21 @@ impl RouteCache {
         }
     }
 
-    /// Asks the controllers in turn, starting with the next one round-robin and leaving those
-    /// that failed lately for last, until one answers.
-    ///
+    /// Whether every controller failed lately (is in its cooldown).
     fn all_cooling(&self) -> bool {
         let now = Instant::now();
         self.controllers.iter().all(|target| target.health.is_cooling(now))
     }
 
-    /// `patient`: the last controller tried is given [`LAST_TRY_TIMEOUT`] (nothing else to serve).
+    /// Asks the controllers in turn, starting with the next one round-robin and leaving those
+    /// that failed lately for last, until one answers. `patient`: the last controller tried is
+    /// given [`LAST_TRY_TIMEOUT`] (nothing else to serve).
     async fn fetch(&self, token: &str, patient: bool) -> Lookup {
         let n = self.controllers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let order = try_order(self.controllers.iter().map(|target| &target.health), start);
         let mut failures = Vec::new();
-        for (tried, &i) in order.iter().enumerate() {
+        for (tried, i) in order.into_iter().enumerate() {
             let target = &self.controllers[i];
             let timeout = if patient && tried + 1 == n { LAST_TRY_TIMEOUT } else { TRY_TIMEOUT };
             let mut client = target.client.clone();
