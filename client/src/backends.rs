@@ -25,8 +25,12 @@ impl HangarClient {
     /// repeated keyless Connect could start a second one. NO_DRONE_AVAILABLE is never retried.
     pub async fn connect_backend(&self, request: &ConnectRequest) -> Result<Connection, ClientError> {
         let message = request.to_proto();
-        let call = || async { Ok(self.backend_service().connect(self.request(message.clone())).await?.into_inner()) };
-        let response = if request.is_idempotent() { self.options().retry.run(call).await? } else { call().await? };
+        let response = self
+            .call(request.is_idempotent(), |channel| {
+                let request = self.request(message.clone());
+                async move { Ok(BackendServiceClient::new(channel).connect(request).await?.into_inner()) }
+            })
+            .await?;
         Connection::from_proto(&response)
     }
 
@@ -35,9 +39,10 @@ impl HangarClient {
     pub async fn get_backend(&self, id: &str) -> Result<BackendView, ClientError> {
         let message = v1::GetBackendRequest { id: id.to_string() };
         let response = self
-            .options()
-            .retry
-            .run(|| async { Ok(self.backend_service().get_backend(self.request(message.clone())).await?.into_inner()) })
+            .call(true, |channel| {
+                let request = self.request(message.clone());
+                async move { Ok(BackendServiceClient::new(channel).get_backend(request).await?.into_inner()) }
+            })
             .await?;
         required_backend(response.backend.as_ref(), "GetBackendResponse")
     }
@@ -56,10 +61,9 @@ impl HangarClient {
             page_token: page_token.unwrap_or_default().to_string(),
         };
         let response = self
-            .options()
-            .retry
-            .run(|| async {
-                Ok(self.backend_service().list_backends(self.request(message.clone())).await?.into_inner())
+            .call(true, |channel| {
+                let request = self.request(message.clone());
+                async move { Ok(BackendServiceClient::new(channel).list_backends(request).await?.into_inner()) }
             })
             .await?;
         Ok(BackendPage {
@@ -90,12 +94,17 @@ impl HangarClient {
     }
 
     /// Soft-terminates the backend (SIGTERM, then a kill after the grace period) or, with
-    /// `hard`, kills it at once; returns the backend as it is after the request. Not retried: an
-    /// UNAVAILABLE answer leaves it open whether the request was taken (terminating again is
-    /// harmless, so a caller may repeat it).
+    /// `hard`, kills it at once; returns the backend as it is after the request. Terminating a
+    /// backend again changes nothing (a soft request after a hard one does not soften it), so
+    /// the call is retried after UNAVAILABLE, on another controller when there are several.
     pub async fn terminate_backend(&self, id: &str, hard: bool) -> Result<BackendView, ClientError> {
         let message = v1::TerminateBackendRequest { id: id.to_string(), hard };
-        let response = self.backend_service().terminate_backend(self.request(message)).await?.into_inner();
+        let response = self
+            .call(true, |channel| {
+                let request = self.request(message.clone());
+                async move { Ok(BackendServiceClient::new(channel).terminate_backend(request).await?.into_inner()) }
+            })
+            .await?;
         required_backend(response.backend.as_ref(), "TerminateBackendResponse")
     }
 

@@ -17,6 +17,21 @@
 //! according to [`RetryPolicy`]. A listing's `revision` is where a watch starts so that nothing
 //! is missed between the two.
 //!
+//! A cluster's controllers, comma-separated, make one client that fails over between them: each
+//! call goes to the first controller that has not failed lately, and a call that is safe to
+//! repeat (list, get, a keyed Connect, terminate, undrain) and that a controller does not answer
+//! (UNAVAILABLE: refused, reset, no connection within the connect timeout) goes to the next one
+//! at once. The controller that failed is tried last for a cooldown (0.5 s, doubling while it
+//! keeps failing, up to 15 s; the proxy's route lookups use the same, [`failover`]). A keyless
+//! Connect or a drain is never repeated; its UNAVAILABLE reaches the caller. Watches resume on
+//! the next controller:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), hangar_client::ClientError> {
+//! let client = hangar_client::HangarClient::connect("http://ctl-a:7070,http://ctl-b:7070").await?;
+//! # Ok(()) }
+//! ```
+//!
 //! A controller behind TLS with client certificates (mTLS), and a bearer token, take
 //! [`Credentials`] (docs/security.md); [`Credentials::from_env_and_flags`] reads them as the CLI
 //! does:
@@ -62,6 +77,7 @@ pub mod cli;
 mod client;
 mod credentials;
 mod error;
+pub mod failover;
 mod node_store;
 pub mod pem;
 mod retry;

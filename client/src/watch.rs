@@ -333,7 +333,8 @@ fn watch<T: Watched>(
     template: T::Request,
     options: WatchOptions,
 ) -> impl Stream<Item = Result<WatchEvent<T>, ClientError>> + Send + 'static {
-    let controllers: Vec<HangarClient> = std::iter::once(client).chain(options.fallbacks).collect();
+    // A client of several controllers rotates over each of them, then over the fallbacks.
+    let controllers: Vec<HangarClient> = client.split().into_iter().chain(options.fallbacks).collect();
     let retry = options.retry;
     let mut position = options.start_revision.map_or(Position::Snapshot, Position::from_revision);
     async_stream::stream! {

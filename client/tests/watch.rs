@@ -465,6 +465,21 @@ async fn watch_moves_to_the_second_controller_when_the_first_is_down() {
 }
 
 #[tokio::test]
+async fn a_client_of_two_controllers_watches_on_the_second_when_the_first_is_down() {
+    let second = FakeController::start(FakeWatch::new(2, vec![])).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let both = format!("127.0.0.1:{port},{}", second.server.url);
+    let client = HangarClient::connect_lazy(&both, ClientOptions::default()).unwrap();
+
+    let events = ok_events(take(client.watch_nodes(NodeFilter::default(), fast_options()), 1 + 6).await);
+
+    assert_eq!(brief(&events), ["Init", "+a", "+b", "Done@10", "MODIFIED b@11", "MODIFIED b@12"]);
+    let reconnect = reconnects(&events)[0];
+    assert_eq!((reconnect.resume, reconnect.controller.as_str()), (Resume::Relist, second.server.url.as_str()));
+    assert_eq!(second.fake.starts(), [(true, 0)]);
+}
+
+#[tokio::test]
 async fn watch_follows_a_controller_shutdown_to_the_other_controller_without_a_gap() {
     // Both controllers serve the same log, as two controllers on one database do.
     let first = FakeController::start(FakeWatch::new(8, vec![drop_after(6, shutting_down())])).await;

@@ -1,7 +1,9 @@
-//! Faults under load: two controller processes on one real PostgreSQL, a proxy and drones given
-//! both, backends on the process runtime, steady traffic or Connects, and one controller killed
-//! with SIGKILL while it runs. What users of the data plane must not notice, and a recorded
-//! history that the checker (`hangar_testkit::history`) finds no violation in.
+//! Faults under load: two controller processes on one real PostgreSQL, proxies and drones given
+//! both, backends on the process runtime, steady traffic or Connects through SDK clients given
+//! both controllers, and one part killed (a controller, a drone, a proxy: SIGKILL) or restarted
+//! (PostgreSQL) while it runs. What users of the data plane must not notice, a recorded history
+//! that the checker (`hangar_testkit::history`) finds no violation in, and one line of
+//! availability figures per scenario (`chaos-figures ...`, collected by `scripts/chaos`).
 
 use hangar::domain::BackendState;
 use hangar_client::{ConnectRequest, HangarClient, SpawnSpec};
@@ -143,6 +145,7 @@ async fn no_proxied_request_fails_while_one_of_two_controllers_is_killed() {
         began.elapsed(),
         failures.len()
     );
+    print_figures("controller-kill-traffic", None, Some((failures.len(), sent)), Some(drone_moved), None);
     assert!(sent > 100, "the traffic ran: {sent} requests");
     assert!(failures.is_empty(), "proxied requests failed while one controller was dead: {failures:?}");
 
@@ -353,8 +356,8 @@ fn error_code(err: &hangar_client::ClientError) -> String {
 
 /// A controller killed with SIGKILL under a Connect/terminate load, and replaced by a new one
 /// on the same database: the recorded history (Connect answers, the backends' own reports of key
-/// and fencing token, how every backend ended) passes the checker. Connects sent to the dead
-/// controller fail (the SDK talks to one controller); none that was answered is lost.
+/// and fencing token, how every backend ended) passes the checker. The SDK clients are given
+/// both controllers: no Connect or termination fails, and none that was answered is lost.
 #[tokio::test]
 async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_violations() {
     hangar_tests::init_logging();
@@ -377,10 +380,14 @@ async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_vi
         drones.push(drone);
     }
     let sdk = |url: &str| HangarClient::connect_lazy(url, Default::default()).unwrap();
-    let clients = Arc::new(std::sync::Mutex::new(vec![sdk(&a.url), sdk(&b.url)]));
+    // Each SDK client is given both controllers and fails over between them; half the calls go
+    // first to the controller that dies.
+    let clients = Arc::new(std::sync::Mutex::new(vec![
+        sdk(&format!("{},{}", a.url, b.url)),
+        sdk(&format!("{},{}", b.url, a.url)),
+    ]));
     // Both controllers see both drones before the load starts.
-    let both = clients.lock().unwrap().clone();
-    for client in both {
+    for client in [sdk(&a.url), sdk(&b.url)] {
         eventually(WAIT, "two drones READY", async || {
             let nodes = client.list_all_nodes(&Default::default()).await.unwrap();
             check(nodes.nodes.iter().filter(|n| n.state == hangar::domain::NodeState::Ready).count(), |n| *n >= 2)
@@ -405,7 +412,9 @@ async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_vi
     a.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let replacement = ControllerProcess::spawn_with(&database, &args);
-    clients.lock().unwrap()[0] = sdk(&replacement.url);
+    // The replacement listens on a new port (port 0): the clients are told of it.
+    *clients.lock().unwrap() =
+        vec![sdk(&format!("{},{}", replacement.url, b.url)), sdk(&format!("{},{}", b.url, replacement.url))];
     watched.lock().unwrap()[0] = replacement.url.clone();
     let replaced_at = recorder.now();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -451,13 +460,404 @@ async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_vi
         history.lives.len(),
         history.watchers[0].received.len(),
     );
+    print_figures("controller-kill", Some(&failures), None, None, None);
     assert!(answered >= 10 && history.lives.len() >= 2 * KEYS, "the load ran: {answered} answered Connects");
+    // Keyed Connects and terminations are idempotent: the SDK moves them to the survivor.
+    assert!(failures.is_empty(), "idempotent SDK calls failed while one controller of two was down: {failures:?}");
     assert!(
         history.watchers[0].received.iter().any(|r| *r > killed_revision),
         "the watcher resumed past the kill: {:?}",
         history.watchers[0]
     );
     history.check().assert_ok();
+    proxy.shutdown().await;
+    for drone in drones {
+        drone.shutdown().await;
+    }
+}
+
+// ---- The scenarios below share one load and one ending. ----
+
+type Clients = Arc<std::sync::Mutex<Vec<HangarClient>>>;
+type Urls = Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>;
+
+/// Two SDK clients, each given every controller of `urls` (in two orders, so that half the
+/// calls go first to the first controller).
+fn failover_clients(urls: &[String]) -> Clients {
+    let sdk = |list: Vec<&String>| {
+        let list: Vec<&str> = list.iter().map(|u| u.as_str()).collect();
+        HangarClient::connect_lazy(&list.join(","), Default::default()).unwrap()
+    };
+    Arc::new(std::sync::Mutex::new(vec![sdk(urls.iter().collect()), sdk(urls.iter().rev().collect())]))
+}
+
+/// The Connect/terminate load of two workers on [`KEYS`] keys and the observer of every
+/// backend they were answered, recorded for the checker.
+struct Load {
+    recorder: Arc<Recorder>,
+    urls: Urls,
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<std::collections::BTreeMap<String, usize>>>,
+    observer: tokio::task::JoinHandle<Observed>,
+}
+
+impl Load {
+    fn start(clients: Clients) -> Load {
+        let recorder = Arc::new(Recorder::new());
+        let urls: Urls = Default::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let observer = tokio::spawn(observe_backends(recorder.clone(), urls.clone(), stop.clone()));
+        let workers = (0..2)
+            .map(|w| tokio::spawn(connect_load(w, recorder.clone(), clients.clone(), urls.clone(), stop.clone())))
+            .collect();
+        Load { recorder, urls, stop, workers, observer }
+    }
+
+    /// Stops the load, terminates every backend it was answered through `survivor` and waits
+    /// for each to end; the checker must find no violation. Returns the failed calls by call and
+    /// code, the number of answered Connects, and how many backends ended LOST.
+    async fn finish(self, survivor: &HangarClient) -> (std::collections::BTreeMap<String, usize>, usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = std::collections::BTreeMap::<String, usize>::new();
+        for worker in self.workers {
+            for (code, n) in worker.await.unwrap() {
+                *failures.entry(code).or_default() += n;
+            }
+        }
+        let observed = self.observer.await.unwrap();
+        let ids: Vec<String> = self.urls.lock().unwrap().keys().cloned().collect();
+        for id in &ids {
+            survivor.terminate_backend(id, false).await.unwrap();
+        }
+        let mut finals = Vec::new();
+        for id in &ids {
+            let ended = eventually(WAIT, &format!("backend {id} TERMINATED"), async || {
+                check(survivor.get_backend(id).await.unwrap(), |b| b.state == BackendState::Terminated)
+            })
+            .await;
+            let reason = ended.status.termination_reason.map(|r| format!("{r:?}"));
+            finals.push(Final { backend_id: id.clone(), state: "TERMINATED".into(), reason });
+        }
+        self.recorder.record(|history| {
+            history.lives = observed.lives.into_values().collect();
+            history.finals = finals;
+        });
+        let history = self.recorder.history();
+        let answered = history.connects.iter().filter(|c| matches!(c.outcome, ConnectOutcome::Ok { .. })).count();
+        assert!(answered >= 10 && history.lives.len() >= KEYS, "the load ran: {answered} answered Connects");
+        history.check().assert_ok();
+        let lost = history.finals.iter().filter(|f| f.reason.as_deref() == Some("Lost")).count();
+        (failures, answered, lost)
+    }
+}
+
+/// One line of availability figures, the same for every scenario (`scripts/chaos` collects
+/// them): failed SDK calls by call and code, failed proxied requests, time until the drones were
+/// READY again and until a new Connect succeeded (`-` where the scenario does not measure it).
+fn print_figures(
+    scenario: &str,
+    failures: Option<&std::collections::BTreeMap<String, usize>>,
+    proxied: Option<(usize, usize)>,
+    drones_ready: Option<Duration>,
+    connect_ok: Option<Duration>,
+) {
+    let calls = match failures {
+        None => "-".to_string(),
+        Some(failures) if failures.is_empty() => "0".to_string(),
+        Some(failures) => {
+            failures.iter().map(|(code, n)| format!("{code}:{n}")).collect::<Vec<_>>().join(",").replace(' ', "")
+        }
+    };
+    let proxied = proxied.map_or("-".to_string(), |(failed, sent)| format!("{failed}/{sent}"));
+    let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{}ms", d.as_millis()));
+    eprintln!(
+        "chaos-figures scenario={scenario} failed_calls={calls} failed_proxied={proxied} drones_ready_again={} \
+         new_connect_ok={}",
+        ms(drones_ready),
+        ms(connect_ok)
+    );
+}
+
+/// A child process killed with SIGKILL when dropped.
+struct Process(std::process::Child);
+
+impl Process {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn drone_process(controllers: &[String], name: &str, data_dir: &std::path::Path) -> Process {
+    let child = std::process::Command::new(hangar_tests::binary("hangar-drone"))
+        .args(["run", "--controller", &controllers.join(","), "--name", name, "--runtime", "process"])
+        .args(["--admin-listen", "off", "--data-dir"])
+        .arg(data_dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start hangar-drone run");
+    Process(child)
+}
+
+fn proxy_process(controllers: &[String], name: &str, listen: &str) -> Process {
+    let child = std::process::Command::new(hangar_tests::binary("hangar-server"))
+        .args(["proxy", "--controller", &controllers.join(","), "--name", name, "--listen", listen])
+        .args(["--admin-listen", "off"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start hangar-server proxy");
+    Process(child)
+}
+
+/// A loopback address nothing listens on now (bound, then released).
+fn free_address() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+async fn ready_nodes(client: &HangarClient) -> Vec<String> {
+    let nodes = client.list_all_nodes(&Default::default()).await.map(|l| l.nodes).unwrap_or_default();
+    nodes.into_iter().filter(|n| n.state == hangar::domain::NodeState::Ready).map(|n| n.name).collect()
+}
+
+/// Two controllers on `database`, whose Connects send clients to `proxy_url`.
+fn two_controllers(database: &str, proxy_url: &str) -> (ControllerProcess, ControllerProcess) {
+    let args = [std::ffi::OsStr::new("--proxy-url"), std::ffi::OsStr::new(proxy_url)];
+    (ControllerProcess::spawn_with(database, &args), ControllerProcess::spawn_with(database, &args))
+}
+
+fn in_process_drone(controllers: &[String], name: &str) -> drone::DroneHandle {
+    let mut config = DroneConfig::new(controllers.to_vec(), name);
+    config.runtime = Some(Arc::new(ProcessRuntime::new()));
+    config.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+    drone::spawn(config)
+}
+
+/// A drone process SIGKILLed under the Connect load (its backends die with it) and restarted on
+/// its journal a second later: it reports them LOST, keys move on with higher tokens, and no key
+/// ever has two owners.
+#[tokio::test]
+async fn a_drone_killed_and_restarted_under_load_leaves_a_history_without_violations() {
+    hangar_tests::init_logging();
+    let pg = PgCluster::shared().await.unwrap();
+    let database = pg.create_database().await.unwrap();
+    let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
+    let (a, b) = two_controllers(&database, &proxy_url);
+    let controllers = vec![a.url.clone(), b.url.clone()];
+    let proxy = Proxy::start(ProxyConfig::new(controllers.clone(), "edge"), proxy_listener).await.unwrap();
+    let steady = in_process_drone(&controllers, "steady");
+    let journal = tempfile::tempdir().unwrap();
+    let mut victim = drone_process(&controllers, "victim", journal.path());
+    let clients = failover_clients(&controllers);
+    let client = clients.lock().unwrap()[0].clone();
+    eventually(WAIT, "both drones READY", async || check(ready_nodes(&client).await, |n| n.len() >= 2)).await;
+
+    let load = Load::start(clients);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    victim.kill();
+    // The controllers see it gone (its stream reset) before it comes back.
+    eventually(Duration::from_secs(5), "the killed drone not READY", async || {
+        check(ready_nodes(&client).await, |n| !n.iter().any(|n| n == "victim"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1).saturating_sub(killed.elapsed())).await;
+    let restarted = Instant::now();
+    let _victim = drone_process(&controllers, "victim", journal.path());
+    eventually(WAIT, "the restarted drone READY", async || {
+        check(ready_nodes(&client).await, |n| n.iter().any(|n| n == "victim"))
+    })
+    .await;
+    let drones_ready = restarted.elapsed();
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(restarted.elapsed())).await;
+    let (failures, answered, lost) = load.finish(&client).await;
+    eprintln!(
+        "{answered} Connects answered, {lost} backends LOST with the drone; drone killed at 2 s and restarted at 3 s"
+    );
+    assert!(lost >= 1, "the killed drone held backends of the load");
+    print_figures("drone-kill", Some(&failures), None, Some(drones_ready), None);
+    proxy.shutdown().await;
+    steady.shutdown().await;
+}
+
+/// Sends GETs to `path` through the first of `proxies` that answers, until `stop`: a request
+/// that fails on one proxy is sent to the other at once (what a load balancer in front of the
+/// proxies does), and later requests go to the other first. Counts requests sent, requests
+/// that failed on every proxy, and requests moved to another proxy.
+async fn traffic_over_proxies(
+    proxies: Vec<String>,
+    path: String,
+    backend_id: String,
+    stop: Arc<AtomicBool>,
+) -> (usize, usize, usize) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let (mut sent, mut failed, mut moved) = (0, 0, 0);
+    let mut current = 0;
+    while !stop.load(Ordering::Relaxed) {
+        sent += 1;
+        let mut ok = false;
+        for attempt in 0..proxies.len() {
+            let proxy = &proxies[(current + attempt) % proxies.len()];
+            let request = http::Request::get(format!("{proxy}{path}")).body(Default::default()).unwrap();
+            let answered = match tokio::time::timeout(Duration::from_secs(2), client.request(request)).await {
+                Ok(Ok(response)) if response.status() == 200 => {
+                    let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    String::from_utf8_lossy(&body).contains(&backend_id)
+                }
+                _ => false,
+            };
+            if answered {
+                ok = true;
+                if attempt > 0 {
+                    moved += 1;
+                    current = (current + attempt) % proxies.len();
+                }
+                break;
+            }
+        }
+        if !ok {
+            failed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (sent, failed, moved)
+}
+
+/// Two proxy processes in front of one READY backend; one is SIGKILLed while four clients send
+/// requests through it: the requests move to the other proxy and none fails on both. The
+/// Connect load runs throughout (its backends observed through the surviving proxy).
+#[tokio::test]
+async fn a_proxy_killed_under_load_moves_its_traffic_to_the_other_proxy() {
+    hangar_tests::init_logging();
+    let pg = PgCluster::shared().await.unwrap();
+    let database = pg.create_database().await.unwrap();
+    let (doomed_at, survivor_at) = (free_address(), free_address());
+    let (doomed_url, survivor_url) = (format!("http://{doomed_at}"), format!("http://{survivor_at}"));
+    let (a, b) = two_controllers(&database, &survivor_url);
+    let controllers = vec![a.url.clone(), b.url.clone()];
+    let mut doomed = proxy_process(&controllers, "edge-1", &doomed_at);
+    let _survivor = proxy_process(&controllers, "edge-2", &survivor_at);
+    let drone = in_process_drone(&controllers, "worker");
+    let clients = failover_clients(&controllers);
+    let client = clients.lock().unwrap()[0].clone();
+    eventually(WAIT, "the drone READY", async || check(ready_nodes(&client).await, |n| !n.is_empty())).await;
+
+    let backend = hangar_executor::testing::test_backend_binary().display().to_string();
+    let request = ConnectRequest::key("faults", "steady", "v1").spawn(SpawnSpec::new(backend));
+    let connection = eventually(WAIT, "a Connect placed", async || client.connect_backend(&request).await).await;
+    let path = connection.url.strip_prefix(&survivor_url).expect("a URL of the proxy the controllers name").to_string();
+    let probe = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    for proxy in [&doomed_url, &survivor_url] {
+        eventually(WAIT, "the backend READY through both proxies", async || {
+            let request = http::Request::get(format!("{proxy}{path}")).body(Default::default()).unwrap();
+            let status = probe.request(request).await.map(|r| r.status().as_u16()).unwrap_or(0);
+            check(status, |s| *s == 200)
+        })
+        .await;
+    }
+
+    let load = Load::start(clients);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let proxies = vec![doomed_url.clone(), survivor_url.clone()];
+            tokio::spawn(traffic_over_proxies(proxies, path.clone(), connection.backend_id.clone(), stop.clone()))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    doomed.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut failed, mut moved) = (0, 0, 0);
+    for t in traffic {
+        let (s, f, m) = t.await.unwrap();
+        (sent, failed, moved) = (sent + s, failed + f, moved + m);
+    }
+    eprintln!("{sent} requests from {CLIENTS} clients, {moved} moved to the other proxy, {failed} failed on both");
+    assert!(sent > 100 && moved >= CLIENTS, "the traffic ran and moved: {sent} sent, {moved} moved");
+    assert_eq!(failed, 0, "requests failed on both proxies");
+    client.terminate_backend(&connection.backend_id, false).await.unwrap();
+    let (failures, _, _) = load.finish(&client).await;
+    print_figures("proxy-kill", Some(&failures), Some((failed, sent)), None, None);
+    drone.shutdown().await;
+}
+
+/// PostgreSQL stopped for 2 s and started again (its own throwaway cluster) under the Connect
+/// load and steady traffic to a READY backend: no proxied request fails, a new Connect succeeds
+/// within 5 s of the database being back, and the history has no violation.
+#[tokio::test]
+async fn a_postgresql_restart_under_load_keeps_sessions_serving() {
+    hangar_tests::init_logging();
+    let pg = PgCluster::new().await.unwrap();
+    let database = pg.create_database().await.unwrap();
+    let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
+    let (a, b) = two_controllers(&database, &proxy_url);
+    let controllers = vec![a.url.clone(), b.url.clone()];
+    let proxy = Proxy::start(ProxyConfig::new(controllers.clone(), "edge"), proxy_listener).await.unwrap();
+    let drones = [in_process_drone(&controllers, "worker-1"), in_process_drone(&controllers, "worker-2")];
+    let clients = failover_clients(&controllers);
+    let client = clients.lock().unwrap()[0].clone();
+    eventually(WAIT, "two drones READY", async || check(ready_nodes(&client).await, |n| n.len() >= 2)).await;
+    let backend = hangar_executor::testing::test_backend_binary().display().to_string();
+    let request = ConnectRequest::key("faults", "steady", "v1").spawn(SpawnSpec::new(backend.clone()));
+    let connection = eventually(WAIT, "a Connect placed", async || client.connect_backend(&request).await).await;
+    eventually(WAIT, "the backend READY", async || {
+        check(client.get_backend(&connection.backend_id).await.unwrap().state, |s| *s == BackendState::Ready)
+    })
+    .await;
+
+    let load = Load::start(clients);
+    let began = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            tokio::spawn(steady_traffic(connection.url.clone(), connection.backend_id.clone(), began, stop.clone()))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pg.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.start().await.unwrap();
+    let back = Instant::now();
+    let mut fresh = 0;
+    let connect_ok = loop {
+        fresh += 1;
+        let request =
+            ConnectRequest::key("faults", format!("fresh-{fresh}"), "v1").spawn(SpawnSpec::new(backend.clone()));
+        match client.connect_backend(&request).await {
+            Ok(connection) => {
+                client.terminate_backend(&connection.backend_id, false).await.unwrap();
+                break back.elapsed();
+            }
+            Err(err) if back.elapsed() < WAIT => tracing::info!("a Connect after the restart failed: {err}"),
+            Err(err) => panic!("no Connect succeeded within {WAIT:?} of the database's return: {err}"),
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut failed) = (0, Vec::new());
+    for t in traffic {
+        let t = t.await.unwrap();
+        sent += t.sent;
+        failed.extend(t.failures);
+    }
+    client.terminate_backend(&connection.backend_id, false).await.unwrap();
+    let (failures, answered, _) = load.finish(&client).await;
+    eprintln!(
+        "{answered} Connects answered; database down 2 s from 1.5 s; a new Connect succeeded {connect_ok:?} after it was back"
+    );
+    print_figures("postgres-restart", Some(&failures), Some((failed.len(), sent)), None, Some(connect_ok));
+    assert!(failed.is_empty(), "proxied requests failed while the database restarted: {failed:?}");
+    assert!(connect_ok <= Duration::from_secs(5), "a new Connect took {connect_ok:?} after the database was back");
     proxy.shutdown().await;
     for drone in drones {
         drone.shutdown().await;

@@ -16,7 +16,8 @@ use std::time::Duration;
     propagate_version = true
 )]
 pub struct Cli {
-    /// Controller to talk to (http://HOST:PORT, or https://HOST:PORT for TLS).
+    /// Controller to talk to (http://HOST:PORT, or https://HOST:PORT for TLS); several,
+    /// comma-separated, of one cluster are failed over between.
     #[arg(
         long,
         global = true,

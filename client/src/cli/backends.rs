@@ -249,9 +249,9 @@ pub async fn watch_backends(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
     let filter = args.to_filter().map_err(CliError::Usage)?;
-    let (first, fallbacks) = super::nodes::connect_first_reachable(&cli.controller, cli.client_options()?).await?;
-    let options = WatchOptions { bookmark_interval: args.bookmark_interval, fallbacks, ..WatchOptions::default() };
-    let events = first.watch_backends(filter, options);
+    let client = super::nodes::connect_watched(cli).await?;
+    let options = WatchOptions { bookmark_interval: args.bookmark_interval, ..WatchOptions::default() };
+    let events = client.watch_backends(filter, options);
     let mut printer = render::BackendWatchPrinter::new(cli.output);
     // A closed pipe ends the watch quietly, like `backends list | head` does.
     super::nodes::print_watch(events, stop, stdout, stderr, |event| printer.event(event, chrono::Local::now().time()))

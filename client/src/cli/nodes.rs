@@ -1,7 +1,7 @@
 //! `hangar nodes …`
 
 use super::{Cli, CliError, NodesCommand, NodesWatchArgs, render};
-use crate::{ClientError, ClientOptions, HangarClient, WatchEvent, WatchOptions};
+use crate::{ClientError, HangarClient, WatchEvent, WatchOptions};
 use chrono::{Local, Utc};
 use futures::{Stream, StreamExt};
 use std::future::Future;
@@ -48,9 +48,9 @@ pub async fn watch(
     stop: impl Future<Output = ()>,
 ) -> Result<(), CliError> {
     let filter = args.filter.to_filter().map_err(CliError::Usage)?;
-    let (first, fallbacks) = connect_first_reachable(&cli.controller, cli.client_options()?).await?;
-    let options = WatchOptions { bookmark_interval: args.bookmark_interval, fallbacks, ..WatchOptions::default() };
-    let events = first.watch_nodes(filter, options);
+    let client = connect_watched(cli).await?;
+    let options = WatchOptions { bookmark_interval: args.bookmark_interval, ..WatchOptions::default() };
+    let events = client.watch_nodes(filter, options);
     let mut printer = render::WatchPrinter::new(cli.output);
     // A closed pipe ends the watch quietly, like `nodes list | head` does.
     print_watch(events, stop, stdout, stderr, |event| printer.event(event, Local::now().time())).await
@@ -88,31 +88,13 @@ pub(super) async fn print_watch<T>(
     }
 }
 
-/// `--controller` may list several URLs, comma-separated. The first that answers is watched
-/// first and the rest are fallbacks, so a typo or a cluster that is entirely down is reported at
-/// once instead of as an endless series of reconnects.
-pub(super) async fn connect_first_reachable(
-    controllers: &str,
-    options: ClientOptions,
-) -> Result<(HangarClient, Vec<HangarClient>), CliError> {
-    let urls: Vec<&str> = controllers.split(',').map(str::trim).filter(|url| !url.is_empty()).collect();
-    if urls.is_empty() {
+/// The client a watch runs on. `--controller` may list several URLs, comma-separated: the first
+/// that answers is watched first and the stream resumes on the others in turn (the client's
+/// failover), so a typo or a cluster that is entirely down is reported at once instead of as an
+/// endless series of reconnects.
+pub(super) async fn connect_watched(cli: &Cli) -> Result<HangarClient, CliError> {
+    if cli.controller.split(',').all(|url| url.trim().is_empty()) {
         return Err(CliError::Usage("--controller is empty; expected http://HOST:PORT[,http://HOST:PORT…]".into()));
     }
-    let mut first_error: Option<ClientError> = None;
-    for (i, url) in urls.iter().enumerate() {
-        match HangarClient::connect_with(url, options.clone()).await {
-            Ok(first) => {
-                let others = urls[i + 1..].iter().chain(&urls[..i]);
-                let fallbacks =
-                    others.map(|url| HangarClient::connect_lazy(url, options.clone())).collect::<Result<_, _>>()?;
-                return Ok((first, fallbacks));
-            }
-            Err(err @ (ClientError::InvalidAddress { .. } | ClientError::Credentials(_))) => return Err(err.into()),
-            Err(err) => {
-                first_error.get_or_insert(err);
-            }
-        }
-    }
-    Err(first_error.expect("at least one controller was tried").into())
+    Ok(cli.connect().await?)
 }

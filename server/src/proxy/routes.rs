@@ -2,8 +2,9 @@
 //!
 //! Lookups go to one controller at a time, round-robin, and fail over at once: a lookup that a
 //! controller does not answer (refused, reset, timed out, unavailable) is sent to the next one in
-//! the same request, and the controller that failed is skipped by later lookups for a cooldown
-//! that doubles while it keeps failing. One of two controllers dying therefore costs no request
+//! the same request, and the controller that failed is tried last by later lookups for a
+//! cooldown that doubles while it keeps failing (the SDK's cooldown: `hangar_client::failover`).
+//! One of two controllers dying therefore costs no request
 //! an error, only the first one a failed try. While no controller answers at all, a route to a
 //! READY backend that is cached but past its ttl is still served for up to [`STALE_GRACE`] (never
 //! past the token's expiry): the backend does not depend on the control plane to keep serving.
@@ -20,11 +21,12 @@ use chrono::{DateTime, Utc};
 use hangar::domain::{BackendState, timestamp_from_proto};
 use hangar::v1::{LookupRouteRequest, proxy_service_client::ProxyServiceClient};
 use hangar_client::HangarChannel;
+use hangar_client::failover::{Health, try_order};
 use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Header naming the backend a request was routed to; set by the proxy, never taken from the
@@ -44,11 +46,6 @@ const LAST_TRY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a lookup asks a controller to hold its answer for a starting backend (the
 /// controller's own bound); a request that may wait longer asks again.
 const MAX_READY_WAIT: Duration = Duration::from_secs(30);
-
-/// How long a controller that failed a lookup is tried only after the others; doubled for each
-/// failure in a row, up to [`MAX_COOLDOWN`].
-const FIRST_COOLDOWN: Duration = Duration::from_millis(500);
-const MAX_COOLDOWN: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -162,39 +159,23 @@ impl ConnRoute {
     }
 }
 
-/// One controller lookups go to, and how it has been answering.
+/// One controller lookups go to, and how it has been answering (the cooldown the SDK's calls
+/// use too: `hangar_client::failover`).
 struct LookupTarget {
     url: String,
     client: ProxyServiceClient<HangarChannel>,
-    health: Mutex<TargetHealth>,
-}
-
-#[derive(Default)]
-struct TargetHealth {
-    /// Failed lookups in a row.
-    failures: u32,
-    /// Until then the controller is tried only after the others.
-    cooling_until: Option<Instant>,
+    health: Health,
 }
 
 impl LookupTarget {
-    fn is_cooling(&self, now: Instant) -> bool {
-        self.health.lock().unwrap().cooling_until.is_some_and(|until| now < until)
-    }
-
     fn answered(&self) {
-        let mut health = self.health.lock().unwrap();
-        if health.failures > 0 {
+        if self.health.answered() {
             tracing::info!(controller = %self.url, "route lookups answered again");
         }
-        *health = TargetHealth::default();
     }
 
     fn failed(&self, why: &str) {
-        let mut health = self.health.lock().unwrap();
-        let cooldown = FIRST_COOLDOWN.saturating_mul(1 << health.failures.min(8)).min(MAX_COOLDOWN);
-        health.failures = health.failures.saturating_add(1);
-        health.cooling_until = Some(Instant::now() + cooldown);
+        let cooldown = self.health.failed();
         tracing::warn!(controller = %self.url, ?cooldown, "route lookup failed, trying the next controller: {why}");
     }
 }
@@ -224,7 +205,7 @@ impl RouteCache {
             .map(|(url, channel)| LookupTarget {
                 url,
                 client: ProxyServiceClient::new(channel),
-                health: Mutex::new(TargetHealth::default()),
+                health: Health::default(),
             })
             .collect();
         RouteCache { controllers, next: AtomicUsize::new(0), ttl, entries: RwLock::new(HashMap::new()) }
@@ -312,27 +293,22 @@ impl RouteCache {
         }
     }
 
-    /// Asks the controllers in turn, starting with the next one round-robin and leaving those
-    /// that failed lately for last, until one answers.
-    ///
+    /// Whether every controller failed lately (is in its cooldown).
     fn all_cooling(&self) -> bool {
         let now = Instant::now();
-        self.controllers.iter().all(|target| target.is_cooling(now))
+        self.controllers.iter().all(|target| target.health.is_cooling(now))
     }
 
-    /// `patient`: the last controller tried is given [`LAST_TRY_TIMEOUT`] (nothing else to serve).
-    /// `wait`: how long a controller may hold the answer for a starting backend (each try's
-    /// timeout grows by as much).
+    /// Asks the controllers in turn, starting with the next one round-robin and leaving those
+    /// that failed lately for last, until one answers. `patient`: the last controller tried is
+    /// given [`LAST_TRY_TIMEOUT`] (nothing else to serve). `wait`: how long a controller may hold
+    /// the answer for a starting backend (each try's timeout grows by as much).
     async fn fetch(&self, token: &str, patient: bool, wait: Duration) -> Lookup {
-        let now = Instant::now();
         let n = self.controllers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let rotation = (0..n).map(|i| (start + i) % n);
-        let (cooling, mut order): (Vec<usize>, Vec<usize>) =
-            rotation.partition(|&i| self.controllers[i].is_cooling(now));
-        order.extend(cooling);
+        let order = try_order(self.controllers.iter().map(|target| &target.health), start);
         let mut failures = Vec::new();
-        for (tried, &i) in order.iter().enumerate() {
+        for (tried, i) in order.into_iter().enumerate() {
             let target = &self.controllers[i];
             let timeout = wait + if patient && tried + 1 == n { LAST_TRY_TIMEOUT } else { TRY_TIMEOUT };
             let mut client = target.client.clone();
@@ -519,7 +495,7 @@ mod failover {
     }
 
     fn failures(cache: &RouteCache, i: usize) -> u32 {
-        cache.controllers[i].health.lock().unwrap().failures
+        cache.controllers[i].health.failures()
     }
 
     #[tokio::test]
