@@ -23,10 +23,12 @@ pub(super) const QUEUE: usize = 4096;
 /// Reports applied in one store call at most. A drone's reports are applied one call at a time
 /// (in order), so this bounds how many a drone gets through per commit: with 32, a drone
 /// churning backends fell seconds behind and its capacity filled with backends already asked to
-/// end. Their `AckEvent`s go out on the stream the renewal answers share; the drone deletes the
-/// acknowledgements that arrive together in one journal commit, so a batch of them does not hold
-/// its reader (and the renewal answers behind it) for one commit each.
-const COALESCE: usize = 256;
+/// end, and with 256 a few calls a minute were still refused POOL_FULL at 1,000 cycles a second
+/// (`scripts/bench churn`); with 1,024, as many as a drone may have unacknowledged
+/// (`EVENT_WINDOW`), none. Their `AckEvent`s go out on the stream the renewal answers share; the
+/// drone deletes the acknowledgements that arrive together in one journal commit, so a batch of
+/// them does not hold its reader (and the renewal answers behind it) for one commit each.
+const COALESCE: usize = 1024;
 
 /// What the reader hands over.
 pub(super) enum Report {
