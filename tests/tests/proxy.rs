@@ -3,80 +3,21 @@
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use hangar::v1::{
-    self,
-    proxy_service_server::{ProxyService, ProxyServiceServer},
-};
+use hangar::v1;
 use hangar_server::proxy::{Proxy, ProxyConfig, RunningProxy};
 use hangar_testkit::{check, eventually};
+use hangar_tests::proxy_plane::ProxyPlane;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-type AttachSender = tokio::sync::mpsc::Sender<Result<v1::ProxyAttachResponse, Status>>;
-
-/// A control plane whose routes the test sets, and which records (for tests to wait on) the
-/// backends of traffic reports and the tokens it was asked to look up.
-#[derive(Clone, Default)]
-struct FakeControlPlane {
-    routes: Arc<Mutex<HashMap<String, v1::LookupRouteResponse>>>,
-    traffic: watch::Sender<Vec<String>>,
-    lookups: watch::Sender<Vec<String>>,
-    invalidate: Arc<Mutex<Option<AttachSender>>>,
-}
-
-#[tonic::async_trait]
-impl ProxyService for FakeControlPlane {
-    type AttachStream = ReceiverStream<Result<v1::ProxyAttachResponse, Status>>;
-
-    async fn attach(
-        &self,
-        req: Request<Streaming<v1::ProxyAttachRequest>>,
-    ) -> Result<Response<Self::AttachStream>, Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let welcome = v1::ProxyWelcome { node_id: "proxy-node".into(), controller_id: "fake".into() };
-        tx.send(Ok(v1::ProxyAttachResponse { message: Some(v1::proxy_attach_response::Message::Welcome(welcome)) }))
-            .await
-            .unwrap();
-        *self.invalidate.lock().unwrap() = Some(tx);
-        let traffic = self.traffic.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
-                if let Some(v1::proxy_attach_request::Message::Traffic(report)) = message.message {
-                    traffic.send_modify(|seen| seen.extend(report.backend_ids));
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn lookup_route(
-        &self,
-        req: Request<v1::LookupRouteRequest>,
-    ) -> Result<Response<v1::LookupRouteResponse>, Status> {
-        let token = req.into_inner().token;
-        let route = self.routes.lock().unwrap().get(&token).cloned();
-        // Recorded once the answer is settled, so a test that changes the route when it sees the
-        // lookup changes the next answer, not this one.
-        self.lookups.send_modify(|tokens| tokens.push(token));
-        match route {
-            Some(route) => Ok(Response::new(route)),
-            None => Err(Status::not_found("no such token")),
-        }
-    }
-}
-
 struct Setup {
-    plane: FakeControlPlane,
+    plane: ProxyPlane,
     proxy: RunningProxy,
     backend: KillOnDrop,
     backend_address: String,
@@ -100,15 +41,7 @@ async fn setup() -> Setup {
 
 async fn setup_with(configure: impl FnOnce(&mut ProxyConfig)) -> Setup {
     hangar_tests::init_logging();
-    let plane = FakeControlPlane::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let control_url = format!("http://{}", listener.local_addr().unwrap());
-    let service = ProxyServiceServer::new(plane.clone());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (plane, control_url) = ProxyPlane::start().await;
 
     let port = free_port();
     let backend = KillOnDrop(
@@ -130,16 +63,9 @@ async fn setup_with(configure: impl FnOnce(&mut ProxyConfig)) -> Setup {
     Setup { plane, proxy, backend, backend_address }
 }
 
+/// `token` leads to backend bk-1 at `address`, for alice of team blue.
 fn route(setup: &Setup, token: &str, state: v1::BackendState, address: &str) {
-    let response = v1::LookupRouteResponse {
-        backend_id: "bk-1".into(),
-        state: state as i32,
-        address: address.into(),
-        user: "alice".into(),
-        auth: [("team".to_string(), "blue".to_string())].into(),
-        expires_at: None,
-    };
-    setup.plane.routes.lock().unwrap().insert(token.into(), response);
+    setup.plane.route_with_auth(token, "bk-1", state, address, &[("team", "blue")]);
 }
 
 async fn get(url: &str, headers: &[(&str, &str)]) -> (http::StatusCode, http::HeaderMap, String) {
@@ -218,7 +144,7 @@ async fn a_request_for_a_starting_backend_waits_until_it_is_ready() {
     let mut lookups = s.plane.lookups.subscribe();
     let turns_ready = tokio::spawn(async move {
         lookups.wait_for(|tokens| tokens.iter().any(|t| t == "warm")).await.unwrap();
-        plane.routes.lock().unwrap().get_mut("warm").unwrap().state = v1::BackendState::Ready as i32;
+        plane.set_state("warm", v1::BackendState::Ready);
     });
     let (status, _, body) = get(&format!("{}/warm/", s.proxy.url()), &[]).await;
     assert_eq!(status, 200, "{body}");
@@ -304,13 +230,7 @@ async fn a_route_invalidation_from_the_controller_drops_the_cached_route() {
     // The backend goes away: the controller's view changes and it tells the proxy.
     route(&s, "inv", v1::BackendState::Terminated, &s.backend_address);
     assert_eq!(get(&format!("{base}/inv/"), &[]).await.0, 200, "still cached");
-    let tx = s.plane.invalidate.lock().unwrap().clone().unwrap();
-    let invalidation = v1::RouteInvalidation { backend_id: "bk-1".into() };
-    tx.send(Ok(v1::ProxyAttachResponse {
-        message: Some(v1::proxy_attach_response::Message::Invalidate(invalidation)),
-    }))
-    .await
-    .unwrap();
+    s.plane.invalidate("bk-1").await;
     eventually(WAIT, "the proxy to drop the invalidated route", async || {
         check(get(&format!("{base}/inv/"), &[]).await.0, |status| *status == 410)
     })
@@ -478,13 +398,7 @@ async fn a_terminating_backend_gets_no_new_request_even_on_a_connection_that_use
     assert_eq!(status().await, 200);
 
     route(&s, "term", v1::BackendState::Terminating, &backend.address);
-    let tx = s.plane.invalidate.lock().unwrap().clone().unwrap();
-    let invalidation = v1::RouteInvalidation { backend_id: "bk-1".into() };
-    tx.send(Ok(v1::ProxyAttachResponse {
-        message: Some(v1::proxy_attach_response::Message::Invalidate(invalidation)),
-    }))
-    .await
-    .unwrap();
+    s.plane.invalidate("bk-1").await;
     eventually(WAIT, "the invalidation to reach the proxy", async || check(status().await, |s| *s == 410)).await;
     let served = *backend.seen.borrow();
     for _ in 0..5 {
