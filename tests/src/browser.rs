@@ -35,7 +35,7 @@ pub fn chromium_or_skip(test: &str) -> Option<PathBuf> {
 
 /// A headless chromium, killed when dropped.
 pub struct Browser {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     _profile: tempfile::TempDir,
     ws_url: String,
     /// Chromium's stderr lines, for failure messages.
@@ -91,7 +91,22 @@ impl Browser {
                 keep.lock().unwrap().push(line);
             }
         });
-        Browser { _child: child, _profile: profile, ws_url, log }
+        Browser { child, _profile: profile, ws_url, log }
+    }
+
+    /// Asks chromium, over `page`'s DevTools connection, to close, and waits up to 5 s for it
+    /// to exit before killing it (with its stderr in the test's output).
+    pub async fn close(mut self, mut page: Page) {
+        page.session.clear(); // Browser.close is the browser's, not the page's
+        let _ = page.call("Browser.close", json!({})).await;
+        drop(page);
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            eprintln!(
+                "chromium did not exit after Browser.close; killing it. Its stderr:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+            let _ = self.child.kill().await;
+        }
     }
 }
 
@@ -108,17 +123,38 @@ pub struct Page {
 impl Page {
     /// A new tab at `url`, loaded.
     pub async fn open(browser: &Browser, url: &str) -> Page {
+        let mut page = Page::blank(browser).await;
+        page.call("Page.enable", json!({})).await;
+        page.call("Network.enable", json!({})).await;
+        page.call("Page.navigate", json!({ "url": url })).await;
+        page.wait_for_event("Page.loadEventFired").await;
+        page
+    }
+
+    /// A new blank tab, attached, with no DevTools domain enabled yet.
+    pub async fn blank(browser: &Browser) -> Page {
         let (socket, _) = tokio_tungstenite::connect_async(&browser.ws_url).await.expect("DevTools WebSocket");
         let mut page = Page { socket, next_id: 0, session: String::new(), events: Vec::new() };
         let target = page.call("Target.createTarget", json!({ "url": "about:blank" })).await;
         let attached =
             page.call("Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true })).await;
         page.session = attached["sessionId"].as_str().expect("a session id").to_string();
-        page.call("Page.enable", json!({})).await;
-        page.call("Network.enable", json!({})).await;
-        page.call("Page.navigate", json!({ "url": url })).await;
-        page.wait_for_event("Page.loadEventFired").await;
         page
+    }
+
+    /// The uncaught exceptions and console errors the page reported (with `Runtime` enabled)
+    /// among the events kept so far.
+    pub fn errors(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|event| match event["method"].as_str() {
+                Some("Runtime.exceptionThrown") => Some(event["params"]["exceptionDetails"].to_string()),
+                Some("Runtime.consoleAPICalled") if event["params"]["type"] == "error" => {
+                    Some(event["params"]["args"].to_string())
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Sends `method` and returns its result; events that arrive meanwhile are kept.

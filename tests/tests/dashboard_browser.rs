@@ -11,26 +11,15 @@
 //! (CI sets it; `scripts/test` installs chromium).
 
 use base64::Engine;
-use futures::{SinkExt, StreamExt};
 use hangar::v1::{self, backend_service_client::BackendServiceClient};
 use hangar_server::controller::ControllerConfig;
+use hangar_tests::browser::{Browser, Page, chromium_or_skip};
 use hangar_tests::{ManualDrone, TestCluster, drone_hello, status, test_config};
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// `chromium` (Debian) or `chromium-browser`, from `PATH`.
-fn find_chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
 
 /// Where test artifacts go: `target/test-artifacts/` of this workspace (or of `CARGO_TARGET_DIR`).
 fn artifacts() -> PathBuf {
@@ -42,143 +31,25 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-/// A headless chromium with its DevTools WebSocket, killed when dropped.
-struct Browser {
-    child: tokio::process::Child,
-    _profile: tempfile::TempDir,
-    ws_url: String,
-    /// Chromium's stderr lines, kept for the failure message.
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+/// A blank tab sized like the screenshots' window, reporting its errors.
+async fn open_page(browser: &Browser) -> Page {
+    let mut page = Page::blank(browser).await;
+    page.call("Runtime.enable", json!({})).await;
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 1440, "height": 960, "deviceScaleFactor": 1, "mobile": false }),
+    )
+    .await;
+    page
 }
 
-impl Browser {
-    async fn launch(binary: &PathBuf) -> Browser {
-        let profile = tempfile::tempdir().unwrap();
-        let mut child = tokio::process::Command::new(binary)
-            .args([
-                "--headless",
-                // Root in a container has no sandbox to offer; the browser loads only our page.
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-extensions",
-                "--disable-background-networking",
-                "--remote-debugging-port=0",
-                "--window-size=1440,960",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|err| panic!("starting {}: {err}", binary.display()));
-        // Chromium prints `DevTools listening on ws://…` once its port is open; the rest of its
-        // stderr is read on (a full pipe would block it) and kept for diagnostics.
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let ws_url = tokio::time::timeout(WAIT, async {
-            while let Some(line) = lines.next_line().await.unwrap_or(None) {
-                if let Some((_, url)) = line.split_once("DevTools listening on ") {
-                    return Some(url.trim().to_string());
-                }
-                log.lock().unwrap().push(line);
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("chromium printed no DevTools URL; its stderr:\n{}", log.lock().unwrap().join("\n")));
-        let keep = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                keep.lock().unwrap().push(line);
-            }
-        });
-        Browser { child, _profile: profile, ws_url, log }
-    }
+/// What these tests do with a dashboard page beyond the shared DevTools client.
+trait DashboardPage {
+    async fn wait_for(&mut self, what: &str, expression: &str);
+    async fn screenshot(&mut self, name: &str) -> PathBuf;
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// One DevTools connection with one page attached (flattened session).
-struct Page {
-    socket: Socket,
-    next_id: u64,
-    session: Option<String>,
-    /// Uncaught exceptions and console errors the page reported.
-    errors: Vec<String>,
-}
-
-impl Page {
-    async fn open(browser: &Browser) -> Page {
-        let (socket, _) = tokio_tungstenite::connect_async(&browser.ws_url).await.expect("DevTools WebSocket");
-        let mut page = Page { socket, next_id: 0, session: None, errors: Vec::new() };
-        let target = page.call("Target.createTarget", json!({ "url": "about:blank" })).await;
-        let attached =
-            page.call("Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true })).await;
-        page.session = Some(attached["sessionId"].as_str().expect("a session id").to_string());
-        page.call("Runtime.enable", json!({})).await;
-        page.call(
-            "Emulation.setDeviceMetricsOverride",
-            json!({ "width": 1440, "height": 960, "deviceScaleFactor": 1, "mobile": false }),
-        )
-        .await;
-        page
-    }
-
-    /// Sends `method` and returns its result; events that arrive meanwhile are looked at for
-    /// errors and dropped.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut message = json!({ "id": id, "method": method, "params": params });
-        if let Some(session) = &self.session {
-            message["sessionId"] = json!(session);
-        }
-        self.socket.send(Message::text(message.to_string())).await.expect("DevTools send");
-        let reply = tokio::time::timeout(WAIT, async {
-            loop {
-                let frame = self.socket.next().await.expect("DevTools socket open").expect("DevTools read");
-                let Message::Text(text) = frame else { continue };
-                let value: Value = serde_json::from_str(&text).expect("DevTools JSON");
-                if value["id"] == id {
-                    return value;
-                }
-                self.note(&value);
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{method}: no DevTools answer within {WAIT:?}"));
-        if let Some(error) = reply.get("error") {
-            panic!("{method}: {error}");
-        }
-        reply["result"].clone()
-    }
-
-    fn note(&mut self, event: &Value) {
-        match event["method"].as_str() {
-            Some("Runtime.exceptionThrown") => self.errors.push(event["params"]["exceptionDetails"].to_string()),
-            Some("Runtime.consoleAPICalled") if event["params"]["type"] == "error" => {
-                self.errors.push(event["params"]["args"].to_string())
-            }
-            _ => {}
-        }
-    }
-
-    /// The value of a JavaScript expression in the page.
-    async fn eval(&mut self, expression: &str) -> Value {
-        let result = self.call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true })).await;
-        if let Some(exception) = result.get("exceptionDetails") {
-            panic!("{expression}: {exception}");
-        }
-        result["result"]["value"].clone()
-    }
-
+impl DashboardPage for Page {
     /// Polls `expression` until it is `true`; fails naming `what` and the page's `describe`.
     async fn wait_for(&mut self, what: &str, expression: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -196,7 +67,7 @@ impl Page {
                 panic!(
                     "the page did not show {what} within {WAIT:?}\nconnection: {connection}\nnodes:\n{nodes}\n\
                      backends:\n{backends}\npage errors: {:?}",
-                    self.errors
+                    self.errors()
                 );
             }
             tokio::time::sleep(pause).await;
@@ -225,20 +96,6 @@ fn row_state(table: &str, attribute: &str, value: &str, state: &str) -> String {
     )
 }
 
-/// Chromium, or `None` after a loud SKIP line (a failure with `HANGAR_REQUIRE_CHROMIUM=1`).
-fn chromium_or_skip(test: &str) -> Option<PathBuf> {
-    let found = find_chromium();
-    if found.is_none() {
-        let required = std::env::var("HANGAR_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1");
-        assert!(!required, "HANGAR_REQUIRE_CHROMIUM=1 but no chromium on PATH (scripts/test installs it with apt)");
-        eprintln!(
-            "!!!!!!!! SKIPPED {test}: no `chromium` on PATH (apt-get install chromium, or run scripts/test, which \
-             does); set HANGAR_REQUIRE_CHROMIUM=1 to fail instead !!!!!!!!"
-        );
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser() {
     let Some(chromium) = chromium_or_skip("the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser")
@@ -251,8 +108,8 @@ async fn the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser()
     })
     .await;
     let admin = cluster.controller.admin_url().unwrap();
-    let browser = Browser::launch(&chromium).await;
-    let mut page = Page::open(&browser).await;
+    let browser = Browser::launch(&chromium, &["--window-size=1440,960"]).await;
+    let mut page = open_page(&browser).await;
     page.call("Page.navigate", json!({ "url": format!("{admin}/") })).await;
     page.wait_for("the live stream", "document.getElementById('connection')?.dataset.state === 'live'").await;
     // Gone if the page ever reloads.
@@ -339,18 +196,8 @@ async fn the_dashboard_shows_drones_and_backends_change_live_in_a_real_browser()
     page.screenshot("dashboard-detail.png").await;
 
     assert_eq!(page.eval("window.hangarTestNoReload === true").await, Value::Bool(true), "the page never reloaded");
-    assert!(page.errors.is_empty(), "the page reported errors: {:#?}", page.errors);
-    page.session = None; // Browser.close is the browser's, not the page's
-    let _ = page.call("Browser.close", json!({})).await;
-    drop(page);
-    let mut browser = browser;
-    if tokio::time::timeout(Duration::from_secs(5), browser.child.wait()).await.is_err() {
-        eprintln!(
-            "chromium did not exit after Browser.close; killing it. Its stderr:\n{}",
-            browser.log.lock().unwrap().join("\n")
-        );
-        let _ = browser.child.kill().await;
-    }
+    assert!(page.errors().is_empty(), "the page reported errors: {:#?}", page.errors());
+    browser.close(page).await;
     cluster.shutdown().await;
 }
 
@@ -372,8 +219,8 @@ async fn with_an_auth_file_the_page_asks_for_a_token_refuses_a_drones_and_goes_l
     })
     .await;
     let admin = cluster.controller.admin_url().unwrap();
-    let browser = Browser::launch(&chromium).await;
-    let mut page = Page::open(&browser).await;
+    let browser = Browser::launch(&chromium, &["--window-size=1440,960"]).await;
+    let mut page = open_page(&browser).await;
     page.call("Page.navigate", json!({ "url": format!("{admin}/") })).await;
     let asks = "!document.getElementById('token-panel').hidden && document.getElementById('main').hidden";
     page.wait_for("the token form", asks).await;
@@ -404,9 +251,8 @@ async fn with_an_auth_file_the_page_asks_for_a_token_refuses_a_drones_and_goes_l
     let drone = drone.expect("the drone token attaches");
     page.wait_for("drone-a READY", &row_state("nodes", "name", "drone-a", "READY")).await;
     page.screenshot("dashboard-auth.png").await;
-    assert!(page.errors.is_empty(), "the page reported errors: {:#?}", page.errors);
+    assert!(page.errors().is_empty(), "the page reported errors: {:#?}", page.errors());
     drop(drone);
-    page.session = None;
-    let _ = page.call("Browser.close", json!({})).await;
+    browser.close(page).await;
     cluster.shutdown().await;
 }
