@@ -17,6 +17,7 @@
 //! before READY (scheduling, the spawn's trip to the drone, the container's start, the readiness
 //! probe) and the part after it (the proxy noticing, its first connection to the backend).
 
+use crate::controller_proc;
 use crate::measure::Distribution;
 use crate::procs;
 use crate::result::ResultLine;
@@ -320,15 +321,7 @@ struct Dev {
 
 impl Dev {
     async fn start(args: &ColdstartArgs, runtime: &str) -> anyhow::Result<Dev> {
-        let bin = match &args.server_bin {
-            Some(bin) => bin.clone(),
-            None => std::env::current_exe()?.with_file_name("hangar-server"),
-        };
-        anyhow::ensure!(
-            bin.exists(),
-            "{} not found: build it (`cargo build --release -p hangar-server`) or pass --server-bin",
-            bin.display()
-        );
+        let bin = controller_proc::server_binary(args.server_bin.as_deref())?;
         let dir = tempfile::Builder::new().prefix("hangar-coldstart-").tempdir_in(&args.data_dir)?;
         let log = dir.path().join("dev.log");
         let mut command = Command::new(&bin);

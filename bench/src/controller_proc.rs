@@ -8,7 +8,7 @@
 
 use crate::procs;
 use hangar_server::testing::PgCluster;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,15 +74,7 @@ impl ControllerProc {
         extra: &[&str],
         postgres: Option<(Arc<PgCluster>, String)>,
     ) -> anyhow::Result<ControllerProc> {
-        let bin = match &opts.server_bin {
-            Some(bin) => bin.clone(),
-            None => std::env::current_exe()?.with_file_name("hangar-server"),
-        };
-        anyhow::ensure!(
-            bin.exists(),
-            "{} not found: build it (`cargo build --release -p hangar-server`) or pass --server-bin",
-            bin.display()
-        );
+        let bin = server_binary(opts.server_bin.as_deref())?;
         let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in(&opts.data_dir)?;
         let port = procs::free_port()?;
         let mut command = Command::new(&bin);
@@ -208,4 +200,19 @@ impl Usage {
 
 fn cpu_seconds(controllers: &[ControllerProc]) -> anyhow::Result<f64> {
     controllers.iter().map(ControllerProc::cpu_seconds).sum()
+}
+
+/// The `hangar-server` binary to start: `explicit` (from `--server-bin`), or the one next to this
+/// executable; an error saying how to get it if it is not there.
+pub fn server_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let bin = match explicit {
+        Some(bin) => bin.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("hangar-server"),
+    };
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: build it (`cargo build --release -p hangar-server`) or pass --server-bin",
+        bin.display()
+    );
+    Ok(bin)
 }
