@@ -461,7 +461,12 @@ async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_vi
         history.watchers[0].received.len(),
     );
     print_figures("controller-kill", Some(&failures), None, None, None);
-    assert!(answered >= 10 && history.lives.len() >= 2 * KEYS, "the load ran: {answered} answered Connects");
+    // That the load ran (see `Load::finish`).
+    assert!(
+        answered >= 10 && !history.lives.is_empty(),
+        "the load ran: {answered} answered Connects, {} seen serving",
+        history.lives.len()
+    );
     // Keyed Connects and terminations are idempotent: the SDK moves them to the survivor.
     assert!(failures.is_empty(), "idempotent SDK calls failed while one controller of two was down: {failures:?}");
     assert!(
@@ -544,7 +549,14 @@ impl Load {
         });
         let history = self.recorder.history();
         let answered = history.connects.iter().filter(|c| matches!(c.outcome, ConnectOutcome::Ok { .. })).count();
-        assert!(answered >= 10 && history.lives.len() >= KEYS, "the load ran: {answered} answered Connects");
+        // That the load ran, so the checker has something to read; how many backends the
+        // observer saw serve in a few seconds depends on the machine's load (the checker's
+        // findings do not).
+        assert!(
+            answered >= 10 && !history.lives.is_empty(),
+            "the load ran: {answered} answered Connects, {} backends seen serving",
+            history.lives.len()
+        );
         history.check().assert_ok();
         let lost = history.finals.iter().filter(|f| f.reason.as_deref() == Some("Lost")).count();
         (failures, answered, lost)
