@@ -377,8 +377,20 @@ impl HangarClient {
 
 /// Whether a call's failure says the controller did not answer it (so another one may): any
 /// UNAVAILABLE but NO_DRONE_AVAILABLE, which is the scheduler's answer.
+/// The controller did not answer the call: it is unreachable or going away (UNAVAILABLE), or the
+/// connection broke while the call was in flight (a controller killed mid-call): the transport
+/// reports that as UNKNOWN, CANCELLED or INTERNAL, without the `ErrorInfo` every answer of a
+/// controller carries. Only idempotent calls go on to the next controller after it.
 fn not_answered(err: &ClientError) -> bool {
-    matches!(err, ClientError::Unavailable { reason, .. } if reason != hangar::error::reason::NO_DRONE_AVAILABLE)
+    use tonic::Code;
+    match err {
+        ClientError::Unavailable { reason, .. } => reason != hangar::error::reason::NO_DRONE_AVAILABLE,
+        ClientError::Other(status) => {
+            matches!(status.code(), Code::Unknown | Code::Cancelled | Code::Internal)
+                && hangar::error::error_info(status).is_none()
+        }
+        _ => false,
+    }
 }
 
 fn node_from_proto(node: &v1::Node) -> Result<Node, ClientError> {
@@ -493,6 +505,41 @@ mod tests {
         assert!(matches!(client.call(true, call).await, Err(ClientError::NotFound { .. })));
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(client.address(), "http://127.0.0.1:1", "a controller that answers stays first");
+    }
+
+    #[tokio::test]
+    async fn a_call_cut_off_by_a_broken_connection_fails_over_and_a_controllers_own_error_does_not() {
+        let client = two_controllers(RetryPolicy::default());
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        // A controller killed mid-call: the transport's UNKNOWN, without the controller's ErrorInfo.
+        let broken = |_channel| {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Err(ClientError::from(tonic::Status::unknown("h2 protocol error: broken pipe")))
+                } else {
+                    Ok(n)
+                }
+            }
+        };
+        assert_eq!(client.call(true, broken).await.unwrap(), 1);
+        assert_eq!(client.address(), "http://127.0.0.1:2", "the broken one is left for last");
+
+        let client = two_controllers(RetryPolicy::default());
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let failed = |_channel| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                Err::<(), _>(ClientError::from(hangar::error::status_with_reason(
+                    tonic::Code::Internal,
+                    "the store failed",
+                    "STORE_FAILED",
+                    &[],
+                )))
+            }
+        };
+        assert!(client.call(true, failed).await.is_err());
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "an answer, even an error, is not failed over");
     }
 
     #[tokio::test]
