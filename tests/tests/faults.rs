@@ -9,7 +9,7 @@ use hangar::domain::BackendState;
 use hangar_client::{ConnectRequest, HangarClient, SpawnSpec};
 use hangar_executor::drone::{self, AttachState, Backoff, DroneConfig};
 use hangar_executor::runtime::process::ProcessRuntime;
-use hangar_server::proxy::{Proxy, ProxyConfig};
+use hangar_server::proxy::{Proxy, ProxyConfig, RunningProxy};
 use hangar_server::testing::PgCluster;
 use hangar_testkit::history::{BackendLife, ConnectOutcome, Final, Recorder, WatcherLog};
 use hangar_testkit::{check, eventually};
@@ -71,21 +71,9 @@ async fn no_proxied_request_fails_while_one_of_two_controllers_is_killed() {
     hangar_tests::init_logging();
     let pg = PgCluster::shared().await.unwrap();
     let database = pg.create_database().await.unwrap();
-    let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
-    let args = [std::ffi::OsStr::new("--proxy-url"), std::ffi::OsStr::new(&proxy_url)];
-    let mut a = ControllerProcess::spawn_with(&database, &args);
-    let b = ControllerProcess::spawn_with(&database, &args);
-    let controllers = vec![a.url.clone(), b.url.clone()];
-
-    let mut proxy_config = ProxyConfig::new(controllers.clone(), "edge");
-    proxy_config.route_ttl = Duration::from_millis(100);
-    let proxy = Proxy::start(proxy_config, proxy_listener).await.unwrap();
-    let mut drone_config = DroneConfig::new(controllers.clone(), "worker");
-    drone_config.runtime = Some(Arc::new(ProcessRuntime::new()));
-    drone_config.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
-    let drone = drone::spawn(drone_config);
-    tokio::time::timeout(WAIT, drone.attached()).await.expect("the drone attached");
+    let ControlPlane { mut a, b, controllers, proxy, .. } =
+        control_plane(&database, |config| config.route_ttl = Duration::from_millis(100)).await;
+    let drone = attached_drone(&controllers, "worker").await;
 
     // The SDK talks to the controller that survives; the proxy and the drone start on the one
     // that dies (each tries its list in order).
@@ -363,21 +351,10 @@ async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_vi
     hangar_tests::init_logging();
     let pg = PgCluster::shared().await.unwrap();
     let database = pg.create_database().await.unwrap();
-    let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
-    let args = [std::ffi::OsStr::new("--proxy-url"), std::ffi::OsStr::new(&proxy_url)];
-    let mut a = ControllerProcess::spawn_with(&database, &args);
-    let b = ControllerProcess::spawn_with(&database, &args);
-    let controllers = vec![a.url.clone(), b.url.clone()];
-    let proxy = Proxy::start(ProxyConfig::new(controllers.clone(), "edge"), proxy_listener).await.unwrap();
+    let ControlPlane { mut a, b, controllers, proxy, proxy_url } = control_plane(&database, |_| {}).await;
     let mut drones = Vec::new();
     for name in ["worker-1", "worker-2"] {
-        let mut config = DroneConfig::new(controllers.clone(), name);
-        config.runtime = Some(Arc::new(ProcessRuntime::new()));
-        config.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
-        let drone = drone::spawn(config);
-        tokio::time::timeout(WAIT, drone.attached()).await.expect("the drone attached");
-        drones.push(drone);
+        drones.push(attached_drone(&controllers, name).await);
     }
     let sdk = |url: &str| HangarClient::connect_lazy(url, Default::default()).unwrap();
     // Each SDK client is given both controllers and fails over between them; half the calls go
@@ -411,7 +388,7 @@ async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_vi
     let killed_revision = store_revision(&b.url).await;
     a.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let replacement = ControllerProcess::spawn_with(&database, &args);
+    let replacement = controller(&database, &proxy_url);
     // The replacement listens on a new port (port 0): the clients are told of it.
     *clients.lock().unwrap() =
         vec![sdk(&format!("{},{}", replacement.url, b.url)), sdk(&format!("{},{}", b.url, replacement.url))];
@@ -637,10 +614,37 @@ async fn ready_nodes(client: &HangarClient) -> Vec<String> {
     nodes.into_iter().filter(|n| n.state == hangar::domain::NodeState::Ready).map(|n| n.name).collect()
 }
 
+/// A controller process on `database`, whose Connects send clients to `proxy_url`.
+fn controller(database: &str, proxy_url: &str) -> ControllerProcess {
+    ControllerProcess::spawn_with(database, &[std::ffi::OsStr::new("--proxy-url"), std::ffi::OsStr::new(proxy_url)])
+}
+
 /// Two controllers on `database`, whose Connects send clients to `proxy_url`.
 fn two_controllers(database: &str, proxy_url: &str) -> (ControllerProcess, ControllerProcess) {
-    let args = [std::ffi::OsStr::new("--proxy-url"), std::ffi::OsStr::new(proxy_url)];
-    (ControllerProcess::spawn_with(database, &args), ControllerProcess::spawn_with(database, &args))
+    (controller(database, proxy_url), controller(database, proxy_url))
+}
+
+/// Two controller processes on one database and an in-process proxy given both, the proxy their
+/// Connects name.
+struct ControlPlane {
+    a: ControllerProcess,
+    b: ControllerProcess,
+    /// `a`'s URL, then `b`'s.
+    controllers: Vec<String>,
+    proxy: RunningProxy,
+    proxy_url: String,
+}
+
+/// A [`ControlPlane`] on `database`, its proxy named "edge" and configured by `configure`.
+async fn control_plane(database: &str, configure: impl FnOnce(&mut ProxyConfig)) -> ControlPlane {
+    let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
+    let (a, b) = two_controllers(database, &proxy_url);
+    let controllers = vec![a.url.clone(), b.url.clone()];
+    let mut config = ProxyConfig::new(controllers.clone(), "edge");
+    configure(&mut config);
+    let proxy = Proxy::start(config, proxy_listener).await.unwrap();
+    ControlPlane { a, b, controllers, proxy, proxy_url }
 }
 
 fn in_process_drone(controllers: &[String], name: &str) -> drone::DroneHandle {
@@ -648,6 +652,13 @@ fn in_process_drone(controllers: &[String], name: &str) -> drone::DroneHandle {
     config.runtime = Some(Arc::new(ProcessRuntime::new()));
     config.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
     drone::spawn(config)
+}
+
+/// An in-process drone given `controllers`, once it has attached.
+async fn attached_drone(controllers: &[String], name: &str) -> drone::DroneHandle {
+    let drone = in_process_drone(controllers, name);
+    tokio::time::timeout(WAIT, drone.attached()).await.expect("the drone attached");
+    drone
 }
 
 /// A drone process SIGKILLed under the Connect load (its backends die with it) and restarted on
@@ -658,11 +669,7 @@ async fn a_drone_killed_and_restarted_under_load_leaves_a_history_without_violat
     hangar_tests::init_logging();
     let pg = PgCluster::shared().await.unwrap();
     let database = pg.create_database().await.unwrap();
-    let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
-    let (a, b) = two_controllers(&database, &proxy_url);
-    let controllers = vec![a.url.clone(), b.url.clone()];
-    let proxy = Proxy::start(ProxyConfig::new(controllers.clone(), "edge"), proxy_listener).await.unwrap();
+    let ControlPlane { a: _a, b: _b, controllers, proxy, .. } = control_plane(&database, |_| {}).await;
     let steady = in_process_drone(&controllers, "steady");
     let journal = tempfile::tempdir().unwrap();
     let mut victim = drone_process(&controllers, "victim", journal.path());
@@ -810,11 +817,7 @@ async fn a_postgresql_restart_under_load_keeps_sessions_serving() {
     hangar_tests::init_logging();
     let pg = PgCluster::new().await.unwrap();
     let database = pg.create_database().await.unwrap();
-    let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
-    let (a, b) = two_controllers(&database, &proxy_url);
-    let controllers = vec![a.url.clone(), b.url.clone()];
-    let proxy = Proxy::start(ProxyConfig::new(controllers.clone(), "edge"), proxy_listener).await.unwrap();
+    let ControlPlane { a: _a, b: _b, controllers, proxy, .. } = control_plane(&database, |_| {}).await;
     let drones = [in_process_drone(&controllers, "worker-1"), in_process_drone(&controllers, "worker-2")];
     let clients = failover_clients(&controllers);
     let client = clients.lock().unwrap()[0].clone();
