@@ -114,6 +114,8 @@ impl SimDrone {
             backend_capacity: self.capacity,
             resources: Some(resources()),
             runtime: "mock".into(),
+            // It renews what it is told to and nothing more: no grace through a store outage.
+            lease_deferrals: false,
         }
     }
 }

@@ -39,12 +39,19 @@ struct Script {
     withhold_event_acks: bool,
     /// `None`: renewals go unanswered.
     renew_answer: Option<bool>,
+    /// Play a controller that cannot reach its store: renewals answered deferred, with this
+    /// grace promised in the Welcome.
+    defer_renewals: Option<Duration>,
+    /// Answer renewals again (renewed) from the next attach on: a stuck stream left behind.
+    answer_on_next_attach: bool,
     refuse_attach: bool,
     /// Play a controller from before batched renewals: no `batch_renewals` in the Welcome.
     single_renewals: bool,
     /// Keys per renewal message received (a `RenewKey` counts 1).
     renewal_sizes: Vec<usize>,
     attaches: u32,
+    /// When each attach arrived.
+    attached_at: Vec<Instant>,
     current: Option<Outbound>,
 }
 
@@ -76,16 +83,25 @@ impl DroneService for FakeController {
             other => return Err(Status::invalid_argument(format!("expected hello, got {other:?}"))),
         }
         let (tx, rx) = mpsc::channel(256);
+        let (single_renewals, defer_renewals) = {
+            let script = self.script.lock().unwrap();
+            (script.single_renewals, script.defer_renewals)
+        };
         let welcome = v1::Welcome {
             node_id: "node-fake".into(),
             controller_id: "fake".into(),
             heartbeat_interval: Some(duration_to_proto(Duration::from_millis(500))),
-            batch_renewals: !self.script.lock().unwrap().single_renewals,
+            batch_renewals: !single_renewals,
+            store_outage_grace: defer_renewals.map(duration_to_proto),
         };
         tx.send(reply(Reply::Welcome(welcome))).await.unwrap();
         let pending = {
             let mut script = self.script.lock().unwrap();
             script.attaches += 1;
+            script.attached_at.push(Instant::now());
+            if std::mem::take(&mut script.answer_on_next_attach) {
+                script.renew_answer = Some(true);
+            }
             script.current = Some(tx.clone());
             script.pending.clone()
         };
@@ -112,7 +128,8 @@ impl DroneService for FakeController {
                         Some(Message::RenewKeys(batch)) => {
                             s.renewals.push(Instant::now());
                             s.renewal_sizes.push(batch.keys.len());
-                            s.renew_answer.map(|renewed| {
+                            let deferred = s.defer_renewals.is_some();
+                            s.renew_answer.or(deferred.then_some(false)).map(|renewed| {
                                 let keys = batch
                                     .keys
                                     .into_iter()
@@ -120,6 +137,7 @@ impl DroneService for FakeController {
                                         backend_id: k.backend_id,
                                         renewed,
                                         expires_at: None,
+                                        deferred,
                                     })
                                     .collect();
                                 Reply::RenewKeysResponse(v1::RenewKeysResponse { keys })
@@ -133,6 +151,7 @@ impl DroneService for FakeController {
                                     backend_id: renew.backend_id,
                                     renewed,
                                     expires_at: None,
+                                    deferred: false,
                                 })
                             })
                         }
@@ -715,6 +734,83 @@ async fn cut_off_drone_soft_terminates_then_kills_keyed_backend_before_the_lease
         [Loading, Starting, Waiting, Ready, Terminating, HardTerminating, Terminated]
     );
     assert_eq!(reason_of(&terminated), Some(TerminationReason::KeyExpired));
+    drone.shutdown().await;
+}
+
+/// A store outage: the controller answers every renewal deferred. The backend outlives its lease
+/// by the grace, then stops as a cut-off one would (docs/design/backends-and-leases.md#store-outages).
+#[tokio::test]
+async fn deferred_renewals_keep_a_keyed_backend_for_the_grace_and_no_longer() {
+    let controller = Controller::start().await;
+    controller.script(|s| s.renew_answer = Some(true));
+    let runtime: Arc<dyn Runtime> = Arc::new(MockRuntime::new());
+    let drone = start_drone(&controller, runtime.clone(), None);
+    drone.attached().await;
+
+    let backend = new_id("bk");
+    let lease = Duration::from_millis(3000);
+    let grace = Duration::from_millis(3000);
+    let mut spawn = Spawn::new("app:1").keyed("doc-outage");
+    spawn.lease = lease;
+    controller.send(spawn.action(&backend));
+    controller.wait_state(&backend, Ready, T).await;
+    controller.wait_for("a renewal", T, |c| c.script(|s| !s.renewals.is_empty())).await;
+    // The store goes: the next stream's controller defers (a drone learns the grace at attach).
+    controller.script(|s| {
+        s.renew_answer = None;
+        s.defer_renewals = Some(grace);
+    });
+    controller.drop_stream();
+    let outage = Instant::now();
+    let last_confirmed = controller.script(|s| *s.renewals.last().unwrap());
+    // Past its lease and its soft deadline, still serving: the deferrals kept it.
+    tokio::time::sleep((last_confirmed + lease + Duration::from_millis(300)).saturating_duration_since(Instant::now()))
+        .await;
+    assert!(controller.states_of(&backend).ends_with(&[Ready]), "{:?}", controller.states_of(&backend));
+    controller.wait_state(&backend, Terminating, T).await;
+    let stopped_after = last_confirmed.elapsed();
+    println!("deferred from {:?}: stopped {stopped_after:?} after the last confirmed renewal", outage.elapsed());
+    assert!(stopped_after >= lease / 2 + grace - Duration::from_millis(500), "stopped after {stopped_after:?}");
+    assert!(stopped_after < lease + grace, "stopped after {stopped_after:?}: past the store's hold");
+    let terminated = controller.wait_state(&backend, Terminated, T).await;
+    assert_eq!(reason_of(&terminated), Some(TerminationReason::KeyExpired));
+    drone.shutdown().await;
+}
+
+/// A controller that answers no renewal at all (paused, wedged) is left for another before the
+/// keys' soft deadline, and the keys are renewed on the new stream at once.
+#[tokio::test]
+async fn a_drone_leaves_a_controller_that_answers_no_renewal_and_renews_at_once_on_the_next_stream() {
+    let controller = Controller::start().await;
+    controller.script(|s| s.renew_answer = Some(true));
+    let drone = start_drone(&controller, Arc::new(MockRuntime::new()), None);
+    drone.attached().await;
+    let backend = new_id("bk");
+    let lease = Duration::from_secs(12);
+    let mut spawn = Spawn::new("app:1").keyed("doc-stuck");
+    spawn.lease = lease;
+    controller.send(spawn.action(&backend));
+    controller.wait_state(&backend, Ready, T).await;
+    controller.wait_for("a renewal", T, |c| c.script(|s| !s.renewals.is_empty())).await;
+    let attaches = controller.script(|s| {
+        s.renew_answer = None;
+        s.answer_on_next_attach = true;
+        s.attaches
+    });
+    // The next round (a third of the lease after the first) goes unanswered; a tenth of the lease
+    // later (1.2 s) the drone gives the stream up and attaches again, renewing at once.
+    controller.wait_for("a reattach", lease, |c| c.script(|s| s.attaches > attaches)).await;
+    let reattached = controller.script(|s| *s.attached_at.last().unwrap());
+    controller
+        .wait_for("a renewal on the new stream", Duration::from_secs(2), |c| {
+            c.script(|s| s.renewals.last().is_some_and(|at| *at >= reattached))
+        })
+        .await;
+    let renewed_after = controller.script(|s| *s.renewals.last().unwrap()) - reattached;
+    assert!(renewed_after < Duration::from_secs(1), "renewed {renewed_after:?} after the attach, not at once");
+    // Nothing ended: the keys were renewed in time on the new stream.
+    tokio::time::sleep(lease / 2).await;
+    assert!(controller.states_of(&backend).ends_with(&[Ready]), "{:?}", controller.states_of(&backend));
     drone.shutdown().await;
 }
 

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use hangar::secret::Secret;
 use hangar_agent::admin::AdminListen;
 use hangar_client::{CredentialFlags, Credentials};
+use hangar_server::api::BackendSettings;
 use hangar_server::auth::{self, Reflection, Role, bind::BindDecision};
 use hangar_server::controller::{Controller, ControllerConfig, LivenessConfig};
 #[cfg(feature = "dev")]
@@ -164,6 +165,41 @@ struct ControllerArgs {
     limits: LimitArgs,
     #[command(flatten)]
     retention: RetentionArgs,
+    #[command(flatten)]
+    leases: LeaseArgs,
+}
+
+/// Key leases (docs/design/backends-and-leases.md#key-leases-and-fencing). Every controller on
+/// one database should be given the same values.
+#[derive(Args)]
+struct LeaseArgs {
+    /// How long a key's lease lasts without renewal. Drones renew every third of it and stop a
+    /// backend they cannot renew at half of it; a key whose drone died is given to a new backend
+    /// after about this long. At least 3s.
+    #[arg(long, default_value = "30s", value_parser = parse_lease, value_name = "DURATION")]
+    lease_duration: Duration,
+    /// While this controller cannot reach its database, it tells drones that their renewals are
+    /// deferred, and they keep their backends up to this long past their lease deadlines: a
+    /// database outage shorter than this ends no session. The database holds such keys from
+    /// other holders as long. 0 turns deferrals off (an outage then ends every keyed backend
+    /// within half a lease).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    store_outage_grace: Duration,
+}
+
+impl LeaseArgs {
+    fn apply(&self, backends: BackendSettings) -> BackendSettings {
+        BackendSettings { lease_duration: self.lease_duration, store_outage_grace: self.store_outage_grace, ..backends }
+    }
+}
+
+/// A lease: humantime, at least 3 s, so that a third of it leaves room for a renewal's round trip.
+fn parse_lease(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if duration < Duration::from_secs(3) {
+        return Err(format!("{value:?} is too short: a lease is at least 3s"));
+    }
+    Ok(duration)
 }
 
 /// How long the controller keeps what is over: terminated backends, and the change log watchers
@@ -512,6 +548,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             .map(|(cert, key)| ControllerTlsFiles { files: TlsFiles { cert, key }, client_ca: args.tls_client_ca }),
         limits: args.limits.config(),
         admin_listen: args.admin_listen.0,
+        backends: args.leases.apply(BackendSettings::default()),
         ..args.retention.apply(ControllerConfig::default())
     };
     let controller = Controller::start(store, config, listener).await?;

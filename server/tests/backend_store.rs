@@ -6,8 +6,9 @@ use hangar::domain::{
 };
 use hangar::v1;
 use hangar_server::store::{
-    ActionPayload, BackendFilter, Change, ChangeKind, ConnectOutcome, ConnectSpec, DroneEvent, DroneLoad, DroneSlot,
-    EventOutcome, IssuedToken, KeyRenewal, NodeRegistration, NodeUpdate, SpawnPlan, UpdateCondition, new_action_id,
+    ActionPayload, BackendFilter, Change, ChangeKind, ConnectOutcome, ConnectSpec, ControllerTick, DroneEvent,
+    DroneLoad, DroneSlot, EventOutcome, IssuedToken, KeyRenewal, NodeRegistration, NodeUpdate, SpawnPlan,
+    UpdateCondition, new_action_id,
 };
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -19,6 +20,7 @@ hangar_server::store_scenarios!(
     fifty_concurrent_connects_through_two_stores_yield_one_backend,
     a_different_tag_is_refused_while_the_key_is_held,
     expired_lease_frees_the_key_and_the_next_holder_gets_a_higher_fencing_token,
+    an_expired_key_whose_drone_was_told_to_wait_is_held_for_the_grace_and_no_longer,
     events_move_forward_only_and_termination_frees_key_and_actions,
     placement_counts_live_backends_and_reports_a_full_pool,
     terminate_stores_one_action_per_kind_and_ignores_terminated_backends,
@@ -176,11 +178,11 @@ async fn expired_lease_frees_the_key_and_the_next_holder_gets_a_higher_fencing_t
     else {
         panic!("no spawn")
     };
-    assert!(store.expired_key_holders(Utc::now()).await.unwrap().is_empty());
+    assert!(store.expired_key_holders(Utc::now(), LEASE).await.unwrap().is_empty());
     let later = Utc::now() + Duration::seconds(31);
-    let expired = store.expired_key_holders(later).await.unwrap();
+    let expired = store.expired_key_holders(later, LEASE).await.unwrap();
     assert_eq!(expired.iter().map(|b| b.id.clone()).collect::<Vec<_>>(), vec![first_holder.id.clone()]);
-    let released = store.release_expired_key(&first_holder.id, true, later).await.unwrap().unwrap();
+    let released = store.release_expired_key(&first_holder.id, true, later, LEASE).await.unwrap().unwrap();
     assert_eq!(released.status.state, BackendState::Terminated);
     assert_eq!(released.status.termination_reason, Some(TerminationReason::Lost));
     assert!(store.pending_actions("d1").await.unwrap().is_empty(), "actions of a lost backend are dropped");
@@ -191,6 +193,58 @@ async fn expired_lease_frees_the_key_and_the_next_holder_gets_a_higher_fencing_t
     };
     assert_ne!(second.id, first_holder.id);
     assert_eq!(second.fencing_token, first_holder.fencing_token + 1);
+}
+
+/// A store outage: controller A deferred the key's renewal; B, which reaches the store again
+/// first, must not free the key while A's drone may still serve it
+/// (docs/design/backends-and-leases.md#store-outages).
+async fn an_expired_key_whose_drone_was_told_to_wait_is_held_for_the_grace_and_no_longer(db: Database) {
+    let store = db.open().await;
+    let grace = std::time::Duration::from_secs(120);
+    let connected_at = Utc::now();
+    let ConnectOutcome::Spawned(holder) =
+        store.connect_backend(spec(Some(key("w", "")), drones(5, &["d1"]), LEASE), &first).await.unwrap()
+    else {
+        panic!("no spawn")
+    };
+    let tick = |id: &str, seen: chrono::DateTime<Utc>, deferral: Option<chrono::DateTime<Utc>>| ControllerTick {
+        controller_id: id.into(),
+        seen_at: seen,
+        last_deferral_at: deferral,
+        outage_grace: grace,
+        stopped_at: None,
+    };
+    let long_ago = connected_at - Duration::days(1);
+    // The lease runs out during the outage (30 s after Connect); A deferred 5 s after Connect.
+    let back = connected_at + Duration::seconds(60);
+    store
+        .record_controller_tick(&tick("ctl-a", back, Some(connected_at + Duration::seconds(5))), long_ago)
+        .await
+        .unwrap();
+    store.record_controller_tick(&tick("ctl-b", back, None), long_ago).await.unwrap();
+    let ticks = store.controller_ticks().await.unwrap();
+    assert_eq!(ticks.len(), 2);
+    let later = back + Duration::seconds(1);
+    assert!(store.expired_key_holders(later, LEASE).await.unwrap().is_empty(), "held for the grace");
+    let still = store.release_expired_key(&holder.id, true, later, LEASE).await.unwrap().unwrap();
+    assert_eq!(still.status.state, BackendState::Scheduled, "the sweep's second look holds it too");
+    // A's drone renews once the store is back: the key is still its own.
+    assert!(
+        store.renew_key(&holder.id, &key("w", ""), holder.fencing_token, later + Duration::seconds(30)).await.unwrap()
+    );
+    assert!(store.expired_key_holders(later + Duration::seconds(20), LEASE).await.unwrap().is_empty());
+
+    // Had it not: past the grace, the key goes.
+    let past_grace = later + Duration::seconds(30) + Duration::seconds(122);
+    let expired = store.expired_key_holders(past_grace, LEASE).await.unwrap();
+    assert_eq!(expired.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), [holder.id.as_str()]);
+    let freed = store.release_expired_key(&holder.id, true, past_grace, LEASE).await.unwrap().unwrap();
+    assert_eq!(freed.status.termination_reason, Some(TerminationReason::Lost));
+
+    // Ticks a controller no longer needs are forgotten by the next tick of another.
+    store.record_controller_tick(&tick("ctl-b", past_grace, None), back + Duration::seconds(1)).await.unwrap();
+    let ids: Vec<_> = store.controller_ticks().await.unwrap().into_iter().map(|t| t.controller_id).collect();
+    assert_eq!(ids, ["ctl-b"]);
 }
 
 async fn events_move_forward_only_and_termination_frees_key_and_actions(db: Database) {
@@ -340,12 +394,17 @@ async fn renewal_needs_the_current_fencing_token(db: Database) {
     };
     let now = Utc::now();
     let k = key("r", "");
-    assert!(store.renew_key(&b.id, &k, b.fencing_token, now, now + Duration::seconds(30)).await.unwrap());
-    assert!(!store.renew_key(&b.id, &k, b.fencing_token + 1, now, now + Duration::seconds(30)).await.unwrap());
-    assert!(!store.renew_key("bk-other", &k, b.fencing_token, now, now + Duration::seconds(30)).await.unwrap());
-    // Past its expiry, a lease cannot be revived: the sweep may already have handed the key on.
+    assert!(store.renew_key(&b.id, &k, b.fencing_token, now + Duration::seconds(30)).await.unwrap());
+    assert!(!store.renew_key(&b.id, &k, b.fencing_token + 1, now + Duration::seconds(30)).await.unwrap());
+    assert!(!store.renew_key("bk-other", &k, b.fencing_token, now + Duration::seconds(30)).await.unwrap());
+    // Past its expiry, a lease the sweep has not freed is renewed: only the sweep frees a key, by
+    // its rule, which may hold it for a drone a store outage made wait.
     let late = now + Duration::seconds(31);
-    assert!(!store.renew_key(&b.id, &k, b.fencing_token, late, late + Duration::seconds(30)).await.unwrap());
+    assert!(store.renew_key(&b.id, &k, b.fencing_token, late + Duration::seconds(30)).await.unwrap());
+    // Once freed, it is not: the key may have another holder.
+    let freed_at = late + Duration::seconds(31);
+    store.release_expired_key(&b.id, false, freed_at, LEASE).await.unwrap();
+    assert!(!store.renew_key(&b.id, &k, b.fencing_token, freed_at + Duration::seconds(30)).await.unwrap());
 }
 
 async fn a_batch_renewal_renews_each_held_key_and_refuses_the_others_alone(db: Database) {
@@ -365,11 +424,14 @@ async fn a_batch_renewal_renews_each_held_key_and_refuses_the_others_alone(db: D
         fencing_token: token,
     };
     let now = Utc::now();
-    // b2's lease runs out before the batch arrives; the batch may not revive it.
+    // b2's lease runs out and the sweep frees it before the batch arrives; the batch may not
+    // revive it.
     let late = now + Duration::seconds(31);
-    assert!(store.renew_key(&held[0].id, &key("b0", ""), held[0].fencing_token, now, late).await.unwrap());
-    assert!(store.renew_key(&held[1].id, &key("b1", ""), held[1].fencing_token, now, late).await.unwrap());
-    assert!(store.renew_key(&held[3].id, &key("b3", ""), held[3].fencing_token, now, late).await.unwrap());
+    assert!(store.renew_key(&held[0].id, &key("b0", ""), held[0].fencing_token, late).await.unwrap());
+    assert!(store.renew_key(&held[1].id, &key("b1", ""), held[1].fencing_token, late).await.unwrap());
+    assert!(store.renew_key(&held[3].id, &key("b3", ""), held[3].fencing_token, late).await.unwrap());
+    let freed = store.release_expired_key(&held[2].id, false, late, LEASE).await.unwrap().unwrap();
+    assert_eq!(freed.status.state, BackendState::Scheduled, "freed, not ended: its drone is attached");
     let batch = vec![
         renewal(0, held[0].fencing_token),
         // A wrong fencing token: an older holder's.
@@ -379,14 +441,15 @@ async fn a_batch_renewal_renews_each_held_key_and_refuses_the_others_alone(db: D
         // A backend that does not hold the key at all.
         KeyRenewal { backend_id: "bk-other".into(), key: key("b0", ""), fencing_token: held[0].fencing_token },
     ];
-    let renewed = store.renew_keys(&batch, late, late + Duration::seconds(30)).await.unwrap();
+    let renewed = store.renew_keys(&batch, late + Duration::seconds(30)).await.unwrap();
     assert_eq!(renewed, [true, false, false, true, false], "each key decided alone, answers in request order");
 
     // The renewed leases really moved: still valid past the old expiry, the refused ones not.
     let later = late + Duration::seconds(20);
-    let expired: BTreeSet<String> = store.expired_key_holders(later).await.unwrap().into_iter().map(|b| b.id).collect();
-    assert_eq!(expired, BTreeSet::from([held[1].id.clone(), held[2].id.clone()]));
-    assert!(store.renew_keys(&[], now, now).await.unwrap().is_empty());
+    let expired: BTreeSet<String> =
+        store.expired_key_holders(later, LEASE).await.unwrap().into_iter().map(|b| b.id).collect();
+    assert_eq!(expired, BTreeSet::from([held[1].id.clone()]), "b2's key is free: it holds nothing");
+    assert!(store.renew_keys(&[], now).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -427,7 +490,7 @@ async fn a_status_message_is_kept_in_the_history_and_never_shows_a_secret(db: Da
         panic!()
     };
     let later = Utc::now() + Duration::minutes(1);
-    let released = store.release_expired_key(&lost.id, true, later).await.unwrap().unwrap();
+    let released = store.release_expired_key(&lost.id, true, later, LEASE).await.unwrap().unwrap();
     assert_eq!(released.status.termination_reason, Some(TerminationReason::Lost));
     assert!(released.status.message.contains("its drone d1 went away"), "{}", released.status.message);
 }
@@ -581,7 +644,7 @@ async fn retention_removes_a_terminated_backends_rows_keeps_a_live_keys_and_a_re
     // first one ends: its removal must leave the key (held by the second) alone.
     let shared_first = spawned(&store, Some(key("shared", ""))).await;
     let later = Utc::now() + Duration::seconds(31);
-    store.release_expired_key(&shared_first.id, false, later).await.unwrap();
+    store.release_expired_key(&shared_first.id, false, later, LEASE).await.unwrap();
     let shared_second = spawned(&store, Some(key("shared", ""))).await;
     assert_eq!(shared_second.fencing_token, 2);
     for id in [&gone.id, &keyless.id, &shared_first.id] {
@@ -611,14 +674,9 @@ async fn retention_removes_a_terminated_backends_rows_keeps_a_live_keys_and_a_re
     // Nothing live was touched: the live backend, its history and its lease.
     assert_eq!(store.get_backend(&live.id).await.unwrap().unwrap().status.state, BackendState::Ready);
     assert_eq!(store.backend_history(&live.id, 0).await.unwrap(), live_history);
+    assert!(store.renew_key(&live.id, &key("live", ""), 1, Utc::now() + Duration::seconds(30)).await.unwrap());
     assert!(
-        store.renew_key(&live.id, &key("live", ""), 1, Utc::now(), Utc::now() + Duration::seconds(30)).await.unwrap()
-    );
-    assert!(
-        store
-            .renew_key(&shared_second.id, &key("shared", ""), 2, Utc::now(), Utc::now() + Duration::seconds(30))
-            .await
-            .unwrap()
+        store.renew_key(&shared_second.id, &key("shared", ""), 2, Utc::now() + Duration::seconds(30)).await.unwrap()
     );
     // Nothing left to remove: the next pass takes no revision.
     assert_eq!(store.remove_terminated_backends(Utc::now() + Duration::seconds(1), 100).await.unwrap(), 0);

@@ -125,6 +125,8 @@ pub fn drone_hello(name: &str) -> v1::DroneHello {
             memory_used_bytes: 1 << 20,
         }),
         runtime: "mock".into(),
+        // Driven by hand: a test that wants deferred renewals asks for them.
+        lease_deferrals: false,
     }
 }
 

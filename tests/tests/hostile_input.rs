@@ -404,6 +404,7 @@ fn drone_message() -> impl Strategy<Value = v1::DroneAttachRequest> {
                     backend_capacity,
                     resources: None,
                     runtime,
+                    lease_deferrals: backend_capacity % 2 == 0,
                 })
             });
     let status = (enum_value(), enum_value(), enum_value(), prop::option::of(any::<i32>()), text()).prop_map(

@@ -133,12 +133,12 @@ async fn three_thousand_keyed_backends_on_two_drones_outlive_several_leases_with
     let now = chrono::Utc::now();
     let expires_at = now + chrono::Duration::from_std(LEASE).unwrap();
     let timer = Instant::now();
-    let renewed = cluster.store.renew_keys(&renewals, now, expires_at).await.unwrap();
+    let renewed = cluster.store.renew_keys(&renewals, expires_at).await.unwrap();
     let batch = timer.elapsed();
     assert!(renewed.iter().all(|r| *r), "every held key renews");
     let timer = Instant::now();
     for r in &renewals {
-        assert!(cluster.store.renew_key(&r.backend_id, &r.key, r.fencing_token, now, expires_at).await.unwrap());
+        assert!(cluster.store.renew_key(&r.backend_id, &r.key, r.fencing_token, expires_at).await.unwrap());
     }
     let one_by_one = timer.elapsed();
     eprintln!("renewing {} keys: one batch {batch:?}, one by one {one_by_one:?}", renewals.len());

@@ -26,6 +26,9 @@ const EVENT_WINDOW: i64 = 1024;
 /// Acknowledgements of events deleted from the journal in one commit at most.
 const ACK_BATCH: usize = 256;
 
+/// How often a stream is checked for a renewal batch its controller left unanswered.
+const STUCK_CHECK: Duration = Duration::from_millis(250);
+
 /// Renewal batches that may wait on the priority lane (each up to `renewer::MAX_BATCH` keys).
 const PRIORITY_LANE: usize = 64;
 
@@ -132,6 +135,7 @@ impl DroneAttach<'_> {
             backend_capacity: config.backend_capacity,
             resources: Some(self.host.sample().into()),
             runtime: config.runtime.as_ref().map_or("none", |r| r.kind().as_str()).to_string(),
+            lease_deferrals: true,
         };
         tx.send(v1::DroneAttachRequest { message: Some(Message::Hello(hello)) }).await?;
         // The status itself is the error, so that `stream` can tell a refusal from a transient
@@ -149,7 +153,9 @@ impl DroneAttach<'_> {
         attempt.welcomed();
 
         let outbox = &self.fleet.outbox;
-        let generation = outbox.stream.attach(priority_tx.clone(), welcome.batch_renewals);
+        let outage_grace = welcome.store_outage_grace.as_ref().and_then(duration_from_proto).unwrap_or_default();
+        let generation = outbox.stream.attach(priority_tx.clone(), welcome.batch_renewals, outage_grace);
+        outbox.keys.stream_changed(generation);
         let result = self.attached(&tx, priority_tx, inbound, interval, generation).await;
         outbox.stream.detach(generation);
         result
@@ -192,9 +198,24 @@ impl DroneAttach<'_> {
                 }
             }
         };
+        // A controller that answers no renewal is paused or cut off; the stream is given up
+        // before the keys' deadlines run out, for another controller (the attach loop moves on).
+        let stuck = async {
+            let mut ticker = tokio::time::interval(STUCK_CHECK);
+            loop {
+                ticker.tick().await;
+                if let Some(timeout) = fleet.outbox.keys.overdue(generation) {
+                    return timeout;
+                }
+            }
+        };
         tokio::select! {
             _ = reader => unreachable!("the reader never ends by itself"),
             _ = heartbeats => unreachable!("heartbeats never end by themselves"),
+            timeout = stuck => {
+                tracing::warn!(?timeout, "the controller answered no key renewal in time; moving to another");
+                anyhow::bail!("the controller answered no key renewal within {timeout:?}")
+            }
             result = handle(fleet, tx, &mut queue) => result,
         }
     }

@@ -54,7 +54,20 @@ pub enum Command {
     /// Answer to the key renewal in the batch sent at `sent` (`super::renewer`).
     Renewal {
         sent: Instant,
-        renewed: bool,
+        answer: RenewalAnswer,
+    },
+}
+
+/// What the controller answered for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewalAnswer {
+    Renewed,
+    /// The lease ran out or the key has another holder: the backend must end (KEY_EXPIRED).
+    Refused,
+    /// The controller could not reach its store; it promised `grace`
+    /// (docs/design/backends-and-leases.md#store-outages).
+    Deferred {
+        grace: Duration,
     },
 }
 
@@ -446,10 +459,14 @@ impl BackendTask {
                 }
                 _ => {}
             },
-            Command::Renewal { sent, renewed } => {
+            Command::Renewal { sent, answer } => {
                 let Some(lease) = self.lease.as_mut() else { return };
-                if renewed {
+                if answer == RenewalAnswer::Renewed {
                     lease.renewed(sent);
+                } else if let RenewalAnswer::Deferred { grace } = answer {
+                    if lease.deferred(Instant::now(), grace) {
+                        tracing::warn!(backend_id = %self.backend_id, ?grace, "key renewal deferred: the controller cannot reach its store; keeping the backend for the grace");
+                    }
                 } else if self.termination.is_none() {
                     tracing::warn!(backend_id = %self.backend_id, "the controller refused the key renewal");
                     let message = "the controller refused to renew the key lease: it ran out, and the key may \

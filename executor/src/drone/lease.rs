@@ -6,6 +6,12 @@
 //! the controller confirmed: the controller extends the lease no earlier than it receives the
 //! request, so the drone's deadlines are always ahead of the controller's expiry, whatever the
 //! network delay or the skew between wall clocks.
+//!
+//! A controller that cannot reach its store may answer a renewal *deferred*; one that arrives
+//! before the soft deadline moves both deadlines later by the grace the controller promised, and
+//! the store holds the key that much longer for it
+//! (docs/design/backends-and-leases.md#store-outages). Only once per confirmation: the grace is
+//! counted from the last confirmed renewal, however many deferrals follow.
 
 use std::time::Duration;
 
@@ -18,6 +24,8 @@ pub struct KeyLease {
     duration: Duration,
     /// Send time of the last confirmed renewal (or of the spawn's arrival).
     confirmed: Instant,
+    /// Added to both deadlines: a renewal since `confirmed` was deferred in time.
+    grace: Duration,
     soft_done: bool,
     hard_done: bool,
 }
@@ -25,7 +33,7 @@ pub struct KeyLease {
 impl KeyLease {
     /// A lease last confirmed at `confirmed`.
     pub fn new(duration: Duration, confirmed: Instant) -> Self {
-        KeyLease { duration, confirmed, soft_done: false, hard_done: false }
+        KeyLease { duration, confirmed, grace: Duration::ZERO, soft_done: false, hard_done: false }
     }
 
     pub fn duration(&self) -> Duration {
@@ -35,17 +43,32 @@ impl KeyLease {
     /// A renewal sent at `sent` was confirmed. An older confirmation arriving late moves nothing
     /// back.
     pub fn renewed(&mut self, sent: Instant) {
-        self.confirmed = self.confirmed.max(sent);
+        if sent > self.confirmed {
+            self.confirmed = sent;
+            self.grace = Duration::ZERO;
+        }
+    }
+
+    /// A renewal was answered deferred at `at`, with `grace`: the deadlines move by the grace if
+    /// the answer came before the soft deadline (after it, the backend is already stopping, and
+    /// the store may have let the key go). Whether they moved.
+    pub fn deferred(&mut self, at: Instant, grace: Duration) -> bool {
+        let in_time = !self.soft_done && at < self.confirmed + self.duration / 2;
+        if in_time && grace > self.grace {
+            self.grace = grace;
+            return true;
+        }
+        false
     }
 
     /// When the backend must be soft-terminated unless a renewal is confirmed first.
     pub fn soft_deadline(&self) -> Option<Instant> {
-        (!self.soft_done).then(|| self.confirmed + self.duration / 2)
+        (!self.soft_done).then(|| self.confirmed + self.duration / 2 + self.grace)
     }
 
     /// When the backend must be killed unless a renewal is confirmed first.
     pub fn hard_deadline(&self) -> Option<Instant> {
-        (!self.hard_done).then(|| self.confirmed + self.duration * 3 / 4)
+        (!self.hard_done).then(|| self.confirmed + self.duration * 3 / 4 + self.grace)
     }
 
     pub fn soft_fired(&mut self) {
@@ -78,5 +101,33 @@ mod tests {
         lease.soft_fired();
         assert_eq!(lease.soft_deadline(), None);
         assert_eq!(lease.hard_deadline(), Some(sent + Duration::from_millis(22_500)));
+    }
+
+    #[tokio::test]
+    async fn a_deferral_before_the_soft_deadline_moves_both_deadlines_by_the_grace_once() {
+        let start = Instant::now();
+        let grace = Duration::from_secs(120);
+        let mut lease = KeyLease::new(Duration::from_secs(30), start);
+        assert!(lease.deferred(start + Duration::from_secs(14), grace));
+        assert_eq!(lease.soft_deadline(), Some(start + Duration::from_secs(15) + grace));
+        assert_eq!(lease.hard_deadline(), Some(start + Duration::from_millis(22_500) + grace));
+        // More deferrals during the outage add nothing: the grace counts from the confirmation.
+        assert!(!lease.deferred(start + Duration::from_secs(20), grace));
+        assert_eq!(lease.soft_deadline(), Some(start + Duration::from_secs(15) + grace));
+        // The store is back: a confirmation puts the deadlines back on the lease alone.
+        let sent = start + Duration::from_secs(70);
+        lease.renewed(sent);
+        assert_eq!(lease.soft_deadline(), Some(sent + Duration::from_secs(15)));
+    }
+
+    #[tokio::test]
+    async fn a_deferral_that_comes_after_the_soft_deadline_moves_nothing() {
+        let start = Instant::now();
+        let mut lease = KeyLease::new(Duration::from_secs(30), start);
+        assert!(!lease.deferred(start + Duration::from_secs(15), Duration::from_secs(120)));
+        assert_eq!(lease.soft_deadline(), Some(start + Duration::from_secs(15)));
+        lease.soft_fired();
+        assert!(!lease.deferred(start + Duration::from_secs(1), Duration::from_secs(120)), "already stopping");
+        assert_eq!(lease.hard_deadline(), Some(start + Duration::from_millis(22_500)));
     }
 }

@@ -81,6 +81,9 @@ pub struct Lane {
     pub generation: u64,
     /// The controller answers `RenewKeys` (its Welcome said so).
     pub batch_renewals: bool,
+    /// What the controller promised with a deferred renewal (its Welcome's
+    /// `store_outage_grace`); zero: it never defers.
+    pub outage_grace: Duration,
     tx: mpsc::Sender<v1::DroneAttachRequest>,
 }
 
@@ -97,9 +100,14 @@ const LANE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl CurrentStream {
     /// A new stream is up, with `priority` as its priority lane; returns its generation.
-    pub fn attach(&self, priority: mpsc::Sender<v1::DroneAttachRequest>, batch_renewals: bool) -> u64 {
+    pub fn attach(
+        &self,
+        priority: mpsc::Sender<v1::DroneAttachRequest>,
+        batch_renewals: bool,
+        outage_grace: Duration,
+    ) -> u64 {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.current.lock().unwrap() = Some(Lane { generation, batch_renewals, tx: priority });
+        *self.current.lock().unwrap() = Some(Lane { generation, batch_renewals, outage_grace, tx: priority });
         generation
     }
 

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::Command;
+use super::backend::{Command, RenewalAnswer};
 use super::outbox::CurrentStream;
 
 /// Keys per `RenewKeys` message (and per store transaction on the controller): ~100 KB on the
@@ -48,6 +48,8 @@ struct Held {
 struct InFlight {
     generation: u64,
     sent: Instant,
+    /// What the controller of this stream promised with a deferral.
+    outage_grace: Duration,
     backend_ids: Vec<String>,
     /// Answers received so far (single `RenewKeyResponse`s from an older controller arrive one by
     /// one).
@@ -60,6 +62,18 @@ pub struct KeyRenewer {
     in_flight: Mutex<VecDeque<InFlight>>,
     /// A key was added.
     added: Notify,
+    /// A new stream is up while batches sent on an older one were never answered.
+    restream: Notify,
+}
+
+/// How long a batch may go unanswered before its stream is given up as stuck: a tenth of the
+/// lease (3 s of 30 s), at least 1 s. A controller that cannot reach its store answers deferred
+/// well within this (it waits for the store a fifteenth of the lease); one that does not answer at
+/// all is paused or cut off, and waiting for the HTTP/2 keep-alive to find that out (10–15 s) would
+/// run past the soft deadline (half the lease after the last confirmed batch, which the next
+/// batch follows by a third of it).
+pub fn answer_timeout(lease: Duration) -> Duration {
+    (lease / 10).max(Duration::from_secs(1))
 }
 
 impl KeyRenewer {
@@ -108,6 +122,9 @@ impl KeyRenewer {
             };
             let only_fresh = tokio::select! {
                 _ = round => false,
+                // What an earlier stream took with it goes out on the new one now, not at the
+                // next round: its deadlines kept running.
+                _ = self.restream.notified() => false,
                 _ = self.added.notified() => {
                     // Gather the keys of a burst of spawns into one batch.
                     tokio::time::sleep(FRESH_DELAY).await;
@@ -142,6 +159,7 @@ impl KeyRenewer {
             self.in_flight.lock().unwrap().push_back(InFlight {
                 generation: lane.generation,
                 sent,
+                outage_grace: lane.outage_grace,
                 backend_ids,
                 answered: 0,
             });
@@ -165,6 +183,24 @@ impl KeyRenewer {
         true
     }
 
+    /// A new stream is up: if batches sent on earlier ones were never answered, every key is
+    /// renewed on it at once.
+    pub fn stream_changed(&self, generation: u64) {
+        if self.in_flight.lock().unwrap().iter().any(|b| b.generation < generation) {
+            self.restream.notify_one();
+        }
+    }
+
+    /// How long the oldest batch sent on stream `generation` has gone unanswered past the answer
+    /// timeout ([`answer_timeout`] of the shortest lease), if it has.
+    pub fn overdue(&self, generation: u64) -> Option<Duration> {
+        let lease = self.held.lock().unwrap().values().map(|h| h.lease).min()?;
+        let timeout = answer_timeout(lease);
+        let in_flight = self.in_flight.lock().unwrap();
+        let oldest = in_flight.iter().find(|b| b.generation == generation)?;
+        (oldest.sent.elapsed() > timeout).then_some(timeout)
+    }
+
     /// The answer to the oldest outstanding batch of stream `generation`. Returns the keys it
     /// renewed and the wall-clock send time of their batch, for the journal.
     pub fn batch_answered(&self, generation: u64, answer: v1::RenewKeysResponse) -> Confirmed {
@@ -179,7 +215,7 @@ impl KeyRenewer {
                 tracing::warn!(expected = %backend_id, got = %answer.backend_id, "renewal answers out of order; ignoring one");
                 continue;
             }
-            self.dispatch(backend_id, batch.sent, answer.renewed);
+            self.dispatch(backend_id, batch.sent, RenewalAnswer::of(&answer, batch.outage_grace));
             if answer.renewed {
                 confirmed.backend_ids.push(answer.backend_id);
             }
@@ -208,7 +244,8 @@ impl KeyRenewer {
         drop(in_flight);
         match matched {
             Some(sent) => {
-                self.dispatch(&answer.backend_id, sent, answer.renewed);
+                // An older controller's single answers: it never defers.
+                self.dispatch(&answer.backend_id, sent, RenewalAnswer::of(&answer, Duration::ZERO));
                 let backend_ids = if answer.renewed { vec![answer.backend_id] } else { Vec::new() };
                 Confirmed { backend_ids, sent_at: wall_time(sent) }
             }
@@ -229,19 +266,33 @@ impl KeyRenewer {
         }
     }
 
-    /// Answers matched to no batch confirm nothing; a refusal still counts: the key is lost.
+    /// Answers matched to no batch confirm nothing, nor does a deferral count without its batch;
+    /// a refusal still counts: the key is lost.
     fn unmatched(&self, answers: Vec<v1::RenewKeyResponse>) {
-        for answer in answers.into_iter().filter(|a| !a.renewed) {
-            self.dispatch(&answer.backend_id, Instant::now(), false);
+        for answer in answers.into_iter().filter(|a| !a.renewed && !a.deferred) {
+            self.dispatch(&answer.backend_id, Instant::now(), RenewalAnswer::Refused);
         }
     }
 
-    fn dispatch(&self, backend_id: &str, sent: Instant, renewed: bool) {
+    fn dispatch(&self, backend_id: &str, sent: Instant, answer: RenewalAnswer) {
         let task = self.held.lock().unwrap().get(backend_id).map(|h| h.task.clone());
         if let Some(task) = task {
             // The task's queue is small; a full one is a task busy terminating, or a renewal it
             // will have confirmed again a third of a lease later.
-            let _ = task.try_send(Command::Renewal { sent, renewed });
+            let _ = task.try_send(Command::Renewal { sent, answer });
+        }
+    }
+}
+
+impl RenewalAnswer {
+    /// One key's answer, from a controller that promised `outage_grace` with a deferral. A
+    /// deferral without a promise (a controller that should not have sent one) confirms nothing
+    /// and refuses nothing: it is a grace of zero.
+    fn of(answer: &v1::RenewKeyResponse, outage_grace: Duration) -> RenewalAnswer {
+        match (answer.renewed, answer.deferred) {
+            (true, _) => RenewalAnswer::Renewed,
+            (false, true) => RenewalAnswer::Deferred { grace: outage_grace },
+            (false, false) => RenewalAnswer::Refused,
         }
     }
 }
@@ -267,7 +318,33 @@ mod tests {
     }
 
     fn answer(backend_id: &str, renewed: bool) -> v1::RenewKeyResponse {
-        v1::RenewKeyResponse { backend_id: backend_id.into(), renewed, expires_at: None }
+        v1::RenewKeyResponse { backend_id: backend_id.into(), renewed, expires_at: None, deferred: false }
+    }
+
+    #[tokio::test]
+    async fn a_batch_unanswered_past_a_tenth_of_the_lease_marks_its_stream_stuck() {
+        let renewer = KeyRenewer::default();
+        let (tx, _rx) = mpsc::channel(4);
+        renewer.hold("bk-a", key("a"), 1, Duration::from_secs(30), tx);
+        let sent_ago = |ago: Duration| {
+            let mut in_flight = renewer.in_flight.lock().unwrap();
+            in_flight.clear();
+            in_flight.push_back(InFlight {
+                generation: 1,
+                sent: Instant::now() - ago,
+                outage_grace: Duration::ZERO,
+                backend_ids: vec!["bk-a".into()],
+                answered: 0,
+            });
+        };
+        sent_ago(Duration::from_millis(2_800));
+        assert_eq!(renewer.overdue(1), None);
+        sent_ago(Duration::from_millis(3_100));
+        assert_eq!(renewer.overdue(1), Some(Duration::from_secs(3)));
+        assert_eq!(renewer.overdue(2), None, "another stream has nothing outstanding");
+        // The next stream renews at once what the stuck one never answered.
+        renewer.stream_changed(2);
+        tokio::time::timeout(Duration::from_millis(100), renewer.restream.notified()).await.expect("renew now");
     }
 
     #[tokio::test]
@@ -281,6 +358,7 @@ mod tests {
         renewer.in_flight.lock().unwrap().push_back(InFlight {
             generation: 2,
             sent,
+            outage_grace: Duration::ZERO,
             backend_ids: vec!["bk-a".into(), "bk-b".into()],
             answered: 0,
         });
@@ -291,13 +369,13 @@ mod tests {
             .batch_answered(2, v1::RenewKeysResponse { keys: vec![answer("bk-a", true), answer("bk-b", false)] });
         assert_eq!(confirmed.backend_ids, ["bk-a"], "only renewed keys are journaled as renewed");
         match a_rx.try_recv().unwrap() {
-            Command::Renewal { sent: at, renewed: true, .. } => assert_eq!(at, sent),
+            Command::Renewal { sent: at, answer: RenewalAnswer::Renewed } => assert_eq!(at, sent),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(b_rx.try_recv().unwrap(), Command::Renewal { renewed: false, .. }));
+        assert!(matches!(b_rx.try_recv().unwrap(), Command::Renewal { answer: RenewalAnswer::Refused, .. }));
         // The batch is answered: a repeat confirms nothing, a refusal still counts.
         renewer.batch_answered(2, v1::RenewKeysResponse { keys: vec![answer("bk-a", true), answer("bk-b", false)] });
         assert!(a_rx.try_recv().is_err());
-        assert!(matches!(b_rx.try_recv().unwrap(), Command::Renewal { renewed: false, .. }));
+        assert!(matches!(b_rx.try_recv().unwrap(), Command::Renewal { answer: RenewalAnswer::Refused, .. }));
     }
 }

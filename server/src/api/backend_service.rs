@@ -40,6 +40,10 @@ pub struct BackendSettings {
     pub sweep_interval: Duration,
     /// WatchBackend re-reads the history this often even without a notification.
     pub watch_poll: Duration,
+    /// How long past its lease deadlines a drone may keep a backend whose renewal was deferred
+    /// because the controller could not reach its store; zero: renewals are never deferred
+    /// (docs/design/backends-and-leases.md#store-outages).
+    pub store_outage_grace: Duration,
 }
 
 impl Default for BackendSettings {
@@ -52,6 +56,7 @@ impl Default for BackendSettings {
             stop_grace: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(1),
             watch_poll: Duration::from_secs(1),
+            store_outage_grace: Duration::from_secs(120),
         }
     }
 }

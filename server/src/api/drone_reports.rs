@@ -7,10 +7,11 @@
 //! stream replays exactly what was not stored.
 
 use super::{ApiError, validate};
-use crate::store::{DroneEvent, DynStore, EventOutcome};
+use crate::store::{DroneEvent, DynStore, EventOutcome, StoreError};
 use chrono::Utc;
 use hangar::domain::BackendStatus;
 use hangar::v1;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -38,9 +39,13 @@ pub(super) enum Report {
 
 type Outbound = mpsc::Sender<Result<v1::DroneAttachResponse, Status>>;
 
-/// Applies and acknowledges until the session drops its sender. A report that is not valid, or
-/// a store that fails, ends the stream with that error, as in-line handling did: the drone
-/// reattaches and replays what was not acknowledged.
+/// Applies and acknowledges until the session drops its sender. A report that is not valid ends
+/// the stream with that error, as in-line handling did: the drone reattaches and replays what was
+/// not acknowledged. A store that fails is tried again with the same reports, after a pause that
+/// grows to [`RETRY_MAX`], for as long as the session lasts: a store outage must not end the
+/// session the drone's renewals are deferred on (docs/design/backends-and-leases.md#store-outages);
+/// nothing is acknowledged until it is stored, and meanwhile the drone sends at most its window of
+/// unacknowledged events.
 pub(super) async fn serve(store: DynStore, drone_id: String, mut reports: mpsc::Receiver<Report>, outbound: Outbound) {
     while let Some(first) = reports.recv().await {
         let mut taken = vec![first];
@@ -50,38 +55,53 @@ pub(super) async fn serve(store: DynStore, drone_id: String, mut reports: mpsc::
                 Err(_) => break,
             }
         }
-        let answers = match apply(&store, &drone_id, taken).await {
-            Ok(answers) => answers
-                .into_iter()
-                .map(|event_id| {
-                    Ok(v1::DroneAttachResponse {
-                        message: Some(v1::drone_attach_response::Message::AckEvent(v1::AckEvent { event_id })),
-                    })
-                })
-                .collect(),
-            Err(err) => {
-                if let ApiError::Store(err) = &err {
-                    tracing::warn!(error = %err, drone_id = %drone_id, "store failed applying a drone's reports");
+        let (valid, invalid) = validated(&drone_id, taken);
+        let mut pause = RETRY_FIRST;
+        let event_ids = loop {
+            match apply(&store, &drone_id, &valid).await {
+                Ok(event_ids) => break event_ids,
+                Err(err) => {
+                    tracing::warn!(error = %err, drone_id = %drone_id, retry_in = ?pause, "store failed applying a drone's reports");
+                    tokio::select! {
+                        _ = outbound.closed() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(RETRY_MAX);
                 }
-                vec![Err(Status::from(err))]
             }
         };
-        for answer in answers {
-            let failed = answer.is_err();
-            if outbound.send(answer).await.is_err() || failed {
+        for event_id in event_ids {
+            let ack = v1::DroneAttachResponse {
+                message: Some(v1::drone_attach_response::Message::AckEvent(v1::AckEvent { event_id })),
+            };
+            if outbound.send(Ok(ack)).await.is_err() {
                 return;
             }
+        }
+        if let Some(err) = invalid {
+            let _ = outbound.send(Err(Status::from(err))).await;
+            return;
         }
     }
 }
 
-/// Validates and applies `reports` in one store call; the ids of the events to acknowledge, in
-/// order.
-async fn apply(store: &DynStore, drone_id: &str, reports: Vec<Report>) -> Result<Vec<String>, ApiError> {
+/// Pauses between tries of a store that failed.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// The reports as the store takes them, validated: the events with their ids and the
+/// acknowledged actions. Reports after one that is not valid are dropped with it (the stream ends
+/// and the drone replays them); those before it are applied first. `validated` returns them and
+/// the first violation, if any.
+struct Valid {
+    events: Vec<DroneEvent>,
+    event_ids: Vec<String>,
+    acks: Vec<String>,
+}
+
+fn validated(drone_id: &str, reports: Vec<Report>) -> (Valid, Option<ApiError>) {
     let now = Utc::now();
-    let mut events = Vec::new();
-    let mut event_ids = Vec::new();
-    let mut acks = Vec::new();
+    let mut valid = Valid { events: Vec::new(), event_ids: Vec::new(), acks: Vec::new() };
     for report in reports {
         match report {
             Report::Event(event) => {
@@ -90,21 +110,35 @@ async fn apply(store: &DynStore, drone_id: &str, reports: Vec<Report>) -> Result
                     .absorb("backend_event.event_id", validate::id("backend_event.event_id", &event.event_id))
                     .absorb("backend_event.backend_id", validate::id("backend_event.backend_id", &event.backend_id))
                     .absorb("backend_event.address", validate::address("backend_event.address", &event.address));
-                violations.into_result()?;
+                if let Err(err) = violations.into_result() {
+                    return (valid, Some(err));
+                }
                 let Some(status) = event.status.as_ref().and_then(|s| BackendStatus::from_proto(s, now)) else {
-                    return Err(ApiError::Protocol(format!("event {} carries no known backend state", event.event_id)));
+                    let err = ApiError::Protocol(format!("event {} carries no known backend state", event.event_id));
+                    return (valid, Some(err));
                 };
-                events.push(DroneEvent { backend_id: event.backend_id, status, address: event.address, now });
-                event_ids.push(event.event_id);
+                valid.events.push(DroneEvent { backend_id: event.backend_id, status, address: event.address, now });
+                valid.event_ids.push(event.event_id);
             }
             Report::Ack(action_id) => {
-                validate::id("ack_action.action_id", &action_id)?;
-                acks.push(action_id);
+                if let Err(err) = validate::id("ack_action.action_id", &action_id) {
+                    return (valid, Some(err));
+                }
+                valid.acks.push(action_id);
             }
         }
     }
-    let outcomes = store.apply_drone_reports(drone_id, events, acks).await?;
-    for (event_id, outcome) in event_ids.iter().zip(&outcomes) {
+    tracing::trace!(drone_id, events = valid.events.len(), acks = valid.acks.len(), "drone reports");
+    (valid, None)
+}
+
+/// Applies `reports` in one store call; the ids of the events to acknowledge, in order.
+async fn apply(store: &DynStore, drone_id: &str, reports: &Valid) -> Result<Vec<String>, StoreError> {
+    if reports.events.is_empty() && reports.acks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let outcomes = store.apply_drone_reports(drone_id, reports.events.clone(), reports.acks.clone()).await?;
+    for (event_id, outcome) in reports.event_ids.iter().zip(&outcomes) {
         match outcome {
             EventOutcome::Applied(backend) => {
                 tracing::info!(backend_id = %backend.id, state = %backend.status.state, "backend state changed");
@@ -116,5 +150,5 @@ async fn apply(store: &DynStore, drone_id: &str, reports: Vec<Report>) -> Result
             }
         }
     }
-    Ok(event_ids)
+    Ok(reports.event_ids.clone())
 }

@@ -8,7 +8,7 @@ use super::key_renewals::{self, Renewal};
 use super::session::{Divert, NodeSessions, OUTBOUND_BUFFER, Routed, SessionHandler, or_default};
 use super::{ApiError, BackendSettings, validate};
 use crate::auth::{self, Principal, audit};
-use crate::controller::{AttachedNode, NodeRegistry};
+use crate::controller::{AttachedNode, NodeRegistry, StoreContact};
 use crate::store::{ActionPayload, DynStore, EventOutcome, NodeRegistration, PendingAction};
 use chrono::Utc;
 use hangar::domain::{BackendStatus, NodeKind, NodeResources, duration_to_proto};
@@ -29,6 +29,8 @@ pub const RUNTIME_LABEL: &str = "hangar.dev/runtime";
 pub struct DroneApi {
     sessions: NodeSessions,
     settings: BackendSettings,
+    /// Whether this controller reaches its store, for renewals it may answer deferred.
+    contact: Arc<StoreContact>,
 }
 
 impl DroneApi {
@@ -36,10 +38,11 @@ impl DroneApi {
         registry: Arc<NodeRegistry>,
         store: DynStore,
         settings: BackendSettings,
+        contact: Arc<StoreContact>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
-        DroneApi { sessions: NodeSessions { registry, store, tasks, shutdown }, settings }
+        DroneApi { sessions: NodeSessions { registry, store, tasks, shutdown }, settings, contact }
     }
 }
 
@@ -315,14 +318,20 @@ impl DroneApi {
             controller_id: registry.controller_id().to_string(),
             heartbeat_interval: Some(duration_to_proto(registry.config().heartbeat_interval)),
             batch_renewals: true,
+            // Only to drones that understand a deferred renewal; an older one would take it for
+            // a refusal and end its backend.
+            store_outage_grace: (hello.lease_deferrals && !self.contact.grace().is_zero())
+                .then(|| duration_to_proto(self.contact.grace())),
         };
+        let welcome_deferrals = welcome.store_outage_grace.is_some();
         tx.try_send(Ok(v1::DroneAttachResponse { message: Some(Reply::Welcome(welcome)) }))
             .expect("a fresh channel has room");
         // The session's renewal task: ends once the session's reader (which holds its sender)
         // has stopped.
         let (renewals_tx, renewals_rx) = mpsc::channel(key_renewals::QUEUE);
         let (store, lease) = (self.sessions.store.clone(), self.settings.lease_duration);
-        self.sessions.tasks.spawn(key_renewals::serve(store, lease, renewals_rx, tx.clone()));
+        let deferrals = welcome_deferrals.then(|| self.contact.clone());
+        self.sessions.tasks.spawn(key_renewals::serve(store, lease, deferrals, renewals_rx, tx.clone()));
         let (reports_tx, reports_rx) = mpsc::channel(drone_reports::QUEUE);
         self.sessions.tasks.spawn(drone_reports::serve(
             self.sessions.store.clone(),

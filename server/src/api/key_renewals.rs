@@ -6,10 +6,12 @@
 //! message, per key, in the request's order.
 
 use super::{ApiError, validate};
-use crate::store::{DynStore, KeyRenewal};
+use crate::controller::StoreContact;
+use crate::store::{DynStore, KeyRenewal, StoreError};
 use chrono::Utc;
 use hangar::domain::{BackendKey, timestamp_to_proto};
 use hangar::v1;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -33,11 +35,16 @@ type Outbound = mpsc::Sender<Result<v1::DroneAttachResponse, Status>>;
 /// drone cost fewer, larger transactions instead of queueing.
 const COALESCE: usize = 8;
 
-/// Renews and answers until the session drops its sender. A message that is not valid, or a store
-/// that fails, ends the stream with that error, as in-line handling would: the drone reattaches.
+/// Renews and answers until the session drops its sender. A message that is not valid ends the
+/// stream with that error, as in-line handling would. A store that fails or does not answer in
+/// time: with `deferrals` (a drone that understands them, on a controller that may defer now),
+/// every key of the messages is answered *deferred* and the session goes on
+/// (docs/design/backends-and-leases.md#store-outages); otherwise the stream ends with the error
+/// and the drone reattaches.
 pub(super) async fn serve(
     store: DynStore,
     lease_duration: Duration,
+    deferrals: Option<Arc<StoreContact>>,
     mut renewals: mpsc::Receiver<Renewal>,
     outbound: Outbound,
 ) {
@@ -49,7 +56,7 @@ pub(super) async fn serve(
                 Err(_) => break,
             }
         }
-        let answers = match renew(&store, lease_duration, taken).await {
+        let answers = match renew(&store, lease_duration, deferrals.as_deref(), taken).await {
             Ok(answers) => {
                 answers.into_iter().map(|reply| Ok(v1::DroneAttachResponse { message: Some(reply) })).collect()
             }
@@ -71,11 +78,21 @@ pub(super) async fn serve(
     }
 }
 
+/// How long a renewal may wait for the store before it is answered deferred: a fifteenth of the
+/// lease (2 s of 30 s), so that the answer reaches the drone before its soft deadline (half the
+/// lease after the last confirmed renewal, which the next renewal follows by a third), and before
+/// the drone gives up on an unanswered batch (a tenth of the lease) and takes this controller for
+/// a stuck one.
+fn store_wait(lease_duration: Duration) -> Duration {
+    (lease_duration / 15).clamp(Duration::from_millis(200), Duration::from_secs(5))
+}
+
 /// Validates and renews the keys of `messages` in one transaction; one answer per message, each
 /// with one answer per key in the message's order.
 async fn renew(
     store: &DynStore,
     lease_duration: Duration,
+    deferrals: Option<&StoreContact>,
     messages: Vec<Renewal>,
 ) -> Result<Vec<v1::drone_attach_response::Message>, ApiError> {
     use v1::drone_attach_response::Message as Reply;
@@ -96,16 +113,32 @@ async fn renew(
     let now = Utc::now();
     let expires_at = now + chrono::Duration::from_std(lease_duration).unwrap_or_default();
     let started = std::time::Instant::now();
-    let renewed = store.renew_keys(&all, now, expires_at).await?;
+    let stored = match deferrals {
+        Some(_) => match tokio::time::timeout(store_wait(lease_duration), store.renew_keys(&all, expires_at)).await {
+            Ok(stored) => stored,
+            Err(_) => Err(StoreError::Unavailable(format!("no answer within {:?}", store_wait(lease_duration)))),
+        },
+        None => store.renew_keys(&all, expires_at).await,
+    };
+    let outcome = match stored {
+        Ok(renewed) => renewed.into_iter().map(Outcome::from).collect(),
+        Err(err) if deferrals.is_some_and(StoreContact::defer) => {
+            tracing::warn!(error = %err, keys = all.len(), "the store did not take key renewals; answering them deferred");
+            vec![Outcome::Deferred; all.len()]
+        }
+        Err(err) => return Err(err.into()),
+    };
     tracing::debug!(keys = all.len(), elapsed = ?started.elapsed(), "key renewals");
-    let mut answers = all.into_iter().zip(renewed).map(|(renewal, renewed)| {
-        if !renewed {
+    let mut answers = all.into_iter().zip(outcome).map(|(renewal, outcome)| {
+        if outcome == Outcome::Refused {
             tracing::warn!(backend_id = %renewal.backend_id, fencing_token = renewal.fencing_token, "key lease not renewed");
         }
+        let renewed = outcome == Outcome::Renewed;
         v1::RenewKeyResponse {
             backend_id: renewal.backend_id,
             renewed,
             expires_at: renewed.then(|| timestamp_to_proto(expires_at)),
+            deferred: outcome == Outcome::Deferred,
         }
     });
     Ok(shapes
@@ -119,6 +152,21 @@ async fn renew(
             }
         })
         .collect())
+}
+
+/// What became of one key's renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Renewed,
+    Refused,
+    /// The store could not be reached: neither renewed nor lost.
+    Deferred,
+}
+
+impl From<bool> for Outcome {
+    fn from(renewed: bool) -> Self {
+        if renewed { Outcome::Renewed } else { Outcome::Refused }
+    }
 }
 
 /// The keys of one message, validated.

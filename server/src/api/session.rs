@@ -135,12 +135,21 @@ impl NodeSessions {
             let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut companion = handler.companion().unwrap_or_else(|| Box::pin(futures::future::pending()));
+            let mut store_failing = false;
             let end: Option<ApiError> = loop {
                 let result = tokio::select! {
                     _ = this.shutdown.cancelled() => break Some(ApiError::shutting_down()),
                     cause = attached.closed() => break Some(cause.into()),
                     message = queue.recv() => match message.unwrap_or(Ok(None)) {
-                        Ok(Some(message)) => handler.message(message).await,
+                        // A message handled in line that the store failed is not acknowledged:
+                        // the stream ends, and the node replays it on its next one.
+                        Ok(Some(message)) => match handler.message(message).await {
+                            Err(ApiError::Store(err)) => {
+                                tracing::warn!(node_id = %attached.node_id, error = %err, "store failed during a node session");
+                                break Some(ApiError::Store(err));
+                            }
+                            handled => handled,
+                        },
                         Ok(None) => break None,
                         Err(status) => {
                             tracing::debug!(node_id = %attached.node_id, %status, "node stream failed");
@@ -155,12 +164,17 @@ impl NodeSessions {
                     _ = poll.tick() => handler.woken().await,
                 };
                 match result {
-                    Ok(()) => {}
-                    // The store failing is no fault of the node: end the stream so that it
-                    // reattaches (possibly elsewhere) and everything unacknowledged is replayed.
+                    Ok(()) => store_failing = false,
+                    // A wake-up's read that the store failed is no fault of the node, and ending
+                    // its stream would not help it: its next attach needs the store too, and a
+                    // drone without a stream cannot hear that its key renewals are deferred, so a
+                    // store outage would end its sessions
+                    // (docs/design/backends-and-leases.md#store-outages). The next wake-up or poll
+                    // reads the actions again (and the reports task retries its own writes).
                     Err(ApiError::Store(err)) => {
-                        tracing::warn!(node_id = %attached.node_id, error = %err, "store failed during a node session");
-                        break Some(ApiError::Store(err));
+                        if !std::mem::replace(&mut store_failing, true) {
+                            tracing::warn!(node_id = %attached.node_id, error = %err, "store failed during a node session; keeping the session");
+                        }
                     }
                     Err(err) => break Some(err),
                 }

@@ -7,6 +7,7 @@ mod incoming;
 mod liveness;
 mod registry;
 mod server;
+mod store_outage;
 mod sweep;
 
 pub use liveness::LivenessConfig;
@@ -14,4 +15,5 @@ pub use registry::{
     ATTACH_CONCURRENCY, ATTACH_QUEUE, AttachPermit, AttachQueueFull, AttachedNode, CloseCause, NodeRegistry,
 };
 pub use server::{Controller, ControllerConfig, RunningController};
+pub use store_outage::{StoreContact, TICK_INTERVAL};
 pub use sweep::{BackendSweep, SweepReport};

@@ -1,7 +1,7 @@
 //! Starting and stopping a controller: the gRPC services, health, reflection, the auth layer in
 //! front of them all, and the background tasks they need, all owned by one [`RunningController`].
 
-use super::{BackendSweep, LivenessConfig, NodeRegistry};
+use super::{BackendSweep, LivenessConfig, NodeRegistry, StoreContact};
 use crate::admin::AdminContext;
 use crate::api::{BackendApi, BackendSettings, DroneApi, NodeApi, PageTokens, ProxyApi};
 use crate::auth::{AuthLayer, Authenticator, Reflection};
@@ -128,10 +128,13 @@ impl Controller {
             hub.clone(),
             shutdown.clone(),
         )));
+        let contact =
+            StoreContact::new(config.controller_id.clone(), settings.store_outage_grace, settings.lease_duration);
         let drone_api = sized!(DroneServiceServer::new(DroneApi::new(
             registry.clone(),
             store.clone(),
             settings.clone(),
+            contact.clone(),
             tasks.clone(),
             shutdown.clone(),
         )));
@@ -231,6 +234,9 @@ impl Controller {
             let every = config.compaction_interval.min((config.backend_retention / 2).max(MIN_RETENTION_PASS));
             tasks.spawn(retire_backends(store.clone(), config.backend_retention, every, shutdown.clone()));
         }
+        // The first tick before serving renewals would be tidier, but a controller must start
+        // while its store is away too; until a tick is taken it defers nothing.
+        tasks.spawn(contact.clone().run(store.clone(), shutdown.clone()));
         {
             let sweep = BackendSweep::new(store.clone(), settings.lease_duration);
             let shutdown = shutdown.clone();
@@ -266,6 +272,8 @@ impl Controller {
             authenticator,
             tls,
             admin,
+            store,
+            contact,
         })
     }
 }
@@ -349,6 +357,8 @@ pub struct RunningController {
     authenticator: Arc<Authenticator>,
     tls: Option<Arc<ControllerTls>>,
     admin: Option<AdminServer>,
+    store: DynStore,
+    contact: Arc<StoreContact>,
 }
 
 impl RunningController {
@@ -413,6 +423,9 @@ impl RunningController {
         self.registry.close_all();
         self.tasks.close();
         self.tasks.wait().await;
+        // Its drone sessions have ended: it defers nothing more, and says so, so that other
+        // controllers need not wait for its ticks before freeing an expired key.
+        self.contact.record(&self.store, true).await;
         let mut server = self.server;
         match tokio::time::timeout(self.config.shutdown_grace, &mut server).await {
             Ok(result) => result??,

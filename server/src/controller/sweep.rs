@@ -32,9 +32,9 @@ const NODE_PAGE: usize = 500;
 
 pub struct BackendSweep {
     store: DynStore,
-    /// How long a drone may stay away before the backends without a key that it ran count as
-    /// LOST (keyed ones follow their lease, which runs out after the same time).
-    lost_after: Duration,
+    /// The key lease. Also how long a drone may stay away before the backends without a key that
+    /// it ran count as LOST (keyed ones follow their lease, which runs out after the same time).
+    lease_duration: Duration,
 }
 
 fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
@@ -42,8 +42,8 @@ fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
 }
 
 impl BackendSweep {
-    pub fn new(store: DynStore, lost_after: Duration) -> Self {
-        BackendSweep { store, lost_after }
+    pub fn new(store: DynStore, lease_duration: Duration) -> Self {
+        BackendSweep { store, lease_duration }
     }
 
     /// Passes every `interval` until `shutdown`. Failures are logged and retried next pass.
@@ -118,12 +118,14 @@ impl BackendSweep {
     /// Keys whose lease ran out are freed; their backend ends LOST when its drone is not
     /// attached (an attached drone ends it itself: its renewals now fail, KEY_EXPIRED).
     async fn leases(&self, now: DateTime<Utc>, report: &mut SweepReport) -> Result<(), StoreError> {
-        for backend in self.store.expired_key_holders(now).await? {
+        for backend in self.store.expired_key_holders(now, self.lease_duration).await? {
             let attached = match self.store.get_node(&backend.drone_id).await? {
                 Some(node) => node.state.is_attached(),
                 None => false,
             };
-            if let Some(after) = self.store.release_expired_key(&backend.id, !attached, now).await? {
+            if let Some(after) =
+                self.store.release_expired_key(&backend.id, !attached, now, self.lease_duration).await?
+            {
                 report.keys_released += 1;
                 if after.status.state == BackendState::Terminated && backend.status.state.is_live() {
                     report.lost += 1;
@@ -171,7 +173,7 @@ impl BackendSweep {
     async fn vanished_drones(&self, now: DateTime<Utc>, report: &mut SweepReport) -> Result<(), StoreError> {
         let filter =
             NodeFilter { kinds: vec![NodeKind::Drone], states: vec![NodeState::Offline], ..NodeFilter::default() };
-        let gone_before = now - chrono::Duration::from_std(self.lost_after).unwrap_or_default();
+        let gone_before = now - chrono::Duration::from_std(self.lease_duration).unwrap_or_default();
         let mut after_node: Option<String> = None;
         loop {
             let page = self.store.list_nodes(&filter, None, after_node.as_deref(), NODE_PAGE).await?;

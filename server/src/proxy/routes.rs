@@ -35,9 +35,11 @@ pub const BACKEND_ID_HEADER: &str = "x-hangar-backend-id";
 
 /// How long past its ttl a cached READY route is still served while no controller answers a
 /// lookup for it (never past the token's expiry). The backend keeps serving while the control
-/// plane is away; a route the controllers would have invalidated in that time is dropped by the
-/// first request whose forwarding fails, as any stale route is.
-pub const STALE_GRACE: Duration = Duration::from_secs(60);
+/// plane is away — through a store outage for up to the controllers' outage grace, 120 s by
+/// default (docs/design/backends-and-leases.md#store-outages), which this matches; a route the
+/// controllers would have invalidated in that time is dropped by the first request whose
+/// forwarding fails, as any stale route is.
+pub const STALE_GRACE: Duration = Duration::from_secs(120);
 
 /// How long one controller may take to answer a lookup before it is sent to the next one. The
 /// last controller tried gets [`LAST_TRY_TIMEOUT`]: a slow answer beats none.

@@ -240,26 +240,22 @@ pub trait BackendStore: Send + Sync {
     /// The drone acknowledged the action: it is deleted (only if it is that drone's).
     async fn ack_action(&self, drone_id: &str, action_id: &str) -> Result<(), StoreError>;
 
-    /// Extends the key's lease to `expires_at` while `backend_id` holds it with `fencing_token`
-    /// and the lease has not run out; `false` otherwise.
+    /// Extends the key's lease to `expires_at` while `backend_id` holds it with `fencing_token`;
+    /// `false` otherwise. A lease that ran out is renewed as long as the key is still held: only
+    /// the sweep frees a key, by the rule of [`ExpiryRule`](super::ExpiryRule), which holds it
+    /// for the drones a store outage made wait (docs/design/backends-and-leases.md#store-outages).
     async fn renew_key(
         &self,
         backend_id: &str,
         key: &BackendKey,
         fencing_token: u64,
-        now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
     /// A batch of [`renew_key`](Self::renew_key)s in one transaction: for each renewal, in
     /// order, whether it was renewed. Each key is decided on its own condition; the transaction
     /// only saves commits (docs/design/backends-and-leases.md#key-leases-and-fencing).
-    async fn renew_keys(
-        &self,
-        renewals: &[KeyRenewal],
-        now: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> Result<Vec<bool>, StoreError>;
+    async fn renew_keys(&self, renewals: &[KeyRenewal], expires_at: DateTime<Utc>) -> Result<Vec<bool>, StoreError>;
 
     /// Proxy traffic: moves `last_activity_at` forward. Not a revision: nobody watches it.
     async fn record_activity(&self, backend_ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError>;
@@ -273,17 +269,31 @@ pub trait BackendStore: Send + Sync {
     /// deadline) or no longer running (`None`). Not a revision: nobody watches it.
     async fn defer_limits(&self, deferrals: &[(String, Option<DateTime<Utc>>)]) -> Result<(), StoreError>;
 
-    /// Live holders of keys whose lease ended before `now`.
-    async fn expired_key_holders(&self, now: DateTime<Utc>) -> Result<Vec<Backend>, StoreError>;
+    /// Live holders of keys whose lease (of `lease`) ended before `now` and that
+    /// [`ExpiryRule`](super::ExpiryRule) lets go, by every controller's tick.
+    async fn expired_key_holders(&self, now: DateTime<Utc>, lease: Duration) -> Result<Vec<Backend>, StoreError>;
 
-    /// Frees the key `backend_id` holds if its lease is still expired at `now`; with `lost`, the
-    /// backend also ends TERMINATED (LOST). Returns the backend as it is afterwards.
+    /// Frees the key `backend_id` holds if its lease is still expired at `now` and the rule still
+    /// lets it go, both read again under the write lock; with `lost`, the backend also ends
+    /// TERMINATED (LOST). Returns the backend as it is afterwards.
     async fn release_expired_key(
         &self,
         backend_id: &str,
         lost: bool,
         now: DateTime<Utc>,
+        lease: Duration,
     ) -> Result<Option<Backend>, StoreError>;
+
+    /// Records that this controller reached the store (its row of `controller_ticks`, replaced),
+    /// and forgets other controllers' ticks older than `forget_before`.
+    async fn record_controller_tick(
+        &self,
+        tick: &super::ControllerTick,
+        forget_before: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Every controller's last tick.
+    async fn controller_ticks(&self) -> Result<Vec<super::ControllerTick>, StoreError>;
 
     /// Ends a live backend TERMINATED (LOST) without its drone: the drone is gone for good.
     /// Returns the backend as it is afterwards; `None` for an unknown id.

@@ -10,6 +10,7 @@
 //! any revision at or above it stays exact.
 
 mod backends;
+mod lease_expiry;
 mod offload;
 mod postgres;
 mod rows;
@@ -21,6 +22,7 @@ pub use backends::{
     DroneLoad, DroneSlot, EventOutcome, IssuedToken, KeyRenewal, PendingAction, Pick, SpawnPlan, TokenRoute,
     new_action_id,
 };
+pub use lease_expiry::{CLOCK_SKEW, ControllerTick, ExpiryRule, forget_before};
 pub use offload::OffloadedStore;
 pub use postgres::{NODE_CHANGES_CHANNEL, PostgresStore};
 pub use sqlite::SqliteStore;

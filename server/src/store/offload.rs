@@ -355,25 +355,19 @@ impl BackendStore for OffloadedStore {
         backend_id: &str,
         key: &BackendKey,
         fencing_token: u64,
-        now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let (backend_id, key) = (backend_id.to_string(), key.clone());
         self.run(crate::store_series!("renew_key"), |s| {
-            Box::pin(async move { s.renew_key(&backend_id, &key, fencing_token, now, expires_at).await })
+            Box::pin(async move { s.renew_key(&backend_id, &key, fencing_token, expires_at).await })
         })
         .await
     }
 
-    async fn renew_keys(
-        &self,
-        renewals: &[KeyRenewal],
-        now: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> Result<Vec<bool>, StoreError> {
+    async fn renew_keys(&self, renewals: &[KeyRenewal], expires_at: DateTime<Utc>) -> Result<Vec<bool>, StoreError> {
         let renewals = renewals.to_vec();
         self.run(crate::store_series!("renew_keys"), |s| {
-            Box::pin(async move { s.renew_keys(&renewals, now, expires_at).await })
+            Box::pin(async move { s.renew_keys(&renewals, expires_at).await })
         })
         .await
     }
@@ -399,9 +393,13 @@ impl BackendStore for OffloadedStore {
             .await
     }
 
-    async fn expired_key_holders(&self, now: DateTime<Utc>) -> Result<Vec<Backend>, StoreError> {
+    async fn expired_key_holders(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Backend>, StoreError> {
         self.run(crate::store_series!("expired_key_holders"), |s| {
-            Box::pin(async move { s.expired_key_holders(now).await })
+            Box::pin(async move { s.expired_key_holders(now, lease).await })
         })
         .await
     }
@@ -411,12 +409,30 @@ impl BackendStore for OffloadedStore {
         backend_id: &str,
         lost: bool,
         now: DateTime<Utc>,
+        lease: std::time::Duration,
     ) -> Result<Option<Backend>, StoreError> {
         let backend_id = backend_id.to_string();
         self.run(crate::store_series!("release_expired_key"), |s| {
-            Box::pin(async move { s.release_expired_key(&backend_id, lost, now).await })
+            Box::pin(async move { s.release_expired_key(&backend_id, lost, now, lease).await })
         })
         .await
+    }
+
+    async fn record_controller_tick(
+        &self,
+        tick: &super::ControllerTick,
+        forget_before: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let tick = tick.clone();
+        self.run(crate::store_series!("record_controller_tick"), |s| {
+            Box::pin(async move { s.record_controller_tick(&tick, forget_before).await })
+        })
+        .await
+    }
+
+    async fn controller_ticks(&self) -> Result<Vec<super::ControllerTick>, StoreError> {
+        self.run(crate::store_series!("controller_ticks"), |s| Box::pin(async move { s.controller_ticks().await }))
+            .await
     }
 
     async fn mark_lost(&self, backend_id: &str, now: DateTime<Utc>) -> Result<Option<Backend>, StoreError> {

@@ -35,6 +35,9 @@ impl Dialect for Postgres {
     }
 }
 
+/// How long a controller's session may sit in an open transaction without a statement.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "SET idle_in_transaction_session_timeout = '5s'";
+
 impl SqlStore<Postgres> {
     /// Connects to and migrates `postgres://…`. Concurrent controllers may migrate at once: sqlx
     /// serializes migrations with an advisory lock.
@@ -43,6 +46,15 @@ impl SqlStore<Postgres> {
             .max_connections(8)
             // A call while the database is down fails as Unavailable after this, not hangs.
             .acquire_timeout(Duration::from_secs(5))
+            // A controller that stops inside a write transaction (paused, swapped out, cut off
+            // from the database mid-batch) holds the revision counter's row lock, and with it
+            // every other controller's writes, until its session ends: the database ends it
+            // after this much silence instead (docs/design/faults.md, "A paused controller").
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(&mut *connection, IDLE_IN_TRANSACTION_TIMEOUT).await.map(drop)
+                })
+            })
             .connect(url)
             .await
             .map_err(from_sqlx)?;

@@ -3,13 +3,14 @@
 use super::{Dialect, SqlStore};
 use crate::store::backends::*;
 use crate::store::rows::{self, db_revision, from_sqlx};
-use crate::store::{Change, ChangeKind, Revision, StoreError};
+use crate::store::{Change, ChangeKind, ControllerTick, ExpiryRule, Revision, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hangar::domain::{
     Backend, BackendKey, BackendState, BackendStatus, TerminationKind, TerminationReason, status_message,
 };
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type};
+use std::time::Duration;
 
 pub(super) mod batch;
 
@@ -68,6 +69,33 @@ where
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
+    /// Every controller's tick (docs/design/backends-and-leases.md#store-outages).
+    async fn ticks_in<'e, E>(executor: E) -> Result<Vec<ControllerTick>, StoreError>
+    where
+        E: Executor<'e, Database = DB>,
+    {
+        let rows = sqlx::query(
+            "SELECT controller_id, seen_at, last_deferral_at, outage_grace_ms, stopped_at FROM controller_ticks",
+        )
+        .fetch_all(executor)
+        .await
+        .map_err(from_sqlx)?;
+        let optional = |millis: i64| if millis == 0 { Ok(None) } else { time(millis).map(Some) };
+        rows.iter()
+            .map(|row| {
+                Ok(ControllerTick {
+                    controller_id: row.try_get(0).map_err(from_sqlx)?,
+                    seen_at: time(row.try_get(1).map_err(from_sqlx)?)?,
+                    last_deferral_at: optional(row.try_get(2).map_err(from_sqlx)?)?,
+                    outage_grace: Duration::from_millis(
+                        u64::try_from(row.try_get::<i64, _>(3).map_err(from_sqlx)?).unwrap_or(0),
+                    ),
+                    stopped_at: optional(row.try_get(4).map_err(from_sqlx)?)?,
+                })
+            })
+            .collect()
+    }
+
     async fn backend_in(tx: &mut Transaction<'static, DB>, id: &str) -> Result<Option<Backend>, StoreError> {
         let row = sqlx::query(&format!("SELECT {BACKEND_COLUMNS} FROM backends WHERE id = $1"))
             .bind(id.to_string())
@@ -706,33 +734,26 @@ where
         backend_id: &str,
         key: &BackendKey,
         fencing_token: u64,
-        now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         // One conditional statement: the row lock orders it against a sweep or Connect that
         // frees or takes the key, and the condition is checked again after waiting for it.
         let result = sqlx::query(
             "UPDATE backend_keys SET lease_expires_at = $5 WHERE namespace = $1 AND name = $2 \
-             AND backend_id = $3 AND fencing_token = $4 AND lease_expires_at >= $6",
+             AND backend_id = $3 AND fencing_token = $4",
         )
         .bind(key.namespace.clone())
         .bind(key.name.clone())
         .bind(backend_id.to_string())
         .bind(i64::try_from(fencing_token).unwrap_or(-1))
         .bind(rows::millis(expires_at))
-        .bind(rows::millis(now))
         .execute(self.write_pool())
         .await
         .map_err(from_sqlx)?;
         Ok(rows_affected::<DB>(&result) > 0)
     }
 
-    async fn renew_keys(
-        &self,
-        renewals: &[KeyRenewal],
-        now: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> Result<Vec<bool>, StoreError> {
+    async fn renew_keys(&self, renewals: &[KeyRenewal], expires_at: DateTime<Utc>) -> Result<Vec<bool>, StoreError> {
         if renewals.is_empty() {
             return Ok(Vec::new());
         }
@@ -752,14 +773,13 @@ where
             let renewal = &renewals[index];
             let result = sqlx::query(
                 "UPDATE backend_keys SET lease_expires_at = $5 WHERE namespace = $1 AND name = $2 \
-                 AND backend_id = $3 AND fencing_token = $4 AND lease_expires_at >= $6",
+                 AND backend_id = $3 AND fencing_token = $4",
             )
             .bind(renewal.key.namespace.clone())
             .bind(renewal.key.name.clone())
             .bind(renewal.backend_id.clone())
             .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1))
             .bind(rows::millis(expires_at))
-            .bind(rows::millis(now))
             .execute(&mut *tx)
             .await
             .map_err(from_sqlx)?;
@@ -807,12 +827,18 @@ where
         tx.commit().await.map_err(from_sqlx)
     }
 
-    async fn expired_key_holders(&self, now: DateTime<Utc>) -> Result<Vec<Backend>, StoreError> {
+    async fn expired_key_holders(&self, now: DateTime<Utc>, lease: Duration) -> Result<Vec<Backend>, StoreError> {
+        let ticks = Self::ticks_in(self.read_pool()).await?;
+        let rule = ExpiryRule::new(&ticks, now, lease);
         let rows = sqlx::query(
             "SELECT b.data, b.last_activity_at FROM backend_keys k JOIN backends b ON b.id = k.backend_id \
-             WHERE k.backend_id <> '' AND k.lease_expires_at < $1 ORDER BY b.id",
+             WHERE k.backend_id <> '' AND k.lease_expires_at < $1 \
+             AND (k.lease_expires_at < $2 OR (k.lease_expires_at > $3 AND k.lease_expires_at < $4)) ORDER BY b.id",
         )
-        .bind(rows::millis(now))
+        .bind(rule.now)
+        .bind(rule.slow_before)
+        .bind(rule.fast_after)
+        .bind(rule.fast_before)
         .fetch_all(self.read_pool())
         .await
         .map_err(from_sqlx)?;
@@ -824,6 +850,7 @@ where
         backend_id: &str,
         lost: bool,
         now: DateTime<Utc>,
+        lease: Duration,
     ) -> Result<Option<Backend>, StoreError> {
         let (mut tx, revision) = self.begin_write().await?;
         let row = sqlx::query("SELECT lease_expires_at FROM backend_keys WHERE backend_id = $1")
@@ -831,13 +858,17 @@ where
             .fetch_optional(&mut *tx)
             .await
             .map_err(from_sqlx)?;
+        // The ticks as of now, under the write lock: a controller that came back from an outage
+        // since the sweep read them has recorded its deferrals by now.
+        let ticks = Self::ticks_in(&mut *tx).await?;
         let expired = match row {
-            Some(row) => row.try_get::<i64, _>(0).map_err(from_sqlx)? < rows::millis(now),
+            Some(row) => ExpiryRule::new(&ticks, now, lease).frees(row.try_get::<i64, _>(0).map_err(from_sqlx)?),
             None => false,
         };
         let Some(mut backend) = Self::backend_in(&mut tx, backend_id).await? else { return Ok(None) };
         if !expired {
-            // Renewed (or already freed) since the sweep looked.
+            // Renewed (or already freed) since the sweep looked, or held for a drone an outage
+            // made wait.
             return Ok(Some(backend));
         }
         sqlx::query("UPDATE backend_keys SET backend_id = '' WHERE backend_id = $1")
@@ -853,6 +884,41 @@ where
             self.commit_announced(tx, revision).await?;
         }
         Ok(Some(backend))
+    }
+
+    async fn record_controller_tick(
+        &self,
+        tick: &ControllerTick,
+        forget_before: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        // Not a revision: nobody watches ticks, and a tick must not wait for the writers' lock
+        // the batches hold (an upsert of one row and a delete of old ones, in one transaction).
+        let mut tx = self.write_pool().begin().await.map_err(from_sqlx)?;
+        sqlx::query(
+            "INSERT INTO controller_ticks (controller_id, seen_at, last_deferral_at, outage_grace_ms, stopped_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (controller_id) DO UPDATE SET seen_at = excluded.seen_at, \
+             last_deferral_at = excluded.last_deferral_at, outage_grace_ms = excluded.outage_grace_ms, \
+             stopped_at = excluded.stopped_at",
+        )
+        .bind(tick.controller_id.clone())
+        .bind(rows::millis(tick.seen_at))
+        .bind(tick.last_deferral_at.map(rows::millis).unwrap_or(0))
+        .bind(i64::try_from(tick.outage_grace.as_millis()).unwrap_or(i64::MAX))
+        .bind(tick.stopped_at.map(rows::millis).unwrap_or(0))
+        .execute(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+        sqlx::query("DELETE FROM controller_ticks WHERE seen_at < $1 AND controller_id <> $2")
+            .bind(rows::millis(forget_before))
+            .bind(tick.controller_id.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+        tx.commit().await.map_err(from_sqlx)
+    }
+
+    async fn controller_ticks(&self) -> Result<Vec<ControllerTick>, StoreError> {
+        Self::ticks_in(self.read_pool()).await
     }
 
     async fn purge_expired_tokens(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -28,7 +28,7 @@ from hangar.v1 import backend_pb2 as hangar_dot_v1_dot_backend__pb2
 from hangar.v1 import node_pb2 as hangar_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hangar/v1/drone.proto\x12\thangar.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hangar/v1/backend.proto\x1a\x14hangar/v1/node.proto\"\xb0\x02\n\x12\x44roneAttachRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.hangar.v1.DroneHelloH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.hangar.v1.DroneHeartbeatH\x00\x12\x35\n\rbackend_event\x18\x03 \x01(\x0b\x32\x1c.hangar.v1.DroneBackendEventH\x00\x12*\n\nack_action\x18\x04 \x01(\x0b\x32\x14.hangar.v1.AckActionH\x00\x12(\n\trenew_key\x18\x05 \x01(\x0b\x32\x13.hangar.v1.RenewKeyH\x00\x12*\n\nrenew_keys\x18\x06 \x01(\x0b\x32\x14.hangar.v1.RenewKeysH\x00\x42\t\n\x07message\"\x93\x02\n\x13\x44roneAttachResponse\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.hangar.v1.WelcomeH\x00\x12(\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x16.hangar.v1.DroneActionH\x00\x12(\n\tack_event\x18\x03 \x01(\x0b\x32\x13.hangar.v1.AckEventH\x00\x12\x39\n\x12renew_key_response\x18\x04 \x01(\x0b\x32\x1b.hangar.v1.RenewKeyResponseH\x00\x12;\n\x13renew_keys_response\x18\x05 \x01(\x0b\x32\x1c.hangar.v1.RenewKeysResponseH\x00\x42\t\n\x07message\"\x84\x02\n\nDroneHello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x31\n\x06labels\x18\x05 \x03(\x0b\x32!.hangar.v1.DroneHello.LabelsEntry\x12\x18\n\x10\x62\x61\x63kend_capacity\x18\x06 \x01(\r\x12+\n\tresources\x18\x07 \x01(\x0b\x32\x18.hangar.v1.NodeResources\x12\x0f\n\x07runtime\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x0e\x44roneHeartbeat\x12.\n\nlocal_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\tresources\x18\x02 \x01(\x0b\x32\x18.hangar.v1.NodeResources\x12\x15\n\rbackend_count\x18\x03 \x01(\r\"t\n\x11\x44roneBackendEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0b\x32\x18.hangar.v1.BackendStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"\x1e\n\tAckAction\x12\x11\n\taction_id\x18\x01 \x01(\t\"Y\n\x08RenewKey\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.hangar.v1.BackendKey\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\".\n\tRenewKeys\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.hangar.v1.RenewKey\"\x80\x01\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x62\x61tch_renewals\x18\x04 \x01(\x08\"\x90\x02\n\x0b\x44roneAction\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12(\n\x05spawn\x18\x03 \x01(\x0b\x32\x17.hangar.v1.SpawnBackendH\x00\x12\x30\n\tterminate\x18\x04 \x01(\x0b\x32\x1b.hangar.v1.TerminateBackendH\x00\x12?\n\rtrace_context\x18\x05 \x03(\x0b\x32(.hangar.v1.DroneAction.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x61\x63tion\"\xa0\x02\n\x0cSpawnBackend\x12)\n\nexecutable\x18\x01 \x01(\x0b\x32\x15.hangar.v1.Executable\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.hangar.v1.BackendKey\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x14\n\x0cstatic_token\x18\x04 \x01(\t\x12\x32\n\x0fstartup_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nstop_grace\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"j\n\x10TerminateBackend\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.hangar.v1.TerminationKind\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.hangar.v1.TerminationReason\"\x1c\n\x08\x41\x63kEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"g\n\x10RenewKeyResponse\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\x0f\n\x07renewed\x18\x02 \x01(\x08\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x11RenewKeysResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.hangar.v1.RenewKeyResponse2[\n\x0c\x44roneService\x12K\n\x06\x41ttach\x12\x1d.hangar.v1.DroneAttachRequest\x1a\x1e.hangar.v1.DroneAttachResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hangar/v1/drone.proto\x12\thangar.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hangar/v1/backend.proto\x1a\x14hangar/v1/node.proto\"\xb0\x02\n\x12\x44roneAttachRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.hangar.v1.DroneHelloH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.hangar.v1.DroneHeartbeatH\x00\x12\x35\n\rbackend_event\x18\x03 \x01(\x0b\x32\x1c.hangar.v1.DroneBackendEventH\x00\x12*\n\nack_action\x18\x04 \x01(\x0b\x32\x14.hangar.v1.AckActionH\x00\x12(\n\trenew_key\x18\x05 \x01(\x0b\x32\x13.hangar.v1.RenewKeyH\x00\x12*\n\nrenew_keys\x18\x06 \x01(\x0b\x32\x14.hangar.v1.RenewKeysH\x00\x42\t\n\x07message\"\x93\x02\n\x13\x44roneAttachResponse\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.hangar.v1.WelcomeH\x00\x12(\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x16.hangar.v1.DroneActionH\x00\x12(\n\tack_event\x18\x03 \x01(\x0b\x32\x13.hangar.v1.AckEventH\x00\x12\x39\n\x12renew_key_response\x18\x04 \x01(\x0b\x32\x1b.hangar.v1.RenewKeyResponseH\x00\x12;\n\x13renew_keys_response\x18\x05 \x01(\x0b\x32\x1c.hangar.v1.RenewKeysResponseH\x00\x42\t\n\x07message\"\x9d\x02\n\nDroneHello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x31\n\x06labels\x18\x05 \x03(\x0b\x32!.hangar.v1.DroneHello.LabelsEntry\x12\x18\n\x10\x62\x61\x63kend_capacity\x18\x06 \x01(\r\x12+\n\tresources\x18\x07 \x01(\x0b\x32\x18.hangar.v1.NodeResources\x12\x0f\n\x07runtime\x18\x08 \x01(\t\x12\x17\n\x0flease_deferrals\x18\t \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x0e\x44roneHeartbeat\x12.\n\nlocal_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\tresources\x18\x02 \x01(\x0b\x32\x18.hangar.v1.NodeResources\x12\x15\n\rbackend_count\x18\x03 \x01(\r\"t\n\x11\x44roneBackendEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0b\x32\x18.hangar.v1.BackendStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"\x1e\n\tAckAction\x12\x11\n\taction_id\x18\x01 \x01(\t\"Y\n\x08RenewKey\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.hangar.v1.BackendKey\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\".\n\tRenewKeys\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.hangar.v1.RenewKey\"\xb7\x01\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x62\x61tch_renewals\x18\x04 \x01(\x08\x12\x35\n\x12store_outage_grace\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x90\x02\n\x0b\x44roneAction\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12(\n\x05spawn\x18\x03 \x01(\x0b\x32\x17.hangar.v1.SpawnBackendH\x00\x12\x30\n\tterminate\x18\x04 \x01(\x0b\x32\x1b.hangar.v1.TerminateBackendH\x00\x12?\n\rtrace_context\x18\x05 \x03(\x0b\x32(.hangar.v1.DroneAction.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x61\x63tion\"\xa0\x02\n\x0cSpawnBackend\x12)\n\nexecutable\x18\x01 \x01(\x0b\x32\x15.hangar.v1.Executable\x12\"\n\x03key\x18\x02 \x01(\x0b\x32\x15.hangar.v1.BackendKey\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x14\n\x0cstatic_token\x18\x04 \x01(\t\x12\x32\n\x0fstartup_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nstop_grace\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"j\n\x10TerminateBackend\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.hangar.v1.TerminationKind\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.hangar.v1.TerminationReason\"\x1c\n\x08\x41\x63kEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"y\n\x10RenewKeyResponse\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\x0f\n\x07renewed\x18\x02 \x01(\x08\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65\x66\x65rred\x18\x04 \x01(\x08\">\n\x11RenewKeysResponse\x12)\n\x04keys\x18\x01 \x03(\x0b\x32\x1b.hangar.v1.RenewKeyResponse2[\n\x0c\x44roneService\x12K\n\x06\x41ttach\x12\x1d.hangar.v1.DroneAttachRequest\x1a\x1e.hangar.v1.DroneAttachResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,35 +44,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRONEATTACHRESPONSE']._serialized_start=456
   _globals['_DRONEATTACHRESPONSE']._serialized_end=731
   _globals['_DRONEHELLO']._serialized_start=734
-  _globals['_DRONEHELLO']._serialized_end=994
-  _globals['_DRONEHELLO_LABELSENTRY']._serialized_start=949
-  _globals['_DRONEHELLO_LABELSENTRY']._serialized_end=994
-  _globals['_DRONEHEARTBEAT']._serialized_start=997
-  _globals['_DRONEHEARTBEAT']._serialized_end=1129
-  _globals['_DRONEBACKENDEVENT']._serialized_start=1131
-  _globals['_DRONEBACKENDEVENT']._serialized_end=1247
-  _globals['_ACKACTION']._serialized_start=1249
-  _globals['_ACKACTION']._serialized_end=1279
-  _globals['_RENEWKEY']._serialized_start=1281
-  _globals['_RENEWKEY']._serialized_end=1370
-  _globals['_RENEWKEYS']._serialized_start=1372
-  _globals['_RENEWKEYS']._serialized_end=1418
-  _globals['_WELCOME']._serialized_start=1421
-  _globals['_WELCOME']._serialized_end=1549
-  _globals['_DRONEACTION']._serialized_start=1552
-  _globals['_DRONEACTION']._serialized_end=1824
-  _globals['_DRONEACTION_TRACECONTEXTENTRY']._serialized_start=1763
-  _globals['_DRONEACTION_TRACECONTEXTENTRY']._serialized_end=1814
-  _globals['_SPAWNBACKEND']._serialized_start=1827
-  _globals['_SPAWNBACKEND']._serialized_end=2115
-  _globals['_TERMINATEBACKEND']._serialized_start=2117
-  _globals['_TERMINATEBACKEND']._serialized_end=2223
-  _globals['_ACKEVENT']._serialized_start=2225
-  _globals['_ACKEVENT']._serialized_end=2253
-  _globals['_RENEWKEYRESPONSE']._serialized_start=2255
-  _globals['_RENEWKEYRESPONSE']._serialized_end=2358
-  _globals['_RENEWKEYSRESPONSE']._serialized_start=2360
-  _globals['_RENEWKEYSRESPONSE']._serialized_end=2422
-  _globals['_DRONESERVICE']._serialized_start=2424
-  _globals['_DRONESERVICE']._serialized_end=2515
+  _globals['_DRONEHELLO']._serialized_end=1019
+  _globals['_DRONEHELLO_LABELSENTRY']._serialized_start=974
+  _globals['_DRONEHELLO_LABELSENTRY']._serialized_end=1019
+  _globals['_DRONEHEARTBEAT']._serialized_start=1022
+  _globals['_DRONEHEARTBEAT']._serialized_end=1154
+  _globals['_DRONEBACKENDEVENT']._serialized_start=1156
+  _globals['_DRONEBACKENDEVENT']._serialized_end=1272
+  _globals['_ACKACTION']._serialized_start=1274
+  _globals['_ACKACTION']._serialized_end=1304
+  _globals['_RENEWKEY']._serialized_start=1306
+  _globals['_RENEWKEY']._serialized_end=1395
+  _globals['_RENEWKEYS']._serialized_start=1397
+  _globals['_RENEWKEYS']._serialized_end=1443
+  _globals['_WELCOME']._serialized_start=1446
+  _globals['_WELCOME']._serialized_end=1629
+  _globals['_DRONEACTION']._serialized_start=1632
+  _globals['_DRONEACTION']._serialized_end=1904
+  _globals['_DRONEACTION_TRACECONTEXTENTRY']._serialized_start=1843
+  _globals['_DRONEACTION_TRACECONTEXTENTRY']._serialized_end=1894
+  _globals['_SPAWNBACKEND']._serialized_start=1907
+  _globals['_SPAWNBACKEND']._serialized_end=2195
+  _globals['_TERMINATEBACKEND']._serialized_start=2197
+  _globals['_TERMINATEBACKEND']._serialized_end=2303
+  _globals['_ACKEVENT']._serialized_start=2305
+  _globals['_ACKEVENT']._serialized_end=2333
+  _globals['_RENEWKEYRESPONSE']._serialized_start=2335
+  _globals['_RENEWKEYRESPONSE']._serialized_end=2456
+  _globals['_RENEWKEYSRESPONSE']._serialized_start=2458
+  _globals['_RENEWKEYSRESPONSE']._serialized_end=2520
+  _globals['_DRONESERVICE']._serialized_start=2522
+  _globals['_DRONESERVICE']._serialized_end=2613
 # @@protoc_insertion_point(module_scope)

@@ -43,7 +43,7 @@ class DroneAttachResponse(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., action: _Optional[_Union[DroneAction, _Mapping]] = ..., ack_event: _Optional[_Union[AckEvent, _Mapping]] = ..., renew_key_response: _Optional[_Union[RenewKeyResponse, _Mapping]] = ..., renew_keys_response: _Optional[_Union[RenewKeysResponse, _Mapping]] = ...) -> None: ...
 
 class DroneHello(_message.Message):
-    __slots__ = ("name", "cluster", "pool", "version", "labels", "backend_capacity", "resources", "runtime")
+    __slots__ = ("name", "cluster", "pool", "version", "labels", "backend_capacity", "resources", "runtime", "lease_deferrals")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class DroneHello(_message.Message):
     BACKEND_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DEFERRALS_FIELD_NUMBER: _ClassVar[int]
     name: str
     cluster: str
     pool: str
@@ -67,7 +68,8 @@ class DroneHello(_message.Message):
     backend_capacity: int
     resources: _node_pb2.NodeResources
     runtime: str
-    def __init__(self, name: _Optional[str] = ..., cluster: _Optional[str] = ..., pool: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., backend_capacity: _Optional[int] = ..., resources: _Optional[_Union[_node_pb2.NodeResources, _Mapping]] = ..., runtime: _Optional[str] = ...) -> None: ...
+    lease_deferrals: bool
+    def __init__(self, name: _Optional[str] = ..., cluster: _Optional[str] = ..., pool: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., backend_capacity: _Optional[int] = ..., resources: _Optional[_Union[_node_pb2.NodeResources, _Mapping]] = ..., runtime: _Optional[str] = ..., lease_deferrals: _Optional[bool] = ...) -> None: ...
 
 class DroneHeartbeat(_message.Message):
     __slots__ = ("local_time", "resources", "backend_count")
@@ -114,16 +116,18 @@ class RenewKeys(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[RenewKey, _Mapping]]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("node_id", "controller_id", "heartbeat_interval", "batch_renewals")
+    __slots__ = ("node_id", "controller_id", "heartbeat_interval", "batch_renewals", "store_outage_grace")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     BATCH_RENEWALS_FIELD_NUMBER: _ClassVar[int]
+    STORE_OUTAGE_GRACE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     controller_id: str
     heartbeat_interval: _duration_pb2.Duration
     batch_renewals: bool
-    def __init__(self, node_id: _Optional[str] = ..., controller_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., batch_renewals: _Optional[bool] = ...) -> None: ...
+    store_outage_grace: _duration_pb2.Duration
+    def __init__(self, node_id: _Optional[str] = ..., controller_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., batch_renewals: _Optional[bool] = ..., store_outage_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DroneAction(_message.Message):
     __slots__ = ("action_id", "backend_id", "spawn", "terminate", "trace_context")
@@ -179,14 +183,16 @@ class AckEvent(_message.Message):
     def __init__(self, event_id: _Optional[str] = ...) -> None: ...
 
 class RenewKeyResponse(_message.Message):
-    __slots__ = ("backend_id", "renewed", "expires_at")
+    __slots__ = ("backend_id", "renewed", "expires_at", "deferred")
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
     RENEWED_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DEFERRED_FIELD_NUMBER: _ClassVar[int]
     backend_id: str
     renewed: bool
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, backend_id: _Optional[str] = ..., renewed: _Optional[bool] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    deferred: bool
+    def __init__(self, backend_id: _Optional[str] = ..., renewed: _Optional[bool] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deferred: _Optional[bool] = ...) -> None: ...
 
 class RenewKeysResponse(_message.Message):
     __slots__ = ("keys",)
