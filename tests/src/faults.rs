@@ -269,9 +269,14 @@ pub type Urls = Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>
 /// Two SDK clients, each given every controller of `urls` (in two orders, so that half the
 /// calls go first to the first controller).
 pub fn failover_clients(urls: &[String]) -> Clients {
+    failover_clients_with(urls, Default::default())
+}
+
+/// [`failover_clients`] with `options` (a shorter request timeout, say).
+pub fn failover_clients_with(urls: &[String], options: hangar_client::ClientOptions) -> Clients {
     let sdk = |list: Vec<&String>| {
         let list: Vec<&str> = list.iter().map(|u| u.as_str()).collect();
-        HangarClient::connect_lazy(&list.join(","), Default::default()).unwrap()
+        HangarClient::connect_lazy(&list.join(","), options.clone()).unwrap()
     };
     Arc::new(std::sync::Mutex::new(vec![sdk(urls.iter().collect()), sdk(urls.iter().rev().collect())]))
 }
@@ -279,8 +284,11 @@ pub fn failover_clients(urls: &[String]) -> Clients {
 /// The Connect/terminate load of two workers on [`KEYS`] keys and the observer of every
 /// backend they were answered, recorded for the checker.
 pub struct Load {
-    recorder: Arc<Recorder>,
-    urls: Urls,
+    /// The history every call and observation goes to; a scenario records its own Connects here
+    /// too ([`Load::connect`]).
+    pub recorder: Arc<Recorder>,
+    /// Every backend answered, by id, with its URL: the observer polls each.
+    pub urls: Urls,
     stop: Arc<AtomicBool>,
     workers: Vec<tokio::task::JoinHandle<std::collections::BTreeMap<String, usize>>>,
     observer: tokio::task::JoinHandle<Observed>,
@@ -298,10 +306,42 @@ impl Load {
         Load { recorder, urls, stop, workers, observer }
     }
 
+    /// A keyed Connect of the scenario's own (outside the load's workers), recorded in the
+    /// history, its backend observed like the load's. The backend id and fencing token.
+    pub async fn connect(&self, client: &HangarClient, key: &str) -> Result<(String, u64), hangar_client::ClientError> {
+        let backend = hangar_executor::testing::test_backend_binary().display().to_string();
+        let request = ConnectRequest::key("faults", key, "v1").spawn(SpawnSpec::new(backend));
+        let urls = self.urls.clone();
+        self.recorder
+            .connect(&format!("faults/{key}"), async {
+                let connection = client.connect_backend(&request).await?;
+                let token = match &connection.backend {
+                    Some(backend) => backend.fencing_token,
+                    None => client.get_backend(&connection.backend_id).await?.fencing_token,
+                };
+                urls.lock().unwrap().insert(connection.backend_id.clone(), connection.url.clone());
+                Ok((connection.backend_id, token))
+            })
+            .await
+    }
+
     /// Stops the load, terminates every backend it was answered through `survivor` and waits
     /// for each to end; the checker must find no violation. Returns the failed calls by call and
     /// code, the number of answered Connects, and how many backends ended LOST.
     pub async fn finish(self, survivor: &HangarClient) -> (std::collections::BTreeMap<String, usize>, usize, usize) {
+        let (failures, history) = self.finish_history(survivor).await;
+        let answered = history.connects.iter().filter(|c| matches!(c.outcome, ConnectOutcome::Ok { .. })).count();
+        let lost = history.finals.iter().filter(|f| f.reason.as_deref() == Some("Lost")).count();
+        (failures, answered, lost)
+    }
+
+    /// [`Load::finish`], returning the failed calls by call and code and the whole checked
+    /// history (how each backend ended is in `finals`, its reason as `TerminationReason`'s
+    /// `Debug`: `"KeyExpired"`, `"Lost"`, `"External"`).
+    pub async fn finish_history(
+        self,
+        survivor: &HangarClient,
+    ) -> (std::collections::BTreeMap<String, usize>, hangar_testkit::history::History) {
         self.stop.store(true, Ordering::Relaxed);
         let mut failures = std::collections::BTreeMap::<String, usize>::new();
         for worker in self.workers {
@@ -338,8 +378,7 @@ impl Load {
             history.lives.len()
         );
         history.check().assert_ok();
-        let lost = history.finals.iter().filter(|f| f.reason.as_deref() == Some("Lost")).count();
-        (failures, answered, lost)
+        (failures, history)
     }
 }
 
@@ -374,6 +413,14 @@ pub fn print_figures(
 pub struct Process(pub std::process::Child);
 
 impl Process {
+    pub fn spawn(command: &mut std::process::Command) -> Process {
+        Process(command.spawn().unwrap_or_else(|err| panic!("start {command:?}: {err}")))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -386,15 +433,37 @@ impl Drop for Process {
     }
 }
 
-pub fn drone_process(controllers: &[String], name: &str, data_dir: &std::path::Path) -> Process {
-    let child = std::process::Command::new(crate::binary("hangar-drone"))
-        .args(["run", "--controller", &controllers.join(","), "--name", name, "--runtime", "process"])
+/// `hangar-drone run` given `controllers`, named `name`, its journal in `data_dir`, no admin
+/// listener and its stderr discarded; the runtime (`--runtime`, `--executor-socket`) is the
+/// caller's to add.
+pub fn drone_command(controllers: &[String], name: &str, data_dir: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(crate::binary("hangar-drone"));
+    command
+        .args(["run", "--controller", &controllers.join(","), "--name", name])
         .args(["--admin-listen", "off", "--data-dir"])
         .arg(data_dir)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start hangar-drone run");
-    Process(child)
+        .stderr(std::process::Stdio::null());
+    command
+}
+
+/// A drone process running its backends in itself (the process runtime).
+pub fn drone_process(controllers: &[String], name: &str, data_dir: &std::path::Path) -> Process {
+    Process::spawn(drone_command(controllers, name, data_dir).args(["--runtime", "process"]))
+}
+
+/// `hangar-drone executor` on `socket` with the process runtime: the backends are its children
+/// (and die with it: the runtime sets their parent-death signal).
+pub fn executor_process(socket: &std::path::Path) -> Process {
+    let mut command = std::process::Command::new(crate::binary("hangar-drone"));
+    command.args(["executor", "--runtime", "process", "--socket"]).arg(socket).stderr(std::process::Stdio::null());
+    Process::spawn(&mut command)
+}
+
+/// Sends `signal` (`STOP`, `CONT`, ...) to process `pid` with kill(1): the tests crate has no
+/// libc binding of its own.
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 pub fn proxy_process(controllers: &[String], name: &str, listen: &str) -> Process {
