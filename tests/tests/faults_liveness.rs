@@ -116,13 +116,16 @@ async fn an_executor_killed_under_its_drone_ends_its_backends_and_the_drone_runs
 /// sockets stay open and silent, as a hung host's would. The drones and the proxy move to `b`
 /// (how long they take is a figure; the strict test below asserts a bound); the resumed
 /// controller does no damage to the nodes: every drone is READY on both controllers within 5 s of
-/// the resume and none is OFFLINE 3 s later; the checker finds no violation. The SDK clients
+/// the resume and no node stays OFFLINE (2 s or more) in the 3 s after; the checker finds no
+/// violation. The SDK clients
 /// have a 3 s call deadline, so that a call the paused controller holds ends (DEADLINE_EXCEEDED,
 /// which the SDK does not fail over; counted in the figures).
 ///
 /// What this does not assert is what the ignored test below does: that no backend ends, and
 /// that the agents leave the paused controller within 22 s.
-#[tokio::test]
+// Two worker threads: the drones, the proxy and the load share the test's process, and on one
+// thread their heartbeats (1.2 s offline threshold here) starve on a loaded machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_paused_past_the_liveness_timeouts_loses_its_agents_and_does_no_damage_when_resumed() {
     paused_controller(false).await;
 }
@@ -130,19 +133,29 @@ async fn a_controller_paused_past_the_liveness_timeouts_loses_its_agents_and_doe
 /// The pause above, asserting that the drones and the proxy are on `b` within 22 s of the pause
 /// (the keep-alive's 15 s, a reconnect, and slack), and that it ends no backend and fails no
 /// proxied request to a READY keyed backend (the issue's "must hold" for a controller that is
-/// down). It fails today, two ways. A drone was not attached to `b` 18 s after the pause in 2 of
-/// 5 runs, and 22 s after it in 1 of 3 (in the others both moved in 14.8–15.2 s): why is not
-/// known yet. And in every run that got that far, keyed backends ended: the drones find the
-/// silent controller dead only by their keep-alive, 10–15 s after the pause, while a keyed backend is soft-terminated (KEY_EXPIRED) half a lease (15 s)
-/// after the send time of the last renewal batch the controller confirmed, and batches go every
-/// third of a lease (10 s): a pause that begins up to 10 s after a confirmed batch leaves the
-/// drone 5–15 s, less than its keep-alive needs. Every keyed backend of the drones attached to
-/// the paused controller ends, and the proxied requests to them fail.
-#[tokio::test]
-#[ignore = "bug: a controller paused (SIGSTOP) for 15 s ends the keyed backends of its drones with KEY_EXPIRED, and a \
-            drone sometimes stays on it for more than 22 s: \
-            the drone's keep-alive (10 s + 5 s) finds it dead after the drone's half-lease deadline \
-            (15 s after the last confirmed renewal, sent every 10 s)"]
+/// down). It fails today, two ways.
+///
+/// 1. When the pause catches the controller inside a store transaction (often, on a loaded
+///    machine), its PostgreSQL session stays "idle in transaction" holding the lock on the
+///    `revision_counter` row, and every write of the other controller (an attach, a renewal, a
+///    Connect) queues behind it until SIGCONT: seen in `pg_stat_activity` during a pause, the
+///    paused session idle in transaction for 19 s and five of the other controller's
+///    `UPDATE revision_counter` waiting on it. The drones leave the paused controller at 15 s
+///    but their attach to the other one hangs ("Connecting"): in 6 of 14 runs a drone was not on
+///    `b` 18–22 s after the pause. Nothing bounds such a transaction
+///    (`idle_in_transaction_session_timeout`, a lock timeout).
+/// 2. Even when the store is free, keyed backends end: the drones find the silent controller
+///    dead only by their keep-alive, 10–15 s after the pause, while a keyed backend is
+///    soft-terminated (KEY_EXPIRED) half a lease (15 s) after the send time of the last renewal
+///    batch the controller confirmed, and batches go every third of a lease (10 s): a pause that
+///    begins up to 10 s after a confirmed batch leaves the drone 5–15 s, less than its
+///    keep-alive needs. Every keyed backend of the drones attached to the paused controller
+///    ends, and the proxied requests to them fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a controller paused (SIGSTOP) inside a store transaction holds the revision_counter row lock, \
+            stalling every other controller's writes (attaches, renewals, Connects) until it resumes; and even \
+            without that, a 15 s pause ends its drones' keyed backends with KEY_EXPIRED (the keep-alive's \
+            10-15 s outlasts the lease's slack after the last confirmed renewal)"]
 async fn a_controller_paused_past_the_liveness_timeouts_ends_no_backend() {
     paused_controller(true).await;
 }
@@ -222,13 +235,28 @@ async fn paused_controller(strict: bool) {
         .await;
     }
     let ready_again = resumed.elapsed();
-    // And they stay READY: a verdict the resumed controller reached before it stopped must not
-    // land now. Asserting that nothing happens takes a fixed wait.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for (name, client) in [("a", &on_a), ("b", &on_b)] {
-        let offline = nodes_in(client, NodeState::Offline).await;
-        assert!(offline.is_empty(), "nodes OFFLINE on {name} 3 s after the resume: {offline:?}");
+    // And no node (drone or proxy) stays OFFLINE: a verdict the resumed controller reached
+    // before it stopped must not stick. A node attached elsewhere may read OFFLINE for one
+    // refresh interval (800 ms here, docs/design/faults.md#sweep-decisions-apply-only-to-what-they-read),
+    // and an agent on a loaded machine may re-attach once; so each node's longest OFFLINE span
+    // over 3 s, sampled every 100 ms on both controllers, must stay under 2 s.
+    let mut offline_since = std::collections::BTreeMap::<(String, &str), Instant>::new();
+    let mut longest = std::collections::BTreeMap::<(String, &str), Duration>::new();
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        for (name, client) in [("a", &on_a), ("b", &on_b)] {
+            let offline = nodes_in(client, NodeState::Offline).await;
+            offline_since.retain(|(node, on), _| *on != name || offline.contains(node));
+            for node in offline {
+                let since = *offline_since.entry((node.clone(), name)).or_insert_with(Instant::now);
+                let span = longest.entry((node, name)).or_default();
+                *span = (*span).max(since.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let stuck: Vec<_> = longest.iter().filter(|(_, span)| **span >= Duration::from_secs(2)).collect();
+    assert!(stuck.is_empty(), "nodes OFFLINE for 2 s or more after the resume (node, on controller): {stuck:?}");
     stop.store(true, Ordering::Relaxed);
     let (mut sent, mut failed) = (0, Vec::new());
     for t in traffic {
