@@ -19,6 +19,7 @@
 //! ```
 
 pub mod history;
+pub mod relay;
 
 use std::fmt::Debug;
 use std::panic::Location;

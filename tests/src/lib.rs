@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod browser;
 pub mod containers;
+pub mod faults;
 pub mod pki;
 pub mod proxy_plane;
 
