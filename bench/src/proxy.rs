@@ -61,6 +61,17 @@ pub struct ProxyArgs {
     /// A few seconds' smoke run (1 s per measurement, one round), so that the harness cannot rot.
     #[arg(long)]
     pub quick: bool,
+    /// Only these loads (comma-separated: h1-1k, h1-1m, h2-1k, h2-1m, ws), e.g. one row to profile
+    /// the proxy under (`--idle-websockets 0` skips the idle WebSockets too).
+    #[arg(long, value_delimiter = ',', value_parser = parse_load)]
+    pub loads: Vec<Load>,
+}
+
+fn parse_load(name: &str) -> Result<Load, String> {
+    Load::ALL.into_iter().find(|load| load.name() == name).ok_or_else(|| {
+        let names: Vec<_> = Load::ALL.iter().map(|load| load.name()).collect();
+        format!("no load {name:?}: one of {}", names.join(", "))
+    })
 }
 
 const TOKEN: &str = "bench-token";
@@ -73,20 +84,43 @@ const WS_MESSAGE: &str = "0123456789abcdef0123456789abcdef0123456789abcdef012345
 
 /// What loads a path: a body over HTTP/1.1 (wrk) or HTTP/2 (h2load), or WebSocket echoes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Load {
+pub enum Load {
     Http1(&'static str),
     Http2(&'static str),
     WsEcho,
+    /// WebSocket echoes over HTTP/2 (RFC 8441 extended CONNECT), one connection per WebSocket:
+    /// Hangar's proxy only (neither nginx nor the echo backend serves it), next to the others'
+    /// HTTP/1.1 WebSockets.
+    WsEchoH2,
 }
 
 impl Load {
-    const ALL: [Load; 5] = [Load::Http1("1k"), Load::Http1("1m"), Load::Http2("1k"), Load::Http2("1m"), Load::WsEcho];
+    const ALL: [Load; 6] =
+        [Load::Http1("1k"), Load::Http1("1m"), Load::Http2("1k"), Load::Http2("1m"), Load::WsEcho, Load::WsEchoH2];
+
+    /// Whether `path` serves this load.
+    fn runs_on(self, path: Path3) -> bool {
+        self != Load::WsEchoH2 || path == Path3::Hangar
+    }
+
+    /// Its name for `--loads`.
+    fn name(self) -> &'static str {
+        match self {
+            Load::Http1("1k") => "h1-1k",
+            Load::Http1(_) => "h1-1m",
+            Load::Http2("1k") => "h2-1k",
+            Load::Http2(_) => "h2-1m",
+            Load::WsEcho => "ws",
+            Load::WsEchoH2 => "ws-h2",
+        }
+    }
 
     fn label(self) -> String {
         match self {
             Load::Http1(size) => format!("h1 {size}"),
             Load::Http2(size) => format!("h2 {size}"),
             Load::WsEcho => "ws echo".into(),
+            Load::WsEchoH2 => "ws h2".into(),
         }
     }
 }
@@ -196,6 +230,7 @@ pub async fn run(mut args: ProxyArgs) -> anyhow::Result<()> {
         (Load::WsEcho, Path3::Direct) => format!("ws://127.0.0.1:{}/ws", echo.port),
         (Load::WsEcho, Path3::Nginx) => format!("ws://127.0.0.1:{nginx_port}/ws"),
         (Load::WsEcho, Path3::Hangar) => format!("ws://127.0.0.1:{}/{WS_TOKEN}/ws", hangar.port),
+        (Load::WsEchoH2, _) => format!("http://127.0.0.1:{}/{WS_TOKEN}/ws", hangar.port),
     };
     // Every path answers the same bytes before anything is measured.
     for path in Path3::ALL {
@@ -209,6 +244,8 @@ pub async fn run(mut args: ProxyArgs) -> anyhow::Result<()> {
         let f = ws_echo(&load_url(Load::WsEcho, path), 1, Duration::from_millis(100)).await?;
         anyhow::ensure!(f.rps > 0.0 && f.errors == 0, "{} does not echo WebSocket messages", path.name());
     }
+    let f = ws_echo_h2(&load_url(Load::WsEchoH2, Path3::Hangar), 1, Duration::from_millis(100)).await?;
+    anyhow::ensure!(f.rps > 0.0 && f.errors == 0, "hangar does not echo WebSocket messages over HTTP/2");
     // Warm-up: connections, the route cache, nginx's upstream pool.
     for path in Path3::ALL {
         wrk(&args, &url(path, "1k"), 1).await?;
@@ -221,14 +258,19 @@ pub async fn run(mut args: ProxyArgs) -> anyhow::Result<()> {
                 Load::Http1(_) => wrk(args, &url, seconds).await,
                 Load::Http2(_) => h2load(args, &url, seconds).await,
                 Load::WsEcho => ws_echo(&url, args.ws_connections, Duration::from_secs(seconds)).await,
+                Load::WsEchoH2 => ws_echo_h2(&url, args.ws_connections, Duration::from_secs(seconds)).await,
             }
         }
     };
-    let mut figures: Vec<Vec<Vec<WrkFigures>>> = vec![vec![Vec::new(); Path3::ALL.len()]; Load::ALL.len()];
+    let loads = if args.loads.is_empty() { Load::ALL.to_vec() } else { args.loads.clone() };
+    let mut figures: Vec<Vec<Vec<WrkFigures>>> = vec![vec![Vec::new(); Path3::ALL.len()]; loads.len()];
     for round in 0..args.rounds {
-        for (l, load) in Load::ALL.into_iter().enumerate() {
+        for (l, &load) in loads.iter().enumerate() {
             for k in 0..Path3::ALL.len() {
                 let p = (k + round) % Path3::ALL.len();
+                if !load.runs_on(Path3::ALL[p]) {
+                    continue;
+                }
                 let f = measure(load, Path3::ALL[p], args.seconds).await?;
                 eprintln!("round {} {} {}: {f:?}", round + 1, load.label(), Path3::ALL[p].name());
                 figures[l][p].push(f);
@@ -236,16 +278,26 @@ pub async fn run(mut args: ProxyArgs) -> anyhow::Result<()> {
         }
     }
     hangar.stop().await;
-    let (idle, idle_bytes_each) = idle_websocket_memory(&control_url, args.idle_websockets).await?;
+    let idle = match args.idle_websockets {
+        0 => None,
+        wanted => Some(idle_websocket_memory(&control_url, wanted).await?),
+    };
 
     let summary: Vec<Vec<WrkFigures>> =
         figures.iter().map(|per| per.iter().map(|runs| summarize(runs)).collect()).collect();
     println!();
     println!("| load    | path   |        per s |  p50 ms |  p99 ms |  max ms | errors | / nginx |");
     println!("|---------|--------|--------------|---------|---------|---------|--------|---------|");
-    for (l, load) in Load::ALL.into_iter().enumerate() {
-        let nginx_rps = summary[l][1].rps;
+    for (l, load) in loads.iter().enumerate() {
+        // nginx serves no WebSocket over HTTP/2: that row is set against its HTTP/1.1 WebSockets.
+        let nginx_rps = match load {
+            Load::WsEchoH2 => loads.iter().position(|l| *l == Load::WsEcho).map_or(0.0, |w| summary[w][1].rps),
+            _ => summary[l][1].rps,
+        };
         for (p, path) in Path3::ALL.iter().enumerate() {
+            if !load.runs_on(*path) {
+                continue;
+            }
             let f = &summary[l][p];
             println!(
                 "| {:<7} | {:<6} | {:>12.0} | {:>7.2} | {:>7.2} | {:>7.2} | {:>6} | {:>7.2} |",
@@ -261,41 +313,63 @@ pub async fn run(mut args: ProxyArgs) -> anyhow::Result<()> {
         }
     }
     println!("(per s: requests, or WebSocket round trips; medians over {} rounds, max the largest)", args.rounds);
-    println!(
-        "idle WebSockets through `hangar-server proxy` (a process of its own): {idle} opened, one echo each, then \
-         idle; its resident memory grew {:.1} MiB, {:.1} KiB per WebSocket",
-        idle_bytes_each * idle as f64 / (1024.0 * 1024.0),
-        idle_bytes_each / 1024.0
-    );
+    if loads.contains(&Load::WsEchoH2) {
+        println!("(ws h2: WebSockets over HTTP/2, which nginx does not serve; its / nginx is against nginx's ws echo)");
+    }
+    if let Some((idle, idle_bytes_each)) = idle {
+        println!(
+            "idle WebSockets through `hangar-server proxy` (a process of its own): {idle} opened, one echo each, then \
+             idle; its resident memory grew {:.1} MiB, {:.1} KiB per WebSocket",
+            idle_bytes_each * idle as f64 / (1024.0 * 1024.0),
+            idle_bytes_each / 1024.0
+        );
+    }
     let errors: u64 = summary.iter().flatten().map(|f| f.errors).sum();
     anyhow::ensure!(errors == 0, "{errors} non-2xx answers or socket errors: the figures are not comparable");
     // The RESULT line leads with the HTTP/1.1 1 KiB figures (requests per second is what a proxy
-    // adds cost to), then HTTP/2's and the WebSocket echo's.
-    let figure =
-        |load: Load, path: Path3| &summary[Load::ALL.iter().position(|l| *l == load).expect("a load")][path as usize];
-    let (direct, nginx, hangar) = (
+    // adds cost to), then HTTP/2's and the WebSocket echo's; a load that did not run (`--loads`)
+    // has none.
+    let figure = |load: Load, path: Path3| Some(&summary[loads.iter().position(|l| *l == load)?][path as usize]);
+    let ratio = |hangar: &WrkFigures, nginx: &WrkFigures| hangar.rps / nginx.rps.max(f64::MIN_POSITIVE);
+    let mut line = ResultLine::new("proxy");
+    if let (Some(direct), Some(nginx), Some(hangar)) = (
         figure(Load::Http1("1k"), Path3::Direct),
         figure(Load::Http1("1k"), Path3::Nginx),
         figure(Load::Http1("1k"), Path3::Hangar),
-    );
-    let (nginx_h2, hangar_h2) = (figure(Load::Http2("1k"), Path3::Nginx), figure(Load::Http2("1k"), Path3::Hangar));
-    let (nginx_ws, hangar_ws) = (figure(Load::WsEcho, Path3::Nginx), figure(Load::WsEcho, Path3::Hangar));
-    ResultLine::new("proxy")
-        .figure("hangar_rps", hangar.rps.round())
-        .figure("nginx_rps", nginx.rps.round())
-        .figure("ratio", hangar.rps / nginx.rps.max(f64::MIN_POSITIVE))
-        .figure("hangar_p99_ms", hangar.p99_ms)
-        .figure("nginx_p99_ms", nginx.p99_ms)
-        .figure("added_p99_ms", hangar.p99_ms - direct.p99_ms)
-        .figure("hangar_h2_rps", hangar_h2.rps.round())
-        .figure("nginx_h2_rps", nginx_h2.rps.round())
-        .figure("h2_ratio", hangar_h2.rps / nginx_h2.rps.max(f64::MIN_POSITIVE))
-        .figure("hangar_ws_echo_per_s", hangar_ws.rps.round())
-        .figure("nginx_ws_echo_per_s", nginx_ws.rps.round())
-        .figure("ws_ratio", hangar_ws.rps / nginx_ws.rps.max(f64::MIN_POSITIVE))
-        .figure("ws_idle", idle)
-        .figure("ws_idle_kib_each", idle_bytes_each / 1024.0)
-        .print();
+    ) {
+        line = line
+            .figure("hangar_rps", hangar.rps.round())
+            .figure("nginx_rps", nginx.rps.round())
+            .figure("ratio", ratio(hangar, nginx))
+            .figure("hangar_p99_ms", hangar.p99_ms)
+            .figure("nginx_p99_ms", nginx.p99_ms)
+            .figure("added_p99_ms", hangar.p99_ms - direct.p99_ms);
+    }
+    let rps_of =
+        |line: ResultLine, load: Load, key: &str| match (figure(load, Path3::Nginx), figure(load, Path3::Hangar)) {
+            (Some(nginx), Some(hangar)) => line
+                .figure(&format!("hangar_{key}_rps"), hangar.rps.round())
+                .figure(&format!("nginx_{key}_rps"), nginx.rps.round())
+                .figure(&format!("{key}_ratio"), ratio(hangar, nginx)),
+            _ => line,
+        };
+    line = rps_of(line, Load::Http2("1k"), "h2");
+    if let (Some(nginx), Some(hangar)) = (figure(Load::WsEcho, Path3::Nginx), figure(Load::WsEcho, Path3::Hangar)) {
+        line = line
+            .figure("hangar_ws_echo_per_s", hangar.rps.round())
+            .figure("nginx_ws_echo_per_s", nginx.rps.round())
+            .figure("ws_ratio", ratio(hangar, nginx));
+    }
+    if let Some((idle, idle_bytes_each)) = idle {
+        line = line.figure("ws_idle", idle).figure("ws_idle_kib_each", idle_bytes_each / 1024.0);
+    }
+    // Added after the figures above, so that scripts reading the earlier keys see them unmoved.
+    line = rps_of(line, Load::Http1("1m"), "h1_1m");
+    line = rps_of(line, Load::Http2("1m"), "h2_1m");
+    if let Some(hangar) = figure(Load::WsEchoH2, Path3::Hangar) {
+        line = line.figure("hangar_ws_h2_echo_per_s", hangar.rps.round());
+    }
+    line.print();
     Ok(())
 }
 
@@ -305,6 +379,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn summarize(runs: &[WrkFigures]) -> WrkFigures {
+    if runs.is_empty() {
+        return WrkFigures::default();
+    }
     WrkFigures {
         rps: median(runs.iter().map(|f| f.rps).collect()),
         p50_ms: median(runs.iter().map(|f| f.p50_ms).collect()),
@@ -397,12 +474,57 @@ fn percentile_ms(sorted_micros: &[u64], q: f64) -> f64 {
 /// WebSocket echo round trips for `duration` over `connections` connections to `url`, each with
 /// one message in flight: what an interactive session (a terminal, a notebook) does.
 async fn ws_echo(url: &str, connections: usize, duration: Duration) -> anyhow::Result<WrkFigures> {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     let mut sockets = Vec::with_capacity(connections);
     for _ in 0..connections {
         sockets.push(tokio_tungstenite::connect_async(url).await.map_err(|err| anyhow::anyhow!("{url}: {err}"))?.0);
     }
+    echo_round_trips(sockets, url, duration).await
+}
+
+/// [`ws_echo`] with WebSockets over HTTP/2 (RFC 8441): each an extended CONNECT with
+/// `:protocol = websocket` on an h2c connection of its own, as a browser's would be on its
+/// HTTP/2 connection to the proxy.
+async fn ws_echo_h2(url: &str, connections: usize, duration: Duration) -> anyhow::Result<WrkFigures> {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let uri: http::Uri = url.parse()?;
+    let authority = uri.authority().ok_or_else(|| anyhow::anyhow!("no host in {url}"))?.to_string();
+    let mut sockets = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let tcp = tokio::net::TcpStream::connect(&authority).await?;
+        tcp.set_nodelay(true)?;
+        let (mut send, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        send.ready().await?;
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(uri.clone())
+            .header("sec-websocket-version", "13")
+            .extension(hyper::ext::Protocol::from_static("websocket"))
+            .body(Empty::<bytes::Bytes>::new())?;
+        let mut response = send.send_request(request).await?;
+        anyhow::ensure!(response.status() == http::StatusCode::OK, "{url} answered {}", response.status());
+        let upgraded = hyper::upgrade::on(&mut response).await?;
+        sockets.push(
+            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await,
+        );
+    }
+    echo_round_trips(sockets, url, duration).await
+}
+
+/// Each socket sends a message and waits for its echo, again and again until `duration` is up.
+async fn echo_round_trips<S>(
+    sockets: Vec<tokio_tungstenite::WebSocketStream<S>>,
+    url: &str,
+    duration: Duration,
+) -> anyhow::Result<WrkFigures>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
     let began = Instant::now();
     let deadline = began + duration;
     let clients: Vec<_> = sockets

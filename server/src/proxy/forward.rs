@@ -28,6 +28,13 @@ pub const ERROR_HEADER: &str = "x-hangar-error";
 
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most a backend connection reads at once. hyper's default (~400 KiB) let its read buffer
+/// grow past glibc's mmap threshold (128 KiB) on large bodies, so each buffer was a fresh
+/// mapping: page faults, zeroed pages and an `munmap` per chunk of a 1 MiB response, ~15 % of
+/// the proxy's CPU in the profile (BENCHMARKS.md, "Session of 2026-12-03 (2)"). 64 KiB, the
+/// size nginx proxies with here, stays on the heap and is reused.
+const BACKEND_READ_BUFFER: usize = 64 * 1024;
+
 /// How often an open upgraded connection (WebSocket) counts as traffic for its backend.
 const TUNNEL_ACTIVITY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -117,8 +124,11 @@ impl BackendConn {
             .map_err(|_| "connecting timed out".to_string())?
             .map_err(|err| err.to_string())?;
         let _ = stream.set_nodelay(true);
-        let (send, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|err| err.to_string())?;
+        let (send, connection) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(BACKEND_READ_BUFFER)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| err.to_string())?;
         // The one task of this backend connection; it ends when `send` is dropped.
         tokio::spawn(async move {
             if let Err(err) = connection.await {
@@ -145,7 +155,10 @@ impl Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(BACKEND_CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .http1_max_buf_size(BACKEND_READ_BUFFER)
+            .build(connector);
         Forwarder { routes, client, traffic: Arc::default(), startup_wait, tasks, stop }
     }
 
