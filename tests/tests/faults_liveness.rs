@@ -151,11 +151,11 @@ async fn a_controller_paused_past_the_liveness_timeouts_loses_its_agents_and_doe
 ///    begins up to 10 s after a confirmed batch leaves the drone 5–15 s, less than its
 ///    keep-alive needs. Every keyed backend of the drones attached to the paused controller
 ///    ends, and the proxied requests to them fail.
+///
+/// Both are fixed: PostgreSQL ends a session idle in a transaction after 5 s, and a drone leaves a
+/// controller that answers no renewal for a tenth of the lease
+/// (docs/design/backends-and-leases.md#store-outages).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a controller paused (SIGSTOP) inside a store transaction holds the revision_counter row lock, \
-            stalling every other controller's writes (attaches, renewals, Connects) until it resumes; and even \
-            without that, a 15 s pause ends its drones' keyed backends with KEY_EXPIRED (the keep-alive's \
-            10-15 s outlasts the lease's slack after the last confirmed renewal)"]
 async fn a_controller_paused_past_the_liveness_timeouts_ends_no_backend() {
     paused_controller(true).await;
 }
