@@ -99,11 +99,19 @@ fn proxy_quick_pass_serves_the_same_bytes_directly_through_nginx_and_through_han
             "ws_ratio",
             "ws_idle",
             "ws_idle_kib_each",
+            "hangar_h1_1m_rps",
+            "nginx_h1_1m_rps",
+            "h1_1m_ratio",
+            "hangar_h2_1m_rps",
+            "nginx_h2_1m_rps",
+            "h2_1m_ratio",
+            "hangar_ws_h2_echo_per_s",
         ],
     );
     assert!(figures["hangar_rps"] > 0.0 && figures["nginx_rps"] > 0.0 && figures["ratio"] > 0.0, "{figures:?}");
     assert!(figures["hangar_h2_rps"] > 0.0 && figures["hangar_ws_echo_per_s"] > 0.0, "{figures:?}");
     assert_eq!(figures["ws_idle"], 500.0, "{figures:?}");
+    assert!(figures["hangar_h2_1m_rps"] > 0.0 && figures["hangar_ws_h2_echo_per_s"] > 0.0, "{figures:?}");
 }
 
 #[test]
