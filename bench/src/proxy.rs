@@ -428,7 +428,12 @@ async fn h2load(args: &ProxyArgs, url: &str, seconds: u64) -> anyhow::Result<Wrk
         .lines()
         .filter_map(|line| line.split('\t').nth(2)?.trim().parse().ok())
         .collect();
-    anyhow::ensure!(!micros.is_empty(), "h2load logged no request for {url}");
+    if micros.is_empty() {
+        // h2load ran and none of its requests finished within the window (1 MiB bodies on a
+        // loaded machine in a one-second --quick pass): that is a figure (0), not a broken run.
+        eprintln!("h2load: no request to {url} finished within the measurement");
+        return Ok(f);
+    }
     micros.sort_unstable();
     (f.p50_ms, f.p99_ms, f.max_ms) =
         (percentile_ms(&micros, 0.50), percentile_ms(&micros, 0.99), percentile_ms(&micros, 1.0));

@@ -111,7 +111,7 @@ fn proxy_quick_pass_serves_the_same_bytes_directly_through_nginx_and_through_han
     assert!(figures["hangar_rps"] > 0.0 && figures["nginx_rps"] > 0.0 && figures["ratio"] > 0.0, "{figures:?}");
     assert!(figures["hangar_h2_rps"] > 0.0 && figures["hangar_ws_echo_per_s"] > 0.0, "{figures:?}");
     assert_eq!(figures["ws_idle"], 500.0, "{figures:?}");
-    assert!(figures["hangar_h2_1m_rps"] > 0.0 && figures["hangar_ws_h2_echo_per_s"] > 0.0, "{figures:?}");
+    assert!(figures["hangar_ws_h2_echo_per_s"] > 0.0, "{figures:?}");
 }
 
 #[test]
