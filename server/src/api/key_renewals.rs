@@ -114,10 +114,13 @@ async fn renew(
     let expires_at = now + chrono::Duration::from_std(lease_duration).unwrap_or_default();
     let started = std::time::Instant::now();
     let stored = match deferrals {
-        Some(_) => match tokio::time::timeout(store_wait(lease_duration), store.renew_keys(&all, expires_at)).await {
-            Ok(stored) => stored,
-            Err(_) => Err(StoreError::Unavailable(format!("no answer within {:?}", store_wait(lease_duration)))),
-        },
+        Some(_) => {
+            let wait = store_wait(lease_duration);
+            match tokio::time::timeout(wait, store.renew_keys(&all, expires_at)).await {
+                Ok(stored) => stored,
+                Err(_) => Err(StoreError::Unavailable(format!("no answer within {wait:?}"))),
+            }
+        }
         None => store.renew_keys(&all, expires_at).await,
     };
     let outcome = match stored {
