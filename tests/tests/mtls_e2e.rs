@@ -1,7 +1,8 @@
 //! Every component over mTLS, as an operator runs them: the `hangar-server controller` binary
 //! requiring client certificates, a `hangar-drone run` and a `hangar-server proxy` attached with
 //! their own certificates, and the `hangar` CLI listing nodes and connecting a backend that the
-//! proxy then serves. Certificates are made here (`hangar_tests::pki`).
+//! proxy then serves. Certificates are made here (`hangar_tests::pki`). With an auth file whose
+//! `[[certificate]]` entries name them, the certificates alone are the principals: no token.
 
 use hangar_testkit::{check, eventually};
 use hangar_tests::pki::{CertFiles, TestCa, served_certificate};
@@ -173,6 +174,108 @@ async fn a_drone_a_proxy_and_the_cli_work_against_a_controller_that_requires_cli
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("CertificateRequired") && stderr.contains("--tls-cert"), "{stderr}");
+}
+
+#[tokio::test]
+async fn certificates_named_in_the_auth_file_are_the_principals_of_a_drone_a_proxy_and_the_cli() {
+    let ca = TestCa::new("hangar-ca");
+    let data = tempfile::tempdir().unwrap();
+    let server = ca.server("controller");
+    let auth = data.path().join("auth.toml");
+    std::fs::write(
+        &auth,
+        "[[certificate]]\ncommon_name = \"drone-a\"\nrole = \"drone\"\n\n\
+         [[certificate]]\ncommon_name = \"edge-1\"\nrole = \"proxy\"\n\n\
+         [[certificate]]\ncommon_name = \"cli\"\nrole = \"client\"\n",
+    )
+    .unwrap();
+    let controller = ControllerProcess::spawn_with(
+        &format!("sqlite://{}", data.path().join("hangar.db").display()),
+        &[
+            "--tls-cert".as_ref(),
+            server.cert.as_os_str(),
+            "--tls-key".as_ref(),
+            server.key.as_os_str(),
+            "--tls-client-ca".as_ref(),
+            ca.ca().as_os_str(),
+            "--auth-file".as_ref(),
+            auth.as_os_str(),
+        ],
+    );
+    let url = controller.url.clone();
+
+    // The drone and the proxy present their certificates and no token at all.
+    let drone_cert = ca.client("drone-a");
+    let mut drone = Command::new(binary("hangar-drone"));
+    drone.args([
+        "run",
+        "--controller",
+        &url,
+        "--name",
+        "drone-a",
+        "--runtime",
+        "process",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ]);
+    drone.arg(data.path().join("drone")).env_remove("HANGAR_TOKEN").env_remove("HANGAR_TOKEN_FILE");
+    let _drone =
+        Running(with_flags(drone, tls_flags("", &ca.ca(), &drone_cert)).stderr(Stdio::null()).spawn().unwrap());
+    let proxy_cert = ca.client("edge-1");
+    let mut proxy = Command::new(binary("hangar-server"));
+    proxy.args([
+        "proxy",
+        "--controller",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--name",
+        "edge-1",
+    ]);
+    proxy.env_remove("HANGAR_TOKEN").env_remove("HANGAR_TOKEN_FILE");
+    let (_proxy, proxy_url) =
+        start(with_flags(proxy, tls_flags("controller-", &ca.ca(), &proxy_cert)), "hangar-server proxy listening on ");
+
+    // The CLI, as the client its certificate names, sees both READY and connects a backend that
+    // the proxy serves.
+    let cli = ca.client("cli");
+    eventually(WAIT, "drone-a and edge-1 READY, attached by certificate", async || {
+        let listing: serde_json::Value =
+            serde_json::from_str(&stdout(&hangar(&url, &ca, Some(&cli), &["nodes", "list", "-o", "json"]))).unwrap();
+        let mut ready: Vec<String> = listing["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|node| node["state"] == "READY")
+            .map(|node| node["name"].as_str().unwrap().to_string())
+            .collect();
+        ready.sort();
+        check(ready, |names| names == &["drone-a", "edge-1"])
+    })
+    .await;
+    let image = hangar_executor::testing::test_backend_binary().display().to_string();
+    let connected =
+        stdout(&hangar(&url, &ca, Some(&cli), &["connect", "mtls/by-cert", "--image", &image, "--wait", "-o", "json"]));
+    let connection: serde_json::Value = serde_json::from_str(&connected).unwrap();
+    assert_eq!(connection["state"], "READY", "{connected}");
+    let (status, body) = http_get(&format!("{proxy_url}/{}/", connection["token"].as_str().unwrap())).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(connection["backend_id"].as_str().unwrap()), "the backend answered: {body}");
+
+    // A certificate from the client CA whose common name the file does not name passes the
+    // handshake and is still no principal.
+    let stranger = ca.client("stranger");
+    let refused = hangar(&url, &ca, Some(&stranger), &["nodes", "list"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a stranger's certificate lists nodes: {stderr}");
+    assert!(stderr.contains("CERTIFICATE_NOT_MAPPED"), "{stderr}");
+    // And a mapped certificate carries its role, not more: the drone's may not list nodes.
+    let refused = hangar(&url, &ca, Some(&drone_cert), &["nodes", "list"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("ROLE_NOT_ALLOWED"), "{stderr}");
 }
 
 async fn http_get(url: &str) -> (u16, String) {

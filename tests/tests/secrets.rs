@@ -2,7 +2,9 @@
 //! process runtime, each logging at debug level into a file. A backend is connected with env
 //! values and a static token marked as secrets; the backend itself gets them, and nothing
 //! else shows them: not a read RPC, not the CLI's output in any format, not a log line of any
-//! of the three processes. Connection tokens are in no log either.
+//! of the three processes, not an event of `WatchBackends` or `WatchNodes`. Connection tokens are
+//! in no log either. With an auth file, the bearer tokens of the drone, the proxy (both read
+//! with --token-file) and the client are in no log of any process, the CLI's included.
 
 use hangar::secret::REDACTED;
 use hangar::v1::{self, backend_service_client::BackendServiceClient};
@@ -172,6 +174,19 @@ async fn env_values_static_and_connection_tokens_reach_the_backend_and_nothing_e
     })
     .await;
 
+    // The watch streams see the backend from before it is connected until it is terminated:
+    // every event they send is scanned too.
+    let mut backends = BackendServiceClient::new(channel.clone());
+    let watch_backends =
+        collect(backends.watch_backends(v1::WatchBackendsRequest::default()).await.unwrap().into_inner());
+    let watch_nodes = collect(
+        nodes
+            .watch_nodes(v1::WatchNodesRequest { send_initial: true, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+
     // Connect through the CLI, as a user would: its answer is the caller's own, so it holds the
     // static token and the connection URL by design.
     let backend = hangar_executor::testing::test_backend_binary().display().to_string();
@@ -195,7 +210,6 @@ async fn env_values_static_and_connection_tokens_reach_the_backend_and_nothing_e
     assert_no_secret("Connect's answer", &connected, &[API_KEY, DB_PASSWORD]);
 
     // The backend has them, through its address and through both of its proxy URLs.
-    let mut backends = BackendServiceClient::new(channel.clone());
     let got = backends.get_backend(v1::GetBackendRequest { id: id.clone() }).await.unwrap().into_inner();
     let address = got.backend.as_ref().unwrap().address.clone();
     let env = hangar_executor::testing::http_get(&address, "/env").await.unwrap().1;
@@ -255,6 +269,33 @@ async fn env_values_static_and_connection_tokens_reach_the_backend_and_nothing_e
     for args in [vec!["backends", "watch", &id], vec!["backends", "watch", &id, "-o", "json"]] {
         cli.push((args.join(" "), hangar(&url, &args).await));
     }
+    let terminated = |event: &Option<v1::BackendEvent>| {
+        event
+            .as_ref()
+            .and_then(|e| e.backend.as_ref())
+            .is_some_and(|b| b.id == id && b.status.as_ref().is_some_and(|s| s.state() == v1::BackendState::Terminated))
+    };
+    eventually(WAIT, "WatchBackends sent the backend's termination", async || {
+        check(watch_backends.0.lock().unwrap().iter().any(|r| terminated(&r.event)), |seen| *seen)
+    })
+    .await;
+    watch_backends.1.abort();
+    watch_nodes.1.abort();
+    let backend_events = watch_backends.0.lock().unwrap().clone();
+    assert!(backend_events.len() >= 3, "WatchBackends sent the backend's changes: {backend_events:?}");
+    for response in &backend_events {
+        read.push(("WatchBackends", response.encode_to_vec(), format!("{response:?}")));
+    }
+    let node_events = watch_nodes.0.lock().unwrap().clone();
+    let watched_nodes: std::collections::BTreeSet<&str> =
+        node_events.iter().filter_map(|r| r.event.as_ref()?.node.as_ref()).map(|n| n.name.as_str()).collect();
+    assert!(
+        watched_nodes.contains("d1") && watched_nodes.contains("edge"),
+        "WatchNodes sent both nodes: {node_events:?}"
+    );
+    for response in &node_events {
+        read.push(("WatchNodes", response.encode_to_vec(), format!("{response:?}")));
+    }
 
     let with_token = [API_KEY, DB_PASSWORD, STATIC_TOKEN, token.as_str()];
     for (what, bytes, debug) in &read {
@@ -276,6 +317,202 @@ async fn env_values_static_and_connection_tokens_reach_the_backend_and_nothing_e
     }
     let controller_log = read_log(&logs("controller"));
     assert!(controller_log.contains(&id), "the controller's log names the backend: the scan read real lines");
+}
+
+/// A fresh token from `hangar-server token generate`: its secret and its auth file entry.
+fn generate_token(name: &str, role: &str) -> (String, String) {
+    let output = Command::new(hangar_tests::binary("hangar-server"))
+        .args(["token", "generate", "--name", name, "--role", role])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "token generate: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (secret, entry) = stdout.split_once('\n').unwrap();
+    (secret.to_string(), entry.to_string())
+}
+
+/// Runs the `hangar` CLI at debug level with the token in `token_file`; whether it succeeded,
+/// and its stdout and stderr together.
+async fn hangar_with_token(controller: &str, token_file: &Path, args: &[&str]) -> (bool, String) {
+    let output = tokio::process::Command::new(hangar_tests::binary("hangar"))
+        .args(["--controller", controller])
+        .arg("--token-file")
+        .arg(token_file)
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .output()
+        .await
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_tokens_of_a_drone_a_proxy_and_a_client_appear_in_no_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let (drone_token, drone_entry) = generate_token("d1", "drone");
+    let (proxy_token, proxy_entry) = generate_token("edge", "proxy");
+    let (client_token, client_entry) = generate_token("ci", "client");
+    std::fs::write(path("auth.toml"), format!("{drone_entry}{proxy_entry}{client_entry}")).unwrap();
+    for (name, token) in [("drone", &drone_token), ("proxy", &proxy_token), ("ci", &client_token)] {
+        std::fs::write(path(&format!("{name}.token")), format!("{token}\n")).unwrap();
+    }
+    // A token the auth file does not name: refused, and not repeated either.
+    let wrong_token = "wrongsecret-0d9c8b7a6f5e4d3c2b1a";
+    std::fs::write(path("wrong.token"), wrong_token).unwrap();
+    let log = |name: &str| path(&format!("{name}.log"));
+
+    let database = format!("sqlite://{}", path("hangar.db").display());
+    let auth_file = path("auth.toml").display().to_string();
+    let (controller, url) = Logged::start(
+        "hangar-server",
+        "controller",
+        &[
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--database",
+            &database,
+            "--heartbeat-interval",
+            "200ms",
+            "--auth-file",
+            &auth_file,
+        ],
+        &log("controller"),
+        Some("hangar-server controller listening on "),
+    );
+    let proxy_token_file = path("proxy.token").display().to_string();
+    let (proxy, proxy_url) = Logged::start(
+        "hangar-server",
+        "proxy",
+        &[
+            "proxy",
+            "--controller",
+            &url,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--name",
+            "edge",
+            "--token-file",
+            &proxy_token_file,
+        ],
+        &log("proxy"),
+        Some("hangar-server proxy listening on "),
+    );
+    let drone_token_file = path("drone.token").display().to_string();
+    let drone_dir = path("drone").display().to_string();
+    let (drone, _) = Logged::start(
+        "hangar-drone",
+        "drone",
+        &[
+            "run",
+            "--controller",
+            &url,
+            "--name",
+            "d1",
+            "--runtime",
+            "process",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &drone_dir,
+            "--token-file",
+            &drone_token_file,
+        ],
+        &log("drone"),
+        None,
+    );
+    let mut nodes =
+        v1::node_service_client::NodeServiceClient::new(hangar_tests::auth::authed(&url, Some(&client_token)).await);
+    eventually(WAIT, "the drone and the proxy attached with their tokens", async || {
+        let listed = nodes.list_nodes(v1::ListNodesRequest::default()).await.unwrap().into_inner();
+        check(listed.nodes.len(), |n| *n == 2)
+    })
+    .await;
+
+    // The client connects a backend through the CLI and the proxy serves it.
+    let image = hangar_executor::testing::test_backend_binary().display().to_string();
+    let (ok, connected) = hangar_with_token(
+        &url,
+        &path("ci.token"),
+        &["-o", "json", "connect", "secrets/tokens", "--image", &image, "--wait"],
+    )
+    .await;
+    assert!(ok, "hangar connect with the client's token:\n{connected}");
+    let json_start = connected.find('{').expect("a JSON document");
+    let connection: serde_json::Value =
+        serde_json::Deserializer::from_str(&connected[json_start..]).into_iter().next().unwrap().unwrap();
+    let id = connection["backend_id"].as_str().unwrap().to_string();
+    let route = connection["token"].as_str().unwrap().to_string();
+    let (status, body) = http_get(&format!("{proxy_url}/{route}/")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&id), "the backend answered through the proxy: {body}");
+
+    let (ok, refused) = hangar_with_token(&url, &path("wrong.token"), &["backends", "list"]).await;
+    assert!(!ok && refused.contains("TOKEN_INVALID"), "a token the auth file does not name is refused:\n{refused}");
+    let (ok, terminated) = hangar_with_token(&url, &path("ci.token"), &["backends", "terminate", &id]).await;
+    assert!(ok, "{terminated}");
+
+    drone.stop();
+    proxy.stop();
+    controller.stop();
+    let secrets = [drone_token.as_str(), proxy_token.as_str(), client_token.as_str(), wrong_token, route.as_str()];
+    for (what, text) in
+        [("hangar connect", &connected), ("hangar backends list", &refused), ("hangar backends terminate", &terminated)]
+    {
+        assert_no_secret(&format!("the output of {what} at debug level"), text, &secrets[..4]);
+    }
+    for name in ["controller", "proxy", "drone"] {
+        let text = read_log(&log(name));
+        assert!(text.contains("DEBUG"), "the {name} logged at debug level:\n{text}");
+        println!("the {name}'s log: {} lines scanned", text.lines().count());
+        assert_no_secret(&format!("the {name}'s log"), &text, &secrets);
+    }
+    let controller_log = without_colors(&read_log(&log("controller")));
+    for principal in ["d1", "edge", "ci"] {
+        assert!(
+            controller_log.contains(&format!("principal={principal} ")),
+            "the controller's audit lines name {principal}: the scan read real lines"
+        );
+    }
+}
+
+/// `text` without its ANSI escape sequences (a log's colours).
+fn without_colors(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ parameters… final byte in @..=~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// Everything `stream` sends, collected as it arrives until the task is aborted.
+fn collect<T: Send + 'static>(
+    mut stream: tonic::Streaming<T>,
+) -> (std::sync::Arc<std::sync::Mutex<Vec<T>>>, tokio::task::JoinHandle<()>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok(Some(message)) = stream.message().await {
+            into.lock().unwrap().push(message);
+        }
+    });
+    (seen, task)
 }
 
 async fn http_get(url: &str) -> (u16, String) {
