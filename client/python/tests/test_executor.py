@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -198,12 +199,16 @@ def test_drone_runs_a_backend_on_the_python_executor(python_executor, workdir):
         backend_id = connected["backend_id"]
         assert connected["state"] == "READY", connected
 
-        # The backend runs on the Python executor: it lists it, and it answers HTTP.
+        # The backend runs on the Python executor: it lists it, and it answers HTTP at the address
+        # the executor reports (this test has no proxy).
         with grpc.insecure_channel(f"unix://{python_executor}") as channel:
             stub = pb_grpc.ExecutorServiceStub(channel)
             stub.Handshake(pb.HandshakeRequest(protocol_major=1, client_name="test"), timeout=10)
             listed = stub.ListBackends(pb.ListBackendsRequest(), timeout=10).backends
             assert [(b.backend_id, b.state) for b in listed] == [(backend_id, pb.RUNTIME_STATE_RUNNING)]
+            direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no http_proxy
+            with direct.open(f"http://{listed[0].address}/", timeout=10) as response:
+                assert (response.status, response.read().decode()) == (200, f"hangar-test-backend {backend_id}\n")
 
             hangar("backends", "terminate", backend_id)
             eventually("the backend TERMINATED", lambda: hangar("backends", "get", backend_id)["state"]

@@ -41,3 +41,10 @@ def test_readme_example_runs(dev, where, code, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{where} failed:\n{result.stdout}\n{result.stderr}"
     assert result.stdout.strip(), f"{where} printed nothing"
+    if where.startswith("README.md:"):
+        # The root README's example prints a backend's state: by its name, as the comment beside
+        # it says, never as the proto enum's number.
+        words = [word.strip("[](),'\"") for word in result.stdout.split()]
+        assert "READY" in words, f"{where} printed no state name:\n{result.stdout}"
+        numbers = [word for word in words if word.isdigit()]
+        assert not numbers, f"{where} printed raw enum numbers {numbers}:\n{result.stdout}"

@@ -437,6 +437,30 @@ mod tests {
         runtime.shutdown().await;
     }
 
+    /// `--command` on an alias: the spec's command replaces the alias's program and its leading
+    /// arguments (as it replaces a container's ENTRYPOINT), and the spec's `--arg`s follow it.
+    #[tokio::test]
+    async fn a_command_replaces_an_aliased_program_and_its_arguments_follow() {
+        // Were the alias run, or its arguments passed, the backend would exit 3.
+        let alias = ProcessAlias { program: "/bin/sh".into(), args: vec!["-c".into(), "exit 3".into()] };
+        let runtime = ProcessRuntime::with_aliases(HashMap::from([("hello".to_string(), alias)]));
+        let spec = BackendSpec {
+            backend_id: "alias-command-1".into(),
+            image: "hello".into(),
+            command: vec!["/usr/bin/env".into(), "sh".into(), "-c".into(), "exit \"$0$1\"".into()],
+            // `$0` and `$1` of the command's script, in order.
+            args: vec!["4".into(), "2".into()],
+            ..Default::default()
+        };
+        runtime.start(spec).await.unwrap();
+        let exit = hangar_testkit::eventually(Duration::from_secs(10), "the command's exit", async || {
+            runtime.inspect("alias-command-1").await.unwrap().exit_code
+        })
+        .await;
+        assert_eq!(exit, 42, "the command ran with both arguments, in order, instead of the alias");
+        runtime.shutdown().await;
+    }
+
     /// `--advertise-host`: the backend is reported at that host, on a port it can be reached at
     /// from there (here `localhost`, standing for the drone's own IP in scripts/cluster).
     #[tokio::test]
