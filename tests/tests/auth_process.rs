@@ -1,12 +1,12 @@
 //! `hangar-server controller` with an auth file, as an operator runs it: SIGHUP reloads the file
-//! (a broken one keeps the one in force and says why), every mutating call and every refusal is
-//! an audit line on `hangar::audit` naming principals and never secrets, and the controller (and
+//! (a broken one keeps the one in force and says why), every mutating call (a node's attach
+//! included) and every refusal is an audit line on `hangar::audit` naming principals and never secrets, and the controller (and
 //! dev) refuse to listen beyond loopback without authentication unless `--insecure`.
 
 use hangar::error::error_info;
 use hangar::v1::{self, backend_service_client::BackendServiceClient, node_service_client::NodeServiceClient};
 use hangar_testkit::eventually;
-use hangar_tests::auth::{attach_drone, authed};
+use hangar_tests::auth::{attach_drone, attach_proxy, authed};
 use hangar_tests::binary;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -19,7 +19,8 @@ const OPS: &str = "ops-secret-0123456789abcdef";
 const READER: &str = "reader-secret-0123456789abcdef";
 const CLIENT: &str = "client-secret-0123456789abcdef";
 const DRONE: &str = "drone-a-secret-0123456789abcdef";
-const SECRETS: [&str; 4] = [OPS, READER, CLIENT, DRONE];
+const PROXY: &str = "proxy-a-secret-0123456789abcdef";
+const SECRETS: [&str; 5] = [OPS, READER, CLIENT, DRONE, PROXY];
 
 fn token(name: &str, role: &str, secret: &str) -> String {
     // By digest, as `hangar-server token generate` writes entries.
@@ -33,6 +34,7 @@ fn full_auth_file() -> String {
         token("reader", "reader", READER),
         token("ci", "client", CLIENT),
         token("drone-a", "drone", DRONE) + "nodes = [\"drone-a\"]\n",
+        token("proxy-a", "proxy", PROXY) + "nodes = [\"edge-a\"]\n",
     ]
     .join("\n")
 }
@@ -161,6 +163,9 @@ async fn sighup_reloads_the_auth_file_and_mutations_and_refusals_are_audit_lines
     let mut drone = attach_drone(&url, DRONE, "drone-a").await.expect("drone-a attaches");
     let refused = attach_drone(&url, DRONE, "drone-b").await.map(drop).unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
+    let proxy = attach_proxy(&url, PROXY, "edge-a").await.expect("edge-a attaches");
+    let refused = attach_proxy(&url, PROXY, "edge-b").await.map(drop).unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
 
     // A Connect that spawns, and its termination.
     let mut backends = BackendServiceClient::new(authed(&url, Some(CLIENT)).await);
@@ -198,6 +203,17 @@ async fn sighup_reloads_the_auth_file_and_mutations_and_refusals_are_audit_lines
     );
     assert_eq!(line["fields"]["node_id"], drone.node_id.as_str());
     audit_line(&server, &[("method", attach), ("node", "drone-b"), ("outcome", "NODE_NOT_ALLOWED")]).await;
+    let proxy_attach = "hangar.v1.ProxyService/Attach";
+    let line = audit_line(&server, &[("method", proxy_attach), ("node", "edge-a"), ("outcome", "ok")]).await;
+    assert_eq!(
+        (line["fields"]["principal"].as_str(), line["fields"]["role"].as_str()),
+        (Some("proxy-a"), Some("proxy"))
+    );
+    assert_eq!(line["fields"]["node_id"], proxy.node_id.as_str());
+    let line =
+        audit_line(&server, &[("method", proxy_attach), ("node", "edge-b"), ("outcome", "NODE_NOT_ALLOWED")]).await;
+    assert_eq!(line["fields"]["principal"], "proxy-a");
+    assert!(line["fields"]["node_id"].is_null(), "a refused attach registers no node: {line}");
     let line = audit_line(&server, &[("method", "hangar.v1.BackendService/Connect"), ("outcome", "ok")]).await;
     assert_eq!(line["fields"]["principal"], "ci");
     assert_eq!(line["fields"]["backend_id"], connected.backend_id.as_str());
@@ -235,7 +251,9 @@ async fn sighup_reloads_the_auth_file_and_mutations_and_refusals_are_audit_lines
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(error_info(&status).unwrap().0, "TOKEN_INVALID");
     let listed = reader.list_nodes(v1::ListNodesRequest::default()).await.expect("reader still admitted").into_inner();
-    assert_eq!(listed.nodes.len(), 1);
+    let mut names: Vec<_> = listed.nodes.iter().map(|node| node.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["drone-a", "edge-a"], "the drone and the proxy, not the nodes refused");
     let heartbeat = v1::DroneHeartbeat { local_time: None, resources: None, backend_count: 0 };
     let heartbeat = v1::DroneAttachRequest { message: Some(v1::drone_attach_request::Message::Heartbeat(heartbeat)) };
     drone.outbound.send(heartbeat).await.expect("the drone's stream is open");

@@ -1,11 +1,12 @@
 //! Property tests: random, malformed and oversized requests at every RPC of a real controller
 //! (port 0, SQLite), and random message sequences on the drone and proxy links. Whatever comes
 //! in, the answer is a refusal that says why or a real answer: INVALID_ARGUMENT,
-//! FAILED_PRECONDITION, RESOURCE_EXHAUSTED, PERMISSION_DENIED, NOT_FOUND for a well-formed
-//! request that names nothing, OUT_OF_RANGE for a compacted revision or a message over the size
-//! limit, UNAVAILABLE only with NO_DRONE_AVAILABLE — or OK. Never INTERNAL or UNKNOWN, never a
-//! panic (which would surface as one), never a call that hangs, and the controller stays
-//! healthy.
+//! FAILED_PRECONDITION, RESOURCE_EXHAUSTED (a message over the size limit among them),
+//! PERMISSION_DENIED, NOT_FOUND for a well-formed request that names nothing, OUT_OF_RANGE only
+//! for a compacted revision or an expired page token, UNAVAILABLE only with NO_DRONE_AVAILABLE —
+//! or OK. Never INTERNAL or UNKNOWN, never a panic (which would surface as one), never a call
+//! that hangs, and the controller stays healthy. Every RPC of `hangar.v1`, as its descriptor
+//! lists them, is among those called.
 //!
 //! Case counts keep the whole file to well under a minute on two cores.
 
@@ -18,8 +19,9 @@ use hangar_server::controller::ControllerConfig;
 use hangar_server::limits::LimitsConfig;
 use hangar_tests::{ManualDrone, TestCluster, drone_hello, test_config};
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -36,18 +38,21 @@ fn acceptable(status: &Status) -> bool {
     let reason = error_info(status).map(|(reason, _)| reason).unwrap_or_default();
     match status.code() {
         Code::Ok
+        // A field that breaks a rule.
         | Code::InvalidArgument
+        // A request that contradicts the state it finds (draining a node twice, a message the
+        // protocol does not allow there).
         | Code::FailedPrecondition
+        // A message over the size limit (`OversizedRequestLayer`), or a limit of the controller.
         | Code::ResourceExhausted
+        // A node name the caller may not attach as.
         | Code::PermissionDenied
+        // A well-formed id or token that names nothing: random ids mostly do.
         | Code::NotFound => true,
-        // A resume point before the retained history, a page token that outlived it, or a
-        // message over the size limit (tonic's own answer carries no reason).
-        Code::OutOfRange => {
-            reason == reason::REVISION_COMPACTED
-                || reason == reason::PAGE_TOKEN_EXPIRED
-                || status.message().contains("message length too large")
-        }
+        // A resume point before the retained history, or a page token that outlived it: the
+        // client lists again. Nothing else: a client that read OUT_OF_RANGE for any other
+        // reason would list again for nothing.
+        Code::OutOfRange => reason == reason::REVISION_COMPACTED || reason == reason::PAGE_TOKEN_EXPIRED,
         // A well-formed Connect for a cluster or pool without drones.
         Code::Unavailable => reason == reason::NO_DRONE_AVAILABLE,
         _ => false,
@@ -206,6 +211,45 @@ enum Call {
     LookupRoute(v1::LookupRouteRequest),
 }
 
+impl Call {
+    /// The RPC this call makes (`package.Service/Method`, as in the descriptor).
+    fn method(&self) -> &'static str {
+        match self {
+            Call::ListNodes(_) => "hangar.v1.NodeService/ListNodes",
+            Call::GetNode(_) => "hangar.v1.NodeService/GetNode",
+            Call::DrainNode(_) => "hangar.v1.NodeService/DrainNode",
+            Call::UndrainNode(_) => "hangar.v1.NodeService/UndrainNode",
+            Call::WatchNodes(_) => "hangar.v1.NodeService/WatchNodes",
+            Call::Connect(_) => "hangar.v1.BackendService/Connect",
+            Call::GetBackend(_) => "hangar.v1.BackendService/GetBackend",
+            Call::ListBackends(_) => "hangar.v1.BackendService/ListBackends",
+            Call::WatchBackend(_) => "hangar.v1.BackendService/WatchBackend",
+            Call::WatchBackends(_) => "hangar.v1.BackendService/WatchBackends",
+            Call::TerminateBackend(_) => "hangar.v1.BackendService/TerminateBackend",
+            Call::LookupRoute(_) => "hangar.v1.ProxyService/LookupRoute",
+        }
+    }
+}
+
+/// The node links, which `random_message_sequences_on_the_drone_and_proxy_links_end_cleanly`
+/// and the oversized hellos call rather than [`Call`].
+const LINKS: [&str; 2] = ["hangar.v1.DroneService/Attach", "hangar.v1.ProxyService/Attach"];
+
+/// Every RPC of `hangar.v1`, from its descriptor: what the controller serves and callers reach.
+fn every_rpc() -> BTreeSet<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(v1::FILE_DESCRIPTOR_SET).expect("hangar.v1's descriptor");
+    let mut rpcs = BTreeSet::new();
+    for file in set.file.iter().filter(|file| file.package() == "hangar.v1") {
+        for service in &file.service {
+            for method in &service.method {
+                rpcs.insert(format!("hangar.v1.{}/{}", service.name(), method.name()));
+            }
+        }
+    }
+    rpcs
+}
+
 fn call() -> impl Strategy<Value = Call> {
     prop_oneof![
         (node_filter(), page_size(), rare_text()).prop_map(|(filter, page_size, page_token)| Call::ListNodes(
@@ -309,6 +353,13 @@ impl Target {
         }
     }
 
+    /// The names of the nodes registered so far.
+    async fn node_names(&self) -> BTreeSet<String> {
+        let mut nodes = NodeServiceClient::new(self.channel.clone());
+        let listed = nodes.list_nodes(v1::ListNodesRequest::default()).await.expect("ListNodes").into_inner();
+        listed.nodes.into_iter().map(|node| node.name).collect()
+    }
+
     /// The controller still answers health checks and listings.
     async fn healthy(&self) {
         let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
@@ -355,6 +406,18 @@ fn random_requests_at_every_rpc_get_a_reasoned_answer_in_time() {
     rt.block_on(target.cluster.shutdown());
 }
 
+/// A new RPC cannot be left out: the random calls reach every RPC the descriptor lists, the links
+/// aside (their own property test below), and nothing the descriptor does not list.
+#[test]
+fn the_random_calls_and_the_links_cover_every_rpc_of_hangar_v1() {
+    let mut runner = TestRunner::deterministic();
+    let strategy = call();
+    let mut called: BTreeSet<String> =
+        (0..2000).map(|_| strategy.new_tree(&mut runner).expect("a call").current().method().to_string()).collect();
+    called.extend(LINKS.map(String::from));
+    assert_eq!(called, every_rpc(), "the calls of call() and LINKS against the descriptor of hangar.v1");
+}
+
 #[test]
 fn a_request_over_the_message_limit_is_refused_at_every_rpc() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -373,19 +436,89 @@ fn a_request_over_the_message_limit_is_refused_at_every_rpc() {
         Call::GetBackend(v1::GetBackendRequest { id: huge.clone() }),
         Call::ListBackends(v1::ListBackendsRequest { page_token: huge.clone(), ..Default::default() }),
         Call::WatchBackend(v1::WatchBackendRequest { id: huge.clone() }),
+        Call::WatchBackends(v1::WatchBackendsRequest {
+            filter: Some(v1::BackendFilter { key_prefix: huge.clone(), ..Default::default() }),
+            ..Default::default()
+        }),
         Call::TerminateBackend(v1::TerminateBackendRequest { id: huge.clone(), hard: true }),
         Call::LookupRoute(v1::LookupRouteRequest { token: huge.clone(), ..Default::default() }),
     ];
+    let mut refused: BTreeSet<String> = BTreeSet::new();
     for call in calls {
-        let rpc = format!("{call:?}").split('(').next().unwrap_or_default().to_string();
+        let rpc = call.method();
         let status = rt
             .block_on(async { tokio::time::timeout(CALL_TIMEOUT, target.call(call)).await })
-            .expect(&rpc)
-            .expect_err(&rpc);
-        assert_eq!(status.code(), Code::OutOfRange, "{rpc}: {status:?}");
+            .expect(rpc)
+            .expect_err(rpc);
+        // gRPC's code for it, where tonic alone would say OUT_OF_RANGE; the message says why.
+        assert_eq!(status.code(), Code::ResourceExhausted, "{rpc}: {status:?}");
+        assert!(status.message().contains("message length too large"), "{rpc}: {status:?}");
+        refused.insert(rpc.to_string());
     }
+
+    // The links: a hello over the limit is refused before any node is registered, and the
+    // controller ends the stream although the node keeps its sending half open.
+    let nodes_before = rt.block_on(target.node_names());
+    let drone_first = v1::DroneAttachRequest {
+        message: Some(v1::drone_attach_request::Message::Hello(v1::DroneHello {
+            labels: [("blob".to_string(), huge.clone())].into(),
+            ..drone_hello("oversized")
+        })),
+    };
+    let proxy_first = v1::ProxyAttachRequest {
+        message: Some(v1::proxy_attach_request::Message::Hello(v1::ProxyHello {
+            name: "oversized".into(),
+            version: "test".into(),
+            public_url: huge.clone(),
+            ..Default::default()
+        })),
+    };
+    let drones = DroneServiceClient::new(target.channel.clone());
+    let proxies = ProxyServiceClient::new(target.channel.clone());
+    let ends = [
+        (LINKS[0], rt.block_on(first_message_refused(|s| async move { drones.clone().attach(s).await }, drone_first))),
+        (LINKS[1], rt.block_on(first_message_refused(|s| async move { proxies.clone().attach(s).await }, proxy_first))),
+    ];
+    for (rpc, status) in ends {
+        // The handler reads its stream itself: the oversized message is where its hello should
+        // have been, a protocol violation that says why.
+        assert_eq!(status.code(), Code::FailedPrecondition, "{rpc}: {status:?}");
+        assert_eq!(error_info(&status).map(|(reason, _)| reason).as_deref(), Some(reason::PROTOCOL_VIOLATION));
+        assert!(status.message().contains("message length too large"), "{rpc}: {status:?}");
+        refused.insert(rpc.to_string());
+    }
+    assert_eq!(rt.block_on(target.node_names()), nodes_before, "a refused hello registered a node");
+    assert_eq!(refused, every_rpc(), "every RPC of hangar.v1 was sent a message over the limit");
     rt.block_on(target.healthy());
     rt.block_on(target.cluster.shutdown());
+}
+
+/// Opens a link with `first` as its first message, keeps its sending half open, and returns the
+/// status the controller ended the stream with; fails if it ends without one, answers, or takes
+/// longer than [`CALL_TIMEOUT`].
+async fn first_message_refused<Req, Resp, F, Fut>(open: F, first: Req) -> Status
+where
+    Req: Send + 'static,
+    Resp: std::fmt::Debug,
+    F: FnOnce(ReceiverStream<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<tonic::Streaming<Resp>>, Status>>,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(first).await.expect("room for the first message");
+    let ended = tokio::time::timeout(CALL_TIMEOUT, async {
+        let mut inbound = match open(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return status,
+        };
+        match inbound.message().await {
+            Err(status) => status,
+            answered => panic!("the controller answered an oversized first message: {answered:?}"),
+        }
+    })
+    .await
+    .expect("the controller ends the stream in time");
+    drop(tx);
+    ended
 }
 
 // --- The links -----------------------------------------------------------------------------

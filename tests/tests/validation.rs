@@ -116,6 +116,53 @@ async fn backend_service_fields_are_each_checked() {
     cluster.shutdown().await;
 }
 
+#[tokio::test]
+async fn watch_backends_fields_are_each_checked() {
+    let cluster = TestCluster::sqlite().await;
+    let mut backends = BackendServiceClient::new(cluster.channel().await);
+    let filter = |f: v1::BackendFilter| v1::WatchBackendsRequest { filter: Some(f), ..Default::default() };
+    let bookmark = |interval| v1::WatchBackendsRequest { bookmark_interval: interval, ..Default::default() };
+    let cases: Vec<(v1::WatchBackendsRequest, &str)> = vec![
+        (filter(v1::BackendFilter { states: vec![5; 33], ..Default::default() }), "filter.states"),
+        (filter(v1::BackendFilter { states: vec![1, 99], ..Default::default() }), "filter.states[1]"),
+        (filter(v1::BackendFilter { drone_id: "d\n".into(), ..Default::default() }), "filter.drone_id"),
+        (filter(v1::BackendFilter { key_namespace: "Docs".into(), ..Default::default() }), "filter.key_namespace"),
+        (filter(v1::BackendFilter { cluster: "x".repeat(64), ..Default::default() }), "filter.cluster"),
+        (filter(v1::BackendFilter { pool: "a_b".into(), ..Default::default() }), "filter.pool"),
+        (
+            filter(v1::BackendFilter { labels: [("zone".into(), "a\u{0}".into())].into(), ..Default::default() }),
+            "filter.labels[\"zone\"]",
+        ),
+        (filter(v1::BackendFilter { key_prefix: "k".repeat(254), ..Default::default() }), "filter.key_prefix"),
+        (filter(v1::BackendFilter { key_prefix: "a\u{1b}".into(), ..Default::default() }), "filter.key_prefix"),
+        // Under the 100 ms floor, over the day's ceiling, malformed, overflowing.
+        (bookmark(d(0, 50_000_000)), "bookmark_interval"),
+        (bookmark(d(2 * 24 * 3600, 0)), "bookmark_interval"),
+        (bookmark(d(1, -5)), "bookmark_interval"),
+        (bookmark(d(i64::MAX, 0)), "bookmark_interval"),
+        // A snapshot starts at its own revision: a resume point with it is a contradiction.
+        (v1::WatchBackendsRequest { send_initial: true, start_revision: 5, ..Default::default() }, "start_revision"),
+    ];
+    for (request, field) in cases {
+        names(backends.watch_backends(request).await, field);
+    }
+    // Each of them alone is fine: the same fields, valid, open a watch.
+    let valid = v1::WatchBackendsRequest {
+        filter: Some(v1::BackendFilter {
+            states: vec![1, 2],
+            key_namespace: "docs".into(),
+            key_prefix: "a".into(),
+            labels: [("zone".into(), "a".into())].into(),
+            ..Default::default()
+        }),
+        send_initial: true,
+        bookmark_interval: d(0, 100_000_000),
+        ..Default::default()
+    };
+    backends.watch_backends(valid).await.expect("a valid watch opens");
+    cluster.shutdown().await;
+}
+
 /// Attaches a drone, sends `message` on its stream, and returns how the stream ended.
 async fn drone_sends(url: &str, message: v1::drone_attach_request::Message) -> Status {
     let mut drone = ManualDrone::attach(url, drone_hello("bad-sender")).await.expect("attach");

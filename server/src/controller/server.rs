@@ -5,7 +5,7 @@ use super::{BackendSweep, LivenessConfig, NodeRegistry, StoreContact};
 use crate::admin::AdminContext;
 use crate::api::{BackendApi, BackendSettings, DroneApi, NodeApi, PageTokens, ProxyApi};
 use crate::auth::{AuthLayer, Authenticator, Reflection};
-use crate::limits::{FirstRequestDeadline, LimitLayer, LimitsConfig};
+use crate::limits::{FirstRequestDeadline, LimitLayer, LimitsConfig, OversizedRequestLayer};
 use crate::store::{DynStore, Retention};
 use crate::tls::{ControllerTls, ControllerTlsFiles};
 use crate::watch::{WatchConfig, WatchHub};
@@ -187,6 +187,9 @@ impl Controller {
             .layer(crate::metrics::GrpcMetricsLayer)
             .layer(AuthLayer::new(authenticator.clone()))
             .layer(LimitLayer::new(config.limits.clone()))
+            // Innermost, so that the metrics and traces count what the caller reads: a request
+            // message over the size limit is RESOURCE_EXHAUSTED, not tonic's OUT_OF_RANGE.
+            .layer(OversizedRequestLayer)
             .add_service(health_service)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)

@@ -11,17 +11,20 @@
 //! - Per connection ([`TransportLimits`], applied where the controller builds its server, and
 //!   [`FirstRequestDeadline`] on every accepted connection): message sizes, HTTP/2 streams and
 //!   header sizes, keep-alive, reset floods, call deadlines, and connections that never send a
-//!   request.
+//!   request. A request message over the size limit is RESOURCE_EXHAUSTED
+//!   ([`OversizedRequestLayer`]), as in other gRPC servers.
 
 mod caller;
 mod counters;
 mod first_request;
 mod layer;
+mod oversized;
 mod released_body;
 
 pub use caller::CallerKey;
 pub use first_request::FirstRequestDeadline;
 pub use layer::{CallKind, LimitLayer, LimitService};
+pub use oversized::{OversizedRequest, OversizedRequestLayer};
 
 use std::time::Duration;
 
