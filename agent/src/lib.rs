@@ -12,13 +12,16 @@
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`) every Hangar process
 //!   serves, the controller's included;
 //! - [`telemetry`]: logs and OpenTelemetry traces (OTLP export, `traceparent` propagation, the
-//!   gRPC server span layer), the same in every Hangar process.
+//!   gRPC server span layer), the same in every Hangar process;
+//! - [`oversized`]: a request message over a server's size limit is RESOURCE_EXHAUSTED, on the
+//!   controller's API and on the executor socket alike.
 
 pub mod admin;
 pub mod attach;
 mod backoff;
 mod endpoint;
 mod host;
+pub mod oversized;
 pub mod telemetry;
 
 pub use backoff::Backoff;

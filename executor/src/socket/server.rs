@@ -119,6 +119,8 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         // A span per call, continuing the drone's trace from the call's `traceparent` metadata.
         .layer(hangar_agent::telemetry::GrpcTraceLayer)
+        // A request over the message limit is RESOURCE_EXHAUSTED, as on the controller.
+        .layer(hangar_agent::oversized::OversizedRequestLayer)
         .add_service(server)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

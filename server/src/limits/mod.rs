@@ -18,13 +18,12 @@ mod caller;
 mod counters;
 mod first_request;
 mod layer;
-mod oversized;
 mod released_body;
 
 pub use caller::CallerKey;
 pub use first_request::FirstRequestDeadline;
+pub use hangar_agent::oversized::{OversizedRequest, OversizedRequestLayer};
 pub use layer::{CallKind, LimitLayer, LimitService};
-pub use oversized::{OversizedRequest, OversizedRequestLayer};
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ use tonic::Code;
 /// How tonic's decoder begins its refusal of a message over `max_decoding_message_size`.
 const DECODED_TOO_LARGE: &str = "Error, decoded message length too large";
 
-/// Answers a request message over [`super::TransportLimits::max_message_bytes`] with
+/// Answers a request message over the server's `max_decoding_message_size` with
 /// RESOURCE_EXHAUSTED, gRPC's code for it (grpc-go and grpc-java answer it), where tonic's
 /// decoder says OUT_OF_RANGE. OUT_OF_RANGE keeps its own meanings on this API: a compacted
 /// revision, an expired page token.
@@ -16,7 +16,7 @@ const DECODED_TOO_LARGE: &str = "Error, decoded message length too large";
 /// tonic decodes a unary or server-streaming call's request before the handler runs, and
 /// refuses an oversized one with a trailers-only response: its status is in the response
 /// headers, which is all this layer looks at. The handlers of client streams (a node's
-/// `Attach`) read their messages themselves and answer for themselves. The message, which
+/// `Attach` on the controller) read their messages themselves and answer for themselves. The message, which
 /// names the size and the limit, is left as it is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OversizedRequestLayer;
@@ -29,7 +29,7 @@ impl<S> tower::Layer<S> for OversizedRequestLayer {
     }
 }
 
-/// The service [`OversizedRequestLayer`] wraps around the controller's routes.
+/// The service [`OversizedRequestLayer`] wraps around a server's routes.
 #[derive(Debug, Clone)]
 pub struct OversizedRequest<S> {
     inner: S,
