@@ -54,9 +54,9 @@ async fn partition_scenario(fault: Mode) {
     let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
     let lease = ["--lease-duration", LEASE];
     let (log_a, log_b) = (logs.path().join("a.log"), logs.path().join("b.log"));
-    let _a = controller_logged(&relayed_database, &proxy_url, &lease, &log_a);
-    let _b = controller_logged(&database, &proxy_url, &lease, &log_b);
-    let (a_url, b_url) = (_a.url.clone(), _b.url.clone());
+    let a = controller_logged(&relayed_database, &proxy_url, &lease, &log_a);
+    let b = controller_logged(&database, &proxy_url, &lease, &log_b);
+    let (a_url, b_url) = (a.url.clone(), b.url.clone());
     let controllers = vec![a_url.clone(), b_url.clone()];
     let proxy = Proxy::start(ProxyConfig::new(controllers.clone(), "edge"), proxy_listener).await.unwrap();
 
@@ -215,4 +215,5 @@ async fn partition_scenario(fault: Mode) {
     proxy.shutdown().await;
     on_a.shutdown().await;
     on_b.shutdown().await;
+    drop((a, b));
 }
