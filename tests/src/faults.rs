@@ -576,3 +576,51 @@ pub async fn traffic_over_proxies(
     }
     (sent, failed, moved)
 }
+
+/// A controller process on `database` like [`controller`], with `args` added (`--lease-duration`,
+/// say) and its log (stderr) written to `log` for the scenario to read: the lines a failed
+/// scenario reports.
+pub fn controller_logged(database: &str, proxy_url: &str, args: &[&str], log: &std::path::Path) -> ControllerProcess {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(crate::binary("hangar-server"))
+        .args(["controller", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--database", database])
+        .args(["--heartbeat-interval", "200ms", "--unhealthy-after", "600ms", "--offline-after", "1200ms"])
+        .args(["--refresh-interval", "800ms", "--proxy-url", proxy_url])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start hangar-server controller");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(url) = line.strip_prefix("hangar-server controller listening on ") {
+                    break url.trim().to_string();
+                }
+            }
+            _ => panic!("hangar-server controller exited before listening"),
+        }
+    };
+    ControllerProcess { child, url }
+}
+
+/// The lines of the log at `path` at WARN or ERROR, the last `last` of them, without colours.
+pub fn log_warnings(path: &std::path::Path, last: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let plain = |line: &str| {
+        let mut out = String::with_capacity(line.len());
+        let mut escape = false;
+        for c in line.chars() {
+            match (escape, c) {
+                (false, '\x1b') => escape = true,
+                (false, c) => out.push(c),
+                (true, 'm') => escape = false,
+                (true, _) => {}
+            }
+        }
+        out
+    };
+    let lines: Vec<String> = text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).map(plain).collect();
+    lines[lines.len().saturating_sub(last)..].to_vec()
+}
