@@ -892,7 +892,8 @@ impl ProxyService for ScriptedPlane {
         use futures::StreamExt;
         let mut inbound = req.into_inner();
         tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
-        let welcome = v1::ProxyWelcome { node_id: "proxy-node".into(), controller_id: "bench".into() };
+        let welcome =
+            v1::ProxyWelcome { node_id: "proxy-node".into(), controller_id: "bench".into(), heartbeat_interval: None };
         let first = v1::ProxyAttachResponse { message: Some(v1::proxy_attach_response::Message::Welcome(welcome)) };
         Ok(Response::new(futures::stream::once(async move { Ok(first) }).chain(futures::stream::pending()).boxed()))
     }

@@ -89,7 +89,11 @@ impl ProxyService for ProxyPlane {
     ) -> Result<Response<Self::AttachStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let welcome = v1::ProxyWelcome { node_id: "proxy-node".into(), controller_id: "scripted".into() };
+        let welcome = v1::ProxyWelcome {
+            node_id: "proxy-node".into(),
+            controller_id: "scripted".into(),
+            heartbeat_interval: None,
+        };
         let welcome = v1::ProxyAttachResponse { message: Some(v1::proxy_attach_response::Message::Welcome(welcome)) };
         tx.send(Ok(welcome)).await.expect("the stream is open");
         *self.attached.lock().unwrap() = Some(tx.clone());

@@ -298,3 +298,37 @@ fn hangar_drone_run_exits_with_the_reason_when_its_name_is_refused() {
     assert!(stderr.contains("refused") && stderr.contains("hello.name"), "{stderr}");
     runtime.block_on(cluster.shutdown());
 }
+
+/// A proxy heartbeats at the interval its controller's welcome names, not at its own default:
+/// against a controller that expects a heartbeat every 100 ms (UNHEALTHY after 300 ms), a proxy
+/// left at its 5 s default stays READY. It used to keep its own interval, so a controller with a
+/// shorter one cut it off every few seconds and it reattached.
+#[tokio::test]
+async fn a_proxy_heartbeats_at_the_interval_its_controller_asks_for() {
+    use hangar_server::proxy::{Proxy, ProxyConfig};
+    use hangar_testkit::{check, eventually};
+    let cluster = TestCluster::sqlite().await;
+    let config = ProxyConfig::new(vec![cluster.url()], "edge-1");
+    assert!(config.heartbeat_interval >= Duration::from_secs(1), "the proxy's own default is the slower one");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = Proxy::start(config, listener).await.unwrap();
+    let mut nodes = cluster.nodes().await;
+    let proxy_node = eventually(WAIT, "the proxy READY", async || {
+        let listed = nodes.clone().list_nodes(v1::ListNodesRequest::default()).await.unwrap().into_inner().nodes;
+        check(listed.into_iter().find(|n| n.name == "edge-1"), |n| {
+            n.as_ref().is_some_and(|n| state(n) == NodeState::Ready)
+        })
+    })
+    .await
+    .unwrap();
+    // Six of the controller's UNHEALTHY windows: a proxy on its own 5 s interval misses them all.
+    let window = tokio::time::Instant::now() + Duration::from_millis(1800);
+    while tokio::time::Instant::now() < window {
+        let node =
+            nodes.get_node(v1::GetNodeRequest { id: proxy_node.id.clone() }).await.unwrap().into_inner().node.unwrap();
+        assert_eq!(state(&node), NodeState::Ready, "the proxy missed the controller's heartbeat interval: {node:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.shutdown().await;
+    cluster.shutdown().await;
+}

@@ -288,7 +288,8 @@ impl ProxyService for OneRoute {
     ) -> Result<tonic::Response<Self::AttachStream>, tonic::Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let welcome = v1::ProxyWelcome { node_id: "proxy-node".into(), controller_id: "fake".into() };
+        let welcome =
+            v1::ProxyWelcome { node_id: "proxy-node".into(), controller_id: "fake".into(), heartbeat_interval: None };
         let message = v1::proxy_attach_response::Message::Welcome(welcome);
         tx.send(Ok(v1::ProxyAttachResponse { message: Some(message) })).await.unwrap();
         tokio::spawn(async move {

@@ -10,6 +10,7 @@ use crate::store::{DynStore, NodeRegistration, Revision};
 use crate::watch::{HubChange, WatchHub, Watched};
 use chrono::Utc;
 use futures::future::BoxFuture;
+use hangar::domain::duration_to_proto;
 use hangar::domain::{BackendState, NodeKind, NodeResources, timestamp_to_proto};
 use hangar::v1::{self, proxy_service_server::ProxyService};
 use std::sync::Arc;
@@ -211,8 +212,11 @@ impl ProxyApi {
         tracing::info!(node_id = %node.id, name = %node.name, "proxy attached");
 
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
-        let welcome =
-            v1::ProxyWelcome { node_id: node.id.clone(), controller_id: registry.controller_id().to_string() };
+        let welcome = v1::ProxyWelcome {
+            node_id: node.id.clone(),
+            controller_id: registry.controller_id().to_string(),
+            heartbeat_interval: Some(duration_to_proto(registry.config().heartbeat_interval)),
+        };
         tx.try_send(Ok(v1::ProxyAttachResponse { message: Some(Reply::Welcome(welcome)) }))
             .expect("a fresh channel has room");
         let seen = self.hub.cursor();

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use hangar::domain::duration_from_proto;
 use hangar::v1::{self, proxy_service_client::ProxyServiceClient};
 use hangar_agent::HostResources;
 use hangar_agent::admin::AttachedTo;
@@ -71,16 +72,18 @@ impl ProxyAttach {
         };
         tx.send(v1::ProxyAttachRequest { message: Some(Message::Hello(hello)) }).await?;
         let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
-        match inbound.message().await? {
-            Some(v1::ProxyAttachResponse { message: Some(Reply::Welcome(welcome)) }) => {
-                tracing::info!(node_id = %welcome.node_id, controller = %attempt.controller(), "proxy attached");
-                let to = AttachedTo { controller: attempt.controller().to_string(), node_id: welcome.node_id.clone() };
-                self.attached.send_replace(Some(to));
-            }
+        let welcome = match inbound.message().await? {
+            Some(v1::ProxyAttachResponse { message: Some(Reply::Welcome(welcome)) }) => welcome,
             other => anyhow::bail!("expected a welcome, got {other:?}"),
-        }
+        };
+        tracing::info!(node_id = %welcome.node_id, controller = %attempt.controller(), "proxy attached");
+        let to = AttachedTo { controller: attempt.controller().to_string(), node_id: welcome.node_id.clone() };
+        self.attached.send_replace(Some(to));
         attempt.welcomed();
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        // The controller's interval, which its liveness timeouts count in; ours only for a
+        // controller that does not say.
+        let interval = welcome.heartbeat_interval.as_ref().and_then(duration_from_proto);
+        let mut heartbeat = tokio::time::interval(interval.unwrap_or(self.config.heartbeat_interval));
         let mut report = tokio::time::interval(self.config.traffic_report_interval);
         loop {
             tokio::select! {

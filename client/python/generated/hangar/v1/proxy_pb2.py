@@ -28,7 +28,7 @@ from hangar.v1 import backend_pb2 as hangar_dot_v1_dot_backend__pb2
 from hangar.v1 import node_pb2 as hangar_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hangar/v1/proxy.proto\x12\thangar.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hangar/v1/backend.proto\x1a\x14hangar/v1/node.proto\"\xa4\x01\n\x12ProxyAttachRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.hangar.v1.ProxyHelloH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.hangar.v1.ProxyHeartbeatH\x00\x12+\n\x07traffic\x18\x03 \x01(\x0b\x32\x18.hangar.v1.TrafficReportH\x00\x42\t\n\x07message\"\x80\x01\n\x13ProxyAttachResponse\x12*\n\x07welcome\x18\x01 \x01(\x0b\x32\x17.hangar.v1.ProxyWelcomeH\x00\x12\x32\n\ninvalidate\x18\x02 \x01(\x0b\x32\x1c.hangar.v1.RouteInvalidationH\x00\x42\t\n\x07message\"\xdf\x01\n\nProxyHello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x31\n\x06labels\x18\x04 \x03(\x0b\x32!.hangar.v1.ProxyHello.LabelsEntry\x12\x12\n\npublic_url\x18\x05 \x01(\t\x12+\n\tresources\x18\x06 \x01(\x0b\x32\x18.hangar.v1.NodeResources\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"m\n\x0eProxyHeartbeat\x12.\n\nlocal_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\tresources\x18\x02 \x01(\x0b\x32\x18.hangar.v1.NodeResources\"6\n\x0cProxyWelcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\"$\n\rTrafficReport\x12\x13\n\x0b\x62\x61\x63kend_ids\x18\x01 \x03(\t\"\'\n\x11RouteInvalidation\x12\x12\n\nbackend_id\x18\x01 \x01(\t\"V\n\x12LookupRouteRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x31\n\x0ewait_for_ready\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x85\x02\n\x13LookupRouteResponse\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.hangar.v1.BackendState\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x36\n\x04\x61uth\x18\x05 \x03(\x0b\x32(.hangar.v1.LookupRouteResponse.AuthEntry\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tAuthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xa9\x01\n\x0cProxyService\x12K\n\x06\x41ttach\x12\x1d.hangar.v1.ProxyAttachRequest\x1a\x1e.hangar.v1.ProxyAttachResponse(\x01\x30\x01\x12L\n\x0bLookupRoute\x12\x1d.hangar.v1.LookupRouteRequest\x1a\x1e.hangar.v1.LookupRouteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hangar/v1/proxy.proto\x12\thangar.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hangar/v1/backend.proto\x1a\x14hangar/v1/node.proto\"\xa4\x01\n\x12ProxyAttachRequest\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.hangar.v1.ProxyHelloH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.hangar.v1.ProxyHeartbeatH\x00\x12+\n\x07traffic\x18\x03 \x01(\x0b\x32\x18.hangar.v1.TrafficReportH\x00\x42\t\n\x07message\"\x80\x01\n\x13ProxyAttachResponse\x12*\n\x07welcome\x18\x01 \x01(\x0b\x32\x17.hangar.v1.ProxyWelcomeH\x00\x12\x32\n\ninvalidate\x18\x02 \x01(\x0b\x32\x1c.hangar.v1.RouteInvalidationH\x00\x42\t\n\x07message\"\xdf\x01\n\nProxyHello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x31\n\x06labels\x18\x04 \x03(\x0b\x32!.hangar.v1.ProxyHello.LabelsEntry\x12\x12\n\npublic_url\x18\x05 \x01(\t\x12+\n\tresources\x18\x06 \x01(\x0b\x32\x18.hangar.v1.NodeResources\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"m\n\x0eProxyHeartbeat\x12.\n\nlocal_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\tresources\x18\x02 \x01(\x0b\x32\x18.hangar.v1.NodeResources\"m\n\x0cProxyWelcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"$\n\rTrafficReport\x12\x13\n\x0b\x62\x61\x63kend_ids\x18\x01 \x03(\t\"\'\n\x11RouteInvalidation\x12\x12\n\nbackend_id\x18\x01 \x01(\t\"V\n\x12LookupRouteRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x31\n\x0ewait_for_ready\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x85\x02\n\x13LookupRouteResponse\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.hangar.v1.BackendState\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x36\n\x04\x61uth\x18\x05 \x03(\x0b\x32(.hangar.v1.LookupRouteResponse.AuthEntry\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tAuthEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xa9\x01\n\x0cProxyService\x12K\n\x06\x41ttach\x12\x1d.hangar.v1.ProxyAttachRequest\x1a\x1e.hangar.v1.ProxyAttachResponse(\x01\x30\x01\x12L\n\x0bLookupRoute\x12\x1d.hangar.v1.LookupRouteRequest\x1a\x1e.hangar.v1.LookupRouteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,17 +50,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROXYHEARTBEAT']._serialized_start=672
   _globals['_PROXYHEARTBEAT']._serialized_end=781
   _globals['_PROXYWELCOME']._serialized_start=783
-  _globals['_PROXYWELCOME']._serialized_end=837
-  _globals['_TRAFFICREPORT']._serialized_start=839
-  _globals['_TRAFFICREPORT']._serialized_end=875
-  _globals['_ROUTEINVALIDATION']._serialized_start=877
-  _globals['_ROUTEINVALIDATION']._serialized_end=916
-  _globals['_LOOKUPROUTEREQUEST']._serialized_start=918
-  _globals['_LOOKUPROUTEREQUEST']._serialized_end=1004
-  _globals['_LOOKUPROUTERESPONSE']._serialized_start=1007
-  _globals['_LOOKUPROUTERESPONSE']._serialized_end=1268
-  _globals['_LOOKUPROUTERESPONSE_AUTHENTRY']._serialized_start=1225
-  _globals['_LOOKUPROUTERESPONSE_AUTHENTRY']._serialized_end=1268
-  _globals['_PROXYSERVICE']._serialized_start=1271
-  _globals['_PROXYSERVICE']._serialized_end=1440
+  _globals['_PROXYWELCOME']._serialized_end=892
+  _globals['_TRAFFICREPORT']._serialized_start=894
+  _globals['_TRAFFICREPORT']._serialized_end=930
+  _globals['_ROUTEINVALIDATION']._serialized_start=932
+  _globals['_ROUTEINVALIDATION']._serialized_end=971
+  _globals['_LOOKUPROUTEREQUEST']._serialized_start=973
+  _globals['_LOOKUPROUTEREQUEST']._serialized_end=1059
+  _globals['_LOOKUPROUTERESPONSE']._serialized_start=1062
+  _globals['_LOOKUPROUTERESPONSE']._serialized_end=1323
+  _globals['_LOOKUPROUTERESPONSE_AUTHENTRY']._serialized_start=1280
+  _globals['_LOOKUPROUTERESPONSE_AUTHENTRY']._serialized_end=1323
+  _globals['_PROXYSERVICE']._serialized_start=1326
+  _globals['_PROXYSERVICE']._serialized_end=1495
 # @@protoc_insertion_point(module_scope)

@@ -62,12 +62,14 @@ class ProxyHeartbeat(_message.Message):
     def __init__(self, local_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resources: _Optional[_Union[_node_pb2.NodeResources, _Mapping]] = ...) -> None: ...
 
 class ProxyWelcome(_message.Message):
-    __slots__ = ("node_id", "controller_id")
+    __slots__ = ("node_id", "controller_id", "heartbeat_interval")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     controller_id: str
-    def __init__(self, node_id: _Optional[str] = ..., controller_id: _Optional[str] = ...) -> None: ...
+    heartbeat_interval: _duration_pb2.Duration
+    def __init__(self, node_id: _Optional[str] = ..., controller_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class TrafficReport(_message.Message):
     __slots__ = ("backend_ids",)
