@@ -78,8 +78,14 @@ async fn actions_for_drone_a_cause_no_store_read_in_drone_b_session() {
         assert!(matches!(action.action, Some(Action::Terminate(_))));
         a.ack_action(&action.action_id).await;
     }
-    // Long enough for several liveness refreshes (every 400 ms) to commit.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Several liveness refreshes (node commits, every 400 ms) commit after the last action:
+    // commits that are not B's, which must not wake B's session. Waiting for the third leaves
+    // the first two a refresh interval or more to be fanned out.
+    let after_actions = cluster.store.current_revision().await.unwrap();
+    eventually(WAIT, "three more commits (liveness refreshes)", async || {
+        check(cluster.store.current_revision().await.unwrap(), |at| *at >= after_actions + 3)
+    })
+    .await;
 
     let (a_after, b_after) = (reads(controller, &a.node_id), reads(controller, &b.node_id));
     eprintln!("store reads for actions: drone A {a_before} -> {a_after}, drone B {b_before} -> {b_after}");
