@@ -78,12 +78,17 @@ async fn actions_for_drone_a_cause_no_store_read_in_drone_b_session() {
         assert!(matches!(action.action, Some(Action::Terminate(_))));
         a.ack_action(&action.action_id).await;
     }
-    // Several liveness refreshes (node commits, every 400 ms) commit after the last action:
-    // commits that are not B's, which must not wake B's session. Waiting for the third leaves
-    // the first two a refresh interval or more to be fanned out.
-    let after_actions = cluster.store.current_revision().await.unwrap();
-    eventually(WAIT, "three more commits (liveness refreshes)", async || {
-        check(cluster.store.current_revision().await.unwrap(), |at| *at >= after_actions + 3)
+    // Liveness refreshes commit after the last action (every 400 ms): commits that give B no
+    // action, which must not wake B's session. Wait until two of them wrote B's heartbeat, the
+    // first of them a refresh interval before the check below.
+    let heartbeat = async || cluster.store.get_node(&b.node_id).await.unwrap().expect("B stored").last_heartbeat_at;
+    let mut stored = vec![heartbeat().await];
+    eventually(WAIT, "two liveness refreshes of drone B's heartbeat", async || {
+        let now = heartbeat().await;
+        if Some(&now) != stored.last() {
+            stored.push(now);
+        }
+        check(stored.len(), |seen| *seen >= 3)
     })
     .await;
 
