@@ -14,7 +14,9 @@ pub use backend::{
     Backend, BackendFilter, BackendKey, BackendState, BackendStatus, TerminationKind, TerminationReason,
     TransitionError, dns_label_problem,
 };
-pub use env::{BackendEnv, RESERVED_ENV};
+pub use env::{
+    BACKEND_ID_VAR, BACKEND_KEY_VAR, BackendEnv, FENCING_TOKEN_VAR, PORT_VAR, RESERVED_ENV, STATIC_TOKEN_VAR,
+};
 pub use fields::{
     ADDRESS_MAX, DURATION_MAX, ID_MAX, LABEL_KEY_MAX, LABEL_VALUE_MAX, LABELS_MAX, URL_MAX, VERSION_MAX,
     address_problem, duration_in, id_problem, label_violations, url_problem, version_problem,

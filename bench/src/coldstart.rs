@@ -255,8 +255,8 @@ async fn hangar_start(client: &mut BackendServiceClient<Channel>, key: &str, pol
 /// `docker run -d` with a host port chosen here, then GETs on that port until one answers 200
 /// (as a user would: `docker run -d …` and then `curl`); then `docker rm -f`. The GETs start once
 /// the CLI has exited: polled from the CLI's start instead, connections Docker's port proxy took
-/// before the container's network was up stalled, and the first 200 came about 500 ms after the
-/// CLI exited rather than 100–200 ms: an artefact of polling too early, not `docker run`'s cost.
+/// before the container's network was up stalled, and the first 200 came late: an artefact of
+/// polling too early, not `docker run`'s cost (BENCHMARKS.md, `coldstart`, has the figures).
 async fn docker_run_start(args: &ColdstartArgs) -> anyhow::Result<Sample> {
     let port = procs::free_port()?;
     let start = Instant::now();

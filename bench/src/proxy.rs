@@ -683,8 +683,8 @@ fn temp_paths() -> &'static str {
 }
 
 /// The backend: static files on `port` (HTTP/1.1) and `h2_port` (HTTP/2 with prior knowledge,
-/// without `sendfile`: with it, nginx 1.22 answers each HTTP/2 request ~40 ms late, 1,450
-/// requests/s over 64 connections instead of 32,000, measured here).
+/// without `sendfile`: with it, nginx 1.22 answers each HTTP/2 request late, at a small fraction
+/// of the throughput (measured here; BENCHMARKS.md, the HTTP/2 `proxy` section, has the figures).
 fn backend_conf(root: &Path, port: u16, h2_port: u16, workers: usize) -> String {
     format!(
         "{}http {{\n access_log off;\n {} sendfile on; tcp_nopush on; keepalive_requests 100000000;\n \

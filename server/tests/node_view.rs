@@ -7,6 +7,7 @@ use hangar::domain::{Node, NodeFilter, NodeKind, NodeResources, NodeState};
 use hangar_server::store::{DynStore, NodeRegistration, NodeUpdate, Revision, UpdateCondition};
 use hangar_server::testing::TestDatabase;
 use hangar_server::watch::{WatchConfig, WatchHub, Watched};
+use hangar_testkit::eventually;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -28,11 +29,7 @@ async fn running_hub(store: &DynStore, shutdown: &CancellationToken) -> WatchHub
     let (notified, local) = (store.subscribe(), store.local_commits());
     let runner = hub.clone();
     tokio::spawn(async move { runner.run(notified, local).await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !hub.lists_from_memory() {
-        assert!(tokio::time::Instant::now() < deadline, "the node view was not seeded within 10 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(Duration::from_secs(10), "the node view seeded", async || hub.lists_from_memory()).await;
     hub
 }
 

@@ -7,15 +7,15 @@ use crate::v1;
 use std::collections::BTreeMap;
 
 /// The backend's id.
-const BACKEND_ID_VAR: &str = "HANGAR_BACKEND_ID";
+pub const BACKEND_ID_VAR: &str = "HANGAR_BACKEND_ID";
 /// `namespace/name` of the backend's key; empty without one.
-const BACKEND_KEY_VAR: &str = "HANGAR_BACKEND_KEY";
+pub const BACKEND_KEY_VAR: &str = "HANGAR_BACKEND_KEY";
 /// The key's fencing token (0 without a key).
-const FENCING_TOKEN_VAR: &str = "HANGAR_FENCING_TOKEN";
+pub const FENCING_TOKEN_VAR: &str = "HANGAR_FENCING_TOKEN";
 /// The static token, when the spawn config sets one.
-const STATIC_TOKEN_VAR: &str = "HANGAR_STATIC_TOKEN";
+pub const STATIC_TOKEN_VAR: &str = "HANGAR_STATIC_TOKEN";
 /// The port to listen on; the runtime sets it.
-const PORT_VAR: &str = "PORT";
+pub const PORT_VAR: &str = "PORT";
 
 /// Environment names Hangar sets itself; a spawn config may not override them.
 pub const RESERVED_ENV: &[&str] = &[PORT_VAR, BACKEND_ID_VAR, BACKEND_KEY_VAR, FENCING_TOKEN_VAR, STATIC_TOKEN_VAR];

@@ -5,6 +5,8 @@
 //! [`eventually`]: the condition is checked until it holds or the deadline passes, and a wait that
 //! runs out fails with what it waited for, where, and what it saw last. A fixed sleep belongs only
 //! in a test that shows something did *not* happen, and the test says so where it sleeps.
+//! [`eventually_every`] checks at a fixed pace, [`holds_within`] answers `None` instead of failing,
+//! and [`eventually_blocking`] waits in a test without a runtime.
 //!
 //! ```no_run
 //! # async fn demo(ready: impl AsyncFn() -> String) {
@@ -81,34 +83,130 @@ pub fn check<T>(value: T, accept: impl FnOnce(&T) -> bool) -> Result<T, T> {
 /// The first check runs at once; the pauses between checks grow from 5 ms to 50 ms. A check
 /// still running at the deadline fails the wait too, so a condition that hangs cannot outlast it.
 #[track_caller]
-pub fn eventually<O, F>(within: Duration, what: &str, mut condition: F) -> impl Future<Output = O::Value>
+pub fn eventually<O, F>(within: Duration, what: &str, condition: F) -> impl Future<Output = O::Value>
 where
     O: Outcome,
     F: AsyncFnMut() -> O,
 {
     let caller = Location::caller();
-    async move {
-        let deadline = Instant::now() + within;
-        let mut pause = FIRST_PAUSE;
-        let mut checks = 0u32;
-        loop {
-            checks += 1;
-            let seen = match tokio::time::timeout_at(deadline, condition()).await {
-                Ok(outcome) => match outcome.into_outcome() {
-                    Ok(value) => return value,
-                    Err(seen) => seen,
-                },
-                Err(_) => panic!(
-                    "{caller}: timed out after {within:?} waiting for {what}: check {checks} was still running \
-                     at the deadline"
-                ),
-            };
-            let now = Instant::now();
-            if now + pause >= deadline {
-                tokio::time::sleep_until(deadline).await;
-                panic!("{caller}: timed out after {within:?} waiting for {what} ({checks} checks); last seen: {seen}");
+    async move { poll(within, Pace::Backoff, condition).await.unwrap_or_else(|out| out.fail(caller, within, what)) }
+}
+
+/// [`eventually`] with a fixed pause of `every` between checks, for a condition whose every check
+/// does work the test records or the system under test must serve (a Connect that spawns a
+/// backend, say), where checking every 50 ms would only load the machine.
+#[track_caller]
+pub fn eventually_every<O, F>(
+    within: Duration,
+    every: Duration,
+    what: &str,
+    condition: F,
+) -> impl Future<Output = O::Value>
+where
+    O: Outcome,
+    F: AsyncFnMut() -> O,
+{
+    let caller = Location::caller();
+    async move { poll(within, Pace::Every(every), condition).await.unwrap_or_else(|out| out.fail(caller, within, what)) }
+}
+
+/// Checks `condition` as [`eventually`] does, but a wait that runs out is an answer (`None`), not
+/// a failure: for a test that reports how soon something happened and fails on it only when it
+/// is run strictly.
+pub async fn holds_within<O, F>(within: Duration, condition: F) -> Option<O::Value>
+where
+    O: Outcome,
+    F: AsyncFnMut() -> O,
+{
+    poll(within, Pace::Backoff, condition).await.ok()
+}
+
+/// [`eventually`] for a synchronous test (no runtime): the condition is checked on this thread,
+/// which sleeps between checks. A check that hangs cannot be cut off here: the condition must
+/// return.
+#[track_caller]
+pub fn eventually_blocking<O, F>(within: Duration, what: &str, mut condition: F) -> O::Value
+where
+    O: Outcome,
+    F: FnMut() -> O,
+{
+    let deadline = std::time::Instant::now() + within;
+    let mut pause = FIRST_PAUSE;
+    let mut checks = 0u32;
+    loop {
+        checks += 1;
+        let seen = match condition().into_outcome() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        let now = std::time::Instant::now();
+        if now + pause >= deadline {
+            std::thread::sleep(deadline.saturating_duration_since(now));
+            TimedOut { checks, seen: Some(seen) }.fail(Location::caller(), within, what);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(LONGEST_PAUSE);
+    }
+}
+
+/// How long a wait pauses between checks.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// From [`FIRST_PAUSE`], doubling up to [`LONGEST_PAUSE`].
+    Backoff,
+    /// Always this long.
+    Every(Duration),
+}
+
+/// A wait that ran out: after how many checks, and what the last one saw (`None`: it was still
+/// running at the deadline).
+struct TimedOut {
+    checks: u32,
+    seen: Option<String>,
+}
+
+impl TimedOut {
+    fn fail(self, caller: &Location<'_>, within: Duration, what: &str) -> ! {
+        let Self { checks, seen } = self;
+        match seen {
+            Some(seen) => {
+                panic!("{caller}: timed out after {within:?} waiting for {what} ({checks} checks); last seen: {seen}")
             }
-            tokio::time::sleep(pause).await;
+            None => panic!(
+                "{caller}: timed out after {within:?} waiting for {what}: check {checks} was still running at the \
+                 deadline"
+            ),
+        }
+    }
+}
+
+/// The checks of a wait, until `condition` holds or `within` has passed.
+async fn poll<O, F>(within: Duration, pace: Pace, mut condition: F) -> Result<O::Value, TimedOut>
+where
+    O: Outcome,
+    F: AsyncFnMut() -> O,
+{
+    let deadline = Instant::now() + within;
+    let mut pause = match pace {
+        Pace::Backoff => FIRST_PAUSE,
+        Pace::Every(every) => every,
+    };
+    let mut checks = 0u32;
+    loop {
+        checks += 1;
+        let seen = match tokio::time::timeout_at(deadline, condition()).await {
+            Ok(outcome) => match outcome.into_outcome() {
+                Ok(value) => return Ok(value),
+                Err(seen) => seen,
+            },
+            Err(_) => return Err(TimedOut { checks, seen: None }),
+        };
+        if Instant::now() + pause >= deadline {
+            tokio::time::sleep_until(deadline).await;
+            return Err(TimedOut { checks, seen: Some(seen) });
+        }
+        tokio::time::sleep(pause).await;
+        if let Pace::Backoff = pace {
             pause = (pause * 2).min(LONGEST_PAUSE);
         }
     }
@@ -179,5 +277,47 @@ mod tests {
         });
         assert!(started.elapsed() < Duration::from_secs(5), "cut off at the deadline");
         assert!(message.contains("check 1 was still running"), "{message}");
+    }
+
+    #[test]
+    fn a_blocking_wait_returns_the_value_once_the_condition_holds_and_fails_like_the_async_one() {
+        let mut calls = 0;
+        let value = eventually_blocking(Duration::from_secs(5), "the third call", || {
+            calls += 1;
+            check(calls, |n| *n == 3)
+        });
+        assert_eq!((value, calls), (3, 3));
+
+        let started = std::time::Instant::now();
+        let thread = std::thread::spawn(|| {
+            eventually_blocking(Duration::from_millis(200), "a flag", || false);
+        });
+        let message = *thread.join().expect_err("the wait failed").downcast::<String>().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(200), "not before the deadline");
+        assert!(message.contains("waiting for a flag"), "{message}");
+        assert!(message.contains(file!()), "the caller's file: {message}");
+        assert!(message.ends_with("last seen: false"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_paced_wait_checks_no_more_often_than_it_was_asked_to() {
+        let started = Instant::now();
+        let mut calls = 0;
+        eventually_every(Duration::from_secs(5), Duration::from_millis(100), "the fourth call", async || {
+            calls += 1;
+            calls == 4
+        })
+        .await;
+        assert!(started.elapsed() >= Duration::from_millis(300), "three pauses of 100 ms: {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_may_run_out_answers_none_at_its_deadline_instead_of_failing() {
+        let started = Instant::now();
+        assert_eq!(holds_within(Duration::from_millis(100), async || None::<u8>).await, None);
+        assert!(started.elapsed() >= Duration::from_millis(100), "not before the deadline");
+        let hung = holds_within(Duration::from_millis(100), async || std::future::pending::<bool>().await).await;
+        assert_eq!(hung, None, "a check that hangs is cut off too");
+        assert_eq!(holds_within(Duration::from_secs(5), async || Some(7)).await, Some(7));
     }
 }

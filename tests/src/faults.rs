@@ -1,4 +1,4 @@
-//! What every fault scenario shares (issue 17): two controller processes on one real
+//! What every fault scenario shares: two controller processes on one real
 //! PostgreSQL, an in-process proxy or proxy processes, drones in-process or as processes,
 //! steady HTTP traffic through a proxy, the Connect/terminate load on a few keys with an
 //! observer of every backend it was answered (its history read by

@@ -103,8 +103,8 @@ const SERVED: [&str; 7] = [
     "hangar.v1.ProxyService",
 ];
 
-/// The issue-12 report: reflection listed `hangar.executor.v1.ExecutorService`, and calling it
-/// answered UNIMPLEMENTED. Both reflection versions list exactly what the controller serves, and
+/// Reflection once listed `hangar.executor.v1.ExecutorService`, and calling it answered
+/// UNIMPLEMENTED. Both reflection versions list exactly what the controller serves, and
 /// a call to each listed service reaches it.
 #[tokio::test]
 async fn reflection_lists_exactly_the_services_the_controller_serves() {

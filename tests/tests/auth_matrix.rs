@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::{Code, Status};
 
-/// Every method of `hangar.v1` and the least role the issue says may call it. Written out here
-/// rather than read from `auth::table`, so that a wrong table fails this test.
+/// Every method of `hangar.v1` and the least role that may call it (docs/security.md). Written out
+/// here rather than read from `auth::table`, so that a wrong table fails this test.
 const EXPECTED: &[(&str, Role)] = &[
     ("/hangar.v1.NodeService/ListNodes", Role::Reader),
     ("/hangar.v1.NodeService/GetNode", Role::Reader),

@@ -13,6 +13,7 @@ use hangar_server::store::{
 };
 use hangar_server::testing::PgCluster;
 use hangar_server::watch::WatchConfig;
+use hangar_testkit::eventually;
 use hangar_tests::{TestCluster, channel, registration, start_controller_with, test_config};
 use std::time::{Duration, Instant};
 
@@ -339,14 +340,7 @@ async fn a_stopped_backend_watcher_is_cut_off_with_its_last_revision_while_anoth
     // Waits until the writer has recorded change `i` (the event can overtake the record).
     let record = |i: usize| {
         let written = written.clone();
-        async move {
-            loop {
-                if let Some(entry) = written.lock().unwrap().get(i).cloned() {
-                    return entry;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
+        eventually(WAIT, "the writer's record of the change", async move || written.lock().unwrap().get(i).cloned())
     };
     let mut latencies = Vec::new();
     let mut last = start;

@@ -744,7 +744,12 @@ async fn a_route_lookup_that_waits_for_ready_answers_as_the_backend_turns_ready_
         let answer = waiting.lookup_route(request).await.unwrap().into_inner();
         (answer, Instant::now())
     });
+    // Two windows in which nothing may happen (the fixed sleeps prove an absence): the lookup is
+    // not answered while the backend is SCHEDULED, nor after it turns STARTING. The first window
+    // also gives the lookup time to be waiting when STARTING is committed, the change this must
+    // not answer; a lookup arriving later reads STARTING and waits all the same.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "answered while the backend was SCHEDULED");
     d.event_acked("ev-1", &connected.backend_id, status(BackendState::Starting), "").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished(), "answered before the backend was READY");

@@ -13,6 +13,7 @@
 use base64::Engine;
 use hangar::v1::{self, backend_service_client::BackendServiceClient};
 use hangar_server::controller::ControllerConfig;
+use hangar_testkit::eventually;
 use hangar_tests::browser::{Browser, Page, chromium_or_skip};
 use hangar_tests::{ManualDrone, TestCluster, drone_hello, status, test_config};
 use serde_json::{Value, json};
@@ -50,29 +51,31 @@ trait DashboardPage {
 }
 
 impl DashboardPage for Page {
-    /// Polls `expression` until it is `true`; fails naming `what` and the page's `describe`.
+    /// Polls `expression` until it is `true`; fails naming `what`, what the page showed last and
+    /// its errors.
     async fn wait_for(&mut self, what: &str, expression: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut pause = Duration::from_millis(20);
-        // Before the page has loaded, its elements are not there yet: that is "not yet".
-        let guarded = format!("(() => {{ try {{ return ({expression}); }} catch (_) {{ return false; }} }})()");
-        loop {
-            if self.eval(&guarded).await == Value::Bool(true) {
-                return;
+        // Before the page has loaded, its elements are not there yet: that is "not yet". While
+        // not yet, the page answers with what it shows, for the failure message.
+        let guarded = format!(
+            "(() => {{ try {{ if (({expression}) === true) return true; }} catch (_) {{}} \
+             return {{ connection: document.getElementById('connection')?.textContent, \
+             nodes: document.querySelector('#nodes tbody')?.innerText, \
+             backends: document.querySelector('#backends tbody')?.innerText }}; }})()"
+        );
+        eventually(WAIT, &format!("the page to show {what}"), async || {
+            let shown = self.eval(&guarded).await;
+            if shown == Value::Bool(true) {
+                return Ok(());
             }
-            if tokio::time::Instant::now() > deadline {
-                let connection = self.eval("document.getElementById('connection')?.textContent").await;
-                let nodes = self.eval("document.querySelector('#nodes tbody')?.innerText").await;
-                let backends = self.eval("document.querySelector('#backends tbody')?.innerText").await;
-                panic!(
-                    "the page did not show {what} within {WAIT:?}\nconnection: {connection}\nnodes:\n{nodes}\n\
-                     backends:\n{backends}\npage errors: {:?}",
-                    self.errors()
-                );
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
-        }
+            Err(format!(
+                "connection: {}\nnodes:\n{}\nbackends:\n{}\npage errors: {:?}",
+                shown["connection"],
+                shown["nodes"].as_str().unwrap_or("(none)"),
+                shown["backends"].as_str().unwrap_or("(none)"),
+                self.errors()
+            ))
+        })
+        .await
     }
 
     async fn screenshot(&mut self, name: &str) -> PathBuf {

@@ -52,7 +52,7 @@ async fn no_proxied_request_fails_while_one_of_two_controllers_is_killed() {
     let killed_at = began.elapsed();
     a.kill();
     let killed = Instant::now();
-    // The drone and the proxy move to the survivor within 5 s (the bound).
+    // The drone and the proxy move to the survivor within 5 s (the bound of docs/design/faults.md).
     let survivor = format!("attached to {}", b.url);
     let mut drone_state = drone.state();
     tokio::time::timeout(

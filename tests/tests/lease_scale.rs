@@ -10,7 +10,7 @@ use hangar_executor::runtime::mock::MockRuntime;
 use hangar_server::controller::ControllerConfig;
 use hangar_server::limits::LimitsConfig;
 use hangar_server::store::KeyRenewal;
-use hangar_testkit::eventually;
+use hangar_testkit::{eventually, eventually_every};
 use hangar_tests::TestCluster;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,20 +64,26 @@ async fn three_thousand_keyed_backends_on_two_drones_outlive_several_leases_with
             let client = client.clone();
             async move {
                 // A drone may look unhealthy for a moment under the burst (its heartbeat late):
-                // that is not what this test is about, so such a refusal is retried, and counted.
+                // that is not what this test is about, so such a refusal is retried every 500 ms
+                // (each try is a Connect the controller must place), and counted.
                 let mut refused = 0;
-                loop {
-                    match client.connect_backend(&request(i)).await {
-                        Ok(connection) => return (connection, refused),
+                let connection = eventually_every(
+                    Duration::from_secs(60),
+                    Duration::from_millis(500),
+                    "a Connect placed",
+                    async || match client.connect_backend(&request(i)).await {
+                        Ok(connection) => Ok(connection),
                         Err(ClientError::Unavailable { reason, .. })
-                            if refused < 120 && reason == hangar::error::reason::NO_DRONE_AVAILABLE =>
+                            if reason == hangar::error::reason::NO_DRONE_AVAILABLE =>
                         {
                             refused += 1;
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            Err(reason)
                         }
                         Err(err) => panic!("connect {i}: {err}"),
-                    }
-                }
+                    },
+                )
+                .await;
+                (connection, refused)
             }
         })
         .buffer_unordered(32)

@@ -62,8 +62,8 @@ fn assert_recent(what: &str, heartbeat: DateTime<Utc>, within: Duration) {
     );
 }
 
-/// The issue-12 report: a READY drone showed "last heartbeat 25s ago" while 15 s of silence makes
-/// a node UNHEALTHY.
+/// A READY drone once showed "last heartbeat 25s ago" while 15 s of silence makes a node
+/// UNHEALTHY.
 #[tokio::test]
 async fn get_list_and_the_cli_show_the_live_heartbeat_of_a_drone_attached_here() {
     let cluster = TestCluster::sqlite_with(slow_refresh()).await;

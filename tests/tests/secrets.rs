@@ -71,14 +71,8 @@ impl Logged {
     fn stop(mut self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::time::Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{} did not stop on SIGTERM", self.name);
+        let what = format!("{} to stop on SIGTERM", self.name);
+        hangar_testkit::eventually_blocking(WAIT, &what, || self.child.try_wait().unwrap());
     }
 }
 

@@ -78,8 +78,19 @@ async fn actions_for_drone_a_cause_no_store_read_in_drone_b_session() {
         assert!(matches!(action.action, Some(Action::Terminate(_))));
         a.ack_action(&action.action_id).await;
     }
-    // Long enough for several liveness refreshes (every 400 ms) to commit.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Liveness refreshes commit after the last action (every 400 ms): commits that give B no
+    // action, which must not wake B's session. Wait until two of them wrote B's heartbeat, the
+    // first of them a refresh interval before the check below.
+    let heartbeat = async || cluster.store.get_node(&b.node_id).await.unwrap().expect("B stored").last_heartbeat_at;
+    let mut stored = vec![heartbeat().await];
+    eventually(WAIT, "two liveness refreshes of drone B's heartbeat", async || {
+        let now = heartbeat().await;
+        if Some(&now) != stored.last() {
+            stored.push(now);
+        }
+        check(stored.len(), |seen| *seen >= 3)
+    })
+    .await;
 
     let (a_after, b_after) = (reads(controller, &a.node_id), reads(controller, &b.node_id));
     eprintln!("store reads for actions: drone A {a_before} -> {a_after}, drone B {b_before} -> {b_after}");

@@ -1,4 +1,4 @@
-"""The must-hold install test (issue 14): in a new virtual environment, `pip install
+"""The install test that must hold for every release: in a new virtual environment, `pip install
 ./client/python` (dependencies from PyPI, kept in a wheelhouse after the first run), then a short script, run
 outside the clone, lists the nodes of a running dev server, connects a backend by key, gets the
 same backend for the same key, fetches its URL through the proxy, terminates it and sees

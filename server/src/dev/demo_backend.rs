@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use hangar::domain::{BACKEND_ID_VAR, BACKEND_KEY_VAR, FENCING_TOKEN_VAR, PORT_VAR};
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -41,11 +42,7 @@ struct Identity {
 impl Identity {
     fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).unwrap_or_default();
-        Identity {
-            backend_id: var("HANGAR_BACKEND_ID"),
-            key: var("HANGAR_BACKEND_KEY"),
-            fencing_token: var("HANGAR_FENCING_TOKEN"),
-        }
+        Identity { backend_id: var(BACKEND_ID_VAR), key: var(BACKEND_KEY_VAR), fencing_token: var(FENCING_TOKEN_VAR) }
     }
 }
 
@@ -59,7 +56,7 @@ struct Demo {
 
 /// Serves on `host:$PORT` until SIGTERM or SIGINT.
 pub async fn run(host: IpAddr) -> anyhow::Result<()> {
-    let port = match std::env::var("PORT") {
+    let port = match std::env::var(PORT_VAR) {
         Ok(port) => port.parse().with_context(|| format!("PORT={port:?} is not a port number"))?,
         Err(_) => DEFAULT_PORT,
     };

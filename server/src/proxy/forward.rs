@@ -30,9 +30,9 @@ const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The most a backend connection reads at once. hyper's default (~400 KiB) let its read buffer
 /// grow past glibc's mmap threshold (128 KiB) on large bodies, so each buffer was a fresh
-/// mapping: page faults, zeroed pages and an `munmap` per chunk of a 1 MiB response, ~15 % of
-/// the proxy's CPU in the profile (BENCHMARKS.md, "Session of 2026-12-03 (2)"). 64 KiB, the
-/// size nginx proxies with here, stays on the heap and is reused.
+/// mapping: page faults, zeroed pages and an `munmap` per chunk of a 1 MiB response, high in the
+/// proxy's profile (the figures, before and after this cap: BENCHMARKS.md, "Session of
+/// 2026-12-03 (2)"). 64 KiB, the size nginx proxies with here, stays on the heap and is reused.
 const BACKEND_READ_BUFFER: usize = 64 * 1024;
 
 /// How often an open upgraded connection (WebSocket) counts as traffic for its backend.

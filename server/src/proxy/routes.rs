@@ -426,6 +426,7 @@ mod failover {
     use hangar::v1::proxy_service_server::{ProxyService, ProxyServiceServer};
     use hangar::v1::{self, LookupRouteResponse};
     use hangar_client::Credentials;
+    use hangar_testkit::eventually;
     use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
     use tonic::{Request, Response, Status, Streaming};
 
@@ -550,11 +551,12 @@ mod failover {
         assert!(matches!(cache.get("tok", &ConnRoute::default()).await, Lookup::Found(_)));
         stop.send(()).unwrap();
         // Until the stopped controller has failed a lookup, lookups reach it.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while failures(&cache, 0) == 0 {
-            assert!(matches!(cache.get("tok", &ConnRoute::default()).await, Lookup::Found(_)));
-            assert!(Instant::now() < deadline, "the stopped controller kept answering");
-        }
+        eventually(Duration::from_secs(10), "a lookup the stopped controller fails", async || {
+            let lookup = cache.get("tok", &ConnRoute::default()).await;
+            assert!(matches!(lookup, Lookup::Found(_)), "{lookup:?}");
+            failures(&cache, 0) > 0
+        })
+        .await;
         for _ in 0..5 {
             assert!(matches!(cache.get("tok", &ConnRoute::default()).await, Lookup::Found(_)));
         }
@@ -587,16 +589,13 @@ mod failover {
     /// Looks up until the stopped controller no longer answers (its graceful shutdown closes the
     /// connection), and returns what was served then.
     async fn eventually_unanswered(cache: &RouteCache, service: &OneToken) -> Arc<CachedRoute> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        eventually(Duration::from_secs(10), "a lookup the stopped controller does not answer", async || {
             let answered = service.lookups.load(Ordering::SeqCst);
             let lookup = cache.get("tok", &ConnRoute::default()).await;
             let Lookup::Found(route) = lookup else { panic!("served while unanswered: {lookup:?}") };
-            if service.lookups.load(Ordering::SeqCst) == answered {
-                return route;
-            }
-            assert!(Instant::now() < deadline, "the stopped controller kept answering");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            let now_answered = service.lookups.load(Ordering::SeqCst);
+            (now_answered == answered).then_some(route)
+        })
+        .await
     }
 }
