@@ -481,8 +481,10 @@ pub fn free_address() -> String {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
 }
 
-pub async fn ready_nodes(client: &HangarClient) -> Vec<String> {
-    let nodes = client.list_all_nodes(&Default::default()).await.map(|l| l.nodes).unwrap_or_default();
+/// The names of the READY drones; proxies, nodes too, are left out.
+pub async fn ready_drones(client: &HangarClient) -> Vec<String> {
+    let drones = hangar::domain::NodeFilter { kinds: vec![hangar::domain::NodeKind::Drone], ..Default::default() };
+    let nodes = client.list_all_nodes(&drones).await.map(|l| l.nodes).unwrap_or_default();
     nodes.into_iter().filter(|n| n.state == hangar::domain::NodeState::Ready).map(|n| n.name).collect()
 }
 

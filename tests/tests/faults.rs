@@ -231,7 +231,7 @@ async fn a_drone_killed_and_restarted_under_load_leaves_a_history_without_violat
     let mut victim = drone_process(&controllers, "victim", journal.path());
     let clients = failover_clients(&controllers);
     let client = clients.lock().unwrap()[0].clone();
-    eventually(WAIT, "both drones READY", async || check(ready_nodes(&client).await, |n| n.len() >= 2)).await;
+    eventually(WAIT, "both drones READY", async || check(ready_drones(&client).await, |n| n.len() >= 2)).await;
 
     let load = Load::start(clients);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -239,14 +239,14 @@ async fn a_drone_killed_and_restarted_under_load_leaves_a_history_without_violat
     victim.kill();
     // The controllers see it gone (its stream reset) before it comes back.
     eventually(Duration::from_secs(5), "the killed drone not READY", async || {
-        check(ready_nodes(&client).await, |n| !n.iter().any(|n| n == "victim"))
+        check(ready_drones(&client).await, |n| !n.iter().any(|n| n == "victim"))
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1).saturating_sub(killed.elapsed())).await;
     let restarted = Instant::now();
     let _victim = drone_process(&controllers, "victim", journal.path());
     eventually(WAIT, "the restarted drone READY", async || {
-        check(ready_nodes(&client).await, |n| n.iter().any(|n| n == "victim"))
+        check(ready_drones(&client).await, |n| n.iter().any(|n| n == "victim"))
     })
     .await;
     let drones_ready = restarted.elapsed();
@@ -278,7 +278,7 @@ async fn a_proxy_killed_under_load_moves_its_traffic_to_the_other_proxy() {
     let drone = in_process_drone(&controllers, "worker");
     let clients = failover_clients(&controllers);
     let client = clients.lock().unwrap()[0].clone();
-    eventually(WAIT, "the drone READY", async || check(ready_nodes(&client).await, |n| !n.is_empty())).await;
+    eventually(WAIT, "the drone READY", async || check(ready_drones(&client).await, |n| !n.is_empty())).await;
 
     let backend = hangar_executor::testing::test_backend_binary().display().to_string();
     let request = ConnectRequest::key("faults", "steady", "v1").spawn(SpawnSpec::new(backend));
@@ -333,7 +333,7 @@ async fn a_postgresql_restart_under_load_keeps_sessions_serving() {
     let drones = [in_process_drone(&controllers, "worker-1"), in_process_drone(&controllers, "worker-2")];
     let clients = failover_clients(&controllers);
     let client = clients.lock().unwrap()[0].clone();
-    eventually(WAIT, "two drones READY", async || check(ready_nodes(&client).await, |n| n.len() >= 2)).await;
+    eventually(WAIT, "two drones READY", async || check(ready_drones(&client).await, |n| n.len() >= 2)).await;
     let backend = hangar_executor::testing::test_backend_binary().display().to_string();
     let request = ConnectRequest::key("faults", "steady", "v1").spawn(SpawnSpec::new(backend.clone()));
     let connection = eventually(WAIT, "a Connect placed", async || client.connect_backend(&request).await).await;

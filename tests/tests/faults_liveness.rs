@@ -53,7 +53,7 @@ async fn an_executor_killed_under_its_drone_ends_its_backends_and_the_drone_runs
     );
     let clients = failover_clients(&controllers);
     let client = clients.lock().unwrap()[0].clone();
-    eventually(WAIT, "the drone READY", async || check(ready_nodes(&client).await, |n| !n.is_empty())).await;
+    eventually(WAIT, "the drone READY", async || check(ready_drones(&client).await, |n| !n.is_empty())).await;
 
     let load = Load::start(clients);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -166,7 +166,7 @@ async fn paused_controller(strict: bool) {
     let clients = failover_clients_with(&controllers, options);
     let on_a = HangarClient::connect(&a.url).await.unwrap();
     let on_b = HangarClient::connect(&b.url).await.unwrap();
-    eventually(WAIT, "both drones READY on b", async || check(ready_nodes(&on_b).await, |n| n.len() == 2)).await;
+    eventually(WAIT, "both drones READY on b", async || check(ready_drones(&on_b).await, |n| n.len() == 2)).await;
     let backend = hangar_executor::testing::test_backend_binary().display().to_string();
     let request = ConnectRequest::key("faults", "steady", "v1").spawn(SpawnSpec::new(backend));
     let connection = eventually(WAIT, "a Connect placed", async || on_b.connect_backend(&request).await).await;
@@ -222,7 +222,7 @@ async fn paused_controller(strict: bool) {
     // store: within 5 s both are READY again as seen by either controller.
     for (name, client) in [("a", &on_a), ("b", &on_b)] {
         eventually(Duration::from_secs(5), &format!("both drones READY on {name} after the resume"), async || {
-            check(ready_nodes(client).await, |n| n.len() == 2)
+            check(ready_drones(client).await, |n| n.len() == 2)
         })
         .await;
     }
@@ -311,7 +311,7 @@ async fn a_drone_cut_off_from_every_controller_past_the_key_lease_stops_its_keys
     let _cut = drone_process(&relayed, "cut", journal.path());
     let clients = failover_clients(&controllers);
     let client = clients.lock().unwrap()[0].clone();
-    eventually(WAIT, "the relayed drone READY", async || check(ready_nodes(&client).await, |n| n.len() == 1)).await;
+    eventually(WAIT, "the relayed drone READY", async || check(ready_drones(&client).await, |n| n.len() == 1)).await;
 
     let load = Load::start(clients);
     // Every key of the load held by the relayed drone, READY.
@@ -337,7 +337,7 @@ async fn a_drone_cut_off_from_every_controller_past_the_key_lease_stops_its_keys
     }
     let cut = Instant::now();
     eventually(Duration::from_secs(5), "the cut drone not READY", async || {
-        check(ready_nodes(&client).await, |n| !n.iter().any(|n| n == "cut"))
+        check(ready_drones(&client).await, |n| !n.iter().any(|n| n == "cut"))
     })
     .await;
     // Each key moves to the other drone, with a higher token, once the controller's lease ran
@@ -366,7 +366,7 @@ async fn a_drone_cut_off_from_every_controller_past_the_key_lease_stops_its_keys
     }
     let healed = Instant::now();
     eventually(WAIT, "the healed drone READY", async || {
-        check(ready_nodes(&client).await, |n| n.iter().any(|n| n == "cut"))
+        check(ready_drones(&client).await, |n| n.iter().any(|n| n == "cut"))
     })
     .await;
     let ready_again = healed.elapsed();
@@ -456,7 +456,7 @@ async fn drones_with_clocks_five_seconds_off_keep_their_leases_and_fencing() {
     let _drones = [drone("+5s", "ahead"), drone("-5s", "behind")];
     let clients = failover_clients(&controllers);
     let client = clients.lock().unwrap()[0].clone();
-    eventually(WAIT, "both skewed drones READY", async || check(ready_nodes(&client).await, |n| n.len() == 2)).await;
+    eventually(WAIT, "both skewed drones READY", async || check(ready_drones(&client).await, |n| n.len() == 2)).await;
 
     let started = Instant::now();
     let load = Load::start(clients);

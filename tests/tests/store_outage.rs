@@ -9,7 +9,7 @@ use hangar_client::{ConnectRequest, SpawnSpec};
 use hangar_server::testing::PgCluster;
 use hangar_testkit::{check, eventually};
 use hangar_tests::faults::{
-    CLIENTS, ControlPlane, Load, WAIT, control_plane, failover_clients, in_process_drone, print_figures, ready_nodes,
+    CLIENTS, ControlPlane, Load, WAIT, control_plane, failover_clients, in_process_drone, print_figures, ready_drones,
     steady_traffic,
 };
 use std::sync::Arc;
@@ -29,7 +29,7 @@ async fn postgresql_down_for_a_minute_under_load_ends_no_session_and_gives_no_ke
     let drones = [in_process_drone(&controllers, "worker-1"), in_process_drone(&controllers, "worker-2")];
     let clients = failover_clients(&controllers);
     let client = clients.lock().unwrap()[0].clone();
-    eventually(WAIT, "two drones READY", async || check(ready_nodes(&client).await, |n| n.len() >= 2)).await;
+    eventually(WAIT, "two drones READY", async || check(ready_drones(&client).await, |n| n.len() >= 2)).await;
     let backend = hangar_executor::testing::test_backend_binary().display().to_string();
     let request = ConnectRequest::key("faults", "steady", "v1").spawn(SpawnSpec::new(backend.clone()));
     let steady = eventually(WAIT, "a Connect placed", async || client.connect_backend(&request).await).await;

@@ -16,7 +16,7 @@ use hangar_testkit::relay::{Mode, Relay};
 use hangar_testkit::{check, eventually};
 use hangar_tests::faults::{
     CLIENTS, Load, WAIT, controller_logged, failover_clients, in_process_drone, log_warnings, print_figures,
-    ready_nodes, steady_traffic,
+    ready_drones, steady_traffic,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,7 +69,7 @@ async fn partition_scenario(fault: Mode) {
     let client = clients.lock().unwrap()[0].clone();
     let only = |url: &str| HangarClient::connect_lazy(url, Default::default()).unwrap();
     let (only_a, only_b) = (only(&a_url), only(&b_url));
-    eventually(WAIT, "two drones READY", async || check(ready_nodes(&client).await, |n| n.len() >= 2)).await;
+    eventually(WAIT, "two drones READY", async || check(ready_drones(&client).await, |n| n.len() >= 2)).await;
 
     // A READY keyed backend on each drone, the traffic's targets: keys until both drones have one.
     let backend = hangar_executor::testing::test_backend_binary().display().to_string();
@@ -161,7 +161,7 @@ async fn partition_scenario(fault: Mode) {
         }
     };
     eventually(WAIT, "both drones READY on A and on B", async || {
-        check((ready_nodes(&only_a).await, ready_nodes(&only_b).await), |(a, b)| a.len() == 2 && b.len() == 2)
+        check((ready_drones(&only_a).await, ready_drones(&only_b).await), |(a, b)| a.len() == 2 && b.len() == 2)
     })
     .await;
     let drones_ready = healed.elapsed();
