@@ -27,6 +27,8 @@ struct FakeNodes {
     unavailable_calls: AtomicU32,
     /// This many continuation pages fail with PAGE_TOKEN_EXPIRED first.
     expired_tokens: AtomicU32,
+    /// Listings are taken and never answered: a controller that is paused or stuck.
+    hung: bool,
     calls: AtomicU32,
     filters: Mutex<Vec<v1::NodeFilter>>,
     drains: Mutex<Vec<v1::DrainNodeRequest>>,
@@ -79,6 +81,9 @@ impl NodeService for FakeNodes {
         request: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
         self.answer()?;
+        if self.hung {
+            std::future::pending::<()>().await;
+        }
         let request = request.into_inner();
         self.filters.lock().unwrap().push(request.filter.unwrap_or_default());
         let page: usize = if request.page_token.is_empty() { 0 } else { request.page_token.parse().unwrap() };
@@ -161,6 +166,31 @@ impl FakeController {
     fn calls(&self) -> u32 {
         self.nodes.calls.load(Ordering::SeqCst)
     }
+}
+
+/// A controller that takes a call and never answers (a paused process, a stuck store): the
+/// call's deadline cuts it off, the idempotent call goes on to the next controller, and that one
+/// is tried first from then on.
+#[tokio::test]
+async fn an_idempotent_call_that_a_hung_controller_never_answers_fails_over_at_its_deadline() {
+    let hung = FakeController::start(FakeNodes { node_count: 1, hung: true, ..FakeNodes::default() }).await;
+    let answering = FakeController::start(FakeNodes { node_count: 3, ..FakeNodes::default() }).await;
+    let deadline = Duration::from_millis(300);
+    let options = ClientOptions { request_timeout: deadline, ..ClientOptions::default() };
+    let urls = format!("{},{}", hung.server.url, answering.server.url);
+    let client = HangarClient::connect_with(&urls, options).await.unwrap();
+
+    let started = std::time::Instant::now();
+    let page = client.list_nodes(&NodeFilter::default(), 0, None).await.unwrap();
+    assert_eq!(page.nodes.len(), 3, "the answering controller's listing");
+    assert!(started.elapsed() < deadline * 3, "cut off at the deadline: {:?}", started.elapsed());
+    assert_eq!((hung.calls(), answering.calls()), (1, 1));
+    assert_eq!(client.address(), answering.server.url, "the hung controller is left for last");
+
+    let started = std::time::Instant::now();
+    client.list_nodes(&NodeFilter::default(), 0, None).await.unwrap();
+    assert!(started.elapsed() < deadline, "no second wait for the hung controller: {:?}", started.elapsed());
+    assert_eq!(hung.calls(), 1);
 }
 
 #[tokio::test]
