@@ -53,6 +53,20 @@ pub fn check_controllers(urls: &[String], credentials: &Credentials) -> anyhow::
     Ok(())
 }
 
+/// Whether the controller at `url` answers, within `within`, that it serves `service` (the gRPC
+/// health service's SERVING; health is open to every caller). A controller that cannot be
+/// reached, or says NOT_SERVING, does not.
+pub async fn serves(url: &str, credentials: &Credentials, service: &str, within: Duration) -> bool {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let check = async {
+        let channel = connect_controller(url, credentials).await.ok()?;
+        let request = HealthCheckRequest { service: service.to_string() };
+        let answer = HealthClient::new(channel).check(request).await.ok()?;
+        Some(answer.into_inner().status() == ServingStatus::Serving)
+    };
+    tokio::time::timeout(within, check).await.ok().flatten().unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,5 +25,5 @@ pub mod oversized;
 pub mod telemetry;
 
 pub use backoff::Backoff;
-pub use endpoint::{CONNECT_TIMEOUT, check_controllers, connect_controller, controller_endpoint};
+pub use endpoint::{CONNECT_TIMEOUT, check_controllers, connect_controller, controller_endpoint, serves};
 pub use host::HostResources;

@@ -29,6 +29,15 @@ const ACK_BATCH: usize = 256;
 /// How often a stream is checked for a renewal batch its controller left unanswered.
 const STUCK_CHECK: Duration = Duration::from_millis(250);
 
+/// How often a stream whose controller answers renewals deferred looks for a controller that
+/// reaches its store (a health call to each other controller, only while deferred), and how long
+/// it waits for each one's answer.
+const ELSEWHERE_CHECK: Duration = Duration::from_secs(1);
+const ELSEWHERE_WAIT: Duration = Duration::from_secs(1);
+
+/// The service whose health says a controller takes drones: it reaches its store.
+const DRONE_SERVICE: &str = "hangar.v1.DroneService";
+
 /// Renewal batches that may wait on the priority lane (each up to `renewer::MAX_BATCH` keys).
 const PRIORITY_LANE: usize = 64;
 
@@ -156,7 +165,7 @@ impl DroneAttach<'_> {
         let outage_grace = welcome.store_outage_grace.as_ref().and_then(duration_from_proto).unwrap_or_default();
         let generation = outbox.stream.attach(priority_tx.clone(), welcome.batch_renewals, outage_grace);
         outbox.keys.stream_changed(generation);
-        let result = self.attached(&tx, priority_tx, inbound, interval, generation).await;
+        let result = self.attached(&tx, priority_tx, inbound, interval, generation, attempt.controller()).await;
         outbox.stream.detach(generation);
         result
     }
@@ -172,8 +181,10 @@ impl DroneAttach<'_> {
         inbound: tonic::Streaming<v1::DroneAttachResponse>,
         interval: Duration,
         generation: u64,
+        current: &str,
     ) -> anyhow::Result<()> {
         let fleet = self.fleet;
+        let config = self.config;
         let host = &mut self.host;
         let (queue_tx, mut queue) = mpsc::channel(INBOUND_QUEUE);
         let reader = async {
@@ -209,12 +220,34 @@ impl DroneAttach<'_> {
                 }
             }
         };
+        // A controller that answers renewals deferred cannot reach its store: its deferrals hold
+        // the keys for its outage grace, once. Another controller that reaches the store (its
+        // DroneService SERVING) confirms them for good, so the stream is given up for it; while
+        // none does (the store itself is down), the drone stays and waits.
+        let elsewhere = async {
+            let mut ticker = tokio::time::interval(ELSEWHERE_CHECK);
+            loop {
+                ticker.tick().await;
+                if !fleet.outbox.keys.deferred_on(generation) {
+                    continue;
+                }
+                for url in config.controllers.iter().filter(|url| *url != current) {
+                    if hangar_agent::serves(url, &config.credentials, DRONE_SERVICE, ELSEWHERE_WAIT).await {
+                        return url.clone();
+                    }
+                }
+            }
+        };
         tokio::select! {
             _ = reader => unreachable!("the reader never ends by itself"),
             _ = heartbeats => unreachable!("heartbeats never end by themselves"),
             timeout = stuck => {
                 tracing::warn!(?timeout, "the controller answered no key renewal in time; moving to another");
                 anyhow::bail!("the controller answered no key renewal within {timeout:?}")
+            }
+            url = elsewhere => {
+                tracing::warn!(controller = %url, "the controller cannot reach its store and another can; moving");
+                anyhow::bail!("the controller answers key renewals deferred, and {url} reaches its store")
             }
             result = handle(fleet, tx, &mut queue) => result,
         }

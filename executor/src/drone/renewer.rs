@@ -64,6 +64,9 @@ pub struct KeyRenewer {
     added: Notify,
     /// A new stream is up while batches sent on an older one were never answered.
     restream: Notify,
+    /// The stream (generation) whose controller last answered a renewal deferred: it cannot
+    /// reach its store.
+    deferred_on: Mutex<Option<u64>>,
 }
 
 /// How long a batch may go unanswered before its stream is given up as stuck: a tenth of the
@@ -201,9 +204,18 @@ impl KeyRenewer {
         (oldest.sent.elapsed() > timeout).then_some(timeout)
     }
 
+    /// Whether the controller of stream `generation` answered a renewal deferred: it cannot reach
+    /// its store, and another controller that can would confirm the keys instead.
+    pub fn deferred_on(&self, generation: u64) -> bool {
+        *self.deferred_on.lock().unwrap() == Some(generation)
+    }
+
     /// The answer to the oldest outstanding batch of stream `generation`. Returns the keys it
     /// renewed and the wall-clock send time of their batch, for the journal.
     pub fn batch_answered(&self, generation: u64, answer: v1::RenewKeysResponse) -> Confirmed {
+        if answer.keys.iter().any(|k| k.deferred) {
+            *self.deferred_on.lock().unwrap() = Some(generation);
+        }
         let Some(batch) = self.oldest(generation) else {
             self.unmatched(answer.keys);
             return Confirmed::default();

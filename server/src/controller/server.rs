@@ -240,6 +240,7 @@ impl Controller {
         // The first tick before serving renewals would be tidier, but a controller must start
         // while its store is away too; until a tick is taken it defers nothing.
         tasks.spawn(contact.clone().run(store.clone(), shutdown.clone()));
+        tasks.spawn(drone_health_follows_the_store(contact.clone(), health.clone(), shutdown.clone()));
         {
             let sweep = BackendSweep::new(store.clone(), settings.lease_duration);
             let shutdown = shutdown.clone();
@@ -336,6 +337,33 @@ async fn retire_backends(store: DynStore, retention: Duration, every: Duration, 
         if removed > 0 {
             tracing::debug!(removed, "terminated backends removed after retention");
         }
+    }
+}
+
+/// `hangar.v1.DroneService` is SERVING while this controller reaches its store, and NOT_SERVING
+/// while it does not: it could not register a drone then, nor confirm its key renewals (it
+/// answers them deferred), and a drone that is told to wait looks for a controller whose
+/// DroneService is SERVING (docs/design/backends-and-leases.md#store-outages).
+async fn drone_health_follows_the_store(
+    contact: Arc<StoreContact>,
+    health: HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut serving = true;
+    let mut ticker = tokio::time::interval(super::TICK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let reaches = contact.reaches_store();
+        if reaches == serving || shutdown.is_cancelled() {
+            continue;
+        }
+        serving = reaches;
+        let status = if reaches { ServingStatus::Serving } else { ServingStatus::NotServing };
+        tracing::info!(?status, "DroneService health follows the store");
+        health.set_service_status("hangar.v1.DroneService", status).await;
     }
 }
 

@@ -17,6 +17,10 @@ pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// A tick the store has not taken within this is given up (and tried again at the next one).
 const TICK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A controller whose last tick the store took is older than this no longer reaches its store
+/// (three missed ticks).
+const OUT_OF_REACH: Duration = Duration::from_secs(3);
+
 /// Whether, and since when, this controller reaches its store; and the deferrals it made.
 #[derive(Debug)]
 pub struct StoreContact {
@@ -40,6 +44,12 @@ impl StoreContact {
     /// `lease`: the key lease, to know how long other controllers' ticks matter.
     pub fn new(controller_id: String, grace: Duration, lease: Duration) -> Arc<StoreContact> {
         Arc::new(StoreContact { controller_id, grace, lease, state: Mutex::new(Contact::default()) })
+    }
+
+    /// Whether this controller reaches its store now: the store took a tick within the last
+    /// [`OUT_OF_REACH`] (or none was tried yet).
+    pub fn reaches_store(&self) -> bool {
+        self.state.lock().unwrap().last_tick.is_none_or(|at| at.elapsed() < OUT_OF_REACH)
     }
 
     /// The grace promised with a deferral (sent to drones in `Welcome`).
