@@ -409,29 +409,7 @@ pub fn print_figures(
     );
 }
 
-/// A child process killed with SIGKILL when dropped.
-pub struct Process(pub std::process::Child);
-
-impl Process {
-    pub fn spawn(command: &mut std::process::Command) -> Process {
-        Process(command.spawn().unwrap_or_else(|err| panic!("start {command:?}: {err}")))
-    }
-
-    pub fn id(&self) -> u32 {
-        self.0.id()
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub use crate::processes::Process;
 
 /// `hangar-drone run` given `controllers`, named `name`, its journal in `data_dir`, no admin
 /// listener and its stderr discarded; the runtime (`--runtime`, `--executor-socket`) is the
@@ -583,28 +561,9 @@ pub async fn traffic_over_proxies(
 /// say) and its log (stderr) written to `log` for the scenario to read: the lines a failed
 /// scenario reports.
 pub fn controller_logged(database: &str, proxy_url: &str, args: &[&str], log: &std::path::Path) -> ControllerProcess {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(crate::binary("hangar-server"))
-        .args(["controller", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--database", database])
-        .args(["--heartbeat-interval", "200ms", "--unhealthy-after", "600ms", "--offline-after", "1200ms"])
-        .args(["--refresh-interval", "800ms", "--proxy-url", proxy_url])
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start hangar-server controller");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(url) = line.strip_prefix("hangar-server controller listening on ") {
-                    break url.trim().to_string();
-                }
-            }
-            _ => panic!("hangar-server controller exited before listening"),
-        }
-    };
-    ControllerProcess { child, url }
+    let mut all: Vec<&std::ffi::OsStr> = vec!["--proxy-url".as_ref(), proxy_url.as_ref()];
+    all.extend(args.iter().map(|arg| std::ffi::OsStr::new(*arg)));
+    ControllerProcess::spawn_logging(database, &all, std::fs::File::create(log).unwrap())
 }
 
 /// The lines of the log at `path` at WARN or ERROR, the last `last` of them, without colours.
@@ -625,4 +584,70 @@ pub fn log_warnings(path: &std::path::Path, last: usize) -> Vec<String> {
     };
     let lines: Vec<String> = text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).map(plain).collect();
     lines[lines.len().saturating_sub(last)..].to_vec()
+}
+
+/// Connects on fresh keys (`fresh-1`, `fresh-2`, ...) through `client` until one succeeds,
+/// terminates that backend and returns how long after `since` (the end of the fault, `what`) it
+/// succeeded. Panics when none has succeeded [`WAIT`] after `since`.
+pub async fn first_new_connect(client: &HangarClient, backend: &str, since: Instant, what: &str) -> Duration {
+    let mut fresh = 0;
+    loop {
+        fresh += 1;
+        let request = ConnectRequest::key("faults", format!("fresh-{fresh}"), "v1").spawn(SpawnSpec::new(backend));
+        match client.connect_backend(&request).await {
+            Ok(connection) => {
+                client.terminate_backend(&connection.backend_id, false).await.unwrap();
+                break since.elapsed();
+            }
+            Err(err) if since.elapsed() < WAIT => tracing::info!("a Connect after {what} failed: {err}"),
+            Err(err) => panic!("no Connect succeeded within {WAIT:?} of {what}: {err}"),
+        }
+    }
+}
+
+/// Waits (up to [`WAIT`]) until `client` reads the backend `backend_id` READY.
+pub async fn backend_ready(client: &HangarClient, backend_id: &str) {
+    eventually(WAIT, "the backend READY", async || {
+        check(client.get_backend(backend_id).await.unwrap().state, |s| *s == BackendState::Ready)
+    })
+    .await;
+}
+
+/// The Connect [`Load`] on `clients` and, with it, [`CLIENTS`] steady-traffic clients sending to
+/// READY backends until [`SteadyLoad::stop_traffic`].
+pub struct SteadyLoad {
+    load: Load,
+    /// When the traffic began: what each failure's time is measured from.
+    pub began: Instant,
+    stop: Arc<AtomicBool>,
+    traffic: Vec<tokio::task::JoinHandle<Traffic>>,
+}
+
+impl SteadyLoad {
+    /// Starts the load, then the traffic: client `i` sends to `targets[i % targets.len()]`.
+    pub fn start(clients: Clients, targets: &[hangar_client::Connection]) -> SteadyLoad {
+        let load = Load::start(clients);
+        let began = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = (0..CLIENTS)
+            .map(|i| {
+                let target = &targets[i % targets.len()];
+                tokio::spawn(steady_traffic(target.url.clone(), target.backend_id.clone(), began, stop.clone()))
+            })
+            .collect();
+        SteadyLoad { load, began, stop, traffic }
+    }
+
+    /// Stops the traffic clients; returns the load, still running, with the requests they sent
+    /// and every failure they saw.
+    pub async fn stop_traffic(self) -> (Load, usize, Vec<(Duration, String)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut sent, mut failed) = (0, Vec::new());
+        for t in self.traffic {
+            let t = t.await.unwrap();
+            sent += t.sent;
+            failed.extend(t.failures);
+        }
+        (self.load, sent, failed)
+    }
 }

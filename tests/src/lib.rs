@@ -7,6 +7,7 @@ pub mod browser;
 pub mod containers;
 pub mod faults;
 pub mod pki;
+pub mod processes;
 pub mod proxy_plane;
 
 use hangar::v1::{self, drone_service_client::DroneServiceClient, node_service_client::NodeServiceClient};
@@ -367,6 +368,15 @@ impl ControllerProcess {
 
     /// [`ControllerProcess::spawn`], with more arguments (TLS files, say).
     pub fn spawn_with(database: &str, args: &[&std::ffi::OsStr]) -> ControllerProcess {
+        Self::spawn_logging(database, args, std::process::Stdio::null())
+    }
+
+    /// [`ControllerProcess::spawn_with`], with its log (stderr) sent to `stderr`.
+    pub fn spawn_logging(
+        database: &str,
+        args: &[&std::ffi::OsStr],
+        stderr: impl Into<std::process::Stdio>,
+    ) -> ControllerProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(binary("hangar-server"))
             .args(["controller", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--database", database])
@@ -374,7 +384,7 @@ impl ControllerProcess {
             .args(["--refresh-interval", "800ms"])
             .args(args)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start hangar-server controller");
         let stdout = BufReader::new(child.stdout.take().unwrap());

@@ -337,46 +337,17 @@ async fn a_postgresql_restart_under_load_keeps_sessions_serving() {
     let backend = hangar_executor::testing::test_backend_binary().display().to_string();
     let request = ConnectRequest::key("faults", "steady", "v1").spawn(SpawnSpec::new(backend.clone()));
     let connection = eventually(WAIT, "a Connect placed", async || client.connect_backend(&request).await).await;
-    eventually(WAIT, "the backend READY", async || {
-        check(client.get_backend(&connection.backend_id).await.unwrap().state, |s| *s == BackendState::Ready)
-    })
-    .await;
+    backend_ready(&client, &connection.backend_id).await;
 
-    let load = Load::start(clients);
-    let began = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            tokio::spawn(steady_traffic(connection.url.clone(), connection.backend_id.clone(), began, stop.clone()))
-        })
-        .collect();
+    let load = SteadyLoad::start(clients, std::slice::from_ref(&connection));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     pg.stop().await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     pg.start().await.unwrap();
     let back = Instant::now();
-    let mut fresh = 0;
-    let connect_ok = loop {
-        fresh += 1;
-        let request =
-            ConnectRequest::key("faults", format!("fresh-{fresh}"), "v1").spawn(SpawnSpec::new(backend.clone()));
-        match client.connect_backend(&request).await {
-            Ok(connection) => {
-                client.terminate_backend(&connection.backend_id, false).await.unwrap();
-                break back.elapsed();
-            }
-            Err(err) if back.elapsed() < WAIT => tracing::info!("a Connect after the restart failed: {err}"),
-            Err(err) => panic!("no Connect succeeded within {WAIT:?} of the database's return: {err}"),
-        }
-    };
+    let connect_ok = first_new_connect(&client, &backend, back, "the database's return").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut sent, mut failed) = (0, Vec::new());
-    for t in traffic {
-        let t = t.await.unwrap();
-        sent += t.sent;
-        failed.extend(t.failures);
-    }
+    let (load, sent, failed) = load.stop_traffic().await;
     client.terminate_backend(&connection.backend_id, false).await.unwrap();
     let (failures, answered, _) = load.finish(&client).await;
     eprintln!(

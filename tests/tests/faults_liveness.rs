@@ -12,8 +12,6 @@ use hangar_testkit::history::ConnectOutcome;
 use hangar_testkit::relay::Relay;
 use hangar_testkit::{check, eventually, eventually_every, holds_within};
 use hangar_tests::faults::*;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The key lease of a controller started without `--lease-duration` (docs/design/backends-and-leases.md).
@@ -170,19 +168,9 @@ async fn paused_controller(strict: bool) {
     let backend = hangar_executor::testing::test_backend_binary().display().to_string();
     let request = ConnectRequest::key("faults", "steady", "v1").spawn(SpawnSpec::new(backend));
     let connection = eventually(WAIT, "a Connect placed", async || on_b.connect_backend(&request).await).await;
-    eventually(WAIT, "the backend READY", async || {
-        check(on_b.get_backend(&connection.backend_id).await.unwrap().state, |s| *s == BackendState::Ready)
-    })
-    .await;
+    backend_ready(&on_b, &connection.backend_id).await;
 
-    let load = Load::start(clients);
-    let began = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            tokio::spawn(steady_traffic(connection.url.clone(), connection.backend_id.clone(), began, stop.clone()))
-        })
-        .collect();
+    let load = SteadyLoad::start(clients, std::slice::from_ref(&connection));
     tokio::time::sleep(Duration::from_secs(2)).await;
     signal(a.child.id(), "STOP");
     let paused = Instant::now();
@@ -249,13 +237,7 @@ async fn paused_controller(strict: bool) {
     }
     let stuck: Vec<_> = longest.iter().filter(|(_, span)| **span >= Duration::from_secs(2)).collect();
     assert!(stuck.is_empty(), "nodes OFFLINE for 2 s or more after the resume (node, on controller): {stuck:?}");
-    stop.store(true, Ordering::Relaxed);
-    let (mut sent, mut failed) = (0, Vec::new());
-    for t in traffic {
-        let t = t.await.unwrap();
-        sent += t.sent;
-        failed.extend(t.failures);
-    }
+    let (load, sent, failed) = load.stop_traffic().await;
     let steady = on_b.get_backend(&connection.backend_id).await.unwrap();
     on_b.terminate_backend(&connection.backend_id, false).await.unwrap();
     let (failures, history) = load.finish_history(&on_b).await;

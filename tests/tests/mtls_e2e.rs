@@ -6,61 +6,88 @@
 
 use hangar_testkit::{check, eventually};
 use hangar_tests::pki::{CertFiles, TestCa, served_certificate};
+use hangar_tests::processes::{Process, drone_command, proxy_command, start};
 use hangar_tests::{ControllerProcess, binary};
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A controller process over a database in `data`, serving `ca`'s certificate for `controller`
+/// and requiring client certificates from `ca`; `more` arguments after those.
+fn mtls_controller(ca: &TestCa, data: &Path, more: &[&OsStr]) -> ControllerProcess {
+    let server = ca.server("controller");
+    let ca_file = ca.ca();
+    let mut args: Vec<&OsStr> = vec!["--tls-cert".as_ref(), server.cert.as_os_str(), "--tls-key".as_ref()];
+    args.extend([server.key.as_os_str(), "--tls-client-ca".as_ref(), ca_file.as_os_str()]);
+    args.extend(more);
+    ControllerProcess::spawn_with(&format!("sqlite://{}", data.join("hangar.db").display()), &args)
 }
 
-/// Starts `command` and waits for a stdout line starting with `prefix`; returns the rest.
-fn start(mut command: Command, prefix: &str) -> (Running, String) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    // Read on a thread so a process that hangs before its line fails the test instead of
-    // blocking it; it drains stdout until the process ends.
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let running = Running(child);
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = lines.recv_timeout(left).unwrap_or_else(|_| panic!("no line starting with {prefix:?}"));
-        if let Some(rest) = line.strip_prefix(prefix) {
-            return (running, rest.trim().to_string());
-        }
-    }
+/// Adds `--{prefix}tls-ca`, `--{prefix}tls-cert` and `--{prefix}tls-key` to `command`: trust
+/// `ca`, present `identity`.
+fn with_tls(command: &mut Command, prefix: &str, ca: &Path, identity: &CertFiles) {
+    command.arg(format!("--{prefix}tls-ca")).arg(ca);
+    command.arg(format!("--{prefix}tls-cert")).arg(&identity.cert);
+    command.arg(format!("--{prefix}tls-key")).arg(&identity.key);
 }
 
-fn tls_flags<'a>(prefix: &str, ca: &'a Path, identity: &'a CertFiles) -> Vec<(String, &'a OsStr)> {
-    vec![
-        (format!("--{prefix}tls-ca"), ca.as_os_str()),
-        (format!("--{prefix}tls-cert"), identity.cert.as_os_str()),
-        (format!("--{prefix}tls-key"), identity.key.as_os_str()),
-    ]
+/// A `hangar-drone run` named `drone-a` on `url` with `identity`'s certificate, its journal
+/// under `data`; `configure` adds the rest (its token, or none).
+fn start_drone(
+    url: &str,
+    ca: &TestCa,
+    identity: &CertFiles,
+    data: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> Process {
+    let mut drone = drone_command(url, "drone-a", &data.join("drone"));
+    configure(&mut drone);
+    with_tls(&mut drone, "", &ca.ca(), identity);
+    Process(drone.stderr(Stdio::null()).spawn().unwrap())
 }
 
-fn with_flags(mut command: Command, flags: Vec<(String, &OsStr)>) -> Command {
-    for (flag, value) in flags {
-        command.arg(flag).arg(value);
-    }
-    command
+/// A `hangar-server proxy` named `edge-1` on `url` with `identity`'s certificate; `configure`
+/// adds the rest. Returns it with the URL it serves on.
+fn start_proxy(
+    url: &str,
+    ca: &TestCa,
+    identity: &CertFiles,
+    configure: impl FnOnce(&mut Command),
+) -> (Process, String) {
+    let mut proxy = proxy_command(url, "edge-1");
+    configure(&mut proxy);
+    with_tls(&mut proxy, "controller-", &ca.ca(), identity);
+    start(proxy, "hangar-server proxy listening on ")
+}
+
+/// The names of the nodes READY in `hangar nodes list`, run as `cli`, sorted.
+fn ready_nodes(url: &str, ca: &TestCa, cli: &CertFiles) -> Vec<String> {
+    let listing: serde_json::Value =
+        serde_json::from_str(&stdout(&hangar(url, ca, Some(cli), &["nodes", "list", "-o", "json"]))).unwrap();
+    let mut ready: Vec<String> = listing["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|node| node["state"] == "READY")
+        .map(|node| node["name"].as_str().unwrap().to_string())
+        .collect();
+    ready.sort();
+    ready
+}
+
+/// `hangar connect KEY --wait` as `cli`: the backend is READY and the proxy at `proxy_url` serves
+/// it (the controller does not know the proxy's port-0 address; the token is the route).
+async fn connect_through_proxy(url: &str, ca: &TestCa, cli: &CertFiles, key: &str, proxy_url: &str) {
+    let image = hangar_executor::testing::test_backend_binary().display().to_string();
+    let connected = stdout(&hangar(url, ca, Some(cli), &["connect", key, "--image", &image, "--wait", "-o", "json"]));
+    let connection: serde_json::Value = serde_json::from_str(&connected).unwrap();
+    assert_eq!(connection["state"], "READY", "{connected}");
+    let (status, body) = http_get(&format!("{proxy_url}/{}/", connection["token"].as_str().unwrap())).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(connection["backend_id"].as_str().unwrap()), "the backend answered: {body}");
 }
 
 /// Runs the `hangar` CLI against `url` with `identity`'s certificate.
@@ -87,18 +114,7 @@ fn stdout(output: &Output) -> String {
 async fn a_drone_a_proxy_and_the_cli_work_against_a_controller_that_requires_client_certificates() {
     let ca = TestCa::new("hangar-ca");
     let data = tempfile::tempdir().unwrap();
-    let server = ca.server("controller");
-    let controller = ControllerProcess::spawn_with(
-        &format!("sqlite://{}", data.path().join("hangar.db").display()),
-        &[
-            "--tls-cert".as_ref(),
-            server.cert.as_os_str(),
-            "--tls-key".as_ref(),
-            server.key.as_os_str(),
-            "--tls-client-ca".as_ref(),
-            ca.ca().as_os_str(),
-        ],
-    );
+    let controller = mtls_controller(&ca, data.path(), &[]);
     let url = controller.url.clone();
     assert!(url.starts_with("https://"), "{url}");
 
@@ -107,67 +123,21 @@ async fn a_drone_a_proxy_and_the_cli_work_against_a_controller_that_requires_cli
     let token = data.path().join("drone-token");
     std::fs::write(&token, "drone-token-0123456789\n").unwrap();
     let drone_cert = ca.client("drone-a");
-    let mut drone = Command::new(binary("hangar-drone"));
-    drone.args([
-        "run",
-        "--controller",
-        &url,
-        "--name",
-        "drone-a",
-        "--runtime",
-        "process",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-    ]);
-    drone.arg(data.path().join("drone")).arg("--token-file").arg(&token);
-    let _drone =
-        Running(with_flags(drone, tls_flags("", &ca.ca(), &drone_cert)).stderr(Stdio::null()).spawn().unwrap());
-
-    let proxy_cert = ca.client("edge-1");
-    let mut proxy = Command::new(binary("hangar-server"));
-    proxy.args([
-        "proxy",
-        "--controller",
-        &url,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--name",
-        "edge-1",
-    ]);
-    let (_proxy, proxy_url) =
-        start(with_flags(proxy, tls_flags("controller-", &ca.ca(), &proxy_cert)), "hangar-server proxy listening on ");
+    let _drone = start_drone(&url, &ca, &drone_cert, data.path(), |drone| {
+        drone.arg("--token-file").arg(&token);
+    });
+    let (_proxy, proxy_url) = start_proxy(&url, &ca, &ca.client("edge-1"), |_| {});
 
     // The CLI lists both nodes, READY.
     let cli = ca.client("cli");
     eventually(WAIT, "drone-a and edge-1 READY in `hangar nodes list`", async || {
-        let listing: serde_json::Value =
-            serde_json::from_str(&stdout(&hangar(&url, &ca, Some(&cli), &["nodes", "list", "-o", "json"]))).unwrap();
-        let mut ready: Vec<String> = listing["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|node| node["state"] == "READY")
-            .map(|node| node["name"].as_str().unwrap().to_string())
-            .collect();
-        ready.sort();
-        check(ready, |names| names == &["drone-a", "edge-1"])
+        check(ready_nodes(&url, &ca, &cli), |names| names == &["drone-a", "edge-1"])
     })
     .await;
 
     // A backend through the CLI, on the drone, served by the proxy (which looks its route up
     // over mTLS).
-    let image = hangar_executor::testing::test_backend_binary().display().to_string();
-    let connected =
-        stdout(&hangar(&url, &ca, Some(&cli), &["connect", "mtls/doc-1", "--image", &image, "--wait", "-o", "json"]));
-    let connection: serde_json::Value = serde_json::from_str(&connected).unwrap();
-    assert_eq!(connection["state"], "READY", "{connected}");
-    // The controller does not know the proxy's port-0 address; the token is the route.
-    let (status, body) = http_get(&format!("{proxy_url}/{}/", connection["token"].as_str().unwrap())).await;
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains(connection["backend_id"].as_str().unwrap()), "the backend answered: {body}");
+    connect_through_proxy(&url, &ca, &cli, "mtls/doc-1", &proxy_url).await;
 
     // Without a client certificate the CLI is refused, says why and how to fix it.
     let refused = hangar(&url, &ca, None, &["nodes", "list"]);
@@ -180,7 +150,6 @@ async fn a_drone_a_proxy_and_the_cli_work_against_a_controller_that_requires_cli
 async fn certificates_named_in_the_auth_file_are_the_principals_of_a_drone_a_proxy_and_the_cli() {
     let ca = TestCa::new("hangar-ca");
     let data = tempfile::tempdir().unwrap();
-    let server = ca.server("controller");
     let auth = data.path().join("auth.toml");
     std::fs::write(
         &auth,
@@ -189,81 +158,26 @@ async fn certificates_named_in_the_auth_file_are_the_principals_of_a_drone_a_pro
          [[certificate]]\ncommon_name = \"cli\"\nrole = \"client\"\n",
     )
     .unwrap();
-    let controller = ControllerProcess::spawn_with(
-        &format!("sqlite://{}", data.path().join("hangar.db").display()),
-        &[
-            "--tls-cert".as_ref(),
-            server.cert.as_os_str(),
-            "--tls-key".as_ref(),
-            server.key.as_os_str(),
-            "--tls-client-ca".as_ref(),
-            ca.ca().as_os_str(),
-            "--auth-file".as_ref(),
-            auth.as_os_str(),
-        ],
-    );
+    let controller = mtls_controller(&ca, data.path(), &["--auth-file".as_ref(), auth.as_os_str()]);
     let url = controller.url.clone();
 
     // The drone and the proxy present their certificates and no token at all.
     let drone_cert = ca.client("drone-a");
-    let mut drone = Command::new(binary("hangar-drone"));
-    drone.args([
-        "run",
-        "--controller",
-        &url,
-        "--name",
-        "drone-a",
-        "--runtime",
-        "process",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-    ]);
-    drone.arg(data.path().join("drone")).env_remove("HANGAR_TOKEN").env_remove("HANGAR_TOKEN_FILE");
-    let _drone =
-        Running(with_flags(drone, tls_flags("", &ca.ca(), &drone_cert)).stderr(Stdio::null()).spawn().unwrap());
-    let proxy_cert = ca.client("edge-1");
-    let mut proxy = Command::new(binary("hangar-server"));
-    proxy.args([
-        "proxy",
-        "--controller",
-        &url,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--name",
-        "edge-1",
-    ]);
-    proxy.env_remove("HANGAR_TOKEN").env_remove("HANGAR_TOKEN_FILE");
-    let (_proxy, proxy_url) =
-        start(with_flags(proxy, tls_flags("controller-", &ca.ca(), &proxy_cert)), "hangar-server proxy listening on ");
+    let _drone = start_drone(&url, &ca, &drone_cert, data.path(), |drone| {
+        drone.env_remove("HANGAR_TOKEN").env_remove("HANGAR_TOKEN_FILE");
+    });
+    let (_proxy, proxy_url) = start_proxy(&url, &ca, &ca.client("edge-1"), |proxy| {
+        proxy.env_remove("HANGAR_TOKEN").env_remove("HANGAR_TOKEN_FILE");
+    });
 
     // The CLI, as the client its certificate names, sees both READY and connects a backend that
     // the proxy serves.
     let cli = ca.client("cli");
     eventually(WAIT, "drone-a and edge-1 READY, attached by certificate", async || {
-        let listing: serde_json::Value =
-            serde_json::from_str(&stdout(&hangar(&url, &ca, Some(&cli), &["nodes", "list", "-o", "json"]))).unwrap();
-        let mut ready: Vec<String> = listing["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|node| node["state"] == "READY")
-            .map(|node| node["name"].as_str().unwrap().to_string())
-            .collect();
-        ready.sort();
-        check(ready, |names| names == &["drone-a", "edge-1"])
+        check(ready_nodes(&url, &ca, &cli), |names| names == &["drone-a", "edge-1"])
     })
     .await;
-    let image = hangar_executor::testing::test_backend_binary().display().to_string();
-    let connected =
-        stdout(&hangar(&url, &ca, Some(&cli), &["connect", "mtls/by-cert", "--image", &image, "--wait", "-o", "json"]));
-    let connection: serde_json::Value = serde_json::from_str(&connected).unwrap();
-    assert_eq!(connection["state"], "READY", "{connected}");
-    let (status, body) = http_get(&format!("{proxy_url}/{}/", connection["token"].as_str().unwrap())).await;
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains(connection["backend_id"].as_str().unwrap()), "the backend answered: {body}");
+    connect_through_proxy(&url, &ca, &cli, "mtls/by-cert", &proxy_url).await;
 
     // A certificate from the client CA whose common name the file does not name passes the
     // handshake and is still no principal.

@@ -9,8 +9,8 @@
 use hangar::secret::REDACTED;
 use hangar::v1::{self, backend_service_client::BackendServiceClient};
 use hangar_testkit::{check, eventually};
+use hangar_tests::processes::{controller_command, drone_command, line_after, proxy_command, stdout_lines};
 use prost::Message;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -28,43 +28,44 @@ struct Logged {
 }
 
 impl Logged {
-    /// Starts `binary args…` and waits for the stdout line that starts with `ready_prefix`;
-    /// returns what follows it (the URL it serves) when `ready_prefix` is given.
-    fn start(
-        binary: &str,
-        name: &'static str,
-        args: &[&str],
-        log: &Path,
-        ready_prefix: Option<&str>,
-    ) -> (Logged, String) {
-        let mut child = Command::new(hangar_tests::binary(binary))
-            .args(args)
+    /// Starts `command` and waits for the stdout line that starts with `ready_prefix`; returns
+    /// what follows it (the URL it serves) when `ready_prefix` is given.
+    fn start(mut command: Command, name: &'static str, log: &Path, ready_prefix: Option<&str>) -> (Logged, String) {
+        let mut child = command
             .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
-            .unwrap_or_else(|err| panic!("start {binary}: {err}"));
-        let mut ready = String::new();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (lines_tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-        if let Some(prefix) = ready_prefix {
-            ready = loop {
-                match lines.recv_timeout(WAIT) {
-                    Ok(line) => {
-                        if let Some(rest) = line.strip_prefix(prefix) {
-                            break rest.trim().to_string();
-                        }
-                    }
-                    Err(_) => panic!("{name} did not print {prefix:?}; its log:\n{}", read_log(log)),
-                }
-            };
-        }
+            .unwrap_or_else(|err| panic!("start {name}: {err}"));
+        let lines = stdout_lines(&mut child);
+        let ready = match ready_prefix {
+            Some(prefix) => line_after(&lines, prefix, WAIT)
+                .unwrap_or_else(|| panic!("{name} did not print {prefix:?}; its log:\n{}", read_log(log))),
+            None => String::new(),
+        };
         (Logged { child, name }, ready)
+    }
+
+    /// A controller over `database` (heartbeats every 200 ms), `more` arguments after those.
+    fn controller(database: &str, more: &[&str], log: &Path) -> (Logged, String) {
+        let mut command = controller_command(database);
+        command.args(["--heartbeat-interval", "200ms"]).args(more);
+        Logged::start(command, "controller", log, Some("hangar-server controller listening on "))
+    }
+
+    /// A proxy named `edge` attached to `url`, `more` arguments after those.
+    fn proxy(url: &str, more: &[&str], log: &Path) -> (Logged, String) {
+        let mut command = proxy_command(url, "edge");
+        command.args(more);
+        Logged::start(command, "proxy", log, Some("hangar-server proxy listening on "))
+    }
+
+    /// A drone named `d1` on the process runtime attached to `url`, its journal in `data_dir`,
+    /// `more` arguments after those.
+    fn drone(url: &str, data_dir: &Path, more: &[&str], log: &Path) -> Logged {
+        let mut command = drone_command(url, "d1", data_dir);
+        command.args(more);
+        Logged::start(command, "drone", log, None).0
     }
 
     /// SIGTERM and wait, so that everything it logs on the way out is in its file too.
@@ -114,52 +115,9 @@ async fn env_values_static_and_connection_tokens_reach_the_backend_and_nothing_e
     let dir = tempfile::tempdir().unwrap();
     let logs = |name: &str| dir.path().join(format!("{name}.log"));
     let database = format!("sqlite://{}", dir.path().join("hangar.db").display());
-    let (controller, url) = Logged::start(
-        "hangar-server",
-        "controller",
-        &[
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--database",
-            &database,
-            "--heartbeat-interval",
-            "200ms",
-        ],
-        &logs("controller"),
-        Some("hangar-server controller listening on "),
-    );
-    let (proxy, proxy_url) = Logged::start(
-        "hangar-server",
-        "proxy",
-        &["proxy", "--controller", &url, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--name", "edge"],
-        &logs("proxy"),
-        Some("hangar-server proxy listening on "),
-    );
-    let drone_dir = dir.path().join("drone");
-    let (drone, _) = Logged::start(
-        "hangar-drone",
-        "drone",
-        &[
-            "run",
-            "--controller",
-            &url,
-            "--name",
-            "d1",
-            "--runtime",
-            "process",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ]
-        .into_iter()
-        .chain([drone_dir.to_str().unwrap()])
-        .collect::<Vec<_>>(),
-        &logs("drone"),
-        None,
-    );
+    let (controller, url) = Logged::controller(&database, &[], &logs("controller"));
+    let (proxy, proxy_url) = Logged::proxy(&url, &[], &logs("proxy"));
+    let drone = Logged::drone(&url, &dir.path().join("drone"), &[], &logs("drone"));
     let channel = hangar_tests::channel(&url).await;
     let mut nodes = v1::node_service_client::NodeServiceClient::new(channel.clone());
     eventually(WAIT, "the drone and the proxy attached", async || {
@@ -359,68 +317,11 @@ async fn the_bearer_tokens_of_a_drone_a_proxy_and_a_client_appear_in_no_log() {
 
     let database = format!("sqlite://{}", path("hangar.db").display());
     let auth_file = path("auth.toml").display().to_string();
-    let (controller, url) = Logged::start(
-        "hangar-server",
-        "controller",
-        &[
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--database",
-            &database,
-            "--heartbeat-interval",
-            "200ms",
-            "--auth-file",
-            &auth_file,
-        ],
-        &log("controller"),
-        Some("hangar-server controller listening on "),
-    );
+    let (controller, url) = Logged::controller(&database, &["--auth-file", &auth_file], &log("controller"));
     let proxy_token_file = path("proxy.token").display().to_string();
-    let (proxy, proxy_url) = Logged::start(
-        "hangar-server",
-        "proxy",
-        &[
-            "proxy",
-            "--controller",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--name",
-            "edge",
-            "--token-file",
-            &proxy_token_file,
-        ],
-        &log("proxy"),
-        Some("hangar-server proxy listening on "),
-    );
+    let (proxy, proxy_url) = Logged::proxy(&url, &["--token-file", &proxy_token_file], &log("proxy"));
     let drone_token_file = path("drone.token").display().to_string();
-    let drone_dir = path("drone").display().to_string();
-    let (drone, _) = Logged::start(
-        "hangar-drone",
-        "drone",
-        &[
-            "run",
-            "--controller",
-            &url,
-            "--name",
-            "d1",
-            "--runtime",
-            "process",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &drone_dir,
-            "--token-file",
-            &drone_token_file,
-        ],
-        &log("drone"),
-        None,
-    );
+    let drone = Logged::drone(&url, &path("drone"), &["--token-file", &drone_token_file], &log("drone"));
     let mut nodes =
         v1::node_service_client::NodeServiceClient::new(hangar_tests::auth::authed(&url, Some(&client_token)).await);
     eventually(WAIT, "the drone and the proxy attached with their tokens", async || {

@@ -6,9 +6,9 @@
 
 use hangar_testkit::{check, eventually};
 use hangar_tests::binary;
-use std::io::{BufRead, BufReader};
+use hangar_tests::processes::{Process, start};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -105,35 +105,6 @@ fn token_generate_prints_what_the_guide_shows_and_the_entry_names_the_secret_by_
     assert!(printed.contains(&"nodes = [\"drone-a\"]".to_string()), "{printed:?}");
 }
 
-/// A process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `command` and waits for a stdout line starting with `prefix`; returns the rest.
-fn start(mut command: Command, prefix: &str) -> (Running, String) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let running = Running(child);
-    loop {
-        let line = lines.recv_timeout(WAIT).unwrap_or_else(|_| panic!("no line starting with {prefix:?}"));
-        if let Some(rest) = line.strip_prefix(prefix) {
-            return (running, rest.trim().to_string());
-        }
-    }
-}
-
 /// A guide line that starts a server (`[VAR=value…] program args…`) as a command, with the
 /// controller at `url`, and every listener on port 0 of loopback so tests run side by side.
 fn server_command(line: &str, url: &str, dir: &Path) -> Command {
@@ -214,7 +185,7 @@ async fn the_guides_token_steps_run_as_written_secure_a_controller_its_drone_pro
         if line.contains("hangar-drone run") {
             let mut drone = server_command(line, &url, dir);
             drone.arg("--data-dir").arg(dir.join("drone-a-data"));
-            servers.push(Running(drone.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the drone")));
+            servers.push(Process(drone.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the drone")));
         } else if line.contains("hangar-server proxy") {
             let (proxy, listening) = start(server_command(line, &url, dir), "hangar-server proxy listening on ");
             servers.push(proxy);

@@ -9,11 +9,9 @@ use hangar_client::{ConnectRequest, SpawnSpec};
 use hangar_server::testing::PgCluster;
 use hangar_testkit::{check, eventually};
 use hangar_tests::faults::{
-    CLIENTS, ControlPlane, Load, WAIT, control_plane, failover_clients, in_process_drone, print_figures, ready_drones,
-    steady_traffic,
+    ControlPlane, SteadyLoad, WAIT, backend_ready, control_plane, failover_clients, first_new_connect,
+    in_process_drone, print_figures, ready_drones,
 };
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Twice the key lease (30 s): every lease held when the database stops runs out during the
@@ -33,17 +31,9 @@ async fn postgresql_down_for_a_minute_under_load_ends_no_session_and_gives_no_ke
     let backend = hangar_executor::testing::test_backend_binary().display().to_string();
     let request = ConnectRequest::key("faults", "steady", "v1").spawn(SpawnSpec::new(backend.clone()));
     let steady = eventually(WAIT, "a Connect placed", async || client.connect_backend(&request).await).await;
-    eventually(WAIT, "the backend READY", async || {
-        check(client.get_backend(&steady.backend_id).await.unwrap().state, |s| *s == BackendState::Ready)
-    })
-    .await;
+    backend_ready(&client, &steady.backend_id).await;
 
-    let load = Load::start(clients);
-    let began = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic: Vec<_> = (0..CLIENTS)
-        .map(|_| tokio::spawn(steady_traffic(steady.url.clone(), steady.backend_id.clone(), began, stop.clone())))
-        .collect();
+    let load = SteadyLoad::start(clients, std::slice::from_ref(&steady));
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Every backend serving when the database goes: each must still be READY, as the same
     // backend, when it is back.
@@ -57,29 +47,10 @@ async fn postgresql_down_for_a_minute_under_load_ends_no_session_and_gives_no_ke
     pg.start().await.unwrap();
     let back = Instant::now();
     eprintln!("database down for {:?}", back - stopped);
-    let mut fresh = 0;
-    let connect_ok = loop {
-        fresh += 1;
-        let request =
-            ConnectRequest::key("faults", format!("fresh-{fresh}"), "v1").spawn(SpawnSpec::new(backend.clone()));
-        match client.connect_backend(&request).await {
-            Ok(connection) => {
-                client.terminate_backend(&connection.backend_id, false).await.unwrap();
-                break back.elapsed();
-            }
-            Err(err) if back.elapsed() < WAIT => tracing::info!("a Connect after the outage failed: {err}"),
-            Err(err) => panic!("no Connect succeeded within {WAIT:?} of the database's return: {err}"),
-        }
-    };
+    let connect_ok = first_new_connect(&client, &backend, back, "the database's return").await;
     // Long enough for every drone to renew its keys with the store back.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut sent, mut failed) = (0, Vec::new());
-    for t in traffic {
-        let t = t.await.unwrap();
-        sent += t.sent;
-        failed.extend(t.failures);
-    }
+    let (load, sent, failed) = load.stop_traffic().await;
     assert_eq!(client.get_backend(&steady.backend_id).await.unwrap().state, BackendState::Ready);
     let mut ended = Vec::new();
     for before in &serving {

@@ -15,11 +15,9 @@ use hangar_server::testing::PgCluster;
 use hangar_testkit::relay::{Mode, Relay};
 use hangar_testkit::{check, eventually};
 use hangar_tests::faults::{
-    CLIENTS, Load, WAIT, controller_logged, failover_clients, in_process_drone, log_warnings, print_figures,
-    ready_drones, steady_traffic,
+    SteadyLoad, WAIT, backend_ready, controller_logged, failover_clients, first_new_connect, in_process_drone,
+    log_warnings, print_figures, ready_drones,
 };
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The key lease both controllers are given: short, so that the partition outlasts it in a
@@ -91,21 +89,10 @@ async fn partition_scenario(fault: Mode) {
     }
     assert!(placed.contains(&a_node) && placed.contains(&b_node), "a steady backend on each drone: {placed:?}");
     for s in &steady {
-        eventually(WAIT, "the steady backend READY", async || {
-            check(client.get_backend(&s.backend_id).await.unwrap().state, |s| *s == BackendState::Ready)
-        })
-        .await;
+        backend_ready(&client, &s.backend_id).await;
     }
 
-    let load = Load::start(clients);
-    let began = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic: Vec<_> = (0..CLIENTS)
-        .map(|i| {
-            let target = &steady[i % steady.len()];
-            tokio::spawn(steady_traffic(target.url.clone(), target.backend_id.clone(), began, stop.clone()))
-        })
-        .collect();
+    let load = SteadyLoad::start(clients, &steady);
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Every backend serving when the partition starts: each must still be READY, as the same
     // backend, after it.
@@ -146,20 +133,7 @@ async fn partition_scenario(fault: Mode) {
     eprintln!("{} healed", chrono::Utc::now());
     eprintln!("A partitioned from PostgreSQL ({fault:?}) for {:?}", healed - parted);
 
-    let mut fresh = 0;
-    let connect_ok = loop {
-        fresh += 1;
-        let request =
-            ConnectRequest::key("faults", format!("fresh-{fresh}"), "v1").spawn(SpawnSpec::new(backend.clone()));
-        match client.connect_backend(&request).await {
-            Ok(connection) => {
-                client.terminate_backend(&connection.backend_id, false).await.unwrap();
-                break healed.elapsed();
-            }
-            Err(err) if healed.elapsed() < WAIT => tracing::info!("a Connect after the heal failed: {err}"),
-            Err(err) => panic!("no Connect succeeded within {WAIT:?} of the heal: {err}"),
-        }
-    };
+    let connect_ok = first_new_connect(&client, &backend, healed, "the heal").await;
     eventually(WAIT, "both drones READY on A and on B", async || {
         check((ready_drones(&only_a).await, ready_drones(&only_b).await), |(a, b)| a.len() == 2 && b.len() == 2)
     })
@@ -167,13 +141,7 @@ async fn partition_scenario(fault: Mode) {
     let drones_ready = healed.elapsed();
     // Long enough for every drone to renew its keys (every third of the lease) with A's store back.
     tokio::time::sleep(Duration::from_secs(7)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut sent, mut failed) = (0, Vec::new());
-    for t in traffic {
-        let t = t.await.unwrap();
-        sent += t.sent;
-        failed.extend(t.failures);
-    }
+    let (load, sent, failed) = load.stop_traffic().await;
     let mut ended = Vec::new();
     for before in &serving {
         let now = client.get_backend(&before.id).await.unwrap();
