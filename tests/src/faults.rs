@@ -651,3 +651,15 @@ impl SteadyLoad {
         (self.load, sent, failed)
     }
 }
+
+/// A fresh database on `pg`, its URL, and the same database reached through a [`Relay`] the test
+/// can cut, blackhole and heal: the link from one controller to PostgreSQL.
+pub async fn database_with_relay(
+    pg: &hangar_server::testing::PgCluster,
+) -> (String, hangar_testkit::relay::Relay, String) {
+    let database = pg.create_database().await.unwrap();
+    let relay = hangar_testkit::relay::Relay::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await.unwrap();
+    let relayed = database.replace(&format!(":{}/", pg.port()), &format!(":{}/", relay.addr().port()));
+    assert_ne!(relayed, database, "the relay's port in the URL");
+    (database, relay, relayed)
+}

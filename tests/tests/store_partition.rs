@@ -12,11 +12,11 @@ use hangar::domain::{BackendFilter, BackendState, TerminationReason};
 use hangar_client::{ConnectRequest, HangarClient, SpawnSpec};
 use hangar_server::proxy::{Proxy, ProxyConfig};
 use hangar_server::testing::PgCluster;
-use hangar_testkit::relay::{Mode, Relay};
+use hangar_testkit::relay::Mode;
 use hangar_testkit::{check, eventually};
 use hangar_tests::faults::{
-    SteadyLoad, WAIT, backend_ready, controller_logged, failover_clients, first_new_connect, in_process_drone,
-    log_warnings, print_figures, ready_drones,
+    SteadyLoad, WAIT, backend_ready, controller_logged, database_with_relay, failover_clients, first_new_connect,
+    in_process_drone, log_warnings, print_figures, ready_drones,
 };
 use std::time::{Duration, Instant};
 
@@ -43,10 +43,7 @@ async fn partition_scenario(fault: Mode) {
     hangar_tests::init_logging();
     let logs = tempfile::tempdir().unwrap();
     let pg = PgCluster::new().await.unwrap();
-    let database = pg.create_database().await.unwrap();
-    let relay = Relay::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await.unwrap();
-    let relayed_database = database.replace(&format!(":{}/", pg.port()), &format!(":{}/", relay.addr().port()));
-    assert_ne!(relayed_database, database);
+    let (database, relay, relayed_database) = database_with_relay(&pg).await;
 
     let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());

@@ -11,9 +11,8 @@ use hangar::domain::BackendState;
 use hangar_client::{Credentials, HangarClient, SpawnSpec};
 use hangar_executor::drone::AttachState;
 use hangar_server::testing::PgCluster;
-use hangar_testkit::relay::Relay;
 use hangar_testkit::{check, eventually};
-use hangar_tests::faults::{WAIT, controller_logged, in_process_drone, log_warnings};
+use hangar_tests::faults::{WAIT, controller_logged, database_with_relay, in_process_drone, log_warnings};
 use std::time::{Duration, Instant};
 
 const LEASE: &str = "15s";
@@ -40,10 +39,7 @@ async fn a_drone_whose_controller_lost_the_database_past_the_grace_moves_to_one_
     hangar_tests::init_logging();
     let logs = tempfile::tempdir().unwrap();
     let pg = PgCluster::new().await.unwrap();
-    let database = pg.create_database().await.unwrap();
-    let relay = Relay::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await.unwrap();
-    let relayed_database = database.replace(&format!(":{}/", pg.port()), &format!(":{}/", relay.addr().port()));
-    assert_ne!(relayed_database, database);
+    let (database, relay, relayed_database) = database_with_relay(&pg).await;
 
     // No proxy: the backend's state and fencing token are what this scenario watches.
     let proxy_url = "http://127.0.0.1:9";
