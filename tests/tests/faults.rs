@@ -6,7 +6,7 @@
 //! availability figures per scenario (`chaos-figures ...`, collected by `scripts/chaos`). The
 //! plumbing the scenarios share is `hangar_tests::faults`.
 
-use hangar::domain::BackendState;
+use hangar::domain::{BackendState, NodeFilter, NodeKind, NodeState};
 use hangar_client::{ConnectRequest, HangarClient, SpawnSpec};
 use hangar_executor::drone::AttachState;
 use hangar_server::testing::PgCluster;
@@ -263,7 +263,10 @@ async fn a_drone_killed_and_restarted_under_load_leaves_a_history_without_violat
 
 /// Two proxy processes in front of one READY backend; one is SIGKILLed while four clients send
 /// requests through it: the requests move to the other proxy and none fails on both. The
-/// Connect load runs throughout (its backends observed through the surviving proxy).
+/// Connect load runs throughout (its backends observed through the surviving proxy), and its
+/// history passes the checker. The killed proxy's node goes OFFLINE; restarted on its address,
+/// it serves the same URL again (tokens live in the database) and is READY, and the backend is
+/// the same one throughout.
 #[tokio::test]
 async fn a_proxy_killed_under_load_moves_its_traffic_to_the_other_proxy() {
     hangar_tests::init_logging();
@@ -303,6 +306,7 @@ async fn a_proxy_killed_under_load_moves_its_traffic_to_the_other_proxy() {
             tokio::spawn(traffic_over_proxies(proxies, path.clone(), connection.backend_id.clone(), stop.clone()))
         })
         .collect();
+    let before = client.get_backend(&connection.backend_id).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     doomed.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -315,9 +319,32 @@ async fn a_proxy_killed_under_load_moves_its_traffic_to_the_other_proxy() {
     eprintln!("{sent} requests from {CLIENTS} clients, {moved} moved to the other proxy, {failed} failed on both");
     assert!(sent > 100 && moved >= CLIENTS, "the traffic ran and moved: {sent} sent, {moved} moved");
     assert_eq!(failed, 0, "requests failed on both proxies");
+
+    let proxy_state = async || {
+        let proxies = NodeFilter { kinds: vec![NodeKind::Proxy], ..Default::default() };
+        let nodes = client.list_all_nodes(&proxies).await.map(|l| l.nodes).unwrap_or_default();
+        nodes.into_iter().find(|n| n.name == "edge-1").map(|n| n.state)
+    };
+    eventually(WAIT, "edge-1 OFFLINE", async || check(proxy_state().await, |s| *s == Some(NodeState::Offline))).await;
+    let _restarted = proxy_process(&controllers, "edge-1", &doomed_at);
+    let restarted = Instant::now();
+    eventually(WAIT, "the same URL served through the restarted edge-1", async || {
+        let request = http::Request::get(format!("{doomed_url}{path}")).body(Default::default()).unwrap();
+        let status = probe.request(request).await.map(|r| r.status().as_u16()).unwrap_or(0);
+        check(status, |s| *s == 200)
+    })
+    .await;
+    let served_again = restarted.elapsed();
+    eventually(WAIT, "edge-1 READY again", async || check(proxy_state().await, |s| *s == Some(NodeState::Ready))).await;
+    eprintln!("the URL served through edge-1 {served_again:.1?} after its restart");
+    let after = client.get_backend(&connection.backend_id).await.unwrap();
+    assert_eq!(after.state, BackendState::Ready, "{after:?}");
+    assert_eq!(after.fencing_token, before.fencing_token, "the same backend serves the key");
+
     client.terminate_backend(&connection.backend_id, false).await.unwrap();
-    let (failures, _, _) = load.finish(&client).await;
+    let (failures, _history) = load.finish_history(&client).await;
     print_figures("proxy-kill", Some(&failures), Some((failed, sent)), None, None);
+    assert!(failures.is_empty(), "SDK calls failed while a proxy was down: {failures:?}");
     drone.shutdown().await;
 }
 
