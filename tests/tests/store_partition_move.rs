@@ -27,7 +27,7 @@ const PARTITION: Duration = Duration::from_secs(45);
 /// that.
 const MOVED_WITHIN: Duration = Duration::from_secs(14);
 
-const DRONE_SERVICE: &str = "hangar.v1.DroneService";
+const DRONE_SERVICE: &str = hangar::v1::drone_service_server::SERVICE_NAME;
 
 async fn drone_service_serving(url: &str) -> bool {
     hangar_agent::serves(url, &Credentials::default(), DRONE_SERVICE, Duration::from_secs(2)).await

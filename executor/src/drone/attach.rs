@@ -36,7 +36,7 @@ const ELSEWHERE_CHECK: Duration = Duration::from_secs(1);
 const ELSEWHERE_WAIT: Duration = Duration::from_secs(1);
 
 /// The service whose health says a controller takes drones: it reaches its store.
-const DRONE_SERVICE: &str = "hangar.v1.DroneService";
+const DRONE_SERVICE: &str = v1::drone_service_server::SERVICE_NAME;
 
 /// Renewal batches that may wait on the priority lane (each up to `renewer::MAX_BATCH` keys).
 const PRIORITY_LANE: usize = 64;

@@ -363,16 +363,20 @@ async fn drone_health_follows_the_store(
         serving = reaches;
         let status = if reaches { ServingStatus::Serving } else { ServingStatus::NotServing };
         tracing::info!(?status, "DroneService health follows the store");
-        health.set_service_status("hangar.v1.DroneService", status).await;
+        health.set_service_status(hangar::v1::drone_service_server::SERVICE_NAME, status).await;
     }
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
-    health.set_service_status("hangar.v1.NodeService", status).await;
-    health.set_service_status("hangar.v1.BackendService", status).await;
-    health.set_service_status("hangar.v1.DroneService", status).await;
-    health.set_service_status("hangar.v1.ProxyService", status).await;
+    for service in [
+        hangar::v1::node_service_server::SERVICE_NAME,
+        hangar::v1::backend_service_server::SERVICE_NAME,
+        hangar::v1::drone_service_server::SERVICE_NAME,
+        hangar::v1::proxy_service_server::SERVICE_NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
 }
 
 /// A serving controller. Dropping it without [`shutdown`](Self::shutdown) leaves its tasks
