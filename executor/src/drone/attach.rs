@@ -228,7 +228,7 @@ impl DroneAttach<'_> {
             let mut ticker = tokio::time::interval(ELSEWHERE_CHECK);
             loop {
                 ticker.tick().await;
-                if !fleet.outbox.keys.deferred_on(generation) {
+                if !fleet.outbox.keys.every_key_deferred_on(generation) {
                     continue;
                 }
                 for url in config.controllers.iter().filter(|url| *url != current) {

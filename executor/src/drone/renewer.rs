@@ -41,6 +41,8 @@ struct Held {
     task: mpsc::Sender<Command>,
     /// Not renewed since it arrived.
     fresh: bool,
+    /// Its last answer was a deferral: its deadlines have moved by the grace.
+    deferred: bool,
 }
 
 /// A batch sent and not yet answered. The controller answers on the same stream in order;
@@ -90,7 +92,7 @@ impl KeyRenewer {
         lease: Duration,
         task: mpsc::Sender<Command>,
     ) {
-        let held = Held { key, fencing_token, lease, task, fresh: true };
+        let held = Held { key, fencing_token, lease, task, fresh: true, deferred: false };
         self.held.lock().unwrap().insert(backend_id.to_string(), held);
         self.added.notify_one();
     }
@@ -204,10 +206,15 @@ impl KeyRenewer {
         (oldest.sent.elapsed() > timeout).then_some(timeout)
     }
 
-    /// Whether the controller of stream `generation` answered a renewal deferred: it cannot reach
-    /// its store, and another controller that can would confirm the keys instead.
-    pub fn deferred_on(&self, generation: u64) -> bool {
+    /// Whether the controller of stream `generation` answered renewals deferred (it cannot reach
+    /// its store, and another controller that can would confirm the keys instead), and every key
+    /// held has had its deferral, so that its deadlines have moved by the grace. Only then may
+    /// the drone leave: a controller that seemed to reach the store may turn out not to (its
+    /// health lags the store by a few seconds), and a key not yet deferred would then get no
+    /// grace from anyone.
+    pub fn every_key_deferred_on(&self, generation: u64) -> bool {
         *self.deferred_on.lock().unwrap() == Some(generation)
+            && self.held.lock().unwrap().values().filter(|h| !h.task.is_closed()).all(|h| h.deferred)
     }
 
     /// The answer to the oldest outstanding batch of stream `generation`. Returns the keys it
@@ -228,6 +235,9 @@ impl KeyRenewer {
                 continue;
             }
             self.dispatch(backend_id, batch.sent, RenewalAnswer::of(&answer, batch.outage_grace));
+            if let Some(held) = self.held.lock().unwrap().get_mut(backend_id) {
+                held.deferred = answer.deferred && !answer.renewed;
+            }
             if answer.renewed {
                 confirmed.backend_ids.push(answer.backend_id);
             }
