@@ -33,29 +33,73 @@ async fn drone_service_serving(url: &str) -> bool {
     hangar_agent::serves(url, &Credentials::default(), DRONE_SERVICE, Duration::from_secs(2)).await
 }
 
+/// Two controller processes with a 15 s lease and a 20 s grace, A reaching PostgreSQL through a
+/// relay, B directly; an in-process drone that knows both, attached to A.
+struct Pair {
+    pg: PgCluster,
+    relay: hangar_testkit::relay::Relay,
+    a: hangar_tests::ControllerProcess,
+    b: hangar_tests::ControllerProcess,
+    a_url: String,
+    b_url: String,
+    log_a: std::path::PathBuf,
+    drone: hangar_executor::drone::DroneHandle,
+}
+
+impl Pair {
+    async fn start(logs: &std::path::Path) -> Pair {
+        let pg = PgCluster::new().await.unwrap();
+        let (database, relay, relayed_database) = database_with_relay(&pg).await;
+        // No proxy: the backend's state and fencing token and the drone's controller are what
+        // these scenarios watch.
+        let proxy_url = "http://127.0.0.1:9";
+        let args = ["--lease-duration", LEASE, "--store-outage-grace", GRACE];
+        let (log_a, log_b) = (logs.join("a.log"), logs.join("b.log"));
+        let a = controller_logged(&relayed_database, proxy_url, &args, &log_a);
+        let b = controller_logged(&database, proxy_url, &args, &log_b);
+        let (a_url, b_url) = (a.url.clone(), b.url.clone());
+        assert!(drone_service_serving(&a_url).await && drone_service_serving(&b_url).await);
+        // The drone knows both and tries A first.
+        let drone = in_process_drone(&[a_url.clone(), b_url.clone()], "worker");
+        tokio::time::timeout(WAIT, drone.attached()).await.expect("the drone attached");
+        let state = drone.state().borrow().clone();
+        assert!(matches!(&state, AttachState::Attached { controller, .. } if *controller == a_url), "on A: {state:?}");
+        Pair { pg, relay, a, b, a_url, b_url, log_a, drone }
+    }
+}
+
+/// A drone that holds no key gets no deferred renewal to tell it that its controller lost the
+/// database; it goes by that controller's DroneService health (watched on its stream's
+/// connection) and moves to B, which reaches the database, within seconds: there it can be given
+/// new backends, which A could not tell it of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drone_holding_no_key_leaves_a_controller_that_lost_the_database_for_one_that_reaches_it() {
+    hangar_tests::init_logging();
+    let logs = tempfile::tempdir().unwrap();
+    let Pair { pg: _pg, relay, a: _a, b: _b, b_url, drone, .. } = Pair::start(logs.path()).await;
+    relay.blackhole();
+    let parted = Instant::now();
+    // A's health says NOT_SERVING 3 s after its last store tick; the watch brings it at once.
+    let mut state = drone.state();
+    let moved = tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| matches!(s, AttachState::Attached { controller, .. } if *controller == b_url)),
+    )
+    .await;
+    let now = drone.state().borrow().clone();
+    assert!(moved.is_ok(), "the keyless drone not on B 10 s into the partition: {now:?}");
+    eprintln!("the keyless drone moved to B {:.1?} after the partition began", parted.elapsed());
+    relay.heal();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drone_whose_controller_lost_the_database_past_the_grace_moves_to_one_that_reaches_it_and_keeps_its_backend()
 {
     hangar_tests::init_logging();
     let logs = tempfile::tempdir().unwrap();
-    let pg = PgCluster::new().await.unwrap();
-    let (database, relay, relayed_database) = database_with_relay(&pg).await;
-
-    // No proxy: the backend's state and fencing token are what this scenario watches.
-    let proxy_url = "http://127.0.0.1:9";
-    let args = ["--lease-duration", LEASE, "--store-outage-grace", GRACE];
-    let (log_a, log_b) = (logs.path().join("a.log"), logs.path().join("b.log"));
-    let a = controller_logged(&relayed_database, proxy_url, &args, &log_a);
-    let b = controller_logged(&database, proxy_url, &args, &log_b);
-    let (a_url, b_url) = (a.url.clone(), b.url.clone());
-    assert!(drone_service_serving(&a_url).await && drone_service_serving(&b_url).await);
-
-    // The drone knows both and tries A first.
-    let drone = in_process_drone(&[a_url.clone(), b_url.clone()], "worker");
-    tokio::time::timeout(WAIT, drone.attached()).await.expect("the drone attached");
+    let Pair { pg: _pg, relay, a, b: _b, a_url, b_url, log_a, drone } = Pair::start(logs.path()).await;
     let on =
         |url: &str| matches!(&*drone.state().borrow(), AttachState::Attached { controller, .. } if controller == url);
-    assert!(on(&a_url), "attached to A first: {:?}", *drone.state().borrow());
 
     let client = HangarClient::connect_lazy(&b_url, Default::default()).unwrap();
     let backend = hangar_executor::testing::test_backend_binary().display().to_string();
@@ -100,5 +144,5 @@ async fn a_drone_whose_controller_lost_the_database_past_the_grace_moves_to_one_
             eprintln!("A: {line}");
         }
     }
-    drop(drone);
+    drop((drone, a));
 }

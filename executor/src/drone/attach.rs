@@ -14,6 +14,9 @@ use hangar_agent::attach::{Attach, Attempt, StreamEnd};
 use hangar_client::HangarChannel;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use super::fleet::Fleet;
 use super::{AttachState, DroneConfig};
@@ -126,7 +129,7 @@ impl DroneAttach<'_> {
 
         let config = self.config;
         let controller = attempt.controller().to_string();
-        let mut client = DroneServiceClient::new(channel);
+        let mut client = DroneServiceClient::new(channel.clone());
         let (tx, rx) = mpsc::channel(64);
         // Renewals' own lane, always taken first: they never wait behind queued events.
         let (priority_tx, priority_rx) = mpsc::channel(PRIORITY_LANE);
@@ -165,7 +168,8 @@ impl DroneAttach<'_> {
         let outage_grace = welcome.store_outage_grace.as_ref().and_then(duration_from_proto).unwrap_or_default();
         let generation = outbox.stream.attach(priority_tx.clone(), welcome.batch_renewals, outage_grace);
         outbox.keys.stream_changed(generation);
-        let result = self.attached(&tx, priority_tx, inbound, interval, generation, attempt.controller()).await;
+        let result =
+            self.attached(&tx, priority_tx, inbound, interval, generation, (attempt.controller(), channel)).await;
         outbox.stream.detach(generation);
         result
     }
@@ -181,7 +185,7 @@ impl DroneAttach<'_> {
         inbound: tonic::Streaming<v1::DroneAttachResponse>,
         interval: Duration,
         generation: u64,
-        current: &str,
+        (current, channel): (&str, HangarChannel),
     ) -> anyhow::Result<()> {
         let fleet = self.fleet;
         let config = self.config;
@@ -223,12 +227,29 @@ impl DroneAttach<'_> {
         // A controller that answers renewals deferred cannot reach its store: its deferrals hold
         // the keys for its outage grace, once. Another controller that reaches the store (its
         // DroneService SERVING) confirms them for good, so the stream is given up for it; while
-        // none does (the store itself is down), the drone stays and waits.
+        // none does (the store itself is down), the drone stays and waits. A drone that holds no
+        // key gets no deferral to go by: it goes by the controller's own health instead, watched
+        // on the stream's connection (pushed, not polled), which follows the store.
         let elsewhere = async {
+            let request = HealthCheckRequest { service: DRONE_SERVICE.to_string() };
+            let mut own_health = HealthClient::new(channel).watch(request).await.ok().map(|r| r.into_inner());
+            let mut own_serving = true;
             let mut ticker = tokio::time::interval(ELSEWHERE_CHECK);
             loop {
-                ticker.tick().await;
-                if !fleet.outbox.keys.every_key_deferred_on(generation) {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    status = next_status(&mut own_health) => {
+                        match status {
+                            Some(serving) => own_serving = serving,
+                            // A controller without the watch (or it ended): the deferrals alone.
+                            None => own_health = None,
+                        }
+                        continue;
+                    }
+                }
+                let keys = &fleet.outbox.keys;
+                let leave = if keys.holds_none() { !own_serving } else { keys.every_key_deferred_on(generation) };
+                if !leave {
                     continue;
                 }
                 for url in config.controllers.iter().filter(|url| *url != current) {
@@ -247,11 +268,19 @@ impl DroneAttach<'_> {
             }
             url = elsewhere => {
                 tracing::warn!(controller = %url, "the controller cannot reach its store and another can; moving");
-                anyhow::bail!("the controller answers key renewals deferred, and {url} reaches its store")
+                anyhow::bail!("the controller cannot reach its store, and {url} can")
             }
             result = handle(fleet, tx, &mut queue) => result,
         }
     }
+}
+
+/// The next status of a health watch: whether the service is SERVING; `None` when the watch
+/// ended or failed. Never resolves without a watch.
+async fn next_status(watch: &mut Option<tonic::Streaming<HealthCheckResponse>>) -> Option<bool> {
+    let Some(stream) = watch else { return std::future::pending().await };
+    let status = stream.message().await.ok().flatten()?;
+    Some(status.status() == ServingStatus::Serving)
 }
 
 /// Journaled events out; actions and acks in, from `queue`.

@@ -206,6 +206,12 @@ impl KeyRenewer {
         (oldest.sent.elapsed() > timeout).then_some(timeout)
     }
 
+    /// Whether the drone holds no live key (so no renewal will be deferred to tell it that its
+    /// controller lost the store).
+    pub fn holds_none(&self) -> bool {
+        self.held.lock().unwrap().values().all(|h| h.task.is_closed())
+    }
+
     /// Whether the controller of stream `generation` answered renewals deferred (it cannot reach
     /// its store, and another controller that can would confirm the keys instead), and every key
     /// held has had its deferral, so that its deadlines have moved by the grace. Only then may
