@@ -138,7 +138,9 @@ pub async fn observe_backends(
     observed
 }
 
-/// Connects on the shared keys through `controllers` in turn (whichever is listed now), and
+/// Connects on the shared keys through `controllers` in turn (whichever is listed now), each
+/// backend running the executable `backend` (the test backend: its `/env` is what the observer
+/// reads), and
 /// terminates the backend it is answered every seventh round (7 is prime to the number of keys,
 /// so every key's backends come and go), until `stop`.
 pub async fn connect_load(
@@ -146,9 +148,9 @@ pub async fn connect_load(
     recorder: Arc<Recorder>,
     controllers: Arc<std::sync::Mutex<Vec<HangarClient>>>,
     urls: Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
+    backend: String,
     stop: Arc<AtomicBool>,
 ) -> std::collections::BTreeMap<String, usize> {
-    let backend = hangar_executor::testing::test_backend_binary().display().to_string();
     let mut failures = std::collections::BTreeMap::<String, usize>::new();
     let mut round = worker;
     while !stop.load(Ordering::Relaxed) {
@@ -289,28 +291,39 @@ pub struct Load {
     pub recorder: Arc<Recorder>,
     /// Every backend answered, by id, with its URL: the observer polls each.
     pub urls: Urls,
+    /// The executable every backend of the load runs.
+    backend: String,
     stop: Arc<AtomicBool>,
     workers: Vec<tokio::task::JoinHandle<std::collections::BTreeMap<String, usize>>>,
     observer: tokio::task::JoinHandle<Observed>,
 }
 
 impl Load {
+    /// The load on drones that run the test backend from this machine's target directory.
     pub fn start(clients: Clients) -> Load {
+        Load::start_with(clients, hangar_executor::testing::test_backend_binary().display().to_string())
+    }
+
+    /// The load with backends running the test backend at `backend`, a path on the drones' hosts
+    /// (drones in containers: where it was copied into them).
+    pub fn start_with(clients: Clients, backend: String) -> Load {
         let recorder = Arc::new(Recorder::new());
         let urls: Urls = Default::default();
         let stop = Arc::new(AtomicBool::new(false));
         let observer = tokio::spawn(observe_backends(recorder.clone(), urls.clone(), stop.clone()));
         let workers = (0..2)
-            .map(|w| tokio::spawn(connect_load(w, recorder.clone(), clients.clone(), urls.clone(), stop.clone())))
+            .map(|w| {
+                let (recorder, clients, urls, stop) = (recorder.clone(), clients.clone(), urls.clone(), stop.clone());
+                tokio::spawn(connect_load(w, recorder, clients, urls, backend.clone(), stop))
+            })
             .collect();
-        Load { recorder, urls, stop, workers, observer }
+        Load { recorder, urls, backend, stop, workers, observer }
     }
 
     /// A keyed Connect of the scenario's own (outside the load's workers), recorded in the
     /// history, its backend observed like the load's. The backend id and fencing token.
     pub async fn connect(&self, client: &HangarClient, key: &str) -> Result<(String, u64), hangar_client::ClientError> {
-        let backend = hangar_executor::testing::test_backend_binary().display().to_string();
-        let request = ConnectRequest::key("faults", key, "v1").spawn(SpawnSpec::new(backend));
+        let request = ConnectRequest::key("faults", key, "v1").spawn(SpawnSpec::new(self.backend.clone()));
         let urls = self.urls.clone();
         self.recorder
             .connect(&format!("faults/{key}"), async {
@@ -626,7 +639,11 @@ pub struct SteadyLoad {
 impl SteadyLoad {
     /// Starts the load, then the traffic: client `i` sends to `targets[i % targets.len()]`.
     pub fn start(clients: Clients, targets: &[hangar_client::Connection]) -> SteadyLoad {
-        let load = Load::start(clients);
+        SteadyLoad::with(Load::start(clients), targets)
+    }
+
+    /// The traffic to `targets` next to a load already started.
+    pub fn with(load: Load, targets: &[hangar_client::Connection]) -> SteadyLoad {
         let began = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let traffic = (0..CLIENTS)

@@ -138,8 +138,12 @@ async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_vi
     // A node watcher on the controller that dies, resuming elsewhere: it sees the drones move.
     let watched = Arc::new(std::sync::Mutex::new(vec![a.url.clone(), b.url.clone()]));
     let watcher = tokio::spawn(resuming_watcher("on-a", 1, a.url.clone(), watched.clone(), stop.clone()));
+    let backend = hangar_executor::testing::test_backend_binary().display().to_string();
     let workers: Vec<_> = (0..2)
-        .map(|w| tokio::spawn(connect_load(w, recorder.clone(), clients.clone(), urls.clone(), stop.clone())))
+        .map(|w| {
+            let (recorder, clients, urls) = (recorder.clone(), clients.clone(), urls.clone());
+            tokio::spawn(connect_load(w, recorder, clients, urls, backend.clone(), stop.clone()))
+        })
         .collect();
 
     tokio::time::sleep(Duration::from_secs(2)).await;
