@@ -20,6 +20,7 @@ hangar_server::store_scenarios!(
     fifty_concurrent_connects_through_two_stores_yield_one_backend,
     a_different_tag_is_refused_while_the_key_is_held,
     expired_lease_frees_the_key_and_the_next_holder_gets_a_higher_fencing_token,
+    a_lost_backend_takes_its_drones_key_expired_report_once_and_nothing_else,
     an_expired_key_whose_drone_was_told_to_wait_is_held_for_the_grace_and_no_longer,
     events_move_forward_only_and_termination_frees_key_and_actions,
     placement_counts_live_backends_and_reports_a_full_pool,
@@ -193,6 +194,86 @@ async fn expired_lease_frees_the_key_and_the_next_holder_gets_a_higher_fencing_t
     };
     assert_ne!(second.id, first_holder.id);
     assert_eq!(second.fencing_token, first_holder.fencing_token + 1);
+}
+
+/// A drone cut off from every controller stops its keyed backend at half the lease (KEY_EXPIRED)
+/// while the controllers, hearing nothing, record it LOST once the lease runs out. When the drone
+/// comes back, its report replaces the LOST record's reason and time, as a new revision, through
+/// either write path (one event, or a drone's batch); the key stays with its next holder. Any
+/// other late report of a LOST backend, and a second KEY_EXPIRED, is ignored.
+async fn a_lost_backend_takes_its_drones_key_expired_report_once_and_nothing_else(db: Database) {
+    let store = db.open().await;
+    let short = std::time::Duration::from_secs(30);
+    let later = Utc::now() + Duration::seconds(31);
+    let mut lost = Vec::new();
+    for name in ["cut-1", "cut-2"] {
+        let ConnectOutcome::Spawned(b) =
+            store.connect_backend(spec(Some(key(name, "")), drones(5, &["d1"]), short), &first).await.unwrap()
+        else {
+            panic!("no spawn")
+        };
+        let released = store.release_expired_key(&b.id, true, later, LEASE).await.unwrap().unwrap();
+        assert_eq!(released.status.termination_reason, Some(TerminationReason::Lost));
+        lost.push(released);
+    }
+    let ConnectOutcome::Spawned(next) =
+        store.connect_backend(spec(Some(key("cut-1", "")), drones(5, &["d2"]), LEASE), &first).await.unwrap()
+    else {
+        panic!("the key of a LOST backend is free")
+    };
+    let stopped_at = later - Duration::seconds(16);
+    let report = |reason| {
+        let mut status = BackendStatus::new(BackendState::Terminated, stopped_at);
+        status.termination_kind = Some(TerminationKind::Soft);
+        status.termination_reason = Some(reason);
+        status.message = "no key lease renewal was confirmed for half the lease".into();
+        status
+    };
+    // Reports that do not tell how a LOST backend ended are ignored.
+    for reason in [TerminationReason::Lost, TerminationReason::External, TerminationReason::Swept] {
+        let outcome = store.apply_backend_event("d1", &lost[0].id, report(reason), "", later).await.unwrap();
+        assert_eq!(outcome, EventOutcome::Ignored, "{reason:?} after LOST");
+    }
+    assert_eq!(
+        store.apply_backend_event("d2", &lost[0].id, report(TerminationReason::KeyExpired), "", later).await.unwrap(),
+        EventOutcome::Unknown,
+        "only its own drone tells"
+    );
+    let before = store.current_revision().await.unwrap();
+    let outcome =
+        store.apply_backend_event("d1", &lost[0].id, report(TerminationReason::KeyExpired), "", later).await.unwrap();
+    let EventOutcome::Applied(refined) = outcome else { panic!("KEY_EXPIRED after LOST: {outcome:?}") };
+    assert_eq!(refined.status.state, BackendState::Terminated);
+    assert_eq!(refined.status.termination_reason, Some(TerminationReason::KeyExpired));
+    assert_eq!(refined.status.time, stopped_at, "when the drone stopped it");
+    assert!(store.current_revision().await.unwrap() > before, "a new revision");
+    let history = store.backend_history(&lost[0].id, 0).await.unwrap();
+    let reasons: Vec<_> = history.iter().filter_map(|(_, s)| s.termination_reason).collect();
+    assert_eq!(reasons, vec![TerminationReason::Lost, TerminationReason::KeyExpired]);
+    let again =
+        store.apply_backend_event("d1", &lost[0].id, report(TerminationReason::KeyExpired), "", later).await.unwrap();
+    assert_eq!(again, EventOutcome::Ignored, "once");
+    // The batch path, as a drone's reports after it re-attached.
+    let event = DroneEvent {
+        backend_id: lost[1].id.clone(),
+        status: report(TerminationReason::KeyExpired),
+        address: String::new(),
+        now: later,
+    };
+    let outcomes = store.apply_drone_reports("d1", vec![event], Vec::new()).await.unwrap();
+    assert!(
+        matches!(&outcomes[..], [EventOutcome::Applied(b)] if b.status.termination_reason == Some(TerminationReason::KeyExpired))
+    );
+    // The key stayed with its next holder, whose fencing token is higher.
+    let holder = store.get_backend(&next.id).await.unwrap().unwrap();
+    assert!(holder.status.state.is_live());
+    assert!(holder.fencing_token > lost[0].fencing_token);
+    let ConnectOutcome::Found(found) =
+        store.connect_backend(spec(Some(key("cut-1", "")), drones(5, &["d2"]), LEASE), &first).await.unwrap()
+    else {
+        panic!("the key's holder found")
+    };
+    assert_eq!(found.id, next.id);
 }
 
 /// A store outage: controller A deferred the key's renewal; B, which reaches the store again

@@ -179,6 +179,21 @@ impl BackendStatus {
         }
     }
 
+    /// Whether a drone's report `reported` replaces this recorded status although both are
+    /// TERMINATED: a backend recorded LOST (its drone went away past the key lease, and how the
+    /// backend ended was unknown) whose drone comes back and says it stopped the backend for its
+    /// key lease (KEY_EXPIRED), as a drone cut off from every controller does at half the lease
+    /// (docs/design/backends-and-leases.md#a-lost-backend-whose-drone-comes-back). The state
+    /// stays TERMINATED; what is known of the end, and when it was, changes. No other report
+    /// does: the record's other ends are final, and a drone's later LOST, EXTERNAL or SWEPT
+    /// would describe what happened after the controllers had given up on it.
+    pub fn refined_by(&self, reported: &BackendStatus) -> bool {
+        self.state == BackendState::Terminated
+            && self.termination_reason == Some(TerminationReason::Lost)
+            && reported.state == BackendState::Terminated
+            && reported.termination_reason == Some(TerminationReason::KeyExpired)
+    }
+
     /// A status from the wire (a drone's event). `None` when the state is unspecified or unknown.
     /// The message is bounded here, whatever the sender did.
     pub fn from_proto(s: &v1::BackendStatus, fallback_time: DateTime<Utc>) -> Option<BackendStatus> {

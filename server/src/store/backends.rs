@@ -184,7 +184,8 @@ pub trait BackendStore: Send + Sync {
     async fn backend_state_counts(&self) -> Result<Vec<(BackendState, u64)>, StoreError>;
 
     /// Applies a drone's event with the forward-only transition; on TERMINATED frees the key and
-    /// drops the backend's tokens and pending actions.
+    /// drops the backend's tokens and pending actions. The one change after TERMINATED: a LOST
+    /// record takes the drone's KEY_EXPIRED ([`BackendStatus::refined_by`]), as a new revision.
     async fn apply_backend_event(
         &self,
         drone_id: &str,

@@ -628,7 +628,9 @@ where
         match self.get_backend(backend_id).await? {
             None => return Ok(EventOutcome::Unknown),
             Some(b) if b.drone_id != drone_id => return Ok(EventOutcome::Unknown),
-            Some(b) if b.status.state.transition(status.state).is_err() => return Ok(EventOutcome::Ignored),
+            Some(b) if !b.status.refined_by(&status) && b.status.state.transition(status.state).is_err() => {
+                return Ok(EventOutcome::Ignored);
+            }
             Some(_) => {}
         }
         let event = DroneEvent { backend_id: backend_id.to_string(), status, address: address.to_string(), now };

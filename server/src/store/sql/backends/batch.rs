@@ -357,11 +357,14 @@ where
                 outcomes.push(EventOutcome::Unknown);
                 continue;
             }
-            if backend.status.state.transition(event.status.state).is_err() {
+            // A LOST record told how it really ended is the one change after TERMINATED; it has
+            // nothing left to release.
+            let refined = backend.status.refined_by(&event.status);
+            if !refined && backend.status.state.transition(event.status.state).is_err() {
                 outcomes.push(EventOutcome::Ignored);
                 continue;
             }
-            let terminated = event.status.state == BackendState::Terminated;
+            let terminated = event.status.state == BackendState::Terminated && !refined;
             let previous = backend.status.state;
             let mut status = event.status.clone();
             status.message = status_message(&status.message, backend.spawn_config.secrets());
