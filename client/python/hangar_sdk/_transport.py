@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import grpc
 
@@ -26,6 +26,17 @@ def _target(url: str, tls_options: bool) -> tuple[str, bool]:
     if "://" in url:
         raise ValueError(f"{url}: expected a URL like http://127.0.0.1:7070 or https://ctl.example:7070")
     return url.rstrip("/"), tls_options
+
+
+def split_urls(urls: Union[str, Sequence[str]]) -> list[str]:
+    """The controller URLs of ``urls``: a comma-separated string or a list of URLs (blanks
+    dropped); at least one."""
+    parts = urls.split(",") if isinstance(urls, str) else list(urls)
+    found = [url.strip() for url in parts if url.strip()]
+    if not found:
+        raise ValueError(f"no controller URL in {urls!r}; expected a URL like http://127.0.0.1:7070, "
+                         "or several separated by commas")
+    return found
 
 
 def _read_pem(path: str, what: str, marker: bytes) -> bytes:
@@ -70,11 +81,18 @@ class Settings:
         return f"Settings(target={self.target!r}, secure={self.credentials is not None}, token={token})"
 
     @classmethod
-    def parse(cls, url: str, *, token: Optional[str] = None, token_file: Optional[str] = None,
-              tls_ca: Optional[str] = None, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
-              tls_server_name: Optional[str] = None) -> "Settings":
+    def parse(cls, url: str, **options: Optional[str]) -> "Settings":
+        """The settings of one controller URL; ``options`` as :meth:`parse_all`."""
+        return cls.parse_all([url], **options)[0]
+
+    @classmethod
+    def parse_all(cls, urls: Union[str, Sequence[str]], *, token: Optional[str] = None,
+                  token_file: Optional[str] = None, tls_ca: Optional[str] = None, tls_cert: Optional[str] = None,
+                  tls_key: Optional[str] = None, tls_server_name: Optional[str] = None) -> tuple["Settings", ...]:
+        """The settings of each controller of ``urls`` (a comma-separated string, or a list), in
+        order, with the same token and TLS files (read once)."""
         tls_options = any(option is not None for option in (tls_ca, tls_cert, tls_key, tls_server_name))
-        target, secure = _target(url, tls_options)
+        targets = [_target(url, tls_options) for url in split_urls(urls)]
         if (tls_cert is None) != (tls_key is None):
             given, missing = ("tls_cert", "tls_key") if tls_key is None else ("tls_key", "tls_cert")
             raise ValueError(f"{given} is set without {missing}; give both the client certificate and its key, "
@@ -82,7 +100,7 @@ class Settings:
         token = _read_token(token, token_file)
         credentials: Optional[grpc.ChannelCredentials] = None
         options: tuple[tuple[str, Any], ...] = ()
-        if secure:
+        if any(secure for _, secure in targets):
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read_pem(tls_ca, "CA certificate", b"CERTIFICATE") if tls_ca else None,
                 private_key=_read_pem(tls_key, "client key", b"PRIVATE KEY") if tls_key else None,
@@ -90,7 +108,8 @@ class Settings:
             )
             if tls_server_name:
                 options = (("grpc.ssl_target_name_override", tls_server_name),)
-        return cls(target, credentials, options, token)
+        return tuple(cls(target, credentials, options, token) if secure else cls(target, None, (), token)
+                     for target, secure in targets)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The metadata every call carries: the bearer token, if any."""

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncGenerator, Callable, Mapping, Optional, Sequence, TypeVar
+import dataclasses
+from dataclasses import dataclass
+from typing import AsyncGenerator, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 import grpc
 import grpc.aio
@@ -21,6 +23,7 @@ from google.protobuf import duration_pb2
 from hangar.v1 import backend_pb2, backend_pb2_grpc, node_pb2, node_pb2_grpc
 
 from . import names
+from ._failover import Controllers, rotates
 from ._follow import BackendFollower
 from ._transport import Settings, env_options
 from .cache import NodeStore
@@ -34,25 +37,55 @@ __all__ = ["Client", "NodeCache"]
 T = TypeVar("T")
 
 
-class Client:
-    """A ``grpc.aio`` connection to one controller; see :class:`hangar_sdk.Client` for the
-    arguments and what each method does. Make it inside a running event loop."""
+@dataclass
+class _Controller:
+    """One controller of a client: its channel and the stubs on it."""
 
-    def __init__(self, url: str, timeout: float = 10.0, *, token: Optional[str] = None,
+    channel: grpc.aio.Channel
+    nodes: node_pb2_grpc.NodeServiceStub
+    backends: backend_pb2_grpc.BackendServiceStub
+
+
+class Client:
+    """A ``grpc.aio`` connection to a controller, or to several controllers of one cluster that
+    it fails over between exactly as :class:`hangar_sdk.Client` does; see it for the arguments
+    and what each method does. Make it inside a running event loop."""
+
+    def __init__(self, url: Union[str, Sequence[str]], timeout: float = 10.0, *, token: Optional[str] = None,
                  token_file: Optional[str] = None, tls_ca: Optional[str] = None,
                  tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
                  tls_server_name: Optional[str] = None):
-        settings = Settings.parse(url, token=token, token_file=token_file, tls_ca=tls_ca, tls_cert=tls_cert,
-                                  tls_key=tls_key, tls_server_name=tls_server_name)
-        #: The channel the stubs use, for calls this class does not wrap (pass ``metadata`` for
-        #: the token yourself there).
-        self.channel: grpc.aio.Channel = settings.aio_channel()
+        all_settings = Settings.parse_all(url, token=token, token_file=token_file, tls_ca=tls_ca,
+                                          tls_cert=tls_cert, tls_key=tls_key, tls_server_name=tls_server_name)
+        controllers = []
+        for settings in all_settings:
+            channel = settings.aio_channel()
+            controllers.append(_Controller(channel, node_pb2_grpc.NodeServiceStub(channel),
+                                           backend_pb2_grpc.BackendServiceStub(channel)))
+        self._controllers: Controllers[_Controller] = Controllers([s.target for s in all_settings], controllers)
         # grpc.aio interceptors cannot add metadata to streams portably across grpcio versions,
         # so each call carries the token explicitly.
-        self._metadata = settings.metadata()
-        self._nodes = node_pb2_grpc.NodeServiceStub(self.channel)
-        self._backends = backend_pb2_grpc.BackendServiceStub(self.channel)
+        self._metadata = all_settings[0].metadata()
         self._timeout = timeout
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel to the controller the next call goes to first, for calls this class does
+        not wrap (pass ``metadata`` for the token yourself there); those do not fail over."""
+        return self._preferred().channel
+
+    @property
+    def address(self) -> str:
+        """As :attr:`hangar_sdk.Client.address`."""
+        return self._controllers.urls[self._controllers.preferred()]
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """As :attr:`hangar_sdk.Client.addresses`."""
+        return self._controllers.urls
+
+    def _preferred(self) -> _Controller:
+        return self._controllers.items[self._controllers.preferred()]
 
     @classmethod
     def from_env(cls, url: Optional[str] = None, timeout: float = 10.0) -> "Client":
@@ -61,7 +94,8 @@ class Client:
         return cls(options.pop("url"), timeout, **options)
 
     async def close(self) -> None:
-        await self.channel.close()
+        for controller in self._controllers.items:
+            await controller.channel.close()
 
     async def __aenter__(self) -> "Client":
         return self
@@ -69,11 +103,21 @@ class Client:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def _call(self, method, request):
-        try:
-            return await method(request, timeout=self._timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as error:
-            raise HangarError.from_aio_error(error) from None
+    async def _call(self, method: Callable[[_Controller], Callable], request, idempotent: bool = True):
+        """As :meth:`hangar_sdk.Client._call`: with failover when ``idempotent``."""
+        order = self._controllers.order()
+        for tried, index in enumerate(order):
+            try:
+                response = await method(self._controllers.items[index])(request, timeout=self._timeout,
+                                                                        metadata=self._metadata)
+            except grpc.aio.AioRpcError as rpc_error:
+                error = HangarError.from_aio_error(rpc_error)
+                if self._controllers.failed(index, error) and idempotent and tried < len(order) - 1:
+                    continue
+                raise error from None
+            self._controllers.answered(index)
+            return response
+        raise AssertionError("the last controller's failure is raised")
 
     # Nodes.
 
@@ -81,7 +125,7 @@ class Client:
 
     async def list_nodes_page(self, filter: Optional[node_pb2.NodeFilter] = None, page_size: int = 0,
                               page_token: str = "") -> node_pb2.ListNodesResponse:
-        return await self._call(self._nodes.ListNodes,
+        return await self._call(lambda c: c.nodes.ListNodes,
                                 node_pb2.ListNodesRequest(filter=filter, page_size=page_size, page_token=page_token))
 
     async def list_nodes_at(self, page_size: int = 500, **filter_args) -> tuple[list[node_pb2.Node], int]:
@@ -102,28 +146,30 @@ class Client:
         return (await self.list_nodes_at(page_size, **filter_args))[0]
 
     async def get_node(self, node_id: str) -> node_pb2.Node:
-        return (await self._call(self._nodes.GetNode, node_pb2.GetNodeRequest(id=node_id))).node
+        return (await self._call(lambda c: c.nodes.GetNode, node_pb2.GetNodeRequest(id=node_id))).node
 
     async def drain_node(self, node_id: str, deadline_seconds: Optional[float] = None) -> node_pb2.Node:
         deadline = None
         if deadline_seconds is not None:
             deadline = duration_pb2.Duration()
             deadline.FromNanoseconds(int(deadline_seconds * 1e9))
-        return (await self._call(self._nodes.DrainNode, node_pb2.DrainNodeRequest(id=node_id, deadline=deadline))).node
+        request = node_pb2.DrainNodeRequest(id=node_id, deadline=deadline)
+        return (await self._call(lambda c: c.nodes.DrainNode, request, idempotent=False)).node
 
     async def undrain_node(self, node_id: str) -> node_pb2.Node:
-        return (await self._call(self._nodes.UndrainNode, node_pb2.UndrainNodeRequest(id=node_id))).node
+        return (await self._call(lambda c: c.nodes.UndrainNode, node_pb2.UndrainNodeRequest(id=node_id))).node
 
     def watch_nodes(self, *, start_revision: Optional[int] = None, bookmark_interval: Optional[float] = None,
                     retry: RetryPolicy = RetryPolicy(), **filter_args) -> AsyncGenerator[NodeWatchEvent, None]:
         """As :meth:`hangar_sdk.Client.watch_nodes`, an async iterator."""
         return self._watch(NodeWatchCursor(names.node_filter(**filter_args), start_revision, bookmark_interval, retry),
-                           self._nodes.WatchNodes)
+                           lambda c: c.nodes.WatchNodes)
 
-    async def _watch(self, cursor: WatchCursor, open_stream: Callable) -> AsyncGenerator:
+    async def _watch(self, cursor: WatchCursor, open_stream: Callable[[_Controller], Callable]) -> AsyncGenerator:
         """As :meth:`hangar_sdk.Client._watch`: the one loop of both watch kinds."""
+        current = self._controllers.preferred()
         while True:
-            call = open_stream(cursor.request(), metadata=self._metadata)
+            call = open_stream(self._controllers.items[current])(cursor.request(), metadata=self._metadata)
             try:
                 async for message in call:
                     for event in cursor.decode(message):
@@ -134,7 +180,9 @@ class Client:
             finally:
                 call.cancel()
             reconnect = cursor.ended(ended)
-            yield reconnect
+            if rotates(ended):
+                current = self._controllers.next(current)
+            yield dataclasses.replace(reconnect, controller=self._controllers.urls[current])
             await asyncio.sleep(reconnect.delay)
 
     def watch_nodes_stream(self, send_initial: bool = True, start_revision: int = 0,
@@ -142,7 +190,7 @@ class Client:
         """As :meth:`hangar_sdk.Client.watch_nodes_stream`: one stream, no resume."""
         request = node_pb2.WatchNodesRequest(filter=names.node_filter(**filter_args),
                                              start_revision=start_revision, send_initial=send_initial)
-        return self._one_stream(self._nodes.WatchNodes, request)
+        return self._one_stream(self._preferred().nodes.WatchNodes, request)
 
     async def _one_stream(self, open_stream: Callable, request) -> AsyncGenerator:
         call = open_stream(request, metadata=self._metadata)
@@ -162,7 +210,8 @@ class Client:
                       args: Sequence[str] = (), port: int = 0, **spawn) -> Backend:
         """As :meth:`hangar_sdk.Client.connect`."""
         request = connect_request(key, image, env, command=command, args=args, port=port, **spawn)
-        backend = Backend.from_connect(await self._call(self._backends.Connect, request))
+        backend = Backend.from_connect(await self._call(lambda c: c.backends.Connect, request,
+                                                        idempotent=request.HasField("key")))
         if not wait or backend.state is BackendState.READY:
             return backend
         async for status in self.watch_backend(backend.id, timeout=wait_timeout):
@@ -173,12 +222,12 @@ class Client:
         raise BackendTerminated(backend)
 
     async def get_backend(self, backend_id: str) -> Backend:
-        response = await self._call(self._backends.GetBackend, backend_pb2.GetBackendRequest(id=backend_id))
+        response = await self._call(lambda c: c.backends.GetBackend, backend_pb2.GetBackendRequest(id=backend_id))
         return Backend.from_proto(response.backend)
 
     async def list_backends_page(self, filter: Optional[backend_pb2.BackendFilter] = None, page_size: int = 0,
                                  page_token: str = "") -> backend_pb2.ListBackendsResponse:
-        return await self._call(self._backends.ListBackends, backend_pb2.ListBackendsRequest(
+        return await self._call(lambda c: c.backends.ListBackends, backend_pb2.ListBackendsRequest(
             filter=filter, page_size=page_size, page_token=page_token))
 
     async def list_backends_at(self, page_size: int = 500, **filter_args) -> tuple[list[Backend], int]:
@@ -203,22 +252,23 @@ class Client:
                        retry: RetryPolicy = RetryPolicy(), **filter_args) -> AsyncGenerator[BackendWatchEvent, None]:
         """As :meth:`hangar_sdk.Client.watch_backends`, an async iterator."""
         return self._watch(BackendWatchCursor(names.backend_filter(**filter_args), start_revision, bookmark_interval,
-                                              retry), self._backends.WatchBackends)
+                                              retry), lambda c: c.backends.WatchBackends)
 
     def watch_backends_stream(self, send_initial: bool = True, start_revision: int = 0,
                               **filter_args) -> AsyncGenerator[backend_pb2.BackendEvent, None]:
         """As :meth:`hangar_sdk.Client.watch_backends_stream`: one stream, no resume."""
         request = backend_pb2.WatchBackendsRequest(filter=names.backend_filter(**filter_args),
                                                    start_revision=start_revision, send_initial=send_initial)
-        return self._one_stream(self._backends.WatchBackends, request)
+        return self._one_stream(self._preferred().backends.WatchBackends, request)
 
     async def watch_backend(self, backend_id: str,
                             timeout: Optional[float] = None) -> AsyncGenerator[BackendStatus, None]:
         """As :meth:`hangar_sdk.Client.watch_backend`, an async iterator."""
         follower = BackendFollower(backend_id, timeout)
+        current = self._controllers.preferred()
         while not follower.done:
-            call = self._backends.WatchBackend(follower.request, timeout=follower.remaining(),
-                                               metadata=self._metadata)
+            call = self._controllers.items[current].backends.WatchBackend(
+                follower.request, timeout=follower.remaining(), metadata=self._metadata)
             try:
                 async for message in call:
                     status = follower.accept(message)
@@ -231,12 +281,15 @@ class Client:
                 ended = HangarError.from_aio_error(error)
             finally:
                 call.cancel()
-            await asyncio.sleep(follower.ended(ended))
+            delay = follower.ended(ended)
+            if rotates(ended):
+                current = self._controllers.next(current)
+            await asyncio.sleep(delay)
 
     async def terminate(self, backend_id: str, hard: bool = False, *, wait: bool = False,
                         wait_timeout: Optional[float] = 60.0) -> Backend:
         """As :meth:`hangar_sdk.Client.terminate`."""
-        response = await self._call(self._backends.TerminateBackend,
+        response = await self._call(lambda c: c.backends.TerminateBackend,
                                     backend_pb2.TerminateBackendRequest(id=backend_id, hard=hard))
         backend = Backend.from_proto(response.backend)
         if wait and not backend.state.is_terminal:

@@ -9,6 +9,7 @@ OUT_OF_RANGE, and readers that never see a half-applied snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from types import MappingProxyType
@@ -19,6 +20,7 @@ import grpc
 from hangar.v1 import node_pb2
 
 from . import names
+from ._failover import rotates
 from .errors import HangarError
 from .watch import NodeWatchCursor, NodeWatchEvent, NodeWatchEventType, RetryPolicy, stream_ended
 
@@ -115,8 +117,8 @@ class NodeCache(NodeStore):
     ``revision``. ``wait_for(predicate)`` blocks until the predicate, given the nodes, returns
     something truthy, and returns that.
 
-    The thread never gives up on a controller that is away: it reconnects with backoff and
-    counts ``reconnects``; ``relists`` counts completed snapshots (1 after the first). An error
+    The thread never gives up on a controller that is away: it reconnects with backoff (to the
+    client's next controller when it has several) and counts ``reconnects``; ``relists`` counts completed snapshots (1 after the first). An error
     a retry cannot fix (INVALID_ARGUMENT, PERMISSION_DENIED, …) stops it and is raised by
     ``wait_for`` and ``wait_ready``; it is also in ``error``. Filters as ``list_nodes`` takes
     them; ``start=False`` leaves starting to ``start()`` or ``with``.
@@ -125,7 +127,7 @@ class NodeCache(NodeStore):
     def __init__(self, client, *, bookmark_interval: Optional[float] = None, retry: RetryPolicy = RetryPolicy(),
                  start: bool = True, **filter_args):
         super().__init__()
-        self._stub = client._nodes
+        self._controllers = client._controllers
         self._cursor = NodeWatchCursor(names.node_filter(**filter_args), None, bookmark_interval, retry)
         self._stopping = threading.Event()
         self._stream = None
@@ -160,8 +162,10 @@ class NodeCache(NodeStore):
 
     def _run(self) -> None:
         try:
+            controllers = self._controllers
+            current = controllers.preferred()
             while not self._stopping.is_set():
-                stream = self._stream = self._stub.WatchNodes(self._cursor.request())
+                stream = self._stream = controllers.items[current].nodes.WatchNodes(self._cursor.request())
                 try:
                     for message in stream:
                         for event in self._cursor.decode(message):
@@ -174,7 +178,9 @@ class NodeCache(NodeStore):
                 if self._stopping.is_set():
                     return
                 reconnect = self._cursor.ended(ended)
-                self.apply(reconnect)
+                if rotates(ended):
+                    current = controllers.next(current)
+                self.apply(dataclasses.replace(reconnect, controller=controllers.urls[current]))
                 self._stopping.wait(reconnect.delay)
         except BaseException as error:  # noqa: BLE001 - handed to every waiter, not lost
             with self._changed:

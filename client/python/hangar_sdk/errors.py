@@ -28,6 +28,10 @@ class HangarError(Exception):
     #: Seconds to wait before trying again, when the server said (``google.rpc.RetryInfo``, e.g.
     #: with reason ``RATE_LIMITED``).
     retry_after: Optional[float] = None
+    #: Whether the status carried a ``google.rpc.ErrorInfo``: every answer of a controller does,
+    #: so a failure without one came from the transport (a broken connection, the client's own
+    #: deadline), not from a controller.
+    has_error_info: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         reason = f" ({self.reason})" if self.reason else ""
@@ -50,6 +54,7 @@ class HangarError(Exception):
     @classmethod
     def _from_parts(cls, code: grpc.StatusCode, message: str, status: Any) -> "HangarError":
         reason, metadata, violations, retry_after = "", {}, [], None
+        has_error_info = False
         if status is not None:
             for detail in status.details:
                 info = error_details_pb2.ErrorInfo()
@@ -57,6 +62,7 @@ class HangarError(Exception):
                 retry = error_details_pb2.RetryInfo()
                 if detail.Unpack(info):
                     reason, metadata = info.reason, dict(info.metadata)
+                    has_error_info = True
                 elif detail.Unpack(bad):
                     violations = [(v.field, v.description) for v in bad.field_violations]
                 elif detail.Unpack(retry):
@@ -66,7 +72,7 @@ class HangarError(Exception):
                 retry_after = int(metadata["retry_after_ms"]) / 1000
             except ValueError:
                 pass
-        return cls(code, message, reason, metadata, tuple(violations), retry_after)
+        return cls(code, message, reason, metadata, tuple(violations), retry_after, has_error_info)
 
 
 class BackendTerminated(Exception):

@@ -71,6 +71,9 @@ class NodeWatchEvent:
     delay: float = 0.0
     #: RECONNECTING: what ended the previous stream.
     cause: str = ""
+    #: RECONNECTING: the controller (``host:port``) the next stream goes to; a stream that went
+    #: away with its controller resumes on the client's next one.
+    controller: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ class BackendWatchEvent:
     delay: float = 0.0
     #: RECONNECTING: what ended the previous stream.
     cause: str = ""
+    #: RECONNECTING: the controller (``host:port``) the next stream goes to; a stream that went
+    #: away with its controller resumes on the client's next one.
+    controller: str = ""
 
 
 @dataclass(frozen=True)
