@@ -159,16 +159,12 @@ func (c *Client) Connect(ctx context.Context, key string, options ConnectOptions
 	}
 	request.SpawnConfig = spawn
 	var response *hangarv1.ConnectResponse
-	if key != "" {
-		// A keyed Connect is idempotent (get-or-create); a keyless one starts a backend each time.
-		err = c.retry(ctx, func() (err error) {
-			response, err = c.backends.Connect(ctx, request)
-			return err
-		})
-	} else {
-		response, err = c.backends.Connect(ctx, request)
-		err = asError(err)
-	}
+	// A keyed Connect is idempotent (get-or-create): it fails over and is retried. A keyless
+	// one starts a backend each time, so it is made once, to one controller.
+	err = c.call(ctx, key != "", func(ctx context.Context, t *controller) (err error) {
+		response, err = t.backends.Connect(ctx, request)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -217,8 +213,8 @@ func (c *Client) WaitReady(ctx context.Context, id string) (*hangarv1.BackendSta
 // GetBackend returns one backend; NOT_FOUND (BACKEND_NOT_FOUND) when no backend has that id.
 func (c *Client) GetBackend(ctx context.Context, id string) (*hangarv1.Backend, error) {
 	var response *hangarv1.GetBackendResponse
-	err := c.retry(ctx, func() (err error) {
-		response, err = c.backends.GetBackend(ctx, &hangarv1.GetBackendRequest{Id: id})
+	err := c.call(ctx, true, func(ctx context.Context, t *controller) (err error) {
+		response, err = t.backends.GetBackend(ctx, &hangarv1.GetBackendRequest{Id: id})
 		return err
 	})
 	if err != nil {
@@ -236,8 +232,8 @@ func (c *Client) ListBackends(ctx context.Context, filter *hangarv1.BackendFilte
 	pageToken := ""
 	for {
 		var page *hangarv1.ListBackendsResponse
-		err := c.retry(ctx, func() (err error) {
-			page, err = c.backends.ListBackends(ctx, &hangarv1.ListBackendsRequest{Filter: filter, PageSize: c.PageSize, PageToken: pageToken})
+		err := c.call(ctx, true, func(ctx context.Context, t *controller) (err error) {
+			page, err = t.backends.ListBackends(ctx, &hangarv1.ListBackendsRequest{Filter: filter, PageSize: c.PageSize, PageToken: pageToken})
 			return err
 		})
 		if err != nil {
@@ -253,20 +249,28 @@ func (c *Client) ListBackends(ctx context.Context, filter *hangarv1.BackendFilte
 }
 
 // Terminate asks a backend to stop: SIGTERM and a grace period, or with hard, a kill at once.
-// It returns at once; WatchBackend follows it to TERMINATED. It is not retried.
+// It returns at once; WatchBackend follows it to TERMINATED. Terminating a backend twice
+// changes nothing more, so it is idempotent: it fails over and is retried, as the Rust SDK's
+// terminate_backend.
 func (c *Client) Terminate(ctx context.Context, id string, hard bool) (*hangarv1.Backend, error) {
-	response, err := c.backends.TerminateBackend(ctx, &hangarv1.TerminateBackendRequest{Id: id, Hard: hard})
+	var response *hangarv1.TerminateBackendResponse
+	err := c.call(ctx, true, func(ctx context.Context, t *controller) (err error) {
+		response, err = t.backends.TerminateBackend(ctx, &hangarv1.TerminateBackendRequest{Id: id, Hard: hard})
+		return err
+	})
 	if err != nil {
-		return nil, asError(err)
+		return nil, err
 	}
 	return response.GetBackend(), nil
 }
 
 // BackendWatch follows one backend's states: first its history, then live changes, each state
-// once and in order, until TERMINATED. A broken stream is reopened; the history it replays is
-// skipped up to the last state delivered (states only move forward).
+// once and in order, until TERMINATED. A broken stream is reopened, on the client's next
+// controller if it has several; the history it replays is skipped up to the last state
+// delivered (states only move forward).
 type BackendWatch struct {
-	client   *Client
+	targets  []*controller // the client's controllers in its order of preference at the start
+	current  int           // the one streams are opened on
 	ctx      context.Context
 	cancel   context.CancelFunc
 	id       string
@@ -278,7 +282,7 @@ type BackendWatch struct {
 // WatchBackend starts following a backend. Read with Next; Close (or cancel ctx) to stop.
 func (c *Client) WatchBackend(ctx context.Context, id string) *BackendWatch {
 	ctx, cancel := context.WithCancel(ctx)
-	return &BackendWatch{client: c, ctx: ctx, cancel: cancel, id: id}
+	return &BackendWatch{targets: c.order(), ctx: ctx, cancel: cancel, id: id}
 }
 
 // Close stops the watch.
@@ -295,7 +299,7 @@ func (w *BackendWatch) Next() (*hangarv1.BackendStatus, error) {
 		}
 		var err error
 		if w.stream == nil {
-			w.stream, err = w.client.backends.WatchBackend(w.ctx, &hangarv1.WatchBackendRequest{Id: w.id})
+			w.stream, err = w.targets[w.current].backends.WatchBackend(w.ctx, &hangarv1.WatchBackendRequest{Id: w.id})
 		}
 		var response *hangarv1.WatchBackendResponse
 		if err == nil {
@@ -320,6 +324,7 @@ func (w *BackendWatch) Next() (*hangarv1.BackendStatus, error) {
 		if !errors.Is(err, io.EOF) && Code(hangarErr) != codes.Unavailable {
 			return nil, hangarErr
 		}
+		w.current = (w.current + 1) % len(w.targets) // that controller went away: try the next
 		delay := 100 * time.Millisecond << uint(minInt(w.failures, 6))
 		w.failures++
 		timer := time.NewTimer(delay)

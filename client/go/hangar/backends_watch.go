@@ -43,8 +43,8 @@ type BackendsWatch struct {
 
 // WatchBackends starts watching backends. Read events with Next; Close (or cancel ctx) to stop.
 func (c *Client) WatchBackends(ctx context.Context, options BackendsWatchOptions) *BackendsWatch {
-	open := func(ctx context.Context, from watchFrom) (func() (*hangarv1.BackendEvent, error), error) {
-		stream, err := c.backends.WatchBackends(ctx, &hangarv1.WatchBackendsRequest{Filter: options.Filter,
+	open := func(ctx context.Context, t *controller, from watchFrom) (func() (*hangarv1.BackendEvent, error), error) {
+		stream, err := t.backends.WatchBackends(ctx, &hangarv1.WatchBackendsRequest{Filter: options.Filter,
 			StartRevision: from.revision, SendInitial: from.initial, BookmarkInterval: from.bookmark})
 		if err != nil {
 			return nil, err
@@ -63,11 +63,14 @@ func (c *Client) WatchBackends(ctx context.Context, options BackendsWatchOptions
 		}
 		return phaseOther
 	}
-	return &BackendsWatch{loop: newWatchLoop(ctx, options.StartRevision, options.BookmarkInterval, options.OnReconnect, open, phase)}
+	return &BackendsWatch{loop: newWatchLoop(ctx, c.order(), options.StartRevision, options.BookmarkInterval, options.OnReconnect, open, phase)}
 }
 
 // Revision is the revision the watch has reached: a stream opened now resumes after it.
 func (w *BackendsWatch) Revision() uint64 { return w.loop.revision }
+
+// Controller is the URL of the controller the watch's stream is (or will next be) open on.
+func (w *BackendsWatch) Controller() string { return w.loop.targets[w.loop.current].url }
 
 // Close stops the watch; Next returns context.Canceled afterwards.
 func (w *BackendsWatch) Close() { w.loop.cancel() }

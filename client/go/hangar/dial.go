@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	hangarv1 "github.com/hangar-dev/hangar/client/go/gen/hangar/v1"
 	"google.golang.org/grpc"
@@ -70,74 +71,150 @@ func ControllerFromEnv() string {
 	return DefaultController
 }
 
-// Client is a connection to one controller. It is safe for concurrent use; Close it when done.
+// Client is a connection to a controller, or to several controllers of one cluster that it
+// fails over between. It is safe for concurrent use; Close it when done.
+//
+// Given several controllers, each call goes first to the first one in the order given that
+// has not failed lately. A controller that does not answer a call (UNAVAILABLE: connection
+// refused or reset, a controller shutting down; or a connection that broke or hung, past
+// CallTimeout, without an answer) is tried only after the others for a cooldown: 0.5 s,
+// doubling while it keeps failing, up to 15 s; any answer, even an error, ends it. An idempotent
+// call (the List and Get helpers, a keyed Connect, Terminate, UndrainNode) that a controller
+// does not answer goes to the next one at once, and Retry's backoff applies only once every
+// controller has failed it. A call with effects (a keyless Connect, DrainNode) is never
+// repeated: its failure reaches the caller, and the next call goes to another controller.
+// Watches resume on the next controller. As the Rust SDK's HangarClient.
 type Client struct {
-	conn     *grpc.ClientConn
-	nodes    hangarv1.NodeServiceClient
-	backends hangarv1.BackendServiceClient
+	targets []*controller // in the order given; never empty
 	// PageSize is the page size the List helpers ask for: 0 lets the controller choose (100),
 	// at most 1000. The helpers always return every page.
 	PageSize int32
 	// Retry says how idempotent calls are repeated after UNAVAILABLE or RATE_LIMITED; the zero
 	// value is 4 attempts, 100 ms doubling to 2 s.
 	Retry RetryPolicy
+	// CallTimeout is the deadline of each unary call to one controller (watches have none): a
+	// controller that has not answered by then counts as not answering, and an idempotent call
+	// goes on to the next one. 0: DefaultCallTimeout (30 s); below 0: none, only ctx's.
+	CallTimeout time.Duration
 }
 
 // Dial connects to the controller at target, an http:// or https:// URL such as
-// "http://127.0.0.1:7070". Like grpc.DialContext it does not wait for the connection: the first
-// call makes it. Files named in opts are read now, and errors name the file.
+// "http://127.0.0.1:7070", or to several controllers of one cluster given as comma-separated
+// URLs ("http://ctl-a:7070,http://ctl-b:7070"), which the Client fails over between. Each
+// controller has its own connection with the same token and TLS options. Like grpc.DialContext
+// it does not wait for the connections: the first call makes them, so a controller that is
+// down does not fail Dial. Files named in opts are read now, and errors name the file.
 func Dial(ctx context.Context, target string, opts Options) (*Client, error) {
-	address, secure, err := parseTarget(target)
-	if err != nil {
-		return nil, err
+	var urls []string
+	for _, url := range strings.Split(target, ",") {
+		if url = strings.TrimSpace(url); url != "" {
+			urls = append(urls, url)
+		}
 	}
-	dialOptions := []grpc.DialOption{
+	if len(urls) == 0 {
+		urls = []string{target} // refused below, naming what was given
+	}
+	type parsed struct {
+		url, address string
+		secure       bool
+	}
+	var addresses []parsed
+	anySecure := false
+	for _, url := range urls {
+		address, secure, err := parseTarget(url)
+		if err != nil {
+			return nil, err
+		}
+		if !secure && (opts.TLSCA != "" || opts.TLSCert != "" || opts.TLSKey != "" || opts.TLSServerName != "") {
+			return nil, fmt.Errorf("%s is a plain http:// URL: TLS options need an https:// URL", url)
+		}
+		anySecure = anySecure || secure
+		addresses = append(addresses, parsed{url, address, secure})
+	}
+	common := []grpc.DialOption{
 		// The default codec of older grpc-go releases (Debian's 1.33) marshals through
 		// github.com/golang/protobuf 1.3, which predates the generated code's API; this codec
 		// uses google.golang.org/protobuf directly with every grpc-go version.
 		grpc.WithDefaultCallOptions(grpc.ForceCodec(protoCodec{})),
 	}
-	if secure {
+	var secureOption grpc.DialOption
+	if anySecure {
 		config, err := tlsConfig(opts)
 		if err != nil {
 			return nil, err
 		}
-		dialOptions = append(dialOptions, grpc.WithTransportCredentials(credentials.NewTLS(config)))
-	} else {
-		if opts.TLSCA != "" || opts.TLSCert != "" || opts.TLSKey != "" || opts.TLSServerName != "" {
-			return nil, fmt.Errorf("%s is a plain http:// URL: TLS options need an https:// URL", target)
-		}
-		// grpc.WithInsecure rather than insecure.NewCredentials: the latter appeared after
-		// grpc-go 1.33, the oldest release this module supports.
-		dialOptions = append(dialOptions, grpc.WithInsecure()) //nolint:staticcheck
+		secureOption = grpc.WithTransportCredentials(credentials.NewTLS(config))
 	}
 	token, err := readToken(opts)
 	if err != nil {
 		return nil, err
 	}
 	if token != "" {
-		dialOptions = append(dialOptions, grpc.WithPerRPCCredentials(bearerToken(token)))
+		common = append(common, grpc.WithPerRPCCredentials(bearerToken(token)))
 	}
-	dialOptions = append(dialOptions, opts.DialOptions...)
-	conn, err := grpc.DialContext(ctx, address, dialOptions...)
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", target, err)
+	client := &Client{}
+	var firstErr error
+	for _, a := range addresses {
+		dialOptions := append([]grpc.DialOption{}, common...)
+		if a.secure {
+			dialOptions = append(dialOptions, secureOption)
+		} else {
+			// grpc.WithInsecure rather than insecure.NewCredentials: the latter appeared after
+			// grpc-go 1.33, the oldest release this module supports.
+			dialOptions = append(dialOptions, grpc.WithInsecure()) //nolint:staticcheck
+		}
+		dialOptions = append(dialOptions, opts.DialOptions...)
+		conn, err := grpc.DialContext(ctx, a.address, dialOptions...)
+		if err != nil {
+			// Only with grpc.WithBlock in opts.DialOptions: a controller that does not connect
+			// then is left out, unless none connects.
+			if firstErr == nil {
+				firstErr = fmt.Errorf("dial %s: %w", a.url, err)
+			}
+			continue
+		}
+		client.targets = append(client.targets, &controller{url: a.url, conn: conn,
+			nodes: hangarv1.NewNodeServiceClient(conn), backends: hangarv1.NewBackendServiceClient(conn)})
 	}
-	return &Client{conn: conn, nodes: hangarv1.NewNodeServiceClient(conn), backends: hangarv1.NewBackendServiceClient(conn)}, nil
+	if len(client.targets) == 0 {
+		return nil, firstErr
+	}
+	return client, nil
 }
 
-// Close closes the connection; calls and watches still running fail.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close closes every connection; calls and watches still running fail.
+func (c *Client) Close() error {
+	var first error
+	for _, t := range c.targets {
+		if err := t.conn.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
 
-// Conn is the underlying connection, for other services on the same controller (health,
-// reflection). It carries the token too.
-func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+// Address is the URL of the controller the next call goes to first: the first of the
+// client's controllers, in the order given, that has not failed lately.
+func (c *Client) Address() string { return c.preferred().url }
 
-// Nodes is the generated NodeService client on this connection.
-func (c *Client) Nodes() hangarv1.NodeServiceClient { return c.nodes }
+// Addresses are the URLs of the client's controllers, in the order given.
+func (c *Client) Addresses() []string {
+	urls := make([]string, len(c.targets))
+	for i, t := range c.targets {
+		urls[i] = t.url
+	}
+	return urls
+}
 
-// Backends is the generated BackendService client on this connection.
-func (c *Client) Backends() hangarv1.BackendServiceClient { return c.backends }
+// Conn is the connection to the controller of Address, for other services (health,
+// reflection). It carries the token too. Calls made on it do not fail over.
+func (c *Client) Conn() *grpc.ClientConn { return c.preferred().conn }
+
+// Nodes is the generated NodeService client on Conn; its calls do not fail over.
+func (c *Client) Nodes() hangarv1.NodeServiceClient { return c.preferred().nodes }
+
+// Backends is the generated BackendService client on Conn; its calls do not fail over.
+func (c *Client) Backends() hangarv1.BackendServiceClient { return c.preferred().backends }
 
 func parseTarget(target string) (address string, secure bool, err error) {
 	parsed, err := url.Parse(target)

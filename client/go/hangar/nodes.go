@@ -17,8 +17,8 @@ func (c *Client) ListNodes(ctx context.Context, filter *hangarv1.NodeFilter) ([]
 	pageToken := ""
 	for {
 		var page *hangarv1.ListNodesResponse
-		err := c.retry(ctx, func() (err error) {
-			page, err = c.nodes.ListNodes(ctx, &hangarv1.ListNodesRequest{Filter: filter, PageSize: c.PageSize, PageToken: pageToken})
+		err := c.call(ctx, true, func(ctx context.Context, t *controller) (err error) {
+			page, err = t.nodes.ListNodes(ctx, &hangarv1.ListNodesRequest{Filter: filter, PageSize: c.PageSize, PageToken: pageToken})
 			return err
 		})
 		if err != nil {
@@ -36,8 +36,8 @@ func (c *Client) ListNodes(ctx context.Context, filter *hangarv1.NodeFilter) ([]
 // GetNode returns one node; NOT_FOUND with reason NODE_NOT_FOUND when no node has that id.
 func (c *Client) GetNode(ctx context.Context, id string) (*hangarv1.Node, error) {
 	var response *hangarv1.GetNodeResponse
-	err := c.retry(ctx, func() (err error) {
-		response, err = c.nodes.GetNode(ctx, &hangarv1.GetNodeRequest{Id: id})
+	err := c.call(ctx, true, func(ctx context.Context, t *controller) (err error) {
+		response, err = t.nodes.GetNode(ctx, &hangarv1.GetNodeRequest{Id: id})
 		return err
 	})
 	if err != nil {
@@ -47,15 +47,21 @@ func (c *Client) GetNode(ctx context.Context, id string) (*hangarv1.Node, error)
 }
 
 // DrainNode marks a drone as draining: no new backend is placed on it. With a deadline above
-// 0, backends still running on it then are soft-terminated. It is not retried.
+// 0, backends still running on it then are soft-terminated. It is not retried, nor sent to
+// another controller: UNAVAILABLE leaves it open whether the drain happened (draining again is
+// harmless, so a caller may repeat it).
 func (c *Client) DrainNode(ctx context.Context, id string, deadline time.Duration) (*hangarv1.Node, error) {
 	request := &hangarv1.DrainNodeRequest{Id: id}
 	if deadline > 0 {
 		request.Deadline = durationpb.New(deadline)
 	}
-	response, err := c.nodes.DrainNode(ctx, request)
+	var response *hangarv1.DrainNodeResponse
+	err := c.call(ctx, false, func(ctx context.Context, t *controller) (err error) {
+		response, err = t.nodes.DrainNode(ctx, request)
+		return err
+	})
 	if err != nil {
-		return nil, asError(err)
+		return nil, err
 	}
 	return response.GetNode(), nil
 }
@@ -63,8 +69,8 @@ func (c *Client) DrainNode(ctx context.Context, id string, deadline time.Duratio
 // UndrainNode undoes DrainNode; undraining a drone that is not draining succeeds.
 func (c *Client) UndrainNode(ctx context.Context, id string) (*hangarv1.Node, error) {
 	var response *hangarv1.UndrainNodeResponse
-	err := c.retry(ctx, func() (err error) {
-		response, err = c.nodes.UndrainNode(ctx, &hangarv1.UndrainNodeRequest{Id: id})
+	err := c.call(ctx, true, func(ctx context.Context, t *controller) (err error) {
+		response, err = t.nodes.UndrainNode(ctx, &hangarv1.UndrainNodeRequest{Id: id})
 		return err
 	})
 	if err != nil {

@@ -10,9 +10,11 @@ import (
 )
 
 // RetryPolicy says how often and how patiently the Client repeats an idempotent call (the List
-// and Get helpers, UndrainNode, a keyed Connect) that failed with UNAVAILABLE or was refused by
-// the controller's rate limit (RATE_LIMITED, after the wait it names). Calls with effects
-// (DrainNode, Terminate, a keyless Connect) are never repeated. As the Rust SDK's RetryPolicy.
+// and Get helpers, UndrainNode, Terminate, a keyed Connect) that failed with UNAVAILABLE or was
+// refused by the controller's rate limit (RATE_LIMITED, after the wait it names). With several
+// controllers, one attempt tries each in turn (see Client), and the backoff is waited only once
+// all have failed it. Calls with effects (DrainNode, a keyless Connect) are never repeated. As
+// the Rust SDK's RetryPolicy.
 type RetryPolicy struct {
 	// MaxAttempts counts every attempt, the first included; 1 disables retries. 0: 4.
 	MaxAttempts int

@@ -51,8 +51,8 @@ type NodeWatch struct {
 
 // WatchNodes starts watching nodes. Read events with Next; Close (or cancel ctx) to stop.
 func (c *Client) WatchNodes(ctx context.Context, options WatchOptions) *NodeWatch {
-	open := func(ctx context.Context, from watchFrom) (func() (*hangarv1.NodeEvent, error), error) {
-		stream, err := c.nodes.WatchNodes(ctx, &hangarv1.WatchNodesRequest{Filter: options.Filter,
+	open := func(ctx context.Context, t *controller, from watchFrom) (func() (*hangarv1.NodeEvent, error), error) {
+		stream, err := t.nodes.WatchNodes(ctx, &hangarv1.WatchNodesRequest{Filter: options.Filter,
 			StartRevision: from.revision, SendInitial: from.initial, BookmarkInterval: from.bookmark})
 		if err != nil {
 			return nil, err
@@ -71,11 +71,14 @@ func (c *Client) WatchNodes(ctx context.Context, options WatchOptions) *NodeWatc
 		}
 		return phaseOther
 	}
-	return &NodeWatch{loop: newWatchLoop(ctx, options.StartRevision, options.BookmarkInterval, options.OnReconnect, open, phase)}
+	return &NodeWatch{loop: newWatchLoop(ctx, c.order(), options.StartRevision, options.BookmarkInterval, options.OnReconnect, open, phase)}
 }
 
 // Revision is the revision the watch has reached: a stream opened now resumes after it.
 func (w *NodeWatch) Revision() uint64 { return w.loop.revision }
+
+// Controller is the URL of the controller the watch's stream is (or will next be) open on.
+func (w *NodeWatch) Controller() string { return w.loop.targets[w.loop.current].url }
 
 // Close stops the watch; Next returns context.Canceled afterwards.
 func (w *NodeWatch) Close() { w.loop.cancel() }
@@ -113,9 +116,13 @@ type revisioned interface {
 // contract (docs/design/nodes-and-watch.md), so only opening a stream and naming an event's
 // phase differ.
 type watchLoop[E revisioned] struct {
-	ctx         context.Context
-	cancel      context.CancelFunc
-	open        func(context.Context, watchFrom) (func() (E, error), error)
+	ctx    context.Context
+	cancel context.CancelFunc
+	// targets are the client's controllers in its order of preference when the watch began;
+	// current is the one streams are opened on, moved to the next when one goes away.
+	targets     []*controller
+	current     int
+	open        func(context.Context, *controller, watchFrom) (func() (E, error), error)
 	phase       func(E) eventPhase
 	bookmark    time.Duration
 	onReconnect func(cause error, delay time.Duration)
@@ -129,11 +136,11 @@ type watchLoop[E revisioned] struct {
 	failures    int
 }
 
-func newWatchLoop[E revisioned](ctx context.Context, start uint64, bookmark time.Duration,
-	onReconnect func(error, time.Duration), open func(context.Context, watchFrom) (func() (E, error), error),
+func newWatchLoop[E revisioned](ctx context.Context, targets []*controller, start uint64, bookmark time.Duration,
+	onReconnect func(error, time.Duration), open func(context.Context, *controller, watchFrom) (func() (E, error), error),
 	phase func(E) eventPhase) *watchLoop[E] {
 	ctx, cancel := context.WithCancel(ctx)
-	return &watchLoop[E]{ctx: ctx, cancel: cancel, open: open, phase: phase, bookmark: bookmark,
+	return &watchLoop[E]{ctx: ctx, cancel: cancel, targets: targets, open: open, phase: phase, bookmark: bookmark,
 		onReconnect: onReconnect, revision: start}
 }
 
@@ -177,7 +184,7 @@ func (w *watchLoop[E]) openStream() error {
 		from.bookmark = durationpb.New(w.bookmark)
 	}
 	w.inSnapshot = from.initial
-	recv, err := w.open(w.ctx, from)
+	recv, err := w.open(w.ctx, w.targets[w.current], from)
 	w.recv = recv
 	return err
 }
@@ -199,7 +206,9 @@ func (w *watchLoop[E]) deliver(event E) (newSnapshot bool) {
 }
 
 // recover decides what a broken stream means: nil to go on (after a wait), or the error that
-// ends the watch.
+// ends the watch. A controller that ended the stream or went away (io.EOF, UNAVAILABLE,
+// ABORTED) is left for the next controller of the client, if it has several; one that cut the
+// watch off (WATCH_TOO_SLOW, RATE_LIMITED) or compacted its revision is kept.
 func (w *watchLoop[E]) recover(cause error) error {
 	hangarErr := asError(cause)
 	var delay time.Duration
@@ -207,10 +216,12 @@ func (w *watchLoop[E]) recover(cause error) error {
 	case errors.Is(cause, io.EOF):
 		// The controller ended the stream (shutting down): another one will answer soon.
 		delay = w.backoff()
+		w.rotate()
 	case Code(hangarErr) == codes.OutOfRange && Reason(hangarErr) == "REVISION_COMPACTED":
 		w.revision = 0 // start over with a snapshot, at once
 	case Code(hangarErr) == codes.Unavailable || Code(hangarErr) == codes.Aborted:
 		delay = w.backoff()
+		w.rotate()
 	case Code(hangarErr) == codes.ResourceExhausted && (Reason(hangarErr) == "WATCH_TOO_SLOW" || Reason(hangarErr) == "RATE_LIMITED"):
 		delay = w.backoff()
 		var e *Error
@@ -234,6 +245,9 @@ func (w *watchLoop[E]) recover(cause error) error {
 	}
 	return nil
 }
+
+// rotate moves the next stream to the next controller (round the client's list).
+func (w *watchLoop[E]) rotate() { w.current = (w.current + 1) % len(w.targets) }
 
 // backoff is 100 ms doubling to 5 s, each ±20 %, counted from the last event received.
 func (w *watchLoop[E]) backoff() time.Duration {
