@@ -296,6 +296,7 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     workers: Vec<tokio::task::JoinHandle<std::collections::BTreeMap<String, usize>>>,
     observer: tokio::task::JoinHandle<Observed>,
+    watchers: Vec<tokio::task::JoinHandle<WatcherLog>>,
 }
 
 impl Load {
@@ -317,7 +318,17 @@ impl Load {
                 tokio::spawn(connect_load(w, recorder, clients, urls, backend.clone(), stop))
             })
             .collect();
-        Load { recorder, urls, backend, stop, workers, observer }
+        Load { recorder, urls, backend, stop, workers, observer, watchers: Vec::new() }
+    }
+
+    /// A node watcher on `first` from revision `from`, which resumes on another of `controllers`
+    /// when its controller dies, until the load ends; [`Load::finish_history`] checks what it
+    /// received against the store's own log of those revisions.
+    pub fn watch_nodes(&mut self, name: &str, from: u64, first: &str, controllers: &[String]) {
+        let (name, first) = (name.to_string(), first.to_string());
+        let controllers = Arc::new(std::sync::Mutex::new(controllers.to_vec()));
+        let stop = self.stop.clone();
+        self.watchers.push(tokio::spawn(async move { resuming_watcher(&name, from, first, controllers, stop).await }));
     }
 
     /// A keyed Connect of the scenario's own (outside the load's workers), recorded in the
@@ -363,6 +374,16 @@ impl Load {
             }
         }
         let observed = self.observer.await.unwrap();
+        let mut watched = Vec::new();
+        for watcher in self.watchers {
+            watched.push(watcher.await.unwrap());
+        }
+        let from = watched.iter().map(|w| w.from).min();
+        let until = watched.iter().map(|w| w.until).max();
+        let store_revisions = match (from, until) {
+            (Some(from), Some(until)) if until > from => node_log(survivor.address(), from, until).await,
+            _ => Vec::new(),
+        };
         let ids: Vec<String> = self.urls.lock().unwrap().keys().cloned().collect();
         for id in &ids {
             survivor.terminate_backend(id, false).await.unwrap();
@@ -379,6 +400,8 @@ impl Load {
         self.recorder.record(|history| {
             history.lives = observed.lives.into_values().collect();
             history.finals = finals;
+            history.watchers = watched;
+            history.store_revisions = store_revisions;
         });
         let history = self.recorder.history();
         let answered = history.connects.iter().filter(|c| matches!(c.outcome, ConnectOutcome::Ok { .. })).count();

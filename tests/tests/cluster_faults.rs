@@ -19,7 +19,9 @@ use hangar_client::HangarClient;
 use hangar_testkit::history::ConnectOutcome;
 use hangar_testkit::{check, eventually, eventually_every};
 use hangar_tests::containers::{Cluster, Image, docker};
-use hangar_tests::faults::{KEYS, Load, SteadyLoad, WAIT, backend_ready, failover_clients, print_figures};
+use hangar_tests::faults::{
+    KEYS, Load, SteadyLoad, WAIT, backend_ready, failover_clients, print_figures, store_revision,
+};
 
 /// Where the test backend is copied into every drone's container: what the load's backends run.
 const BACKEND: &str = "/usr/local/bin/hangar-test-backend";
@@ -233,7 +235,9 @@ async fn a_drone_host_cut_off_from_both_controllers_stops_its_keys_before_they_m
 /// off from PostgreSQL (iptables in its namespace) while every drone and proxy is attached to
 /// it, and every node moves to ctl-2; healed, ctl-2's host is killed (`docker kill`) and every
 /// node is attached to ctl-1 within 5 s; ctl-2 is started again. Through both faults no proxied
-/// request and no SDK call fails, and the history passes the checker.
+/// request and no SDK call fails, and the history passes the checker, the node watchers on both
+/// controllers (each resuming on the other when its own fails) included: none missed, repeated
+/// or reordered a change of the store's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_host_cut_off_from_postgresql_then_another_killed_fails_no_call_and_no_request() {
     let test = "a_controller_host_cut_off_from_postgresql_then_another_killed_fails_no_call_and_no_request";
@@ -246,8 +250,13 @@ async fn a_controller_host_cut_off_from_postgresql_then_another_killed_fails_no_
     // the partition below would move none of them and the test would fail.
     let (first, _) = all_attached(&on_second, WAIT, "every node attached to one controller", |_| true).await;
 
-    // One backend, reached through both proxies (ctl-1's Connect URLs name proxy-1, ctl-2's proxy-2).
-    let load = Load::start_with(clients, BACKEND.to_string());
+    // One backend, reached through both proxies (ctl-1's Connect URLs name proxy-1, ctl-2's
+    // proxy-2), and a node watcher on each controller that resumes on the other when its own
+    // fails: the checker compares what each received with the store's log.
+    let mut load = Load::start_with(clients, BACKEND.to_string());
+    let from = store_revision(&hosts.controllers[0]).await;
+    load.watch_nodes("on-ctl-1", from, &hosts.controllers[0], &hosts.controllers);
+    load.watch_nodes("on-ctl-2", from, &hosts.controllers[1], &hosts.controllers);
     let steady = eventually(WAIT, "the steady Connect", async || {
         let request = hangar_client::ConnectRequest::key("faults", "steady", "v1")
             .spawn(hangar_client::SpawnSpec::new(BACKEND.to_string()));
@@ -293,7 +302,14 @@ async fn a_controller_host_cut_off_from_postgresql_then_another_killed_fails_no_
         hangar_tests::faults::first_new_connect(&on_second, BACKEND, Instant::now(), "ctl-2's restart").await;
 
     let (load, sent, failed) = load.stop_traffic().await;
-    let (failures, _history) = load.finish_history(&on_first).await;
+    let (failures, history) = load.finish_history(&on_first).await;
+    for watcher in &history.watchers {
+        assert!(
+            watcher.until > watcher.from && !watcher.received.is_empty(),
+            "the watcher {} received the nodes' changes: {watcher:?}",
+            watcher.watcher
+        );
+    }
     eprintln!(
         "ctl-1 cut off from PostgreSQL for {partition:?}: every node on ctl-2 {moved_off_partition:?} after the cut; \
          ctl-2 killed for {down:?}: every node on ctl-1 {moved_off_dead:?} after the kill; a new Connect through the \
