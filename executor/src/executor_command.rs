@@ -52,10 +52,10 @@ pub struct ExecutorArgs {
     #[arg(long, value_name = "NAME", default_value = "default")]
     pub instance: String,
 
-    /// Host (IP or DNS name of this machine) that proxies on other hosts reach the backends at.
-    /// Process runtime only: backends are then reported at HOST:PORT instead of 127.0.0.1:PORT
-    /// and must listen on every interface (0.0.0.0:$PORT). Without it only a proxy on this host
-    /// reaches them.
+    /// Host (IP or DNS name of this machine) that proxies on other hosts reach the backends at:
+    /// they are reported at HOST:PORT instead of 127.0.0.1:PORT. Process runtime: backends must
+    /// listen on every interface (0.0.0.0:$PORT). Docker runtime: their port is published on
+    /// every interface of the engine's host. Without it only a proxy on this host reaches them.
     #[arg(long, value_name = "HOST", env = "HANGAR_ADVERTISE_HOST")]
     pub advertise_host: Option<String>,
 
@@ -67,7 +67,7 @@ pub struct ExecutorArgs {
 /// The runtime `choice` names; Docker fails clearly when no engine answers. `own_process` says
 /// the runtime is the only thing in this process (an executor), so a mock may be scripted to
 /// crash it for reconnect tests; a drone running a runtime in-process never allows that.
-/// `advertise_host` is `--advertise-host` (process runtime only).
+/// `advertise_host` is `--advertise-host` (process and docker runtimes).
 pub async fn build_runtime(
     choice: RuntimeChoice,
     instance: &str,
@@ -76,18 +76,21 @@ pub async fn build_runtime(
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     if let Some(host) = advertise_host {
         anyhow::ensure!(
-            choice == RuntimeChoice::Process,
-            "--advertise-host {host} works with the process runtime only: the docker runtime publishes \
-             backends on the engine host's 127.0.0.1, so run a proxy on that host instead"
+            choice != RuntimeChoice::Mock,
+            "--advertise-host {host} works with the process and docker runtimes: the mock runtime runs nothing \
+             a proxy could reach"
         );
         anyhow::ensure!(!host.trim().is_empty(), "--advertise-host must name a host (an IP or DNS name)");
     }
     Ok(match choice {
-        RuntimeChoice::Docker => Arc::new(
-            DockerRuntime::connect(DockerOptions { instance: instance.to_string(), ..Default::default() })
-                .await
-                .context("cannot reach the Docker engine")?,
-        ),
+        RuntimeChoice::Docker => {
+            let options = DockerOptions {
+                instance: instance.to_string(),
+                advertise_host: advertise_host.map(str::to_string),
+                ..Default::default()
+            };
+            Arc::new(DockerRuntime::connect(options).await.context("cannot reach the Docker engine")?)
+        }
         RuntimeChoice::Process => match advertise_host {
             Some(host) => Arc::new(ProcessRuntime::new().advertising(host)),
             None => Arc::new(ProcessRuntime::new()),

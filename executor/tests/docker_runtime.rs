@@ -1,6 +1,6 @@
 //! Docker-only behaviour beyond the conformance suite: the watch on the engine's event stream is
 //! resubscribed (with a reconcile by label) whenever it ends, and changes made behind the
-//! executor's back are noticed.
+//! executor's back are noticed; an advertised host publishes backends for proxies on other hosts.
 
 use std::time::Duration;
 
@@ -91,5 +91,56 @@ async fn container_removed_behind_the_executors_back_is_reported_and_started_afr
     let second = runtime.start(spec).await.unwrap();
     assert_ne!(second.runtime_id, first.runtime_id, "a new container, not the stale answer");
     assert_eq!(runtime.inspect("b1").await.unwrap().state, BackendState::Running);
+    runtime.shutdown().await;
+}
+
+/// `--advertise-host` on the docker runtime: the backend's port is published on every interface
+/// of the engine's host and the backend is reported at the advertised host, so a proxy on
+/// another host reaches it; without it, on 127.0.0.1 and reported there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advertised_host_publishes_a_backend_on_every_interface_and_reports_it_there() {
+    let test = "an_advertised_host_publishes_a_backend_on_every_interface_and_reports_it_there";
+    let instance = unique_name("advertised");
+    let _cleanup = ContainerCleanup::new(&instance);
+    let options =
+        DockerOptions { instance: instance.clone(), advertise_host: Some("localhost".into()), ..Default::default() };
+    let Some(runtime) = docker_or_skip_with(test, options).await else { return };
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    let spec = BackendSpec { backend_id: "adv-1".into(), image: image.into(), ..Default::default() };
+    let started = runtime.start(spec).await.unwrap();
+    let port = started
+        .address
+        .strip_prefix("localhost:")
+        .unwrap_or_else(|| panic!("reported at the advertised host: {}", started.address));
+    let binding = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range $p, $b := .NetworkSettings.Ports}}{{range $b}}{{.HostIp}} {{end}}{{end}}",
+            &started.runtime_id,
+        ])
+        .output()
+        .unwrap();
+    let host_ips = String::from_utf8_lossy(&binding.stdout).trim().to_string();
+    assert!(
+        host_ips.split_whitespace().all(|ip| ip == "0.0.0.0" || ip == "::"),
+        "published on every interface: {host_ips:?}"
+    );
+    let (status, _) =
+        hangar_executor::testing::wait_for_http(&format!("127.0.0.1:{port}"), "/", Duration::from_secs(20)).await;
+    assert_eq!(status, 200);
+    assert_eq!(runtime.inspect("adv-1").await.unwrap().address, started.address, "inspect reports the same");
+    runtime.remove("adv-1").await.unwrap();
+    runtime.shutdown().await;
+
+    // The same runtime without an advertised host: loopback only.
+    let instance = unique_name("loopback");
+    let _cleanup = ContainerCleanup::new(&instance);
+    let Some(runtime) = docker_or_skip(test, &instance).await else { return };
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    let spec = BackendSpec { backend_id: "lo-1".into(), image: image.into(), ..Default::default() };
+    let started = runtime.start(spec).await.unwrap();
+    assert!(started.address.starts_with("127.0.0.1:"), "{}", started.address);
+    runtime.remove("lo-1").await.unwrap();
     runtime.shutdown().await;
 }

@@ -53,9 +53,10 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     runtime: Option<RuntimeChoice>,
     /// Host (IP or DNS name of this machine) that proxies on other hosts reach this drone's
-    /// backends at. With --runtime process only: backends are reported at HOST:PORT instead of
-    /// 127.0.0.1:PORT and must listen on every interface (0.0.0.0:$PORT, as the demo backend
-    /// does). Without it only a proxy on this host reaches them (an executor socket's executor
+    /// backends at: they are reported at HOST:PORT instead of 127.0.0.1:PORT. With --runtime
+    /// process backends must listen on every interface (0.0.0.0:$PORT, as the demo backend
+    /// does); with --runtime docker their port is published on every interface of the engine's
+    /// host. Without it only a proxy on this host reaches them (an executor socket's executor
     /// takes its own --advertise-host).
     #[arg(long, value_name = "HOST", env = "HANGAR_ADVERTISE_HOST")]
     advertise_host: Option<String>,

@@ -59,6 +59,11 @@ pub struct DockerOptions {
     /// reconciles and subscribes again. A safety net against a stream that stalls without
     /// ending (a half-dead connection would otherwise hide every exit from then on).
     pub resubscribe_every: Duration,
+    /// The engine host's address as proxies on other hosts reach it (`--advertise-host`): a
+    /// backend's port is then published on every interface of that host and reported at
+    /// `HOST:PORT`. `None`: published on the host's 127.0.0.1 only and reported there, so only a
+    /// proxy on that host reaches it.
+    pub advertise_host: Option<String>,
 }
 
 impl Default for DockerOptions {
@@ -68,6 +73,7 @@ impl Default for DockerOptions {
             port_wait: Duration::from_secs(10),
             pull_timeout: Duration::from_secs(300),
             resubscribe_every: Duration::from_secs(300),
+            advertise_host: None,
         }
     }
 }
@@ -218,7 +224,7 @@ impl DockerRuntime {
             | Some(ContainerStateStatusEnum::REMOVING) => BackendState::Exited,
             _ => BackendState::Unknown,
         };
-        let address = published_address(container)
+        let address = published_address(container, self.options.advertise_host.as_deref())
             .or_else(|| self.started.lock().unwrap().get(backend_id).map(|s| s.address.clone()))
             .unwrap_or_default();
         BackendInfo {
@@ -246,12 +252,14 @@ impl DockerRuntime {
         labels.insert(LABEL_EXECUTOR.into(), self.options.instance.clone());
         labels.insert(LABEL_PORT.into(), port.to_string());
         let limits = spec.resources;
+        // An empty host port asks the engine for an ephemeral one. 127.0.0.1 keeps the backend
+        // reachable only from the engine's host (a proxy there); with an advertised host it is
+        // published on every interface, for proxies on other hosts (docs/operations.md#drones).
+        let host_ip = if self.options.advertise_host.is_some() { "0.0.0.0" } else { "127.0.0.1" };
         let host_config = HostConfig {
-            // An empty host port asks the engine for an ephemeral one; 127.0.0.1 keeps the
-            // backend reachable only through the drone's host (the proxy), not the world.
             port_bindings: Some(HashMap::from([(
                 port_key.clone(),
-                Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
+                Some(vec![PortBinding { host_ip: Some(host_ip.into()), host_port: Some(String::new()) }]),
             )])),
             nano_cpus: (limits.cpu_millis > 0).then(|| (limits.cpu_millis * 1_000_000) as i64),
             memory: (limits.memory_bytes > 0).then_some(limits.memory_bytes as i64),
@@ -287,7 +295,7 @@ impl DockerRuntime {
         loop {
             let container = self.inspect_container(backend_id).await?;
             let Some(container) = container else { return Ok((String::new(), None)) };
-            if let Some(address) = published_address(&container) {
+            if let Some(address) = published_address(&container, self.options.advertise_host.as_deref()) {
                 return Ok((address, Some(container)));
             }
             let running = container.state.as_ref().and_then(|s| s.running).unwrap_or(false);
@@ -319,16 +327,24 @@ impl DockerRuntime {
     }
 }
 
-/// `127.0.0.1:<host port>` of the backend's published port, if the engine reports one.
-fn published_address(container: &ContainerInspectResponse) -> Option<String> {
+/// Where the backend's published port is reached, if the engine reports one: `HOST:<host port>`
+/// for a port published on every interface when the runtime advertises `HOST`, else the
+/// binding's own address (`127.0.0.1:<host port>`). A container published on 127.0.0.1 (made
+/// before the drone advertised a host) stays reported there: that is where it listens.
+fn published_address(container: &ContainerInspectResponse, advertise: Option<&str>) -> Option<String> {
     let labels = container.config.as_ref()?.labels.as_ref()?;
     let port = labels.get(LABEL_PORT)?;
     let ports = container.network_settings.as_ref()?.ports.as_ref()?;
     let bindings = ports.get(&format!("{port}/tcp"))?.as_ref()?;
     bindings.iter().find_map(|binding| {
         let host_port = binding.host_port.as_deref().filter(|p| !p.is_empty() && *p != "0")?;
-        let host_ip = binding.host_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "0.0.0.0").unwrap_or("127.0.0.1");
-        Some(format!("{host_ip}:{host_port}"))
+        let every_interface =
+            binding.host_ip.as_deref().is_none_or(|ip| ip.is_empty() || ip == "0.0.0.0" || ip == "::");
+        let host = match advertise {
+            Some(host) if every_interface => host,
+            _ => binding.host_ip.as_deref().filter(|_| !every_interface).unwrap_or("127.0.0.1"),
+        };
+        Some(format!("{host}:{host_port}"))
     })
 }
 
