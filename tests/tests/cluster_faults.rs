@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use hangar::domain::{NodeFilter, NodeKind, NodeState, TerminationReason};
+use hangar::domain::{BackendState, NodeFilter, NodeKind, NodeState, TerminationReason};
 use hangar_client::HangarClient;
 use hangar_testkit::history::ConnectOutcome;
 use hangar_testkit::{check, eventually, eventually_every};
@@ -132,8 +132,14 @@ async fn a_drone_host_cut_off_from_both_controllers_stops_its_keys_before_they_m
     let mut held = BTreeMap::new();
     for k in 0..KEYS {
         let key = format!("k{k}");
-        let (backend_id, token) = eventually(WAIT, "a Connect", async || load.connect(&client, &key).await).await;
-        backend_ready(&client, &backend_id).await;
+        // The load ends every seventh backend it is answered, a starting one too: asked again
+        // until the key's holder is READY.
+        let (backend_id, token) = eventually(WAIT, &format!("{key} held by a READY backend"), async || {
+            let (id, token) = load.connect(&client, &key).await.map_err(|err| format!("{err:?}"))?;
+            let state = client.get_backend(&id).await.map_err(|err| format!("{err:?}"))?.state;
+            if state == BackendState::Ready { Ok((id, token)) } else { Err(format!("{id} {state:?}")) }
+        })
+        .await;
         held.insert(key, (backend_id, token));
     }
     // The drone that holds k0 is cut off; the keys it holds are the ones that must move.
