@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::runtime::Runtime;
-use crate::runtime::docker::{DockerOptions, DockerRuntime};
+use crate::runtime::docker::{DockerNetwork, DockerOptions, DockerRuntime};
 use crate::runtime::mock::MockRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::socket::DEFAULT_MAX_MESSAGE_BYTES;
@@ -59,21 +59,65 @@ pub struct ExecutorArgs {
     #[arg(long, value_name = "HOST", env = "HANGAR_ADVERTISE_HOST")]
     pub advertise_host: Option<String>,
 
+    #[command(flatten)]
+    pub docker_network: DockerNetworkArgs,
+
     /// Largest gRPC message accepted or sent, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 }
 
+/// `--docker-network` and `--docker-addresses`, for a drone's and an executor's command line.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DockerNetworkArgs {
+    /// Docker runtime: a Docker network every backend joins, at an address of
+    /// --docker-addresses, reported there (CONTAINER_IP:PORT) with nothing published on this
+    /// host. For proxies on that network (an overlay network across hosts, or a bridge they
+    /// share). Takes precedence over --advertise-host.
+    #[arg(long, value_name = "NAME", env = "HANGAR_DOCKER_NETWORK", requires = "docker_addresses")]
+    pub docker_network: Option<String>,
+
+    /// With --docker-network: this drone's own slice of the network's subnet (CIDR, e.g.
+    /// 10.20.0.64/26), which no other drone on the network uses. Addresses are handed out in turn
+    /// around it, so one is given again only after every other; make it large enough that this
+    /// takes longer than a key lease at your peak start rate (a proxy may route an ended
+    /// backend's URL to its address until the lease runs out).
+    #[arg(long, value_name = "CIDR", env = "HANGAR_DOCKER_ADDRESSES", requires = "docker_network")]
+    pub docker_addresses: Option<ipnet::Ipv4Net>,
+}
+
+impl DockerNetworkArgs {
+    /// The runtime's network, if one was given.
+    pub fn network(&self) -> Option<DockerNetwork> {
+        let (name, addresses) = (self.docker_network.clone()?, self.docker_addresses?);
+        Some(DockerNetwork { name, addresses })
+    }
+}
+
 /// The runtime `choice` names; Docker fails clearly when no engine answers. `own_process` says
 /// the runtime is the only thing in this process (an executor), so a mock may be scripted to
 /// crash it for reconnect tests; a drone running a runtime in-process never allows that.
-/// `advertise_host` is `--advertise-host` (process and docker runtimes).
+/// `advertise_host` is `--advertise-host` (process and docker runtimes), `network`
+/// `--docker-network` with `--docker-addresses` (docker runtime).
 pub async fn build_runtime(
     choice: RuntimeChoice,
     instance: &str,
     own_process: bool,
     advertise_host: Option<&str>,
+    network: Option<DockerNetwork>,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
+    if let Some(network) = &network {
+        anyhow::ensure!(
+            choice == RuntimeChoice::Docker,
+            "--docker-network {} works with the docker runtime only (--runtime docker)",
+            network.name
+        );
+        anyhow::ensure!(
+            network.addresses.hosts().count() >= 2,
+            "--docker-addresses {}: give a slice of at least two addresses (a /30 or wider)",
+            network.addresses
+        );
+    }
     if let Some(host) = advertise_host {
         anyhow::ensure!(
             choice != RuntimeChoice::Mock,
@@ -87,9 +131,10 @@ pub async fn build_runtime(
             let options = DockerOptions {
                 instance: instance.to_string(),
                 advertise_host: advertise_host.map(str::to_string),
+                network,
                 ..Default::default()
             };
-            Arc::new(DockerRuntime::connect(options).await.context("cannot reach the Docker engine")?)
+            Arc::new(DockerRuntime::connect(options).await.context("cannot use the Docker engine")?)
         }
         RuntimeChoice::Process => match advertise_host {
             Some(host) => Arc::new(ProcessRuntime::new().advertising(host)),
@@ -103,7 +148,8 @@ pub async fn build_runtime(
 
 /// Builds the runtime, binds the socket and serves until a termination signal.
 pub async fn run(args: ExecutorArgs) -> anyhow::Result<()> {
-    let runtime = build_runtime(args.runtime, &args.instance, true, args.advertise_host.as_deref()).await?;
+    let network = args.docker_network.network();
+    let runtime = build_runtime(args.runtime, &args.instance, true, args.advertise_host.as_deref(), network).await?;
     let stop = termination_signal();
     let listener = server::bind_socket(&args.socket)?;
     tracing::info!(socket = %args.socket.display(), runtime = %runtime.kind(), "executor serving");

@@ -144,3 +144,84 @@ async fn an_advertised_host_publishes_a_backend_on_every_interface_and_reports_i
     runtime.remove("lo-1").await.unwrap();
     runtime.shutdown().await;
 }
+
+/// `--docker-network` with `--docker-addresses` on the docker runtime: every backend joins the
+/// network at an address of the runtime's own slice, is reported there with nothing published
+/// on the engine's host, and an address a removed backend had is not the next one handed out
+/// (the engine's own choice would be: a proxy still routing the ended backend's URL there would
+/// reach the new one). A client on the network (here the host, which has an interface on every
+/// bridge network it made) reaches the backend at its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_on_a_docker_network_get_addresses_in_turn_from_the_runtimes_slice_and_publish_nothing() {
+    let test = "backends_on_a_docker_network_get_addresses_in_turn_from_the_runtimes_slice_and_publish_nothing";
+    let instance = unique_name("network");
+    // A /24 of its own per run, from the name's hash: runs in parallel do not collide.
+    let third = instance.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 200 + 20;
+    let slice: ipnet::Ipv4Net = format!("10.252.{third}.64/29").parse().unwrap();
+    let network = hangar_executor::runtime::docker::DockerNetwork { name: instance.clone(), addresses: slice };
+    let options = DockerOptions { instance: instance.clone(), network: Some(network), ..Default::default() };
+    let Some(runtime) = docker_or_skip_with(test, options).await else { return };
+    // Dropped in reverse: the containers go first, then the network they were on.
+    let _network = DockerNetwork::create(&instance, &format!("10.252.{third}.0/24"));
+    let _cleanup = ContainerCleanup::new(&instance);
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    let start = |id: &str| BackendSpec { backend_id: id.into(), image: image.into(), ..Default::default() };
+
+    let first = runtime.start(start("net-1")).await.unwrap();
+    let (ip, port) = first.address.rsplit_once(':').expect("IP:PORT");
+    assert!(slice.contains(&ip.parse::<std::net::Ipv4Addr>().unwrap()), "{ip} in {slice}");
+    assert_eq!(port, "8080", "the container's own port");
+    let on_network = docker(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{instance}\").IPAddress}}}}"),
+        &first.runtime_id,
+    ]);
+    assert_eq!(ip, on_network, "reported at its address on the network");
+    let published = docker(&[
+        "inspect",
+        "-f",
+        "{{range $p, $b := .NetworkSettings.Ports}}{{range $b}}{{.HostPort}} {{end}}{{end}}",
+        &first.runtime_id,
+    ]);
+    assert!(published.is_empty(), "nothing published on the host: {published:?}");
+    let (status, _) = hangar_executor::testing::wait_for_http(&first.address, "/", Duration::from_secs(20)).await;
+    assert_eq!(status, 200);
+    assert_eq!(runtime.inspect("net-1").await.unwrap().address, first.address, "inspect reports the same");
+
+    // Removed, its address is not the next one given; the slice's six are used in turn.
+    runtime.remove("net-1").await.unwrap();
+    let mut seen = vec![ip.to_string()];
+    for i in 2..=6 {
+        let id = format!("net-{i}");
+        let started = runtime.start(start(&id)).await.unwrap();
+        let ip = started.address.rsplit_once(':').unwrap().0.to_string();
+        assert!(!seen.contains(&ip), "{ip} given again before the others of {slice}: {seen:?}");
+        seen.push(ip);
+        runtime.remove(&id).await.unwrap();
+    }
+    runtime.shutdown().await;
+}
+
+/// A Docker network made for one test, removed when dropped (after the test's containers).
+struct DockerNetwork(String);
+
+impl DockerNetwork {
+    fn create(name: &str, subnet: &str) -> DockerNetwork {
+        docker(&["network", "create", "--subnet", subnet, "--label", "hangar.test=1", name]);
+        DockerNetwork(name.to_string())
+    }
+}
+
+impl Drop for DockerNetwork {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").args(["network", "rm", &self.0]).output();
+    }
+}
+
+/// The docker CLI's stdout, trimmed; panics with its stderr when it fails.
+fn docker(args: &[&str]) -> String {
+    let output = std::process::Command::new("docker").args(args).output().expect("the docker CLI");
+    assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}

@@ -98,3 +98,40 @@ fn hangar_drone_run_without_a_live_executor_says_how_to_start_one() {
         "{stderr}"
     );
 }
+
+/// `--docker-network` needs `--docker-addresses` and the docker runtime, and a slice too small to
+/// hand out in turn is refused; each mistake is named before anything starts.
+#[test]
+fn hangar_drone_run_refuses_a_docker_network_without_its_slice_or_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let output = std::process::Command::new(binary("hangar-drone"))
+            .args(["run", "--controller", "http://127.0.0.1:1", "--name", "d", "--admin-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("drone"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{extra:?} refused");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = run(&["--runtime", "docker", "--docker-network", "backends"]);
+    assert!(stderr.contains("--docker-addresses"), "{stderr}");
+    let stderr = run(&["--runtime", "process", "--docker-network", "backends", "--docker-addresses", "10.9.0.64/27"]);
+    assert!(stderr.contains("works with the docker runtime only"), "{stderr}");
+    let stderr = run(&["--runtime", "docker", "--docker-network", "backends", "--docker-addresses", "10.9.0.64/32"]);
+    assert!(stderr.contains("at least two addresses"), "{stderr}");
+    let stderr = run(&["--runtime", "docker", "--docker-network", "backends", "--docker-addresses", "not-a-cidr"]);
+    assert!(stderr.contains("--docker-addresses"), "{stderr}");
+    // With an engine: a network that does not exist, or a slice outside its subnet.
+    if !std::process::Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success()) {
+        assert_ne!(std::env::var("HANGAR_REQUIRE_DOCKER").as_deref(), Ok("1"), "HANGAR_REQUIRE_DOCKER=1 but no engine");
+        eprintln!("!!!!!!!! SKIPPED the Docker half of this test: no Docker engine answers !!!!!!!!");
+        return;
+    }
+    let missing = format!("hangar-no-such-network-{}", std::process::id());
+    let stderr = run(&["--runtime", "docker", "--docker-network", &missing, "--docker-addresses", "10.9.0.64/27"]);
+    assert!(stderr.contains(&format!("there is no Docker network {missing}")), "{stderr}");
+    let stderr = run(&["--runtime", "docker", "--docker-network", "bridge", "--docker-addresses", "10.9.0.64/27"]);
+    assert!(stderr.contains("is not inside the subnet of the Docker network bridge"), "{stderr}");
+}

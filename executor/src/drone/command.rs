@@ -60,6 +60,8 @@ pub struct RunArgs {
     /// takes its own --advertise-host).
     #[arg(long, value_name = "HOST", env = "HANGAR_ADVERTISE_HOST")]
     advertise_host: Option<String>,
+    #[command(flatten)]
+    docker_network: crate::executor_command::DockerNetworkArgs,
     /// Directory of the drone's journal (unacknowledged events, seen actions, its backends), so
     /// a restarted drone resumes where it stopped. Created if missing.
     #[arg(long, value_name = "DIR", env = "HANGAR_DRONE_DATA_DIR", default_value = "./hangar-drone-data")]
@@ -119,7 +121,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let instance = super::instance::load_or_create(&args.data_dir, "default")
                 .with_context(|| format!("cannot read or create the instance id in {}", args.data_dir.display()))?;
             tracing::info!(instance, "drone instance");
-            Some(build_runtime(choice, &instance, false, args.advertise_host.as_deref()).await?)
+            let network = args.docker_network.network();
+            Some(build_runtime(choice, &instance, false, args.advertise_host.as_deref(), network).await?)
         }
         (None, None) => None,
     };

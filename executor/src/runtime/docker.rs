@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerStatsResponse, HostConfig,
-    PortBinding,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerStatsResponse,
+    EndpointIpamConfig, EndpointSettings, HostConfig, NetworkingConfig, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
@@ -28,6 +28,7 @@ use bollard::query_parameters::{
 };
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use std::net::Ipv4Addr;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -64,6 +65,23 @@ pub struct DockerOptions {
     /// `HOST:PORT`. `None`: published on the host's 127.0.0.1 only and reported there, so only a
     /// proxy on that host reaches it.
     pub advertise_host: Option<String>,
+    /// A Docker network every backend joins at an address of this runtime's own slice of it
+    /// (`--docker-network`, `--docker-addresses`), reported at that address with nothing
+    /// published on the engine's host; takes precedence over `advertise_host`.
+    pub network: Option<DockerNetwork>,
+}
+
+/// Backends on a Docker network, each at an address this runtime picks from `addresses`, a
+/// slice of the network's subnet that no other runtime on the network uses. Addresses are
+/// handed out in turn around the slice, skipping those in use: one a backend had is given again
+/// only after every other address of the slice, so a proxy still routing an ended backend's URL
+/// to it (for as long as the controllers believe the backend live) does not reach a newer one
+/// there. The engine's own choice would hand a freed address to the very next container
+/// (docs/design/faults.md#across-hosts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerNetwork {
+    pub name: String,
+    pub addresses: ipnet::Ipv4Net,
 }
 
 impl Default for DockerOptions {
@@ -74,6 +92,7 @@ impl Default for DockerOptions {
             pull_timeout: Duration::from_secs(300),
             resubscribe_every: Duration::from_secs(300),
             advertise_host: None,
+            network: None,
         }
     }
 }
@@ -86,6 +105,9 @@ pub struct DockerRuntime {
     locks: BackendLocks,
     /// Start results, so a retry answers exactly what the first start did.
     started: Mutex<HashMap<String, Started>>,
+    /// With a network: where the next address is looked for in the slice (an offset), held
+    /// while an address is picked and its container created, so two starts never pick one.
+    next_address: tokio::sync::Mutex<u32>,
     /// Whether the engine's event stream is currently subscribed.
     watching: Arc<AtomicBool>,
     /// How many times the engine's event stream was subscribed.
@@ -117,6 +139,37 @@ pub(super) fn parse_time(time: Option<&str>) -> Option<DateTime<Utc>> {
     (time.timestamp() > 0).then_some(time)
 }
 
+/// That `network` exists and its subnet holds the runtime's slice, so that a mistake is named
+/// at start-up rather than at the first backend.
+async fn check_network(docker: &Docker, network: &DockerNetwork) -> Result<(), RuntimeError> {
+    let found = docker
+        .inspect_network(&network.name, None::<bollard::query_parameters::InspectNetworkOptions>)
+        .await
+        .map_err(|err| match status_code(&err) {
+        Some(404) => RuntimeError::invalid_spec("network", format!("there is no Docker network {}", network.name)),
+        _ => unavailable(err),
+    })?;
+    let subnets: Vec<ipnet::Ipv4Net> = found
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|config| config.subnet.as_deref()?.parse().ok())
+        .collect();
+    if subnets.iter().any(|subnet| subnet.contains(&network.addresses)) {
+        return Ok(());
+    }
+    Err(RuntimeError::invalid_spec(
+        "addresses",
+        format!(
+            "{} is not inside the subnet of the Docker network {} ({})",
+            network.addresses,
+            network.name,
+            subnets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    ))
+}
+
 fn valid_name_part(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
@@ -135,12 +188,17 @@ impl DockerRuntime {
         // The engine may be older than bollard's default API version; speak the engine's.
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
         docker.ping().await.map_err(unavailable)?;
+        if let Some(network) = &options.network {
+            check_network(&docker, network).await?;
+        }
         let runtime = DockerRuntime {
             docker,
             options,
             hub: EventHub::default(),
             locks: BackendLocks::default(),
             started: Mutex::new(HashMap::new()),
+            // A restarted runtime does not start again where its last life began handing out.
+            next_address: tokio::sync::Mutex::new(uuid::Uuid::new_v4().as_u128() as u32),
             watching: Arc::new(AtomicBool::new(false)),
             subscriptions: Arc::new(AtomicU64::new(0)),
             tasks: TaskTracker::new(),
@@ -224,7 +282,8 @@ impl DockerRuntime {
             | Some(ContainerStateStatusEnum::REMOVING) => BackendState::Exited,
             _ => BackendState::Unknown,
         };
-        let address = published_address(container, self.options.advertise_host.as_deref())
+        let address = self
+            .reached_at(container)
             .or_else(|| self.started.lock().unwrap().get(backend_id).map(|s| s.address.clone()))
             .unwrap_or_default();
         BackendInfo {
@@ -240,7 +299,7 @@ impl DockerRuntime {
         }
     }
 
-    fn create_body(&self, spec: &BackendSpec) -> ContainerCreateBody {
+    fn create_body(&self, spec: &BackendSpec, address: Option<Ipv4Addr>) -> ContainerCreateBody {
         let port = spec.container_port();
         let port_key = format!("{port}/tcp");
         let mut env: Vec<String> =
@@ -255,12 +314,24 @@ impl DockerRuntime {
         // An empty host port asks the engine for an ephemeral one. 127.0.0.1 keeps the backend
         // reachable only from the engine's host (a proxy there); with an advertised host it is
         // published on every interface, for proxies on other hosts (docs/operations.md#drones).
+        // On a network it is reached at its own address there: nothing published.
         let host_ip = if self.options.advertise_host.is_some() { "0.0.0.0" } else { "127.0.0.1" };
-        let host_config = HostConfig {
-            port_bindings: Some(HashMap::from([(
+        let port_bindings = self.options.network.is_none().then(|| {
+            HashMap::from([(
                 port_key.clone(),
                 Some(vec![PortBinding { host_ip: Some(host_ip.into()), host_port: Some(String::new()) }]),
-            )])),
+            )])
+        });
+        let networking_config = self.options.network.as_ref().zip(address).map(|(network, address)| {
+            let endpoint = EndpointSettings {
+                ipam_config: Some(EndpointIpamConfig { ipv4_address: Some(address.to_string()), ..Default::default() }),
+                ..Default::default()
+            };
+            NetworkingConfig { endpoints_config: Some(HashMap::from([(network.name.clone(), endpoint)])) }
+        });
+        let host_config = HostConfig {
+            port_bindings,
+            network_mode: self.options.network.as_ref().map(|network| network.name.clone()),
             nano_cpus: (limits.cpu_millis > 0).then(|| (limits.cpu_millis * 1_000_000) as i64),
             memory: (limits.memory_bytes > 0).then_some(limits.memory_bytes as i64),
             // Same as memory: no swap, so exceeding the limit is an OOM kill, not a slow crawl.
@@ -278,8 +349,50 @@ impl DockerRuntime {
             labels: Some(labels),
             exposed_ports: Some(HashMap::from([(port_key, HashMap::new())])),
             host_config: Some(host_config),
+            networking_config,
             ..Default::default()
         }
+    }
+
+    /// Where a proxy reaches the backend: its address on the runtime's network, or its published
+    /// port (see [`published_address`]); `None` while the engine reports neither yet.
+    fn reached_at(&self, container: &ContainerInspectResponse) -> Option<String> {
+        match &self.options.network {
+            Some(network) => network_address(container, &network.name),
+            None => published_address(container, self.options.advertise_host.as_deref()),
+        }
+    }
+
+    /// The next address of the slice after `cursor` that no container on the network holds;
+    /// the cursor moves past it.
+    async fn pick_address(&self, network: &DockerNetwork, cursor: &mut u32) -> Result<Ipv4Addr, RuntimeError> {
+        let found = self
+            .docker
+            .inspect_network(&network.name, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+            .map_err(|err| match status_code(&err) {
+                Some(404) => RuntimeError::Unavailable(format!("no Docker network {}", network.name)),
+                _ => unavailable(err),
+            })?;
+        let in_use: std::collections::HashSet<Ipv4Addr> = found
+            .containers
+            .unwrap_or_default()
+            .values()
+            .filter_map(|c| c.ipv4_address.as_deref()?.split('/').next()?.parse().ok())
+            .collect();
+        let hosts: Vec<Ipv4Addr> = network.addresses.hosts().collect();
+        let size = hosts.len() as u32;
+        for step in 0..size {
+            let offset = cursor.wrapping_add(step) % size;
+            if !in_use.contains(&hosts[offset as usize]) {
+                *cursor = offset.wrapping_add(1) % size;
+                return Ok(hosts[offset as usize]);
+            }
+        }
+        Err(RuntimeError::Unavailable(format!(
+            "every address of {} on the Docker network {} is in use",
+            network.addresses, network.name
+        )))
     }
 
     /// Waits until the engine reports the published host port. Right after a start the binding
@@ -295,7 +408,7 @@ impl DockerRuntime {
         loop {
             let container = self.inspect_container(backend_id).await?;
             let Some(container) = container else { return Ok((String::new(), None)) };
-            if let Some(address) = published_address(&container, self.options.advertise_host.as_deref()) {
+            if let Some(address) = self.reached_at(&container) {
                 return Ok((address, Some(container)));
             }
             let running = container.state.as_ref().and_then(|s| s.running).unwrap_or(false);
@@ -346,6 +459,15 @@ fn published_address(container: &ContainerInspectResponse, advertise: Option<&st
         };
         Some(format!("{host}:{host_port}"))
     })
+}
+
+/// `CONTAINER_IP:<container port>` on `network`, once the engine has given the container its
+/// address there.
+fn network_address(container: &ContainerInspectResponse, network: &str) -> Option<String> {
+    let port = container.config.as_ref()?.labels.as_ref()?.get(LABEL_PORT)?;
+    let networks = container.network_settings.as_ref()?.networks.as_ref()?;
+    let ip = networks.get(network)?.ip_address.as_deref().filter(|ip| !ip.is_empty())?;
+    Some(format!("{ip}:{port}"))
 }
 
 fn stats_from_docker(stats: &ContainerStatsResponse) -> Stats {
@@ -445,7 +567,19 @@ impl Runtime for DockerRuntime {
         let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
         // Whether the container is the one just created: then it has never run, and the engine
         // need not be asked before starting it (one round trip fewer on every cold start).
-        let created = match self.docker.create_container(Some(options), self.create_body(&spec)).await {
+        // On a network, the address is picked and the container created under one lock.
+        let mut cursor = match &self.options.network {
+            Some(_) => Some(self.next_address.lock().await),
+            None => None,
+        };
+        let address = match (&self.options.network, cursor.as_deref_mut()) {
+            (Some(network), Some(cursor)) => Some(self.pick_address(network, cursor).await?),
+            _ => None,
+        };
+        let body = self.create_body(&spec, address);
+        let created = self.docker.create_container(Some(options), body).await;
+        drop(cursor.take());
+        let created = match created {
             Ok(_) => true,
             // Created by an earlier start (before an executor restart): adopt it.
             Err(err) if status_code(&err) == Some(409) => false,
