@@ -231,13 +231,23 @@ impl DroneAttach<'_> {
         // key gets no deferral to go by: it goes by the controller's own health instead, watched
         // on the stream's connection (pushed, not polled), which follows the store.
         let elsewhere = async {
-            let request = HealthCheckRequest { service: DRONE_SERVICE.to_string() };
-            let mut own_health = HealthClient::new(channel).watch(request).await.ok().map(|r| r.into_inner());
+            // Opened beside the checks, not before them: a controller slow to answer it must not
+            // hold up the deferrals' check.
+            let mut health = HealthClient::new(channel);
+            let opening = health.watch(HealthCheckRequest { service: DRONE_SERVICE.to_string() });
+            tokio::pin!(opening);
+            let mut opened = false;
+            let mut own_health = None;
             let mut own_serving = true;
             let mut ticker = tokio::time::interval(ELSEWHERE_CHECK);
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
+                    answer = &mut opening, if !opened => {
+                        opened = true;
+                        own_health = answer.ok().map(|r| r.into_inner());
+                        continue;
+                    }
                     status = next_status(&mut own_health) => {
                         match status {
                             Some(serving) => own_serving = serving,
