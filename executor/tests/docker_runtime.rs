@@ -158,12 +158,16 @@ async fn backends_on_a_docker_network_get_addresses_in_turn_from_the_runtimes_sl
     // A /24 of its own per run, from the name's hash: runs in parallel do not collide.
     let third = instance.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 200 + 20;
     let slice: ipnet::Ipv4Net = format!("10.252.{third}.64/29").parse().unwrap();
-    let network = hangar_executor::runtime::docker::DockerNetwork { name: instance.clone(), addresses: slice };
-    let options = DockerOptions { instance: instance.clone(), network: Some(network), ..Default::default() };
-    let Some(runtime) = docker_or_skip_with(test, options).await else { return };
+    // The engine first (a runtime on a network checks at start-up that the network holds its
+    // slice), then the network, then the runtime on it.
+    let Some(engine) = docker_or_skip(test, &instance).await else { return };
+    engine.shutdown().await;
     // Dropped in reverse: the containers go first, then the network they were on.
     let _network = DockerNetwork::create(&instance, &format!("10.252.{third}.0/24"));
     let _cleanup = ContainerCleanup::new(&instance);
+    let network = hangar_executor::runtime::docker::DockerNetwork { name: instance.clone(), addresses: slice };
+    let options = DockerOptions { instance: instance.clone(), network: Some(network), ..Default::default() };
+    let runtime = hangar_executor::runtime::docker::DockerRuntime::connect(options).await.unwrap();
     let image = tokio::task::spawn_blocking(test_image).await.unwrap();
     let start = |id: &str| BackendSpec { backend_id: id.into(), image: image.into(), ..Default::default() };
 
