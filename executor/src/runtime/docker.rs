@@ -139,16 +139,21 @@ pub(super) fn parse_time(time: Option<&str>) -> Option<DateTime<Utc>> {
     (time.timestamp() > 0).then_some(time)
 }
 
+/// The engine's view of the network `name`; `None` when it has none by that name.
+async fn inspect_network(docker: &Docker, name: &str) -> Result<Option<bollard::models::Network>, RuntimeError> {
+    match docker.inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>).await {
+        Ok(found) => Ok(Some(found)),
+        Err(err) if status_code(&err) == Some(404) => Ok(None),
+        Err(err) => Err(unavailable(err)),
+    }
+}
+
 /// That `network` exists and its subnet holds the runtime's slice, so that a mistake is named
 /// at start-up rather than at the first backend.
 async fn check_network(docker: &Docker, network: &DockerNetwork) -> Result<(), RuntimeError> {
-    let found = docker
-        .inspect_network(&network.name, None::<bollard::query_parameters::InspectNetworkOptions>)
-        .await
-        .map_err(|err| match status_code(&err) {
-        Some(404) => RuntimeError::invalid_spec("network", format!("there is no Docker network {}", network.name)),
-        _ => unavailable(err),
-    })?;
+    let Some(found) = inspect_network(docker, &network.name).await? else {
+        return Err(RuntimeError::invalid_spec("network", format!("there is no Docker network {}", network.name)));
+    };
     let subnets: Vec<ipnet::Ipv4Net> = found
         .ipam
         .and_then(|ipam| ipam.config)
@@ -366,14 +371,9 @@ impl DockerRuntime {
     /// The next address of the slice after `cursor` that no container on the network holds;
     /// the cursor moves past it.
     async fn pick_address(&self, network: &DockerNetwork, cursor: &mut u32) -> Result<Ipv4Addr, RuntimeError> {
-        let found = self
-            .docker
-            .inspect_network(&network.name, None::<bollard::query_parameters::InspectNetworkOptions>)
-            .await
-            .map_err(|err| match status_code(&err) {
-                Some(404) => RuntimeError::Unavailable(format!("no Docker network {}", network.name)),
-                _ => unavailable(err),
-            })?;
+        let Some(found) = inspect_network(&self.docker, &network.name).await? else {
+            return Err(RuntimeError::Unavailable(format!("no Docker network {}", network.name)));
+        };
         let in_use: std::collections::HashSet<Ipv4Addr> = found
             .containers
             .unwrap_or_default()
