@@ -173,21 +173,21 @@ watch_response!(WatchBackendsResponse, BackendEvent, BackendEventType, Backend, 
 /// stored node (the live heartbeat time of a node attached to the answering controller).
 const LAST_HEARTBEAT_AT: u32 = 11;
 
-/// A `Node` encoded once for listings, around `last_heartbeat_at`: `head` holds the fields
-/// before it, `tail` those after it, so that `head`, the heartbeat time and `tail` are exactly
-/// the generated encoding, and a listing puts in the time it shows without encoding the node
-/// again. Cheap to clone (reference counts).
+/// A `Node` encoded once for listings, around `last_heartbeat_at`: `bytes[..split]` holds the
+/// fields before it, `bytes[split..]` those after it, so that the head, the heartbeat time and
+/// the tail are exactly the generated encoding, and a listing puts in the time it shows without
+/// encoding the node again. Cheap to clone (one reference count).
 #[derive(Clone, PartialEq, Debug)]
 pub struct ListedNode {
-    head: Bytes,
-    tail: Bytes,
+    bytes: Bytes,
+    split: usize,
     /// The heartbeat time this copy shows.
     pub last_heartbeat_at: Option<prost_types::Timestamp>,
 }
 
 impl ListedNode {
     pub fn new(node: &Node) -> ListedNode {
-        // The fields after 11, by name; any other field goes in `head`, which stays a valid
+        // The fields after 11, by name; any other field goes in the head, which stays a valid
         // encoding of the same node even if a later field lands there out of tag order.
         let tail = Node {
             resources: node.resources,
@@ -212,26 +212,26 @@ impl ListedNode {
         head.encode_raw(&mut buf);
         let split = buf.len();
         tail.encode_raw(&mut buf);
-        let bytes = Bytes::from(buf);
-        ListedNode { head: bytes.slice(..split), tail: bytes.slice(split..), last_heartbeat_at: node.last_heartbeat_at }
+        ListedNode { bytes: Bytes::from(buf), split, last_heartbeat_at: node.last_heartbeat_at }
     }
 
     /// The same node showing `last_heartbeat_at` instead.
     pub fn with_heartbeat(&self, last_heartbeat_at: Option<prost_types::Timestamp>) -> ListedNode {
-        ListedNode { head: self.head.clone(), tail: self.tail.clone(), last_heartbeat_at }
+        ListedNode { bytes: self.bytes.clone(), split: self.split, last_heartbeat_at }
     }
 
     fn encoded_len(&self) -> usize {
         let heartbeat = self.last_heartbeat_at.as_ref().map_or(0, |t| message::encoded_len(LAST_HEARTBEAT_AT, t));
-        self.head.len() + heartbeat + self.tail.len()
+        self.bytes.len() + heartbeat
     }
 
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.head);
+        let (head, tail) = self.bytes.split_at(self.split);
+        buf.put_slice(head);
         if let Some(t) = &self.last_heartbeat_at {
             message::encode(LAST_HEARTBEAT_AT, t, buf);
         }
-        buf.put_slice(&self.tail);
+        buf.put_slice(tail);
     }
 
     /// The node as one encoded message (a copy of its bytes), e.g. for a watch event.

@@ -78,16 +78,16 @@ impl NodeApi {
             }
             other => other.into(),
         })?;
-        let listed: Vec<(&Node, &v1::ListedNode)> = page
+        let listed: Vec<_> = page
             .nodes
             .iter()
             .filter_map(|change| match &change.object {
-                Watched::Node { node, listed, .. } => Some((node, listed)),
+                Watched::Node { node, listed, live, .. } => Some((node, listed, live)),
                 Watched::Backend { .. } => None,
             })
             .collect();
         let next_page_token = match listed.last() {
-            Some((last, _)) if page.more => self.tokens.encode(&PageCursor {
+            Some((last, _, _)) if page.more => self.tokens.encode(&PageCursor {
                 revision: page.revision,
                 after: last.id.clone(),
                 filter_digest: digest,
@@ -96,11 +96,11 @@ impl NodeApi {
         };
         // The one field not read at the snapshot: the live heartbeat time of the nodes attached
         // here, put into each node's bytes without encoding it again.
-        let heartbeats = self.registry.live_heartbeat_times(listed.iter().map(|(node, _)| *node));
+        let heartbeats = self.registry.listed_heartbeat_times(listed.iter().map(|(node, _, live)| (*node, *live)));
         let listed = listed
             .iter()
             .zip(heartbeats)
-            .map(|((_, listed), at)| listed.with_heartbeat(Some(timestamp_to_proto(at))))
+            .map(|((_, listed, _), at)| listed.with_heartbeat(Some(timestamp_to_proto(at))))
             .collect();
         Ok(v1::ListNodesResponse { nodes: Vec::new(), next_page_token, revision: page.revision, listed })
     }

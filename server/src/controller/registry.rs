@@ -7,6 +7,7 @@
 
 use super::LivenessConfig;
 use crate::store::{ActionWakeup, DynStore, NodeRegistration, NodeUpdate, StoreError, UpdateCondition};
+use crate::watch::LiveHeartbeat;
 use chrono::{DateTime, Utc};
 use hangar::domain::{Node, NodeFilter, NodeKind, NodeResources, NodeState};
 use std::collections::{BTreeSet, HashMap};
@@ -98,6 +99,8 @@ struct Entry {
     wake: Arc<Wake>,
     last_heartbeat: Instant,
     last_heartbeat_at: DateTime<Utc>,
+    /// `last_heartbeat_at`, for listings (the node's cell in [`Attached::live`]).
+    live: Arc<LiveHeartbeat>,
     resources: NodeResources,
     backend_count: u32,
     /// Whether the last liveness write said the node is healthy.
@@ -127,6 +130,10 @@ struct Attached {
     /// (kind, cluster, name): the store may already say such a node is held here while memory
     /// does not know it yet, and the stale-node sweep must not take it for an orphan.
     attaching: HashMap<(NodeKind, String, String), usize>,
+    /// The live heartbeat cell of each node attached here, by id. A node that attaches again
+    /// gets the cell it had, so that the node view's versions that keep a reference to it stay
+    /// right; a detached node's cell goes once no version keeps it.
+    live: HashMap<String, Arc<LiveHeartbeat>>,
 }
 
 impl std::ops::Deref for Attached {
@@ -290,12 +297,16 @@ impl NodeRegistry {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let closer = Closer::default();
         let wake = Arc::new(Wake::default());
+        let mut attached = self.attached.lock().unwrap();
+        let live = attached.live.entry(node.id.clone()).or_default().clone();
+        live.set(Some(now));
         let entry = Entry {
             session,
             closer: closer.clone(),
             wake: wake.clone(),
             last_heartbeat: Instant::now(),
             last_heartbeat_at: now,
+            live,
             resources: node.resources,
             backend_count: node.backend_count,
             written_healthy: true,
@@ -304,12 +315,16 @@ impl NodeRegistry {
             dirty: false,
         };
         let first_check = entry.last_heartbeat + self.config.unhealthy_after.min(self.config.offline_after);
-        let mut attached = self.attached.lock().unwrap();
         if let Some(previous) = attached.insert(node.id.clone(), entry) {
             tracing::info!(node_id = %node.id, "node attached again; closing its previous stream");
             previous.closer.close(CloseCause::Replaced);
         }
         attached.schedule(&node.id, first_check);
+        // Cells of nodes that detached while versions kept them go once those versions have (an
+        // attached node's entry holds its cell too).
+        if attached.live.len() > 2 * attached.nodes.len() + 1024 {
+            attached.live.retain(|_, cell| Arc::strong_count(cell) > 1);
+        }
         drop(attached);
         drop(attaching);
         (node.clone(), AttachedNode { node_id: node.id, kind: node.kind, session, closer, wake })
@@ -325,6 +340,7 @@ impl NodeRegistry {
             crate::metrics::record_heartbeat(attached.kind, now.duration_since(entry.last_heartbeat));
             entry.last_heartbeat = now;
             entry.last_heartbeat_at = Utc::now();
+            entry.live.set(Some(entry.last_heartbeat_at));
             entry.resources = resources;
             entry.backend_count = backend_count;
             // Back from an UNHEALTHY spell, or a new count: written at the next pass, not when
@@ -363,15 +379,54 @@ impl NodeRegistry {
         nodes.into_iter().map(live).collect()
     }
 
+    /// [`Self::live_heartbeat_times`] for the node view's versions, each with its cache of
+    /// whether it is held here (`held`): the same times, but a version looked up once is read
+    /// from its cell thereafter, without the lock, the map or the comparison of controller ids,
+    /// each a cache miss per node in a page of a thousand (BENCHMARKS.md, "list").
+    pub fn listed_heartbeat_times<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = (&'a Node, &'a OnceLock<Option<Arc<LiveHeartbeat>>>)>,
+    ) -> Vec<DateTime<Utc>> {
+        // Taken at the first version not looked up yet, and kept for the rest of the page.
+        let mut attached = None;
+        let mut time = |(node, held): (&Node, &OnceLock<Option<Arc<LiveHeartbeat>>>)| {
+            let cell = match held.get() {
+                Some(cell) => cell.as_deref(),
+                None if node.controller_id != self.controller_id => held.get_or_init(|| None).as_deref(),
+                None => {
+                    let map = attached.get_or_insert_with(|| self.attached.lock().unwrap());
+                    // Not cached while the node has no cell: it may be attaching here.
+                    map.live.get(&node.id).map(|cell| {
+                        let _ = held.set(Some(cell.clone()));
+                        &**cell
+                    })
+                }
+            };
+            match cell.and_then(LiveHeartbeat::get) {
+                Some(live) => node.last_heartbeat_at.max(live),
+                None => node.last_heartbeat_at,
+            }
+        };
+        nodes.into_iter().map(&mut time).collect()
+    }
+
     /// The node's stream ended: it is OFFLINE, unless a newer attachment replaced this one or
     /// another controller holds it by now.
     pub async fn detach(&self, attached: &AttachedNode) {
         let removed = {
             let mut map = self.attached.lock().unwrap();
-            match map.get(&attached.node_id) {
+            let removed = match map.get(&attached.node_id) {
                 Some(entry) if entry.session == attached.session => map.remove(&attached.node_id),
                 _ => None,
+            };
+            if let Some(entry) = &removed {
+                entry.live.set(None);
+                // Kept by the map and this entry only: no version of the node refers to it.
+                if Arc::strong_count(&entry.live) == 2 {
+                    map.live.remove(&attached.node_id);
+                }
             }
+            removed
         };
         let Some(entry) = removed else { return };
         let update = NodeUpdate {
@@ -757,6 +812,43 @@ mod tests {
         assert_eq!(nodes[0].last_heartbeat_at, live, "attached here: the live time");
         assert_eq!(nodes[1], elsewhere, "held by another controller: the stored copy");
         assert_eq!(nodes[2], unknown, "not attached here: the stored copy");
+    }
+
+    #[tokio::test]
+    async fn a_listed_version_shows_the_same_time_as_a_lookup_through_detach_and_a_new_attachment() {
+        let (registry, _dir) = registry(LivenessConfig::default()).await;
+        let (node, attached) = registry.attach(drone("d1")).await.unwrap();
+        let stored = Node { last_heartbeat_at: node.last_heartbeat_at - chrono::Duration::seconds(30), ..node };
+        let elsewhere = Node { controller_id: "ctl-other".into(), ..stored.clone() };
+        let unknown = Node { id: "not-attached".into(), ..stored.clone() };
+        // Each as one version of the node view, with its cache of the live cell.
+        let versions = [stored.clone(), elsewhere, unknown].map(|node| (node, OnceLock::new()));
+        let listed = || registry.listed_heartbeat_times(versions.iter().map(|(node, held)| (node, held)));
+        let looked_up = || registry.live_heartbeat_times(versions.iter().map(|(node, _)| node));
+
+        registry.heartbeat(&attached, NodeResources::default(), 0);
+        let live = registry.attached.lock().unwrap()[&node_id(&stored)].last_heartbeat_at;
+        assert_eq!(listed(), [live, stored.last_heartbeat_at, stored.last_heartbeat_at]);
+        assert!(versions[0].1.get().is_some_and(Option::is_some), "held here: the cell is kept");
+        assert!(versions[1].1.get().is_some_and(Option::is_none), "held elsewhere: known for good");
+        assert!(versions[2].1.get().is_none(), "no cell yet: looked up again next time");
+
+        registry.heartbeat(&attached, NodeResources::default(), 0);
+        assert_eq!(listed(), looked_up(), "a later heartbeat, read from the kept cell");
+        assert!(listed()[0] > live);
+
+        registry.detach(&attached).await;
+        assert_eq!(listed(), looked_up(), "detached: the stored time");
+        assert_eq!(listed()[0], stored.last_heartbeat_at);
+
+        let (_, again) = registry.attach(drone("d1")).await.unwrap();
+        registry.heartbeat(&again, NodeResources::default(), 0);
+        assert_eq!(listed(), looked_up(), "attached again: the kept cell is the node's cell again");
+        assert!(listed()[0] > stored.last_heartbeat_at);
+    }
+
+    fn node_id(node: &Node) -> String {
+        node.id.clone()
     }
 
     #[tokio::test]

@@ -4,12 +4,13 @@
 
 use crate::scheduler;
 use crate::store::{Change, ChangeKind, DroneSlot, DynStore, LocalCommit, NodeChange, Revision, StoreError};
+use chrono::{DateTime, Utc};
 use hangar::domain::{Backend, BackendState, Node, NodeFilter};
 use hangar::v1;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -60,6 +61,10 @@ pub enum Watched {
         encoded: v1::EncodedNode,
         /// The same node encoded for listings (the node view serves pages from it).
         listed: v1::ListedNode,
+        /// Whether this version is held by the controller that lists it, and if so that node's
+        /// live heartbeat cell; set by the first listing that shows it (see
+        /// [`LiveHeartbeat`]).
+        live: OnceLock<Option<Arc<LiveHeartbeat>>>,
     },
     Backend {
         backend: Backend,
@@ -78,7 +83,7 @@ impl HubChange {
                 HubChange {
                     revision: change.revision,
                     kind: change.kind,
-                    object: Watched::Node { node: change.node, encoded, listed },
+                    object: Watched::Node { node: change.node, encoded, listed, live: OnceLock::new() },
                 }
             }
             Change::Backend(change) => {
@@ -90,6 +95,39 @@ impl HubChange {
                 }
             }
         })
+    }
+}
+
+/// A node's heartbeat time as the controller it is attached to holds it in memory (the store's
+/// copy is refreshed only now and then). The registry sets it at each heartbeat and clears it
+/// when the node detaches; the node view's versions of a node held here keep a reference to it,
+/// so that a listing shows live times with one read per node: no lock, no map lookup, no
+/// comparison of ids (docs/design/nodes-and-watch.md#listing).
+#[derive(Debug)]
+pub struct LiveHeartbeat(AtomicI64);
+
+impl Default for LiveHeartbeat {
+    fn default() -> Self {
+        LiveHeartbeat(AtomicI64::new(LiveHeartbeat::NONE))
+    }
+}
+
+impl LiveHeartbeat {
+    /// No live time: the node is not attached here.
+    const NONE: i64 = i64::MIN;
+
+    /// Sets the live time (`None`: the node is no longer attached here).
+    pub fn set(&self, at: Option<DateTime<Utc>>) {
+        // Nanoseconds since the epoch reach the year 2262; a time past that reads as none.
+        let nanos = at.and_then(|at| at.timestamp_nanos_opt()).unwrap_or(LiveHeartbeat::NONE);
+        self.0.store(nanos, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<DateTime<Utc>> {
+        match self.0.load(Ordering::Relaxed) {
+            LiveHeartbeat::NONE => None,
+            nanos => Some(DateTime::from_timestamp_nanos(nanos)),
+        }
     }
 }
 

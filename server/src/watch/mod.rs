@@ -19,5 +19,5 @@ mod stream;
 
 pub use backends::BackendWatch;
 pub use changes::ChangeWatch;
-pub use hub::{HubChange, NodeListing, Subscription, WatchConfig, WatchHub, Watched};
+pub use hub::{HubChange, LiveHeartbeat, NodeListing, Subscription, WatchConfig, WatchHub, Watched};
 pub use stream::{NodeWatch, WatchRequest, WatchStream};
