@@ -52,9 +52,10 @@ pub async fn run(mut args: ListArgs) -> anyhow::Result<()> {
         "list benchmark: {} nodes listed in pages of {} through ListNodes, {} times, next to an etcd Range of as many keys of the same size",
         args.nodes, args.page_size, args.listings
     );
-    let (hangar, node_bytes) = hangar_listings(&args).await?;
+    let Listings { decoded: hangar, undecoded, node_bytes } = hangar_listings(&args).await?;
     let etcd = etcd_listings(&args, node_bytes).await?;
     let (hangar_d, etcd_d) = (Distribution::of(hangar.clone()), Distribution::of(etcd.clone()));
+    let undecoded_d = Distribution::of(undecoded.clone());
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let best = |v: &[u64]| Duration::from_nanos(v.iter().copied().min().unwrap_or(0));
     let ratio = ms(hangar_d.p50) / ms(etcd_d.p50).max(f64::MIN_POSITIVE);
@@ -70,6 +71,8 @@ pub async fn run(mut args: ListArgs) -> anyhow::Result<()> {
         ("full listing, best", best(&hangar), best(&etcd)),
         ("full listing, p50", hangar_d.p50, etcd_d.p50),
         ("full listing, max", hangar_d.max, etcd_d.max),
+        ("undecoded listing, best", best(&undecoded), best(&etcd)),
+        ("undecoded listing, p50", undecoded_d.p50, etcd_d.p50),
     ] {
         println!(
             "| {name:<27} | {:>14} | {:>14} | {:>11.2} |",
@@ -82,12 +85,34 @@ pub async fn run(mut args: ListArgs) -> anyhow::Result<()> {
         .figure("hangar_p50_ms", ms(hangar_d.p50))
         .figure("etcd_p50_ms", ms(etcd_d.p50))
         .figure("ratio", ratio)
+        .figure("hangar_undecoded_p50_ms", ms(undecoded_d.p50))
+        .figure("undecoded_ratio", ms(undecoded_d.p50) / ms(etcd_d.p50).max(f64::MIN_POSITIVE))
         .print();
     Ok(())
 }
 
-/// The listing times (ns) and the nodes' average encoded size.
-async fn hangar_listings(args: &ListArgs) -> anyhow::Result<(Vec<u64>, usize)> {
+/// Hangar's listing times (ns), decoded and undecoded, and the nodes' average encoded size.
+struct Listings {
+    /// The client decodes every node (the SDK's `v1::Node`): what a caller of the SDK waits for.
+    decoded: Vec<u64>,
+    /// The client keeps each node's encoded bytes, as an etcd client keeps a value: what the
+    /// controller and the wire cost without the client's decoding of 10,000 typed nodes.
+    undecoded: Vec<u64>,
+    node_bytes: usize,
+}
+
+/// `hangar.v1.ListNodesResponse` with each node left as its encoded bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct UndecodedPage {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    nodes: Vec<bytes::Bytes>,
+    #[prost(string, tag = "2")]
+    next_page_token: String,
+    #[prost(uint64, tag = "3")]
+    revision: u64,
+}
+
+async fn hangar_listings(args: &ListArgs) -> anyhow::Result<Listings> {
     let controller = ControllerProc::start(&args.controller, &[]).await?;
     let fleet = Arc::new(Fleet::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -104,30 +129,52 @@ async fn hangar_listings(args: &ListArgs) -> anyhow::Result<(Vec<u64>, usize)> {
     .await?;
     let attach = sim_drone::wait_attached(&fleet, args.nodes, start, Duration::from_secs(240)).await?;
     println!("hangar: {} drones attached in {:.2} s", args.nodes, attach.as_secs_f64());
-    let mut client = v1::node_service_client::NodeServiceClient::new(controller.connect().await?);
-    let (mut times, mut bytes) = (Vec::new(), 0);
-    for _ in 0..args.listings {
-        let started = Instant::now();
-        let (mut listed, mut page_token) = (0, String::new());
-        loop {
-            let request = v1::ListNodesRequest { filter: None, page_size: args.page_size as i32, page_token };
-            let page = client.list_nodes(request).await?.into_inner();
-            listed += page.nodes.len();
-            bytes = page.nodes.iter().map(|n| n.encoded_len()).sum::<usize>() / page.nodes.len().max(1);
-            if page.next_page_token.is_empty() {
-                break;
+    // The SDK's channel settings, and the etcd client's: HTTP/2's default windows. (An adaptive
+    // window starts at 64 KiB and, on loopback, stays near it, so a page of half a megabyte
+    // waits for window updates.)
+    let channel = tonic::transport::Endpoint::from_shared(controller.url.clone())?.tcp_nodelay(true).connect().await?;
+    let mut client = v1::node_service_client::NodeServiceClient::new(channel.clone());
+    let mut undecoded = tonic::client::Grpc::new(channel);
+    let (mut times, mut undecoded_times, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for listing in 0..args.listings {
+        // The two listings alternate which goes first, so that neither always follows the other.
+        for decode in [listing % 2 == 0, listing % 2 == 1] {
+            let started = Instant::now();
+            let (mut listed, mut page_token) = (0, String::new());
+            loop {
+                let request = v1::ListNodesRequest { filter: None, page_size: args.page_size as i32, page_token };
+                let (nodes, next_page_token) = if decode {
+                    let page = client.list_nodes(request).await?.into_inner();
+                    bytes = page.nodes.iter().map(|n| n.encoded_len()).sum::<usize>() / page.nodes.len().max(1);
+                    (page.nodes.len(), page.next_page_token)
+                } else {
+                    undecoded.ready().await?;
+                    let path = http::uri::PathAndQuery::from_static("/hangar.v1.NodeService/ListNodes");
+                    let codec = tonic_prost::ProstCodec::<v1::ListNodesRequest, UndecodedPage>::default();
+                    let page = undecoded.unary(tonic::Request::new(request), path, codec).await?.into_inner();
+                    (page.nodes.len(), page.next_page_token)
+                };
+                listed += nodes;
+                if next_page_token.is_empty() {
+                    break;
+                }
+                page_token = next_page_token;
             }
-            page_token = page.next_page_token;
+            let elapsed = started.elapsed().as_nanos() as u64;
+            if decode {
+                times.push(elapsed)
+            } else {
+                undecoded_times.push(elapsed)
+            }
+            anyhow::ensure!(listed == args.nodes, "a listing returned {listed} nodes, not {}", args.nodes);
         }
-        times.push(started.elapsed().as_nanos() as u64);
-        anyhow::ensure!(listed == args.nodes, "a listing returned {listed} nodes, not {}", args.nodes);
     }
     let lost = Fleet::get(&fleet.sessions_lost);
     let _ = stop_tx.send(true);
     while drones.join_next().await.is_some() {}
     controller.stop().await;
     anyhow::ensure!(lost == 0, "{lost} drone sessions ended during the listings");
-    Ok((times, bytes))
+    Ok(Listings { decoded: times, undecoded: undecoded_times, node_bytes: bytes })
 }
 
 const PREFIX: &[u8] = b"/hangar-bench/nodes/";
