@@ -5,11 +5,11 @@
 
 use crate::secret::REDACTED;
 use crate::{executor, v1};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// A map's keys, each with [`REDACTED`] for its value, in key order.
-fn redacted_values(map: &HashMap<String, String>) -> BTreeMap<&str, &str> {
+fn redacted_values(map: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
     map.keys().map(|key| (key.as_str(), REDACTED)).collect()
 }
 

@@ -74,7 +74,7 @@ async fn spawn_labelled(
     drone: &str,
     namespace: &str,
     name: &str,
-    labels: std::collections::HashMap<String, String>,
+    labels: std::collections::BTreeMap<String, String>,
 ) -> Backend {
     let wire = v1::SpawnConfig {
         executable: Some(v1::Executable { image: "hangar/test:1".into(), ..Default::default() }),

@@ -21,7 +21,7 @@ use hangar_tests::{ManualDrone, TestCluster, drone_hello, test_config};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -99,10 +99,10 @@ fn id() -> impl Strategy<Value = String> {
     prop_oneof![4 => "(bk|nd|act|ev)-[0-9a-f]{1,32}", 1 => text()]
 }
 
-fn map() -> impl Strategy<Value = HashMap<String, String>> {
+fn map() -> impl Strategy<Value = BTreeMap<String, String>> {
     prop_oneof![
-        6 => prop::collection::hash_map("[a-z]{1,8}", "[a-z0-9]{0,8}", 0..4),
-        1 => prop::collection::hash_map(text(), text(), 0..80),
+        6 => prop::collection::btree_map("[a-z]{1,8}", "[a-z0-9]{0,8}", 0..4),
+        1 => prop::collection::btree_map(text(), text(), 0..80),
     ]
 }
 
