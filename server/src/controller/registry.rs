@@ -827,7 +827,7 @@ mod tests {
         let looked_up = || registry.live_heartbeat_times(versions.iter().map(|(node, _)| node));
 
         registry.heartbeat(&attached, NodeResources::default(), 0);
-        let live = registry.attached.lock().unwrap()[&node_id(&stored)].last_heartbeat_at;
+        let live = registry.attached.lock().unwrap()[&stored.id].last_heartbeat_at;
         assert_eq!(listed(), [live, stored.last_heartbeat_at, stored.last_heartbeat_at]);
         assert!(versions[0].1.get().is_some_and(Option::is_some), "held here: the cell is kept");
         assert!(versions[1].1.get().is_some_and(Option::is_none), "held elsewhere: known for good");
@@ -845,10 +845,6 @@ mod tests {
         registry.heartbeat(&again, NodeResources::default(), 0);
         assert_eq!(listed(), looked_up(), "attached again: the kept cell is the node's cell again");
         assert!(listed()[0] > stored.last_heartbeat_at);
-    }
-
-    fn node_id(node: &Node) -> String {
-        node.id.clone()
     }
 
     #[tokio::test]
