@@ -29,11 +29,13 @@ pub const ERROR_HEADER: &str = "x-hangar-error";
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The most a backend connection reads at once. hyper's default (~400 KiB) let its read buffer
-/// grow past glibc's mmap threshold (128 KiB) on large bodies, so each buffer was a fresh
-/// mapping: page faults, zeroed pages and an `munmap` per chunk of a 1 MiB response, high in the
-/// proxy's profile (the figures, before and after this cap: BENCHMARKS.md, "Session of
-/// 2026-12-03 (2)"). 64 KiB, the size nginx proxies with here, stays on the heap and is reused.
-const BACKEND_READ_BUFFER: usize = 64 * 1024;
+/// grow past glibc's mmap threshold on large bodies, and a cap of 64 KiB (the size nginx proxies
+/// with here) took that out of the profile, but it halved the throughput of 1 MiB answers:
+/// sixteen reads, sixteen writes and sixteen wake-ups of each side per body. With 256 KiB,
+/// 1 MiB answers went from 0.54–0.57× nginx's rate to 0.89–1.04× over HTTP/1.1 and from
+/// 0.41–0.48× to 0.69–0.70× over HTTP/2 (A/B of the two builds, alternating; BENCHMARKS.md,
+/// "The backend read buffer"). 512 KiB measured the same within the noise.
+const BACKEND_READ_BUFFER: usize = 256 * 1024;
 
 /// How often an open upgraded connection (WebSocket) counts as traffic for its backend.
 const TUNNEL_ACTIVITY_INTERVAL: Duration = Duration::from_secs(1);
