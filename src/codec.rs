@@ -70,8 +70,9 @@ impl<T: Message> Encoder for HangarEncoder<T> {
     type Error = Status;
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // The size once: `Message::encode` would compute it again to check the room reserved.
         buf.reserve(item.encoded_len());
-        item.encode(buf).expect("the buffer grows as needed");
+        item.encode_raw(buf);
         Ok(())
     }
 
