@@ -129,9 +129,8 @@ async fn hangar_listings(args: &ListArgs) -> anyhow::Result<Listings> {
     .await?;
     let attach = sim_drone::wait_attached(&fleet, args.nodes, start, Duration::from_secs(240)).await?;
     println!("hangar: {} drones attached in {:.2} s", args.nodes, attach.as_secs_f64());
-    // The SDK's channel settings, and the etcd client's: HTTP/2's default windows. (An adaptive
-    // window starts at 64 KiB and, on loopback, stays near it, so a page of half a megabyte
-    // waits for window updates.)
+    // A plain channel with HTTP/2's default windows, as the etcd client below uses: neither side
+    // is tuned, so the two listings compare the servers, not the clients' settings.
     let channel = tonic::transport::Endpoint::from_shared(controller.url.clone())?.tcp_nodelay(true).connect().await?;
     let mut client = v1::node_service_client::NodeServiceClient::new(channel.clone());
     let mut undecoded = tonic::client::Grpc::new(channel);
