@@ -6,7 +6,8 @@ use super::StoreError;
 use super::rows::{from_migrate, from_sqlx};
 use super::sql::{AbortOnDrop, Dialect, SqlStore, parse_notify_payload};
 use sqlx::Postgres;
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -29,6 +30,8 @@ impl Dialect for Postgres {
         WHERE v.node_id = n.id AND v.revision <= $1 ORDER BY v.revision DESC LIMIT 1) h";
     // Sent at commit, in commit order, and only if the transaction commits.
     const ANNOUNCE: Option<&'static str> = Some("SELECT pg_notify('hangar_node_changes', $1)");
+    const LOCKS_DATABASE: bool = false;
+    const NUMBERED_PARAMETERS: bool = true;
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
         result.rows_affected()
@@ -42,6 +45,9 @@ impl SqlStore<Postgres> {
     /// Connects to and migrates `postgres://…`. Concurrent controllers may migrate at once: sqlx
     /// serializes migrations with an advisory lock.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?
+            .statement_cache_capacity(super::sql::STATEMENT_CACHE);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             // A call while the database is down fails as Unavailable after this, not hangs.
@@ -55,7 +61,7 @@ impl SqlStore<Postgres> {
                     sqlx::Executor::execute(&mut *connection, IDLE_IN_TRANSACTION_TIMEOUT).await.map(drop)
                 })
             })
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(from_sqlx)?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(from_migrate)?;

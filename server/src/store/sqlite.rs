@@ -21,6 +21,8 @@ impl Dialect for Sqlite {
     const LATEST_VERSION: &'static str = "JOIN node_history h ON h.revision = \
         (SELECT MAX(v.revision) FROM node_history v WHERE v.node_id = n.id AND v.revision <= $1)";
     const ANNOUNCE: Option<&'static str> = None;
+    const LOCKS_DATABASE: bool = true;
+    const NUMBERED_PARAMETERS: bool = false;
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()
@@ -41,7 +43,8 @@ impl SqlStore<Sqlite> {
             // back with different content after a power cut would confuse every resuming client.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .statement_cache_capacity(super::sql::STATEMENT_CACHE);
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;

@@ -13,8 +13,10 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transactio
 use std::time::Duration;
 
 pub(super) mod batch;
+mod writes;
 
 use batch::{Done, Op};
+use writes::{ActionRow, BackendRow, HistoryRow};
 
 const BACKEND_COLUMNS: &str = "data, last_activity_at";
 
@@ -105,42 +107,6 @@ where
         row.map(|r| decode_backend(&r)).transpose()
     }
 
-    async fn insert_backend(
-        tx: &mut Transaction<'static, DB>,
-        backend: &Backend,
-        revision: Revision,
-    ) -> Result<(), StoreError> {
-        let key = backend.key.clone().unwrap_or(BackendKey {
-            namespace: String::new(),
-            name: String::new(),
-            tag: String::new(),
-        });
-        sqlx::query(
-            "INSERT INTO backends (id, key_namespace, key_name, key_tag, drone_id, cluster, pool, state, fencing_token, \
-             created_at, updated_at, last_activity_at, revision, data, limit_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(backend.id.clone())
-        .bind(key.namespace)
-        .bind(key.name)
-        .bind(key.tag)
-        .bind(backend.drone_id.clone())
-        .bind(backend.cluster.clone())
-        .bind(backend.pool.clone())
-        .bind(backend.status.state.as_str().to_string())
-        .bind(i64::try_from(backend.fencing_token).unwrap_or(i64::MAX))
-        .bind(rows::millis(backend.created_at))
-        .bind(rows::millis(backend.updated_at))
-        .bind(rows::millis(backend.last_activity_at))
-        .bind(db_revision(revision))
-        .bind(encode(backend)?)
-        .bind(backend.limit_due_at().map(rows::millis))
-        .execute(&mut **tx)
-        .await
-        .map_err(from_sqlx)?;
-        Self::record_status(tx, backend, revision, None).await
-    }
-
     /// A new status (the backend was in `previous` before): the row and a history entry.
     async fn update_backend(
         tx: &mut Transaction<'static, DB>,
@@ -149,7 +115,7 @@ where
         previous: BackendState,
     ) -> Result<(), StoreError> {
         Self::update_backend_row(tx, backend, revision).await?;
-        Self::record_status(tx, backend, revision, Some(previous)).await
+        writes::write_history::<DB>(&mut **tx, &[HistoryRow::of(backend, revision, Some(previous))?]).await
     }
 
     /// The row only: for changes that are not a new status.
@@ -158,45 +124,7 @@ where
         backend: &Backend,
         revision: Revision,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE backends SET state = $2, updated_at = $3, revision = $4, data = $5, limit_at = $6 WHERE id = $1",
-        )
-        .bind(backend.id.clone())
-        .bind(backend.status.state.as_str().to_string())
-        .bind(rows::millis(backend.updated_at))
-        .bind(db_revision(revision))
-        .bind(encode(backend)?)
-        .bind(backend.limit_due_at().map(rows::millis))
-        .execute(&mut **tx)
-        .await
-        .map_err(from_sqlx)?;
-        Ok(())
-    }
-
-    /// A history row: the status (for WatchBackend) and, for the watch log, the whole backend
-    /// and its state before (`None`: the backend is new).
-    async fn record_status(
-        tx: &mut Transaction<'static, DB>,
-        backend: &Backend,
-        revision: Revision,
-        previous: Option<BackendState>,
-    ) -> Result<(), StoreError> {
-        let change = if previous.is_none() { ChangeKind::Added } else { ChangeKind::Modified };
-        sqlx::query(
-            "INSERT INTO backend_history (revision, backend_id, status, recorded_at, change, previous_state, data) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(db_revision(revision))
-        .bind(backend.id.clone())
-        .bind(encode(&backend.status)?)
-        .bind(rows::millis(Utc::now()))
-        .bind(rows::change_as_str(change).to_string())
-        .bind(previous.map(|s| s.as_str().to_string()).unwrap_or_default())
-        .bind(encode(backend)?)
-        .execute(&mut **tx)
-        .await
-        .map_err(from_sqlx)?;
-        Ok(())
+        writes::write_backends::<DB>(&mut **tx, &[BackendRow::of(backend, revision)?]).await
     }
 
     /// Commits a transaction that recorded one status of `backend`, publishing it to this
@@ -381,28 +309,7 @@ where
     }
 
     async fn insert_action(tx: &mut Transaction<'static, DB>, action: &PendingAction) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO drone_actions (id, drone_id, backend_id, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(action.id.clone())
-        .bind(action.drone_id.clone())
-        .bind(action.backend_id.clone())
-        .bind(encode(&action.payload)?)
-        .bind(rows::millis(action.created_at))
-        .execute(&mut **tx)
-        .await
-        .map_err(from_sqlx)?;
-        Ok(())
-    }
-
-    async fn insert_token(
-        tx: &mut Transaction<'static, DB>,
-        backend_id: &str,
-        token: &IssuedToken,
-        expires_at: i64,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        insert_token_on::<DB>(&mut **tx, backend_id, token, expires_at, now).await
+        writes::write_actions::<DB>(&mut **tx, &[ActionRow::of(action)?]).await
     }
 
     /// Stores a Terminate action for a live backend inside `tx`, unless one at least as hard is
@@ -759,11 +666,8 @@ where
         if renewals.is_empty() {
             return Ok(Vec::new());
         }
-        // The statement of `renew_key`, once per key, in one transaction: the same per-key
-        // condition, one commit for the batch. No revision: a renewed lease is no change anyone
-        // watches.
-        // Keys in one order in every batch, so two batches that overlap (a drone's stale session
-        // on another controller) take their row locks in the same order and cannot deadlock.
+        // The condition of `renew_key` for every key, in one transaction, one commit for the
+        // batch. No revision: a renewed lease is no change anyone watches.
         let mut order: Vec<usize> = (0..renewals.len()).collect();
         order.sort_by(|&a, &b| {
             let (a, b) = (&renewals[a].key, &renewals[b].key);
@@ -771,21 +675,63 @@ where
         });
         let mut tx = self.write_pool().begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
         let mut renewed = vec![false; renewals.len()];
-        for index in order {
-            let renewal = &renewals[index];
-            let result = sqlx::query(
-                "UPDATE backend_keys SET lease_expires_at = $5 WHERE namespace = $1 AND name = $2 \
-                 AND backend_id = $3 AND fencing_token = $4",
-            )
-            .bind(renewal.key.namespace.clone())
-            .bind(renewal.key.name.clone())
-            .bind(renewal.backend_id.clone())
-            .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1))
-            .bind(rows::millis(expires_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(from_sqlx)?;
-            renewed[index] = rows_affected::<DB>(&result) > 0;
+        if DB::LOCKS_DATABASE {
+            // No row locks to order: many keys per statement, each statement returning the
+            // holders it renewed (a key has one holder, so a holder names its renewal).
+            for chunk in writes::padded_chunks(&order) {
+                let terms: Vec<String> = (0..chunk.len())
+                    .map(|i| {
+                        format!(
+                            "(namespace, name, backend_id, fencing_token) = ({})",
+                            writes::parameters::<DB>(2 + 4 * i, 4)
+                        )
+                    })
+                    .collect();
+                let sql = format!(
+                    "UPDATE backend_keys SET lease_expires_at = {} WHERE {} RETURNING backend_id",
+                    writes::parameters::<DB>(1, 1),
+                    terms.join(" OR ")
+                );
+                let mut query = sqlx::query(&sql).bind(rows::millis(expires_at));
+                for &index in &chunk {
+                    let renewal = &renewals[index];
+                    query = query
+                        .bind(renewal.key.namespace.clone())
+                        .bind(renewal.key.name.clone())
+                        .bind(renewal.backend_id.clone())
+                        .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1));
+                }
+                let holders: std::collections::HashSet<String> = query
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(from_sqlx)?
+                    .iter()
+                    .map(|row| row.try_get(0).map_err(from_sqlx))
+                    .collect::<Result<_, _>>()?;
+                for &index in &chunk {
+                    renewed[index] = holders.contains(&renewals[index].backend_id);
+                }
+            }
+        } else {
+            // One statement per key, keys in one order in every batch, so that two batches that
+            // overlap (a drone's stale session on another controller) take their row locks in
+            // the same order and cannot deadlock.
+            for index in order {
+                let renewal = &renewals[index];
+                let result = sqlx::query(
+                    "UPDATE backend_keys SET lease_expires_at = $5 WHERE namespace = $1 AND name = $2 \
+                     AND backend_id = $3 AND fencing_token = $4",
+                )
+                .bind(renewal.key.namespace.clone())
+                .bind(renewal.key.name.clone())
+                .bind(renewal.backend_id.clone())
+                .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1))
+                .bind(rows::millis(expires_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                renewed[index] = rows_affected::<DB>(&result) > 0;
+            }
         }
         tx.commit().await.map_err(from_sqlx)?;
         Ok(renewed)
@@ -1031,36 +977,6 @@ where
         self.commit_status(tx, revision, &backend, Some(previous)).await?;
         Ok(Some(backend))
     }
-}
-
-async fn insert_token_on<DB>(
-    connection: &mut DB::Connection,
-    backend_id: &str,
-    token: &IssuedToken,
-    expires_at: i64,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-{
-    sqlx::query(
-        "INSERT INTO connection_tokens (token_hash, backend_id, user_name, auth, expires_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(token.hash.clone())
-    .bind(backend_id.to_string())
-    .bind(token.user.clone())
-    .bind(encode(&token.auth)?)
-    .bind(expires_at)
-    .bind(rows::millis(now))
-    .execute(connection)
-    .await
-    .map_err(from_sqlx)?;
-    Ok(())
 }
 
 /// Rows an UPDATE touched, whatever the database.

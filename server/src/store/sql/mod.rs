@@ -27,6 +27,14 @@ pub trait Dialect: Database {
     const LATEST_VERSION: &'static str;
     /// Run inside each writing transaction just before commit, with the new revision as `$1`.
     const ANNOUNCE: Option<&'static str>;
+    /// A writing transaction locks the whole database (SQLite), not rows: one statement may
+    /// then update many rows in whatever order it finds them, with no other writer to deadlock.
+    const LOCKS_DATABASE: bool;
+    /// Parameters are numbered (`$1`, PostgreSQL) rather than taken in order (`?`, SQLite).
+    /// Statements written once for both use `$N`, which SQLite also takes; those with hundreds
+    /// of parameters are written for each (`backends::writes::parameters`), since SQLite finds
+    /// a numbered parameter by walking the statement's list of names, once per parameter bound.
+    const NUMBERED_PARAMETERS: bool;
 
     /// Rows a statement changed (sqlx has no common trait for it).
     fn rows_affected(result: &Self::QueryResult) -> u64;
@@ -51,6 +59,11 @@ pub struct SqlStore<DB: Database> {
     /// Backend writes waiting to be committed together (`backends::batch`).
     batch: backends::batch::WriteQueue,
 }
+
+/// Prepared statements a connection keeps (sqlx's default is 100). A write batch's statements
+/// come in up to nine sizes per table (`backends::writes`), some eighty texts on top of the
+/// store's fixed ones; with the default they pushed each other out and were prepared again.
+pub(super) const STATEMENT_CACHE: usize = 256;
 
 /// Local commits a `local_commits` receiver may trail by before it gets `Lagged`.
 const LOCAL_COMMITS_BUFFER: usize = 4096;

@@ -14,14 +14,17 @@
 //! (docs/design/backends-and-leases.md#connect-get-or-create-by-key)
 
 use super::super::{Dialect, SqlStore};
+use super::writes::{ActionRow, BackendRow, HistoryRow, KeyRow, Rows, TokenRow, padded_chunks, parameters};
 use crate::store::backends::*;
 use crate::store::rows::{self, from_sqlx};
 use crate::store::{Change, ChangeKind, LocalCommit, Revision, StoreError};
 use chrono::{DateTime, Utc};
-use hangar::domain::{Backend, BackendState, BackendStatus, TerminationKind, TerminationReason, status_message};
+use hangar::domain::{
+    Backend, BackendKey, BackendState, BackendStatus, TerminationKind, TerminationReason, status_message,
+};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type};
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 /// One write waiting for a batch.
@@ -68,17 +71,26 @@ struct Batch<DB: sqlx::Database> {
     woken: Vec<String>,
     /// The fencing floor, read once per batch (only retention raises it, never inside a batch).
     fencing_floor: Option<i64>,
+    /// Keys as this transaction sees them (`None`: no row), for every key the batch's Connects
+    /// name: read in one statement before the first write, then kept up to date by the batch's
+    /// own placements and releases.
+    keys: HashMap<(String, String), Option<Holder>>,
+    /// Backends as this transaction sees them (`None`: no row): those the batch's events and
+    /// terminations name, read in one statement before the first write, and those it creates or
+    /// changes, in their newest version.
+    backends: HashMap<String, Option<Backend>>,
+    /// The rows the batch writes, held back until it ends (or until a statement of its own
+    /// must see them: [`SqlStore::write_held_rows`]).
+    rows: Rows,
 }
 
-/// `state IN (…)` over the live states, so that the count walks `backends_by_drone` only over
-/// live rows (a drone's terminated backends, which pile up under churn, are not visited).
-fn live_count_sql() -> &'static str {
-    static SQL: OnceLock<String> = OnceLock::new();
-    SQL.get_or_init(|| {
-        let states: Vec<String> =
-            BackendState::ALL.iter().filter(|s| s.is_live()).map(|s| format!("'{}'", s.as_str())).collect();
-        format!("SELECT COUNT(*) FROM backends WHERE drone_id = $1 AND state IN ({})", states.join(", "))
-    })
+/// A key's row as a batch sees it.
+#[derive(Clone)]
+struct Holder {
+    tag: String,
+    /// The live holder's id, `""` when the key is free.
+    backend_id: String,
+    fencing_token: i64,
 }
 
 fn abandoned() -> StoreError {
@@ -146,7 +158,11 @@ where
             live: HashMap::new(),
             woken: Vec::new(),
             fencing_floor: None,
+            keys: HashMap::new(),
+            backends: HashMap::new(),
+            rows: Rows::default(),
         };
+        Self::read_ahead(&mut batch, ops).await?;
         let mut done = Vec::with_capacity(ops.len());
         for op in ops {
             done.push(match op {
@@ -159,6 +175,7 @@ where
                 }
             });
         }
+        Self::write_held_rows(&mut batch).await?;
         let Batch { mut tx, revisions, wrote, mut woken, .. } = batch;
         if revisions.is_empty() && !wrote {
             // Nothing changed: the revision goes back with the rollback.
@@ -203,19 +220,142 @@ where
         Ok(revision)
     }
 
-    async fn live_on(batch: &mut Batch<DB>, drone_id: &str) -> Result<u32, StoreError> {
-        if let Some(live) = batch.live.get(drone_id) {
-            return Ok(*live);
+    /// Reads, in one statement each, the keys the batch's Connects name and the backends its
+    /// events and terminations name, instead of one statement per write.
+    async fn read_ahead(batch: &mut Batch<DB>, ops: &[Op]) -> Result<(), StoreError> {
+        let mut keys: Vec<&BackendKey> = Vec::new();
+        let mut ids: Vec<&str> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Connect(spec, _) => keys.extend(spec.key.as_ref()),
+                Op::Reports { events, .. } => ids.extend(events.iter().map(|e| e.backend_id.as_str())),
+                Op::Terminate { id, .. } => ids.push(id),
+            }
         }
-        let row = sqlx::query(live_count_sql())
-            .bind(drone_id.to_string())
-            .fetch_one(&mut *batch.tx)
-            .await
-            .map_err(from_sqlx)?;
-        let live: i64 = row.try_get(0).map_err(from_sqlx)?;
-        let live = u32::try_from(live).unwrap_or(u32::MAX);
-        batch.live.insert(drone_id.to_string(), live);
-        Ok(live)
+        keys.sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        keys.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in padded_chunks(&keys) {
+            // A join on a list of values: both databases look each key up in the primary key
+            // (PostgreSQL scanned the whole table for a long `OR` of keys).
+            let values: Vec<String> =
+                (0..chunk.len()).map(|i| format!("({})", parameters::<DB>(2 * i + 1, 2))).collect();
+            let sql = format!(
+                "SELECT k.namespace, k.name, k.tag, k.backend_id, k.fencing_token FROM (VALUES {}) AS v \
+                 JOIN backend_keys k ON k.namespace = v.column1 AND k.name = v.column2",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for key in &chunk {
+                query = query.bind(key.namespace.clone()).bind(key.name.clone());
+                batch.keys.insert((key.namespace.clone(), key.name.clone()), None);
+            }
+            for row in query.fetch_all(&mut *batch.tx).await.map_err(from_sqlx)? {
+                let name = (row.try_get(0).map_err(from_sqlx)?, row.try_get(1).map_err(from_sqlx)?);
+                let holder = Holder {
+                    tag: row.try_get(2).map_err(from_sqlx)?,
+                    backend_id: row.try_get(3).map_err(from_sqlx)?,
+                    fencing_token: row.try_get(4).map_err(from_sqlx)?,
+                };
+                batch.keys.insert(name, Some(holder));
+            }
+        }
+        for chunk in padded_chunks(&ids) {
+            let sql = format!(
+                "SELECT {} FROM backends WHERE id IN ({})",
+                super::BACKEND_COLUMNS,
+                parameters::<DB>(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in &chunk {
+                query = query.bind(id.to_string());
+                batch.backends.insert(id.to_string(), None);
+            }
+            for row in query.fetch_all(&mut *batch.tx).await.map_err(from_sqlx)? {
+                let backend = super::decode_backend(&row)?;
+                batch.backends.insert(backend.id.clone(), Some(backend));
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend `id` as the batch sees it.
+    async fn backend(batch: &mut Batch<DB>, id: &str) -> Result<Option<Backend>, StoreError> {
+        if let Some(known) = batch.backends.get(id) {
+            return Ok(known.clone());
+        }
+        // Not named up front (a key's holder): not one the batch wrote either, so its row is
+        // as the database has it.
+        let found = Self::backend_in(&mut batch.tx, id).await?;
+        batch.backends.insert(id.to_string(), found.clone());
+        Ok(found)
+    }
+
+    /// The key's row as the batch sees it.
+    async fn key_holder(batch: &mut Batch<DB>, key: &BackendKey) -> Result<Option<Holder>, StoreError> {
+        let name = (key.namespace.clone(), key.name.clone());
+        if let Some(known) = batch.keys.get(&name) {
+            return Ok(known.clone());
+        }
+        let row =
+            sqlx::query("SELECT tag, backend_id, fencing_token FROM backend_keys WHERE namespace = $1 AND name = $2")
+                .bind(key.namespace.clone())
+                .bind(key.name.clone())
+                .fetch_optional(&mut *batch.tx)
+                .await
+                .map_err(from_sqlx)?;
+        let holder = match row {
+            Some(row) => Some(Holder {
+                tag: row.try_get(0).map_err(from_sqlx)?,
+                backend_id: row.try_get(1).map_err(from_sqlx)?,
+                fencing_token: row.try_get(2).map_err(from_sqlx)?,
+            }),
+            None => None,
+        };
+        batch.keys.insert(name, holder.clone());
+        Ok(holder)
+    }
+
+    /// A new version of a backend: its row (held back) and the batch's view of it.
+    fn put_backend(batch: &mut Batch<DB>, backend: &Backend, revision: Revision) -> Result<(), StoreError> {
+        batch.rows.backend(BackendRow::of(backend, revision)?);
+        batch.backends.insert(backend.id.clone(), Some(backend.clone()));
+        Ok(())
+    }
+
+    /// Writes the rows held back so far, before a statement that must see them.
+    async fn write_held_rows(batch: &mut Batch<DB>) -> Result<(), StoreError> {
+        if !batch.rows.is_empty() {
+            batch.wrote = true;
+            batch.rows.write::<DB>(&mut batch.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the live backends of every drone of `candidates` the batch has not read yet, from
+    /// `drone_load` (kept by triggers on `backends`), in one statement; `live` then keeps them
+    /// current through the batch's own placements and ends. A load read here never misses a row
+    /// the batch holds back: a placement reads its candidates' loads before placing on one.
+    async fn read_loads(batch: &mut Batch<DB>, candidates: &[DroneSlot]) -> Result<(), StoreError> {
+        let unread: Vec<&str> =
+            candidates.iter().map(|slot| slot.node_id.as_str()).filter(|id| !batch.live.contains_key(*id)).collect();
+        for chunk in padded_chunks(&unread) {
+            let sql = format!(
+                "SELECT drone_id, live FROM drone_load WHERE drone_id IN ({})",
+                parameters::<DB>(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in &chunk {
+                query = query.bind(id.to_string());
+                batch.live.insert(id.to_string(), 0);
+            }
+            for row in query.fetch_all(&mut *batch.tx).await.map_err(from_sqlx)? {
+                let live: i64 = row.try_get(1).map_err(from_sqlx)?;
+                batch.live.insert(row.try_get(0).map_err(from_sqlx)?, u32::try_from(live.max(0)).unwrap_or(u32::MAX));
+            }
+        }
+        Ok(())
     }
 
     /// `BackendStore::connect_backend` inside a batch.
@@ -228,40 +368,30 @@ where
         let now = *now;
         let token_expiry = rows::millis(token.expires_at);
         let mut previous_fence: Option<i64> = None;
-        if let Some(key) = key {
-            let row = sqlx::query(
-                "SELECT tag, backend_id, fencing_token FROM backend_keys WHERE namespace = $1 AND name = $2",
-            )
-            .bind(key.namespace.clone())
-            .bind(key.name.clone())
-            .fetch_optional(&mut *batch.tx)
-            .await
-            .map_err(from_sqlx)?;
-            if let Some(row) = row {
-                let tag: String = row.try_get(0).map_err(from_sqlx)?;
-                let holder: String = row.try_get(1).map_err(from_sqlx)?;
-                previous_fence = Some(row.try_get(2).map_err(from_sqlx)?);
-                if !holder.is_empty() {
-                    if tag != key.tag {
-                        return Ok(ConnectOutcome::TagMismatch { held_tag: tag });
-                    }
-                    let backend = Self::backend_in(&mut batch.tx, &holder)
-                        .await?
-                        .ok_or_else(|| StoreError::Corrupt(format!("key {key} held by missing backend {holder}")))?;
-                    // No backend change, so no revision: only the token is written.
-                    Self::insert_token(&mut batch.tx, &backend.id, token, token_expiry, now).await?;
-                    batch.wrote = true;
-                    return Ok(ConnectOutcome::Found(backend));
+        if let Some(key) = key
+            && let Some(holder) = Self::key_holder(batch, key).await?
+        {
+            previous_fence = Some(holder.fencing_token);
+            if !holder.backend_id.is_empty() {
+                if holder.tag != key.tag {
+                    return Ok(ConnectOutcome::TagMismatch { held_tag: holder.tag });
                 }
+                let backend = Self::backend(batch, &holder.backend_id).await?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("key {key} held by missing backend {}", holder.backend_id))
+                })?;
+                // No backend change, so no revision: only the token is written.
+                batch.rows.token(TokenRow::of(&backend.id, token, token_expiry, now)?);
+                return Ok(ConnectOutcome::Found(backend));
             }
         }
         let Some(plan) = spawn else { return Ok(ConnectOutcome::NotFound) };
         if plan.candidates.is_empty() {
             return Ok(ConnectOutcome::NoDrone);
         }
+        Self::read_loads(batch, &plan.candidates).await?;
         let mut loads = Vec::with_capacity(plan.candidates.len());
         for slot in plan.candidates.iter() {
-            let live = Self::live_on(batch, &slot.node_id).await?;
+            let live = batch.live.get(&slot.node_id).copied().unwrap_or_default();
             let load = DroneLoad { node_id: slot.node_id.clone(), capacity: slot.capacity, live };
             if load.free() > 0 {
                 loads.push(load);
@@ -298,28 +428,15 @@ where
             address: String::new(),
             termination_requested: None,
         };
+        let revision = Self::next_revision(batch);
         if let Some(key) = key {
             let lease = rows::millis(now + chrono::Duration::from_std(plan.lease_duration).unwrap_or_default());
-            let sql = if previous_fence.is_some() {
-                "UPDATE backend_keys SET tag = $3, backend_id = $4, fencing_token = $5, lease_expires_at = $6 \
-                 WHERE namespace = $1 AND name = $2"
-            } else {
-                "INSERT INTO backend_keys (namespace, name, tag, backend_id, fencing_token, lease_expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)"
-            };
-            sqlx::query(sql)
-                .bind(key.namespace.clone())
-                .bind(key.name.clone())
-                .bind(key.tag.clone())
-                .bind(backend.id.clone())
-                .bind(fencing_token)
-                .bind(lease)
-                .execute(&mut *batch.tx)
-                .await
-                .map_err(from_sqlx)?;
+            batch.rows.key(KeyRow::new(key, &backend.id, fencing_token, lease));
+            let holder = Holder { tag: key.tag.clone(), backend_id: backend.id.clone(), fencing_token };
+            batch.keys.insert((key.namespace.clone(), key.name.clone()), Some(holder));
         }
-        let revision = Self::next_revision(batch);
-        Self::insert_backend(&mut batch.tx, &backend, revision).await?;
+        Self::put_backend(batch, &backend, revision)?;
+        batch.rows.history(HistoryRow::of(&backend, revision, None)?);
         let action = PendingAction {
             id: plan.action_id.clone(),
             drone_id: backend.drone_id.clone(),
@@ -327,12 +444,12 @@ where
             payload: plan.action.clone(),
             created_at: now,
         };
-        Self::insert_action(&mut batch.tx, &action).await?;
-        batch.woken.push(action.drone_id.clone());
-        Self::insert_token(&mut batch.tx, &backend.id, token, token_expiry, now).await?;
+        batch.rows.action(ActionRow::of(&action)?);
+        batch.woken.push(action.drone_id);
+        batch.rows.token(TokenRow::of(&backend.id, token, token_expiry, now)?);
         if let Some(hash) = &plan.static_token_hash {
             let static_token = IssuedToken { hash: hash.clone(), ..token.clone() };
-            Self::insert_token(&mut batch.tx, &backend.id, &static_token, 0, now).await?;
+            batch.rows.token(TokenRow::of(&backend.id, &static_token, 0, now)?);
         }
         *batch.live.entry(backend.drone_id.clone()).or_default() += 1;
         let change = BackendChange { revision, kind: ChangeKind::Added, backend: backend.clone(), previous: None };
@@ -349,7 +466,7 @@ where
     ) -> Result<Vec<EventOutcome>, StoreError> {
         let mut outcomes = Vec::with_capacity(events.len());
         for event in events {
-            let Some(mut backend) = Self::backend_in(&mut batch.tx, &event.backend_id).await? else {
+            let Some(mut backend) = Self::backend(batch, &event.backend_id).await? else {
                 outcomes.push(EventOutcome::Unknown);
                 continue;
             };
@@ -374,9 +491,17 @@ where
             }
             backend.updated_at = event.now;
             let revision = Self::next_revision(batch);
-            Self::update_backend(&mut batch.tx, &backend, revision, previous).await?;
+            Self::put_backend(batch, &backend, revision)?;
+            batch.rows.history(HistoryRow::of(&backend, revision, Some(previous))?);
             if terminated {
+                // The release's statements must find the rows as they are now.
+                Self::write_held_rows(batch).await?;
                 Self::release(&mut batch.tx, &backend.id, event.now).await?;
+                for holder in batch.keys.values_mut().flatten() {
+                    if holder.backend_id == backend.id {
+                        holder.backend_id.clear();
+                    }
+                }
                 if let Some(live) = batch.live.get_mut(&backend.drone_id) {
                     *live = live.saturating_sub(1);
                 }
@@ -390,13 +515,20 @@ where
             batch.revisions.push((revision, Some(Change::Backend(change))));
             outcomes.push(EventOutcome::Applied(Box::new(backend)));
         }
-        for ack in acks {
-            sqlx::query("DELETE FROM drone_actions WHERE id = $1 AND drone_id = $2")
-                .bind(ack.clone())
-                .bind(drone_id.to_string())
-                .execute(&mut *batch.tx)
-                .await
-                .map_err(from_sqlx)?;
+        if acks.iter().any(|ack| batch.rows.holds_action(ack)) {
+            Self::write_held_rows(batch).await?;
+        }
+        for chunk in padded_chunks(acks) {
+            let sql = format!(
+                "DELETE FROM drone_actions WHERE drone_id = {} AND id IN ({})",
+                parameters::<DB>(1, 1),
+                parameters::<DB>(2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(drone_id.to_string());
+            for ack in chunk {
+                query = query.bind(ack);
+            }
+            query.execute(&mut *batch.tx).await.map_err(from_sqlx)?;
             batch.wrote = true;
         }
         Ok(outcomes)
@@ -411,7 +543,7 @@ where
         reason: TerminationReason,
         now: DateTime<Utc>,
     ) -> Result<Option<Backend>, StoreError> {
-        let Some(mut backend) = Self::backend_in(&mut batch.tx, id).await? else { return Ok(None) };
+        let Some(mut backend) = Self::backend(batch, id).await? else { return Ok(None) };
         if !backend.status.state.is_live()
             || backend.termination_requested.is_some_and(|asked| super::kind_rank(asked) >= super::kind_rank(kind))
         {
@@ -421,7 +553,7 @@ where
         backend.updated_at = now;
         // Not a status change: a revision (the row carries it), but no watch event.
         let revision = Self::record(batch, |_| None).await?;
-        Self::update_backend_row(&mut batch.tx, &backend, revision).await?;
+        Self::put_backend(batch, &backend, revision)?;
         let action = PendingAction {
             id: new_action_id(),
             drone_id: backend.drone_id.clone(),
@@ -429,8 +561,149 @@ where
             payload: ActionPayload::Terminate { kind, reason },
             created_at: now,
         };
-        Self::insert_action(&mut batch.tx, &action).await?;
-        batch.woken.push(action.drone_id.clone());
+        batch.rows.action(ActionRow::of(&action)?);
+        batch.woken.push(action.drone_id);
         Ok(Some(backend))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::backends::*;
+    use crate::store::{PostgresStore, SqliteStore};
+    use chrono::Utc;
+    use hangar::domain::{Backend, BackendKey, BackendState, BackendStatus, SpawnConfig, TerminationReason};
+    use std::time::Duration;
+
+    fn key(name: &str) -> BackendKey {
+        BackendKey { namespace: "batch".into(), name: name.into(), tag: String::new() }
+    }
+
+    fn spec(key: BackendKey) -> ConnectSpec {
+        spec_on(key, 100)
+    }
+
+    /// A Connect whose one candidate is drone `d1` with room for `capacity` backends.
+    fn spec_on(key: BackendKey, capacity: u32) -> ConnectSpec {
+        let wire = hangar::v1::SpawnConfig {
+            executable: Some(hangar::v1::Executable { image: "hangar/test:1".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let lease = Duration::from_secs(30);
+        let now = Utc::now();
+        ConnectSpec {
+            key: Some(key),
+            spawn: Some(SpawnPlan {
+                backend_id: Backend::new_id(),
+                action_id: new_action_id(),
+                config: SpawnConfig::from_proto(&wire, "spawn_config").unwrap(),
+                candidates: vec![DroneSlot { node_id: "d1".into(), capacity }].into(),
+                lease_duration: lease,
+                action: ActionPayload::Spawn {
+                    startup_timeout: Duration::from_secs(5),
+                    lease_duration: lease,
+                    stop_grace: Duration::from_secs(1),
+                    trace_context: Default::default(),
+                },
+                static_token_hash: None,
+            }),
+            token: IssuedToken {
+                hash: uuid::Uuid::new_v4().simple().to_string(),
+                user: "u".into(),
+                auth: Default::default(),
+                expires_at: now + chrono::Duration::hours(1),
+            },
+            now,
+        }
+    }
+
+    fn first(loads: &[DroneLoad]) -> Option<usize> {
+        (!loads.is_empty()).then_some(0)
+    }
+
+    /// Writes that reach the store together are one batch, in the order they were queued: here
+    /// a first Connect takes the leader's lock alone, and while its batch runs, a drone's report
+    /// that ends the holder of key `k`, then Connects for `k` and for fresh keys, queue behind
+    /// it and run as the next batch. Inside that batch, the rows of earlier writes are held back
+    /// until its end; each write must still see the ones before it.
+    async fn a_batch_that_ends_a_keys_holder_and_places_the_key_again<DB>(store: &super::SqlStore<DB>)
+    where
+        super::SqlStore<DB>: BackendStore,
+        DB: sqlx::Database,
+    {
+        let old = match store.connect_backend(spec(key("k")), &first).await.unwrap() {
+            ConnectOutcome::Spawned(backend) => backend,
+            other => panic!("expected a spawn, got {other:?}"),
+        };
+        let now = Utc::now();
+        let mut ended = BackendStatus::new(BackendState::Terminated, now);
+        ended.termination_reason = Some(TerminationReason::Exited);
+        let end = DroneEvent { backend_id: old.id.clone(), status: ended, address: String::new(), now };
+        let leader = store.connect_backend(spec(key("leader")), &first);
+        let report = store.apply_drone_reports("d1", vec![end], Vec::new());
+        let connects = futures::future::join_all((0..6).map(|i| {
+            let name = if i % 2 == 0 { "k".to_string() } else { format!("fresh-{i}") };
+            store.connect_backend(spec(key(&name)), &first)
+        }));
+        let (leader, report, connects) = tokio::join!(leader, report, connects);
+        assert!(matches!(leader.unwrap(), ConnectOutcome::Spawned(_)));
+        assert!(matches!(report.unwrap().as_slice(), [EventOutcome::Applied(_)]));
+        let outcomes: Vec<ConnectOutcome> = connects.into_iter().map(Result::unwrap).collect();
+        // The first Connect for `k` after the end places a new holder, one above the old token;
+        // the next ones find it, although its rows were not written yet when they ran.
+        let new = match &outcomes[0] {
+            ConnectOutcome::Spawned(backend) => backend.clone(),
+            other => panic!("expected a new holder of k, got {other:?}"),
+        };
+        assert_eq!(new.fencing_token, old.fencing_token + 1);
+        assert_eq!(outcomes[2], ConnectOutcome::Found(new.clone()));
+        assert_eq!(outcomes[4], ConnectOutcome::Found(new.clone()));
+        for fresh in [&outcomes[1], &outcomes[3], &outcomes[5]] {
+            assert!(matches!(fresh, ConnectOutcome::Spawned(b) if b.fencing_token == 1), "{fresh:?}");
+        }
+        // What the batch wrote is all there: the rows, the history, the actions, the tokens.
+        let stored = store.get_backend(&new.id).await.unwrap().expect("the new holder's row");
+        assert_eq!(stored.status.state, BackendState::Scheduled);
+        assert_eq!(store.get_backend(&old.id).await.unwrap().unwrap().status.state, BackendState::Terminated);
+        let history: Vec<_> =
+            store.backend_history(&old.id, 0).await.unwrap().into_iter().map(|(_, s)| s.state).collect();
+        assert_eq!(history, [BackendState::Scheduled, BackendState::Terminated]);
+        let actions = store.pending_actions("d1").await.unwrap();
+        let spawned: Vec<&str> = actions.iter().map(|a| a.backend_id.as_str()).collect();
+        assert!(!spawned.contains(&old.id.as_str()), "the ended backend's action went with it");
+        assert_eq!(actions.len(), 5, "the leader, the new holder and three fresh keys: {spawned:?}");
+        assert!(spawned.contains(&new.id.as_str()));
+        let mut counts = store.backend_state_counts().await.unwrap();
+        counts.sort_by_key(|(state, _)| state.as_str());
+        assert_eq!(counts, [(BackendState::Scheduled, 5), (BackendState::Terminated, 1)]);
+        // Acknowledging them all is one statement; the renewals find the new holder's key row.
+        let ids: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
+        store.apply_drone_reports("d1", Vec::new(), ids).await.unwrap();
+        assert!(store.pending_actions("d1").await.unwrap().is_empty());
+        let renewal = KeyRenewal { backend_id: new.id.clone(), key: key("k"), fencing_token: new.fencing_token };
+        let stale = KeyRenewal { backend_id: old.id.clone(), key: key("k"), fencing_token: old.fencing_token };
+        let renewed = store.renew_keys(&[renewal, stale], Utc::now() + chrono::Duration::seconds(30)).await.unwrap();
+        assert_eq!(renewed, [true, false]);
+        // The drone's load (kept by triggers as the batch's rows were written) agrees: with room
+        // for six, it takes one more and then none.
+        assert!(matches!(
+            store.connect_backend(spec_on(key("sixth"), 6), &first).await.unwrap(),
+            ConnectOutcome::Spawned(_)
+        ));
+        assert_eq!(store.connect_backend(spec_on(key("seventh"), 6), &first).await.unwrap(), ConnectOutcome::PoolFull);
+    }
+
+    #[tokio::test]
+    async fn sqlite_a_batch_that_ends_a_keys_holder_and_places_the_key_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&format!("sqlite://{}/hangar.db", dir.path().display())).await.unwrap();
+        a_batch_that_ends_a_keys_holder_and_places_the_key_again(&store).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_a_batch_that_ends_a_keys_holder_and_places_the_key_again() {
+        let cluster = crate::testing::PgCluster::shared().await.expect("PostgreSQL test cluster");
+        let store = PostgresStore::open(&cluster.create_database().await.unwrap()).await.unwrap();
+        a_batch_that_ends_a_keys_holder_and_places_the_key_again(&store).await;
     }
 }

@@ -1,0 +1,465 @@
+//! The rows backend writes put in the database, and the statements that put them: many rows of
+//! a table in one statement. A write batch ([`super::batch`]) holds its rows back and writes
+//! them together just before it commits, so that a burst of placements costs a few statements
+//! per batch rather than six per placement; a lone write uses the same statements with one row.
+//! (docs/design/backends-and-leases.md#connect-get-or-create-by-key)
+//!
+//! A statement takes a power of two of rows (a batch of 37 is written as 32 + 4 + 1), so each
+//! table has at most nine statement texts and the connection's prepared-statement cache keeps
+//! them all, instead of preparing a new text for every batch size.
+
+use super::{Dialect, encode};
+use crate::store::Revision;
+use crate::store::backends::{IssuedToken, PendingAction};
+use crate::store::rows::{self, db_revision, from_sqlx};
+use crate::store::{ChangeKind, StoreError};
+use chrono::{DateTime, Utc};
+use hangar::domain::{Backend, BackendKey, BackendState};
+use sqlx::{Encode, Executor, IntoArguments, Type};
+use std::collections::HashMap;
+
+/// Rows per statement at most (a power of two): 256 rows of the widest table (`backends`, 15
+/// columns) bind 3,840 parameters, far under SQLite's limit (32,766) and PostgreSQL's (65,535).
+const MAX_ROWS: usize = 256;
+
+/// A `backends` row: a new backend, or the new version of one (its key columns, creation time and
+/// activity are then left as they are: traffic reports own `last_activity_at`).
+pub(in crate::store::sql) struct BackendRow {
+    id: String,
+    key: BackendKey,
+    drone_id: String,
+    cluster: String,
+    pool: String,
+    state: &'static str,
+    fencing_token: i64,
+    created_at: i64,
+    updated_at: i64,
+    last_activity_at: i64,
+    revision: i64,
+    data: String,
+    limit_at: Option<i64>,
+}
+
+impl BackendRow {
+    pub(in crate::store::sql) fn of(backend: &Backend, revision: Revision) -> Result<BackendRow, StoreError> {
+        Ok(BackendRow {
+            id: backend.id.clone(),
+            key: backend.key.clone().unwrap_or(BackendKey {
+                namespace: String::new(),
+                name: String::new(),
+                tag: String::new(),
+            }),
+            drone_id: backend.drone_id.clone(),
+            cluster: backend.cluster.clone(),
+            pool: backend.pool.clone(),
+            state: backend.status.state.as_str(),
+            fencing_token: i64::try_from(backend.fencing_token).unwrap_or(i64::MAX),
+            created_at: rows::millis(backend.created_at),
+            updated_at: rows::millis(backend.updated_at),
+            last_activity_at: rows::millis(backend.last_activity_at),
+            revision: db_revision(revision),
+            data: encode(backend)?,
+            limit_at: backend.limit_due_at().map(rows::millis),
+        })
+    }
+}
+
+/// A `backend_history` row: a status the backend went through and, for the watch log, the whole
+/// backend and its state before (`None`: the backend is new).
+pub(in crate::store::sql) struct HistoryRow {
+    revision: i64,
+    backend_id: String,
+    status: String,
+    recorded_at: i64,
+    change: &'static str,
+    previous_state: String,
+    data: String,
+}
+
+impl HistoryRow {
+    pub(in crate::store::sql) fn of(
+        backend: &Backend,
+        revision: Revision,
+        previous: Option<BackendState>,
+    ) -> Result<HistoryRow, StoreError> {
+        let change = if previous.is_none() { ChangeKind::Added } else { ChangeKind::Modified };
+        Ok(HistoryRow {
+            revision: db_revision(revision),
+            backend_id: backend.id.clone(),
+            status: encode(&backend.status)?,
+            recorded_at: rows::millis(Utc::now()),
+            change: rows::change_as_str(change),
+            previous_state: previous.map(|s| s.as_str().to_string()).unwrap_or_default(),
+            data: encode(backend)?,
+        })
+    }
+}
+
+/// A `backend_keys` row for a key given to a new holder.
+pub(in crate::store::sql) struct KeyRow {
+    key: BackendKey,
+    backend_id: String,
+    fencing_token: i64,
+    lease_expires_at: i64,
+}
+
+impl KeyRow {
+    pub(in crate::store::sql) fn new(key: &BackendKey, backend_id: &str, fencing_token: i64, lease: i64) -> KeyRow {
+        KeyRow { key: key.clone(), backend_id: backend_id.into(), fencing_token, lease_expires_at: lease }
+    }
+}
+
+/// A `drone_actions` row.
+pub(in crate::store::sql) struct ActionRow {
+    id: String,
+    drone_id: String,
+    backend_id: String,
+    payload: String,
+    created_at: i64,
+}
+
+impl ActionRow {
+    pub(in crate::store::sql) fn of(action: &PendingAction) -> Result<ActionRow, StoreError> {
+        Ok(ActionRow {
+            id: action.id.clone(),
+            drone_id: action.drone_id.clone(),
+            backend_id: action.backend_id.clone(),
+            payload: encode(&action.payload)?,
+            created_at: rows::millis(action.created_at),
+        })
+    }
+}
+
+/// A `connection_tokens` row.
+pub(in crate::store::sql) struct TokenRow {
+    hash: String,
+    backend_id: String,
+    user: String,
+    auth: String,
+    expires_at: i64,
+    created_at: i64,
+}
+
+impl TokenRow {
+    /// `expires_at`: milliseconds, 0 for a static token.
+    pub(in crate::store::sql) fn of(
+        backend_id: &str,
+        token: &IssuedToken,
+        expires_at: i64,
+        now: DateTime<Utc>,
+    ) -> Result<TokenRow, StoreError> {
+        Ok(TokenRow {
+            hash: token.hash.clone(),
+            backend_id: backend_id.into(),
+            user: token.user.clone(),
+            auth: encode(&token.auth)?,
+            expires_at,
+            created_at: rows::millis(now),
+        })
+    }
+}
+
+/// Rows a write batch holds back until [`Rows::write`]. A backend or key written twice is
+/// written once, in its last version (one statement may not touch a row twice on PostgreSQL);
+/// actions keep their order (a drone gets them oldest first).
+#[derive(Default)]
+pub(in crate::store::sql) struct Rows {
+    backends: Vec<BackendRow>,
+    backend_at: HashMap<String, usize>,
+    keys: Vec<KeyRow>,
+    key_at: HashMap<(String, String), usize>,
+    history: Vec<HistoryRow>,
+    actions: Vec<ActionRow>,
+    tokens: Vec<TokenRow>,
+}
+
+impl Rows {
+    pub(in crate::store::sql) fn backend(&mut self, row: BackendRow) {
+        match self.backend_at.get(&row.id) {
+            Some(&at) => self.backends[at] = row,
+            None => {
+                self.backend_at.insert(row.id.clone(), self.backends.len());
+                self.backends.push(row);
+            }
+        }
+    }
+
+    pub(in crate::store::sql) fn key(&mut self, row: KeyRow) {
+        let name = (row.key.namespace.clone(), row.key.name.clone());
+        match self.key_at.get(&name) {
+            Some(&at) => self.keys[at] = row,
+            None => {
+                self.key_at.insert(name, self.keys.len());
+                self.keys.push(row);
+            }
+        }
+    }
+
+    pub(in crate::store::sql) fn history(&mut self, row: HistoryRow) {
+        self.history.push(row);
+    }
+
+    pub(in crate::store::sql) fn action(&mut self, row: ActionRow) {
+        self.actions.push(row);
+    }
+
+    pub(in crate::store::sql) fn token(&mut self, row: TokenRow) {
+        self.tokens.push(row);
+    }
+
+    pub(in crate::store::sql) fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+            && self.keys.is_empty()
+            && self.history.is_empty()
+            && self.actions.is_empty()
+            && self.tokens.is_empty()
+    }
+
+    /// Whether an action held back has this id.
+    pub(in crate::store::sql) fn holds_action(&self, id: &str) -> bool {
+        self.actions.iter().any(|a| a.id == id)
+    }
+
+    /// Writes every row held back, and holds none after.
+    pub(in crate::store::sql) async fn write<DB>(&mut self, connection: &mut DB::Connection) -> Result<(), StoreError>
+    where
+        DB: Dialect,
+        for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+        for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+        for<'q> i64: Encode<'q, DB> + Type<DB>,
+        for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+        for<'q> String: Encode<'q, DB> + Type<DB>,
+    {
+        let Rows { backends, backend_at, keys, key_at, history, actions, tokens } = std::mem::take(self);
+        drop((backend_at, key_at));
+        write_backends::<DB>(connection, &backends).await?;
+        write_keys::<DB>(connection, &keys).await?;
+        write_history::<DB>(connection, &history).await?;
+        write_actions::<DB>(connection, &actions).await?;
+        write_tokens::<DB>(connection, &tokens).await
+    }
+}
+
+/// Items per statement at most when many rows are read, renewed or deleted at once (a power of
+/// two).
+const MANY: usize = 256;
+
+/// `items` in chunks of at most [`MANY`], each padded to a power of two by repeating its last
+/// item (harmless in an `IN` list or an `OR`), so that a statement has at most nine texts and
+/// stays in the connection's prepared-statement cache whatever the number of items.
+pub(in crate::store::sql) fn padded_chunks<T: Clone>(items: &[T]) -> impl Iterator<Item = Vec<T>> + '_ {
+    items.chunks(MANY).map(|chunk| {
+        let mut chunk = chunk.to_vec();
+        if let Some(last) = chunk.last().cloned() {
+            chunk.resize(chunk.len().next_power_of_two(), last);
+        }
+        chunk
+    })
+}
+
+/// A statement being bound.
+type Statement<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>;
+
+/// `count` parameters, the first of them the statement's `first`: `$first, $first+1, …` where
+/// parameters are numbered, `?, ?, …` where they are taken in order (see
+/// [`Dialect::NUMBERED_PARAMETERS`]). (sqlx's `QueryBuilder` would write them, but its statements
+/// cannot be run over a generic database: its arguments' lifetime is not known to be covariant
+/// there.)
+pub(in crate::store::sql) fn parameters<DB: Dialect>(first: usize, count: usize) -> String {
+    let one = |n: usize| if DB::NUMBERED_PARAMETERS { format!("${n}") } else { "?".to_string() };
+    (first..first + count).map(one).collect::<Vec<_>>().join(", ")
+}
+
+/// Runs `head VALUES (…), (…) tail` over `rows` (of `columns` values each, bound by `bind`),
+/// each chunk a power of two of rows.
+async fn insert_many<DB, T>(
+    connection: &mut DB::Connection,
+    head: &str,
+    tail: &str,
+    columns: usize,
+    rows: &[T],
+    bind: impl for<'q> Fn(Statement<'q, DB>, &T) -> Statement<'q, DB>,
+) -> Result<(), StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let take = if rest.len() >= MAX_ROWS { MAX_ROWS } else { 1 << rest.len().ilog2() };
+        let (chunk, after) = rest.split_at(take);
+        let values: Vec<String> =
+            (0..take).map(|i| format!("({})", parameters::<DB>(1 + i * columns, columns))).collect();
+        let sql = format!("{head}VALUES {}{tail}", values.join(", "));
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            query = bind(query, row);
+        }
+        query.execute(&mut *connection).await.map_err(from_sqlx)?;
+        rest = after;
+    }
+    Ok(())
+}
+
+/// New backends are inserted, known ones updated (state, times, revision, data, limit).
+pub(in crate::store::sql) async fn write_backends<DB>(
+    connection: &mut DB::Connection,
+    rows: &[BackendRow],
+) -> Result<(), StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+{
+    insert_many::<DB, _>(
+        connection,
+        "INSERT INTO backends (id, key_namespace, key_name, key_tag, drone_id, cluster, pool, state, fencing_token, \
+         created_at, updated_at, last_activity_at, revision, data, limit_at) ",
+        " ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, \
+         revision = excluded.revision, data = excluded.data, limit_at = excluded.limit_at",
+        15,
+        rows,
+        |query, b| {
+            query
+                .bind(b.id.clone())
+                .bind(b.key.namespace.clone())
+                .bind(b.key.name.clone())
+                .bind(b.key.tag.clone())
+                .bind(b.drone_id.clone())
+                .bind(b.cluster.clone())
+                .bind(b.pool.clone())
+                .bind(b.state.to_string())
+                .bind(b.fencing_token)
+                .bind(b.created_at)
+                .bind(b.updated_at)
+                .bind(b.last_activity_at)
+                .bind(b.revision)
+                .bind(b.data.clone())
+                .bind(b.limit_at)
+        },
+    )
+    .await
+}
+
+/// A key's row is created, or taken over by its new holder.
+async fn write_keys<DB>(connection: &mut DB::Connection, rows: &[KeyRow]) -> Result<(), StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+{
+    insert_many::<DB, _>(
+        connection,
+        "INSERT INTO backend_keys (namespace, name, tag, backend_id, fencing_token, lease_expires_at) ",
+        " ON CONFLICT (namespace, name) DO UPDATE SET tag = excluded.tag, backend_id = excluded.backend_id, \
+         fencing_token = excluded.fencing_token, lease_expires_at = excluded.lease_expires_at",
+        6,
+        rows,
+        |query, k| {
+            query
+                .bind(k.key.namespace.clone())
+                .bind(k.key.name.clone())
+                .bind(k.key.tag.clone())
+                .bind(k.backend_id.clone())
+                .bind(k.fencing_token)
+                .bind(k.lease_expires_at)
+        },
+    )
+    .await
+}
+
+pub(in crate::store::sql) async fn write_history<DB>(
+    connection: &mut DB::Connection,
+    rows: &[HistoryRow],
+) -> Result<(), StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+{
+    insert_many::<DB, _>(
+        connection,
+        "INSERT INTO backend_history (revision, backend_id, status, recorded_at, change, previous_state, data) ",
+        "",
+        7,
+        rows,
+        |query, h| {
+            query
+                .bind(h.revision)
+                .bind(h.backend_id.clone())
+                .bind(h.status.clone())
+                .bind(h.recorded_at)
+                .bind(h.change.to_string())
+                .bind(h.previous_state.clone())
+                .bind(h.data.clone())
+        },
+    )
+    .await
+}
+
+pub(in crate::store::sql) async fn write_actions<DB>(
+    connection: &mut DB::Connection,
+    rows: &[ActionRow],
+) -> Result<(), StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+{
+    insert_many::<DB, _>(
+        connection,
+        "INSERT INTO drone_actions (id, drone_id, backend_id, payload, created_at) ",
+        "",
+        5,
+        rows,
+        |query, a| {
+            query
+                .bind(a.id.clone())
+                .bind(a.drone_id.clone())
+                .bind(a.backend_id.clone())
+                .bind(a.payload.clone())
+                .bind(a.created_at)
+        },
+    )
+    .await
+}
+
+pub(in crate::store::sql) async fn write_tokens<DB>(
+    connection: &mut DB::Connection,
+    rows: &[TokenRow],
+) -> Result<(), StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+{
+    insert_many::<DB, _>(
+        connection,
+        "INSERT INTO connection_tokens (token_hash, backend_id, user_name, auth, expires_at, created_at) ",
+        "",
+        6,
+        rows,
+        |query, t| {
+            query
+                .bind(t.hash.clone())
+                .bind(t.backend_id.clone())
+                .bind(t.user.clone())
+                .bind(t.auth.clone())
+                .bind(t.expires_at)
+                .bind(t.created_at)
+        },
+    )
+    .await
+}
