@@ -55,10 +55,22 @@ impl SqlStore<Sqlite> {
         // placements spent a quarter of the controller's CPU in the kernel copying pages back
         // (perf; BENCHMARKS.md "Placements").
         let writer_options = options.clone().pragma("cache_size", format!("-{}", SQLITE_WRITER_CACHE_KIB));
-        let write =
-            SqlitePoolOptions::new().max_connections(1).connect_with(writer_options).await.map_err(from_sqlx)?;
+        // No ping before each use (sqlx's default): a connection to a local file does not go
+        // stale, and each ping was one more round trip to the connection's thread on every store
+        // call, a few thousand a second under placements.
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(writer_options)
+            .await
+            .map_err(from_sqlx)?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await.map_err(from_migrate)?;
-        let read = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(from_sqlx)?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(from_sqlx)?;
         Ok(SqlStore::new(read, write))
     }
 }
