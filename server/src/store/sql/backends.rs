@@ -115,7 +115,7 @@ where
         previous: BackendState,
     ) -> Result<(), StoreError> {
         Self::update_backend_row(tx, backend, revision).await?;
-        writes::write_history::<DB>(&mut **tx, &[HistoryRow::of(backend, revision, Some(previous))?]).await
+        Self::write_history(&mut **tx, &[HistoryRow::of(backend, revision, Some(previous))?]).await
     }
 
     /// The row only: for changes that are not a new status.
@@ -124,7 +124,7 @@ where
         backend: &Backend,
         revision: Revision,
     ) -> Result<(), StoreError> {
-        writes::write_backends::<DB>(&mut **tx, &[BackendRow::of(backend, revision)?]).await
+        Self::write_backends(&mut **tx, &[BackendRow::of(backend, revision)?]).await
     }
 
     /// Commits a transaction that recorded one status of `backend`, publishing it to this
@@ -309,7 +309,7 @@ where
     }
 
     async fn insert_action(tx: &mut Transaction<'static, DB>, action: &PendingAction) -> Result<(), StoreError> {
-        writes::write_actions::<DB>(&mut **tx, &[ActionRow::of(action)?]).await
+        Self::write_actions(&mut **tx, &[ActionRow::of(action)?]).await
     }
 
     /// Stores a Terminate action for a live backend inside `tx`, unless one at least as hard is

@@ -333,7 +333,7 @@ where
     async fn write_held_rows(batch: &mut Batch<DB>) -> Result<(), StoreError> {
         if !batch.rows.is_empty() {
             batch.wrote = true;
-            batch.rows.write::<DB>(&mut batch.tx).await?;
+            Self::write_rows(&mut batch.tx, &mut batch.rows).await?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 //! table has at most nine statement texts and the connection's prepared-statement cache keeps
 //! them all, instead of preparing a new text for every batch size.
 
-use super::{Dialect, encode};
+use super::{Dialect, SqlStore, encode};
 use crate::store::Revision;
 use crate::store::backends::{IssuedToken, PendingAction};
 use crate::store::rows::{self, db_revision, from_sqlx};
@@ -159,7 +159,7 @@ impl TokenRow {
     }
 }
 
-/// Rows a write batch holds back until [`Rows::write`]. A backend or key written twice is
+/// Rows a write batch holds back until [`SqlStore::write_rows`]. A backend or key written twice is
 /// written once, in its last version (one statement may not touch a row twice on PostgreSQL);
 /// actions keep their order (a drone gets them oldest first).
 #[derive(Default)]
@@ -219,25 +219,6 @@ impl Rows {
     pub(in crate::store::sql) fn holds_action(&self, id: &str) -> bool {
         self.actions.iter().any(|a| a.id == id)
     }
-
-    /// Writes every row held back, and holds none after.
-    pub(in crate::store::sql) async fn write<DB>(&mut self, connection: &mut DB::Connection) -> Result<(), StoreError>
-    where
-        DB: Dialect,
-        for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-        for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-        for<'q> i64: Encode<'q, DB> + Type<DB>,
-        for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
-        for<'q> String: Encode<'q, DB> + Type<DB>,
-    {
-        let Rows { backends, backend_at, keys, key_at, history, actions, tokens } = std::mem::take(self);
-        drop((backend_at, key_at));
-        write_backends::<DB>(connection, &backends).await?;
-        write_keys::<DB>(connection, &keys).await?;
-        write_history::<DB>(connection, &history).await?;
-        write_actions::<DB>(connection, &actions).await?;
-        write_tokens::<DB>(connection, &tokens).await
-    }
 }
 
 /// Items per statement at most when many rows are read, renewed or deleted at once (a power of
@@ -270,43 +251,8 @@ pub(in crate::store::sql) fn parameters<DB: Dialect>(first: usize, count: usize)
     (first..first + count).map(one).collect::<Vec<_>>().join(", ")
 }
 
-/// Runs `head VALUES (…), (…) tail` over `rows` (of `columns` values each, bound by `bind`),
-/// each chunk a power of two of rows.
-async fn insert_many<DB, T>(
-    connection: &mut DB::Connection,
-    head: &str,
-    tail: &str,
-    columns: usize,
-    rows: &[T],
-    bind: impl for<'q> Fn(Statement<'q, DB>, &T) -> Statement<'q, DB>,
-) -> Result<(), StoreError>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-{
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let take = if rest.len() >= MAX_ROWS { MAX_ROWS } else { 1 << rest.len().ilog2() };
-        let (chunk, after) = rest.split_at(take);
-        let values: Vec<String> =
-            (0..take).map(|i| format!("({})", parameters::<DB>(1 + i * columns, columns))).collect();
-        let sql = format!("{head}VALUES {}{tail}", values.join(", "));
-        let mut query = sqlx::query(&sql);
-        for row in chunk {
-            query = bind(query, row);
-        }
-        query.execute(&mut *connection).await.map_err(from_sqlx)?;
-        rest = after;
-    }
-    Ok(())
-}
-
-/// New backends are inserted, known ones updated (state, times, revision, data, limit).
-pub(in crate::store::sql) async fn write_backends<DB>(
-    connection: &mut DB::Connection,
-    rows: &[BackendRow],
-) -> Result<(), StoreError>
+/// The statements that write rows, many to a statement.
+impl<DB> SqlStore<DB>
 where
     DB: Dialect,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -315,151 +261,170 @@ where
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Type<DB>,
 {
-    insert_many::<DB, _>(
-        connection,
-        "INSERT INTO backends (id, key_namespace, key_name, key_tag, drone_id, cluster, pool, state, fencing_token, \
-         created_at, updated_at, last_activity_at, revision, data, limit_at) ",
-        " ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, \
-         revision = excluded.revision, data = excluded.data, limit_at = excluded.limit_at",
-        15,
-        rows,
-        |query, b| {
-            query
-                .bind(b.id.clone())
-                .bind(b.key.namespace.clone())
-                .bind(b.key.name.clone())
-                .bind(b.key.tag.clone())
-                .bind(b.drone_id.clone())
-                .bind(b.cluster.clone())
-                .bind(b.pool.clone())
-                .bind(b.state.to_string())
-                .bind(b.fencing_token)
-                .bind(b.created_at)
-                .bind(b.updated_at)
-                .bind(b.last_activity_at)
-                .bind(b.revision)
-                .bind(b.data.clone())
-                .bind(b.limit_at)
-        },
-    )
-    .await
-}
+    /// Writes every row `rows` holds back, and leaves it holding none.
+    pub(in crate::store::sql) async fn write_rows(
+        connection: &mut DB::Connection,
+        rows: &mut Rows,
+    ) -> Result<(), StoreError> {
+        let Rows { backends, backend_at, keys, key_at, history, actions, tokens } = std::mem::take(rows);
+        drop((backend_at, key_at));
+        Self::write_backends(connection, &backends).await?;
+        Self::write_keys(connection, &keys).await?;
+        Self::write_history(connection, &history).await?;
+        Self::write_actions(connection, &actions).await?;
+        Self::write_tokens(connection, &tokens).await
+    }
 
-/// A key's row is created, or taken over by its new holder.
-async fn write_keys<DB>(connection: &mut DB::Connection, rows: &[KeyRow]) -> Result<(), StoreError>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-{
-    insert_many::<DB, _>(
-        connection,
-        "INSERT INTO backend_keys (namespace, name, tag, backend_id, fencing_token, lease_expires_at) ",
-        " ON CONFLICT (namespace, name) DO UPDATE SET tag = excluded.tag, backend_id = excluded.backend_id, \
-         fencing_token = excluded.fencing_token, lease_expires_at = excluded.lease_expires_at",
-        6,
-        rows,
-        |query, k| {
-            query
-                .bind(k.key.namespace.clone())
-                .bind(k.key.name.clone())
-                .bind(k.key.tag.clone())
-                .bind(k.backend_id.clone())
-                .bind(k.fencing_token)
-                .bind(k.lease_expires_at)
-        },
-    )
-    .await
-}
+    /// Runs `head VALUES (…), (…) tail` over `rows` (of `columns` values each, bound by `bind`),
+    /// each chunk a power of two of rows.
+    async fn insert_many<T>(
+        connection: &mut DB::Connection,
+        head: &str,
+        tail: &str,
+        columns: usize,
+        rows: &[T],
+        bind: impl for<'q> Fn(Statement<'q, DB>, &T) -> Statement<'q, DB>,
+    ) -> Result<(), StoreError> {
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let take = if rest.len() >= MAX_ROWS { MAX_ROWS } else { 1 << rest.len().ilog2() };
+            let (chunk, after) = rest.split_at(take);
+            let values: Vec<String> =
+                (0..take).map(|i| format!("({})", parameters::<DB>(1 + i * columns, columns))).collect();
+            let sql = format!("{head}VALUES {}{tail}", values.join(", "));
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                query = bind(query, row);
+            }
+            query.execute(&mut *connection).await.map_err(from_sqlx)?;
+            rest = after;
+        }
+        Ok(())
+    }
 
-pub(in crate::store::sql) async fn write_history<DB>(
-    connection: &mut DB::Connection,
-    rows: &[HistoryRow],
-) -> Result<(), StoreError>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-{
-    insert_many::<DB, _>(
-        connection,
-        "INSERT INTO backend_history (revision, backend_id, status, recorded_at, change, previous_state, data) ",
-        "",
-        7,
-        rows,
-        |query, h| {
-            query
-                .bind(h.revision)
-                .bind(h.backend_id.clone())
-                .bind(h.status.clone())
-                .bind(h.recorded_at)
-                .bind(h.change.to_string())
-                .bind(h.previous_state.clone())
-                .bind(h.data.clone())
-        },
-    )
-    .await
-}
+    /// New backends are inserted, known ones updated (state, times, revision, data, limit).
+    pub(in crate::store::sql) async fn write_backends(
+        connection: &mut DB::Connection,
+        rows: &[BackendRow],
+    ) -> Result<(), StoreError> {
+        Self::insert_many(
+            connection,
+            "INSERT INTO backends (id, key_namespace, key_name, key_tag, drone_id, cluster, pool, state, fencing_token, \
+             created_at, updated_at, last_activity_at, revision, data, limit_at) ",
+            " ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, \
+             revision = excluded.revision, data = excluded.data, limit_at = excluded.limit_at",
+            15,
+            rows,
+            |query, b| {
+                query
+                    .bind(b.id.clone())
+                    .bind(b.key.namespace.clone())
+                    .bind(b.key.name.clone())
+                    .bind(b.key.tag.clone())
+                    .bind(b.drone_id.clone())
+                    .bind(b.cluster.clone())
+                    .bind(b.pool.clone())
+                    .bind(b.state.to_string())
+                    .bind(b.fencing_token)
+                    .bind(b.created_at)
+                    .bind(b.updated_at)
+                    .bind(b.last_activity_at)
+                    .bind(b.revision)
+                    .bind(b.data.clone())
+                    .bind(b.limit_at)
+            },
+        )
+        .await
+    }
 
-pub(in crate::store::sql) async fn write_actions<DB>(
-    connection: &mut DB::Connection,
-    rows: &[ActionRow],
-) -> Result<(), StoreError>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-{
-    insert_many::<DB, _>(
-        connection,
-        "INSERT INTO drone_actions (id, drone_id, backend_id, payload, created_at) ",
-        "",
-        5,
-        rows,
-        |query, a| {
-            query
-                .bind(a.id.clone())
-                .bind(a.drone_id.clone())
-                .bind(a.backend_id.clone())
-                .bind(a.payload.clone())
-                .bind(a.created_at)
-        },
-    )
-    .await
-}
+    /// A key's row is created, or taken over by its new holder.
+    async fn write_keys(connection: &mut DB::Connection, rows: &[KeyRow]) -> Result<(), StoreError> {
+        Self::insert_many(
+            connection,
+            "INSERT INTO backend_keys (namespace, name, tag, backend_id, fencing_token, lease_expires_at) ",
+            " ON CONFLICT (namespace, name) DO UPDATE SET tag = excluded.tag, backend_id = excluded.backend_id, \
+             fencing_token = excluded.fencing_token, lease_expires_at = excluded.lease_expires_at",
+            6,
+            rows,
+            |query, k| {
+                query
+                    .bind(k.key.namespace.clone())
+                    .bind(k.key.name.clone())
+                    .bind(k.key.tag.clone())
+                    .bind(k.backend_id.clone())
+                    .bind(k.fencing_token)
+                    .bind(k.lease_expires_at)
+            },
+        )
+        .await
+    }
 
-pub(in crate::store::sql) async fn write_tokens<DB>(
-    connection: &mut DB::Connection,
-    rows: &[TokenRow],
-) -> Result<(), StoreError>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-{
-    insert_many::<DB, _>(
-        connection,
-        "INSERT INTO connection_tokens (token_hash, backend_id, user_name, auth, expires_at, created_at) ",
-        "",
-        6,
-        rows,
-        |query, t| {
-            query
-                .bind(t.hash.clone())
-                .bind(t.backend_id.clone())
-                .bind(t.user.clone())
-                .bind(t.auth.clone())
-                .bind(t.expires_at)
-                .bind(t.created_at)
-        },
-    )
-    .await
+    pub(in crate::store::sql) async fn write_history(
+        connection: &mut DB::Connection,
+        rows: &[HistoryRow],
+    ) -> Result<(), StoreError> {
+        Self::insert_many(
+            connection,
+            "INSERT INTO backend_history (revision, backend_id, status, recorded_at, change, previous_state, data) ",
+            "",
+            7,
+            rows,
+            |query, h| {
+                query
+                    .bind(h.revision)
+                    .bind(h.backend_id.clone())
+                    .bind(h.status.clone())
+                    .bind(h.recorded_at)
+                    .bind(h.change.to_string())
+                    .bind(h.previous_state.clone())
+                    .bind(h.data.clone())
+            },
+        )
+        .await
+    }
+
+    pub(in crate::store::sql) async fn write_actions(
+        connection: &mut DB::Connection,
+        rows: &[ActionRow],
+    ) -> Result<(), StoreError> {
+        Self::insert_many(
+            connection,
+            "INSERT INTO drone_actions (id, drone_id, backend_id, payload, created_at) ",
+            "",
+            5,
+            rows,
+            |query, a| {
+                query
+                    .bind(a.id.clone())
+                    .bind(a.drone_id.clone())
+                    .bind(a.backend_id.clone())
+                    .bind(a.payload.clone())
+                    .bind(a.created_at)
+            },
+        )
+        .await
+    }
+
+    pub(in crate::store::sql) async fn write_tokens(
+        connection: &mut DB::Connection,
+        rows: &[TokenRow],
+    ) -> Result<(), StoreError> {
+        Self::insert_many(
+            connection,
+            "INSERT INTO connection_tokens (token_hash, backend_id, user_name, auth, expires_at, created_at) ",
+            "",
+            6,
+            rows,
+            |query, t| {
+                query
+                    .bind(t.hash.clone())
+                    .bind(t.backend_id.clone())
+                    .bind(t.user.clone())
+                    .bind(t.auth.clone())
+                    .bind(t.expires_at)
+                    .bind(t.created_at)
+            },
+        )
+        .await
+    }
 }
