@@ -236,7 +236,30 @@ where
         keys.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
         ids.sort_unstable();
         ids.dedup();
-        for chunk in padded_chunks(&keys) {
+        Self::read_keys(batch, &keys).await?;
+        for chunk in padded_chunks(&ids) {
+            let sql = format!(
+                "SELECT {} FROM backends WHERE id IN ({})",
+                super::BACKEND_COLUMNS,
+                parameters::<DB>(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in &chunk {
+                query = query.bind(id.to_string());
+                batch.backends.insert(id.to_string(), None);
+            }
+            for row in query.fetch_all(&mut *batch.tx).await.map_err(from_sqlx)? {
+                let backend = super::decode_backend(&row)?;
+                batch.backends.insert(backend.id.clone(), Some(backend));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the rows of `keys` (`None`: no row) into the batch's copies, one statement per
+    /// chunk of keys.
+    async fn read_keys(batch: &mut Batch<DB>, keys: &[&BackendKey]) -> Result<(), StoreError> {
+        for chunk in padded_chunks(keys) {
             // One lookup of the primary key per key, their rows together: for a long `OR` of
             // keys, or a join with the keys as a list of values, PostgreSQL's planner scanned the
             // whole table (4–11 ms a batch, `pg_stat_statements`).
@@ -266,22 +289,6 @@ where
                 batch.keys.insert(name, Some(holder));
             }
         }
-        for chunk in padded_chunks(&ids) {
-            let sql = format!(
-                "SELECT {} FROM backends WHERE id IN ({})",
-                super::BACKEND_COLUMNS,
-                parameters::<DB>(1, chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for id in &chunk {
-                query = query.bind(id.to_string());
-                batch.backends.insert(id.to_string(), None);
-            }
-            for row in query.fetch_all(&mut *batch.tx).await.map_err(from_sqlx)? {
-                let backend = super::decode_backend(&row)?;
-                batch.backends.insert(backend.id.clone(), Some(backend));
-            }
-        }
         Ok(())
     }
 
@@ -303,23 +310,9 @@ where
         if let Some(known) = batch.keys.get(&name) {
             return Ok(known.clone());
         }
-        let row =
-            sqlx::query("SELECT tag, backend_id, fencing_token FROM backend_keys WHERE namespace = $1 AND name = $2")
-                .bind(key.namespace.clone())
-                .bind(key.name.clone())
-                .fetch_optional(&mut *batch.tx)
-                .await
-                .map_err(from_sqlx)?;
-        let holder = match row {
-            Some(row) => Some(Holder {
-                tag: row.try_get(0).map_err(from_sqlx)?,
-                backend_id: row.try_get(1).map_err(from_sqlx)?,
-                fencing_token: row.try_get(2).map_err(from_sqlx)?,
-            }),
-            None => None,
-        };
-        batch.keys.insert(name, holder.clone());
-        Ok(holder)
+        // Every key a Connect of the batch names was read ahead; this is for one that was not.
+        Self::read_keys(batch, &[key]).await?;
+        Ok(batch.keys.get(&name).cloned().flatten())
     }
 
     /// A new version of a backend: its row (held back) and the batch's view of it.
