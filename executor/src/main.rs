@@ -27,10 +27,18 @@ enum Command {
     /// Run the runtime conformance suite against the executor on a Unix socket (any
     /// implementation of hangar.executor.v1), one PASS/FAIL/SKIP line per case.
     Conformance(ConformanceArgs),
+    /// What a warm network sandbox runs (--docker-warm-sandboxes): waits for SIGTERM.
+    #[command(hide = true)]
+    Sandbox,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Sandbox = cli.command {
+        // One thread, no logging: a sandbox holds a network namespace and nothing else.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return Ok(runtime.block_on(hangar_executor::runtime::docker::hold_sandbox())?);
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         // The same logging (and, with an endpoint, trace export) as hangar-server's.
@@ -38,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             Command::Run(args) => ("hangar-drone", args.otlp_endpoint()),
             Command::Executor(args) => ("hangar-executor", args.trace.otlp_endpoint.as_deref()),
             Command::Conformance(_) => ("hangar-conformance", None),
+            Command::Sandbox => unreachable!("handled above"),
         };
         let telemetry = telemetry::init(LogFormat::Text, endpoint, service)?;
         let result = match cli.command {
@@ -47,6 +56,7 @@ fn main() -> anyhow::Result<()> {
                 let code = conformance_command::main(args).await;
                 std::process::exit(code)
             }
+            Command::Sandbox => unreachable!("handled above"),
         };
         telemetry.shutdown().await;
         result

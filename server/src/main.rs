@@ -74,6 +74,10 @@ enum Command {
     /// curl. /ws is a WebSocket echo. Ends on SIGTERM.
     #[cfg(feature = "dev")]
     DemoBackend(DemoBackendArgs),
+    /// What dev's warm network sandboxes run: waits for SIGTERM.
+    #[cfg(feature = "dev")]
+    #[command(hide = true)]
+    Sandbox,
     /// Bearer tokens for the controller's auth file.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -448,6 +452,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dev(args) => run_dev(args).await,
         #[cfg(feature = "dev")]
         Command::DemoBackend(args) => demo_backend::run(args.host).await,
+        #[cfg(feature = "dev")]
+        Command::Sandbox => Ok(hangar_executor::runtime::docker::hold_sandbox().await?),
         Command::Token(TokenCommand::Generate(args)) => {
             generate_token(args);
             Ok(())

@@ -121,8 +121,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let instance = super::instance::load_or_create(&args.data_dir, "default")
                 .with_context(|| format!("cannot read or create the instance id in {}", args.data_dir.display()))?;
             tracing::info!(instance, "drone instance");
-            let network = args.docker_network.network();
-            Some(build_runtime(choice, &instance, false, args.advertise_host.as_deref(), network).await?)
+            Some(build_runtime(choice, &instance, false, args.advertise_host.as_deref(), &args.docker_network).await?)
         }
         (None, None) => None,
     };
@@ -143,7 +142,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut drone = spawn(config);
     let admin = match admin_listener {
         Some(listener) => {
-            let router = hangar_agent::admin::router(super::readiness(drone.state(), runtime));
+            let router = hangar_agent::admin::router(super::readiness(drone.state(), runtime.clone()));
             let admin = AdminServer::serve(listener, router)?;
             // A closed stdout (a supervisor that stopped reading) must not end the drone.
             let _ = writeln!(std::io::stdout(), "admin (metrics, health) on {}", admin.url());
@@ -158,6 +157,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         result = drone.finished() => return Ok(result?),
     }
     drone.shutdown().await;
+    // The runtime's own tasks end too (the docker runtime removes the sandboxes it kept ready).
+    if let Some(runtime) = runtime {
+        runtime.shutdown().await;
+    }
     if let Some(admin) = admin {
         admin.shutdown().await;
     }

@@ -4,7 +4,8 @@
 //! `hangar.executor=<instance>`, and is named `hangar-<instance>-<id>`, so starts are idempotent
 //! (the name is taken) and a restarted executor finds its containers by label. The backend's port
 //! (spec.port, default 8080, also passed as `PORT`) is published on an ephemeral port of
-//! 127.0.0.1, read back from the engine once it is bound.
+//! 127.0.0.1, read back from the engine once it is bound; or, when the runtime keeps warm network
+//! sandboxes, the backend joins a sandbox that has it published already ([`sandbox`]).
 //!
 //! Events come from the engine's event stream. When that stream ends (engine restart, dropped
 //! connection), it is resubscribed with `since` set before a reconcile by label, so exits that
@@ -33,15 +34,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod local_image;
+mod sandbox;
 mod watch;
 
 pub use self::local_image::{ExecutableImage, ImageOutcome};
+pub use self::sandbox::{LABEL_ROLE, LABEL_SANDBOX, WarmSandboxes, hold as hold_sandbox};
+use self::sandbox::{Sandbox, SandboxKeeper, SandboxPool, remove_container};
 
 use self::watch::EngineWatcher;
 use super::locks::BackendLocks;
 use super::{
-    BackendInfo, BackendSpec, BackendState, Capability, Condition, EventHub, EventStream, ImageReady, LABEL_BACKEND_ID,
-    LABEL_EXECUTOR, LABEL_MANAGED, PullPolicy, Runtime, RuntimeError, RuntimeKind, Started, Stats, StatsStream,
+    BackendInfo, BackendSpec, BackendState, Capability, Condition, DEFAULT_BACKEND_PORT, EventHub, EventStream,
+    ImageReady, LABEL_BACKEND_ID, LABEL_EXECUTOR, LABEL_MANAGED, PullPolicy, Runtime, RuntimeError, RuntimeKind,
+    Started, Stats, StatsStream,
 };
 
 /// Label recording the container port, so the published host port can be found again later.
@@ -69,6 +74,9 @@ pub struct DockerOptions {
     /// (`--docker-network`, `--docker-addresses`), reported at that address with nothing
     /// published on the engine's host; takes precedence over `advertise_host`.
     pub network: Option<DockerNetwork>,
+    /// Network sandboxes kept ready for backends to start in (`--docker-warm-sandboxes`; see
+    /// [`WarmSandboxes`]). Not used with `network`.
+    pub warm_sandboxes: Option<WarmSandboxes>,
 }
 
 /// Backends on a Docker network, each at an address this runtime picks from `addresses`, a
@@ -93,6 +101,7 @@ impl Default for DockerOptions {
             resubscribe_every: Duration::from_secs(300),
             advertise_host: None,
             network: None,
+            warm_sandboxes: None,
         }
     }
 }
@@ -112,9 +121,24 @@ pub struct DockerRuntime {
     watching: Arc<AtomicBool>,
     /// How many times the engine's event stream was subscribed.
     subscriptions: Arc<AtomicU64>,
-    /// Owns the event watcher.
+    /// The ready network sandboxes, when the runtime keeps some.
+    sandboxes: Option<Arc<SandboxPool>>,
+    /// Owns the event watcher and the sandbox keeper.
     tasks: TaskTracker,
     cancel: CancellationToken,
+}
+
+/// How a backend's create and start failed.
+enum Failure {
+    Runtime(RuntimeError),
+    /// The engine refused to start the container in its sandbox.
+    JoinFailed(String),
+}
+
+impl From<RuntimeError> for Failure {
+    fn from(err: RuntimeError) -> Self {
+        Failure::Runtime(err)
+    }
 }
 
 pub(super) fn status_code(err: &DockerError) -> Option<u16> {
@@ -206,6 +230,7 @@ impl DockerRuntime {
             next_address: tokio::sync::Mutex::new(uuid::Uuid::new_v4().as_u128() as u32),
             watching: Arc::new(AtomicBool::new(false)),
             subscriptions: Arc::new(AtomicU64::new(0)),
+            sandboxes: None,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
         };
@@ -219,6 +244,27 @@ impl DockerRuntime {
         };
         let cancel = runtime.cancel.clone();
         runtime.tasks.spawn(async move { watcher.run(cancel).await });
+        let mut runtime = runtime;
+        match (&runtime.options.warm_sandboxes, &runtime.options.network) {
+            (Some(warm), None) if warm.count > 0 => {
+                let pool = Arc::new(SandboxPool::default());
+                let keeper = SandboxKeeper {
+                    docker: runtime.docker.clone(),
+                    instance: runtime.options.instance.clone(),
+                    advertise_host: runtime.options.advertise_host.clone(),
+                    port_wait: runtime.options.port_wait,
+                    warm: warm.clone(),
+                    pool: pool.clone(),
+                };
+                let cancel = runtime.cancel.clone();
+                runtime.tasks.spawn(async move { keeper.run(cancel).await });
+                runtime.sandboxes = Some(pool);
+            }
+            (Some(warm), Some(network)) if warm.count > 0 => {
+                tracing::info!(network = network.name, "backends on a Docker network start without warm sandboxes");
+            }
+            _ => {}
+        }
         Ok(runtime)
     }
 
@@ -277,7 +323,23 @@ impl DockerRuntime {
         }
     }
 
-    fn info(&self, backend_id: &str, container: &ContainerInspectResponse) -> BackendInfo {
+    /// Where a proxy reaches the backend in `container`: its own address, or what its start
+    /// reported, or (after a restart) its sandbox's published port.
+    async fn address_of(&self, backend_id: &str, container: &ContainerInspectResponse) -> String {
+        if let Some(address) = self
+            .reached_at(container)
+            .or_else(|| self.started.lock().unwrap().get(backend_id).map(|s| s.address.clone()))
+        {
+            return address;
+        }
+        let Some(sandbox) = sandbox_of(container) else { return String::new() };
+        match self.docker.inspect_container(sandbox, None::<InspectContainerOptions>).await {
+            Ok(sandbox) => published_address(&sandbox, self.options.advertise_host.as_deref()).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    fn info(&self, backend_id: &str, container: &ContainerInspectResponse, address: String) -> BackendInfo {
         let state = container.state.clone().unwrap_or_default();
         let backend_state = match state.status {
             Some(ContainerStateStatusEnum::CREATED) => BackendState::Created,
@@ -287,10 +349,6 @@ impl DockerRuntime {
             | Some(ContainerStateStatusEnum::REMOVING) => BackendState::Exited,
             _ => BackendState::Unknown,
         };
-        let address = self
-            .reached_at(container)
-            .or_else(|| self.started.lock().unwrap().get(backend_id).map(|s| s.address.clone()))
-            .unwrap_or_default();
         BackendInfo {
             backend_id: backend_id.to_string(),
             runtime_id: container.id.clone().unwrap_or_default(),
@@ -320,13 +378,8 @@ impl DockerRuntime {
         // reachable only from the engine's host (a proxy there); with an advertised host it is
         // published on every interface, for proxies on other hosts (docs/operations.md#drones).
         // On a network it is reached at its own address there: nothing published.
-        let host_ip = if self.options.advertise_host.is_some() { "0.0.0.0" } else { "127.0.0.1" };
-        let port_bindings = self.options.network.is_none().then(|| {
-            HashMap::from([(
-                port_key.clone(),
-                Some(vec![PortBinding { host_ip: Some(host_ip.into()), host_port: Some(String::new()) }]),
-            )])
-        });
+        let port_bindings =
+            self.options.network.is_none().then(|| port_bindings(&port_key, self.options.advertise_host.is_some()));
         let networking_config = self.options.network.as_ref().zip(address).map(|(network, address)| {
             let endpoint = EndpointSettings {
                 ipam_config: Some(EndpointIpamConfig { ipv4_address: Some(address.to_string()), ..Default::default() }),
@@ -395,6 +448,87 @@ impl DockerRuntime {
         )))
     }
 
+    /// Creates the backend's container (in `sandbox`, when given) and starts it, or adopts the
+    /// one an earlier start made.
+    async fn create_and_start(&self, spec: &BackendSpec, mut sandbox: Option<Sandbox>) -> Result<Started, Failure> {
+        let backend_id = spec.backend_id.clone();
+        let name = self.container_name(&backend_id);
+        let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
+        // Whether the container is the one just created: then it has never run, and the engine
+        // need not be asked before starting it (one round trip fewer on every cold start).
+        // On a network, the address is picked and the container created under one lock.
+        let mut cursor = match &self.options.network {
+            Some(_) => Some(self.next_address.lock().await),
+            None => None,
+        };
+        let address = match (&self.options.network, cursor.as_deref_mut()) {
+            (Some(network), Some(cursor)) => Some(self.pick_address(network, cursor).await?),
+            _ => None,
+        };
+        let mut body = self.create_body(spec, address);
+        if let Some(sandbox) = &sandbox {
+            join_sandbox(&mut body, sandbox);
+        }
+        let created = self.docker.create_container(Some(options), body).await;
+        drop(cursor.take());
+        if created.is_err()
+            && let (Some(pool), Some(sandbox)) = (&self.sandboxes, sandbox.take())
+        {
+            // Not used: the backend's container existed already, or the create failed.
+            pool.put_back(sandbox);
+        }
+        let created = match created {
+            Ok(_) => true,
+            // Created by an earlier start (before an executor restart): adopt it.
+            Err(err) if status_code(&err) == Some(409) => false,
+            Err(err) if status_code(&err) == Some(404) => {
+                return Err(Failure::Runtime(RuntimeError::ImageNotFound {
+                    image: spec.image.clone(),
+                    message: "not present locally; call PrepareImage first".into(),
+                }));
+            }
+            Err(DockerError::DockerResponseServerError { status_code: 400, message }) => {
+                return Err(Failure::Runtime(RuntimeError::StartFailed { backend_id, message }));
+            }
+            Err(err) => return Err(Failure::Runtime(unavailable(err))),
+        };
+        let never_started = created || {
+            let existing = self.inspect_container(&backend_id).await?;
+            existing
+                .as_ref()
+                .and_then(|c| c.state.as_ref())
+                .is_some_and(|s| s.status == Some(ContainerStateStatusEnum::CREATED))
+        };
+        // An adopted container that already ran is not restarted: that would be a new life, not a retry.
+        if never_started {
+            match self.docker.start_container(&name, None::<bollard::query_parameters::StartContainerOptions>).await {
+                Ok(()) => {}
+                Err(err) if status_code(&err) == Some(304) => {}
+                Err(DockerError::DockerResponseServerError { message, .. }) if sandbox.is_some() => {
+                    return Err(Failure::JoinFailed(message));
+                }
+                Err(DockerError::DockerResponseServerError { status_code, message })
+                    if status_code < 500 || message.contains("OCI") =>
+                {
+                    return Err(Failure::Runtime(RuntimeError::StartFailed { backend_id, message }));
+                }
+                Err(err) => return Err(Failure::Runtime(unavailable(err))),
+            }
+        }
+        let (address, container) = match &sandbox {
+            // The sandbox's port, known since it was made: nothing to wait for.
+            Some(sandbox) => (sandbox.address.clone(), self.inspect_container(&backend_id).await?),
+            None => self.wait_for_address(&backend_id).await?,
+        };
+        let container = container.ok_or_else(|| RuntimeError::StartFailed {
+            backend_id: backend_id.clone(),
+            message: "the container vanished while starting".into(),
+        })?;
+        self.hub.started(&backend_id);
+        self.report_exit(&backend_id, &container);
+        Ok(Started { runtime_id: container.id.clone().unwrap_or_default(), address })
+    }
+
     /// Waits until the engine reports the published host port. Right after a start the binding
     /// may not be visible yet, so this retries; a container that already ended has no address.
     async fn wait_for_address(
@@ -409,6 +543,11 @@ impl DockerRuntime {
             let container = self.inspect_container(backend_id).await?;
             let Some(container) = container else { return Ok((String::new(), None)) };
             if let Some(address) = self.reached_at(&container) {
+                return Ok((address, Some(container)));
+            }
+            if sandbox_of(&container).is_some() {
+                // Adopted in its sandbox, whose port is published since it was made.
+                let address = self.address_of(backend_id, &container).await;
                 return Ok((address, Some(container)));
             }
             let running = container.state.as_ref().and_then(|s| s.running).unwrap_or(false);
@@ -437,6 +576,32 @@ impl DockerRuntime {
             Ok(())
         };
         tokio::time::timeout(self.options.pull_timeout, pull).await.map_err(|_| "pull timed out".to_string())?
+    }
+}
+
+/// `port_key` (`PORT/tcp`) published on an ephemeral port of 127.0.0.1, or of every interface.
+fn port_bindings(port_key: &str, every_interface: bool) -> HashMap<String, Option<Vec<PortBinding>>> {
+    let host_ip = if every_interface { "0.0.0.0" } else { "127.0.0.1" };
+    HashMap::from([(
+        port_key.to_string(),
+        Some(vec![PortBinding { host_ip: Some(host_ip.into()), host_port: Some(String::new()) }]),
+    )])
+}
+
+/// The sandbox a backend's container is in, if it is in one.
+fn sandbox_of(container: &ContainerInspectResponse) -> Option<&str> {
+    container.config.as_ref()?.labels.as_ref()?.get(LABEL_SANDBOX).map(String::as_str)
+}
+
+/// Makes `body` a backend in `sandbox`'s network namespace: the sandbox publishes the port.
+fn join_sandbox(body: &mut ContainerCreateBody, sandbox: &Sandbox) {
+    body.exposed_ports = None;
+    if let Some(host_config) = body.host_config.as_mut() {
+        host_config.port_bindings = None;
+        host_config.network_mode = Some(format!("container:{}", sandbox.id));
+    }
+    if let Some(labels) = body.labels.as_mut() {
+        labels.insert(LABEL_SANDBOX.into(), sandbox.id.clone());
     }
 }
 
@@ -563,65 +728,30 @@ impl Runtime for DockerRuntime {
             }
             self.started.lock().unwrap().remove(&backend_id);
         }
-        let name = self.container_name(&backend_id);
-        let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
-        // Whether the container is the one just created: then it has never run, and the engine
-        // need not be asked before starting it (one round trip fewer on every cold start).
-        // On a network, the address is picked and the container created under one lock.
-        let mut cursor = match &self.options.network {
-            Some(_) => Some(self.next_address.lock().await),
-            None => None,
-        };
-        let address = match (&self.options.network, cursor.as_deref_mut()) {
-            (Some(network), Some(cursor)) => Some(self.pick_address(network, cursor).await?),
+        // A ready sandbox when the backend can use one: the published default port, no network.
+        let sandbox = match &self.sandboxes {
+            Some(pool) if self.options.network.is_none() && spec.container_port() == DEFAULT_BACKEND_PORT => {
+                pool.take()
+            }
             _ => None,
         };
-        let body = self.create_body(&spec, address);
-        let created = self.docker.create_container(Some(options), body).await;
-        drop(cursor.take());
-        let created = match created {
-            Ok(_) => true,
-            // Created by an earlier start (before an executor restart): adopt it.
-            Err(err) if status_code(&err) == Some(409) => false,
-            Err(err) if status_code(&err) == Some(404) => {
-                return Err(RuntimeError::ImageNotFound {
-                    image: spec.image.clone(),
-                    message: "not present locally; call PrepareImage first".into(),
-                });
-            }
-            Err(DockerError::DockerResponseServerError { status_code: 400, message }) => {
-                return Err(RuntimeError::StartFailed { backend_id, message });
-            }
-            Err(err) => return Err(unavailable(err)),
-        };
-        let never_started = created || {
-            let existing = self.inspect_container(&backend_id).await?;
-            existing
-                .as_ref()
-                .and_then(|c| c.state.as_ref())
-                .is_some_and(|s| s.status == Some(ContainerStateStatusEnum::CREATED))
-        };
-        // An adopted container that already ran is not restarted: that would be a new life, not a retry.
-        if never_started {
-            match self.docker.start_container(&name, None::<bollard::query_parameters::StartContainerOptions>).await {
-                Ok(()) => {}
-                Err(err) if status_code(&err) == Some(304) => {}
-                Err(DockerError::DockerResponseServerError { status_code, message })
-                    if status_code < 500 || message.contains("OCI") =>
-                {
-                    return Err(RuntimeError::StartFailed { backend_id, message });
+        let started = match self.create_and_start(&spec, sandbox.clone()).await {
+            Err(Failure::JoinFailed(message)) => {
+                // The sandbox could not be joined (it ended behind the runtime's back, say): the
+                // backend starts in a namespace of its own, as it would with no sandbox ready.
+                tracing::warn!(backend_id, %message, "starting in a network sandbox failed; starting without one");
+                remove_container(&self.docker, &self.container_name(&backend_id)).await;
+                if let Some(sandbox) = &sandbox {
+                    remove_container(&self.docker, &sandbox.id).await;
                 }
-                Err(err) => return Err(unavailable(err)),
+                self.create_and_start(&spec, None).await
             }
-        }
-        let (address, container) = self.wait_for_address(&backend_id).await?;
-        let container = container.ok_or_else(|| RuntimeError::StartFailed {
-            backend_id: backend_id.clone(),
-            message: "the container vanished while starting".into(),
+            result => result,
+        };
+        let started = started.map_err(|failure| match failure {
+            Failure::Runtime(err) => err,
+            Failure::JoinFailed(message) => RuntimeError::StartFailed { backend_id: backend_id.clone(), message },
         })?;
-        self.hub.started(&backend_id);
-        self.report_exit(&backend_id, &container);
-        let started = Started { runtime_id: container.id.clone().unwrap_or_default(), address };
         self.started.lock().unwrap().insert(backend_id.clone(), started.clone());
         tracing::info!(backend_id, address = started.address, "container started");
         Ok(started)
@@ -673,6 +803,7 @@ impl Runtime for DockerRuntime {
             self.started.lock().unwrap().remove(backend_id);
             return Ok(());
         };
+        let sandbox = sandbox_of(&container).map(String::from);
         // Killed first so its exit code is reported before it disappears.
         self.stop(backend_id, Duration::ZERO).await?;
         let _guard = self.locks.lock(backend_id).await;
@@ -690,6 +821,10 @@ impl Runtime for DockerRuntime {
             Err(err) if status_code(&err) == Some(409) => {}
             Err(err) => return Err(unavailable(err)),
         }
+        // Its sandbox served it alone and goes with it.
+        if let Some(sandbox) = sandbox {
+            remove_container(&self.docker, &sandbox).await;
+        }
         self.started.lock().unwrap().remove(backend_id);
         self.hub.removed(backend_id);
         Ok(())
@@ -697,7 +832,10 @@ impl Runtime for DockerRuntime {
 
     async fn inspect(&self, backend_id: &str) -> Result<BackendInfo, RuntimeError> {
         match self.inspect_container(backend_id).await? {
-            Some(container) => Ok(self.info(backend_id, &container)),
+            Some(container) => {
+                let address = self.address_of(backend_id, &container).await;
+                Ok(self.info(backend_id, &container, address))
+            }
             None => Err(RuntimeError::BackendNotFound(backend_id.to_string())),
         }
     }
@@ -705,7 +843,11 @@ impl Runtime for DockerRuntime {
     async fn list(&self) -> Result<Vec<BackendInfo>, RuntimeError> {
         let ids = list_backend_ids(&self.docker, &self.options.instance).await.map_err(unavailable)?;
         let infos = futures::stream::iter(ids)
-            .map(|id| async move { self.inspect_container(&id).await.map(|c| c.map(|c| self.info(&id, &c))) })
+            .map(|id| async move {
+                let Some(container) = self.inspect_container(&id).await? else { return Ok(None) };
+                let address = self.address_of(&id, &container).await;
+                Ok(Some(self.info(&id, &container, address)))
+            })
             .buffer_unordered(8)
             .collect::<Vec<_>>()
             .await;

@@ -15,6 +15,7 @@ use crate::store;
 use anyhow::Context;
 use hangar_agent::admin::{Check, Readiness};
 use hangar_executor::drone::{self, DroneConfig, DroneHandle};
+use hangar_executor::runtime::Runtime;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -49,6 +50,8 @@ pub struct DevCluster {
     /// "docker" or "process".
     pub runtime: &'static str,
     pub demo: DemoStatus,
+    /// The drone's runtime, shut down after the drone.
+    backends: Arc<dyn Runtime>,
 }
 
 impl DevCluster {
@@ -110,16 +113,28 @@ impl DevCluster {
         config.runtime = Some(runtime.clone());
         config.data_dir = Some(drone_dir);
         let drone = drone::spawn(config);
-        let _ = later.set(proxy.readiness().and(drone::readiness(drone.state(), Some(runtime))));
+        let _ = later.set(proxy.readiness().and(drone::readiness(drone.state(), Some(runtime.clone()))));
         let drone_node_id = tokio::time::timeout(std::time::Duration::from_secs(30), drone.attached())
             .await
             .context("the embedded drone did not attach within 30 s")?;
-        Ok(DevCluster { controller, proxy, drone, drone_node_id, drone_name, instance, runtime: runtime_kind, demo })
+        Ok(DevCluster {
+            controller,
+            proxy,
+            drone,
+            drone_node_id,
+            drone_name,
+            instance,
+            runtime: runtime_kind,
+            demo,
+            backends: runtime,
+        })
     }
 
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.proxy.shutdown().await;
         self.drone.shutdown().await;
+        // Its own tasks end too: the docker runtime removes the sandboxes it kept ready.
+        self.backends.shutdown().await;
         self.controller.shutdown().await
     }
 }

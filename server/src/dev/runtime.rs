@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hangar_executor::runtime::Runtime;
-use hangar_executor::runtime::docker::{DockerOptions, DockerRuntime, ExecutableImage, ImageOutcome};
+use hangar_executor::runtime::docker::{DockerOptions, DockerRuntime, ExecutableImage, ImageOutcome, WarmSandboxes};
 use hangar_executor::runtime::process::{ProcessAlias, ProcessRuntime};
 
 /// The name users give `--image` for the demo backend, on either runtime.
@@ -52,10 +52,10 @@ pub async fn start(
 ) -> anyhow::Result<(Arc<dyn Runtime>, DemoStatus)> {
     let docker = match choice {
         DevRuntime::Process => None,
-        DevRuntime::Docker => Some(connect_docker(instance).await.context(
+        DevRuntime::Docker => Some(connect_docker(instance, demo_executable).await.context(
             "--runtime docker: no Docker engine answers (is it running, and may this user use its socket?)",
         )?),
-        DevRuntime::Auto => match tokio::time::timeout(DOCKER_WAIT, connect_docker(instance)).await {
+        DevRuntime::Auto => match tokio::time::timeout(DOCKER_WAIT, connect_docker(instance, demo_executable)).await {
             Ok(Ok(docker)) => Some(docker),
             Ok(Err(err)) => {
                 tracing::info!(error = %err, "no Docker engine answers; running backends as local processes");
@@ -83,8 +83,12 @@ pub async fn start(
     })
 }
 
-async fn connect_docker(instance: &str) -> anyhow::Result<DockerRuntime> {
-    Ok(DockerRuntime::connect(DockerOptions { instance: instance.to_string(), ..Default::default() }).await?)
+/// The Docker runtime, keeping two network sandboxes ready (made from `executable`, this
+/// `hangar-server`) so a backend's start skips the engine's making of its network namespace.
+async fn connect_docker(instance: &str, executable: Option<&Path>) -> anyhow::Result<DockerRuntime> {
+    let warm_sandboxes = executable.map(|executable| WarmSandboxes::of_executable(2, executable.to_path_buf()));
+    Ok(DockerRuntime::connect(DockerOptions { instance: instance.to_string(), warm_sandboxes, ..Default::default() })
+        .await?)
 }
 
 /// `hangar-demo` on the process runtime: this binary's demo backend, on the loopback only.

@@ -14,6 +14,8 @@ use std::process::Command;
 use bollard::query_parameters::{BuildImageOptions, ListImagesOptions, RemoveImageOptions, TagImageOptions};
 use futures::StreamExt;
 
+use bollard::Docker;
+
 use super::{DockerRuntime, status_code, unavailable};
 use crate::runtime::RuntimeError;
 
@@ -129,82 +131,92 @@ impl DockerRuntime {
         image: &ExecutableImage,
         before_build: impl FnOnce(),
     ) -> Result<ImageOutcome, RuntimeError> {
-        let entrypoint = image.entrypoint()?;
-        let files = image
-            .files()?
-            .into_iter()
-            .map(|file| {
-                let bytes = std::fs::read(&file.host)
-                    .map_err(|err| RuntimeError::internal(format!("cannot read {}: {err}", file.host.display())))?;
-                Ok((file.in_image, bytes))
-            })
-            .collect::<Result<Vec<_>, RuntimeError>>()?;
-        let digest = content_digest(&files, &entrypoint);
-        let existing = match self.docker.inspect_image(&image.reference).await {
-            Ok(existing) => Some(existing),
-            Err(err) if status_code(&err) == Some(404) => None,
-            Err(err) => return Err(unavailable(err)),
-        };
-        let labels = existing.as_ref().and_then(|i| i.config.as_ref()).and_then(|c| c.labels.as_ref());
-        if labels.and_then(|l| l.get(&image.digest_label)) == Some(&digest) {
-            return Ok(ImageOutcome::UpToDate);
-        }
-        before_build();
-
-        let dockerfile = format!(
-            "FROM scratch\nCOPY rootfs/ /\nENTRYPOINT {}\n",
-            // The JSON form: there is no shell in the image.
-            json_array(&entrypoint)
-        );
-        let mut archive = TarArchive::default();
-        archive.add("Dockerfile", dockerfile.as_bytes(), 0o644);
-        for (in_image, bytes) in &files {
-            // Executable bits on the libraries too: the loader is run by the kernel.
-            archive.add(&format!("rootfs{in_image}"), bytes, 0o755);
-        }
-        let (repository, tag) = image.split_reference();
-        // Built under a tag of its own, then moved onto the real one (atomic), so two builds at
-        // once (two dev servers starting together) never leave a half-made image under it.
-        let build_tag = format!("{repository}:build-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-        let options = BuildImageOptions {
-            t: Some(build_tag.clone()),
-            labels: Some(HashMap::from([(image.digest_label.clone(), digest)])),
-            rm: true,
-            forcerm: true,
-            ..Default::default()
-        };
-        let mut build = self.docker.build_image(options, None, Some(bollard::body_full(archive.finish().into())));
-        while let Some(item) = build.next().await {
-            match item {
-                Ok(_) => {}
-                Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    return Err(RuntimeError::internal(format!("building {} failed: {error}", image.reference)));
-                }
-                Err(err) => return Err(unavailable(err)),
-            }
-        }
-        let tag_options = TagImageOptions { repo: Some(repository.to_string()), tag: Some(tag.to_string()) };
-        self.docker.tag_image(&build_tag, Some(tag_options)).await.map_err(unavailable)?;
-        // Only the build tag goes; the image keeps its real one.
-        let _ = self.docker.remove_image(&build_tag, None::<RemoveImageOptions>, None).await;
-        self.remove_replaced_images(&image.digest_label).await;
-        Ok(ImageOutcome::Built)
+        ensure_executable_image(&self.docker, image, before_build).await
     }
+}
 
-    /// Earlier builds that lost their tag (to this build, or to one before it whose container
-    /// still ran then), so rebuilding the executable does not pile up images. The engine
-    /// refuses to remove an image a container still uses; that one stays for a later build.
-    async fn remove_replaced_images(&self, digest_label: &str) {
-        let filters = HashMap::from([
-            ("dangling".to_string(), vec!["true".to_string()]),
-            ("label".to_string(), vec![digest_label.to_string()]),
-        ]);
-        let options = ListImagesOptions { filters: Some(filters), ..Default::default() };
-        let Ok(images) = self.docker.list_images(Some(options)).await else { return };
-        for image in images {
-            if let Err(err) = self.docker.remove_image(&image.id, None::<RemoveImageOptions>, None).await {
-                tracing::debug!(image = image.id, %err, "a replaced image stays (still in use)");
+/// [`DockerRuntime::ensure_executable_image`] on an engine client of its own (for the runtime's
+/// background tasks).
+pub(super) async fn ensure_executable_image(
+    docker: &Docker,
+    image: &ExecutableImage,
+    before_build: impl FnOnce(),
+) -> Result<ImageOutcome, RuntimeError> {
+    let entrypoint = image.entrypoint()?;
+    let files = image
+        .files()?
+        .into_iter()
+        .map(|file| {
+            let bytes = std::fs::read(&file.host)
+                .map_err(|err| RuntimeError::internal(format!("cannot read {}: {err}", file.host.display())))?;
+            Ok((file.in_image, bytes))
+        })
+        .collect::<Result<Vec<_>, RuntimeError>>()?;
+    let digest = content_digest(&files, &entrypoint);
+    let existing = match docker.inspect_image(&image.reference).await {
+        Ok(existing) => Some(existing),
+        Err(err) if status_code(&err) == Some(404) => None,
+        Err(err) => return Err(unavailable(err)),
+    };
+    let labels = existing.as_ref().and_then(|i| i.config.as_ref()).and_then(|c| c.labels.as_ref());
+    if labels.and_then(|l| l.get(&image.digest_label)) == Some(&digest) {
+        return Ok(ImageOutcome::UpToDate);
+    }
+    before_build();
+
+    let dockerfile = format!(
+        "FROM scratch\nCOPY rootfs/ /\nENTRYPOINT {}\n",
+        // The JSON form: there is no shell in the image.
+        json_array(&entrypoint)
+    );
+    let mut archive = TarArchive::default();
+    archive.add("Dockerfile", dockerfile.as_bytes(), 0o644);
+    for (in_image, bytes) in &files {
+        // Executable bits on the libraries too: the loader is run by the kernel.
+        archive.add(&format!("rootfs{in_image}"), bytes, 0o755);
+    }
+    let (repository, tag) = image.split_reference();
+    // Built under a tag of its own, then moved onto the real one (atomic), so two builds at
+    // once (two dev servers starting together) never leave a half-made image under it.
+    let build_tag = format!("{repository}:build-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let options = BuildImageOptions {
+        t: Some(build_tag.clone()),
+        labels: Some(HashMap::from([(image.digest_label.clone(), digest)])),
+        rm: true,
+        forcerm: true,
+        ..Default::default()
+    };
+    let mut build = docker.build_image(options, None, Some(bollard::body_full(archive.finish().into())));
+    while let Some(item) = build.next().await {
+        match item {
+            Ok(_) => {}
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                return Err(RuntimeError::internal(format!("building {} failed: {error}", image.reference)));
             }
+            Err(err) => return Err(unavailable(err)),
+        }
+    }
+    let tag_options = TagImageOptions { repo: Some(repository.to_string()), tag: Some(tag.to_string()) };
+    docker.tag_image(&build_tag, Some(tag_options)).await.map_err(unavailable)?;
+    // Only the build tag goes; the image keeps its real one.
+    let _ = docker.remove_image(&build_tag, None::<RemoveImageOptions>, None).await;
+    remove_replaced_images(docker, &image.digest_label).await;
+    Ok(ImageOutcome::Built)
+}
+
+/// Earlier builds that lost their tag (to this build, or to one before it whose container
+/// still ran then), so rebuilding the executable does not pile up images. The engine
+/// refuses to remove an image a container still uses; that one stays for a later build.
+async fn remove_replaced_images(docker: &Docker, digest_label: &str) {
+    let filters = HashMap::from([
+        ("dangling".to_string(), vec!["true".to_string()]),
+        ("label".to_string(), vec![digest_label.to_string()]),
+    ]);
+    let options = ListImagesOptions { filters: Some(filters), ..Default::default() };
+    let Ok(images) = docker.list_images(Some(options)).await else { return };
+    for image in images {
+        if let Err(err) = docker.remove_image(&image.id, None::<RemoveImageOptions>, None).await {
+            tracing::debug!(image = image.id, %err, "a replaced image stays (still in use)");
         }
     }
 }

@@ -1,0 +1,144 @@
+//! Warm network sandboxes on the docker runtime (`--docker-warm-sandboxes`): a backend on the
+//! default port starts in a sandbox made ahead of it and is reached at the sandbox's published
+//! port; the sandbox goes with the backend and is replaced; a restarted runtime finds the
+//! backend's address through its sandbox and removes sandboxes nobody uses; a backend that cannot
+//! use one (another port, a sandbox that died behind the runtime's back) starts in a namespace
+//! of its own.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hangar_executor::conformance::wait_for_http;
+use hangar_executor::runtime::docker::{DockerOptions, DockerRuntime, LABEL_ROLE, LABEL_SANDBOX, WarmSandboxes};
+use hangar_executor::runtime::{BackendSpec, LABEL_EXECUTOR, Runtime};
+use hangar_executor::testing::{ContainerCleanup, docker_or_skip_with, test_image, unique_name};
+
+fn options(instance: &str, count: usize) -> DockerOptions {
+    // The drone's own binary has the `sandbox` subcommand the sandbox image runs.
+    let executable = PathBuf::from(env!("CARGO_BIN_EXE_hangar-drone"));
+    DockerOptions {
+        instance: instance.to_string(),
+        warm_sandboxes: Some(WarmSandboxes::of_executable(count, executable)),
+        ..Default::default()
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let output = std::process::Command::new("docker").args(args).output().expect("run docker");
+    assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Ids of the instance's running sandboxes.
+fn running_sandboxes(instance: &str) -> Vec<String> {
+    let (executor, role) = (format!("label={LABEL_EXECUTOR}={instance}"), format!("label={LABEL_ROLE}=sandbox"));
+    let listed = docker(&["ps", "-q", "--no-trunc", "--filter", &executor, "--filter", &role]);
+    listed.split_whitespace().map(String::from).collect()
+}
+
+/// Waits until `check` holds on the running sandboxes, returning them.
+async fn sandboxes_until(instance: &str, what: &str, check: impl Fn(&[String]) -> bool) -> Vec<String> {
+    // The first wait includes building the sandbox image from the drone's binary.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let sandboxes = running_sandboxes(instance);
+        if check(&sandboxes) {
+            return sandboxes;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: sandboxes now {sandboxes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn network_mode(container: &str) -> String {
+    docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", container])
+}
+
+fn exists(container: &str) -> bool {
+    std::process::Command::new("docker").args(["inspect", container]).output().unwrap().status.success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_starts_in_a_warm_sandbox_and_takes_it_along_when_removed_and_the_pool_refills() {
+    let test = "a_backend_starts_in_a_warm_sandbox_and_takes_it_along_when_removed_and_the_pool_refills";
+    let instance = unique_name("sandbox");
+    let _cleanup = ContainerCleanup::new(&instance);
+    let Some(runtime) = docker_or_skip_with(test, options(&instance, 1)).await else { return };
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    let ready = sandboxes_until(&instance, "one sandbox made ahead", |s| s.len() == 1).await;
+
+    let spec = BackendSpec { backend_id: "in-sandbox".into(), image: image.into(), ..Default::default() };
+    let started = runtime.start(spec).await.unwrap();
+    assert_eq!(network_mode(&started.runtime_id), format!("container:{}", ready[0]), "joined the ready sandbox");
+    let label = format!("{{{{index .Config.Labels \"{LABEL_SANDBOX}\"}}}}");
+    assert_eq!(docker(&["inspect", "-f", &label, &started.runtime_id]), ready[0]);
+    let published = docker(&["port", &ready[0], "8080/tcp"]);
+    assert!(
+        published.lines().any(|line| line == started.address),
+        "{} is the sandbox's port: {published}",
+        started.address
+    );
+    let (status, _) = wait_for_http(&started.address, "/", Duration::from_secs(20)).await;
+    assert_eq!(status, 200, "the backend answers at its sandbox's port");
+
+    // The taken sandbox is replaced in the background.
+    let both = sandboxes_until(&instance, "a new sandbox beside the one in use", |s| s.len() == 2).await;
+    let spare = both.iter().find(|id| **id != ready[0]).cloned().unwrap();
+
+    // A runtime that ends removes the sandbox nobody took; one left by a runtime that could not
+    // (killed) is removed by the next one. The backend's own stays, and the next runtime reports
+    // the backend at its port without having started it.
+    runtime.shutdown().await;
+    assert!(!exists(&spare), "the spare sandbox went with the runtime");
+    let orphan = docker(&[
+        "run",
+        "-d",
+        "--label",
+        "hangar.managed=true",
+        "--label",
+        &format!("{LABEL_EXECUTOR}={instance}"),
+        "--label",
+        &format!("{LABEL_ROLE}=sandbox"),
+        &options(&instance, 1).warm_sandboxes.unwrap().image.reference,
+    ]);
+    drop(runtime);
+    let runtime = DockerRuntime::connect(options(&instance, 1)).await.unwrap();
+    sandboxes_until(&instance, "the orphan removed, a new spare made", |s| {
+        s.len() == 2 && s.contains(&ready[0]) && !s.contains(&orphan)
+    })
+    .await;
+    assert_eq!(runtime.inspect("in-sandbox").await.unwrap().address, started.address);
+
+    // The backend's removal takes its sandbox along.
+    runtime.remove("in-sandbox").await.unwrap();
+    assert!(!exists(&ready[0]), "the backend's sandbox is removed with it");
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_cannot_use_a_sandbox_starts_in_a_namespace_of_its_own() {
+    let test = "a_backend_that_cannot_use_a_sandbox_starts_in_a_namespace_of_its_own";
+    let instance = unique_name("nosandbox");
+    let _cleanup = ContainerCleanup::new(&instance);
+    let Some(runtime) = docker_or_skip_with(test, options(&instance, 1)).await else { return };
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    let ready = sandboxes_until(&instance, "one sandbox made ahead", |s| s.len() == 1).await;
+
+    // Another port than the one sandboxes publish: no sandbox, and the ready one stays ready.
+    let spec = BackendSpec { backend_id: "own-port".into(), image: image.into(), port: 9090, ..Default::default() };
+    let started = runtime.start(spec).await.unwrap();
+    assert_eq!(network_mode(&started.runtime_id), "default", "a namespace of its own");
+    assert_eq!(wait_for_http(&started.address, "/", Duration::from_secs(20)).await.0, 200);
+    assert_eq!(running_sandboxes(&instance), ready, "the ready sandbox was not taken");
+
+    // A sandbox that ended behind the runtime's back cannot be joined: the start falls back.
+    docker(&["kill", &ready[0]]);
+    let spec = BackendSpec { backend_id: "fallback".into(), image: image.into(), ..Default::default() };
+    let started = runtime.start(spec).await.unwrap();
+    assert_eq!(network_mode(&started.runtime_id), "default", "started without the dead sandbox");
+    assert_eq!(wait_for_http(&started.address, "/", Duration::from_secs(20)).await.0, 200);
+    assert!(!exists(&ready[0]), "the dead sandbox is removed");
+    runtime.remove("own-port").await.unwrap();
+    runtime.remove("fallback").await.unwrap();
+    runtime.shutdown().await;
+}
