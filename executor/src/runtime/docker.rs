@@ -131,8 +131,11 @@ pub struct DockerRuntime {
 /// How a backend's create and start failed.
 enum Failure {
     Runtime(RuntimeError),
-    /// The engine refused to start the container in its sandbox.
-    JoinFailed(String),
+    /// The engine refused to start `container` (its id) in its sandbox.
+    JoinFailed {
+        container: String,
+        message: String,
+    },
 }
 
 impl From<RuntimeError> for Failure {
@@ -220,7 +223,7 @@ impl DockerRuntime {
         if let Some(network) = &options.network {
             check_network(&docker, network).await?;
         }
-        let runtime = DockerRuntime {
+        let mut runtime = DockerRuntime {
             docker,
             options,
             hub: EventHub::default(),
@@ -244,7 +247,6 @@ impl DockerRuntime {
         };
         let cancel = runtime.cancel.clone();
         runtime.tasks.spawn(async move { watcher.run(cancel).await });
-        let mut runtime = runtime;
         match (&runtime.options.warm_sandboxes, &runtime.options.network) {
             (Some(warm), None) if warm.count > 0 => {
                 let pool = Arc::new(SandboxPool::default());
@@ -478,9 +480,9 @@ impl DockerRuntime {
             pool.put_back(sandbox);
         }
         let created = match created {
-            Ok(_) => true,
+            Ok(created) => Some(created.id),
             // Created by an earlier start (before an executor restart): adopt it.
-            Err(err) if status_code(&err) == Some(409) => false,
+            Err(err) if status_code(&err) == Some(409) => None,
             Err(err) if status_code(&err) == Some(404) => {
                 return Err(Failure::Runtime(RuntimeError::ImageNotFound {
                     image: spec.image.clone(),
@@ -492,7 +494,7 @@ impl DockerRuntime {
             }
             Err(err) => return Err(Failure::Runtime(unavailable(err))),
         };
-        let never_started = created || {
+        let never_started = created.is_some() || {
             let existing = self.inspect_container(&backend_id).await?;
             existing
                 .as_ref()
@@ -504,8 +506,10 @@ impl DockerRuntime {
             match self.docker.start_container(&name, None::<bollard::query_parameters::StartContainerOptions>).await {
                 Ok(()) => {}
                 Err(err) if status_code(&err) == Some(304) => {}
-                Err(DockerError::DockerResponseServerError { message, .. }) if sandbox.is_some() => {
-                    return Err(Failure::JoinFailed(message));
+                Err(DockerError::DockerResponseServerError { message, .. })
+                    if let (Some(_), Some(container)) = (&sandbox, &created) =>
+                {
+                    return Err(Failure::JoinFailed { container: container.clone(), message });
                 }
                 Err(DockerError::DockerResponseServerError { status_code, message })
                     if status_code < 500 || message.contains("OCI") =>
@@ -736,11 +740,11 @@ impl Runtime for DockerRuntime {
             _ => None,
         };
         let started = match self.create_and_start(&spec, sandbox.clone()).await {
-            Err(Failure::JoinFailed(message)) => {
+            Err(Failure::JoinFailed { container, message }) => {
                 // The sandbox could not be joined (it ended behind the runtime's back, say): the
                 // backend starts in a namespace of its own, as it would with no sandbox ready.
                 tracing::warn!(backend_id, %message, "starting in a network sandbox failed; starting without one");
-                remove_container(&self.docker, &self.container_name(&backend_id)).await;
+                remove_container(&self.docker, &container).await;
                 if let Some(sandbox) = &sandbox {
                     remove_container(&self.docker, &sandbox.id).await;
                 }
@@ -750,7 +754,9 @@ impl Runtime for DockerRuntime {
         };
         let started = started.map_err(|failure| match failure {
             Failure::Runtime(err) => err,
-            Failure::JoinFailed(message) => RuntimeError::StartFailed { backend_id: backend_id.clone(), message },
+            Failure::JoinFailed { message, .. } => {
+                RuntimeError::StartFailed { backend_id: backend_id.clone(), message }
+            }
         })?;
         self.started.lock().unwrap().insert(backend_id.clone(), started.clone());
         tracing::info!(backend_id, address = started.address, "container started");
