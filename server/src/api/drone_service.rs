@@ -9,7 +9,7 @@ use super::session::{Divert, NodeSessions, OUTBOUND_BUFFER, Routed, SessionHandl
 use super::{ApiError, BackendSettings, validate};
 use crate::auth::{self, Principal, audit};
 use crate::controller::{AttachedNode, NodeRegistry, StoreContact};
-use crate::store::{ActionPayload, DynStore, EventOutcome, NodeRegistration, PendingAction};
+use crate::store::{ActionPayload, DynStore, EventOutcome, NodeRegistration, PendingAction, QueuedAction};
 use chrono::Utc;
 use hangar::domain::{BackendStatus, NodeKind, NodeResources, duration_to_proto};
 use hangar::v1::{self, drone_service_server::DroneService};
@@ -55,6 +55,11 @@ struct DroneSession {
     /// Actions sent on this stream and not yet acknowledged: not sent again on this stream (a
     /// new stream sends them all again).
     sent: HashSet<String>,
+    /// Every pending action up to this place in the drone's queue has been sent on this stream
+    /// (or skipped): a wake-up reads only the actions after it.
+    sent_through: i64,
+    /// When this stream last read all of the drone's pending actions (see `FULL_READ_EVERY`).
+    full_read_at: Option<std::time::Instant>,
     /// The way to this session's renewal task, until the session's reader takes it.
     renewals: Option<mpsc::Sender<Renewal>>,
     /// The way to this session's reports task (backend events and acknowledgements, applied in
@@ -70,17 +75,30 @@ impl DroneSession {
     }
 
     /// Sends every pending action of this drone not yet sent on this stream, oldest first.
+    ///
+    /// A wake-up reads only the actions queued after the last one sent, not the drone's whole
+    /// backlog of unacknowledged ones (which grows with the placement rate while acknowledgements
+    /// are on their way). Every `FULL_READ_EVERY` the read is whole again: it forgets acknowledged
+    /// actions and, should an action ever be queued behind the cursor, sends it.
     async fn deliver_actions(&mut self) -> Result<(), ApiError> {
         self.attached.count_store_read();
-        let pending = self.store.pending_actions(&self.attached.node_id).await?;
-        let pending_ids: HashSet<&str> = pending.iter().map(|a| a.id.as_str()).collect();
-        // Forget acknowledged (or dropped) actions so the set stays small.
-        self.sent.retain(|id| pending_ids.contains(id.as_str()));
-        for action in pending {
+        let full = self.full_read_at.is_none_or(|at| at.elapsed() >= FULL_READ_EVERY);
+        let after = if full { 0 } else { self.sent_through };
+        let pending = self.store.queued_actions(&self.attached.node_id, after).await?;
+        if full {
+            let pending_ids: HashSet<&str> = pending.iter().map(|q| q.action.id.as_str()).collect();
+            // Forget acknowledged (or dropped) actions so the set stays small.
+            self.sent.retain(|id| pending_ids.contains(id.as_str()));
+            self.full_read_at = Some(std::time::Instant::now());
+        }
+        for QueuedAction { seq, action } in pending {
             if self.sent.contains(&action.id) {
                 continue;
             }
-            let Some(message) = self.action_message(&action).await? else { continue };
+            let Some(message) = self.action_message(&action).await? else {
+                self.sent_through = self.sent_through.max(seq);
+                continue;
+            };
             let id = action.id.clone();
             let message =
                 Ok(v1::DroneAttachResponse { message: Some(v1::drone_attach_response::Message::Action(message)) });
@@ -98,6 +116,7 @@ impl DroneSession {
                 break;
             }
             self.sent.insert(id);
+            self.sent_through = self.sent_through.max(seq);
         }
         Ok(())
     }
@@ -280,6 +299,9 @@ const ATTACH: &str = "hangar.v1.DroneService/Attach";
 /// How long a session waits for its drone to make room for the next action before leaving the
 /// rest to a later wake-up (docs/design/drone-link.md#wake-ups).
 const FULL_OUTBOUND_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a drone session reads all of its drone's pending actions rather than those after
+/// the last one it sent (`DroneSession::deliver_actions`).
+const FULL_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl DroneApi {
     /// The drone's first message, which must be its Hello.
@@ -345,6 +367,8 @@ impl DroneApi {
             attached: attached.clone(),
             outbound: tx.clone(),
             sent: HashSet::new(),
+            sent_through: 0,
+            full_read_at: None,
             renewals: Some(renewals_tx),
             reports: Some(reports_tx),
         };

@@ -68,6 +68,16 @@ pub struct PendingAction {
     pub created_at: DateTime<Utc>,
 }
 
+/// A pending action with its place in the drone's queue. `seq` grows in commit order (actions
+/// are written only inside write batches, which hold the revision counter's lock until they
+/// commit), so a reader that has seen every action up to `seq` finds the newer ones by asking
+/// for those after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedAction {
+    pub seq: i64,
+    pub action: PendingAction,
+}
+
 pub fn new_action_id() -> String {
     format!("act-{}", uuid::Uuid::now_v7().simple())
 }
@@ -232,7 +242,12 @@ pub trait BackendStore: Send + Sync {
     async fn terminate_for_drain(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
 
     /// The drone's pending actions, oldest first.
-    async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError>;
+    async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError> {
+        Ok(self.queued_actions(drone_id, 0).await?.into_iter().map(|queued| queued.action).collect())
+    }
+
+    /// The drone's pending actions after `after_seq` in its queue (0: all), oldest first.
+    async fn queued_actions(&self, drone_id: &str, after_seq: i64) -> Result<Vec<QueuedAction>, StoreError>;
 
     /// The drones that have pending actions (delivered but unacknowledged ones included): what
     /// the controller's one periodic poll wakes, instead of every session reading its own.

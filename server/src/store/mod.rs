@@ -19,8 +19,8 @@ mod sqlite;
 
 pub use backends::{
     ActionPayload, BackendChange, BackendFilter, BackendPage, BackendStore, ConnectOutcome, ConnectSpec, DroneEvent,
-    DroneLoad, DroneSlot, EventOutcome, IssuedToken, KeyRenewal, PendingAction, Pick, SpawnPlan, TokenRoute,
-    new_action_id,
+    DroneLoad, DroneSlot, EventOutcome, IssuedToken, KeyRenewal, PendingAction, Pick, QueuedAction, SpawnPlan,
+    TokenRoute, new_action_id,
 };
 pub use lease_expiry::{CLOCK_SKEW, ControllerTick, ExpiryRule, forget_before};
 pub use offload::OffloadedStore;

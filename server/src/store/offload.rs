@@ -334,10 +334,10 @@ impl BackendStore for OffloadedStore {
         .await
     }
 
-    async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError> {
+    async fn queued_actions(&self, drone_id: &str, after_seq: i64) -> Result<Vec<QueuedAction>, StoreError> {
         let drone_id = drone_id.to_string();
-        self.run(crate::store_series!("pending_actions"), |s| {
-            Box::pin(async move { s.pending_actions(&drone_id).await })
+        self.run(crate::store_series!("queued_actions"), |s| {
+            Box::pin(async move { s.queued_actions(&drone_id, after_seq).await })
         })
         .await
     }

@@ -612,24 +612,27 @@ where
         rows.iter().map(|row| row.try_get(0).map_err(from_sqlx)).collect()
     }
 
-    async fn pending_actions(&self, drone_id: &str) -> Result<Vec<PendingAction>, StoreError> {
+    async fn queued_actions(&self, drone_id: &str, after_seq: i64) -> Result<Vec<QueuedAction>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, backend_id, payload, created_at FROM drone_actions WHERE drone_id = $1 ORDER BY seq",
+            "SELECT seq, id, backend_id, payload, created_at FROM drone_actions \
+             WHERE drone_id = $1 AND seq > $2 ORDER BY seq",
         )
         .bind(drone_id.to_string())
+        .bind(after_seq)
         .fetch_all(self.read_pool())
         .await
         .map_err(from_sqlx)?;
         rows.iter()
             .map(|row| {
-                let payload: String = row.try_get(2).map_err(from_sqlx)?;
-                Ok(PendingAction {
-                    id: row.try_get(0).map_err(from_sqlx)?,
+                let payload: String = row.try_get(3).map_err(from_sqlx)?;
+                let action = PendingAction {
+                    id: row.try_get(1).map_err(from_sqlx)?,
                     drone_id: drone_id.to_string(),
-                    backend_id: row.try_get(1).map_err(from_sqlx)?,
+                    backend_id: row.try_get(2).map_err(from_sqlx)?,
                     payload: serde_json::from_str(&payload).map_err(|e| corrupt("action payload", e))?,
-                    created_at: time(row.try_get(3).map_err(from_sqlx)?)?,
-                })
+                    created_at: time(row.try_get(4).map_err(from_sqlx)?)?,
+                };
+                Ok(QueuedAction { seq: row.try_get(0).map_err(from_sqlx)?, action })
             })
             .collect()
     }

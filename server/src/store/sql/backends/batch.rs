@@ -671,6 +671,12 @@ mod tests {
         assert!(!spawned.contains(&old.id.as_str()), "the ended backend's action went with it");
         assert_eq!(actions.len(), 5, "the leader, the new holder and three fresh keys: {spawned:?}");
         assert!(spawned.contains(&new.id.as_str()));
+        // The drone's queue: each action has its place, and asking for those after a place
+        // answers exactly the ones behind it.
+        let queued = store.queued_actions("d1", 0).await.unwrap();
+        assert_eq!(queued.iter().map(|q| q.action.clone()).collect::<Vec<_>>(), actions);
+        assert!(queued.windows(2).all(|w| w[0].seq < w[1].seq), "{queued:?}");
+        assert_eq!(store.queued_actions("d1", queued[1].seq).await.unwrap(), queued[2..]);
         let mut counts = store.backend_state_counts().await.unwrap();
         counts.sort_by_key(|(state, _)| state.as_str());
         assert_eq!(counts, [(BackendState::Scheduled, 5), (BackendState::Terminated, 1)]);
@@ -688,6 +694,11 @@ mod tests {
             store.connect_backend(spec_on(key("sixth"), 6), &first).await.unwrap(),
             ConnectOutcome::Spawned(_)
         ));
+        // A place in the queue is never handed out again, not even once the actions at the end
+        // of the queue were acknowledged (and their rows deleted): a drone session that sent
+        // them finds the new one after them.
+        let newer = store.queued_actions("d1", queued.last().unwrap().seq).await.unwrap();
+        assert_eq!(newer.len(), 1, "the sixth's spawn, behind every earlier action: {newer:?}");
         assert_eq!(store.connect_backend(spec_on(key("seventh"), 6), &first).await.unwrap(), ConnectOutcome::PoolFull);
     }
 
