@@ -67,7 +67,18 @@ async fn a_terminate_on_controller_a_reaches_the_drone_attached_to_controller_b(
     let mut drone = ManualDrone::attach(&b.url(), drone_hello("d1")).await.unwrap();
     let beat = drone.keep_alive(Duration::from_millis(50));
     let mut on_a = BackendServiceClient::new(channel(&a.url()).await);
-    let id = on_a.connect(request("doc", "")).await.unwrap().into_inner().backend_id;
+    // Controller A learns of the drone attached to B through the database, a moment later:
+    // until then its Connect answers NO_DRONE_AVAILABLE and places nothing.
+    let deadline = Instant::now() + WAIT;
+    let id = loop {
+        match on_a.connect(request("doc", "")).await {
+            Ok(answer) => break answer.into_inner().backend_id,
+            Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("Connect on controller A: {status:?}"),
+        }
+    };
     let spawn = drone.next_action(WAIT).await;
     assert!(matches!(spawn.action, Some(Action::Spawn(_))));
     drone.ack_action(&spawn.action_id).await;
