@@ -539,10 +539,7 @@ impl DockerRuntime {
         &self,
         backend_id: &str,
     ) -> Result<(String, Option<ContainerInspectResponse>), RuntimeError> {
-        let deadline = tokio::time::Instant::now() + self.options.port_wait;
-        // The engine almost always reports the binding on the first inspect after the start;
-        // when it does not, it does within milliseconds, so the retries begin at 1 ms.
-        let mut pause = Duration::from_millis(1);
+        let mut wait = PortWait::new(self.options.port_wait);
         loop {
             let container = self.inspect_container(backend_id).await?;
             let Some(container) = container else { return Ok((String::new(), None)) };
@@ -555,14 +552,13 @@ impl DockerRuntime {
                 return Ok((address, Some(container)));
             }
             let running = container.state.as_ref().and_then(|s| s.running).unwrap_or(false);
-            if !running || tokio::time::Instant::now() >= deadline {
+            if !running || wait.expired() {
                 if running {
                     tracing::warn!(backend_id, "engine did not report the published port in time");
                 }
                 return Ok((String::new(), Some(container)));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(25));
+            wait.pause().await;
         }
     }
 
@@ -580,6 +576,38 @@ impl DockerRuntime {
             Ok(())
         };
         tokio::time::timeout(self.options.pull_timeout, pull).await.map_err(|_| "pull timed out".to_string())?
+    }
+}
+
+/// The pacing of the inspects that wait for the engine to report a published port. The engine
+/// almost always reports it on the first inspect after the start; when it does not, it does within
+/// milliseconds, so the pauses begin at 1 ms and double up to 25 ms.
+struct PortWait {
+    deadline: tokio::time::Instant,
+    next: Duration,
+}
+
+impl PortWait {
+    fn new(wait: Duration) -> Self {
+        PortWait { deadline: tokio::time::Instant::now() + wait, next: Duration::from_millis(1) }
+    }
+
+    fn expired(&self) -> bool {
+        tokio::time::Instant::now() >= self.deadline
+    }
+
+    async fn pause(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(Duration::from_millis(25));
+    }
+}
+
+/// Removes a container by name or id, whatever state it is in. Gone already (404) is fine, and
+/// so is a removal already in progress (409, e.g. a concurrent remove): it will be gone shortly.
+async fn force_remove(docker: &Docker, container: &str) -> Result<(), DockerError> {
+    match docker.remove_container(container, Some(RemoveContainerOptions { force: true, ..Default::default() })).await {
+        Err(err) if !matches!(status_code(&err), Some(404 | 409)) => Err(err),
+        _ => Ok(()),
     }
 }
 
@@ -816,17 +844,7 @@ impl Runtime for DockerRuntime {
         // By id: the container whose labels say it is this instance's, nothing else of that name.
         let name = container.id.unwrap_or_else(|| self.container_name(backend_id));
         tracing::info!(backend_id, container = name, instance = self.options.instance, "removing container");
-        match self
-            .docker
-            .remove_container(&name, Some(RemoveContainerOptions { force: true, ..Default::default() }))
-            .await
-        {
-            Ok(()) => {}
-            Err(err) if status_code(&err) == Some(404) => {}
-            // 409: removal already in progress (e.g. a concurrent remove); it will be gone shortly.
-            Err(err) if status_code(&err) == Some(409) => {}
-            Err(err) => return Err(unavailable(err)),
-        }
+        force_remove(&self.docker, &name).await.map_err(unavailable)?;
         // Its sandbox served it alone and goes with it.
         if let Some(sandbox) = sandbox {
             remove_container(&self.docker, &sandbox).await;

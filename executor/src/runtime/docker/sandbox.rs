@@ -23,15 +23,15 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
-};
+use bollard::query_parameters::{CreateContainerOptions, InspectContainerOptions, ListContainersOptions};
 use hangar_agent::Backoff;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::local_image::ensure_executable_image;
-use super::{ExecutableImage, LABEL_PORT, label_filters, port_bindings, published_address, unavailable};
+use super::{
+    ExecutableImage, LABEL_PORT, PortWait, force_remove, label_filters, port_bindings, published_address, unavailable,
+};
 use crate::runtime::{DEFAULT_BACKEND_PORT, LABEL_EXECUTOR, LABEL_MANAGED, RuntimeError};
 
 /// On a sandbox: `sandbox`.
@@ -190,8 +190,7 @@ impl SandboxKeeper {
                 .start_container(&created.id, None::<bollard::query_parameters::StartContainerOptions>)
                 .await
                 .map_err(unavailable)?;
-            let deadline = tokio::time::Instant::now() + self.port_wait;
-            let mut pause = Duration::from_millis(1);
+            let mut wait = PortWait::new(self.port_wait);
             loop {
                 let container = self
                     .docker
@@ -205,13 +204,12 @@ impl SandboxKeeper {
                 if let Some(address) = published_address(&container, self.advertise_host.as_deref()) {
                     return Ok(Sandbox { id: created.id.clone(), address });
                 }
-                if tokio::time::Instant::now() >= deadline {
+                if wait.expired() {
                     return Err(RuntimeError::internal(format!(
                         "the engine did not report network sandbox {name}'s published port in time"
                     )));
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(25));
+                wait.pause().await;
             }
         }
         .await;
@@ -241,13 +239,11 @@ impl SandboxKeeper {
     }
 }
 
-/// Removes a container by id, whatever state it is in; gone already is fine.
+/// Removes a network sandbox by id, whatever state it is in; gone already is fine, and a failure
+/// is logged (a restarted runtime removes what is left).
 pub(super) async fn remove_container(docker: &Docker, id: &str) {
-    let options = RemoveContainerOptions { force: true, ..Default::default() };
-    match docker.remove_container(id, Some(options)).await {
-        Ok(()) => {}
-        Err(err) if matches!(super::status_code(&err), Some(404 | 409)) => {}
-        Err(err) => tracing::warn!(container = id, error = %err, "cannot remove a network sandbox"),
+    if let Err(err) = force_remove(docker, id).await {
+        tracing::warn!(container = id, error = %err, "cannot remove a network sandbox");
     }
 }
 
