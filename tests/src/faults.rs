@@ -490,10 +490,7 @@ pub fn proxy_process(controllers: &[String], name: &str, listen: &str) -> Proces
     Process(child)
 }
 
-/// A loopback address nothing listens on now (bound, then released).
-pub fn free_address() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
-}
+pub use hangar_testkit::free_address;
 
 /// The names of the READY drones; proxies, nodes too, are left out.
 pub async fn ready_drones(client: &HangarClient) -> Vec<String> {

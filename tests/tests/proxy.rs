@@ -32,7 +32,7 @@ impl Drop for KillOnDrop {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    hangar_testkit::free_address().rsplit(':').next().unwrap().parse().unwrap()
 }
 
 async fn setup() -> Setup {
