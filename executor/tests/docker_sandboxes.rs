@@ -3,14 +3,16 @@
 //! port; the sandbox goes with the backend and is replaced; a restarted runtime finds the
 //! backend's address through its sandbox and removes sandboxes nobody uses; a backend that cannot
 //! use one (another port, a sandbox that died behind the runtime's back) starts in a namespace
-//! of its own.
+//! of its own; a backend whose sandbox ends under it, unreachable from then on, is killed and
+//! reported EXITED, by the event watch or by the reconcile of a runtime that was not running.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures::StreamExt;
 use hangar_executor::conformance::wait_for_http;
 use hangar_executor::runtime::docker::{DockerOptions, DockerRuntime, LABEL_ROLE, LABEL_SANDBOX, WarmSandboxes};
-use hangar_executor::runtime::{BackendSpec, LABEL_EXECUTOR, Runtime};
+use hangar_executor::runtime::{BackendSpec, EventKind, EventStream, LABEL_EXECUTOR, Runtime};
 use hangar_executor::testing::{ContainerCleanup, docker_or_skip_with, test_image, unique_name};
 
 fn options(instance: &str, count: usize) -> DockerOptions {
@@ -140,5 +142,62 @@ async fn a_backend_that_cannot_use_a_sandbox_starts_in_a_namespace_of_its_own() 
     assert!(!exists(&ready[0]), "the dead sandbox is removed");
     runtime.remove("own-port").await.unwrap();
     runtime.remove("fallback").await.unwrap();
+    runtime.shutdown().await;
+}
+
+/// Waits for `backend_id`'s EXITED on `events`.
+async fn exited(events: &mut EventStream, backend_id: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.next()).await.unwrap_or_else(|_| panic!("{what}"));
+        let event = event.expect("the event stream goes on").expect("an event");
+        if event.backend_id == backend_id && matches!(event.kind, EventKind::Exited { .. }) {
+            return;
+        }
+    }
+}
+
+fn running(container: &str) -> bool {
+    docker(&["inspect", "-f", "{{.State.Running}}", container]) == "true"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_whose_sandbox_ends_under_it_is_killed_and_reported_exited() {
+    let test = "a_backend_whose_sandbox_ends_under_it_is_killed_and_reported_exited";
+    let instance = unique_name("sandboxdies");
+    let _cleanup = ContainerCleanup::new(&instance);
+    let Some(runtime) = docker_or_skip_with(test, options(&instance, 2)).await else { return };
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    sandboxes_until(&instance, "two sandboxes made ahead", |s| s.len() == 2).await;
+    let mut events = runtime.events().await.unwrap();
+    let in_sandbox =
+        |backend_id: &str| BackendSpec { backend_id: backend_id.into(), image: image.into(), ..Default::default() };
+
+    // Killed while the runtime watches: the engine's "die" of the sandbox.
+    let first = runtime.start(in_sandbox("watched")).await.unwrap();
+    let sandbox = network_mode(&first.runtime_id).strip_prefix("container:").expect("in a sandbox").to_string();
+    assert_eq!(wait_for_http(&first.address, "/", Duration::from_secs(20)).await.0, 200);
+    docker(&["kill", &sandbox]);
+    exited(&mut events, "watched", "the backend reported EXITED after its sandbox was killed").await;
+    assert!(!running(&first.runtime_id), "the backend is killed");
+
+    // Killed while no runtime runs: found by the next runtime's reconcile.
+    sandboxes_until(&instance, "a sandbox ready again", |s| !s.is_empty()).await;
+    let second = runtime.start(in_sandbox("unwatched")).await.unwrap();
+    let sandbox = network_mode(&second.runtime_id).strip_prefix("container:").expect("in a sandbox").to_string();
+    runtime.shutdown().await;
+    drop(runtime);
+    docker(&["kill", &sandbox]);
+    // Past the second of events a new runtime's watch replays: only its reconcile can find this.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(running(&second.runtime_id), "nothing killed the backend while no runtime ran");
+    let runtime = DockerRuntime::connect(options(&instance, 0)).await.unwrap();
+    let mut events = runtime.events().await.unwrap();
+    if running(&second.runtime_id) {
+        exited(&mut events, "unwatched", "the next runtime reported the backend EXITED").await;
+    }
+    assert!(!running(&second.runtime_id), "the next runtime killed the backend");
+    runtime.remove("watched").await.unwrap();
+    runtime.remove("unwatched").await.unwrap();
     runtime.shutdown().await;
 }
