@@ -91,11 +91,11 @@ impl DroneSession {
             self.sent.retain(|id| pending_ids.contains(id.as_str()));
             self.full_read_at = Some(std::time::Instant::now());
         }
-        for QueuedAction { seq, action } in pending {
+        for QueuedAction { seq, action, backend } in pending {
             if self.sent.contains(&action.id) {
                 continue;
             }
-            let Some(message) = self.action_message(&action).await? else {
+            let Some(message) = action_message(&action, backend) else {
                 self.sent_through = self.sent_through.max(seq);
                 continue;
             };
@@ -119,43 +119,6 @@ impl DroneSession {
             self.sent_through = self.sent_through.max(seq);
         }
         Ok(())
-    }
-
-    async fn action_message(&self, action: &PendingAction) -> Result<Option<v1::DroneAction>, ApiError> {
-        use v1::drone_action::Action;
-        let action_kind = match &action.payload {
-            ActionPayload::Terminate { kind, reason } => Action::Terminate(v1::TerminateBackend {
-                kind: kind.to_proto() as i32,
-                reason: reason.to_proto() as i32,
-            }),
-            ActionPayload::Spawn { startup_timeout, lease_duration, stop_grace, .. } => {
-                let Some(backend) = self.store.get_backend(&action.backend_id).await? else {
-                    tracing::warn!(action_id = %action.id, backend_id = %action.backend_id, "spawn action for a missing backend");
-                    return Ok(None);
-                };
-                // Only the config's own environment: the drone adds Hangar's variables
-                // (`BackendEnv`) from the key, fencing token and static token below.
-                Action::Spawn(v1::SpawnBackend {
-                    // The one message that carries the env's values: to the drone that runs it.
-                    executable: Some(backend.spawn_config.executable.to_spawn_proto()),
-                    key: backend.key.as_ref().map(Into::into),
-                    fencing_token: backend.fencing_token,
-                    static_token: backend.spawn_config.static_token.clone().unwrap_or_default(),
-                    startup_timeout: Some(duration_to_proto(*startup_timeout)),
-                    lease_duration: Some(duration_to_proto(*lease_duration)),
-                    stop_grace: Some(duration_to_proto(*stop_grace)),
-                })
-            }
-        };
-        Ok(Some(v1::DroneAction {
-            action_id: action.id.clone(),
-            backend_id: action.backend_id.clone(),
-            action: Some(action_kind),
-            trace_context: match &action.payload {
-                ActionPayload::Spawn { trace_context, .. } => trace_context.clone().into_iter().collect(),
-                ActionPayload::Terminate { .. } => Default::default(),
-            },
-        }))
     }
 
     async fn backend_event(&mut self, event: v1::DroneBackendEvent) -> Result<(), ApiError> {
@@ -185,6 +148,43 @@ impl DroneSession {
         }
         self.reply(Reply::AckEvent(v1::AckEvent { event_id: event.event_id })).await
     }
+}
+
+/// The message for `action`; a Spawn is built from `backend`, read with it (`None`: it is gone).
+fn action_message(action: &PendingAction, backend: Option<hangar::domain::Backend>) -> Option<v1::DroneAction> {
+    use v1::drone_action::Action;
+    let action_kind = match &action.payload {
+        ActionPayload::Terminate { kind, reason } => {
+            Action::Terminate(v1::TerminateBackend { kind: kind.to_proto() as i32, reason: reason.to_proto() as i32 })
+        }
+        ActionPayload::Spawn { startup_timeout, lease_duration, stop_grace, .. } => {
+            let Some(backend) = backend else {
+                tracing::warn!(action_id = %action.id, backend_id = %action.backend_id, "spawn action for a missing backend");
+                return None;
+            };
+            // Only the config's own environment: the drone adds Hangar's variables
+            // (`BackendEnv`) from the key, fencing token and static token below.
+            Action::Spawn(v1::SpawnBackend {
+                // The one message that carries the env's values: to the drone that runs it.
+                executable: Some(backend.spawn_config.executable.to_spawn_proto()),
+                key: backend.key.as_ref().map(Into::into),
+                fencing_token: backend.fencing_token,
+                static_token: backend.spawn_config.static_token.clone().unwrap_or_default(),
+                startup_timeout: Some(duration_to_proto(*startup_timeout)),
+                lease_duration: Some(duration_to_proto(*lease_duration)),
+                stop_grace: Some(duration_to_proto(*stop_grace)),
+            })
+        }
+    };
+    Some(v1::DroneAction {
+        action_id: action.id.clone(),
+        backend_id: action.backend_id.clone(),
+        action: Some(action_kind),
+        trace_context: match &action.payload {
+            ActionPayload::Spawn { trace_context, .. } => trace_context.clone().into_iter().collect(),
+            ActionPayload::Terminate { .. } => Default::default(),
+        },
+    })
 }
 
 #[tonic::async_trait]

@@ -72,10 +72,15 @@ pub struct PendingAction {
 /// are written only inside write batches, which hold the revision counter's lock until they
 /// commit), so a reader that has seen every action up to `seq` finds the newer ones by asking
 /// for those after it.
+///
+/// A Spawn comes with its backend as it is now, read in the same statement: the drone session
+/// builds the spawn message from it without a store call per action. `None` for a Terminate,
+/// and for a Spawn whose backend is gone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueuedAction {
     pub seq: i64,
     pub action: PendingAction,
+    pub backend: Option<Backend>,
 }
 
 pub fn new_action_id() -> String {

@@ -38,8 +38,19 @@ where
     for<'q> String: Decode<'q, R::Database> + Type<R::Database>,
     usize: ColumnIndex<R>,
 {
-    let data: String = row.try_get(0).map_err(from_sqlx)?;
-    let activity: i64 = row.try_get(1).map_err(from_sqlx)?;
+    decode_backend_at(row, 0)
+}
+
+/// A backend from [`BACKEND_COLUMNS`] read at columns `first` and `first + 1` of `row`.
+fn decode_backend_at<R>(row: &R, first: usize) -> Result<Backend, StoreError>
+where
+    R: Row,
+    for<'q> i64: Decode<'q, R::Database> + Type<R::Database>,
+    for<'q> String: Decode<'q, R::Database> + Type<R::Database>,
+    usize: ColumnIndex<R>,
+{
+    let data: String = row.try_get(first).map_err(from_sqlx)?;
+    let activity: i64 = row.try_get(first + 1).map_err(from_sqlx)?;
     let mut backend: Backend = serde_json::from_str(&data).map_err(|e| corrupt("backend row", e))?;
     // The column is authoritative: traffic reports update only it.
     backend.last_activity_at = backend.last_activity_at.max(time(activity)?);
@@ -614,8 +625,9 @@ where
 
     async fn queued_actions(&self, drone_id: &str, after_seq: i64) -> Result<Vec<QueuedAction>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, id, backend_id, payload, created_at FROM drone_actions \
-             WHERE drone_id = $1 AND seq > $2 ORDER BY seq",
+            "SELECT a.seq, a.id, a.backend_id, a.payload, a.created_at, b.data, b.last_activity_at \
+             FROM drone_actions a LEFT JOIN backends b ON b.id = a.backend_id \
+             WHERE a.drone_id = $1 AND a.seq > $2 ORDER BY a.seq",
         )
         .bind(drone_id.to_string())
         .bind(after_seq)
@@ -632,7 +644,12 @@ where
                     payload: serde_json::from_str(&payload).map_err(|e| corrupt("action payload", e))?,
                     created_at: time(row.try_get(4).map_err(from_sqlx)?)?,
                 };
-                Ok(QueuedAction { seq: row.try_get(0).map_err(from_sqlx)?, action })
+                let has_backend = row.try_get::<Option<String>, _>(5).map_err(from_sqlx)?.is_some();
+                let backend = match action.payload {
+                    ActionPayload::Spawn { .. } if has_backend => Some(decode_backend_at(row, 5)?),
+                    _ => None,
+                };
+                Ok(QueuedAction { seq: row.try_get(0).map_err(from_sqlx)?, action, backend })
             })
             .collect()
     }

@@ -675,6 +675,10 @@ mod tests {
         // answers exactly the ones behind it.
         let queued = store.queued_actions("d1", 0).await.unwrap();
         assert_eq!(queued.iter().map(|q| q.action.clone()).collect::<Vec<_>>(), actions);
+        for spawn in &queued {
+            let row = store.get_backend(&spawn.action.backend_id).await.unwrap();
+            assert!(row.is_some() && spawn.backend == row, "a spawn comes with its backend's row: {spawn:?}");
+        }
         assert!(queued.windows(2).all(|w| w[0].seq < w[1].seq), "{queued:?}");
         assert_eq!(store.queued_actions("d1", queued[1].seq).await.unwrap(), queued[2..]);
         let mut counts = store.backend_state_counts().await.unwrap();
