@@ -212,6 +212,42 @@ where
     }
 }
 
+/// A loopback address (`127.0.0.1:PORT`) with no listener, for a process a test starts later
+/// that must listen at an address known before it starts (a proxy named in a controller's
+/// `--proxy-url`, or one restarted at the same address).
+///
+/// The port is taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`). A port
+/// from `bind(…:0)` comes from that range, and so does the local port of every outgoing
+/// connection any concurrent test opens: once its listener is dropped, such a port can be taken
+/// by another socket before the process meant for it binds it. Below the range only another
+/// test's explicit pick can take it; the picks of one test process never repeat, and those of
+/// concurrent processes start at different places.
+pub fn free_address() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|start| *start > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral_start - LOWEST;
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let seed = *START.get_or_init(|| {
+        std::process::id().wrapping_mul(7_919)
+            ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos())
+    });
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOWEST + seed.wrapping_add(step) % span;
+        let address = format!("127.0.0.1:{port}");
+        if std::net::TcpListener::bind(&address).is_ok() {
+            return address;
+        }
+    }
+    panic!("no free loopback port between {LOWEST} and {ephemeral_start}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,40 +356,4 @@ mod tests {
         assert_eq!(hung, None, "a check that hangs is cut off too");
         assert_eq!(holds_within(Duration::from_secs(5), async || Some(7)).await, Some(7));
     }
-}
-
-/// A loopback address (`127.0.0.1:PORT`) with no listener, for a process a test starts later
-/// that must listen at an address known before it starts (a proxy named in a controller's
-/// `--proxy-url`, or one restarted at the same address).
-///
-/// The port is taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`). A port
-/// from `bind(…:0)` comes from that range, and so does the local port of every outgoing
-/// connection any concurrent test opens: once its listener is dropped, such a port can be taken
-/// by another socket before the process meant for it binds it. Below the range only another
-/// test's explicit pick can take it; the picks of one test process never repeat, and those of
-/// concurrent processes start at different places.
-pub fn free_address() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOWEST: u32 = 10_000;
-    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .filter(|start| *start > LOWEST + 1_000)
-        .unwrap_or(32_768);
-    let span = ephemeral_start - LOWEST;
-    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let seed = *START.get_or_init(|| {
-        std::process::id().wrapping_mul(7_919)
-            ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos())
-    });
-    for _ in 0..span {
-        let step = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = LOWEST + seed.wrapping_add(step) % span;
-        let address = format!("127.0.0.1:{port}");
-        if std::net::TcpListener::bind(&address).is_ok() {
-            return address;
-        }
-    }
-    panic!("no free loopback port between {LOWEST} and {ephemeral_start}")
 }
