@@ -8,7 +8,7 @@ use super::key_renewals::{self, Renewal};
 use super::session::{Divert, NodeSessions, OUTBOUND_BUFFER, Routed, SessionHandler, or_default};
 use super::{ApiError, BackendSettings, validate};
 use crate::auth::{self, Principal, audit};
-use crate::controller::{AttachedNode, NodeRegistry, StoreContact};
+use crate::controller::{AttachedNode, Mail, NodeRegistry, StoreContact};
 use crate::store::{ActionPayload, DynStore, EventOutcome, NodeRegistration, PendingAction, QueuedAction};
 use chrono::Utc;
 use hangar::domain::{BackendStatus, NodeKind, NodeResources, duration_to_proto};
@@ -55,9 +55,10 @@ struct DroneSession {
     /// Actions sent on this stream and not yet acknowledged: not sent again on this stream (a
     /// new stream sends them all again).
     sent: HashSet<String>,
-    /// Every pending action up to this place in the drone's queue has been sent on this stream
-    /// (or skipped): a wake-up reads only the actions after it.
-    sent_through: i64,
+    /// Every pending action up to this place in the drone's queue has been read and sent on this
+    /// stream (or skipped): a wake-up reads only the actions after it. Spawns carried by a
+    /// wake-up do not move it (see `send_carried`).
+    read_through: i64,
     /// When this stream last read all of the drone's pending actions (see `FULL_READ_EVERY`).
     full_read_at: Option<std::time::Instant>,
     /// The way to this session's renewal task, until the session's reader takes it.
@@ -74,51 +75,93 @@ impl DroneSession {
         Ok(())
     }
 
-    /// Sends every pending action of this drone not yet sent on this stream, oldest first.
+    /// Sends what a wake-up brought (see [`Mail`]): the Spawns it carried, as they are, and when
+    /// it asks for one (or the periodic full read is due), a read of the store.
+    async fn deliver(&mut self, mail: Mail) -> Result<(), ApiError> {
+        let full = self.full_read_at.is_none_or(|at| at.elapsed() >= FULL_READ_EVERY);
+        if mail.read || full {
+            // The read finds every carried Spawn not yet sent: each is in the store, after
+            // `read_through` (or behind it and then sent already).
+            return self.read_actions(if full { 0 } else { self.read_through }).await;
+        }
+        match self.send_carried(mail.spawns).await {
+            None => Ok(()),
+            Some(after) => self.read_actions(after).await,
+        }
+    }
+
+    /// Sends the carried Spawns not sent yet, oldest first. A Spawn is its backend's first
+    /// action, so whatever was sent or is still to come, none of its backend's is due before it.
+    /// One behind `read_through` and not in `sent` was either sent and acknowledged already
+    /// (then a read no longer finds it) or overtaken by a newer commit's wake-up: returns where
+    /// a read must start to tell.
+    async fn send_carried(&mut self, mut spawns: Vec<QueuedAction>) -> Option<i64> {
+        spawns.sort_unstable_by_key(|spawn| spawn.seq);
+        let mut read_from: Option<i64> = None;
+        for QueuedAction { seq, action, backend } in spawns {
+            if self.sent.contains(&action.id) {
+                continue;
+            }
+            if seq <= self.read_through {
+                read_from = Some(read_from.map_or(seq - 1, |at| at.min(seq - 1)));
+                continue;
+            }
+            let Some(message) = action_message(&action, backend) else { continue };
+            if !self.send(message).await {
+                // The rest is in the store, after `read_through`: a later wake-up or the poll
+                // reads it.
+                break;
+            }
+            self.sent.insert(action.id);
+        }
+        read_from
+    }
+
+    /// Sends every pending action of this drone after `after` in its queue (all of them: 0) not
+    /// yet sent on this stream, oldest first.
     ///
-    /// A wake-up reads only the actions queued after the last one sent, not the drone's whole
+    /// A wake-up reads only the actions queued after the last one read, not the drone's whole
     /// backlog of unacknowledged ones (which grows with the placement rate while acknowledgements
     /// are on their way). Every `FULL_READ_EVERY` the read is whole again: it forgets acknowledged
     /// actions and, should an action ever be queued behind the cursor, sends it.
-    async fn deliver_actions(&mut self) -> Result<(), ApiError> {
+    async fn read_actions(&mut self, after: i64) -> Result<(), ApiError> {
         self.attached.count_store_read();
-        let full = self.full_read_at.is_none_or(|at| at.elapsed() >= FULL_READ_EVERY);
-        let after = if full { 0 } else { self.sent_through };
         let pending = self.store.queued_actions(&self.attached.node_id, after).await?;
-        if full {
+        if after == 0 {
             let pending_ids: HashSet<&str> = pending.iter().map(|q| q.action.id.as_str()).collect();
             // Forget acknowledged (or dropped) actions so the set stays small.
             self.sent.retain(|id| pending_ids.contains(id.as_str()));
             self.full_read_at = Some(std::time::Instant::now());
         }
         for QueuedAction { seq, action, backend } in pending {
-            if self.sent.contains(&action.id) {
-                continue;
-            }
-            let Some(message) = action_message(&action, backend) else {
-                self.sent_through = self.sent_through.max(seq);
-                continue;
-            };
-            let id = action.id.clone();
-            let message =
-                Ok(v1::DroneAttachResponse { message: Some(v1::drone_attach_response::Message::Action(message)) });
-            let sent = match self.outbound.try_send(message) {
-                Ok(()) => true,
-                // Full: wake-ups are targeted, so no other commit may come to wake this session
-                // again; wait a while for the drone to take some. A drone that stops reading gets
-                // the rest, in order, on a later wake-up or the poll.
-                Err(mpsc::error::TrySendError::Full(message)) => {
-                    matches!(tokio::time::timeout(FULL_OUTBOUND_WAIT, self.outbound.send(message)).await, Ok(Ok(())))
+            if !self.sent.contains(&action.id) {
+                let Some(message) = action_message(&action, backend) else {
+                    self.read_through = self.read_through.max(seq);
+                    continue;
+                };
+                if !self.send(message).await {
+                    break;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            };
-            if !sent {
-                break;
+                self.sent.insert(action.id);
             }
-            self.sent.insert(id);
-            self.sent_through = self.sent_through.max(seq);
+            self.read_through = self.read_through.max(seq);
         }
         Ok(())
+    }
+
+    /// Sends one action; `false` if the drone did not take it (see `FULL_OUTBOUND_WAIT`).
+    async fn send(&self, action: v1::DroneAction) -> bool {
+        let message = Ok(v1::DroneAttachResponse { message: Some(v1::drone_attach_response::Message::Action(action)) });
+        match self.outbound.try_send(message) {
+            Ok(()) => true,
+            // Full: wake-ups are targeted, so no other commit may come to wake this session
+            // again; wait a while for the drone to take some. A drone that stops reading gets
+            // the rest, in order, on a later wake-up or the poll.
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                matches!(tokio::time::timeout(FULL_OUTBOUND_WAIT, self.outbound.send(message)).await, Ok(Ok(())))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     async fn backend_event(&mut self, event: v1::DroneBackendEvent) -> Result<(), ApiError> {
@@ -249,7 +292,8 @@ impl SessionHandler<v1::DroneAttachRequest> for DroneSession {
     }
 
     async fn woken(&mut self) -> Result<(), ApiError> {
-        self.deliver_actions().await
+        let mail = self.attached.take_mail();
+        self.deliver(mail).await
     }
 }
 
@@ -300,7 +344,7 @@ const ATTACH: &str = "hangar.v1.DroneService/Attach";
 /// rest to a later wake-up (docs/design/drone-link.md#wake-ups).
 const FULL_OUTBOUND_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often a drone session reads all of its drone's pending actions rather than those after
-/// the last one it sent (`DroneSession::deliver_actions`).
+/// the last one it read (`DroneSession::read_actions`).
 const FULL_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl DroneApi {
@@ -367,13 +411,13 @@ impl DroneApi {
             attached: attached.clone(),
             outbound: tx.clone(),
             sent: HashSet::new(),
-            sent_through: 0,
+            read_through: 0,
             full_read_at: None,
             renewals: Some(renewals_tx),
             reports: Some(reports_tx),
         };
         // After the Welcome, before anything else: what is waiting for this drone.
-        session.deliver_actions().await?;
+        session.read_actions(0).await?;
         drop(admitted);
         self.sessions.spawn(attached, inbound, tx, session);
         Ok((node.id, ReceiverStream::new(rx)))

@@ -161,7 +161,10 @@ impl NodeSessions {
                         companion = Box::pin(futures::future::pending());
                         Ok(())
                     }
-                    _ = poll.tick() => handler.woken().await,
+                    _ = poll.tick() => {
+                        attached.want_read();
+                        handler.woken().await
+                    }
                 };
                 match result {
                     Ok(()) => store_failing = false,

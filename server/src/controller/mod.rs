@@ -12,7 +12,7 @@ mod sweep;
 
 pub use liveness::LivenessConfig;
 pub use registry::{
-    ATTACH_CONCURRENCY, ATTACH_QUEUE, AttachPermit, AttachQueueFull, AttachedNode, CloseCause, NodeRegistry,
+    ATTACH_CONCURRENCY, ATTACH_QUEUE, AttachPermit, AttachQueueFull, AttachedNode, CloseCause, Mail, NodeRegistry,
 };
 pub use server::{Controller, ControllerConfig, RunningController};
 pub use store_outage::{StoreContact, TICK_INTERVAL};

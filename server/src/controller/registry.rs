@@ -6,7 +6,7 @@
 //! write rate independent of the heartbeat rate and leaves no two writers racing on one node.
 
 use super::LivenessConfig;
-use crate::store::{ActionWakeup, DynStore, NodeRegistration, NodeUpdate, StoreError, UpdateCondition};
+use crate::store::{ActionWakeup, DynStore, NodeRegistration, NodeUpdate, QueuedAction, StoreError, UpdateCondition};
 use crate::watch::LiveHeartbeat;
 use chrono::{DateTime, Utc};
 use hangar::domain::{Node, NodeFilter, NodeKind, NodeResources, NodeState};
@@ -68,9 +68,31 @@ pub struct AttachedNode {
 #[derive(Debug, Default)]
 struct Wake {
     notify: tokio::sync::Notify,
+    /// What the wake-ups since the session last took it brought.
+    mail: Mutex<Mail>,
     /// Store reads the session made for its node's actions: what a test counts to prove that a
     /// commit for another drone costs this session nothing.
     store_reads: AtomicU64,
+}
+
+/// What a drone's session was woken for: Spawns committed by this process, carried with their
+/// backends' rows ([`ActionWakeup::Spawns`]), and whether some other action (or a wake-up that
+/// named no action) wants a read of the store.
+#[derive(Debug, Default)]
+pub struct Mail {
+    pub spawns: Vec<QueuedAction>,
+    pub read: bool,
+}
+
+/// Spawns a session may hold before it takes them; past this (a session stuck on a drone that
+/// does not read) they are dropped for a read, which finds them in the store.
+const MAIL_SPAWNS: usize = 4_096;
+
+impl Wake {
+    fn read(&self) {
+        self.mail.lock().unwrap().read = true;
+        self.notify.notify_one();
+    }
 }
 
 impl AttachedNode {
@@ -84,6 +106,17 @@ impl AttachedNode {
     /// nobody waits is kept for the next wait, so none is lost.
     pub async fn woken(&self) {
         self.wake.notify.notified().await
+    }
+
+    /// Takes what the wake-ups since the last call brought.
+    pub fn take_mail(&self) -> Mail {
+        std::mem::take(&mut *self.wake.mail.lock().unwrap())
+    }
+
+    /// Asks the session's next [`take_mail`](Self::take_mail) for a read of the store (the
+    /// session's own poll).
+    pub fn want_read(&self) {
+        self.wake.mail.lock().unwrap().read = true;
     }
 
     /// Counts one store read made for this node's session.
@@ -465,12 +498,26 @@ impl NodeRegistry {
             ActionWakeup::Drones(drones) => {
                 for drone in drones.iter() {
                     if let Some(entry) = attached.get(drone) {
-                        entry.wake.notify.notify_one();
+                        entry.wake.read();
                     }
                 }
             }
             ActionWakeup::All => {
                 for entry in attached.values() {
+                    entry.wake.read();
+                }
+            }
+            ActionWakeup::Spawns(spawns) => {
+                for spawn in spawns.iter() {
+                    let Some(entry) = attached.get(&spawn.action.drone_id) else { continue };
+                    let mut mail = entry.wake.mail.lock().unwrap();
+                    if mail.spawns.len() < MAIL_SPAWNS {
+                        mail.spawns.push(spawn.clone());
+                    } else {
+                        mail.spawns = Vec::new();
+                        mail.read = true;
+                    }
+                    drop(mail);
                     entry.wake.notify.notify_one();
                 }
             }

@@ -76,7 +76,7 @@ pub struct PendingAction {
 /// A Spawn comes with its backend as it is now, read in the same statement: the drone session
 /// builds the spawn message from it without a store call per action. `None` for a Terminate,
 /// and for a Spawn whose backend is gone.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedAction {
     pub seq: i64,
     pub action: PendingAction,

@@ -193,6 +193,11 @@ pub enum ActionWakeup {
     /// Some commits' targets may have been missed (a listener that reconnected, a payload that
     /// did not parse): every session reads its actions.
     All,
+    /// Spawns this process just committed, each with its backend's row: the drone's session
+    /// sends them as they are, without reading the store (docs/design/drone-link.md#wake-ups).
+    /// Only Spawns travel this way: a Spawn is its backend's first action, so none of the
+    /// backend's can be due before it; every other action is read.
+    Spawns(Arc<[QueuedAction]>),
 }
 
 /// One page of nodes read at a snapshot revision, ordered by node id.

@@ -320,7 +320,7 @@ where
     }
 
     async fn insert_action(tx: &mut Transaction<'static, DB>, action: &PendingAction) -> Result<(), StoreError> {
-        Self::write_actions(&mut **tx, &[ActionRow::of(action)?]).await
+        Self::write_actions(&mut **tx, &[ActionRow::of(action)?]).await.map(drop)
     }
 
     /// Stores a Terminate action for a live backend inside `tx`, unless one at least as hard is

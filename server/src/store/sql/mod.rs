@@ -13,7 +13,7 @@ mod backends;
 mod nodes;
 
 use super::rows::{self, from_sqlx};
-use super::{ActionWakeup, Change, LocalCommit, Revision, StoreError};
+use super::{ActionWakeup, Change, LocalCommit, QueuedAction, Revision, StoreError};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Transaction, Type};
 
 pub trait Dialect: Database {
@@ -227,7 +227,7 @@ where
         change: Option<Change>,
         drones: &[String],
     ) -> Result<(), StoreError> {
-        self.commit_publishing(tx, revision, [LocalCommit { revision, change }], drones).await
+        self.commit_publishing(tx, revision, [LocalCommit { revision, change }], drones, Vec::new()).await
     }
 
     /// [`commit_published`](Self::commit_published) for a write of several consecutive
@@ -241,21 +241,28 @@ where
     ) -> Result<(), StoreError> {
         let commits =
             changes.into_iter().map(|change| LocalCommit { revision: change.revision(), change: Some(change) });
-        self.commit_publishing(tx, last, commits, &[]).await
+        self.commit_publishing(tx, last, commits, &[], Vec::new()).await
     }
 
     /// Every commit ends here: announces `last` (the NOTIFY naming the drones given actions,
     /// inside the transaction), commits, publishes `commits` in order to this process's
-    /// `local_commits` receivers, wakes the named drones' sessions, then the subscribers.
+    /// `local_commits` receivers, carries `spawns` to their drones' sessions and wakes those of
+    /// `drones` to read theirs, then wakes the subscribers.
     pub(super) async fn commit_publishing(
         &self,
         mut tx: Transaction<'static, DB>,
         last: Revision,
         commits: impl IntoIterator<Item = LocalCommit>,
         drones: &[String],
+        spawns: Vec<QueuedAction>,
     ) -> Result<(), StoreError> {
         if let Some(announce) = DB::ANNOUNCE {
-            let payload = notify_payload(last, drones);
+            // Another controller's sessions read what this one carries to its own.
+            let mut named = drones.to_vec();
+            named.extend(spawns.iter().map(|spawn| spawn.action.drone_id.clone()));
+            named.sort_unstable();
+            named.dedup();
+            let payload = notify_payload(last, &named);
             sqlx::query(announce).bind(payload).execute(&mut *tx).await.map_err(from_sqlx)?;
         }
         tx.commit().await.map_err(from_sqlx)?;
@@ -263,6 +270,9 @@ where
         for commit in commits {
             crate::metrics::record_commit(&commit);
             let _ = self.local.send(commit);
+        }
+        if !spawns.is_empty() {
+            let _ = self.wakeups.send(ActionWakeup::Spawns(spawns.into()));
         }
         if !drones.is_empty() {
             let _ = self.wakeups.send(ActionWakeup::Drones(drones.into()));

@@ -66,9 +66,14 @@ struct Batch<DB: sqlx::Database> {
     /// Live backends per drone as this transaction sees them, counted once per batch and kept
     /// up to date by the batch's own placements and terminations.
     live: HashMap<String, u32>,
-    /// The drones this batch gave new actions to: their sessions, and only theirs, are woken
-    /// once it commits (docs/design/drone-link.md#wake-ups).
+    /// The drones this batch gave actions other than Spawns to: their sessions, and only
+    /// theirs, are woken to read them once it commits (docs/design/drone-link.md#wake-ups).
     woken: Vec<String>,
+    /// The Spawns this batch queued: carried to their drones' sessions once it commits, with
+    /// their places in the queues (`queued`) and their backends' rows, instead of read.
+    spawns: Vec<PendingAction>,
+    /// Each action written so far, by id: its place in its drone's queue.
+    queued: HashMap<String, i64>,
     /// The fencing floor, read once per batch (only retention raises it, never inside a batch).
     fencing_floor: Option<i64>,
     /// Keys as this transaction sees them (`None`: no row), for every key the batch's Connects
@@ -157,6 +162,8 @@ where
             wrote: false,
             live: HashMap::new(),
             woken: Vec::new(),
+            spawns: Vec::new(),
+            queued: HashMap::new(),
             fencing_floor: None,
             keys: HashMap::new(),
             backends: HashMap::new(),
@@ -176,6 +183,7 @@ where
             });
         }
         Self::write_held_rows(&mut batch).await?;
+        let spawns = Self::carried_spawns(&mut batch);
         let Batch { mut tx, revisions, wrote, mut woken, .. } = batch;
         if revisions.is_empty() && !wrote {
             // Nothing changed: the revision goes back with the rollback.
@@ -199,7 +207,7 @@ where
         } else {
             revisions.into_iter().map(|(revision, change)| LocalCommit { revision, change }).collect()
         };
-        self.commit_publishing(tx, last, commits, &woken).await?;
+        self.commit_publishing(tx, last, commits, &woken, spawns).await?;
         tracing::debug!(writes = ops.len(), ?locked, elapsed = ?started.elapsed(), "backend write batch");
         Ok(done)
     }
@@ -326,9 +334,34 @@ where
     async fn write_held_rows(batch: &mut Batch<DB>) -> Result<(), StoreError> {
         if !batch.rows.is_empty() {
             batch.wrote = true;
-            Self::write_rows(&mut batch.tx, &mut batch.rows).await?;
+            let queued = Self::write_rows(&mut batch.tx, &mut batch.rows).await?;
+            batch.queued.extend(queued);
         }
         Ok(())
+    }
+
+    /// The Spawns the batch queued, each with its place in the drone's queue and its backend as
+    /// the batch leaves it, for the sessions of their drones. A Spawn whose backend the batch
+    /// also ended is not carried (nor, having been released with it, queued); should one lack
+    /// its place or its row, its drone reads it instead.
+    fn carried_spawns(batch: &mut Batch<DB>) -> Vec<QueuedAction> {
+        let mut carried = Vec::with_capacity(batch.spawns.len());
+        for action in std::mem::take(&mut batch.spawns) {
+            let backend = batch.backends.get(&action.backend_id).cloned().flatten();
+            match (batch.queued.get(&action.id), backend) {
+                (Some(&seq), Some(backend))
+                    if backend.status.state.is_live() && backend.termination_requested.is_none() =>
+                {
+                    // As the store keeps it, to the millisecond: as a read would find it.
+                    let created_at = DateTime::from_timestamp_millis(rows::millis(action.created_at));
+                    let action = PendingAction { created_at: created_at.unwrap_or(action.created_at), ..action };
+                    carried.push(QueuedAction { seq, action, backend: Some(backend) })
+                }
+                (Some(_), Some(_)) => {}
+                _ => batch.woken.push(action.drone_id),
+            }
+        }
+        carried
     }
 
     /// Reads the live backends of every drone of `candidates` the batch has not read yet, from
@@ -443,7 +476,7 @@ where
             created_at: now,
         };
         batch.rows.action(ActionRow::of(&action)?);
-        batch.woken.push(action.drone_id);
+        batch.spawns.push(action);
         batch.rows.token(TokenRow::of(&backend.id, token, token_expiry, now)?);
         if let Some(hash) = &plan.static_token_hash {
             let static_token = IssuedToken { hash: hash.clone(), ..token.clone() };
@@ -626,9 +659,10 @@ mod tests {
     /// until its end; each write must still see the ones before it.
     async fn a_batch_that_ends_a_keys_holder_and_places_the_key_again<DB>(store: &super::SqlStore<DB>)
     where
-        super::SqlStore<DB>: BackendStore,
-        DB: sqlx::Database,
+        super::SqlStore<DB>: BackendStore + crate::store::Store,
+        DB: super::Dialect,
     {
+        let mut wakeups = crate::store::Store::action_wakeups(store);
         let old = match store.connect_backend(spec(key("k")), &first).await.unwrap() {
             ConnectOutcome::Spawned(backend) => backend,
             other => panic!("expected a spawn, got {other:?}"),
@@ -681,6 +715,25 @@ mod tests {
         }
         assert!(queued.windows(2).all(|w| w[0].seq < w[1].seq), "{queued:?}");
         assert_eq!(store.queued_actions("d1", queued[1].seq).await.unwrap(), queued[2..]);
+        // Each batch carried its Spawns to the drone's session, exactly as a read finds them
+        // (the ended backend's too: it was live when its batch committed), and woke nobody to
+        // read: these batches queued no other action. (On PostgreSQL the store's listener also
+        // wakes sessions: every one as it starts listening, and the drone its own NOTIFY names,
+        // meant for the other controllers.)
+        let mut carried = Vec::new();
+        while let Ok(wakeup) = wakeups.try_recv() {
+            match wakeup {
+                crate::store::ActionWakeup::Spawns(spawns) => carried.extend(spawns.iter().cloned()),
+                _ if DB::ANNOUNCE.is_some() => {}
+                other => panic!("only Spawns were queued, yet a wake-up asks for a read: {other:?}"),
+            }
+        }
+        let (ended, live): (Vec<QueuedAction>, Vec<QueuedAction>) =
+            carried.into_iter().partition(|spawn| spawn.action.backend_id == old.id);
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        let mut live = live;
+        live.sort_by_key(|spawn| spawn.seq);
+        assert_eq!(live, queued);
         let mut counts = store.backend_state_counts().await.unwrap();
         counts.sort_by_key(|(state, _)| state.as_str());
         assert_eq!(counts, [(BackendState::Scheduled, 5), (BackendState::Terminated, 1)]);

@@ -15,7 +15,7 @@ use crate::store::rows::{self, db_revision, from_sqlx};
 use crate::store::{ChangeKind, StoreError};
 use chrono::{DateTime, Utc};
 use hangar::domain::{Backend, BackendKey, BackendState};
-use sqlx::{Encode, Executor, IntoArguments, Type};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
 use std::collections::HashMap;
 
 /// Rows per statement at most (a power of two): 256 rows of the widest table (`backends`, 15
@@ -257,26 +257,30 @@ where
     DB: Dialect,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
 {
-    /// Writes every row `rows` holds back, and leaves it holding none.
+    /// Writes every row `rows` holds back, and leaves it holding none. Returns each written
+    /// action's id with its place in its drone's queue.
     pub(in crate::store::sql) async fn write_rows(
         connection: &mut DB::Connection,
         rows: &mut Rows,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<(String, i64)>, StoreError> {
         let Rows { backends, backend_at, keys, key_at, history, actions, tokens } = std::mem::take(rows);
         drop((backend_at, key_at));
         Self::write_backends(connection, &backends).await?;
         Self::write_keys(connection, &keys).await?;
         Self::write_history(connection, &history).await?;
-        Self::write_actions(connection, &actions).await?;
-        Self::write_tokens(connection, &tokens).await
+        let queued = Self::write_actions(connection, &actions).await?;
+        Self::write_tokens(connection, &tokens).await?;
+        Ok(queued)
     }
 
     /// Runs `head VALUES (…), (…) tail` over `rows` (of `columns` values each, bound by `bind`),
-    /// each chunk a power of two of rows.
+    /// each chunk a power of two of rows. A `tail` with a `RETURNING` clause gives rows back into
+    /// `returned`.
     async fn insert_many<T>(
         connection: &mut DB::Connection,
         head: &str,
@@ -284,6 +288,7 @@ where
         columns: usize,
         rows: &[T],
         bind: impl for<'q> Fn(Statement<'q, DB>, &T) -> Statement<'q, DB>,
+        mut returned: Option<&mut Vec<DB::Row>>,
     ) -> Result<(), StoreError> {
         let mut rest = rows;
         while !rest.is_empty() {
@@ -296,7 +301,12 @@ where
             for row in chunk {
                 query = bind(query, row);
             }
-            query.execute(&mut *connection).await.map_err(from_sqlx)?;
+            match returned.as_deref_mut() {
+                Some(returned) => returned.extend(query.fetch_all(&mut *connection).await.map_err(from_sqlx)?),
+                None => {
+                    query.execute(&mut *connection).await.map_err(from_sqlx)?;
+                }
+            }
             rest = after;
         }
         Ok(())
@@ -333,6 +343,7 @@ where
                     .bind(b.data.clone())
                     .bind(b.limit_at)
             },
+            None,
         )
         .await
     }
@@ -355,6 +366,7 @@ where
                     .bind(k.fencing_token)
                     .bind(k.lease_expires_at)
             },
+            None,
         )
         .await
     }
@@ -379,18 +391,21 @@ where
                     .bind(h.previous_state.clone())
                     .bind(h.data.clone())
             },
+            None,
         )
         .await
     }
 
+    /// Queues actions; returns each one's id with its place in its drone's queue (`seq`).
     pub(in crate::store::sql) async fn write_actions(
         connection: &mut DB::Connection,
         rows: &[ActionRow],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut returned = Vec::with_capacity(rows.len());
         Self::insert_many(
             connection,
             "INSERT INTO drone_actions (id, drone_id, backend_id, payload, created_at) ",
-            "",
+            " RETURNING id, seq",
             5,
             rows,
             |query, a| {
@@ -401,8 +416,15 @@ where
                     .bind(a.payload.clone())
                     .bind(a.created_at)
             },
+            Some(&mut returned),
         )
-        .await
+        .await?;
+        returned
+            .iter()
+            .map(|row| {
+                Ok((row.try_get::<String, _>(0).map_err(from_sqlx)?, row.try_get::<i64, _>(1).map_err(from_sqlx)?))
+            })
+            .collect()
     }
 
     pub(in crate::store::sql) async fn write_tokens(
@@ -424,6 +446,7 @@ where
                     .bind(t.expires_at)
                     .bind(t.created_at)
             },
+            None,
         )
         .await
     }
