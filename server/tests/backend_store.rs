@@ -27,6 +27,7 @@ hangar_server::store_scenarios!(
     terminate_stores_one_action_per_kind_and_ignores_terminated_backends,
     renewal_needs_the_current_fencing_token,
     a_batch_renewal_renews_each_held_key_and_refuses_the_others_alone,
+    renewal_calls_that_arrive_together_each_keep_their_own_expiry_and_answers,
     a_status_message_is_kept_in_the_history_and_never_shows_a_secret,
     a_passed_drain_deadline_terminates_only_while_the_drone_is_still_drained,
     the_watch_log_carries_backend_and_node_changes_in_revision_order_with_the_state_before,
@@ -531,6 +532,68 @@ async fn a_batch_renewal_renews_each_held_key_and_refuses_the_others_alone(db: D
         store.expired_key_holders(later, LEASE).await.unwrap().into_iter().map(|b| b.id).collect();
     assert_eq!(expired, BTreeSet::from([held[1].id.clone()]), "b2's key is free: it holds nothing");
     assert!(store.renew_keys(&[], now).await.unwrap().is_empty());
+}
+
+/// Renewal calls from many sessions at once are committed together: each call's keys still move
+/// to that call's own expiry, and a refused key (a stale token, another backend's key) refuses
+/// nothing in its call or in the others.
+async fn renewal_calls_that_arrive_together_each_keep_their_own_expiry_and_answers(db: Database) {
+    let store = db.open().await;
+    let mut held = Vec::new();
+    for i in 0..6 {
+        let name = format!("g{i}");
+        let ConnectOutcome::Spawned(b) =
+            store.connect_backend(spec(Some(key(&name, "")), drones(10, &["d1"]), LEASE), &first).await.unwrap()
+        else {
+            panic!()
+        };
+        held.push(b);
+    }
+    let renewal = |i: usize| KeyRenewal {
+        backend_id: held[i].id.clone(),
+        key: key(&format!("g{i}"), ""),
+        fencing_token: held[i].fencing_token,
+    };
+    let now = Utc::now();
+    // Call i renews key i to now + 100 s + 100 s × i; call 0 also carries a stale token for key 5
+    // and call 3 a backend that holds no key.
+    let stale = KeyRenewal { fencing_token: held[5].fencing_token + 1, ..renewal(5) };
+    let stranger = KeyRenewal { backend_id: "bk-stranger".into(), ..renewal(4) };
+    let calls: Vec<Vec<KeyRenewal>> = (0..6)
+        .map(|i| match i {
+            0 => vec![renewal(0), stale.clone()],
+            3 => vec![stranger.clone(), renewal(3)],
+            i => vec![renewal(i)],
+        })
+        .collect();
+    let expiry = |i: usize| now + Duration::seconds(100 + 100 * i as i64);
+    let answers =
+        futures::future::join_all(calls.iter().enumerate().map(|(i, call)| store.renew_keys(call, expiry(i))))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+    let expected: Vec<Vec<bool>> = (0..6)
+        .map(|i| {
+            if i == 0 {
+                vec![true, false]
+            } else if i == 3 {
+                vec![false, true]
+            } else {
+                vec![true]
+            }
+        })
+        .collect();
+    assert_eq!(answers, expected, "each key decided alone, each call answered in its own order");
+    // Each key's lease runs out at its own call's expiry: between two expiries exactly the keys
+    // renewed to the earlier ones have run out.
+    for i in 0..6 {
+        let between = expiry(i) + Duration::seconds(50);
+        let expired: BTreeSet<String> =
+            store.expired_key_holders(between, LEASE).await.unwrap().into_iter().map(|b| b.id).collect();
+        let wanted: BTreeSet<String> = held[..=i].iter().map(|b| b.id.clone()).collect();
+        assert_eq!(expired, wanted, "at {}s past now", 150 + 100 * i);
+    }
 }
 
 #[tokio::test]

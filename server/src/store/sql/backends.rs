@@ -13,6 +13,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transactio
 use std::time::Duration;
 
 pub(super) mod batch;
+pub(super) mod renewals;
 mod writes;
 
 use batch::{Done, Op};
@@ -686,75 +687,9 @@ where
         if renewals.is_empty() {
             return Ok(Vec::new());
         }
-        // The condition of `renew_key` for every key, in one transaction, one commit for the
-        // batch. No revision: a renewed lease is no change anyone watches.
-        let mut order: Vec<usize> = (0..renewals.len()).collect();
-        order.sort_by(|&a, &b| {
-            let (a, b) = (&renewals[a].key, &renewals[b].key);
-            (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
-        });
-        let mut tx = self.write_pool().begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
-        let mut renewed = vec![false; renewals.len()];
-        if DB::LOCKS_DATABASE {
-            // No row locks to order: many keys per statement, each statement returning the
-            // holders it renewed (a key has one holder, so a holder names its renewal).
-            for chunk in writes::padded_chunks(&order) {
-                let terms: Vec<String> = (0..chunk.len())
-                    .map(|i| {
-                        format!(
-                            "(namespace, name, backend_id, fencing_token) = ({})",
-                            writes::parameters::<DB>(2 + 4 * i, 4)
-                        )
-                    })
-                    .collect();
-                let sql = format!(
-                    "UPDATE backend_keys SET lease_expires_at = {} WHERE {} RETURNING backend_id",
-                    writes::parameters::<DB>(1, 1),
-                    terms.join(" OR ")
-                );
-                let mut query = sqlx::query(&sql).bind(rows::millis(expires_at));
-                for &index in &chunk {
-                    let renewal = &renewals[index];
-                    query = query
-                        .bind(renewal.key.namespace.clone())
-                        .bind(renewal.key.name.clone())
-                        .bind(renewal.backend_id.clone())
-                        .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1));
-                }
-                let holders: std::collections::HashSet<String> = query
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(from_sqlx)?
-                    .iter()
-                    .map(|row| row.try_get(0).map_err(from_sqlx))
-                    .collect::<Result<_, _>>()?;
-                for &index in &chunk {
-                    renewed[index] = holders.contains(&renewals[index].backend_id);
-                }
-            }
-        } else {
-            // One statement per key, keys in one order in every batch, so that two batches that
-            // overlap (a drone's stale session on another controller) take their row locks in
-            // the same order and cannot deadlock.
-            for index in order {
-                let renewal = &renewals[index];
-                let result = sqlx::query(
-                    "UPDATE backend_keys SET lease_expires_at = $5 WHERE namespace = $1 AND name = $2 \
-                     AND backend_id = $3 AND fencing_token = $4",
-                )
-                .bind(renewal.key.namespace.clone())
-                .bind(renewal.key.name.clone())
-                .bind(renewal.backend_id.clone())
-                .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1))
-                .bind(rows::millis(expires_at))
-                .execute(&mut *tx)
-                .await
-                .map_err(from_sqlx)?;
-                renewed[index] = rows_affected::<DB>(&result) > 0;
-            }
-        }
-        tx.commit().await.map_err(from_sqlx)?;
-        Ok(renewed)
+        // With the other calls waiting, in one transaction (`backends::renewals`). No revision:
+        // a renewed lease is no change anyone watches.
+        self.renew_grouped(renewals.to_vec(), expires_at).await
     }
 
     async fn record_activity(&self, backend_ids: &[String], now: DateTime<Utc>) -> Result<(), StoreError> {

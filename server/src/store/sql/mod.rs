@@ -58,6 +58,8 @@ pub struct SqlStore<DB: Database> {
     write: Pool<DB>,
     /// Backend writes waiting to be committed together (`backends::batch`).
     batch: backends::batch::WriteQueue,
+    /// Key renewals waiting to be committed together (`backends::renewals`).
+    renewals: backends::renewals::RenewalQueue,
 }
 
 /// Prepared statements a connection keeps (sqlx's default is 100). A write batch's statements
@@ -126,7 +128,16 @@ impl<DB: Database> SqlStore<DB> {
         let (committed, _) = tokio::sync::watch::channel(0);
         let (local, _) = tokio::sync::broadcast::channel(LOCAL_COMMITS_BUFFER);
         let (wakeups, _) = tokio::sync::broadcast::channel(WAKEUPS_BUFFER);
-        SqlStore { committed, local, wakeups, background: None, read, write, batch: Default::default() }
+        SqlStore {
+            committed,
+            local,
+            wakeups,
+            background: None,
+            read,
+            write,
+            batch: Default::default(),
+            renewals: Default::default(),
+        }
     }
 
     /// Records that `revision` is committed and wakes subscribers (never moves backwards).

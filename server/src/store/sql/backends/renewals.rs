@@ -1,0 +1,174 @@
+//! Group commit for key renewals (docs/design/backends-and-leases.md#key-leases-and-fencing).
+//!
+//! Each drone session renews its keys on a task of its own, one store call per `RenewKeys`
+//! message it has waiting. With a hundred drones placing backends, that was some two thousand
+//! write transactions a second, each with its commit (on SQLite an fsync and the touched pages
+//! written to the log again), more than the placements themselves. Here a renewal call joins a
+//! queue; whoever holds the queue's leader lock takes every call waiting and renews them all in
+//! one transaction, each call's keys to its own expiry, as they would have been alone. The queue
+//! is apart from the write batches' (`super::batch`): renewals never wait behind placements
+//! queued before them, only for the connection. A group that fails is retried call by call, so
+//! a call that fails fails alone.
+
+use super::super::{Dialect, SqlStore};
+use super::{rows_affected, writes};
+use crate::store::StoreError;
+use crate::store::backends::KeyRenewal;
+use crate::store::rows::{self, from_sqlx};
+use chrono::{DateTime, Utc};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
+use std::sync::Mutex;
+use tokio::sync::oneshot;
+
+/// One renewal call waiting for a group.
+struct Waiting {
+    renewals: Vec<KeyRenewal>,
+    expires_at: DateTime<Utc>,
+    reply: oneshot::Sender<Result<Vec<bool>, StoreError>>,
+}
+
+/// The renewal calls waiting for the next group, and the lock its leader holds.
+#[derive(Default)]
+pub(in crate::store::sql) struct RenewalQueue {
+    waiting: Mutex<Vec<Waiting>>,
+    leader: tokio::sync::Mutex<()>,
+}
+
+/// One call's keys and the expiry they are renewed to.
+type Call<'a> = (&'a [KeyRenewal], DateTime<Utc>);
+
+impl<DB> SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    /// Renews `renewals` to `expires_at` in the next group and answers, per key, whether its
+    /// holder still held it, once that group committed.
+    pub(in crate::store::sql) async fn renew_grouped(
+        &self,
+        renewals: Vec<KeyRenewal>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let (reply, mut answer) = oneshot::channel();
+        self.renewals.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(Waiting { renewals, expires_at, reply });
+        let leader = self.renewals.leader.lock().await;
+        match answer.try_recv() {
+            // A leader before us took it.
+            Ok(renewed) => return renewed,
+            Err(oneshot::error::TryRecvError::Closed) => return Err(abandoned()),
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        // Ours is still waiting (only leaders take calls), so it is among these.
+        let waiting = std::mem::take(&mut *self.renewals.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        let (work, replies): (Vec<_>, Vec<_>) =
+            waiting.into_iter().map(|w| ((w.renewals, w.expires_at), w.reply)).unzip();
+        let calls: Vec<Call> = work.iter().map(|(keys, expires_at)| (keys.as_slice(), *expires_at)).collect();
+        match self.renew_in_one(&calls).await {
+            Ok(renewed) => {
+                for (reply, renewed) in replies.into_iter().zip(renewed) {
+                    let _ = reply.send(Ok(renewed));
+                }
+            }
+            Err(err) if calls.len() == 1 => {
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(err));
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, calls = calls.len(), "a renewal group failed; its calls are retried one by one");
+                for (call, reply) in calls.iter().zip(replies) {
+                    let renewed = self.renew_in_one(std::slice::from_ref(call)).await.map(|mut r| r.remove(0));
+                    let _ = reply.send(renewed);
+                }
+            }
+        }
+        drop(leader);
+        answer.await.unwrap_or_else(|_| Err(abandoned()))
+    }
+
+    /// Every call's keys renewed, each to its call's expiry, in one transaction: per call, per
+    /// key, whether it was.
+    async fn renew_in_one(&self, calls: &[Call<'_>]) -> Result<Vec<Vec<bool>>, StoreError> {
+        let mut renewed: Vec<Vec<bool>> = calls.iter().map(|(keys, _)| vec![false; keys.len()]).collect();
+        let mut tx = self.write_pool().begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
+        if DB::LOCKS_DATABASE {
+            // No row locks to order: many keys of a call per statement, each statement
+            // returning the holders it renewed (a key has one holder, so a holder names its
+            // renewal).
+            for ((keys, expires_at), renewed) in calls.iter().zip(&mut renewed) {
+                let order: Vec<usize> = (0..keys.len()).collect();
+                for chunk in writes::padded_chunks(&order) {
+                    let terms: Vec<String> = (0..chunk.len())
+                        .map(|i| {
+                            format!(
+                                "(namespace, name, backend_id, fencing_token) = ({})",
+                                writes::parameters::<DB>(2 + 4 * i, 4)
+                            )
+                        })
+                        .collect();
+                    let sql = format!(
+                        "UPDATE backend_keys SET lease_expires_at = {} WHERE {} RETURNING backend_id",
+                        writes::parameters::<DB>(1, 1),
+                        terms.join(" OR ")
+                    );
+                    let mut query = sqlx::query(&sql).bind(rows::millis(*expires_at));
+                    for &index in &chunk {
+                        let renewal = &keys[index];
+                        query = query
+                            .bind(renewal.key.namespace.clone())
+                            .bind(renewal.key.name.clone())
+                            .bind(renewal.backend_id.clone())
+                            .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1));
+                    }
+                    let holders: std::collections::HashSet<String> = query
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(from_sqlx)?
+                        .iter()
+                        .map(|row| row.try_get(0).map_err(from_sqlx))
+                        .collect::<Result<_, _>>()?;
+                    for &index in &chunk {
+                        renewed[index] = holders.contains(&keys[index].backend_id);
+                    }
+                }
+            }
+        } else {
+            // One statement per key, every key of the group in one order, so that two groups
+            // that overlap (a drone's stale session on another controller) take their row locks
+            // in the same order and cannot deadlock.
+            let mut order: Vec<(usize, usize)> =
+                calls.iter().enumerate().flat_map(|(c, (keys, _))| (0..keys.len()).map(move |k| (c, k))).collect();
+            order.sort_by(|&(ca, ka), &(cb, kb)| {
+                let (a, b) = (&calls[ca].0[ka].key, &calls[cb].0[kb].key);
+                (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+            });
+            for (call, index) in order {
+                let (keys, expires_at) = calls[call];
+                let renewal = &keys[index];
+                let result = sqlx::query(
+                    "UPDATE backend_keys SET lease_expires_at = $5 WHERE namespace = $1 AND name = $2 \
+                     AND backend_id = $3 AND fencing_token = $4",
+                )
+                .bind(renewal.key.namespace.clone())
+                .bind(renewal.key.name.clone())
+                .bind(renewal.backend_id.clone())
+                .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1))
+                .bind(rows::millis(expires_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+                renewed[call][index] = rows_affected::<DB>(&result) > 0;
+            }
+        }
+        tx.commit().await.map_err(from_sqlx)?;
+        Ok(renewed)
+    }
+}
+
+fn abandoned() -> StoreError {
+    StoreError::Unavailable("the renewal's group was abandoned before it committed".into())
+}
