@@ -135,6 +135,22 @@ async fn an_action_committed_on_one_controller_reaches_a_drone_attached_to_anoth
     eprintln!("slowest connect-to-action across controllers: {slowest:?}");
     assert!(slowest < Duration::from_secs(2), "{slowest:?}");
     assert_eq!(reads(&two, &b.node_id), b_before, "B was not woken by A's actions");
+
+    // Spawns placed by A's own controller come with their wake-ups: no read, and the NOTIFY of
+    // those commits, which comes back to that controller's listener, wakes nobody there. One
+    // more Spawn from the other controller, whose NOTIFY comes after theirs, is then A's only
+    // read.
+    let a_before = reads(&two, &a.node_id);
+    let mut local = BackendServiceClient::new(hangar_tests::channel(&two.url()).await);
+    for _ in 0..5 {
+        let response = local.connect(spawn_in("a")).await.expect("connect").into_inner();
+        let action = a.next_action(WAIT).await;
+        assert_eq!(action.backend_id, response.backend_id);
+        a.ack_action(&action.action_id).await;
+    }
+    let response = client.connect(spawn_in("a")).await.expect("connect").into_inner();
+    assert_eq!(a.next_action(WAIT).await.backend_id, response.backend_id);
+    assert_eq!(reads(&two, &a.node_id), a_before + 1, "one read, for the Spawn from the other controller");
     a_beat.abort();
     b_beat.abort();
     one.shutdown().await.unwrap();

@@ -69,7 +69,7 @@ impl SqlStore<Postgres> {
         let listener = PgListener::connect_with(store.read_pool()).await.map_err(from_sqlx)?;
         let committed = store.committed_sender();
         let wakeups = store.wakeups_sender();
-        store.own(AbortOnDrop(tokio::spawn(listen(listener, committed, wakeups))));
+        store.own(AbortOnDrop(tokio::spawn(listen(listener, committed, wakeups, store.origin()))));
         Ok(store)
     }
 }
@@ -81,6 +81,7 @@ async fn listen(
     mut listener: PgListener,
     committed: watch::Sender<Revision>,
     wakeups: tokio::sync::broadcast::Sender<ActionWakeup>,
+    origin: String,
 ) {
     let mut listening = false;
     loop {
@@ -100,10 +101,10 @@ async fn listen(
         }
         match listener.try_recv().await {
             Ok(Some(notification)) => {
-                let (revision, wakeup) = parse_notify_payload(notification.payload());
+                // This process's own commits name no wake-up here: they were published (and
+                // their Spawns carried) at commit.
+                let (revision, wakeup) = parse_notify_payload(notification.payload(), &origin);
                 if let Some(wakeup) = wakeup {
-                    // This process's own commits were published at commit already; waking
-                    // their drones again costs one read each and is rare enough to leave.
                     let _ = wakeups.send(wakeup);
                 }
                 SqlStore::<Postgres>::announce(&committed, revision);

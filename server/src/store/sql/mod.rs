@@ -60,6 +60,9 @@ pub struct SqlStore<DB: Database> {
     batch: backends::batch::WriteQueue,
     /// Key renewals waiting to be committed together (`backends::renewals`).
     renewals: backends::renewals::RenewalQueue,
+    /// This store's mark in the NOTIFY payloads it sends, by which its own listener knows them:
+    /// its commits woke this process's sessions already.
+    origin: String,
 }
 
 /// Prepared statements a connection keeps (sqlx's default is 100). A write batch's statements
@@ -78,10 +81,17 @@ const WAKEUPS_BUFFER: usize = 4096;
 /// PostgreSQL caps a payload at 8,000 bytes.
 const MAX_NOTIFIED_DRONES: usize = 64;
 
-/// The NOTIFY payload of a commit: its revision, then the drones it gave new actions to, space
-/// separated, or `*` for all of them. A bare revision (as older controllers send) names none.
-pub(super) fn notify_payload(revision: Revision, drones: &[String]) -> String {
+/// The NOTIFY payload of a commit: its revision, then the store that sent it (`@ORIGIN`) and the
+/// drones it gave new actions to, space separated, or `*` for all of them. A bare revision (as
+/// older controllers send) names none. (An older controller reads `@ORIGIN` as a drone's id,
+/// which no drone has: node ids are UUIDs.)
+pub(super) fn notify_payload(revision: Revision, origin: &str, drones: &[String]) -> String {
     let mut payload = revision.to_string();
+    if drones.is_empty() {
+        return payload;
+    }
+    payload.push_str(" @");
+    payload.push_str(origin);
     if drones.len() > MAX_NOTIFIED_DRONES || drones.iter().any(|d| d.is_empty() || d.contains(' ')) {
         payload.push_str(" *");
     } else {
@@ -94,14 +104,22 @@ pub(super) fn notify_payload(revision: Revision, drones: &[String]) -> String {
 }
 
 /// Reads [`notify_payload`]: the revision (`None` if it does not parse) and the wake-up it
-/// carries, if any.
-pub(super) fn parse_notify_payload(payload: &str) -> (Option<Revision>, Option<ActionWakeup>) {
+/// carries, if any. A payload the store `own` sent carries none: that commit woke this
+/// process's sessions when it was made (and carried them its Spawns).
+pub(super) fn parse_notify_payload(payload: &str, own: &str) -> (Option<Revision>, Option<ActionWakeup>) {
     let mut parts = payload.split(' ');
     let Some(revision) = parts.next().and_then(|r| r.parse::<Revision>().ok()) else {
         // Not ours to read: wake everyone rather than miss an action.
         return (None, Some(ActionWakeup::All));
     };
-    let drones: Vec<String> = parts.filter(|p| !p.is_empty()).map(str::to_string).collect();
+    let mut drones: Vec<String> = Vec::new();
+    for part in parts.filter(|p| !p.is_empty()) {
+        match part.strip_prefix('@') {
+            Some(origin) if origin == own => return (Some(revision), None),
+            Some(_) => {}
+            None => drones.push(part.to_string()),
+        }
+    }
     let wakeup = if drones.iter().any(|d| d == "*") {
         Some(ActionWakeup::All)
     } else if drones.is_empty() {
@@ -137,7 +155,12 @@ impl<DB: Database> SqlStore<DB> {
             write,
             batch: Default::default(),
             renewals: Default::default(),
+            origin: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
         }
+    }
+
+    pub(super) fn origin(&self) -> String {
+        self.origin.clone()
     }
 
     /// Records that `revision` is committed and wakes subscribers (never moves backwards).
@@ -273,7 +296,7 @@ where
             named.extend(spawns.iter().map(|spawn| spawn.action.drone_id.clone()));
             named.sort_unstable();
             named.dedup();
-            let payload = notify_payload(last, &named);
+            let payload = notify_payload(last, &self.origin, &named);
             sqlx::query(announce).bind(payload).execute(&mut *tx).await.map_err(from_sqlx)?;
         }
         tx.commit().await.map_err(from_sqlx)?;
@@ -329,15 +352,23 @@ mod tests {
     #[test]
     fn a_notify_payload_names_the_revision_and_the_drones_it_wakes() {
         let drones = vec!["d-1".to_string(), "d-2".to_string()];
-        let payload = notify_payload(7, &drones);
-        assert_eq!(payload, "7 d-1 d-2");
-        assert_eq!(parse_notify_payload(&payload), (Some(7), Some(ActionWakeup::Drones(drones.into()))));
+        let payload = notify_payload(7, "a1", &drones);
+        assert_eq!(payload, "7 @a1 d-1 d-2");
+        assert_eq!(parse_notify_payload(&payload, "b2"), (Some(7), Some(ActionWakeup::Drones(drones.into()))));
+        // The sender's own listener: its commit woke its sessions already.
+        assert_eq!(parse_notify_payload(&payload, "a1"), (Some(7), None));
+        // An older controller's payload, without an origin.
+        assert_eq!(
+            parse_notify_payload("7 d-1", "a1"),
+            (Some(7), Some(ActionWakeup::Drones(vec!["d-1".to_string()].into())))
+        );
         // No drones: a bare revision, as older controllers send and read it.
-        assert_eq!(notify_payload(8, &[]), "8");
-        assert_eq!(parse_notify_payload("8"), (Some(8), None));
-        // Too many to name: everyone.
+        assert_eq!(notify_payload(8, "a1", &[]), "8");
+        assert_eq!(parse_notify_payload("8", "a1"), (Some(8), None));
+        // Too many to name: everyone (but not for the sender).
         let many: Vec<String> = (0..=MAX_NOTIFIED_DRONES).map(|i| format!("d-{i}")).collect();
-        assert_eq!(parse_notify_payload(&notify_payload(9, &many)), (Some(9), Some(ActionWakeup::All)));
-        assert_eq!(parse_notify_payload("garbage"), (None, Some(ActionWakeup::All)));
+        assert_eq!(parse_notify_payload(&notify_payload(9, "a1", &many), "b2"), (Some(9), Some(ActionWakeup::All)));
+        assert_eq!(parse_notify_payload(&notify_payload(9, "a1", &many), "a1"), (Some(9), None));
+        assert_eq!(parse_notify_payload("garbage", "a1"), (None, Some(ActionWakeup::All)));
     }
 }
