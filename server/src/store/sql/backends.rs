@@ -13,6 +13,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transactio
 use std::time::Duration;
 
 pub(super) mod batch;
+mod group;
 pub(super) mod renewals;
 mod writes;
 

@@ -153,8 +153,8 @@ impl<DB: Database> SqlStore<DB> {
             background: None,
             read,
             write,
-            batch: Default::default(),
-            renewals: Default::default(),
+            batch: backends::batch::write_queue(),
+            renewals: backends::renewals::renewal_queue(),
             origin: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
         }
     }

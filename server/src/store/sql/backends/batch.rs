@@ -14,6 +14,7 @@
 //! (docs/design/backends-and-leases.md#connect-get-or-create-by-key)
 
 use super::super::{Dialect, SqlStore};
+use super::group::{GroupQueue, Runs};
 use super::writes::{ActionRow, BackendRow, HistoryRow, KeyRow, Rows, TokenRow, padded_chunks, parameters};
 use crate::store::backends::*;
 use crate::store::rows::{self, from_sqlx};
@@ -24,8 +25,7 @@ use hangar::domain::{
 };
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type};
 use std::collections::HashMap;
-use std::sync::Mutex;
-use tokio::sync::oneshot;
+use std::future::Future;
 
 /// One write waiting for a batch.
 pub(in crate::store::sql) enum Op {
@@ -41,16 +41,11 @@ pub(in crate::store::sql) enum Done {
     Terminate(Option<Box<Backend>>),
 }
 
-struct Queued {
-    op: Op,
-    reply: oneshot::Sender<Result<Done, StoreError>>,
-}
-
 /// The writes waiting for the next batch, and the lock its leader holds.
-#[derive(Default)]
-pub(in crate::store::sql) struct WriteQueue {
-    waiting: Mutex<Vec<Queued>>,
-    leader: tokio::sync::Mutex<()>,
+pub(in crate::store::sql) type WriteQueue = GroupQueue<Op, Done>;
+
+pub(in crate::store::sql) fn write_queue() -> WriteQueue {
+    GroupQueue::new("the write's batch")
 }
 
 /// One batch's transaction: the revisions it handed out, with the change each made (if any).
@@ -98,10 +93,6 @@ struct Holder {
     fencing_token: i64,
 }
 
-fn abandoned() -> StoreError {
-    StoreError::Unavailable("the write's batch was abandoned before it committed".into())
-}
-
 impl<DB> SqlStore<DB>
 where
     DB: Dialect,
@@ -114,40 +105,7 @@ where
 {
     /// Runs `op` in the next batch and answers what it did, once that batch committed.
     pub(in crate::store::sql) async fn batched(&self, op: Op) -> Result<Done, StoreError> {
-        let (reply, mut answer) = oneshot::channel();
-        self.batch.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(Queued { op, reply });
-        let leader = self.batch.leader.lock().await;
-        match answer.try_recv() {
-            // A leader before us took it.
-            Ok(done) => return done,
-            // That leader was cancelled before it committed: its whole batch rolled back.
-            Err(oneshot::error::TryRecvError::Closed) => return Err(abandoned()),
-            Err(oneshot::error::TryRecvError::Empty) => {}
-        }
-        // Ours is still waiting (only leaders take writes), so it is among these.
-        let queued = std::mem::take(&mut *self.batch.waiting.lock().unwrap_or_else(|e| e.into_inner()));
-        let (ops, replies): (Vec<Op>, Vec<_>) = queued.into_iter().map(|q| (q.op, q.reply)).unzip();
-        match self.run_batch(&ops).await {
-            Ok(done) => {
-                for (reply, done) in replies.into_iter().zip(done) {
-                    let _ = reply.send(Ok(done));
-                }
-            }
-            Err(err) if ops.len() == 1 => {
-                if let Some(reply) = replies.into_iter().next() {
-                    let _ = reply.send(Err(err));
-                }
-            }
-            Err(err) => {
-                tracing::debug!(error = %err, writes = ops.len(), "a batch failed; its writes are retried one by one");
-                for (op, reply) in ops.iter().zip(replies) {
-                    let done = self.run_batch(std::slice::from_ref(op)).await.map(|mut d| d.remove(0));
-                    let _ = reply.send(done);
-                }
-            }
-        }
-        drop(leader);
-        answer.await.unwrap_or_else(|_| Err(abandoned()))
+        self.batch.submit(self, op).await
     }
 
     /// The writes of `ops` in one transaction, in order; commits and publishes their changes.
@@ -595,6 +553,21 @@ where
         batch.rows.action(ActionRow::of(&action)?);
         batch.woken.push(action.drone_id);
         Ok(Some(backend))
+    }
+}
+
+impl<DB> Runs<Op, Done> for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    fn run<'a>(&'a self, ops: &'a [Op]) -> impl Future<Output = Result<Vec<Done>, StoreError>> + Send + 'a {
+        self.run_batch(ops)
     }
 }
 

@@ -11,31 +11,24 @@
 //! a call that fails fails alone.
 
 use super::super::{Dialect, SqlStore};
+use super::group::{GroupQueue, Runs};
 use super::{rows_affected, writes};
 use crate::store::StoreError;
 use crate::store::backends::KeyRenewal;
 use crate::store::rows::{self, from_sqlx};
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
-use std::sync::Mutex;
-use tokio::sync::oneshot;
+use std::future::Future;
 
-/// One renewal call waiting for a group.
-struct Waiting {
-    renewals: Vec<KeyRenewal>,
-    expires_at: DateTime<Utc>,
-    reply: oneshot::Sender<Result<Vec<bool>, StoreError>>,
-}
+/// One renewal call: its keys and the expiry they are renewed to.
+type Call = (Vec<KeyRenewal>, DateTime<Utc>);
 
 /// The renewal calls waiting for the next group, and the lock its leader holds.
-#[derive(Default)]
-pub(in crate::store::sql) struct RenewalQueue {
-    waiting: Mutex<Vec<Waiting>>,
-    leader: tokio::sync::Mutex<()>,
-}
+pub(in crate::store::sql) type RenewalQueue = GroupQueue<Call, Vec<bool>>;
 
-/// One call's keys and the expiry they are renewed to.
-type Call<'a> = (&'a [KeyRenewal], DateTime<Utc>);
+pub(in crate::store::sql) fn renewal_queue() -> RenewalQueue {
+    GroupQueue::new("the renewal's group")
+}
 
 impl<DB> SqlStore<DB>
 where
@@ -53,46 +46,12 @@ where
         renewals: Vec<KeyRenewal>,
         expires_at: DateTime<Utc>,
     ) -> Result<Vec<bool>, StoreError> {
-        let (reply, mut answer) = oneshot::channel();
-        self.renewals.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(Waiting { renewals, expires_at, reply });
-        let leader = self.renewals.leader.lock().await;
-        match answer.try_recv() {
-            // A leader before us took it.
-            Ok(renewed) => return renewed,
-            Err(oneshot::error::TryRecvError::Closed) => return Err(abandoned()),
-            Err(oneshot::error::TryRecvError::Empty) => {}
-        }
-        // Ours is still waiting (only leaders take calls), so it is among these.
-        let waiting = std::mem::take(&mut *self.renewals.waiting.lock().unwrap_or_else(|e| e.into_inner()));
-        let (work, replies): (Vec<_>, Vec<_>) =
-            waiting.into_iter().map(|w| ((w.renewals, w.expires_at), w.reply)).unzip();
-        let calls: Vec<Call> = work.iter().map(|(keys, expires_at)| (keys.as_slice(), *expires_at)).collect();
-        match self.renew_in_one(&calls).await {
-            Ok(renewed) => {
-                for (reply, renewed) in replies.into_iter().zip(renewed) {
-                    let _ = reply.send(Ok(renewed));
-                }
-            }
-            Err(err) if calls.len() == 1 => {
-                if let Some(reply) = replies.into_iter().next() {
-                    let _ = reply.send(Err(err));
-                }
-            }
-            Err(err) => {
-                tracing::debug!(error = %err, calls = calls.len(), "a renewal group failed; its calls are retried one by one");
-                for (call, reply) in calls.iter().zip(replies) {
-                    let renewed = self.renew_in_one(std::slice::from_ref(call)).await.map(|mut r| r.remove(0));
-                    let _ = reply.send(renewed);
-                }
-            }
-        }
-        drop(leader);
-        answer.await.unwrap_or_else(|_| Err(abandoned()))
+        self.renewals.submit(self, (renewals, expires_at)).await
     }
 
     /// Every call's keys renewed, each to its call's expiry, in one transaction: per call, per
     /// key, whether it was.
-    async fn renew_in_one(&self, calls: &[Call<'_>]) -> Result<Vec<Vec<bool>>, StoreError> {
+    async fn renew_in_one(&self, calls: &[Call]) -> Result<Vec<Vec<bool>>, StoreError> {
         let mut renewed: Vec<Vec<bool>> = calls.iter().map(|(keys, _)| vec![false; keys.len()]).collect();
         let mut tx = self.write_pool().begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
         if DB::LOCKS_DATABASE {
@@ -147,7 +106,7 @@ where
                 (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
             });
             for (call, index) in order {
-                let (keys, expires_at) = calls[call];
+                let (keys, expires_at) = &calls[call];
                 let renewal = &keys[index];
                 let result = sqlx::query(
                     "UPDATE backend_keys SET lease_expires_at = $5 WHERE namespace = $1 AND name = $2 \
@@ -157,7 +116,7 @@ where
                 .bind(renewal.key.name.clone())
                 .bind(renewal.backend_id.clone())
                 .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1))
-                .bind(rows::millis(expires_at))
+                .bind(rows::millis(*expires_at))
                 .execute(&mut *tx)
                 .await
                 .map_err(from_sqlx)?;
@@ -169,6 +128,16 @@ where
     }
 }
 
-fn abandoned() -> StoreError {
-    StoreError::Unavailable("the renewal's group was abandoned before it committed".into())
+impl<DB> Runs<Call, Vec<bool>> for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    fn run<'a>(&'a self, calls: &'a [Call]) -> impl Future<Output = Result<Vec<Vec<bool>>, StoreError>> + Send + 'a {
+        self.renew_in_one(calls)
+    }
 }
