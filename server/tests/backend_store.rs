@@ -970,7 +970,8 @@ async fn concurrent_connects_through_two_stores_onto_small_drones_never_overfill
 
 /// Batched drone events: one call carries a drone's events (in the order it sent them) and
 /// its action acknowledgements; each event gets its own outcome and revision, a TERMINATED
-/// among them frees its slot for the next placement, and the acknowledged actions are gone.
+/// among them frees its slot for the next placement, and the acknowledged actions are gone (but
+/// not when another drone names them).
 async fn a_drones_reports_in_one_call_apply_in_order_free_capacity_and_acknowledge_actions(db: Database) {
     let store = db.open().await;
     let mut backends = Vec::new();
@@ -986,6 +987,8 @@ async fn a_drones_reports_in_one_call_apply_in_order_free_capacity_and_acknowled
     );
     let actions: Vec<String> = store.pending_actions("d1").await.unwrap().into_iter().map(|a| a.id).collect();
     assert_eq!(actions.len(), 2);
+    store.apply_drone_reports("d2", Vec::new(), actions.clone()).await.unwrap();
+    assert_eq!(store.pending_actions("d1").await.unwrap().len(), 2, "another drone cannot acknowledge d1's actions");
     let revision_before = store.current_revision().await.unwrap();
     let now = Utc::now();
     let event = |b: &hangar::domain::Backend, state| DroneEvent {

@@ -128,6 +128,7 @@ where
             rows: Rows::default(),
         };
         Self::read_ahead(&mut batch, ops).await?;
+        let read = started.elapsed();
         let mut done = Vec::with_capacity(ops.len());
         for op in ops {
             done.push(match op {
@@ -140,7 +141,9 @@ where
                 }
             });
         }
+        let applied = started.elapsed();
         Self::write_held_rows(&mut batch).await?;
+        let written = started.elapsed();
         let spawns = Self::carried_spawns(&mut batch);
         let Batch { mut tx, revisions, wrote, mut woken, .. } = batch;
         if revisions.is_empty() && !wrote {
@@ -166,7 +169,8 @@ where
             revisions.into_iter().map(|(revision, change)| LocalCommit { revision, change }).collect()
         };
         self.commit_publishing(tx, last, commits, &woken, spawns).await?;
-        tracing::debug!(writes = ops.len(), ?locked, elapsed = ?started.elapsed(), "backend write batch");
+        // Each phase's end, from the start: where a batch's time goes.
+        tracing::debug!(writes = ops.len(), ?locked, ?read, ?applied, ?written, elapsed = ?started.elapsed(), "backend write batch");
         Ok(done)
     }
 
@@ -504,21 +508,9 @@ where
             batch.revisions.push((revision, Some(Change::Backend(change))));
             outcomes.push(EventOutcome::Applied(Box::new(backend)));
         }
-        if acks.iter().any(|ack| batch.rows.holds_action(ack)) {
-            Self::write_held_rows(batch).await?;
-        }
-        for chunk in padded_chunks(acks) {
-            let sql = format!(
-                "DELETE FROM drone_actions WHERE drone_id = {} AND id IN ({})",
-                parameters::<DB>(1, 1),
-                parameters::<DB>(2, chunk.len())
-            );
-            let mut query = sqlx::query(&sql).bind(drone_id.to_string());
-            for ack in chunk {
-                query = query.bind(ack);
-            }
-            query.execute(&mut *batch.tx).await.map_err(from_sqlx)?;
-            batch.wrote = true;
+        // Deleted with the batch's other rows (`Rows::ack`), after the actions it queued.
+        for ack in acks {
+            batch.rows.ack(drone_id, ack);
         }
         Ok(outcomes)
     }

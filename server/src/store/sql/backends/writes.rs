@@ -159,9 +159,18 @@ impl TokenRow {
     }
 }
 
+/// An action a drone acknowledged: deleted if it is that drone's.
+#[derive(Clone)]
+pub(in crate::store::sql) struct AckRow {
+    drone_id: String,
+    id: String,
+}
+
 /// Rows a write batch holds back until [`SqlStore::write_rows`]. A backend or key written twice is
 /// written once, in its last version (one statement may not touch a row twice on PostgreSQL);
-/// actions keep their order (a drone gets them oldest first).
+/// actions keep their order (a drone gets them oldest first). Acknowledged actions are deleted
+/// after the actions are written, so that an acknowledgement always finds what was queued before
+/// it.
 #[derive(Default)]
 pub(in crate::store::sql) struct Rows {
     backends: Vec<BackendRow>,
@@ -171,6 +180,7 @@ pub(in crate::store::sql) struct Rows {
     history: Vec<HistoryRow>,
     actions: Vec<ActionRow>,
     tokens: Vec<TokenRow>,
+    acks: Vec<AckRow>,
 }
 
 impl Rows {
@@ -207,17 +217,17 @@ impl Rows {
         self.tokens.push(row);
     }
 
+    pub(in crate::store::sql) fn ack(&mut self, drone_id: &str, id: &str) {
+        self.acks.push(AckRow { drone_id: drone_id.into(), id: id.into() });
+    }
+
     pub(in crate::store::sql) fn is_empty(&self) -> bool {
         self.backends.is_empty()
             && self.keys.is_empty()
             && self.history.is_empty()
             && self.actions.is_empty()
             && self.tokens.is_empty()
-    }
-
-    /// Whether an action held back has this id.
-    pub(in crate::store::sql) fn holds_action(&self, id: &str) -> bool {
-        self.actions.iter().any(|a| a.id == id)
+            && self.acks.is_empty()
     }
 }
 
@@ -268,14 +278,41 @@ where
         connection: &mut DB::Connection,
         rows: &mut Rows,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let Rows { backends, backend_at, keys, key_at, history, actions, tokens } = std::mem::take(rows);
+        let Rows { backends, backend_at, keys, key_at, history, actions, tokens, acks } = std::mem::take(rows);
         drop((backend_at, key_at));
         Self::write_backends(connection, &backends).await?;
         Self::write_keys(connection, &keys).await?;
         Self::write_history(connection, &history).await?;
         let queued = Self::write_actions(connection, &actions).await?;
         Self::write_tokens(connection, &tokens).await?;
+        Self::delete_acked(connection, &acks).await?;
         Ok(queued)
+    }
+
+    /// Deletes the acknowledged actions, each only if it is queued for the drone that
+    /// acknowledged it, every drone's together: one statement per chunk, where one per
+    /// acknowledging drone was most of a placements batch's round trips to the database. The
+    /// `id IN` list is what finds the rows (by the unique index on `id`); the pairs are what
+    /// decides which of them go.
+    async fn delete_acked(connection: &mut DB::Connection, acks: &[AckRow]) -> Result<(), StoreError> {
+        for chunk in padded_chunks(acks) {
+            let n = chunk.len();
+            let pairs: Vec<String> = (0..n).map(|i| format!("({})", parameters::<DB>(n + 1 + 2 * i, 2))).collect();
+            let sql = format!(
+                "DELETE FROM drone_actions WHERE id IN ({}) AND (drone_id, id) IN (VALUES {})",
+                parameters::<DB>(1, n),
+                pairs.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for ack in &chunk {
+                query = query.bind(ack.id.clone());
+            }
+            for ack in &chunk {
+                query = query.bind(ack.drone_id.clone()).bind(ack.id.clone());
+            }
+            query.execute(&mut *connection).await.map_err(from_sqlx)?;
+        }
+        Ok(())
     }
 
     /// Runs `head VALUES (…), (…) tail` over `rows` (of `columns` values each, bound by `bind`),
