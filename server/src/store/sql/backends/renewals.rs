@@ -18,10 +18,33 @@ use crate::store::backends::KeyRenewal;
 use crate::store::rows::{self, from_sqlx};
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 /// One renewal call: its keys and the expiry they are renewed to.
 type Call = (Vec<KeyRenewal>, DateTime<Utc>);
+
+/// A key and the holder a renewal names for it: the key's row is renewed only if it is still
+/// that holder's.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Holder<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    backend_id: &'a str,
+    fencing_token: i64,
+}
+
+impl<'a> Holder<'a> {
+    fn of(renewal: &'a KeyRenewal) -> Self {
+        Holder {
+            namespace: &renewal.key.namespace,
+            name: &renewal.key.name,
+            backend_id: &renewal.backend_id,
+            // No holder has a negative token: a token beyond i64 renews nothing.
+            fencing_token: i64::try_from(renewal.fencing_token).unwrap_or(-1),
+        }
+    }
+}
 
 /// The renewal calls waiting for the next group, and the lock its leader holds.
 pub(in crate::store::sql) type RenewalQueue = GroupQueue<Call, Vec<bool>>;
@@ -52,47 +75,63 @@ where
     /// Every call's keys renewed, each to its call's expiry, in one transaction: per call, per
     /// key, whether it was.
     async fn renew_in_one(&self, calls: &[Call]) -> Result<Vec<Vec<bool>>, StoreError> {
+        let started = std::time::Instant::now();
         let mut renewed: Vec<Vec<bool>> = calls.iter().map(|(keys, _)| vec![false; keys.len()]).collect();
         let mut tx = self.write_pool().begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
+        let locked = started.elapsed();
         if DB::LOCKS_DATABASE {
-            // No row locks to order: many keys of a call per statement, each statement
-            // returning the holders it renewed (a key has one holder, so a holder names its
-            // renewal).
-            for ((keys, expires_at), renewed) in calls.iter().zip(&mut renewed) {
-                let order: Vec<usize> = (0..keys.len()).collect();
-                for chunk in writes::padded_chunks(&order) {
-                    let terms: Vec<String> = (0..chunk.len())
-                        .map(|i| {
-                            format!(
-                                "(namespace, name, backend_id, fencing_token) = ({})",
-                                writes::parameters::<DB>(2 + 4 * i, 4)
-                            )
-                        })
-                        .collect();
-                    let sql = format!(
-                        "UPDATE backend_keys SET lease_expires_at = {} WHERE {} RETURNING backend_id",
-                        writes::parameters::<DB>(1, 1),
-                        terms.join(" OR ")
-                    );
-                    let mut query = sqlx::query(&sql).bind(rows::millis(*expires_at));
-                    for &index in &chunk {
-                        let renewal = &keys[index];
-                        query = query
-                            .bind(renewal.key.namespace.clone())
-                            .bind(renewal.key.name.clone())
-                            .bind(renewal.backend_id.clone())
-                            .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1));
-                    }
-                    let holders: std::collections::HashSet<String> = query
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(from_sqlx)?
-                        .iter()
-                        .map(|row| row.try_get(0).map_err(from_sqlx))
-                        .collect::<Result<_, _>>()?;
-                    for &index in &chunk {
-                        renewed[index] = holders.contains(&keys[index].backend_id);
-                    }
+            // No row locks to order: the whole group's keys in as few statements as it takes
+            // (one per chunk of keys, whatever the number of calls), each key joined to its
+            // holder and expiry, each statement returning the holders it renewed. A key that
+            // several calls renew for the same holder is renewed once, to the latest of their
+            // expiries; each of those calls is answered by it.
+            let mut latest: HashMap<Holder<'_>, i64> = HashMap::new();
+            for (keys, expires_at) in calls {
+                for renewal in keys {
+                    let expiry = latest.entry(Holder::of(renewal)).or_insert(i64::MIN);
+                    *expiry = (*expiry).max(rows::millis(*expires_at));
+                }
+            }
+            let entries: Vec<(Holder<'_>, i64)> = latest.into_iter().collect();
+            let mut held: HashSet<(String, String, String, i64)> = HashSet::new();
+            for chunk in writes::padded_chunks(&entries) {
+                let values: Vec<String> =
+                    (0..chunk.len()).map(|i| format!("({})", writes::parameters::<DB>(1 + 5 * i, 5))).collect();
+                let sql = format!(
+                    "UPDATE backend_keys SET lease_expires_at = v.column5 FROM (VALUES {}) AS v \
+                     WHERE backend_keys.namespace = v.column1 AND backend_keys.name = v.column2 \
+                     AND backend_keys.backend_id = v.column3 AND backend_keys.fencing_token = v.column4 \
+                     RETURNING backend_keys.namespace, backend_keys.name, backend_keys.backend_id, \
+                     backend_keys.fencing_token",
+                    values.join(", ")
+                );
+                let mut query = sqlx::query(&sql);
+                for (holder, expiry) in &chunk {
+                    query = query
+                        .bind(holder.namespace.to_string())
+                        .bind(holder.name.to_string())
+                        .bind(holder.backend_id.to_string())
+                        .bind(holder.fencing_token)
+                        .bind(*expiry);
+                }
+                for row in query.fetch_all(&mut *tx).await.map_err(from_sqlx)? {
+                    held.insert((
+                        row.try_get(0).map_err(from_sqlx)?,
+                        row.try_get(1).map_err(from_sqlx)?,
+                        row.try_get(2).map_err(from_sqlx)?,
+                        row.try_get(3).map_err(from_sqlx)?,
+                    ));
+                }
+            }
+            for ((keys, _), renewed) in calls.iter().zip(&mut renewed) {
+                for (renewal, renewed) in keys.iter().zip(renewed.iter_mut()) {
+                    let holder = Holder::of(renewal);
+                    *renewed = held.contains(&(
+                        holder.namespace.to_string(),
+                        holder.name.to_string(),
+                        holder.backend_id.to_string(),
+                        holder.fencing_token,
+                    ));
                 }
             }
         } else {
@@ -124,6 +163,8 @@ where
             }
         }
         tx.commit().await.map_err(from_sqlx)?;
+        let keys: usize = renewed.iter().map(Vec::len).sum();
+        tracing::debug!(calls = calls.len(), keys, ?locked, elapsed = ?started.elapsed(), "key renewal group");
         Ok(renewed)
     }
 }
