@@ -556,13 +556,15 @@ async fn renewal_calls_that_arrive_together_each_keep_their_own_expiry_and_answe
     };
     let now = Utc::now();
     // Call i renews key i to now + 100 s + 100 s × i; call 0 also carries a stale token for key 5
-    // and call 3 a backend that holds no key.
+    // and call 3 a backend that holds no key; call 6 renews key 1 again, to the latest expiry
+    // (in call 1's group or after it, key 1 ends at call 6's expiry).
     let stale = KeyRenewal { fencing_token: held[5].fencing_token + 1, ..renewal(5) };
     let stranger = KeyRenewal { backend_id: "bk-stranger".into(), ..renewal(4) };
-    let calls: Vec<Vec<KeyRenewal>> = (0..6)
+    let calls: Vec<Vec<KeyRenewal>> = (0..7)
         .map(|i| match i {
             0 => vec![renewal(0), stale.clone()],
             3 => vec![stranger.clone(), renewal(3)],
+            6 => vec![renewal(1)],
             i => vec![renewal(i)],
         })
         .collect();
@@ -573,7 +575,7 @@ async fn renewal_calls_that_arrive_together_each_keep_their_own_expiry_and_answe
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
-    let expected: Vec<Vec<bool>> = (0..6)
+    let expected: Vec<Vec<bool>> = (0..7)
         .map(|i| {
             if i == 0 {
                 vec![true, false]
@@ -585,13 +587,14 @@ async fn renewal_calls_that_arrive_together_each_keep_their_own_expiry_and_answe
         })
         .collect();
     assert_eq!(answers, expected, "each key decided alone, each call answered in its own order");
-    // Each key's lease runs out at its own call's expiry: between two expiries exactly the keys
-    // renewed to the earlier ones have run out.
-    for i in 0..6 {
+    // Each key's lease runs out at its own call's expiry (key 1 at call 6's): between two
+    // expiries exactly the keys renewed to the earlier ones have run out.
+    for i in 0..7 {
         let between = expiry(i) + Duration::seconds(50);
         let expired: BTreeSet<String> =
             store.expired_key_holders(between, LEASE).await.unwrap().into_iter().map(|b| b.id).collect();
-        let wanted: BTreeSet<String> = held[..=i].iter().map(|b| b.id.clone()).collect();
+        let wanted: BTreeSet<String> =
+            (0..6.min(i + 1)).filter(|&k| k != 1 || i == 6).map(|k| held[k].id.clone()).collect();
         assert_eq!(expired, wanted, "at {}s past now", 150 + 100 * i);
     }
 }
