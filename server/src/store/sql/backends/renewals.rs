@@ -18,7 +18,8 @@ use crate::store::backends::KeyRenewal;
 use crate::store::rows::{self, from_sqlx};
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::future::Future;
 
 /// One renewal call: its keys and the expiry they are renewed to.
@@ -85,15 +86,20 @@ where
             // holder and expiry, each statement returning the holders it renewed. A key that
             // several calls renew for the same holder is renewed once, to the latest of their
             // expiries; each of those calls is answered by it.
-            let mut latest: HashMap<Holder<'_>, i64> = HashMap::new();
+            let (mut entries, mut at): (Vec<(Holder<'_>, i64)>, HashMap<Holder<'_>, usize>) = Default::default();
             for (keys, expires_at) in calls {
                 for renewal in keys {
-                    let expiry = latest.entry(Holder::of(renewal)).or_insert(i64::MIN);
-                    *expiry = (*expiry).max(rows::millis(*expires_at));
+                    let (holder, expiry) = (Holder::of(renewal), rows::millis(*expires_at));
+                    match at.entry(holder) {
+                        Entry::Occupied(known) => entries[*known.get()].1 = entries[*known.get()].1.max(expiry),
+                        Entry::Vacant(new) => {
+                            new.insert(entries.len());
+                            entries.push((holder, expiry));
+                        }
+                    }
                 }
             }
-            let entries: Vec<(Holder<'_>, i64)> = latest.into_iter().collect();
-            let mut held: HashSet<(String, String, String, i64)> = HashSet::new();
+            let mut held = vec![false; entries.len()];
             for chunk in writes::padded_chunks(&entries) {
                 let values: Vec<String> =
                     (0..chunk.len()).map(|i| format!("({})", writes::parameters::<DB>(1 + 5 * i, 5))).collect();
@@ -115,23 +121,22 @@ where
                         .bind(*expiry);
                 }
                 for row in query.fetch_all(&mut *tx).await.map_err(from_sqlx)? {
-                    held.insert((
+                    let (namespace, name, backend_id): (String, String, String) = (
                         row.try_get(0).map_err(from_sqlx)?,
                         row.try_get(1).map_err(from_sqlx)?,
                         row.try_get(2).map_err(from_sqlx)?,
-                        row.try_get(3).map_err(from_sqlx)?,
-                    ));
+                    );
+                    let fencing_token = row.try_get(3).map_err(from_sqlx)?;
+                    let returned =
+                        Holder { namespace: &namespace, name: &name, backend_id: &backend_id, fencing_token };
+                    if let Some(&entry) = at.get(&returned) {
+                        held[entry] = true;
+                    }
                 }
             }
             for ((keys, _), renewed) in calls.iter().zip(&mut renewed) {
                 for (renewal, renewed) in keys.iter().zip(renewed.iter_mut()) {
-                    let holder = Holder::of(renewal);
-                    *renewed = held.contains(&(
-                        holder.namespace.to_string(),
-                        holder.name.to_string(),
-                        holder.backend_id.to_string(),
-                        holder.fencing_token,
-                    ));
+                    *renewed = at.get(&Holder::of(renewal)).is_some_and(|&entry| held[entry]);
                 }
             }
         } else {

@@ -291,7 +291,7 @@ where
 
     /// Deletes the acknowledged actions, each only if it is queued for the drone that
     /// acknowledged it, every drone's together: one statement per chunk, where one per
-    /// acknowledging drone was most of a placements batch's round trips to the database. The
+    /// acknowledging drone was about half of a placements batch's round trips to the database. The
     /// `id IN` list is what finds the rows (by the unique index on `id`); the pairs are what
     /// decides which of them go.
     async fn delete_acked(connection: &mut DB::Connection, acks: &[AckRow]) -> Result<(), StoreError> {
