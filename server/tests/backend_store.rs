@@ -28,6 +28,7 @@ hangar_server::store_scenarios!(
     renewal_needs_the_current_fencing_token,
     a_batch_renewal_renews_each_held_key_and_refuses_the_others_alone,
     renewal_calls_that_arrive_together_each_keep_their_own_expiry_and_answers,
+    a_renewal_that_commits_after_a_later_one_never_moves_the_lease_back,
     a_status_message_is_kept_in_the_history_and_never_shows_a_secret,
     a_passed_drain_deadline_terminates_only_while_the_drone_is_still_drained,
     the_watch_log_carries_backend_and_node_changes_in_revision_order_with_the_state_before,
@@ -556,8 +557,10 @@ async fn renewal_calls_that_arrive_together_each_keep_their_own_expiry_and_answe
     };
     let now = Utc::now();
     // Call i renews key i to now + 100 s + 100 s × i; call 0 also carries a stale token for key 5
-    // and call 3 a backend that holds no key; call 6 renews key 1 again, to the latest expiry
-    // (in call 1's group or after it, key 1 ends at call 6's expiry).
+    // and call 3 a backend that holds no key; call 6 renews key 1 again, to the latest expiry.
+    // The calls reach the store in no set order (each runs on a task of its own), so call 6 may
+    // commit before call 1: key 1 ends at call 6's expiry all the same, since no renewal moves a
+    // lease back.
     let stale = KeyRenewal { fencing_token: held[5].fencing_token + 1, ..renewal(5) };
     let stranger = KeyRenewal { backend_id: "bk-stranger".into(), ..renewal(4) };
     let calls: Vec<Vec<KeyRenewal>> = (0..7)
@@ -597,6 +600,36 @@ async fn renewal_calls_that_arrive_together_each_keep_their_own_expiry_and_answe
             (0..6.min(i + 1)).filter(|&k| k != 1 || i == 6).map(|k| held[k].id.clone()).collect();
         assert_eq!(expired, wanted, "at {}s past now", 150 + 100 * i);
     }
+}
+
+/// Two renewals of one holder's key commit in the order their tasks reach the store, not the
+/// order the drone sent them: the one computed earlier, committed last, still holds the key (it
+/// is answered renewed) but leaves the later expiry in place, alone or in a batch.
+async fn a_renewal_that_commits_after_a_later_one_never_moves_the_lease_back(db: Database) {
+    let store = db.open().await;
+    let ConnectOutcome::Spawned(b) =
+        store.connect_backend(spec(Some(key("late", "")), drones(10, &["d1"]), LEASE), &first).await.unwrap()
+    else {
+        panic!()
+    };
+    let k = key("late", "");
+    let now = Utc::now();
+    let holders = |at| {
+        let store = store.clone();
+        async move { store.expired_key_holders(at, LEASE).await.unwrap().into_iter().map(|b| b.id).collect::<Vec<_>>() }
+    };
+    assert!(store.renew_key(&b.id, &k, b.fencing_token, now + Duration::seconds(200)).await.unwrap());
+    assert!(store.renew_key(&b.id, &k, b.fencing_token, now + Duration::seconds(100)).await.unwrap());
+    assert!(holders(now + Duration::seconds(150)).await.is_empty(), "one key alone: the later expiry stays");
+    let batch = [KeyRenewal { backend_id: b.id.clone(), key: k.clone(), fencing_token: b.fencing_token }];
+    assert_eq!(store.renew_keys(&batch, now + Duration::seconds(300)).await.unwrap(), [true]);
+    assert_eq!(store.renew_keys(&batch, now + Duration::seconds(250)).await.unwrap(), [true]);
+    assert!(holders(now + Duration::seconds(280)).await.is_empty(), "in a batch: the later expiry stays");
+    assert_eq!(
+        holders(now + Duration::seconds(310)).await,
+        std::slice::from_ref(&b.id),
+        "and runs out at its own time"
+    );
 }
 
 #[tokio::test]

@@ -32,6 +32,7 @@ impl Dialect for Postgres {
     const ANNOUNCE: Option<&'static str> = Some("SELECT pg_notify('hangar_node_changes', $1)");
     const LOCKS_DATABASE: bool = false;
     const NUMBERED_PARAMETERS: bool = true;
+    const GREATEST: &'static str = "GREATEST";
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
         result.rows_affected()

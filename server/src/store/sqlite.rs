@@ -23,6 +23,7 @@ impl Dialect for Sqlite {
     const ANNOUNCE: Option<&'static str> = None;
     const LOCKS_DATABASE: bool = true;
     const NUMBERED_PARAMETERS: bool = false;
+    const GREATEST: &'static str = "max";
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()

@@ -669,18 +669,15 @@ where
     ) -> Result<bool, StoreError> {
         // One conditional statement: the row lock orders it against a sweep or Connect that
         // frees or takes the key, and the condition is checked again after waiting for it.
-        let result = sqlx::query(
-            "UPDATE backend_keys SET lease_expires_at = $5 WHERE namespace = $1 AND name = $2 \
-             AND backend_id = $3 AND fencing_token = $4",
-        )
-        .bind(key.namespace.clone())
-        .bind(key.name.clone())
-        .bind(backend_id.to_string())
-        .bind(i64::try_from(fencing_token).unwrap_or(-1))
-        .bind(rows::millis(expires_at))
-        .execute(self.write_pool())
-        .await
-        .map_err(from_sqlx)?;
+        let result = sqlx::query(&renewals::one_key::<DB>())
+            .bind(key.namespace.clone())
+            .bind(key.name.clone())
+            .bind(backend_id.to_string())
+            .bind(i64::try_from(fencing_token).unwrap_or(-1))
+            .bind(rows::millis(expires_at))
+            .execute(self.write_pool())
+            .await
+            .map_err(from_sqlx)?;
         Ok(rows_affected::<DB>(&result) > 0)
     }
 

@@ -35,6 +35,9 @@ pub trait Dialect: Database {
     /// of parameters are written for each (`backends::writes::parameters`), since SQLite finds
     /// a numbered parameter by walking the statement's list of names, once per parameter bound.
     const NUMBERED_PARAMETERS: bool;
+    /// The scalar function that gives the larger of two values (`max` on SQLite, where `MAX`
+    /// of two arguments is scalar; `GREATEST` on PostgreSQL).
+    const GREATEST: &'static str;
 
     /// Rows a statement changed (sqlx has no common trait for it).
     fn rows_affected(result: &Self::QueryResult) -> u64;

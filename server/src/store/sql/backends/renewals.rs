@@ -47,6 +47,18 @@ impl<'a> Holder<'a> {
     }
 }
 
+/// Renews one key (`$1`, `$2`) to `$5` while its holder is still `$3` with token `$4`. A renewal
+/// never moves a lease back: two renewals of one holder may commit in either order (each store
+/// call runs on a task of its own), and the one that arrives last must not undo the later
+/// expiry the drone was already told of (docs/design/backends-and-leases.md#key-leases-and-fencing).
+pub(in crate::store::sql) fn one_key<DB: Dialect>() -> String {
+    format!(
+        "UPDATE backend_keys SET lease_expires_at = {}(lease_expires_at, $5) WHERE namespace = $1 AND name = $2 \
+         AND backend_id = $3 AND fencing_token = $4",
+        DB::GREATEST
+    )
+}
+
 /// The renewal calls waiting for the next group, and the lock its leader holds.
 pub(in crate::store::sql) type RenewalQueue = GroupQueue<Call, Vec<bool>>;
 
@@ -104,11 +116,13 @@ where
                 let values: Vec<String> =
                     (0..chunk.len()).map(|i| format!("({})", writes::parameters::<DB>(1 + 5 * i, 5))).collect();
                 let sql = format!(
-                    "UPDATE backend_keys SET lease_expires_at = v.column5 FROM (VALUES {}) AS v \
+                    "UPDATE backend_keys SET lease_expires_at = {}(backend_keys.lease_expires_at, v.column5) \
+                     FROM (VALUES {}) AS v \
                      WHERE backend_keys.namespace = v.column1 AND backend_keys.name = v.column2 \
                      AND backend_keys.backend_id = v.column3 AND backend_keys.fencing_token = v.column4 \
                      RETURNING backend_keys.namespace, backend_keys.name, backend_keys.backend_id, \
                      backend_keys.fencing_token",
+                    DB::GREATEST,
                     values.join(", ")
                 );
                 let mut query = sqlx::query(&sql);
@@ -149,21 +163,19 @@ where
                 let (a, b) = (&calls[ca].0[ka].key, &calls[cb].0[kb].key);
                 (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
             });
+            let statement = one_key::<DB>();
             for (call, index) in order {
                 let (keys, expires_at) = &calls[call];
                 let renewal = &keys[index];
-                let result = sqlx::query(
-                    "UPDATE backend_keys SET lease_expires_at = $5 WHERE namespace = $1 AND name = $2 \
-                     AND backend_id = $3 AND fencing_token = $4",
-                )
-                .bind(renewal.key.namespace.clone())
-                .bind(renewal.key.name.clone())
-                .bind(renewal.backend_id.clone())
-                .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1))
-                .bind(rows::millis(*expires_at))
-                .execute(&mut *tx)
-                .await
-                .map_err(from_sqlx)?;
+                let result = sqlx::query(&statement)
+                    .bind(renewal.key.namespace.clone())
+                    .bind(renewal.key.name.clone())
+                    .bind(renewal.backend_id.clone())
+                    .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1))
+                    .bind(rows::millis(*expires_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(from_sqlx)?;
                 renewed[call][index] = rows_affected::<DB>(&result) > 0;
             }
         }
