@@ -128,7 +128,7 @@ where
         previous: BackendState,
     ) -> Result<(), StoreError> {
         Self::update_backend_row(tx, backend, revision).await?;
-        Self::write_history(&mut **tx, &[HistoryRow::of(backend, revision, Some(previous))?]).await
+        Self::write_history(&mut **tx, vec![HistoryRow::of(backend, revision, Some(previous))?]).await
     }
 
     /// The row only: for changes that are not a new status.
@@ -137,7 +137,7 @@ where
         backend: &Backend,
         revision: Revision,
     ) -> Result<(), StoreError> {
-        Self::write_backends(&mut **tx, &[BackendRow::of(backend, revision)?]).await
+        Self::write_backends(&mut **tx, vec![BackendRow::of(backend, revision)?]).await
     }
 
     /// Commits a transaction that recorded one status of `backend`, publishing it to this
@@ -322,7 +322,7 @@ where
     }
 
     async fn insert_action(tx: &mut Transaction<'static, DB>, action: &PendingAction) -> Result<(), StoreError> {
-        Self::write_actions(&mut **tx, &[ActionRow::of(action)?]).await.map(drop)
+        Self::write_actions(&mut **tx, vec![ActionRow::of(action)?]).await.map(drop)
     }
 
     /// Stores a Terminate action for a live backend inside `tx`, unless one at least as hard is

@@ -280,11 +280,11 @@ where
     ) -> Result<Vec<(String, i64)>, StoreError> {
         let Rows { backends, backend_at, keys, key_at, history, actions, tokens, acks } = std::mem::take(rows);
         drop((backend_at, key_at));
-        Self::write_backends(connection, &backends).await?;
-        Self::write_keys(connection, &keys).await?;
-        Self::write_history(connection, &history).await?;
-        let queued = Self::write_actions(connection, &actions).await?;
-        Self::write_tokens(connection, &tokens).await?;
+        Self::write_backends(connection, backends).await?;
+        Self::write_keys(connection, keys).await?;
+        Self::write_history(connection, history).await?;
+        let queued = Self::write_actions(connection, actions).await?;
+        Self::write_tokens(connection, tokens).await?;
         Self::delete_acked(connection, &acks).await?;
         Ok(queued)
     }
@@ -317,25 +317,27 @@ where
 
     /// Runs `head VALUES (…), (…) tail` over `rows` (of `columns` values each, bound by `bind`),
     /// each chunk a power of two of rows. A `tail` with a `RETURNING` clause gives rows back into
-    /// `returned`.
+    /// `returned`. The rows are moved into their statements, not copied: a batch's rows carry
+    /// every backend's data and every action's payload, and are written once.
     async fn insert_many<T>(
         connection: &mut DB::Connection,
         head: &str,
         tail: &str,
         columns: usize,
-        rows: &[T],
-        bind: impl for<'q> Fn(Statement<'q, DB>, &T) -> Statement<'q, DB>,
+        rows: Vec<T>,
+        bind: impl for<'q> Fn(Statement<'q, DB>, T) -> Statement<'q, DB>,
         mut returned: Option<&mut Vec<DB::Row>>,
     ) -> Result<(), StoreError> {
-        let mut rest = rows;
-        while !rest.is_empty() {
-            let take = if rest.len() >= MAX_ROWS { MAX_ROWS } else { 1 << rest.len().ilog2() };
-            let (chunk, after) = rest.split_at(take);
+        let mut left = rows.len();
+        let mut rows = rows.into_iter();
+        while left > 0 {
+            let take = if left >= MAX_ROWS { MAX_ROWS } else { 1 << left.ilog2() };
+            left -= take;
             let values: Vec<String> =
                 (0..take).map(|i| format!("({})", parameters::<DB>(1 + i * columns, columns))).collect();
             let sql = format!("{head}VALUES {}{tail}", values.join(", "));
             let mut query = sqlx::query(&sql);
-            for row in chunk {
+            for row in rows.by_ref().take(take) {
                 query = bind(query, row);
             }
             match returned.as_deref_mut() {
@@ -344,7 +346,6 @@ where
                     query.execute(&mut *connection).await.map_err(from_sqlx)?;
                 }
             }
-            rest = after;
         }
         Ok(())
     }
@@ -352,7 +353,7 @@ where
     /// New backends are inserted, known ones updated (state, times, revision, data, limit).
     pub(in crate::store::sql) async fn write_backends(
         connection: &mut DB::Connection,
-        rows: &[BackendRow],
+        rows: Vec<BackendRow>,
     ) -> Result<(), StoreError> {
         Self::insert_many(
             connection,
@@ -364,20 +365,20 @@ where
             rows,
             |query, b| {
                 query
-                    .bind(b.id.clone())
-                    .bind(b.key.namespace.clone())
-                    .bind(b.key.name.clone())
-                    .bind(b.key.tag.clone())
-                    .bind(b.drone_id.clone())
-                    .bind(b.cluster.clone())
-                    .bind(b.pool.clone())
+                    .bind(b.id)
+                    .bind(b.key.namespace)
+                    .bind(b.key.name)
+                    .bind(b.key.tag)
+                    .bind(b.drone_id)
+                    .bind(b.cluster)
+                    .bind(b.pool)
                     .bind(b.state.to_string())
                     .bind(b.fencing_token)
                     .bind(b.created_at)
                     .bind(b.updated_at)
                     .bind(b.last_activity_at)
                     .bind(b.revision)
-                    .bind(b.data.clone())
+                    .bind(b.data)
                     .bind(b.limit_at)
             },
             None,
@@ -386,7 +387,7 @@ where
     }
 
     /// A key's row is created, or taken over by its new holder.
-    async fn write_keys(connection: &mut DB::Connection, rows: &[KeyRow]) -> Result<(), StoreError> {
+    async fn write_keys(connection: &mut DB::Connection, rows: Vec<KeyRow>) -> Result<(), StoreError> {
         Self::insert_many(
             connection,
             "INSERT INTO backend_keys (namespace, name, tag, backend_id, fencing_token, lease_expires_at) ",
@@ -396,10 +397,10 @@ where
             rows,
             |query, k| {
                 query
-                    .bind(k.key.namespace.clone())
-                    .bind(k.key.name.clone())
-                    .bind(k.key.tag.clone())
-                    .bind(k.backend_id.clone())
+                    .bind(k.key.namespace)
+                    .bind(k.key.name)
+                    .bind(k.key.tag)
+                    .bind(k.backend_id)
                     .bind(k.fencing_token)
                     .bind(k.lease_expires_at)
             },
@@ -410,7 +411,7 @@ where
 
     pub(in crate::store::sql) async fn write_history(
         connection: &mut DB::Connection,
-        rows: &[HistoryRow],
+        rows: Vec<HistoryRow>,
     ) -> Result<(), StoreError> {
         Self::insert_many(
             connection,
@@ -421,12 +422,12 @@ where
             |query, h| {
                 query
                     .bind(h.revision)
-                    .bind(h.backend_id.clone())
-                    .bind(h.status.clone())
+                    .bind(h.backend_id)
+                    .bind(h.status)
                     .bind(h.recorded_at)
                     .bind(h.change.to_string())
-                    .bind(h.previous_state.clone())
-                    .bind(h.data.clone())
+                    .bind(h.previous_state)
+                    .bind(h.data)
             },
             None,
         )
@@ -436,7 +437,7 @@ where
     /// Queues actions; returns each one's id with its place in its drone's queue (`seq`).
     pub(in crate::store::sql) async fn write_actions(
         connection: &mut DB::Connection,
-        rows: &[ActionRow],
+        rows: Vec<ActionRow>,
     ) -> Result<Vec<(String, i64)>, StoreError> {
         let mut returned = Vec::with_capacity(rows.len());
         Self::insert_many(
@@ -445,14 +446,7 @@ where
             " RETURNING id, seq",
             5,
             rows,
-            |query, a| {
-                query
-                    .bind(a.id.clone())
-                    .bind(a.drone_id.clone())
-                    .bind(a.backend_id.clone())
-                    .bind(a.payload.clone())
-                    .bind(a.created_at)
-            },
+            |query, a| query.bind(a.id).bind(a.drone_id).bind(a.backend_id).bind(a.payload).bind(a.created_at),
             Some(&mut returned),
         )
         .await?;
@@ -466,7 +460,7 @@ where
 
     pub(in crate::store::sql) async fn write_tokens(
         connection: &mut DB::Connection,
-        rows: &[TokenRow],
+        rows: Vec<TokenRow>,
     ) -> Result<(), StoreError> {
         Self::insert_many(
             connection,
@@ -475,13 +469,7 @@ where
             6,
             rows,
             |query, t| {
-                query
-                    .bind(t.hash.clone())
-                    .bind(t.backend_id.clone())
-                    .bind(t.user.clone())
-                    .bind(t.auth.clone())
-                    .bind(t.expires_at)
-                    .bind(t.created_at)
+                query.bind(t.hash).bind(t.backend_id).bind(t.user).bind(t.auth).bind(t.expires_at).bind(t.created_at)
             },
             None,
         )
