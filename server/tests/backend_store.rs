@@ -607,12 +607,8 @@ async fn renewal_calls_that_arrive_together_each_keep_their_own_expiry_and_answe
 /// is answered renewed) but leaves the later expiry in place, alone or in a batch.
 async fn a_renewal_that_commits_after_a_later_one_never_moves_the_lease_back(db: Database) {
     let store = db.open().await;
-    let ConnectOutcome::Spawned(b) =
-        store.connect_backend(spec(Some(key("late", "")), drones(10, &["d1"]), LEASE), &first).await.unwrap()
-    else {
-        panic!()
-    };
     let k = key("late", "");
+    let b = spawned(&store, Some(k.clone())).await;
     let now = Utc::now();
     let holders = |at| {
         let store = store.clone();
