@@ -289,6 +289,8 @@ struct Spawn {
     key: Option<v1::BackendKey>,
     startup_timeout: Duration,
     lease: Duration,
+    /// What the controller says is left of the lease (`None`: an older controller says nothing).
+    remaining: Option<Duration>,
     grace: Duration,
 }
 
@@ -300,6 +302,7 @@ impl Spawn {
             key: None,
             startup_timeout: Duration::from_secs(10),
             lease: Duration::from_secs(30),
+            remaining: None,
             grace: Duration::from_secs(2),
         }
     }
@@ -330,6 +333,7 @@ impl Spawn {
                 startup_timeout: Some(duration_to_proto(self.startup_timeout)),
                 lease_duration: Some(duration_to_proto(self.lease)),
                 stop_grace: Some(duration_to_proto(self.grace)),
+                lease_remaining: self.remaining.map(duration_to_proto),
             })),
             trace_context: Default::default(),
         }
@@ -734,6 +738,89 @@ async fn cut_off_drone_soft_terminates_then_kills_keyed_backend_before_the_lease
         [Loading, Starting, Waiting, Ready, Terminating, HardTerminating, Terminated]
     );
     assert_eq!(reason_of(&terminated), Some(TerminationReason::KeyExpired));
+    drone.shutdown().await;
+}
+
+/// A Spawn that waited on its way (a drone reconnecting, say) spent part of its key's lease: the
+/// drone counts its deadlines from the lease's start the controller tells, not from the arrival,
+/// so a drone cut off from then on stops the backend before the controller's lease runs out.
+#[tokio::test]
+async fn a_spawn_that_spent_part_of_its_lease_on_the_way_is_killed_before_the_lease_runs_out() {
+    let controller = Controller::start().await;
+    let runtime: Arc<dyn Runtime> = Arc::new(MockRuntime::new());
+    let drone = start_drone(&controller, runtime.clone(), None);
+    drone.attached().await;
+
+    let backend = new_id("bk");
+    let mut spawn = Spawn::new("app:1").keyed("doc-late").env("HANGAR_MOCK_IGNORE_SIGTERM", "1");
+    spawn.lease = Duration::from_millis(4000);
+    // 1.6 s of the 4 s lease spent: the controller's expiry is 2.4 s after the send. Counted
+    // from the arrival, the kill (three quarters of a lease) would come at 3 s, after it.
+    let remaining = Duration::from_millis(2400);
+    spawn.remaining = Some(remaining);
+    spawn.grace = Duration::from_secs(30);
+    let sent = Instant::now();
+    // No renewal is ever answered.
+    controller.send(spawn.action(&backend));
+    controller.wait_state(&backend, HardTerminating, T).await;
+    let killed_after = sent.elapsed();
+    println!("killed {killed_after:?} after the send, with {remaining:?} of the lease left then");
+    assert!(killed_after < remaining, "killed {killed_after:?} after the send, past the lease ({remaining:?} left)");
+    let terminated = controller.wait_state(&backend, Terminated, T).await;
+    assert_eq!(reason_of(&terminated), Some(TerminationReason::KeyExpired));
+    drone.shutdown().await;
+}
+
+/// A Spawn with less than half its lease left (it waited long on its way) is not started at once,
+/// which would run it past the controller's expiry or end it at the soft deadline right away: it
+/// waits, started by nothing, for its key's first renewal, and starts once that is confirmed.
+#[tokio::test]
+async fn a_spawn_late_in_its_lease_starts_only_once_its_key_is_renewed() {
+    let controller = Controller::start().await;
+    let runtime: Arc<dyn Runtime> = Arc::new(MockRuntime::new());
+    let drone = start_drone(&controller, runtime.clone(), None);
+    drone.attached().await;
+
+    let backend = new_id("bk");
+    let mut spawn = Spawn::new("app:1").keyed("doc-late-renewed");
+    spawn.lease = Duration::from_millis(6000);
+    spawn.remaining = Some(Duration::from_millis(1000));
+    controller.send(spawn.action(&backend));
+    controller.wait_for("the key's first renewal", T, |c| c.script(|s| !s.renewals.is_empty())).await;
+    // Unanswered so far: nothing started.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(controller.states_of(&backend), Vec::<BackendState>::new(), "started before its key was renewed");
+    assert!(runtime.inspect(&backend).await.is_err(), "the runtime was asked to start it");
+
+    // The next round is answered: it starts, and keeps running on the renewed lease.
+    controller.script(|s| s.renew_answer = Some(true));
+    controller.wait_state(&backend, Ready, T).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(controller.states_of(&backend), [Loading, Starting, Waiting, Ready]);
+    drone.shutdown().await;
+}
+
+/// The same late Spawn whose key renewal is refused (the key went to another holder), or never
+/// answered within half a lease, ends KEY_EXPIRED without ever being started.
+#[tokio::test]
+async fn a_spawn_late_in_its_lease_whose_key_is_not_renewed_ends_key_expired_unstarted() {
+    let controller = Controller::start().await;
+    let runtime: Arc<dyn Runtime> = Arc::new(MockRuntime::new());
+    let drone = start_drone(&controller, runtime.clone(), None);
+    drone.attached().await;
+
+    for (name, answer) in [("refused", Some(false)), ("unanswered", None)] {
+        controller.script(|s| s.renew_answer = answer);
+        let backend = new_id("bk");
+        let mut spawn = Spawn::new("app:1").keyed(&format!("doc-late-{name}"));
+        spawn.lease = Duration::from_millis(2000);
+        spawn.remaining = Some(Duration::ZERO);
+        controller.send(spawn.action(&backend));
+        let terminated = controller.wait_state(&backend, Terminated, T).await;
+        assert_eq!(controller.states_of(&backend), [Terminated], "{name}");
+        assert_eq!(reason_of(&terminated), Some(TerminationReason::KeyExpired), "{name}");
+        assert!(runtime.inspect(&backend).await.is_err(), "{name}: the runtime was asked to start it");
+    }
     drone.shutdown().await;
 }
 

@@ -1,6 +1,7 @@
 //! The controller's side of the backend lifecycle, driven through the real gRPC API with drones
 //! and proxies played by hand over the real DroneService and ProxyService streams.
 
+use hangar::domain::duration_from_proto;
 use hangar::error::{error_info, reason};
 use hangar::v1::{
     self, BackendState, backend_service_client::BackendServiceClient, drone_action::Action,
@@ -272,6 +273,51 @@ async fn a_pending_action_survives_a_drone_reconnect_and_is_redelivered() {
     hangar_tests::wait_for_node(&mut nodes, &node_id, WAIT, |n| n.state == v1::NodeState::Offline as i32).await;
     let (mut d, beat) = drone(&cluster, "d1", 5).await;
     assert!(d.maybe_message(Duration::from_millis(500)).await.is_none(), "an acknowledged action is not sent again");
+    beat.abort();
+    cluster.shutdown().await;
+}
+
+/// A Spawn tells the drone how much of its key's lease is left as it is sent: all of it at once,
+/// less the time it waited when it is sent again after a reconnect, nothing for a keyless one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawn_says_how_much_of_its_keys_lease_is_left_when_it_is_sent() {
+    let cluster = cluster().await;
+    let mut client = backends(&cluster).await;
+    let lease = BackendSettings::default().lease_duration;
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    client.connect(connect_request(None, Some(spawn_config(&[])))).await.unwrap();
+    let keyless = d.next_action(WAIT).await;
+    assert_eq!(spawn_of(&keyless).lease_remaining, None, "a keyless backend has no lease");
+    d.ack_action(&keyless.action_id).await;
+
+    client.connect(connect_request(key("doc-left", "v1"), Some(spawn_config(&[])))).await.unwrap();
+    let first = d.next_action(WAIT).await;
+    let first_at = Instant::now();
+    let left = |action: &v1::DroneAction| {
+        duration_from_proto(spawn_of(action).lease_remaining.as_ref().expect("a keyed Spawn says")).unwrap()
+    };
+    let first_left = left(&first);
+    assert!(first_left <= lease && first_left + Duration::from_secs(2) > lease, "{first_left:?} of {lease:?}");
+
+    // Not acknowledged: the drone goes away, and gets it again when it comes back.
+    beat.abort();
+    drop(d);
+    let mut nodes = cluster.nodes().await;
+    let node_id = first_node_id(&mut nodes).await;
+    hangar_tests::wait_for_node(&mut nodes, &node_id, WAIT, |n| n.state == v1::NodeState::Offline as i32).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut d, beat) = drone(&cluster, "d1", 5).await;
+    let again = d.next_action(WAIT).await;
+    assert_eq!(again.action_id, first.action_id);
+    let waited = first_at.elapsed();
+    let again_left = left(&again);
+    println!("lease left: {first_left:?} when first sent, {again_left:?} when sent again {waited:?} later");
+    // What the two sends are apart, give or take their deliveries' difference.
+    let spent = first_left - again_left;
+    assert!(
+        spent + Duration::from_millis(250) > waited && spent < waited + Duration::from_millis(250),
+        "{spent:?} spent in {waited:?}"
+    );
     beat.abort();
     cluster.shutdown().await;
 }

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::lease::KeyLease;
+use super::lease::{Confirmation, KeyLease};
 use super::outbox::Outbox;
 use super::readiness;
 use crate::runtime::{BackendSpec, BackendState as RuntimeState, Runtime, RuntimeError};
@@ -148,6 +148,8 @@ enum Step {
     GraceOver,
     LeaseSoft,
     LeaseHard,
+    /// No renewal came for a backend held back for one (`held_for_renewal`).
+    Unconfirmed,
     Shutdown,
 }
 
@@ -166,6 +168,10 @@ pub struct BackendTask {
     termination_message: String,
     grace_deadline: Option<Instant>,
     lease: Option<KeyLease>,
+    /// Not started yet, and held back until a renewal of its key is confirmed: its lease had
+    /// less than half left when it was to start (`held_for_renewal`). Ends KEY_EXPIRED if no
+    /// renewal is confirmed by then.
+    unconfirmed_until: Option<Instant>,
     /// An exit reported before the start returned, or during a stop.
     exit_code: Option<Option<i32>>,
     /// A runtime start is in flight; a stop must wait for it to return.
@@ -184,7 +190,7 @@ impl BackendTask {
         lifecycle: Lifecycle,
         commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
-        lease_confirmed: Instant,
+        lease_confirmed: Confirmation,
     ) -> Self {
         let lease = spawn.key.as_ref().map(|_| {
             let duration =
@@ -203,6 +209,7 @@ impl BackendTask {
             termination_message: String::new(),
             grace_deadline: None,
             lease,
+            unconfirmed_until: None,
             exit_code: None,
             starting: false,
             startup: tracing::Span::none(),
@@ -212,6 +219,21 @@ impl BackendTask {
     /// The span the start's steps (image, runtime start, READY report) are traced in.
     pub fn with_startup_span(mut self, span: tracing::Span) -> Self {
         self.startup = span;
+        self
+    }
+
+    /// A backend about to start whose key's lease has less than half left at `now` (its Spawn
+    /// waited on the way, or the drone was down) is held in SCHEDULED until a renewal of the key
+    /// is confirmed, for at most half a lease. Started as it is, it would be soft-terminated at
+    /// once, or run past the controller's expiry had it counted a whole lease from here; nothing
+    /// runs while it waits, and the renewer sends a new key's renewal within a fraction of a
+    /// second (docs/design/backends-and-leases.md#key-leases-and-fencing).
+    pub fn held_for_renewal(mut self, now: Instant) -> Self {
+        if let Some(lease) = &self.lease
+            && lease.soft_deadline().is_some_and(|soft| soft <= now)
+        {
+            self.unconfirmed_until = Some(now + lease.duration() / 2);
+        }
         self
     }
 
@@ -235,14 +257,19 @@ impl BackendTask {
             // A termination was under way when the drone stopped: finish it as it was asked.
             self.termination = Some(requested.unwrap_or((TerminationKind::Soft, TerminationReason::InternalError)));
         }
-        let mut op = self.resume(resume).await;
+        let mut op = match self.unconfirmed_until {
+            // Started when its key's renewal is confirmed (`on_command`).
+            Some(_) => None,
+            None => self.resume(resume).await,
+        };
         if let Some((kind, reason)) = requested
             && self.termination.is_none()
         {
             self.terminate(kind, reason, String::new(), &mut op).await;
         }
         while self.lifecycle.state().is_live() {
-            let lease = self.lease.as_ref();
+            // A backend held back for a renewal runs nothing, so its lease's deadlines wait too.
+            let lease = self.lease.as_ref().filter(|_| self.unconfirmed_until.is_none());
             let soft_at = lease.and_then(KeyLease::soft_deadline);
             let hard_at = lease.and_then(KeyLease::hard_deadline);
             let step = tokio::select! {
@@ -251,6 +278,7 @@ impl BackendTask {
                 _ = sleep_until(self.grace_deadline) => Step::GraceOver,
                 _ = sleep_until(soft_at) => Step::LeaseSoft,
                 _ = sleep_until(hard_at) => Step::LeaseHard,
+                _ = sleep_until(self.unconfirmed_until) => Step::Unconfirmed,
                 _ = self.shutdown.cancelled() => Step::Shutdown,
             };
             match step {
@@ -279,6 +307,13 @@ impl BackendTask {
                     let message = "no key lease renewal was confirmed for three quarters of the lease: killed before \
                                    the key can be given to another backend";
                     self.terminate(TerminationKind::Hard, TerminationReason::KeyExpired, message.into(), &mut op).await;
+                }
+                Step::Unconfirmed => {
+                    self.unconfirmed_until = None;
+                    tracing::warn!(backend_id = %self.backend_id, "no key renewal confirmed for a backend that arrived late in its lease; not starting it");
+                    let message = "the key's lease was more than half over when the backend was to start, and no \
+                                   renewal of it was confirmed within half a lease: it was not started";
+                    self.terminate(TerminationKind::Soft, TerminationReason::KeyExpired, message.into(), &mut op).await;
                 }
                 Step::Shutdown => return,
             }
@@ -463,6 +498,9 @@ impl BackendTask {
                 let Some(lease) = self.lease.as_mut() else { return };
                 if answer == RenewalAnswer::Renewed {
                     lease.renewed(sent);
+                    if self.unconfirmed_until.take().is_some() && self.termination.is_none() {
+                        *op = self.resume(Resume::FromScratch).await;
+                    }
                 } else if let RenewalAnswer::Deferred { grace } = answer {
                     if lease.deferred(Instant::now(), grace) {
                         tracing::warn!(backend_id = %self.backend_id, ?grace, "key renewal deferred: the controller cannot reach its store; keeping the backend for the grace");

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use hangar::domain::{BackendState, TerminationKind, TerminationReason};
+use hangar::domain::{BackendState, TerminationKind, TerminationReason, duration_from_proto};
 use hangar::v1;
 use hangar_agent::telemetry::{self, SPAN_TARGET};
 use tokio::sync::mpsc;
@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::backend::{BackendTask, Command, Lifecycle, Resume};
+use super::backend::{BackendTask, Command, DEFAULT_LEASE_DURATION, Lifecycle, Resume};
 use super::journal::{Journal, JournalError, JournaledBackend};
+use super::lease::Confirmation;
 use super::outbox::Outbox;
 use super::renewer::Confirmed;
 use crate::runtime::{BackendState as RuntimeState, EventKind, Runtime, RuntimeError};
@@ -143,7 +144,16 @@ impl Fleet {
         // start, the readiness probe and the READY report.
         let startup = tracing::info_span!(target: SPAN_TARGET, "drone.start", otel.name = "drone start backend", hangar.backend_id = %backend_id);
         let lifecycle = Lifecycle::new(backend_id.clone(), BackendState::Scheduled, String::new());
-        self.launch(backend_id, spawn, lifecycle, Resume::FromScratch, None, Instant::now(), startup);
+        // The lease started at Connect, and the Spawn may have waited since: what the controller
+        // says is left counts (an older controller says nothing: a whole lease from now).
+        let spent = lease_spent(&spawn);
+        if spawn.key.is_some() {
+            // A restart counts the lease from its start too, not from the restart.
+            let sent_at = chrono::Utc::now() - chrono::Duration::from_std(spent).unwrap_or_default();
+            self.journal_renewals(Confirmed { backend_ids: vec![backend_id.clone()], sent_at }).await;
+        }
+        let lease_confirmed = Confirmation::ago(spent, Instant::now());
+        self.launch(backend_id, spawn, lifecycle, Resume::FromScratch, None, lease_confirmed, startup);
         Ok(())
     }
 
@@ -174,7 +184,7 @@ impl Fleet {
         lifecycle: Lifecycle,
         resume: Resume,
         requested: Option<(TerminationKind, TerminationReason)>,
-        lease_confirmed: Instant,
+        lease_confirmed: Confirmation,
         startup: tracing::Span,
     ) {
         let Some(runtime) = self.runtime.clone() else {
@@ -212,6 +222,10 @@ impl Fleet {
             lease_confirmed,
         )
         .with_startup_span(startup);
+        let task = match resume {
+            Resume::FromScratch => task.held_for_renewal(Instant::now()),
+            _ => task,
+        };
         if let (Some(key), Some(lease)) = (key, task.lease_duration()) {
             // Renewed with every other key of this drone until the task ends.
             self.outbox.keys.hold(&backend_id, key, fencing_token, lease, tx);
@@ -269,8 +283,7 @@ impl Fleet {
             .lease_renewed_at
             .map(|at| (chrono::Utc::now() - at).to_std().unwrap_or_default())
             .unwrap_or_default();
-        let now = Instant::now();
-        let confirmed = now.checked_sub(since).unwrap_or(now);
+        let confirmed = Confirmation::ago(since, Instant::now());
         let lifecycle = Lifecycle::new(backend.backend_id.clone(), backend.state, backend.address);
         let spawn = backend.spawn.unwrap_or_default();
         self.launch(
@@ -323,5 +336,16 @@ impl Fleet {
             }
             first = runtime.events().await;
         }
+    }
+}
+
+/// How much of a new backend's key lease its Spawn spent before it arrived: the lease less what
+/// the controller said was left when it sent it; nothing when it did not say (an older
+/// controller) or the backend has no key.
+fn lease_spent(spawn: &v1::SpawnBackend) -> Duration {
+    let lease = spawn.lease_duration.as_ref().and_then(duration_from_proto).unwrap_or(DEFAULT_LEASE_DURATION);
+    match spawn.lease_remaining.as_ref().and_then(duration_from_proto) {
+        Some(remaining) if spawn.key.is_some() => lease.saturating_sub(remaining),
+        _ => Duration::ZERO,
     }
 }

@@ -216,6 +216,10 @@ fn action_message(action: &PendingAction, backend: Option<hangar::domain::Backen
                 startup_timeout: Some(duration_to_proto(*startup_timeout)),
                 lease_duration: Some(duration_to_proto(*lease_duration)),
                 stop_grace: Some(duration_to_proto(*stop_grace)),
+                lease_remaining: backend
+                    .key
+                    .is_some()
+                    .then(|| duration_to_proto(lease_left(&backend, *lease_duration))),
             })
         }
     };
@@ -228,6 +232,15 @@ fn action_message(action: &PendingAction, backend: Option<hangar::domain::Backen
             ActionPayload::Terminate { .. } => Default::default(),
         },
     })
+}
+
+/// What is left of the lease Connect gave `backend`'s key (from its creation), zero once it ran
+/// out. Renewals only ever move a lease later, so the stored expiry is at least this: the drone's
+/// deadlines counted from it stay before the controller's (docs/design/backends-and-leases.md,
+/// "Key leases and fencing").
+fn lease_left(backend: &hangar::domain::Backend, lease_duration: std::time::Duration) -> std::time::Duration {
+    let expires_at = backend.created_at + chrono::Duration::from_std(lease_duration).unwrap_or_default();
+    (expires_at - Utc::now()).to_std().unwrap_or_default()
 }
 
 #[tonic::async_trait]

@@ -151,7 +151,7 @@ class DroneAction(_message.Message):
     def __init__(self, action_id: _Optional[str] = ..., backend_id: _Optional[str] = ..., spawn: _Optional[_Union[SpawnBackend, _Mapping]] = ..., terminate: _Optional[_Union[TerminateBackend, _Mapping]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SpawnBackend(_message.Message):
-    __slots__ = ("executable", "key", "fencing_token", "static_token", "startup_timeout", "lease_duration", "stop_grace")
+    __slots__ = ("executable", "key", "fencing_token", "static_token", "startup_timeout", "lease_duration", "stop_grace", "lease_remaining")
     EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,7 @@ class SpawnBackend(_message.Message):
     STARTUP_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
     STOP_GRACE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REMAINING_FIELD_NUMBER: _ClassVar[int]
     executable: _backend_pb2.Executable
     key: _backend_pb2.BackendKey
     fencing_token: int
@@ -166,7 +167,8 @@ class SpawnBackend(_message.Message):
     startup_timeout: _duration_pb2.Duration
     lease_duration: _duration_pb2.Duration
     stop_grace: _duration_pb2.Duration
-    def __init__(self, executable: _Optional[_Union[_backend_pb2.Executable, _Mapping]] = ..., key: _Optional[_Union[_backend_pb2.BackendKey, _Mapping]] = ..., fencing_token: _Optional[int] = ..., static_token: _Optional[str] = ..., startup_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stop_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    lease_remaining: _duration_pb2.Duration
+    def __init__(self, executable: _Optional[_Union[_backend_pb2.Executable, _Mapping]] = ..., key: _Optional[_Union[_backend_pb2.BackendKey, _Mapping]] = ..., fencing_token: _Optional[int] = ..., static_token: _Optional[str] = ..., startup_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stop_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_remaining: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class TerminateBackend(_message.Message):
     __slots__ = ("kind", "reason")
