@@ -171,6 +171,8 @@ struct ControllerArgs {
     retention: RetentionArgs,
     #[command(flatten)]
     leases: LeaseArgs,
+    #[command(flatten)]
+    backend_defaults: BackendDefaultArgs,
 }
 
 /// Key leases (docs/design/backends-and-leases.md#key-leases-and-fencing). Every controller on
@@ -197,13 +199,53 @@ impl LeaseArgs {
     }
 }
 
-/// A lease: humantime, at least 3 s, so that a third of it leaves room for a renewal's round trip.
-fn parse_lease(value: &str) -> Result<Duration, String> {
+/// What every backend this controller places is given (docs/design/backends-and-leases.md,
+/// "Defaults"). Every controller on one database should be given the same values.
+#[derive(Args)]
+struct BackendDefaultArgs {
+    /// How long a backend may take from its start to answering HTTP on its port: one still not
+    /// READY after this ends TERMINATED with STARTUP_TIMEOUT. Raise it for images that load
+    /// for long. At least 1s.
+    #[arg(long, default_value = "60s", value_parser = parse_at_least_a_second, value_name = "DURATION")]
+    startup_timeout: Duration,
+    /// How long a backend asked to stop gets between SIGTERM and the kill (a terminate that is
+    /// not --hard, an idle or lifetime limit, a lost key lease). 0 kills at once.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    stop_grace: Duration,
+    /// How long the URL token a Connect answers stays valid for new requests through the proxy
+    /// (connections already open are not cut when it expires). At least 1s.
+    #[arg(long, default_value = "1h", value_parser = parse_at_least_a_second, value_name = "DURATION")]
+    token_ttl: Duration,
+}
+
+impl BackendDefaultArgs {
+    fn apply(&self, backends: BackendSettings) -> BackendSettings {
+        BackendSettings {
+            startup_timeout: self.startup_timeout,
+            stop_grace: self.stop_grace,
+            token_ttl: self.token_ttl,
+            ..backends
+        }
+    }
+}
+
+/// A startup timeout or token lifetime: humantime, at least one second.
+fn parse_at_least_a_second(value: &str) -> Result<Duration, String> {
+    parse_at_least(value, Duration::from_secs(1), "it")
+}
+
+/// `value` (humantime: `90s`, `24h`, `7d`) if it is at least `min`; `what` names it in the error.
+fn parse_at_least(value: &str, min: Duration, what: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(value).map_err(|e| e.to_string())?;
-    if duration < Duration::from_secs(3) {
-        return Err(format!("{value:?} is too short: a lease is at least 3s"));
+    if duration < min {
+        return Err(format!("{value:?} is too short: {what} must be at least {}", humantime::format_duration(min)));
     }
     Ok(duration)
+}
+
+/// A lease: humantime, at least 3 s, so that a third of it leaves room for a renewal's round trip.
+fn parse_lease(value: &str) -> Result<Duration, String> {
+    parse_at_least(value, Duration::from_secs(3), "a lease")
 }
 
 /// How long the controller keeps what is over: terminated backends, and the change log watchers
@@ -240,11 +282,7 @@ impl RetentionArgs {
 /// backend the moment it ends, while its drone's last events and its clients' reads of the end
 /// are still on their way.
 fn parse_retention(value: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(value).map_err(|e| e.to_string())?;
-    if duration < Duration::from_secs(1) {
-        return Err(format!("{value:?} is too short: a retention time is at least 1s"));
-    }
-    Ok(duration)
+    parse_at_least(value, Duration::from_secs(1), "a retention time")
 }
 
 /// Per-caller limits: a caller is its principal, or its address when it has none. 0 turns a
@@ -554,7 +592,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             .map(|(cert, key)| ControllerTlsFiles { files: TlsFiles { cert, key }, client_ca: args.tls_client_ca }),
         limits: args.limits.config(),
         admin_listen: args.admin_listen.0,
-        backends: args.leases.apply(BackendSettings::default()),
+        backends: args.backend_defaults.apply(args.leases.apply(BackendSettings::default())),
         ..args.retention.apply(ControllerConfig::default())
     };
     let controller = Controller::start(store, config, listener).await?;

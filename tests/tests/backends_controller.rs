@@ -322,6 +322,45 @@ async fn a_spawn_says_how_much_of_its_keys_lease_is_left_when_it_is_sent() {
     cluster.shutdown().await;
 }
 
+/// `hangar-server controller`'s backend flags reach every Spawn and every Connect's token, and a
+/// value that makes no sense is refused before the controller starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controllers_backend_flags_reach_each_spawn_and_bad_values_are_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", data.path().join("hangar.db").display());
+    let flags = ["--startup-timeout", "7s", "--stop-grace", "0s", "--token-ttl", "90s", "--lease-duration", "9s"];
+    let args: Vec<&std::ffi::OsStr> = flags.iter().map(std::ffi::OsStr::new).collect();
+    let controller = hangar_tests::ControllerProcess::spawn_with(&database, &args);
+    let mut d = ManualDrone::attach(&controller.url, drone_hello("d1")).await.expect("attach");
+    let beat = d.keep_alive(Duration::from_millis(50));
+    let mut client =
+        BackendServiceClient::new(Channel::from_shared(controller.url.clone()).unwrap().connect().await.unwrap());
+    let connected = eventually(WAIT, "a Connect the drone can take", async || {
+        client.connect(connect_request(key("doc-flags", "v1"), Some(spawn_config(&[])))).await.map(|r| r.into_inner())
+    })
+    .await;
+    let ttl = connected.token_expires_at.unwrap().seconds
+        - std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_secs() as i64;
+    assert!((85..=90).contains(&ttl), "the token expires in {ttl} s");
+    let action = d.next_action(WAIT).await;
+    let spawn = spawn_of(&action);
+    let duration = |d: &Option<prost_types::Duration>| duration_from_proto(d.as_ref().unwrap()).unwrap();
+    assert_eq!(duration(&spawn.startup_timeout), Duration::from_secs(7));
+    assert_eq!(duration(&spawn.stop_grace), Duration::ZERO);
+    assert_eq!(duration(&spawn.lease_duration), Duration::from_secs(9));
+    beat.abort();
+
+    for (flag, value) in [("--startup-timeout", "0s"), ("--token-ttl", "500ms"), ("--stop-grace", "soon")] {
+        let refused = std::process::Command::new(hangar_tests::binary("hangar-server"))
+            .args(["controller", "--database", &database, "--listen", "127.0.0.1:0", flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains(value), "{flag} {value}: {stderr}");
+    }
+}
+
 async fn first_node_id(nodes: &mut hangar::v1::node_service_client::NodeServiceClient<Channel>) -> String {
     let list = nodes.list_nodes(v1::ListNodesRequest::default()).await.unwrap().into_inner();
     list.nodes[0].id.clone()
