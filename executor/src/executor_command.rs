@@ -86,11 +86,11 @@ pub struct DockerNetworkArgs {
     pub docker_addresses: Option<ipnet::Ipv4Net>,
 
     /// Docker runtime: network sandboxes kept ready. A sandbox is a container that only holds a
-    /// network namespace with port 8080 published (made from this executable's `sandbox`
-    /// subcommand, as an image built on this host); a backend on the default port starts in
-    /// one, skipping the engine's ~100 ms of making a namespace of its own. Each sandbox serves
-    /// one backend, is removed with it and replaced in the background. 0: none. Not used with
-    /// --docker-network.
+    /// network namespace with port 8080 published, or with --docker-network an address of the
+    /// drone's slice there (made from this executable's `sandbox` subcommand, as an image built
+    /// on this host); a backend on the default port starts in one, skipping the engine's ~100 ms
+    /// of making a namespace of its own. Each sandbox serves one backend, is removed with it and
+    /// replaced in the background. 0: none.
     #[arg(long, value_name = "N", env = "HANGAR_DOCKER_WARM_SANDBOXES", default_value_t = 2)]
     pub docker_warm_sandboxes: usize,
 }

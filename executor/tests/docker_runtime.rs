@@ -1,13 +1,19 @@
 //! Docker-only behaviour beyond the conformance suite: the watch on the engine's event stream is
 //! resubscribed (with a reconcile by label) whenever it ends, and changes made behind the
-//! executor's back are noticed; an advertised host publishes backends for proxies on other hosts.
+//! executor's back are noticed; an advertised host publishes backends for proxies on other hosts;
+//! on a Docker network, backends and the warm sandboxes made for them take their addresses in
+//! turn from the runtime's slice.
 
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hangar_executor::runtime::docker::DockerOptions;
-use hangar_executor::runtime::{BackendSpec, BackendState, EventKind, Runtime};
-use hangar_executor::testing::{ContainerCleanup, docker_or_skip, docker_or_skip_with, test_image, unique_name};
+use hangar_executor::runtime::docker::{DockerOptions, DockerRuntime, LABEL_ROLE, LABEL_SANDBOX, WarmSandboxes};
+use hangar_executor::runtime::{BackendSpec, BackendState, EventKind, LABEL_EXECUTOR, Runtime};
+use hangar_executor::testing::{
+    ContainerCleanup, docker_or_skip, docker_or_skip_with, test_image, unique_name, wait_for_http,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_event_stream_is_resubscribed_without_losing_or_repeating_events() {
@@ -155,41 +161,25 @@ async fn an_advertised_host_publishes_a_backend_on_every_interface_and_reports_i
 async fn backends_on_a_docker_network_get_addresses_in_turn_from_the_runtimes_slice_and_publish_nothing() {
     let test = "backends_on_a_docker_network_get_addresses_in_turn_from_the_runtimes_slice_and_publish_nothing";
     let instance = unique_name("network");
-    // A /24 of its own per run, from the name's hash: runs in parallel do not collide.
-    let third = instance.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 200 + 20;
-    let slice: ipnet::Ipv4Net = format!("10.252.{third}.64/29").parse().unwrap();
     // The engine first (a runtime on a network checks at start-up that the network holds its
     // slice), then the network, then the runtime on it.
     let Some(engine) = docker_or_skip(test, &instance).await else { return };
     engine.shutdown().await;
     // Dropped in reverse: the containers go first, then the network they were on.
-    let _network = DockerNetwork::create(&instance, &format!("10.252.{third}.0/24"));
+    let (_network, slice) = TestNetwork::create(&instance);
     let _cleanup = ContainerCleanup::new(&instance);
-    let network = hangar_executor::runtime::docker::DockerNetwork { name: instance.clone(), addresses: slice };
-    let options = DockerOptions { instance: instance.clone(), network: Some(network), ..Default::default() };
-    let runtime = hangar_executor::runtime::docker::DockerRuntime::connect(options).await.unwrap();
+    let runtime = DockerRuntime::connect(on_network(&instance, slice, None)).await.unwrap();
     let image = tokio::task::spawn_blocking(test_image).await.unwrap();
     let start = |id: &str| BackendSpec { backend_id: id.into(), image: image.into(), ..Default::default() };
 
     let first = runtime.start(start("net-1")).await.unwrap();
     let (ip, port) = first.address.rsplit_once(':').expect("IP:PORT");
-    assert!(slice.contains(&ip.parse::<std::net::Ipv4Addr>().unwrap()), "{ip} in {slice}");
+    assert!(slice.contains(&ip.parse::<Ipv4Addr>().unwrap()), "{ip} in {slice}");
     assert_eq!(port, "8080", "the container's own port");
-    let on_network = docker(&[
-        "inspect",
-        "-f",
-        &format!("{{{{(index .NetworkSettings.Networks \"{instance}\").IPAddress}}}}"),
-        &first.runtime_id,
-    ]);
-    assert_eq!(ip, on_network, "reported at its address on the network");
-    let published = docker(&[
-        "inspect",
-        "-f",
-        "{{range $p, $b := .NetworkSettings.Ports}}{{range $b}}{{.HostPort}} {{end}}{{end}}",
-        &first.runtime_id,
-    ]);
+    assert_eq!(ip, ip_on(&first.runtime_id, &instance).to_string(), "reported at its address on the network");
+    let published = published_ports(&first.runtime_id);
     assert!(published.is_empty(), "nothing published on the host: {published:?}");
-    let (status, _) = hangar_executor::testing::wait_for_http(&first.address, "/", Duration::from_secs(20)).await;
+    let (status, _) = wait_for_http(&first.address, "/", Duration::from_secs(20)).await;
     assert_eq!(status, 200);
     assert_eq!(runtime.inspect("net-1").await.unwrap().address, first.address, "inspect reports the same");
 
@@ -207,17 +197,188 @@ async fn backends_on_a_docker_network_get_addresses_in_turn_from_the_runtimes_sl
     runtime.shutdown().await;
 }
 
-/// A Docker network made for one test, removed when dropped (after the test's containers).
-struct DockerNetwork(String);
+/// `--docker-warm-sandboxes` on a network: the keeper makes its sandboxes on the runtime's
+/// network, each at an address of the slice and publishing nothing, and a backend on the default
+/// port joins one (`container:<sandbox>`, `hangar.sandbox`), reported at the sandbox's address and
+/// reached there; the taken sandbox is replaced at another address, and goes with its backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_on_a_docker_network_starts_in_a_warm_sandbox_at_its_own_address() {
+    let test = "a_backend_on_a_docker_network_starts_in_a_warm_sandbox_at_its_own_address";
+    let instance = unique_name("netsandbox");
+    let Some(engine) = docker_or_skip(test, &instance).await else { return };
+    engine.shutdown().await;
+    let (_network, slice) = TestNetwork::create(&instance);
+    let _cleanup = ContainerCleanup::new(&instance);
+    let runtime = DockerRuntime::connect(on_network(&instance, slice, Some(1))).await.unwrap();
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    let ready = sandboxes_until(&instance, "one sandbox made ahead", |s| s.len() == 1).await;
+    let sandbox_ip = ip_on(&ready[0], &instance);
+    assert!(slice.contains(&sandbox_ip), "the sandbox is at {sandbox_ip}, in {slice}");
+    let published = published_ports(&ready[0]);
+    assert!(published.is_empty(), "a sandbox on a network publishes nothing: {published:?}");
 
-impl DockerNetwork {
-    fn create(name: &str, subnet: &str) -> DockerNetwork {
-        docker(&["network", "create", "--subnet", subnet, "--label", "hangar.test=1", name]);
-        DockerNetwork(name.to_string())
+    let spec = BackendSpec { backend_id: "in-sandbox".into(), image: image.into(), ..Default::default() };
+    let started = runtime.start(spec).await.unwrap();
+    assert_eq!(network_mode(&started.runtime_id), format!("container:{}", ready[0]), "joined the ready sandbox");
+    let label = format!("{{{{index .Config.Labels \"{LABEL_SANDBOX}\"}}}}");
+    assert_eq!(docker(&["inspect", "-f", &label, &started.runtime_id]), ready[0]);
+    assert_eq!(started.address, format!("{sandbox_ip}:8080"), "reported at the sandbox's address, its own port");
+    let (status, _) = wait_for_http(&started.address, "/", Duration::from_secs(20)).await;
+    assert_eq!(status, 200, "the backend answers at its sandbox's address on the network");
+    assert_eq!(runtime.inspect("in-sandbox").await.unwrap().address, started.address, "inspect reports the same");
+
+    // The taken sandbox is replaced in the background, at another address of the slice.
+    let both = sandboxes_until(&instance, "a new sandbox beside the one in use", |s| s.len() == 2).await;
+    let spare = both.iter().find(|id| **id != ready[0]).cloned().unwrap();
+    let spare_ip = ip_on(&spare, &instance);
+    assert!(slice.contains(&spare_ip) && spare_ip != sandbox_ip, "the spare is at {spare_ip}");
+
+    runtime.remove("in-sandbox").await.unwrap();
+    assert!(!exists(&ready[0]), "the backend's sandbox is removed with it");
+    runtime.shutdown().await;
+    assert!(!exists(&spare), "the spare sandbox went with the runtime");
+}
+
+/// Sandboxes take their addresses from the one rotation backends take theirs from: a backend
+/// in a sandbox is reached at the next address of the slice after the previous one's, so an
+/// address freed by a removed backend is handed out again only after every other of the slice;
+/// a backend in a namespace of its own (another port) takes the address after the ready
+/// sandboxes', never one of theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_on_a_network_take_addresses_in_the_rotation() {
+    let test = "sandboxes_on_a_network_take_addresses_in_the_rotation";
+    let instance = unique_name("netrotation");
+    let Some(engine) = docker_or_skip(test, &instance).await else { return };
+    engine.shutdown().await;
+    let (_network, slice) = TestNetwork::create(&instance);
+    let _cleanup = ContainerCleanup::new(&instance);
+    let runtime = DockerRuntime::connect(on_network(&instance, slice, Some(2))).await.unwrap();
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    let hosts: Vec<Ipv4Addr> = slice.hosts().collect();
+    let after = |ip: Ipv4Addr| hosts[(hosts.iter().position(|h| *h == ip).unwrap() + 1) % hosts.len()];
+    let spec =
+        |id: &str, port: u16| BackendSpec { backend_id: id.into(), image: image.into(), port, ..Default::default() };
+
+    // One round of the slice and one more start, each backend removed before the next starts.
+    let mut given: Vec<Ipv4Addr> = Vec::new();
+    for i in 0..=hosts.len() {
+        let ready = ready_sandbox_addresses(&instance, 2).await;
+        let id = format!("rot-{i}");
+        let started = runtime.start(spec(&id, 0)).await.unwrap();
+        let ip: Ipv4Addr = started.address.strip_suffix(":8080").unwrap().parse().unwrap();
+        assert!(ready.contains(&ip), "{id} at {ip}, in one of the ready sandboxes {ready:?}");
+        if let Some(&previous) = given.last() {
+            assert_eq!(ip, after(previous), "{id}: the address after {previous}'s in {slice}; given {given:?}");
+        }
+        assert!(
+            !given.contains(&ip) || given.len() == hosts.len(),
+            "{ip} given again before the others of {slice}: {given:?}"
+        );
+        given.push(ip);
+        runtime.remove(&id).await.unwrap();
+    }
+    assert_eq!(given[hosts.len()], given[0], "the first address came back after every other: {given:?}");
+
+    // A backend that cannot use a sandbox picks from the same rotation, past the sandboxes'.
+    let ready = ready_sandbox_addresses(&instance, 2).await;
+    let own = runtime.start(spec("own-port", 9090)).await.unwrap();
+    let ip: Ipv4Addr = own.address.strip_suffix(":9090").unwrap().parse().unwrap();
+    assert_eq!(network_mode(&own.runtime_id), instance, "a namespace of its own, on the network");
+    let last = *given.last().unwrap();
+    let mut sorted = ready.clone();
+    sorted.sort();
+    let mut next_two = vec![after(last), after(after(last))];
+    next_two.sort();
+    assert_eq!(sorted, next_two, "the ready sandboxes are at the two addresses after {last}");
+    assert_eq!(ip, after(after(after(last))), "the address after the two ready sandboxes' {ready:?}");
+    assert!(!ready.contains(&ip));
+    runtime.remove("own-port").await.unwrap();
+    runtime.shutdown().await;
+}
+
+/// A runtime restarted on a network finds its backend in a sandbox and reports it at the
+/// sandbox's address (inspect, list, and a retried start), removes a sandbox nobody uses (left
+/// by a runtime that could not), and makes new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_runtime_reports_a_backend_in_a_sandbox_on_a_network_at_the_sandboxs_address() {
+    let test = "a_restarted_runtime_reports_a_backend_in_a_sandbox_on_a_network_at_the_sandboxs_address";
+    let instance = unique_name("netadopt");
+    let Some(engine) = docker_or_skip(test, &instance).await else { return };
+    engine.shutdown().await;
+    let (_network, slice) = TestNetwork::create(&instance);
+    let _cleanup = ContainerCleanup::new(&instance);
+    let options = on_network(&instance, slice, Some(1));
+    let runtime = DockerRuntime::connect(options.clone()).await.unwrap();
+    let image = tokio::task::spawn_blocking(test_image).await.unwrap();
+    let ready = sandboxes_until(&instance, "one sandbox made ahead", |s| s.len() == 1).await;
+    let spec = BackendSpec { backend_id: "adopted".into(), image: image.into(), ..Default::default() };
+    let started = runtime.start(spec.clone()).await.unwrap();
+    assert_eq!(network_mode(&started.runtime_id), format!("container:{}", ready[0]));
+    runtime.shutdown().await;
+    drop(runtime);
+
+    // A sandbox a killed runtime left, at an address of the slice nobody holds.
+    let held = ip_on(&ready[0], &instance);
+    let free = slice.hosts().find(|ip| *ip != held).unwrap();
+    let orphan = docker(&[
+        "run",
+        "-d",
+        "--network",
+        &instance,
+        "--ip",
+        &free.to_string(),
+        "--label",
+        "hangar.managed=true",
+        "--label",
+        &format!("{LABEL_EXECUTOR}={instance}"),
+        "--label",
+        &format!("{LABEL_ROLE}=sandbox"),
+        &options.warm_sandboxes.as_ref().unwrap().image.reference,
+    ]);
+    let runtime = DockerRuntime::connect(options).await.unwrap();
+    sandboxes_until(&instance, "the orphan removed, a new spare made", |s| {
+        s.len() == 2 && s.contains(&ready[0]) && !s.contains(&orphan)
+    })
+    .await;
+    assert_eq!(runtime.inspect("adopted").await.unwrap().address, started.address, "inspect");
+    let listed = runtime.list().await.unwrap();
+    assert_eq!(listed.iter().map(|b| b.address.as_str()).collect::<Vec<_>>(), [started.address.as_str()], "list");
+    let again = runtime.start(spec).await.unwrap();
+    assert_eq!((again.runtime_id, again.address.as_str()), (started.runtime_id, started.address.as_str()), "a retry");
+    assert_eq!(wait_for_http(&started.address, "/", Duration::from_secs(20)).await.0, 200);
+    runtime.remove("adopted").await.unwrap();
+    assert!(!exists(&ready[0]), "the backend's sandbox is removed with it");
+    runtime.shutdown().await;
+}
+
+/// The runtime `instance` on the network of that name, with the slice `addresses` and `warm`
+/// sandboxes made from the drone's own binary, which has the `sandbox` subcommand they run.
+fn on_network(instance: &str, addresses: ipnet::Ipv4Net, warm: Option<usize>) -> DockerOptions {
+    let network = hangar_executor::runtime::docker::DockerNetwork { name: instance.to_string(), addresses };
+    let executable = PathBuf::from(env!("CARGO_BIN_EXE_hangar-drone"));
+    DockerOptions {
+        instance: instance.to_string(),
+        network: Some(network),
+        warm_sandboxes: warm.map(|count| WarmSandboxes::of_executable(count, executable)),
+        ..Default::default()
     }
 }
 
-impl Drop for DockerNetwork {
+/// A Docker network made for one test, removed when dropped (after the test's containers).
+struct TestNetwork(String);
+
+impl TestNetwork {
+    /// The network `name` on a /24 of its own (from the name's hash: runs in parallel do not
+    /// collide), and the runtime's slice of it, six addresses.
+    fn create(name: &str) -> (TestNetwork, ipnet::Ipv4Net) {
+        let third = name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 200 + 20;
+        let subnet = format!("10.252.{third}.0/24");
+        docker(&["network", "create", "--subnet", &subnet, "--label", "hangar.test=1", name]);
+        (TestNetwork(name.to_string()), format!("10.252.{third}.64/29").parse().unwrap())
+    }
+}
+
+impl Drop for TestNetwork {
     fn drop(&mut self) {
         let _ = std::process::Command::new("docker").args(["network", "rm", &self.0]).output();
     }
@@ -228,4 +389,58 @@ fn docker(args: &[&str]) -> String {
     let output = std::process::Command::new("docker").args(args).output().expect("the docker CLI");
     assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// `container`'s address on `network`.
+fn ip_on(container: &str, network: &str) -> Ipv4Addr {
+    let template = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+    let ip = docker(&["inspect", "-f", &template, container]);
+    ip.parse().unwrap_or_else(|_| panic!("{container} has no address on {network}: {ip:?}"))
+}
+
+/// The host ports `container` publishes, space-separated.
+fn published_ports(container: &str) -> String {
+    let template = "{{range $p, $b := .NetworkSettings.Ports}}{{range $b}}{{.HostPort}} {{end}}{{end}}";
+    docker(&["inspect", "-f", template, container])
+}
+
+fn network_mode(container: &str) -> String {
+    docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", container])
+}
+
+fn exists(container: &str) -> bool {
+    std::process::Command::new("docker").args(["inspect", container]).output().unwrap().status.success()
+}
+
+/// Ids of the instance's running sandboxes.
+fn running_sandboxes(instance: &str) -> Vec<String> {
+    let (executor, role) = (format!("label={LABEL_EXECUTOR}={instance}"), format!("label={LABEL_ROLE}=sandbox"));
+    let listed = docker(&["ps", "-q", "--no-trunc", "--filter", &executor, "--filter", &role]);
+    listed.split_whitespace().map(String::from).collect()
+}
+
+/// Waits until `check` holds on the running sandboxes, returning them.
+async fn sandboxes_until(instance: &str, what: &str, check: impl Fn(&[String]) -> bool) -> Vec<String> {
+    // The first wait includes building the sandbox image from the drone's binary.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let sandboxes = running_sandboxes(instance);
+        if check(&sandboxes) {
+            return sandboxes;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: sandboxes now {sandboxes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The addresses of the instance's sandboxes once `count` are ready (none in use: each test
+/// removes a backend, and its sandbox, before the next), all different and in the slice.
+async fn ready_sandbox_addresses(instance: &str, count: usize) -> Vec<Ipv4Addr> {
+    let sandboxes = sandboxes_until(instance, "the pool full again", |s| s.len() == count).await;
+    // A sandbox runs a moment before the keeper has seen its address and put it in the pool.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ips: Vec<Ipv4Addr> = sandboxes.iter().map(|id| ip_on(id, instance)).collect();
+    let distinct: std::collections::HashSet<&Ipv4Addr> = ips.iter().collect();
+    assert_eq!(distinct.len(), ips.len(), "no two sandboxes share an address: {ips:?}");
+    ips
 }

@@ -4,8 +4,10 @@
 //! `hangar.executor=<instance>`, and is named `hangar-<instance>-<id>`, so starts are idempotent
 //! (the name is taken) and a restarted executor finds its containers by label. The backend's port
 //! (spec.port, default 8080, also passed as `PORT`) is published on an ephemeral port of
-//! 127.0.0.1, read back from the engine once it is bound; or, when the runtime keeps warm network
-//! sandboxes, the backend joins a sandbox that has it published already ([`sandbox`]).
+//! 127.0.0.1, read back from the engine once it is bound; or, on a Docker network, reached at the
+//! container's own address there, one of the runtime's slice ([`addresses`]). When the runtime
+//! keeps warm network sandboxes, a backend joins one made ahead of it, which has the port
+//! published or its address on the network already ([`sandbox`]).
 //!
 //! Events come from the engine's event stream. When that stream ends (engine restart, dropped
 //! connection), it is resubscribed with `since` set before a reconcile by label, so exits that
@@ -33,10 +35,12 @@ use std::net::Ipv4Addr;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod addresses;
 mod local_image;
 mod sandbox;
 mod watch;
 
+use self::addresses::AddressPicker;
 pub use self::local_image::{ExecutableImage, ImageOutcome};
 pub use self::sandbox::{LABEL_ROLE, LABEL_SANDBOX, WarmSandboxes, hold as hold_sandbox};
 use self::sandbox::{Sandbox, SandboxKeeper, SandboxPool, remove_container};
@@ -75,7 +79,7 @@ pub struct DockerOptions {
     /// published on the engine's host; takes precedence over `advertise_host`.
     pub network: Option<DockerNetwork>,
     /// Network sandboxes kept ready for backends to start in (`--docker-warm-sandboxes`; see
-    /// [`WarmSandboxes`]). Not used with `network`.
+    /// [`WarmSandboxes`]). With `network`, they are made on it, each at an address of the slice.
     pub warm_sandboxes: Option<WarmSandboxes>,
 }
 
@@ -85,7 +89,8 @@ pub struct DockerOptions {
 /// only after every other address of the slice, so a proxy still routing an ended backend's URL
 /// to it (for as long as the controllers believe the backend live) does not reach a newer one
 /// there. The engine's own choice would hand a freed address to the very next container
-/// (docs/design/faults.md#across-hosts).
+/// (docs/design/faults.md#across-hosts). Warm sandboxes take theirs in the same rotation (a
+/// backend in one is reached at the sandbox's address), so the slice must hold them too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerNetwork {
     pub name: String,
@@ -106,6 +111,41 @@ impl Default for DockerOptions {
     }
 }
 
+impl DockerOptions {
+    /// Makes `body`'s `port` reachable as the runtime's backends are, for a backend or a network
+    /// sandbox alike: on the network at `address`, with nothing published on the engine's host;
+    /// or published on an ephemeral port (an empty host port asks the engine for one) of
+    /// 127.0.0.1, reachable only from the engine's host (a proxy there), or with an advertised
+    /// host of every interface, for proxies on other hosts (docs/operations.md#drones).
+    fn expose(&self, body: &mut ContainerCreateBody, port: u16, address: Option<Ipv4Addr>) {
+        let port_key = format!("{port}/tcp");
+        let host_config = body.host_config.get_or_insert_with(HostConfig::default);
+        match &self.network {
+            Some(network) => {
+                host_config.network_mode = Some(network.name.clone());
+                body.networking_config = address.map(|address| {
+                    let ipam_config =
+                        EndpointIpamConfig { ipv4_address: Some(address.to_string()), ..Default::default() };
+                    let endpoint = EndpointSettings { ipam_config: Some(ipam_config), ..Default::default() };
+                    NetworkingConfig { endpoints_config: Some(HashMap::from([(network.name.clone(), endpoint)])) }
+                });
+            }
+            None => host_config.port_bindings = Some(port_bindings(&port_key, self.advertise_host.is_some())),
+        }
+        body.exposed_ports = Some(HashMap::from([(port_key, HashMap::new())]));
+    }
+
+    /// Where a proxy reaches `container`'s port (its `hangar.port`): its address on the
+    /// runtime's network, or its published port (see [`published_address`]); `None` while the
+    /// engine reports neither yet.
+    fn reached_at(&self, container: &ContainerInspectResponse) -> Option<String> {
+        match &self.network {
+            Some(network) => network_address(container, &network.name),
+            None => published_address(container, self.advertise_host.as_deref()),
+        }
+    }
+}
+
 /// Runs backends as Docker containers.
 pub struct DockerRuntime {
     docker: Docker,
@@ -114,9 +154,8 @@ pub struct DockerRuntime {
     locks: BackendLocks,
     /// Start results, so a retry answers exactly what the first start did.
     started: Mutex<HashMap<String, Started>>,
-    /// With a network: where the next address is looked for in the slice (an offset), held
-    /// while an address is picked and its container created, so two starts never pick one.
-    next_address: tokio::sync::Mutex<u32>,
+    /// With a network: the addresses of the runtime's slice, shared with the sandbox keeper.
+    addresses: Option<Arc<AddressPicker>>,
     /// Whether the engine's event stream is currently subscribed.
     watching: Arc<AtomicBool>,
     /// How many times the engine's event stream was subscribed.
@@ -223,14 +262,14 @@ impl DockerRuntime {
         if let Some(network) = &options.network {
             check_network(&docker, network).await?;
         }
+        let addresses = options.network.clone().map(|network| Arc::new(AddressPicker::new(docker.clone(), network)));
         let mut runtime = DockerRuntime {
             docker,
             options,
             hub: EventHub::default(),
             locks: BackendLocks::default(),
             started: Mutex::new(HashMap::new()),
-            // A restarted runtime does not start again where its last life began handing out.
-            next_address: tokio::sync::Mutex::new(uuid::Uuid::new_v4().as_u128() as u32),
+            addresses,
             watching: Arc::new(AtomicBool::new(false)),
             subscriptions: Arc::new(AtomicU64::new(0)),
             sandboxes: None,
@@ -247,25 +286,18 @@ impl DockerRuntime {
         };
         let cancel = runtime.cancel.clone();
         runtime.tasks.spawn(async move { watcher.run(cancel).await });
-        match (&runtime.options.warm_sandboxes, &runtime.options.network) {
-            (Some(warm), None) if warm.count > 0 => {
-                let pool = Arc::new(SandboxPool::default());
-                let keeper = SandboxKeeper {
-                    docker: runtime.docker.clone(),
-                    instance: runtime.options.instance.clone(),
-                    advertise_host: runtime.options.advertise_host.clone(),
-                    port_wait: runtime.options.port_wait,
-                    warm: warm.clone(),
-                    pool: pool.clone(),
-                };
-                let cancel = runtime.cancel.clone();
-                runtime.tasks.spawn(async move { keeper.run(cancel).await });
-                runtime.sandboxes = Some(pool);
-            }
-            (Some(warm), Some(network)) if warm.count > 0 => {
-                tracing::info!(network = network.name, "backends on a Docker network start without warm sandboxes");
-            }
-            _ => {}
+        if let Some(warm) = runtime.options.warm_sandboxes.clone().filter(|warm| warm.count > 0) {
+            let pool = Arc::new(SandboxPool::default());
+            let keeper = SandboxKeeper {
+                docker: runtime.docker.clone(),
+                options: runtime.options.clone(),
+                warm,
+                pool: pool.clone(),
+                addresses: runtime.addresses.clone(),
+            };
+            let cancel = runtime.cancel.clone();
+            runtime.tasks.spawn(async move { keeper.run(cancel).await });
+            runtime.sandboxes = Some(pool);
         }
         Ok(runtime)
     }
@@ -326,9 +358,11 @@ impl DockerRuntime {
     }
 
     /// Where a proxy reaches the backend in `container`: its own address, or what its start
-    /// reported, or (after a restart) its sandbox's published port.
+    /// reported, or (after a restart) its sandbox's: the port the sandbox publishes, or its
+    /// address on the network.
     async fn address_of(&self, backend_id: &str, container: &ContainerInspectResponse) -> String {
         if let Some(address) = self
+            .options
             .reached_at(container)
             .or_else(|| self.started.lock().unwrap().get(backend_id).map(|s| s.address.clone()))
         {
@@ -336,7 +370,7 @@ impl DockerRuntime {
         }
         let Some(sandbox) = sandbox_of(container) else { return String::new() };
         match self.docker.inspect_container(sandbox, None::<InspectContainerOptions>).await {
-            Ok(sandbox) => published_address(&sandbox, self.options.advertise_host.as_deref()).unwrap_or_default(),
+            Ok(sandbox) => self.options.reached_at(&sandbox).unwrap_or_default(),
             Err(_) => String::new(),
         }
     }
@@ -364,9 +398,10 @@ impl DockerRuntime {
         }
     }
 
-    fn create_body(&self, spec: &BackendSpec, address: Option<Ipv4Addr>) -> ContainerCreateBody {
+    /// The backend's container, with no say yet on its network (see [`DockerOptions::expose`] and
+    /// [`join_sandbox`]).
+    fn create_body(&self, spec: &BackendSpec) -> ContainerCreateBody {
         let port = spec.container_port();
-        let port_key = format!("{port}/tcp");
         let mut env: Vec<String> =
             spec.env.iter().filter(|(k, _)| k.as_str() != "PORT").map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("PORT={port}"));
@@ -376,22 +411,7 @@ impl DockerRuntime {
         labels.insert(LABEL_EXECUTOR.into(), self.options.instance.clone());
         labels.insert(LABEL_PORT.into(), port.to_string());
         let limits = spec.resources;
-        // An empty host port asks the engine for an ephemeral one. 127.0.0.1 keeps the backend
-        // reachable only from the engine's host (a proxy there); with an advertised host it is
-        // published on every interface, for proxies on other hosts (docs/operations.md#drones).
-        // On a network it is reached at its own address there: nothing published.
-        let port_bindings =
-            self.options.network.is_none().then(|| port_bindings(&port_key, self.options.advertise_host.is_some()));
-        let networking_config = self.options.network.as_ref().zip(address).map(|(network, address)| {
-            let endpoint = EndpointSettings {
-                ipam_config: Some(EndpointIpamConfig { ipv4_address: Some(address.to_string()), ..Default::default() }),
-                ..Default::default()
-            };
-            NetworkingConfig { endpoints_config: Some(HashMap::from([(network.name.clone(), endpoint)])) }
-        });
         let host_config = HostConfig {
-            port_bindings,
-            network_mode: self.options.network.as_ref().map(|network| network.name.clone()),
             nano_cpus: (limits.cpu_millis > 0).then(|| (limits.cpu_millis * 1_000_000) as i64),
             memory: (limits.memory_bytes > 0).then_some(limits.memory_bytes as i64),
             // Same as memory: no swap, so exceeding the limit is an OOM kill, not a slow crawl.
@@ -407,47 +427,9 @@ impl DockerRuntime {
             cmd: (!spec.command.is_empty() || !spec.args.is_empty()).then(|| spec.args.clone()),
             env: Some(env),
             labels: Some(labels),
-            exposed_ports: Some(HashMap::from([(port_key, HashMap::new())])),
             host_config: Some(host_config),
-            networking_config,
             ..Default::default()
         }
-    }
-
-    /// Where a proxy reaches the backend: its address on the runtime's network, or its published
-    /// port (see [`published_address`]); `None` while the engine reports neither yet.
-    fn reached_at(&self, container: &ContainerInspectResponse) -> Option<String> {
-        match &self.options.network {
-            Some(network) => network_address(container, &network.name),
-            None => published_address(container, self.options.advertise_host.as_deref()),
-        }
-    }
-
-    /// The next address of the slice after `cursor` that no container on the network holds;
-    /// the cursor moves past it.
-    async fn pick_address(&self, network: &DockerNetwork, cursor: &mut u32) -> Result<Ipv4Addr, RuntimeError> {
-        let Some(found) = inspect_network(&self.docker, &network.name).await? else {
-            return Err(RuntimeError::Unavailable(format!("no Docker network {}", network.name)));
-        };
-        let in_use: std::collections::HashSet<Ipv4Addr> = found
-            .containers
-            .unwrap_or_default()
-            .values()
-            .filter_map(|c| c.ipv4_address.as_deref()?.split('/').next()?.parse().ok())
-            .collect();
-        let hosts: Vec<Ipv4Addr> = network.addresses.hosts().collect();
-        let size = hosts.len() as u32;
-        for step in 0..size {
-            let offset = cursor.wrapping_add(step) % size;
-            if !in_use.contains(&hosts[offset as usize]) {
-                *cursor = offset.wrapping_add(1) % size;
-                return Ok(hosts[offset as usize]);
-            }
-        }
-        Err(RuntimeError::Unavailable(format!(
-            "every address of {} on the Docker network {} is in use",
-            network.addresses, network.name
-        )))
     }
 
     /// Creates the backend's container (in `sandbox`, when given) and starts it, or adopts the
@@ -456,23 +438,19 @@ impl DockerRuntime {
         let backend_id = spec.backend_id.clone();
         let name = self.container_name(&backend_id);
         let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
-        // Whether the container is the one just created: then it has never run, and the engine
-        // need not be asked before starting it (one round trip fewer on every cold start).
-        // On a network, the address is picked and the container created under one lock.
-        let mut cursor = match &self.options.network {
-            Some(_) => Some(self.next_address.lock().await),
-            None => None,
-        };
-        let address = match (&self.options.network, cursor.as_deref_mut()) {
-            (Some(network), Some(cursor)) => Some(self.pick_address(network, cursor).await?),
+        // On a network, a backend in a sandbox is at the sandbox's address; any other takes the
+        // next of the slice, and is created before the picker lets another pick.
+        let picked = match (&self.addresses, &sandbox) {
+            (Some(addresses), None) => Some(addresses.pick(0).await?),
             _ => None,
         };
-        let mut body = self.create_body(spec, address);
-        if let Some(sandbox) = &sandbox {
-            join_sandbox(&mut body, sandbox);
+        let mut body = self.create_body(spec);
+        match &sandbox {
+            Some(sandbox) => join_sandbox(&mut body, sandbox),
+            None => self.options.expose(&mut body, spec.container_port(), picked.as_ref().map(|p| p.address)),
         }
         let created = self.docker.create_container(Some(options), body).await;
-        drop(cursor.take());
+        drop(picked);
         if created.is_err()
             && let (Some(pool), Some(sandbox)) = (&self.sandboxes, sandbox.take())
         {
@@ -494,6 +472,8 @@ impl DockerRuntime {
             }
             Err(err) => return Err(Failure::Runtime(unavailable(err))),
         };
+        // Whether the container is the one just created: then it has never run, and the engine
+        // need not be asked before starting it (one round trip fewer on every cold start).
         let never_started = created.is_some() || {
             let existing = self.inspect_container(&backend_id).await?;
             existing
@@ -543,11 +523,11 @@ impl DockerRuntime {
         loop {
             let container = self.inspect_container(backend_id).await?;
             let Some(container) = container else { return Ok((String::new(), None)) };
-            if let Some(address) = self.reached_at(&container) {
+            if let Some(address) = self.options.reached_at(&container) {
                 return Ok((address, Some(container)));
             }
             if sandbox_of(&container).is_some() {
-                // Adopted in its sandbox, whose port is published since it was made.
+                // Adopted in its sandbox, which has been reachable since it was made.
                 let address = self.address_of(backend_id, &container).await;
                 return Ok((address, Some(container)));
             }
@@ -625,11 +605,10 @@ fn sandbox_of(container: &ContainerInspectResponse) -> Option<&str> {
     container.config.as_ref()?.labels.as_ref()?.get(LABEL_SANDBOX).map(String::as_str)
 }
 
-/// Makes `body` a backend in `sandbox`'s network namespace: the sandbox publishes the port.
+/// Makes `body` a backend in `sandbox`'s network namespace, which is reached already (published
+/// port, or address on the network): nothing of the backend's own is published or attached.
 fn join_sandbox(body: &mut ContainerCreateBody, sandbox: &Sandbox) {
-    body.exposed_ports = None;
     if let Some(host_config) = body.host_config.as_mut() {
-        host_config.port_bindings = None;
         host_config.network_mode = Some(format!("container:{}", sandbox.id));
     }
     if let Some(labels) = body.labels.as_mut() {
@@ -760,11 +739,10 @@ impl Runtime for DockerRuntime {
             }
             self.started.lock().unwrap().remove(&backend_id);
         }
-        // A ready sandbox when the backend can use one: the published default port, no network.
+        // A ready sandbox when the backend can use one: on the default port, the one sandboxes
+        // are reached at.
         let sandbox = match &self.sandboxes {
-            Some(pool) if self.options.network.is_none() && spec.container_port() == DEFAULT_BACKEND_PORT => {
-                pool.take()
-            }
+            Some(pool) if spec.container_port() == DEFAULT_BACKEND_PORT => pool.take(),
             _ => None,
         };
         let started = match self.create_and_start(&spec, sandbox.clone()).await {

@@ -5,12 +5,19 @@
 //! namespace of its own took 200–260 ms and one joining an existing namespace 80–100 ms
 //! (BENCHMARKS.md, "coldstart"). So the runtime keeps a few sandboxes ready, as Kubernetes keeps
 //! a pod's network in its "pause" container: a sandbox is a container that only holds a network
-//! namespace, with the default backend port published, and a backend started while one is ready
-//! joins it (`NetworkMode: container:<sandbox>`) instead of making its own. Each backend still
-//! has a namespace to itself: a sandbox serves one backend, is removed with it, and the pool
-//! makes another in the background. A backend that cannot use one (another port, a Docker
-//! network, an empty pool) starts as before, so no start ever waits for the pool
+//! namespace, reached as a backend on the default port would be, and a backend started while one
+//! is ready joins it (`NetworkMode: container:<sandbox>`) instead of making its own. Each backend
+//! still has a namespace to itself: a sandbox serves one backend, is removed with it, and the
+//! pool makes another in the background. A backend that cannot use one (another port, an empty
+//! pool) starts as before, so no start ever waits for the pool
 //! (docs/design/executor-protocol.md#the-runtimes).
+//!
+//! Without a Docker network a sandbox publishes the default port. On the runtime's network it
+//! publishes nothing and joins the network at an address of the runtime's slice, picked as a
+//! backend's is, by the one [`AddressPicker`]: so the address a backend in a sandbox is reached
+//! at comes in the same rotation as any other, and an idle sandbox's address counts as in use.
+//! A sandbox never takes the slice's last free address, which is left for a backend that cannot
+//! use a sandbox.
 //!
 //! Sandboxes carry the runtime's labels and `hangar.role=sandbox` but no backend id, so listings
 //! and the event watcher never take one for a backend; a backend in one carries
@@ -18,6 +25,7 @@
 //! uses before it makes new ones.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,10 +36,9 @@ use hangar_agent::Backoff;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::addresses::AddressPicker;
 use super::local_image::ensure_executable_image;
-use super::{
-    ExecutableImage, LABEL_PORT, PortWait, force_remove, label_filters, port_bindings, published_address, unavailable,
-};
+use super::{DockerOptions, ExecutableImage, LABEL_PORT, PortWait, force_remove, label_filters, unavailable};
 use crate::runtime::{DEFAULT_BACKEND_PORT, LABEL_EXECUTOR, LABEL_MANAGED, RuntimeError};
 
 /// On a sandbox: `sandbox`.
@@ -67,7 +74,8 @@ impl WarmSandboxes {
     }
 }
 
-/// A ready sandbox: where a backend that joins it is reached.
+/// A ready sandbox: where a backend that joins it is reached (`HOST:PORT` of the published port,
+/// or `IP:8080` on the network).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Sandbox {
     pub id: String,
@@ -104,11 +112,12 @@ impl SandboxPool {
 /// The background task that keeps `count` sandboxes ready.
 pub(super) struct SandboxKeeper {
     pub docker: Docker,
-    pub instance: String,
-    pub advertise_host: Option<String>,
-    pub port_wait: Duration,
+    /// The runtime's: its instance, how its backends are reached, how long to wait for that.
+    pub options: DockerOptions,
     pub warm: WarmSandboxes,
     pub pool: Arc<SandboxPool>,
+    /// With a network: the runtime's own picker, shared with the backends' starts.
+    pub addresses: Option<Arc<AddressPicker>>,
 }
 
 impl SandboxKeeper {
@@ -161,36 +170,40 @@ impl SandboxKeeper {
         }
     }
 
-    /// Creates and starts a sandbox, and waits for the engine to report its published port.
+    /// Creates and starts a sandbox, and waits for the engine to report where it is reached.
     async fn make(&self) -> Result<Sandbox, RuntimeError> {
-        let name = format!("hangar-{}-sandbox-{}", self.instance, &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let port_key = format!("{DEFAULT_BACKEND_PORT}/tcp");
+        let instance = &self.options.instance;
+        let name = format!("hangar-{instance}-sandbox-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
-            (LABEL_EXECUTOR.to_string(), self.instance.clone()),
+            (LABEL_EXECUTOR.to_string(), instance.clone()),
             (LABEL_ROLE.to_string(), "sandbox".to_string()),
             (LABEL_PORT.to_string(), DEFAULT_BACKEND_PORT.to_string()),
         ]);
-        let body = ContainerCreateBody {
+        let mut body = ContainerCreateBody {
             image: Some(self.warm.image.reference.clone()),
             labels: Some(labels),
-            exposed_ports: Some(HashMap::from([(port_key.clone(), HashMap::new())])),
-            host_config: Some(HostConfig {
-                port_bindings: Some(port_bindings(&port_key, self.advertise_host.is_some())),
-                // It only waits for a signal.
-                pids_limit: Some(8),
-                ..Default::default()
-            }),
+            // It only waits for a signal.
+            host_config: Some(HostConfig { pids_limit: Some(8), ..Default::default() }),
             ..Default::default()
         };
+        // As for a backend, the address is picked and the container created under one lock.
+        let picked = match &self.addresses {
+            Some(addresses) => Some(addresses.pick(1).await?),
+            None => None,
+        };
+        let asked = picked.as_ref().map(|picked| picked.address);
+        self.options.expose(&mut body, DEFAULT_BACKEND_PORT, asked);
         let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
-        let created = self.docker.create_container(Some(options), body).await.map_err(unavailable)?;
+        let created = self.docker.create_container(Some(options), body).await;
+        drop(picked);
+        let created = created.map_err(unavailable)?;
         let made = async {
             self.docker
                 .start_container(&created.id, None::<bollard::query_parameters::StartContainerOptions>)
                 .await
                 .map_err(unavailable)?;
-            let mut wait = PortWait::new(self.port_wait);
+            let mut wait = PortWait::new(self.options.port_wait);
             loop {
                 let container = self
                     .docker
@@ -201,12 +214,13 @@ impl SandboxKeeper {
                 if !running {
                     return Err(RuntimeError::internal(format!("network sandbox {name} ended right after its start")));
                 }
-                if let Some(address) = published_address(&container, self.advertise_host.as_deref()) {
+                if let Some(address) = self.options.reached_at(&container) {
+                    check_address(&name, &address, asked)?;
                     return Ok(Sandbox { id: created.id.clone(), address });
                 }
                 if wait.expired() {
                     return Err(RuntimeError::internal(format!(
-                        "the engine did not report network sandbox {name}'s published port in time"
+                        "the engine did not report where network sandbox {name} is reached in time"
                     )));
                 }
                 wait.pause().await;
@@ -222,8 +236,11 @@ impl SandboxKeeper {
     /// Removes this runtime's sandboxes that no backend container is in (left by an earlier
     /// life of the runtime, ready but never taken).
     async fn remove_unused(&self) -> Result<(), RuntimeError> {
-        let options =
-            ListContainersOptions { all: true, filters: Some(label_filters(&self.instance)), ..Default::default() };
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(label_filters(&self.options.instance)),
+            ..Default::default()
+        };
         let containers = self.docker.list_containers(Some(options)).await.map_err(unavailable)?;
         let in_use: HashSet<String> =
             containers.iter().filter_map(|c| c.labels.as_ref().and_then(|l| l.get(LABEL_SANDBOX)).cloned()).collect();
@@ -237,6 +254,18 @@ impl SandboxKeeper {
         }
         Ok(())
     }
+}
+
+/// That the engine put a sandbox at the address it was `asked` to (`address` is where the sandbox
+/// is reached, `IP:PORT`). One it put elsewhere is not used: it would be at an address out of the
+/// rotation (one a proxy may still route an ended backend's URL to), or out of the slice.
+fn check_address(name: &str, address: &str, asked: Option<Ipv4Addr>) -> Result<(), RuntimeError> {
+    let Some(asked) = asked else { return Ok(()) };
+    let ip = address.rsplit_once(':').and_then(|(ip, _)| ip.parse::<Ipv4Addr>().ok());
+    if ip == Some(asked) {
+        return Ok(());
+    }
+    Err(RuntimeError::internal(format!("the engine put network sandbox {name} at {address}, not at {asked} as asked")))
 }
 
 /// Removes a network sandbox by id, whatever state it is in; gone already is fine, and a failure
