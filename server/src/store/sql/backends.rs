@@ -74,6 +74,15 @@ fn kind_rank(kind: TerminationKind) -> u8 {
     }
 }
 
+/// Frees the key backend `$1` holds. A key is found by its holder on the index of held keys
+/// (migration 0008), which the condition on `''` lets the planners use: without it this scanned
+/// every key ever used, under the write lock, on every backend's end (BENCHMARKS.md, "A key
+/// found by its holder").
+const FREE_HOLDERS_KEY: &str = "UPDATE backend_keys SET backend_id = '' WHERE backend_id = $1 AND backend_id <> ''";
+
+/// The lease of the key backend `$1` holds, found as in [`FREE_HOLDERS_KEY`].
+const HOLDERS_LEASE: &str = "SELECT lease_expires_at FROM backend_keys WHERE backend_id = $1 AND backend_id <> ''";
+
 impl<DB> SqlStore<DB>
 where
     DB: Dialect,
@@ -305,10 +314,7 @@ where
         backend_id: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        for sql in [
-            "UPDATE backend_keys SET backend_id = '' WHERE backend_id = $1",
-            "DELETE FROM drone_actions WHERE backend_id = $1",
-        ] {
+        for sql in [FREE_HOLDERS_KEY, "DELETE FROM drone_actions WHERE backend_id = $1"] {
             sqlx::query(sql).bind(backend_id.to_string()).execute(&mut **tx).await.map_err(from_sqlx)?;
         }
         let until = rows::millis(now + TERMINATED_TOKEN_GRACE);
@@ -754,7 +760,7 @@ where
         lease: Duration,
     ) -> Result<Option<Backend>, StoreError> {
         let (mut tx, revision) = self.begin_write().await?;
-        let row = sqlx::query("SELECT lease_expires_at FROM backend_keys WHERE backend_id = $1")
+        let row = sqlx::query(HOLDERS_LEASE)
             .bind(backend_id.to_string())
             .fetch_optional(&mut *tx)
             .await
@@ -772,11 +778,7 @@ where
             // made wait.
             return Ok(Some(backend));
         }
-        sqlx::query("UPDATE backend_keys SET backend_id = '' WHERE backend_id = $1")
-            .bind(backend_id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(from_sqlx)?;
+        sqlx::query(FREE_HOLDERS_KEY).bind(backend_id.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
         if lost && backend.status.state.is_live() {
             let previous = backend.status.state;
             Self::end_lost(&mut tx, &mut backend, revision, now).await?;
@@ -935,4 +937,28 @@ where
 /// Rows an UPDATE touched, whatever the database.
 fn rows_affected<DB: Dialect>(result: &DB::QueryResult) -> u64 {
     DB::rows_affected(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FREE_HOLDERS_KEY, HOLDERS_LEASE};
+    use crate::store::SqliteStore;
+    use sqlx::Row;
+
+    /// SQLite plans by rules, not table sizes, so its plan on an empty database is the plan on
+    /// a full one: neither statement may scan the keys.
+    #[tokio::test]
+    async fn sqlite_finds_a_key_by_its_holder_on_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&format!("sqlite://{}/hangar.db", dir.path().display())).await.unwrap();
+        for sql in [FREE_HOLDERS_KEY, HOLDERS_LEASE] {
+            let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .bind("bk-1")
+                .fetch_all(store.read_pool())
+                .await
+                .unwrap();
+            let plan: Vec<String> = rows.iter().map(|row| row.get::<String, _>(3)).collect();
+            assert!(plan.iter().any(|step| step.contains("USING INDEX backend_keys_by_holder")), "{sql}: {plan:?}");
+        }
+    }
 }
