@@ -133,7 +133,12 @@ impl Fleet {
         backend_id: String,
         spawn: v1::SpawnBackend,
     ) -> Result<(), JournalError> {
-        if !self.outbox.journal.accept_spawn(&action_id, &backend_id, &spawn).await? {
+        // The lease started at Connect, and the Spawn may have waited since: what the controller
+        // says is left counts (an older controller says nothing: a whole lease from now). The
+        // journal keeps its start as the key's last renewal, for a restart to count from.
+        let spent = lease_spent(&spawn);
+        let lease_started = chrono::Utc::now() - chrono::Duration::from_std(spent).unwrap_or_default();
+        if !self.outbox.journal.accept_spawn(&action_id, &backend_id, &spawn, lease_started).await? {
             tracing::debug!(%action_id, "redelivered spawn; already handled");
             return Ok(());
         }
@@ -144,14 +149,6 @@ impl Fleet {
         // start, the readiness probe and the READY report.
         let startup = tracing::info_span!(target: SPAN_TARGET, "drone.start", otel.name = "drone start backend", hangar.backend_id = %backend_id);
         let lifecycle = Lifecycle::new(backend_id.clone(), BackendState::Scheduled, String::new());
-        // The lease started at Connect, and the Spawn may have waited since: what the controller
-        // says is left counts (an older controller says nothing: a whole lease from now).
-        let spent = lease_spent(&spawn);
-        if spawn.key.is_some() {
-            // A restart counts the lease from its start too, not from the restart.
-            let sent_at = chrono::Utc::now() - chrono::Duration::from_std(spent).unwrap_or_default();
-            self.journal_renewals(Confirmed { backend_ids: vec![backend_id.clone()], sent_at }).await;
-        }
         let lease_confirmed = Confirmation::ago(spent, Instant::now());
         self.launch(backend_id, spawn, lifecycle, Resume::FromScratch, None, lease_confirmed, startup);
         Ok(())

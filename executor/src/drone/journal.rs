@@ -126,6 +126,7 @@ impl Journal {
         action_id: &str,
         backend_id: &str,
         spawn: &v1::SpawnBackend,
+        lease_started: DateTime<Utc>,
     ) -> Result<bool, JournalError> {
         let mut tx = self.pool.begin().await?;
         if !insert_action(&mut tx, action_id, backend_id).await? {
@@ -139,7 +140,7 @@ impl Journal {
         .bind(backend_id)
         .bind(spawn.encode_to_vec())
         .bind(BackendState::Scheduled.as_str())
-        .bind(now)
+        .bind(lease_started.timestamp_millis())
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -385,8 +386,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(Some(dir.path())).await.unwrap();
         let spawn = v1::SpawnBackend::default();
-        assert!(journal.accept_spawn("act-1", "bk-1", &spawn).await.unwrap());
-        assert!(!journal.accept_spawn("act-1", "bk-1", &spawn).await.unwrap());
+        // The key's lease started before the Spawn arrived: a restart counts from then.
+        let lease_started = DateTime::from_timestamp_millis(Utc::now().timestamp_millis() - 12_000).unwrap();
+        assert!(journal.accept_spawn("act-1", "bk-1", &spawn, lease_started).await.unwrap());
+        assert!(!journal.accept_spawn("act-1", "bk-1", &spawn, Utc::now()).await.unwrap());
         journal.append_event(&event("ev-1", "bk-1"), BackendState::Loading).await.unwrap();
         journal.append_event(&event("ev-2", "bk-1"), BackendState::Starting).await.unwrap();
         journal.ack_event("ev-1").await.unwrap();
@@ -397,6 +400,7 @@ mod tests {
         assert_eq!(left.iter().map(|(_, e)| e.event_id.as_str()).collect::<Vec<_>>(), ["ev-2"]);
         let live = journal.live_backends().await.unwrap();
         assert_eq!(live.len(), 1);
+        assert_eq!(live[0].lease_renewed_at, Some(lease_started));
         assert_eq!(live[0].state, BackendState::Starting);
         journal.accept_terminate("act-2", "bk-1", TerminationKind::Soft, TerminationReason::External).await.unwrap();
         let live = journal.live_backends().await.unwrap();
