@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::oneshot;
 
-use crate::runtime::docker::{DockerOptions, DockerRuntime};
+use crate::runtime::docker::{DockerOptions, DockerRuntime, LABEL_ROLE};
 use crate::runtime::{LABEL_EXECUTOR, Runtime, RuntimeError};
 use crate::socket::client::ExecutorClient;
 use crate::socket::server::{self, ServerOptions};
@@ -221,3 +221,42 @@ pub fn serve_on(
 
 /// The suite's HTTP helpers, for tests that check a backend the same way.
 pub use crate::conformance::{http_get, wait_for_http};
+
+/// Runs the `docker` CLI with `args` and returns what it printed, failing the test if it fails:
+/// what a test checks of the engine, asked the way an operator would.
+pub fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().expect("run docker");
+    assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The network mode of `container` (`container:<id>` for a backend in a sandbox).
+pub fn network_mode(container: &str) -> String {
+    docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", container])
+}
+
+/// Whether the engine knows `container`.
+pub fn container_exists(container: &str) -> bool {
+    Command::new("docker").args(["inspect", container]).output().unwrap().status.success()
+}
+
+/// Ids of the instance's running sandboxes.
+pub fn running_sandboxes(instance: &str) -> Vec<String> {
+    let (executor, role) = (format!("label={LABEL_EXECUTOR}={instance}"), format!("label={LABEL_ROLE}=sandbox"));
+    let listed = docker(&["ps", "-q", "--no-trunc", "--filter", &executor, "--filter", &role]);
+    listed.split_whitespace().map(String::from).collect()
+}
+
+/// Waits until `check` holds on the instance's running sandboxes, returning them.
+pub async fn sandboxes_until(instance: &str, what: &str, check: impl Fn(&[String]) -> bool) -> Vec<String> {
+    // The first wait includes building the sandbox image from the drone's binary.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let sandboxes = running_sandboxes(instance);
+        if check(&sandboxes) {
+            return sandboxes;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: sandboxes now {sandboxes:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -12,7 +12,8 @@ use futures::StreamExt;
 use hangar_executor::runtime::docker::{DockerOptions, DockerRuntime, LABEL_ROLE, LABEL_SANDBOX, WarmSandboxes};
 use hangar_executor::runtime::{BackendSpec, BackendState, EventKind, LABEL_EXECUTOR, Runtime};
 use hangar_executor::testing::{
-    ContainerCleanup, docker_or_skip, docker_or_skip_with, test_image, unique_name, wait_for_http,
+    ContainerCleanup, container_exists, docker, docker_or_skip, docker_or_skip_with, network_mode, sandboxes_until,
+    test_image, unique_name, wait_for_http,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,9 +235,9 @@ async fn a_backend_on_a_docker_network_starts_in_a_warm_sandbox_at_its_own_addre
     assert!(slice.contains(&spare_ip) && spare_ip != sandbox_ip, "the spare is at {spare_ip}");
 
     runtime.remove("in-sandbox").await.unwrap();
-    assert!(!exists(&ready[0]), "the backend's sandbox is removed with it");
+    assert!(!container_exists(&ready[0]), "the backend's sandbox is removed with it");
     runtime.shutdown().await;
-    assert!(!exists(&spare), "the spare sandbox went with the runtime");
+    assert!(!container_exists(&spare), "the spare sandbox went with the runtime");
 }
 
 /// Sandboxes take their addresses from the one rotation backends take theirs from: a backend
@@ -347,7 +348,7 @@ async fn a_restarted_runtime_reports_a_backend_in_a_sandbox_on_a_network_at_the_
     assert_eq!((again.runtime_id, again.address.as_str()), (started.runtime_id, started.address.as_str()), "a retry");
     assert_eq!(wait_for_http(&started.address, "/", Duration::from_secs(20)).await.0, 200);
     runtime.remove("adopted").await.unwrap();
-    assert!(!exists(&ready[0]), "the backend's sandbox is removed with it");
+    assert!(!container_exists(&ready[0]), "the backend's sandbox is removed with it");
     runtime.shutdown().await;
 }
 
@@ -385,12 +386,6 @@ impl Drop for TestNetwork {
 }
 
 /// The docker CLI's stdout, trimmed; panics with its stderr when it fails.
-fn docker(args: &[&str]) -> String {
-    let output = std::process::Command::new("docker").args(args).output().expect("the docker CLI");
-    assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
 /// `container`'s address on `network`.
 fn ip_on(container: &str, network: &str) -> Ipv4Addr {
     let template = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
@@ -402,35 +397,6 @@ fn ip_on(container: &str, network: &str) -> Ipv4Addr {
 fn published_ports(container: &str) -> String {
     let template = "{{range $p, $b := .NetworkSettings.Ports}}{{range $b}}{{.HostPort}} {{end}}{{end}}";
     docker(&["inspect", "-f", template, container])
-}
-
-fn network_mode(container: &str) -> String {
-    docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", container])
-}
-
-fn exists(container: &str) -> bool {
-    std::process::Command::new("docker").args(["inspect", container]).output().unwrap().status.success()
-}
-
-/// Ids of the instance's running sandboxes.
-fn running_sandboxes(instance: &str) -> Vec<String> {
-    let (executor, role) = (format!("label={LABEL_EXECUTOR}={instance}"), format!("label={LABEL_ROLE}=sandbox"));
-    let listed = docker(&["ps", "-q", "--no-trunc", "--filter", &executor, "--filter", &role]);
-    listed.split_whitespace().map(String::from).collect()
-}
-
-/// Waits until `check` holds on the running sandboxes, returning them.
-async fn sandboxes_until(instance: &str, what: &str, check: impl Fn(&[String]) -> bool) -> Vec<String> {
-    // The first wait includes building the sandbox image from the drone's binary.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let sandboxes = running_sandboxes(instance);
-        if check(&sandboxes) {
-            return sandboxes;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: sandboxes now {sandboxes:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The addresses of the instance's sandboxes once `count` are ready (none in use: each test

@@ -13,7 +13,10 @@ use futures::StreamExt;
 use hangar_executor::conformance::wait_for_http;
 use hangar_executor::runtime::docker::{DockerOptions, DockerRuntime, LABEL_ROLE, LABEL_SANDBOX, WarmSandboxes};
 use hangar_executor::runtime::{BackendSpec, EventKind, EventStream, LABEL_EXECUTOR, Runtime};
-use hangar_executor::testing::{ContainerCleanup, docker_or_skip_with, test_image, unique_name};
+use hangar_executor::testing::{
+    ContainerCleanup, container_exists, docker, docker_or_skip_with, network_mode, running_sandboxes, sandboxes_until,
+    test_image, unique_name,
+};
 
 fn options(instance: &str, count: usize) -> DockerOptions {
     // The drone's own binary has the `sandbox` subcommand the sandbox image runs.
@@ -23,41 +26,6 @@ fn options(instance: &str, count: usize) -> DockerOptions {
         warm_sandboxes: Some(WarmSandboxes::of_executable(count, executable)),
         ..Default::default()
     }
-}
-
-fn docker(args: &[&str]) -> String {
-    let output = std::process::Command::new("docker").args(args).output().expect("run docker");
-    assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// Ids of the instance's running sandboxes.
-fn running_sandboxes(instance: &str) -> Vec<String> {
-    let (executor, role) = (format!("label={LABEL_EXECUTOR}={instance}"), format!("label={LABEL_ROLE}=sandbox"));
-    let listed = docker(&["ps", "-q", "--no-trunc", "--filter", &executor, "--filter", &role]);
-    listed.split_whitespace().map(String::from).collect()
-}
-
-/// Waits until `check` holds on the running sandboxes, returning them.
-async fn sandboxes_until(instance: &str, what: &str, check: impl Fn(&[String]) -> bool) -> Vec<String> {
-    // The first wait includes building the sandbox image from the drone's binary.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let sandboxes = running_sandboxes(instance);
-        if check(&sandboxes) {
-            return sandboxes;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: sandboxes now {sandboxes:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn network_mode(container: &str) -> String {
-    docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", container])
-}
-
-fn exists(container: &str) -> bool {
-    std::process::Command::new("docker").args(["inspect", container]).output().unwrap().status.success()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +59,7 @@ async fn a_backend_starts_in_a_warm_sandbox_and_takes_it_along_when_removed_and_
     // (killed) is removed by the next one. The backend's own stays, and the next runtime reports
     // the backend at its port without having started it.
     runtime.shutdown().await;
-    assert!(!exists(&spare), "the spare sandbox went with the runtime");
+    assert!(!container_exists(&spare), "the spare sandbox went with the runtime");
     let orphan = docker(&[
         "run",
         "-d",
@@ -113,7 +81,7 @@ async fn a_backend_starts_in_a_warm_sandbox_and_takes_it_along_when_removed_and_
 
     // The backend's removal takes its sandbox along.
     runtime.remove("in-sandbox").await.unwrap();
-    assert!(!exists(&ready[0]), "the backend's sandbox is removed with it");
+    assert!(!container_exists(&ready[0]), "the backend's sandbox is removed with it");
     runtime.shutdown().await;
 }
 
@@ -139,7 +107,7 @@ async fn a_backend_that_cannot_use_a_sandbox_starts_in_a_namespace_of_its_own() 
     let started = runtime.start(spec).await.unwrap();
     assert_eq!(network_mode(&started.runtime_id), "default", "started without the dead sandbox");
     assert_eq!(wait_for_http(&started.address, "/", Duration::from_secs(20)).await.0, 200);
-    assert!(!exists(&ready[0]), "the dead sandbox is removed");
+    assert!(!container_exists(&ready[0]), "the dead sandbox is removed");
     runtime.remove("own-port").await.unwrap();
     runtime.remove("fallback").await.unwrap();
     runtime.shutdown().await;
