@@ -260,3 +260,13 @@ pub async fn sandboxes_until(instance: &str, what: &str, check: impl Fn(&[String
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Runs a sandbox of `instance` from `image` as a killed runtime would have left it (no backend
+/// in it), with more `docker run` arguments (a network and an address); returns its id.
+pub fn leftover_sandbox(instance: &str, image: &str, more: &[&str]) -> String {
+    let (executor, role) = (format!("{LABEL_EXECUTOR}={instance}"), format!("{LABEL_ROLE}=sandbox"));
+    let mut args = vec!["run", "-d", "--label", "hangar.managed=true", "--label", &executor, "--label", &role];
+    args.extend_from_slice(more);
+    args.push(image);
+    docker(&args)
+}

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hangar_executor::runtime::docker::{DockerOptions, DockerRuntime, LABEL_ROLE, LABEL_SANDBOX, WarmSandboxes};
-use hangar_executor::runtime::{BackendSpec, BackendState, EventKind, LABEL_EXECUTOR, Runtime};
+use hangar_executor::runtime::docker::{DockerOptions, DockerRuntime, LABEL_SANDBOX, WarmSandboxes};
+use hangar_executor::runtime::{BackendSpec, BackendState, EventKind, Runtime};
 use hangar_executor::testing::{
-    ContainerCleanup, container_exists, docker, docker_or_skip, docker_or_skip_with, network_mode, sandboxes_until,
-    test_image, unique_name, wait_for_http,
+    ContainerCleanup, container_exists, docker, docker_or_skip, docker_or_skip_with, leftover_sandbox, network_mode,
+    sandboxes_until, test_image, unique_name, wait_for_http,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,21 +321,8 @@ async fn a_restarted_runtime_reports_a_backend_in_a_sandbox_on_a_network_at_the_
     // A sandbox a killed runtime left, at an address of the slice nobody holds.
     let held = ip_on(&ready[0], &instance);
     let free = slice.hosts().find(|ip| *ip != held).unwrap();
-    let orphan = docker(&[
-        "run",
-        "-d",
-        "--network",
-        &instance,
-        "--ip",
-        &free.to_string(),
-        "--label",
-        "hangar.managed=true",
-        "--label",
-        &format!("{LABEL_EXECUTOR}={instance}"),
-        "--label",
-        &format!("{LABEL_ROLE}=sandbox"),
-        &options.warm_sandboxes.as_ref().unwrap().image.reference,
-    ]);
+    let image = &options.warm_sandboxes.as_ref().unwrap().image.reference;
+    let orphan = leftover_sandbox(&instance, image, &["--network", &instance, "--ip", &free.to_string()]);
     let runtime = DockerRuntime::connect(options).await.unwrap();
     sandboxes_until(&instance, "the orphan removed, a new spare made", |s| {
         s.len() == 2 && s.contains(&ready[0]) && !s.contains(&orphan)

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hangar_executor::conformance::wait_for_http;
-use hangar_executor::runtime::docker::{DockerOptions, DockerRuntime, LABEL_ROLE, LABEL_SANDBOX, WarmSandboxes};
-use hangar_executor::runtime::{BackendSpec, EventKind, EventStream, LABEL_EXECUTOR, Runtime};
+use hangar_executor::runtime::docker::{DockerOptions, DockerRuntime, LABEL_SANDBOX, WarmSandboxes};
+use hangar_executor::runtime::{BackendSpec, EventKind, EventStream, Runtime};
 use hangar_executor::testing::{
-    ContainerCleanup, container_exists, docker, docker_or_skip_with, network_mode, running_sandboxes, sandboxes_until,
-    test_image, unique_name,
+    ContainerCleanup, container_exists, docker, docker_or_skip_with, leftover_sandbox, network_mode, running_sandboxes,
+    sandboxes_until, test_image, unique_name,
 };
 
 fn options(instance: &str, count: usize) -> DockerOptions {
@@ -60,17 +60,7 @@ async fn a_backend_starts_in_a_warm_sandbox_and_takes_it_along_when_removed_and_
     // the backend at its port without having started it.
     runtime.shutdown().await;
     assert!(!container_exists(&spare), "the spare sandbox went with the runtime");
-    let orphan = docker(&[
-        "run",
-        "-d",
-        "--label",
-        "hangar.managed=true",
-        "--label",
-        &format!("{LABEL_EXECUTOR}={instance}"),
-        "--label",
-        &format!("{LABEL_ROLE}=sandbox"),
-        &options(&instance, 1).warm_sandboxes.unwrap().image.reference,
-    ]);
+    let orphan = leftover_sandbox(&instance, &options(&instance, 1).warm_sandboxes.unwrap().image.reference, &[]);
     drop(runtime);
     let runtime = DockerRuntime::connect(options(&instance, 1)).await.unwrap();
     sandboxes_until(&instance, "the orphan removed, a new spare made", |s| {
