@@ -212,8 +212,9 @@ struct BackendDefaultArgs {
     /// not --hard, an idle or lifetime limit, a lost key lease). 0 kills at once.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     stop_grace: Duration,
-    /// How long the URL token a Connect answers stays valid for new requests through the proxy
-    /// (connections already open are not cut when it expires). At least 1s.
+    /// How long the URL token a Connect answers admits requests through the proxy: every
+    /// request after it expires is refused, even on a connection open since before, while a
+    /// WebSocket opened before then stays open. At least 1s.
     #[arg(long, default_value = "1h", value_parser = parse_at_least_a_second, value_name = "DURATION")]
     token_ttl: Duration,
 }
