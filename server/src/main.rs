@@ -518,9 +518,10 @@ fn generate_token(args: TokenGenerateArgs) {
     );
 }
 
-/// Prints a line after the "listening on" line. That line stays the first one a start prints
-/// (scripts wait for it), and a harness may stop reading and close the pipe once it has seen it:
-/// a write to a closed stdout must not end the server, as `println!` would (it panics).
+/// Prints a line after the "listening on" line, or the dev server's banner. A harness (or
+/// `| head`) may stop reading and close the pipe once it has seen what it waits for (the
+/// "listening on" line, the banner's "Stop with Ctrl-C"): a write to a closed stdout must not end
+/// the server, as `println!` would (it panics, exit code 101).
 fn print_after_ready(line: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -638,7 +639,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     };
     let cluster = DevCluster::start(options).await?;
     let stop = shutdown_signal();
-    println!("{}", banner(&cluster, &args.data_dir));
+    print_after_ready(&banner(&cluster, &args.data_dir));
     stop.await;
     cluster.shutdown().await
 }

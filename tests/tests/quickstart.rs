@@ -2,7 +2,7 @@
 //! `hangar nodes list` shows the dev drone READY, and the first-backend section, read from the
 //! README itself, gets a 200 from the demo backend through the proxy on either runtime.
 
-use hangar_executor::testing::{ContainerCleanup, http_get};
+use hangar_executor::testing::{ContainerCleanup, docker, http_get};
 use hangar_tests::{DevProcess, binary, docker_available};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -20,6 +20,9 @@ impl Drop for KillOnDrop {
 #[test]
 fn dev_server_then_nodes_list_shows_the_dev_drone_ready() {
     let data = tempfile::tempdir().unwrap();
+    // Declared before the server, so dropped after it: on Docker, a server killed by a failing
+    // assertion leaves its warm sandboxes (and one it was making) behind.
+    let mut _cleanup: Option<ContainerCleanup> = None;
     let mut dev = KillOnDrop(
         Command::new(binary("hangar-server"))
             .args([
@@ -55,6 +58,12 @@ fn dev_server_then_nodes_list_shows_the_dev_drone_ready() {
         }
     }
     let url = url.unwrap_or_else(|| panic!("no controller URL in the banner:\n{banner}"));
+    let instance = banner
+        .split_once(" instance ")
+        .and_then(|(_, rest)| rest.split(|c: char| c == ')' || c.is_whitespace()).next())
+        .unwrap_or_else(|| panic!("the banner names the drone's instance:\n{banner}"))
+        .to_string();
+    _cleanup = Some(ContainerCleanup::new(&instance));
     assert!(banner.contains("nodes list"), "the banner says what to try next:\n{banner}");
 
     let output = Command::new(binary("hangar")).args(["--controller", &url, "nodes", "list"]).output().unwrap();
@@ -85,6 +94,17 @@ fn dev_server_then_nodes_list_shows_the_dev_drone_ready() {
     }
     assert!(banner.contains(&format!("{runtime} runtime")), "the banner names the runtime:\n{banner}");
     assert!(doc["revision"].as_u64().unwrap() > 0);
+
+    // Ctrl-C, as the banner says: the server stops cleanly and takes its warm sandboxes along.
+    let status = Command::new("kill").args(["-TERM", &dev.0.id().to_string()]).status().expect("run kill");
+    assert!(status.success());
+    let exit = dev.0.wait().expect("wait for hangar-server dev");
+    assert!(exit.success(), "hangar-server dev did not stop cleanly on SIGTERM: {exit}");
+    if runtime == "docker" {
+        let (executor, role) = (format!("label=hangar.executor={instance}"), "label=hangar.role=sandbox");
+        let left = docker(&["ps", "-aq", "--filter", &executor, "--filter", role]);
+        assert!(left.is_empty(), "sandboxes left after the server stopped: {left}");
+    }
 }
 
 /// The README at the root of the workspace.
