@@ -356,13 +356,25 @@ fn on_network(instance: &str, addresses: ipnet::Ipv4Net, warm: Option<usize>) ->
 struct TestNetwork(String);
 
 impl TestNetwork {
-    /// The network `name` on a /24 of its own (from the name's hash: runs in parallel do not
-    /// collide), and the runtime's slice of it, six addresses.
+    /// The network `name` on a /24 of its own, and the runtime's slice of it, six addresses. The
+    /// /24 starts from the name's hash and moves on while the engine says it overlaps one in
+    /// use (tests running in parallel, each with a network).
     fn create(name: &str) -> (TestNetwork, ipnet::Ipv4Net) {
-        let third = name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 200 + 20;
-        let subnet = format!("10.252.{third}.0/24");
-        docker(&["network", "create", "--subnet", &subnet, "--label", "hangar.test=1", name]);
-        (TestNetwork(name.to_string()), format!("10.252.{third}.64/29").parse().unwrap())
+        let start = name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        for attempt in 0..200 {
+            let third = (start + attempt) % 200 + 20;
+            let subnet = format!("10.252.{third}.0/24");
+            let output = std::process::Command::new("docker")
+                .args(["network", "create", "--subnet", &subnet, "--label", "hangar.test=1", name])
+                .output()
+                .expect("run docker");
+            if output.status.success() {
+                return (TestNetwork(name.to_string()), format!("10.252.{third}.64/29").parse().unwrap());
+            }
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(stderr.contains("overlaps"), "docker network create {name} on {subnet}: {stderr}");
+        }
+        panic!("no free /24 in 10.252.20.0–10.252.219.0 for the network {name}");
     }
 }
 
@@ -372,7 +384,6 @@ impl Drop for TestNetwork {
     }
 }
 
-/// The docker CLI's stdout, trimmed; panics with its stderr when it fails.
 /// `container`'s address on `network`.
 fn ip_on(container: &str, network: &str) -> Ipv4Addr {
     let template = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
