@@ -23,6 +23,7 @@ use crate::procs;
 use crate::result::ResultLine;
 use anyhow::Context;
 use hangar::v1::{self, backend_service_client::BackendServiceClient};
+use hangar_executor::testing::ContainerCleanup;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -317,8 +318,11 @@ struct Dev {
     child: Child,
     controller_url: String,
     dir: tempfile::TempDir,
-    /// Its drone's instance id (the `hangar.executor` label of every container it makes).
-    instance: Option<String>,
+    /// Removes, when the run drops it, whatever its drone left on the engine: a dev server that was
+    /// killed (an error ended the run, or it did not stop within 20 s) leaves its backends and its
+    /// warm network sandboxes running, and its data directory, which alone could find them
+    /// again, goes with the run.
+    _left_behind: Option<ContainerCleanup>,
 }
 
 impl Dev {
@@ -336,15 +340,15 @@ impl Dev {
         let mut child = procs::spawn_owned(command)?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
-        let (mut banner, mut controller_url, mut demo_ready, mut instance) = (String::new(), None, false, None);
+        let (mut banner, mut controller_url, mut demo_ready, mut left_behind) = (String::new(), None, false, None);
         // The banner comes once the demo image is built (Docker: a minute at most, the first time).
         let read = tokio::time::timeout(Duration::from_secs(180), async {
             while let Some(line) = lines.next_line().await? {
                 banner.push_str(&line);
                 banner.push('\n');
                 let words: Vec<&str> = line.split_whitespace().collect();
-                if let Some((_, rest)) = line.split_once(" instance ") {
-                    instance = rest.split(|c: char| c == ')' || c.is_whitespace()).next().map(String::from);
+                if let Some(id) = hangar_server::dev::banner_instance(&line) {
+                    left_behind = Some(ContainerCleanup::new(id));
                 }
                 match words.as_slice() {
                     ["controller", url, ..] => controller_url = Some(url.to_string()),
@@ -371,7 +375,7 @@ impl Dev {
         }
         // Nothing else is printed, but a full pipe must never block the child.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Dev { child, controller_url, dir, instance })
+        Ok(Dev { child, controller_url, dir, _left_behind: left_behind })
     }
 
     async fn channel(&self) -> anyhow::Result<Channel> {
@@ -406,21 +410,8 @@ impl Dev {
 }
 
 impl Drop for Dev {
-    /// Whatever its drone left on the engine goes too: a dev server that was killed (an error
-    /// ended the run, or it did not stop within 20 s) leaves its backends and its warm network
-    /// sandboxes running, and its data directory, which alone could find them again, goes with
-    /// the run.
+    /// The child is killed first; then `_left_behind` removes its containers.
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        let Some(instance) = &self.instance else { return };
-        let filter = format!("label=hangar.executor={instance}");
-        let Ok(listed) = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() else {
-            return;
-        };
-        let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout).split_whitespace().map(String::from).collect();
-        if !ids.is_empty() {
-            eprintln!("removing {} container(s) the dev server of instance {instance} left behind", ids.len());
-            let _ = std::process::Command::new("docker").arg("rm").arg("-f").args(&ids).output();
-        }
     }
 }

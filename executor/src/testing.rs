@@ -149,14 +149,15 @@ impl ContainerCleanup {
 }
 
 impl Drop for ContainerCleanup {
+    /// Never panics (it may run while a panic unwinds): without a `docker` CLI there is nothing
+    /// to remove.
     fn drop(&mut self) {
         let filter = format!("label={LABEL_EXECUTOR}={}", self.instance);
-        let listed = docker_cli(&["ps", "-aq", "--filter", &filter]);
+        let Ok(listed) = Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() else { return };
         let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout).split_whitespace().map(String::from).collect();
         if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids.iter().map(String::as_str));
-            let _ = docker_cli(&args);
+            eprintln!("removing {} container(s) of executor instance {}", ids.len(), self.instance);
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
         }
     }
 }

@@ -487,8 +487,9 @@ impl DevProcess {
 
     /// The drone's instance id (the `hangar.executor` label of its containers), from the banner.
     pub fn instance(&self) -> String {
-        let (_, rest) = self.banner.split_once(" instance ").expect("the banner names the drone's instance");
-        rest.split(|c: char| c == ')' || c.is_whitespace()).next().unwrap().to_string()
+        hangar_server::dev::banner_instance(&self.banner)
+            .unwrap_or_else(|| panic!("the banner names the drone's instance:\n{}", self.banner))
+            .to_string()
     }
 
     /// SIGTERM, as Ctrl-C or a service manager would, and waits until it has exited.

@@ -58,9 +58,7 @@ fn dev_server_then_nodes_list_shows_the_dev_drone_ready() {
         }
     }
     let url = url.unwrap_or_else(|| panic!("no controller URL in the banner:\n{banner}"));
-    let instance = banner
-        .split_once(" instance ")
-        .and_then(|(_, rest)| rest.split(|c: char| c == ')' || c.is_whitespace()).next())
+    let instance = hangar_server::dev::banner_instance(&banner)
         .unwrap_or_else(|| panic!("the banner names the drone's instance:\n{banner}"))
         .to_string();
     _cleanup = Some(ContainerCleanup::new(&instance));

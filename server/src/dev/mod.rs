@@ -142,6 +142,17 @@ impl DevCluster {
 /// The controller URL the CLI uses when neither `--controller` nor `HANGAR_CONTROLLER` is given.
 const CLI_DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7070";
 
+/// What precedes the drone's instance id in the banner.
+const INSTANCE_MARK: &str = "instance ";
+
+/// The drone's instance id (the `hangar.executor` label of every container it makes), read back
+/// from [`banner`]'s text or any part of it: what tests and benchmarks need to find, and remove,
+/// whatever a dev server left on the engine.
+pub fn banner_instance(banner: &str) -> Option<&str> {
+    let (_, rest) = banner.split_once(&format!(", {INSTANCE_MARK}"))?;
+    rest.split(|c: char| c == ')' || c.is_whitespace()).next().filter(|id| !id.is_empty())
+}
+
 /// What `dev` prints once it is up: where it listens and the next commands to type.
 pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
     let url = cluster.controller.url();
@@ -159,7 +170,7 @@ pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
         "\nHangar dev is running.\n\
          \x20 controller  {url}   (gRPC, reflection on)\n\
          \x20 proxy       {proxy}   (HTTP: connection URLs)\n\
-         \x20 drone       {name} (node {drone}, {runtime} runtime, instance {instance})\n\
+         \x20 drone       {name} (node {drone}, {runtime} runtime, {INSTANCE_MARK}{instance})\n\
          {admin}\
          \x20 demo        {demo}\n\
          \x20 data        {data}\n\n\
@@ -185,4 +196,17 @@ pub fn banner(cluster: &DevCluster, data_dir: &Path) -> String {
         data = data_dir.display(),
         addr = cluster.controller.local_addr(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::banner_instance;
+
+    #[test]
+    fn the_drones_instance_is_read_back_from_the_banner() {
+        let line = "  drone       dev-drone (node drone-1, docker runtime, instance dev-4f2a9c1e)\n  demo  ...";
+        assert_eq!(banner_instance(line), Some("dev-4f2a9c1e"));
+        assert_eq!(banner_instance("  data        /tmp/instance x"), None, "only the drone line's mark counts");
+        assert_eq!(banner_instance("  drone  d (node n, docker runtime, instance )"), None);
+    }
 }
