@@ -10,9 +10,10 @@
 //! - on a spawn, runs nothing: the backend is READY at once (one `DroneBackendEvent`, where a
 //!   real drone reports LOADING, STARTING, WAITING and READY as its runtime gets there);
 //! - on a terminate, reports TERMINATED with the action's kind and reason;
-//! - renews each keyed backend's lease every third of its duration (in `RenewKeys` batches), and ends the
-//!   backend KEY_EXPIRED when a renewal is refused or none was confirmed for half the lease, as
-//!   the real drone's lease rules do (docs/design/backends-and-leases.md).
+//! - renews its keys as the real drone's renewer does: every key each round, a third of the lease
+//!   apart, and new keys between rounds, gathered for 200 ms (in `RenewKeys` batches of at most
+//!   1,000); it ends a backend KEY_EXPIRED when a renewal is refused or none was confirmed for
+//!   half the lease, as the real drone's lease rules do (docs/design/backends-and-leases.md).
 //!
 //! When its stream ends it attaches again, as the real drone does (200 ms backoff doubling to
 //! 10 s), keeps its backends (in memory, where the real drone has its journal) and sends every
@@ -24,6 +25,9 @@
 
 /// Keys per `RenewKeys` message, as the real drone sends them.
 const RENEW_BATCH: usize = 1_000;
+
+/// How long new keys are gathered before their first renewal, as the real drone does.
+const FRESH_DELAY: Duration = Duration::from_millis(200);
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -129,18 +133,11 @@ struct Backend {
     fencing_token: u64,
     lease: Duration,
     last_confirmed: Instant,
-    next_renewal: Instant,
     /// Send times of renewals not answered yet, oldest first (answers come in order).
     outstanding: Vec<Instant>,
-    /// When its lease next needs a look (its entry in `Session::lease_checks`): the earlier of
-    /// its next renewal and the end of half a lease without a confirmed one.
-    check_at: Instant,
-}
-
-impl Backend {
-    fn due_at(&self) -> Instant {
-        self.next_renewal.min(self.last_confirmed + self.lease / 2)
-    }
+    /// Half a lease after `last_confirmed`: when it ends KEY_EXPIRED unless a renewal is
+    /// confirmed first (its entry in `Session::deadlines`).
+    deadline: Instant,
 }
 
 fn key_string(key: &v1::BackendKey) -> String {
@@ -156,10 +153,17 @@ struct Session<'a> {
     /// The current stream.
     out: Outbound,
     backends: HashMap<String, Backend>,
-    /// The keyed backends by `Backend::check_at`: a wake-up looks at the backends due and no
+    /// The keyed backends by `Backend::deadline`: a wake-up looks at the backends due and no
     /// others. (A scan of every backend on each message cost this process a core per 100,000
     /// backends, taken from the controller on a shared machine.)
-    lease_checks: BTreeSet<(Instant, String)>,
+    deadlines: BTreeSet<(Instant, String)>,
+    /// Keys that arrived since the last renewal sent, and when they go out together.
+    fresh: Vec<String>,
+    fresh_at: Option<Instant>,
+    /// The next round, which renews every key; and a round's period, a third of the shortest
+    /// lease seen.
+    next_round: Option<Instant>,
+    round_every: Option<Duration>,
     actions_seen: HashSet<String>,
     ready_events: HashSet<String>,
     events: u64,
@@ -171,15 +175,15 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    /// Moves `backend_id`'s entry in `lease_checks` to its current due time.
+    /// Moves `backend_id`'s entry in `deadlines` to half a lease after its last confirmation.
     fn reschedule(&mut self, backend_id: &str) {
         let Some(backend) = self.backends.get_mut(backend_id) else { return };
         if backend.key.is_none() {
             return;
         }
-        self.lease_checks.remove(&(backend.check_at, backend_id.to_string()));
-        backend.check_at = backend.due_at();
-        self.lease_checks.insert((backend.check_at, backend_id.to_string()));
+        self.deadlines.remove(&(backend.deadline, backend_id.to_string()));
+        backend.deadline = backend.last_confirmed + backend.lease / 2;
+        self.deadlines.insert((backend.deadline, backend_id.to_string()));
     }
 
     async fn send(&mut self, message: v1::drone_attach_request::Message) -> bool {
@@ -222,17 +226,15 @@ impl Session<'_> {
             }
         }
         self.out = out;
-        let now = Instant::now();
-        let mut retry = Vec::new();
-        for (id, backend) in &mut self.backends {
-            if !backend.outstanding.is_empty() {
-                backend.outstanding.clear();
-                backend.next_renewal = now;
-                retry.push(id.clone());
-            }
+        // As the real drone does on a new stream, a round at once: the renewals the old stream
+        // took with it are not coming back, and their deadlines kept running.
+        let mut lost = false;
+        for backend in self.backends.values_mut() {
+            lost |= !backend.outstanding.is_empty();
+            backend.outstanding.clear();
         }
-        for id in retry {
-            self.reschedule(&id);
+        if lost {
+            self.next_round = Some(Instant::now());
         }
         let events: Vec<_> = self.unacked.values().cloned().collect();
         for event in events {
@@ -253,7 +255,7 @@ impl Session<'_> {
         if let Some(backend) = self.backends.remove(backend_id)
             && let Some(key) = &backend.key
         {
-            self.lease_checks.remove(&(backend.check_at, backend_id.to_string()));
+            self.deadlines.remove(&(backend.deadline, backend_id.to_string()));
             self.fleet.live_keys.lock().expect("not poisoned").remove(&key_string(key));
         }
         let status = status(v1::BackendState::Terminated, kind, reason, message);
@@ -294,12 +296,16 @@ impl Session<'_> {
                         fencing_token: spawn.fencing_token,
                         lease,
                         last_confirmed: now,
-                        next_renewal: now + lease / 3,
                         outstanding: Vec::new(),
-                        check_at: now,
+                        deadline: now,
                     },
                 );
-                self.reschedule(&action.backend_id);
+                if self.backends[&action.backend_id].key.is_some() {
+                    self.reschedule(&action.backend_id);
+                    self.fresh.push(action.backend_id.clone());
+                    self.fresh_at.get_or_insert(now + FRESH_DELAY);
+                    self.round_every = Some(self.round_every.map_or(lease / 3, |every| every.min(lease / 3)));
+                }
                 let ready = status(
                     v1::BackendState::Ready,
                     v1::TerminationKind::Unspecified,
@@ -320,30 +326,39 @@ impl Session<'_> {
         }
     }
 
-    /// Renews what is due and ends what went half a lease without a confirmed renewal.
+    /// Ends what went half a lease without a confirmed renewal, and renews, as the real drone
+    /// does (`executor/src/drone/renewer.rs`): every key each round, a third of the lease apart,
+    /// and between rounds the keys that arrived, gathered for [`FRESH_DELAY`].
     async fn leases(&mut self) -> bool {
         let now = Instant::now();
-        let mut expired = Vec::new();
-        let mut due = Vec::new();
-        while self.lease_checks.first().is_some_and(|(at, _)| *at <= now) {
-            let Some((_, id)) = self.lease_checks.pop_first() else { break };
+        while self.deadlines.first().is_some_and(|(at, _)| *at <= now) {
+            let Some((_, id)) = self.deadlines.pop_first() else { break };
+            self.fleet.expired_by_drone.fetch_add(1, Relaxed);
+            let (kind, reason) = (v1::TerminationKind::Hard, v1::TerminationReason::KeyExpired);
+            if !self.end(&id, kind, reason, "no key renewal confirmed for half the lease").await {
+                return false;
+            }
+        }
+        let round = self.next_round.is_some_and(|at| at <= now);
+        let fresh = self.fresh_at.is_some_and(|at| at <= now);
+        if !round && !fresh {
+            return true;
+        }
+        let ids: Vec<String> = if round {
+            self.backends.iter().filter(|(_, b)| b.key.is_some()).map(|(id, _)| id.clone()).collect()
+        } else {
+            std::mem::take(&mut self.fresh)
+        };
+        (self.fresh_at, self.fresh) = (None, Vec::new());
+        if round || self.next_round.is_none() {
+            self.next_round = self.round_every.map(|every| now + every);
+        }
+        let mut due = Vec::with_capacity(ids.len());
+        for id in ids {
             let Some(backend) = self.backends.get_mut(&id) else { continue };
             let Some(key) = &backend.key else { continue };
-            if now >= backend.last_confirmed + backend.lease / 2 {
-                expired.push(id);
-                continue;
-            }
-            if now >= backend.next_renewal {
-                backend.next_renewal = now + backend.lease / 3;
-                backend.outstanding.push(now);
-                due.push(v1::RenewKey {
-                    backend_id: id.clone(),
-                    key: Some(key.clone()),
-                    fencing_token: backend.fencing_token,
-                });
-            }
-            backend.check_at = backend.due_at();
-            self.lease_checks.insert((backend.check_at, id));
+            backend.outstanding.push(now);
+            due.push(v1::RenewKey { backend_id: id, key: Some(key.clone()), fencing_token: backend.fencing_token });
         }
         // As the real drone does with a controller that answers them: the due keys in batches
         // of at most RENEW_BATCH, each answered key by key (docs/design/backends-and-leases.md).
@@ -351,13 +366,6 @@ impl Session<'_> {
             let batch: Vec<v1::RenewKey> = due.drain(..due.len().min(RENEW_BATCH)).collect();
             self.fleet.renewals_sent.fetch_add(batch.len() as u64, Relaxed);
             if !self.send(v1::drone_attach_request::Message::RenewKeys(v1::RenewKeys { keys: batch })).await {
-                return false;
-            }
-        }
-        for id in expired {
-            self.fleet.expired_by_drone.fetch_add(1, Relaxed);
-            let (kind, reason) = (v1::TerminationKind::Hard, v1::TerminationReason::KeyExpired);
-            if !self.end(&id, kind, reason, "no key renewal confirmed for half the lease").await {
                 return false;
             }
         }
@@ -385,7 +393,7 @@ impl Session<'_> {
     }
 
     fn next_lease_check(&self) -> Option<Instant> {
-        self.lease_checks.first().map(|(at, _)| *at)
+        [self.deadlines.first().map(|(at, _)| *at), self.fresh_at, self.next_round].into_iter().flatten().min()
     }
 }
 
@@ -421,7 +429,11 @@ pub async fn run(channel: Channel, drone: SimDrone, fleet: &Fleet, mut stop: wat
         fleet,
         out: placeholder,
         backends: HashMap::new(),
-        lease_checks: BTreeSet::new(),
+        deadlines: BTreeSet::new(),
+        fresh: Vec::new(),
+        fresh_at: None,
+        next_round: None,
+        round_every: None,
         actions_seen: HashSet::new(),
         ready_events: HashSet::new(),
         events: 0,
