@@ -31,7 +31,10 @@ impl Dialect for Sqlite {
 }
 
 /// The writer's page cache (SQLite's `cache_size` in KiB; the default is 2 MiB).
-const SQLITE_WRITER_CACHE_KIB: u64 = 64 * 1024;
+const SQLITE_WRITER_CACHE_KIB: u64 = 8 * 1024;
+
+/// How much of the database file the writer reads through a memory map (SQLite's `mmap_size`).
+const SQLITE_WRITER_MMAP_BYTES: u64 = 1 << 30;
 
 impl SqlStore<Sqlite> {
     /// Opens (creating the file and its directory if missing) and migrates `sqlite://PATH`.
@@ -50,12 +53,21 @@ impl SqlStore<Sqlite> {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
-        // The one writer keeps a larger page cache: it is the only connection whose cache stays
-        // valid between transactions (a reader's is dropped whenever another connection wrote),
-        // and every placement walks the backends' indexes. With the default 2 MiB, a stream of
-        // placements spent a quarter of the controller's CPU in the kernel copying pages back
-        // (perf; BENCHMARKS.md "Placements").
-        let writer_options = options.clone().pragma("cache_size", format!("-{}", SQLITE_WRITER_CACHE_KIB));
+        // The one writer keeps a larger page cache, and reads the file through a memory map: it is
+        // the only connection whose cache stays valid between transactions (a reader's is dropped
+        // whenever another connection wrote), and every placement walks the backends' indexes.
+        // With the default 2 MiB and no map, a stream of placements spent a quarter of the
+        // controller's CPU in the kernel copying pages back (perf; BENCHMARKS.md "Placements").
+        // The cache stays small all the same: a commit after a B-tree split that reordered pages
+        // scans the whole cache (SQLite moves a page through the lock-byte page's number, and
+        // the commit then drops every cached page past the file's end by walking the cache's
+        // table). With 64 MiB that scan was 11 % of the writer thread's time; the map serves the
+        // pages the smaller cache no longer holds without a copy (BENCHMARKS.md, "Session of
+        // 2026-12-06 (7)"). The map only reads: writes still go through the write-ahead log.
+        let writer_options = options
+            .clone()
+            .pragma("cache_size", format!("-{SQLITE_WRITER_CACHE_KIB}"))
+            .pragma("mmap_size", SQLITE_WRITER_MMAP_BYTES.to_string());
         // No ping before each use (sqlx's default): a connection to a local file does not go
         // stale, and each ping was one more round trip to the connection's thread on every store
         // call, a few thousand a second under placements.
