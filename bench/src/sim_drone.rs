@@ -23,11 +23,9 @@
 //! reads the controller's messages, its outgoing queue is unbounded: it never stops reading
 //! because it is waiting to write, so a stall measured here is the controller's alone.
 
-/// Keys per `RenewKeys` message, as the real drone sends them.
-const RENEW_BATCH: usize = 1_000;
-
-/// How long new keys are gathered before their first renewal, as the real drone does.
-const FRESH_DELAY: Duration = Duration::from_millis(200);
+/// Keys per `RenewKeys` message, and how long new keys are gathered before their first renewal:
+/// the real drone's.
+use hangar_executor::drone::{RENEW_FRESH_DELAY as FRESH_DELAY, RENEW_MAX_BATCH as RENEW_BATCH};
 
 use chrono::Utc;
 use futures::StreamExt;

@@ -32,7 +32,7 @@ const RETRY_UNSENT: Duration = Duration::from_millis(250);
 /// New keys are renewed this soon after they arrive (gathered into one batch), not at the next
 /// round: the controller started their lease at Connect, before the Spawn travelled here, so the
 /// sooner their first renewal lands, the more of that lease is left.
-const FRESH_DELAY: Duration = Duration::from_millis(200);
+pub const FRESH_DELAY: Duration = Duration::from_millis(200);
 
 struct Held {
     key: v1::BackendKey,
