@@ -243,9 +243,20 @@ pub fn container_exists(container: &str) -> bool {
 
 /// Ids of the instance's running sandboxes.
 pub fn running_sandboxes(instance: &str) -> Vec<String> {
+    sandboxes_listed(instance, &[])
+}
+
+/// Ids of the instance's sandboxes in any state, created and exited ones too: what a drone that
+/// stopped must not leave behind.
+pub fn sandboxes_in_any_state(instance: &str) -> Vec<String> {
+    sandboxes_listed(instance, &["--all"])
+}
+
+fn sandboxes_listed(instance: &str, more: &[&str]) -> Vec<String> {
     let (executor, role) = (format!("label={LABEL_EXECUTOR}={instance}"), format!("label={LABEL_ROLE}=sandbox"));
-    let listed = docker(&["ps", "-q", "--no-trunc", "--filter", &executor, "--filter", &role]);
-    listed.split_whitespace().map(String::from).collect()
+    let mut args = vec!["ps", "-q", "--no-trunc", "--filter", &executor, "--filter", &role];
+    args.extend_from_slice(more);
+    docker(&args).split_whitespace().map(String::from).collect()
 }
 
 /// Waits until `check` holds on the instance's running sandboxes, returning them.

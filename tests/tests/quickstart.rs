@@ -2,20 +2,9 @@
 //! `hangar nodes list` shows the dev drone READY, and the first-backend section, read from the
 //! README itself, gets a 200 from the demo backend through the proxy on either runtime.
 
-use hangar_executor::testing::{ContainerCleanup, docker, http_get};
+use hangar_executor::testing::{ContainerCleanup, http_get, sandboxes_in_any_state};
 use hangar_tests::{DevProcess, binary, docker_available};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::Command;
 
 #[test]
 fn dev_server_then_nodes_list_shows_the_dev_drone_ready() {
@@ -23,59 +12,19 @@ fn dev_server_then_nodes_list_shows_the_dev_drone_ready() {
     // Declared before the server, so dropped after it: on Docker, a server killed by a failing
     // assertion leaves its warm sandboxes (and one it was making) behind.
     let mut _cleanup: Option<ContainerCleanup> = None;
-    let mut dev = KillOnDrop(
-        Command::new(binary("hangar-server"))
-            .args([
-                "dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--proxy-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start hangar-server dev"),
-    );
-    // The banner names the controller URL and the next commands to try.
-    let stdout = BufReader::new(dev.0.stdout.take().unwrap());
-    let mut banner = String::new();
-    let mut url = None;
-    let started = Instant::now();
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        banner.push_str(&line);
-        banner.push('\n');
-        if let Some(rest) = line.trim().strip_prefix("controller") {
-            url = rest.split_whitespace().next().map(str::to_string);
-        }
-        if line.contains("Stop with Ctrl-C") || started.elapsed() > Duration::from_secs(60) {
-            break;
-        }
-    }
-    let url = url.unwrap_or_else(|| panic!("no controller URL in the banner:\n{banner}"));
-    let instance = hangar_server::dev::banner_instance(&banner)
-        .unwrap_or_else(|| panic!("the banner names the drone's instance:\n{banner}"))
-        .to_string();
+    let dev = DevProcess::start(data.path(), &[]);
+    let instance = dev.instance();
     _cleanup = Some(ContainerCleanup::new(&instance));
-    assert!(banner.contains("nodes list"), "the banner says what to try next:\n{banner}");
+    // The banner names the controller URL and the next commands to try.
+    assert!(dev.banner.contains("nodes list"), "the banner says what to try next:\n{}", dev.banner);
 
-    let output = Command::new(binary("hangar")).args(["--controller", &url, "nodes", "list"]).output().unwrap();
-    let table = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "hangar nodes list failed: {}", String::from_utf8_lossy(&output.stderr));
+    let table = dev.hangar(&["nodes", "list"]);
     let drone_row =
         table.lines().find(|l| l.contains("dev-drone")).unwrap_or_else(|| panic!("no dev-drone in:\n{table}"));
     assert!(drone_row.contains("READY") && drone_row.contains("DRONE"), "{drone_row}");
 
-    let output = Command::new(binary("hangar"))
-        .args(["--controller", &url, "--output", "json", "nodes", "list"])
-        .output()
-        .unwrap();
-    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    let doc: serde_json::Value =
+        serde_json::from_str(&dev.hangar(&["--output", "json", "nodes", "list"])).expect("one JSON document");
     let all = doc["nodes"].as_array().unwrap();
     let proxies: Vec<_> = all.iter().filter(|n| n["kind"] == "PROXY").collect();
     assert_eq!(proxies.len(), 1, "the dev proxy registers as a PROXY node: {all:?}");
@@ -90,18 +39,15 @@ fn dev_server_then_nodes_list_shows_the_dev_drone_ready() {
     } else {
         assert!(runtime == "docker" || runtime == "process", "runtime label {runtime:?}");
     }
-    assert!(banner.contains(&format!("{runtime} runtime")), "the banner names the runtime:\n{banner}");
+    assert!(dev.banner.contains(&format!("{runtime} runtime")), "the banner names the runtime:\n{}", dev.banner);
     assert!(doc["revision"].as_u64().unwrap() > 0);
 
-    // Ctrl-C, as the banner says: the server stops cleanly and takes its warm sandboxes along.
-    let status = Command::new("kill").args(["-TERM", &dev.0.id().to_string()]).status().expect("run kill");
-    assert!(status.success());
-    let exit = dev.0.wait().expect("wait for hangar-server dev");
-    assert!(exit.success(), "hangar-server dev did not stop cleanly on SIGTERM: {exit}");
+    // Ctrl-C, as the banner says: the server stops cleanly and takes its warm sandboxes along,
+    // created ones too.
+    dev.stop();
     if runtime == "docker" {
-        let (executor, role) = (format!("label=hangar.executor={instance}"), "label=hangar.role=sandbox");
-        let left = docker(&["ps", "-aq", "--filter", &executor, "--filter", role]);
-        assert!(left.is_empty(), "sandboxes left after the server stopped: {left}");
+        let left = sandboxes_in_any_state(&instance);
+        assert!(left.is_empty(), "sandboxes left after the server stopped: {left:?}");
     }
 }
 
@@ -136,8 +82,10 @@ async fn readme_first_backend_answers(runtime: &str) {
     let mut args: Vec<&str> = dev_args.split_whitespace().collect();
     args.extend(["--runtime", runtime]);
     let data = tempfile::tempdir().unwrap();
+    // Declared before the server, so dropped after it (see above).
+    let mut _cleanup: Option<ContainerCleanup> = None;
     let dev = DevProcess::start(data.path(), &args);
-    let _cleanup = (runtime == "docker").then(|| ContainerCleanup::new(&dev.instance()));
+    _cleanup = (runtime == "docker").then(|| ContainerCleanup::new(&dev.instance()));
     assert!(dev.banner.contains("hangar connect docs/doc-1 --image hangar-demo --wait"), "{}", dev.banner);
 
     // `cargo install --path client` installs the package's binaries: one of them must be `hangar`.
