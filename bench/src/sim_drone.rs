@@ -23,14 +23,12 @@
 //! reads the controller's messages, its outgoing queue is unbounded: it never stops reading
 //! because it is waiting to write, so a stall measured here is the controller's alone.
 
-/// Keys per `RenewKeys` message, and how long new keys are gathered before their first renewal:
-/// the real drone's.
-use hangar_executor::drone::{RENEW_FRESH_DELAY as FRESH_DELAY, RENEW_MAX_BATCH as RENEW_BATCH};
-
 use chrono::Utc;
 use futures::StreamExt;
 use hangar::domain::{duration_from_proto, timestamp_to_proto};
 use hangar::v1::{self, drone_service_client::DroneServiceClient};
+// The real drone's batch size and fresh-key delay, so the simulation renews as it does.
+use hangar_executor::drone::{RENEW_FRESH_DELAY, RENEW_MAX_BATCH};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -301,7 +299,7 @@ impl Session<'_> {
                 if self.backends[&action.backend_id].key.is_some() {
                     self.reschedule(&action.backend_id);
                     self.fresh.push(action.backend_id.clone());
-                    self.fresh_at.get_or_insert(now + FRESH_DELAY);
+                    self.fresh_at.get_or_insert(now + RENEW_FRESH_DELAY);
                     self.round_every = Some(self.round_every.map_or(lease / 3, |every| every.min(lease / 3)));
                 }
                 let ready = status(
@@ -326,7 +324,7 @@ impl Session<'_> {
 
     /// Ends what went half a lease without a confirmed renewal, and renews, as the real drone
     /// does (`executor/src/drone/renewer.rs`): every key each round, a third of the lease apart,
-    /// and between rounds the keys that arrived, gathered for [`FRESH_DELAY`].
+    /// and between rounds the keys that arrived, gathered for [`RENEW_FRESH_DELAY`].
     async fn leases(&mut self) -> bool {
         let now = Instant::now();
         while self.deadlines.first().is_some_and(|(at, _)| *at <= now) {
@@ -359,9 +357,9 @@ impl Session<'_> {
             due.push(v1::RenewKey { backend_id: id, key: Some(key.clone()), fencing_token: backend.fencing_token });
         }
         // As the real drone does with a controller that answers them: the due keys in batches
-        // of at most RENEW_BATCH, each answered key by key (docs/design/backends-and-leases.md).
+        // of at most RENEW_MAX_BATCH, each answered key by key (docs/design/backends-and-leases.md).
         while !due.is_empty() {
-            let batch: Vec<v1::RenewKey> = due.drain(..due.len().min(RENEW_BATCH)).collect();
+            let batch: Vec<v1::RenewKey> = due.drain(..due.len().min(RENEW_MAX_BATCH)).collect();
             self.fleet.renewals_sent.fetch_add(batch.len() as u64, Relaxed);
             if !self.send(v1::drone_attach_request::Message::RenewKeys(v1::RenewKeys { keys: batch })).await {
                 return false;
