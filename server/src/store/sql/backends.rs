@@ -305,26 +305,13 @@ where
         Self::release(tx, &backend.id, now).await
     }
 
-    /// What a backend's end takes with it: its key and its undelivered actions. Its tokens stay
-    /// for [`TERMINATED_TOKEN_GRACE`] (static ones too), so that a client following an old URL
-    /// is told the backend terminated rather than that its token is unknown; the sweep purges
-    /// them after that.
+    /// What a backend's end takes with it ([`Self::release_many`]).
     async fn release(
         tx: &mut Transaction<'static, DB>,
         backend_id: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        for sql in [FREE_HOLDERS_KEY, "DELETE FROM drone_actions WHERE backend_id = $1"] {
-            sqlx::query(sql).bind(backend_id.to_string()).execute(&mut **tx).await.map_err(from_sqlx)?;
-        }
-        let until = rows::millis(now + TERMINATED_TOKEN_GRACE);
-        sqlx::query("UPDATE connection_tokens SET expires_at = $2 WHERE backend_id = $1 AND (expires_at = 0 OR expires_at > $2)")
-            .bind(backend_id.to_string())
-            .bind(until)
-            .execute(&mut **tx)
-            .await
-            .map_err(from_sqlx)?;
-        Ok(())
+        Self::release_many(&mut **tx, vec![writes::ReleaseRow::of(backend_id, now)]).await
     }
 
     async fn insert_action(tx: &mut Transaction<'static, DB>, action: &PendingAction) -> Result<(), StoreError> {

@@ -15,7 +15,7 @@
 
 use super::super::{Dialect, SqlStore};
 use super::group::{GroupQueue, Runs};
-use super::writes::{ActionRow, BackendRow, HistoryRow, KeyRow, Rows, TokenRow, padded_chunks, parameters};
+use super::writes::{ActionRow, BackendRow, HistoryRow, KeyRow, ReleaseRow, Rows, TokenRow, padded_chunks, parameters};
 use crate::store::backends::*;
 use crate::store::rows::{self, from_sqlx};
 use crate::store::{Change, ChangeKind, LocalCommit, Revision, StoreError};
@@ -79,8 +79,9 @@ struct Batch<DB: sqlx::Database> {
     /// terminations name, read in one statement before the first write, and those it creates or
     /// changes, in their newest version.
     backends: HashMap<String, Option<Backend>>,
-    /// The rows the batch writes, held back until it ends (or until a statement of its own
-    /// must see them: [`SqlStore::write_held_rows`]).
+    /// The rows the batch writes and the ends it releases, held back until it ends: what the
+    /// batch reads after a write of its own, it reads from its copies above (`keys`, `backends`,
+    /// `live`), never from the database.
     rows: Rows,
 }
 
@@ -251,11 +252,18 @@ where
             }
             for row in query.fetch_all(&mut *batch.tx).await.map_err(from_sqlx)? {
                 let name = (row.try_get(0).map_err(from_sqlx)?, row.try_get(1).map_err(from_sqlx)?);
-                let holder = Holder {
+                let mut holder = Holder {
                     tag: row.try_get(2).map_err(from_sqlx)?,
                     backend_id: row.try_get(3).map_err(from_sqlx)?,
                     fencing_token: row.try_get(4).map_err(from_sqlx)?,
                 };
+                // A holder the batch ended still holds the row until the batch's rows are
+                // written (`Rows::release`); to the batch the key is free.
+                if let Some(Some(ended)) = batch.backends.get(&holder.backend_id)
+                    && ended.status.state == BackendState::Terminated
+                {
+                    holder.backend_id.clear();
+                }
                 batch.keys.insert(name, Some(holder));
             }
         }
@@ -292,7 +300,7 @@ where
         Ok(())
     }
 
-    /// Writes the rows held back so far, before a statement that must see them.
+    /// Writes the rows held back, at the batch's end.
     async fn write_held_rows(batch: &mut Batch<DB>) -> Result<(), StoreError> {
         if !batch.rows.is_empty() {
             batch.wrote = true;
@@ -326,13 +334,13 @@ where
         carried
     }
 
-    /// Reads the live backends of every drone of `candidates` the batch has not read yet, from
+    /// Reads the live backends of every drone of `drones` the batch has not read yet, from
     /// `drone_load` (kept by triggers on `backends`), in one statement; `live` then keeps them
     /// current through the batch's own placements and ends. A load read here never misses a row
-    /// the batch holds back: a placement reads its candidates' loads before placing on one.
-    async fn read_loads(batch: &mut Batch<DB>, candidates: &[DroneSlot]) -> Result<(), StoreError> {
-        let unread: Vec<&str> =
-            candidates.iter().map(|slot| slot.node_id.as_str()).filter(|id| !batch.live.contains_key(*id)).collect();
+    /// the batch holds back: a placement reads its candidates' loads before placing on one, and
+    /// an end reads its drone's before counting itself out.
+    async fn read_loads(batch: &mut Batch<DB>, drones: &[&str]) -> Result<(), StoreError> {
+        let unread: Vec<&str> = drones.iter().copied().filter(|id| !batch.live.contains_key(*id)).collect();
         for chunk in padded_chunks(&unread) {
             let sql = format!(
                 "SELECT drone_id, live FROM drone_load WHERE drone_id IN ({})",
@@ -381,7 +389,8 @@ where
         if plan.candidates.is_empty() {
             return Ok(ConnectOutcome::NoDrone);
         }
-        Self::read_loads(batch, &plan.candidates).await?;
+        let candidates: Vec<&str> = plan.candidates.iter().map(|slot| slot.node_id.as_str()).collect();
+        Self::read_loads(batch, &candidates).await?;
         let mut loads = Vec::with_capacity(plan.candidates.len());
         for slot in plan.candidates.iter() {
             let live = batch.live.get(&slot.node_id).copied().unwrap_or_default();
@@ -487,14 +496,18 @@ where
             Self::put_backend(batch, &backend, revision)?;
             batch.rows.history(HistoryRow::of(&backend, revision, Some(previous))?);
             if terminated {
-                // The release's statements must find the rows as they are now.
-                Self::write_held_rows(batch).await?;
-                Self::release(&mut batch.tx, &backend.id, event.now).await?;
+                // Released with the batch's other rows, after them (`Rows::release`); the batch's
+                // own view of the key and of the drone's load changes now. The load is read
+                // first if the batch has not read it yet: the database still counts this backend
+                // live (its end is held back with the rest), so the count read, less one, is
+                // right.
+                batch.rows.release(ReleaseRow::of(&backend.id, event.now));
                 for holder in batch.keys.values_mut().flatten() {
                     if holder.backend_id == backend.id {
                         holder.backend_id.clear();
                     }
                 }
+                Self::read_loads(batch, &[backend.drone_id.as_str()]).await?;
                 if let Some(live) = batch.live.get_mut(&backend.drone_id) {
                     *live = live.saturating_sub(1);
                 }
@@ -722,6 +735,64 @@ mod tests {
         let newer = store.queued_actions("d1", queued.last().unwrap().seq).await.unwrap();
         assert_eq!(newer.len(), 1, "the sixth's spawn, behind every earlier action: {newer:?}");
         assert_eq!(store.connect_backend(spec_on(key("seventh"), 6), &first).await.unwrap(), ConnectOutcome::PoolFull);
+    }
+
+    /// A drone's report that ends a backend and a Connect, queued behind a leader into one
+    /// batch, on a drone with room for one: the end is released only as the batch's rows are
+    /// written, yet within the batch its slot is free to the Connect at once (the drone's load,
+    /// not read before the end, is read and counted down), and after the commit its key is free
+    /// and its token is kept only for the grace after its end, not for the token's own hour.
+    async fn an_end_frees_its_slot_key_and_token_within_its_batch<DB>(store: &super::SqlStore<DB>)
+    where
+        super::SqlStore<DB>: BackendStore + crate::store::Store,
+        DB: super::Dialect,
+    {
+        let mut placing = spec_on(key("ending"), 1);
+        placing.token.expires_at = Utc::now() + chrono::Duration::hours(6);
+        let token = placing.token.hash.clone();
+        let ending = match store.connect_backend(placing, &first).await.unwrap() {
+            ConnectOutcome::Spawned(backend) => backend,
+            other => panic!("expected a spawn, got {other:?}"),
+        };
+        assert_eq!(store.connect_backend(spec_on(key("full"), 1), &first).await.unwrap(), ConnectOutcome::PoolFull);
+        let now = Utc::now();
+        let mut ended = BackendStatus::new(BackendState::Terminated, now);
+        ended.termination_reason = Some(TerminationReason::Exited);
+        let end = DroneEvent { backend_id: ending.id.clone(), status: ended, address: String::new(), now };
+        // The leader finds the live holder (no slot taken) and runs alone; the end and the
+        // Connect queue behind it and run together.
+        let leader = store.connect_backend(spec_on(key("ending"), 1), &first);
+        let report = store.apply_drone_reports("d1", vec![end], Vec::new());
+        let placed = store.connect_backend(spec_on(key("after"), 1), &first);
+        let (leader, report, placed) = tokio::join!(leader, report, placed);
+        assert_eq!(leader.unwrap(), ConnectOutcome::Found(ending.clone()));
+        assert!(matches!(report.unwrap().as_slice(), [EventOutcome::Applied(_)]));
+        assert!(matches!(placed.unwrap(), ConnectOutcome::Spawned(_)), "the ended backend's slot was free");
+        // The key went with the end: the next Connect for it places a new holder.
+        match store.connect_backend(spec_on(key("ending"), 2), &first).await.unwrap() {
+            ConnectOutcome::Spawned(holder) => assert_eq!(holder.fencing_token, ending.fencing_token + 1),
+            other => panic!("expected a new holder of the ended backend's key, got {other:?}"),
+        }
+        // The token still routes (to the ended backend), for the grace after the end only.
+        let route = store.token_route(&token, Utc::now()).await.unwrap().expect("the ended backend's token");
+        assert_eq!(route.backend.id, ending.id);
+        let until = route.expires_at.expect("an expiry");
+        assert!(until <= now + chrono::Duration::hours(1) + chrono::Duration::seconds(1), "{until} vs end {now}");
+        assert!(store.pending_actions("d1").await.unwrap().iter().all(|a| a.backend_id != ending.id));
+    }
+
+    #[tokio::test]
+    async fn sqlite_an_end_frees_its_slot_key_and_token_within_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&format!("sqlite://{}/hangar.db", dir.path().display())).await.unwrap();
+        an_end_frees_its_slot_key_and_token_within_its_batch(&store).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_an_end_frees_its_slot_key_and_token_within_its_batch() {
+        let cluster = crate::testing::PgCluster::shared().await.expect("PostgreSQL test cluster");
+        let store = PostgresStore::open(&cluster.create_database().await.unwrap()).await.unwrap();
+        an_end_frees_its_slot_key_and_token_within_its_batch(&store).await;
     }
 
     #[tokio::test]

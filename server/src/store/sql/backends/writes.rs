@@ -159,6 +159,24 @@ impl TokenRow {
     }
 }
 
+/// A backend that ended at some time: what its end takes with it is released
+/// ([`SqlStore::release_many`]).
+#[derive(Clone)]
+pub(in crate::store::sql) struct ReleaseRow {
+    backend_id: String,
+    /// Its tokens' new expiry, in milliseconds: [`super::TERMINATED_TOKEN_GRACE`] after its end.
+    tokens_until: i64,
+}
+
+impl ReleaseRow {
+    pub(in crate::store::sql) fn of(backend_id: &str, ended_at: DateTime<Utc>) -> ReleaseRow {
+        ReleaseRow {
+            backend_id: backend_id.into(),
+            tokens_until: rows::millis(ended_at + super::TERMINATED_TOKEN_GRACE),
+        }
+    }
+}
+
 /// An action a drone acknowledged: deleted if it is that drone's.
 #[derive(Clone)]
 pub(in crate::store::sql) struct AckRow {
@@ -170,7 +188,8 @@ pub(in crate::store::sql) struct AckRow {
 /// written once, in its last version (one statement may not touch a row twice on PostgreSQL);
 /// actions keep their order (a drone gets them oldest first). Acknowledged actions are deleted
 /// after the actions are written, so that an acknowledgement always finds what was queued before
-/// it.
+/// it, and ended backends are released last, so that their release finds every row the batch
+/// gave them.
 #[derive(Default)]
 pub(in crate::store::sql) struct Rows {
     backends: Vec<BackendRow>,
@@ -181,6 +200,7 @@ pub(in crate::store::sql) struct Rows {
     actions: Vec<ActionRow>,
     tokens: Vec<TokenRow>,
     acks: Vec<AckRow>,
+    releases: Vec<ReleaseRow>,
 }
 
 impl Rows {
@@ -221,6 +241,11 @@ impl Rows {
         self.acks.push(AckRow { drone_id: drone_id.into(), id: id.into() });
     }
 
+    /// A backend ended: what its end takes with it is released after the other rows are written.
+    pub(in crate::store::sql) fn release(&mut self, row: ReleaseRow) {
+        self.releases.push(row);
+    }
+
     pub(in crate::store::sql) fn is_empty(&self) -> bool {
         self.backends.is_empty()
             && self.keys.is_empty()
@@ -228,6 +253,7 @@ impl Rows {
             && self.actions.is_empty()
             && self.tokens.is_empty()
             && self.acks.is_empty()
+            && self.releases.is_empty()
     }
 }
 
@@ -278,7 +304,8 @@ where
         connection: &mut DB::Connection,
         rows: &mut Rows,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let Rows { backends, backend_at, keys, key_at, history, actions, tokens, acks } = std::mem::take(rows);
+        let Rows { backends, backend_at, keys, key_at, history, actions, tokens, acks, releases } =
+            std::mem::take(rows);
         drop((backend_at, key_at));
         Self::write_backends(connection, backends).await?;
         Self::write_keys(connection, keys).await?;
@@ -286,7 +313,58 @@ where
         let queued = Self::write_actions(connection, actions).await?;
         Self::write_tokens(connection, tokens).await?;
         Self::delete_acked(connection, &acks).await?;
+        Self::release_many(connection, releases).await?;
         Ok(queued)
+    }
+
+    /// What the ends of `releases` take with them: each backend's key, its undelivered actions,
+    /// and its tokens, which stay for [`super::TERMINATED_TOKEN_GRACE`] (static ones too) so
+    /// that a client following an old URL is told the backend terminated rather than that its
+    /// token is unknown; the sweep purges them after that. Each statement is for a chunk of
+    /// backends: a batch that ends many (`churn`) makes three statements per chunk, where each
+    /// end was three of its own after a write of the rows held before it. A key is freed only
+    /// while the ended backend still holds it: a later Connect of the same batch may have given
+    /// it to a new holder already.
+    pub(in crate::store::sql) async fn release_many(
+        connection: &mut DB::Connection,
+        mut releases: Vec<ReleaseRow>,
+    ) -> Result<(), StoreError> {
+        let ids: Vec<&str> = releases.iter().map(|r| r.backend_id.as_str()).collect();
+        for chunk in padded_chunks(&ids) {
+            let list = parameters::<DB>(1, chunk.len());
+            for sql in [
+                format!("UPDATE backend_keys SET backend_id = '' WHERE backend_id IN ({list}) AND backend_id <> ''"),
+                format!("DELETE FROM drone_actions WHERE backend_id IN ({list})"),
+            ] {
+                let mut query = sqlx::query(&sql);
+                for id in &chunk {
+                    query = query.bind(id.to_string());
+                }
+                query.execute(&mut *connection).await.map_err(from_sqlx)?;
+            }
+        }
+        // The tokens, one statement per chunk of backends that ended at the same time (a drone's
+        // report ends its backends at one time).
+        releases.sort_by_key(|r| r.tokens_until);
+        for same in releases.chunk_by(|a, b| a.tokens_until == b.tokens_until) {
+            let until = same[0].tokens_until;
+            let ids: Vec<&str> = same.iter().map(|r| r.backend_id.as_str()).collect();
+            for chunk in padded_chunks(&ids) {
+                let sql = format!(
+                    "UPDATE connection_tokens SET expires_at = {} WHERE backend_id IN ({}) \
+                     AND (expires_at = 0 OR expires_at > {})",
+                    parameters::<DB>(1, 1),
+                    parameters::<DB>(2, chunk.len()),
+                    parameters::<DB>(2 + chunk.len(), 1)
+                );
+                let mut query = sqlx::query(&sql).bind(until);
+                for id in &chunk {
+                    query = query.bind(id.to_string());
+                }
+                query.bind(until).execute(&mut *connection).await.map_err(from_sqlx)?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the acknowledged actions, each only if it is queued for the drone that
