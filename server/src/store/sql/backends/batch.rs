@@ -741,7 +741,7 @@ mod tests {
     /// batch, on a drone with room for one: the end is released only as the batch's rows are
     /// written, yet within the batch its slot is free to the Connect at once (the drone's load,
     /// not read before the end, is read and counted down), and after the commit its key is free
-    /// and its token is kept only for the grace after its end, not for the token's own hour.
+    /// and its token is kept only for the grace after its end, not until its own expiry.
     async fn an_end_frees_its_slot_key_and_token_within_its_batch<DB>(store: &super::SqlStore<DB>)
     where
         super::SqlStore<DB>: BackendStore + crate::store::Store,
