@@ -300,6 +300,22 @@ where
         Ok(())
     }
 
+    /// A new status of a backend (`previous`: the state before it; `None`, a new backend): its
+    /// row and its history row, held back, with the backend encoded once for both, and the
+    /// batch's view of it.
+    fn put_status(
+        batch: &mut Batch<DB>,
+        backend: &Backend,
+        revision: Revision,
+        previous: Option<BackendState>,
+    ) -> Result<(), StoreError> {
+        let row = BackendRow::of(backend, revision)?;
+        batch.rows.history(HistoryRow::with_data(backend, revision, previous, row.data.clone())?);
+        batch.rows.backend(row);
+        batch.backends.insert(backend.id.clone(), Some(backend.clone()));
+        Ok(())
+    }
+
     /// Writes the rows held back, at the batch's end.
     async fn write_held_rows(batch: &mut Batch<DB>) -> Result<(), StoreError> {
         if !batch.rows.is_empty() {
@@ -437,8 +453,7 @@ where
             let holder = Holder { tag: key.tag.clone(), backend_id: backend.id.clone(), fencing_token };
             batch.keys.insert((key.namespace.clone(), key.name.clone()), Some(holder));
         }
-        Self::put_backend(batch, &backend, revision)?;
-        batch.rows.history(HistoryRow::of(&backend, revision, None)?);
+        Self::put_status(batch, &backend, revision, None)?;
         let action = PendingAction {
             id: plan.action_id.clone(),
             drone_id: backend.drone_id.clone(),
@@ -493,8 +508,7 @@ where
             }
             backend.updated_at = event.now;
             let revision = Self::next_revision(batch);
-            Self::put_backend(batch, &backend, revision)?;
-            batch.rows.history(HistoryRow::of(&backend, revision, Some(previous))?);
+            Self::put_status(batch, &backend, revision, Some(previous))?;
             if terminated {
                 // Released with the batch's other rows, after them (`Rows::release`); the batch's
                 // own view of the key and of the drone's load changes now. The load is read

@@ -36,7 +36,8 @@ pub(in crate::store::sql) struct BackendRow {
     updated_at: i64,
     last_activity_at: i64,
     revision: i64,
-    data: String,
+    /// The backend, encoded.
+    pub(in crate::store::sql) data: String,
     limit_at: Option<i64>,
 }
 
@@ -82,6 +83,17 @@ impl HistoryRow {
         revision: Revision,
         previous: Option<BackendState>,
     ) -> Result<HistoryRow, StoreError> {
+        HistoryRow::with_data(backend, revision, previous, encode(backend)?)
+    }
+
+    /// [`HistoryRow::of`] with the backend already encoded (`data`): a batch encodes a changed
+    /// backend once for its row and its history row.
+    pub(in crate::store::sql) fn with_data(
+        backend: &Backend,
+        revision: Revision,
+        previous: Option<BackendState>,
+        data: String,
+    ) -> Result<HistoryRow, StoreError> {
         let change = if previous.is_none() { ChangeKind::Added } else { ChangeKind::Modified };
         Ok(HistoryRow {
             revision: db_revision(revision),
@@ -90,7 +102,7 @@ impl HistoryRow {
             recorded_at: rows::millis(Utc::now()),
             change: rows::change_as_str(change),
             previous_state: previous.map(|s| s.as_str().to_string()).unwrap_or_default(),
-            data: encode(backend)?,
+            data,
         })
     }
 }
