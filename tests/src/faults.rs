@@ -138,17 +138,31 @@ pub async fn observe_backends(
     observed
 }
 
+/// The terminations of [`connect_load`]: whether it makes them, and the backends it asked to end.
+#[derive(Debug)]
+pub struct Terminations {
+    pub on: AtomicBool,
+    pub asked: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Default for Terminations {
+    fn default() -> Self {
+        Terminations { on: AtomicBool::new(true), asked: Default::default() }
+    }
+}
+
 /// Connects on the shared keys through `controllers` in turn (whichever is listed now), each
 /// backend running the executable `backend` (the test backend: its `/env` is what the observer
 /// reads), and
-/// terminates the backend it is answered every seventh round (7 is prime to the number of keys,
-/// so every key's backends come and go), until `stop`.
+/// terminates the backend it is answered every seventh round while `terminations` are on (7 is
+/// prime to the number of keys, so every key's backends come and go), until `stop`.
 pub async fn connect_load(
     worker: usize,
     recorder: Arc<Recorder>,
     controllers: Arc<std::sync::Mutex<Vec<HangarClient>>>,
     urls: Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
     backend: String,
+    terminations: Arc<Terminations>,
     stop: Arc<AtomicBool>,
 ) -> std::collections::BTreeMap<String, usize> {
     let mut failures = std::collections::BTreeMap::<String, usize>::new();
@@ -173,7 +187,8 @@ pub async fn connect_load(
             })
             .await;
         match answer {
-            Ok((backend_id, _)) if round.is_multiple_of(7) => {
+            Ok((backend_id, _)) if round.is_multiple_of(7) && terminations.on.load(Ordering::Relaxed) => {
+                terminations.asked.lock().unwrap().insert(backend_id.clone());
                 if let Err(err) = client.terminate_backend(&backend_id, false).await {
                     *failures.entry(format!("terminate: {}", error_code(&err))).or_default() += 1;
                 }
@@ -293,6 +308,8 @@ pub struct Load {
     pub urls: Urls,
     /// The executable every backend of the load runs.
     backend: String,
+    /// The workers' terminations ([`connect_load`]).
+    terminations: Arc<Terminations>,
     stop: Arc<AtomicBool>,
     workers: Vec<tokio::task::JoinHandle<std::collections::BTreeMap<String, usize>>>,
     observer: tokio::task::JoinHandle<Observed>,
@@ -311,14 +328,28 @@ impl Load {
         let recorder = Arc::new(Recorder::new());
         let urls: Urls = Default::default();
         let stop = Arc::new(AtomicBool::new(false));
+        let terminations = Arc::new(Terminations::default());
         let observer = tokio::spawn(observe_backends(recorder.clone(), urls.clone(), stop.clone()));
         let workers = (0..2)
             .map(|w| {
-                let (recorder, clients, urls, stop) = (recorder.clone(), clients.clone(), urls.clone(), stop.clone());
-                tokio::spawn(connect_load(w, recorder, clients, urls, backend.clone(), stop))
+                let (recorder, clients, urls) = (recorder.clone(), clients.clone(), urls.clone());
+                let (terminations, stop) = (terminations.clone(), stop.clone());
+                tokio::spawn(connect_load(w, recorder, clients, urls, backend.clone(), terminations, stop))
             })
             .collect();
-        Load { recorder, urls, backend, stop, workers, observer, watchers: Vec::new() }
+        Load { recorder, urls, backend, terminations, stop, workers, observer, watchers: Vec::new() }
+    }
+
+    /// Stops (`false`) or resumes the workers' terminations; they go on connecting. A scenario
+    /// that asserts how the fault ends backends stops them, so that no backend it watches ends
+    /// at the load's request instead. A terminate call already sent completes.
+    pub fn set_terminating(&self, on: bool) {
+        self.terminations.on.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether a worker asked to end `backend_id` (its terminate call may have failed).
+    pub fn asked_to_end(&self, backend_id: &str) -> bool {
+        self.terminations.asked.lock().unwrap().contains(backend_id)
     }
 
     /// A node watcher on `first` from revision `from`, which resumes on another of `controllers`

@@ -142,7 +142,8 @@ async fn a_controller_killed_and_replaced_under_load_leaves_a_history_without_vi
     let workers: Vec<_> = (0..2)
         .map(|w| {
             let (recorder, clients, urls) = (recorder.clone(), clients.clone(), urls.clone());
-            tokio::spawn(connect_load(w, recorder, clients, urls, backend.clone(), stop.clone()))
+            let terminations = Arc::new(Terminations::default());
+            tokio::spawn(connect_load(w, recorder, clients, urls, backend.clone(), terminations, stop.clone()))
         })
         .collect();
 

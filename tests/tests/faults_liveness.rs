@@ -34,7 +34,8 @@ fn ended_with(history: &hangar_testkit::history::History, reason: &str) -> Vec<S
 /// design's promises (docs/design/executor-protocol.md#the-client, drone-link.md#restarts-and-reconciliation):
 /// the drone's next call reconnects and handshakes with the new executor, the backends the dead
 /// one ran end (LOST, the runtime no longer knows them) rather than stay READY, new Connects
-/// run again, and no key ever has two owners.
+/// run again, and no key ever has two owners. The load stops terminating from just before the
+/// kill until those backends have ended, so that each READY one nothing asked to end must end LOST.
 #[tokio::test]
 async fn an_executor_killed_under_its_drone_ends_its_backends_and_the_drone_runs_new_ones() {
     hangar_tests::init_logging();
@@ -55,8 +56,19 @@ async fn an_executor_killed_under_its_drone_ends_its_backends_and_the_drone_runs
 
     let load = Load::start(clients);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The load goes on connecting but stops terminating until the dead executor's backends have
+    // ended: one it asked to end would end with the request's reason, not LOST.
+    load.set_terminating(false);
     // Backends the executor runs now: each must end, none may stay READY on a dead executor.
     let before: Vec<String> = load.urls.lock().unwrap().keys().cloned().collect();
+    // Those READY that the load never asked to end: only the executor's death can end them, and
+    // they must end LOST.
+    let mut untouched = Vec::new();
+    for id in before.iter().filter(|id| !load.asked_to_end(id)) {
+        if client.get_backend(id).await.unwrap().state == BackendState::Ready {
+            untouched.push(id.clone());
+        }
+    }
     executor.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let restarted = Instant::now();
@@ -86,19 +98,23 @@ async fn an_executor_killed_under_its_drone_ends_its_backends_and_the_drone_runs
         })
         .await;
     }
+    load.set_terminating(true);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (failures, history) = load.finish_history(&client).await;
     let lost = ended_with(&history, "Lost");
     eprintln!(
-        "{} backends ran on the executor when it was killed; {} backends ended LOST; a new backend READY {connect_ok:?} \
-         after the executor's restart; failures by call and code: {failures:?}",
+        "{} backends answered before the kill, {} of them READY and never asked to end; {} backends ended LOST; \
+         a new backend READY {connect_ok:?} after the executor's restart; failures by call and code: {failures:?}",
         before.len(),
+        untouched.len(),
         lost.len()
     );
     print_figures("executor-kill", Some(&failures), None, None, Some(connect_ok));
+    assert!(!untouched.is_empty(), "the killed executor ran backends of the load that nothing asked to end");
+    let not_lost: Vec<&String> = untouched.iter().filter(|id| !lost.contains(id)).collect();
     assert!(
-        !before.is_empty() && !lost.is_empty(),
-        "the killed executor held backends of the load, and they ended LOST"
+        not_lost.is_empty(),
+        "backends of the killed executor that nothing asked to end ended other than LOST: {not_lost:?}"
     );
     proxy.shutdown().await;
 }
