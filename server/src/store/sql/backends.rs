@@ -74,13 +74,7 @@ fn kind_rank(kind: TerminationKind) -> u8 {
     }
 }
 
-/// Frees the key backend `$1` holds. A key is found by its holder on the index of held keys
-/// (migration 0008), which the condition on `''` lets the planners use: without it this scanned
-/// every key ever used, under the write lock, on every backend's end (BENCHMARKS.md, "A key
-/// found by its holder").
-const FREE_HOLDERS_KEY: &str = "UPDATE backend_keys SET backend_id = '' WHERE backend_id = $1 AND backend_id <> ''";
-
-/// The lease of the key backend `$1` holds, found as in [`FREE_HOLDERS_KEY`].
+/// The lease of the key backend `$1` holds, found as in [`writes::free_holders_keys`].
 const HOLDERS_LEASE: &str = "SELECT lease_expires_at FROM backend_keys WHERE backend_id = $1 AND backend_id <> ''";
 
 impl<DB> SqlStore<DB>
@@ -765,7 +759,11 @@ where
             // made wait.
             return Ok(Some(backend));
         }
-        sqlx::query(FREE_HOLDERS_KEY).bind(backend_id.to_string()).execute(&mut *tx).await.map_err(from_sqlx)?;
+        sqlx::query(&writes::free_holders_keys("$1"))
+            .bind(backend_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
         if lost && backend.status.state.is_live() {
             let previous = backend.status.state;
             Self::end_lost(&mut tx, &mut backend, revision, now).await?;
@@ -928,22 +926,27 @@ fn rows_affected<DB: Dialect>(result: &DB::QueryResult) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{FREE_HOLDERS_KEY, HOLDERS_LEASE};
+    use super::HOLDERS_LEASE;
+    use super::writes::free_holders_keys;
     use crate::store::SqliteStore;
     use sqlx::Row;
 
     /// SQLite plans by rules, not table sizes, so its plan on an empty database is the plan on
-    /// a full one: neither statement may scan the keys.
+    /// a full one: no statement may scan the keys, whether it names one holder or several (a
+    /// write batch's ends).
     #[tokio::test]
     async fn sqlite_finds_a_key_by_its_holder_on_an_index() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&format!("sqlite://{}/hangar.db", dir.path().display())).await.unwrap();
-        for sql in [FREE_HOLDERS_KEY, HOLDERS_LEASE] {
-            let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .bind("bk-1")
-                .fetch_all(store.read_pool())
-                .await
-                .unwrap();
+        for (sql, holders) in
+            [(free_holders_keys("$1"), 1), (free_holders_keys("$1, $2"), 2), (HOLDERS_LEASE.into(), 1)]
+        {
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query(&explain);
+            for i in 1..=holders {
+                query = query.bind(format!("bk-{i}"));
+            }
+            let rows = query.fetch_all(store.read_pool()).await.unwrap();
             let plan: Vec<String> = rows.iter().map(|row| row.get::<String, _>(3)).collect();
             assert!(plan.iter().any(|step| step.contains("USING INDEX backend_keys_by_holder")), "{sql}: {plan:?}");
         }

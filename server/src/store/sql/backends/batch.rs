@@ -143,7 +143,12 @@ where
             });
         }
         let applied = started.elapsed();
-        Self::write_held_rows(&mut batch).await?;
+        // The rows held back, written at the batch's end.
+        if !batch.rows.is_empty() {
+            batch.wrote = true;
+            let queued = Self::write_rows(&mut batch.tx, &mut batch.rows).await?;
+            batch.queued.extend(queued);
+        }
         let written = started.elapsed();
         let spawns = Self::carried_spawns(&mut batch);
         let Batch { mut tx, revisions, wrote, mut woken, .. } = batch;
@@ -295,8 +300,7 @@ where
 
     /// A new version of a backend: its row (held back) and the batch's view of it.
     fn put_backend(batch: &mut Batch<DB>, backend: &Backend, revision: Revision) -> Result<(), StoreError> {
-        batch.rows.backend(BackendRow::of(backend, revision)?);
-        batch.backends.insert(backend.id.clone(), Some(backend.clone()));
+        Self::hold_backend(batch, backend, BackendRow::of(backend, revision)?);
         Ok(())
     }
 
@@ -311,19 +315,14 @@ where
     ) -> Result<(), StoreError> {
         let row = BackendRow::of(backend, revision)?;
         batch.rows.history(HistoryRow::with_data(backend, revision, previous, row.data.clone())?);
-        batch.rows.backend(row);
-        batch.backends.insert(backend.id.clone(), Some(backend.clone()));
+        Self::hold_backend(batch, backend, row);
         Ok(())
     }
 
-    /// Writes the rows held back, at the batch's end.
-    async fn write_held_rows(batch: &mut Batch<DB>) -> Result<(), StoreError> {
-        if !batch.rows.is_empty() {
-            batch.wrote = true;
-            let queued = Self::write_rows(&mut batch.tx, &mut batch.rows).await?;
-            batch.queued.extend(queued);
-        }
-        Ok(())
+    /// Holds `row`, the new version of `backend`, and makes it the batch's view of it.
+    fn hold_backend(batch: &mut Batch<DB>, backend: &Backend, row: BackendRow) {
+        batch.rows.backend(row);
+        batch.backends.insert(backend.id.clone(), Some(backend.clone()));
     }
 
     /// The Spawns the batch queued, each with its place in the drone's queue and its backend as

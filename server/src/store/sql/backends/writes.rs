@@ -289,6 +289,14 @@ pub(in crate::store::sql) fn padded_chunks<T: Clone>(items: &[T]) -> impl Iterat
 /// A statement being bound.
 type Statement<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>;
 
+/// Frees the keys the backends of `list` (the statement's parameters for their ids) hold. A key
+/// is found by its holder on the index of held keys (migration 0008), which the condition on
+/// `''` lets the planners use: without it this scanned every key ever used, under the write lock,
+/// on every backend's end (BENCHMARKS.md, "A key found by its holder").
+pub(in crate::store::sql) fn free_holders_keys(list: &str) -> String {
+    format!("UPDATE backend_keys SET backend_id = '' WHERE backend_id IN ({list}) AND backend_id <> ''")
+}
+
 /// `count` parameters, the first of them the statement's `first`: `$first, $first+1, …` where
 /// parameters are numbered, `?, ?, …` where they are taken in order (see
 /// [`Dialect::NUMBERED_PARAMETERS`]). (sqlx's `QueryBuilder` would write them, but its statements
@@ -344,10 +352,7 @@ where
         let ids: Vec<&str> = releases.iter().map(|r| r.backend_id.as_str()).collect();
         for chunk in padded_chunks(&ids) {
             let list = parameters::<DB>(1, chunk.len());
-            for sql in [
-                format!("UPDATE backend_keys SET backend_id = '' WHERE backend_id IN ({list}) AND backend_id <> ''"),
-                format!("DELETE FROM drone_actions WHERE backend_id IN ({list})"),
-            ] {
+            for sql in [free_holders_keys(&list), format!("DELETE FROM drone_actions WHERE backend_id IN ({list})")] {
                 let mut query = sqlx::query(&sql);
                 for id in &chunk {
                     query = query.bind(id.to_string());
