@@ -25,7 +25,10 @@ use std::time::Duration;
 /// glibc's malloc `perf` put ~17 % of the controller's CPU in the allocator (`malloc_consolidate`
 /// and the free lists). With jemalloc, placements ran 16 % faster and heartbeats took less CPU for
 /// 3 % more memory; mimalloc was as fast but held a third more memory (BENCHMARKS.md, "Session of
-/// 2026-12-06 (8)").
+/// 2026-12-06 (8)"). It also serves the C allocations (`malloc`, which the workspace's
+/// `unprefixed_malloc_on_supported_platforms` feature makes jemalloc's): the bundled SQLite's, all
+/// on the write connection's thread, where glibc's allocator was ~5 % of that thread's samples;
+/// placements ran 4–5 % faster (BENCHMARKS.md, "Session of 2026-12-07 (10)").
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
