@@ -5,11 +5,17 @@
 //! alone. A run that has started completes even if its leader's caller stops waiting (the store
 //! runs it on its own runtime: `OffloadedStore`); should a leader be dropped all the same, the
 //! calls it took are answered as abandoned, never left waiting.
+//!
+//! A queue may space its runs: each starts no sooner than `spacing` after the one before, and
+//! gathers what came meanwhile. A queue whose runs may wait a little (renewals) does fewer,
+//! larger ones under load; a lone call after a quiet spell runs at once.
 
 use crate::store::StoreError;
 use std::future::Future;
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// Where a call's answer goes.
 type Reply<D> = oneshot::Sender<Result<D, StoreError>>;
@@ -25,12 +31,21 @@ pub(in crate::store::sql) struct GroupQueue<W, D> {
     /// What a run is called in messages ("the write's batch").
     what: &'static str,
     waiting: Mutex<Vec<(W, Reply<D>)>>,
-    leader: tokio::sync::Mutex<()>,
+    /// The least time from one run's start to the next's.
+    spacing: Duration,
+    /// The leader's lock, holding when the last run started.
+    leader: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl<W, D> GroupQueue<W, D> {
+    /// A queue whose runs start as soon as the one before is over.
     pub(in crate::store::sql) fn new(what: &'static str) -> Self {
-        GroupQueue { what, waiting: Mutex::new(Vec::new()), leader: tokio::sync::Mutex::new(()) }
+        GroupQueue::spaced(what, Duration::ZERO)
+    }
+
+    /// A queue whose runs start at least `spacing` apart.
+    pub(in crate::store::sql) fn spaced(what: &'static str, spacing: Duration) -> Self {
+        GroupQueue { what, waiting: Mutex::new(Vec::new()), spacing, leader: tokio::sync::Mutex::new(None) }
     }
 
     /// Runs `call` in the next run of `runner` (which answers its calls in order) and answers
@@ -38,7 +53,7 @@ impl<W, D> GroupQueue<W, D> {
     pub(in crate::store::sql) async fn submit(&self, runner: &impl Runs<W, D>, call: W) -> Result<D, StoreError> {
         let (reply, mut answer) = oneshot::channel();
         self.waiting.lock().unwrap_or_else(|e| e.into_inner()).push((call, reply));
-        let leader = self.leader.lock().await;
+        let mut leader = self.leader.lock().await;
         match answer.try_recv() {
             // A leader before us took it.
             Ok(done) => return done,
@@ -46,6 +61,12 @@ impl<W, D> GroupQueue<W, D> {
             Err(oneshot::error::TryRecvError::Closed) => return Err(self.abandoned()),
             Err(oneshot::error::TryRecvError::Empty) => {}
         }
+        if let Some(next) = leader.map(|last| last + self.spacing).filter(|next| *next > Instant::now()) {
+            // Calls that come meanwhile join ours; should this leader stop waiting here, it has
+            // taken nothing, and the next leader takes them all.
+            tokio::time::sleep_until(next).await;
+        }
+        *leader = Some(Instant::now());
         // Ours is still waiting (only leaders take calls), so it is among these.
         let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
         let (calls, replies): (Vec<W>, Vec<_>) = waiting.into_iter().unzip();
@@ -74,5 +95,70 @@ impl<W, D> GroupQueue<W, D> {
 
     fn abandoned(&self) -> StoreError {
         StoreError::Unavailable(format!("{} was abandoned before it committed", self.what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{GroupQueue, Runs};
+    use crate::store::StoreError;
+    use std::future::Future;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// Records each run: when it started and the calls it took.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(Instant, Vec<u32>)>>);
+
+    impl Runs<u32, u32> for Recorder {
+        fn run<'a>(&'a self, calls: &'a [u32]) -> impl Future<Output = Result<Vec<u32>, StoreError>> + Send + 'a {
+            self.0.lock().unwrap().push((Instant::now(), calls.to_vec()));
+            async move { Ok(calls.to_vec()) }
+        }
+    }
+
+    /// A spaced queue (renewals) runs a lone call at once, and a run that comes sooner after the
+    /// last one's start waits out the spacing and takes every call that came meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_spaced_queue_runs_a_lone_call_at_once_and_gathers_the_calls_of_its_spacing() {
+        let spacing = Duration::from_millis(50);
+        let queue = Arc::new(GroupQueue::<u32, u32>::spaced("the test's group", spacing));
+        let recorder = Arc::new(Recorder::default());
+        let start = Instant::now();
+        assert_eq!(queue.submit(&*recorder, 1).await.unwrap(), 1);
+        let calls: Vec<_> = (2..=4)
+            .map(|call| {
+                let (queue, recorder) = (queue.clone(), recorder.clone());
+                tokio::spawn(async move { queue.submit(&*recorder, call).await.unwrap() })
+            })
+            .collect();
+        for (call, answer) in (2..=4).zip(calls) {
+            assert_eq!(answer.await.unwrap(), call, "each call gets its own answer");
+        }
+        let runs = recorder.0.lock().unwrap().clone();
+        assert_eq!(runs.len(), 2, "one run for the lone call, one for the three after it: {runs:?}");
+        assert_eq!(runs[0], (start, vec![1]), "the lone call ran at once");
+        assert_eq!(runs[1].1, vec![2, 3, 4]);
+        assert_eq!(runs[1].0 - start, spacing, "the second run started a spacing after the first");
+
+        // After a quiet spell longer than the spacing, a call runs at once again.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let quiet = Instant::now();
+        queue.submit(&*recorder, 5).await.unwrap();
+        assert_eq!(recorder.0.lock().unwrap().last().unwrap(), &(quiet, vec![5]));
+    }
+
+    /// A queue without spacing (write batches) never waits between runs.
+    #[tokio::test(start_paused = true)]
+    async fn an_unspaced_queue_runs_at_once() {
+        let queue = GroupQueue::<u32, u32>::new("the test's batch");
+        let recorder = Recorder::default();
+        let start = Instant::now();
+        for call in 0..3 {
+            queue.submit(&recorder, call).await.unwrap();
+        }
+        let runs = recorder.0.lock().unwrap().clone();
+        assert!(runs.iter().all(|(at, _)| *at == start), "{runs:?}");
     }
 }
