@@ -516,7 +516,11 @@ async fn a_batch_renewal_renews_each_held_key_and_refuses_the_others_alone(db: D
     let freed = store.release_expired_key(&held[2].id, false, late, LEASE).await.unwrap().unwrap();
     assert_eq!(freed.status.state, BackendState::Scheduled, "freed, not ended: its drone is attached");
     let batch = vec![
+        // b0's holder naming other keys with its own token (a confused or hostile drone), before
+        // and after its own key: its renewal answers for its key alone.
+        KeyRenewal { backend_id: held[0].id.clone(), key: key("b3", ""), fencing_token: held[0].fencing_token },
         renewal(0, held[0].fencing_token),
+        KeyRenewal { backend_id: held[0].id.clone(), key: key("b1", ""), fencing_token: held[0].fencing_token },
         // A wrong fencing token: an older holder's.
         renewal(1, held[1].fencing_token + 1),
         renewal(2, held[2].fencing_token),
@@ -525,7 +529,11 @@ async fn a_batch_renewal_renews_each_held_key_and_refuses_the_others_alone(db: D
         KeyRenewal { backend_id: "bk-other".into(), key: key("b0", ""), fencing_token: held[0].fencing_token },
     ];
     let renewed = store.renew_keys(&batch, late + Duration::seconds(30)).await.unwrap();
-    assert_eq!(renewed, [true, false, false, true, false], "each key decided alone, answers in request order");
+    assert_eq!(
+        renewed,
+        [false, true, false, false, false, true, false],
+        "each key decided alone, answers in request order"
+    );
 
     // The renewed leases really moved: still valid past the old expiry, the refused ones not.
     let later = late + Duration::seconds(20);
