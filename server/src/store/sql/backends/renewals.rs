@@ -65,9 +65,8 @@ pub(in crate::store::sql) type RenewalQueue = GroupQueue<Call, Vec<bool>>;
 /// The least time between the starts of two renewal groups. A renewal is answered up to this
 /// much later, against the 15 s (half the default lease) a drone has before it stops a backend it
 /// could not renew; under load, the groups are fewer and larger. Taken as they came, a hundred
-/// drones placing backends made some 110 groups a second of ~100 keys each, and each group's
-/// commit wrote again the pages its keys share with the group before: 13.5 µs of the write
-/// connection a key. Spaced by 50 ms, 20 groups a second of ~850 keys: 8.9 µs a key
+/// drones placing backends made some 110 groups a second of ~100 keys each, each a transaction
+/// with its own commit: 13.5 µs of the write connection a key. Spaced by 50 ms, 20 groups a second of ~850 keys: 8.9 µs a key
 /// (BENCHMARKS.md, "Session of 2026-12-07 (10)").
 pub(in crate::store::sql) const RENEWAL_GROUP_SPACING: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -123,7 +122,7 @@ where
             // Each statement returns only the holders it renewed, which name their entries: a
             // backend holds one key, so within a statement whose entries have distinct holders a
             // returned holder is one entry. Returning the whole key (three strings and a number
-            // a row) cost more than the update of the row. An entry whose holder an earlier
+            // a row) cost ~3 % of a key's renewal. An entry whose holder an earlier
             // entry of the group names with another key or token (a confused or hostile drone)
             // goes to a later round of statements of its own.
             let mut rounds: Vec<Vec<usize>> = Vec::new();
