@@ -130,8 +130,11 @@ where
         revision: Revision,
         previous: BackendState,
     ) -> Result<(), StoreError> {
-        Self::update_backend_row(tx, backend, revision).await?;
-        Self::write_history(&mut **tx, vec![HistoryRow::of(backend, revision, Some(previous))?]).await
+        // Encoded once, for the row and the history entry, as a write batch does.
+        let row = BackendRow::of(backend, revision)?;
+        let history = HistoryRow::with_data(backend, revision, Some(previous), row.data.clone())?;
+        Self::write_backends(&mut **tx, vec![row]).await?;
+        Self::write_history(&mut **tx, vec![history]).await
     }
 
     /// The row only: for changes that are not a new status.

@@ -78,16 +78,8 @@ pub(in crate::store::sql) struct HistoryRow {
 }
 
 impl HistoryRow {
-    pub(in crate::store::sql) fn of(
-        backend: &Backend,
-        revision: Revision,
-        previous: Option<BackendState>,
-    ) -> Result<HistoryRow, StoreError> {
-        HistoryRow::with_data(backend, revision, previous, encode(backend)?)
-    }
-
-    /// [`HistoryRow::of`] with the backend already encoded (`data`): a batch encodes a changed
-    /// backend once for its row and its history row.
+    /// The history entry of `backend`'s new status, with the backend already encoded (`data`,
+    /// its [`BackendRow`]'s): a changed backend is encoded once for its row and its entry.
     pub(in crate::store::sql) fn with_data(
         backend: &Backend,
         revision: Revision,
