@@ -700,17 +700,29 @@ impl NodeRegistry {
     /// refreshing them (it crashed or lost its database connection), and nodes this controller
     /// holds in the store but no longer in memory. Returns how many were marked.
     ///
+    /// `in_reach` is how long this controller has reached the store without a break
+    /// ([`StoreContact::in_reach_for`]). Other controllers' nodes are judged only once it is
+    /// at least [`LivenessConfig::stale_after`]: after a database outage every controller comes
+    /// back with its nodes' heartbeats as old as the outage, and the first to return would
+    /// otherwise take every other controller's nodes away before their holders could refresh
+    /// them (their drones would all have to attach again, and for that moment the store would
+    /// call attached drones OFFLINE).
+    ///
+    /// [`StoreContact::in_reach_for`]: super::StoreContact::in_reach_for
+    ///
     /// Each decision is made from one read of the node and applied only if the node is still as
     /// read (its revision): a node that re-attached or was refreshed between the read and the
     /// write (after a database outage, say, when reads, attaches and writes all resume at once)
     /// is left alone. A node this controller is attaching right now is no orphan, even though
     /// the store already names this controller before the node is in memory.
-    pub async fn sweep_stale(&self) -> Result<usize, StoreError> {
+    pub async fn sweep_stale(&self, in_reach: std::time::Duration) -> Result<usize, StoreError> {
         let filter = NodeFilter {
             states: vec![NodeState::Ready, NodeState::Draining, NodeState::Unhealthy],
             ..NodeFilter::default()
         };
-        let stale_before = Utc::now() - chrono::Duration::from_std(self.config.stale_after()).unwrap_or_default();
+        let stale_after = self.config.stale_after();
+        let stale_before =
+            (in_reach >= stale_after).then(|| Utc::now() - chrono::Duration::from_std(stale_after).unwrap_or_default());
         let mut after: Option<String> = None;
         let mut marked = 0;
         loop {
@@ -731,7 +743,7 @@ impl NodeRegistry {
     /// has not changed since. Whether it was marked.
     ///
     /// [`sweep_verdict`]: Self::sweep_verdict
-    async fn sweep_node(&self, node: &Node, stale_before: DateTime<Utc>) -> Result<bool, StoreError> {
+    async fn sweep_node(&self, node: &Node, stale_before: Option<DateTime<Utc>>) -> Result<bool, StoreError> {
         let Some(why) = self.sweep_verdict(node, stale_before) else { return Ok(false) };
         let marked = self.mark_swept(node).await?;
         if marked {
@@ -742,10 +754,10 @@ impl NodeRegistry {
 
     /// Why `node`, as read, is to be marked OFFLINE: an orphan (held here in the store, neither
     /// in memory nor being attached) or stale (held by another controller, heartbeat older than
-    /// `stale_before`).
-    fn sweep_verdict(&self, node: &Node, stale_before: DateTime<Utc>) -> Option<&'static str> {
+    /// `stale_before`; `None`: other controllers' nodes are not judged now).
+    fn sweep_verdict(&self, node: &Node, stale_before: Option<DateTime<Utc>>) -> Option<&'static str> {
         if node.controller_id != self.controller_id {
-            return (node.last_heartbeat_at < stale_before).then_some("stale");
+            return stale_before.is_some_and(|before| node.last_heartbeat_at < before).then_some("stale");
         }
         let attached = self.attached.lock().unwrap();
         let identity = (node.kind, node.cluster.clone(), node.name.clone());
@@ -766,7 +778,7 @@ impl NodeRegistry {
     }
 
     /// Runs liveness passes until `shutdown`.
-    pub async fn run_liveness(&self, shutdown: CancellationToken) {
+    pub async fn run_liveness(&self, contact: Arc<super::StoreContact>, shutdown: CancellationToken) {
         let pass = (self.config.heartbeat_interval / 2).min(std::time::Duration::from_secs(1));
         let mut ticker = tokio::time::interval(pass);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -784,7 +796,7 @@ impl NodeRegistry {
             self.check_liveness(refresh_due).await;
             if last_sweep.elapsed() >= self.config.offline_after {
                 last_sweep = Instant::now();
-                if let Err(err) = self.sweep_stale().await {
+                if let Err(err) = self.sweep_stale(contact.in_reach_for()).await {
                     tracing::warn!(error = %err, "stale-node sweep failed; retrying later");
                 }
             }
@@ -981,7 +993,7 @@ mod tests {
         let (registry, _dir) = registry(LivenessConfig::default()).await;
         let left_behind = registry.store.attach_node(drone("d1"), "ctl-test", Utc::now()).await.unwrap();
         let read = stored(&registry, &left_behind.id).await;
-        assert_eq!(registry.sweep_verdict(&read, long_ago()), Some("orphaned"));
+        assert_eq!(registry.sweep_verdict(&read, Some(long_ago())), Some("orphaned"));
 
         let (_, session) = registry.attach(drone("d1")).await.unwrap();
         assert!(!registry.mark_swept(&read).await.unwrap(), "the verdict on the old read is dropped");
@@ -989,7 +1001,11 @@ mod tests {
         let node = stored(&registry, &left_behind.id).await;
         assert_eq!((node.state, node.controller_id.as_str()), (NodeState::Ready, "ctl-test"), "still attached here");
         assert_eq!(closed_now(&session), None);
-        assert_eq!(registry.sweep_stale().await.unwrap(), 0, "and a new sweep finds nothing to do");
+        assert_eq!(
+            registry.sweep_stale(std::time::Duration::MAX).await.unwrap(),
+            0,
+            "and a new sweep finds nothing to do"
+        );
     }
 
     /// The same for a node of another controller whose heartbeat looked stale when read (no
@@ -1000,10 +1016,10 @@ mod tests {
         let far = registry.store.attach_node(drone("far"), "ctl-other", long_ago()).await.unwrap();
         let read = stored(&registry, &far.id).await;
         let stale_before = Utc::now() - chrono::Duration::minutes(5);
-        assert_eq!(registry.sweep_verdict(&read, stale_before), Some("stale"));
+        assert_eq!(registry.sweep_verdict(&read, Some(stale_before)), Some("stale"));
 
         registry.store.attach_node(drone("far"), "ctl-other", Utc::now()).await.unwrap();
-        assert!(!registry.sweep_node(&read, stale_before).await.unwrap(), "re-attached since the read");
+        assert!(!registry.sweep_node(&read, Some(stale_before)).await.unwrap(), "re-attached since the read");
         assert_eq!(stored(&registry, &far.id).await.state, NodeState::Ready);
     }
 
@@ -1016,13 +1032,37 @@ mod tests {
         let now = Utc::now();
         let written = registry.store.attach_node(drone("d1"), "ctl-test", now).await.unwrap();
 
-        assert_eq!(registry.sweep_stale().await.unwrap(), 0, "no orphan while the attach is under way");
+        assert_eq!(
+            registry.sweep_stale(std::time::Duration::MAX).await.unwrap(),
+            0,
+            "no orphan while the attach is under way"
+        );
         assert_eq!(stored(&registry, &written.id).await.state, NodeState::Ready);
 
         let (_, session) = registry.attached_now(written.clone(), now, attaching);
-        assert_eq!(registry.sweep_stale().await.unwrap(), 0);
+        assert_eq!(registry.sweep_stale(std::time::Duration::MAX).await.unwrap(), 0);
         assert_eq!(stored(&registry, &written.id).await.state, NodeState::Ready);
         assert_eq!(closed_now(&session), None);
+    }
+
+    /// A controller back from a database outage finds every other controller's nodes with
+    /// heartbeats as old as the outage: it leaves them to their holders until it has reached the
+    /// store for as long as a live holder takes to refresh them; its own orphans it sweeps at once.
+    #[tokio::test]
+    async fn back_from_an_outage_a_controller_waits_before_it_calls_other_controllers_nodes_stale() {
+        let config = LivenessConfig::default();
+        let (registry, _dir) = registry(config).await;
+        let theirs = registry.store.attach_node(drone("theirs"), "ctl-other", long_ago()).await.unwrap();
+        let orphan = registry.store.attach_node(drone("orphan"), "ctl-test", Utc::now()).await.unwrap();
+
+        let just_back = config.stale_after() - std::time::Duration::from_millis(1);
+        assert_eq!(registry.sweep_stale(just_back).await.unwrap(), 1, "only the orphan");
+        assert_eq!(stored(&registry, &orphan.id).await.state, NodeState::Offline);
+        let node = stored(&registry, &theirs.id).await;
+        assert_eq!((node.state, node.controller_id.as_str()), (NodeState::Ready, "ctl-other"), "left to its holder");
+
+        assert_eq!(registry.sweep_stale(config.stale_after()).await.unwrap(), 1, "its holder had its chance");
+        assert_eq!(stored(&registry, &theirs.id).await.state, NodeState::Offline);
     }
 
     /// Orphans and stale nodes that did not change since the read are still swept; a fresh
@@ -1033,7 +1073,7 @@ mod tests {
         let fresh = registry.store.attach_node(drone("fresh"), "ctl-other", Utc::now()).await.unwrap();
         let gone = registry.store.attach_node(drone("gone"), "ctl-crashed", long_ago()).await.unwrap();
         let orphan = registry.store.attach_node(drone("orphan"), "ctl-test", Utc::now()).await.unwrap();
-        assert_eq!(registry.sweep_stale().await.unwrap(), 2);
+        assert_eq!(registry.sweep_stale(std::time::Duration::MAX).await.unwrap(), 2);
         assert_eq!(stored(&registry, &gone.id).await.state, NodeState::Offline);
         assert_eq!(stored(&registry, &orphan.id).await.state, NodeState::Offline);
         assert_eq!(stored(&registry, &fresh.id).await.state, NodeState::Ready);

@@ -210,9 +210,8 @@ impl Controller {
             );
 
         {
-            let registry = registry.clone();
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move { registry.run_liveness(shutdown).await });
+            let (registry, contact, shutdown) = (registry.clone(), contact.clone(), shutdown.clone());
+            tasks.spawn(async move { registry.run_liveness(contact, shutdown).await });
         }
         {
             // Drone sessions wake on the commits that concern them only.

@@ -37,6 +37,8 @@ struct Contact {
     last_deferral_at: Option<DateTime<Utc>>,
     /// The store failed since the last tick it took: logged once per outage.
     failing: bool,
+    /// The first tick of the run of ticks the store took without a miss since (none yet).
+    reached_since: Option<Instant>,
 }
 
 impl StoreContact {
@@ -50,6 +52,16 @@ impl StoreContact {
     /// [`OUT_OF_REACH`] (or none was tried yet).
     pub fn reaches_store(&self) -> bool {
         self.state.lock().unwrap().last_tick.is_none_or(|at| at.elapsed() < OUT_OF_REACH)
+    }
+
+    /// How long this controller has reached its store without a missed tick: zero before its
+    /// first tick and after a miss. Right after an outage every controller has just come back,
+    /// and what none could write meanwhile (its nodes' heartbeats) is not yet a sign that it is
+    /// gone (the stale-node sweep, [`NodeRegistry::sweep_stale`]).
+    ///
+    /// [`NodeRegistry::sweep_stale`]: super::NodeRegistry::sweep_stale
+    pub fn in_reach_for(&self) -> Duration {
+        self.state.lock().unwrap().reached_since.map(|since| since.elapsed()).unwrap_or_default()
     }
 
     /// The grace promised with a deferral (sent to drones in `Welcome`).
@@ -94,21 +106,33 @@ impl StoreContact {
         let forget = forget_before(tick.seen_at, self.grace, self.lease);
         let error = match tokio::time::timeout(TICK_TIMEOUT, store.record_controller_tick(&tick, forget)).await {
             Ok(Ok(())) => {
-                let mut state = self.state.lock().unwrap();
-                state.last_tick = Some(state.last_tick.map_or(read_at, |t| t.max(read_at)));
-                if std::mem::take(&mut state.failing) {
-                    tracing::info!(deferred_since = ?state.last_deferral_at, "the store is reachable again");
-                }
+                self.taken(read_at);
                 return true;
             }
             Ok(Err(err)) => err.to_string(),
             Err(_) => format!("no answer within {TICK_TIMEOUT:?}"),
         };
+        self.missed(&error);
+        false
+    }
+
+    /// The store took the tick read at `read_at`.
+    fn taken(&self, read_at: Instant) {
         let mut state = self.state.lock().unwrap();
+        state.last_tick = Some(state.last_tick.map_or(read_at, |t| t.max(read_at)));
+        state.reached_since.get_or_insert(read_at);
+        if std::mem::take(&mut state.failing) {
+            tracing::info!(deferred_since = ?state.last_deferral_at, "the store is reachable again");
+        }
+    }
+
+    /// The store did not take a tick.
+    fn missed(&self, error: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.reached_since = None;
         if !std::mem::replace(&mut state.failing, true) {
             tracing::warn!(%error, grace = ?self.grace, "the store is unreachable; key renewals are deferred within the grace");
         }
-        false
     }
 
     /// Ticks every [`TICK_INTERVAL`] until `shutdown`. The last tick, marking the controller
@@ -170,5 +194,21 @@ mod tests {
         let never = StoreContact::new("ctl-b".into(), Duration::ZERO, Duration::from_secs(30));
         assert!(never.record(&store, false).await);
         assert!(!never.defer(), "no grace: never defers");
+    }
+
+    #[test]
+    fn time_in_reach_of_the_store_counts_from_the_first_tick_after_the_last_miss() {
+        let contact = StoreContact::new("ctl-a".into(), Duration::from_secs(120), Duration::from_secs(30));
+        let ago = |seconds: u64| Instant::now().checked_sub(Duration::from_secs(seconds)).unwrap();
+        assert_eq!(contact.in_reach_for(), Duration::ZERO, "no tick yet");
+        contact.taken(ago(10));
+        contact.taken(ago(0));
+        assert!(contact.in_reach_for() >= Duration::from_secs(10), "from the first tick, not the last");
+
+        contact.missed("the database is down");
+        assert_eq!(contact.in_reach_for(), Duration::ZERO);
+        contact.taken(ago(2));
+        let back = contact.in_reach_for();
+        assert!(back >= Duration::from_secs(2) && back < Duration::from_secs(3), "counted from the return: {back:?}");
     }
 }
