@@ -122,7 +122,10 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>, service: &str) -> an
     if let Some(hint) = hint {
         not_trace_spans = not_trace_spans.with_max_level_hint(hint);
     }
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a log file or journald gets plain lines.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),

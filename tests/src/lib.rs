@@ -357,6 +357,8 @@ pub async fn next_event(
 pub struct ControllerProcess {
     pub child: std::process::Child,
     pub url: String,
+    /// Its log, when [`ControllerProcess::spawn_with`] kept it: printed if the test fails.
+    log: Option<tempfile::NamedTempFile>,
 }
 
 impl ControllerProcess {
@@ -366,9 +368,15 @@ impl ControllerProcess {
         Self::spawn_with(database, &[])
     }
 
-    /// [`ControllerProcess::spawn`], with more arguments (TLS files, say).
+    /// [`ControllerProcess::spawn`], with more arguments (TLS files, say). Its log is kept in a
+    /// temporary file and printed when the test panics: a failure that needs two processes and
+    /// a minute to happen must be readable from the one run that showed it.
     pub fn spawn_with(database: &str, args: &[&std::ffi::OsStr]) -> ControllerProcess {
-        Self::spawn_logging(database, args, std::process::Stdio::null())
+        let log = tempfile::NamedTempFile::new().expect("a temporary file for the controller's log");
+        let stderr = log.reopen().expect("the controller's log file");
+        let mut controller = Self::spawn_logging(database, args, stderr);
+        controller.log = Some(log);
+        controller
     }
 
     /// [`ControllerProcess::spawn_with`], with its log (stderr) sent to `stderr`.
@@ -399,7 +407,7 @@ impl ControllerProcess {
                 _ => panic!("hangar-server controller exited before listening"),
             }
         };
-        ControllerProcess { child, url }
+        ControllerProcess { child, url, log: None }
     }
 
     /// SIGKILL: no shutdown, no goodbye to its drones or watchers.
@@ -412,6 +420,12 @@ impl ControllerProcess {
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking()
+            && let Some(log) = &self.log
+        {
+            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+            eprintln!("----- log of the controller at {} -----\n{text}----- end of its log -----", self.url);
+        }
     }
 }
 

@@ -69,8 +69,12 @@ async fn postgresql_down_for_a_minute_under_load_ends_no_session_and_gives_no_ke
     // every call and every backend's serving must still be clean, and no backend may have ended
     // for want of a renewal or its drone.
     let (failures, history) = load.finish_history(&client).await;
-    let lapsed: Vec<_> =
-        history.finals.iter().filter(|f| matches!(f.reason.as_deref(), Some("KeyExpired" | "Lost"))).collect();
+    let mut lapsed = Vec::new();
+    for f in history.finals.iter().filter(|f| matches!(f.reason.as_deref(), Some("KeyExpired" | "Lost"))) {
+        // Who ended it, and when: the drone's message and the controller's differ.
+        let status = client.get_backend(&f.backend_id).await.unwrap().status;
+        lapsed.push(format!("{} {:?} at {:?}: {}", f.backend_id, f.reason, status.time, status.message));
+    }
     print_figures("postgres-outage-60s", Some(&failures), Some((failed.len(), sent)), None, Some(connect_ok));
     assert!(ended.is_empty(), "backends READY before the outage did not survive it: {ended:?}");
     assert!(lapsed.is_empty(), "backends ended for a lapsed lease or a lost drone: {lapsed:?}");
