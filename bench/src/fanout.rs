@@ -141,6 +141,11 @@ where
     let client_cpu_after = procs::cpu_seconds(std::process::id())?;
     let rss_after = procs::rss_bytes(server_pid)?;
 
+    if let Some(path) = &args.per_change {
+        let path = format!("{}.{system}", path.display());
+        write_per_change(&path, &times, &logs)?;
+        eprintln!("{system}: per-change latencies in {path}");
+    }
     let mut report = summarize(plan, &times, &logs, event_bytes);
     report.rss_idle = rss_idle;
     report.rss_watching = rss_watching;
@@ -227,4 +232,32 @@ impl Drop for WriterThread {
             runtime.shutdown_background();
         }
     }
+}
+
+/// `--per-change`: one line per change, its index, when it was issued (ms from the first), its
+/// commit time and the fastest, median and slowest watcher's latency (ms), and last the issue
+/// time (ns since the epoch, to match with `perf record -k CLOCK_REALTIME`).
+fn write_per_change(path: &str, times: &WriteTimes, logs: &[WatcherLog]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "# change issued_ms commit_ms fastest_ms median_ms slowest_ms issued_epoch_ns")?;
+    let first = times.issued.get(1).copied().unwrap_or(0);
+    for i in 1..times.issued.len() {
+        let issued = times.issued[i];
+        let mut got: Vec<u64> =
+            logs.iter().map(|l| l.received[i]).filter(|&t| t != 0).map(|t| t.saturating_sub(issued)).collect();
+        got.sort_unstable();
+        let ms = |n: u64| n as f64 / 1e6;
+        let pick = |q: f64| got.get(((got.len() as f64 - 1.0) * q) as usize).copied().map(ms).unwrap_or(-1.0);
+        writeln!(
+            out,
+            "{i} {:.1} {:.2} {:.2} {:.2} {:.2} {issued}",
+            ms(issued.saturating_sub(first)),
+            ms(times.acked[i].saturating_sub(issued)),
+            pick(0.0),
+            pick(0.5),
+            pick(1.0)
+        )?;
+    }
+    Ok(())
 }

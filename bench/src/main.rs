@@ -147,6 +147,11 @@ pub struct WatchArgs {
     /// any, each watcher asks for `send_initial` and the run reports how long the snapshots took.
     #[arg(long, default_value_t = 0)]
     pub nodes: usize,
+    /// Also write one line per change to `PATH.hangar` and `PATH.etcd`: when it was issued, its
+    /// commit time, and the fastest, median and slowest watcher's latency. Shows whether a
+    /// latency tail is a few spells in which every watcher is late, or spread over the run.
+    #[arg(long, value_name = "PATH")]
+    pub per_change: Option<std::path::PathBuf>,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
