@@ -1,5 +1,5 @@
-//! The Hangar side: a controller on SQLite in its own process (this binary's hidden
-//! `hangar-controller` command), which also hosts the writer, and WatchNodes or WatchBackends
+//! The Hangar side: a controller on SQLite in its own process (the `hangar-bench-controller`
+//! binary, on jemalloc as `hangar-server` is), which also hosts the writer, and WatchNodes or WatchBackends
 //! watchers here.
 //!
 //! The writer lives in the controller's process because it writes to the store directly (a
@@ -232,10 +232,21 @@ impl Writer for ChildWriter {
     }
 }
 
+/// `hangar-bench-controller`, which cargo builds next to `hangar-bench`.
+fn controller_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("hangar-bench-controller");
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: it is built with hangar-bench (cargo build --release -p hangar-bench)",
+        path.display()
+    );
+    Ok(path)
+}
+
 pub async fn run(args: &WatchArgs, plan: &Plan) -> anyhow::Result<Report> {
     let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir_in(&args.data_dir)?;
-    let mut command = Command::new(std::env::current_exe()?);
-    command.arg("hangar-controller").arg("--dir").arg(dir.path());
+    let mut command = Command::new(controller_binary()?);
+    command.arg("--dir").arg(dir.path());
     command.arg("--kind").arg(args.kind.as_str()).arg("--events").arg(args.events.to_string());
     command.arg("--nodes").arg(args.nodes.to_string());
     let mut child = procs::spawn_owned(command)?;

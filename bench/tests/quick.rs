@@ -1,8 +1,8 @@
 //! The scale benchmarks' `--quick` passes: each runs for a few seconds against the real
 //! `hangar-server` binary (built next to `hangar-bench`; `scripts/test` builds every binary
 //! first) and must end with its `RESULT` line carrying exactly the keys BENCHMARKS.md documents,
-//! so that the harness cannot rot between the runs that record figures. The benchmarks
-//! themselves never run here.
+//! so that the harness cannot rot between the runs that record figures; and a small `watch` run.
+//! The benchmarks themselves never run here.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -156,4 +156,41 @@ fn coldstart_quick_pass_reaches_a_first_200_through_hangar_docker_run_and_the_pr
         "{figures:?}"
     );
     assert!(figures["hangar_max_ms"] >= figures["hangar_p50_ms"], "{figures:?}");
+}
+
+/// `watch` has no `--quick`; a run of a few watchers and changes on the Hangar side alone (etcd's
+/// side is the `list` pass's etcd) proves that the controller it measures, the
+/// `hangar-bench-controller` binary, starts, and that every change reaches every watcher.
+#[test]
+fn a_small_watch_run_delivers_every_change_to_every_watcher_and_writes_each_change_line() {
+    let bench = env!("CARGO_BIN_EXE_hangar-bench");
+    let dir = tempfile::tempdir().unwrap();
+    let per_change = dir.path().join("changes");
+    let output = Command::new(bench)
+        .args(["watch", "--only", "hangar", "--watchers", "20", "--connections", "2", "--events", "130"])
+        .args(["--paced-events", "40", "--rate", "100", "--loaded-events", "40", "--loaded-rate", "200"])
+        .args(["--heavy-events", "20", "--heavy-rate", "400", "--timeout", "30s"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--per-change")
+        .arg(&per_change)
+        .output()
+        .expect("hangar-bench starts");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "`hangar-bench watch` failed:\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("RESULT scenario=watch hangar_paced_p99_ms="), "last line: {last}");
+    assert!(last.contains(" hangar_missing=0"), "a change did not reach every watcher: {last}");
+
+    let lines = std::fs::read_to_string(dir.path().join("changes.hangar")).unwrap();
+    let lines: Vec<&str> = lines.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 130, "one line per change");
+    for line in lines {
+        let fields: Vec<f64> = line.split(' ').map(|f| f.parse().unwrap()).collect();
+        assert_eq!(fields.len(), 7, "{line}");
+        assert!(
+            fields[3] >= 0.0 && fields[3] <= fields[4] && fields[4] <= fields[5],
+            "fastest ≤ median ≤ slowest: {line}"
+        );
+    }
 }
