@@ -1,6 +1,6 @@
 //! The Hangar side: a controller on SQLite in its own process (the `hangar-bench-controller`
-//! binary, on jemalloc as `hangar-server` is), which also hosts the writer, and WatchNodes or WatchBackends
-//! watchers here.
+//! binary, on jemalloc as `hangar-server` is), which also hosts the writer, and WatchNodes or
+//! WatchBackends watchers here.
 //!
 //! The writer lives in the controller's process because it writes to the store directly (a
 //! `backend_count` update of one node per change, or one backend state change) and the store
