@@ -2,7 +2,7 @@
 //! through the paced, loaded, heavy and burst phases, and the server's RSS and CPU read around them.
 
 use crate::WatchArgs;
-use crate::measure::{Plan, Report, WatcherLog, WriteTimes, now_ns, summarize};
+use crate::measure::{Distribution, Plan, Report, WatcherLog, WriteTimes, now_ns, summarize};
 use crate::procs;
 use futures::StreamExt as _;
 use std::future::Future;
@@ -242,21 +242,22 @@ fn write_per_change(path: &str, times: &WriteTimes, logs: &[WatcherLog]) -> anyh
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     writeln!(out, "# change issued_ms commit_ms fastest_ms median_ms slowest_ms issued_epoch_ns")?;
     let first = times.issued.get(1).copied().unwrap_or(0);
+    let ms = |n: u64| n as f64 / 1e6;
     for i in 1..times.issued.len() {
         let issued = times.issued[i];
-        let mut got: Vec<u64> =
-            logs.iter().map(|l| l.received[i]).filter(|&t| t != 0).map(|t| t.saturating_sub(issued)).collect();
-        got.sort_unstable();
-        let ms = |n: u64| n as f64 / 1e6;
-        let pick = |q: f64| got.get(((got.len() as f64 - 1.0) * q) as usize).copied().map(ms).unwrap_or(-1.0);
+        let got = Distribution::of(
+            logs.iter().map(|l| l.received[i]).filter(|&t| t != 0).map(|t| t.saturating_sub(issued)).collect(),
+        );
+        // -1: no watcher received it.
+        let latency = |d: Duration| if got.count == 0 { -1.0 } else { d.as_secs_f64() * 1e3 };
         writeln!(
             out,
             "{i} {:.1} {:.2} {:.2} {:.2} {:.2} {issued}",
             ms(issued.saturating_sub(first)),
             ms(times.acked[i].saturating_sub(issued)),
-            pick(0.0),
-            pick(0.5),
-            pick(1.0)
+            latency(got.min),
+            latency(got.p50),
+            latency(got.max)
         )?;
     }
     Ok(())

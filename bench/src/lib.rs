@@ -165,12 +165,18 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// `hangar-bench`'s `main`: parses the command line and runs the benchmark it names.
-pub fn main() -> anyhow::Result<()> {
+/// Logs to stderr, warnings and above unless `RUST_LOG` says otherwise: stdout carries the
+/// figures (and, for `hangar-bench-controller`, its answers to `watch`).
+pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// `hangar-bench`'s `main`: parses the command line and runs the benchmark it names.
+pub fn main() -> anyhow::Result<()> {
+    init_logging();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {

@@ -89,6 +89,7 @@ impl WatcherLog {
 /// Percentiles of a set of durations.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Distribution {
+    pub min: Duration,
     pub p50: Duration,
     pub p99: Duration,
     pub max: Duration,
@@ -102,7 +103,7 @@ impl Distribution {
         }
         nanos.sort_unstable();
         let at = |q: f64| Duration::from_nanos(nanos[((nanos.len() - 1) as f64 * q).round() as usize]);
-        Distribution { p50: at(0.50), p99: at(0.99), max: at(1.0), count: nanos.len() }
+        Distribution { min: at(0.0), p50: at(0.50), p99: at(0.99), max: at(1.0), count: nanos.len() }
     }
 }
 

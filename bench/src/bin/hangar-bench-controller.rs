@@ -24,10 +24,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    hangar_bench::init_logging();
     let cli = Cli::parse();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
