@@ -476,7 +476,7 @@ pub fn print_figures(
     );
 }
 
-pub use crate::processes::Process;
+pub use crate::processes::{LoggedProcess, Process};
 
 /// `hangar-drone run` given `controllers`, named `name`, its journal in `data_dir`, no admin
 /// listener and its stderr discarded; the runtime (`--runtime`, `--executor-socket`) is the
@@ -498,10 +498,11 @@ pub fn drone_process(controllers: &[String], name: &str, data_dir: &std::path::P
 
 /// `hangar-drone executor` on `socket` with the process runtime: the backends are its children
 /// (and die with it: the runtime sets their parent-death signal).
-pub fn executor_process(socket: &std::path::Path) -> Process {
+/// Its log is printed if the test fails.
+pub fn executor_process(socket: &std::path::Path) -> LoggedProcess {
     let mut command = std::process::Command::new(crate::binary("hangar-drone"));
-    command.args(["executor", "--runtime", "process", "--socket"]).arg(socket).stderr(std::process::Stdio::null());
-    Process::spawn(&mut command)
+    command.args(["executor", "--runtime", "process", "--socket"]).arg(socket);
+    LoggedProcess::spawn(&format!("the executor on {}", socket.display()), &mut command)
 }
 
 /// Sends `signal` (`STOP`, `CONT`, ...) to process `pid` with kill(1): the tests crate has no

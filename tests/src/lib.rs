@@ -420,11 +420,8 @@ impl ControllerProcess {
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking()
-            && let Some(log) = &self.log
-        {
-            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
-            eprintln!("----- log of the controller at {} -----\n{text}----- end of its log -----", self.url);
+        if let Some(log) = &self.log {
+            processes::print_log_if_panicking(&format!("the controller at {}", self.url), log.path());
         }
     }
 }

@@ -35,6 +35,40 @@ impl Drop for Process {
     }
 }
 
+/// A [`Process`] whose log (stderr) is kept in a temporary file and printed when the test
+/// panics: a fault that needs several processes and half a minute to show must be readable from
+/// the one run that showed it.
+pub struct LoggedProcess {
+    pub process: Process,
+    name: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl LoggedProcess {
+    /// Starts `command` with its stderr in a temporary file; `name` says whose log it is.
+    pub fn spawn(name: &str, command: &mut Command) -> LoggedProcess {
+        let log = tempfile::NamedTempFile::new().expect("a temporary file for a process's log");
+        command.stderr(log.reopen().expect("the process's log file"));
+        LoggedProcess { process: Process::spawn(command), name: name.to_string(), log }
+    }
+}
+
+impl Drop for LoggedProcess {
+    fn drop(&mut self) {
+        self.process.kill();
+        print_log_if_panicking(&self.name, self.log.path());
+    }
+}
+
+/// Prints the log at `path`, headed by `name`, when the current thread is panicking (a test
+/// failing): called as a process's guard is dropped, after the process was killed.
+pub fn print_log_if_panicking(name: &str, path: &Path) {
+    if std::thread::panicking() {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        eprintln!("----- log of {name} -----\n{text}----- end of its log -----");
+    }
+}
+
 /// `hangar-server controller` on 127.0.0.1:0 (both listeners) over `database`.
 pub fn controller_command(database: &str) -> Command {
     let mut command = Command::new(crate::binary("hangar-server"));

@@ -47,7 +47,8 @@ async fn an_executor_killed_under_its_drone_ends_its_backends_and_the_drone_runs
     let mut executor = executor_process(&socket);
     // The drone refuses to start without a live executor: wait for the socket.
     eventually(WAIT, "the executor serving", async || check(socket.exists(), |s| *s)).await;
-    let _drone = Process::spawn(
+    let _drone = LoggedProcess::spawn(
+        "the drone exec-drone",
         drone_command(&controllers, "exec-drone", &dir.path().join("drone")).arg("--executor-socket").arg(&socket),
     );
     let clients = failover_clients(&controllers);
@@ -69,7 +70,7 @@ async fn an_executor_killed_under_its_drone_ends_its_backends_and_the_drone_runs
             untouched.push(id.clone());
         }
     }
-    executor.kill();
+    executor.process.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let restarted = Instant::now();
     let _executor = executor_process(&socket);
