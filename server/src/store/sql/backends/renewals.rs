@@ -70,8 +70,19 @@ pub(in crate::store::sql) type RenewalQueue = GroupQueue<Call, Vec<bool>>;
 /// (BENCHMARKS.md, "Session of 2026-12-07 (10)").
 pub(in crate::store::sql) const RENEWAL_GROUP_SPACING: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// The most keys a renewal group takes (whole calls: a call larger than this runs alone). A group
+/// holds the store's one write connection, ~9–13 µs a key here, and every other write waits
+/// behind it. Uncapped, the backlog of renewals a `placements` run has when its callers stop made
+/// one group of 266,669 keys that held the connection for 2.5 s: Connects waited up to 2 s,
+/// and a renewal that waits longer than `store_wait` (2 s) is answered deferred, as in a store
+/// outage. 50,000 keys hold it ~0.5–0.65 s. The cap binds only on such a backlog: a group
+/// under load is a few thousand keys, and smaller caps cost placements their rate and their
+/// Connect p99 (a backlog then runs as many groups, each with Connects waiting behind it):
+/// BENCHMARKS.md, "Session of 2026-12-07 (13)".
+pub(in crate::store::sql) const RENEWAL_GROUP_KEYS: usize = 50_000;
+
 pub(in crate::store::sql) fn renewal_queue() -> RenewalQueue {
-    GroupQueue::spaced("the renewal's group", RENEWAL_GROUP_SPACING)
+    GroupQueue::spaced("the renewal's group", RENEWAL_GROUP_SPACING).capped(RENEWAL_GROUP_KEYS, |(keys, _)| keys.len())
 }
 
 impl<DB> SqlStore<DB>
