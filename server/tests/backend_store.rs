@@ -29,6 +29,7 @@ hangar_server::store_scenarios!(
     a_batch_renewal_renews_each_held_key_and_refuses_the_others_alone,
     renewal_calls_that_arrive_together_each_keep_their_own_expiry_and_answers,
     a_renewal_that_commits_after_a_later_one_never_moves_the_lease_back,
+    renewals_of_the_same_keys_through_two_stores_in_opposite_orders_all_commit,
     a_status_message_is_kept_in_the_history_and_never_shows_a_secret,
     a_passed_drain_deadline_terminates_only_while_the_drone_is_still_drained,
     the_watch_log_carries_backend_and_node_changes_in_revision_order_with_the_state_before,
@@ -634,6 +635,33 @@ async fn a_renewal_that_commits_after_a_later_one_never_moves_the_lease_back(db:
         std::slice::from_ref(&b.id),
         "and runs out at its own time"
     );
+}
+
+/// Two controllers renew the same keys at once, one in the keys' order and the other in reverse
+/// (a drone's stale session on one, its new one on the other): on PostgreSQL each takes its row
+/// locks in the keys' order, whatever the order of the call, so neither deadlocks the other
+/// (which PostgreSQL would end by failing one) and every renewal commits. Each call is alone in
+/// its group, so a failure is not retried away.
+async fn renewals_of_the_same_keys_through_two_stores_in_opposite_orders_all_commit(db: Database) {
+    let stores = [db.open().await, db.open().await];
+    let mut renewals = Vec::new();
+    for i in 0..300 {
+        let k = key(&format!("both-{i:03}"), "");
+        let ConnectOutcome::Spawned(b) =
+            stores[0].connect_backend(spec(Some(k.clone()), drones(1000, &["d1"]), LEASE), &first).await.unwrap()
+        else {
+            panic!("key {i} is new")
+        };
+        renewals.push(KeyRenewal { backend_id: b.id, key: k, fencing_token: b.fencing_token });
+    }
+    let reversed: Vec<KeyRenewal> = renewals.iter().rev().cloned().collect();
+    for round in 0..10 {
+        let expires_at = Utc::now() + Duration::seconds(100 + round);
+        let (forward, backward) =
+            tokio::join!(stores[0].renew_keys(&renewals, expires_at), stores[1].renew_keys(&reversed, expires_at));
+        assert_eq!(forward.unwrap(), vec![true; 300], "round {round}, in order");
+        assert_eq!(backward.unwrap(), vec![true; 300], "round {round}, reversed");
+    }
 }
 
 #[tokio::test]
