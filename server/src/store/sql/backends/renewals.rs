@@ -12,7 +12,7 @@
 
 use super::super::{Dialect, SqlStore};
 use super::group::{GroupQueue, Runs};
-use super::{rows_affected, writes};
+use super::writes;
 use crate::store::StoreError;
 use crate::store::backends::KeyRenewal;
 use crate::store::rows::{self, from_sqlx};
@@ -111,104 +111,111 @@ where
         let mut renewed: Vec<Vec<bool>> = calls.iter().map(|(keys, _)| vec![false; keys.len()]).collect();
         let mut tx = self.write_pool().begin_with(DB::BEGIN_WRITE).await.map_err(from_sqlx)?;
         let locked = started.elapsed();
-        if DB::LOCKS_DATABASE {
-            // No row locks to order: the whole group's keys in as few statements as it takes
-            // (one per chunk of keys, whatever the number of calls), each key joined to its
-            // holder and expiry, each statement returning the holders it renewed. A key that
-            // several calls renew for the same holder is renewed once, to the latest of their
-            // expiries; each of those calls is answered by it.
-            let (mut entries, mut at): (Vec<(Holder<'_>, i64)>, HashMap<Holder<'_>, usize>) = Default::default();
-            for (keys, expires_at) in calls {
-                for renewal in keys {
-                    let (holder, expiry) = (Holder::of(renewal), rows::millis(*expires_at));
-                    match at.entry(holder) {
-                        Entry::Occupied(known) => entries[*known.get()].1 = entries[*known.get()].1.max(expiry),
-                        Entry::Vacant(new) => {
-                            new.insert(entries.len());
-                            entries.push((holder, expiry));
-                        }
+        // The whole group's keys in as few statements as it takes (one per chunk of keys,
+        // whatever the number of calls), each key joined to its holder and expiry, each
+        // statement returning the holders it renewed. A key that several calls renew for the
+        // same holder is renewed once, to the latest of their expiries; each of those calls is
+        // answered by it.
+        let (mut entries, mut at): (Vec<(Holder<'_>, i64)>, HashMap<Holder<'_>, usize>) = Default::default();
+        for (keys, expires_at) in calls {
+            for renewal in keys {
+                let (holder, expiry) = (Holder::of(renewal), rows::millis(*expires_at));
+                match at.entry(holder) {
+                    Entry::Occupied(known) => entries[*known.get()].1 = entries[*known.get()].1.max(expiry),
+                    Entry::Vacant(new) => {
+                        new.insert(entries.len());
+                        entries.push((holder, expiry));
                     }
                 }
             }
-            // Each statement returns only the holders it renewed, which name their entries: a
-            // backend holds one key, so within a statement whose entries have distinct holders a
-            // returned holder is one entry. Returning the whole key (three strings and a number
-            // a row) cost ~3 % of a key's renewal. An entry whose holder an earlier
-            // entry of the group names with another key or token (a confused or hostile drone)
-            // goes to a later round of statements of its own.
-            let mut rounds: Vec<Vec<usize>> = Vec::new();
-            let mut seen: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
-            for (entry, (holder, _)) in entries.iter().enumerate() {
-                let round = seen.entry(holder.backend_id).or_default();
-                if rounds.len() <= *round {
-                    rounds.push(Vec::new());
-                }
-                rounds[*round].push(entry);
-                *round += 1;
-            }
-            let mut held = vec![false; entries.len()];
-            for round in rounds {
-                let by_holder: HashMap<&str, usize> =
-                    round.iter().map(|&entry| (entries[entry].0.backend_id, entry)).collect();
-                for chunk in writes::padded_chunks(&round) {
-                    let values: Vec<String> =
-                        (0..chunk.len()).map(|i| format!("({})", writes::parameters::<DB>(1 + 5 * i, 5))).collect();
-                    let sql = format!(
-                        "UPDATE backend_keys SET lease_expires_at = {}(backend_keys.lease_expires_at, v.column5) \
-                         FROM (VALUES {}) AS v \
-                         WHERE backend_keys.namespace = v.column1 AND backend_keys.name = v.column2 \
-                         AND backend_keys.backend_id = v.column3 AND backend_keys.fencing_token = v.column4 \
-                         RETURNING backend_keys.backend_id",
-                        DB::GREATEST,
-                        values.join(", ")
-                    );
-                    let mut query = sqlx::query(&sql);
-                    for &entry in &chunk {
-                        let (holder, expiry) = &entries[entry];
-                        query = query
-                            .bind(holder.namespace.to_string())
-                            .bind(holder.name.to_string())
-                            .bind(holder.backend_id.to_string())
-                            .bind(holder.fencing_token)
-                            .bind(*expiry);
-                    }
-                    for row in query.fetch_all(&mut *tx).await.map_err(from_sqlx)? {
-                        let backend_id: String = row.try_get(0).map_err(from_sqlx)?;
-                        if let Some(&entry) = by_holder.get(backend_id.as_str()) {
-                            held[entry] = true;
-                        }
-                    }
-                }
-            }
-            for ((keys, _), renewed) in calls.iter().zip(&mut renewed) {
-                for (renewal, renewed) in keys.iter().zip(renewed.iter_mut()) {
-                    *renewed = at.get(&Holder::of(renewal)).is_some_and(|&entry| held[entry]);
-                }
-            }
-        } else {
-            // One statement per key, every key of the group in one order, so that two groups
-            // that overlap (a drone's stale session on another controller) take their row locks
-            // in the same order and cannot deadlock.
-            let mut order: Vec<(usize, usize)> =
-                calls.iter().enumerate().flat_map(|(c, (keys, _))| (0..keys.len()).map(move |k| (c, k))).collect();
-            order.sort_by(|&(ca, ka), &(cb, kb)| {
-                let (a, b) = (&calls[ca].0[ka].key, &calls[cb].0[kb].key);
-                (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+        }
+        // Where the database locks rows (PostgreSQL): every key of the group in one order, so
+        // that two groups that overlap (a drone's stale session on another controller) take
+        // their row locks in it and cannot deadlock. The entries go in key order, and each chunk
+        // locks its rows in that order (`ORDER BY … FOR UPDATE`) before its update, whose join
+        // would lock them in whatever order its plan reads them. Each chunk's keys are found
+        // by the key index: with a few hundred keys joined to a table of hundreds of thousands,
+        // the planner may otherwise pick a hash join over the whole table. One statement per
+        // key, as before, was a round trip each: on PostgreSQL at ~2,500 placements a second,
+        // ~8,000 keys a second a controller, about what its renewals needed, and keys ran out on
+        // their drones (BENCHMARKS.md, "Session of 2026-12-07 (13)").
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        if !DB::LOCKS_DATABASE {
+            order.sort_by(|&a, &b| {
+                let (a, b) = (&entries[a].0, &entries[b].0);
+                (a.namespace, a.name).cmp(&(b.namespace, b.name))
             });
-            let statement = one_key::<DB>();
-            for (call, index) in order {
-                let (keys, expires_at) = &calls[call];
-                let renewal = &keys[index];
-                let result = sqlx::query(&statement)
-                    .bind(renewal.key.namespace.clone())
-                    .bind(renewal.key.name.clone())
-                    .bind(renewal.backend_id.clone())
-                    .bind(i64::try_from(renewal.fencing_token).unwrap_or(-1))
-                    .bind(rows::millis(*expires_at))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(from_sqlx)?;
-                renewed[call][index] = rows_affected::<DB>(&result) > 0;
+            sqlx::query("SET LOCAL enable_hashjoin = off").execute(&mut *tx).await.map_err(from_sqlx)?;
+            sqlx::query("SET LOCAL enable_mergejoin = off").execute(&mut *tx).await.map_err(from_sqlx)?;
+        }
+        // Each statement returns only the holders it renewed, which name their entries: a
+        // backend holds one key, so within a statement whose entries have distinct holders a
+        // returned holder is one entry. Returning the whole key (three strings and a number a
+        // row) cost ~3 % of a key's renewal. An entry whose holder an earlier entry of the group
+        // names with another key or token (a confused or hostile drone) goes to a later round of
+        // statements of its own.
+        let mut rounds: Vec<Vec<usize>> = Vec::new();
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
+        for &entry in &order {
+            let round = seen.entry(entries[entry].0.backend_id).or_default();
+            if rounds.len() <= *round {
+                rounds.push(Vec::new());
+            }
+            rounds[*round].push(entry);
+            *round += 1;
+        }
+        let mut held = vec![false; entries.len()];
+        for round in rounds {
+            let by_holder: HashMap<&str, usize> =
+                round.iter().map(|&entry| (entries[entry].0.backend_id, entry)).collect();
+            for chunk in writes::padded_chunks(&round) {
+                if !DB::LOCKS_DATABASE {
+                    let keys: Vec<String> =
+                        (0..chunk.len()).map(|i| format!("({})", writes::parameters::<DB>(1 + 2 * i, 2))).collect();
+                    let sql = format!(
+                        "SELECT 1 FROM backend_keys WHERE (namespace, name) IN (VALUES {}) \
+                         ORDER BY namespace, name FOR UPDATE",
+                        keys.join(", ")
+                    );
+                    let mut lock = sqlx::query(&sql);
+                    for &entry in &chunk {
+                        let holder = &entries[entry].0;
+                        lock = lock.bind(holder.namespace.to_string()).bind(holder.name.to_string());
+                    }
+                    lock.fetch_all(&mut *tx).await.map_err(from_sqlx)?;
+                }
+                let values: Vec<String> =
+                    (0..chunk.len()).map(|i| format!("({})", writes::parameters::<DB>(1 + 5 * i, 5))).collect();
+                let sql = format!(
+                    "UPDATE backend_keys SET lease_expires_at = {}(backend_keys.lease_expires_at, v.column5) \
+                     FROM (VALUES {}) AS v \
+                     WHERE backend_keys.namespace = v.column1 AND backend_keys.name = v.column2 \
+                     AND backend_keys.backend_id = v.column3 AND backend_keys.fencing_token = v.column4 \
+                     RETURNING backend_keys.backend_id",
+                    DB::GREATEST,
+                    values.join(", ")
+                );
+                let mut query = sqlx::query(&sql);
+                for &entry in &chunk {
+                    let (holder, expiry) = &entries[entry];
+                    query = query
+                        .bind(holder.namespace.to_string())
+                        .bind(holder.name.to_string())
+                        .bind(holder.backend_id.to_string())
+                        .bind(holder.fencing_token)
+                        .bind(*expiry);
+                }
+                for row in query.fetch_all(&mut *tx).await.map_err(from_sqlx)? {
+                    let backend_id: String = row.try_get(0).map_err(from_sqlx)?;
+                    if let Some(&entry) = by_holder.get(backend_id.as_str()) {
+                        held[entry] = true;
+                    }
+                }
+            }
+        }
+        for ((keys, _), renewed) in calls.iter().zip(&mut renewed) {
+            for (renewal, renewed) in keys.iter().zip(renewed.iter_mut()) {
+                *renewed = at.get(&Holder::of(renewal)).is_some_and(|&entry| held[entry]);
             }
         }
         tx.commit().await.map_err(from_sqlx)?;
