@@ -4,8 +4,9 @@
 //! message it has waiting. With a hundred drones placing backends, that was some two thousand
 //! write transactions a second, each with its commit (on SQLite an fsync and the touched pages
 //! written to the log again), more than the placements themselves. Here a renewal call joins a
-//! queue; whoever holds the queue's leader lock takes every call waiting and renews them all in
-//! one transaction, each call's keys to its own expiry, as they would have been alone. The queue
+//! queue; whoever holds the queue's leader lock takes every call waiting (up to
+//! [`RENEWAL_GROUP_KEYS`] keys) and renews them all in one transaction, each call's keys to its
+//! own expiry, as they would have been alone. The queue
 //! is apart from the write batches' (`super::batch`): renewals never wait behind placements
 //! queued before them, only for the connection. A group that fails is retried call by call, so
 //! a call that fails fails alone.
@@ -70,9 +71,9 @@ pub(in crate::store::sql) type RenewalQueue = GroupQueue<Call, Vec<bool>>;
 /// (BENCHMARKS.md, "Session of 2026-12-07 (10)").
 pub(in crate::store::sql) const RENEWAL_GROUP_SPACING: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// The most keys a renewal group takes (whole calls: a call larger than this runs alone). A group
-/// holds the store's one write connection, ~9–13 µs a key here, and every other write waits
-/// behind it. Uncapped, the backlog of renewals a `placements` run has when its callers stop made
+/// The most keys a renewal group takes (whole calls: a call larger than this runs alone). On
+/// SQLite a group holds the store's one write connection, ~9–13 µs a key here, and every other
+/// write waits behind it (on PostgreSQL, only those that need its keys' rows). Uncapped, the backlog of renewals a `placements` run has when its callers stop made
 /// one group of 266,669 keys that held the connection for 2.5 s: Connects waited up to 2 s,
 /// and a renewal that waits longer than `store_wait` (2 s) is answered deferred, as in a store
 /// outage. 50,000 keys hold it ~0.5–0.65 s. The cap binds only on such a backlog: a group
