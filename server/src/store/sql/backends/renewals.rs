@@ -6,10 +6,9 @@
 //! written to the log again), more than the placements themselves. Here a renewal call joins a
 //! queue; whoever holds the queue's leader lock takes every call waiting (up to
 //! [`RENEWAL_GROUP_KEYS`] keys) and renews them all in one transaction, each call's keys to its
-//! own expiry, as they would have been alone. The queue
-//! is apart from the write batches' (`super::batch`): renewals never wait behind placements
-//! queued before them, only for the connection. A group that fails is retried call by call, so
-//! a call that fails fails alone.
+//! own expiry, as they would have been alone. The queue is apart from the write batches'
+//! (`super::batch`): renewals never wait behind placements queued before them, only for the
+//! connection. A group that fails is retried call by call, so a call that fails fails alone.
 
 use super::super::{Dialect, SqlStore};
 use super::group::{GroupQueue, Runs};
@@ -73,12 +72,13 @@ pub(in crate::store::sql) const RENEWAL_GROUP_SPACING: std::time::Duration = std
 
 /// The most keys a renewal group takes (whole calls: a call larger than this runs alone). On
 /// SQLite a group holds the store's one write connection, ~9–13 µs a key here, and every other
-/// write waits behind it (on PostgreSQL, only those that need its keys' rows). Uncapped, the backlog of renewals a `placements` run has when its callers stop made
-/// one group of 266,669 keys that held the connection for 2.5 s: Connects waited up to 2 s,
-/// and a renewal that waits longer than `store_wait` (2 s) is answered deferred, as in a store
-/// outage. 50,000 keys hold it ~0.5–0.65 s. The cap binds only on such a backlog: a group
-/// under load is a few thousand keys, and smaller caps cost placements their rate and their
-/// Connect p99 (a backlog then runs as many groups, each with Connects waiting behind it):
+/// write waits behind it (on PostgreSQL, only those that need its keys' rows). Uncapped, the
+/// backlog of renewals a `placements` run has when its callers stop made one group of 266,669
+/// keys that held the connection for 2.5 s: Connects waited up to 2 s, and a renewal that waits
+/// longer than `store_wait` (2 s) is answered deferred, as in a store outage. 50,000 keys hold
+/// it ~0.5–0.65 s. The cap binds only on such a backlog: a group under load is a few thousand
+/// keys, and smaller caps cost placements their rate and their Connect p99 (a backlog then runs
+/// as many groups, each with Connects waiting behind it):
 /// BENCHMARKS.md, "Session of 2026-12-07 (13)".
 pub(in crate::store::sql) const RENEWAL_GROUP_KEYS: usize = 50_000;
 
