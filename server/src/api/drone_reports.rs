@@ -6,13 +6,13 @@
 //! each is acknowledged (`AckEvent`) only once its batch committed, so a drone that loses its
 //! stream replays exactly what was not stored.
 
+use super::queue;
 use super::{ApiError, validate};
 use crate::store::{DroneEvent, DynStore, EventOutcome, StoreError};
 use chrono::Utc;
 use hangar::domain::BackendStatus;
 use hangar::v1;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tonic::Status;
 
 /// Reports waiting for the store; past this the session's reader waits too, renewals behind it.
@@ -37,7 +37,7 @@ pub(super) enum Report {
     Ack(String),
 }
 
-type Outbound = mpsc::Sender<Result<v1::DroneAttachResponse, Status>>;
+type Outbound = queue::Sender<Result<v1::DroneAttachResponse, Status>>;
 
 /// Applies and acknowledges until the session drops its sender. A report that is not valid ends
 /// the stream with that error, as in-line handling did: the drone reattaches and replays what was
@@ -46,7 +46,7 @@ type Outbound = mpsc::Sender<Result<v1::DroneAttachResponse, Status>>;
 /// session the drone's renewals are deferred on (docs/design/backends-and-leases.md#store-outages);
 /// nothing is acknowledged until it is stored, and meanwhile the drone sends at most its window of
 /// unacknowledged events.
-pub(super) async fn serve(store: DynStore, drone_id: String, mut reports: mpsc::Receiver<Report>, outbound: Outbound) {
+pub(super) async fn serve(store: DynStore, drone_id: String, mut reports: queue::Receiver<Report>, outbound: Outbound) {
     while let Some(first) = reports.recv().await {
         let mut taken = vec![first];
         while taken.len() < COALESCE {

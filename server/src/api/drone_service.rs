@@ -5,6 +5,7 @@
 
 use super::drone_reports::{self, Report};
 use super::key_renewals::{self, Renewal};
+use super::queue;
 use super::session::{Divert, NodeSessions, OUTBOUND_BUFFER, Routed, SessionHandler, or_default};
 use super::{ApiError, BackendSettings, validate};
 use crate::auth::{self, Principal, audit};
@@ -16,7 +17,6 @@ use hangar::v1::{self, drone_service_server::DroneService};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
@@ -51,7 +51,7 @@ struct DroneSession {
     registry: Arc<NodeRegistry>,
     store: DynStore,
     attached: AttachedNode,
-    outbound: mpsc::Sender<Result<v1::DroneAttachResponse, Status>>,
+    outbound: queue::Sender<Result<v1::DroneAttachResponse, Status>>,
     /// Actions sent on this stream and not yet acknowledged: not sent again on this stream (a
     /// new stream sends them all again).
     sent: HashSet<String>,
@@ -62,10 +62,10 @@ struct DroneSession {
     /// When this stream last read all of the drone's pending actions (see `FULL_READ_EVERY`).
     full_read_at: Option<std::time::Instant>,
     /// The way to this session's renewal task, until the session's reader takes it.
-    renewals: Option<mpsc::Sender<Renewal>>,
+    renewals: Option<queue::Sender<Renewal>>,
     /// The way to this session's reports task (backend events and acknowledgements, applied in
     /// batches), until the session's reader takes it.
-    reports: Option<mpsc::Sender<Report>>,
+    reports: Option<queue::Sender<Report>>,
 }
 
 impl DroneSession {
@@ -348,7 +348,7 @@ fn drone_registration(hello: &v1::DroneHello) -> Result<NodeRegistration, ApiErr
     })
 }
 
-type DroneStream = ReceiverStream<Result<v1::DroneAttachResponse, Status>>;
+type DroneStream = queue::Receiver<Result<v1::DroneAttachResponse, Status>>;
 
 /// The method an audit line names for an attach.
 const ATTACH: &str = "hangar.v1.DroneService/Attach";
@@ -391,7 +391,7 @@ impl DroneApi {
         let (node, attached) = registry.attach(registration).await?;
         tracing::info!(node_id = %node.id, name = %node.name, cluster = %node.cluster, "drone attached");
 
-        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let (tx, rx) = queue::channel(OUTBOUND_BUFFER);
         let welcome = v1::Welcome {
             node_id: node.id.clone(),
             controller_id: registry.controller_id().to_string(),
@@ -407,11 +407,11 @@ impl DroneApi {
             .expect("a fresh channel has room");
         // The session's renewal task: ends once the session's reader (which holds its sender)
         // has stopped.
-        let (renewals_tx, renewals_rx) = mpsc::channel(key_renewals::QUEUE);
+        let (renewals_tx, renewals_rx) = queue::channel(key_renewals::QUEUE);
         let (store, lease) = (self.sessions.store.clone(), self.settings.lease_duration);
         let deferrals = welcome_deferrals.then(|| self.contact.clone());
         self.sessions.tasks.spawn(key_renewals::serve(store, lease, deferrals, renewals_rx, tx.clone()));
-        let (reports_tx, reports_rx) = mpsc::channel(drone_reports::QUEUE);
+        let (reports_tx, reports_rx) = queue::channel(drone_reports::QUEUE);
         self.sessions.tasks.spawn(drone_reports::serve(
             self.sessions.store.clone(),
             attached.node_id.clone(),
@@ -433,7 +433,7 @@ impl DroneApi {
         session.read_actions(0).await?;
         drop(admitted);
         self.sessions.spawn(attached, inbound, tx, session);
-        Ok((node.id, ReceiverStream::new(rx)))
+        Ok((node.id, rx))
     }
 }
 

@@ -5,6 +5,7 @@
 //! ([`BackendStore::renew_keys`](crate::store::BackendStore::renew_keys)) and answered in one
 //! message, per key, in the request's order.
 
+use super::queue;
 use super::{ApiError, validate};
 use crate::controller::StoreContact;
 use crate::store::{DynStore, KeyRenewal, StoreError};
@@ -13,7 +14,6 @@ use hangar::domain::{BackendKey, timestamp_to_proto};
 use hangar::v1;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tonic::Status;
 
 /// Keys one `RenewKeys` may carry (the proto says so); drones send at most 1,000.
@@ -29,7 +29,7 @@ pub(super) enum Renewal {
     Single(v1::RenewKey),
 }
 
-type Outbound = mpsc::Sender<Result<v1::DroneAttachResponse, Status>>;
+type Outbound = queue::Sender<Result<v1::DroneAttachResponse, Status>>;
 
 /// Messages renewed in one transaction at most, when several wait: under load the renewals of a
 /// drone cost fewer, larger transactions instead of queueing.
@@ -45,7 +45,7 @@ pub(super) async fn serve(
     store: DynStore,
     lease_duration: Duration,
     deferrals: Option<Arc<StoreContact>>,
-    mut renewals: mpsc::Receiver<Renewal>,
+    mut renewals: queue::Receiver<Renewal>,
     outbound: Outbound,
 ) {
     while let Some(first) = renewals.recv().await {

@@ -9,6 +9,7 @@ mod key_renewals;
 mod node_service;
 mod page_token;
 mod proxy_service;
+mod queue;
 mod session;
 mod validate;
 

@@ -2,6 +2,7 @@
 //! token. Each proxy's stream is a [`ProxySession`]. A proxy principal attaches only under the
 //! node names its credentials allow, and every attach, accepted or refused, is an audit line.
 
+use super::queue;
 use super::session::{NodeSessions, OUTBOUND_BUFFER, SessionHandler, or_default};
 use super::{ApiError, token_hash, validate};
 use crate::auth::{self, Principal, audit};
@@ -15,8 +16,6 @@ use hangar::domain::{BackendState, NodeKind, NodeResources, timestamp_to_proto};
 use hangar::v1::{self, proxy_service_server::ProxyService};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
@@ -100,7 +99,7 @@ impl SessionHandler<v1::ProxyAttachRequest> for ProxySession {
 async fn invalidations(
     hub: WatchHub,
     mut seen: Revision,
-    outbound: mpsc::Sender<Result<v1::ProxyAttachResponse, Status>>,
+    outbound: queue::Sender<Result<v1::ProxyAttachResponse, Status>>,
 ) {
     use v1::proxy_attach_response::Message as Reply;
     let invalidate = |change: &HubChange| match &change.object {
@@ -176,7 +175,7 @@ fn proxy_registration(hello: &v1::ProxyHello) -> Result<NodeRegistration, ApiErr
     })
 }
 
-type ProxyStream = ReceiverStream<Result<v1::ProxyAttachResponse, Status>>;
+type ProxyStream = queue::Receiver<Result<v1::ProxyAttachResponse, Status>>;
 
 /// The method an audit line names for an attach.
 const ATTACH: &str = "hangar.v1.ProxyService/Attach";
@@ -211,7 +210,7 @@ impl ProxyApi {
         let (node, attached) = registry.attach(registration).await?;
         tracing::info!(node_id = %node.id, name = %node.name, "proxy attached");
 
-        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let (tx, rx) = queue::channel(OUTBOUND_BUFFER);
         let welcome = v1::ProxyWelcome {
             node_id: node.id.clone(),
             controller_id: registry.controller_id().to_string(),
@@ -228,7 +227,7 @@ impl ProxyApi {
         };
         drop(admitted);
         self.sessions.spawn(attached, inbound, tx, session);
-        Ok((node.id, ReceiverStream::new(rx)))
+        Ok((node.id, rx))
     }
 
     /// The route behind a connection token, for the proxy to forward a request.

@@ -5,11 +5,11 @@
 //! its [`SessionHandler`]; the rest is here.
 
 use super::ApiError;
+use super::queue;
 use crate::controller::{AttachedNode, NodeRegistry};
 use crate::store::DynStore;
 use futures::future::BoxFuture;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Status, Streaming};
@@ -91,7 +91,7 @@ impl NodeSessions {
         &self,
         attached: AttachedNode,
         mut inbound: Streaming<M>,
-        outbound: mpsc::Sender<Result<R, Status>>,
+        outbound: queue::Sender<Result<R, Status>>,
         mut handler: impl SessionHandler<M>,
     ) where
         M: Send + 'static,
@@ -100,7 +100,7 @@ impl NodeSessions {
         let this = self.clone();
         // The reader: reads as messages arrive, so that a diverted one (a renewal) never waits
         // for the store writes of the messages before it. Owned by the session, which stops it.
-        let (queue_tx, mut queue) = mpsc::channel(INBOUND_QUEUE);
+        let (queue_tx, mut queue) = queue::channel(INBOUND_QUEUE);
         let mut divert = handler.divert();
         let reader = self.tasks.spawn(async move {
             loop {
