@@ -17,9 +17,15 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tracing::level_filters::LevelFilter;
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber, span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, Filter};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
@@ -114,23 +120,10 @@ impl Telemetry {
 /// returns a [`Telemetry`] that exports nothing.
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>, service: &str) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Trace spans stay out of the log lines, whatever RUST_LOG says. Decided once per call site
-    // from its metadata, with RUST_LOG's level as the hint, so that disabled levels stay as cheap
-    // as with a plain filter.
-    let hint = <EnvFilter as tracing_subscriber::layer::Filter<Registry>>::max_level_hint(&filter);
-    let mut not_trace_spans = filter_fn(|meta| !(meta.is_span() && meta.target() == SPAN_TARGET));
-    if let Some(hint) = hint {
-        not_trace_spans = not_trace_spans.with_max_level_hint(hint);
-    }
     // Colours only for a person at a terminal: a log file or journald gets plain lines.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
-    let fmt = match format {
-        LogFormat::Text => fmt.boxed(),
-        LogFormat::Json => fmt.json().boxed(),
-    }
-    .with_filter(filter.and(not_trace_spans));
+    let fmt = log_layer(format, filter, std::io::stderr, ansi);
 
     let Some(endpoint) = otlp_endpoint else {
         let _ = Registry::default().with(fmt).try_init();
@@ -175,6 +168,83 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>, service: &str) -> an
     ENABLED.store(true, Ordering::Relaxed);
     tracing::info!(%endpoint, "exporting traces over OTLP");
     Ok(Telemetry { provider: Some(provider) })
+}
+
+/// The log lines' layer: what `filter` (RUST_LOG) enables, without Hangar's trace spans, written
+/// by `writer`. Public so that a test can hold the same stack as a process does.
+pub fn log_layer<S, W>(format: LogFormat, filter: EnvFilter, writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    // Trace spans stay out of the log lines, whatever RUST_LOG says. Decided once per call site
+    // from its metadata, with RUST_LOG's level as the hint, so that disabled levels stay as cheap
+    // as with a plain filter.
+    let hint = <EnvFilter as Filter<S>>::max_level_hint(&filter);
+    let mut not_trace_spans = filter_fn(|meta| !(meta.is_span() && meta.target() == SPAN_TARGET));
+    if let Some(hint) = hint {
+        not_trace_spans = not_trace_spans.with_max_level_hint(hint);
+    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    fmt.with_filter(AskedEachTime(filter.and(not_trace_spans))).boxed()
+}
+
+/// A per-layer filter whose enabled call sites are asked again at every event instead of being
+/// enabled for good ("always").
+///
+/// tracing-subscriber keeps each per-layer filter's last answer in a thread-local until the next
+/// event consumes it. A question that no event of ours follows leaves a "no" behind, and the next
+/// event of an always-enabled call site on that thread reads it and is dropped. sqlx's query
+/// logger asks such a question before every query (through the `log` bridge), and on PostgreSQL
+/// it runs on the store's threads: with RUST_LOG directives per target
+/// (`info,hangar_server=debug`), every debug line the store wrote after a query was lost
+/// (`server/tests/store_logs.rs`). Asked each time, an event sets its own answer first. Call
+/// sites the filter disables stay disabled for good, so only enabled lines pay the question.
+struct AskedEachTime<F>(F);
+
+impl<S, F: Filter<S>> Filter<S> for AskedEachTime<F> {
+    fn enabled(&self, meta: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        self.0.enabled(meta, cx)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        match self.0.callsite_enabled(meta) {
+            interest if interest.is_always() => Interest::sometimes(),
+            interest => interest,
+        }
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, cx: &Context<'_, S>) -> bool {
+        self.0.event_enabled(event, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, cx: Context<'_, S>) {
+        self.0.on_new_span(attrs, id, cx)
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, cx: Context<'_, S>) {
+        self.0.on_record(id, values, cx)
+    }
+
+    fn on_enter(&self, id: &span::Id, cx: Context<'_, S>) {
+        self.0.on_enter(id, cx)
+    }
+
+    fn on_exit(&self, id: &span::Id, cx: Context<'_, S>) {
+        self.0.on_exit(id, cx)
+    }
+
+    fn on_close(&self, id: span::Id, cx: Context<'_, S>) {
+        self.0.on_close(id, cx)
+    }
 }
 
 /// A trace context as carried in messages: `traceparent` (and `tracestate` when there is one),
