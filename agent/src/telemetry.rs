@@ -199,8 +199,8 @@ where
 /// tracing-subscriber keeps each per-layer filter's last answer in a thread-local until the next
 /// event consumes it. A question that no event of ours follows leaves a "no" behind, and the next
 /// event of an always-enabled call site on that thread reads it and is dropped. sqlx's query
-/// logger asks such a question before every query (through the `log` bridge), and on PostgreSQL
-/// it runs on the store's threads: with RUST_LOG directives per target
+/// logger asks before every query (found by elimination: on PostgreSQL it runs on the store's
+/// threads, and `sqlx=debug` made the lines come back): with RUST_LOG directives per target
 /// (`info,hangar_server=debug`), every debug line the store wrote after a query was lost
 /// (`server/tests/store_logs.rs`). Asked each time, an event sets its own answer first. Call
 /// sites the filter disables stay disabled for good, so only enabled lines pay the question.
