@@ -1,10 +1,11 @@
 //! Group commit, the one mechanism under the write batches ([`super::batch`]) and the key
 //! renewal groups ([`super::renewals`]): a call joins a queue; whoever holds the queue's leader
 //! lock takes *every* call waiting (in a capped queue, below, the oldest up to its cap) and runs
-//! them together, and each caller gets its own answer once that run is over. A run that fails is retried call by call, so a call that fails fails
-//! alone. A run that has started completes even if its leader's caller stops waiting (the store
-//! runs it on its own runtime: `OffloadedStore`); should a leader be dropped all the same, the
-//! calls it took are answered as abandoned, never left waiting.
+//! them together, and each caller gets its own answer once that run is over. A run that fails
+//! is retried call by call, so a call that fails fails alone. A run that has started completes
+//! even if its leader's caller stops waiting (the store runs it on its own runtime:
+//! `OffloadedStore`); should a leader be dropped all the same, the calls it took are answered as
+//! abandoned, never left waiting.
 //!
 //! A queue may space its runs: each starts no sooner than `spacing` after the one before, and
 //! gathers what came meanwhile. A queue whose runs may wait a little (renewals) does fewer,
