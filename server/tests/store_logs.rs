@@ -5,6 +5,7 @@ use chrono::Utc;
 use hangar::domain::BackendKey;
 use hangar_agent::telemetry::{LogFormat, log_layer};
 use hangar_server::store::KeyRenewal;
+use hangar_server::testing::TestDatabase;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use tracing_subscriber::EnvFilter;
@@ -35,7 +36,6 @@ async fn the_stores_debug_lines_are_written_when_a_directive_names_their_target(
     let layer = log_layer(LogFormat::Text, filter, move || writer.clone(), false);
     tracing_subscriber::registry().with(layer).try_init().expect("the only subscriber of this test binary");
 
-    use hangar_server::testing::TestDatabase;
     for db in [TestDatabase::sqlite().await, TestDatabase::postgres().await] {
         lines.0.lock().unwrap().clear();
         let store = db.open().await;
