@@ -374,4 +374,18 @@ mod tests {
         assert_eq!(parse_notify_payload(&notify_payload(9, "a1", &many), "a1"), (Some(9), None));
         assert_eq!(parse_notify_payload("garbage", "a1"), (None, Some(ActionWakeup::All)));
     }
+
+    /// A statement journal past 64 KiB (a batch's or a renewal group's multi-row statement)
+    /// went to a file in the temporary directory, written through the kernel each time; the
+    /// store's connections keep them, and sorts, in memory (`SqliteStore::open`).
+    #[tokio::test]
+    async fn a_sqlite_stores_connections_keep_their_temporary_files_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::SqliteStore::open(&format!("sqlite://{}/hangar.db", dir.path().display())).await.unwrap();
+        for pool in [&store.write, &store.read] {
+            let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(pool).await.unwrap();
+            assert_eq!(temp_store, 2, "MEMORY");
+        }
+    }
 }
