@@ -53,8 +53,8 @@ impl SqlStore<Sqlite> {
             // indexes and sorts. With the default, those past 64 KiB went to a deleted file in
             // the temporary directory (`/var/tmp`), written through the kernel's file system on
             // the multi-row statements of write batches and renewal groups even with the database
-            // on a tmpfs; placements ran ~25 % faster without (BENCHMARKS.md, "Session of
-            // 2026-12-07 (15)"). Each lives only as long as its statement or query.
+            // on a tmpfs; placements ran 19 % faster without, at the median (BENCHMARKS.md,
+            // "Session of 2026-12-07 (15)"). Each lives only as long as its statement or query.
             .pragma("temp_store", "memory")
             .statement_cache_capacity(super::sql::STATEMENT_CACHE);
         if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
