@@ -813,7 +813,7 @@ mod tests {
 
     async fn registry(config: LivenessConfig) -> (NodeRegistry, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(&format!("sqlite://{}/hangar.db", dir.path().display())).await.expect("store");
+        let store = SqliteStore::open(&crate::store::sqlite_url(&dir.path().join("hangar.db"))).await.expect("store");
         (NodeRegistry::new(Arc::new(store), "ctl-test".into(), config), dir)
     }
 

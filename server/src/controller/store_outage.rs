@@ -158,7 +158,7 @@ mod tests {
 
     async fn store() -> (DynStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&format!("sqlite://{}/hangar.db", dir.path().display())).await.unwrap();
+        let store = SqliteStore::open(&crate::store::sqlite_url(&dir.path().join("hangar.db"))).await.unwrap();
         (Arc::new(store), dir)
     }
 

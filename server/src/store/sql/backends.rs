@@ -940,7 +940,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_finds_a_key_by_its_holder_on_an_index() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&format!("sqlite://{}/hangar.db", dir.path().display())).await.unwrap();
+        let store = SqliteStore::open(&crate::store::sqlite_url(&dir.path().join("hangar.db"))).await.unwrap();
         for (sql, holders) in
             [(free_holders_keys("$1"), 1), (free_holders_keys("$1, $2"), 2), (HOLDERS_LEASE.into(), 1)]
         {

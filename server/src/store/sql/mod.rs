@@ -382,7 +382,7 @@ mod tests {
     async fn a_sqlite_stores_connections_keep_their_temporary_files_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let store =
-            crate::store::SqliteStore::open(&format!("sqlite://{}/hangar.db", dir.path().display())).await.unwrap();
+            crate::store::SqliteStore::open(&crate::store::sqlite_url(&dir.path().join("hangar.db"))).await.unwrap();
         for pool in [&store.write, &store.read] {
             let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(pool).await.unwrap();
             assert_eq!(temp_store, 2, "MEMORY");

@@ -797,7 +797,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_an_end_frees_its_slot_key_and_token_within_its_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&format!("sqlite://{}/hangar.db", dir.path().display())).await.unwrap();
+        let store = SqliteStore::open(&crate::store::sqlite_url(&dir.path().join("hangar.db"))).await.unwrap();
         an_end_frees_its_slot_key_and_token_within_its_batch(&store).await;
     }
 
@@ -811,7 +811,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_a_batch_that_ends_a_keys_holder_and_places_the_key_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&format!("sqlite://{}/hangar.db", dir.path().display())).await.unwrap();
+        let store = SqliteStore::open(&crate::store::sqlite_url(&dir.path().join("hangar.db"))).await.unwrap();
         a_batch_that_ends_a_keys_holder_and_places_the_key_again(&store).await;
     }
 
