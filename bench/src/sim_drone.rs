@@ -11,8 +11,8 @@
 //!   real drone reports LOADING, STARTING, WAITING and READY as its runtime gets there);
 //! - on a terminate, reports TERMINATED with the action's kind and reason;
 //! - renews its keys as the real drone's renewer does: every key each round, a third of the lease
-//!   apart, and new keys between rounds, gathered for 200 ms (in `RenewKeys` batches of at most
-//!   1,000); it ends a backend KEY_EXPIRED when a renewal is refused or none was confirmed for
+//!   apart, and between rounds the new keys that cannot wait for the next one (`renew_at_once`),
+//!   gathered for 200 ms (in `RenewKeys` batches of at most 1,000); it ends a backend KEY_EXPIRED when a renewal is refused or none was confirmed for
 //!   half the lease, as the real drone's lease rules do (docs/design/backends-and-leases.md).
 //!
 //! When its stream ends it attaches again, as the real drone does (200 ms backoff doubling to
@@ -28,7 +28,7 @@ use futures::StreamExt;
 use hangar::domain::{duration_from_proto, timestamp_to_proto};
 use hangar::v1::{self, drone_service_client::DroneServiceClient};
 // The real drone's batch size and fresh-key delay, so the simulation renews as it does.
-use hangar_executor::drone::{RENEW_FRESH_DELAY, RENEW_MAX_BATCH};
+use hangar_executor::drone::{RENEW_FRESH_DELAY, RENEW_MAX_BATCH, renew_at_once};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -285,21 +285,32 @@ impl Session<'_> {
                 let lease =
                     spawn.lease_duration.as_ref().and_then(duration_from_proto).unwrap_or(Duration::from_secs(30));
                 let now = Instant::now();
+                // As the real drone does, the key counts as confirmed when its lease started, as
+                // the Spawn tells it: what the Spawn spent on the way is gone.
+                let spent = match spawn.lease_remaining.as_ref().and_then(duration_from_proto) {
+                    Some(remaining) => lease.saturating_sub(remaining),
+                    None => Duration::ZERO,
+                };
                 self.backends.insert(
                     action.backend_id.clone(),
                     Backend {
                         key: spawn.key,
                         fencing_token: spawn.fencing_token,
                         lease,
-                        last_confirmed: now,
+                        last_confirmed: now.checked_sub(spent).unwrap_or(now),
                         outstanding: Vec::new(),
                         deadline: now,
                     },
                 );
                 if self.backends[&action.backend_id].key.is_some() {
                     self.reschedule(&action.backend_id);
-                    self.fresh.push(action.backend_id.clone());
-                    self.fresh_at.get_or_insert(now + RENEW_FRESH_DELAY);
+                    // Renewed with the next round, unless that would come too close to its
+                    // deadline: then within RENEW_FRESH_DELAY, with the other keys that cannot wait.
+                    let deadline = self.backends[&action.backend_id].deadline;
+                    if renew_at_once(deadline, lease, self.next_round) {
+                        self.fresh.push(action.backend_id.clone());
+                        self.fresh_at.get_or_insert(now + RENEW_FRESH_DELAY);
+                    }
                     self.round_every = Some(self.round_every.map_or(lease / 3, |every| every.min(lease / 3)));
                 }
                 let ready = status(
@@ -324,7 +335,8 @@ impl Session<'_> {
 
     /// Ends what went half a lease without a confirmed renewal, and renews, as the real drone
     /// does (`executor/src/drone/renewer.rs`): every key each round, a third of the lease apart,
-    /// and between rounds the keys that arrived, gathered for [`RENEW_FRESH_DELAY`].
+    /// and between rounds the keys that arrived and cannot wait for the next one, gathered for
+    /// [`RENEW_FRESH_DELAY`].
     async fn leases(&mut self) -> bool {
         let now = Instant::now();
         while self.deadlines.first().is_some_and(|(at, _)| *at <= now) {

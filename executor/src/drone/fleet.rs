@@ -225,7 +225,7 @@ impl Fleet {
         };
         if let (Some(key), Some(lease)) = (key, task.lease_duration()) {
             // Renewed with every other key of this drone until the task ends.
-            self.outbox.keys.hold(&backend_id, key, fencing_token, lease, tx);
+            self.outbox.keys.hold(&backend_id, key, fencing_token, lease, lease_confirmed, tx);
         }
         self.tasks.spawn(task.run(resume, requested));
     }

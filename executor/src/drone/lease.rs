@@ -40,7 +40,7 @@ impl Confirmation {
     }
 
     /// `offset` after the confirmation, or `seen` if that is earlier.
-    fn after(&self, offset: Duration) -> Instant {
+    pub(super) fn after(&self, offset: Duration) -> Instant {
         self.seen + offset.saturating_sub(self.ago)
     }
 

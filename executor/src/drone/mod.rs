@@ -26,7 +26,7 @@ mod renewer;
 pub use hangar_agent::Backoff;
 pub use journal::{Journal, JournalError};
 /// How the drone batches key renewals: what a simulation of it (the benchmarks) must match.
-pub use renewer::{FRESH_DELAY as RENEW_FRESH_DELAY, MAX_BATCH as RENEW_MAX_BATCH};
+pub use renewer::{FRESH_DELAY as RENEW_FRESH_DELAY, MAX_BATCH as RENEW_MAX_BATCH, renew_at_once};
 
 use crate::runtime::Runtime;
 use attach::DroneAttach;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{Command, RenewalAnswer};
+use super::lease::Confirmation;
 use super::outbox::CurrentStream;
 
 /// Keys per `RenewKeys` message (and per store transaction on the controller): ~100 KB on the
@@ -29,10 +30,24 @@ pub const MAX_BATCH: usize = 1_000;
 /// How soon to try again when a batch could not even be sent (no controller attached).
 const RETRY_UNSENT: Duration = Duration::from_millis(250);
 
-/// New keys are renewed this soon after they arrive (gathered into one batch), not at the next
-/// round: the controller started their lease at Connect, before the Spawn travelled here, so the
-/// sooner their first renewal lands, the more of that lease is left.
+/// New keys that cannot wait for the next round ([`renew_at_once`]) are renewed this soon after
+/// they arrive, gathered into one batch.
 pub const FRESH_DELAY: Duration = Duration::from_millis(200);
+
+/// Whether a key that just arrived, whose backend is to be soft-terminated at `soft_deadline`
+/// unless a renewal is confirmed first, must be renewed at once rather than with the next round
+/// (`next_round`, `None` when none is planned): when that round would leave it less than a sixth
+/// of its `lease` before its deadline. A key the last round renewed has exactly that sixth (its
+/// deadline is half a lease after that round's send, the next round a third after it), so a key
+/// that waits for the round is never closer to its deadline than every other key is. Keys whose
+/// Spawn came in time (the lease it carried started after the last round) wait for the round:
+/// under a stream of placements that is most of them, and each renewed at once was one more key
+/// encoded, sent and written by the controller within 200 ms of its Connect. A key whose Spawn
+/// spent part of its lease on the way, or was held back for a renewal, goes at once as before
+/// (docs/design/backends-and-leases.md#a-spawn-that-arrives-late-in-its-lease).
+pub fn renew_at_once(soft_deadline: Instant, lease: Duration, next_round: Option<Instant>) -> bool {
+    next_round.is_none_or(|round| soft_deadline < round + lease / 6)
+}
 
 struct Held {
     key: v1::BackendKey,
@@ -41,6 +56,9 @@ struct Held {
     task: mpsc::Sender<Command>,
     /// Not renewed since it arrived.
     fresh: bool,
+    /// Half its lease after the confirmation it arrived with: when its backend is soft-terminated
+    /// unless a renewal is confirmed first.
+    soft_deadline: Instant,
     /// Its last answer was a deferral: its deadlines have moved by the grace.
     deferred: bool,
 }
@@ -82,30 +100,40 @@ pub fn answer_timeout(lease: Duration) -> Duration {
 }
 
 impl KeyRenewer {
-    /// `backend_id` holds `key` with `fencing_token` for leases of `lease`; its task gets every
-    /// answer as [`Command::Renewal`]. Held until the task ends.
+    /// `backend_id` holds `key` with `fencing_token` for leases of `lease`, last `confirmed` as its
+    /// Spawn or journal said; its task gets every answer as [`Command::Renewal`]. Held until the
+    /// task ends.
     pub fn hold(
         &self,
         backend_id: &str,
         key: v1::BackendKey,
         fencing_token: u64,
         lease: Duration,
+        confirmed: Confirmation,
         task: mpsc::Sender<Command>,
     ) {
-        let held = Held { key, fencing_token, lease, task, fresh: true, deferred: false };
+        let soft_deadline = confirmed.after(lease / 2);
+        let held = Held { key, fencing_token, lease, task, fresh: true, soft_deadline, deferred: false };
         self.held.lock().unwrap().insert(backend_id.to_string(), held);
         self.added.notify_one();
     }
 
-    /// Keys held by live tasks (ended ones are forgotten here), all or only the fresh ones, and
-    /// the shortest lease among all.
-    fn live(&self, only_fresh: bool) -> (Vec<v1::RenewKey>, Option<Duration>) {
+    /// Keys held by live tasks (ended ones are forgotten here), all or only the fresh ones that
+    /// cannot wait for the round planned at `next_round` ([`renew_at_once`]), and the shortest
+    /// lease among all.
+    fn live(&self, only_fresh: bool, next_round: Option<Instant>) -> (Vec<v1::RenewKey>, Option<Duration>) {
         let mut held = self.held.lock().unwrap();
         held.retain(|_, h| !h.task.is_closed());
         let lease = held.values().map(|h| h.lease).min();
+        // While the controller answers deferred (it cannot reach its store), a new key goes out
+        // at once all the same: it gets its grace now, and the drone can tell sooner that every
+        // key it holds has had one (`every_key_deferred_on`).
+        let deferring = only_fresh && held.values().any(|h| h.deferred);
         let keys = held
             .iter_mut()
-            .filter(|(_, h)| h.fresh || !only_fresh)
+            .filter(|(_, h)| {
+                !only_fresh || (h.fresh && (deferring || renew_at_once(h.soft_deadline, h.lease, next_round)))
+            })
             .map(|(id, h)| {
                 h.fresh = false;
                 v1::RenewKey { backend_id: id.clone(), key: Some(h.key.clone()), fencing_token: h.fencing_token }
@@ -137,7 +165,7 @@ impl KeyRenewer {
                 }
                 _ = shutdown.cancelled() => return,
             };
-            let (keys, lease) = self.live(only_fresh);
+            let (keys, lease) = self.live(only_fresh, next);
             let Some(lease) = lease else {
                 next = None;
                 continue;
@@ -353,7 +381,7 @@ mod tests {
     async fn a_batch_unanswered_past_a_tenth_of_the_lease_marks_its_stream_stuck() {
         let renewer = KeyRenewer::default();
         let (tx, _rx) = mpsc::channel(4);
-        renewer.hold("bk-a", key("a"), 1, Duration::from_secs(30), tx);
+        renewer.hold("bk-a", key("a"), 1, Duration::from_secs(30), Confirmation::at(Instant::now()), tx);
         let sent_ago = |ago: Duration| {
             let mut in_flight = renewer.in_flight.lock().unwrap();
             in_flight.clear();
@@ -380,8 +408,9 @@ mod tests {
         let renewer = KeyRenewer::default();
         let (a_tx, mut a_rx) = mpsc::channel(4);
         let (b_tx, mut b_rx) = mpsc::channel(4);
-        renewer.hold("bk-a", key("a"), 1, Duration::from_secs(3), a_tx);
-        renewer.hold("bk-b", key("b"), 1, Duration::from_secs(3), b_tx);
+        let now = Confirmation::at(Instant::now());
+        renewer.hold("bk-a", key("a"), 1, Duration::from_secs(3), now, a_tx);
+        renewer.hold("bk-b", key("b"), 1, Duration::from_secs(3), now, b_tx);
         let sent = Instant::now();
         renewer.in_flight.lock().unwrap().push_back(InFlight {
             generation: 2,
@@ -405,5 +434,57 @@ mod tests {
         renewer.batch_answered(2, v1::RenewKeysResponse { keys: vec![answer("bk-a", true), answer("bk-b", false)] });
         assert!(a_rx.try_recv().is_err());
         assert!(matches!(b_rx.try_recv().unwrap(), Command::Renewal { answer: RenewalAnswer::Refused, .. }));
+    }
+
+    fn ids(keys: &[v1::RenewKey]) -> Vec<&str> {
+        let mut ids: Vec<&str> = keys.iter().map(|k| k.backend_id.as_str()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_spawn_came_in_time_waits_for_the_round_and_a_late_one_goes_at_once() {
+        let renewer = KeyRenewer::default();
+        let lease = Duration::from_secs(30);
+        let now = Instant::now();
+        let (tx, _rx) = mpsc::channel(8);
+        // The round was sent 4 s ago; the next one is 6 s away.
+        let next_round = Some(now + Duration::from_secs(6));
+        // Its lease started now (a Spawn in time): deadline in 15 s, 9 s after the round, more
+        // than the 5 s (a sixth of the lease) a key the last round renewed has.
+        renewer.hold("bk-in-time", key("a"), 1, lease, Confirmation::at(now), tx.clone());
+        // Its lease started 5 s before the last round: deadline in 6 s, at the round itself.
+        renewer.hold("bk-late", key("b"), 1, lease, Confirmation::ago(Duration::from_secs(9), now), tx.clone());
+        // Its lease started just after the last round: 5 s and a bit after the round. Waits.
+        let just_after = Confirmation::ago(Duration::from_millis(3_900), now);
+        renewer.hold("bk-after-round", key("c"), 1, lease, just_after, tx.clone());
+        // Just before it: less than a sixth left after the round. Goes at once.
+        let just_before = Confirmation::ago(Duration::from_millis(4_100), now);
+        renewer.hold("bk-before-round", key("d"), 1, lease, just_before, tx.clone());
+
+        let (keys, shortest) = renewer.live(true, next_round);
+        assert_eq!(shortest, Some(lease));
+        assert_eq!(ids(&keys), ["bk-before-round", "bk-late"]);
+        // Taken once: the next batch of new keys does not send them again.
+        assert!(renewer.live(true, next_round).0.is_empty(), "the late keys were sent already");
+        // With no round planned (the drone's first keys), every new key goes at once.
+        renewer.hold("bk-first", key("e"), 1, lease, Confirmation::at(now), tx.clone());
+        assert_eq!(ids(&renewer.live(true, None).0), ["bk-after-round", "bk-first", "bk-in-time"]);
+        // The round renews every key, fresh or not.
+        assert_eq!(renewer.live(false, next_round).0.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn while_the_controller_defers_renewals_new_keys_go_at_once() {
+        let renewer = KeyRenewer::default();
+        let lease = Duration::from_secs(30);
+        let now = Instant::now();
+        let (tx, _rx) = mpsc::channel(8);
+        renewer.hold("bk-old", key("a"), 1, lease, Confirmation::at(now), tx.clone());
+        renewer.held.lock().unwrap().get_mut("bk-old").unwrap().fresh = false;
+        renewer.held.lock().unwrap().get_mut("bk-old").unwrap().deferred = true;
+        renewer.hold("bk-new", key("b"), 1, lease, Confirmation::at(now), tx);
+        let next_round = Some(now + Duration::from_secs(6));
+        assert_eq!(ids(&renewer.live(true, next_round).0), ["bk-new"]);
     }
 }
