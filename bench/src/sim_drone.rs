@@ -12,8 +12,9 @@
 //! - on a terminate, reports TERMINATED with the action's kind and reason;
 //! - renews its keys as the real drone's renewer does: every key each round, a third of the lease
 //!   apart, and between rounds the new keys that cannot wait for the next one (`renew_at_once`),
-//!   gathered for 200 ms (in `RenewKeys` batches of at most 1,000); it ends a backend KEY_EXPIRED when a renewal is refused or none was confirmed for
-//!   half the lease, as the real drone's lease rules do (docs/design/backends-and-leases.md).
+//!   gathered for 200 ms (in `RenewKeys` batches of at most 1,000); it ends a backend KEY_EXPIRED
+//!   when a renewal is refused or none was confirmed for half the lease, as the real drone's lease
+//!   rules do (docs/design/backends-and-leases.md).
 //!
 //! When its stream ends it attaches again, as the real drone does (200 ms backoff doubling to
 //! 10 s), keeps its backends (in memory, where the real drone has its journal) and sends every
@@ -358,9 +359,13 @@ impl Session<'_> {
             std::mem::take(&mut self.fresh)
         };
         (self.fresh_at, self.fresh) = (None, Vec::new());
-        if round || self.next_round.is_none() {
-            self.next_round = self.round_every.map(|every| now + every);
-        }
+        // As the real drone does: a round plans the next; new keys only bring it forward (a
+        // shorter lease than the others').
+        let again = self.round_every.map(|every| now + every);
+        self.next_round = match (self.next_round, again) {
+            (Some(planned), Some(again)) if !round => Some(planned.min(again)),
+            _ => again,
+        };
         let mut due = Vec::with_capacity(ids.len());
         for id in ids {
             let Some(backend) = self.backends.get_mut(&id) else { continue };

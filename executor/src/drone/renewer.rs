@@ -175,9 +175,14 @@ impl KeyRenewer {
                 continue;
             }
             let sent = self.send(stream, keys).await;
-            if !only_fresh || next.is_none() {
-                next = Some(Instant::now() + if sent { lease / 3 } else { RETRY_UNSENT.min(lease / 10) });
-            }
+            let again = Instant::now() + if sent { lease / 3 } else { RETRY_UNSENT.min(lease / 10) };
+            // A round plans the next one. New keys only bring it forward: a key with a shorter
+            // lease than the others shortens the rounds from now on, and new keys that could not
+            // be sent go out with a round soon.
+            next = Some(match next {
+                Some(planned) if only_fresh => planned.min(again),
+                _ => again,
+            });
         }
     }
 
