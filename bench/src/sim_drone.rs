@@ -28,8 +28,9 @@ use chrono::Utc;
 use futures::StreamExt;
 use hangar::domain::{duration_from_proto, timestamp_to_proto};
 use hangar::v1::{self, drone_service_client::DroneServiceClient};
-// The real drone's batch size and fresh-key delay, so the simulation renews as it does.
-use hangar_executor::drone::{RENEW_FRESH_DELAY, RENEW_MAX_BATCH, renew_at_once};
+// The real drone's batch size, fresh-key rule and lease accounting, so the simulation renews as
+// it does.
+use hangar_executor::drone::{RENEW_FRESH_DELAY, RENEW_MAX_BATCH, lease_spent, renew_at_once};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -288,10 +289,7 @@ impl Session<'_> {
                 let now = Instant::now();
                 // As the real drone does, the key counts as confirmed when its lease started, as
                 // the Spawn tells it: what the Spawn spent on the way is gone.
-                let spent = match spawn.lease_remaining.as_ref().and_then(duration_from_proto) {
-                    Some(remaining) => lease.saturating_sub(remaining),
-                    None => Duration::ZERO,
-                };
+                let spent = lease_spent(&spawn);
                 self.backends.insert(
                     action.backend_id.clone(),
                     Backend {

@@ -339,7 +339,7 @@ impl Fleet {
 /// How much of a new backend's key lease its Spawn spent before it arrived: the lease less what
 /// the controller said was left when it sent it; nothing when it did not say (an older
 /// controller) or the backend has no key.
-fn lease_spent(spawn: &v1::SpawnBackend) -> Duration {
+pub fn lease_spent(spawn: &v1::SpawnBackend) -> Duration {
     let lease = spawn.lease_duration.as_ref().and_then(duration_from_proto).unwrap_or(DEFAULT_LEASE_DURATION);
     match spawn.lease_remaining.as_ref().and_then(duration_from_proto) {
         Some(remaining) if spawn.key.is_some() => lease.saturating_sub(remaining),

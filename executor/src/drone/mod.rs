@@ -23,6 +23,8 @@ mod outbox;
 mod readiness;
 mod renewer;
 
+/// How much of a key's lease its Spawn spent on the way: the drone counts the key from its start.
+pub use fleet::lease_spent;
 pub use hangar_agent::Backoff;
 pub use journal::{Journal, JournalError};
 /// How the drone batches key renewals: what a simulation of it (the benchmarks) must match.
