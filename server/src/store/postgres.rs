@@ -33,6 +33,7 @@ impl Dialect for Postgres {
     const LOCKS_DATABASE: bool = false;
     const NUMBERED_PARAMETERS: bool = true;
     const GREATEST: &'static str = "GREATEST";
+    const PLACES_KEY_ROWS: bool = false;
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
         result.rows_affected()

@@ -24,6 +24,7 @@ impl Dialect for Sqlite {
     const LOCKS_DATABASE: bool = true;
     const NUMBERED_PARAMETERS: bool = false;
     const GREATEST: &'static str = "max";
+    const PLACES_KEY_ROWS: bool = true;
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()

@@ -38,6 +38,9 @@ pub trait Dialect: Database {
     /// The scalar function that gives the larger of two values (`max` on SQLite, where `MAX`
     /// of two arguments is scalar; `GREATEST` on PostgreSQL).
     const GREATEST: &'static str;
+    /// New key rows are stored at a row id chosen from their drone (`backends::writes::key_place`,
+    /// SQLite); PostgreSQL's tables have no order to choose.
+    const PLACES_KEY_ROWS: bool;
 
     /// Rows a statement changed (sqlx has no common trait for it).
     fn rows_affected(result: &Self::QueryResult) -> u64;

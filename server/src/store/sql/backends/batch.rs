@@ -448,7 +448,7 @@ where
         let revision = Self::next_revision(batch);
         if let Some(key) = key {
             let lease = rows::millis(now + chrono::Duration::from_std(plan.lease_duration).unwrap_or_default());
-            batch.rows.key(KeyRow::new(key, &backend.id, fencing_token, lease));
+            batch.rows.key(KeyRow::new(key, &backend.id, fencing_token, lease, &backend.drone_id, revision));
             let holder = Holder { tag: key.tag.clone(), backend_id: backend.id.clone(), fencing_token };
             batch.keys.insert((key.namespace.clone(), key.name.clone()), Some(holder));
         }
@@ -792,6 +792,75 @@ mod tests {
         let until = route.expires_at.expect("an expiry");
         assert!(until <= now + chrono::Duration::hours(1) + chrono::Duration::seconds(1), "{until} vs end {now}");
         assert!(store.pending_actions("d1").await.unwrap().iter().all(|a| a.backend_id != ending.id));
+    }
+
+    /// SQLite stores a drone's new keys together, whichever order their placements came in, so
+    /// that a round renewing them dirties few pages; a key taken over by a new holder on
+    /// another drone keeps its row where it was.
+    #[tokio::test]
+    async fn sqlite_a_drones_new_keys_are_stored_together_whatever_the_order_of_placements() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&crate::store::sqlite_url(&dir.path().join("hangar.db"))).await.unwrap();
+        let on = |name: &str, drone: &str| {
+            let mut spec = spec(key(name));
+            spec.spawn.as_mut().unwrap().candidates = vec![DroneSlot { node_id: drone.into(), capacity: 100 }].into();
+            spec
+        };
+        // A key's row written by a controller from before, at the id SQLite chose.
+        sqlx::query(
+            "INSERT INTO backend_keys (namespace, name, tag, backend_id, fencing_token, lease_expires_at) \
+                     VALUES ('batch', 'old-0', '', '', 3, 0)",
+        )
+        .execute(&store.write)
+        .await
+        .unwrap();
+        // One at a time, then many in one batch; the two drones' placements interleave.
+        let mut placed = Vec::new();
+        for i in 0..6 {
+            let drone = ["d1", "d2"][i % 2];
+            placed.push((store.connect_backend(on(&format!("{drone}-{i}"), drone), &first).await.unwrap(), drone));
+        }
+        let store = &store;
+        let together = futures::future::join_all((6..20).map(|i| {
+            let drone = ["d1", "d2"][i % 2];
+            let spec = on(&format!("{drone}-{i}"), drone);
+            async move { (store.connect_backend(spec, &first).await.unwrap(), drone) }
+        }))
+        .await;
+        placed.extend(together);
+        assert!(placed.iter().all(|(outcome, _)| matches!(outcome, ConnectOutcome::Spawned(_))), "{placed:?}");
+        let rows = |store: &SqliteStore| {
+            let pool = store.read.clone();
+            async move {
+                sqlx::query_as::<_, (i64, String)>("SELECT rowid, name FROM backend_keys ORDER BY rowid")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        let stored = rows(store).await;
+        assert_eq!(stored.len(), 21);
+        let drones: Vec<&str> = stored.iter().map(|(_, name)| &name[..2]).collect();
+        let runs = 1 + drones.windows(2).filter(|pair| pair[0] != pair[1]).count();
+        assert_eq!((drones[0], runs), ("ol", 3), "the old row first, then each drone's keys in one run: {drones:?}");
+        // Within its drone's run, a key follows the keys placed before it.
+        for drone in ["d1", "d2"] {
+            let order: Vec<usize> =
+                stored.iter().filter(|(_, n)| n.starts_with(drone)).map(|(_, n)| n[3..].parse().unwrap()).collect();
+            assert!(order.is_sorted(), "{drone}: {order:?}");
+        }
+        // `d1-0` ends; its key is placed again, on d2: the row is taken over where it was.
+        let ConnectOutcome::Spawned(old) = &placed[0].0 else { unreachable!() };
+        let mut ended = BackendStatus::new(BackendState::Terminated, Utc::now());
+        ended.termination_reason = Some(TerminationReason::Exited);
+        let end = DroneEvent { backend_id: old.id.clone(), status: ended, address: String::new(), now: Utc::now() };
+        store.apply_drone_reports("d1", vec![end], Vec::new()).await.unwrap();
+        let again = store.connect_backend(on("d1-0", "d2"), &first).await.unwrap();
+        assert!(
+            matches!(&again, ConnectOutcome::Spawned(b) if b.drone_id == "d2" && b.fencing_token == 2),
+            "{again:?}"
+        );
+        assert_eq!(rows(store).await, stored);
     }
 
     #[tokio::test]

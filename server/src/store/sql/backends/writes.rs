@@ -105,13 +105,57 @@ pub(in crate::store::sql) struct KeyRow {
     backend_id: String,
     fencing_token: i64,
     lease_expires_at: i64,
+    /// Where a new row goes among the keys ([`key_place`]); a row taken over keeps its place.
+    place: i64,
 }
 
 impl KeyRow {
-    pub(in crate::store::sql) fn new(key: &BackendKey, backend_id: &str, fencing_token: i64, lease: i64) -> KeyRow {
-        KeyRow { key: key.clone(), backend_id: backend_id.into(), fencing_token, lease_expires_at: lease }
+    /// The row of `key` for its new holder `backend_id`, placed on `drone_id` at `revision`.
+    pub(in crate::store::sql) fn new(
+        key: &BackendKey,
+        backend_id: &str,
+        fencing_token: i64,
+        lease: i64,
+        drone_id: &str,
+        revision: Revision,
+    ) -> KeyRow {
+        KeyRow {
+            key: key.clone(),
+            backend_id: backend_id.into(),
+            fencing_token,
+            lease_expires_at: lease,
+            place: key_place(drone_id, revision),
+        }
     }
 }
+
+/// The SQLite row id a new key's row is stored at: its drone's group in the high bits, above the
+/// revision of the placement that created it. A drone renews all its keys at once, and SQLite
+/// keeps a table's rows in row-id order: with ids handed out in insertion order, the keys of one
+/// drone were spread over the whole table (every drone's placements interleave), a round changed
+/// about one page per key, and a commit writes each changed page whole to the write-ahead log.
+/// Grouped by drone, a round's rows share few pages; its expiry index entries sat together
+/// already (a round gives its keys one expiry). Revisions are unique, so ids are; groups start at
+/// 1, above every id SQLite gave rows before (at most the number of rows ever inserted). Only
+/// where rows sit depends on it, never what a key holds or when. PostgreSQL has no such order
+/// and takes no id (`Dialect::PLACES_KEY_ROWS`).
+/// Design: docs/design/backends-and-leases.md#where-a-keys-row-is-stored.
+pub(in crate::store::sql) fn key_place(drone_id: &str, revision: Revision) -> i64 {
+    // FNV-1a: stable across builds and processes, so that a restarted controller keeps adding
+    // a drone's keys to the same group.
+    let hash =
+        drone_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let group = 1 + hash % KEY_GROUPS;
+    // At 100,000 placements a second, revisions reach 2^50 after 350 years.
+    (group << KEY_REVISION_BITS | (revision & ((1 << KEY_REVISION_BITS) - 1))) as i64
+}
+
+/// Drones share these groups of key rows; with more drones than groups a group holds a few
+/// drones' keys, still apart from the rest.
+const KEY_GROUPS: u64 = 4095;
+/// Bits of a key's row id below its group: the group (1..=4095) takes the 12 above them, and the
+/// id stays a positive `i64`.
+const KEY_REVISION_BITS: u32 = 50;
 
 /// A `drone_actions` row.
 pub(in crate::store::sql) struct ActionRow {
@@ -475,14 +519,20 @@ where
 
     /// A key's row is created, or taken over by its new holder.
     async fn write_keys(connection: &mut DB::Connection, rows: Vec<KeyRow>) -> Result<(), StoreError> {
+        let (head, columns) = if DB::PLACES_KEY_ROWS {
+            ("INSERT INTO backend_keys (rowid, namespace, name, tag, backend_id, fencing_token, lease_expires_at) ", 7)
+        } else {
+            ("INSERT INTO backend_keys (namespace, name, tag, backend_id, fencing_token, lease_expires_at) ", 6)
+        };
         Self::insert_many(
             connection,
-            "INSERT INTO backend_keys (namespace, name, tag, backend_id, fencing_token, lease_expires_at) ",
+            head,
             " ON CONFLICT (namespace, name) DO UPDATE SET tag = excluded.tag, backend_id = excluded.backend_id, \
              fencing_token = excluded.fencing_token, lease_expires_at = excluded.lease_expires_at",
-            6,
+            columns,
             rows,
             |query, k| {
+                let query = if DB::PLACES_KEY_ROWS { query.bind(k.place) } else { query };
                 query
                     .bind(k.key.namespace)
                     .bind(k.key.name)
