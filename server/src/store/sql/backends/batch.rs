@@ -809,7 +809,7 @@ mod tests {
         // A key's row written by a controller from before, at the id SQLite chose.
         sqlx::query(
             "INSERT INTO backend_keys (namespace, name, tag, backend_id, fencing_token, lease_expires_at) \
-                     VALUES ('batch', 'old-0', '', '', 3, 0)",
+             VALUES ('batch', 'old-0', '', '', 3, 0)",
         )
         .execute(&store.write)
         .await
@@ -818,17 +818,17 @@ mod tests {
         let mut placed = Vec::new();
         for i in 0..6 {
             let drone = ["d1", "d2"][i % 2];
-            placed.push((store.connect_backend(on(&format!("{drone}-{i}"), drone), &first).await.unwrap(), drone));
+            placed.push(store.connect_backend(on(&format!("{drone}-{i}"), drone), &first).await.unwrap());
         }
         let store = &store;
         let together = futures::future::join_all((6..20).map(|i| {
             let drone = ["d1", "d2"][i % 2];
             let spec = on(&format!("{drone}-{i}"), drone);
-            async move { (store.connect_backend(spec, &first).await.unwrap(), drone) }
+            async move { store.connect_backend(spec, &first).await.unwrap() }
         }))
         .await;
         placed.extend(together);
-        assert!(placed.iter().all(|(outcome, _)| matches!(outcome, ConnectOutcome::Spawned(_))), "{placed:?}");
+        assert!(placed.iter().all(|outcome| matches!(outcome, ConnectOutcome::Spawned(_))), "{placed:?}");
         let rows = |store: &SqliteStore| {
             let pool = store.read.clone();
             async move {
@@ -850,7 +850,7 @@ mod tests {
             assert!(order.is_sorted(), "{drone}: {order:?}");
         }
         // `d1-0` ends; its key is placed again, on d2: the row is taken over where it was.
-        let ConnectOutcome::Spawned(old) = &placed[0].0 else { unreachable!() };
+        let ConnectOutcome::Spawned(old) = &placed[0] else { unreachable!() };
         let mut ended = BackendStatus::new(BackendState::Terminated, Utc::now());
         ended.termination_reason = Some(TerminationReason::Exited);
         let end = DroneEvent { backend_id: old.id.clone(), status: ended, address: String::new(), now: Utc::now() };
