@@ -66,10 +66,20 @@ fn list_quick_pass_lists_every_node_next_to_etcd() {
         Command::new("etcd").arg("--version").output().is_ok_and(|o| o.status.success()),
         "etcd is missing: scripts/test installs it (apt-get install etcd-server)"
     );
-    let figures =
-        quick_pass("list", &["hangar_p50_ms", "etcd_p50_ms", "ratio", "hangar_undecoded_p50_ms", "undecoded_ratio"]);
+    let figures = quick_pass(
+        "list",
+        &[
+            "hangar_p50_ms",
+            "etcd_p50_ms",
+            "ratio",
+            "hangar_undecoded_p50_ms",
+            "undecoded_ratio",
+            "decoding_p50_ms",
+            "decoding_ratio",
+        ],
+    );
     assert!(figures["hangar_p50_ms"] > 0.0 && figures["etcd_p50_ms"] > 0.0, "{figures:?}");
-    assert!(figures["hangar_undecoded_p50_ms"] > 0.0, "{figures:?}");
+    assert!(figures["hangar_undecoded_p50_ms"] > 0.0 && figures["decoding_p50_ms"] > 0.0, "{figures:?}");
 }
 
 #[test]
