@@ -346,6 +346,7 @@ async fn cli_get_of_an_unknown_node_renders_reason_and_hint() {
     let err = execute(&command).await.unwrap_err();
     assert_eq!(
         render::error(&err, &command.controller),
-        "error: no node nd-nope (NODE_NOT_FOUND)\nhint: list nodes with `hangar nodes list`\n"
+        // Neither a node's id nor its name: the listing of every node found none named so.
+        "error: no node has the id or name \"nd-nope\" (NODE_NOT_FOUND)\nhint: list nodes with `hangar nodes list`\n"
     );
 }

@@ -291,3 +291,53 @@ async fn a_refusal_of_the_auth_layer_exits_denied() {
     assert_eq!(code, Some(Exit::Denied.code().into()), "a reader may not drain: {stderr}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_get_drain_and_undrain_take_a_name_that_only_one_node_has() {
+    let cluster = Restartable::start().await;
+    let url = cluster.url();
+    let now = Utc::now();
+    let edge = cluster.store.attach_node(registration("edge-1"), "c", now).await.unwrap();
+    // A name is unique within a cluster and kind only.
+    let mut elsewhere = registration("twin");
+    elsewhere.cluster = "eu-2".into();
+    let twin_a = cluster.store.attach_node(registration("twin"), "c", now).await.unwrap();
+    let twin_b = cluster.store.attach_node(elsewhere, "c", now).await.unwrap();
+    let mut proxy = registration("gw");
+    proxy.kind = hangar::domain::NodeKind::Proxy;
+    cluster.store.attach_node(proxy, "c", now).await.unwrap();
+    let gw_drone = cluster.store.attach_node(registration("gw"), "c", now).await.unwrap();
+    let json = |args: &[&str]| {
+        let output = hangar(&[&["--controller", url.as_str(), "-o", "json"], args].concat());
+        assert!(output.status.success(), "hangar {args:?}: {}", text(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let failure = |args: &[&str]| {
+        let output = hangar(&[&["--controller", url.as_str()], args].concat());
+        (output.status.code(), text(&output.stderr))
+    };
+
+    // By name, and by id as before.
+    assert_eq!(json(&["nodes", "get", "edge-1"])["id"], edge.id.as_str());
+    assert_eq!(json(&["nodes", "get", &edge.id])["name"], "edge-1");
+    assert_eq!(json(&["nodes", "drain", "edge-1"])["draining"], true);
+    assert_eq!(json(&["nodes", "undrain", "edge-1"])["draining"], false);
+
+    // Two nodes share the name: nothing is guessed, the ids are named.
+    let (code, stderr) = failure(&["nodes", "get", "twin"]);
+    assert_eq!(code, Some(Exit::Usage.code().into()), "{stderr}");
+    assert!(stderr.contains(&twin_a.id) && stderr.contains(&twin_b.id), "{stderr}");
+    let (code, stderr) = failure(&["nodes", "drain", "twin"]);
+    assert_eq!(code, Some(Exit::Usage.code().into()), "{stderr}");
+    assert!(!json(&["nodes", "get", &twin_a.id])["draining"].as_bool().unwrap());
+
+    // A drone and a proxy share the name: only the drone can be drained, so drain means it.
+    assert_eq!(json(&["nodes", "drain", "gw"])["id"], gw_drone.id.as_str());
+    assert_eq!(failure(&["nodes", "get", "gw"]).0, Some(Exit::Usage.code().into()));
+
+    // Neither an id nor a name.
+    let (code, stderr) = failure(&["nodes", "get", "nowhere"]);
+    assert_eq!(code, Some(Exit::NotFound.code().into()), "{stderr}");
+    assert!(stderr.contains("no node has the id or name \"nowhere\""), "{stderr}");
+    cluster.shutdown().await;
+}

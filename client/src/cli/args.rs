@@ -344,13 +344,15 @@ pub struct NodesWatchArgs {
 
 #[derive(Debug, Args)]
 pub struct NodesGetArgs {
-    /// Node id, as `hangar nodes list` shows it.
+    /// Node id, or the node's name where only one node has it (`hangar nodes list` shows both).
+    #[arg(value_name = "NODE")]
     pub id: String,
 }
 
 #[derive(Debug, Args)]
 pub struct NodesDrainArgs {
-    /// Id of the drone to drain.
+    /// Id of the drone to drain, or its name where only one drone has it.
+    #[arg(value_name = "DRONE")]
     pub id: String,
 
     /// Soft-terminate the backends still running after this long (e.g. 90s, 10m, 1h30m).
@@ -360,7 +362,8 @@ pub struct NodesDrainArgs {
 
 #[derive(Debug, Args)]
 pub struct NodesUndrainArgs {
-    /// Id of the drained drone.
+    /// Id of the drained drone, or its name where only one drone has it.
+    #[arg(value_name = "DRONE")]
     pub id: String,
 }
 
@@ -663,17 +666,20 @@ lists several (comma-separated); each reconnect is reported on stderr. Ctrl-C en
 const NODES_GET_EXAMPLES: &str = "\
 Examples:
   hangar nodes get nd-0193…
+  hangar nodes get dev-drone                     # a name, where only one node has it
   hangar nodes get nd-0193… -o json | jq .labels
 
-Find ids with `hangar nodes list`.";
+Find ids and names with `hangar nodes list`. A name is unique within a cluster and kind: where
+several nodes have it, the command names them and asks for an id.";
 
 const NODES_DRAIN_EXAMPLES: &str = "\
 Examples:
   hangar nodes drain nd-0193…                  # no new backends; running ones stay
   hangar nodes drain nd-0193… --deadline 10m   # and soft-terminate what still runs in 10 minutes
+  hangar nodes drain dev-drone                 # by name, where only one drone has it
 
 Only drones can be drained. Draining again is harmless; the drain outlives reconnects.
-`hangar nodes undrain NODE_ID` undoes it.";
+`hangar nodes undrain DRONE` undoes it.";
 
 const NODES_UNDRAIN_EXAMPLES: &str = "\
 Examples:

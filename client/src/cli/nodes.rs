@@ -4,6 +4,8 @@ use super::{Cli, CliError, NodesCommand, NodesWatchArgs, render};
 use crate::{ClientError, HangarClient, WatchEvent, WatchOptions};
 use chrono::{Local, Utc};
 use futures::{Stream, StreamExt};
+use hangar::domain::{Node, NodeFilter, NodeKind};
+use hangar::error::reason;
 use std::future::Future;
 use std::io::Write;
 
@@ -21,18 +23,85 @@ pub(super) async fn execute(cli: &Cli, command: &NodesCommand) -> Result<String,
         }
         NodesCommand::Get(args) => {
             let client = cli.connect().await?;
-            let node = client.get_node(&args.id).await?;
+            let node = by_id_or_name(&client, &args.id, None, async |id| client.get_node(id).await).await?;
             Ok(render::node(&node, cli.output, Utc::now()))
         }
         NodesCommand::Drain(args) => {
             let client = cli.connect().await?;
-            let node = client.drain_node(&args.id, args.deadline).await?;
+            let drain = async |id: &str| client.drain_node(id, args.deadline).await;
+            let node = by_id_or_name(&client, &args.id, Some(NodeKind::Drone), drain).await?;
             Ok(render::drained(&node, cli.output, Utc::now()))
         }
         NodesCommand::Undrain(args) => {
             let client = cli.connect().await?;
-            let node = client.undrain_node(&args.id).await?;
+            let undrain = async |id: &str| client.undrain_node(id).await;
+            let node = by_id_or_name(&client, &args.id, Some(NodeKind::Drone), undrain).await?;
             Ok(render::undrained(&node, cli.output))
+        }
+    }
+}
+
+fn is_node_not_found(err: &ClientError) -> bool {
+    err.reason().as_deref() == Some(reason::NODE_NOT_FOUND)
+}
+
+/// The controller's NODE_NOT_FOUND for `id_or_name`, which was not a name either.
+fn neither(err: ClientError, id_or_name: &str) -> ClientError {
+    match err {
+        ClientError::NotFound { reason, .. } => {
+            ClientError::NotFound { reason, message: format!("no node has the id or name {id_or_name:?}") }
+        }
+        other => other,
+    }
+}
+
+/// `call` on the node `id_or_name` names: first as an id, as the API takes it, so that an id
+/// never resolves to another node named like it and the controller's answer (a refusal of the
+/// caller's role, say) comes first; when no node has that id, on the one node with that name
+/// ([`node_named`]). A call on an id no node has changes nothing, so making it twice is safe.
+async fn by_id_or_name<T>(
+    client: &HangarClient,
+    id_or_name: &str,
+    preferred: Option<NodeKind>,
+    call: impl AsyncFn(&str) -> Result<T, ClientError>,
+) -> Result<T, CliError> {
+    match call(id_or_name).await {
+        Err(err) if is_node_not_found(&err) => {
+            let id = node_named(client, id_or_name, preferred).await?.ok_or_else(|| neither(err, id_or_name))?;
+            Ok(call(&id).await?)
+        }
+        result => Ok(result?),
+    }
+}
+
+/// The id of the one node named `name`, `None` when no node has that name, and a usage error
+/// naming the candidates when several have it (a name is unique only within its cluster and
+/// kind). Where several have it and exactly one of them is a `preferred` kind, that one: a drone
+/// and a proxy may share a name, and only drones are drained. A lone node of another kind is
+/// still returned, so that the controller says what is wrong with it (NODE_NOT_DRONE).
+async fn node_named(
+    client: &HangarClient,
+    name: &str,
+    preferred: Option<NodeKind>,
+) -> Result<Option<String>, CliError> {
+    let listing = client.list_all_nodes(&NodeFilter::default()).await?;
+    let mut named: Vec<&Node> = listing.nodes.iter().filter(|node| node.name == name).collect();
+    if named.len() > 1 && named.iter().filter(|node| Some(node.kind) == preferred).count() == 1 {
+        named.retain(|node| Some(node.kind) == preferred);
+    }
+    match named.len() {
+        0 => Ok(None),
+        1 => Ok(named.pop().map(|node| node.id.clone())),
+        _ => {
+            let candidates: Vec<String> = named
+                .iter()
+                .map(|node| format!("  {}  ({} in cluster {:?})", node.id, node.kind.as_str(), node.cluster))
+                .collect();
+            Err(CliError::Usage(format!(
+                "{} nodes are named {name:?}; give one of their ids:\n{}",
+                named.len(),
+                candidates.join("\n")
+            )))
         }
     }
 }
