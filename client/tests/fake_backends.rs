@@ -427,7 +427,7 @@ async fn errors_render_with_their_reason_and_a_hint() {
     let err = execute(&controller.cli(&["backends", "get", "bk-nope"])).await.unwrap_err();
     assert_eq!(
         render::error(&err, &controller.server.url),
-        "error: no backend bk-nope (BACKEND_NOT_FOUND)\nhint: list backends with `hangar backends list`; `hangar \
+        "error: no backend has the id or key \"bk-nope\" (BACKEND_NOT_FOUND)\nhint: list backends with `hangar backends list`; `hangar \
          connect KEY --image IMAGE` starts one\n"
     );
 }

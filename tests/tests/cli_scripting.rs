@@ -341,3 +341,55 @@ async fn nodes_get_drain_and_undrain_take_a_name_that_only_one_node_has() {
     assert!(stderr.contains("no node has the id or name \"nowhere\""), "{stderr}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_get_watch_and_terminate_take_a_key_for_its_live_backend_or_its_latest() {
+    let cluster = Restartable::start().await;
+    let url = cluster.url();
+    let mut drone = ManualDrone::attach(&url, drone_hello("d1")).await.unwrap();
+    let beat = drone.keep_alive(Duration::from_millis(50));
+    let client = HangarClient::connect(&url).await.unwrap();
+    async fn place(client: &HangarClient, drone: &mut ManualDrone, name: &str) -> String {
+        let mut request = ConnectRequest::key("docs", name, "");
+        request.spawn = Some(SpawnSpec::new("img"));
+        let id = client.connect_backend(&request).await.unwrap().backend_id;
+        let spawn = drone.next_action(WAIT).await;
+        drone.ack_action(&spawn.action_id).await;
+        id
+    }
+    let first = place(&client, &mut drone, "doc-1").await;
+    // A key whose name starts with the other's: the listing by prefix finds both.
+    let other = place(&client, &mut drone, "doc-10").await;
+    let exited = v1::BackendStatus {
+        state: BackendState::Terminated as i32,
+        termination_reason: v1::TerminationReason::Exited as i32,
+        exit_code: Some(0),
+        ..Default::default()
+    };
+    drone.event_acked("ev-1", &first, exited, "").await;
+    let json = |args: &[&str]| {
+        let output = hangar(&[&["--controller", url.as_str(), "-o", "json"], args].concat());
+        assert!(output.status.success(), "hangar {args:?}: {}", text(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+
+    // No live backend of the key: the latest it had.
+    assert_eq!(json(&["backends", "get", "docs/doc-1"])["id"], first.as_str());
+    let second = place(&client, &mut drone, "doc-1").await;
+    assert_ne!(second, first);
+    // Its live backend, before the older one that ended; the id still works.
+    assert_eq!(json(&["backends", "get", "docs/doc-1"])["id"], second.as_str());
+    assert_eq!(json(&["backends", "get", "docs/doc-10"])["id"], other.as_str());
+    assert_eq!(json(&["backends", "get", &first])["id"], first.as_str());
+    let mut watch = Running::spawn(&["--controller", &url, "-o", "json", "backends", "watch", "docs/doc-10"]);
+    assert_eq!(watch.json_line().await["state"], "SCHEDULED");
+    assert_eq!(json(&["backends", "terminate", "docs/doc-1"])["id"], second.as_str());
+    assert_eq!(json(&["backends", "get", &other])["state"], "SCHEDULED", "only the key's backend is asked to end");
+
+    // "doc-1" alone is in the namespace "default", where no backend has it.
+    let output = hangar(&["--controller", &url, "backends", "get", "doc-1"]);
+    assert_eq!(output.status.code(), Some(Exit::NotFound.code().into()));
+    assert!(text(&output.stderr).contains("no backend has the id or key \"doc-1\""), "{}", text(&output.stderr));
+    beat.abort();
+    cluster.shutdown().await;
+}

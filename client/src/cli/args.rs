@@ -95,7 +95,7 @@ pub enum BackendsCommand {
     /// Show one backend in detail: status, termination, drone, address, spawn config.
     #[command(after_help = BACKENDS_GET_EXAMPLES)]
     Get(BackendIdArgs),
-    /// With an id: the backend's states as they happen, until it is TERMINATED. Without: the
+    /// With an id or key: the backend's states as they happen, until it is TERMINATED. Without: the
     /// matching backends, then every change to them across the cluster, until Ctrl-C.
     #[command(after_help = BACKENDS_WATCH_EXAMPLES)]
     Watch(BackendsWatchArgs),
@@ -228,8 +228,9 @@ pub struct BackendsListArgs {
 
 #[derive(Debug, Args)]
 pub struct BackendsWatchArgs {
-    /// Backend id: follow this one backend to TERMINATED. Without it, watch every backend the
-    /// filter flags match.
+    /// Backend id, or a key (its live backend, or the latest it had): follow this one backend
+    /// to TERMINATED. Without it, watch every backend the filter flags match.
+    #[arg(value_name = "BACKEND")]
     pub id: Option<String>,
 
     #[command(flatten)]
@@ -293,13 +294,16 @@ impl BackendsWatchArgs {
 
 #[derive(Debug, Args)]
 pub struct BackendIdArgs {
-    /// Backend id, as `hangar connect` and `hangar backends list` show it.
+    /// Backend id, as `hangar connect` and `hangar backends list` show it, or a key (NAME, NS/NAME
+    /// or NS/NAME@TAG): its live backend, or the latest it had.
+    #[arg(value_name = "BACKEND")]
     pub id: String,
 }
 
 #[derive(Debug, Args)]
 pub struct BackendsTerminateArgs {
-    /// Backend id.
+    /// Backend id, or a key (NAME, NS/NAME or NS/NAME@TAG): its live backend.
+    #[arg(value_name = "BACKEND")]
     pub id: String,
 
     /// Kill at once instead of SIGTERM and a grace period.
@@ -723,12 +727,14 @@ With -o json the output is one document: {\"backends\": [...]}.";
 const BACKENDS_GET_EXAMPLES: &str = "\
 Examples:
   hangar backends get bk-0193…
+  hangar backends get docs/doc-1               # the key's live backend, or the latest it had
   hangar backends get bk-0193… -o json | jq .status.termination_reason";
 
 const BACKENDS_WATCH_EXAMPLES: &str = "\
 Examples:
   hangar backends watch bk-0193…           # its history, then each change, until TERMINATED
   hangar backends watch bk-0193… -o json   # one JSON object per line
+  hangar backends watch docs/doc-1         # a key: its live backend, or the latest it had
   hangar backends watch                    # every backend, then every change in the cluster, until Ctrl-C
   hangar backends watch --namespace docs --state ready,waiting   # leaving the filter shows as REMOVED
   hangar backends watch --key-prefix doc- --label team=blue -o json | jq -c 'select(.type != \"BOOKMARK\")'
@@ -751,4 +757,5 @@ const BACKENDS_TERMINATE_EXAMPLES: &str = "\
 Examples:
   hangar backends terminate bk-0193…          # SIGTERM, then a kill after the grace period
   hangar backends terminate bk-0193… --hard   # kill at once
+  hangar backends terminate docs/doc-1        # a key: its live backend
   hangar backends watch bk-0193…               # follow it to TERMINATED";

@@ -1,10 +1,11 @@
 //! `hangar connect` and `hangar backends …`
 
 use super::{BackendIdArgs, BackendsCommand, BackendsWatchArgs, Cli, CliError, ConnectArgs, OutputFormat, render};
-use crate::{ConnectRequest, Connection, HangarClient, SpawnSpec, WatchOptions};
+use crate::{ClientError, ConnectRequest, Connection, HangarClient, SpawnSpec, WatchOptions};
 use chrono::Utc;
 use futures::StreamExt;
 use hangar::domain::{BackendFilter, BackendKey, BackendState, ResourceLimits};
+use hangar::error::reason;
 use std::io::Write;
 
 /// Namespace of a key typed without one.
@@ -30,7 +31,7 @@ pub(super) async fn execute(cli: &Cli, command: &BackendsCommand) -> Result<Stri
         }
         BackendsCommand::Get(args) => {
             let client = cli.connect().await?;
-            let backend = client.get_backend(&args.id).await?;
+            let backend = by_id_or_key(&client, &args.id, async |id| client.get_backend(id).await).await?;
             Ok(render::backend(&backend, cli.output, Utc::now()))
         }
         BackendsCommand::Watch(args) => {
@@ -49,7 +50,8 @@ pub(super) async fn execute(cli: &Cli, command: &BackendsCommand) -> Result<Stri
         }
         BackendsCommand::Terminate(args) => {
             let client = cli.connect().await?;
-            let backend = client.terminate_backend(&args.id, args.hard).await?;
+            let terminate = async |id: &str| client.terminate_backend(id, args.hard).await;
+            let backend = by_id_or_key(&client, &args.id, terminate).await?;
             Ok(render::terminated(&backend, args.hard, cli.output))
         }
     }
@@ -215,17 +217,84 @@ async fn follow_until_ready(
 /// until TERMINATED. A closed stdout (`| head`) ends it quietly.
 pub async fn watch_backend(cli: &Cli, args: &BackendIdArgs, stdout: &mut dyn Write) -> Result<(), CliError> {
     let client = cli.connect().await?;
-    let mut statuses = std::pin::pin!(client.watch_backend(&args.id));
+    let mut id = args.id.clone();
     let mut first_time = None;
-    while let Some(status) = statuses.next().await {
-        let status = status?;
-        let since = *first_time.get_or_insert(status.time);
-        let line = render::watch_line(&args.id, &status, since, cli.output);
-        if stdout.write_all(line.as_bytes()).and_then(|()| stdout.flush()).is_err() {
-            return Ok(());
+    'watch: loop {
+        let mut statuses = std::pin::pin!(client.watch_backend(&id));
+        while let Some(status) = statuses.next().await {
+            let status = match status {
+                // Not an id: a key, whose backend is watched instead (see `by_id_or_key`).
+                Err(err) if first_time.is_none() && id == args.id && is_backend_not_found(&err) => {
+                    id = key_instead_of_id(&client, &args.id, err).await?;
+                    continue 'watch;
+                }
+                status => status?,
+            };
+            let since = *first_time.get_or_insert(status.time);
+            let line = render::watch_line(&id, &status, since, cli.output);
+            if stdout.write_all(line.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+                return Ok(());
+            }
         }
+        return Ok(());
     }
-    Ok(())
+}
+
+/// `call` on the backend `id_or_key` names: first as an id, as the API takes it (so the
+/// controller's answer, a refusal of the caller's role say, comes first); when no backend has
+/// that id and it reads as a key (NAME, NS/NAME or NS/NAME@TAG, namespace `default` without
+/// one), on the key's live backend, or the latest it had when none is live. A call on an id no
+/// backend has changes nothing, so making it twice is safe.
+async fn by_id_or_key<T>(
+    client: &HangarClient,
+    id_or_key: &str,
+    call: impl AsyncFn(&str) -> Result<T, ClientError>,
+) -> Result<T, CliError> {
+    match call(id_or_key).await {
+        Err(err) if is_backend_not_found(&err) => Ok(call(&key_instead_of_id(client, id_or_key, err).await?).await?),
+        result => Ok(result?),
+    }
+}
+
+fn is_backend_not_found(err: &ClientError) -> bool {
+    err.reason().as_deref() == Some(reason::BACKEND_NOT_FOUND)
+}
+
+/// After `not_found` for `id_or_key` as an id: the id of the backend it names as a key
+/// ([`backend_of_key`]), or `not_found` saying it is neither.
+async fn key_instead_of_id(client: &HangarClient, id_or_key: &str, not_found: ClientError) -> Result<String, CliError> {
+    match backend_of_key(client, id_or_key).await? {
+        Some(id) => Ok(id),
+        None => Err(match not_found {
+            ClientError::NotFound { reason, .. } => {
+                ClientError::NotFound { reason, message: format!("no backend has the id or key {id_or_key:?}") }
+            }
+            other => other,
+        }
+        .into()),
+    }
+}
+
+/// The id of the live backend of the key `text` names, or of the latest one it had; `None`
+/// when `text` is not a key or no backend ever had it. Without @TAG any tag matches.
+async fn backend_of_key(client: &HangarClient, text: &str) -> Result<Option<String>, CliError> {
+    let Ok(key) = super::args::parse_key(text) else { return Ok(None) };
+    let namespace = key.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    // The filter matches a prefix of the name: the exact key is picked out below.
+    let filter = BackendFilter {
+        key_namespace: Some(namespace.clone()),
+        key_prefix: Some(key.name.clone()),
+        ..BackendFilter::default()
+    };
+    let backends = client.list_all_backends(&filter).await?;
+    let of_key = backends.iter().filter(|backend| {
+        backend.key.as_ref().is_some_and(|k| {
+            k.namespace == namespace && k.name == key.name && key.tag.as_ref().is_none_or(|tag| *tag == k.tag)
+        })
+    });
+    // At most one backend of a key is live; otherwise the one created last.
+    let chosen = of_key.max_by_key(|backend| (backend.state.is_live(), backend.created_at));
+    Ok(chosen.map(|backend| backend.id.clone()))
 }
 
 /// Progress output is best effort: a closed stdout must not turn a READY backend into an error.
