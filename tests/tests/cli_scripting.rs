@@ -386,6 +386,12 @@ async fn backends_get_watch_and_terminate_take_a_key_for_its_live_backend_or_its
     assert_eq!(json(&["backends", "terminate", "docs/doc-1"])["id"], second.as_str());
     assert_eq!(json(&["backends", "get", &other])["state"], "SCHEDULED", "only the key's backend is asked to end");
 
+    let output = hangar(&["--controller", &url, "backends", "terminate", &first]);
+    assert_eq!(
+        text(&output.stdout),
+        format!("Backend {first} has already ended: EXITED, exit code 0. Nothing to terminate.\n")
+    );
+
     // "doc-1" alone is in the namespace "default", where no backend has it.
     let output = hangar(&["--controller", &url, "backends", "get", "doc-1"]);
     assert_eq!(output.status.code(), Some(Exit::NotFound.code().into()));

@@ -148,6 +148,13 @@ pub fn terminated(backend: &BackendView, hard: bool, format: OutputFormat) -> St
     if format == OutputFormat::Json {
         return json(backend);
     }
+    if backend.state == BackendState::Terminated {
+        return format!(
+            "Backend {} has already ended: {}. Nothing to terminate.\n",
+            backend.id,
+            termination(&backend.status)
+        );
+    }
     let how = if hard { "Killing" } else { "Terminating" };
     let detail = if hard { "at once" } else { "SIGTERM, then a kill after the grace period" };
     format!(
