@@ -381,6 +381,12 @@ async fn backends_get_watch_and_terminate_take_a_key_for_its_live_backend_or_its
     assert_eq!(json(&["backends", "get", "docs/doc-1"])["id"], second.as_str());
     assert_eq!(json(&["backends", "get", "docs/doc-10"])["id"], other.as_str());
     assert_eq!(json(&["backends", "get", &first])["id"], first.as_str());
+    let listed = |prefix: &str| {
+        let doc = json(&["backends", "list", "--namespace", "docs", "--key-prefix", prefix]);
+        doc["backends"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(listed("doc-1").len(), 3, "both backends of doc-1 and the one of doc-10");
+    assert_eq!(listed("doc-10"), std::slice::from_ref(&other));
     let mut watch = Running::spawn(&["--controller", &url, "-o", "json", "backends", "watch", "docs/doc-10"]);
     assert_eq!(watch.json_line().await["state"], "SCHEDULED");
     assert_eq!(json(&["backends", "terminate", "docs/doc-1"])["id"], second.as_str());

@@ -224,43 +224,27 @@ pub struct BackendsListArgs {
     /// Only backends of this cluster.
     #[arg(long, value_name = "CLUSTER")]
     pub cluster: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct BackendsWatchArgs {
-    /// Backend id, or a key (its live backend, or the latest it had): follow this one backend
-    /// to TERMINATED. Without it, watch every backend the filter flags match.
-    #[arg(value_name = "BACKEND")]
-    pub id: Option<String>,
-
-    #[command(flatten)]
-    pub filter: BackendsListArgs,
 
     /// Only backends whose key name starts with this.
-    #[arg(long, value_name = "PREFIX", conflicts_with = "id")]
+    #[arg(long, value_name = "PREFIX")]
     pub key_prefix: Option<String>,
 
     /// Only backends of this pool.
-    #[arg(long, value_name = "POOL", conflicts_with = "id")]
+    #[arg(long, value_name = "POOL")]
     pub pool: Option<String>,
 
     /// Only backends carrying this label with this value; repeat for several (all must match).
-    #[arg(long, value_parser = parse_label, value_name = "KEY=VALUE", conflicts_with = "id")]
+    #[arg(long, value_parser = parse_label, value_name = "KEY=VALUE")]
     pub label: Vec<(String, String)>,
-
-    /// Ask for a BOOKMARK line after this much quiet time (e.g. 30s), to show the watch is alive.
-    #[arg(long, value_parser = parse_interval, value_name = "DURATION", conflicts_with = "id")]
-    pub bookmark_interval: Option<Duration>,
 }
 
-impl BackendsWatchArgs {
-    /// Whether a filter flag was given (they only apply to the watch of every backend).
+impl BackendsListArgs {
+    /// Whether a filter flag was given.
     pub fn has_filter(&self) -> bool {
-        let f = &self.filter;
-        !f.state.is_empty()
-            || f.drone.is_some()
-            || f.namespace.is_some()
-            || f.cluster.is_some()
+        !self.state.is_empty()
+            || self.drone.is_some()
+            || self.namespace.is_some()
+            || self.cluster.is_some()
             || self.key_prefix.is_some()
             || self.pool.is_some()
             || !self.label.is_empty()
@@ -277,18 +261,49 @@ impl BackendsWatchArgs {
                 return Err(format!("--label {key} is given twice ({key}={previous} and {key}={value}); give one"));
             }
         }
-        let mut states = self.filter.state.clone();
+        let mut states = self.state.clone();
         states.sort();
         states.dedup();
         Ok(BackendFilter {
             states,
-            drone_id: non_empty(&self.filter.drone),
-            key_namespace: non_empty(&self.filter.namespace),
-            cluster: non_empty(&self.filter.cluster),
+            drone_id: non_empty(&self.drone),
+            key_namespace: non_empty(&self.namespace),
+            cluster: non_empty(&self.cluster),
             pool: non_empty(&self.pool),
             labels,
             key_prefix: non_empty(&self.key_prefix),
         })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BackendsWatchArgs {
+    /// Backend id, or a key (its live backend, or the latest it had): follow this one backend
+    /// to TERMINATED. Without it, watch every backend the filter flags match.
+    #[arg(
+        value_name = "BACKEND",
+        conflicts_with_all = ["state", "drone", "namespace", "cluster", "key_prefix", "pool", "label", "bookmark_interval"]
+    )]
+    pub id: Option<String>,
+
+    /// Filter flags: only for the watch of every backend (without BACKEND).
+    #[command(flatten)]
+    pub filter: BackendsListArgs,
+
+    /// Ask for a BOOKMARK line after this much quiet time (e.g. 30s), to show the watch is alive.
+    #[arg(long, value_parser = parse_interval, value_name = "DURATION")]
+    pub bookmark_interval: Option<Duration>,
+}
+
+impl BackendsWatchArgs {
+    /// Whether a filter flag was given (they only apply to the watch of every backend).
+    pub fn has_filter(&self) -> bool {
+        self.filter.has_filter()
+    }
+
+    /// The domain filter; an error names a label given twice with different values.
+    pub fn to_filter(&self) -> Result<BackendFilter, String> {
+        self.filter.to_filter()
     }
 }
 
@@ -720,9 +735,10 @@ Examples:
   hangar backends list                              # every backend, terminated ones included
   hangar backends list --state ready,waiting --namespace docs
   hangar backends list --drone nd-0193… -o json | jq -r '.backends[].id'
+  hangar backends list --key-prefix doc- --pool gpu --label team=blue
 
-Filters combine with AND; repeated --state values combine with OR.
-With -o json the output is one document: {\"backends\": [...]}.";
+Filters combine with AND; repeated --state values combine with OR, repeated --label values with
+AND. With -o json the output is one document: {\"backends\": [...]}.";
 
 const BACKENDS_GET_EXAMPLES: &str = "\
 Examples:

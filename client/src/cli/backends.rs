@@ -14,17 +14,8 @@ const DEFAULT_NAMESPACE: &str = "default";
 pub(super) async fn execute(cli: &Cli, command: &BackendsCommand) -> Result<String, CliError> {
     match command {
         BackendsCommand::List(args) => {
-            let non_empty = |s: &Option<String>| s.as_ref().filter(|s| !s.is_empty()).cloned();
-            let mut states = args.state.clone();
-            states.sort();
-            states.dedup();
-            let filter = BackendFilter {
-                states,
-                drone_id: non_empty(&args.drone),
-                key_namespace: non_empty(&args.namespace),
-                cluster: non_empty(&args.cluster),
-                ..BackendFilter::default()
-            };
+            // Checked before connecting, so a usage mistake is reported as one.
+            let filter = args.to_filter().map_err(CliError::Usage)?;
             let client = cli.connect().await?;
             let backends = client.list_all_backends(&filter).await?;
             Ok(render::backend_list(&backends, &filter, cli.output, Utc::now()))
